@@ -1,0 +1,62 @@
+# Ferry's build. `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules --warn-undefined-variables
+
+GO ?= go
+BUF := $(GO) tool -modfile=tools/go.mod buf
+BIN := bin
+ADDR ?= 127.0.0.1:8080
+DATA ?= ./data
+FUZZTIME ?= 30s
+TESTFLAGS ?=
+
+.PHONY: help
+help: ## Describe the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## Build ferryd and ferry into ./bin
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: run
+run: build ## Build and start ferryd on $(ADDR) with its store in $(DATA)
+	$(BIN)/ferryd --addr $(ADDR) --data $(DATA) --allow-registration
+
+.PHONY: test
+test: ## Run every test with the race detector (what CI runs)
+	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+
+.PHONY: test-short
+test-short: ## Run the tests without the race detector, for a quick check
+	$(GO) test -count=1 $(TESTFLAGS) ./...
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME each (default 30s)
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test $$pkg -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME); \
+	  done; \
+	done
+
+.PHONY: generate
+generate: ## Regenerate the protobuf and Connect code (offline, pinned tools)
+	rm -f proto/ferry/v1/*.pb.go proto/ferry/v1/ferryv1connect/*.connect.go
+	$(BUF) generate
+
+.PHONY: checkgenerate
+checkgenerate: generate ## Fail if generated code is stale
+	@if [ -n "$$(git status --porcelain -- proto)" ]; then \
+	  echo "generated code is stale; run 'make generate' and commit:"; git status --porcelain -- proto; exit 1; \
+	fi
+
+.PHONY: lint
+lint: ## go vet, gofmt and buf lint
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(BUF) lint
+
+.PHONY: clean
+clean: ## Remove built binaries (not the data folder)
+	rm -rf $(BIN)
