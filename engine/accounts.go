@@ -1,0 +1,421 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
+	"github.com/ferrysync/ferry/engine/internal/store"
+)
+
+// Account limits.
+const (
+	MinUsername    = 3
+	MaxUsername    = 32
+	MinPassword    = 8
+	MaxPassword    = 256
+	MaxDeviceName  = 64
+	MaxDisplayName = 64
+	MaxLookup      = 100
+)
+
+// tokenPrefix starts every device token, so that a leaked token is easy to
+// recognise (and to scan for) and a token of another kind is refused early.
+const tokenPrefix = "fy1_"
+
+// NewAccount is what Register needs.
+type NewAccount struct {
+	Username    string
+	Password    string
+	DisplayName string // default: the username
+	DeviceName  string // default: "unnamed device"
+}
+
+// Credentials are what a device keeps to act as itself. The token is shown
+// once: the store keeps only its hash.
+type Credentials struct {
+	User     ulid.ULID
+	Device   ulid.ULID
+	Username string
+	Token    string
+}
+
+// User is an account's public profile.
+type User struct {
+	ID          ulid.ULID
+	Username    string
+	DisplayName string
+}
+
+// Device is one of a user's devices.
+type Device struct {
+	ID      ulid.ULID
+	Name    string
+	Created time.Time
+}
+
+// NormalizeUsername lower-cases a username and checks its form: 3 to 32
+// characters of a-z, 0-9, '_', '.' and '-', starting with a letter or digit.
+func NormalizeUsername(s string) (string, error) {
+	u := strings.ToLower(s)
+	if len(u) < MinUsername || len(u) > MaxUsername {
+		return "", fmt.Errorf("%w: a username has %d to %d characters", ErrInvalid, MinUsername, MaxUsername)
+	}
+	for i, r := range u {
+		alnum := r >= 'a' && r <= 'z' || r >= '0' && r <= '9'
+		if !alnum && (i == 0 || r != '_' && r != '.' && r != '-') {
+			return "", fmt.Errorf("%w: a username has only a-z, 0-9, '_', '.' and '-', and starts with a letter or digit", ErrInvalid)
+		}
+	}
+	return u, nil
+}
+
+func checkName(what, s string, max int) error {
+	if len(s) > max {
+		return fmt.Errorf("%w: %s is longer than %d bytes", ErrInvalid, what, max)
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalid, what)
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("%w: %s contains a control character", ErrInvalid, what)
+		}
+	}
+	return nil
+}
+
+func checkPassword(p string) error {
+	if len(p) < MinPassword || len(p) > MaxPassword {
+		return fmt.Errorf("%w: a password has %d to %d bytes", ErrInvalid, MinPassword, MaxPassword)
+	}
+	return nil
+}
+
+// Register creates a user and their first device. It fails with
+// ErrForbidden unless Options.AllowRegistration, ErrInvalid for a malformed
+// field and ErrExists for a taken username.
+func (e *Engine) Register(ctx context.Context, p NewAccount) (Credentials, error) {
+	if !e.opts.AllowRegistration {
+		return Credentials{}, fmt.Errorf("%w: this server does not allow self-registration", ErrForbidden)
+	}
+	username, err := NormalizeUsername(p.Username)
+	if err != nil {
+		return Credentials{}, err
+	}
+	if err := checkPassword(p.Password); err != nil {
+		return Credentials{}, err
+	}
+	if p.DisplayName == "" {
+		p.DisplayName = p.Username
+	}
+	if err := checkName("display name", p.DisplayName, MaxDisplayName); err != nil {
+		return Credentials{}, err
+	}
+	if err := checkName("device name", p.DeviceName, MaxDeviceName); err != nil {
+		return Credentials{}, err
+	}
+	// Fail fast on a taken name before paying for the hash; the writer
+	// checks again.
+	if taken, err := e.usernameTaken(username); err != nil || taken {
+		if err != nil {
+			return Credentials{}, err
+		}
+		return Credentials{}, fmt.Errorf("%w: username %q is taken", ErrExists, username)
+	}
+	user := User{ID: e.newID(), Username: username, DisplayName: p.DisplayName}
+	rec := record.User{Username: username, DisplayName: p.DisplayName, PasswordHash: e.hashPassword(p.Password), CreatedMs: e.nowMs()}
+	creds, dev := e.newDevice(user, p.DeviceName)
+	var taken bool
+	err = e.write(ctx, 1, func(tx *txn) {
+		k := keys.Username(username)
+		exists, err := tx.v.Has(k)
+		if err != nil {
+			tx.fail(err)
+			return
+		}
+		if exists || tx.claimed(string(k)) {
+			taken = true
+			return
+		}
+		tx.b.Set(k, record.AppendID(nil, user.ID))
+		tx.b.Set(keys.ID1(keys.TUser, user.ID), record.AppendUser(nil, &rec))
+		tx.putDevice(user.ID, creds.Device, &dev)
+	})
+	if err != nil {
+		return Credentials{}, err
+	}
+	if taken {
+		return Credentials{}, fmt.Errorf("%w: username %q is taken", ErrExists, username)
+	}
+	e.log.Info("user registered", "user", user.ID, "username", username, "device", creds.Device)
+	return creds, nil
+}
+
+func (e *Engine) usernameTaken(username string) (bool, error) {
+	v := e.st.View()
+	defer v.Release()
+	return v.Has(keys.Username(username))
+}
+
+// claimed records that this group claims a unique key, reporting whether
+// another request of the group claimed it first.
+func (tx *txn) claimed(k string) bool {
+	if tx.claims == nil {
+		tx.claims = map[string]bool{}
+	}
+	if tx.claims[k] {
+		return true
+	}
+	tx.claims[k] = true
+	return false
+}
+
+// dummyHash is verified against when a login names an unknown user, so that
+// failing takes as long as for a known one. It uses the configured cost.
+func (e *Engine) dummyHash() string {
+	e.dummyOnce.Do(func() { e.dummy = e.hashPassword("not a real password") })
+	return e.dummy
+}
+
+// Login adds a device to an existing user. A wrong password and an unknown
+// username both give ErrUnauthenticated.
+func (e *Engine) Login(ctx context.Context, username, password, deviceName string) (Credentials, error) {
+	fail := fmt.Errorf("%w: wrong username or password", ErrUnauthenticated)
+	if err := checkName("device name", deviceName, MaxDeviceName); err != nil {
+		return Credentials{}, err
+	}
+	name, err := NormalizeUsername(username)
+	if err != nil || len(password) > MaxPassword {
+		return Credentials{}, fail
+	}
+	v := e.st.View()
+	user, rec, err := lookupUser(v, name)
+	v.Release()
+	switch {
+	case errors.Is(err, ErrNotFound):
+		_, _ = verifyPassword(e.dummyHash(), password)
+		return Credentials{}, fail
+	case err != nil:
+		return Credentials{}, err
+	}
+	ok, err := verifyPassword(rec.PasswordHash, password)
+	if err != nil {
+		return Credentials{}, fmt.Errorf("verify password of %s: %w", user.ID, err)
+	}
+	if !ok {
+		return Credentials{}, fail
+	}
+	creds, dev := e.newDevice(user, deviceName)
+	if err := e.write(ctx, 1, func(tx *txn) { tx.putDevice(user.ID, creds.Device, &dev) }); err != nil {
+		return Credentials{}, err
+	}
+	e.log.Info("device added", "user", user.ID, "device", creds.Device)
+	return creds, nil
+}
+
+func lookupUser(v *store.View, username string) (User, record.User, error) {
+	raw, err := v.Get(keys.Username(username))
+	if errors.Is(err, store.ErrNotFound) {
+		return User{}, record.User{}, fmt.Errorf("%w: user %q", ErrNotFound, username)
+	}
+	if err != nil {
+		return User{}, record.User{}, err
+	}
+	id, err := record.DecodeID(raw)
+	if err != nil {
+		return User{}, record.User{}, err
+	}
+	return userByID(v, id)
+}
+
+func userByID(v *store.View, id ulid.ULID) (User, record.User, error) {
+	raw, err := v.Get(keys.ID1(keys.TUser, id))
+	if errors.Is(err, store.ErrNotFound) {
+		return User{}, record.User{}, fmt.Errorf("%w: user %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return User{}, record.User{}, err
+	}
+	rec, err := record.DecodeUser(raw)
+	if err != nil {
+		return User{}, record.User{}, err
+	}
+	return User{ID: id, Username: rec.Username, DisplayName: rec.DisplayName}, rec, nil
+}
+
+func (e *Engine) newDevice(user User, name string) (Credentials, record.Device) {
+	if name == "" {
+		name = "unnamed device"
+	}
+	secret := make([]byte, 32)
+	e.randomBytes(secret)
+	token := tokenPrefix + base64.RawURLEncoding.EncodeToString(secret)
+	creds := Credentials{User: user.ID, Device: e.newID(), Username: user.Username, Token: token}
+	return creds, record.Device{Name: name, CreatedMs: e.nowMs(), TokenHash: sha256.Sum256([]byte(token))}
+}
+
+func (tx *txn) putDevice(user, device ulid.ULID, d *record.Device) {
+	tx.b.Set(keys.ID2(keys.TDevice, user, device), record.AppendDevice(nil, d))
+	tx.b.Set(keys.ID1(keys.TDeviceOf, device), record.AppendID(nil, user))
+	tx.b.Set(keys.Token(d.TokenHash), record.AppendIDs(nil, user, device))
+}
+
+// Authenticate returns the device a token belongs to, or
+// ErrUnauthenticated. It is one hash and one point read.
+func (e *Engine) Authenticate(token string) (Actor, error) {
+	if !strings.HasPrefix(token, tokenPrefix) || len(token) != len(tokenPrefix)+43 {
+		return Actor{}, fmt.Errorf("%w: malformed token", ErrUnauthenticated)
+	}
+	v := e.st.View()
+	defer v.Release()
+	raw, err := v.Get(keys.Token(sha256.Sum256([]byte(token))))
+	if errors.Is(err, store.ErrNotFound) {
+		return Actor{}, fmt.Errorf("%w: unknown or revoked token", ErrUnauthenticated)
+	}
+	if err != nil {
+		return Actor{}, err
+	}
+	user, device, err := record.DecodeIDs(raw)
+	if err != nil {
+		return Actor{}, err
+	}
+	return Actor{User: user, Device: device}, nil
+}
+
+// Account returns the actor's user and device.
+func (e *Engine) Account(a Actor) (User, Device, error) {
+	v := e.st.View()
+	defer v.Release()
+	u, _, err := userByID(v, a.User)
+	if err != nil {
+		return User{}, Device{}, err
+	}
+	d, err := device(v, a.User, a.Device)
+	return u, d, err
+}
+
+func device(v *store.View, user, id ulid.ULID) (Device, error) {
+	raw, err := v.Get(keys.ID2(keys.TDevice, user, id))
+	if errors.Is(err, store.ErrNotFound) {
+		return Device{}, fmt.Errorf("%w: device %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return Device{}, err
+	}
+	rec, err := record.DecodeDevice(raw)
+	if err != nil {
+		return Device{}, err
+	}
+	if rec.Revoked {
+		return Device{}, fmt.Errorf("%w: device %s", ErrNotFound, id)
+	}
+	return Device{ID: id, Name: rec.Name, Created: msTime(rec.CreatedMs)}, nil
+}
+
+// Devices lists the actor's user's devices that are not revoked.
+func (e *Engine) Devices(a Actor) ([]Device, error) {
+	v := e.st.View()
+	defer v.Release()
+	var out []Device
+	err := scan(v, keys.ID1(keys.TDevice, a.User), func(k, val []byte) error {
+		_, id, ok := keys.ParseID2(k)
+		if !ok {
+			return fmt.Errorf("%w: device key %x", record.ErrCorrupt, k)
+		}
+		rec, err := record.DecodeDevice(val)
+		if err != nil {
+			return err
+		}
+		if !rec.Revoked {
+			out = append(out, Device{ID: id, Name: rec.Name, Created: msTime(rec.CreatedMs)})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// RevokeDevice revokes one of the actor's user's devices: its token stops
+// working at once and its sessions end. ErrNotFound for a device that is not
+// the user's or is already revoked.
+func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error {
+	var notFound bool
+	err := e.write(ctx, 1, func(tx *txn) {
+		k := keys.ID2(keys.TDevice, a.User, id)
+		raw, err := tx.v.Get(k)
+		if errors.Is(err, store.ErrNotFound) || tx.claimed(string(k)) {
+			notFound = true
+			return
+		}
+		if err != nil {
+			tx.fail(err)
+			return
+		}
+		rec, err := record.DecodeDevice(raw)
+		if err != nil {
+			tx.fail(err)
+			return
+		}
+		if rec.Revoked {
+			notFound = true
+			return
+		}
+		rec.Revoked = true
+		tx.b.Set(k, record.AppendDevice(nil, &rec))
+		tx.b.Delete(keys.Token(rec.TokenHash))
+		tx.wake[a.User] = struct{}{}
+	})
+	if err != nil {
+		return err
+	}
+	if notFound {
+		return fmt.Errorf("%w: device %s", ErrNotFound, id)
+	}
+	e.log.Info("device revoked", "user", a.User, "device", id, "by", a.Device)
+	return nil
+}
+
+// deviceActive reports whether the actor's device is still valid (not
+// revoked).
+func deviceActive(v *store.View, a Actor) (bool, error) {
+	_, err := device(v, a.User, a.Device)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// LookupUsers resolves usernames; unknown ones are left out. At most
+// MaxLookup names.
+func (e *Engine) LookupUsers(a Actor, usernames []string) ([]User, error) {
+	if len(usernames) > MaxLookup {
+		return nil, fmt.Errorf("%w: %d usernames; the limit is %d", ErrTooMany, len(usernames), MaxLookup)
+	}
+	v := e.st.View()
+	defer v.Release()
+	var out []User
+	for _, n := range usernames {
+		name, err := NormalizeUsername(n)
+		if err != nil {
+			continue
+		}
+		u, _, err := lookupUser(v, name)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}

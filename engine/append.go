@@ -1,0 +1,335 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
+	"github.com/ferrysync/ferry/engine/internal/store"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// AppendResult is the outcome of one op of an Append.
+type AppendResult struct {
+	Conv ulid.ULID
+	Op   ulid.ULID
+	// Seq is the op's seq when it was accepted now or before (Duplicate).
+	Seq       uint64
+	Duplicate bool
+	// Err says why the op was rejected; nil when accepted or a duplicate. It
+	// wraps ErrDotGap, ErrDotReused, ErrOpConflict, ErrNotFound, ErrForbidden,
+	// ErrPrecondition or ErrConversationExists.
+	Err error
+	// ServerDot is the server's highest dot from the op's author device in
+	// the conversation, after this op.
+	ServerDot uint64
+}
+
+// Append stores ops authored by a's user, in order, and returns one result
+// per op once every accepted op is durable.
+//
+// An op's Dot.Device may be zero (meaning a.Device), a.Device, or another
+// device of the same user: a device may re-upload its user's ops, as in
+// repair. Seq and User are set by the engine. Each op is accepted or rejected
+// on its own; a rejected op does not stop the others. A rejected op does not
+// take its dot: the device's next op must reuse it, and later ops of the same
+// device already numbered past it hit a dot gap until renumbered.
+//
+// If any op is malformed (model.Op.Validate), Append stores nothing and
+// returns an error wrapping model.ErrInvalidOp; more than
+// Options.MaxOpsPerAppend ops give ErrTooMany.
+func (e *Engine) Append(ctx context.Context, a Actor, ops []model.Op) ([]AppendResult, error) {
+	if len(ops) == 0 {
+		return nil, nil
+	}
+	if len(ops) > e.opts.MaxOpsPerAppend {
+		return nil, fmt.Errorf("%w: %d ops in one push; the limit is %d", ErrTooMany, len(ops), e.opts.MaxOpsPerAppend)
+	}
+	// Copy the ops and their bodies: if ctx ends first, Append returns while
+	// the writer may still read them.
+	ops = slices.Clone(ops)
+	for i := range ops {
+		op := &ops[i]
+		op.Body = bytes.Clone(op.Body)
+		if op.Erased {
+			return nil, fmt.Errorf("%w: op %s: erased is set by the server, not by clients", model.ErrInvalidOp, op.ID)
+		}
+		if op.Dot.Device == (ulid.ULID{}) {
+			op.Dot.Device = a.Device
+		}
+		op.Seq, op.User = 0, a.User
+		if err := op.Validate(e.opts.MaxBodyBytes); err != nil {
+			return nil, err
+		}
+	}
+	results := make([]AppendResult, len(ops))
+	err := e.write(ctx, len(ops), func(tx *txn) {
+		for i := range ops {
+			results[i] = tx.append(a, &ops[i])
+			if tx.err != nil {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// append accepts or rejects one op. It runs on the writer goroutine.
+func (tx *txn) append(a Actor, op *model.Op) AppendResult {
+	res := AppendResult{Conv: op.Conv, Op: op.ID}
+	c := tx.conv(op.Conv)
+	if tx.err != nil {
+		return res
+	}
+	dev := op.Dot.Device
+	reject := func(err error) AppendResult {
+		res.Err = err
+		res.ServerDot = c.vector[dev]
+		return res
+	}
+	// A retry of the user's own op is answered even after they left or were
+	// removed, so an outbox never shows an accepted op as failed. Anyone
+	// else's op id tells a stranger nothing: membership comes first for them.
+	prev := tx.lookupOp(op.Conv, op.ID)
+	if tx.err != nil {
+		return res
+	}
+	if prev != nil && prev.rec.User == a.User {
+		if !samePayload(&prev.rec, op) {
+			return reject(fmt.Errorf("%w: op %s was stored before with a different payload", ErrOpConflict, op.ID))
+		}
+		res.Seq, res.Duplicate = prev.rec.Seq, true
+		res.ServerDot = c.vector[dev]
+		return res
+	}
+	role := c.role(a.User)
+	if c.exists && role == model.RoleNone {
+		return reject(fmt.Errorf("%w: conversation %s", ErrNotFound, op.Conv))
+	}
+	if prev != nil {
+		return reject(fmt.Errorf("%w: op id %s is taken by another user's op", ErrOpConflict, op.ID))
+	}
+	if !c.exists && op.Kind != model.KindCreate {
+		return reject(fmt.Errorf("%w: conversation %s", ErrNotFound, op.Conv))
+	}
+	if c.exists && op.Kind == model.KindCreate {
+		return reject(fmt.Errorf("%w: conversation %s already exists", ErrConversationExists, op.Conv))
+	}
+	if dev != a.Device {
+		owner, err := deviceUser(tx.v, dev)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			tx.fail(err)
+			return res
+		}
+		if err != nil || owner != a.User {
+			return reject(fmt.Errorf("%w: device %s is not one of your devices", ErrForbidden, dev))
+		}
+	}
+	have := c.vector[dev]
+	switch {
+	case op.Dot.N <= have:
+		return reject(fmt.Errorf("%w: dot %d of device %s is taken by another op; the server holds up to %d, so the device lost local state", ErrDotReused, op.Dot.N, dev, have))
+	case op.Dot.N > have+1:
+		return reject(fmt.Errorf("%w: dot %d of device %s arrived before dot %d; the server holds up to %d", ErrDotGap, op.Dot.N, dev, have+1, have))
+	}
+
+	var target *txOp
+	if op.Kind == model.KindCreate {
+		c.exists = true
+	} else {
+		facts := model.Facts{ActorRole: role, SubjectRole: c.role(op.Member), Owners: c.owners}
+		if op.Kind.HasTarget() {
+			target = tx.lookupOp(op.Conv, op.Target)
+			if tx.err != nil {
+				return res
+			}
+			if target != nil {
+				facts.Target = model.Target{Found: true, Kind: target.rec.Kind, User: target.rec.User, Deleted: target.rec.Erased}
+			}
+		}
+		if err := model.Authorize(a.User, op, facts); err != nil {
+			return reject(err)
+		}
+		if op.Kind == model.KindMemberAdd {
+			switch ok, err := tx.v.Has(keys.ID1(keys.TUser, op.Member)); {
+			case err != nil:
+				tx.fail(err)
+				return res
+			case !ok:
+				return reject(fmt.Errorf("%w: user %s does not exist", ErrPrecondition, op.Member))
+			}
+		}
+	}
+
+	// Accept.
+	c.rec.Head++
+	seq := c.rec.Head
+	c.vector[dev] = op.Dot.N
+	c.feed, c.dirty = true, true
+	if op.Kind == model.KindMessage {
+		c.rec.Messages++
+	}
+	rec := &txOp{rec: record.Op{Op: *op, Messages: c.rec.Messages}}
+	rec.rec.Seq = seq
+	tx.putOp(rec)
+	tx.b.Set(keys.ID2(keys.TOpID, op.Conv, op.ID), record.AppendUint(nil, seq))
+	tx.b.Set(keys.Dot(op.Conv, dev, op.Dot.N), record.AppendUint(nil, seq))
+
+	switch op.Kind {
+	case model.KindCreate:
+		tx.setRole(c, a.User, model.RoleOwner, seq)
+		c.rec.Title = op.Title
+		tx.raiseRead(c, a, seq, true)
+	case model.KindSetTitle:
+		c.rec.Title = op.Title
+	case model.KindMessage:
+		// Sending implies having read everything before.
+		tx.raiseRead(c, a, seq, true)
+	case model.KindEdit:
+		k := idPair{op.Conv, op.Target}
+		tx.edits[k] = append(tx.edits[k], seq)
+		tx.b.Set(keys.Edit(op.Conv, op.Target, seq), nil)
+	case model.KindDelete:
+		tx.erase(c, target)
+	case model.KindMemberAdd:
+		tx.setRole(c, op.Member, op.Role, seq)
+		// History before joining is not unread.
+		m := tx.marker(keys.TUserMark, c.id, op.Member)
+		if m.m.Read < seq {
+			m.m.Read, m.dirty = seq, true
+		}
+	case model.KindMemberRemove:
+		tx.setRole(c, op.Member, model.RoleNone, seq)
+	case model.KindMemberRole:
+		tx.setRole(c, op.Member, op.Role, seq)
+	}
+	res.Seq = seq
+	res.ServerDot = op.Dot.N
+	return res
+}
+
+func samePayload(stored *record.Op, op *model.Op) bool {
+	if stored.Erased {
+		return stored.Hash == model.PayloadHash(op)
+	}
+	return model.SamePayload(&stored.Op, op)
+}
+
+// setRole changes user's role in c, keeping the membership indexes and the
+// owner count in step.
+func (tx *txn) setRole(c *txConv, user ulid.ULID, role model.Role, seq uint64) {
+	m := c.members[user]
+	if m == nil {
+		m = &record.Member{}
+		c.members[user] = m
+	}
+	if _, seen := c.before[user]; !seen {
+		c.before[user] = m.Role
+	}
+	if m.Role == model.RoleOwner {
+		c.owners--
+	}
+	if role == model.RoleOwner {
+		c.owners++
+	}
+	switch {
+	case m.Role == model.RoleNone && role != model.RoleNone:
+		c.rec.Members++
+		tx.b.Set(keys.ID2(keys.TUserConv, user, c.id), nil)
+	case m.Role != model.RoleNone && role == model.RoleNone:
+		c.rec.Members--
+	}
+	m.Role, m.Since = role, seq
+	c.memberWrites[user] = true
+}
+
+// raiseRead moves the actor device's and user's read markers up to seq.
+func (tx *txn) raiseRead(c *txConv, a Actor, seq uint64, public bool) {
+	d := tx.marker(keys.TDevMark, c.id, a.Device)
+	if d.m.Read < seq {
+		d.m.Read, d.dirty = seq, true
+	}
+	u := tx.marker(keys.TUserMark, c.id, a.User)
+	if u.m.Read < seq {
+		u.m.Read, u.dirty = seq, true
+	}
+	if public && u.m.PublicRead < seq {
+		u.m.PublicRead, u.dirty = seq, true
+	}
+}
+
+// erase removes the body of a deleted message and of its edits from the
+// store, keeping a hash of each payload so retries are still recognised.
+func (tx *txn) erase(c *txConv, target *txOp) {
+	eraseOne := func(o *txOp) {
+		if o.rec.Erased {
+			return
+		}
+		o.rec.Hash = model.PayloadHash(&o.rec.Op)
+		o.rec.Erased, o.rec.Body, o.rec.ContentType = true, nil, ""
+		tx.putOp(o)
+	}
+	eraseOne(target)
+	var seqs []uint64
+	err := scan(tx.v, keys.ID2(keys.TEdit, c.id, target.rec.ID), func(k, _ []byte) error {
+		_, _, seq, ok := keys.ParseEdit(k)
+		if !ok {
+			return fmt.Errorf("%w: edit key %x", record.ErrCorrupt, k)
+		}
+		seqs = append(seqs, seq)
+		return nil
+	})
+	if err != nil {
+		tx.fail(err)
+		return
+	}
+	seqs = append(seqs, tx.edits[idPair{c.id, target.rec.ID}]...)
+	for _, seq := range seqs {
+		o := tx.opBySeq(c.id, seq)
+		if tx.err != nil {
+			return
+		}
+		eraseOne(o)
+	}
+}
+
+// opBySeq returns the op at seq, from this group's writes or the view.
+func (tx *txn) opBySeq(conv ulid.ULID, seq uint64) *txOp {
+	for _, o := range tx.opOrder {
+		if o.rec.Conv == conv && o.rec.Seq == seq {
+			return o
+		}
+	}
+	rec, err := readOp(tx.v, conv, seq)
+	if err != nil {
+		tx.fail(err)
+		return nil
+	}
+	if o := tx.ops[idPair{conv, rec.ID}]; o != nil {
+		return o
+	}
+	o := &txOp{rec: rec}
+	tx.ops[idPair{conv, rec.ID}] = o
+	return o
+}
+
+// deviceUser returns the user a device belongs to, or ErrNotFound.
+func deviceUser(v *store.View, device ulid.ULID) (ulid.ULID, error) {
+	raw, err := v.Get(keys.ID1(keys.TDeviceOf, device))
+	if errors.Is(err, store.ErrNotFound) {
+		return ulid.ULID{}, fmt.Errorf("%w: device %s", ErrNotFound, device)
+	}
+	if err != nil {
+		return ulid.ULID{}, err
+	}
+	return record.DecodeID(raw)
+}

@@ -1,0 +1,245 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/enginetest"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+var ctx = context.Background()
+
+func TestConversationStory(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("lunch", bob)
+	alice.Send(conv, "pizza?")
+	bob.Send(conv, "yes")
+
+	page, err := e.History(bob.Actor, conv, engine.HistoryQuery{After: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := enginetest.Text(page.Ops); !slices.Equal(got, []string{"1:", "2:", "3:pizza?", "4:yes"}) || page.Head != 4 || page.More {
+		t.Fatalf("history = %v head %d more %v", got, page.Head, page.More)
+	}
+	state := model.Fold(conv, page.Ops)
+	if state.Title() != "lunch" || state.Role(bob.Actor.User) != model.RoleMember || len(state.Messages()) != 2 {
+		t.Fatalf("state: title %q, bob %v, %d messages", state.Title(), state.Role(bob.Actor.User), len(state.Messages()))
+	}
+	info, members, vec, err := e.Conversation(alice.Actor, conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Head != 4 || info.Members != 2 || len(members) != 2 || vec.Get(alice.Actor.Device) != 3 || vec.Get(bob.Actor.Device) != 1 {
+		t.Fatalf("conversation: %+v members %d vector %v", info, len(members), vec)
+	}
+	// Alice sent after bob's... no: bob's message is unread for alice, hers
+	// is read for her (sending implies reading).
+	if info.Unread != 1 || info.Read != 3 {
+		t.Fatalf("alice: unread %d read %d, want 1 and 3", info.Unread, info.Read)
+	}
+	enginetest.MustCheck(t, e)
+}
+
+func TestRetriesAreIdempotent(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	conv := alice.Create("c")
+	a := alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("a")})
+	b := alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("b")})
+	first := alice.Push(a, b)
+
+	// Resend each op several times, old retries after new ops, in one push
+	// and across pushes.
+	for range 3 {
+		res := alice.Push(b, a, b)
+		for i, want := range []engine.AppendResult{first[1], first[0], first[1]} {
+			if !res[i].Duplicate || res[i].Seq != want.Seq {
+				t.Fatalf("retry %d: %+v, want duplicate of seq %d", i, res[i], want.Seq)
+			}
+		}
+	}
+	c := alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("c")})
+	alice.Push(c)
+	if res := alice.Push(a); !res[0].Duplicate || res[0].Seq != first[0].Seq {
+		t.Fatalf("old retry after a new op: %+v", res[0])
+	}
+	// The same op id with another payload is refused and changes nothing.
+	forged := a
+	forged.Body = []byte("changed")
+	res, err := e.Append(ctx, alice.Actor, []model.Op{forged})
+	if err != nil || !errors.Is(res[0].Err, engine.ErrOpConflict) {
+		t.Fatalf("conflicting payload: %v %+v", err, res)
+	}
+	page, _ := e.History(alice.Actor, conv, engine.HistoryQuery{})
+	if got := enginetest.Text(page.Ops); !slices.Equal(got, []string{"1:", "2:a", "3:b", "4:c"}) {
+		t.Fatalf("log after retries: %v", got)
+	}
+	enginetest.MustCheck(t, e)
+}
+
+func TestDots(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	conv := alice.Create("c")
+	msg := func(n uint64, text string) model.Op {
+		return model.Op{ID: ulid.Make(), Conv: conv, Dot: model.Dot{Device: alice.Actor.Device, N: n}, Kind: model.KindMessage, Body: []byte(text)}
+	}
+	res, err := e.Append(ctx, alice.Actor, []model.Op{msg(3, "gap"), msg(1, "reused"), msg(2, "next"), msg(4, "after")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(res[0].Err, engine.ErrDotGap) || res[0].ServerDot != 1 || !strings.Contains(res[0].Err.Error(), "holds up to 1") {
+		t.Errorf("gap: %+v", res[0])
+	}
+	if !errors.Is(res[1].Err, engine.ErrDotReused) || res[1].ServerDot != 1 {
+		t.Errorf("reuse: %+v", res[1])
+	}
+	if res[2].Err != nil || res[2].ServerDot != 2 {
+		t.Errorf("next: %+v", res[2])
+	}
+	if !errors.Is(res[3].Err, engine.ErrDotGap) || res[3].ServerDot != 2 {
+		t.Errorf("gap after the accepted one: %+v", res[3])
+	}
+	// A device of another user cannot be claimed.
+	bob := enginetest.Register(t, e, "bob")
+	forged := msg(2, "x")
+	forged.Dot.Device = bob.Actor.Device
+	if res, _ := e.Append(ctx, alice.Actor, []model.Op{forged}); !errors.Is(res[0].Err, engine.ErrForbidden) {
+		t.Errorf("claimed another user's device: %+v", res[0])
+	}
+	enginetest.MustCheck(t, e)
+}
+
+func TestMalformedPushStoresNothing(t *testing.T) {
+	e := enginetest.New(t, func(o *engine.Options) { o.MaxBodyBytes = 10 })
+	alice := enginetest.Register(t, e, "alice")
+	conv := alice.Create("c")
+	good := alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("ok")})
+	big := alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("far too long a body")})
+	_, err := e.Append(ctx, alice.Actor, []model.Op{good, big})
+	if !errors.Is(err, model.ErrInvalidOp) || !strings.Contains(err.Error(), "limit of 10") {
+		t.Fatalf("got %v, want an invalid-op error naming the limit", err)
+	}
+	erased := good
+	erased.Erased, erased.Body = true, nil
+	if _, err := e.Append(ctx, alice.Actor, []model.Op{erased}); !errors.Is(err, model.ErrInvalidOp) {
+		t.Fatalf("client-set erased flag: %v", err)
+	}
+	many := make([]model.Op, 1001)
+	if _, err := e.Append(ctx, alice.Actor, many); !errors.Is(err, engine.ErrTooMany) {
+		t.Fatalf("1001 ops: %v", err)
+	}
+	if page, _ := e.History(alice.Actor, conv, engine.HistoryQuery{}); page.Head != 1 {
+		t.Fatalf("a rejected push stored ops: head %d", page.Head)
+	}
+}
+
+func TestPermissions(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	eve := enginetest.Register(t, e, "eve")
+	conv := alice.Create("c", bob)
+	m := alice.Send(conv, "mine")
+
+	try := func(d *enginetest.Device, op model.Op) error { return d.Try(conv, op).Err }
+	if err := try(bob, model.Op{Kind: model.KindEdit, Target: m.ID, Body: []byte("x")}); !errors.Is(err, engine.ErrForbidden) {
+		t.Errorf("bob edits alice's message: %v", err)
+	}
+	if err := try(bob, model.Op{Kind: model.KindSetTitle, Title: "x"}); !errors.Is(err, engine.ErrForbidden) {
+		t.Errorf("member sets title: %v", err)
+	}
+	if err := try(bob, model.Op{Kind: model.KindMemberAdd, Member: eve.Actor.User, Role: model.RoleMember}); !errors.Is(err, engine.ErrForbidden) {
+		t.Errorf("member adds: %v", err)
+	}
+	if err := try(eve, model.Op{Kind: model.KindMessage}); !errors.Is(err, engine.ErrNotFound) {
+		t.Errorf("stranger sends: %v", err)
+	}
+	if err := try(alice, model.Op{Kind: model.KindMemberAdd, Member: ulid.Make(), Role: model.RoleMember}); !errors.Is(err, engine.ErrPrecondition) {
+		t.Errorf("add a user who does not exist: %v", err)
+	}
+	if err := try(alice, model.Op{Kind: model.KindEdit, Target: ulid.Make(), Body: []byte("x")}); !errors.Is(err, engine.ErrPrecondition) {
+		t.Errorf("edit a message that does not exist: %v", err)
+	}
+	if err := try(alice, model.Op{Kind: model.KindCreate}); !errors.Is(err, engine.ErrConversationExists) {
+		t.Errorf("create again: %v", err)
+	}
+	if _, err := e.History(eve.Actor, conv, engine.HistoryQuery{}); !errors.Is(err, engine.ErrNotFound) {
+		t.Errorf("stranger reads: %v", err)
+	}
+	// Rejected ops took no seq and no dot: bob's next op still fits.
+	bob.Send(conv, "still fine") // Push fails the test on a dot gap
+	enginetest.MustCheck(t, e)
+}
+
+func TestDeleteErasesBodies(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	m := alice.Send(conv, "secret")
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindEdit, Target: m.ID, Body: []byte("secret 2")}))
+	del := alice.Op(conv, model.Op{Kind: model.KindDelete, Target: m.ID})
+	alice.Push(del)
+
+	page, _ := e.History(bob.Actor, conv, engine.HistoryQuery{})
+	for _, op := range page.Ops {
+		if strings.Contains(string(op.Body), "secret") {
+			t.Fatalf("op %d still carries a deleted body", op.Seq)
+		}
+	}
+	if !page.Ops[2].Erased || !page.Ops[3].Erased || page.Ops[4].Erased {
+		t.Fatalf("message and edit not marked erased (or delete marked): %+v %+v %+v", page.Ops[2], page.Ops[3], page.Ops[4])
+	}
+	// A late retry of the original message is still recognised.
+	orig := m
+	orig.Seq = 0
+	if res := alice.Push(orig); !res[0].Duplicate || res[0].Seq != m.Seq {
+		t.Fatalf("retry of an erased message: %+v", res[0])
+	}
+	// Editing a deleted message is refused.
+	if res := alice.Try(conv, model.Op{Kind: model.KindEdit, Target: m.ID, Body: []byte("x")}); !errors.Is(res.Err, engine.ErrPrecondition) {
+		t.Fatalf("edit after delete: %+v", res)
+	}
+	if v, _ := model.Fold(conv, page.Ops).Message(m.ID); !v.Deleted || v.Body != nil {
+		t.Fatalf("state after delete: %+v", v)
+	}
+	enginetest.MustCheck(t, e)
+}
+
+func TestRemovedMemberReadsUpToRemoval(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	alice.Send(conv, "before")
+	rm := alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
+	alice.Send(conv, "after")
+
+	page, err := e.History(bob.Actor, conv, engine.HistoryQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page.Head != rm[0].Seq || page.Ops[len(page.Ops)-1].Seq != rm[0].Seq {
+		t.Fatalf("removed member reads to %d (head %d), want to the removal at %d", page.Ops[len(page.Ops)-1].Seq, page.Head, rm[0].Seq)
+	}
+	if res := bob.Try(conv, model.Op{Kind: model.KindMessage}); !errors.Is(res.Err, engine.ErrNotFound) {
+		t.Fatalf("removed member sends: %+v", res)
+	}
+	// Re-added, bob reads everything again.
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: bob.Actor.User, Role: model.RoleMember}))
+	if page, _ := e.History(bob.Actor, conv, engine.HistoryQuery{}); page.Head != 6 {
+		t.Fatalf("re-added member's head %d, want 6", page.Head)
+	}
+	enginetest.MustCheck(t, e)
+}

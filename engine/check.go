@@ -1,0 +1,329 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
+	"github.com/ferrysync/ferry/engine/internal/store"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// CheckReport summarises a consistency check.
+type CheckReport struct {
+	Conversations int
+	Ops           int
+	FeedEntries   int
+	Problems      []string // empty when the store is consistent
+}
+
+// Err returns the problems as one error, or nil.
+func (r CheckReport) Err() error {
+	if len(r.Problems) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("%d problems", len(r.Problems))
+	for i, p := range r.Problems {
+		if i == 20 {
+			msg += fmt.Sprintf("\n  ... and %d more", len(r.Problems)-20)
+			break
+		}
+		msg += "\n  " + p
+	}
+	return errors.New(msg)
+}
+
+// Check verifies that everything derived from the log agrees with it: for
+// every conversation, that seqs are dense, that the op-id, dot and edit
+// indexes point at the right ops, that dots are gapless per device, that
+// the conversation and member records match a replay of the log, that
+// erased ops were deleted, and that every feed entry is where the
+// membership says. It reads the whole store: an operator's and a test's
+// tool, not a request path.
+func (e *Engine) Check() (CheckReport, error) {
+	r := e.reader()
+	defer r.release()
+	c := &checker{r: r}
+	feedPos, err := readFeedPos(r.v)
+	if err != nil {
+		return c.rep, err
+	}
+	c.feedPos = feedPos
+	c.want = map[string]bool{}
+	err = scan(r.v, []byte{keys.TConv}, func(k, val []byte) error {
+		conv, ok := keys.ParseID(k, 1)
+		if !ok || len(k) != 17 {
+			c.problem("malformed conversation key %x", k)
+			return nil
+		}
+		rec, err := record.DecodeConv(val)
+		if err != nil {
+			c.problem("conversation %s: %v", conv, err)
+			return nil
+		}
+		c.rep.Conversations++
+		return c.conv(conv, rec)
+	})
+	if err != nil {
+		return c.rep, err
+	}
+	// Every feed entry must be one that some conversation's membership
+	// expects, and every expected one must exist.
+	err = scan(r.v, []byte{keys.TFeed}, func(k, _ []byte) error {
+		c.rep.FeedEntries++
+		if !c.want[string(k)] {
+			_, pos, conv, _ := keys.ParseFeed(k)
+			c.problem("stray feed entry at position %d for conversation %s", pos, conv)
+		}
+		delete(c.want, string(k))
+		return nil
+	})
+	if err != nil {
+		return c.rep, err
+	}
+	for k := range c.want {
+		u, pos, conv, _ := keys.ParseFeed([]byte(k))
+		c.problem("missing feed entry of user %s for conversation %s at position %d", u, conv, pos)
+	}
+	if err := c.userFeed(); err != nil {
+		return c.rep, err
+	}
+	return c.rep, nil
+}
+
+type checker struct {
+	r       reader
+	rep     CheckReport
+	feedPos uint64
+	want    map[string]bool // feed keys that must exist
+}
+
+func (c *checker) problem(format string, args ...any) {
+	c.rep.Problems = append(c.rep.Problems, fmt.Sprintf(format, args...))
+}
+
+func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
+	v := c.r.v
+	var (
+		seq      uint64
+		messages uint64
+		title    string
+		dots     = map[ulid.ULID]uint64{}
+		roles    = map[ulid.ULID]record.Member{}
+		deleted  = map[ulid.ULID]bool{} // deleted message ids
+		edits    = map[ulid.ULID][]uint64{}
+		erased   []record.Op
+		nEdits   int
+	)
+	err := scan(v, keys.ID1(keys.TOp, conv), func(k, val []byte) error {
+		_, s, ok := keys.ParseOp(k)
+		if !ok {
+			c.problem("conversation %s: malformed op key %x", conv, k)
+			return nil
+		}
+		seq++
+		if s != seq {
+			c.problem("conversation %s: seq %d follows %d", conv, s, seq-1)
+			seq = s
+		}
+		op, err := record.DecodeOp(conv, s, val)
+		if err != nil {
+			c.problem("conversation %s seq %d: %v", conv, s, err)
+			return nil
+		}
+		c.rep.Ops++
+		if op.Kind == model.KindMessage {
+			messages++
+		}
+		if op.Messages != messages {
+			c.problem("conversation %s seq %d: message count %d, replay says %d", conv, s, op.Messages, messages)
+		}
+		dots[op.Dot.Device]++
+		if op.Dot.N != dots[op.Dot.Device] {
+			c.problem("conversation %s seq %d: dot %s, replay expects %d", conv, s, op.Dot, dots[op.Dot.Device])
+			dots[op.Dot.Device] = op.Dot.N
+		}
+		c.expectUint(keys.ID2(keys.TOpID, conv, op.ID), s, "op-id index of %s/%d", conv, s)
+		c.expectUint(keys.Dot(conv, op.Dot.Device, op.Dot.N), s, "dot index of %s/%d", conv, s)
+		switch op.Kind {
+		case model.KindCreate:
+			title = op.Title
+			roles[op.User] = record.Member{Role: model.RoleOwner, Since: s}
+		case model.KindSetTitle:
+			title = op.Title
+		case model.KindMemberAdd, model.KindMemberRole:
+			roles[op.Member] = record.Member{Role: op.Role, Since: s}
+		case model.KindMemberRemove:
+			roles[op.Member] = record.Member{Role: model.RoleNone, Since: s}
+		case model.KindEdit:
+			nEdits++
+			edits[op.Target] = append(edits[op.Target], s)
+			if ok, err := v.Has(keys.Edit(conv, op.Target, s)); err != nil || !ok {
+				c.problem("conversation %s seq %d: edit index entry missing", conv, s)
+			}
+		case model.KindDelete:
+			deleted[op.Target] = true
+		}
+		if op.Erased {
+			erased = append(erased, op)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if seq != rec.Head {
+		c.problem("conversation %s: head %d, log ends at %d", conv, rec.Head, seq)
+	}
+	if messages != rec.Messages {
+		c.problem("conversation %s: %d messages recorded, log has %d", conv, rec.Messages, messages)
+	}
+	if title != rec.Title {
+		c.problem("conversation %s: title %q, log says %q", conv, rec.Title, title)
+	}
+	for _, op := range erased {
+		target := op.ID
+		if op.Kind == model.KindEdit {
+			target = op.Target
+		}
+		if !deleted[target] {
+			c.problem("conversation %s seq %d: erased, but message %s was never deleted", conv, op.Seq, target)
+		}
+	}
+	for target := range deleted {
+		for _, s := range edits[target] {
+			if o, err := readOp(v, conv, s); err == nil && !o.Erased {
+				c.problem("conversation %s seq %d: edit of deleted message %s still holds its body", conv, s, target)
+			}
+		}
+		if seqRaw, err := v.Get(keys.ID2(keys.TOpID, conv, target)); err == nil {
+			if ts, err := record.DecodeUint(seqRaw); err == nil {
+				if o, err := readOp(v, conv, ts); err == nil && !o.Erased {
+					c.problem("conversation %s: deleted message %s still holds its body", conv, target)
+				}
+			}
+		}
+	}
+	for _, t := range []struct {
+		table byte
+		want  uint64
+		what  string
+	}{{keys.TOpID, rec.Head, "op-id index"}, {keys.TDot, rec.Head, "dot index"}, {keys.TEdit, uint64(nEdits), "edit index"}} {
+		n, err := count(v, keys.ID1(t.table, conv))
+		if err != nil {
+			return err
+		}
+		if n != t.want {
+			c.problem("conversation %s: %s has %d entries, log implies %d", conv, t.what, n, t.want)
+		}
+	}
+	vec, err := readVector(v, conv)
+	if err != nil {
+		return err
+	}
+	if !vec.Equal(vectorOf(dots)) {
+		c.problem("conversation %s: vector %v, log implies %v", conv, vec, vectorOf(dots))
+	}
+	// Membership and feed entries.
+	if rec.FeedPos > c.feedPos {
+		c.problem("conversation %s: feed position %d beyond the store's %d", conv, rec.FeedPos, c.feedPos)
+	}
+	active := uint32(0)
+	err = scan(v, keys.ID1(keys.TMember, conv), func(k, val []byte) error {
+		_, u, _ := keys.ParseID2(k)
+		m, err := record.DecodeMember(val)
+		if err != nil {
+			c.problem("conversation %s member %s: %v", conv, u, err)
+			return nil
+		}
+		want, ok := roles[u]
+		delete(roles, u)
+		if !ok || want.Role != m.Role || want.Since != m.Since {
+			c.problem("conversation %s member %s: role %s since %d, log says %s since %d", conv, u, m.Role, m.Since, want.Role, want.Since)
+		}
+		pos := rec.FeedPos
+		if m.Role == model.RoleNone {
+			pos = m.DetachedPos
+		} else {
+			active++
+			if m.DetachedPos != 0 {
+				c.problem("conversation %s member %s: active but detached at %d", conv, u, m.DetachedPos)
+			}
+		}
+		c.want[string(keys.Feed(keys.TFeed, u, pos, conv))] = true
+		if ok, err := v.Has(keys.ID2(keys.TUserConv, u, conv)); err != nil || !ok {
+			c.problem("conversation %s member %s: missing from the user's conversations", conv, u)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for u := range roles {
+		c.problem("conversation %s: log makes %s a member, but there is no member record", conv, u)
+	}
+	if active != rec.Members {
+		c.problem("conversation %s: %d members recorded, %d active", conv, rec.Members, active)
+	}
+	return nil
+}
+
+func (c *checker) expectUint(k []byte, want uint64, format string, args ...any) {
+	raw, err := c.r.v.Get(k)
+	if err != nil {
+		c.problem(format+": missing", args...)
+		return
+	}
+	got, err := record.DecodeUint(raw)
+	if err != nil || got != want {
+		c.problem(format+": points at %d", append(args, got)...)
+	}
+}
+
+// userFeed checks that user-level feed entries and their index agree.
+func (c *checker) userFeed() error {
+	idx := map[string]bool{}
+	err := scan(c.r.v, []byte{keys.TUFeedIdx}, func(k, val []byte) error {
+		u, conv, ok := keys.ParseID2(k)
+		pos, err := record.DecodeUint(val)
+		if !ok || err != nil {
+			c.problem("malformed user feed index entry %x", k)
+			return nil
+		}
+		idx[string(keys.Feed(keys.TUFeed, u, pos, conv))] = true
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = scan(c.r.v, []byte{keys.TUFeed}, func(k, _ []byte) error {
+		if !idx[string(k)] {
+			u, pos, conv, _ := keys.ParseFeed(k)
+			c.problem("user feed entry of %s for %s at %d is not indexed", u, conv, pos)
+		}
+		delete(idx, string(k))
+		return nil
+	})
+	for k := range idx {
+		u, pos, conv, _ := keys.ParseFeed([]byte(k))
+		c.problem("user feed index of %s for %s points at missing position %d", u, conv, pos)
+	}
+	return err
+}
+
+func count(v *store.View, prefix []byte) (uint64, error) {
+	var n uint64
+	err := scan(v, prefix, func(_, _ []byte) error { n++; return nil })
+	return n, err
+}
+
+func vectorOf(dots map[ulid.ULID]uint64) model.Vector {
+	es := make([]model.Dot, 0, len(dots))
+	for d, n := range dots {
+		es = append(es, model.Dot{Device: d, N: n})
+	}
+	return model.NewVector(es...)
+}

@@ -1,0 +1,258 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
+	"github.com/ferrysync/ferry/engine/internal/store"
+)
+
+// formatVersion is the engine's on-disk format. A store with another format
+// is refused rather than misread.
+const formatVersion = 1
+
+// backupMarker is the file Backup leaves in its copies: opening a copy that
+// has it starts a new epoch.
+const backupMarker = "FERRY-BACKUP"
+
+// Actor is an authenticated device acting for its user. The server obtains
+// it from [Engine.Authenticate] and passes it explicitly; the engine never
+// reads identity from a context.
+type Actor struct {
+	User   ulid.ULID
+	Device ulid.ULID
+}
+
+// Engine is an open Ferry store. It is safe for concurrent use.
+type Engine struct {
+	opts Options
+	log  *slog.Logger
+	st   *store.Store
+	dir  string
+
+	epoch ulid.ULID
+	hub   *hub
+
+	randMu sync.Mutex
+
+	dummyOnce sync.Once
+	dummy     string
+
+	reqs       chan *request
+	commits    atomic.Uint64
+	requests   atomic.Uint64
+	quit       chan struct{}
+	writerDone chan struct{}
+	closeOnce  sync.Once
+
+	// Owned by the writer goroutine.
+	w writer
+}
+
+// Open opens the store in dir, creating it if needed.
+func Open(dir string, opts Options) (*Engine, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("engine options: %w", err)
+	}
+	e := &Engine{
+		opts:       opts,
+		log:        opts.Logger,
+		dir:        dir,
+		hub:        newHub(),
+		reqs:       make(chan *request, 1024),
+		quit:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+	}
+	fromBackup := false
+	if _, err := opts.FS.Stat(opts.FS.PathJoin(dir, backupMarker)); err == nil {
+		fromBackup = true
+	}
+	st, err := store.Open(dir, store.Options{
+		FS:           opts.FS,
+		MemTableSize: opts.MemTableSize,
+		CacheSize:    opts.CacheSize,
+		Logger:       opts.Logger,
+		OnFatal:      opts.OnFatal,
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.st = st
+	if err := e.initMeta(opts.NewEpoch || fromBackup); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	if fromBackup {
+		if err := opts.FS.Remove(opts.FS.PathJoin(dir, backupMarker)); err != nil {
+			_ = st.Close()
+			return nil, fmt.Errorf("remove backup marker: %w", err)
+		}
+	}
+	e.w.init(e)
+	go e.writeLoop()
+	return e, nil
+}
+
+// initMeta reads the epoch, creating the store's metadata on first open and
+// starting a new epoch when asked.
+func (e *Engine) initMeta(newEpoch bool) error {
+	v := e.st.View()
+	defer v.Release()
+	b := e.st.NewBatch()
+	format, err := v.Get(keys.Meta(keys.MetaFormat))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, formatVersion))
+		newEpoch = true
+	case err != nil:
+		return fmt.Errorf("read format: %w", err)
+	default:
+		f, err := record.DecodeUint(format)
+		if err != nil {
+			return fmt.Errorf("read format: %w", err)
+		}
+		if f != formatVersion {
+			return fmt.Errorf("store format %d is not supported (this build reads format %d)", f, formatVersion)
+		}
+	}
+	if !newEpoch {
+		raw, err := v.Get(keys.Meta(keys.MetaEpoch))
+		if err != nil {
+			return fmt.Errorf("read epoch: %w", err)
+		}
+		if e.epoch, err = record.DecodeID(raw); err != nil {
+			return fmt.Errorf("read epoch: %w", err)
+		}
+		b.Close()
+		return nil
+	}
+	old := "none"
+	if raw, err := v.Get(keys.Meta(keys.MetaEpoch)); err == nil {
+		if id, err := record.DecodeID(raw); err == nil {
+			old = id.String()
+		}
+	}
+	e.epoch = e.newID()
+	b.Set(keys.Meta(keys.MetaEpoch), record.AppendID(nil, e.epoch))
+	if err := e.st.Commit(b); err != nil {
+		return err
+	}
+	e.log.Info("new epoch: clients with cursors from another epoch will repair", "epoch", e.epoch, "previous", old)
+	return nil
+}
+
+// Epoch identifies this store's history. It changes when the store is
+// created, restored from a backup or opened with Options.NewEpoch.
+func (e *Engine) Epoch() ulid.ULID { return e.epoch }
+
+// Close stops the writer, failing queued writes with ErrClosed, and closes
+// the store. Open sessions must be closed first.
+func (e *Engine) Close() error {
+	var err error
+	e.closeOnce.Do(func() {
+		close(e.quit)
+		<-e.writerDone
+		err = e.st.Close()
+		if errors.Is(err, store.ErrFatal) {
+			err = ErrFailed
+		}
+	})
+	return err
+}
+
+// Failed returns ErrFailed wrapping the cause once a storage failure stopped
+// the engine, or nil.
+func (e *Engine) Failed() error {
+	if err := e.st.Failed(); err != nil {
+		return fmt.Errorf("%w: %v", ErrFailed, err)
+	}
+	return nil
+}
+
+// Backup writes a consistent copy of the store to dir (which must not
+// exist). Opening the copy starts a new epoch, so devices never trust
+// cursors from the history the copy lost.
+func (e *Engine) Backup(dir string) error {
+	if err := e.st.Checkpoint(dir); err != nil {
+		return err
+	}
+	f, err := e.opts.FS.Create(e.opts.FS.PathJoin(dir, backupMarker), "")
+	if err != nil {
+		return fmt.Errorf("mark backup: %w", err)
+	}
+	_, werr := io.WriteString(f, "This is a Ferry backup. Opening it starts a new epoch.\n")
+	if err := errors.Join(werr, f.Sync(), f.Close()); err != nil {
+		return fmt.Errorf("mark backup: %w", err)
+	}
+	return nil
+}
+
+// DiskUsage is the bytes the store occupies, after an optional full
+// compaction.
+func (e *Engine) DiskUsage(compact bool) (uint64, error) {
+	if compact {
+		if err := e.st.Compact(); err != nil {
+			return 0, err
+		}
+	}
+	return e.st.DiskUsage(), nil
+}
+
+// Metrics are counters since Open.
+type Metrics struct {
+	// Reads counts point reads and iterator steps against the store: the
+	// engine's unit of read work.
+	Reads uint64
+	// Watching is the number of users with an open session.
+	Watching int
+	// Commits counts synced group commits; Requests the write requests they
+	// carried. Requests/Commits is the mean group size.
+	Commits, Requests uint64
+	// Queued is the number of write requests waiting for the writer.
+	Queued int
+}
+
+// Metrics returns the engine's counters.
+func (e *Engine) Metrics() Metrics {
+	return Metrics{
+		Reads:    e.st.Reads(),
+		Watching: e.hub.watching(),
+		Commits:  e.commits.Load(),
+		Requests: e.requests.Load(),
+		Queued:   len(e.reqs),
+	}
+}
+
+// newID returns a new ULID from the engine's clock and entropy.
+func (e *Engine) newID() ulid.ULID {
+	e.randMu.Lock()
+	defer e.randMu.Unlock()
+	id, err := ulid.New(ulid.Timestamp(e.opts.Now()), e.opts.Rand)
+	if err != nil {
+		panic(fmt.Sprintf("engine: entropy source failed: %v", err))
+	}
+	return id
+}
+
+// randomBytes fills b from the engine's entropy.
+func (e *Engine) randomBytes(b []byte) {
+	e.randMu.Lock()
+	defer e.randMu.Unlock()
+	if _, err := io.ReadFull(e.opts.Rand, b); err != nil {
+		panic(fmt.Sprintf("engine: entropy source failed: %v", err))
+	}
+}
+
+func (e *Engine) nowMs() int64 { return e.opts.Now().UnixMilli() }
+
+func msTime(ms int64) time.Time { return time.UnixMilli(ms).UTC() }

@@ -1,0 +1,153 @@
+package record
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+func id(n byte) ulid.ULID { return ulid.ULID{0: 1, 15: n} }
+
+func sampleOps() []Op {
+	base := model.Op{ID: id(1), Conv: id(2), Seq: 7, Dot: model.Dot{Device: id(3), N: 300}, User: id(4)}
+	with := func(f func(*Op)) Op { o := Op{Op: base, Messages: 12}; f(&o); return o }
+	return []Op{
+		with(func(o *Op) { o.Kind = model.KindCreate; o.Title = "team" }),
+		with(func(o *Op) { o.Kind = model.KindMessage; o.Body = []byte("hello"); o.ContentType = "text/plain" }),
+		with(func(o *Op) { o.Kind = model.KindMessage; o.Erased = true; o.Hash = [16]byte{9, 9} }),
+		with(func(o *Op) { o.Kind = model.KindEdit; o.Target = id(5); o.Body = []byte("x") }),
+		with(func(o *Op) { o.Kind = model.KindEdit; o.Target = id(5); o.Erased = true; o.Hash = [16]byte{1} }),
+		with(func(o *Op) { o.Kind = model.KindDelete; o.Target = id(5) }),
+		with(func(o *Op) { o.Kind = model.KindReactionAdd; o.Target = id(5); o.ReactionKey = "👍" }),
+		with(func(o *Op) { o.Kind = model.KindReactionRemove; o.Target = id(5); o.ReactionKey = "👍" }),
+		with(func(o *Op) { o.Kind = model.KindMemberAdd; o.Member = id(6); o.Role = model.RoleAdmin }),
+		with(func(o *Op) { o.Kind = model.KindMemberRemove; o.Member = id(6) }),
+		with(func(o *Op) { o.Kind = model.KindMemberRole; o.Member = id(6); o.Role = model.RoleOwner }),
+		with(func(o *Op) { o.Kind = model.KindSetTitle }),
+	}
+}
+
+func TestOpRoundTrip(t *testing.T) {
+	for _, op := range sampleOps() {
+		got, err := DecodeOp(op.Conv, op.Seq, AppendOp(nil, &op))
+		if err != nil {
+			t.Fatalf("%s: %v", op.Kind, err)
+		}
+		if !reflect.DeepEqual(got, op) {
+			t.Errorf("%s: round trip\n got %+v\nwant %+v", op.Kind, got, op)
+		}
+	}
+}
+
+func TestRecordsRoundTrip(t *testing.T) {
+	c := Conv{Head: 1 << 40, FeedPos: 9, Messages: 3, Members: 70000, Title: "t"}
+	if got, err := DecodeConv(AppendConv(nil, &c)); err != nil || got != c {
+		t.Errorf("conv: %+v %v", got, err)
+	}
+	m := Member{Role: model.RoleAdmin, Since: 5, DetachedPos: 8}
+	if got, err := DecodeMember(AppendMember(nil, &m)); err != nil || got != m {
+		t.Errorf("member: %+v %v", got, err)
+	}
+	u := User{Username: "alice", DisplayName: "Alice", PasswordHash: "$argon2id$...", CreatedMs: 1700000000000}
+	if got, err := DecodeUser(AppendUser(nil, &u)); err != nil || got != u {
+		t.Errorf("user: %+v %v", got, err)
+	}
+	d := Device{Name: "phone", CreatedMs: 5, Revoked: true, TokenHash: [32]byte{1, 31: 2}}
+	if got, err := DecodeDevice(AppendDevice(nil, &d)); err != nil || got != d {
+		t.Errorf("device: %+v %v", got, err)
+	}
+	mk := Marker{Delivered: 9, Read: 8, PublicRead: 7}
+	if got, err := DecodeMarker(AppendMarker(nil, &mk)); err != nil || got != mk {
+		t.Errorf("marker: %+v %v", got, err)
+	}
+	if a, b, err := DecodeIDs(AppendIDs(nil, id(1), id(2))); err != nil || a != id(1) || b != id(2) {
+		t.Errorf("ids: %v %v %v", a, b, err)
+	}
+	if v, err := DecodeUint(AppendUint(nil, 1<<63)); err != nil || v != 1<<63 {
+		t.Errorf("uint: %v %v", v, err)
+	}
+}
+
+func TestDecodeRejectsCorruption(t *testing.T) {
+	op := sampleOps()[1]
+	good := AppendOp(nil, &op)
+	for name, b := range map[string][]byte{
+		"empty":           nil,
+		"unknown version": append([]byte{9}, good[1:]...),
+		"unknown kind":    append([]byte{Version, 77}, good[2:]...),
+		"unknown flag":    append([]byte{Version, good[1], 4}, good[3:]...),
+		"truncated":       good[:len(good)-1],
+		"trailing":        append(append([]byte(nil), good...), 0),
+		"body too long":   append(append([]byte(nil), good[:len(good)-6]...), 0xff, 0x7f),
+	} {
+		if _, err := DecodeOp(op.Conv, op.Seq, b); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: got %v, want ErrCorrupt", name, err)
+		}
+	}
+	if _, err := DecodeMember([]byte{Version, 9, 0, 0}); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("member with role 9: got %v", err)
+	}
+	if _, err := DecodeDevice(append([]byte{Version, 0, 0, 2}, make([]byte, 32)...)); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("device with revoked=2: got %v", err)
+	}
+}
+
+// FuzzDecodeOp checks that no input panics the decoder and that whatever
+// decodes re-encodes to something that decodes the same.
+func FuzzDecodeOp(f *testing.F) {
+	for _, op := range sampleOps() {
+		f.Add(AppendOp(nil, &op))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		op, err := DecodeOp(id(2), 7, b)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v does not wrap ErrCorrupt", err)
+			}
+			return
+		}
+		again, err := DecodeOp(id(2), 7, AppendOp(nil, &op))
+		if err != nil || !reflect.DeepEqual(again, op) {
+			t.Fatalf("re-encoding changed the op: %+v -> %+v (%v)", op, again, err)
+		}
+	})
+}
+
+func FuzzDecodeRecords(f *testing.F) {
+	f.Add(AppendConv(nil, &Conv{Head: 3, Title: "x"}))
+	f.Add(AppendMember(nil, &Member{Role: 1, Since: 2}))
+	f.Add(AppendUser(nil, &User{Username: "a"}))
+	f.Add(AppendDevice(nil, &Device{Name: "d"}))
+	f.Add(AppendMarker(nil, &Marker{Read: 1}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if c, err := DecodeConv(b); err == nil {
+			if got, err := DecodeConv(AppendConv(nil, &c)); err != nil || got != c {
+				t.Fatalf("conv re-encoding: %+v -> %+v", c, got)
+			}
+		}
+		if m, err := DecodeMember(b); err == nil {
+			if got, err := DecodeMember(AppendMember(nil, &m)); err != nil || got != m {
+				t.Fatalf("member re-encoding: %+v -> %+v", m, got)
+			}
+		}
+		if u, err := DecodeUser(b); err == nil {
+			if got, err := DecodeUser(AppendUser(nil, &u)); err != nil || got != u {
+				t.Fatalf("user re-encoding: %+v -> %+v", u, got)
+			}
+		}
+		if d, err := DecodeDevice(b); err == nil {
+			if got, err := DecodeDevice(AppendDevice(nil, &d)); err != nil || got != d {
+				t.Fatalf("device re-encoding: %+v -> %+v", d, got)
+			}
+		}
+		if m, err := DecodeMarker(b); err == nil {
+			if got, err := DecodeMarker(AppendMarker(nil, &m)); err != nil || got != m {
+				t.Fatalf("marker re-encoding: %+v -> %+v", m, got)
+			}
+		}
+	})
+}

@@ -1,0 +1,368 @@
+// Package store is the engine's thin layer over Pebble: opening the
+// database, synced batch commits, durable read views and fail-stop on disk
+// errors. It is the only package that imports Pebble itself; it knows
+// nothing of ops or conversations.
+//
+// # Durable views
+//
+// Pebble makes a batch visible to readers before its WAL sync completes, so
+// reading the database directly could show a stream an op that a crash then
+// loses, and the op's seq would later be reused for another op. Readers
+// therefore never read the database itself: they read a [View], a snapshot
+// taken after the last synced commit returned, which holds only durable
+// data. Commits are serialised (one writer), so a snapshot taken between two
+// commits contains nothing undurable.
+//
+// # Concurrency
+//
+// [Store.Commit] must be called by one goroutine at a time (the engine's
+// writer). [Store.View] and everything on a View are safe for concurrent use.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// ErrFatal is returned by Commit, and by everything after it, once the
+// database has failed (a failed WAL sync or another error that Pebble treats
+// as fatal). Nothing is acknowledged after it: the process should stop.
+var ErrFatal = errors.New("store failed: storage error, stopping")
+
+// ErrNotFound is returned by View.Get for a missing key.
+var ErrNotFound = errors.New("not found")
+
+// Options configure a Store.
+type Options struct {
+	// FS is the filesystem. Default: the operating system's.
+	FS vfs.FS
+	// MemTableSize is Pebble's memtable size. Default 64 MiB: the 4 MiB Pebble
+	// default stalls concurrent synced commits.
+	MemTableSize uint64
+	// CacheSize is Pebble's block cache size. Default 64 MiB.
+	CacheSize int64
+	// Logger receives Pebble's errors and notable events. Default
+	// slog.Default().
+	Logger *slog.Logger
+	// OnFatal is called once, from the failing goroutine, when Pebble hits an
+	// error it cannot continue from. Default: nothing (the error is logged and
+	// every later commit fails with ErrFatal).
+	OnFatal func(error)
+}
+
+// Store is an open database.
+type Store struct {
+	db     *pebble.DB
+	reads  atomic.Uint64 // point reads and iterator positionings, for tests and metrics
+	log    *slog.Logger
+	fatal  atomic.Pointer[error]
+	onFail func(error)
+
+	mu   sync.RWMutex // guards view
+	view *View
+}
+
+// fatalPanic carries a Pebble fatal error out of Pebble's call stack when it
+// happens on a goroutine that Commit guards.
+type fatalPanic struct{ err error }
+
+// Open opens or creates the database in dir.
+func Open(dir string, o Options) (*Store, error) {
+	if o.MemTableSize == 0 {
+		o.MemTableSize = 64 << 20
+	}
+	if o.CacheSize == 0 {
+		o.CacheSize = 64 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	s := &Store{log: o.Logger, onFail: o.OnFatal}
+	cache := pebble.NewCache(o.CacheSize)
+	defer cache.Unref()
+	po := &pebble.Options{
+		FS:                 o.FS,
+		Cache:              cache,
+		MemTableSize:       o.MemTableSize,
+		FormatMajorVersion: pebble.FormatNewest,
+		Logger:             pebbleLogger{s},
+		EventListener: &pebble.EventListener{
+			BackgroundError: func(err error) { s.log.Error("pebble background error", "err", err) },
+			DataCorruption: func(info pebble.DataCorruptionInfo) {
+				s.log.Error("pebble data corruption", "path", info.Path, "err", info.Details)
+			},
+			DiskSlow: func(info pebble.DiskSlowInfo) {
+				s.log.Warn("disk slow", "path", info.Path, "op", info.OpType.String(), "duration", info.Duration)
+			},
+			WriteStallBegin: func(info pebble.WriteStallBeginInfo) { s.log.Warn("write stall", "reason", info.Reason) },
+		},
+	}
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		return nil, fmt.Errorf("open store in %s: %w", dir, err)
+	}
+	s.db = db
+	s.view = s.newView(db.NewSnapshot())
+	return s, nil
+}
+
+// Close releases the latest view and closes the database. Views still held
+// must be released first. After a fatal error the database is abandoned, not
+// closed: its state is unknown and the process is expected to stop.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	v := s.view
+	s.view = nil
+	s.mu.Unlock()
+	if v != nil {
+		v.Release()
+	}
+	if s.Failed() != nil {
+		return ErrFatal
+	}
+	return s.db.Close()
+}
+
+// Failed returns the fatal error that stopped the store, or nil.
+func (s *Store) Failed() error {
+	if p := s.fatal.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Fail stops the store as if Pebble had failed, for errors the caller finds
+// in what it read (corruption): nothing more is committed.
+func (s *Store) Fail(err error) { s.fail(err) }
+
+func (s *Store) fail(err error) {
+	if s.fatal.CompareAndSwap(nil, &err) {
+		s.log.Error("storage failed; refusing all further writes", "err", err)
+		if s.onFail != nil {
+			s.onFail(err)
+		}
+	}
+}
+
+// pebbleLogger routes Pebble's log messages to slog and turns its Fatalf
+// into fail-stop.
+type pebbleLogger struct{ s *Store }
+
+func (l pebbleLogger) Infof(format string, args ...any) {
+	l.s.log.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+func (l pebbleLogger) Errorf(format string, args ...any) {
+	l.s.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+// Fatalf is called by Pebble when it cannot go on, notably when a WAL sync
+// fails during a commit. The store is marked failed, and a panic unwinds
+// the calling goroutine: Commit recovers it and returns ErrFatal; on a
+// Pebble background goroutine it stops the process, which is the point.
+func (l pebbleLogger) Fatalf(format string, args ...any) {
+	err := fmt.Errorf("pebble: "+format, args...)
+	l.s.fail(err)
+	panic(fatalPanic{err})
+}
+
+// Batch collects writes for one atomic commit.
+type Batch struct {
+	b *pebble.Batch
+}
+
+// NewBatch returns an empty batch.
+func (s *Store) NewBatch() *Batch { return &Batch{b: s.db.NewBatch()} }
+
+// Set writes key = value. The batch copies both.
+func (b *Batch) Set(key, value []byte) { _ = b.b.Set(key, value, nil) }
+
+// Delete deletes key.
+func (b *Batch) Delete(key []byte) { _ = b.b.Delete(key, nil) }
+
+// Len is the number of bytes in the batch's representation.
+func (b *Batch) Len() int { return b.b.Len() }
+
+// Count is the number of writes in the batch.
+func (b *Batch) Count() uint32 { return b.b.Count() }
+
+// Close releases a batch that was not committed.
+func (b *Batch) Close() { _ = b.b.Close() }
+
+// Commit writes the batch durably (WAL synced) and then publishes a new
+// view that includes it. When Commit returns nil the batch survives any
+// crash. Any error is fatal: the store refuses every later commit.
+func (s *Store) Commit(b *Batch) (err error) {
+	if err := s.Failed(); err != nil {
+		b.Close()
+		return fmt.Errorf("%w: %v", ErrFatal, err)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			fp, ok := r.(fatalPanic)
+			if !ok {
+				panic(r)
+			}
+			err = fmt.Errorf("%w: %v", ErrFatal, fp.err)
+		}
+	}()
+	if err := b.b.Commit(pebble.Sync); err != nil {
+		s.fail(err)
+		return fmt.Errorf("%w: %v", ErrFatal, err)
+	}
+	_ = b.b.Close()
+	s.publish()
+	return nil
+}
+
+func (s *Store) publish() {
+	v := s.newView(s.db.NewSnapshot())
+	s.mu.Lock()
+	old := s.view
+	s.view = v
+	s.mu.Unlock()
+	if old != nil {
+		old.Release()
+	}
+}
+
+// View returns the latest durable view. The caller must Release it, and
+// should not hold it long: a view pins old versions of keys in Pebble.
+func (s *Store) View() *View {
+	s.mu.RLock()
+	v := s.view
+	if v != nil {
+		v.refs.Add(1)
+	}
+	s.mu.RUnlock()
+	if v == nil {
+		panic("store: View after Close")
+	}
+	return v
+}
+
+// Checkpoint writes a consistent copy of the database to dir, which must
+// not exist.
+func (s *Store) Checkpoint(dir string) error {
+	if err := s.db.Checkpoint(dir, pebble.WithFlushedWAL()); err != nil {
+		return fmt.Errorf("checkpoint to %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Compact compacts the whole key space, for measuring bytes on disk.
+func (s *Store) Compact() error {
+	return s.db.Compact(context.Background(), []byte{0}, []byte{0xff, 0xff}, true)
+}
+
+// DiskUsage is the bytes the database occupies on disk.
+func (s *Store) DiskUsage() uint64 { return s.db.Metrics().DiskSpaceUsage() }
+
+// View is a durable, consistent read-only view of the database.
+type View struct {
+	snap  *pebble.Snapshot
+	refs  atomic.Int64
+	reads *atomic.Uint64
+}
+
+// Reads counts point reads and iterator seeks and steps since Open: the
+// unit of read work, for tests that bound it and for metrics.
+func (s *Store) Reads() uint64 { return s.reads.Load() }
+
+func (s *Store) newView(snap *pebble.Snapshot) *View {
+	v := &View{snap: snap, reads: &s.reads}
+	v.refs.Store(1)
+	return v
+}
+
+// Release gives the view back. The view must not be used afterwards.
+func (v *View) Release() {
+	if v.refs.Add(-1) == 0 {
+		_ = v.snap.Close()
+	}
+}
+
+// Get returns a copy of key's value, or ErrNotFound.
+func (v *View) Get(key []byte) ([]byte, error) {
+	v.reads.Add(1)
+	val, closer, err := v.snap.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := append([]byte(nil), val...)
+	_ = closer.Close()
+	return out, nil
+}
+
+// Has reports whether key exists.
+func (v *View) Has(key []byte) (bool, error) {
+	v.reads.Add(1)
+	_, closer, err := v.snap.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	_ = closer.Close()
+	return true, nil
+}
+
+// Iter iterates over keys in [lower, upper). A nil upper means no bound.
+func (v *View) Iter(lower, upper []byte) (*Iter, error) {
+	it, err := v.snap.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return nil, err
+	}
+	return &Iter{it: it, reads: v.reads}, nil
+}
+
+// Iter is an iterator over a view. Key and Value are valid until the
+// iterator moves; copy what you keep. Not safe for concurrent use.
+type Iter struct {
+	it    *pebble.Iterator
+	reads *atomic.Uint64
+}
+
+// First moves to the first key; it reports whether there is one.
+func (i *Iter) First() bool { i.reads.Add(1); return i.it.First() }
+
+// Last moves to the last key.
+func (i *Iter) Last() bool { i.reads.Add(1); return i.it.Last() }
+
+// Next moves to the next key.
+func (i *Iter) Next() bool { i.reads.Add(1); return i.it.Next() }
+
+// Prev moves to the previous key.
+func (i *Iter) Prev() bool { i.reads.Add(1); return i.it.Prev() }
+
+// SeekGE moves to the first key >= key.
+func (i *Iter) SeekGE(key []byte) bool { i.reads.Add(1); return i.it.SeekGE(key) }
+
+// SeekLT moves to the last key < key.
+func (i *Iter) SeekLT(key []byte) bool { i.reads.Add(1); return i.it.SeekLT(key) }
+
+// Valid reports whether the iterator is at a key.
+func (i *Iter) Valid() bool { return i.it.Valid() }
+
+// Key is the current key.
+func (i *Iter) Key() []byte { return i.it.Key() }
+
+// Value is the current value.
+func (i *Iter) Value() ([]byte, error) { return i.it.ValueAndErr() }
+
+// Close closes the iterator and returns any error it met.
+func (i *Iter) Close() error { return i.it.Close() }
+
+var _ io.Closer = (*Iter)(nil)

@@ -1,0 +1,102 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// Marker moves a device's markers in one conversation.
+type Marker struct {
+	Conv      ulid.ULID
+	Delivered uint64 // the device stores every op up to this seq
+	Read      uint64 // the user has seen every op up to this seq
+	// Private keeps this read from other members' read receipts; it still
+	// clears unread counts on the user's devices.
+	Private bool
+}
+
+// Mark moves the actor device's markers, and its user's (the maximum over
+// the user's devices). Markers only move forward: lower values are ignored,
+// and values beyond what the user can read are lowered to it.
+//
+// A read that moves the user's marker reaches the user's other devices
+// through their feed. Delivered and public read positions also reach the
+// other members as receipts in conversations of up to
+// Options.ReceiptMembers members.
+//
+// A conversation the user cannot read fails the whole call with ErrNotFound
+// and moves nothing.
+func (e *Engine) Mark(ctx context.Context, a Actor, marks []Marker) error {
+	if len(marks) == 0 {
+		return nil
+	}
+	if len(marks) > e.opts.MaxOpsPerAppend {
+		return fmt.Errorf("%w: %d markers in one ack; the limit is %d", ErrTooMany, len(marks), e.opts.MaxOpsPerAppend)
+	}
+	for _, m := range marks {
+		if m.Conv == (ulid.ULID{}) {
+			return fmt.Errorf("%w: a marker has no conversation id", ErrInvalid)
+		}
+	}
+	var notFound ulid.ULID
+	err := e.write(ctx, len(marks), func(tx *txn) {
+		limits := make([]uint64, len(marks))
+		for i, m := range marks {
+			c := tx.conv(m.Conv)
+			if tx.err != nil {
+				return
+			}
+			mem := c.members[a.User]
+			if !c.exists || mem == nil {
+				notFound = m.Conv
+				return
+			}
+			limits[i] = c.rec.Head
+			if mem.Role == model.RoleNone {
+				limits[i] = mem.Since
+			}
+		}
+		for i, m := range marks {
+			tx.mark(a, m, limits[i])
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if notFound != (ulid.ULID{}) {
+		return fmt.Errorf("%w: conversation %s", ErrNotFound, notFound)
+	}
+	return nil
+}
+
+func (tx *txn) mark(a Actor, m Marker, limit uint64) {
+	c := tx.conv(m.Conv)
+	delivered, read := min(m.Delivered, limit), min(m.Read, limit)
+	d := tx.marker(keys.TDevMark, m.Conv, a.Device)
+	if delivered > d.m.Delivered {
+		d.m.Delivered, d.dirty = delivered, true
+	}
+	if read > d.m.Read {
+		d.m.Read, d.dirty = read, true
+	}
+	u := tx.marker(keys.TUserMark, m.Conv, a.User)
+	receipt := false
+	if delivered > u.m.Delivered {
+		u.m.Delivered, u.dirty, receipt = delivered, true, true
+	}
+	if read > u.m.Read {
+		u.m.Read, u.dirty = read, true
+		tx.moveUserFeed(a.User, m.Conv)
+	}
+	if !m.Private && read > u.m.PublicRead {
+		u.m.PublicRead, u.dirty, receipt = read, true, true
+	}
+	if receipt && int(c.rec.Members) <= tx.e.opts.ReceiptMembers && c.members[a.User].Role != model.RoleNone {
+		c.feed = true
+	}
+}

@@ -1,0 +1,140 @@
+package engine
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// Options configure an Engine. The zero value is valid: every field has a
+// default, written in its comment.
+type Options struct {
+	// FS is the filesystem the store lives on. Default: the operating
+	// system's. Tests use vfs.NewMem or vfs.NewCrashableMem.
+	FS vfs.FS
+	// Logger receives the engine's and Pebble's logs. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock, for account and device timestamps. Default time.Now.
+	// It never orders the log.
+	Now func() time.Time
+	// Rand is the entropy for ids, tokens and password salts. Default
+	// crypto/rand.Reader. Calls are serialised, so it need not be safe for
+	// concurrent use.
+	Rand io.Reader
+	// OnFatal is called once when a storage failure stops the engine.
+	// Default: nothing beyond logging; every later write fails with ErrFailed.
+	// Servers should exit.
+	OnFatal func(error)
+	// NewEpoch starts a new epoch on open, for a store restored by means
+	// other than [Engine.Backup] (which marks its copies so that opening one
+	// starts a new epoch by itself). Default false.
+	NewEpoch bool
+
+	// MemTableSize is Pebble's memtable size. Default 64 MiB.
+	MemTableSize uint64
+	// CacheSize is Pebble's block cache size. Default 64 MiB.
+	CacheSize int64
+
+	// MaxBodyBytes caps a message or edit body. Default 64 KiB; at most
+	// model.MaxBodyBytes.
+	MaxBodyBytes int
+	// MaxOpsPerAppend caps the ops of one Append call. Default 1000.
+	MaxOpsPerAppend int
+	// MaxGroupOps caps the ops the writer puts in one commit; more wait for
+	// the next. Default 8192.
+	MaxGroupOps int
+	// ReceiptMembers is the largest conversation whose members' markers are
+	// shared with every member as read receipts. In larger conversations
+	// markers only reach the user's own devices. Default 32.
+	ReceiptMembers int
+	// ConvCacheSize is how many conversations' write state (members, version
+	// vector) the writer keeps in memory. Default 4096.
+	ConvCacheSize int
+	// AllowRegistration lets anyone create an account with Register.
+	// Default false.
+	AllowRegistration bool
+	// Password sets the cost of password hashing (argon2id). Default: the
+	// OWASP recommendation, 19 MiB and 2 passes.
+	Password PasswordParams
+}
+
+// PasswordParams are argon2id parameters.
+type PasswordParams struct {
+	Time      uint32 // passes; default 2
+	MemoryKiB uint32 // default 19456 (19 MiB)
+	Threads   uint8  // default 1
+}
+
+// EnsureDefaults fills unset fields with their defaults.
+func (o *Options) EnsureDefaults() {
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+	if o.MemTableSize == 0 {
+		o.MemTableSize = 64 << 20
+	}
+	if o.CacheSize == 0 {
+		o.CacheSize = 64 << 20
+	}
+	if o.MaxBodyBytes == 0 {
+		o.MaxBodyBytes = 64 << 10
+	}
+	if o.MaxOpsPerAppend == 0 {
+		o.MaxOpsPerAppend = 1000
+	}
+	if o.MaxGroupOps == 0 {
+		o.MaxGroupOps = 8192
+	}
+	if o.ReceiptMembers == 0 {
+		o.ReceiptMembers = 32
+	}
+	if o.ConvCacheSize == 0 {
+		o.ConvCacheSize = 4096
+	}
+	if o.Password.Time == 0 {
+		o.Password.Time = 2
+	}
+	if o.Password.MemoryKiB == 0 {
+		o.Password.MemoryKiB = 19456
+	}
+	if o.Password.Threads == 0 {
+		o.Password.Threads = 1
+	}
+}
+
+// Validate reports every problem with the options at once.
+func (o *Options) Validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(o.MaxBodyBytes > 0 && o.MaxBodyBytes <= model.MaxBodyBytes,
+		"MaxBodyBytes must be between 1 and %d, got %d", model.MaxBodyBytes, o.MaxBodyBytes)
+	check(o.MaxOpsPerAppend > 0, "MaxOpsPerAppend must be positive, got %d", o.MaxOpsPerAppend)
+	check(o.MaxGroupOps >= o.MaxOpsPerAppend,
+		"MaxGroupOps (%d) must be at least MaxOpsPerAppend (%d)", o.MaxGroupOps, o.MaxOpsPerAppend)
+	check(o.ReceiptMembers >= 0, "ReceiptMembers must not be negative, got %d", o.ReceiptMembers)
+	check(o.ConvCacheSize > 0, "ConvCacheSize must be positive, got %d", o.ConvCacheSize)
+	check(o.MemTableSize >= 1<<20, "MemTableSize must be at least 1 MiB, got %d", o.MemTableSize)
+	check(o.Password.MemoryKiB >= 8*uint32(o.Password.Threads),
+		"Password.MemoryKiB must be at least 8 per thread, got %d", o.Password.MemoryKiB)
+	return errors.Join(errs...)
+}

@@ -1,0 +1,566 @@
+package engine
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
+	"github.com/ferrysync/ferry/engine/internal/store"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// ConvInfo is a conversation as one user sees it.
+type ConvInfo struct {
+	ID      ulid.ULID
+	Title   string
+	Role    model.Role // RoleNone once removed
+	Removed bool
+	// Head is the highest seq the user can read: the conversation's head, or
+	// for a removed member the seq of their removal.
+	Head uint64
+	// Unread counts messages from other members after the user's read marker.
+	Unread uint64
+	// The user's markers, merged over their devices.
+	Delivered, Read uint64
+	// Receipts are the other members' markers, in conversations of up to
+	// Options.ReceiptMembers members.
+	Receipts []Receipt
+	Members  uint32
+	// ResumeAfter is set in sessions: the device's cursor, after which the
+	// session sends this conversation's ops.
+	ResumeAfter uint64
+}
+
+// Receipt is another member's markers.
+type Receipt struct {
+	User      ulid.ULID
+	Delivered uint64
+	Read      uint64 // public reads only
+}
+
+// reader bundles a durable view with the engine's settings for one read.
+type reader struct {
+	e *Engine
+	v *store.View
+}
+
+func (e *Engine) reader() reader { return reader{e: e, v: e.st.View()} }
+
+func (r reader) release() { r.v.Release() }
+
+func (r reader) conv(id ulid.ULID) (record.Conv, bool, error) {
+	raw, err := r.v.Get(keys.ID1(keys.TConv, id))
+	if errors.Is(err, store.ErrNotFound) {
+		return record.Conv{}, false, nil
+	}
+	if err != nil {
+		return record.Conv{}, false, err
+	}
+	c, err := record.DecodeConv(raw)
+	return c, err == nil, err
+}
+
+func (r reader) member(conv, user ulid.ULID) (record.Member, bool, error) {
+	raw, err := r.v.Get(keys.ID2(keys.TMember, conv, user))
+	if errors.Is(err, store.ErrNotFound) {
+		return record.Member{}, false, nil
+	}
+	if err != nil {
+		return record.Member{}, false, err
+	}
+	m, err := record.DecodeMember(raw)
+	return m, err == nil, err
+}
+
+func (r reader) marker(table byte, conv, who ulid.ULID) (record.Marker, error) {
+	raw, err := r.v.Get(keys.ID2(table, conv, who))
+	if errors.Is(err, store.ErrNotFound) {
+		return record.Marker{}, nil
+	}
+	if err != nil {
+		return record.Marker{}, err
+	}
+	return record.DecodeMarker(raw)
+}
+
+// access returns the conversation's record and the highest seq user can
+// read, or ErrNotFound when the user was never a member (or there is no such
+// conversation: the two are not told apart).
+func (r reader) access(conv, user ulid.ULID) (record.Conv, record.Member, uint64, error) {
+	c, ok, err := r.conv(conv)
+	if err != nil {
+		return c, record.Member{}, 0, err
+	}
+	if !ok {
+		return c, record.Member{}, 0, fmt.Errorf("%w: conversation %s", ErrNotFound, conv)
+	}
+	m, ok, err := r.member(conv, user)
+	if err != nil {
+		return c, m, 0, err
+	}
+	if !ok {
+		return c, m, 0, fmt.Errorf("%w: conversation %s", ErrNotFound, conv)
+	}
+	if m.Role == model.RoleNone {
+		return c, m, m.Since, nil
+	}
+	return c, m, c.Head, nil
+}
+
+// messagesAt is the number of message ops up to and including seq.
+func (r reader) messagesAt(conv ulid.ULID, seq uint64) (uint64, error) {
+	if seq == 0 {
+		return 0, nil
+	}
+	op, err := readOp(r.v, conv, seq)
+	if err != nil {
+		return 0, err
+	}
+	return op.Messages, nil
+}
+
+// info computes what user sees of conv.
+func (r reader) info(conv, user ulid.ULID) (ConvInfo, error) {
+	c, m, head, err := r.access(conv, user)
+	if err != nil {
+		return ConvInfo{}, err
+	}
+	info := ConvInfo{ID: conv, Title: c.Title, Role: m.Role, Removed: m.Role == model.RoleNone, Head: head, Members: c.Members}
+	um, err := r.marker(keys.TUserMark, conv, user)
+	if err != nil {
+		return ConvInfo{}, err
+	}
+	info.Delivered, info.Read = min(um.Delivered, head), min(um.Read, head)
+	if info.Read < head {
+		atHead := c.Messages
+		if info.Removed {
+			if atHead, err = r.messagesAt(conv, head); err != nil {
+				return ConvInfo{}, err
+			}
+		}
+		atRead, err := r.messagesAt(conv, info.Read)
+		if err != nil {
+			return ConvInfo{}, err
+		}
+		info.Unread = atHead - atRead
+	}
+	if !info.Removed && int(c.Members) <= r.e.opts.ReceiptMembers {
+		err := scan(r.v, keys.ID1(keys.TMember, conv), func(k, val []byte) error {
+			_, u, _ := keys.ParseID2(k)
+			if u == user {
+				return nil
+			}
+			mm, err := record.DecodeMember(val)
+			if err != nil || mm.Role == model.RoleNone {
+				return err
+			}
+			rm, err := r.marker(keys.TUserMark, conv, u)
+			if err != nil {
+				return err
+			}
+			info.Receipts = append(info.Receipts, Receipt{User: u, Delivered: rm.Delivered, Read: rm.PublicRead})
+			return nil
+		})
+		if err != nil {
+			return ConvInfo{}, err
+		}
+	}
+	return info, nil
+}
+
+// feedEntry is one changed conversation in a user's feed.
+type feedEntry struct {
+	conv ulid.ULID
+	pos  uint64
+}
+
+// changed returns the conversations in user's feeds with after < pos <=
+// through, most recently changed first. Both feeds hold one entry per
+// conversation, so this is O(changed conversations).
+func (r reader) changed(user ulid.ULID, after, through uint64) ([]feedEntry, error) {
+	latest := map[ulid.ULID]uint64{}
+	for _, t := range []byte{keys.TFeed, keys.TUFeed} {
+		lo, hi := keys.FeedSpan(t, user, after, through)
+		it, err := r.v.Iter(lo, hi)
+		if err != nil {
+			return nil, err
+		}
+		for ok := it.First(); ok; ok = it.Next() {
+			_, pos, conv, valid := keys.ParseFeed(it.Key())
+			if !valid {
+				_ = it.Close()
+				return nil, fmt.Errorf("%w: feed key %x", record.ErrCorrupt, it.Key())
+			}
+			latest[conv] = max(latest[conv], pos)
+		}
+		if err := it.Close(); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]feedEntry, 0, len(latest))
+	for c, p := range latest {
+		out = append(out, feedEntry{conv: c, pos: p})
+	}
+	slices.SortFunc(out, func(a, b feedEntry) int {
+		if c := cmp.Compare(b.pos, a.pos); c != 0 {
+			return c
+		}
+		return a.conv.Compare(b.conv)
+	})
+	return out, nil
+}
+
+// opSize estimates an op's size on the wire, for bounding batches.
+func opSize(op *model.Op) int {
+	return 96 + len(op.Body) + len(op.ContentType) + len(op.Title) + len(op.ReactionKey)
+}
+
+// ops reads the ops of conv with after < seq <= through, ascending, at most
+// maxOps of them and stopping once maxBytes is reached (but always at least
+// one op).
+func (r reader) ops(conv ulid.ULID, after, through uint64, maxOps, maxBytes int) ([]model.Op, error) {
+	if through <= after || maxOps <= 0 {
+		return nil, nil
+	}
+	lo, hi := keys.OpSpan(conv, after+1, through+1)
+	it, err := r.v.Iter(lo, hi)
+	if err != nil {
+		return nil, err
+	}
+	var out []model.Op
+	size := 0
+	for ok := it.First(); ok && len(out) < maxOps; ok = it.Next() {
+		_, seq, valid := keys.ParseOp(it.Key())
+		if !valid {
+			_ = it.Close()
+			return nil, fmt.Errorf("%w: op key %x", record.ErrCorrupt, it.Key())
+		}
+		val, err := it.Value()
+		if err != nil {
+			_ = it.Close()
+			return nil, err
+		}
+		rec, err := record.DecodeOp(conv, seq, val)
+		if err != nil {
+			_ = it.Close()
+			return nil, err
+		}
+		size += opSize(&rec.Op)
+		if len(out) > 0 && size > maxBytes {
+			break
+		}
+		out = append(out, rec.Op)
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// HistoryQuery selects a page of a conversation's log. Exactly one of
+// Before, After or the time range is used: Before when non-zero, else the
+// time range when End is set, else After.
+type HistoryQuery struct {
+	Before     uint64    // ops with seq < Before, the newest page
+	After      uint64    // ops with seq > After, the oldest page
+	Start, End time.Time // ops whose id time is in [Start, End)
+	Limit      int       // 1 to MaxHistoryLimit; 0 means 100
+}
+
+// MaxHistoryLimit is the largest history page.
+const MaxHistoryLimit = 1000
+
+// HistoryPage is a page of history, ascending by seq (by id for a time
+// range).
+type HistoryPage struct {
+	Ops  []model.Op
+	Head uint64 // the highest seq the user can read
+	More bool   // the range holds more ops
+}
+
+// History reads a page of conv's log for a's user: a member reads it all, a
+// removed member up to their removal.
+func (e *Engine) History(a Actor, conv ulid.ULID, q HistoryQuery) (HistoryPage, error) {
+	if q.Limit == 0 {
+		q.Limit = 100
+	}
+	if q.Limit < 0 || q.Limit > MaxHistoryLimit {
+		return HistoryPage{}, fmt.Errorf("%w: limit must be between 1 and %d", ErrInvalid, MaxHistoryLimit)
+	}
+	r := e.reader()
+	defer r.release()
+	_, _, head, err := r.access(conv, a.User)
+	if err != nil {
+		return HistoryPage{}, err
+	}
+	page := HistoryPage{Head: head}
+	const noBytes = 1 << 62
+	switch {
+	case q.Before != 0:
+		through := min(q.Before-1, head)
+		after := uint64(0)
+		if through > uint64(q.Limit) {
+			after = through - uint64(q.Limit)
+		}
+		page.Ops, err = r.ops(conv, after, through, q.Limit, noBytes)
+		page.More = after > 0
+	case !q.End.IsZero():
+		if !q.End.After(q.Start) {
+			return HistoryPage{}, fmt.Errorf("%w: the time range's end must be after its start", ErrInvalid)
+		}
+		page.Ops, page.More, err = r.opsByTime(conv, head, q.Start, q.End, q.Limit)
+	default:
+		page.Ops, err = r.ops(conv, q.After, head, q.Limit, noBytes)
+		page.More = len(page.Ops) > 0 && page.Ops[len(page.Ops)-1].Seq < head
+	}
+	return page, err
+}
+
+// opsByTime reads ops whose id time is in [start, end) through the op-id
+// index, which is ordered by time because ULIDs are.
+func (r reader) opsByTime(conv ulid.ULID, head uint64, start, end time.Time, limit int) ([]model.Op, bool, error) {
+	var lo, hi ulid.ULID
+	if err := lo.SetTime(ulid.Timestamp(start)); err != nil {
+		return nil, false, fmt.Errorf("%w: start time out of range", ErrInvalid)
+	}
+	if err := hi.SetTime(ulid.Timestamp(end)); err != nil {
+		return nil, false, fmt.Errorf("%w: end time out of range", ErrInvalid)
+	}
+	it, err := r.v.Iter(keys.ID2(keys.TOpID, conv, lo), keys.ID2(keys.TOpID, conv, hi))
+	if err != nil {
+		return nil, false, err
+	}
+	var out []model.Op
+	more := false
+	for ok := it.First(); ok; ok = it.Next() {
+		val, err := it.Value()
+		if err != nil {
+			_ = it.Close()
+			return nil, false, err
+		}
+		seq, err := record.DecodeUint(val)
+		if err != nil {
+			_ = it.Close()
+			return nil, false, err
+		}
+		if seq > head {
+			continue
+		}
+		if len(out) == limit {
+			more = true
+			break
+		}
+		rec, err := readOp(r.v, conv, seq)
+		if err != nil {
+			_ = it.Close()
+			return nil, false, err
+		}
+		out = append(out, rec.Op)
+	}
+	return out, more, it.Close()
+}
+
+// Vector returns the server's version vector of conv and the highest seq a's
+// user can read. A removed member gets an empty vector: the vector as of
+// their removal is not kept, and the current one would describe ops they
+// may not read.
+func (e *Engine) Vector(a Actor, conv ulid.ULID) (model.Vector, uint64, error) {
+	r := e.reader()
+	defer r.release()
+	_, m, head, err := r.access(conv, a.User)
+	if err != nil {
+		return model.Vector{}, 0, err
+	}
+	if m.Role == model.RoleNone {
+		return model.Vector{}, head, nil
+	}
+	vec, err := readVector(r.v, conv)
+	return vec, head, err
+}
+
+// RepairResult is the outcome of comparing a device's vector with the
+// server's.
+type RepairResult struct {
+	Head    uint64
+	Vector  model.Vector
+	Missing []model.Op // ops the device lacks, ascending by seq
+	More    bool       // more ops are missing than returned
+	// Want names dots the server lacks that a's user authored, which the
+	// device should push.
+	Want []model.DotRange
+}
+
+// Repair compares have, a device's vector for conv, with the server's: it
+// returns up to limit ops the device lacks and the dots of a's user that the
+// server lacks. Work is O(devices × limit), whatever the history's length.
+func (e *Engine) Repair(a Actor, conv ulid.ULID, have model.Vector, limit int) (RepairResult, error) {
+	if limit <= 0 || limit > MaxHistoryLimit {
+		return RepairResult{}, fmt.Errorf("%w: limit must be between 1 and %d", ErrInvalid, MaxHistoryLimit)
+	}
+	r := e.reader()
+	defer r.release()
+	_, m, head, err := r.access(conv, a.User)
+	if err != nil {
+		return RepairResult{}, err
+	}
+	res := RepairResult{Head: head}
+	if res.Vector, err = readVector(r.v, conv); err != nil {
+		return RepairResult{}, err
+	}
+	// A device's dots are in seq order, so its first `limit` lacking dots
+	// hold its lowest lacking seqs; the global first `limit` are among them.
+	var seqs []uint64
+	for _, rg := range have.Lacks(res.Vector) {
+		lo := keys.Dot(conv, rg.Device, rg.From)
+		hi := keys.Dot(conv, rg.Device, rg.To+1)
+		it, err := r.v.Iter(lo, hi)
+		if err != nil {
+			return RepairResult{}, err
+		}
+		n := 0
+		for ok := it.First(); ok && n <= limit; ok = it.Next() {
+			val, err := it.Value()
+			if err != nil {
+				_ = it.Close()
+				return RepairResult{}, err
+			}
+			seq, err := record.DecodeUint(val)
+			if err != nil {
+				_ = it.Close()
+				return RepairResult{}, err
+			}
+			if seq <= head {
+				seqs = append(seqs, seq)
+				n++
+			}
+		}
+		if err := it.Close(); err != nil {
+			return RepairResult{}, err
+		}
+	}
+	slices.Sort(seqs)
+	if len(seqs) > limit {
+		seqs, res.More = seqs[:limit], true
+	}
+	for _, seq := range seqs {
+		rec, err := readOp(r.v, conv, seq)
+		if err != nil {
+			return RepairResult{}, err
+		}
+		res.Missing = append(res.Missing, rec.Op)
+	}
+	if m.Role == model.RoleNone {
+		return res, nil // a removed member cannot push
+	}
+	for _, rg := range res.Vector.Lacks(have) {
+		owner, err := deviceUser(r.v, rg.Device)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return RepairResult{}, err
+		}
+		if owner == a.User {
+			res.Want = append(res.Want, rg)
+		}
+	}
+	return res, nil
+}
+
+// MaxConversationsPage is the largest page of Conversations.
+const MaxConversationsPage = 500
+
+// Conversations pages through a's user's conversations (including those
+// they were removed from) in id order, starting after the id after. It
+// returns the id to continue after, zero on the last page.
+func (e *Engine) Conversations(a Actor, after ulid.ULID, limit int) ([]ConvInfo, ulid.ULID, error) {
+	if limit <= 0 || limit > MaxConversationsPage {
+		return nil, ulid.ULID{}, fmt.Errorf("%w: page size must be between 1 and %d", ErrInvalid, MaxConversationsPage)
+	}
+	r := e.reader()
+	defer r.release()
+	lo, hi := keys.Prefix(keys.ID1(keys.TUserConv, a.User))
+	if after != (ulid.ULID{}) {
+		lo = append(keys.ID2(keys.TUserConv, a.User, after), 0)
+	}
+	it, err := r.v.Iter(lo, hi)
+	if err != nil {
+		return nil, ulid.ULID{}, err
+	}
+	var ids []ulid.ULID
+	more := false
+	for ok := it.First(); ok; ok = it.Next() {
+		if len(ids) == limit {
+			more = true
+			break
+		}
+		_, c, valid := keys.ParseID2(it.Key())
+		if !valid {
+			_ = it.Close()
+			return nil, ulid.ULID{}, fmt.Errorf("%w: user conversation key %x", record.ErrCorrupt, it.Key())
+		}
+		ids = append(ids, c)
+	}
+	if err := it.Close(); err != nil {
+		return nil, ulid.ULID{}, err
+	}
+	out := make([]ConvInfo, 0, len(ids))
+	for _, id := range ids {
+		info, err := r.info(id, a.User)
+		if err != nil {
+			return nil, ulid.ULID{}, err
+		}
+		out = append(out, info)
+	}
+	var next ulid.ULID
+	if more {
+		next = ids[len(ids)-1]
+	}
+	return out, next, nil
+}
+
+// Member is a current member of a conversation.
+type Member struct {
+	User
+	Role  model.Role
+	Since uint64
+}
+
+// Conversation describes conv for a's user, with its current members and
+// the server's vector (empty for a removed member).
+func (e *Engine) Conversation(a Actor, conv ulid.ULID) (ConvInfo, []Member, model.Vector, error) {
+	r := e.reader()
+	defer r.release()
+	info, err := r.info(conv, a.User)
+	if err != nil {
+		return ConvInfo{}, nil, model.Vector{}, err
+	}
+	if info.Removed {
+		return info, nil, model.Vector{}, nil
+	}
+	var members []Member
+	err = scan(r.v, keys.ID1(keys.TMember, conv), func(k, val []byte) error {
+		_, u, _ := keys.ParseID2(k)
+		m, err := record.DecodeMember(val)
+		if err != nil || m.Role == model.RoleNone {
+			return err
+		}
+		user, _, err := userByID(r.v, u)
+		if err != nil {
+			return err
+		}
+		members = append(members, Member{User: user, Role: m.Role, Since: m.Since})
+		return nil
+	})
+	if err != nil {
+		return ConvInfo{}, nil, model.Vector{}, err
+	}
+	vec, err := readVector(r.v, conv)
+	return info, members, vec, err
+}

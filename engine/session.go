@@ -1,0 +1,442 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// Session limits.
+const (
+	DefaultPageSize      = 50
+	MaxPageSize          = 1000
+	DefaultBatchOps      = 1000
+	DefaultBatchBytes    = 1 << 20
+	conversationsPerInfo = 256 // conversations per Conversations event
+)
+
+// SessionOptions open a session.
+type SessionOptions struct {
+	// Epoch the client's position belongs to; zero for a new device, which
+	// then receives every conversation.
+	Epoch ulid.ULID
+	// FeedPos from the client's last CaughtUp or live event.
+	FeedPos uint64
+	// Cursors override, per conversation, the server's record of what the
+	// device holds (its delivered marker): the device holds every op up to
+	// the seq. A cursor below the head also puts its conversation in the
+	// catch-up, changed or not.
+	Cursors map[ulid.ULID]uint64
+	// PageSize is the newest page sent first for each changed conversation:
+	// default DefaultPageSize, at most MaxPageSize.
+	PageSize int
+	// MaxBatchOps and MaxBatchBytes bound one Ops event: defaults
+	// DefaultBatchOps and DefaultBatchBytes, and never above them.
+	MaxBatchOps   int
+	MaxBatchBytes int
+}
+
+// Phase says why ops are sent.
+type Phase uint8
+
+// The phases of a session.
+const (
+	PhaseNewest   Phase = iota + 1 // the newest page of a changed conversation
+	PhaseBackfill                  // the rest of a gap, oldest first
+	PhaseLive                      // ops committed after catch-up
+)
+
+func (p Phase) String() string {
+	switch p {
+	case PhaseNewest:
+		return "newest"
+	case PhaseBackfill:
+		return "backfill"
+	case PhaseLive:
+		return "live"
+	}
+	return fmt.Sprintf("phase(%d)", uint8(p))
+}
+
+// Welcome describes a session's catch-up before it starts.
+type Welcome struct {
+	Epoch      ulid.ULID
+	FeedPos    uint64 // the position the catch-up reaches
+	Changed    int    // conversations in the catch-up
+	MissingOps uint64 // ops the device lacks in them
+}
+
+// EventKind is the kind of a session event.
+type EventKind uint8
+
+// The kinds of session events.
+const (
+	EventConversations EventKind = iota + 1 // changed conversations
+	EventOps                                // batches of ops
+	EventCaughtUp                           // catch-up is complete
+)
+
+// Batch is a contiguous run of one conversation's ops, ascending by seq.
+type Batch struct {
+	Conv ulid.ULID
+	Ops  []model.Op
+}
+
+// Event is one message of a session.
+type Event struct {
+	Kind          EventKind
+	Conversations []ConvInfo // EventConversations
+	Phase         Phase      // EventOps
+	Batches       []Batch    // EventOps
+	// FeedPos, on EventCaughtUp and on the last EventOps of a live round,
+	// says every change up to it has been sent.
+	FeedPos uint64
+	// Ops and Convs count the catch-up, on EventCaughtUp.
+	Ops   uint64
+	Convs int
+}
+
+// Session is one device's sync session: catch-up, then live updates. It
+// reads the durable log at its own pace and keeps no payload queue: its
+// memory is a plan of ranges to send and, per conversation touched, the last
+// seq sent.
+//
+// A session is not safe for concurrent use: one goroutine calls Next,
+// Changed and Close.
+type Session struct {
+	e       *Engine
+	a       Actor
+	o       SessionOptions
+	w       *watch
+	welcome Welcome
+
+	queue  []item
+	sent   map[ulid.ULID]uint64 // conversation -> last seq sent or known held
+	shown  map[ulid.ULID]uint64 // conversation -> digest of the last info sent
+	pos    uint64               // every change up to here was sent
+	caught bool
+	wait   <-chan struct{}
+}
+
+type itemKind uint8
+
+const (
+	itemInfos itemKind = iota + 1
+	itemOps
+	itemCaughtUp
+	itemLivePos
+)
+
+// item is a piece of work: conversations to describe, a range of ops to
+// send (after, through], or a position to report.
+type item struct {
+	kind           itemKind
+	infos          []ConvInfo
+	conv           ulid.ULID
+	after, through uint64
+	phase          Phase
+	pos            uint64
+}
+
+// OpenSession starts a's sync session. It returns a *ResetError (wrapping
+// ErrResetRequired) when the client's epoch is not the store's or its
+// position is beyond the store's, and ErrUnauthenticated when the device was
+// revoked.
+func (e *Engine) OpenSession(a Actor, o SessionOptions) (*Session, error) {
+	if o.PageSize <= 0 {
+		o.PageSize = DefaultPageSize
+	}
+	o.PageSize = min(o.PageSize, MaxPageSize)
+	if o.MaxBatchOps <= 0 || o.MaxBatchOps > DefaultBatchOps {
+		o.MaxBatchOps = DefaultBatchOps
+	}
+	if o.MaxBatchBytes <= 0 || o.MaxBatchBytes > DefaultBatchBytes {
+		o.MaxBatchBytes = DefaultBatchBytes
+	}
+	if o.Epoch != (ulid.ULID{}) && o.Epoch != e.epoch {
+		return nil, &ResetError{Reason: ResetEpochMismatch, Epoch: e.epoch.String(),
+			Detail: fmt.Sprintf("the client's epoch %s is not the server's %s: the server's store was replaced or restored", o.Epoch, e.epoch)}
+	}
+	if o.Epoch == (ulid.ULID{}) {
+		o.FeedPos = 0
+	}
+	s := &Session{e: e, a: a, o: o, sent: map[ulid.ULID]uint64{}, shown: map[ulid.ULID]uint64{}}
+	// Watch before reading, so that a commit after the read still wakes us.
+	s.w = e.hub.watch(a.User)
+	if err := s.plan(); err != nil {
+		s.w.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// plan reads the feed once and queues the whole catch-up.
+func (s *Session) plan() error {
+	r := s.e.reader()
+	defer r.release()
+	if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, s.a.Device)
+	}
+	pos, err := readFeedPos(r.v)
+	if err != nil {
+		return err
+	}
+	if s.o.FeedPos > pos {
+		return &ResetError{Reason: ResetPositionAhead, Epoch: s.e.epoch.String(),
+			Detail: fmt.Sprintf("feed position %d is beyond the server's %d", s.o.FeedPos, pos)}
+	}
+	entries, err := r.changed(s.a.User, s.o.FeedPos, pos)
+	if err != nil {
+		return err
+	}
+	inPlan := make(map[ulid.ULID]bool, len(entries))
+	for _, en := range entries {
+		inPlan[en.conv] = true
+	}
+	// Cursors below the head bring their conversations in too.
+	for c := range s.o.Cursors {
+		if !inPlan[c] {
+			entries = append(entries, feedEntry{conv: c})
+			inPlan[c] = true
+		}
+	}
+	var infos []ConvInfo
+	var newest, backfill []item
+	for _, en := range entries {
+		info, err := r.info(en.conv, s.a.User)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		cursor, given := s.o.Cursors[en.conv]
+		if given && cursor > info.Head {
+			return &ResetError{Reason: ResetPositionAhead, Epoch: s.e.epoch.String(),
+				Detail: fmt.Sprintf("cursor %d of conversation %s is beyond the server's %d", cursor, en.conv, info.Head)}
+		}
+		if !given {
+			dm, err := r.marker(keys.TDevMark, en.conv, s.a.Device)
+			if err != nil {
+				return err
+			}
+			cursor = min(dm.Delivered, info.Head)
+		}
+		if en.pos == 0 && cursor == info.Head {
+			continue // a cursor that holds everything: nothing changed
+		}
+		info.ResumeAfter = cursor
+		infos = append(infos, info)
+		s.shown[en.conv] = infoDigest(&info)
+		s.sent[en.conv] = info.Head
+		if cursor == info.Head {
+			continue
+		}
+		s.welcome.MissingOps += info.Head - cursor
+		split := max(cursor, info.Head-min(info.Head, uint64(s.o.PageSize)))
+		newest = append(newest, item{kind: itemOps, conv: en.conv, after: split, through: info.Head, phase: PhaseNewest})
+		if split > cursor {
+			backfill = append(backfill, item{kind: itemOps, conv: en.conv, after: cursor, through: split, phase: PhaseBackfill})
+		}
+	}
+	for len(infos) > 0 {
+		n := min(len(infos), conversationsPerInfo)
+		s.queue = append(s.queue, item{kind: itemInfos, infos: infos[:n:n]})
+		infos = infos[n:]
+	}
+	s.queue = append(s.queue, newest...)
+	s.queue = append(s.queue, backfill...)
+	s.queue = append(s.queue, item{kind: itemCaughtUp, pos: pos})
+	s.welcome.Epoch, s.welcome.FeedPos, s.welcome.Changed = s.e.epoch, pos, countInfos(s.queue)
+	return nil
+}
+
+func countInfos(q []item) int {
+	n := 0
+	for _, it := range q {
+		n += len(it.infos)
+	}
+	return n
+}
+
+// Welcome describes the catch-up this session will send.
+func (s *Session) Welcome() Welcome { return s.welcome }
+
+// Next returns the session's next event. When there is nothing to send it
+// returns ok == false: wait for Changed (or a heartbeat) and call it again.
+// It fails with ErrUnauthenticated once the device is revoked.
+func (s *Session) Next() (ev Event, ok bool, err error) {
+	if len(s.queue) == 0 {
+		if !s.caught {
+			return Event{}, false, errors.New("engine: session has no plan")
+		}
+		if err := s.live(); err != nil {
+			return Event{}, false, err
+		}
+		if len(s.queue) == 0 {
+			return Event{}, false, nil
+		}
+	}
+	switch it := s.queue[0]; it.kind {
+	case itemInfos:
+		s.queue = s.queue[1:]
+		return Event{Kind: EventConversations, Conversations: it.infos}, true, nil
+	case itemCaughtUp:
+		s.queue = s.queue[1:]
+		s.pos, s.caught = it.pos, true
+		return Event{Kind: EventCaughtUp, FeedPos: it.pos, Convs: s.welcome.Changed, Ops: s.welcome.MissingOps}, true, nil
+	case itemLivePos:
+		s.queue = s.queue[1:]
+		s.pos = it.pos
+		return Event{Kind: EventOps, Phase: PhaseLive, FeedPos: it.pos}, true, nil
+	}
+	return s.nextOps()
+}
+
+// nextOps packs queued op ranges of one phase into one event, within the
+// session's batch limits. A range that does not fit stays queued with its
+// start moved on, so batches stay contiguous and nothing is sent twice.
+func (s *Session) nextOps() (Event, bool, error) {
+	r := s.e.reader()
+	defer r.release()
+	ev := Event{Kind: EventOps, Phase: s.queue[0].phase}
+	opsLeft, bytesLeft := s.o.MaxBatchOps, s.o.MaxBatchBytes
+	for len(s.queue) > 0 && opsLeft > 0 && bytesLeft > 0 {
+		it := &s.queue[0]
+		if it.kind == itemLivePos && ev.Phase == PhaseLive {
+			ev.FeedPos, s.pos = it.pos, it.pos
+			s.queue = s.queue[1:]
+			break
+		}
+		if it.kind != itemOps || it.phase != ev.Phase {
+			break
+		}
+		ops, err := r.ops(it.conv, it.after, it.through, opsLeft, bytesLeft)
+		if err != nil {
+			return Event{}, false, err
+		}
+		if len(ops) == 0 {
+			s.queue = s.queue[1:] // nothing readable left in the range
+			continue
+		}
+		for i := range ops {
+			bytesLeft -= opSize(&ops[i])
+		}
+		opsLeft -= len(ops)
+		ev.Batches = append(ev.Batches, Batch{Conv: it.conv, Ops: ops})
+		it.after = ops[len(ops)-1].Seq
+		if it.after >= it.through {
+			s.queue = s.queue[1:]
+		}
+	}
+	return ev, true, nil
+}
+
+// live plans one round of live updates: what changed in the user's feed
+// since the last round.
+func (s *Session) live() error {
+	sig := s.w.signal()
+	r := s.e.reader()
+	defer r.release()
+	pos, err := readFeedPos(r.v)
+	if err != nil {
+		return err
+	}
+	if pos == s.pos {
+		s.wait = sig
+		return nil
+	}
+	if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, s.a.Device)
+	}
+	entries, err := r.changed(s.a.User, s.pos, pos)
+	if err != nil {
+		return err
+	}
+	var infos []ConvInfo
+	var ranges []item
+	for _, en := range entries {
+		info, err := r.info(en.conv, s.a.User)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		from, known := s.sent[en.conv]
+		if !known {
+			dm, err := r.marker(keys.TDevMark, en.conv, s.a.Device)
+			if err != nil {
+				return err
+			}
+			from = min(dm.Delivered, info.Head)
+		}
+		info.ResumeAfter = from
+		// The user's own delivered marker moves with every ack and matters
+		// to the other members only: an info that changed in nothing else
+		// is not worth a message.
+		if d := infoDigest(&info); d != s.shown[en.conv] || info.Head > from {
+			s.shown[en.conv] = d
+			infos = append(infos, info)
+		}
+		if info.Head > from {
+			ranges = append(ranges, item{kind: itemOps, conv: en.conv, after: from, through: info.Head, phase: PhaseLive})
+			s.sent[en.conv] = info.Head
+		}
+	}
+	for len(infos) > 0 {
+		n := min(len(infos), conversationsPerInfo)
+		s.queue = append(s.queue, item{kind: itemInfos, infos: infos[:n:n]})
+		infos = infos[n:]
+	}
+	s.queue = append(s.queue, ranges...)
+	s.queue = append(s.queue, item{kind: itemLivePos, pos: pos})
+	return nil
+}
+
+// Changed returns a channel that is closed when the user's feed changes
+// after the last time Next found nothing to send. Before that, it returns a
+// closed channel.
+func (s *Session) Changed() <-chan struct{} {
+	if s.wait == nil {
+		return closedChan
+	}
+	return s.wait
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// Close ends the session.
+func (s *Session) Close() { s.w.close() }
+
+// infoDigest hashes what a device shows of a conversation: everything in
+// the info but the user's own delivered marker and the resume point.
+func infoDigest(c *ConvInfo) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	u := func(v uint64) { binary.LittleEndian.PutUint64(b[:], v); h.Write(b[:]) }
+	h.Write([]byte(c.Title))
+	u(uint64(c.Role))
+	u(c.Head)
+	u(c.Unread)
+	u(c.Read)
+	u(uint64(c.Members))
+	for _, r := range c.Receipts {
+		h.Write(r.User[:])
+		u(r.Delivered)
+		u(r.Read)
+	}
+	return h.Sum64()
+}

@@ -1,0 +1,384 @@
+package engine_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/enginetest"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// receiver plays a device: it checks every session property as events
+// arrive, and remembers what it holds.
+type receiver struct {
+	t        *testing.T
+	held     map[ulid.ULID]map[uint64]ulid.ULID // conv -> seq -> op id
+	lastSeen map[ulid.ULID]map[engine.Phase]uint64
+	infos    map[ulid.ULID]engine.ConvInfo
+	events   []engine.Event
+	pos      uint64
+	caught   bool
+}
+
+func newReceiver(t *testing.T) *receiver {
+	return &receiver{t: t, held: map[ulid.ULID]map[uint64]ulid.ULID{}, lastSeen: map[ulid.ULID]map[engine.Phase]uint64{}, infos: map[ulid.ULID]engine.ConvInfo{}}
+}
+
+// take checks one event against the session properties: each op once;
+// batches contiguous, ascending and bounded; within a phase each
+// conversation ascends; ops only for conversations described first.
+func (r *receiver) take(ev engine.Event, maxOps int) {
+	r.t.Helper()
+	r.events = append(r.events, ev)
+	switch ev.Kind {
+	case engine.EventConversations:
+		for _, c := range ev.Conversations {
+			r.infos[c.ID] = c
+		}
+	case engine.EventOps:
+		n := 0
+		for _, b := range ev.Batches {
+			if _, ok := r.infos[b.Conv]; !ok {
+				r.t.Fatalf("ops of %s before its conversation info", b.Conv)
+			}
+			if r.held[b.Conv] == nil {
+				r.held[b.Conv] = map[uint64]ulid.ULID{}
+				r.lastSeen[b.Conv] = map[engine.Phase]uint64{}
+			}
+			for i, op := range b.Ops {
+				n++
+				if i > 0 && op.Seq != b.Ops[i-1].Seq+1 {
+					r.t.Fatalf("batch of %s not contiguous: %d after %d", b.Conv, op.Seq, b.Ops[i-1].Seq)
+				}
+				if op.Seq <= r.lastSeen[b.Conv][ev.Phase] {
+					r.t.Fatalf("%s phase %v: seq %d after %d", b.Conv, ev.Phase, op.Seq, r.lastSeen[b.Conv][ev.Phase])
+				}
+				r.lastSeen[b.Conv][ev.Phase] = op.Seq
+				if _, dup := r.held[b.Conv][op.Seq]; dup {
+					r.t.Fatalf("%s seq %d delivered twice", b.Conv, op.Seq)
+				}
+				r.held[b.Conv][op.Seq] = op.ID
+			}
+		}
+		if n > maxOps {
+			r.t.Fatalf("an Ops event carried %d ops, over the limit of %d", n, maxOps)
+		}
+		if ev.FeedPos != 0 {
+			r.pos = ev.FeedPos
+		}
+	case engine.EventCaughtUp:
+		r.caught, r.pos = true, ev.FeedPos
+	}
+}
+
+// drain takes events until the session has nothing to send.
+func (r *receiver) drain(s *engine.Session, maxOps int) {
+	r.t.Helper()
+	for range 100000 {
+		ev, ok, err := s.Next()
+		if err != nil {
+			r.t.Fatalf("next: %v", err)
+		}
+		if !ok {
+			return
+		}
+		r.take(ev, maxOps)
+	}
+	r.t.Fatal("session never went quiet")
+}
+
+// holdsExactly checks that the receiver holds seqs from..to of conv, no
+// more and no less.
+func (r *receiver) holdsExactly(conv ulid.ULID, from, to uint64) {
+	r.t.Helper()
+	got := r.held[conv]
+	if uint64(len(got)) != to-from+1 {
+		r.t.Fatalf("%s: holds %d ops, want seqs %d..%d", conv, len(got), from, to)
+	}
+	for s := from; s <= to; s++ {
+		if _, ok := got[s]; !ok {
+			r.t.Fatalf("%s: missing seq %d", conv, s)
+		}
+	}
+}
+
+func (r *receiver) ack(d *enginetest.Device) {
+	r.t.Helper()
+	var marks []engine.Marker
+	for conv, seqs := range r.held {
+		// Acknowledge the contiguous prefix held.
+		n := uint64(0)
+		for {
+			if _, ok := seqs[n+1]; !ok {
+				break
+			}
+			n++
+		}
+		marks = append(marks, engine.Marker{Conv: conv, Delivered: n})
+	}
+	if err := d.E.Mark(ctx, d.Actor, marks); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func TestCatchUpOrderAndBounds(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	var convs []ulid.ULID
+	for i := range 5 {
+		convs = append(convs, alice.Create(fmt.Sprintf("c%d", i), bob))
+	}
+	// Bob is caught up, then goes offline.
+	s, err := e.OpenSession(bob.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newReceiver(t)
+	r.drain(s, engine.DefaultBatchOps)
+	r.ack(bob)
+	// Like a real client, stay for the live round the ack causes, so the
+	// saved position includes it.
+	r.drain(s, engine.DefaultBatchOps)
+	s.Close()
+	if !r.caught {
+		t.Fatal("no CaughtUp")
+	}
+	// 300 ops arrive in four conversations; one stays unchanged.
+	for i := range 300 {
+		alice.Send(convs[i%4], fmt.Sprintf("m%d", i))
+	}
+	s, err = e.OpenSession(bob.Actor, engine.SessionOptions{Epoch: e.Epoch(), FeedPos: r.pos, PageSize: 10, MaxBatchOps: 25})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w := s.Welcome()
+	if w.Changed != 4 || w.MissingOps != 300 {
+		t.Fatalf("welcome: %+v, want 4 changed and 300 missing", w)
+	}
+	r2 := newReceiver(t)
+	r2.infos = r.infos
+	r2.held = r.held
+	r2.lastSeen = map[ulid.ULID]map[engine.Phase]uint64{}
+	for c := range r2.held {
+		r2.lastSeen[c] = map[engine.Phase]uint64{}
+	}
+	r2.drain(s, 25)
+	// Order: conversations, then every newest page, then backfill, then
+	// caught up.
+	var kinds []string
+	for _, ev := range r2.events {
+		k := fmt.Sprint(ev.Kind)
+		if ev.Kind == engine.EventOps {
+			k = ev.Phase.String()
+		}
+		if len(kinds) == 0 || kinds[len(kinds)-1] != k {
+			kinds = append(kinds, k)
+		}
+	}
+	if want := fmt.Sprint([]string{fmt.Sprint(engine.EventConversations), "newest", "backfill", fmt.Sprint(engine.EventCaughtUp)}); fmt.Sprint(kinds) != want {
+		t.Fatalf("event order %v, want %v", kinds, want)
+	}
+	for _, ev := range r2.events[:1] {
+		if len(ev.Conversations) != 4 {
+			t.Fatalf("changed list has %d conversations", len(ev.Conversations))
+		}
+		for _, c := range ev.Conversations {
+			if c.Unread != 75 || c.ResumeAfter != 2 || c.Head != 77 {
+				t.Fatalf("info %+v: want unread 75, resume after 2, head 77", c)
+			}
+		}
+	}
+	for _, c := range convs[:4] {
+		r2.holdsExactly(c, 1, 77)
+	}
+	if len(r2.held[convs[4]]) != 2 {
+		t.Fatalf("unchanged conversation was resent")
+	}
+	// The newest page of every conversation came before any backfill.
+	firstBackfill := -1
+	for i, ev := range r2.events {
+		if ev.Phase == engine.PhaseBackfill && firstBackfill < 0 {
+			firstBackfill = i
+		}
+		if ev.Phase == engine.PhaseNewest && firstBackfill >= 0 {
+			t.Fatal("a newest page after backfill started")
+		}
+	}
+	enginetest.MustCheck(t, e)
+}
+
+func TestLiveAndRemoval(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	s, err := e.OpenSession(bob.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := newReceiver(t)
+	r.drain(s, engine.DefaultBatchOps)
+	select {
+	case <-s.Changed():
+		t.Fatal("Changed is closed with nothing new")
+	default:
+	}
+	alice.Send(conv, "live one")
+	<-s.Changed() // closed by the commit; a test timeout catches a lost wake-up
+	r.drain(s, engine.DefaultBatchOps)
+	r.holdsExactly(conv, 1, 3)
+	if last := r.events[len(r.events)-1]; last.Kind != engine.EventOps || last.Phase != engine.PhaseLive || last.FeedPos == 0 {
+		t.Fatalf("live round did not end with a feed position: %+v", last)
+	}
+
+	rm := alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
+	alice.Send(conv, "after removal")
+	r.drain(s, engine.DefaultBatchOps)
+	r.holdsExactly(conv, 1, rm[0].Seq)
+	if info := r.infos[conv]; !info.Removed || info.Head != rm[0].Seq {
+		t.Fatalf("info after removal: %+v", info)
+	}
+	// Nothing more reaches bob, however much alice writes.
+	alice.Send(conv, "more")
+	r.drain(s, engine.DefaultBatchOps)
+	r.holdsExactly(conv, 1, rm[0].Seq)
+}
+
+func TestResumeAfterAcked(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	for i := range 100 {
+		alice.Send(conv, fmt.Sprint(i))
+	}
+	s, err := e.OpenSession(bob.Actor, engine.SessionOptions{PageSize: 10, MaxBatchOps: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newReceiver(t)
+	// Take the conversation list, the newest page and three backfill
+	// batches, then drop the stream.
+	for range 5 {
+		ev, _, err := s.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.take(ev, 10)
+	}
+	s.Close()
+	r.ack(bob) // delivered = 30: the contiguous prefix
+	s, err = e.OpenSession(bob.Actor, engine.SessionOptions{Epoch: e.Epoch()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r2 := newReceiver(t)
+	r2.drain(s, engine.DefaultBatchOps)
+	if c := r2.infos[conv]; c.ResumeAfter != 30 {
+		t.Fatalf("resumed after %d, want 30", c.ResumeAfter)
+	}
+	r2.holdsExactly(conv, 31, 102)
+}
+
+func TestSessionResets(t *testing.T) {
+	e := enginetest.New(t)
+	bob := enginetest.Register(t, e, "bob")
+	conv := bob.Create("c")
+	var re *engine.ResetError
+	if _, err := e.OpenSession(bob.Actor, engine.SessionOptions{Epoch: ulid.Make(), FeedPos: 1}); !errors.As(err, &re) || re.Reason != engine.ResetEpochMismatch || re.Epoch != e.Epoch().String() {
+		t.Fatalf("other epoch: %v", err)
+	}
+	if _, err := e.OpenSession(bob.Actor, engine.SessionOptions{Epoch: e.Epoch(), FeedPos: 1 << 40}); !errors.As(err, &re) || re.Reason != engine.ResetPositionAhead {
+		t.Fatalf("position ahead: %v", err)
+	}
+	if _, err := e.OpenSession(bob.Actor, engine.SessionOptions{Epoch: e.Epoch(), Cursors: map[ulid.ULID]uint64{conv: 99}}); !errors.As(err, &re) || re.Reason != engine.ResetPositionAhead {
+		t.Fatalf("cursor ahead: %v", err)
+	}
+}
+
+func TestRevokedDeviceSessionEnds(t *testing.T) {
+	e := enginetest.New(t)
+	bob := enginetest.Register(t, e, "bob")
+	laptop := enginetest.Login(t, e, "bob")
+	s, err := e.OpenSession(laptop.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	newReceiver(t).drain(s, engine.DefaultBatchOps)
+	if err := e.RevokeDevice(ctx, bob.Actor, laptop.Actor.Device); err != nil {
+		t.Fatal(err)
+	}
+	bob.Create("wakes the feed")
+	<-s.Changed()
+	if _, _, err := s.Next(); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Fatalf("revoked device's session: %v", err)
+	}
+	if _, err := e.Authenticate(laptop.Token); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Fatalf("revoked token still works: %v", err)
+	}
+	if _, err := e.OpenSession(laptop.Actor, engine.SessionOptions{}); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Fatalf("revoked device opens a session: %v", err)
+	}
+}
+
+// TestReconnectWorkIsProportionalToChanges counts store reads for a
+// reconnect: a user in 1000 conversations costs what a user in 50 does
+// when the same 5 conversations changed.
+func TestReconnectWorkIsProportionalToChanges(t *testing.T) {
+	reads := func(total int) uint64 {
+		e := enginetest.New(t)
+		alice := enginetest.Register(t, e, "alice")
+		bob := enginetest.Register(t, e, "bob")
+		var convs []ulid.ULID
+		for i := range total {
+			convs = append(convs, alice.Create(fmt.Sprint(i), bob))
+			alice.Send(convs[i], "hello")
+		}
+		s, err := e.OpenSession(bob.Actor, engine.SessionOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := newReceiver(t)
+		r.drain(s, engine.DefaultBatchOps)
+		r.ack(bob)
+		r.drain(s, engine.DefaultBatchOps)
+		s.Close()
+		for i := range 5 {
+			for j := range 20 {
+				alice.Send(convs[i*total/5], fmt.Sprint(j))
+			}
+		}
+		before := e.Metrics().Reads
+		s, err = e.OpenSession(bob.Actor, engine.SessionOptions{Epoch: e.Epoch(), FeedPos: r.pos})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		r2 := newReceiver(t)
+		r2.infos = r.infos
+		r2.drain(s, engine.DefaultBatchOps)
+		if !r2.caught || len(r2.events[0].Conversations) != 5 {
+			t.Fatalf("reconnect did not catch up 5 conversations")
+		}
+		return e.Metrics().Reads - before
+	}
+	small, large := reads(50), reads(1000)
+	t.Logf("reads per reconnect: %d with 50 conversations, %d with 1000", small, large)
+	if large > small+small/10 {
+		t.Fatalf("reconnect work grows with total conversations: %d reads for 1000, %d for 50", large, small)
+	}
+	// 5 changed conversations × 20 new ops: a few reads per op and per
+	// conversation, nothing per unchanged conversation.
+	if large > 5*20*2+5*30 {
+		t.Fatalf("reconnect took %d reads for 100 missing ops in 5 conversations", large)
+	}
+}

@@ -1,0 +1,610 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
+	"github.com/ferrysync/ferry/engine/internal/store"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// A request is one caller's part of a group commit. apply runs on the
+// writer goroutine and records the caller's results in variables the caller
+// reads once done delivers the commit's outcome.
+type request struct {
+	weight int // ops, for sizing groups
+	apply  func(tx *txn)
+	done   chan error
+}
+
+// write queues apply for the next group commit and waits until that commit
+// is durable. If ctx ends first, write returns ctx.Err() and the write may or
+// may not happen.
+func (e *Engine) write(ctx context.Context, weight int, apply func(*txn)) error {
+	if err := e.Failed(); err != nil {
+		return err
+	}
+	r := &request{weight: weight, apply: apply, done: make(chan error, 1)}
+	select {
+	case e.reqs <- r:
+	case <-e.quit:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-e.writerDone:
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return ErrClosed
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// writer is the state owned by the writer goroutine.
+type writer struct {
+	e       *Engine
+	feedPos uint64 // the last feed position committed
+	convs   *lru[*convState]
+}
+
+func (w *writer) init(e *Engine) {
+	w.e = e
+	w.convs = newLRU[*convState](e.opts.ConvCacheSize)
+	v := e.st.View()
+	defer v.Release()
+	w.feedPos, _ = readFeedPos(v)
+}
+
+func readFeedPos(v *store.View) (uint64, error) {
+	raw, err := v.Get(keys.Meta(keys.MetaFeedPos))
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return record.DecodeUint(raw)
+}
+
+// writeLoop is the writer goroutine: it takes every queued request, applies
+// them to one batch, commits it with a WAL sync and answers them all.
+func (e *Engine) writeLoop() {
+	defer close(e.writerDone)
+	for {
+		var first *request
+		select {
+		case first = <-e.reqs:
+		case <-e.quit:
+			e.drain(ErrClosed)
+			return
+		}
+		group := []*request{first}
+		weight := first.weight
+	gather:
+		for weight < e.opts.MaxGroupOps {
+			select {
+			case r := <-e.reqs:
+				group = append(group, r)
+				weight += r.weight
+			default:
+				break gather
+			}
+		}
+		err := e.w.commit(group)
+		for _, r := range group {
+			r.done <- err
+		}
+	}
+}
+
+func (e *Engine) drain(err error) {
+	for {
+		select {
+		case r := <-e.reqs:
+			r.done <- err
+		default:
+			return
+		}
+	}
+}
+
+func (w *writer) commit(group []*request) error {
+	if err := w.e.Failed(); err != nil {
+		return err
+	}
+	tx := w.begin()
+	for _, r := range group {
+		r.apply(tx)
+		if tx.err != nil {
+			break
+		}
+	}
+	if tx.err == nil {
+		tx.finish()
+	}
+	tx.v.Release()
+	if tx.err != nil {
+		// A read or decode error inside the writer means the store cannot be
+		// trusted: stop rather than guess.
+		tx.b.Close()
+		w.e.st.Fail(tx.err)
+		return fmt.Errorf("%w: %v", ErrFailed, tx.err)
+	}
+	if tx.b.Count() == 0 {
+		tx.b.Close()
+		return nil
+	}
+	if err := w.e.st.Commit(tx.b); err != nil {
+		return fmt.Errorf("%w: %v", ErrFailed, err)
+	}
+	w.e.commits.Add(1)
+	w.e.requests.Add(uint64(len(group)))
+	if tx.pos != 0 {
+		w.feedPos = tx.pos
+	}
+	w.e.hub.wake(tx.wake)
+	return nil
+}
+
+// txn is one group commit being built. Its maps overlay the durable view
+// with this group's writes, so later requests in the group see earlier ones.
+type txn struct {
+	w   *writer
+	e   *Engine
+	v   *store.View
+	b   *store.Batch
+	err error // an internal error: the group fails and the engine stops
+
+	convs     map[ulid.ULID]*txConv
+	convOrder []*txConv
+	ops       map[idPair]*txOp // ops written or rewritten in this group, by (conv, op id)
+	opOrder   []*txOp
+	edits     map[idPair][]uint64 // (conv, target) -> seqs of edits added in this group
+	devMarks  map[idPair]*txMarker
+	userMarks map[idPair]*txMarker
+	markOrder []*txMarker
+	userFeed  map[idPair]bool // (user, conv): move the user's own feed entry
+	userFeedO []idPair
+	ufeedIdx  map[idPair]uint64
+	wake      map[ulid.ULID]struct{}
+	claims    map[string]bool // unique keys (usernames) claimed by this group
+	pos       uint64          // the feed position this group's changes get; 0 if none
+}
+
+type idPair struct{ a, b ulid.ULID }
+
+type txOp struct {
+	rec   record.Op
+	write bool
+}
+
+type txMarker struct {
+	key   []byte
+	m     record.Marker
+	dirty bool
+}
+
+func (w *writer) begin() *txn {
+	return &txn{
+		w:         w,
+		e:         w.e,
+		v:         w.e.st.View(),
+		b:         w.e.st.NewBatch(),
+		convs:     map[ulid.ULID]*txConv{},
+		ops:       map[idPair]*txOp{},
+		edits:     map[idPair][]uint64{},
+		devMarks:  map[idPair]*txMarker{},
+		userMarks: map[idPair]*txMarker{},
+		userFeed:  map[idPair]bool{},
+		ufeedIdx:  map[idPair]uint64{},
+		wake:      map[ulid.ULID]struct{}{},
+	}
+}
+
+func (tx *txn) fail(err error) {
+	if tx.err == nil {
+		tx.err = err
+	}
+}
+
+// convState is what the writer keeps in memory about a conversation to
+// validate appends without scanning: its record, every membership and the
+// version vector.
+type convState struct {
+	id      ulid.ULID
+	exists  bool
+	rec     record.Conv
+	members map[ulid.ULID]*record.Member // everyone who was ever a member
+	owners  int
+	vector  map[ulid.ULID]uint64 // device -> highest dot
+}
+
+func (c *convState) role(u ulid.ULID) model.Role {
+	if m := c.members[u]; m != nil {
+		return m.Role
+	}
+	return model.RoleNone
+}
+
+// txConv is a conversation touched by the current group.
+type txConv struct {
+	*convState
+	// feed is set by a conversation-wide change: every member's feed entry
+	// moves to the group's feed position.
+	feed bool
+	// before holds, for members whose role changed in this group, their role
+	// before the group.
+	before map[ulid.ULID]model.Role
+	// memberWrites lists members whose record must be written.
+	memberWrites map[ulid.ULID]bool
+	dirty        bool // the conversation record must be written
+}
+
+// conv returns the write state of conversation id, loading it on first use.
+func (tx *txn) conv(id ulid.ULID) *txConv {
+	if tc := tx.convs[id]; tc != nil {
+		return tc
+	}
+	c, ok := tx.w.convs.get(id)
+	if !ok {
+		var err error
+		c, err = loadConv(tx.v, id)
+		if err != nil {
+			tx.fail(err)
+			c = &convState{id: id, members: map[ulid.ULID]*record.Member{}, vector: map[ulid.ULID]uint64{}}
+		} else {
+			tx.w.convs.put(id, c)
+		}
+	}
+	tc := &txConv{convState: c, before: map[ulid.ULID]model.Role{}, memberWrites: map[ulid.ULID]bool{}}
+	tx.convs[id] = tc
+	tx.convOrder = append(tx.convOrder, tc)
+	return tc
+}
+
+func loadConv(v *store.View, id ulid.ULID) (*convState, error) {
+	c := &convState{id: id, members: map[ulid.ULID]*record.Member{}, vector: map[ulid.ULID]uint64{}}
+	raw, err := v.Get(keys.ID1(keys.TConv, id))
+	if errors.Is(err, store.ErrNotFound) {
+		return c, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load conversation %s: %w", id, err)
+	}
+	if c.rec, err = record.DecodeConv(raw); err != nil {
+		return nil, fmt.Errorf("load conversation %s: %w", id, err)
+	}
+	c.exists = true
+	err = scan(v, keys.ID1(keys.TMember, id), func(k, val []byte) error {
+		_, u, ok := keys.ParseID2(k)
+		if !ok {
+			return fmt.Errorf("%w: member key %x", record.ErrCorrupt, k)
+		}
+		m, err := record.DecodeMember(val)
+		if err != nil {
+			return err
+		}
+		c.members[u] = &m
+		if m.Role == model.RoleOwner {
+			c.owners++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load members of %s: %w", id, err)
+	}
+	vec, err := readVector(v, id)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range vec.Entries() {
+		c.vector[d.Device] = d.N
+	}
+	return c, nil
+}
+
+// scan calls fn for every key with prefix p. fn's arguments are only valid
+// during the call.
+func scan(v *store.View, p []byte, fn func(k, val []byte) error) error {
+	lo, hi := keys.Prefix(p)
+	it, err := v.Iter(lo, hi)
+	if err != nil {
+		return err
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		val, err := it.Value()
+		if err != nil {
+			_ = it.Close()
+			return err
+		}
+		if err := fn(it.Key(), val); err != nil {
+			_ = it.Close()
+			return err
+		}
+	}
+	return it.Close()
+}
+
+// readVector reads a conversation's version vector from its dot index by
+// skipping from device to device: O(devices), not O(ops). Dots are accepted
+// without gaps, so a device's highest dot is its entry.
+func readVector(v *store.View, conv ulid.ULID) (model.Vector, error) {
+	lo, hi := keys.Prefix(keys.ID1(keys.TDot, conv))
+	it, err := v.Iter(lo, hi)
+	if err != nil {
+		return model.Vector{}, err
+	}
+	var entries []model.Dot
+	for ok := it.First(); ok; {
+		_, dev, _, valid := keys.ParseDot(it.Key())
+		if !valid {
+			_ = it.Close()
+			return model.Vector{}, fmt.Errorf("%w: dot key %x", record.ErrCorrupt, it.Key())
+		}
+		end := keys.Dot(conv, dev, ^uint64(0))
+		if !it.SeekLT(end) {
+			break
+		}
+		_, _, n, _ := keys.ParseDot(it.Key())
+		entries = append(entries, model.Dot{Device: dev, N: n})
+		ok = it.SeekGE(end)
+	}
+	if err := it.Close(); err != nil {
+		return model.Vector{}, fmt.Errorf("read vector of %s: %w", conv, err)
+	}
+	return model.NewVector(entries...), nil
+}
+
+// lookupOp finds the op with this id in conv: first among this group's
+// writes, then in the durable view.
+func (tx *txn) lookupOp(conv, id ulid.ULID) *txOp {
+	k := idPair{conv, id}
+	if o := tx.ops[k]; o != nil {
+		return o
+	}
+	raw, err := tx.v.Get(keys.ID2(keys.TOpID, conv, id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		tx.fail(fmt.Errorf("look up op %s: %w", id, err))
+		return nil
+	}
+	seq, err := record.DecodeUint(raw)
+	if err != nil {
+		tx.fail(fmt.Errorf("look up op %s: %w", id, err))
+		return nil
+	}
+	rec, err := readOp(tx.v, conv, seq)
+	if err != nil {
+		tx.fail(fmt.Errorf("look up op %s: %w", id, err))
+		return nil
+	}
+	o := &txOp{rec: rec}
+	tx.ops[k] = o
+	return o
+}
+
+func readOp(v *store.View, conv ulid.ULID, seq uint64) (record.Op, error) {
+	raw, err := v.Get(keys.Op(conv, seq))
+	if err != nil {
+		return record.Op{}, fmt.Errorf("read op %s/%d: %w", conv, seq, err)
+	}
+	return record.DecodeOp(conv, seq, raw)
+}
+
+// putOp records an op to be written when the group finishes.
+func (tx *txn) putOp(o *txOp) {
+	k := idPair{o.rec.Conv, o.rec.ID}
+	tx.ops[k] = o
+	if !o.write {
+		o.write = true
+		tx.opOrder = append(tx.opOrder, o)
+	}
+}
+
+// marker returns the device's (table TDevMark) or user's (TUserMark) marker
+// in conv, loading it on first use.
+func (tx *txn) marker(table byte, conv, who ulid.ULID) *txMarker {
+	m := tx.devMarks
+	if table == keys.TUserMark {
+		m = tx.userMarks
+	}
+	k := idPair{conv, who}
+	if tm := m[k]; tm != nil {
+		return tm
+	}
+	tm := &txMarker{key: keys.ID2(table, conv, who)}
+	raw, err := tx.v.Get(tm.key)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		tx.fail(fmt.Errorf("read marker: %w", err))
+	default:
+		if tm.m, err = record.DecodeMarker(raw); err != nil {
+			tx.fail(fmt.Errorf("read marker: %w", err))
+		}
+	}
+	m[k] = tm
+	tx.markOrder = append(tx.markOrder, tm)
+	return tm
+}
+
+// moveUserFeed moves user's own feed entry for conv to this group's
+// position: a change only the user's devices need to hear of.
+func (tx *txn) moveUserFeed(user, conv ulid.ULID) {
+	k := idPair{user, conv}
+	if !tx.userFeed[k] {
+		tx.userFeed[k] = true
+		tx.userFeedO = append(tx.userFeedO, k)
+	}
+}
+
+// feedPos allocates the group's feed position.
+func (tx *txn) feedPos() uint64 {
+	if tx.pos == 0 {
+		tx.pos = tx.w.feedPos + 1
+	}
+	return tx.pos
+}
+
+// finish writes what the group derived: feed entries, conversation and
+// member records, ops, markers and the feed position.
+func (tx *txn) finish() {
+	for _, tc := range tx.convOrder {
+		if tc.feed {
+			tx.moveConvFeed(tc, tx.feedPos())
+		}
+	}
+	for _, k := range tx.userFeedO {
+		user, conv := k.a, k.b
+		pos := tx.feedPos()
+		old, ok := tx.ufeedIdx[k]
+		if !ok {
+			raw, err := tx.v.Get(keys.ID2(keys.TUFeedIdx, user, conv))
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+			case err != nil:
+				tx.fail(err)
+				return
+			default:
+				if old, err = record.DecodeUint(raw); err != nil {
+					tx.fail(err)
+					return
+				}
+			}
+		}
+		if old != 0 {
+			tx.b.Delete(keys.Feed(keys.TUFeed, user, old, conv))
+		}
+		tx.b.Set(keys.Feed(keys.TUFeed, user, pos, conv), nil)
+		tx.b.Set(keys.ID2(keys.TUFeedIdx, user, conv), record.AppendUint(nil, pos))
+		tx.ufeedIdx[k] = pos
+		tx.wake[user] = struct{}{}
+	}
+	for _, tc := range tx.convOrder {
+		for u := range tc.memberWrites {
+			tx.b.Set(keys.ID2(keys.TMember, tc.id, u), record.AppendMember(nil, tc.members[u]))
+		}
+		if tc.dirty || tc.feed {
+			tx.b.Set(keys.ID1(keys.TConv, tc.id), record.AppendConv(nil, &tc.rec))
+		}
+	}
+	var buf []byte
+	for _, o := range tx.opOrder {
+		buf = record.AppendOp(buf[:0], &o.rec)
+		tx.b.Set(keys.Op(o.rec.Conv, o.rec.Seq), buf)
+	}
+	for _, tm := range tx.markOrder {
+		if tm.dirty {
+			tx.b.Set(tm.key, record.AppendMarker(nil, &tm.m))
+		}
+	}
+	if tx.pos != 0 {
+		tx.b.Set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, tx.pos))
+	}
+}
+
+// moveConvFeed moves every member's feed entry for the conversation to pos.
+//
+// All current members' entries sit at the conversation's last feed
+// position, so the old entries are known without reading them. A removed
+// member's entry stays where their removal put it (DetachedPos) and stops
+// following the conversation.
+func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
+	old := tc.rec.FeedPos
+	for u, m := range tc.members {
+		was, changed := tc.before[u]
+		if !changed {
+			was = m.Role
+		}
+		if was == model.RoleNone && !changed {
+			continue // removed before this group
+		}
+		if was != model.RoleNone && old != 0 {
+			tx.b.Delete(keys.Feed(keys.TFeed, u, old, tc.id))
+		}
+		if was == model.RoleNone && m.DetachedPos != 0 {
+			tx.b.Delete(keys.Feed(keys.TFeed, u, m.DetachedPos, tc.id))
+		}
+		tx.b.Set(keys.Feed(keys.TFeed, u, pos, tc.id), nil)
+		tx.wake[u] = struct{}{}
+		detached := uint64(0)
+		if m.Role == model.RoleNone {
+			detached = pos
+		}
+		if m.DetachedPos != detached {
+			m.DetachedPos = detached
+			tc.memberWrites[u] = true
+		}
+	}
+	tc.rec.FeedPos = pos
+}
+
+// lru is a small least-recently-used cache keyed by ULID, used only by the
+// writer goroutine.
+type lru[V any] struct {
+	max   int
+	items map[ulid.ULID]*lruItem[V]
+	head  lruItem[V] // sentinel: head.next is the most recent
+}
+
+type lruItem[V any] struct {
+	key        ulid.ULID
+	val        V
+	prev, next *lruItem[V]
+}
+
+func newLRU[V any](max int) *lru[V] {
+	l := &lru[V]{max: max, items: map[ulid.ULID]*lruItem[V]{}}
+	l.head.next, l.head.prev = &l.head, &l.head
+	return l
+}
+
+func (l *lru[V]) unlink(it *lruItem[V]) { it.prev.next, it.next.prev = it.next, it.prev }
+
+func (l *lru[V]) front(it *lruItem[V]) {
+	it.next, it.prev = l.head.next, &l.head
+	l.head.next.prev = it
+	l.head.next = it
+}
+
+func (l *lru[V]) get(k ulid.ULID) (V, bool) {
+	it := l.items[k]
+	if it == nil {
+		var zero V
+		return zero, false
+	}
+	l.unlink(it)
+	l.front(it)
+	return it.val, true
+}
+
+func (l *lru[V]) put(k ulid.ULID, v V) {
+	if it := l.items[k]; it != nil {
+		it.val = v
+		l.unlink(it)
+		l.front(it)
+		return
+	}
+	it := &lruItem[V]{key: k, val: v}
+	l.items[k] = it
+	l.front(it)
+	if len(l.items) > l.max {
+		last := l.head.prev
+		l.unlink(last)
+		delete(l.items, last.key)
+	}
+}
