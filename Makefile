@@ -10,6 +10,7 @@ BIN := bin
 ADDR ?= 127.0.0.1:8080
 DATA ?= ./data
 FUZZTIME ?= 30s
+BENCHTIME ?= 1s
 TESTFLAGS ?=
 
 .PHONY: help
@@ -31,6 +32,14 @@ test: ## Run every test with the race detector (what CI runs)
 .PHONY: test-short
 test-short: ## Run the tests without the race detector, for a quick check
 	$(GO) test -count=1 $(TESTFLAGS) ./...
+
+.PHONY: test-long
+test-long: ## Longer variants: the crash test over 10 seeds per configuration
+	$(GO) test -race -count=1 -timeout 60m -run 'Crash' ./engine/ -args -crash.seeds=10
+
+.PHONY: bench
+bench: ## Run the engine's go benchmarks (durable append, catch-up read) on this disk
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./engine/
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (default 30s)

@@ -57,16 +57,10 @@ func (e *Engine) Append(ctx context.Context, a Actor, ops []model.Op) ([]AppendR
 	for i := range ops {
 		op := &ops[i]
 		op.Body = bytes.Clone(op.Body)
-		if op.Erased {
-			return nil, fmt.Errorf("%w: op %s: erased is set by the server, not by clients", model.ErrInvalidOp, op.ID)
-		}
-		if op.Dot.Device == (ulid.ULID{}) {
-			op.Dot.Device = a.Device
-		}
-		op.Seq, op.User = 0, a.User
-		if err := op.Validate(e.opts.MaxBodyBytes); err != nil {
+		if err := e.CheckOp(a, op); err != nil {
 			return nil, err
 		}
+		op.Seq, op.User = 0, a.User
 	}
 	results := make([]AppendResult, len(ops))
 	err := e.write(ctx, len(ops), func(tx *txn) {
@@ -81,6 +75,21 @@ func (e *Engine) Append(ctx context.Context, a Actor, ops []model.Op) ([]AppendR
 		return nil, err
 	}
 	return results, nil
+}
+
+// MaxBodyBytes is the largest body the engine accepts.
+func (e *Engine) MaxBodyBytes() int { return e.opts.MaxBodyBytes }
+
+// CheckOp validates one op as Append would, filling in a zero author device
+// with a.Device. It returns an error wrapping model.ErrInvalidOp.
+func (e *Engine) CheckOp(a Actor, op *model.Op) error {
+	if op.Erased {
+		return fmt.Errorf("%w: op %s: erased is set by the server, not by clients", model.ErrInvalidOp, op.ID)
+	}
+	if op.Dot.Device == (ulid.ULID{}) {
+		op.Dot.Device = a.Device
+	}
+	return op.Validate(e.opts.MaxBodyBytes)
 }
 
 // append accepts or rejects one op. It runs on the writer goroutine.

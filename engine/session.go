@@ -14,6 +14,7 @@ import (
 
 // Session limits.
 const (
+	// DefaultPageSize is a good newest page for a chat screen.
 	DefaultPageSize      = 50
 	MaxPageSize          = 1000
 	DefaultBatchOps      = 1000
@@ -33,8 +34,12 @@ type SessionOptions struct {
 	// the seq. A cursor below the head also puts its conversation in the
 	// catch-up, changed or not.
 	Cursors map[ulid.ULID]uint64
-	// PageSize is the newest page sent first for each changed conversation:
-	// default DefaultPageSize, at most MaxPageSize.
+	// PageSize, when positive, asks for the newest PageSize ops of each
+	// changed conversation first (PhaseNewest), before the rest of each gap
+	// oldest first (PhaseBackfill); the device then receives a
+	// conversation's ops out of seq order and must track the ranges it
+	// holds. Zero keeps every conversation in seq order (PhaseBackfill
+	// only). At most MaxPageSize.
 	PageSize int
 	// MaxBatchOps and MaxBatchBytes bound one Ops event: defaults
 	// DefaultBatchOps and DefaultBatchBytes, and never above them.
@@ -149,10 +154,7 @@ type item struct {
 // position is beyond the store's, and ErrUnauthenticated when the device was
 // revoked.
 func (e *Engine) OpenSession(a Actor, o SessionOptions) (*Session, error) {
-	if o.PageSize <= 0 {
-		o.PageSize = DefaultPageSize
-	}
-	o.PageSize = min(o.PageSize, MaxPageSize)
+	o.PageSize = min(max(o.PageSize, 0), MaxPageSize)
 	if o.MaxBatchOps <= 0 || o.MaxBatchOps > DefaultBatchOps {
 		o.MaxBatchOps = DefaultBatchOps
 	}
@@ -242,8 +244,11 @@ func (s *Session) plan() error {
 			continue
 		}
 		s.welcome.MissingOps += info.Head - cursor
-		split := max(cursor, info.Head-min(info.Head, uint64(s.o.PageSize)))
-		newest = append(newest, item{kind: itemOps, conv: en.conv, after: split, through: info.Head, phase: PhaseNewest})
+		split := info.Head
+		if s.o.PageSize > 0 {
+			split = max(cursor, info.Head-min(info.Head, uint64(s.o.PageSize)))
+			newest = append(newest, item{kind: itemOps, conv: en.conv, after: split, through: info.Head, phase: PhaseNewest})
+		}
 		if split > cursor {
 			backfill = append(backfill, item{kind: itemOps, conv: en.conv, after: cursor, through: split, phase: PhaseBackfill})
 		}

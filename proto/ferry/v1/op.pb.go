@@ -155,6 +155,9 @@ const (
 	RejectReason_REJECT_REASON_FAILED_PRECONDITION RejectReason = 6
 	// A Create op for a conversation id that already exists.
 	RejectReason_REJECT_REASON_CONVERSATION_EXISTS RejectReason = 7
+	// The op is malformed (the message says how), so it was not stored and
+	// never will be.
+	RejectReason_REJECT_REASON_INVALID RejectReason = 8
 )
 
 // Enum value maps for RejectReason.
@@ -168,6 +171,7 @@ var (
 		5: "REJECT_REASON_PERMISSION_DENIED",
 		6: "REJECT_REASON_FAILED_PRECONDITION",
 		7: "REJECT_REASON_CONVERSATION_EXISTS",
+		8: "REJECT_REASON_INVALID",
 	}
 	RejectReason_value = map[string]int32{
 		"REJECT_REASON_UNSPECIFIED":         0,
@@ -178,6 +182,7 @@ var (
 		"REJECT_REASON_PERMISSION_DENIED":   5,
 		"REJECT_REASON_FAILED_PRECONDITION": 6,
 		"REJECT_REASON_CONVERSATION_EXISTS": 7,
+		"REJECT_REASON_INVALID":             8,
 	}
 )
 
@@ -1491,7 +1496,7 @@ const file_ferry_v1_op_proto_rawDesc = "" +
 	"\x15OP_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12OP_STATUS_ACCEPTED\x10\x01\x12\x17\n" +
 	"\x13OP_STATUS_DUPLICATE\x10\x02\x12\x16\n" +
-	"\x12OP_STATUS_REJECTED\x10\x03*\x98\x02\n" +
+	"\x12OP_STATUS_REJECTED\x10\x03*\xb3\x02\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REJECT_REASON_DOT_GAP\x10\x01\x12\x1c\n" +
@@ -1500,7 +1505,8 @@ const file_ferry_v1_op_proto_rawDesc = "" +
 	"\x17REJECT_REASON_NOT_FOUND\x10\x04\x12#\n" +
 	"\x1fREJECT_REASON_PERMISSION_DENIED\x10\x05\x12%\n" +
 	"!REJECT_REASON_FAILED_PRECONDITION\x10\x06\x12%\n" +
-	"!REJECT_REASON_CONVERSATION_EXISTS\x10\aB3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"!REJECT_REASON_CONVERSATION_EXISTS\x10\a\x12\x19\n" +
+	"\x15REJECT_REASON_INVALID\x10\bB3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_op_proto_rawDescOnce sync.Once

@@ -646,7 +646,11 @@ type Hello struct {
 	// They override the server's record of the device's delivered marker
 	// (for example after the device's store was restored from a backup).
 	Cursors []*Cursor `protobuf:"bytes,3,rep,name=cursors,proto3" json:"cursors,omitempty"`
-	// Ops in the newest page of each changed conversation; 0 means 50.
+	// When non-zero, the newest page_size ops of each changed conversation
+	// come first (PHASE_NEWEST), then the rest of each gap oldest first
+	// (PHASE_BACKFILL): a conversation's ops then arrive out of seq order, and
+	// the client must track the seq ranges it holds. Zero (the default) sends
+	// every conversation's ops in seq order. At most 1000.
 	PageSize uint32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// Caps on one Ops message; 0 means the server's defaults. The server's
 	// limits cap them.

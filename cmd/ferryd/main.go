@@ -1,0 +1,268 @@
+// Command ferryd is the Ferry sync server.
+//
+//	ferryd [flags]                 serve
+//	ferryd check  --data DIR       verify a stopped server's store
+//	ferryd backup --data DIR --to DIR   copy a stopped server's store
+//
+// Every flag can also be set in the environment as FERRY_<FLAG>, with
+// dashes as underscores (FERRY_ADDR, FERRY_DATA, ...); a flag on the command
+// line wins.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/server"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "ferryd:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	addr              string
+	data              string
+	tlsCert, tlsKey   string
+	allowRegistration bool
+	newEpoch          bool
+	maxMessageBytes   int
+	maxBodyBytes      int
+	maxStreams        int
+	heartbeat         time.Duration
+	logLevel          string
+	logFormat         string
+	to                string // backup destination
+}
+
+func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
+	c := &config{}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address to listen on")
+	fs.StringVar(&c.data, "data", "./data", "directory of the Pebble store (created if missing)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with --tls-key, serve HTTPS")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key file (PEM)")
+	fs.BoolVar(&c.allowRegistration, "allow-registration", false, "let anyone create an account with Register")
+	fs.BoolVar(&c.newEpoch, "new-epoch", false, "start a new epoch: use after restoring the store by other means than 'ferryd backup'")
+	fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message, after decompression")
+	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body")
+	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
+	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	if name == "backup" {
+		fs.StringVar(&c.to, "to", "", "directory to write the backup to (must not exist)")
+	}
+	return fs, c
+}
+
+// parse parses args, then fills flags not given from FERRY_* variables.
+func parse(fs *flag.FlagSet, args []string, env func(string) string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		key := "FERRY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := env(key); v != "" {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %v", key, v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && (args[0] == "check" || args[0] == "backup") {
+		cmd, args = args[0], args[1:]
+	}
+	fs, c := flags(cmd, stderr)
+	if err := parse(fs, args, os.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	log, err := newLogger(c, stderr)
+	if err != nil {
+		return err
+	}
+	switch cmd {
+	case "check":
+		return check(c, log, stdout)
+	case "backup":
+		return backup(c, log, stdout)
+	}
+	return serve(ctx, c, log, stdout)
+}
+
+func newLogger(c *config, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", c.logLevel)
+	}
+	o := &slog.HandlerOptions{Level: level}
+	switch c.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", c.logFormat)
+}
+
+func engineOptions(c *config, log *slog.Logger) engine.Options {
+	return engine.Options{
+		Logger:            log,
+		AllowRegistration: c.allowRegistration,
+		NewEpoch:          c.newEpoch,
+		MaxBodyBytes:      c.maxBodyBytes,
+	}
+}
+
+func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	eo := engineOptions(c, log)
+	// Fail-stop: a storage failure ends the process; nothing more is
+	// acknowledged meanwhile.
+	eo.OnFatal = func(err error) { cancel(fmt.Errorf("storage failed: %w", err)) }
+	if err := os.MkdirAll(c.data, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	eng, err := engine.Open(c.data, eo)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	srv, err := server.New(eng, server.Options{
+		Logger:              log,
+		MaxMessageBytes:     c.maxMessageBytes,
+		MaxStreamsPerDevice: c.maxStreams,
+		HeartbeatInterval:   c.heartbeat,
+	})
+	if err != nil {
+		return err
+	}
+	var tlsConfig *tls.Config
+	if c.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return fmt.Errorf("load TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	hs := server.HTTPServer(c.addr, srv.Handler(), tlsConfig)
+	hs.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return err
+	}
+	scheme := "http"
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+		scheme = "https"
+	}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
+	fmt.Fprintf(stdout, "ferryd is listening on %s\n", url)
+	fmt.Fprintf(stdout, "  store:   %s (epoch %s)\n", c.data, eng.Epoch())
+	fmt.Fprintf(stdout, "  health:  curl %s/healthz\n", url)
+	if c.allowRegistration {
+		fmt.Fprintf(stdout, "  sign up: curl -H 'Content-Type: application/json' -d '{\"username\":\"alice\",\"password\":\"correct horse\"}' %s/ferry.v1.AccountService/Register\n", url)
+	} else {
+		fmt.Fprintln(stdout, "  self-registration is off (--allow-registration turns it on)")
+	}
+	log.Info("serving", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "data", c.data, "epoch", eng.Epoch())
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	cause := context.Cause(ctx)
+	log.Info("shutting down: telling sessions to reconnect", "reason", cause)
+	srv.GoAway()
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		log.Warn("shutdown did not finish cleanly", "err", err)
+	}
+	if err := eng.Close(); err != nil && !errors.Is(err, engine.ErrFailed) {
+		return fmt.Errorf("close store: %w", err)
+	}
+	if errors.Is(cause, context.Canceled) || cause == nil {
+		return nil
+	}
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("server stopped", "err", err)
+	}
+	return cause
+}
+
+func check(c *config, log *slog.Logger, stdout io.Writer) error {
+	eng, err := engine.Open(c.data, engineOptions(c, log))
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	rep, err := eng.Check()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "checked %d conversations, %d ops, %d feed entries\n", rep.Conversations, rep.Ops, rep.FeedEntries)
+	if err := rep.Err(); err != nil {
+		return fmt.Errorf("store is inconsistent: %w", err)
+	}
+	fmt.Fprintln(stdout, "store is consistent")
+	return nil
+}
+
+func backup(c *config, log *slog.Logger, stdout io.Writer) error {
+	if c.to == "" {
+		return errors.New("backup needs --to DIR")
+	}
+	eng, err := engine.Open(c.data, engineOptions(c, log))
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	if err := eng.Backup(c.to); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "backup written to %s; a server opened on it starts a new epoch, and devices repair\n", c.to)
+	return nil
+}

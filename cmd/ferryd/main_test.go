@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// syncBuffer is a bytes.Buffer safe for the server goroutine and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+	w  chan struct{}
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.b.Write(p)
+	select {
+	case s.w <- struct{}{}:
+	default:
+	}
+	return n, err
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestServeAndShutDown(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &syncBuffer{w: make(chan struct{}, 1)}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--allow-registration", "--log-level", "warn"}, out, io.Discard)
+	}()
+	addr := regexp.MustCompile(`listening on (http://\S+)`)
+	var url string
+	for url == "" {
+		select {
+		case <-out.w:
+			if m := addr.FindStringSubmatch(out.String()); m != nil {
+				url = m[1]
+			}
+		case err := <-done:
+			t.Fatalf("ferryd exited: %v\n%s", err, out.String())
+		}
+	}
+	resp, err := http.Get(url + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != "ok" {
+		t.Fatalf("healthz: %d %q", resp.StatusCode, body)
+	}
+	resp, err = http.Post(url+"/ferry.v1.AccountService/Register", "application/json",
+		strings.NewReader(`{"username":"alice","password":"correct horse"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"token":"fy1_`) {
+		t.Fatalf("register: %d %s", resp.StatusCode, body)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	// The store survived: check it offline.
+	var checkOut bytes.Buffer
+	if err := run(context.Background(), []string{"check", "--data", dir, "--log-level", "warn"}, &checkOut, io.Discard); err != nil {
+		t.Fatalf("check: %v\n%s", err, checkOut.String())
+	}
+	if !strings.Contains(checkOut.String(), "store is consistent") {
+		t.Fatalf("check said %q", checkOut.String())
+	}
+}
+
+func TestFlagsFromEnvironment(t *testing.T) {
+	fs, c := flags("serve", io.Discard)
+	env := map[string]string{"FERRY_ADDR": "0.0.0.0:9", "FERRY_ALLOW_REGISTRATION": "true", "FERRY_DATA": "/env"}
+	if err := parse(fs, []string{"--data", "/flag"}, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if c.addr != "0.0.0.0:9" || !c.allowRegistration || c.data != "/flag" {
+		t.Fatalf("config %+v: the environment fills unset flags, and flags win", c)
+	}
+	fs, _ = flags("serve", io.Discard)
+	err := parse(fs, nil, func(k string) string {
+		if k == "FERRY_HEARTBEAT" {
+			return "soon"
+		}
+		return ""
+	})
+	if err == nil || !strings.Contains(err.Error(), "FERRY_HEARTBEAT") {
+		t.Fatalf("bad environment value: %v", err)
+	}
+	if err := run(context.Background(), []string{"--log-level", "loud"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--log-level") {
+		t.Fatalf("bad log level: %v", err)
+	}
+	_ = fmt.Sprint()
+}

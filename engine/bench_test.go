@@ -1,0 +1,119 @@
+package engine_test
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/enginetest"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// openOnDisk opens an engine on the real filesystem, where fsync costs what
+// it costs.
+func openOnDisk(b *testing.B) *engine.Engine {
+	o := enginetest.Options(b, 1)
+	o.FS = vfs.Default
+	o.MemTableSize = 64 << 20
+	o.CacheSize = 64 << 20
+	e, err := engine.Open(b.TempDir(), o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = e.Close() })
+	return e
+}
+
+// BenchmarkAppendDurable measures acknowledged, fsynced appends with
+// concurrent writers, each a device of its own writing to one of 64
+// conversations, in pushes of `batch` ops.
+func BenchmarkAppendDurable(b *testing.B) {
+	for _, writers := range []int{1, 16, 64, 256} {
+		for _, batch := range []int{1, 16} {
+			b.Run(fmt.Sprintf("writers=%d/batch=%d", writers, batch), func(b *testing.B) {
+				e := openOnDisk(b)
+				owner := enginetest.Register(b, e, "owner")
+				convs := make([]ulid.ULID, 64)
+				devs := make([]*enginetest.Device, writers)
+				for i := range devs {
+					devs[i] = enginetest.Register(b, e, fmt.Sprintf("w%d", i))
+				}
+				for i := range convs {
+					var members []*enginetest.Device
+					for w := i; w < writers; w += len(convs) {
+						members = append(members, devs[w])
+					}
+					convs[i] = owner.Create("bench", members...)
+				}
+				body := make([]byte, 150)
+				var left atomic.Int64
+				left.Store(int64(b.N))
+				commits := e.Metrics().Commits
+				b.ResetTimer()
+				var wg sync.WaitGroup
+				for w, d := range devs {
+					conv := convs[w%len(convs)]
+					wg.Go(func() {
+						for left.Add(-int64(batch)) > -int64(batch) {
+							ops := make([]model.Op, batch)
+							for i := range ops {
+								ops[i] = d.Op(conv, model.Op{Kind: model.KindMessage, Body: body})
+							}
+							d.Push(ops...)
+						}
+					})
+				}
+				wg.Wait()
+				b.StopTimer()
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+				if c := e.Metrics().Commits - commits; c > 0 {
+					b.ReportMetric(float64(b.N)/float64(c), "ops/commit")
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkCatchUpRead measures a device catching up on 10,000 missing ops
+// across 100 conversations, through a session, to CaughtUp.
+func BenchmarkCatchUpRead(b *testing.B) {
+	e := openOnDisk(b)
+	alice := enginetest.Register(b, e, "alice")
+	bob := enginetest.Register(b, e, "bob")
+	body := make([]byte, 150)
+	for c := range 100 {
+		conv := alice.Create(fmt.Sprint(c), bob)
+		ops := make([]model.Op, 100)
+		for i := range ops {
+			ops[i] = alice.Op(conv, model.Op{Kind: model.KindMessage, Body: body})
+		}
+		alice.Push(ops...)
+	}
+	b.ResetTimer()
+	total := 0
+	for b.Loop() {
+		s, err := e.OpenSession(bob.Actor, engine.SessionOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for {
+			ev, ok, err := s.Next()
+			if err != nil || !ok {
+				b.Fatalf("session ended early: %v", err)
+			}
+			for _, bt := range ev.Batches {
+				total += len(bt.Ops)
+			}
+			if ev.Kind == engine.EventCaughtUp {
+				break
+			}
+		}
+		s.Close()
+	}
+	b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "ops/s")
+}

@@ -1,0 +1,132 @@
+// Package clock abstracts time for code with timers (heartbeats, backoff),
+// so tests advance time instead of sleeping.
+package clock
+
+import (
+	"slices"
+	"sync"
+	"time"
+)
+
+// Clock tells the time and makes timers. Implementations are safe for
+// concurrent use.
+type Clock interface {
+	Now() time.Time
+	NewTimer(d time.Duration) Timer
+}
+
+// Timer is the part of *time.Timer that Ferry uses.
+type Timer interface {
+	C() <-chan time.Time
+	// Reset re-arms the timer to fire d from now; a pending fire is dropped.
+	Reset(d time.Duration)
+	Stop()
+}
+
+// Real is the system clock.
+type Real struct{}
+
+// Now returns time.Now().
+func (Real) Now() time.Time { return time.Now() }
+
+// NewTimer returns a timer firing after d.
+func (Real) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
+
+type realTimer struct{ t *time.Timer }
+
+func (r realTimer) C() <-chan time.Time   { return r.t.C }
+func (r realTimer) Reset(d time.Duration) { r.t.Reset(d) } // Go 1.23+: Reset drains
+func (r realTimer) Stop()                 { r.t.Stop() }
+
+// Fake is a clock that moves only when told to. The zero value is not
+// usable; call NewFake.
+type Fake struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*fakeTimer
+	added  chan struct{} // closed and replaced when a timer is armed
+}
+
+// NewFake returns a fake clock at start.
+func NewFake(start time.Time) *Fake { return &Fake{now: start, added: make(chan struct{})} }
+
+// Now returns the fake time.
+func (f *Fake) Now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+// NewTimer returns a timer that fires when the clock passes now + d.
+func (f *Fake) NewTimer(d time.Duration) Timer {
+	t := &fakeTimer{f: f, c: make(chan time.Time, 1)}
+	t.Reset(d)
+	return t
+}
+
+// Advance moves the clock forward by d, firing the timers it passes.
+func (f *Fake) Advance(d time.Duration) {
+	f.mu.Lock()
+	f.now = f.now.Add(d)
+	now := f.now
+	var due []*fakeTimer
+	f.timers = slices.DeleteFunc(f.timers, func(t *fakeTimer) bool {
+		if !t.when.After(now) {
+			due = append(due, t)
+			return true
+		}
+		return false
+	})
+	f.mu.Unlock()
+	for _, t := range due {
+		select {
+		case t.c <- now:
+		default:
+		}
+	}
+}
+
+// Armed returns a channel closed the next time a timer is armed: tests wait
+// on it to know that the code under test is waiting for time to pass.
+func (f *Fake) Armed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.added
+}
+
+// Pending is the number of armed timers.
+func (f *Fake) Pending() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.timers)
+}
+
+type fakeTimer struct {
+	f    *Fake
+	c    chan time.Time
+	when time.Time
+}
+
+func (t *fakeTimer) C() <-chan time.Time { return t.c }
+
+func (t *fakeTimer) Reset(d time.Duration) {
+	f := t.f
+	f.mu.Lock()
+	f.timers = slices.DeleteFunc(f.timers, func(x *fakeTimer) bool { return x == t })
+	select {
+	case <-t.c:
+	default:
+	}
+	t.when = f.now.Add(d)
+	f.timers = append(f.timers, t)
+	close(f.added)
+	f.added = make(chan struct{})
+	f.mu.Unlock()
+}
+
+func (t *fakeTimer) Stop() {
+	f := t.f
+	f.mu.Lock()
+	f.timers = slices.DeleteFunc(f.timers, func(x *fakeTimer) bool { return x == t })
+	f.mu.Unlock()
+}

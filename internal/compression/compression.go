@@ -1,0 +1,231 @@
+// Package compression provides the Connect compressors Ferry negotiates:
+// zstd for native clients and gzip for browsers, both from
+// github.com/klauspost/compress.
+//
+// Connect asks for one writer per message and closes it when the message is
+// written. The zstd compressor buffers the message and compresses it on
+// Close with one encoder shared by every stream (Encoder.EncodeAll is safe
+// for concurrent use), instead of a streaming encoder per connection, which
+// would cost megabytes per idle stream. Decoders are pooled and refuse
+// frames whose window exceeds a bound, so a hostile frame cannot make the
+// server allocate more than that; Connect limits the decompressed size
+// itself.
+//
+// Compressors are safe for concurrent use.
+package compression
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"connectrpc.com/connect/v2"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+)
+
+// MaxWindow is the largest zstd window a decoder accepts. Ferry's messages
+// are bounded well below it.
+const MaxWindow = 8 << 20
+
+// Zstd is a "zstd" compressor.
+type Zstd struct {
+	enc     *zstd.Encoder
+	bufs    sync.Pool // *bytes.Buffer
+	readers sync.Pool // *zstdReader
+}
+
+// NewZstd returns a zstd compressor at the default level.
+func NewZstd() *Zstd {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		panic(fmt.Sprintf("compression: zstd encoder: %v", err)) // only invalid options fail
+	}
+	return &Zstd{enc: enc}
+}
+
+// Name is the content-encoding token.
+func (z *Zstd) Name() string { return connect.CompressionNameZstd }
+
+// Compress returns a writer that compresses what it was given into dst when
+// closed.
+func (z *Zstd) Compress(dst io.Writer) (io.WriteCloser, error) {
+	b, _ := z.bufs.Get().(*bytes.Buffer)
+	if b == nil {
+		b = new(bytes.Buffer)
+	}
+	b.Reset()
+	return &zstdWriter{z: z, dst: dst, buf: b}, nil
+}
+
+type zstdWriter struct {
+	z   *Zstd
+	dst io.Writer
+	buf *bytes.Buffer
+}
+
+var errClosed = errors.New("compression: use after Close")
+
+func (w *zstdWriter) Write(p []byte) (int, error) {
+	if w.buf == nil {
+		return 0, errClosed
+	}
+	return w.buf.Write(p)
+}
+
+func (w *zstdWriter) Close() error {
+	if w.buf == nil {
+		return nil
+	}
+	out := w.z.enc.EncodeAll(w.buf.Bytes(), nil)
+	_, err := w.dst.Write(out)
+	// Keep big buffers out of the pool: one large message must not pin
+	// megabytes per pooled buffer forever.
+	if w.buf.Cap() <= 1<<20 {
+		w.z.bufs.Put(w.buf)
+	}
+	w.buf = nil
+	return err
+}
+
+// Decompress returns a reader of src's decompressed bytes.
+func (z *Zstd) Decompress(src io.Reader) (io.ReadCloser, error) {
+	r, _ := z.readers.Get().(*zstdReader)
+	if r == nil {
+		d, err := zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxWindow(MaxWindow))
+		if err != nil {
+			return nil, fmt.Errorf("compression: zstd decoder: %w", err)
+		}
+		r = &zstdReader{z: z, d: d}
+	}
+	if err := r.d.Reset(src); err != nil {
+		return nil, fmt.Errorf("compression: zstd: %w", err)
+	}
+	r.closed = false
+	return r, nil
+}
+
+type zstdReader struct {
+	z      *Zstd
+	d      *zstd.Decoder
+	closed bool
+}
+
+func (r *zstdReader) Read(p []byte) (int, error) {
+	if r.closed {
+		return 0, errClosed
+	}
+	return r.d.Read(p)
+}
+
+func (r *zstdReader) Close() error {
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	if err := r.d.Reset(nil); err != nil {
+		r.d.Close()
+		return nil
+	}
+	r.z.readers.Put(r)
+	return nil
+}
+
+// Gzip is a "gzip" compressor with pooled writers and readers.
+type Gzip struct {
+	level   int
+	writers sync.Pool // *gzipWriter
+	readers sync.Pool // *gzipReader
+}
+
+// NewGzip returns a gzip compressor at the default level.
+func NewGzip() *Gzip { return &Gzip{level: gzip.DefaultCompression} }
+
+// Name is the content-encoding token.
+func (g *Gzip) Name() string { return connect.CompressionNameGzip }
+
+// Compress returns a writer that compresses into dst.
+func (g *Gzip) Compress(dst io.Writer) (io.WriteCloser, error) {
+	if w, _ := g.writers.Get().(*gzipWriter); w != nil {
+		w.w.Reset(dst)
+		w.closed = false
+		return w, nil
+	}
+	gw, err := gzip.NewWriterLevel(dst, g.level)
+	if err != nil {
+		return nil, fmt.Errorf("compression: gzip writer: %w", err)
+	}
+	return &gzipWriter{g: g, w: gw}, nil
+}
+
+type gzipWriter struct {
+	g      *Gzip
+	w      *gzip.Writer
+	closed bool
+}
+
+func (w *gzipWriter) Write(p []byte) (int, error) {
+	if w.closed {
+		return 0, errClosed
+	}
+	return w.w.Write(p)
+}
+
+func (w *gzipWriter) Close() error {
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	err := w.w.Close()
+	w.g.writers.Put(w)
+	return err
+}
+
+// Decompress returns a reader of src's decompressed bytes.
+func (g *Gzip) Decompress(src io.Reader) (io.ReadCloser, error) {
+	if r, _ := g.readers.Get().(*gzipReader); r != nil {
+		if err := r.r.Reset(src); err != nil {
+			return nil, fmt.Errorf("compression: gzip: %w", err)
+		}
+		r.closed = false
+		return r, nil
+	}
+	gr, err := gzip.NewReader(src)
+	if err != nil {
+		return nil, fmt.Errorf("compression: gzip: %w", err)
+	}
+	return &gzipReader{g: g, r: gr}, nil
+}
+
+type gzipReader struct {
+	g      *Gzip
+	r      *gzip.Reader
+	closed bool
+}
+
+func (r *gzipReader) Read(p []byte) (int, error) {
+	if r.closed {
+		return 0, errClosed
+	}
+	return r.r.Read(p)
+}
+
+func (r *gzipReader) Close() error {
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	err := r.r.Close()
+	r.g.readers.Put(r)
+	return err
+}
+
+var (
+	_ connect.Compressor = (*Zstd)(nil)
+	_ connect.Compressor = (*Gzip)(nil)
+)

@@ -1,0 +1,88 @@
+package server
+
+import (
+	"context"
+
+	"connectrpc.com/connect/v2"
+
+	"github.com/ferrysync/ferry/engine"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+)
+
+type accountService struct{ s *Server }
+
+var _ ferryv1connect.AccountServiceHandler = accountService{}
+
+func sessionToProto(c engine.Credentials) *ferryv1.DeviceSession {
+	return &ferryv1.DeviceSession{UserId: c.User.String(), DeviceId: c.Device.String(), Token: c.Token, Username: c.Username}
+}
+
+func (h accountService) Register(ctx context.Context, req *ferryv1.RegisterRequest) (*ferryv1.RegisterResponse, error) {
+	c, err := h.s.eng.Register(ctx, engine.NewAccount{
+		Username:    req.GetUsername(),
+		Password:    req.GetPassword(),
+		DisplayName: req.GetDisplayName(),
+		DeviceName:  req.GetDeviceName(),
+	})
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return &ferryv1.RegisterResponse{Session: sessionToProto(c)}, nil
+}
+
+func (h accountService) Login(ctx context.Context, req *ferryv1.LoginRequest) (*ferryv1.LoginResponse, error) {
+	c, err := h.s.eng.Login(ctx, req.GetUsername(), req.GetPassword(), req.GetDeviceName())
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return &ferryv1.LoginResponse{Session: sessionToProto(c)}, nil
+}
+
+func (h accountService) GetAccount(ctx context.Context, _ *ferryv1.GetAccountRequest) (*ferryv1.GetAccountResponse, error) {
+	a := actorFrom(ctx)
+	u, d, err := h.s.eng.Account(a)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return &ferryv1.GetAccountResponse{User: userToProto(u), Device: deviceToProto(d, a.Device)}, nil
+}
+
+func (h accountService) ListDevices(ctx context.Context, _ *ferryv1.ListDevicesRequest) (*ferryv1.ListDevicesResponse, error) {
+	a := actorFrom(ctx)
+	ds, err := h.s.eng.Devices(a)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	resp := &ferryv1.ListDevicesResponse{}
+	for _, d := range ds {
+		resp.Devices = append(resp.Devices, deviceToProto(d, a.Device))
+	}
+	return resp, nil
+}
+
+func (h accountService) RevokeDevice(ctx context.Context, req *ferryv1.RevokeDeviceRequest) (*ferryv1.RevokeDeviceResponse, error) {
+	id, err := parseID("device_id", req.GetDeviceId())
+	if err != nil {
+		return nil, err
+	}
+	if err := h.s.eng.RevokeDevice(ctx, actorFrom(ctx), id); err != nil {
+		return nil, connectError(err)
+	}
+	return &ferryv1.RevokeDeviceResponse{}, nil
+}
+
+func (h accountService) LookupUsers(ctx context.Context, req *ferryv1.LookupUsersRequest) (*ferryv1.LookupUsersResponse, error) {
+	if len(req.GetUsernames()) > engine.MaxLookup {
+		return nil, connect.NewError(connect.CodeResourceExhausted, "at most 100 usernames per lookup")
+	}
+	us, err := h.s.eng.LookupUsers(actorFrom(ctx), req.GetUsernames())
+	if err != nil {
+		return nil, connectError(err)
+	}
+	resp := &ferryv1.LookupUsersResponse{}
+	for _, u := range us {
+		resp.Users = append(resp.Users, userToProto(u))
+	}
+	return resp, nil
+}

@@ -1,0 +1,23 @@
+// Package server adapts Ferry's wire contract (package ferry.v1, served with
+// Connect) to the engine. It holds no storage code: every read and write
+// goes through the engine, which enforces membership and durability.
+//
+// One port serves the Connect, gRPC and gRPC-Web protocols, over HTTP/1.1
+// and HTTP/2 (h2c without TLS), with zstd and gzip compression negotiated
+// per call.
+//
+// # Security
+//
+// An interceptor checks the bearer token before any request body is read,
+// decompressed or decoded; only Register and Login go without one. Handlers
+// pass the authenticated engine.Actor to the engine explicitly. Every error
+// a client sees is a Connect code with a message written for them (see
+// connectError); internal errors become Internal with no detail, and are
+// logged.
+//
+// # Concurrency
+//
+// A Server is safe for concurrent use. Each sync session runs one goroutine
+// that sends (catch-up, live ops, push results, heartbeats) and, on Sync, one
+// that receives; only the first calls Send.
+package server

@@ -1,0 +1,166 @@
+package server_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect/v2"
+	"github.com/klauspost/compress/zstd"
+	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrysync/ferry/engine"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/server"
+	"github.com/ferrysync/ferry/server/servertest"
+)
+
+func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{
+		Engine: func(o *engine.Options) { o.MaxBodyBytes = 1000 },
+		Server: func(o *server.Options) { o.MaxMessageBytes = 256 << 10 },
+	})
+	alice := newDev(t, srv.Register("alice"))
+	conv := alice.createConv("c")
+	pushOne := func(op *ferryv1.Op) (*ferryv1.PushResponse, error) {
+		return alice.Sync.Push(bg, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{op}}}})
+	}
+
+	// A message over the read limit.
+	big := &ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{Body: make([]byte, 300<<10)}}}
+	_, err := pushOne(big)
+	mustCode(t, "message over the read limit", err, connect.CodeResourceExhausted)
+
+	// Too many ops in one push.
+	var many []*ferryv1.Op
+	for range 1001 {
+		many = append(many, &ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}})
+	}
+	_, err = alice.Sync.Push(bg, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: many}}})
+	mustCode(t, "1001 ops", err, connect.CodeResourceExhausted)
+	if !strings.Contains(err.Error(), "limit is 1000") {
+		t.Errorf("1001 ops: message does not say the limit: %v", err)
+	}
+
+	// Malformed ops are rejected one by one, with what is wrong.
+	for name, tc := range map[string]struct {
+		op   *ferryv1.Op
+		want string
+	}{
+		"body over the limit": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{Body: make([]byte, 1001)}}}, "limit of 1000"},
+		"no payload":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2}, "has no payload"},
+		"zero dot":            {&ferryv1.Op{Id: ulid.Make().String(), Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "dot must be 1 or more"},
+		"edit without target": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Edit{Edit: &ferryv1.Edit{}}}, "target_id is required"},
+		"erased set":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Erased: true, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "erased is set by the server"},
+	} {
+		resp, err := pushOne(tc.op)
+		if name == "edit without target" || name == "erased set" || name == "no payload" {
+			// Caught while decoding the request: the whole push is refused.
+			mustCode(t, name, err, connect.CodeInvalidArgument)
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%s: %v does not say %q", name, err, tc.want)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		r := resp.GetResults()[0]
+		if r.GetReason() != ferryv1.RejectReason_REJECT_REASON_INVALID || !strings.Contains(r.GetMessage(), tc.want) {
+			t.Errorf("%s: %v, want INVALID saying %q", name, r, tc.want)
+		}
+	}
+
+	// Malformed ids and parameters.
+	_, err = alice.Sync.History(bg, &ferryv1.HistoryRequest{ConversationId: "not-a-ulid"})
+	mustCode(t, "malformed conversation id", err, connect.CodeInvalidArgument)
+	_, err = alice.Sync.History(bg, &ferryv1.HistoryRequest{ConversationId: conv, Limit: 5000})
+	mustCode(t, "history limit", err, connect.CodeInvalidArgument)
+	_, err = alice.Sync.History(bg, &ferryv1.HistoryRequest{ConversationId: conv, Range: &ferryv1.HistoryRequest_BeforeSeq{}})
+	mustCode(t, "before_seq 0", err, connect.CodeInvalidArgument)
+	_, err = alice.Sync.Repair(bg, &ferryv1.RepairRequest{ConversationId: conv, Vector: &ferryv1.Vector{Entries: []*ferryv1.VectorEntry{{DeviceId: "x"}}}})
+	mustCode(t, "malformed vector", err, connect.CodeInvalidArgument)
+	_, err = srv.Clients("").Account.Register(bg, &ferryv1.RegisterRequest{Username: "x", Password: "correct horse"})
+	mustCode(t, "short username", err, connect.CodeInvalidArgument)
+	_, err = srv.Clients("").Account.Register(bg, &ferryv1.RegisterRequest{Username: "mallory", Password: "short"})
+	mustCode(t, "short password", err, connect.CodeInvalidArgument)
+	_, err = srv.Clients("").Account.Register(bg, &ferryv1.RegisterRequest{Username: "alice", Password: "correct horse"})
+	mustCode(t, "taken username", err, connect.CodeAlreadyExists)
+	_, err = srv.Clients("").Account.Login(bg, &ferryv1.LoginRequest{Username: "alice", Password: "wrong horse"})
+	mustCode(t, "wrong password", err, connect.CodeUnauthenticated)
+
+	// A session must start with a hello, and say it once.
+	st, _ := alice.Sync.Sync(bg)
+	_ = st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Heartbeat{Heartbeat: &ferryv1.Heartbeat{}}})
+	_, err = st.Receive()
+	mustCode(t, "no hello", err, connect.CodeInvalidArgument)
+	s := alice.open(hello("", 0))
+	s.untilCaughtUp()
+	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{}}})
+	mustCode(t, "second hello", s.endErr(), connect.CodeInvalidArgument)
+	s = alice.open(&ferryv1.Hello{Epoch: "bogus"})
+	mustCode(t, "malformed epoch", s.endErr(), connect.CodeInvalidArgument)
+
+	// Nothing of the above was stored.
+	page, err := alice.Sync.History(bg, &ferryv1.HistoryRequest{ConversationId: conv})
+	if err != nil || page.GetHead() != 1 {
+		t.Fatalf("bad input changed the log: head %d (%v)", page.GetHead(), err)
+	}
+	if rep, err := srv.Engine.Check(); err != nil || rep.Err() != nil {
+		t.Fatalf("check: %v %v", err, rep.Err())
+	}
+}
+
+// TestCompressionBomb sends a small zstd body that inflates to 64 MiB: it is
+// refused at the read limit, not inflated.
+func TestCompressionBomb(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := newDev(t, srv.Register("alice"))
+	conv := alice.createConv("c")
+	req := &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{{
+		Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{Body: make([]byte, 64<<20)}}}}}}}
+	raw, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, _ := zstd.NewWriter(nil)
+	bomb := enc.EncodeAll(raw, nil)
+	if len(bomb) > 64<<10 {
+		t.Fatalf("bomb is %d bytes; it should be small", len(bomb))
+	}
+	httpReq, _ := http.NewRequest("POST", srv.URL+"/ferry.v1.SyncService/Push", bytes.NewReader(bomb))
+	httpReq.Header.Set("Content-Type", "application/proto")
+	httpReq.Header.Set("Content-Encoding", "zstd")
+	httpReq.Header.Set("Connect-Protocol-Version", "1")
+	httpReq.Header.Set("Authorization", "Bearer "+alice.Session.GetToken())
+	resp, err := srv.HTTP.Do(httpReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var e struct{ Code string }
+	_ = json.Unmarshal(body, &e)
+	if e.Code != "resource_exhausted" {
+		t.Fatalf("bomb: HTTP %d %s, want resource_exhausted", resp.StatusCode, body)
+	}
+	if page, _ := alice.Sync.History(bg, &ferryv1.HistoryRequest{ConversationId: conv}); page.GetHead() != 1 {
+		t.Fatal("the bomb was stored")
+	}
+}
+
+// TestStreamsPerDevice: a device cannot hold more sessions than the limit.
+func TestStreamsPerDevice(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) { o.MaxStreamsPerDevice = 2 }})
+	alice := newDev(t, srv.Register("alice"))
+	for range 2 {
+		alice.open(hello("", 0)).untilCaughtUp()
+	}
+	mustCode(t, "third session", alice.open(hello("", 0)).endErr(), connect.CodeResourceExhausted)
+	// Another device of the same user is not affected.
+	newDev(t, srv.Login("alice", "laptop")).open(hello("", 0)).untilCaughtUp()
+}

@@ -1,0 +1,139 @@
+package server_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connecthttp"
+
+	"github.com/ferrysync/ferry/internal/compression"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+	"github.com/ferrysync/ferry/server"
+	"github.com/ferrysync/ferry/server/servertest"
+)
+
+// reader moves a stream's messages to a channel, so a test can wait for a
+// message and for the fake clock at once.
+func reader(s *stream) (<-chan *ferryv1.SyncResponse, <-chan error) {
+	msgs, errs := make(chan *ferryv1.SyncResponse, 16), make(chan error, 1)
+	go func() {
+		for {
+			m, err := s.st.Receive()
+			if err != nil {
+				errs <- err
+				return
+			}
+			msgs <- m
+		}
+	}()
+	return msgs, errs
+}
+
+func TestHeartbeatsAndIdleCutOff(t *testing.T) {
+	const interval = 30 * time.Second
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) { o.HeartbeatInterval = interval }})
+	alice := newDev(t, srv.Register("alice"))
+	s := alice.open(hello("", 0))
+	s.untilCaughtUp()
+	msgs, errs := reader(s)
+
+	// A quiet session gets a heartbeat once an interval passes. Time moves
+	// only when the test moves it; each round waits for the server to arm
+	// a timer or to say something.
+	heartbeats := 0
+	var end error
+	for round := 0; round < 50 && end == nil; round++ {
+		armed := srv.Clock.Armed()
+		srv.Clock.Advance(interval)
+		select {
+		case m := <-msgs:
+			if m.GetHeartbeat() != nil {
+				heartbeats++
+			}
+		case err := <-errs:
+			end = err
+		case <-armed:
+		}
+	}
+	if heartbeats == 0 {
+		t.Fatal("no heartbeat from a quiet session")
+	}
+	// The client sent nothing: after three intervals the server ends it.
+	mustCode(t, "silent client", end, connect.CodeDeadlineExceeded)
+}
+
+func TestGoawayOnShutdown(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := newDev(t, srv.Register("alice"))
+	s := alice.open(hello("", 0))
+	s.untilCaughtUp()
+	done := make(chan struct{})
+	go func() { srv.Stop(); close(done) }()
+	m := s.until(func(m *ferryv1.SyncResponse) bool { return m.GetGoaway() != nil })
+	if m.GetGoaway().GetReconnectAfterMs() == 0 {
+		t.Fatal("goaway without a reconnect delay")
+	}
+	if err := s.endErr(); err != nil {
+		t.Fatalf("stream after goaway: %v", err)
+	}
+	<-done
+}
+
+// TestProtocols: Connect, gRPC and gRPC-Web on one port, over HTTP/2 and
+// (for Connect, including server streaming) HTTP/1.1, with zstd or gzip.
+func TestProtocols(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := newDev(t, srv.Register("alice"))
+	conv := alice.createConv("c")
+	alice.send(conv, strings.Repeat("a compressible chat message ", 40))
+	http1 := &http.Client{Transport: &http.Transport{}}
+	for _, tc := range []struct {
+		name     string
+		client   *http.Client
+		opts     []connecthttp.Option
+		encoding string
+	}{
+		{"connect h2c zstd", srv.HTTP, []connecthttp.Option{connecthttp.WithCompressors(compression.NewZstd()), connecthttp.WithSendCompression("zstd")}, "zstd"},
+		{"grpc h2c zstd", srv.HTTP, []connecthttp.Option{connecthttp.WithGRPC(), connecthttp.WithCompressors(compression.NewZstd()), connecthttp.WithSendCompression("zstd")}, "zstd"},
+		{"grpc-web h2c gzip", srv.HTTP, []connecthttp.Option{connecthttp.WithGRPCWeb(), connecthttp.WithCompressors(compression.NewGzip()), connecthttp.WithSendCompression("gzip")}, "gzip"},
+		{"connect http/1.1 json gzip", http1, []connecthttp.Option{connecthttp.WithProtoJSON(), connecthttp.WithCompressors(compression.NewGzip()), connecthttp.WithSendCompression("gzip")}, "gzip"},
+		{"grpc-web http/1.1", http1, []connecthttp.Option{connecthttp.WithGRPCWeb()}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := connect.NewClient(connecthttp.NewTransport(tc.client, srv.URL, tc.opts...), servertest.Bearer(alice.Session.GetToken()))
+			sync := ferryv1connect.NewSyncServiceClient(c)
+			// A response big enough to be compressed.
+			ctx, info := connect.NewClientContext(context.Background())
+			page, err := sync.History(ctx, &ferryv1.HistoryRequest{ConversationId: conv})
+			if err != nil || len(page.GetOps()) != 2 {
+				t.Fatalf("history: %v %v", page, err)
+			}
+			if tc.encoding != "" && info.ResponseEncoding != tc.encoding {
+				t.Fatalf("response encoding %q, want %q", info.ResponseEncoding, tc.encoding)
+			}
+			// Server streaming: a Subscribe session catches up.
+			st, err := sync.Subscribe(context.Background(), &ferryv1.SubscribeRequest{Hello: &ferryv1.Hello{}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			for {
+				m, err := st.Receive()
+				if err != nil {
+					t.Fatalf("subscribe: %v", err)
+				}
+				if m.GetCaughtUp() != nil {
+					if m.GetCaughtUp().GetOps() != 2 {
+						t.Fatalf("caught up with %d ops, want 2", m.GetCaughtUp().GetOps())
+					}
+					break
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,67 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ferrysync/ferry/internal/clock"
+)
+
+// Options configure a Server. The zero value is valid: every field has a
+// default, written in its comment.
+type Options struct {
+	// Logger receives request failures and session events. Default
+	// slog.Default().
+	Logger *slog.Logger
+	// Clock drives heartbeats. Default: the system clock.
+	Clock clock.Clock
+	// MaxMessageBytes caps one message, after decompression. Default 4 MiB.
+	MaxMessageBytes int
+	// MaxStreamsPerDevice caps a device's concurrent Sync and Subscribe
+	// sessions. Default 4.
+	MaxStreamsPerDevice int
+	// HeartbeatInterval is how long a session may be quiet before the server
+	// sends a heartbeat; a Sync session that hears nothing from its client
+	// for three intervals is ended. Default 30s.
+	HeartbeatInterval time.Duration
+	// ReconnectAfter is the delay a Goaway asks clients to wait before
+	// reconnecting. Default 1s.
+	ReconnectAfter time.Duration
+}
+
+func (o *Options) ensureDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
+	}
+	if o.MaxMessageBytes == 0 {
+		o.MaxMessageBytes = 4 << 20
+	}
+	if o.MaxStreamsPerDevice == 0 {
+		o.MaxStreamsPerDevice = 4
+	}
+	if o.HeartbeatInterval == 0 {
+		o.HeartbeatInterval = 30 * time.Second
+	}
+	if o.ReconnectAfter == 0 {
+		o.ReconnectAfter = time.Second
+	}
+}
+
+func (o *Options) validate() error {
+	var errs []error
+	if o.MaxMessageBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("MaxMessageBytes must be at least 64 KiB, got %d", o.MaxMessageBytes))
+	}
+	if o.MaxStreamsPerDevice < 1 {
+		errs = append(errs, fmt.Errorf("MaxStreamsPerDevice must be at least 1, got %d", o.MaxStreamsPerDevice))
+	}
+	if o.HeartbeatInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("HeartbeatInterval must be at least 100ms, got %s", o.HeartbeatInterval))
+	}
+	return errors.Join(errs...)
+}

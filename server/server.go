@@ -1,0 +1,236 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connecthttp"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+)
+
+// Server serves Ferry's RPCs from an engine.
+type Server struct {
+	eng  *engine.Engine
+	opts Options
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	streams  map[ulid.ULID]int // device -> open sessions
+	goaway   chan struct{}     // closed by GoAway
+	goneAway bool
+}
+
+// New returns a server for eng.
+func New(eng *engine.Engine, opts Options) (*Server, error) {
+	opts.ensureDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("server options: %w", err)
+	}
+	return &Server{
+		eng:     eng,
+		opts:    opts,
+		log:     opts.Logger,
+		streams: map[ulid.ULID]int{},
+		goaway:  make(chan struct{}),
+	}, nil
+}
+
+// Handler returns the HTTP handler: every service on one mux, plus
+// /healthz. extra registers more routes (a static site) on the same mux.
+func (s *Server) Handler(extra ...func(*http.ServeMux)) http.Handler {
+	cs := connect.NewServer(s.recoverInterceptor, s.logInterceptor, s.authInterceptor)
+	ferryv1connect.RegisterAccountServiceHandler(cs, accountService{s})
+	ferryv1connect.RegisterConversationServiceHandler(cs, conversationService{s})
+	ferryv1connect.RegisterSyncServiceHandler(cs, syncService{s})
+	mux := http.NewServeMux()
+	connecthttp.Mount(mux, cs,
+		connecthttp.WithReadMaxBytes(s.opts.MaxMessageBytes),
+		connecthttp.WithSendMaxBytes(s.opts.MaxMessageBytes+(1<<20)),
+		connecthttp.WithCompressors(compression.NewZstd(), compression.NewGzip()),
+		connecthttp.WithCompressMinBytes(256),
+	)
+	mux.HandleFunc("GET /healthz", s.healthz)
+	for _, f := range extra {
+		f(mux)
+	}
+	return mux
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := s.eng.Failed(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "storage failed; the server is stopping")
+		return
+	}
+	s.mu.Lock()
+	draining := s.goneAway
+	s.mu.Unlock()
+	if draining {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "shutting down")
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// GoAway tells every open session to end with a Goaway message, so clients
+// reconnect (elsewhere, or here after a restart). New sessions are refused
+// with Unavailable. Call it before http.Server.Shutdown, which waits for the
+// sessions' handlers to return.
+func (s *Server) GoAway() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.goneAway {
+		s.goneAway = true
+		close(s.goaway)
+	}
+}
+
+// HTTPServer returns an http.Server for the handler with Ferry's settings:
+// HTTP/1.1 and HTTP/2 (h2c when tlsConfig is nil), bounded headers, a header
+// timeout, and no whole-request timeouts, since sync sessions are long-lived
+// (heartbeats find dead peers instead).
+func HTTPServer(addr string, h http.Handler, tlsConfig *tls.Config) *http.Server {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	if tlsConfig == nil {
+		p.SetUnencryptedHTTP2(true)
+	} else {
+		p.SetHTTP2(true)
+	}
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		Protocols:         p,
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: 250,
+			MaxReadFrameSize:     1 << 20,
+			// Per-stream and per-connection receive windows: a client cannot
+			// make the server buffer more than this for it.
+			MaxReceiveBufferPerStream:     1 << 20,
+			MaxReceiveBufferPerConnection: 2 << 20,
+			SendPingTimeout:               30 * time.Second,
+			PingTimeout:                   15 * time.Second,
+		},
+	}
+}
+
+// publicProcedures need no token.
+var publicProcedures = map[string]bool{
+	ferryv1connect.AccountServiceRegisterProcedure: true,
+	ferryv1connect.AccountServiceLoginProcedure:    true,
+}
+
+type actorKey struct{}
+
+func actorFrom(ctx context.Context) engine.Actor {
+	a, ok := ctx.Value(actorKey{}).(engine.Actor)
+	if !ok {
+		// Only reachable if a procedure is public by mistake.
+		panic("server: handler without an authenticated actor")
+	}
+	return a
+}
+
+// authInterceptor checks the bearer token from the headers alone, before
+// any body is read, decompressed or decoded.
+func (s *Server) authInterceptor(next connect.ServerFunc) connect.ServerFunc {
+	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) error {
+		if publicProcedures[spec.Procedure] {
+			return next(ctx, spec, stream)
+		}
+		info, _ := connect.CallInfoForServerContext(ctx)
+		h := info.RequestHeader().Get("Authorization")
+		token, ok := strings.CutPrefix(h, "Bearer ")
+		if !ok || token == "" {
+			return connect.NewError(connect.CodeUnauthenticated, "missing credentials: send the header \"Authorization: Bearer <token>\" with a token from Register or Login")
+		}
+		a, err := s.eng.Authenticate(token)
+		if err != nil {
+			if errors.Is(err, engine.ErrUnauthenticated) {
+				return connect.NewError(connect.CodeUnauthenticated, "invalid token: it is malformed, unknown or revoked; log in again")
+			}
+			return connectError(err)
+		}
+		return next(context.WithValue(ctx, actorKey{}, a), spec, stream)
+	}
+}
+
+// logInterceptor logs failed calls: internal errors at error level with
+// their cause, client errors at debug level.
+func (s *Server) logInterceptor(next connect.ServerFunc) connect.ServerFunc {
+	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) error {
+		err := next(ctx, spec, stream)
+		if err == nil {
+			return nil
+		}
+		ce := &connect.Error{}
+		if !errors.As(err, &ce) {
+			ce = connectError(err).(*connect.Error)
+		}
+		switch ce.Code() {
+		case connect.CodeInternal, connect.CodeUnknown, connect.CodeDataLoss:
+			s.log.Error("rpc failed", "procedure", spec.Procedure, "code", ce.Code().String(), "err", ce.Unwrap())
+		case connect.CodeUnavailable:
+			s.log.Warn("rpc failed", "procedure", spec.Procedure, "code", ce.Code().String(), "err", ce.Unwrap())
+		default:
+			s.log.Debug("rpc failed", "procedure", spec.Procedure, "code", ce.Code().String(), "msg", ce.Message())
+		}
+		return ce
+	}
+}
+
+func (s *Server) recoverInterceptor(next connect.ServerFunc) connect.ServerFunc {
+	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error("panic in handler", "procedure", spec.Procedure, "panic", r, "stack", string(debug.Stack()))
+				err = connect.NewError(connect.CodeInternal, "internal error")
+			}
+		}()
+		return next(ctx, spec, stream)
+	}
+}
+
+// acquireStream counts a device's open sessions, refusing more than
+// MaxStreamsPerDevice, and sessions once the server is going away.
+func (s *Server) acquireStream(device ulid.ULID) (release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.goneAway {
+		return nil, connect.NewError(connect.CodeUnavailable, "the server is shutting down; reconnect shortly")
+	}
+	if s.streams[device] >= s.opts.MaxStreamsPerDevice {
+		return nil, connect.NewError(connect.CodeResourceExhausted,
+			fmt.Sprintf("this device already has %d open sync sessions, the limit; close one first", s.opts.MaxStreamsPerDevice))
+	}
+	s.streams[device]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.streams[device]--; s.streams[device] == 0 {
+				delete(s.streams, device)
+			}
+		})
+	}, nil
+}

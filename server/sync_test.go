@@ -1,0 +1,231 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/server/servertest"
+)
+
+// TestOfflineDeviceCatchesUpExactly: two users with three devices each; one
+// of bob's devices is offline while 2,000 ops across 20 conversations
+// arrive from the five others. On reconnect it receives each missing op
+// exactly once, in seq order per conversation, in bounded batches, then
+// CaughtUp, then live ops. A new device then gets the full history.
+func TestOfflineDeviceCatchesUpExactly(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := []*dev{newDev(t, srv.Register("alice")), newDev(t, srv.Login("alice", "laptop")), newDev(t, srv.Login("alice", "tablet"))}
+	bob := []*dev{newDev(t, srv.Register("bob")), newDev(t, srv.Login("bob", "laptop")), newDev(t, srv.Login("bob", "tablet"))}
+	var convs []string
+	for i := range 20 {
+		convs = append(convs, alice[0].createConv(fmt.Sprintf("room %d", i), bob[0]))
+	}
+
+	// Bob's tablet syncs once, acks, and goes offline.
+	tablet := bob[2]
+	s := tablet.open(hello("", 0))
+	s.untilCaughtUp()
+	if len(s.infos) != 20 || s.welcome.GetChangedConversations() != 20 {
+		t.Fatalf("first sync: %d conversations, welcome says %d", len(s.infos), s.welcome.GetChangedConversations())
+	}
+	ack := &ferryv1.AckRequest{}
+	for _, c := range convs {
+		ack.Markers = append(ack.Markers, &ferryv1.Marker{ConversationId: c, Delivered: s.last[c]})
+	}
+	if _, err := tablet.Sync.Ack(context.Background(), ack); err != nil {
+		t.Fatal(err)
+	}
+	epoch, pos := s.welcome.GetEpoch(), s.pos
+	s.close()
+
+	// 2,000 ops arrive from five devices at once.
+	writers := []*dev{alice[0], alice[1], alice[2], bob[0], bob[1]}
+	var wg sync.WaitGroup
+	for w, d := range writers {
+		wg.Go(func() {
+			for i := range 400 {
+				d.send(convs[(w*7+i)%20], fmt.Sprintf("%s says %d", d.device()[:6], i))
+			}
+		})
+	}
+	wg.Wait()
+
+	// The tablet comes back.
+	h := hello(epoch, pos)
+	h.MaxBatchOps = 100
+	s = tablet.open(h)
+	s.untilCaughtUp()
+	if w := s.welcome; w.GetChangedConversations() != 20 || w.GetMissingOps() != 2000 {
+		t.Fatalf("welcome: %d changed, %d missing; want 20 and 2000", w.GetChangedConversations(), w.GetMissingOps())
+	}
+	total := 0
+	for _, c := range convs {
+		info := s.infos[c]
+		s.holds(c, info.GetResumeAfter()+1, info.GetHead())
+		total += len(s.held[c])
+		// What arrived is what the server has, seq for seq.
+		page, err := tablet.Sync.History(context.Background(), &ferryv1.HistoryRequest{
+			ConversationId: c, Range: &ferryv1.HistoryRequest_AfterSeq{AfterSeq: info.GetResumeAfter()}, Limit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range page.GetOps() {
+			if s.held[c][op.GetSeq()] != op.GetId() {
+				t.Fatalf("%s seq %d: received op %s, server has %s", c, op.GetSeq(), s.held[c][op.GetSeq()], op.GetId())
+			}
+		}
+	}
+	if total != 2000 || s.caught.GetOps() != 2000 {
+		t.Fatalf("received %d ops (CaughtUp says %d), want 2000", total, s.caught.GetOps())
+	}
+	// Order of messages: Welcome, Conversations, Ops..., CaughtUp.
+	var kinds []string
+	for _, m := range s.messages {
+		k := fmt.Sprintf("%T", m.GetMessage())
+		if len(kinds) == 0 || kinds[len(kinds)-1] != k {
+			kinds = append(kinds, k)
+		}
+	}
+	want := "[*ferryv1.SyncResponse_Welcome *ferryv1.SyncResponse_Conversations *ferryv1.SyncResponse_Ops *ferryv1.SyncResponse_CaughtUp]"
+	if fmt.Sprint(kinds) != want {
+		t.Fatalf("message order %v, want %s", kinds, want)
+	}
+
+	// Live: an op sent now arrives on the open stream.
+	seq := alice[1].send(convs[3], "live")
+	s.until(func(m *ferryv1.SyncResponse) bool {
+		return m.GetOps().GetPhase() == ferryv1.Phase_PHASE_LIVE && len(s.held[convs[3]]) > 0 && s.last[convs[3]] == seq
+	})
+
+	// A new device of bob's gets the whole history.
+	phone2 := newDev(t, srv.Login("bob", "new phone"))
+	n := phone2.open(hello("", 0))
+	n.untilCaughtUp()
+	for _, c := range convs {
+		n.holds(c, 1, n.infos[c].GetHead())
+	}
+}
+
+// TestNewestFirstCatchUp: a client that asks for a newest page gets every
+// changed conversation's newest page before any backfill.
+func TestNewestFirstCatchUp(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	var convs []string
+	for i := range 3 {
+		c := alice.createConv(fmt.Sprint(i), bob)
+		convs = append(convs, c)
+		for j := range 40 {
+			alice.send(c, fmt.Sprint(j))
+		}
+	}
+	h := hello("", 0)
+	h.PageSize, h.MaxBatchOps = 10, 15
+	s := bob.open(h)
+	s.untilCaughtUp()
+	sawBackfill := false
+	for _, m := range s.messages {
+		switch m.GetOps().GetPhase() {
+		case ferryv1.Phase_PHASE_BACKFILL:
+			sawBackfill = true
+		case ferryv1.Phase_PHASE_NEWEST:
+			if sawBackfill {
+				t.Fatal("a newest page after backfill began")
+			}
+		}
+	}
+	for _, c := range convs {
+		s.holds(c, 1, 42)
+	}
+}
+
+// TestDroppedStreamResumesAfterAck: a stream cut off mid catch-up resumes
+// after what the device acknowledged, and redelivers none of it.
+func TestDroppedStreamResumesAfterAck(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	conv := alice.createConv("c", bob)
+	for i := range 300 {
+		alice.send(conv, fmt.Sprint(i))
+	}
+	h := hello("", 0)
+	h.MaxBatchOps = 50
+	s := bob.open(h)
+	for len(s.held[conv]) < 120 {
+		s.recv()
+	}
+	acked := s.last[conv]
+	if _, err := bob.Sync.Ack(context.Background(), &ferryv1.AckRequest{Markers: []*ferryv1.Marker{{ConversationId: conv, Delivered: acked}}}); err != nil {
+		t.Fatal(err)
+	}
+	s.close() // the network drops
+
+	s2 := bob.open(hello(s.welcome.GetEpoch(), 0))
+	s2.untilCaughtUp()
+	if got := s2.infos[conv].GetResumeAfter(); got != acked {
+		t.Fatalf("resumed after %d, want %d", got, acked)
+	}
+	s2.holds(conv, acked+1, 302)
+}
+
+// TestStreamAckMovesReceipts: markers acked on the stream reach the other
+// member as receipts, live.
+func TestStreamAckMovesReceipts(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	conv := alice.createConv("c", bob)
+	seq := alice.send(conv, "read me")
+	as := alice.open(hello("", 0))
+	as.untilCaughtUp()
+	bs := bob.open(hello("", 0))
+	bs.untilCaughtUp()
+	bs.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: &ferryv1.Ack{
+		Markers: []*ferryv1.Marker{{ConversationId: conv, Delivered: seq, Read: seq}}}}})
+	as.until(func(m *ferryv1.SyncResponse) bool {
+		for _, c := range m.GetConversations().GetConversations() {
+			for _, r := range c.GetReceipts() {
+				if r.GetUserId() == bob.user() && r.GetRead() == seq && r.GetDelivered() == seq {
+					return true
+				}
+			}
+		}
+		return false
+	})
+	// Bob's own unread count is 0 now, on his other devices too.
+	laptop := newDev(t, srv.Login("bob", "laptop"))
+	ls := laptop.open(hello("", 0))
+	ls.untilCaughtUp()
+	if u := ls.infos[conv].GetUnread(); u != 0 {
+		t.Fatalf("bob's laptop shows %d unread after his phone read everything", u)
+	}
+}
+
+// TestPushOnStream: pushes on the Sync stream are answered by request id,
+// retries are duplicates with the original seq, and every device sees the
+// op once.
+func TestPushOnStream(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	conv := alice.createConv("c", bob)
+	as := alice.open(hello("", 0))
+	as.untilCaughtUp()
+	op := alice.op(conv, msg("over the stream"))
+	push := func(id uint64) *ferryv1.PushResult {
+		as.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
+			RequestId: id, Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{op}}}}}})
+		return as.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult().GetRequestId() == id }).GetPushResult()
+	}
+	first, retry := push(7), push(8)
+	if r := first.GetResults()[0]; r.GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED || r.GetSeq() != 3 || r.GetServerDot() != 3 {
+		t.Fatalf("first push: %v", r)
+	}
+	if r := retry.GetResults()[0]; r.GetStatus() != ferryv1.OpStatus_OP_STATUS_DUPLICATE || r.GetSeq() != 3 {
+		t.Fatalf("retry: %v", r)
+	}
+	bs := bob.open(hello("", 0))
+	bs.untilCaughtUp()
+	bs.holds(conv, 1, 3)
+}
