@@ -41,7 +41,7 @@ func BenchmarkAppendDurable(b *testing.B) {
 				convs := make([]ulid.ULID, 64)
 				devs := make([]*enginetest.Device, writers)
 				for i := range devs {
-					devs[i] = enginetest.Register(b, e, fmt.Sprintf("w%d", i))
+					devs[i] = enginetest.Register(b, e, fmt.Sprintf("writer%d", i))
 				}
 				for i := range convs {
 					var members []*enginetest.Device

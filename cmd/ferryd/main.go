@@ -190,13 +190,14 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	if err != nil {
 		return err
 	}
-	scheme := "http"
+	scheme, serveFn := "http", func() error { return hs.Serve(ln) }
 	if tlsConfig != nil {
-		ln = tls.NewListener(ln, tlsConfig)
-		scheme = "https"
+		// ServeTLS (not a TLS listener of our own) sets up ALPN, so TLS
+		// clients get HTTP/2.
+		scheme, serveFn = "https", func() error { return hs.ServeTLS(ln, "", "") }
 	}
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
+	go func() { served <- serveFn() }()
 	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	fmt.Fprintf(stdout, "ferryd is listening on %s\n", url)
 	fmt.Fprintf(stdout, "  store:   %s (epoch %s)\n", c.data, eng.Epoch())
