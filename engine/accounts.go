@@ -132,8 +132,14 @@ func (e *Engine) Register(ctx context.Context, p NewAccount) (Credentials, error
 		}
 		return Credentials{}, fmt.Errorf("%w: username %q is taken", ErrExists, username)
 	}
+	release, err := e.hashSlot(ctx)
+	if err != nil {
+		return Credentials{}, err
+	}
+	hash := e.hashPassword(p.Password)
+	release()
 	user := User{ID: e.newID(), Username: username, DisplayName: p.DisplayName}
-	rec := record.User{Username: username, DisplayName: p.DisplayName, PasswordHash: e.hashPassword(p.Password), CreatedMs: e.nowMs()}
+	rec := record.User{Username: username, DisplayName: p.DisplayName, PasswordHash: hash, CreatedMs: e.nowMs()}
 	creds, dev := e.newDevice(user, p.DeviceName)
 	var taken bool
 	err = e.write(ctx, 1, func(tx *txn) {
@@ -201,14 +207,21 @@ func (e *Engine) Login(ctx context.Context, username, password, deviceName strin
 	v := e.st.View()
 	user, rec, err := lookupUser(v, name)
 	v.Release()
-	switch {
-	case errors.Is(err, ErrNotFound):
-		_, _ = verifyPassword(e.dummyHash(), password)
-		return Credentials{}, fail
-	case err != nil:
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Credentials{}, err
 	}
+	dummy := e.dummyHash()
+	release, herr := e.hashSlot(ctx)
+	if herr != nil {
+		return Credentials{}, herr
+	}
+	if errors.Is(err, ErrNotFound) {
+		_, _ = verifyPassword(dummy, password)
+		release()
+		return Credentials{}, fail
+	}
 	ok, err := verifyPassword(rec.PasswordHash, password)
+	release()
 	if err != nil {
 		return Credentials{}, fmt.Errorf("verify password of %s: %w", user.ID, err)
 	}
@@ -216,8 +229,29 @@ func (e *Engine) Login(ctx context.Context, username, password, deviceName strin
 		return Credentials{}, fail
 	}
 	creds, dev := e.newDevice(user, deviceName)
-	if err := e.write(ctx, 1, func(tx *txn) { tx.putDevice(user.ID, creds.Device, &dev) }); err != nil {
+	full := false
+	err = e.write(ctx, 1, func(tx *txn) {
+		n := 0
+		err := scan(tx.v, keys.ID1(keys.TDevice, user.ID), func(_, val []byte) error {
+			d, err := record.DecodeDevice(val)
+			if err == nil && !d.Revoked {
+				n++
+			}
+			return err
+		})
+		if err != nil {
+			tx.fail(err)
+			return
+		}
+		if full = n >= e.opts.MaxDevicesPerUser; !full {
+			tx.putDevice(user.ID, creds.Device, &dev)
+		}
+	})
+	if err != nil {
 		return Credentials{}, err
+	}
+	if full {
+		return Credentials{}, fmt.Errorf("%w: %s already has %d devices, the limit; revoke one first", ErrTooMany, user.Username, e.opts.MaxDevicesPerUser)
 	}
 	e.log.Info("device added", "user", user.ID, "device", creds.Device)
 	return creds, nil
@@ -370,6 +404,10 @@ func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error 
 			return
 		}
 		rec.Revoked = true
+		if tx.revoked == nil {
+			tx.revoked = map[ulid.ULID]bool{}
+		}
+		tx.revoked[id] = true
 		tx.b.Set(k, record.AppendDevice(nil, &rec))
 		tx.b.Delete(keys.Token(rec.TokenHash))
 		tx.wake[a.User] = struct{}{}

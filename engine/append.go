@@ -63,7 +63,11 @@ func (e *Engine) Append(ctx context.Context, a Actor, ops []model.Op) ([]AppendR
 		op.Seq, op.User = 0, a.User
 	}
 	results := make([]AppendResult, len(ops))
+	revoked := false
 	err := e.write(ctx, len(ops), func(tx *txn) {
+		if revoked = !tx.deviceActive(a); revoked {
+			return
+		}
 		for i := range ops {
 			results[i] = tx.append(a, &ops[i])
 			if tx.err != nil {
@@ -73,6 +77,9 @@ func (e *Engine) Append(ctx context.Context, a Actor, ops []model.Op) ([]AppendR
 	})
 	if err != nil {
 		return nil, err
+	}
+	if revoked {
+		return nil, fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, a.Device)
 	}
 	return results, nil
 }
@@ -100,9 +107,11 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 		return res
 	}
 	dev := op.Dot.Device
+	// reject answers with the error alone: where the server stands for a
+	// device (ServerDot) is told only once the actor is known to be a member
+	// who owns that device.
 	reject := func(err error) AppendResult {
 		res.Err = err
-		res.ServerDot = c.vector[dev]
 		return res
 	}
 	// A retry of the user's own op is answered even after they left or were
@@ -117,7 +126,7 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 			return reject(fmt.Errorf("%w: op %s was stored before with a different payload", ErrOpConflict, op.ID))
 		}
 		res.Seq, res.Duplicate = prev.rec.Seq, true
-		res.ServerDot = c.vector[dev]
+		res.ServerDot = c.vector[prev.rec.Dot.Device] // the op's own device, which is the user's
 		return res
 	}
 	role := c.role(a.User)
@@ -143,7 +152,10 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 			return reject(fmt.Errorf("%w: device %s is not one of your devices", ErrForbidden, dev))
 		}
 	}
+	// The actor is a member (or creating) and owns dev: from here on every
+	// answer says where the server stands for dev.
 	have := c.vector[dev]
+	res.ServerDot = have
 	switch {
 	case op.Dot.N <= have:
 		return reject(fmt.Errorf("%w: dot %d of device %s is taken by another op; the server holds up to %d, so the device lost local state", ErrDotReused, op.Dot.N, dev, have))
@@ -258,6 +270,11 @@ func (tx *txn) setRole(c *txConv, user ulid.ULID, role model.Role, seq uint64) {
 		c.rec.Members--
 	}
 	m.Role, m.Since = role, seq
+	// A removed member sees the conversation as it was when they left.
+	m.Title = ""
+	if role == model.RoleNone {
+		m.Title = c.rec.Title
+	}
 	c.memberWrites[user] = true
 }
 

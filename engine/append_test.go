@@ -217,6 +217,63 @@ func TestDeleteErasesBodies(t *testing.T) {
 	enginetest.MustCheck(t, e)
 }
 
+// TestHistoryPagesFitInAResponse: pages are bounded in bytes as well as
+// in ops, so a conversation of large messages can still be paged.
+func TestHistoryPagesFitInAResponse(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	conv := alice.Create("big")
+	for range 40 {
+		alice.Push(alice.Op(conv, model.Op{Kind: model.KindMessage, Body: make([]byte, 60<<10)}))
+	}
+	size := func(ops []model.Op) (n int) {
+		for _, op := range ops {
+			n += len(op.Body)
+		}
+		return n
+	}
+	var got []model.Op
+	after := uint64(0)
+	for range 100 {
+		page, err := e.History(alice.Actor, conv, engine.HistoryQuery{After: after})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if size(page.Ops) > engine.MaxPageBytes {
+			t.Fatalf("a page carried %d bytes", size(page.Ops))
+		}
+		got = append(got, page.Ops...)
+		if !page.More {
+			break
+		}
+		after = page.Ops[len(page.Ops)-1].Seq
+	}
+	if len(got) != 41 {
+		t.Fatalf("paged %d ops, want 41", len(got))
+	}
+	// The newest page ends at the head and is as large as fits.
+	page, err := e.History(alice.Actor, conv, engine.HistoryQuery{Before: 42})
+	if err != nil || page.Ops[len(page.Ops)-1].Seq != 41 || !page.More || size(page.Ops) > engine.MaxPageBytes {
+		t.Fatalf("newest page: %d ops ending at %d, more %v (%v)", len(page.Ops), page.Ops[len(page.Ops)-1].Seq, page.More, err)
+	}
+}
+
+func TestDeviceLimit(t *testing.T) {
+	e := enginetest.New(t, func(o *engine.Options) { o.MaxDevicesPerUser = 2 })
+	alice := enginetest.Register(t, e, "alice")
+	enginetest.Login(t, e, "alice")
+	if _, err := e.Login(ctx, "alice", "correct horse", "third"); !errors.Is(err, engine.ErrTooMany) {
+		t.Fatalf("third device: %v", err)
+	}
+	devs, _ := e.Devices(alice.Actor)
+	if err := e.RevokeDevice(ctx, alice.Actor, devs[1].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Login(ctx, "alice", "correct horse", "third"); err != nil {
+		t.Fatalf("after revoking one: %v", err)
+	}
+}
+
 func TestRemovedMemberReadsUpToRemoval(t *testing.T) {
 	e := enginetest.New(t)
 	alice := enginetest.Register(t, e, "alice")
@@ -233,13 +290,23 @@ func TestRemovedMemberReadsUpToRemoval(t *testing.T) {
 	if page.Head != rm[0].Seq || page.Ops[len(page.Ops)-1].Seq != rm[0].Seq {
 		t.Fatalf("removed member reads to %d (head %d), want to the removal at %d", page.Ops[len(page.Ops)-1].Seq, page.Head, rm[0].Seq)
 	}
-	if res := bob.Try(conv, model.Op{Kind: model.KindMessage}); !errors.Is(res.Err, engine.ErrNotFound) {
-		t.Fatalf("removed member sends: %+v", res)
+	if res := bob.Try(conv, model.Op{Kind: model.KindMessage}); !errors.Is(res.Err, engine.ErrNotFound) || res.ServerDot != 0 {
+		t.Fatalf("removed member sends: %+v (a removed member learns no server dot)", res)
+	}
+	// Bob sees the conversation as it was when he left.
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindSetTitle, Title: "after bob"}))
+	info, members, vec, err := e.Conversation(bob.Actor, conv)
+	if err != nil || info.Title != "c" || info.Members != 0 || members != nil || vec.Len() != 0 {
+		t.Fatalf("removed member's view: %+v %v %v (%v)", info, members, vec, err)
+	}
+	rep, err := e.Repair(bob.Actor, conv, model.Vector{}, 100)
+	if err != nil || rep.Vector.Len() != 0 || rep.Want != nil || len(rep.Missing) != int(rm[0].Seq) {
+		t.Fatalf("removed member's repair: %+v (%v)", rep, err)
 	}
 	// Re-added, bob reads everything again.
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: bob.Actor.User, Role: model.RoleMember}))
-	if page, _ := e.History(bob.Actor, conv, engine.HistoryQuery{}); page.Head != 6 {
-		t.Fatalf("re-added member's head %d, want 6", page.Head)
+	if page, _ := e.History(bob.Actor, conv, engine.HistoryQuery{}); page.Head != 7 {
+		t.Fatalf("re-added member's head %d, want 7", page.Head)
 	}
 	enginetest.MustCheck(t, e)
 }

@@ -157,7 +157,7 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 		case model.KindMemberAdd, model.KindMemberRole:
 			roles[op.Member] = record.Member{Role: op.Role, Since: s}
 		case model.KindMemberRemove:
-			roles[op.Member] = record.Member{Role: model.RoleNone, Since: s}
+			roles[op.Member] = record.Member{Role: model.RoleNone, Since: s, Title: title}
 		case model.KindEdit:
 			nEdits++
 			edits[op.Target] = append(edits[op.Target], s)
@@ -241,8 +241,8 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 		}
 		want, ok := roles[u]
 		delete(roles, u)
-		if !ok || want.Role != m.Role || want.Since != m.Since {
-			c.problem("conversation %s member %s: role %s since %d, log says %s since %d", conv, u, m.Role, m.Since, want.Role, want.Since)
+		if !ok || want.Role != m.Role || want.Since != m.Since || want.Title != m.Title {
+			c.problem("conversation %s member %s: role %s since %d (title %q), log says %s since %d (title %q)", conv, u, m.Role, m.Since, m.Title, want.Role, want.Since, want.Title)
 		}
 		pos := rec.FeedPos
 		if m.Role == model.RoleNone {

@@ -44,8 +44,10 @@ type Engine struct {
 
 	randMu sync.Mutex
 
-	dummyOnce sync.Once
-	dummy     string
+	dummyOnce   sync.Once
+	dummy       string
+	hashSem     chan struct{}
+	hashWaiters atomic.Int32
 
 	reqs       chan *request
 	commits    atomic.Uint64
@@ -72,6 +74,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		reqs:       make(chan *request, 1024),
 		quit:       make(chan struct{}),
 		writerDone: make(chan struct{}),
+		hashSem:    make(chan struct{}, opts.MaxPasswordHashes),
 	}
 	fromBackup := false
 	if _, err := opts.FS.Stat(opts.FS.PathJoin(dir, backupMarker)); err == nil {
@@ -98,7 +101,10 @@ func Open(dir string, opts Options) (*Engine, error) {
 			return nil, fmt.Errorf("remove backup marker: %w", err)
 		}
 	}
-	e.w.init(e)
+	if err := e.w.init(e); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
 	go e.writeLoop()
 	return e, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/ferrysync/ferry/engine/internal/store"
 	"github.com/ferrysync/ferry/engine/model"
 )
 
@@ -13,7 +14,7 @@ import (
 // Errors that wrap none of them are internal.
 var (
 	// ErrClosed: the engine was closed.
-	ErrClosed = errors.New("engine closed")
+	ErrClosed = store.ErrClosed
 	// ErrFailed: a storage failure stopped the engine; nothing more is
 	// acknowledged.
 	ErrFailed = errors.New("engine stopped after a storage failure")

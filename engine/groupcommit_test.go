@@ -48,10 +48,10 @@ func TestGroupCommit(t *testing.T) {
 
 	var wg sync.WaitGroup
 	results := make([][]engine.AppendResult, len(devices))
+	errs := make([]error, len(devices))
 	for i, d := range devices {
-		wg.Go(func() {
-			results[i] = d.Push(d.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte(fmt.Sprint(i))}))
-		})
+		op := d.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte(fmt.Sprint(i))})
+		wg.Go(func() { results[i], errs[i] = e.Append(ctx, d.Actor, []model.Op{op}) })
 	}
 	for e.Metrics().Queued < len(devices) {
 		runtimeGosched()
@@ -64,7 +64,10 @@ func TestGroupCommit(t *testing.T) {
 		t.Fatalf("%d commits for the held append and 16 queued ones, want 2 (group commit)", commits)
 	}
 	seqs := map[uint64]ulid.ULID{}
-	for _, r := range results {
+	for i, r := range results {
+		if errs[i] != nil || r[0].Err != nil {
+			t.Fatalf("append %d: %v %v", i, errs[i], r[0].Err)
+		}
 		seqs[r[0].Seq] = r[0].Op
 	}
 	for s := uint64(3); s <= 18; s++ {

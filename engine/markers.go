@@ -44,7 +44,11 @@ func (e *Engine) Mark(ctx context.Context, a Actor, marks []Marker) error {
 		}
 	}
 	var notFound ulid.ULID
+	revoked := false
 	err := e.write(ctx, len(marks), func(tx *txn) {
+		if revoked = !tx.deviceActive(a); revoked {
+			return
+		}
 		limits := make([]uint64, len(marks))
 		for i, m := range marks {
 			c := tx.conv(m.Conv)
@@ -67,6 +71,9 @@ func (e *Engine) Mark(ctx context.Context, a Actor, marks []Marker) error {
 	})
 	if err != nil {
 		return err
+	}
+	if revoked {
+		return fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, a.Device)
 	}
 	if notFound != (ulid.ULID{}) {
 		return fmt.Errorf("%w: conversation %s", ErrNotFound, notFound)

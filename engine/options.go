@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -60,6 +61,13 @@ type Options struct {
 	// AllowRegistration lets anyone create an account with Register.
 	// Default false.
 	AllowRegistration bool
+	// MaxDevicesPerUser caps a user's devices that are not revoked; Login
+	// beyond it fails until one is revoked. Default 100.
+	MaxDevicesPerUser int
+	// MaxPasswordHashes caps concurrent password hashes (Register, Login),
+	// each of which takes Password.MemoryKiB; more callers wait, and past
+	// 64 waiting they are refused with ErrTooMany. Default GOMAXPROCS.
+	MaxPasswordHashes int
 	// Password sets the cost of password hashing (argon2id). Default: the
 	// OWASP recommendation, 19 MiB and 2 passes.
 	Password PasswordParams
@@ -107,6 +115,12 @@ func (o *Options) EnsureDefaults() {
 	if o.ConvCacheSize == 0 {
 		o.ConvCacheSize = 4096
 	}
+	if o.MaxDevicesPerUser == 0 {
+		o.MaxDevicesPerUser = 100
+	}
+	if o.MaxPasswordHashes == 0 {
+		o.MaxPasswordHashes = runtime.GOMAXPROCS(0)
+	}
 	if o.Password.Time == 0 {
 		o.Password.Time = 2
 	}
@@ -133,6 +147,8 @@ func (o *Options) Validate() error {
 		"MaxGroupOps (%d) must be at least MaxOpsPerAppend (%d)", o.MaxGroupOps, o.MaxOpsPerAppend)
 	check(o.ReceiptMembers >= 0, "ReceiptMembers must not be negative, got %d", o.ReceiptMembers)
 	check(o.ConvCacheSize > 0, "ConvCacheSize must be positive, got %d", o.ConvCacheSize)
+	check(o.MaxDevicesPerUser > 0, "MaxDevicesPerUser must be positive, got %d", o.MaxDevicesPerUser)
+	check(o.MaxPasswordHashes > 0, "MaxPasswordHashes must be positive, got %d", o.MaxPasswordHashes)
 	check(o.MemTableSize >= 1<<20, "MemTableSize must be at least 1 MiB, got %d", o.MemTableSize)
 	check(o.Password.MemoryKiB >= 8*uint32(o.Password.Threads),
 		"Password.MemoryKiB must be at least 8 per thread, got %d", o.Password.MemoryKiB)

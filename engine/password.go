@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
@@ -20,6 +21,26 @@ const (
 )
 
 var b64 = base64.RawStdEncoding
+
+// maxHashWaiters bounds the callers queued for a password hash.
+const maxHashWaiters = 64
+
+// hashSlot waits for one of Options.MaxPasswordHashes slots: each argon2
+// hash takes Password.MemoryKiB, so unbounded concurrent sign-ins would
+// exhaust memory. Callers beyond maxHashWaiters are refused at once.
+func (e *Engine) hashSlot(ctx context.Context) (release func(), err error) {
+	if e.hashWaiters.Add(1) > maxHashWaiters {
+		e.hashWaiters.Add(-1)
+		return nil, fmt.Errorf("%w: too many sign-ins at once; retry in a moment", ErrTooMany)
+	}
+	defer e.hashWaiters.Add(-1)
+	select {
+	case e.hashSem <- struct{}{}:
+		return func() { <-e.hashSem }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
 
 func (e *Engine) hashPassword(password string) string {
 	salt := make([]byte, saltBytes)

@@ -132,6 +132,10 @@ func (r reader) info(conv, user ulid.ULID) (ConvInfo, error) {
 		return ConvInfo{}, err
 	}
 	info := ConvInfo{ID: conv, Title: c.Title, Role: m.Role, Removed: m.Role == model.RoleNone, Head: head, Members: c.Members}
+	if info.Removed {
+		// A removed member sees the conversation as it was when they left.
+		info.Title, info.Members = m.Title, 0
+	}
 	um, err := r.marker(keys.TUserMark, conv, user)
 	if err != nil {
 		return ConvInfo{}, err
@@ -222,9 +226,9 @@ func opSize(op *model.Op) int {
 }
 
 // ops reads the ops of conv with after < seq <= through, ascending, at most
-// maxOps of them and stopping once maxBytes is reached (but always at least
-// one op).
-func (r reader) ops(conv ulid.ULID, after, through uint64, maxOps, maxBytes int) ([]model.Op, error) {
+// maxOps of them and maxBytes of them (by opSize), except that with
+// atLeastOne a first op larger than maxBytes is still returned.
+func (r reader) ops(conv ulid.ULID, after, through uint64, maxOps, maxBytes int, atLeastOne bool) ([]model.Op, error) {
 	if through <= after || maxOps <= 0 {
 		return nil, nil
 	}
@@ -252,7 +256,7 @@ func (r reader) ops(conv ulid.ULID, after, through uint64, maxOps, maxBytes int)
 			return nil, err
 		}
 		size += opSize(&rec.Op)
-		if len(out) > 0 && size > maxBytes {
+		if size > maxBytes && (len(out) > 0 || !atLeastOne) {
 			break
 		}
 		out = append(out, rec.Op)
@@ -260,6 +264,47 @@ func (r reader) ops(conv ulid.ULID, after, through uint64, maxOps, maxBytes int)
 	if err := it.Close(); err != nil {
 		return nil, err
 	}
+	return out, nil
+}
+
+// opsBefore reads the newest ops of conv with seq <= through, at most
+// maxOps and maxBytes of them (at least one), and returns them ascending.
+func (r reader) opsBefore(conv ulid.ULID, through uint64, maxOps, maxBytes int) ([]model.Op, error) {
+	if through == 0 || maxOps <= 0 {
+		return nil, nil
+	}
+	lo, hi := keys.OpSpan(conv, 1, through+1)
+	it, err := r.v.Iter(lo, hi)
+	if err != nil {
+		return nil, err
+	}
+	var out []model.Op
+	size := 0
+	for ok := it.Last(); ok && len(out) < maxOps; ok = it.Prev() {
+		_, seq, valid := keys.ParseOp(it.Key())
+		if !valid {
+			_ = it.Close()
+			return nil, fmt.Errorf("%w: op key %x", record.ErrCorrupt, it.Key())
+		}
+		val, err := it.Value()
+		if err != nil {
+			_ = it.Close()
+			return nil, err
+		}
+		rec, err := record.DecodeOp(conv, seq, val)
+		if err != nil {
+			_ = it.Close()
+			return nil, err
+		}
+		if size += opSize(&rec.Op); size > maxBytes && len(out) > 0 {
+			break
+		}
+		out = append(out, rec.Op)
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	slices.Reverse(out)
 	return out, nil
 }
 
@@ -300,27 +345,26 @@ func (e *Engine) History(a Actor, conv ulid.ULID, q HistoryQuery) (HistoryPage, 
 		return HistoryPage{}, err
 	}
 	page := HistoryPage{Head: head}
-	const noBytes = 1 << 62
 	switch {
 	case q.Before != 0:
-		through := min(q.Before-1, head)
-		after := uint64(0)
-		if through > uint64(q.Limit) {
-			after = through - uint64(q.Limit)
-		}
-		page.Ops, err = r.ops(conv, after, through, q.Limit, noBytes)
-		page.More = after > 0
+		page.Ops, err = r.opsBefore(conv, min(q.Before-1, head), q.Limit, MaxPageBytes)
+		page.More = len(page.Ops) > 0 && page.Ops[0].Seq > 1
 	case !q.End.IsZero():
 		if !q.End.After(q.Start) {
 			return HistoryPage{}, fmt.Errorf("%w: the time range's end must be after its start", ErrInvalid)
 		}
 		page.Ops, page.More, err = r.opsByTime(conv, head, q.Start, q.End, q.Limit)
 	default:
-		page.Ops, err = r.ops(conv, q.After, head, q.Limit, noBytes)
+		page.Ops, err = r.ops(conv, q.After, head, q.Limit, MaxPageBytes, true)
 		page.More = len(page.Ops) > 0 && page.Ops[len(page.Ops)-1].Seq < head
 	}
 	return page, err
 }
+
+// MaxPageBytes bounds a History or Repair page by the estimated size of its
+// ops (a single larger op is still returned alone), so that a page always
+// fits in a response.
+const MaxPageBytes = 1 << 20
 
 // opsByTime reads ops whose id time is in [start, end) through the op-id
 // index, which is ordered by time because ULIDs are.
@@ -337,7 +381,7 @@ func (r reader) opsByTime(conv ulid.ULID, head uint64, start, end time.Time, lim
 		return nil, false, err
 	}
 	var out []model.Op
-	more := false
+	more, size := false, 0
 	for ok := it.First(); ok; ok = it.Next() {
 		val, err := it.Value()
 		if err != nil {
@@ -360,6 +404,10 @@ func (r reader) opsByTime(conv ulid.ULID, head uint64, start, end time.Time, lim
 		if err != nil {
 			_ = it.Close()
 			return nil, false, err
+		}
+		if size += opSize(&rec.Op); size > MaxPageBytes && len(out) > 0 {
+			more = true
+			break
 		}
 		out = append(out, rec.Op)
 	}
@@ -410,13 +458,19 @@ func (e *Engine) Repair(a Actor, conv ulid.ULID, have model.Vector, limit int) (
 		return RepairResult{}, err
 	}
 	res := RepairResult{Head: head}
-	if res.Vector, err = readVector(r.v, conv); err != nil {
+	vec, err := readVector(r.v, conv)
+	if err != nil {
 		return RepairResult{}, err
+	}
+	removed := m.Role == model.RoleNone
+	if !removed {
+		// A removed member must not learn how the conversation went on.
+		res.Vector = vec
 	}
 	// A device's dots are in seq order, so its first `limit` lacking dots
 	// hold its lowest lacking seqs; the global first `limit` are among them.
 	var seqs []uint64
-	for _, rg := range have.Lacks(res.Vector) {
+	for _, rg := range have.Lacks(vec) {
 		lo := keys.Dot(conv, rg.Device, rg.From)
 		hi := keys.Dot(conv, rg.Device, rg.To+1)
 		it, err := r.v.Iter(lo, hi)
@@ -435,10 +489,11 @@ func (e *Engine) Repair(a Actor, conv ulid.ULID, have model.Vector, limit int) (
 				_ = it.Close()
 				return RepairResult{}, err
 			}
-			if seq <= head {
-				seqs = append(seqs, seq)
-				n++
+			if seq > head {
+				break // a device's later dots are later seqs: none readable
 			}
+			seqs = append(seqs, seq)
+			n++
 		}
 		if err := it.Close(); err != nil {
 			return RepairResult{}, err
@@ -448,17 +503,22 @@ func (e *Engine) Repair(a Actor, conv ulid.ULID, have model.Vector, limit int) (
 	if len(seqs) > limit {
 		seqs, res.More = seqs[:limit], true
 	}
-	for _, seq := range seqs {
+	size := 0
+	for i, seq := range seqs {
 		rec, err := readOp(r.v, conv, seq)
 		if err != nil {
 			return RepairResult{}, err
 		}
+		if size += opSize(&rec.Op); size > MaxPageBytes && i > 0 {
+			res.More = true
+			break
+		}
 		res.Missing = append(res.Missing, rec.Op)
 	}
-	if m.Role == model.RoleNone {
+	if removed {
 		return res, nil // a removed member cannot push
 	}
-	for _, rg := range res.Vector.Lacks(have) {
+	for _, rg := range vec.Lacks(have) {
 		owner, err := deviceUser(r.v, rg.Device)
 		if errors.Is(err, ErrNotFound) {
 			continue

@@ -234,7 +234,8 @@ func (s *Session) plan() error {
 			cursor = min(dm.Delivered, info.Head)
 		}
 		if en.pos == 0 && cursor == info.Head {
-			continue // a cursor that holds everything: nothing changed
+			s.sent[en.conv] = cursor // live rounds go on from the cursor
+			continue                 // a cursor that holds everything: nothing changed
 		}
 		info.ResumeAfter = cursor
 		infos = append(infos, info)
@@ -325,13 +326,17 @@ func (s *Session) nextOps() (Event, bool, error) {
 		if it.kind != itemOps || it.phase != ev.Phase {
 			break
 		}
-		ops, err := r.ops(it.conv, it.after, it.through, opsLeft, bytesLeft)
+		ops, err := r.ops(it.conv, it.after, it.through, opsLeft, bytesLeft, len(ev.Batches) == 0)
 		if err != nil {
 			return Event{}, false, err
 		}
 		if len(ops) == 0 {
-			s.queue = s.queue[1:] // nothing readable left in the range
-			continue
+			if len(ev.Batches) > 0 {
+				break // the next op does not fit in this event
+			}
+			// Ops are never removed from the log: a hole is corruption, and
+			// sending around it would be a silent gap.
+			return Event{}, false, fmt.Errorf("engine: seqs %d..%d of conversation %s are missing from the log", it.after+1, it.through, it.conv)
 		}
 		for i := range ops {
 			bytesLeft -= opSize(&ops[i])
@@ -352,6 +357,14 @@ func (s *Session) live() error {
 	sig := s.w.signal()
 	r := s.e.reader()
 	defer r.release()
+	// Checked on every wake: revoking a device wakes its sessions without
+	// moving any feed.
+	if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, s.a.Device)
+	}
 	pos, err := readFeedPos(r.v)
 	if err != nil {
 		return err
@@ -359,12 +372,6 @@ func (s *Session) live() error {
 	if pos == s.pos {
 		s.wait = sig
 		return nil
-	}
-	if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
-		if err != nil {
-			return err
-		}
-		return fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, s.a.Device)
 	}
 	entries, err := r.changed(s.a.User, s.pos, pos)
 	if err != nil {

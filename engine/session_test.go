@@ -317,8 +317,7 @@ func TestRevokedDeviceSessionEnds(t *testing.T) {
 	if err := e.RevokeDevice(ctx, bob.Actor, laptop.Actor.Device); err != nil {
 		t.Fatal(err)
 	}
-	bob.Create("wakes the feed")
-	<-s.Changed()
+	<-s.Changed() // the revocation alone wakes the session
 	if _, _, err := s.Next(); !errors.Is(err, engine.ErrUnauthenticated) {
 		t.Fatalf("revoked device's session: %v", err)
 	}
@@ -327,6 +326,74 @@ func TestRevokedDeviceSessionEnds(t *testing.T) {
 	}
 	if _, err := e.OpenSession(laptop.Actor, engine.SessionOptions{}); !errors.Is(err, engine.ErrUnauthenticated) {
 		t.Fatalf("revoked device opens a session: %v", err)
+	}
+	// An actor obtained before the revocation can no longer write.
+	conv := bob.Create("c")
+	if _, err := e.Append(ctx, laptop.Actor, []model.Op{laptop.Op(conv, model.Op{Kind: model.KindMessage})}); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Fatalf("revoked device appends: %v", err)
+	}
+	if err := e.Mark(ctx, laptop.Actor, []engine.Marker{{Conv: conv, Read: 1}}); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Fatalf("revoked device marks: %v", err)
+	}
+}
+
+// TestCursorForUnchangedConversation: a hello cursor for a conversation
+// that has not changed is where later live rounds resume, not the older
+// delivered marker.
+func TestCursorForUnchangedConversation(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	alice.Send(conv, "one")
+	s, err := e.OpenSession(bob.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newReceiver(t)
+	r.drain(s, engine.DefaultBatchOps)
+	s.Close() // no ack: the server's delivered marker stays at 0
+	s, err = e.OpenSession(bob.Actor, engine.SessionOptions{Epoch: e.Epoch(), FeedPos: r.pos, Cursors: map[ulid.ULID]uint64{conv: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r2 := newReceiver(t)
+	r2.infos = r.infos
+	r2.drain(s, engine.DefaultBatchOps)
+	alice.Send(conv, "two")
+	r2.drain(s, engine.DefaultBatchOps)
+	r2.holdsExactly(conv, 4, 4)
+}
+
+// TestOpsEventsRespectTheByteBound: an Ops event stays within the session's
+// byte bound unless a single op is larger.
+func TestOpsEventsRespectTheByteBound(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	for range 40 {
+		alice.Push(alice.Op(conv, model.Op{Kind: model.KindMessage, Body: make([]byte, 10<<10)}))
+	}
+	s, err := e.OpenSession(bob.Actor, engine.SessionOptions{MaxBatchBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := newReceiver(t)
+	r.drain(s, engine.DefaultBatchOps)
+	r.holdsExactly(conv, 1, 42)
+	for _, ev := range r.events {
+		size := 0
+		for _, b := range ev.Batches {
+			for _, op := range b.Ops {
+				size += len(op.Body)
+			}
+		}
+		if size > 64<<10 {
+			t.Fatalf("an Ops event carried %d body bytes, over the 64 KiB bound", size)
+		}
 	}
 }
 
@@ -380,5 +447,41 @@ func TestReconnectWorkIsProportionalToChanges(t *testing.T) {
 	// conversation, nothing per unchanged conversation.
 	if large > 5*20*2+5*30 {
 		t.Fatalf("reconnect took %d reads for 100 missing ops in 5 conversations", large)
+	}
+}
+
+// TestCloseUnderAnOpenSession: closing the engine while a session is open
+// fails the session's reads with ErrClosed; nothing panics or races.
+func TestCloseUnderAnOpenSession(t *testing.T) {
+	o := enginetest.Options(t, 3)
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob := enginetest.Register(t, e, "bob")
+	bob.Create("c")
+	s, err := e.OpenSession(bob.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Steps already planned may still come out; the first read fails.
+	for i := 0; ; i++ {
+		_, ok, err := s.Next()
+		if err != nil {
+			if !errors.Is(err, engine.ErrClosed) {
+				t.Fatalf("Next after Close: %v, want ErrClosed", err)
+			}
+			break
+		}
+		if !ok || i == 10 {
+			t.Fatal("a session on a closed engine went on without an error")
+		}
+	}
+	if _, err := e.History(bob.Actor, ulid.Make(), engine.HistoryQuery{}); !errors.Is(err, engine.ErrClosed) {
+		t.Fatalf("History after Close: %v, want ErrClosed", err)
 	}
 }

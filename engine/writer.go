@@ -59,12 +59,16 @@ type writer struct {
 	convs   *lru[*convState]
 }
 
-func (w *writer) init(e *Engine) {
+func (w *writer) init(e *Engine) error {
 	w.e = e
 	w.convs = newLRU[*convState](e.opts.ConvCacheSize)
 	v := e.st.View()
 	defer v.Release()
-	w.feedPos, _ = readFeedPos(v)
+	var err error
+	if w.feedPos, err = readFeedPos(v); err != nil {
+		return fmt.Errorf("read feed position: %w", err)
+	}
+	return nil
 }
 
 func readFeedPos(v *store.View) (uint64, error) {
@@ -179,8 +183,9 @@ type txn struct {
 	userFeedO []idPair
 	ufeedIdx  map[idPair]uint64
 	wake      map[ulid.ULID]struct{}
-	claims    map[string]bool // unique keys (usernames) claimed by this group
-	pos       uint64          // the feed position this group's changes get; 0 if none
+	claims    map[string]bool    // unique keys (usernames) claimed by this group
+	revoked   map[ulid.ULID]bool // devices revoked by this group
+	pos       uint64             // the feed position this group's changes get; 0 if none
 }
 
 type idPair struct{ a, b ulid.ULID }
@@ -211,6 +216,20 @@ func (w *writer) begin() *txn {
 		ufeedIdx:  map[idPair]uint64{},
 		wake:      map[ulid.ULID]struct{}{},
 	}
+}
+
+// deviceActive reports whether a's device is still valid: writes from a
+// revoked device stop at once, even on a stream opened before.
+func (tx *txn) deviceActive(a Actor) bool {
+	if tx.revoked[a.Device] {
+		return false
+	}
+	ok, err := deviceActive(tx.v, a)
+	if err != nil {
+		tx.fail(err)
+		return false
+	}
+	return ok
 }
 
 func (tx *txn) fail(err error) {
@@ -264,9 +283,10 @@ func (tx *txn) conv(id ulid.ULID) *txConv {
 		if err != nil {
 			tx.fail(err)
 			c = &convState{id: id, members: map[ulid.ULID]*record.Member{}, vector: map[ulid.ULID]uint64{}}
-		} else {
-			tx.w.convs.put(id, c)
 		}
+		// Only conversations that exist are cached (at the end of the
+		// group, once a Create may have made this one exist): unknown ids
+		// must not push real conversations out.
 	}
 	tc := &txConv{convState: c, before: map[ulid.ULID]model.Role{}, memberWrites: map[ulid.ULID]bool{}}
 	tx.convs[id] = tc
@@ -495,6 +515,9 @@ func (tx *txn) finish() {
 		tx.wake[user] = struct{}{}
 	}
 	for _, tc := range tx.convOrder {
+		if tc.exists {
+			tx.w.convs.put(tc.id, tc.convState)
+		}
 		for u := range tc.memberWrites {
 			tx.b.Set(keys.ID2(keys.TMember, tc.id, u), record.AppendMember(nil, tc.members[u]))
 		}

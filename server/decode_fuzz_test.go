@@ -61,11 +61,21 @@ func FuzzDecodePush(f *testing.F) {
 			return
 		}
 		for i := range ops {
-			// Whatever decodes is either valid or rejected by validation
-			// with ErrInvalidOp: nothing malformed reaches the writer.
-			ops[i].Dot.Device = ulid.Make()
-			if err := ops[i].Validate(0); err != nil && !errors.Is(err, model.ErrInvalidOp) {
-				t.Fatalf("validate: %v", err)
+			// Whatever decodes and validates survives the trip to the wire
+			// and back unchanged: the server sends what it stored.
+			op := ops[i]
+			if op.Dot.Device == (ulid.ULID{}) {
+				op.Dot.Device = ulid.Make()
+			}
+			if op.Validate(0) != nil {
+				continue
+			}
+			back, err := opFromProto("op", op.Conv, opToProto(&op))
+			if err != nil {
+				t.Fatalf("a valid op does not decode after encoding: %v", err)
+			}
+			if !model.SamePayload(&op, &back) || back.ID != op.ID || back.Conv != op.Conv {
+				t.Fatalf("round trip changed the op:\n%+v\n%+v", op, back)
 			}
 		}
 	})

@@ -123,10 +123,9 @@ func (d *dev) open(hello *ferryv1.Hello) *stream {
 		cancel()
 		d.t.Fatalf("open sync: %v", err)
 	}
-	if err := st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}}); err != nil {
-		cancel()
-		d.t.Fatalf("send hello: %v", err)
-	}
+	// A stream the server refuses at once fails Send with a bare EOF; its
+	// status comes from Receive, which the caller reads.
+	_ = st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}})
 	s := &stream{t: d.t, st: st, cancel: cancel, infos: map[string]*ferryv1.ConversationInfo{},
 		held: map[string]map[uint64]string{}, last: map[string]uint64{}, maxOps: int(hello.GetMaxBatchOps()), strict: hello.GetPageSize() == 0}
 	if s.maxOps == 0 {

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -65,6 +66,43 @@ func TestHeartbeatsAndIdleCutOff(t *testing.T) {
 	}
 	// The client sent nothing: after three intervals the server ends it.
 	mustCode(t, "silent client", end, connect.CodeDeadlineExceeded)
+}
+
+// TestHelloDeadline: a stream that opens but never completes its hello is
+// ended, freeing its slot. (Go's HTTP/2 client sends no headers before the
+// first body bytes, so the test starts an envelope and stalls.)
+func TestHelloDeadline(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := newDev(t, srv.Register("alice"))
+	body, stall := io.Pipe()
+	defer stall.Close()
+	req, _ := http.NewRequest("POST", srv.URL+"/ferry.v1.SyncService/Sync", body)
+	req.Header.Set("Content-Type", "application/connect+proto")
+	req.Header.Set("Connect-Protocol-Version", "1")
+	req.Header.Set("Authorization", "Bearer "+alice.Session.GetToken())
+	go func() { _, _ = stall.Write([]byte{0, 0}) }() // 2 of an envelope's 5 header bytes
+	armed := srv.Clock.Armed()
+	type result struct {
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := srv.HTTP.Do(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		done <- result{string(b), err}
+	}()
+	<-armed                      // the handler is waiting for the hello
+	srv.Clock.Advance(time.Hour) // far past its deadline
+	r := <-done
+	if r.err != nil || !strings.Contains(r.body, "deadline_exceeded") {
+		t.Fatalf("stalled hello: %q %v, want deadline_exceeded", r.body, r.err)
+	}
 }
 
 func TestGoawayOnShutdown(t *testing.T) {

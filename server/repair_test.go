@@ -127,7 +127,7 @@ func TestEpochResetAndRepairHealBothSides(t *testing.T) {
 
 	// The server comes back from the backup: a new epoch.
 	engB := open("backup")
-	defer engB.Close()
+	t.Cleanup(func() { _ = engB.Close() }) // after the server's cleanup: LIFO
 	if engB.Epoch().String() == oldEpoch {
 		t.Fatal("a restored backup kept its epoch")
 	}

@@ -82,6 +82,28 @@ func TestEveryRPCNeedsAValidToken(t *testing.T) {
 	}
 }
 
+// TestRevokedDeviceOpenStream: revoking a device ends its open session at
+// once, and nothing it pushes on that stream afterwards is stored.
+func TestRevokedDeviceOpenStream(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := newDev(t, srv.Register("alice"))
+	tablet := newDev(t, srv.Login("alice", "stolen tablet"))
+	conv := alice.createConv("c")
+	s := tablet.open(hello("", 0))
+	s.untilCaughtUp()
+	if _, err := alice.Account.RevokeDevice(bg, &ferryv1.RevokeDeviceRequest{DeviceId: tablet.device()}); err != nil {
+		t.Fatal(err)
+	}
+	// The server may end the stream before this push is even sent (Send
+	// then fails with a bare EOF); either way nothing may be stored.
+	_ = s.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: 1,
+		Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{tablet.op(conv, msg("from a thief"))}}}}}})
+	mustCode(t, "revoked device's open stream", s.endErr(), connect.CodeUnauthenticated)
+	if page := history(t, alice, conv); len(page) != 1 {
+		t.Fatalf("a revoked device's push was stored: %d ops", len(page))
+	}
+}
+
 // TestStrangersLearnNothing: a non-member and a guessed conversation id get
 // the same answers, and nothing of the conversation.
 func TestStrangersLearnNothing(t *testing.T) {
@@ -103,13 +125,17 @@ func TestStrangersLearnNothing(t *testing.T) {
 		}
 	}
 	for _, id := range []string{conv, guessed} {
-		resp, err := eve.Sync.Push(bg, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: id,
-			Ops: []*ferryv1.Op{eve.op(id, msg("let me in"))}}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r := resp.GetResults()[0]; r.GetReason() != ferryv1.RejectReason_REJECT_REASON_NOT_FOUND || strings.Contains(r.GetMessage(), "secret") {
-			t.Errorf("stranger push to %s: %v", id, r)
+		for _, device := range []string{"", alice.device()} { // her own device, and a forged one
+			op := eve.op(id, msg("let me in"))
+			op.DeviceId = device
+			resp, err := eve.Sync.Push(bg, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: id, Ops: []*ferryv1.Op{op}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := resp.GetResults()[0]
+			if r.GetReason() != ferryv1.RejectReason_REJECT_REASON_NOT_FOUND || strings.Contains(r.GetMessage(), "secret") || r.GetServerDot() != 0 {
+				t.Errorf("stranger push to %s as device %q: %v (a stranger learns no server dot)", id, device, r)
+			}
 		}
 	}
 	list, err := eve.Conversation.ListConversations(bg, &ferryv1.ListConversationsRequest{})
@@ -164,8 +190,21 @@ func TestRemovedMember(t *testing.T) {
 		t.Fatalf("removed member's push: %v %v", resp, err)
 	}
 	rep, err := bob.Sync.Repair(bg, &ferryv1.RepairRequest{ConversationId: conv})
-	if err != nil || rep.GetHead() != removal || len(rep.GetWant()) != 0 {
-		t.Fatalf("removed member's repair: %v %v", rep, err)
+	if err != nil || rep.GetHead() != removal || len(rep.GetWant()) != 0 || len(rep.GetVector().GetEntries()) != 0 {
+		t.Fatalf("removed member's repair: %v %v (no want, no vector)", rep, err)
+	}
+	// What happens after the removal stays hidden, title included.
+	alice.push(conv, alice.op(conv, func(o *ferryv1.Op) {
+		o.Payload = &ferryv1.Op_SetTitle{SetTitle: &ferryv1.SetTitle{Title: "the new secret"}}
+	}))
+	list, err := bob.Conversation.ListConversations(bg, &ferryv1.ListConversationsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range list.GetConversations() {
+		if c.GetId() == conv && (c.GetTitle() != "c" || c.GetMemberCount() != 0) {
+			t.Fatalf("removed member sees %q with %d members, want the title at removal", c.GetTitle(), c.GetMemberCount())
+		}
 	}
 	for _, op := range rep.GetMissing() {
 		if op.GetSeq() > removal {

@@ -31,7 +31,13 @@ type Server struct {
 	streams  map[ulid.ULID]int // device -> open sessions
 	goaway   chan struct{}     // closed by GoAway
 	goneAway bool
+	active   sync.WaitGroup // session handlers and their receivers
 }
+
+// Wait blocks until every session handler and receiver goroutine has
+// returned. After GoAway and the HTTP server's Shutdown (or Close), it is
+// safe to close the engine once Wait returns.
+func (s *Server) Wait() { s.active.Wait() }
 
 // New returns a server for eng.
 func New(eng *engine.Engine, opts Options) (*Server, error) {
@@ -223,14 +229,16 @@ func (s *Server) acquireStream(device ulid.ULID) (release func(), err error) {
 			fmt.Sprintf("this device already has %d open sync sessions, the limit; close one first", s.opts.MaxStreamsPerDevice))
 	}
 	s.streams[device]++
+	s.active.Add(1)
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			s.mu.Lock()
-			defer s.mu.Unlock()
 			if s.streams[device]--; s.streams[device] == 0 {
 				delete(s.streams, device)
 			}
+			s.mu.Unlock()
+			s.active.Done()
 		})
 	}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 	"time"
 
 	"connectrpc.com/connect/v2"
@@ -269,17 +270,41 @@ func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSync
 		return err
 	}
 	defer release()
-	first, err := st.Receive()
-	if err != nil {
-		return err
+	// The hello must come within three heartbeat intervals: a client that
+	// opens streams and says nothing must not hold slots.
+	type first struct {
+		req *ferryv1.SyncRequest
+		err error
 	}
-	hello := first.GetHello()
+	got := make(chan first, 1)
+	h.s.active.Add(1)
+	go func() {
+		defer h.s.active.Done()
+		req, err := st.Receive()
+		got <- first{req, err}
+	}()
+	deadline := h.s.opts.Clock.NewTimer(3 * h.s.opts.HeartbeatInterval)
+	var f first
+	select {
+	case f = <-got:
+		deadline.Stop()
+	case <-deadline.C():
+		return connect.NewError(connect.CodeDeadlineExceeded, "no hello: a Sync session starts with a hello")
+	case <-ctx.Done():
+		deadline.Stop()
+		return ctx.Err()
+	}
+	if f.err != nil {
+		return f.err
+	}
+	hello := f.req.GetHello()
 	if hello == nil {
 		return invalidf("the first message of a Sync session must be a hello")
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	in := make(chan inbound, 4)
+	h.s.active.Add(1)
 	go h.s.receive(ctx, a, st, in)
 	return h.s.session(ctx, a, hello, syncSink{st}, in)
 }
@@ -287,6 +312,16 @@ func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSync
 // receive reads a Sync session's client messages until the stream ends,
 // answering pushes and acks as they come; the results go to the sender.
 func (s *Server) receive(ctx context.Context, a engine.Actor, st ferryv1connect.SyncServiceSyncServerStream, in chan<- inbound) {
+	defer s.active.Done()
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic in sync receiver", "panic", r, "stack", string(debug.Stack()))
+			select {
+			case in <- inbound{done: true, err: connect.NewError(connect.CodeInternal, "internal error")}:
+			case <-ctx.Done():
+			}
+		}
+	}()
 	hand := func(m inbound) bool {
 		select {
 		case in <- m:

@@ -127,6 +127,7 @@ func TestNewestFirstCatchUp(t *testing.T) {
 	s := bob.open(h)
 	s.untilCaughtUp()
 	sawBackfill := false
+	newest := map[string][]uint64{}
 	for _, m := range s.messages {
 		switch m.GetOps().GetPhase() {
 		case ferryv1.Phase_PHASE_BACKFILL:
@@ -135,6 +136,16 @@ func TestNewestFirstCatchUp(t *testing.T) {
 			if sawBackfill {
 				t.Fatal("a newest page after backfill began")
 			}
+			for _, b := range m.GetOps().GetBatches() {
+				for _, op := range b.GetOps() {
+					newest[b.GetConversationId()] = append(newest[b.GetConversationId()], op.GetSeq())
+				}
+			}
+		}
+	}
+	for _, c := range convs {
+		if got := newest[c]; len(got) != 10 || got[0] != 33 || got[9] != 42 {
+			t.Fatalf("%s: newest page %v, want seqs 33..42", c, got)
 		}
 	}
 	for _, c := range convs {

@@ -220,8 +220,11 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer scancel()
 	if err := hs.Shutdown(sctx); err != nil {
-		log.Warn("shutdown did not finish cleanly", "err", err)
+		// Sessions stuck sending to slow readers: cut their connections.
+		log.Warn("shutdown timed out; closing the remaining connections", "err", err)
+		_ = hs.Close()
 	}
+	srv.Wait() // every session has released the store
 	if err := eng.Close(); err != nil && !errors.Is(err, engine.ErrFailed) {
 		return fmt.Errorf("close store: %w", err)
 	}

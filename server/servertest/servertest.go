@@ -78,6 +78,7 @@ func New(t testing.TB, cfg Config) *Server {
 		if err := hs.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			t.Errorf("shutdown: %v", err)
 		}
+		srv.Wait()
 		s.HTTP.CloseIdleConnections()
 	}
 	t.Cleanup(s.Stop)

@@ -255,13 +255,17 @@ type Member struct {
 	// last feed entry for the conversation (their entry stops following the
 	// conversation's); 0 while they are a member.
 	DetachedPos uint64
+	// Title is, once the user was removed, the conversation's title at the
+	// removal: what they may still see. Empty while they are a member.
+	Title string
 }
 
 // AppendMember appends the encoding of m.
 func AppendMember(b []byte, m *Member) []byte {
 	b = append(b, Version, byte(m.Role))
 	b = binary.AppendUvarint(b, m.Since)
-	return binary.AppendUvarint(b, m.DetachedPos)
+	b = binary.AppendUvarint(b, m.DetachedPos)
+	return appendStr(b, m.Title)
 }
 
 // DecodeMember decodes a member record.
@@ -271,6 +275,7 @@ func DecodeMember(b []byte) (Member, error) {
 	m.Role = model.Role(r.byte("role"))
 	m.Since = r.uvarint("since")
 	m.DetachedPos = r.uvarint("detached position")
+	m.Title = r.str("title at removal")
 	if r.err == nil && m.Role > model.RoleOwner {
 		return Member{}, fmt.Errorf("%w: member role %d", ErrCorrupt, m.Role)
 	}

@@ -48,7 +48,7 @@ func TestRecordsRoundTrip(t *testing.T) {
 	if got, err := DecodeConv(AppendConv(nil, &c)); err != nil || got != c {
 		t.Errorf("conv: %+v %v", got, err)
 	}
-	m := Member{Role: model.RoleAdmin, Since: 5, DetachedPos: 8}
+	m := Member{Role: model.RoleNone, Since: 5, DetachedPos: 8, Title: "as it was"}
 	if got, err := DecodeMember(AppendMember(nil, &m)); err != nil || got != m {
 		t.Errorf("member: %+v %v", got, err)
 	}
@@ -88,7 +88,7 @@ func TestDecodeRejectsCorruption(t *testing.T) {
 			t.Errorf("%s: got %v, want ErrCorrupt", name, err)
 		}
 	}
-	if _, err := DecodeMember([]byte{Version, 9, 0, 0}); !errors.Is(err, ErrCorrupt) {
+	if _, err := DecodeMember([]byte{Version, 9, 0, 0, 0}); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("member with role 9: got %v", err)
 	}
 	if _, err := DecodeDevice(append([]byte{Version, 0, 0, 2}, make([]byte, 32)...)); !errors.Is(err, ErrCorrupt) {

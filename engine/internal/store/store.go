@@ -66,9 +66,14 @@ type Store struct {
 	fatal  atomic.Pointer[error]
 	onFail func(error)
 
-	mu   sync.RWMutex // guards view
-	view *View
+	mu     sync.RWMutex // guards view and closed
+	view   *View
+	closed bool
+	views  sync.WaitGroup // views handed out and not yet released
 }
+
+// ErrClosed is returned by reads from a closed store.
+var ErrClosed = errors.New("store closed")
 
 // fatalPanic carries a Pebble fatal error out of Pebble's call stack when it
 // happens on a goroutine that Commit guards.
@@ -114,17 +119,19 @@ func Open(dir string, o Options) (*Store, error) {
 	return s, nil
 }
 
-// Close releases the latest view and closes the database. Views still held
-// must be released first. After a fatal error the database is abandoned, not
-// closed: its state is unknown and the process is expected to stop.
+// Close waits for the reads in progress to release their views, then
+// closes the database; later reads fail with ErrClosed. After a fatal error
+// the database is abandoned, not closed: its state is unknown and the
+// process is expected to stop.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	v := s.view
-	s.view = nil
+	s.view, s.closed = nil, true
 	s.mu.Unlock()
 	if v != nil {
 		v.Release()
 	}
+	s.views.Wait()
 	if s.Failed() != nil {
 		return ErrFatal
 	}
@@ -235,18 +242,18 @@ func (s *Store) publish() {
 }
 
 // View returns the latest durable view. The caller must Release it, and
-// should not hold it long: a view pins old versions of keys in Pebble.
+// should not hold it long (not across waits): a view pins old versions of
+// keys in Pebble, and Close waits for it. After Close, the view's reads fail
+// with ErrClosed.
 func (s *Store) View() *View {
 	s.mu.RLock()
-	v := s.view
-	if v != nil {
-		v.refs.Add(1)
+	defer s.mu.RUnlock()
+	if s.closed {
+		return &View{reads: &s.reads}
 	}
-	s.mu.RUnlock()
-	if v == nil {
-		panic("store: View after Close")
-	}
-	return v
+	s.views.Add(1)
+	s.view.refs.Add(1)
+	return &View{snap: s.view.snap, reads: &s.reads, shared: s.view, done: s.views.Done}
 }
 
 // Checkpoint writes a consistent copy of the database to dir, which must
@@ -268,9 +275,13 @@ func (s *Store) DiskUsage() uint64 { return s.db.Metrics().DiskSpaceUsage() }
 
 // View is a durable, consistent read-only view of the database.
 type View struct {
-	snap  *pebble.Snapshot
+	snap  *pebble.Snapshot // nil once the store is closed
 	refs  atomic.Int64
 	reads *atomic.Uint64
+	// A reader's handle on a shared view: Release drops the shared view's
+	// reference and tells Close the read is over.
+	shared *View
+	done   func()
 }
 
 // Reads counts point reads and iterator seeks and steps since Open: the
@@ -285,13 +296,22 @@ func (s *Store) newView(snap *pebble.Snapshot) *View {
 
 // Release gives the view back. The view must not be used afterwards.
 func (v *View) Release() {
-	if v.refs.Add(-1) == 0 {
-		_ = v.snap.Close()
+	switch {
+	case v.shared != nil:
+		v.shared.Release()
+		v.done()
+	case v.snap != nil:
+		if v.refs.Add(-1) == 0 {
+			_ = v.snap.Close()
+		}
 	}
 }
 
 // Get returns a copy of key's value, or ErrNotFound.
 func (v *View) Get(key []byte) ([]byte, error) {
+	if v.snap == nil {
+		return nil, ErrClosed
+	}
 	v.reads.Add(1)
 	val, closer, err := v.snap.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
@@ -307,6 +327,9 @@ func (v *View) Get(key []byte) ([]byte, error) {
 
 // Has reports whether key exists.
 func (v *View) Has(key []byte) (bool, error) {
+	if v.snap == nil {
+		return false, ErrClosed
+	}
 	v.reads.Add(1)
 	_, closer, err := v.snap.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
@@ -321,6 +344,9 @@ func (v *View) Has(key []byte) (bool, error) {
 
 // Iter iterates over keys in [lower, upper). A nil upper means no bound.
 func (v *View) Iter(lower, upper []byte) (*Iter, error) {
+	if v.snap == nil {
+		return nil, ErrClosed
+	}
 	it, err := v.snap.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
 		return nil, err

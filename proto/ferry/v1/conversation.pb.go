@@ -241,7 +241,7 @@ type ConversationInfo struct {
 	// The caller's role; ROLE_UNSPECIFIED once the caller was removed.
 	Role Role `protobuf:"varint,3,opt,name=role,proto3,enum=ferry.v1.Role" json:"role,omitempty"`
 	// True when the caller was removed: they can read up to head and no
-	// further.
+	// further, and see the title as it was then (member_count is 0).
 	Removed bool `protobuf:"varint,4,opt,name=removed,proto3" json:"removed,omitempty"`
 	// The highest seq the caller can read.
 	Head uint64 `protobuf:"varint,5,opt,name=head,proto3" json:"head,omitempty"`

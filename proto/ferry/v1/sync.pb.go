@@ -1794,7 +1794,8 @@ func (x *TimeRange) GetEnd() *timestamppb.Timestamp {
 type HistoryResponse struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
-	// Ascending by seq (by id for a time range).
+	// Ascending by seq (by id for a time range). A page holds at most limit
+	// ops and about 1 MiB; more says whether the range goes on.
 	Ops []*Op `protobuf:"bytes,2,rep,name=ops,proto3" json:"ops,omitempty"`
 	// The highest seq the caller can read.
 	Head uint64 `protobuf:"varint,3,opt,name=head,proto3" json:"head,omitempty"`
