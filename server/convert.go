@@ -1,7 +1,9 @@
 package server
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 
 	"connectrpc.com/connect/v2"
 	"github.com/oklog/ulid/v2"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 )
 
@@ -16,38 +19,27 @@ func invalidf(format string, args ...any) *connect.Error {
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Sprintf(format, args...))
 }
 
+// invalid turns a wire conversion error into InvalidArgument; nil stays nil.
+func invalid(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, wire.ErrMalformed) {
+		return invalidf("%s", strings.TrimPrefix(err.Error(), wire.ErrMalformed.Error()+": "))
+	}
+	return err
+}
+
 // parseID parses a required ULID field.
 func parseID(field, s string) (ulid.ULID, error) {
-	if s == "" {
-		return ulid.ULID{}, invalidf("%s is required", field)
-	}
-	id, err := ulid.ParseStrict(s)
-	if err != nil {
-		return ulid.ULID{}, invalidf("%s %q is not a ULID (26 characters of Crockford base32)", field, truncate(s))
-	}
-	return id, nil
+	id, err := wire.ParseID(field, s)
+	return id, invalid(err)
 }
 
 // parseOptionalID parses a ULID field that may be empty.
 func parseOptionalID(field, s string) (ulid.ULID, error) {
-	if s == "" {
-		return ulid.ULID{}, nil
-	}
-	return parseID(field, s)
-}
-
-func truncate(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "…"
-	}
-	return s
-}
-
-func roleFromProto(field string, r ferryv1.Role) (model.Role, error) {
-	if r < ferryv1.Role_ROLE_UNSPECIFIED || r > ferryv1.Role_ROLE_OWNER {
-		return 0, invalidf("%s: unknown role %d", field, r)
-	}
-	return model.Role(r), nil
+	id, err := wire.ParseOptionalID(field, s)
+	return id, invalid(err)
 }
 
 // opsFromBatches converts pushed batches, in order, checking every id and
@@ -81,112 +73,18 @@ func opsFromBatches(batches []*ferryv1.OpBatch, maxOps int) ([]model.Op, error) 
 // opFromProto converts a pushed op. Server-assigned fields (seq, user_id)
 // are ignored; erased may not be set.
 func opFromProto(field string, conv ulid.ULID, p *ferryv1.Op) (model.Op, error) {
-	var op model.Op
-	var err error
-	if op.ID, err = parseID(field+".id", p.GetId()); err != nil {
-		return op, err
-	}
-	if op.Dot.Device, err = parseOptionalID(field+".device_id", p.GetDeviceId()); err != nil {
-		return op, err
-	}
 	if p.GetErased() {
-		return op, invalidf("%s.erased is set by the server, not by clients", field)
+		return model.Op{}, invalidf("%s.erased is set by the server, not by clients", field)
 	}
-	op.Conv, op.Dot.N = conv, p.GetDot()
-	target := func(s string) error {
-		op.Target, err = parseID(field+".target_id", s)
-		return err
+	op, err := wire.Op(field, conv, p)
+	if err != nil {
+		return op, invalid(err)
 	}
-	member := func(s string) error {
-		op.Member, err = parseID(field+".user_id", s)
-		return err
-	}
-	switch pl := p.GetPayload().(type) {
-	case *ferryv1.Op_Create:
-		op.Kind, op.Title = model.KindCreate, pl.Create.GetTitle()
-	case *ferryv1.Op_Message:
-		op.Kind, op.Body, op.ContentType = model.KindMessage, pl.Message.GetBody(), pl.Message.GetContentType()
-	case *ferryv1.Op_Edit:
-		op.Kind, op.Body, op.ContentType = model.KindEdit, pl.Edit.GetBody(), pl.Edit.GetContentType()
-		err = target(pl.Edit.GetTargetId())
-	case *ferryv1.Op_Delete:
-		op.Kind = model.KindDelete
-		err = target(pl.Delete.GetTargetId())
-	case *ferryv1.Op_ReactionAdd:
-		op.Kind, op.ReactionKey = model.KindReactionAdd, pl.ReactionAdd.GetKey()
-		err = target(pl.ReactionAdd.GetTargetId())
-	case *ferryv1.Op_ReactionRemove:
-		op.Kind, op.ReactionKey = model.KindReactionRemove, pl.ReactionRemove.GetKey()
-		err = target(pl.ReactionRemove.GetTargetId())
-	case *ferryv1.Op_MemberAdd:
-		op.Kind = model.KindMemberAdd
-		if err = member(pl.MemberAdd.GetUserId()); err == nil {
-			op.Role, err = roleFromProto(field+".member_add.role", pl.MemberAdd.GetRole())
-			if op.Role == model.RoleNone {
-				op.Role = model.RoleMember
-			}
-		}
-	case *ferryv1.Op_MemberRemove:
-		op.Kind = model.KindMemberRemove
-		err = member(pl.MemberRemove.GetUserId())
-	case *ferryv1.Op_MemberRole:
-		op.Kind = model.KindMemberRole
-		if err = member(pl.MemberRole.GetUserId()); err == nil {
-			op.Role, err = roleFromProto(field+".member_role.role", pl.MemberRole.GetRole())
-		}
-	case *ferryv1.Op_SetTitle:
-		op.Kind, op.Title = model.KindSetTitle, pl.SetTitle.GetTitle()
-	case nil:
-		return op, invalidf("%s has no payload: set one of create, message, edit, delete, reaction_add, reaction_remove, member_add, member_remove, member_role or set_title", field)
-	default:
-		return op, invalidf("%s has an unknown payload", field)
-	}
-	return op, err
+	op.Seq, op.User = 0, ulid.ULID{}
+	return op, nil
 }
 
-func idString(id ulid.ULID) string {
-	if id == (ulid.ULID{}) {
-		return ""
-	}
-	return id.String()
-}
-
-// opToProto converts a stored op for sending. The conversation id travels
-// on the batch.
-func opToProto(op *model.Op) *ferryv1.Op {
-	p := &ferryv1.Op{
-		Id:       op.ID.String(),
-		Seq:      op.Seq,
-		DeviceId: op.Dot.Device.String(),
-		Dot:      op.Dot.N,
-		UserId:   idString(op.User),
-		Erased:   op.Erased,
-	}
-	target := idString(op.Target)
-	switch op.Kind {
-	case model.KindCreate:
-		p.Payload = &ferryv1.Op_Create{Create: &ferryv1.Create{Title: op.Title}}
-	case model.KindMessage:
-		p.Payload = &ferryv1.Op_Message{Message: &ferryv1.Message{Body: op.Body, ContentType: op.ContentType}}
-	case model.KindEdit:
-		p.Payload = &ferryv1.Op_Edit{Edit: &ferryv1.Edit{TargetId: target, Body: op.Body, ContentType: op.ContentType}}
-	case model.KindDelete:
-		p.Payload = &ferryv1.Op_Delete{Delete: &ferryv1.Delete{TargetId: target}}
-	case model.KindReactionAdd:
-		p.Payload = &ferryv1.Op_ReactionAdd{ReactionAdd: &ferryv1.Reaction{TargetId: target, Key: op.ReactionKey}}
-	case model.KindReactionRemove:
-		p.Payload = &ferryv1.Op_ReactionRemove{ReactionRemove: &ferryv1.Reaction{TargetId: target, Key: op.ReactionKey}}
-	case model.KindMemberAdd:
-		p.Payload = &ferryv1.Op_MemberAdd{MemberAdd: &ferryv1.MemberAdd{UserId: op.Member.String(), Role: ferryv1.Role(op.Role)}}
-	case model.KindMemberRemove:
-		p.Payload = &ferryv1.Op_MemberRemove{MemberRemove: &ferryv1.MemberRemove{UserId: op.Member.String()}}
-	case model.KindMemberRole:
-		p.Payload = &ferryv1.Op_MemberRole{MemberRole: &ferryv1.MemberRole{UserId: op.Member.String(), Role: ferryv1.Role(op.Role)}}
-	case model.KindSetTitle:
-		p.Payload = &ferryv1.Op_SetTitle{SetTitle: &ferryv1.SetTitle{Title: op.Title}}
-	}
-	return p
-}
+func opToProto(op *model.Op) *ferryv1.Op { return wire.OpToProto(op) }
 
 func opsToProto(ops []model.Op) []*ferryv1.Op {
 	out := make([]*ferryv1.Op, len(ops))
@@ -231,14 +129,7 @@ func infosToProto(cs []engine.ConvInfo) []*ferryv1.ConversationInfo {
 	return out
 }
 
-func vectorToProto(v model.Vector) *ferryv1.Vector {
-	es := v.Entries()
-	p := &ferryv1.Vector{Entries: make([]*ferryv1.VectorEntry, len(es))}
-	for i, e := range es {
-		p.Entries[i] = &ferryv1.VectorEntry{DeviceId: e.Device.String(), Dot: e.N}
-	}
-	return p
-}
+func vectorToProto(v model.Vector) *ferryv1.Vector { return wire.VectorToProto(v) }
 
 // maxVectorEntries bounds a client's vector: one entry per device that ever
 // wrote to the conversation.
@@ -249,15 +140,8 @@ func vectorFromProto(field string, p *ferryv1.Vector) (model.Vector, error) {
 		return model.Vector{}, connect.NewError(connect.CodeResourceExhausted,
 			fmt.Sprintf("%s has %d entries; the limit is %d", field, len(p.GetEntries()), maxVectorEntries))
 	}
-	es := make([]model.Dot, len(p.GetEntries()))
-	for i, e := range p.GetEntries() {
-		d, err := parseID(fmt.Sprintf("%s.entries[%d].device_id", field, i), e.GetDeviceId())
-		if err != nil {
-			return model.Vector{}, err
-		}
-		es[i] = model.Dot{Device: d, N: e.GetDot()}
-	}
-	return model.NewVector(es...), nil
+	v, err := wire.Vector(field, p)
+	return v, invalid(err)
 }
 
 func resultsToProto(res []engine.AppendResult) []*ferryv1.OpResult {
