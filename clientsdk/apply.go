@@ -1,0 +1,376 @@
+package clientsdk
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/clientsdk/internal/kv"
+	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/wire"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+)
+
+// tEdit indexes edits by their target, so a delete can erase them locally.
+const tEdit byte = 0x13
+
+func editKey(conv, target ulid.ULID, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(idKey(tEdit, conv), target[:]...), seq)
+}
+
+var errClosed = errors.New("ferry: device is closed")
+
+// gap is a range of seqs the replica lacks and the session will not send.
+type gap struct {
+	conv           ulid.ULID
+	after, through uint64
+}
+
+// applyInfos records what the server says of changed conversations. It
+// returns the gaps to fetch: the server resumes after its record of what
+// this device holds, and a replica that holds less (restored from a backup,
+// or an ack that outran a local write) must fetch the difference, never
+// skip it.
+func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo) ([]gap, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errClosed
+	}
+	b := d.db.NewBatch()
+	var gaps []gap
+	var evs []Event
+	for i := len(infos) - 1; i >= 0; i-- { // the list is most recent first
+		ci := infos[i]
+		id, err := wire.ParseID("conversation id", ci.GetId())
+		if err != nil {
+			return nil, err
+		}
+		rec := d.convs[id]
+		if rec == nil {
+			rec = &convRecord{}
+			d.convs[id] = rec
+		}
+		rec.Title, rec.Role, rec.Removed = ci.GetTitle(), ci.GetRole(), ci.GetRemoved()
+		rec.Head, rec.Unread, rec.Members = ci.GetHead(), ci.GetUnread(), ci.GetMemberCount()
+		rec.Delivered, rec.Read = ci.GetDelivered(), ci.GetRead()
+		rec.Receipts = rec.Receipts[:0]
+		for _, r := range ci.GetReceipts() {
+			rec.Receipts = append(rec.Receipts, receiptRecord{User: r.GetUserId(), Delivered: r.GetDelivered(), Read: r.GetRead()})
+		}
+		d.changed++
+		rec.Changed = d.changed
+		if p, after := rec.prefix(), ci.GetResumeAfter(); p < after {
+			gaps = append(gaps, gap{conv: id, after: p, through: after})
+		}
+		b.Set(idKey(tConv, id), encodeJSON(rec))
+		evs = append(evs, ConversationChanged{Conv: id})
+	}
+	if err := d.db.Commit(b); err != nil {
+		return nil, err
+	}
+	d.emit(evs...)
+	return gaps, nil
+}
+
+// fetch fills a gap with History pages.
+func (d *Device) fetch(ctx context.Context, sc ferryv1connect.SyncServiceClient, g gap) error {
+	after := g.after
+	for after < g.through {
+		page, err := sc.History(ctx, &ferryv1.HistoryRequest{ConversationId: g.conv.String(),
+			Range: &ferryv1.HistoryRequest_AfterSeq{AfterSeq: after}, Limit: 1000})
+		if err != nil {
+			return fmt.Errorf("ferry: fetch %s after %d: %w", g.conv, after, err)
+		}
+		ops := page.GetOps()
+		for len(ops) > 0 && ops[len(ops)-1].GetSeq() > g.through {
+			ops = ops[:len(ops)-1]
+		}
+		if len(ops) == 0 {
+			return nil
+		}
+		if _, err := d.applyOps([]*ferryv1.OpBatch{{ConversationId: g.conv.String(), Ops: ops}}); err != nil {
+			return &TerminalError{Err: err}
+		}
+		after = ops[len(ops)-1].GetSeq()
+	}
+	return nil
+}
+
+// applyOps stores batches of ops in the replica with one synced commit and
+// returns how many were new. An op already held (a resend) is skipped; an
+// op of the outbox (this device's, echoed) leaves it; a delete erases the
+// bodies it deletes.
+func (d *Device) applyOps(batches []*ferryv1.OpBatch) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0, errClosed
+	}
+	b := d.db.NewBatch()
+	added := 0
+	var evs []Event
+	for _, bt := range batches {
+		conv, err := wire.ParseID("conversation id", bt.GetConversationId())
+		if err != nil {
+			return 0, err
+		}
+		rec := d.convs[conv]
+		if rec == nil {
+			rec = &convRecord{}
+			d.convs[conv] = rec
+		}
+		var ids []ulid.ULID
+		for _, p := range bt.GetOps() {
+			op, err := wire.Op("op", conv, p)
+			if err != nil {
+				return 0, err
+			}
+			if op.Seq == 0 {
+				return 0, fmt.Errorf("ferry: server sent op %s without a seq", op.ID)
+			}
+			fresh, err := d.storeOp(b, rec, &op, p)
+			if err != nil {
+				return 0, err
+			}
+			if !fresh {
+				continue
+			}
+			added++
+			ids = append(ids, op.ID)
+		}
+		if len(ids) > 0 {
+			d.changed++
+			rec.Changed = d.changed
+			evs = append(evs, MessagesChanged{Conv: conv, IDs: ids}, ConversationChanged{Conv: conv})
+		}
+		b.Set(idKey(tConv, conv), encodeJSON(rec))
+	}
+	if err := d.db.Commit(b); err != nil {
+		return 0, err
+	}
+	d.emit(evs...)
+	return added, nil
+}
+
+// storeOp adds one op to the batch and the in-memory state. d.mu is held.
+func (d *Device) storeOp(b *kv.Batch, rec *convRecord, op *model.Op, p *ferryv1.Op) (bool, error) {
+	conv := op.Conv
+	if rec.holds(op.Seq) {
+		return false, nil
+	}
+	if _, err := d.db.Get(opIDKey(conv, op.ID)); err == nil {
+		return false, nil // held under another seq (a server that lost its store): keep ours
+	} else if !errors.Is(err, kv.ErrNotFound) {
+		return false, err
+	}
+	b.Set(opKey(conv, op.Seq), encodeOp(p))
+	b.Set(opIDKey(conv, op.ID), binary.BigEndian.AppendUint64(nil, op.Seq))
+	rec.addRange(op.Seq, op.Seq)
+	switch op.Kind {
+	case model.KindEdit:
+		b.Set(editKey(conv, op.Target, op.Seq), nil)
+	case model.KindDelete:
+		if err := d.eraseLocal(b, conv, op.Target); err != nil {
+			return false, err
+		}
+	}
+	if ref, ok := d.pending[op.ID]; ok {
+		b.Delete(seqKey(tOutbox, ref.local))
+		delete(d.pending, op.ID)
+	}
+	if s := d.states[conv]; s != nil {
+		s.Apply(op)
+	}
+	return true, nil
+}
+
+// eraseLocal removes the bodies of a deleted message and its edits from the
+// replica, as the server did. d.mu is held.
+func (d *Device) eraseLocal(b *kv.Batch, conv, target ulid.ULID) error {
+	var seqs []uint64
+	if raw, err := d.db.Get(opIDKey(conv, target)); err == nil {
+		seqs = append(seqs, binary.BigEndian.Uint64(raw))
+	} else if !errors.Is(err, kv.ErrNotFound) {
+		return err
+	}
+	err := scanPrefix(d.db, append(idKey(tEdit, conv), target[:]...), func(k, _ []byte) error {
+		seqs = append(seqs, binary.BigEndian.Uint64(k[len(k)-8:]))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, seq := range seqs {
+		raw, err := d.db.Get(opKey(conv, seq))
+		if err != nil {
+			return err
+		}
+		p, err := decodeOp(raw)
+		if err != nil {
+			return err
+		}
+		switch pl := p.GetPayload().(type) {
+		case *ferryv1.Op_Message:
+			pl.Message.Body, pl.Message.ContentType = nil, ""
+		case *ferryv1.Op_Edit:
+			pl.Edit.Body, pl.Edit.ContentType = nil, ""
+		}
+		p.Erased = true
+		b.Set(opKey(conv, seq), encodeOp(p))
+	}
+	return nil
+}
+
+// results handles a push's answers: accepted ops leave the outbox and join
+// the replica; ops refused for good move to the failed list and the
+// device's later ops in their conversation are renumbered (a refused op
+// does not take its dot); dot errors renumber from where the server stands.
+func (s *session) results(pr *ferryv1.PushResult) error {
+	s.mu.Lock()
+	for _, id := range s.inflight[pr.GetRequestId()] {
+		delete(s.sent, id)
+	}
+	delete(s.inflight, pr.GetRequestId())
+	s.mu.Unlock()
+
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errClosed
+	}
+	b := d.db.NewBatch()
+	renumber := map[ulid.ULID]uint64{} // conv -> first dot to give pending ops
+	var evs []Event
+	for _, r := range pr.GetResults() {
+		id, err := wire.ParseID("op id", r.GetOpId())
+		if err != nil {
+			return err
+		}
+		ref, ok := d.pending[id]
+		if !ok {
+			continue // already confirmed by its echo
+		}
+		entry, op, err := d.outboxOp(ref.local)
+		if err != nil {
+			return err
+		}
+		switch r.GetStatus() {
+		case ferryv1.OpStatus_OP_STATUS_ACCEPTED, ferryv1.OpStatus_OP_STATUS_DUPLICATE:
+			op.Seq = r.GetSeq()
+			op.UserId = d.creds.User
+			m, err := wire.Op("op", ref.conv, op)
+			if err != nil {
+				return err
+			}
+			rec := d.convs[ref.conv]
+			if _, err := d.storeOp(b, rec, &m, op); err != nil {
+				return err
+			}
+			rec.Head = max(rec.Head, m.Seq)
+			b.Set(idKey(tConv, ref.conv), encodeJSON(rec))
+			b.Delete(seqKey(tOutbox, ref.local))
+			delete(d.pending, id)
+			evs = append(evs, MessagesChanged{Conv: ref.conv, IDs: []ulid.ULID{id}})
+		case ferryv1.OpStatus_OP_STATUS_REJECTED:
+			switch r.GetReason() {
+			case ferryv1.RejectReason_REJECT_REASON_DOT_GAP, ferryv1.RejectReason_REJECT_REASON_DOT_REUSED:
+				// The server stands at server_dot: number the pending ops of
+				// this conversation from there.
+				if first, ok := renumber[ref.conv]; !ok || r.GetServerDot()+1 < first {
+					renumber[ref.conv] = r.GetServerDot() + 1
+				}
+			default:
+				b.Delete(seqKey(tOutbox, ref.local))
+				b.Set(seqKey(tFailed, ref.local), encodeJSON(failedEntry{Conv: entry.Conv, Op: entry.Op,
+					Reason: r.GetReason().String(), Message: r.GetMessage(), At: d.opts.clock.Now().UnixMilli()}))
+				delete(d.pending, id)
+				if first, ok := renumber[ref.conv]; !ok || op.GetDot() < first {
+					renumber[ref.conv] = op.GetDot()
+				}
+				evs = append(evs, OpFailed{Conv: ref.conv, Op: id, Reason: reasonName(r.GetReason()), Message: r.GetMessage()},
+					MessagesChanged{Conv: ref.conv, IDs: []ulid.ULID{id}})
+				d.log.Warn("op refused", "conv", ref.conv, "op", id, "reason", r.GetReason(), "msg", r.GetMessage())
+			}
+		}
+	}
+	if err := d.db.Commit(b); err != nil {
+		return err
+	}
+	for conv, first := range renumber {
+		if err := d.renumber(conv, first); err != nil {
+			return err
+		}
+		// Renumbered ops must go again, in flight or not.
+		s.mu.Lock()
+		for id, ref := range d.pending {
+			if ref.conv == conv {
+				delete(s.sent, id)
+			}
+		}
+		s.mu.Unlock()
+	}
+	d.emit(append(evs, StatusChanged{Status: d.statusLocked()})...)
+	if len(renumber) > 0 {
+		s.wakeFlush()
+	}
+	return nil
+}
+
+func reasonName(r ferryv1.RejectReason) string {
+	n := r.String()
+	if len(n) > len("REJECT_REASON_") {
+		return n[len("REJECT_REASON_"):]
+	}
+	return n
+}
+
+// outboxOp reads an outbox entry. d.mu is held.
+func (d *Device) outboxOp(local uint64) (outboxEntry, *ferryv1.Op, error) {
+	var e outboxEntry
+	ok, err := getJSON(d.db, seqKey(tOutbox, local), &e)
+	if err != nil {
+		return e, nil, err
+	}
+	if !ok {
+		return e, nil, fmt.Errorf("%w: outbox entry %d is missing", errCorrupt, local)
+	}
+	op, err := decodeOp(e.Op)
+	return e, op, err
+}
+
+// renumber gives the pending ops of conv the dots first, first+1, ... in
+// outbox order. d.mu is held.
+func (d *Device) renumber(conv ulid.ULID, first uint64) error {
+	var locals []uint64
+	for _, ref := range d.pending {
+		if ref.conv == conv {
+			locals = append(locals, ref.local)
+		}
+	}
+	slices.Sort(locals)
+	b := d.db.NewBatch()
+	dot := first
+	for _, l := range locals {
+		e, op, err := d.outboxOp(l)
+		if err != nil {
+			return err
+		}
+		op.Dot = dot
+		dot++
+		e.Op = encodeOp(op)
+		e.Attempts++
+		b.Set(seqKey(tOutbox, l), encodeJSON(e))
+	}
+	rec := d.convs[conv]
+	rec.NextDot = dot - 1
+	b.Set(idKey(tConv, conv), encodeJSON(rec))
+	d.log.Info("renumbered pending ops", "conv", conv, "from", first, "ops", len(locals))
+	return d.db.Commit(b)
+}

@@ -1,0 +1,539 @@
+package clientsdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"github.com/oklog/ulid/v2"
+
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+)
+
+// Start syncs the device in the background: it connects, flushes the
+// outbox, catches up, stays live, and reconnects with backoff when the
+// connection drops. A terminal error (such as a revoked device) stops it
+// with Status.State == StateFailed and an error in Status.Err. It returns
+// ErrNotSignedIn before Register or Login.
+func (d *Device) Start() error {
+	if _, err := d.Account(); err != nil {
+		return err
+	}
+	d.runMu.Lock()
+	defer d.runMu.Unlock()
+	if d.cancel != nil {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancel, d.done = cancel, make(chan struct{})
+	go d.loop(ctx, d.done)
+	return nil
+}
+
+// Stop stops syncing and waits for the connection to close. The replica
+// and the outbox stay as they are.
+func (d *Device) Stop() {
+	d.runMu.Lock()
+	cancel, done := d.cancel, d.done
+	d.cancel, d.done = nil, nil
+	d.runMu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+// TerminalError is an error that retrying cannot fix: the device stops
+// syncing until the application acts (for example, logs in again).
+type TerminalError struct{ Err error }
+
+func (e *TerminalError) Error() string { return "ferry: " + e.Err.Error() }
+func (e *TerminalError) Unwrap() error { return e.Err }
+
+// retryable tells connection errors worth retrying (the network, a server
+// restart, overload) from those that need the application.
+func retryable(err error) bool {
+	var te *TerminalError
+	if errors.As(err, &te) {
+		return false
+	}
+	switch connect.CodeOf(err) {
+	case connect.CodeUnauthenticated, connect.CodePermissionDenied, connect.CodeInvalidArgument,
+		connect.CodeUnimplemented, connect.CodeNotFound, connect.CodeAlreadyExists, connect.CodeOutOfRange:
+		return false
+	}
+	return true
+}
+
+// goaway asks to reconnect after a delay.
+type goaway struct{ after time.Duration }
+
+func (g *goaway) Error() string { return "server going away" }
+
+var (
+	errResynced = errors.New("ferry: resynced after the server's store was replaced")
+	errDone     = errors.New("ferry: caught up")
+)
+
+func (d *Device) loop(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	attempt := 0
+	for {
+		d.mu.Lock()
+		d.setStatus(func(s *Status) { *s = Status{State: StateConnecting} })
+		d.mu.Unlock()
+		live, err := d.session(ctx, false)
+		if ctx.Err() != nil {
+			d.mu.Lock()
+			d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
+			d.mu.Unlock()
+			return
+		}
+		if live {
+			attempt = 0
+		}
+		var delay time.Duration
+		var ga *goaway
+		switch {
+		case errors.As(err, &ga):
+			delay = ga.after
+		case errors.Is(err, errResynced):
+			continue
+		case !retryable(err):
+			d.log.Error("sync stopped", "err", err)
+			d.mu.Lock()
+			d.setStatus(func(s *Status) { *s = Status{State: StateFailed, Err: err} })
+			d.mu.Unlock()
+			return
+		default:
+			attempt++
+			delay = d.backoff(attempt)
+			d.log.Info("sync disconnected; retrying", "err", err, "in", delay)
+		}
+		retryAt := d.opts.clock.Now().Add(delay)
+		d.mu.Lock()
+		d.setStatus(func(s *Status) { *s = Status{State: StateOffline, Err: err, RetryAt: retryAt} })
+		d.mu.Unlock()
+		t := d.opts.clock.NewTimer(delay)
+		select {
+		case <-t.C():
+		case <-ctx.Done():
+			t.Stop()
+			d.mu.Lock()
+			d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
+			d.mu.Unlock()
+			return
+		}
+	}
+}
+
+// backoff is the delay before reconnect attempt n (1, 2, ...): doubling
+// from the minimum up to the maximum, with "equal jitter" so that devices
+// that lost the server together do not return together.
+func (d *Device) backoff(n int) time.Duration {
+	delay := d.opts.minBackoff
+	for i := 1; i < n && delay < d.opts.maxBackoff; i++ {
+		delay *= 2
+	}
+	delay = min(delay, d.opts.maxBackoff)
+	half := delay / 2
+	return half + time.Duration(rand.Int64N(int64(half)+1))
+}
+
+// SyncOnce connects, pushes the outbox, catches up, and returns once the
+// device is caught up and every pushed op is answered. It retries
+// retryable errors with backoff until ctx ends. Markers are sent with
+// acknowledgement before it returns.
+func (d *Device) SyncOnce(ctx context.Context) error {
+	if _, err := d.Account(); err != nil {
+		return err
+	}
+	attempt := 0
+	for {
+		_, err := d.session(ctx, true)
+		if errors.Is(err, errDone) {
+			return d.ackNow(ctx)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var ga *goaway
+		if errors.Is(err, errResynced) {
+			continue
+		}
+		if !retryable(err) {
+			return err
+		}
+		attempt++
+		delay := d.backoff(attempt)
+		if errors.As(err, &ga) {
+			delay = ga.after
+		}
+		t := d.opts.clock.NewTimer(delay)
+		select {
+		case <-t.C():
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("ferry: sync: %w (last error: %v)", ctx.Err(), err)
+		}
+	}
+}
+
+// session is one Sync stream.
+type session struct {
+	d    *Device
+	st   ferryv1connect.SyncServiceSyncClientStream
+	sc   ferryv1connect.SyncServiceClient
+	once bool
+
+	epoch     string
+	live      bool // reached CaughtUp
+	flushWake chan struct{}
+
+	mu       sync.Mutex
+	nextReq  uint64
+	inflight map[uint64][]ulid.ULID // push request id -> op ids
+	sent     map[ulid.ULID]bool     // op ids in flight
+}
+
+// session runs one Sync stream until it ends. It reports whether the
+// session caught up (so the backoff can reset).
+func (d *Device) session(ctx context.Context, once bool) (bool, error) {
+	_, _, sc, err := d.clients()
+	if err != nil {
+		return false, &TerminalError{Err: err}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := sc.Sync(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer st.Close()
+	d.mu.Lock()
+	hello := &ferryv1.Hello{Epoch: d.epoch, FeedPos: d.feedPos, PageSize: uint32(max(d.opts.pageSize, 0)), Client: d.opts.client}
+	d.mu.Unlock()
+	if err := st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}}); err != nil {
+		// A refused stream fails Send with a bare EOF; Receive has the status.
+		if _, rerr := st.Receive(); rerr != nil {
+			return false, rerr
+		}
+		return false, err
+	}
+	s := &session{d: d, st: st, sc: sc, once: once, flushWake: make(chan struct{}, 1),
+		inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]bool{}}
+	recv := make(chan error, 1)
+	go func() { recv <- s.receive(ctx) }()
+	received := false
+	defer func() {
+		// The receiver writes to the replica: it must be done before the
+		// session returns (and the device may close).
+		if !received {
+			cancel()
+			_ = st.Close()
+			<-recv
+		}
+	}()
+	hb := d.opts.clock.NewTimer(d.opts.heartbeat)
+	defer hb.Stop()
+	s.flush()
+	s.sendAcks()
+	for {
+		select {
+		case err := <-recv:
+			received = true
+			return s.live, err
+		case <-d.outboxWake:
+			s.flush()
+		case <-s.flushWake:
+			s.flush()
+		case <-d.ackWake:
+			s.sendAcks()
+		case <-hb.C():
+			s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Heartbeat{Heartbeat: &ferryv1.Heartbeat{}}})
+		case <-ctx.Done():
+			return s.live, ctx.Err()
+		}
+		hb.Reset(d.opts.heartbeat)
+	}
+}
+
+// send writes one message; a failure ends the stream, which the receive
+// side reports.
+func (s *session) send(m *ferryv1.SyncRequest) {
+	if err := s.st.Send(m); err != nil {
+		s.d.log.Debug("send failed; waiting for the stream's status", "err", err)
+	}
+}
+
+// maxPush is the most ops in one push (the server's limit).
+const maxPush = 1000
+
+// flush pushes outbox entries not already in flight, in outbox order (which
+// is dot order within each conversation).
+func (s *session) flush() {
+	d := s.d
+	type item struct {
+		conv ulid.ULID
+		op   *ferryv1.Op
+	}
+	var items []item
+	more := false
+	d.mu.Lock()
+	err := scanPrefix(d.db, []byte{tOutbox}, func(_, v []byte) error {
+		var e outboxEntry
+		if err := decodeJSON(v, &e); err != nil {
+			return err
+		}
+		op, err := decodeOp(e.Op)
+		if err != nil {
+			return err
+		}
+		id := ulid.MustParseStrict(op.GetId())
+		s.mu.Lock()
+		inFlight := s.sent[id]
+		s.mu.Unlock()
+		if inFlight {
+			return nil
+		}
+		if len(items) == maxPush {
+			more = true
+			return io.EOF
+		}
+		items = append(items, item{conv: ulid.MustParseStrict(e.Conv), op: op})
+		return nil
+	})
+	d.mu.Unlock()
+	if err != nil && !errors.Is(err, io.EOF) {
+		d.log.Error("read outbox", "err", err)
+		return
+	}
+	if len(items) == 0 {
+		return
+	}
+	push := &ferryv1.Push{}
+	var ids []ulid.ULID
+	for _, it := range items {
+		if n := len(push.Batches); n == 0 || push.Batches[n-1].GetConversationId() != it.conv.String() {
+			push.Batches = append(push.Batches, &ferryv1.OpBatch{ConversationId: it.conv.String()})
+		}
+		b := push.Batches[len(push.Batches)-1]
+		b.Ops = append(b.Ops, it.op)
+		ids = append(ids, ulid.MustParseStrict(it.op.GetId()))
+	}
+	s.mu.Lock()
+	s.nextReq++
+	push.RequestId = s.nextReq
+	s.inflight[push.RequestId] = ids
+	for _, id := range ids {
+		s.sent[id] = true
+	}
+	s.mu.Unlock()
+	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: push}})
+	if more {
+		s.wakeFlush()
+	}
+}
+
+func (s *session) wakeFlush() {
+	select {
+	case s.flushWake <- struct{}{}:
+	default:
+	}
+}
+
+// idle reports whether nothing is pending or in flight.
+func (s *session) idle() bool {
+	s.mu.Lock()
+	inflight := len(s.inflight)
+	s.mu.Unlock()
+	s.d.mu.Lock()
+	pending := len(s.d.pending)
+	s.d.mu.Unlock()
+	return inflight == 0 && pending == 0
+}
+
+// receive handles the server's messages until the stream ends.
+func (s *session) receive(ctx context.Context) error {
+	d := s.d
+	for {
+		m, err := s.st.Receive()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return errors.New("ferry: the server ended the session")
+			}
+			return err
+		}
+		switch x := m.GetMessage().(type) {
+		case *ferryv1.SyncResponse_Welcome:
+			s.epoch = x.Welcome.GetEpoch()
+			d.mu.Lock()
+			if l := x.Welcome.GetLimits(); l.GetMaxBodyBytes() > 0 {
+				d.maxBody = int(l.GetMaxBodyBytes())
+			}
+			d.setStatus(func(st *Status) {
+				*st = Status{State: StateCatchingUp, Conversations: int(x.Welcome.GetChangedConversations()), OpsTotal: x.Welcome.GetMissingOps()}
+			})
+			d.mu.Unlock()
+		case *ferryv1.SyncResponse_Conversations:
+			gaps, err := d.applyInfos(x.Conversations.GetConversations())
+			if err != nil {
+				return &TerminalError{Err: err}
+			}
+			for _, g := range gaps {
+				if err := d.fetch(ctx, s.sc, g); err != nil {
+					return err
+				}
+			}
+		case *ferryv1.SyncResponse_Ops:
+			n, err := d.applyOps(x.Ops.GetBatches())
+			if err != nil {
+				return &TerminalError{Err: err}
+			}
+			d.mu.Lock()
+			if d.status.State == StateCatchingUp {
+				d.setStatus(func(st *Status) { st.OpsReceived += uint64(n) })
+			}
+			if pos := x.Ops.GetFeedPos(); pos != 0 {
+				if err := d.savePosition(s.epoch, pos); err != nil {
+					d.mu.Unlock()
+					return &TerminalError{Err: err}
+				}
+			}
+			d.mu.Unlock()
+			d.wakeAcks()
+		case *ferryv1.SyncResponse_CaughtUp:
+			d.mu.Lock()
+			err := d.savePosition(s.epoch, x.CaughtUp.GetFeedPos())
+			if err == nil {
+				d.setStatus(func(st *Status) { st.State = StateLive })
+			}
+			d.mu.Unlock()
+			if err != nil {
+				return &TerminalError{Err: err}
+			}
+			s.live = true
+			if s.once && s.idle() {
+				return errDone
+			}
+		case *ferryv1.SyncResponse_PushResult:
+			if err := s.results(x.PushResult); err != nil {
+				return &TerminalError{Err: err}
+			}
+			if s.once && s.live && s.idle() {
+				return errDone
+			}
+		case *ferryv1.SyncResponse_ResetRequired:
+			d.log.Warn("the server's store was replaced or restored; repairing", "reason", x.ResetRequired.GetReason(), "detail", x.ResetRequired.GetMessage())
+			if err := d.repairAll(ctx, s.sc, x.ResetRequired.GetEpoch()); err != nil {
+				return err
+			}
+			return errResynced
+		case *ferryv1.SyncResponse_Goaway:
+			return &goaway{after: time.Duration(x.Goaway.GetReconnectAfterMs()) * time.Millisecond}
+		case *ferryv1.SyncResponse_Heartbeat:
+		}
+	}
+}
+
+func (d *Device) wakeAcks() {
+	select {
+	case d.ackWake <- struct{}{}:
+	default:
+	}
+}
+
+// savePosition records the feed position (and epoch) every change up to
+// which is in the replica. d.mu is held.
+func (d *Device) savePosition(epoch string, pos uint64) error {
+	if d.closed {
+		return errClosed
+	}
+	if epoch == d.epoch && pos <= d.feedPos {
+		return nil
+	}
+	b := d.db.NewBatch()
+	b.Set(metaKey("epoch"), encodeJSON(epoch))
+	b.Set(metaKey("feedpos"), encodeJSON(pos))
+	if err := d.db.Commit(b); err != nil {
+		return err
+	}
+	d.epoch, d.feedPos = epoch, pos
+	return nil
+}
+
+// markers lists the markers to send: each conversation's held prefix as
+// delivered, and reads the application asked for.
+func (d *Device) markers() []*ferryv1.Marker {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []*ferryv1.Marker
+	for id, c := range d.convs {
+		delivered := c.prefix()
+		if delivered > c.AckedDelivered || c.ReadWanted > c.AckedRead {
+			out = append(out, &ferryv1.Marker{ConversationId: id.String(), Delivered: delivered, Read: c.ReadWanted})
+		}
+	}
+	return out
+}
+
+// acked records that markers reached the server.
+func (d *Device) acked(ms []*ferryv1.Marker) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
+	b := d.db.NewBatch()
+	for _, m := range ms {
+		id := ulid.MustParseStrict(m.GetConversationId())
+		c := d.convs[id]
+		if c == nil {
+			continue
+		}
+		c.AckedDelivered = max(c.AckedDelivered, m.GetDelivered())
+		c.AckedRead = max(c.AckedRead, m.GetRead())
+		b.Set(idKey(tConv, id), encodeJSON(c))
+	}
+	if err := d.db.Commit(b); err != nil {
+		d.log.Warn("record acks", "err", err)
+	}
+}
+
+// sendAcks sends markers on the stream. They count as sent once written;
+// if the stream breaks before the server applies them, a later session
+// sends them again (markers only move forward, so repeats are harmless).
+func (s *session) sendAcks() {
+	ms := s.d.markers()
+	if len(ms) == 0 {
+		return
+	}
+	if err := s.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: &ferryv1.Ack{Markers: ms}}}); err != nil {
+		return
+	}
+	s.d.acked(ms)
+}
+
+// ackNow sends pending markers with the unary Ack, which answers once they
+// are durable.
+func (d *Device) ackNow(ctx context.Context) error {
+	ms := d.markers()
+	if len(ms) == 0 {
+		return nil
+	}
+	_, _, sc, err := d.clients()
+	if err != nil {
+		return err
+	}
+	if _, err := sc.Ack(ctx, &ferryv1.AckRequest{Markers: ms}); err != nil {
+		return fmt.Errorf("ferry: send markers: %w", err)
+	}
+	d.acked(ms)
+	return nil
+}

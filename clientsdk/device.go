@@ -1,0 +1,495 @@
+package clientsdk
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connecthttp"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/clientsdk/internal/kv"
+	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/compression"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+)
+
+// Device is one Ferry device: a profile with its identity, a local replica
+// of its conversations, and an outbox. It works offline; Start keeps it in
+// sync with the server in the background.
+//
+// A Device is safe for concurrent use.
+type Device struct {
+	opts options
+	log  *slog.Logger
+	db   *kv.DB
+
+	mu        sync.Mutex // guards everything below, and replica writes
+	creds     *credentials
+	epoch     string
+	feedPos   uint64
+	convs     map[ulid.ULID]*convRecord
+	states    map[ulid.ULID]*model.State // folded ops, built on demand
+	nextLocal uint64                     // outbox sequence
+	pending   map[ulid.ULID]pendingRef   // op id -> outbox entry
+	changed   uint64                     // local order of changes, for sorting
+	maxBody   int                        // the server's body limit, once known
+	status    Status
+	subs      map[*Subscription]struct{}
+	users     map[ulid.ULID]userRecord
+	members   map[ulid.ULID][]memberRecord
+	closed    bool
+
+	entropyMu sync.Mutex
+	entropy   io.Reader
+
+	outboxWake chan struct{} // new outbox entries (capacity 1)
+	ackWake    chan struct{} // markers to send (capacity 1)
+
+	runMu  sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Open opens the device profile in dir, creating it if needed. The profile
+// holds the device's identity (after Register or Login) and its replica.
+func Open(dir string, opts ...Option) (*Device, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ferry: create profile directory: %w", err)
+	}
+	return open(dir, vfs.Default, opts)
+}
+
+// OpenMemory opens a device whose replica lives in memory: for tests and
+// ephemeral devices. Everything is lost on Close.
+func OpenMemory(opts ...Option) (*Device, error) { return open("replica", vfs.NewMem(), opts) }
+
+func open(dir string, fs vfs.FS, opts []Option) (*Device, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt.apply(&o)
+	}
+	db, err := kv.Open(fs.PathJoin(dir, "replica"), fs, o.logger)
+	if err != nil {
+		return nil, err
+	}
+	d := &Device{
+		opts:       o,
+		log:        o.logger,
+		db:         db,
+		convs:      map[ulid.ULID]*convRecord{},
+		states:     map[ulid.ULID]*model.State{},
+		subs:       map[*Subscription]struct{}{},
+		users:      map[ulid.ULID]userRecord{},
+		members:    map[ulid.ULID][]memberRecord{},
+		pending:    map[ulid.ULID]pendingRef{},
+		maxBody:    model.MaxBodyBytes,
+		entropy:    o.entropy,
+		outboxWake: make(chan struct{}, 1),
+		ackWake:    make(chan struct{}, 1),
+	}
+	if d.entropy == nil {
+		d.entropy = rand.Reader
+	}
+	if err := d.load(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// load reads the profile's small state into memory: credentials, position,
+// conversations, users.
+func (d *Device) load() error {
+	var c credentials
+	if ok, err := getJSON(d.db, metaKey("creds"), &c); err != nil {
+		return err
+	} else if ok {
+		d.creds = &c
+	}
+	if _, err := getJSON(d.db, metaKey("epoch"), &d.epoch); err != nil {
+		return err
+	}
+	if _, err := getJSON(d.db, metaKey("feedpos"), &d.feedPos); err != nil {
+		return err
+	}
+	err := scanPrefix(d.db, []byte{tConv}, func(k, v []byte) error {
+		var id ulid.ULID
+		copy(id[:], k[1:])
+		rec := &convRecord{}
+		if err := decodeJSON(v, rec); err != nil {
+			return err
+		}
+		d.convs[id] = rec
+		d.changed = max(d.changed, rec.Changed)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = scanPrefix(d.db, []byte{tUser}, func(k, v []byte) error {
+		var id ulid.ULID
+		copy(id[:], k[1:])
+		var u userRecord
+		if err := decodeJSON(v, &u); err != nil {
+			return err
+		}
+		d.users[id] = u
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = scanPrefix(d.db, []byte{tMembers}, func(k, v []byte) error {
+		var id ulid.ULID
+		copy(id[:], k[1:])
+		var ms []memberRecord
+		if err := decodeJSON(v, &ms); err != nil {
+			return err
+		}
+		d.members[id] = ms
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = scanPrefix(d.db, []byte{tOutbox}, func(k, v []byte) error {
+		var e outboxEntry
+		if err := decodeJSON(v, &e); err != nil {
+			return err
+		}
+		op, err := decodeOp(e.Op)
+		if err != nil {
+			return err
+		}
+		id, err := ulid.ParseStrict(op.GetId())
+		if err != nil {
+			return fmt.Errorf("%w: outbox op id: %v", errCorrupt, err)
+		}
+		conv, err := ulid.ParseStrict(e.Conv)
+		if err != nil {
+			return fmt.Errorf("%w: outbox conversation id: %v", errCorrupt, err)
+		}
+		d.pending[id] = pendingRef{local: binary.BigEndian.Uint64(k[1:]), conv: conv}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, t := range []byte{tOutbox, tFailed} {
+		it, err := d.db.Iter([]byte{t}, []byte{t + 1})
+		if err != nil {
+			return err
+		}
+		if it.Last() {
+			d.nextLocal = max(d.nextLocal, binary.BigEndian.Uint64(it.Key()[1:]))
+		}
+		if err := it.Close(); err != nil {
+			return err
+		}
+	}
+	d.status = Status{State: StateOffline}
+	return nil
+}
+
+// Close stops syncing and closes the replica. Pending ops stay in the
+// outbox and go out after the next Open and Start.
+func (d *Device) Close() error {
+	d.Stop()
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	for s := range d.subs {
+		s.closeLocked()
+	}
+	d.mu.Unlock()
+	return d.db.Close()
+}
+
+// Account is the identity of a signed-in device.
+type Account struct {
+	Server   string
+	User     ulid.ULID
+	Device   ulid.ULID
+	Username string
+}
+
+// ErrNotSignedIn is returned by calls that need an identity before Register
+// or Login.
+var ErrNotSignedIn = errors.New("ferry: this profile is not signed in: register or log in first")
+
+// Account returns the device's identity, or ErrNotSignedIn.
+func (d *Device) Account() (Account, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.creds == nil {
+		return Account{}, ErrNotSignedIn
+	}
+	return d.creds.account(), nil
+}
+
+func (c *credentials) account() Account {
+	return Account{
+		Server:   c.Server,
+		User:     ulid.MustParseStrict(c.User),
+		Device:   ulid.MustParseStrict(c.Device),
+		Username: c.Username,
+	}
+}
+
+func (d *Device) server() (string, error) {
+	if d.opts.server != "" {
+		return d.opts.server, nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.creds != nil && d.creds.Server != "" {
+		return d.creds.Server, nil
+	}
+	return "", errors.New("ferry: no server: pass WithServer")
+}
+
+// clients returns the RPC clients, authenticated when signed in.
+func (d *Device) clients() (ferryv1connect.AccountServiceClient, ferryv1connect.ConversationServiceClient, ferryv1connect.SyncServiceClient, error) {
+	url, err := d.server()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	hc := d.opts.httpClient
+	if hc == nil {
+		hc = defaultHTTPClient(url)
+	}
+	var ics []connect.ClientInterceptor
+	d.mu.Lock()
+	if d.creds != nil {
+		ics = append(ics, bearer(d.creds.Token))
+	}
+	d.mu.Unlock()
+	c := connect.NewClient(connecthttp.NewTransport(hc, url,
+		connecthttp.WithCompressors(compression.NewZstd(), compression.NewGzip()),
+		connecthttp.WithSendCompression("zstd"),
+		connecthttp.WithCompressMinBytes(256),
+		connecthttp.WithReadMaxBytes(64<<20),
+	), ics...)
+	return ferryv1connect.NewAccountServiceClient(c), ferryv1connect.NewConversationServiceClient(c), ferryv1connect.NewSyncServiceClient(c), nil
+}
+
+var (
+	h2cOnce sync.Once
+	h2c     *http.Client
+	h2Once  sync.Once
+	h2      *http.Client
+)
+
+// defaultHTTPClient speaks HTTP/2: h2c for http:// URLs, TLS otherwise.
+func defaultHTTPClient(url string) *http.Client {
+	if strings.HasPrefix(url, "http://") {
+		h2cOnce.Do(func() {
+			p := new(http.Protocols)
+			p.SetUnencryptedHTTP2(true)
+			h2c = &http.Client{Transport: &http.Transport{Protocols: p, DialContext: (&net.Dialer{}).DialContext}}
+		})
+		return h2c
+	}
+	h2Once.Do(func() {
+		h2 = &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12}}}
+	})
+	return h2
+}
+
+func bearer(token string) connect.ClientInterceptor {
+	return func(next connect.ClientFunc) connect.ClientFunc {
+		return func(ctx context.Context, spec connect.Spec) (connect.ClientStream, error) {
+			info, ok := connect.CallInfoForClientContext(ctx)
+			if !ok {
+				ctx, info = connect.NewClientContext(ctx)
+			}
+			info.RequestHeader().Set("Authorization", "Bearer "+token)
+			return next(ctx, spec)
+		}
+	}
+}
+
+// Register creates a user on the server with this device as its first, and
+// signs the profile in.
+func (d *Device) Register(ctx context.Context, username, password, deviceName string) error {
+	acc, _, _, err := d.clients()
+	if err != nil {
+		return err
+	}
+	resp, err := acc.Register(ctx, &ferryv1.RegisterRequest{Username: username, Password: password, DeviceName: deviceName})
+	if err != nil {
+		return fmt.Errorf("ferry: register %s: %w", username, err)
+	}
+	return d.signIn(resp.GetSession())
+}
+
+// Login adds this device to an existing user and signs the profile in.
+func (d *Device) Login(ctx context.Context, username, password, deviceName string) error {
+	acc, _, _, err := d.clients()
+	if err != nil {
+		return err
+	}
+	resp, err := acc.Login(ctx, &ferryv1.LoginRequest{Username: username, Password: password, DeviceName: deviceName})
+	if err != nil {
+		return fmt.Errorf("ferry: log in %s: %w", username, err)
+	}
+	return d.signIn(resp.GetSession())
+}
+
+func (d *Device) signIn(s *ferryv1.DeviceSession) error {
+	url, err := d.server()
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.creds != nil {
+		return errors.New("ferry: this profile is already signed in; log out first")
+	}
+	c := &credentials{Server: url, User: s.GetUserId(), Device: s.GetDeviceId(), Username: s.GetUsername(), Token: s.GetToken()}
+	b := d.db.NewBatch()
+	b.Set(metaKey("creds"), encodeJSON(c))
+	if err := d.db.Commit(b); err != nil {
+		return err
+	}
+	d.creds = c
+	return nil
+}
+
+// Logout revokes this device on the server and forgets its credentials.
+// The replica stays on disk; delete the profile directory to remove it.
+func (d *Device) Logout(ctx context.Context) error {
+	acc, _, _, err := d.clients()
+	if err != nil {
+		return err
+	}
+	a, err := d.Account()
+	if err != nil {
+		return err
+	}
+	d.Stop()
+	if _, err := acc.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: a.Device.String()}); err != nil &&
+		connect.CodeOf(err) != connect.CodeUnauthenticated {
+		return fmt.Errorf("ferry: log out: %w", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b := d.db.NewBatch()
+	b.Delete(metaKey("creds"))
+	if err := d.db.Commit(b); err != nil {
+		return err
+	}
+	d.creds = nil
+	return nil
+}
+
+// DeviceInfo is one of the user's devices.
+type DeviceInfo struct {
+	ID      ulid.ULID
+	Name    string
+	Current bool
+}
+
+// Devices lists the user's devices (from the server).
+func (d *Device) Devices(ctx context.Context) ([]DeviceInfo, error) {
+	acc, _, _, err := d.clients()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := acc.ListDevices(ctx, &ferryv1.ListDevicesRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("ferry: list devices: %w", err)
+	}
+	var out []DeviceInfo
+	for _, dv := range resp.GetDevices() {
+		id, err := ulid.ParseStrict(dv.GetId())
+		if err != nil {
+			return nil, fmt.Errorf("ferry: server sent device id %q: %w", dv.GetId(), err)
+		}
+		out = append(out, DeviceInfo{ID: id, Name: dv.GetName(), Current: dv.GetCurrent()})
+	}
+	return out, nil
+}
+
+// RevokeDevice revokes one of the user's other devices.
+func (d *Device) RevokeDevice(ctx context.Context, id ulid.ULID) error {
+	acc, _, _, err := d.clients()
+	if err != nil {
+		return err
+	}
+	if _, err := acc.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: id.String()}); err != nil {
+		return fmt.Errorf("ferry: revoke device %s: %w", id, err)
+	}
+	return nil
+}
+
+// User is another user's public profile.
+type User struct {
+	ID          ulid.ULID
+	Username    string
+	DisplayName string
+}
+
+// LookupUser finds a user by username (on the server).
+func (d *Device) LookupUser(ctx context.Context, username string) (User, error) {
+	acc, _, _, err := d.clients()
+	if err != nil {
+		return User{}, err
+	}
+	resp, err := acc.LookupUsers(ctx, &ferryv1.LookupUsersRequest{Usernames: []string{username}})
+	if err != nil {
+		return User{}, fmt.Errorf("ferry: look up %s: %w", username, err)
+	}
+	if len(resp.GetUsers()) == 0 {
+		return User{}, fmt.Errorf("ferry: no user named %q", username)
+	}
+	u := resp.GetUsers()[0]
+	id, err := ulid.ParseStrict(u.GetId())
+	if err != nil {
+		return User{}, fmt.Errorf("ferry: server sent user id %q: %w", u.GetId(), err)
+	}
+	d.rememberUser(id, u.GetUsername(), u.GetDisplayName())
+	return User{ID: id, Username: u.GetUsername(), DisplayName: u.GetDisplayName()}, nil
+}
+
+func (d *Device) rememberUser(id ulid.ULID, username, display string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
+	rec := userRecord{Username: username, DisplayName: display}
+	if d.users[id] == rec {
+		return
+	}
+	d.users[id] = rec
+	b := d.db.NewBatch()
+	b.Set(idKey(tUser, id), encodeJSON(rec))
+	if err := d.db.Commit(b); err != nil {
+		d.log.Warn("remember user", "err", err)
+	}
+}
+
+// newID returns a new op id from the clock and entropy.
+func (d *Device) newID() ulid.ULID {
+	d.entropyMu.Lock()
+	defer d.entropyMu.Unlock()
+	return ulid.MustNew(ulid.Timestamp(d.opts.clock.Now()), d.entropy)
+}

@@ -1,0 +1,268 @@
+package clientsdk_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/clientsdk"
+	"github.com/ferrysync/ferry/server/servertest"
+)
+
+var ctx = context.Background()
+
+// device opens an in-memory SDK device against srv, signs it in (a new user
+// unless login), starts it and closes it when the test ends.
+func device(t *testing.T, srv *servertest.Server, username string, login bool, opts ...clientsdk.Option) *clientsdk.Device {
+	t.Helper()
+	d, err := clientsdk.OpenMemory(append([]clientsdk.Option{clientsdk.WithServer(srv.URL), clientsdk.WithHTTPClient(srv.HTTP)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	if login {
+		err = d.Login(ctx, username, "correct horse", username+" laptop")
+	} else {
+		err = d.Register(ctx, username, "correct horse", username+" phone")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// waitFor waits, on the device's events, until cond holds.
+func waitFor(t *testing.T, d *clientsdk.Device, what string, cond func() bool) {
+	t.Helper()
+	sub := d.Subscribe(1024)
+	defer sub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for !cond() {
+		select {
+		case _, ok := <-sub.C():
+			if !ok {
+				t.Fatalf("device closed while waiting for %s", what)
+			}
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s (status %+v)", what, d.Status())
+		}
+	}
+}
+
+func messages(t *testing.T, d *clientsdk.Device, conv ulid.ULID) []clientsdk.Message {
+	t.Helper()
+	p, err := d.Messages(conv, clientsdk.PageOptions{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Reverse(p.Messages) // oldest first, for assertions
+	return p.Messages
+}
+
+func texts(ms []clientsdk.Message) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.Text()
+	}
+	return out
+}
+
+func has(t *testing.T, d *clientsdk.Device, conv ulid.ULID, want ...string) func() bool {
+	return func() bool {
+		p, err := d.Messages(conv, clientsdk.PageOptions{Limit: 1000})
+		if err != nil {
+			return false
+		}
+		slices.Reverse(p.Messages)
+		return slices.Equal(texts(p.Messages), want)
+	}
+}
+
+func status(t *testing.T, d *clientsdk.Device, conv, msg ulid.ULID) clientsdk.MessageStatus {
+	t.Helper()
+	for _, m := range messages(t, d, conv) {
+		if m.ID == msg {
+			return m.Status
+		}
+	}
+	t.Fatalf("message %s not found", msg)
+	return 0
+}
+
+func lookup(t *testing.T, d *clientsdk.Device, username string) ulid.ULID {
+	t.Helper()
+	u, err := d.LookupUser(ctx, username)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.ID
+}
+
+func TestSendStatusesAndReceive(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := device(t, srv, "alice", false), device(t, srv, "bob", false)
+	conv, err := alice.CreateConversation(ctx, "lunch", lookup(t, alice, "bob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := alice.SendText(ctx, conv, "pizza?")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not started yet: the message waits in the outbox, visible as pending.
+	if got := status(t, alice, conv, msg); got != clientsdk.StatusPending {
+		t.Fatalf("before start: %v, want pending", got)
+	}
+	if st := alice.Status(); st.Pending != 3 || st.State != clientsdk.StateOffline {
+		t.Fatalf("status %+v: want 3 pending ops (create, add, message), offline", st)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, bob, "bob receives the message", has(t, bob, conv, "pizza?"))
+	waitFor(t, alice, "alice sees it delivered", func() bool { return status(t, alice, conv, msg) == clientsdk.StatusDelivered })
+	c, err := bob.Conversation(conv)
+	if err != nil || c.Title != "lunch" || c.Unread != 1 || c.LastMessage.Text() != "pizza?" {
+		t.Fatalf("bob's conversation: %+v %v", c, err)
+	}
+	if err := bob.MarkRead(ctx, conv, 0); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := bob.Conversation(conv); c.Unread != 0 {
+		t.Fatalf("unread after reading: %d", c.Unread)
+	}
+	waitFor(t, alice, "alice sees it read", func() bool { return status(t, alice, conv, msg) == clientsdk.StatusRead })
+	if st := alice.Status(); st.Pending != 0 || st.State != clientsdk.StateLive {
+		t.Fatalf("alice's status %+v: want live with an empty outbox", st)
+	}
+}
+
+func TestOfflineSendsGoOutInOrder(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := device(t, srv, "alice", false), device(t, srv, "bob", false)
+	conv, _ := alice.CreateConversation(ctx, "c", lookup(t, alice, "bob"))
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "the conversation is created", func() bool { return alice.Status().Pending == 0 })
+	alice.Stop() // offline
+	var want []string
+	for i := range 20 {
+		want = append(want, fmt.Sprint(i))
+		if _, err := alice.SendText(ctx, conv, want[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := texts(messages(t, alice, conv)); !slices.Equal(got, want) {
+		t.Fatalf("offline view %v", got)
+	}
+	if err := bob.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, bob, "bob receives all 20 in order", has(t, bob, conv, want...))
+	for i, m := range messages(t, bob, conv) {
+		if m.Seq != uint64(i+3) {
+			t.Fatalf("message %d has seq %d: sent out of order", i, m.Seq)
+		}
+	}
+}
+
+func TestRefusedOpIsReportedAndLaterOpsRenumbered(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := device(t, srv, "alice", false), device(t, srv, "bob", false)
+	conv, _ := alice.CreateConversation(ctx, "c", lookup(t, alice, "bob"))
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, bob, "bob has the conversation", func() bool { _, err := bob.Conversation(conv); return err == nil })
+	sub := bob.Subscribe(1024)
+	defer sub.Close()
+	bob.Stop()
+	// A member may not set the title: refused. The messages after it were
+	// numbered past it and must be renumbered, then accepted.
+	title, _ := bob.SetTitle(ctx, conv, "mine now")
+	bob.SendText(ctx, conv, "one")
+	bob.SendText(ctx, conv, "two")
+	if err := bob.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "alice receives bob's messages", has(t, alice, conv, "one", "two"))
+	var failed *clientsdk.OpFailed
+	for failed == nil {
+		if ev, ok := (<-sub.C()).(clientsdk.OpFailed); ok {
+			failed = &ev
+		}
+	}
+	if failed.Op != title || failed.Reason != "PERMISSION_DENIED" {
+		t.Fatalf("failure event %+v", failed)
+	}
+	fs, _ := bob.Failed()
+	if len(fs) != 1 || fs[0].Op != title {
+		t.Fatalf("failed list %+v", fs)
+	}
+	if c, _ := alice.Conversation(conv); c.Title != "c" {
+		t.Fatalf("title became %q", c.Title)
+	}
+}
+
+func TestReadOnOneDeviceClearsUnreadOnTheOther(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	phone := device(t, srv, "bob", false)
+	laptop := device(t, srv, "bob", true)
+	conv, _ := alice.CreateConversation(ctx, "c", lookup(t, alice, "bob"))
+	alice.SendText(ctx, conv, "hi")
+	alice.SendText(ctx, conv, "are you there?")
+	for _, d := range []*clientsdk.Device{alice, phone, laptop} {
+		if err := d.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unread := func(d *clientsdk.Device, want uint64) func() bool {
+		return func() bool { c, err := d.Conversation(conv); return err == nil && c.Unread == want && c.Head == 4 }
+	}
+	waitFor(t, laptop, "the laptop shows 2 unread", unread(laptop, 2))
+	waitFor(t, phone, "the phone shows 2 unread", unread(phone, 2))
+	// Reading means reading what is shown: wait until the phone holds it.
+	waitFor(t, phone, "the phone holds the messages", has(t, phone, conv, "hi", "are you there?"))
+	if err := phone.MarkRead(ctx, conv, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, laptop, "the laptop clears its unread count", unread(laptop, 0))
+}
+
+func TestRevokedDeviceStopsWithATerminalError(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	phone := device(t, srv, "bob", false)
+	laptop := device(t, srv, "bob", true)
+	if err := laptop.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, laptop, "the laptop is live", func() bool { return laptop.Status().State == clientsdk.StateLive })
+	a, _ := laptop.Account()
+	if err := phone.RevokeDevice(ctx, a.Device); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, laptop, "the laptop stops", func() bool { return laptop.Status().State == clientsdk.StateFailed })
+	if err := laptop.Status().Err; connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("terminal error %v, want unauthenticated", err)
+	}
+	var te *clientsdk.TerminalError
+	_ = errors.As(laptop.Status().Err, &te)
+}

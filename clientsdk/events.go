@@ -1,0 +1,182 @@
+package clientsdk
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// State is where a device stands with the server.
+type State int
+
+// The states of a device.
+const (
+	// StateOffline: not connected; it will retry at Status.RetryAt if
+	// syncing is started.
+	StateOffline State = iota
+	// StateConnecting: opening a session.
+	StateConnecting
+	// StateCatchingUp: receiving what it missed; see the progress counts.
+	StateCatchingUp
+	// StateLive: caught up; new ops arrive as they are committed.
+	StateLive
+	// StateFailed: a terminal error (such as a revoked device) stopped
+	// syncing; Status.Err says which. Pending ops stay in the outbox.
+	StateFailed
+)
+
+func (s State) String() string {
+	switch s {
+	case StateOffline:
+		return "offline"
+	case StateConnecting:
+		return "connecting"
+	case StateCatchingUp:
+		return "catching up"
+	case StateLive:
+		return "live"
+	case StateFailed:
+		return "failed"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// Status describes the device's connection and catch-up.
+type Status struct {
+	State State
+	// Catch-up progress: conversations changed, and ops to receive and
+	// received so far.
+	Conversations int
+	OpsTotal      uint64
+	OpsReceived   uint64
+	// Pending is the number of ops in the outbox.
+	Pending int
+	// Err is the last connection error: retryable in StateOffline, terminal
+	// in StateFailed.
+	Err error
+	// RetryAt is when an offline device reconnects.
+	RetryAt time.Time
+}
+
+// Event is something that changed. Its concrete types are
+// StatusChanged, ConversationChanged, MessagesChanged, OpFailed and
+// Overflow.
+type Event interface{ isEvent() }
+
+// StatusChanged: the connection state or catch-up progress moved.
+type StatusChanged struct{ Status Status }
+
+// ConversationChanged: a conversation's title, membership, unread count
+// or receipts changed, or it appeared.
+type ConversationChanged struct{ Conv ulid.ULID }
+
+// MessagesChanged: messages of a conversation arrived or changed (edits,
+// deletes, reactions, the status of sent messages).
+type MessagesChanged struct {
+	Conv ulid.ULID
+	IDs  []ulid.ULID // the ops that arrived or changed
+}
+
+// OpFailed: the server refused an op for good; it left the outbox. Reason
+// is the server's reject reason (such as "PERMISSION_DENIED").
+type OpFailed struct {
+	Conv    ulid.ULID
+	Op      ulid.ULID
+	Reason  string
+	Message string
+}
+
+// Overflow: the subscriber fell behind and events were dropped; re-read
+// whatever it shows.
+type Overflow struct{}
+
+func (StatusChanged) isEvent()       {}
+func (ConversationChanged) isEvent() {}
+func (MessagesChanged) isEvent()     {}
+func (OpFailed) isEvent()            {}
+func (Overflow) isEvent()            {}
+
+// Subscription receives a device's events. Its buffer is bounded: a
+// subscriber that falls behind never slows syncing; it loses events and
+// receives Overflow once it catches up. Safe for concurrent use.
+type Subscription struct {
+	d        *Device
+	c        chan Event
+	overflow bool // guarded by d.mu
+	closed   bool
+}
+
+// Subscribe returns a subscription with room for buffer events (at least
+// 16).
+func (d *Device) Subscribe(buffer int) *Subscription {
+	s := &Subscription{d: d, c: make(chan Event, max(buffer, 16))}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		close(s.c)
+		s.closed = true
+		return s
+	}
+	d.subs[s] = struct{}{}
+	return s
+}
+
+// C is the channel of events; it is closed by Close and when the device
+// closes.
+func (s *Subscription) C() <-chan Event { return s.c }
+
+// Close stops the subscription.
+func (s *Subscription) Close() {
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	s.closeLocked()
+}
+
+func (s *Subscription) closeLocked() {
+	if !s.closed {
+		s.closed = true
+		delete(s.d.subs, s)
+		close(s.c)
+	}
+}
+
+// emit sends events to every subscriber without blocking. d.mu is held.
+func (d *Device) emit(evs ...Event) {
+	for s := range d.subs {
+		for _, ev := range evs {
+			if s.overflow {
+				select {
+				case s.c <- Overflow{}:
+					s.overflow = false
+				default:
+					continue
+				}
+			}
+			select {
+			case s.c <- ev:
+			default:
+				s.overflow = true
+			}
+		}
+	}
+}
+
+// Status returns the device's connection status.
+func (d *Device) Status() Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.statusLocked()
+}
+
+func (d *Device) statusLocked() Status {
+	st := d.status
+	st.Pending = len(d.pending)
+	return st
+}
+
+// setStatus changes the status and tells subscribers. d.mu is held.
+func (d *Device) setStatus(f func(*Status)) {
+	f(&d.status)
+	d.emit(StatusChanged{Status: d.statusLocked()})
+}

@@ -1,0 +1,137 @@
+// Package kv is the SDK's thin layer over Pebble: a local key-value store
+// whose batch commits are synced, so that what the SDK records (its outbox
+// above all) survives the process being killed. It knows nothing of Ferry.
+//
+// A DB is safe for concurrent use; a Batch and an Iter are not.
+package kv
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// ErrNotFound is returned by Get for a missing key.
+var ErrNotFound = errors.New("not found")
+
+// DB is an open local store.
+type DB struct {
+	db *pebble.DB
+}
+
+// Open opens or creates the store in dir on fs (vfs.Default for disk,
+// vfs.NewMem() for a store that lives in memory).
+func Open(dir string, fs vfs.FS, log *slog.Logger) (*DB, error) {
+	cache := pebble.NewCache(8 << 20)
+	defer cache.Unref()
+	db, err := pebble.Open(dir, &pebble.Options{
+		FS:                 fs,
+		Cache:              cache,
+		MemTableSize:       8 << 20,
+		FormatMajorVersion: pebble.FormatNewest,
+		Logger:             logger{log},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open local store in %s: %w", dir, err)
+	}
+	return &DB{db: db}, nil
+}
+
+type logger struct{ l *slog.Logger }
+
+func (l logger) Infof(format string, args ...any) {
+	l.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (l logger) Errorf(format string, args ...any) {
+	l.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+// Fatalf: the local store cannot go on; the SDK panics rather than record
+// an outbox it cannot keep. Pebble calls it only on unrecoverable disk
+// errors.
+func (l logger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf("ferry: local store failed: "+format, args...))
+}
+
+// Close closes the store.
+func (d *DB) Close() error { return d.db.Close() }
+
+// Get returns a copy of key's value, or ErrNotFound.
+func (d *DB) Get(key []byte) ([]byte, error) {
+	v, c, err := d.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := append([]byte(nil), v...)
+	_ = c.Close()
+	return out, nil
+}
+
+// Batch collects writes for one atomic, synced commit.
+type Batch struct{ b *pebble.Batch }
+
+// NewBatch returns an empty batch.
+func (d *DB) NewBatch() *Batch { return &Batch{b: d.db.NewBatch()} }
+
+// Set writes key = value (both copied).
+func (b *Batch) Set(key, value []byte) { _ = b.b.Set(key, value, nil) }
+
+// Delete deletes key.
+func (b *Batch) Delete(key []byte) { _ = b.b.Delete(key, nil) }
+
+// DeleteRange deletes the keys in [lower, upper).
+func (b *Batch) DeleteRange(lower, upper []byte) { _ = b.b.DeleteRange(lower, upper, nil) }
+
+// Empty reports whether the batch holds no writes.
+func (b *Batch) Empty() bool { return b.b.Empty() }
+
+// Commit writes the batch and syncs it to disk.
+func (d *DB) Commit(b *Batch) error {
+	defer b.b.Close()
+	if b.b.Empty() {
+		return nil
+	}
+	return b.b.Commit(pebble.Sync)
+}
+
+// Iter iterates over keys in [lower, upper).
+type Iter struct{ it *pebble.Iterator }
+
+// Iter returns an iterator over [lower, upper).
+func (d *DB) Iter(lower, upper []byte) (*Iter, error) {
+	it, err := d.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return nil, err
+	}
+	return &Iter{it: it}, nil
+}
+
+// First moves to the first key.
+func (i *Iter) First() bool { return i.it.First() }
+
+// Last moves to the last key.
+func (i *Iter) Last() bool { return i.it.Last() }
+
+// Next moves to the next key.
+func (i *Iter) Next() bool { return i.it.Next() }
+
+// Prev moves to the previous key.
+func (i *Iter) Prev() bool { return i.it.Prev() }
+
+// Key is the current key, valid until the iterator moves.
+func (i *Iter) Key() []byte { return i.it.Key() }
+
+// Value is the current value, valid until the iterator moves.
+func (i *Iter) Value() ([]byte, error) { return i.it.ValueAndErr() }
+
+// Close closes the iterator.
+func (i *Iter) Close() error { return i.it.Close() }
+
+var _ io.Closer = (*Iter)(nil)

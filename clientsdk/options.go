@@ -1,0 +1,83 @@
+package clientsdk
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/ferrysync/ferry/internal/clock"
+)
+
+// Clock tells the time and makes timers; tests pass a fake one to drive
+// reconnect backoff and heartbeats without sleeping.
+type Clock = clock.Clock
+
+// Timer is a timer made by a Clock.
+type Timer = clock.Timer
+
+// Option configures a Device.
+type Option interface{ apply(*options) }
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+type options struct {
+	server     string
+	httpClient *http.Client
+	logger     *slog.Logger
+	clock      Clock
+	entropy    io.Reader
+	pageSize   int
+	minBackoff time.Duration
+	maxBackoff time.Duration
+	heartbeat  time.Duration
+	client     string
+}
+
+func defaultOptions() options {
+	return options{
+		logger:     slog.New(slog.DiscardHandler),
+		clock:      clock.Real{},
+		pageSize:   50,
+		minBackoff: 250 * time.Millisecond,
+		maxBackoff: 30 * time.Second,
+		heartbeat:  20 * time.Second,
+		client:     "ferry-go-sdk/1",
+	}
+}
+
+// WithServer sets the server's base URL, such as "http://127.0.0.1:8080".
+// Register and Login remember it in the profile; it is needed only the first
+// time or to move a profile to another server.
+func WithServer(url string) Option { return optionFunc(func(o *options) { o.server = url }) }
+
+// WithHTTPClient sets the HTTP client. The default speaks HTTP/2 without TLS
+// (h2c) to http:// URLs and HTTP/2 over TLS to https:// URLs.
+func WithHTTPClient(c *http.Client) Option { return optionFunc(func(o *options) { o.httpClient = c }) }
+
+// WithLogger sets the logger. The default discards logs.
+func WithLogger(l *slog.Logger) Option { return optionFunc(func(o *options) { o.logger = l }) }
+
+// WithClock sets the clock used for backoff, heartbeats and op id times.
+// The default is the system clock.
+func WithClock(c Clock) Option { return optionFunc(func(o *options) { o.clock = c }) }
+
+// WithEntropy sets the randomness of op ids. The default is crypto/rand.
+func WithEntropy(r io.Reader) Option { return optionFunc(func(o *options) { o.entropy = r }) }
+
+// WithPageSize sets how many of the newest ops of each changed conversation
+// a catch-up fetches before backfilling older ones. Default 50; 0 catches up
+// strictly in seq order.
+func WithPageSize(n int) Option { return optionFunc(func(o *options) { o.pageSize = n }) }
+
+// WithBackoff sets the reconnect backoff: it starts at min and doubles up
+// to max, with jitter. Defaults 250ms and 30s.
+func WithBackoff(min, max time.Duration) Option {
+	return optionFunc(func(o *options) { o.minBackoff, o.maxBackoff = min, max })
+}
+
+// WithHeartbeat sets how often the device sends a heartbeat on an idle
+// session. Default 20s; it must stay under the server's heartbeat interval.
+func WithHeartbeat(d time.Duration) Option { return optionFunc(func(o *options) { o.heartbeat = d }) }

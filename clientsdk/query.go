@@ -1,0 +1,483 @@
+package clientsdk
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/wire"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+)
+
+// Conversation is a conversation as the device shows it.
+type Conversation struct {
+	ID      ulid.ULID
+	Title   string
+	Role    Role // RoleNone once removed
+	Removed bool
+	Unread  uint64
+	Members int
+	// Head is the highest seq the device knows of.
+	Head uint64
+	// LastMessage is the newest message held (or pending), if any.
+	LastMessage *Message
+	// Loading says older messages are still arriving: the replica holds the
+	// newest ones but has holes below them.
+	Loading bool
+}
+
+// MessageStatus is where a message stands.
+type MessageStatus int
+
+// The statuses. Messages from others are Received.
+const (
+	StatusReceived  MessageStatus = iota // someone else's message
+	StatusPending                        // in the outbox, not yet accepted
+	StatusSent                           // accepted by the server: it has a seq
+	StatusDelivered                      // on a device of every other member
+	StatusRead                           // read by every other member
+	StatusFailed                         // refused by the server (see Failed)
+)
+
+func (s MessageStatus) String() string {
+	switch s {
+	case StatusReceived:
+		return "received"
+	case StatusPending:
+		return "pending"
+	case StatusSent:
+		return "sent"
+	case StatusDelivered:
+		return "delivered"
+	case StatusRead:
+		return "read"
+	case StatusFailed:
+		return "failed"
+	}
+	return fmt.Sprintf("status(%d)", int(s))
+}
+
+// Message is a message with everything later ops did to it.
+type Message struct {
+	ID          ulid.ULID
+	Conv        ulid.ULID
+	Seq         uint64 // 0 while pending
+	Author      ulid.ULID
+	AuthorName  string // the author's username, when known
+	Device      ulid.ULID
+	Sent        time.Time // the author's clock, from the op id
+	ContentType string
+	Body        []byte // the latest edit's body; nil once deleted
+	Edited      bool
+	Deleted     bool
+	Reactions   []model.ReactionView
+	Status      MessageStatus
+	// ReadBy lists the other members who read it (small conversations).
+	ReadBy []ulid.ULID
+}
+
+// Text returns the body as a string.
+func (m *Message) Text() string { return string(m.Body) }
+
+// Conversations lists the conversations, most recently changed first.
+func (d *Device) Conversations() ([]Conversation, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ids := make([]ulid.ULID, 0, len(d.convs))
+	for id := range d.convs {
+		ids = append(ids, id)
+	}
+	slices.SortFunc(ids, func(a, b ulid.ULID) int {
+		if c := cmp.Compare(d.convs[b].Changed, d.convs[a].Changed); c != 0 {
+			return c
+		}
+		return a.Compare(b)
+	})
+	out := make([]Conversation, 0, len(ids))
+	for _, id := range ids {
+		c, err := d.conversationLocked(id)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// Conversation returns one conversation.
+func (d *Device) Conversation(id ulid.ULID) (Conversation, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.convs[id] == nil {
+		return Conversation{}, fmt.Errorf("%w: %s", ErrUnknownConversation, id)
+	}
+	return d.conversationLocked(id)
+}
+
+func (d *Device) conversationLocked(id ulid.ULID) (Conversation, error) {
+	rec := d.convs[id]
+	c := Conversation{
+		ID: id, Title: rec.Title, Role: Role(rec.Role), Removed: rec.Removed,
+		Unread: rec.Unread, Members: int(rec.Members), Head: max(rec.Head, rec.maxHeld()),
+	}
+	if rec.ReadWanted >= rec.Head || rec.Read >= rec.Head {
+		c.Unread = 0 // read here, or on another device, since the server counted
+	}
+	msgs, err := d.messagesLocked(id)
+	if err != nil {
+		return c, err
+	}
+	if n := len(msgs); n > 0 {
+		last := msgs[n-1]
+		c.LastMessage = &last
+		if last.Seq > 0 {
+			c.Loading = rec.missingBelow(last.Seq) || rec.missingBelow(c.Head+1)
+		}
+	}
+	return c, nil
+}
+
+// Page is a page of messages, newest first.
+type Page struct {
+	Messages []Message
+	// More says older messages are held locally: ask for the next page
+	// with Before set to the oldest seq of this one.
+	More bool
+	// OlderLoading says older messages are still arriving (a hole below the
+	// page): show "older messages loading", not the start of the
+	// conversation.
+	OlderLoading bool
+}
+
+// PageOptions select a page of Messages.
+type PageOptions struct {
+	// Limit is the page size; 0 means 50.
+	Limit int
+	// Before returns messages with a seq below it (pending messages only on
+	// the first page, when Before is 0).
+	Before uint64
+}
+
+// Messages returns a page of conv's messages, newest first: the messages
+// held, then (on the first page) the pending ones, with edits, deletions,
+// reactions and the status of the user's own.
+func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
+	if opts.Limit <= 0 {
+		opts.Limit = 50
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rec := d.convs[conv]
+	if rec == nil {
+		return Page{}, fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
+	}
+	all, err := d.messagesLocked(conv)
+	if err != nil {
+		return Page{}, err
+	}
+	var page Page
+	for i := len(all) - 1; i >= 0 && len(page.Messages) < opts.Limit; i-- {
+		m := all[i]
+		if opts.Before != 0 && (m.Seq == 0 || m.Seq >= opts.Before) {
+			continue
+		}
+		page.Messages = append(page.Messages, m)
+	}
+	if n := len(page.Messages); n > 0 {
+		oldest := page.Messages[n-1]
+		page.More = oldest.Seq > 0 && slices.IndexFunc(all, func(m Message) bool { return m.Seq > 0 && m.Seq < oldest.Seq }) >= 0
+		if oldest.Seq > 0 {
+			page.OlderLoading = rec.missingBelow(oldest.Seq)
+		}
+	} else {
+		page.OlderLoading = rec.missingBelow(max(opts.Before, rec.Head+1))
+	}
+	return page, nil
+}
+
+// messagesLocked returns conv's messages in seq order, pending ones last.
+// d.mu is held.
+func (d *Device) messagesLocked(conv ulid.ULID) ([]Message, error) {
+	s, err := d.state(conv)
+	if err != nil {
+		return nil, err
+	}
+	rec := d.convs[conv]
+	var me ulid.ULID
+	if d.creds != nil {
+		me = ulid.MustParseStrict(d.creds.User)
+	}
+	views := s.Messages()
+	out := make([]Message, 0, len(views))
+	byID := make(map[ulid.ULID]int, len(views))
+	for _, v := range views {
+		m := Message{ID: v.ID, Conv: conv, Seq: v.Seq, Author: v.User, Device: v.Device, Sent: ulid.Time(v.ID.Time()),
+			ContentType: v.ContentType, Body: v.Body, Edited: v.Edited, Deleted: v.Deleted, Reactions: v.Reactions}
+		m.AuthorName = d.users[v.User].Username
+		if v.User == me {
+			m.Status = ownStatus(rec, v.Seq)
+		}
+		for _, r := range rec.Receipts {
+			if r.Read >= v.Seq {
+				if u, err := ulid.ParseStrict(r.User); err == nil {
+					m.ReadBy = append(m.ReadBy, u)
+				}
+			}
+		}
+		byID[v.ID] = len(out)
+		out = append(out, m)
+	}
+	// Pending ops, in outbox order: messages appear; edits, deletes and
+	// reactions show on their targets.
+	pend, err := d.pendingOps(conv)
+	if err != nil {
+		return nil, err
+	}
+	for _, op := range pend {
+		switch op.Kind {
+		case model.KindMessage:
+			byID[op.ID] = len(out)
+			out = append(out, Message{ID: op.ID, Conv: conv, Author: me, AuthorName: d.users[me].Username, Device: op.Dot.Device,
+				Sent: ulid.Time(op.ID.Time()), ContentType: op.ContentType, Body: op.Body, Status: StatusPending})
+		case model.KindEdit:
+			if i, ok := byID[op.Target]; ok && !out[i].Deleted {
+				out[i].Body, out[i].ContentType, out[i].Edited = op.Body, op.ContentType, true
+			}
+		case model.KindDelete:
+			if i, ok := byID[op.Target]; ok {
+				out[i].Body, out[i].ContentType, out[i].Deleted = nil, "", true
+			}
+		case model.KindReactionAdd, model.KindReactionRemove:
+			if i, ok := byID[op.Target]; ok {
+				out[i].Reactions = react(out[i].Reactions, op.ReactionKey, me, op.Kind == model.KindReactionAdd)
+			}
+		}
+	}
+	// Messages the server refused stay visible, marked failed.
+	err = scanPrefix(d.db, []byte{tFailed}, func(_, v []byte) error {
+		var e failedEntry
+		if err := decodeJSON(v, &e); err != nil || e.Conv != conv.String() {
+			return err
+		}
+		p, err := decodeOp(e.Op)
+		if err != nil {
+			return err
+		}
+		if op, err := wire.Op("op", conv, p); err == nil && op.Kind == model.KindMessage {
+			out = append(out, Message{ID: op.ID, Conv: conv, Author: me, AuthorName: d.users[me].Username, Device: op.Dot.Device,
+				Sent: ulid.Time(op.ID.Time()), ContentType: op.ContentType, Body: op.Body, Status: StatusFailed})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ownStatus derives a sent message's status from the other members'
+// markers (known in conversations small enough for receipts).
+func ownStatus(rec *convRecord, seq uint64) MessageStatus {
+	if len(rec.Receipts) == 0 {
+		return StatusSent
+	}
+	delivered, read := true, true
+	for _, r := range rec.Receipts {
+		delivered = delivered && r.Delivered >= seq
+		read = read && r.Read >= seq
+	}
+	switch {
+	case read:
+		return StatusRead
+	case delivered:
+		return StatusDelivered
+	}
+	return StatusSent
+}
+
+func react(rs []model.ReactionView, key string, user ulid.ULID, add bool) []model.ReactionView {
+	rs = slices.Clone(rs)
+	i := slices.IndexFunc(rs, func(r model.ReactionView) bool { return r.Key == key })
+	if i < 0 {
+		if add {
+			rs = append(rs, model.ReactionView{Key: key, Users: []ulid.ULID{user}})
+		}
+		return rs
+	}
+	users := slices.DeleteFunc(slices.Clone(rs[i].Users), func(u ulid.ULID) bool { return u == user })
+	if add {
+		users = append(users, user)
+		slices.SortFunc(users, ulid.ULID.Compare)
+	}
+	rs[i].Users = users
+	if len(users) == 0 {
+		rs = slices.Delete(rs, i, i+1)
+	}
+	return rs
+}
+
+// pendingOps returns conv's outbox ops in order. d.mu is held.
+func (d *Device) pendingOps(conv ulid.ULID) ([]model.Op, error) {
+	var locals []uint64
+	for _, ref := range d.pending {
+		if ref.conv == conv {
+			locals = append(locals, ref.local)
+		}
+	}
+	slices.Sort(locals)
+	out := make([]model.Op, 0, len(locals))
+	for _, l := range locals {
+		_, p, err := d.outboxOp(l)
+		if err != nil {
+			return nil, err
+		}
+		op, err := wire.Op("op", conv, p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, op)
+	}
+	return out, nil
+}
+
+// state returns conv's folded state, building it from the replica on first
+// use. d.mu is held.
+func (d *Device) state(conv ulid.ULID) (*model.State, error) {
+	if s := d.states[conv]; s != nil {
+		return s, nil
+	}
+	s := model.NewState(conv)
+	err := scanPrefix(d.db, idKey(tOp, conv), func(_, v []byte) error {
+		p, err := decodeOp(v)
+		if err != nil {
+			return err
+		}
+		op, err := wire.Op("op", conv, p)
+		if err != nil {
+			return err
+		}
+		s.Apply(&op)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.states[conv] = s
+	return s, nil
+}
+
+// Member is a member of a conversation.
+type Member struct {
+	User
+	Role Role
+}
+
+// Members returns conv's current members. It asks the server (which also
+// teaches the device the members' usernames) and falls back to what the
+// replica knows when offline.
+func (d *Device) Members(ctx context.Context, conv ulid.ULID) ([]Member, error) {
+	if _, cs, _, err := d.clients(); err == nil {
+		resp, err := cs.GetConversation(ctx, &ferryv1.GetConversationRequest{ConversationId: conv.String()})
+		if err == nil {
+			var ms []memberRecord
+			for _, m := range resp.GetMembers() {
+				if id, err := ulid.ParseStrict(m.GetUserId()); err == nil {
+					d.rememberUser(id, m.GetUsername(), m.GetDisplayName())
+				}
+				ms = append(ms, memberRecord{User: m.GetUserId(), Role: m.GetRole()})
+			}
+			d.mu.Lock()
+			d.members[conv] = ms
+			b := d.db.NewBatch()
+			b.Set(idKey(tMembers, conv), encodeJSON(ms))
+			err := d.db.Commit(b)
+			d.mu.Unlock()
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []Member
+	if ms, ok := d.members[conv]; ok {
+		for _, m := range ms {
+			id := ulid.MustParseStrict(m.User)
+			u := d.users[id]
+			out = append(out, Member{User: User{ID: id, Username: u.Username, DisplayName: u.DisplayName}, Role: Role(m.Role)})
+		}
+		return out, nil
+	}
+	s, err := d.state(conv)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range s.Members() {
+		u := d.users[m.User]
+		out = append(out, Member{User: User{ID: m.User, Username: u.Username, DisplayName: u.DisplayName}, Role: m.Role})
+	}
+	return out, nil
+}
+
+// Pending is an op waiting in the outbox.
+type Pending struct {
+	Conv ulid.ULID
+	Op   ulid.ULID
+	Kind string
+}
+
+// Outbox lists the ops waiting to be accepted, oldest first.
+func (d *Device) Outbox() ([]Pending, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []Pending
+	err := scanPrefix(d.db, []byte{tOutbox}, func(_, v []byte) error {
+		var e outboxEntry
+		if err := decodeJSON(v, &e); err != nil {
+			return err
+		}
+		p, err := decodeOp(e.Op)
+		if err != nil {
+			return err
+		}
+		conv := ulid.MustParseStrict(e.Conv)
+		op, err := wire.Op("op", conv, p)
+		if err != nil {
+			return err
+		}
+		out = append(out, Pending{Conv: conv, Op: op.ID, Kind: op.Kind.String()})
+		return nil
+	})
+	return out, err
+}
+
+// FailedOp is an op the server refused for good.
+type FailedOp struct {
+	Conv    ulid.ULID
+	Op      ulid.ULID
+	Reason  string
+	Message string
+}
+
+// Failed lists the ops the server refused, oldest first.
+func (d *Device) Failed() ([]FailedOp, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []FailedOp
+	err := scanPrefix(d.db, []byte{tFailed}, func(_, v []byte) error {
+		var e failedEntry
+		if err := decodeJSON(v, &e); err != nil {
+			return err
+		}
+		p, err := decodeOp(e.Op)
+		if err != nil {
+			return err
+		}
+		out = append(out, FailedOp{Conv: ulid.MustParseStrict(e.Conv), Op: ulid.MustParseStrict(p.GetId()),
+			Reason: reasonName(ferryv1.RejectReason(ferryv1.RejectReason_value[e.Reason])), Message: e.Message})
+		return nil
+	})
+	return out, err
+}

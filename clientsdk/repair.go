@@ -1,0 +1,121 @@
+package clientsdk
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/wire"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+)
+
+// repairAll runs after the server says its store was replaced or restored
+// (a new epoch). The replica's seqs belong to the old history, so:
+//
+//  1. for every conversation, compare version vectors with the server
+//     (Repair) and push back the ops of this user that the server lost;
+//  2. forget every seq-ordered op and position, keeping the outbox and the
+//     device's dot counters;
+//  3. start over in the new epoch: the next session downloads the
+//     conversations afresh, in the server's new order.
+//
+// It is heavy, and rare: it runs only when an operator restored a backup.
+func (d *Device) repairAll(ctx context.Context, sc ferryv1connect.SyncServiceClient, epoch string) error {
+	d.mu.Lock()
+	me := d.creds.User
+	convs := make([]ulid.ULID, 0, len(d.convs))
+	for id, c := range d.convs {
+		if !c.Removed {
+			convs = append(convs, id)
+		}
+	}
+	d.mu.Unlock()
+	for _, conv := range convs {
+		if err := d.repairConv(ctx, sc, conv, me); err != nil {
+			return err
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b := d.db.NewBatch()
+	for _, t := range []byte{tOp, tOpID, tEdit} {
+		b.DeleteRange([]byte{t}, []byte{t + 1})
+	}
+	for id, c := range d.convs {
+		*c = convRecord{NextDot: c.NextDot, Title: c.Title, Role: c.Role, Removed: c.Removed, Changed: c.Changed}
+		b.Set(idKey(tConv, id), encodeJSON(c))
+	}
+	b.Set(metaKey("epoch"), encodeJSON(epoch))
+	b.Set(metaKey("feedpos"), encodeJSON(uint64(0)))
+	if err := d.db.Commit(b); err != nil {
+		return err
+	}
+	d.epoch, d.feedPos = epoch, 0
+	d.states = map[ulid.ULID]*model.State{}
+	d.log.Info("repaired after a server restore; downloading again", "conversations", len(convs), "epoch", epoch)
+	return nil
+}
+
+// repairConv pushes the ops of user me in conv that the server lacks.
+func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceClient, conv ulid.ULID, me string) error {
+	d.mu.Lock()
+	byDot := map[string]map[uint64]*ferryv1.Op{} // device -> dot -> op
+	err := scanPrefix(d.db, idKey(tOp, conv), func(_, v []byte) error {
+		p, err := decodeOp(v)
+		if err != nil {
+			return err
+		}
+		if byDot[p.GetDeviceId()] == nil {
+			byDot[p.GetDeviceId()] = map[uint64]*ferryv1.Op{}
+		}
+		byDot[p.GetDeviceId()][p.GetDot()] = p
+		return nil
+	})
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	var have []model.Dot
+	for dev, dots := range byDot {
+		id, err := wire.ParseID("device id", dev)
+		if err != nil {
+			return err
+		}
+		n := uint64(0)
+		for dots[n+1] != nil {
+			n++
+		}
+		have = append(have, model.Dot{Device: id, N: n})
+	}
+	resp, err := sc.Repair(ctx, &ferryv1.RepairRequest{ConversationId: conv.String(), Vector: wire.VectorToProto(model.NewVector(have...))})
+	if err != nil {
+		return fmt.Errorf("ferry: repair %s: %w", conv, err)
+	}
+	var push []*ferryv1.Op
+	for _, w := range resp.GetWant() {
+		for n := w.GetFromDot(); n <= w.GetToDot(); n++ {
+			op := byDot[w.GetDeviceId()][n]
+			if op == nil || op.GetUserId() != me {
+				break // not held, or not ours to vouch for
+			}
+			push = append(push, &ferryv1.Op{Id: op.GetId(), DeviceId: op.GetDeviceId(), Dot: op.GetDot(), Payload: op.GetPayload()})
+		}
+	}
+	for len(push) > 0 {
+		n := min(len(push), maxPush)
+		r, err := sc.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv.String(), Ops: push[:n]}}})
+		if err != nil {
+			return fmt.Errorf("ferry: repair %s: push: %w", conv, err)
+		}
+		for _, res := range r.GetResults() {
+			if res.GetStatus() == ferryv1.OpStatus_OP_STATUS_REJECTED {
+				d.log.Warn("repair: the server refused an op back", "conv", conv, "op", res.GetOpId(), "reason", res.GetReason(), "msg", res.GetMessage())
+			}
+		}
+		push = push[n:]
+	}
+	return nil
+}
