@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrysync/ferry/clientsdk/internal/kv"
 	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/failpoint"
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
@@ -65,6 +66,9 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo) ([]gap, error) {
 		}
 		d.changed++
 		rec.Changed = d.changed
+		if ms, ok := d.members[id]; !ci.GetRemoved() && (!ok || len(ms) != int(ci.GetMemberCount())) {
+			d.memberRefresh[id] = true
+		}
 		if p, after := rec.prefix(), ci.GetResumeAfter(); p < after {
 			gaps = append(gaps, gap{conv: id, after: p, through: after})
 		}
@@ -232,6 +236,7 @@ func (d *Device) eraseLocal(b *kv.Batch, conv, target ulid.ULID) error {
 // device's later ops in their conversation are renumbered (a refused op
 // does not take its dot); dot errors renumber from where the server stands.
 func (s *session) results(pr *ferryv1.PushResult) error {
+	failpoint.Hit(failpoint.SDKAfterResult)
 	s.mu.Lock()
 	for _, id := range s.inflight[pr.GetRequestId()] {
 		delete(s.sent, id)

@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect/v2"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/ferrysync/ferry/internal/failpoint"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 )
@@ -336,6 +337,7 @@ func (s *session) flush() {
 	}
 	s.mu.Unlock()
 	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: push}})
+	failpoint.Hit(failpoint.SDKAfterPush)
 	if more {
 		s.wakeFlush()
 	}
@@ -419,6 +421,12 @@ func (s *session) receive(ctx context.Context) error {
 				return &TerminalError{Err: err}
 			}
 			s.live = true
+			if d.refreshing.CompareAndSwap(false, true) {
+				go func() {
+					defer d.refreshing.Store(false)
+					d.refreshMembers(ctx)
+				}()
+			}
 			if s.once && s.idle() {
 				return errDone
 			}
@@ -438,6 +446,24 @@ func (s *session) receive(ctx context.Context) error {
 		case *ferryv1.SyncResponse_Goaway:
 			return &goaway{after: time.Duration(x.Goaway.GetReconnectAfterMs()) * time.Millisecond}
 		case *ferryv1.SyncResponse_Heartbeat:
+		}
+	}
+}
+
+// refreshMembers fetches the member lists that changed, teaching the device
+// its members' usernames. Best effort: a failure leaves them for the next
+// catch-up.
+func (d *Device) refreshMembers(ctx context.Context) {
+	d.mu.Lock()
+	var convs []ulid.ULID
+	for id := range d.memberRefresh {
+		convs = append(convs, id)
+	}
+	clear(d.memberRefresh)
+	d.mu.Unlock()
+	for _, id := range convs {
+		if _, err := d.Members(ctx, id); err != nil {
+			d.log.Debug("refresh members", "conv", id, "err", err)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"connectrpc.com/connect/v2"
 	"connectrpc.com/connect/v2/connecthttp"
@@ -51,7 +52,11 @@ type Device struct {
 	subs      map[*Subscription]struct{}
 	users     map[ulid.ULID]userRecord
 	members   map[ulid.ULID][]memberRecord
-	closed    bool
+	// memberRefresh lists conversations whose member list (and so the
+	// members' usernames) must be fetched again.
+	memberRefresh map[ulid.ULID]bool
+	refreshing    atomic.Bool
+	closed        bool
 
 	entropyMu sync.Mutex
 	entropy   io.Reader
@@ -87,19 +92,20 @@ func open(dir string, fs vfs.FS, opts []Option) (*Device, error) {
 		return nil, err
 	}
 	d := &Device{
-		opts:       o,
-		log:        o.logger,
-		db:         db,
-		convs:      map[ulid.ULID]*convRecord{},
-		states:     map[ulid.ULID]*model.State{},
-		subs:       map[*Subscription]struct{}{},
-		users:      map[ulid.ULID]userRecord{},
-		members:    map[ulid.ULID][]memberRecord{},
-		pending:    map[ulid.ULID]pendingRef{},
-		maxBody:    model.MaxBodyBytes,
-		entropy:    o.entropy,
-		outboxWake: make(chan struct{}, 1),
-		ackWake:    make(chan struct{}, 1),
+		opts:          o,
+		log:           o.logger,
+		db:            db,
+		convs:         map[ulid.ULID]*convRecord{},
+		states:        map[ulid.ULID]*model.State{},
+		subs:          map[*Subscription]struct{}{},
+		users:         map[ulid.ULID]userRecord{},
+		members:       map[ulid.ULID][]memberRecord{},
+		pending:       map[ulid.ULID]pendingRef{},
+		memberRefresh: map[ulid.ULID]bool{},
+		maxBody:       model.MaxBodyBytes,
+		entropy:       o.entropy,
+		outboxWake:    make(chan struct{}, 1),
+		ackWake:       make(chan struct{}, 1),
 	}
 	if d.entropy == nil {
 		d.entropy = rand.Reader

@@ -8,6 +8,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/failpoint"
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 )
@@ -92,6 +93,7 @@ func (d *Device) enqueue(conv ulid.ULID, create bool, payloads ...func(*ferryv1.
 		d.pending[id] = pendingRef{local: l, conv: conv}
 	}
 	d.emit(MessagesChanged{Conv: conv, IDs: ids}, ConversationChanged{Conv: conv}, StatusChanged{Status: d.statusLocked()})
+	failpoint.Hit(failpoint.SDKAfterEnqueue)
 	select {
 	case d.outboxWake <- struct{}{}:
 	default:

@@ -389,6 +389,10 @@ func (d *Device) Members(ctx context.Context, conv ulid.ULID) ([]Member, error) 
 				ms = append(ms, memberRecord{User: m.GetUserId(), Role: m.GetRole()})
 			}
 			d.mu.Lock()
+			if d.closed {
+				d.mu.Unlock()
+				return nil, errClosed
+			}
 			d.members[conv] = ms
 			b := d.db.NewBatch()
 			b.Set(idKey(tMembers, conv), encodeJSON(ms))

@@ -1,0 +1,810 @@
+// Command ferry is a Ferry device on the command line: for trying Ferry in
+// two terminals, for scripts (--json), and for operators.
+//
+//	ferry [global flags] <command> [arguments]
+//
+// Each profile folder (--profile) is one device: its identity, its replica
+// and its outbox. Run "ferry help" for the commands.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/clientsdk"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "ferry:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: ferry [global flags] <command> [arguments]
+
+Commands:
+  register USERNAME [--device NAME]     create a user with this profile as its first device
+  login USERNAME [--device NAME]        add this profile as a device of an existing user
+  logout                                revoke this device and forget its credentials
+  devices [--revoke ID]                 list (or revoke) the user's devices
+  conversation create TITLE [--with USER]...
+  conversation list                     conversations with unread counts
+  conversation members CONV
+  conversation add CONV USER [--admin]
+  conversation remove CONV USER
+  conversation title CONV TITLE
+  conversation leave CONV
+  send CONV TEXT...                     send a message (queued offline, sent when possible)
+  sync                                  catch up once and exit when caught up
+  tail [CONV] [--count N]               catch up, then print messages as they arrive
+  history CONV [--limit N] [--before SEQ] [--since TIME] [--until TIME]
+  read CONV [SEQ]                       mark read (everything held, or up to SEQ)
+  status                                this device, its position and its outbox
+
+CONV is a conversation id or its exact title; USER is a username.
+Passwords come from --password-stdin, FERRY_PASSWORD, or a prompt.
+
+Global flags:
+`
+
+type app struct {
+	profile string
+	server  string
+	json    bool
+	timeout time.Duration
+	verbose bool
+	stdin   io.Reader
+	out     io.Writer
+	errOut  io.Writer
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	a := &app{stdin: stdin, out: stdout, errOut: stderr}
+	fs := flag.NewFlagSet("ferry", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	home, _ := os.UserHomeDir()
+	def := env("FERRY_PROFILE", filepath.Join(home, ".ferry", "default"))
+	fs.StringVar(&a.profile, "profile", def, "profile folder: one device (env FERRY_PROFILE)")
+	fs.StringVar(&a.server, "server", env("FERRY_SERVER", ""), "server URL, such as http://127.0.0.1:8080 (env FERRY_SERVER; remembered by register and login)")
+	fs.BoolVar(&a.json, "json", false, "print JSON, for scripts")
+	fs.DurationVar(&a.timeout, "timeout", 30*time.Second, "how long network commands may take")
+	fs.BoolVar(&a.verbose, "v", false, "log what the device does to stderr")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() == 0 || fs.Arg(0) == "help" {
+		fs.Usage()
+		return nil
+	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	switch cmd {
+	case "register", "login":
+		return a.signIn(ctx, cmd, rest)
+	case "logout":
+		return a.logout(ctx)
+	case "devices":
+		return a.devices(ctx, rest)
+	case "conversation", "conv":
+		return a.conversation(ctx, rest)
+	case "send":
+		return a.send(ctx, rest)
+	case "sync":
+		return a.sync(ctx)
+	case "tail":
+		return a.tail(ctx, rest)
+	case "history":
+		return a.history(ctx, rest)
+	case "read":
+		return a.read(ctx, rest)
+	case "status":
+		return a.status()
+	}
+	return fmt.Errorf("unknown command %q (ferry help lists them)", cmd)
+}
+
+func env(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// open opens the profile's device.
+func (a *app) open() (*clientsdk.Device, error) {
+	opts := []clientsdk.Option{}
+	if a.server != "" {
+		opts = append(opts, clientsdk.WithServer(a.server))
+	}
+	if a.verbose {
+		opts = append(opts, clientsdk.WithLogger(slog.New(slog.NewTextHandler(a.errOut, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	}
+	return clientsdk.Open(a.profile, opts...)
+}
+
+// with opens the device, runs f with a deadline, and closes it. Every
+// command but register and login needs a signed-in profile.
+func (a *app) with(ctx context.Context, f func(context.Context, *clientsdk.Device) error) error {
+	return a.open2(ctx, true, f)
+}
+
+func (a *app) open2(ctx context.Context, signedIn bool, f func(context.Context, *clientsdk.Device) error) error {
+	d, err := a.open()
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if _, err := d.Account(); signedIn && err != nil {
+		return fmt.Errorf("profile %s is not signed in: run ferry register or ferry login first", a.profile)
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	return f(ctx, d)
+}
+
+// print writes v as JSON in --json mode, else text.
+func (a *app) print(v any, text string) {
+	if a.json {
+		b, _ := json.Marshal(v)
+		fmt.Fprintln(a.out, string(b))
+		return
+	}
+	if text != "" {
+		fmt.Fprintln(a.out, text)
+	}
+}
+
+// flags parses a command's own flags, allowing them among the arguments.
+func flags(name string, args []string, stderr io.Writer, define func(*flag.FlagSet)) ([]string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	define(fs)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+func (a *app) password() (string, error) {
+	if p := os.Getenv("FERRY_PASSWORD"); p != "" {
+		return p, nil
+	}
+	fmt.Fprint(a.errOut, "password: ")
+	line, err := bufio.NewReader(a.stdin).ReadString('\n')
+	if err != nil && line == "" {
+		return "", fmt.Errorf("read password: %w", err)
+	}
+	return strings.TrimRight(line, "\r\n"), nil
+}
+
+func (a *app) signIn(ctx context.Context, cmd string, args []string) error {
+	var device string
+	var fromStdin bool
+	pos, err := flags(cmd, args, a.errOut, func(fs *flag.FlagSet) {
+		host, _ := os.Hostname()
+		fs.StringVar(&device, "device", "ferry cli on "+host, "this device's name")
+		fs.BoolVar(&fromStdin, "password-stdin", false, "read the password from the first line of stdin")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("usage: ferry %s USERNAME", cmd)
+	}
+	_ = fromStdin // the prompt reads stdin too; the flag documents intent for scripts
+	pw, err := a.password()
+	if err != nil {
+		return err
+	}
+	return a.open2(ctx, false, func(ctx context.Context, d *clientsdk.Device) error {
+		var err error
+		if cmd == "register" {
+			err = d.Register(ctx, pos[0], pw, device)
+		} else {
+			err = d.Login(ctx, pos[0], pw, device)
+		}
+		if err != nil {
+			return err
+		}
+		acc, _ := d.Account()
+		a.print(accountJSON(acc), fmt.Sprintf("signed in as %s on device %s (profile %s)", acc.Username, acc.Device, a.profile))
+		return nil
+	})
+}
+
+type accountOut struct {
+	Server   string `json:"server"`
+	User     string `json:"user_id"`
+	Device   string `json:"device_id"`
+	Username string `json:"username"`
+}
+
+func accountJSON(acc clientsdk.Account) accountOut {
+	return accountOut{Server: acc.Server, User: acc.User.String(), Device: acc.Device.String(), Username: acc.Username}
+}
+
+func (a *app) logout(ctx context.Context) error {
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		if err := d.Logout(ctx); err != nil {
+			return err
+		}
+		a.print(map[string]bool{"logged_out": true}, "logged out; this device's token no longer works")
+		return nil
+	})
+}
+
+func (a *app) devices(ctx context.Context, args []string) error {
+	var revoke string
+	if _, err := flags("devices", args, a.errOut, func(fs *flag.FlagSet) {
+		fs.StringVar(&revoke, "revoke", "", "revoke the device with this id")
+	}); err != nil {
+		return err
+	}
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		if revoke != "" {
+			id, err := ulid.ParseStrict(revoke)
+			if err != nil {
+				return fmt.Errorf("--revoke %q is not a device id", revoke)
+			}
+			return d.RevokeDevice(ctx, id)
+		}
+		ds, err := d.Devices(ctx)
+		if err != nil {
+			return err
+		}
+		type out struct {
+			ID      string `json:"id"`
+			Name    string `json:"name"`
+			Current bool   `json:"current"`
+		}
+		var os []out
+		var lines []string
+		for _, dv := range ds {
+			os = append(os, out{ID: dv.ID.String(), Name: dv.Name, Current: dv.Current})
+			mark := " "
+			if dv.Current {
+				mark = "*"
+			}
+			lines = append(lines, fmt.Sprintf("%s %s  %s", mark, dv.ID, dv.Name))
+		}
+		a.print(os, strings.Join(lines, "\n"))
+		return nil
+	})
+}
+
+// resolveConv finds a conversation by id or exact title.
+func resolveConv(d *clientsdk.Device, ref string) (ulid.ULID, error) {
+	if id, err := ulid.ParseStrict(ref); err == nil {
+		return id, nil
+	}
+	cs, err := d.Conversations()
+	if err != nil {
+		return ulid.ULID{}, err
+	}
+	var found []clientsdk.Conversation
+	for _, c := range cs {
+		if strings.EqualFold(c.Title, ref) {
+			found = append(found, c)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0].ID, nil
+	case 0:
+		return ulid.ULID{}, fmt.Errorf("no conversation titled %q here: run ferry sync, or use its id (ferry conversation list)", ref)
+	}
+	ids := make([]string, len(found))
+	for i, c := range found {
+		ids[i] = c.ID.String()
+	}
+	return ulid.ULID{}, fmt.Errorf("%d conversations are titled %q; use an id: %s", len(found), ref, strings.Join(ids, ", "))
+}
+
+func (a *app) conversation(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return errors.New("usage: ferry conversation create|list|members|add|remove|title|leave ...")
+	}
+	sub, args := args[0], args[1:]
+	switch sub {
+	case "list":
+		return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error { return a.listConvs(d) })
+	case "create":
+		var with multi
+		pos, err := flags("create", args, a.errOut, func(fs *flag.FlagSet) { fs.Var(&with, "with", "a member to add (repeatable)") })
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return errors.New("usage: ferry conversation create TITLE [--with USER]...")
+		}
+		return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+			var members []ulid.ULID
+			for _, u := range with {
+				user, err := d.LookupUser(ctx, u)
+				if err != nil {
+					return err
+				}
+				members = append(members, user.ID)
+			}
+			conv, err := d.CreateConversation(ctx, pos[0], members...)
+			if err != nil {
+				return err
+			}
+			synced := d.SyncOnce(ctx) == nil
+			a.print(map[string]any{"id": conv.String(), "title": pos[0], "synced": synced},
+				fmt.Sprintf("created %s %q%s", conv, pos[0], queuedNote(synced)))
+			return nil
+		})
+	case "members":
+		if len(args) != 1 {
+			return errors.New("usage: ferry conversation members CONV")
+		}
+		return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+			conv, err := resolveConv(d, args[0])
+			if err != nil {
+				return err
+			}
+			ms, err := d.Members(ctx, conv)
+			if err != nil {
+				return err
+			}
+			type out struct {
+				ID       string `json:"user_id"`
+				Username string `json:"username"`
+				Role     string `json:"role"`
+			}
+			var os []out
+			var lines []string
+			for _, m := range ms {
+				os = append(os, out{ID: m.ID.String(), Username: m.Username, Role: m.Role.String()})
+				lines = append(lines, fmt.Sprintf("%-20s %s", m.Username, m.Role))
+			}
+			a.print(os, strings.Join(lines, "\n"))
+			return nil
+		})
+	case "add", "remove", "title", "leave":
+		var admin bool
+		pos, err := flags(sub, args, a.errOut, func(fs *flag.FlagSet) { fs.BoolVar(&admin, "admin", false, "add as admin") })
+		if err != nil {
+			return err
+		}
+		want := map[string]int{"add": 2, "remove": 2, "title": 2, "leave": 1}[sub]
+		if len(pos) != want {
+			return fmt.Errorf("usage: ferry conversation %s CONV%s", sub, map[string]string{"add": " USER", "remove": " USER", "title": " TITLE", "leave": ""}[sub])
+		}
+		return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+			if err := d.SyncOnce(ctx); err != nil {
+				return err
+			}
+			conv, err := resolveConv(d, pos[0])
+			if err != nil {
+				return err
+			}
+			var op ulid.ULID
+			switch sub {
+			case "add", "remove":
+				u, err := d.LookupUser(ctx, pos[1])
+				if err != nil {
+					return err
+				}
+				if sub == "add" {
+					role := clientsdk.RoleMember
+					if admin {
+						role = clientsdk.RoleAdmin
+					}
+					op, err = d.AddMember(ctx, conv, u.ID, role)
+				} else {
+					op, err = d.RemoveMember(ctx, conv, u.ID)
+				}
+				if err != nil {
+					return err
+				}
+			case "title":
+				if op, err = d.SetTitle(ctx, conv, pos[1]); err != nil {
+					return err
+				}
+			case "leave":
+				if op, err = d.Leave(ctx, conv); err != nil {
+					return err
+				}
+			}
+			return a.finishOp(ctx, d, conv, op, sub)
+		})
+	}
+	return fmt.Errorf("unknown conversation command %q", sub)
+}
+
+// finishOp pushes a queued op and reports what became of it.
+func (a *app) finishOp(ctx context.Context, d *clientsdk.Device, conv, op ulid.ULID, what string) error {
+	err := d.SyncOnce(ctx)
+	if fs, ferr := d.Failed(); ferr == nil {
+		for _, f := range fs {
+			if f.Op == op {
+				return fmt.Errorf("%s refused by the server: %s: %s", what, f.Reason, f.Message)
+			}
+		}
+	}
+	state := "sent"
+	if err != nil {
+		state = "queued"
+	}
+	a.print(map[string]string{"conversation": conv.String(), "op": op.String(), "status": state},
+		fmt.Sprintf("%s %s%s", what, state, queuedNote(err == nil)))
+	return nil
+}
+
+func queuedNote(synced bool) string {
+	if synced {
+		return ""
+	}
+	return " (the server is out of reach: queued, it goes out on the next sync)"
+}
+
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
+
+type convOut struct {
+	ID      string      `json:"id"`
+	Title   string      `json:"title"`
+	Role    string      `json:"role"`
+	Removed bool        `json:"removed,omitempty"`
+	Unread  uint64      `json:"unread"`
+	Members int         `json:"members"`
+	Loading bool        `json:"loading,omitempty"`
+	Last    *messageOut `json:"last,omitempty"`
+}
+
+func (a *app) listConvs(d *clientsdk.Device) error {
+	cs, err := d.Conversations()
+	if err != nil {
+		return err
+	}
+	var os []convOut
+	var lines []string
+	for _, c := range cs {
+		o := convOut{ID: c.ID.String(), Title: c.Title, Role: c.Role.String(), Removed: c.Removed, Unread: c.Unread, Members: c.Members, Loading: c.Loading}
+		line := fmt.Sprintf("%s  %-24q unread %-4d", c.ID, c.Title, c.Unread)
+		if c.LastMessage != nil {
+			m := message(*c.LastMessage)
+			o.Last = &m
+			line += fmt.Sprintf(" last: %s: %s", m.Author, m.Text)
+		}
+		if c.Removed {
+			line += " (removed)"
+		}
+		os = append(os, o)
+		lines = append(lines, line)
+	}
+	if os == nil {
+		os = []convOut{}
+	}
+	a.print(os, strings.Join(lines, "\n"))
+	return nil
+}
+
+type messageOut struct {
+	Conv     string              `json:"conversation"`
+	ID       string              `json:"id"`
+	Seq      uint64              `json:"seq"`
+	Author   string              `json:"author"`
+	AuthorID string              `json:"author_id"`
+	Sent     time.Time           `json:"sent"`
+	Text     string              `json:"text"`
+	Type     string              `json:"content_type,omitempty"`
+	Edited   bool                `json:"edited,omitempty"`
+	Deleted  bool                `json:"deleted,omitempty"`
+	Status   string              `json:"status,omitempty"`
+	React    map[string][]string `json:"reactions,omitempty"`
+}
+
+func message(m clientsdk.Message) messageOut {
+	o := messageOut{Conv: m.Conv.String(), ID: m.ID.String(), Seq: m.Seq, Author: m.AuthorName, AuthorID: m.Author.String(),
+		Sent: m.Sent.UTC(), Text: m.Text(), Type: m.ContentType, Edited: m.Edited, Deleted: m.Deleted}
+	if o.Author == "" {
+		o.Author = m.Author.String()
+	}
+	if m.Status != clientsdk.StatusReceived {
+		o.Status = m.Status.String()
+	}
+	for _, r := range m.Reactions {
+		if o.React == nil {
+			o.React = map[string][]string{}
+		}
+		for _, u := range r.Users {
+			o.React[r.Key] = append(o.React[r.Key], u.String())
+		}
+	}
+	return o
+}
+
+func (o messageOut) line() string {
+	text := o.Text
+	switch {
+	case o.Deleted:
+		text = "(deleted)"
+	case o.Edited:
+		text += " (edited)"
+	}
+	s := fmt.Sprintf("#%d %s: %s", o.Seq, o.Author, text)
+	if o.Status != "" {
+		s += " [" + o.Status + "]"
+	}
+	return s
+}
+
+func (a *app) send(ctx context.Context, args []string) error {
+	if len(args) < 2 {
+		return errors.New("usage: ferry send CONV TEXT...")
+	}
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		conv, err := resolveConv(d, args[0])
+		if err != nil {
+			return err
+		}
+		id, err := d.SendText(ctx, conv, strings.Join(args[1:], " "))
+		if err != nil {
+			return err
+		}
+		return a.finishOp(ctx, d, conv, id, "message")
+	})
+}
+
+func (a *app) sync(ctx context.Context) error {
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		if err := d.SyncOnce(ctx); err != nil {
+			return err
+		}
+		st := d.Status()
+		cs, _ := d.Conversations()
+		fs, _ := d.Failed()
+		a.print(map[string]any{"conversations": len(cs), "received": st.OpsReceived, "pending": st.Pending, "failed": len(fs)},
+			fmt.Sprintf("caught up: %d conversations, %d ops received, %d pending, %d failed", len(cs), st.OpsReceived, st.Pending, len(fs)))
+		return nil
+	})
+}
+
+func (a *app) tail(ctx context.Context, args []string) error {
+	var count int
+	pos, err := flags("tail", args, a.errOut, func(fs *flag.FlagSet) {
+		fs.IntVar(&count, "count", 0, "exit after printing this many new messages (0: never)")
+	})
+	if err != nil {
+		return err
+	}
+	d, err := a.open()
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if _, err := d.Account(); err != nil {
+		return fmt.Errorf("profile %s is not signed in: run ferry register or ferry login first", a.profile)
+	}
+	var only ulid.ULID
+	if len(pos) == 1 {
+		if only, err = resolveConv(d, pos[0]); err != nil {
+			return err
+		}
+	}
+	sub := d.Subscribe(4096)
+	defer sub.Close()
+	if err := d.Start(); err != nil {
+		return err
+	}
+	printed := map[ulid.ULID]bool{}
+	n := 0
+	show := func(conv ulid.ULID) error {
+		page, err := d.Messages(conv, clientsdk.PageOptions{Limit: 1000})
+		if err != nil {
+			return err
+		}
+		for i := len(page.Messages) - 1; i >= 0; i-- {
+			m := page.Messages[i]
+			if printed[m.ID] || m.Seq == 0 {
+				continue
+			}
+			printed[m.ID] = true
+			o := message(m)
+			a.print(o, o.line())
+			if n++; count > 0 && n >= count {
+				return io.EOF
+			}
+		}
+		return nil
+	}
+	for {
+		select {
+		case ev, ok := <-sub.C():
+			if !ok {
+				return nil
+			}
+			var err error
+			switch e := ev.(type) {
+			case clientsdk.MessagesChanged:
+				if only == (ulid.ULID{}) || e.Conv == only {
+					err = show(e.Conv)
+				}
+			case clientsdk.StatusChanged:
+				if e.Status.State == clientsdk.StateFailed {
+					return e.Status.Err
+				}
+				if !a.json && a.verbose {
+					fmt.Fprintln(a.errOut, "status:", e.Status.State)
+				}
+			case clientsdk.Overflow:
+				cs, _ := d.Conversations()
+				for _, c := range cs {
+					if only == (ulid.ULID{}) || c.ID == only {
+						if err = show(c.ID); err != nil {
+							break
+						}
+					}
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (a *app) history(ctx context.Context, args []string) error {
+	var limit int
+	var before uint64
+	var since, until string
+	var offline bool
+	pos, err := flags("history", args, a.errOut, func(fs *flag.FlagSet) {
+		fs.IntVar(&limit, "limit", 20, "messages to show")
+		fs.Uint64Var(&before, "before", 0, "show messages with a seq below this")
+		fs.StringVar(&since, "since", "", "show messages sent at or after this time (RFC 3339)")
+		fs.StringVar(&until, "until", "", "show messages sent before this time (RFC 3339)")
+		fs.BoolVar(&offline, "offline", false, "do not sync first")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: ferry history CONV [--limit N] [--before SEQ] [--since TIME] [--until TIME]")
+	}
+	var from, to time.Time
+	if since != "" {
+		if from, err = time.Parse(time.RFC3339, since); err != nil {
+			return fmt.Errorf("--since: %w", err)
+		}
+	}
+	if until != "" {
+		if to, err = time.Parse(time.RFC3339, until); err != nil {
+			return fmt.Errorf("--until: %w", err)
+		}
+	}
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		if !offline {
+			if err := d.SyncOnce(ctx); err != nil {
+				fmt.Fprintln(a.errOut, "ferry: could not sync, showing what this device holds:", err)
+			}
+		}
+		conv, err := resolveConv(d, pos[0])
+		if err != nil {
+			return err
+		}
+		_, _ = d.Members(ctx, conv) // learn usernames
+		page, err := d.Messages(conv, clientsdk.PageOptions{Limit: 100000, Before: before})
+		if err != nil {
+			return err
+		}
+		var os []messageOut
+		for i := len(page.Messages) - 1; i >= 0; i-- {
+			m := page.Messages[i]
+			if (!from.IsZero() && m.Sent.Before(from)) || (!to.IsZero() && !m.Sent.Before(to)) {
+				continue
+			}
+			os = append(os, message(m))
+		}
+		if len(os) > limit {
+			os = os[len(os)-limit:]
+		}
+		if os == nil {
+			os = []messageOut{}
+		}
+		if a.json {
+			a.print(os, "")
+			return nil
+		}
+		if page.OlderLoading {
+			fmt.Fprintln(a.out, "(older messages are still loading)")
+		}
+		for _, o := range os {
+			fmt.Fprintln(a.out, o.line())
+		}
+		return nil
+	})
+}
+
+func (a *app) read(ctx context.Context, args []string) error {
+	if len(args) < 1 || len(args) > 2 {
+		return errors.New("usage: ferry read CONV [SEQ]")
+	}
+	var seq uint64
+	if len(args) == 2 {
+		var err error
+		if seq, err = strconv.ParseUint(args[1], 10, 64); err != nil {
+			return fmt.Errorf("SEQ %q is not a number", args[1])
+		}
+	}
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		if err := d.SyncOnce(ctx); err != nil {
+			return err
+		}
+		conv, err := resolveConv(d, args[0])
+		if err != nil {
+			return err
+		}
+		if err := d.MarkRead(ctx, conv, seq); err != nil {
+			return err
+		}
+		if err := d.SyncOnce(ctx); err != nil {
+			return err
+		}
+		c, err := d.Conversation(conv)
+		if err != nil {
+			return err
+		}
+		a.print(map[string]any{"conversation": conv.String(), "unread": c.Unread}, fmt.Sprintf("read; %d unread", c.Unread))
+		return nil
+	})
+}
+
+func (a *app) status() error {
+	d, err := a.open()
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	acc, err := d.Account()
+	if err != nil {
+		a.print(map[string]any{"signed_in": false, "profile": a.profile}, "not signed in (profile "+a.profile+"): ferry register or ferry login")
+		return nil
+	}
+	pending, _ := d.Outbox()
+	failed, _ := d.Failed()
+	cs, _ := d.Conversations()
+	a.print(map[string]any{"signed_in": true, "profile": a.profile, "account": accountJSON(acc),
+		"conversations": len(cs), "pending": len(pending), "failed": len(failed)},
+		fmt.Sprintf("%s on device %s at %s\nprofile %s: %d conversations, %d pending, %d failed",
+			acc.Username, acc.Device, acc.Server, a.profile, len(cs), len(pending), len(failed)))
+	return nil
+}

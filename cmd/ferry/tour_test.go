@@ -1,0 +1,104 @@
+package main
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ferrysync/ferry/internal/testbin"
+)
+
+// TestTour is the README's tour, driven as a user would drive it: the real
+// ferryd and ferry binaries, profiles in folders, --json for checking.
+// alice on a phone and a laptop, bob on his own; bob is offline while alice
+// writes; bob comes back and gets everything once, in order.
+func TestTour(t *testing.T) {
+	ferryd, ferry := testbin.Build(t, "./cmd/ferryd"), testbin.Build(t, "./cmd/ferry")
+	dir := t.TempDir()
+	srv := testbin.StartFerryd(t, ferryd, testbin.FreeAddr(t), filepath.Join(dir, "data"))
+	env := []string{"FERRY_SERVER=" + srv.URL, "FERRY_PASSWORD=correct horse"}
+	as := func(profile string, args ...string) string {
+		t.Helper()
+		return testbin.Run(t, env, ferry, append([]string{"--profile", filepath.Join(dir, profile), "--json"}, args...)...)
+	}
+	decode := func(s string, v any) {
+		t.Helper()
+		if err := json.Unmarshal([]byte(s), v); err != nil {
+			t.Fatalf("decode %q: %v", s, err)
+		}
+	}
+
+	as("alice-phone", "register", "alice", "--device", "phone")
+	as("alice-laptop", "login", "alice", "--device", "laptop")
+	as("bob", "register", "bob")
+	var created struct{ ID string }
+	decode(as("alice-phone", "conversation", "create", "lunch", "--with", "bob"), &created)
+	as("bob", "sync") // bob sees the conversation, then goes offline
+
+	sent := []string{"pizza?", "or sushi", "12:30?", "at the usual place", "bring Carol"}
+	for i, text := range sent {
+		profile := "alice-phone"
+		if i%2 == 1 {
+			profile = "alice-laptop"
+			as(profile, "sync")
+		}
+		as(profile, "send", "lunch", text)
+	}
+
+	// Bob comes back.
+	var sync struct{ Received int }
+	decode(as("bob", "sync"), &sync)
+	var list []struct {
+		Title  string
+		Unread int
+	}
+	decode(as("bob", "conversation", "list"), &list)
+	if len(list) != 1 || list[0].Title != "lunch" || list[0].Unread != 5 {
+		t.Fatalf("bob's conversations: %+v, want lunch with 5 unread", list)
+	}
+	var hist []struct {
+		Seq    uint64
+		Author string
+		Text   string
+	}
+	decode(as("bob", "history", "lunch"), &hist)
+	var got []string
+	for i, m := range hist {
+		if i > 0 && m.Seq <= hist[i-1].Seq {
+			t.Fatalf("history out of order: %+v", hist)
+		}
+		if m.Author != "alice" {
+			t.Fatalf("message %d by %q, want alice", m.Seq, m.Author)
+		}
+		got = append(got, m.Text)
+	}
+	if strings.Join(got, "|") != strings.Join(sent, "|") {
+		t.Fatalf("bob got %q, want %q once each, in order", got, sent)
+	}
+
+	// Bob answers and reads; alice's other device sees both.
+	as("bob", "send", "lunch", "sushi!")
+	as("bob", "read", "lunch")
+	var phone []struct {
+		Text   string
+		Status string
+	}
+	decode(as("alice-laptop", "history", "lunch"), &phone)
+	if last := phone[len(phone)-1]; last.Text != "sushi!" {
+		t.Fatalf("alice's laptop: last message %+v", last)
+	}
+	if first := phone[0]; first.Status != "read" {
+		t.Fatalf("alice's laptop: her first message is %q, want read", first.Status)
+	}
+
+	// Mistakes get clear errors.
+	_, stderr, err := testbin.RunErr(env, ferry, "--profile", filepath.Join(dir, "bob"), "send", "dinner", "hi")
+	if err == nil || !strings.Contains(stderr, `no conversation titled "dinner"`) {
+		t.Fatalf("send to an unknown conversation: %v %q", err, stderr)
+	}
+	_, stderr, err = testbin.RunErr(env, ferry, "--profile", filepath.Join(dir, "nobody"), "send", "lunch", "hi")
+	if err == nil || !strings.Contains(stderr, "not signed in") {
+		t.Fatalf("send from a fresh profile: %v %q", err, stderr)
+	}
+}
