@@ -400,7 +400,24 @@ func (s *session) receive(ctx context.Context) error {
 			}
 			d.mu.Lock()
 			if d.status.State == StateCatchingUp {
-				d.setStatus(func(st *Status) { st.OpsReceived += uint64(n) })
+				ready := 0
+				if x.Ops.GetPhase() == ferryv1.Phase_PHASE_NEWEST {
+					// A newest page ends at the conversation's head.
+					for _, b := range x.Ops.GetBatches() {
+						id, _ := ulid.ParseStrict(b.GetConversationId())
+						if ops := b.GetOps(); len(ops) > 0 && d.convs[id] != nil && ops[len(ops)-1].GetSeq() >= d.convs[id].Head {
+							ready++
+						}
+					}
+				}
+				backfill := x.Ops.GetPhase() == ferryv1.Phase_PHASE_BACKFILL
+				d.setStatus(func(st *Status) {
+					st.OpsReceived += uint64(n)
+					st.Ready += ready
+					if backfill {
+						st.Backfilled += uint64(n)
+					}
+				})
 			}
 			if pos := x.Ops.GetFeedPos(); pos != 0 {
 				if err := d.savePosition(s.epoch, pos); err != nil {

@@ -287,12 +287,16 @@ func (d *Device) clients() (ferryv1connect.AccountServiceClient, ferryv1connect.
 		ics = append(ics, bearer(d.creds.Token))
 	}
 	d.mu.Unlock()
-	c := connect.NewClient(connecthttp.NewTransport(hc, url,
-		connecthttp.WithCompressors(compression.NewZstd(), compression.NewGzip()),
-		connecthttp.WithSendCompression("zstd"),
-		connecthttp.WithCompressMinBytes(256),
-		connecthttp.WithReadMaxBytes(64<<20),
-	), ics...)
+	topts := []connecthttp.Option{connecthttp.WithReadMaxBytes(64 << 20)}
+	if d.opts.compress {
+		topts = append(topts,
+			connecthttp.WithCompressors(compression.NewZstd(), compression.NewGzip()),
+			connecthttp.WithSendCompression("zstd"),
+			connecthttp.WithCompressMinBytes(256))
+	} else {
+		topts = append(topts, connecthttp.WithCompressors())
+	}
+	c := connect.NewClient(connecthttp.NewTransport(hc, url, topts...), ics...)
 	return ferryv1connect.NewAccountServiceClient(c), ferryv1connect.NewConversationServiceClient(c), ferryv1connect.NewSyncServiceClient(c), nil
 }
 

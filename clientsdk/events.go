@@ -50,6 +50,11 @@ type Status struct {
 	Conversations int
 	OpsTotal      uint64
 	OpsReceived   uint64
+	// Ready counts the changed conversations whose newest page has arrived:
+	// they can be shown. Backfilled counts the older ops received after all
+	// newest pages.
+	Ready      int
+	Backfilled uint64
 	// Pending is the number of ops in the outbox.
 	Pending int
 	// Err is the last connection error: retryable in StateOffline, terminal

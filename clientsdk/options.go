@@ -34,6 +34,7 @@ type options struct {
 	maxBackoff time.Duration
 	heartbeat  time.Duration
 	client     string
+	compress   bool
 }
 
 func defaultOptions() options {
@@ -45,6 +46,7 @@ func defaultOptions() options {
 		maxBackoff: 30 * time.Second,
 		heartbeat:  20 * time.Second,
 		client:     "ferry-go-sdk/1",
+		compress:   true,
 	}
 }
 
@@ -81,3 +83,8 @@ func WithBackoff(min, max time.Duration) Option {
 // WithHeartbeat sets how often the device sends a heartbeat on an idle
 // session. Default 20s; it must stay under the server's heartbeat interval.
 func WithHeartbeat(d time.Duration) Option { return optionFunc(func(o *options) { o.heartbeat = d }) }
+
+// WithoutCompression sends and accepts uncompressed messages, for
+// debugging and for measuring what compression saves. By default messages
+// are compressed with zstd.
+func WithoutCompression() Option { return optionFunc(func(o *options) { o.compress = false }) }
