@@ -193,8 +193,12 @@ type session struct {
 	sc   ferryv1connect.SyncServiceClient
 	once bool
 
-	epoch     string
-	live      bool // reached CaughtUp
+	epoch string
+	live  bool // reached CaughtUp
+	// unseen is set when the server accepted new ops and cleared by the next
+	// live round, which brings what they changed (titles, heads): SyncOnce
+	// waits for it.
+	unseen    bool
 	flushWake chan struct{}
 
 	mu       sync.Mutex
@@ -350,7 +354,9 @@ func (s *session) wakeFlush() {
 	}
 }
 
-// idle reports whether nothing is pending or in flight.
+// idle reports whether nothing is pending or in flight, and the effects of
+// accepted ops have come back in a live round. Only the receive goroutine
+// calls it.
 func (s *session) idle() bool {
 	s.mu.Lock()
 	inflight := len(s.inflight)
@@ -358,7 +364,7 @@ func (s *session) idle() bool {
 	s.d.mu.Lock()
 	pending := len(s.d.pending)
 	s.d.mu.Unlock()
-	return inflight == 0 && pending == 0
+	return inflight == 0 && pending == 0 && !s.unseen
 }
 
 // receive handles the server's messages until the stream ends.
@@ -427,6 +433,12 @@ func (s *session) receive(ctx context.Context) error {
 			}
 			d.mu.Unlock()
 			d.wakeAcks()
+			if x.Ops.GetPhase() == ferryv1.Phase_PHASE_LIVE && x.Ops.GetFeedPos() != 0 {
+				s.unseen = false
+				if s.once && s.idle() {
+					return errDone
+				}
+			}
 		case *ferryv1.SyncResponse_CaughtUp:
 			d.mu.Lock()
 			err := d.savePosition(s.epoch, x.CaughtUp.GetFeedPos())
@@ -438,8 +450,11 @@ func (s *session) receive(ctx context.Context) error {
 				return &TerminalError{Err: err}
 			}
 			s.live = true
+			s.unseen = false
 			if d.refreshing.CompareAndSwap(false, true) {
+				d.bg.Add(1)
 				go func() {
+					defer d.bg.Done()
 					defer d.refreshing.Store(false)
 					d.refreshMembers(ctx)
 				}()
@@ -450,6 +465,11 @@ func (s *session) receive(ctx context.Context) error {
 		case *ferryv1.SyncResponse_PushResult:
 			if err := s.results(x.PushResult); err != nil {
 				return &TerminalError{Err: err}
+			}
+			for _, r := range x.PushResult.GetResults() {
+				if r.GetStatus() == ferryv1.OpStatus_OP_STATUS_ACCEPTED {
+					s.unseen = true
+				}
 			}
 			if s.once && s.live && s.idle() {
 				return errDone

@@ -67,6 +67,7 @@ type Device struct {
 	runMu  sync.Mutex
 	cancel context.CancelFunc
 	done   chan struct{}
+	bg     sync.WaitGroup // background work of sessions (member refreshes)
 }
 
 // Open opens the device profile in dir, creating it if needed. The profile
@@ -215,6 +216,7 @@ func (d *Device) load() error {
 // outbox and go out after the next Open and Start.
 func (d *Device) Close() error {
 	d.Stop()
+	d.bg.Wait()
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()

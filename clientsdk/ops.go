@@ -75,6 +75,9 @@ func (d *Device) enqueue(conv ulid.ULID, create bool, payloads ...func(*ferryv1.
 		if err != nil {
 			return nil, fmt.Errorf("ferry: %w", err)
 		}
+		if m.Kind == model.KindCreate {
+			next.Title = m.Title // known before the server confirms it
+		}
 		local++
 		b.Set(seqKey(tOutbox, local), encodeJSON(outboxEntry{Conv: conv.String(), Op: encodeOp(op), Created: d.opts.clock.Now().UnixMilli()}))
 		ids = append(ids, m.ID)

@@ -405,6 +405,9 @@ func (d *Device) Members(ctx context.Context, conv ulid.ULID) ([]Member, error) 
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errClosed
+	}
 	var out []Member
 	if ms, ok := d.members[conv]; ok {
 		for _, m := range ms {
@@ -484,4 +487,39 @@ func (d *Device) Failed() ([]FailedOp, error) {
 		return nil
 	})
 	return out, err
+}
+
+// Vector returns the version vector of what the replica holds of conv: for
+// each authoring device, the highest dot held with all lower ones.
+func (d *Device) Vector(conv ulid.ULID) (model.Vector, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dots := map[ulid.ULID]map[uint64]bool{}
+	err := scanPrefix(d.db, idKey(tOp, conv), func(_, v []byte) error {
+		p, err := decodeOp(v)
+		if err != nil {
+			return err
+		}
+		dev, err := wire.ParseID("device id", p.GetDeviceId())
+		if err != nil {
+			return err
+		}
+		if dots[dev] == nil {
+			dots[dev] = map[uint64]bool{}
+		}
+		dots[dev][p.GetDot()] = true
+		return nil
+	})
+	if err != nil {
+		return model.Vector{}, err
+	}
+	var es []model.Dot
+	for dev, held := range dots {
+		n := uint64(0)
+		for held[n+1] {
+			n++
+		}
+		es = append(es, model.Dot{Device: dev, N: n})
+	}
+	return model.NewVector(es...), nil
 }

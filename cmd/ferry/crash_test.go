@@ -36,10 +36,12 @@ func TestOutboxSurvivesKills(t *testing.T) {
 		text := "written before dying at " + fp
 		cmd := exec.Command(ferry, "--profile", profile, "send", "notes", text)
 		cmd.Env = append(append(cmd.Environ(), env...), "FERRY_FAILPOINT="+fp)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
 		err := cmd.Run()
 		var exit *exec.ExitError
 		if !errors.As(err, &exit) || !exit.Sys().(syscall.WaitStatus).Signaled() || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-			t.Fatalf("failpoint %s: ferry send ended with %v, not killed: the failpoint was never reached", fp, err)
+			t.Fatalf("failpoint %s: ferry send ended with %v, not killed: the failpoint was never reached\n%s", fp, err, stderr.String())
 		}
 		killed++
 		as(profile, nil, "sync") // the same profile comes back and flushes its outbox
