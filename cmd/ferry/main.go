@@ -46,7 +46,7 @@ Commands:
   logout                                revoke this device and forget its credentials
   devices [--revoke ID]                 list (or revoke) the user's devices
   conversation create TITLE [--with USER]...
-  conversation list                     conversations with unread counts
+  conversation list [--offline]         conversations with unread counts
   conversation members CONV
   conversation add CONV USER [--admin]
   conversation remove CONV USER
@@ -54,7 +54,7 @@ Commands:
   conversation leave CONV
   send CONV TEXT...                     send a message (queued offline, sent when possible)
   sync                                  catch up once and exit when caught up
-  tail [CONV] [--count N]               catch up, then print messages as they arrive
+  tail [CONV] [--last N] [--count N]    print the newest messages, then those that arrive
   history CONV [--limit N] [--before SEQ] [--since TIME] [--until TIME]
   read CONV [SEQ]                       mark read (everything held, or up to SEQ)
   status                                this device, its position and its outbox
@@ -300,6 +300,21 @@ func (a *app) devices(ctx context.Context, args []string) error {
 	})
 }
 
+// resolve finds a conversation by id or exact title, syncing once when
+// the title is not known here yet.
+func resolve(ctx context.Context, d *clientsdk.Device, ref string) (ulid.ULID, error) {
+	id, err := resolveConv(d, ref)
+	if err == nil || !errors.Is(err, errNoTitle) {
+		return id, err
+	}
+	if serr := d.SyncOnce(ctx); serr != nil {
+		return id, fmt.Errorf("%w (and sync failed: %v)", err, serr)
+	}
+	return resolveConv(d, ref)
+}
+
+var errNoTitle = errors.New("no conversation with that title here")
+
 // resolveConv finds a conversation by id or exact title.
 func resolveConv(d *clientsdk.Device, ref string) (ulid.ULID, error) {
 	if id, err := ulid.ParseStrict(ref); err == nil {
@@ -319,7 +334,7 @@ func resolveConv(d *clientsdk.Device, ref string) (ulid.ULID, error) {
 	case 1:
 		return found[0].ID, nil
 	case 0:
-		return ulid.ULID{}, fmt.Errorf("no conversation titled %q here: run ferry sync, or use its id (ferry conversation list)", ref)
+		return ulid.ULID{}, fmt.Errorf("%w: no conversation titled %q (ferry conversation list shows them)", errNoTitle, ref)
 	}
 	ids := make([]string, len(found))
 	for i, c := range found {
@@ -335,7 +350,20 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 	sub, args := args[0], args[1:]
 	switch sub {
 	case "list":
-		return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error { return a.listConvs(d) })
+		var offline bool
+		if _, err := flags("list", args, a.errOut, func(fs *flag.FlagSet) {
+			fs.BoolVar(&offline, "offline", false, "do not sync first")
+		}); err != nil {
+			return err
+		}
+		return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+			if !offline {
+				if err := d.SyncOnce(ctx); err != nil {
+					fmt.Fprintln(a.errOut, "ferry: could not sync, showing what this device holds:", err)
+				}
+			}
+			return a.listConvs(d)
+		})
 	case "create":
 		var with multi
 		pos, err := flags("create", args, a.errOut, func(fs *flag.FlagSet) { fs.Var(&with, "with", "a member to add (repeatable)") })
@@ -368,7 +396,7 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 			return errors.New("usage: ferry conversation members CONV")
 		}
 		return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
-			conv, err := resolveConv(d, args[0])
+			conv, err := resolve(ctx, d, args[0])
 			if err != nil {
 				return err
 			}
@@ -567,7 +595,7 @@ func (a *app) send(ctx context.Context, args []string) error {
 		return errors.New("usage: ferry send CONV TEXT...")
 	}
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
-		conv, err := resolveConv(d, args[0])
+		conv, err := resolve(ctx, d, args[0])
 		if err != nil {
 			return err
 		}
@@ -594,9 +622,10 @@ func (a *app) sync(ctx context.Context) error {
 }
 
 func (a *app) tail(ctx context.Context, args []string) error {
-	var count int
+	var count, last int
 	pos, err := flags("tail", args, a.errOut, func(fs *flag.FlagSet) {
 		fs.IntVar(&count, "count", 0, "exit after printing this many new messages (0: never)")
+		fs.IntVar(&last, "last", 10, "first print this many of the newest messages held")
 	})
 	if err != nil {
 		return err
@@ -611,8 +640,16 @@ func (a *app) tail(ctx context.Context, args []string) error {
 	}
 	var only ulid.ULID
 	if len(pos) == 1 {
-		if only, err = resolveConv(d, pos[0]); err != nil {
+		if only, err = resolve(ctx, d, pos[0]); err != nil {
 			return err
+		}
+	}
+	// Learn the members' names, so lines say who wrote.
+	if cs, err := d.Conversations(); err == nil {
+		for _, c := range cs {
+			if only == (ulid.ULID{}) || c.ID == only {
+				_, _ = d.Members(ctx, c.ID)
+			}
 		}
 	}
 	sub := d.Subscribe(4096)
@@ -640,6 +677,27 @@ func (a *app) tail(ctx context.Context, args []string) error {
 			}
 		}
 		return nil
+	}
+	// The newest messages held first, then whatever arrives.
+	if cs, err := d.Conversations(); err == nil {
+		for i := len(cs) - 1; i >= 0; i-- {
+			c := cs[i]
+			if only != (ulid.ULID{}) && c.ID != only {
+				continue
+			}
+			page, err := d.Messages(c.ID, clientsdk.PageOptions{Limit: max(last, 1)})
+			if err != nil {
+				return err
+			}
+			for j := len(page.Messages) - 1; j >= 0; j-- {
+				m := page.Messages[j]
+				if last > 0 && m.Seq > 0 {
+					o := message(m)
+					a.print(o, o.line())
+				}
+				printed[m.ID] = true
+			}
+		}
 	}
 	for {
 		select {
