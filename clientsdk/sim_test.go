@@ -33,22 +33,29 @@ var (
 // simServer is a ferry server whose store survives restarts on a fixed
 // address.
 type simServer struct {
-	t    *testing.T
-	fs   vfs.FS
-	addr string
-	seed uint64
-	eng  *engine.Engine
-	srv  *server.Server
-	hs   *http.Server
-	ln   net.Listener
+	t      *testing.T
+	fs     vfs.FS
+	dir    string // the store's folder; "db" when empty
+	addr   string
+	seed   uint64
+	starts uint64 // each start draws its own entropy: a new epoch must differ
+	eng    *engine.Engine
+	srv    *server.Server
+	hs     *http.Server
+	ln     net.Listener
 }
 
 func (s *simServer) start() {
 	s.t.Helper()
-	o := enginetest.Options(s.t, s.seed)
+	s.starts++
+	o := enginetest.Options(s.t, s.seed*1000+s.starts)
 	o.FS = s.fs
+	dir := s.dir
+	if dir == "" {
+		dir = "db"
+	}
 	var err error
-	if s.eng, err = engine.Open("db", o); err != nil {
+	if s.eng, err = engine.Open(dir, o); err != nil {
 		s.t.Fatal(err)
 	}
 	if s.srv, err = server.New(s.eng, server.Options{Logger: slog.New(slog.DiscardHandler)}); err != nil {
