@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect/v2"
@@ -194,7 +195,7 @@ type session struct {
 	once bool
 
 	epoch string
-	live  bool // reached CaughtUp
+	live  atomic.Bool // reached CaughtUp (set by the receiver, read by the sender)
 	// unseen is set when the server accepted new ops and cleared by the next
 	// live round, which brings what they changed (titles, heads): SyncOnce
 	// waits for it.
@@ -253,7 +254,7 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 		select {
 		case err := <-recv:
 			received = true
-			return s.live, err
+			return s.live.Load(), err
 		case <-d.outboxWake:
 			s.flush()
 		case <-s.flushWake:
@@ -263,7 +264,7 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 		case <-hb.C():
 			s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Heartbeat{Heartbeat: &ferryv1.Heartbeat{}}})
 		case <-ctx.Done():
-			return s.live, ctx.Err()
+			return s.live.Load(), ctx.Err()
 		}
 		hb.Reset(d.opts.heartbeat)
 	}
@@ -449,7 +450,7 @@ func (s *session) receive(ctx context.Context) error {
 			if err != nil {
 				return &TerminalError{Err: err}
 			}
-			s.live = true
+			s.live.Store(true)
 			s.unseen = false
 			if d.refreshing.CompareAndSwap(false, true) {
 				d.bg.Add(1)
@@ -471,7 +472,7 @@ func (s *session) receive(ctx context.Context) error {
 					s.unseen = true
 				}
 			}
-			if s.once && s.live && s.idle() {
+			if s.once && s.live.Load() && s.idle() {
 				return errDone
 			}
 		case *ferryv1.SyncResponse_ResetRequired:

@@ -48,6 +48,8 @@ type config struct {
 	maxBodyBytes      int
 	maxStreams        int
 	heartbeat         time.Duration
+	passwordMemory    uint
+	passwordPasses    uint
 	logLevel          string
 	logFormat         string
 	to                string // backup destination
@@ -67,6 +69,8 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body")
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions")
+	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
+	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	if name == "backup" {
@@ -146,6 +150,7 @@ func engineOptions(c *config, log *slog.Logger) engine.Options {
 		AllowRegistration: c.allowRegistration,
 		NewEpoch:          c.newEpoch,
 		MaxBodyBytes:      c.maxBodyBytes,
+		Password:          engine.PasswordParams{MemoryKiB: uint32(c.passwordMemory), Time: uint32(c.passwordPasses)},
 	}
 }
 
