@@ -11,6 +11,7 @@ ADDR ?= 127.0.0.1:8080
 DATA ?= ./data
 FUZZTIME ?= 30s
 BENCHTIME ?= 1s
+RESULTS ?= bench/results
 TESTFLAGS ?=
 
 .PHONY: help
@@ -38,7 +39,17 @@ test-long: ## Longer variants: the crash test over 10 seeds per configuration
 	$(GO) test -race -count=1 -timeout 60m -run 'Crash' ./engine/ -args -crash.seeds=10
 
 .PHONY: bench
-bench: ## Run the engine's go benchmarks (durable append, catch-up read) on this disk
+bench: ## Short benchmark run (under 5 minutes): report in bench/results/latest.{md,json}
+	$(GO) run ./cmd/ferry-bench --profile short --md $(RESULTS)/latest.md --json $(RESULTS)/latest.json
+	@echo "report: $(RESULTS)/latest.md"
+
+.PHONY: bench-full
+bench-full: ## The whole benchmark matrix (about an hour): bench/results/full.{md,json}
+	$(GO) run ./cmd/ferry-bench --profile full --md $(RESULTS)/full.md --json $(RESULTS)/full.json
+	@echo "report: $(RESULTS)/full.md"
+
+.PHONY: bench-go
+bench-go: ## The engine's go benchmarks (durable append, catch-up read) on this disk
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./engine/
 
 .PHONY: fuzz

@@ -1,0 +1,124 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCorpusIsDeterministic(t *testing.T) {
+	a, b := Corpus(7, 500), Corpus(7, 500)
+	for i := range a {
+		if !bytes.Equal(a[i], b[i]) {
+			t.Fatalf("message %d differs between two runs with seed 7: %q vs %q", i, a[i], b[i])
+		}
+	}
+	c := Corpus(8, 500)
+	same := 0
+	for i := range a {
+		if bytes.Equal(a[i], c[i]) {
+			same++
+		}
+	}
+	if same > 50 {
+		t.Errorf("seeds 7 and 8 share %d of 500 messages: the seed is not used", same)
+	}
+	if m := MeanPayload(); m < 50 || m > 150 {
+		t.Errorf("mean payload %.1f bytes, want realistic chat lines of 50..150 bytes", m)
+	}
+}
+
+func TestStampRoundTrip(t *testing.T) {
+	at := time.Unix(1_790_000_000, 123456789)
+	p := Stamp(at, []byte("hello"))
+	got, ok := StampOf(p)
+	if !ok || !got.Equal(at) || string(p[stampLen:]) != "hello" {
+		t.Fatalf("StampOf(Stamp(%v)) = %v, %v, text %q", at, got, ok, p[stampLen:])
+	}
+	if _, ok := StampOf([]byte("short")); ok {
+		t.Error("a payload shorter than a stamp was read as stamped")
+	}
+}
+
+func TestSummaryPercentiles(t *testing.T) {
+	var l Latencies
+	if s := l.Summary(); s.N != 0 {
+		t.Fatalf("empty summary has N=%d", s.N)
+	}
+	// 1..1000 ms, added in reverse so the summary must sort.
+	for i := 1000; i >= 1; i-- {
+		l.Add(time.Duration(i) * time.Millisecond)
+	}
+	s := l.Summary()
+	want := Summary{N: 1000, P50: 500 * time.Millisecond, P90: 900 * time.Millisecond, P99: 990 * time.Millisecond,
+		P999: 999 * time.Millisecond, Max: 1000 * time.Millisecond}
+	if s != want {
+		t.Fatalf("summary of 1..1000ms = %+v, want %+v", s, want)
+	}
+}
+
+// TestWorkloadsInProcess runs every workload at a tiny size against an
+// in-process server: the harness works end to end and counts what it
+// claims (every fanned-out message arrives once at each other member,
+// catch-up brings every missed op). It asserts no speed.
+func TestWorkloadsInProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts servers and sends a few thousand ops")
+	}
+	tiny := Profile{
+		Name:          "tiny",
+		Ingest:        []IngestConfig{{Writers: 4, Batch: 3, Duration: 200 * time.Millisecond}},
+		IngestLatency: []IngestConfig{{Writers: 4, Batch: 1, Rate: 200, Duration: 200 * time.Millisecond}},
+		Fanout:        []FanoutConfig{{Devices: 6, ConvSize: 3, Rate: 40, Duration: 200 * time.Millisecond}},
+		CatchUp:       []CatchUpConfig{{Ops: 300, Convs: 4}, {Ops: 100, Convs: 2, History: 3}},
+		Idle:          []int{10},
+		StorageOps:    400,
+	}
+	factory := func(uncompressed bool) Factory {
+		return Factory{Name: "ferry", New: func(ctx context.Context, dir string) (System, error) {
+			return NewFerry(ctx, FerryConfig{Mode: FerryInProcess, Dir: dir, Uncompressed: uncompressed})
+		}}
+	}
+	raw := factory(true)
+	raw.Name, raw.Only = "ferry (uncompressed)", []string{"catchup"}
+	log := slog.New(slog.NewTextHandler(t.Output(), nil))
+	r, err := Run(t.Context(), tiny, []Factory{factory(false), raw}, t.TempDir(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Errors) > 0 {
+		t.Fatalf("workloads failed: %v", r.Errors)
+	}
+	if len(r.Ingest) != 2 || r.Ingest[0].Ops == 0 || r.Ingest[0].Ops%3 != 0 || r.Ingest[1].Ack.N == 0 {
+		t.Errorf("ingest results %+v: want ops in whole batches of 3 and ack latencies", r.Ingest)
+	}
+	if len(r.Fanout) != 1 || r.Fanout[0].Messages == 0 || r.Fanout[0].Deliveries != r.Fanout[0].Messages*2 {
+		t.Errorf("fan-out results %+v: want each message delivered to both other members", r.Fanout)
+	}
+	if len(r.CatchUp) != 4 {
+		t.Fatalf("%d catch-up results, want 2 per system", len(r.CatchUp))
+	}
+	for _, c := range r.CatchUp {
+		if c.CatchUp.Ops != c.Ops || c.CatchUp.WireBytes == 0 || c.CatchUp.RoundTrips == 0 {
+			t.Errorf("catch-up %+v: want exactly the missed ops, with bytes and round trips counted", c)
+		}
+	}
+	if zstd, plain := r.CatchUp[0].CatchUp.WireBytes, r.CatchUp[2].CatchUp.WireBytes; zstd >= plain {
+		t.Errorf("compressed catch-up %d bytes, uncompressed %d: compression saved nothing", zstd, plain)
+	}
+	if len(r.Idle) != 1 || r.Idle[0].RSSAfter == 0 {
+		t.Errorf("idle results %+v", r.Idle)
+	}
+	if len(r.Storage) != 1 || r.Storage[0].DiskBytes <= 0 || r.Storage[0].PayloadBytes <= 0 {
+		t.Errorf("storage results %+v", r.Storage)
+	}
+	md := r.Markdown()
+	for _, want := range []string{"Durable ingest", "Live fan-out", "Catch-up", "Idle devices", "Storage"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks a %q section", want)
+		}
+	}
+}

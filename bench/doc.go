@@ -1,0 +1,14 @@
+// Package bench measures Ferry: workloads, the physical limits they run
+// against, and a report. The same workloads run from go test -bench (on an
+// in-process server) and from cmd/ferry-bench (on a ferryd process, whose
+// CPU and memory are then measured on their own, or a remote address).
+//
+// Workloads drive a System: Ferry here, peers (NATS JetStream, Centrifugo)
+// in the separate module bench/peers, so that all are measured the same
+// way in the same run.
+//
+// Latency is measured open-loop where it matters: sends follow a fixed
+// schedule whatever the server's pace, and each payload carries its
+// scheduled send time, so a slow server cannot hide its queueing delay
+// (coordinated omission).
+package bench

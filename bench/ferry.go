@@ -1,0 +1,607 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connecthttp"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/internal/compression"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+	"github.com/ferrysync/ferry/server"
+)
+
+// FerryMode says where the Ferry server under test runs.
+type FerryMode int
+
+// The modes.
+const (
+	// FerryInProcess runs the server in this process: for go test -bench.
+	// Usage then counts the clients too.
+	FerryInProcess FerryMode = iota
+	// FerryProcess starts a ferryd binary: its CPU and memory are measured
+	// on their own.
+	FerryProcess
+	// FerryRemote uses a running server at URL: no usage or disk figures.
+	FerryRemote
+)
+
+// FerryConfig configures the Ferry system.
+type FerryConfig struct {
+	Mode   FerryMode
+	Dir    string // store folder (in-process and process modes)
+	Binary string // ferryd (process mode)
+	URL    string // remote mode
+	// Uncompressed makes clients send and accept no compression, to
+	// measure what zstd saves.
+	Uncompressed bool
+	Logger       *slog.Logger
+}
+
+// Ferry is Ferry as a System.
+type Ferry struct {
+	cfg  FerryConfig
+	url  string
+	eng  *engine.Engine
+	srv  *server.Server
+	hs   *http.Server
+	proc *exec.Cmd
+	addr string
+
+	mu      sync.Mutex
+	devs    []*ferryDevice
+	convs   []ulid.ULID
+	convIdx map[ulid.ULID]int
+	epoch   string
+}
+
+// NewFerry starts (or reaches) a Ferry server.
+func NewFerry(ctx context.Context, cfg FerryConfig) (*Ferry, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	f := &Ferry{cfg: cfg, convIdx: map[ulid.ULID]int{}}
+	switch cfg.Mode {
+	case FerryInProcess:
+		eng, err := engine.Open(cfg.Dir, engine.Options{FS: vfs.Default, Logger: cfg.Logger, AllowRegistration: true,
+			Password: engine.PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+		if err != nil {
+			return nil, err
+		}
+		srv, err := server.New(eng, server.Options{Logger: cfg.Logger, MaxStreamsPerDevice: 4})
+		if err != nil {
+			return nil, err
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		f.eng, f.srv = eng, srv
+		f.hs = server.HTTPServer(ln.Addr().String(), srv.Handler(), nil)
+		hs := f.hs
+		go func() { _ = hs.Serve(ln) }()
+		f.url = "http://" + ln.Addr().String()
+	case FerryProcess:
+		if err := f.startProcess(ctx); err != nil {
+			return nil, err
+		}
+	case FerryRemote:
+		f.url = cfg.URL
+	}
+	return f, nil
+}
+
+var listening = regexp.MustCompile(`listening on (\S+)`)
+
+func (f *Ferry) startProcess(ctx context.Context) error {
+	if f.addr == "" {
+		// Keep one address across restarts, so clients find the server.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		f.addr = ln.Addr().String()
+		_ = ln.Close()
+	}
+	cmd := exec.Command(f.cfg.Binary, "--addr", f.addr, "--data", f.cfg.Dir, "--allow-registration",
+		"--password-memory-kib", "64", "--password-passes", "1", "--log-level", "warn", "--max-streams-per-device", "4")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start ferryd: %w", err)
+	}
+	found := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
+				found <- m[1]
+			}
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case f.url = <-found:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		return errors.New("ferryd did not start listening")
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		return ctx.Err()
+	}
+	f.proc = cmd
+	return nil
+}
+
+// Name is the system's name.
+func (f *Ferry) Name() string {
+	if f.cfg.Uncompressed {
+		return "ferry (uncompressed)"
+	}
+	return "ferry"
+}
+
+// URL is the server's address.
+func (f *Ferry) URL() string { return f.url }
+
+// ferryDevice is one client: a device of its own user.
+type ferryDevice struct {
+	f      *Ferry
+	i      int
+	token  string
+	user   ulid.ULID
+	device ulid.ULID
+	read   atomic.Int64
+	http   *http.Client
+	sync   ferryv1connect.SyncServiceClient
+
+	mu      sync.Mutex
+	dots    map[int]uint64
+	held    map[int]uint64 // conv -> highest seq held (ops arrive in seq order)
+	pos     uint64
+	entropy *ulid.MonotonicEntropy
+}
+
+// client makes RPC clients for device i (none signed in when i < 0) whose
+// connection counts the bytes it reads into read.
+func (f *Ferry) client(i int, read *atomic.Int64) (ferryv1connect.AccountServiceClient, ferryv1connect.SyncServiceClient, *http.Client) {
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	hc := &http.Client{Transport: &http.Transport{Protocols: p,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &countingConn{Conn: c, read: read}, nil
+		}}}
+	opts := []connecthttp.Option{connecthttp.WithReadMaxBytes(64 << 20)}
+	if f.cfg.Uncompressed {
+		opts = append(opts, connecthttp.WithCompressors())
+	} else {
+		opts = append(opts, connecthttp.WithCompressors(compression.NewZstd()), connecthttp.WithSendCompression("zstd"),
+			connecthttp.WithCompressMinBytes(256))
+	}
+	var ics []connect.ClientInterceptor
+	if i >= 0 && f.devs[i] != nil {
+		ics = append(ics, bearer(f.devs[i].token))
+	}
+	c := connect.NewClient(connecthttp.NewTransport(hc, f.url, opts...), ics...)
+	return ferryv1connect.NewAccountServiceClient(c), ferryv1connect.NewSyncServiceClient(c), hc
+}
+
+type countingConn struct {
+	net.Conn
+	read *atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+func bearer(token string) connect.ClientInterceptor {
+	return func(next connect.ClientFunc) connect.ClientFunc {
+		return func(ctx context.Context, spec connect.Spec) (connect.ClientStream, error) {
+			info, ok := connect.CallInfoForClientContext(ctx)
+			if !ok {
+				ctx, info = connect.NewClientContext(ctx)
+			}
+			info.RequestHeader().Set("Authorization", "Bearer "+token)
+			return next(ctx, spec)
+		}
+	}
+}
+
+// Prepare registers one user with one device per client and creates the
+// conversations, each by its first member.
+func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error {
+	f.devs = make([]*ferryDevice, clients)
+	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffff)
+	err := parallel(ctx, clients, 32, func(i int) error {
+		acc, _, _ := f.client(-1, &atomic.Int64{})
+		resp, err := acc.Register(ctx, &ferryv1.RegisterRequest{Username: fmt.Sprintf("b%s-%d", run, i), Password: "bench password", DeviceName: "bench"})
+		if err != nil {
+			return fmt.Errorf("register client %d: %w", i, err)
+		}
+		s := resp.GetSession()
+		d := &ferryDevice{f: f, i: i, token: s.GetToken(), user: ulid.MustParseStrict(s.GetUserId()),
+			device: ulid.MustParseStrict(s.GetDeviceId()), dots: map[int]uint64{}, held: map[int]uint64{},
+			entropy: ulid.Monotonic(newRand(uint64(i)), 0)}
+		f.mu.Lock()
+		f.devs[i] = d
+		f.mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range f.devs {
+		_, d.sync, d.http = f.client(d.i, &d.read)
+	}
+	f.convs = make([]ulid.ULID, len(members))
+	for c := range members {
+		f.convs[c] = ulid.Make()
+		f.convIdx[f.convs[c]] = c
+	}
+	return parallel(ctx, len(members), 16, func(c int) error {
+		m := members[c]
+		creator := f.devs[m[0]]
+		ops := []*ferryv1.Op{creator.op(c, &ferryv1.Op{Payload: &ferryv1.Op_Create{Create: &ferryv1.Create{Title: fmt.Sprint("conversation ", c)}}})}
+		for _, o := range m[1:] {
+			ops = append(ops, creator.op(c, &ferryv1.Op{Payload: &ferryv1.Op_MemberAdd{MemberAdd: &ferryv1.MemberAdd{UserId: f.devs[o].user.String()}}}))
+		}
+		for len(ops) > 0 {
+			n := min(len(ops), 1000)
+			resp, err := creator.sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: f.convs[c].String(), Ops: ops[:n]}}})
+			if err != nil {
+				return fmt.Errorf("create conversation %d: %w", c, err)
+			}
+			if err := rejected(resp.GetResults()); err != nil {
+				return err
+			}
+			ops = ops[n:]
+		}
+		return nil
+	})
+}
+
+func rejected(rs []*ferryv1.OpResult) error {
+	for _, r := range rs {
+		if r.GetStatus() == ferryv1.OpStatus_OP_STATUS_REJECTED {
+			return fmt.Errorf("op rejected: %s: %s", r.GetReason(), r.GetMessage())
+		}
+	}
+	return nil
+}
+
+// op fills an op's id and this device's next dot in conversation c.
+func (d *ferryDevice) op(c int, o *ferryv1.Op) *ferryv1.Op {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.dots[c]++
+	o.Id = ulid.MustNew(ulid.Now(), d.entropy).String()
+	o.Dot = d.dots[c]
+	return o
+}
+
+// newRand is a seeded randomness source for op ids.
+func newRand(seed uint64) io.Reader {
+	var k [32]byte
+	binary.LittleEndian.PutUint64(k[:], seed)
+	return rand.NewChaCha8(k)
+}
+
+// parallel runs fn(0..n-1) with at most width at a time.
+func parallel(ctx context.Context, n, width int, fn func(int) error) error {
+	sem := make(chan struct{}, width)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	for i := range n {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := fn(i); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
+// ferryConn is a connected device: one Sync stream.
+type ferryConn struct {
+	d      *ferryDevice
+	st     ferryv1connect.SyncServiceSyncClientStream
+	cancel context.CancelFunc
+	onMsg  func(conv int, payload []byte)
+	done   chan error
+
+	sendMu  sync.Mutex
+	mu      sync.Mutex
+	nextReq uint64
+	pending map[uint64]func(error)
+}
+
+// Connect opens the device's session and waits until it is caught up.
+func (f *Ferry) Connect(ctx context.Context, i int, onMessage func(int, []byte)) (Client, error) {
+	c := &ferryConn{d: f.devs[i], onMsg: onMessage, pending: map[uint64]func(error){}}
+	if _, _, err := c.open(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// open opens the stream and reads until CaughtUp, returning the ops
+// received and when it was done.
+func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
+	sctx, cancel := context.WithCancel(context.Background())
+	st, err := c.d.sync.Sync(sctx)
+	if err != nil {
+		cancel()
+		return 0, time.Time{}, err
+	}
+	c.st, c.cancel, c.done = st, cancel, make(chan error, 1)
+	c.d.f.mu.Lock()
+	epoch := c.d.f.epoch
+	c.d.f.mu.Unlock()
+	c.d.mu.Lock()
+	hello := &ferryv1.Hello{Epoch: epoch, FeedPos: c.d.pos, Client: "ferry-bench"}
+	// Like a real client, say what the device holds: the server's record
+	// of it may lag (an ack sent just before a disconnect can be lost).
+	for idx, seq := range c.d.held {
+		hello.Cursors = append(hello.Cursors, &ferryv1.Cursor{ConversationId: c.d.f.convs[idx].String(), Seq: seq})
+	}
+	c.d.mu.Unlock()
+	if err := st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}}); err != nil {
+		_, rerr := st.Receive()
+		cancel()
+		return 0, time.Time{}, errors.Join(err, rerr)
+	}
+	n := 0
+	for {
+		m, err := st.Receive()
+		if err != nil {
+			cancel()
+			return 0, time.Time{}, err
+		}
+		switch x := m.GetMessage().(type) {
+		case *ferryv1.SyncResponse_Welcome:
+			c.d.f.mu.Lock()
+			c.d.f.epoch = x.Welcome.GetEpoch()
+			c.d.f.mu.Unlock()
+		case *ferryv1.SyncResponse_Ops:
+			n += c.take(x.Ops, false)
+		case *ferryv1.SyncResponse_CaughtUp:
+			at := time.Now()
+			c.d.mu.Lock()
+			c.d.pos = x.CaughtUp.GetFeedPos()
+			c.d.mu.Unlock()
+			c.ack()
+			go func() { c.done <- c.receive() }()
+			return n, at, nil
+		}
+	}
+}
+
+// take records a batch of ops, delivering messages live if asked.
+func (c *ferryConn) take(ops *ferryv1.Ops, live bool) int {
+	n := 0
+	for _, b := range ops.GetBatches() {
+		conv, _ := ulid.ParseStrict(b.GetConversationId())
+		idx, known := c.d.f.convIdx[conv]
+		for _, op := range b.GetOps() {
+			n++
+			if live && known && c.onMsg != nil {
+				if m := op.GetMessage(); m != nil {
+					c.onMsg(idx, m.GetBody())
+				}
+			}
+		}
+		if ops := b.GetOps(); len(ops) > 0 && known {
+			c.d.mu.Lock()
+			c.d.held[idx] = max(c.d.held[idx], ops[len(ops)-1].GetSeq())
+			c.d.mu.Unlock()
+		}
+	}
+	if p := ops.GetFeedPos(); p != 0 {
+		c.d.mu.Lock()
+		c.d.pos = p
+		c.d.mu.Unlock()
+	}
+	return n
+}
+
+// ack tells the server what the device holds, so a later session resumes
+// after it.
+func (c *ferryConn) ack() {
+	c.d.mu.Lock()
+	ack := &ferryv1.Ack{}
+	for idx, seq := range c.d.held {
+		ack.Markers = append(ack.Markers, &ferryv1.Marker{ConversationId: c.d.f.convs[idx].String(), Delivered: seq})
+	}
+	c.d.mu.Unlock()
+	if len(ack.Markers) > 0 {
+		c.sendMu.Lock()
+		_ = c.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: ack}})
+		c.sendMu.Unlock()
+	}
+}
+
+func (c *ferryConn) receive() error {
+	for {
+		m, err := c.st.Receive()
+		if err != nil {
+			c.failPending(err)
+			return err
+		}
+		switch x := m.GetMessage().(type) {
+		case *ferryv1.SyncResponse_Ops:
+			c.take(x.Ops, true)
+			if x.Ops.GetFeedPos() != 0 {
+				c.ack()
+			}
+		case *ferryv1.SyncResponse_PushResult:
+			c.mu.Lock()
+			done := c.pending[x.PushResult.GetRequestId()]
+			delete(c.pending, x.PushResult.GetRequestId())
+			c.mu.Unlock()
+			if done != nil {
+				done(rejected(x.PushResult.GetResults()))
+			}
+		}
+	}
+}
+
+func (c *ferryConn) failPending(err error) {
+	c.mu.Lock()
+	p := c.pending
+	c.pending = map[uint64]func(error){}
+	c.mu.Unlock()
+	for _, done := range p {
+		done(err)
+	}
+}
+
+// Send pushes payloads as messages of conversation conv in one push.
+func (c *ferryConn) Send(conv int, payloads [][]byte, done func(error)) error {
+	ops := make([]*ferryv1.Op, len(payloads))
+	for i, p := range payloads {
+		ops[i] = c.d.op(conv, &ferryv1.Op{Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{Body: p, ContentType: "text/plain"}}})
+	}
+	c.mu.Lock()
+	c.nextReq++
+	req := c.nextReq
+	c.pending[req] = done
+	c.mu.Unlock()
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return c.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: req,
+		Batches: []*ferryv1.OpBatch{{ConversationId: c.d.f.convs[conv].String(), Ops: ops}}}}})
+}
+
+// Disconnect closes the session after acknowledging what the device holds.
+func (c *ferryConn) Disconnect() error {
+	c.ack()
+	c.sendMu.Lock()
+	_ = c.st.CloseSend()
+	c.sendMu.Unlock()
+	c.stop()
+	return nil
+}
+
+// CatchUp reopens the session and measures the catch-up.
+func (c *ferryConn) CatchUp(ctx context.Context) (CatchUp, error) {
+	before := c.readBytes()
+	start := time.Now()
+	n, at, err := c.open(ctx)
+	if err != nil {
+		return CatchUp{}, err
+	}
+	return CatchUp{Ops: n, Duration: at.Sub(start), RoundTrips: 1, WireBytes: c.readBytes() - before}, nil
+}
+
+func (c *ferryConn) readBytes() int64 { return c.d.read.Load() }
+
+// Close ends the session.
+func (c *ferryConn) Close() error {
+	c.stop()
+	c.d.http.CloseIdleConnections()
+	return nil
+}
+
+// stop ends the stream and waits for the receiver. Cancelling the context
+// alone does not unblock a Receive in flight: the stream must be closed.
+func (c *ferryConn) stop() {
+	c.cancel()
+	_ = c.st.Close()
+	<-c.done
+}
+
+// Usage reads the server process's usage.
+func (f *Ferry) Usage() (Usage, error) {
+	switch f.cfg.Mode {
+	case FerryProcess:
+		return ProcessUsage(f.proc.Process.Pid)
+	case FerryInProcess:
+		return ProcessUsage(os.Getpid())
+	}
+	return Usage{}, errors.New("no usage for a remote server")
+}
+
+// DiskBytes compacts the store and measures it. A ferryd process is
+// stopped for it (compaction needs the store) and started again.
+func (f *Ferry) DiskBytes(ctx context.Context) (int64, error) {
+	switch f.cfg.Mode {
+	case FerryInProcess:
+		n, err := f.eng.DiskUsage(true)
+		return int64(n), err
+	case FerryProcess:
+		_ = f.proc.Process.Signal(syscall.SIGTERM)
+		_ = f.proc.Wait()
+		eng, err := engine.Open(f.cfg.Dir, engine.Options{Logger: f.cfg.Logger})
+		if err != nil {
+			return 0, err
+		}
+		n, err := eng.DiskUsage(true)
+		if cerr := eng.Close(); err == nil {
+			err = cerr
+		}
+		if serr := f.startProcess(ctx); err == nil {
+			err = serr
+		}
+		return int64(n), err
+	}
+	return 0, errors.New("no disk figures for a remote server")
+}
+
+// Close stops the server.
+func (f *Ferry) Close() error {
+	switch f.cfg.Mode {
+	case FerryInProcess:
+		f.srv.GoAway()
+		_ = f.hs.Close()
+		f.srv.Wait()
+		return f.eng.Close()
+	case FerryProcess:
+		_ = f.proc.Process.Signal(syscall.SIGTERM)
+		return f.proc.Wait()
+	}
+	return nil
+}

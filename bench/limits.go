@@ -1,0 +1,158 @@
+package bench
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/klauspost/compress/zstd"
+	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/proto"
+
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+)
+
+// PebbleResult is raw Pebble's synced batch-commit throughput: the ceiling
+// of durable ingest on this disk.
+type PebbleResult struct {
+	Committers int     `json:"committers"`
+	OpsPerSec  float64 `json:"ops_per_sec"`
+}
+
+// PebbleCommits measures synced commits of one op-sized record each, by
+// concurrent committers, on a fresh store in dir (64 MiB memtable, like the
+// engine's).
+func PebbleCommits(dir string, committers int, d time.Duration) (PebbleResult, error) {
+	db, err := pebble.Open(dir, &pebble.Options{MemTableSize: 64 << 20, Logger: quietLogger{}})
+	if err != nil {
+		return PebbleResult{}, err
+	}
+	defer db.Close()
+	var n atomic.Int64
+	value := make([]byte, 150+60) // a typical payload plus the op record's fields
+	deadline := time.Now().Add(d)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range committers {
+		wg.Go(func() {
+			key := make([]byte, 25)
+			binary.BigEndian.PutUint64(key[1:], uint64(w))
+			for i := uint64(0); time.Now().Before(deadline); i++ {
+				binary.BigEndian.PutUint64(key[17:], i)
+				b := db.NewBatch()
+				_ = b.Set(key, value, nil)
+				if err := b.Commit(pebble.Sync); err != nil {
+					return
+				}
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return PebbleResult{Committers: committers, OpsPerSec: float64(n.Load()) / time.Since(start).Seconds()}, nil
+}
+
+// FsyncLatency is the median latency of one synced commit on this disk.
+func FsyncLatency(dir string, samples int) (time.Duration, error) {
+	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	var lat Latencies
+	for i := range samples {
+		start := time.Now()
+		if err := db.Set(binary.BigEndian.AppendUint64(nil, uint64(i)), []byte("x"), pebble.Sync); err != nil {
+			return 0, err
+		}
+		lat.Add(time.Since(start))
+	}
+	return lat.Summary().P50, nil
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)           {}
+func (quietLogger) Errorf(string, ...any)          {}
+func (quietLogger) Fatalf(format string, a ...any) { panic(fmt.Sprintf(format, a...)) }
+
+// ZstdResult is zstd's speed and ratio on batches of ops as sent.
+type ZstdResult struct {
+	OpsPerBatch int     `json:"ops_per_batch"`
+	Ratio       float64 `json:"ratio"` // compressed / raw
+	MBPerSec    float64 `json:"mb_per_sec"`
+}
+
+// Zstd compresses wire batches of opsPerBatch corpus messages (Ops messages
+// as the server sends them) with one shared encoder, as the server does.
+func Zstd(opsPerBatch int, d time.Duration) (ZstdResult, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return ZstdResult{}, err
+	}
+	var batches [][]byte
+	for k := 0; k < 20; k++ {
+		b := &ferryv1.OpBatch{ConversationId: ulid.Make().String()}
+		dev, user := ulid.Make().String(), ulid.Make().String()
+		for i := range opsPerBatch {
+			b.Ops = append(b.Ops, &ferryv1.Op{Id: ulid.Make().String(), Seq: uint64(k*opsPerBatch + i + 1), DeviceId: dev,
+				Dot: uint64(i + 1), UserId: user,
+				Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{Body: corpus[(k*opsPerBatch+i)%len(corpus)], ContentType: "text/plain"}}})
+		}
+		raw, err := proto.Marshal(&ferryv1.Ops{Batches: []*ferryv1.OpBatch{b}, Phase: ferryv1.Phase_PHASE_BACKFILL})
+		if err != nil {
+			return ZstdResult{}, err
+		}
+		batches = append(batches, raw)
+	}
+	var rawN, zN int64
+	start := time.Now()
+	var dst []byte
+	for i := 0; time.Since(start) < d; i++ {
+		b := batches[i%len(batches)]
+		dst = enc.EncodeAll(b, dst[:0])
+		rawN += int64(len(b))
+		zN += int64(len(dst))
+	}
+	secs := time.Since(start).Seconds()
+	return ZstdResult{OpsPerBatch: opsPerBatch, Ratio: float64(zN) / float64(rawN), MBPerSec: float64(rawN) / secs / 1e6}, nil
+}
+
+// Loopback measures TCP bandwidth over loopback, in MB/s.
+func Loopback(d time.Duration) (float64, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	var got atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		n, _ := io.Copy(io.Discard, c)
+		got.Store(n)
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 256<<10)
+	start := time.Now()
+	for time.Since(start) < d {
+		if _, err := c.Write(buf); err != nil {
+			return 0, err
+		}
+	}
+	_ = c.Close()
+	<-done
+	return float64(got.Load()) / time.Since(start).Seconds() / 1e6, nil
+}

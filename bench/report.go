@@ -1,0 +1,250 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Report is one run's results.
+type Report struct {
+	Profile       string          `json:"profile"`
+	Date          time.Time       `json:"date"`
+	CorpusVersion int             `json:"corpus_version"`
+	MeanPayload   float64         `json:"mean_payload_bytes"`
+	Machine       Machine         `json:"machine"`
+	Ingest        []IngestResult  `json:"ingest"`
+	Fanout        []FanoutResult  `json:"fanout"`
+	CatchUp       []CatchUpResult `json:"catch_up"`
+	Idle          []IdleResult    `json:"idle"`
+	Storage       []StorageResult `json:"storage"`
+	Limits        Limits          `json:"limits"`
+	Errors        []string        `json:"errors,omitempty"`
+}
+
+// Machine describes where the run happened.
+type Machine struct {
+	CPU        string        `json:"cpu"`
+	Cores      int           `json:"cores"`
+	GOMAXPROCS int           `json:"gomaxprocs"`
+	OS         string        `json:"os"`
+	Go         string        `json:"go"`
+	FsyncP50   time.Duration `json:"fsync_p50_ns"`
+}
+
+// Limits are the physical limits measured in the same run.
+type Limits struct {
+	FsyncP50    time.Duration  `json:"fsync_p50_ns"`
+	Pebble      []PebbleResult `json:"pebble"`
+	Zstd        []ZstdResult   `json:"zstd"`
+	LoopbackMBs float64        `json:"loopback_mb_per_sec"`
+}
+
+// JSON encodes the report.
+func (r *Report) JSON() []byte {
+	b, _ := json.MarshalIndent(r, "", "  ")
+	return append(b, '\n')
+}
+
+func kb(n int64) string {
+	if n >= 10_000_000 {
+		return fmt.Sprintf("%.0f MB", float64(n)/1e6)
+	}
+	return fmt.Sprintf("%.1f KB", float64(n)/1000)
+}
+
+func rate(x float64) string {
+	switch {
+	case x >= 1e6:
+		return fmt.Sprintf("%.2fM", x/1e6)
+	case x >= 1e4:
+		return fmt.Sprintf("%.0fk", x/1e3)
+	case x >= 1e3:
+		return fmt.Sprintf("%.1fk", x/1e3)
+	}
+	return fmt.Sprintf("%.0f", x)
+}
+
+// Markdown renders the report: the targets first, then every figure.
+func (r *Report) Markdown() string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p("# Ferry benchmark report\n\n")
+	p("Profile `%s`, %s. Machine: %s, %d cores (GOMAXPROCS %d), %s, %s; one synced commit takes %s (median) on this disk. ",
+		r.Profile, r.Date.Format("2006-01-02 15:04 UTC"), r.Machine.CPU, r.Machine.Cores, r.Machine.GOMAXPROCS, r.Machine.OS, r.Machine.Go, ms(r.Machine.FsyncP50))
+	p("Corpus version %d, mean payload %.0f bytes. Single runs on a shared machine: read ratios, not absolutes.\n\n", r.CorpusVersion, r.MeanPayload)
+
+	systems := r.systems()
+	p("## Targets\n\n| metric | target | %s |\n| --- | --- |%s\n", strings.Join(systems, " | "), strings.Repeat(" --- |", len(systems)))
+	for _, t := range r.targets(systems) {
+		p("| %s | %s | %s |\n", t[0], t[1], strings.Join(t[2:], " | "))
+	}
+
+	p("\n## Durable ingest\n\nAcknowledged after a synced commit. Closed loop (2 pushes in flight per writer) for throughput; open loop (fixed rate, latency from the scheduled send) for latency. CPU is the server process's, per 1,000 ops.\n\n")
+	p("| system | writers | ops/push | rate | ops/s | ack p50 | p90 | p99 | p99.9 | max | CPU/1k ops | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, x := range r.Ingest {
+		rt := "max"
+		if x.Rate > 0 {
+			rt = rate(x.Rate) + "/s"
+		}
+		p("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Writers, x.Batch, rt, rate(x.OpsPerSec),
+			ms(x.Ack.P50), ms(x.Ack.P90), ms(x.Ack.P99), ms(x.Ack.P999), ms(x.Ack.Max), ms(x.CPUPerKOps), kb(x.PeakRSS))
+	}
+	if len(r.Limits.Pebble) > 0 {
+		p("\nLimit, raw Pebble synced commits of one op-sized record, same disk:")
+		for _, l := range r.Limits.Pebble {
+			p(" %d committers %s/s;", l.Committers, rate(l.OpsPerSec))
+		}
+		p("\n")
+	}
+
+	p("\n## Live fan-out\n\nOpen loop; latency from the scheduled send to arrival at each other member.\n\n")
+	p("| system | devices | conversation size | messages | deliveries | p50 | p90 | p99 | p99.9 | max | CPU/1k deliveries |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, x := range r.Fanout {
+		lost := ""
+		if x.Deliveries < x.Expected {
+			lost = fmt.Sprintf(" (of %d)", x.Expected)
+		}
+		p("| %s | %d | %d | %d | %d%s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Devices, x.ConvSize, x.Messages, x.Deliveries, lost,
+			ms(x.Latency.P50), ms(x.Latency.P90), ms(x.Latency.P99), ms(x.Latency.P999), ms(x.Latency.Max), ms(x.CPUPerKOps))
+	}
+
+	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up.\n\n")
+	p("| system | missed ops | conversations | history | time | round trips | wire bytes | bytes/op | wire/payload |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, x := range r.CatchUp {
+		p("| %s | %d | %d | x%d | %s | %d | %d | %.1f | %.2f |\n", x.System, x.Ops, x.Convs, x.History, ms(x.CatchUp.Duration),
+			x.CatchUp.RoundTrips, x.CatchUp.WireBytes, x.BytesOp, float64(x.CatchUp.WireBytes)/float64(max(x.RawBytes, 1)))
+	}
+	if len(r.Limits.Zstd) > 0 {
+		p("\nLimit, zstd on wire batches (shared encoder):")
+		for _, z := range r.Limits.Zstd {
+			p(" %d ops per batch: ratio %.2f at %.0f MB/s;", z.OpsPerBatch, z.Ratio, z.MBPerSec)
+		}
+		p(" loopback TCP %.0f MB/s.\n", r.Limits.LoopbackMBs)
+	}
+
+	p("\n## Idle devices\n\n| system | devices | server RSS before | after | per device |\n|---|---|---|---|---|\n")
+	for _, x := range r.Idle {
+		p("| %s | %d | %s | %s | %s |\n", x.System, x.Devices, kb(x.RSSBefore), kb(x.RSSAfter), kb(x.PerDevice))
+	}
+	p("\n## Storage\n\nBytes on disk per op after a full compaction.\n\n| system | ops | payload bytes/op | disk bytes/op | overhead |\n|---|---|---|---|---|\n")
+	for _, x := range r.Storage {
+		p("| %s | %d | %.0f | %.0f | %+.0f B |\n", x.System, x.Ops, x.PayloadBytes, x.DiskBytes, x.DiskBytes-x.PayloadBytes)
+	}
+	if len(r.Errors) > 0 {
+		p("\n## Errors\n\n")
+		for _, e := range r.Errors {
+			p("- %s\n", e)
+		}
+	}
+	return b.String()
+}
+
+func (r *Report) systems() []string {
+	var out []string
+	add := func(s string) {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	for _, x := range r.Ingest {
+		add(x.System)
+	}
+	for _, x := range r.Fanout {
+		add(x.System)
+	}
+	for _, x := range r.CatchUp {
+		add(x.System)
+	}
+	return out
+}
+
+// targets are the issue's targets with each system's figure.
+func (r *Report) targets(systems []string) [][]string {
+	cell := func(f func(sys string) string) []string {
+		out := make([]string, len(systems))
+		for i, s := range systems {
+			out[i] = f(s)
+		}
+		return out
+	}
+	bestIngest := func(sys string) string {
+		best := IngestResult{}
+		for _, x := range r.Ingest {
+			if x.System == sys && x.Rate == 0 && x.OpsPerSec > best.OpsPerSec {
+				best = x
+			}
+		}
+		if best.Ops == 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%s ops/s (%d writers x %d)", rate(best.OpsPerSec), best.Writers, best.Batch)
+	}
+	ackP99 := func(sys string) string {
+		for _, x := range r.Ingest {
+			if x.System == sys && x.Rate > 0 {
+				return fmt.Sprintf("%s at %s ops/s", ms(x.Ack.P99), rate(x.Rate))
+			}
+		}
+		return "–"
+	}
+	fan := func(devices int) func(string) string {
+		return func(sys string) string {
+			for _, x := range r.Fanout {
+				if x.System == sys && x.Devices == devices && x.ConvSize == devices {
+					return fmt.Sprintf("p99 %s", ms(x.Latency.P99))
+				}
+			}
+			return "–"
+		}
+	}
+	idle := func(sys string) string {
+		for _, x := range r.Idle {
+			if x.System == sys {
+				return kb(x.PerDevice) + fmt.Sprintf(" (%d devices)", x.Devices)
+			}
+		}
+		return "–"
+	}
+	cu := func(ops, convs, history int) func(string) string {
+		return func(sys string) string {
+			for _, x := range r.CatchUp {
+				if x.System == sys && x.Ops == ops && x.Convs == convs && x.History == history {
+					return fmt.Sprintf("%s, %d round trips", ms(x.CatchUp.Duration), x.CatchUp.RoundTrips)
+				}
+			}
+			return "–"
+		}
+	}
+	wire := func(sys string) string {
+		for _, x := range r.CatchUp {
+			if x.System == sys && x.Ops == 10_000 && x.Convs == 100 && x.History == 1 {
+				return fmt.Sprintf("%.2f", float64(x.CatchUp.WireBytes)/float64(max(x.RawBytes, 1)))
+			}
+		}
+		return "–"
+	}
+	disk := func(sys string) string {
+		for _, x := range r.Storage {
+			if x.System == sys {
+				return fmt.Sprintf("payload %+.0f B", x.DiskBytes-x.PayloadBytes)
+			}
+		}
+		return "–"
+	}
+	return [][]string{
+		append([]string{"durable ingest, ack after fsync", "≥ 100k ops/s"}, cell(bestIngest)...),
+		append([]string{"ack latency", "p99 ≤ 5 ms"}, cell(ackP99)...),
+		append([]string{"fan-out, 1 op to 10k online devices", "p99 ≤ 50 ms"}, cell(fan(10000))...),
+		append([]string{"fan-out, 1 op to 1k online devices", "p99 ≤ 10 ms"}, cell(fan(1000))...),
+		append([]string{"idle memory per device", "≤ 20 KB"}, cell(idle)...),
+		append([]string{"catch-up 10k ops over 100 conversations", "≤ 50 ms, ≤ 2 round trips"}, cell(cu(10_000, 100, 1))...),
+		append([]string{"catch-up 10k ops over 100, history x10", "flat"}, cell(cu(10_000, 100, 10))...),
+		append([]string{"catch-up 100k ops over 500 conversations", "≤ 0.5 s"}, cell(cu(100_000, 500, 1))...),
+		append([]string{"catch-up 100k over 500, history x10", "flat"}, cell(cu(100_000, 500, 10))...),
+		append([]string{"catch-up bytes on the wire / payload", "≤ 0.45"}, cell(wire)...),
+		append([]string{"disk per op", "≤ payload + 30 B"}, cell(disk)...),
+	}
+}

@@ -1,0 +1,262 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Factory makes a fresh system under test with its store in dir.
+type Factory struct {
+	Name string
+	New  func(ctx context.Context, dir string) (System, error)
+	// Only, when set, limits the system to these workloads: "ingest",
+	// "fanout", "catchup", "idle", "storage".
+	Only []string
+}
+
+func (f Factory) runs(kind string) bool { return len(f.Only) == 0 || slices.Contains(f.Only, kind) }
+
+// Restrict limits every system to the workloads in want (keeping each
+// system's own restriction) and drops systems left with none.
+func Restrict(systems []Factory, want []string) []Factory {
+	var out []Factory
+	for _, f := range systems {
+		var only []string
+		for _, w := range want {
+			if f.runs(w) {
+				only = append(only, w)
+			}
+		}
+		if len(only) > 0 {
+			f.Only = only
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Profile is a size of the workload matrix.
+type Profile struct {
+	Name          string
+	Ingest        []IngestConfig
+	IngestLatency []IngestConfig // open loop, for ack latency
+	Fanout        []FanoutConfig
+	CatchUp       []CatchUpConfig
+	Idle          []int
+	StorageOps    int
+	LimitTime     time.Duration
+}
+
+// Short is `make bench`: every workload at a small size, under 5 minutes on
+// two cores.
+var Short = Profile{
+	Name: "short",
+	Ingest: []IngestConfig{
+		{Writers: 16, Batch: 1, Duration: 3 * time.Second},
+		{Writers: 64, Batch: 1, Duration: 3 * time.Second},
+		{Writers: 256, Batch: 1, Duration: 3 * time.Second},
+		{Writers: 64, Batch: 16, Duration: 3 * time.Second},
+		{Writers: 256, Batch: 16, Duration: 3 * time.Second},
+	},
+	IngestLatency: []IngestConfig{{Writers: 64, Batch: 1, Rate: 10_000, Duration: 3 * time.Second}},
+	Fanout: []FanoutConfig{
+		{Devices: 100, ConvSize: 2, Rate: 200, Duration: 3 * time.Second},
+		{Devices: 100, ConvSize: 10, Rate: 200, Duration: 3 * time.Second},
+		{Devices: 100, ConvSize: 100, Rate: 50, Duration: 3 * time.Second},
+		{Devices: 1000, ConvSize: 10, Rate: 500, Duration: 3 * time.Second},
+		{Devices: 1000, ConvSize: 1000, Rate: 5, Duration: 3 * time.Second},
+	},
+	CatchUp: []CatchUpConfig{
+		{Ops: 1_000, Convs: 1},
+		{Ops: 10_000, Convs: 100},
+		{Ops: 10_000, Convs: 100, History: 10},
+	},
+	Idle:       []int{1000},
+	StorageOps: 20_000,
+	LimitTime:  time.Second,
+}
+
+// Full is `make bench-full`: the whole matrix.
+var Full = Profile{
+	Name: "full",
+	Ingest: []IngestConfig{
+		{Writers: 1, Batch: 1, Duration: 5 * time.Second},
+		{Writers: 16, Batch: 1, Duration: 5 * time.Second},
+		{Writers: 64, Batch: 1, Duration: 5 * time.Second},
+		{Writers: 256, Batch: 1, Duration: 5 * time.Second},
+		{Writers: 1024, Batch: 1, Duration: 5 * time.Second},
+		{Writers: 64, Batch: 16, Duration: 5 * time.Second},
+		{Writers: 256, Batch: 16, Duration: 5 * time.Second},
+		{Writers: 256, Batch: 100, Duration: 5 * time.Second},
+	},
+	IngestLatency: []IngestConfig{
+		{Writers: 64, Batch: 1, Rate: 10_000, Duration: 5 * time.Second},
+		{Writers: 256, Batch: 1, Rate: 30_000, Duration: 5 * time.Second},
+	},
+	Fanout: []FanoutConfig{
+		{Devices: 100, ConvSize: 2, Rate: 200, Duration: 5 * time.Second},
+		{Devices: 100, ConvSize: 10, Rate: 200, Duration: 5 * time.Second},
+		{Devices: 100, ConvSize: 100, Rate: 50, Duration: 5 * time.Second},
+		{Devices: 1000, ConvSize: 10, Rate: 500, Duration: 5 * time.Second},
+		{Devices: 1000, ConvSize: 100, Rate: 50, Duration: 5 * time.Second},
+		{Devices: 1000, ConvSize: 1000, Rate: 5, Duration: 5 * time.Second},
+		{Devices: 10000, ConvSize: 100, Rate: 100, Duration: 5 * time.Second},
+		{Devices: 10000, ConvSize: 10000, Rate: 1, Duration: 10 * time.Second},
+	},
+	CatchUp: []CatchUpConfig{
+		{Ops: 1_000, Convs: 1}, {Ops: 1_000, Convs: 100},
+		{Ops: 10_000, Convs: 1}, {Ops: 10_000, Convs: 100}, {Ops: 10_000, Convs: 500},
+		{Ops: 100_000, Convs: 1}, {Ops: 100_000, Convs: 100}, {Ops: 100_000, Convs: 500},
+		{Ops: 10_000, Convs: 100, History: 10},
+		{Ops: 100_000, Convs: 500, History: 10},
+	},
+	Idle:       []int{1000, 5000, 10000},
+	StorageOps: 100_000,
+	LimitTime:  3 * time.Second,
+}
+
+// Run runs the profile's workloads on every system (a fresh one for each
+// workload) and the limits, and returns the report.
+func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slog.Logger) (*Report, error) {
+	r := &Report{Profile: p.Name, Date: time.Now().UTC(), CorpusVersion: CorpusVersion, MeanPayload: MeanPayload()}
+	r.Machine = machine()
+	n := 0
+	fresh := func(f Factory) (System, string, error) {
+		n++
+		d := filepath.Join(dir, fmt.Sprintf("%03d-%s", n, strings.ReplaceAll(f.Name, " ", "-")))
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, "", err
+		}
+		s, err := f.New(ctx, d)
+		return s, d, err
+	}
+	run := func(what string, f Factory, fn func(System) error) error {
+		log.Info("running", "system", f.Name, "workload", what)
+		s, d, err := fresh(f)
+		if err != nil {
+			return fmt.Errorf("%s: start %s: %w", what, f.Name, err)
+		}
+		err = fn(s)
+		if cerr := s.Close(); err == nil && cerr != nil && !strings.Contains(cerr.Error(), "signal") {
+			err = cerr
+		}
+		_ = os.RemoveAll(d)
+		if err != nil {
+			return fmt.Errorf("%s on %s: %w", what, f.Name, err)
+		}
+		return nil
+	}
+	for _, f := range systems {
+		for _, c := range append(append([]IngestConfig{}, p.Ingest...), p.IngestLatency...) {
+			if !f.runs("ingest") {
+				break
+			}
+			if err := run(fmt.Sprintf("ingest %d writers x %d", c.Writers, c.Batch), f, func(s System) error {
+				res, err := Ingest(ctx, s, c)
+				r.Ingest = append(r.Ingest, res)
+				return err
+			}); err != nil {
+				r.Errors = append(r.Errors, err.Error())
+			}
+		}
+		for _, c := range p.Fanout {
+			if !f.runs("fanout") {
+				break
+			}
+			if err := run(fmt.Sprintf("fan-out %d devices in %d", c.Devices, c.ConvSize), f, func(s System) error {
+				res, err := Fanout(ctx, s, c)
+				r.Fanout = append(r.Fanout, res)
+				return err
+			}); err != nil {
+				r.Errors = append(r.Errors, err.Error())
+			}
+		}
+		for _, c := range p.CatchUp {
+			if !f.runs("catchup") {
+				break
+			}
+			if err := run(fmt.Sprintf("catch-up %d ops in %d (history x%d)", c.Ops, c.Convs, max(c.History, 1)), f, func(s System) error {
+				res, err := CatchUpRun(ctx, s, c)
+				r.CatchUp = append(r.CatchUp, res)
+				return err
+			}); err != nil {
+				r.Errors = append(r.Errors, err.Error())
+			}
+		}
+		for _, n := range p.Idle {
+			if !f.runs("idle") {
+				break
+			}
+			if err := run(fmt.Sprintf("idle %d", n), f, func(s System) error {
+				res, err := Idle(ctx, s, n)
+				r.Idle = append(r.Idle, res)
+				return err
+			}); err != nil {
+				r.Errors = append(r.Errors, err.Error())
+			}
+		}
+		if p.StorageOps > 0 && f.runs("storage") {
+			if err := run("storage", f, func(s System) error {
+				res, err := Storage(ctx, s, p.StorageOps, 10)
+				r.Storage = append(r.Storage, res)
+				return err
+			}); err != nil {
+				r.Errors = append(r.Errors, err.Error())
+			}
+		}
+	}
+	if p.LimitTime > 0 {
+		log.Info("measuring limits")
+		lim, err := limits(dir, p.LimitTime)
+		if err != nil {
+			r.Errors = append(r.Errors, fmt.Sprintf("limits: %v", err))
+		}
+		r.Limits = lim
+		r.Machine.FsyncP50 = lim.FsyncP50
+	}
+	return r, nil
+}
+
+func limits(dir string, d time.Duration) (Limits, error) {
+	var l Limits
+	var err error
+	if l.FsyncP50, err = FsyncLatency(filepath.Join(dir, "fsync"), 200); err != nil {
+		return l, err
+	}
+	for _, c := range []int{1, 16, 64, 256} {
+		res, err := PebbleCommits(filepath.Join(dir, fmt.Sprintf("pebble-%d", c)), c, d)
+		if err != nil {
+			return l, err
+		}
+		l.Pebble = append(l.Pebble, res)
+	}
+	for _, n := range []int{100, 1000} {
+		res, err := Zstd(n, d)
+		if err != nil {
+			return l, err
+		}
+		l.Zstd = append(l.Zstd, res)
+	}
+	l.LoopbackMBs, err = Loopback(d)
+	return l, err
+}
+
+func machine() Machine {
+	m := Machine{Cores: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), OS: runtime.GOOS + "/" + runtime.GOARCH, Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}

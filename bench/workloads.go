@@ -1,0 +1,515 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// corpus is the payload pool the workloads cycle through.
+var corpus = Corpus(1, 10_000)
+
+// MeanPayload is the corpus's mean message size in bytes.
+func MeanPayload() float64 {
+	n := 0
+	for _, p := range corpus {
+		n += len(p)
+	}
+	return float64(n) / float64(len(corpus))
+}
+
+// payload returns the k-th corpus message stamped with the send time and
+// the sender, so receivers can measure latency and skip their own echoes.
+func payload(k int, sender int, at time.Time) []byte {
+	text := corpus[k%len(corpus)]
+	b := make([]byte, 0, stampLen+4+len(text))
+	b = binary.BigEndian.AppendUint64(b, uint64(at.UnixNano()))
+	b = binary.BigEndian.AppendUint32(b, uint32(sender))
+	return append(b, text...)
+}
+
+func sender(p []byte) (int, bool) {
+	if len(p) < stampLen+4 {
+		return 0, false
+	}
+	return int(binary.BigEndian.Uint32(p[stampLen:])), true
+}
+
+// usageDelta measures the server's CPU over a workload.
+type usageDelta struct {
+	sys    System
+	before Usage
+	ok     bool
+}
+
+func startUsage(sys System) *usageDelta {
+	u, err := sys.Usage()
+	return &usageDelta{sys: sys, before: u, ok: err == nil}
+}
+
+// perKOps returns the server CPU per 1,000 ops since start, and peak RSS.
+func (u *usageDelta) perKOps(ops int) (time.Duration, int64) {
+	if !u.ok || ops == 0 {
+		return 0, 0
+	}
+	after, err := u.sys.Usage()
+	if err != nil {
+		return 0, 0
+	}
+	return (after.CPU - u.before.CPU) * 1000 / time.Duration(ops), after.PeakRSS
+}
+
+// IngestConfig is the durable-ingest workload: writers sending messages,
+// each acknowledged after a durable commit.
+type IngestConfig struct {
+	Writers  int           // concurrent devices sending
+	Batch    int           // messages per push (1: single ops)
+	InFlight int           // pushes each writer keeps outstanding in closed loop; default 2
+	Rate     float64       // when > 0, open loop at this many messages per second overall
+	Duration time.Duration // how long to send
+}
+
+// IngestResult is what durable ingest measured.
+type IngestResult struct {
+	System     string        `json:"system"`
+	Writers    int           `json:"writers"`
+	Batch      int           `json:"batch"`
+	Rate       float64       `json:"rate,omitempty"`
+	Ops        int           `json:"ops"`
+	Seconds    float64       `json:"seconds"`
+	OpsPerSec  float64       `json:"ops_per_sec"`
+	Ack        Summary       `json:"ack"`
+	CPUPerKOps time.Duration `json:"cpu_per_1000_ops_ns"`
+	PeakRSS    int64         `json:"peak_rss"`
+}
+
+// Ingest runs the durable-ingest workload. In closed loop (Rate 0) each
+// writer keeps InFlight pushes outstanding: the throughput ceiling. In open
+// loop, pushes follow a fixed schedule and ack latency counts from the
+// scheduled time.
+func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, error) {
+	cfg.InFlight = max(cfg.InFlight, 2)
+	cfg.Batch = max(cfg.Batch, 1)
+	convs := max(cfg.Writers/4, 1)
+	members := make([][]int, convs)
+	for w := range cfg.Writers {
+		members[w%convs] = append(members[w%convs], w)
+	}
+	if err := sys.Prepare(ctx, cfg.Writers, members); err != nil {
+		return IngestResult{}, err
+	}
+	clients := make([]Client, cfg.Writers)
+	for w := range clients {
+		c, err := sys.Connect(ctx, w, nil)
+		if err != nil {
+			return IngestResult{}, fmt.Errorf("connect writer %d: %w", w, err)
+		}
+		defer c.Close()
+		clients[w] = c
+	}
+	var lat Latencies
+	var acked atomic.Int64
+	var failed atomic.Value
+	use := startUsage(sys)
+	start := time.Now()
+	deadline := start.Add(cfg.Duration)
+	var wg sync.WaitGroup
+	for w, c := range clients {
+		conv := w % convs
+		wg.Go(func() {
+			k := w * 1000
+			next := func(at time.Time) [][]byte {
+				ps := make([][]byte, cfg.Batch)
+				for i := range ps {
+					ps[i] = payload(k, w, at)
+					k++
+				}
+				return ps
+			}
+			if cfg.Rate > 0 {
+				interval := time.Duration(float64(time.Second) * float64(cfg.Writers*cfg.Batch) / cfg.Rate)
+				var inflight sync.WaitGroup
+				for at := start.Add(time.Duration(w) * interval / time.Duration(cfg.Writers)); at.Before(deadline); at = at.Add(interval) {
+					time.Sleep(time.Until(at)) // pacing the load, open loop
+					sched := at
+					inflight.Add(1)
+					if err := c.Send(conv, next(sched), func(err error) {
+						defer inflight.Done()
+						if err != nil {
+							failed.Store(err)
+							return
+						}
+						lat.Add(time.Since(sched))
+						acked.Add(int64(cfg.Batch))
+					}); err != nil {
+						failed.Store(err)
+						inflight.Done()
+						return
+					}
+				}
+				inflight.Wait()
+				return
+			}
+			slots := make(chan struct{}, cfg.InFlight)
+			var inflight sync.WaitGroup
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				slots <- struct{}{}
+				sent := time.Now()
+				inflight.Add(1)
+				if err := c.Send(conv, next(sent), func(err error) {
+					defer func() { <-slots; inflight.Done() }()
+					if err != nil {
+						failed.Store(err)
+						return
+					}
+					lat.Add(time.Since(sent))
+					acked.Add(int64(cfg.Batch))
+				}); err != nil {
+					failed.Store(err)
+					inflight.Done()
+					return
+				}
+			}
+			inflight.Wait()
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err, _ := failed.Load().(error); err != nil {
+		return IngestResult{}, fmt.Errorf("ingest: %w", err)
+	}
+	ops := int(acked.Load())
+	cpu, rss := use.perKOps(ops)
+	return IngestResult{System: sys.Name(), Writers: cfg.Writers, Batch: cfg.Batch, Rate: cfg.Rate, Ops: ops,
+		Seconds: elapsed.Seconds(), OpsPerSec: float64(ops) / elapsed.Seconds(), Ack: lat.Summary(), CPUPerKOps: cpu, PeakRSS: rss}, nil
+}
+
+// FanoutConfig is the live fan-out workload: online devices in
+// conversations of ConvSize, one member of each sending.
+type FanoutConfig struct {
+	Devices  int
+	ConvSize int
+	Rate     float64 // messages per second overall
+	Duration time.Duration
+}
+
+// FanoutResult is what live fan-out measured.
+type FanoutResult struct {
+	System     string        `json:"system"`
+	Devices    int           `json:"devices"`
+	ConvSize   int           `json:"conv_size"`
+	Messages   int           `json:"messages"`
+	Deliveries int           `json:"deliveries"`
+	Expected   int           `json:"expected"`
+	Latency    Summary       `json:"latency"`
+	CPUPerKOps time.Duration `json:"cpu_per_1000_deliveries_ns"`
+	PeakRSS    int64         `json:"peak_rss"`
+}
+
+// Fanout runs the live fan-out workload: send-to-receive latency, from
+// each message's scheduled send time to its arrival at every other member.
+func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, error) {
+	convs := max(cfg.Devices/cfg.ConvSize, 1)
+	members := make([][]int, convs)
+	for d := range convs * cfg.ConvSize {
+		members[d/cfg.ConvSize] = append(members[d/cfg.ConvSize], d)
+	}
+	devices := convs * cfg.ConvSize
+	if err := sys.Prepare(ctx, devices, members); err != nil {
+		return FanoutResult{}, err
+	}
+	var lat Latencies
+	var delivered atomic.Int64
+	clients := make([]Client, devices)
+	var mu sync.Mutex
+	err := parallel(ctx, devices, 64, func(d int) error {
+		c, err := sys.Connect(ctx, d, func(_ int, p []byte) {
+			if s, ok := sender(p); ok && s != d {
+				if at, ok := StampOf(p); ok {
+					lat.Add(time.Since(at))
+					delivered.Add(1)
+				}
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("connect device %d: %w", d, err)
+		}
+		mu.Lock()
+		clients[d] = c
+		mu.Unlock()
+		return nil
+	})
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	}()
+	if err != nil {
+		return FanoutResult{}, err
+	}
+	use := startUsage(sys)
+	start := time.Now()
+	deadline := start.Add(cfg.Duration)
+	interval := time.Duration(float64(time.Second) * float64(convs) / cfg.Rate)
+	var sent atomic.Int64
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	for c := range convs {
+		from := members[c][0]
+		wg.Go(func() {
+			k := c
+			for at := start.Add(time.Duration(c) * interval / time.Duration(convs)); at.Before(deadline); at = at.Add(interval) {
+				time.Sleep(time.Until(at)) // pacing the load, open loop
+				if err := clients[from].Send(c, [][]byte{payload(k, from, at)}, func(err error) {
+					if err != nil {
+						failed.Store(err)
+					}
+				}); err != nil {
+					failed.Store(err)
+					return
+				}
+				k += convs
+				sent.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	expected := int(sent.Load()) * (cfg.ConvSize - 1)
+	// Let the last messages arrive: up to 10s past the end.
+	for end := time.Now().Add(10 * time.Second); int(delivered.Load()) < expected && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err, _ := failed.Load().(error); err != nil {
+		return FanoutResult{}, fmt.Errorf("fan-out: %w", err)
+	}
+	cpu, rss := use.perKOps(int(delivered.Load()))
+	return FanoutResult{System: sys.Name(), Devices: devices, ConvSize: cfg.ConvSize, Messages: int(sent.Load()),
+		Deliveries: int(delivered.Load()), Expected: expected, Latency: lat.Summary(), CPUPerKOps: cpu, PeakRSS: rss}, nil
+}
+
+// CatchUpConfig is the catch-up workload: a device offline while Ops
+// messages arrive across Convs conversations. With History h > 1, the
+// device already held (h-1)×Ops older messages of those conversations:
+// catch-up time must not grow with it.
+type CatchUpConfig struct {
+	Ops     int
+	Convs   int
+	History int
+}
+
+// CatchUpResult is what catch-up measured.
+type CatchUpResult struct {
+	System   string `json:"system"`
+	Ops      int    `json:"ops"`
+	Convs    int    `json:"convs"`
+	History  int    `json:"history"`
+	CatchUp  CatchUp
+	BytesOp  float64 `json:"wire_bytes_per_op"`
+	RawBytes int64   `json:"payload_bytes"`
+}
+
+// CatchUpRun runs the catch-up workload.
+func CatchUpRun(ctx context.Context, sys System, cfg CatchUpConfig) (CatchUpResult, error) {
+	cfg.History = max(cfg.History, 1)
+	members := make([][]int, cfg.Convs)
+	for c := range members {
+		members[c] = []int{0, 1}
+	}
+	if err := sys.Prepare(ctx, 2, members); err != nil {
+		return CatchUpResult{}, err
+	}
+	// The device holds the older history before it goes offline: it
+	// receives it live, and the run waits until all of it has arrived.
+	history := (cfg.History - 1) * cfg.Ops
+	var live atomic.Int64
+	held := make(chan struct{})
+	device, err := sys.Connect(ctx, 0, func(int, []byte) {
+		if live.Add(1) == int64(history) {
+			close(held)
+		}
+	})
+	if err != nil {
+		return CatchUpResult{}, err
+	}
+	defer device.Close()
+	writer, err := sys.Connect(ctx, 1, nil)
+	if err != nil {
+		return CatchUpResult{}, err
+	}
+	defer writer.Close()
+	write := func(n int, k0 int) (int64, error) {
+		var raw int64
+		var wg sync.WaitGroup
+		var failed atomic.Value
+		slots := make(chan struct{}, 8)
+		for k := 0; k < n; k += 100 {
+			conv := (k / 100) % cfg.Convs
+			batch := make([][]byte, 0, 100)
+			for j := k; j < min(k+100, n); j++ {
+				p := payload(k0+j, 1, time.Now())
+				raw += int64(len(p))
+				batch = append(batch, p)
+			}
+			slots <- struct{}{}
+			wg.Add(1)
+			if err := writer.Send(conv, batch, func(err error) {
+				if err != nil {
+					failed.Store(err)
+				}
+				<-slots
+				wg.Done()
+			}); err != nil {
+				return 0, err
+			}
+		}
+		wg.Wait()
+		if err, _ := failed.Load().(error); err != nil {
+			return 0, err
+		}
+		return raw, nil
+	}
+	if history > 0 {
+		if _, err := write(history, 0); err != nil {
+			return CatchUpResult{}, err
+		}
+		select {
+		case <-held:
+		case <-ctx.Done():
+			return CatchUpResult{}, ctx.Err()
+		case <-time.After(time.Minute):
+			return CatchUpResult{}, fmt.Errorf("the device received %d of %d history ops live", live.Load(), history)
+		}
+	}
+	if err := device.Disconnect(); err != nil {
+		return CatchUpResult{}, err
+	}
+	raw, err := write(cfg.Ops, cfg.History*cfg.Ops)
+	if err != nil {
+		return CatchUpResult{}, err
+	}
+	cu, err := device.CatchUp(ctx)
+	if err != nil {
+		return CatchUpResult{}, err
+	}
+	if cu.Ops < cfg.Ops {
+		return CatchUpResult{}, fmt.Errorf("catch-up brought %d ops, want %d", cu.Ops, cfg.Ops)
+	}
+	return CatchUpResult{System: sys.Name(), Ops: cfg.Ops, Convs: cfg.Convs, History: cfg.History, CatchUp: cu,
+		BytesOp: float64(cu.WireBytes) / float64(cfg.Ops), RawBytes: raw}, nil
+}
+
+// IdleResult is the server memory per connected idle device.
+type IdleResult struct {
+	System    string `json:"system"`
+	Devices   int    `json:"devices"`
+	RSSBefore int64  `json:"rss_before"`
+	RSSAfter  int64  `json:"rss_after"`
+	PerDevice int64  `json:"bytes_per_device"`
+}
+
+// Idle connects devices that do nothing and measures the server's resident
+// memory per device.
+func Idle(ctx context.Context, sys System, devices int) (IdleResult, error) {
+	if err := sys.Prepare(ctx, devices, nil); err != nil {
+		return IdleResult{}, err
+	}
+	before, err := sys.Usage()
+	if err != nil {
+		return IdleResult{}, err
+	}
+	clients := make([]Client, devices)
+	var mu sync.Mutex
+	err = parallel(ctx, devices, 64, func(d int) error {
+		c, err := sys.Connect(ctx, d, nil)
+		if err != nil {
+			return fmt.Errorf("connect device %d: %w", d, err)
+		}
+		mu.Lock()
+		clients[d] = c
+		mu.Unlock()
+		return nil
+	})
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	}()
+	if err != nil {
+		return IdleResult{}, err
+	}
+	after, err := sys.Usage()
+	if err != nil {
+		return IdleResult{}, err
+	}
+	return IdleResult{System: sys.Name(), Devices: devices, RSSBefore: before.RSS, RSSAfter: after.RSS,
+		PerDevice: (after.RSS - before.RSS) / int64(devices)}, nil
+}
+
+// StorageResult is the bytes on disk per op after compaction.
+type StorageResult struct {
+	System       string  `json:"system"`
+	Ops          int     `json:"ops"`
+	PayloadBytes float64 `json:"payload_bytes_per_op"`
+	DiskBytes    float64 `json:"disk_bytes_per_op"`
+}
+
+// Storage writes ops messages and measures the store's growth after a full
+// compaction.
+func Storage(ctx context.Context, sys System, ops, convs int) (StorageResult, error) {
+	members := make([][]int, convs)
+	for c := range members {
+		members[c] = []int{0}
+	}
+	if err := sys.Prepare(ctx, 1, members); err != nil {
+		return StorageResult{}, err
+	}
+	base, err := sys.DiskBytes(ctx)
+	if err != nil {
+		return StorageResult{}, err
+	}
+	c, err := sys.Connect(ctx, 0, nil)
+	if err != nil {
+		return StorageResult{}, err
+	}
+	var payloadBytes int64
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	slots := make(chan struct{}, 8)
+	for k := 0; k < ops; k += 100 {
+		batch := make([][]byte, 0, 100)
+		for j := k; j < min(k+100, ops); j++ {
+			p := corpus[j%len(corpus)] // plain chat text, no stamps
+			payloadBytes += int64(len(p))
+			batch = append(batch, p)
+		}
+		slots <- struct{}{}
+		wg.Add(1)
+		if err := c.Send((k/100)%convs, batch, func(err error) {
+			if err != nil {
+				failed.Store(err)
+			}
+			<-slots
+			wg.Done()
+		}); err != nil {
+			return StorageResult{}, err
+		}
+	}
+	wg.Wait()
+	_ = c.Close()
+	if err, _ := failed.Load().(error); err != nil {
+		return StorageResult{}, err
+	}
+	after, err := sys.DiskBytes(ctx)
+	if err != nil {
+		return StorageResult{}, err
+	}
+	return StorageResult{System: sys.Name(), Ops: ops, PayloadBytes: float64(payloadBytes) / float64(ops),
+		DiskBytes: float64(after-base) / float64(ops)}, nil
+}
