@@ -91,6 +91,21 @@ func (e *Engine) Check() (CheckReport, error) {
 	if err := c.userFeed(); err != nil {
 		return c.rep, err
 	}
+	// Waiting receipts belong to conversations that exist.
+	err = scan(r.v, []byte{keys.TReceipts}, func(k, _ []byte) error {
+		conv, ok := keys.ParseID1(k)
+		if !ok {
+			c.problem("malformed receipts key %x", k)
+			return nil
+		}
+		if has, err := r.v.Has(keys.ID1(keys.TConv, conv)); err != nil || !has {
+			c.problem("waiting receipts for conversation %s, which does not exist", conv)
+		}
+		return nil
+	})
+	if err != nil {
+		return c.rep, err
+	}
 	return c.rep, nil
 }
 

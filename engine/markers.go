@@ -104,6 +104,10 @@ func (tx *txn) mark(a Actor, m Marker, limit uint64) {
 		u.m.PublicRead, u.dirty, receipt = read, true, true
 	}
 	if receipt && int(c.rec.Members) <= tx.e.opts.ReceiptMembers && c.members[a.User].Role != model.RoleNone {
-		c.feed = true
+		if tx.e.opts.ReceiptDelay < 0 {
+			c.feed = true
+		} else {
+			c.receipt = true
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/clock"
 )
 
 // Options configure an Engine. The zero value is valid: every field has a
@@ -55,6 +56,15 @@ type Options struct {
 	// shared with every member as read receipts. In larger conversations
 	// markers only reach the user's own devices. Default 32.
 	ReceiptMembers int
+	// ReceiptDelay is how long receipts (a member's delivered and read
+	// positions, shown to the other members) may wait before they move the
+	// conversation in the members' feeds. The markers are durable at once;
+	// only the news of them waits, so that the acks of every recipient of a
+	// message move the conversation once instead of once each, and wake each
+	// member's sessions once. Default 50ms; negative: no wait.
+	ReceiptDelay time.Duration
+	// Clock runs the ReceiptDelay timer. Default: the system clock.
+	Clock clock.Clock
 	// ConvCacheSize is how many conversations' write state (members, version
 	// vector) the writer keeps in memory. Default 4096.
 	ConvCacheSize int
@@ -111,6 +121,12 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.ReceiptMembers == 0 {
 		o.ReceiptMembers = 32
+	}
+	if o.ReceiptDelay == 0 {
+		o.ReceiptDelay = 50 * time.Millisecond
+	}
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
 	}
 	if o.ConvCacheSize == 0 {
 		o.ConvCacheSize = 4096

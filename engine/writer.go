@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/ferrysync/ferry/engine/internal/record"
 	"github.com/ferrysync/ferry/engine/internal/store"
 	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/clock"
 )
 
 // A request is one caller's part of a group commit. apply runs on the
@@ -57,6 +59,14 @@ type writer struct {
 	e       *Engine
 	feedPos uint64 // the last feed position committed
 	convs   *lru[*convState]
+
+	// receipts holds the conversations whose receipts changed since their
+	// feed last moved (each also has a durable TReceipts key, so a restart
+	// loses none). Once ReceiptDelay has passed since the first, one commit
+	// moves them all.
+	receipts map[ulid.ULID]struct{}
+	timer    clock.Timer
+	armed    bool
 }
 
 func (w *writer) init(e *Engine) error {
@@ -68,7 +78,56 @@ func (w *writer) init(e *Engine) error {
 	if w.feedPos, err = readFeedPos(v); err != nil {
 		return fmt.Errorf("read feed position: %w", err)
 	}
+	w.receipts = map[ulid.ULID]struct{}{}
+	err = scan(v, []byte{keys.TReceipts}, func(k, _ []byte) error {
+		id, ok := keys.ParseID1(k)
+		if !ok {
+			return fmt.Errorf("%w: receipts key %x", record.ErrCorrupt, k)
+		}
+		w.receipts[id] = struct{}{}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read waiting receipts: %w", err)
+	}
+	w.armReceipts()
 	return nil
+}
+
+// armReceipts starts the receipt timer when receipts wait and it is not
+// running.
+func (w *writer) armReceipts() {
+	if w.armed || len(w.receipts) == 0 {
+		return
+	}
+	if w.timer == nil {
+		w.timer = w.e.opts.Clock.NewTimer(w.e.opts.ReceiptDelay)
+	} else {
+		w.timer.Reset(w.e.opts.ReceiptDelay)
+	}
+	w.armed = true
+}
+
+// receiptsDue fires when waiting receipts are due; nil (never) when none
+// wait.
+func (w *writer) receiptsDue() <-chan time.Time {
+	if !w.armed {
+		return nil
+	}
+	return w.timer.C()
+}
+
+// flushReceipts moves every conversation with waiting receipts in its
+// members' feeds: finish then clears their TReceipts keys.
+func (w *writer) flushReceipts(tx *txn) {
+	for id := range w.receipts {
+		if tc := tx.conv(id); tc.exists {
+			tc.feed = true
+		} else {
+			tx.b.Delete(keys.ID1(keys.TReceipts, id))
+			tx.receiptsDone = append(tx.receiptsDone, id)
+		}
+	}
 }
 
 func readFeedPos(v *store.View) (uint64, error) {
@@ -90,6 +149,9 @@ func (e *Engine) writeLoop() {
 		var first *request
 		select {
 		case first = <-e.reqs:
+		case <-e.w.receiptsDue():
+			e.w.armed = false
+			first = &request{apply: e.w.flushReceipts, done: make(chan error, 1)}
 		case <-e.quit:
 			e.drain(ErrClosed)
 			return
@@ -110,6 +172,7 @@ func (e *Engine) writeLoop() {
 		for _, r := range group {
 			r.done <- err
 		}
+		e.w.armReceipts()
 	}
 }
 
@@ -158,6 +221,12 @@ func (w *writer) commit(group []*request) error {
 	if tx.pos != 0 {
 		w.feedPos = tx.pos
 	}
+	for _, id := range tx.receiptsDone {
+		delete(w.receipts, id)
+	}
+	for _, id := range tx.receiptsWait {
+		w.receipts[id] = struct{}{}
+	}
 	w.e.hub.wake(tx.wake)
 	return nil
 }
@@ -186,6 +255,10 @@ type txn struct {
 	claims    map[string]bool    // unique keys (usernames) claimed by this group
 	revoked   map[ulid.ULID]bool // devices revoked by this group
 	pos       uint64             // the feed position this group's changes get; 0 if none
+	// Conversations whose receipts start waiting, and whose waiting
+	// receipts this group's feed moves deliver: applied to the writer's
+	// receipts once the group is durable.
+	receiptsWait, receiptsDone []ulid.ULID
 }
 
 type idPair struct{ a, b ulid.ULID }
@@ -263,6 +336,10 @@ type txConv struct {
 	// feed is set by a conversation-wide change: every member's feed entry
 	// moves to the group's feed position.
 	feed bool
+	// receipt is set when a member's receipt changed: the feed moves once
+	// Options.ReceiptDelay has passed, unless something else moves it
+	// first.
+	receipt bool
 	// before holds, for members whose role changed in this group, their role
 	// before the group.
 	before map[ulid.ULID]model.Role
@@ -483,6 +560,17 @@ func (tx *txn) feedPos() uint64 {
 // finish writes what the group derived: feed entries, conversation and
 // member records, ops, markers and the feed position.
 func (tx *txn) finish() {
+	for _, tc := range tx.convOrder {
+		_, waiting := tx.w.receipts[tc.id]
+		switch {
+		case tc.feed && waiting:
+			tx.b.Delete(keys.ID1(keys.TReceipts, tc.id))
+			tx.receiptsDone = append(tx.receiptsDone, tc.id)
+		case tc.receipt && !tc.feed && !waiting && tc.exists:
+			tx.b.Set(keys.ID1(keys.TReceipts, tc.id), nil)
+			tx.receiptsWait = append(tx.receiptsWait, tc.id)
+		}
+	}
 	for _, tc := range tx.convOrder {
 		if tc.feed {
 			tx.moveConvFeed(tc, tx.feedPos())

@@ -48,6 +48,7 @@ type config struct {
 	maxBodyBytes      int
 	maxStreams        int
 	heartbeat         time.Duration
+	receiptDelay      time.Duration
 	passwordMemory    uint
 	passwordPasses    uint
 	logLevel          string
@@ -69,6 +70,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body")
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions")
+	fs.DurationVar(&c.receiptDelay, "receipt-delay", 50*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -150,8 +152,18 @@ func engineOptions(c *config, log *slog.Logger) engine.Options {
 		AllowRegistration: c.allowRegistration,
 		NewEpoch:          c.newEpoch,
 		MaxBodyBytes:      c.maxBodyBytes,
+		ReceiptDelay:      receiptDelay(c.receiptDelay),
 		Password:          engine.PasswordParams{MemoryKiB: uint32(c.passwordMemory), Time: uint32(c.passwordPasses)},
 	}
+}
+
+// receiptDelay maps the flag (0: at once) to engine.Options.ReceiptDelay
+// (0: the default, negative: at once).
+func receiptDelay(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
 
 func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {

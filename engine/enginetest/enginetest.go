@@ -21,7 +21,9 @@ import (
 
 // Options returns engine options for tests: an in-memory filesystem, cheap
 // argon2 parameters, registration allowed, a clock that starts at a fixed
-// time and advances one millisecond per reading, and seeded entropy.
+// time and advances one millisecond per reading, seeded entropy, and
+// receipts that move the feed at once (no timer: tests of receipt batching
+// set Options.ReceiptDelay and a fake Options.Clock).
 func Options(t testing.TB, seed uint64) engine.Options {
 	return engine.Options{
 		FS:                vfs.NewMem(),
@@ -30,6 +32,7 @@ func Options(t testing.TB, seed uint64) engine.Options {
 		Rand:              rand.NewChaCha8(seedBytes(seed)),
 		AllowRegistration: true,
 		Password:          engine.PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1},
+		ReceiptDelay:      -1,
 		MemTableSize:      4 << 20,
 		CacheSize:         8 << 20,
 	}

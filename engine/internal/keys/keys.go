@@ -37,6 +37,7 @@ const (
 
 	TDevMark  byte = 0x30 // conv, device -> device marker record
 	TUserMark byte = 0x31 // conv, user -> user marker record
+	TReceipts byte = 0x32 // conv -> empty: receipts not yet in the members' feeds
 )
 
 // Meta key names.
@@ -160,6 +161,15 @@ func ParseFeed(k []byte) (user ulid.ULID, pos uint64, conv ulid.ULID, ok bool) {
 	pos, _ = ParseU64(k, 17)
 	conv, _ = ParseID(k, 25)
 	return user, pos, conv, true
+}
+
+// ParseID1 reads the id of a key of a table keyed by one id.
+func ParseID1(k []byte) (a ulid.ULID, ok bool) {
+	if len(k) != 17 {
+		return a, false
+	}
+	a, _ = ParseID(k, 1)
+	return a, true
 }
 
 // ParseID2 splits a key of a table keyed by two ids.

@@ -1,0 +1,176 @@
+package engine_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/enginetest"
+	"github.com/ferrysync/ferry/internal/clock"
+)
+
+// receiptsOf drains the session and returns the receipts it sent for conv,
+// or nil if it sent no news of conv.
+func receiptsOf(t *testing.T, s *engine.Session, conv ulid.ULID) []engine.Receipt {
+	t.Helper()
+	var got []engine.Receipt
+	for range 1000 {
+		ev, ok, err := s.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			return got
+		}
+		for _, c := range ev.Conversations {
+			if c.ID == conv {
+				got = c.Receipts
+			}
+		}
+	}
+	t.Fatal("session never went quiet")
+	return nil
+}
+
+func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+func delivered(rs []engine.Receipt, u ulid.ULID) uint64 {
+	for _, r := range rs {
+		if r.User == u {
+			return r.Delivered
+		}
+	}
+	return 0
+}
+
+// TestReceiptsWaitAndMoveTheFeedOnce: the delivered acks of a message's
+// recipients are durable at once but reach the sender's session together,
+// one feed move after ReceiptDelay, not one wake-up per ack. A new message
+// carries waiting receipts with it at once.
+func TestReceiptsWaitAndMoveTheFeedOnce(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	e := enginetest.New(t, func(o *engine.Options) { o.Clock, o.ReceiptDelay = fake, 50*time.Millisecond })
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	carol := enginetest.Register(t, e, "carol")
+	conv := alice.Create("trio", bob, carol)
+	alice.Send(conv, "lunch?")
+
+	s, err := e.OpenSession(alice.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	receiptsOf(t, s, conv)
+	changed := s.Changed()
+	armed := fake.Armed()
+	for _, d := range []*enginetest.Device{bob, carol} {
+		if err := e.Mark(ctx, d.Actor, []engine.Marker{{Conv: conv, Delivered: 2}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitClosed(t, armed, "the receipt timer")
+	fake.Advance(49 * time.Millisecond)
+	select {
+	case <-changed:
+		t.Fatal("alice's session was woken before the receipt delay passed")
+	default:
+	}
+	// The markers are durable already: a read sees them.
+	info, _, _, err := e.Conversation(alice.Actor, conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := delivered(info.Receipts, bob.Actor.User); got != 2 {
+		t.Fatalf("bob's delivered receipt reads %d before the feed moved, want 2", got)
+	}
+	fake.Advance(time.Millisecond)
+	waitClosed(t, changed, "the receipts to move alice's feed")
+	rs := receiptsOf(t, s, conv)
+	if delivered(rs, bob.Actor.User) != 2 || delivered(rs, carol.Actor.User) != 2 {
+		t.Fatalf("alice's session sent receipts %+v, want bob and carol at 2", rs)
+	}
+	if next := s.Changed(); len(receiptsOf(t, s, conv)) != 0 {
+		t.Fatal("the two acks moved the feed more than once")
+	} else {
+		select {
+		case <-next:
+			t.Fatal("alice's session was woken again with nothing new")
+		default:
+		}
+	}
+
+	// A receipt waiting when a message arrives goes out with the message,
+	// and the later timer has nothing left to move.
+	changed = s.Changed()
+	if err := e.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Read: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	carol.Send(conv, "yes")
+	waitClosed(t, changed, "carol's message")
+	if got := receiptsOf(t, s, conv); len(got) == 0 {
+		t.Fatal("the new message did not carry the conversation's news")
+	}
+	enginetest.MustCheck(t, e)
+}
+
+// TestWaitingReceiptsSurviveARestart: receipts acked just before the
+// server stopped reach the members after it restarts.
+func TestWaitingReceiptsSurviveARestart(t *testing.T) {
+	o := enginetest.Options(t, 7)
+	o.Clock, o.ReceiptDelay = clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)), time.Hour
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("pair", bob)
+	alice.Send(conv, "ping")
+	s, err := e.OpenSession(alice.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	receiptsOf(t, s, conv)
+	pos := s.Welcome().FeedPos
+	s.Close()
+	if err := e.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Delivered: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	fake := clock.NewFake(time.Date(2026, 1, 2, 4, 0, 0, 0, time.UTC))
+	o.Clock, o.Rand = fake, enginetest.Options(t, 8).Rand
+	armed := fake.Armed()
+	if e, err = engine.Open("db", o); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	waitClosed(t, armed, "the receipt timer after the restart")
+	s, err = e.OpenSession(alice.Actor, engine.SessionOptions{Epoch: s.Welcome().Epoch, FeedPos: pos})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if rs := receiptsOf(t, s, conv); rs != nil {
+		t.Fatalf("receipts %+v reached alice before the delay", rs)
+	}
+	changed := s.Changed()
+	fake.Advance(time.Hour)
+	waitClosed(t, changed, "the waiting receipts to move alice's feed")
+	if rs := receiptsOf(t, s, conv); delivered(rs, bob.Actor.User) != 2 {
+		t.Fatalf("after the restart alice got receipts %+v, want bob delivered 2", rs)
+	}
+	enginetest.MustCheck(t, e)
+}
