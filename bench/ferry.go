@@ -203,7 +203,7 @@ func (f *Ferry) client(i int, read *atomic.Int64) (ferryv1connect.AccountService
 		opts = append(opts, connecthttp.WithCompressors())
 	} else {
 		opts = append(opts, connecthttp.WithCompressors(compression.NewZstd()), connecthttp.WithSendCompression("zstd"),
-			connecthttp.WithCompressMinBytes(256))
+			connecthttp.WithCompressMinBytes(compression.MinBytes))
 	}
 	var ics []connect.ClientInterceptor
 	if i >= 0 && f.devs[i] != nil {

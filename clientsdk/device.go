@@ -294,7 +294,7 @@ func (d *Device) clients() (ferryv1connect.AccountServiceClient, ferryv1connect.
 		topts = append(topts,
 			connecthttp.WithCompressors(compression.NewZstd(), compression.NewGzip()),
 			connecthttp.WithSendCompression("zstd"),
-			connecthttp.WithCompressMinBytes(256))
+			connecthttp.WithCompressMinBytes(compression.MinBytes))
 	} else {
 		topts = append(topts, connecthttp.WithCompressors())
 	}

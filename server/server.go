@@ -66,7 +66,7 @@ func (s *Server) Handler(extra ...func(*http.ServeMux)) http.Handler {
 		connecthttp.WithReadMaxBytes(s.opts.MaxMessageBytes),
 		connecthttp.WithSendMaxBytes(s.opts.MaxMessageBytes+(1<<20)),
 		connecthttp.WithCompressors(compression.NewZstd(), compression.NewGzip()),
-		connecthttp.WithCompressMinBytes(256),
+		connecthttp.WithCompressMinBytes(compression.MinBytes),
 	)
 	mux.HandleFunc("GET /healthz", s.healthz)
 	for _, f := range extra {
