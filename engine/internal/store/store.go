@@ -110,6 +110,10 @@ func Open(dir string, o Options) (*Store, error) {
 			WriteStallBegin: func(info pebble.WriteStallBeginInfo) { s.log.Warn("write stall", "reason", info.Reason) },
 		},
 	}
+	// Fast compression where data is rewritten soon, zstd in the two
+	// bottom levels where a log's history settles: chat text and the
+	// repeated author and device ids compress well there.
+	po.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionGood })
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", dir, err)
