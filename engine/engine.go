@@ -54,7 +54,10 @@ type Engine struct {
 	requests   atomic.Uint64
 	quit       chan struct{}
 	writerDone chan struct{}
-	closeOnce  sync.Once
+	// revocations counts commits that revoked devices; sessions check
+	// their device again when it moves.
+	revocations atomic.Uint64
+	closeOnce   sync.Once
 
 	// Owned by the writer goroutine.
 	w writer

@@ -126,7 +126,11 @@ type Session struct {
 	shown  map[ulid.ULID]uint64 // conversation -> digest of the last info sent
 	pos    uint64               // every change up to here was sent
 	caught bool
-	wait   <-chan struct{}
+	// revocations is the engine's revocation count when the device was
+	// last found active: live rounds look the device up again only after
+	// some device was revoked.
+	revocations uint64
+	wait        <-chan struct{}
 }
 
 type itemKind uint8
@@ -180,6 +184,7 @@ func (e *Engine) OpenSession(a Actor, o SessionOptions) (*Session, error) {
 
 // plan reads the feed once and queues the whole catch-up.
 func (s *Session) plan() error {
+	s.revocations = s.e.revocations.Load() // before the view, which then includes them
 	r := s.e.reader()
 	defer r.release()
 	if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
@@ -355,15 +360,19 @@ func (s *Session) nextOps() (Event, bool, error) {
 // since the last round.
 func (s *Session) live() error {
 	sig := s.w.signal()
+	revocations := s.e.revocations.Load()
 	r := s.e.reader()
 	defer r.release()
-	// Checked on every wake: revoking a device wakes its sessions without
-	// moving any feed.
-	if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
-		if err != nil {
-			return err
+	// Revoking a device wakes its sessions without moving any feed, and
+	// counts in Engine.revocations before it wakes them.
+	if revocations != s.revocations {
+		if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, s.a.Device)
 		}
-		return fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, s.a.Device)
+		s.revocations = revocations
 	}
 	pos, err := readFeedPos(r.v)
 	if err != nil {

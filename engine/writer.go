@@ -67,7 +67,14 @@ type writer struct {
 	receipts map[ulid.ULID]struct{}
 	timer    clock.Timer
 	armed    bool
+
+	// active caches devices found not revoked since the last revocation,
+	// sparing a store read on every write of an active device.
+	active map[idPair]struct{} // (user, device)
 }
+
+// maxActiveCache bounds writer.active; past it the cache starts over.
+const maxActiveCache = 1 << 16
 
 func (w *writer) init(e *Engine) error {
 	w.e = e
@@ -79,6 +86,7 @@ func (w *writer) init(e *Engine) error {
 		return fmt.Errorf("read feed position: %w", err)
 	}
 	w.receipts = map[ulid.ULID]struct{}{}
+	w.active = map[idPair]struct{}{}
 	err = scan(v, []byte{keys.TReceipts}, func(k, _ []byte) error {
 		id, ok := keys.ParseID1(k)
 		if !ok {
@@ -221,6 +229,12 @@ func (w *writer) commit(group []*request) error {
 	if tx.pos != 0 {
 		w.feedPos = tx.pos
 	}
+	if len(tx.revoked) > 0 {
+		// Before the wake: a woken session that sees the new count reads a
+		// view that includes the revocation.
+		w.e.revocations.Add(1)
+		clear(w.active)
+	}
 	for _, id := range tx.receiptsDone {
 		delete(w.receipts, id)
 	}
@@ -297,10 +311,19 @@ func (tx *txn) deviceActive(a Actor) bool {
 	if tx.revoked[a.Device] {
 		return false
 	}
+	if _, ok := tx.w.active[idPair{a.User, a.Device}]; ok {
+		return true
+	}
 	ok, err := deviceActive(tx.v, a)
 	if err != nil {
 		tx.fail(err)
 		return false
+	}
+	if ok {
+		if len(tx.w.active) >= maxActiveCache {
+			clear(tx.w.active)
+		}
+		tx.w.active[idPair{a.User, a.Device}] = struct{}{}
 	}
 	return ok
 }
