@@ -48,6 +48,15 @@ bench-full: ## The whole benchmark matrix (about an hour): bench/results/full.{m
 	$(GO) run ./cmd/ferry-bench --profile full --md $(RESULTS)/full.md --json $(RESULTS)/full.json
 	@echo "report: $(RESULTS)/full.md"
 
+.PHONY: bench-peers
+bench-peers: ## Ferry, NATS JetStream and Centrifugo in one short run (builds the peers): bench/results/peers.{md,json}
+	$(GO) run -C bench/peers ./cmd/ferry-bench-peers --profile short --md $(CURDIR)/$(RESULTS)/peers.md --json $(CURDIR)/$(RESULTS)/peers.json
+	@echo "report: $(RESULTS)/peers.md"
+
+.PHONY: test-peers
+test-peers: ## Tests of the peer adapters (builds nats-server and centrifugo from the module proxy)
+	$(GO) test -C bench/peers -race -count=1 -timeout 15m ./...
+
 .PHONY: bench-go
 bench-go: ## The engine's go benchmarks (durable append, catch-up read) on this disk
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./engine/

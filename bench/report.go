@@ -21,7 +21,10 @@ type Report struct {
 	Idle          []IdleResult    `json:"idle"`
 	Storage       []StorageResult `json:"storage"`
 	Limits        Limits          `json:"limits"`
-	Errors        []string        `json:"errors,omitempty"`
+	// Notes are free-form remarks on the run, such as a peer system's
+	// configuration, rendered before the errors.
+	Notes  []string `json:"notes,omitempty"`
+	Errors []string `json:"errors,omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -132,6 +135,12 @@ func (r *Report) Markdown() string {
 	p("\n## Storage\n\nBytes on disk per op after a full compaction.\n\n| system | ops | payload bytes/op | disk bytes/op | overhead |\n|---|---|---|---|---|\n")
 	for _, x := range r.Storage {
 		p("| %s | %d | %.0f | %.0f | %+.0f B |\n", x.System, x.Ops, x.PayloadBytes, x.DiskBytes, x.DiskBytes-x.PayloadBytes)
+	}
+	if len(r.Notes) > 0 {
+		p("\n## Notes\n\n")
+		for _, n := range r.Notes {
+			p("- %s\n", n)
+		}
 	}
 	if len(r.Errors) > 0 {
 		p("\n## Errors\n\n")
