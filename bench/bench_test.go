@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +121,42 @@ func TestWorkloadsInProcess(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks a %q section", want)
 		}
+	}
+}
+
+func TestRatiosCompareFerryWithPeersAndLimits(t *testing.T) {
+	r := &Report{
+		Ingest: []IngestResult{
+			{System: "ferry", Ops: 1, OpsPerSec: 10_000},
+			{System: "ferry", Ops: 1, OpsPerSec: 20_000, Writers: 64},
+			{System: "ferry", Ops: 1, OpsPerSec: 90_000, Rate: 90_000}, // open loop: not a throughput figure
+			{System: "peer", Ops: 1, OpsPerSec: 40_000},
+		},
+		Idle: []IdleResult{{System: "ferry", PerDevice: 30_000}, {System: "peer", PerDevice: 60_000}},
+		CatchUp: []CatchUpResult{
+			{System: "ferry", Ops: 10_000, Convs: 100, History: 1, RawBytes: 1000, CatchUp: CatchUp{WireBytes: 300}},
+			{System: "ferry (uncompressed)", Ops: 10_000, Convs: 100, History: 1, RawBytes: 1000, CatchUp: CatchUp{WireBytes: 1000}},
+		},
+		Limits: Limits{Pebble: []PebbleResult{{Committers: 64, OpsPerSec: 100_000}}, Zstd: []ZstdResult{{OpsPerBatch: 1000, Ratio: 0.25}}},
+	}
+	rows, cols := r.ratios(r.systems())
+	if want := []string{"ferry / limit", "ferry / peer"}; !slices.Equal(cols, want) {
+		t.Fatalf("columns %q, want %q", cols, want)
+	}
+	got := map[string][]string{}
+	for _, row := range rows {
+		got[strings.SplitN(row[0], ",", 2)[0]] = row[1:]
+	}
+	for metric, want := range map[string][]string{
+		"durable ingest":         {"0.20", "0.50"}, // best closed loop 20k vs 100k commits/s and 40k ops/s
+		"idle memory per device": {"–", "0.50"},
+		"catch-up wire bytes / payload (limit: zstd's ratio on 1000-op batches)": {"1.20", "–"}, // 0.30 of raw vs zstd's 0.25
+	} {
+		if !slices.Equal(got[metric], want) {
+			t.Errorf("%s: %q, want %q", metric, got[metric], want)
+		}
+	}
+	if md := r.Markdown(); !strings.Contains(md, "## Ratios") {
+		t.Error("the markdown report has no ratios")
 	}
 }

@@ -84,6 +84,13 @@ func (r *Report) Markdown() string {
 	for _, t := range r.targets(systems) {
 		p("| %s | %s | %s |\n", t[0], t[1], strings.Join(t[2:], " | "))
 	}
+	if rows, cols := r.ratios(systems); len(rows) > 0 {
+		p("\n## Ratios\n\nFerry's figure divided by the other's, from the runs above. For throughput more is better; for the rest less is.\n\n")
+		p("| metric | %s |\n| --- |%s\n", strings.Join(cols, " | "), strings.Repeat(" --- |", len(cols)))
+		for _, row := range rows {
+			p("| %s |\n", strings.Join(row, " | "))
+		}
+	}
 
 	p("\n## Durable ingest\n\nAcknowledged after a synced commit. Closed loop (2 pushes in flight per writer) for throughput; open loop (fixed rate, latency from the scheduled send) for latency. CPU is the server process's, per 1,000 ops.\n\n")
 	p("| system | writers | ops/push | rate | ops/s | ack p50 | p90 | p99 | p99.9 | max | CPU/1k ops | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -168,6 +175,119 @@ func (r *Report) systems() []string {
 		add(x.System)
 	}
 	return out
+}
+
+// ratios compares Ferry with each peer and with the limits measured in the
+// same run: rows of cells, and the column headings after the metric's.
+func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
+	var peers []string
+	for _, s := range systems {
+		if !strings.HasPrefix(s, "ferry") {
+			peers = append(peers, s)
+		}
+	}
+	ingest := func(sys string) float64 {
+		best := 0.0
+		for _, x := range r.Ingest {
+			if x.System == sys && x.Rate == 0 {
+				best = max(best, x.OpsPerSec)
+			}
+		}
+		return best
+	}
+	fan := func(sys string) float64 {
+		for _, x := range r.Fanout {
+			if x.System == sys && x.Devices == 1000 && x.ConvSize == 1000 {
+				return float64(x.Latency.P99)
+			}
+		}
+		return 0
+	}
+	idle := func(sys string) float64 {
+		for _, x := range r.Idle {
+			if x.System == sys {
+				return float64(x.PerDevice)
+			}
+		}
+		return 0
+	}
+	cu := func(sys string) float64 {
+		for _, x := range r.CatchUp {
+			if x.System == sys && x.Ops == 10_000 && x.Convs == 100 && x.History == 1 {
+				return float64(x.CatchUp.Duration)
+			}
+		}
+		return 0
+	}
+	wire := func(sys string) float64 {
+		for _, x := range r.CatchUp {
+			if x.System == sys && x.Ops == 10_000 && x.Convs == 100 && x.History == 1 {
+				return float64(x.CatchUp.WireBytes) / float64(max(x.RawBytes, 1))
+			}
+		}
+		return 0
+	}
+	disk := func(sys string) float64 {
+		for _, x := range r.Storage {
+			if x.System == sys {
+				return x.DiskBytes
+			}
+		}
+		return 0
+	}
+	ratio := func(a, b float64) string {
+		if a == 0 || b == 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%.2f", a/b)
+	}
+	// The limits: the Pebble commit rate with as many committers as the
+	// best ingest run had writers, and zstd's ratio on 1000-op batches.
+	var pebble, zstdRatio float64
+	for _, x := range r.Limits.Pebble {
+		if x.Committers == 64 {
+			pebble = x.OpsPerSec
+		}
+	}
+	for _, x := range r.Limits.Zstd {
+		if x.OpsPerBatch == 1000 {
+			zstdRatio = x.Ratio
+		}
+	}
+	if len(peers) == 0 && pebble == 0 {
+		return nil, nil
+	}
+	cols = append(cols, "ferry / limit")
+	for _, p := range peers {
+		cols = append(cols, "ferry / "+p)
+	}
+	// Against the limits: ingest over the Pebble commit rate; Ferry's wire
+	// bytes over its own uncompressed bytes, against zstd's ratio on the
+	// same kind of batches.
+	vsPebble := ratio(ingest("ferry"), pebble)
+	vsZstd := "–"
+	if f, u := wire("ferry"), wire("ferry (uncompressed)"); f > 0 && u > 0 {
+		vsZstd = ratio(f/u, zstdRatio)
+	}
+	for _, m := range []struct {
+		name  string
+		f     func(string) float64
+		limit string
+	}{
+		{"durable ingest, best ops/s (limit: Pebble synced commits, 64 committers)", ingest, vsPebble},
+		{"fan-out to 1k devices, p99", fan, "–"},
+		{"idle memory per device", idle, "–"},
+		{"catch-up 10k ops over 100 conversations, time", cu, "–"},
+		{"catch-up wire bytes / payload (limit: zstd's ratio on 1000-op batches)", wire, vsZstd},
+		{"disk bytes per op", disk, "–"},
+	} {
+		row := []string{m.name, m.limit}
+		for _, p := range peers {
+			row = append(row, ratio(m.f("ferry"), m.f(p)))
+		}
+		rows = append(rows, row)
+	}
+	return rows, cols
 }
 
 // targets are the targets with each system's figure.

@@ -53,5 +53,8 @@ func CommonNotes() []string {
 			"catch-up opens a new stream, on a connection its HTTP client may reuse.",
 		"A peer client that connects before anything was published subscribes from the current position without a catch-up; " +
 			"the workloads only connect clients before they send.",
+		"Ferry's clients acknowledge every delivery with a delivered marker, a durable write on the server that also feeds read " +
+			"receipts to the other members; the peers' clients acknowledge nothing (NATS core subscriptions, Centrifugo publications). " +
+			"Ferry's fan-out and ingest figures include that work.",
 	}
 }

@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -46,11 +47,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	md := fs.String("md", "", "write the markdown report here (default: stdout)")
 	js := fs.String("json", "", "write the JSON report here")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of this process here (with --target inprocess it includes the server)")
+	render := fs.String("render", "", "render the markdown of a JSON report written earlier (no run)")
 	only := fs.String("only", "", "comma-separated workloads to run (ingest, fanout, catchup, idle, storage, limits); default all")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
+		return err
+	}
+	if *render != "" {
+		raw, err := os.ReadFile(*render)
+		if err != nil {
+			return err
+		}
+		var r bench.Report
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return fmt.Errorf("--render %s: %w", *render, err)
+		}
+		if *md != "" {
+			return os.WriteFile(*md, []byte(r.Markdown()), 0o644)
+		}
+		_, err = fmt.Fprint(stdout, r.Markdown())
 		return err
 	}
 	p, ok := map[string]bench.Profile{"short": bench.Short, "full": bench.Full}[*profile]

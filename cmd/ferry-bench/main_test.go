@@ -2,8 +2,12 @@ package main
 
 import (
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ferrysync/ferry/bench"
 )
 
 func TestFlagsAreChecked(t *testing.T) {
@@ -19,5 +23,23 @@ func TestFlagsAreChecked(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ferry-bench %v: error %v, want %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+func TestRenderAJSONReport(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.json")
+	r := bench.Report{Profile: "short", Idle: []bench.IdleResult{{System: "ferry", Devices: 10, PerDevice: 40_000}}}
+	if err := os.WriteFile(path, r.JSON(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := run(t.Context(), []string{"--render", path}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "| ferry | 10 |") {
+		t.Fatalf("rendered report lacks the idle row:\n%s", out.String())
+	}
+	if err := run(t.Context(), []string{"--render", filepath.Join(t.TempDir(), "none.json")}, io.Discard, io.Discard); err == nil {
+		t.Error("rendering a missing file succeeded")
 	}
 }
