@@ -12,6 +12,7 @@ DATA ?= ./data
 FUZZTIME ?= 30s
 BENCHTIME ?= 1s
 RESULTS ?= bench/results
+WEB := clientsdk/web
 TESTFLAGS ?=
 
 .PHONY: help
@@ -27,8 +28,20 @@ run: build ## Build and start ferryd on $(ADDR) with its store in $(DATA)
 	$(BIN)/ferryd --addr $(ADDR) --data $(DATA) --allow-registration
 
 .PHONY: test
-test: ## Run every test with the race detector (what CI runs)
+test: test-go test-web ## Run every test: Go with the race detector, then the web client (what CI runs)
+
+.PHONY: test-go
+test-go: ## The Go tests, with the race detector
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+
+.PHONY: test-web
+test-web: $(WEB)/node_modules/.installed ## The web client's tests (Node's runner; builds and starts ferryd)
+	cd $(WEB) && npm test
+
+# The web client's npm packages, exactly as package-lock.json pins them.
+$(WEB)/node_modules/.installed: $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund
+	@touch $@
 
 .PHONY: test-short
 test-short: ## Run the tests without the race detector, for a quick check
@@ -70,14 +83,16 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 30s)
 	done
 
 .PHONY: generate
-generate: ## Regenerate the protobuf and Connect code (offline, pinned tools)
+generate: $(WEB)/node_modules/.installed ## Regenerate the Go and TypeScript code from proto/ (pinned tools)
 	rm -f proto/ferry/v1/*.pb.go proto/ferry/v1/ferryv1connect/*.connect.go
 	$(BUF) generate
+	rm -rf $(WEB)/src/gen
+	$(BUF) generate --template buf.gen.web.yaml
 
 .PHONY: checkgenerate
 checkgenerate: generate ## Fail if generated code is stale
-	@if [ -n "$$(git status --porcelain -- proto)" ]; then \
-	  echo "generated code is stale; run 'make generate' and commit:"; git status --porcelain -- proto; exit 1; \
+	@if [ -n "$$(git status --porcelain -- proto $(WEB)/src/gen)" ]; then \
+	  echo "generated code is stale; run 'make generate' and commit:"; git status --porcelain -- proto $(WEB)/src/gen; exit 1; \
 	fi
 
 .PHONY: lint

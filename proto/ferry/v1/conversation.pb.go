@@ -256,7 +256,8 @@ type ConversationInfo struct {
 	Delivered uint64 `protobuf:"varint,8,opt,name=delivered,proto3" json:"delivered,omitempty"`
 	Read      uint64 `protobuf:"varint,9,opt,name=read,proto3" json:"read,omitempty"`
 	// Other members' markers, for read receipts. Sent for conversations of up
-	// to 256 members; empty for larger ones.
+	// to the server's receipt limit (32 members by default); empty for larger
+	// ones.
 	Receipts      []*Receipt `protobuf:"bytes,10,rep,name=receipts,proto3" json:"receipts,omitempty"`
 	MemberCount   uint32     `protobuf:"varint,11,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -1,0 +1,638 @@
+// FerryClient is a Ferry device for web applications: the same
+// offline-first behaviour as the Go SDK, over the browser form of the
+// protocol (Subscribe for the session, Push for ops, Ack for markers).
+//
+// Concurrency: JavaScript runs one task at a time; the client serialises
+// its own changes to the replica, so an application may call any method at
+// any time, and listeners run after each change is durable.
+
+import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
+
+import { AccountService } from "./gen/ferry/v1/account_pb.js";
+import { type ConversationInfo } from "./gen/ferry/v1/conversation_pb.js";
+import { OpBatchSchema, OpSchema, OpStatus } from "./gen/ferry/v1/op_pb.js";
+import { HelloSchema, SyncService, type Ops } from "./gen/ferry/v1/sync_pb.js";
+import { fold, type MessageView } from "./fold.js";
+import { emptyMeta, MemoryReplica, type Change, type ConvRecord, type Meta, type OpRecord, type OutboxEntry, type Replica, type Session } from "./replica.js";
+import { ulid } from "./ulid.js";
+
+/** Where the device's connection stands. */
+export type State = "signed-out" | "offline" | "connecting" | "catching-up" | "live";
+
+/** The device's status, for an online indicator and catch-up progress. */
+export interface Status {
+  state: State;
+  /** During catch-up: ops the server said were missing, and received so far. */
+  missingOps: number;
+  receivedOps: number;
+  /** Ops waiting in the outbox. */
+  pending: number;
+  /** The last error, retryable or not. */
+  lastError?: string;
+}
+
+/** A conversation as an application lists it. */
+export interface ConversationView {
+  id: string;
+  title: string;
+  unread: number;
+  head: number;
+  memberCount: number;
+  removed: boolean;
+  lastMessage?: MessageView;
+}
+
+/** What changed: listeners re-read what they show. */
+export interface ClientEvent {
+  kind: "status" | "conversations" | "messages";
+  convId?: string;
+}
+
+export interface ClientOptions {
+  /** The server, e.g. "http://127.0.0.1:8080" or "" for the page's origin. */
+  baseUrl: string;
+  /** Where the device lives between runs. Default: memory (lost on reload). */
+  replica?: Replica;
+  /** Shown in the user's device list. */
+  deviceName?: string;
+  /** The fetch to use. Default: globalThis.fetch. */
+  fetch?: typeof globalThis.fetch;
+  /** Reconnect backoff: the first delay and the largest, in ms. */
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** Timers, injectable in tests. */
+  sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
+  random?: () => number;
+  now?: () => number;
+}
+
+const clientName = "ferry-web/0.1";
+
+type Payload = MessageInitShape<typeof OpSchema>["payload"];
+
+/** A Ferry device. Create one with FerryClient.open. */
+export class FerryClient {
+  private readonly opts: Required<Omit<ClientOptions, "replica" | "fetch" | "deviceName">> & { deviceName: string };
+  private readonly replica: Replica;
+  private readonly transport: Transport;
+  private readonly accounts: Client<typeof AccountService>;
+  private readonly sync: Client<typeof SyncService>;
+
+  private meta: Meta = emptyMeta();
+  private convs = new Map<string, ConvRecord>();
+  private ops = new Map<string, Map<number, OpRecord>>(); // conv -> seq -> op
+  private outbox = new Map<string, OutboxEntry>(); // op id -> entry
+  private acked = new Map<string, number>(); // conv -> delivered marker sent
+  private reads = new Map<string, number>(); // conv -> read marker not yet sent
+
+  private st: Status = { state: "signed-out", missingOps: 0, receivedOps: 0, pending: 0 };
+  private listeners = new Set<(e: ClientEvent) => void>();
+  private writes: Promise<void> = Promise.resolve();
+  private run?: { ctrl: AbortController; done: Promise<void> };
+  private connected = false;
+  private maxOpsPerPush = 100;
+  private flushing?: Promise<void>;
+  private flushWanted = false;
+  private acking = false;
+
+  private constructor(opts: ClientOptions) {
+    this.opts = {
+      baseUrl: opts.baseUrl,
+      deviceName: opts.deviceName ?? "web",
+      minBackoffMs: opts.minBackoffMs ?? 250,
+      maxBackoffMs: opts.maxBackoffMs ?? 30_000,
+      sleep: opts.sleep ?? sleep,
+      random: opts.random ?? Math.random,
+      now: opts.now ?? Date.now,
+    };
+    this.replica = opts.replica ?? new MemoryReplica();
+    const auth: Interceptor = (next) => async (req) => {
+      const s = this.meta.session;
+      if (s) req.header.set("Authorization", `Bearer ${s.token}`);
+      return next(req);
+    };
+    this.transport = createConnectTransport({
+      baseUrl: opts.baseUrl,
+      interceptors: [auth],
+      fetch: opts.fetch ?? ((input, init) => globalThis.fetch(input, init)),
+    });
+    this.accounts = createClient(AccountService, this.transport);
+    this.sync = createClient(SyncService, this.transport);
+  }
+
+  /** Opens the device stored in the replica (or a new, signed-out one). */
+  static async open(opts: ClientOptions): Promise<FerryClient> {
+    const c = new FerryClient(opts);
+    const snap = await c.replica.load();
+    c.meta = snap.meta;
+    for (const conv of snap.convs) c.convs.set(conv.id, conv);
+    for (const op of snap.ops) c.opsOf(op.convId).set(op.seq, op);
+    for (const e of snap.outbox) c.outbox.set(e.id, e);
+    c.st = { ...c.st, state: c.meta.session ? "offline" : "signed-out", pending: c.pendingCount() };
+    return c;
+  }
+
+  /** The signed-in device, if any. */
+  get session(): Session | undefined {
+    return this.meta.session;
+  }
+
+  /** Creates an account and signs this device in as its first device. */
+  async register(username: string, password: string, displayName = ""): Promise<Session> {
+    const res = await this.accounts.register({ username, password, displayName, deviceName: this.opts.deviceName });
+    return this.signedIn(res.session);
+  }
+
+  /** Signs this device in: a new device of the account. */
+  async login(username: string, password: string): Promise<Session> {
+    const res = await this.accounts.login({ username, password, deviceName: this.opts.deviceName });
+    return this.signedIn(res.session);
+  }
+
+  private async signedIn(s: { userId: string; deviceId: string; token: string; username: string } | undefined): Promise<Session> {
+    if (!s) throw new Error("ferry: the server answered without a session");
+    const session: Session = { userId: s.userId, deviceId: s.deviceId, token: s.token, username: s.username };
+    // A new device: nothing of a previous account stays.
+    await this.commit({ clear: true, meta: { ...emptyMeta(), session } }, () => {
+      this.meta = { ...emptyMeta(), session };
+      this.convs.clear();
+      this.ops.clear();
+      this.outbox.clear();
+      this.acked.clear();
+    });
+    this.setStatus({ state: "offline", pending: 0 });
+    this.emit({ kind: "conversations" });
+    return session;
+  }
+
+  /** Stops syncing and forgets the device (its outbox too). */
+  async signOut(): Promise<void> {
+    await this.stop();
+    await this.commit({ clear: true, meta: emptyMeta() }, () => {
+      this.meta = emptyMeta();
+      this.convs.clear();
+      this.ops.clear();
+      this.outbox.clear();
+    });
+    this.setStatus({ state: "signed-out", pending: 0 });
+    this.emit({ kind: "conversations" });
+  }
+
+  /** Starts syncing: connects, catches up, stays live, reconnects. */
+  start(): void {
+    if (this.run || !this.meta.session) return;
+    const ctrl = new AbortController();
+    this.run = { ctrl, done: this.loop(ctrl.signal) };
+  }
+
+  /** Stops syncing; resolves when the connection is closed. */
+  async stop(): Promise<void> {
+    const r = this.run;
+    if (!r) return;
+    this.run = undefined;
+    r.ctrl.abort();
+    await r.done;
+    await this.writes;
+    if (this.meta.session) this.setStatus({ state: "offline" });
+  }
+
+  /** The device's status. */
+  status(): Status {
+    return { ...this.st };
+  }
+
+  /** Calls listener after every change; returns the function that stops it. */
+  on(listener: (e: ClientEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /**
+   * Resolves once test() is true, checking now and after every change; for
+   * applications that wait for a state (and for tests).
+   */
+  waitFor(test: () => boolean, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (test()) return resolve();
+      const stop = this.on(() => {
+        if (test()) {
+          stop();
+          resolve();
+        }
+      });
+      signal?.addEventListener("abort", () => {
+        stop();
+        reject(signal.reason);
+      });
+    });
+  }
+
+  /** Conversations, most recently changed first. */
+  conversations(): ConversationView[] {
+    return [...this.convs.values()]
+      .sort((a, b) => b.changedAt - a.changedAt || a.id.localeCompare(b.id))
+      .map((c) => {
+        const msgs = this.messages(c.id);
+        return {
+          id: c.id,
+          title: c.title,
+          unread: c.unread,
+          head: c.head,
+          memberCount: c.memberCount,
+          removed: c.removed,
+          lastMessage: msgs[msgs.length - 1],
+        };
+      });
+  }
+
+  /** A conversation's messages, oldest first, with pending ones last. */
+  messages(convId: string): MessageView[] {
+    const inputs = [...(this.ops.get(convId)?.values() ?? [])].map((r) => ({ seq: r.seq, op: fromBinary(OpSchema, r.op) }));
+    const me = this.meta.session;
+    for (const e of this.outbox.values()) {
+      if (e.convId !== convId) continue;
+      const op = fromBinary(OpSchema, e.op);
+      op.userId = me?.userId ?? "";
+      inputs.push({ seq: 0, op, ...(e.failed !== undefined ? { failed: e.failed } : {}) });
+    }
+    const conv = this.convs.get(convId);
+    const status = me && conv ? { userId: me.userId, receipts: conv.receipts } : undefined;
+    return fold(convId, inputs, status);
+  }
+
+  /** Ops this device holds of a conversation (contiguous from seq 1). */
+  held(convId: string): number {
+    const m = this.ops.get(convId);
+    let n = 0;
+    while (m?.has(n + 1)) n++;
+    return n;
+  }
+
+  /** Sends a text message; returns its id at once, before it is pushed. */
+  async send(convId: string, text: string): Promise<string> {
+    const [id] = await this.enqueue(convId, [{ case: "message", value: { body: encoder.encode(text), contentType: "text/plain" } }]);
+    return id!;
+  }
+
+  /** Replaces the body of one of the user's messages. */
+  async edit(convId: string, targetId: string, text: string): Promise<string> {
+    const [id] = await this.enqueue(convId, [{ case: "edit", value: { targetId, body: encoder.encode(text), contentType: "text/plain" } }]);
+    return id!;
+  }
+
+  /** Deletes a message for everyone. */
+  async delete(convId: string, targetId: string): Promise<string> {
+    const [id] = await this.enqueue(convId, [{ case: "delete", value: { targetId } }]);
+    return id!;
+  }
+
+  /** Adds (on) or removes the user's reaction key to a message. */
+  async react(convId: string, targetId: string, key: string, on = true): Promise<string> {
+    const [id] = await this.enqueue(convId, [{ case: on ? "reactionAdd" : "reactionRemove", value: { targetId, key } }]);
+    return id!;
+  }
+
+  /** Creates a conversation with the users of these usernames. */
+  async createConversation(title: string, usernames: string[]): Promise<string> {
+    const found = usernames.length ? (await this.accounts.lookupUsers({ usernames })).users : [];
+    const missing = usernames.filter((n) => !found.some((u) => u.username.toLowerCase() === n.toLowerCase()));
+    if (missing.length) throw new Error(`ferry: no such user: ${missing.join(", ")}`);
+    const convId = ulid(this.opts.now());
+    await this.enqueue(convId, [
+      { case: "create", value: { title } },
+      ...found.map((u) => ({ case: "memberAdd" as const, value: { userId: u.id } })),
+    ], title);
+    return convId;
+  }
+
+  /** Marks everything in the conversation read, on all the user's devices. */
+  async markRead(convId: string): Promise<void> {
+    const conv = this.convs.get(convId);
+    if (!conv) throw new Error(`ferry: unknown conversation ${convId}`);
+    const read = conv.head;
+    if (read <= conv.read && conv.unread === 0) return;
+    await this.commit({ convs: [{ ...conv, read, unread: 0 }] }, () => {
+      this.convs.set(convId, { ...conv, read: Math.max(conv.read, read), unread: 0 });
+    });
+    this.reads.set(convId, Math.max(this.reads.get(convId) ?? 0, read));
+    this.emit({ kind: "conversations", convId });
+    await this.sendAcks().catch(() => {}); // retried on the next session
+  }
+
+  // enqueue gives ops this device's next dots and stores them in the
+  // outbox before returning; they are pushed when connected.
+  private async enqueue(convId: string, payloads: Payload[], newTitle?: string): Promise<string[]> {
+    const s = this.meta.session;
+    if (!s) throw new Error("ferry: not signed in");
+    const conv = this.convs.get(convId);
+    if (!conv && newTitle === undefined) throw new Error(`ferry: unknown conversation ${convId}`);
+    if (conv?.removed) throw new Error(`ferry: you are no longer a member of ${convId}`);
+    const ids: string[] = [];
+    const entries: OutboxEntry[] = [];
+    let dot = this.meta.dots[convId] ?? 0;
+    const now = this.opts.now();
+    for (const payload of payloads) {
+      dot++;
+      const id = ulid(now);
+      const op = create(OpSchema, { id, deviceId: s.deviceId, dot: BigInt(dot), payload });
+      entries.push({ convId, id, dot, op: toBinary(OpSchema, op), createdAt: now });
+      ids.push(id);
+    }
+    const meta = { ...this.meta, dots: { ...this.meta.dots, [convId]: dot } };
+    const change: Change = { meta, outboxPut: entries };
+    let rec: ConvRecord | undefined;
+    if (!conv) {
+      rec = { id: convId, title: newTitle ?? "", role: 0, removed: false, head: 0, unread: 0, delivered: 0, read: 0, memberCount: 1, receipts: [], changedAt: now };
+      change.convs = [rec];
+    } else {
+      rec = { ...conv, changedAt: now };
+      change.convs = [rec];
+    }
+    await this.commit(change, () => {
+      this.meta = meta;
+      for (const e of entries) this.outbox.set(e.id, e);
+      this.convs.set(convId, rec!);
+    });
+    this.setStatus({ pending: this.pendingCount() });
+    this.emit({ kind: "messages", convId });
+    this.emit({ kind: "conversations", convId });
+    void this.flush();
+    return ids;
+  }
+
+  // ---- the session ----
+
+  private async loop(signal: AbortSignal): Promise<void> {
+    let attempt = 0;
+    while (!signal.aborted) {
+      let delay: number | undefined;
+      try {
+        this.setStatus({ state: "connecting" });
+        delay = await this.runSession(signal);
+        attempt = 0;
+      } catch (err) {
+        this.connected = false;
+        if (signal.aborted) break;
+        const ce = ConnectError.from(err);
+        this.setStatus({ lastError: ce.message });
+        if (ce.code === Code.Unauthenticated || ce.code === Code.PermissionDenied) {
+          // Terminal: the device was revoked or its token is wrong.
+          this.setStatus({ state: "offline" });
+          this.emit({ kind: "status" });
+          return;
+        }
+      }
+      this.connected = false;
+      if (signal.aborted) break;
+      this.setStatus({ state: "offline" });
+      const base = Math.min(this.opts.maxBackoffMs, this.opts.minBackoffMs * 2 ** Math.min(attempt++, 16));
+      const wait = delay ?? base / 2 + this.opts.random() * (base / 2); // equal jitter
+      await this.opts.sleep(wait, signal).catch(() => {});
+    }
+  }
+
+  // session runs one Subscribe session until it ends; it returns the delay
+  // a Goaway asked for, if any.
+  private async runSession(signal: AbortSignal): Promise<number | undefined> {
+    const cursors = [...this.ops.keys()].map((id) => ({ conversationId: id, seq: BigInt(this.held(id)) })).filter((c) => c.seq > 0n);
+    const hello = create(HelloSchema, { epoch: this.meta.epoch, feedPos: BigInt(this.meta.feedPos), cursors, client: clientName });
+    let epoch = "";
+    for await (const res of this.sync.subscribe({ hello }, { signal })) {
+      const m = res.message;
+      switch (m.case) {
+        case "welcome":
+          epoch = m.value.epoch;
+          this.connected = true;
+          if (m.value.limits?.maxOpsPerPush) this.maxOpsPerPush = m.value.limits.maxOpsPerPush;
+          this.setStatus({ state: "catching-up", missingOps: Number(m.value.missingOps), receivedOps: 0, lastError: undefined });
+          void this.flush();
+          void this.sendAcks().catch(() => {});
+          break;
+        case "conversations":
+          await this.takeConversations(m.value.conversations);
+          break;
+        case "ops":
+          await this.takeOps(m.value);
+          break;
+        case "caughtUp": {
+          const meta = { ...this.meta, epoch, feedPos: m.value.feedPos.toString() };
+          await this.commit({ meta }, () => (this.meta = meta));
+          this.setStatus({ state: "live" });
+          void this.sendAcks().catch(() => {});
+          break;
+        }
+        case "resetRequired": {
+          // The server's store was replaced or restored: start over from
+          // nothing. (The Go SDK also pushes ops the server lost with
+          // Repair; this client does not yet.)
+          const meta = { ...emptyMeta(), session: this.meta.session, dots: this.meta.dots };
+          await this.commit({ clear: true, meta, outboxPut: [...this.outbox.values()] }, () => {
+            this.meta = meta;
+            this.convs.clear();
+            this.ops.clear();
+            this.acked.clear();
+          });
+          this.emit({ kind: "conversations" });
+          return 0;
+        }
+        case "goaway":
+          return m.value.reconnectAfterMs;
+      }
+    }
+    return undefined;
+  }
+
+  private async takeConversations(infos: ConversationInfo[]): Promise<void> {
+    const now = this.opts.now();
+    const recs = infos.map((c): ConvRecord => ({
+      id: c.id,
+      title: c.title,
+      role: c.role,
+      removed: c.removed,
+      head: Number(c.head),
+      unread: Number(c.unread),
+      delivered: Number(c.delivered),
+      read: Number(c.read),
+      memberCount: c.memberCount,
+      receipts: c.receipts.map((r) => ({ userId: r.userId, delivered: Number(r.delivered), read: Number(r.read) })),
+      changedAt: Number(c.head) > (this.convs.get(c.id)?.head ?? 0) ? now : (this.convs.get(c.id)?.changedAt ?? now),
+    }));
+    await this.commit({ convs: recs }, () => {
+      for (const r of recs) this.convs.set(r.id, r);
+    });
+    this.emit({ kind: "conversations" });
+    for (const r of recs) this.emit({ kind: "messages", convId: r.id });
+  }
+
+  private async takeOps(ops: Ops): Promise<void> {
+    const recs: OpRecord[] = [];
+    const mine: string[] = [];
+    for (const b of ops.batches) {
+      for (const op of b.ops) {
+        const seq = Number(op.seq);
+        if (this.ops.get(b.conversationId)?.has(seq)) continue; // held already
+        recs.push({ convId: b.conversationId, seq, id: op.id, op: toBinary(OpSchema, op) });
+        if (this.outbox.has(op.id)) mine.push(op.id);
+      }
+    }
+    const change: Change = { ops: recs, outboxDelete: mine };
+    let meta: Meta | undefined;
+    if (ops.feedPos !== 0n && this.st.state === "live") {
+      meta = { ...this.meta, feedPos: ops.feedPos.toString() };
+      change.meta = meta;
+    }
+    await this.commit(change, () => {
+      for (const r of recs) this.opsOf(r.convId).set(r.seq, r);
+      for (const id of mine) this.outbox.delete(id);
+      if (meta) this.meta = meta;
+    });
+    this.setStatus({ receivedOps: this.st.receivedOps + recs.length, pending: this.pendingCount() });
+    for (const id of new Set(recs.map((r) => r.convId))) this.emit({ kind: "messages", convId: id });
+    this.emit({ kind: "conversations" });
+    void this.sendAcks().catch(() => {});
+  }
+
+  // flush pushes the outbox in dot order, one push at a time. Calls while a
+  // flush runs make it look again before it stops.
+  private flush(): Promise<void> {
+    this.flushWanted = true;
+    if (!this.flushing) {
+      this.flushing = this.flushLoop().finally(() => {
+        this.flushing = undefined;
+        if (this.flushWanted && this.connected) void this.flush();
+      });
+    }
+    return this.flushing;
+  }
+
+  private async flushLoop(): Promise<void> {
+    while (this.flushWanted && this.connected) {
+      this.flushWanted = false;
+      for (;;) {
+        const next = [...this.outbox.values()].filter((e) => e.failed === undefined).sort((a, b) => a.convId.localeCompare(b.convId) || a.dot - b.dot);
+        if (next.length === 0 || !this.connected) break;
+        const conv = next[0]!.convId;
+        const batch = next.filter((e) => e.convId === conv).slice(0, this.maxOpsPerPush);
+        let res;
+        try {
+          res = await this.sync.push({
+            batches: [create(OpBatchSchema, { conversationId: conv, ops: batch.map((e) => fromBinary(OpSchema, e.op)) })],
+          });
+        } catch (err) {
+          // Offline, or the server is going away: the next session flushes
+          // again. Pushes are idempotent, so a lost answer costs nothing.
+          this.setStatus({ lastError: ConnectError.from(err).message });
+          return;
+        }
+        await this.takeResults(batch, res.results);
+      }
+    }
+  }
+
+  private async takeResults(batch: OutboxEntry[], results: { opId: string; status: OpStatus; seq: bigint; message: string }[]): Promise<void> {
+    const me = this.meta.session!;
+    const change: Change = { ops: [], outboxDelete: [], outboxPut: [] };
+    for (const r of results) {
+      const e = batch.find((x) => x.id === r.opId);
+      if (!e) continue;
+      if (r.status === OpStatus.ACCEPTED || r.status === OpStatus.DUPLICATE) {
+        const op = fromBinary(OpSchema, e.op);
+        op.seq = r.seq;
+        op.userId = me.userId;
+        change.ops!.push({ convId: e.convId, seq: Number(r.seq), id: e.id, op: toBinary(OpSchema, op) });
+        change.outboxDelete!.push(e.id);
+      } else if (r.status === OpStatus.REJECTED) {
+        change.outboxPut!.push({ ...e, failed: r.message || "rejected by the server" });
+      }
+    }
+    await this.commit(change, () => {
+      for (const o of change.ops!) this.opsOf(o.convId).set(o.seq, o);
+      for (const id of change.outboxDelete!) this.outbox.delete(id);
+      for (const e of change.outboxPut!) this.outbox.set(e.id, e);
+    });
+    this.setStatus({ pending: this.pendingCount() });
+    for (const id of new Set(batch.map((e) => e.convId))) this.emit({ kind: "messages", convId: id });
+  }
+
+  // sendAcks sends delivered markers for what the device holds and read
+  // markers not yet sent.
+  private async sendAcks(): Promise<void> {
+    if (this.acking || !this.connected) return;
+    this.acking = true;
+    try {
+      for (;;) {
+        const markers = [];
+        for (const id of new Set([...this.ops.keys(), ...this.reads.keys()])) {
+          const delivered = this.held(id);
+          const read = this.reads.get(id) ?? 0;
+          if (delivered > (this.acked.get(id) ?? 0) || read > 0) {
+            markers.push({ conversationId: id, delivered: BigInt(delivered), read: BigInt(read) });
+          }
+        }
+        if (markers.length === 0) return;
+        await this.sync.ack({ markers });
+        for (const m of markers) {
+          this.acked.set(m.conversationId, Math.max(this.acked.get(m.conversationId) ?? 0, Number(m.delivered)));
+          if ((this.reads.get(m.conversationId) ?? 0) <= Number(m.read)) this.reads.delete(m.conversationId);
+        }
+      }
+    } finally {
+      this.acking = false;
+    }
+  }
+
+  // ---- plumbing ----
+
+  private opsOf(convId: string): Map<number, OpRecord> {
+    let m = this.ops.get(convId);
+    if (!m) this.ops.set(convId, (m = new Map()));
+    return m;
+  }
+
+  private pendingCount(): number {
+    let n = 0;
+    for (const e of this.outbox.values()) if (e.failed === undefined) n++;
+    return n;
+  }
+
+  // commit writes a change durably, then applies it in memory; changes are
+  // written in call order.
+  private commit(change: Change, apply: () => void): Promise<void> {
+    const p = this.writes.then(async () => {
+      await this.replica.apply(change);
+      apply();
+    });
+    this.writes = p.catch(() => {});
+    return p;
+  }
+
+  private setStatus(s: Partial<Status>): void {
+    const before = JSON.stringify(this.st);
+    this.st = { ...this.st, ...s };
+    if (JSON.stringify(this.st) !== before) this.emit({ kind: "status" });
+  }
+
+  private emit(e: ClientEvent): void {
+    for (const l of [...this.listeners]) {
+      try {
+        l(e);
+      } catch (err) {
+        console.error("ferry: a listener failed", err);
+      }
+    }
+  }
+}
+
+const encoder = new TextEncoder();
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(t);
+      reject(signal.reason);
+    });
+  });
+}

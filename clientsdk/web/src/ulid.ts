@@ -1,0 +1,42 @@
+// ULIDs: 48 bits of milliseconds and 80 random bits, in Crockford's
+// base32 (26 characters). Op ids are ULIDs chosen by the client; their time
+// part only orders history time ranges, never the log.
+
+const alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/** Returns a new ULID for time `now` (milliseconds since the epoch). */
+export function ulid(now: number = Date.now(), random: (b: Uint8Array) => void = fill): string {
+  if (!Number.isInteger(now) || now < 0 || now > 2 ** 48 - 1) {
+    throw new RangeError(`ulid: time ${now} is outside 0..2^48-1 milliseconds`);
+  }
+  let out = "";
+  let t = now;
+  for (let i = 9; i >= 0; i--) {
+    out = alphabet[t % 32] + out;
+    t = Math.floor(t / 32);
+  }
+  const r = new Uint8Array(10);
+  random(r);
+  // 80 bits as 16 base32 digits: 5 bits each, big-endian.
+  let bits = 0;
+  let acc = 0;
+  for (const byte of r) {
+    acc = (acc << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      bits -= 5;
+      out += alphabet[(acc >> bits) & 31];
+    }
+    acc &= (1 << bits) - 1;
+  }
+  return out;
+}
+
+/** Reports whether s is a well-formed ULID. */
+export function isULID(s: string): boolean {
+  return /^[0-7][0-9A-HJKMNP-TV-Z]{25}$/.test(s);
+}
+
+function fill(b: Uint8Array): void {
+  globalThis.crypto.getRandomValues(b);
+}

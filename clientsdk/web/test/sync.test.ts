@@ -1,0 +1,133 @@
+// The web client against a real ferryd: offline catch-up, read state across
+// devices, the outbox across a reload, and derived state converging.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+
+import { FerryClient, MemoryReplica, type MessageView } from "../src/index.js";
+import { startServer, type Server } from "./server.js";
+
+let server: Server;
+const clients: FerryClient[] = [];
+
+before(async () => {
+  server = await startServer();
+});
+
+after(async () => {
+  for (const c of clients) await c.stop();
+  await server.stop();
+});
+
+// Deterministic tests: no timers of ours; reconnects happen at once.
+async function open(replica = new MemoryReplica()): Promise<FerryClient> {
+  const c = await FerryClient.open({ baseUrl: server.url, replica, sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1 });
+  clients.push(c);
+  return c;
+}
+
+const texts = (ms: MessageView[]) => ms.map((m) => m.text);
+let users = 0;
+const name = (who: string) => `${who}${++users}`;
+
+test("a device offline while 50 messages arrive gets each once, in order", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await open();
+  const [a, b] = [name("alice"), name("bob")];
+  await alice.register(a, "correct horse battery");
+  await bob.register(b, "correct horse battery");
+  alice.start();
+  bob.start();
+  const conv = await alice.createConversation("lunch", [b]);
+  await bob.waitFor(() => bob.conversations().some((c) => c.id === conv) && bob.status().state === "live");
+
+  await bob.stop();
+  const want: string[] = [];
+  for (let i = 0; i < 50; i++) {
+    want.push(`message ${i}`);
+    await alice.send(conv, `message ${i}`);
+  }
+  assert.equal(alice.messages(conv).length, 50, "sent messages show at once");
+  await alice.waitFor(() => alice.status().pending === 0);
+
+  bob.start();
+  await bob.waitFor(() => bob.status().state === "live" && bob.messages(conv).length === 50);
+  const got = bob.messages(conv);
+  assert.deepEqual(texts(got), want);
+  const seqs = got.map((m) => m.seq);
+  assert.deepEqual(seqs, [...seqs].sort((x, y) => x - y), "in seq order");
+  assert.equal(new Set(seqs).size, 50, "each once");
+  assert.equal(bob.conversations()[0]!.unread, 50);
+  assert.ok(bob.status().receivedOps >= 50, "catch-up progress counted");
+
+  // Bob's device acked what it holds: alice sees her messages delivered.
+  await alice.waitFor(() => alice.messages(conv).every((m) => m.status === "delivered"));
+});
+
+test("reading on one device clears the unread count on the user's other device", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const phone = await open();
+  const laptop = await open();
+  const [a, b] = [name("alice"), name("bob")];
+  await alice.register(a, "correct horse battery");
+  await phone.register(b, "correct horse battery");
+  await laptop.login(b, "correct horse battery");
+  for (const c of [alice, phone, laptop]) c.start();
+  const conv = await alice.createConversation("news", [b]);
+  for (let i = 0; i < 3; i++) await alice.send(conv, `n${i}`);
+  const unread = (c: FerryClient) => c.conversations().find((x) => x.id === conv)?.unread;
+  await phone.waitFor(() => unread(phone) === 3);
+  await laptop.waitFor(() => unread(laptop) === 3);
+
+  await phone.markRead(conv);
+  assert.equal(unread(phone), 0);
+  await laptop.waitFor(() => unread(laptop) === 0);
+  await alice.waitFor(() => alice.messages(conv).every((m) => m.status === "read"));
+});
+
+test("the outbox survives a reload and every op is stored once", { timeout: 60_000 }, async () => {
+  const replica = new MemoryReplica();
+  let alice = await open(replica);
+  const bob = await open();
+  const [a, b] = [name("alice"), name("bob")];
+  await alice.register(a, "correct horse battery");
+  await bob.register(b, "correct horse battery");
+  alice.start();
+  bob.start();
+  const conv = await alice.createConversation("plans", [b]);
+  await alice.waitFor(() => alice.status().pending === 0);
+  await alice.stop();
+
+  for (const t of ["offline 1", "offline 2", "offline 3"]) await alice.send(conv, t);
+  assert.deepEqual(alice.messages(conv).map((m) => m.status), ["pending", "pending", "pending"]);
+
+  // The page reloads: a new client on the same replica.
+  alice = await open(replica);
+  assert.equal(alice.status().pending, 3);
+  alice.start();
+  await alice.waitFor(() => alice.status().pending === 0);
+  await bob.waitFor(() => bob.messages(conv).length === 3);
+  assert.deepEqual(texts(bob.messages(conv)), ["offline 1", "offline 2", "offline 3"]);
+  assert.ok(alice.messages(conv).every((m) => m.seq > 0 && m.status !== "pending"));
+});
+
+test("edits, deletes and reactions converge on every device", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await open();
+  const [a, b] = [name("alice"), name("bob")];
+  await alice.register(a, "correct horse battery");
+  await bob.register(b, "correct horse battery");
+  alice.start();
+  bob.start();
+  const conv = await alice.createConversation("edits", [b]);
+  const m1 = await alice.send(conv, "helo");
+  const m2 = await alice.send(conv, "oops");
+  await bob.waitFor(() => bob.messages(conv).length === 2);
+  await alice.edit(conv, m1, "hello");
+  await alice.delete(conv, m2);
+  await bob.react(conv, m1, "👍");
+  const view = (c: FerryClient) => JSON.stringify(c.messages(conv).map((m) => [m.id, m.text, m.edited, m.deleted, m.reactions]));
+  const want = JSON.stringify([[m1, "hello", true, false, { "👍": [bob.session!.userId] }], [m2, "", false, true, {}]]);
+  await alice.waitFor(() => view(alice) === want);
+  await bob.waitFor(() => view(bob) === want);
+});
