@@ -155,13 +155,8 @@ export class FerryClient {
     if (!s) throw new Error("ferry: the server answered without a session");
     const session: Session = { userId: s.userId, deviceId: s.deviceId, token: s.token, username: s.username };
     // A new device: nothing of a previous account stays.
-    await this.commit({ clear: true, meta: { ...emptyMeta(), session } }, () => {
-      this.meta = { ...emptyMeta(), session };
-      this.convs.clear();
-      this.ops.clear();
-      this.outbox.clear();
-      this.acked.clear();
-    });
+    await this.commit(() => ({ clear: true, meta: { ...emptyMeta(), session } }));
+    this.acked.clear();
     this.setStatus({ state: "offline", pending: 0 });
     this.emit({ kind: "conversations" });
     return session;
@@ -170,12 +165,7 @@ export class FerryClient {
   /** Stops syncing and forgets the device (its outbox too). */
   async signOut(): Promise<void> {
     await this.stop();
-    await this.commit({ clear: true, meta: emptyMeta() }, () => {
-      this.meta = emptyMeta();
-      this.convs.clear();
-      this.ops.clear();
-      this.outbox.clear();
-    });
+    await this.commit(() => ({ clear: true, meta: emptyMeta() }));
     this.setStatus({ state: "signed-out", pending: 0 });
     this.emit({ kind: "conversations" });
   }
@@ -313,8 +303,9 @@ export class FerryClient {
     if (!conv) throw new Error(`ferry: unknown conversation ${convId}`);
     const read = conv.head;
     if (read <= conv.read && conv.unread === 0) return;
-    await this.commit({ convs: [{ ...conv, read, unread: 0 }] }, () => {
-      this.convs.set(convId, { ...conv, read: Math.max(conv.read, read), unread: 0 });
+    await this.commit(() => {
+      const c = this.convs.get(convId)!;
+      return { convs: [{ ...c, read: Math.max(c.read, read), unread: 0 }] };
     });
     this.reads.set(convId, Math.max(this.reads.get(convId) ?? 0, read));
     this.emit({ kind: "conversations", convId });
@@ -329,31 +320,25 @@ export class FerryClient {
     const conv = this.convs.get(convId);
     if (!conv && newTitle === undefined) throw new Error(`ferry: unknown conversation ${convId}`);
     if (conv?.removed) throw new Error(`ferry: you are no longer a member of ${convId}`);
+    // Dots are given inside the write chain, so concurrent sends never
+    // share one.
     const ids: string[] = [];
-    const entries: OutboxEntry[] = [];
-    let dot = this.meta.dots[convId] ?? 0;
-    const now = this.opts.now();
-    for (const payload of payloads) {
-      dot++;
-      const id = ulid(now);
-      const op = create(OpSchema, { id, deviceId: s.deviceId, dot: BigInt(dot), payload });
-      entries.push({ convId, id, dot, op: toBinary(OpSchema, op), createdAt: now });
-      ids.push(id);
-    }
-    const meta = { ...this.meta, dots: { ...this.meta.dots, [convId]: dot } };
-    const change: Change = { meta, outboxPut: entries };
-    let rec: ConvRecord | undefined;
-    if (!conv) {
-      rec = { id: convId, title: newTitle ?? "", role: 0, removed: false, head: 0, unread: 0, delivered: 0, read: 0, memberCount: 1, receipts: [], changedAt: now };
-      change.convs = [rec];
-    } else {
-      rec = { ...conv, changedAt: now };
-      change.convs = [rec];
-    }
-    await this.commit(change, () => {
-      this.meta = meta;
-      for (const e of entries) this.outbox.set(e.id, e);
-      this.convs.set(convId, rec!);
+    await this.commit(() => {
+      let dot = this.meta.dots[convId] ?? 0;
+      const now = this.opts.now();
+      const entries: OutboxEntry[] = [];
+      for (const payload of payloads) {
+        dot++;
+        const id = ulid(now);
+        const op = create(OpSchema, { id, deviceId: s.deviceId, dot: BigInt(dot), payload });
+        entries.push({ convId, id, dot, op: toBinary(OpSchema, op), createdAt: now });
+        ids.push(id);
+      }
+      const cur = this.convs.get(convId);
+      const rec: ConvRecord = cur
+        ? { ...cur, changedAt: now }
+        : { id: convId, title: newTitle ?? "", role: 0, removed: false, head: 0, unread: 0, delivered: 0, read: 0, memberCount: 1, receipts: [], changedAt: now };
+      return { meta: { ...this.meta, dots: { ...this.meta.dots, [convId]: dot } }, outboxPut: entries, convs: [rec] };
     });
     this.setStatus({ pending: this.pendingCount() });
     this.emit({ kind: "messages", convId });
@@ -417,8 +402,8 @@ export class FerryClient {
           await this.takeOps(m.value);
           break;
         case "caughtUp": {
-          const meta = { ...this.meta, epoch, feedPos: m.value.feedPos.toString() };
-          await this.commit({ meta }, () => (this.meta = meta));
+          const feedPos = m.value.feedPos.toString();
+          await this.commit(() => ({ meta: { ...this.meta, epoch, feedPos } }));
           this.setStatus({ state: "live" });
           void this.sendAcks().catch(() => {});
           break;
@@ -427,13 +412,12 @@ export class FerryClient {
           // The server's store was replaced or restored: start over from
           // nothing. (The Go SDK also pushes ops the server lost with
           // Repair; this client does not yet.)
-          const meta = { ...emptyMeta(), session: this.meta.session, dots: this.meta.dots };
-          await this.commit({ clear: true, meta, outboxPut: [...this.outbox.values()] }, () => {
-            this.meta = meta;
-            this.convs.clear();
-            this.ops.clear();
-            this.acked.clear();
-          });
+          await this.commit(() => ({
+            clear: true,
+            meta: { ...emptyMeta(), session: this.meta.session, dots: this.meta.dots },
+            outboxPut: [...this.outbox.values()],
+          }));
+          this.acked.clear();
           this.emit({ kind: "conversations" });
           return 0;
         }
@@ -445,48 +429,48 @@ export class FerryClient {
   }
 
   private async takeConversations(infos: ConversationInfo[]): Promise<void> {
-    const now = this.opts.now();
-    const recs = infos.map((c): ConvRecord => ({
-      id: c.id,
-      title: c.title,
-      role: c.role,
-      removed: c.removed,
-      head: Number(c.head),
-      unread: Number(c.unread),
-      delivered: Number(c.delivered),
-      read: Number(c.read),
-      memberCount: c.memberCount,
-      receipts: c.receipts.map((r) => ({ userId: r.userId, delivered: Number(r.delivered), read: Number(r.read) })),
-      changedAt: Number(c.head) > (this.convs.get(c.id)?.head ?? 0) ? now : (this.convs.get(c.id)?.changedAt ?? now),
-    }));
-    await this.commit({ convs: recs }, () => {
-      for (const r of recs) this.convs.set(r.id, r);
+    let recs: ConvRecord[] = [];
+    await this.commit(() => {
+      const now = this.opts.now();
+      recs = infos.map((c): ConvRecord => {
+        const before = this.convs.get(c.id);
+        return {
+          id: c.id,
+          title: c.title,
+          role: c.role,
+          removed: c.removed,
+          head: Number(c.head),
+          unread: Number(c.unread),
+          delivered: Number(c.delivered),
+          read: Number(c.read),
+          memberCount: c.memberCount,
+          receipts: c.receipts.map((r) => ({ userId: r.userId, delivered: Number(r.delivered), read: Number(r.read) })),
+          changedAt: !before || Number(c.head) > before.head ? now : before.changedAt,
+        };
+      });
+      return { convs: recs };
     });
     this.emit({ kind: "conversations" });
     for (const r of recs) this.emit({ kind: "messages", convId: r.id });
   }
 
   private async takeOps(ops: Ops): Promise<void> {
-    const recs: OpRecord[] = [];
-    const mine: string[] = [];
-    for (const b of ops.batches) {
-      for (const op of b.ops) {
-        const seq = Number(op.seq);
-        if (this.ops.get(b.conversationId)?.has(seq)) continue; // held already
-        recs.push({ convId: b.conversationId, seq, id: op.id, op: toBinary(OpSchema, op) });
-        if (this.outbox.has(op.id)) mine.push(op.id);
+    let recs: OpRecord[] = [];
+    const live = this.st.state === "live";
+    await this.commit(() => {
+      recs = [];
+      const mine: string[] = [];
+      for (const b of ops.batches) {
+        for (const op of b.ops) {
+          const seq = Number(op.seq);
+          if (this.ops.get(b.conversationId)?.has(seq)) continue; // held already
+          recs.push({ convId: b.conversationId, seq, id: op.id, op: toBinary(OpSchema, op) });
+          if (this.outbox.has(op.id)) mine.push(op.id);
+        }
       }
-    }
-    const change: Change = { ops: recs, outboxDelete: mine };
-    let meta: Meta | undefined;
-    if (ops.feedPos !== 0n && this.st.state === "live") {
-      meta = { ...this.meta, feedPos: ops.feedPos.toString() };
-      change.meta = meta;
-    }
-    await this.commit(change, () => {
-      for (const r of recs) this.opsOf(r.convId).set(r.seq, r);
-      for (const id of mine) this.outbox.delete(id);
-      if (meta) this.meta = meta;
+      const change: Change = { ops: recs, outboxDelete: mine };
+      if (ops.feedPos !== 0n && live) change.meta = { ...this.meta, feedPos: ops.feedPos.toString() };
+      return change;
     });
     this.setStatus({ receivedOps: this.st.receivedOps + recs.length, pending: this.pendingCount() });
     for (const id of new Set(recs.map((r) => r.convId))) this.emit({ kind: "messages", convId: id });
@@ -532,25 +516,23 @@ export class FerryClient {
   }
 
   private async takeResults(batch: OutboxEntry[], results: { opId: string; status: OpStatus; seq: bigint; message: string }[]): Promise<void> {
-    const me = this.meta.session!;
-    const change: Change = { ops: [], outboxDelete: [], outboxPut: [] };
-    for (const r of results) {
-      const e = batch.find((x) => x.id === r.opId);
-      if (!e) continue;
-      if (r.status === OpStatus.ACCEPTED || r.status === OpStatus.DUPLICATE) {
-        const op = fromBinary(OpSchema, e.op);
-        op.seq = r.seq;
-        op.userId = me.userId;
-        change.ops!.push({ convId: e.convId, seq: Number(r.seq), id: e.id, op: toBinary(OpSchema, op) });
-        change.outboxDelete!.push(e.id);
-      } else if (r.status === OpStatus.REJECTED) {
-        change.outboxPut!.push({ ...e, failed: r.message || "rejected by the server" });
+    await this.commit(() => {
+      const me = this.meta.session!;
+      const change: Change = { ops: [], outboxDelete: [], outboxPut: [] };
+      for (const r of results) {
+        const e = this.outbox.get(r.opId) ?? batch.find((x) => x.id === r.opId);
+        if (!e) continue;
+        if (r.status === OpStatus.ACCEPTED || r.status === OpStatus.DUPLICATE) {
+          const op = fromBinary(OpSchema, e.op);
+          op.seq = r.seq;
+          op.userId = me.userId;
+          change.ops!.push({ convId: e.convId, seq: Number(r.seq), id: e.id, op: toBinary(OpSchema, op) });
+          change.outboxDelete!.push(e.id);
+        } else if (r.status === OpStatus.REJECTED) {
+          change.outboxPut!.push({ ...e, failed: r.message || "rejected by the server" });
+        }
       }
-    }
-    await this.commit(change, () => {
-      for (const o of change.ops!) this.opsOf(o.convId).set(o.seq, o);
-      for (const id of change.outboxDelete!) this.outbox.delete(id);
-      for (const e of change.outboxPut!) this.outbox.set(e.id, e);
+      return change;
     });
     this.setStatus({ pending: this.pendingCount() });
     for (const id of new Set(batch.map((e) => e.convId))) this.emit({ kind: "messages", convId: id });
@@ -597,15 +579,30 @@ export class FerryClient {
     return n;
   }
 
-  // commit writes a change durably, then applies it in memory; changes are
-  // written in call order.
-  private commit(change: Change, apply: () => void): Promise<void> {
+  // commit runs make when the previous changes are written and applied,
+  // writes its change durably, then applies it in memory: changes are
+  // built from the state they follow, in call order.
+  private commit(make: () => Change): Promise<void> {
     const p = this.writes.then(async () => {
+      const change = make();
       await this.replica.apply(change);
-      apply();
+      this.applyInMemory(change);
     });
     this.writes = p.catch(() => {});
     return p;
+  }
+
+  private applyInMemory(c: Change): void {
+    if (c.clear) {
+      this.convs.clear();
+      this.ops.clear();
+      this.outbox.clear();
+    }
+    if (c.meta) this.meta = c.meta;
+    for (const conv of c.convs ?? []) this.convs.set(conv.id, conv);
+    for (const op of c.ops ?? []) this.opsOf(op.convId).set(op.seq, op);
+    for (const id of c.outboxDelete ?? []) this.outbox.delete(id);
+    for (const e of c.outboxPut ?? []) this.outbox.set(e.id, e);
   }
 
   private setStatus(s: Partial<Status>): void {

@@ -4,7 +4,9 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { FerryClient, MemoryReplica, type MessageView } from "../src/index.js";
+import { IDBFactory } from "fake-indexeddb";
+
+import { FerryClient, IndexedDBReplica, MemoryReplica, type MessageView, type Replica } from "../src/index.js";
 import { startServer, type Server } from "./server.js";
 
 let server: Server;
@@ -20,7 +22,7 @@ after(async () => {
 });
 
 // Deterministic tests: no timers of ours; reconnects happen at once.
-async function open(replica = new MemoryReplica()): Promise<FerryClient> {
+async function open(replica: Replica = new MemoryReplica()): Promise<FerryClient> {
   const c = await FerryClient.open({ baseUrl: server.url, replica, sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1 });
   clients.push(c);
   return c;
@@ -85,9 +87,9 @@ test("reading on one device clears the unread count on the user's other device",
   await alice.waitFor(() => alice.messages(conv).every((m) => m.status === "read"));
 });
 
-test("the outbox survives a reload and every op is stored once", { timeout: 60_000 }, async () => {
-  const replica = new MemoryReplica();
-  let alice = await open(replica);
+test("the outbox survives a reload (IndexedDB) and every op is stored once", { timeout: 60_000 }, async () => {
+  const factory = new IDBFactory();
+  let alice = await open(await IndexedDBReplica.open("alice", factory));
   const bob = await open();
   const [a, b] = [name("alice"), name("bob")];
   await alice.register(a, "correct horse battery");
@@ -101,8 +103,8 @@ test("the outbox survives a reload and every op is stored once", { timeout: 60_0
   for (const t of ["offline 1", "offline 2", "offline 3"]) await alice.send(conv, t);
   assert.deepEqual(alice.messages(conv).map((m) => m.status), ["pending", "pending", "pending"]);
 
-  // The page reloads: a new client on the same replica.
-  alice = await open(replica);
+  // The page reloads: a new client on the same database.
+  alice = await open(await IndexedDBReplica.open("alice", factory));
   assert.equal(alice.status().pending, 3);
   alice.start();
   await alice.waitFor(() => alice.status().pending === 0);
@@ -130,4 +132,21 @@ test("edits, deletes and reactions converge on every device", { timeout: 60_000 
   const want = JSON.stringify([[m1, "hello", true, false, { "👍": [bob.session!.userId] }], [m2, "", false, true, {}]]);
   await alice.waitFor(() => view(alice) === want);
   await bob.waitFor(() => view(bob) === want);
+});
+
+test("concurrent sends, while the session catches up, each get their own dot", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await open();
+  const [a, b] = [name("alice"), name("bob")];
+  await alice.register(a, "correct horse battery");
+  await bob.register(b, "correct horse battery");
+  bob.start();
+  alice.start();
+  const conv = await alice.createConversation("burst", [b]);
+  const want = Array.from({ length: 20 }, (_, i) => `burst ${i}`);
+  await Promise.all(want.map((t) => alice.send(conv, t)));
+  await alice.waitFor(() => alice.status().pending === 0);
+  assert.ok(alice.messages(conv).every((m) => m.status !== "failed"), JSON.stringify(alice.messages(conv).map((m) => m.error)));
+  await bob.waitFor(() => bob.messages(conv).length === 20);
+  assert.deepEqual(texts(bob.messages(conv)).sort(), [...want].sort());
 });

@@ -61,3 +61,31 @@ test("fold: the status of the user's messages comes from the other members' rece
   ]);
   assert.equal(got[4]!.error, "not a member");
 });
+
+test("IndexedDBReplica: changes land whole and survive reopening", async () => {
+  const { IDBFactory } = await import("fake-indexeddb");
+  const { IndexedDBReplica } = await import("../src/index.js");
+  const factory = new IDBFactory();
+  const r = await IndexedDBReplica.open("dev", factory);
+  const op = new Uint8Array([1, 2, 3]);
+  await r.apply({
+    meta: { epoch: "E", feedPos: "7", dots: { C: 2 } },
+    convs: [{ id: "C", title: "t", role: 1, removed: false, head: 1, unread: 0, delivered: 1, read: 0, memberCount: 2, receipts: [], changedAt: 1 }],
+    ops: [{ convId: "C", seq: 1, id: "A", op }],
+    outboxPut: [{ convId: "C", id: "B", dot: 2, op, createdAt: 1 }, { convId: "C", id: "X", dot: 3, op, createdAt: 1 }],
+  });
+  await r.apply({ outboxDelete: ["X"], ops: [{ convId: "C", seq: 1, id: "A", op }] });
+  r.close();
+  const again = await IndexedDBReplica.open("dev", factory);
+  const s = await again.load();
+  assert.equal(s.meta.feedPos, "7");
+  assert.deepEqual(s.meta.dots, { C: 2 });
+  assert.equal(s.convs.length, 1);
+  assert.equal(s.ops.length, 1, "an op put twice is stored once");
+  assert.deepEqual([...s.ops[0]!.op], [1, 2, 3]);
+  assert.deepEqual(s.outbox.map((e) => e.id), ["B"]);
+  await again.apply({ clear: true, meta: { epoch: "", feedPos: "0", dots: {} } });
+  const cleared = await again.load();
+  assert.equal(cleared.convs.length + cleared.ops.length + cleared.outbox.length, 0);
+  again.close();
+});
