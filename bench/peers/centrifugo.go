@@ -43,7 +43,15 @@ const centrifugoHistorySize = 2_000_000
 // CentrifugoConfig configures the Centrifugo system.
 type CentrifugoConfig struct {
 	Binary string // centrifugo, see Build
-	Dir    string // configuration folder; the memory engine stores nothing
+	// Dir is the configuration folder. The memory engine stores nothing;
+	// the Redis engine's redis-server keeps its data in Dir/redis.
+	Dir string
+	// RedisServer, when set, is a redis-server binary (see
+	// LookRedisServer): Centrifugo then runs with its Redis engine on a
+	// redis-server child process of its own, with an append-only file
+	// synced on every write (appendfsync always) and no snapshots.
+	// Otherwise Centrifugo runs with its memory engine.
+	RedisServer string
 	// DefaultLimits keeps the recovery and history publication limits at
 	// Centrifugo's default (CentrifugoDefaultLimit): what users get unless
 	// they raise them. Otherwise both are raised beyond any workload.
@@ -51,14 +59,16 @@ type CentrifugoConfig struct {
 }
 
 // Centrifugo is Centrifugo as a bench.System: a centrifugo child process
-// with the memory engine (no redis-server here for the Redis engine),
-// history and recovery forced on every channel, JWT (HMAC) connection
-// tokens, and centrifuge-go clients over WebSocket with the Protobuf
-// protocol.
+// with the memory engine, or with the Redis engine and a redis-server child
+// process (CentrifugoConfig.RedisServer), history and recovery forced on
+// every channel, JWT (HMAC) connection tokens, and centrifuge-go clients
+// over WebSocket with the Protobuf protocol.
 //
 //   - Send publishes through the server HTTP API (/api/publish, or
 //     /api/batch for several payloads); done runs on its answer. The
-//     memory engine acknowledges from memory: nothing is on disk.
+//     memory engine acknowledges from memory: nothing is on disk. The
+//     Redis engine acknowledges once Redis answered the history write,
+//     which with appendfsync always follows the AOF's fsync.
 //   - Live delivery: one subscription per conversation (channel conv.<n>).
 //   - Catch-up: the client reconnects and resubscribes each channel with
 //     recovery from the offset it holds; the subscribe replies carry the
@@ -70,6 +80,7 @@ type CentrifugoConfig struct {
 type Centrifugo struct {
 	cfg    CentrifugoConfig
 	srv    *server
+	redis  *redisServer // the Redis engine's server, nil for the memory engine
 	addr   string
 	secret string
 	apiKey string
@@ -83,13 +94,29 @@ type Centrifugo struct {
 	memberOf [][]int
 }
 
-// NewCentrifugo writes a configuration and starts centrifugo.
-func NewCentrifugo(ctx context.Context, cfg CentrifugoConfig) (*Centrifugo, error) {
+// NewCentrifugo writes a configuration and starts centrifugo, and first
+// redis-server for the Redis engine.
+func NewCentrifugo(ctx context.Context, cfg CentrifugoConfig) (_ *Centrifugo, err error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	c := &Centrifugo{cfg: cfg, addr: fmt.Sprintf("127.0.0.1:%d", port), secret: "ferry-bench-hmac-secret",
+	engine := map[string]any{"type": "memory"}
+	var redis *redisServer
+	if cfg.RedisServer != "" {
+		if redis, err = startRedis(ctx, cfg.RedisServer, filepath.Join(cfg.Dir, "redis")); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				_ = redis.stop()
+			}
+		}()
+		// Everything else at Centrifugo's defaults: history in Redis
+		// streams (history_use_lists false), key prefix "centrifugo".
+		engine = map[string]any{"type": "redis", "redis": map[string]any{"address": []string{"redis://" + redis.addr}}}
+	}
+	c := &Centrifugo{cfg: cfg, redis: redis, addr: fmt.Sprintf("127.0.0.1:%d", port), secret: "ferry-bench-hmac-secret",
 		apiKey: "ferry-bench-api-key", limit: centrifugoRaisedLimit, acked: map[int]uint64{}}
 	client := map[string]any{
 		"token":          map[string]any{"hmac_secret_key": c.secret},
@@ -105,7 +132,7 @@ func NewCentrifugo(ctx context.Context, cfg CentrifugoConfig) (*Centrifugo, erro
 	conf := map[string]any{
 		"http_server": map[string]any{"address": "127.0.0.1", "port": port},
 		"log":         map[string]any{"level": "warn"},
-		"engine":      map[string]any{"type": "memory"},
+		"engine":      engine,
 		"http_api":    map[string]any{"key": c.apiKey},
 		"client":      client,
 		"channel": map[string]any{"without_namespace": map[string]any{
@@ -134,10 +161,21 @@ func NewCentrifugo(ctx context.Context, cfg CentrifugoConfig) (*Centrifugo, erro
 
 // Name is the system's name.
 func (c *Centrifugo) Name() string {
-	if c.cfg.DefaultLimits {
-		return "centrifugo (default limits)"
+	return centrifugoName(c.cfg.RedisServer != "", c.cfg.DefaultLimits)
+}
+
+// centrifugoName names a Centrifugo variant: "centrifugo" or
+// "centrifugo+redis", with " (default limits)" when the limits are
+// Centrifugo's defaults.
+func centrifugoName(redis, defaultLimits bool) string {
+	name := "centrifugo"
+	if redis {
+		name += "+redis"
 	}
-	return "centrifugo"
+	if defaultLimits {
+		name += " (default limits)"
+	}
+	return name
 }
 
 // Limit is the recovery and history publication limit in force.
@@ -546,29 +584,66 @@ func (cc *cfClient) Close() error {
 	return nil
 }
 
-// Usage reads the centrifugo process's usage.
-func (c *Centrifugo) Usage() (bench.Usage, error) { return bench.ProcessUsage(c.srv.pid()) }
-
-// DiskBytes fails: the memory engine stores nothing on disk.
-func (c *Centrifugo) DiskBytes(context.Context) (int64, error) {
-	return 0, errors.New("centrifugo's memory engine keeps no store on disk")
+// Usage reads the centrifugo process's usage, plus redis-server's with the
+// Redis engine: CPU and RSS are the sums of both processes', and peak RSS
+// the sum of each one's own peak (at most that, if their peaks were at
+// different times).
+func (c *Centrifugo) Usage() (bench.Usage, error) {
+	u, err := bench.ProcessUsage(c.srv.pid())
+	if err != nil || c.redis == nil {
+		return u, err
+	}
+	r, err := bench.ProcessUsage(c.redis.srv.pid())
+	if err != nil {
+		return bench.Usage{}, err
+	}
+	return bench.Usage{CPU: u.CPU + r.CPU, PeakRSS: u.PeakRSS + r.PeakRSS, RSS: u.RSS + r.RSS}, nil
 }
 
-// Close stops the server.
+// DiskBytes is, with the Redis engine, the size of Redis's append-only
+// files after a BGREWRITEAOF (see redisServer.aofBytes): the base file then
+// holds the whole data set in RDB format and the incremental file is
+// empty. The memory engine stores nothing on disk, so it fails.
+func (c *Centrifugo) DiskBytes(ctx context.Context) (int64, error) {
+	if c.redis == nil {
+		return 0, errors.New("centrifugo's memory engine keeps no store on disk")
+	}
+	if err := c.redis.rewriteAOF(ctx); err != nil {
+		return 0, err
+	}
+	return c.redis.aofBytes()
+}
+
+// Close stops centrifugo, then redis-server if any.
 func (c *Centrifugo) Close() error {
 	c.api.CloseIdleConnections()
-	return c.srv.stop()
+	err := c.srv.stop()
+	if c.redis != nil {
+		err = errors.Join(err, c.redis.stop())
+	}
+	return err
 }
 
-// CentrifugoFactory makes a fresh Centrifugo for each workload. Storage is
-// left out: the memory engine has no store.
+// CentrifugoFactory makes a fresh Centrifugo with the memory engine for
+// each workload. Storage is left out: the memory engine has no store.
 func CentrifugoFactory(binary string, defaultLimits bool) bench.Factory {
 	f := bench.Factory{New: func(ctx context.Context, dir string) (bench.System, error) {
 		return NewCentrifugo(ctx, CentrifugoConfig{Binary: binary, Dir: dir, DefaultLimits: defaultLimits})
 	}, Only: []string{"ingest", "fanout", "catchup", "idle"}}
-	f.Name = "centrifugo"
+	f.Name = centrifugoName(false, defaultLimits)
 	if defaultLimits {
-		f.Name, f.Only = "centrifugo (default limits)", []string{"catchup"}
+		f.Only = []string{"catchup"}
 	}
 	return f
+}
+
+// CentrifugoRedisFactory makes, for each workload, a fresh Centrifugo with
+// the Redis engine on a fresh redis-server (redisServer, see
+// LookRedisServer) with appendfsync always: the durable Centrifugo, named
+// "centrifugo+redis", with the raised limits. It runs every workload,
+// storage included.
+func CentrifugoRedisFactory(binary, redisServer string) bench.Factory {
+	return bench.Factory{Name: centrifugoName(true, false), New: func(ctx context.Context, dir string) (bench.System, error) {
+		return NewCentrifugo(ctx, CentrifugoConfig{Binary: binary, Dir: dir, RedisServer: redisServer})
+	}}
 }

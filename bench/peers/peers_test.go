@@ -118,6 +118,33 @@ func TestCentrifugo(t *testing.T) {
 	runTiny(t, CentrifugoFactory(bin, false), false)
 }
 
+// TestCentrifugoRedis runs the tiny profile, storage included, on
+// Centrifugo with the Redis engine, when redis-server is installed; it is
+// skipped otherwise.
+func TestCentrifugoRedis(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts centrifugo and redis-server")
+	}
+	redis, err := LookRedisServer()
+	if err != nil {
+		t.Skipf("centrifugo+redis not tested: %v", err)
+	}
+	bin, err := centrifugo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runTiny(t, CentrifugoRedisFactory(bin, redis), false)
+	if r.Ingest[0].System != "centrifugo+redis" {
+		t.Errorf("system %q, want centrifugo+redis", r.Ingest[0].System)
+	}
+	// The rewritten AOF's base is an RDB file, whose stream listpacks are
+	// LZF-compressed: the store may be smaller than the payload, but not
+	// below a quarter of it for chat text.
+	if len(r.Storage) != 1 || r.Storage[0].DiskBytes < r.Storage[0].PayloadBytes/4 {
+		t.Errorf("storage results %+v: want the payload on disk, compressed at most 4 times", r.Storage)
+	}
+}
+
 // TestCentrifugoDefaultLimits checks what users get by default: a
 // channel that missed more than 300 publications is not recovered, and
 // the client catches up by paging through history, 300 per call.
@@ -151,13 +178,25 @@ func TestCentrifugoDefaultLimits(t *testing.T) {
 }
 
 // TestNotesRendered checks that the peers' notes reach the markdown report,
-// with Centrifugo's default recovery limit and the Redis engine's status.
+// with Centrifugo's default recovery limit and the Redis engine's status:
+// its setup when centrifugo+redis runs, why not otherwise.
 func TestNotesRendered(t *testing.T) {
-	r := &bench.Report{Notes: append(append(NATSNotes(), CentrifugoNotes()...), CommonNotes()...)}
+	r := &bench.Report{Notes: append(append(NATSNotes(), CentrifugoNotes(true, false)...), CommonNotes()...)}
 	md := r.Markdown()
-	for _, want := range []string{"## Notes", "sync_interval: always", "recovery_max_publication_limit", "are 300", "Redis engine"} {
+	for _, want := range []string{"## Notes", "sync_interval: always", "recovery_max_publication_limit", "are 300",
+		"Redis engine (appendfsync always): not measured"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
+	}
+	md = (&bench.Report{Notes: CentrifugoNotes(false, true)}).Markdown()
+	for _, want := range []string{"centrifugo+redis", "--appendonly yes --appendfsync always --save \"\" --daemonize no",
+		"BGREWRITEAOF", "sums of centrifugo's and redis-server's"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report with centrifugo+redis lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "not measured") || strings.Contains(md, "memory engine: a publish") {
+		t.Errorf("report with only centrifugo+redis says the Redis engine was not measured, or describes the memory engine:\n%s", md)
 	}
 }

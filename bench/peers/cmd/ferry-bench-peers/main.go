@@ -1,7 +1,7 @@
 // Command ferry-bench-peers runs Ferry's benchmark workloads on Ferry, NATS
 // JetStream and Centrifugo in one run and writes one report.
 //
-//	ferry-bench-peers [--profile short|full] [--systems ferry,nats-jetstream,centrifugo]
+//	ferry-bench-peers [--profile short|full] [--systems ferry,nats-jetstream,centrifugo,centrifugo+redis]
 //	                  [--only ingest,fanout,catchup,idle,storage,limits] [--md FILE] [--json FILE] [--dir DIR]
 //
 // It builds ferryd from the repository (go build), and nats-server and
@@ -9,6 +9,11 @@
 // the work folder; each server runs as a child process on a fresh store for
 // each workload, so its CPU and memory are measured on their own. Run it
 // from the repository or from bench/peers.
+//
+// centrifugo+redis, Centrifugo with its Redis engine on a redis-server with
+// appendfsync always, needs redis-server on PATH, which the command does
+// not install: it is in the default --systems only when redis-server is
+// found.
 package main
 
 import (
@@ -40,13 +45,24 @@ func main() {
 	}
 }
 
-var allSystems = []string{"ferry", "nats-jetstream", "centrifugo"}
+// allSystems are the systems the command knows.
+var allSystems = []string{"ferry", "nats-jetstream", "centrifugo", "centrifugo+redis"}
+
+// defaultSystems are the systems run by default: all of them, less
+// centrifugo+redis when there is no redis-server on PATH.
+func defaultSystems() []string {
+	if _, err := peers.LookRedisServer(); err != nil {
+		return slices.DeleteFunc(slices.Clone(allSystems), func(s string) bool { return s == "centrifugo+redis" })
+	}
+	return allSystems
+}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ferry-bench-peers", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	profile := fs.String("profile", "short", "workload matrix: short or full")
-	systems := fs.String("systems", strings.Join(allSystems, ","), "comma-separated systems to run: "+strings.Join(allSystems, ", "))
+	systems := fs.String("systems", strings.Join(defaultSystems(), ","), "comma-separated systems to run: "+strings.Join(allSystems, ", ")+
+		" (centrifugo+redis needs redis-server on PATH)")
 	dir := fs.String("dir", "", "work folder for binaries and stores (default: a temporary folder)")
 	md := fs.String("md", "", "write the markdown report here (default: stdout)")
 	js := fs.String("json", "", "write the JSON report here")
@@ -65,6 +81,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, s := range want {
 		if !slices.Contains(allSystems, s) {
 			return fmt.Errorf("--systems: unknown system %q", s)
+		}
+	}
+	memory, redis := slices.Contains(want, "centrifugo"), slices.Contains(want, "centrifugo+redis")
+	var redisServer string
+	if redis {
+		var err error
+		if redisServer, err = peers.LookRedisServer(); err != nil {
+			return fmt.Errorf("--systems centrifugo+redis: %w", err)
 		}
 	}
 	var workloads []string
@@ -122,14 +146,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		factories = append(factories, peers.NATSFactory(nats))
 		notes = append(notes, peers.NATSNotes()...)
 	}
-	if slices.Contains(want, "centrifugo") {
+	if memory || redis {
 		log.Info("building centrifugo", "version", peers.CentrifugoVersion)
 		cf, err := peers.Build(ctx, peers.CentrifugoModule, peers.CentrifugoVersion, bin, "centrifugo")
 		if err != nil {
 			return err
 		}
-		factories = append(factories, peers.CentrifugoFactory(cf, false), peers.CentrifugoFactory(cf, true))
-		notes = append(notes, peers.CentrifugoNotes()...)
+		if memory {
+			factories = append(factories, peers.CentrifugoFactory(cf, false), peers.CentrifugoFactory(cf, true))
+		}
+		if redis {
+			factories = append(factories, peers.CentrifugoRedisFactory(cf, redisServer))
+		}
+		notes = append(notes, peers.CentrifugoNotes(memory, redis)...)
 	}
 	if workloads != nil {
 		factories = bench.Restrict(factories, workloads)
