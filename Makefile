@@ -83,16 +83,17 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 30s)
 	done
 
 .PHONY: generate
-generate: $(WEB)/node_modules/.installed ## Regenerate the Go and TypeScript code from proto/ (pinned tools)
+generate: $(WEB)/node_modules/.installed ## Regenerate the Go and TypeScript code from proto/ and the demo page's bundle (pinned tools)
 	rm -f proto/ferry/v1/*.pb.go proto/ferry/v1/ferryv1connect/*.connect.go
 	$(BUF) generate
 	rm -rf $(WEB)/src/gen
 	$(BUF) generate --template buf.gen.web.yaml
+	cd $(WEB) && npm run --silent build:demo
 
 .PHONY: checkgenerate
 checkgenerate: generate ## Fail if generated code is stale
-	@if [ -n "$$(git status --porcelain -- proto $(WEB)/src/gen)" ]; then \
-	  echo "generated code is stale; run 'make generate' and commit:"; git status --porcelain -- proto $(WEB)/src/gen; exit 1; \
+	@if [ -n "$$(git status --porcelain -- proto $(WEB)/src/gen internal/webui/dist)" ]; then \
+	  echo "generated code is stale; run 'make generate' and commit:"; git status --porcelain -- proto $(WEB)/src/gen internal/webui/dist; exit 1; \
 	fi
 
 .PHONY: lint

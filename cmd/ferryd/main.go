@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/internal/webui"
 	"github.com/ferrysync/ferry/server"
 )
 
@@ -51,6 +52,7 @@ type config struct {
 	heartbeat         time.Duration
 	receiptDelay      time.Duration
 	debugAddr         string
+	demo              bool
 	passwordMemory    uint
 	passwordPasses    uint
 	logLevel          string
@@ -75,6 +77,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.DurationVar(&c.receiptDelay, "receipt-delay", 50*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
+	fs.BoolVar(&c.demo, "demo", true, "serve the demo chat page at / (a web client of the public API)")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; keep it private")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
@@ -204,7 +207,11 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	hs := server.HTTPServer(c.addr, srv.Handler(), tlsConfig)
+	var extra []func(*http.ServeMux)
+	if c.demo {
+		extra = append(extra, webui.Register)
+	}
+	hs := server.HTTPServer(c.addr, srv.Handler(extra...), tlsConfig)
 	hs.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
@@ -238,6 +245,9 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	fmt.Fprintf(stdout, "ferryd is listening on %s\n", url)
 	fmt.Fprintf(stdout, "  store:   %s (epoch %s)\n", c.data, eng.Epoch())
 	fmt.Fprintf(stdout, "  health:  curl %s/healthz\n", url)
+	if c.demo {
+		fmt.Fprintf(stdout, "  demo:    open %s/ in a browser\n", url)
+	}
 	if c.allowRegistration {
 		fmt.Fprintf(stdout, "  sign up: curl -H 'Content-Type: application/json' -d '{\"username\":\"alice\",\"password\":\"correct horse\"}' %s/ferry.v1.AccountService/Register\n", url)
 	} else {

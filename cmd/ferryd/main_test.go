@@ -65,6 +65,16 @@ func TestServeAndShutDown(t *testing.T) {
 	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != "ok" {
 		t.Fatalf("healthz: %d %q", resp.StatusCode, body)
 	}
+	// The demo page is served at /, beside the Connect procedures.
+	resp, err = http.Get(url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "Ferry demo chat") {
+		t.Fatalf("demo page: %d %.200s", resp.StatusCode, body)
+	}
 	resp, err = http.Post(url+"/ferry.v1.AccountService/Register", "application/json",
 		strings.NewReader(`{"username":"alice","password":"correct horse"}`))
 	if err != nil {

@@ -1,0 +1,179 @@
+// The demo chat page that ferryd serves at /. Each tab is one device: its
+// IndexedDB database is named after a tab id kept in sessionStorage, so a
+// reload finds the same device and a second tab is a second device.
+
+import { FerryClient, IndexedDBReplica, type MessageView, type Status } from "../src/index.js";
+
+const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
+
+function tabDatabase(): string {
+  let id = sessionStorage.getItem("ferry-tab");
+  if (!id) {
+    id = crypto.randomUUID();
+    sessionStorage.setItem("ferry-tab", id);
+  }
+  return `ferry-demo-${id}`;
+}
+
+const marks: Record<string, string> = { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "⚠" };
+
+class App {
+  private open?: string; // the conversation shown
+  private scheduled = false;
+
+  constructor(private readonly c: FerryClient) {
+    c.on(() => this.render());
+    $("signin").addEventListener("submit", (e) => {
+      e.preventDefault();
+      void this.signIn("login");
+    });
+    $("register").addEventListener("click", () => void this.signIn("register"));
+    $("signout").addEventListener("click", () => void c.signOut().then(() => this.render()));
+    $("newconv").addEventListener("submit", (e) => {
+      e.preventDefault();
+      void this.create();
+    });
+    $("compose").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const input = $<HTMLInputElement>("text");
+      if (this.open && input.value.trim()) void c.send(this.open, input.value.trim());
+      input.value = "";
+    });
+    document.addEventListener("visibilitychange", () => this.markRead());
+    if (c.session) c.start();
+    this.render();
+  }
+
+  private async signIn(how: "login" | "register"): Promise<void> {
+    const u = $<HTMLInputElement>("username").value.trim();
+    const p = $<HTMLInputElement>("password").value;
+    $("error").textContent = "";
+    try {
+      await (how === "login" ? this.c.login(u, p) : this.c.register(u, p));
+      this.c.start();
+    } catch (err) {
+      $("error").textContent = err instanceof Error ? err.message : String(err);
+    }
+    this.render();
+  }
+
+  private async create(): Promise<void> {
+    const title = $<HTMLInputElement>("title").value.trim();
+    const members = $<HTMLInputElement>("members").value.split(",").map((s) => s.trim()).filter(Boolean);
+    try {
+      this.open = await this.c.createConversation(title, members);
+      $<HTMLInputElement>("title").value = "";
+      $<HTMLInputElement>("members").value = "";
+    } catch (err) {
+      alert(err instanceof Error ? err.message : String(err));
+    }
+    this.render();
+  }
+
+  private markRead(): void {
+    if (this.open && document.visibilityState === "visible") {
+      const conv = this.c.conversations().find((x) => x.id === this.open);
+      if (conv && conv.unread > 0) void this.c.markRead(this.open).catch(() => {});
+    }
+  }
+
+  // render redraws at most once per frame.
+  private render(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    queueMicrotask(() => {
+      this.scheduled = false;
+      this.draw();
+    });
+  }
+
+  private draw(): void {
+    const s = this.c.session;
+    $("signin").classList.toggle("hidden", !!s);
+    $("sidebar").classList.toggle("hidden", !s);
+    $("chat").classList.toggle("hidden", !s || !this.open);
+    $("signout").classList.toggle("hidden", !s);
+    $("me").textContent = s ? s.username : "";
+    this.drawStatus(this.c.status());
+    if (!s) return;
+    const list = $("convs");
+    list.replaceChildren(
+      ...this.c.conversations().map((conv) => {
+        const row = el("div", { class: `conv${conv.id === this.open ? " open" : ""}`, "data-conv": conv.id });
+        const text = el("div");
+        text.append(el("div", { class: "title" }, conv.title || "(untitled)"), el("div", { class: "last" }, conv.lastMessage?.text ?? ""));
+        row.append(text);
+        if (conv.unread > 0) row.append(el("span", { class: "unread" }, String(conv.unread)));
+        row.addEventListener("click", () => {
+          this.open = conv.id;
+          this.render();
+        });
+        return row;
+      }),
+    );
+    if (this.open) {
+      const box = $("messages");
+      const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+      box.replaceChildren(...this.c.messages(this.open).map((m) => this.message(m)));
+      if (atBottom) box.scrollTop = box.scrollHeight;
+      this.markRead();
+    }
+  }
+
+  private drawStatus(st: Status): void {
+    const b = $("status");
+    b.dataset.state = st.state;
+    b.textContent =
+      st.state === "catching-up" ? `catching up ${Math.min(st.receivedOps, st.missingOps)}/${st.missingOps}` :
+      st.state === "live" ? (st.pending ? `online, sending ${st.pending}` : "online") :
+      st.state === "signed-out" ? "signed out" :
+      st.pending ? `offline, ${st.pending} waiting` : st.state;
+  }
+
+  private message(m: MessageView): HTMLElement {
+    const mine = m.userId === this.c.session?.userId;
+    const div = el("div", { class: `msg${mine ? " mine" : ""}`, "data-id": m.id });
+    div.append(m.deleted ? el("div", { class: "deleted" }, "message deleted") : el("div", { class: "text" }, m.text));
+    const meta = el("div", { class: "meta" });
+    const reactions = Object.entries(m.reactions).map(([k, users]) => `${k} ${users.length}`).join(" ");
+    if (reactions) meta.append(el("span", { class: "reactions" }, reactions));
+    if (m.edited && !m.deleted) meta.append(el("span", {}, "edited"));
+    meta.append(el("span", {}, m.time.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+    if (mine && m.status) meta.append(el("span", { class: "mark", "data-status": m.status, title: m.error ?? m.status }, marks[m.status] ?? ""));
+    div.append(meta);
+    if (!m.deleted && m.seq > 0 && this.open) {
+      const conv = this.open;
+      const actions = el("div", { class: "actions" });
+      const mineReaction = m.reactions["👍"]?.includes(this.c.session?.userId ?? "") ?? false;
+      actions.append(button("👍", () => this.c.react(conv, m.id, "👍", !mineReaction)));
+      if (mine) {
+        actions.append(
+          button("edit", () => {
+            const text = prompt("Edit message", m.text);
+            if (text !== null && text.trim()) return this.c.edit(conv, m.id, text.trim());
+          }),
+          button("delete", () => this.c.delete(conv, m.id)),
+        );
+      }
+      div.append(actions);
+    }
+    return div;
+  }
+}
+
+function el(tag: string, attrs: Record<string, string> = {}, text?: string): HTMLElement {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function button(label: string, onClick: () => unknown): HTMLButtonElement {
+  const b = el("button", { type: "button" }, label) as HTMLButtonElement;
+  b.addEventListener("click", () => void Promise.resolve(onClick()).catch((err) => alert(String(err))));
+  return b;
+}
+
+const client = await FerryClient.open({ baseUrl: location.origin, replica: await IndexedDBReplica.open(tabDatabase()), deviceName: "browser tab" });
+(globalThis as { ferry?: FerryClient }).ferry = client; // for the console and end-to-end tests
+new App(client);
