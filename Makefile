@@ -35,8 +35,16 @@ test-go: ## The Go tests, with the race detector
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
 
 .PHONY: test-web
-test-web: $(WEB)/node_modules/.installed ## The web client's tests (Node's runner; builds and starts ferryd)
+test-web: $(WEB)/node_modules/.installed chromium ## The web client's tests: unit, against ferryd, and end to end in Chromium
 	cd $(WEB) && npm test
+
+# Debian's Chromium, for the end-to-end test; installed when missing.
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # The web client's npm packages, exactly as package-lock.json pins them.
 $(WEB)/node_modules/.installed: $(WEB)/package-lock.json

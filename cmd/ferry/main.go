@@ -33,7 +33,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "ferry:", err)
+		// The SDK's errors already say "ferry:"; say it once.
+		fmt.Fprintln(os.Stderr, "ferry:", strings.TrimPrefix(err.Error(), "ferry: "))
 		os.Exit(1)
 	}
 }

@@ -95,6 +95,10 @@ export class FerryClient {
   private maxOpsPerPush = 100;
   private flushing?: Promise<void>;
   private flushWanted = false;
+  private wake?: AbortController; // ends the reconnect backoff early
+  private current?: AbortController; // ends the current session
+  private readonly onOnline = () => this.reconnectNow();
+  private readonly onOffline = () => this.current?.abort(new ConnectError("the browser went offline", Code.Unavailable));
   private acking = false;
 
   private constructor(opts: ClientOptions) {
@@ -170,11 +174,21 @@ export class FerryClient {
     this.emit({ kind: "conversations" });
   }
 
-  /** Starts syncing: connects, catches up, stays live, reconnects. */
+  /**
+   * Starts syncing: connects, catches up, stays live, reconnects. In a
+   * browser, coming back online reconnects at once.
+   */
   start(): void {
     if (this.run || !this.meta.session) return;
     const ctrl = new AbortController();
     this.run = { ctrl, done: this.loop(ctrl.signal) };
+    globalThis.addEventListener?.("online", this.onOnline);
+    globalThis.addEventListener?.("offline", this.onOffline);
+  }
+
+  /** Ends a reconnect backoff now, for when the network is known to be back. */
+  reconnectNow(): void {
+    this.wake?.abort();
   }
 
   /** Stops syncing; resolves when the connection is closed. */
@@ -182,6 +196,8 @@ export class FerryClient {
     const r = this.run;
     if (!r) return;
     this.run = undefined;
+    globalThis.removeEventListener?.("online", this.onOnline);
+    globalThis.removeEventListener?.("offline", this.onOffline);
     r.ctrl.abort();
     await r.done;
     await this.writes;
@@ -374,18 +390,46 @@ export class FerryClient {
       this.setStatus({ state: "offline" });
       const base = Math.min(this.opts.maxBackoffMs, this.opts.minBackoffMs * 2 ** Math.min(attempt++, 16));
       const wait = delay ?? base / 2 + this.opts.random() * (base / 2); // equal jitter
-      await this.opts.sleep(wait, signal).catch(() => {});
+      const wake = new AbortController();
+      this.wake = wake;
+      await this.opts.sleep(wait, AbortSignal.any([signal, wake.signal])).catch(() => {});
+      this.wake = undefined;
     }
   }
 
   // session runs one Subscribe session until it ends; it returns the delay
   // a Goaway asked for, if any.
   private async runSession(signal: AbortSignal): Promise<number | undefined> {
+    // The session ends when the client stops, when the browser says it is
+    // offline, or when the server has been silent for three heartbeat
+    // intervals (a connection that died without a word).
+    const session = new AbortController();
+    this.current = session;
+    let silence: ReturnType<typeof setTimeout> | undefined;
+    let heartbeatMs = 30_000;
+    const heard = () => {
+      clearTimeout(silence);
+      silence = setTimeout(() => session.abort(new ConnectError("the server went silent", Code.Unavailable)), 3 * heartbeatMs);
+    };
+    try {
+      heard();
+      return await this.stream(AbortSignal.any([signal, session.signal]), (ms) => {
+        if (ms > 0) heartbeatMs = ms;
+        heard();
+      });
+    } finally {
+      clearTimeout(silence);
+      this.current = undefined;
+    }
+  }
+
+  private async stream(signal: AbortSignal, heard: (heartbeatMs: number) => void): Promise<number | undefined> {
     const cursors = [...this.ops.keys()].map((id) => ({ conversationId: id, seq: BigInt(this.held(id)) })).filter((c) => c.seq > 0n);
     const hello = create(HelloSchema, { epoch: this.meta.epoch, feedPos: BigInt(this.meta.feedPos), cursors, client: clientName });
     let epoch = "";
     for await (const res of this.sync.subscribe({ hello }, { signal })) {
       const m = res.message;
+      heard(m.case === "welcome" ? m.value.heartbeatIntervalMs : 0);
       switch (m.case) {
         case "welcome":
           epoch = m.value.epoch;

@@ -1,7 +1,7 @@
 // Test helpers: a real ferryd on loopback, with a fresh store.
 
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, existsSync } from "node:fs";
+import { existsSync, mkdtempSync, renameSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -12,8 +12,12 @@ export const repoRoot = resolve(process.cwd(), "../..");
 export function goBuild(cmd: string): string {
   const out = resolve(process.cwd(), "build", cmd);
   if (process.env.FERRY_SKIP_BUILD && existsSync(out)) return out;
-  const r = spawnSync("go", ["build", "-o", out, `./cmd/${cmd}`], { cwd: repoRoot, encoding: "utf8" });
+  // Test files run in parallel processes: build aside, then rename, so no
+  // process runs a half-written binary.
+  const tmp = `${out}.${process.pid}`;
+  const r = spawnSync("go", ["build", "-o", tmp, `./cmd/${cmd}`], { cwd: repoRoot, encoding: "utf8" });
   if (r.status !== 0) throw new Error(`go build ./cmd/${cmd} failed:\n${r.stderr}`);
+  renameSync(tmp, out);
   return out;
 }
 

@@ -1,0 +1,143 @@
+// End to end in a real Chromium (Debian's, driven by playwright-core): the
+// demo page served by ferryd, alice and bob in two browser contexts, and a
+// Go SDK device (the ferry command) talking with the browser. Screenshots
+// of the key steps go to build/e2e/.
+
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { after, before, test } from "node:test";
+
+import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+
+import { goBuild, startServer, type Server } from "./server.js";
+
+const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const shots = resolve(process.cwd(), "build", "e2e");
+
+let server: Server;
+let browser: Browser;
+
+before(async () => {
+  if (!existsSync(chromiumPath)) {
+    throw new Error(`no Chromium at ${chromiumPath}: run 'make test-web' (it installs Debian's chromium) or set CHROMIUM`);
+  }
+  mkdirSync(shots, { recursive: true });
+  server = await startServer();
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    // A closed network: no background connections, no first-run chores.
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+async function shot(page: Page, name: string): Promise<void> {
+  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+}
+
+async function signUp(ctx: BrowserContext, username: string, how: "Sign up" | "Log in" = "Sign up"): Promise<Page> {
+  const page = await ctx.newPage();
+  page.on("pageerror", (err) => console.error(`${username}: page error: ${err.message}`));
+  await page.goto(server.url + "/");
+  await page.fill("#username", username);
+  await page.fill("#password", "correct horse battery");
+  await page.click(how === "Sign up" ? "#register" : "#login");
+  await page.waitForSelector('#status[data-state="live"]');
+  return page;
+}
+
+const texts = (page: Page) => page.$$eval("#messages .msg .text", (els) => els.map((e) => e.textContent ?? ""));
+const unread = (page: Page, conv: string) =>
+  page.$eval(`[data-conv="${conv}"]`, (row) => row.querySelector(".unread")?.textContent ?? "0");
+
+test("two browsers and a Go device chat; an offline browser catches up once, in order", { timeout: 180_000 }, async () => {
+  const aliceCtx = await browser.newContext();
+  const bobCtx = await browser.newContext();
+  const alice = await signUp(aliceCtx, "alice");
+  const bob = await signUp(bobCtx, "bob");
+
+  // Alice starts a conversation with bob.
+  await alice.fill("#title", "e2e");
+  await alice.fill("#members", "bob");
+  await alice.click("#newconv button");
+  const conv = await (await alice.waitForSelector("[data-conv]")).getAttribute("data-conv") as string;
+  await bob.waitForSelector(`[data-conv="${conv}"]`);
+  await shot(alice, "1-conversation-created");
+
+  // Bob goes offline; alice writes 50 messages.
+  await bobCtx.setOffline(true);
+  await bob.waitForSelector('#status:not([data-state="live"])');
+  await shot(bob, "2-bob-offline");
+  await alice.click(`[data-conv="${conv}"]`);
+  const want: string[] = [];
+  for (let i = 1; i <= 50; i++) {
+    want.push(`message ${i}`);
+    await alice.fill("#text", `message ${i}`);
+    await alice.press("#text", "Enter");
+  }
+  await alice.waitForFunction(() => (globalThis as any).ferry.status().pending === 0);
+  assert.deepEqual(await texts(alice), want);
+
+  // Bob comes back: all 50 arrive, and his list says 50 unread.
+  await bobCtx.setOffline(false);
+  await bob.waitForSelector('#status[data-state="live"]');
+  await bob.waitForFunction((c) => (globalThis as any).ferry.messages(c).length === 50, conv);
+  assert.equal(await unread(bob, conv), "50");
+
+  // Bob's second tab is a second device of his: 50 unread there too.
+  const bob2 = await signUp(bobCtx, "bob", "Log in");
+  await bob2.waitForSelector(`[data-conv="${conv}"] .unread`);
+  assert.equal(await unread(bob2, conv), "50");
+  await shot(bob2, "3-bob-second-tab-unread");
+
+  // Bob reads in the first tab: all 50, once, in order; the second tab's
+  // unread count clears, and alice sees her messages read.
+  await bob.bringToFront();
+  await bob.click(`[data-conv="${conv}"]`);
+  await bob.waitForFunction(() => document.querySelectorAll("#messages .msg").length === 50);
+  assert.deepEqual(await texts(bob), want);
+  await shot(bob, "4-bob-caught-up");
+  await bob2.waitForSelector(`[data-conv="${conv}"] .unread`, { state: "detached" });
+  await shot(bob2, "5-bob-second-tab-read");
+  await alice.waitForFunction((c) => (globalThis as any).ferry.messages(c).every((m: any) => m.status === "read"), conv);
+  await shot(alice, "6-alice-read-marks");
+
+  // A reload keeps them: they come from IndexedDB, not the server.
+  await bob.reload();
+  await bob.waitForSelector('#status[data-state="live"]');
+  await bob.click(`[data-conv="${conv}"]`);
+  await bob.waitForFunction(() => document.querySelectorAll("#messages .msg").length === 50);
+  assert.deepEqual(await texts(bob), want);
+  assert.equal(await bob.evaluate(() => (globalThis as any).ferry.status().receivedOps), 0, "the reloaded page fetched nothing again");
+
+  // A Go SDK device (the ferry command, as bob) and the browser, both ways.
+  const ferry = goBuild("ferry");
+  const profile = mkdtempSync(join(tmpdir(), "ferry-e2e-cli-"));
+  const cli = (...args: string[]) => {
+    const r = spawnSync(ferry, ["--profile", profile, "--server", server.url, "--json", ...args], {
+      encoding: "utf8", env: { ...process.env, FERRY_PASSWORD: "correct horse battery" }, timeout: 60_000,
+    });
+    assert.equal(r.status, 0, `ferry ${args.join(" ")}: ${r.stderr}`);
+    return r.stdout;
+  };
+  cli("login", "bob", "--device", "go-sdk");
+  cli("sync");
+  cli("send", conv, "hello from Go");
+  await alice.waitForFunction(() => [...document.querySelectorAll("#messages .msg .text")].some((e) => e.textContent === "hello from Go"));
+  await alice.fill("#text", "hello from the browser");
+  await alice.press("#text", "Enter");
+  await alice.waitForFunction(() => (globalThis as any).ferry.status().pending === 0);
+  cli("sync");
+  const history = cli("history", conv, "--limit", "5");
+  assert.match(history, /hello from the browser/);
+  await shot(alice, "7-go-and-browser");
+});
