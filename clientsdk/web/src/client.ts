@@ -12,7 +12,7 @@ import { createConnectTransport } from "@connectrpc/connect-web";
 
 import { AccountService } from "./gen/ferry/v1/account_pb.js";
 import { type ConversationInfo } from "./gen/ferry/v1/conversation_pb.js";
-import { OpBatchSchema, OpSchema, OpStatus } from "./gen/ferry/v1/op_pb.js";
+import { OpBatchSchema, OpSchema, OpStatus, type Op } from "./gen/ferry/v1/op_pb.js";
 import { HelloSchema, SyncService, type Ops } from "./gen/ferry/v1/sync_pb.js";
 import { fold, type MessageView } from "./fold.js";
 import { emptyMeta, MemoryReplica, type Change, type ConvRecord, type Meta, type OpRecord, type OutboxEntry, type Replica, type Session } from "./replica.js";
@@ -424,7 +424,11 @@ export class FerryClient {
   }
 
   private async stream(signal: AbortSignal, heard: (heartbeatMs: number) => void): Promise<number | undefined> {
-    const cursors = [...this.ops.keys()].map((id) => ({ conversationId: id, seq: BigInt(this.held(id)) })).filter((c) => c.seq > 0n);
+    // Say what the device holds of every conversation it knows, even
+    // nothing: the server's record of the device's position may be ahead of
+    // the replica (after a restore on either side).
+    const known = new Set([...this.convs.keys(), ...this.ops.keys()]);
+    const cursors = [...known].map((id) => ({ conversationId: id, seq: BigInt(this.held(id)) }));
     const hello = create(HelloSchema, { epoch: this.meta.epoch, feedPos: BigInt(this.meta.feedPos), cursors, client: clientName });
     let epoch = "";
     for await (const res of this.sync.subscribe({ hello }, { signal })) {
@@ -453,12 +457,15 @@ export class FerryClient {
           break;
         }
         case "resetRequired": {
-          // The server's store was replaced or restored: start over from
-          // nothing. (The Go SDK also pushes ops the server lost with
-          // Repair; this client does not yet.)
+          // The server's store was replaced or restored: give it back this
+          // user's ops it lost, then start over in the new history.
+          await this.repairAll();
           await this.commit(() => ({
             clear: true,
             meta: { ...emptyMeta(), session: this.meta.session, dots: this.meta.dots },
+            // Keep knowing the conversations, so the next Hello asks for
+            // all of each (cursor 0); the server then describes them anew.
+            convs: [...this.convs.values()],
             outboxPut: [...this.outbox.values()],
           }));
           this.acked.clear();
@@ -470,6 +477,45 @@ export class FerryClient {
       }
     }
     return undefined;
+  }
+
+  // repairAll compares each conversation's version vector with the
+  // server's (Repair) and pushes back the ops of this user that the server
+  // lacks. The replica's seqs belong to the old history: the caller then
+  // forgets them and downloads again.
+  private async repairAll(): Promise<void> {
+    const me = this.meta.session?.userId;
+    if (!me) return;
+    for (const [convId, ops] of this.ops) {
+      if (this.convs.get(convId)?.removed) continue;
+      const byDot = new Map<string, Map<number, Op>>();
+      for (const r of ops.values()) {
+        const op = fromBinary(OpSchema, r.op);
+        const dots = byDot.get(op.deviceId) ?? new Map<number, Op>();
+        byDot.set(op.deviceId, dots);
+        dots.set(Number(op.dot), op);
+      }
+      const entries = [...byDot].map(([deviceId, dots]) => {
+        let n = 0;
+        while (dots.has(n + 1)) n++;
+        return { deviceId, dot: BigInt(n) };
+      });
+      const res = await this.sync.repair({ conversationId: convId, vector: { entries } });
+      const push: Op[] = [];
+      for (const w of res.want) {
+        for (let n = Number(w.fromDot); n <= Number(w.toDot); n++) {
+          const op = byDot.get(w.deviceId)?.get(n);
+          if (!op || op.userId !== me) break; // not held, or not ours to vouch for
+          push.push(create(OpSchema, { id: op.id, deviceId: op.deviceId, dot: op.dot, payload: op.payload }));
+        }
+      }
+      for (let i = 0; i < push.length; i += this.maxOpsPerPush) {
+        const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(i, i + this.maxOpsPerPush) })] });
+        for (const x of r.results) {
+          if (x.status === OpStatus.REJECTED) console.warn(`ferry: repair: the server refused op ${x.opId} back: ${x.message}`);
+        }
+      }
+    }
   }
 
   private async takeConversations(infos: ConversationInfo[]): Promise<void> {

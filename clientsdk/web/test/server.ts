@@ -23,15 +23,25 @@ export function goBuild(cmd: string): string {
 
 export interface Server {
   url: string;
+  /** The listen address, host:port, to start another server on. */
+  addr: string;
   stop(): Promise<void>;
 }
 
-/** Starts ferryd on a free loopback port with a fresh store. */
-export async function startServer(): Promise<Server> {
+export interface ServerOptions {
+  /** The store folder; the caller owns it. Default: a fresh one, removed on stop. */
+  data?: string;
+  /** host:port; default a free loopback port. */
+  addr?: string;
+}
+
+/** Starts ferryd on loopback with a fresh store (or the given one). */
+export async function startServer(opts: ServerOptions = {}): Promise<Server> {
   const bin = goBuild("ferryd");
-  const dir = mkdtempSync(join(tmpdir(), "ferry-web-"));
+  const own = opts.data === undefined ? mkdtempSync(join(tmpdir(), "ferry-web-")) : undefined;
+  const data = opts.data ?? join(own!, "data");
   const p: ChildProcess = spawn(bin, [
-    "--addr", "127.0.0.1:0", "--data", join(dir, "data"), "--allow-registration",
+    "--addr", opts.addr ?? "127.0.0.1:0", "--data", data, "--allow-registration",
     "--password-memory-kib", "64", "--password-passes", "1", "--log-level", "warn",
   ], { stdio: ["ignore", "pipe", "inherit"] });
   const url = await new Promise<string>((res, rej) => {
@@ -49,11 +59,18 @@ export async function startServer(): Promise<Server> {
   });
   return {
     url,
+    addr: new URL(url).host,
     stop: async () => {
       const exited = new Promise((r) => p.once("exit", r));
       p.kill("SIGTERM");
       await exited;
-      rmSync(dir, { recursive: true, force: true });
+      if (own) rmSync(own, { recursive: true, force: true });
     },
   };
+}
+
+/** Copies a stopped server's store with `ferryd backup`. */
+export function backup(data: string, to: string): void {
+  const r = spawnSync(goBuild("ferryd"), ["backup", "--data", data, "--to", to], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`ferryd backup failed:\n${r.stderr}`);
 }

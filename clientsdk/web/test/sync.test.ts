@@ -7,7 +7,11 @@ import { after, before, test } from "node:test";
 import { IDBFactory } from "fake-indexeddb";
 
 import { FerryClient, IndexedDBReplica, MemoryReplica, type MessageView, type Replica } from "../src/index.js";
-import { startServer, type Server } from "./server.js";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+import { backup, startServer, type Server } from "./server.js";
 
 let server: Server;
 const clients: FerryClient[] = [];
@@ -150,3 +154,53 @@ test("concurrent sends, while the session catches up, each get their own dot", {
   await bob.waitFor(() => bob.messages(conv).length === 20);
   assert.deepEqual(texts(bob.messages(conv)).sort(), [...want].sort());
 });
+
+test("after a server restore, each device gives back its user's lost ops and starts over", { timeout: 90_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "ferry-web-restore-"));
+  const data = join(dir, "data");
+  let srv = await startServer({ data });
+  const addr = srv.addr;
+  // Reconnects retry every few ms while the server is down.
+  const dev = async () => {
+    const c = await FerryClient.open({ baseUrl: srv.url, sleep: (ms, signal) => pause(5, signal), minBackoffMs: 5, maxBackoffMs: 5 });
+    clients.push(c);
+    return c;
+  };
+  const alice = await dev();
+  const bob = await dev();
+  const [a, b] = [name("alice"), name("bob")];
+  await alice.register(a, "correct horse battery");
+  await bob.register(b, "correct horse battery");
+  alice.start();
+  bob.start();
+  const conv = await alice.createConversation("restore", [b]);
+  await alice.send(conv, "before the backup");
+  await bob.waitFor(() => bob.messages(conv).length === 1);
+
+  await srv.stop();
+  backup(data, join(dir, "backup"));
+  srv = await startServer({ data, addr });
+  await alice.send(conv, "after the backup");
+  await bob.waitFor(() => bob.messages(conv).length === 2);
+
+  // The operator restores the backup: the server lost "after the backup".
+  await srv.stop();
+  srv = await startServer({ data: join(dir, "backup"), addr });
+  const want = ["before the backup", "after the backup"];
+  await alice.waitFor(() => alice.status().state === "live" && JSON.stringify(texts(alice.messages(conv))) === JSON.stringify(want));
+  await bob.waitFor(() => bob.status().state === "live" && JSON.stringify(texts(bob.messages(conv))) === JSON.stringify(want));
+  await alice.stop();
+  await bob.stop();
+  await srv.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(t);
+      reject(signal.reason);
+    });
+  });
+}
