@@ -114,7 +114,8 @@ class App {
     if (this.open) {
       const box = $("messages");
       const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
-      box.replaceChildren(...this.c.messages(this.open).map((m) => this.message(m)));
+      const older = this.c.olderLoading(this.open) ? [el("div", { class: "older" }, "older messages loading…")] : [];
+      box.replaceChildren(...older, ...this.c.messages(this.open).map((m) => this.message(m)));
       if (atBottom) box.scrollTop = box.scrollHeight;
       this.markRead();
     }

@@ -41,6 +41,8 @@ export interface ConversationView {
   head: number;
   memberCount: number;
   removed: boolean;
+  /** The device holds newer messages but not yet all older ones. */
+  olderLoading: boolean;
   lastMessage?: MessageView;
 }
 
@@ -59,6 +61,12 @@ export interface ClientOptions {
   deviceName?: string;
   /** The fetch to use. Default: globalThis.fetch. */
   fetch?: typeof globalThis.fetch;
+  /**
+   * Catch-up sends the newest pageSize ops of every changed conversation
+   * first, then the rest oldest first (0: each conversation oldest first).
+   * Default 50.
+   */
+  pageSize?: number;
   /** Reconnect backoff: the first delay and the largest, in ms. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
@@ -105,6 +113,7 @@ export class FerryClient {
     this.opts = {
       baseUrl: opts.baseUrl,
       deviceName: opts.deviceName ?? "web",
+      pageSize: opts.pageSize ?? 50,
       minBackoffMs: opts.minBackoffMs ?? 250,
       maxBackoffMs: opts.maxBackoffMs ?? 30_000,
       sleep: opts.sleep ?? sleep,
@@ -248,6 +257,7 @@ export class FerryClient {
           head: c.head,
           memberCount: c.memberCount,
           removed: c.removed,
+          olderLoading: this.olderLoading(c.id),
           lastMessage: msgs[msgs.length - 1],
         };
       });
@@ -266,6 +276,17 @@ export class FerryClient {
     const conv = this.convs.get(convId);
     const status = me && conv ? { userId: me.userId, receipts: conv.receipts } : undefined;
     return fold(convId, inputs, status);
+  }
+
+  /**
+   * Reports whether the device holds ops of the conversation beyond a gap:
+   * the newest page came first and older ones are still on their way, so
+   * the top of the list is not the start of the conversation.
+   */
+  olderLoading(convId: string): boolean {
+    const m = this.ops.get(convId);
+    if (!m || m.size === 0) return false;
+    return this.held(convId) < Math.max(...m.keys());
   }
 
   /** Ops this device holds of a conversation (contiguous from seq 1). */
@@ -429,9 +450,9 @@ export class FerryClient {
     // the replica (after a restore on either side).
     const known = new Set([...this.convs.keys(), ...this.ops.keys()]);
     const cursors = [...known].map((id) => ({ conversationId: id, seq: BigInt(this.held(id)) }));
-    const hello = create(HelloSchema, { epoch: this.meta.epoch, feedPos: BigInt(this.meta.feedPos), cursors, client: clientName });
+    const hello = create(HelloSchema, { epoch: this.meta.epoch, feedPos: BigInt(this.meta.feedPos), cursors, client: clientName, pageSize: this.opts.pageSize });
     let epoch = "";
-    for await (const res of this.sync.subscribe({ hello }, { signal })) {
+    for await (const res of abortable(this.sync.subscribe({ hello }, { signal }), signal)) {
       const m = res.message;
       heard(m.case === "welcome" ? m.value.heartbeatIntervalMs : 0);
       switch (m.case) {
@@ -713,6 +734,30 @@ export class FerryClient {
 }
 
 const encoder = new TextEncoder();
+
+// abortable ends an iteration as soon as signal aborts. An aborted fetch
+// stream may otherwise only notice at its next chunk: a heartbeat, up to 30
+// seconds later.
+async function* abortable<T>(it: AsyncIterable<T>, signal: AbortSignal): AsyncGenerator<T> {
+  const iter = it[Symbol.asyncIterator]();
+  let onAbort = () => {};
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+  });
+  aborted.catch(() => {}); // observed through the race below
+  try {
+    for (;;) {
+      const r = await Promise.race([iter.next(), aborted]);
+      if (r.done) return;
+      yield r.value;
+    }
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+    void iter.return?.()?.catch(() => {});
+  }
+}
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {

@@ -84,7 +84,12 @@ test("two browsers and a Go device chat; an offline browser catches up once, in 
     await alice.fill("#text", `message ${i}`);
     await alice.press("#text", "Enter");
   }
-  await alice.waitForFunction(() => (globalThis as any).ferry.status().pending === 0);
+  // Enter queues a send: wait until all 50 are queued and pushed.
+  await alice.waitForFunction((c) => {
+    const f = (globalThis as any).ferry;
+    return f.messages(c).length === 50 && f.status().pending === 0;
+  }, conv);
+  await alice.waitForFunction(() => document.querySelectorAll("#messages .msg").length === 50);
   assert.deepEqual(await texts(alice), want);
 
   // Bob comes back: all 50 arrive, and his list says 50 unread.
@@ -135,7 +140,10 @@ test("two browsers and a Go device chat; an offline browser catches up once, in 
   await alice.waitForFunction(() => [...document.querySelectorAll("#messages .msg .text")].some((e) => e.textContent === "hello from Go"));
   await alice.fill("#text", "hello from the browser");
   await alice.press("#text", "Enter");
-  await alice.waitForFunction(() => (globalThis as any).ferry.status().pending === 0);
+  await alice.waitForFunction((c) => {
+    const f = (globalThis as any).ferry;
+    return f.messages(c).some((m: any) => m.text === "hello from the browser" && m.seq > 0);
+  }, conv);
   cli("sync");
   const history = cli("history", conv, "--limit", "5");
   assert.match(history, /hello from the browser/);

@@ -204,3 +204,35 @@ function pause(ms: number, signal: AbortSignal): Promise<void> {
     });
   });
 }
+
+test("catch-up shows the newest page of a conversation first, then fills in older messages", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await FerryClient.open({ baseUrl: server.url, sleep: async () => {}, pageSize: 20 });
+  clients.push(bob);
+  const [a, b] = [name("alice"), name("bob")];
+  await alice.register(a, "correct horse battery");
+  await bob.register(b, "correct horse battery");
+  alice.start();
+  bob.start();
+  const conv = await alice.createConversation("long", [b]);
+  await bob.waitFor(() => bob.conversations().some((c) => c.id === conv));
+  await bob.stop();
+  for (let i = 0; i < 120; i++) await alice.send(conv, `m${i}`);
+  await alice.waitFor(() => alice.status().pending === 0);
+
+  // The first messages bob shows are the newest, with older ones loading.
+  let first: { texts: string[]; loading: boolean } | undefined;
+  const stop = bob.on(() => {
+    const ms = bob.messages(conv);
+    if (!first && ms.length > 0) first = { texts: texts(ms), loading: bob.olderLoading(conv) };
+  });
+  bob.start();
+  await bob.waitFor(() => bob.status().state === "live" && bob.messages(conv).length === 120);
+  stop();
+  assert.ok(first, "no messages arrived");
+  assert.equal(first.loading, true, "the first page arrived with older messages still loading");
+  assert.deepEqual(first.texts.slice(-3), ["m117", "m118", "m119"], "the newest messages came first");
+  assert.ok(first.texts.length <= 20, `the first page held ${first.texts.length} messages`);
+  assert.deepEqual(texts(bob.messages(conv)), Array.from({ length: 120 }, (_, i) => `m${i}`));
+  assert.equal(bob.olderLoading(conv), false);
+});
