@@ -102,7 +102,7 @@ func Zstd(opsPerBatch int, d time.Duration) (ZstdResult, error) {
 		for i := range opsPerBatch {
 			b.Ops = append(b.Ops, &ferryv1.Op{Id: ulid.Make().String(), Seq: uint64(k*opsPerBatch + i + 1), DeviceId: dev,
 				Dot: uint64(i + 1), UserId: user,
-				Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{Body: corpus[(k*opsPerBatch+i)%len(corpus)], ContentType: "text/plain"}}})
+				Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{Body: corpus[corpusIndex(k*opsPerBatch+i)], ContentType: "text/plain"}}})
 		}
 		raw, err := proto.Marshal(&ferryv1.Ops{Batches: []*ferryv1.OpBatch{b}, Phase: ferryv1.Phase_PHASE_BACKFILL})
 		if err != nil {

@@ -75,8 +75,12 @@ func (r *Report) Markdown() string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p("# Ferry benchmark report\n\n")
-	p("Profile `%s`, %s. Machine: %s, %d cores (GOMAXPROCS %d), %s, %s; one synced commit takes %s (median) on this disk. ",
-		r.Profile, r.Date.Format("2006-01-02 15:04 UTC"), r.Machine.CPU, r.Machine.Cores, r.Machine.GOMAXPROCS, r.Machine.OS, r.Machine.Go, ms(r.Machine.FsyncP50))
+	fsync := "fsync latency not measured in this run"
+	if r.Machine.FsyncP50 > 0 {
+		fsync = fmt.Sprintf("one synced commit takes %s (median) on this disk", ms(r.Machine.FsyncP50))
+	}
+	p("Profile `%s`, %s. Machine: %s, %d cores (GOMAXPROCS %d), %s, %s; %s. ",
+		r.Profile, r.Date.Format("2006-01-02 15:04 UTC"), r.Machine.CPU, r.Machine.Cores, r.Machine.GOMAXPROCS, r.Machine.OS, r.Machine.Go, fsync)
 	p("Corpus version %d, mean payload %.0f bytes. Single runs on a shared machine: read ratios, not absolutes.\n\n", r.CorpusVersion, r.MeanPayload)
 
 	systems := r.systems()

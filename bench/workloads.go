@@ -12,6 +12,18 @@ import (
 // corpus is the payload pool the workloads cycle through.
 var corpus = Corpus(1, 10_000)
 
+// corpusIndex picks message k's text: a fixed pseudo-random walk over the
+// corpus (splitmix64), so that runs longer than the corpus repeat texts
+// scattered, as chat does, not in the same order, which zstd would find
+// and compress unrealistically well.
+func corpusIndex(k int) int {
+	z := uint64(k) + 0x9e3779b97f4a7c15
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	z ^= z >> 31
+	return int(z % uint64(len(corpus)))
+}
+
 // MeanPayload is the corpus's mean message size in bytes.
 func MeanPayload() float64 {
 	n := 0
@@ -24,7 +36,7 @@ func MeanPayload() float64 {
 // payload returns the k-th corpus message stamped with the send time and
 // the sender, so receivers can measure latency and skip their own echoes.
 func payload(k int, sender int, at time.Time) []byte {
-	text := corpus[k%len(corpus)]
+	text := corpus[corpusIndex(k)]
 	b := make([]byte, 0, stampLen+4+len(text))
 	b = binary.BigEndian.AppendUint64(b, uint64(at.UnixNano()))
 	b = binary.BigEndian.AppendUint32(b, uint32(sender))
@@ -485,7 +497,7 @@ func Storage(ctx context.Context, sys System, ops, convs int) (StorageResult, er
 	for k := 0; k < ops; k += 100 {
 		batch := make([][]byte, 0, 100)
 		for j := k; j < min(k+100, ops); j++ {
-			p := corpus[j%len(corpus)] // plain chat text, no stamps
+			p := corpus[corpusIndex(j)] // plain chat text, no stamps
 			payloadBytes += int64(len(p))
 			batch = append(batch, p)
 		}
