@@ -26,6 +26,7 @@ import (
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 	"github.com/ferrysync/ferry/server"
@@ -196,7 +197,7 @@ func (f *Ferry) client(i int, read *atomic.Int64) (ferryv1connect.AccountService
 			if err != nil {
 				return nil, err
 			}
-			return &countingConn{Conn: c, read: read}, nil
+			return &CountingConn{Conn: c, Bytes: read}, nil
 		}}}
 	opts := []connecthttp.Option{connecthttp.WithReadMaxBytes(64 << 20)}
 	if f.cfg.Uncompressed {
@@ -207,34 +208,10 @@ func (f *Ferry) client(i int, read *atomic.Int64) (ferryv1connect.AccountService
 	}
 	var ics []connect.ClientInterceptor
 	if i >= 0 && f.devs[i] != nil {
-		ics = append(ics, bearer(f.devs[i].token))
+		ics = append(ics, wire.Bearer(f.devs[i].token))
 	}
 	c := connect.NewClient(connecthttp.NewTransport(hc, f.url, opts...), ics...)
 	return ferryv1connect.NewAccountServiceClient(c), ferryv1connect.NewSyncServiceClient(c), hc
-}
-
-type countingConn struct {
-	net.Conn
-	read *atomic.Int64
-}
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.read.Add(int64(n))
-	return n, err
-}
-
-func bearer(token string) connect.ClientInterceptor {
-	return func(next connect.ClientFunc) connect.ClientFunc {
-		return func(ctx context.Context, spec connect.Spec) (connect.ClientStream, error) {
-			info, ok := connect.CallInfoForClientContext(ctx)
-			if !ok {
-				ctx, info = connect.NewClientContext(ctx)
-			}
-			info.RequestHeader().Set("Authorization", "Bearer "+token)
-			return next(ctx, spec)
-		}
-	}
 }
 
 // Prepare registers one user with one device per client and creates the
@@ -242,7 +219,7 @@ func bearer(token string) connect.ClientInterceptor {
 func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error {
 	f.devs = make([]*ferryDevice, clients)
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffff)
-	err := parallel(ctx, clients, 32, func(i int) error {
+	err := Parallel(ctx, clients, 32, func(i int) error {
 		acc, _, _ := f.client(-1, &atomic.Int64{})
 		resp, err := acc.Register(ctx, &ferryv1.RegisterRequest{Username: fmt.Sprintf("b%s-%d", run, i), Password: "bench password", DeviceName: "bench"})
 		if err != nil {
@@ -268,7 +245,7 @@ func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error
 		f.convs[c] = ulid.Make()
 		f.convIdx[f.convs[c]] = c
 	}
-	return parallel(ctx, len(members), 16, func(c int) error {
+	return Parallel(ctx, len(members), 16, func(c int) error {
 		m := members[c]
 		creator := f.devs[m[0]]
 		ops := []*ferryv1.Op{creator.op(c, &ferryv1.Op{Payload: &ferryv1.Op_Create{Create: &ferryv1.Create{Title: fmt.Sprint("conversation ", c)}}})}
@@ -314,35 +291,6 @@ func newRand(seed uint64) io.Reader {
 	var k [32]byte
 	binary.LittleEndian.PutUint64(k[:], seed)
 	return rand.NewChaCha8(k)
-}
-
-// parallel runs fn(0..n-1) with at most width at a time.
-func parallel(ctx context.Context, n, width int, fn func(int) error) error {
-	sem := make(chan struct{}, width)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var first error
-	for i := range n {
-		if ctx.Err() != nil {
-			break
-		}
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			if err := fn(i); err != nil {
-				mu.Lock()
-				if first == nil {
-					first = err
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if first == nil {
-		first = ctx.Err()
-	}
-	return first
 }
 
 // ferryConn is a connected device: one Sync stream.

@@ -3,6 +3,8 @@ package bench
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -49,6 +51,28 @@ type Limits struct {
 func (r *Report) JSON() []byte {
 	b, _ := json.MarshalIndent(r, "", "  ")
 	return append(b, '\n')
+}
+
+// Write writes the JSON report to js (when set) and the markdown to md, or
+// to stdout when md is empty. It returns an error naming the workloads that
+// failed, after writing what the others measured.
+func (r *Report) Write(md, js string, stdout io.Writer) error {
+	if js != "" {
+		if err := os.WriteFile(js, r.JSON(), 0o644); err != nil {
+			return err
+		}
+	}
+	if md != "" {
+		if err := os.WriteFile(md, []byte(r.Markdown()), 0o644); err != nil {
+			return err
+		}
+	} else if _, err := fmt.Fprint(stdout, r.Markdown()); err != nil {
+		return err
+	}
+	if len(r.Errors) > 0 {
+		return fmt.Errorf("%d workloads failed: %s", len(r.Errors), strings.Join(r.Errors, "; "))
+	}
+	return nil
 }
 
 func kb(n int64) string {

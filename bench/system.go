@@ -3,9 +3,12 @@ package bench
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -86,4 +89,48 @@ func ProcessUsage(pid int) (Usage, error) {
 		}
 	}
 	return u, nil
+}
+
+// Parallel runs fn(0..n-1) with at most width at a time and returns the
+// first error (or ctx's, if it ended first). Systems use it to register and
+// connect many clients.
+func Parallel(ctx context.Context, n, width int, fn func(int) error) error {
+	sem := make(chan struct{}, width)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	for i := range n {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := fn(i); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
+// CountingConn adds the bytes read from a connection to Bytes: how systems
+// measure bytes on the wire, compressed as sent.
+type CountingConn struct {
+	net.Conn
+	Bytes *atomic.Int64
+}
+
+func (c *CountingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.Bytes.Add(int64(n))
+	return n, err
 }

@@ -237,7 +237,7 @@ func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, er
 	var delivered atomic.Int64
 	clients := make([]Client, devices)
 	var mu sync.Mutex
-	err := parallel(ctx, devices, 64, func(d int) error {
+	err := Parallel(ctx, devices, 64, func(d int) error {
 		c, err := sys.Connect(ctx, d, func(_ int, p []byte) {
 			if s, ok := sender(p); ok && s != d {
 				if at, ok := StampOf(p); ok {
@@ -355,35 +355,7 @@ func CatchUpRun(ctx context.Context, sys System, cfg CatchUpConfig) (CatchUpResu
 	}
 	defer writer.Close()
 	write := func(n int, k0 int) (int64, error) {
-		var raw int64
-		var wg sync.WaitGroup
-		var failed atomic.Value
-		slots := make(chan struct{}, 8)
-		for k := 0; k < n; k += 100 {
-			conv := (k / 100) % cfg.Convs
-			batch := make([][]byte, 0, 100)
-			for j := k; j < min(k+100, n); j++ {
-				p := payload(k0+j, 1, time.Now())
-				raw += int64(len(p))
-				batch = append(batch, p)
-			}
-			slots <- struct{}{}
-			wg.Add(1)
-			if err := writer.Send(conv, batch, func(err error) {
-				if err != nil {
-					failed.Store(err)
-				}
-				<-slots
-				wg.Done()
-			}); err != nil {
-				return 0, err
-			}
-		}
-		wg.Wait()
-		if err, _ := failed.Load().(error); err != nil {
-			return 0, err
-		}
-		return raw, nil
+		return sendBatches(writer, n, cfg.Convs, func(j int) []byte { return payload(k0+j, 1, time.Now()) })
 	}
 	if history > 0 {
 		if _, err := write(history, 0); err != nil {
@@ -436,7 +408,7 @@ func Idle(ctx context.Context, sys System, devices int) (IdleResult, error) {
 	}
 	clients := make([]Client, devices)
 	var mu sync.Mutex
-	err = parallel(ctx, devices, 64, func(d int) error {
+	err = Parallel(ctx, devices, 64, func(d int) error {
 		c, err := sys.Connect(ctx, d, nil)
 		if err != nil {
 			return fmt.Errorf("connect device %d: %w", d, err)
@@ -490,15 +462,33 @@ func Storage(ctx context.Context, sys System, ops, convs int) (StorageResult, er
 	if err != nil {
 		return StorageResult{}, err
 	}
-	var payloadBytes int64
+	// Plain chat text, no stamps.
+	payloadBytes, err := sendBatches(c, ops, convs, func(j int) []byte { return corpus[corpusIndex(j)] })
+	_ = c.Close()
+	if err != nil {
+		return StorageResult{}, err
+	}
+	after, err := sys.DiskBytes(ctx)
+	if err != nil {
+		return StorageResult{}, err
+	}
+	return StorageResult{System: sys.Name(), Ops: ops, PayloadBytes: float64(payloadBytes) / float64(ops),
+		DiskBytes: float64(after-base) / float64(ops)}, nil
+}
+
+// sendBatches sends n messages from c in batches of 100, round-robin over
+// convs conversations, 8 batches in flight, and waits until all are
+// acknowledged. It returns the payload bytes sent.
+func sendBatches(c Client, n, convs int, msg func(j int) []byte) (int64, error) {
+	var raw int64
 	var wg sync.WaitGroup
 	var failed atomic.Value
 	slots := make(chan struct{}, 8)
-	for k := 0; k < ops; k += 100 {
+	for k := 0; k < n; k += 100 {
 		batch := make([][]byte, 0, 100)
-		for j := k; j < min(k+100, ops); j++ {
-			p := corpus[corpusIndex(j)] // plain chat text, no stamps
-			payloadBytes += int64(len(p))
+		for j := k; j < min(k+100, n); j++ {
+			p := msg(j)
+			raw += int64(len(p))
 			batch = append(batch, p)
 		}
 		slots <- struct{}{}
@@ -510,18 +500,12 @@ func Storage(ctx context.Context, sys System, ops, convs int) (StorageResult, er
 			<-slots
 			wg.Done()
 		}); err != nil {
-			return StorageResult{}, err
+			return 0, err
 		}
 	}
 	wg.Wait()
-	_ = c.Close()
 	if err, _ := failed.Load().(error); err != nil {
-		return StorageResult{}, err
+		return 0, err
 	}
-	after, err := sys.DiskBytes(ctx)
-	if err != nil {
-		return StorageResult{}, err
-	}
-	return StorageResult{System: sys.Name(), Ops: ops, PayloadBytes: float64(payloadBytes) / float64(ops),
-		DiskBytes: float64(after-base) / float64(ops)}, nil
+	return raw, nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/ferrysync/ferry/clientsdk/internal/kv"
 	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 )
@@ -286,7 +287,7 @@ func (d *Device) clients() (ferryv1connect.AccountServiceClient, ferryv1connect.
 	var ics []connect.ClientInterceptor
 	d.mu.Lock()
 	if d.creds != nil {
-		ics = append(ics, bearer(d.creds.Token))
+		ics = append(ics, wire.Bearer(d.creds.Token))
 	}
 	d.mu.Unlock()
 	topts := []connecthttp.Option{connecthttp.WithReadMaxBytes(64 << 20)}
@@ -323,19 +324,6 @@ func defaultHTTPClient(url string) *http.Client {
 		h2 = &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12}}}
 	})
 	return h2
-}
-
-func bearer(token string) connect.ClientInterceptor {
-	return func(next connect.ClientFunc) connect.ClientFunc {
-		return func(ctx context.Context, spec connect.Spec) (connect.ClientStream, error) {
-			info, ok := connect.CallInfoForClientContext(ctx)
-			if !ok {
-				ctx, info = connect.NewClientContext(ctx)
-			}
-			info.RequestHeader().Set("Authorization", "Bearer "+token)
-			return next(ctx, spec)
-		}
-	}
 }
 
 // Register creates a user on the server with this device as its first, and

@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect/v2/connecthttp"
 
 	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 	"github.com/ferrysync/ferry/server"
@@ -143,7 +144,7 @@ func TestProtocols(t *testing.T) {
 		{"grpc-web http/1.1", http1, []connecthttp.Option{connecthttp.WithGRPCWeb()}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := connect.NewClient(connecthttp.NewTransport(tc.client, srv.URL, tc.opts...), servertest.Bearer(alice.Session.GetToken()))
+			c := connect.NewClient(connecthttp.NewTransport(tc.client, srv.URL, tc.opts...), wire.Bearer(alice.Session.GetToken()))
 			sync := ferryv1connect.NewSyncServiceClient(c)
 			// A response big enough to be compressed.
 			ctx, info := connect.NewClientContext(context.Background())

@@ -242,7 +242,7 @@ func (c *Centrifugo) Connect(ctx context.Context, i int, onMessage func(int, []b
 			if err != nil {
 				return nil, err
 			}
-			return &countingConn{Conn: conn, read: &cc.read}, nil
+			return &bench.CountingConn{Conn: conn, Bytes: &cc.read}, nil
 		},
 		ReadTimeout:       time.Minute,
 		WriteTimeout:      time.Minute,

@@ -170,7 +170,7 @@ func (d natsDialer) Dial(network, address string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &countingConn{Conn: conn, read: d.read}, nil
+	return &bench.CountingConn{Conn: conn, Bytes: d.read}, nil
 }
 
 // open connects and subscribes to the live subject of each conversation.

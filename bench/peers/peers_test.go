@@ -196,7 +196,9 @@ func TestNotesRendered(t *testing.T) {
 			t.Errorf("report with centrifugo+redis lacks %q:\n%s", want, md)
 		}
 	}
-	if strings.Contains(md, "not measured") || strings.Contains(md, "memory engine: a publish") {
+	// The notes only: the report's header may say fsync was not measured.
+	notes := md[strings.Index(md, "## Notes"):]
+	if strings.Contains(notes, "not measured") || strings.Contains(notes, "memory engine: a publish") {
 		t.Errorf("report with only centrifugo+redis says the Redis engine was not measured, or describes the memory engine:\n%s", md)
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -165,18 +164,6 @@ func (s *server) stop() error {
 	return nil
 }
 
-// countingConn counts the bytes read from a connection.
-type countingConn struct {
-	net.Conn
-	read *atomic.Int64
-}
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.read.Add(int64(n))
-	return n, err
-}
-
 // dirSize is the apparent size of the files under dir.
 func dirSize(dir string) (int64, error) {
 	var n int64
@@ -194,36 +181,6 @@ func dirSize(dir string) (int64, error) {
 		return nil
 	})
 	return n, err
-}
-
-// parallel runs fn(0..n-1) with at most width at a time and returns the
-// first error.
-func parallel(ctx context.Context, n, width int, fn func(int) error) error {
-	sem := make(chan struct{}, width)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var first error
-	for i := range n {
-		if ctx.Err() != nil {
-			break
-		}
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			if err := fn(i); err != nil {
-				mu.Lock()
-				if first == nil {
-					first = err
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if first == nil {
-		first = ctx.Err()
-	}
-	return first
 }
 
 // membership inverts members (conversation -> clients) into the

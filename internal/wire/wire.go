@@ -1,6 +1,7 @@
 // Package wire converts between the ferry.v1 wire types and the model, in
-// one place for the server and the SDK. Errors name the offending field and
-// are written for the developer who sent it.
+// one place for the server and the SDK, and gives clients their bearer
+// credentials. Errors name the offending field and are written for the
+// developer who sent it.
 package wire
 
 import (

@@ -19,6 +19,7 @@ import (
 	"github.com/ferrysync/ferry/engine/enginetest"
 	"github.com/ferrysync/ferry/internal/clock"
 	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 	"github.com/ferrysync/ferry/server"
@@ -101,20 +102,6 @@ func H2CClient() *http.Client {
 	return &http.Client{Transport: &http.Transport{Protocols: p}}
 }
 
-// Bearer is a client interceptor that sends token.
-func Bearer(token string) connect.ClientInterceptor {
-	return func(next connect.ClientFunc) connect.ClientFunc {
-		return func(ctx context.Context, spec connect.Spec) (connect.ClientStream, error) {
-			info, ok := connect.CallInfoForClientContext(ctx)
-			if !ok {
-				ctx, info = connect.NewClientContext(ctx)
-			}
-			info.RequestHeader().Set("Authorization", "Bearer "+token)
-			return next(ctx, spec)
-		}
-	}
-}
-
 // Clients are the three service clients of one identity.
 type Clients struct {
 	Account      ferryv1connect.AccountServiceClient
@@ -131,7 +118,7 @@ func (s *Server) Clients(token string, opts ...connecthttp.Option) Clients {
 	}
 	var ics []connect.ClientInterceptor
 	if token != "" {
-		ics = append(ics, Bearer(token))
+		ics = append(ics, wire.Bearer(token))
 	}
 	c := connect.NewClient(connecthttp.NewTransport(s.HTTP, s.URL, append(base, opts...)...), ics...)
 	return Clients{

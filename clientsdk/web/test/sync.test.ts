@@ -33,17 +33,23 @@ async function open(replica: Replica = new MemoryReplica()): Promise<FerryClient
 }
 
 const texts = (ms: MessageView[]) => ms.map((m) => m.text);
+
+// signUp registers a new user (a fresh name from who) on the device and
+// starts it; it returns the username.
+async function signUp(c: FerryClient, who: string): Promise<string> {
+  const username = name(who);
+  await c.register(username, "correct horse battery");
+  c.start();
+  return username;
+}
 let users = 0;
 const name = (who: string) => `${who}${++users}`;
 
 test("a device offline while 50 messages arrive gets each once, in order", { timeout: 60_000 }, async () => {
   const alice = await open();
   const bob = await open();
-  const [a, b] = [name("alice"), name("bob")];
-  await alice.register(a, "correct horse battery");
-  await bob.register(b, "correct horse battery");
-  alice.start();
-  bob.start();
+  await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
   const conv = await alice.createConversation("lunch", [b]);
   await bob.waitFor(() => bob.conversations().some((c) => c.id === conv) && bob.status().state === "live");
 
@@ -95,11 +101,8 @@ test("the outbox survives a reload (IndexedDB) and every op is stored once", { t
   const factory = new IDBFactory();
   let alice = await open(await IndexedDBReplica.open("alice", factory));
   const bob = await open();
-  const [a, b] = [name("alice"), name("bob")];
-  await alice.register(a, "correct horse battery");
-  await bob.register(b, "correct horse battery");
-  alice.start();
-  bob.start();
+  await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
   const conv = await alice.createConversation("plans", [b]);
   await alice.waitFor(() => alice.status().pending === 0);
   await alice.stop();
@@ -120,11 +123,8 @@ test("the outbox survives a reload (IndexedDB) and every op is stored once", { t
 test("edits, deletes and reactions converge on every device", { timeout: 60_000 }, async () => {
   const alice = await open();
   const bob = await open();
-  const [a, b] = [name("alice"), name("bob")];
-  await alice.register(a, "correct horse battery");
-  await bob.register(b, "correct horse battery");
-  alice.start();
-  bob.start();
+  await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
   const conv = await alice.createConversation("edits", [b]);
   const m1 = await alice.send(conv, "helo");
   const m2 = await alice.send(conv, "oops");
@@ -141,11 +141,8 @@ test("edits, deletes and reactions converge on every device", { timeout: 60_000 
 test("concurrent sends, while the session catches up, each get their own dot", { timeout: 60_000 }, async () => {
   const alice = await open();
   const bob = await open();
-  const [a, b] = [name("alice"), name("bob")];
-  await alice.register(a, "correct horse battery");
-  await bob.register(b, "correct horse battery");
-  bob.start();
-  alice.start();
+  await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
   const conv = await alice.createConversation("burst", [b]);
   const want = Array.from({ length: 20 }, (_, i) => `burst ${i}`);
   await Promise.all(want.map((t) => alice.send(conv, t)));
@@ -160,19 +157,17 @@ test("after a server restore, each device gives back its user's lost ops and sta
   const data = join(dir, "data");
   let srv = await startServer({ data });
   const addr = srv.addr;
-  // Reconnects retry every few ms while the server is down.
+  // Reconnects retry every 5 ms (the client's own timer) while the server
+  // is down.
   const dev = async () => {
-    const c = await FerryClient.open({ baseUrl: srv.url, sleep: (ms, signal) => pause(5, signal), minBackoffMs: 5, maxBackoffMs: 5 });
+    const c = await FerryClient.open({ baseUrl: srv.url, minBackoffMs: 5, maxBackoffMs: 5 });
     clients.push(c);
     return c;
   };
   const alice = await dev();
   const bob = await dev();
-  const [a, b] = [name("alice"), name("bob")];
-  await alice.register(a, "correct horse battery");
-  await bob.register(b, "correct horse battery");
-  alice.start();
-  bob.start();
+  await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
   const conv = await alice.createConversation("restore", [b]);
   await alice.send(conv, "before the backup");
   await bob.waitFor(() => bob.messages(conv).length === 1);
@@ -195,25 +190,12 @@ test("after a server restore, each device gives back its user's lost ops and sta
   rmSync(dir, { recursive: true, force: true });
 });
 
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
-      clearTimeout(t);
-      reject(signal.reason);
-    });
-  });
-}
-
 test("catch-up shows the newest page of a conversation first, then fills in older messages", { timeout: 60_000 }, async () => {
   const alice = await open();
   const bob = await FerryClient.open({ baseUrl: server.url, sleep: async () => {}, pageSize: 20 });
   clients.push(bob);
-  const [a, b] = [name("alice"), name("bob")];
-  await alice.register(a, "correct horse battery");
-  await bob.register(b, "correct horse battery");
-  alice.start();
-  bob.start();
+  await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
   const conv = await alice.createConversation("long", [b]);
   await bob.waitFor(() => bob.conversations().some((c) => c.id === conv));
   await bob.stop();

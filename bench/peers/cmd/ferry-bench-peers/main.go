@@ -170,22 +170,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	r.Notes = append(r.Notes, notes...)
-	if *js != "" {
-		if err := os.WriteFile(*js, r.JSON(), 0o644); err != nil {
-			return err
-		}
-	}
-	if *md != "" {
-		if err := os.WriteFile(*md, []byte(r.Markdown()), 0o644); err != nil {
-			return err
-		}
-	} else {
-		fmt.Fprint(stdout, r.Markdown())
-	}
-	if len(r.Errors) > 0 {
-		return fmt.Errorf("%d workloads failed: %s", len(r.Errors), strings.Join(r.Errors, "; "))
-	}
-	return nil
+	return r.Write(*md, *js, stdout)
 }
 
 // buildFerryd builds ferryd from the repository that holds the working
