@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 
 	"github.com/oklog/ulid/v2"
 
@@ -106,6 +107,10 @@ type Event struct {
 	Ops   uint64
 	Convs int
 }
+
+// verifyJournal makes every live round check the hub's journal against the
+// feed in the store (set by the engine's tests).
+var verifyJournal = false
 
 // Session is one device's sync session: catch-up, then live updates. It
 // reads the durable log at its own pace and keeps no payload queue: its
@@ -279,6 +284,10 @@ func countInfos(q []item) int {
 	return n
 }
 
+// Pending reports whether the session has its next event ready: Next will
+// return it without waiting for a change.
+func (s *Session) Pending() bool { return len(s.queue) > 0 }
+
 // Welcome describes the catch-up this session will send.
 func (s *Session) Welcome() Welcome { return s.welcome }
 
@@ -382,9 +391,16 @@ func (s *Session) live() error {
 		s.wait = sig
 		return nil
 	}
-	entries, err := r.changed(s.a.User, s.pos, pos)
-	if err != nil {
-		return err
+	entries, ok := s.w.changed(s.pos, pos)
+	if !ok || verifyJournal {
+		stored, err := r.changed(s.a.User, s.pos, pos)
+		if err != nil {
+			return err
+		}
+		if ok && !slices.Equal(entries, stored) {
+			return fmt.Errorf("engine: the feed journal of user %s says %v after %d through %d; the store says %v", s.a.User, entries, s.pos, pos, stored)
+		}
+		entries = stored
 	}
 	var infos []ConvInfo
 	var ranges []item

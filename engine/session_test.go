@@ -485,3 +485,44 @@ func TestCloseUnderAnOpenSession(t *testing.T) {
 		t.Fatalf("History after Close: %v, want ErrClosed", err)
 	}
 }
+
+// A read on one device reaches the user's other devices in their live
+// rounds: the user's own feed moves, with no new op.
+func TestReadReachesOtherDevicesLive(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	laptop := enginetest.Login(t, e, "bob")
+	conv := alice.Create("c", bob)
+	alice.Send(conv, "one")
+	alice.Send(conv, "two")
+	s, err := e.OpenSession(laptop.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := newReceiver(t)
+	r.drain(s, engine.DefaultBatchOps)
+	// Adding bob read up to his addition (seq 2): alice's two messages,
+	// seqs 3 and 4, are unread.
+	if info := r.infos[conv]; info.Unread != 2 {
+		t.Fatalf("laptop's unread before the read: %d, want 2", info.Unread)
+	}
+	// Delivered moves the conversation's feed (a receipt for alice); the
+	// private reads after it move only bob's own feed.
+	if err := bob.E.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Delivered: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	<-s.Changed()
+	r.drain(s, engine.DefaultBatchOps)
+	for round, read := range []uint64{3, 4} {
+		if err := bob.E.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Read: read, Private: true}}); err != nil {
+			t.Fatal(err)
+		}
+		<-s.Changed()
+		r.drain(s, engine.DefaultBatchOps)
+		if info := r.infos[conv]; info.Read != read || info.Unread != 1-uint64(round) {
+			t.Fatalf("round %d: laptop sees read %d, unread %d; want read %d, unread %d", round, info.Read, info.Unread, read, 1-round)
+		}
+	}
+}

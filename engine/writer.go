@@ -221,6 +221,11 @@ func (w *writer) commit(group []*request) error {
 		tx.b.Close()
 		return nil
 	}
+	if tx.pos != 0 {
+		// Before the commit, so that a view that includes it finds its
+		// moves in the journal.
+		w.e.hub.record(tx.pos, tx.moves)
+	}
 	if err := w.e.st.Commit(tx.b); err != nil {
 		return fmt.Errorf("%w: %v", ErrFailed, err)
 	}
@@ -266,6 +271,7 @@ type txn struct {
 	userFeedO []idPair
 	ufeedIdx  map[idPair]uint64
 	wake      map[ulid.ULID]struct{}
+	moves     []idPair           // (user, conversation) feed entries moved to pos
 	claims    map[string]bool    // unique keys (usernames) claimed by this group
 	revoked   map[ulid.ULID]bool // devices revoked by this group
 	pos       uint64             // the feed position this group's changes get; 0 if none
@@ -624,6 +630,7 @@ func (tx *txn) finish() {
 		tx.b.Set(keys.ID2(keys.TUFeedIdx, user, conv), record.AppendUint(nil, pos))
 		tx.ufeedIdx[k] = pos
 		tx.wake[user] = struct{}{}
+		tx.moves = append(tx.moves, k)
 	}
 	for _, tc := range tx.convOrder {
 		if tc.exists {
@@ -675,6 +682,7 @@ func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 		}
 		tx.b.Set(keys.Feed(keys.TFeed, u, pos, tc.id), nil)
 		tx.wake[u] = struct{}{}
+		tx.moves = append(tx.moves, idPair{u, tc.id})
 		detached := uint64(0)
 		if m.Role == model.RoleNone {
 			detached = pos

@@ -1,0 +1,4 @@
+package engine
+
+// Every test of the engine checks the feed journal against the store.
+func init() { verifyJournal = true }
