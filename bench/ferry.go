@@ -182,6 +182,7 @@ type ferryDevice struct {
 	mu      sync.Mutex
 	dots    map[int]uint64
 	held    map[int]uint64 // conv -> highest seq held (ops arrive in seq order)
+	acked   map[int]uint64 // conv -> highest seq acknowledged on the stream
 	pos     uint64
 	entropy *ulid.MonotonicEntropy
 }
@@ -330,6 +331,7 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 	epoch := c.d.f.epoch
 	c.d.f.mu.Unlock()
 	c.d.mu.Lock()
+	c.d.acked = map[int]uint64{} // a new stream: acknowledge everything again
 	hello := &ferryv1.Hello{Epoch: epoch, FeedPos: c.d.pos, Client: "ferry-bench"}
 	// Like a real client, say what the device holds: the server's record
 	// of it may lag (an ack sent just before a disconnect can be lost).
@@ -396,13 +398,17 @@ func (c *ferryConn) take(ops *ferryv1.Ops, live bool) int {
 	return n
 }
 
-// ack tells the server what the device holds, so a later session resumes
-// after it.
+// ack tells the server what the device holds and it has not acknowledged
+// yet, so a later session resumes after it; like the Go SDK, it sends
+// nothing when nothing moved (a round with receipts only).
 func (c *ferryConn) ack() {
 	c.d.mu.Lock()
 	ack := &ferryv1.Ack{}
 	for idx, seq := range c.d.held {
-		ack.Markers = append(ack.Markers, &ferryv1.Marker{ConversationId: c.d.f.convs[idx].String(), Delivered: seq})
+		if seq > c.d.acked[idx] {
+			ack.Markers = append(ack.Markers, &ferryv1.Marker{ConversationId: c.d.f.convs[idx].String(), Delivered: seq})
+			c.d.acked[idx] = seq
+		}
 	}
 	c.d.mu.Unlock()
 	if len(ack.Markers) > 0 {

@@ -72,7 +72,7 @@ func (s *Server) Handler(extra ...func(*http.ServeMux)) http.Handler {
 	for _, f := range extra {
 		f(mux)
 	}
-	return mux
+	return gateStreams(mux)
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

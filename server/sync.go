@@ -423,7 +423,7 @@ func (s *Server) session(ctx context.Context, a engine.Actor, hello *ferryv1.Hel
 	}
 	s.log.Debug("session started", "user", a.User, "device", a.Device, "changed", w.Changed, "missing", w.MissingOps)
 
-	l := &loop{s: s, sess: sess, out: out, in: in, hb: s.opts.Clock.NewTimer(s.opts.HeartbeatInterval)}
+	l := &loop{s: s, sess: sess, out: out, in: in, hb: s.opts.Clock.NewTimer(s.opts.HeartbeatInterval), hold: holdFlushes(ctx)}
 	defer l.hb.Stop()
 	if in != nil {
 		// Sync clients send heartbeats; silence means a dead peer.
@@ -441,6 +441,7 @@ type loop struct {
 	in   <-chan inbound // nil on Subscribe
 	hb   clock.Timer    // fires after HeartbeatInterval without a send
 	idle clock.Timer    // Sync only: fires after three intervals without a client message
+	hold func(bool)     // holds the stream's flushes while more is ready to send
 }
 
 func (l *loop) run(ctx context.Context) error {
@@ -457,7 +458,12 @@ func (l *loop) run(ctx context.Context) error {
 			return connectError(err)
 		}
 		if ok {
-			if err := l.s.sendEvent(l.out, ev); err != nil {
+			// The messages of a round leave in one write: hold the flush
+			// while the session has its next message ready.
+			l.hold(l.sess.Pending())
+			err := l.s.sendEvent(l.out, ev)
+			l.hold(false)
+			if err != nil {
 				return err
 			}
 			l.hb.Reset(l.s.opts.HeartbeatInterval)

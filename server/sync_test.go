@@ -3,10 +3,13 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -239,4 +242,55 @@ func TestPushOnStream(t *testing.T) {
 	bs := bob.open(hello("", 0))
 	bs.untilCaughtUp()
 	bs.holds(conv, 1, 3)
+}
+
+// flushCounter counts the flushes that reach net/http on sync streams.
+type flushCounter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (f flushCounter) Flush() {
+	f.n.Add(1)
+	f.ResponseWriter.(http.Flusher).Flush()
+}
+
+// TestRoundLeavesInOneWrite: the messages of a live round (conversations,
+// then ops) and of a catch-up leave with one flush, not one per message.
+func TestRoundLeavesInOneWrite(t *testing.T) {
+	var flushes atomic.Int64
+	srv := servertest.New(t, servertest.Config{Wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == ferryv1connect.SyncServiceSyncProcedure {
+				w = flushCounter{w, &flushes}
+			}
+			h.ServeHTTP(w, r)
+		})
+	}})
+	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	convs := []string{alice.createConv("one", bob), alice.createConv("two", bob)}
+	alice.send(convs[0], "before")
+
+	s := bob.open(hello("", 0))
+	s.untilCaughtUp()
+	// Welcome, then conversations, ops and caught-up: two flushes (Connect
+	// flushes the response headers with the first message).
+	if len(s.messages) < 4 {
+		t.Fatalf("catch-up was %d messages; want at least 4", len(s.messages))
+	}
+	if n := flushes.Load(); n > 2 {
+		t.Fatalf("catch-up of %d messages took %d flushes; want at most 2", len(s.messages), n)
+	}
+
+	for i, conv := range convs {
+		before, sent := flushes.Load(), len(s.messages)
+		alice.send(conv, fmt.Sprintf("live %d", i))
+		s.until(func(m *ferryv1.SyncResponse) bool { return m.GetOps().GetFeedPos() != 0 })
+		if got := len(s.messages) - sent; got != 2 {
+			t.Fatalf("live round %d was %d messages; want conversations and ops", i, got)
+		}
+		if n := flushes.Load() - before; n != 1 {
+			t.Fatalf("live round %d took %d flushes; want 1", i, n)
+		}
+	}
 }

@@ -43,6 +43,9 @@ type Config struct {
 	Server func(*server.Options)
 	// Engine to serve instead of opening one (for restarts on one store).
 	Use *engine.Engine
+	// Wrap, when set, wraps the server's HTTP handler (to watch the
+	// server's side of the HTTP exchange).
+	Wrap func(http.Handler) http.Handler
 }
 
 // New starts a server.
@@ -69,7 +72,11 @@ func New(t testing.TB, cfg Config) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := server.HTTPServer(ln.Addr().String(), srv.Handler(), nil)
+	h := srv.Handler()
+	if cfg.Wrap != nil {
+		h = cfg.Wrap(h)
+	}
+	hs := server.HTTPServer(ln.Addr().String(), h, nil)
 	go func() { _ = hs.Serve(ln) }()
 	s := &Server{T: t, URL: "http://" + ln.Addr().String(), Engine: eng, Server: srv, Clock: fake, hs: hs, HTTP: H2CClient()}
 	s.stop = func() {
