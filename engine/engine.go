@@ -41,6 +41,8 @@ type Engine struct {
 
 	epoch ulid.ULID
 	hub   *hub
+	// receipts caches conversations' receipts by feed position.
+	receipts receiptCache
 
 	randMu sync.Mutex
 

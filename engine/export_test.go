@@ -1,4 +1,5 @@
 package engine
 
-// Every test of the engine checks the feed journal against the store.
-func init() { verifyJournal = true }
+// Every test of the engine checks what reads take from memory against the
+// store.
+func init() { verifyCaches = true }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -48,9 +49,14 @@ type Receipt struct {
 type reader struct {
 	e *Engine
 	v *store.View
+	// session: a session's read, which takes receipts from the cache.
+	session bool
 }
 
 func (e *Engine) reader() reader { return reader{e: e, v: e.st.View()} }
+
+// sessionReader is a session's reader.
+func (e *Engine) sessionReader() reader { return reader{e: e, v: e.st.View(), session: true} }
 
 func (r reader) release() { r.v.Release() }
 
@@ -155,27 +161,99 @@ func (r reader) info(conv, user ulid.ULID) (ConvInfo, error) {
 		info.Unread = atHead - atRead
 	}
 	if !info.Removed && int(c.Members) <= r.e.opts.ReceiptMembers {
-		err := scan(r.v, keys.ID1(keys.TMember, conv), func(k, val []byte) error {
-			_, u, _ := keys.ParseID2(k)
-			if u == user {
-				return nil
-			}
-			mm, err := record.DecodeMember(val)
-			if err != nil || mm.Role == model.RoleNone {
-				return err
-			}
-			rm, err := r.marker(keys.TUserMark, conv, u)
-			if err != nil {
-				return err
-			}
-			info.Receipts = append(info.Receipts, Receipt{User: u, Delivered: rm.Delivered, Read: rm.PublicRead})
-			return nil
-		})
+		all, err := r.receipts(conv, c.FeedPos)
 		if err != nil {
 			return ConvInfo{}, err
 		}
+		for _, rc := range all {
+			if rc.User != user {
+				info.Receipts = append(info.Receipts, rc)
+			}
+		}
 	}
 	return info, nil
+}
+
+// receipts returns the markers of every active member of conv, whose feed
+// is at feedPos. Every member's session woken by a change of the
+// conversation needs them, so sessions read them once per feed position: a
+// marker that moves a receipt also moves the conversation's feed (after
+// Options.ReceiptDelay), so a feed position's receipts are at most that
+// delay behind the markers, and the next position has them. Other reads
+// (a Conversation call) read the markers as they are.
+func (r reader) receipts(conv ulid.ULID, feedPos uint64) ([]Receipt, error) {
+	if all, ok := r.e.receipts.get(conv, feedPos); ok && r.session && !(verifyCaches && r.e.opts.ReceiptDelay < 0) {
+		return all, nil
+	}
+	var all []Receipt
+	err := scan(r.v, keys.ID1(keys.TMember, conv), func(k, val []byte) error {
+		_, u, _ := keys.ParseID2(k)
+		mm, err := record.DecodeMember(val)
+		if err != nil || mm.Role == model.RoleNone {
+			return err
+		}
+		rm, err := r.marker(keys.TUserMark, conv, u)
+		if err != nil {
+			return err
+		}
+		all = append(all, Receipt{User: u, Delivered: rm.Delivered, Read: rm.PublicRead})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cached, ok := r.e.receipts.get(conv, feedPos); ok && r.session && !slices.Equal(cached, all) {
+		// Only with verifyCaches: without a receipt delay, a feed
+		// position's receipts are exact.
+		return nil, fmt.Errorf("engine: cached receipts of %s at feed position %d are %v; the store says %v", conv, feedPos, cached, all)
+	}
+	r.e.receipts.put(conv, feedPos, all)
+	return all, nil
+}
+
+// receiptCache holds, per conversation, the receipts at its latest feed
+// position read. Bounded: a full shard starts over.
+type receiptCache struct {
+	shards [16]receiptShard
+}
+
+type receiptShard struct {
+	mu sync.Mutex
+	m  map[ulid.ULID]receiptsAt
+}
+
+type receiptsAt struct {
+	feedPos uint64
+	all     []Receipt // shared by readers: never modified
+}
+
+// receiptShardSize bounds each shard: 16 x 256 conversations of up to
+// Options.ReceiptMembers receipts.
+const receiptShardSize = 256
+
+func (c *receiptCache) shard(conv ulid.ULID) *receiptShard {
+	return &c.shards[conv[15]%byte(len(c.shards))]
+}
+
+func (c *receiptCache) get(conv ulid.ULID, feedPos uint64) ([]Receipt, bool) {
+	s := c.shard(conv)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.m[conv]
+	return at.all, ok && at.feedPos == feedPos && feedPos != 0
+}
+
+func (c *receiptCache) put(conv ulid.ULID, feedPos uint64, all []Receipt) {
+	s := c.shard(conv)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if at, ok := s.m[conv]; ok && at.feedPos > feedPos {
+		return // a reader with a newer view was first
+	}
+	if s.m == nil || len(s.m) >= receiptShardSize {
+		s.m = make(map[ulid.ULID]receiptsAt, receiptShardSize)
+	}
+	s.m[conv] = receiptsAt{feedPos: feedPos, all: all}
 }
 
 // feedEntry is one changed conversation in a user's feed.

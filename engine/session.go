@@ -108,9 +108,10 @@ type Event struct {
 	Convs int
 }
 
-// verifyJournal makes every live round check the hub's journal against the
-// feed in the store (set by the engine's tests).
-var verifyJournal = false
+// verifyCaches makes reads check what they take from memory (the hub's
+// feed journal, cached receipts) against the store; the engine's tests set
+// it.
+var verifyCaches = false
 
 // Session is one device's sync session: catch-up, then live updates. It
 // reads the durable log at its own pace and keeps no payload queue: its
@@ -190,7 +191,7 @@ func (e *Engine) OpenSession(a Actor, o SessionOptions) (*Session, error) {
 // plan reads the feed once and queues the whole catch-up.
 func (s *Session) plan() error {
 	s.revocations = s.e.revocations.Load() // before the view, which then includes them
-	r := s.e.reader()
+	r := s.e.sessionReader()
 	defer r.release()
 	if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
 		if err != nil {
@@ -326,7 +327,7 @@ func (s *Session) Next() (ev Event, ok bool, err error) {
 // session's batch limits. A range that does not fit stays queued with its
 // start moved on, so batches stay contiguous and nothing is sent twice.
 func (s *Session) nextOps() (Event, bool, error) {
-	r := s.e.reader()
+	r := s.e.sessionReader()
 	defer r.release()
 	ev := Event{Kind: EventOps, Phase: s.queue[0].phase}
 	opsLeft, bytesLeft := s.o.MaxBatchOps, s.o.MaxBatchBytes
@@ -370,7 +371,7 @@ func (s *Session) nextOps() (Event, bool, error) {
 func (s *Session) live() error {
 	sig := s.w.signal()
 	revocations := s.e.revocations.Load()
-	r := s.e.reader()
+	r := s.e.sessionReader()
 	defer r.release()
 	// Revoking a device wakes its sessions without moving any feed, and
 	// counts in Engine.revocations before it wakes them.
@@ -392,7 +393,7 @@ func (s *Session) live() error {
 		return nil
 	}
 	entries, ok := s.w.changed(s.pos, pos)
-	if !ok || verifyJournal {
+	if !ok || verifyCaches {
 		stored, err := r.changed(s.a.User, s.pos, pos)
 		if err != nil {
 			return err
