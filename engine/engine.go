@@ -59,6 +59,9 @@ type Engine struct {
 	// revocations counts commits that revoked devices; sessions check
 	// their device again when it moves.
 	revocations atomic.Uint64
+	// feedPos is the last feed position committed, set after the commit's
+	// view is published: a view taken after reading it includes it.
+	feedPos atomic.Uint64
 	closeOnce   sync.Once
 
 	// Owned by the writer goroutine.

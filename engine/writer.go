@@ -58,7 +58,10 @@ func (e *Engine) write(ctx context.Context, weight int, apply func(*txn)) error 
 type writer struct {
 	e       *Engine
 	feedPos uint64 // the last feed position committed
-	convs   *lru[*convState]
+	convs   *lru[ulid.ULID, *convState]
+	// marks caches markers as committed: every ack reads the device's and
+	// the user's marker, and only the writer writes them.
+	marks *lru[markKey, record.Marker]
 
 	// receipts holds the conversations whose receipts changed since their
 	// feed last moved (each also has a durable TReceipts key, so a restart
@@ -73,18 +76,30 @@ type writer struct {
 	active map[idPair]struct{} // (user, device)
 }
 
+// markKey is a marker's key: TDevMark or TUserMark, conversation, device or
+// user.
+type markKey struct {
+	table     byte
+	conv, who ulid.ULID
+}
+
+// markCacheSize bounds writer.marks (about 100 bytes each).
+const markCacheSize = 1 << 16
+
 // maxActiveCache bounds writer.active; past it the cache starts over.
 const maxActiveCache = 1 << 16
 
 func (w *writer) init(e *Engine) error {
 	w.e = e
-	w.convs = newLRU[*convState](e.opts.ConvCacheSize)
+	w.convs = newLRU[ulid.ULID, *convState](e.opts.ConvCacheSize)
+	w.marks = newLRU[markKey, record.Marker](markCacheSize)
 	v := e.st.View()
 	defer v.Release()
 	var err error
 	if w.feedPos, err = readFeedPos(v); err != nil {
 		return fmt.Errorf("read feed position: %w", err)
 	}
+	e.feedPos.Store(w.feedPos)
 	w.receipts = map[ulid.ULID]struct{}{}
 	w.active = map[idPair]struct{}{}
 	err = scan(v, []byte{keys.TReceipts}, func(k, _ []byte) error {
@@ -229,10 +244,14 @@ func (w *writer) commit(group []*request) error {
 	if err := w.e.st.Commit(tx.b); err != nil {
 		return fmt.Errorf("%w: %v", ErrFailed, err)
 	}
+	for _, tm := range tx.markOrder {
+		w.marks.put(tm.ck, tm.m)
+	}
 	w.e.commits.Add(1)
 	w.e.requests.Add(uint64(len(group)))
 	if tx.pos != 0 {
 		w.feedPos = tx.pos
+		w.e.feedPos.Store(tx.pos)
 	}
 	if len(tx.revoked) > 0 {
 		// Before the wake: a woken session that sees the new count reads a
@@ -290,6 +309,7 @@ type txOp struct {
 
 type txMarker struct {
 	key   []byte
+	ck    markKey
 	m     record.Marker
 	dirty bool
 }
@@ -552,15 +572,23 @@ func (tx *txn) marker(table byte, conv, who ulid.ULID) *txMarker {
 	if tm := m[k]; tm != nil {
 		return tm
 	}
-	tm := &txMarker{key: keys.ID2(table, conv, who)}
-	raw, err := tx.v.Get(tm.key)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-	case err != nil:
-		tx.fail(fmt.Errorf("read marker: %w", err))
-	default:
-		if tm.m, err = record.DecodeMarker(raw); err != nil {
+	tm := &txMarker{key: keys.ID2(table, conv, who), ck: markKey{table, conv, who}}
+	cached, ok := tx.w.marks.get(tm.ck)
+	if ok && !verifyCaches {
+		tm.m = cached
+	} else {
+		raw, err := tx.v.Get(tm.key)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
 			tx.fail(fmt.Errorf("read marker: %w", err))
+		default:
+			if tm.m, err = record.DecodeMarker(raw); err != nil {
+				tx.fail(fmt.Errorf("read marker: %w", err))
+			}
+		}
+		if ok && cached != tm.m {
+			tx.fail(fmt.Errorf("engine: cached marker %x is %+v; the store says %+v", tm.key, cached, tm.m))
 		}
 	}
 	m[k] = tm
@@ -695,35 +723,35 @@ func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 	tc.rec.FeedPos = pos
 }
 
-// lru is a small least-recently-used cache keyed by ULID, used only by the
-// writer goroutine.
-type lru[V any] struct {
+// lru is a small least-recently-used cache, used only by the writer
+// goroutine.
+type lru[K comparable, V any] struct {
 	max   int
-	items map[ulid.ULID]*lruItem[V]
-	head  lruItem[V] // sentinel: head.next is the most recent
+	items map[K]*lruItem[K, V]
+	head  lruItem[K, V] // sentinel: head.next is the most recent
 }
 
-type lruItem[V any] struct {
-	key        ulid.ULID
+type lruItem[K comparable, V any] struct {
+	key        K
 	val        V
-	prev, next *lruItem[V]
+	prev, next *lruItem[K, V]
 }
 
-func newLRU[V any](max int) *lru[V] {
-	l := &lru[V]{max: max, items: map[ulid.ULID]*lruItem[V]{}}
+func newLRU[K comparable, V any](max int) *lru[K, V] {
+	l := &lru[K, V]{max: max, items: map[K]*lruItem[K, V]{}}
 	l.head.next, l.head.prev = &l.head, &l.head
 	return l
 }
 
-func (l *lru[V]) unlink(it *lruItem[V]) { it.prev.next, it.next.prev = it.next, it.prev }
+func (l *lru[K, V]) unlink(it *lruItem[K, V]) { it.prev.next, it.next.prev = it.next, it.prev }
 
-func (l *lru[V]) front(it *lruItem[V]) {
+func (l *lru[K, V]) front(it *lruItem[K, V]) {
 	it.next, it.prev = l.head.next, &l.head
 	l.head.next.prev = it
 	l.head.next = it
 }
 
-func (l *lru[V]) get(k ulid.ULID) (V, bool) {
+func (l *lru[K, V]) get(k K) (V, bool) {
 	it := l.items[k]
 	if it == nil {
 		var zero V
@@ -734,14 +762,14 @@ func (l *lru[V]) get(k ulid.ULID) (V, bool) {
 	return it.val, true
 }
 
-func (l *lru[V]) put(k ulid.ULID, v V) {
+func (l *lru[K, V]) put(k K, v V) {
 	if it := l.items[k]; it != nil {
 		it.val = v
 		l.unlink(it)
 		l.front(it)
 		return
 	}
-	it := &lruItem[V]{key: k, val: v}
+	it := &lruItem[K, V]{key: k, val: v}
 	l.items[k] = it
 	l.front(it)
 	if len(l.items) > l.max {
