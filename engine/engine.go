@@ -61,8 +61,8 @@ type Engine struct {
 	revocations atomic.Uint64
 	// feedPos is the last feed position committed, set after the commit's
 	// view is published: a view taken after reading it includes it.
-	feedPos atomic.Uint64
-	closeOnce   sync.Once
+	feedPos   atomic.Uint64
+	closeOnce sync.Once
 
 	// Owned by the writer goroutine.
 	w writer

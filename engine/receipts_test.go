@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"sync"
 	"testing"
 	"time"
 
@@ -172,5 +173,73 @@ func TestWaitingReceiptsSurviveARestart(t *testing.T) {
 	if rs := receiptsOf(t, s, conv); delivered(rs, bob.Actor.User) != 2 {
 		t.Fatalf("after the restart alice got receipts %+v, want bob delivered 2", rs)
 	}
+	enginetest.MustCheck(t, e)
+}
+
+// TestSessionsShareReceiptsUnderLoad: members' sessions read the receipts
+// of one feed position concurrently while acks keep moving the markers
+// (with a receipt delay, a position's receipts lag the markers): no session
+// fails, and every member ends with every message and everyone's final
+// receipts.
+func TestSessionsShareReceiptsUnderLoad(t *testing.T) {
+	e := enginetest.New(t, func(o *engine.Options) { o.ReceiptDelay = time.Millisecond })
+	var members []*enginetest.Device
+	for _, name := range []string{"alice", "bob", "carol", "dave", "erin", "frank"} {
+		members = append(members, enginetest.Register(t, e, name))
+	}
+	conv := members[0].Create("six", members[1:]...)
+	const messages = 60
+	head := uint64(len(members)) + messages // create, five additions, the messages
+
+	var wg sync.WaitGroup
+	for _, m := range members {
+		s, err := e.OpenSession(m.Actor, engine.SessionOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		wg.Go(func() {
+			held := uint64(0)
+			var infos map[ulid.ULID]uint64 // member -> delivered, from the last receipts
+			for range 100_000 {
+				for {
+					ev, ok, err := s.Next()
+					if err != nil {
+						t.Errorf("%s: next: %v", m.Actor.User, err)
+						return
+					}
+					if !ok {
+						break
+					}
+					for _, b := range ev.Batches {
+						held = max(held, b.Ops[len(b.Ops)-1].Seq)
+					}
+					for _, c := range ev.Conversations {
+						infos = map[ulid.ULID]uint64{}
+						for _, r := range c.Receipts {
+							infos[r.User] = r.Delivered
+						}
+					}
+				}
+				if err := e.Mark(ctx, m.Actor, []engine.Marker{{Conv: conv, Delivered: held, Read: held}}); err != nil {
+					t.Errorf("mark: %v", err)
+					return
+				}
+				done := held == head && len(infos) == len(members)-1
+				for _, d := range infos {
+					done = done && d == head
+				}
+				if done {
+					return
+				}
+				<-s.Changed()
+			}
+			t.Errorf("%s never caught up", m.Actor.User)
+		})
+	}
+	for i := range messages {
+		members[i%2].Send(conv, "message")
+	}
+	wg.Wait()
 	enginetest.MustCheck(t, e)
 }

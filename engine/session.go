@@ -387,25 +387,20 @@ func (s *Session) live() error {
 		}
 		s.revocations = revocations
 	}
-	if verifyCaches {
-		if stored, err := readFeedPos(r.v); err != nil || stored < pos {
-			return fmt.Errorf("engine: feed position %d committed, the view has %d (%v)", pos, stored, err)
-		}
-	}
 	if pos <= s.pos { // <: the catch-up's view may be newer than the position read
 		s.wait = sig
 		return nil
 	}
 	entries, ok := s.w.changed(s.pos, pos)
-	if !ok || verifyCaches {
-		stored, err := r.changed(s.a.User, s.pos, pos)
-		if err != nil {
+	if !ok {
+		var err error
+		if entries, err = r.changed(s.a.User, s.pos, pos); err != nil {
 			return err
 		}
-		if ok && !slices.Equal(entries, stored) {
-			return fmt.Errorf("engine: the feed journal of user %s says %v after %d through %d; the store says %v", s.a.User, entries, s.pos, pos, stored)
+	} else if verifyCaches {
+		if err := s.verifyJournal(r, entries, pos); err != nil {
+			return err
 		}
-		entries = stored
 	}
 	var infos []ConvInfo
 	var ranges []item
@@ -445,6 +440,29 @@ func (s *Session) live() error {
 	}
 	s.queue = append(s.queue, ranges...)
 	s.queue = append(s.queue, item{kind: itemLivePos, pos: pos})
+	return nil
+}
+
+// verifyJournal checks what the journal said changed up to pos against the
+// store (verifyCaches). The view may be newer than pos: a conversation that
+// moved again past pos is then in the journal's answer (at its move up to
+// pos) and not the store's (which has it at its latest position only), and
+// either answer is right; the check needs a view at pos exactly.
+func (s *Session) verifyJournal(r reader, entries []feedEntry, pos uint64) error {
+	viewPos, err := readFeedPos(r.v)
+	if err != nil || viewPos < pos {
+		return fmt.Errorf("engine: feed position %d committed, the view has %d (%v)", pos, viewPos, err)
+	}
+	if viewPos != pos {
+		return nil
+	}
+	stored, err := r.changed(s.a.User, s.pos, pos)
+	if err != nil {
+		return err
+	}
+	if !slices.Equal(entries, stored) {
+		return fmt.Errorf("engine: the feed journal of user %s says %v after %d through %d; the store says %v", s.a.User, entries, s.pos, pos, stored)
+	}
 	return nil
 }
 
