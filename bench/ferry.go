@@ -404,17 +404,26 @@ func (c *ferryConn) take(ops *ferryv1.Ops, live bool) int {
 func (c *ferryConn) ack() {
 	c.d.mu.Lock()
 	ack := &ferryv1.Ack{}
+	sent := map[int]uint64{}
 	for idx, seq := range c.d.held {
 		if seq > c.d.acked[idx] {
 			ack.Markers = append(ack.Markers, &ferryv1.Marker{ConversationId: c.d.f.convs[idx].String(), Delivered: seq})
-			c.d.acked[idx] = seq
+			sent[idx] = seq
 		}
 	}
 	c.d.mu.Unlock()
-	if len(ack.Markers) > 0 {
-		c.sendMu.Lock()
-		_ = c.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: ack}})
-		c.sendMu.Unlock()
+	if len(ack.Markers) == 0 {
+		return
+	}
+	c.sendMu.Lock()
+	err := c.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: ack}})
+	c.sendMu.Unlock()
+	if err == nil {
+		c.d.mu.Lock()
+		for idx, seq := range sent {
+			c.d.acked[idx] = max(c.d.acked[idx], seq)
+		}
+		c.d.mu.Unlock()
 	}
 }
 

@@ -41,8 +41,8 @@ type Engine struct {
 
 	epoch ulid.ULID
 	hub   *hub
-	// receipts caches conversations' receipts by feed position.
-	receipts receiptCache
+	// receiptCache holds conversations' receipts by feed position.
+	receiptCache receiptCache
 
 	randMu sync.Mutex
 

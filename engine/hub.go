@@ -42,8 +42,9 @@ type hubShard struct {
 type userSignal struct {
 	ch   chan struct{}
 	refs int
-	// moves are the user's feed moves after position since, ascending by
-	// position; moves at positions not yet committed may be at the end.
+	// moves are the user's feed moves after position since (every one of
+	// them), ascending by position; moves at positions not yet committed
+	// may be at the end.
 	moves []feedMove
 	since uint64
 }
@@ -92,7 +93,7 @@ func (h *hub) record(pos uint64, moves []idPair) {
 	for _, m := range moves {
 		s := h.shard(m.a)
 		s.mu.Lock()
-		if sig := s.users[m.a]; sig != nil {
+		if sig := s.users[m.a]; sig != nil && !sig.has(pos, m.b) {
 			if len(sig.moves) == journalMoves {
 				sig.since = max(sig.since, sig.moves[0].pos)
 				sig.moves = append(sig.moves[:0], sig.moves[1:]...)
@@ -102,6 +103,24 @@ func (h *hub) record(pos uint64, moves []idPair) {
 		s.mu.Unlock()
 	}
 	h.recorded = max(h.recorded, pos)
+}
+
+// has reports whether the journal has conv's move to pos (a commit can
+// move both of the user's feeds for one conversation).
+func (sig *userSignal) has(pos uint64, conv ulid.ULID) bool {
+	for i := len(sig.moves) - 1; i >= 0 && sig.moves[i].pos == pos; i-- {
+		if sig.moves[i].conv == conv {
+			return true
+		}
+	}
+	return false
+}
+
+// start sets the position journals begin after: the store's at open.
+func (h *hub) start(pos uint64) {
+	h.rec.Lock()
+	h.recorded = pos
+	h.rec.Unlock()
 }
 
 // wake closes the current channel of every watched user in users.

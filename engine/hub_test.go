@@ -29,7 +29,10 @@ func TestJournal(t *testing.T) {
 	check(w, 1, 3, entries(feedEntry{c2, 3}, feedEntry{c3, 3}, feedEntry{c1, 2}), true)
 	check(w, 1, 2, entries(feedEntry{c1, 2}), true) // position 3 is not in the reader's view yet
 	check(w, 2, 3, entries(feedEntry{c2, 3}, feedEntry{c3, 3}), true)
-	h.record(4, []idPair{{alice, c1}}) // c1 moves again: only its latest position counts
+	h.record(4, []idPair{{alice, c1}, {alice, c1}}) // c1 moves again (both of alice's feeds): only its latest position counts
+	if sig := h.shard(alice).users[alice]; len(sig.moves) != 4 {
+		t.Fatalf("journal holds %d moves after 4 distinct ones", len(sig.moves))
+	}
 	check(w, 1, 4, entries(feedEntry{c1, 4}, feedEntry{c2, 3}, feedEntry{c3, 3}), true)
 	check(w, 1, 3, entries(feedEntry{c2, 3}, feedEntry{c3, 3}, feedEntry{c1, 2}), true)
 

@@ -49,14 +49,14 @@ type Receipt struct {
 type reader struct {
 	e *Engine
 	v *store.View
-	// session: a session's read, which takes receipts from the cache.
-	session bool
+	// shareReceipts: a session's read, which takes receipts from the cache.
+	shareReceipts bool
 }
 
 func (e *Engine) reader() reader { return reader{e: e, v: e.st.View()} }
 
 // sessionReader is a session's reader.
-func (e *Engine) sessionReader() reader { return reader{e: e, v: e.st.View(), session: true} }
+func (e *Engine) sessionReader() reader { return reader{e: e, v: e.st.View(), shareReceipts: true} }
 
 func (r reader) release() { r.v.Release() }
 
@@ -182,11 +182,11 @@ func (r reader) info(conv, user ulid.ULID) (ConvInfo, error) {
 // delay behind the markers, and the next position has them. Other reads
 // (a Conversation call) read the markers as they are.
 func (r reader) receipts(conv ulid.ULID, feedPos uint64) ([]Receipt, error) {
-	cached, hit := r.e.receipts.get(conv, feedPos)
+	cached, hit := r.e.receiptCache.get(conv, feedPos)
 	// In the engine's tests without a receipt delay, a feed position's
 	// receipts are exact: check the cache against the store.
-	exact := verifyCaches && r.e.opts.ReceiptDelay < 0
-	if hit && r.session && !exact {
+	checkCache := verifyCaches && r.e.opts.ReceiptDelay < 0
+	if hit && r.shareReceipts && !checkCache {
 		return cached, nil
 	}
 	var all []Receipt
@@ -206,10 +206,10 @@ func (r reader) receipts(conv ulid.ULID, feedPos uint64) ([]Receipt, error) {
 	if err != nil {
 		return nil, err
 	}
-	if hit && r.session && !slices.Equal(cached, all) {
+	if hit && r.shareReceipts && !slices.Equal(cached, all) {
 		return nil, fmt.Errorf("engine: cached receipts of %s at feed position %d are %v; the store says %v", conv, feedPos, cached, all)
 	}
-	r.e.receipts.put(conv, feedPos, all)
+	r.e.receiptCache.put(conv, feedPos, all)
 	return all, nil
 }
 
@@ -249,10 +249,16 @@ func (c *receiptCache) put(conv ulid.ULID, feedPos uint64, all []Receipt) {
 	s := c.shard(conv)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if at, ok := s.m[conv]; ok && at.feedPos > feedPos {
+	at, ok := s.m[conv]
+	if ok && at.feedPos > feedPos {
 		return // a reader with a newer view was first
 	}
-	if s.m == nil || len(s.m) >= receiptShardSize {
+	if !ok && len(s.m) >= receiptShardSize {
+		// Past 4,096 conversations with receipts in play the cache starts
+		// over more often; it then costs a map, and the reads it saved.
+		clear(s.m)
+	}
+	if s.m == nil {
 		s.m = make(map[ulid.ULID]receiptsAt, receiptShardSize)
 	}
 	s.m[conv] = receiptsAt{feedPos: feedPos, all: all}

@@ -100,6 +100,7 @@ func (w *writer) init(e *Engine) error {
 		return fmt.Errorf("read feed position: %w", err)
 	}
 	e.feedPos.Store(w.feedPos)
+	e.hub.start(w.feedPos)
 	w.receipts = map[ulid.ULID]struct{}{}
 	w.active = map[idPair]struct{}{}
 	err = scan(v, []byte{keys.TReceipts}, func(k, _ []byte) error {

@@ -10,12 +10,11 @@ import (
 // Connect flushes the response after every message it sends on a stream:
 // with HTTP/2 that is a DATA frame, a hand-off to the connection's writer
 // goroutine and a write system call per message, on both ends. A live
-// round is usually two messages (the conversations that changed, then their
-// ops) and a catch-up many more, sent back to back. flushGate lets a
-// session hold the flush of a message that has another right behind it, so
-// the round leaves in one write: the last message's flush sends everything
-// buffered. Nothing waits on a held flush: the session holds only while it
-// has the next message ready, and the stream's end flushes too.
+// round is usually two messages, the conversations that changed and then
+// their ops. flushGate lets a session hold the flush of a message that has
+// another right behind it, so the round leaves in one write: the next
+// message's flush sends both. The session holds only while its next
+// message is ready, and the stream's end flushes too.
 //
 // A flushGate is used by one goroutine, the session's sender, which is the
 // only one that sends on the stream.

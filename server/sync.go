@@ -458,9 +458,11 @@ func (l *loop) run(ctx context.Context) error {
 			return connectError(err)
 		}
 		if ok {
-			// The messages of a round leave in one write: hold the flush
-			// while the session has its next message ready.
-			l.hold(l.sess.Pending())
+			// A round's conversations and their ops leave in one write:
+			// hold the flush of a message whose ops follow at once. Ops
+			// of a catch-up still leave one message at a time, so the
+			// newest pages are not held up behind the backfill.
+			l.hold(l.sess.Pending() && (ev.Kind == engine.EventConversations || ev.Phase == engine.PhaseLive))
 			err := l.s.sendEvent(l.out, ev)
 			l.hold(false)
 			if err != nil {

@@ -256,7 +256,8 @@ func (f flushCounter) Flush() {
 }
 
 // TestRoundLeavesInOneWrite: the messages of a live round (conversations,
-// then ops) and of a catch-up leave with one flush, not one per message.
+// then ops) leave with one flush, and a catch-up's conversations with their
+// first ops.
 func TestRoundLeavesInOneWrite(t *testing.T) {
 	var flushes atomic.Int64
 	srv := servertest.New(t, servertest.Config{Wrap: func(h http.Handler) http.Handler {
@@ -273,13 +274,13 @@ func TestRoundLeavesInOneWrite(t *testing.T) {
 
 	s := bob.open(hello("", 0))
 	s.untilCaughtUp()
-	// Welcome, then conversations, ops and caught-up: two flushes (Connect
-	// flushes the response headers with the first message).
-	if len(s.messages) < 4 {
-		t.Fatalf("catch-up was %d messages; want at least 4", len(s.messages))
+	// Welcome, conversations, ops, caught-up: the conversations leave with
+	// their ops.
+	if len(s.messages) != 4 {
+		t.Fatalf("catch-up was %d messages; want welcome, conversations, ops and caught-up", len(s.messages))
 	}
-	if n := flushes.Load(); n > 2 {
-		t.Fatalf("catch-up of %d messages took %d flushes; want at most 2", len(s.messages), n)
+	if n := flushes.Load(); n != 3 {
+		t.Fatalf("catch-up of %d messages took %d flushes; want 3", len(s.messages), n)
 	}
 
 	for i, conv := range convs {
