@@ -221,8 +221,11 @@ func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error
 	f.devs = make([]*ferryDevice, clients)
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffff)
 	err := Parallel(ctx, clients, 32, func(i int) error {
-		acc, _, _ := f.client(-1, &atomic.Int64{})
+		acc, _, hc := f.client(-1, &atomic.Int64{})
 		resp, err := acc.Register(ctx, &ferryv1.RegisterRequest{Username: fmt.Sprintf("b%s-%d", run, i), Password: "bench password", DeviceName: "bench"})
+		// The device's own client connects anew: leave no connection of
+		// the sign-up open on the server.
+		hc.CloseIdleConnections()
 		if err != nil {
 			return fmt.Errorf("register client %d: %w", i, err)
 		}
