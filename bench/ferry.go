@@ -305,10 +305,31 @@ type ferryConn struct {
 	onMsg  func(conv int, payload []byte)
 	done   chan error
 
-	sendMu  sync.Mutex
-	mu      sync.Mutex
-	nextReq uint64
-	pending map[uint64]func(error)
+	sendMu   sync.Mutex
+	mu       sync.Mutex
+	nextReq  uint64
+	pending  map[uint64]func(error)
+	ackArmed bool // an ack is due within ackDelay
+}
+
+// ackDelay is how long markers gather before an ack, as in the Go SDK
+// (clientsdk.WithAckDelay).
+const ackDelay = 10 * time.Millisecond
+
+// ackSoon sends an ack ackDelay after the first round that needs one.
+func (c *ferryConn) ackSoon() {
+	c.mu.Lock()
+	armed := c.ackArmed
+	c.ackArmed = true
+	c.mu.Unlock()
+	if !armed {
+		time.AfterFunc(ackDelay, func() {
+			c.mu.Lock()
+			c.ackArmed = false
+			c.mu.Unlock()
+			c.ack()
+		})
+	}
 }
 
 // Connect opens the device's session and waits until it is caught up.
@@ -441,7 +462,7 @@ func (c *ferryConn) receive() error {
 		case *ferryv1.SyncResponse_Ops:
 			c.take(x.Ops, true)
 			if x.Ops.GetFeedPos() != 0 {
-				c.ack()
+				c.ackSoon()
 			}
 		case *ferryv1.SyncResponse_PushResult:
 			c.mu.Lock()

@@ -248,6 +248,11 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 	}()
 	hb := d.opts.clock.NewTimer(d.opts.heartbeat)
 	defer hb.Stop()
+	// Acks gather for ackDelay after the first marker to send.
+	var ackDue <-chan time.Time
+	ackTimer := d.opts.clock.NewTimer(time.Hour)
+	ackTimer.Stop()
+	defer ackTimer.Stop()
 	s.flush()
 	s.sendAcks()
 	for {
@@ -260,6 +265,14 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 		case <-s.flushWake:
 			s.flush()
 		case <-d.ackWake:
+			if d.opts.ackDelay == 0 {
+				s.sendAcks()
+			} else if ackDue == nil {
+				ackTimer.Reset(d.opts.ackDelay)
+				ackDue = ackTimer.C()
+			}
+		case <-ackDue:
+			ackDue = nil
 			s.sendAcks()
 		case <-hb.C():
 			s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Heartbeat{Heartbeat: &ferryv1.Heartbeat{}}})

@@ -33,6 +33,7 @@ type options struct {
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	heartbeat  time.Duration
+	ackDelay   time.Duration
 	client     string
 	compress   bool
 }
@@ -45,6 +46,7 @@ func defaultOptions() options {
 		minBackoff: 250 * time.Millisecond,
 		maxBackoff: 30 * time.Second,
 		heartbeat:  20 * time.Second,
+		ackDelay:   10 * time.Millisecond,
 		client:     "ferry-go-sdk/1",
 		compress:   true,
 	}
@@ -83,6 +85,15 @@ func WithBackoff(min, max time.Duration) Option {
 // WithHeartbeat sets how often the device sends a heartbeat on an idle
 // session. Default 20s; it must stay under the server's heartbeat interval.
 func WithHeartbeat(d time.Duration) Option { return optionFunc(func(o *options) { o.heartbeat = d }) }
+
+// WithAckDelay sets how long the markers a session has to send (what the
+// device now holds, what the user read) gather before they go out in one
+// ack. Under load a device then acks many rounds at once, which spares the
+// server most of its per-ack work; receipts wait on the server longer than
+// this anyway. Default 10ms; 0 sends every ack at once.
+func WithAckDelay(d time.Duration) Option {
+	return optionFunc(func(o *options) { o.ackDelay = max(d, 0) })
+}
 
 // WithoutCompression sends and accepts uncompressed messages, for
 // debugging and for measuring what compression saves. By default messages
