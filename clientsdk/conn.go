@@ -118,11 +118,13 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 			delay = d.backoff(attempt)
 			d.log.Info("sync disconnected; retrying", "err", err, "in", delay)
 		}
+		// Arm the timer before telling anyone when it fires: whoever
+		// reads RetryAt (a test moving a fake clock) must find it armed.
 		retryAt := d.opts.clock.Now().Add(delay)
+		t := d.opts.clock.NewTimer(delay)
 		d.mu.Lock()
 		d.setStatus(func(s *Status) { *s = Status{State: StateOffline, Err: err, RetryAt: retryAt} })
 		d.mu.Unlock()
-		t := d.opts.clock.NewTimer(delay)
 		select {
 		case <-t.C():
 		case <-ctx.Done():
