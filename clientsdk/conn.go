@@ -252,9 +252,12 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 	defer hb.Stop()
 	// Acks gather for ackDelay after the first marker to send.
 	var ackDue <-chan time.Time
-	ackTimer := d.opts.clock.NewTimer(time.Hour)
-	ackTimer.Stop()
-	defer ackTimer.Stop()
+	var ackTimer Timer
+	defer func() {
+		if ackTimer != nil {
+			ackTimer.Stop()
+		}
+	}()
 	s.flush()
 	s.sendAcks()
 	for {
@@ -270,7 +273,11 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 			if d.opts.ackDelay == 0 {
 				s.sendAcks()
 			} else if ackDue == nil {
-				ackTimer.Reset(d.opts.ackDelay)
+				if ackTimer == nil {
+					ackTimer = d.opts.clock.NewTimer(d.opts.ackDelay)
+				} else {
+					ackTimer.Reset(d.opts.ackDelay)
+				}
 				ackDue = ackTimer.C()
 			}
 		case <-ackDue:

@@ -11,6 +11,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/ferrysync/ferry/bench"
 	"github.com/ferrysync/ferry/clientsdk"
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
@@ -29,19 +30,8 @@ func countingClient(read *atomic.Int64) *http.Client {
 			if err != nil {
 				return nil, err
 			}
-			return &countConn{Conn: c, read: read}, nil
+			return &bench.CountingConn{Conn: c, Bytes: read}, nil
 		}}}
-}
-
-type countConn struct {
-	net.Conn
-	read *atomic.Int64
-}
-
-func (c *countConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.read.Add(int64(n))
-	return n, err
 }
 
 // TestLongOffline: a device is offline while 50,000 ops arrive across 200

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"cmp"
 	"slices"
 	"sync"
 
@@ -184,12 +183,7 @@ func (w *watch) changed(after, through uint64) ([]feedEntry, bool) {
 		out = append(out, feedEntry{conv: m.conv, pos: m.pos})
 	}
 	s.mu.Unlock()
-	slices.SortFunc(out, func(a, b feedEntry) int {
-		if c := cmp.Compare(b.pos, a.pos); c != 0 {
-			return c
-		}
-		return a.conv.Compare(b.conv)
-	})
+	sortFeed(out)
 	return out, true
 }
 

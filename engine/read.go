@@ -297,13 +297,18 @@ func (r reader) changed(user ulid.ULID, after, through uint64) ([]feedEntry, err
 	for c, p := range latest {
 		out = append(out, feedEntry{conv: c, pos: p})
 	}
-	slices.SortFunc(out, func(a, b feedEntry) int {
+	sortFeed(out)
+	return out, nil
+}
+
+// sortFeed orders changed conversations most recently changed first.
+func sortFeed(es []feedEntry) {
+	slices.SortFunc(es, func(a, b feedEntry) int {
 		if c := cmp.Compare(b.pos, a.pos); c != 0 {
 			return c
 		}
 		return a.conv.Compare(b.conv)
 	})
-	return out, nil
 }
 
 // opSize estimates an op's size on the wire, for bounding batches.
