@@ -211,15 +211,38 @@ func (e *Engine) Backup(dir string) error {
 	return nil
 }
 
-// DiskUsage is the bytes the store occupies, after an optional full
-// compaction.
-func (e *Engine) DiskUsage(compact bool) (uint64, error) {
+// DiskUsage is what the store occupies on disk, in bytes.
+type DiskUsage struct {
+	// Tables is the live data; it grows with the history.
+	Tables uint64
+	// WAL is the write-ahead log of the writes not yet flushed to tables:
+	// at most about a memtable (Options.MemTableSize).
+	WAL uint64
+	// Obsolete is files the store no longer needs: compacted tables that
+	// Pebble deletes at a paced rate, and WAL files it keeps to reuse (at
+	// most three, each up to a memtable). It does not grow with the history.
+	Obsolete uint64
+	// Other is the manifest and options files and compactions in progress.
+	Other uint64
+}
+
+// Live is the bytes the data needs: everything but the obsolete files.
+func (u DiskUsage) Live() uint64 { return u.Tables + u.WAL + u.Other }
+
+// Total is every byte the store's files occupy now.
+func (u DiskUsage) Total() uint64 { return u.Live() + u.Obsolete }
+
+// DiskUsage reports what the store occupies on disk, after a full
+// compaction when compact is set (which also flushes the memtable, so the
+// WAL holds almost nothing).
+func (e *Engine) DiskUsage(compact bool) (DiskUsage, error) {
 	if compact {
 		if err := e.st.Compact(); err != nil {
-			return 0, err
+			return DiskUsage{}, err
 		}
 	}
-	return e.st.DiskUsage(), nil
+	sp := e.st.Space()
+	return DiskUsage{Tables: sp.Tables, WAL: sp.WAL, Obsolete: sp.Obsolete, Other: sp.Other}, nil
 }
 
 // Metrics are counters since Open.

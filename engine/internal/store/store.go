@@ -274,8 +274,38 @@ func (s *Store) Compact() error {
 	return s.db.Compact(context.Background(), []byte{0}, []byte{0xff, 0xff}, true)
 }
 
-// DiskUsage is the bytes the database occupies on disk.
-func (s *Store) DiskUsage() uint64 { return s.db.Metrics().DiskSpaceUsage() }
+// Space is what the database occupies on disk, in bytes.
+type Space struct {
+	// Tables is the live tables (and blob files): the data.
+	Tables uint64
+	// WAL is the write-ahead log in use: what was written since the last
+	// memtable flush.
+	WAL uint64
+	// Obsolete is files Pebble no longer reads: compacted tables it deletes
+	// at a paced rate, and flushed WAL files it keeps to reuse (at most
+	// MemTableStopWritesThreshold+1 of them, each up to a memtable's worth).
+	// It does not grow with the data.
+	Obsolete uint64
+	// Other is the manifest, the options file and compactions in progress.
+	Other uint64
+}
+
+// Live is what the data costs: everything but the obsolete files.
+func (s Space) Live() uint64 { return s.Tables + s.WAL + s.Other }
+
+// Space reports the bytes the database occupies on disk.
+func (s *Store) Space() Space {
+	m := s.db.Metrics()
+	sp := Space{
+		Tables:   m.Table.Local.LiveSize + m.BlobFiles.Local.LiveSize,
+		WAL:      m.WAL.PhysicalSize,
+		Obsolete: m.WAL.ObsoletePhysicalSize + m.Table.Local.ObsoleteSize + m.Table.Local.ZombieSize + m.BlobFiles.Local.ObsoleteSize + m.BlobFiles.Local.ZombieSize,
+	}
+	if total := m.DiskSpaceUsage(); total > sp.Tables+sp.WAL+sp.Obsolete {
+		sp.Other = total - sp.Tables - sp.WAL - sp.Obsolete
+	}
+	return sp
+}
 
 // View is a durable, consistent read-only view of the database.
 type View struct {
