@@ -3,10 +3,12 @@
 // github.com/klauspost/compress.
 //
 // Connect asks for one writer per message and closes it when the message is
-// written. The zstd compressor buffers the message and compresses it on
-// Close with one encoder shared by every stream (Encoder.EncodeAll is safe
+// written. Both compressors buffer the message and compress it on Close:
+// zstd with one encoder shared by every stream (Encoder.EncodeAll is safe
 // for concurrent use), instead of a streaming encoder per connection, which
-// would cost megabytes per idle stream. Decoders are pooled and refuse
+// would cost megabytes per idle stream; gzip with pooled writers. A message
+// that many streams send alike (a live round to every member of a
+// conversation) is compressed once: see memo. Decoders are pooled and refuse
 // frames whose window exceeds a bound, so a hostile frame cannot make the
 // server allocate more than that; Connect limits the decompressed size
 // itself.
@@ -40,6 +42,7 @@ const MaxWindow = 8 << 20
 // Zstd is a "zstd" compressor.
 type Zstd struct {
 	enc     *zstd.Encoder
+	memo    *memo
 	bufs    sync.Pool // *bytes.Buffer
 	readers sync.Pool // *zstdReader
 }
@@ -50,7 +53,7 @@ func NewZstd() *Zstd {
 	if err != nil {
 		panic(fmt.Sprintf("compression: zstd encoder: %v", err)) // only invalid options fail
 	}
-	return &Zstd{enc: enc}
+	return &Zstd{enc: enc, memo: newMemo()}
 }
 
 // Name is the content-encoding token.
@@ -59,39 +62,49 @@ func (z *Zstd) Name() string { return connect.CompressionNameZstd }
 // Compress returns a writer that compresses what it was given into dst when
 // closed.
 func (z *Zstd) Compress(dst io.Writer) (io.WriteCloser, error) {
-	b, _ := z.bufs.Get().(*bytes.Buffer)
+	return newBufWriter(dst, &z.bufs, z.compress), nil
+}
+
+func (z *Zstd) compress(in []byte) []byte {
+	return z.memo.compress(in, func(in []byte) []byte { return z.enc.EncodeAll(in, nil) })
+}
+
+// bufWriter buffers one message and writes its compression to dst on
+// Close.
+type bufWriter struct {
+	dst      io.Writer
+	pool     *sync.Pool // *bytes.Buffer
+	buf      *bytes.Buffer
+	compress func([]byte) []byte
+}
+
+func newBufWriter(dst io.Writer, pool *sync.Pool, compress func([]byte) []byte) *bufWriter {
+	b, _ := pool.Get().(*bytes.Buffer)
 	if b == nil {
 		b = new(bytes.Buffer)
 	}
 	b.Reset()
-	return &zstdWriter{z: z, dst: dst, buf: b}, nil
-}
-
-type zstdWriter struct {
-	z   *Zstd
-	dst io.Writer
-	buf *bytes.Buffer
+	return &bufWriter{dst: dst, pool: pool, buf: b, compress: compress}
 }
 
 var errClosed = errors.New("compression: use after Close")
 
-func (w *zstdWriter) Write(p []byte) (int, error) {
+func (w *bufWriter) Write(p []byte) (int, error) {
 	if w.buf == nil {
 		return 0, errClosed
 	}
 	return w.buf.Write(p)
 }
 
-func (w *zstdWriter) Close() error {
+func (w *bufWriter) Close() error {
 	if w.buf == nil {
 		return nil
 	}
-	out := w.z.enc.EncodeAll(w.buf.Bytes(), nil)
-	_, err := w.dst.Write(out)
+	_, err := w.dst.Write(w.compress(w.buf.Bytes()))
 	// Keep big buffers out of the pool: one large message must not pin
 	// megabytes per pooled buffer forever.
 	if w.buf.Cap() <= 1<<20 {
-		w.z.bufs.Put(w.buf)
+		w.pool.Put(w.buf)
 	}
 	w.buf = nil
 	return err
@@ -146,51 +159,41 @@ func (r *zstdReader) Close() error {
 // Gzip is a "gzip" compressor with pooled writers and readers.
 type Gzip struct {
 	level   int
-	writers sync.Pool // *gzipWriter
+	memo    *memo
+	bufs    sync.Pool // *bytes.Buffer
+	writers sync.Pool // *gzip.Writer
 	readers sync.Pool // *gzipReader
 }
 
 // NewGzip returns a gzip compressor at the default level.
-func NewGzip() *Gzip { return &Gzip{level: gzip.DefaultCompression} }
+func NewGzip() *Gzip { return &Gzip{level: gzip.DefaultCompression, memo: newMemo()} }
 
 // Name is the content-encoding token.
 func (g *Gzip) Name() string { return connect.CompressionNameGzip }
 
-// Compress returns a writer that compresses into dst.
+// Compress returns a writer that compresses what it was given into dst
+// when closed.
 func (g *Gzip) Compress(dst io.Writer) (io.WriteCloser, error) {
-	if w, _ := g.writers.Get().(*gzipWriter); w != nil {
-		w.w.Reset(dst)
-		w.closed = false
-		return w, nil
-	}
-	gw, err := gzip.NewWriterLevel(dst, g.level)
-	if err != nil {
-		return nil, fmt.Errorf("compression: gzip writer: %w", err)
-	}
-	return &gzipWriter{g: g, w: gw}, nil
+	return newBufWriter(dst, &g.bufs, g.compress), nil
 }
 
-type gzipWriter struct {
-	g      *Gzip
-	w      *gzip.Writer
-	closed bool
-}
-
-func (w *gzipWriter) Write(p []byte) (int, error) {
-	if w.closed {
-		return 0, errClosed
-	}
-	return w.w.Write(p)
-}
-
-func (w *gzipWriter) Close() error {
-	if w.closed {
-		return nil
-	}
-	w.closed = true
-	err := w.w.Close()
-	w.g.writers.Put(w)
-	return err
+func (g *Gzip) compress(in []byte) []byte {
+	return g.memo.compress(in, func(in []byte) []byte {
+		var out bytes.Buffer
+		w, _ := g.writers.Get().(*gzip.Writer)
+		if w == nil {
+			// Only an invalid level fails, and the level is a constant.
+			w, _ = gzip.NewWriterLevel(&out, g.level)
+		} else {
+			w.Reset(&out)
+		}
+		// Writes to a bytes.Buffer do not fail.
+		_, _ = w.Write(in)
+		_ = w.Close()
+		w.Reset(io.Discard) // let go of out
+		g.writers.Put(w)
+		return out.Bytes()
+	})
 }
 
 // Decompress returns a reader of src's decompressed bytes.
