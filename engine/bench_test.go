@@ -15,8 +15,9 @@ import (
 )
 
 // openOnDisk opens an engine on the real filesystem, where fsync costs what
-// it costs.
+// it costs, without the tests' cache checks.
 func openOnDisk(b *testing.B) *engine.Engine {
+	engine.MeasureWithoutChecks(b)
 	o := enginetest.Options(b, 1)
 	o.FS = vfs.Default
 	o.MemTableSize = 64 << 20
@@ -116,4 +117,61 @@ func BenchmarkCatchUpRead(b *testing.B) {
 		s.Close()
 	}
 	b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "ops/s")
+}
+
+// BenchmarkLiveRound measures the engine's side of live fan-out: one
+// message committed to a conversation of `members` users (not timed), then
+// every member's session reads its live round (conversations, ops,
+// position). ns/op is per delivery: one session's round.
+func BenchmarkLiveRound(b *testing.B) {
+	for _, members := range []int{10, 1000} {
+		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) {
+			e := openOnDisk(b)
+			devs := make([]*enginetest.Device, members)
+			for i := range devs {
+				devs[i] = enginetest.Register(b, e, fmt.Sprintf("member%d", i))
+			}
+			conv := devs[0].Create("live", devs[1:]...)
+			sessions := make([]*engine.Session, members)
+			for i, d := range devs {
+				s, err := e.OpenSession(d.Actor, engine.SessionOptions{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(s.Close)
+				sessions[i] = s
+				drainSession(b, s)
+			}
+			body := []byte("a message of an everyday length, like most in a chat: see you at lunch?")
+			b.ResetTimer()
+			for n := 0; n < b.N; n += members {
+				b.StopTimer()
+				devs[n/members%members].Push(devs[n/members%members].Op(conv, model.Op{Kind: model.KindMessage, Body: body}))
+				b.StartTimer()
+				for _, s := range sessions {
+					if got := drainSession(b, s); got != 1 {
+						b.Fatalf("a live round brought %d ops, want 1", got)
+					}
+				}
+			}
+		})
+	}
+}
+
+// drainSession reads a session's events until it has nothing to send and
+// returns the ops it brought.
+func drainSession(b *testing.B, s *engine.Session) int {
+	ops := 0
+	for {
+		ev, ok, err := s.Next()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !ok {
+			return ops
+		}
+		for _, bt := range ev.Batches {
+			ops += len(bt.Ops)
+		}
+	}
 }

@@ -51,12 +51,20 @@ type reader struct {
 	v *store.View
 	// shareReceipts: a session's read, which takes receipts from the cache.
 	shareReceipts bool
+	// counts, in a session's read, remembers the message count at the
+	// user's read marker per conversation (see messagesAt); nil elsewhere.
+	counts map[ulid.ULID]seqCount
 }
+
+// seqCount is the number of message ops up to and including seq.
+type seqCount struct{ seq, messages uint64 }
 
 func (e *Engine) reader() reader { return reader{e: e, v: e.st.View()} }
 
-// sessionReader is a session's reader.
-func (e *Engine) sessionReader() reader { return reader{e: e, v: e.st.View(), shareReceipts: true} }
+// sessionReader is a session's reader; counts is the session's own.
+func (e *Engine) sessionReader(counts map[ulid.ULID]seqCount) reader {
+	return reader{e: e, v: e.st.View(), shareReceipts: true, counts: counts}
+}
 
 func (r reader) release() { r.v.Release() }
 
@@ -131,6 +139,30 @@ func (r reader) messagesAt(conv ulid.ULID, seq uint64) (uint64, error) {
 	return op.Messages, nil
 }
 
+// messagesAtRead is messagesAt for the user's read marker. A session asks
+// for it in every live round of every conversation with unread messages,
+// while the marker moves only when the user reads: it keeps the last answer
+// per conversation. An op's message count never changes once stored.
+func (r reader) messagesAtRead(conv ulid.ULID, read uint64) (uint64, error) {
+	if r.counts == nil {
+		return r.messagesAt(conv, read)
+	}
+	c, ok := r.counts[conv]
+	hit := ok && c.seq == read
+	if hit && !verifyCaches {
+		return c.messages, nil
+	}
+	n, err := r.messagesAt(conv, read)
+	if err != nil {
+		return 0, err
+	}
+	if hit && c.messages != n {
+		return 0, fmt.Errorf("engine: remembered %d messages up to seq %d of %s; the store says %d", c.messages, read, conv, n)
+	}
+	r.counts[conv] = seqCount{seq: read, messages: n}
+	return n, nil
+}
+
 // info computes what user sees of conv.
 func (r reader) info(conv, user ulid.ULID) (ConvInfo, error) {
 	c, m, head, err := r.access(conv, user)
@@ -154,7 +186,7 @@ func (r reader) info(conv, user ulid.ULID) (ConvInfo, error) {
 				return ConvInfo{}, err
 			}
 		}
-		atRead, err := r.messagesAt(conv, info.Read)
+		atRead, err := r.messagesAtRead(conv, info.Read)
 		if err != nil {
 			return ConvInfo{}, err
 		}

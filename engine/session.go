@@ -128,9 +128,10 @@ type Session struct {
 	welcome Welcome
 
 	queue  []item
-	sent   map[ulid.ULID]uint64 // conversation -> last seq sent or known held
-	shown  map[ulid.ULID]uint64 // conversation -> digest of the last info sent
-	pos    uint64               // every change up to here was sent
+	sent   map[ulid.ULID]uint64   // conversation -> last seq sent or known held
+	shown  map[ulid.ULID]uint64   // conversation -> digest of the last info sent
+	counts map[ulid.ULID]seqCount // conversation -> message count at the user's read marker
+	pos    uint64                 // every change up to here was sent
 	caught bool
 	// revocations is the engine's revocation count when the device was
 	// last found active: live rounds look the device up again only after
@@ -178,7 +179,7 @@ func (e *Engine) OpenSession(a Actor, o SessionOptions) (*Session, error) {
 	if o.Epoch == (ulid.ULID{}) {
 		o.FeedPos = 0
 	}
-	s := &Session{e: e, a: a, o: o, sent: map[ulid.ULID]uint64{}, shown: map[ulid.ULID]uint64{}}
+	s := &Session{e: e, a: a, o: o, sent: map[ulid.ULID]uint64{}, shown: map[ulid.ULID]uint64{}, counts: map[ulid.ULID]seqCount{}}
 	// Watch before reading, so that a commit after the read still wakes us.
 	s.w = e.hub.watch(a.User)
 	if err := s.plan(); err != nil {
@@ -191,7 +192,7 @@ func (e *Engine) OpenSession(a Actor, o SessionOptions) (*Session, error) {
 // plan reads the feed once and queues the whole catch-up.
 func (s *Session) plan() error {
 	s.revocations = s.e.revocations.Load() // before the view, which then includes them
-	r := s.e.sessionReader()
+	r := s.e.sessionReader(s.counts)
 	defer r.release()
 	if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
 		if err != nil {
@@ -327,7 +328,7 @@ func (s *Session) Next() (ev Event, ok bool, err error) {
 // session's batch limits. A range that does not fit stays queued with its
 // start moved on, so batches stay contiguous and nothing is sent twice.
 func (s *Session) nextOps() (Event, bool, error) {
-	r := s.e.sessionReader()
+	r := s.e.sessionReader(s.counts)
 	defer r.release()
 	ev := Event{Kind: EventOps, Phase: s.queue[0].phase}
 	opsLeft, bytesLeft := s.o.MaxBatchOps, s.o.MaxBatchBytes
@@ -374,7 +375,7 @@ func (s *Session) live() error {
 	// The position before the view, which then includes it; a commit in
 	// between closes sig, and the next round takes it.
 	pos := s.e.feedPos.Load()
-	r := s.e.sessionReader()
+	r := s.e.sessionReader(s.counts)
 	defer r.release()
 	// Revoking a device wakes its sessions without moving any feed, and
 	// counts in Engine.revocations before it wakes them.
