@@ -179,12 +179,13 @@ type ferryDevice struct {
 	http   *http.Client
 	sync   ferryv1connect.SyncServiceClient
 
-	mu      sync.Mutex
-	dots    map[int]uint64
-	held    map[int]uint64 // conv -> highest seq held (ops arrive in seq order)
-	acked   map[int]uint64 // conv -> highest seq acknowledged on the stream
-	pos     uint64
-	entropy *ulid.MonotonicEntropy
+	mu       sync.Mutex
+	dots     map[int]uint64
+	held     map[int]uint64 // conv -> highest seq held (ops arrive in seq order)
+	acked    map[int]uint64 // conv -> highest seq acknowledged on the stream
+	receipts map[int]bool   // conv -> the conversation shares receipts
+	pos      uint64
+	entropy  *ulid.MonotonicEntropy
 }
 
 // client makes RPC clients for device i (none signed in when i < 0) whose
@@ -231,7 +232,7 @@ func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error
 		}
 		s := resp.GetSession()
 		d := &ferryDevice{f: f, i: i, token: s.GetToken(), user: ulid.MustParseStrict(s.GetUserId()),
-			device: ulid.MustParseStrict(s.GetDeviceId()), dots: map[int]uint64{}, held: map[int]uint64{},
+			device: ulid.MustParseStrict(s.GetDeviceId()), dots: map[int]uint64{}, held: map[int]uint64{}, receipts: map[int]bool{},
 			entropy: ulid.Monotonic(newRand(uint64(i)), 0)}
 		f.mu.Lock()
 		f.devs[i] = d
@@ -305,31 +306,55 @@ type ferryConn struct {
 	onMsg  func(conv int, payload []byte)
 	done   chan error
 
-	sendMu   sync.Mutex
-	mu       sync.Mutex
-	nextReq  uint64
-	pending  map[uint64]func(error)
-	ackArmed bool // an ack is due within ackDelay
+	sendMu  sync.Mutex
+	mu      sync.Mutex
+	nextReq uint64
+	pending map[uint64]func(error)
+	ackAt   time.Time // when the armed ack goes; zero when none is armed
+	ackGen  int       // counts armings, so a stale timer does not disarm a new one
+	ackT    *time.Timer
 }
 
-// ackDelay is how long markers gather before an ack, as in the Go SDK
-// (clientsdk.WithAckDelay).
-const ackDelay = 10 * time.Millisecond
+// As in the Go SDK: markers gather for ackDelay (clientsdk.WithAckDelay),
+// and for resumeAckDelay when only delivered markers of conversations
+// without receipts wait, since those only set where the next session
+// resumes (clientsdk.WithResumeAckDelay).
+const (
+	ackDelay       = 10 * time.Millisecond
+	resumeAckDelay = time.Second
+)
 
-// ackSoon sends an ack ackDelay after the first round that needs one.
+// ackSoon arms the ack for the markers the device has to send.
 func (c *ferryConn) ackSoon() {
-	c.mu.Lock()
-	armed := c.ackArmed
-	c.ackArmed = true
-	c.mu.Unlock()
-	if !armed {
-		time.AfterFunc(ackDelay, func() {
-			c.mu.Lock()
-			c.ackArmed = false
-			c.mu.Unlock()
-			c.ack()
-		})
+	delay := resumeAckDelay
+	c.d.mu.Lock()
+	for idx, seq := range c.d.held {
+		if seq > c.d.acked[idx] && c.d.receipts[idx] {
+			delay = ackDelay
+			break
+		}
 	}
+	c.d.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at := time.Now().Add(delay)
+	if !c.ackAt.IsZero() && !at.Before(c.ackAt) {
+		return // due sooner already
+	}
+	if c.ackT != nil {
+		c.ackT.Stop()
+	}
+	c.ackGen++
+	gen := c.ackGen
+	c.ackAt = at
+	c.ackT = time.AfterFunc(delay, func() {
+		c.mu.Lock()
+		if c.ackGen == gen {
+			c.ackAt, c.ackT = time.Time{}, nil
+		}
+		c.mu.Unlock()
+		c.ack()
+	})
 }
 
 // Connect opens the device's session and waits until it is caught up.
@@ -350,7 +375,9 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 		cancel()
 		return 0, time.Time{}, err
 	}
+	c.sendMu.Lock() // a late ack may be sending on the old stream
 	c.st, c.cancel, c.done = st, cancel, make(chan error, 1)
+	c.sendMu.Unlock()
 	c.d.f.mu.Lock()
 	epoch := c.d.f.epoch
 	c.d.f.mu.Unlock()
@@ -380,6 +407,8 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 			c.d.f.mu.Lock()
 			c.d.f.epoch = x.Welcome.GetEpoch()
 			c.d.f.mu.Unlock()
+		case *ferryv1.SyncResponse_Conversations:
+			c.infos(x.Conversations)
 		case *ferryv1.SyncResponse_Ops:
 			n += c.take(x.Ops, false)
 		case *ferryv1.SyncResponse_CaughtUp:
@@ -390,6 +419,18 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 			c.ack()
 			go func() { c.done <- c.receive() }()
 			return n, at, nil
+		}
+	}
+}
+
+// infos records which conversations share receipts.
+func (c *ferryConn) infos(cs *ferryv1.Conversations) {
+	c.d.mu.Lock()
+	defer c.d.mu.Unlock()
+	for _, ci := range cs.GetConversations() {
+		conv, _ := ulid.ParseStrict(ci.GetId())
+		if idx, known := c.d.f.convIdx[conv]; known {
+			c.d.receipts[idx] = ci.GetReceiptsShared()
 		}
 	}
 }
@@ -459,6 +500,8 @@ func (c *ferryConn) receive() error {
 			return err
 		}
 		switch x := m.GetMessage().(type) {
+		case *ferryv1.SyncResponse_Conversations:
+			c.infos(x.Conversations)
 		case *ferryv1.SyncResponse_Ops:
 			c.take(x.Ops, true)
 			if x.Ops.GetFeedPos() != 0 {
@@ -536,6 +579,13 @@ func (c *ferryConn) Close() error {
 // stop ends the stream and waits for the receiver. Cancelling the context
 // alone does not unblock a Receive in flight: the stream must be closed.
 func (c *ferryConn) stop() {
+	c.mu.Lock()
+	if c.ackT != nil {
+		c.ackT.Stop()
+		c.ackGen++
+		c.ackAt, c.ackT = time.Time{}, nil
+	}
+	c.mu.Unlock()
 	c.cancel()
 	_ = c.st.Close()
 	<-c.done

@@ -1,12 +1,19 @@
 package clientsdk_test
 
 import (
+	"encoding/binary"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrysync/ferry/clientsdk"
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/internal/clock"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -37,12 +44,16 @@ func TestAcksGather(t *testing.T) {
 	waitFor(t, bob, "bob receives both", has(t, bob, conv, "one", "two"))
 
 	// Bob's own message goes out on the same stream after any ack sent so
-	// far, and comes back once the server has applied them.
+	// far, and comes back once the server has applied them. (Alice acks at
+	// once, so it may be delivered by the time bob looks.)
 	three, err := bob.SendText(ctx, conv, "three")
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, bob, "bob's message is accepted", func() bool { return status(t, bob, conv, three) == clientsdk.StatusSent })
+	waitFor(t, bob, "bob's message is accepted", func() bool {
+		st := status(t, bob, conv, three)
+		return st == clientsdk.StatusSent || st == clientsdk.StatusDelivered || st == clientsdk.StatusRead
+	})
 	acc, err := bob.Account()
 	if err != nil {
 		t.Fatal(err)
@@ -67,4 +78,133 @@ func TestAcksGather(t *testing.T) {
 		info, _, _, err := srv.Engine.Conversation(engine.Actor{User: acc.User, Device: acc.Device}, conv)
 		return err == nil && info.Delivered >= twoSeq
 	})
+}
+
+// TestResumeAcksWait: in a conversation without receipts, a delivered
+// marker only sets where the next session resumes, so it waits
+// WithResumeAckDelay (1s by default) rather than the ack delay; a read
+// still goes after the ack delay, and takes the delivered marker with it.
+// The test reads the acks off bob's side of the wire and the ack timer's
+// deadline off his fake clock.
+func TestResumeAcksWait(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) { o.ReceiptMembers = 1 }})
+	alice := device(t, srv, "alice", false)
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	acks := make(chan *ferryv1.Ack, 64)
+	bob := device(t, srv, "bob", false, clientsdk.WithClock(fake), clientsdk.WithoutCompression(),
+		clientsdk.WithHTTPClient(&http.Client{Transport: ackWatcher{next: srv.HTTP.Transport, acks: acks}}))
+	for _, d := range []*clientsdk.Device{alice, bob} {
+		if err := d.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, d, "live", func() bool { return d.Status().State == clientsdk.StateLive })
+	}
+	conv, err := alice.CreateConversation(ctx, "large", lookup(t, alice, "bob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.SendText(ctx, conv, "one"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, bob, "bob receives one", has(t, bob, conv, "one"))
+	waitForAckTimer(t, fake, time.Second)
+	select {
+	case a := <-acks:
+		t.Fatalf("bob acked %v before the resume ack delay passed", a.GetMarkers())
+	default:
+	}
+	fake.Advance(time.Second)
+	one := messages(t, bob, conv)[0].Seq
+	if a := nextAck(t, acks); a.GetMarkers()[0].GetDelivered() < one || a.GetMarkers()[0].GetRead() != 0 {
+		t.Fatalf("ack after a second: %v; want delivered >= %d, no read", a.GetMarkers(), one)
+	}
+
+	// A read goes after the ack delay, with the delivered marker.
+	if _, err := alice.SendText(ctx, conv, "two"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, bob, "bob receives two", has(t, bob, conv, "one", "two"))
+	waitForAckTimer(t, fake, time.Second)
+	if err := bob.MarkRead(ctx, conv, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitForAckTimer(t, fake, 10*time.Millisecond)
+	fake.Advance(10 * time.Millisecond)
+	two := messages(t, bob, conv)[1].Seq
+	if a := nextAck(t, acks); a.GetMarkers()[0].GetDelivered() < two || a.GetMarkers()[0].GetRead() < two {
+		t.Fatalf("ack after a read: %v; want delivered and read >= %d", a.GetMarkers(), two)
+	}
+}
+
+// waitForAckTimer waits until the earliest timer on the fake clock (the
+// ack timer: the heartbeat is 20s away) fires `after` from now.
+func waitForAckTimer(t *testing.T, fake *clock.Fake, after time.Duration) {
+	t.Helper()
+	timeout := time.NewTimer(60 * time.Second)
+	defer timeout.Stop()
+	var got time.Duration
+	for {
+		armed := fake.Armed()
+		if next, ok := fake.Next(); ok && next.Before(fake.Now().Add(20*time.Second)) {
+			if got = next.Sub(fake.Now()); got == after {
+				return
+			}
+		}
+		select {
+		case <-armed:
+		case <-timeout.C:
+			t.Fatalf("the ack timer fires in %s; want %s", got, after)
+		}
+	}
+}
+
+func nextAck(t *testing.T, acks <-chan *ferryv1.Ack) *ferryv1.Ack {
+	t.Helper()
+	select {
+	case a := <-acks:
+		if len(a.GetMarkers()) != 1 {
+			t.Fatalf("ack of %d markers; want 1", len(a.GetMarkers()))
+		}
+		return a
+	case <-time.After(60 * time.Second):
+		t.Fatal("no ack on the wire")
+	}
+	return nil
+}
+
+// ackWatcher reads the acks a device writes on its Sync streams
+// (uncompressed Connect envelopes) and sends them to acks.
+type ackWatcher struct {
+	next http.RoundTripper
+	acks chan<- *ferryv1.Ack
+}
+
+func (w ackWatcher) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.HasSuffix(r.URL.Path, "/Sync") && r.Body != nil {
+		r.Body = &envelopeTap{ReadCloser: r.Body, acks: w.acks}
+	}
+	return w.next.RoundTrip(r)
+}
+
+type envelopeTap struct {
+	io.ReadCloser
+	acks chan<- *ferryv1.Ack
+	buf  []byte
+}
+
+func (e *envelopeTap) Read(p []byte) (int, error) {
+	n, err := e.ReadCloser.Read(p)
+	e.buf = append(e.buf, p[:n]...)
+	for len(e.buf) >= 5 {
+		size := int(binary.BigEndian.Uint32(e.buf[1:5]))
+		if len(e.buf) < 5+size {
+			break
+		}
+		var req ferryv1.SyncRequest
+		if e.buf[0] == 0 && proto.Unmarshal(e.buf[5:5+size], &req) == nil && req.GetAck() != nil {
+			e.acks <- req.GetAck()
+		}
+		e.buf = e.buf[5+size:]
+	}
+	return n, err
 }

@@ -250,14 +250,28 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 	}()
 	hb := d.opts.clock.NewTimer(d.opts.heartbeat)
 	defer hb.Stop()
-	// Acks gather for ackDelay after the first marker to send.
+	// Acks gather for ackDelay after the first marker to send, or for
+	// resumeAckDelay when only markers nobody else sees wait.
 	var ackDue <-chan time.Time
+	var ackAt time.Time // when ackDue fires
 	var ackTimer Timer
 	defer func() {
 		if ackTimer != nil {
 			ackTimer.Stop()
 		}
 	}()
+	ackIn := func(delay time.Duration) {
+		at := d.opts.clock.Now().Add(delay)
+		if ackDue != nil && !at.Before(ackAt) {
+			return // due sooner already
+		}
+		if ackTimer == nil {
+			ackTimer = d.opts.clock.NewTimer(delay)
+		} else {
+			ackTimer.Reset(delay)
+		}
+		ackDue, ackAt = ackTimer.C(), at
+	}
 	s.flush()
 	s.sendAcks()
 	for {
@@ -270,15 +284,14 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 		case <-s.flushWake:
 			s.flush()
 		case <-d.ackWake:
-			if d.opts.ackDelay == 0 {
+			switch waiting, soon := d.markersWaiting(); {
+			case !waiting:
+			case soon && d.opts.ackDelay == 0:
 				s.sendAcks()
-			} else if ackDue == nil {
-				if ackTimer == nil {
-					ackTimer = d.opts.clock.NewTimer(d.opts.ackDelay)
-				} else {
-					ackTimer.Reset(d.opts.ackDelay)
-				}
-				ackDue = ackTimer.C()
+			case soon:
+				ackIn(d.opts.ackDelay)
+			default:
+				ackIn(d.opts.resumeAckDelay)
 			}
 		case <-ackDue:
 			ackDue = nil
@@ -552,6 +565,24 @@ func (d *Device) savePosition(epoch string, pos uint64) error {
 	}
 	d.epoch, d.feedPos = epoch, pos
 	return nil
+}
+
+// markersWaiting reports whether markers wait to be sent, and whether one
+// of them should go soon: a read, or a delivered marker that other members
+// see as a receipt. A delivered marker of a conversation without receipts
+// only sets where the next session resumes, and can wait longer.
+func (d *Device) markersWaiting() (waiting, soon bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.convs {
+		read := c.ReadWanted > c.AckedRead
+		delivered := c.prefix() > c.AckedDelivered
+		if read || (delivered && c.ReceiptsShared) {
+			return true, true
+		}
+		waiting = waiting || delivered
+	}
+	return waiting, false
 }
 
 // markers lists the markers to send: each conversation's held prefix as

@@ -89,6 +89,7 @@ func open(dir string, fs vfs.FS, opts []Option) (*Device, error) {
 	for _, opt := range opts {
 		opt.apply(&o)
 	}
+	o.resumeAckDelay = max(o.resumeAckDelay, o.ackDelay)
 	db, err := kv.Open(fs.PathJoin(dir, "replica"), fs, o.logger)
 	if err != nil {
 		return nil, err

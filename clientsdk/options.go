@@ -34,8 +34,10 @@ type options struct {
 	maxBackoff time.Duration
 	heartbeat  time.Duration
 	ackDelay   time.Duration
-	client     string
-	compress   bool
+	// resumeAckDelay is ackDelay for delivered markers nobody else sees.
+	resumeAckDelay time.Duration
+	client         string
+	compress       bool
 }
 
 func defaultOptions() options {
@@ -47,8 +49,10 @@ func defaultOptions() options {
 		maxBackoff: 30 * time.Second,
 		heartbeat:  20 * time.Second,
 		ackDelay:   10 * time.Millisecond,
-		client:     "ferry-go-sdk/1",
-		compress:   true,
+		// A second of ops at most comes again after a dropped session.
+		resumeAckDelay: time.Second,
+		client:         "ferry-go-sdk/1",
+		compress:       true,
 	}
 }
 
@@ -93,6 +97,19 @@ func WithHeartbeat(d time.Duration) Option { return optionFunc(func(o *options) 
 // this anyway. Default 10ms; 0 sends every ack at once.
 func WithAckDelay(d time.Duration) Option {
 	return optionFunc(func(o *options) { o.ackDelay = max(d, 0) })
+}
+
+// WithResumeAckDelay sets how long the delivered markers that nobody else
+// sees gather: those of conversations without receipts (larger than the
+// server's receipt limit, 32 members by default), where the delivered
+// marker only tells the server where the device's next session resumes. A
+// message to a group of a thousand then costs the server a thousand acks
+// per second at most, not one per message, and a session that drops gets
+// at most this much of the ops it held again. Read markers and markers
+// that other members see still go after WithAckDelay. Default 1s; it is
+// never shorter than the ack delay.
+func WithResumeAckDelay(d time.Duration) Option {
+	return optionFunc(func(o *options) { o.resumeAckDelay = max(d, 0) })
 }
 
 // WithoutCompression sends and accepts uncompressed messages, for

@@ -32,7 +32,12 @@ type ConvInfo struct {
 	// Receipts are the other members' markers, in conversations of up to
 	// Options.ReceiptMembers members.
 	Receipts []Receipt
-	Members  uint32
+	// ReceiptsShared says the conversation shares receipts (it has up to
+	// Options.ReceiptMembers members): the user's delivered marker then
+	// reaches the other members. Otherwise it only sets where the device's
+	// next session resumes, and clients may send it lazily.
+	ReceiptsShared bool
+	Members        uint32
 	// ResumeAfter is set in sessions: the device's cursor, after which the
 	// session sends this conversation's ops.
 	ResumeAfter uint64
@@ -193,6 +198,7 @@ func (r reader) info(conv, user ulid.ULID) (ConvInfo, error) {
 		info.Unread = atHead - atRead
 	}
 	if !info.Removed && int(c.Members) <= r.e.opts.ReceiptMembers {
+		info.ReceiptsShared = true
 		all, err := r.receipts(conv, c.FeedPos)
 		if err != nil {
 			return ConvInfo{}, err

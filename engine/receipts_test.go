@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
+	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/internal/clock"
 )
 
@@ -242,4 +243,38 @@ func TestSessionsShareReceiptsUnderLoad(t *testing.T) {
 	}
 	wg.Wait()
 	enginetest.MustCheck(t, e)
+}
+
+// TestReceiptsSharedSaysWhetherDeliveredMarkersTravel: a conversation of up
+// to ReceiptMembers members shares receipts and says so (clients then ack
+// delivered markers soon); a larger one, or one the user left, does not
+// (clients may gather those acks for longer).
+func TestReceiptsSharedSaysWhetherDeliveredMarkersTravel(t *testing.T) {
+	e := enginetest.New(t, func(o *engine.Options) { o.ReceiptMembers = 2 })
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	carol := enginetest.Register(t, e, "carol")
+	pair := alice.Create("pair", bob)
+	trio := alice.Create("trio", bob, carol)
+	for _, c := range []struct {
+		conv ulid.ULID
+		who  *enginetest.Device
+		want bool
+	}{{pair, alice, true}, {pair, bob, true}, {trio, alice, false}, {trio, carol, false}} {
+		info, _, _, err := e.Conversation(c.who.Actor, c.conv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.ReceiptsShared != c.want {
+			t.Errorf("%s in a conversation of %d: ReceiptsShared %v, want %v", c.who.Actor.User, info.Members, info.ReceiptsShared, c.want)
+		}
+	}
+	bob.Push(bob.Op(pair, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
+	info, _, _, err := e.Conversation(bob.Actor, pair)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Removed || info.ReceiptsShared {
+		t.Errorf("after leaving: removed %v, ReceiptsShared %v; want removed, not shared", info.Removed, info.ReceiptsShared)
+	}
 }

@@ -51,6 +51,7 @@ type config struct {
 	maxStreams        int
 	heartbeat         time.Duration
 	receiptDelay      time.Duration
+	receiptMembers    int
 	debugAddr         string
 	demo              bool
 	passwordMemory    uint
@@ -75,6 +76,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions")
 	fs.DurationVar(&c.receiptDelay, "receipt-delay", 50*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
+	fs.IntVar(&c.receiptMembers, "receipt-members", 32, "conversations of up to this many members share delivered and read receipts; in larger ones markers reach only the user's own devices")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
 	fs.BoolVar(&c.demo, "demo", true, "serve the demo chat page at / (a web client of the public API)")
@@ -159,6 +161,7 @@ func engineOptions(c *config, log *slog.Logger) engine.Options {
 		NewEpoch:          c.newEpoch,
 		MaxBodyBytes:      c.maxBodyBytes,
 		ReceiptDelay:      receiptDelay(c.receiptDelay),
+		ReceiptMembers:    c.receiptMembers,
 		Password:          engine.PasswordParams{MemoryKiB: uint32(c.passwordMemory), Time: uint32(c.passwordPasses)},
 	}
 }
@@ -175,6 +178,9 @@ func receiptDelay(d time.Duration) time.Duration {
 func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
+	}
+	if c.receiptMembers < 1 {
+		return fmt.Errorf("--receipt-members %d: it must be at least 1", c.receiptMembers)
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

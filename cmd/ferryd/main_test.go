@@ -121,5 +121,8 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	if err := run(context.Background(), []string{"--log-level", "loud"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--log-level") {
 		t.Fatalf("bad log level: %v", err)
 	}
+	if err := run(context.Background(), []string{"--receipt-members", "0", "--data", t.TempDir()}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--receipt-members") {
+		t.Fatalf("no receipt members: %v", err)
+	}
 	_ = fmt.Sprint()
 }

@@ -94,6 +94,20 @@ func (f *Fake) Armed() <-chan struct{} {
 	return f.added
 }
 
+// Next returns when the earliest armed timer fires, if any is armed: tests
+// read it to check which delay the code under test chose.
+func (f *Fake) Next() (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var next time.Time
+	for _, t := range f.timers {
+		if next.IsZero() || t.when.Before(next) {
+			next = t.when
+		}
+	}
+	return next, !next.IsZero()
+}
+
 // Pending is the number of armed timers.
 func (f *Fake) Pending() int {
 	f.mu.Lock()

@@ -70,6 +70,13 @@ export interface ClientOptions {
   /** Reconnect backoff: the first delay and the largest, in ms. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /**
+   * How long delivered markers that nobody else sees gather before an Ack:
+   * those of conversations without receipts (larger than the server's
+   * receipt limit), where they only set where the next session resumes.
+   * Reads and markers other members see go at once. Default 1000 ms.
+   */
+  resumeAckDelayMs?: number;
   /** Timers, injectable in tests. */
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
   random?: () => number;
@@ -108,6 +115,7 @@ export class FerryClient {
   private readonly onOnline = () => this.reconnectNow();
   private readonly onOffline = () => this.current?.abort(new ConnectError("the browser went offline", Code.Unavailable));
   private acking = false;
+  private ackWaiting = false; // a resumeAckDelayMs wait is running
 
   private constructor(opts: ClientOptions) {
     this.opts = {
@@ -116,6 +124,7 @@ export class FerryClient {
       pageSize: opts.pageSize ?? 50,
       minBackoffMs: opts.minBackoffMs ?? 250,
       maxBackoffMs: opts.maxBackoffMs ?? 30_000,
+      resumeAckDelayMs: opts.resumeAckDelayMs ?? 1000,
       sleep: opts.sleep ?? sleep,
       random: opts.random ?? Math.random,
       now: opts.now ?? Date.now,
@@ -556,6 +565,7 @@ export class FerryClient {
           read: Number(c.read),
           memberCount: c.memberCount,
           receipts: c.receipts.map((r) => ({ userId: r.userId, delivered: Number(r.delivered), read: Number(r.read) })),
+          receiptsShared: c.receiptsShared,
           changedAt: !before || Number(c.head) > before.head ? now : before.changedAt,
         };
       });
@@ -650,21 +660,32 @@ export class FerryClient {
   }
 
   // sendAcks sends delivered markers for what the device holds and read
-  // markers not yet sent.
-  private async sendAcks(): Promise<void> {
+  // markers not yet sent. Reads, and delivered markers that other members
+  // see as receipts, go at once; when only delivered markers of
+  // conversations without receipts wait, they go after resumeAckDelayMs
+  // (or with the next ack that goes sooner).
+  private async sendAcks(due = false): Promise<void> {
     if (this.acking || !this.connected) return;
     this.acking = true;
     try {
       for (;;) {
         const markers = [];
+        let soon = due;
         for (const id of new Set([...this.ops.keys(), ...this.reads.keys()])) {
           const delivered = this.held(id);
           const read = this.reads.get(id) ?? 0;
-          if (delivered > (this.acked.get(id) ?? 0) || read > 0) {
+          const moved = delivered > (this.acked.get(id) ?? 0);
+          if (moved || read > 0) {
             markers.push({ conversationId: id, delivered: BigInt(delivered), read: BigInt(read) });
+            soon ||= read > 0 || (moved && this.convs.get(id)?.receiptsShared !== false);
           }
         }
         if (markers.length === 0) return;
+        if (!soon) {
+          this.ackLater();
+          return;
+        }
+        due = false;
         await this.sync.ack({ markers });
         for (const m of markers) {
           this.acked.set(m.conversationId, Math.max(this.acked.get(m.conversationId) ?? 0, Number(m.delivered)));
@@ -674,6 +695,22 @@ export class FerryClient {
     } finally {
       this.acking = false;
     }
+  }
+
+  // ackLater sends the waiting markers after resumeAckDelayMs, once.
+  private ackLater(): void {
+    if (this.ackWaiting) return;
+    this.ackWaiting = true;
+    const signal = this.current?.signal ?? new AbortController().signal;
+    void this.opts
+      .sleep(this.opts.resumeAckDelayMs, signal)
+      .then(() => {
+        this.ackWaiting = false;
+        return this.sendAcks(true);
+      })
+      .catch(() => {
+        this.ackWaiting = false; // the session ended: the next one acks
+      });
   }
 
   // ---- plumbing ----

@@ -42,6 +42,11 @@ export interface ConvRecord {
   read: number;
   memberCount: number;
   receipts: ReceiptRecord[];
+  /**
+   * The members see each other's markers: the device's delivered marker is
+   * worth sending at once. (Absent in replicas written before it existed.)
+   */
+  receiptsShared?: boolean;
   /** When the device last saw a change of it, for ordering the list. */
   changedAt: number;
 }

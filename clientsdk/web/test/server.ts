@@ -33,6 +33,8 @@ export interface ServerOptions {
   data?: string;
   /** host:port; default a free loopback port. */
   addr?: string;
+  /** More ferryd flags. */
+  args?: string[];
 }
 
 /** Starts ferryd on loopback with a fresh store (or the given one). */
@@ -42,7 +44,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<Server> {
   const data = opts.data ?? join(own!, "data");
   const p: ChildProcess = spawn(bin, [
     "--addr", opts.addr ?? "127.0.0.1:0", "--data", data, "--allow-registration",
-    "--password-memory-kib", "64", "--password-passes", "1", "--log-level", "warn",
+    "--password-memory-kib", "64", "--password-passes", "1", "--log-level", "warn", ...(opts.args ?? []),
   ], { stdio: ["ignore", "pipe", "inherit"] });
   const url = await new Promise<string>((res, rej) => {
     let out = "";

@@ -218,3 +218,68 @@ test("catch-up shows the newest page of a conversation first, then fills in olde
   assert.deepEqual(texts(bob.messages(conv)), Array.from({ length: 120 }, (_, i) => `m${i}`));
   assert.equal(bob.olderLoading(conv), false);
 });
+
+test("in a conversation without receipts, delivered acks wait; a read goes at once", { timeout: 60_000 }, async () => {
+  // A server where only conversations of one member share receipts.
+  const big = await startServer({ args: ["--receipt-members", "1"] });
+  try {
+    const acks: { delivered: number; read: number }[] = [];
+    let acked: () => void = () => {};
+    const nextAck = () => new Promise<void>((r) => (acked = r));
+    let release: () => void = () => {};
+    let waiting: () => void = () => {};
+    const asked = new Promise<void>((r) => (waiting = r));
+    const open2 = async (watch: boolean) => {
+      const c = await FerryClient.open({
+        baseUrl: big.url,
+        // The test holds the resume ack wait (its own length, to tell it
+        // from a Goaway's delay) until it releases it.
+        resumeAckDelayMs: 777,
+        sleep: (ms, signal) => {
+          if (!watch || ms !== 777) return Promise.resolve();
+          waiting();
+          return new Promise<void>((r, reject) => {
+            release = r;
+            signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+          });
+        },
+        minBackoffMs: 1,
+        maxBackoffMs: 1,
+        fetch: async (input, init) => {
+          if (watch && String(input).endsWith("/ferry.v1.SyncService/Ack")) {
+            const body = init?.body;
+            const m = JSON.parse(typeof body === "string" ? body : new TextDecoder().decode(body as Uint8Array)).markers[0];
+            acks.push({ delivered: Number(m.delivered ?? 0), read: Number(m.read ?? 0) });
+            acked();
+          }
+          return globalThis.fetch(input, init);
+        },
+      });
+      clients.push(c);
+      return c;
+    };
+    const alice = await open2(false);
+    const bob = await open2(true);
+    await signUp(alice, "alice");
+    const b = await signUp(bob, "bob");
+    const conv = await alice.createConversation("big", [b]);
+    await alice.send(conv, "one");
+    await bob.waitFor(() => texts(bob.messages(conv)).includes("one"));
+    await asked;
+    assert.equal(acks.length, 0, "bob acked before the resume ack delay passed");
+    const one = bob.messages(conv).find((m) => m.text === "one")!.seq;
+    const first = nextAck();
+    release();
+    await first;
+    assert.ok(acks[0]!.delivered >= one && acks[0]!.read === 0, `ack ${JSON.stringify(acks[0])}: want delivered >= ${one}, no read`);
+
+    await alice.send(conv, "two");
+    await bob.waitFor(() => texts(bob.messages(conv)).includes("two"));
+    const two = bob.messages(conv).find((m) => m.text === "two")!.seq;
+    await bob.markRead(conv);
+    const last = acks[acks.length - 1]!;
+    assert.ok(last.read >= two && last.delivered >= two, `ack after a read ${JSON.stringify(last)}: want read and delivered >= ${two}`);
+  } finally {
+    await big.stop();
+  }
+});

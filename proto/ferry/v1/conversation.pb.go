@@ -258,10 +258,18 @@ type ConversationInfo struct {
 	// Other members' markers, for read receipts. Sent for conversations of up
 	// to the server's receipt limit (32 members by default); empty for larger
 	// ones.
-	Receipts      []*Receipt `protobuf:"bytes,10,rep,name=receipts,proto3" json:"receipts,omitempty"`
-	MemberCount   uint32     `protobuf:"varint,11,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Receipts    []*Receipt `protobuf:"bytes,10,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	MemberCount uint32     `protobuf:"varint,11,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
+	// True when the members' delivered and read markers are shared as
+	// receipts in this conversation (it has up to the server's receipt limit
+	// of members). A client should then send its delivered marker soon, for
+	// the senders' delivery ticks. When false, the delivered marker only sets
+	// where the device's next session resumes: a client may gather it for
+	// longer (the Go SDK: a second) and spare the server an ack per message
+	// in large groups.
+	ReceiptsShared bool `protobuf:"varint,12,opt,name=receipts_shared,json=receiptsShared,proto3" json:"receipts_shared,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ConversationInfo) Reset() {
@@ -371,6 +379,13 @@ func (x *ConversationInfo) GetMemberCount() uint32 {
 	return 0
 }
 
+func (x *ConversationInfo) GetReceiptsShared() bool {
+	if x != nil {
+		return x.ReceiptsShared
+	}
+	return false
+}
+
 // Member is one user's membership of a conversation.
 type Member struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -466,7 +481,7 @@ const file_ferry_v1_conversation_proto_rawDesc = "" +
 	"\x17GetConversationResponse\x12>\n" +
 	"\fconversation\x18\x01 \x01(\v2\x1a.ferry.v1.ConversationInfoR\fconversation\x12*\n" +
 	"\amembers\x18\x02 \x03(\v2\x10.ferry.v1.MemberR\amembers\x12(\n" +
-	"\x06vector\x18\x03 \x01(\v2\x10.ferry.v1.VectorR\x06vector\"\xc9\x02\n" +
+	"\x06vector\x18\x03 \x01(\v2\x10.ferry.v1.VectorR\x06vector\"\xf2\x02\n" +
 	"\x10ConversationInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\"\n" +
@@ -479,7 +494,8 @@ const file_ferry_v1_conversation_proto_rawDesc = "" +
 	"\x04read\x18\t \x01(\x04R\x04read\x12-\n" +
 	"\breceipts\x18\n" +
 	" \x03(\v2\x11.ferry.v1.ReceiptR\breceipts\x12!\n" +
-	"\fmember_count\x18\v \x01(\rR\vmemberCount\"\xa1\x01\n" +
+	"\fmember_count\x18\v \x01(\rR\vmemberCount\x12'\n" +
+	"\x0freceipts_shared\x18\f \x01(\bR\x0ereceiptsShared\"\xa1\x01\n" +
 	"\x06Member\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12!\n" +
