@@ -25,6 +25,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/internal/compression"
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -383,7 +384,7 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 	c.d.f.mu.Unlock()
 	c.d.mu.Lock()
 	c.d.acked = map[int]uint64{} // a new stream: acknowledge everything again
-	hello := &ferryv1.Hello{Epoch: epoch, FeedPos: c.d.pos, Client: "ferry-bench"}
+	hello := &ferryv1.Hello{Epoch: epoch, FeedPos: c.d.pos, Client: "ferry-bench", PackedOps: true}
 	// Like a real client, say what the device holds: the server's record
 	// of it may lag (an ack sent just before a disconnect can be lost).
 	for idx, seq := range c.d.held {
@@ -410,7 +411,12 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 		case *ferryv1.SyncResponse_Conversations:
 			c.infos(x.Conversations)
 		case *ferryv1.SyncResponse_Ops:
-			n += c.take(x.Ops, false)
+			k, err := c.take(x.Ops, false)
+			if err != nil {
+				cancel()
+				return 0, time.Time{}, err
+			}
+			n += k
 		case *ferryv1.SyncResponse_CaughtUp:
 			at := time.Now()
 			c.d.mu.Lock()
@@ -435,23 +441,25 @@ func (c *ferryConn) infos(cs *ferryv1.Conversations) {
 	}
 }
 
-// take records a batch of ops, delivering messages live if asked.
-func (c *ferryConn) take(ops *ferryv1.Ops, live bool) int {
+// take records a batch of ops, delivering messages live if asked. Like the
+// Go SDK, the bench device reads ops packed (Hello.packed_ops).
+func (c *ferryConn) take(ops *ferryv1.Ops, live bool) (int, error) {
 	n := 0
-	for _, b := range ops.GetBatches() {
-		conv, _ := ulid.ParseStrict(b.GetConversationId())
+	for i, p := range ops.GetPacked() {
+		conv, b, err := wire.UnpackBatch(fmt.Sprintf("ops.packed[%d]", i), p)
+		if err != nil {
+			return n, fmt.Errorf("the server sent a malformed batch: %w", err)
+		}
 		idx, known := c.d.f.convIdx[conv]
-		for _, op := range b.GetOps() {
+		for j := range b {
 			n++
-			if live && known && c.onMsg != nil {
-				if m := op.GetMessage(); m != nil {
-					c.onMsg(idx, m.GetBody())
-				}
+			if live && known && c.onMsg != nil && b[j].Kind == model.KindMessage {
+				c.onMsg(idx, b[j].Body)
 			}
 		}
-		if ops := b.GetOps(); len(ops) > 0 && known {
+		if len(b) > 0 && known {
 			c.d.mu.Lock()
-			c.d.held[idx] = max(c.d.held[idx], ops[len(ops)-1].GetSeq())
+			c.d.held[idx] = max(c.d.held[idx], b[len(b)-1].Seq)
 			c.d.mu.Unlock()
 		}
 	}
@@ -460,7 +468,7 @@ func (c *ferryConn) take(ops *ferryv1.Ops, live bool) int {
 		c.d.pos = p
 		c.d.mu.Unlock()
 	}
-	return n
+	return n, nil
 }
 
 // ack tells the server what the device holds and it has not acknowledged
@@ -503,7 +511,10 @@ func (c *ferryConn) receive() error {
 		case *ferryv1.SyncResponse_Conversations:
 			c.infos(x.Conversations)
 		case *ferryv1.SyncResponse_Ops:
-			c.take(x.Ops, true)
+			if _, err := c.take(x.Ops, true); err != nil {
+				c.failPending(err)
+				return err
+			}
 			if x.Ops.GetFeedPos() != 0 {
 				c.ackSoon()
 			}

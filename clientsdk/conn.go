@@ -14,6 +14,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/internal/failpoint"
+	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 )
@@ -225,7 +226,8 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 	}
 	defer st.Close()
 	d.mu.Lock()
-	hello := &ferryv1.Hello{Epoch: d.epoch, FeedPos: d.feedPos, PageSize: uint32(max(d.opts.pageSize, 0)), Client: d.opts.client}
+	hello := &ferryv1.Hello{Epoch: d.epoch, FeedPos: d.feedPos, PageSize: uint32(max(d.opts.pageSize, 0)), Client: d.opts.client,
+		PackedOps: true}
 	d.mu.Unlock()
 	if err := st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}}); err != nil {
 		// A refused stream fails Send with a bare EOF; Receive has the status.
@@ -436,7 +438,11 @@ func (s *session) receive(ctx context.Context) error {
 				}
 			}
 		case *ferryv1.SyncResponse_Ops:
-			n, err := d.applyOps(x.Ops.GetBatches())
+			batches, err := batchesOf(x.Ops)
+			if err != nil {
+				return &TerminalError{Err: err}
+			}
+			n, err := d.applyOps(batches)
 			if err != nil {
 				return &TerminalError{Err: err}
 			}
@@ -445,7 +451,7 @@ func (s *session) receive(ctx context.Context) error {
 				ready := 0
 				if x.Ops.GetPhase() == ferryv1.Phase_PHASE_NEWEST {
 					// A newest page ends at the conversation's head.
-					for _, b := range x.Ops.GetBatches() {
+					for _, b := range batches {
 						id, _ := ulid.ParseStrict(b.GetConversationId())
 						if ops := b.GetOps(); len(ops) > 0 && d.convs[id] != nil && ops[len(ops)-1].GetSeq() >= d.convs[id].Head {
 							ready++
@@ -521,6 +527,27 @@ func (s *session) receive(ctx context.Context) error {
 		case *ferryv1.SyncResponse_Heartbeat:
 		}
 	}
+}
+
+// batchesOf returns an Ops message's batches as rows, unpacking packed
+// ones (the session asks for them packed: fewer bytes on the wire).
+func batchesOf(m *ferryv1.Ops) ([]*ferryv1.OpBatch, error) {
+	if len(m.GetPacked()) == 0 {
+		return m.GetBatches(), nil
+	}
+	out := make([]*ferryv1.OpBatch, len(m.GetPacked()))
+	for i, p := range m.GetPacked() {
+		conv, ops, err := wire.UnpackBatch(fmt.Sprintf("ops.packed[%d]", i), p)
+		if err != nil {
+			return nil, fmt.Errorf("ferry: the server sent a malformed batch: %w", err)
+		}
+		b := &ferryv1.OpBatch{ConversationId: conv.String(), Ops: make([]*ferryv1.Op, len(ops))}
+		for j := range ops {
+			b.Ops[j] = wire.OpToProto(&ops[j])
+		}
+		out[i] = b
+	}
+	return out, nil
 }
 
 // refreshMembers fetches the member lists that changed, teaching the device

@@ -102,6 +102,21 @@ func batchesToProto(bs []engine.Batch) []*ferryv1.OpBatch {
 	return out
 }
 
+// packBatches packs a session's batches for a client that asked for them
+// packed (Hello.packed_ops). The engine's batches are runs of consecutive
+// seqs, which packing needs: an error here is the engine's bug.
+func packBatches(bs []engine.Batch) ([]*ferryv1.PackedBatch, error) {
+	out := make([]*ferryv1.PackedBatch, len(bs))
+	for i, b := range bs {
+		p, err := wire.PackBatch(b.Conv, b.Ops)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = p
+	}
+	return out, nil
+}
+
 func infoToProto(c *engine.ConvInfo) *ferryv1.ConversationInfo {
 	p := &ferryv1.ConversationInfo{
 		Id:             c.ID.String(),

@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect/v2"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 	"github.com/ferrysync/ferry/server/servertest"
@@ -112,6 +113,7 @@ type stream struct {
 	pos      uint64
 	maxOps   int
 	strict   bool // page_size 0: every conversation in seq order
+	packed   bool // the hello asked for packed ops
 	messages []*ferryv1.SyncResponse
 }
 
@@ -127,7 +129,8 @@ func (d *dev) open(hello *ferryv1.Hello) *stream {
 	// status comes from Receive, which the caller reads.
 	_ = st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}})
 	s := &stream{t: d.t, st: st, cancel: cancel, infos: map[string]*ferryv1.ConversationInfo{},
-		held: map[string]map[uint64]string{}, last: map[string]uint64{}, maxOps: int(hello.GetMaxBatchOps()), strict: hello.GetPageSize() == 0}
+		held: map[string]map[uint64]string{}, last: map[string]uint64{}, maxOps: int(hello.GetMaxBatchOps()), strict: hello.GetPageSize() == 0,
+		packed: hello.GetPackedOps()}
 	if s.maxOps == 0 {
 		s.maxOps = 1000
 	}
@@ -156,8 +159,11 @@ func (s *stream) recv() *ferryv1.SyncResponse {
 			s.infos[c.GetId()] = c
 		}
 	case *ferryv1.SyncResponse_Ops:
+		if s.packed != (len(x.Ops.GetPacked()) > 0) && len(x.Ops.GetPacked())+len(x.Ops.GetBatches()) > 0 {
+			s.t.Fatalf("the hello asked for packed ops: %v; the server sent %d packed and %d row batches", s.packed, len(x.Ops.GetPacked()), len(x.Ops.GetBatches()))
+		}
 		n := 0
-		for _, b := range x.Ops.GetBatches() {
+		for _, b := range s.rows(x.Ops) {
 			conv := b.GetConversationId()
 			if s.infos[conv] == nil {
 				s.t.Fatalf("ops of %s before its conversation info", conv)
@@ -191,6 +197,27 @@ func (s *stream) recv() *ferryv1.SyncResponse {
 		s.caught, s.pos = x.CaughtUp, x.CaughtUp.GetFeedPos()
 	}
 	return m
+}
+
+// rows returns an Ops message's batches as rows, unpacking packed ones.
+func (s *stream) rows(m *ferryv1.Ops) []*ferryv1.OpBatch {
+	s.t.Helper()
+	if len(m.GetPacked()) == 0 {
+		return m.GetBatches()
+	}
+	var out []*ferryv1.OpBatch
+	for i, p := range m.GetPacked() {
+		conv, ops, err := wire.UnpackBatch(fmt.Sprintf("ops.packed[%d]", i), p)
+		if err != nil {
+			s.t.Fatalf("unpack: %v", err)
+		}
+		b := &ferryv1.OpBatch{ConversationId: conv.String()}
+		for j := range ops {
+			b.Ops = append(b.Ops, wire.OpToProto(&ops[j]))
+		}
+		out = append(out, b)
+	}
+	return out
 }
 
 // untilCaughtUp reads until CaughtUp.

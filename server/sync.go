@@ -423,7 +423,8 @@ func (s *Server) session(ctx context.Context, a engine.Actor, hello *ferryv1.Hel
 	}
 	s.log.Debug("session started", "user", a.User, "device", a.Device, "changed", w.Changed, "missing", w.MissingOps)
 
-	l := &loop{s: s, sess: sess, out: out, in: in, hb: s.opts.Clock.NewTimer(s.opts.HeartbeatInterval), hold: holdFlushes(ctx)}
+	l := &loop{s: s, sess: sess, out: out, in: in, hb: s.opts.Clock.NewTimer(s.opts.HeartbeatInterval), hold: holdFlushes(ctx),
+		packed: hello.GetPackedOps()}
 	defer l.hb.Stop()
 	if in != nil {
 		// Sync clients send heartbeats; silence means a dead peer.
@@ -442,6 +443,8 @@ type loop struct {
 	hb   clock.Timer    // fires after HeartbeatInterval without a send
 	idle clock.Timer    // Sync only: fires after three intervals without a client message
 	hold func(bool)     // holds the stream's flushes while more is ready to send
+	// packed: the client reads Ops packed (Hello.packed_ops).
+	packed bool
 }
 
 func (l *loop) run(ctx context.Context) error {
@@ -463,7 +466,7 @@ func (l *loop) run(ctx context.Context) error {
 			// of a catch-up still leave one message at a time, so the
 			// newest pages are not held up behind the backfill.
 			l.hold(l.sess.Pending() && (ev.Kind == engine.EventConversations || ev.Phase == engine.PhaseLive))
-			err := l.s.sendEvent(l.out, ev)
+			err := l.s.sendEvent(l.out, ev, l.packed)
 			l.hold(false)
 			if err != nil {
 				return err
@@ -530,12 +533,21 @@ func (s *Server) sayGoaway(out sink) error {
 	})
 }
 
-func (s *Server) sendEvent(out sink, ev engine.Event) error {
+func (s *Server) sendEvent(out sink, ev engine.Event, packed bool) error {
 	switch ev.Kind {
 	case engine.EventConversations:
 		return out.conversations(&ferryv1.Conversations{Conversations: infosToProto(ev.Conversations)})
 	case engine.EventOps:
-		return out.ops(&ferryv1.Ops{Batches: batchesToProto(ev.Batches), Phase: ferryv1.Phase(ev.Phase), FeedPos: ev.FeedPos})
+		m := &ferryv1.Ops{Phase: ferryv1.Phase(ev.Phase), FeedPos: ev.FeedPos}
+		if packed {
+			var err error
+			if m.Packed, err = packBatches(ev.Batches); err != nil {
+				return connectError(err)
+			}
+		} else {
+			m.Batches = batchesToProto(ev.Batches)
+		}
+		return out.ops(m)
 	case engine.EventCaughtUp:
 		return out.caughtUp(&ferryv1.CaughtUp{FeedPos: ev.FeedPos, Conversations: uint32(ev.Convs), Ops: ev.Ops})
 	}

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 	"github.com/ferrysync/ferry/server/servertest"
@@ -293,5 +295,68 @@ func TestRoundLeavesInOneWrite(t *testing.T) {
 		if n := flushes.Load() - before; n != 1 {
 			t.Fatalf("live round %d took %d flushes; want 1", i, n)
 		}
+	}
+}
+
+// TestPackedOpsMatchRows: a device that asks for packed ops gets, message
+// for message, the ops a device reading rows gets: every kind of op, an
+// erased message and its edit, two authors, catch-up and live.
+func TestPackedOpsMatchRows(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	carol := newDev(t, srv.Register("carol"))
+	conv := alice.createConv("all kinds", bob, carol)
+	first := bob.push(conv, bob.op(conv, msg("first")))[0].GetOpId()
+	alice.push(conv,
+		alice.op(conv, msg("hello")),
+		alice.op(conv, func(o *ferryv1.Op) {
+			o.Payload = &ferryv1.Op_ReactionAdd{ReactionAdd: &ferryv1.Reaction{TargetId: first, Key: "👍"}}
+		}),
+		alice.op(conv, func(o *ferryv1.Op) {
+			o.Payload = &ferryv1.Op_MemberRole{MemberRole: &ferryv1.MemberRole{UserId: bob.user(), Role: ferryv1.Role_ROLE_ADMIN}}
+		}),
+		alice.op(conv, func(o *ferryv1.Op) { o.Payload = &ferryv1.Op_SetTitle{SetTitle: &ferryv1.SetTitle{Title: "renamed"}} }),
+	)
+	bob.push(conv,
+		bob.op(conv, func(o *ferryv1.Op) {
+			o.Payload = &ferryv1.Op_Edit{Edit: &ferryv1.Edit{TargetId: first, Body: []byte("first, edited"), ContentType: "text/plain"}}
+		}),
+		bob.op(conv, func(o *ferryv1.Op) { o.Payload = &ferryv1.Op_Delete{Delete: &ferryv1.Delete{TargetId: first}} }),
+		bob.op(conv, func(o *ferryv1.Op) {
+			o.Payload = &ferryv1.Op_ReactionRemove{ReactionRemove: &ferryv1.Reaction{TargetId: first, Key: "👍"}}
+		}),
+	)
+	carolPhone := newDev(t, srv.Login("carol", "phone"))
+	rowsHello, packedHello := hello("", 0), hello("", 0)
+	packedHello.PackedOps = true
+	rows, packed := carol.open(rowsHello), carolPhone.open(packedHello)
+	rows.untilCaughtUp()
+	packed.untilCaughtUp()
+	alice.push(conv, alice.op(conv, msg("live")), alice.op(conv, removeMember(carol.user())))
+	for _, s := range []*stream{rows, packed} {
+		s.until(func(m *ferryv1.SyncResponse) bool { return m.GetOps().GetFeedPos() != 0 })
+	}
+	opsOf := func(s *stream) []*ferryv1.OpBatch {
+		var out []*ferryv1.OpBatch
+		for _, m := range s.messages {
+			if o := m.GetOps(); o != nil {
+				out = append(out, s.rows(o)...)
+			}
+		}
+		return out
+	}
+	got, want := opsOf(packed), opsOf(rows)
+	if len(got) != len(want) {
+		t.Fatalf("packed: %d batches; rows: %d", len(got), len(want))
+	}
+	n := 0
+	for i := range want {
+		if !proto.Equal(got[i], want[i]) {
+			t.Fatalf("batch %d: packed %v\nrows %v", i, got[i], want[i])
+		}
+		n += len(want[i].GetOps())
+	}
+	if n != 13 {
+		t.Fatalf("%d ops compared; want the 13 of the conversation", n)
 	}
 }

@@ -78,6 +78,80 @@ func (Role) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_op_proto_rawDescGZIP(), []int{0}
 }
 
+// OpKind names an op's payload in a PackedBatch.
+type OpKind int32
+
+const (
+	OpKind_OP_KIND_UNSPECIFIED     OpKind = 0
+	OpKind_OP_KIND_CREATE          OpKind = 1
+	OpKind_OP_KIND_MESSAGE         OpKind = 2
+	OpKind_OP_KIND_EDIT            OpKind = 3
+	OpKind_OP_KIND_DELETE          OpKind = 4
+	OpKind_OP_KIND_REACTION_ADD    OpKind = 5
+	OpKind_OP_KIND_REACTION_REMOVE OpKind = 6
+	OpKind_OP_KIND_MEMBER_ADD      OpKind = 7
+	OpKind_OP_KIND_MEMBER_REMOVE   OpKind = 8
+	OpKind_OP_KIND_MEMBER_ROLE     OpKind = 9
+	OpKind_OP_KIND_SET_TITLE       OpKind = 10
+)
+
+// Enum value maps for OpKind.
+var (
+	OpKind_name = map[int32]string{
+		0:  "OP_KIND_UNSPECIFIED",
+		1:  "OP_KIND_CREATE",
+		2:  "OP_KIND_MESSAGE",
+		3:  "OP_KIND_EDIT",
+		4:  "OP_KIND_DELETE",
+		5:  "OP_KIND_REACTION_ADD",
+		6:  "OP_KIND_REACTION_REMOVE",
+		7:  "OP_KIND_MEMBER_ADD",
+		8:  "OP_KIND_MEMBER_REMOVE",
+		9:  "OP_KIND_MEMBER_ROLE",
+		10: "OP_KIND_SET_TITLE",
+	}
+	OpKind_value = map[string]int32{
+		"OP_KIND_UNSPECIFIED":     0,
+		"OP_KIND_CREATE":          1,
+		"OP_KIND_MESSAGE":         2,
+		"OP_KIND_EDIT":            3,
+		"OP_KIND_DELETE":          4,
+		"OP_KIND_REACTION_ADD":    5,
+		"OP_KIND_REACTION_REMOVE": 6,
+		"OP_KIND_MEMBER_ADD":      7,
+		"OP_KIND_MEMBER_REMOVE":   8,
+		"OP_KIND_MEMBER_ROLE":     9,
+		"OP_KIND_SET_TITLE":       10,
+	}
+)
+
+func (x OpKind) Enum() *OpKind {
+	p := new(OpKind)
+	*p = x
+	return p
+}
+
+func (x OpKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OpKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_op_proto_enumTypes[1].Descriptor()
+}
+
+func (OpKind) Type() protoreflect.EnumType {
+	return &file_ferry_v1_op_proto_enumTypes[1]
+}
+
+func (x OpKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OpKind.Descriptor instead.
+func (OpKind) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_op_proto_rawDescGZIP(), []int{1}
+}
+
 // OpStatus is the outcome of a pushed op.
 type OpStatus int32
 
@@ -118,11 +192,11 @@ func (x OpStatus) String() string {
 }
 
 func (OpStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_op_proto_enumTypes[1].Descriptor()
+	return file_ferry_v1_op_proto_enumTypes[2].Descriptor()
 }
 
 func (OpStatus) Type() protoreflect.EnumType {
-	return &file_ferry_v1_op_proto_enumTypes[1]
+	return &file_ferry_v1_op_proto_enumTypes[2]
 }
 
 func (x OpStatus) Number() protoreflect.EnumNumber {
@@ -131,7 +205,7 @@ func (x OpStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use OpStatus.Descriptor instead.
 func (OpStatus) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_op_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_op_proto_rawDescGZIP(), []int{2}
 }
 
 // RejectReason says why an op was rejected.
@@ -197,11 +271,11 @@ func (x RejectReason) String() string {
 }
 
 func (RejectReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_op_proto_enumTypes[2].Descriptor()
+	return file_ferry_v1_op_proto_enumTypes[3].Descriptor()
 }
 
 func (RejectReason) Type() protoreflect.EnumType {
-	return &file_ferry_v1_op_proto_enumTypes[2]
+	return &file_ferry_v1_op_proto_enumTypes[3]
 }
 
 func (x RejectReason) Number() protoreflect.EnumNumber {
@@ -210,7 +284,7 @@ func (x RejectReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RejectReason.Descriptor instead.
 func (RejectReason) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_op_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_op_proto_rawDescGZIP(), []int{3}
 }
 
 // Op is one entry in a conversation's replicated log.
@@ -1012,6 +1086,197 @@ func (x *OpBatch) GetOps() []*Op {
 // Vector is a version vector for one conversation: for each authoring device,
 // the highest dot held with every lower dot also held. Entries with a zero
 // dot are never sent.
+// PackedBatch is an OpBatch stored field by field rather than op by op,
+// so that compression finds what repeats: ids in binary with their times as
+// deltas, authors named once, dots as steps, bodies side by side. Its ops
+// have the consecutive seqs first_seq, first_seq + 1, ... Every field below
+// "one entry per op" has exactly one entry per op, in seq order; each
+// payload field has one entry per op that carries such a payload, in seq
+// order.
+type PackedBatch struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	FirstSeq       uint64                 `protobuf:"varint,2,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	// The batch's authors: devices and the users they belong to, as 16-byte
+	// binary ULIDs; author_users[i] is the user of author_devices[i].
+	AuthorDevices [][]byte `protobuf:"bytes,3,rep,name=author_devices,json=authorDevices,proto3" json:"author_devices,omitempty"`
+	AuthorUsers   [][]byte `protobuf:"bytes,4,rep,name=author_users,json=authorUsers,proto3" json:"author_users,omitempty"`
+	// One entry per op.
+	//
+	// The index of the op's author in the author lists.
+	Authors []uint32 `protobuf:"varint,5,rep,packed,name=authors,proto3" json:"authors,omitempty"`
+	// The op's dot minus the dot of the author's previous op in this batch
+	// (the dot itself for the author's first).
+	DotSteps []uint64 `protobuf:"varint,6,rep,packed,name=dot_steps,json=dotSteps,proto3" json:"dot_steps,omitempty"`
+	// The time of the op's id (Unix ms) minus that of the previous op's (the
+	// time itself for the first).
+	TimeSteps []int64 `protobuf:"zigzag64,7,rep,packed,name=time_steps,json=timeSteps,proto3" json:"time_steps,omitempty"`
+	// The random part of every op id: 10 bytes per op.
+	IdEntropy []byte   `protobuf:"bytes,8,opt,name=id_entropy,json=idEntropy,proto3" json:"id_entropy,omitempty"`
+	Kinds     []OpKind `protobuf:"varint,9,rep,packed,name=kinds,proto3,enum=ferry.v1.OpKind" json:"kinds,omitempty"`
+	// The indexes (in the batch) of the erased ops, ascending.
+	Erased []uint32 `protobuf:"varint,10,rep,packed,name=erased,proto3" json:"erased,omitempty"`
+	// Payloads.
+	//
+	// Bodies and content types of messages and edits.
+	Bodies       [][]byte `protobuf:"bytes,11,rep,name=bodies,proto3" json:"bodies,omitempty"`
+	ContentTypes []string `protobuf:"bytes,12,rep,name=content_types,json=contentTypes,proto3" json:"content_types,omitempty"`
+	// Titles of create and set_title, keys of reaction_add and
+	// reaction_remove.
+	Texts []string `protobuf:"bytes,13,rep,name=texts,proto3" json:"texts,omitempty"`
+	// Targets of edit, delete, reaction_add and reaction_remove: 16 bytes
+	// each.
+	Targets []byte `protobuf:"bytes,14,opt,name=targets,proto3" json:"targets,omitempty"`
+	// Users of member_add, member_remove and member_role: 16 bytes each.
+	Members []byte `protobuf:"bytes,15,opt,name=members,proto3" json:"members,omitempty"`
+	// Roles of member_add and member_role.
+	Roles         []Role `protobuf:"varint,16,rep,packed,name=roles,proto3,enum=ferry.v1.Role" json:"roles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PackedBatch) Reset() {
+	*x = PackedBatch{}
+	mi := &file_ferry_v1_op_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackedBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackedBatch) ProtoMessage() {}
+
+func (x *PackedBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_op_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackedBatch.ProtoReflect.Descriptor instead.
+func (*PackedBatch) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_op_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PackedBatch) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *PackedBatch) GetFirstSeq() uint64 {
+	if x != nil {
+		return x.FirstSeq
+	}
+	return 0
+}
+
+func (x *PackedBatch) GetAuthorDevices() [][]byte {
+	if x != nil {
+		return x.AuthorDevices
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetAuthorUsers() [][]byte {
+	if x != nil {
+		return x.AuthorUsers
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetAuthors() []uint32 {
+	if x != nil {
+		return x.Authors
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetDotSteps() []uint64 {
+	if x != nil {
+		return x.DotSteps
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetTimeSteps() []int64 {
+	if x != nil {
+		return x.TimeSteps
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetIdEntropy() []byte {
+	if x != nil {
+		return x.IdEntropy
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetKinds() []OpKind {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetErased() []uint32 {
+	if x != nil {
+		return x.Erased
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetBodies() [][]byte {
+	if x != nil {
+		return x.Bodies
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetContentTypes() []string {
+	if x != nil {
+		return x.ContentTypes
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetTexts() []string {
+	if x != nil {
+		return x.Texts
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetTargets() []byte {
+	if x != nil {
+		return x.Targets
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetMembers() []byte {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetRoles() []Role {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
 type Vector struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entries       []*VectorEntry         `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
@@ -1021,7 +1286,7 @@ type Vector struct {
 
 func (x *Vector) Reset() {
 	*x = Vector{}
-	mi := &file_ferry_v1_op_proto_msgTypes[11]
+	mi := &file_ferry_v1_op_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1298,7 @@ func (x *Vector) String() string {
 func (*Vector) ProtoMessage() {}
 
 func (x *Vector) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_op_proto_msgTypes[11]
+	mi := &file_ferry_v1_op_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1311,7 @@ func (x *Vector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vector.ProtoReflect.Descriptor instead.
 func (*Vector) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_op_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_op_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Vector) GetEntries() []*VectorEntry {
@@ -1067,7 +1332,7 @@ type VectorEntry struct {
 
 func (x *VectorEntry) Reset() {
 	*x = VectorEntry{}
-	mi := &file_ferry_v1_op_proto_msgTypes[12]
+	mi := &file_ferry_v1_op_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1344,7 @@ func (x *VectorEntry) String() string {
 func (*VectorEntry) ProtoMessage() {}
 
 func (x *VectorEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_op_proto_msgTypes[12]
+	mi := &file_ferry_v1_op_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1357,7 @@ func (x *VectorEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VectorEntry.ProtoReflect.Descriptor instead.
 func (*VectorEntry) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_op_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_op_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VectorEntry) GetDeviceId() string {
@@ -1121,7 +1386,7 @@ type DotRange struct {
 
 func (x *DotRange) Reset() {
 	*x = DotRange{}
-	mi := &file_ferry_v1_op_proto_msgTypes[13]
+	mi := &file_ferry_v1_op_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1133,7 +1398,7 @@ func (x *DotRange) String() string {
 func (*DotRange) ProtoMessage() {}
 
 func (x *DotRange) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_op_proto_msgTypes[13]
+	mi := &file_ferry_v1_op_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1146,7 +1411,7 @@ func (x *DotRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DotRange.ProtoReflect.Descriptor instead.
 func (*DotRange) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_op_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_op_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DotRange) GetDeviceId() string {
@@ -1192,7 +1457,7 @@ type OpResult struct {
 
 func (x *OpResult) Reset() {
 	*x = OpResult{}
-	mi := &file_ferry_v1_op_proto_msgTypes[14]
+	mi := &file_ferry_v1_op_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1469,7 @@ func (x *OpResult) String() string {
 func (*OpResult) ProtoMessage() {}
 
 func (x *OpResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_op_proto_msgTypes[14]
+	mi := &file_ferry_v1_op_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1482,7 @@ func (x *OpResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpResult.ProtoReflect.Descriptor instead.
 func (*OpResult) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_op_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_op_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *OpResult) GetConversationId() string {
@@ -1287,7 +1552,7 @@ type Marker struct {
 
 func (x *Marker) Reset() {
 	*x = Marker{}
-	mi := &file_ferry_v1_op_proto_msgTypes[15]
+	mi := &file_ferry_v1_op_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1299,7 +1564,7 @@ func (x *Marker) String() string {
 func (*Marker) ProtoMessage() {}
 
 func (x *Marker) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_op_proto_msgTypes[15]
+	mi := &file_ferry_v1_op_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1312,7 +1577,7 @@ func (x *Marker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Marker.ProtoReflect.Descriptor instead.
 func (*Marker) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_op_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_op_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Marker) GetConversationId() string {
@@ -1355,7 +1620,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_ferry_v1_op_proto_msgTypes[16]
+	mi := &file_ferry_v1_op_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1367,7 +1632,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_op_proto_msgTypes[16]
+	mi := &file_ferry_v1_op_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1380,7 +1645,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_op_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_op_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Receipt) GetUserId() string {
@@ -1457,7 +1722,27 @@ const file_ferry_v1_op_proto_rawDesc = "" +
 	"\x05title\x18\x01 \x01(\tR\x05title\"R\n" +
 	"\aOpBatch\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1e\n" +
-	"\x03ops\x18\x02 \x03(\v2\f.ferry.v1.OpR\x03ops\"9\n" +
+	"\x03ops\x18\x02 \x03(\v2\f.ferry.v1.OpR\x03ops\"\xff\x03\n" +
+	"\vPackedBatch\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1b\n" +
+	"\tfirst_seq\x18\x02 \x01(\x04R\bfirstSeq\x12%\n" +
+	"\x0eauthor_devices\x18\x03 \x03(\fR\rauthorDevices\x12!\n" +
+	"\fauthor_users\x18\x04 \x03(\fR\vauthorUsers\x12\x18\n" +
+	"\aauthors\x18\x05 \x03(\rR\aauthors\x12\x1b\n" +
+	"\tdot_steps\x18\x06 \x03(\x04R\bdotSteps\x12\x1d\n" +
+	"\n" +
+	"time_steps\x18\a \x03(\x12R\ttimeSteps\x12\x1d\n" +
+	"\n" +
+	"id_entropy\x18\b \x01(\fR\tidEntropy\x12&\n" +
+	"\x05kinds\x18\t \x03(\x0e2\x10.ferry.v1.OpKindR\x05kinds\x12\x16\n" +
+	"\x06erased\x18\n" +
+	" \x03(\rR\x06erased\x12\x16\n" +
+	"\x06bodies\x18\v \x03(\fR\x06bodies\x12#\n" +
+	"\rcontent_types\x18\f \x03(\tR\fcontentTypes\x12\x14\n" +
+	"\x05texts\x18\r \x03(\tR\x05texts\x12\x18\n" +
+	"\atargets\x18\x0e \x01(\fR\atargets\x12\x18\n" +
+	"\amembers\x18\x0f \x01(\fR\amembers\x12$\n" +
+	"\x05roles\x18\x10 \x03(\x0e2\x0e.ferry.v1.RoleR\x05roles\"9\n" +
 	"\x06Vector\x12/\n" +
 	"\aentries\x18\x01 \x03(\v2\x15.ferry.v1.VectorEntryR\aentries\"<\n" +
 	"\vVectorEntry\x12\x1b\n" +
@@ -1491,7 +1776,20 @@ const file_ferry_v1_op_proto_rawDesc = "" +
 	"\n" +
 	"ROLE_ADMIN\x10\x02\x12\x0e\n" +
 	"\n" +
-	"ROLE_OWNER\x10\x03*n\n" +
+	"ROLE_OWNER\x10\x03*\x8a\x02\n" +
+	"\x06OpKind\x12\x17\n" +
+	"\x13OP_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eOP_KIND_CREATE\x10\x01\x12\x13\n" +
+	"\x0fOP_KIND_MESSAGE\x10\x02\x12\x10\n" +
+	"\fOP_KIND_EDIT\x10\x03\x12\x12\n" +
+	"\x0eOP_KIND_DELETE\x10\x04\x12\x18\n" +
+	"\x14OP_KIND_REACTION_ADD\x10\x05\x12\x1b\n" +
+	"\x17OP_KIND_REACTION_REMOVE\x10\x06\x12\x16\n" +
+	"\x12OP_KIND_MEMBER_ADD\x10\a\x12\x19\n" +
+	"\x15OP_KIND_MEMBER_REMOVE\x10\b\x12\x17\n" +
+	"\x13OP_KIND_MEMBER_ROLE\x10\t\x12\x15\n" +
+	"\x11OP_KIND_SET_TITLE\x10\n" +
+	"*n\n" +
 	"\bOpStatus\x12\x19\n" +
 	"\x15OP_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12OP_STATUS_ACCEPTED\x10\x01\x12\x17\n" +
@@ -1520,52 +1818,56 @@ func file_ferry_v1_op_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_op_proto_rawDescData
 }
 
-var file_ferry_v1_op_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_op_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_v1_op_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_ferry_v1_op_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_ferry_v1_op_proto_goTypes = []any{
 	(Role)(0),            // 0: ferry.v1.Role
-	(OpStatus)(0),        // 1: ferry.v1.OpStatus
-	(RejectReason)(0),    // 2: ferry.v1.RejectReason
-	(*Op)(nil),           // 3: ferry.v1.Op
-	(*Create)(nil),       // 4: ferry.v1.Create
-	(*Message)(nil),      // 5: ferry.v1.Message
-	(*Edit)(nil),         // 6: ferry.v1.Edit
-	(*Delete)(nil),       // 7: ferry.v1.Delete
-	(*Reaction)(nil),     // 8: ferry.v1.Reaction
-	(*MemberAdd)(nil),    // 9: ferry.v1.MemberAdd
-	(*MemberRemove)(nil), // 10: ferry.v1.MemberRemove
-	(*MemberRole)(nil),   // 11: ferry.v1.MemberRole
-	(*SetTitle)(nil),     // 12: ferry.v1.SetTitle
-	(*OpBatch)(nil),      // 13: ferry.v1.OpBatch
-	(*Vector)(nil),       // 14: ferry.v1.Vector
-	(*VectorEntry)(nil),  // 15: ferry.v1.VectorEntry
-	(*DotRange)(nil),     // 16: ferry.v1.DotRange
-	(*OpResult)(nil),     // 17: ferry.v1.OpResult
-	(*Marker)(nil),       // 18: ferry.v1.Marker
-	(*Receipt)(nil),      // 19: ferry.v1.Receipt
+	(OpKind)(0),          // 1: ferry.v1.OpKind
+	(OpStatus)(0),        // 2: ferry.v1.OpStatus
+	(RejectReason)(0),    // 3: ferry.v1.RejectReason
+	(*Op)(nil),           // 4: ferry.v1.Op
+	(*Create)(nil),       // 5: ferry.v1.Create
+	(*Message)(nil),      // 6: ferry.v1.Message
+	(*Edit)(nil),         // 7: ferry.v1.Edit
+	(*Delete)(nil),       // 8: ferry.v1.Delete
+	(*Reaction)(nil),     // 9: ferry.v1.Reaction
+	(*MemberAdd)(nil),    // 10: ferry.v1.MemberAdd
+	(*MemberRemove)(nil), // 11: ferry.v1.MemberRemove
+	(*MemberRole)(nil),   // 12: ferry.v1.MemberRole
+	(*SetTitle)(nil),     // 13: ferry.v1.SetTitle
+	(*OpBatch)(nil),      // 14: ferry.v1.OpBatch
+	(*PackedBatch)(nil),  // 15: ferry.v1.PackedBatch
+	(*Vector)(nil),       // 16: ferry.v1.Vector
+	(*VectorEntry)(nil),  // 17: ferry.v1.VectorEntry
+	(*DotRange)(nil),     // 18: ferry.v1.DotRange
+	(*OpResult)(nil),     // 19: ferry.v1.OpResult
+	(*Marker)(nil),       // 20: ferry.v1.Marker
+	(*Receipt)(nil),      // 21: ferry.v1.Receipt
 }
 var file_ferry_v1_op_proto_depIdxs = []int32{
-	4,  // 0: ferry.v1.Op.create:type_name -> ferry.v1.Create
-	5,  // 1: ferry.v1.Op.message:type_name -> ferry.v1.Message
-	6,  // 2: ferry.v1.Op.edit:type_name -> ferry.v1.Edit
-	7,  // 3: ferry.v1.Op.delete:type_name -> ferry.v1.Delete
-	8,  // 4: ferry.v1.Op.reaction_add:type_name -> ferry.v1.Reaction
-	8,  // 5: ferry.v1.Op.reaction_remove:type_name -> ferry.v1.Reaction
-	9,  // 6: ferry.v1.Op.member_add:type_name -> ferry.v1.MemberAdd
-	10, // 7: ferry.v1.Op.member_remove:type_name -> ferry.v1.MemberRemove
-	11, // 8: ferry.v1.Op.member_role:type_name -> ferry.v1.MemberRole
-	12, // 9: ferry.v1.Op.set_title:type_name -> ferry.v1.SetTitle
+	5,  // 0: ferry.v1.Op.create:type_name -> ferry.v1.Create
+	6,  // 1: ferry.v1.Op.message:type_name -> ferry.v1.Message
+	7,  // 2: ferry.v1.Op.edit:type_name -> ferry.v1.Edit
+	8,  // 3: ferry.v1.Op.delete:type_name -> ferry.v1.Delete
+	9,  // 4: ferry.v1.Op.reaction_add:type_name -> ferry.v1.Reaction
+	9,  // 5: ferry.v1.Op.reaction_remove:type_name -> ferry.v1.Reaction
+	10, // 6: ferry.v1.Op.member_add:type_name -> ferry.v1.MemberAdd
+	11, // 7: ferry.v1.Op.member_remove:type_name -> ferry.v1.MemberRemove
+	12, // 8: ferry.v1.Op.member_role:type_name -> ferry.v1.MemberRole
+	13, // 9: ferry.v1.Op.set_title:type_name -> ferry.v1.SetTitle
 	0,  // 10: ferry.v1.MemberAdd.role:type_name -> ferry.v1.Role
 	0,  // 11: ferry.v1.MemberRole.role:type_name -> ferry.v1.Role
-	3,  // 12: ferry.v1.OpBatch.ops:type_name -> ferry.v1.Op
-	15, // 13: ferry.v1.Vector.entries:type_name -> ferry.v1.VectorEntry
-	1,  // 14: ferry.v1.OpResult.status:type_name -> ferry.v1.OpStatus
-	2,  // 15: ferry.v1.OpResult.reason:type_name -> ferry.v1.RejectReason
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	4,  // 12: ferry.v1.OpBatch.ops:type_name -> ferry.v1.Op
+	1,  // 13: ferry.v1.PackedBatch.kinds:type_name -> ferry.v1.OpKind
+	0,  // 14: ferry.v1.PackedBatch.roles:type_name -> ferry.v1.Role
+	17, // 15: ferry.v1.Vector.entries:type_name -> ferry.v1.VectorEntry
+	2,  // 16: ferry.v1.OpResult.status:type_name -> ferry.v1.OpStatus
+	3,  // 17: ferry.v1.OpResult.reason:type_name -> ferry.v1.RejectReason
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_op_proto_init() }
@@ -1590,8 +1892,8 @@ func file_ferry_v1_op_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_op_proto_rawDesc), len(file_ferry_v1_op_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   17,
+			NumEnums:      4,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

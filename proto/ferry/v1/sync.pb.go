@@ -657,7 +657,12 @@ type Hello struct {
 	MaxBatchOps   uint32 `protobuf:"varint,5,opt,name=max_batch_ops,json=maxBatchOps,proto3" json:"max_batch_ops,omitempty"`
 	MaxBatchBytes uint32 `protobuf:"varint,6,opt,name=max_batch_bytes,json=maxBatchBytes,proto3" json:"max_batch_bytes,omitempty"`
 	// The client's name and version, for logs. At most 64 bytes.
-	Client        string `protobuf:"bytes,7,opt,name=client,proto3" json:"client,omitempty"`
+	Client string `protobuf:"bytes,7,opt,name=client,proto3" json:"client,omitempty"`
+	// The client reads ops packed (Ops.packed) rather than as rows
+	// (Ops.batches): the server then sends every Ops message of the session
+	// packed. About a fifth fewer bytes on the wire after compression, and
+	// less to encode and decode.
+	PackedOps     bool `protobuf:"varint,8,opt,name=packed_ops,json=packedOps,proto3" json:"packed_ops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -739,6 +744,13 @@ func (x *Hello) GetClient() string {
 		return x.Client
 	}
 	return ""
+}
+
+func (x *Hello) GetPackedOps() bool {
+	if x != nil {
+		return x.PackedOps
+	}
+	return false
 }
 
 // Cursor says a device holds every op of a conversation up to seq.
@@ -1015,13 +1027,16 @@ func (x *Conversations) GetConversations() []*ConversationInfo {
 	return nil
 }
 
-// Ops carries batches of ops.
+// Ops carries batches of ops: as rows in batches, or, when the client's
+// hello asked for it, packed (one PackedBatch per OpBatch, in the same
+// order).
 type Ops struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Batches []*OpBatch             `protobuf:"bytes,1,rep,name=batches,proto3" json:"batches,omitempty"`
 	Phase   Phase                  `protobuf:"varint,2,opt,name=phase,proto3,enum=ferry.v1.Phase" json:"phase,omitempty"`
 	// When non-zero, every change up to this feed position has now been sent.
-	FeedPos       uint64 `protobuf:"varint,3,opt,name=feed_pos,json=feedPos,proto3" json:"feed_pos,omitempty"`
+	FeedPos       uint64         `protobuf:"varint,3,opt,name=feed_pos,json=feedPos,proto3" json:"feed_pos,omitempty"`
+	Packed        []*PackedBatch `protobuf:"bytes,4,rep,name=packed,proto3" json:"packed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1075,6 +1090,13 @@ func (x *Ops) GetFeedPos() uint64 {
 		return x.FeedPos
 	}
 	return 0
+}
+
+func (x *Ops) GetPacked() []*PackedBatch {
+	if x != nil {
+		return x.Packed
+	}
+	return nil
 }
 
 // CaughtUp ends catch-up: every change up to feed_pos has been sent.
@@ -2046,7 +2068,7 @@ const file_ferry_v1_sync_proto_rawDesc = "" +
 	"\theartbeat\x18\x06 \x01(\v2\x13.ferry.v1.HeartbeatH\x00R\theartbeat\x12@\n" +
 	"\x0ereset_required\x18\a \x01(\v2\x17.ferry.v1.ResetRequiredH\x00R\rresetRequired\x12*\n" +
 	"\x06goaway\x18\b \x01(\v2\x10.ferry.v1.GoawayH\x00R\x06goawayB\t\n" +
-	"\amessage\"\xe5\x01\n" +
+	"\amessage\"\x84\x02\n" +
 	"\x05Hello\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\tR\x05epoch\x12\x19\n" +
 	"\bfeed_pos\x18\x02 \x01(\x04R\afeedPos\x12*\n" +
@@ -2054,7 +2076,9 @@ const file_ferry_v1_sync_proto_rawDesc = "" +
 	"\tpage_size\x18\x04 \x01(\rR\bpageSize\x12\"\n" +
 	"\rmax_batch_ops\x18\x05 \x01(\rR\vmaxBatchOps\x12&\n" +
 	"\x0fmax_batch_bytes\x18\x06 \x01(\rR\rmaxBatchBytes\x12\x16\n" +
-	"\x06client\x18\a \x01(\tR\x06client\"C\n" +
+	"\x06client\x18\a \x01(\tR\x06client\x12\x1d\n" +
+	"\n" +
+	"packed_ops\x18\b \x01(\bR\tpackedOps\"C\n" +
 	"\x06Cursor\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\"\xe1\x02\n" +
@@ -2075,11 +2099,12 @@ const file_ferry_v1_sync_proto_rawDesc = "" +
 	"\x0emax_body_bytes\x18\x02 \x01(\rR\fmaxBodyBytes\x12*\n" +
 	"\x11max_message_bytes\x18\x03 \x01(\rR\x0fmaxMessageBytes\"Q\n" +
 	"\rConversations\x12@\n" +
-	"\rconversations\x18\x01 \x03(\v2\x1a.ferry.v1.ConversationInfoR\rconversations\"t\n" +
+	"\rconversations\x18\x01 \x03(\v2\x1a.ferry.v1.ConversationInfoR\rconversations\"\xa3\x01\n" +
 	"\x03Ops\x12+\n" +
 	"\abatches\x18\x01 \x03(\v2\x11.ferry.v1.OpBatchR\abatches\x12%\n" +
 	"\x05phase\x18\x02 \x01(\x0e2\x0f.ferry.v1.PhaseR\x05phase\x12\x19\n" +
-	"\bfeed_pos\x18\x03 \x01(\x04R\afeedPos\"]\n" +
+	"\bfeed_pos\x18\x03 \x01(\x04R\afeedPos\x12-\n" +
+	"\x06packed\x18\x04 \x03(\v2\x15.ferry.v1.PackedBatchR\x06packed\"]\n" +
 	"\bCaughtUp\x12\x19\n" +
 	"\bfeed_pos\x18\x01 \x01(\x04R\afeedPos\x12$\n" +
 	"\rconversations\x18\x02 \x01(\rR\rconversations\x12\x10\n" +
@@ -2204,11 +2229,12 @@ var file_ferry_v1_sync_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
 	(*ConversationInfo)(nil),      // 29: ferry.v1.ConversationInfo
 	(*OpBatch)(nil),               // 30: ferry.v1.OpBatch
-	(*OpResult)(nil),              // 31: ferry.v1.OpResult
-	(*Marker)(nil),                // 32: ferry.v1.Marker
-	(*Op)(nil),                    // 33: ferry.v1.Op
-	(*Vector)(nil),                // 34: ferry.v1.Vector
-	(*DotRange)(nil),              // 35: ferry.v1.DotRange
+	(*PackedBatch)(nil),           // 31: ferry.v1.PackedBatch
+	(*OpResult)(nil),              // 32: ferry.v1.OpResult
+	(*Marker)(nil),                // 33: ferry.v1.Marker
+	(*Op)(nil),                    // 34: ferry.v1.Op
+	(*Vector)(nil),                // 35: ferry.v1.Vector
+	(*DotRange)(nil),              // 36: ferry.v1.DotRange
 }
 var file_ferry_v1_sync_proto_depIdxs = []int32{
 	6,  // 0: ferry.v1.SyncRequest.hello:type_name -> ferry.v1.Hello
@@ -2237,39 +2263,40 @@ var file_ferry_v1_sync_proto_depIdxs = []int32{
 	29, // 23: ferry.v1.Conversations.conversations:type_name -> ferry.v1.ConversationInfo
 	30, // 24: ferry.v1.Ops.batches:type_name -> ferry.v1.OpBatch
 	0,  // 25: ferry.v1.Ops.phase:type_name -> ferry.v1.Phase
-	30, // 26: ferry.v1.Push.batches:type_name -> ferry.v1.OpBatch
-	31, // 27: ferry.v1.PushResult.results:type_name -> ferry.v1.OpResult
-	32, // 28: ferry.v1.Ack.markers:type_name -> ferry.v1.Marker
-	28, // 29: ferry.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	1,  // 30: ferry.v1.ResetRequired.reason:type_name -> ferry.v1.ResetReason
-	30, // 31: ferry.v1.PushRequest.batches:type_name -> ferry.v1.OpBatch
-	31, // 32: ferry.v1.PushResponse.results:type_name -> ferry.v1.OpResult
-	32, // 33: ferry.v1.AckRequest.markers:type_name -> ferry.v1.Marker
-	24, // 34: ferry.v1.HistoryRequest.time_range:type_name -> ferry.v1.TimeRange
-	28, // 35: ferry.v1.TimeRange.start:type_name -> google.protobuf.Timestamp
-	28, // 36: ferry.v1.TimeRange.end:type_name -> google.protobuf.Timestamp
-	33, // 37: ferry.v1.HistoryResponse.ops:type_name -> ferry.v1.Op
-	34, // 38: ferry.v1.RepairRequest.vector:type_name -> ferry.v1.Vector
-	34, // 39: ferry.v1.RepairResponse.vector:type_name -> ferry.v1.Vector
-	33, // 40: ferry.v1.RepairResponse.missing:type_name -> ferry.v1.Op
-	35, // 41: ferry.v1.RepairResponse.want:type_name -> ferry.v1.DotRange
-	2,  // 42: ferry.v1.SyncService.Sync:input_type -> ferry.v1.SyncRequest
-	4,  // 43: ferry.v1.SyncService.Subscribe:input_type -> ferry.v1.SubscribeRequest
-	19, // 44: ferry.v1.SyncService.Push:input_type -> ferry.v1.PushRequest
-	21, // 45: ferry.v1.SyncService.Ack:input_type -> ferry.v1.AckRequest
-	23, // 46: ferry.v1.SyncService.History:input_type -> ferry.v1.HistoryRequest
-	26, // 47: ferry.v1.SyncService.Repair:input_type -> ferry.v1.RepairRequest
-	3,  // 48: ferry.v1.SyncService.Sync:output_type -> ferry.v1.SyncResponse
-	5,  // 49: ferry.v1.SyncService.Subscribe:output_type -> ferry.v1.SubscribeResponse
-	20, // 50: ferry.v1.SyncService.Push:output_type -> ferry.v1.PushResponse
-	22, // 51: ferry.v1.SyncService.Ack:output_type -> ferry.v1.AckResponse
-	25, // 52: ferry.v1.SyncService.History:output_type -> ferry.v1.HistoryResponse
-	27, // 53: ferry.v1.SyncService.Repair:output_type -> ferry.v1.RepairResponse
-	48, // [48:54] is the sub-list for method output_type
-	42, // [42:48] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	31, // 26: ferry.v1.Ops.packed:type_name -> ferry.v1.PackedBatch
+	30, // 27: ferry.v1.Push.batches:type_name -> ferry.v1.OpBatch
+	32, // 28: ferry.v1.PushResult.results:type_name -> ferry.v1.OpResult
+	33, // 29: ferry.v1.Ack.markers:type_name -> ferry.v1.Marker
+	28, // 30: ferry.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	1,  // 31: ferry.v1.ResetRequired.reason:type_name -> ferry.v1.ResetReason
+	30, // 32: ferry.v1.PushRequest.batches:type_name -> ferry.v1.OpBatch
+	32, // 33: ferry.v1.PushResponse.results:type_name -> ferry.v1.OpResult
+	33, // 34: ferry.v1.AckRequest.markers:type_name -> ferry.v1.Marker
+	24, // 35: ferry.v1.HistoryRequest.time_range:type_name -> ferry.v1.TimeRange
+	28, // 36: ferry.v1.TimeRange.start:type_name -> google.protobuf.Timestamp
+	28, // 37: ferry.v1.TimeRange.end:type_name -> google.protobuf.Timestamp
+	34, // 38: ferry.v1.HistoryResponse.ops:type_name -> ferry.v1.Op
+	35, // 39: ferry.v1.RepairRequest.vector:type_name -> ferry.v1.Vector
+	35, // 40: ferry.v1.RepairResponse.vector:type_name -> ferry.v1.Vector
+	34, // 41: ferry.v1.RepairResponse.missing:type_name -> ferry.v1.Op
+	36, // 42: ferry.v1.RepairResponse.want:type_name -> ferry.v1.DotRange
+	2,  // 43: ferry.v1.SyncService.Sync:input_type -> ferry.v1.SyncRequest
+	4,  // 44: ferry.v1.SyncService.Subscribe:input_type -> ferry.v1.SubscribeRequest
+	19, // 45: ferry.v1.SyncService.Push:input_type -> ferry.v1.PushRequest
+	21, // 46: ferry.v1.SyncService.Ack:input_type -> ferry.v1.AckRequest
+	23, // 47: ferry.v1.SyncService.History:input_type -> ferry.v1.HistoryRequest
+	26, // 48: ferry.v1.SyncService.Repair:input_type -> ferry.v1.RepairRequest
+	3,  // 49: ferry.v1.SyncService.Sync:output_type -> ferry.v1.SyncResponse
+	5,  // 50: ferry.v1.SyncService.Subscribe:output_type -> ferry.v1.SubscribeResponse
+	20, // 51: ferry.v1.SyncService.Push:output_type -> ferry.v1.PushResponse
+	22, // 52: ferry.v1.SyncService.Ack:output_type -> ferry.v1.AckResponse
+	25, // 53: ferry.v1.SyncService.History:output_type -> ferry.v1.HistoryResponse
+	27, // 54: ferry.v1.SyncService.Repair:output_type -> ferry.v1.RepairResponse
+	49, // [49:55] is the sub-list for method output_type
+	43, // [43:49] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_sync_proto_init() }

@@ -14,7 +14,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file ferry/v1/op.proto.
  */
 export const file_ferry_v1_op: GenFile = /*@__PURE__*/
-  fileDesc("ChFmZXJyeS92MS9vcC5wcm90bxIIZmVycnkudjEihAQKAk9wEgoKAmlkGAEgASgJEgsKA3NlcRgCIAEoBBIRCglkZXZpY2VfaWQYAyABKAkSCwoDZG90GAQgASgEEg8KB3VzZXJfaWQYBSABKAkSDgoGZXJhc2VkGAYgASgIEiIKBmNyZWF0ZRgKIAEoCzIQLmZlcnJ5LnYxLkNyZWF0ZUgAEiQKB21lc3NhZ2UYCyABKAsyES5mZXJyeS52MS5NZXNzYWdlSAASHgoEZWRpdBgMIAEoCzIOLmZlcnJ5LnYxLkVkaXRIABIiCgZkZWxldGUYDSABKAsyEC5mZXJyeS52MS5EZWxldGVIABIqCgxyZWFjdGlvbl9hZGQYDiABKAsyEi5mZXJyeS52MS5SZWFjdGlvbkgAEi0KD3JlYWN0aW9uX3JlbW92ZRgPIAEoCzISLmZlcnJ5LnYxLlJlYWN0aW9uSAASKQoKbWVtYmVyX2FkZBgQIAEoCzITLmZlcnJ5LnYxLk1lbWJlckFkZEgAEi8KDW1lbWJlcl9yZW1vdmUYESABKAsyFi5mZXJyeS52MS5NZW1iZXJSZW1vdmVIABIrCgttZW1iZXJfcm9sZRgSIAEoCzIULmZlcnJ5LnYxLk1lbWJlclJvbGVIABInCglzZXRfdGl0bGUYEyABKAsyEi5mZXJyeS52MS5TZXRUaXRsZUgAQgkKB3BheWxvYWQiFwoGQ3JlYXRlEg0KBXRpdGxlGAEgASgJIi0KB01lc3NhZ2USDAoEYm9keRgBIAEoDBIUCgxjb250ZW50X3R5cGUYAiABKAkiPQoERWRpdBIRCgl0YXJnZXRfaWQYASABKAkSDAoEYm9keRgCIAEoDBIUCgxjb250ZW50X3R5cGUYAyABKAkiGwoGRGVsZXRlEhEKCXRhcmdldF9pZBgBIAEoCSIqCghSZWFjdGlvbhIRCgl0YXJnZXRfaWQYASABKAkSCwoDa2V5GAIgASgJIjoKCU1lbWJlckFkZBIPCgd1c2VyX2lkGAEgASgJEhwKBHJvbGUYAiABKA4yDi5mZXJyeS52MS5Sb2xlIh8KDE1lbWJlclJlbW92ZRIPCgd1c2VyX2lkGAEgASgJIjsKCk1lbWJlclJvbGUSDwoHdXNlcl9pZBgBIAEoCRIcCgRyb2xlGAIgASgOMg4uZmVycnkudjEuUm9sZSIZCghTZXRUaXRsZRINCgV0aXRsZRgBIAEoCSI9CgdPcEJhdGNoEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIZCgNvcHMYAiADKAsyDC5mZXJyeS52MS5PcCIwCgZWZWN0b3ISJgoHZW50cmllcxgBIAMoCzIVLmZlcnJ5LnYxLlZlY3RvckVudHJ5Ii0KC1ZlY3RvckVudHJ5EhEKCWRldmljZV9pZBgBIAEoCRILCgNkb3QYAiABKAQiPwoIRG90UmFuZ2USEQoJZGV2aWNlX2lkGAEgASgJEhAKCGZyb21fZG90GAIgASgEEg4KBnRvX2RvdBgDIAEoBCKwAQoIT3BSZXN1bHQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBW9wX2lkGAIgASgJEiIKBnN0YXR1cxgDIAEoDjISLmZlcnJ5LnYxLk9wU3RhdHVzEgsKA3NlcRgEIAEoBBImCgZyZWFzb24YBSABKA4yFi5mZXJyeS52MS5SZWplY3RSZWFzb24SDwoHbWVzc2FnZRgGIAEoCRISCgpzZXJ2ZXJfZG90GAcgASgEIlgKBk1hcmtlchIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoJZGVsaXZlcmVkGAIgASgEEgwKBHJlYWQYAyABKAQSFAoMcHJpdmF0ZV9yZWFkGAQgASgIIjsKB1JlY2VpcHQSDwoHdXNlcl9pZBgBIAEoCRIRCglkZWxpdmVyZWQYAiABKAQSDAoEcmVhZBgDIAEoBCpNCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX01FTUJFUhABEg4KClJPTEVfQURNSU4QAhIOCgpST0xFX09XTkVSEAMqbgoIT3BTdGF0dXMSGQoVT1BfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoST1BfU1RBVFVTX0FDQ0VQVEVEEAESFwoTT1BfU1RBVFVTX0RVUExJQ0FURRACEhYKEk9QX1NUQVRVU19SRUpFQ1RFRBADKrMCCgxSZWplY3RSZWFzb24SHQoZUkVKRUNUX1JFQVNPTl9VTlNQRUNJRklFRBAAEhkKFVJFSkVDVF9SRUFTT05fRE9UX0dBUBABEhwKGFJFSkVDVF9SRUFTT05fRE9UX1JFVVNFRBACEiAKHFJFSkVDVF9SRUFTT05fT1BfSURfQ09ORkxJQ1QQAxIbChdSRUpFQ1RfUkVBU09OX05PVF9GT1VORBAEEiMKH1JFSkVDVF9SRUFTT05fUEVSTUlTU0lPTl9ERU5JRUQQBRIlCiFSRUpFQ1RfUkVBU09OX0ZBSUxFRF9QUkVDT05ESVRJT04QBhIlCiFSRUpFQ1RfUkVBU09OX0NPTlZFUlNBVElPTl9FWElTVFMQBxIZChVSRUpFQ1RfUkVBU09OX0lOVkFMSUQQCEIzWjFnaXRodWIuY29tL2ZlcnJ5c3luYy9mZXJyeS9wcm90by9mZXJyeS92MTtmZXJyeXYxYgZwcm90bzM");
+  fileDesc("ChFmZXJyeS92MS9vcC5wcm90bxIIZmVycnkudjEihAQKAk9wEgoKAmlkGAEgASgJEgsKA3NlcRgCIAEoBBIRCglkZXZpY2VfaWQYAyABKAkSCwoDZG90GAQgASgEEg8KB3VzZXJfaWQYBSABKAkSDgoGZXJhc2VkGAYgASgIEiIKBmNyZWF0ZRgKIAEoCzIQLmZlcnJ5LnYxLkNyZWF0ZUgAEiQKB21lc3NhZ2UYCyABKAsyES5mZXJyeS52MS5NZXNzYWdlSAASHgoEZWRpdBgMIAEoCzIOLmZlcnJ5LnYxLkVkaXRIABIiCgZkZWxldGUYDSABKAsyEC5mZXJyeS52MS5EZWxldGVIABIqCgxyZWFjdGlvbl9hZGQYDiABKAsyEi5mZXJyeS52MS5SZWFjdGlvbkgAEi0KD3JlYWN0aW9uX3JlbW92ZRgPIAEoCzISLmZlcnJ5LnYxLlJlYWN0aW9uSAASKQoKbWVtYmVyX2FkZBgQIAEoCzITLmZlcnJ5LnYxLk1lbWJlckFkZEgAEi8KDW1lbWJlcl9yZW1vdmUYESABKAsyFi5mZXJyeS52MS5NZW1iZXJSZW1vdmVIABIrCgttZW1iZXJfcm9sZRgSIAEoCzIULmZlcnJ5LnYxLk1lbWJlclJvbGVIABInCglzZXRfdGl0bGUYEyABKAsyEi5mZXJyeS52MS5TZXRUaXRsZUgAQgkKB3BheWxvYWQiFwoGQ3JlYXRlEg0KBXRpdGxlGAEgASgJIi0KB01lc3NhZ2USDAoEYm9keRgBIAEoDBIUCgxjb250ZW50X3R5cGUYAiABKAkiPQoERWRpdBIRCgl0YXJnZXRfaWQYASABKAkSDAoEYm9keRgCIAEoDBIUCgxjb250ZW50X3R5cGUYAyABKAkiGwoGRGVsZXRlEhEKCXRhcmdldF9pZBgBIAEoCSIqCghSZWFjdGlvbhIRCgl0YXJnZXRfaWQYASABKAkSCwoDa2V5GAIgASgJIjoKCU1lbWJlckFkZBIPCgd1c2VyX2lkGAEgASgJEhwKBHJvbGUYAiABKA4yDi5mZXJyeS52MS5Sb2xlIh8KDE1lbWJlclJlbW92ZRIPCgd1c2VyX2lkGAEgASgJIjsKCk1lbWJlclJvbGUSDwoHdXNlcl9pZBgBIAEoCRIcCgRyb2xlGAIgASgOMg4uZmVycnkudjEuUm9sZSIZCghTZXRUaXRsZRINCgV0aXRsZRgBIAEoCSI9CgdPcEJhdGNoEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIZCgNvcHMYAiADKAsyDC5mZXJyeS52MS5PcCLbAgoLUGFja2VkQmF0Y2gSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCWZpcnN0X3NlcRgCIAEoBBIWCg5hdXRob3JfZGV2aWNlcxgDIAMoDBIUCgxhdXRob3JfdXNlcnMYBCADKAwSDwoHYXV0aG9ycxgFIAMoDRIRCglkb3Rfc3RlcHMYBiADKAQSEgoKdGltZV9zdGVwcxgHIAMoEhISCgppZF9lbnRyb3B5GAggASgMEh8KBWtpbmRzGAkgAygOMhAuZmVycnkudjEuT3BLaW5kEg4KBmVyYXNlZBgKIAMoDRIOCgZib2RpZXMYCyADKAwSFQoNY29udGVudF90eXBlcxgMIAMoCRINCgV0ZXh0cxgNIAMoCRIPCgd0YXJnZXRzGA4gASgMEg8KB21lbWJlcnMYDyABKAwSHQoFcm9sZXMYECADKA4yDi5mZXJyeS52MS5Sb2xlIjAKBlZlY3RvchImCgdlbnRyaWVzGAEgAygLMhUuZmVycnkudjEuVmVjdG9yRW50cnkiLQoLVmVjdG9yRW50cnkSEQoJZGV2aWNlX2lkGAEgASgJEgsKA2RvdBgCIAEoBCI/CghEb3RSYW5nZRIRCglkZXZpY2VfaWQYASABKAkSEAoIZnJvbV9kb3QYAiABKAQSDgoGdG9fZG90GAMgASgEIrABCghPcFJlc3VsdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFb3BfaWQYAiABKAkSIgoGc3RhdHVzGAMgASgOMhIuZmVycnkudjEuT3BTdGF0dXMSCwoDc2VxGAQgASgEEiYKBnJlYXNvbhgFIAEoDjIWLmZlcnJ5LnYxLlJlamVjdFJlYXNvbhIPCgdtZXNzYWdlGAYgASgJEhIKCnNlcnZlcl9kb3QYByABKAQiWAoGTWFya2VyEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCglkZWxpdmVyZWQYAiABKAQSDAoEcmVhZBgDIAEoBBIUCgxwcml2YXRlX3JlYWQYBCABKAgiOwoHUmVjZWlwdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRlbGl2ZXJlZBgCIAEoBBIMCgRyZWFkGAMgASgEKk0KBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfTUVNQkVSEAESDgoKUk9MRV9BRE1JThACEg4KClJPTEVfT1dORVIQAyqKAgoGT3BLaW5kEhcKE09QX0tJTkRfVU5TUEVDSUZJRUQQABISCg5PUF9LSU5EX0NSRUFURRABEhMKD09QX0tJTkRfTUVTU0FHRRACEhAKDE9QX0tJTkRfRURJVBADEhIKDk9QX0tJTkRfREVMRVRFEAQSGAoUT1BfS0lORF9SRUFDVElPTl9BREQQBRIbChdPUF9LSU5EX1JFQUNUSU9OX1JFTU9WRRAGEhYKEk9QX0tJTkRfTUVNQkVSX0FERBAHEhkKFU9QX0tJTkRfTUVNQkVSX1JFTU9WRRAIEhcKE09QX0tJTkRfTUVNQkVSX1JPTEUQCRIVChFPUF9LSU5EX1NFVF9USVRMRRAKKm4KCE9wU3RhdHVzEhkKFU9QX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKEk9QX1NUQVRVU19BQ0NFUFRFRBABEhcKE09QX1NUQVRVU19EVVBMSUNBVEUQAhIWChJPUF9TVEFUVVNfUkVKRUNURUQQAyqzAgoMUmVqZWN0UmVhc29uEh0KGVJFSkVDVF9SRUFTT05fVU5TUEVDSUZJRUQQABIZChVSRUpFQ1RfUkVBU09OX0RPVF9HQVAQARIcChhSRUpFQ1RfUkVBU09OX0RPVF9SRVVTRUQQAhIgChxSRUpFQ1RfUkVBU09OX09QX0lEX0NPTkZMSUNUEAMSGwoXUkVKRUNUX1JFQVNPTl9OT1RfRk9VTkQQBBIjCh9SRUpFQ1RfUkVBU09OX1BFUk1JU1NJT05fREVOSUVEEAUSJQohUkVKRUNUX1JFQVNPTl9GQUlMRURfUFJFQ09ORElUSU9OEAYSJQohUkVKRUNUX1JFQVNPTl9DT05WRVJTQVRJT05fRVhJU1RTEAcSGQoVUkVKRUNUX1JFQVNPTl9JTlZBTElEEAhCM1oxZ2l0aHViLmNvbS9mZXJyeXN5bmMvZmVycnkvcHJvdG8vZmVycnkvdjE7ZmVycnl2MWIGcHJvdG8z");
 
 /**
  * Op is one entry in a conversation's replicated log.
@@ -403,7 +403,137 @@ export const OpBatchSchema: GenMessage<OpBatch> = /*@__PURE__*/
  * Vector is a version vector for one conversation: for each authoring device,
  * the highest dot held with every lower dot also held. Entries with a zero
  * dot are never sent.
+ * PackedBatch is an OpBatch stored field by field rather than op by op,
+ * so that compression finds what repeats: ids in binary with their times as
+ * deltas, authors named once, dots as steps, bodies side by side. Its ops
+ * have the consecutive seqs first_seq, first_seq + 1, ... Every field below
+ * "one entry per op" has exactly one entry per op, in seq order; each
+ * payload field has one entry per op that carries such a payload, in seq
+ * order.
  *
+ * @generated from message ferry.v1.PackedBatch
+ */
+export type PackedBatch = Message$1<"ferry.v1.PackedBatch"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: uint64 first_seq = 2;
+   */
+  firstSeq: bigint;
+
+  /**
+   * The batch's authors: devices and the users they belong to, as 16-byte
+   * binary ULIDs; author_users[i] is the user of author_devices[i].
+   *
+   * @generated from field: repeated bytes author_devices = 3;
+   */
+  authorDevices: Uint8Array[];
+
+  /**
+   * @generated from field: repeated bytes author_users = 4;
+   */
+  authorUsers: Uint8Array[];
+
+  /**
+   * One entry per op.
+   *
+   * The index of the op's author in the author lists.
+   *
+   * @generated from field: repeated uint32 authors = 5;
+   */
+  authors: number[];
+
+  /**
+   * The op's dot minus the dot of the author's previous op in this batch
+   * (the dot itself for the author's first).
+   *
+   * @generated from field: repeated uint64 dot_steps = 6;
+   */
+  dotSteps: bigint[];
+
+  /**
+   * The time of the op's id (Unix ms) minus that of the previous op's (the
+   * time itself for the first).
+   *
+   * @generated from field: repeated sint64 time_steps = 7;
+   */
+  timeSteps: bigint[];
+
+  /**
+   * The random part of every op id: 10 bytes per op.
+   *
+   * @generated from field: bytes id_entropy = 8;
+   */
+  idEntropy: Uint8Array;
+
+  /**
+   * @generated from field: repeated ferry.v1.OpKind kinds = 9;
+   */
+  kinds: OpKind[];
+
+  /**
+   * The indexes (in the batch) of the erased ops, ascending.
+   *
+   * @generated from field: repeated uint32 erased = 10;
+   */
+  erased: number[];
+
+  /**
+   * Payloads.
+   *
+   * Bodies and content types of messages and edits.
+   *
+   * @generated from field: repeated bytes bodies = 11;
+   */
+  bodies: Uint8Array[];
+
+  /**
+   * @generated from field: repeated string content_types = 12;
+   */
+  contentTypes: string[];
+
+  /**
+   * Titles of create and set_title, keys of reaction_add and
+   * reaction_remove.
+   *
+   * @generated from field: repeated string texts = 13;
+   */
+  texts: string[];
+
+  /**
+   * Targets of edit, delete, reaction_add and reaction_remove: 16 bytes
+   * each.
+   *
+   * @generated from field: bytes targets = 14;
+   */
+  targets: Uint8Array;
+
+  /**
+   * Users of member_add, member_remove and member_role: 16 bytes each.
+   *
+   * @generated from field: bytes members = 15;
+   */
+  members: Uint8Array;
+
+  /**
+   * Roles of member_add and member_role.
+   *
+   * @generated from field: repeated ferry.v1.Role roles = 16;
+   */
+  roles: Role[];
+};
+
+/**
+ * Describes the message ferry.v1.PackedBatch.
+ * Use `create(PackedBatchSchema)` to create a new message.
+ */
+export const PackedBatchSchema: GenMessage<PackedBatch> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_op, 11);
+
+/**
  * @generated from message ferry.v1.Vector
  */
 export type Vector = Message$1<"ferry.v1.Vector"> & {
@@ -418,7 +548,7 @@ export type Vector = Message$1<"ferry.v1.Vector"> & {
  * Use `create(VectorSchema)` to create a new message.
  */
 export const VectorSchema: GenMessage<Vector> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_op, 11);
+  messageDesc(file_ferry_v1_op, 12);
 
 /**
  * VectorEntry is one device's entry in a Vector.
@@ -442,7 +572,7 @@ export type VectorEntry = Message$1<"ferry.v1.VectorEntry"> & {
  * Use `create(VectorEntrySchema)` to create a new message.
  */
 export const VectorEntrySchema: GenMessage<VectorEntry> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_op, 12);
+  messageDesc(file_ferry_v1_op, 13);
 
 /**
  * DotRange names the dots from_dot..to_dot (inclusive) of one device.
@@ -471,7 +601,7 @@ export type DotRange = Message$1<"ferry.v1.DotRange"> & {
  * Use `create(DotRangeSchema)` to create a new message.
  */
 export const DotRangeSchema: GenMessage<DotRange> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_op, 13);
+  messageDesc(file_ferry_v1_op, 14);
 
 /**
  * OpResult reports what happened to one pushed op.
@@ -530,7 +660,7 @@ export type OpResult = Message$1<"ferry.v1.OpResult"> & {
  * Use `create(OpResultSchema)` to create a new message.
  */
 export const OpResultSchema: GenMessage<OpResult> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_op, 14);
+  messageDesc(file_ferry_v1_op, 15);
 
 /**
  * Marker moves a device's delivered and read positions in a conversation.
@@ -572,7 +702,7 @@ export type Marker = Message$1<"ferry.v1.Marker"> & {
  * Use `create(MarkerSchema)` to create a new message.
  */
 export const MarkerSchema: GenMessage<Marker> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_op, 15);
+  messageDesc(file_ferry_v1_op, 16);
 
 /**
  * Receipt is another member's delivered and read positions.
@@ -601,7 +731,7 @@ export type Receipt = Message$1<"ferry.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_op, 16);
+  messageDesc(file_ferry_v1_op, 17);
 
 /**
  * Role is a member's role in a conversation.
@@ -635,6 +765,74 @@ export enum Role {
  */
 export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
   enumDesc(file_ferry_v1_op, 0);
+
+/**
+ * OpKind names an op's payload in a PackedBatch.
+ *
+ * @generated from enum ferry.v1.OpKind
+ */
+export enum OpKind {
+  /**
+   * @generated from enum value: OP_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: OP_KIND_CREATE = 1;
+   */
+  CREATE = 1,
+
+  /**
+   * @generated from enum value: OP_KIND_MESSAGE = 2;
+   */
+  MESSAGE = 2,
+
+  /**
+   * @generated from enum value: OP_KIND_EDIT = 3;
+   */
+  EDIT = 3,
+
+  /**
+   * @generated from enum value: OP_KIND_DELETE = 4;
+   */
+  DELETE = 4,
+
+  /**
+   * @generated from enum value: OP_KIND_REACTION_ADD = 5;
+   */
+  REACTION_ADD = 5,
+
+  /**
+   * @generated from enum value: OP_KIND_REACTION_REMOVE = 6;
+   */
+  REACTION_REMOVE = 6,
+
+  /**
+   * @generated from enum value: OP_KIND_MEMBER_ADD = 7;
+   */
+  MEMBER_ADD = 7,
+
+  /**
+   * @generated from enum value: OP_KIND_MEMBER_REMOVE = 8;
+   */
+  MEMBER_REMOVE = 8,
+
+  /**
+   * @generated from enum value: OP_KIND_MEMBER_ROLE = 9;
+   */
+  MEMBER_ROLE = 9,
+
+  /**
+   * @generated from enum value: OP_KIND_SET_TITLE = 10;
+   */
+  SET_TITLE = 10,
+}
+
+/**
+ * Describes the enum ferry.v1.OpKind.
+ */
+export const OpKindSchema: GenEnum<OpKind> = /*@__PURE__*/
+  enumDesc(file_ferry_v1_op, 1);
 
 /**
  * OpStatus is the outcome of a pushed op.
@@ -673,7 +871,7 @@ export enum OpStatus {
  * Describes the enum ferry.v1.OpStatus.
  */
 export const OpStatusSchema: GenEnum<OpStatus> = /*@__PURE__*/
-  enumDesc(file_ferry_v1_op, 1);
+  enumDesc(file_ferry_v1_op, 2);
 
 /**
  * RejectReason says why an op was rejected.
@@ -750,5 +948,5 @@ export enum RejectReason {
  * Describes the enum ferry.v1.RejectReason.
  */
 export const RejectReasonSchema: GenEnum<RejectReason> = /*@__PURE__*/
-  enumDesc(file_ferry_v1_op, 2);
+  enumDesc(file_ferry_v1_op, 3);
 

@@ -1,0 +1,247 @@
+package wire
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/model"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+)
+
+// A packed batch stores a run of one conversation's ops field by field
+// (see ferryv1.PackedBatch). Rows repeat what compression then has to find
+// again in every op: three 26-character ids, the author's device and user,
+// the content type. Packed, an op's id is a time step of a byte or two and
+// 10 bytes of entropy, its author an index and its dot a step of 1, and the
+// bodies sit side by side. On the bench's catch-up batches, zstd then takes
+// the wire to 0.49 of the payload, from 0.60 as rows.
+
+const (
+	idTimeBytes    = 6
+	idEntropyBytes = 16 - idTimeBytes
+	maxIDTime      = 1<<48 - 1
+)
+
+// PackBatch packs ops, which must have the consecutive seqs of one run of
+// conv's log (an engine.Batch).
+func PackBatch(conv ulid.ULID, ops []model.Op) (*ferryv1.PackedBatch, error) {
+	p := &ferryv1.PackedBatch{ConversationId: conv.String()}
+	if len(ops) == 0 {
+		return p, nil
+	}
+	p.FirstSeq = ops[0].Seq
+	n := len(ops)
+	p.Authors = make([]uint32, n)
+	p.DotSteps = make([]uint64, n)
+	p.TimeSteps = make([]int64, n)
+	p.Kinds = make([]ferryv1.OpKind, n)
+	p.IdEntropy = make([]byte, 0, n*idEntropyBytes)
+	var authors [][2]ulid.ULID // author index -> device and user
+	var lastDot []uint64       // author index -> the dot of its last op
+	var lastTime uint64
+	for i := range ops {
+		op := &ops[i]
+		if op.Seq != p.FirstSeq+uint64(i) {
+			return nil, fmt.Errorf("wire: pack %s: seq %d after %d ops from seq %d: a packed batch holds consecutive seqs", conv, op.Seq, i, p.FirstSeq)
+		}
+		if !op.Kind.Valid() {
+			return nil, fmt.Errorf("wire: pack %s: op %s has kind %v", conv, op.ID, op.Kind)
+		}
+		a := 0
+		for ; a < len(authors) && authors[a] != [2]ulid.ULID{op.Dot.Device, op.User}; a++ {
+		}
+		if a == len(authors) {
+			authors = append(authors, [2]ulid.ULID{op.Dot.Device, op.User})
+			lastDot = append(lastDot, 0)
+			p.AuthorDevices = append(p.AuthorDevices, bytesOf(op.Dot.Device))
+			p.AuthorUsers = append(p.AuthorUsers, bytesOf(op.User))
+		}
+		if op.Dot.N <= lastDot[a] {
+			return nil, fmt.Errorf("wire: pack %s: dot %d of device %s after its dot %d: a device's dots rise with seq", conv, op.Dot.N, op.Dot.Device, lastDot[a])
+		}
+		p.Authors[i] = uint32(a)
+		p.DotSteps[i] = op.Dot.N - lastDot[a]
+		lastDot[a] = op.Dot.N
+		t := op.ID.Time()
+		p.TimeSteps[i] = int64(t - lastTime)
+		lastTime = t
+		p.IdEntropy = append(p.IdEntropy, op.ID[idTimeBytes:]...)
+		p.Kinds[i] = ferryv1.OpKind(op.Kind)
+		if op.Erased {
+			p.Erased = append(p.Erased, uint32(i))
+		}
+		switch op.Kind {
+		case model.KindCreate, model.KindSetTitle:
+			p.Texts = append(p.Texts, op.Title)
+		case model.KindReactionAdd, model.KindReactionRemove:
+			p.Texts = append(p.Texts, op.ReactionKey)
+		}
+		if op.Kind.HasBody() {
+			p.Bodies = append(p.Bodies, op.Body)
+			p.ContentTypes = append(p.ContentTypes, op.ContentType)
+		}
+		if op.Kind.HasTarget() {
+			p.Targets = append(p.Targets, op.Target[:]...)
+		}
+		if op.Kind.HasMember() {
+			p.Members = append(p.Members, op.Member[:]...)
+		}
+		if op.Kind == model.KindMemberAdd || op.Kind == model.KindMemberRole {
+			p.Roles = append(p.Roles, ferryv1.Role(op.Role))
+		}
+	}
+	return p, nil
+}
+
+func bytesOf(id ulid.ULID) []byte { return id[:] }
+
+// UnpackBatch unpacks a packed batch into its conversation and ops. It
+// checks that every list has the length the ops need, so a malformed batch
+// gets an error naming the field (wrapping ErrMalformed), never a panic or
+// a guess.
+func UnpackBatch(field string, p *ferryv1.PackedBatch) (ulid.ULID, []model.Op, error) {
+	conv, err := ParseID(field+".conversation_id", p.GetConversationId())
+	if err != nil {
+		return conv, nil, err
+	}
+	n := len(p.GetKinds())
+	if n == 0 {
+		return conv, nil, nil
+	}
+	if p.GetFirstSeq() == 0 || p.GetFirstSeq() > math.MaxUint64-uint64(n) {
+		return conv, nil, malformed("%s.first_seq %d does not start %d ops", field, p.GetFirstSeq(), n)
+	}
+	for _, c := range []struct {
+		name string
+		len  int
+	}{{"authors", len(p.GetAuthors())}, {"dot_steps", len(p.GetDotSteps())}, {"time_steps", len(p.GetTimeSteps())}} {
+		if c.len != n {
+			return conv, nil, malformed("%s.%s has %d entries for %d ops", field, c.name, c.len, n)
+		}
+	}
+	if len(p.GetIdEntropy()) != n*idEntropyBytes {
+		return conv, nil, malformed("%s.id_entropy has %d bytes; want %d per op", field, len(p.GetIdEntropy()), idEntropyBytes)
+	}
+	if len(p.GetAuthorDevices()) != len(p.GetAuthorUsers()) {
+		return conv, nil, malformed("%s has %d author devices and %d author users", field, len(p.GetAuthorDevices()), len(p.GetAuthorUsers()))
+	}
+	devices := make([]ulid.ULID, len(p.GetAuthorDevices()))
+	users := make([]ulid.ULID, len(devices))
+	for i := range devices {
+		if len(p.GetAuthorDevices()[i]) != 16 || len(p.GetAuthorUsers()[i]) != 16 {
+			return conv, nil, malformed("%s: author %d is not two 16-byte ids", field, i)
+		}
+		devices[i], users[i] = ulid.ULID(p.GetAuthorDevices()[i]), ulid.ULID(p.GetAuthorUsers()[i])
+		for j := range i {
+			if devices[j] == devices[i] && users[j] == users[i] {
+				return conv, nil, malformed("%s: authors %d and %d are the same", field, j, i)
+			}
+		}
+	}
+	// Payload lists are consumed in op order; each take checks there is
+	// one left.
+	texts, bodies, targets, members, roles := 0, 0, 0, 0, 0
+	takeText := func(i int) (string, error) {
+		if texts == len(p.GetTexts()) {
+			return "", malformed("%s.texts ends before op %d", field, i)
+		}
+		texts++
+		return p.GetTexts()[texts-1], nil
+	}
+	takeID := func(i int, b []byte, at *int, name string) (ulid.ULID, error) {
+		if len(b) < (*at+1)*16 {
+			return ulid.ULID{}, malformed("%s.%s ends before op %d", field, name, i)
+		}
+		*at++
+		return ulid.ULID(b[(*at-1)*16 : *at*16]), nil
+	}
+	erased := p.GetErased()
+	for k := 1; k < len(erased); k++ {
+		if erased[k] <= erased[k-1] {
+			return conv, nil, malformed("%s.erased is not ascending", field)
+		}
+	}
+	if len(erased) > 0 && int(erased[len(erased)-1]) >= n {
+		return conv, nil, malformed("%s.erased names op %d of %d", field, erased[len(erased)-1], n)
+	}
+	ops := make([]model.Op, n)
+	lastDot := make([]uint64, len(devices))
+	var t uint64
+	for i := range ops {
+		op := &ops[i]
+		a := p.GetAuthors()[i]
+		if int(a) >= len(devices) {
+			return conv, nil, malformed("%s.authors[%d] is %d; there are %d authors", field, i, a, len(devices))
+		}
+		step := p.GetDotSteps()[i]
+		if step == 0 || lastDot[a] > math.MaxUint64-step {
+			return conv, nil, malformed("%s.dot_steps[%d] is %d: dots of an author rise", field, i, step)
+		}
+		lastDot[a] += step
+		ts := p.GetTimeSteps()[i]
+		if (ts < 0 && uint64(-ts) > t) || (ts > 0 && uint64(ts) > maxIDTime-t) {
+			return conv, nil, malformed("%s.time_steps[%d] takes the id time out of range", field, i)
+		}
+		t = uint64(int64(t) + ts)
+		if err := op.ID.SetTime(t); err != nil {
+			return conv, nil, malformed("%s.time_steps[%d]: %v", field, i, err)
+		}
+		copy(op.ID[idTimeBytes:], p.GetIdEntropy()[i*idEntropyBytes:])
+		op.Conv, op.Seq = conv, p.GetFirstSeq()+uint64(i)
+		op.Dot, op.User = model.Dot{Device: devices[a], N: lastDot[a]}, users[a]
+		op.Kind = model.Kind(p.GetKinds()[i])
+		if !op.Kind.Valid() || p.GetKinds()[i] != ferryv1.OpKind(op.Kind) {
+			return conv, nil, malformed("%s.kinds[%d]: unknown op kind %d", field, i, p.GetKinds()[i])
+		}
+		var err error
+		switch op.Kind {
+		case model.KindCreate, model.KindSetTitle:
+			op.Title, err = takeText(i)
+		case model.KindReactionAdd, model.KindReactionRemove:
+			op.ReactionKey, err = takeText(i)
+		}
+		if err == nil && op.Kind.HasBody() {
+			if bodies == len(p.GetBodies()) || bodies == len(p.GetContentTypes()) {
+				err = malformed("%s.bodies or content_types ends before op %d", field, i)
+			} else {
+				op.Body, op.ContentType = p.GetBodies()[bodies], p.GetContentTypes()[bodies]
+				bodies++
+			}
+		}
+		if err == nil && op.Kind.HasTarget() {
+			op.Target, err = takeID(i, p.GetTargets(), &targets, "targets")
+		}
+		if err == nil && op.Kind.HasMember() {
+			op.Member, err = takeID(i, p.GetMembers(), &members, "members")
+		}
+		if err == nil && (op.Kind == model.KindMemberAdd || op.Kind == model.KindMemberRole) {
+			if roles == len(p.GetRoles()) {
+				err = malformed("%s.roles ends before op %d", field, i)
+			} else {
+				op.Role, err = Role(fmt.Sprintf("%s.roles[%d]", field, roles), p.GetRoles()[roles])
+				roles++
+			}
+		}
+		if err != nil {
+			return conv, nil, err
+		}
+	}
+	for _, i := range erased {
+		ops[i].Erased = true
+	}
+	switch {
+	case texts != len(p.GetTexts()):
+		return conv, nil, malformed("%s.texts has %d entries; the ops need %d", field, len(p.GetTexts()), texts)
+	case bodies != len(p.GetBodies()) || bodies != len(p.GetContentTypes()):
+		return conv, nil, malformed("%s has %d bodies and %d content types; the ops need %d", field, len(p.GetBodies()), len(p.GetContentTypes()), bodies)
+	case targets*16 != len(p.GetTargets()):
+		return conv, nil, malformed("%s.targets has %d bytes; the ops need %d", field, len(p.GetTargets()), targets*16)
+	case members*16 != len(p.GetMembers()):
+		return conv, nil, malformed("%s.members has %d bytes; the ops need %d", field, len(p.GetMembers()), members*16)
+	case roles != len(p.GetRoles()):
+		return conv, nil, malformed("%s.roles has %d entries; the ops need %d", field, len(p.GetRoles()), roles)
+	}
+	return conv, ops, nil
+}
