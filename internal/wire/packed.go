@@ -15,8 +15,8 @@ import (
 // again in every op: three 26-character ids, the author's device and user,
 // the content type. Packed, an op's id is a time step of a byte or two and
 // 10 bytes of entropy, its author an index and its dot a step of 1, and the
-// bodies sit side by side. On the bench's catch-up batches, zstd then takes
-// the wire to 0.49 of the payload, from 0.60 as rows.
+// bodies sit side by side. On the bench's catch-up (10,000 ops of chat
+// text), the wire went from 0.57 of the payload as rows to 0.47 packed.
 
 const (
 	idTimeBytes    = 6
