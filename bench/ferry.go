@@ -180,13 +180,13 @@ type ferryDevice struct {
 	http   *http.Client
 	sync   ferryv1connect.SyncServiceClient
 
-	mu       sync.Mutex
-	dots     map[int]uint64
-	held     map[int]uint64 // conv -> highest seq held (ops arrive in seq order)
-	acked    map[int]uint64 // conv -> highest seq acknowledged on the stream
-	receipts map[int]bool   // conv -> the conversation shares receipts
-	pos      uint64
-	entropy  *ulid.MonotonicEntropy
+	mu         sync.Mutex
+	dots       map[int]uint64
+	held       map[int]uint64 // conv -> highest seq held (ops arrive in seq order)
+	acked      map[int]uint64 // conv -> highest seq acknowledged on the stream
+	noReceipts map[int]bool   // conv -> the conversation shares no receipts
+	pos        uint64
+	entropy    *ulid.MonotonicEntropy
 }
 
 // client makes RPC clients for device i (none signed in when i < 0) whose
@@ -233,7 +233,7 @@ func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error
 		}
 		s := resp.GetSession()
 		d := &ferryDevice{f: f, i: i, token: s.GetToken(), user: ulid.MustParseStrict(s.GetUserId()),
-			device: ulid.MustParseStrict(s.GetDeviceId()), dots: map[int]uint64{}, held: map[int]uint64{}, receipts: map[int]bool{},
+			device: ulid.MustParseStrict(s.GetDeviceId()), dots: map[int]uint64{}, held: map[int]uint64{}, noReceipts: map[int]bool{},
 			entropy: ulid.Monotonic(newRand(uint64(i)), 0)}
 		f.mu.Lock()
 		f.devs[i] = d
@@ -330,7 +330,7 @@ func (c *ferryConn) ackSoon() {
 	delay := resumeAckDelay
 	c.d.mu.Lock()
 	for idx, seq := range c.d.held {
-		if seq > c.d.acked[idx] && c.d.receipts[idx] {
+		if seq > c.d.acked[idx] && !c.d.noReceipts[idx] {
 			delay = ackDelay
 			break
 		}
@@ -350,11 +350,14 @@ func (c *ferryConn) ackSoon() {
 	c.ackAt = at
 	c.ackT = time.AfterFunc(delay, func() {
 		c.mu.Lock()
-		if c.ackGen == gen {
+		stale := c.ackGen != gen // re-armed or stopped meanwhile
+		if !stale {
 			c.ackAt, c.ackT = time.Time{}, nil
 		}
 		c.mu.Unlock()
-		c.ack()
+		if !stale {
+			c.ack()
+		}
 	})
 }
 
@@ -376,9 +379,6 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 		cancel()
 		return 0, time.Time{}, err
 	}
-	c.sendMu.Lock() // a late ack may be sending on the old stream
-	c.st, c.cancel, c.done = st, cancel, make(chan error, 1)
-	c.sendMu.Unlock()
 	c.d.f.mu.Lock()
 	epoch := c.d.f.epoch
 	c.d.f.mu.Unlock()
@@ -391,7 +391,13 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 		hello.Cursors = append(hello.Cursors, &ferryv1.Cursor{ConversationId: c.d.f.convs[idx].String(), Seq: seq})
 	}
 	c.d.mu.Unlock()
-	if err := st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}}); err != nil {
+	// The stream is published with its hello sent, under sendMu: an ack
+	// (a late timer's) may only follow the hello.
+	c.sendMu.Lock()
+	c.st, c.cancel, c.done = st, cancel, make(chan error, 1)
+	err = st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}})
+	c.sendMu.Unlock()
+	if err != nil {
 		_, rerr := st.Receive()
 		cancel()
 		return 0, time.Time{}, errors.Join(err, rerr)
@@ -429,14 +435,14 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 	}
 }
 
-// infos records which conversations share receipts.
+// infos records which conversations share no receipts.
 func (c *ferryConn) infos(cs *ferryv1.Conversations) {
 	c.d.mu.Lock()
 	defer c.d.mu.Unlock()
 	for _, ci := range cs.GetConversations() {
 		conv, _ := ulid.ParseStrict(ci.GetId())
 		if idx, known := c.d.f.convIdx[conv]; known {
-			c.d.receipts[idx] = ci.GetReceiptsShared()
+			c.d.noReceipts[idx] = ci.GetNoReceipts()
 		}
 	}
 }

@@ -168,7 +168,7 @@ func (r *Report) Markdown() string {
 		p("| %s | %d | %s | %s | %s |\n", x.System, x.Devices, kb(x.RSSBefore), kb(x.RSSAfter), kb(x.PerDevice))
 	}
 	p("\n## Storage\n\nGrowth of the store per op of chat text, after a full compaction. For Ferry, the live files: tables, the WAL in use, manifest and options. " +
-		"Compacted tables that Pebble has yet to delete and the flushed WAL files it keeps to reuse are left out: they are bounded by the memtable size (64 MiB each, at most three), not by the history.\n\n| system | ops | payload bytes/op | disk bytes/op | overhead |\n|---|---|---|---|---|\n")
+		"Left out: compacted tables that Pebble has yet to delete (it deletes them at a paced rate) and the flushed WAL files it keeps to reuse (at most three, each up to the 64 MiB memtable): temporary or bounded, not a cost per op.\n\n| system | ops | payload bytes/op | disk bytes/op | overhead |\n|---|---|---|---|---|\n")
 	for _, x := range r.Storage {
 		p("| %s | %d | %.0f | %.0f | %+.0f B |\n", x.System, x.Ops, x.PayloadBytes, x.DiskBytes, x.DiskBytes-x.PayloadBytes)
 	}

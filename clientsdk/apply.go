@@ -60,7 +60,7 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo) ([]gap, error) {
 		rec.Title, rec.Role, rec.Removed = ci.GetTitle(), ci.GetRole(), ci.GetRemoved()
 		rec.Head, rec.Unread, rec.Members = ci.GetHead(), ci.GetUnread(), ci.GetMemberCount()
 		rec.Delivered, rec.Read = ci.GetDelivered(), ci.GetRead()
-		rec.ReceiptsShared = ci.GetReceiptsShared()
+		rec.NoReceipts = ci.GetNoReceipts()
 		rec.Receipts = rec.Receipts[:0]
 		for _, r := range ci.GetReceipts() {
 			rec.Receipts = append(rec.Receipts, receiptRecord{User: r.GetUserId(), Delivered: r.GetDelivered(), Read: r.GetRead()})

@@ -530,20 +530,20 @@ func (s *session) receive(ctx context.Context) error {
 }
 
 // batchesOf returns an Ops message's batches as rows, unpacking packed
-// ones (the session asks for them packed: fewer bytes on the wire).
+// ones (the session asks for them packed: fewer bytes on the wire; the
+// replica keeps rows).
 func batchesOf(m *ferryv1.Ops) ([]*ferryv1.OpBatch, error) {
 	if len(m.GetPacked()) == 0 {
 		return m.GetBatches(), nil
 	}
+	if len(m.GetBatches()) > 0 {
+		return nil, errors.New("ferry: the server sent an Ops message with both packed and row batches")
+	}
 	out := make([]*ferryv1.OpBatch, len(m.GetPacked()))
 	for i, p := range m.GetPacked() {
-		conv, ops, err := wire.UnpackBatch(fmt.Sprintf("ops.packed[%d]", i), p)
+		b, err := wire.UnpackRows(fmt.Sprintf("ops.packed[%d]", i), p)
 		if err != nil {
 			return nil, fmt.Errorf("ferry: the server sent a malformed batch: %w", err)
-		}
-		b := &ferryv1.OpBatch{ConversationId: conv.String(), Ops: make([]*ferryv1.Op, len(ops))}
-		for j := range ops {
-			b.Ops[j] = wire.OpToProto(&ops[j])
 		}
 		out[i] = b
 	}
@@ -604,7 +604,7 @@ func (d *Device) markersWaiting() (waiting, soon bool) {
 	for _, c := range d.convs {
 		read := c.ReadWanted > c.AckedRead
 		delivered := c.prefix() > c.AckedDelivered
-		if read || (delivered && c.ReceiptsShared) {
+		if read || (delivered && !c.NoReceipts) {
 			return true, true
 		}
 		waiting = waiting || delivered

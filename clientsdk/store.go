@@ -110,9 +110,9 @@ type convRecord struct {
 	Read      uint64          `json:"read"`
 	Receipts  []receiptRecord `json:"receipts,omitempty"`
 	Members   uint32          `json:"members"`
-	// ReceiptsShared: the members see each other's markers, so this
-	// device's delivered marker is worth sending soon (see markers).
-	ReceiptsShared bool `json:"receipts_shared,omitempty"`
+	// NoReceipts: the members do not see each other's markers, so this
+	// device's delivered marker can wait (see markersWaiting).
+	NoReceipts bool `json:"no_receipts,omitempty"`
 	// NextDot is the dot this device gives its next op in the conversation.
 	NextDot uint64 `json:"next_dot"`
 	// Ranges are the seq ranges held, sorted and disjoint, inclusive.

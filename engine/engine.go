@@ -219,8 +219,10 @@ type DiskUsage struct {
 	// at most about a memtable (Options.MemTableSize).
 	WAL uint64
 	// Obsolete is files the store no longer needs: compacted tables that
-	// Pebble deletes at a paced rate, and WAL files it keeps to reuse (at
-	// most three, each up to a memtable). It does not grow with the history.
+	// Pebble deletes at a paced rate (right after a full compaction, up to
+	// the whole store before it), and WAL files it keeps to reuse (at most
+	// three, each up to a memtable). They are temporary or bounded, not a
+	// cost per op.
 	Obsolete uint64
 	// Other is the manifest and options files and compactions in progress.
 	Other uint64

@@ -116,7 +116,8 @@ var verifyCaches = false
 // Session is one device's sync session: catch-up, then live updates. It
 // reads the durable log at its own pace and keeps no payload queue: its
 // memory is a plan of ranges to send and, per conversation touched, the last
-// seq sent.
+// seq sent, a digest of the last info sent and the message count at the
+// user's read marker.
 //
 // A session is not safe for concurrent use: one goroutine calls Next,
 // Changed and Close.
@@ -483,7 +484,8 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 func (s *Session) Close() { s.w.close() }
 
 // infoDigest hashes what a device shows of a conversation: everything in
-// the info but the user's own delivered marker and the resume point.
+// the info but the user's own delivered marker and the resume point
+// (ReceiptsShared follows from the role and the member count).
 func infoDigest(c *ConvInfo) uint64 {
 	h := fnv.New64a()
 	var b [8]byte

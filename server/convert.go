@@ -119,17 +119,17 @@ func packBatches(bs []engine.Batch) ([]*ferryv1.PackedBatch, error) {
 
 func infoToProto(c *engine.ConvInfo) *ferryv1.ConversationInfo {
 	p := &ferryv1.ConversationInfo{
-		Id:             c.ID.String(),
-		Title:          c.Title,
-		Role:           ferryv1.Role(c.Role),
-		Removed:        c.Removed,
-		Head:           c.Head,
-		ResumeAfter:    c.ResumeAfter,
-		Unread:         c.Unread,
-		Delivered:      c.Delivered,
-		Read:           c.Read,
-		MemberCount:    c.Members,
-		ReceiptsShared: c.ReceiptsShared,
+		Id:          c.ID.String(),
+		Title:       c.Title,
+		Role:        ferryv1.Role(c.Role),
+		Removed:     c.Removed,
+		Head:        c.Head,
+		ResumeAfter: c.ResumeAfter,
+		Unread:      c.Unread,
+		Delivered:   c.Delivered,
+		Read:        c.Read,
+		MemberCount: c.Members,
+		NoReceipts:  !c.ReceiptsShared,
 	}
 	for _, r := range c.Receipts {
 		p.Receipts = append(p.Receipts, &ferryv1.Receipt{UserId: r.User.String(), Delivered: r.Delivered, Read: r.Read})

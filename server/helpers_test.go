@@ -159,7 +159,7 @@ func (s *stream) recv() *ferryv1.SyncResponse {
 			s.infos[c.GetId()] = c
 		}
 	case *ferryv1.SyncResponse_Ops:
-		if s.packed != (len(x.Ops.GetPacked()) > 0) && len(x.Ops.GetPacked())+len(x.Ops.GetBatches()) > 0 {
+		if (s.packed && len(x.Ops.GetBatches()) > 0) || (!s.packed && len(x.Ops.GetPacked()) > 0) {
 			s.t.Fatalf("the hello asked for packed ops: %v; the server sent %d packed and %d row batches", s.packed, len(x.Ops.GetPacked()), len(x.Ops.GetBatches()))
 		}
 		n := 0
@@ -207,13 +207,9 @@ func (s *stream) rows(m *ferryv1.Ops) []*ferryv1.OpBatch {
 	}
 	var out []*ferryv1.OpBatch
 	for i, p := range m.GetPacked() {
-		conv, ops, err := wire.UnpackBatch(fmt.Sprintf("ops.packed[%d]", i), p)
+		b, err := wire.UnpackRows(fmt.Sprintf("ops.packed[%d]", i), p)
 		if err != nil {
 			s.t.Fatalf("unpack: %v", err)
-		}
-		b := &ferryv1.OpBatch{ConversationId: conv.String()}
-		for j := range ops {
-			b.Ops = append(b.Ops, wire.OpToProto(&ops[j]))
 		}
 		out = append(out, b)
 	}

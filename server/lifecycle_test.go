@@ -155,22 +155,41 @@ func TestProtocols(t *testing.T) {
 			if tc.encoding != "" && info.ResponseEncoding != tc.encoding {
 				t.Fatalf("response encoding %q, want %q", info.ResponseEncoding, tc.encoding)
 			}
-			// Server streaming: a Subscribe session catches up.
-			st, err := sync.Subscribe(context.Background(), &ferryv1.SubscribeRequest{Hello: &ferryv1.Hello{}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			for {
-				m, err := st.Receive()
+			// Server streaming: a Subscribe session catches up, with its ops
+			// as rows and packed.
+			for _, packed := range []bool{false, true} {
+				st, err := sync.Subscribe(context.Background(), &ferryv1.SubscribeRequest{Hello: &ferryv1.Hello{PackedOps: packed}})
 				if err != nil {
-					t.Fatalf("subscribe: %v", err)
+					t.Fatal(err)
 				}
-				if m.GetCaughtUp() != nil {
-					if m.GetCaughtUp().GetOps() != 2 {
-						t.Fatalf("caught up with %d ops, want 2", m.GetCaughtUp().GetOps())
+				defer st.Close()
+				var ops []*ferryv1.Op
+				for {
+					m, err := st.Receive()
+					if err != nil {
+						t.Fatalf("subscribe: %v", err)
 					}
-					break
+					if o := m.GetOps(); o != nil {
+						if packed != (len(o.GetPacked()) > 0) {
+							t.Fatalf("packed %v: %d packed and %d row batches", packed, len(o.GetPacked()), len(o.GetBatches()))
+						}
+						for _, b := range o.GetBatches() {
+							ops = append(ops, b.GetOps()...)
+						}
+						for _, p := range o.GetPacked() {
+							b, err := wire.UnpackRows("packed", p)
+							if err != nil {
+								t.Fatal(err)
+							}
+							ops = append(ops, b.GetOps()...)
+						}
+					}
+					if m.GetCaughtUp() != nil {
+						if m.GetCaughtUp().GetOps() != 2 || len(ops) != 2 || len(ops[1].GetMessage().GetBody()) != 28*40 {
+							t.Fatalf("packed %v: caught up with %d ops, %d received; want 2", packed, m.GetCaughtUp().GetOps(), len(ops))
+						}
+						break
+					}
 				}
 			}
 		})

@@ -47,13 +47,34 @@ type Zstd struct {
 	readers sync.Pool // *zstdReader
 }
 
+// Option configures a compressor.
+type Option func(*config)
+
+type config struct{ memo bool }
+
+// WithMemo makes the compressor remember its recent compressions, so that a
+// message many streams send alike is compressed once (see memo). For a
+// server; a client's messages are its own.
+func WithMemo() Option { return func(c *config) { c.memo = true } }
+
+func configure(opts []Option) (c config) {
+	for _, o := range opts {
+		o(&c)
+	}
+	return c
+}
+
 // NewZstd returns a zstd compressor at the default level.
-func NewZstd() *Zstd {
+func NewZstd(opts ...Option) *Zstd {
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		panic(fmt.Sprintf("compression: zstd encoder: %v", err)) // only invalid options fail
 	}
-	return &Zstd{enc: enc, memo: newMemo()}
+	z := &Zstd{enc: enc}
+	if configure(opts).memo {
+		z.memo = newMemo()
+	}
+	return z
 }
 
 // Name is the content-encoding token.
@@ -166,7 +187,13 @@ type Gzip struct {
 }
 
 // NewGzip returns a gzip compressor at the default level.
-func NewGzip() *Gzip { return &Gzip{level: gzip.DefaultCompression, memo: newMemo()} }
+func NewGzip(opts ...Option) *Gzip {
+	g := &Gzip{level: gzip.DefaultCompression}
+	if configure(opts).memo {
+		g.memo = newMemo()
+	}
+	return g
+}
 
 // Name is the content-encoding token.
 func (g *Gzip) Name() string { return connect.CompressionNameGzip }

@@ -41,9 +41,10 @@ type memoEntry struct {
 func newMemo() *memo { return &memo{seed: maphash.MakeSeed()} }
 
 // compress returns the compression of in, from the memo or from fn, which
-// must be deterministic. The result must not be modified.
+// must be deterministic. The result must not be modified. A nil memo
+// compresses every time.
 func (m *memo) compress(in []byte, fn func([]byte) []byte) []byte {
-	if len(in) > memoMaxInput {
+	if m == nil || len(in) > memoMaxInput {
 		return fn(in)
 	}
 	h := maphash.Bytes(m.seed, in)

@@ -18,7 +18,7 @@ func TestMemoCompressesOnce(t *testing.T) {
 	for _, c := range []interface {
 		connect.Compressor
 		memoHits() uint64
-	}{NewZstd(), NewGzip()} {
+	}{NewZstd(WithMemo()), NewGzip(WithMemo())} {
 		if out := roundTrip(t, c, msg); !bytes.Equal(out, msg) {
 			t.Fatalf("%s: round trip changed the message", c.Name())
 		}
@@ -39,6 +39,20 @@ func TestMemoCompressesOnce(t *testing.T) {
 
 func (z *Zstd) memoHits() uint64 { return z.memo.hits.Load() }
 func (g *Gzip) memoHits() uint64 { return g.memo.hits.Load() }
+
+// TestNoMemoByDefault: a client's compressor keeps nothing.
+func TestNoMemoByDefault(t *testing.T) {
+	z, g := NewZstd(), NewGzip()
+	if z.memo != nil || g.memo != nil {
+		t.Fatal("compressors remember compressions without WithMemo")
+	}
+	msg := bytes.Repeat([]byte("not kept "), 200)
+	for range 2 {
+		if out := roundTrip(t, z, msg); !bytes.Equal(out, msg) {
+			t.Fatal("round trip without a memo changed the message")
+		}
+	}
+}
 
 // TestMemoChecksTheWholeInput plants an entry whose hash matches a message
 // but whose input does not: the memo must compress the message, not

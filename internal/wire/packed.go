@@ -38,8 +38,8 @@ func PackBatch(conv ulid.ULID, ops []model.Op) (*ferryv1.PackedBatch, error) {
 	p.TimeSteps = make([]int64, n)
 	p.Kinds = make([]ferryv1.OpKind, n)
 	p.IdEntropy = make([]byte, 0, n*idEntropyBytes)
-	var authors [][2]ulid.ULID // author index -> device and user
-	var lastDot []uint64       // author index -> the dot of its last op
+	var authors []model.Dot // author index -> device (N: the dot of its last op)
+	var users []ulid.ULID   // author index -> user
 	var lastTime uint64
 	for i := range ops {
 		op := &ops[i]
@@ -50,20 +50,24 @@ func PackBatch(conv ulid.ULID, ops []model.Op) (*ferryv1.PackedBatch, error) {
 			return nil, fmt.Errorf("wire: pack %s: op %s has kind %v", conv, op.ID, op.Kind)
 		}
 		a := 0
-		for ; a < len(authors) && authors[a] != [2]ulid.ULID{op.Dot.Device, op.User}; a++ {
+		for a < len(authors) && authors[a].Device != op.Dot.Device {
+			a++
 		}
 		if a == len(authors) {
-			authors = append(authors, [2]ulid.ULID{op.Dot.Device, op.User})
-			lastDot = append(lastDot, 0)
+			authors = append(authors, model.Dot{Device: op.Dot.Device})
+			users = append(users, op.User)
 			p.AuthorDevices = append(p.AuthorDevices, bytesOf(op.Dot.Device))
 			p.AuthorUsers = append(p.AuthorUsers, bytesOf(op.User))
 		}
-		if op.Dot.N <= lastDot[a] {
-			return nil, fmt.Errorf("wire: pack %s: dot %d of device %s after its dot %d: a device's dots rise with seq", conv, op.Dot.N, op.Dot.Device, lastDot[a])
+		if users[a] != op.User {
+			return nil, fmt.Errorf("wire: pack %s: device %s authors ops of users %s and %s", conv, op.Dot.Device, users[a], op.User)
+		}
+		if op.Dot.N <= authors[a].N {
+			return nil, fmt.Errorf("wire: pack %s: dot %d of device %s after its dot %d: a device's dots rise with seq", conv, op.Dot.N, op.Dot.Device, authors[a].N)
 		}
 		p.Authors[i] = uint32(a)
-		p.DotSteps[i] = op.Dot.N - lastDot[a]
-		lastDot[a] = op.Dot.N
+		p.DotSteps[i] = op.Dot.N - authors[a].N
+		authors[a].N = op.Dot.N
 		t := op.ID.Time()
 		p.TimeSteps[i] = int64(t - lastTime)
 		lastTime = t
@@ -122,23 +126,27 @@ func UnpackBatch(field string, p *ferryv1.PackedBatch) (ulid.ULID, []model.Op, e
 		}
 	}
 	if len(p.GetIdEntropy()) != n*idEntropyBytes {
-		return conv, nil, malformed("%s.id_entropy has %d bytes; want %d per op", field, len(p.GetIdEntropy()), idEntropyBytes)
+		return conv, nil, malformed("%s.id_entropy has %d bytes; want %d (%d per op)", field, len(p.GetIdEntropy()), n*idEntropyBytes, idEntropyBytes)
 	}
 	if len(p.GetAuthorDevices()) != len(p.GetAuthorUsers()) {
 		return conv, nil, malformed("%s has %d author devices and %d author users", field, len(p.GetAuthorDevices()), len(p.GetAuthorUsers()))
 	}
+	if len(p.GetAuthorDevices()) > n {
+		return conv, nil, malformed("%s has %d authors for %d ops", field, len(p.GetAuthorDevices()), n)
+	}
 	devices := make([]ulid.ULID, len(p.GetAuthorDevices()))
 	users := make([]ulid.ULID, len(devices))
+	seen := make(map[ulid.ULID]int, len(devices))
 	for i := range devices {
 		if len(p.GetAuthorDevices()[i]) != 16 || len(p.GetAuthorUsers()[i]) != 16 {
 			return conv, nil, malformed("%s: author %d is not two 16-byte ids", field, i)
 		}
 		devices[i], users[i] = ulid.ULID(p.GetAuthorDevices()[i]), ulid.ULID(p.GetAuthorUsers()[i])
-		for j := range i {
-			if devices[j] == devices[i] && users[j] == users[i] {
-				return conv, nil, malformed("%s: authors %d and %d are the same", field, j, i)
-			}
+		// One entry per device keeps each device's dots rising.
+		if j, dup := seen[devices[i]]; dup {
+			return conv, nil, malformed("%s: authors %d and %d are the same device", field, j, i)
 		}
+		seen[devices[i]] = i
 	}
 	// Payload lists are consumed in op order; each take checks there is
 	// one left.
@@ -163,7 +171,7 @@ func UnpackBatch(field string, p *ferryv1.PackedBatch) (ulid.ULID, []model.Op, e
 			return conv, nil, malformed("%s.erased is not ascending", field)
 		}
 	}
-	if len(erased) > 0 && int(erased[len(erased)-1]) >= n {
+	if len(erased) > 0 && uint64(erased[len(erased)-1]) >= uint64(n) {
 		return conv, nil, malformed("%s.erased names op %d of %d", field, erased[len(erased)-1], n)
 	}
 	ops := make([]model.Op, n)
@@ -172,7 +180,7 @@ func UnpackBatch(field string, p *ferryv1.PackedBatch) (ulid.ULID, []model.Op, e
 	for i := range ops {
 		op := &ops[i]
 		a := p.GetAuthors()[i]
-		if int(a) >= len(devices) {
+		if uint64(a) >= uint64(len(devices)) {
 			return conv, nil, malformed("%s.authors[%d] is %d; there are %d authors", field, i, a, len(devices))
 		}
 		step := p.GetDotSteps()[i]
@@ -244,4 +252,18 @@ func UnpackBatch(field string, p *ferryv1.PackedBatch) (ulid.ULID, []model.Op, e
 		return conv, nil, malformed("%s.roles has %d entries; the ops need %d", field, len(p.GetRoles()), roles)
 	}
 	return conv, ops, nil
+}
+
+// UnpackRows unpacks a packed batch into the rows a client reading rows
+// would have received.
+func UnpackRows(field string, p *ferryv1.PackedBatch) (*ferryv1.OpBatch, error) {
+	conv, ops, err := UnpackBatch(field, p)
+	if err != nil {
+		return nil, err
+	}
+	b := &ferryv1.OpBatch{ConversationId: conv.String(), Ops: make([]*ferryv1.Op, len(ops))}
+	for i := range ops {
+		b.Ops[i] = OpToProto(&ops[i])
+	}
+	return b, nil
 }

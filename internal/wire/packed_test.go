@@ -33,7 +33,9 @@ func genRun(t *rapid.T, conv ulid.ULID) []model.Op {
 	}
 	authors := make([]*author, rapid.IntRange(1, 4).Draw(t, "authors"))
 	for i := range authors {
-		authors[i] = &author{device: ids("device"), user: ids("user"), dot: rapid.Uint64Range(0, 1<<40).Draw(t, "first dot")}
+		device := ids("device")
+		device[15] = byte(i) // distinct: a device belongs to one user
+		authors[i] = &author{device: device, user: ids("user"), dot: rapid.Uint64Range(0, 1<<40).Draw(t, "first dot")}
 	}
 	first := rapid.Uint64Range(1, 1<<50).Draw(t, "first seq")
 	ms := rapid.Uint64Range(0, 1<<47).Draw(t, "time")
@@ -139,6 +141,10 @@ func TestPackRefusesWhatTheLogCannotHold(t *testing.T) {
 	if _, err := PackBatch(conv, ops); err == nil || !strings.Contains(err.Error(), "dots rise") {
 		t.Errorf("pack of dots 1, 1: %v; want an error about dots", err)
 	}
+	ops[1].Dot.N, ops[1].User = 2, ulid.Make()
+	if _, err := PackBatch(conv, ops); err == nil || !strings.Contains(err.Error(), "authors ops of users") {
+		t.Errorf("pack of one device's ops of two users: %v; want an error", err)
+	}
 }
 
 // TestUnpackRefusesMalformedBatches: each way a batch can lie about its ops
@@ -176,8 +182,13 @@ func TestUnpackRefusesMalformedBatches(t *testing.T) {
 		{"author out of range", "b.authors[1]", func(p *ferryv1.PackedBatch) { p.Authors[1] = 1 }},
 		{"author table", "author devices", func(p *ferryv1.PackedBatch) { p.AuthorUsers = nil }},
 		{"author id size", "author 0", func(p *ferryv1.PackedBatch) { p.AuthorDevices[0] = p.AuthorDevices[0][:15] }},
-		{"same author twice", "the same", func(p *ferryv1.PackedBatch) {
-			p.AuthorDevices, p.AuthorUsers = append(p.AuthorDevices, p.AuthorDevices[0]), append(p.AuthorUsers, p.AuthorUsers[0])
+		{"same device twice", "the same device", func(p *ferryv1.PackedBatch) {
+			p.AuthorDevices, p.AuthorUsers = append(p.AuthorDevices, p.AuthorDevices[0]), append(p.AuthorUsers, make([]byte, 16))
+		}},
+		{"more authors than ops", "5 authors for 4 ops", func(p *ferryv1.PackedBatch) {
+			for range 4 {
+				p.AuthorDevices, p.AuthorUsers = append(p.AuthorDevices, make([]byte, 16)), append(p.AuthorUsers, make([]byte, 16))
+			}
 		}},
 		{"dot step zero", "b.dot_steps[2]", func(p *ferryv1.PackedBatch) { p.DotSteps[2] = 0 }},
 		{"dot overflow", "b.dot_steps[3]", func(p *ferryv1.PackedBatch) { p.DotSteps[3] = 1<<64 - 1 }},

@@ -116,6 +116,7 @@ export class FerryClient {
   private readonly onOffline = () => this.current?.abort(new ConnectError("the browser went offline", Code.Unavailable));
   private acking = false;
   private ackWaiting = false; // a resumeAckDelayMs wait is running
+  private ackDue = false; // that wait ended: what waits goes now
 
   private constructor(opts: ClientOptions) {
     this.opts = {
@@ -565,7 +566,7 @@ export class FerryClient {
           read: Number(c.read),
           memberCount: c.memberCount,
           receipts: c.receipts.map((r) => ({ userId: r.userId, delivered: Number(r.delivered), read: Number(r.read) })),
-          receiptsShared: c.receiptsShared,
+          noReceipts: c.noReceipts,
           changedAt: !before || Number(c.head) > before.head ? now : before.changedAt,
         };
       });
@@ -664,20 +665,20 @@ export class FerryClient {
   // see as receipts, go at once; when only delivered markers of
   // conversations without receipts wait, they go after resumeAckDelayMs
   // (or with the next ack that goes sooner).
-  private async sendAcks(due = false): Promise<void> {
+  private async sendAcks(): Promise<void> {
     if (this.acking || !this.connected) return;
     this.acking = true;
     try {
       for (;;) {
         const markers = [];
-        let soon = due;
+        let soon = this.ackDue;
         for (const id of new Set([...this.ops.keys(), ...this.reads.keys()])) {
           const delivered = this.held(id);
           const read = this.reads.get(id) ?? 0;
           const moved = delivered > (this.acked.get(id) ?? 0);
           if (moved || read > 0) {
             markers.push({ conversationId: id, delivered: BigInt(delivered), read: BigInt(read) });
-            soon ||= read > 0 || (moved && this.convs.get(id)?.receiptsShared !== false);
+            soon ||= read > 0 || (moved && this.convs.get(id)?.noReceipts !== true);
           }
         }
         if (markers.length === 0) return;
@@ -685,7 +686,7 @@ export class FerryClient {
           this.ackLater();
           return;
         }
-        due = false;
+        this.ackDue = false;
         await this.sync.ack({ markers });
         for (const m of markers) {
           this.acked.set(m.conversationId, Math.max(this.acked.get(m.conversationId) ?? 0, Number(m.delivered)));
@@ -706,7 +707,8 @@ export class FerryClient {
       .sleep(this.opts.resumeAckDelayMs, signal)
       .then(() => {
         this.ackWaiting = false;
-        return this.sendAcks(true);
+        this.ackDue = true; // read by the sendAcks loop running now, if one is
+        return this.sendAcks();
       })
       .catch(() => {
         this.ackWaiting = false; // the session ended: the next one acks

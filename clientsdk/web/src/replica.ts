@@ -43,10 +43,10 @@ export interface ConvRecord {
   memberCount: number;
   receipts: ReceiptRecord[];
   /**
-   * The members see each other's markers: the device's delivered marker is
-   * worth sending at once. (Absent in replicas written before it existed.)
+   * The members do not see each other's markers: the device's delivered
+   * marker can wait. (Absent in replicas written before it existed.)
    */
-  receiptsShared?: boolean;
+  noReceipts?: boolean;
   /** When the device last saw a change of it, for ordering the list. */
   changedAt: number;
 }

@@ -284,7 +284,7 @@ type Space struct {
 	// Obsolete is files Pebble no longer reads: compacted tables it deletes
 	// at a paced rate, and flushed WAL files it keeps to reuse (at most
 	// MemTableStopWritesThreshold+1 of them, each up to a memtable's worth).
-	// It does not grow with the data.
+	// Temporary or bounded: not a cost per write.
 	Obsolete uint64
 	// Other is the manifest, the options file and compactions in progress.
 	Other uint64

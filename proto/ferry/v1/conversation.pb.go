@@ -260,16 +260,17 @@ type ConversationInfo struct {
 	// ones.
 	Receipts    []*Receipt `protobuf:"bytes,10,rep,name=receipts,proto3" json:"receipts,omitempty"`
 	MemberCount uint32     `protobuf:"varint,11,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
-	// True when the members' delivered and read markers are shared as
-	// receipts in this conversation (it has up to the server's receipt limit
-	// of members). A client should then send its delivered marker soon, for
-	// the senders' delivery ticks. When false, the delivered marker only sets
-	// where the device's next session resumes: a client may gather it for
-	// longer (the Go SDK: a second) and spare the server an ack per message
-	// in large groups.
-	ReceiptsShared bool `protobuf:"varint,12,opt,name=receipts_shared,json=receiptsShared,proto3" json:"receipts_shared,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// True when the members' delivered and read markers are not shared as
+	// receipts in this conversation (it has more members than the server's
+	// receipt limit, or the caller left it). The caller's delivered marker
+	// then only sets where the device's next session resumes: a client may
+	// gather it for longer (the Go SDK: a second) and spare the server an ack
+	// per message in large groups. When false, as from servers that predate
+	// this field, a client should send it soon, for the senders' delivery
+	// ticks.
+	NoReceipts    bool `protobuf:"varint,12,opt,name=no_receipts,json=noReceipts,proto3" json:"no_receipts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConversationInfo) Reset() {
@@ -379,9 +380,9 @@ func (x *ConversationInfo) GetMemberCount() uint32 {
 	return 0
 }
 
-func (x *ConversationInfo) GetReceiptsShared() bool {
+func (x *ConversationInfo) GetNoReceipts() bool {
 	if x != nil {
-		return x.ReceiptsShared
+		return x.NoReceipts
 	}
 	return false
 }
@@ -481,7 +482,7 @@ const file_ferry_v1_conversation_proto_rawDesc = "" +
 	"\x17GetConversationResponse\x12>\n" +
 	"\fconversation\x18\x01 \x01(\v2\x1a.ferry.v1.ConversationInfoR\fconversation\x12*\n" +
 	"\amembers\x18\x02 \x03(\v2\x10.ferry.v1.MemberR\amembers\x12(\n" +
-	"\x06vector\x18\x03 \x01(\v2\x10.ferry.v1.VectorR\x06vector\"\xf2\x02\n" +
+	"\x06vector\x18\x03 \x01(\v2\x10.ferry.v1.VectorR\x06vector\"\xea\x02\n" +
 	"\x10ConversationInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\"\n" +
@@ -494,8 +495,9 @@ const file_ferry_v1_conversation_proto_rawDesc = "" +
 	"\x04read\x18\t \x01(\x04R\x04read\x12-\n" +
 	"\breceipts\x18\n" +
 	" \x03(\v2\x11.ferry.v1.ReceiptR\breceipts\x12!\n" +
-	"\fmember_count\x18\v \x01(\rR\vmemberCount\x12'\n" +
-	"\x0freceipts_shared\x18\f \x01(\bR\x0ereceiptsShared\"\xa1\x01\n" +
+	"\fmember_count\x18\v \x01(\rR\vmemberCount\x12\x1f\n" +
+	"\vno_receipts\x18\f \x01(\bR\n" +
+	"noReceipts\"\xa1\x01\n" +
 	"\x06Member\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12!\n" +

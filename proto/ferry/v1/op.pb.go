@@ -1083,9 +1083,6 @@ func (x *OpBatch) GetOps() []*Op {
 	return nil
 }
 
-// Vector is a version vector for one conversation: for each authoring device,
-// the highest dot held with every lower dot also held. Entries with a zero
-// dot are never sent.
 // PackedBatch is an OpBatch stored field by field rather than op by op,
 // so that compression finds what repeats: ids in binary with their times as
 // deltas, authors named once, dots as steps, bodies side by side. Its ops
@@ -1277,6 +1274,9 @@ func (x *PackedBatch) GetRoles() []Role {
 	return nil
 }
 
+// Vector is a version vector for one conversation: for each authoring device,
+// the highest dot held with every lower dot also held. Entries with a zero
+// dot are never sent.
 type Vector struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entries       []*VectorEntry         `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`

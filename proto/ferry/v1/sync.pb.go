@@ -660,8 +660,8 @@ type Hello struct {
 	Client string `protobuf:"bytes,7,opt,name=client,proto3" json:"client,omitempty"`
 	// The client reads ops packed (Ops.packed) rather than as rows
 	// (Ops.batches): the server then sends every Ops message of the session
-	// packed. About a fifth fewer bytes on the wire after compression, and
-	// less to encode and decode.
+	// packed: about a fifth fewer bytes on the wire after compression, and
+	// less for the server to encode.
 	PackedOps     bool `protobuf:"varint,8,opt,name=packed_ops,json=packedOps,proto3" json:"packed_ops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ferry/v1/conversation.proto.
  */
 export const file_ferry_v1_conversation: GenFile = /*@__PURE__*/
-  fileDesc("ChtmZXJyeS92MS9jb252ZXJzYXRpb24ucHJvdG8SCGZlcnJ5LnYxIkEKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBISCgpwYWdlX3Rva2VuGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDSJnChlMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEjEKDWNvbnZlcnNhdGlvbnMYASADKAsyGi5mZXJyeS52MS5Db252ZXJzYXRpb25JbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIxChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSKQAQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMAoMY29udmVyc2F0aW9uGAEgASgLMhouZmVycnkudjEuQ29udmVyc2F0aW9uSW5mbxIhCgdtZW1iZXJzGAIgAygLMhAuZmVycnkudjEuTWVtYmVyEiAKBnZlY3RvchgDIAEoCzIQLmZlcnJ5LnYxLlZlY3RvciKFAgoQQ29udmVyc2F0aW9uSW5mbxIKCgJpZBgBIAEoCRINCgV0aXRsZRgCIAEoCRIcCgRyb2xlGAMgASgOMg4uZmVycnkudjEuUm9sZRIPCgdyZW1vdmVkGAQgASgIEgwKBGhlYWQYBSABKAQSFAoMcmVzdW1lX2FmdGVyGAYgASgEEg4KBnVucmVhZBgHIAEoBBIRCglkZWxpdmVyZWQYCCABKAQSDAoEcmVhZBgJIAEoBBIjCghyZWNlaXB0cxgKIAMoCzIRLmZlcnJ5LnYxLlJlY2VpcHQSFAoMbWVtYmVyX2NvdW50GAsgASgNEhcKD3JlY2VpcHRzX3NoYXJlZBgMIAEoCCJyCgZNZW1iZXISDwoHdXNlcl9pZBgBIAEoCRIQCgh1c2VybmFtZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSHAoEcm9sZRgEIAEoDjIOLmZlcnJ5LnYxLlJvbGUSEQoJc2luY2Vfc2VxGAUgASgEMssBChNDb252ZXJzYXRpb25TZXJ2aWNlElwKEUxpc3RDb252ZXJzYXRpb25zEiIuZmVycnkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GiMuZmVycnkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJWCg9HZXRDb252ZXJzYXRpb24SIC5mZXJyeS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GiEuZmVycnkudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2VCM1oxZ2l0aHViLmNvbS9mZXJyeXN5bmMvZmVycnkvcHJvdG8vZmVycnkvdjE7ZmVycnl2MWIGcHJvdG8z", [file_ferry_v1_op]);
+  fileDesc("ChtmZXJyeS92MS9jb252ZXJzYXRpb24ucHJvdG8SCGZlcnJ5LnYxIkEKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBISCgpwYWdlX3Rva2VuGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDSJnChlMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEjEKDWNvbnZlcnNhdGlvbnMYASADKAsyGi5mZXJyeS52MS5Db252ZXJzYXRpb25JbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIxChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSKQAQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMAoMY29udmVyc2F0aW9uGAEgASgLMhouZmVycnkudjEuQ29udmVyc2F0aW9uSW5mbxIhCgdtZW1iZXJzGAIgAygLMhAuZmVycnkudjEuTWVtYmVyEiAKBnZlY3RvchgDIAEoCzIQLmZlcnJ5LnYxLlZlY3RvciKBAgoQQ29udmVyc2F0aW9uSW5mbxIKCgJpZBgBIAEoCRINCgV0aXRsZRgCIAEoCRIcCgRyb2xlGAMgASgOMg4uZmVycnkudjEuUm9sZRIPCgdyZW1vdmVkGAQgASgIEgwKBGhlYWQYBSABKAQSFAoMcmVzdW1lX2FmdGVyGAYgASgEEg4KBnVucmVhZBgHIAEoBBIRCglkZWxpdmVyZWQYCCABKAQSDAoEcmVhZBgJIAEoBBIjCghyZWNlaXB0cxgKIAMoCzIRLmZlcnJ5LnYxLlJlY2VpcHQSFAoMbWVtYmVyX2NvdW50GAsgASgNEhMKC25vX3JlY2VpcHRzGAwgASgIInIKBk1lbWJlchIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIcCgRyb2xlGAQgASgOMg4uZmVycnkudjEuUm9sZRIRCglzaW5jZV9zZXEYBSABKAQyywEKE0NvbnZlcnNhdGlvblNlcnZpY2USXAoRTGlzdENvbnZlcnNhdGlvbnMSIi5mZXJyeS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaIy5mZXJyeS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlElYKD0dldENvbnZlcnNhdGlvbhIgLmZlcnJ5LnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaIS5mZXJyeS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZUIzWjFnaXRodWIuY29tL2ZlcnJ5c3luYy9mZXJyeS9wcm90by9mZXJyeS92MTtmZXJyeXYxYgZwcm90bzM", [file_ferry_v1_op]);
 
 /**
  * @generated from message ferry.v1.ListConversationsRequest
@@ -192,17 +192,18 @@ export type ConversationInfo = Message<"ferry.v1.ConversationInfo"> & {
   memberCount: number;
 
   /**
-   * True when the members' delivered and read markers are shared as
-   * receipts in this conversation (it has up to the server's receipt limit
-   * of members). A client should then send its delivered marker soon, for
-   * the senders' delivery ticks. When false, the delivered marker only sets
-   * where the device's next session resumes: a client may gather it for
-   * longer (the Go SDK: a second) and spare the server an ack per message
-   * in large groups.
+   * True when the members' delivered and read markers are not shared as
+   * receipts in this conversation (it has more members than the server's
+   * receipt limit, or the caller left it). The caller's delivered marker
+   * then only sets where the device's next session resumes: a client may
+   * gather it for longer (the Go SDK: a second) and spare the server an ack
+   * per message in large groups. When false, as from servers that predate
+   * this field, a client should send it soon, for the senders' delivery
+   * ticks.
    *
-   * @generated from field: bool receipts_shared = 12;
+   * @generated from field: bool no_receipts = 12;
    */
-  receiptsShared: boolean;
+  noReceipts: boolean;
 };
 
 /**

@@ -400,9 +400,6 @@ export const OpBatchSchema: GenMessage<OpBatch> = /*@__PURE__*/
   messageDesc(file_ferry_v1_op, 10);
 
 /**
- * Vector is a version vector for one conversation: for each authoring device,
- * the highest dot held with every lower dot also held. Entries with a zero
- * dot are never sent.
  * PackedBatch is an OpBatch stored field by field rather than op by op,
  * so that compression finds what repeats: ids in binary with their times as
  * deltas, authors named once, dots as steps, bodies side by side. Its ops
@@ -534,6 +531,10 @@ export const PackedBatchSchema: GenMessage<PackedBatch> = /*@__PURE__*/
   messageDesc(file_ferry_v1_op, 11);
 
 /**
+ * Vector is a version vector for one conversation: for each authoring device,
+ * the highest dot held with every lower dot also held. Entries with a zero
+ * dot are never sent.
+ *
  * @generated from message ferry.v1.Vector
  */
 export type Vector = Message$1<"ferry.v1.Vector"> & {

@@ -272,8 +272,8 @@ export type Hello = Message<"ferry.v1.Hello"> & {
   /**
    * The client reads ops packed (Ops.packed) rather than as rows
    * (Ops.batches): the server then sends every Ops message of the session
-   * packed. About a fifth fewer bytes on the wire after compression, and
-   * less to encode and decode.
+   * packed: about a fifth fewer bytes on the wire after compression, and
+   * less for the server to encode.
    *
    * @generated from field: bool packed_ops = 8;
    */
