@@ -14,6 +14,8 @@ import (
 	"github.com/oklog/ulid/v2"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 )
 
@@ -89,7 +91,8 @@ type ZstdResult struct {
 }
 
 // Zstd compresses wire batches of opsPerBatch corpus messages (Ops messages
-// as the server sends them) with one shared encoder, as the server does.
+// as the server sends them to the Go SDK: packed) with one shared encoder,
+// as the server does.
 func Zstd(opsPerBatch int, d time.Duration) (ZstdResult, error) {
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithLowerEncoderMem(true))
 	if err != nil {
@@ -97,14 +100,18 @@ func Zstd(opsPerBatch int, d time.Duration) (ZstdResult, error) {
 	}
 	var batches [][]byte
 	for k := 0; k < 20; k++ {
-		b := &ferryv1.OpBatch{ConversationId: ulid.Make().String()}
-		dev, user := ulid.Make().String(), ulid.Make().String()
-		for i := range opsPerBatch {
-			b.Ops = append(b.Ops, &ferryv1.Op{Id: ulid.Make().String(), Seq: uint64(k*opsPerBatch + i + 1), DeviceId: dev,
-				Dot: uint64(i + 1), UserId: user,
-				Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{Body: corpus[corpusIndex(k*opsPerBatch+i)], ContentType: "text/plain"}}})
+		conv, dev, user := ulid.Make(), ulid.Make(), ulid.Make()
+		ops := make([]model.Op, opsPerBatch)
+		for i := range ops {
+			ops[i] = model.Op{ID: ulid.Make(), Conv: conv, Seq: uint64(k*opsPerBatch + i + 1), User: user,
+				Dot: model.Dot{Device: dev, N: uint64(i + 1)}, Kind: model.KindMessage,
+				Body: corpus[corpusIndex(k*opsPerBatch+i)], ContentType: "text/plain"}
 		}
-		raw, err := proto.Marshal(&ferryv1.Ops{Batches: []*ferryv1.OpBatch{b}, Phase: ferryv1.Phase_PHASE_BACKFILL})
+		p, err := wire.PackBatch(conv, ops)
+		if err != nil {
+			return ZstdResult{}, err
+		}
+		raw, err := proto.Marshal(&ferryv1.Ops{Packed: []*ferryv1.PackedBatch{p}, Phase: ferryv1.Phase_PHASE_BACKFILL})
 		if err != nil {
 			return ZstdResult{}, err
 		}

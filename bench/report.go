@@ -156,7 +156,7 @@ func (r *Report) Markdown() string {
 			x.CatchUp.RoundTrips, x.CatchUp.WireBytes, x.BytesOp, float64(x.CatchUp.WireBytes)/float64(max(x.RawBytes, 1)))
 	}
 	if len(r.Limits.Zstd) > 0 {
-		p("\nLimit, zstd on wire batches (shared encoder):")
+		p("\nLimit, zstd on packed wire batches (shared encoder, default level):")
 		for _, z := range r.Limits.Zstd {
 			p(" %d ops per batch: ratio %.2f at %.0f MB/s;", z.OpsPerBatch, z.Ratio, z.MBPerSec)
 		}
