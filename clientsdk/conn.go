@@ -286,15 +286,13 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 		case <-s.flushWake:
 			s.flush()
 		case <-d.ackWake:
-			switch waiting, soon := d.markersWaiting(); {
-			case !waiting:
-			case soon && d.opts.ackDelay == 0:
+			if d.opts.ackDelay == 0 {
 				s.sendAcks()
-			case soon:
+			} else {
 				ackIn(d.opts.ackDelay)
-			default:
-				ackIn(d.opts.resumeAckDelay)
 			}
+		case <-d.resumeAckWake:
+			ackIn(d.opts.resumeAckDelay)
 		case <-ackDue:
 			ackDue = nil
 			s.sendAcks()
@@ -473,8 +471,16 @@ func (s *session) receive(ctx context.Context) error {
 					return &TerminalError{Err: err}
 				}
 			}
+			// The delivered markers these ops move go soon where other
+			// members see them as receipts; elsewhere they only set where
+			// the next session resumes, and can wait.
+			soon := false
+			for _, b := range batches {
+				id, _ := ulid.ParseStrict(b.GetConversationId())
+				soon = soon || d.convs[id] == nil || !d.convs[id].NoReceipts
+			}
 			d.mu.Unlock()
-			d.wakeAcks()
+			d.wakeAcks(soon)
 			if x.Ops.GetPhase() == ferryv1.Phase_PHASE_LIVE && x.Ops.GetFeedPos() != 0 {
 				s.unseen = false
 				if s.once && s.idle() {
@@ -568,9 +574,15 @@ func (d *Device) refreshMembers(ctx context.Context) {
 	}
 }
 
-func (d *Device) wakeAcks() {
+// wakeAcks tells the session that markers moved: ones to send soon, or
+// ones that can wait resumeAckDelay.
+func (d *Device) wakeAcks(soon bool) {
+	wake := d.resumeAckWake
+	if soon {
+		wake = d.ackWake
+	}
 	select {
-	case d.ackWake <- struct{}{}:
+	case wake <- struct{}{}:
 	default:
 	}
 }
@@ -592,24 +604,6 @@ func (d *Device) savePosition(epoch string, pos uint64) error {
 	}
 	d.epoch, d.feedPos = epoch, pos
 	return nil
-}
-
-// markersWaiting reports whether markers wait to be sent, and whether one
-// of them should go soon: a read, or a delivered marker that other members
-// see as a receipt. A delivered marker of a conversation without receipts
-// only sets where the next session resumes, and can wait longer.
-func (d *Device) markersWaiting() (waiting, soon bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, c := range d.convs {
-		read := c.ReadWanted > c.AckedRead
-		delivered := c.prefix() > c.AckedDelivered
-		if read || (delivered && !c.NoReceipts) {
-			return true, true
-		}
-		waiting = waiting || delivered
-	}
-	return waiting, false
 }
 
 // markers lists the markers to send: each conversation's held prefix as

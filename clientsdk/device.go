@@ -63,7 +63,10 @@ type Device struct {
 	entropy   io.Reader
 
 	outboxWake chan struct{} // new outbox entries (capacity 1)
-	ackWake    chan struct{} // markers to send (capacity 1)
+	ackWake    chan struct{} // markers to send soon (capacity 1)
+	// resumeAckWake: delivered markers that nobody else sees, which can
+	// wait resumeAckDelay (capacity 1).
+	resumeAckWake chan struct{}
 
 	runMu  sync.Mutex
 	cancel context.CancelFunc
@@ -109,6 +112,7 @@ func open(dir string, fs vfs.FS, opts []Option) (*Device, error) {
 		entropy:       o.entropy,
 		outboxWake:    make(chan struct{}, 1),
 		ackWake:       make(chan struct{}, 1),
+		resumeAckWake: make(chan struct{}, 1),
 	}
 	if d.entropy == nil {
 		d.entropy = rand.Reader

@@ -111,7 +111,7 @@ type convRecord struct {
 	Receipts  []receiptRecord `json:"receipts,omitempty"`
 	Members   uint32          `json:"members"`
 	// NoReceipts: the members do not see each other's markers, so this
-	// device's delivered marker can wait (see markersWaiting).
+	// device's delivered marker can wait (see wakeAcks).
 	NoReceipts bool `json:"no_receipts,omitempty"`
 	// NextDot is the dot this device gives its next op in the conversation.
 	NextDot uint64 `json:"next_dot"`

@@ -231,9 +231,6 @@ type DiskUsage struct {
 // Live is the bytes the data needs: everything but the obsolete files.
 func (u DiskUsage) Live() uint64 { return u.Tables + u.WAL + u.Other }
 
-// Total is every byte the store's files occupy now.
-func (u DiskUsage) Total() uint64 { return u.Live() + u.Obsolete }
-
 // DiskUsage reports what the store occupies on disk, after a full
 // compaction when compact is set (which also flushes the memtable, so the
 // WAL holds almost nothing).

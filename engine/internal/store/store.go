@@ -290,9 +290,6 @@ type Space struct {
 	Other uint64
 }
 
-// Live is what the data costs: everything but the obsolete files.
-func (s Space) Live() uint64 { return s.Tables + s.WAL + s.Other }
-
 // Space reports the bytes the database occupies on disk.
 func (s *Store) Space() Space {
 	m := s.db.Metrics()
