@@ -59,6 +59,9 @@ type reader struct {
 	// counts, in a session's read, remembers the message count at the
 	// user's read marker per conversation (see messagesAt); nil elsewhere.
 	counts map[ulid.ULID]seqCount
+	// dec, in a catch-up read, decodes the ops, whose bodies are sent
+	// together; nil elsewhere.
+	dec *record.OpDecoder
 }
 
 // seqCount is the number of message ops up to and including seq.
@@ -72,6 +75,14 @@ func (e *Engine) sessionReader(counts map[ulid.ULID]seqCount) reader {
 }
 
 func (r reader) release() { r.v.Release() }
+
+// opDecoder decodes the ops a read returns: the session's, or one for them.
+func (r reader) opDecoder() *record.OpDecoder {
+	if r.dec != nil {
+		return r.dec
+	}
+	return new(record.OpDecoder)
+}
 
 func (r reader) conv(id ulid.ULID) (record.Conv, bool, error) {
 	raw, err := r.v.Get(keys.ID1(keys.TConv, id))
@@ -351,7 +362,15 @@ func sortFeed(es []feedEntry) {
 
 // opSize estimates an op's size on the wire, for bounding batches.
 func opSize(op *model.Op) int {
-	return 96 + len(op.Body) + len(op.ContentType) + len(op.Title) + len(op.ReactionKey)
+	return opOverhead + len(op.Body) + len(op.ContentType) + len(op.Title) + len(op.ReactionKey)
+}
+
+const opOverhead = 96
+
+// opsCap is the most ops a read of n ops within maxOps and maxBytes can
+// return: the capacity to allocate for it at once.
+func opsCap(n uint64, maxOps, maxBytes int) uint64 {
+	return min(n, uint64(maxOps), uint64(max(maxBytes, 0)/opOverhead+1))
 }
 
 // ops reads the ops of conv with after < seq <= through, ascending, at most
@@ -366,7 +385,8 @@ func (r reader) ops(conv ulid.ULID, after, through uint64, maxOps, maxBytes int,
 	if err != nil {
 		return nil, err
 	}
-	var out []model.Op
+	out := make([]model.Op, 0, opsCap(through-after, maxOps, maxBytes))
+	dec := r.opDecoder()
 	size := 0
 	for ok := it.First(); ok && len(out) < maxOps; ok = it.Next() {
 		_, seq, valid := keys.ParseOp(it.Key())
@@ -379,7 +399,7 @@ func (r reader) ops(conv ulid.ULID, after, through uint64, maxOps, maxBytes int,
 			_ = it.Close()
 			return nil, err
 		}
-		rec, err := record.DecodeOp(conv, seq, val)
+		rec, err := dec.Decode(conv, seq, val)
 		if err != nil {
 			_ = it.Close()
 			return nil, err
@@ -407,7 +427,8 @@ func (r reader) opsBefore(conv ulid.ULID, through uint64, maxOps, maxBytes int) 
 	if err != nil {
 		return nil, err
 	}
-	var out []model.Op
+	out := make([]model.Op, 0, opsCap(through, maxOps, maxBytes))
+	dec := r.opDecoder()
 	size := 0
 	for ok := it.Last(); ok && len(out) < maxOps; ok = it.Prev() {
 		_, seq, valid := keys.ParseOp(it.Key())
@@ -420,7 +441,7 @@ func (r reader) opsBefore(conv ulid.ULID, through uint64, maxOps, maxBytes int) 
 			_ = it.Close()
 			return nil, err
 		}
-		rec, err := record.DecodeOp(conv, seq, val)
+		rec, err := dec.Decode(conv, seq, val)
 		if err != nil {
 			_ = it.Close()
 			return nil, err

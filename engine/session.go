@@ -10,6 +10,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
 	"github.com/ferrysync/ferry/engine/model"
 )
 
@@ -119,8 +120,8 @@ var verifyCaches = false
 // seq sent, a digest of the last info sent and the message count at the
 // user's read marker.
 //
-// A session is not safe for concurrent use: one goroutine calls Next,
-// Changed and Close.
+// A session is not safe for concurrent use: one goroutine at a time calls
+// Next, Pending, Changed and Close.
 type Session struct {
 	e       *Engine
 	a       Actor
@@ -332,6 +333,9 @@ func (s *Session) nextOps() (Event, bool, error) {
 	r := s.e.sessionReader(s.counts)
 	defer r.release()
 	ev := Event{Kind: EventOps, Phase: s.queue[0].phase}
+	if ev.Phase != PhaseLive {
+		r.dec = new(record.OpDecoder) // a catch-up: many ops, sent together
+	}
 	opsLeft, bytesLeft := s.o.MaxBatchOps, s.o.MaxBatchBytes
 	for len(s.queue) > 0 && opsLeft > 0 && bytesLeft > 0 {
 		it := &s.queue[0]

@@ -2,8 +2,10 @@ package record
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
+	"unsafe"
 
 	"github.com/oklog/ulid/v2"
 
@@ -40,6 +42,58 @@ func TestOpRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(got, op) {
 			t.Errorf("%s: round trip\n got %+v\nwant %+v", op.Kind, got, op)
 		}
+	}
+}
+
+// TestOpDecoderSharesChunksSafely decodes a run of ops with one OpDecoder:
+// they must equal DecodeOp's, bodies past the first few must share chunks,
+// and an append to one body must not reach the next.
+func TestOpDecoderSharesChunksSafely(t *testing.T) {
+	const n = 100
+	records := make([][]byte, n)
+	for i := range records {
+		op := sampleOps()[1]
+		op.Seq = uint64(i + 1)
+		op.Body = []byte(fmt.Sprintf("message %d", i))
+		records[i] = AppendOp(nil, &op)
+	}
+	var d OpDecoder
+	got := make([]Op, n)
+	for i, b := range records {
+		want, err := DecodeOp(id(2), uint64(i+1), b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[i], err = d.Decode(id(2), uint64(i+1), b); err != nil || !reflect.DeepEqual(got[i], want) {
+			t.Fatalf("op %d: Decode = %+v, %v; DecodeOp = %+v", i, got[i], err, want)
+		}
+	}
+	for i := arenaAfter + 1; i < n; i++ {
+		prev, cur := got[i-1].Body, got[i].Body
+		if cap(prev) != len(prev) {
+			t.Fatalf("body %d has room for %d more bytes", i-1, cap(prev)-len(prev))
+		}
+		if unsafe.Pointer(unsafe.SliceData(cur)) != unsafe.Add(unsafe.Pointer(unsafe.SliceData(prev)), len(prev)) {
+			t.Fatalf("bodies %d and %d are not side by side in a chunk", i-1, i)
+		}
+	}
+	last := string(got[n-1].Body)
+	_ = append(got[n-2].Body, "XX"...)
+	if string(got[n-1].Body) != last {
+		t.Fatalf("an append to body %d changed body %d to %q", n-2, n-1, got[n-1].Body)
+	}
+	// The content type is interned and the bodies take a few chunks: far
+	// fewer allocations than one per op.
+	allocs := testing.AllocsPerRun(10, func() {
+		var d OpDecoder
+		for i, b := range records {
+			if _, err := d.Decode(id(2), uint64(i+1), b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	if allocs > arenaAfter+2 {
+		t.Errorf("decoding %d ops took %.0f allocations, want at most %d", n, allocs, arenaAfter+2)
 	}
 }
 
