@@ -246,6 +246,51 @@ func TestPushOnStream(t *testing.T) {
 	bs.holds(conv, 1, 3)
 }
 
+// TestPushDuringLongCatchUp: while a catch-up of many messages streams (the
+// server reads each message ahead while it sends the previous one), a push
+// on the same stream is answered, and the catch-up still arrives whole and
+// in order; the pushed op then follows live.
+func TestPushDuringLongCatchUp(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	conv := alice.createConv("c", bob)
+	const n = 300
+	ops := make([]*ferryv1.Op, n)
+	for i := range ops {
+		ops[i] = alice.op(conv, msg(fmt.Sprint("history ", i)))
+	}
+	if _, err := alice.Sync.Push(context.Background(), &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: ops}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, packed := range []bool{false, true} {
+		h := hello("", 0)
+		h.MaxBatchOps, h.PackedOps = 7, packed
+		s := bob.open(h)
+		op := bob.op(conv, msg(fmt.Sprint("pushed while catching up, packed ", packed)))
+		s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
+			RequestId: 1, Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{op}}}}}})
+		var result *ferryv1.PushResult
+		for result == nil || s.caught == nil {
+			if r := s.recv().GetPushResult(); r != nil {
+				result = r
+			}
+		}
+		r := result.GetResults()[0]
+		if r.GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED {
+			t.Fatalf("push during the catch-up: %v", r)
+		}
+		// Whatever the catch-up did not carry of the push comes live.
+		for s.last[conv] < r.GetSeq() {
+			s.recv()
+		}
+		s.holds(conv, 1, r.GetSeq())
+		if got := s.held[conv][r.GetSeq()]; got != op.GetId() {
+			t.Fatalf("seq %d is %s, want the pushed op %s", r.GetSeq(), got, op.GetId())
+		}
+		s.close()
+	}
+}
+
 // flushCounter counts the flushes that reach net/http on sync streams.
 type flushCounter struct {
 	http.ResponseWriter
