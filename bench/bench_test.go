@@ -106,6 +106,10 @@ func TestWorkloadsInProcess(t *testing.T) {
 		if c.CatchUp.Ops != c.Ops || c.CatchUp.WireBytes == 0 || c.CatchUp.RoundTrips == 0 {
 			t.Errorf("catch-up %+v: want exactly the missed ops, with bytes and round trips counted", c)
 		}
+		sorted := slices.Sorted(slices.Values(c.Times))
+		if len(sorted) != 3 || c.CatchUp.Duration != sorted[1] {
+			t.Errorf("catch-up times %v, reported %v: want three runs and the median", c.Times, c.CatchUp.Duration)
+		}
 	}
 	if zstd, plain := r.CatchUp[0].CatchUp.WireBytes, r.CatchUp[2].CatchUp.WireBytes; zstd >= plain {
 		t.Errorf("compressed catch-up %d bytes, uncompressed %d: compression saved nothing", zstd, plain)
