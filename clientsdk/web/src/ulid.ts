@@ -32,6 +32,25 @@ export function ulid(now: number = Date.now(), random: (b: Uint8Array) => void =
   return out;
 }
 
+/** Returns the ULID whose 16 bytes (big-endian: time, then entropy) are b. */
+export function ulidFromBytes(b: Uint8Array): string {
+  if (b.length !== 16) throw new RangeError(`ulid: ${b.length} bytes; a ULID has 16`);
+  // 128 bits as 26 digits of 5 bits: the first digit holds 2 zero bits.
+  let out = "";
+  let bits = 2;
+  let acc = 0;
+  for (const byte of b) {
+    acc = (acc << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      bits -= 5;
+      out += alphabet[(acc >> bits) & 31];
+    }
+    acc &= (1 << bits) - 1;
+  }
+  return out;
+}
+
 /** Reports whether s is a well-formed ULID. */
 export function isULID(s: string): boolean {
   return /^[0-7][0-9A-HJKMNP-TV-Z]{25}$/.test(s);

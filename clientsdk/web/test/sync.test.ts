@@ -4,9 +4,14 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
+import { toBinary } from "@bufbuild/protobuf";
+import { createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
 import { IDBFactory } from "fake-indexeddb";
 
-import { FerryClient, IndexedDBReplica, MemoryReplica, type MessageView, type Replica } from "../src/index.js";
+import { FerryClient, IndexedDBReplica, MemoryReplica, unpackBatch, type MessageView, type Replica } from "../src/index.js";
+import { OpSchema } from "../src/gen/ferry/v1/op_pb.js";
+import { SyncService } from "../src/gen/ferry/v1/sync_pb.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -283,4 +288,49 @@ test("in a conversation without receipts, delivered acks wait; a read goes at on
   } finally {
     await big.stop();
   }
+});
+
+test("a packed catch-up unpacks to exactly the rows the server sends", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bobDevice = await open();
+  await signUp(alice, "alice");
+  const b = name("bob");
+  const bob = await bobDevice.register(b, "correct horse battery");
+  const conv = await alice.createConversation("packing", [b]);
+  const first = await alice.send(conv, "first");
+  const second = await alice.send(conv, "second");
+  for (let i = 0; i < 20; i++) await alice.send(conv, `more ${i}`);
+  await alice.edit(conv, first, "first, edited");
+  await alice.react(conv, first, "👍");
+  await alice.react(conv, first, "🎉");
+  await alice.react(conv, first, "👍", false);
+  await alice.delete(conv, second);
+  await alice.waitFor(() => alice.status().pending === 0);
+
+  const auth: Interceptor = (next) => (req) => {
+    req.header.set("Authorization", `Bearer ${bob.token}`);
+    return next(req);
+  };
+  const sync = createClient(SyncService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
+  // One catch-up of a new device, as rows or packed, in small messages.
+  const catchUp = async (packedOps: boolean) => {
+    const out: { conv: string; op: Uint8Array }[] = [];
+    let packed = 0;
+    for await (const res of sync.subscribe({ hello: { client: "test", maxBatchOps: 7, packedOps } })) {
+      const m = res.message;
+      if (m.case === "ops") {
+        packed += m.value.packed.length;
+        const batches = [...m.value.batches, ...m.value.packed.map((p, i) => unpackBatch(p, `ops.packed[${i}]`))];
+        for (const bt of batches) for (const op of bt.ops) out.push({ conv: bt.conversationId, op: toBinary(OpSchema, op) });
+      }
+      if (m.case === "caughtUp") break;
+    }
+    return { out, packed };
+  };
+  const rows = await catchUp(false);
+  const packed = await catchUp(true);
+  assert.equal(rows.packed, 0, "rows asked for, rows sent");
+  assert.ok(packed.packed >= 4, `packed batches: ${packed.packed}`);
+  assert.equal(rows.out.length, 29, "create, member add, 22 messages, edit, 3 reactions, delete");
+  assert.deepEqual(packed.out, rows.out);
 });

@@ -3,9 +3,9 @@ import { test } from "node:test";
 
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 
-import { fold, ulid, isULID } from "../src/index.js";
+import { fold, ulid, isULID, ulidFromBytes, unpackBatch, MalformedBatchError } from "../src/index.js";
 import { ulidTime } from "../src/fold.js";
-import { OpSchema, type Op } from "../src/gen/ferry/v1/op_pb.js";
+import { OpKind, OpSchema, PackedBatchSchema, Role, type Op, type PackedBatch } from "../src/gen/ferry/v1/op_pb.js";
 
 test("ulid: 26 Crockford characters, time first", () => {
   const zero = ulid(0, (b) => b.fill(0));
@@ -88,4 +88,101 @@ test("IndexedDBReplica: changes land whole and survive reopening", async () => {
   const cleared = await again.load();
   assert.equal(cleared.convs.length + cleared.ops.length + cleared.outbox.length, 0);
   again.close();
+});
+
+test("ulidFromBytes: the 16 bytes of a ULID, in the same 26 characters", () => {
+  assert.equal(ulidFromBytes(new Uint8Array(16)), "00000000000000000000000000");
+  assert.equal(ulidFromBytes(new Uint8Array(16).fill(255)), "7ZZZZZZZZZZZZZZZZZZZZZZZZZ");
+  const entropy = Uint8Array.from({ length: 10 }, (_, i) => 17 * i + 3);
+  const t = 1_790_000_000_123;
+  const b = new Uint8Array(16);
+  for (let k = 0, x = t; k < 6; k++, x = Math.floor(x / 256)) b[5 - k] = x % 256;
+  b.set(entropy, 6);
+  assert.equal(ulidFromBytes(b), ulid(t, (r) => r.set(entropy)));
+  assert.throws(() => ulidFromBytes(new Uint8Array(15)), /15 bytes/);
+});
+
+// A packed batch of every kind of op, built by hand as the server packs:
+// two authors, ids with time steps, payload lists in op order.
+function packedSample(): PackedBatch {
+  const id = (n: number) => Uint8Array.from({ length: 16 }, (_, i) => (i === 15 ? n : i === 0 ? 1 : 0));
+  const kinds = [OpKind.CREATE, OpKind.MEMBER_ADD, OpKind.MESSAGE, OpKind.EDIT, OpKind.REACTION_ADD, OpKind.REACTION_REMOVE,
+    OpKind.DELETE, OpKind.MEMBER_ROLE, OpKind.MEMBER_REMOVE, OpKind.SET_TITLE];
+  return create(PackedBatchSchema, {
+    conversationId: ulidFromBytes(id(9)),
+    firstSeq: 1n,
+    authorDevices: [id(1), id(2)],
+    authorUsers: [id(3), id(4)],
+    authors: [0, 0, 1, 1, 0, 0, 1, 0, 0, 1],
+    dotSteps: [1n, 1n, 1n, 1n, 1n, 1n, 1n, 2n, 1n, 1n],
+    timeSteps: [1_790_000_000_000n, 0n, 5n, 1n, 0n, 2n, 3n, -1n, 4n, 0n],
+    idEntropy: Uint8Array.from({ length: 10 * kinds.length }, (_, i) => i),
+    kinds,
+    erased: [2],
+    bodies: [new Uint8Array(0), enc.encode("edited")],
+    contentTypes: ["", "text/plain"],
+    texts: ["team", "👍", "👍", "new title"],
+    targets: Uint8Array.from([...id(20), ...id(20), ...id(20), ...id(20)]),
+    members: Uint8Array.from([...id(4), ...id(4), ...id(4)]),
+    roles: [Role.MEMBER, Role.ADMIN],
+  });
+}
+
+test("unpackBatch: rows with ids, seqs, dots, authors and payloads in op order", () => {
+  const b = unpackBatch(packedSample());
+  assert.equal(b.ops.length, 10);
+  assert.deepEqual(b.ops.map((o) => o.seq), [1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n, 9n, 10n]);
+  assert.deepEqual(b.ops.map((o) => o.payload.case), ["create", "memberAdd", "message", "edit", "reactionAdd", "reactionRemove",
+    "delete", "memberRole", "memberRemove", "setTitle"]);
+  // Dots count per author: device 1 has ops 1, 2, 5, 6, 8 (a step of 2), 9.
+  assert.deepEqual(b.ops.map((o) => o.dot), [1n, 2n, 1n, 2n, 3n, 4n, 3n, 6n, 7n, 4n]);
+  assert.deepEqual(b.ops.map((o) => ulidTime(o.id) - 1_790_000_000_000), [0, 0, 5, 6, 6, 8, 11, 10, 14, 14]);
+  assert.ok(b.ops.every((o) => isULID(o.id)));
+  assert.equal(new Set(b.ops.map((o) => o.id)).size, 10, "each id its own entropy");
+  assert.deepEqual(b.ops.map((o) => o.erased), [false, false, true, false, false, false, false, false, false, false]);
+  const [create0, add, , edit, react, , , role, remove, title] = b.ops;
+  assert.equal(create0!.payload.case === "create" && create0!.payload.value.title, "team");
+  assert.equal(add!.payload.case === "memberAdd" && add!.payload.value.role, Role.MEMBER);
+  assert.equal(role!.payload.case === "memberRole" && role!.payload.value.role, Role.ADMIN);
+  assert.equal(remove!.payload.case === "memberRemove" && remove!.payload.value.userId, add!.payload.case === "memberAdd" && add!.payload.value.userId);
+  assert.equal(edit!.payload.case === "edit" && new TextDecoder().decode(edit!.payload.value.body), "edited");
+  assert.equal(react!.payload.case === "reactionAdd" && react!.payload.value.key, "👍");
+  assert.equal(title!.payload.case === "setTitle" && title!.payload.value.title, "new title");
+  assert.equal(b.ops[2]!.deviceId, b.ops[3]!.deviceId);
+  assert.notEqual(b.ops[0]!.userId, b.ops[2]!.userId);
+});
+
+test("unpackBatch: a malformed batch is refused, naming the field", () => {
+  const cases: [string, (p: PackedBatch) => void, RegExp][] = [
+    ["bad conversation id", (p) => (p.conversationId = "nope"), /conversation_id/],
+    ["seq 0", (p) => (p.firstSeq = 0n), /first_seq/],
+    ["short authors", (p) => p.authors.pop(), /authors has 9 entries for 10/],
+    ["short time steps", (p) => p.timeSteps.pop(), /time_steps/],
+    ["short entropy", (p) => (p.idEntropy = p.idEntropy.subarray(1)), /id_entropy/],
+    ["author out of range", (p) => (p.authors[3] = 2), /authors\[3\] is 2/],
+    ["same device twice", (p) => (p.authorDevices[1] = p.authorDevices[0]!), /same device/],
+    ["user missing", (p) => p.authorUsers.pop(), /author users/],
+    ["dot step 0", (p) => (p.dotSteps[4] = 0n), /dot_steps\[4\]/],
+    ["time before 1970", (p) => (p.timeSteps[1] = -2_000_000_000_000n), /time_steps\[1\]/],
+    ["texts short", (p) => p.texts.pop(), /texts ends before op 9/],
+    ["texts long", (p) => p.texts.push("x"), /texts has 5 entries/],
+    ["bodies short", (p) => p.bodies.pop(), /bodies or content_types/],
+    ["targets short", (p) => (p.targets = p.targets.subarray(16)), /targets ends/],
+    ["members long", (p) => (p.members = new Uint8Array(64)), /members has 64 bytes/],
+    ["roles short", (p) => p.roles.pop(), /roles ends/],
+    ["unknown role", (p) => (p.roles[1] = 9 as Role), /unknown role 9/],
+    ["unknown kind", (p) => (p.kinds[5] = 42 as OpKind), /kinds\[5\]: unknown op kind 42/],
+    ["erased out of range", (p) => (p.erased = [10]), /erased names op 10/],
+    ["erased not ascending", (p) => (p.erased = [3, 2]), /not ascending/],
+  ];
+  for (const [name, spoil, want] of cases) {
+    const p = packedSample();
+    spoil(p);
+    assert.throws(() => unpackBatch(p, "ops.packed[0]"), (e: unknown) => {
+      assert.ok(e instanceof MalformedBatchError, `${name}: ${e}`);
+      assert.match(e.message, /^ops\.packed\[0\]/, name);
+      assert.match(e.message, want, name);
+      return true;
+    }, name);
+  }
 });
