@@ -105,7 +105,7 @@ func (r *Report) Markdown() string {
 	}
 	p("Profile `%s`, %s. Machine: %s, %d cores (GOMAXPROCS %d), %s, %s; %s. ",
 		r.Profile, r.Date.Format("2006-01-02 15:04 UTC"), r.Machine.CPU, r.Machine.Cores, r.Machine.GOMAXPROCS, r.Machine.OS, r.Machine.Go, fsync)
-	p("Corpus version %d, mean payload %.0f bytes. Single runs on a shared machine: read ratios, not absolutes.\n\n", r.CorpusVersion, r.MeanPayload)
+	p("Corpus version %d, mean payload %.0f bytes. One run of each workload (catch-ups: the median of three) on a shared machine: read ratios, not absolutes.\n\n", r.CorpusVersion, r.MeanPayload)
 
 	systems := r.systems()
 	p("## Targets\n\n| metric | target | %s |\n| --- | --- |%s\n", strings.Join(systems, " | "), strings.Repeat(" --- |", len(systems)))
