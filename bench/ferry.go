@@ -90,7 +90,7 @@ func NewFerry(ctx context.Context, cfg FerryConfig) (*Ferry, error) {
 		if err != nil {
 			return nil, err
 		}
-		srv, err := server.New(eng, server.Options{Logger: cfg.Logger, MaxStreamsPerDevice: 4})
+		srv, err := server.New(eng, server.Options{Logger: cfg.Logger, MaxStreamsPerDevice: 4, SignInLimit: -1})
 		if err != nil {
 			return nil, err
 		}
@@ -126,7 +126,7 @@ func (f *Ferry) startProcess(ctx context.Context) error {
 		_ = ln.Close()
 	}
 	cmd := exec.Command(f.cfg.Binary, "--addr", f.addr, "--data", f.cfg.Dir, "--allow-registration",
-		"--password-memory-kib", "64", "--password-passes", "1", "--log-level", "warn", "--max-streams-per-device", "4")
+		"--password-memory-kib", "64", "--password-passes", "1", "--log-level", "warn", "--max-streams-per-device", "4", "--sign-in-limit", "0")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err

@@ -19,11 +19,17 @@ func sessionToProto(c engine.Credentials) *ferryv1.DeviceSession {
 }
 
 func (h accountService) Register(ctx context.Context, req *ferryv1.RegisterRequest) (*ferryv1.RegisterResponse, error) {
-	c, err := h.s.eng.Register(ctx, engine.NewAccount{
-		Username:    req.GetUsername(),
-		Password:    req.GetPassword(),
-		DisplayName: req.GetDisplayName(),
-		DeviceName:  req.GetDeviceName(),
+	var c engine.Credentials
+	// Every registration counts against the address: accounts are not
+	// free to make either.
+	err := h.s.signIn(ctx, "register", false, func() (err error) {
+		c, err = h.s.eng.Register(ctx, engine.NewAccount{
+			Username:    req.GetUsername(),
+			Password:    req.GetPassword(),
+			DisplayName: req.GetDisplayName(),
+			DeviceName:  req.GetDeviceName(),
+		})
+		return err
 	})
 	if err != nil {
 		return nil, connectError(err)
@@ -32,7 +38,11 @@ func (h accountService) Register(ctx context.Context, req *ferryv1.RegisterReque
 }
 
 func (h accountService) Login(ctx context.Context, req *ferryv1.LoginRequest) (*ferryv1.LoginResponse, error) {
-	c, err := h.s.eng.Login(ctx, req.GetUsername(), req.GetPassword(), req.GetDeviceName())
+	var c engine.Credentials
+	err := h.s.signIn(ctx, "login", true, func() (err error) {
+		c, err = h.s.eng.Login(ctx, req.GetUsername(), req.GetPassword(), req.GetDeviceName())
+		return err
+	})
 	if err != nil {
 		return nil, connectError(err)
 	}

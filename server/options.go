@@ -29,6 +29,22 @@ type Options struct {
 	// ReconnectAfter is the delay a Goaway asks clients to wait before
 	// reconnecting. Default 1s.
 	ReconnectAfter time.Duration
+	// SignInLimit is how many failed logins and registrations one client
+	// address (an IPv4 address, an IPv6 /64) may make at once; after that
+	// it gets one more every SignInRefill, and is refused with
+	// ResourceExhausted before any password is hashed. Successful logins
+	// do not count. Default 10; negative turns the limit off.
+	SignInLimit int
+	// SignInRefill is how often a throttled address regains an attempt.
+	// Default 1m.
+	SignInRefill time.Duration
+	// ClientIPHeader names the header a reverse proxy in front of the
+	// server writes the client's address into (X-Forwarded-For, say): the
+	// sign-in limit then counts the last address in it. Empty: the
+	// connection's peer address, which behind a proxy is the proxy's.
+	// Only set it when every request comes through that proxy: a client
+	// that reaches the server directly could write any address there.
+	ClientIPHeader string
 }
 
 func (o *Options) ensureDefaults() {
@@ -50,6 +66,12 @@ func (o *Options) ensureDefaults() {
 	if o.ReconnectAfter == 0 {
 		o.ReconnectAfter = time.Second
 	}
+	if o.SignInLimit == 0 {
+		o.SignInLimit = 10
+	}
+	if o.SignInRefill == 0 {
+		o.SignInRefill = time.Minute
+	}
 }
 
 func (o *Options) validate() error {
@@ -59,6 +81,9 @@ func (o *Options) validate() error {
 	}
 	if o.MaxStreamsPerDevice < 1 {
 		errs = append(errs, fmt.Errorf("MaxStreamsPerDevice must be at least 1, got %d", o.MaxStreamsPerDevice))
+	}
+	if o.SignInRefill < 0 {
+		errs = append(errs, fmt.Errorf("SignInRefill must not be negative, got %s", o.SignInRefill))
 	}
 	if o.HeartbeatInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("HeartbeatInterval must be at least 100ms, got %s", o.HeartbeatInterval))

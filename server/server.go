@@ -32,6 +32,7 @@ type Server struct {
 	goaway   chan struct{}     // closed by GoAway
 	goneAway bool
 	active   sync.WaitGroup // session handlers and their receivers
+	signIns  *signInLimiter // nil when off
 }
 
 // Wait blocks until every session handler and receiver goroutine has
@@ -51,6 +52,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 		log:     opts.Logger,
 		streams: map[ulid.ULID]int{},
 		goaway:  make(chan struct{}),
+		signIns: newSignInLimiter(opts.SignInLimit, opts.SignInRefill, opts.Clock),
 	}, nil
 }
 
@@ -72,7 +74,7 @@ func (s *Server) Handler(extra ...func(*http.ServeMux)) http.Handler {
 	for _, f := range extra {
 		f(mux)
 	}
-	return gateStreams(mux)
+	return withClientAddr(gateStreams(mux), s.opts.ClientIPHeader)
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

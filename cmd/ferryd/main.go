@@ -59,6 +59,9 @@ type config struct {
 	logLevel          string
 	logFormat         string
 	to                string // backup destination
+	signInLimit       int
+	signInRefill      time.Duration
+	clientIPHeader    string
 }
 
 func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
@@ -76,6 +79,9 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions")
 	fs.DurationVar(&c.receiptDelay, "receipt-delay", 50*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
+	fs.IntVar(&c.signInLimit, "sign-in-limit", 10, "failed logins and registrations a client address may make at once before it gets one per --sign-in-refill (0: no limit)")
+	fs.DurationVar(&c.signInRefill, "sign-in-refill", time.Minute, "how often a throttled client address regains a sign-in attempt")
+	fs.StringVar(&c.clientIPHeader, "client-ip-header", "", "header your reverse proxy writes the client's address into, e.g. X-Forwarded-For (set only when every request comes through it)")
 	fs.IntVar(&c.receiptMembers, "receipt-members", 32, "conversations of up to this many members share delivered and read receipts; in larger ones markers reach only the user's own devices")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
@@ -201,6 +207,9 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		MaxMessageBytes:     c.maxMessageBytes,
 		MaxStreamsPerDevice: c.maxStreams,
 		HeartbeatInterval:   c.heartbeat,
+		SignInLimit:         signInLimit(c.signInLimit),
+		SignInRefill:        c.signInRefill,
+		ClientIPHeader:      c.clientIPHeader,
 	})
 	if err != nil {
 		return err
@@ -321,4 +330,13 @@ func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "backup written to %s; a server opened on it starts a new epoch, and devices repair\n", c.to)
 	return nil
+}
+
+// signInLimit maps the flag (0: no limit) to server.Options (negative: no
+// limit; 0 would mean the default).
+func signInLimit(flagValue int) int {
+	if flagValue <= 0 {
+		return -1
+	}
+	return flagValue
 }

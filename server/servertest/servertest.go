@@ -60,7 +60,9 @@ func New(t testing.TB, cfg Config) *Server {
 		eng = enginetest.New(t, mods...)
 	}
 	fake := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-	so := server.Options{Logger: slog.New(slog.DiscardHandler), Clock: fake}
+	// Tests sign up many users from loopback: no sign-in limit unless a
+	// test sets one.
+	so := server.Options{Logger: slog.New(slog.DiscardHandler), Clock: fake, SignInLimit: -1}
 	if cfg.Server != nil {
 		cfg.Server(&so)
 	}

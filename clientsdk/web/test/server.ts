@@ -44,7 +44,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<Server> {
   const data = opts.data ?? join(own!, "data");
   const p: ChildProcess = spawn(bin, [
     "--addr", opts.addr ?? "127.0.0.1:0", "--data", data, "--allow-registration",
-    "--password-memory-kib", "64", "--password-passes", "1", "--log-level", "warn", ...(opts.args ?? []),
+    // Every test signs up from 127.0.0.1: no sign-in limit.
+    "--password-memory-kib", "64", "--password-passes", "1", "--log-level", "warn", "--sign-in-limit", "0", ...(opts.args ?? []),
   ], { stdio: ["ignore", "pipe", "inherit"] });
   const url = await new Promise<string>((res, rej) => {
     let out = "";
