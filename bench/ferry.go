@@ -228,6 +228,9 @@ func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error
 		// The device's own client connects anew: leave no connection of
 		// the sign-up open on the server.
 		hc.CloseIdleConnections()
+		if connect.CodeOf(err) == connect.CodeResourceExhausted {
+			return fmt.Errorf("register client %d: %w (the bench signs up every client from one address: run the server with --sign-in-limit 0)", i, err)
+		}
 		if err != nil {
 			return fmt.Errorf("register client %d: %w", i, err)
 		}

@@ -149,14 +149,14 @@ func (r *Report) Markdown() string {
 			ms(x.Latency.P50), ms(x.Latency.P90), ms(x.Latency.P99), ms(x.Latency.P999), ms(x.Latency.Max), ms(x.CPUPerKOps))
 	}
 
-	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times (each time with as many new ops): the figures are the run with the median time, and every run's time follows.\n\n")
+	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times, each time with as many new ops, so each run's history is one more multiple of them (x1-x3: three runs over histories of x1, x2 and x3): the figures are the run with the median time, and every run's time follows.\n\n")
 	p("| system | missed ops | conversations | history | time | round trips | wire bytes | bytes/op | wire/payload | runs |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.CatchUp {
 		runs := make([]string, len(x.Times))
 		for i, t := range x.Times {
 			runs[i] = ms(t)
 		}
-		p("| %s | %d | %d | x%d | %s | %d | %d | %.1f | %.2f | %s |\n", x.System, x.Ops, x.Convs, x.History, ms(x.CatchUp.Duration),
+		p("| %s | %d | %d | %s | %s | %d | %d | %.1f | %.2f | %s |\n", x.System, x.Ops, x.Convs, x.historyLabel(), ms(x.CatchUp.Duration),
 			x.CatchUp.RoundTrips, x.CatchUp.WireBytes, x.BytesOp, float64(x.CatchUp.WireBytes)/float64(max(x.RawBytes, 1)), strings.Join(runs, ", "))
 	}
 	if len(r.Limits.Zstd) > 0 {
@@ -409,4 +409,13 @@ func (r *Report) targets(systems []string) [][]string {
 		append([]string{"catch-up bytes on the wire / payload", "≤ 0.45"}, cell(wire)...),
 		append([]string{"disk per op", "≤ payload + 30 B"}, cell(disk)...),
 	}
+}
+
+// historyLabel is the histories the runs caught up over: "x10", or
+// "x10-x12" for three runs.
+func (x CatchUpResult) historyLabel() string {
+	if len(x.Times) <= 1 {
+		return fmt.Sprintf("x%d", x.History)
+	}
+	return fmt.Sprintf("x%d-x%d", x.History, x.History+len(x.Times)-1)
 }

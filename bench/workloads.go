@@ -316,7 +316,8 @@ type CatchUpConfig struct {
 	History int
 	// Runs is how many times the device goes offline while Ops messages
 	// arrive and then catches up; the result is the run with the median
-	// time. Default 3: one catch-up on a shared machine varies 1.5x.
+	// time (of an even number, the slower of the middle two). Default 3:
+	// one catch-up on a shared machine varies 1.5x.
 	Runs int
 }
 

@@ -59,8 +59,9 @@ type reader struct {
 	// counts, in a session's read, remembers the message count at the
 	// user's read marker per conversation (see messagesAt); nil elsewhere.
 	counts map[ulid.ULID]seqCount
-	// dec, in a catch-up read, decodes the ops, whose bodies are sent
-	// together; nil elsewhere.
+	// dec, in a catch-up read, decodes the ops of the whole Ops event, whose
+	// bodies are sent together; elsewhere (nil) each read of ops decodes
+	// with its own OpDecoder.
 	dec *record.OpDecoder
 }
 

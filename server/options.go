@@ -29,11 +29,13 @@ type Options struct {
 	// ReconnectAfter is the delay a Goaway asks clients to wait before
 	// reconnecting. Default 1s.
 	ReconnectAfter time.Duration
-	// SignInLimit is how many failed logins and registrations one client
-	// address (an IPv4 address, an IPv6 /64) may make at once; after that
-	// it gets one more every SignInRefill, and is refused with
-	// ResourceExhausted before any password is hashed. Successful logins
-	// do not count. Default 10; negative turns the limit off.
+	// SignInLimit is how many logins with wrong credentials and
+	// registrations (made or refused) one client address (an IPv4
+	// address, an IPv6 /64) may make at once; after that it gets one more
+	// every SignInRefill, and is refused with ResourceExhausted before any
+	// password is hashed. Successful logins, malformed requests and
+	// attempts the server failed do not count. Default 10; negative turns
+	// the limit off.
 	SignInLimit int
 	// SignInRefill is how often a throttled address regains an attempt.
 	// Default 1m.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 
 	"connectrpc.com/connect/v2"
 
+	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/internal/clock"
 )
 
@@ -20,7 +22,10 @@ import (
 // token bucket per client address: SignInLimit of them at once, then one
 // more every SignInRefill. A successful login spends nothing, so a user who
 // mistypes a few times is not held up; an address that keeps guessing gets
-// one guess a minute by default, refused before any hash is computed.
+// one guess a minute by default, refused before any hash is computed. The
+// limit is per address, not per account: users behind one address (a NAT,
+// a proxy without ClientIPHeader) share it, and while it is spent their
+// correct passwords wait too.
 //
 // Addresses are IPv4 addresses or IPv6 /64 networks (one host usually
 // holds a whole /64). Behind a reverse proxy every client has the proxy's
@@ -126,9 +131,11 @@ func (l *signInLimiter) makeRoom(now time.Time) {
 }
 
 // signIn runs a sign-in (login or registration) of the caller's address
-// under the limiter: refused at once when the address has no attempt left,
-// and, when free is set, given back its attempt if it succeeds.
-func (s *Server) signIn(ctx context.Context, what string, free bool, attempt func() error) error {
+// under the limiter: refused at once when the address has no attempt left.
+// The attempt is given back when counts says its outcome does not count
+// against the address, and always when the server, not the client, failed
+// it (too many sign-ins at once, a cancelled call, a stopping store).
+func (s *Server) signIn(ctx context.Context, what string, attempt func() error, counts func(error) bool) error {
 	addr := clientAddr(ctx)
 	ok, wait, warn := s.signIns.take(addr)
 	if !ok {
@@ -139,10 +146,23 @@ func (s *Server) signIn(ctx context.Context, what string, free bool, attempt fun
 			"too many failed sign-ins and registrations from this address; retry in %s", wait))
 	}
 	err := attempt()
-	if err == nil && free {
+	if serverSide(err) || !counts(err) {
 		s.signIns.refund(addr)
 	}
 	return err
+}
+
+// failedLogin: a login counts against its address when its credentials
+// were wrong.
+func failedLogin(err error) bool { return errors.Is(err, engine.ErrUnauthenticated) }
+
+// anyRegistration: every registration counts, made or refused: accounts
+// are not free to make either.
+func anyRegistration(error) bool { return true }
+
+func serverSide(err error) bool {
+	return errors.Is(err, engine.ErrTooMany) || errors.Is(err, engine.ErrFailed) || errors.Is(err, engine.ErrClosed) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 type clientAddrKey struct{}
@@ -171,11 +191,7 @@ func addrKey(r *http.Request, header string) netip.Prefix {
 	var ip netip.Addr
 	if header != "" {
 		if vs := r.Header.Values(header); len(vs) > 0 {
-			last := vs[len(vs)-1]
-			if i := strings.LastIndexByte(last, ','); i >= 0 {
-				last = last[i+1:]
-			}
-			ip, _ = netip.ParseAddr(strings.TrimSpace(last))
+			ip = lastAddr(vs[len(vs)-1])
 		}
 	}
 	if !ip.IsValid() {
@@ -195,4 +211,26 @@ func addrKey(r *http.Request, header string) netip.Prefix {
 	}
 	p, _ := ip.WithZone("").Prefix(bits)
 	return p
+}
+
+// lastAddr parses the last non-empty entry of a comma-separated address
+// list, with or without a port ("198.51.100.7", "198.51.100.7:5000",
+// "[2001:db8::1]:5000"); invalid when it is none of these.
+func lastAddr(list string) netip.Addr {
+	entries := strings.Split(list, ",")
+	for i := len(entries) - 1; i >= 0; i-- {
+		e := strings.TrimSpace(entries[i])
+		if e == "" {
+			continue
+		}
+		if ip, err := netip.ParseAddr(e); err == nil {
+			return ip
+		}
+		if host, _, err := net.SplitHostPort(e); err == nil {
+			ip, _ := netip.ParseAddr(host)
+			return ip
+		}
+		return netip.Addr{}
+	}
+	return netip.Addr{}
 }

@@ -26,6 +26,9 @@ func TestAddrKey(t *testing.T) {
 		{remote: "10.0.0.1:1", header: "X-Forwarded-For", headers: []string{"203.0.113.9, 198.51.100.7"}, want: "198.51.100.7/32"},
 		{remote: "10.0.0.1:1", header: "X-Forwarded-For", headers: []string{"203.0.113.9", " 198.51.100.8 "}, want: "198.51.100.8/32"},
 		{remote: "10.0.0.1:1", header: "X-Forwarded-For", headers: []string{"garbage"}, want: "10.0.0.1/32"},
+		{remote: "10.0.0.1:1", header: "X-Forwarded-For", headers: []string{"203.0.113.9, 198.51.100.7:5000"}, want: "198.51.100.7/32"},
+		{remote: "10.0.0.1:1", header: "X-Forwarded-For", headers: []string{"[2001:db8::1]:443"}, want: "2001:db8::/64"},
+		{remote: "10.0.0.1:1", header: "X-Forwarded-For", headers: []string{"198.51.100.7, "}, want: "198.51.100.7/32"},
 		{remote: "10.0.0.1:1", header: "X-Forwarded-For", want: "10.0.0.1/32"},
 	} {
 		r := &http.Request{RemoteAddr: c.remote, Header: http.Header{}}

@@ -66,6 +66,17 @@ func TestSignInLimit(t *testing.T) {
 		t.Fatalf("another address: %v", err)
 	}
 
+	// Only wrong credentials count: a malformed login does not.
+	for i := range 5 {
+		_, err := acc.Login(from("198.51.100.9"), &ferryv1.LoginRequest{Username: "alice", Password: "correct horse", DeviceName: strings.Repeat("x", 1000)})
+		if code(err) != connect.CodeInvalidArgument {
+			t.Fatalf("login %d with a device name of 1000 bytes: %v, want invalid_argument", i, err)
+		}
+	}
+	if err := login("198.51.100.9", "correct horse"); err != nil {
+		t.Fatalf("after malformed logins: %v", err)
+	}
+
 	// A minute gives one attempt back.
 	srv.Clock.Advance(time.Minute)
 	if err := login(a, "wrong"); code(err) != connect.CodeUnauthenticated {

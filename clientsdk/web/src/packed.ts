@@ -57,9 +57,11 @@ const hasText = (k: OpKind) => k === OpKind.CREATE || k === OpKind.SET_TITLE || 
  */
 export function unpackBatch(p: PackedBatch, field = "packed"): OpBatch {
   const bad = (msg: string) => new MalformedBatchError(`${field}${msg}`);
-  if (!isULID(p.conversationId)) throw bad(`.conversation_id ${JSON.stringify(p.conversationId)} is not a ULID`);
+  // As the Go SDK: any case in, the canonical upper case out.
+  const conversationId = p.conversationId.toUpperCase();
+  if (!isULID(conversationId)) throw bad(`.conversation_id ${JSON.stringify(p.conversationId)} is not a ULID`);
   const n = p.kinds.length;
-  const batch = create(OpBatchSchema, { conversationId: p.conversationId });
+  const batch = create(OpBatchSchema, { conversationId });
   if (n === 0) return batch;
   if (p.firstSeq === 0n || p.firstSeq > 2n ** 64n - 1n - BigInt(n)) throw bad(`.first_seq ${p.firstSeq} does not start ${n} ops`);
   for (const [name, len] of [["authors", p.authors.length], ["dot_steps", p.dotSteps.length], ["time_steps", p.timeSteps.length]] as const) {

@@ -149,6 +149,9 @@ test("unpackBatch: rows with ids, seqs, dots, authors and payloads in op order",
   assert.equal(react!.payload.case === "reactionAdd" && react!.payload.value.key, "👍");
   assert.equal(title!.payload.case === "setTitle" && title!.payload.value.title, "new title");
   assert.equal(b.ops[2]!.deviceId, b.ops[3]!.deviceId);
+  const lower = packedSample();
+  lower.conversationId = lower.conversationId.toLowerCase();
+  assert.equal(unpackBatch(lower).conversationId, b.conversationId, "a lowercase id comes out canonical");
   assert.notEqual(b.ops[0]!.userId, b.ops[2]!.userId);
 });
 

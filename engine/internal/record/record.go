@@ -114,7 +114,7 @@ func (r *reader) copy(b []byte) []byte {
 	}
 	a := d.arena
 	if cap(a)-len(a) < len(b) {
-		a = make([]byte, 0, min(arenaMaxChunk, max(arenaMinChunk, 2*cap(a))))
+		a = make([]byte, 0, max(len(b), min(arenaMaxChunk, max(arenaMinChunk, 2*cap(a)))))
 	}
 	i := len(a)
 	a = append(a, b...)
