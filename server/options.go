@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"time"
 
 	"github.com/ferrysync/ferry/internal/clock"
@@ -29,6 +30,11 @@ type Options struct {
 	// ReconnectAfter is the delay a Goaway asks clients to wait before
 	// reconnecting. Default 1s.
 	ReconnectAfter time.Duration
+	// MaxReadAheads is how many catch-ups may read and pack their next Ops
+	// message while the previous one is compressed and sent, at once. Each
+	// holds one more message in memory (up to 1 MiB of ops); more than a
+	// few per core gain nothing. Default 4 × GOMAXPROCS; negative: none.
+	MaxReadAheads int
 	// SignInLimit is how many logins with wrong credentials and
 	// registrations (made or refused) one client address (an IPv4
 	// address, an IPv6 /64) may make at once; after that it gets one more
@@ -67,6 +73,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.ReconnectAfter == 0 {
 		o.ReconnectAfter = time.Second
+	}
+	if o.MaxReadAheads == 0 {
+		o.MaxReadAheads = 4 * runtime.GOMAXPROCS(0)
 	}
 	if o.SignInLimit == 0 {
 		o.SignInLimit = 10

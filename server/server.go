@@ -33,6 +33,7 @@ type Server struct {
 	goneAway bool
 	active   sync.WaitGroup // session handlers and their receivers
 	signIns  *signInLimiter // nil when off
+	aheads   chan struct{}  // read-ahead slots (Options.MaxReadAheads); nil when none
 }
 
 // Wait blocks until every session handler and receiver goroutine has
@@ -53,6 +54,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 		streams: map[ulid.ULID]int{},
 		goaway:  make(chan struct{}),
 		signIns: newSignInLimiter(opts.SignInLimit, opts.SignInRefill, opts.Clock),
+		aheads:  slots(opts.MaxReadAheads),
 	}, nil
 }
 
@@ -243,4 +245,12 @@ func (s *Server) acquireStream(device ulid.ULID) (release func(), err error) {
 			s.active.Done()
 		})
 	}, nil
+}
+
+// slots is a semaphore of n slots; nil (never free) when n <= 0.
+func slots(n int) chan struct{} {
+	if n <= 0 {
+		return nil
+	}
+	return make(chan struct{}, n)
 }

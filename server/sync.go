@@ -465,6 +465,7 @@ func (l *loop) run(ctx context.Context) error {
 	defer func() {
 		if l.ahead != nil {
 			<-l.ahead
+			<-l.s.aheads
 		}
 	}()
 	var idle <-chan time.Time
@@ -489,8 +490,8 @@ func (l *loop) run(ctx context.Context) error {
 			l.hold(pending && (ev.Kind == engine.EventConversations || ev.Phase == engine.PhaseLive))
 			if pending && ev.Kind == engine.EventOps && ev.Phase != engine.PhaseLive {
 				// A catch-up: read and pack the next message while this
-				// one is compressed and written. On two cores that takes
-				// a third off a long catch-up.
+				// one is compressed and written, when a read-ahead slot
+				// is free (Options.MaxReadAheads).
 				l.readAhead()
 			}
 			err := l.send(st)
@@ -542,6 +543,7 @@ func (l *loop) next() step {
 	}
 	st := <-l.ahead
 	l.ahead = nil
+	<-l.s.aheads // the slot: this session holds no extra message now
 	return st
 }
 
@@ -561,9 +563,14 @@ func (l *loop) read() step {
 	return st
 }
 
-// readAhead starts reading the next event on another goroutine; next
-// collects it.
+// readAhead starts reading the next event on another goroutine, if one of
+// the server's read-ahead slots is free; next collects it.
 func (l *loop) readAhead() {
+	select {
+	case l.s.aheads <- struct{}{}:
+	default:
+		return // all taken (or none): read when needed
+	}
 	ch := make(chan step, 1)
 	l.ahead = ch
 	go func() {
