@@ -99,7 +99,11 @@ func (d *Device) fetch(ctx context.Context, sc ferryv1connect.SyncServiceClient,
 		if len(ops) == 0 {
 			return nil
 		}
-		if _, err := d.applyOps([]*ferryv1.OpBatch{{ConversationId: g.conv.String(), Ops: ops}}); err != nil {
+		b, err := parseRows(&ferryv1.OpBatch{ConversationId: g.conv.String(), Ops: ops})
+		if err == nil {
+			_, err = d.applyOps([]received{b})
+		}
+		if err != nil {
 			return &TerminalError{Err: err}
 		}
 		after = ops[len(ops)-1].GetSeq()
@@ -107,11 +111,37 @@ func (d *Device) fetch(ctx context.Context, sc ferryv1connect.SyncServiceClient,
 	return nil
 }
 
+// received is a batch of one conversation's ops from the server, parsed:
+// ops[i] is rows[i], the form the replica stores.
+type received struct {
+	conv ulid.ULID
+	ops  []model.Op
+	rows []*ferryv1.Op
+}
+
+// parseRows parses a batch the server sent as rows.
+func parseRows(b *ferryv1.OpBatch) (received, error) {
+	conv, err := wire.ParseID("conversation id", b.GetConversationId())
+	if err != nil {
+		return received{}, err
+	}
+	r := received{conv: conv, ops: make([]model.Op, len(b.GetOps())), rows: b.GetOps()}
+	for i, p := range b.GetOps() {
+		if r.ops[i], err = wire.Op("op", conv, p); err != nil {
+			return received{}, err
+		}
+		if r.ops[i].Seq == 0 {
+			return received{}, fmt.Errorf("ferry: server sent op %s without a seq", r.ops[i].ID)
+		}
+	}
+	return r, nil
+}
+
 // applyOps stores batches of ops in the replica with one synced commit and
 // returns how many were new. An op already held (a resend) is skipped; an
 // op of the outbox (this device's, echoed) leaves it; a delete erases the
 // bodies it deletes.
-func (d *Device) applyOps(batches []*ferryv1.OpBatch) (int, error) {
+func (d *Device) applyOps(batches []received) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -121,25 +151,16 @@ func (d *Device) applyOps(batches []*ferryv1.OpBatch) (int, error) {
 	added := 0
 	var evs []Event
 	for _, bt := range batches {
-		conv, err := wire.ParseID("conversation id", bt.GetConversationId())
-		if err != nil {
-			return 0, err
-		}
+		conv := bt.conv
 		rec := d.convs[conv]
 		if rec == nil {
 			rec = &convRecord{}
 			d.convs[conv] = rec
 		}
 		var ids []ulid.ULID
-		for _, p := range bt.GetOps() {
-			op, err := wire.Op("op", conv, p)
-			if err != nil {
-				return 0, err
-			}
-			if op.Seq == 0 {
-				return 0, fmt.Errorf("ferry: server sent op %s without a seq", op.ID)
-			}
-			fresh, err := d.storeOp(b, rec, &op, p)
+		for i := range bt.ops {
+			op := &bt.ops[i]
+			fresh, err := d.storeOp(b, rec, op, bt.rows[i])
 			if err != nil {
 				return 0, err
 			}

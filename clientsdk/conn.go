@@ -450,8 +450,7 @@ func (s *session) receive(ctx context.Context) error {
 				if x.Ops.GetPhase() == ferryv1.Phase_PHASE_NEWEST {
 					// A newest page ends at the conversation's head.
 					for _, b := range batches {
-						id, _ := ulid.ParseStrict(b.GetConversationId())
-						if ops := b.GetOps(); len(ops) > 0 && d.convs[id] != nil && ops[len(ops)-1].GetSeq() >= d.convs[id].Head {
+						if ops := b.ops; len(ops) > 0 && d.convs[b.conv] != nil && ops[len(ops)-1].Seq >= d.convs[b.conv].Head {
 							ready++
 						}
 					}
@@ -476,8 +475,7 @@ func (s *session) receive(ctx context.Context) error {
 			// the next session resumes, and can wait.
 			soon := false
 			for _, b := range batches {
-				id, _ := ulid.ParseStrict(b.GetConversationId())
-				soon = soon || d.convs[id] == nil || !d.convs[id].NoReceipts
+				soon = soon || d.convs[b.conv] == nil || !d.convs[b.conv].NoReceipts
 			}
 			d.mu.Unlock()
 			d.wakeAcks(soon)
@@ -535,23 +533,31 @@ func (s *session) receive(ctx context.Context) error {
 	}
 }
 
-// batchesOf returns an Ops message's batches as rows, unpacking packed
-// ones (the session asks for them packed: fewer bytes on the wire; the
-// replica keeps rows).
-func batchesOf(m *ferryv1.Ops) ([]*ferryv1.OpBatch, error) {
-	if len(m.GetPacked()) == 0 {
-		return m.GetBatches(), nil
-	}
-	if len(m.GetBatches()) > 0 {
+// batchesOf parses an Ops message's batches. The session asks for them
+// packed (fewer bytes on the wire); the replica keeps rows, which a packed
+// batch's ops are turned into once, not parsed again.
+func batchesOf(m *ferryv1.Ops) ([]received, error) {
+	if len(m.GetPacked()) > 0 && len(m.GetBatches()) > 0 {
 		return nil, errors.New("ferry: the server sent an Ops message with both packed and row batches")
 	}
-	out := make([]*ferryv1.OpBatch, len(m.GetPacked()))
+	out := make([]received, 0, len(m.GetBatches())+len(m.GetPacked()))
+	for _, b := range m.GetBatches() {
+		r, err := parseRows(b)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
 	for i, p := range m.GetPacked() {
-		b, err := wire.UnpackRows(fmt.Sprintf("ops.packed[%d]", i), p)
+		conv, ops, err := wire.UnpackBatch(fmt.Sprintf("ops.packed[%d]", i), p)
 		if err != nil {
 			return nil, fmt.Errorf("ferry: the server sent a malformed batch: %w", err)
 		}
-		out[i] = b
+		r := received{conv: conv, ops: ops, rows: make([]*ferryv1.Op, len(ops))}
+		for j := range ops {
+			r.rows[j] = wire.OpToProto(&ops[j])
+		}
+		out = append(out, r)
 	}
 	return out, nil
 }

@@ -195,11 +195,7 @@ func addrKey(r *http.Request, header string) netip.Prefix {
 		}
 	}
 	if !ip.IsValid() {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if err != nil {
-			host = r.RemoteAddr
-		}
-		ip, _ = netip.ParseAddr(host)
+		ip = lastAddr(r.RemoteAddr)
 	}
 	if !ip.IsValid() {
 		return netip.Prefix{}

@@ -9,27 +9,10 @@ export function ulid(now: number = Date.now(), random: (b: Uint8Array) => void =
   if (!Number.isInteger(now) || now < 0 || now > 2 ** 48 - 1) {
     throw new RangeError(`ulid: time ${now} is outside 0..2^48-1 milliseconds`);
   }
-  let out = "";
-  let t = now;
-  for (let i = 9; i >= 0; i--) {
-    out = alphabet[t % 32] + out;
-    t = Math.floor(t / 32);
-  }
-  const r = new Uint8Array(10);
-  random(r);
-  // 80 bits as 16 base32 digits: 5 bits each, big-endian.
-  let bits = 0;
-  let acc = 0;
-  for (const byte of r) {
-    acc = (acc << 8) | byte;
-    bits += 8;
-    while (bits >= 5) {
-      bits -= 5;
-      out += alphabet[(acc >> bits) & 31];
-    }
-    acc &= (1 << bits) - 1;
-  }
-  return out;
+  const b = new Uint8Array(16);
+  for (let i = 5, t = now; i >= 0; i--, t = Math.floor(t / 256)) b[i] = t % 256;
+  random(b.subarray(6));
+  return ulidFromBytes(b);
 }
 
 /** Returns the ULID whose 16 bytes (big-endian: time, then entropy) are b. */

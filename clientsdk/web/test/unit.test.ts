@@ -100,6 +100,10 @@ test("ulidFromBytes: the 16 bytes of a ULID, in the same 26 characters", () => {
   b.set(entropy, 6);
   assert.equal(ulidFromBytes(b), ulid(t, (r) => r.set(entropy)));
   assert.throws(() => ulidFromBytes(new Uint8Array(15)), /15 bytes/);
+  // A known answer, from the Go SDK's oklog/ulid: MustParse's bytes.
+  const known = Uint8Array.from([1, 86, 62, 58, 181, 211, 214, 118, 76, 97, 239, 185, 147, 2, 189, 91]);
+  assert.equal(ulidFromBytes(known), "01ARZ3NDEKTSV4RRFFQ69G5FAV");
+  assert.equal(ulid(1469922850259, (r) => r.set(known.subarray(6))), "01ARZ3NDEKTSV4RRFFQ69G5FAV");
 });
 
 // A packed batch of every kind of op, built by hand as the server packs:
