@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"math"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -54,11 +56,19 @@ type Receipt struct {
 type reader struct {
 	e *Engine
 	v *store.View
-	// shareReceipts: a session's read, which takes receipts from the cache.
-	shareReceipts bool
+	// session: a session's read, which takes receipts from the cache.
+	session bool
+	// live: a live round's read, which shares what it reads of a
+	// conversation (its record, the round's ops) with the other sessions
+	// reading the same view (memo).
+	live bool
 	// counts, in a session's read, remembers the message count at the
 	// user's read marker per conversation (see messagesAt); nil elsewhere.
 	counts map[ulid.ULID]seqCount
+	// members, in a session's read, remembers the user's member record per
+	// conversation with the head it was read at (see member); nil
+	// elsewhere.
+	members map[ulid.ULID]memberAt
 	// dec, in a catch-up read, decodes the ops of the whole Ops event, whose
 	// bodies are sent together; elsewhere (nil) each read of ops decodes
 	// with its own OpDecoder.
@@ -70,9 +80,9 @@ type seqCount struct{ seq, messages uint64 }
 
 func (e *Engine) reader() reader { return reader{e: e, v: e.st.View()} }
 
-// sessionReader is a session's reader; counts is the session's own.
-func (e *Engine) sessionReader(counts map[ulid.ULID]seqCount) reader {
-	return reader{e: e, v: e.st.View(), shareReceipts: true, counts: counts}
+// reader is a read of the session, in a live round if live.
+func (s *Session) reader(live bool) reader {
+	return reader{e: s.e, v: s.e.st.View(), session: true, live: live, counts: s.counts, members: s.members}
 }
 
 func (r reader) release() { r.v.Release() }
@@ -85,7 +95,57 @@ func (r reader) opDecoder() *record.OpDecoder {
 	return new(record.OpDecoder)
 }
 
+// memo is View.Memo for a live round's reads, checking what it takes from
+// the memo against a read of its own under verifyCaches; other reads
+// compute their own. T is what fill returns.
+func memo[T any](r reader, key any, fill func() (T, error)) (T, error) {
+	if !r.live {
+		return fill()
+	}
+	v, hit, err := r.v.Memo(key, func() (any, error) { return fill() })
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	if hit && verifyCaches {
+		own, err := fill()
+		if err != nil {
+			return own, err
+		}
+		if !reflect.DeepEqual(own, v) {
+			return own, fmt.Errorf("engine: a view's memo has %+v for %+v; the view has %+v", v, key, own)
+		}
+	}
+	return v.(T), nil
+}
+
+// Keys of what sessions memoize on a view.
+type (
+	convMemo struct{ conv ulid.ULID }
+	opsMemo  struct {
+		conv           ulid.ULID
+		after, through uint64
+	}
+)
+
+// maxMemoOps bounds the ops reads that live rounds share and the ops a
+// session looks through to keep its user's member record (see member).
+const maxMemoOps = 64
+
+type convRead struct {
+	c  record.Conv
+	ok bool
+}
+
 func (r reader) conv(id ulid.ULID) (record.Conv, bool, error) {
+	cr, err := memo(r, convMemo{id}, func() (convRead, error) {
+		c, ok, err := r.readConv(id)
+		return convRead{c, ok}, err
+	})
+	return cr.c, cr.ok, err
+}
+
+func (r reader) readConv(id ulid.ULID) (record.Conv, bool, error) {
 	raw, err := r.v.Get(keys.ID1(keys.TConv, id))
 	if errors.Is(err, store.ErrNotFound) {
 		return record.Conv{}, false, nil
@@ -97,7 +157,75 @@ func (r reader) conv(id ulid.ULID) (record.Conv, bool, error) {
 	return c, err == nil, err
 }
 
-func (r reader) member(conv, user ulid.ULID) (record.Member, bool, error) {
+// memberAt is a member record and the conversation's head when it was
+// read.
+type memberAt struct {
+	m    record.Member
+	head uint64
+}
+
+// member reads user's member record in conv, whose head is head.
+//
+// A session's read remembers an active member's record with the head it
+// was read at. The record changes only with an op of the user's
+// membership: the create of a conversation they created, or a member_add,
+// member_remove or member_role naming them. While the ops since that head
+// (which the live round sends, read once per view) hold no such op, the
+// record is the one remembered: a live round then reads no member record.
+func (r reader) member(conv, user ulid.ULID, head uint64) (record.Member, bool, error) {
+	if r.members == nil {
+		return r.readMember(conv, user)
+	}
+	if k, ok := r.members[conv]; ok && k.m.Role != model.RoleNone && k.head <= head && head-k.head <= maxMemoOps {
+		same, err := r.membershipSame(conv, user, k.head, head)
+		if err != nil {
+			return record.Member{}, false, err
+		}
+		if same && !verifyCaches {
+			r.members[conv] = memberAt{k.m, head}
+			return k.m, true, nil
+		}
+		if same {
+			m, ok, err := r.readMember(conv, user)
+			if err == nil && (!ok || m != k.m) {
+				err = fmt.Errorf("engine: remembered member %+v of %s in %s at head %d; the store has %+v (found %v) at head %d", k.m, user, conv, k.head, m, ok, head)
+			}
+			if err != nil {
+				return record.Member{}, false, err
+			}
+		}
+	}
+	m, ok, err := r.readMember(conv, user)
+	if err != nil || !ok {
+		delete(r.members, conv)
+		return m, ok, err
+	}
+	r.members[conv] = memberAt{m, head}
+	return m, true, nil
+}
+
+// membershipSame reports whether conv's ops after < seq <= through (at
+// most maxMemoOps) leave user's membership as it was.
+func (r reader) membershipSame(conv, user ulid.ULID, after, through uint64) (bool, error) {
+	if through == after {
+		return true, nil
+	}
+	ops, err := r.liveOps(conv, after, through)
+	if err != nil {
+		return false, err
+	}
+	if uint64(len(ops)) != through-after {
+		return false, nil // a hole: the read of the ops reports it
+	}
+	for i := range ops {
+		if ops[i].Kind == model.KindCreate || (ops[i].Kind.HasMember() && ops[i].Member == user) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func (r reader) readMember(conv, user ulid.ULID) (record.Member, bool, error) {
 	raw, err := r.v.Get(keys.ID2(keys.TMember, conv, user))
 	if errors.Is(err, store.ErrNotFound) {
 		return record.Member{}, false, nil
@@ -131,7 +259,7 @@ func (r reader) access(conv, user ulid.ULID) (record.Conv, record.Member, uint64
 	if !ok {
 		return c, record.Member{}, 0, fmt.Errorf("%w: conversation %s", ErrNotFound, conv)
 	}
-	m, ok, err := r.member(conv, user)
+	m, ok, err := r.member(conv, user, c.Head)
 	if err != nil {
 		return c, m, 0, err
 	}
@@ -236,7 +364,7 @@ func (r reader) receipts(conv ulid.ULID, feedPos uint64) ([]Receipt, error) {
 	// In the engine's tests without a receipt delay, a feed position's
 	// receipts are exact: check the cache against the store.
 	checkCache := verifyCaches && r.e.opts.ReceiptDelay < 0
-	if hit && r.shareReceipts && !checkCache {
+	if hit && r.session && !checkCache {
 		return cached, nil
 	}
 	var all []Receipt
@@ -256,7 +384,7 @@ func (r reader) receipts(conv ulid.ULID, feedPos uint64) ([]Receipt, error) {
 	if err != nil {
 		return nil, err
 	}
-	if hit && r.shareReceipts && !slices.Equal(cached, all) {
+	if hit && r.session && !slices.Equal(cached, all) {
 		return nil, fmt.Errorf("engine: cached receipts of %s at feed position %d are %v; the store says %v", conv, feedPos, cached, all)
 	}
 	r.e.receiptCache.put(conv, feedPos, all)
@@ -377,10 +505,44 @@ func opsCap(n uint64, maxOps, maxBytes int) uint64 {
 // ops reads the ops of conv with after < seq <= through, ascending, at most
 // maxOps of them and maxBytes of them (by opSize), except that with
 // atLeastOne a first op larger than maxBytes is still returned.
+//
+// The ops of a live round (a small range) are read once per view and
+// shared by the sessions reading it: they are read-only.
 func (r reader) ops(conv ulid.ULID, after, through uint64, maxOps, maxBytes int, atLeastOne bool) ([]model.Op, error) {
 	if through <= after || maxOps <= 0 {
 		return nil, nil
 	}
+	if !r.live || through-after > maxMemoOps {
+		return r.readOps(conv, after, through, maxOps, maxBytes, atLeastOne)
+	}
+	all, err := r.liveOps(conv, after, through)
+	if err != nil {
+		return nil, err
+	}
+	return opsPrefix(all, maxOps, maxBytes, atLeastOne), nil
+}
+
+// opsPrefix is the prefix of ops that readOps returns with the same bounds.
+func opsPrefix(ops []model.Op, maxOps, maxBytes int, atLeastOne bool) []model.Op {
+	size := 0
+	for i := range ops {
+		if size += opSize(&ops[i]); i == maxOps || (size > maxBytes && (i > 0 || !atLeastOne)) {
+			return ops[:i:i]
+		}
+	}
+	return ops
+}
+
+// liveOps reads conv's ops after < seq <= through (at most maxMemoOps):
+// in a live round, once per view.
+func (r reader) liveOps(conv ulid.ULID, after, through uint64) ([]model.Op, error) {
+	return memo(r, opsMemo{conv, after, through}, func() ([]model.Op, error) {
+		ops, err := r.readOps(conv, after, through, maxMemoOps, math.MaxInt, true)
+		return slices.Clip(ops), err // an append makes a copy of its own
+	})
+}
+
+func (r reader) readOps(conv ulid.ULID, after, through uint64, maxOps, maxBytes int, atLeastOne bool) ([]model.Op, error) {
 	lo, hi := keys.OpSpan(conv, after+1, through+1)
 	it, err := r.v.Iter(lo, hi)
 	if err != nil {

@@ -90,6 +90,7 @@ const (
 )
 
 // Batch is a contiguous run of one conversation's ops, ascending by seq.
+// The ops of a live round may be shared with other sessions: read-only.
 type Batch struct {
 	Conv ulid.ULID
 	Ops  []model.Op
@@ -110,15 +111,17 @@ type Event struct {
 }
 
 // verifyCaches makes reads check what they take from memory (the hub's
-// feed journal, cached receipts) against the store; the engine's tests set
-// it.
+// feed journal, cached receipts, a view's memo) against the store; the
+// engine's tests set it.
 var verifyCaches = false
 
 // Session is one device's sync session: catch-up, then live updates. It
 // reads the durable log at its own pace and keeps no payload queue: its
 // memory is a plan of ranges to send and, per conversation touched, the last
-// seq sent, a digest of the last info sent and the message count at the
-// user's read marker.
+// seq sent, a digest of the last info sent, the message count at the
+// user's read marker and the user's member record. Sessions woken by one
+// commit share, through the view they read, what is the same for all of
+// them: the conversation's record and the round's ops.
 //
 // A session is not safe for concurrent use: one goroutine at a time calls
 // Next, Pending, Changed and Close.
@@ -133,8 +136,10 @@ type Session struct {
 	sent   map[ulid.ULID]uint64   // conversation -> last seq sent or known held
 	shown  map[ulid.ULID]uint64   // conversation -> digest of the last info sent
 	counts map[ulid.ULID]seqCount // conversation -> message count at the user's read marker
-	pos    uint64                 // every change up to here was sent
-	caught bool
+	// conversation -> the user's member record and the head it was read at
+	members map[ulid.ULID]memberAt
+	pos     uint64 // every change up to here was sent
+	caught  bool
 	// revocations is the engine's revocation count when the device was
 	// last found active: live rounds look the device up again only after
 	// some device was revoked.
@@ -160,6 +165,10 @@ type item struct {
 	after, through uint64
 	phase          Phase
 	pos            uint64
+	// ops, for a live round's ops, are the ops after..through when the
+	// round read them already (to check the user's membership); nil when
+	// nextOps reads them.
+	ops []model.Op
 }
 
 // OpenSession starts a's sync session. It returns a *ResetError (wrapping
@@ -181,7 +190,7 @@ func (e *Engine) OpenSession(a Actor, o SessionOptions) (*Session, error) {
 	if o.Epoch == (ulid.ULID{}) {
 		o.FeedPos = 0
 	}
-	s := &Session{e: e, a: a, o: o, sent: map[ulid.ULID]uint64{}, shown: map[ulid.ULID]uint64{}, counts: map[ulid.ULID]seqCount{}}
+	s := &Session{e: e, a: a, o: o, sent: map[ulid.ULID]uint64{}, shown: map[ulid.ULID]uint64{}, counts: map[ulid.ULID]seqCount{}, members: map[ulid.ULID]memberAt{}}
 	// Watch before reading, so that a commit after the read still wakes us.
 	s.w = e.hub.watch(a.User)
 	if err := s.plan(); err != nil {
@@ -194,7 +203,7 @@ func (e *Engine) OpenSession(a Actor, o SessionOptions) (*Session, error) {
 // plan reads the feed once and queues the whole catch-up.
 func (s *Session) plan() error {
 	s.revocations = s.e.revocations.Load() // before the view, which then includes them
-	r := s.e.sessionReader(s.counts)
+	r := s.reader(false)
 	defer r.release()
 	if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
 		if err != nil {
@@ -330,9 +339,9 @@ func (s *Session) Next() (ev Event, ok bool, err error) {
 // session's batch limits. A range that does not fit stays queued with its
 // start moved on, so batches stay contiguous and nothing is sent twice.
 func (s *Session) nextOps() (Event, bool, error) {
-	r := s.e.sessionReader(s.counts)
-	defer r.release()
 	ev := Event{Kind: EventOps, Phase: s.queue[0].phase}
+	r := s.reader(ev.Phase == PhaseLive)
+	defer r.release()
 	if ev.Phase != PhaseLive {
 		r.dec = new(record.OpDecoder) // a catch-up: many ops, sent together
 	}
@@ -347,9 +356,15 @@ func (s *Session) nextOps() (Event, bool, error) {
 		if it.kind != itemOps || it.phase != ev.Phase {
 			break
 		}
-		ops, err := r.ops(it.conv, it.after, it.through, opsLeft, bytesLeft, len(ev.Batches) == 0)
-		if err != nil {
-			return Event{}, false, err
+		var ops []model.Op
+		if it.ops != nil {
+			ops = opsPrefix(it.ops, opsLeft, bytesLeft, len(ev.Batches) == 0)
+			it.ops = it.ops[len(ops):]
+		} else {
+			var err error
+			if ops, err = r.ops(it.conv, it.after, it.through, opsLeft, bytesLeft, len(ev.Batches) == 0); err != nil {
+				return Event{}, false, err
+			}
 		}
 		if len(ops) == 0 {
 			if len(ev.Batches) > 0 {
@@ -380,7 +395,7 @@ func (s *Session) live() error {
 	// The position before the view, which then includes it; a commit in
 	// between closes sig, and the next round takes it.
 	pos := s.e.feedPos.Load()
-	r := s.e.sessionReader(s.counts)
+	r := s.reader(true)
 	defer r.release()
 	// Revoking a device wakes its sessions without moving any feed, and
 	// counts in Engine.revocations before it wakes them.
@@ -435,7 +450,20 @@ func (s *Session) live() error {
 			infos = append(infos, info)
 		}
 		if info.Head > from {
-			ranges = append(ranges, item{kind: itemOps, conv: en.conv, after: from, through: info.Head, phase: PhaseLive})
+			it := item{kind: itemOps, conv: en.conv, after: from, through: info.Head, phase: PhaseLive}
+			// Reading the info read these ops already, in most rounds (see
+			// reader.member): take them from the view's memo, so that the
+			// round does not read them again on a later view.
+			if info.Head-from <= maxMemoOps {
+				ops, err := r.liveOps(en.conv, from, info.Head)
+				if err != nil {
+					return err
+				}
+				if uint64(len(ops)) == info.Head-from {
+					it.ops = ops
+				}
+			}
+			ranges = append(ranges, it)
 			s.sent[en.conv] = info.Head
 		}
 	}

@@ -384,6 +384,14 @@ func TestOpsEventsRespectTheByteBound(t *testing.T) {
 	r := newReceiver(t)
 	r.drain(s, engine.DefaultBatchOps)
 	r.holdsExactly(conv, 1, 42)
+	// A live round brings 20 more in one commit: it is split the same way.
+	var more []model.Op
+	for range 20 {
+		more = append(more, alice.Op(conv, model.Op{Kind: model.KindMessage, Body: make([]byte, 10<<10)}))
+	}
+	alice.Push(more...)
+	r.drain(s, engine.DefaultBatchOps)
+	r.holdsExactly(conv, 1, 62)
 	for _, ev := range r.events {
 		size := 0
 		for _, b := range ev.Batches {
@@ -395,6 +403,21 @@ func TestOpsEventsRespectTheByteBound(t *testing.T) {
 			t.Fatalf("an Ops event carried %d body bytes, over the 64 KiB bound", size)
 		}
 	}
+	// And by the op bound.
+	s2, err := e.OpenSession(bob.Actor, engine.SessionOptions{MaxBatchOps: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	r2 := newReceiver(t)
+	r2.drain(s2, 3)
+	var small []model.Op
+	for range 10 {
+		small = append(small, alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("short")}))
+	}
+	alice.Push(small...)
+	r2.drain(s2, 3) // take fails on an event of more than 3 ops
+	r2.holdsExactly(conv, 1, 72)
 }
 
 // TestReconnectWorkIsProportionalToChanges counts store reads for a
@@ -524,5 +547,100 @@ func TestReadReachesOtherDevicesLive(t *testing.T) {
 		if info := r.infos[conv]; info.Read != read || info.Unread != 1-uint64(round) {
 			t.Fatalf("round %d: laptop sees read %d, unread %d; want read %d, unread %d", round, info.Read, info.Unread, read, 1-round)
 		}
+	}
+}
+
+// TestLiveRoundSharesReads counts store reads for a live round: sessions
+// woken by one commit share the conversation's record and the new ops
+// (read once per durable view); each reads only what is its user's own.
+func TestLiveRoundSharesReads(t *testing.T) {
+	engine.MeasureWithoutChecks(t) // the checks read everything again
+	perSession := func(members int) float64 {
+		e := enginetest.New(t)
+		author := enginetest.Register(t, e, "author")
+		devs := make([]*enginetest.Device, members)
+		for i := range devs {
+			devs[i] = enginetest.Register(t, e, fmt.Sprintf("member%d", i))
+		}
+		conv := author.Create("live", devs...)
+		sessions := make([]*engine.Session, members)
+		for i, d := range devs {
+			s, err := e.OpenSession(d.Actor, engine.SessionOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			newReceiver(t).drain(s, engine.DefaultBatchOps)
+			sessions[i] = s
+		}
+		author.Send(conv, "to everyone")
+		before := e.Metrics().Reads
+		for _, s := range sessions {
+			r := newReceiver(t)
+			r.drain(s, engine.DefaultBatchOps)
+			if n := len(r.held[conv]); n != 1 {
+				t.Fatalf("a live round brought %d ops, want 1", n)
+			}
+		}
+		return float64(e.Metrics().Reads-before) / float64(members)
+	}
+	// Past ReceiptMembers, so that no receipts are read: what remains per
+	// session is its own (without the memo and the remembered member
+	// record, 5 reads).
+	got := perSession(60)
+	t.Logf("store reads per session in a live round of 60 members: %.2f", got)
+	if got > 1.5 {
+		t.Fatalf("a live round took %.2f store reads per session; want the user's marker (1), and the shared reads spread over the sessions", got)
+	}
+}
+
+// TestLiveRoundFollowsMembership: a session that remembers its user's member
+// record between live rounds shows every change of it, whether the round
+// brings one op or several, with other ops around it. Run with the cache
+// checks and without, so that the remembered record is what is tested.
+func TestLiveRoundFollowsMembership(t *testing.T) {
+	for _, checked := range []bool{true, false} {
+		t.Run(fmt.Sprintf("checked=%v", checked), func(t *testing.T) {
+			if !checked {
+				engine.MeasureWithoutChecks(t)
+			}
+			e := enginetest.New(t)
+			alice := enginetest.Register(t, e, "alice")
+			bob := enginetest.Register(t, e, "bob")
+			carol := enginetest.Register(t, e, "carol")
+			conv := alice.Create("c", bob, carol)
+			s, err := e.OpenSession(bob.Actor, engine.SessionOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			r := newReceiver(t)
+			r.drain(s, engine.DefaultBatchOps)
+			role := func(u ulid.ULID, to model.Role) model.Op {
+				return alice.Op(conv, model.Op{Kind: model.KindMemberRole, Member: u, Role: to})
+			}
+			want := func(step string, role model.Role, removed bool) {
+				t.Helper()
+				r.drain(s, engine.DefaultBatchOps)
+				if info := r.infos[conv]; info.Role != role || info.Removed != removed {
+					t.Fatalf("%s: bob sees role %v, removed %v; want %v, %v", step, info.Role, info.Removed, role, removed)
+				}
+			}
+			alice.Send(conv, "one")
+			want("a message", model.RoleMember, false)
+			alice.Push(role(bob.Actor.User, model.RoleAdmin))
+			want("bob made admin alone", model.RoleAdmin, false)
+			alice.Send(conv, "two")
+			alice.Push(role(carol.Actor.User, model.RoleAdmin))
+			want("carol made admin", model.RoleAdmin, false)
+			alice.Send(conv, "three")
+			alice.Push(role(bob.Actor.User, model.RoleMember))
+			alice.Send(conv, "four")
+			want("bob made member among messages", model.RoleMember, false)
+			rm := alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
+			alice.Send(conv, "after removal")
+			want("bob removed", model.RoleNone, true)
+			r.holdsExactly(conv, 1, rm[0].Seq)
+		})
 	}
 }

@@ -313,6 +313,65 @@ type View struct {
 	// reference and tells Close the read is over.
 	shared *View
 	done   func()
+
+	// memo holds what readers computed from this view (Memo); on shared
+	// views only.
+	memoMu sync.Mutex
+	memo   map[any]*memoEntry
+}
+
+type memoEntry struct {
+	once sync.Once
+	done bool
+	val  any
+	err  error
+}
+
+// MaxMemo bounds the results one view memoizes; past it, Memo computes
+// without keeping.
+const MaxMemo = 4096
+
+// Memo returns what fill computes from this view for key, computing it
+// once per durable view: every reader that takes the same view (every
+// session woken by one commit, until the next commit) shares the result,
+// and a caller that finds fill running waits for it. A view never changes,
+// so neither does what is computed from it; the result is shared, so
+// callers must not modify it. key must be comparable and must name
+// everything fill's result depends on. hit reports whether the result was
+// there before the call. The memo goes with the view.
+func (v *View) Memo(key any, fill func() (any, error)) (val any, hit bool, err error) {
+	t := v.shared
+	if t == nil {
+		return nil, false, ErrClosed // a view of a closed store: nothing to read
+	}
+	t.memoMu.Lock()
+	e := t.memo[key]
+	if e == nil {
+		if len(t.memo) >= MaxMemo {
+			t.memoMu.Unlock()
+			val, err = fill()
+			return val, false, err
+		}
+		if t.memo == nil {
+			t.memo = make(map[any]*memoEntry)
+		}
+		e = &memoEntry{}
+		t.memo[key] = e
+	} else {
+		hit = true
+	}
+	t.memoMu.Unlock()
+	e.once.Do(func() {
+		e.val, e.err = fill()
+		e.done = true
+	})
+	if !e.done {
+		// fill panicked in another caller: compute here, and let it panic
+		// here too if it does.
+		val, err = fill()
+		return val, false, err
+	}
+	return e.val, hit, e.err
 }
 
 // Reads counts point reads and iterator seeks and steps since Open: the

@@ -1,0 +1,165 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+func open(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open("db", Options{FS: vfs.NewMem(), MemTableSize: 4 << 20, CacheSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func set(t *testing.T, s *Store, key, val string) {
+	t.Helper()
+	b := s.NewBatch()
+	b.Set([]byte(key), []byte(val))
+	if err := s.Commit(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readKey is a fill that reads key from v and counts its calls.
+func readKey(v *View, key string, calls *int) func() (any, error) {
+	return func() (any, error) {
+		*calls++
+		b, err := v.Get([]byte(key))
+		return string(b), err
+	}
+}
+
+// TestMemoPerView: readers of one durable view share what one of them
+// computed; the next commit's view starts empty and sees the new value.
+func TestMemoPerView(t *testing.T) {
+	s := open(t)
+	set(t, s, "k", "one")
+	calls := 0
+	for i := range 3 {
+		v := s.View()
+		got, hit, err := v.Memo("k", readKey(v, "k", &calls))
+		v.Release()
+		if err != nil || got != "one" || hit != (i > 0) {
+			t.Fatalf("read %d of the first view: %v, hit %v, %v; want one, hit %v", i, got, hit, err, i > 0)
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("three readers of one view computed %d times, want once", calls)
+	}
+	// A view held across the commit keeps its own memo and value.
+	old := s.View()
+	defer old.Release()
+	set(t, s, "k", "two")
+	v := s.View()
+	got, hit, err := v.Memo("k", readKey(v, "k", &calls))
+	v.Release()
+	if err != nil || got != "two" || hit {
+		t.Fatalf("the next commit's view: %v, hit %v, %v; want two, computed", got, hit, err)
+	}
+	got, hit, err = old.Memo("k", readKey(old, "k", &calls))
+	if err != nil || got != "one" || !hit {
+		t.Fatalf("the view held across the commit: %v, hit %v, %v; want one from its memo", got, hit, err)
+	}
+	// Keys are distinct; errors are kept like values (a view never changes).
+	v = s.View()
+	defer v.Release()
+	for range 2 {
+		if _, _, err := v.Memo("missing", readKey(v, "missing", &calls)); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("memo of a missing key: %v, want ErrNotFound", err)
+		}
+	}
+	if calls != 3 {
+		t.Fatalf("computed %d times, want 3 (one per view and key)", calls)
+	}
+}
+
+// TestMemoConcurrent: readers that ask at once compute once.
+func TestMemoConcurrent(t *testing.T) {
+	s := open(t)
+	set(t, s, "k", "v")
+	var mu sync.Mutex
+	computed := 0
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			v := s.View()
+			defer v.Release()
+			got, _, err := v.Memo("k", func() (any, error) {
+				mu.Lock()
+				computed++
+				mu.Unlock()
+				b, err := v.Get([]byte("k"))
+				return string(b), err
+			})
+			if err != nil || got != "v" {
+				t.Errorf("memo: %v, %v", got, err)
+			}
+		})
+	}
+	wg.Wait()
+	if computed != 1 {
+		t.Fatalf("8 concurrent readers computed %d times, want once", computed)
+	}
+}
+
+// TestMemoBounded: past MaxMemo keys a view computes without keeping, and
+// a fill that panicked is computed again by the next caller.
+func TestMemoBounded(t *testing.T) {
+	s := open(t)
+	set(t, s, "k", "v")
+	v := s.View()
+	defer v.Release()
+	for i := range MaxMemo {
+		if _, _, err := v.Memo(i, func() (any, error) { return i, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls := 0
+	for range 2 {
+		if _, hit, err := v.Memo("over", readKey(v, "k", &calls)); hit || err != nil {
+			t.Fatalf("a key past the bound: hit %v, %v", hit, err)
+		}
+	}
+	if calls != 2 {
+		t.Fatalf("a key past the bound was computed %d times in 2 calls, want 2", calls)
+	}
+	if got := len(v.shared.memo); got != MaxMemo {
+		t.Fatalf("the memo holds %d results, want the bound %d", got, MaxMemo)
+	}
+
+	w := s.View()
+	defer w.Release()
+	func() {
+		defer func() { _ = recover() }()
+		_, _, _ = w.Memo("p", func() (any, error) { panic("fill failed") })
+	}()
+	got, hit, err := w.Memo("p", func() (any, error) { return "second", nil })
+	if err != nil || got != "second" || hit {
+		t.Fatalf("after a panicking fill: %v, hit %v, %v; want a fresh computation", got, hit, err)
+	}
+}
+
+// TestMemoClosed: a view taken after Close has no memo and fails like its
+// reads.
+func TestMemoClosed(t *testing.T) {
+	s, err := Open("db", Options{FS: vfs.NewMem(), MemTableSize: 4 << 20, CacheSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v := s.View()
+	_, _, err = v.Memo("k", func() (any, error) { return nil, fmt.Errorf("must not run") })
+	if !errors.Is(err, ErrClosed) {
+		t.Fatalf("memo on a closed store: %v, want ErrClosed", err)
+	}
+}
