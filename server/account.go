@@ -20,7 +20,7 @@ func sessionToProto(c engine.Credentials) *ferryv1.DeviceSession {
 
 func (h accountService) Register(ctx context.Context, req *ferryv1.RegisterRequest) (*ferryv1.RegisterResponse, error) {
 	var c engine.Credentials
-	err := h.s.signIn(ctx, "register", func() (err error) {
+	err := h.s.register(ctx, func() (err error) {
 		c, err = h.s.eng.Register(ctx, engine.NewAccount{
 			Username:    req.GetUsername(),
 			Password:    req.GetPassword(),
@@ -28,7 +28,7 @@ func (h accountService) Register(ctx context.Context, req *ferryv1.RegisterReque
 			DeviceName:  req.GetDeviceName(),
 		})
 		return err
-	}, anyRegistration)
+	})
 	if err != nil {
 		return nil, connectError(err)
 	}
@@ -37,10 +37,10 @@ func (h accountService) Register(ctx context.Context, req *ferryv1.RegisterReque
 
 func (h accountService) Login(ctx context.Context, req *ferryv1.LoginRequest) (*ferryv1.LoginResponse, error) {
 	var c engine.Credentials
-	err := h.s.signIn(ctx, "login", func() (err error) {
+	err := h.s.login(ctx, req.GetUsername(), func() (err error) {
 		c, err = h.s.eng.Login(ctx, req.GetUsername(), req.GetPassword(), req.GetDeviceName())
 		return err
-	}, failedLogin)
+	})
 	if err != nil {
 		return nil, connectError(err)
 	}

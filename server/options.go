@@ -35,13 +35,15 @@ type Options struct {
 	// holds one more message in memory (up to 1 MiB of ops); more than a
 	// few per core gain nothing. Default 4 × GOMAXPROCS; negative: none.
 	MaxReadAheads int
-	// SignInLimit is how many logins with wrong credentials and
-	// registrations (made or refused) one client address (an IPv4
-	// address, an IPv6 /64) may make at once; after that it gets one more
-	// every SignInRefill, and is refused with ResourceExhausted before any
-	// password is hashed. Successful logins, malformed requests and
-	// attempts the server failed do not count. Default 10; negative turns
-	// the limit off.
+	// SignInLimit is how many logins with wrong credentials as one
+	// username, and how many registrations (made or refused), one client
+	// address (an IPv4 address, an IPv6 /64) may make at once; after that
+	// it gets one more every SignInRefill, and is refused with
+	// ResourceExhausted before any password is hashed. An address may fail
+	// ten times as many logins over all usernames, so users behind one
+	// address do not lock each other out. Successful logins, malformed
+	// requests and attempts the server failed do not count. Default 10;
+	// negative turns the limit off.
 	SignInLimit int
 	// SignInRefill is how often a throttled address regains an attempt.
 	// Default 1m.

@@ -18,25 +18,51 @@ import (
 )
 
 // Sign-in throttling. A password guess costs the server an argon2 hash and
-// the guesser nothing, so failed logins and registrations spend from a
-// token bucket per client address: SignInLimit of them at once, then one
-// more every SignInRefill. A successful login spends nothing, so a user who
-// mistypes a few times is not held up; an address that keeps guessing gets
-// one guess a minute by default, refused before any hash is computed. The
-// limit is per address, not per account: users behind one address (a NAT,
-// a proxy without ClientIPHeader) share it, and while it is spent their
-// correct passwords wait too.
+// the guesser nothing, so failed logins and registrations spend from token
+// buckets keyed by the client's address: SignInLimit of them at once, then
+// one more every SignInRefill, refused before any hash is computed.
+//
+//   - A failed login spends from the bucket of its username at its address,
+//     and from its address's bucket for logins, which holds
+//     loginsPerAddress times as many. Users behind one address (a NAT, an
+//     office) do not lock each other out: one who mistypes spends only
+//     their own attempts, while an address that tries many usernames is
+//     stopped by the address's bucket.
+//   - A registration, made or refused, spends from its address's bucket
+//     for registrations.
+//   - A successful login spends nothing, so a user who mistypes a few
+//     times is not held up; a guesser gets one guess a minute by default.
 //
 // Addresses are IPv4 addresses or IPv6 /64 networks (one host usually
 // holds a whole /64). Behind a reverse proxy every client has the proxy's
 // address: set Options.ClientIPHeader to the header the proxy writes the
 // client's address into.
 
-// maxSignInAddrs bounds the limiter's memory (about 15 MB). Past it,
+// loginsPerAddress is how many times SignInLimit failed logins an address
+// may make over all usernames.
+const loginsPerAddress = 10
+
+// maxSignInBuckets bounds the limiter's memory (about 20 MB). Past it,
 // buckets that have refilled are dropped first; if too many are still
 // spending, arbitrary ones go (failing open for them rather than growing
 // without bound).
-const maxSignInAddrs = 100_000
+const maxSignInBuckets = 100_000
+
+// signInKey names a bucket.
+type signInKey struct {
+	addr netip.Prefix
+	kind signInKind
+	// user is the normalized username of a login bucket of one user; empty
+	// for the address's.
+	user string
+}
+
+type signInKind uint8
+
+const (
+	signInLogin signInKind = iota + 1
+	signInRegister
+)
 
 type signInLimiter struct {
 	limit  int
@@ -44,7 +70,7 @@ type signInLimiter struct {
 	clock  clock.Clock
 
 	mu      sync.Mutex
-	buckets map[netip.Prefix]*bucket
+	buckets map[signInKey]*bucket
 }
 
 // bucket holds tokens as of at.
@@ -58,107 +84,156 @@ func newSignInLimiter(limit int, refill time.Duration, c clock.Clock) *signInLim
 	if limit <= 0 {
 		return nil // off
 	}
-	return &signInLimiter{limit: limit, refill: refill, clock: c, buckets: map[netip.Prefix]*bucket{}}
+	return &signInLimiter{limit: limit, refill: refill, clock: c, buckets: map[signInKey]*bucket{}}
 }
 
-// take spends one attempt of addr. When none is left it reports how long
-// until one is, and whether to log the refusal: once per refill period per
-// address, so a guesser cannot flood the log.
-func (l *signInLimiter) take(addr netip.Prefix) (ok bool, wait time.Duration, warn bool) {
-	if l == nil || !addr.IsValid() {
-		return true, 0, false
+// signInKeys are the buckets a sign-in of kind (by username, for a login)
+// from addr spends from; none when the address is unknown. A login whose
+// username is malformed spends only from its address's bucket.
+func signInKeys(addr netip.Prefix, kind signInKind, username string) []signInKey {
+	if !addr.IsValid() {
+		return nil
+	}
+	keys := []signInKey{{addr: addr, kind: kind}}
+	if kind == signInLogin {
+		if u, err := engine.NormalizeUsername(username); err == nil {
+			keys = append(keys, signInKey{addr: addr, kind: kind, user: u})
+		}
+	}
+	return keys
+}
+
+// size is how many tokens k's bucket holds when full.
+func (l *signInLimiter) size(k signInKey) float64 {
+	if k.kind == signInLogin && k.user == "" {
+		return float64(l.limit * loginsPerAddress)
+	}
+	return float64(l.limit)
+}
+
+// take spends one attempt from every bucket of keys, or from none when one
+// is empty. Then it reports which (its index in keys; -1 when none is),
+// how long until it has an attempt again, and whether to log the refusal:
+// once per refill period per bucket, so a guesser cannot flood the log.
+func (l *signInLimiter) take(keys []signInKey) (empty int, wait time.Duration, warn bool) {
+	if l == nil || len(keys) == 0 {
+		return -1, 0, false
 	}
 	now := l.clock.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b := l.buckets[addr]
-	if b == nil {
-		l.makeRoom(now)
-		b = &bucket{tokens: float64(l.limit), at: now}
-		l.buckets[addr] = b
-	}
-	l.fill(b, now)
-	if b.tokens < 1 {
-		wait := time.Duration((1 - b.tokens) * float64(l.refill))
-		warn := b.warned.IsZero() || now.Sub(b.warned) >= l.refill
-		if warn {
-			b.warned = now
+	l.makeRoom(now, len(keys))
+	bs := make([]*bucket, len(keys))
+	for i, k := range keys {
+		b := l.buckets[k]
+		if b == nil {
+			b = &bucket{tokens: l.size(k), at: now}
+			l.buckets[k] = b
 		}
-		return false, (wait + time.Second - 1).Truncate(time.Second), warn // whole seconds, rounded up
+		l.fill(b, l.size(k), now)
+		bs[i] = b
 	}
-	b.tokens--
-	return true, 0, false
+	for i, b := range bs {
+		if b.tokens < 1 {
+			wait := time.Duration((1 - b.tokens) * float64(l.refill))
+			warn := b.warned.IsZero() || now.Sub(b.warned) >= l.refill
+			if warn {
+				b.warned = now
+			}
+			return i, (wait + time.Second - 1).Truncate(time.Second), warn // whole seconds, rounded up
+		}
+	}
+	for _, b := range bs {
+		b.tokens--
+	}
+	return -1, 0, false
 }
 
-// refund gives back the attempt a successful login took.
-func (l *signInLimiter) refund(addr netip.Prefix) {
-	if l == nil || !addr.IsValid() {
+// what says what k's bucket counts, for messages and logs.
+func (k signInKey) what() string {
+	switch {
+	case k.kind == signInRegister:
+		return "registrations from this address"
+	case k.user != "":
+		return fmt.Sprintf("failed logins as %q from this address", k.user)
+	}
+	return "failed logins from this address"
+}
+
+// refund gives back the attempt a sign-in took.
+func (l *signInLimiter) refund(keys []signInKey) {
+	if l == nil {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if b := l.buckets[addr]; b != nil {
-		b.tokens = min(b.tokens+1, float64(l.limit))
+	for _, k := range keys {
+		if b := l.buckets[k]; b != nil {
+			b.tokens = min(b.tokens+1, l.size(k))
+		}
 	}
 }
 
-func (l *signInLimiter) fill(b *bucket, now time.Time) {
+func (l *signInLimiter) fill(b *bucket, size float64, now time.Time) {
 	if d := now.Sub(b.at); d > 0 {
-		b.tokens = min(float64(l.limit), b.tokens+float64(d)/float64(l.refill))
+		b.tokens = min(size, b.tokens+float64(d)/float64(l.refill))
 		b.at = now
 	}
 }
 
-// makeRoom keeps the table under maxSignInAddrs. It drops the buckets that
-// have refilled, then, if that freed less than a tenth of the table, more
-// until a tenth is free, so that its sweeps stay rare under a flood of new
-// addresses. l.mu is held.
-func (l *signInLimiter) makeRoom(now time.Time) {
-	if len(l.buckets) < maxSignInAddrs {
+// makeRoom makes room for n more buckets under maxSignInBuckets. It drops
+// the buckets that have refilled, then, if that freed less than a tenth of
+// the table, more until a tenth is free, so that its sweeps stay rare
+// under a flood of new addresses. l.mu is held.
+func (l *signInLimiter) makeRoom(now time.Time, n int) {
+	if len(l.buckets)+n <= maxSignInBuckets {
 		return
 	}
-	for a, b := range l.buckets {
-		if l.fill(b, now); b.tokens >= float64(l.limit) {
-			delete(l.buckets, a)
+	for k, b := range l.buckets {
+		if l.fill(b, l.size(k), now); b.tokens >= l.size(k) {
+			delete(l.buckets, k)
 		}
 	}
-	for a := range l.buckets {
-		if len(l.buckets) <= maxSignInAddrs*9/10 {
+	for k := range l.buckets {
+		if len(l.buckets) <= maxSignInBuckets*9/10 {
 			break
 		}
-		delete(l.buckets, a)
+		delete(l.buckets, k)
 	}
 }
 
-// signIn runs a sign-in (login or registration) of the caller's address
-// under the limiter: refused at once when the address has no attempt left.
-// The attempt is given back when counts says its outcome does not count
-// against the address, and always when the server, not the client, failed
-// it (too many sign-ins at once, a cancelled call, a stopping store).
-func (s *Server) signIn(ctx context.Context, what string, attempt func() error, counts func(error) bool) error {
-	addr := clientAddr(ctx)
-	ok, wait, warn := s.signIns.take(addr)
-	if !ok {
+// login runs a login under the limiter: refused at once when the
+// username at the caller's address, or the address, has no attempt left.
+// Only wrong credentials count: the attempt is given back otherwise.
+func (s *Server) login(ctx context.Context, username string, attempt func() error) error {
+	return s.signIn(signInKeys(clientAddr(ctx), signInLogin, username), attempt,
+		func(err error) bool { return errors.Is(err, engine.ErrUnauthenticated) })
+}
+
+// register runs a registration under the limiter. Every registration
+// counts, made or refused: accounts are not free to make either.
+func (s *Server) register(ctx context.Context, attempt func() error) error {
+	return s.signIn(signInKeys(clientAddr(ctx), signInRegister, ""), attempt, func(error) bool { return true })
+}
+
+// signIn runs a sign-in spending from keys' buckets: refused at once when
+// one has no attempt left. The attempt is given back when counts says its
+// outcome does not count, and always when the server, not the client,
+// failed it (too many sign-ins at once, a cancelled call, a stopping
+// store).
+func (s *Server) signIn(keys []signInKey, attempt func() error, counts func(error) bool) error {
+	if i, wait, warn := s.signIns.take(keys); i >= 0 {
 		if warn {
-			s.log.Warn("sign-ins throttled: too many failed logins or registrations from one address", "client", addr, "rpc", what, "retry_in", wait)
+			s.log.Warn("sign-ins throttled: too many "+keys[i].what(), "client", keys[i].addr, "retry_in", wait)
 		}
-		return connect.NewError(connect.CodeResourceExhausted, fmt.Sprintf(
-			"too many failed sign-ins and registrations from this address; retry in %s", wait))
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Sprintf("too many %s; retry in %s", keys[i].what(), wait))
 	}
 	err := attempt()
 	if serverSide(err) || !counts(err) {
-		s.signIns.refund(addr)
+		s.signIns.refund(keys)
 	}
 	return err
 }
-
-// failedLogin: a login counts against its address when its credentials
-// were wrong.
-func failedLogin(err error) bool { return errors.Is(err, engine.ErrUnauthenticated) }
-
-// anyRegistration: every registration counts, made or refused: accounts
-// are not free to make either.
-func anyRegistration(error) bool { return true }
 
 func serverSide(err error) bool {
 	return errors.Is(err, engine.ErrTooMany) || errors.Is(err, engine.ErrFailed) || errors.Is(err, engine.ErrClosed) ||

@@ -41,32 +41,32 @@ func TestAddrKey(t *testing.T) {
 	}
 }
 
-// TestSignInLimiterStaysBounded: past maxSignInAddrs addresses the table
+// TestSignInLimiterStaysBounded: past maxSignInBuckets buckets the table
 // drops buckets, refilled ones first, so an address still spending keeps
 // its count.
 func TestSignInLimiterStaysBounded(t *testing.T) {
 	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	l := newSignInLimiter(2, time.Minute, fake)
-	spent := netip.MustParsePrefix("198.51.100.7/32")
-	addr := func(i int) netip.Prefix {
-		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
+	spent := signInKeys(netip.MustParsePrefix("198.51.100.7/32"), signInRegister, "")
+	addr := func(i int) []signInKey {
+		return signInKeys(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32), signInRegister, "")
 	}
-	for i := range maxSignInAddrs / 2 {
+	for i := range maxSignInBuckets / 2 {
 		l.take(addr(i))
 	}
 	fake.Advance(time.Hour) // those refill
 	l.take(spent)
 	l.take(spent)
-	for i := maxSignInAddrs / 2; i < maxSignInAddrs+10; i++ {
+	for i := maxSignInBuckets / 2; i < maxSignInBuckets+10; i++ {
 		l.take(addr(i))
 	}
-	if n := len(l.buckets); n > maxSignInAddrs {
-		t.Fatalf("%d buckets, want at most %d", n, maxSignInAddrs)
+	if n := len(l.buckets); n > maxSignInBuckets {
+		t.Fatalf("%d buckets, want at most %d", n, maxSignInBuckets)
 	}
-	if ok, _, _ := l.take(spent); ok {
+	if empty, _, _ := l.take(spent); empty < 0 {
 		t.Fatal("an address that spent its attempts got another: its bucket was dropped before refilled ones")
 	}
-	if ok, _, _ := l.take(addr(0)); !ok {
+	if empty, _, _ := l.take(addr(0)); empty >= 0 {
 		t.Fatal("a dropped bucket comes back full")
 	}
 }
@@ -76,7 +76,7 @@ func TestSignInLimiterStaysBounded(t *testing.T) {
 func TestSignInRefusalsLogOncePerRefill(t *testing.T) {
 	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	l := newSignInLimiter(1, time.Minute, fake)
-	a := netip.MustParsePrefix("198.51.100.7/32")
+	a := signInKeys(netip.MustParsePrefix("198.51.100.7/32"), signInLogin, "alice")
 	var warns []bool
 	for range 4 {
 		_, _, warn := l.take(a)
@@ -92,5 +92,53 @@ func TestSignInRefusalsLogOncePerRefill(t *testing.T) {
 	want := []bool{false, true, false, false, false, true, false}
 	if fmt.Sprint(warns) != fmt.Sprint(want) {
 		t.Fatalf("warnings %v, want %v", warns, want)
+	}
+}
+
+// TestSignInLimiterKeys: a login spends from its username's bucket at its
+// address and from the address's, which holds loginsPerAddress times as
+// many; a refusal spends from neither and names the empty bucket; a
+// malformed username spends only from the address's.
+func TestSignInLimiterKeys(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l := newSignInLimiter(2, time.Minute, fake)
+	addr := netip.MustParsePrefix("198.51.100.7/32")
+	alice := signInKeys(addr, signInLogin, "Alice")
+	if len(alice) != 2 || alice[1].user != "alice" {
+		t.Fatalf("keys of a login as Alice: %+v, want the address's and alice's", alice)
+	}
+	if k := signInKeys(addr, signInLogin, "no spaces allowed"); len(k) != 1 || k[0].user != "" {
+		t.Fatalf("keys of a malformed username: %+v, want the address's only", k)
+	}
+	if k := signInKeys(netip.Prefix{}, signInLogin, "alice"); len(k) != 0 {
+		t.Fatalf("keys of an unknown address: %+v, want none", k)
+	}
+	for range 2 {
+		if empty, _, _ := l.take(alice); empty >= 0 {
+			t.Fatal("alice's first two attempts were refused")
+		}
+	}
+	empty, _, _ := l.take(alice)
+	if empty != 1 || alice[empty].what() != `failed logins as "alice" from this address` {
+		t.Fatalf("alice's third attempt: empty bucket %d, want alice's (1)", empty)
+	}
+	// The refusal spent nothing: the address's bucket has 20 - 2 left.
+	if b := l.buckets[alice[0]]; b.tokens != 18 {
+		t.Fatalf("the address's bucket has %v attempts, want 18", b.tokens)
+	}
+	for i := range 9 {
+		for range 2 {
+			if empty, _, _ := l.take(signInKeys(addr, signInLogin, fmt.Sprintf("user%d", i))); empty >= 0 {
+				t.Fatalf("user%d refused while the address had attempts left", i)
+			}
+		}
+	}
+	empty, _, _ = l.take(signInKeys(addr, signInLogin, "bob"))
+	if empty != 0 || alice[0].what() != "failed logins from this address" {
+		t.Fatalf("bob after 20 failures from the address: empty bucket %d, want the address's (0)", empty)
+	}
+	l.refund(alice)
+	if b := l.buckets[alice[1]]; b.tokens != 1 {
+		t.Fatalf("after a refund alice has %v attempts, want 1", b.tokens)
 	}
 }

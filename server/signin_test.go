@@ -14,10 +14,12 @@ import (
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
-// TestSignInLimit: failed logins and registrations spend an address's
-// attempts; a spent address is refused (even with the right password) until
-// the clock gives it another; successful logins spend nothing; addresses
-// are told apart by the proxy's header, IPv6 by /64.
+// TestSignInLimit: failed logins spend the attempts of their username at
+// their address, registrations their address's; a spent username is
+// refused at that address (even with the right password) until the clock
+// gives it another, while other users behind the address log in;
+// successful logins spend nothing; addresses are told apart by the proxy's
+// header, IPv6 by /64.
 func TestSignInLimit(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
 		o.SignInLimit, o.SignInRefill, o.ClientIPHeader = 3, time.Minute, "X-Forwarded-For"
@@ -33,10 +35,11 @@ func TestSignInLimit(t *testing.T) {
 		_, err := acc.Register(from(addr), &ferryv1.RegisterRequest{Username: username, Password: "correct horse", DeviceName: "d"})
 		return err
 	}
-	login := func(addr, password string) error {
-		_, err := acc.Login(from(addr), &ferryv1.LoginRequest{Username: "alice", Password: password, DeviceName: "d"})
+	loginAs := func(addr, username, password string) error {
+		_, err := acc.Login(from(addr), &ferryv1.LoginRequest{Username: username, Password: password, DeviceName: "d"})
 		return err
 	}
+	login := func(addr, password string) error { return loginAs(addr, "alice", password) }
 	code := func(err error) connect.Code {
 		var ce *connect.Error
 		if errors.As(err, &ce) {
@@ -45,6 +48,9 @@ func TestSignInLimit(t *testing.T) {
 		return 0
 	}
 	if err := register("192.0.2.1", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if err := register("192.0.2.2", "erin"); err != nil {
 		t.Fatal(err)
 	}
 	const a = "198.51.100.7"
@@ -59,8 +65,11 @@ func TestSignInLimit(t *testing.T) {
 		}
 	}
 	err := login(a, "correct horse")
-	if code(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "retry in 1m0s") {
-		t.Fatalf("fourth attempt after three failures: %v, want resource_exhausted saying when to retry", err)
+	if code(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), `failed logins as "alice" from this address; retry in 1m0s`) {
+		t.Fatalf("fourth attempt after three failures: %v, want resource_exhausted saying what and when to retry", err)
+	}
+	if err := loginAs(a, "Erin", "correct horse"); err != nil {
+		t.Fatalf("another user behind the same address: %v", err)
 	}
 	if err := login("198.51.100.8", "correct horse"); err != nil {
 		t.Fatalf("another address: %v", err)
