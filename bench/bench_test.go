@@ -74,7 +74,7 @@ func TestWorkloadsInProcess(t *testing.T) {
 		Ingest:        []IngestConfig{{Writers: 4, Batch: 3, Duration: 200 * time.Millisecond}},
 		IngestLatency: []IngestConfig{{Writers: 4, Batch: 1, Rate: 200, Duration: 200 * time.Millisecond}},
 		Fanout:        []FanoutConfig{{Devices: 6, ConvSize: 3, Rate: 40, Duration: 200 * time.Millisecond}},
-		CatchUp:       []CatchUpConfig{{Ops: 300, Convs: 4}, {Ops: 100, Convs: 2, History: 3}},
+		CatchUp:       []CatchUpConfig{{Ops: 300, Convs: 4}, {Ops: 100, Convs: 2, History: 3}, {Ops: 100, Convs: 2, Cold: true}},
 		Idle:          []int{10},
 		StorageOps:    400,
 	}
@@ -99,8 +99,11 @@ func TestWorkloadsInProcess(t *testing.T) {
 	if len(r.Fanout) != 1 || r.Fanout[0].Messages == 0 || r.Fanout[0].Deliveries != r.Fanout[0].Messages*2 {
 		t.Errorf("fan-out results %+v: want each message delivered to both other members", r.Fanout)
 	}
-	if len(r.CatchUp) != 4 {
-		t.Fatalf("%d catch-up results, want 2 per system", len(r.CatchUp))
+	if len(r.CatchUp) != 6 {
+		t.Fatalf("%d catch-up results, want 3 per system", len(r.CatchUp))
+	}
+	if !r.CatchUp[2].Cold || !strings.Contains(r.CatchUp[2].historyLabel(), "cold") {
+		t.Errorf("the third catch-up %+v is not labelled cold", r.CatchUp[2])
 	}
 	for _, c := range r.CatchUp {
 		if c.CatchUp.Ops != c.Ops || c.CatchUp.WireBytes == 0 || c.CatchUp.RoundTrips == 0 {
@@ -111,7 +114,7 @@ func TestWorkloadsInProcess(t *testing.T) {
 			t.Errorf("catch-up times %v, reported %v: want three runs and the median", c.Times, c.CatchUp.Duration)
 		}
 	}
-	if zstd, plain := r.CatchUp[0].CatchUp.WireBytes, r.CatchUp[2].CatchUp.WireBytes; zstd >= plain {
+	if zstd, plain := r.CatchUp[0].CatchUp.WireBytes, r.CatchUp[3].CatchUp.WireBytes; zstd >= plain {
 		t.Errorf("compressed catch-up %d bytes, uncompressed %d: compression saved nothing", zstd, plain)
 	}
 	if len(r.Idle) != 1 || r.Idle[0].RSSAfter == 0 {
@@ -162,5 +165,50 @@ func TestRatiosCompareFerryWithPeersAndLimits(t *testing.T) {
 	}
 	if md := r.Markdown(); !strings.Contains(md, "## Ratios") {
 		t.Error("the markdown report has no ratios")
+	}
+}
+
+// TestFerryRestart: an in-process Ferry restarts on a store it reopens, at
+// the same address, and an offline device then catches up on what it
+// missed before the restart.
+func TestFerryRestart(t *testing.T) {
+	ctx := t.Context()
+	f, err := NewFerry(ctx, FerryConfig{Mode: FerryInProcess, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Prepare(ctx, 2, [][]int{{0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	device, err := f.Connect(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer device.Close()
+	if err := device.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	writer, err := f.Connect(ctx, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sendBatches(writer, 5, 1, func(j int) []byte { return corpus[j] }); err != nil {
+		t.Fatal(err)
+	}
+	_ = writer.Close()
+	eng, url := f.eng, f.URL()
+	if err := f.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f.eng == eng || f.URL() != url {
+		t.Fatalf("after Restart: engine reopened %v, address %s (was %s)", f.eng != eng, f.URL(), url)
+	}
+	cu, err := device.CatchUp(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cu.Ops != 5 {
+		t.Fatalf("caught up on %d ops after the restart, want 5", cu.Ops)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -85,24 +86,9 @@ func NewFerry(ctx context.Context, cfg FerryConfig) (*Ferry, error) {
 	f := &Ferry{cfg: cfg, convIdx: map[ulid.ULID]int{}}
 	switch cfg.Mode {
 	case FerryInProcess:
-		eng, err := engine.Open(cfg.Dir, engine.Options{FS: vfs.Default, Logger: cfg.Logger, AllowRegistration: true,
-			Password: engine.PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}})
-		if err != nil {
+		if err := f.startInProcess("127.0.0.1:0"); err != nil {
 			return nil, err
 		}
-		srv, err := server.New(eng, server.Options{Logger: cfg.Logger, MaxStreamsPerDevice: 4, SignInLimit: -1})
-		if err != nil {
-			return nil, err
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		f.eng, f.srv = eng, srv
-		f.hs = server.HTTPServer(ln.Addr().String(), srv.Handler(), nil)
-		hs := f.hs
-		go func() { _ = hs.Serve(ln) }()
-		f.url = "http://" + ln.Addr().String()
 	case FerryProcess:
 		if err := f.startProcess(ctx); err != nil {
 			return nil, err
@@ -111,6 +97,38 @@ func NewFerry(ctx context.Context, cfg FerryConfig) (*Ferry, error) {
 		f.url = cfg.URL
 	}
 	return f, nil
+}
+
+// startInProcess opens the engine and serves it on addr.
+func (f *Ferry) startInProcess(addr string) error {
+	eng, err := engine.Open(f.cfg.Dir, engine.Options{FS: vfs.Default, Logger: f.cfg.Logger, AllowRegistration: true,
+		Password: engine.PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(eng, server.Options{Logger: f.cfg.Logger, MaxStreamsPerDevice: 4, SignInLimit: -1})
+	if err != nil {
+		_ = eng.Close()
+		return err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		_ = eng.Close()
+		return err
+	}
+	f.eng, f.srv = eng, srv
+	f.hs = server.HTTPServer(ln.Addr().String(), srv.Handler(), nil)
+	hs := f.hs
+	go func() { _ = hs.Serve(ln) }()
+	f.url = "http://" + ln.Addr().String()
+	return nil
+}
+
+func (f *Ferry) stopInProcess() error {
+	f.srv.GoAway()
+	_ = f.hs.Close()
+	f.srv.Wait()
+	return f.eng.Close()
 }
 
 var listening = regexp.MustCompile(`listening on (\S+)`)
@@ -652,14 +670,30 @@ func (f *Ferry) DiskBytes(ctx context.Context) (int64, error) {
 	return 0, errors.New("no disk figures for a remote server")
 }
 
+// Restart stops the server and starts it again on the same store and
+// address.
+func (f *Ferry) Restart(ctx context.Context) error {
+	switch f.cfg.Mode {
+	case FerryInProcess:
+		if err := f.stopInProcess(); err != nil {
+			return err
+		}
+		return f.startInProcess(strings.TrimPrefix(f.url, "http://"))
+	case FerryProcess:
+		_ = f.proc.Process.Signal(syscall.SIGTERM)
+		_ = f.proc.Wait()
+		return f.startProcess(ctx)
+	}
+	return errors.New("a remote server cannot be restarted")
+}
+
+var _ Restarter = (*Ferry)(nil)
+
 // Close stops the server.
 func (f *Ferry) Close() error {
 	switch f.cfg.Mode {
 	case FerryInProcess:
-		f.srv.GoAway()
-		_ = f.hs.Close()
-		f.srv.Wait()
-		return f.eng.Close()
+		return f.stopInProcess()
 	case FerryProcess:
 		_ = f.proc.Process.Signal(syscall.SIGTERM)
 		return f.proc.Wait()

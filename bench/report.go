@@ -149,7 +149,7 @@ func (r *Report) Markdown() string {
 			ms(x.Latency.P50), ms(x.Latency.P90), ms(x.Latency.P99), ms(x.Latency.P999), ms(x.Latency.Max), ms(x.CPUPerKOps))
 	}
 
-	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times, each time with as many new ops, so each run's history is one more multiple of them (x1-x3: three runs over histories of x1, x2 and x3): the figures are the run with the median time, and every run's time follows.\n\n")
+	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times, each time with as many new ops, so each run's history is one more multiple of them (x1-x3: three runs over histories of x1, x2 and x3): the figures are the run with the median time, and every run's time follows. Cold: the server restarted after the ops arrived and before each catch-up, which then read from cold caches.\n\n")
 	p("| system | missed ops | conversations | history | time | round trips | wire bytes | bytes/op | wire/payload | runs |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.CatchUp {
 		runs := make([]string, len(x.Times))
@@ -246,7 +246,7 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 	}
 	cu := func(sys string) float64 {
 		for _, x := range r.CatchUp {
-			if x.System == sys && x.Ops == 10_000 && x.Convs == 100 && x.History == 1 {
+			if x.System == sys && x.Ops == 10_000 && x.Convs == 100 && x.History == 1 && !x.Cold {
 				return float64(x.CatchUp.Duration)
 			}
 		}
@@ -254,7 +254,7 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 	}
 	wire := func(sys string) float64 {
 		for _, x := range r.CatchUp {
-			if x.System == sys && x.Ops == 10_000 && x.Convs == 100 && x.History == 1 {
+			if x.System == sys && x.Ops == 10_000 && x.Convs == 100 && x.History == 1 && !x.Cold {
 				return float64(x.CatchUp.WireBytes) / float64(max(x.RawBytes, 1))
 			}
 		}
@@ -373,7 +373,7 @@ func (r *Report) targets(systems []string) [][]string {
 	cu := func(ops, convs, history int) func(string) string {
 		return func(sys string) string {
 			for _, x := range r.CatchUp {
-				if x.System == sys && x.Ops == ops && x.Convs == convs && x.History == history {
+				if x.System == sys && x.Ops == ops && x.Convs == convs && x.History == history && !x.Cold {
 					return fmt.Sprintf("%s, %d round trips", ms(x.CatchUp.Duration), x.CatchUp.RoundTrips)
 				}
 			}
@@ -382,7 +382,7 @@ func (r *Report) targets(systems []string) [][]string {
 	}
 	wire := func(sys string) string {
 		for _, x := range r.CatchUp {
-			if x.System == sys && x.Ops == 10_000 && x.Convs == 100 && x.History == 1 {
+			if x.System == sys && x.Ops == 10_000 && x.Convs == 100 && x.History == 1 && !x.Cold {
 				return fmt.Sprintf("%.2f", float64(x.CatchUp.WireBytes)/float64(max(x.RawBytes, 1)))
 			}
 		}
@@ -412,10 +412,14 @@ func (r *Report) targets(systems []string) [][]string {
 }
 
 // historyLabel is the histories the runs caught up over: "x10", or
-// "x10-x12" for three runs.
+// "x10-x12" for three runs; ", cold" when the server restarted before each.
 func (x CatchUpResult) historyLabel() string {
-	if len(x.Times) <= 1 {
-		return fmt.Sprintf("x%d", x.History)
+	l := fmt.Sprintf("x%d", x.History)
+	if len(x.Times) > 1 {
+		l = fmt.Sprintf("x%d-x%d", x.History, x.History+len(x.Times)-1)
 	}
-	return fmt.Sprintf("x%d-x%d", x.History, x.History+len(x.Times)-1)
+	if x.Cold {
+		l += ", cold"
+	}
+	return l
 }

@@ -77,6 +77,7 @@ var Short = Profile{
 		{Ops: 1_000, Convs: 1},
 		{Ops: 10_000, Convs: 100},
 		{Ops: 10_000, Convs: 100, History: 10},
+		{Ops: 10_000, Convs: 100, Cold: true},
 	},
 	Idle:       []int{1000},
 	StorageOps: 20_000,
@@ -116,6 +117,8 @@ var Full = Profile{
 		{Ops: 100_000, Convs: 1}, {Ops: 100_000, Convs: 100}, {Ops: 100_000, Convs: 500},
 		{Ops: 10_000, Convs: 100, History: 10},
 		{Ops: 100_000, Convs: 500, History: 10},
+		{Ops: 10_000, Convs: 100, Cold: true},
+		{Ops: 100_000, Convs: 500, Cold: true},
 	},
 	Idle:       []int{1000, 5000, 10000},
 	StorageOps: 100_000,
@@ -182,7 +185,14 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 			if !f.runs("catchup") {
 				break
 			}
-			if err := run(fmt.Sprintf("catch-up %d ops in %d (history x%d)", c.Ops, c.Convs, max(c.History, 1)), f, func(s System) error {
+			what := fmt.Sprintf("catch-up %d ops in %d (history x%d)", c.Ops, c.Convs, max(c.History, 1))
+			if c.Cold {
+				what += ", cold"
+			}
+			if err := run(what, f, func(s System) error {
+				if _, ok := s.(Restarter); c.Cold && !ok {
+					return nil // cannot restart: no cold figures
+				}
 				res, err := CatchUpRun(ctx, s, c)
 				r.CatchUp = append(r.CatchUp, res)
 				return err

@@ -319,6 +319,17 @@ type CatchUpConfig struct {
 	// time (of an even number, the slower of the middle two). Default 3:
 	// one catch-up on a shared machine varies 1.5x.
 	Runs int
+	// Cold restarts the server after the ops arrive, before each catch-up:
+	// the catch-up reads from cold caches, as the first devices back after
+	// a restart do (and, in part, a device offline so long that its ops
+	// left the caches). Systems that cannot restart (Restarter) skip it.
+	Cold bool
+}
+
+// A Restarter is a System whose server can stop and start again on the
+// same store and address.
+type Restarter interface {
+	Restart(ctx context.Context) error
 }
 
 // CatchUpResult is what catch-up measured.
@@ -327,6 +338,7 @@ type CatchUpResult struct {
 	Ops      int    `json:"ops"`
 	Convs    int    `json:"convs"`
 	History  int    `json:"history"`
+	Cold     bool   `json:"cold,omitempty"`
 	CatchUp  CatchUp
 	BytesOp  float64 `json:"wire_bytes_per_op"`
 	RawBytes int64   `json:"payload_bytes"`
@@ -337,6 +349,10 @@ type CatchUpResult struct {
 // CatchUpRun runs the catch-up workload.
 func CatchUpRun(ctx context.Context, sys System, cfg CatchUpConfig) (CatchUpResult, error) {
 	cfg.History = max(cfg.History, 1)
+	restarter, _ := sys.(Restarter)
+	if cfg.Cold && restarter == nil {
+		return CatchUpResult{}, fmt.Errorf("%s cannot restart: no cold catch-up", sys.Name())
+	}
 	members := make([][]int, cfg.Convs)
 	for c := range members {
 		members[c] = []int{0, 1}
@@ -362,9 +378,21 @@ func CatchUpRun(ctx context.Context, sys System, cfg CatchUpConfig) (CatchUpResu
 	if err != nil {
 		return CatchUpResult{}, err
 	}
-	defer writer.Close()
+	defer func() { _ = writer.Close() }()
 	write := func(n int, k0 int) (int64, error) {
 		return sendBatches(writer, n, cfg.Convs, func(j int) []byte { return payload(k0+j, 1, time.Now()) })
+	}
+	// restart restarts a cold run's server; the writer connects again.
+	restart := func() error {
+		if !cfg.Cold {
+			return nil
+		}
+		_ = writer.Close()
+		if err := restarter.Restart(ctx); err != nil {
+			return fmt.Errorf("restart: %w", err)
+		}
+		writer, err = sys.Connect(ctx, 1, nil)
+		return err
 	}
 	if history > 0 {
 		if _, err := write(history, 0); err != nil {
@@ -397,6 +425,9 @@ func CatchUpRun(ctx context.Context, sys System, cfg CatchUpConfig) (CatchUpResu
 		if err != nil {
 			return CatchUpResult{}, err
 		}
+		if err := restart(); err != nil {
+			return CatchUpResult{}, err
+		}
 		cu, err := device.CatchUp(ctx)
 		if err != nil {
 			return CatchUpResult{}, err
@@ -409,7 +440,7 @@ func CatchUpRun(ctx context.Context, sys System, cfg CatchUpConfig) (CatchUpResu
 	sorted := slices.Clone(runs)
 	slices.SortFunc(sorted, func(a, b run) int { return cmp.Compare(a.cu.Duration, b.cu.Duration) })
 	med := sorted[len(sorted)/2]
-	return CatchUpResult{System: sys.Name(), Ops: cfg.Ops, Convs: cfg.Convs, History: cfg.History, CatchUp: med.cu,
+	return CatchUpResult{System: sys.Name(), Ops: cfg.Ops, Convs: cfg.Convs, History: cfg.History, Cold: cfg.Cold, CatchUp: med.cu,
 		BytesOp: float64(med.cu.WireBytes) / float64(cfg.Ops), RawBytes: med.raw, Times: times}, nil
 }
 
