@@ -670,6 +670,10 @@ func (f *Ferry) DiskBytes(ctx context.Context) (int64, error) {
 	return 0, errors.New("no disk figures for a remote server")
 }
 
+// CanRestart: Ferry restarts a ferryd process or the server in process,
+// not a remote server.
+func (f *Ferry) CanRestart() bool { return f.cfg.Mode != FerryRemote }
+
 // Restart stops the server and starts it again on the same store and
 // address.
 func (f *Ferry) Restart(ctx context.Context) error {

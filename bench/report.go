@@ -149,7 +149,7 @@ func (r *Report) Markdown() string {
 			ms(x.Latency.P50), ms(x.Latency.P90), ms(x.Latency.P99), ms(x.Latency.P999), ms(x.Latency.Max), ms(x.CPUPerKOps))
 	}
 
-	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times, each time with as many new ops, so each run's history is one more multiple of them (x1-x3: three runs over histories of x1, x2 and x3): the figures are the run with the median time, and every run's time follows. Cold: the server restarted after the ops arrived and before each catch-up, which then read from cold caches.\n\n")
+	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times, each time with as many new ops, so each run's history is one more multiple of them (x1-x3: three runs over histories of x1, x2 and x3): the figures are the run with the median time, and every run's time follows. Cold: the server restarted after the ops arrived and before each catch-up, which then read through a cold process (its caches empty; the OS page cache stays warm) on a new connection.\n\n")
 	p("| system | missed ops | conversations | history | time | round trips | wire bytes | bytes/op | wire/payload | runs |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.CatchUp {
 		runs := make([]string, len(x.Times))

@@ -190,8 +190,8 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 				what += ", cold"
 			}
 			if err := run(what, f, func(s System) error {
-				if _, ok := s.(Restarter); c.Cold && !ok {
-					return nil // cannot restart: no cold figures
+				if c.Cold && !canRestart(s) {
+					return nil // cannot restart (a peer, a remote server): no cold figures
 				}
 				res, err := CatchUpRun(ctx, s, c)
 				r.CatchUp = append(r.CatchUp, res)

@@ -327,9 +327,16 @@ type CatchUpConfig struct {
 }
 
 // A Restarter is a System whose server can stop and start again on the
-// same store and address.
+// same store and address, when CanRestart says so.
 type Restarter interface {
+	CanRestart() bool
 	Restart(ctx context.Context) error
+}
+
+// canRestart reports whether sys can restart its server.
+func canRestart(sys System) bool {
+	r, ok := sys.(Restarter)
+	return ok && r.CanRestart()
 }
 
 // CatchUpResult is what catch-up measured.
@@ -349,8 +356,7 @@ type CatchUpResult struct {
 // CatchUpRun runs the catch-up workload.
 func CatchUpRun(ctx context.Context, sys System, cfg CatchUpConfig) (CatchUpResult, error) {
 	cfg.History = max(cfg.History, 1)
-	restarter, _ := sys.(Restarter)
-	if cfg.Cold && restarter == nil {
+	if cfg.Cold && !canRestart(sys) {
 		return CatchUpResult{}, fmt.Errorf("%s cannot restart: no cold catch-up", sys.Name())
 	}
 	members := make([][]int, cfg.Convs)
@@ -388,11 +394,15 @@ func CatchUpRun(ctx context.Context, sys System, cfg CatchUpConfig) (CatchUpResu
 			return nil
 		}
 		_ = writer.Close()
-		if err := restarter.Restart(ctx); err != nil {
+		if err := sys.(Restarter).Restart(ctx); err != nil {
 			return fmt.Errorf("restart: %w", err)
 		}
-		writer, err = sys.Connect(ctx, 1, nil)
-		return err
+		w, err := sys.Connect(ctx, 1, nil)
+		if err != nil {
+			return fmt.Errorf("reconnect after the restart: %w", err)
+		}
+		writer = w
+		return nil
 	}
 	if history > 0 {
 		if _, err := write(history, 0); err != nil {

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"math"
 	"reflect"
 	"slices"
 	"sync"
@@ -128,9 +127,14 @@ type (
 	}
 )
 
-// maxMemoOps bounds the ops reads that live rounds share and the ops a
-// session looks through to keep its user's member record (see member).
-const maxMemoOps = 64
+// maxMemoOps and maxMemoBytes bound the ops reads that live rounds share
+// and the ops a session looks through to keep its user's member record
+// (see member): a live round's worth. A read that stops at maxMemoBytes
+// covers part of its range, and its readers read the rest later.
+const (
+	maxMemoOps   = 64
+	maxMemoBytes = 256 << 10
+)
 
 type convRead struct {
 	c  record.Conv
@@ -215,7 +219,7 @@ func (r reader) membershipSame(conv, user ulid.ULID, after, through uint64) (boo
 		return false, err
 	}
 	if uint64(len(ops)) != through-after {
-		return false, nil // a hole: the read of the ops reports it
+		return false, nil // cut short by maxMemoBytes, or a hole (the read of the ops reports it)
 	}
 	for i := range ops {
 		if ops[i].Kind == model.KindCreate || (ops[i].Kind.HasMember() && ops[i].Member == user) {
@@ -533,11 +537,12 @@ func opsPrefix(ops []model.Op, maxOps, maxBytes int, atLeastOne bool) []model.Op
 	return ops
 }
 
-// liveOps reads conv's ops after < seq <= through (at most maxMemoOps):
-// in a live round, once per view.
+// liveOps reads conv's ops after < seq <= through (at most maxMemoOps, and
+// as many as fit in maxMemoBytes but at least one): in a live round, once
+// per view.
 func (r reader) liveOps(conv ulid.ULID, after, through uint64) ([]model.Op, error) {
 	return memo(r, opsMemo{conv, after, through}, func() ([]model.Op, error) {
-		ops, err := r.readOps(conv, after, through, maxMemoOps, math.MaxInt, true)
+		ops, err := r.readOps(conv, after, through, maxMemoOps, maxMemoBytes, true)
 		return slices.Clip(ops), err // an append makes a copy of its own
 	})
 }

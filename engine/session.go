@@ -117,8 +117,9 @@ var verifyCaches = false
 
 // Session is one device's sync session: catch-up, then live updates. It
 // reads the durable log at its own pace and keeps no payload queue: its
-// memory is a plan of ranges to send and, per conversation touched, the last
-// seq sent, a digest of the last info sent, the message count at the
+// memory is a plan of ranges to send (with, in a live round, at most one
+// event's worth of ops read already) and, per conversation touched, the
+// last seq sent, a digest of the last info sent, the message count at the
 // user's read marker and the user's member record. Sessions woken by one
 // commit share, through the view they read, what is the same for all of
 // them: the conversation's record and the round's ops.
@@ -425,6 +426,7 @@ func (s *Session) live() error {
 	}
 	var infos []ConvInfo
 	var ranges []item
+	held := 0 // bytes of the ops the round holds read already
 	for _, en := range entries {
 		info, err := r.info(en.conv, s.a.User)
 		if errors.Is(err, ErrNotFound) {
@@ -453,14 +455,21 @@ func (s *Session) live() error {
 			it := item{kind: itemOps, conv: en.conv, after: from, through: info.Head, phase: PhaseLive}
 			// Reading the info read these ops already, in most rounds (see
 			// reader.member): take them from the view's memo, so that the
-			// round does not read them again on a later view.
-			if info.Head-from <= maxMemoOps {
+			// round does not read them again on a later view. The round
+			// holds up to an event's worth; nextOps reads the rest when it
+			// sends them. Ops held are as of this view: a delete committed
+			// before they leave is in the next round.
+			if info.Head-from <= maxMemoOps && held < s.o.MaxBatchBytes {
 				ops, err := r.liveOps(en.conv, from, info.Head)
 				if err != nil {
 					return err
 				}
-				if uint64(len(ops)) == info.Head-from {
-					it.ops = ops
+				size := 0
+				for i := range ops {
+					size += opSize(&ops[i])
+				}
+				if uint64(len(ops)) == info.Head-from && held+size <= s.o.MaxBatchBytes {
+					it.ops, held = ops, held+size
 				}
 			}
 			ranges = append(ranges, it)

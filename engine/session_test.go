@@ -392,17 +392,6 @@ func TestOpsEventsRespectTheByteBound(t *testing.T) {
 	alice.Push(more...)
 	r.drain(s, engine.DefaultBatchOps)
 	r.holdsExactly(conv, 1, 62)
-	for _, ev := range r.events {
-		size := 0
-		for _, b := range ev.Batches {
-			for _, op := range b.Ops {
-				size += len(op.Body)
-			}
-		}
-		if size > 64<<10 {
-			t.Fatalf("an Ops event carried %d body bytes, over the 64 KiB bound", size)
-		}
-	}
 	// And by the op bound.
 	s2, err := e.OpenSession(bob.Actor, engine.SessionOptions{MaxBatchOps: 3})
 	if err != nil {
@@ -418,6 +407,32 @@ func TestOpsEventsRespectTheByteBound(t *testing.T) {
 	alice.Push(small...)
 	r2.drain(s2, 3) // take fails on an event of more than 3 ops
 	r2.holdsExactly(conv, 1, 72)
+	// A live round larger than one shared read (maxMemoBytes, 256 KiB):
+	// read in parts, each op once.
+	var large []model.Op
+	for range 40 {
+		large = append(large, alice.Op(conv, model.Op{Kind: model.KindMessage, Body: make([]byte, 10<<10)}))
+	}
+	alice.Push(large...)
+	for _, rs := range []struct {
+		r *receiver
+		s *engine.Session
+		n int
+	}{{r, s, engine.DefaultBatchOps}, {r2, s2, 3}} {
+		rs.r.drain(rs.s, rs.n)
+		rs.r.holdsExactly(conv, 1, 112)
+	}
+	for _, ev := range r.events {
+		size := 0
+		for _, b := range ev.Batches {
+			for _, op := range b.Ops {
+				size += len(op.Body)
+			}
+		}
+		if size > 64<<10 {
+			t.Fatalf("an Ops event carried %d body bytes, over the 64 KiB bound", size)
+		}
+	}
 }
 
 // TestReconnectWorkIsProportionalToChanges counts store reads for a

@@ -122,19 +122,17 @@ func (l *signInLimiter) take(keys []signInKey) (empty int, wait time.Duration, w
 	now := l.clock.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.makeRoom(now, len(keys))
+	// Buckets are made only for an attempt that goes ahead: refusals add
+	// nothing to the table.
 	bs := make([]*bucket, len(keys))
 	for i, k := range keys {
-		b := l.buckets[k]
-		if b == nil {
-			b = &bucket{tokens: l.size(k), at: now}
-			l.buckets[k] = b
+		if b := l.buckets[k]; b != nil {
+			l.fill(b, l.size(k), now)
+			bs[i] = b
 		}
-		l.fill(b, l.size(k), now)
-		bs[i] = b
 	}
 	for i, b := range bs {
-		if b.tokens < 1 {
+		if b != nil && b.tokens < 1 {
 			wait := time.Duration((1 - b.tokens) * float64(l.refill))
 			warn := b.warned.IsZero() || now.Sub(b.warned) >= l.refill
 			if warn {
@@ -143,8 +141,13 @@ func (l *signInLimiter) take(keys []signInKey) (empty int, wait time.Duration, w
 			return i, (wait + time.Second - 1).Truncate(time.Second), warn // whole seconds, rounded up
 		}
 	}
-	for _, b := range bs {
-		b.tokens--
+	l.makeRoom(now, len(keys))
+	for i, k := range keys {
+		if bs[i] == nil || l.buckets[k] == nil {
+			bs[i] = &bucket{tokens: l.size(k), at: now}
+			l.buckets[k] = bs[i]
+		}
+		bs[i].tokens--
 	}
 	return -1, 0, false
 }

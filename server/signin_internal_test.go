@@ -133,9 +133,14 @@ func TestSignInLimiterKeys(t *testing.T) {
 			}
 		}
 	}
-	empty, _, _ = l.take(signInKeys(addr, signInLogin, "bob"))
+	before := len(l.buckets)
+	bob := signInKeys(addr, signInLogin, "bob")
+	empty, _, _ = l.take(bob)
 	if empty != 0 || alice[0].what() != "failed logins from this address" {
 		t.Fatalf("bob after 20 failures from the address: empty bucket %d, want the address's (0)", empty)
+	}
+	if _, made := l.buckets[bob[1]]; made || len(l.buckets) != before {
+		t.Fatalf("a refusal added buckets: %d, was %d", len(l.buckets), before)
 	}
 	l.refund(alice)
 	if b := l.buckets[alice[1]]; b.tokens != 1 {
