@@ -180,29 +180,27 @@ func (r reader) member(conv, user ulid.ULID, head uint64) (record.Member, bool, 
 	if r.members == nil {
 		return r.readMember(conv, user)
 	}
-	if k, ok := r.members[conv]; ok && k.m.Role != model.RoleNone && k.head <= head && head-k.head <= maxMemoOps {
-		same, err := r.membershipSame(conv, user, k.head, head)
-		if err != nil {
+	k, same := r.members[conv]
+	if same = same && k.m.Role != model.RoleNone && k.head <= head && head-k.head <= maxMemoOps; same {
+		var err error
+		if same, err = r.membershipSame(conv, user, k.head, head); err != nil {
 			return record.Member{}, false, err
 		}
-		if same && !verifyCaches {
-			r.members[conv] = memberAt{k.m, head}
-			return k.m, true, nil
-		}
-		if same {
-			m, ok, err := r.readMember(conv, user)
-			if err == nil && (!ok || m != k.m) {
-				err = fmt.Errorf("engine: remembered member %+v of %s in %s at head %d; the store has %+v (found %v) at head %d", k.m, user, conv, k.head, m, ok, head)
-			}
-			if err != nil {
-				return record.Member{}, false, err
-			}
-		}
+	}
+	if same && !verifyCaches {
+		r.members[conv] = memberAt{k.m, head}
+		return k.m, true, nil
 	}
 	m, ok, err := r.readMember(conv, user)
 	if err != nil || !ok {
 		delete(r.members, conv)
+		if err == nil && same {
+			err = fmt.Errorf("engine: remembered member %+v of %s in %s at head %d; the store has none at head %d", k.m, user, conv, k.head, head)
+		}
 		return m, ok, err
+	}
+	if same && m != k.m {
+		return m, ok, fmt.Errorf("engine: remembered member %+v of %s in %s at head %d; the store has %+v at head %d", k.m, user, conv, k.head, m, head)
 	}
 	r.members[conv] = memberAt{m, head}
 	return m, true, nil

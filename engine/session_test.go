@@ -91,6 +91,20 @@ func (r *receiver) drain(s *engine.Session, maxOps int) {
 	r.t.Fatal("session never went quiet")
 }
 
+// openCaughtUp opens d's session and takes its catch-up; the session closes
+// with the test.
+func openCaughtUp(t *testing.T, e *engine.Engine, d *enginetest.Device) (*engine.Session, *receiver) {
+	t.Helper()
+	s, err := e.OpenSession(d.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	r := newReceiver(t)
+	r.drain(s, engine.DefaultBatchOps)
+	return s, r
+}
+
 // holdsExactly checks that the receiver holds seqs from..to of conv, no
 // more and no less.
 func (r *receiver) holdsExactly(conv ulid.ULID, from, to uint64) {
@@ -218,13 +232,7 @@ func TestLiveAndRemoval(t *testing.T) {
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	conv := alice.Create("c", bob)
-	s, err := e.OpenSession(bob.Actor, engine.SessionOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	r := newReceiver(t)
-	r.drain(s, engine.DefaultBatchOps)
+	s, r := openCaughtUp(t, e, bob)
 	select {
 	case <-s.Changed():
 		t.Fatal("Changed is closed with nothing new")
@@ -308,12 +316,7 @@ func TestRevokedDeviceSessionEnds(t *testing.T) {
 	e := enginetest.New(t)
 	bob := enginetest.Register(t, e, "bob")
 	laptop := enginetest.Login(t, e, "bob")
-	s, err := e.OpenSession(laptop.Actor, engine.SessionOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	newReceiver(t).drain(s, engine.DefaultBatchOps)
+	s, _ := openCaughtUp(t, e, laptop)
 	if err := e.RevokeDevice(ctx, bob.Actor, laptop.Actor.Device); err != nil {
 		t.Fatal(err)
 	}
@@ -534,13 +537,7 @@ func TestReadReachesOtherDevicesLive(t *testing.T) {
 	conv := alice.Create("c", bob)
 	alice.Send(conv, "one")
 	alice.Send(conv, "two")
-	s, err := e.OpenSession(laptop.Actor, engine.SessionOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	r := newReceiver(t)
-	r.drain(s, engine.DefaultBatchOps)
+	s, r := openCaughtUp(t, e, laptop)
 	// Adding bob read up to his addition (seq 2): alice's two messages,
 	// seqs 3 and 4, are unread.
 	if info := r.infos[conv]; info.Unread != 2 {
@@ -580,12 +577,7 @@ func TestLiveRoundSharesReads(t *testing.T) {
 		conv := author.Create("live", devs...)
 		sessions := make([]*engine.Session, members)
 		for i, d := range devs {
-			s, err := e.OpenSession(d.Actor, engine.SessionOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			newReceiver(t).drain(s, engine.DefaultBatchOps)
+			s, _ := openCaughtUp(t, e, d)
 			sessions[i] = s
 		}
 		author.Send(conv, "to everyone")
@@ -624,13 +616,7 @@ func TestLiveRoundFollowsMembership(t *testing.T) {
 			bob := enginetest.Register(t, e, "bob")
 			carol := enginetest.Register(t, e, "carol")
 			conv := alice.Create("c", bob, carol)
-			s, err := e.OpenSession(bob.Actor, engine.SessionOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			r := newReceiver(t)
-			r.drain(s, engine.DefaultBatchOps)
+			s, r := openCaughtUp(t, e, bob)
 			role := func(u ulid.ULID, to model.Role) model.Op {
 				return alice.Op(conv, model.Op{Kind: model.KindMemberRole, Member: u, Role: to})
 			}
