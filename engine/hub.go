@@ -41,11 +41,19 @@ type hubShard struct {
 type userSignal struct {
 	ch   chan struct{}
 	refs int
+	// armed are the callbacks of sessions that wait for the next change
+	// without a goroutine parked on ch (Session.AfterChange).
+	armed []armedWatch
 	// moves are the user's feed moves after position since (every one of
 	// them), ascending by position; moves at positions not yet committed
 	// may be at the end.
 	moves []feedMove
 	since uint64
+}
+
+type armedWatch struct {
+	w *watch
+	f func()
 }
 
 type feedMove struct {
@@ -122,16 +130,26 @@ func (h *hub) start(pos uint64) {
 	h.rec.Unlock()
 }
 
-// wake closes the current channel of every watched user in users.
+// wake closes the current channel of every watched user in users and
+// runs the callbacks armed on it.
 func (h *hub) wake(users map[ulid.ULID]struct{}) {
+	var fs []func()
 	for u := range users {
 		s := h.shard(u)
 		s.mu.Lock()
 		if sig := s.users[u]; sig != nil {
 			close(sig.ch)
 			sig.ch = make(chan struct{})
+			for i, a := range sig.armed {
+				fs = append(fs, a.f)
+				sig.armed[i] = armedWatch{}
+			}
+			sig.armed = sig.armed[:0]
 		}
 		s.mu.Unlock()
+	}
+	for _, f := range fs {
+		f()
 	}
 }
 
@@ -187,11 +205,41 @@ func (w *watch) changed(after, through uint64) ([]feedEntry, bool) {
 	return out, true
 }
 
+// afterChange arranges for f to run once ch, a channel signal returned,
+// is closed: at once if it is already. It replaces the watch's armed
+// callback, if one is.
+func (w *watch) afterChange(ch <-chan struct{}, f func()) {
+	s := w.h.shard(w.user)
+	s.mu.Lock()
+	sig := s.users[w.user]
+	if sig == nil || (<-chan struct{})(sig.ch) != ch {
+		s.mu.Unlock()
+		f()
+		return
+	}
+	sig.disarm(w)
+	sig.armed = append(sig.armed, armedWatch{w: w, f: f})
+	s.mu.Unlock()
+}
+
+func (sig *userSignal) disarm(w *watch) {
+	for i, a := range sig.armed {
+		if a.w == w {
+			last := len(sig.armed) - 1
+			sig.armed[i] = sig.armed[last]
+			sig.armed[last] = armedWatch{}
+			sig.armed = sig.armed[:last]
+			return
+		}
+	}
+}
+
 func (w *watch) close() {
 	w.once.Do(func() {
 		s := w.h.shard(w.user)
 		s.mu.Lock()
 		if sig := s.users[w.user]; sig != nil {
+			sig.disarm(w)
 			sig.refs--
 			if sig.refs == 0 {
 				delete(s.users, w.user)

@@ -306,7 +306,8 @@ func (s *Session) Pending() bool { return len(s.queue) > 0 }
 func (s *Session) Welcome() Welcome { return s.welcome }
 
 // Next returns the session's next event. When there is nothing to send it
-// returns ok == false: wait for Changed (or a heartbeat) and call it again.
+// returns ok == false: wait for Changed (or AfterChange's call, or a
+// heartbeat) and call it again.
 // It fails with ErrUnauthenticated once the device is revoked.
 func (s *Session) Next() (ev Event, ok bool, err error) {
 	if len(s.queue) == 0 {
@@ -520,6 +521,19 @@ func (s *Session) Changed() <-chan struct{} {
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// AfterChange calls f once Changed's channel is closed, instead of the
+// caller parking a goroutine on it: at once, on the caller's goroutine, if
+// it is closed already; otherwise on the goroutine of the commit that
+// closes it. f must be quick and must not use the session. A later call
+// replaces f; Close drops it.
+func (s *Session) AfterChange(f func()) {
+	if s.wait == nil {
+		f()
+		return
+	}
+	s.w.afterChange(s.wait, f)
+}
 
 // Close ends the session.
 func (s *Session) Close() { s.w.close() }

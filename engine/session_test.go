@@ -3,6 +3,7 @@ package engine_test
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/oklog/ulid/v2"
@@ -309,6 +310,47 @@ func TestSessionResets(t *testing.T) {
 	}
 	if _, err := e.OpenSession(bob.Actor, engine.SessionOptions{Epoch: e.Epoch(), Cursors: map[ulid.ULID]uint64{conv: 99}}); !errors.As(err, &re) || re.Reason != engine.ResetPositionAhead {
 		t.Fatalf("cursor ahead: %v", err)
+	}
+}
+
+// TestAfterChange: a session waiting by callback is called once per
+// change, at once when the change came before it armed, and not after a
+// later call replaced the callback or the session closed.
+func TestAfterChange(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	s, r := openCaughtUp(t, e, bob)
+	tablet := enginetest.Login(t, e, "bob")
+	s2, _ := openCaughtUp(t, e, tablet)
+	var calls [4]atomic.Int32
+	s.AfterChange(func() { calls[0].Add(1) })
+	s.AfterChange(func() { calls[1].Add(1) }) // replaces the first
+	s2.AfterChange(func() { calls[2].Add(1) })
+	if n := calls[1].Load() + calls[2].Load(); n != 0 {
+		t.Fatalf("%d calls with nothing new", n)
+	}
+	alice.Send(conv, "one") // Send returns after the commit, and the commit calls back
+	if got := [3]int32{calls[0].Load(), calls[1].Load(), calls[2].Load()}; got != [3]int32{0, 1, 1} {
+		t.Fatalf("calls after a change: %v, want [0 1 1]", got)
+	}
+	alice.Send(conv, "two") // nothing armed: no calls
+	if calls[1].Load() != 1 {
+		t.Fatal("a callback ran twice")
+	}
+	// bob's session has not read since: arming calls back at once.
+	s.AfterChange(func() { calls[3].Add(1) })
+	if calls[3].Load() != 1 {
+		t.Fatal("armed after a change it had not read, and not called at once")
+	}
+	r.drain(s, engine.DefaultBatchOps)
+	r.holdsExactly(conv, 1, 4) // the creation, bob's joining and both messages
+	s.AfterChange(func() { calls[3].Add(1) })
+	s.Close()
+	alice.Send(conv, "three")
+	if calls[3].Load() != 1 {
+		t.Fatal("a closed session's callback ran")
 	}
 }
 

@@ -15,6 +15,65 @@ type Clock interface {
 	NewTimer(d time.Duration) Timer
 }
 
+// AfterFuncer is a Clock that also makes timers calling a function when
+// they fire. Such a timer waits without a goroutine, which matters for
+// timers that every idle session keeps. Real and Fake are AfterFuncers.
+type AfterFuncer interface {
+	// AfterFunc returns a timer that calls f when it fires; its C is nil.
+	AfterFunc(d time.Duration, f func()) Timer
+}
+
+// AfterFunc returns a timer of c's that calls f, on a goroutine of its
+// own, when it fires. A Clock that is no AfterFuncer gets a goroutine that
+// waits on one of its timers until it fires or is stopped.
+func AfterFunc(c Clock, d time.Duration, f func()) Timer {
+	if a, ok := c.(AfterFuncer); ok {
+		return a.AfterFunc(d, f)
+	}
+	t := &waitTimer{t: c.NewTimer(d), f: f, reset: make(chan time.Duration), stop: make(chan struct{}), done: make(chan struct{})}
+	go t.wait()
+	return t
+}
+
+// waitTimer is AfterFunc for a Clock that is no AfterFuncer.
+type waitTimer struct {
+	t     Timer
+	f     func()
+	reset chan time.Duration
+	stop  chan struct{}
+	done  chan struct{} // closed when wait returns
+	once  sync.Once
+}
+
+func (w *waitTimer) wait() {
+	defer close(w.done)
+	for {
+		select {
+		case <-w.t.C():
+			go w.f()
+		case d := <-w.reset:
+			w.t.Reset(d)
+		case <-w.stop:
+			w.t.Stop()
+			return
+		}
+	}
+}
+
+func (w *waitTimer) C() <-chan time.Time { return nil }
+
+func (w *waitTimer) Reset(d time.Duration) {
+	select {
+	case w.reset <- d:
+	case <-w.stop:
+	}
+}
+
+func (w *waitTimer) Stop() {
+	w.once.Do(func() { close(w.stop) })
+	<-w.done
+}
+
 // Timer is the part of *time.Timer that Ferry uses.
 type Timer interface {
 	C() <-chan time.Time
@@ -31,6 +90,9 @@ func (Real) Now() time.Time { return time.Now() }
 
 // NewTimer returns a timer firing after d.
 func (Real) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
+
+// AfterFunc returns time.AfterFunc(d, f).
+func (Real) AfterFunc(d time.Duration, f func()) Timer { return realTimer{time.AfterFunc(d, f)} }
 
 type realTimer struct{ t *time.Timer }
 
@@ -64,6 +126,14 @@ func (f *Fake) NewTimer(d time.Duration) Timer {
 	return t
 }
 
+// AfterFunc returns a timer that calls f when the clock passes now + d.
+// Advance calls it, after moving the clock, on Advance's goroutine.
+func (f *Fake) AfterFunc(d time.Duration, fn func()) Timer {
+	t := &fakeTimer{f: f, fn: fn}
+	t.Reset(d)
+	return t
+}
+
 // Advance moves the clock forward by d, firing the timers it passes.
 func (f *Fake) Advance(d time.Duration) {
 	f.mu.Lock()
@@ -79,6 +149,10 @@ func (f *Fake) Advance(d time.Duration) {
 	})
 	f.mu.Unlock()
 	for _, t := range due {
+		if t.fn != nil {
+			t.fn()
+			continue
+		}
 		select {
 		case t.c <- now:
 		default:
@@ -117,7 +191,8 @@ func (f *Fake) Pending() int {
 
 type fakeTimer struct {
 	f    *Fake
-	c    chan time.Time
+	c    chan time.Time // nil for AfterFunc timers
+	fn   func()
 	when time.Time
 }
 
@@ -127,9 +202,11 @@ func (t *fakeTimer) Reset(d time.Duration) {
 	f := t.f
 	f.mu.Lock()
 	f.timers = slices.DeleteFunc(f.timers, func(x *fakeTimer) bool { return x == t })
-	select {
-	case <-t.c:
-	default:
+	if t.c != nil {
+		select {
+		case <-t.c:
+		default:
+		}
 	}
 	t.when = f.now.Add(d)
 	f.timers = append(f.timers, t)
