@@ -3,8 +3,10 @@ package server_test
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,9 +38,133 @@ func reader(s *stream) (<-chan *ferryv1.SyncResponse, <-chan error) {
 	return msgs, errs
 }
 
+// readModes are the two ways a Sync handler reads its stream. Normally the
+// handler's goroutine reads, and the sending side interrupts a blocked read
+// with a read deadline when it ends the session. Behind a middleware whose
+// ResponseWriter hides Unwrap (hidden), deadlines cannot be set, and the
+// stream is read on a goroutine of its own. Both must behave alike.
+var readModes = []struct {
+	name string
+	wrap func(http.Handler) http.Handler
+}{
+	{"deadline", nil},
+	{"reader goroutine", func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(hidden{w}, r) })
+	}},
+}
+
+// hidden is a ResponseWriter wrapper without Unwrap.
+type hidden struct{ http.ResponseWriter }
+
+func (h hidden) Flush() { h.ResponseWriter.(http.Flusher).Flush() }
+
+// logBuffer collects a server's log, safely for its goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestSyncReadMode: a Sync session is read by its handler's goroutine on
+// the server as it ships (no reader goroutine of its own, 8 KB of stack per
+// idle device), and on a goroutine of its own, with a warning, behind a
+// wrapper that hides the ResponseWriter.
+func TestSyncReadMode(t *testing.T) {
+	for _, mode := range readModes {
+		t.Run(mode.name, func(t *testing.T) {
+			var log logBuffer
+			srv := servertest.New(t, servertest.Config{Wrap: mode.wrap, Server: func(o *server.Options) {
+				o.Logger = slog.New(slog.NewTextHandler(&log, nil))
+			}})
+			alice := newDev(t, srv.Register("alice"))
+			s := alice.open(hello("", 0))
+			s.untilCaughtUp()
+			warned := strings.Contains(log.String(), "read on a goroutine of their own")
+			if warned != (mode.wrap != nil) {
+				t.Fatalf("warned of a reader goroutine: %v; log:\n%s", warned, log.String())
+			}
+		})
+	}
+}
+
+// TestSenderGoroutines: an idle Sync session holds no sender goroutine. The
+// one that sent the catch-up ends; one that sent a live round waits for
+// more during server.SenderLinger, sends the next round, and then ends.
+func TestSenderGoroutines(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	exited := make(chan struct{}, 16)
+	server.OnSenderExit(srv.Server, func() { exited <- struct{}{} })
+	waitSenders := func(want int64) {
+		t.Helper()
+		for n := server.Senders(srv.Server); n != want; n = server.Senders(srv.Server) {
+			select {
+			case <-exited:
+			case <-time.After(time.Minute): // a guard, not a wait: exits come at once
+				t.Fatalf("%d senders, want %d", n, want)
+			}
+		}
+		for len(exited) > 0 { // signals of senders already counted out
+			<-exited
+		}
+	}
+	// lingering waits for the earliest timer to be a linger armed now.
+	lingering := func() {
+		t.Helper()
+		for {
+			armed := srv.Clock.Armed()
+			if next, ok := srv.Clock.Next(); ok && next.Equal(srv.Clock.Now().Add(server.SenderLinger)) {
+				return
+			}
+			<-armed
+		}
+	}
+	liveRound := func(s *stream) {
+		s.until(func(m *ferryv1.SyncResponse) bool { return m.GetOps().GetFeedPos() != 0 })
+	}
+	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	conv := alice.createConv("c", bob)
+	s := bob.open(hello("", 0))
+	s.untilCaughtUp()
+	waitSenders(0)
+
+	alice.send(conv, "live")
+	liveRound(s)
+	lingering()
+	if n := server.Senders(srv.Server); n != 1 {
+		t.Fatalf("%d senders after a live round; want 1, lingering", n)
+	}
+	alice.send(conv, "again")
+	liveRound(s)
+	lingering()
+	select {
+	case <-exited:
+		t.Fatal("a new sender sent the second round")
+	default:
+	}
+	srv.Clock.Advance(server.SenderLinger)
+	waitSenders(0)
+}
+
 func TestHeartbeatsAndIdleCutOff(t *testing.T) {
+	for _, mode := range readModes {
+		t.Run(mode.name, func(t *testing.T) { testHeartbeatsAndIdleCutOff(t, mode.wrap) })
+	}
+}
+
+func testHeartbeatsAndIdleCutOff(t *testing.T, wrap func(http.Handler) http.Handler) {
 	const interval = 30 * time.Second
-	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) { o.HeartbeatInterval = interval }})
+	srv := servertest.New(t, servertest.Config{Wrap: wrap, Server: func(o *server.Options) { o.HeartbeatInterval = interval }})
 	alice := newDev(t, srv.Register("alice"))
 	s := alice.open(hello("", 0))
 	s.untilCaughtUp()
@@ -73,7 +199,13 @@ func TestHeartbeatsAndIdleCutOff(t *testing.T) {
 // ended, freeing its slot. (Go's HTTP/2 client sends no headers before the
 // first body bytes, so the test starts an envelope and stalls.)
 func TestHelloDeadline(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{})
+	for _, mode := range readModes {
+		t.Run(mode.name, func(t *testing.T) { testHelloDeadline(t, mode.wrap) })
+	}
+}
+
+func testHelloDeadline(t *testing.T, wrap func(http.Handler) http.Handler) {
+	srv := servertest.New(t, servertest.Config{Wrap: wrap})
 	alice := newDev(t, srv.Register("alice"))
 	body, stall := io.Pipe()
 	defer stall.Close()
@@ -107,7 +239,13 @@ func TestHelloDeadline(t *testing.T) {
 }
 
 func TestGoawayOnShutdown(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{})
+	for _, mode := range readModes {
+		t.Run(mode.name, func(t *testing.T) { testGoawayOnShutdown(t, mode.wrap) })
+	}
+}
+
+func testGoawayOnShutdown(t *testing.T, wrap func(http.Handler) http.Handler) {
+	srv := servertest.New(t, servertest.Config{Wrap: wrap})
 	alice := newDev(t, srv.Register("alice"))
 	s := alice.open(hello("", 0))
 	s.untilCaughtUp()

@@ -61,7 +61,7 @@ func TestReadAheadSlots(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			sinks[i] = &recordSink{end: cancel}
 			wg.Go(func() {
-				_ = s.session(ctx, bob.Actor, &ferryv1.Hello{MaxBatchOps: 9, PackedOps: i%2 == 0}, sinks[i], nil)
+				_ = s.subscribe(ctx, bob.Actor, &ferryv1.Hello{MaxBatchOps: 9, PackedOps: i%2 == 0}, sinks[i])
 			})
 		}
 		wg.Wait()
@@ -73,7 +73,7 @@ func TestReadAheadSlots(t *testing.T) {
 		for range 4 {
 			ctx, cancel := context.WithCancel(context.Background())
 			k := &recordSink{end: cancel, stopAfter: 2}
-			_ = s.session(ctx, bob.Actor, &ferryv1.Hello{MaxBatchOps: 9}, k, nil)
+			_ = s.subscribe(ctx, bob.Actor, &ferryv1.Hello{MaxBatchOps: 9}, k)
 			if k.done || len(k.got) != 2 {
 				t.Fatalf("slots %d: a session ended after %d messages (caught up: %v), want 2", slots, len(k.got), k.done)
 			}

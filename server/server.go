@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect/v2"
@@ -29,14 +30,20 @@ type Server struct {
 
 	mu       sync.Mutex
 	streams  map[ulid.ULID]int // device -> open sessions
-	goaway   chan struct{}     // closed by GoAway
+	goaway   context.Context   // canceled by GoAway
+	goAway   context.CancelFunc
 	goneAway bool
-	active   sync.WaitGroup // session handlers and their receivers
+	active   sync.WaitGroup // session handlers (each waits for its senders)
 	signIns  *signInLimiter // nil when off
 	aheads   chan struct{}  // read-ahead slots (Options.MaxReadAheads); nil when none
+
+	warnSyncReads sync.Once
+	senders       atomic.Int64 // Sync sessions' sender goroutines
+	// testSenderExit, when set (by tests), runs as a sender goroutine ends.
+	testSenderExit atomic.Pointer[func()]
 }
 
-// Wait blocks until every session handler and receiver goroutine has
+// Wait blocks until every session handler and reader goroutine has
 // returned. After GoAway and the HTTP server's Shutdown (or Close), it is
 // safe to close the engine once Wait returns.
 func (s *Server) Wait() { s.active.Wait() }
@@ -47,12 +54,14 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("server options: %w", err)
 	}
+	goaway, goAway := context.WithCancel(context.Background())
 	return &Server{
 		eng:     eng,
 		opts:    opts,
 		log:     opts.Logger,
 		streams: map[ulid.ULID]int{},
-		goaway:  make(chan struct{}),
+		goaway:  goaway,
+		goAway:  goAway,
 		signIns: newSignInLimiter(opts.SignInLimit, opts.SignInRefill, opts.Clock),
 		aheads:  slots(opts.MaxReadAheads),
 	}, nil
@@ -61,7 +70,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 // Handler returns the HTTP handler: every service on one mux, plus
 // /healthz. extra registers more routes (a static site) on the same mux.
 func (s *Server) Handler(extra ...func(*http.ServeMux)) http.Handler {
-	cs := connect.NewServer(s.recoverInterceptor, s.logInterceptor, s.authInterceptor)
+	cs := connect.NewServer(s.intercept)
 	ferryv1connect.RegisterAccountServiceHandler(cs, accountService{s})
 	ferryv1connect.RegisterConversationServiceHandler(cs, conversationService{s})
 	ferryv1connect.RegisterSyncServiceHandler(cs, syncService{s})
@@ -106,7 +115,7 @@ func (s *Server) GoAway() {
 	defer s.mu.Unlock()
 	if !s.goneAway {
 		s.goneAway = true
-		close(s.goaway)
+		s.goAway()
 	}
 }
 
@@ -160,63 +169,70 @@ func actorFrom(ctx context.Context) engine.Actor {
 	return a
 }
 
-// authInterceptor checks the bearer token from the headers alone, before
-// any body is read, decompressed or decoded.
-func (s *Server) authInterceptor(next connect.ServerFunc) connect.ServerFunc {
-	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) error {
-		if publicProcedures[spec.Procedure] {
-			return next(ctx, spec, stream)
-		}
-		info, _ := connect.CallInfoForServerContext(ctx)
-		h := info.RequestHeader().Get("Authorization")
-		token, ok := strings.CutPrefix(h, "Bearer ")
-		if !ok || token == "" {
-			return connect.NewError(connect.CodeUnauthenticated, "missing credentials: send the header \"Authorization: Bearer <token>\" with a token from Register or Login")
-		}
-		a, err := s.eng.Authenticate(token)
-		if err != nil {
-			if errors.Is(err, engine.ErrUnauthenticated) {
-				return connect.NewError(connect.CodeUnauthenticated, "invalid token: it is malformed, unknown or revoked; log in again")
-			}
-			return connectError(err)
-		}
-		return next(context.WithValue(ctx, actorKey{}, a), spec, stream)
-	}
-}
-
-// logInterceptor logs failed calls: internal errors at error level with
-// their cause, client errors at debug level.
-func (s *Server) logInterceptor(next connect.ServerFunc) connect.ServerFunc {
-	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) error {
-		err := next(ctx, spec, stream)
-		if err == nil {
-			return nil
-		}
-		ce := &connect.Error{}
-		if !errors.As(err, &ce) {
-			ce = connectError(err).(*connect.Error)
-		}
-		switch ce.Code() {
-		case connect.CodeInternal, connect.CodeUnknown, connect.CodeDataLoss:
-			s.log.Error("rpc failed", "procedure", spec.Procedure, "code", ce.Code().String(), "err", ce.Unwrap())
-		case connect.CodeUnavailable:
-			s.log.Warn("rpc failed", "procedure", spec.Procedure, "code", ce.Code().String(), "err", ce.Unwrap())
-		default:
-			s.log.Debug("rpc failed", "procedure", spec.Procedure, "code", ce.Code().String(), "msg", ce.Message())
-		}
-		return ce
-	}
-}
-
-func (s *Server) recoverInterceptor(next connect.ServerFunc) connect.ServerFunc {
+// intercept is the server's interceptor: it recovers a handler's panic,
+// authenticates the caller, and logs failed calls. It is one frame where
+// three interceptors were three: a Sync handler's goroutine keeps it on its
+// stack for the session's whole life (see syncService.Sync), so its work is
+// done in calls that return.
+func (s *Server) intercept(next connect.ServerFunc) connect.ServerFunc {
 	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				s.log.Error("panic in handler", "procedure", spec.Procedure, "panic", r, "stack", string(debug.Stack()))
-				err = connect.NewError(connect.CodeInternal, "internal error")
-			}
-		}()
-		return next(ctx, spec, stream)
+		defer s.recoverPanic(spec.Procedure, &err)
+		if ctx, err = s.authenticate(ctx, spec.Procedure); err == nil {
+			err = next(ctx, spec, stream)
+		}
+		if err != nil {
+			err = s.logFailure(spec.Procedure, err)
+		}
+		return err
+	}
+}
+
+// authenticate checks the bearer token from the headers alone, before any
+// body is read, decompressed or decoded, and puts the caller's actor in
+// the context.
+func (s *Server) authenticate(ctx context.Context, procedure string) (context.Context, error) {
+	if publicProcedures[procedure] {
+		return ctx, nil
+	}
+	info, _ := connect.CallInfoForServerContext(ctx)
+	h := info.RequestHeader().Get("Authorization")
+	token, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || token == "" {
+		return ctx, connect.NewError(connect.CodeUnauthenticated, "missing credentials: send the header \"Authorization: Bearer <token>\" with a token from Register or Login")
+	}
+	a, err := s.eng.Authenticate(token)
+	if err != nil {
+		if errors.Is(err, engine.ErrUnauthenticated) {
+			return ctx, connect.NewError(connect.CodeUnauthenticated, "invalid token: it is malformed, unknown or revoked; log in again")
+		}
+		return ctx, connectError(err)
+	}
+	return context.WithValue(ctx, actorKey{}, a), nil
+}
+
+// logFailure logs a failed call, internal errors at error level with their
+// cause and client errors at debug level, and returns its *connect.Error.
+func (s *Server) logFailure(procedure string, err error) error {
+	ce := &connect.Error{}
+	if !errors.As(err, &ce) {
+		ce = connectError(err).(*connect.Error)
+	}
+	switch ce.Code() {
+	case connect.CodeInternal, connect.CodeUnknown, connect.CodeDataLoss:
+		s.log.Error("rpc failed", "procedure", procedure, "code", ce.Code().String(), "err", ce.Unwrap())
+	case connect.CodeUnavailable:
+		s.log.Warn("rpc failed", "procedure", procedure, "code", ce.Code().String(), "err", ce.Unwrap())
+	default:
+		s.log.Debug("rpc failed", "procedure", procedure, "code", ce.Code().String(), "msg", ce.Message())
+	}
+	return ce
+}
+
+// recoverPanic, deferred, turns a handler's panic into an internal error.
+func (s *Server) recoverPanic(procedure string, err *error) {
+	if r := recover(); r != nil {
+		s.log.Error("panic in handler", "procedure", procedure, "panic", r, "stack", string(debug.Stack()))
+		*err = connect.NewError(connect.CodeInternal, "internal error")
 	}
 }
 

@@ -302,6 +302,8 @@ func (f flushCounter) Flush() {
 	f.ResponseWriter.(http.Flusher).Flush()
 }
 
+func (f flushCounter) Unwrap() http.ResponseWriter { return f.ResponseWriter }
+
 // TestRoundLeavesInOneWrite: the messages of a live round (conversations,
 // then ops) leave with one flush, and a catch-up's conversations with their
 // first ops.
