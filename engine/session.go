@@ -526,7 +526,8 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 // caller parking a goroutine on it: at once, on the caller's goroutine, if
 // it is closed already; otherwise on the goroutine of the commit that
 // closes it. f must be quick and must not use the session. A later call
-// replaces f; Close drops it.
+// replaces f; Close drops it, except that a commit waking the user as
+// Close runs may still call it once.
 func (s *Session) AfterChange(f func()) {
 	if s.wait == nil {
 		f()

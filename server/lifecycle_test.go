@@ -103,7 +103,7 @@ func TestSyncReadMode(t *testing.T) {
 // more during server.SenderLinger, sends the next round, and then ends.
 func TestSenderGoroutines(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
-	exited := make(chan struct{}, 16)
+	exited := make(chan struct{}, 64)
 	server.OnSenderExit(srv.Server, func() { exited <- struct{}{} })
 	waitSenders := func(want int64) {
 		t.Helper()
@@ -114,9 +114,6 @@ func TestSenderGoroutines(t *testing.T) {
 				t.Fatalf("%d senders, want %d", n, want)
 			}
 		}
-		for len(exited) > 0 { // signals of senders already counted out
-			<-exited
-		}
 	}
 	// lingering waits for the earliest timer to be a linger armed now.
 	lingering := func() {
@@ -126,7 +123,11 @@ func TestSenderGoroutines(t *testing.T) {
 			if next, ok := srv.Clock.Next(); ok && next.Equal(srv.Clock.Now().Add(server.SenderLinger)) {
 				return
 			}
-			<-armed
+			select {
+			case <-armed:
+			case <-time.After(time.Minute): // a guard, not a wait
+				t.Fatal("no sender lingers")
+			}
 		}
 	}
 	liveRound := func(s *stream) {
@@ -144,16 +145,85 @@ func TestSenderGoroutines(t *testing.T) {
 	if n := server.Senders(srv.Server); n != 1 {
 		t.Fatalf("%d senders after a live round; want 1, lingering", n)
 	}
+	starts := server.SenderStarts(srv.Server)
 	alice.send(conv, "again")
 	liveRound(s)
 	lingering()
-	select {
-	case <-exited:
+	if server.SenderStarts(srv.Server) != starts {
 		t.Fatal("a new sender sent the second round")
-	default:
 	}
 	srv.Clock.Advance(server.SenderLinger)
 	waitSenders(0)
+}
+
+// TestPushAnsweredAtClientEnd: a push is answered even when the client
+// ends its side, cleanly or with a bad message, right after it.
+func TestPushAnsweredAtClientEnd(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := newDev(t, srv.Register("alice"))
+	conv := alice.createConv("c")
+	for i := range 20 {
+		for _, end := range []string{"close", "bad message"} {
+			s := alice.open(hello("", 0))
+			s.untilCaughtUp()
+			id := uint64(i + 1)
+			s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: id,
+				Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{alice.op(conv, msg("last words"))}}}}}})
+			if end == "close" {
+				if err := s.st.CloseSend(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				s.send(&ferryv1.SyncRequest{})
+			}
+			var got *ferryv1.PushResult
+			for {
+				m, err := s.st.Receive()
+				if err != nil {
+					break
+				}
+				if r := m.GetPushResult(); r != nil {
+					got = r
+				}
+			}
+			if got.GetRequestId() != id {
+				t.Fatalf("round %d, %s after a push: no push result (%v)", i, end, got)
+			}
+		}
+	}
+}
+
+// TestClientDeadlineEndsSync: a Sync stream ends at the client's deadline
+// (Connect-Timeout-Ms), which a read of the request body does not notice.
+func TestClientDeadlineEndsSync(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := newDev(t, srv.Register("alice"))
+	c := connect.NewClient(connecthttp.NewTransport(srv.HTTP, srv.URL), wire.Bearer(alice.Session.GetToken()))
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	st, err := ferryv1connect.NewSyncServiceClient(c).Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{}}}); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := st.Receive(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-ended:
+		mustCode(t, "past the client's deadline", err, connect.CodeDeadlineExceeded)
+	case <-time.After(time.Minute): // a guard, not a wait
+		t.Fatal("the stream outlived the client's deadline by a minute")
+	}
 }
 
 func TestHeartbeatsAndIdleCutOff(t *testing.T) {
@@ -262,12 +332,15 @@ func testGoawayOnShutdown(t *testing.T, wrap func(http.Handler) http.Handler) {
 }
 
 // TestProtocols: Connect, gRPC and gRPC-Web on one port, over HTTP/2 and
-// (for Connect, including server streaming) HTTP/1.1, with zstd or gzip.
+// (for Connect, including server streaming) HTTP/1.1, with zstd or gzip;
+// bidi Sync sessions over each protocol on HTTP/2.
 func TestProtocols(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	alice := newDev(t, srv.Register("alice"))
 	conv := alice.createConv("c")
 	alice.send(conv, strings.Repeat("a compressible chat message ", 40))
+	bob := newDev(t, srv.Register("bob"))
+	bobConv := bob.createConv("b")
 	http1 := &http.Client{Transport: &http.Transport{}}
 	for _, tc := range []struct {
 		name     string
@@ -328,6 +401,43 @@ func TestProtocols(t *testing.T) {
 						}
 						break
 					}
+				}
+			}
+			if tc.client != srv.HTTP {
+				return // bidi streams need HTTP/2
+			}
+			// Bidi: a Sync session catches up and answers a push, which
+			// is compressed when the client compresses. Bob pushes, so
+			// that alice's catch-ups above stay the same.
+			bobSync := ferryv1connect.NewSyncServiceClient(connect.NewClient(
+				connecthttp.NewTransport(tc.client, srv.URL, tc.opts...), wire.Bearer(bob.Session.GetToken())))
+			st, err := bobSync.Sync(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if err := st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{}}}); err != nil {
+				t.Fatal(err)
+			}
+			op := bob.op(bobConv, msg(strings.Repeat("pushed over "+tc.name+" ", 40)))
+			pushed := false
+			for {
+				m, err := st.Receive()
+				if err != nil {
+					t.Fatalf("sync: %v", err)
+				}
+				if m.GetCaughtUp() != nil && !pushed {
+					pushed = true
+					if err := st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: 1,
+						Batches: []*ferryv1.OpBatch{{ConversationId: bobConv, Ops: []*ferryv1.Op{op}}}}}}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if r := m.GetPushResult(); r != nil {
+					if r.GetRequestId() != 1 || r.GetResults()[0].GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED {
+						t.Fatalf("push result: %v", r)
+					}
+					break
 				}
 			}
 		})

@@ -39,6 +39,7 @@ type Server struct {
 
 	warnSyncReads sync.Once
 	senders       atomic.Int64 // Sync sessions' sender goroutines
+	senderStarts  atomic.Int64 // and how many were started
 	// testSenderExit, when set (by tests), runs as a sender goroutine ends.
 	testSenderExit atomic.Pointer[func()]
 }

@@ -276,7 +276,7 @@ func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSync
 
 // startSync admits a Sync stream, reads its hello and starts the session's
 // sender.
-func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyncServerStream) (_ *loop, err error) {
+func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyncServerStream) (*loop, error) {
 	a := actorFrom(ctx)
 	release, err := s.acquireStream(a.Device)
 	if err != nil {
@@ -293,8 +293,9 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 		bg = s.stoppableReader(st)
 		rd, stopReceive = bg, bg.Stop
 	}
-	defer func() {
-		if err != nil {
+	started := false
+	defer func() { // on an error, and on a panic
+		if !started {
 			if bg != nil {
 				bg.Stop()
 			}
@@ -318,12 +319,18 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	// Sync clients send heartbeats; silence means a dead peer.
 	l.idle = clock.AfterFunc(s.opts.Clock, 3*interval, func() { l.idleDue.Store(true); p.kick() })
 	l.unwatchGoaway = context.AfterFunc(s.goaway, p.kick)
+	// The request's context ends with the client's deadline
+	// (Connect-Timeout-Ms, grpc-timeout), which a blocked read of the body
+	// does not notice.
+	l.unwatchCtx = context.AfterFunc(ctx, p.kick)
+	l.lastIn.Store(s.opts.Clock.Now().UnixNano())
 	if bg != nil {
 		l.stopReader = bg.Stop
 	} else {
 		l.waitInput = inputWaiter(ctx)
 	}
 	p.kick() // the welcome and the catch-up
+	started = true
 	return l, nil
 }
 
@@ -368,6 +375,7 @@ func (l *loop) endSync() {
 	l.hb.Stop()
 	l.idle.Stop()
 	l.unwatchGoaway()
+	l.unwatchCtx()
 	if l.stopReader != nil {
 		l.stopReader()
 	}
@@ -380,6 +388,14 @@ func (l *loop) syncErr(received error) error {
 	l.p.stop()
 	if ended, err := l.p.outcome(); ended {
 		return err
+	}
+	// The client ended the session: answer the pushes it sent before (the
+	// sender stopped between messages, and may have left some).
+	// Nothing else fills results now: handle ran on this goroutine.
+	for l.sess != nil && len(l.results) > 0 {
+		if err := l.out.pushResult(<-l.results); err != nil {
+			return err
+		}
 	}
 	return received
 }
@@ -447,7 +463,9 @@ type loop struct {
 	active        bool                     // the last pump sent live rounds or push results
 	release       func()                   // frees the stream's slot
 	unwatchGoaway func() bool
-	stopReader    func() // stops a stoppableReader, when one reads
+	unwatchCtx    func() bool
+	lastIn        atomic.Int64 // when the client's last message came, in the clock's Unix nanoseconds
+	stopReader    func()       // stops a stoppableReader, when one reads
 }
 
 // step is one event of the session, with its Ops message built.
@@ -489,10 +507,6 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 			continue
 		default:
 		}
-		if l.idleDue.Load() {
-			return true, connect.NewError(connect.CodeDeadlineExceeded, fmt.Sprintf(
-				"no message from the client for %s: send a heartbeat at least every %s", 3*l.s.opts.HeartbeatInterval, l.s.opts.HeartbeatInterval))
-		}
 		st := l.next()
 		if err := st.err; err != nil {
 			if errors.Is(err, engine.ErrUnauthenticated) {
@@ -522,6 +536,10 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 			l.active = l.active || ev.Phase == engine.PhaseLive
 			l.sent()
 			continue
+		}
+		if l.idleDue.Swap(false) && l.silent() {
+			return true, connect.NewError(connect.CodeDeadlineExceeded, fmt.Sprintf(
+				"no message from the client for %s: send a heartbeat at least every %s", 3*l.s.opts.HeartbeatInterval, l.s.opts.HeartbeatInterval))
 		}
 		if l.hbDue.Swap(false) {
 			if err := l.out.heartbeat(&ferryv1.Heartbeat{Time: timestamppb.New(l.s.opts.Clock.Now())}); err != nil {
@@ -565,6 +583,15 @@ func (l *loop) open() (end bool, err error) {
 	}
 	l.s.log.Debug("session started", "user", l.a.User, "device", l.a.Device, "changed", w.Changed, "missing", w.MissingOps)
 	return false, nil
+}
+
+// silent reports whether the client has said nothing for three heartbeat
+// intervals. The idle timer's firing is not enough: its function runs on a
+// goroutine of its own, and may run after a message that came just in
+// time reset it.
+func (l *loop) silent() bool {
+	last := time.Unix(0, l.lastIn.Load())
+	return l.s.opts.Clock.Now().Sub(last) >= 3*l.s.opts.HeartbeatInterval
 }
 
 // sent restarts the heartbeat interval: a heartbeat goes out only after
@@ -637,8 +664,8 @@ func (l *loop) receive(ctx context.Context) error {
 // handle answers one of the client's messages: pushes and acks.
 func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) error {
 	s := l.s
+	l.lastIn.Store(s.opts.Clock.Now().UnixNano())
 	l.idle.Reset(3 * s.opts.HeartbeatInterval)
-	l.idleDue.Store(false) // a fire just before the reset is void
 	switch msg := req.GetMessage().(type) {
 	case *ferryv1.SyncRequest_Push:
 		results, err := s.push(ctx, l.a, msg.Push.GetBatches())
@@ -716,11 +743,12 @@ func (p *pumper) kick() {
 func (p *pumper) run() {
 	s := p.l.s
 	s.senders.Add(1)
+	s.senderStarts.Add(1)
 	defer func() {
+		s.senders.Add(-1)
 		if f := s.testSenderExit.Load(); f != nil {
 			(*f)()
 		}
-		s.senders.Add(-1)
 		p.wg.Done()
 	}()
 	p.mu.Lock()
