@@ -49,6 +49,12 @@ type userSignal struct {
 	// may be at the end.
 	moves []feedMove
 	since uint64
+	// marksBegun counts the commits that change the user's own markers,
+	// as the writer starts each (before it commits); marksDone as each
+	// has committed. A session's marker read at a view taken after it read
+	// marksDone is still the store's at a later view if marksBegun, read
+	// after that view, is the same number: no commit changed it in between.
+	marksBegun, marksDone uint64
 }
 
 type armedWatch struct {
@@ -123,6 +129,26 @@ func (sig *userSignal) has(pos uint64, conv ulid.ULID) bool {
 	return false
 }
 
+// markersChanging counts, before a commit, that it changes the markers of
+// users; markersChanged counts after it that it did.
+func (h *hub) markersChanging(users []ulid.ULID) { h.countMarkers(users, true) }
+func (h *hub) markersChanged(users []ulid.ULID)  { h.countMarkers(users, false) }
+
+func (h *hub) countMarkers(users []ulid.ULID, begin bool) {
+	for _, u := range users {
+		s := h.shard(u)
+		s.mu.Lock()
+		if sig := s.users[u]; sig != nil {
+			if begin {
+				sig.marksBegun++
+			} else {
+				sig.marksDone++
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
 // start sets the position journals begin after: the store's at open.
 func (h *hub) start(pos uint64) {
 	h.rec.Lock()
@@ -172,12 +198,23 @@ type watch struct {
 	once sync.Once
 }
 
-// signal returns the channel the next change of the user's feed closes.
-func (w *watch) signal() <-chan struct{} {
+// signal returns the channel the next change of the user's feed closes,
+// and the count of commits done that changed the user's markers.
+func (w *watch) signal() (<-chan struct{}, uint64) {
 	s := w.h.shard(w.user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.users[w.user].ch
+	sig := s.users[w.user]
+	return sig.ch, sig.marksDone
+}
+
+// marksBegun returns the count of commits begun that change the user's
+// markers.
+func (w *watch) marksBegun() uint64 {
+	s := w.h.shard(w.user)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.users[w.user].marksBegun
 }
 
 // changed is reader.changed from the journal: the conversations whose feed

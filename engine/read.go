@@ -68,6 +68,12 @@ type reader struct {
 	// conversation with the head it was read at (see member); nil
 	// elsewhere.
 	members map[ulid.ULID]memberAt
+	// marks, in a live round's read, remembers the user's own marker per
+	// conversation (see userMarker), with the hub's counts of commits that
+	// changed the user's markers: marksDone read before the view was
+	// taken, marksBegun after. nil elsewhere.
+	marks                 map[ulid.ULID]markAt
+	marksDone, marksBegun uint64
 	// dec, in a catch-up read, decodes the ops of the whole Ops event, whose
 	// bodies are sent together; elsewhere (nil) each read of ops decodes
 	// with its own OpDecoder.
@@ -250,6 +256,40 @@ func (r reader) marker(table byte, conv, who ulid.ULID) (record.Marker, error) {
 	return record.DecodeMarker(raw)
 }
 
+// markAt is a user's marker with the count of commits that had changed
+// the user's markers before the view it was read at.
+type markAt struct {
+	m    record.Marker
+	done uint64
+}
+
+// userMarker is the user's own marker for conv. A live round's read
+// (marks set) remembers it and takes it from there while no commit has
+// changed the user's markers since: the writer counts such commits in the
+// hub before and after each, and a view taken after the done count was
+// read holds every commit it counts; if the begun count, read after this
+// view, is still that number, no commit in between changed a marker of the
+// user. That saves a store read per woken session and live round.
+func (r reader) userMarker(conv, user ulid.ULID) (record.Marker, error) {
+	if r.marks == nil {
+		return r.marker(keys.TUserMark, conv, user)
+	}
+	at, ok := r.marks[conv]
+	same := ok && at.done == r.marksBegun
+	if same && !verifyCaches {
+		return at.m, nil
+	}
+	m, err := r.marker(keys.TUserMark, conv, user)
+	if err != nil {
+		return m, err
+	}
+	if same && at.m != m {
+		return m, fmt.Errorf("engine: remembered marker of user %s in %s is %+v; the store says %+v", user, conv, at.m, m)
+	}
+	r.marks[conv] = markAt{m: m, done: r.marksDone}
+	return m, nil
+}
+
 // access returns the conversation's record and the highest seq user can
 // read, or ErrNotFound when the user was never a member (or there is no such
 // conversation: the two are not told apart).
@@ -321,7 +361,7 @@ func (r reader) info(conv, user ulid.ULID) (ConvInfo, error) {
 		// A removed member sees the conversation as it was when they left.
 		info.Title, info.Members = m.Title, 0
 	}
-	um, err := r.marker(keys.TUserMark, conv, user)
+	um, err := r.userMarker(conv, user)
 	if err != nil {
 		return ConvInfo{}, err
 	}

@@ -139,8 +139,10 @@ type Session struct {
 	counts map[ulid.ULID]seqCount // conversation -> message count at the user's read marker
 	// conversation -> the user's member record and the head it was read at
 	members map[ulid.ULID]memberAt
-	pos     uint64 // every change up to here was sent
-	caught  bool
+	// conversation -> the user's own marker, as a live round read it
+	marks  map[ulid.ULID]markAt
+	pos    uint64 // every change up to here was sent
+	caught bool
 	// revocations is the engine's revocation count when the device was
 	// last found active: live rounds look the device up again only after
 	// some device was revoked.
@@ -191,7 +193,8 @@ func (e *Engine) OpenSession(a Actor, o SessionOptions) (*Session, error) {
 	if o.Epoch == (ulid.ULID{}) {
 		o.FeedPos = 0
 	}
-	s := &Session{e: e, a: a, o: o, sent: map[ulid.ULID]uint64{}, shown: map[ulid.ULID]uint64{}, counts: map[ulid.ULID]seqCount{}, members: map[ulid.ULID]memberAt{}}
+	s := &Session{e: e, a: a, o: o, sent: map[ulid.ULID]uint64{}, shown: map[ulid.ULID]uint64{}, counts: map[ulid.ULID]seqCount{}, members: map[ulid.ULID]memberAt{},
+		marks: map[ulid.ULID]markAt{}}
 	// Watch before reading, so that a commit after the read still wakes us.
 	s.w = e.hub.watch(a.User)
 	if err := s.plan(); err != nil {
@@ -392,13 +395,14 @@ func (s *Session) nextOps() (Event, bool, error) {
 // live plans one round of live updates: what changed in the user's feed
 // since the last round.
 func (s *Session) live() error {
-	sig := s.w.signal()
+	sig, marksDone := s.w.signal()
 	revocations := s.e.revocations.Load()
 	// The position before the view, which then includes it; a commit in
 	// between closes sig, and the next round takes it.
 	pos := s.e.feedPos.Load()
 	r := s.reader(true)
 	defer r.release()
+	r.marks, r.marksDone, r.marksBegun = s.marks, marksDone, s.w.marksBegun()
 	// Revoking a device wakes its sessions without moving any feed, and
 	// counts in Engine.revocations before it wakes them.
 	if revocations != s.revocations {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -242,9 +243,17 @@ func (w *writer) commit(group []*request) error {
 		// moves in the journal.
 		w.e.hub.record(tx.pos, tx.moves)
 	}
+	var marked []ulid.ULID // users whose own markers change
+	for _, tm := range tx.markOrder {
+		if tm.dirty && tm.ck.table == keys.TUserMark && !slices.Contains(marked, tm.ck.who) {
+			marked = append(marked, tm.ck.who)
+		}
+	}
+	w.e.hub.markersChanging(marked)
 	if err := w.e.st.Commit(tx.b); err != nil {
 		return fmt.Errorf("%w: %v", ErrFailed, err)
 	}
+	w.e.hub.markersChanged(marked)
 	for _, tm := range tx.markOrder {
 		w.marks.put(tm.ck, tm.m)
 	}
