@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"strings"
@@ -210,5 +211,30 @@ func TestFerryRestart(t *testing.T) {
 	}
 	if cu.Ops != 5 {
 		t.Fatalf("caught up on %d ops after the restart, want 5", cu.Ops)
+	}
+}
+
+// broken is a System whose every workload fails at Prepare.
+type broken struct{ System }
+
+func (broken) Name() string                                { return "broken" }
+func (broken) Prepare(context.Context, int, [][]int) error { return errors.New("refused") }
+func (broken) Close() error                                { return nil }
+
+// TestFailedWorkloadLeavesNoRow: a workload that fails is reported as an
+// error, without an empty row in the tables (zeros, under a system without
+// a name, which made a column of its own in the targets).
+func TestFailedWorkloadLeavesNoRow(t *testing.T) {
+	p := Profile{Name: "test", Ingest: []IngestConfig{{Writers: 1, Batch: 1}}, Fanout: []FanoutConfig{{Devices: 2, ConvSize: 2}}, Idle: []int{1}}
+	sys := Factory{Name: "broken", New: func(context.Context, string) (System, error) { return broken{}, nil }}
+	r, err := Run(t.Context(), p, []Factory{sys}, t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Errors) != 3 || len(r.Ingest)+len(r.Fanout)+len(r.Idle) != 0 {
+		t.Fatalf("%d errors and %d/%d/%d rows; want 3 errors and no rows", len(r.Errors), len(r.Ingest), len(r.Fanout), len(r.Idle))
+	}
+	if slices.Contains(r.systems(), "") {
+		t.Fatalf("the report has a system without a name: %q", r.systems())
 	}
 }

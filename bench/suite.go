@@ -163,7 +163,9 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 			}
 			if err := run(fmt.Sprintf("ingest %d writers x %d", c.Writers, c.Batch), f, func(s System) error {
 				res, err := Ingest(ctx, s, c)
-				r.Ingest = append(r.Ingest, res)
+				if err == nil {
+					r.Ingest = append(r.Ingest, res)
+				}
 				return err
 			}); err != nil {
 				r.Errors = append(r.Errors, err.Error())
@@ -175,7 +177,9 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 			}
 			if err := run(fmt.Sprintf("fan-out %d devices in %d", c.Devices, c.ConvSize), f, func(s System) error {
 				res, err := Fanout(ctx, s, c)
-				r.Fanout = append(r.Fanout, res)
+				if err == nil {
+					r.Fanout = append(r.Fanout, res)
+				}
 				return err
 			}); err != nil {
 				r.Errors = append(r.Errors, err.Error())
@@ -194,7 +198,9 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 					return nil // cannot restart (a peer, a remote server): no cold figures
 				}
 				res, err := CatchUpRun(ctx, s, c)
-				r.CatchUp = append(r.CatchUp, res)
+				if err == nil {
+					r.CatchUp = append(r.CatchUp, res)
+				}
 				return err
 			}); err != nil {
 				r.Errors = append(r.Errors, err.Error())
@@ -206,7 +212,9 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 			}
 			if err := run(fmt.Sprintf("idle %d", n), f, func(s System) error {
 				res, err := Idle(ctx, s, n)
-				r.Idle = append(r.Idle, res)
+				if err == nil {
+					r.Idle = append(r.Idle, res)
+				}
 				return err
 			}); err != nil {
 				r.Errors = append(r.Errors, err.Error())
@@ -215,7 +223,9 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 		if p.StorageOps > 0 && f.runs("storage") {
 			if err := run("storage", f, func(s System) error {
 				res, err := Storage(ctx, s, p.StorageOps, 10)
-				r.Storage = append(r.Storage, res)
+				if err == nil {
+					r.Storage = append(r.Storage, res)
+				}
 				return err
 			}); err != nil {
 				r.Errors = append(r.Errors, err.Error())
