@@ -38,6 +38,16 @@ func reader(s *stream) (<-chan *ferryv1.SyncResponse, <-chan error) {
 	return msgs, errs
 }
 
+// noSenders checks that no session of srv has a sender goroutine left. A
+// Sync handler returns, and so ends its stream, only after its sender has
+// ended: once a client sees the end, the count is exact.
+func noSenders(t *testing.T, srv *servertest.Server) {
+	t.Helper()
+	if n := server.Senders(srv.Server); n != 0 {
+		t.Fatalf("%d sender goroutines left after the sessions ended", n)
+	}
+}
+
 // readModes are the two ways a Sync handler reads its stream. Normally the
 // handler's goroutine reads, and the sending side interrupts a blocked read
 // with a read deadline when it ends the session. Behind a middleware whose
@@ -189,6 +199,7 @@ func TestPushAnsweredAtClientEnd(t *testing.T) {
 			if got.GetRequestId() != id {
 				t.Fatalf("round %d, %s after a push: no push result (%v)", i, end, got)
 			}
+			noSenders(t, srv)
 		}
 	}
 }
@@ -221,6 +232,7 @@ func TestClientDeadlineEndsSync(t *testing.T) {
 	select {
 	case err := <-ended:
 		mustCode(t, "past the client's deadline", err, connect.CodeDeadlineExceeded)
+		noSenders(t, srv)
 	case <-time.After(time.Minute): // a guard, not a wait
 		t.Fatal("the stream outlived the client's deadline by a minute")
 	}
@@ -263,6 +275,7 @@ func testHeartbeatsAndIdleCutOff(t *testing.T, wrap func(http.Handler) http.Hand
 	}
 	// The client sent nothing: after three intervals the server ends it.
 	mustCode(t, "silent client", end, connect.CodeDeadlineExceeded)
+	noSenders(t, srv)
 }
 
 // TestHelloDeadline: a stream that opens but never completes its hello is
@@ -329,6 +342,7 @@ func testGoawayOnShutdown(t *testing.T, wrap func(http.Handler) http.Handler) {
 		t.Fatalf("stream after goaway: %v", err)
 	}
 	<-done
+	noSenders(t, srv)
 }
 
 // TestProtocols: Connect, gRPC and gRPC-Web on one port, over HTTP/2 and
