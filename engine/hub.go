@@ -208,26 +208,19 @@ func (w *watch) signal() (<-chan struct{}, uint64) {
 	return sig.ch, sig.marksDone
 }
 
-// marksBegun returns the count of commits begun that change the user's
-// markers.
-func (w *watch) marksBegun() uint64 {
-	s := w.h.shard(w.user)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.users[w.user].marksBegun
-}
-
 // changed is reader.changed from the journal: the conversations whose feed
 // entries moved to after < pos <= through, most recently changed first. It
 // reports false when the journal does not reach back to after; the caller
-// then reads the store.
-func (w *watch) changed(after, through uint64) ([]feedEntry, bool) {
+// then reads the store. It also returns the count of commits begun that
+// change the user's markers, which a live round reads after its view.
+func (w *watch) changed(after, through uint64) (_ []feedEntry, ok bool, marksBegun uint64) {
 	s := w.h.shard(w.user)
 	s.mu.Lock()
 	sig := s.users[w.user]
+	marksBegun = sig.marksBegun
 	if sig.since > after {
 		s.mu.Unlock()
-		return nil, false
+		return nil, false, marksBegun
 	}
 	var out []feedEntry
 	for i := len(sig.moves) - 1; i >= 0 && sig.moves[i].pos > after; i-- {
@@ -239,7 +232,7 @@ func (w *watch) changed(after, through uint64) ([]feedEntry, bool) {
 	}
 	s.mu.Unlock()
 	sortFeed(out)
-	return out, true
+	return out, true, marksBegun
 }
 
 // afterChange arranges for f to run once ch, a channel signal returned,

@@ -13,7 +13,7 @@ func TestJournal(t *testing.T) {
 	entries := func(es ...feedEntry) []feedEntry { return es }
 	check := func(w *watch, after, through uint64, want []feedEntry, wantOK bool) {
 		t.Helper()
-		got, ok := w.changed(after, through)
+		got, ok, _ := w.changed(after, through)
 		if ok != wantOK || (ok && !slices.Equal(got, want)) {
 			t.Fatalf("changed(%d, %d) = %v, %v; want %v, %v", after, through, got, ok, want, wantOK)
 		}

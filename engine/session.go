@@ -120,12 +120,12 @@ var verifyCaches = false
 // memory is a plan of ranges to send (with, in a live round, at most one
 // event's worth of ops read already) and, per conversation touched, the
 // last seq sent, a digest of the last info sent, the message count at the
-// user's read marker and the user's member record. Sessions woken by one
+// user's read marker, and the user's member record and marker. Sessions woken by one
 // commit share, through the view they read, what is the same for all of
 // them: the conversation's record and the round's ops.
 //
 // A session is not safe for concurrent use: one goroutine at a time calls
-// Next, Pending, Changed and Close.
+// Next, Pending, Changed, AfterChange and Close.
 type Session struct {
 	e       *Engine
 	a       Actor
@@ -402,7 +402,6 @@ func (s *Session) live() error {
 	pos := s.e.feedPos.Load()
 	r := s.reader(true)
 	defer r.release()
-	r.marks, r.marksDone, r.marksBegun = s.marks, marksDone, s.w.marksBegun()
 	// Revoking a device wakes its sessions without moving any feed, and
 	// counts in Engine.revocations before it wakes them.
 	if revocations != s.revocations {
@@ -418,7 +417,8 @@ func (s *Session) live() error {
 		s.wait = sig
 		return nil
 	}
-	entries, ok := s.w.changed(s.pos, pos)
+	entries, ok, marksBegun := s.w.changed(s.pos, pos) // after the view, as userMarker needs
+	r.marks, r.marksDone, r.marksBegun = s.marks, marksDone, marksBegun
 	if !ok {
 		var err error
 		if entries, err = r.changed(s.a.User, s.pos, pos); err != nil {

@@ -649,47 +649,56 @@ func TestLiveRoundSharesReads(t *testing.T) {
 	}
 }
 
-// TestLiveRoundFollowsMarkers: a session that remembers its user's marker
-// between live rounds shows every change of it, made by another device
-// of the user, with a message or alone. Run with the cache checks and
-// without, so that the remembered marker is what is tested.
-func TestLiveRoundFollowsMarkers(t *testing.T) {
+// withAndWithoutChecks runs test with the engine's cache checks and
+// without them: with them, what a session takes from memory is compared
+// with the store; without, what it remembers is what the test sees.
+func withAndWithoutChecks(t *testing.T, test func(t *testing.T)) {
 	for _, checked := range []bool{true, false} {
 		t.Run(fmt.Sprintf("checked=%v", checked), func(t *testing.T) {
 			if !checked {
 				engine.MeasureWithoutChecks(t)
 			}
-			e := enginetest.New(t)
-			alice := enginetest.Register(t, e, "alice")
-			bob := enginetest.Register(t, e, "bob")
-			tablet := enginetest.Login(t, e, "bob")
-			conv := alice.Create("c", bob)
-			s, r := openCaughtUp(t, e, bob)
-			want := func(step string, read, unread uint64) {
-				t.Helper()
-				r.drain(s, engine.DefaultBatchOps)
-				if info := r.infos[conv]; info.Read != read || info.Unread != unread {
-					t.Fatalf("%s: bob's phone sees read %d, unread %d; want %d, %d", step, info.Read, info.Unread, read, unread)
-				}
-			}
-			mark := func(read uint64) {
-				t.Helper()
-				if err := e.Mark(ctx, tablet.Actor, []engine.Marker{{Conv: conv, Read: read}}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			one := alice.Send(conv, "one")
-			want("a message", one.Seq-1, 1) // bob has read what came before he joined, and his joining
-			mark(one.Seq)
-			want("read on the tablet", one.Seq, 0)
-			alice.Send(conv, "two")
-			want("another message", one.Seq, 1)
-			three := alice.Send(conv, "three")
-			mark(three.Seq)
-			alice.Send(conv, "four")
-			want("read on the tablet among messages", three.Seq, 1)
+			test(t)
 		})
 	}
+}
+
+// TestLiveRoundFollowsMarkers: a session that remembers its user's marker
+// between live rounds shows every change of it, made by another device
+// of the user, with a message or alone. Run with the cache checks and
+// without, so that the remembered marker is what is tested.
+func TestLiveRoundFollowsMarkers(t *testing.T) {
+	withAndWithoutChecks(t, func(t *testing.T) {
+		e := enginetest.New(t)
+		alice := enginetest.Register(t, e, "alice")
+		bob := enginetest.Register(t, e, "bob")
+		tablet := enginetest.Login(t, e, "bob")
+		conv := alice.Create("c", bob)
+		s, r := openCaughtUp(t, e, bob)
+		want := func(step string, read, unread uint64) {
+			t.Helper()
+			r.drain(s, engine.DefaultBatchOps)
+			if info := r.infos[conv]; info.Read != read || info.Unread != unread {
+				t.Fatalf("%s: bob's phone sees read %d, unread %d; want %d, %d", step, info.Read, info.Unread, read, unread)
+			}
+		}
+		mark := func(read uint64) {
+			t.Helper()
+			if err := e.Mark(ctx, tablet.Actor, []engine.Marker{{Conv: conv, Read: read}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		one := alice.Send(conv, "one")
+		want("a message", one.Seq-1, 1) // bob has read what came before he joined, and his joining
+		mark(one.Seq)
+		want("read on the tablet", one.Seq, 0)
+		alice.Send(conv, "two")
+		want("another message", one.Seq, 1)
+		three := alice.Send(conv, "three")
+		mark(three.Seq)
+		alice.Send(conv, "four")
+		want("read on the tablet among messages", three.Seq, 1)
+	})
 }
 
 // TestLiveRoundFollowsMembership: a session that remembers its user's member
@@ -697,42 +706,37 @@ func TestLiveRoundFollowsMarkers(t *testing.T) {
 // brings one op or several, with other ops around it. Run with the cache
 // checks and without, so that the remembered record is what is tested.
 func TestLiveRoundFollowsMembership(t *testing.T) {
-	for _, checked := range []bool{true, false} {
-		t.Run(fmt.Sprintf("checked=%v", checked), func(t *testing.T) {
-			if !checked {
-				engine.MeasureWithoutChecks(t)
+	withAndWithoutChecks(t, func(t *testing.T) {
+		e := enginetest.New(t)
+		alice := enginetest.Register(t, e, "alice")
+		bob := enginetest.Register(t, e, "bob")
+		carol := enginetest.Register(t, e, "carol")
+		conv := alice.Create("c", bob, carol)
+		s, r := openCaughtUp(t, e, bob)
+		role := func(u ulid.ULID, to model.Role) model.Op {
+			return alice.Op(conv, model.Op{Kind: model.KindMemberRole, Member: u, Role: to})
+		}
+		want := func(step string, role model.Role, removed bool) {
+			t.Helper()
+			r.drain(s, engine.DefaultBatchOps)
+			if info := r.infos[conv]; info.Role != role || info.Removed != removed {
+				t.Fatalf("%s: bob sees role %v, removed %v; want %v, %v", step, info.Role, info.Removed, role, removed)
 			}
-			e := enginetest.New(t)
-			alice := enginetest.Register(t, e, "alice")
-			bob := enginetest.Register(t, e, "bob")
-			carol := enginetest.Register(t, e, "carol")
-			conv := alice.Create("c", bob, carol)
-			s, r := openCaughtUp(t, e, bob)
-			role := func(u ulid.ULID, to model.Role) model.Op {
-				return alice.Op(conv, model.Op{Kind: model.KindMemberRole, Member: u, Role: to})
-			}
-			want := func(step string, role model.Role, removed bool) {
-				t.Helper()
-				r.drain(s, engine.DefaultBatchOps)
-				if info := r.infos[conv]; info.Role != role || info.Removed != removed {
-					t.Fatalf("%s: bob sees role %v, removed %v; want %v, %v", step, info.Role, info.Removed, role, removed)
-				}
-			}
-			alice.Send(conv, "one")
-			want("a message", model.RoleMember, false)
-			alice.Push(role(bob.Actor.User, model.RoleAdmin))
-			want("bob made admin alone", model.RoleAdmin, false)
-			alice.Send(conv, "two")
-			alice.Push(role(carol.Actor.User, model.RoleAdmin))
-			want("carol made admin", model.RoleAdmin, false)
-			alice.Send(conv, "three")
-			alice.Push(role(bob.Actor.User, model.RoleMember))
-			alice.Send(conv, "four")
-			want("bob made member among messages", model.RoleMember, false)
-			rm := alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
-			alice.Send(conv, "after removal")
-			want("bob removed", model.RoleNone, true)
-			r.holdsExactly(conv, 1, rm[0].Seq)
-		})
-	}
+		}
+		alice.Send(conv, "one")
+		want("a message", model.RoleMember, false)
+		alice.Push(role(bob.Actor.User, model.RoleAdmin))
+		want("bob made admin alone", model.RoleAdmin, false)
+		alice.Send(conv, "two")
+		alice.Push(role(carol.Actor.User, model.RoleAdmin))
+		want("carol made admin", model.RoleAdmin, false)
+		alice.Send(conv, "three")
+		alice.Push(role(bob.Actor.User, model.RoleMember))
+		alice.Send(conv, "four")
+		want("bob made member among messages", model.RoleMember, false)
+		rm := alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
+		alice.Send(conv, "after removal")
+		want("bob removed", model.RoleNone, true)
+		r.holdsExactly(conv, 1, rm[0].Seq)
+	})
 }

@@ -63,6 +63,14 @@ var readModes = []struct {
 	}},
 }
 
+// inReadModes runs test in each read mode, with the handler wrapper the
+// mode needs (nil for none).
+func inReadModes(t *testing.T, test func(t *testing.T, wrap func(http.Handler) http.Handler)) {
+	for _, mode := range readModes {
+		t.Run(mode.name, func(t *testing.T) { test(t, mode.wrap) })
+	}
+}
+
 // hidden is a ResponseWriter wrapper without Unwrap.
 type hidden struct{ http.ResponseWriter }
 
@@ -91,21 +99,19 @@ func (l *logBuffer) String() string {
 // idle device), and on a goroutine of its own, with a warning, behind a
 // wrapper that hides the ResponseWriter.
 func TestSyncReadMode(t *testing.T) {
-	for _, mode := range readModes {
-		t.Run(mode.name, func(t *testing.T) {
-			var log logBuffer
-			srv := servertest.New(t, servertest.Config{Wrap: mode.wrap, Server: func(o *server.Options) {
-				o.Logger = slog.New(slog.NewTextHandler(&log, nil))
-			}})
-			alice := newDev(t, srv.Register("alice"))
-			s := alice.open(hello("", 0))
-			s.untilCaughtUp()
-			warned := strings.Contains(log.String(), "read on a goroutine of their own")
-			if warned != (mode.wrap != nil) {
-				t.Fatalf("warned of a reader goroutine: %v; log:\n%s", warned, log.String())
-			}
-		})
-	}
+	inReadModes(t, func(t *testing.T, wrap func(http.Handler) http.Handler) {
+		var log logBuffer
+		srv := servertest.New(t, servertest.Config{Wrap: wrap, Server: func(o *server.Options) {
+			o.Logger = slog.New(slog.NewTextHandler(&log, nil))
+		}})
+		alice := newDev(t, srv.Register("alice"))
+		s := alice.open(hello("", 0))
+		s.untilCaughtUp()
+		warned := strings.Contains(log.String(), "read on a goroutine of their own")
+		if warned != (wrap != nil) {
+			t.Fatalf("warned of a reader goroutine: %v; log:\n%s", warned, log.String())
+		}
+	})
 }
 
 // TestSenderGoroutines: an idle Sync session holds no sender goroutine. The
@@ -238,11 +244,7 @@ func TestClientDeadlineEndsSync(t *testing.T) {
 	}
 }
 
-func TestHeartbeatsAndIdleCutOff(t *testing.T) {
-	for _, mode := range readModes {
-		t.Run(mode.name, func(t *testing.T) { testHeartbeatsAndIdleCutOff(t, mode.wrap) })
-	}
-}
+func TestHeartbeatsAndIdleCutOff(t *testing.T) { inReadModes(t, testHeartbeatsAndIdleCutOff) }
 
 func testHeartbeatsAndIdleCutOff(t *testing.T, wrap func(http.Handler) http.Handler) {
 	const interval = 30 * time.Second
@@ -281,11 +283,7 @@ func testHeartbeatsAndIdleCutOff(t *testing.T, wrap func(http.Handler) http.Hand
 // TestHelloDeadline: a stream that opens but never completes its hello is
 // ended, freeing its slot. (Go's HTTP/2 client sends no headers before the
 // first body bytes, so the test starts an envelope and stalls.)
-func TestHelloDeadline(t *testing.T) {
-	for _, mode := range readModes {
-		t.Run(mode.name, func(t *testing.T) { testHelloDeadline(t, mode.wrap) })
-	}
-}
+func TestHelloDeadline(t *testing.T) { inReadModes(t, testHelloDeadline) }
 
 func testHelloDeadline(t *testing.T, wrap func(http.Handler) http.Handler) {
 	srv := servertest.New(t, servertest.Config{Wrap: wrap})
@@ -321,11 +319,7 @@ func testHelloDeadline(t *testing.T, wrap func(http.Handler) http.Handler) {
 	}
 }
 
-func TestGoawayOnShutdown(t *testing.T) {
-	for _, mode := range readModes {
-		t.Run(mode.name, func(t *testing.T) { testGoawayOnShutdown(t, mode.wrap) })
-	}
-}
+func TestGoawayOnShutdown(t *testing.T) { inReadModes(t, testGoawayOnShutdown) }
 
 func testGoawayOnShutdown(t *testing.T, wrap func(http.Handler) http.Handler) {
 	srv := servertest.New(t, servertest.Config{Wrap: wrap})

@@ -306,12 +306,11 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	if err != nil {
 		return nil, err
 	}
-	o, err := sessionOptions(hello)
+	l, err := s.newLoop(ctx, a, hello, syncSink{st})
 	if err != nil {
 		return nil, err
 	}
-	l := &loop{s: s, a: a, o: o, out: syncSink{st}, hold: holdFlushes(ctx), packed: hello.GetPackedOps(),
-		rd: rd, results: make(chan *ferryv1.PushResult, 4), release: release}
+	l.rd, l.results, l.release = rd, make(chan *ferryv1.PushResult, 4), release
 	p := &pumper{l: l, ctx: ctx, stopReceive: stopReceive, wake: make(chan struct{}, 1), ended: make(chan struct{})}
 	l.p, l.wake = p, p.kick
 	interval := s.opts.HeartbeatInterval
@@ -423,12 +422,20 @@ func (h syncService) Subscribe(ctx context.Context, req *ferryv1.SubscribeReques
 // subscribe runs a session whose handler's goroutine sends: a Subscribe
 // session.
 func (s *Server) subscribe(ctx context.Context, a engine.Actor, hello *ferryv1.Hello, out sink) error {
-	o, err := sessionOptions(hello)
+	l, err := s.newLoop(ctx, a, hello, out)
 	if err != nil {
 		return err
 	}
-	l := &loop{s: s, a: a, o: o, out: out, hold: holdFlushes(ctx), packed: hello.GetPackedOps()}
 	return l.serveSubscribe(ctx)
+}
+
+// newLoop is the sending side of a session that hello starts.
+func (s *Server) newLoop(ctx context.Context, a engine.Actor, hello *ferryv1.Hello, out sink) (*loop, error) {
+	o, err := sessionOptions(hello)
+	if err != nil {
+		return nil, err
+	}
+	return &loop{s: s, a: a, o: o, out: out, hold: holdFlushes(ctx), packed: hello.GetPackedOps()}, nil
 }
 
 // loop is one session's sending side. pump sends what is ready and returns
