@@ -224,6 +224,23 @@ func (broken) Close() error                                { return nil }
 // TestFailedWorkloadLeavesNoRow: a workload that fails is reported as an
 // error, without an empty row in the tables (zeros, under a system without
 // a name, which made a column of its own in the targets).
+// A run of one workload (ferry-bench --only idle) still names its system
+// in the targets table.
+func TestTargetsNameSystemsOfEveryWorkload(t *testing.T) {
+	for _, r := range []Report{
+		{Idle: []IdleResult{{System: "ferry", Devices: 10, PerDevice: 40 << 10}}},
+		{Storage: []StorageResult{{System: "ferry", Ops: 10, PayloadBytes: 90, DiskBytes: 100}}},
+	} {
+		if got := r.systems(); !slices.Equal(got, []string{"ferry"}) {
+			t.Errorf("systems %q, want [ferry]", got)
+		}
+		md := r.Markdown()
+		if !strings.Contains(md, "| metric | target | ferry |") {
+			t.Errorf("targets table without ferry's column:\n%s", md)
+		}
+	}
+}
+
 func TestFailedWorkloadLeavesNoRow(t *testing.T) {
 	p := Profile{Name: "test", Ingest: []IngestConfig{{Writers: 1, Batch: 1}}, Fanout: []FanoutConfig{{Devices: 2, ConvSize: 2}}, Idle: []int{1}}
 	sys := Factory{Name: "broken", New: func(context.Context, string) (System, error) { return broken{}, nil }}

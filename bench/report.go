@@ -207,6 +207,12 @@ func (r *Report) systems() []string {
 	for _, x := range r.CatchUp {
 		add(x.System)
 	}
+	for _, x := range r.Idle {
+		add(x.System)
+	}
+	for _, x := range r.Storage {
+		add(x.System)
+	}
 	return out
 }
 
