@@ -67,7 +67,7 @@ type Ferry struct {
 	url  string
 	eng  *engine.Engine
 	srv  *server.Server
-	hs   *http.Server
+	hs   *server.HTTPServer
 	proc *exec.Cmd
 	addr string
 
@@ -117,7 +117,7 @@ func (f *Ferry) startInProcess(addr string) error {
 		return err
 	}
 	f.eng, f.srv = eng, srv
-	f.hs = server.HTTPServer(ln.Addr().String(), srv.Handler(), nil)
+	f.hs = server.NewHTTPServer(ln.Addr().String(), srv.Handler(), nil)
 	hs := f.hs
 	go func() { _ = hs.Serve(ln) }()
 	f.url = "http://" + ln.Addr().String()

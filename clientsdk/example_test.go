@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	hs := server.HTTPServer(ln.Addr().String(), srv.Handler(), nil)
+	hs := server.NewHTTPServer(ln.Addr().String(), srv.Handler(), nil)
 	go func() { _ = hs.Serve(ln) }()
 	exampleServer = "http://" + ln.Addr().String()
 	code := m.Run()

@@ -41,7 +41,7 @@ type simServer struct {
 	starts uint64 // each start draws its own entropy: a new epoch must differ
 	eng    *engine.Engine
 	srv    *server.Server
-	hs     *http.Server
+	hs     *server.HTTPServer
 	ln     net.Listener
 }
 
@@ -64,7 +64,7 @@ func (s *simServer) start() {
 	if s.ln, err = net.Listen("tcp", s.addr); err != nil {
 		s.t.Fatal(err)
 	}
-	s.hs = server.HTTPServer(s.addr, s.srv.Handler(), nil)
+	s.hs = server.NewHTTPServer(s.addr, s.srv.Handler(), nil)
 	// Capture this start's server and listener: a goroutine reading the
 	// fields later could pair an old, shut-down server with the new
 	// listener, and its Serve would close that listener at once.

@@ -4,7 +4,8 @@
 //
 // One port serves the Connect, gRPC and gRPC-Web protocols, over HTTP/1.1
 // and HTTP/2 (h2c without TLS), with zstd and gzip compression negotiated
-// per call.
+// per call. Serve it with HTTPServer, which serves h2c connections without
+// the HTTP/1 buffers net/http would keep for each.
 //
 // # Security
 //
@@ -17,7 +18,9 @@
 //
 // # Concurrency
 //
-// A Server is safe for concurrent use. Each sync session runs one goroutine
-// that sends (catch-up, live ops, push results, heartbeats) and, on Sync, one
-// that receives; only the first calls Send.
+// A Server is safe for concurrent use. A Sync session's handler goroutine
+// reads the client's messages; what the session sends (catch-up, live ops,
+// push results, heartbeats) goes out from a sender goroutine that runs while
+// there is something to send, and only it calls Send. A Subscribe session's
+// handler is its sender.
 package server

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"connectrpc.com/connect/v2"
 	"connectrpc.com/connect/v2/connecthttp"
@@ -117,39 +115,6 @@ func (s *Server) GoAway() {
 	if !s.goneAway {
 		s.goneAway = true
 		s.goAway()
-	}
-}
-
-// HTTPServer returns an http.Server for the handler with Ferry's settings:
-// HTTP/1.1 and HTTP/2 (h2c when tlsConfig is nil), bounded headers, a header
-// timeout, and no whole-request timeouts, since sync sessions are long-lived
-// (heartbeats find dead peers instead).
-func HTTPServer(addr string, h http.Handler, tlsConfig *tls.Config) *http.Server {
-	p := new(http.Protocols)
-	p.SetHTTP1(true)
-	if tlsConfig == nil {
-		p.SetUnencryptedHTTP2(true)
-	} else {
-		p.SetHTTP2(true)
-	}
-	return &http.Server{
-		Addr:              addr,
-		Handler:           h,
-		Protocols:         p,
-		TLSConfig:         tlsConfig,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams: 250,
-			MaxReadFrameSize:     1 << 20,
-			// Per-stream and per-connection receive windows: a client cannot
-			// make the server buffer more than this for it.
-			MaxReceiveBufferPerStream:     1 << 20,
-			MaxReceiveBufferPerConnection: 2 << 20,
-			SendPingTimeout:               30 * time.Second,
-			PingTimeout:                   15 * time.Second,
-		},
 	}
 }
 

@@ -226,20 +226,18 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	if c.demo {
 		extra = append(extra, webui.Register)
 	}
-	hs := server.HTTPServer(c.addr, srv.Handler(extra...), tlsConfig)
-	hs.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	hs := server.NewHTTPServer(c.addr, srv.Handler(extra...), tlsConfig)
+	hs.HTTP.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		return err
 	}
-	scheme, serveFn := "http", func() error { return hs.Serve(ln) }
+	scheme := "http"
 	if tlsConfig != nil {
-		// ServeTLS (not a TLS listener of our own) sets up ALPN, so TLS
-		// clients get HTTP/2.
-		scheme, serveFn = "https", func() error { return hs.ServeTLS(ln, "", "") }
+		scheme = "https"
 	}
 	served := make(chan error, 1)
-	go func() { served <- serveFn() }()
+	go func() { served <- hs.Serve(ln) }()
 	if c.debugAddr != "" {
 		dln, err := net.Listen("tcp", c.debugAddr)
 		if err != nil {

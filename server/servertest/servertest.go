@@ -33,7 +33,7 @@ type Server struct {
 	Server *server.Server
 	Clock  *clock.Fake
 	HTTP   *http.Client // h2c
-	hs     *http.Server
+	hs     *server.HTTPServer
 	stop   func()
 }
 
@@ -78,7 +78,7 @@ func New(t testing.TB, cfg Config) *Server {
 	if cfg.Wrap != nil {
 		h = cfg.Wrap(h)
 	}
-	hs := server.HTTPServer(ln.Addr().String(), h, nil)
+	hs := server.NewHTTPServer(ln.Addr().String(), h, nil)
 	go func() { _ = hs.Serve(ln) }()
 	s := &Server{T: t, URL: "http://" + ln.Addr().String(), Engine: eng, Server: srv, Clock: fake, hs: hs, HTTP: H2CClient()}
 	s.stop = func() {

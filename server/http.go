@@ -1,0 +1,288 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"log"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// HTTPServer serves a handler the way Ferry is deployed: HTTP/1.1 and
+// HTTP/2, over TLS when it has a certificate, else HTTP/2 without TLS (h2c,
+// with prior knowledge) beside HTTP/1.1 on the same port.
+//
+// Without TLS it does not let net/http serve HTTP/2. net/http serves an h2c
+// connection from inside the goroutine of an HTTP/1 connection, which keeps
+// that connection's 4 KiB reader and 4 KiB writer for as long as the
+// HTTP/2 connection lives: 8 KiB of the 54 KiB an idle device cost. So
+// HTTPServer accepts plain connections itself, reads their first bytes, and
+// serves the ones that open with the HTTP/2 preface with
+// golang.org/x/net/http2 (the package net/http's own HTTP/2 is bundled
+// from); every other connection goes to the http.Server. Over TLS, the
+// http.Server serves everything: its HTTP/2 over TLS holds no such buffers.
+//
+// Use Serve, Shutdown and Close, not the http.Server's own.
+type HTTPServer struct {
+	// HTTP holds the settings (HTTP/2's included) and serves HTTP/1.1, and
+	// everything over TLS. Set its fields, ErrorLog say, before Serve.
+	HTTP *http.Server
+
+	h2 *http2.Server
+	// ctl exists for its Shutdown, which is the only way x/net/http2 offers
+	// to start a graceful shutdown of the connections ServeConn serves
+	// (ConfigureServer hooks them to it). It serves nothing.
+	ctl *http.Server
+
+	mu      sync.Mutex
+	closing bool
+	conns   map[net.Conn]bool // plain connections still ours: true once served as HTTP/2
+}
+
+// NewHTTPServer returns a server for h with Ferry's settings: HTTP/1.1 and
+// HTTP/2 (h2c when tlsConfig is nil), bounded headers, a header timeout,
+// and no whole-request timeouts, since sync sessions are long-lived
+// (heartbeats find dead peers instead).
+func NewHTTPServer(addr string, h http.Handler, tlsConfig *tls.Config) *HTTPServer {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	if tlsConfig != nil {
+		p.SetHTTP2(true)
+	}
+	hs := &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		Protocols:         p,
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: 250,
+			MaxReadFrameSize:     1 << 20,
+			// Per-stream and per-connection receive windows: a client cannot
+			// make the server buffer more than this for it.
+			MaxReceiveBufferPerStream:     1 << 20,
+			MaxReceiveBufferPerConnection: 2 << 20,
+			SendPingTimeout:               30 * time.Second,
+			PingTimeout:                   15 * time.Second,
+		},
+	}
+	s := &HTTPServer{HTTP: hs, h2: &http2.Server{IdleTimeout: hs.IdleTimeout}, ctl: new(http.Server), conns: make(map[net.Conn]bool)}
+	if err := http2.ConfigureServer(s.ctl, s.h2); err != nil {
+		panic("server: " + err.Error()) // only for TLS settings, and ctl has none
+	}
+	return s
+}
+
+// Serve accepts connections on ln and serves them until Shutdown or Close,
+// when it returns http.ErrServerClosed. Over TLS it is the http.Server's
+// ServeTLS (which sets up ALPN, so TLS clients get HTTP/2).
+func (s *HTTPServer) Serve(ln net.Listener) error {
+	if s.HTTP.TLSConfig != nil {
+		return s.HTTP.ServeTLS(ln, "", "")
+	}
+	l := &sniffListener{Listener: ln, h1: make(chan net.Conn), done: make(chan struct{})}
+	go s.accept(l)
+	return s.HTTP.Serve(l) // closes l, and so ln, when it returns
+}
+
+// sniffListener is what the http.Server accepts from: the plain connections
+// that turned out not to be HTTP/2.
+type sniffListener struct {
+	net.Listener               // the real one: Addr and Close
+	h1           chan net.Conn // connections for the http.Server
+	done         chan struct{} // closed when accepting ends, with err
+	err          error
+}
+
+func (l *sniffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.h1:
+		return c, nil
+	case <-l.done:
+		return nil, l.err
+	}
+}
+
+// accept accepts connections until the listener fails for good, and starts
+// the reading of each one's first bytes.
+func (s *HTTPServer) accept(l *sniffListener) {
+	defer close(l.done)
+	var delay time.Duration
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			// As net/http does: back off on errors such as too many open
+			// files, which pass.
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Temporary() { // deprecated, yet net/http tells them apart so too
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.logf("http: accept error: %v; retrying in %v", err, delay)
+				time.Sleep(delay)
+				continue
+			}
+			l.err = err
+			return
+		}
+		delay = 0
+		if !s.track(c, false) {
+			_ = c.Close()
+			continue
+		}
+		go s.sniff(c, l)
+	}
+}
+
+func (s *HTTPServer) logf(format string, args ...any) {
+	if l := s.HTTP.ErrorLog; l != nil {
+		l.Printf(format, args...)
+	} else {
+		log.Printf(format, args...)
+	}
+}
+
+// preface opens every HTTP/2 connection.
+var preface = []byte(http2.ClientPreface)
+
+// sniff reads the first bytes of c: HTTP/2's preface makes it an h2c
+// connection, served here; anything else goes to the http.Server, the bytes
+// read included.
+func (s *HTTPServer) sniff(c net.Conn, l *sniffListener) {
+	if d := s.HTTP.ReadHeaderTimeout; d > 0 {
+		_ = c.SetReadDeadline(time.Now().Add(d))
+	}
+	buf := make([]byte, len(preface))
+	n, err := 0, error(nil)
+	for n < len(buf) && err == nil && bytes.Equal(buf[:n], preface[:n]) {
+		var m int
+		m, err = c.Read(buf[n:])
+		n += m
+	}
+	if !bytes.Equal(buf[:n], preface[:n]) {
+		s.untrack(c)
+		select {
+		case l.h1 <- &prefixConn{Conn: c, prefix: buf[:n]}:
+		case <-l.done:
+			_ = c.Close()
+		}
+		return
+	}
+	defer s.untrack(c)
+	if err != nil || !s.track(c, true) {
+		_ = c.Close()
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	// ServeConn closes c when it is done. Its context gets the server and
+	// local address values, as net/http's does.
+	s.h2.ServeConn(c, &http2.ServeConnOpts{BaseConfig: s.HTTP, SawClientPreface: true})
+}
+
+// track adds c to the connections that are the HTTPServer's to close, or
+// marks it as served as HTTP/2. It reports false once the server is closing.
+func (s *HTTPServer) track(c net.Conn, h2 bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.conns[c] = h2
+	return true
+}
+
+func (s *HTTPServer) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// prefixConn is a connection whose first bytes were read already.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite lets net/http half-close the connection before it closes it,
+// as it does with a TCP connection, so that a final response is not lost to
+// a reset.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// Shutdown stops accepting, closes the connections that have not said
+// which protocol they speak, tells HTTP/2 clients to go away (GOAWAY), and
+// waits until every connection has ended or ctx is done. See
+// http.Server.Shutdown.
+func (s *HTTPServer) Shutdown(ctx context.Context) error {
+	s.closeSniffing(false)
+	s.goAway()
+	err := s.HTTP.Shutdown(ctx)
+	// A connection ServeConn had not registered yet missed that GOAWAY:
+	// repeat it while waiting (it goes once per connection).
+	wait := time.Millisecond
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		n := len(s.conns)
+		s.mu.Unlock()
+		if n == 0 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		s.goAway()
+		wait = min(2*wait, 500*time.Millisecond)
+		t.Reset(wait)
+	}
+}
+
+// Close closes the listener and every connection at once. See
+// http.Server.Close.
+func (s *HTTPServer) Close() error {
+	err := s.HTTP.Close()
+	s.closeSniffing(true)
+	return err
+}
+
+// closeSniffing marks the server closing and closes the connections not yet
+// served, and with all, the HTTP/2 ones too.
+func (s *HTTPServer) closeSniffing(all bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	for c, h2 := range s.conns {
+		if all || !h2 {
+			_ = c.Close()
+		}
+	}
+}
+
+// goAway starts a graceful shutdown of every HTTP/2 connection ServeConn
+// serves. ctl has no listener and no connection of its own: its Shutdown
+// runs the hook and returns. (This is x/net/http2's own server, which it is
+// with Go 1.26; from Go 1.27 x/net/http2 wraps net/http's, and this needs
+// another look before go.mod moves.)
+func (s *HTTPServer) goAway() { _ = s.ctl.Shutdown(context.Background()) }

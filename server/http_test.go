@@ -1,0 +1,274 @@
+package server_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/ferrysync/ferry/server"
+	"github.com/ferrysync/ferry/server/servertest"
+)
+
+// hangGuard bounds a read that the code under test should end: a broken
+// server fails the test instead of hanging it.
+const hangGuard = time.Minute
+
+// startHTTP serves h on a loopback port with NewHTTPServer's settings, and
+// returns the server, its address and Serve's result.
+func startHTTP(t *testing.T, h http.Handler, adjust func(*http.Server)) (*server.HTTPServer, string, <-chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := server.NewHTTPServer(ln.Addr().String(), h, nil)
+	if adjust != nil {
+		adjust(hs.HTTP)
+	}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	t.Cleanup(func() { _ = hs.Close() })
+	return hs, ln.Addr().String(), served
+}
+
+func wantServerClosed(t *testing.T, served <-chan error) {
+	t.Helper()
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Fatalf("Serve returned %v, want http.ErrServerClosed", err)
+	}
+}
+
+// An h2c connection is served as HTTP/2 by the HTTPServer itself; HTTP/1.1
+// and requests shorter than HTTP/2's preface reach the http.Server, bytes
+// read while telling them apart included.
+func TestHTTPServerTellsProtocolsApart(t *testing.T) {
+	hs, addr, served := startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		io.WriteString(w, r.Proto+" "+r.URL.Path+" "+string(body))
+	}), nil)
+	get := func(c *http.Client, path string) string {
+		t.Helper()
+		resp, err := c.Post("http://"+addr+path, "text/plain", strings.NewReader("body"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	h2c := servertest.H2CClient()
+	defer h2c.CloseIdleConnections()
+	if got := get(h2c, "/two"); got != "HTTP/2.0 /two body" {
+		t.Fatalf("h2c: %q", got)
+	}
+	if sniffing, h2 := server.HTTPConns(hs); sniffing != 0 || h2 != 1 {
+		t.Fatalf("the HTTPServer holds %d connections being read and %d HTTP/2 ones; want 0 and 1", sniffing, h2)
+	}
+	h1 := &http.Client{Transport: &http.Transport{}}
+	defer h1.CloseIdleConnections()
+	if got := get(h1, "/one"); got != "HTTP/1.1 /one body" {
+		t.Fatalf("HTTP/1.1: %q", got)
+	}
+	// 18 bytes, and the client waits for the answer.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(hangGuard))
+	io.WriteString(c, "GET /s HTTP/1.0\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != "HTTP/1.0 /s " {
+		t.Fatalf("a short HTTP/1.0 request: %d %q", resp.StatusCode, b)
+	}
+	// A client that starts HTTP/2's preface and goes away is let go.
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c2, "PRI * HTTP/2.0\r\n")
+	c2.Close()
+	if err := hs.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	wantServerClosed(t, served)
+}
+
+// h2Client is a raw HTTP/2 client, so that a test sees the frames.
+type h2Client struct {
+	t    *testing.T
+	conn net.Conn
+	fr   *http2.Framer
+}
+
+func dialH2(t *testing.T, addr string) *h2Client {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(hangGuard))
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	return &h2Client{t: t, conn: c, fr: fr}
+}
+
+// get opens stream id with a GET of path.
+func (c *h2Client) get(id uint32, path string) {
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "ferry.test"}, {":path", path}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// until reads frames, acknowledging settings, until pred accepts one.
+func (c *h2Client) until(what string, pred func(http2.Frame) bool) http2.Frame {
+	c.t.Helper()
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			c.t.Fatalf("waiting for %s: %v", what, err)
+		}
+		if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+			_ = c.fr.WriteSettingsAck()
+		}
+		if pred(f) {
+			return f
+		}
+	}
+}
+
+// streamEnded accepts the frame that ends stream id.
+func streamEnded(id uint32) func(http2.Frame) bool {
+	return func(f http2.Frame) bool {
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			return f.StreamID == id && f.StreamEnded()
+		case *http2.DataFrame:
+			return f.StreamID == id && f.StreamEnded()
+		}
+		return false
+	}
+}
+
+// Shutdown tells an HTTP/2 client to go away and lets its open stream
+// finish; then it returns, once the connection is gone.
+func TestHTTPServerShutdownIsGraceful(t *testing.T) {
+	started, release := make(chan struct{}), make(chan struct{})
+	hs, addr, served := startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-release
+		io.WriteString(w, "finished")
+	}), nil)
+	c := dialH2(t, addr)
+	c.get(1, "/slow")
+	<-started
+	shut := make(chan error, 1)
+	go func() { shut <- hs.Shutdown(context.Background()) }()
+	ga := c.until("GOAWAY", func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok }).(*http2.GoAwayFrame)
+	if ga.ErrCode != http2.ErrCodeNo || ga.LastStreamID != 1 {
+		t.Fatalf("GOAWAY %v, last stream %d; want NO_ERROR and 1", ga.ErrCode, ga.LastStreamID)
+	}
+	close(release)
+	var body []byte
+	c.until("the response's end", func(f http2.Frame) bool {
+		if d, ok := f.(*http2.DataFrame); ok && d.StreamID == 1 {
+			body = append(body, d.Data()...)
+			return d.StreamEnded()
+		}
+		return false
+	})
+	if string(body) != "finished" {
+		t.Fatalf("the open stream got %q", body)
+	}
+	c.conn.Close()
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	wantServerClosed(t, served)
+	if sniffing, h2 := server.HTTPConns(hs); sniffing+h2 != 0 {
+		t.Fatalf("%d connections left after Shutdown", sniffing+h2)
+	}
+}
+
+// Close cuts every connection at once: one that has sent nothing yet (and
+// whose header timeout is off), and an HTTP/2 one with a stream open.
+// Shutdown does not wait for the first.
+func TestHTTPServerCloseAndShutdownCutSilentConnections(t *testing.T) {
+	for _, closing := range []string{"Close", "Shutdown"} {
+		t.Run(closing, func(t *testing.T) {
+			started, ended := make(chan struct{}), make(chan struct{})
+			hs, addr, served := startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/quick" {
+					return
+				}
+				close(started)
+				<-r.Context().Done()
+				close(ended)
+			}), func(h *http.Server) { h.ReadHeaderTimeout = 0 })
+			silent, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer silent.Close()
+			// Connections are accepted in order: once this one is served,
+			// the silent one is held.
+			quick := dialH2(t, addr)
+			quick.get(1, "/quick")
+			quick.until("the response", streamEnded(1))
+			if sniffing, h2 := server.HTTPConns(hs); sniffing != 1 || h2 != 1 {
+				t.Fatalf("%d connections being read and %d HTTP/2 ones; want 1 and 1", sniffing, h2)
+			}
+			if closing == "Shutdown" {
+				quick.conn.Close()
+				if err := hs.Shutdown(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				c := dialH2(t, addr)
+				c.get(1, "/slow")
+				<-started
+				if err := hs.Close(); err != nil {
+					t.Fatal(err)
+				}
+				<-ended
+				if _, err := io.ReadAll(c.conn); err != nil {
+					t.Fatalf("the HTTP/2 connection: %v, want it closed", err)
+				}
+			}
+			_ = silent.SetReadDeadline(time.Now().Add(hangGuard))
+			if n, err := silent.Read(make([]byte, 1)); err != io.EOF {
+				t.Fatalf("the silent connection read %d bytes, %v; want it closed", n, err)
+			}
+			wantServerClosed(t, served)
+		})
+	}
+}
