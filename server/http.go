@@ -174,11 +174,12 @@ func (s *HTTPServer) sniff(c net.Conn, l *sniffListener) {
 		}
 		return
 	}
-	defer s.untrack(c)
 	if err != nil || !s.track(c, true) {
+		s.untrack(c) // before the close, which the client sees
 		_ = c.Close()
 		return
 	}
+	defer s.untrack(c)
 	_ = c.SetReadDeadline(time.Time{})
 	// ServeConn closes c when it is done. Its context gets the server and
 	// local address values, as net/http's does.

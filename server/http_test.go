@@ -105,6 +105,9 @@ func TestHTTPServerTellsProtocolsApart(t *testing.T) {
 	}
 	io.WriteString(c2, "PRI * HTTP/2.0\r\n")
 	c2.Close()
+	// Idle HTTP/2 connections close a second after their GOAWAY unless the
+	// client closes them first.
+	h2c.CloseIdleConnections()
 	if err := hs.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -271,4 +274,29 @@ func TestHTTPServerCloseAndShutdownCutSilentConnections(t *testing.T) {
 			wantServerClosed(t, served)
 		})
 	}
+}
+
+// A connection that stalls before it has said which protocol it speaks is
+// cut after the header timeout, as net/http cuts a slow HTTP/1 request.
+func TestHTTPServerCutsStalledPreface(t *testing.T) {
+	hs, addr, served := startHTTP(t, http.NotFoundHandler(), func(h *http.Server) { h.ReadHeaderTimeout = 20 * time.Millisecond })
+	for _, sent := range []string{"", "PRI * HTTP/2.0\r\n"} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, sent)
+		_ = c.SetReadDeadline(time.Now().Add(hangGuard))
+		if n, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("after %q: read %d bytes, %v; want the connection closed", sent, n, err)
+		}
+	}
+	if sniffing, h2 := server.HTTPConns(hs); sniffing+h2 != 0 {
+		t.Fatalf("%d connections held after their timeout", sniffing+h2)
+	}
+	if err := hs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantServerClosed(t, served)
 }

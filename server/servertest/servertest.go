@@ -83,6 +83,8 @@ func New(t testing.TB, cfg Config) *Server {
 	s := &Server{T: t, URL: "http://" + ln.Addr().String(), Engine: eng, Server: srv, Clock: fake, hs: hs, HTTP: H2CClient()}
 	s.stop = func() {
 		srv.GoAway()
+		// An idle HTTP/2 connection would close a second after its GOAWAY.
+		s.HTTP.CloseIdleConnections()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := hs.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
