@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -28,19 +29,29 @@ import (
 // from); every other connection goes to the http.Server. Over TLS, the
 // http.Server serves everything: its HTTP/2 over TLS holds no such buffers.
 //
-// Use Serve, Shutdown and Close, not the http.Server's own.
+// Use Serve, Shutdown and Close, not the http.Server's own. An h2c
+// connection honours the http.Server's settings as net/http's own h2c
+// would (HTTP2, timeouts, limits, ErrorLog, BaseContext, ConnContext,
+// ConnState), with three differences: ConnState reports it as new only
+// once its preface has arrived, a client that is slow to send the preface
+// of an HTTP/1 request may take up to twice ReadHeaderTimeout (once here,
+// once in the http.Server), and SetKeepAlivesEnabled does not reach it.
+// Security fixes to HTTP/2 reach h2c through golang.org/x/net, not Go's
+// releases: keep that module current.
 type HTTPServer struct {
 	// HTTP holds the settings (HTTP/2's included) and serves HTTP/1.1, and
 	// everything over TLS. Set its fields, ErrorLog say, before Serve.
 	HTTP *http.Server
 
-	h2 *http2.Server
+	h2     *http2.Server
+	h2Once sync.Once // sets h2's settings from HTTP's, at the first Serve
+
+	mu sync.Mutex
 	// ctl exists for its Shutdown, which is the only way x/net/http2 offers
 	// to start a graceful shutdown of the connections ServeConn serves
-	// (ConfigureServer hooks them to it). It serves nothing.
-	ctl *http.Server
-
-	mu      sync.Mutex
+	// (ConfigureServer hooks them to it). It serves nothing. Set by the
+	// first Serve.
+	ctl     *http.Server
 	closing bool
 	conns   map[net.Conn]bool // plain connections still ours: true once served as HTTP/2
 }
@@ -74,11 +85,7 @@ func NewHTTPServer(addr string, h http.Handler, tlsConfig *tls.Config) *HTTPServ
 			PingTimeout:                   15 * time.Second,
 		},
 	}
-	s := &HTTPServer{HTTP: hs, h2: &http2.Server{IdleTimeout: hs.IdleTimeout}, ctl: new(http.Server), conns: make(map[net.Conn]bool)}
-	if err := http2.ConfigureServer(s.ctl, s.h2); err != nil {
-		panic("server: " + err.Error()) // only for TLS settings, and ctl has none
-	}
-	return s
+	return &HTTPServer{HTTP: hs, h2: new(http2.Server), conns: make(map[net.Conn]bool)}
 }
 
 // Serve accepts connections on ln and serves them until Shutdown or Close,
@@ -88,17 +95,39 @@ func (s *HTTPServer) Serve(ln net.Listener) error {
 	if s.HTTP.TLSConfig != nil {
 		return s.HTTP.ServeTLS(ln, "", "")
 	}
-	l := &sniffListener{Listener: ln, h1: make(chan net.Conn), done: make(chan struct{})}
+	s.h2Once.Do(func() {
+		// x/net/http2 takes the idle timeout from its own Server, and
+		// ConfigureServer copies it as net/http would, from IdleTimeout or
+		// else ReadTimeout. The rest it reads from HTTP, per connection.
+		h1 := &http.Server{IdleTimeout: s.HTTP.IdleTimeout, ReadTimeout: s.HTTP.ReadTimeout}
+		if err := http2.ConfigureServer(h1, s.h2); err != nil {
+			panic("server: " + err.Error()) // only for TLS settings, and h1 has none
+		}
+		s.mu.Lock()
+		s.ctl = h1
+		s.mu.Unlock()
+	})
+	base := context.Background()
+	if s.HTTP.BaseContext != nil {
+		if base = s.HTTP.BaseContext(ln); base == nil {
+			panic("server: BaseContext returned a nil context")
+		}
+	}
+	l := &sniffListener{Listener: ln, base: base, h1: make(chan net.Conn), done: make(chan struct{})}
 	go s.accept(l)
-	return s.HTTP.Serve(l) // closes l, and so ln, when it returns
+	// HTTP.Serve closes l, and so ln, when it returns. Its Shutdown and
+	// Close wait for it to return, and by then every connection l handed it
+	// is its own to close: none slips between the two servers.
+	return s.HTTP.Serve(l)
 }
 
 // sniffListener is what the http.Server accepts from: the plain connections
 // that turned out not to be HTTP/2.
 type sniffListener struct {
-	net.Listener               // the real one: Addr and Close
-	h1           chan net.Conn // connections for the http.Server
-	done         chan struct{} // closed when accepting ends, with err
+	net.Listener                 // the real one: Addr and Close
+	base         context.Context // of the h2c connections (BaseContext)
+	h1           chan net.Conn   // connections for the http.Server
+	done         chan struct{}   // closed when accepting ends, with err
 	err          error
 }
 
@@ -155,7 +184,11 @@ var preface = []byte(http2.ClientPreface)
 // connection, served here; anything else goes to the http.Server, the bytes
 // read included.
 func (s *HTTPServer) sniff(c net.Conn, l *sniffListener) {
-	if d := s.HTTP.ReadHeaderTimeout; d > 0 {
+	d := s.HTTP.ReadHeaderTimeout
+	if d <= 0 {
+		d = s.HTTP.ReadTimeout // as net/http does
+	}
+	if d > 0 {
 		_ = c.SetReadDeadline(time.Now().Add(d))
 	}
 	buf := make([]byte, len(preface))
@@ -181,9 +214,19 @@ func (s *HTTPServer) sniff(c net.Conn, l *sniffListener) {
 	}
 	defer s.untrack(c)
 	_ = c.SetReadDeadline(time.Time{})
-	// ServeConn closes c when it is done. Its context gets the server and
-	// local address values, as net/http's does.
-	s.h2.ServeConn(c, &http2.ServeConnOpts{BaseConfig: s.HTTP, SawClientPreface: true})
+	ctx := l.base
+	if cc := s.HTTP.ConnContext; cc != nil {
+		if ctx = cc(ctx, c); ctx == nil {
+			panic("server: ConnContext returned a nil context")
+		}
+	}
+	if cs := s.HTTP.ConnState; cs != nil {
+		cs(c, http.StateNew)
+		defer cs(c, http.StateClosed)
+	}
+	// ServeConn closes c when it is done. It adds the server and the local
+	// address to ctx, as net/http does.
+	s.h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, BaseConfig: s.HTTP, SawClientPreface: true})
 }
 
 // track adds c to the connections that are the HTTPServer's to close, or
@@ -219,6 +262,14 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// ReadFrom keeps net/http's sendfile and splice for HTTP/1 responses.
+func (c *prefixConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+}
+
 // CloseWrite lets net/http half-close the connection before it closes it,
 // as it does with a TCP connection, so that a final response is not lost to
 // a reset.
@@ -235,26 +286,30 @@ func (c *prefixConn) CloseWrite() error {
 // http.Server.Shutdown.
 func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	s.closeSniffing(false)
-	s.goAway()
-	err := s.HTTP.Shutdown(ctx)
-	// A connection ServeConn had not registered yet missed that GOAWAY:
-	// repeat it while waiting (it goes once per connection).
+	h1 := make(chan error, 1)
+	go func() { h1 <- s.HTTP.Shutdown(ctx) }()
+	var h1Err error
 	wait := time.Millisecond
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
+		// A connection ServeConn had not registered yet missed the last
+		// GOAWAY: repeat it while waiting (it goes once per connection).
+		s.goAway()
 		s.mu.Lock()
 		n := len(s.conns)
 		s.mu.Unlock()
-		if n == 0 {
-			return err
+		if n == 0 && h1 == nil {
+			return h1Err
 		}
 		select {
+		case h1Err = <-h1:
+			h1 = nil
+			continue
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-t.C:
 		}
-		s.goAway()
 		wait = min(2*wait, 500*time.Millisecond)
 		t.Reset(wait)
 	}
@@ -283,7 +338,15 @@ func (s *HTTPServer) closeSniffing(all bool) {
 
 // goAway starts a graceful shutdown of every HTTP/2 connection ServeConn
 // serves. ctl has no listener and no connection of its own: its Shutdown
-// runs the hook and returns. (This is x/net/http2's own server, which it is
-// with Go 1.26; from Go 1.27 x/net/http2 wraps net/http's, and this needs
-// another look before go.mod moves.)
-func (s *HTTPServer) goAway() { _ = s.ctl.Shutdown(context.Background()) }
+// runs the hook and returns. This holds for x/net/http2's own server, the
+// one built with Go 1.26; built with Go 1.27, x/net/http2 wraps net/http's
+// server instead, which this does not reach: http_go127.go stops that
+// build.
+func (s *HTTPServer) goAway() {
+	s.mu.Lock()
+	ctl := s.ctl
+	s.mu.Unlock()
+	if ctl != nil {
+		_ = ctl.Shutdown(context.Background())
+	}
+}

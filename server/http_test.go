@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,14 +50,60 @@ func wantServerClosed(t *testing.T, served <-chan error) {
 	}
 }
 
-// An h2c connection is served as HTTP/2 by the HTTPServer itself; HTTP/1.1
-// and requests shorter than HTTP/2's preface reach the http.Server, bytes
-// read while telling them apart included.
+// within fails the test unless ch is closed within the hang guard.
+func within(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(hangGuard):
+		t.Fatalf("%s did not happen", what)
+	}
+}
+
+// shutdown shuts hs down, bounded by the hang guard.
+func shutdown(t *testing.T, hs *server.HTTPServer) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	if err := hs.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+type ctxKey string
+
+// An h2c connection is served as HTTP/2 by the HTTPServer itself, with the
+// http.Server's contexts and connection states; HTTP/1.1, and a request
+// shorter than HTTP/2's preface that starts like it, reach the http.Server
+// with the bytes read while telling them apart.
 func TestHTTPServerTellsProtocolsApart(t *testing.T) {
+	var mu sync.Mutex
+	var states []http.ConnState
+	closed, allClosed := 0, make(chan struct{})
 	hs, addr, served := startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		io.WriteString(w, r.Proto+" "+r.URL.Path+" "+string(body))
-	}), nil)
+		fmt.Fprintf(w, "%s %s %s %v %v", r.Proto, r.URL.Path, body, r.Context().Value(ctxKey("base")), r.Context().Value(ctxKey("conn")))
+	}), func(h *http.Server) {
+		// Off, so that a sniffer waiting for bytes that never come hangs
+		// the test (up to its guard) rather than passing after a timeout.
+		h.ReadHeaderTimeout = 0
+		h.BaseContext = func(net.Listener) context.Context {
+			return context.WithValue(context.Background(), ctxKey("base"), "b")
+		}
+		h.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, ctxKey("conn"), "c")
+		}
+		h.ConnState = func(_ net.Conn, st http.ConnState) {
+			mu.Lock()
+			defer mu.Unlock()
+			states = append(states, st)
+			if st == http.StateClosed {
+				if closed++; closed == 3 {
+					close(allClosed)
+				}
+			}
+		}
+	})
 	get := func(c *http.Client, path string) string {
 		t.Helper()
 		resp, err := c.Post("http://"+addr+path, "text/plain", strings.NewReader("body"))
@@ -71,7 +119,7 @@ func TestHTTPServerTellsProtocolsApart(t *testing.T) {
 	}
 	h2c := servertest.H2CClient()
 	defer h2c.CloseIdleConnections()
-	if got := get(h2c, "/two"); got != "HTTP/2.0 /two body" {
+	if got := get(h2c, "/two"); got != "HTTP/2.0 /two body b c" {
 		t.Fatalf("h2c: %q", got)
 	}
 	if sniffing, h2 := server.HTTPConns(hs); sniffing != 0 || h2 != 1 {
@@ -79,39 +127,56 @@ func TestHTTPServerTellsProtocolsApart(t *testing.T) {
 	}
 	h1 := &http.Client{Transport: &http.Transport{}}
 	defer h1.CloseIdleConnections()
-	if got := get(h1, "/one"); got != "HTTP/1.1 /one body" {
+	if got := get(h1, "/one"); got != "HTTP/1.1 /one body b c" {
 		t.Fatalf("HTTP/1.1: %q", got)
 	}
-	// 18 bytes, and the client waits for the answer.
+	// 23 bytes, the first three as in the preface, and the client waits for
+	// the answer.
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	_ = c.SetReadDeadline(time.Now().Add(hangGuard))
-	io.WriteString(c, "GET /s HTTP/1.0\r\n\r\n")
+	io.WriteString(c, "PRIVATE /s HTTP/1.0\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || string(b) != "HTTP/1.0 /s " {
+	if resp.StatusCode != 200 || string(b) != "HTTP/1.0 /s  b c" {
 		t.Fatalf("a short HTTP/1.0 request: %d %q", resp.StatusCode, b)
 	}
-	// A client that starts HTTP/2's preface and goes away is let go.
-	c2, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(c2, "PRI * HTTP/2.0\r\n")
-	c2.Close()
 	// Idle HTTP/2 connections close a second after their GOAWAY unless the
 	// client closes them first.
 	h2c.CloseIdleConnections()
-	if err := hs.Shutdown(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	shutdown(t, hs)
 	wantServerClosed(t, served)
+	// The h2c connection's states, and the two HTTP/1 connections': each is
+	// new once and closed once (the http.Server may report an HTTP/1
+	// connection closed after its Shutdown returned).
+	within(t, allClosed, "three connections closed")
+	mu.Lock()
+	defer mu.Unlock()
+	count := map[http.ConnState]int{}
+	for _, st := range states {
+		count[st]++
+	}
+	if count[http.StateNew] != 3 || count[http.StateClosed] != 3 {
+		t.Fatalf("connection states %v: want 3 new and 3 closed", states)
+	}
+}
+
+// The HTTP/2 idle timeout is the http.Server's, as set before Serve.
+func TestHTTPServerIdleTimeout(t *testing.T) {
+	_, addr, _ := startHTTP(t, http.NotFoundHandler(), func(h *http.Server) {
+		h.IdleTimeout = 20 * time.Millisecond
+		h.HTTP2.SendPingTimeout = 0 // the raw client does not answer pings
+	})
+	c := dialH2(t, addr)
+	c.get(1, "/")
+	c.until("the response", streamEnded(1))
+	c.until("GOAWAY", func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok })
 }
 
 // h2Client is a raw HTTP/2 client, so that a test sees the frames.
@@ -193,9 +258,13 @@ func TestHTTPServerShutdownIsGraceful(t *testing.T) {
 	}), nil)
 	c := dialH2(t, addr)
 	c.get(1, "/slow")
-	<-started
+	within(t, started, "the request")
 	shut := make(chan error, 1)
-	go func() { shut <- hs.Shutdown(context.Background()) }()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+		defer cancel()
+		shut <- hs.Shutdown(ctx)
+	}()
 	ga := c.until("GOAWAY", func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok }).(*http2.GoAwayFrame)
 	if ga.ErrCode != http2.ErrCodeNo || ga.LastStreamID != 1 {
 		t.Fatalf("GOAWAY %v, last stream %d; want NO_ERROR and 1", ga.ErrCode, ga.LastStreamID)
@@ -236,7 +305,12 @@ func TestHTTPServerCloseAndShutdownCutSilentConnections(t *testing.T) {
 				close(started)
 				<-r.Context().Done()
 				close(ended)
-			}), func(h *http.Server) { h.ReadHeaderTimeout = 0 })
+			}), func(h *http.Server) {
+				// Neither a header timeout nor pings (which the raw client
+				// does not answer) may end a connection in its place.
+				h.ReadHeaderTimeout = 0
+				h.HTTP2.SendPingTimeout = 0
+			})
 			silent, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
@@ -252,17 +326,15 @@ func TestHTTPServerCloseAndShutdownCutSilentConnections(t *testing.T) {
 			}
 			if closing == "Shutdown" {
 				quick.conn.Close()
-				if err := hs.Shutdown(context.Background()); err != nil {
-					t.Fatal(err)
-				}
+				shutdown(t, hs)
 			} else {
 				c := dialH2(t, addr)
 				c.get(1, "/slow")
-				<-started
+				within(t, started, "the request")
 				if err := hs.Close(); err != nil {
 					t.Fatal(err)
 				}
-				<-ended
+				within(t, ended, "the request's end")
 				if _, err := io.ReadAll(c.conn); err != nil {
 					t.Fatalf("the HTTP/2 connection: %v, want it closed", err)
 				}
