@@ -214,6 +214,52 @@ func TestFerryRestart(t *testing.T) {
 	}
 }
 
+// A bench device with nothing to send heartbeats, so that the server does
+// not end its session for silence (after three of its heartbeat
+// intervals): the 10,000-device fan-out connects for longer than that. The
+// device here stays quiet while the server sends five heartbeats, its
+// cut-off passing more than once, and then pushes.
+func TestDevicesHeartbeat(t *testing.T) {
+	ctx := t.Context()
+	beats := make(chan struct{}, 16)
+	f, err := NewFerry(ctx, FerryConfig{Mode: FerryInProcess, Dir: t.TempDir(),
+		serverHeartbeat: 200 * time.Millisecond, clientHeartbeat: 20 * time.Millisecond,
+		onHeartbeat: func() {
+			select {
+			case beats <- struct{}{}:
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Prepare(ctx, 1, [][]int{{0}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.Connect(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ended := c.(*ferryConn).done
+	for range 5 {
+		select {
+		case <-beats:
+		case err := <-ended:
+			ended <- err // for Close, which waits for it
+			t.Fatalf("the server ended the quiet session: %v", err)
+		}
+	}
+	pushed := make(chan error, 1)
+	if err := c.Send(0, [][]byte{corpus[0]}, func(err error) { pushed <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-pushed; err != nil {
+		t.Fatalf("push after a quiet second: %v", err)
+	}
+}
+
 // broken is a System whose every workload fails at Prepare.
 type broken struct{ System }
 
@@ -221,9 +267,6 @@ func (broken) Name() string                                { return "broken" }
 func (broken) Prepare(context.Context, int, [][]int) error { return errors.New("refused") }
 func (broken) Close() error                                { return nil }
 
-// TestFailedWorkloadLeavesNoRow: a workload that fails is reported as an
-// error, without an empty row in the tables (zeros, under a system without
-// a name, which made a column of its own in the targets).
 // A run of one workload (ferry-bench --only idle) still names its system
 // in the targets table.
 func TestTargetsNameSystemsOfEveryWorkload(t *testing.T) {
@@ -241,6 +284,9 @@ func TestTargetsNameSystemsOfEveryWorkload(t *testing.T) {
 	}
 }
 
+// TestFailedWorkloadLeavesNoRow: a workload that fails is reported as an
+// error, without an empty row in the tables (zeros, under a system without
+// a name, which made a column of its own in the targets).
 func TestFailedWorkloadLeavesNoRow(t *testing.T) {
 	p := Profile{Name: "test", Ingest: []IngestConfig{{Writers: 1, Batch: 1}}, Fanout: []FanoutConfig{{Devices: 2, ConvSize: 2}}, Idle: []int{1}}
 	sys := Factory{Name: "broken", New: func(context.Context, string) (System, error) { return broken{}, nil }}

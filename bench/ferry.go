@@ -59,6 +59,12 @@ type FerryConfig struct {
 	// measure what zstd saves.
 	Uncompressed bool
 	Logger       *slog.Logger
+
+	// For tests: the in-process server's heartbeat interval, the clients'
+	// heartbeat period, and a hook each server heartbeat a client receives
+	// runs. Zero: the defaults.
+	serverHeartbeat, clientHeartbeat time.Duration
+	onHeartbeat                      func()
 }
 
 // Ferry is Ferry as a System.
@@ -106,7 +112,7 @@ func (f *Ferry) startInProcess(addr string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(eng, server.Options{Logger: f.cfg.Logger, MaxStreamsPerDevice: 4, SignInLimit: -1})
+	srv, err := server.New(eng, server.Options{Logger: f.cfg.Logger, MaxStreamsPerDevice: 4, SignInLimit: -1, HeartbeatInterval: f.cfg.serverHeartbeat})
 	if err != nil {
 		_ = eng.Close()
 		return err
@@ -328,13 +334,15 @@ type ferryConn struct {
 	onMsg  func(conv int, payload []byte)
 	done   chan error
 
-	sendMu  sync.Mutex
-	mu      sync.Mutex
-	nextReq uint64
-	pending map[uint64]func(error)
-	ackAt   time.Time // when the armed ack goes; zero when none is armed
-	ackGen  int       // counts armings, so a stale timer does not disarm a new one
-	ackT    *time.Timer
+	sendMu   sync.Mutex
+	lastSend time.Time   // of the last message sent, under sendMu
+	hb       *time.Timer // the heartbeat's, under sendMu; nil once stopped
+	mu       sync.Mutex
+	nextReq  uint64
+	pending  map[uint64]func(error)
+	ackAt    time.Time // when the armed ack goes; zero when none is armed
+	ackGen   int       // counts armings, so a stale timer does not disarm a new one
+	ackT     *time.Timer
 }
 
 // As in the Go SDK: markers gather for ackDelay (clientsdk.WithAckDelay),
@@ -345,6 +353,38 @@ const (
 	ackDelay       = 10 * time.Millisecond
 	resumeAckDelay = time.Second
 )
+
+// heartbeatEvery is how long a bench device may send nothing before it
+// sends a heartbeat: as the Go SDK's (clientsdk.WithHeartbeat), under the
+// server's 30 s, which ends a session that says nothing for three of them.
+// Connecting 10,000 devices takes longer than that.
+const heartbeatEvery = 20 * time.Second
+
+// heartbeat sends a heartbeat when the stream has been quiet for a period,
+// and arms itself for the next.
+func (c *ferryConn) heartbeat() {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if c.hb == nil {
+		return // stopped
+	}
+	every := c.d.f.heartbeatEvery()
+	if quiet := time.Since(c.lastSend); quiet < every {
+		c.hb.Reset(every - quiet)
+		return
+	}
+	// A failed send ends the stream, which the receiver reports.
+	_ = c.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Heartbeat{Heartbeat: &ferryv1.Heartbeat{}}})
+	c.lastSend = time.Now()
+	c.hb.Reset(every)
+}
+
+func (f *Ferry) heartbeatEvery() time.Duration {
+	if f.cfg.clientHeartbeat > 0 {
+		return f.cfg.clientHeartbeat
+	}
+	return heartbeatEvery
+}
 
 // ackSoon arms the ack for the markers the device has to send.
 func (c *ferryConn) ackSoon() {
@@ -417,8 +457,11 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 	c.sendMu.Lock()
 	c.st, c.cancel, c.done = st, cancel, make(chan error, 1)
 	err = st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}})
+	c.lastSend = time.Now()
+	c.hb = time.AfterFunc(c.d.f.heartbeatEvery(), c.heartbeat)
 	c.sendMu.Unlock()
 	if err != nil {
+		c.stopHeartbeat()
 		_, rerr := st.Receive()
 		cancel()
 		return 0, time.Time{}, errors.Join(err, rerr)
@@ -427,6 +470,7 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 	for {
 		m, err := st.Receive()
 		if err != nil {
+			c.stopHeartbeat()
 			cancel()
 			return 0, time.Time{}, err
 		}
@@ -440,6 +484,7 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 		case *ferryv1.SyncResponse_Ops:
 			k, err := c.take(x.Ops, false)
 			if err != nil {
+				c.stopHeartbeat()
 				cancel()
 				return 0, time.Time{}, err
 			}
@@ -517,6 +562,7 @@ func (c *ferryConn) ack() {
 	}
 	c.sendMu.Lock()
 	err := c.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: ack}})
+	c.lastSend = time.Now()
 	c.sendMu.Unlock()
 	if err == nil {
 		c.d.mu.Lock()
@@ -544,6 +590,10 @@ func (c *ferryConn) receive() error {
 			}
 			if x.Ops.GetFeedPos() != 0 {
 				c.ackSoon()
+			}
+		case *ferryv1.SyncResponse_Heartbeat:
+			if f := c.d.f.cfg.onHeartbeat; f != nil {
+				f()
 			}
 		case *ferryv1.SyncResponse_PushResult:
 			c.mu.Lock()
@@ -580,6 +630,7 @@ func (c *ferryConn) Send(conv int, payloads [][]byte, done func(error)) error {
 	c.mu.Unlock()
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
+	c.lastSend = time.Now()
 	return c.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: req,
 		Batches: []*ferryv1.OpBatch{{ConversationId: c.d.f.convs[conv].String(), Ops: ops}}}}})
 }
@@ -587,6 +638,7 @@ func (c *ferryConn) Send(conv int, payloads [][]byte, done func(error)) error {
 // Disconnect closes the session after acknowledging what the device holds.
 func (c *ferryConn) Disconnect() error {
 	c.ack()
+	c.stopHeartbeat()
 	c.sendMu.Lock()
 	_ = c.st.CloseSend()
 	c.sendMu.Unlock()
@@ -617,6 +669,7 @@ func (c *ferryConn) Close() error {
 // stop ends the stream and waits for the receiver. Cancelling the context
 // alone does not unblock a Receive in flight: the stream must be closed.
 func (c *ferryConn) stop() {
+	c.stopHeartbeat()
 	c.mu.Lock()
 	if c.ackT != nil {
 		c.ackT.Stop()
@@ -627,6 +680,15 @@ func (c *ferryConn) stop() {
 	c.cancel()
 	_ = c.st.Close()
 	<-c.done
+}
+
+func (c *ferryConn) stopHeartbeat() {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if c.hb != nil {
+		c.hb.Stop()
+		c.hb = nil
+	}
 }
 
 // Usage reads the server process's usage.
