@@ -726,11 +726,8 @@ type pumper struct {
 }
 
 // senderLinger is how long a Sync session's sender goroutine waits for
-// more to send before it ends. Long enough that a conversation with a
-// message a second or two keeps its members' senders: with 1 s, a fan-out
-// to 10,000 devices at one message a second started 10,000 goroutines a
-// round, each growing its stack, and took about 1.5 times the CPU.
-const senderLinger = 2500 * time.Millisecond
+// more to send before it ends.
+const senderLinger = time.Second
 
 func (p *pumper) kick() {
 	p.mu.Lock()
