@@ -458,10 +458,8 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 	c.st, c.cancel, c.done = st, cancel, make(chan error, 1)
 	err = st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}})
 	c.lastSend = time.Now()
-	c.hb = time.AfterFunc(c.d.f.heartbeatEvery(), c.heartbeat)
 	c.sendMu.Unlock()
 	if err != nil {
-		c.stopHeartbeat()
 		_, rerr := st.Receive()
 		cancel()
 		return 0, time.Time{}, errors.Join(err, rerr)
@@ -470,7 +468,6 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 	for {
 		m, err := st.Receive()
 		if err != nil {
-			c.stopHeartbeat()
 			cancel()
 			return 0, time.Time{}, err
 		}
@@ -484,7 +481,6 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 		case *ferryv1.SyncResponse_Ops:
 			k, err := c.take(x.Ops, false)
 			if err != nil {
-				c.stopHeartbeat()
 				cancel()
 				return 0, time.Time{}, err
 			}
@@ -495,6 +491,10 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 			c.d.pos = x.CaughtUp.GetFeedPos()
 			c.d.mu.Unlock()
 			c.ack()
+			// Quiet while live, the device heartbeats.
+			c.sendMu.Lock()
+			c.hb = time.AfterFunc(c.d.f.heartbeatEvery(), c.heartbeat)
+			c.sendMu.Unlock()
 			go func() { c.done <- c.receive() }()
 			return n, at, nil
 		}
