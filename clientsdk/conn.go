@@ -199,16 +199,59 @@ type session struct {
 
 	epoch string
 	live  atomic.Bool // reached CaughtUp (set by the receiver, read by the sender)
-	// unseen is set when the server accepted new ops and cleared by the next
-	// live round, which brings what they changed (titles, heads): SyncOnce
-	// waits for it.
-	unseen    bool
+	// unseen holds, per conversation, the highest seq the server accepted
+	// from this device beyond the head the device was last told of; a
+	// conversation's info that reaches the seq clears it (its round brings
+	// what the ops changed: titles, heads). SyncOnce waits for none to be
+	// left. The receiver's alone.
+	unseen    map[ulid.ULID]uint64
 	flushWake chan struct{}
 
 	mu       sync.Mutex
 	nextReq  uint64
 	inflight map[uint64][]ulid.ULID // push request id -> op ids
 	sent     map[ulid.ULID]bool     // op ids in flight
+}
+
+// accepted notes the ops a push result accepted beyond the heads the
+// device was told of: their conversations' infos are still to come. It
+// runs before results, which moves the heads to the accepted seqs.
+func (s *session) accepted(results []*ferryv1.OpResult) {
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	for _, r := range results {
+		if r.GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED {
+			continue
+		}
+		id, err := wire.ParseID("op id", r.GetOpId())
+		if err != nil {
+			continue // results fails the session on it
+		}
+		ref, ok := s.d.pending[id]
+		if !ok {
+			continue // its round came first
+		}
+		if rec := s.d.convs[ref.conv]; rec != nil && rec.Head >= r.GetSeq() {
+			continue
+		}
+		if s.unseen == nil {
+			s.unseen = map[ulid.ULID]uint64{}
+		}
+		s.unseen[ref.conv] = max(s.unseen[ref.conv], r.GetSeq())
+	}
+}
+
+// seen clears the accepted ops that infos reach.
+func (s *session) seen(infos []*ferryv1.ConversationInfo) {
+	for _, c := range infos {
+		conv, err := ulid.ParseStrict(c.GetId())
+		if err != nil {
+			continue // applyInfos checked the ids already
+		}
+		if seq, ok := s.unseen[conv]; ok && c.GetHead() >= seq {
+			delete(s.unseen, conv)
+		}
+	}
 }
 
 // session runs one Sync stream until it ends. It reports whether the
@@ -400,7 +443,7 @@ func (s *session) idle() bool {
 	s.d.mu.Lock()
 	pending := len(s.d.pending)
 	s.d.mu.Unlock()
-	return inflight == 0 && pending == 0 && !s.unseen
+	return inflight == 0 && pending == 0 && len(s.unseen) == 0
 }
 
 // receive handles the server's messages until the stream ends.
@@ -430,6 +473,7 @@ func (s *session) receive(ctx context.Context) error {
 			if err != nil {
 				return &TerminalError{Err: err}
 			}
+			s.seen(x.Conversations.GetConversations())
 			for _, g := range gaps {
 				if err := d.fetch(ctx, s.sc, g); err != nil {
 					return err
@@ -480,7 +524,6 @@ func (s *session) receive(ctx context.Context) error {
 			d.mu.Unlock()
 			d.wakeAcks(soon)
 			if x.Ops.GetPhase() == ferryv1.Phase_PHASE_LIVE && x.Ops.GetFeedPos() != 0 {
-				s.unseen = false
 				if s.once && s.idle() {
 					return errDone
 				}
@@ -496,7 +539,6 @@ func (s *session) receive(ctx context.Context) error {
 				return &TerminalError{Err: err}
 			}
 			s.live.Store(true)
-			s.unseen = false
 			if d.refreshing.CompareAndSwap(false, true) {
 				d.bg.Add(1)
 				go func() {
@@ -509,13 +551,9 @@ func (s *session) receive(ctx context.Context) error {
 				return errDone
 			}
 		case *ferryv1.SyncResponse_PushResult:
+			s.accepted(x.PushResult.GetResults()) // before results moves the heads
 			if err := s.results(x.PushResult); err != nil {
 				return &TerminalError{Err: err}
-			}
-			for _, r := range x.PushResult.GetResults() {
-				if r.GetStatus() == ferryv1.OpStatus_OP_STATUS_ACCEPTED {
-					s.unseen = true
-				}
 			}
 			if s.once && s.live.Load() && s.idle() {
 				return errDone

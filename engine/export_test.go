@@ -10,3 +10,7 @@ func MeasureWithoutChecks(b interface{ Cleanup(func()) }) {
 	verifyCaches = false
 	b.Cleanup(func() { verifyCaches = true })
 }
+
+// SessionPos is the position up to which s has sent every change.
+func SessionPos(s *Session) uint64 { return s.pos }
+

@@ -55,6 +55,9 @@ type userSignal struct {
 	// marksDone is still the store's at a later view if marksBegun, read
 	// after that view, is the same number: no commit changed it in between.
 	marksBegun, marksDone uint64
+	// woke is the feed position of the last commit that woke the user
+	// (commits that move no feed, such as a revocation, leave it).
+	woke uint64
 }
 
 type armedWatch struct {
@@ -157,13 +160,15 @@ func (h *hub) start(pos uint64) {
 }
 
 // wake closes the current channel of every watched user in users and
-// runs the callbacks armed on it.
-func (h *hub) wake(users map[ulid.ULID]struct{}) {
+// runs the callbacks armed on it. pos is the commit's feed position; 0 when
+// it moved no feed.
+func (h *hub) wake(users map[ulid.ULID]struct{}, pos uint64) {
 	var fs []func()
 	for u := range users {
 		s := h.shard(u)
 		s.mu.Lock()
 		if sig := s.users[u]; sig != nil {
+			sig.woke = max(sig.woke, pos)
 			close(sig.ch)
 			sig.ch = make(chan struct{})
 			for i, a := range sig.armed {
@@ -199,13 +204,14 @@ type watch struct {
 }
 
 // signal returns the channel the next change of the user's feed closes,
-// and the count of commits done that changed the user's markers.
-func (w *watch) signal() (<-chan struct{}, uint64) {
+// the count of commits done that changed the user's markers, and the feed
+// position of the last commit that woke the user.
+func (w *watch) signal() (ch <-chan struct{}, marksDone, woke uint64) {
 	s := w.h.shard(w.user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sig := s.users[w.user]
-	return sig.ch, sig.marksDone
+	return sig.ch, sig.marksDone, sig.woke
 }
 
 // changed is reader.changed from the journal: the conversations whose feed

@@ -395,8 +395,17 @@ func (s *Session) nextOps() (Event, bool, error) {
 // live plans one round of live updates: what changed in the user's feed
 // since the last round.
 func (s *Session) live() error {
-	sig, marksDone := s.w.signal()
+	sig, marksDone, woke := s.w.signal()
 	revocations := s.e.revocations.Load()
+	if woke <= s.pos && revocations == s.revocations {
+		// Every commit that woke the user is in what was sent: nothing
+		// is new. The server asks again after every event it sends, and
+		// other users' commits move the feed position all the time: a
+		// round for each ask found nothing and sent its position anyway,
+		// a third of the messages of live fan-out to conversations of ten.
+		s.wait = sig
+		return nil
+	}
 	// The position before the view, which then includes it; a commit in
 	// between closes sig, and the next round takes it.
 	pos := s.e.feedPos.Load()

@@ -260,6 +260,51 @@ func TestLiveAndRemoval(t *testing.T) {
 	r.holdsExactly(conv, 1, rm[0].Seq)
 }
 
+// TestQuietRoundsSendNothing: a session asked for its next event after
+// other users' commits, none of which woke it, runs no round and sends
+// nothing, not even a feed position. Its next change still comes with a
+// position past them all.
+func TestQuietRoundsSendNothing(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	carol := enginetest.Register(t, e, "carol")
+	conv := alice.Create("c", bob)
+	elsewhere := carol.Create("elsewhere")
+	s, r := openCaughtUp(t, e, bob)
+	quiet := func(when string) {
+		t.Helper()
+		if ev, ok, err := s.Next(); err != nil || ok {
+			t.Fatalf("%s: Next = %+v, %v, %v; want nothing", when, ev, ok, err)
+		}
+		select {
+		case <-s.Changed():
+			t.Fatalf("%s: Changed is closed", when)
+		default:
+		}
+	}
+	start := r.pos
+	for i := range 3 {
+		carol.Send(elsewhere, fmt.Sprintf("not for bob %d", i))
+	}
+	quiet("after other users' commits")
+	if got := engine.SessionPos(s); got != start {
+		t.Fatalf("a session no commit woke ran a round: it moved to position %d from %d", got, start)
+	}
+
+	alice.Send(conv, "one")
+	<-s.Changed()
+	r.drain(s, engine.DefaultBatchOps)
+	r.holdsExactly(conv, 1, 3)
+	if r.pos < start+4 {
+		t.Fatalf("live round ended at feed position %d; carol's and alice's commits reach %d", r.pos, start+4)
+	}
+	quiet("after its own round")
+	alice.Send(conv, "two")
+	r.drain(s, engine.DefaultBatchOps)
+	r.holdsExactly(conv, 1, 4)
+}
+
 func TestResumeAfterAcked(t *testing.T) {
 	e := enginetest.New(t)
 	alice := enginetest.Register(t, e, "alice")

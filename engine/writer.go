@@ -275,7 +275,7 @@ func (w *writer) commit(group []*request) error {
 	for _, id := range tx.receiptsWait {
 		w.receipts[id] = struct{}{}
 	}
-	w.e.hub.wake(tx.wake)
+	w.e.hub.wake(tx.wake, tx.pos)
 	return nil
 }
 

@@ -1,0 +1,67 @@
+package clientsdk
+
+import (
+	"testing"
+
+	"github.com/oklog/ulid/v2"
+
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+)
+
+// TestSyncOnceWaitsForItsPushesRound: SyncOnce ends once the round that
+// brings a push's change has arrived, in whichever order the server sends
+// the push's result and that round. The server sends no round when nothing
+// changed, so SyncOnce must not wait for one after a round that came
+// first.
+func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
+	d, err := OpenMemory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	conv := ulid.Make()
+	s := &session{d: d, inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]bool{}}
+	push := func(seq uint64) {
+		t.Helper()
+		op := ulid.Make()
+		d.mu.Lock()
+		d.pending[op] = pendingRef{conv: conv}
+		d.mu.Unlock()
+		s.accepted([]*ferryv1.OpResult{{ConversationId: conv.String(), OpId: op.String(), Status: ferryv1.OpStatus_OP_STATUS_ACCEPTED, Seq: seq}})
+		d.mu.Lock()
+		delete(d.pending, op) // as results does
+		d.convs[conv].Head = max(d.convs[conv].Head, seq)
+		d.mu.Unlock()
+	}
+	info := func(head uint64) {
+		t.Helper()
+		d.mu.Lock()
+		d.convs[conv].Head = max(d.convs[conv].Head, head)
+		d.mu.Unlock()
+		s.seen([]*ferryv1.ConversationInfo{{Id: conv.String(), Head: head}})
+	}
+	d.mu.Lock()
+	d.convs[conv] = &convRecord{Head: 1}
+	d.mu.Unlock()
+
+	// The result first: wait for the round.
+	push(2)
+	if s.idle() {
+		t.Fatal("idle with the round of an accepted push still to come")
+	}
+	info(1) // an older round
+	if s.idle() {
+		t.Fatal("idle after a round that does not reach the accepted op")
+	}
+	info(2)
+	if !s.idle() {
+		t.Fatal("not idle after the round of the accepted op")
+	}
+
+	// The round first: nothing to wait for.
+	info(3)
+	push(3)
+	if !s.idle() {
+		t.Fatal("waiting for a round that came before the push's result")
+	}
+}
