@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -121,6 +122,93 @@ func TestReceiptsWaitAndMoveTheFeedOnce(t *testing.T) {
 	waitClosed(t, changed, "carol's message")
 	if got := receiptsOf(t, s, conv); len(got) == 0 {
 		t.Fatal("the new message did not carry the conversation's news")
+	}
+	enginetest.MustCheck(t, e)
+}
+
+// TestEachConversationsReceiptsWaitTheDelay: a conversation's receipts wait
+// ReceiptDelay from their own first ack, not from another conversation's,
+// so that a message in the meantime can carry them; receipts due go out in
+// one commit with those that have waited half the delay.
+func TestEachConversationsReceiptsWaitTheDelay(t *testing.T) {
+	const delay = 100 * time.Millisecond
+	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	fake := clock.NewFake(start)
+	e := enginetest.New(t, func(o *engine.Options) { o.Clock, o.ReceiptDelay = fake, delay })
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	var convs [3]ulid.ULID
+	for i := range convs {
+		convs[i] = alice.Create("pair", bob)
+		alice.Send(convs[i], "ping")
+	}
+	s, err := e.OpenSession(alice.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	receiptsOf(t, s, convs[0])
+	ack := func(conv ulid.ULID) {
+		t.Helper()
+		armed := fake.Armed()
+		if err := e.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Delivered: 3}}); err != nil {
+			t.Fatal(err)
+		}
+		if conv == convs[0] {
+			waitClosed(t, armed, "the receipt timer")
+		}
+	}
+	// news drains the session: the conversations each Conversations event
+	// carried news of, event by event.
+	news := func() [][]ulid.ULID {
+		t.Helper()
+		var out [][]ulid.ULID
+		for range 1000 {
+			ev, ok, err := s.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ok {
+				return out
+			}
+			var ids []ulid.ULID
+			for _, c := range ev.Conversations {
+				if delivered(c.Receipts, bob.Actor.User) == 3 {
+					ids = append(ids, c.ID)
+				}
+			}
+			if len(ids) > 0 {
+				out = append(out, ids)
+			}
+		}
+		t.Fatal("session never went quiet")
+		return nil
+	}
+	ack(convs[0]) // waits from 0 ms
+	fake.Advance(40 * time.Millisecond)
+	ack(convs[1]) // from 40 ms: half the delay has passed when the first are due
+	fake.Advance(20 * time.Millisecond)
+	ack(convs[2]) // from 60 ms
+	if next, ok := fake.Next(); !ok || !next.Equal(start.Add(delay)) {
+		t.Fatalf("receipt timer at %v (armed %v), want %v", next, ok, start.Add(delay))
+	}
+	changed, armed := s.Changed(), fake.Armed()
+	fake.Advance(40 * time.Millisecond)
+	waitClosed(t, changed, "the first receipts due")
+	waitClosed(t, armed, "the timer for the receipts still waiting")
+	if next, ok := fake.Next(); !ok || !next.Equal(start.Add(60*time.Millisecond+delay)) {
+		t.Fatalf("receipt timer at %v (armed %v), want %v: when the last conversation's receipts are due", next, ok, start.Add(60*time.Millisecond+delay))
+	}
+	got := news()
+	if len(got) != 1 || len(got[0]) != 2 || !slices.Contains(got[0], convs[0]) || !slices.Contains(got[0], convs[1]) {
+		t.Fatalf("at 100 ms alice heard of receipts in %v; want one round with %v and %v", got, convs[0], convs[1])
+	}
+	// A message before the last receipts are due carries them.
+	changed = s.Changed()
+	alice.Send(convs[2], "pong")
+	waitClosed(t, changed, "alice's message")
+	if got := news(); len(got) != 1 || !slices.Equal(got[0], convs[2:]) {
+		t.Fatalf("alice's message brought receipts of %v; want %v", got, convs[2:])
 	}
 	enginetest.MustCheck(t, e)
 }

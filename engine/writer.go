@@ -65,16 +65,25 @@ type writer struct {
 	marks *lru[markKey, record.Marker]
 
 	// receipts holds the conversations whose receipts changed since their
-	// feed last moved (each also has a durable TReceipts key, so a restart
-	// loses none). Once ReceiptDelay has passed since the first, one commit
-	// moves them all.
-	receipts map[ulid.ULID]struct{}
+	// feed last moved, with when they began to wait (each also has a
+	// durable TReceipts key, so a restart loses none); receiptQ lists them
+	// in that order, and may still list some whose feed moved since. Each
+	// conversation's receipts wait ReceiptDelay, so that a message in the
+	// meantime carries them; when the oldest are due, one commit moves
+	// every conversation that has waited half the delay.
+	receipts map[ulid.ULID]time.Time
+	receiptQ []waitingReceipts
 	timer    clock.Timer
 	armed    bool
 
 	// active caches devices found not revoked since the last revocation,
 	// sparing a store read on every write of an active device.
 	active map[idPair]struct{} // (user, device)
+}
+
+type waitingReceipts struct {
+	conv  ulid.ULID
+	since time.Time
 }
 
 // markKey is a marker's key: TDevMark or TUserMark, conversation, device or
@@ -102,14 +111,15 @@ func (w *writer) init(e *Engine) error {
 	}
 	e.feedPos.Store(w.feedPos)
 	e.hub.start(w.feedPos)
-	w.receipts = map[ulid.ULID]struct{}{}
+	w.receipts = map[ulid.ULID]time.Time{}
 	w.active = map[idPair]struct{}{}
+	now := e.opts.Clock.Now() // receipts waiting at a restart wait a delay more
 	err = scan(v, []byte{keys.TReceipts}, func(k, _ []byte) error {
 		id, ok := keys.ParseID1(k)
 		if !ok {
 			return fmt.Errorf("%w: receipts key %x", record.ErrCorrupt, k)
 		}
-		w.receipts[id] = struct{}{}
+		w.wait(id, now)
 		return nil
 	})
 	if err != nil {
@@ -119,16 +129,42 @@ func (w *writer) init(e *Engine) error {
 	return nil
 }
 
-// armReceipts starts the receipt timer when receipts wait and it is not
-// running.
+// wait notes that conv's receipts began to wait at since.
+func (w *writer) wait(conv ulid.ULID, since time.Time) {
+	w.receipts[conv] = since
+	w.receiptQ = append(w.receiptQ, waitingReceipts{conv, since})
+}
+
+// oldestWaiting drops the conversations at the head of receiptQ whose feed
+// moved since, and returns the head: the receipts that have waited
+// longest. ok is false when none wait.
+func (w *writer) oldestWaiting() (_ waitingReceipts, ok bool) {
+	for len(w.receiptQ) > 0 {
+		head := w.receiptQ[0]
+		if since, waiting := w.receipts[head.conv]; waiting && since.Equal(head.since) {
+			return head, true
+		}
+		w.receiptQ[0] = waitingReceipts{}
+		w.receiptQ = w.receiptQ[1:]
+	}
+	return waitingReceipts{}, false
+}
+
+// armReceipts starts the receipt timer, for when the oldest waiting
+// receipts are due, when receipts wait and it is not running.
 func (w *writer) armReceipts() {
-	if w.armed || len(w.receipts) == 0 {
+	if w.armed {
 		return
 	}
+	oldest, ok := w.oldestWaiting()
+	if !ok {
+		return
+	}
+	d := max(oldest.since.Add(w.e.opts.ReceiptDelay).Sub(w.e.opts.Clock.Now()), 0)
 	if w.timer == nil {
-		w.timer = w.e.opts.Clock.NewTimer(w.e.opts.ReceiptDelay)
+		w.timer = w.e.opts.Clock.NewTimer(d)
 	} else {
-		w.timer.Reset(w.e.opts.ReceiptDelay)
+		w.timer.Reset(d)
 	}
 	w.armed = true
 }
@@ -142,15 +178,23 @@ func (w *writer) receiptsDue() <-chan time.Time {
 	return w.timer.C()
 }
 
-// flushReceipts moves every conversation with waiting receipts in its
-// members' feeds: finish then clears their TReceipts keys.
+// flushReceipts moves every conversation whose receipts have waited half
+// the delay or more in its members' feeds (finish then clears their
+// TReceipts keys): one commit for the receipts due and those nearly due.
 func (w *writer) flushReceipts(tx *txn) {
-	for id := range w.receipts {
-		if tc := tx.conv(id); tc.exists {
+	cutoff := w.e.opts.Clock.Now().Add(-w.e.opts.ReceiptDelay / 2)
+	for {
+		oldest, ok := w.oldestWaiting()
+		if !ok || oldest.since.After(cutoff) {
+			return
+		}
+		w.receiptQ[0] = waitingReceipts{}
+		w.receiptQ = w.receiptQ[1:]
+		if tc := tx.conv(oldest.conv); tc.exists {
 			tc.feed = true
 		} else {
-			tx.b.Delete(keys.ID1(keys.TReceipts, id))
-			tx.receiptsDone = append(tx.receiptsDone, id)
+			tx.b.Delete(keys.ID1(keys.TReceipts, oldest.conv))
+			tx.receiptsDone = append(tx.receiptsDone, oldest.conv)
 		}
 	}
 }
@@ -272,8 +316,9 @@ func (w *writer) commit(group []*request) error {
 	for _, id := range tx.receiptsDone {
 		delete(w.receipts, id)
 	}
+	now := w.e.opts.Clock.Now()
 	for _, id := range tx.receiptsWait {
-		w.receipts[id] = struct{}{}
+		w.wait(id, now)
 	}
 	w.e.hub.wake(tx.wake, tx.pos)
 	return nil
