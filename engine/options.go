@@ -61,7 +61,10 @@ type Options struct {
 	// conversation in the members' feeds. The markers are durable at once;
 	// only the news of them waits, so that the acks of every recipient of a
 	// message move the conversation once instead of once each, and wake each
-	// member's sessions once. Default 50ms; negative: no wait.
+	// member's sessions once; a message in the meantime carries them. Each
+	// conversation's receipts wait from their own first change. Default
+	// 250ms (a tick a quarter of a second late is not seen; in a busy
+	// group, receipts mostly ride on the next message); negative: no wait.
 	ReceiptDelay time.Duration
 	// Clock runs the ReceiptDelay timer. Default: the system clock.
 	Clock clock.Clock
@@ -123,7 +126,7 @@ func (o *Options) EnsureDefaults() {
 		o.ReceiptMembers = 32
 	}
 	if o.ReceiptDelay == 0 {
-		o.ReceiptDelay = 50 * time.Millisecond
+		o.ReceiptDelay = 250 * time.Millisecond
 	}
 	if o.Clock == nil {
 		o.Clock = clock.Real{}
