@@ -350,7 +350,7 @@ type ferryConn struct {
 // without receipts wait, since those only set where the next session
 // resumes (clientsdk.WithResumeAckDelay).
 const (
-	ackDelay       = 10 * time.Millisecond
+	ackDelay       = 100 * time.Millisecond
 	resumeAckDelay = time.Second
 )
 
