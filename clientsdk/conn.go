@@ -203,8 +203,12 @@ type session struct {
 	// from this device beyond the head the device was last told of; a
 	// conversation's info that reaches the seq clears it (its round brings
 	// what the ops changed: titles, heads). SyncOnce waits for none to be
-	// left. The receiver's alone.
+	// left, and for the round under way to end: inRound is set from a
+	// round's first message to its last (a live Ops with a feed position,
+	// or CaughtUp), since a push result can come between them. Both are
+	// the receiver's alone.
 	unseen    map[ulid.ULID]uint64
+	inRound   bool
 	flushWake chan struct{}
 
 	mu       sync.Mutex
@@ -241,8 +245,16 @@ func (s *session) accepted(results []*ferryv1.OpResult) {
 	}
 }
 
-// seen clears the accepted ops that infos reach.
+// opsArrived notes an Ops message: a live one with a feed position ends
+// its round, and it reports whether it did; any other leaves one open.
+func (s *session) opsArrived(ops *ferryv1.Ops) bool {
+	s.inRound = ops.GetPhase() != ferryv1.Phase_PHASE_LIVE || ops.GetFeedPos() == 0
+	return !s.inRound
+}
+
+// seen clears the accepted ops that infos reach. Infos open a round.
 func (s *session) seen(infos []*ferryv1.ConversationInfo) {
+	s.inRound = true
 	for _, c := range infos {
 		conv, err := ulid.ParseStrict(c.GetId())
 		if err != nil {
@@ -443,7 +455,7 @@ func (s *session) idle() bool {
 	s.d.mu.Lock()
 	pending := len(s.d.pending)
 	s.d.mu.Unlock()
-	return inflight == 0 && pending == 0 && len(s.unseen) == 0
+	return inflight == 0 && pending == 0 && len(s.unseen) == 0 && !s.inRound
 }
 
 // receive handles the server's messages until the stream ends.
@@ -523,7 +535,7 @@ func (s *session) receive(ctx context.Context) error {
 			}
 			d.mu.Unlock()
 			d.wakeAcks(soon)
-			if x.Ops.GetPhase() == ferryv1.Phase_PHASE_LIVE && x.Ops.GetFeedPos() != 0 {
+			if s.opsArrived(x.Ops) {
 				if s.once && s.idle() {
 					return errDone
 				}
@@ -539,6 +551,7 @@ func (s *session) receive(ctx context.Context) error {
 				return &TerminalError{Err: err}
 			}
 			s.live.Store(true)
+			s.inRound = false
 			if d.refreshing.CompareAndSwap(false, true) {
 				d.bg.Add(1)
 				go func() {

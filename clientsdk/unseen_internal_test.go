@@ -9,10 +9,10 @@ import (
 )
 
 // TestSyncOnceWaitsForItsPushesRound: SyncOnce ends once the round that
-// brings a push's change has arrived, in whichever order the server sends
-// the push's result and that round. The server sends no round when nothing
-// changed, so SyncOnce must not wait for one after a round that came
-// first.
+// brings a push's change has ended, in whichever order the server sends
+// the push's result and that round's messages (a result can come between
+// them). The server sends no round when nothing changed, so SyncOnce must
+// not wait for another after a round that came first.
 func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
 	d, err := OpenMemory()
 	if err != nil {
@@ -33,6 +33,8 @@ func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
 		d.convs[conv].Head = max(d.convs[conv].Head, seq)
 		d.mu.Unlock()
 	}
+	// A live round: its infos, then (after end) its ops with a feed
+	// position.
 	info := func(head uint64) {
 		t.Helper()
 		d.mu.Lock()
@@ -40,6 +42,7 @@ func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
 		d.mu.Unlock()
 		s.seen([]*ferryv1.ConversationInfo{{Id: conv.String(), Head: head}})
 	}
+	end := func() { s.opsArrived(&ferryv1.Ops{Phase: ferryv1.Phase_PHASE_LIVE, FeedPos: 9}) }
 	d.mu.Lock()
 	d.convs[conv] = &convRecord{Head: 1}
 	d.mu.Unlock()
@@ -50,17 +53,34 @@ func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
 		t.Fatal("idle with the round of an accepted push still to come")
 	}
 	info(1) // an older round
+	end()
 	if s.idle() {
 		t.Fatal("idle after a round that does not reach the accepted op")
 	}
 	info(2)
+	if s.idle() {
+		t.Fatal("idle in the middle of the round of the accepted op")
+	}
+	end()
 	if !s.idle() {
 		t.Fatal("not idle after the round of the accepted op")
 	}
 
-	// The round first: nothing to wait for.
+	// The result between the round's infos and its ops: wait for its end.
 	info(3)
 	push(3)
+	if s.idle() {
+		t.Fatal("idle in the middle of a round, after a push result")
+	}
+	end()
+	if !s.idle() {
+		t.Fatal("not idle after the round, its push result in the middle")
+	}
+
+	// The round first: nothing more to wait for.
+	info(4)
+	end()
+	push(4)
 	if !s.idle() {
 		t.Fatal("waiting for a round that came before the push's result")
 	}

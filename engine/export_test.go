@@ -13,4 +13,3 @@ func MeasureWithoutChecks(b interface{ Cleanup(func()) }) {
 
 // SessionPos is the position up to which s has sent every change.
 func SessionPos(s *Session) uint64 { return s.pos }
-

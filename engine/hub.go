@@ -55,8 +55,9 @@ type userSignal struct {
 	// marksDone is still the store's at a later view if marksBegun, read
 	// after that view, is the same number: no commit changed it in between.
 	marksBegun, marksDone uint64
-	// woke is the feed position of the last commit that woke the user
-	// (commits that move no feed, such as a revocation, leave it).
+	// woke is the highest feed position of the commits that woke the
+	// user (a commit that moves no feed, such as a revocation alone,
+	// leaves it).
 	woke uint64
 }
 

@@ -62,7 +62,8 @@ type Options struct {
 	// only the news of them waits, so that the acks of every recipient of a
 	// message move the conversation once instead of once each, and wake each
 	// member's sessions once; a message in the meantime carries them. Each
-	// conversation's receipts wait from their own first change. Default
+	// conversation's receipts wait from their own first change, for the
+	// delay (or at least half of it, when they go with others due). Default
 	// 250ms (a tick a quarter of a second late is not seen; in a busy
 	// group, receipts mostly ride on the next message); negative: no wait.
 	ReceiptDelay time.Duration
