@@ -205,8 +205,8 @@ type watch struct {
 }
 
 // signal returns the channel the next change of the user's feed closes,
-// the count of commits done that changed the user's markers, and the feed
-// position of the last commit that woke the user.
+// the count of commits done that changed the user's markers, and the
+// highest feed position of the commits that woke the user.
 func (w *watch) signal() (ch <-chan struct{}, marksDone, woke uint64) {
 	s := w.h.shard(w.user)
 	s.mu.Lock()
