@@ -256,9 +256,9 @@ func (s *session) opsArrived(ops *ferryv1.Ops) bool {
 func (s *session) seen(infos []*ferryv1.ConversationInfo) {
 	s.inRound = true
 	for _, c := range infos {
-		conv, err := ulid.ParseStrict(c.GetId())
+		conv, err := wire.ParseID("conversation id", c.GetId())
 		if err != nil {
-			continue // applyInfos checked the ids already
+			continue // applyInfos failed the session on it already
 		}
 		if seq, ok := s.unseen[conv]; ok && c.GetHead() >= seq {
 			delete(s.unseen, conv)

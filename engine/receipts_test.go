@@ -14,27 +14,37 @@ import (
 	"github.com/ferrysync/ferry/internal/clock"
 )
 
-// receiptsOf drains the session and returns the receipts it sent for conv,
-// or nil if it sent no news of conv.
-func receiptsOf(t *testing.T, s *engine.Session, conv ulid.ULID) []engine.Receipt {
+// drain takes the session's events until it has nothing to send.
+func drain(t *testing.T, s *engine.Session) []engine.Event {
 	t.Helper()
-	var got []engine.Receipt
+	var evs []engine.Event
 	for range 1000 {
 		ev, ok, err := s.Next()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !ok {
-			return got
+			return evs
 		}
+		evs = append(evs, ev)
+	}
+	t.Fatal("session never went quiet")
+	return nil
+}
+
+// receiptsOf drains the session and returns the receipts it sent for conv,
+// or nil if it sent no news of conv.
+func receiptsOf(t *testing.T, s *engine.Session, conv ulid.ULID) []engine.Receipt {
+	t.Helper()
+	var got []engine.Receipt
+	for _, ev := range drain(t, s) {
 		for _, c := range ev.Conversations {
 			if c.ID == conv {
 				got = c.Receipts
 			}
 		}
 	}
-	t.Fatal("session never went quiet")
-	return nil
+	return got
 }
 
 func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
@@ -163,14 +173,7 @@ func TestEachConversationsReceiptsWaitTheDelay(t *testing.T) {
 	news := func() [][]ulid.ULID {
 		t.Helper()
 		var out [][]ulid.ULID
-		for range 1000 {
-			ev, ok, err := s.Next()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !ok {
-				return out
-			}
+		for _, ev := range drain(t, s) {
 			var ids []ulid.ULID
 			for _, c := range ev.Conversations {
 				if delivered(c.Receipts, bob.Actor.User) == 3 {
@@ -181,8 +184,7 @@ func TestEachConversationsReceiptsWaitTheDelay(t *testing.T) {
 				out = append(out, ids)
 			}
 		}
-		t.Fatal("session never went quiet")
-		return nil
+		return out
 	}
 	ack(convs[0]) // waits from 0 ms
 	fake.Advance(40 * time.Millisecond)
