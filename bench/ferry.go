@@ -350,7 +350,7 @@ type ferryConn struct {
 // without receipts wait, since those only set where the next session
 // resumes (clientsdk.WithResumeAckDelay).
 const (
-	ackDelay       = 100 * time.Millisecond
+	ackDelay       = 250 * time.Millisecond
 	resumeAckDelay = time.Second
 )
 

@@ -17,6 +17,9 @@ import (
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
+// defaultAckDelay is WithAckDelay's default.
+const defaultAckDelay = 250 * time.Millisecond
+
 // TestAcksGather: a device's acks wait WithAckDelay after the first round
 // that needs one and then go out together. Time moves only when the test
 // moves it: nothing is acknowledged before, everything after.
@@ -73,7 +76,7 @@ func TestAcksGather(t *testing.T) {
 	}
 
 	// Bob's ack moves his delivered receipt, which reaches alice.
-	fake.Advance(100 * time.Millisecond)
+	fake.Advance(defaultAckDelay)
 	waitFor(t, alice, "bob's ack to reach the server", func() bool {
 		info, _, _, err := srv.Engine.Conversation(engine.Actor{User: acc.User, Device: acc.Device}, conv)
 		return err == nil && info.Delivered >= twoSeq
@@ -128,8 +131,8 @@ func TestResumeAcksWait(t *testing.T) {
 	if err := bob.MarkRead(ctx, conv, 0); err != nil {
 		t.Fatal(err)
 	}
-	waitForAckTimer(t, fake, 100*time.Millisecond)
-	fake.Advance(100 * time.Millisecond)
+	waitForAckTimer(t, fake, defaultAckDelay)
+	fake.Advance(defaultAckDelay)
 	two := messages(t, bob, conv)[1].Seq
 	if a := nextAck(t, acks); a.GetMarkers()[0].GetDelivered() < two || a.GetMarkers()[0].GetRead() < two {
 		t.Fatalf("ack after a read: %v; want delivered and read >= %d", a.GetMarkers(), two)

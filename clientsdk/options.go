@@ -48,7 +48,7 @@ func defaultOptions() options {
 		minBackoff: 250 * time.Millisecond,
 		maxBackoff: 30 * time.Second,
 		heartbeat:  20 * time.Second,
-		ackDelay:   100 * time.Millisecond,
+		ackDelay:   250 * time.Millisecond,
 		// A second of ops at most comes again after a dropped session.
 		resumeAckDelay: time.Second,
 		client:         "ferry-go-sdk/1",
@@ -93,9 +93,11 @@ func WithHeartbeat(d time.Duration) Option { return optionFunc(func(o *options) 
 // WithAckDelay sets how long the markers a session has to send (what the
 // device now holds, what the user read) gather before they go out in one
 // ack. Under load a device then acks many rounds at once, which spares the
-// server most of its per-ack work; receipts wait on the server longer than
-// this anyway (250ms by default), and a read reaches the user's other
-// devices this much later. Default 100ms; 0 sends every ack at once.
+// server most of its per-ack work: in a group, every member's device acks
+// each message it receives. Receipts wait on the server as long (250ms by
+// default), so a device that acked sooner would show its receipt little
+// sooner; a read reaches the user's other devices this much later. Default
+// 250ms; 0 sends every ack at once.
 func WithAckDelay(d time.Duration) Option {
 	return optionFunc(func(o *options) { o.ackDelay = max(d, 0) })
 }
