@@ -385,6 +385,7 @@ func (r reader) info(conv, user ulid.ULID) (ConvInfo, error) {
 		if err != nil {
 			return ConvInfo{}, err
 		}
+		info.Receipts = make([]Receipt, 0, len(all))
 		for _, rc := range all {
 			if rc.User != user {
 				info.Receipts = append(info.Receipts, rc)

@@ -133,7 +133,11 @@ type Session struct {
 	w       *watch
 	welcome Welcome
 
-	queue  []item
+	queue []item
+	// spare and ranges are the arrays of the last live round's queue and
+	// op ranges, emptied, for the next round: rounds are many and small.
+	spare, ranges []item
+
 	sent   map[ulid.ULID]uint64   // conversation -> last seq sent or known held
 	shown  map[ulid.ULID]uint64   // conversation -> digest of the last info sent
 	counts map[ulid.ULID]seqCount // conversation -> message count at the user's read marker
@@ -326,14 +330,14 @@ func (s *Session) Next() (ev Event, ok bool, err error) {
 	}
 	switch it := s.queue[0]; it.kind {
 	case itemInfos:
-		s.queue = s.queue[1:]
+		s.pop()
 		return Event{Kind: EventConversations, Conversations: it.infos}, true, nil
 	case itemCaughtUp:
-		s.queue = s.queue[1:]
+		s.pop()
 		s.pos, s.caught = it.pos, true
 		return Event{Kind: EventCaughtUp, FeedPos: it.pos, Convs: s.welcome.Changed, Ops: s.welcome.MissingOps}, true, nil
 	case itemLivePos:
-		s.queue = s.queue[1:]
+		s.pop()
 		s.pos = it.pos
 		return Event{Kind: EventOps, Phase: PhaseLive, FeedPos: it.pos}, true, nil
 	}
@@ -355,7 +359,7 @@ func (s *Session) nextOps() (Event, bool, error) {
 		it := &s.queue[0]
 		if it.kind == itemLivePos && ev.Phase == PhaseLive {
 			ev.FeedPos, s.pos = it.pos, it.pos
-			s.queue = s.queue[1:]
+			s.pop()
 			break
 		}
 		if it.kind != itemOps || it.phase != ev.Phase {
@@ -386,7 +390,7 @@ func (s *Session) nextOps() (Event, bool, error) {
 		ev.Batches = append(ev.Batches, Batch{Conv: it.conv, Ops: ops})
 		it.after = ops[len(ops)-1].Seq
 		if it.after >= it.through {
-			s.queue = s.queue[1:]
+			s.pop()
 		}
 	}
 	return ev, true, nil
@@ -406,6 +410,7 @@ func (s *Session) live() error {
 		s.wait = sig
 		return nil
 	}
+	s.queue = s.spare // empty: Next plans a round only then
 	// The position before the view, which then includes it; a commit in
 	// between closes sig, and the next round takes it.
 	pos := s.e.feedPos.Load()
@@ -439,7 +444,7 @@ func (s *Session) live() error {
 		}
 	}
 	var infos []ConvInfo
-	var ranges []item
+	ranges := s.ranges[:0]
 	held := 0 // bytes of the ops the round holds read already
 	for _, en := range entries {
 		info, err := r.info(en.conv, s.a.User)
@@ -497,7 +502,29 @@ func (s *Session) live() error {
 	}
 	s.queue = append(s.queue, ranges...)
 	s.queue = append(s.queue, item{kind: itemLivePos, pos: pos})
+	clear(ranges)
+	s.ranges = keepSpare(ranges)
+	s.spare = keepSpare(s.queue)
 	return nil
+}
+
+// pop drops the queue's first item, letting go of what it holds: the
+// queue's array may live on as the spare.
+func (s *Session) pop() {
+	s.queue[0] = item{}
+	s.queue = s.queue[1:]
+}
+
+// maxSpare bounds the arrays a session keeps between live rounds: a round
+// queues a few items, and a rare large one should not stay with the
+// session.
+const maxSpare = 16
+
+func keepSpare(q []item) []item {
+	if cap(q) > maxSpare {
+		return nil
+	}
+	return q[:0]
 }
 
 // verifyJournal checks what the journal said changed up to pos against the

@@ -131,8 +131,15 @@ func infoToProto(c *engine.ConvInfo) *ferryv1.ConversationInfo {
 		MemberCount: c.Members,
 		NoReceipts:  !c.ReceiptsShared,
 	}
-	for _, r := range c.Receipts {
-		p.Receipts = append(p.Receipts, &ferryv1.Receipt{UserId: r.User.String(), Delivered: r.Delivered, Read: r.Read})
+	if len(c.Receipts) > 0 {
+		// One allocation for the receipts and one for their pointers: a
+		// live round sends every member an info with all the others'.
+		rs := make([]ferryv1.Receipt, len(c.Receipts))
+		p.Receipts = make([]*ferryv1.Receipt, len(c.Receipts))
+		for i, r := range c.Receipts {
+			rs[i].UserId, rs[i].Delivered, rs[i].Read = r.User.String(), r.Delivered, r.Read
+			p.Receipts[i] = &rs[i]
+		}
 	}
 	return p
 }
