@@ -72,10 +72,20 @@ export interface ClientOptions {
   minBackoffMs?: number;
   maxBackoffMs?: number;
   /**
+   * How long markers (what the device holds, what the user read) gather
+   * before they go out in one Ack. In a group every member's device acks
+   * each message it receives, and each Ack is a request to the server;
+   * the server holds receipts about as long anyway (250 ms by default).
+   * A read reaches the user's other devices this much later. Default
+   * 250 ms, as the Go SDK's; 0 sends them at once.
+   */
+  ackDelayMs?: number;
+  /**
    * How long delivered markers that nobody else sees gather before an Ack:
    * those of conversations without receipts (larger than the server's
    * receipt limit), where they only set where the next session resumes.
-   * Reads and markers other members see go at once. Default 1000 ms.
+   * Reads and markers other members see go after ackDelayMs. Default
+   * 1000 ms; never shorter than ackDelayMs.
    */
   resumeAckDelayMs?: number;
   /** Timers, injectable in tests. */
@@ -116,8 +126,8 @@ export class FerryClient {
   private readonly onOnline = () => this.reconnectNow();
   private readonly onOffline = () => this.current?.abort(new ConnectError("the browser went offline", Code.Unavailable));
   private acking = false;
-  private ackWaiting = false; // a resumeAckDelayMs wait is running
-  private ackDue = false; // that wait ended: what waits goes now
+  private ackWait?: { due: number; ctrl: AbortController }; // the wait running
+  private ackDue = false; // a wait ended: what waits goes now
 
   private constructor(opts: ClientOptions) {
     this.opts = {
@@ -126,7 +136,8 @@ export class FerryClient {
       pageSize: opts.pageSize ?? 50,
       minBackoffMs: opts.minBackoffMs ?? 250,
       maxBackoffMs: opts.maxBackoffMs ?? 30_000,
-      resumeAckDelayMs: opts.resumeAckDelayMs ?? 1000,
+      ackDelayMs: Math.max(opts.ackDelayMs ?? 250, 0),
+      resumeAckDelayMs: Math.max(opts.resumeAckDelayMs ?? 1000, opts.ackDelayMs ?? 250, 0),
       sleep: opts.sleep ?? sleep,
       random: opts.random ?? Math.random,
       now: opts.now ?? Date.now,
@@ -672,10 +683,10 @@ export class FerryClient {
   }
 
   // sendAcks sends delivered markers for what the device holds and read
-  // markers not yet sent. Reads, and delivered markers that other members
-  // see as receipts, go at once; when only delivered markers of
-  // conversations without receipts wait, they go after resumeAckDelayMs
-  // (or with the next ack that goes sooner).
+  // markers not yet sent, once they have waited: reads, and delivered
+  // markers that other members see as receipts, ackDelayMs; when only
+  // delivered markers of conversations without receipts wait,
+  // resumeAckDelayMs (or they go with the next ack that goes sooner).
   private async sendAcks(): Promise<void> {
     if (this.acking || !this.connected) return;
     this.acking = true;
@@ -692,9 +703,12 @@ export class FerryClient {
             soon ||= read > 0 || (moved && this.convs.get(id)?.noReceipts !== true);
           }
         }
-        if (markers.length === 0) return;
-        if (!soon) {
-          this.ackLater();
+        if (markers.length === 0) {
+          this.ackDue = false;
+          return;
+        }
+        if (!this.ackDue && (!soon || this.opts.ackDelayMs > 0)) {
+          this.ackLater(soon ? this.opts.ackDelayMs : this.opts.resumeAckDelayMs);
           return;
         }
         this.ackDue = false;
@@ -709,21 +723,31 @@ export class FerryClient {
     }
   }
 
-  // ackLater sends the waiting markers after resumeAckDelayMs, once.
-  private ackLater(): void {
-    if (this.ackWaiting) return;
-    this.ackWaiting = true;
-    const signal = this.current?.signal ?? new AbortController().signal;
+  // ackLater sends the waiting markers after ms, unless a wait that ends
+  // sooner runs; a wait that would end later gives way to this one. The
+  // session's end ends the wait: the next session acks.
+  private ackLater(ms: number): void {
+    const due = this.opts.now() + ms;
+    if (this.ackWait && this.ackWait.due <= due) return;
+    this.ackWait?.ctrl.abort();
+    const wait = { due, ctrl: new AbortController() };
+    this.ackWait = wait;
+    const session = this.current?.signal;
+    const end = () => wait.ctrl.abort(session?.reason);
+    if (session?.aborted) end();
+    session?.addEventListener("abort", end, { once: true });
     void this.opts
-      .sleep(this.opts.resumeAckDelayMs, signal)
+      .sleep(ms, wait.ctrl.signal)
       .then(() => {
-        this.ackWaiting = false;
+        if (this.ackWait !== wait) return;
+        this.ackWait = undefined;
         this.ackDue = true; // read by the sendAcks loop running now, if one is
         return this.sendAcks();
       })
       .catch(() => {
-        this.ackWaiting = false; // the session ended: the next one acks
-      });
+        if (this.ackWait === wait) this.ackWait = undefined;
+      })
+      .finally(() => session?.removeEventListener("abort", end));
   }
 
   // ---- plumbing ----

@@ -224,7 +224,7 @@ test("catch-up shows the newest page of a conversation first, then fills in olde
   assert.equal(bob.olderLoading(conv), false);
 });
 
-test("in a conversation without receipts, delivered acks wait; a read goes at once", { timeout: 60_000 }, async () => {
+test("in a conversation without receipts, delivered acks wait longer; a read goes after the ack delay", { timeout: 60_000 }, async () => {
   // A server where only conversations of one member share receipts.
   const big = await startServer({ args: ["--receipt-members", "1"] });
   try {
@@ -281,13 +281,66 @@ test("in a conversation without receipts, delivered acks wait; a read goes at on
     await alice.send(conv, "two");
     await bob.waitFor(() => texts(bob.messages(conv)).includes("two"));
     const two = bob.messages(conv).find((m) => m.text === "two")!.seq;
-    await bob.markRead(conv); // the read goes without waiting for a release
+    await bob.markRead(conv); // the read goes after the ack delay, without waiting for a release
     while (!acks.some((a) => a.read > 0)) await nextAck();
     const read = acks.find((a) => a.read > 0)!;
     assert.ok(read.read >= two && read.delivered >= two, `ack with the read ${JSON.stringify(read)}: want read and delivered >= ${two}`);
   } finally {
     await big.stop();
   }
+});
+
+test("acks gather for ackDelayMs: two messages, one ack", { timeout: 60_000 }, async () => {
+  const acks: { delivered: number; read: number }[] = [];
+  let acked: () => void = () => {};
+  const nextAck = () => new Promise<void>((r) => (acked = r));
+  let release: () => void = () => {};
+  let waiting: () => void = () => {};
+  const asked = new Promise<void>((r) => (waiting = r));
+  const alice = await open();
+  const bob = await FerryClient.open({
+    baseUrl: server.url,
+    // The test holds the ack wait (its own length, to tell it from other
+    // waits) until it releases it.
+    ackDelayMs: 555,
+    sleep: (ms, signal) => {
+      if (ms !== 555) return Promise.resolve();
+      waiting();
+      return new Promise<void>((r, reject) => {
+        release = r;
+        signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+      });
+    },
+    minBackoffMs: 1,
+    maxBackoffMs: 1,
+    fetch: async (input, init) => {
+      if (String(input).endsWith("/ferry.v1.SyncService/Ack")) {
+        const body = init?.body;
+        const m = JSON.parse(typeof body === "string" ? body : new TextDecoder().decode(body as Uint8Array)).markers[0];
+        acks.push({ delivered: Number(m.delivered ?? 0), read: Number(m.read ?? 0) });
+        acked();
+      }
+      return globalThis.fetch(input, init);
+    },
+  });
+  clients.push(bob);
+  await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const conv = await alice.createConversation("gather", [b]);
+  await bob.waitFor(() => bob.conversations().some((c) => c.id === conv) && bob.status().state === "live");
+  await asked; // bob's device holds the conversation's first ops and waits to ack them
+  await alice.send(conv, "one");
+  await alice.send(conv, "two");
+  await bob.waitFor(() => texts(bob.messages(conv)).includes("two"));
+  assert.equal(acks.length, 0, "bob acked before the ack delay passed");
+  const two = bob.messages(conv).find((m) => m.text === "two")!.seq;
+  const first = nextAck();
+  release();
+  await first;
+  assert.equal(acks.length, 1, "one ack for everything held");
+  assert.ok(acks[0]!.delivered >= two, `ack ${JSON.stringify(acks[0])}: want delivered >= ${two}`);
+  // Alice sees both delivered.
+  await alice.waitFor(() => alice.messages(conv).every((m) => m.status === "delivered" || m.status === "read"));
 });
 
 test("a packed catch-up unpacks to exactly the rows the server sends", { timeout: 60_000 }, async () => {
