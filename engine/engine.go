@@ -63,6 +63,10 @@ type Engine struct {
 	// view is published: a view taken after reading it includes it.
 	feedPos   atomic.Uint64
 	closeOnce sync.Once
+	// testMarking, when set (by tests), runs on the writer's goroutine in
+	// each commit that changes users' markers, counted begun and not yet
+	// committed.
+	testMarking atomic.Pointer[func()]
 
 	// Owned by the writer goroutine.
 	w writer

@@ -27,10 +27,16 @@ import (
 type hub struct {
 	shards [64]hubShard
 
-	// rec orders the writer's journal records against new watches: a
-	// journal started at recorded holds every move after it.
+	// rec orders the writer's journal records and marker counts against
+	// new watches: a journal started at recorded holds every move after
+	// it, and a user's marker counts started while marking was set count
+	// the commit under way as begun.
 	rec      sync.Mutex
 	recorded uint64 // the highest feed position recorded
+	// marking lists the users whose markers the writer's commit under way
+	// changes, from markersChanging to markersChanged (the writer makes one
+	// commit at a time).
+	marking []ulid.ULID
 }
 
 type hubShard struct {
@@ -94,6 +100,14 @@ func (h *hub) watch(user ulid.ULID) *watch {
 	sig := s.users[user]
 	if sig == nil {
 		sig = &userSignal{ch: make(chan struct{}), since: h.recorded}
+		if slices.Contains(h.marking, user) {
+			// The commit under way began before these counts, and its
+			// markersChanged counts it done: count it begun too. With
+			// done past begun, a marker read before the user's next
+			// marker commit would pass userMarker's check after it, and
+			// a read on another device would never reach this session.
+			sig.marksBegun = 1
+		}
 		s.users[user] = sig
 	}
 	sig.refs++
@@ -139,6 +153,16 @@ func (h *hub) markersChanging(users []ulid.ULID) { h.countMarkers(users, true) }
 func (h *hub) markersChanged(users []ulid.ULID)  { h.countMarkers(users, false) }
 
 func (h *hub) countMarkers(users []ulid.ULID, begin bool) {
+	if len(users) == 0 {
+		return
+	}
+	h.rec.Lock()
+	defer h.rec.Unlock()
+	if begin {
+		h.marking = users
+	} else {
+		h.marking = nil
+	}
 	for _, u := range users {
 		s := h.shard(u)
 		s.mu.Lock()

@@ -746,6 +746,51 @@ func TestLiveRoundFollowsMarkers(t *testing.T) {
 	})
 }
 
+// TestSessionOpenedDuringAMarkerCommitFollowsMarkers: the laptop connects
+// while the commit that adds bob to alice's conversation (which sets bob's
+// read marker) is under way, the first session of bob's to do so; a read
+// on bob's phone later must still clear the laptop's unread count. The hub
+// had counted that commit done for bob and never begun, so the laptop's
+// session took the marker it remembered from before the read for the
+// store's.
+func TestSessionOpenedDuringAMarkerCommitFollowsMarkers(t *testing.T) {
+	withAndWithoutChecks(t, func(t *testing.T) {
+		e := enginetest.New(t)
+		alice := enginetest.Register(t, e, "alice")
+		phone := enginetest.Register(t, e, "bob")
+		laptop := enginetest.Login(t, e, "bob")
+		var s *engine.Session
+		var openErr error
+		engine.DuringMarkerCommit(e, func() {
+			if s == nil && openErr == nil {
+				s, openErr = e.OpenSession(laptop.Actor, engine.SessionOptions{})
+			}
+		})
+		conv := alice.Create("c", phone)
+		engine.DuringMarkerCommit(e, nil)
+		if s == nil {
+			t.Fatalf("the laptop's session did not open during the commit: %v", openErr)
+		}
+		t.Cleanup(s.Close)
+		r := newReceiver(t)
+		want := func(step string, read, unread uint64) {
+			t.Helper()
+			r.drain(s, engine.DefaultBatchOps)
+			if info := r.infos[conv]; info.Read != read || info.Unread != unread {
+				t.Fatalf("%s: the laptop sees read %d, unread %d; want %d, %d", step, info.Read, info.Unread, read, unread)
+			}
+		}
+		want("the conversation", 2, 0) // bob has read up to his addition
+		alice.Send(conv, "one")
+		two := alice.Send(conv, "two")
+		want("two messages", 2, 2)
+		if err := e.Mark(ctx, phone.Actor, []engine.Marker{{Conv: conv, Delivered: two.Seq, Read: two.Seq}}); err != nil {
+			t.Fatal(err)
+		}
+		want("read on the phone", two.Seq, 0)
+	})
+}
+
 // TestLiveRoundFollowsMembership: a session that remembers its user's member
 // record between live rounds shows every change of it, whether the round
 // brings one op or several, with other ops around it. Run with the cache

@@ -294,6 +294,9 @@ func (w *writer) commit(group []*request) error {
 		}
 	}
 	w.e.hub.markersChanging(marked)
+	if f := w.e.testMarking.Load(); f != nil && len(marked) > 0 {
+		(*f)()
+	}
 	if err := w.e.st.Commit(tx.b); err != nil {
 		return fmt.Errorf("%w: %v", ErrFailed, err)
 	}
