@@ -34,6 +34,7 @@ type Server struct {
 	active   sync.WaitGroup // session handlers (each waits for its senders)
 	signIns  *signInLimiter // nil when off
 	aheads   chan struct{}  // read-ahead slots (Options.MaxReadAheads); nil when none
+	batches  liveBatches    // live rounds' batches, encoded once
 
 	warnSyncReads sync.Once
 	senders       atomic.Int64 // Sync sessions' sender goroutines

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -435,7 +436,25 @@ func (s *Server) newLoop(ctx context.Context, a engine.Actor, hello *ferryv1.Hel
 	if err != nil {
 		return nil, err
 	}
-	return &loop{s: s, a: a, o: o, out: out, hold: holdFlushes(ctx), packed: hello.GetPackedOps()}, nil
+	return &loop{s: s, a: a, o: o, out: out, hold: holdFlushes(ctx), packed: hello.GetPackedOps(), binary: binaryCodec(ctx)}, nil
+}
+
+// binaryCodec reports whether the call's messages are binary protobuf:
+// Connect's, gRPC's and gRPC-Web's proto codec, not JSON, which has no
+// verbatim unknown fields to carry encoded batches in.
+func binaryCodec(ctx context.Context) bool {
+	info, ok := connect.CallInfoForServerContext(ctx)
+	if !ok {
+		return false
+	}
+	ct, _, _ := strings.Cut(info.RequestHeader().Get("Content-Type"), ";")
+	ct = strings.ToLower(strings.TrimSpace(ct))
+	switch ct {
+	case "application/connect+proto", "application/grpc", "application/grpc+proto",
+		"application/grpc-web", "application/grpc-web+proto", "application/proto":
+		return true
+	}
+	return false
 }
 
 // loop is one session's sending side. pump sends what is ready and returns
@@ -451,6 +470,9 @@ type loop struct {
 	hold func(bool) // holds the stream's flushes while more is ready to send
 	// packed: the client reads Ops packed (Hello.packed_ops).
 	packed bool
+	// binary: the call's codec is binary protobuf, so a live round's
+	// batches can go encoded once (liveBatches).
+	binary bool
 	// ahead delivers the event being read ahead, while the previous one
 	// is sent; nil when none is. While it is set, the session belongs to
 	// the reading goroutine.
@@ -867,7 +889,7 @@ func (l *loop) read() step {
 	}
 	st := step{ev: ev, ok: ok}
 	if ok && ev.Kind == engine.EventOps {
-		st.ops, st.err = opsMessage(ev, l.packed)
+		st.ops, st.err = l.s.opsMessage(ev, l.packed, l.binary)
 	}
 	return st
 }
@@ -914,9 +936,18 @@ func (l *loop) send(st step) error {
 	return fmt.Errorf("server: unknown session event %d", ev.Kind)
 }
 
-// opsMessage is an Ops event as sent: packed, or as rows.
-func opsMessage(ev engine.Event, packed bool) (*ferryv1.Ops, error) {
+// opsMessage is an Ops event as sent: packed, or as rows. For a binary
+// codec, a live round's batches come encoded from s.batches.
+func (s *Server) opsMessage(ev engine.Event, packed, binary bool) (*ferryv1.Ops, error) {
 	m := &ferryv1.Ops{Phase: ferryv1.Phase(ev.Phase), FeedPos: ev.FeedPos}
+	if binary && ev.Phase == engine.PhaseLive && len(ev.Batches) > 0 {
+		fields, err := s.batches.fields(ev.Batches, packed)
+		if err != nil {
+			return nil, connectError(err)
+		}
+		m.ProtoReflect().SetUnknown(fields)
+		return m, nil
+	}
 	if !packed {
 		m.Batches = batchesToProto(ev.Batches)
 		return m, nil

@@ -1,0 +1,127 @@
+package server
+
+import (
+	"sync"
+
+	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/internal/wire"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+)
+
+// liveBatches encodes the batches of live rounds once for every session
+// that sends them.
+//
+// A commit to a conversation of a thousand members goes to each member's
+// device in a live round of its own, and each round packed and marshaled
+// the same ops again. A live Ops message now carries its batches already
+// encoded, as Ops fields 1 (batches) or 4 (packed) in the message's unknown
+// fields: protobuf marshals unknown fields verbatim, and a receiver reads
+// them as the batches they are. Only the phase and feed position, which
+// differ per session, are marshaled per message.
+//
+// A batch is the ops of one conversation from one seq to another. Stored
+// ops never change but for erasure (a delete for everyone empties a
+// message's body), which only ever erases more: the number of erased ops
+// in a range tells its versions apart.
+type liveBatches struct {
+	shards [16]batchShard
+}
+
+type batchShard struct {
+	mu    sync.Mutex
+	m     map[batchKey][]byte
+	bytes int
+}
+
+type batchKey struct {
+	conv        ulid.ULID
+	first, last uint64
+	erased      int
+	packed      bool
+}
+
+// batchShardBytes bounds each shard's encodings: 16 x 256 KiB. A full shard
+// starts over; live rounds want the newest ops.
+const batchShardBytes = 256 << 10
+
+var (
+	opsBatchesField = protowire.Number((&ferryv1.Ops{}).ProtoReflect().Descriptor().Fields().ByName("batches").Number())
+	opsPackedField  = protowire.Number((&ferryv1.Ops{}).ProtoReflect().Descriptor().Fields().ByName("packed").Number())
+)
+
+// fields returns bs encoded as Ops fields, rows or packed.
+func (c *liveBatches) fields(bs []engine.Batch, packed bool) ([]byte, error) {
+	if len(bs) == 1 {
+		return c.field(&bs[0], packed) // shared: the caller only reads it
+	}
+	var out []byte
+	for i := range bs {
+		f, err := c.field(&bs[i], packed)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, f...)
+	}
+	return out, nil
+}
+
+// field returns one batch encoded as an Ops field, from the cache when a
+// session encoded it before.
+func (c *liveBatches) field(b *engine.Batch, packed bool) ([]byte, error) {
+	if len(b.Ops) == 0 {
+		return nil, nil
+	}
+	k := batchKey{conv: b.Conv, first: b.Ops[0].Seq, last: b.Ops[len(b.Ops)-1].Seq, packed: packed}
+	for i := range b.Ops {
+		if b.Ops[i].Erased {
+			k.erased++
+		}
+	}
+	s := &c.shards[k.conv[15]%byte(len(c.shards))]
+	s.mu.Lock()
+	f, ok := s.m[k]
+	s.mu.Unlock()
+	if ok {
+		return f, nil
+	}
+	f, err := encodeBatch(b, packed)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.m[k]; !ok && len(f) <= batchShardBytes {
+		if s.bytes+len(f) > batchShardBytes || s.m == nil {
+			s.m, s.bytes = make(map[batchKey][]byte), 0
+		}
+		s.m[k], s.bytes = f, s.bytes+len(f)
+	}
+	return f, nil
+}
+
+// encodeBatch encodes b as one Ops field: an OpBatch in batches, or a
+// PackedBatch in packed.
+func encodeBatch(b *engine.Batch, packed bool) ([]byte, error) {
+	var m proto.Message
+	num := opsBatchesField
+	if packed {
+		p, err := wire.PackBatch(b.Conv, b.Ops)
+		if err != nil {
+			return nil, err
+		}
+		m, num = p, opsPackedField
+	} else {
+		m = &ferryv1.OpBatch{ConversationId: b.Conv.String(), Ops: opsToProto(b.Ops)}
+	}
+	body, err := proto.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	f := protowire.AppendTag(make([]byte, 0, len(body)+12), num, protowire.BytesType)
+	f = protowire.AppendBytes(f, body)
+	return f, nil
+}
