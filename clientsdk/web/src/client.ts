@@ -72,20 +72,21 @@ export interface ClientOptions {
   minBackoffMs?: number;
   maxBackoffMs?: number;
   /**
-   * How long markers (what the device holds, what the user read) gather
-   * before they go out in one Ack. In a group every member's device acks
-   * each message it receives, and each Ack is a request to the server;
-   * the server holds receipts about as long anyway (250 ms by default).
-   * A read reaches the user's other devices this much later. Default
-   * 250 ms, as the Go SDK's; 0 sends them at once.
+   * How long delivered markers (what the device holds) that other members
+   * see as receipts gather before they go out in one Ack. In a group every
+   * member's device acks each message it receives, and each Ack is a
+   * request to the server; the server holds receipts about as long anyway
+   * (250 ms by default). Default 250 ms, as the Go SDK's; 0 sends them at
+   * once. Reads go at once: unlike the Go SDK, this client keeps a read
+   * not yet sent only in memory, and a page closed within the delay would
+   * lose it.
    */
   ackDelayMs?: number;
   /**
    * How long delivered markers that nobody else sees gather before an Ack:
    * those of conversations without receipts (larger than the server's
    * receipt limit), where they only set where the next session resumes.
-   * Reads and markers other members see go after ackDelayMs. Default
-   * 1000 ms; never shorter than ackDelayMs.
+   * Default 1000 ms; never shorter than ackDelayMs.
    */
   resumeAckDelayMs?: number;
   /** Timers, injectable in tests. */
@@ -683,31 +684,33 @@ export class FerryClient {
   }
 
   // sendAcks sends delivered markers for what the device holds and read
-  // markers not yet sent, once they have waited: reads, and delivered
-  // markers that other members see as receipts, ackDelayMs; when only
-  // delivered markers of conversations without receipts wait,
-  // resumeAckDelayMs (or they go with the next ack that goes sooner).
+  // markers not yet sent. A read goes at once; delivered markers wait:
+  // those that other members see as receipts ackDelayMs, those of
+  // conversations without receipts resumeAckDelayMs (or they go with the
+  // next ack that goes sooner).
   private async sendAcks(): Promise<void> {
     if (this.acking || !this.connected) return;
     this.acking = true;
     try {
       for (;;) {
         const markers = [];
-        let soon = this.ackDue;
+        let now = this.ackDue;
+        let soon = false;
         for (const id of new Set([...this.ops.keys(), ...this.reads.keys()])) {
           const delivered = this.held(id);
           const read = this.reads.get(id) ?? 0;
           const moved = delivered > (this.acked.get(id) ?? 0);
           if (moved || read > 0) {
             markers.push({ conversationId: id, delivered: BigInt(delivered), read: BigInt(read) });
-            soon ||= read > 0 || (moved && this.convs.get(id)?.noReceipts !== true);
+            now ||= read > 0;
+            soon ||= moved && this.convs.get(id)?.noReceipts !== true;
           }
         }
         if (markers.length === 0) {
           this.ackDue = false;
           return;
         }
-        if (!this.ackDue && (!soon || this.opts.ackDelayMs > 0)) {
+        if (!now && (!soon || this.opts.ackDelayMs > 0)) {
           this.ackLater(soon ? this.opts.ackDelayMs : this.opts.resumeAckDelayMs);
           return;
         }
@@ -725,29 +728,33 @@ export class FerryClient {
 
   // ackLater sends the waiting markers after ms, unless a wait that ends
   // sooner runs; a wait that would end later gives way to this one. The
-  // session's end ends the wait: the next session acks.
+  // end of the session or of the run (stop) ends the wait: the next
+  // session acks what the device holds.
   private ackLater(ms: number): void {
     const due = this.opts.now() + ms;
     if (this.ackWait && this.ackWait.due <= due) return;
     this.ackWait?.ctrl.abort();
     const wait = { due, ctrl: new AbortController() };
     this.ackWait = wait;
-    const session = this.current?.signal;
-    const end = () => wait.ctrl.abort(session?.reason);
-    if (session?.aborted) end();
-    session?.addEventListener("abort", end, { once: true });
+    const ends = [this.current?.signal, this.run?.ctrl.signal].filter((s) => s !== undefined);
+    const end = () => wait.ctrl.abort();
+    for (const s of ends) {
+      if (s.aborted) end();
+      s.addEventListener("abort", end, { once: true });
+    }
     void this.opts
       .sleep(ms, wait.ctrl.signal)
       .then(() => {
-        if (this.ackWait !== wait) return;
+        if (this.ackWait !== wait || wait.ctrl.signal.aborted) return;
         this.ackWait = undefined;
         this.ackDue = true; // read by the sendAcks loop running now, if one is
         return this.sendAcks();
       })
-      .catch(() => {
+      .catch(() => {})
+      .finally(() => {
         if (this.ackWait === wait) this.ackWait = undefined;
-      })
-      .finally(() => session?.removeEventListener("abort", end));
+        for (const s of ends) s.removeEventListener("abort", end);
+      });
   }
 
   // ---- plumbing ----
