@@ -385,7 +385,9 @@ func (r reader) info(conv, user ulid.ULID) (ConvInfo, error) {
 		if err != nil {
 			return ConvInfo{}, err
 		}
-		info.Receipts = make([]Receipt, 0, len(all))
+		if len(all) > 1 {
+			info.Receipts = make([]Receipt, 0, len(all)-1) // all but the user's
+		}
 		for _, rc := range all {
 			if rc.User != user {
 				info.Receipts = append(info.Receipts, rc)

@@ -44,9 +44,14 @@ type batchKey struct {
 	packed      bool
 }
 
-// batchShardBytes bounds each shard's encodings: 16 x 256 KiB. A full shard
-// starts over; live rounds want the newest ops.
-const batchShardBytes = 256 << 10
+// batchShardBytes bounds each shard's memory: 16 x 256 KiB, counting each
+// encoding and batchEntryBytes for its entry. A full shard starts over;
+// live rounds want the newest ops. A batch encoded larger is not kept: it
+// is encoded per session, as every batch was.
+const (
+	batchShardBytes = 256 << 10
+	batchEntryBytes = 96 // the key, the slice header and the map's share
+)
 
 var (
 	opsBatchesField = protowire.Number((&ferryv1.Ops{}).ProtoReflect().Descriptor().Fields().ByName("batches").Number())
@@ -94,11 +99,11 @@ func (c *liveBatches) field(b *engine.Batch, packed bool) ([]byte, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.m[k]; !ok && len(f) <= batchShardBytes {
-		if s.bytes+len(f) > batchShardBytes || s.m == nil {
+	if size := len(f) + batchEntryBytes; s.m[k] == nil && size <= batchShardBytes {
+		if s.bytes+size > batchShardBytes || s.m == nil {
 			s.m, s.bytes = make(map[batchKey][]byte), 0
 		}
-		s.m[k], s.bytes = f, s.bytes+len(f)
+		s.m[k], s.bytes = f, s.bytes+size
 	}
 	return f, nil
 }
@@ -121,7 +126,8 @@ func encodeBatch(b *engine.Batch, packed bool) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := protowire.AppendTag(make([]byte, 0, len(body)+12), num, protowire.BytesType)
-	f = protowire.AppendBytes(f, body)
-	return f, nil
+	// Exactly sized: sessions share it, and an append must copy.
+	f := make([]byte, 0, protowire.SizeTag(num)+protowire.SizeBytes(len(body)))
+	f = protowire.AppendTag(f, num, protowire.BytesType)
+	return protowire.AppendBytes(f, body), nil
 }

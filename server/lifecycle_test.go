@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -350,7 +351,7 @@ func TestProtocols(t *testing.T) {
 	bob := newDev(t, srv.Register("bob"))
 	bobConv := bob.createConv("b")
 	http1 := &http.Client{Transport: &http.Transport{}}
-	for _, tc := range []struct {
+	for k, tc := range []struct {
 		name     string
 		client   *http.Client
 		opts     []connecthttp.Option
@@ -409,6 +410,52 @@ func TestProtocols(t *testing.T) {
 						}
 						break
 					}
+				}
+			}
+			// A live round: the batches of its Ops go encoded once for
+			// binary protobuf (liveBatches), built per message for JSON.
+			for i, packed := range []bool{false, true} {
+				carol := newDev(t, srv.Register(fmt.Sprintf("carol%d%d", k, i)))
+				carolConv := carol.createConv("live")
+				carolSync := ferryv1connect.NewSyncServiceClient(connect.NewClient(
+					connecthttp.NewTransport(tc.client, srv.URL, tc.opts...), wire.Bearer(carol.Session.GetToken())))
+				// A round that lost its batches would leave the loop below
+				// waiting: the deadline turns that into a failure.
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				st, err := carolSync.Subscribe(ctx, &ferryv1.SubscribeRequest{Hello: &ferryv1.Hello{PackedOps: packed}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+				body := strings.Repeat("live over "+tc.name+" ", 3)
+				var live []*ferryv1.Op
+				for len(live) == 0 {
+					m, err := st.Receive()
+					if err != nil {
+						t.Fatalf("packed %v: subscribe, waiting for the live round: %v", packed, err)
+					}
+					if m.GetCaughtUp() != nil {
+						carol.send(carolConv, body)
+					}
+					if o := m.GetOps(); o.GetPhase() == ferryv1.Phase_PHASE_LIVE {
+						for _, b := range o.GetBatches() {
+							live = append(live, b.GetOps()...)
+						}
+						for _, p := range o.GetPacked() {
+							b, err := wire.UnpackRows("packed", p)
+							if err != nil {
+								t.Fatal(err)
+							}
+							live = append(live, b.GetOps()...)
+						}
+						if len(live) > 0 && packed != (len(o.GetPacked()) > 0) {
+							t.Fatalf("packed %v: a live Ops message with %d packed and %d row batches", packed, len(o.GetPacked()), len(o.GetBatches()))
+						}
+					}
+				}
+				if len(live) != 1 || string(live[0].GetMessage().GetBody()) != body {
+					t.Fatalf("packed %v: the live round brought %v; want the message %q", packed, live, body)
 				}
 			}
 			if tc.client != srv.HTTP {

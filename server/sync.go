@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -439,22 +438,13 @@ func (s *Server) newLoop(ctx context.Context, a engine.Actor, hello *ferryv1.Hel
 	return &loop{s: s, a: a, o: o, out: out, hold: holdFlushes(ctx), packed: hello.GetPackedOps(), binary: binaryCodec(ctx)}, nil
 }
 
-// binaryCodec reports whether the call's messages are binary protobuf:
-// Connect's, gRPC's and gRPC-Web's proto codec, not JSON, which has no
-// verbatim unknown fields to carry encoded batches in.
+// binaryCodec reports whether the call's messages are marshaled as binary
+// protobuf, whatever the protocol: not JSON, which has no verbatim unknown
+// fields to carry encoded batches in, nor an in-process call, which passes
+// messages without marshaling them.
 func binaryCodec(ctx context.Context) bool {
 	info, ok := connect.CallInfoForServerContext(ctx)
-	if !ok {
-		return false
-	}
-	ct, _, _ := strings.Cut(info.RequestHeader().Get("Content-Type"), ";")
-	ct = strings.ToLower(strings.TrimSpace(ct))
-	switch ct {
-	case "application/connect+proto", "application/grpc", "application/grpc+proto",
-		"application/grpc-web", "application/grpc-web+proto", "application/proto":
-		return true
-	}
-	return false
+	return ok && info.Codec == connect.CodecNameProto
 }
 
 // loop is one session's sending side. pump sends what is ready and returns
