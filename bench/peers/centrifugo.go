@@ -450,6 +450,13 @@ func (c *Centrifugo) call(path string, body []byte) (uint64, error) {
 	}
 	req.Header.Set("X-API-Key", c.apiKey)
 	req.Header.Set("Content-Type", "application/json")
+	// Let net/http send the request again on another connection when the
+	// server closed the kept-alive one as it went out ("server closed idle
+	// connection"), which failed a whole ingest run. A nil idempotency key
+	// marks the POST replayable without sending the header. A retry could
+	// publish twice only if the server had read the request before
+	// closing, and a duplicate would only add a delivery to the count.
+	req.Header["X-Idempotency-Key"] = nil
 	resp, err := c.api.Do(req)
 	if err != nil {
 		return 0, err
