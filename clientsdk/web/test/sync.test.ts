@@ -9,7 +9,7 @@ import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { IDBFactory } from "fake-indexeddb";
 
-import { FerryClient, IndexedDBReplica, MemoryReplica, unpackBatch, type MessageView, type Replica } from "../src/index.js";
+import { FerryClient, IndexedDBReplica, MemoryReplica, unpackBatch, type ClientOptions, type MessageView, type Replica } from "../src/index.js";
 import { OpSchema } from "../src/gen/ferry/v1/op_pb.js";
 import { SyncService } from "../src/gen/ferry/v1/sync_pb.js";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -224,41 +224,52 @@ test("catch-up shows the newest page of a conversation first, then fills in olde
   assert.equal(bob.olderLoading(conv), false);
 });
 
+// watchAcks records the markers of the Acks a device sends (through the
+// fetch it gets) and holds its waits of holdMs (through its sleep) until the
+// test releases them; other waits end at once. asked resolves when the
+// first held wait begins.
+function watchAcks(holdMs: number) {
+  const acks: { delivered: number; read: number }[] = [];
+  let acked: () => void = () => {};
+  let release: () => void = () => {};
+  let waiting: () => void = () => {};
+  const asked = new Promise<void>((r) => (waiting = r));
+  const opts: Pick<ClientOptions, "sleep" | "fetch"> = {
+    sleep: (ms, signal) => {
+      if (ms !== holdMs) return Promise.resolve();
+      waiting();
+      return new Promise<void>((r, reject) => {
+        release = r;
+        signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+      });
+    },
+    fetch: async (input, init) => {
+      if (String(input).endsWith("/ferry.v1.SyncService/Ack")) {
+        const body = init?.body;
+        const m = JSON.parse(typeof body === "string" ? body : new TextDecoder().decode(body as Uint8Array)).markers[0];
+        acks.push({ delivered: Number(m.delivered ?? 0), read: Number(m.read ?? 0) });
+        acked();
+      }
+      return globalThis.fetch(input, init);
+    },
+  };
+  return { acks, asked, opts, nextAck: () => new Promise<void>((r) => (acked = r)), release: () => release() };
+}
+
 test("in a conversation without receipts, delivered acks wait; a read goes at once", { timeout: 60_000 }, async () => {
   // A server where only conversations of one member share receipts.
   const big = await startServer({ args: ["--receipt-members", "1"] });
   try {
-    const acks: { delivered: number; read: number }[] = [];
-    let acked: () => void = () => {};
-    const nextAck = () => new Promise<void>((r) => (acked = r));
-    let release: () => void = () => {};
-    let waiting: () => void = () => {};
-    const asked = new Promise<void>((r) => (waiting = r));
+    // Bob's resume ack wait has a length of the test's own, to tell it
+    // from a Goaway's delay.
+    const { acks, nextAck, asked, release, opts } = watchAcks(777);
     const open2 = async (watch: boolean) => {
       const c = await FerryClient.open({
         baseUrl: big.url,
-        // The test holds the resume ack wait (its own length, to tell it
-        // from a Goaway's delay) until it releases it.
         resumeAckDelayMs: 777,
-        sleep: (ms, signal) => {
-          if (!watch || ms !== 777) return Promise.resolve();
-          waiting();
-          return new Promise<void>((r, reject) => {
-            release = r;
-            signal.addEventListener("abort", () => reject(signal.reason), { once: true });
-          });
-        },
         minBackoffMs: 1,
         maxBackoffMs: 1,
-        fetch: async (input, init) => {
-          if (watch && String(input).endsWith("/ferry.v1.SyncService/Ack")) {
-            const body = init?.body;
-            const m = JSON.parse(typeof body === "string" ? body : new TextDecoder().decode(body as Uint8Array)).markers[0];
-            acks.push({ delivered: Number(m.delivered ?? 0), read: Number(m.read ?? 0) });
-            acked();
-          }
-          return globalThis.fetch(input, init);
-        },
+        ...(watch ? opts : { sleep: async () => {} }),
       });
       clients.push(c);
       return c;
@@ -291,38 +302,10 @@ test("in a conversation without receipts, delivered acks wait; a read goes at on
 });
 
 test("delivered acks gather for ackDelayMs: two messages, one ack; a read goes at once", { timeout: 60_000 }, async () => {
-  const acks: { delivered: number; read: number }[] = [];
-  let acked: () => void = () => {};
-  const nextAck = () => new Promise<void>((r) => (acked = r));
-  let release: () => void = () => {};
-  let waiting: () => void = () => {};
-  const asked = new Promise<void>((r) => (waiting = r));
+  // Bob's ack wait has a length of the test's own, to tell it from others.
+  const { acks, nextAck, asked, release, opts } = watchAcks(555);
   const alice = await open();
-  const bob = await FerryClient.open({
-    baseUrl: server.url,
-    // The test holds the ack wait (its own length, to tell it from other
-    // waits) until it releases it.
-    ackDelayMs: 555,
-    sleep: (ms, signal) => {
-      if (ms !== 555) return Promise.resolve();
-      waiting();
-      return new Promise<void>((r, reject) => {
-        release = r;
-        signal.addEventListener("abort", () => reject(signal.reason), { once: true });
-      });
-    },
-    minBackoffMs: 1,
-    maxBackoffMs: 1,
-    fetch: async (input, init) => {
-      if (String(input).endsWith("/ferry.v1.SyncService/Ack")) {
-        const body = init?.body;
-        const m = JSON.parse(typeof body === "string" ? body : new TextDecoder().decode(body as Uint8Array)).markers[0];
-        acks.push({ delivered: Number(m.delivered ?? 0), read: Number(m.read ?? 0) });
-        acked();
-      }
-      return globalThis.fetch(input, init);
-    },
-  });
+  const bob = await FerryClient.open({ baseUrl: server.url, ackDelayMs: 555, minBackoffMs: 1, maxBackoffMs: 1, ...opts });
   clients.push(bob);
   await signUp(alice, "alice");
   const b = await signUp(bob, "bob");
