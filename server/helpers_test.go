@@ -202,6 +202,12 @@ func (s *stream) recv() *ferryv1.SyncResponse {
 // rows returns an Ops message's batches as rows, unpacking packed ones.
 func (s *stream) rows(m *ferryv1.Ops) []*ferryv1.OpBatch {
 	s.t.Helper()
+	return rowsOf(s.t, m)
+}
+
+// rowsOf returns an Ops message's batches as rows, unpacking packed ones.
+func rowsOf(t *testing.T, m *ferryv1.Ops) []*ferryv1.OpBatch {
+	t.Helper()
 	if len(m.GetPacked()) == 0 {
 		return m.GetBatches()
 	}
@@ -209,7 +215,7 @@ func (s *stream) rows(m *ferryv1.Ops) []*ferryv1.OpBatch {
 	for i, p := range m.GetPacked() {
 		b, err := wire.UnpackRows(fmt.Sprintf("ops.packed[%d]", i), p)
 		if err != nil {
-			s.t.Fatalf("unpack: %v", err)
+			t.Fatalf("unpack: %v", err)
 		}
 		out = append(out, b)
 	}

@@ -393,14 +393,7 @@ func TestProtocols(t *testing.T) {
 						if packed != (len(o.GetPacked()) > 0) {
 							t.Fatalf("packed %v: %d packed and %d row batches", packed, len(o.GetPacked()), len(o.GetBatches()))
 						}
-						for _, b := range o.GetBatches() {
-							ops = append(ops, b.GetOps()...)
-						}
-						for _, p := range o.GetPacked() {
-							b, err := wire.UnpackRows("packed", p)
-							if err != nil {
-								t.Fatal(err)
-							}
+						for _, b := range rowsOf(t, o) {
 							ops = append(ops, b.GetOps()...)
 						}
 					}
@@ -439,14 +432,7 @@ func TestProtocols(t *testing.T) {
 						carol.send(carolConv, body)
 					}
 					if o := m.GetOps(); o.GetPhase() == ferryv1.Phase_PHASE_LIVE {
-						for _, b := range o.GetBatches() {
-							live = append(live, b.GetOps()...)
-						}
-						for _, p := range o.GetPacked() {
-							b, err := wire.UnpackRows("packed", p)
-							if err != nil {
-								t.Fatal(err)
-							}
+						for _, b := range rowsOf(t, o) {
 							live = append(live, b.GetOps()...)
 						}
 						if len(live) > 0 && packed != (len(o.GetPacked()) > 0) {
