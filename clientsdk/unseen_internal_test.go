@@ -43,45 +43,38 @@ func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
 		s.seen([]*ferryv1.ConversationInfo{{Id: conv.String(), Head: head}})
 	}
 	end := func() { s.opsArrived(&ferryv1.Ops{Phase: ferryv1.Phase_PHASE_LIVE, FeedPos: 9}) }
+	// wantIdle checks whether SyncOnce could end now; failure says why not.
+	wantIdle := func(want bool, failure string) {
+		t.Helper()
+		if s.idle() != want {
+			t.Fatal(failure)
+		}
+	}
 	d.mu.Lock()
 	d.convs[conv] = &convRecord{Head: 1}
 	d.mu.Unlock()
 
 	// The result first: wait for the round.
 	push(2)
-	if s.idle() {
-		t.Fatal("idle with the round of an accepted push still to come")
-	}
+	wantIdle(false, "idle with the round of an accepted push still to come")
 	info(1) // an older round
 	end()
-	if s.idle() {
-		t.Fatal("idle after a round that does not reach the accepted op")
-	}
+	wantIdle(false, "idle after a round that does not reach the accepted op")
 	info(2)
-	if s.idle() {
-		t.Fatal("idle in the middle of the round of the accepted op")
-	}
+	wantIdle(false, "idle in the middle of the round of the accepted op")
 	end()
-	if !s.idle() {
-		t.Fatal("not idle after the round of the accepted op")
-	}
+	wantIdle(true, "not idle after the round of the accepted op")
 
 	// The result between the round's infos and its ops: wait for its end.
 	info(3)
 	push(3)
-	if s.idle() {
-		t.Fatal("idle in the middle of a round, after a push result")
-	}
+	wantIdle(false, "idle in the middle of a round, after a push result")
 	end()
-	if !s.idle() {
-		t.Fatal("not idle after the round, its push result in the middle")
-	}
+	wantIdle(true, "not idle after the round, its push result in the middle")
 
 	// The round first: nothing more to wait for.
 	info(4)
 	end()
 	push(4)
-	if !s.idle() {
-		t.Fatal("waiting for a round that came before the push's result")
-	}
+	wantIdle(true, "waiting for a round that came before the push's result")
 }
