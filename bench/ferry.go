@@ -28,6 +28,7 @@ import (
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/internal/opid"
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
@@ -210,7 +211,7 @@ type ferryDevice struct {
 	acked      map[int]uint64 // conv -> highest seq acknowledged on the stream
 	noReceipts map[int]bool   // conv -> the conversation shares no receipts
 	pos        uint64
-	entropy    *ulid.MonotonicEntropy
+	ids        *opid.Source // the Go SDK's op ids
 }
 
 // client makes RPC clients for device i (none signed in when i < 0) whose
@@ -258,10 +259,14 @@ func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error
 		if err != nil {
 			return fmt.Errorf("register client %d: %w", i, err)
 		}
+		ids, err := opid.New(newRand(uint64(i)))
+		if err != nil {
+			return err
+		}
 		s := resp.GetSession()
 		d := &ferryDevice{f: f, i: i, token: s.GetToken(), user: ulid.MustParseStrict(s.GetUserId()),
 			device: ulid.MustParseStrict(s.GetDeviceId()), dots: map[int]uint64{}, held: map[int]uint64{}, noReceipts: map[int]bool{},
-			entropy: ulid.Monotonic(newRand(uint64(i)), 0)}
+			ids: ids}
 		f.mu.Lock()
 		f.devs[i] = d
 		f.mu.Unlock()
@@ -314,7 +319,11 @@ func (d *ferryDevice) op(c int, o *ferryv1.Op) *ferryv1.Op {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.dots[c]++
-	o.Id = ulid.MustNew(ulid.Now(), d.entropy).String()
+	id, err := d.ids.Next(ulid.Now())
+	if err != nil {
+		panic(err) // newRand never fails
+	}
+	o.Id = id.String()
 	o.Dot = d.dots[c]
 	return o
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/ferrysync/ferry/clientsdk/internal/kv"
 	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/internal/opid"
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
@@ -59,8 +60,11 @@ type Device struct {
 	refreshing    atomic.Bool
 	closed        bool
 
+	// entropyMu guards entropy, which op ids (ids) and conversation ids
+	// draw from.
 	entropyMu sync.Mutex
 	entropy   io.Reader
+	ids       *opid.Source
 
 	outboxWake chan struct{} // new outbox entries (capacity 1)
 	ackWake    chan struct{} // markers to send soon (capacity 1)
@@ -116,6 +120,10 @@ func open(dir string, fs vfs.FS, opts []Option) (*Device, error) {
 	}
 	if d.entropy == nil {
 		d.entropy = rand.Reader
+	}
+	if d.ids, err = opid.New(d.entropy); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("clientsdk: op ids: %w", err)
 	}
 	if err := d.load(); err != nil {
 		_ = db.Close()
@@ -492,9 +500,18 @@ func (d *Device) rememberUser(id ulid.ULID, username, display string) {
 	}
 }
 
-// newID returns a new op id from the clock and entropy.
-func (d *Device) newID() ulid.ULID {
+// newOpID returns a new op id: see package opid for why the ops of one
+// Device share most of their ids' entropy.
+func (d *Device) newOpID() (ulid.ULID, error) {
 	d.entropyMu.Lock()
 	defer d.entropyMu.Unlock()
-	return ulid.MustNew(ulid.Timestamp(d.opts.clock.Now()), d.entropy)
+	return d.ids.Next(ulid.Timestamp(d.opts.clock.Now()))
+}
+
+// newConvID returns a new conversation id: all of its 80 bits of entropy
+// random, since every member ever added learns it.
+func (d *Device) newConvID() (ulid.ULID, error) {
+	d.entropyMu.Lock()
+	defer d.entropyMu.Unlock()
+	return ulid.New(ulid.Timestamp(d.opts.clock.Now()), d.entropy)
 }

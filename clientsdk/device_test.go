@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"connectrpc.com/connect/v2"
@@ -265,4 +266,35 @@ func TestRevokedDeviceStopsWithATerminalError(t *testing.T) {
 	}
 	var te *clientsdk.TerminalError
 	_ = errors.As(laptop.Status().Err, &te)
+}
+
+// TestOpIdsShareTheDevicesPrefix checks that op ids come from package
+// opid (a prefix per device, which compression finds again) and that
+// conversation ids stay wholly random.
+func TestOpIdsShareTheDevicesPrefix(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	conv, err := alice.CreateConversation(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []ulid.ULID
+	for i := range 3 {
+		id, err := alice.SendText(ctx, conv, fmt.Sprint(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	for _, id := range ids[1:] {
+		if id == ids[0] || string(id[6:13]) != string(ids[0][6:13]) {
+			t.Fatalf("op ids %s and %s: want distinct ids with one prefix", ids[0], id)
+		}
+	}
+	if string(conv[6:13]) == string(ids[0][6:13]) {
+		t.Fatalf("conversation id %s shares the op ids' prefix: it must be random", conv)
+	}
+	if _, err := clientsdk.OpenMemory(clientsdk.WithEntropy(iotest.ErrReader(errors.New("no entropy")))); err == nil {
+		t.Fatal("a device opened without entropy for its op ids")
+	}
 }

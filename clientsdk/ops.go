@@ -66,7 +66,11 @@ func (d *Device) enqueue(conv ulid.ULID, create bool, payloads ...func(*ferryv1.
 	entries := map[ulid.ULID]uint64{}
 	for _, pl := range payloads {
 		next.NextDot++
-		op := &ferryv1.Op{Id: d.newID().String(), DeviceId: device.String(), Dot: next.NextDot}
+		id, err := d.newOpID()
+		if err != nil {
+			return nil, fmt.Errorf("ferry: %w", err)
+		}
+		op := &ferryv1.Op{Id: id.String(), DeviceId: device.String(), Dot: next.NextDot}
 		pl(op)
 		m, err := wire.Op("op", conv, op)
 		if err == nil {
@@ -116,7 +120,10 @@ func (d *Device) one(conv ulid.ULID, pl func(*ferryv1.Op)) (ulid.ULID, error) {
 // ids; see LookupUser) and returns its id. Like every op it is stored in
 // the outbox and sent when connected.
 func (d *Device) CreateConversation(ctx context.Context, title string, members ...ulid.ULID) (ulid.ULID, error) {
-	conv := d.newID()
+	conv, err := d.newConvID()
+	if err != nil {
+		return ulid.ULID{}, fmt.Errorf("ferry: conversation id: %w", err)
+	}
 	pls := []func(*ferryv1.Op){func(o *ferryv1.Op) { o.Payload = &ferryv1.Op_Create{Create: &ferryv1.Create{Title: title}} }}
 	for _, m := range members {
 		pls = append(pls, func(o *ferryv1.Op) {

@@ -72,7 +72,8 @@ func WithLogger(l *slog.Logger) Option { return optionFunc(func(o *options) { o.
 // The default is the system clock.
 func WithClock(c Clock) Option { return optionFunc(func(o *options) { o.clock = c }) }
 
-// WithEntropy sets the randomness of op ids. The default is crypto/rand.
+// WithEntropy sets the randomness of op and conversation ids. The default
+// is crypto/rand.
 func WithEntropy(r io.Reader) Option { return optionFunc(func(o *options) { o.entropy = r }) }
 
 // WithPageSize sets how many of the newest ops of each changed conversation

@@ -17,7 +17,7 @@ import { HelloSchema, SyncService, type Ops } from "./gen/ferry/v1/sync_pb.js";
 import { unpackBatch } from "./packed.js";
 import { fold, type MessageView } from "./fold.js";
 import { emptyMeta, MemoryReplica, type Change, type ConvRecord, type Meta, type OpRecord, type OutboxEntry, type Replica, type Session } from "./replica.js";
-import { ulid } from "./ulid.js";
+import { OpIds, ulid } from "./ulid.js";
 
 /** Where the device's connection stands. */
 export type State = "signed-out" | "offline" | "connecting" | "catching-up" | "live";
@@ -111,6 +111,7 @@ export class FerryClient {
   private convs = new Map<string, ConvRecord>();
   private ops = new Map<string, Map<number, OpRecord>>(); // conv -> seq -> op
   private outbox = new Map<string, OutboxEntry>(); // op id -> entry
+  private readonly opIds = new OpIds();
   private acked = new Map<string, number>(); // conv -> delivered marker sent
   private reads = new Map<string, number>(); // conv -> read marker not yet sent
 
@@ -389,7 +390,7 @@ export class FerryClient {
       const entries: OutboxEntry[] = [];
       for (const payload of payloads) {
         dot++;
-        const id = ulid(now);
+        const id = this.opIds.next(now);
         const op = create(OpSchema, { id, deviceId: s.deviceId, dot: BigInt(dot), payload });
         entries.push({ convId, id, dot, op: toBinary(OpSchema, op), createdAt: now });
         ids.push(id);

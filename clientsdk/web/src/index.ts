@@ -3,5 +3,5 @@ export { FerryClient, type ClientEvent, type ClientOptions, type ConversationVie
 export { fold, type MessageView, type SendStatus } from "./fold.js";
 export { MemoryReplica, type Replica, type Session } from "./replica.js";
 export { IndexedDBReplica } from "./idb.js";
-export { ulid, isULID, ulidFromBytes } from "./ulid.js";
+export { ulid, isULID, ulidFromBytes, OpIds } from "./ulid.js";
 export { unpackBatch, MalformedBatchError } from "./packed.js";

@@ -3,7 +3,7 @@ import { test } from "node:test";
 
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 
-import { fold, ulid, isULID, ulidFromBytes, unpackBatch, MalformedBatchError } from "../src/index.js";
+import { fold, ulid, isULID, ulidFromBytes, unpackBatch, MalformedBatchError, OpIds } from "../src/index.js";
 import { ulidTime } from "../src/fold.js";
 import { OpKind, OpSchema, PackedBatchSchema, Role, type Op, type PackedBatch } from "../src/gen/ferry/v1/op_pb.js";
 
@@ -17,6 +17,42 @@ test("ulid: 26 Crockford characters, time first", () => {
   assert.equal(ulidTime(id), 1_790_000_000_123);
   assert.notEqual(ulid(5), ulid(5), "random part");
   assert.throws(() => ulid(-1), /outside/);
+});
+
+test("OpIds: a prefix per client, a tail that counts up within a millisecond", () => {
+  let draws = 0;
+  const counting = (b: Uint8Array) => b.forEach((_, i) => (b[i] = (draws++ * 37 + i * 11) & 255));
+  const ids = new OpIds(counting);
+  const bytesOf = (id: string) => {
+    // Decode the 26 characters back to 16 bytes through BigInt.
+    let v = 0n;
+    for (const c of id) v = v * 32n + BigInt("0123456789ABCDEFGHJKMNPQRSTVWXYZ".indexOf(c));
+    const b = new Uint8Array(16);
+    for (let i = 15; i >= 0; i--, v >>= 8n) b[i] = Number(v & 255n);
+    return b;
+  };
+  const tail = (b: Uint8Array) => (b[13]! << 16) | (b[14]! << 8) | b[15]!;
+  const a = bytesOf(ids.next(1000));
+  const b = bytesOf(ids.next(1000));
+  const c = bytesOf(ids.next(999)); // the clock stepped back
+  const d = bytesOf(ids.next(1001));
+  assert.ok(tail(a) < 2 ** 23, "a millisecond's first tail leaves room to count up");
+  assert.equal(tail(b), tail(a) + 1);
+  assert.equal(tail(c), tail(a) + 2);
+  assert.deepEqual(a.subarray(6, 13), d.subarray(6, 13), "one prefix per OpIds");
+  assert.notEqual(tail(d), tail(c) + 1, "a new millisecond draws its tail");
+  const strs = [a, b, c, d].map((x) => ulidFromBytes(x));
+  assert.deepEqual([...strs].sort(), strs, "ids ascend in the order they were made");
+  assert.equal(ulidTime(strs[2]!), 1000, "an id never goes back in time");
+  const other = bytesOf(new OpIds().next(1000));
+  assert.notDeepEqual(other.subarray(6, 13), a.subarray(6, 13), "clients have their own prefixes");
+  assert.throws(() => ids.next(-1), /outside/);
+  // A full tail goes on under a new prefix.
+  (ids as unknown as { tail: number }).tail = 2 ** 24 - 1;
+  const e = bytesOf(ids.next(1001));
+  assert.notDeepEqual(e.subarray(6, 13), d.subarray(6, 13), "a new prefix after a full millisecond");
+  assert.ok(tail(e) < 2 ** 23);
+  assert.equal(ulidTime(ulidFromBytes(e)), 1001);
 });
 
 const enc = new TextEncoder();
