@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/opid"
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 )
@@ -101,9 +102,17 @@ func Zstd(opsPerBatch int, d time.Duration) (ZstdResult, error) {
 	var batches [][]byte
 	for k := 0; k < 20; k++ {
 		conv, dev, user := ulid.Make(), ulid.Make(), ulid.Make()
+		ids, err := opid.New(newRand(uint64(k))) // the SDK's op ids
+		if err != nil {
+			return ZstdResult{}, err
+		}
 		ops := make([]model.Op, opsPerBatch)
 		for i := range ops {
-			ops[i] = model.Op{ID: ulid.Make(), Conv: conv, Seq: uint64(k*opsPerBatch + i + 1), User: user,
+			id, err := ids.Next(ulid.Now())
+			if err != nil {
+				return ZstdResult{}, err
+			}
+			ops[i] = model.Op{ID: id, Conv: conv, Seq: uint64(k*opsPerBatch + i + 1), User: user,
 				Dot: model.Dot{Device: dev, N: uint64(i + 1)}, Kind: model.KindMessage,
 				Body: corpus[corpusIndex(k*opsPerBatch+i)], ContentType: "text/plain"}
 		}

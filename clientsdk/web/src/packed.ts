@@ -96,6 +96,7 @@ export function unpackBatch(p: PackedBatch, field = "packed"): OpBatch {
 
   let texts = 0;
   let bodies = 0;
+  let bodyAt = 0; // where in bodyData the next body starts
   let targets = 0;
   let members = 0;
   let roles = 0;
@@ -141,10 +142,13 @@ export function unpackBatch(p: PackedBatch, field = "packed"): OpBatch {
     let body: Uint8Array = new Uint8Array(0);
     let contentType = "";
     if (hasBody(kind)) {
-      const b = p.bodies[bodies];
-      const ct = p.contentTypes[bodies++];
-      if (b === undefined || ct === undefined) throw bad(`.bodies or content_types ends before op ${i}`);
-      body = b;
+      const size = p.bodySizes[bodies];
+      const ct = p.contentTypes[bodies];
+      if (size === undefined || ct === undefined) throw bad(`.body_sizes or content_types ends before op ${i}`);
+      if (size > p.bodyData.length - bodyAt) throw bad(`.body_data ends inside body ${bodies}`);
+      body = p.bodyData.subarray(bodyAt, bodyAt + size);
+      bodyAt += size;
+      bodies++;
       contentType = ct;
     }
     const targetId = hasTarget(kind) ? orEmpty(takeId(p.targets, targets++, "targets", i)) : "";
@@ -193,9 +197,10 @@ export function unpackBatch(p: PackedBatch, field = "packed"): OpBatch {
     ops.push(op);
   }
   if (texts !== p.texts.length) throw bad(`.texts has ${p.texts.length} entries; the ops need ${texts}`);
-  if (bodies !== p.bodies.length || bodies !== p.contentTypes.length) {
-    throw bad(` has ${p.bodies.length} bodies and ${p.contentTypes.length} content types; the ops need ${bodies}`);
+  if (bodies !== p.bodySizes.length || bodies !== p.contentTypes.length) {
+    throw bad(` has ${p.bodySizes.length} body sizes and ${p.contentTypes.length} content types; the ops need ${bodies}`);
   }
+  if (bodyAt !== p.bodyData.length) throw bad(`.body_data has ${p.bodyData.length - bodyAt} bytes after the last body`);
   if (targets * 16 !== p.targets.length) throw bad(`.targets has ${p.targets.length} bytes; the ops need ${targets * 16}`);
   if (members * 16 !== p.members.length) throw bad(`.members has ${p.members.length} bytes; the ops need ${members * 16}`);
   if (roles !== p.roles.length) throw bad(`.roles has ${p.roles.length} entries; the ops need ${roles}`);

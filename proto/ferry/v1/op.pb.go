@@ -1115,8 +1115,12 @@ type PackedBatch struct {
 	Erased []uint32 `protobuf:"varint,10,rep,packed,name=erased,proto3" json:"erased,omitempty"`
 	// Payloads.
 	//
-	// Bodies and content types of messages and edits.
-	Bodies       [][]byte `protobuf:"bytes,11,rep,name=bodies,proto3" json:"bodies,omitempty"`
+	// Bodies and content types of messages and edits. The bodies lie end to
+	// end in body_data, the i-th being the body_sizes[i] bytes after the ones
+	// before it: with no field tag or length between one body and the next,
+	// compression reads the text of a batch as one run.
+	BodySizes    []uint32 `protobuf:"varint,17,rep,packed,name=body_sizes,json=bodySizes,proto3" json:"body_sizes,omitempty"`
+	BodyData     []byte   `protobuf:"bytes,18,opt,name=body_data,json=bodyData,proto3" json:"body_data,omitempty"`
 	ContentTypes []string `protobuf:"bytes,12,rep,name=content_types,json=contentTypes,proto3" json:"content_types,omitempty"`
 	// Titles of create and set_title, keys of reaction_add and
 	// reaction_remove.
@@ -1232,9 +1236,16 @@ func (x *PackedBatch) GetErased() []uint32 {
 	return nil
 }
 
-func (x *PackedBatch) GetBodies() [][]byte {
+func (x *PackedBatch) GetBodySizes() []uint32 {
 	if x != nil {
-		return x.Bodies
+		return x.BodySizes
+	}
+	return nil
+}
+
+func (x *PackedBatch) GetBodyData() []byte {
+	if x != nil {
+		return x.BodyData
 	}
 	return nil
 }
@@ -1722,7 +1733,7 @@ const file_ferry_v1_op_proto_rawDesc = "" +
 	"\x05title\x18\x01 \x01(\tR\x05title\"R\n" +
 	"\aOpBatch\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1e\n" +
-	"\x03ops\x18\x02 \x03(\v2\f.ferry.v1.OpR\x03ops\"\xff\x03\n" +
+	"\x03ops\x18\x02 \x03(\v2\f.ferry.v1.OpR\x03ops\"\xb1\x04\n" +
 	"\vPackedBatch\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1b\n" +
 	"\tfirst_seq\x18\x02 \x01(\x04R\bfirstSeq\x12%\n" +
@@ -1736,13 +1747,15 @@ const file_ferry_v1_op_proto_rawDesc = "" +
 	"id_entropy\x18\b \x01(\fR\tidEntropy\x12&\n" +
 	"\x05kinds\x18\t \x03(\x0e2\x10.ferry.v1.OpKindR\x05kinds\x12\x16\n" +
 	"\x06erased\x18\n" +
-	" \x03(\rR\x06erased\x12\x16\n" +
-	"\x06bodies\x18\v \x03(\fR\x06bodies\x12#\n" +
+	" \x03(\rR\x06erased\x12\x1d\n" +
+	"\n" +
+	"body_sizes\x18\x11 \x03(\rR\tbodySizes\x12\x1b\n" +
+	"\tbody_data\x18\x12 \x01(\fR\bbodyData\x12#\n" +
 	"\rcontent_types\x18\f \x03(\tR\fcontentTypes\x12\x14\n" +
 	"\x05texts\x18\r \x03(\tR\x05texts\x12\x18\n" +
 	"\atargets\x18\x0e \x01(\fR\atargets\x12\x18\n" +
 	"\amembers\x18\x0f \x01(\fR\amembers\x12$\n" +
-	"\x05roles\x18\x10 \x03(\x0e2\x0e.ferry.v1.RoleR\x05roles\"9\n" +
+	"\x05roles\x18\x10 \x03(\x0e2\x0e.ferry.v1.RoleR\x05rolesJ\x04\b\v\x10\fR\x06bodies\"9\n" +
 	"\x06Vector\x12/\n" +
 	"\aentries\x18\x01 \x03(\v2\x15.ferry.v1.VectorEntryR\aentries\"<\n" +
 	"\vVectorEntry\x12\x1b\n" +
