@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrysync/ferry/internal/clock"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 )
@@ -27,12 +28,21 @@ type flushGate struct {
 	http.ResponseWriter
 	flusher http.Flusher
 	hold    bool
-	body    *waitBody // a Sync stream's request body
+	body    *waitBody  // a Sync stream's request body
+	watch   *sendWatch // nil without a send timeout
+}
+
+func (g *flushGate) Write(p []byte) (int, error) {
+	g.watch.begin()
+	defer g.watch.end()
+	return g.ResponseWriter.Write(p)
 }
 
 func (g *flushGate) Flush() {
 	if !g.hold {
+		g.watch.begin()
 		g.flusher.Flush()
+		g.watch.end()
 	}
 }
 
@@ -42,8 +52,8 @@ func (g *flushGate) Unwrap() http.ResponseWriter { return g.ResponseWriter }
 type flushGateKey struct{}
 
 // gateStreams gives the sync streams a flushGate, which their session finds
-// in the context.
-func gateStreams(next http.Handler) http.Handler {
+// in the context, and watches their writes (sendWatch).
+func (s *Server) gateStreams(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f, ok := w.(http.Flusher)
 		if !ok || (r.URL.Path != ferryv1connect.SyncServiceSyncProcedure && r.URL.Path != ferryv1connect.SyncServiceSubscribeProcedure) {
@@ -51,6 +61,10 @@ func gateStreams(next http.Handler) http.Handler {
 			return
 		}
 		g := &flushGate{ResponseWriter: w, flusher: f}
+		if s.opts.SendTimeout > 0 {
+			g.watch = s.newSendWatch(w, r)
+			defer g.watch.close()
+		}
 		r = r.WithContext(context.WithValue(r.Context(), flushGateKey{}, g))
 		if r.URL.Path == ferryv1connect.SyncServiceSyncProcedure {
 			g.body = &waitBody{ReadCloser: r.Body}
@@ -58,6 +72,75 @@ func gateStreams(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(g, r)
 	})
+}
+
+// sendWatch resets a sync stream when one write to it, or one flush,
+// takes longer than Options.SendTimeout.
+//
+// A write blocks while the client's flow-control window is full: a client
+// that stops reading its stream, or whose connection stops moving (a
+// phone that vanished without closing it), would otherwise hold the
+// session's sender, and through it the session's slot, for as long as the
+// connection lasts; Go's HTTP/2 server answers the client's pings all the
+// while. The watch arms a timer around each write and flush. When it
+// fires, it sets the stream's write deadline in the past, which resets
+// an HTTP/2 stream (over HTTP/1.1, the connection): the blocked write
+// returns an error, the session ends, and its handler returns.
+type sendWatch struct {
+	clock clock.Clock
+	limit time.Duration
+	fire  func()
+
+	mu     sync.Mutex
+	timer  clock.Timer // made at the first write
+	closed bool        // the handler returned: the stream is gone
+}
+
+func (s *Server) newSendWatch(w http.ResponseWriter, r *http.Request) *sendWatch {
+	sw := &sendWatch{limit: s.opts.SendTimeout}
+	rc := http.NewResponseController(w)
+	sw.fire = func() {
+		sw.mu.Lock()
+		defer sw.mu.Unlock()
+		if sw.closed {
+			return
+		}
+		s.log.Warn("sync: reset a stream whose client read nothing for the send timeout: it stopped reading, or its connection stopped moving",
+			"send_timeout", sw.limit, "procedure", r.URL.Path, "remote", r.RemoteAddr)
+		if err := rc.SetWriteDeadline(time.Unix(1, 0)); err != nil {
+			s.log.Warn("sync: cannot reset a stalled stream", "err", err)
+		}
+	}
+	sw.clock = s.opts.Clock
+	return sw
+}
+
+// begin arms the watch for a write. A nil watch does nothing.
+func (sw *sendWatch) begin() {
+	if sw == nil {
+		return
+	}
+	if sw.timer == nil {
+		sw.timer = clock.AfterFunc(sw.clock, sw.limit, sw.fire)
+		return
+	}
+	sw.timer.Reset(sw.limit)
+}
+
+// end disarms it after the write.
+func (sw *sendWatch) end() {
+	if sw != nil && sw.timer != nil {
+		sw.timer.Stop()
+	}
+}
+
+// close disarms it for good, as the stream's handler returns: the
+// ResponseWriter must not be used after that.
+func (sw *sendWatch) close() {
+	sw.mu.Lock()
+	sw.closed = true
+	sw.mu.Unlock()
+	sw.end()
 }
 
 // holdFlushes makes the next sends on the session's stream wait for a

@@ -27,6 +27,13 @@ type Options struct {
 	// sends a heartbeat; a Sync session that hears nothing from its client
 	// for three intervals is ended. Default 30s.
 	HeartbeatInterval time.Duration
+	// SendTimeout is how long one write to a Sync or Subscribe stream may
+	// take before the server resets the stream. A write waits while the
+	// client's flow-control window is full, so a client that stops reading,
+	// or a connection that stops moving, would otherwise hold its session
+	// for good. Leave room for the slowest links: a write carries up to
+	// 1 MiB of a catch-up. Default 2m; negative: no limit.
+	SendTimeout time.Duration
 	// ReconnectAfter is the delay a Goaway asks clients to wait before
 	// reconnecting. Default 1s.
 	ReconnectAfter time.Duration
@@ -72,6 +79,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.HeartbeatInterval == 0 {
 		o.HeartbeatInterval = 30 * time.Second
+	}
+	if o.SendTimeout == 0 {
+		o.SendTimeout = 2 * time.Minute
 	}
 	if o.ReconnectAfter == 0 {
 		o.ReconnectAfter = time.Second

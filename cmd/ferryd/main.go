@@ -50,6 +50,7 @@ type config struct {
 	maxBodyBytes      int
 	maxStreams        int
 	heartbeat         time.Duration
+	sendTimeout       time.Duration
 	receiptDelay      time.Duration
 	receiptMembers    int
 	debugAddr         string
@@ -78,6 +79,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body")
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions")
+	fs.DurationVar(&c.sendTimeout, "send-timeout", 2*time.Minute, "how long one write to a sync stream may take before the server resets the stream: its client stopped reading, or its connection stopped moving (0: no limit)")
 	fs.DurationVar(&c.receiptDelay, "receipt-delay", 250*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
 	fs.IntVar(&c.signInLimit, "sign-in-limit", 10, "logins with a wrong password as one username, and registrations (made or refused), a client address may make at once before it gets one per --sign-in-refill; ten times as many failed logins over all usernames (0: no limit)")
 	fs.DurationVar(&c.signInRefill, "sign-in-refill", time.Minute, "how often a throttled client address regains a sign-in attempt")
@@ -207,6 +209,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		MaxMessageBytes:     c.maxMessageBytes,
 		MaxStreamsPerDevice: c.maxStreams,
 		HeartbeatInterval:   c.heartbeat,
+		SendTimeout:         sendTimeout(c.sendTimeout),
 		SignInLimit:         signInLimit(c.signInLimit),
 		SignInRefill:        c.signInRefill,
 		ClientIPHeader:      c.clientIPHeader,
@@ -328,6 +331,15 @@ func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "backup written to %s; a server opened on it starts a new epoch, and devices repair\n", c.to)
 	return nil
+}
+
+// sendTimeout maps the flag (0: no limit) to server.Options.SendTimeout
+// (negative: no limit; 0 would mean the default).
+func sendTimeout(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
 
 // signInLimit maps the flag (0: no limit) to server.Options (negative: no

@@ -1,0 +1,136 @@
+package server_test
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connecthttp"
+
+	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/internal/wire"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+	"github.com/ferrysync/ferry/server"
+	"github.com/ferrysync/ferry/server/servertest"
+)
+
+// TestStalledReaderIsReset: a client that opens a Sync stream and stops
+// reading fills its flow-control window, and the session's sender blocks
+// in a write. After Options.SendTimeout the server resets the stream: the
+// sender ends, the stream's slot frees, and the client, reading again,
+// finds the stream ended.
+func TestStalledReaderIsReset(t *testing.T) {
+	const timeout = 10 * time.Second
+	var log logBuffer
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+		o.SendTimeout = timeout
+		o.MaxStreamsPerDevice = 1
+		// Heartbeats would end the quiet session on their own: keep them
+		// out of the test's time.
+		o.HeartbeatInterval = time.Hour
+		o.Logger = slog.New(slog.NewTextHandler(&log, nil))
+	}})
+	exited := make(chan struct{}, 64)
+	server.OnSenderExit(srv.Server, func() { exited <- struct{}{} })
+
+	alice := newDev(t, srv.Register("alice"))
+	bob := newDev(t, srv.Register("bob"))
+	conv := alice.createConv("c", bob)
+	// 64 KB of catch-up that does not compress, far past the stalled
+	// client's window.
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for range 8 {
+		b := make([]byte, 6<<10)
+		for i := range b {
+			b[i] = byte(rnd.Uint32())
+		}
+		alice.send(conv, base64.StdEncoding.EncodeToString(b))
+	}
+
+	// Bob's client advertises a 1 KiB window per stream and reads nothing.
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	tiny := &http.Client{Transport: &http.Transport{Protocols: p,
+		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: 1 << 10}}}
+	t.Cleanup(tiny.CloseIdleConnections)
+	c := connect.NewClient(connecthttp.NewTransport(tiny, srv.URL,
+		connecthttp.WithCompressors(compression.NewZstd())), wire.Bearer(bob.Session.GetToken()))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := ferryv1connect.NewSyncServiceClient(c).Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closing the stream resets it from the client's side, which frees the
+	// server's sender when the test fails before the server does.
+	t.Cleanup(func() { _ = st.Close() })
+	if err := st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello("", 0)}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Advance the clock by the timeout each time a write is under way,
+	// until the stalled write's watch fires: a write that was only
+	// passing through when the clock moved has disarmed its watch, and the
+	// next one arms it again.
+	var reset bool
+	for range 100 {
+		armed := srv.Clock.Armed()
+		want := srv.Clock.Now().Add(timeout)
+		if next, ok := srv.Clock.Next(); !ok || !next.Equal(want) {
+			select {
+			case <-armed:
+			case <-ctx.Done():
+				t.Fatal("no write to bob's stream was ever under way")
+			}
+			continue
+		}
+		// The stream holds bob's only slot: a second session is refused.
+		if !reset {
+			mustCode(t, "a second session while the first stalls", bob.open(hello("", 0)).endErr(), connect.CodeResourceExhausted)
+		}
+		srv.Clock.Advance(timeout)
+		if reset = strings.Contains(log.String(), "reset a stream"); reset {
+			break
+		}
+	}
+	if !reset {
+		t.Fatalf("the stalled stream was never reset; log:\n%s", log.String())
+	}
+	select {
+	case <-exited: // the sender's blocked write returned
+	case <-ctx.Done():
+		t.Fatal("the stalled session's sender never ended")
+	}
+	// Reading again, bob's client finds what was sent and then the reset.
+	for {
+		_, err := st.Receive()
+		if errors.Is(err, io.EOF) {
+			t.Fatal("the reset stream ended cleanly")
+		}
+		if err != nil {
+			break
+		}
+	}
+	// The slot is free again. The handler releases it a moment after the
+	// sender ends: a refusal here is retried, each after another sender
+	// exit or, at the latest, a refused stream's round trip.
+	for i := 0; ; i++ {
+		s := bob.open(hello("", 0))
+		m, err := s.st.Receive()
+		if err == nil && m.GetWelcome() != nil {
+			break
+		}
+		if code(err) != connect.CodeResourceExhausted || i == 100 {
+			t.Fatalf("a new session after the reset: %v", err)
+		}
+	}
+}
