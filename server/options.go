@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime"
 	"time"
 
@@ -48,7 +49,8 @@ type Options struct {
 	// it gets one more every SignInRefill, and is refused with
 	// ResourceExhausted before any password is hashed. An address may fail
 	// ten times as many logins over all usernames, so users behind one
-	// address do not lock each other out. Successful logins, malformed
+	// address do not lock each other out, and an IPv6 /48 (a site, with
+	// 65,536 /64s) sixteen times an address's. Successful logins, malformed
 	// requests and attempts the server failed do not count. Default 10;
 	// negative turns the limit off.
 	SignInLimit int
@@ -59,9 +61,17 @@ type Options struct {
 	// server writes the client's address into (X-Forwarded-For, say): the
 	// sign-in limit then counts the last address in it. Empty: the
 	// connection's peer address, which behind a proxy is the proxy's.
-	// Only set it when every request comes through that proxy: a client
-	// that reaches the server directly could write any address there.
+	// Only set it when every request comes through that proxy, or list the
+	// proxies in TrustedProxies: a client that reaches the server directly
+	// could write any address there.
 	ClientIPHeader string
+	// TrustedProxies are the addresses of the reverse proxies in front of
+	// the server. With them, ClientIPHeader counts only on a request whose
+	// peer is one of them, and its client is the last address in the
+	// header that is not one of them (proxies in a chain each append the
+	// address they were reached from). Empty: every request comes through
+	// a proxy. Needs ClientIPHeader.
+	TrustedProxies []netip.Prefix
 }
 
 func (o *Options) ensureDefaults() {
@@ -107,6 +117,14 @@ func (o *Options) validate() error {
 	}
 	if o.SignInRefill < 0 {
 		errs = append(errs, fmt.Errorf("SignInRefill must not be negative, got %s", o.SignInRefill))
+	}
+	if len(o.TrustedProxies) > 0 && o.ClientIPHeader == "" {
+		errs = append(errs, errors.New("TrustedProxies needs ClientIPHeader, the header they write the client's address into"))
+	}
+	for _, p := range o.TrustedProxies {
+		if !p.IsValid() {
+			errs = append(errs, fmt.Errorf("TrustedProxies holds an invalid prefix %v", p))
+		}
 	}
 	if o.HeartbeatInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("HeartbeatInterval must be at least 100ms, got %s", o.HeartbeatInterval))

@@ -85,7 +85,7 @@ func (s *Server) Handler(extra ...func(*http.ServeMux)) http.Handler {
 	for _, f := range extra {
 		f(mux)
 	}
-	return withClientAddr(s.gateStreams(mux), s.opts.ClientIPHeader)
+	return withClientAddr(s.gateStreams(mux), clientIP{header: s.opts.ClientIPHeader, trusted: s.opts.TrustedProxies})
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

@@ -34,13 +34,24 @@ import (
 //     times is not held up; a guesser gets one guess a minute by default.
 //
 // Addresses are IPv4 addresses or IPv6 /64 networks (one host usually
-// holds a whole /64). Behind a reverse proxy every client has the proxy's
+// holds a whole /64). A site usually holds a /48, which is 65,536 /64s: so
+// that they are not as many budgets, an IPv6 sign-in also spends from its
+// /48's bucket, which holds addressesPerSite addresses' worth. Behind a
+// reverse proxy every client has the proxy's
 // address: set Options.ClientIPHeader to the header the proxy writes the
-// client's address into.
+// client's address into, and Options.TrustedProxies when clients can also
+// reach the server without the proxy.
 
 // loginsPerAddress is how many times SignInLimit failed logins an address
 // may make over all usernames.
 const loginsPerAddress = 10
+
+// An IPv6 site is a /48; its buckets hold addressesPerSite times an
+// address's.
+const (
+	ipv6SiteBits     = 48
+	addressesPerSite = 16
+)
 
 // maxSignInBuckets bounds the limiter's memory (about 20 MB). Past it,
 // buckets that have refilled are dropped first; if too many are still
@@ -95,6 +106,10 @@ func signInKeys(addr netip.Prefix, kind signInKind, username string) []signInKey
 		return nil
 	}
 	keys := []signInKey{{addr: addr, kind: kind}}
+	if addr.Addr().Is6() && addr.Bits() > ipv6SiteBits {
+		site, _ := addr.Addr().Prefix(ipv6SiteBits)
+		keys = append(keys, signInKey{addr: site, kind: kind})
+	}
 	if kind == signInLogin {
 		if u, err := engine.NormalizeUsername(username); err == nil {
 			keys = append(keys, signInKey{addr: addr, kind: kind, user: u})
@@ -105,11 +120,18 @@ func signInKeys(addr netip.Prefix, kind signInKind, username string) []signInKey
 
 // size is how many tokens k's bucket holds when full.
 func (l *signInLimiter) size(k signInKey) float64 {
+	n := l.limit
 	if k.kind == signInLogin && k.user == "" {
-		return float64(l.limit * loginsPerAddress)
+		n *= loginsPerAddress
 	}
-	return float64(l.limit)
+	if k.site() {
+		n *= addressesPerSite
+	}
+	return float64(n)
 }
+
+// site reports whether k is an IPv6 site's bucket.
+func (k signInKey) site() bool { return k.addr.Addr().Is6() && k.addr.Bits() == ipv6SiteBits }
 
 // take spends one attempt from every bucket of keys, or from none when one
 // is empty. Then it reports which (its index in keys; -1 when none is),
@@ -154,13 +176,17 @@ func (l *signInLimiter) take(keys []signInKey) (empty int, wait time.Duration, w
 
 // what says what k's bucket counts, for messages and logs.
 func (k signInKey) what() string {
+	from := "this address"
+	if k.site() {
+		from = "this network (an IPv6 /48)"
+	}
 	switch {
 	case k.kind == signInRegister:
-		return "registrations from this address"
+		return "registrations from " + from
 	case k.user != "":
-		return fmt.Sprintf("failed logins as %q from this address", k.user)
+		return fmt.Sprintf("failed logins as %q from %s", k.user, from)
 	}
-	return "failed logins from this address"
+	return "failed logins from " + from
 }
 
 // refund gives back the attempt a sign-in took.
@@ -252,12 +278,11 @@ func clientAddr(ctx context.Context) netip.Prefix {
 	return p
 }
 
-// withClientAddr puts the client's address in the request's context: the
-// last address in header when set (the one the proxy appended), else the
-// connection's peer.
-func withClientAddr(next http.Handler, header string) http.Handler {
+// withClientAddr puts the client's address in the request's context (see
+// clientIP).
+func withClientAddr(next http.Handler, ci clientIP) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a := addrKey(r, header)
+		a := addrKey(r, ci)
 		if a.IsValid() {
 			r = r.WithContext(context.WithValue(r.Context(), clientAddrKey{}, a))
 		}
@@ -265,20 +290,76 @@ func withClientAddr(next http.Handler, header string) http.Handler {
 	})
 }
 
-func addrKey(r *http.Request, header string) netip.Prefix {
-	var ip netip.Addr
-	if header != "" {
-		if vs := r.Header.Values(header); len(vs) > 0 {
-			ip = lastAddr(vs[len(vs)-1])
+// clientIP says where a request's client address comes from: the
+// connection's peer, or the header a reverse proxy writes it into
+// (Options.ClientIPHeader and TrustedProxies).
+type clientIP struct {
+	header  string
+	trusted []netip.Prefix
+}
+
+func (c clientIP) isTrusted(ip netip.Addr) bool {
+	for _, p := range c.trusted {
+		if p.Contains(ip) {
+			return true
 		}
 	}
-	if !ip.IsValid() {
-		ip = lastAddr(r.RemoteAddr)
+	return false
+}
+
+// addr returns the client's address. Without a header it is the peer's.
+// With a header and no trusted proxies, every request comes through the
+// proxy: the header's last entry, which the proxy appended. With trusted
+// proxies, the header counts only when the peer is one of them, and then
+// the client is the last entry that is not: each proxy appended the
+// address it was reached from, and what a client wrote itself lies left of
+// them all. An entry that is not an address ends the walk at the last
+// proxy.
+func (c clientIP) addr(r *http.Request) netip.Addr {
+	peer := lastAddr(r.RemoteAddr).Unmap()
+	if c.header == "" || !peer.IsValid() {
+		return peer
 	}
+	vs := r.Header.Values(c.header)
+	if len(c.trusted) == 0 {
+		if len(vs) > 0 {
+			if ip := lastAddr(vs[len(vs)-1]); ip.IsValid() {
+				return ip.Unmap()
+			}
+		}
+		return peer
+	}
+	if !c.isTrusted(peer) {
+		return peer
+	}
+	last := peer
+	for i := len(vs) - 1; i >= 0; i-- {
+		entries := strings.Split(vs[i], ",")
+		for j := len(entries) - 1; j >= 0; j-- {
+			e := strings.TrimSpace(entries[j])
+			if e == "" {
+				continue
+			}
+			ip := lastAddr(e).Unmap()
+			if !ip.IsValid() {
+				return last
+			}
+			if !c.isTrusted(ip) {
+				return ip
+			}
+			last = ip
+		}
+	}
+	return last
+}
+
+// addrKey is the limiter's key for the request's client: its IPv4 address
+// or IPv6 /64.
+func addrKey(r *http.Request, ci clientIP) netip.Prefix {
+	ip := ci.addr(r)
 	if !ip.IsValid() {
 		return netip.Prefix{}
 	}
-	ip = ip.Unmap()
 	bits := 32
 	if ip.Is6() {
 		bits = 64

@@ -35,8 +35,39 @@ func TestAddrKey(t *testing.T) {
 		for _, h := range c.headers {
 			r.Header.Add("X-Forwarded-For", h)
 		}
-		if got := addrKey(r, c.header).String(); got != c.want {
+		if got := addrKey(r, clientIP{header: c.header}).String(); got != c.want {
 			t.Errorf("remote %q, header %q %q: %s, want %s", c.remote, c.header, c.headers, got, c.want)
+		}
+	}
+}
+
+// TestTrustedProxies: with trusted proxies, the header counts only from
+// them, and the client is the last address in it that is not a proxy.
+func TestTrustedProxies(t *testing.T) {
+	ci := clientIP{header: "X-Forwarded-For", trusted: []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8:ffff::/48")}}
+	for _, c := range []struct {
+		name, remote string
+		headers      []string
+		want         string
+	}{
+		{"one proxy", "10.0.0.1:1", []string{"198.51.100.7"}, "198.51.100.7/32"},
+		{"a client reaching the server directly cannot choose its address", "203.0.113.5:1", []string{"198.51.100.7"}, "203.0.113.5/32"},
+		{"a chain of proxies", "10.0.0.1:1", []string{"198.51.100.7, 10.1.2.3"}, "198.51.100.7/32"},
+		{"what the client wrote lies left of the proxies'", "10.0.0.1:1", []string{"192.0.2.66, 198.51.100.7, 10.1.2.3"}, "198.51.100.7/32"},
+		{"over several header lines", "10.0.0.1:1", []string{"192.0.2.66", "198.51.100.7", "10.1.2.3"}, "198.51.100.7/32"},
+		{"an IPv6 proxy", "[2001:db8:ffff::9]:1", []string{"2001:db8:1:2::3"}, "2001:db8:1:2::/64"},
+		{"an IPv4 client through an IPv6-mapped proxy address", "[::ffff:10.0.0.1]:1", []string{"::ffff:198.51.100.7"}, "198.51.100.7/32"},
+		{"garbage stops the walk at the last proxy", "10.0.0.1:1", []string{"nonsense, 10.1.2.3"}, "10.1.2.3/32"},
+		{"no header: the proxy itself", "10.0.0.1:1", nil, "10.0.0.1/32"},
+		{"only proxies: the first of them", "10.0.0.1:1", []string{"10.9.9.9, 10.1.2.3"}, "10.9.9.9/32"},
+	} {
+		r := &http.Request{RemoteAddr: c.remote, Header: http.Header{}}
+		for _, h := range c.headers {
+			r.Header.Add("X-Forwarded-For", h)
+		}
+		if got := addrKey(r, ci).String(); got != c.want {
+			t.Errorf("%s: remote %q, header %q: %s, want %s", c.name, c.remote, c.headers, got, c.want)
 		}
 	}
 }
@@ -145,5 +176,35 @@ func TestSignInLimiterKeys(t *testing.T) {
 	l.refund(alice)
 	if b := l.buckets[alice[1]]; b.tokens != 1 {
 		t.Fatalf("after a refund alice has %v attempts, want 1", b.tokens)
+	}
+}
+
+// TestSignInLimiterIPv6Sites: an IPv6 sign-in spends from its /64's bucket
+// and from its /48's, which holds addressesPerSite times as many, so a
+// site cannot rotate through its 65,536 /64s for as many budgets.
+func TestSignInLimiterIPv6Sites(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l := newSignInLimiter(1, time.Minute, fake)
+	net64 := func(site, i int) netip.Prefix {
+		return netip.MustParsePrefix(fmt.Sprintf("2001:db8:%x:%x::/64", site, i))
+	}
+	keys := signInKeys(net64(1, 0), signInLogin, "alice")
+	if len(keys) != 3 || keys[1].addr.String() != "2001:db8:1::/48" || keys[1].user != "" || keys[2].user != "alice" {
+		t.Fatalf("keys of an IPv6 login: %+v, want the /64's, the /48's and alice's at the /64", keys)
+	}
+	if k := signInKeys(netip.MustParsePrefix("198.51.100.7/32"), signInRegister, ""); len(k) != 1 {
+		t.Fatalf("keys of an IPv4 registration: %+v, want the address's only", k)
+	}
+	for i := range addressesPerSite {
+		if empty, _, _ := l.take(signInKeys(net64(1, i), signInRegister, "")); empty >= 0 {
+			t.Fatalf("registration from /64 %d of the site refused", i)
+		}
+	}
+	next := signInKeys(net64(1, addressesPerSite), signInRegister, "")
+	if empty, _, _ := l.take(next); empty != 1 || next[empty].what() != "registrations from this network (an IPv6 /48)" {
+		t.Fatalf("registration from /64 %d of a spent site: empty bucket %d, want the site's (1)", addressesPerSite, empty)
+	}
+	if empty, _, _ := l.take(signInKeys(net64(2, 0), signInRegister, "")); empty >= 0 {
+		t.Fatal("another site's registration refused")
 	}
 }

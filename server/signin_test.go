@@ -3,6 +3,8 @@ package server_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -148,6 +150,39 @@ func TestSignInLimitOffAndPeerAddress(t *testing.T) {
 		}
 		if ce == nil || ce.Code() != want {
 			t.Errorf("limit %d: third failure from 127.0.0.1: %v, want %v", limit, last, want)
+		}
+	}
+}
+
+// TestSignInLimitTrustsOnlyItsProxies: with trusted proxies, the header
+// counts on requests from them only. The test's requests come from
+// loopback: when loopback is not a trusted proxy, a client cannot escape
+// its address's limit by writing another address in the header each time.
+func TestSignInLimitTrustsOnlyItsProxies(t *testing.T) {
+	for _, c := range []struct {
+		trusted  string
+		refusals int
+	}{{"192.0.2.0/24", 2}, {"127.0.0.0/8", 0}} {
+		srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+			o.SignInLimit, o.SignInRefill, o.ClientIPHeader = 2, time.Minute, "X-Forwarded-For"
+			o.TrustedProxies = []netip.Prefix{netip.MustParsePrefix(c.trusted)}
+		}})
+		acc := srv.Clients("").Account
+		refused := 0
+		for i := range 4 {
+			ctx, info := connect.NewClientContext(context.Background())
+			info.RequestHeader().Set("X-Forwarded-For", fmt.Sprintf("198.51.100.%d", i+1))
+			_, err := acc.Register(ctx, &ferryv1.RegisterRequest{Username: fmt.Sprintf("user%d", i), Password: "correct horse", DeviceName: "d"})
+			switch {
+			case err == nil:
+			case connect.CodeOf(err) == connect.CodeResourceExhausted:
+				refused++
+			default:
+				t.Fatalf("trusted %s, registration %d: %v", c.trusted, i, err)
+			}
+		}
+		if refused != c.refusals {
+			t.Errorf("trusted proxies %s: %d of 4 registrations from four header addresses refused, want %d", c.trusted, refused, c.refusals)
 		}
 	}
 }

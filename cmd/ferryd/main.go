@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -63,6 +64,7 @@ type config struct {
 	signInLimit       int
 	signInRefill      time.Duration
 	clientIPHeader    string
+	trustedProxies    prefixList
 }
 
 func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
@@ -83,7 +85,8 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.DurationVar(&c.receiptDelay, "receipt-delay", 250*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
 	fs.IntVar(&c.signInLimit, "sign-in-limit", 10, "logins with a wrong password as one username, and registrations (made or refused), a client address may make at once before it gets one per --sign-in-refill; ten times as many failed logins over all usernames (0: no limit)")
 	fs.DurationVar(&c.signInRefill, "sign-in-refill", time.Minute, "how often a throttled client address regains a sign-in attempt")
-	fs.StringVar(&c.clientIPHeader, "client-ip-header", "", "header your reverse proxy writes the client's address into, e.g. X-Forwarded-For (set only when every request comes through it)")
+	fs.StringVar(&c.clientIPHeader, "client-ip-header", "", "header your reverse proxy writes the client's address into, e.g. X-Forwarded-For (set only when every request comes through it, or list the proxies in --trusted-proxies)")
+	fs.Var(&c.trustedProxies, "trusted-proxies", "comma-separated addresses or CIDR prefixes of your reverse proxies: --client-ip-header then counts only on requests from them, and the client is the last address in it that is not one of them")
 	fs.IntVar(&c.receiptMembers, "receipt-members", 32, "conversations of up to this many members share delivered and read receipts; in larger ones markers reach only the user's own devices")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
@@ -187,6 +190,9 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
+	if len(c.trustedProxies) > 0 && c.clientIPHeader == "" {
+		return errors.New("--trusted-proxies needs --client-ip-header, the header they write the client's address into")
+	}
 	if c.receiptMembers < 1 {
 		return fmt.Errorf("--receipt-members %d: it must be at least 1", c.receiptMembers)
 	}
@@ -213,6 +219,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		SignInLimit:         signInLimit(c.signInLimit),
 		SignInRefill:        c.signInRefill,
 		ClientIPHeader:      c.clientIPHeader,
+		TrustedProxies:      c.trustedProxies,
 	})
 	if err != nil {
 		return err
@@ -330,6 +337,39 @@ func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "backup written to %s; a server opened on it starts a new epoch, and devices repair\n", c.to)
+	return nil
+}
+
+// prefixList is a flag of comma-separated addresses and CIDR prefixes.
+type prefixList []netip.Prefix
+
+func (l *prefixList) String() string {
+	parts := make([]string, len(*l))
+	for i, p := range *l {
+		parts[i] = p.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func (l *prefixList) Set(v string) error {
+	var out prefixList
+	for _, e := range strings.Split(v, ",") {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(e); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(e)
+		if err != nil {
+			return fmt.Errorf("%q is neither an address nor a CIDR prefix", e)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	*l = out
 	return nil
 }
 

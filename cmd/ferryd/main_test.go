@@ -124,5 +124,18 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	if err := run(context.Background(), []string{"--receipt-members", "0", "--data", t.TempDir()}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--receipt-members") {
 		t.Fatalf("no receipt members: %v", err)
 	}
+	if err := run(context.Background(), []string{"--trusted-proxies", "10.0.0.0/8, nonsense"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "trusted-proxies") || !strings.Contains(err.Error(), "nonsense") {
+		t.Fatalf("bad trusted proxy: %v", err)
+	}
+	if err := run(context.Background(), []string{"--trusted-proxies", "10.0.0.1", "--data", t.TempDir()}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--client-ip-header") {
+		t.Fatalf("trusted proxies without a header: %v", err)
+	}
+	fs, c = flags("serve", io.Discard)
+	if err := parse(fs, []string{"--trusted-proxies", " 10.1.2.3/8,2001:db8::1, ::ffff:192.0.2.1"}, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.trustedProxies.String(); got != "10.0.0.0/8,2001:db8::1/128,192.0.2.1/32" {
+		t.Fatalf("--trusted-proxies parsed as %s", got)
+	}
 	_ = fmt.Sprint()
 }
