@@ -16,8 +16,11 @@
 // it. The tail of the first id in each millisecond is 23 random bits: to
 // take a device's next id, a member would have to push millions of ops for
 // each millisecond in which it might be made. Within one millisecond the
-// tail counts up, so a Source never repeats an id, and its ids sort in the
-// order it made them, even when the clock steps back.
+// tail counts up, so a Source never repeats an id; no one sees those ids
+// before the millisecond is over. When the clock steps back, the Source
+// draws a new prefix: its ids keep the clock's time and stay unique, and
+// a device's ops are ordered by their dots, not their ids. So does a tail
+// that fills (2^23 ids or more in one millisecond).
 //
 // A conversation's id is not an op id: it names the conversation to
 // everyone who is ever added, and is a plain random ULID (ulid.New).
@@ -59,35 +62,29 @@ func New(rand io.Reader) (*Source, error) {
 	return s, nil
 }
 
-// Next returns a new id for time ms (Unix milliseconds). Its time is ms,
-// or the time of the Source's previous id when the clock has stepped
-// back.
+// Next returns a new id for time ms (Unix milliseconds).
 func (s *Source) Next(ms uint64) (ulid.ULID, error) {
 	if ms > ulid.MaxTime() {
 		return ulid.ULID{}, fmt.Errorf("opid: time %d is past the largest ULID time", ms)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case !s.made || ms > s.ms:
+	if s.made && ms == s.ms && s.tail+1 < 1<<tailBits {
+		s.tail++
+	} else {
+		// A new millisecond draws a tail. A millisecond the Source has
+		// made ids in before (the clock stepped back, or the tail is
+		// full) also draws a prefix, which no id made before has.
+		if s.made && ms <= s.ms {
+			if err := s.newPrefix(); err != nil {
+				return ulid.ULID{}, err
+			}
+		}
 		t, err := s.randomTail()
 		if err != nil {
 			return ulid.ULID{}, err
 		}
 		s.ms, s.tail = ms, t
-	case s.tail+1 < 1<<tailBits:
-		s.tail++
-	default:
-		// 2^23 ids in one millisecond: go on under a new prefix, which
-		// no id made before has.
-		if err := s.newPrefix(); err != nil {
-			return ulid.ULID{}, err
-		}
-		t, err := s.randomTail()
-		if err != nil {
-			return ulid.ULID{}, err
-		}
-		s.tail = t
 	}
 	s.made = true
 	var id ulid.ULID

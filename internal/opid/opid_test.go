@@ -80,19 +80,31 @@ func TestANewMillisecondDrawsANewTail(t *testing.T) {
 	}
 }
 
-func TestIdsAscendWhenTheClockStepsBack(t *testing.T) {
+// TestAClockSteppingBackDrawsANewPrefix: ids keep the clock's time and
+// stay unique, and the tail stays unguessable: a device whose clock was
+// set back an hour must not count up from its last id for that hour.
+func TestAClockSteppingBackDrawsANewPrefix(t *testing.T) {
 	s := newSource(t, 3)
 	a := next(t, s, 5000)
 	b := next(t, s, 4000) // the clock stepped back a second
-	c := next(t, s, 4500)
-	d := next(t, s, 5001)
-	for i, pair := range [][2]ulid.ULID{{a, b}, {b, c}, {c, d}} {
-		if pair[0].Compare(pair[1]) >= 0 {
-			t.Fatalf("id %d %s is not below the next, %s", i, pair[0], pair[1])
-		}
+	c := next(t, s, 4000)
+	d := next(t, s, 4001)
+	if b.Time() != 4000 || d.Time() != 4001 {
+		t.Fatalf("times %d, %d: want the clock's, 4000 and 4001", b.Time(), d.Time())
 	}
-	if b.Time() != 5000 || c.Time() != 5000 || d.Time() != 5001 {
-		t.Fatalf("times %d %d %d, want 5000 5000 5001", b.Time(), c.Time(), d.Time())
+	if bytes.Equal(a[6:13], b[6:13]) {
+		t.Fatalf("the id after the step back kept the prefix %x", a[6:13])
+	}
+	if tail(b) >= firstTail {
+		t.Fatalf("tail %#x after the step back, want a first tail (below %#x)", tail(b), firstTail)
+	}
+	if tail(c) != tail(b)+1 || !bytes.Equal(b[6:13], c[6:13]) || !bytes.Equal(c[6:13], d[6:13]) {
+		t.Fatalf("b %s, c %s, d %s: want the new prefix kept, counting up within 4000", b, c, d)
+	}
+	// Back to a millisecond the source made ids in, under the new
+	// prefix too: another prefix again.
+	if e := next(t, s, 4000); bytes.Equal(e[6:13], d[6:13]) || e == b || e == c {
+		t.Fatalf("e %s after d %s at an earlier time: want a new prefix", e, d)
 	}
 }
 

@@ -22,8 +22,9 @@ export function ulid(now: number = Date.now(), random: (b: Uint8Array) => void =
  * millisecond count up from it. The ops of one client then share most of
  * their ids, which compression finds again (about 3 bytes per id on the
  * wire rather than 10), while a member who sees them still cannot guess
- * the next one to take it first. Ids of one OpIds never repeat and ascend
- * in the order they were made, even when the clock steps back.
+ * the next one to take it first. When the clock steps back to a
+ * millisecond already used, or a tail fills, a new prefix is drawn: ids of
+ * one OpIds never repeat and keep the clock's time.
  */
 export class OpIds {
   private readonly prefix = new Uint8Array(7);
@@ -39,13 +40,13 @@ export class OpIds {
     if (!Number.isInteger(now) || now < 0 || now > 2 ** 48 - 1) {
       throw new RangeError(`ulid: time ${now} is outside 0..2^48-1 milliseconds`);
     }
-    if (now > this.ms) {
-      this.ms = now;
-      this.tail = this.randomTail();
-    } else if (this.tail + 1 < 2 ** 24) {
+    if (now === this.ms && this.tail + 1 < 2 ** 24) {
       this.tail++;
     } else {
-      this.random(this.prefix); // 2^23 ids in one millisecond
+      // A millisecond used before (the clock stepped back, or the tail is
+      // full) draws a new prefix, which no id made before has.
+      if (now <= this.ms) this.random(this.prefix);
+      this.ms = now;
       this.tail = this.randomTail();
     }
     const b = new Uint8Array(16);
