@@ -33,10 +33,30 @@ type flushGate struct {
 }
 
 func (g *flushGate) Write(p []byte) (int, error) {
-	g.watch.begin()
-	defer g.watch.end()
-	return g.ResponseWriter.Write(p)
+	if g.watch == nil {
+		return g.ResponseWriter.Write(p)
+	}
+	// A catch-up message is up to a MiB: written in pieces, each watched
+	// on its own, so that the limit is on a write making no progress, and
+	// a slow link that keeps reading is never cut off.
+	var n int
+	for len(p) > 0 {
+		piece := p[:min(len(p), watchedPiece)]
+		g.watch.begin()
+		m, err := g.ResponseWriter.Write(piece)
+		g.watch.end()
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[m:]
+	}
+	return n, nil
 }
+
+// watchedPiece is the most a watched write sends at once: at the default
+// SendTimeout, a client reading 270 bytes a second keeps its stream.
+const watchedPiece = 32 << 10
 
 func (g *flushGate) Flush() {
 	if !g.hold {
@@ -74,8 +94,8 @@ func (s *Server) gateStreams(next http.Handler) http.Handler {
 	})
 }
 
-// sendWatch resets a sync stream when one write to it, or one flush,
-// takes longer than Options.SendTimeout.
+// sendWatch resets a sync stream when one write to it (of at most
+// watchedPiece bytes), or one flush, takes longer than Options.SendTimeout.
 //
 // A write blocks while the client's flow-control window is full: a client
 // that stops reading its stream, or whose connection stops moving (a
@@ -86,14 +106,17 @@ func (s *Server) gateStreams(next http.Handler) http.Handler {
 // fires, it sets the stream's write deadline in the past, which resets
 // an HTTP/2 stream (over HTTP/1.1, the connection): the blocked write
 // returns an error, the session ends, and its handler returns.
+//
+// begin and end are called by the one goroutine that sends on the stream
+// at a time (flushGate), and close after the last send.
 type sendWatch struct {
 	clock clock.Clock
 	limit time.Duration
 	fire  func()
+	timer clock.Timer // made at the first write
 
-	mu     sync.Mutex
-	timer  clock.Timer // made at the first write
-	closed bool        // the handler returned: the stream is gone
+	mu     sync.Mutex // orders fire and close
+	closed bool       // the handler returned: the stream is gone
 }
 
 func (s *Server) newSendWatch(w http.ResponseWriter, r *http.Request) *sendWatch {
@@ -105,7 +128,7 @@ func (s *Server) newSendWatch(w http.ResponseWriter, r *http.Request) *sendWatch
 		if sw.closed {
 			return
 		}
-		s.log.Warn("sync: reset a stream whose client read nothing for the send timeout: it stopped reading, or its connection stopped moving",
+		s.log.Warn("sync: reset a stream whose write made no progress for the send timeout: its client stopped reading, or its connection stopped moving",
 			"send_timeout", sw.limit, "procedure", r.URL.Path, "remote", r.RemoteAddr)
 		if err := rc.SetWriteDeadline(time.Unix(1, 0)); err != nil {
 			s.log.Warn("sync: cannot reset a stalled stream", "err", err)
