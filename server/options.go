@@ -49,8 +49,9 @@ type Options struct {
 	// it gets one more every SignInRefill, and is refused with
 	// ResourceExhausted before any password is hashed. An address may fail
 	// ten times as many logins over all usernames, so users behind one
-	// address do not lock each other out, and an IPv6 /48 (a site, with
-	// 65,536 /64s) sixteen times an address's. Successful logins, malformed
+	// address do not lock each other out. An IPv6 /48 (a site, with
+	// 65,536 /64s) may make sixteen times an address's, and regains them
+	// sixteen times as fast. Successful logins, malformed
 	// requests and attempts the server failed do not count. Default 10;
 	// negative turns the limit off.
 	SignInLimit int

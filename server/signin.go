@@ -36,7 +36,8 @@ import (
 // Addresses are IPv4 addresses or IPv6 /64 networks (one host usually
 // holds a whole /64). A site usually holds a /48, which is 65,536 /64s: so
 // that they are not as many budgets, an IPv6 sign-in also spends from its
-// /48's bucket, which holds addressesPerSite addresses' worth. Behind a
+// /48's bucket, which holds addressesPerSite addresses' worth and refills
+// as many times as fast. Behind a
 // reverse proxy every client has the proxy's
 // address: set Options.ClientIPHeader to the header the proxy writes the
 // client's address into, and Options.TrustedProxies when clients can also
@@ -149,13 +150,13 @@ func (l *signInLimiter) take(keys []signInKey) (empty int, wait time.Duration, w
 	bs := make([]*bucket, len(keys))
 	for i, k := range keys {
 		if b := l.buckets[k]; b != nil {
-			l.fill(b, l.size(k), now)
+			l.fill(b, k, now)
 			bs[i] = b
 		}
 	}
 	for i, b := range bs {
 		if b != nil && b.tokens < 1 {
-			wait := time.Duration((1 - b.tokens) * float64(l.refill))
+			wait := time.Duration((1 - b.tokens) * float64(l.refill) / keys[i].rate())
 			warn := b.warned.IsZero() || now.Sub(b.warned) >= l.refill
 			if warn {
 				b.warned = now
@@ -203,11 +204,21 @@ func (l *signInLimiter) refund(keys []signInKey) {
 	}
 }
 
-func (l *signInLimiter) fill(b *bucket, size float64, now time.Time) {
+// fill adds the attempts k's bucket regained since it was last filled.
+func (l *signInLimiter) fill(b *bucket, k signInKey, now time.Time) {
 	if d := now.Sub(b.at); d > 0 {
-		b.tokens = min(size, b.tokens+float64(d)/float64(l.refill))
+		b.tokens = min(l.size(k), b.tokens+k.rate()*float64(d)/float64(l.refill))
 		b.at = now
 	}
+}
+
+// rate is how many attempts k's bucket regains per refill period: an
+// IPv6 site's as many as its addresses', the rest one.
+func (k signInKey) rate() float64 {
+	if k.site() {
+		return addressesPerSite
+	}
+	return 1
 }
 
 // makeRoom makes room for n more buckets under maxSignInBuckets. It drops
@@ -219,7 +230,7 @@ func (l *signInLimiter) makeRoom(now time.Time, n int) {
 		return
 	}
 	for k, b := range l.buckets {
-		if l.fill(b, l.size(k), now); b.tokens >= l.size(k) {
+		if l.fill(b, k, now); b.tokens >= l.size(k) {
 			delete(l.buckets, k)
 		}
 	}
@@ -232,7 +243,8 @@ func (l *signInLimiter) makeRoom(now time.Time, n int) {
 }
 
 // login runs a login under the limiter: refused at once when the
-// username at the caller's address, or the address, has no attempt left.
+// username at the caller's address, the address, or its IPv6 site has no
+// attempt left.
 // Only wrong credentials count: the attempt is given back otherwise.
 func (s *Server) login(ctx context.Context, username string, attempt func() error) error {
 	return s.signIn(signInKeys(clientAddr(ctx), signInLogin, username), attempt,
@@ -316,7 +328,7 @@ func (c clientIP) isTrusted(ip netip.Addr) bool {
 // them all. An entry that is not an address ends the walk at the last
 // proxy.
 func (c clientIP) addr(r *http.Request) netip.Addr {
-	peer := lastAddr(r.RemoteAddr).Unmap()
+	peer := lastAddr(r.RemoteAddr).Unmap().WithZone("")
 	if c.header == "" || !peer.IsValid() {
 		return peer
 	}
@@ -324,7 +336,7 @@ func (c clientIP) addr(r *http.Request) netip.Addr {
 	if len(c.trusted) == 0 {
 		if len(vs) > 0 {
 			if ip := lastAddr(vs[len(vs)-1]); ip.IsValid() {
-				return ip.Unmap()
+				return ip.Unmap().WithZone("")
 			}
 		}
 		return peer
@@ -340,7 +352,7 @@ func (c clientIP) addr(r *http.Request) netip.Addr {
 			if e == "" {
 				continue
 			}
-			ip := lastAddr(e).Unmap()
+			ip := lastAddr(e).Unmap().WithZone("")
 			if !ip.IsValid() {
 				return last
 			}

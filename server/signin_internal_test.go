@@ -45,7 +45,7 @@ func TestAddrKey(t *testing.T) {
 // them, and the client is the last address in it that is not a proxy.
 func TestTrustedProxies(t *testing.T) {
 	ci := clientIP{header: "X-Forwarded-For", trusted: []netip.Prefix{
-		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8:ffff::/48")}}
+		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8:ffff::/48"), netip.MustParsePrefix("fe80::/10")}}
 	for _, c := range []struct {
 		name, remote string
 		headers      []string
@@ -58,6 +58,7 @@ func TestTrustedProxies(t *testing.T) {
 		{"over several header lines", "10.0.0.1:1", []string{"192.0.2.66", "198.51.100.7", "10.1.2.3"}, "198.51.100.7/32"},
 		{"an IPv6 proxy", "[2001:db8:ffff::9]:1", []string{"2001:db8:1:2::3"}, "2001:db8:1:2::/64"},
 		{"an IPv4 client through an IPv6-mapped proxy address", "[::ffff:10.0.0.1]:1", []string{"::ffff:198.51.100.7"}, "198.51.100.7/32"},
+		{"a proxy's link-local address, with its zone", "[fe80::1%eth0]:1", []string{"198.51.100.7, fe80::2%eth1"}, "198.51.100.7/32"},
 		{"garbage stops the walk at the last proxy", "10.0.0.1:1", []string{"nonsense, 10.1.2.3"}, "10.1.2.3/32"},
 		{"no header: the proxy itself", "10.0.0.1:1", nil, "10.0.0.1/32"},
 		{"only proxies: the first of them", "10.0.0.1:1", []string{"10.9.9.9, 10.1.2.3"}, "10.9.9.9/32"},
@@ -201,8 +202,18 @@ func TestSignInLimiterIPv6Sites(t *testing.T) {
 		}
 	}
 	next := signInKeys(net64(1, addressesPerSite), signInRegister, "")
-	if empty, _, _ := l.take(next); empty != 1 || next[empty].what() != "registrations from this network (an IPv6 /48)" {
+	empty, wait, _ := l.take(next)
+	if empty != 1 || next[empty].what() != "registrations from this network (an IPv6 /48)" {
 		t.Fatalf("registration from /64 %d of a spent site: empty bucket %d, want the site's (1)", addressesPerSite, empty)
+	}
+	// The site regains attempts as fast as its addresses together (the
+	// wait is told in whole seconds, rounded up: 3.75s is 4s).
+	if want := 4 * time.Second; wait != want {
+		t.Fatalf("a spent site waits %v for an attempt, want %v", wait, want)
+	}
+	fake.Advance(time.Minute / addressesPerSite)
+	if empty, _, _ := l.take(next); empty >= 0 {
+		t.Fatalf("registration after the site regained an attempt: empty bucket %d", empty)
 	}
 	if empty, _, _ := l.take(signInKeys(net64(2, 0), signInRegister, "")); empty >= 0 {
 		t.Fatal("another site's registration refused")

@@ -131,10 +131,10 @@ func TestFlagsFromEnvironment(t *testing.T) {
 		t.Fatalf("trusted proxies without a header: %v", err)
 	}
 	fs, c = flags("serve", io.Discard)
-	if err := parse(fs, []string{"--trusted-proxies", " 10.1.2.3/8,2001:db8::1, ::ffff:192.0.2.1"}, func(string) string { return "" }); err != nil {
+	if err := parse(fs, []string{"--trusted-proxies", " 10.1.2.3/8,2001:db8::1, ::ffff:192.0.2.1", "--trusted-proxies", "::ffff:172.16.0.0/108"}, func(string) string { return "" }); err != nil {
 		t.Fatal(err)
 	}
-	if got := c.trustedProxies.String(); got != "10.0.0.0/8,2001:db8::1/128,192.0.2.1/32" {
+	if got := c.trustedProxies.String(); got != "10.0.0.0/8,2001:db8::1/128,192.0.2.1/32,172.16.0.0/12" {
 		t.Fatalf("--trusted-proxies parsed as %s", got)
 	}
 	_ = fmt.Sprint()
