@@ -27,3 +27,20 @@ func HTTPConns(s *HTTPServer) (sniffing, h2 int) {
 	}
 	return sniffing, h2
 }
+
+// WritesUnderWay counts the sync streams with a watched write under way.
+func WritesUnderWay(s *Server) int {
+	ws := s.watches
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	n := 0
+	for sw := range ws.open {
+		if sw.since.Load() != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// OnWriteBegin makes f run as each watched write begins.
+func OnWriteBegin(s *Server, f func()) { s.watches.testBegin.Store(&f) }

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ferrysync/ferry/internal/clock"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 )
@@ -81,8 +80,8 @@ func (s *Server) gateStreams(next http.Handler) http.Handler {
 			return
 		}
 		g := &flushGate{ResponseWriter: w, flusher: f}
-		if s.opts.SendTimeout > 0 {
-			g.watch = s.newSendWatch(w, r)
+		if s.watches != nil {
+			g.watch = s.watches.add(s, w, r)
 			defer g.watch.close()
 		}
 		r = r.WithContext(context.WithValue(r.Context(), flushGateKey{}, g))
@@ -92,78 +91,6 @@ func (s *Server) gateStreams(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(g, r)
 	})
-}
-
-// sendWatch resets a sync stream when one write to it (of at most
-// watchedPiece bytes), or one flush, takes longer than Options.SendTimeout.
-//
-// A write blocks while the client's flow-control window is full: a client
-// that stops reading its stream, or whose connection stops moving (a
-// phone that vanished without closing it), would otherwise hold the
-// session's sender, and through it the session's slot, for as long as the
-// connection lasts; Go's HTTP/2 server answers the client's pings all the
-// while. The watch arms a timer around each write and flush. When it
-// fires, it sets the stream's write deadline in the past, which resets
-// an HTTP/2 stream (over HTTP/1.1, the connection): the blocked write
-// returns an error, the session ends, and its handler returns.
-//
-// begin and end are called by the one goroutine that sends on the stream
-// at a time (flushGate), and close after the last send.
-type sendWatch struct {
-	clock clock.Clock
-	limit time.Duration
-	fire  func()
-	timer clock.Timer // made at the first write
-
-	mu     sync.Mutex // orders fire and close
-	closed bool       // the handler returned: the stream is gone
-}
-
-func (s *Server) newSendWatch(w http.ResponseWriter, r *http.Request) *sendWatch {
-	sw := &sendWatch{limit: s.opts.SendTimeout}
-	rc := http.NewResponseController(w)
-	sw.fire = func() {
-		sw.mu.Lock()
-		defer sw.mu.Unlock()
-		if sw.closed {
-			return
-		}
-		s.log.Warn("sync: reset a stream whose write made no progress for the send timeout: its client stopped reading, or its connection stopped moving",
-			"send_timeout", sw.limit, "procedure", r.URL.Path, "remote", r.RemoteAddr)
-		if err := rc.SetWriteDeadline(time.Unix(1, 0)); err != nil {
-			s.log.Warn("sync: cannot reset a stalled stream", "err", err)
-		}
-	}
-	sw.clock = s.opts.Clock
-	return sw
-}
-
-// begin arms the watch for a write. A nil watch does nothing.
-func (sw *sendWatch) begin() {
-	if sw == nil {
-		return
-	}
-	if sw.timer == nil {
-		sw.timer = clock.AfterFunc(sw.clock, sw.limit, sw.fire)
-		return
-	}
-	sw.timer.Reset(sw.limit)
-}
-
-// end disarms it after the write.
-func (sw *sendWatch) end() {
-	if sw != nil && sw.timer != nil {
-		sw.timer.Stop()
-	}
-}
-
-// close disarms it for good, as the stream's handler returns: the
-// ResponseWriter must not be used after that.
-func (sw *sendWatch) close() {
-	sw.mu.Lock()
-	sw.closed = true
-	sw.mu.Unlock()
-	sw.end()
 }
 
 // holdFlushes makes the next sends on the session's stream wait for a

@@ -34,6 +34,7 @@ type Server struct {
 	active   sync.WaitGroup // session handlers (each waits for its senders)
 	signIns  *signInLimiter // nil when off
 	aheads   chan struct{}  // read-ahead slots (Options.MaxReadAheads); nil when none
+	watches  *sendWatches   // nil without a send timeout
 	batches  liveBatches    // live rounds' batches, encoded once
 
 	warnSyncReads sync.Once
@@ -64,6 +65,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 		goAway:  goAway,
 		signIns: newSignInLimiter(opts.SignInLimit, opts.SignInRefill, opts.Clock),
 		aheads:  slots(opts.MaxReadAheads),
+		watches: sendWatchesFor(opts),
 	}, nil
 }
 

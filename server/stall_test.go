@@ -66,6 +66,7 @@ func TestStalledReaderIsReset(t *testing.T) {
 		connecthttp.WithCompressors(compression.NewZstd())), wire.Bearer(bob.Session.GetToken()))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	start := srv.Clock.Now()
 	st, err := ferryv1connect.NewSyncServiceClient(c).Sync(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -77,33 +78,43 @@ func TestStalledReaderIsReset(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Advance the clock by the timeout each time a write is under way,
-	// until the stalled write's watch fires: a write that was only
-	// passing through when the clock moved has disarmed its watch, and the
-	// next one arms it again.
-	var reset bool
-	for range 100 {
-		armed := srv.Clock.Armed()
-		want := srv.Clock.Now().Add(timeout)
-		if next, ok := srv.Clock.Next(); !ok || !next.Equal(want) {
+	// Move the clock a sweep at a time while a write is under way, until
+	// the stalled write is reset. A write that was only passing through
+	// ends and clears its stamp; the stalled one stays under way, and the
+	// sweep after more than a timeout since it began resets it.
+	began := make(chan struct{}, 1)
+	server.OnWriteBegin(srv.Server, func() {
+		select {
+		case began <- struct{}{}:
+		default:
+		}
+	})
+	var reset, held bool
+	for range 1000 {
+		if server.WritesUnderWay(srv.Server) == 0 {
 			select {
-			case <-armed:
+			case <-began:
 			case <-ctx.Done():
 				t.Fatal("no write to bob's stream was ever under way")
 			}
 			continue
 		}
 		// The stream holds bob's only slot: a second session is refused.
-		if !reset {
+		if !held {
 			mustCode(t, "a second session while the first stalls", bob.open(hello("", 0)).endErr(), connect.CodeResourceExhausted)
+			held = true
 		}
-		srv.Clock.Advance(timeout)
+		srv.Clock.Advance(timeout / 4)
 		if reset = strings.Contains(log.String(), "reset a stream whose write made no progress"); reset {
 			break
 		}
 	}
 	if !reset {
 		t.Fatalf("the stalled stream was never reset; log:\n%s", log.String())
+	}
+	// It took more than the timeout, measured from the write's start.
+	if elapsed := srv.Clock.Now().Sub(start); elapsed <= timeout {
+		t.Fatalf("reset after %v of the clock, within the %v timeout", elapsed, timeout)
 	}
 	select {
 	case <-exited: // the sender's blocked write returned
