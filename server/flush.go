@@ -32,8 +32,8 @@ type flushGate struct {
 }
 
 func (g *flushGate) Write(p []byte) (int, error) {
-	if g.watch == nil {
-		return g.ResponseWriter.Write(p)
+	if g.watch == nil || len(p) == 0 {
+		return g.ResponseWriter.Write(p) // an empty write still writes the header
 	}
 	// A catch-up message is up to a MiB: written in pieces, each watched
 	// on its own, so that the limit is on a write making no progress, and
