@@ -37,11 +37,10 @@ import (
 // holds a whole /64). A site usually holds a /48, which is 65,536 /64s: so
 // that they are not as many budgets, an IPv6 sign-in also spends from its
 // /48's bucket, which holds addressesPerSite addresses' worth and refills
-// as many times as fast. Behind a
-// reverse proxy every client has the proxy's
-// address: set Options.ClientIPHeader to the header the proxy writes the
-// client's address into, and Options.TrustedProxies when clients can also
-// reach the server without the proxy.
+// as many times as fast. Behind a reverse proxy every client has the
+// proxy's address: set Options.ClientIPHeader to the header the proxy
+// writes the client's address into, and Options.TrustedProxies when
+// clients can also reach the server without the proxy.
 
 // loginsPerAddress is how many times SignInLimit failed logins an address
 // may make over all usernames.
@@ -320,31 +319,20 @@ func (c clientIP) isTrusted(ip netip.Addr) bool {
 }
 
 // addr returns the client's address. Without a header it is the peer's.
-// With a header and no trusted proxies, every request comes through the
-// proxy: the header's last entry, which the proxy appended. With trusted
-// proxies, the header counts only when the peer is one of them, and then
-// the client is the last entry that is not: each proxy appended the
-// address it was reached from, and what a client wrote itself lies left of
-// them all. An entry that is not an address ends the walk at the last
+// With a header, the client is the last address in it that is not a
+// proxy: each proxy appended the address it was reached from, and what a
+// client wrote itself lies left of them all. Without trusted proxies every
+// request comes through one, which is its peer, and the header's last
+// entry is the client; with them, the header counts only when the peer is
+// one of them. An entry that is not an address ends the walk at the last
 // proxy.
 func (c clientIP) addr(r *http.Request) netip.Addr {
-	peer := lastAddr(r.RemoteAddr).Unmap().WithZone("")
-	if c.header == "" || !peer.IsValid() {
-		return peer
-	}
-	vs := r.Header.Values(c.header)
-	if len(c.trusted) == 0 {
-		if len(vs) > 0 {
-			if ip := lastAddr(vs[len(vs)-1]); ip.IsValid() {
-				return ip.Unmap().WithZone("")
-			}
-		}
-		return peer
-	}
-	if !c.isTrusted(peer) {
+	peer := parseAddr(r.RemoteAddr)
+	if c.header == "" || !peer.IsValid() || (len(c.trusted) > 0 && !c.isTrusted(peer)) {
 		return peer
 	}
 	last := peer
+	vs := r.Header.Values(c.header)
 	for i := len(vs) - 1; i >= 0; i-- {
 		entries := strings.Split(vs[i], ",")
 		for j := len(entries) - 1; j >= 0; j-- {
@@ -352,7 +340,7 @@ func (c clientIP) addr(r *http.Request) netip.Addr {
 			if e == "" {
 				continue
 			}
-			ip := lastAddr(e).Unmap().WithZone("")
+			ip := parseAddr(e)
 			if !ip.IsValid() {
 				return last
 			}
@@ -376,28 +364,21 @@ func addrKey(r *http.Request, ci clientIP) netip.Prefix {
 	if ip.Is6() {
 		bits = 64
 	}
-	p, _ := ip.WithZone("").Prefix(bits)
+	p, _ := ip.Prefix(bits)
 	return p
 }
 
-// lastAddr parses the last non-empty entry of a comma-separated address
-// list, with or without a port ("198.51.100.7", "198.51.100.7:5000",
-// "[2001:db8::1]:5000"); invalid when it is none of these.
-func lastAddr(list string) netip.Addr {
-	entries := strings.Split(list, ",")
-	for i := len(entries) - 1; i >= 0; i-- {
-		e := strings.TrimSpace(entries[i])
-		if e == "" {
-			continue
+// parseAddr parses an address with or without a port ("198.51.100.7",
+// "198.51.100.7:5000", "[2001:db8::1]:5000"), unmapped and without its
+// zone; invalid when it is none of these.
+func parseAddr(s string) netip.Addr {
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		host, _, err := net.SplitHostPort(s)
+		if err != nil {
+			return netip.Addr{}
 		}
-		if ip, err := netip.ParseAddr(e); err == nil {
-			return ip
-		}
-		if host, _, err := net.SplitHostPort(e); err == nil {
-			ip, _ := netip.ParseAddr(host)
-			return ip
-		}
-		return netip.Addr{}
+		ip, _ = netip.ParseAddr(host)
 	}
-	return netip.Addr{}
+	return ip.Unmap().WithZone("")
 }
