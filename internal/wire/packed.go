@@ -41,6 +41,17 @@ func PackBatch(conv ulid.ULID, ops []model.Op) (*ferryv1.PackedBatch, error) {
 	p.TimeSteps = make([]int64, n)
 	p.Kinds = make([]ferryv1.OpKind, n)
 	p.IdEntropy = make([]byte, 0, n*idEntropyBytes)
+	// Sized up front: a catch-up packs up to a MiB of bodies per batch.
+	bodies, bodyBytes := 0, 0
+	for i := range ops {
+		if ops[i].Kind.HasBody() {
+			bodies++
+			bodyBytes += len(ops[i].Body)
+		}
+	}
+	p.BodySizes = make([]uint32, 0, bodies)
+	p.ContentTypes = make([]string, 0, bodies)
+	p.BodyData = make([]byte, 0, bodyBytes)
 	var authors []model.Dot // author index -> device (N: the dot of its last op)
 	var users []ulid.ULID   // author index -> user
 	var lastTime uint64
