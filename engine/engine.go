@@ -14,6 +14,7 @@ import (
 	"github.com/ferrysync/ferry/engine/internal/keys"
 	"github.com/ferrysync/ferry/engine/internal/record"
 	"github.com/ferrysync/ferry/engine/internal/store"
+	"github.com/ferrysync/ferry/internal/metric"
 )
 
 // formatVersion is the engine's on-disk format. A store with another format
@@ -54,6 +55,7 @@ type Engine struct {
 	reqs       chan *request
 	commits    atomic.Uint64
 	requests   atomic.Uint64
+	commitTime *metric.Histogram // synced commits, from the batch's hand-off to Pebble to durable
 	quit       chan struct{}
 	writerDone chan struct{}
 	// revocations counts commits that revoked devices; sessions check
@@ -84,6 +86,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		dir:        dir,
 		hub:        newHub(),
 		reqs:       make(chan *request, 1024),
+		commitTime: metric.NewHistogram(metric.LatencyBounds...),
 		quit:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 		hashSem:    make(chan struct{}, opts.MaxPasswordHashes),
@@ -260,16 +263,46 @@ type Metrics struct {
 	Commits, Requests uint64
 	// Queued is the number of write requests waiting for the writer.
 	Queued int
+	// CommitTime is how long synced commits took, from the group's batch
+	// handed to the store to durable.
+	CommitTime metric.Snapshot
 }
 
 // Metrics returns the engine's counters.
 func (e *Engine) Metrics() Metrics {
 	return Metrics{
-		Reads:    e.st.Reads(),
-		Watching: e.hub.watching(),
-		Commits:  e.commits.Load(),
-		Requests: e.requests.Load(),
-		Queued:   len(e.reqs),
+		Reads:      e.st.Reads(),
+		Watching:   e.hub.watching(),
+		Commits:    e.commits.Load(),
+		Requests:   e.requests.Load(),
+		Queued:     len(e.reqs),
+		CommitTime: e.commitTime.Snapshot(),
+	}
+}
+
+// StoreMetrics is the store's shape and size, for operators.
+type StoreMetrics struct {
+	DiskUsage
+	// ReadAmp is the tables a read may consult; the store slows writes
+	// when level 0 piles up.
+	ReadAmp int
+	// CompactionDebt estimates the bytes compactions must rewrite for the
+	// store to be stable again.
+	CompactionDebt uint64
+	// MemTables is the bytes held in memory before they flush to tables.
+	MemTables uint64
+	// Flushes and Compactions count those completed since Open.
+	Flushes, Compactions int64
+}
+
+// StoreMetrics reports the store's shape and size. It takes the store's
+// locks briefly: call it at a scrape's pace, not per op.
+func (e *Engine) StoreMetrics() StoreMetrics {
+	l := e.st.LSM()
+	return StoreMetrics{
+		DiskUsage: DiskUsage{Tables: l.Tables, WAL: l.WAL, Obsolete: l.Obsolete, Other: l.Other},
+		ReadAmp:   l.ReadAmp, CompactionDebt: l.CompactionDebt, MemTables: l.MemTables,
+		Flushes: l.Flushes, Compactions: l.Compactions,
 	}
 }
 

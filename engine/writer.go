@@ -297,9 +297,12 @@ func (w *writer) commit(group []*request) error {
 	if f := w.e.testMarking.Load(); f != nil && len(marked) > 0 {
 		(*f)()
 	}
+	start := w.e.opts.Clock.Now()
 	if err := w.e.st.Commit(tx.b); err != nil {
 		return fmt.Errorf("%w: %v", ErrFailed, err)
 	}
+	now := w.e.opts.Clock.Now()
+	w.e.commitTime.Observe(now.Sub(start))
 	w.e.hub.markersChanged(marked)
 	for _, tm := range tx.markOrder {
 		w.marks.put(tm.ck, tm.m)
@@ -319,7 +322,6 @@ func (w *writer) commit(group []*request) error {
 	for _, id := range tx.receiptsDone {
 		delete(w.receipts, id)
 	}
-	now := w.e.opts.Clock.Now()
 	for _, id := range tx.receiptsWait {
 		w.wait(id, now)
 	}

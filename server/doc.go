@@ -16,6 +16,13 @@
 // connectError); internal errors become Internal with no detail, and are
 // logged.
 //
+// # Metrics
+//
+// Server.Metrics returns the server's counters, and Server.MetricsHandler
+// serves them in Prometheus's text format with the engine's and the Go
+// runtime's. They are atomics bumped where things happen (a few per
+// message sent), read only when asked.
+//
 // # Concurrency
 //
 // A Server is safe for concurrent use. A Sync session's handler goroutine

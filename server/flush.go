@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -29,16 +30,17 @@ type flushGate struct {
 	hold    bool
 	body    *waitBody  // a Sync stream's request body
 	watch   *sendWatch // nil without a send timeout
+	sent    *atomic.Uint64
 }
 
-func (g *flushGate) Write(p []byte) (int, error) {
+func (g *flushGate) Write(p []byte) (n int, err error) {
+	defer func() { g.sent.Add(uint64(n)) }()
 	if g.watch == nil || len(p) == 0 {
 		return g.ResponseWriter.Write(p) // an empty write still writes the header
 	}
 	// A catch-up message is up to a MiB: written in pieces, each watched
 	// on its own, so that the limit is on a write making no progress, and
 	// a slow link that keeps reading is never cut off.
-	var n int
 	for len(p) > 0 {
 		piece := p[:min(len(p), watchedPiece)]
 		g.watch.begin()
@@ -79,7 +81,7 @@ func (s *Server) gateStreams(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		g := &flushGate{ResponseWriter: w, flusher: f}
+		g := &flushGate{ResponseWriter: w, flusher: f, sent: &s.stats.sentBytes}
 		if s.watches != nil {
 			g.watch = s.watches.add(s, w, r)
 			defer g.watch.close()

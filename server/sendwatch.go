@@ -65,6 +65,7 @@ type sendWatch struct {
 
 	mu     sync.Mutex // orders reset and close
 	closed bool       // the handler returned: the ResponseWriter is gone
+	fired  bool       // reset once already
 }
 
 // add watches the stream of w, which s serves for r.
@@ -72,6 +73,7 @@ func (ws *sendWatches) add(s *Server, w http.ResponseWriter, r *http.Request) *s
 	sw := &sendWatch{ws: ws}
 	rc := http.NewResponseController(w)
 	sw.reset = func() {
+		s.stats.sendTimeouts.Add(1)
 		s.log.Warn("sync: reset a stream whose write made no progress for the send timeout: its client stopped reading, or its connection stopped moving",
 			"send_timeout", ws.timeout, "procedure", r.URL.Path, "remote", r.RemoteAddr)
 		// A write deadline in the past resets an HTTP/2 stream (over
@@ -116,7 +118,8 @@ func (ws *sendWatches) sweep() {
 func (sw *sendWatch) fire() {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
-	if !sw.closed {
+	if !sw.closed && !sw.fired {
+		sw.fired = true
 		sw.reset()
 	}
 }

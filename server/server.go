@@ -36,6 +36,7 @@ type Server struct {
 	aheads   chan struct{}  // read-ahead slots (Options.MaxReadAheads); nil when none
 	watches  *sendWatches   // nil without a send timeout
 	batches  liveBatches    // live rounds' batches, encoded once
+	stats    *stats         // counters for operators (Metrics)
 
 	warnSyncReads sync.Once
 	senders       atomic.Int64 // Sync sessions' sender goroutines
@@ -66,6 +67,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 		signIns: newSignInLimiter(opts.SignInLimit, opts.SignInRefill, opts.Clock),
 		aheads:  slots(opts.MaxReadAheads),
 		watches: sendWatchesFor(opts),
+		stats:   newStats(),
 	}, nil
 }
 
@@ -139,13 +141,13 @@ func actorFrom(ctx context.Context) engine.Actor {
 }
 
 // intercept is the server's interceptor: it recovers a handler's panic,
-// authenticates the caller, and logs failed calls. It is one frame where
+// authenticates the caller, and logs and counts finished calls. It is one frame where
 // three interceptors were three: a Sync handler's goroutine keeps it on its
 // stack for the session's whole life (see syncService.Sync), so its work is
 // done in calls that return.
 func (s *Server) intercept(next connect.ServerFunc) connect.ServerFunc {
 	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) (err error) {
-		defer s.recoverPanic(spec.Procedure, &err)
+		defer s.finishCall(spec.Procedure, &err)
 		if ctx, err = s.authenticate(ctx, spec.Procedure); err == nil {
 			err = next(ctx, spec, stream)
 		}
@@ -197,12 +199,14 @@ func (s *Server) logFailure(procedure string, err error) error {
 	return ce
 }
 
-// recoverPanic, deferred, turns a handler's panic into an internal error.
-func (s *Server) recoverPanic(procedure string, err *error) {
+// finishCall, deferred, turns a handler's panic into an internal error,
+// and counts the call.
+func (s *Server) finishCall(procedure string, err *error) {
 	if r := recover(); r != nil {
 		s.log.Error("panic in handler", "procedure", procedure, "panic", r, "stack", string(debug.Stack()))
 		*err = connect.NewError(connect.CodeInternal, "internal error")
 	}
+	s.stats.called(procedure, *err)
 }
 
 // acquireStream counts a device's open sessions, refusing more than
@@ -219,9 +223,12 @@ func (s *Server) acquireStream(device ulid.ULID) (release func(), err error) {
 	}
 	s.streams[device]++
 	s.active.Add(1)
+	s.stats.sessions.Add(1)
+	s.stats.sessionsStarted.Add(1)
 	var once sync.Once
 	return func() {
 		once.Do(func() {
+			s.stats.sessions.Add(-1)
 			s.mu.Lock()
 			if s.streams[device]--; s.streams[device] == 0 {
 				delete(s.streams, device)

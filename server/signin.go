@@ -263,6 +263,7 @@ func (s *Server) register(ctx context.Context, attempt func() error) error {
 // store).
 func (s *Server) signIn(keys []signInKey, attempt func() error, counts func(error) bool) error {
 	if i, wait, warn := s.signIns.take(keys); i >= 0 {
+		s.stats.signInsLimited.Add(1)
 		if warn {
 			s.log.Warn("sign-ins throttled: too many "+keys[i].what(), "client", keys[i].addr, "retry_in", wait)
 		}

@@ -70,6 +70,9 @@ func TestSignInLimit(t *testing.T) {
 	if code(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), `failed logins as "alice" from this address; retry in 1m0s`) {
 		t.Fatalf("fourth attempt after three failures: %v, want resource_exhausted saying what and when to retry", err)
 	}
+	if n := srv.Server.Metrics().SignInsLimited; n != 1 {
+		t.Fatalf("metrics count %d sign-ins limited, want 1", n)
+	}
 	if err := loginAs(a, "Erin", "correct horse"); err != nil {
 		t.Fatalf("another user behind the same address: %v", err)
 	}

@@ -112,6 +112,9 @@ func TestStalledReaderIsReset(t *testing.T) {
 	if !reset {
 		t.Fatalf("the stalled stream was never reset; log:\n%s", log.String())
 	}
+	if n := srv.Server.Metrics().SendTimeouts; n != 1 {
+		t.Fatalf("metrics count %d send timeouts, want 1", n)
+	}
 	// It took more than the timeout, measured from the write's start.
 	if elapsed := srv.Clock.Now().Sub(start); elapsed <= timeout {
 		t.Fatalf("reset after %v of the clock, within the %v timeout", elapsed, timeout)

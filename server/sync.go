@@ -29,6 +29,7 @@ var _ ferryv1connect.SyncServiceHandler = syncService{}
 // are rejected as INVALID without being stored, the others go to the engine
 // in order. Batch-level problems fail the whole push.
 func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch) ([]*ferryv1.OpResult, error) {
+	start := s.opts.Clock.Now()
 	ops, err := opsFromBatches(batches, maxOpsPerPush)
 	if err != nil {
 		return nil, err
@@ -57,6 +58,8 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 			results[at[i]] = r
 		}
 	}
+	s.stats.pushed(results)
+	s.stats.pushTime.Observe(s.opts.Clock.Now().Sub(start))
 	return results, nil
 }
 
@@ -915,15 +918,21 @@ func (s *Server) sayGoaway(out sink) error {
 // send sends one event of the session.
 func (l *loop) send(st step) error {
 	ev := st.ev
+	var err error
 	switch ev.Kind {
 	case engine.EventConversations:
-		return l.out.conversations(&ferryv1.Conversations{Conversations: infosToProto(ev.Conversations)})
+		err = l.out.conversations(&ferryv1.Conversations{Conversations: infosToProto(ev.Conversations)})
 	case engine.EventOps:
-		return l.out.ops(st.ops)
+		err = l.out.ops(st.ops)
 	case engine.EventCaughtUp:
-		return l.out.caughtUp(&ferryv1.CaughtUp{FeedPos: ev.FeedPos, Conversations: uint32(ev.Convs), Ops: ev.Ops})
+		err = l.out.caughtUp(&ferryv1.CaughtUp{FeedPos: ev.FeedPos, Conversations: uint32(ev.Convs), Ops: ev.Ops})
+	default:
+		return fmt.Errorf("server: unknown session event %d", ev.Kind)
 	}
-	return fmt.Errorf("server: unknown session event %d", ev.Kind)
+	if err == nil {
+		l.s.stats.sent(ev)
+	}
+	return err
 }
 
 // opsMessage is an Ops event as sent: packed, or as rows. For a binary

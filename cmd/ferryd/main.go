@@ -55,6 +55,7 @@ type config struct {
 	receiptDelay      time.Duration
 	receiptMembers    int
 	debugAddr         string
+	metricsAddr       string
 	demo              bool
 	passwordMemory    uint
 	passwordPasses    uint
@@ -91,7 +92,8 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
 	fs.BoolVar(&c.demo, "demo", true, "serve the demo chat page at / (a web client of the public API)")
-	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; keep it private")
+	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler (/debug/pprof/) and the metrics (/metrics) on this address, e.g. 127.0.0.1:6060; keep it private")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the metrics in Prometheus's text format (/metrics) on this address, e.g. 127.0.0.1:9090; keep it private")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	if name == "backup" {
@@ -216,7 +218,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		MaxStreamsPerDevice: c.maxStreams,
 		HeartbeatInterval:   c.heartbeat,
 		SendTimeout:         sendTimeout(c.sendTimeout),
-		SignInLimit:         signInLimit(c.signInLimit),
+		SignInLimit:         limitOrOff(c.signInLimit),
 		SignInRefill:        c.signInRefill,
 		ClientIPHeader:      c.clientIPHeader,
 		TrustedProxies:      c.trustedProxies,
@@ -248,28 +250,23 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
-	if c.debugAddr != "" {
-		dln, err := net.Listen("tcp", c.debugAddr)
-		if err != nil {
-			return fmt.Errorf("--debug-addr: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		ds := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		defer ds.Close()
-		go func() { _ = ds.Serve(dln) }()
-		log.Info("profiler listening", "addr", dln.Addr().String())
+	side, closeSide, err := serveSide(c, srv, log)
+	if err != nil {
+		return err
 	}
+	defer closeSide()
 	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	fmt.Fprintf(stdout, "ferryd is listening on %s\n", url)
 	fmt.Fprintf(stdout, "  store:   %s (epoch %s)\n", c.data, eng.Epoch())
 	fmt.Fprintf(stdout, "  health:  curl %s/healthz\n", url)
 	if c.demo {
 		fmt.Fprintf(stdout, "  demo:    open %s/ in a browser\n", url)
+	}
+	if a := side["--metrics-addr"]; a != "" {
+		fmt.Fprintf(stdout, "  metrics: curl http://%s/metrics\n", a)
+	}
+	if a := side["--debug-addr"]; a != "" {
+		fmt.Fprintf(stdout, "  debug:   go tool pprof http://%s/debug/pprof/profile (metrics at /metrics)\n", a)
 	}
 	if c.allowRegistration {
 		fmt.Fprintf(stdout, "  sign up: curl -H 'Content-Type: application/json' -d '{\"username\":\"alice\",\"password\":\"correct horse\"}' %s/ferry.v1.AccountService/Register\n", url)
@@ -388,11 +385,65 @@ func sendTimeout(d time.Duration) time.Duration {
 	return d
 }
 
-// signInLimit maps the flag (0: no limit) to server.Options (negative: no
-// limit; 0 would mean the default).
-func signInLimit(flagValue int) int {
+// limitOrOff maps a limit's flag (0: no limit) to server.Options
+// (negative: no limit; 0 would mean the default).
+func limitOrOff(flagValue int) int {
 	if flagValue <= 0 {
 		return -1
 	}
 	return flagValue
+}
+
+// serveSide serves the private side addresses: the profiler and the
+// metrics on --debug-addr, the metrics alone on --metrics-addr (one
+// listener when both name the same address). It returns the addresses
+// bound, by flag, and what closes them.
+func serveSide(c *config, srv *server.Server, log *slog.Logger) (map[string]string, func(), error) {
+	type side struct {
+		flag string
+		mux  *http.ServeMux
+	}
+	at := map[string]*side{}
+	get := func(flag, addr string) *side {
+		if at[addr] == nil {
+			at[addr] = &side{flag: flag, mux: http.NewServeMux()}
+		}
+		return at[addr]
+	}
+	metrics := srv.MetricsHandler()
+	if c.debugAddr != "" {
+		mux := get("--debug-addr", c.debugAddr).mux
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("GET /metrics", metrics)
+	}
+	if c.metricsAddr != "" && c.metricsAddr != c.debugAddr {
+		get("--metrics-addr", c.metricsAddr).mux.Handle("GET /metrics", metrics)
+	}
+	bound := map[string]string{}
+	var servers []*http.Server
+	closeAll := func() {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+	}
+	for addr, sd := range at {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("%s: %w", sd.flag, err)
+		}
+		bound[sd.flag] = ln.Addr().String()
+		if addr == c.metricsAddr {
+			bound["--metrics-addr"] = ln.Addr().String()
+		}
+		hs := &http.Server{Handler: sd.mux, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, hs)
+		go func() { _ = hs.Serve(ln) }()
+		log.Info("side address listening", "flag", sd.flag, "addr", ln.Addr().String())
+	}
+	return bound, closeAll, nil
 }

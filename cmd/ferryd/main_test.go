@@ -42,15 +42,19 @@ func TestServeAndShutDown(t *testing.T) {
 	out := &syncBuffer{w: make(chan struct{}, 1)}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--allow-registration", "--log-level", "warn"}, out, io.Discard)
+		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--allow-registration", "--log-level", "warn", "--metrics-addr", "127.0.0.1:0"}, out, io.Discard)
 	}()
 	addr := regexp.MustCompile(`listening on (http://\S+)`)
-	var url string
-	for url == "" {
+	metricsAddr := regexp.MustCompile(`metrics: curl (http://\S+)`)
+	var url, metrics string
+	for url == "" || metrics == "" {
 		select {
 		case <-out.w:
 			if m := addr.FindStringSubmatch(out.String()); m != nil {
 				url = m[1]
+			}
+			if m := metricsAddr.FindStringSubmatch(out.String()); m != nil {
+				metrics = m[1]
 			}
 		case err := <-done:
 			t.Fatalf("ferryd exited: %v\n%s", err, out.String())
@@ -84,6 +88,16 @@ func TestServeAndShutDown(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || !strings.Contains(string(body), `"token":"fy1_`) {
 		t.Fatalf("register: %d %s", resp.StatusCode, body)
+	}
+	// The metrics count the registration.
+	resp, err = http.Get(metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := `ferry_rpcs_total{code="ok",procedure="/ferry.v1.AccountService/Register"} 1`; resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+		t.Fatalf("metrics: %d, no %q in\n%.2000s", resp.StatusCode, want, body)
 	}
 	cancel()
 	if err := <-done; err != nil {

@@ -96,6 +96,12 @@ func TestImportRules(t *testing.T) {
 			why:    "only the two storage layers (the server's engine/internal/store, the SDK's clientsdk/internal/kv) talk to Pebble, and bench, which measures raw Pebble as the ingest ceiling; the rest may use its vfs package to choose a filesystem",
 		},
 		{
+			applies: func(p string) bool { return !under(p, "server") },
+			forbid:  func(imp string) bool { return hasPrefix(imp, "github.com/prometheus") },
+			direct:  true,
+			why:     "the engine keeps plain counters (internal/metric); only the server's /metrics handler speaks Prometheus",
+		},
+		{
 			applies: func(p string) bool { return under(p, "engine/model") },
 			forbid: func(imp string) bool {
 				return hasPrefix(imp, pebble, module+"/engine/internal") || imp == module+"/engine"

@@ -291,8 +291,9 @@ type Space struct {
 }
 
 // Space reports the bytes the database occupies on disk.
-func (s *Store) Space() Space {
-	m := s.db.Metrics()
+func (s *Store) Space() Space { return spaceOf(s.db.Metrics()) }
+
+func spaceOf(m *pebble.Metrics) Space {
 	sp := Space{
 		Tables:   m.Table.Local.LiveSize + m.BlobFiles.Local.LiveSize,
 		WAL:      m.WAL.PhysicalSize,
@@ -302,6 +303,32 @@ func (s *Store) Space() Space {
 		sp.Other = total - sp.Tables - sp.WAL - sp.Obsolete
 	}
 	return sp
+}
+
+// LSM is the shape of the database, for operators: what reads cost, and
+// what compactions and flushes owe.
+type LSM struct {
+	Space
+	// ReadAmp is the tables a read may consult: L0's sublevels plus the
+	// non-empty levels below. Pebble stalls writes as L0 grows.
+	ReadAmp int
+	// CompactionDebt estimates the bytes to compact for the LSM to be
+	// stable again.
+	CompactionDebt uint64
+	// MemTables is the bytes in memtables: the one taking writes and those
+	// waiting to flush.
+	MemTables uint64
+	// Flushes and Compactions count what completed since the store opened.
+	Flushes, Compactions int64
+}
+
+// LSM reports the database's shape and what it occupies on disk.
+func (s *Store) LSM() LSM {
+	m := s.db.Metrics()
+	return LSM{
+		Space: spaceOf(m), ReadAmp: m.ReadAmp(), CompactionDebt: m.Compact.EstimatedDebt,
+		MemTables: m.MemTable.Size, Flushes: m.Flush.Count, Compactions: m.Compact.Count,
+	}
 }
 
 // View is a durable, consistent read-only view of the database.
