@@ -113,7 +113,7 @@ func (f *Ferry) startInProcess(addr string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(eng, server.Options{Logger: f.cfg.Logger, MaxStreamsPerDevice: 4, SignInLimit: -1, HeartbeatInterval: f.cfg.serverHeartbeat})
+	srv, err := server.New(eng, server.Options{Logger: f.cfg.Logger, MaxStreamsPerDevice: 4, SignInLimit: -1, PushLimit: -1, HeartbeatInterval: f.cfg.serverHeartbeat})
 	if err != nil {
 		_ = eng.Close()
 		return err
@@ -150,8 +150,12 @@ func (f *Ferry) startProcess(ctx context.Context) error {
 		f.addr = ln.Addr().String()
 		_ = ln.Close()
 	}
+	// The limits that guard a shared server from one client are off, as
+	// the peers have none: the setup pushes up to a million ops as one
+	// user, and the workloads measure the server's ceiling.
 	cmd := exec.Command(f.cfg.Binary, "--addr", f.addr, "--data", f.cfg.Dir, "--allow-registration",
-		"--password-memory-kib", "64", "--password-passes", "1", "--log-level", "warn", "--max-streams-per-device", "4", "--sign-in-limit", "0")
+		"--password-memory-kib", "64", "--password-passes", "1", "--log-level", "warn", "--max-streams-per-device", "4",
+		"--sign-in-limit", "0", "--push-limit", "0")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err

@@ -29,6 +29,8 @@ type stats struct {
 	sentBytes       atomic.Uint64
 	sendTimeouts    atomic.Uint64
 	signInsLimited  atomic.Uint64
+	pushesThrottled atomic.Uint64
+	pushesRefused   atomic.Uint64
 }
 
 // callCounts counts a procedure's finished calls by Connect code; 0 is OK.
@@ -119,6 +121,9 @@ type Metrics struct {
 	SentBytes      uint64 // written to sync streams, compressed
 	SendTimeouts   uint64 // streams reset by Options.SendTimeout
 	SignInsLimited uint64 // sign-ins refused by the sign-in limit
+	// PushesThrottled counts pushes that waited for their user's push
+	// limit; PushesRefused those refused by it.
+	PushesThrottled, PushesRefused uint64
 }
 
 // Metrics returns the server's counters. It is safe for concurrent use.
@@ -129,6 +134,7 @@ func (s *Server) Metrics() Metrics {
 		Calls: map[string]map[connect.Code]uint64{}, PushOps: map[string]uint64{}, SentOps: map[engine.Phase]uint64{},
 		PushTime: st.pushTime.Snapshot(), CatchUps: st.catchUps.Load(), SentBytes: st.sentBytes.Load(),
 		SendTimeouts: st.sendTimeouts.Load(), SignInsLimited: st.signInsLimited.Load(),
+		PushesThrottled: st.pushesThrottled.Load(), PushesRefused: st.pushesRefused.Load(),
 	}
 	st.calls.Range(func(k, v any) bool {
 		byCode := map[connect.Code]uint64{}
@@ -187,6 +193,8 @@ var (
 	dSentBytes       = desc("ferry_stream_sent_bytes_total", "Bytes written to sync streams, compressed.")
 	dSendTimeouts    = desc("ferry_send_timeouts_total", "Streams reset because a write made no progress for the send timeout.")
 	dSignInsLimited  = desc("ferry_sign_ins_limited_total", "Sign-ins refused by the sign-in rate limit.")
+	dPushesThrottled = desc("ferry_pushes_throttled_total", "Pushes that waited for their user's push limit.")
+	dPushesRefused   = desc("ferry_pushes_refused_total", "Pushes refused by the push limit: their user's devices pushed too much at once.")
 	dCommits         = desc("ferry_commits_total", "Synced group commits.")
 	dCommitRequests  = desc("ferry_commit_requests_total", "Write requests carried by the group commits.")
 	dCommitTime      = desc("ferry_commit_duration_seconds", "Time of a synced group commit.")
@@ -246,6 +254,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dSentBytes, m.SentBytes)
 	counter(dSendTimeouts, m.SendTimeouts)
 	counter(dSignInsLimited, m.SignInsLimited)
+	counter(dPushesThrottled, m.PushesThrottled)
+	counter(dPushesRefused, m.PushesRefused)
 
 	e := c.s.eng.Metrics()
 	counter(dCommits, e.Commits)

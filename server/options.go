@@ -73,6 +73,16 @@ type Options struct {
 	// address they were reached from). Empty: every request comes through
 	// a proxy. Needs ClientIPHeader.
 	TrustedProxies []netip.Prefix
+	// PushLimit is how many ops a second one user's devices may push
+	// together, after a burst of PushBurst. A push over the limit waits
+	// for it (on a Sync stream, flow control then slows the client down);
+	// one that would wait more than 10s, which only pushes made in
+	// parallel reach, is refused with ResourceExhausted. Default 1000;
+	// negative: no limit.
+	PushLimit int
+	// PushBurst is how many ops a user may push at once before PushLimit
+	// applies; at least a push's most (1000). Default 10 × PushLimit.
+	PushBurst int
 }
 
 func (o *Options) ensureDefaults() {
@@ -106,6 +116,12 @@ func (o *Options) ensureDefaults() {
 	if o.SignInRefill == 0 {
 		o.SignInRefill = time.Minute
 	}
+	if o.PushLimit == 0 {
+		o.PushLimit = 1000
+	}
+	if o.PushBurst == 0 && o.PushLimit > 0 {
+		o.PushBurst = max(10*o.PushLimit, maxOpsPerPush)
+	}
 }
 
 func (o *Options) validate() error {
@@ -126,6 +142,9 @@ func (o *Options) validate() error {
 		if !p.IsValid() {
 			errs = append(errs, fmt.Errorf("TrustedProxies holds an invalid prefix %v", p))
 		}
+	}
+	if o.PushLimit > 0 && o.PushBurst < maxOpsPerPush {
+		errs = append(errs, fmt.Errorf("PushBurst must be at least %d, a push's most, got %d", maxOpsPerPush, o.PushBurst))
 	}
 	if o.HeartbeatInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("HeartbeatInterval must be at least 100ms, got %s", o.HeartbeatInterval))

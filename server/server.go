@@ -33,6 +33,7 @@ type Server struct {
 	goneAway bool
 	active   sync.WaitGroup // session handlers (each waits for its senders)
 	signIns  *signInLimiter // nil when off
+	pushes   *pushLimiter   // nil when off
 	aheads   chan struct{}  // read-ahead slots (Options.MaxReadAheads); nil when none
 	watches  *sendWatches   // nil without a send timeout
 	batches  liveBatches    // live rounds' batches, encoded once
@@ -65,6 +66,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 		goaway:  goaway,
 		goAway:  goAway,
 		signIns: newSignInLimiter(opts.SignInLimit, opts.SignInRefill, opts.Clock),
+		pushes:  newPushLimiter(opts),
 		aheads:  slots(opts.MaxReadAheads),
 		watches: sendWatchesFor(opts),
 		stats:   newStats(),

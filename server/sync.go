@@ -34,6 +34,9 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 	if err != nil {
 		return nil, err
 	}
+	if err := s.throttlePush(ctx, a.User, len(ops)); err != nil {
+		return nil, err
+	}
 	results := make([]*ferryv1.OpResult, len(ops))
 	valid := make([]model.Op, 0, len(ops))
 	at := make([]int, 0, len(ops))
@@ -487,6 +490,7 @@ type loop struct {
 	unwatchGoaway func() bool
 	unwatchCtx    func() bool
 	lastIn        atomic.Int64 // when the client's last message came, in the clock's Unix nanoseconds
+	handling      atomic.Bool  // the handler is answering one
 	stopReader    func()       // stops a stoppableReader, when one reads
 }
 
@@ -559,9 +563,14 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 			l.sent()
 			continue
 		}
-		if l.idleDue.Swap(false) && l.silent() {
-			return true, connect.NewError(connect.CodeDeadlineExceeded, fmt.Sprintf(
-				"no message from the client for %s: send a heartbeat at least every %s", 3*l.s.opts.HeartbeatInterval, l.s.opts.HeartbeatInterval))
+		if l.idleDue.Swap(false) {
+			if l.silent() {
+				return true, connect.NewError(connect.CodeDeadlineExceeded, fmt.Sprintf(
+					"no message from the client for %s: send a heartbeat at least every %s", 3*l.s.opts.HeartbeatInterval, l.s.opts.HeartbeatInterval))
+			}
+			// A message came meanwhile, or one is being answered: look
+			// again a window later.
+			l.idle.Reset(3 * l.s.opts.HeartbeatInterval)
 		}
 		if l.hbDue.Swap(false) {
 			if err := l.out.heartbeat(&ferryv1.Heartbeat{Time: timestamppb.New(l.s.opts.Clock.Now())}); err != nil {
@@ -612,6 +621,9 @@ func (l *loop) open() (end bool, err error) {
 // goroutine of its own, and may run after a message that came just in
 // time reset it.
 func (l *loop) silent() bool {
+	if l.handling.Load() {
+		return false // a message is being answered (a push may wait for the push limit)
+	}
 	last := time.Unix(0, l.lastIn.Load())
 	return l.s.opts.Clock.Now().Sub(last) >= 3*l.s.opts.HeartbeatInterval
 }
@@ -677,7 +689,13 @@ func (l *loop) receive(ctx context.Context) error {
 		if err != nil {
 			return ignoreEOF(err)
 		}
-		if err := l.handle(ctx, req); err != nil {
+		l.handling.Store(true)
+		err = l.handle(ctx, req)
+		// The client's silence counts from when the server reads again: a
+		// push that waited for the push limit held its client's sends up.
+		l.lastIn.Store(l.s.opts.Clock.Now().UnixNano())
+		l.handling.Store(false)
+		if err != nil {
 			return err
 		}
 	}

@@ -41,7 +41,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ferry-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	profile := fs.String("profile", "short", "workload matrix: short (make bench) or full (make bench-full)")
-	target := fs.String("target", "process", "process (build and start ferryd), inprocess, or the URL of a running server (started with --allow-registration --sign-in-limit 0: the bench signs up every client from one address)")
+	target := fs.String("target", "process", "process (build and start ferryd), inprocess, or the URL of a running server (started with --allow-registration --sign-in-limit 0 --push-limit 0: the bench signs up every client from one address, and pushes up to a million ops as one user)")
 	ferryd := fs.String("ferryd", "", "ferryd binary for --target process (default: go build ./cmd/ferryd)")
 	dir := fs.String("dir", "", "work folder for stores (default: a temporary folder)")
 	md := fs.String("md", "", "write the markdown report here (default: stdout)")

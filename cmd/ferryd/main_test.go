@@ -115,12 +115,16 @@ func TestServeAndShutDown(t *testing.T) {
 
 func TestFlagsFromEnvironment(t *testing.T) {
 	fs, c := flags("serve", io.Discard)
-	env := map[string]string{"FERRY_ADDR": "0.0.0.0:9", "FERRY_ALLOW_REGISTRATION": "true", "FERRY_DATA": "/env"}
+	env := map[string]string{"FERRY_ADDR": "0.0.0.0:9", "FERRY_ALLOW_REGISTRATION": "true", "FERRY_DATA": "/env", "FERRY_PUSH_LIMIT": "0"}
 	if err := parse(fs, []string{"--data", "/flag"}, func(k string) string { return env[k] }); err != nil {
 		t.Fatal(err)
 	}
-	if c.addr != "0.0.0.0:9" || !c.allowRegistration || c.data != "/flag" {
+	if c.addr != "0.0.0.0:9" || !c.allowRegistration || c.data != "/flag" || c.pushLimit != 0 {
 		t.Fatalf("config %+v: the environment fills unset flags, and flags win", c)
+	}
+	// A limit's 0 turns it off; the server's options take a negative.
+	if limitOrOff(c.pushLimit) >= 0 || limitOrOff(500) != 500 {
+		t.Fatalf("limitOrOff(0) = %d, limitOrOff(500) = %d", limitOrOff(0), limitOrOff(500))
 	}
 	fs, _ = flags("serve", io.Discard)
 	err := parse(fs, nil, func(k string) string {

@@ -61,10 +61,11 @@ func New(t testing.TB, cfg Config) *Server {
 	}
 	fake := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 	// Tests sign up many users from loopback: no sign-in limit unless a
-	// test sets one. No send timeout either: its sweeps are timers on the
+	// test sets one, and no push limit, whose buckets refill only as the
+	// fake clock moves. No send timeout either: its sweeps are timers on the
 	// fake clock, which tests read to know the server is waiting; a test
 	// of the timeout sets one.
-	so := server.Options{Logger: slog.New(slog.DiscardHandler), Clock: fake, SignInLimit: -1, SendTimeout: -1}
+	so := server.Options{Logger: slog.New(slog.DiscardHandler), Clock: fake, SignInLimit: -1, PushLimit: -1, SendTimeout: -1}
 	if cfg.Server != nil {
 		cfg.Server(&so)
 	}

@@ -1,0 +1,148 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/internal/clock"
+)
+
+// Push throttling. Every op a user pushes, from any of their devices,
+// spends from the user's token bucket, which holds Options.PushBurst ops
+// and regains Options.PushLimit a second: one user, or one buggy device
+// in a loop, cannot take the writer from everyone else.
+//
+// A push that finds too few tokens waits for them rather than failing:
+// the bucket goes into debt, and the push waits until the debt is repaid.
+// On a Sync stream the wait holds the stream's reader, so HTTP/2's flow
+// control slows the client's sending down, and nothing fails; a client
+// that pushes one request at a time never sees an error. A push that
+// would wait more than maxPushWait (only pushes made in parallel, by
+// several devices or calls, pile up that much debt) is refused with
+// ResourceExhausted, spending nothing, and says when to retry.
+
+// maxPushWait is the longest a push waits for its user's bucket.
+const maxPushWait = 10 * time.Second
+
+// maxPushBuckets is the bucket count past which the limiter drops the
+// buckets that have refilled (which are as good as none) as it adds one.
+const maxPushBuckets = 10_000
+
+type pushLimiter struct {
+	rate  float64 // ops a second
+	burst float64
+	clock clock.Clock
+
+	mu      sync.Mutex
+	buckets map[ulid.ULID]*bucket
+	prune   int // prune the full buckets when there are this many
+}
+
+// newPushLimiter returns the limiter for opts; nil (no limit) when
+// opts.PushLimit is negative.
+func newPushLimiter(opts Options) *pushLimiter {
+	if opts.PushLimit < 0 {
+		return nil
+	}
+	return &pushLimiter{rate: float64(opts.PushLimit), burst: float64(opts.PushBurst), clock: opts.Clock,
+		buckets: map[ulid.ULID]*bucket{}, prune: maxPushBuckets}
+}
+
+// reserve takes n ops from user's bucket. It returns how long the push
+// must wait before it goes ahead, or ok false, having taken nothing, when
+// that would be longer than maxPushWait; wait then says when the push
+// would fit.
+func (l *pushLimiter) reserve(user ulid.ULID, n int) (wait time.Duration, ok bool) {
+	if l == nil {
+		return 0, true
+	}
+	now := l.clock.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[user]
+	if b == nil {
+		if len(l.buckets) >= l.prune {
+			l.pruneFull(now)
+		}
+		b = &bucket{tokens: l.burst, at: now}
+		l.buckets[user] = b
+	}
+	l.refill(b, now)
+	left := b.tokens - float64(n)
+	if left >= 0 {
+		b.tokens = left
+		return 0, true
+	}
+	wait = l.seconds(-left)
+	if wait > maxPushWait {
+		return wait - maxPushWait, false
+	}
+	b.tokens = left
+	return wait, true
+}
+
+// refund gives back n ops of a reservation whose push did not happen.
+func (l *pushLimiter) refund(user ulid.ULID, n int) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b := l.buckets[user]; b != nil {
+		b.tokens = math.Min(b.tokens+float64(n), l.burst)
+	}
+}
+
+func (l *pushLimiter) refill(b *bucket, now time.Time) {
+	if d := now.Sub(b.at); d > 0 {
+		b.tokens = math.Min(b.tokens+d.Seconds()*l.rate, l.burst)
+		b.at = now
+	}
+}
+
+// seconds is how long the bucket takes to regain ops.
+func (l *pushLimiter) seconds(ops float64) time.Duration {
+	return time.Duration(math.Ceil(ops / l.rate * float64(time.Second)))
+}
+
+// pruneFull drops the buckets that have refilled, and sets the size of
+// the next pruning to twice what is left, so that pruning stays amortized
+// when most buckets are spending.
+func (l *pushLimiter) pruneFull(now time.Time) {
+	for u, b := range l.buckets {
+		if l.refill(b, now); b.tokens >= l.burst {
+			delete(l.buckets, u)
+		}
+	}
+	l.prune = max(maxPushBuckets, 2*len(l.buckets))
+}
+
+// throttlePush waits until user may push n ops, or refuses the push.
+func (s *Server) throttlePush(ctx context.Context, user ulid.ULID, n int) error {
+	wait, ok := s.pushes.reserve(user, n)
+	if !ok {
+		s.stats.pushesRefused.Add(1)
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Sprintf(
+			"this user's devices push more than %d ops a second (the push limit) from several calls at once; retry in %s",
+			s.opts.PushLimit, wait.Round(time.Millisecond)))
+	}
+	if wait <= 0 {
+		return nil
+	}
+	t := s.opts.Clock.NewTimer(wait)
+	defer t.Stop()
+	s.stats.pushesThrottled.Add(1) // after the timer is armed: tests wait for it
+	select {
+	case <-t.C():
+		return nil
+	case <-ctx.Done():
+		s.pushes.refund(user, n)
+		return connectError(ctx.Err())
+	}
+}

@@ -1,0 +1,66 @@
+package server
+
+import (
+	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/internal/clock"
+)
+
+func TestPushLimiterBucket(t *testing.T) {
+	c := clock.NewFake(time.Unix(1_000_000, 0))
+	l := newPushLimiter(Options{PushLimit: 100, PushBurst: 1000, Clock: c})
+	alice, bob := ulid.Make(), ulid.Make()
+
+	step := func(what string, user ulid.ULID, n int, wantWait time.Duration, wantOK bool) {
+		t.Helper()
+		wait, ok := l.reserve(user, n)
+		if wait != wantWait || ok != wantOK {
+			t.Fatalf("%s: reserve %d = %v, %v; want %v, %v", what, n, wait, ok, wantWait, wantOK)
+		}
+	}
+	step("a full bucket", alice, 1000, 0, true)
+	step("an empty one goes into debt", alice, 50, 500*time.Millisecond, true)
+	step("more debt, more wait", alice, 150, 2*time.Second, true)
+	step("another user's bucket is full", bob, 1000, 0, true)
+	// 200 ops of debt; 1000 more would wait 12 s: refused, taking nothing,
+	// and told the 2 s until they would fit.
+	step("past the longest wait", alice, 1000, 2*time.Second, false)
+	step("the refusal took nothing", alice, 800, 10*time.Second, true)
+	l.refund(alice, 800)
+
+	// The debt is repaid at 100 ops a second, and the bucket fills to its
+	// burst, no further.
+	c.Advance(2 * time.Second)
+	step("debt repaid", alice, 1, 10*time.Millisecond, true)
+	c.Advance(time.Hour)
+	step("full again", alice, 1000, 0, true)
+	step("and no fuller", alice, 1, 10*time.Millisecond, true)
+
+	var off *pushLimiter
+	if wait, ok := off.reserve(alice, 1000); wait != 0 || !ok {
+		t.Fatalf("no limiter: %v, %v", wait, ok)
+	}
+}
+
+// The limiter drops the buckets that have refilled once it holds many,
+// and keeps those still spending.
+func TestPushLimiterForgetsFullBuckets(t *testing.T) {
+	c := clock.NewFake(time.Unix(1_000_000, 0))
+	l := newPushLimiter(Options{PushLimit: 100, PushBurst: 1000, Clock: c})
+	spender := ulid.Make()
+	l.reserve(spender, 1000)
+	for range maxPushBuckets - 1 {
+		l.reserve(ulid.Make(), 1)
+	}
+	c.Advance(time.Second) // the others refill; spender regains 100 of 1000
+	l.reserve(ulid.Make(), 1)
+	if n := len(l.buckets); n != 2 {
+		t.Fatalf("%d buckets after pruning, want the spender's and the new one", n)
+	}
+	if wait, _ := l.reserve(spender, 200); wait != time.Second {
+		t.Fatalf("the spender's bucket was lost: wait %v, want 1s", wait)
+	}
+}

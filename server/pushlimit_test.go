@@ -1,0 +1,132 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect/v2"
+
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/server"
+	"github.com/ferrysync/ferry/server/servertest"
+)
+
+// TestPushLimit: a user over the push limit is slowed down, not failed:
+// a push waits for the user's bucket, on a unary call and on a Sync
+// stream, whose session outlives three heartbeat intervals of waiting.
+// Only pushes that pile up more than ten seconds of debt are refused, and
+// they store nothing.
+func TestPushLimit(t *testing.T) {
+	const rate = 100 // ops a second
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+		o.PushLimit, o.PushBurst = rate, 1000
+		o.HeartbeatInterval = time.Second
+	}})
+	alice := newDev(t, srv.Register("alice"))
+	bob := newDev(t, srv.Register("bob"))
+	conv := alice.createConv("room", bob) // 2 ops of alice's 1000
+	messages := func(n int) []*ferryv1.Op {
+		ops := make([]*ferryv1.Op, n)
+		for i := range ops {
+			ops[i] = alice.op(conv, msg(fmt.Sprint("flood ", i)))
+		}
+		return ops
+	}
+	alice.push(conv, messages(998)...) // the burst, at once
+	if m := srv.Server.Metrics(); m.PushesThrottled != 0 {
+		t.Fatalf("%d pushes throttled within the burst", m.PushesThrottled)
+	}
+	bob.send(conv, "bob's bucket is his own")
+
+	// waitThrottled waits until n pushes have waited for the limit (the
+	// count moves once the push's timer is armed).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	waitThrottled := func(n uint64) {
+		t.Helper()
+		for {
+			armed := srv.Clock.Armed()
+			if srv.Server.Metrics().PushesThrottled >= n {
+				return
+			}
+			select {
+			case <-armed:
+			case <-ctx.Done():
+				t.Fatalf("no push waited for the limit")
+			}
+		}
+	}
+
+	// A unary push of 50 more waits half a second.
+	done := make(chan []*ferryv1.OpResult, 1)
+	go func() {
+		resp, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(50)}}})
+		if err != nil {
+			t.Errorf("throttled push: %v", err)
+		}
+		done <- resp.GetResults()
+	}()
+	waitThrottled(1)
+	// Meanwhile, a push in parallel that would wait more than ten seconds
+	// is refused, and stores nothing.
+	_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(1000)}}})
+	mustCode(t, "a push of 10 s past the limit", err, connect.CodeResourceExhausted)
+	if !strings.Contains(err.Error(), "more than 100 ops a second") || !strings.Contains(err.Error(), "retry in") {
+		t.Fatalf("refusal says %q: want the limit and when to retry", err)
+	}
+	alice.dots[conv] -= 1000 // not taken: the next op reuses them
+	if m := srv.Server.Metrics(); m.PushesRefused != 1 {
+		t.Fatalf("%d pushes refused, want 1", m.PushesRefused)
+	}
+	page, err := alice.Sync.History(ctx, &ferryv1.HistoryRequest{ConversationId: conv, Range: &ferryv1.HistoryRequest_AfterSeq{AfterSeq: 1000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 2 + 998 + bob's 1; the 50 are still waiting.
+	if page.GetHead() != 1001 {
+		t.Fatalf("head %d after the refused push, want 1001", page.GetHead())
+	}
+
+	srv.Clock.Advance(499 * time.Millisecond)
+	select {
+	case <-done:
+		t.Fatal("the push went ahead before the bucket had its ops")
+	default:
+	}
+	srv.Clock.Advance(time.Millisecond)
+	if res := <-done; len(res) != 50 || res[0].GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED {
+		t.Fatalf("throttled push answered %v", res)
+	}
+
+	// On a Sync stream, a push of 500 waits five seconds: more than three
+	// heartbeat intervals without a message from the client, who cannot
+	// send while the server does not read. The session lives on, answers
+	// the push, and still ends a client that then falls silent.
+	s := alice.open(hello("", 0))
+	s.untilCaughtUp()
+	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: 7,
+		Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(500)}}}}})
+	waitThrottled(2)
+	for range 5 {
+		srv.Clock.Advance(time.Second)
+	}
+	r := s.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()
+	if r.GetRequestId() != 7 || len(r.GetResults()) != 500 || r.GetResults()[499].GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED {
+		t.Fatalf("push result %d with %d results", r.GetRequestId(), len(r.GetResults()))
+	}
+	msgs, errs := reader(s)
+	var end error
+	for round := 0; round < 20 && end == nil; round++ {
+		armed := srv.Clock.Armed()
+		srv.Clock.Advance(time.Second)
+		select {
+		case <-msgs:
+		case end = <-errs:
+		case <-armed:
+		}
+	}
+	mustCode(t, "a client silent after its throttled push", end, connect.CodeDeadlineExceeded)
+}
