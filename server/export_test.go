@@ -44,3 +44,7 @@ func WritesUnderWay(s *Server) int {
 
 // OnWriteBegin makes f run as each watched write begins.
 func OnWriteBegin(s *Server, f func()) { s.watches.testBegin.Store(&f) }
+
+// OnThrottle makes f run when a push starts waiting for the push limit,
+// its timer armed.
+func OnThrottle(s *Server, f func()) { s.testThrottled.Store(&f) }

@@ -34,7 +34,9 @@ type flushGate struct {
 }
 
 func (g *flushGate) Write(p []byte) (n int, err error) {
-	defer func() { g.sent.Add(uint64(n)) }()
+	// Counted before the write: the client may read the bytes before the
+	// write returns.
+	g.sent.Add(uint64(len(p)))
 	if g.watch == nil || len(p) == 0 {
 		return g.ResponseWriter.Write(p) // an empty write still writes the header
 	}

@@ -75,13 +75,14 @@ type Options struct {
 	TrustedProxies []netip.Prefix
 	// PushLimit is how many ops a second one user's devices may push
 	// together, after a burst of PushBurst. A push over the limit waits
-	// for it (on a Sync stream, flow control then slows the client down);
-	// one that would wait more than 10s, which only pushes made in
-	// parallel reach, is refused with ResourceExhausted. Default 1000;
-	// negative: no limit.
+	// for it (on a Sync stream, flow control then slows the client down).
+	// Only a push that finds its user's bucket in debt, left by pushes made
+	// in parallel, and would wait more than 10s, is refused with
+	// ResourceExhausted. Default 1000; negative: no limit.
 	PushLimit int
 	// PushBurst is how many ops a user may push at once before PushLimit
-	// applies; at least a push's most (1000). Default 10 × PushLimit.
+	// applies; at least a push's most (1000). Default ten seconds' worth
+	// (10 × PushLimit), at least 1000.
 	PushBurst int
 }
 

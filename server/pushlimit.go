@@ -21,10 +21,11 @@ import (
 // A push that finds too few tokens waits for them rather than failing:
 // the bucket goes into debt, and the push waits until the debt is repaid.
 // On a Sync stream the wait holds the stream's reader, so HTTP/2's flow
-// control slows the client's sending down, and nothing fails; a client
-// that pushes one request at a time never sees an error. A push that
-// would wait more than maxPushWait (only pushes made in parallel, by
-// several devices or calls, pile up that much debt) is refused with
+// control slows the client's sending down, and nothing fails. A push into
+// a bucket that is not in debt always goes ahead, however long it waits,
+// so a client that pushes one request at a time never sees an error. A
+// push that finds the bucket in debt (pushes made in parallel, by several
+// devices or calls) and would wait more than maxPushWait is refused with
 // ResourceExhausted, spending nothing, and says when to retry.
 
 // maxPushWait is the longest a push waits for its user's bucket.
@@ -56,8 +57,8 @@ func newPushLimiter(opts Options) *pushLimiter {
 
 // reserve takes n ops from user's bucket. It returns how long the push
 // must wait before it goes ahead, or ok false, having taken nothing, when
-// that would be longer than maxPushWait; wait then says when the push
-// would fit.
+// the bucket is in debt already and the wait would be longer than
+// maxPushWait; wait then says when the push would fit.
 func (l *pushLimiter) reserve(user ulid.ULID, n int) (wait time.Duration, ok bool) {
 	if l == nil {
 		return 0, true
@@ -80,7 +81,7 @@ func (l *pushLimiter) reserve(user ulid.ULID, n int) (wait time.Duration, ok boo
 		return 0, true
 	}
 	wait = l.seconds(-left)
-	if wait > maxPushWait {
+	if b.tokens < 0 && wait > maxPushWait {
 		return wait - maxPushWait, false
 	}
 	b.tokens = left
@@ -123,13 +124,15 @@ func (l *pushLimiter) pruneFull(now time.Time) {
 	l.prune = max(maxPushBuckets, 2*len(l.buckets))
 }
 
-// throttlePush waits until user may push n ops, or refuses the push.
-func (s *Server) throttlePush(ctx context.Context, user ulid.ULID, n int) error {
+// throttlePush waits until user may push n ops, or refuses the push. The
+// wait ends early, giving the ops back, when ctx ends, the server goes
+// away, or stop is closed (errSenderEnded).
+func (s *Server) throttlePush(ctx context.Context, user ulid.ULID, n int, stop <-chan struct{}) error {
 	wait, ok := s.pushes.reserve(user, n)
 	if !ok {
 		s.stats.pushesRefused.Add(1)
 		return connect.NewError(connect.CodeResourceExhausted, fmt.Sprintf(
-			"this user's devices push more than %d ops a second (the push limit) from several calls at once; retry in %s",
+			"this user's devices push more than %d ops a second (the push limit), from several calls at once; retry in %s",
 			s.opts.PushLimit, wait.Round(time.Millisecond)))
 	}
 	if wait <= 0 {
@@ -137,12 +140,21 @@ func (s *Server) throttlePush(ctx context.Context, user ulid.ULID, n int) error 
 	}
 	t := s.opts.Clock.NewTimer(wait)
 	defer t.Stop()
-	s.stats.pushesThrottled.Add(1) // after the timer is armed: tests wait for it
+	s.stats.pushesThrottled.Add(1)
+	if f := s.testThrottled.Load(); f != nil {
+		(*f)() // the timer is armed
+	}
 	select {
 	case <-t.C():
 		return nil
 	case <-ctx.Done():
 		s.pushes.refund(user, n)
 		return connectError(ctx.Err())
+	case <-s.goaway.Done():
+		s.pushes.refund(user, n)
+		return connect.NewError(connect.CodeUnavailable, "the server is shutting down; push again after reconnecting")
+	case <-stop:
+		s.pushes.refund(user, n)
+		return errSenderEnded
 	}
 }

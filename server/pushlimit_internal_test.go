@@ -39,6 +39,20 @@ func TestPushLimiterBucket(t *testing.T) {
 	step("full again", alice, 1000, 0, true)
 	step("and no fuller", alice, 1, 10*time.Millisecond, true)
 
+	// A push into a bucket that is not in debt goes ahead however long it
+	// waits: a client pushing one request at a time is never refused.
+	slow := newPushLimiter(Options{PushLimit: 10, PushBurst: 1000, Clock: c})
+	wait, ok := slow.reserve(alice, 1000)
+	if wait != 0 || !ok {
+		t.Fatalf("a full slow bucket: %v, %v", wait, ok)
+	}
+	if wait, ok = slow.reserve(alice, 1000); wait != 100*time.Second || !ok {
+		t.Fatalf("an empty slow bucket: %v, %v; want a 100s wait", wait, ok)
+	}
+	if wait, ok = slow.reserve(alice, 1); ok {
+		t.Fatalf("a slow bucket 100s in debt let a push in to wait %v", wait)
+	}
+
 	var off *pushLimiter
 	if wait, ok := off.reserve(alice, 1000); wait != 0 || !ok {
 		t.Fatalf("no limiter: %v, %v", wait, ok)

@@ -41,22 +41,18 @@ func TestPushLimit(t *testing.T) {
 	}
 	bob.send(conv, "bob's bucket is his own")
 
-	// waitThrottled waits until n pushes have waited for the limit (the
-	// count moves once the push's timer is armed).
+	// waitThrottled waits until a push waits for the limit, its timer
+	// armed.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	waitThrottled := func(n uint64) {
+	throttled := make(chan struct{}, 10)
+	server.OnThrottle(srv.Server, func() { throttled <- struct{}{} })
+	waitThrottled := func() {
 		t.Helper()
-		for {
-			armed := srv.Clock.Armed()
-			if srv.Server.Metrics().PushesThrottled >= n {
-				return
-			}
-			select {
-			case <-armed:
-			case <-ctx.Done():
-				t.Fatalf("no push waited for the limit")
-			}
+		select {
+		case <-throttled:
+		case <-ctx.Done():
+			t.Fatalf("no push waited for the limit")
 		}
 	}
 
@@ -69,7 +65,7 @@ func TestPushLimit(t *testing.T) {
 		}
 		done <- resp.GetResults()
 	}()
-	waitThrottled(1)
+	waitThrottled()
 	// Meanwhile, a push in parallel that would wait more than ten seconds
 	// is refused, and stores nothing.
 	_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(1000)}}})
@@ -109,7 +105,7 @@ func TestPushLimit(t *testing.T) {
 	s.untilCaughtUp()
 	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: 7,
 		Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(500)}}}}})
-	waitThrottled(2)
+	waitThrottled()
 	for range 5 {
 		srv.Clock.Advance(time.Second)
 	}
@@ -129,4 +125,20 @@ func TestPushLimit(t *testing.T) {
 		}
 	}
 	mustCode(t, "a client silent after its throttled push", end, connect.CodeDeadlineExceeded)
+
+	// A push waiting when the server goes away is told to push again after
+	// reconnecting, and stores nothing.
+	srv.Clock.Advance(time.Hour)        // the bucket refills
+	alice.push(conv, messages(1000)...) // and empties
+	errc := make(chan error, 1)
+	go func() {
+		_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(10)}}})
+		errc <- err
+	}()
+	waitThrottled()
+	srv.Server.GoAway()
+	mustCode(t, "a throttled push as the server goes away", <-errc, connect.CodeUnavailable)
+	if m := srv.Server.Metrics(); m.PushOps["accepted"] != 2+998+1+50+500+1000 {
+		t.Fatalf("%d ops accepted, want 2551: the last push stored nothing", m.PushOps["accepted"])
+	}
 }

@@ -61,26 +61,28 @@ func sendWatchesFor(opts Options) *sendWatches {
 type sendWatch struct {
 	ws    *sendWatches
 	since atomic.Uint64 // the tick the write under way began at; 0: none
-	reset func()        // resets the stream
+	reset func() bool   // resets the stream; false when it could not
 
 	mu     sync.Mutex // orders reset and close
 	closed bool       // the handler returned: the ResponseWriter is gone
-	fired  bool       // reset once already
+	fired  bool       // reset already: its write is ending
 }
 
 // add watches the stream of w, which s serves for r.
 func (ws *sendWatches) add(s *Server, w http.ResponseWriter, r *http.Request) *sendWatch {
 	sw := &sendWatch{ws: ws}
 	rc := http.NewResponseController(w)
-	sw.reset = func() {
-		s.stats.sendTimeouts.Add(1)
+	sw.reset = func() bool {
 		s.log.Warn("sync: reset a stream whose write made no progress for the send timeout: its client stopped reading, or its connection stopped moving",
 			"send_timeout", ws.timeout, "procedure", r.URL.Path, "remote", r.RemoteAddr)
 		// A write deadline in the past resets an HTTP/2 stream (over
 		// HTTP/1.1, it fails the connection's writes).
 		if err := rc.SetWriteDeadline(time.Unix(1, 0)); err != nil {
 			s.log.Warn("sync: cannot reset a stalled stream", "err", err)
+			return false
 		}
+		s.stats.sendTimeouts.Add(1)
+		return true
 	}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
@@ -119,8 +121,7 @@ func (sw *sendWatch) fire() {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
 	if !sw.closed && !sw.fired {
-		sw.fired = true
-		sw.reset()
+		sw.fired = sw.reset()
 	}
 }
 

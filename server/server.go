@@ -44,6 +44,9 @@ type Server struct {
 	senderStarts  atomic.Int64 // and how many were started
 	// testSenderExit, when set (by tests), runs as a sender goroutine ends.
 	testSenderExit atomic.Pointer[func()]
+	// testThrottled, when set (by tests), runs when a push starts waiting
+	// for the push limit, its timer armed.
+	testThrottled atomic.Pointer[func()]
 }
 
 // Wait blocks until every session handler and reader goroutine has

@@ -28,15 +28,19 @@ var _ ferryv1connect.SyncServiceHandler = syncService{}
 // push validates and appends pushed ops, answering each op: malformed ones
 // are rejected as INVALID without being stored, the others go to the engine
 // in order. Batch-level problems fail the whole push.
-func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch) ([]*ferryv1.OpResult, error) {
-	start := s.opts.Clock.Now()
+//
+// A push over its user's push limit waits first, until ctx ends, the
+// server goes away, or stop (a Sync session's end; nil for a unary Push)
+// is closed.
+func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch, stop <-chan struct{}) ([]*ferryv1.OpResult, error) {
 	ops, err := opsFromBatches(batches, maxOpsPerPush)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.throttlePush(ctx, a.User, len(ops)); err != nil {
+	if err := s.throttlePush(ctx, a.User, len(ops), stop); err != nil {
 		return nil, err
 	}
+	start := s.opts.Clock.Now()
 	results := make([]*ferryv1.OpResult, len(ops))
 	valid := make([]model.Op, 0, len(ops))
 	at := make([]int, 0, len(ops))
@@ -55,6 +59,7 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 	if len(valid) > 0 {
 		res, err := s.eng.Append(ctx, a, valid)
 		if err != nil {
+			s.pushes.refund(a.User, len(ops))
 			return nil, connectError(err)
 		}
 		for i, r := range resultsToProto(res) {
@@ -70,7 +75,7 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 const maxOpsPerPush = 1000
 
 func (h syncService) Push(ctx context.Context, req *ferryv1.PushRequest) (*ferryv1.PushResponse, error) {
-	results, err := h.s.push(ctx, actorFrom(ctx), req.GetBatches())
+	results, err := h.s.push(ctx, actorFrom(ctx), req.GetBatches(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -569,8 +574,13 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 					"no message from the client for %s: send a heartbeat at least every %s", 3*l.s.opts.HeartbeatInterval, l.s.opts.HeartbeatInterval))
 			}
 			// A message came meanwhile, or one is being answered: look
-			// again a window later.
-			l.idle.Reset(3 * l.s.opts.HeartbeatInterval)
+			// again when the window since the last one ends.
+			window := 3 * l.s.opts.HeartbeatInterval
+			left := window - l.s.opts.Clock.Now().Sub(time.Unix(0, l.lastIn.Load()))
+			if left <= 0 || left > window { // answering a message that came a window ago
+				left = window
+			}
+			l.idle.Reset(left)
 		}
 		if l.hbDue.Swap(false) {
 			if err := l.out.heartbeat(&ferryv1.Heartbeat{Time: timestamppb.New(l.s.opts.Clock.Now())}); err != nil {
@@ -708,7 +718,7 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) error {
 	l.idle.Reset(3 * s.opts.HeartbeatInterval)
 	switch msg := req.GetMessage().(type) {
 	case *ferryv1.SyncRequest_Push:
-		results, err := s.push(ctx, l.a, msg.Push.GetBatches())
+		results, err := s.push(ctx, l.a, msg.Push.GetBatches(), l.p.ended)
 		if err != nil {
 			return err
 		}
@@ -936,21 +946,18 @@ func (s *Server) sayGoaway(out sink) error {
 // send sends one event of the session.
 func (l *loop) send(st step) error {
 	ev := st.ev
-	var err error
+	// Counted before it goes: the client may read it before the send
+	// returns.
+	l.s.stats.sent(ev)
 	switch ev.Kind {
 	case engine.EventConversations:
-		err = l.out.conversations(&ferryv1.Conversations{Conversations: infosToProto(ev.Conversations)})
+		return l.out.conversations(&ferryv1.Conversations{Conversations: infosToProto(ev.Conversations)})
 	case engine.EventOps:
-		err = l.out.ops(st.ops)
+		return l.out.ops(st.ops)
 	case engine.EventCaughtUp:
-		err = l.out.caughtUp(&ferryv1.CaughtUp{FeedPos: ev.FeedPos, Conversations: uint32(ev.Convs), Ops: ev.Ops})
-	default:
-		return fmt.Errorf("server: unknown session event %d", ev.Kind)
+		return l.out.caughtUp(&ferryv1.CaughtUp{FeedPos: ev.FeedPos, Conversations: uint32(ev.Convs), Ops: ev.Ops})
 	}
-	if err == nil {
-		l.s.stats.sent(ev)
-	}
-	return err
+	return fmt.Errorf("server: unknown session event %d", ev.Kind)
 }
 
 // opsMessage is an Ops event as sent: packed, or as rows. For a binary

@@ -86,7 +86,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.DurationVar(&c.sendTimeout, "send-timeout", 2*time.Minute, "how long one write to a sync stream may take before the server resets the stream: its client stopped reading, or its connection stopped moving (0: no limit)")
 	fs.DurationVar(&c.receiptDelay, "receipt-delay", 250*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
 	fs.IntVar(&c.signInLimit, "sign-in-limit", 10, "logins with a wrong password as one username, and registrations (made or refused), a client address (IPv4 address, IPv6 /64) may make at once before it gets one per --sign-in-refill; ten times as many failed logins over all usernames; an IPv6 /48 sixteen times an address's, regained sixteen times as fast (0: no limit)")
-	fs.IntVar(&c.pushLimit, "push-limit", 1000, "ops a second one user's devices may push together, after a burst of ten seconds' worth; a push over it waits, and pushes made in parallel that would wait over 10s are refused (0: no limit)")
+	fs.IntVar(&c.pushLimit, "push-limit", 1000, "ops a second one user's devices may push together, after a burst of ten seconds' worth (at least 1000 ops); a push over it waits, and only pushes made in parallel that would wait over 10s more are refused (0: no limit)")
 	fs.DurationVar(&c.signInRefill, "sign-in-refill", time.Minute, "how often a throttled client address regains a sign-in attempt")
 	fs.StringVar(&c.clientIPHeader, "client-ip-header", "", "header your reverse proxy writes the client's address into, e.g. X-Forwarded-For (set only when every request comes through it, or list the proxies in --trusted-proxies)")
 	fs.Var(&c.trustedProxies, "trusted-proxies", "comma-separated addresses or CIDR prefixes of your reverse proxies: --client-ip-header then counts only on requests from them, and the client is the last address in it that is not one of them")
@@ -293,7 +293,8 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		log.Warn("shutdown timed out; closing the remaining connections", "err", err)
 		_ = hs.Close()
 	}
-	srv.Wait() // every session has released the store
+	srv.Wait()  // every session has released the store
+	closeSide() // no scrape reads a closed store
 	if err := eng.Close(); err != nil && !errors.Is(err, engine.ErrFailed) {
 		return fmt.Errorf("close store: %w", err)
 	}
