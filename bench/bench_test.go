@@ -100,6 +100,9 @@ func TestWorkloadsInProcess(t *testing.T) {
 	if len(r.Fanout) != 1 || r.Fanout[0].Messages == 0 || r.Fanout[0].Deliveries != r.Fanout[0].Messages*2 {
 		t.Errorf("fan-out results %+v: want each message delivered to both other members", r.Fanout)
 	}
+	if c := r.Fanout[0].ClientCPUPerKOps; c != 0 {
+		t.Errorf("fan-out client CPU %v with the server in the harness's process: it cannot be told apart", c)
+	}
 	if len(r.CatchUp) != 6 {
 		t.Fatalf("%d catch-up results, want 3 per system", len(r.CatchUp))
 	}

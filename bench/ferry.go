@@ -704,6 +704,9 @@ func (c *ferryConn) stopHeartbeat() {
 	}
 }
 
+// InProcess reports whether the server runs in this process.
+func (f *Ferry) InProcess() bool { return f.cfg.Mode == FerryInProcess }
+
 // Usage reads the server process's usage.
 func (f *Ferry) Usage() (Usage, error) {
 	switch f.cfg.Mode {

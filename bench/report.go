@@ -138,15 +138,19 @@ func (r *Report) Markdown() string {
 		p("\n")
 	}
 
-	p("\n## Live fan-out\n\nOpen loop; latency from the scheduled send to arrival at each other member.\n\n")
-	p("| system | devices | conversation size | messages | deliveries | p50 | p90 | p99 | p99.9 | max | CPU/1k deliveries |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("\n## Live fan-out\n\nOpen loop; latency from the scheduled send to arrival at each other member. CPU is the server's; client CPU is the harness's own, its devices receiving and sending, which on one machine share the server's cores: a message to N devices takes at least N × (server + client CPU per delivery) / cores to reach them all.\n\n")
+	p("| system | devices | conversation size | messages | deliveries | p50 | p90 | p99 | p99.9 | max | CPU/1k deliveries | client CPU/1k |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Fanout {
 		lost := ""
 		if x.Deliveries < x.Expected {
 			lost = fmt.Sprintf(" (of %d)", x.Expected)
 		}
-		p("| %s | %d | %d | %d | %d%s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Devices, x.ConvSize, x.Messages, x.Deliveries, lost,
-			ms(x.Latency.P50), ms(x.Latency.P90), ms(x.Latency.P99), ms(x.Latency.P999), ms(x.Latency.Max), ms(x.CPUPerKOps))
+		client := "–"
+		if x.ClientCPUPerKOps > 0 {
+			client = ms(x.ClientCPUPerKOps)
+		}
+		p("| %s | %d | %d | %d | %d%s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Devices, x.ConvSize, x.Messages, x.Deliveries, lost,
+			ms(x.Latency.P50), ms(x.Latency.P90), ms(x.Latency.P99), ms(x.Latency.P999), ms(x.Latency.Max), ms(x.CPUPerKOps), client)
 	}
 
 	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times, each time with as many new ops, so each run's history is one more multiple of them (x1-x3: three runs over histories of x1, x2 and x3): the figures are the run with the median time, and every run's time follows. Cold: the server restarted after the ops arrived and before each catch-up, which then read through a cold process (its caches empty; the OS page cache stays warm) on a new connection.\n\n")

@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -220,7 +222,12 @@ type FanoutResult struct {
 	Expected   int           `json:"expected"`
 	Latency    Summary       `json:"latency"`
 	CPUPerKOps time.Duration `json:"cpu_per_1000_deliveries_ns"`
-	PeakRSS    int64         `json:"peak_rss"`
+	// ClientCPUPerKOps is the harness's own CPU per 1,000 deliveries: its
+	// devices' clients receiving (and sending). On one machine they share
+	// the server's cores. Zero when the server runs in the harness's
+	// process, which cannot tell the two apart.
+	ClientCPUPerKOps time.Duration `json:"client_cpu_per_1000_deliveries_ns,omitempty"`
+	PeakRSS          int64         `json:"peak_rss"`
 }
 
 // Fanout runs the live fan-out workload: send-to-receive latency, from
@@ -267,6 +274,10 @@ func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, er
 		return FanoutResult{}, err
 	}
 	use := startUsage(sys)
+	self, selfErr := ProcessUsage(os.Getpid())
+	if ip, ok := sys.(interface{ InProcess() bool }); ok && ip.InProcess() {
+		selfErr = errors.New("the server runs in this process")
+	}
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
 	interval := time.Duration(float64(time.Second) * float64(convs) / cfg.Rate)
@@ -302,8 +313,15 @@ func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, er
 		return FanoutResult{}, fmt.Errorf("fan-out: %w", err)
 	}
 	cpu, rss := use.perKOps(int(delivered.Load()))
+	var clientCPU time.Duration
+	if n := delivered.Load(); selfErr == nil && n > 0 {
+		if after, err := ProcessUsage(os.Getpid()); err == nil {
+			clientCPU = (after.CPU - self.CPU) * 1000 / time.Duration(n)
+		}
+	}
 	return FanoutResult{System: sys.Name(), Devices: devices, ConvSize: cfg.ConvSize, Messages: int(sent.Load()),
-		Deliveries: int(delivered.Load()), Expected: expected, Latency: lat.Summary(), CPUPerKOps: cpu, PeakRSS: rss}, nil
+		Deliveries: int(delivered.Load()), Expected: expected, Latency: lat.Summary(), CPUPerKOps: cpu,
+		ClientCPUPerKOps: clientCPU, PeakRSS: rss}, nil
 }
 
 // CatchUpConfig is the catch-up workload: a device offline while Ops
