@@ -2,13 +2,10 @@ package server_test
 
 import (
 	"bytes"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -33,87 +30,46 @@ func TestHTTP2Limits(t *testing.T) {
 	var blocked, flooded atomic.Int32
 	started := make(chan struct{}, 1000)
 	release := make(chan struct{})
-	srv := servertest.New(t, servertest.Config{Wrap: func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			switch r.URL.Path {
-			case "/test/block":
-				blocked.Add(1)
-				started <- struct{}{}
-				<-release
-			case "/test/flood":
-				flooded.Add(1)
-			default:
-				h.ServeHTTP(w, r)
-			}
-		})
-	}})
-	t.Cleanup(func() { close(release) }) // before the server stops
-	addr := strings.TrimPrefix(srv.URL, "http://")
+	_, addr, _ := startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/block":
+			blocked.Add(1)
+			started <- struct{}{}
+			<-release
+		case "/flood":
+			flooded.Add(1)
+		}
+	}), nil)
+	t.Cleanup(func() { close(release) }) // before the server closes
 
-	// dial opens an h2c connection and reads the server's settings.
-	dial := func() (*http2.Framer, map[http2.SettingID]uint32) {
-		t.Helper()
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		// A bound on the whole exchange, should the server hang: the test
-		// waits for frames, never for time.
-		_ = c.SetDeadline(time.Now().Add(time.Minute))
-		if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
-			t.Fatal(err)
-		}
-		fr := http2.NewFramer(c, c)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-		if err := fr.WriteSettings(); err != nil {
-			t.Fatal(err)
-		}
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				t.Fatalf("reading the server's settings: %v", err)
-			}
-			if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
-				settings := map[http2.SettingID]uint32{}
-				_ = s.ForeachSetting(func(s http2.Setting) error { settings[s.ID] = s.Val; return nil })
-				if err := fr.WriteSettingsAck(); err != nil {
-					t.Fatal(err)
-				}
-				return fr, settings
-			}
-		}
-	}
-	// headers encodes a request's header block. Its encoder is new each
-	// time, so that every block stands alone: no entry of a table the
-	// connection's decoder may not hold.
+	// headers encodes a request's header block, with pad headers of 1,000
+	// bytes. Its encoder is new each time, so that every block stands
+	// alone: no entry of a table the connection's decoder may not hold.
 	headers := func(path string, pad int) []byte {
-		var enc bytes.Buffer
-		henc := hpack.NewEncoder(&enc)
-		for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"}, {Name: ":authority", Value: addr}, {Name: ":path", Value: path}} {
-			_ = henc.WriteField(f)
+		var b bytes.Buffer
+		enc := hpack.NewEncoder(&b)
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "ferry.test"}, {":path", path}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 		}
-		for i := 0; i < pad; i++ {
-			_ = henc.WriteField(hpack.HeaderField{Name: "x-pad", Value: strings.Repeat("p", 1000), Sensitive: true})
+		for range pad {
+			_ = enc.WriteField(hpack.HeaderField{Name: "x-pad", Value: strings.Repeat("p", 1000), Sensitive: true})
 		}
-		return enc.Bytes()
+		return b.Bytes()
 	}
-	// goaway reads until the server's GOAWAY and returns its code; the
-	// connection closing without one fails the test.
-	goaway := func(fr *http2.Framer) http2.ErrCode {
+	goaway := func(c *h2Client) http2.ErrCode {
 		t.Helper()
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				t.Fatalf("the connection ended without a GOAWAY: %v", err)
-			}
-			if g, ok := f.(*http2.GoAwayFrame); ok {
-				return g.ErrCode
-			}
-		}
+		return c.until("GOAWAY", func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok }).(*http2.GoAwayFrame).ErrCode
 	}
 
-	fr, settings := dial()
+	c := dialH2(t, addr)
+	settings := map[http2.SettingID]uint32{}
+	c.until("the server's settings", func(f http2.Frame) bool {
+		s, ok := f.(*http2.SettingsFrame)
+		if ok && !s.IsAck() {
+			_ = s.ForeachSetting(func(s http2.Setting) error { settings[s.ID] = s.Val; return nil })
+		}
+		return ok && !s.IsAck()
+	})
 	for id, want := range map[http2.SettingID]uint32{
 		http2.SettingMaxConcurrentStreams: 250,
 		http2.SettingMaxFrameSize:         1 << 20,
@@ -129,28 +85,27 @@ func TestHTTP2Limits(t *testing.T) {
 	// then more opened and reset. Their handlers wait for a free slot; past
 	// four times the limit waiting, the server hangs up.
 	id := uint32(1)
-	open := func(path string) error {
-		err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: headers(path, 0), EndStream: true, EndHeaders: true})
+	open := func() error {
+		err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: headers("/block", 0), EndStream: true, EndHeaders: true})
 		if err == nil {
-			err = fr.WriteRSTStream(id, http2.ErrCodeCancel)
+			err = c.fr.WriteRSTStream(id, http2.ErrCodeCancel)
 		}
 		id += 2
 		return err
 	}
 	for range 250 {
-		if err := open("/test/block"); err != nil {
+		if err := open(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for range 250 {
 		<-started
 	}
-	// Past four times the limit waiting: x/net refuses the stream that
-	// finds more than 1,000 waiting. The server may hang up before the
-	// last is written.
-	for i := 0; i < 4*250+2 && open("/test/block") == nil; i++ {
+	// x/net refuses the stream that finds more than four times the limit
+	// waiting. The server may hang up before the last is written.
+	for i := 0; i < 4*250+2 && open() == nil; i++ {
 	}
-	if code := goaway(fr); code != http2.ErrCodeEnhanceYourCalm {
+	if code := goaway(c); code != http2.ErrCodeEnhanceYourCalm {
 		t.Fatalf("rapid resets: GOAWAY %v, want ENHANCE_YOUR_CALM", code)
 	}
 	if n := blocked.Load(); n != 250 {
@@ -159,15 +114,15 @@ func TestHTTP2Limits(t *testing.T) {
 
 	// A header block of about 100 KB, past the 64 KiB limit, in CONTINUATION
 	// frames of 4 KB.
-	fr, _ = dial()
-	block := headers("/test/flood", 100)
+	c = dialH2(t, addr)
+	block := headers("/flood", 100)
 	const piece = 4 << 10
-	err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:piece], EndStream: true})
+	err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:piece], EndStream: true})
 	for rest := block[piece:]; err == nil && len(rest) > 0; rest = rest[min(piece, len(rest)):] {
-		err = fr.WriteContinuation(1, len(rest) <= piece, rest[:min(piece, len(rest))])
+		err = c.fr.WriteContinuation(1, len(rest) <= piece, rest[:min(piece, len(rest))])
 	}
 	// The server may hang up before the last piece is written.
-	if code := goaway(fr); code != http2.ErrCodeProtocol {
+	if code := goaway(c); code != http2.ErrCodeProtocol {
 		t.Fatalf("a header block past the limit: GOAWAY %v, want PROTOCOL_ERROR", code)
 	}
 	if n := flooded.Load(); n != 0 {
@@ -175,12 +130,12 @@ func TestHTTP2Limits(t *testing.T) {
 	}
 
 	// Others were served all the while.
-	resp, err := srv.HTTP.Get(srv.URL + "/healthz")
+	resp, err := servertest.H2CClient().Get("http://" + addr + "/flood")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
-		t.Fatalf("healthz over %s: %s", resp.Proto, resp.Status)
+	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 || flooded.Load() != 1 {
+		t.Fatalf("a request after the attacks: %s over %s", resp.Status, resp.Proto)
 	}
 }
