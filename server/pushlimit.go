@@ -31,6 +31,10 @@ import (
 // maxPushWait is the longest a push waits for its user's bucket.
 const maxPushWait = 10 * time.Second
 
+// debtSlack is the debt that does not count as debt: what floating point
+// leaves of a debt repaid exactly, when a push waited out its timer.
+const debtSlack = 1e-6
+
 // maxPushBuckets is the bucket count past which the limiter drops the
 // buckets that have refilled (which are as good as none) as it adds one.
 const maxPushBuckets = 10_000
@@ -81,7 +85,7 @@ func (l *pushLimiter) reserve(user ulid.ULID, n int) (wait time.Duration, ok boo
 		return 0, true
 	}
 	wait = l.seconds(-left)
-	if b.tokens < 0 && wait > maxPushWait {
+	if b.tokens < -debtSlack && wait > maxPushWait {
 		return wait - maxPushWait, false
 	}
 	b.tokens = left
@@ -125,8 +129,9 @@ func (l *pushLimiter) pruneFull(now time.Time) {
 }
 
 // throttlePush waits until user may push n ops, or refuses the push. The
-// wait ends early, giving the ops back, when ctx ends, the server goes
-// away, or stop is closed (errSenderEnded).
+// wait ends early, giving the ops back, when ctx ends, or stop is closed
+// (errSenderEnded): a Sync session's end, which sends its Goaway first. A
+// unary push (stop nil) ends its wait when the server goes away.
 func (s *Server) throttlePush(ctx context.Context, user ulid.ULID, n int, stop <-chan struct{}) error {
 	wait, ok := s.pushes.reserve(user, n)
 	if !ok {
@@ -144,13 +149,17 @@ func (s *Server) throttlePush(ctx context.Context, user ulid.ULID, n int, stop <
 	if f := s.testThrottled.Load(); f != nil {
 		(*f)() // the timer is armed
 	}
+	goaway := s.goaway.Done()
+	if stop != nil {
+		goaway = nil // the session's sender says Goaway, then ends it: stop
+	}
 	select {
 	case <-t.C():
 		return nil
 	case <-ctx.Done():
 		s.pushes.refund(user, n)
 		return connectError(ctx.Err())
-	case <-s.goaway.Done():
+	case <-goaway:
 		s.pushes.refund(user, n)
 		return connect.NewError(connect.CodeUnavailable, "the server is shutting down; push again after reconnecting")
 	case <-stop:

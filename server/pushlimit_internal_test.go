@@ -53,6 +53,16 @@ func TestPushLimiterBucket(t *testing.T) {
 		t.Fatalf("a slow bucket 100s in debt let a push in to wait %v", wait)
 	}
 
+	// A debt repaid by waiting out its timer exactly is repaid, whatever
+	// floating point leaves of it.
+	odd := newPushLimiter(Options{PushLimit: 15, PushBurst: 1000, Clock: c})
+	odd.reserve(alice, 1000)
+	wait, _ = odd.reserve(alice, 123)
+	c.Advance(wait)
+	if wait, ok = odd.reserve(alice, 1000); !ok {
+		t.Fatalf("a push after the last one's wait was refused, %v from fitting", wait)
+	}
+
 	var off *pushLimiter
 	if wait, ok := off.reserve(alice, 1000); wait != 0 || !ok {
 		t.Fatalf("no limiter: %v, %v", wait, ok)

@@ -126,10 +126,16 @@ func TestPushLimit(t *testing.T) {
 	}
 	mustCode(t, "a client silent after its throttled push", end, connect.CodeDeadlineExceeded)
 
-	// A push waiting when the server goes away is told to push again after
-	// reconnecting, and stores nothing.
+	// Pushes waiting when the server goes away store nothing. A Sync
+	// session still says Goaway, and so when to reconnect; a unary push is
+	// told to push again after reconnecting.
 	srv.Clock.Advance(time.Hour)        // the bucket refills
 	alice.push(conv, messages(1000)...) // and empties
+	s = alice.open(hello("", 0))
+	s.untilCaughtUp()
+	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: 8,
+		Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(10)}}}}})
+	waitThrottled()
 	errc := make(chan error, 1)
 	go func() {
 		_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(10)}}})
@@ -138,7 +144,10 @@ func TestPushLimit(t *testing.T) {
 	waitThrottled()
 	srv.Server.GoAway()
 	mustCode(t, "a throttled push as the server goes away", <-errc, connect.CodeUnavailable)
+	if m := s.until(func(m *ferryv1.SyncResponse) bool { return m.GetGoaway() != nil || m.GetPushResult() != nil }); m.GetGoaway() == nil {
+		t.Fatalf("a Sync session with a throttled push got %v, not Goaway, as the server went away", m)
+	}
 	if m := srv.Server.Metrics(); m.PushOps["accepted"] != 2+998+1+50+500+1000 {
-		t.Fatalf("%d ops accepted, want 2551: the last push stored nothing", m.PushOps["accepted"])
+		t.Fatalf("%d ops accepted, want 2551: the last pushes stored nothing", m.PushOps["accepted"])
 	}
 }

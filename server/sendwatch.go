@@ -61,28 +61,29 @@ func sendWatchesFor(opts Options) *sendWatches {
 type sendWatch struct {
 	ws    *sendWatches
 	since atomic.Uint64 // the tick the write under way began at; 0: none
-	reset func() bool   // resets the stream; false when it could not
+	reset func()        // resets the stream, or logs why it cannot
 
 	mu     sync.Mutex // orders reset and close
 	closed bool       // the handler returned: the ResponseWriter is gone
-	fired  bool       // reset already: its write is ending
+	fired  bool       // reset already (or found it cannot be)
 }
 
 // add watches the stream of w, which s serves for r.
 func (ws *sendWatches) add(s *Server, w http.ResponseWriter, r *http.Request) *sendWatch {
 	sw := &sendWatch{ws: ws}
 	rc := http.NewResponseController(w)
-	sw.reset = func() bool {
-		s.log.Warn("sync: reset a stream whose write made no progress for the send timeout: its client stopped reading, or its connection stopped moving",
-			"send_timeout", ws.timeout, "procedure", r.URL.Path, "remote", r.RemoteAddr)
+	sw.reset = func() {
 		// A write deadline in the past resets an HTTP/2 stream (over
-		// HTTP/1.1, it fails the connection's writes).
+		// HTTP/1.1, it fails the connection's writes). A writer that
+		// cannot take one never will: it is not tried again.
 		if err := rc.SetWriteDeadline(time.Unix(1, 0)); err != nil {
-			s.log.Warn("sync: cannot reset a stalled stream", "err", err)
-			return false
+			s.log.Warn("sync: cannot reset a stream whose write made no progress for the send timeout", "err", err,
+				"send_timeout", ws.timeout, "procedure", r.URL.Path, "remote", r.RemoteAddr)
+			return
 		}
 		s.stats.sendTimeouts.Add(1)
-		return true
+		s.log.Warn("sync: reset a stream whose write made no progress for the send timeout: its client stopped reading, or its connection stopped moving",
+			"send_timeout", ws.timeout, "procedure", r.URL.Path, "remote", r.RemoteAddr)
 	}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
@@ -121,7 +122,8 @@ func (sw *sendWatch) fire() {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
 	if !sw.closed && !sw.fired {
-		sw.fired = sw.reset()
+		sw.fired = true
+		sw.reset()
 	}
 }
 

@@ -57,9 +57,10 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 		at = append(at, i)
 	}
 	if len(valid) > 0 {
+		// An error gives no ops back to the push limit: an Append whose
+		// ctx ended may still commit.
 		res, err := s.eng.Append(ctx, a, valid)
 		if err != nil {
-			s.pushes.refund(a.User, len(ops))
 			return nil, connectError(err)
 		}
 		for i, r := range resultsToProto(res) {

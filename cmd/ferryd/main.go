@@ -430,8 +430,13 @@ func serveSide(c *config, srv *server.Server, log *slog.Logger) (map[string]stri
 	bound := map[string]string{}
 	var servers []*http.Server
 	closeAll := func() {
+		// A scrape under way finishes first: it may read the store.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
 		for _, s := range servers {
-			_ = s.Close()
+			if err := s.Shutdown(ctx); err != nil {
+				_ = s.Close()
+			}
 		}
 	}
 	for addr, sd := range at {
