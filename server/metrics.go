@@ -1,7 +1,6 @@
 package server
 
 import (
-	"errors"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -53,11 +52,9 @@ func (st *stats) called(procedure string, err error) {
 	if !ok {
 		c, _ = st.calls.LoadOrStore(procedure, new(callCounts))
 	}
-	code := connect.Code(0)
-	if ce := (*connect.Error)(nil); errors.As(err, &ce) {
-		code = ce.Code()
-	} else if err != nil {
-		code = connect.CodeUnknown
+	code := connect.Code(0) // OK
+	if err != nil {
+		code = connect.CodeOf(err)
 	}
 	if int(code) < len(callCounts{}) {
 		c.(*callCounts)[code].Add(1)

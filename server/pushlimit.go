@@ -78,7 +78,7 @@ func (l *pushLimiter) reserve(user ulid.ULID, n int) (wait time.Duration, ok boo
 		b = &bucket{tokens: l.burst, at: now}
 		l.buckets[user] = b
 	}
-	l.refill(b, now)
+	b.fill(now, l.burst, l.rate, time.Second)
 	left := b.tokens - float64(n)
 	if left >= 0 {
 		b.tokens = left
@@ -100,14 +100,7 @@ func (l *pushLimiter) refund(user ulid.ULID, n int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if b := l.buckets[user]; b != nil {
-		b.tokens = math.Min(b.tokens+float64(n), l.burst)
-	}
-}
-
-func (l *pushLimiter) refill(b *bucket, now time.Time) {
-	if d := now.Sub(b.at); d > 0 {
-		b.tokens = math.Min(b.tokens+d.Seconds()*l.rate, l.burst)
-		b.at = now
+		b.tokens = min(b.tokens+float64(n), l.burst)
 	}
 }
 
@@ -121,7 +114,7 @@ func (l *pushLimiter) seconds(ops float64) time.Duration {
 // when most buckets are spending.
 func (l *pushLimiter) pruneFull(now time.Time) {
 	for u, b := range l.buckets {
-		if l.refill(b, now); b.tokens >= l.burst {
+		if b.fill(now, l.burst, l.rate, time.Second); b.tokens >= l.burst {
 			delete(l.buckets, u)
 		}
 	}

@@ -84,11 +84,20 @@ type signInLimiter struct {
 	buckets map[signInKey]*bucket
 }
 
-// bucket holds tokens as of at.
+// bucket holds tokens as of at. The sign-in and push limiters fill it.
 type bucket struct {
 	tokens float64
 	at     time.Time
-	warned time.Time // when a refusal was last logged
+	warned time.Time // when a refusal was last logged (sign-ins)
+}
+
+// fill adds the tokens the bucket regained since it was last filled, at
+// rate tokens per period, up to size.
+func (b *bucket) fill(now time.Time, size, rate float64, period time.Duration) {
+	if d := now.Sub(b.at); d > 0 {
+		b.tokens = min(size, b.tokens+rate*float64(d)/float64(period))
+		b.at = now
+	}
 }
 
 func newSignInLimiter(limit int, refill time.Duration, c clock.Clock) *signInLimiter {
@@ -205,10 +214,7 @@ func (l *signInLimiter) refund(keys []signInKey) {
 
 // fill adds the attempts k's bucket regained since it was last filled.
 func (l *signInLimiter) fill(b *bucket, k signInKey, now time.Time) {
-	if d := now.Sub(b.at); d > 0 {
-		b.tokens = min(l.size(k), b.tokens+k.rate()*float64(d)/float64(l.refill))
-		b.at = now
-	}
+	b.fill(now, l.size(k), k.rate(), l.refill)
 }
 
 // rate is how many attempts k's bucket regains per refill period: an

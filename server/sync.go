@@ -29,9 +29,9 @@ var _ ferryv1connect.SyncServiceHandler = syncService{}
 // are rejected as INVALID without being stored, the others go to the engine
 // in order. Batch-level problems fail the whole push.
 //
-// A push over its user's push limit waits first, until ctx ends, the
-// server goes away, or stop (a Sync session's end; nil for a unary Push)
-// is closed.
+// A push over its user's push limit waits first (throttlePush), until ctx
+// ends or stop, a Sync session's end, is closed; a unary Push (stop nil)
+// also stops waiting when the server goes away.
 func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch, stop <-chan struct{}) ([]*ferryv1.OpResult, error) {
 	ops, err := opsFromBatches(batches, maxOpsPerPush)
 	if err != nil {
@@ -575,10 +575,11 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 					"no message from the client for %s: send a heartbeat at least every %s", 3*l.s.opts.HeartbeatInterval, l.s.opts.HeartbeatInterval))
 			}
 			// A message came meanwhile, or one is being answered: look
-			// again when the window since the last one ends.
+			// again when the window since the last one ends, or a whole
+			// window from now while it is answered.
 			window := 3 * l.s.opts.HeartbeatInterval
 			left := window - l.s.opts.Clock.Now().Sub(time.Unix(0, l.lastIn.Load()))
-			if left <= 0 || left > window { // answering a message that came a window ago
+			if left <= 0 {
 				left = window
 			}
 			l.idle.Reset(left)
@@ -715,8 +716,7 @@ func (l *loop) receive(ctx context.Context) error {
 // handle answers one of the client's messages: pushes and acks.
 func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) error {
 	s := l.s
-	l.lastIn.Store(s.opts.Clock.Now().UnixNano())
-	l.idle.Reset(3 * s.opts.HeartbeatInterval)
+	l.idle.Reset(3 * s.opts.HeartbeatInterval) // receive notes the message's time once it is answered
 	switch msg := req.GetMessage().(type) {
 	case *ferryv1.SyncRequest_Push:
 		results, err := s.push(ctx, l.a, msg.Push.GetBatches(), l.p.ended)
