@@ -28,11 +28,16 @@ run: build ## Build and start ferryd on $(ADDR) with its store in $(DATA)
 	$(BIN)/ferryd --addr $(ADDR) --data $(DATA) --allow-registration
 
 .PHONY: test
-test: test-go test-web ## Run every test: Go with the race detector, then the web client (what CI runs)
+test: test-go test-h2spec test-web ## Run every test: Go with the race detector, h2spec's HTTP/2 conformance suite, then the web client (what CI runs)
 
 .PHONY: test-go
-test-go: ## The Go tests, with the race detector
+test-go: ## The Go tests, with the race detector; the server's and the SDK's again over x/net's h2c server (--h2c=xnet)
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+	FERRY_TEST_H2C=xnet $(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./server/... ./clientsdk/...
+
+.PHONY: test-h2spec
+test-h2spec: ## h2spec's HTTP/2 conformance suite against both h2c servers (internal/h2/conformance, a module of its own)
+	$(GO) test -C internal/h2/conformance -race -count=1 -timeout 5m ./...
 
 .PHONY: test-web
 test-web: $(WEB)/node_modules/.installed chromium ## The web client's tests: unit, against ferryd, and end to end in Chromium
@@ -107,6 +112,7 @@ checkgenerate: generate ## Fail if generated code is stale
 .PHONY: lint
 lint: ## go vet, gofmt and buf lint
 	$(GO) vet ./...
+	$(GO) vet -C internal/h2/conformance ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(BUF) lint
 

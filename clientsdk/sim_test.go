@@ -22,6 +22,7 @@ import (
 	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/internal/testbin"
 	"github.com/ferrysync/ferry/server"
+	"github.com/ferrysync/ferry/server/servertest"
 )
 
 var (
@@ -64,7 +65,7 @@ func (s *simServer) start() {
 	if s.ln, err = net.Listen("tcp", s.addr); err != nil {
 		s.t.Fatal(err)
 	}
-	s.hs = server.NewHTTPServer(s.addr, s.srv.Handler(), nil)
+	s.hs = servertest.NewHTTPServer(s.addr, s.srv.Handler())
 	// Capture this start's server and listener: a goroutine reading the
 	// fields later could pair an old, shut-down server with the new
 	// listener, and its Serve would close that listener at once.

@@ -5,14 +5,18 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/ferrysync/ferry/internal/h2"
 )
 
 // HTTPServer serves a handler the way Ferry is deployed: HTTP/1.1 and
@@ -22,12 +26,13 @@ import (
 // Without TLS it does not let net/http serve HTTP/2. net/http serves an h2c
 // connection from inside the goroutine of an HTTP/1 connection, which keeps
 // that connection's 4 KiB reader and 4 KiB writer for as long as the
-// HTTP/2 connection lives: 8 KiB of the 54 KiB an idle device cost. So
-// HTTPServer accepts plain connections itself, reads their first bytes, and
-// serves the ones that open with the HTTP/2 preface with
-// golang.org/x/net/http2 (the package net/http's own HTTP/2 is bundled
-// from); every other connection goes to the http.Server. Over TLS, the
-// http.Server serves everything: its HTTP/2 over TLS holds no such buffers.
+// HTTP/2 connection lives. So HTTPServer accepts plain connections itself,
+// reads their first bytes, and serves the ones that open with the HTTP/2
+// preface with the server H2C names: Ferry's own (internal/h2, the
+// default), or golang.org/x/net/http2's (the package net/http's own HTTP/2
+// is bundled from). Every other connection goes to the http.Server. Over
+// TLS, the http.Server serves everything: its HTTP/2 over TLS holds no
+// such buffers.
 //
 // Use Serve, Shutdown and Close, not the http.Server's own. An h2c
 // connection honours the http.Server's settings as net/http's own h2c
@@ -36,13 +41,19 @@ import (
 // once its preface has arrived, a client that is slow to send the preface
 // of an HTTP/1 request may take up to twice ReadHeaderTimeout (once here,
 // once in the http.Server), and SetKeepAlivesEnabled does not reach it.
-// Security fixes to HTTP/2 reach h2c through golang.org/x/net, not Go's
+// Ferry's h2c server reads IdleTimeout, MaxHeaderBytes and, of HTTP2,
+// MaxConcurrentStreams, MaxReadFrameSize, the receive buffers,
+// SendPingTimeout, PingTimeout and WriteByteTimeout. With H2CXNet,
+// security fixes to HTTP/2 reach h2c through golang.org/x/net, not Go's
 // releases: keep that module current.
 type HTTPServer struct {
 	// HTTP holds the settings (HTTP/2's included) and serves HTTP/1.1, and
 	// everything over TLS. Set its fields, ErrorLog say, before Serve.
 	HTTP *http.Server
+	// H2C chooses what serves h2c connections. Set it before Serve.
+	H2C H2C
 
+	own    h2.Server
 	h2     *http2.Server
 	h2Once sync.Once // sets h2's settings from HTTP's, at the first Serve
 
@@ -54,6 +65,40 @@ type HTTPServer struct {
 	ctl     *http.Server
 	closing bool
 	conns   map[net.Conn]bool // plain connections still ours: true once served as HTTP/2
+}
+
+// H2C is an HTTP/2 server for connections without TLS.
+type H2C int
+
+const (
+	// H2CFerry is Ferry's own (internal/h2): one goroutine less per
+	// connection than x/net's, no hand-off per write, and buffers held
+	// only while in use.
+	H2CFerry H2C = iota
+	// H2CXNet is golang.org/x/net/http2's server, kept as a fallback.
+	H2CXNet
+)
+
+// String returns the name ferryd's --h2c flag takes.
+func (h H2C) String() string {
+	switch h {
+	case H2CXNet:
+		return "xnet"
+	case H2CFerry:
+		return "ferry"
+	}
+	return "H2C(" + strconv.Itoa(int(h)) + ")"
+}
+
+// Set sets h from a name String returns: H2C is a flag.Value.
+func (h *H2C) Set(s string) error {
+	for _, v := range []H2C{H2CFerry, H2CXNet} {
+		if s == v.String() {
+			*h = v
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown h2c server %q: want ferry or xnet", s)
 }
 
 // NewHTTPServer returns a server for h with Ferry's settings: HTTP/1.1 and
@@ -96,6 +141,7 @@ func (s *HTTPServer) Serve(ln net.Listener) error {
 		return s.HTTP.ServeTLS(ln, "", "")
 	}
 	s.h2Once.Do(func() {
+		s.own.Handler, s.own.Config = s.HTTP.Handler, s.HTTP
 		// x/net/http2 takes the idle timeout from its own Server, and
 		// ConfigureServer copies it as net/http would, from IdleTimeout or
 		// else ReadTimeout. The rest it reads from HTTP, per connection.
@@ -226,6 +272,10 @@ func (s *HTTPServer) sniff(c net.Conn, l *sniffListener) {
 	}
 	// ServeConn closes c when it is done. It adds the server and the local
 	// address to ctx, as net/http does.
+	if s.H2C == H2CFerry {
+		s.own.ServeConn(ctx, c)
+		return
+	}
 	s.h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, BaseConfig: s.HTTP, SawClientPreface: true})
 }
 
@@ -343,6 +393,7 @@ func (s *HTTPServer) closeSniffing(all bool) {
 // server instead, which this does not reach: http_go127.go stops that
 // build.
 func (s *HTTPServer) goAway() {
+	s.own.Shutdown()
 	s.mu.Lock()
 	ctl := s.ctl
 	s.mu.Unlock()

@@ -33,7 +33,7 @@ func startHTTP(t *testing.T, h http.Handler, adjust func(*http.Server)) (*server
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := server.NewHTTPServer(ln.Addr().String(), h, nil)
+	hs := servertest.NewHTTPServer(ln.Addr().String(), h)
 	if adjust != nil {
 		adjust(hs.HTTP)
 	}

@@ -67,6 +67,7 @@ type config struct {
 	signInRefill      time.Duration
 	clientIPHeader    string
 	trustedProxies    prefixList
+	h2c               server.H2C
 }
 
 func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
@@ -77,6 +78,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.StringVar(&c.data, "data", "./data", "directory of the Pebble store (created if missing)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with --tls-key, serve HTTPS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key file (PEM)")
+	fs.Var(&c.h2c, "h2c", "what serves HTTP/2 without TLS: ferry (Ferry's own, leaner) or xnet (golang.org/x/net/http2); TLS connections are net/http's")
 	fs.BoolVar(&c.allowRegistration, "allow-registration", false, "let anyone create an account with Register")
 	fs.BoolVar(&c.newEpoch, "new-epoch", false, "start a new epoch: use after restoring the store by other means than 'ferryd backup'")
 	fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message, after decompression")
@@ -243,6 +245,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	hs := server.NewHTTPServer(c.addr, srv.Handler(extra...), tlsConfig)
 	hs.HTTP.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	hs.H2C = c.h2c
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		return err

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ferrysync/ferry/server"
 )
 
 // syncBuffer is a bytes.Buffer safe for the server goroutine and the test.
@@ -115,11 +117,14 @@ func TestServeAndShutDown(t *testing.T) {
 
 func TestFlagsFromEnvironment(t *testing.T) {
 	fs, c := flags("serve", io.Discard)
-	env := map[string]string{"FERRY_ADDR": "0.0.0.0:9", "FERRY_ALLOW_REGISTRATION": "true", "FERRY_DATA": "/env", "FERRY_PUSH_LIMIT": "0"}
+	if c.h2c != server.H2CFerry {
+		t.Fatalf("--h2c defaults to %v", c.h2c)
+	}
+	env := map[string]string{"FERRY_ADDR": "0.0.0.0:9", "FERRY_ALLOW_REGISTRATION": "true", "FERRY_DATA": "/env", "FERRY_PUSH_LIMIT": "0", "FERRY_H2C": "xnet"}
 	if err := parse(fs, []string{"--data", "/flag"}, func(k string) string { return env[k] }); err != nil {
 		t.Fatal(err)
 	}
-	if c.addr != "0.0.0.0:9" || !c.allowRegistration || c.data != "/flag" || c.pushLimit != 0 {
+	if c.addr != "0.0.0.0:9" || !c.allowRegistration || c.data != "/flag" || c.pushLimit != 0 || c.h2c != server.H2CXNet {
 		t.Fatalf("config %+v: the environment fills unset flags, and flags win", c)
 	}
 	// A limit's 0 turns it off; the server's options take a negative.
@@ -135,6 +140,9 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "FERRY_HEARTBEAT") {
 		t.Fatalf("bad environment value: %v", err)
+	}
+	if err := run(context.Background(), []string{"--h2c", "nghttp2"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "want ferry or xnet") {
+		t.Fatalf("bad --h2c: %v", err)
 	}
 	if err := run(context.Background(), []string{"--log-level", "loud"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--log-level") {
 		t.Fatalf("bad log level: %v", err)

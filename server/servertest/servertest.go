@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
@@ -81,7 +82,7 @@ func New(t testing.TB, cfg Config) *Server {
 	if cfg.Wrap != nil {
 		h = cfg.Wrap(h)
 	}
-	hs := server.NewHTTPServer(ln.Addr().String(), h, nil)
+	hs := NewHTTPServer(ln.Addr().String(), h)
 	go func() { _ = hs.Serve(ln) }()
 	s := &Server{T: t, URL: "http://" + ln.Addr().String(), Engine: eng, Server: srv, Clock: fake, hs: hs, HTTP: H2CClient()}
 	s.stop = func() {
@@ -107,6 +108,20 @@ func (s *Server) Stop() {
 		s.stop()
 		s.stop = nil
 	}
+}
+
+// NewHTTPServer returns server.NewHTTPServer(addr, h, nil) with the h2c
+// server FERRY_TEST_H2C names ("ferry" or "xnet"; empty: the default), so
+// that the tests run against either: make test runs the server's and the
+// SDK's tests with x/net's too.
+func NewHTTPServer(addr string, h http.Handler) *server.HTTPServer {
+	hs := server.NewHTTPServer(addr, h, nil)
+	if name := os.Getenv("FERRY_TEST_H2C"); name != "" {
+		if err := hs.H2C.Set(name); err != nil {
+			panic("FERRY_TEST_H2C: " + err.Error())
+		}
+	}
+	return hs
 }
 
 // H2CClient returns an HTTP client that speaks HTTP/2 without TLS.

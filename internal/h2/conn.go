@@ -1,0 +1,999 @@
+package h2
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+var (
+	errConnClosed   = errors.New("http2: connection closed")
+	errStreamClosed = errors.New("http2: stream closed") // reset by either side
+	errClientGone   = errors.New("http2: client closed the connection")
+)
+
+// maxQueuedControl bounds the control frames (PING and SETTINGS ACKs,
+// RST_STREAMs, WINDOW_UPDATEs) queued for a peer that does not read them:
+// past it, the connection ends.
+const maxQueuedControl = 64 << 10
+
+// lingerTime is how long a connection that sent its GOAWAY goes on reading
+// (and discarding) before it closes, so that the peer reads the GOAWAY and
+// the last responses before a close with unread data makes its kernel
+// reset the connection.
+const lingerTime = time.Second
+
+type conn struct {
+	srv        *Server
+	nc         net.Conn
+	ctx        context.Context // the base of the requests' contexts
+	set        settings
+	remoteAddr string
+
+	// The reader goroutine's own.
+	rd          reader
+	dec         *hpack.Decoder
+	hb          headerBlock
+	maxClientID uint32 // the highest stream the client opened
+	sawSettings bool
+	frames      atomic.Uint64 // read, for the liveness check
+
+	mu         sync.Mutex
+	streams    map[uint32]*stream
+	open       int // streams counted against MAX_CONCURRENT_STREAMS: neither reset nor done
+	handlers   int // handlers running
+	unstarted  []pending
+	sendWin    int64 // the connection's send window
+	peerWin    int64 // the peer's SETTINGS_INITIAL_WINDOW_SIZE
+	peerFrame  int   // the peer's SETTINGS_MAX_FRAME_SIZE
+	peerTable  uint32
+	newTable   bool  // peerTable changed: the encoder must learn it
+	recvWin    int64 // what the peer may still send on the connection
+	recvCredit int64 // consumed since the last WINDOW_UPDATE of the connection
+	ctl        []byte
+	closed     bool
+	goingAway  bool // sent GOAWAY, or received one: no new streams
+	lingering  bool
+	timer      *time.Timer
+	idleSince  time.Time
+	lastFrames uint64
+	lastMoved  time.Time
+	pingSent   time.Time
+	pingData   [8]byte
+
+	// wsem is held (sent to) while writing to nc: a channel, so that a
+	// stream's wait for it ends when the stream does. Handlers write their
+	// frames themselves; the control frames the reader, timers and body
+	// reads queue in ctl go with the next write, or a flusher goroutine
+	// writes them: no goroutine but a handler's, or a flusher, ever waits
+	// for the connection.
+	wsem          chan struct{}
+	flushing      bool    // a flusher runs, under mu
+	writing       *stream // whose frames are being written (nil: none, or only control frames), under mu
+	deadlineDirty bool    // a past write deadline was set on nc, under mu
+	wantHalfClose bool    // half-close after the next write, under mu
+	halfClosed    bool    // under mu
+	enc           *hpack.Encoder
+	encBuf        bytes.Buffer
+}
+
+// pending is a stream whose handler waits for another to end.
+type pending struct {
+	st  *stream
+	req *http.Request
+	h   http.Handler
+}
+
+func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
+	c := &conn{
+		srv:        s,
+		nc:         nc,
+		set:        s.settings(),
+		remoteAddr: nc.RemoteAddr().String(),
+		streams:    make(map[uint32]*stream),
+		sendWin:    defaultWindow,
+		peerWin:    defaultWindow,
+		peerFrame:  minMaxFrameSize,
+		recvWin:    defaultWindow,
+		wsem:       make(chan struct{}, 1),
+	}
+	if s.Config != nil {
+		ctx = context.WithValue(ctx, http.ServerContextKey, s.Config)
+	}
+	c.ctx = context.WithValue(ctx, http.LocalAddrContextKey, nc.LocalAddr())
+	c.rd.nc = nc
+	c.dec = hpack.NewDecoder(defaultTable, c.hb.emit)
+	c.dec.SetMaxStringLength(c.set.maxHeaderBytes)
+	c.enc = hpack.NewEncoder(&c.encBuf)
+	c.hb.c = c
+	// The settings go first, before even a GOAWAY of a server shutting
+	// down.
+	c.ctl = appendSettings(c.ctl,
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: c.set.maxFrameSize},
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.set.maxStreams},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(c.set.maxHeaderBytes + 32*10)},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(c.set.streamWindow)},
+	)
+	if d := int64(c.set.connWindow) - defaultWindow; d > 0 {
+		c.ctl = appendWindowUpdate(c.ctl, 0, uint32(d))
+		c.recvWin += d
+	}
+	return c
+}
+
+// serve reads and handles frames until the connection ends.
+func (c *conn) serve() {
+	now := time.Now()
+	c.mu.Lock()
+	c.idleSince, c.lastMoved = now, now
+	if next := c.nextCheckLocked(now); next > 0 {
+		c.timer = time.AfterFunc(next, c.check)
+	}
+	c.kickLocked()
+	c.mu.Unlock()
+
+	var err error
+	for err == nil {
+		err = c.readFrame()
+		var se streamError
+		if errors.As(err, &se) {
+			c.resetStream(se.id, se.code)
+			err = nil
+		}
+	}
+	var ce connError
+	switch {
+	case errors.As(err, &ce):
+		c.fail(ce.code, ce.reason)
+		c.linger()
+		err = ce
+	case c.isLingering():
+		// The GOAWAY went and the connection was read to its end.
+	case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed):
+		err = errClientGone
+	}
+	c.close(err)
+}
+
+// readFrame reads one frame and handles it. A streamError ends one
+// stream, any other error the connection.
+func (c *conn) readFrame() error {
+	b, err := c.rd.next(frameHeaderLen)
+	if err != nil {
+		return err
+	}
+	h := parseFrameHeader(b)
+	c.frames.Add(1)
+	if h.length > c.set.maxFrameSize {
+		return connError{http2.ErrCodeFrameSize, fmt.Sprintf("a %v frame of %d bytes, past SETTINGS_MAX_FRAME_SIZE", h.typ, h.length)}
+	}
+	if c.hb.active && (h.typ != frameContinuation || h.streamID != c.hb.streamID) {
+		return connError{http2.ErrCodeProtocol, fmt.Sprintf("a %v frame inside the header block of stream %d", h.typ, c.hb.streamID)}
+	}
+	if !c.sawSettings && h.typ != frameSettings {
+		return connError{http2.ErrCodeProtocol, "the client preface did not end with SETTINGS"}
+	}
+	switch h.typ {
+	case frameData:
+		return c.onData(h)
+	case frameHeaders:
+		return c.onHeaders(h)
+	case frameContinuation:
+		return c.onContinuation(h)
+	case framePriority:
+		p, err := c.rd.payload(int(h.length))
+		if err != nil {
+			return err
+		}
+		switch {
+		case h.streamID == 0:
+			return connError{http2.ErrCodeProtocol, "PRIORITY on stream 0"}
+		case len(p) != 5:
+			return streamError{h.streamID, http2.ErrCodeFrameSize, "PRIORITY of a length other than 5"}
+		case binary.BigEndian.Uint32(p)&(1<<31-1) == h.streamID:
+			return streamError{h.streamID, http2.ErrCodeProtocol, "a stream that depends on itself"}
+		}
+		return nil
+	case frameRSTStream:
+		return c.onRSTStream(h)
+	case frameSettings:
+		return c.onSettings(h)
+	case framePing:
+		return c.onPing(h)
+	case frameGoAway:
+		return c.onGoAway(h)
+	case frameWindowUpdate:
+		return c.onWindowUpdate(h)
+	case framePushPromise:
+		return connError{http2.ErrCodeProtocol, "PUSH_PROMISE from a client"}
+	default:
+		return c.rd.discard(int(h.length)) // extensions we do not know are ignored
+	}
+}
+
+// padded strips a DATA or HEADERS frame's padding.
+func padded(h frameHeader, p []byte) ([]byte, error) {
+	if !h.has(flagPadded) {
+		return p, nil
+	}
+	if len(p) == 0 || int(p[0]) >= len(p) {
+		return nil, connError{http2.ErrCodeProtocol, fmt.Sprintf("%v padding longer than its frame", h.typ)}
+	}
+	return p[1 : len(p)-int(p[0])], nil
+}
+
+func (c *conn) onData(h frameHeader) error {
+	p, err := c.rd.payload(int(h.length))
+	if err != nil {
+		return err
+	}
+	if h.streamID == 0 {
+		return connError{http2.ErrCodeProtocol, "DATA on stream 0"}
+	}
+	data, err := padded(h, p)
+	if err != nil {
+		return err
+	}
+	n := int64(h.length)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n > c.recvWin {
+		return connError{http2.ErrCodeFlowControl, "DATA past the connection's flow-control window"}
+	}
+	c.recvWin -= n
+	st := c.streams[h.streamID]
+	switch {
+	case st == nil && h.streamID > c.maxClientID:
+		return connError{http2.ErrCodeProtocol, fmt.Sprintf("DATA on stream %d, which is idle", h.streamID)}
+	case st == nil || st.remoteClosed || st.peerReset:
+		c.creditLocked(nil, n)
+		return streamError{h.streamID, http2.ErrCodeStreamClosed, "DATA on a closed stream"}
+	case n > int64(st.recvWin):
+		c.creditLocked(nil, n)
+		return streamError{h.streamID, http2.ErrCodeFlowControl, "DATA past the stream's flow-control window"}
+	}
+	st.recvWin -= int32(n)
+	if st.declLen >= 0 && st.gotLen+int64(len(data)) > st.declLen {
+		c.creditLocked(st, n)
+		return streamError{h.streamID, http2.ErrCodeProtocol, "DATA past the request's content-length"}
+	}
+	st.gotLen += int64(len(data))
+	if st.reset || st.bodyClosed {
+		c.creditLocked(st, n) // nobody will read it
+	} else {
+		c.creditLocked(st, n-int64(len(data))) // the padding
+		if len(data) > 0 {
+			st.appendBody(data)
+		}
+	}
+	if h.has(flagEndStream) {
+		if st.declLen >= 0 && st.gotLen != st.declLen {
+			return streamError{h.streamID, http2.ErrCodeProtocol, "a request body shorter than its content-length"}
+		}
+		st.closeRemote()
+	}
+	st.cond.Broadcast()
+	return nil
+}
+
+func (c *conn) onHeaders(h frameHeader) error {
+	p, err := c.rd.payload(int(h.length))
+	if err != nil {
+		return err
+	}
+	if h.streamID == 0 {
+		return connError{http2.ErrCodeProtocol, "HEADERS on stream 0"}
+	}
+	if h.streamID%2 == 0 {
+		return connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS on stream %d, an even one, which only a server may open", h.streamID)}
+	}
+	frag, err := padded(h, p)
+	if err != nil {
+		return err
+	}
+	selfDep := false
+	if h.has(flagPriority) {
+		if len(frag) < 5 {
+			return connError{http2.ErrCodeFrameSize, "HEADERS too short for its priority"}
+		}
+		selfDep = binary.BigEndian.Uint32(frag)&(1<<31-1) == h.streamID
+		frag = frag[5:]
+	}
+	c.hb.start(h.streamID, h.has(flagEndStream), selfDep)
+	return c.fragment(frag, h.has(flagEndHeaders))
+}
+
+func (c *conn) onContinuation(h frameHeader) error {
+	p, err := c.rd.payload(int(h.length))
+	if err != nil {
+		return err
+	}
+	if !c.hb.active {
+		return connError{http2.ErrCodeProtocol, "CONTINUATION without HEADERS"}
+	}
+	return c.fragment(p, h.has(flagEndHeaders))
+}
+
+// fragment decodes part of a header block, and handles the block at its
+// end.
+func (c *conn) fragment(p []byte, end bool) error {
+	hb := &c.hb
+	hb.compressed += len(p)
+	if hb.compressed > c.set.maxHeaderBytes+32*10 {
+		// More compressed than the whole list may be decoded: a
+		// CONTINUATION flood, or a client that ignores the limit.
+		return connError{http2.ErrCodeProtocol, "a header block past SETTINGS_MAX_HEADER_LIST_SIZE"}
+	}
+	if _, err := c.dec.Write(p); err != nil {
+		return connError{http2.ErrCodeCompression, "HPACK: " + err.Error()}
+	}
+	if !end {
+		return nil
+	}
+	hb.active = false
+	if err := c.dec.Close(); err != nil {
+		return connError{http2.ErrCodeCompression, "HPACK: " + err.Error()}
+	}
+	return c.onHeaderBlock()
+}
+
+func (c *conn) onRSTStream(h frameHeader) error {
+	p, err := c.rd.payload(int(h.length))
+	if err != nil {
+		return err
+	}
+	switch {
+	case h.streamID == 0:
+		return connError{http2.ErrCodeProtocol, "RST_STREAM on stream 0"}
+	case len(p) != 4:
+		return connError{http2.ErrCodeFrameSize, "RST_STREAM of a length other than 4"}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.streams[h.streamID]
+	if st == nil {
+		if h.streamID > c.maxClientID {
+			return connError{http2.ErrCodeProtocol, fmt.Sprintf("RST_STREAM on stream %d, which is idle", h.streamID)}
+		}
+		return nil
+	}
+	st.peerReset = true
+	c.resetLocked(st, errStreamClosed)
+	return nil
+}
+
+// maxSettings bounds the settings of one SETTINGS frame: each costs the
+// reader work under mu, and a client has no use for more (x/net's limit).
+const maxSettings = 100
+
+func (c *conn) onSettings(h frameHeader) error {
+	if h.streamID != 0 {
+		return connError{http2.ErrCodeProtocol, "SETTINGS on a stream"}
+	}
+	if h.has(flagAck) {
+		if h.length != 0 {
+			return connError{http2.ErrCodeFrameSize, "a SETTINGS ACK with a payload"}
+		}
+		return nil
+	}
+	if h.length%6 != 0 {
+		return connError{http2.ErrCodeFrameSize, "SETTINGS of a length not a multiple of 6"}
+	}
+	if h.length/6 > maxSettings {
+		return connError{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf("SETTINGS with %d settings, past %d", h.length/6, maxSettings)}
+	}
+	p, err := c.rd.payload(int(h.length))
+	if err != nil {
+		return err
+	}
+	c.sawSettings = true
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	window := int64(-1)
+	for ; len(p) > 0; p = p[6:] {
+		id, v := http2.SettingID(binary.BigEndian.Uint16(p)), binary.BigEndian.Uint32(p[2:])
+		switch id {
+		case http2.SettingHeaderTableSize:
+			c.peerTable, c.newTable = v, true
+		case http2.SettingEnablePush:
+			if v > 1 {
+				return connError{http2.ErrCodeProtocol, "SETTINGS_ENABLE_PUSH other than 0 or 1"}
+			}
+		case http2.SettingInitialWindowSize:
+			if v > maxWindow {
+				return connError{http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE past 2^31-1"}
+			}
+			window = int64(v) // the last counts
+		case http2.SettingMaxFrameSize:
+			if v < minMaxFrameSize || v > maxMaxFrameSize {
+				return connError{http2.ErrCodeProtocol, fmt.Sprintf("SETTINGS_MAX_FRAME_SIZE %d, out of range", v)}
+			}
+			c.peerFrame = int(v)
+		case http2.SettingEnableConnectProtocol:
+			if v > 1 {
+				return connError{http2.ErrCodeProtocol, "SETTINGS_ENABLE_CONNECT_PROTOCOL other than 0 or 1"}
+			}
+		}
+	}
+	if window >= 0 {
+		d := window - c.peerWin
+		c.peerWin = window
+		for _, st := range c.streams {
+			st.sendWin += d
+			if st.sendWin > maxWindow {
+				return connError{http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE took a stream's window past 2^31-1"}
+			}
+			st.cond.Broadcast()
+		}
+	}
+	c.queueLocked(func(b []byte) []byte { return appendFrameHeader(b, 0, frameSettings, flagAck, 0) })
+	return nil
+}
+
+func (c *conn) onPing(h frameHeader) error {
+	if h.streamID != 0 {
+		return connError{http2.ErrCodeProtocol, "PING on a stream"}
+	}
+	if h.length != 8 {
+		return connError{http2.ErrCodeFrameSize, "PING of a length other than 8"}
+	}
+	p, err := c.rd.next(8)
+	if err != nil {
+		return err
+	}
+	data := [8]byte(p)
+	if h.has(flagAck) {
+		c.mu.Lock()
+		if !c.pingSent.IsZero() && data == c.pingData {
+			c.pingSent = time.Time{}
+		}
+		c.mu.Unlock()
+		return nil
+	}
+	c.control(func(b []byte) []byte { return appendPing(b, true, data) })
+	return nil
+}
+
+func (c *conn) onGoAway(h frameHeader) error {
+	if h.streamID != 0 {
+		return connError{http2.ErrCodeProtocol, "GOAWAY on a stream"}
+	}
+	if h.length < 8 {
+		return connError{http2.ErrCodeFrameSize, "GOAWAY shorter than 8 bytes"}
+	}
+	if err := c.rd.discard(int(h.length)); err != nil {
+		return err
+	}
+	// The client opens no more streams; those it opened are answered.
+	// Our GOAWAY tells it which it may retry elsewhere.
+	c.goAway()
+	return nil
+}
+
+func (c *conn) onWindowUpdate(h frameHeader) error {
+	if h.length != 4 {
+		return connError{http2.ErrCodeFrameSize, "WINDOW_UPDATE of a length other than 4"}
+	}
+	p, err := c.rd.next(4)
+	if err != nil {
+		return err
+	}
+	n := int64(binary.BigEndian.Uint32(p) & (1<<31 - 1))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if h.streamID == 0 {
+		if n == 0 {
+			return connError{http2.ErrCodeProtocol, "a WINDOW_UPDATE of 0 on the connection"}
+		}
+		if c.sendWin += n; c.sendWin > maxWindow {
+			return connError{http2.ErrCodeFlowControl, "a WINDOW_UPDATE past 2^31-1 on the connection"}
+		}
+		for _, st := range c.streams {
+			if st.waitingSend {
+				st.cond.Broadcast()
+			}
+		}
+		return nil
+	}
+	st := c.streams[h.streamID]
+	switch {
+	case st == nil && h.streamID > c.maxClientID:
+		return connError{http2.ErrCodeProtocol, fmt.Sprintf("WINDOW_UPDATE on stream %d, which is idle", h.streamID)}
+	case st == nil || st.reset:
+		return nil
+	case n == 0:
+		return streamError{h.streamID, http2.ErrCodeProtocol, "a WINDOW_UPDATE of 0"}
+	}
+	if st.sendWin += n; st.sendWin > maxWindow {
+		return streamError{h.streamID, http2.ErrCodeFlowControl, "a WINDOW_UPDATE past 2^31-1"}
+	}
+	st.cond.Broadcast()
+	return nil
+}
+
+// onHeaderBlock handles a complete header block: a request that opens a
+// stream, or its trailers.
+func (c *conn) onHeaderBlock() error {
+	hb := &c.hb
+	id := hb.streamID
+	c.mu.Lock()
+	st := c.streams[id]
+	if st != nil || id <= c.maxClientID {
+		defer c.mu.Unlock()
+		switch {
+		case st == nil || st.remoteClosed && st.localEnded:
+			return connError{http2.ErrCodeStreamClosed, fmt.Sprintf("HEADERS on stream %d, which closed", id)}
+		case st.remoteClosed || st.peerReset:
+			return streamError{id, http2.ErrCodeStreamClosed, "HEADERS on a stream the client had ended"}
+		case st.reset:
+			return nil
+		case !hb.endStream:
+			return streamError{id, http2.ErrCodeProtocol, "trailers without END_STREAM"}
+		case hb.invalid != "":
+			return streamError{id, http2.ErrCodeProtocol, hb.invalid}
+		case hb.sawPseudo:
+			return streamError{id, http2.ErrCodeProtocol, "a pseudo-header in trailers"}
+		}
+		if st.declLen >= 0 && st.gotLen != st.declLen {
+			return streamError{id, http2.ErrCodeProtocol, "a request body shorter than its content-length"}
+		}
+		for k, vv := range hb.fields {
+			if !httpguts.ValidTrailerHeader(k) {
+				return streamError{id, http2.ErrCodeProtocol, "the trailer " + k + ", which may not be one"}
+			}
+			if st.trailer == nil {
+				st.trailer = make(http.Header)
+			}
+			st.trailer[k] = vv
+		}
+		st.closeRemote()
+		st.cond.Broadcast()
+		return nil
+	}
+	c.maxClientID = id
+	if c.goingAway {
+		c.mu.Unlock()
+		return nil // past the GOAWAY's last stream: not processed
+	}
+	if hb.selfDep {
+		c.mu.Unlock()
+		return streamError{id, http2.ErrCodeProtocol, "a stream that depends on itself"}
+	}
+	if hb.invalid != "" {
+		c.mu.Unlock()
+		return streamError{id, http2.ErrCodeProtocol, hb.invalid}
+	}
+	if c.open >= int(c.set.maxStreams) {
+		c.mu.Unlock()
+		return streamError{id, http2.ErrCodeRefusedStream, "past SETTINGS_MAX_CONCURRENT_STREAMS"}
+	}
+	st, req, h, err := c.newRequest(hb)
+	if err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	c.streams[id] = st
+	c.open++
+	if c.handlers >= int(c.set.maxStreams) {
+		// The handlers of streams the client reset still run: this one
+		// waits for one to end. A client that keeps resetting streams
+		// faster than their handlers end is cut off.
+		if len(c.unstarted) >= 4*int(c.set.maxStreams) {
+			c.mu.Unlock()
+			return connError{http2.ErrCodeEnhanceYourCalm, "too many streams reset while their handlers ran"}
+		}
+		c.unstarted = append(c.unstarted, pending{st, req, h})
+		c.mu.Unlock()
+		return nil
+	}
+	c.handlers++
+	c.mu.Unlock()
+	go c.runHandler(st, req, h)
+	return nil
+}
+
+// control queues a control frame to be written.
+func (c *conn) control(appendFrame func([]byte) []byte) {
+	c.mu.Lock()
+	c.queueLocked(appendFrame)
+	c.mu.Unlock()
+}
+
+// queueLocked queues a control frame, and sees that it is written. Past
+// maxQueuedControl queued, for a client that does not read them, the
+// connection ends. The caller holds mu.
+func (c *conn) queueLocked(appendFrame func([]byte) []byte) {
+	if c.closed || c.halfClosed {
+		return
+	}
+	c.ctl = appendFrame(c.ctl)
+	if len(c.ctl) > maxQueuedControl {
+		c.srv.logf("http2: closing the connection from %s: it does not read the control frames it makes us send", c.remoteAddr)
+		c.closeLocked()
+		return
+	}
+	c.kickLocked()
+}
+
+// kickLocked starts a flusher for the queued control frames (and a
+// half-close wanted) unless one runs. The caller holds mu.
+func (c *conn) kickLocked() {
+	if c.closed || c.flushing || len(c.ctl) == 0 && !(c.wantHalfClose && !c.halfClosed) {
+		return
+	}
+	c.flushing = true
+	go c.flusher()
+}
+
+// flusher writes the queued control frames, waiting for the connection if
+// a handler writes.
+func (c *conn) flusher() {
+	c.wsem <- struct{}{}
+	err := c.writeLocked(nil, nil)
+	<-c.wsem
+	c.mu.Lock()
+	c.flushing = false
+	if err == nil {
+		c.kickLocked() // queued while it wrote
+	}
+	c.mu.Unlock()
+}
+
+// writeLocked writes the queued control frames, then what fill adds (nil:
+// nothing) for st (nil: for the connection). fill is skipped, and st's
+// error returned, when st is reset: no frame of a stream goes after its
+// RST_STREAM. The caller holds wsem.
+func (c *conn) writeLocked(st *stream, fill func(*batch) error) error {
+	b := getBatch()
+	defer putBatch(b)
+	c.mu.Lock()
+	if c.closed || c.halfClosed {
+		c.ctl = nil
+		c.mu.Unlock()
+		return errConnClosed
+	}
+	b.own = append(b.own, c.ctl...)
+	c.ctl = c.ctl[:0]
+	if cap(c.ctl) > 4<<10 {
+		c.ctl = nil
+	}
+	var err error
+	if st != nil && st.reset {
+		err, fill = st.writeErr, nil
+	}
+	halfClose := c.wantHalfClose
+	c.writing = st
+	if c.newTable {
+		c.enc.SetMaxDynamicTableSizeLimit(c.peerTable)
+		c.newTable = false
+	}
+	switch {
+	case c.set.writeTimeout > 0:
+		_ = c.nc.SetWriteDeadline(time.Now().Add(c.set.writeTimeout))
+		c.deadlineDirty = false
+	case c.deadlineDirty:
+		_ = c.nc.SetWriteDeadline(time.Time{})
+		c.deadlineDirty = false
+	}
+	c.mu.Unlock()
+	if fill != nil {
+		err = fill(b)
+	}
+	var werr error
+	if b.len() > 0 {
+		werr = b.writeTo(c.nc)
+	}
+	c.mu.Lock()
+	c.writing = nil
+	if werr == nil && halfClose {
+		// What began the half-close (a GOAWAY) has gone: the client reads
+		// the connection's end.
+		c.halfClosed = true
+		c.ctl = nil
+	}
+	c.mu.Unlock()
+	if werr != nil {
+		c.close(fmt.Errorf("http2: writing to the client: %w", werr))
+		return errConnClosed
+	}
+	if halfClose {
+		if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+	}
+	return err
+}
+
+// write writes what fill adds for st, after the queued control frames. It
+// waits for the connection while another writes, or until st ends.
+func (c *conn) write(st *stream, fill func(*batch) error) error {
+	select {
+	case c.wsem <- struct{}{}:
+	case <-st.done:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return st.writeErr
+	}
+	err := c.writeLocked(st, fill)
+	<-c.wsem
+	c.mu.Lock()
+	c.kickLocked() // queued while it wrote
+	c.mu.Unlock()
+	return err
+}
+
+// appendHeaders encodes a header block into HEADERS and CONTINUATION
+// frames. fields writes the fields to the encoder. The caller holds wsem.
+func (c *conn) appendHeaders(b *batch, id uint32, end bool, fields func(*hpack.Encoder)) {
+	c.encBuf.Reset()
+	fields(c.enc)
+	block := c.encBuf.Bytes()
+	c.mu.Lock()
+	max := c.peerFrame
+	c.mu.Unlock()
+	typ, flags := frameHeaders, http2.Flags(0)
+	if end {
+		flags = flagEndStream
+	}
+	for first := true; first || len(block) > 0; first = false {
+		n := min(len(block), max)
+		f := flags
+		if n == len(block) {
+			f |= flagEndHeaders
+		}
+		b.own = appendFrameHeader(b.own, n, typ, f, id)
+		b.own = append(b.own, block[:n]...)
+		block = block[n:]
+		typ, flags = frameContinuation, 0
+	}
+	if c.encBuf.Cap() > 16<<10 {
+		c.encBuf = bytes.Buffer{}
+	}
+}
+
+// resetStream ends a stream with RST_STREAM.
+func (c *conn) resetStream(id uint32, code http2.ErrCode) {
+	c.mu.Lock()
+	if st := c.streams[id]; st != nil {
+		c.resetLocked(st, errStreamClosed)
+	}
+	c.queueLocked(func(b []byte) []byte { return appendRSTStream(b, id, code) })
+	c.mu.Unlock()
+}
+
+// resetLocked marks st reset: its reads and writes fail with err and its
+// handler's context ends. The caller holds mu and sends any RST_STREAM.
+func (c *conn) resetLocked(st *stream, err error) {
+	if st.reset {
+		return
+	}
+	st.reset = true
+	if st.bodyErr == nil || st.bodyErr == io.EOF && len(st.body) > 0 {
+		st.bodyErr = err
+	}
+	st.writeErr = err
+	c.creditLocked(st, int64(len(st.body)))
+	st.dropBody()
+	if st.counted {
+		st.counted = false
+		c.open--
+	}
+	st.cancel()
+	st.cond.Broadcast()
+}
+
+// creditLocked gives back n bytes of receive window, of st (nil: only the
+// connection's), sending WINDOW_UPDATEs once half a window is owed. The
+// caller holds mu.
+func (c *conn) creditLocked(st *stream, n int64) {
+	if n <= 0 || c.closed {
+		return
+	}
+	c.recvCredit += n
+	if c.recvCredit >= int64(c.set.connWindow)/2 {
+		credit := uint32(c.recvCredit)
+		c.queueLocked(func(b []byte) []byte { return appendWindowUpdate(b, 0, credit) })
+		c.recvWin += c.recvCredit
+		c.recvCredit = 0
+	}
+	if st != nil && !st.remoteClosed && !st.reset {
+		st.recvCredit += int32(n)
+		if st.recvCredit >= c.set.streamWindow/2 {
+			id, credit := st.id, uint32(st.recvCredit)
+			c.queueLocked(func(b []byte) []byte { return appendWindowUpdate(b, id, credit) })
+			st.recvWin += st.recvCredit
+			st.recvCredit = 0
+		}
+	}
+}
+
+// goAway sends a graceful GOAWAY, for a server shutting down, an idle
+// connection, or a client's GOAWAY: no new streams, and the connection
+// ends when its streams do.
+func (c *conn) goAway() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.goingAway {
+		return
+	}
+	c.goingAway = true
+	c.queueLocked(func(b []byte) []byte { return appendGoAway(b, c.maxClientID, http2.ErrCodeNo, "") })
+	if len(c.streams) == 0 && c.handlers == 0 {
+		c.finishLocked()
+	}
+}
+
+// finishLocked ends a connection that has no streams left after its
+// GOAWAY: it half-closes once the GOAWAY is written, and the reader reads
+// to the end, for lingerTime at most. The caller holds mu.
+func (c *conn) finishLocked() {
+	if c.closed || c.lingering {
+		return
+	}
+	c.lingering = true
+	c.wantHalfClose = true
+	c.kickLocked()
+	_ = c.nc.SetReadDeadline(time.Now().Add(lingerTime))
+}
+
+func (c *conn) isLingering() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lingering
+}
+
+// fail sends GOAWAY with code, for a connection error, and lingers: the
+// reader reads on for lingerTime at most, so that the client reads the
+// GOAWAY before the connection closes.
+func (c *conn) fail(code http2.ErrCode, reason string) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.goingAway = true
+	c.queueLocked(func(b []byte) []byte { return appendGoAway(b, c.maxClientID, code, reason) })
+	c.finishLocked()
+	c.mu.Unlock()
+	if code != http2.ErrCodeNo && code != http2.ErrCodeEnhanceYourCalm {
+		c.srv.logf("http2: closing the connection from %s: %v: %s", c.remoteAddr, code, reason)
+	}
+}
+
+// linger reads and discards until the connection's end or its read
+// deadline.
+func (c *conn) linger() {
+	for {
+		if _, err := c.rd.next(1); err != nil {
+			return
+		}
+	}
+}
+
+// close ends the connection at once: every stream's reads and writes fail.
+func (c *conn) close(err error) {
+	c.mu.Lock()
+	c.closeLocked()
+	c.mu.Unlock()
+}
+
+func (c *conn) closeLocked() {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	for _, st := range c.streams {
+		c.resetLocked(st, errConnClosed)
+	}
+	c.unstarted = nil
+	c.ctl = nil
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	_ = c.nc.Close() // does not block
+}
+
+// check runs on the connection's timer: it ends a connection idle for the
+// idle timeout, pings one that has been silent, and closes one whose ping
+// went unanswered.
+func (c *conn) check() {
+	now := time.Now()
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	idle := c.set.idleTimeout > 0 && len(c.streams) == 0 && c.handlers == 0 && !now.Before(c.idleSince.Add(c.set.idleTimeout))
+	var dead bool
+	if c.set.readIdleTimeout > 0 {
+		if n := c.frames.Load(); n != c.lastFrames {
+			c.lastFrames, c.lastMoved = n, now
+		}
+		switch {
+		case !c.pingSent.IsZero():
+			dead = !now.Before(c.pingSent.Add(c.set.pingTimeout))
+		case !now.Before(c.lastMoved.Add(c.set.readIdleTimeout)):
+			c.pingSent = now
+			binary.BigEndian.PutUint64(c.pingData[:], uint64(now.UnixNano()))
+			c.queueLocked(func(b []byte) []byte { return appendPing(b, false, c.pingData) })
+		}
+	}
+	if next := c.nextCheckLocked(now); next > 0 && !dead {
+		c.timer.Reset(next)
+	}
+	c.mu.Unlock()
+	switch {
+	case dead:
+		c.srv.logf("http2: closing the connection from %s: no answer to a PING in %v", c.remoteAddr, c.set.pingTimeout)
+		c.close(errors.New("http2: no answer to a PING"))
+	case idle:
+		c.goAway()
+	}
+}
+
+// nextCheckLocked returns when the timer should fire next; 0: never.
+func (c *conn) nextCheckLocked(now time.Time) time.Duration {
+	var next time.Duration
+	soonest := func(at time.Time) {
+		d := max(at.Sub(now), time.Millisecond)
+		if next == 0 || d < next {
+			next = d
+		}
+	}
+	if c.set.idleTimeout > 0 && len(c.streams) == 0 && c.handlers == 0 {
+		soonest(c.idleSince.Add(c.set.idleTimeout))
+	}
+	if c.set.readIdleTimeout > 0 {
+		if !c.pingSent.IsZero() {
+			soonest(c.pingSent.Add(c.set.pingTimeout))
+		} else {
+			soonest(c.lastMoved.Add(c.set.readIdleTimeout))
+		}
+	}
+	return next
+}
+
+// becameIdle starts the idle timeout of a connection whose last stream
+// ended. The caller holds mu.
+func (c *conn) becameIdleLocked() {
+	c.idleSince = time.Now()
+	if c.timer != nil && c.set.idleTimeout > 0 {
+		if next := c.nextCheckLocked(c.idleSince); next > 0 {
+			c.timer.Reset(next)
+		}
+	} else if c.timer == nil && c.set.idleTimeout > 0 {
+		c.timer = time.AfterFunc(c.set.idleTimeout, c.check)
+	}
+}
+
+// writeExpired handles a stream's write deadline passing: its writes fail
+// and it is reset. If its frames are being written, the connection has
+// stopped moving for as long as the deadline allowed: the write is failed
+// with a past deadline on the connection, which then closes.
+func (c *conn) writeExpired(st *stream) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.reset || c.closed {
+		return
+	}
+	if c.writing == st {
+		_ = c.nc.SetWriteDeadline(time.Unix(1, 0))
+		c.deadlineDirty = true
+	}
+	c.resetLocked(st, os.ErrDeadlineExceeded)
+	id := st.id
+	c.queueLocked(func(b []byte) []byte { return appendRSTStream(b, id, http2.ErrCodeInternal) })
+}

@@ -1,0 +1,565 @@
+package h2_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/ferrysync/ferry/internal/h2"
+)
+
+// hangGuard bounds a wait the code under test should end.
+const hangGuard = time.Minute
+
+// serve serves h on a loopback port with s's settings (adjust may change
+// them) and returns its address.
+func serve(t *testing.T, h http.Handler, adjust func(*http.Server)) (string, *h2.Server) {
+	addr, srv, _ := serveConns(t, h, adjust)
+	return addr, srv
+}
+
+// serveConns is serve, and reports each connection's end.
+func serveConns(t *testing.T, h http.Handler, adjust func(*http.Server)) (string, *h2.Server, <-chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{HTTP2: &http.HTTP2Config{}}
+	if adjust != nil {
+		adjust(hs)
+	}
+	srv := &h2.Server{Handler: h, Config: hs}
+	ended := make(chan struct{}, 100)
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		_ = ln.Close()
+		srv.Shutdown()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, len(http2.ClientPreface))
+				if _, err := io.ReadFull(c, buf); err != nil || string(buf) != http2.ClientPreface {
+					_ = c.Close()
+					return
+				}
+				srv.ServeConn(context.Background(), c)
+				ended <- struct{}{}
+			}()
+		}
+	}()
+	return ln.Addr().String(), srv, ended
+}
+
+// client is an HTTP/2 client without TLS.
+func client(t *testing.T) *http.Client {
+	tr := &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+// TestRequestsAndResponses: the request a handler sees and the response a
+// client gets, with bodies past every flow-control window in both
+// directions, trailers both ways, and the header fields the server adds.
+func TestRequestsAndResponses(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB: past the client's stream window
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/echo":
+			w.Header().Set("Trailer", "X-Sum")
+			w.Header().Set("Content-Type", "application/octet-stream")
+			n, err := io.Copy(w, r.Body)
+			if err != nil {
+				t.Errorf("reading the request body: %v", err)
+			}
+			w.Header().Set("X-Sum", fmt.Sprint(n))
+			w.Header().Set(http.TrailerPrefix+"X-Got-Trailer", r.Trailer.Get("X-Client"))
+		case "/big":
+			_, _ = w.Write(big)
+		case "/small":
+			if r.Proto != "HTTP/2.0" || r.Host != addrOf(r) || r.URL.RawQuery != "q=1" || r.Header.Get("X-Hello") != "there" || r.Header.Get("Cookie") != "a=1; b=2" {
+				t.Errorf("the request: %s %s %q %v", r.Proto, r.Host, r.URL.RawQuery, r.Header)
+			}
+			_, _ = io.WriteString(w, "<html>hi</html>")
+		case "/nocontent":
+			w.WriteHeader(http.StatusNoContent)
+			if _, err := w.Write([]byte("x")); !errors.Is(err, http.ErrBodyNotAllowed) {
+				t.Errorf("a body after 204: %v", err)
+			}
+		}
+	}), func(hs *http.Server) {
+		hs.HTTP2.MaxReceiveBufferPerStream = 64 << 10 // the upload needs many WINDOW_UPDATEs
+		hs.HTTP2.MaxReceiveBufferPerConnection = 128 << 10
+	})
+	c := client(t)
+
+	req, _ := http.NewRequest("GET", "http://"+addr+"/small?q=1", nil)
+	req.Header.Set("X-Hello", "there")
+	req.Header.Add("Cookie", "a=1")
+	req.Header.Add("Cookie", "b=2")
+	resp := do(t, c, req)
+	if got := resp.body; got != "<html>hi</html>" || resp.Header.Get("Content-Type") != "text/html; charset=utf-8" ||
+		resp.ContentLength != int64(len(got)) || resp.Header.Get("Date") == "" {
+		t.Errorf("/small: %q, header %v, length %d", got, resp.Header, resp.ContentLength)
+	}
+
+	req, _ = http.NewRequest("POST", "http://"+addr+"/echo", io.MultiReader(bytes.NewReader(big)))
+	req.Trailer = http.Header{"X-Client": nil}
+	req.Body = &trailerBody{Reader: bytes.NewReader(big), set: func() { req.Trailer.Set("X-Client", "done") }}
+	resp = do(t, c, req)
+	if resp.body != string(big) {
+		t.Errorf("/echo: %d bytes back, want %d", len(resp.body), len(big))
+	}
+	if got := resp.Trailer.Get("X-Sum"); got != fmt.Sprint(len(big)) {
+		t.Errorf("/echo: trailer X-Sum %q", got)
+	}
+	if got := resp.Trailer.Get("X-Got-Trailer"); got != "done" {
+		t.Errorf("/echo: the handler saw the request trailer as %q", got)
+	}
+
+	req, _ = http.NewRequest("GET", "http://"+addr+"/big", nil)
+	if resp = do(t, c, req); resp.body != string(big) {
+		t.Errorf("/big: %d bytes, want %d", len(resp.body), len(big))
+	}
+
+	req, _ = http.NewRequest("GET", "http://"+addr+"/nocontent", nil)
+	if resp = do(t, c, req); resp.StatusCode != http.StatusNoContent || resp.body != "" {
+		t.Errorf("/nocontent: %d %q", resp.StatusCode, resp.body)
+	}
+}
+
+func addrOf(r *http.Request) string {
+	return r.Context().Value(http.LocalAddrContextKey).(net.Addr).String()
+}
+
+type trailerBody struct {
+	io.Reader
+	set func()
+}
+
+func (b *trailerBody) Read(p []byte) (int, error) {
+	n, err := b.Reader.Read(p)
+	if err == io.EOF {
+		b.set()
+	}
+	return n, err
+}
+
+func (b *trailerBody) Close() error { return nil }
+
+type response struct {
+	*http.Response
+	body string
+}
+
+func do(t *testing.T, c *http.Client, req *http.Request) response {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading the body: %v", req.Method, req.URL.Path, err)
+	}
+	return response{resp, string(b)}
+}
+
+// TestFullDuplex: a handler answers each line of a request body as it
+// comes, flushing, while the client is still sending.
+func TestFullDuplex(t *testing.T) {
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.(http.Flusher).Flush() // the header: the client waits for it before it sends
+		buf := make([]byte, 64)
+		for {
+			n, err := r.Body.Read(buf)
+			if n > 0 {
+				_, _ = w.Write(bytes.ToUpper(buf[:n]))
+				w.(http.Flusher).Flush()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}), nil)
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/", pr)
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	for _, word := range []string{"one", "two", "three"} {
+		if _, err := pw.Write([]byte(word)); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(word))
+		if _, err := io.ReadFull(resp.Body, got); err != nil || string(got) != strings.ToUpper(word) {
+			t.Fatalf("after %q: %q, %v", word, got, err)
+		}
+	}
+	_ = pw.Close()
+	if rest, err := io.ReadAll(resp.Body); err != nil || len(rest) != 0 {
+		t.Fatalf("the end: %q, %v", rest, err)
+	}
+}
+
+// TestReadDeadline: a read deadline in the past ends the handler's
+// blocked read at once, and the stream goes on: the response still goes
+// out. Ferry stops a Sync session's reads so.
+func TestReadDeadline(t *testing.T) {
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		go func() {
+			// Once the read blocks there is nothing to observe but the
+			// clock; any order is right: a deadline set first fails
+			// the read at once.
+			_ = rc.SetReadDeadline(time.Unix(1, 0))
+		}()
+		_, err := r.Body.Read(make([]byte, 10))
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("the read: %v, want os.ErrDeadlineExceeded", err)
+		}
+		_ = rc.SetReadDeadline(time.Time{})
+		_, _ = io.WriteString(w, "still here")
+	}), nil)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/", pr)
+	req.ContentLength = -1
+	resp := do(t, client(t), req)
+	if resp.body != "still here" {
+		t.Fatalf("got %q", resp.body)
+	}
+}
+
+// rawClient speaks frames to the server.
+type rawClient struct {
+	t  *testing.T
+	c  net.Conn
+	fr *http2.Framer
+}
+
+func dial(t *testing.T, addr string, settings ...http2.Setting) *rawClient {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(hangGuard))
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(settings...); err != nil {
+		t.Fatal(err)
+	}
+	return &rawClient{t: t, c: c, fr: fr}
+}
+
+// until reads frames until one matches; it fails the test at the
+// connection's end.
+func (rc *rawClient) until(what string, match func(http2.Frame) bool) http2.Frame {
+	rc.t.Helper()
+	for {
+		f, err := rc.fr.ReadFrame()
+		if err != nil {
+			rc.t.Fatalf("waiting for %s: %v", what, err)
+		}
+		if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+			_ = rc.fr.WriteSettingsAck()
+		}
+		if match(f) {
+			return f
+		}
+	}
+}
+
+func (rc *rawClient) request(id uint32, path string, end bool, extra ...string) {
+	rc.t.Helper()
+	var b bytes.Buffer
+	enc := hpack.NewEncoder(&b)
+	fields := append([]string{":method", "POST", ":scheme", "http", ":authority", "ferry.test", ":path", path}, extra...)
+	for i := 0; i < len(fields); i += 2 {
+		_ = enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+	}
+	if err := rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: b.Bytes(), EndStream: end, EndHeaders: true}); err != nil {
+		rc.t.Fatal(err)
+	}
+}
+
+func (rc *rawClient) reset(id uint32) http2.ErrCode {
+	rc.t.Helper()
+	return rc.until(fmt.Sprintf("RST_STREAM of stream %d", id), func(f http2.Frame) bool {
+		r, ok := f.(*http2.RSTStreamFrame)
+		return ok && r.StreamID == id
+	}).(*http2.RSTStreamFrame).ErrCode
+}
+
+func (rc *rawClient) goAway() http2.ErrCode {
+	rc.t.Helper()
+	return rc.until("GOAWAY", func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok }).(*http2.GoAwayFrame).ErrCode
+}
+
+// TestWriteDeadline: a write deadline passing while a write waits for
+// flow-control window fails the write and resets the stream, and the
+// connection goes on. Ferry's send timeout works so.
+func TestWriteDeadline(t *testing.T) {
+	wrote := make(chan error, 1)
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ok" {
+			return
+		}
+		rc := http.NewResponseController(w)
+		w.WriteHeader(http.StatusOK)
+		_ = rc.Flush()
+		// The client's window is 0: this waits until the deadline.
+		_ = rc.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+		_, err := w.Write(make([]byte, 100))
+		if err == nil {
+			err = rc.Flush()
+		}
+		wrote <- err
+	}), nil)
+	rc := dial(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	rc.request(1, "/stall", true)
+	if code := rc.reset(1); code != http2.ErrCodeInternal {
+		t.Fatalf("RST_STREAM %v, want INTERNAL_ERROR", code)
+	}
+	if err := <-wrote; !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the write: %v, want os.ErrDeadlineExceeded", err)
+	}
+	rc.request(3, "/ok", true)
+	rc.until("the answer on stream 3", func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 3 && h.PseudoValue("status") == "200"
+	})
+}
+
+// TestMalformedRequests: a malformed request is reset with PROTOCOL_ERROR
+// before any handler runs; the connection goes on.
+func TestMalformedRequests(t *testing.T) {
+	ran := make(chan string, 10)
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ran <- r.URL.Path
+		_, _ = io.Copy(io.Discard, r.Body) // so that the stream is open when DATA comes
+	}), nil)
+	rc := dial(t, addr)
+	id := uint32(1)
+	for _, extra := range [][]string{
+		{"X-Upper", "no"},
+		{"connection", "close"},
+		{"te", "gzip"},
+		{"content-length", "5"}, // with no body
+		{":status", "200"},
+		{":path", "http://elsewhere.test/"}, // a second :path
+	} {
+		rc.request(id, "/bad", true, extra...)
+		if code := rc.reset(id); code != http2.ErrCodeProtocol {
+			t.Errorf("%q: RST_STREAM %v, want PROTOCOL_ERROR", extra, code)
+		}
+		id += 2
+	}
+	rc.request(id, "http://elsewhere.test/", true)
+	if code := rc.reset(id); code != http2.ErrCodeProtocol {
+		t.Errorf("a :path in absolute form: RST_STREAM %v, want PROTOCOL_ERROR", code)
+	}
+	id += 2
+	// A body longer than its content-length: the handler has run by then.
+	rc.request(id, "/long", false, "content-length", "2")
+	_ = rc.fr.WriteData(id, true, []byte("abc"))
+	if code := rc.reset(id); code != http2.ErrCodeProtocol {
+		t.Errorf("a body past content-length: RST_STREAM %v, want PROTOCOL_ERROR", code)
+	}
+	id += 2
+	rc.request(id, "/good", true)
+	rc.until("the good request's answer", func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == id
+	})
+	for range 2 {
+		if p := <-ran; p == "/bad" {
+			t.Fatalf("a handler ran for a malformed request")
+		}
+	}
+	// An even stream is a connection error.
+	rc.request(id+1, "/bad", true)
+	if code := rc.goAway(); code != http2.ErrCodeProtocol {
+		t.Fatalf("HEADERS on an even stream: GOAWAY %v, want PROTOCOL_ERROR", code)
+	}
+}
+
+// TestPanic: a handler's panic resets its stream with INTERNAL_ERROR, and
+// the connection goes on.
+func TestPanic(t *testing.T) {
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/panic" {
+			panic(http.ErrAbortHandler)
+		}
+	}), nil)
+	rc := dial(t, addr)
+	rc.request(1, "/panic", true)
+	if code := rc.reset(1); code != http2.ErrCodeInternal {
+		t.Fatalf("RST_STREAM %v, want INTERNAL_ERROR", code)
+	}
+	rc.request(3, "/fine", true)
+	rc.until("the answer on stream 3", func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 3
+	})
+}
+
+// TestPingTimeout: a client silent past the read-idle timeout gets a
+// PING, and one that does not answer it is cut off.
+func TestPingTimeout(t *testing.T) {
+	addr, _ := serve(t, http.NotFoundHandler(), func(hs *http.Server) {
+		hs.HTTP2.SendPingTimeout = 20 * time.Millisecond
+		hs.HTTP2.PingTimeout = 20 * time.Millisecond
+	})
+	rc := dial(t, addr)
+	rc.until("a PING", func(f http2.Frame) bool { p, ok := f.(*http2.PingFrame); return ok && !p.IsAck() })
+	for {
+		if _, err := rc.fr.ReadFrame(); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("the connection was not closed")
+			}
+			return // closed
+		}
+	}
+}
+
+// TestGracefulShutdown: Shutdown sends GOAWAY; a request under way is
+// answered, and then the connection ends.
+func TestGracefulShutdown(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{})
+	addr, srv := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-release
+		_, _ = io.WriteString(w, "bye")
+	}), nil)
+	rc := dial(t, addr)
+	rc.request(1, "/", true)
+	<-started
+	srv.Shutdown()
+	if code := rc.goAway(); code != http2.ErrCodeNo {
+		t.Fatalf("GOAWAY %v, want NO_ERROR", code)
+	}
+	close(release)
+	rc.until("the answer's end", func(f http2.Frame) bool {
+		d, ok := f.(*http2.DataFrame)
+		return ok && d.StreamID == 1 && d.StreamEnded()
+	})
+	for {
+		if _, err := rc.fr.ReadFrame(); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("the connection was not closed")
+			}
+			break
+		}
+	}
+}
+
+// TestClientLeavesWithUnreadBodies: a client that leaves with request
+// bodies its handlers had not read ends the connection: the handlers'
+// late writes fail and return, and the connection's goroutine ends.
+func TestClientLeavesWithUnreadBodies(t *testing.T) {
+	returned := make(chan error, 2)
+	addr, _, ended := serveConns(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+		_, err := w.Write([]byte("late"))
+		if err == nil {
+			err = http.NewResponseController(w).Flush()
+		}
+		returned <- err
+	}), nil)
+	rc := dial(t, addr)
+	chunk := make([]byte, 16<<10)
+	for _, id := range []uint32{1, 3} {
+		rc.request(id, "/", false)
+		for range 30 { // 480 KiB each: unread, past half the connection's window together
+			if err := rc.fr.WriteData(id, false, chunk); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// The server handles frames in order: the PING's ACK means it has
+	// every DATA frame.
+	_ = rc.fr.WritePing(false, [8]byte{7})
+	rc.until("the PING's ACK", func(f http2.Frame) bool { p, ok := f.(*http2.PingFrame); return ok && p.IsAck() })
+	_ = rc.c.Close()
+	for range 2 {
+		if err := <-returned; err == nil {
+			t.Error("a write after the client left succeeded")
+		}
+	}
+	<-ended
+}
+
+// TestControlFrameFlood: a client that sends PINGs and never reads their
+// ACKs is cut off once the ACKs it has not read pass the queue's bound,
+// rather than holding the connection's reader.
+func TestControlFrameFlood(t *testing.T) {
+	addr, _ := serve(t, http.NotFoundHandler(), nil)
+	rc := dial(t, addr)
+	for n := 0; ; n++ {
+		err := rc.fr.WritePing(false, [8]byte{1})
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("after %d PINGs the server neither reads nor hangs up", n)
+		}
+		t.Logf("cut off after %d PINGs: %v", n, err)
+		return
+	}
+}
+
+// TestClientGoAway: the server answers a client's GOAWAY with its own,
+// which names the last stream it took, and opens no stream after it.
+func TestClientGoAway(t *testing.T) {
+	addr, _ := serve(t, http.NotFoundHandler(), nil)
+	rc := dial(t, addr)
+	rc.request(1, "/", true)
+	rc.until("the answer on stream 1", func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 1
+	})
+	_ = rc.fr.WriteGoAway(1, http2.ErrCodeNo, nil)
+	g := rc.until("GOAWAY", func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok }).(*http2.GoAwayFrame)
+	if g.ErrCode != http2.ErrCodeNo || g.LastStreamID != 1 {
+		t.Fatalf("GOAWAY %v, last stream %d; want NO_ERROR, 1", g.ErrCode, g.LastStreamID)
+	}
+}

@@ -1,0 +1,171 @@
+// Package h2 is Ferry's HTTP/2 server for connections without TLS (h2c,
+// with prior knowledge), the way Ferry's own clients, the Go SDK and the
+// bench reach it. It serves an http.Handler, as net/http does, with fewer
+// goroutines and less memory per connection than golang.org/x/net/http2:
+//
+//   - A connection has one goroutine of its own, its reader, which reads
+//     and handles every frame; a request's handler runs on a goroutine of
+//     its own. There is no goroutine in between: a handler writes its
+//     frames to the connection itself, under the connection's write lock,
+//     so a flushed message costs one system call and no hand-off. x/net
+//     hands each write to the connection's serve loop and waits for it:
+//     two goroutine switches per message, and a third goroutine per
+//     connection whose stack stays.
+//   - Buffers are held only while they are used: the response buffer of a
+//     stream between a Write and its Flush, the request body's while it
+//     holds data, the write batch while it is written. An idle connection
+//     keeps its HPACK tables, a 1 KiB read buffer and its streams' state.
+//
+// Frames the reader must send while a handler holds the write lock (a
+// PING's ACK, a SETTINGS ACK, a WINDOW_UPDATE, a RST_STREAM) go to a queue
+// that whoever holds the lock writes before releasing it, so the reader
+// never waits on a connection whose peer stopped reading.
+//
+// It implements what RFC 9113 asks of a server, less what Ferry does not
+// use: server push, the deprecated priority signals (read and ignored),
+// extended CONNECT, and 1xx responses other than 103. The defences of
+// x/net are here too: the rapid reset attack (CVE-2023-44487) meets
+// ENHANCE_YOUR_CALM, a CONTINUATION flood (CVE-2023-45288) PROTOCOL_ERROR,
+// and the queue of control frames is bounded.
+package h2
+
+import (
+	"context"
+	"log"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Server serves HTTP/2 connections. Set its fields before the first
+// ServeConn; it is safe for concurrent use after that.
+type Server struct {
+	// Handler serves the requests.
+	Handler http.Handler
+	// Config is the http.Server whose settings apply: its HTTP2 limits,
+	// MaxHeaderBytes, IdleTimeout, ErrorLog, and the ServerContextKey of
+	// requests' contexts. Nil: the defaults.
+	Config *http.Server
+
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	shutdown bool
+}
+
+// ServeConn serves nc, whose client preface has been read, until the
+// connection ends, and closes it. ctx is the base of the requests'
+// contexts.
+func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
+	c := newConn(s, ctx, nc)
+	if !s.track(c) {
+		_ = nc.Close()
+		return
+	}
+	defer s.untrack(c)
+	c.serve()
+}
+
+func (s *Server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns == nil {
+		s.conns = make(map[*conn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	if s.shutdown {
+		c.goAway() // queues, and does not block
+	}
+	return true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Shutdown sends every connection a GOAWAY: each ends once its requests
+// are answered. Connections served later get one at once.
+func (s *Server) Shutdown() {
+	s.mu.Lock()
+	s.shutdown = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.goAway()
+	}
+}
+
+// Conns reports how many connections are being served.
+func (s *Server) Conns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// settings are a connection's limits, from Config.
+type settings struct {
+	maxStreams      uint32
+	maxFrameSize    uint32 // the largest frame we read
+	streamWindow    int32  // the receive window of each stream
+	connWindow      int32  // the connection's
+	maxHeaderBytes  int    // of a request's decoded header list, net/http's way
+	idleTimeout     time.Duration
+	readIdleTimeout time.Duration // silence after which we send a PING
+	pingTimeout     time.Duration // for its ACK
+	writeTimeout    time.Duration // for a write to the connection to make progress
+}
+
+func (s *Server) settings() settings {
+	st := settings{
+		maxStreams:     250,
+		maxFrameSize:   minMaxFrameSize,
+		streamWindow:   1 << 20,
+		connWindow:     1 << 20,
+		maxHeaderBytes: http.DefaultMaxHeaderBytes,
+		pingTimeout:    15 * time.Second,
+	}
+	hs := s.Config
+	if hs == nil {
+		return st
+	}
+	if hs.MaxHeaderBytes > 0 {
+		st.maxHeaderBytes = hs.MaxHeaderBytes
+	}
+	st.idleTimeout = hs.IdleTimeout
+	if st.idleTimeout <= 0 {
+		st.idleTimeout = hs.ReadTimeout // as net/http does
+	}
+	if h := hs.HTTP2; h != nil {
+		if h.MaxConcurrentStreams > 0 {
+			st.maxStreams = uint32(h.MaxConcurrentStreams)
+		}
+		if h.MaxReadFrameSize >= minMaxFrameSize && h.MaxReadFrameSize <= maxMaxFrameSize {
+			st.maxFrameSize = uint32(h.MaxReadFrameSize)
+		}
+		if h.MaxReceiveBufferPerStream > 0 {
+			st.streamWindow = int32(min(h.MaxReceiveBufferPerStream, maxWindow))
+		}
+		if h.MaxReceiveBufferPerConnection >= defaultWindow {
+			st.connWindow = int32(min(h.MaxReceiveBufferPerConnection, maxWindow))
+		}
+		st.readIdleTimeout = h.SendPingTimeout
+		if h.PingTimeout > 0 {
+			st.pingTimeout = h.PingTimeout
+		}
+		st.writeTimeout = h.WriteByteTimeout
+	}
+	return st
+}
+
+func (s *Server) logf(format string, args ...any) {
+	if s.Config != nil && s.Config.ErrorLog != nil {
+		s.Config.ErrorLog.Printf(format, args...)
+	} else {
+		log.Printf(format, args...)
+	}
+}

@@ -1,0 +1,670 @@
+package h2
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// stream is one request and its response. Its fields are guarded by the
+// connection's mu, except where said.
+type stream struct {
+	c      *conn
+	id     uint32
+	cond   sync.Cond // on c.mu: body data, send window, reset, deadlines
+	cancel context.CancelFunc
+	done   <-chan struct{} // closed when the stream is reset or its handler returns
+
+	sendWin     int64 // what we may still send
+	waitingSend bool  // a write waits for window
+
+	writeErr     error // why writes fail
+	recvWin      int32 // what the client may still send
+	recvCredit   int32 // consumed since the last WINDOW_UPDATE
+	body         []byte
+	bodyErr      error // io.EOF after END_STREAM, else why reads fail
+	bodyClosed   bool  // the handler closed the body
+	declLen      int64 // the request's content-length; -1: none
+	gotLen       int64
+	trailer      http.Header // the request's trailers, as received
+	reqTrailer   http.Header // the request's Trailer: the handler reads them there after EOF
+	counted      bool        // against MAX_CONCURRENT_STREAMS
+	reset        bool        // either side sent RST_STREAM, or the connection ended
+	peerReset    bool        // the client sent RST_STREAM
+	localEnded   bool        // END_STREAM went
+	remoteClosed bool        // END_STREAM received
+	readExpired  bool
+	rDeadline    time.Time // the read deadline rTimer is for
+	wDeadline    time.Time // the write deadline wTimer is for
+	rTimer       *time.Timer
+	wTimer       *time.Timer
+}
+
+// closeRemote marks the client's side ended. The caller holds mu.
+func (st *stream) closeRemote() {
+	st.remoteClosed = true
+	if st.bodyErr == nil {
+		st.bodyErr = io.EOF
+	}
+}
+
+// bodyPool holds request-body buffers: a stream holds one only while it
+// has data the handler has not read.
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+
+// appendBody adds data for the handler to read. The caller holds mu.
+func (st *stream) appendBody(data []byte) {
+	if st.body == nil && len(data) <= 16<<10 {
+		st.body = (*bodyPool.Get().(*[]byte))[:0]
+	}
+	st.body = append(st.body, data...)
+}
+
+// dropBody lets go of the unread body. The caller holds mu.
+func (st *stream) dropBody() {
+	if cap(st.body) == 16<<10 {
+		b := st.body[:0]
+		bodyPool.Put(&b)
+	}
+	st.body = nil
+}
+
+// body is a request's body.
+type body struct{ st *stream }
+
+func (b *body) Read(p []byte) (int, error) {
+	st := b.st
+	c := st.c
+	c.mu.Lock()
+	for {
+		switch {
+		case st.bodyClosed:
+			c.mu.Unlock()
+			return 0, errors.New("http2: read of a closed request body")
+		case len(st.body) > 0:
+			if len(p) == 0 {
+				c.mu.Unlock()
+				return 0, nil
+			}
+			n := copy(p, st.body)
+			if n == len(st.body) {
+				st.dropBody()
+			} else {
+				st.body = st.body[n:]
+			}
+			c.creditLocked(st, int64(n))
+			c.mu.Unlock()
+			return n, nil
+		case st.bodyErr != nil:
+			err := st.bodyErr
+			if err == io.EOF && st.trailer != nil {
+				// The trailers the handler declared, and those it did not,
+				// as net/http gives them.
+				for k, vv := range st.trailer {
+					if st.reqTrailer != nil {
+						st.reqTrailer[k] = vv
+					}
+				}
+				st.trailer = nil
+				c.mu.Unlock()
+				return 0, io.EOF
+			}
+			c.mu.Unlock()
+			return 0, err
+		case st.readExpired:
+			c.mu.Unlock()
+			return 0, os.ErrDeadlineExceeded
+		}
+		st.cond.Wait()
+	}
+}
+
+func (b *body) Close() error {
+	st := b.st
+	c := st.c
+	c.mu.Lock()
+	if !st.bodyClosed {
+		st.bodyClosed = true
+		c.creditLocked(st, int64(len(st.body)))
+		st.dropBody()
+		st.cond.Broadcast()
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// runHandler serves one stream, and ends it.
+func (c *conn) runHandler(st *stream, req *http.Request, h http.Handler) {
+	w := &responseWriter{st: st, req: req, header: make(http.Header)}
+	defer c.handlerDone(st, w)
+	h.ServeHTTP(w, req)
+	w.finish()
+}
+
+// handlerDone ends a stream whose handler returned (or panicked), and
+// starts a stream that waited for a handler to end.
+func (c *conn) handlerDone(st *stream, w *responseWriter) {
+	code := http2.ErrCodeNo
+	if p := recover(); p != nil {
+		if p != http.ErrAbortHandler {
+			buf := make([]byte, 64<<10)
+			buf = buf[:runtime.Stack(buf, false)]
+			c.srv.logf("http2: panic serving %s: %v\n%s", c.remoteAddr, p, buf)
+		}
+		code = http2.ErrCodeInternal
+	}
+	w.release()
+	c.mu.Lock()
+	sendReset := !st.reset && (code != http2.ErrCodeNo || !st.remoteClosed || !w.ended)
+	if !w.ended && code == http2.ErrCodeNo {
+		code = http2.ErrCodeInternal // the response could not be finished
+	}
+	c.resetLocked(st, errStreamClosed)
+	if st.rTimer != nil {
+		st.rTimer.Stop()
+	}
+	if st.wTimer != nil {
+		st.wTimer.Stop()
+	}
+	delete(c.streams, st.id)
+	c.handlers--
+	var next *pending
+	for len(c.unstarted) > 0 && next == nil {
+		p := c.unstarted[0]
+		c.unstarted = c.unstarted[1:]
+		if !p.st.reset {
+			next = &p
+		} else {
+			delete(c.streams, p.st.id)
+		}
+	}
+	if len(c.unstarted) == 0 {
+		c.unstarted = nil
+	}
+	if next != nil {
+		c.handlers++
+	}
+	idle := len(c.streams) == 0 && c.handlers == 0
+	if idle {
+		c.becameIdleLocked()
+	}
+
+	if sendReset {
+		id := st.id
+		c.queueLocked(func(b []byte) []byte { return appendRSTStream(b, id, code) })
+	}
+	if idle && c.goingAway {
+		c.finishLocked()
+	}
+	c.mu.Unlock()
+	if next != nil {
+		go c.runHandler(next.st, next.req, next.h)
+	}
+}
+
+// responseWriter is a stream's http.ResponseWriter: its handler's
+// goroutine is the only one to use it.
+type responseWriter struct {
+	st      *stream
+	req     *http.Request
+	header  http.Header // the handler's
+	sent    http.Header // header as WriteHeader found it
+	status  int
+	sentHdr bool // HEADERS went
+	ended   bool // END_STREAM went
+	buf     *[]byte
+	err     error
+}
+
+// maxWriteChunk is the most of a response one write to the connection
+// takes: others' frames and the control frames wait no longer than that.
+const maxWriteChunk = 64 << 10
+
+// respBufSize is what a response buffers before it writes without a
+// Flush: Connect flushes each message, so a message goes in one write.
+const respBufSize = 16 << 10
+
+var respPool = sync.Pool{New: func() any { b := make([]byte, 0, respBufSize); return &b }}
+
+func (w *responseWriter) Header() http.Header { return w.header }
+
+func (w *responseWriter) WriteHeader(code int) {
+	if code < 100 || code > 999 {
+		panic("http2: invalid WriteHeader code " + strconv.Itoa(code))
+	}
+	if w.sent != nil {
+		return
+	}
+	if code < 200 {
+		if code != http.StatusContinue && code != http.StatusSwitchingProtocols {
+			w.err = w.writeInformational(code)
+		}
+		return
+	}
+	w.status = code
+	w.sent = w.header.Clone()
+	if w.sent == nil {
+		w.sent = http.Header{}
+	}
+}
+
+func (w *responseWriter) writeInformational(code int) error {
+	h := w.header.Clone()
+	return w.st.c.write(w.st, func(b *batch) error {
+		w.st.c.appendHeaders(b, w.st.id, false, func(enc *hpack.Encoder) { encodeHeader(enc, code, h) })
+		return nil
+	})
+}
+
+func (w *responseWriter) bodyAllowed() bool {
+	return w.req.Method != http.MethodHead && w.status != http.StatusNoContent && w.status != http.StatusNotModified
+}
+
+func (w *responseWriter) Write(p []byte) (int, error) {
+	if w.sent == nil {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.bodyAllowed() {
+		if w.req.Method == http.MethodHead {
+			return len(p), nil
+		}
+		return 0, http.ErrBodyNotAllowed
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.buf == nil {
+		if len(p) >= respBufSize {
+			if err := w.send(nil, p, false); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
+		w.buf = respPool.Get().(*[]byte)
+	}
+	if len(*w.buf)+len(p) <= respBufSize {
+		*w.buf = append(*w.buf, p...)
+		return len(p), nil
+	}
+	err := w.send(*w.buf, p, false)
+	*w.buf = (*w.buf)[:0]
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (w *responseWriter) WriteString(s string) (int, error) {
+	// One copy either way: into the buffer, or into a slice for a long s.
+	if w.buf != nil && len(*w.buf)+len(s) <= respBufSize && w.sent != nil && w.err == nil && w.bodyAllowed() {
+		*w.buf = append(*w.buf, s...)
+		return len(s), nil
+	}
+	return w.Write([]byte(s))
+}
+
+func (w *responseWriter) Flush() { _ = w.FlushError() }
+
+// FlushError sends the header, if it has not gone, and what is buffered.
+func (w *responseWriter) FlushError() error {
+	if w.sent == nil {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return w.err
+	}
+	var p []byte
+	if w.buf != nil {
+		p = *w.buf
+	}
+	if len(p) == 0 && w.sentHdr {
+		w.release()
+		st := w.st
+		st.c.mu.Lock()
+		defer st.c.mu.Unlock()
+		return st.writeErr
+	}
+	err := w.send(p, nil, false)
+	w.release()
+	return err
+}
+
+// release gives the buffer back.
+func (w *responseWriter) release() {
+	if w.buf != nil {
+		*w.buf = (*w.buf)[:0]
+		respPool.Put(w.buf)
+		w.buf = nil
+	}
+}
+
+// finish ends the response when its handler returns: the header if it
+// has not gone, what is buffered, and the trailers.
+func (w *responseWriter) finish() {
+	if w.sent == nil {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return
+	}
+	var p []byte
+	if w.buf != nil {
+		p = *w.buf
+	}
+	trailers := w.trailers()
+	if !w.sentHdr && trailers == nil && w.bodyAllowed() {
+		if _, ok := w.sent["Content-Length"]; !ok {
+			w.sent["Content-Length"] = []string{strconv.Itoa(len(p))}
+		}
+	}
+	_ = w.send(p, nil, true, trailers)
+}
+
+// trailers returns the trailers with values: those declared in the
+// Trailer header, and those named with http.TrailerPrefix.
+func (w *responseWriter) trailers() http.Header {
+	var t http.Header
+	add := func(k string, vv []string) {
+		if len(vv) == 0 {
+			return
+		}
+		if t == nil {
+			t = make(http.Header)
+		}
+		t[k] = vv
+	}
+	for _, v := range w.sent["Trailer"] {
+		for _, k := range strings.Split(v, ",") {
+			k = http.CanonicalHeaderKey(strings.TrimSpace(k))
+			add(k, w.header[k])
+		}
+	}
+	for k, vv := range w.header {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			add(http.CanonicalHeaderKey(k[len(http.TrailerPrefix):]), vv)
+		}
+	}
+	return t
+}
+
+// send writes the header if it has not gone, then a and b as DATA (as
+// the flow-control windows let it), then the trailers; end ends the
+// stream.
+func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) error {
+	st, c := w.st, w.st.c
+	if !w.sentHdr && w.bodyAllowed() && len(a)+len(b) > 0 {
+		if _, ok := w.sent["Content-Type"]; !ok {
+			sniff := a
+			if len(sniff) == 0 {
+				sniff = b
+			}
+			w.sent["Content-Type"] = []string{http.DetectContentType(sniff[:min(len(sniff), 512)])}
+		}
+	}
+	var tr http.Header
+	if len(trailers) > 0 {
+		tr = trailers[0]
+	}
+	for {
+		c.mu.Lock()
+		for st.writeErr == nil && len(a)+len(b) > 0 && (st.sendWin <= 0 || c.sendWin <= 0) && !c.closed {
+			if !w.sentHdr {
+				break // the header goes without waiting for window
+			}
+			st.waitingSend = true
+			st.cond.Wait()
+		}
+		st.waitingSend = false
+		err := st.writeErr
+		if err == nil && c.closed {
+			err = errConnClosed
+		}
+		n := 0
+		if err == nil {
+			n = int(min(int64(len(a)+len(b)), max(min(st.sendWin, c.sendWin), 0), maxWriteChunk))
+			st.sendWin -= int64(n)
+			c.sendWin -= int64(n)
+		}
+		frame := c.peerFrame
+		c.mu.Unlock()
+		if err != nil {
+			w.err = err
+			return err
+		}
+		// This round: the header if it has not gone, n bytes of a and b,
+		// and if they are the last, the end or the trailers.
+		x, y := a[:min(n, len(a))], b[:n-min(n, len(a))]
+		a, b = a[len(x):], b[len(y):]
+		last := len(a)+len(b) == 0
+		err = c.write(st, func(bt *batch) error {
+			if !w.sentHdr {
+				h := w.sent
+				c.appendHeaders(bt, st.id, end && last && n == 0 && tr == nil, func(enc *hpack.Encoder) { encodeHeader(enc, w.status, h) })
+				w.sentHdr = true
+				if end && last && n == 0 && tr == nil {
+					w.ended = true
+					return nil
+				}
+			}
+			for first := true; first || len(x)+len(y) > 0; first = false {
+				k := min(len(x)+len(y), frame)
+				var flags http2.Flags
+				if end && last && tr == nil && k == len(x)+len(y) {
+					flags = flagEndStream
+					w.ended = true
+				}
+				if k == 0 && flags == 0 {
+					break
+				}
+				bt.own = appendFrameHeader(bt.own, k, frameData, flags, st.id)
+				i := min(k, len(x))
+				bt.add(x[:i])
+				bt.add(y[:k-i])
+				x, y = x[i:], y[k-i:]
+			}
+			if end && last && tr != nil {
+				c.appendHeaders(bt, st.id, true, func(enc *hpack.Encoder) { encodeTrailers(enc, tr) })
+				w.ended = true
+			}
+			return nil
+		})
+		c.mu.Lock()
+		st.localEnded = w.ended
+		if err != nil {
+			c.sendWin += int64(n) // not sent
+			if st.writeErr != nil {
+				err = st.writeErr
+			}
+		}
+		c.mu.Unlock()
+		if err != nil {
+			w.err = err
+			return err
+		}
+		if last {
+			return nil
+		}
+	}
+}
+
+// encodeHeader encodes a response header: :status, the fields a response
+// may have over HTTP/2, and a Date if it has none.
+func encodeHeader(enc *hpack.Encoder, status int, h http.Header) {
+	_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(status)})
+	hasDate := false
+	for k, vv := range h {
+		switch k {
+		case "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Trailer":
+			continue
+		case "Date":
+			hasDate = true
+		}
+		if strings.HasPrefix(k, http.TrailerPrefix) || !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		lk := lower(k)
+		for _, v := range vv {
+			if httpguts.ValidHeaderFieldValue(v) {
+				_ = enc.WriteField(hpack.HeaderField{Name: lk, Value: v})
+			}
+		}
+	}
+	if !hasDate && status >= 200 {
+		_ = enc.WriteField(hpack.HeaderField{Name: "date", Value: time.Now().UTC().Format(http.TimeFormat)})
+	}
+}
+
+func encodeTrailers(enc *hpack.Encoder, t http.Header) {
+	for k, vv := range t {
+		if !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		lk := lower(k)
+		for _, v := range vv {
+			if httpguts.ValidHeaderFieldValue(v) {
+				_ = enc.WriteField(hpack.HeaderField{Name: lk, Value: v})
+			}
+		}
+	}
+}
+
+func statusText(code int) string {
+	switch code {
+	case 200:
+		return "200"
+	case 400:
+		return "400"
+	case 404:
+		return "404"
+	}
+	return strconv.Itoa(code)
+}
+
+// SetReadDeadline makes the body's reads fail with os.ErrDeadlineExceeded
+// from t; the zero time: never. The stream goes on.
+func (w *responseWriter) SetReadDeadline(t time.Time) error {
+	st, c := w.st, w.st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.rTimer != nil {
+		st.rTimer.Stop()
+		st.rTimer = nil
+	}
+	st.rDeadline, st.readExpired = t, false
+	switch {
+	case t.IsZero():
+	case !t.After(time.Now()):
+		st.readExpired = true
+		st.cond.Broadcast()
+	default:
+		st.rTimer = time.AfterFunc(time.Until(t), func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if st.rDeadline.Equal(t) { // not changed since, while this waited for mu
+				st.readExpired = true
+				st.cond.Broadcast()
+			}
+		})
+	}
+	return nil
+}
+
+// SetWriteDeadline resets the stream at t if a write is still under way
+// or waiting then, and fails its writes from then on; the zero time:
+// never.
+func (w *responseWriter) SetWriteDeadline(t time.Time) error {
+	st, c := w.st, w.st.c
+	c.mu.Lock()
+	if st.wTimer != nil {
+		st.wTimer.Stop()
+		st.wTimer = nil
+	}
+	st.wDeadline = t
+	if !t.IsZero() && t.After(time.Now()) {
+		st.wTimer = time.AfterFunc(time.Until(t), func() {
+			c.mu.Lock()
+			current := st.wDeadline.Equal(t) // not changed since, while this waited
+			c.mu.Unlock()
+			if current {
+				c.writeExpired(st)
+			}
+		})
+	}
+	c.mu.Unlock()
+	if !t.IsZero() && !t.After(time.Now()) {
+		c.writeExpired(st)
+	}
+	return nil
+}
+
+// EnableFullDuplex does nothing: HTTP/2 is full duplex.
+func (w *responseWriter) EnableFullDuplex() error { return nil }
+
+// batch is what one write to the connection sends: frames and small
+// payloads copied into own, larger payloads written from where they are
+// (writev).
+type batch struct {
+	own  []byte
+	mark int // own[:mark] is in bufs already
+	bufs net.Buffers
+	n    int
+}
+
+// copyBelow is the payload size under which a payload is copied.
+const copyBelow = 2 << 10
+
+func (b *batch) add(p []byte) {
+	if len(p) < copyBelow {
+		b.own = append(b.own, p...)
+		return
+	}
+	b.seal()
+	b.bufs = append(b.bufs, p)
+	b.n += len(p)
+}
+
+func (b *batch) seal() {
+	if len(b.own) > b.mark {
+		b.bufs = append(b.bufs, b.own[b.mark:len(b.own):len(b.own)])
+		b.mark = len(b.own)
+	}
+}
+
+func (b *batch) len() int { return len(b.own) + b.n }
+
+func (b *batch) writeTo(nc net.Conn) error {
+	b.seal()
+	if len(b.bufs) == 1 {
+		_, err := nc.Write(b.bufs[0])
+		return err
+	}
+	v := b.bufs
+	_, err := v.WriteTo(nc)
+	return err
+}
+
+var batchPool = sync.Pool{New: func() any { return &batch{own: make([]byte, 0, 4<<10)} }}
+
+func getBatch() *batch { return batchPool.Get().(*batch) }
+
+func putBatch(b *batch) {
+	if cap(b.own) > 64<<10 {
+		b.own = make([]byte, 0, 4<<10)
+	}
+	b.own, b.mark, b.n = b.own[:0], 0, 0
+	clear(b.bufs)
+	b.bufs = b.bufs[:0]
+	batchPool.Put(b)
+}
