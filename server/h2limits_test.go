@@ -14,7 +14,8 @@ import (
 )
 
 // TestHTTP2Limits: the connections HTTPServer serves as h2c itself (it
-// sniffs the preface, then hands them to x/net's HTTP/2 server) get
+// sniffs the preface, then hands them to its h2c server: Ferry's own,
+// or x/net's with FERRY_TEST_H2C=xnet) get
 // Ferry's HTTP/2 limits and HTTP/2's defences against abusive clients, as
 // net/http's own would:
 //   - the settings advertised;
@@ -101,7 +102,7 @@ func TestHTTP2Limits(t *testing.T) {
 	for range 250 {
 		<-started
 	}
-	// x/net refuses the stream that finds more than four times the limit
+	// Both servers refuse the stream that finds more than four times the limit
 	// waiting. The server may hang up before the last is written.
 	for i := 0; i < 4*250+2 && open() == nil; i++ {
 	}
