@@ -65,7 +65,9 @@ type conn struct {
 	recvCredit int64 // consumed since the last WINDOW_UPDATE of the connection
 	ctl        []byte
 	closed     bool
-	goingAway  bool // sent GOAWAY, or received one: no new streams
+	goingAway  bool        // sent GOAWAY, or received one: no new streams
+	goAwayID   uint32      // the last stream our GOAWAY named: later ones are ignored
+	closedFlag atomic.Bool // closed, for the reader to check without mu
 	lingering  bool
 	timer      *time.Timer
 	idleSince  time.Time
@@ -175,6 +177,9 @@ func (c *conn) readFrame() error {
 	if err != nil {
 		return err
 	}
+	if c.closedFlag.Load() {
+		return net.ErrClosed // closed while the frames read stayed in the buffer
+	}
 	h := parseFrameHeader(b)
 	c.frames.Add(1)
 	if h.length > c.set.maxFrameSize {
@@ -258,6 +263,9 @@ func (c *conn) onData(h frameHeader) error {
 	switch {
 	case st == nil && h.streamID > c.maxClientID:
 		return connError{http2.ErrCodeProtocol, fmt.Sprintf("DATA on stream %d, which is idle", h.streamID)}
+	case st == nil && c.goingAway && h.streamID > c.goAwayID:
+		c.creditLocked(nil, n) // a stream past our GOAWAY: ignored
+		return nil
 	case st == nil || st.remoteClosed || st.peerReset:
 		c.creditLocked(nil, n)
 		return streamError{h.streamID, http2.ErrCodeStreamClosed, "DATA on a closed stream"}
@@ -501,11 +509,7 @@ func (c *conn) onWindowUpdate(h frameHeader) error {
 		if c.sendWin += n; c.sendWin > maxWindow {
 			return connError{http2.ErrCodeFlowControl, "a WINDOW_UPDATE past 2^31-1 on the connection"}
 		}
-		for _, st := range c.streams {
-			if st.waitingSend {
-				st.cond.Broadcast()
-			}
-		}
+		c.wakeSendersLocked()
 		return nil
 	}
 	st := c.streams[h.streamID]
@@ -534,6 +538,8 @@ func (c *conn) onHeaderBlock() error {
 	if st != nil || id <= c.maxClientID {
 		defer c.mu.Unlock()
 		switch {
+		case st == nil && c.goingAway && id > c.goAwayID:
+			return nil // trailers of a stream past our GOAWAY, ignored as it was
 		case st == nil || st.remoteClosed && st.localEnded:
 			return connError{http2.ErrCodeStreamClosed, fmt.Sprintf("HEADERS on stream %d, which closed", id)}
 		case st.remoteClosed || st.peerReset:
@@ -564,7 +570,7 @@ func (c *conn) onHeaderBlock() error {
 		return nil
 	}
 	c.maxClientID = id
-	if c.goingAway {
+	if c.goingAway || c.closed {
 		c.mu.Unlock()
 		return nil // past the GOAWAY's last stream: not processed
 	}
@@ -675,6 +681,7 @@ func (c *conn) writeLocked(st *stream, fill func(*batch) error) error {
 		err, fill = st.writeErr, nil
 	}
 	halfClose := c.wantHalfClose
+	b.frame = c.peerFrame
 	c.writing = st
 	if c.newTable {
 		c.enc.SetMaxDynamicTableSizeLimit(c.peerTable)
@@ -725,6 +732,9 @@ func (c *conn) write(st *stream, fill func(*batch) error) error {
 	case <-st.done:
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		if st.writeErr == nil {
+			return errStreamClosed // the context ServeConn was given ended
+		}
 		return st.writeErr
 	}
 	err := c.writeLocked(st, fill)
@@ -741,9 +751,7 @@ func (c *conn) appendHeaders(b *batch, id uint32, end bool, fields func(*hpack.E
 	c.encBuf.Reset()
 	fields(c.enc)
 	block := c.encBuf.Bytes()
-	c.mu.Lock()
-	max := c.peerFrame
-	c.mu.Unlock()
+	max := b.frame
 	typ, flags := frameHeaders, http2.Flags(0)
 	if end {
 		flags = flagEndStream
@@ -829,8 +837,8 @@ func (c *conn) goAway() {
 	if c.closed || c.goingAway {
 		return
 	}
-	c.goingAway = true
-	c.queueLocked(func(b []byte) []byte { return appendGoAway(b, c.maxClientID, http2.ErrCodeNo, "") })
+	c.goingAway, c.goAwayID = true, c.maxClientID
+	c.queueLocked(func(b []byte) []byte { return appendGoAway(b, c.goAwayID, http2.ErrCodeNo, "") })
 	if len(c.streams) == 0 && c.handlers == 0 {
 		c.finishLocked()
 	}
@@ -864,13 +872,15 @@ func (c *conn) fail(code http2.ErrCode, reason string) {
 		c.mu.Unlock()
 		return
 	}
-	c.goingAway = true
-	c.queueLocked(func(b []byte) []byte { return appendGoAway(b, c.maxClientID, code, reason) })
+	if !c.goingAway { // a second GOAWAY may not name a later stream than the first
+		c.goingAway, c.goAwayID = true, c.maxClientID
+	}
+	last := c.goAwayID
+	c.queueLocked(func(b []byte) []byte { return appendGoAway(b, last, code, reason) })
 	c.finishLocked()
 	c.mu.Unlock()
-	if code != http2.ErrCodeNo && code != http2.ErrCodeEnhanceYourCalm {
-		c.srv.logf("http2: closing the connection from %s: %v: %s", c.remoteAddr, code, reason)
-	}
+	// Not logged: any client can cause these, and x/net logs them only
+	// when verbose. The client reads the reason in the GOAWAY.
 }
 
 // linger reads and discards until the connection's end or its read
@@ -895,6 +905,7 @@ func (c *conn) closeLocked() {
 		return
 	}
 	c.closed = true
+	c.closedFlag.Store(true)
 	for _, st := range c.streams {
 		c.resetLocked(st, errConnClosed)
 	}
@@ -916,7 +927,7 @@ func (c *conn) check() {
 		c.mu.Unlock()
 		return
 	}
-	idle := c.set.idleTimeout > 0 && len(c.streams) == 0 && c.handlers == 0 && !now.Before(c.idleSince.Add(c.set.idleTimeout))
+	idle := c.set.idleTimeout > 0 && len(c.streams) == 0 && c.handlers == 0 && !c.goingAway && !now.Before(c.idleSince.Add(c.set.idleTimeout))
 	var dead bool
 	if c.set.readIdleTimeout > 0 {
 		if n := c.frames.Load(); n != c.lastFrames {
@@ -937,7 +948,6 @@ func (c *conn) check() {
 	c.mu.Unlock()
 	switch {
 	case dead:
-		c.srv.logf("http2: closing the connection from %s: no answer to a PING in %v", c.remoteAddr, c.set.pingTimeout)
 		c.close(errors.New("http2: no answer to a PING"))
 	case idle:
 		c.goAway()
@@ -953,7 +963,7 @@ func (c *conn) nextCheckLocked(now time.Time) time.Duration {
 			next = d
 		}
 	}
-	if c.set.idleTimeout > 0 && len(c.streams) == 0 && c.handlers == 0 {
+	if c.set.idleTimeout > 0 && len(c.streams) == 0 && c.handlers == 0 && !c.goingAway {
 		soonest(c.idleSince.Add(c.set.idleTimeout))
 	}
 	if c.set.readIdleTimeout > 0 {
@@ -983,10 +993,10 @@ func (c *conn) becameIdleLocked() {
 // and it is reset. If its frames are being written, the connection has
 // stopped moving for as long as the deadline allowed: the write is failed
 // with a past deadline on the connection, which then closes.
-func (c *conn) writeExpired(st *stream) {
+func (c *conn) writeExpired(st *stream, at time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if st.reset || c.closed {
+	if st.reset || c.closed || !st.wDeadline.Equal(at) { // changed since the timer was set
 		return
 	}
 	if c.writing == st {
@@ -996,4 +1006,14 @@ func (c *conn) writeExpired(st *stream) {
 	c.resetLocked(st, os.ErrDeadlineExceeded)
 	id := st.id
 	c.queueLocked(func(b []byte) []byte { return appendRSTStream(b, id, http2.ErrCodeInternal) })
+}
+
+// wakeSendersLocked wakes the streams waiting for send window, when the
+// connection's grows. The caller holds mu.
+func (c *conn) wakeSendersLocked() {
+	for _, st := range c.streams {
+		if st.waitingSend {
+			st.cond.Broadcast()
+		}
+	}
 }

@@ -477,6 +477,20 @@ func TestGracefulShutdown(t *testing.T) {
 	if code := rc.goAway(); code != http2.ErrCodeNo {
 		t.Fatalf("GOAWAY %v, want NO_ERROR", code)
 	}
+	// A stream the client opened as the GOAWAY went, with trailers: both
+	// ignored, not a connection error.
+	rc.request(3, "/late", false)
+	var b bytes.Buffer
+	_ = hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: "x-trailer", Value: "1"})
+	_ = rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: b.Bytes(), EndStream: true, EndHeaders: true})
+	_ = rc.fr.WritePing(false, [8]byte{3})
+	rc.until("the PING's ACK", func(f http2.Frame) bool {
+		if g, ok := f.(*http2.GoAwayFrame); ok {
+			t.Fatalf("a second GOAWAY, %v: %s", g.ErrCode, g.DebugData())
+		}
+		p, ok := f.(*http2.PingFrame)
+		return ok && p.IsAck()
+	})
 	close(release)
 	rc.until("the answer's end", func(f http2.Frame) bool {
 		d, ok := f.(*http2.DataFrame)

@@ -437,7 +437,6 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 			st.sendWin -= int64(n)
 			c.sendWin -= int64(n)
 		}
-		frame := c.peerFrame
 		c.mu.Unlock()
 		if err != nil {
 			w.err = err
@@ -459,7 +458,7 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 				}
 			}
 			for first := true; first || len(x)+len(y) > 0; first = false {
-				k := min(len(x)+len(y), frame)
+				k := min(len(x)+len(y), bt.frame)
 				var flags http2.Flags
 				if end && last && tr == nil && k == len(x)+len(y) {
 					flags = flagEndStream
@@ -484,6 +483,7 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 		st.localEnded = w.ended
 		if err != nil {
 			c.sendWin += int64(n) // not sent
+			c.wakeSendersLocked()
 			if st.writeErr != nil {
 				err = st.writeErr
 			}
@@ -594,17 +594,12 @@ func (w *responseWriter) SetWriteDeadline(t time.Time) error {
 	st.wDeadline = t
 	if !t.IsZero() && t.After(time.Now()) {
 		st.wTimer = time.AfterFunc(time.Until(t), func() {
-			c.mu.Lock()
-			current := st.wDeadline.Equal(t) // not changed since, while this waited
-			c.mu.Unlock()
-			if current {
-				c.writeExpired(st)
-			}
+			c.writeExpired(st, t)
 		})
 	}
 	c.mu.Unlock()
 	if !t.IsZero() && !t.After(time.Now()) {
-		c.writeExpired(st)
+		c.writeExpired(st, t)
 	}
 	return nil
 }
@@ -616,10 +611,11 @@ func (w *responseWriter) EnableFullDuplex() error { return nil }
 // payloads copied into own, larger payloads written from where they are
 // (writev).
 type batch struct {
-	own  []byte
-	mark int // own[:mark] is in bufs already
-	bufs net.Buffers
-	n    int
+	own   []byte
+	mark  int // own[:mark] is in bufs already
+	frame int // the peer's SETTINGS_MAX_FRAME_SIZE as the write began: after any SETTINGS ACK in it
+	bufs  net.Buffers
+	n     int
 }
 
 // copyBelow is the payload size under which a payload is copied.
