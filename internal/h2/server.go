@@ -6,7 +6,7 @@
 //   - A connection has one goroutine of its own, its reader, which reads
 //     and handles every frame; a request's handler runs on a goroutine of
 //     its own. There is no goroutine in between: a handler writes its
-//     frames to the connection itself, under the connection's write lock,
+//     frames to the connection itself, holding its write semaphore,
 //     so a flushed message costs one system call and no hand-off. x/net
 //     hands each write to the connection's serve loop and waits for it:
 //     two goroutine switches per message, and a third goroutine per
@@ -16,10 +16,12 @@
 //     holds data, the write batch while it is written. An idle connection
 //     keeps its HPACK tables, a 1 KiB read buffer and its streams' state.
 //
-// Frames the reader must send while a handler holds the write lock (a
-// PING's ACK, a SETTINGS ACK, a WINDOW_UPDATE, a RST_STREAM) go to a queue
-// that whoever holds the lock writes before releasing it, so the reader
-// never waits on a connection whose peer stopped reading.
+// The reader, the connection's timer and body reads never write to the
+// connection: the control frames they must send (PING and SETTINGS ACKs,
+// WINDOW_UPDATEs, RST_STREAMs, GOAWAY) are queued, and the next handler
+// write carries them, or a short-lived flusher goroutine writes them. A
+// client that stops reading holds only its writers, and one that floods
+// control frames is cut off when the queue passes its bound.
 //
 // It implements what RFC 9113 asks of a server, less what Ferry does not
 // use: server push, the deprecated priority signals (read and ignored),
