@@ -64,10 +64,9 @@ type conn struct {
 	recvWin    int64 // what the peer may still send on the connection
 	recvCredit int64 // consumed since the last WINDOW_UPDATE of the connection
 	ctl        []byte
-	closed     bool
 	goingAway  bool        // sent GOAWAY, or received one: no new streams
 	goAwayID   uint32      // the last stream our GOAWAY named: later ones are ignored
-	closedFlag atomic.Bool // closed, for the reader to check without mu
+	closed     atomic.Bool // set under mu; read without it too (the reader, per frame)
 	lingering  bool
 	timer      *time.Timer
 	idleSince  time.Time
@@ -177,7 +176,7 @@ func (c *conn) readFrame() error {
 	if err != nil {
 		return err
 	}
-	if c.closedFlag.Load() {
+	if c.closed.Load() {
 		return net.ErrClosed // closed while the frames read stayed in the buffer
 	}
 	h := parseFrameHeader(b)
@@ -570,7 +569,7 @@ func (c *conn) onHeaderBlock() error {
 		return nil
 	}
 	c.maxClientID = id
-	if c.goingAway || c.closed {
+	if c.goingAway || c.closed.Load() {
 		c.mu.Unlock()
 		return nil // past the GOAWAY's last stream: not processed
 	}
@@ -622,7 +621,7 @@ func (c *conn) control(appendFrame func([]byte) []byte) {
 // maxQueuedControl queued, for a client that does not read them, the
 // connection ends. The caller holds mu.
 func (c *conn) queueLocked(appendFrame func([]byte) []byte) {
-	if c.closed || c.halfClosed {
+	if c.closed.Load() || c.halfClosed {
 		return
 	}
 	c.ctl = appendFrame(c.ctl)
@@ -637,7 +636,7 @@ func (c *conn) queueLocked(appendFrame func([]byte) []byte) {
 // kickLocked starts a flusher for the queued control frames (and a
 // half-close wanted) unless one runs. The caller holds mu.
 func (c *conn) kickLocked() {
-	if c.closed || c.flushing || len(c.ctl) == 0 && !(c.wantHalfClose && !c.halfClosed) {
+	if c.closed.Load() || c.flushing || len(c.ctl) == 0 && !(c.wantHalfClose && !c.halfClosed) {
 		return
 	}
 	c.flushing = true
@@ -666,7 +665,7 @@ func (c *conn) writeLocked(st *stream, fill func(*batch) error) error {
 	b := getBatch()
 	defer putBatch(b)
 	c.mu.Lock()
-	if c.closed || c.halfClosed {
+	if c.closed.Load() || c.halfClosed {
 		c.ctl = nil
 		c.mu.Unlock()
 		return errConnClosed
@@ -807,7 +806,7 @@ func (c *conn) resetLocked(st *stream, err error) {
 // connection's), sending WINDOW_UPDATEs once half a window is owed. The
 // caller holds mu.
 func (c *conn) creditLocked(st *stream, n int64) {
-	if n <= 0 || c.closed {
+	if n <= 0 || c.closed.Load() {
 		return
 	}
 	c.recvCredit += n
@@ -834,7 +833,7 @@ func (c *conn) creditLocked(st *stream, n int64) {
 func (c *conn) goAway() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.goingAway {
+	if c.closed.Load() || c.goingAway {
 		return
 	}
 	c.goingAway, c.goAwayID = true, c.maxClientID
@@ -848,7 +847,7 @@ func (c *conn) goAway() {
 // GOAWAY: it half-closes once the GOAWAY is written, and the reader reads
 // to the end, for lingerTime at most. The caller holds mu.
 func (c *conn) finishLocked() {
-	if c.closed || c.lingering {
+	if c.closed.Load() || c.lingering {
 		return
 	}
 	c.lingering = true
@@ -868,7 +867,7 @@ func (c *conn) isLingering() bool {
 // GOAWAY before the connection closes.
 func (c *conn) fail(code http2.ErrCode, reason string) {
 	c.mu.Lock()
-	if c.closed {
+	if c.closed.Load() {
 		c.mu.Unlock()
 		return
 	}
@@ -901,11 +900,10 @@ func (c *conn) close(err error) {
 }
 
 func (c *conn) closeLocked() {
-	if c.closed {
+	if c.closed.Load() {
 		return
 	}
-	c.closed = true
-	c.closedFlag.Store(true)
+	c.closed.Store(true)
 	for _, st := range c.streams {
 		c.resetLocked(st, errConnClosed)
 	}
@@ -923,7 +921,7 @@ func (c *conn) closeLocked() {
 func (c *conn) check() {
 	now := time.Now()
 	c.mu.Lock()
-	if c.closed {
+	if c.closed.Load() {
 		c.mu.Unlock()
 		return
 	}
@@ -996,7 +994,7 @@ func (c *conn) becameIdleLocked() {
 func (c *conn) writeExpired(st *stream, at time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if st.reset || c.closed || !st.wDeadline.Equal(at) { // changed since the timer was set
+	if st.reset || c.closed.Load() || !st.wDeadline.Equal(at) { // changed since the timer was set
 		return
 	}
 	if c.writing == st {

@@ -185,7 +185,7 @@ func (c *conn) newRequest(hb *headerBlock) (*stream, *http.Request, http.Handler
 	var trailer http.Header
 	for _, v := range header["Trailer"] {
 		for _, k := range strings.Split(v, ",") {
-			k = http.CanonicalHeaderKey(textproto(k))
+			k = http.CanonicalHeaderKey(strings.TrimSpace(k))
 			if k == "" || !httpguts.ValidTrailerHeader(k) {
 				continue // not allowed as trailers
 			}
@@ -219,8 +219,6 @@ func (c *conn) newRequest(hb *headerBlock) (*stream, *http.Request, http.Handler
 	}
 	return st, req, h, nil
 }
-
-func textproto(s string) string { return strings.TrimSpace(s) }
 
 // canonical returns the canonical form of a lower-case field name, without
 // allocating for the common ones.

@@ -60,15 +60,12 @@ type Server struct {
 // contexts.
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	c := newConn(s, ctx, nc)
-	if !s.track(c) {
-		_ = nc.Close()
-		return
-	}
+	s.track(c)
 	defer s.untrack(c)
 	c.serve()
 }
 
-func (s *Server) track(c *conn) bool {
+func (s *Server) track(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conns == nil {
@@ -78,7 +75,6 @@ func (s *Server) track(c *conn) bool {
 	if s.shutdown {
 		c.goAway() // queues, and does not block
 	}
-	return true
 }
 
 func (s *Server) untrack(c *conn) {
@@ -100,13 +96,6 @@ func (s *Server) Shutdown() {
 	for _, c := range conns {
 		c.goAway()
 	}
-}
-
-// Conns reports how many connections are being served.
-func (s *Server) Conns() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
 }
 
 // settings are a connection's limits, from Config.

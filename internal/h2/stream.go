@@ -30,13 +30,14 @@ type stream struct {
 	sendWin     int64 // what we may still send
 	waitingSend bool  // a write waits for window
 
-	writeErr     error // why writes fail
-	recvWin      int32 // what the client may still send
-	recvCredit   int32 // consumed since the last WINDOW_UPDATE
-	body         []byte
-	bodyErr      error // io.EOF after END_STREAM, else why reads fail
-	bodyClosed   bool  // the handler closed the body
-	declLen      int64 // the request's content-length; -1: none
+	writeErr     error   // why writes fail
+	recvWin      int32   // what the client may still send
+	recvCredit   int32   // consumed since the last WINDOW_UPDATE
+	body         []byte  // unread; in bodyBuf's array, or one append grew
+	bodyBuf      *[]byte // from bodyPool, until the body is drained
+	bodyErr      error   // io.EOF after END_STREAM, else why reads fail
+	bodyClosed   bool    // the handler closed the body
+	declLen      int64   // the request's content-length; -1: none
 	gotLen       int64
 	trailer      http.Header // the request's trailers, as received
 	reqTrailer   http.Header // the request's Trailer: the handler reads them there after EOF
@@ -66,17 +67,19 @@ var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return 
 
 // appendBody adds data for the handler to read. The caller holds mu.
 func (st *stream) appendBody(data []byte) {
-	if st.body == nil && len(data) <= 16<<10 {
-		st.body = (*bodyPool.Get().(*[]byte))[:0]
+	if st.body == nil && st.bodyBuf == nil && len(data) <= 16<<10 {
+		st.bodyBuf = bodyPool.Get().(*[]byte)
+		st.body = (*st.bodyBuf)[:0]
 	}
 	st.body = append(st.body, data...)
 }
 
 // dropBody lets go of the unread body. The caller holds mu.
+// Reads reslice body, so the pooled array is kept in bodyBuf to go back.
 func (st *stream) dropBody() {
-	if cap(st.body) == 16<<10 {
-		b := st.body[:0]
-		bodyPool.Put(&b)
+	if st.bodyBuf != nil {
+		bodyPool.Put(st.bodyBuf)
+		st.bodyBuf = nil
 	}
 	st.body = nil
 }
@@ -200,7 +203,6 @@ func (c *conn) handlerDone(st *stream, w *responseWriter) {
 	if idle {
 		c.becameIdleLocked()
 	}
-
 	if sendReset {
 		id := st.id
 		c.queueLocked(func(b []byte) []byte { return appendRSTStream(b, id, code) })
@@ -419,7 +421,7 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 	}
 	for {
 		c.mu.Lock()
-		for st.writeErr == nil && len(a)+len(b) > 0 && (st.sendWin <= 0 || c.sendWin <= 0) && !c.closed {
+		for st.writeErr == nil && len(a)+len(b) > 0 && (st.sendWin <= 0 || c.sendWin <= 0) && !c.closed.Load() {
 			if !w.sentHdr {
 				break // the header goes without waiting for window
 			}
@@ -428,7 +430,7 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 		}
 		st.waitingSend = false
 		err := st.writeErr
-		if err == nil && c.closed {
+		if err == nil && c.closed.Load() {
 			err = errConnClosed
 		}
 		n := 0
