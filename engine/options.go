@@ -41,7 +41,9 @@ type Options struct {
 
 	// MemTableSize is Pebble's memtable size. Default 64 MiB.
 	MemTableSize uint64
-	// CacheSize is Pebble's block cache size. Default 64 MiB.
+	// CacheSize is the room for blocks in Pebble's block cache. Default 64
+	// MiB. Pebble charges memtables to the same cache: the store adds two
+	// memtables' worth on top.
 	CacheSize int64
 
 	// MaxBodyBytes caps a message or edit body. Default 64 KiB; at most

@@ -163,3 +163,61 @@ func TestMemoClosed(t *testing.T) {
 		t.Fatalf("memo on a closed store: %v, want ErrClosed", err)
 	}
 }
+
+// Most of the engine's point reads are for keys that are not there (a new
+// op's id): every table must carry a filter that answers them without
+// loading a data block.
+func TestMissingKeysAnsweredByFilters(t *testing.T) {
+	s := open(t)
+	b := s.NewBatch()
+	for i := range 2000 {
+		b.Set(fmt.Appendf(nil, "op/%06d", 2*i), []byte("value"))
+	}
+	if err := s.Commit(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	v := s.View()
+	defer v.Release()
+	const lookups = 200
+	for i := range lookups {
+		if _, err := v.Get(fmt.Appendf(nil, "op/%06d", 2*i+1)); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Get of a missing key: %v, want ErrNotFound", err)
+		}
+	}
+	// Ten bits a key: about 1% false positives; allow ten times that.
+	if m := s.db.Metrics().Filter; m.Hits < lookups*9/10 {
+		t.Fatalf("filters answered %d of %d lookups of missing keys (misses %d); want nearly all", m.Hits, lookups, m.Misses)
+	}
+	if _, err := v.Get([]byte("op/000000")); err != nil {
+		t.Fatalf("Get of a stored key: %v", err)
+	}
+}
+
+// Pebble charges memtables to the block cache: the cache must still hold
+// blocks when it is smaller than a memtable.
+func TestBlockCacheHoldsBlocks(t *testing.T) {
+	s := open(t) // a 1 MiB cache under 4 MiB memtables
+	b := s.NewBatch()
+	for i := range 2000 {
+		b.Set(fmt.Appendf(nil, "op/%06d", i), []byte("value"))
+	}
+	if err := s.Commit(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	v := s.View()
+	defer v.Release()
+	for range 10 {
+		if _, err := v.Get([]byte("op/001000")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l := s.LSM(); l.CacheHits == 0 {
+		t.Fatalf("block cache: %d hits, %d misses after reading one key ten times; want hits", l.CacheHits, l.CacheMisses)
+	}
+}
