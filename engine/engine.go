@@ -293,6 +293,12 @@ type StoreMetrics struct {
 	MemTables uint64
 	// Flushes and Compactions count those completed since Open.
 	Flushes, Compactions int64
+	// CacheHits and CacheMisses count the store's block cache lookups: a
+	// miss reads a block from disk (or the OS page cache) and decompresses
+	// it.
+	CacheHits, CacheMisses int64
+	// FilterSkips counts tables point reads skipped by their Bloom filter.
+	FilterSkips int64
 }
 
 // StoreMetrics reports the store's shape and size. It takes the store's
@@ -303,6 +309,7 @@ func (e *Engine) StoreMetrics() StoreMetrics {
 		DiskUsage: DiskUsage{Tables: l.Tables, WAL: l.WAL, Obsolete: l.Obsolete, Other: l.Other},
 		ReadAmp:   l.ReadAmp, CompactionDebt: l.CompactionDebt, MemTables: l.MemTables,
 		Flushes: l.Flushes, Compactions: l.Compactions,
+		CacheHits: l.CacheHits, CacheMisses: l.CacheMisses, FilterSkips: l.FilterSkips,
 	}
 }
 

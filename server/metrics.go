@@ -205,6 +205,8 @@ var (
 	dMemTables       = desc("ferry_store_memtable_bytes", "Bytes in memtables, before they flush to tables.")
 	dFlushes         = desc("ferry_store_flushes_total", "Memtable flushes completed.")
 	dCompactions     = desc("ferry_store_compactions_total", "Compactions completed.")
+	dCacheLookups    = desc("ferry_store_block_cache_lookups_total", "Block cache lookups by result: a miss reads the block from a file and decompresses it.", "result")
+	dFilterSkips     = desc("ferry_store_filter_skips_total", "Tables point reads skipped because their Bloom filter ruled the key out.")
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
@@ -277,4 +279,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(dMemTables, float64(st.MemTables))
 	counter(dFlushes, uint64(st.Flushes))
 	counter(dCompactions, uint64(st.Compactions))
+	counter(dCacheLookups, uint64(st.CacheHits), "hit")
+	counter(dCacheLookups, uint64(st.CacheMisses), "miss")
+	counter(dFilterSkips, uint64(st.FilterSkips))
 }
