@@ -48,3 +48,7 @@ func OnWriteBegin(s *Server, f func()) { s.watches.testBegin.Store(&f) }
 // OnThrottle makes f run when a push starts waiting for the push limit,
 // its timer armed.
 func OnThrottle(s *Server, f func()) { s.testThrottled.Store(&f) }
+
+// ErrXNet is nil when H2CXNet is served: built with Go 1.26 or -tags
+// http2legacy.
+var ErrXNet = errXNet

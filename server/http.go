@@ -76,6 +76,8 @@ const (
 	// only while in use.
 	H2CFerry H2C = iota
 	// H2CXNet is golang.org/x/net/http2's server, kept as a fallback.
+	// Built with Go 1.27 or later it needs -tags http2legacy: Set and
+	// Serve refuse it otherwise.
 	H2CXNet
 )
 
@@ -94,6 +96,9 @@ func (h H2C) String() string {
 func (h *H2C) Set(s string) error {
 	for _, v := range []H2C{H2CFerry, H2CXNet} {
 		if s == v.String() {
+			if v == H2CXNet && errXNet != nil {
+				return errXNet
+			}
 			*h = v
 			return nil
 		}
@@ -139,6 +144,9 @@ func NewHTTPServer(addr string, h http.Handler, tlsConfig *tls.Config) *HTTPServ
 func (s *HTTPServer) Serve(ln net.Listener) error {
 	if s.HTTP.TLSConfig != nil {
 		return s.HTTP.ServeTLS(ln, "", "")
+	}
+	if s.H2C == H2CXNet && errXNet != nil {
+		return errXNet
 	}
 	s.h2Once.Do(func() {
 		s.own.Handler, s.own.Config = s.HTTP.Handler, s.HTTP
@@ -389,9 +397,9 @@ func (s *HTTPServer) closeSniffing(all bool) {
 // goAway starts a graceful shutdown of every HTTP/2 connection ServeConn
 // serves. ctl has no listener and no connection of its own: its Shutdown
 // runs the hook and returns. This holds for x/net/http2's own server, the
-// one built with Go 1.26; built with Go 1.27, x/net/http2 wraps net/http's
-// server instead, which this does not reach: http_go127.go stops that
-// build.
+// one built with Go 1.26 or -tags http2legacy; otherwise x/net/http2 wraps
+// net/http's server, which this does not reach, and Serve refuses H2CXNet
+// (see errXNet).
 func (s *HTTPServer) goAway() {
 	s.own.Shutdown()
 	s.mu.Lock()

@@ -372,3 +372,30 @@ func TestHTTPServerCutsStalledPreface(t *testing.T) {
 	}
 	wantServerClosed(t, served)
 }
+
+// Built with Go 1.27 or later (without -tags http2legacy), x/net serves
+// h2c through net/http's server, where a graceful shutdown does not reach:
+// the flag and Serve refuse it, saying how to build; otherwise it serves.
+func TestH2CXNetNeedsItsOwnServer(t *testing.T) {
+	var h server.H2C
+	err := h.Set("xnet")
+	if server.ErrXNet == nil {
+		if err != nil || h != server.H2CXNet {
+			t.Fatalf("Set(xnet) = %v, H2C %v; want H2CXNet", err, h)
+		}
+		return
+	}
+	if !errors.Is(err, server.ErrXNet) || !strings.Contains(err.Error(), "-tags http2legacy") || h != server.H2CFerry {
+		t.Fatalf("Set(xnet) = %v, H2C %v; want the build's refusal, and H2C unchanged", err, h)
+	}
+	hs := server.NewHTTPServer("127.0.0.1:0", http.NotFoundHandler(), nil)
+	hs.H2C = server.H2CXNet
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := hs.Serve(ln); !errors.Is(err, server.ErrXNet) {
+		t.Fatalf("Serve with H2CXNet: %v, want the build's refusal", err)
+	}
+}

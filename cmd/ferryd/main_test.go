@@ -120,19 +120,26 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	if c.h2c != server.H2CFerry {
 		t.Fatalf("--h2c defaults to %v", c.h2c)
 	}
-	env := map[string]string{"FERRY_ADDR": "0.0.0.0:9", "FERRY_ALLOW_REGISTRATION": "true", "FERRY_DATA": "/env", "FERRY_PUSH_LIMIT": "0", "FERRY_H2C": "xnet"}
+	env := map[string]string{"FERRY_ADDR": "0.0.0.0:9", "FERRY_ALLOW_REGISTRATION": "true", "FERRY_DATA": "/env", "FERRY_PUSH_LIMIT": "0"}
 	if err := parse(fs, []string{"--data", "/flag"}, func(k string) string { return env[k] }); err != nil {
 		t.Fatal(err)
 	}
-	if c.addr != "0.0.0.0:9" || !c.allowRegistration || c.data != "/flag" || c.pushLimit != 0 || c.h2c != server.H2CXNet {
+	if c.addr != "0.0.0.0:9" || !c.allowRegistration || c.data != "/flag" || c.pushLimit != 0 {
 		t.Fatalf("config %+v: the environment fills unset flags, and flags win", c)
+	}
+	// --h2c too; built with Go 1.27 or later (without -tags http2legacy)
+	// the flag refuses xnet and says how to build.
+	fsH, cH := flags("serve", io.Discard)
+	err := parse(fsH, nil, func(k string) string { return map[string]string{"FERRY_H2C": "xnet"}[k] })
+	if !(err == nil && cH.h2c == server.H2CXNet) && !(err != nil && strings.Contains(err.Error(), "http2legacy")) {
+		t.Fatalf("FERRY_H2C=xnet: %v, --h2c %v", err, cH.h2c)
 	}
 	// A limit's 0 turns it off; the server's options take a negative.
 	if limitOrOff(c.pushLimit) >= 0 || limitOrOff(500) != 500 {
 		t.Fatalf("limitOrOff(0) = %d, limitOrOff(500) = %d", limitOrOff(0), limitOrOff(500))
 	}
 	fs, _ = flags("serve", io.Discard)
-	err := parse(fs, nil, func(k string) string {
+	err = parse(fs, nil, func(k string) string {
 		if k == "FERRY_HEARTBEAT" {
 			return "soon"
 		}
