@@ -197,7 +197,7 @@ func TestFerryRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sendBatches(writer, 5, 1, func(j int) []byte { return corpus[j] }); err != nil {
+	if _, err := sendBatches(writer, 5, roundRobin(1), func(j int) []byte { return corpus[j] }); err != nil {
 		t.Fatal(err)
 	}
 	_ = writer.Close()
@@ -302,5 +302,46 @@ func TestFailedWorkloadLeavesNoRow(t *testing.T) {
 	}
 	if slices.Contains(r.systems(), "") {
 		t.Fatalf("the report has a system without a name: %q", r.systems())
+	}
+}
+
+// Ingest on a store with history first stores the history, in the
+// conversations the writers then write to, and counts only the measured
+// run's ops.
+func TestIngestHistoryIsStoredFirst(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts servers")
+	}
+	stored := func(history int) (setup, measured int) {
+		f, err := NewFerry(t.Context(), FerryConfig{Mode: FerryInProcess, Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		res, err := Ingest(t.Context(), f, IngestConfig{Writers: 8, Batch: 2, History: history, Duration: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.History != history || res.Ops == 0 {
+			t.Fatalf("result %+v: want the history recorded and ops measured", res)
+		}
+		heads := 0
+		for c, conv := range f.convs {
+			a, err := f.eng.Authenticate(f.devs[c].token) // writer c is conversation c's first member
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, head, err := f.eng.Vector(a, conv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			heads += int(head)
+		}
+		return heads - res.Ops, res.Ops
+	}
+	setup, _ := stored(0)
+	withHistory, _ := stored(253)
+	if withHistory-setup != 253 {
+		t.Fatalf("conversations hold %d ops besides the measured ones and the setup's %d; want the history's 253", withHistory-setup, setup)
 	}
 }

@@ -64,6 +64,8 @@ var Short = Profile{
 		{Writers: 256, Batch: 1, Duration: 3 * time.Second},
 		{Writers: 64, Batch: 16, Duration: 3 * time.Second},
 		{Writers: 256, Batch: 16, Duration: 3 * time.Second},
+		// Past a memtable: what a server in use writes into.
+		{Writers: 64, Batch: 16, History: 500_000, Duration: 3 * time.Second},
 	},
 	IngestLatency: []IngestConfig{{Writers: 64, Batch: 1, Rate: 10_000, Duration: 3 * time.Second}},
 	Fanout: []FanoutConfig{
@@ -97,6 +99,8 @@ var Full = Profile{
 		{Writers: 64, Batch: 16, Duration: 5 * time.Second},
 		{Writers: 256, Batch: 16, Duration: 5 * time.Second},
 		{Writers: 256, Batch: 100, Duration: 5 * time.Second},
+		{Writers: 64, Batch: 1, History: 1_000_000, Duration: 5 * time.Second},
+		{Writers: 64, Batch: 16, History: 1_000_000, Duration: 5 * time.Second},
 	},
 	IngestLatency: []IngestConfig{
 		{Writers: 64, Batch: 1, Rate: 10_000, Duration: 5 * time.Second},
@@ -162,7 +166,11 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 			if !f.runs("ingest") {
 				break
 			}
-			if err := run(fmt.Sprintf("ingest %d writers x %d", c.Writers, c.Batch), f, func(s System) error {
+			what := fmt.Sprintf("ingest %d writers x %d", c.Writers, c.Batch)
+			if c.History > 0 {
+				what += fmt.Sprintf(" (history %d)", c.History)
+			}
+			if err := run(what, f, func(s System) error {
 				res, err := Ingest(ctx, s, c)
 				if err == nil {
 					r.Ingest = append(r.Ingest, res)

@@ -86,6 +86,11 @@ type IngestConfig struct {
 	InFlight int           // pushes each writer keeps outstanding in closed loop; default 2
 	Rate     float64       // when > 0, open loop at this many messages per second overall
 	Duration time.Duration // how long to send
+	// History is how many messages the conversations hold before the run,
+	// sent in pushes of 100 and not measured: a store in use, whose data
+	// reached its tables, rather than a new one whose writes all fit in
+	// memory.
+	History int
 }
 
 // IngestResult is what durable ingest measured.
@@ -94,6 +99,7 @@ type IngestResult struct {
 	Writers    int           `json:"writers"`
 	Batch      int           `json:"batch"`
 	Rate       float64       `json:"rate,omitempty"`
+	History    int           `json:"history,omitempty"`
 	Ops        int           `json:"ops"`
 	Seconds    float64       `json:"seconds"`
 	OpsPerSec  float64       `json:"ops_per_sec"`
@@ -125,6 +131,17 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 		}
 		defer c.Close()
 		clients[w] = c
+	}
+	if cfg.History > 0 {
+		// Writer c is the first member of conversation c.
+		err := Parallel(ctx, convs, 8, func(c int) error {
+			n := cfg.History/convs + min(1, max(0, cfg.History%convs-c))
+			_, err := sendBatches(clients[c], n, func(int) int { return c }, func(j int) []byte { return corpus[corpusIndex(c+j*convs)] })
+			return err
+		})
+		if err != nil {
+			return IngestResult{}, fmt.Errorf("ingest: history: %w", err)
+		}
 	}
 	var lat Latencies
 	var acked atomic.Int64
@@ -199,7 +216,7 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 	}
 	ops := int(acked.Load())
 	cpu, rss := use.perKOps(ops)
-	return IngestResult{System: sys.Name(), Writers: cfg.Writers, Batch: cfg.Batch, Rate: cfg.Rate, Ops: ops,
+	return IngestResult{System: sys.Name(), Writers: cfg.Writers, Batch: cfg.Batch, Rate: cfg.Rate, History: cfg.History, Ops: ops,
 		Seconds: elapsed.Seconds(), OpsPerSec: float64(ops) / elapsed.Seconds(), Ack: lat.Summary(), CPUPerKOps: cpu, PeakRSS: rss}, nil
 }
 
@@ -404,7 +421,7 @@ func CatchUpRun(ctx context.Context, sys System, cfg CatchUpConfig) (CatchUpResu
 	}
 	defer func() { _ = writer.Close() }()
 	write := func(n int, k0 int) (int64, error) {
-		return sendBatches(writer, n, cfg.Convs, func(j int) []byte { return payload(k0+j, 1, time.Now()) })
+		return sendBatches(writer, n, roundRobin(cfg.Convs), func(j int) []byte { return payload(k0+j, 1, time.Now()) })
 	}
 	// restart restarts a cold run's server; the writer connects again.
 	restart := func() error {
@@ -548,7 +565,7 @@ func Storage(ctx context.Context, sys System, ops, convs int) (StorageResult, er
 		return StorageResult{}, err
 	}
 	// Plain chat text, no stamps.
-	payloadBytes, err := sendBatches(c, ops, convs, func(j int) []byte { return corpus[corpusIndex(j)] })
+	payloadBytes, err := sendBatches(c, ops, roundRobin(convs), func(j int) []byte { return corpus[corpusIndex(j)] })
 	_ = c.Close()
 	if err != nil {
 		return StorageResult{}, err
@@ -561,10 +578,10 @@ func Storage(ctx context.Context, sys System, ops, convs int) (StorageResult, er
 		DiskBytes: float64(after-base) / float64(ops)}, nil
 }
 
-// sendBatches sends n messages from c in batches of 100, round-robin over
-// convs conversations, 8 batches in flight, and waits until all are
+// sendBatches sends n messages from c in batches of 100, the i-th to
+// conversation conv(i), 8 batches in flight, and waits until all are
 // acknowledged. It returns the payload bytes sent.
-func sendBatches(c Client, n, convs int, msg func(j int) []byte) (int64, error) {
+func sendBatches(c Client, n int, conv func(batch int) int, msg func(j int) []byte) (int64, error) {
 	var raw int64
 	var wg sync.WaitGroup
 	var failed atomic.Value
@@ -578,7 +595,7 @@ func sendBatches(c Client, n, convs int, msg func(j int) []byte) (int64, error) 
 		}
 		slots <- struct{}{}
 		wg.Add(1)
-		if err := c.Send((k/100)%convs, batch, func(err error) {
+		if err := c.Send(conv(k/100), batch, func(err error) {
 			if err != nil {
 				failed.Store(err)
 			}
@@ -594,3 +611,6 @@ func sendBatches(c Client, n, convs int, msg func(j int) []byte) (int64, error) 
 	}
 	return raw, nil
 }
+
+// roundRobin sends batch i to conversation i mod convs.
+func roundRobin(convs int) func(int) int { return func(i int) int { return i % convs } }
