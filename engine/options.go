@@ -43,7 +43,12 @@ type Options struct {
 	MemTableSize uint64
 	// CacheSize is the room for blocks in Pebble's block cache. Default 64
 	// MiB. Pebble charges memtables to the same cache: the store adds two
-	// memtables' worth on top.
+	// memtables' worth on top, so the store's memory is about CacheSize +
+	// 2 × MemTableSize (192 MiB by default), and blocks have less room
+	// while flushes fall behind. Every table's Bloom filter is cached there
+	// too, about 1.25 bytes a key: past some 50 million keys the filters
+	// alone fill 64 MiB, so size the cache to 1.25 bytes a key plus the
+	// blocks read often.
 	CacheSize int64
 
 	// MaxBodyBytes caps a message or edit body. Default 64 KiB; at most

@@ -146,6 +146,7 @@ func (s *HTTPServer) Serve(ln net.Listener) error {
 		return s.HTTP.ServeTLS(ln, "", "")
 	}
 	if s.H2C == H2CXNet && errXNet != nil {
+		_ = ln.Close() // as when Serve returns after serving
 		return errXNet
 	}
 	s.h2Once.Do(func() {

@@ -78,7 +78,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.StringVar(&c.data, "data", "./data", "directory of the Pebble store (created if missing)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with --tls-key, serve HTTPS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key file (PEM)")
-	fs.Var(&c.h2c, "h2c", "what serves HTTP/2 without TLS: ferry (Ferry's own, leaner) or xnet (golang.org/x/net/http2); TLS connections are net/http's")
+	fs.Var(&c.h2c, "h2c", "what serves HTTP/2 without TLS: ferry (Ferry's own, leaner) or xnet (golang.org/x/net/http2; built with Go 1.27 or later, only with -tags http2legacy); TLS connections are net/http's")
 	fs.BoolVar(&c.allowRegistration, "allow-registration", false, "let anyone create an account with Register")
 	fs.BoolVar(&c.newEpoch, "new-epoch", false, "start a new epoch: use after restoring the store by other means than 'ferryd backup'")
 	fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message, after decompression")

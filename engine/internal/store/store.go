@@ -125,7 +125,11 @@ func Open(dir string, o Options) (*Store, error) {
 	// a marker a device never set), and without a filter each such read
 	// loads and decompresses a data block from every level whose range
 	// covers the key. Ten bits a key (about 1% false positives) cost some
-	// 1.25 bytes a key on disk.
+	// 1.25 bytes a key on disk and in the block cache, where filters compete
+	// with data blocks; the bottom level's filter helps only reads of keys
+	// that are not there, which are most of the writer's. Tables written
+	// before filters get them when a compaction rewrites them. (Pebble
+	// copies a level's policy to the levels below; all are set to say so.)
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}

@@ -200,12 +200,15 @@ func TestMissingKeysAnsweredByFilters(t *testing.T) {
 // blocks when it is smaller than a memtable.
 func TestBlockCacheHoldsBlocks(t *testing.T) {
 	s := open(t) // a 1 MiB cache under 4 MiB memtables
-	b := s.NewBatch()
-	for i := range 2000 {
-		b.Set(fmt.Appendf(nil, "op/%06d", i), []byte("value"))
-	}
-	if err := s.Commit(b); err != nil {
-		t.Fatal(err)
+	// Past two memtables, so that they have grown to their full size, and
+	// reserve it, by the time the key is read.
+	val := make([]byte, 4<<10)
+	for i := range 2560 {
+		b := s.NewBatch()
+		b.Set(fmt.Appendf(nil, "op/%06d", i), val)
+		if err := s.Commit(b); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := s.db.Flush(); err != nil {
 		t.Fatal(err)
