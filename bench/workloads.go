@@ -135,7 +135,10 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 	if cfg.History > 0 {
 		// Writer c is the first member of conversation c.
 		err := Parallel(ctx, convs, 8, func(c int) error {
-			n := cfg.History/convs + min(1, max(0, cfg.History%convs-c))
+			n := cfg.History / convs
+			if c < cfg.History%convs {
+				n++
+			}
 			_, err := sendBatches(clients[c], n, func(int) int { return c }, func(j int) []byte { return corpus[corpusIndex(c+j*convs)] })
 			return err
 		})

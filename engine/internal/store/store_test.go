@@ -176,11 +176,7 @@ func TestMissingKeysAnsweredByFilters(t *testing.T) {
 	if err := s.Commit(b); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.db.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	v := s.View()
-	defer v.Release()
+	v := flushedView(t, s)
 	const lookups = 200
 	for i := range lookups {
 		if _, err := v.Get(fmt.Appendf(nil, "op/%06d", 2*i+1)); !errors.Is(err, ErrNotFound) {
@@ -210,11 +206,7 @@ func TestBlockCacheHoldsBlocks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.db.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	v := s.View()
-	defer v.Release()
+	v := flushedView(t, s)
 	for range 10 {
 		if _, err := v.Get([]byte("op/001000")); err != nil {
 			t.Fatal(err)
@@ -223,4 +215,16 @@ func TestBlockCacheHoldsBlocks(t *testing.T) {
 	if l := s.LSM(); l.CacheHits == 0 {
 		t.Fatalf("block cache: %d hits, %d misses after reading one key ten times; want hits", l.CacheHits, l.CacheMisses)
 	}
+}
+
+// flushedView flushes the memtable, so that reads go to the tables, and
+// returns a view released when the test ends.
+func flushedView(t *testing.T, s *Store) *View {
+	t.Helper()
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	v := s.View()
+	t.Cleanup(v.Release)
+	return v
 }
