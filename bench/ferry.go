@@ -410,6 +410,11 @@ func (c *ferryConn) ackSoon() {
 		}
 	}
 	c.d.mu.Unlock()
+	c.ackIn(delay)
+}
+
+// ackIn arms the ack to go after delay, unless it is due sooner.
+func (c *ferryConn) ackIn(delay time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	at := time.Now().Add(delay)
@@ -458,7 +463,7 @@ func (c *ferryConn) open(ctx context.Context) (int, time.Time, error) {
 	c.d.f.mu.Unlock()
 	c.d.mu.Lock()
 	c.d.acked = map[int]uint64{} // a new stream: acknowledge everything again
-	hello := &ferryv1.Hello{Epoch: epoch, FeedPos: c.d.pos, Client: "ferry-bench", PackedOps: true}
+	hello := &ferryv1.Hello{Epoch: epoch, FeedPos: c.d.pos, Client: "ferry-bench", PackedOps: true, SkipOwnOps: true}
 	// Like a real client, say what the device holds: the server's record
 	// of it may lag (an ack sent just before a disconnect can be lost).
 	for idx, seq := range c.d.held {
@@ -609,6 +614,20 @@ func (c *ferryConn) receive() error {
 				f()
 			}
 		case *ferryv1.SyncResponse_PushResult:
+			if pos := x.PushResult.GetFeedPos(); pos != 0 {
+				// Like the Go SDK (Hello.skip_own_ops): the round that left
+				// these ops out is over, and the device holds them.
+				c.d.mu.Lock()
+				for _, r := range x.PushResult.GetResults() {
+					conv, _ := ulid.ParseStrict(r.GetConversationId())
+					if idx, known := c.d.f.convIdx[conv]; known && r.GetSeq() > 0 {
+						c.d.held[idx] = max(c.d.held[idx], r.GetSeq())
+					}
+				}
+				c.d.pos = max(c.d.pos, pos)
+				c.d.mu.Unlock()
+				c.ackIn(resumeAckDelay)
+			}
 			c.mu.Lock()
 			done := c.pending[x.PushResult.GetRequestId()]
 			delete(c.pending, x.PushResult.GetRequestId())

@@ -301,6 +301,13 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 				return err
 			}
 			rec.Head = max(rec.Head, m.Seq)
+			if pr.GetFeedPos() != 0 && m.Kind == model.KindMessage && rec.Read < m.Seq {
+				// Its round left it out and said nothing of the read marker
+				// it raised (Hello.skip_own_ops): the server raises an
+				// author's marker to their message, with nothing unread
+				// before it; an info with more would have come first.
+				rec.Read, rec.Unread = m.Seq, 0
+			}
 			b.Set(idKey(tConv, ref.conv), encodeJSON(rec))
 			b.Delete(seqKey(tOutbox, ref.local))
 			delete(d.pending, id)

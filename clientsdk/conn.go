@@ -282,7 +282,7 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 	defer st.Close()
 	d.mu.Lock()
 	hello := &ferryv1.Hello{Epoch: d.epoch, FeedPos: d.feedPos, PageSize: uint32(max(d.opts.pageSize, 0)), Client: d.opts.client,
-		PackedOps: true}
+		PackedOps: true, SkipOwnOps: true}
 	d.mu.Unlock()
 	if err := st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}}); err != nil {
 		// A refused stream fails Send with a bare EOF; Receive has the status.
@@ -564,9 +564,26 @@ func (s *session) receive(ctx context.Context) error {
 				return errDone
 			}
 		case *ferryv1.SyncResponse_PushResult:
-			s.accepted(x.PushResult.GetResults()) // before results moves the heads
+			// With a feed position, the result ends the live round that held
+			// its ops, sent before it without them (Hello.skip_own_ops):
+			// what they changed has come. Without one, their round is still
+			// to come.
+			pos := x.PushResult.GetFeedPos()
+			if pos == 0 {
+				s.accepted(x.PushResult.GetResults()) // before results moves the heads
+			}
 			if err := s.results(x.PushResult); err != nil {
 				return &TerminalError{Err: err}
+			}
+			if pos != 0 {
+				d.mu.Lock()
+				err := d.savePosition(s.epoch, pos)
+				d.mu.Unlock()
+				if err != nil {
+					return &TerminalError{Err: err}
+				}
+				s.inRound = false
+				d.wakeAcks(false) // the ops moved this device's delivered markers
 			}
 			if s.once && s.live.Load() && s.idle() {
 				return errDone

@@ -13,6 +13,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/clientsdk"
+	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -297,4 +298,67 @@ func TestOpIdsShareTheDevicesPrefix(t *testing.T) {
 	if _, err := clientsdk.OpenMemory(clientsdk.WithEntropy(iotest.ErrReader(errors.New("no entropy")))); err == nil {
 		t.Fatal("a device opened without entropy for its op ids")
 	}
+}
+
+// TestOwnMessageReadsConversation: the device's own messages do not come
+// back to it (Hello.skip_own_ops), nor, when nothing else changed, does
+// their conversation's info; the device still shows what the server has:
+// a message read everything before it, so nothing is unread, and the head
+// is the message's.
+func TestOwnMessageReadsConversation(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := device(t, srv, "alice", false), device(t, srv, "bob", false)
+	conv, err := alice.CreateConversation(ctx, "reads", lookup(t, alice, "bob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []*clientsdk.Device{alice, bob} {
+		if err := d.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, bob, "bob sees the conversation", func() bool { _, err := bob.Conversation(conv); return err == nil })
+	for _, text := range []string{"b1", "b2"} {
+		if _, err := bob.SendText(ctx, conv, text); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unread := func() uint64 {
+		c, err := alice.Conversation(conv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Unread
+	}
+	waitFor(t, alice, "alice has bob's two messages unread", func() bool { return has(t, alice, conv, "b1", "b2")() && unread() == 2 })
+
+	id, err := alice.SendText(ctx, conv, "a1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "alice's message is accepted", func() bool { return status(t, alice, conv, id) != clientsdk.StatusPending })
+	c, err := alice.Conversation(conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := messages(t, alice, conv)
+	if last := msgs[len(msgs)-1]; last.ID != id || c.Head != last.Seq || c.Unread != 0 {
+		t.Fatalf("after alice's message (seq %d): head %d, %d unread; want its seq and none", last.Seq, c.Head, c.Unread)
+	}
+	info, _, _, err := srv.Engine.Conversation(actorOf(t, alice), conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Unread != 0 || info.Head != c.Head {
+		t.Fatalf("the server says head %d, %d unread; the device %d and %d", info.Head, info.Unread, c.Head, c.Unread)
+	}
+}
+
+func actorOf(t *testing.T, d *clientsdk.Device) engine.Actor {
+	t.Helper()
+	acc, err := d.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return engine.Actor{User: acc.User, Device: acc.Device}
 }

@@ -11,9 +11,6 @@ func MeasureWithoutChecks(b interface{ Cleanup(func()) }) {
 	b.Cleanup(func() { verifyCaches = true })
 }
 
-// SessionPos is the position up to which s has sent every change.
-func SessionPos(s *Session) uint64 { return s.pos }
-
 // DuringMarkerCommit runs f in each commit that changes users' markers,
 // after the hub counted it begun and before it commits; nil stops it.
 func DuringMarkerCommit(e *Engine, f func()) {

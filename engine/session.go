@@ -47,6 +47,12 @@ type SessionOptions struct {
 	// DefaultBatchOps and DefaultBatchBytes, and never above them.
 	MaxBatchOps   int
 	MaxBatchBytes int
+	// Pushing, when set, holds the ops the device is pushing on the
+	// session's stream: live rounds leave them out, and a conversation's
+	// info whose only change is the head those ops moved. The caller then
+	// tells the device where its ops went (the push's result) and when the
+	// round that left them out ended (Pos). Nil sends every op.
+	Pushing *Pushing
 }
 
 // Phase says why ops are sent.
@@ -138,9 +144,9 @@ type Session struct {
 	// op ranges, emptied, for the next round: rounds are many and small.
 	spare, ranges []item
 
-	sent   map[ulid.ULID]uint64   // conversation -> last seq sent or known held
-	shown  map[ulid.ULID]uint64   // conversation -> digest of the last info sent
-	counts map[ulid.ULID]seqCount // conversation -> message count at the user's read marker
+	sent   map[ulid.ULID]uint64    // conversation -> last seq sent or known held
+	shown  map[ulid.ULID]shownInfo // conversation -> the last info the device has
+	counts map[ulid.ULID]seqCount  // conversation -> message count at the user's read marker
 	// conversation -> the user's member record and the head it was read at
 	members map[ulid.ULID]memberAt
 	// conversation -> the user's own marker, as a live round read it
@@ -197,7 +203,7 @@ func (e *Engine) OpenSession(a Actor, o SessionOptions) (*Session, error) {
 	if o.Epoch == (ulid.ULID{}) {
 		o.FeedPos = 0
 	}
-	s := &Session{e: e, a: a, o: o, sent: map[ulid.ULID]uint64{}, shown: map[ulid.ULID]uint64{}, counts: map[ulid.ULID]seqCount{}, members: map[ulid.ULID]memberAt{},
+	s := &Session{e: e, a: a, o: o, sent: map[ulid.ULID]uint64{}, shown: map[ulid.ULID]shownInfo{}, counts: map[ulid.ULID]seqCount{}, members: map[ulid.ULID]memberAt{},
 		marks: map[ulid.ULID]markAt{}}
 	// Watch before reading, so that a commit after the read still wakes us.
 	s.w = e.hub.watch(a.User)
@@ -270,7 +276,7 @@ func (s *Session) plan() error {
 		}
 		info.ResumeAfter = cursor
 		infos = append(infos, info)
-		s.shown[en.conv] = infoDigest(&info)
+		s.shown[en.conv] = shownOf(&info)
 		s.sent[en.conv] = info.Head
 		if cursor == info.Head {
 			continue
@@ -311,6 +317,14 @@ func (s *Session) Pending() bool { return len(s.queue) > 0 }
 
 // Welcome describes the catch-up this session will send.
 func (s *Session) Welcome() Welcome { return s.welcome }
+
+// Live reports whether the catch-up has been sent: Next now sends live
+// rounds.
+func (s *Session) Live() bool { return s.caught }
+
+// Pos is the feed position every change up to which has been sent: the
+// one of the session's last CaughtUp or live round.
+func (s *Session) Pos() uint64 { return s.pos }
 
 // Next returns the session's next event. When there is nothing to send it
 // returns ok == false: wait for Changed (or AfterChange's call, or a
@@ -463,37 +477,55 @@ func (s *Session) live() error {
 			from = min(dm.Delivered, info.Head)
 		}
 		info.ResumeAfter = from
-		// The user's own delivered marker moves with every ack and matters
-		// to the other members only: an info that changed in nothing else
-		// is not worth a message.
-		if d := infoDigest(&info); d != s.shown[en.conv] || info.Head > from {
-			s.shown[en.conv] = d
-			infos = append(infos, info)
-		}
+		n := len(ranges)
+		ownRead := uint64(0) // the last message the round leaves out as the device's own
 		if info.Head > from {
-			it := item{kind: itemOps, conv: en.conv, after: from, through: info.Head, phase: PhaseLive}
 			// Reading the info read these ops already, in most rounds (see
 			// reader.member): take them from the view's memo, so that the
 			// round does not read them again on a later view. The round
 			// holds up to an event's worth; nextOps reads the rest when it
 			// sends them. Ops held are as of this view: a delete committed
 			// before they leave is in the next round.
+			var ops []model.Op
 			if info.Head-from <= maxMemoOps && held < s.o.MaxBatchBytes {
-				ops, err := r.liveOps(en.conv, from, info.Head)
+				all, err := r.liveOps(en.conv, from, info.Head)
 				if err != nil {
 					return err
 				}
 				size := 0
-				for i := range ops {
-					size += opSize(&ops[i])
+				for i := range all {
+					size += opSize(&all[i])
 				}
-				if uint64(len(ops)) == info.Head-from && held+size <= s.o.MaxBatchBytes {
-					it.ops, held = ops, held+size
+				if uint64(len(all)) == info.Head-from && held+size <= s.o.MaxBatchBytes {
+					ops, held = all, held+size
 				}
 			}
-			ranges = append(ranges, it)
+			if ops != nil && s.o.Pushing.Len() > 0 {
+				// Only ops read can be told apart: a larger round sends the
+				// device's own ops too.
+				ranges, ownRead = s.o.Pushing.appendRuns(ranges, s.a.Device, ops)
+			} else {
+				ranges = append(ranges, item{kind: itemOps, conv: en.conv, after: from, through: info.Head, phase: PhaseLive, ops: ops})
+			}
 			s.sent[en.conv] = info.Head
 		}
+		// The user's own delivered marker moves with every ack and matters
+		// to the other members only: an info that changed in nothing else
+		// is not worth a message. Nor is one that changed only in what the
+		// device makes of ops it pushed, left out of the round
+		// (SessionOptions.Pushing): their push's result gives their seqs,
+		// so the head; and a message raises its author's read marker to
+		// itself, with nothing unread before it. Ops to send always bring
+		// their info.
+		sh := s.shown[en.conv]
+		if ownRead > sh.read {
+			sh.read, sh.unread = ownRead, 0
+		}
+		now := shownOf(&info)
+		if now != sh || len(ranges) > n {
+			infos = append(infos, info)
+		}
+		s.shown[en.conv] = now
 	}
 	for len(infos) > 0 {
 		n := min(len(infos), conversationsPerInfo)
@@ -579,18 +611,26 @@ func (s *Session) AfterChange(f func()) {
 // Close ends the session.
 func (s *Session) Close() { s.w.close() }
 
-// infoDigest hashes what a device shows of a conversation: everything in
-// the info but the user's own delivered marker and the resume point
-// (ReceiptsShared follows from the role and the member count).
+// shownInfo is what a device shows of a conversation, as far as a live
+// round compares it: the info's read marker and unread count, and a
+// digest of the rest. The head is left out: a round sends the info with
+// any op it sends, so a head that moved by ops sent goes with them.
+type shownInfo struct{ digest, read, unread uint64 }
+
+func shownOf(c *ConvInfo) shownInfo {
+	return shownInfo{digest: infoDigest(c), read: c.Read, unread: c.Unread}
+}
+
+// infoDigest hashes the rest of what a device shows of a conversation:
+// everything in the info but the head, the read marker and unread count
+// (shownInfo has them), the user's own delivered marker and the resume
+// point (ReceiptsShared follows from the role and the member count).
 func infoDigest(c *ConvInfo) uint64 {
 	h := fnv.New64a()
 	var b [8]byte
 	u := func(v uint64) { binary.LittleEndian.PutUint64(b[:], v); h.Write(b[:]) }
 	h.Write([]byte(c.Title))
 	u(uint64(c.Role))
-	u(c.Head)
-	u(c.Unread)
-	u(c.Read)
 	u(uint64(c.Members))
 	for _, r := range c.Receipts {
 		h.Write(r.User[:])

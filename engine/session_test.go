@@ -288,7 +288,7 @@ func TestQuietRoundsSendNothing(t *testing.T) {
 		carol.Send(elsewhere, fmt.Sprintf("not for bob %d", i))
 	}
 	quiet("after other users' commits")
-	if got := engine.SessionPos(s); got != start {
+	if got := s.Pos(); got != start {
 		t.Fatalf("a session no commit woke ran a round: it moved to position %d from %d", got, start)
 	}
 
@@ -829,4 +829,119 @@ func TestLiveRoundFollowsMembership(t *testing.T) {
 		want("bob removed", model.RoleNone, true)
 		r.holdsExactly(conv, 1, rm[0].Seq)
 	})
+}
+
+// TestPushingOpsLeftOut: a session given the ops its device is pushing
+// (SessionOptions.Pushing) leaves them out of its live rounds, in runs
+// around them, and leaves out an info whose only change is the head they
+// moved; what else changed still comes. The user's other device, and
+// ops of the same device that are not in the set, come as before.
+func TestPushingOpsLeftOut(t *testing.T) {
+	e := enginetest.New(t)
+	phone := enginetest.Register(t, e, "alice")
+	laptop := enginetest.Login(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := phone.Create("c", bob) // seqs 1 and 2
+	var pushing engine.Pushing
+	s, err := e.OpenSession(phone.Actor, engine.SessionOptions{Pushing: &pushing})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	r := newReceiver(t)
+	r.drain(s, engine.DefaultBatchOps)
+	ls, lr := openCaughtUp(t, e, laptop)
+
+	// push appends the phone's ops as its stream would: in the set until
+	// their result is sent. It returns their seqs.
+	push := func(ops ...model.Op) []uint64 {
+		t.Helper()
+		pushing.Add(ops)
+		var seqs []uint64
+		for _, res := range phone.Push(ops...) {
+			seqs = append(seqs, res.Seq)
+		}
+		return seqs
+	}
+	// round takes the session's next round and returns its events.
+	round := func() []engine.Event {
+		t.Helper()
+		n := len(r.events)
+		r.drain(s, engine.DefaultBatchOps)
+		return r.events[n:]
+	}
+	sent := func(evs []engine.Event) (infos int, seqs []uint64) {
+		for _, ev := range evs {
+			infos += len(ev.Conversations)
+			for _, b := range ev.Batches {
+				for _, op := range b.Ops {
+					seqs = append(seqs, op.Seq)
+				}
+			}
+		}
+		return infos, seqs
+	}
+	msg := func(d *enginetest.Device, text string) model.Op {
+		return d.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte(text), ContentType: "text/plain"})
+	}
+
+	// Only the phone's own op: the round is its feed position alone.
+	own := msg(phone, "mine")
+	mine := map[uint64]bool{push(own)[0]: true}
+	evs := round()
+	if infos, seqs := sent(evs); infos != 0 || len(seqs) != 0 || len(evs) != 1 || evs[0].FeedPos == 0 {
+		t.Fatalf("a round of the device's own op sent %d infos and seqs %v in %d events; want its feed position alone", infos, seqs, len(evs))
+	}
+	if s.Pos() != evs[0].FeedPos {
+		t.Fatalf("Pos %d, want the round's %d", s.Pos(), evs[0].FeedPos)
+	}
+	pushing.Remove([]model.Op{own})
+
+	// Own ops on both sides of bob's, in one round: bob's alone, with the
+	// info its head needs.
+	a1, a2 := msg(phone, "before bob"), msg(phone, "after bob")
+	mine[push(a1)[0]] = true
+	b := bob.Send(conv, "bob's")
+	mine[push(a2)[0]] = true
+	if infos, seqs := sent(round()); infos != 1 || fmt.Sprint(seqs) != fmt.Sprint([]uint64{b.Seq}) {
+		t.Fatalf("round around bob's op sent %d infos and seqs %v; want 1 and [%d]", infos, seqs, b.Seq)
+	}
+	pushing.Remove([]model.Op{a1, a2})
+
+	// An op of the phone's that is not in the set comes, in one run with
+	// bob's before it.
+	a3 := msg(phone, "in the set")
+	mine[push(a3)[0]] = true
+	b2 := bob.Send(conv, "bob's second")
+	a4 := phone.Send(conv, "not in the set")
+	if _, seqs := sent(round()); fmt.Sprint(seqs) != fmt.Sprint([]uint64{b2.Seq, a4.Seq}) {
+		t.Fatalf("round sent seqs %v; want [%d %d]", seqs, b2.Seq, a4.Seq)
+	}
+	for _, ev := range r.events[len(r.events)-2:] {
+		if len(ev.Batches) > 1 {
+			t.Fatalf("two runs for consecutive seqs: %+v", ev.Batches)
+		}
+	}
+	pushing.Remove([]model.Op{a3})
+
+	// A title the phone sets: the op stays out, the new title comes.
+	title := phone.Op(conv, model.Op{Kind: model.KindSetTitle, Title: "renamed"})
+	mine[push(title)[0]] = true
+	evs = round()
+	if infos, seqs := sent(evs); infos != 1 || len(seqs) != 0 || r.infos[conv].Title != "renamed" {
+		t.Fatalf("title round sent %d infos (title %q) and seqs %v; want the info alone", infos, r.infos[conv].Title, seqs)
+	}
+	pushing.Remove([]model.Op{title})
+
+	// The phone holds what it was sent and what it pushed, each once; the
+	// laptop was sent everything.
+	head := r.infos[conv].Head
+	for q := uint64(1); q <= head; q++ {
+		_, got := r.held[conv][q]
+		if got == mine[q] {
+			t.Fatalf("seq %d: sent %v, pushed by the phone %v", q, got, mine[q])
+		}
+	}
+	lr.drain(ls, engine.DefaultBatchOps)
+	lr.holdsExactly(conv, 1, head)
 }

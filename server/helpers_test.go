@@ -105,15 +105,20 @@ type stream struct {
 	st     ferryv1connect.SyncServiceSyncClientStream
 	cancel context.CancelFunc
 
-	welcome  *ferryv1.Welcome
-	infos    map[string]*ferryv1.ConversationInfo
-	held     map[string]map[uint64]string // conv -> seq -> op id
-	last     map[string]uint64            // conv -> last seq received (strict order)
-	caught   *ferryv1.CaughtUp
-	pos      uint64
-	maxOps   int
-	strict   bool // page_size 0: every conversation in seq order
-	packed   bool // the hello asked for packed ops
+	welcome *ferryv1.Welcome
+	infos   map[string]*ferryv1.ConversationInfo
+	held    map[string]map[uint64]string // conv -> seq -> op id
+	last    map[string]uint64            // conv -> last seq received (strict order)
+	caught  *ferryv1.CaughtUp
+	pos     uint64
+	maxOps  int
+	strict  bool // page_size 0: every conversation in seq order
+	packed  bool // the hello asked for packed ops
+	// skipOwn: the hello asked for skip_own_ops. Ops pushed on the stream
+	// may then be missing from Ops; the push result that follows gives
+	// their seqs, which held takes as the pushed ops' (own lists them).
+	skipOwn  bool
+	own      map[string]map[uint64]bool
 	messages []*ferryv1.SyncResponse
 }
 
@@ -130,7 +135,7 @@ func (d *dev) open(hello *ferryv1.Hello) *stream {
 	_ = st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}})
 	s := &stream{t: d.t, st: st, cancel: cancel, infos: map[string]*ferryv1.ConversationInfo{},
 		held: map[string]map[uint64]string{}, last: map[string]uint64{}, maxOps: int(hello.GetMaxBatchOps()), strict: hello.GetPageSize() == 0,
-		packed: hello.GetPackedOps()}
+		packed: hello.GetPackedOps(), skipOwn: hello.GetSkipOwnOps(), own: map[string]map[uint64]bool{}}
 	if s.maxOps == 0 {
 		s.maxOps = 1000
 	}
@@ -180,7 +185,7 @@ func (s *stream) recv() *ferryv1.SyncResponse {
 				if _, dup := s.held[conv][op.GetSeq()]; dup {
 					s.t.Fatalf("%s: seq %d received twice", conv, op.GetSeq())
 				}
-				if s.strict && op.GetSeq() != s.last[conv]+1 {
+				if s.strict && op.GetSeq() != s.last[conv]+1 && !s.skipOwn {
 					s.t.Fatalf("%s: seq %d after %d: out of order or a hole", conv, op.GetSeq(), s.last[conv])
 				}
 				s.last[conv] = op.GetSeq()
@@ -195,6 +200,34 @@ func (s *stream) recv() *ferryv1.SyncResponse {
 		}
 	case *ferryv1.SyncResponse_CaughtUp:
 		s.caught, s.pos = x.CaughtUp, x.CaughtUp.GetFeedPos()
+	case *ferryv1.SyncResponse_PushResult:
+		if x.PushResult.GetFeedPos() == 0 {
+			break // the pushed ops come back in Ops
+		}
+		if !s.skipOwn {
+			s.t.Fatalf("a push result with a feed position on a stream that did not ask for skip_own_ops")
+		}
+		if x.PushResult.GetFeedPos() < s.pos {
+			s.t.Fatalf("push result's feed position %d is behind the session's %d", x.PushResult.GetFeedPos(), s.pos)
+		}
+		s.pos = x.PushResult.GetFeedPos()
+		for _, r := range x.PushResult.GetResults() {
+			conv := r.GetConversationId()
+			if r.GetSeq() == 0 {
+				continue
+			}
+			if _, dup := s.held[conv][r.GetSeq()]; dup {
+				s.t.Fatalf("%s: seq %d came in Ops and as pushed", conv, r.GetSeq())
+			}
+			if s.held[conv] == nil {
+				s.held[conv] = map[uint64]string{}
+			}
+			if s.own[conv] == nil {
+				s.own[conv] = map[uint64]bool{}
+			}
+			s.held[conv][r.GetSeq()] = r.GetOpId()
+			s.own[conv][r.GetSeq()] = true
+		}
 	}
 	return m
 }

@@ -32,13 +32,18 @@ var _ ferryv1connect.SyncServiceHandler = syncService{}
 // A push over its user's push limit waits first (throttlePush), until ctx
 // ends or stop, a Sync session's end, is closed; a unary Push (stop nil)
 // also stops waiting when the server goes away.
-func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch, stop <-chan struct{}) ([]*ferryv1.OpResult, error) {
+//
+// On a Sync stream whose client asked for Hello.skip_own_ops, pushing
+// gets the valid ops before they are appended, so that the session's live
+// rounds leave them out; push returns them for the sender to remove once
+// the result is sent.
+func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch, stop <-chan struct{}, pushing *engine.Pushing) ([]*ferryv1.OpResult, []model.Op, error) {
 	ops, err := opsFromBatches(batches, maxOpsPerPush)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := s.throttlePush(ctx, a.User, len(ops), stop); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	start := s.opts.Clock.Now()
 	results := make([]*ferryv1.OpResult, len(ops))
@@ -57,11 +62,14 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 		at = append(at, i)
 	}
 	if len(valid) > 0 {
+		if pushing != nil {
+			pushing.Add(valid)
+		}
 		// An error gives no ops back to the push limit: an Append whose
 		// ctx ended may still commit.
 		res, err := s.eng.Append(ctx, a, valid)
 		if err != nil {
-			return nil, connectError(err)
+			return nil, nil, connectError(err)
 		}
 		for i, r := range resultsToProto(res) {
 			results[at[i]] = r
@@ -69,14 +77,14 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 	}
 	s.stats.pushed(results)
 	s.stats.pushTime.Observe(s.opts.Clock.Now().Sub(start))
-	return results, nil
+	return results, valid, nil
 }
 
 // maxOpsPerPush caps one push; the engine's default limit.
 const maxOpsPerPush = 1000
 
 func (h syncService) Push(ctx context.Context, req *ferryv1.PushRequest) (*ferryv1.PushResponse, error) {
-	results, err := h.s.push(ctx, actorFrom(ctx), req.GetBatches(), nil)
+	results, _, err := h.s.push(ctx, actorFrom(ctx), req.GetBatches(), nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -322,7 +330,10 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	if err != nil {
 		return nil, err
 	}
-	l.rd, l.results, l.release = rd, make(chan *ferryv1.PushResult, 4), release
+	l.rd, l.results, l.release = rd, make(chan answer, 4), release
+	if hello.GetSkipOwnOps() {
+		l.o.Pushing = new(engine.Pushing)
+	}
 	p := &pumper{l: l, ctx: ctx, stopReceive: stopReceive, wake: make(chan struct{}, 1), ended: make(chan struct{})}
 	l.p, l.wake = p, p.kick
 	interval := s.opts.HeartbeatInterval
@@ -404,7 +415,7 @@ func (l *loop) syncErr(received error) error {
 	// sender stopped between messages, and may have left some).
 	// Nothing else fills results now: handle ran on this goroutine.
 	for l.sess != nil && len(l.results) > 0 {
-		if err := l.out.pushResult(<-l.results); err != nil {
+		if err := l.out.pushResult((<-l.results).result); err != nil {
 			return err
 		}
 	}
@@ -427,6 +438,9 @@ func (h syncService) Subscribe(ctx context.Context, req *ferryv1.SubscribeReques
 	defer release()
 	if req.GetHello() == nil {
 		return invalidf("a Subscribe request needs a hello")
+	}
+	if req.GetHello().GetSkipOwnOps() {
+		return invalidf("hello.skip_own_ops is for Sync only: Subscribe's pushes are answered by Push, off the stream, so every op comes back on it")
 	}
 	return h.s.subscribe(ctx, a, req.GetHello(), subscribeSink{st})
 }
@@ -484,20 +498,27 @@ type loop struct {
 	hbDue atomic.Bool // it fired: send a heartbeat
 
 	// Sync only.
-	rd            requestReader            // the client's messages
-	waitInput     func()                   // waits for the next of them, when set
-	p             *pumper                  // runs pump
-	results       chan *ferryv1.PushResult // answered pushes, to send
-	idle          clock.Timer              // fires three intervals after the client's last message
-	idleDue       atomic.Bool              // it fired
-	quit          atomic.Bool              // the receiving side ended the session
-	active        bool                     // the last pump sent live rounds or push results
-	release       func()                   // frees the stream's slot
+	rd            requestReader // the client's messages
+	waitInput     func()        // waits for the next of them, when set
+	p             *pumper       // runs pump
+	results       chan answer   // answered pushes, to send
+	idle          clock.Timer   // fires three intervals after the client's last message
+	idleDue       atomic.Bool   // it fired
+	quit          atomic.Bool   // the receiving side ended the session
+	active        bool          // the last pump sent live rounds or push results
+	release       func()        // frees the stream's slot
 	unwatchGoaway func() bool
 	unwatchCtx    func() bool
 	lastIn        atomic.Int64 // when the client's last message came, in the clock's Unix nanoseconds
 	handling      atomic.Bool  // the handler is answering one
 	stopReader    func()       // stops a stoppableReader, when one reads
+}
+
+// answer is a push's result, to send, and the push's valid ops, which
+// left the session's Pushing once it is sent.
+type answer struct {
+	result *ferryv1.PushResult
+	ops    []model.Op
 }
 
 // step is one event of the session, with its Ops message built.
@@ -531,7 +552,7 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 		case <-ctx.Done():
 			return true, ctx.Err()
 		case r := <-l.results: // nil for Subscribe: never ready
-			if err := l.out.pushResult(r); err != nil {
+			if err := l.answer(r); err != nil {
 				return true, err
 			}
 			l.active = true
@@ -540,14 +561,14 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 		default:
 		}
 		st := l.next()
-		if err := st.err; err != nil {
-			if errors.Is(err, engine.ErrUnauthenticated) {
-				return true, connect.NewError(connect.CodeUnauthenticated, "this device was revoked; log in again")
-			}
+		if err := stepErr(st); err != nil {
 			return true, err
 		}
 		if st.ok {
 			ev := st.ev
+			if l.deferPos(ev) {
+				continue
+			}
 			// A round's conversations and their ops leave in one write:
 			// hold the flush of a message whose ops follow at once. Ops
 			// of a catch-up still leave one message at a time, so the
@@ -594,6 +615,75 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 		l.sess.AfterChange(l.wake)
 		return false, nil
 	}
+}
+
+func stepErr(st step) error {
+	if errors.Is(st.err, engine.ErrUnauthenticated) {
+		return connect.NewError(connect.CodeUnauthenticated, "this device was revoked; log in again")
+	}
+	return st.err
+}
+
+// answer sends a push's result. When the session leaves the device's own
+// ops out of its live rounds (Hello.skip_own_ops), the round that holds
+// the push's ops goes first, without them, and the result then says the
+// round is over (PushResult.feed_pos): the client takes those ops as held
+// at the result's seqs, and learns that what they changed was sent. Both
+// leave in one write.
+//
+// The round went already when the commit woke the session before the
+// result came; otherwise it is planned here. The commit's feed position
+// was published before the push returned, so one round planned now
+// reaches it. Only live rounds leave ops out: during the catch-up the
+// result goes alone, and the ops come back.
+func (l *loop) answer(a answer) error {
+	defer l.o.Pushing.Remove(a.ops)
+	// A read ahead owns the session until next collects it; it reads only
+	// during the catch-up.
+	if l.o.Pushing == nil || l.ahead != nil || !l.sess.Live() {
+		return l.out.pushResult(a.result)
+	}
+	l.hold(true)
+	defer l.hold(false)
+	planned := false
+	for {
+		if !l.sess.Pending() {
+			if planned {
+				break
+			}
+			planned = true // Next plans a round
+		}
+		st := l.read()
+		if err := stepErr(st); err != nil {
+			return err
+		}
+		if !st.ok {
+			break
+		}
+		if isPos(st.ev) {
+			continue // the result says it
+		}
+		if err := l.send(st); err != nil {
+			return err
+		}
+	}
+	a.result.FeedPos = l.sess.Pos()
+	l.hold(false)
+	return l.out.pushResult(a.result)
+}
+
+// isPos reports whether ev is a live round's end with nothing else: a
+// feed position alone.
+func isPos(ev engine.Event) bool {
+	return ev.Kind == engine.EventOps && ev.Phase == engine.PhaseLive && len(ev.Batches) == 0
+}
+
+// deferPos reports whether a live round's feed position, with nothing
+// else, can wait for a push's result, which will carry it: the device has
+// a push in flight. Such a round is most often the one its commit woke,
+// which left its ops out.
+func (l *loop) deferPos(ev engine.Event) bool {
+	return isPos(ev) && l.o.Pushing.Len() > 0
 }
 
 // open opens the engine's session and sends the welcome. The first pump
@@ -719,12 +809,12 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) error {
 	l.idle.Reset(3 * s.opts.HeartbeatInterval) // receive notes the message's time once it is answered
 	switch msg := req.GetMessage().(type) {
 	case *ferryv1.SyncRequest_Push:
-		results, err := s.push(ctx, l.a, msg.Push.GetBatches(), l.p.ended)
+		results, ops, err := s.push(ctx, l.a, msg.Push.GetBatches(), l.p.ended, l.o.Pushing)
 		if err != nil {
 			return err
 		}
 		select {
-		case l.results <- &ferryv1.PushResult{RequestId: msg.Push.GetRequestId(), Results: results}:
+		case l.results <- answer{&ferryv1.PushResult{RequestId: msg.Push.GetRequestId(), Results: results}, ops}:
 			l.wake()
 		case <-l.p.ended:
 			return errSenderEnded // syncErr returns the sender's error

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"connectrpc.com/connect/v2"
 	"google.golang.org/protobuf/proto"
 
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -406,4 +407,92 @@ func TestPackedOpsMatchRows(t *testing.T) {
 	if n != 13 {
 		t.Fatalf("%d ops compared; want the 13 of the conversation", n)
 	}
+}
+
+// TestSkipOwnOps: a device that asks for skip_own_ops gets nothing back
+// for the ops it pushes on its stream but their push result, which ends
+// the round (feed_pos); others' ops still come live, and the user's other
+// devices and the other members get every op. Subscribe refuses the
+// option, whose answers would come off the stream.
+func TestSkipOwnOps(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	phone, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	laptop, carol := newDev(t, srv.Login("alice", "laptop")), newDev(t, srv.Register("carol"))
+	conv := phone.createConv("c", bob)
+	h := hello("", 0)
+	h.SkipOwnOps, h.PackedOps = true, true
+	ps := phone.open(h)
+	ps.untilCaughtUp()
+	ls, bs := laptop.open(hello("", 0)), bob.open(hello("", 0))
+	ls.untilCaughtUp()
+	bs.untilCaughtUp()
+
+	// push pushes on the phone's stream and returns the result and how
+	// many messages came before it.
+	push := func(id uint64, ops ...*ferryv1.Op) (*ferryv1.PushResult, int) {
+		t.Helper()
+		ps.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
+			RequestId: id, Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: ops}}}}})
+		n := len(ps.messages)
+		r := ps.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult().GetRequestId() == id }).GetPushResult()
+		for _, res := range r.GetResults() {
+			if res.GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED {
+				t.Fatalf("push %d: %v", id, res)
+			}
+		}
+		if r.GetFeedPos() == 0 {
+			t.Fatalf("push %d: a live session's result without a feed position", id)
+		}
+		return r, len(ps.messages) - n - 1
+	}
+
+	if _, before := push(1, phone.op(conv, msg("one"))); before != 0 {
+		t.Fatalf("the phone got %d messages for its own op before the result; want none", before)
+	}
+	if _, before := push(2, phone.op(conv, msg("two")), phone.op(conv, msg("three"))); before != 0 {
+		t.Fatalf("the phone got %d messages for its own ops before the result; want none", before)
+	}
+	// What the phone's own op changes besides the head still comes, before
+	// the result: a member, a title.
+	if _, before := push(3, phone.op(conv, addMember(carol.user()))); before != 1 || ps.infos[conv].GetMemberCount() != 3 {
+		t.Fatalf("the phone got %d messages before the result of its member add, and %d members; want the info, with 3",
+			before, ps.infos[conv].GetMemberCount())
+	}
+	// Bob's op comes live, with its info.
+	seq := bob.send(conv, "bob's")
+	ps.until(func(m *ferryv1.SyncResponse) bool { return ps.last[conv] == seq })
+	if ps.infos[conv].GetHead() != seq {
+		t.Fatalf("info head %d after bob's op %d", ps.infos[conv].GetHead(), seq)
+	}
+	r, _ := push(4, phone.op(conv, func(o *ferryv1.Op) {
+		o.Payload = &ferryv1.Op_SetTitle{SetTitle: &ferryv1.SetTitle{Title: "renamed"}}
+	}))
+	if got := ps.infos[conv].GetTitle(); got != "renamed" {
+		t.Fatalf("title %q after the result of the phone's rename; want renamed", got)
+	}
+	head := r.GetResults()[0].GetSeq()
+
+	// The phone holds each op once: sent, or pushed by it (seqs 3 to 6 and
+	// the rename after bob's).
+	ps.holds(conv, 1, head)
+	if got := len(ps.own[conv]); got != 5 {
+		t.Fatalf("the phone took %d ops as its own; want 5", got)
+	}
+	// Everyone else got everything, the laptop of the same user included.
+	for _, s := range []*stream{ls, bs} {
+		for s.last[conv] < head {
+			s.recv()
+		}
+		s.holds(conv, 1, head)
+	}
+	// Without the option, an op pushed on the stream comes back.
+	ls.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
+		RequestId: 1, Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{laptop.op(conv, msg("echo"))}}}}}})
+	ls.until(func(m *ferryv1.SyncResponse) bool { return ls.last[conv] == head+1 })
+
+	sub, err := bob.Sync.Subscribe(context.Background(), &ferryv1.SubscribeRequest{Hello: h})
+	for err == nil {
+		_, err = sub.Receive()
+	}
+	mustCode(t, "subscribe with skip_own_ops", err, connect.CodeInvalidArgument)
 }

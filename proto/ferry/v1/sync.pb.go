@@ -662,7 +662,15 @@ type Hello struct {
 	// (Ops.batches): the server then sends every Ops message of the session
 	// packed: about a fifth fewer bytes on the wire after compression, and
 	// less for the server to encode.
-	PackedOps     bool `protobuf:"varint,8,opt,name=packed_ops,json=packedOps,proto3" json:"packed_ops,omitempty"`
+	PackedOps bool `protobuf:"varint,8,opt,name=packed_ops,json=packedOps,proto3" json:"packed_ops,omitempty"`
+	// Sync only: the server leaves out of live Ops the ops this device
+	// pushed on this stream, since the client holds them already. A round
+	// that leaves ops out is followed at once by the PushResult that gives
+	// their seqs, with the round's feed_pos: the client takes its ops as
+	// held at those seqs. In a two-member conversation that halves the
+	// server's live deliveries. Ops pushed during the catch-up, or another
+	// way (the unary Push, Repair), still come back.
+	SkipOwnOps    bool `protobuf:"varint,9,opt,name=skip_own_ops,json=skipOwnOps,proto3" json:"skip_own_ops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -749,6 +757,13 @@ func (x *Hello) GetClient() string {
 func (x *Hello) GetPackedOps() bool {
 	if x != nil {
 		return x.PackedOps
+	}
+	return false
+}
+
+func (x *Hello) GetSkipOwnOps() bool {
+	if x != nil {
+		return x.SkipOwnOps
 	}
 	return false
 }
@@ -1216,9 +1231,15 @@ func (x *Push) GetBatches() []*OpBatch {
 
 // PushResult answers a Push after every accepted op is durable.
 type PushResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Results       []*OpResult            `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Results   []*OpResult            `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	// Set only for a client that asked for Hello.skip_own_ops, when the
+	// live round holding this push's ops was sent before this result, with
+	// those ops left out: every change up to this feed position has now been
+	// sent, and the round is over. Zero when the ops come back in a later
+	// round, as they do without the option.
+	FeedPos       uint64 `protobuf:"varint,3,opt,name=feed_pos,json=feedPos,proto3" json:"feed_pos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1265,6 +1286,13 @@ func (x *PushResult) GetResults() []*OpResult {
 		return x.Results
 	}
 	return nil
+}
+
+func (x *PushResult) GetFeedPos() uint64 {
+	if x != nil {
+		return x.FeedPos
+	}
+	return 0
 }
 
 // Ack moves markers on a Sync stream.
@@ -2068,7 +2096,7 @@ const file_ferry_v1_sync_proto_rawDesc = "" +
 	"\theartbeat\x18\x06 \x01(\v2\x13.ferry.v1.HeartbeatH\x00R\theartbeat\x12@\n" +
 	"\x0ereset_required\x18\a \x01(\v2\x17.ferry.v1.ResetRequiredH\x00R\rresetRequired\x12*\n" +
 	"\x06goaway\x18\b \x01(\v2\x10.ferry.v1.GoawayH\x00R\x06goawayB\t\n" +
-	"\amessage\"\x84\x02\n" +
+	"\amessage\"\xa6\x02\n" +
 	"\x05Hello\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\tR\x05epoch\x12\x19\n" +
 	"\bfeed_pos\x18\x02 \x01(\x04R\afeedPos\x12*\n" +
@@ -2078,7 +2106,9 @@ const file_ferry_v1_sync_proto_rawDesc = "" +
 	"\x0fmax_batch_bytes\x18\x06 \x01(\rR\rmaxBatchBytes\x12\x16\n" +
 	"\x06client\x18\a \x01(\tR\x06client\x12\x1d\n" +
 	"\n" +
-	"packed_ops\x18\b \x01(\bR\tpackedOps\"C\n" +
+	"packed_ops\x18\b \x01(\bR\tpackedOps\x12 \n" +
+	"\fskip_own_ops\x18\t \x01(\bR\n" +
+	"skipOwnOps\"C\n" +
 	"\x06Cursor\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\"\xe1\x02\n" +
@@ -2112,12 +2142,13 @@ const file_ferry_v1_sync_proto_rawDesc = "" +
 	"\x04Push\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12+\n" +
-	"\abatches\x18\x02 \x03(\v2\x11.ferry.v1.OpBatchR\abatches\"Y\n" +
+	"\abatches\x18\x02 \x03(\v2\x11.ferry.v1.OpBatchR\abatches\"t\n" +
 	"\n" +
 	"PushResult\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12,\n" +
-	"\aresults\x18\x02 \x03(\v2\x12.ferry.v1.OpResultR\aresults\"1\n" +
+	"\aresults\x18\x02 \x03(\v2\x12.ferry.v1.OpResultR\aresults\x12\x19\n" +
+	"\bfeed_pos\x18\x03 \x01(\x04R\afeedPos\"1\n" +
 	"\x03Ack\x12*\n" +
 	"\amarkers\x18\x01 \x03(\v2\x10.ferry.v1.MarkerR\amarkers\";\n" +
 	"\tHeartbeat\x12.\n" +
