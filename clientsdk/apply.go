@@ -300,14 +300,15 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 			if _, err := d.storeOp(b, rec, &m, op); err != nil {
 				return err
 			}
-			rec.Head = max(rec.Head, m.Seq)
-			if pr.GetFeedPos() != 0 && m.Kind == model.KindMessage && rec.Read < m.Seq {
-				// Its round left it out and said nothing of the read marker
-				// it raised (Hello.skip_own_ops): the server raises an
-				// author's marker to their message, with nothing unread
-				// before it; an info with more would have come first.
+			if m.Kind == model.KindMessage && m.Seq >= rec.Head && rec.Read < m.Seq {
+				// The server raises an author's read marker to their
+				// message, with nothing unread before it, and a round that
+				// left the message out (Hello.skip_own_ops) may say nothing
+				// of it. The newest op the device knows of: an info with
+				// more is still to come.
 				rec.Read, rec.Unread = m.Seq, 0
 			}
+			rec.Head = max(rec.Head, m.Seq)
 			b.Set(idKey(tConv, ref.conv), encodeJSON(rec))
 			b.Delete(seqKey(tOutbox, ref.local))
 			delete(d.pending, id)

@@ -322,6 +322,10 @@ func (s *Session) Welcome() Welcome { return s.welcome }
 // rounds.
 func (s *Session) Live() bool { return s.caught }
 
+// Reaches reports whether the session's rounds reach seq of conv: the op
+// was sent, or left out, or is queued to be sent.
+func (s *Session) Reaches(conv ulid.ULID, seq uint64) bool { return s.sent[conv] >= seq }
+
 // Pos is the feed position every change up to which has been sent: the
 // one of the session's last CaughtUp or live round.
 func (s *Session) Pos() uint64 { return s.pos }

@@ -162,6 +162,13 @@ func (s *stream) recv() *ferryv1.SyncResponse {
 	case *ferryv1.SyncResponse_Conversations:
 		for _, c := range x.Conversations.GetConversations() {
 			s.infos[c.GetId()] = c
+			// A live info resumes after an op the device holds: sent, or
+			// its own (skip_own_ops), never one it has yet to learn of.
+			if held, ra := s.held[c.GetId()], c.GetResumeAfter(); s.caught != nil && len(held) > 0 && ra > 0 {
+				if _, ok := held[ra]; !ok {
+					s.t.Fatalf("%s: info resumes after seq %d, which the device does not hold", c.GetId(), ra)
+				}
+			}
 		}
 	case *ferryv1.SyncResponse_Ops:
 		if (s.packed && len(x.Ops.GetBatches()) > 0) || (!s.packed && len(x.Ops.GetPacked()) > 0) {

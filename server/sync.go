@@ -35,8 +35,8 @@ var _ ferryv1connect.SyncServiceHandler = syncService{}
 //
 // On a Sync stream whose client asked for Hello.skip_own_ops, pushing
 // gets the valid ops before they are appended, so that the session's live
-// rounds leave them out; push returns them for the sender to remove once
-// the result is sent.
+// rounds leave them out; push returns them, with their seqs, for the
+// sender to remove once the result is sent.
 func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch, stop <-chan struct{}, pushing *engine.Pushing) ([]*ferryv1.OpResult, []model.Op, error) {
 	ops, err := opsFromBatches(batches, maxOpsPerPush)
 	if err != nil {
@@ -73,6 +73,7 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 		}
 		for i, r := range resultsToProto(res) {
 			results[at[i]] = r
+			valid[i].Seq = res[i].Seq // 0 when rejected
 		}
 	}
 	s.stats.pushed(results)
@@ -415,7 +416,12 @@ func (l *loop) syncErr(received error) error {
 	// sender stopped between messages, and may have left some).
 	// Nothing else fills results now: handle ran on this goroutine.
 	for l.sess != nil && len(l.results) > 0 {
-		if err := l.out.pushResult((<-l.results).result); err != nil {
+		a := <-l.results
+		if l.o.Pushing != nil && l.sess.Live() && !l.sess.Pending() && l.reachesAll(a.ops) {
+			// The round that may have left the ops out went whole.
+			a.result.FeedPos = l.sess.Pos()
+		}
+		if err := l.out.pushResult(a.result); err != nil {
 			return err
 		}
 	}
@@ -560,7 +566,11 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 			continue
 		default:
 		}
-		st := l.next()
+		waiting := l.awaitsResult()
+		var st step
+		if !waiting {
+			st = l.next()
+		}
 		if err := stepErr(st); err != nil {
 			return true, err
 		}
@@ -612,7 +622,9 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 			l.sent()
 			continue
 		}
-		l.sess.AfterChange(l.wake)
+		if !waiting { // the result wakes it, and its answer plans the round
+			l.sess.AfterChange(l.wake)
+		}
 		return false, nil
 	}
 }
@@ -631,11 +643,12 @@ func stepErr(st step) error {
 // at the result's seqs, and learns that what they changed was sent. Both
 // leave in one write.
 //
-// The round went already when the commit woke the session before the
-// result came; otherwise it is planned here. The commit's feed position
-// was published before the push returned, so one round planned now
-// reaches it. Only live rounds leave ops out: during the catch-up the
-// result goes alone, and the ops come back.
+// Rounds wait while a push is in flight (awaitsResult), so the round is
+// most often planned here: the commit's feed position was published
+// before the push returned, so a round planned now reaches it. One planned
+// as the push came may have reached it already: what is left of it goes
+// first, and none other. Only live rounds leave ops out: a result answered
+// during the catch-up goes alone, and its ops come back.
 func (l *loop) answer(a answer) error {
 	defer l.o.Pushing.Remove(a.ops)
 	// A read ahead owns the session until next collects it; it reads only
@@ -645,7 +658,7 @@ func (l *loop) answer(a answer) error {
 	}
 	l.hold(true)
 	defer l.hold(false)
-	planned := false
+	planned := l.reachesAll(a.ops) // a round reaches every op of the push
 	for {
 		if !l.sess.Pending() {
 			if planned {
@@ -672,6 +685,26 @@ func (l *loop) answer(a answer) error {
 	return l.out.pushResult(a.result)
 }
 
+// reachesAll reports whether the session's rounds reach every accepted op
+// of ops.
+func (l *loop) reachesAll(ops []model.Op) bool {
+	for i := range ops {
+		if op := &ops[i]; op.Seq != 0 && !l.sess.Reaches(op.Conv, op.Seq) {
+			return false
+		}
+	}
+	return true
+}
+
+// awaitsResult reports whether the next live round waits for the result
+// of a push in flight, whose answer plans it: a round planned meanwhile
+// could leave the push's ops out and then be followed by another, whose
+// conversation info would resume after ops the device does not yet know
+// it holds. Devices that push without pause get a round per result.
+func (l *loop) awaitsResult() bool {
+	return l.o.Pushing.Len() > 0 && l.ahead == nil && l.sess.Live() && !l.sess.Pending()
+}
+
 // isPos reports whether ev is a live round's end with nothing else: a
 // feed position alone.
 func isPos(ev engine.Event) bool {
@@ -680,8 +713,8 @@ func isPos(ev engine.Event) bool {
 
 // deferPos reports whether a live round's feed position, with nothing
 // else, can wait for a push's result, which will carry it: the device has
-// a push in flight. Such a round is most often the one its commit woke,
-// which left its ops out.
+// a push in flight. Such a round is one planned as the push came, whose
+// commit it may have seen.
 func (l *loop) deferPos(ev engine.Event) bool {
 	return isPos(ev) && l.o.Pushing.Len() > 0
 }

@@ -496,3 +496,41 @@ func TestSkipOwnOps(t *testing.T) {
 	}
 	mustCode(t, "subscribe with skip_own_ops", err, connect.CodeInvalidArgument)
 }
+
+// TestSkipOwnOpsWhileOthersWrite: a device pushes op after op on its
+// stream, without waiting, while bob writes in the same conversation. It
+// holds every op once, and no info ever resumes after an op of its own
+// whose result has not come (the stream's checks): a round that left its
+// ops out is never followed by another before their result.
+func TestSkipOwnOpsWhileOthersWrite(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	phone, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	conv := phone.createConv("c", bob)
+	h := hello("", 0)
+	h.SkipOwnOps = true
+	ps := phone.open(h)
+	ps.untilCaughtUp()
+	const n = 100
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range n {
+			bob.send(conv, fmt.Sprint("bob ", i))
+		}
+	})
+	for i := range n {
+		ps.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
+			RequestId: uint64(i + 1), Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{phone.op(conv, msg(fmt.Sprint("phone ", i)))}}}}}})
+	}
+	wg.Wait()
+	head := uint64(2 + 2*n)
+	results := 0
+	for results < n || uint64(len(ps.held[conv])) < head {
+		if ps.recv().GetPushResult() != nil {
+			results++
+		}
+	}
+	ps.holds(conv, 1, head)
+	if got := len(ps.own[conv]); got == 0 {
+		t.Fatal("no op was left out for the phone to take as its own")
+	}
+}

@@ -664,12 +664,17 @@ type Hello struct {
 	// less for the server to encode.
 	PackedOps bool `protobuf:"varint,8,opt,name=packed_ops,json=packedOps,proto3" json:"packed_ops,omitempty"`
 	// Sync only: the server leaves out of live Ops the ops this device
-	// pushed on this stream, since the client holds them already. A round
-	// that leaves ops out is followed at once by the PushResult that gives
-	// their seqs, with the round's feed_pos: the client takes its ops as
-	// held at those seqs. In a two-member conversation that halves the
-	// server's live deliveries. Ops pushed during the catch-up, or another
-	// way (the unary Push, Repair), still come back.
+	// pushed on this stream, since the client holds them already, and a
+	// conversation's info whose only changes are what they imply (the head;
+	// the read marker a message raises, with nothing unread). The PushResult
+	// follows the round that left them out, with no other round between,
+	// and carries the round's feed_pos: the client takes its ops as held at
+	// the result's seqs. In a two-member conversation that halves what the
+	// device downloads. Ops whose result is answered during the catch-up,
+	// or pushed another way (the unary Push, Repair), still come back, as
+	// may ops of a round too large to sort (more than 64 new ops in a
+	// conversation): a client drops ops it holds. A device's live rounds
+	// wait while one of its pushes is being committed.
 	SkipOwnOps    bool `protobuf:"varint,9,opt,name=skip_own_ops,json=skipOwnOps,proto3" json:"skip_own_ops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1234,10 +1239,11 @@ type PushResult struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	Results   []*OpResult            `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
-	// Set only for a client that asked for Hello.skip_own_ops, when the
-	// live round holding this push's ops was sent before this result, with
-	// those ops left out: every change up to this feed position has now been
-	// sent, and the round is over. Zero when the ops come back in a later
+	// Set only for a client that asked for Hello.skip_own_ops, on a result
+	// answered after the catch-up: the live round that reaches this push's
+	// ops, with those ops left out, was sent before this result, and every
+	// change up to this feed position has now been sent. Zero when the
+	// result was answered during the catch-up: the ops come back in a later
 	// round, as they do without the option.
 	FeedPos       uint64 `protobuf:"varint,3,opt,name=feed_pos,json=feedPos,proto3" json:"feed_pos,omitempty"`
 	unknownFields protoimpl.UnknownFields

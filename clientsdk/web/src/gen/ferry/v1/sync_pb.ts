@@ -281,12 +281,17 @@ export type Hello = Message<"ferry.v1.Hello"> & {
 
   /**
    * Sync only: the server leaves out of live Ops the ops this device
-   * pushed on this stream, since the client holds them already. A round
-   * that leaves ops out is followed at once by the PushResult that gives
-   * their seqs, with the round's feed_pos: the client takes its ops as
-   * held at those seqs. In a two-member conversation that halves the
-   * server's live deliveries. Ops pushed during the catch-up, or another
-   * way (the unary Push, Repair), still come back.
+   * pushed on this stream, since the client holds them already, and a
+   * conversation's info whose only changes are what they imply (the head;
+   * the read marker a message raises, with nothing unread). The PushResult
+   * follows the round that left them out, with no other round between,
+   * and carries the round's feed_pos: the client takes its ops as held at
+   * the result's seqs. In a two-member conversation that halves what the
+   * device downloads. Ops whose result is answered during the catch-up,
+   * or pushed another way (the unary Push, Repair), still come back, as
+   * may ops of a round too large to sort (more than 64 new ops in a
+   * conversation): a client drops ops it holds. A device's live rounds
+   * wait while one of its pushes is being committed.
    *
    * @generated from field: bool skip_own_ops = 9;
    */
@@ -550,10 +555,11 @@ export type PushResult = Message<"ferry.v1.PushResult"> & {
   results: OpResult[];
 
   /**
-   * Set only for a client that asked for Hello.skip_own_ops, when the
-   * live round holding this push's ops was sent before this result, with
-   * those ops left out: every change up to this feed position has now been
-   * sent, and the round is over. Zero when the ops come back in a later
+   * Set only for a client that asked for Hello.skip_own_ops, on a result
+   * answered after the catch-up: the live round that reaches this push's
+   * ops, with those ops left out, was sent before this result, and every
+   * change up to this feed position has now been sent. Zero when the
+   * result was answered during the catch-up: the ops come back in a later
    * round, as they do without the option.
    *
    * @generated from field: uint64 feed_pos = 3;
