@@ -672,9 +672,10 @@ type Hello struct {
 	// the result's seqs. In a two-member conversation that halves what the
 	// device downloads. Ops whose result is answered during the catch-up,
 	// or pushed another way (the unary Push, Repair), still come back, as
-	// may ops of a round too large to sort (more than 64 new ops in a
-	// conversation): a client drops ops it holds. A device's live rounds
-	// wait while one of its pushes is being committed.
+	// may ops of a large round (more than 64 new ops in a conversation, or
+	// more than an Ops message holds) or beyond 4096 ops in flight: a client
+	// drops ops it holds. A device's live rounds wait while one of its
+	// pushes is being committed.
 	SkipOwnOps    bool `protobuf:"varint,9,opt,name=skip_own_ops,json=skipOwnOps,proto3" json:"skip_own_ops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
