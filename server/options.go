@@ -74,7 +74,8 @@ type Options struct {
 	// a proxy. Needs ClientIPHeader.
 	TrustedProxies []netip.Prefix
 	// PushLimit is how many ops a second one user's devices may push
-	// together, after a burst of PushBurst. A push over the limit waits
+	// together, after a burst of PushBurst; an ack (Ack, or an ack on a
+	// Sync stream) counts as one op. A push over the limit waits
 	// for it (on a Sync stream, flow control then slows the client down).
 	// Only a push that finds its user's bucket in debt, left by pushes made
 	// in parallel, and would wait more than 10s, is refused with

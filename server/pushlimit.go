@@ -28,6 +28,12 @@ import (
 // devices or calls) and would wait more than maxPushWait is refused with
 // ResourceExhausted, spending nothing, and says when to retry.
 
+// ackCost is what an ack spends from its user's bucket: one op, whatever
+// the markers it carries (a catch-up's ack has one per conversation). An
+// ack is a write like a push, and a client that acks in a loop must not
+// take the writer either; the SDKs gather theirs, a few a second.
+const ackCost = 1
+
 // maxPushWait is the longest a push waits for its user's bucket.
 const maxPushWait = 10 * time.Second
 
@@ -130,7 +136,7 @@ func (s *Server) throttlePush(ctx context.Context, user ulid.ULID, n int, stop <
 	if !ok {
 		s.stats.pushesRefused.Add(1)
 		return connect.NewError(connect.CodeResourceExhausted, fmt.Sprintf(
-			"this user's devices push more than %d ops a second (the push limit), from several calls at once; retry in %s",
+			"this user's devices push more than %d ops a second (the push limit, where an ack counts as one), from several calls at once; retry in %s",
 			s.opts.PushLimit, wait.Round(time.Millisecond)))
 	}
 	if wait <= 0 {

@@ -151,3 +151,69 @@ func TestPushLimit(t *testing.T) {
 		t.Fatalf("%d ops accepted, want 2551: the last pushes stored nothing", m.PushOps["accepted"])
 	}
 }
+
+// TestAcksSpendThePushLimit: an ack is a write, and spends one op of its
+// user's push limit, on a unary Ack and on a Sync stream: a client that
+// acks in a loop waits like one that pushes in a loop.
+func TestAcksSpendThePushLimit(t *testing.T) {
+	const rate = 10 // ops a second
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+		o.PushLimit, o.PushBurst = rate, 1000
+	}})
+	alice := newDev(t, srv.Register("alice"))
+	conv := alice.createConv("room") // 1 op of the 1000
+	ops := make([]*ferryv1.Op, 996)
+	for i := range ops {
+		ops[i] = alice.op(conv, msg(fmt.Sprint("burst ", i)))
+	}
+	alice.push(conv, ops...) // 997
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	throttled := make(chan struct{}, 10)
+	server.OnThrottle(srv.Server, func() { throttled <- struct{}{} })
+	ack := func() error {
+		_, err := alice.Sync.Ack(ctx, &ferryv1.AckRequest{Markers: []*ferryv1.Marker{{ConversationId: conv, Delivered: 1, Read: 1}}})
+		return err
+	}
+	for i := range 3 { // the rest of the burst
+		if err := ack(); err != nil {
+			t.Fatalf("ack %d: %v", i, err)
+		}
+	}
+	if m := srv.Server.Metrics(); m.PushesThrottled != 0 {
+		t.Fatalf("%d calls throttled within the burst", m.PushesThrottled)
+	}
+
+	// The next ack waits a tenth of a second.
+	done := make(chan error, 1)
+	go func() { done <- ack() }()
+	select {
+	case <-throttled:
+	case <-ctx.Done():
+		t.Fatal("an ack past the burst did not wait for the limit")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the ack was answered before the bucket had its op: %v", err)
+	default:
+	}
+	srv.Clock.Advance(100 * time.Millisecond)
+	if err := <-done; err != nil {
+		t.Fatalf("throttled ack: %v", err)
+	}
+
+	// On a Sync stream too.
+	s := alice.open(hello("", 0))
+	s.untilCaughtUp()
+	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: &ferryv1.Ack{
+		Markers: []*ferryv1.Marker{{ConversationId: conv, Delivered: 1}}}}})
+	select {
+	case <-throttled:
+	case <-ctx.Done():
+		t.Fatal("an ack on the stream past the burst did not wait for the limit")
+	}
+	srv.Clock.Advance(100 * time.Millisecond)
+	if m := srv.Server.Metrics(); m.PushesThrottled != 2 {
+		t.Fatalf("%d calls throttled, want the two acks", m.PushesThrottled)
+	}
+}

@@ -97,7 +97,11 @@ func (h syncService) Ack(ctx context.Context, req *ferryv1.AckRequest) (*ferryv1
 	if err != nil {
 		return nil, err
 	}
-	if err := h.s.eng.Mark(ctx, actorFrom(ctx), marks); err != nil {
+	a := actorFrom(ctx)
+	if err := h.s.throttlePush(ctx, a.User, ackCost, nil); err != nil {
+		return nil, err
+	}
+	if err := h.s.eng.Mark(ctx, a, marks); err != nil {
 		return nil, connectError(err)
 	}
 	return &ferryv1.AckResponse{}, nil
@@ -854,6 +858,9 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) error {
 		}
 	case *ferryv1.SyncRequest_Ack:
 		marks, err := markersFromProto(msg.Ack.GetMarkers())
+		if err == nil {
+			err = s.throttlePush(ctx, l.a.User, ackCost, l.p.ended)
+		}
 		if err == nil {
 			err = connectError(s.eng.Mark(ctx, l.a, marks))
 		}
