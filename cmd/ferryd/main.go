@@ -3,6 +3,7 @@
 //	ferryd [flags]                 serve
 //	ferryd check  --data DIR       verify a stopped server's store
 //	ferryd backup --data DIR --to DIR   copy a stopped server's store
+//	ferryd compact --data DIR      rewrite a stopped server's store in full
 //
 // Every flag can also be set in the environment as FERRY_<FLAG>, with
 // dashes as underscores (FERRY_ADDR, FERRY_DATA, ...); a flag on the command
@@ -133,7 +134,7 @@ func parse(fs *flag.FlagSet, args []string, env func(string) string) error {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd := "serve"
-	if len(args) > 0 && (args[0] == "check" || args[0] == "backup") {
+	if len(args) > 0 && (args[0] == "check" || args[0] == "backup" || args[0] == "compact") {
 		cmd, args = args[0], args[1:]
 	}
 	fs, c := flags(cmd, stderr)
@@ -152,6 +153,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return check(c, log, stdout)
 	case "backup":
 		return backup(c, log, stdout)
+	case "compact":
+		return compact(c, log, stdout)
 	}
 	return serve(ctx, c, log, stdout)
 }
@@ -343,6 +346,31 @@ func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "backup written to %s; a server opened on it starts a new epoch, and devices repair\n", c.to)
 	return nil
 }
+
+// compact rewrites the whole store: the bodies that deletes for everyone
+// erased leave the tables (Pebble drops a value only when a compaction
+// reaches it), and tables written before Ferry gave every table a Bloom
+// filter get one.
+func compact(c *config, log *slog.Logger, stdout io.Writer) error {
+	eng, err := engine.Open(c.data, engineOptions(c, log))
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	before, err := eng.DiskUsage(false)
+	if err != nil {
+		return err
+	}
+	after, err := eng.DiskUsage(true)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "compacted %s: tables %s -> %s, write-ahead log %s -> %s\n",
+		c.data, mib(before.Tables), mib(after.Tables), mib(before.WAL), mib(after.WAL))
+	return nil
+}
+
+func mib(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // prefixList is a flag of comma-separated addresses and CIDR prefixes.
 type prefixList []netip.Prefix

@@ -5,12 +5,16 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"regexp"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/enginetest"
+	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/server"
 )
 
@@ -171,4 +175,64 @@ func TestFlagsFromEnvironment(t *testing.T) {
 		t.Fatalf("--trusted-proxies parsed as %s", got)
 	}
 	_ = fmt.Sprint()
+}
+
+// TestCompact: "ferryd compact" rewrites the store, and the body of a
+// message deleted for everyone, which stayed in the tables after the
+// delete, leaves them. The store stays consistent.
+func TestCompact(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *engine.Engine {
+		t.Helper()
+		o := enginetest.Options(t, 1)
+		o.FS = nil // the disk, as ferryd opens it
+		e, err := engine.Open(dir, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	e := open()
+	alice := enginetest.Register(t, e, "alice")
+	conv := alice.Create("c")
+	body := make([]byte, 30<<10)
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := range body {
+		body[i] = "0123456789abcdef"[rnd.IntN(16)] // about 15 KB compressed
+	}
+	secret := alice.Send(conv, string(body))
+	if _, err := e.DiskUsage(true); err != nil { // the body reaches the tables
+		t.Fatal(err)
+	}
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: secret.ID}))
+	before, err := e.DiskUsage(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"compact", "--data", dir, "--log-level", "warn"}, &out, io.Discard); err != nil {
+		t.Fatalf("compact: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "compacted "+dir+": tables") {
+		t.Fatalf("compact said %q", out.String())
+	}
+	e = open()
+	after, err := e.DiskUsage(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if before.Tables < 10<<10 || after.Tables > before.Tables-10<<10 {
+		t.Fatalf("tables %d bytes before compact, %d after: want the erased body's 15 KB or so gone", before.Tables, after.Tables)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"check", "--data", dir, "--log-level", "warn"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "store is consistent") {
+		t.Fatalf("check after compact: %v, %q", err, out.String())
+	}
 }
