@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -243,13 +244,19 @@ func (u DiskUsage) Live() uint64 { return u.Tables + u.WAL + u.Other }
 // WAL holds almost nothing).
 func (e *Engine) DiskUsage(compact bool) (DiskUsage, error) {
 	if compact {
-		if err := e.st.Compact(); err != nil {
+		if err := e.Compact(context.Background()); err != nil {
 			return DiskUsage{}, err
 		}
 	}
 	sp := e.st.Space()
 	return DiskUsage{Tables: sp.Tables, WAL: sp.WAL, Obsolete: sp.Obsolete, Other: sp.Other}, nil
 }
+
+// Compact rewrites the whole store, flushing the memtable first: values
+// written over (bodies erased by deletes for everyone) leave the tables,
+// and every table is written anew with today's options (Bloom filters).
+// It stops when ctx ends.
+func (e *Engine) Compact(ctx context.Context) error { return e.st.Compact(ctx) }
 
 // Metrics are counters since Open.
 type Metrics struct {

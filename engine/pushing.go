@@ -17,9 +17,10 @@ import (
 // sender reads it, so it is safe for concurrent use. The zero value is an
 // empty set.
 type Pushing struct {
-	n   atomic.Int32 // len(ids), read without the lock
-	mu  sync.Mutex
-	ids map[opRef]struct{}
+	n    atomic.Int32 // len(ids), read without the lock
+	left atomic.Int32 // how many of them a live round left out
+	mu   sync.Mutex
+	ids  map[opRef]bool // true once a live round left the op out
 }
 
 type opRef struct{ conv, id ulid.ULID }
@@ -33,13 +34,13 @@ func (p *Pushing) Add(ops []model.Op) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ids == nil {
-		p.ids = make(map[opRef]struct{}, len(ops))
+		p.ids = make(map[opRef]bool, len(ops))
 	}
 	for i := range ops {
 		if len(p.ids) >= maxPushing {
 			break
 		}
-		p.ids[opRef{ops[i].Conv, ops[i].ID}] = struct{}{}
+		p.ids[opRef{ops[i].Conv, ops[i].ID}] = false
 	}
 	p.n.Store(int32(len(p.ids)))
 }
@@ -52,7 +53,11 @@ func (p *Pushing) Remove(ops []model.Op) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i := range ops {
-		delete(p.ids, opRef{ops[i].Conv, ops[i].ID})
+		ref := opRef{ops[i].Conv, ops[i].ID}
+		if p.ids[ref] {
+			p.left.Add(-1)
+		}
+		delete(p.ids, ref)
 	}
 	if len(p.ids) == 0 {
 		p.ids = nil // a burst's map does not stay with an idle session
@@ -68,6 +73,11 @@ func (p *Pushing) Len() int {
 	return int(p.n.Load())
 }
 
+// LeftOut reports whether a live round left out ops still in the set:
+// until they leave it (their push's result is sent), a further round
+// would tell the device of what follows them, which it cannot yet place.
+func (p *Pushing) LeftOut() bool { return p != nil && p.left.Load() > 0 }
+
 // appendRuns appends to q the live items for ops, the consecutive ops of
 // a conversation after..through (all of them), less those of device the
 // set holds: one item per run between them. It returns the seq of the
@@ -81,8 +91,14 @@ func (p *Pushing) appendRuns(q []item, device ulid.ULID, ops []model.Op) ([]item
 		if ops[i].Dot.Device != device {
 			continue
 		}
-		if _, ok := p.ids[opRef{ops[i].Conv, ops[i].ID}]; !ok {
+		ref := opRef{ops[i].Conv, ops[i].ID}
+		left, ok := p.ids[ref]
+		if !ok {
 			continue
+		}
+		if !left {
+			p.ids[ref] = true
+			p.left.Add(1)
 		}
 		if ops[i].Kind == model.KindMessage {
 			read = ops[i].Seq

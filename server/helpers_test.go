@@ -117,6 +117,8 @@ type stream struct {
 	// skipOwn: the hello asked for skip_own_ops. Ops pushed on the stream
 	// may then be missing from Ops; the push result that follows gives
 	// their seqs, which held takes as the pushed ops' (own lists them).
+	// The protocol lets an own op come back too (a large round): it must
+	// be the same op.
 	skipOwn  bool
 	own      map[string]map[uint64]bool
 	messages []*ferryv1.SyncResponse
@@ -189,7 +191,7 @@ func (s *stream) recv() *ferryv1.SyncResponse {
 				if i > 0 && op.GetSeq() != b.GetOps()[i-1].GetSeq()+1 {
 					s.t.Fatalf("%s: batch not contiguous: %d after %d", conv, op.GetSeq(), b.GetOps()[i-1].GetSeq())
 				}
-				if _, dup := s.held[conv][op.GetSeq()]; dup {
+				if id, dup := s.held[conv][op.GetSeq()]; dup && !(s.own[conv][op.GetSeq()] && id == op.GetId()) {
 					s.t.Fatalf("%s: seq %d received twice", conv, op.GetSeq())
 				}
 				if s.strict && op.GetSeq() != s.last[conv]+1 && !s.skipOwn {
@@ -223,8 +225,8 @@ func (s *stream) recv() *ferryv1.SyncResponse {
 			if r.GetSeq() == 0 {
 				continue
 			}
-			if _, dup := s.held[conv][r.GetSeq()]; dup {
-				s.t.Fatalf("%s: seq %d came in Ops and as pushed", conv, r.GetSeq())
+			if id, dup := s.held[conv][r.GetSeq()]; dup && id != r.GetOpId() {
+				s.t.Fatalf("%s: seq %d is %s in Ops, and %s pushed", conv, r.GetSeq(), id, r.GetOpId())
 			}
 			if s.held[conv] == nil {
 				s.held[conv] = map[uint64]string{}

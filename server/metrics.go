@@ -118,8 +118,8 @@ type Metrics struct {
 	SentBytes      uint64 // written to sync streams, compressed
 	SendTimeouts   uint64 // streams reset by Options.SendTimeout
 	SignInsLimited uint64 // sign-ins refused by the sign-in limit
-	// PushesThrottled counts pushes that waited for their user's push
-	// limit; PushesRefused those refused by it.
+	// PushesThrottled counts pushes and acks that waited for their user's
+	// push limit; PushesRefused the pushes refused by it (acks wait).
 	PushesThrottled, PushesRefused uint64
 }
 
@@ -190,7 +190,7 @@ var (
 	dSentBytes       = desc("ferry_stream_sent_bytes_total", "Bytes handed to sync streams, compressed.")
 	dSendTimeouts    = desc("ferry_send_timeouts_total", "Streams reset because a write made no progress for the send timeout.")
 	dSignInsLimited  = desc("ferry_sign_ins_limited_total", "Sign-ins refused by the sign-in rate limit.")
-	dPushesThrottled = desc("ferry_pushes_throttled_total", "Pushes that waited for their user's push limit.")
+	dPushesThrottled = desc("ferry_pushes_throttled_total", "Pushes and acks that waited for their user's push limit.")
 	dPushesRefused   = desc("ferry_pushes_refused_total", "Pushes refused by the push limit: their user's devices pushed too much at once.")
 	dCommits         = desc("ferry_commits_total", "Synced group commits.")
 	dCommitRequests  = desc("ferry_commit_requests_total", "Write requests carried by the group commits.")

@@ -28,11 +28,12 @@ import (
 // devices or calls) and would wait more than maxPushWait is refused with
 // ResourceExhausted, spending nothing, and says when to retry.
 
-// ackCost is what an ack spends from its user's bucket: one op, whatever
-// the markers it carries (a catch-up's ack has one per conversation). An
-// ack is a write like a push, and a client that acks in a loop must not
-// take the writer either; the SDKs gather theirs, a few a second.
-const ackCost = 1
+// ackCost is what an ack spends from its user's bucket: an op a marker,
+// as each marker is a write (a catch-up's ack has one per conversation,
+// well within the burst). An ack is a write like a push, and a client
+// that acks in a loop must not take the writer either; the SDKs gather
+// theirs, a few a second.
+func ackCost(markers int) int { return max(markers, 1) }
 
 // maxPushWait is the longest a push waits for its user's bucket.
 const maxPushWait = 10 * time.Second
@@ -69,7 +70,7 @@ func newPushLimiter(opts Options) *pushLimiter {
 // must wait before it goes ahead, or ok false, having taken nothing, when
 // the bucket is in debt already and the wait would be longer than
 // maxPushWait; wait then says when the push would fit.
-func (l *pushLimiter) reserve(user ulid.ULID, n int) (wait time.Duration, ok bool) {
+func (l *pushLimiter) reserve(user ulid.ULID, n int, refuse bool) (wait time.Duration, ok bool) {
 	if l == nil {
 		return 0, true
 	}
@@ -91,7 +92,7 @@ func (l *pushLimiter) reserve(user ulid.ULID, n int) (wait time.Duration, ok boo
 		return 0, true
 	}
 	wait = l.seconds(-left)
-	if b.tokens < -debtSlack && wait > maxPushWait {
+	if refuse && b.tokens < -debtSlack && wait > maxPushWait {
 		return wait - maxPushWait, false
 	}
 	b.tokens = left
@@ -132,11 +133,22 @@ func (l *pushLimiter) pruneFull(now time.Time) {
 // (errSenderEnded): a Sync session's end, which sends its Goaway first. A
 // unary push (stop nil) ends its wait when the server goes away.
 func (s *Server) throttlePush(ctx context.Context, user ulid.ULID, n int, stop <-chan struct{}) error {
-	wait, ok := s.pushes.reserve(user, n)
+	return s.throttle(ctx, user, n, stop, true)
+}
+
+// throttleAck waits until user may write an ack of n markers. An ack is
+// never refused, however deep the debt others' pushes left: refusing it
+// would end a device's Sync stream for what its siblings pushed.
+func (s *Server) throttleAck(ctx context.Context, user ulid.ULID, n int, stop <-chan struct{}) error {
+	return s.throttle(ctx, user, ackCost(n), stop, false)
+}
+
+func (s *Server) throttle(ctx context.Context, user ulid.ULID, n int, stop <-chan struct{}, refuse bool) error {
+	wait, ok := s.pushes.reserve(user, n, refuse)
 	if !ok {
 		s.stats.pushesRefused.Add(1)
 		return connect.NewError(connect.CodeResourceExhausted, fmt.Sprintf(
-			"this user's devices push more than %d ops a second (the push limit, where an ack counts as one), from several calls at once; retry in %s",
+			"this user's devices push more than %d ops a second (the push limit), from several calls at once; retry in %s",
 			s.opts.PushLimit, wait.Round(time.Millisecond)))
 	}
 	if wait <= 0 {
@@ -160,7 +172,7 @@ func (s *Server) throttlePush(ctx context.Context, user ulid.ULID, n int, stop <
 		return connectError(ctx.Err())
 	case <-goaway:
 		s.pushes.refund(user, n)
-		return connect.NewError(connect.CodeUnavailable, "the server is shutting down; push again after reconnecting")
+		return connect.NewError(connect.CodeUnavailable, "the server is shutting down; send again after reconnecting")
 	case <-stop:
 		s.pushes.refund(user, n)
 		return errSenderEnded

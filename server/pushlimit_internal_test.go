@@ -16,7 +16,7 @@ func TestPushLimiterBucket(t *testing.T) {
 
 	step := func(what string, user ulid.ULID, n int, wantWait time.Duration, wantOK bool) {
 		t.Helper()
-		wait, ok := l.reserve(user, n)
+		wait, ok := l.reserve(user, n, true)
 		if wait != wantWait || ok != wantOK {
 			t.Fatalf("%s: reserve %d = %v, %v; want %v, %v", what, n, wait, ok, wantWait, wantOK)
 		}
@@ -42,29 +42,33 @@ func TestPushLimiterBucket(t *testing.T) {
 	// A push into a bucket that is not in debt goes ahead however long it
 	// waits: a client pushing one request at a time is never refused.
 	slow := newPushLimiter(Options{PushLimit: 10, PushBurst: 1000, Clock: c})
-	wait, ok := slow.reserve(alice, 1000)
+	wait, ok := slow.reserve(alice, 1000, true)
 	if wait != 0 || !ok {
 		t.Fatalf("a full slow bucket: %v, %v", wait, ok)
 	}
-	if wait, ok = slow.reserve(alice, 1000); wait != 100*time.Second || !ok {
+	if wait, ok = slow.reserve(alice, 1000, true); wait != 100*time.Second || !ok {
 		t.Fatalf("an empty slow bucket: %v, %v; want a 100s wait", wait, ok)
 	}
-	if wait, ok = slow.reserve(alice, 1); ok {
+	if wait, ok = slow.reserve(alice, 1, true); ok {
 		t.Fatalf("a slow bucket 100s in debt let a push in to wait %v", wait)
 	}
+	if wait, ok = slow.reserve(alice, 1, false); !ok || wait != 100*time.Second+100*time.Millisecond {
+		t.Fatalf("an ack into a bucket 100s in debt: %v, %v; want a wait of 100.1s, never a refusal", wait, ok)
+	}
+	slow.refund(alice, 1)
 
 	// A debt repaid by waiting out its timer exactly is repaid, whatever
 	// floating point leaves of it.
 	odd := newPushLimiter(Options{PushLimit: 15, PushBurst: 1000, Clock: c})
-	odd.reserve(alice, 1000)
-	wait, _ = odd.reserve(alice, 123)
+	odd.reserve(alice, 1000, true)
+	wait, _ = odd.reserve(alice, 123, true)
 	c.Advance(wait)
-	if wait, ok = odd.reserve(alice, 1000); !ok {
+	if wait, ok = odd.reserve(alice, 1000, true); !ok {
 		t.Fatalf("a push after the last one's wait was refused, %v from fitting", wait)
 	}
 
 	var off *pushLimiter
-	if wait, ok := off.reserve(alice, 1000); wait != 0 || !ok {
+	if wait, ok := off.reserve(alice, 1000, true); wait != 0 || !ok {
 		t.Fatalf("no limiter: %v, %v", wait, ok)
 	}
 }
@@ -75,16 +79,16 @@ func TestPushLimiterForgetsFullBuckets(t *testing.T) {
 	c := clock.NewFake(time.Unix(1_000_000, 0))
 	l := newPushLimiter(Options{PushLimit: 100, PushBurst: 1000, Clock: c})
 	spender := ulid.Make()
-	l.reserve(spender, 1000)
+	l.reserve(spender, 1000, true)
 	for range maxPushBuckets - 1 {
-		l.reserve(ulid.Make(), 1)
+		l.reserve(ulid.Make(), 1, true)
 	}
 	c.Advance(time.Second) // the others refill; spender regains 100 of 1000
-	l.reserve(ulid.Make(), 1)
+	l.reserve(ulid.Make(), 1, true)
 	if n := len(l.buckets); n != 2 {
 		t.Fatalf("%d buckets after pruning, want the spender's and the new one", n)
 	}
-	if wait, _ := l.reserve(spender, 200); wait != time.Second {
+	if wait, _ := l.reserve(spender, 200, true); wait != time.Second {
 		t.Fatalf("the spender's bucket was lost: wait %v, want 1s", wait)
 	}
 }

@@ -216,4 +216,15 @@ func TestAcksSpendThePushLimit(t *testing.T) {
 	if m := srv.Server.Metrics(); m.PushesThrottled != 2 {
 		t.Fatalf("%d calls throttled, want the two acks", m.PushesThrottled)
 	}
+	// The stream goes on: a push a second later is answered at once.
+	srv.Clock.Advance(time.Second)
+	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: 1,
+		Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{alice.op(conv, msg("after the acks"))}}}}}})
+	r := s.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()
+	if r.GetResults()[0].GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED {
+		t.Fatalf("push after the acks: %v", r)
+	}
+	if m := srv.Server.Metrics(); m.PushesThrottled != 2 || m.PushesRefused != 0 {
+		t.Fatalf("%d throttled, %d refused; want the two acks and none", m.PushesThrottled, m.PushesRefused)
+	}
 }

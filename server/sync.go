@@ -98,7 +98,7 @@ func (h syncService) Ack(ctx context.Context, req *ferryv1.AckRequest) (*ferryv1
 		return nil, err
 	}
 	a := actorFrom(ctx)
-	if err := h.s.throttlePush(ctx, a.User, ackCost, nil); err != nil {
+	if err := h.s.throttleAck(ctx, a.User, len(marks), nil); err != nil {
 		return nil, err
 	}
 	if err := h.s.eng.Mark(ctx, a, marks); err != nil {
@@ -647,12 +647,12 @@ func stepErr(st step) error {
 // at the result's seqs, and learns that what they changed was sent. Both
 // leave in one write.
 //
-// Rounds wait while a push is in flight (awaitsResult), so the round is
-// most often planned here: the commit's feed position was published
-// before the push returned, so a round planned now reaches it. One planned
-// as the push came may have reached it already: what is left of it goes
-// first, and none other. Only live rounds leave ops out: a result answered
-// during the catch-up goes alone, and its ops come back.
+// A round planned as the push came may have reached its ops already:
+// what is left of it goes first, and no other (awaitsResult). Otherwise
+// one is planned here: the commit's feed position was published before
+// the push returned, so a round planned now reaches it. Only live rounds
+// leave ops out: a result answered during the catch-up goes alone, and
+// its ops come back.
 func (l *loop) answer(a answer) error {
 	defer l.o.Pushing.Remove(a.ops)
 	// A read ahead owns the session until next collects it; it reads only
@@ -662,7 +662,10 @@ func (l *loop) answer(a answer) error {
 	}
 	l.hold(true)
 	defer l.hold(false)
-	planned := l.reachesAll(a.ops) // a round reaches every op of the push
+	// A round reaches the push's ops when one planned as the push came
+	// did: then no other goes first, since the device cannot place what
+	// follows ops it has not been told of (awaitsResult).
+	planned := l.reachesAll(a.ops)
 	for {
 		if !l.sess.Pending() {
 			if planned {
@@ -701,12 +704,11 @@ func (l *loop) reachesAll(ops []model.Op) bool {
 }
 
 // awaitsResult reports whether the next live round waits for the result
-// of a push in flight, whose answer plans it: a round planned meanwhile
-// could leave the push's ops out and then be followed by another, whose
-// conversation info would resume after ops the device does not yet know
-// it holds. Devices that push without pause get a round per result.
+// of a push: a round left the push's ops out, and another planned before
+// the result would carry a conversation info resuming after ops the
+// device does not yet know it holds.
 func (l *loop) awaitsResult() bool {
-	return l.o.Pushing.Len() > 0 && l.ahead == nil && l.sess.Live() && !l.sess.Pending()
+	return l.o.Pushing.LeftOut() && l.ahead == nil && l.sess.Live() && !l.sess.Pending()
 }
 
 // isPos reports whether ev is a live round's end with nothing else: a
@@ -859,7 +861,7 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) error {
 	case *ferryv1.SyncRequest_Ack:
 		marks, err := markersFromProto(msg.Ack.GetMarkers())
 		if err == nil {
-			err = s.throttlePush(ctx, l.a.User, ackCost, l.p.ended)
+			err = s.throttleAck(ctx, l.a.User, len(marks), l.p.ended)
 		}
 		if err == nil {
 			err = connectError(s.eng.Mark(ctx, l.a, marks))

@@ -89,7 +89,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.DurationVar(&c.sendTimeout, "send-timeout", 2*time.Minute, "how long one write to a sync stream may take before the server resets the stream: its client stopped reading, or its connection stopped moving (0: no limit)")
 	fs.DurationVar(&c.receiptDelay, "receipt-delay", 250*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
 	fs.IntVar(&c.signInLimit, "sign-in-limit", 10, "logins with a wrong password as one username, and registrations (made or refused), a client address (IPv4 address, IPv6 /64) may make at once before it gets one per --sign-in-refill; ten times as many failed logins over all usernames; an IPv6 /48 sixteen times an address's, regained sixteen times as fast (0: no limit)")
-	fs.IntVar(&c.pushLimit, "push-limit", 1000, "ops a second one user's devices may push together (an ack counts as one), after a burst of ten seconds' worth (at least 1000 ops); a push over it waits, and only pushes made in parallel that would wait over 10s more are refused (0: no limit)")
+	fs.IntVar(&c.pushLimit, "push-limit", 1000, "ops a second one user's devices may push together (an ack counts as an op a marker), after a burst of ten seconds' worth (at least 1000 ops); a push over it waits, and only pushes made in parallel that would wait over 10s more are refused (0: no limit)")
 	fs.DurationVar(&c.signInRefill, "sign-in-refill", time.Minute, "how often a throttled client address regains a sign-in attempt")
 	fs.StringVar(&c.clientIPHeader, "client-ip-header", "", "header your reverse proxy writes the client's address into, e.g. X-Forwarded-For (set only when every request comes through it, or list the proxies in --trusted-proxies)")
 	fs.Var(&c.trustedProxies, "trusted-proxies", "comma-separated addresses or CIDR prefixes of your reverse proxies: --client-ip-header then counts only on requests from them, and the client is the last address in it that is not one of them")
@@ -154,7 +154,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "backup":
 		return backup(c, log, stdout)
 	case "compact":
-		return compact(c, log, stdout)
+		return compact(ctx, c, log, stdout)
 	}
 	return serve(ctx, c, log, stdout)
 }
@@ -351,26 +351,36 @@ func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 // erased leave the tables (Pebble drops a value only when a compaction
 // reaches it), and tables written before Ferry gave every table a Bloom
 // filter get one.
-func compact(c *config, log *slog.Logger, stdout io.Writer) error {
-	eng, err := engine.Open(c.data, engineOptions(c, log))
+//
+// Interrupted (SIGINT, SIGTERM), it stops, leaving the store as
+// consistent as any compaction does.
+func compact(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) (err error) {
+	if _, err := os.Stat(c.data); err != nil {
+		return fmt.Errorf("compact needs an existing store: %w", err)
+	}
+	o := engineOptions(c, log)
+	o.NewEpoch = false // --new-epoch is for serving a restored store
+	eng, err := engine.Open(c.data, o)
 	if err != nil {
 		return err
 	}
-	defer eng.Close()
+	defer func() { err = errors.Join(err, eng.Close()) }()
 	before, err := eng.DiskUsage(false)
 	if err != nil {
 		return err
 	}
-	after, err := eng.DiskUsage(true)
+	if err := eng.Compact(ctx); err != nil {
+		return err
+	}
+	after, err := eng.DiskUsage(false)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "compacted %s: tables %s -> %s, write-ahead log %s -> %s\n",
-		c.data, mib(before.Tables), mib(after.Tables), mib(before.WAL), mib(after.WAL))
+	fmt.Fprintf(stdout, "compacted %s: tables %s -> %s\n", c.data, kib(before.Tables), kib(after.Tables))
 	return nil
 }
 
-func mib(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+func kib(n uint64) string { return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10)) }
 
 // prefixList is a flag of comma-separated addresses and CIDR prefixes.
 type prefixList []netip.Prefix

@@ -235,4 +235,9 @@ func TestCompact(t *testing.T) {
 	if err := run(context.Background(), []string{"check", "--data", dir, "--log-level", "warn"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "store is consistent") {
 		t.Fatalf("check after compact: %v, %q", err, out.String())
 	}
+	// A mistyped folder is an error, not a new empty store compacted.
+	missing := dir + "-missing"
+	if err := run(context.Background(), []string{"compact", "--data", missing, "--log-level", "warn"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "existing store") {
+		t.Fatalf("compact of a missing folder: %v", err)
+	}
 }

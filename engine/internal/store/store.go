@@ -289,8 +289,8 @@ func (s *Store) Checkpoint(dir string) error {
 }
 
 // Compact compacts the whole key space, for measuring bytes on disk.
-func (s *Store) Compact() error {
-	return s.db.Compact(context.Background(), []byte{0}, []byte{0xff, 0xff}, true)
+func (s *Store) Compact(ctx context.Context) error {
+	return s.db.Compact(ctx, []byte{0}, []byte{0xff, 0xff}, true)
 }
 
 // Space is what the database occupies on disk, in bytes.

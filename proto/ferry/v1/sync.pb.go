@@ -674,8 +674,7 @@ type Hello struct {
 	// or pushed another way (the unary Push, Repair), still come back, as
 	// may ops of a large round (more than 64 new ops in a conversation, or
 	// more than an Ops message holds) or beyond 4096 ops in flight: a client
-	// drops ops it holds. A device's live rounds wait while one of its
-	// pushes is being committed.
+	// drops ops it holds.
 	SkipOwnOps    bool `protobuf:"varint,9,opt,name=skip_own_ops,json=skipOwnOps,proto3" json:"skip_own_ops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -291,8 +291,7 @@ export type Hello = Message<"ferry.v1.Hello"> & {
    * or pushed another way (the unary Push, Repair), still come back, as
    * may ops of a large round (more than 64 new ops in a conversation, or
    * more than an Ops message holds) or beyond 4096 ops in flight: a client
-   * drops ops it holds. A device's live rounds wait while one of its
-   * pushes is being committed.
+   * drops ops it holds.
    *
    * @generated from field: bool skip_own_ops = 9;
    */
