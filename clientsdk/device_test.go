@@ -352,6 +352,24 @@ func TestOwnMessageReadsConversation(t *testing.T) {
 	if info.Unread != 0 || info.Head != c.Head {
 		t.Fatalf("the server says head %d, %d unread; the device %d and %d", info.Head, info.Unread, c.Head, c.Unread)
 	}
+
+	// Neither device is sent its own message back. Each stream sends in
+	// order, so once each has the other's next message, any echo of its
+	// own would have been sent before it.
+	live := func() uint64 { return srv.Server.Metrics().SentOps[engine.PhaseLive] }
+	waitFor(t, bob, "bob has a1", has(t, bob, conv, "b1", "b2", "a1"))
+	before := live()
+	if _, err := alice.SendText(ctx, conv, "a2"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, bob, "bob has a2", has(t, bob, conv, "b1", "b2", "a1", "a2"))
+	if _, err := bob.SendText(ctx, conv, "b3"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "alice has b3", has(t, alice, conv, "b1", "b2", "a1", "a2", "b3"))
+	if n := live() - before; n != 2 {
+		t.Fatalf("%d ops sent live for two messages between two devices; want 2, none of them back to its author", n)
+	}
 }
 
 func actorOf(t *testing.T, d *clientsdk.Device) engine.Actor {

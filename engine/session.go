@@ -49,9 +49,10 @@ type SessionOptions struct {
 	MaxBatchBytes int
 	// Pushing, when set, holds the ops the device is pushing on the
 	// session's stream: live rounds leave them out, and a conversation's
-	// info whose only change is the head those ops moved. The caller then
-	// tells the device where its ops went (the push's result) and when the
-	// round that left them out ended (Pos). Nil sends every op.
+	// info whose only changes are what those ops imply (the head, and the
+	// read marker a message raises). The caller then tells the device
+	// where its ops went (the push's result) and when the round that left
+	// them out ended (Pos). Nil sends every op.
 	Pushing *Pushing
 }
 

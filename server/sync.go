@@ -421,7 +421,7 @@ func (l *loop) syncErr(received error) error {
 	// Nothing else fills results now: handle ran on this goroutine.
 	for l.sess != nil && len(l.results) > 0 {
 		a := <-l.results
-		if l.o.Pushing != nil && l.sess.Live() && !l.sess.Pending() && l.reachesAll(a.ops) {
+		if l.leavesOwnOut() && !l.sess.Pending() && l.reachesAll(a.ops) {
 			// The round that may have left the ops out went whole.
 			a.result.FeedPos = l.sess.Pos()
 		}
@@ -655,9 +655,7 @@ func stepErr(st step) error {
 // its ops come back.
 func (l *loop) answer(a answer) error {
 	defer l.o.Pushing.Remove(a.ops)
-	// A read ahead owns the session until next collects it; it reads only
-	// during the catch-up.
-	if l.o.Pushing == nil || l.ahead != nil || !l.sess.Live() {
+	if !l.leavesOwnOut() {
 		return l.out.pushResult(a.result)
 	}
 	l.hold(true)
@@ -692,6 +690,14 @@ func (l *loop) answer(a answer) error {
 	return l.out.pushResult(a.result)
 }
 
+// leavesOwnOut reports whether the session's rounds now leave the
+// device's own ops out: it asked (Hello.skip_own_ops) and is live. A read
+// ahead owns the session until next collects it; it reads only during the
+// catch-up.
+func (l *loop) leavesOwnOut() bool {
+	return l.o.Pushing != nil && l.ahead == nil && l.sess.Live()
+}
+
 // reachesAll reports whether the session's rounds reach every accepted op
 // of ops.
 func (l *loop) reachesAll(ops []model.Op) bool {
@@ -708,7 +714,7 @@ func (l *loop) reachesAll(ops []model.Op) bool {
 // the result would carry a conversation info resuming after ops the
 // device does not yet know it holds.
 func (l *loop) awaitsResult() bool {
-	return l.o.Pushing.LeftOut() && l.ahead == nil && l.sess.Live() && !l.sess.Pending()
+	return l.o.Pushing.LeftOut() && l.leavesOwnOut() && !l.sess.Pending()
 }
 
 // isPos reports whether ev is a live round's end with nothing else: a
