@@ -168,6 +168,8 @@ func simulate(t *testing.T, seed uint64, steps int) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		a, _ := d.Account()
+		t.Logf("device %d: %s's %s", i, who, a.Device)
 		devs = append(devs, &dev{d: d, net: n})
 	}
 	bob := lookup(t, devs[0].d, "bob")
@@ -235,6 +237,13 @@ func simulate(t *testing.T, seed uint64, steps int) {
 	for _, v := range devs {
 		waitFor(t, v.d, "the outbox drains", func() bool { return v.d.Status().Pending == 0 })
 	}
+	// A device that does not converge says what it lacks.
+	var lacks string
+	defer func() {
+		if t.Failed() && lacks != "" {
+			t.Log(lacks)
+		}
+	}()
 	for _, c := range convs {
 		want, head, err := srv.eng.Vector(engine.Actor{User: acc.User, Device: acc.Device}, c)
 		if err != nil {
@@ -243,8 +252,11 @@ func simulate(t *testing.T, seed uint64, steps int) {
 		// The truth: the state folded from the server's log.
 		truth := serverFingerprint(t, srv.eng, engine.Actor{User: acc.User, Device: acc.Device}, c)
 		for i, v := range devs {
-			waitFor(t, v.d, "convergence", func() bool {
+			waitFor(t, v.d, fmt.Sprintf("device %d to converge on %s", i, c), func() bool {
 				got, err := v.d.Vector(c)
+				if err == nil && !got.Equal(want) {
+					lacks = fmt.Sprintf("device %d lacks %v and has %v beyond the server (head %d)", i, got.Lacks(want), want.Lacks(got), head)
+				}
 				return err == nil && got.Equal(want)
 			})
 			if got := fingerprintFull(t, v.d, c); !slices.Equal(got, truth) {

@@ -16,36 +16,53 @@ import (
 // their seqs. The stream's reader adds and removes while the session's
 // sender reads it, so it is safe for concurrent use. The zero value is an
 // empty set.
+//
+// A device may push an op again before the first push is answered: a
+// client that renumbers its pending ops sends them again, in flight or
+// not. So the set counts the pushes that hold each op, and the op leaves
+// it, ending the wait it imposed if a round left it out (LeftOut), when
+// the last of them is answered: an earlier answer may be a refusal of the
+// old numbering, which gives no seq.
 type Pushing struct {
-	n    atomic.Int32 // len(ids), read without the lock
+	n    atomic.Int32 // len(ops), read without the lock
 	left atomic.Int32 // how many of them a live round left out
 	mu   sync.Mutex
-	ids  map[opRef]bool // true once a live round left the op out
+	ops  map[opRef]pushed
 }
 
 type opRef struct{ conv, id ulid.ULID }
+
+// pushed is an op in the set.
+type pushed struct {
+	pushes int32 // the pushes holding it, not yet answered
+	left   bool  // a live round left it out
+}
 
 // maxPushing bounds a set: a device with more ops in flight gets the
 // excess back in its live rounds, as every device did before.
 const maxPushing = 4096
 
-// Add adds ops, as many as the set has room for.
+// Add adds a push's ops, as many new ones as the set has room for.
 func (p *Pushing) Add(ops []model.Op) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.ids == nil {
-		p.ids = make(map[opRef]bool, len(ops))
+	if p.ops == nil {
+		p.ops = make(map[opRef]pushed, len(ops))
 	}
 	for i := range ops {
-		if len(p.ids) >= maxPushing {
-			break
+		ref := opRef{ops[i].Conv, ops[i].ID}
+		o, ok := p.ops[ref]
+		if !ok && len(p.ops) >= maxPushing {
+			continue
 		}
-		p.ids[opRef{ops[i].Conv, ops[i].ID}] = false
+		o.pushes++
+		p.ops[ref] = o
 	}
-	p.n.Store(int32(len(p.ids)))
+	p.n.Store(int32(len(p.ops)))
 }
 
-// Remove removes ops. It does nothing on a nil set.
+// Remove removes an answered push's ops: its result has been sent. It does
+// nothing on a nil set.
 func (p *Pushing) Remove(ops []model.Op) {
 	if p == nil || p.n.Load() == 0 {
 		return
@@ -54,15 +71,23 @@ func (p *Pushing) Remove(ops []model.Op) {
 	defer p.mu.Unlock()
 	for i := range ops {
 		ref := opRef{ops[i].Conv, ops[i].ID}
-		if p.ids[ref] {
+		o, ok := p.ops[ref]
+		if !ok {
+			continue // the set was full when it came
+		}
+		if o.pushes--; o.pushes > 0 {
+			p.ops[ref] = o
+			continue
+		}
+		if o.left {
 			p.left.Add(-1)
 		}
-		delete(p.ids, ref)
+		delete(p.ops, ref)
 	}
-	if len(p.ids) == 0 {
-		p.ids = nil // a burst's map does not stay with an idle session
+	if len(p.ops) == 0 {
+		p.ops = nil // a burst's map does not stay with an idle session
 	}
-	p.n.Store(int32(len(p.ids)))
+	p.n.Store(int32(len(p.ops)))
 }
 
 // Len is the number of ops in the set: 0 for a nil set.
@@ -92,12 +117,13 @@ func (p *Pushing) appendRuns(q []item, device ulid.ULID, ops []model.Op) ([]item
 			continue
 		}
 		ref := opRef{ops[i].Conv, ops[i].ID}
-		left, ok := p.ids[ref]
+		o, ok := p.ops[ref]
 		if !ok {
 			continue
 		}
-		if !left {
-			p.ids[ref] = true
+		if !o.left {
+			o.left = true
+			p.ops[ref] = o
 			p.left.Add(1)
 		}
 		if ops[i].Kind == model.KindMessage {

@@ -933,9 +933,31 @@ func TestPushingOpsLeftOut(t *testing.T) {
 	}
 	pushing.Remove([]model.Op{title})
 
+	// An op pushed again before the first push is answered (a client that
+	// renumbers its pending ops sends them again): it stays in the set,
+	// and rounds wait behind it, until the last push is answered. The
+	// first answer may refuse the old numbering, and give no seq.
+	twice := msg(phone, "pushed twice")
+	mine[push(twice)[0]] = true
+	if _, seqs := sent(round()); len(seqs) != 0 || !pushing.LeftOut() {
+		t.Fatalf("round sent seqs %v, left out %v; want none, and rounds to wait", seqs, pushing.LeftOut())
+	}
+	pushing.Add([]model.Op{twice})    // the second push
+	pushing.Remove([]model.Op{twice}) // the first one's result
+	if !pushing.LeftOut() || pushing.Len() != 1 {
+		t.Fatalf("one push answered of two: left out %v, %d ops in the set; want true and 1", pushing.LeftOut(), pushing.Len())
+	}
+	pushing.Remove([]model.Op{twice})
+	if pushing.LeftOut() || pushing.Len() != 0 {
+		t.Fatalf("both pushes answered: left out %v (rounds wait for good), %d ops in the set; want false and 0", pushing.LeftOut(), pushing.Len())
+	}
+
 	// The phone holds what it was sent and what it pushed, each once; the
 	// laptop was sent everything.
-	head := r.infos[conv].Head
+	_, head, err := e.Vector(phone.Actor, conv)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for q := uint64(1); q <= head; q++ {
 		_, got := r.held[conv][q]
 		if got == mine[q] {
