@@ -259,13 +259,6 @@ func (d *Device) eraseLocal(b *kv.Batch, conv, target ulid.ULID) error {
 // does not take its dot); dot errors renumber from where the server stands.
 func (s *session) results(pr *ferryv1.PushResult) error {
 	failpoint.Hit(failpoint.SDKAfterResult)
-	s.mu.Lock()
-	for _, id := range s.inflight[pr.GetRequestId()] {
-		delete(s.sent, id)
-	}
-	delete(s.inflight, pr.GetRequestId())
-	s.mu.Unlock()
-
 	d := s.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -338,6 +331,14 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	if err := d.db.Commit(b); err != nil {
 		return err
 	}
+	// The push's ops are out of the outbox now, or renumbered: flush,
+	// which reads the outbox under d.mu, can no longer send them again.
+	s.mu.Lock()
+	for _, id := range s.inflight[pr.GetRequestId()] {
+		delete(s.sent, id)
+	}
+	delete(s.inflight, pr.GetRequestId())
+	s.mu.Unlock()
 	for conv, first := range renumber {
 		if err := d.renumber(conv, first); err != nil {
 			return err
