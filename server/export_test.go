@@ -49,6 +49,14 @@ func OnWriteBegin(s *Server, f func()) { s.watches.testBegin.Store(&f) }
 // its timer armed.
 func OnThrottle(s *Server, f func()) { s.testThrottled.Store(&f) }
 
+// OnPushed makes f run as each push on a Sync stream has been appended,
+// before its result is queued: f holds the result back while it runs.
+func OnPushed(s *Server, f func()) { s.testPushed.Store(&f) }
+
+// OnAwaitResult makes f run as a Sync session's sender stops to wait for
+// a push's result before it sends another round.
+func OnAwaitResult(s *Server, f func()) { s.testAwaitResult.Store(&f) }
+
 // ErrXNet is nil when H2CXNet is served: built with Go 1.26 or -tags
 // http2legacy.
 var ErrXNet = errXNet

@@ -47,6 +47,12 @@ type Server struct {
 	// testThrottled, when set (by tests), runs when a push starts waiting
 	// for the push limit, its timer armed.
 	testThrottled atomic.Pointer[func()]
+	// testPushed, when set (by tests), runs as a Sync stream's push has
+	// been appended, before its result is queued to send.
+	testPushed atomic.Pointer[func()]
+	// testAwaitResult, when set (by tests), runs as a Sync session's
+	// sender stops to wait for a push's result before its next round.
+	testAwaitResult atomic.Pointer[func()]
 }
 
 // Wait blocks until every session handler and reader goroutine has

@@ -628,6 +628,8 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 		}
 		if !waiting { // the result wakes it, and its answer plans the round
 			l.sess.AfterChange(l.wake)
+		} else if f := l.s.testAwaitResult.Load(); f != nil {
+			(*f)()
 		}
 		return false, nil
 	}
@@ -857,6 +859,9 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) error {
 		results, ops, err := s.push(ctx, l.a, msg.Push.GetBatches(), l.p.ended, l.o.Pushing)
 		if err != nil {
 			return err
+		}
+		if f := s.testPushed.Load(); f != nil {
+			(*f)()
 		}
 		select {
 		case l.results <- answer{&ferryv1.PushResult{RequestId: msg.Push.GetRequestId(), Results: results}, ops}:

@@ -7,12 +7,14 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect/v2"
 	"google.golang.org/protobuf/proto"
 
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+	"github.com/ferrysync/ferry/server"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -533,4 +535,59 @@ func TestSkipOwnOpsWhileOthersWrite(t *testing.T) {
 	if got := len(ps.own[conv]); got == 0 {
 		t.Fatal("no op was left out for the phone to take as its own")
 	}
+}
+
+// TestSkipOwnOpsRoundsWaitForTheResult: once a live round has left a
+// push's op out, the session sends no other round until the push's result
+// has gone. The result is held back after the commit; bob writes
+// meanwhile; his op comes after the result, in a round whose info resumes
+// after the phone's op, which the phone then holds (the stream checks).
+// TestSkipOwnOpsWhileOthersWrite catches the same bug only in some runs.
+func TestSkipOwnOpsRoundsWaitForTheResult(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	phone, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	conv := phone.createConv("c", bob)
+	h := hello("", 0)
+	h.SkipOwnOps = true
+	ps := phone.open(h)
+	ps.untilCaughtUp()
+
+	appended, release := make(chan struct{}, 1), make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce) // a failing test lets the stream end
+	server.OnPushed(srv.Server, func() {
+		appended <- struct{}{}
+		<-release
+	})
+	waits := make(chan struct{}, 1)
+	server.OnAwaitResult(srv.Server, func() {
+		select {
+		case waits <- struct{}{}:
+		default:
+		}
+	})
+	await := func(c <-chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-c:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+	ps.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
+		RequestId: 1, Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{phone.op(conv, msg("mine"))}}}}}})
+	await(appended, "the push to be appended")
+	await(waits, "the sender to wait for the result, after the round that left the op out")
+	seq := bob.send(conv, "bob's")
+	releaseOnce()
+
+	r := ps.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()
+	if got := ps.last[conv]; got >= seq {
+		t.Fatalf("bob's op (seq %d) came before the result of the phone's push", seq)
+	}
+	if mine := r.GetResults()[0].GetSeq(); mine != seq-1 || r.GetFeedPos() == 0 {
+		t.Fatalf("result: seq %d, feed position %d; want seq %d, before bob's, and a position", mine, r.GetFeedPos(), seq-1)
+	}
+	ps.until(func(*ferryv1.SyncResponse) bool { return ps.last[conv] == seq })
+	ps.holds(conv, 1, seq)
 }
