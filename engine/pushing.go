@@ -42,27 +42,41 @@ type pushed struct {
 // excess back in its live rounds, as every device did before.
 const maxPushing = 4096
 
-// Add adds a push's ops, as many new ones as the set has room for.
-func (p *Pushing) Add(ops []model.Op) {
+// Add adds a push's ops, as many new ones as the set has room for, and
+// returns those it counted (ops itself when it counted all): the ones to
+// Remove once the push is answered, and no others, or the answer would
+// take away the count of another push holding the same op.
+func (p *Pushing) Add(ops []model.Op) []model.Op {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ops == nil {
 		p.ops = make(map[opRef]pushed, len(ops))
 	}
+	var counted []model.Op // nil while every op so far was counted
 	for i := range ops {
 		ref := opRef{ops[i].Conv, ops[i].ID}
 		o, ok := p.ops[ref]
 		if !ok && len(p.ops) >= maxPushing {
+			if counted == nil {
+				counted = append(make([]model.Op, 0, len(ops)), ops[:i]...)
+			}
 			continue
 		}
 		o.pushes++
 		p.ops[ref] = o
+		if counted != nil {
+			counted = append(counted, ops[i])
+		}
 	}
 	p.n.Store(int32(len(p.ops)))
+	if counted == nil {
+		return ops
+	}
+	return counted
 }
 
-// Remove removes an answered push's ops: its result has been sent. It does
-// nothing on a nil set.
+// Remove removes the ops Add counted for a push, once the push is
+// answered: its result has been sent. It does nothing on a nil set.
 func (p *Pushing) Remove(ops []model.Op) {
 	if p == nil || p.n.Load() == 0 {
 		return
@@ -73,7 +87,7 @@ func (p *Pushing) Remove(ops []model.Op) {
 		ref := opRef{ops[i].Conv, ops[i].ID}
 		o, ok := p.ops[ref]
 		if !ok {
-			continue // the set was full when it came
+			continue
 		}
 		if o.pushes--; o.pushes > 0 {
 			p.ops[ref] = o

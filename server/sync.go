@@ -37,13 +37,13 @@ var _ ferryv1connect.SyncServiceHandler = syncService{}
 // gets the valid ops before they are appended, so that the session's live
 // rounds leave them out; push returns them, with their seqs, for the
 // sender to remove once the result is sent.
-func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch, stop <-chan struct{}, pushing *engine.Pushing) ([]*ferryv1.OpResult, []model.Op, error) {
+func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch, stop <-chan struct{}, pushing *engine.Pushing) ([]*ferryv1.OpResult, pushedOps, error) {
 	ops, err := opsFromBatches(batches, maxOpsPerPush)
 	if err != nil {
-		return nil, nil, err
+		return nil, pushedOps{}, err
 	}
 	if err := s.throttlePush(ctx, a.User, len(ops), stop); err != nil {
-		return nil, nil, err
+		return nil, pushedOps{}, err
 	}
 	start := s.opts.Clock.Now()
 	results := make([]*ferryv1.OpResult, len(ops))
@@ -61,15 +61,16 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 		valid = append(valid, ops[i])
 		at = append(at, i)
 	}
+	var counted []model.Op
 	if len(valid) > 0 {
 		if pushing != nil {
-			pushing.Add(valid)
+			counted = pushing.Add(valid)
 		}
 		// An error gives no ops back to the push limit: an Append whose
 		// ctx ended may still commit.
 		res, err := s.eng.Append(ctx, a, valid)
 		if err != nil {
-			return nil, nil, connectError(err)
+			return nil, pushedOps{}, connectError(err)
 		}
 		for i, r := range resultsToProto(res) {
 			results[at[i]] = r
@@ -78,7 +79,15 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 	}
 	s.stats.pushed(results)
 	s.stats.pushTime.Observe(s.opts.Clock.Now().Sub(start))
-	return results, valid, nil
+	return results, pushedOps{ops: valid, counted: counted}, nil
+}
+
+// pushedOps are a push's valid ops, with their seqs once appended, and
+// those of them the stream's Pushing counted: to remove from it once the
+// push's result is sent.
+type pushedOps struct {
+	ops     []model.Op
+	counted []model.Op
 }
 
 // maxOpsPerPush caps one push; the engine's default limit.
@@ -525,10 +534,10 @@ type loop struct {
 }
 
 // answer is a push's result, to send, and the push's valid ops, which
-// left the session's Pushing once it is sent.
+// leave the session's Pushing once it is sent.
 type answer struct {
 	result *ferryv1.PushResult
-	ops    []model.Op
+	pushedOps
 }
 
 // step is one event of the session, with its Ops message built.
@@ -656,7 +665,7 @@ func stepErr(st step) error {
 // leave ops out: a result answered during the catch-up goes alone, and
 // its ops come back.
 func (l *loop) answer(a answer) error {
-	defer l.o.Pushing.Remove(a.ops)
+	defer l.o.Pushing.Remove(a.counted)
 	if !l.leavesOwnOut() {
 		return l.out.pushResult(a.result)
 	}
@@ -856,7 +865,7 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) error {
 	l.idle.Reset(3 * s.opts.HeartbeatInterval) // receive notes the message's time once it is answered
 	switch msg := req.GetMessage().(type) {
 	case *ferryv1.SyncRequest_Push:
-		results, ops, err := s.push(ctx, l.a, msg.Push.GetBatches(), l.p.ended, l.o.Pushing)
+		results, pushed, err := s.push(ctx, l.a, msg.Push.GetBatches(), l.p.ended, l.o.Pushing)
 		if err != nil {
 			return err
 		}
@@ -864,7 +873,7 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) error {
 			(*f)()
 		}
 		select {
-		case l.results <- answer{&ferryv1.PushResult{RequestId: msg.Push.GetRequestId(), Results: results}, ops}:
+		case l.results <- answer{&ferryv1.PushResult{RequestId: msg.Push.GetRequestId(), Results: results}, pushed}:
 			l.wake()
 		case <-l.p.ended:
 			return errSenderEnded // syncErr returns the sender's error
