@@ -333,9 +333,13 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	}
 	// The push's ops are out of the outbox now, or renumbered: flush,
 	// which reads the outbox under d.mu, can no longer send them again.
+	// An op a later push holds again (renumbered) stays in flight until
+	// that push is answered.
 	s.mu.Lock()
 	for _, id := range s.inflight[pr.GetRequestId()] {
-		delete(s.sent, id)
+		if s.sent[id] == pr.GetRequestId() {
+			delete(s.sent, id)
+		}
 	}
 	delete(s.inflight, pr.GetRequestId())
 	s.mu.Unlock()

@@ -214,7 +214,7 @@ type session struct {
 	mu       sync.Mutex
 	nextReq  uint64
 	inflight map[uint64][]ulid.ULID // push request id -> op ids
-	sent     map[ulid.ULID]bool     // op ids in flight
+	sent     map[ulid.ULID]uint64   // op ids in flight -> the request id of the last push that holds them
 }
 
 // accepted notes the ops a push result accepted beyond the heads the
@@ -292,7 +292,7 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 		return false, err
 	}
 	s := &session{d: d, st: st, sc: sc, once: once, flushWake: make(chan struct{}, 1),
-		inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]bool{}}
+		inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]uint64{}}
 	recv := make(chan error, 1)
 	go func() { recv <- s.receive(ctx) }()
 	received := false
@@ -393,7 +393,7 @@ func (s *session) flush() {
 		}
 		id := ulid.MustParseStrict(op.GetId())
 		s.mu.Lock()
-		inFlight := s.sent[id]
+		inFlight := s.sent[id] != 0
 		s.mu.Unlock()
 		if inFlight {
 			return nil
@@ -428,7 +428,7 @@ func (s *session) flush() {
 	push.RequestId = s.nextReq
 	s.inflight[push.RequestId] = ids
 	for _, id := range ids {
-		s.sent[id] = true
+		s.sent[id] = push.RequestId
 	}
 	s.mu.Unlock()
 	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: push}})

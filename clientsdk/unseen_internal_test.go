@@ -20,7 +20,7 @@ func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
 	}
 	defer d.Close()
 	conv := ulid.Make()
-	s := &session{d: d, inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]bool{}}
+	s := &session{d: d, inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]uint64{}}
 	push := func(seq uint64) {
 		t.Helper()
 		op := ulid.Make()
@@ -77,4 +77,30 @@ func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
 	end()
 	push(4)
 	wantIdle(true, "waiting for a round that came before the push's result")
+}
+
+// TestRepushStaysInFlight: an op pushed again before its first push is
+// answered (renumbered ops go again, in flight or not) stays in flight
+// until the later push is answered: the earlier answer does not free it
+// for flush to push a third time.
+func TestRepushStaysInFlight(t *testing.T) {
+	d, err := OpenMemory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	op := ulid.Make()
+	s := &session{d: d, inflight: map[uint64][]ulid.ULID{1: {op}, 2: {op}}, sent: map[ulid.ULID]uint64{op: 2}}
+	if err := s.results(&ferryv1.PushResult{RequestId: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if s.sent[op] != 2 {
+		t.Fatalf("after the first push's answer the op is in flight with push %d; want 2, which holds it still", s.sent[op])
+	}
+	if err := s.results(&ferryv1.PushResult{RequestId: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.sent[op]; ok || len(s.inflight) != 0 {
+		t.Fatalf("both pushes answered: in flight %v, pushes %v; want neither", s.sent, s.inflight)
+	}
 }
