@@ -35,8 +35,8 @@ var _ ferryv1connect.SyncServiceHandler = syncService{}
 //
 // On a Sync stream whose client asked for Hello.skip_own_ops, pushing
 // gets the valid ops before they are appended, so that the session's live
-// rounds leave them out; push returns them, with their seqs, for the
-// sender to remove once the result is sent.
+// rounds leave them out; push returns them, with their seqs, and those
+// pushing counted, which the sender removes once the result is sent.
 func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch, stop <-chan struct{}, pushing *engine.Pushing) ([]*ferryv1.OpResult, pushedOps, error) {
 	ops, err := opsFromBatches(batches, maxOpsPerPush)
 	if err != nil {
