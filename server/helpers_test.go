@@ -283,6 +283,14 @@ func (s *stream) until(pred func(*ferryv1.SyncResponse) bool) *ferryv1.SyncRespo
 	}
 }
 
+// push pushes ops of conv on the stream as request id, without waiting
+// for the result.
+func (s *stream) push(id uint64, conv string, ops ...*ferryv1.Op) {
+	s.t.Helper()
+	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
+		RequestId: id, Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: ops}}}}})
+}
+
 func (s *stream) send(m *ferryv1.SyncRequest) {
 	s.t.Helper()
 	if err := s.st.Send(m); err != nil {

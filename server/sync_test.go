@@ -233,8 +233,7 @@ func TestPushOnStream(t *testing.T) {
 	as.untilCaughtUp()
 	op := alice.op(conv, msg("over the stream"))
 	push := func(id uint64) *ferryv1.PushResult {
-		as.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
-			RequestId: id, Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{op}}}}}})
+		as.push(id, conv, op)
 		return as.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult().GetRequestId() == id }).GetPushResult()
 	}
 	first, retry := push(7), push(8)
@@ -270,8 +269,7 @@ func TestPushDuringLongCatchUp(t *testing.T) {
 		h.MaxBatchOps, h.PackedOps = 7, packed
 		s := bob.open(h)
 		op := bob.op(conv, msg(fmt.Sprint("pushed while catching up, packed ", packed)))
-		s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
-			RequestId: 1, Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{op}}}}}})
+		s.push(1, conv, op)
 		var result *ferryv1.PushResult
 		for result == nil || s.caught == nil {
 			if r := s.recv().GetPushResult(); r != nil {
@@ -417,14 +415,9 @@ func TestPackedOpsMatchRows(t *testing.T) {
 // devices and the other members get every op. Subscribe refuses the
 // option, whose answers would come off the stream.
 func TestSkipOwnOps(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{})
-	phone, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	c := newSkipOwnOpsChat(t, true)
+	srv, phone, bob, conv, ps := c.srv, c.phone, c.bob, c.conv, c.ps
 	laptop, carol := newDev(t, srv.Login("alice", "laptop")), newDev(t, srv.Register("carol"))
-	conv := phone.createConv("c", bob)
-	h := hello("", 0)
-	h.SkipOwnOps, h.PackedOps = true, true
-	ps := phone.open(h)
-	ps.untilCaughtUp()
 	ls, bs := laptop.open(hello("", 0)), bob.open(hello("", 0))
 	ls.untilCaughtUp()
 	bs.untilCaughtUp()
@@ -433,8 +426,7 @@ func TestSkipOwnOps(t *testing.T) {
 	// many messages came before it.
 	push := func(id uint64, ops ...*ferryv1.Op) (*ferryv1.PushResult, int) {
 		t.Helper()
-		ps.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
-			RequestId: id, Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: ops}}}}})
+		ps.push(id, conv, ops...)
 		n := len(ps.messages)
 		r := ps.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult().GetRequestId() == id }).GetPushResult()
 		for _, res := range r.GetResults() {
@@ -488,15 +480,37 @@ func TestSkipOwnOps(t *testing.T) {
 		s.holds(conv, 1, head)
 	}
 	// Without the option, an op pushed on the stream comes back.
-	ls.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
-		RequestId: 1, Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{laptop.op(conv, msg("echo"))}}}}}})
+	ls.push(1, conv, laptop.op(conv, msg("echo")))
 	ls.until(func(m *ferryv1.SyncResponse) bool { return ls.last[conv] == head+1 })
 
+	h := hello("", 0)
+	h.SkipOwnOps = true
 	sub, err := bob.Sync.Subscribe(context.Background(), &ferryv1.SubscribeRequest{Hello: h})
 	for err == nil {
 		_, err = sub.Receive()
 	}
 	mustCode(t, "subscribe with skip_own_ops", err, connect.CodeInvalidArgument)
+}
+
+// skipOwnOpsChat is alice's phone and bob in a conversation, the phone's
+// stream caught up with Hello.skip_own_ops set.
+type skipOwnOpsChat struct {
+	srv        *servertest.Server
+	phone, bob *dev
+	conv       string
+	ps         *stream
+}
+
+func newSkipOwnOpsChat(t *testing.T, packed bool) skipOwnOpsChat {
+	t.Helper()
+	srv := servertest.New(t, servertest.Config{})
+	c := skipOwnOpsChat{srv: srv, phone: newDev(t, srv.Register("alice")), bob: newDev(t, srv.Register("bob"))}
+	c.conv = c.phone.createConv("c", c.bob)
+	h := hello("", 0)
+	h.SkipOwnOps, h.PackedOps = true, packed
+	c.ps = c.phone.open(h)
+	c.ps.untilCaughtUp()
+	return c
 }
 
 // TestSkipOwnOpsWhileOthersWrite: a device pushes op after op on its
@@ -505,13 +519,8 @@ func TestSkipOwnOps(t *testing.T) {
 // whose result has not come (the stream's checks): a round that left its
 // ops out is never followed by another before their result.
 func TestSkipOwnOpsWhileOthersWrite(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{})
-	phone, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
-	conv := phone.createConv("c", bob)
-	h := hello("", 0)
-	h.SkipOwnOps = true
-	ps := phone.open(h)
-	ps.untilCaughtUp()
+	c := newSkipOwnOpsChat(t, false)
+	phone, bob, conv, ps := c.phone, c.bob, c.conv, c.ps
 	const n = 100
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -520,8 +529,7 @@ func TestSkipOwnOpsWhileOthersWrite(t *testing.T) {
 		}
 	})
 	for i := range n {
-		ps.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
-			RequestId: uint64(i + 1), Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{phone.op(conv, msg(fmt.Sprint("phone ", i)))}}}}}})
+		ps.push(uint64(i+1), conv, phone.op(conv, msg(fmt.Sprint("phone ", i))))
 	}
 	wg.Wait()
 	head := uint64(2 + 2*n)
@@ -544,13 +552,8 @@ func TestSkipOwnOpsWhileOthersWrite(t *testing.T) {
 // after the phone's op, which the phone then holds (the stream checks).
 // TestSkipOwnOpsWhileOthersWrite catches the same bug only in some runs.
 func TestSkipOwnOpsRoundsWaitForTheResult(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{})
-	phone, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
-	conv := phone.createConv("c", bob)
-	h := hello("", 0)
-	h.SkipOwnOps = true
-	ps := phone.open(h)
-	ps.untilCaughtUp()
+	c := newSkipOwnOpsChat(t, false)
+	srv, phone, bob, conv, ps := c.srv, c.phone, c.bob, c.conv, c.ps
 
 	appended, release := make(chan struct{}, 1), make(chan struct{})
 	releaseOnce := sync.OnceFunc(func() { close(release) })
@@ -577,8 +580,7 @@ func TestSkipOwnOpsRoundsWaitForTheResult(t *testing.T) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 	}
-	ps.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{
-		RequestId: 1, Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{phone.op(conv, msg("mine"))}}}}}})
+	ps.push(1, conv, phone.op(conv, msg("mine")))
 	await(appended, "the push to be appended")
 	await(waits, "the sender to wait for the result, after the round that left the op out")
 	seq := bob.send(conv, "bob's")
