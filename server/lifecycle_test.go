@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -113,6 +114,46 @@ func TestSyncReadMode(t *testing.T) {
 			t.Fatalf("warned of a reader goroutine: %v; log:\n%s", warned, log.String())
 		}
 	})
+}
+
+// TestSyncHandlerOnlyWaits: a Sync handler's goroutine, which lives as
+// long as its session, waits for the client's messages and answers them
+// on a pooled goroutine, so that its stack stays small. A push is
+// appended off it, while it waits for the pool.
+func TestSyncHandlerOnlyWaits(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	stacks := make(chan string, 1)
+	server.OnPushed(srv.Server, func() {
+		buf := make([]byte, 1<<20)
+		select {
+		case stacks <- string(buf[:runtime.Stack(buf, true)]):
+		default:
+		}
+	})
+	alice := newDev(t, srv.Register("alice"))
+	conv := alice.createConv("c")
+	s := alice.open(hello("", 0))
+	s.untilCaughtUp()
+	s.push(1, conv, alice.op(conv, msg("hi")))
+	var all string
+	select {
+	case all = <-stacks:
+	case <-time.After(time.Minute): // a guard, not a wait
+		t.Fatal("the push was not appended")
+	}
+	goroutines := strings.Split(all, "\n\n")
+	pushing, handler := goroutines[0], ""
+	for _, g := range goroutines {
+		if strings.Contains(g, "server.syncService.Sync(") {
+			handler = g
+		}
+	}
+	if strings.Contains(pushing, "server.syncService.Sync(") || !strings.Contains(pushing, "(*callPool).work") {
+		t.Errorf("the push was appended on the handler's goroutine, or not on the pool's:\n%s", pushing)
+	}
+	if !strings.Contains(handler, "(*callPool).run") {
+		t.Errorf("the handler's goroutine does not wait for the pool:\n%s", handler)
+	}
 }
 
 // TestSenderGoroutines: an idle Sync session holds no sender goroutine. The

@@ -159,7 +159,14 @@ func actorFrom(ctx context.Context) engine.Actor {
 func (s *Server) intercept(next connect.ServerFunc) connect.ServerFunc {
 	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) (err error) {
 		defer s.finishCall(spec.Procedure, &err)
-		if ctx, err = s.authenticate(ctx, spec.Procedure); err == nil {
+		if spec.Procedure == ferryv1connect.SyncServiceSyncProcedure {
+			// The handler's goroutine waits for the session's life:
+			// the store's read of the token runs off it (deep).
+			deep.run(func() { ctx, err = s.authenticate(ctx, spec.Procedure) }, make(chan any, 1))
+		} else {
+			ctx, err = s.authenticate(ctx, spec.Procedure)
+		}
+		if err == nil {
 			err = next(ctx, spec, stream)
 		}
 		if err != nil {

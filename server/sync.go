@@ -292,20 +292,22 @@ func (k subscribeSink) pushResult(*ferryv1.PushResult) error {
 	return errors.New("server: push result on a subscribe stream")
 }
 
-// Sync runs a Sync session. Its goroutine, the handler's, reads the
-// client's messages for the session's whole life; sends run on a goroutine
-// started when something is ready to send (pumper), which ends when
-// nothing more is. An idle session so holds one goroutine of its own, not a
-// receiver and a sender. The handler's goroutine waits deep in the call
-// stack (net/http, Connect, the interceptor), so what it does besides
-// waiting is done in calls that return: its stack stays at 8 KB.
+// Sync runs a Sync session. Its goroutine, the handler's, waits for the
+// client's messages for the session's whole life; it reads and answers
+// each on a pooled goroutine (deep), so that its stack stays at 4 KB.
+// Sends run on a goroutine started when something is ready to send
+// (pumper), which ends when nothing more is. An idle session so holds one
+// goroutine of its own, with 4 KB of stack.
 func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSyncServerStream) error {
-	l, err := h.s.startSync(ctx, st)
+	var l *loop
+	var err error
+	calls := make(chan any, 1)
+	deep.run(func() { l, err = h.s.startSync(ctx, st) }, calls)
 	if err != nil {
 		return err
 	}
 	defer l.endSync()
-	return l.syncErr(l.receive(ctx))
+	return l.syncErr(l.receive(ctx, calls))
 }
 
 // startSync admits a Sync stream, reads its hello and starts the session's
@@ -427,7 +429,7 @@ func (l *loop) syncErr(received error) error {
 	}
 	// The client ended the session: answer the pushes it sent before (the
 	// sender stopped between messages, and may have left some).
-	// Nothing else fills results now: handle ran on this goroutine.
+	// Nothing else fills results now: receive has returned.
 	for l.sess != nil && len(l.results) > 0 {
 		a := <-l.results
 		if l.leavesOwnOut() && !l.sess.Pending() && l.reachesAll(a.ops) {
@@ -838,25 +840,35 @@ var errSenderEnded = errors.New("server: the session's sender ended it")
 // receive reads a Sync session's client messages until the stream ends or
 // the sender ends the session. It returns what ended it: nil when the
 // client closed its side.
-func (l *loop) receive(ctx context.Context) error {
-	for {
-		if l.waitInput != nil {
-			l.waitInput()
+func (l *loop) receive(ctx context.Context, calls chan any) error {
+	var end bool
+	var err error
+	one := func() { end, err = l.receiveOne(ctx) }
+	for !end {
+		if l.waitInput == nil {
+			one() // a stoppableReader's Receive waits: not on a pooled goroutine
+			continue
 		}
-		req, err := l.rd.Receive()
-		if err != nil {
-			return ignoreEOF(err)
-		}
-		l.handling.Store(true)
-		err = l.handle(ctx, req)
-		// The client's silence counts from when the server reads again: a
-		// push that waited for the push limit held its client's sends up.
-		l.lastIn.Store(l.s.opts.Clock.Now().UnixNano())
-		l.handling.Store(false)
-		if err != nil {
-			return err
-		}
+		l.waitInput()
+		deep.run(one, calls)
 	}
+	return err
+}
+
+// receiveOne reads the client's next message and answers it. It reports
+// whether the session is over, and with what error (nil for a clean end).
+func (l *loop) receiveOne(ctx context.Context) (end bool, err error) {
+	req, err := l.rd.Receive()
+	if err != nil {
+		return true, ignoreEOF(err)
+	}
+	l.handling.Store(true)
+	err = l.handle(ctx, req)
+	// The client's silence counts from when the server reads again: a
+	// push that waited for the push limit held its client's sends up.
+	l.lastIn.Store(l.s.opts.Clock.Now().UnixNano())
+	l.handling.Store(false)
+	return err != nil, err
 }
 
 // handle answers one of the client's messages: pushes and acks.

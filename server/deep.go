@@ -1,0 +1,122 @@
+package server
+
+import (
+	"fmt"
+	"runtime/debug"
+	"sync"
+)
+
+// deep runs the deep calls of Sync handlers: a Sync stream's handler
+// goroutine lives as long as its session and mostly waits, 2.4 KB deep in
+// net/http, Connect and the interceptor. A goroutine starts with a 2 KB
+// stack and doubles it when a call goes deeper; the runtime halves a
+// waiting goroutine's stack only while it uses less than a quarter of it.
+// One read of the store or one Connect receive on the handler's goroutine
+// takes it past 4 KB, to 8 KB for good. So the handler waits, and
+// everything else it does (authenticate, read the hello, open the session,
+// read and answer each message) runs here, on a goroutine whose stack has
+// grown already: 4 KB less per idle device, for two goroutine switches per
+// message.
+//
+// One pool serves every Server in the process: its goroutines are a
+// process's resource, like the runtime's, and never hold a server's state
+// between calls.
+var deep = &callPool{maxIdle: maxIdleCallers}
+
+// maxIdleCallers bounds the pool's goroutines waiting for a call. One
+// waiting costs 2-3 KB: the collector halves its stack, which it barely
+// uses then. A busy server has a call per push waiting for its commit; up
+// to this many finish together and wait for the next without the next
+// starting goroutines whose stacks grow by copying.
+const maxIdleCallers = 256
+
+// callPool runs calls on goroutines it keeps. It is safe for concurrent
+// use.
+type callPool struct {
+	maxIdle int
+
+	mu      sync.Mutex
+	idle    []chan call // the inboxes of the goroutines waiting for a call, the last to finish last
+	started int         // goroutines, for tests
+}
+
+type call struct {
+	f    func()
+	done chan<- any // gets nil, or what the call panicked with
+}
+
+// run calls f on one of the pool's goroutines and returns when f has. done
+// is the caller's, with a capacity of 1, and may serve its later calls. A
+// panic in f panics run's caller with a value that holds f's stack.
+func (p *callPool) run(f func(), done chan any) {
+	c := call{f, done}
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		inbox := p.idle[n-1] // the one that ran last: its stack is grown
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		inbox <- c
+	} else {
+		p.started++
+		p.mu.Unlock()
+		go p.work(c)
+	}
+	if r := <-done; r != nil {
+		panic(r)
+	}
+}
+
+func (p *callPool) work(c call) {
+	inbox := make(chan call, 1)
+	for p.call(c, inbox) {
+		c = <-inbox
+	}
+}
+
+// call calls c.f and tells c.done how it ended: nil, or a panic, which
+// call recovers. Before it does, it puts the goroutine among the idle
+// when there is room, so that the caller's next run finds it; it reports
+// whether it did. A runtime.Goexit (a test's t.FailNow in a hook) ends
+// the goroutine once the caller has been told.
+func (p *callPool) call(c call, inbox chan call) (waits bool) {
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		v := recover()
+		if v == nil {
+			c.done <- &callPanic{value: "runtime.Goexit in a pooled call"}
+			return
+		}
+		waits = p.wait(inbox)
+		c.done <- &callPanic{value: v, stack: debug.Stack()}
+	}()
+	c.f()
+	returned = true
+	waits = p.wait(inbox)
+	c.done <- nil
+	return waits
+}
+
+// wait puts inbox among the idle, unless there are maxIdle, and reports
+// whether it did.
+func (p *callPool) wait(inbox chan call) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle) >= p.maxIdle {
+		return false
+	}
+	p.idle = append(p.idle, inbox)
+	return true
+}
+
+// callPanic is a panic that ended a pooled call.
+type callPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *callPanic) String() string {
+	return fmt.Sprintf("%v [in a pooled call:]\n%s", p.value, p.stack)
+}

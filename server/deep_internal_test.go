@@ -1,0 +1,119 @@
+package server
+
+import (
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// stackOf is the calling goroutine's stack trace.
+func stackOf() string {
+	buf := make([]byte, 64<<10)
+	return string(buf[:runtime.Stack(buf, false)])
+}
+
+// TestCallPoolRunsOffTheCaller: run calls f on a goroutine of the pool,
+// returns once f has, and reuses the goroutine for the next call.
+func TestCallPoolRunsOffTheCaller(t *testing.T) {
+	p := &callPool{maxIdle: 2}
+	done := make(chan any, 1)
+	var stack string
+	p.run(func() { stack = stackOf() }, done)
+	if strings.Contains(stack, "testing.tRunner") || !strings.Contains(stack, "(*callPool).work") {
+		t.Fatalf("the call ran on the caller's goroutine, or not the pool's:\n%s", stack)
+	}
+	for range 3 {
+		p.run(func() {}, done)
+	}
+	if p.started != 1 {
+		t.Fatalf("%d goroutines started for calls one after another; want 1", p.started)
+	}
+}
+
+// TestCallPoolKeepsMaxIdle: of the goroutines that ran calls at once, the
+// pool keeps maxIdle to wait for more; the others end.
+func TestCallPoolKeepsMaxIdle(t *testing.T) {
+	p := &callPool{maxIdle: 2}
+	const calls = 5
+	var running, finished sync.WaitGroup
+	running.Add(calls)
+	finished.Add(calls)
+	release := make(chan struct{})
+	for range calls {
+		go func() {
+			defer finished.Done()
+			p.run(func() { running.Done(); <-release }, make(chan any, 1))
+		}()
+	}
+	running.Wait()
+	close(release)
+	finished.Wait()
+	p.mu.Lock()
+	idle, started := len(p.idle), p.started
+	p.mu.Unlock()
+	if idle != 2 || started != calls {
+		t.Fatalf("%d goroutines started, %d idle; want %d and 2", started, idle, calls)
+	}
+	// The next two calls at once take the idle ones; a third starts one.
+	running.Add(3)
+	finished.Add(3)
+	release = make(chan struct{})
+	for range 3 {
+		go func() {
+			defer finished.Done()
+			p.run(func() { running.Done(); <-release }, make(chan any, 1))
+		}()
+	}
+	running.Wait()
+	close(release)
+	finished.Wait()
+	if p.started != calls+1 {
+		t.Fatalf("%d goroutines started in all; want %d", p.started, calls+1)
+	}
+}
+
+// TestCallPoolPanics: a panic in a call panics the caller with the value
+// and the stack where it happened; the pool's goroutine serves on.
+func TestCallPoolPanics(t *testing.T) {
+	p := &callPool{maxIdle: 1}
+	done := make(chan any, 1)
+	got := func() (r any) {
+		defer func() { r = recover() }()
+		p.run(func() { panicInCall() }, done)
+		return nil
+	}()
+	cp, ok := got.(*callPanic)
+	if !ok {
+		t.Fatalf("run panicked with %#v; want a *callPanic", got)
+	}
+	if s := cp.String(); !strings.Contains(s, "boom") || !strings.Contains(s, "panicInCall") {
+		t.Fatalf("the panic says %q; want the value and the stack of the call", s)
+	}
+	ran := false
+	p.run(func() { ran = true }, done)
+	if !ran || p.started != 1 {
+		t.Fatalf("after a panic: ran %v, %d goroutines started; want true, 1", ran, p.started)
+	}
+}
+
+func panicInCall() { panic("boom") }
+
+// TestCallPoolGoexit: a call that ends its goroutine (t.FailNow in a hook)
+// still returns to its caller, with a panic; the goroutine is not reused.
+func TestCallPoolGoexit(t *testing.T) {
+	p := &callPool{maxIdle: 1}
+	done := make(chan any, 1)
+	got := func() (r any) {
+		defer func() { r = recover() }()
+		p.run(runtime.Goexit, done)
+		return nil
+	}()
+	if cp, ok := got.(*callPanic); !ok || !strings.Contains(cp.String(), "Goexit") {
+		t.Fatalf("run panicked with %#v; want a *callPanic naming Goexit", got)
+	}
+	p.run(func() {}, done)
+	if p.started != 2 {
+		t.Fatalf("%d goroutines started; want 2: the one that exited is not reused", p.started)
+	}
+}
