@@ -115,7 +115,7 @@ func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
 		ctx = context.WithValue(ctx, http.ServerContextKey, s.Config)
 	}
 	c.ctx = context.WithValue(ctx, http.LocalAddrContextKey, nc.LocalAddr())
-	c.rd.nc = nc
+	c.rd = newReader(nc)
 	c.dec = hpack.NewDecoder(defaultTable, c.hb.emit)
 	c.dec.SetMaxStringLength(c.set.maxHeaderBytes)
 	c.enc = hpack.NewEncoder(&c.encBuf)

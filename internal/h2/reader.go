@@ -3,6 +3,9 @@ package h2
 import (
 	"io"
 	"net"
+	"os"
+	"sync"
+	"syscall"
 )
 
 // readBufSize is a connection's read buffer: it holds every control frame
@@ -11,11 +14,34 @@ import (
 // payloads are read straight into a buffer of their size.
 const readBufSize = 1 << 10
 
+// readBufs holds the read buffers of connections that have nothing
+// buffered: a connection waits for the client without one (see
+// reader.read), and most of a chat server's connections wait.
+var readBufs = sync.Pool{New: func() any { return new([readBufSize]byte) }}
+
 // reader reads frames from a connection: only its reader goroutine uses it.
 type reader struct {
-	nc   net.Conn
-	buf  [readBufSize]byte
-	r, w int // buf[r:w] is read and not yet consumed
+	nc net.Conn
+	// raw, when set, is nc's: with nothing buffered, the reader waits
+	// for the client with its buffer back in readBufs. nil: nc is no
+	// socket of this system's, and the reader keeps its buffer.
+	raw  syscall.RawConn
+	buf  *[readBufSize]byte // nil while nothing is buffered, when raw
+	r, w int                // buf[r:w] is read and not yet consumed
+	// testWait, when set (by tests), runs as the reader is about to wait
+	// for the client with nothing buffered.
+	testWait func()
+}
+
+func newReader(nc net.Conn) reader {
+	r := reader{nc: nc}
+	if sc, ok := nc.(syscall.Conn); ok && rawReads {
+		r.raw, _ = sc.SyscallConn()
+	}
+	if r.raw == nil {
+		r.buf = new([readBufSize]byte)
+	}
+	return r
 }
 
 // fill reads until at least n (<= readBufSize) bytes are buffered.
@@ -23,12 +49,12 @@ func (r *reader) fill(n int) error {
 	if r.w-r.r >= n {
 		return nil
 	}
-	if r.r+n > len(r.buf) {
+	if r.r+n > readBufSize {
 		r.w = copy(r.buf[:], r.buf[r.r:r.w])
 		r.r = 0
 	}
 	for r.w-r.r < n {
-		m, err := r.nc.Read(r.buf[r.w:])
+		m, err := r.read()
 		r.w += m
 		if err != nil {
 			if r.w-r.r >= n {
@@ -41,6 +67,50 @@ func (r *reader) fill(n int) error {
 		}
 	}
 	return nil
+}
+
+// read reads once into buf[w:]. With nothing buffered and a raw
+// connection, it gives the buffer back while it waits for the client,
+// and takes one when there is something to read: a read of a socket that
+// has nothing returns EAGAIN, and the runtime's poller wakes the reader
+// once it has.
+func (r *reader) read() (int, error) {
+	if r.raw == nil || r.w > 0 {
+		return r.nc.Read(r.buf[r.w:])
+	}
+	if r.buf != nil {
+		readBufs.Put(r.buf)
+		r.buf = nil
+	}
+	var n int
+	var rerr error
+	err := r.raw.Read(func(fd uintptr) bool {
+		buf := readBufs.Get().(*[readBufSize]byte)
+		for {
+			n, rerr = rawRead(fd, buf[:])
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			readBufs.Put(buf)
+			if r.testWait != nil {
+				r.testWait()
+			}
+			return false // the runtime waits until the socket has data
+		}
+		r.buf = buf
+		return true
+	})
+	switch {
+	case err != nil:
+		return 0, err // the connection's: closed, or past its read deadline
+	case rerr != nil:
+		return 0, os.NewSyscallError("read", rerr)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 // next returns the next n bytes, which stay valid until the next call.
@@ -64,7 +134,10 @@ func (r *reader) payload(n int) ([]byte, error) {
 		return r.next(n)
 	}
 	p := make([]byte, n)
-	m := copy(p, r.buf[r.r:r.w])
+	m := 0
+	if r.w > r.r {
+		m = copy(p, r.buf[r.r:r.w])
+	}
 	r.r, r.w = 0, 0
 	if _, err := io.ReadFull(r.nc, p[m:]); err != nil {
 		if err == io.EOF {

@@ -13,8 +13,11 @@
 //     connection whose stack stays.
 //   - Buffers are held only while they are used: the response buffer of a
 //     stream between a Write and its Flush, the request body's while it
-//     holds data, the write batch while it is written. An idle connection
-//     keeps its HPACK tables, a 1 KiB read buffer and its streams' state.
+//     holds data, the write batch while it is written, the 1 KiB read
+//     buffer while it holds part of a frame: a reader with nothing
+//     buffered waits for the socket to have data without one (on Unix;
+//     elsewhere it keeps it). An idle connection keeps its HPACK tables
+//     and its streams' state.
 //
 // The reader, the connection's timer and body reads never write to the
 // connection: the control frames they must send (PING and SETTINGS ACKs,

@@ -1,0 +1,125 @@
+package h2
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// tcpPair is a loopback TCP connection's two ends.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// TestReaderWaitsWithoutABuffer: a reader with nothing buffered waits for
+// the client with its buffer given back, and reads what comes whole: a
+// frame in one read, a frame in pieces, a payload larger than the buffer,
+// then the end.
+func TestReaderWaitsWithoutABuffer(t *testing.T) {
+	if !rawReads {
+		t.Skip("no raw reads on this system: a connection keeps its buffer")
+	}
+	client, server := tcpPair(t)
+	r := newReader(server)
+	waiting := make(chan bool, 1) // whether the reader held a buffer as it waited
+	r.testWait = func() {
+		select {
+		case waiting <- r.buf != nil:
+		default:
+		}
+	}
+	type read struct {
+		p   []byte
+		err error
+	}
+	reads := make(chan read)
+	// next reads n bytes on a goroutine of its own, as the connection's
+	// reader does, and returns a copy.
+	next := func(n int, payload bool) <-chan read {
+		go func() {
+			var p []byte
+			var err error
+			if payload {
+				p, err = r.payload(n)
+			} else {
+				p, err = r.next(n)
+			}
+			reads <- read{bytes.Clone(p), err}
+		}()
+		return reads
+	}
+	awaitWait := func() {
+		t.Helper()
+		select {
+		case held := <-waiting:
+			if held {
+				t.Fatal("the reader held its buffer while it waited")
+			}
+		case <-time.After(time.Minute): // a guard, not a wait
+			t.Fatal("the reader did not wait")
+		}
+	}
+	write := func(s string) {
+		t.Helper()
+		if _, err := client.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect := func(got <-chan read, want string) {
+		t.Helper()
+		g := <-got
+		if g.err != nil || string(g.p) != want {
+			t.Fatalf("read %q, %v; want %q", g.p, g.err, want)
+		}
+	}
+
+	got := next(9, false)
+	awaitWait()
+	write("123456789")
+	expect(got, "123456789")
+
+	got = next(9, false)
+	awaitWait()
+	write("abc") // the rest is read with the buffer held
+	write("defghi")
+	expect(got, "abcdefghi")
+
+	big := string(bytes.Repeat([]byte("x"), 3*readBufSize))
+	got = next(len(big), true) // read into a buffer of its own
+	write(big)
+	expect(got, big)
+
+	got = next(1, false)
+	awaitWait()
+	client.Close()
+	if g := <-got; !errors.Is(g.err, io.EOF) {
+		t.Fatalf("read %q, %v at the end; want EOF", g.p, g.err)
+	}
+}
