@@ -38,6 +38,7 @@ type Server struct {
 	watches  *sendWatches   // nil without a send timeout
 	batches  liveBatches    // live rounds' batches, encoded once
 	stats    *stats         // counters for operators (Metrics)
+	clientIP clientIP       // where a caller's address comes from
 
 	warnSyncReads sync.Once
 	senders       atomic.Int64 // Sync sessions' sender goroutines
@@ -68,17 +69,18 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 	}
 	goaway, goAway := context.WithCancel(context.Background())
 	return &Server{
-		eng:     eng,
-		opts:    opts,
-		log:     opts.Logger,
-		streams: map[ulid.ULID]int{},
-		goaway:  goaway,
-		goAway:  goAway,
-		signIns: newSignInLimiter(opts.SignInLimit, opts.SignInRefill, opts.Clock),
-		pushes:  newPushLimiter(opts),
-		aheads:  slots(opts.MaxReadAheads),
-		watches: sendWatchesFor(opts),
-		stats:   newStats(),
+		eng:      eng,
+		opts:     opts,
+		log:      opts.Logger,
+		streams:  map[ulid.ULID]int{},
+		goaway:   goaway,
+		goAway:   goAway,
+		signIns:  newSignInLimiter(opts.SignInLimit, opts.SignInRefill, opts.Clock),
+		pushes:   newPushLimiter(opts),
+		aheads:   slots(opts.MaxReadAheads),
+		watches:  sendWatchesFor(opts),
+		stats:    newStats(),
+		clientIP: clientIP{header: opts.ClientIPHeader, trusted: opts.TrustedProxies},
 	}, nil
 }
 
@@ -100,7 +102,7 @@ func (s *Server) Handler(extra ...func(*http.ServeMux)) http.Handler {
 	for _, f := range extra {
 		f(mux)
 	}
-	return withClientAddr(s.gateStreams(mux), clientIP{header: s.opts.ClientIPHeader, trusted: s.opts.TrustedProxies})
+	return s.gateStreams(mux)
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

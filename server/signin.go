@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -252,14 +251,14 @@ func (l *signInLimiter) makeRoom(now time.Time, n int) {
 // attempt left.
 // Only wrong credentials count: the attempt is given back otherwise.
 func (s *Server) login(ctx context.Context, username string, attempt func() error) error {
-	return s.signIn(signInKeys(clientAddr(ctx), signInLogin, username), attempt,
+	return s.signIn(signInKeys(s.clientAddr(ctx), signInLogin, username), attempt,
 		func(err error) bool { return errors.Is(err, engine.ErrUnauthenticated) })
 }
 
 // register runs a registration under the limiter. Every registration
 // counts, made or refused: accounts are not free to make either.
 func (s *Server) register(ctx context.Context, attempt func() error) error {
-	return s.signIn(signInKeys(clientAddr(ctx), signInRegister, ""), attempt, func(error) bool { return true })
+	return s.signIn(signInKeys(s.clientAddr(ctx), signInRegister, ""), attempt, func(error) bool { return true })
 }
 
 // signIn runs a sign-in spending from keys' buckets: refused at once when
@@ -287,25 +286,15 @@ func serverSide(err error) bool {
 		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
-type clientAddrKey struct{}
-
 // clientAddr is the caller's address as the limiter keys it; invalid when
-// unknown.
-func clientAddr(ctx context.Context) netip.Prefix {
-	p, _ := ctx.Value(clientAddrKey{}).(netip.Prefix)
-	return p
-}
-
-// withClientAddr puts the client's address in the request's context (see
-// clientIP).
-func withClientAddr(next http.Handler, ci clientIP) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a := addrKey(r, ci)
-		if a.IsValid() {
-			r = r.WithContext(context.WithValue(r.Context(), clientAddrKey{}, a))
-		}
-		next.ServeHTTP(w, r)
-	})
+// unknown. It is worked out where a handler asks, from the call's peer and
+// headers: the sign-in calls only, not every request.
+func (s *Server) clientAddr(ctx context.Context) netip.Prefix {
+	info, ok := connect.CallInfoForServerContext(ctx)
+	if !ok {
+		return netip.Prefix{}
+	}
+	return addrKey(info.PeerAddr, info.RequestHeader().Values, s.clientIP)
 }
 
 // clientIP says where a request's client address comes from: the
@@ -333,13 +322,13 @@ func (c clientIP) isTrusted(ip netip.Addr) bool {
 // entry is the client; with them, the header counts only when the peer is
 // one of them. An entry that is not an address ends the walk at the last
 // proxy.
-func (c clientIP) addr(r *http.Request) netip.Addr {
-	peer := parseAddr(r.RemoteAddr)
+func (c clientIP) addr(peerAddr string, header func(key string) []string) netip.Addr {
+	peer := parseAddr(peerAddr)
 	if c.header == "" || !peer.IsValid() || (len(c.trusted) > 0 && !c.isTrusted(peer)) {
 		return peer
 	}
 	last := peer
-	vs := r.Header.Values(c.header)
+	vs := header(c.header)
 	for i := len(vs) - 1; i >= 0; i-- {
 		entries := strings.Split(vs[i], ",")
 		for j := len(entries) - 1; j >= 0; j-- {
@@ -360,10 +349,10 @@ func (c clientIP) addr(r *http.Request) netip.Addr {
 	return last
 }
 
-// addrKey is the limiter's key for the request's client: its IPv4 address
-// or IPv6 /64.
-func addrKey(r *http.Request, ci clientIP) netip.Prefix {
-	ip := ci.addr(r)
+// addrKey is the limiter's key for a call's client, given the call's peer
+// and its header's values: its IPv4 address or IPv6 /64.
+func addrKey(peerAddr string, header func(key string) []string, ci clientIP) netip.Prefix {
+	ip := ci.addr(peerAddr, header)
 	if !ip.IsValid() {
 		return netip.Prefix{}
 	}

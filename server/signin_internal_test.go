@@ -35,7 +35,7 @@ func TestAddrKey(t *testing.T) {
 		for _, h := range c.headers {
 			r.Header.Add("X-Forwarded-For", h)
 		}
-		if got := addrKey(r, clientIP{header: c.header}).String(); got != c.want {
+		if got := addrKey(r.RemoteAddr, r.Header.Values, clientIP{header: c.header}).String(); got != c.want {
 			t.Errorf("remote %q, header %q %q: %s, want %s", c.remote, c.header, c.headers, got, c.want)
 		}
 	}
@@ -67,7 +67,7 @@ func TestTrustedProxies(t *testing.T) {
 		for _, h := range c.headers {
 			r.Header.Add("X-Forwarded-For", h)
 		}
-		if got := addrKey(r, ci).String(); got != c.want {
+		if got := addrKey(r.RemoteAddr, r.Header.Values, ci).String(); got != c.want {
 			t.Errorf("%s: remote %q, header %q: %s, want %s", c.name, c.remote, c.headers, got, c.want)
 		}
 	}
