@@ -222,8 +222,9 @@ type responseWriter struct {
 	st      *stream
 	req     *http.Request
 	header  http.Header // the handler's
-	sent    http.Header // header as WriteHeader found it
-	status  int
+	sent    http.Header // header as WriteHeader found it, until HEADERS go
+	trailer []string    // its Trailer values
+	status  int         // set by WriteHeader with a final status
 	sentHdr bool // HEADERS went
 	ended   bool // END_STREAM went
 	buf     *[]byte
@@ -246,7 +247,7 @@ func (w *responseWriter) WriteHeader(code int) {
 	if code < 100 || code > 999 {
 		panic("http2: invalid WriteHeader code " + strconv.Itoa(code))
 	}
-	if w.sent != nil {
+	if w.status != 0 {
 		return
 	}
 	if code < 200 {
@@ -260,6 +261,7 @@ func (w *responseWriter) WriteHeader(code int) {
 	if w.sent == nil {
 		w.sent = http.Header{}
 	}
+	w.trailer = w.sent["Trailer"]
 }
 
 func (w *responseWriter) writeInformational(code int) error {
@@ -275,7 +277,7 @@ func (w *responseWriter) bodyAllowed() bool {
 }
 
 func (w *responseWriter) Write(p []byte) (int, error) {
-	if w.sent == nil {
+	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
 	if !w.bodyAllowed() {
@@ -310,7 +312,7 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 
 func (w *responseWriter) WriteString(s string) (int, error) {
 	// One copy either way: into the buffer, or into a slice for a long s.
-	if w.buf != nil && len(*w.buf)+len(s) <= respBufSize && w.sent != nil && w.err == nil && w.bodyAllowed() {
+	if w.buf != nil && len(*w.buf)+len(s) <= respBufSize && w.status != 0 && w.err == nil && w.bodyAllowed() {
 		*w.buf = append(*w.buf, s...)
 		return len(s), nil
 	}
@@ -321,7 +323,7 @@ func (w *responseWriter) Flush() { _ = w.FlushError() }
 
 // FlushError sends the header, if it has not gone, and what is buffered.
 func (w *responseWriter) FlushError() error {
-	if w.sent == nil {
+	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
 	if w.err != nil {
@@ -355,7 +357,7 @@ func (w *responseWriter) release() {
 // finish ends the response when its handler returns: the header if it
 // has not gone, what is buffered, and the trailers.
 func (w *responseWriter) finish() {
-	if w.sent == nil {
+	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
 	if w.err != nil {
@@ -387,7 +389,7 @@ func (w *responseWriter) trailers() http.Header {
 		}
 		t[k] = vv
 	}
-	for _, v := range w.sent["Trailer"] {
+	for _, v := range w.trailer {
 		for _, k := range strings.Split(v, ",") {
 			k = http.CanonicalHeaderKey(strings.TrimSpace(k))
 			add(k, w.header[k])
@@ -453,7 +455,7 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 			if !w.sentHdr {
 				h := w.sent
 				c.appendHeaders(bt, st.id, end && last && n == 0 && tr == nil, func(enc *hpack.Encoder) { encodeHeader(enc, w.status, h) })
-				w.sentHdr = true
+				w.sentHdr, w.sent = true, nil // a stream's life is long, its header's copy not needed
 				if end && last && n == 0 && tr == nil {
 					w.ended = true
 					return nil
