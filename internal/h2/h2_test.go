@@ -577,3 +577,36 @@ func TestClientGoAway(t *testing.T) {
 		t.Fatalf("GOAWAY %v, last stream %d; want NO_ERROR, 1", g.ErrCode, g.LastStreamID)
 	}
 }
+
+// TestResponseHeadersNotIndexed: the server's response headers never
+// enter the HPACK dynamic table, so that an idle connection holds none:
+// each header block decodes alone, the second on a connection too.
+func TestResponseHeadersNotIndexed(t *testing.T) {
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/connect+proto")
+		w.Header().Set("X-Ferry", "the same on every response")
+	}), nil)
+	rc := dial(t, addr)
+	rc.fr.ReadMetaHeaders = nil // each block is decoded here, alone
+	for _, id := range []uint32{1, 3} {
+		rc.request(id, "/", true)
+		h := rc.until(fmt.Sprintf("HEADERS of stream %d", id), func(f http2.Frame) bool {
+			h, ok := f.(*http2.HeadersFrame)
+			return ok && h.StreamID == id
+		}).(*http2.HeadersFrame)
+		if !h.HeadersEnded() {
+			t.Fatalf("stream %d: the header block goes on in CONTINUATION frames", id)
+		}
+		fields, err := hpack.NewDecoder(4096, nil).DecodeFull(h.HeaderBlockFragment())
+		if err != nil {
+			t.Fatalf("stream %d: the header block does not decode alone: %v", id, err)
+		}
+		got := map[string]string{}
+		for _, f := range fields {
+			got[f.Name] = f.Value
+		}
+		if got["content-type"] != "application/connect+proto" || got["x-ferry"] != "the same on every response" {
+			t.Fatalf("stream %d: headers %v", id, fields)
+		}
+	}
+}

@@ -225,8 +225,8 @@ type responseWriter struct {
 	sent    http.Header // header as WriteHeader found it, until HEADERS go
 	trailer []string    // its Trailer values
 	status  int         // set by WriteHeader with a final status
-	sentHdr bool // HEADERS went
-	ended   bool // END_STREAM went
+	sentHdr bool        // HEADERS went
+	ended   bool        // END_STREAM went
 	buf     *[]byte
 	err     error
 }
