@@ -31,14 +31,15 @@ type Server struct {
 	goaway   context.Context   // canceled by GoAway
 	goAway   context.CancelFunc
 	goneAway bool
-	active   sync.WaitGroup // session handlers (each waits for its senders)
-	signIns  *signInLimiter // nil when off
-	pushes   *pushLimiter   // nil when off
-	aheads   chan struct{}  // read-ahead slots (Options.MaxReadAheads); nil when none
-	watches  *sendWatches   // nil without a send timeout
-	batches  liveBatches    // live rounds' batches, encoded once
-	stats    *stats         // counters for operators (Metrics)
-	clientIP clientIP       // where a caller's address comes from
+	syncs    map[*pumper]struct{} // the Sync sessions' senders, which GoAway kicks
+	active   sync.WaitGroup       // session handlers (each waits for its senders)
+	signIns  *signInLimiter       // nil when off
+	pushes   *pushLimiter         // nil when off
+	aheads   chan struct{}        // read-ahead slots (Options.MaxReadAheads); nil when none
+	watches  *sendWatches         // nil without a send timeout
+	batches  liveBatches          // live rounds' batches, encoded once
+	stats    *stats               // counters for operators (Metrics)
+	clientIP clientIP             // where a caller's address comes from
 
 	warnSyncReads sync.Once
 	senders       atomic.Int64 // Sync sessions' sender goroutines
@@ -73,6 +74,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 		opts:     opts,
 		log:      opts.Logger,
 		streams:  map[ulid.ULID]int{},
+		syncs:    map[*pumper]struct{}{},
 		goaway:   goaway,
 		goAway:   goAway,
 		signIns:  newSignInLimiter(opts.SignInLimit, opts.SignInRefill, opts.Clock),
@@ -129,11 +131,36 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 // sessions' handlers to return.
 func (s *Server) GoAway() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.goneAway {
-		s.goneAway = true
-		s.goAway()
+	if s.goneAway {
+		s.mu.Unlock()
+		return
 	}
+	s.goneAway = true
+	s.goAway()
+	senders := make([]*pumper, 0, len(s.syncs))
+	for p := range s.syncs {
+		senders = append(senders, p)
+	}
+	s.mu.Unlock()
+	for _, p := range senders {
+		p.kick() // its pump sends the Goaway
+	}
+}
+
+// watchGoaway has GoAway kick a Sync session's sender, until
+// unwatchGoaway. A map entry, where a context.AfterFunc on s.goaway held
+// 190 bytes per idle session. A sender watched after GoAway was called
+// sees it in its first pump, which comes after.
+func (s *Server) watchGoaway(p *pumper) {
+	s.mu.Lock()
+	s.syncs[p] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Server) unwatchGoaway(p *pumper) {
+	s.mu.Lock()
+	delete(s.syncs, p)
+	s.mu.Unlock()
 }
 
 // publicProcedures need no token.
