@@ -322,6 +322,59 @@ func testHeartbeatsAndIdleCutOff(t *testing.T, wrap func(http.Handler) http.Hand
 	noSenders(t, srv)
 }
 
+// TestHeartbeatCountsFromTheLastSend: a heartbeat goes an interval after
+// the last message sent, not after the last heartbeat: the session's timer,
+// armed for the earlier deadline, finds nothing due when it fires after a
+// live round, and waits on.
+func TestHeartbeatCountsFromTheLastSend(t *testing.T) {
+	const interval = 30 * time.Second
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) { o.HeartbeatInterval = interval }})
+	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	conv := alice.createConv("c", bob)
+	s := bob.open(hello("", 0))
+	s.untilCaughtUp()
+	start := srv.Clock.Now()
+	msgs, errs := reader(s)
+	next := func(what string) *ferryv1.SyncResponse {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			return m
+		case err := <-errs:
+			t.Fatalf("waiting for %s: %v", what, err)
+		case <-time.After(time.Minute): // a guard, not a wait
+			t.Fatalf("no %s", what)
+		}
+		return nil
+	}
+
+	srv.Clock.Advance(interval / 2)
+	alice.send(conv, "half an interval in")
+	for m := next("the live round"); m.GetOps().GetFeedPos() == 0; m = next("the live round") {
+	}
+	// The sender lingers once it has sent the round, and so noted it.
+	for {
+		armed := srv.Clock.Armed()
+		if at, ok := srv.Clock.Next(); ok && at.Equal(srv.Clock.Now().Add(server.SenderLinger)) {
+			break
+		}
+		select {
+		case <-armed:
+		case <-time.After(time.Minute): // a guard, not a wait
+			t.Fatal("the sender does not linger after the live round")
+		}
+	}
+	srv.Clock.Advance(interval / 2) // the first deadline: nothing is due
+	srv.Clock.Advance(interval / 2) // an interval after the round
+	m := next("a heartbeat")
+	if m.GetHeartbeat() == nil {
+		t.Fatalf("got %v; want a heartbeat", m)
+	}
+	if got, want := m.GetHeartbeat().GetTime().AsTime(), start.Add(3*interval/2); !got.Equal(want) {
+		t.Fatalf("the heartbeat went at %v into the session; want %v, an interval after the live round", got.Sub(start), want.Sub(start))
+	}
+}
+
 // TestHelloDeadline: a stream that opens but never completes its hello is
 // ended, freeing its slot. (Go's HTTP/2 client sends no headers before the
 // first body bytes, so the test starts an envelope and stalls.)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -352,10 +353,8 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	}
 	p := &pumper{l: l, ctx: ctx, stopReceive: stopReceive, wake: make(chan struct{}, 1), ended: make(chan struct{})}
 	l.p, l.wake = p, p.kick
-	interval := s.opts.HeartbeatInterval
-	l.hb = clock.AfterFunc(s.opts.Clock, interval, func() { l.hbDue.Store(true); p.kick() })
 	// Sync clients send heartbeats; silence means a dead peer.
-	l.idle = clock.AfterFunc(s.opts.Clock, 3*interval, func() { l.idleDue.Store(true); p.kick() })
+	l.startTimer()
 	s.watchGoaway(p)
 	// The request's context ends with the client's deadline
 	// (Connect-Timeout-Ms, grpc-timeout), which a blocked read of the body
@@ -367,7 +366,6 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	if _, ok := ctx.Deadline(); ok {
 		l.unwatchCtx = context.AfterFunc(ctx, p.kick)
 	}
-	l.lastIn.Store(s.opts.Clock.Now().UnixNano())
 	if bg != nil {
 		l.stopReader = bg.Stop
 	} else {
@@ -416,8 +414,7 @@ func (s *Server) readHello(rd requestReader, stopReceive func()) (*ferryv1.Hello
 // once.
 func (l *loop) endSync() {
 	l.p.stop()
-	l.hb.Stop()
-	l.idle.Stop()
+	l.stopTimer()
 	l.s.unwatchGoaway(l.p)
 	l.unwatchCtx()
 	if l.stopReader != nil {
@@ -521,16 +518,23 @@ type loop struct {
 	// the reading goroutine.
 	ahead chan step
 	wake  func()
-	hb    clock.Timer // fires HeartbeatInterval after the last send
-	hbDue atomic.Bool // it fired: send a heartbeat
+	// The session's one timer fires at the next of its deadlines: a
+	// heartbeat HeartbeatInterval after the last send, and for Sync a look
+	// at the client's silence three intervals after its last message.
+	// Sends and messages only note their time; tick, or the pump once it
+	// has handled what was due, arms the timer for the deadline next.
+	timer        clock.Timer
+	timerMu      sync.Mutex   // orders arm and stopTimer
+	timerStopped bool         // under timerMu
+	lastOut      atomic.Int64 // when the last message went, in the clock's Unix nanoseconds
+	hbDue        atomic.Bool  // a heartbeat is due
 
 	// Sync only.
 	rd         requestReader // the client's messages
 	waitInput  func()        // waits for the next of them, when set
 	p          *pumper       // runs pump
 	results    chan answer   // answered pushes, to send
-	idle       clock.Timer   // fires three intervals after the client's last message
-	idleDue    atomic.Bool   // it fired
+	idleDue    atomic.Bool   // the client's silence is to be looked at
 	quit       atomic.Bool   // the receiving side ended the session
 	active     bool          // the last pump sent live rounds or push results
 	release    func()        // frees the stream's slot
@@ -628,18 +632,13 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 			// A message came meanwhile, or one is being answered: look
 			// again when the window since the last one ends, or a whole
 			// window from now while it is answered.
-			window := 3 * l.s.opts.HeartbeatInterval
-			left := window - l.s.opts.Clock.Now().Sub(time.Unix(0, l.lastIn.Load()))
-			if left <= 0 {
-				left = window
-			}
-			l.idle.Reset(left)
+			l.arm()
 		}
-		if l.hbDue.Swap(false) {
+		if l.hbDue.Load() {
 			if err := l.out.heartbeat(&ferryv1.Heartbeat{Time: timestamppb.New(l.s.opts.Clock.Now())}); err != nil {
 				return true, err
 			}
-			l.sent()
+			l.sent() // arms the timer
 			continue
 		}
 		if !waiting { // the result wakes it, and its answer plans the round
@@ -782,9 +781,8 @@ func (l *loop) open() (end bool, err error) {
 }
 
 // silent reports whether the client has said nothing for three heartbeat
-// intervals. The idle timer's firing is not enough: its function runs on a
-// goroutine of its own, and may run after a message that came just in
-// time reset it.
+// intervals. The timer's finding is not enough: a message may have come
+// just in time after it fired, and one may be being answered.
 func (l *loop) silent() bool {
 	if l.handling.Load() {
 		return false // a message is being answered (a push may wait for the push limit)
@@ -794,10 +792,81 @@ func (l *loop) silent() bool {
 }
 
 // sent restarts the heartbeat interval: a heartbeat goes out only after
-// an interval without any other message.
+// an interval without any other message. A send that takes the place of a
+// due heartbeat arms the timer, which waits for it.
 func (l *loop) sent() {
-	l.hbDue.Store(false)
-	l.hb.Reset(l.s.opts.HeartbeatInterval)
+	l.lastOut.Store(l.s.opts.Clock.Now().UnixNano())
+	if l.hbDue.Swap(false) {
+		l.arm()
+	}
+}
+
+// startTimer starts the session's deadlines from now.
+func (l *loop) startTimer() {
+	now := l.s.opts.Clock.Now().UnixNano()
+	l.lastOut.Store(now)
+	l.lastIn.Store(now)
+	l.timerMu.Lock() // a tick's arm waits for l.timer
+	defer l.timerMu.Unlock()
+	l.timer = clock.AfterFunc(l.s.opts.Clock, l.s.opts.HeartbeatInterval, l.tick)
+}
+
+// stopTimer stops the session's timer for good.
+func (l *loop) stopTimer() {
+	l.timerMu.Lock()
+	defer l.timerMu.Unlock()
+	l.timerStopped = true
+	l.timer.Stop()
+}
+
+// deadlines returns when a heartbeat is due, and when the client's
+// silence is to be looked at (a Sync session's; math.MaxInt64 for a
+// Subscribe session's), in the clock's Unix nanoseconds.
+func (l *loop) deadlines() (heartbeat, silence int64) {
+	interval := int64(l.s.opts.HeartbeatInterval)
+	heartbeat, silence = l.lastOut.Load()+interval, math.MaxInt64
+	if l.rd != nil {
+		silence = l.lastIn.Load() + 3*interval
+	}
+	return heartbeat, silence
+}
+
+// tick runs when the timer fires: it marks what is due and wakes the
+// pump, which arms the timer again once it has handled it; with nothing
+// due (a send or a message came since it was armed) it arms the timer for
+// the next deadline.
+func (l *loop) tick() {
+	now := l.s.opts.Clock.Now().UnixNano()
+	heartbeat, silence := l.deadlines()
+	due := false
+	if now >= heartbeat {
+		l.hbDue.Store(true)
+		due = true
+	}
+	if now >= silence {
+		l.idleDue.Store(true)
+		due = true
+	}
+	if due {
+		l.wake()
+		return
+	}
+	l.arm()
+}
+
+// arm arms the timer for the next deadline; a look at the silence of a
+// client whose message is being answered is a whole window away.
+func (l *loop) arm() {
+	now := l.s.opts.Clock.Now().UnixNano()
+	heartbeat, silence := l.deadlines()
+	if silence <= now {
+		silence = now + 3*int64(l.s.opts.HeartbeatInterval)
+	}
+	l.timerMu.Lock()
+	defer l.timerMu.Unlock()
+	if !l.timerStopped {
+		l.timer.Reset(time.Duration(max(min(heartbeat, silence)-now, 0)))
+	}
 }
 
 // close waits for a read ahead in progress, which uses the session, and
@@ -823,8 +892,8 @@ func (l *loop) serveSubscribe(ctx context.Context) error {
 		default:
 		}
 	}
-	l.hb = clock.AfterFunc(l.s.opts.Clock, l.s.opts.HeartbeatInterval, func() { l.hbDue.Store(true); l.wake() })
-	defer l.hb.Stop()
+	l.startTimer()
+	defer l.stopTimer()
 	defer l.close()
 	for {
 		if end, err := l.pump(ctx); end {
@@ -879,7 +948,6 @@ func (l *loop) receiveOne(ctx context.Context) (end bool, err error) {
 // handle answers one of the client's messages: pushes and acks.
 func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) error {
 	s := l.s
-	l.idle.Reset(3 * s.opts.HeartbeatInterval) // receive notes the message's time once it is answered
 	switch msg := req.GetMessage().(type) {
 	case *ferryv1.SyncRequest_Push:
 		results, pushed, err := s.push(ctx, l.a, msg.Push.GetBatches(), l.p.ended, l.o.Pushing)
