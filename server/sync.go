@@ -347,7 +347,7 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	if err != nil {
 		return nil, err
 	}
-	l.rd, l.results, l.release = rd, make(chan answer, 4), release
+	l.rd, l.results, l.release = rd, make(chan *answer, 4), release
 	if hello.GetSkipOwnOps() {
 		l.o.Pushing = new(engine.Pushing)
 	}
@@ -533,7 +533,7 @@ type loop struct {
 	rd         requestReader // the client's messages
 	waitInput  func()        // waits for the next of them, when set
 	p          *pumper       // runs pump
-	results    chan answer   // answered pushes, to send
+	results    chan *answer  // answered pushes, to send (pointers: the buffer is held for the session's life)
 	idleDue    atomic.Bool   // the client's silence is to be looked at
 	quit       atomic.Bool   // the receiving side ended the session
 	active     bool          // the last pump sent live rounds or push results
@@ -670,7 +670,7 @@ func stepErr(st step) error {
 // the push returned, so a round planned now reaches it. Only live rounds
 // leave ops out: a result answered during the catch-up goes alone, and
 // its ops come back.
-func (l *loop) answer(a answer) error {
+func (l *loop) answer(a *answer) error {
 	defer l.o.Pushing.Remove(a.counted)
 	if !l.leavesOwnOut() {
 		return l.out.pushResult(a.result)
@@ -958,7 +958,7 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) error {
 			(*f)()
 		}
 		select {
-		case l.results <- answer{&ferryv1.PushResult{RequestId: msg.Push.GetRequestId(), Results: results}, pushed}:
+		case l.results <- &answer{&ferryv1.PushResult{RequestId: msg.Push.GetRequestId(), Results: results}, pushed}:
 			l.wake()
 		case <-l.p.ended:
 			return errSenderEnded // syncErr returns the sender's error
