@@ -35,20 +35,24 @@ func TestCallPoolRunsOffTheCaller(t *testing.T) {
 // pool keeps maxIdle to wait for more; the others end.
 func TestCallPoolKeepsMaxIdle(t *testing.T) {
 	p := &callPool{maxIdle: 2}
-	const calls = 5
-	var running, finished sync.WaitGroup
-	running.Add(calls)
-	finished.Add(calls)
-	release := make(chan struct{})
-	for range calls {
-		go func() {
-			defer finished.Done()
-			p.run(func() { running.Done(); <-release }, make(chan any, 1))
-		}()
+	// atOnce runs n calls that all run before any returns.
+	atOnce := func(n int) {
+		var running, finished sync.WaitGroup
+		running.Add(n)
+		finished.Add(n)
+		release := make(chan struct{})
+		for range n {
+			go func() {
+				defer finished.Done()
+				p.run(func() { running.Done(); <-release }, make(chan any, 1))
+			}()
+		}
+		running.Wait()
+		close(release)
+		finished.Wait()
 	}
-	running.Wait()
-	close(release)
-	finished.Wait()
+	const calls = 5
+	atOnce(calls)
 	p.mu.Lock()
 	idle, started := len(p.idle), p.started
 	p.mu.Unlock()
@@ -56,18 +60,7 @@ func TestCallPoolKeepsMaxIdle(t *testing.T) {
 		t.Fatalf("%d goroutines started, %d idle; want %d and 2", started, idle, calls)
 	}
 	// The next two calls at once take the idle ones; a third starts one.
-	running.Add(3)
-	finished.Add(3)
-	release = make(chan struct{})
-	for range 3 {
-		go func() {
-			defer finished.Done()
-			p.run(func() { running.Done(); <-release }, make(chan any, 1))
-		}()
-	}
-	running.Wait()
-	close(release)
-	finished.Wait()
+	atOnce(3)
 	if p.started != calls+1 {
 		t.Fatalf("%d goroutines started in all; want %d", p.started, calls+1)
 	}

@@ -156,6 +156,23 @@ func TestSyncHandlerOnlyWaits(t *testing.T) {
 	}
 }
 
+// waitLingering waits for the earliest timer of srv's clock to be a
+// sender's linger armed now: a sender that has sent, and waits for more.
+func waitLingering(t *testing.T, srv *servertest.Server) {
+	t.Helper()
+	for {
+		armed := srv.Clock.Armed()
+		if next, ok := srv.Clock.Next(); ok && next.Equal(srv.Clock.Now().Add(server.SenderLinger)) {
+			return
+		}
+		select {
+		case <-armed:
+		case <-time.After(time.Minute): // a guard, not a wait
+			t.Fatal("no sender lingers")
+		}
+	}
+}
+
 // TestSenderGoroutines: an idle Sync session holds no sender goroutine. The
 // one that sent the catch-up ends; one that sent a live round waits for
 // more during server.SenderLinger, sends the next round, and then ends.
@@ -173,21 +190,6 @@ func TestSenderGoroutines(t *testing.T) {
 			}
 		}
 	}
-	// lingering waits for the earliest timer to be a linger armed now.
-	lingering := func() {
-		t.Helper()
-		for {
-			armed := srv.Clock.Armed()
-			if next, ok := srv.Clock.Next(); ok && next.Equal(srv.Clock.Now().Add(server.SenderLinger)) {
-				return
-			}
-			select {
-			case <-armed:
-			case <-time.After(time.Minute): // a guard, not a wait
-				t.Fatal("no sender lingers")
-			}
-		}
-	}
 	liveRound := func(s *stream) {
 		s.until(func(m *ferryv1.SyncResponse) bool { return m.GetOps().GetFeedPos() != 0 })
 	}
@@ -199,14 +201,14 @@ func TestSenderGoroutines(t *testing.T) {
 
 	alice.send(conv, "live")
 	liveRound(s)
-	lingering()
+	waitLingering(t, srv)
 	if n := server.Senders(srv.Server); n != 1 {
 		t.Fatalf("%d senders after a live round; want 1, lingering", n)
 	}
 	starts := server.SenderStarts(srv.Server)
 	alice.send(conv, "again")
 	liveRound(s)
-	lingering()
+	waitLingering(t, srv)
 	if server.SenderStarts(srv.Server) != starts {
 		t.Fatal("a new sender sent the second round")
 	}
@@ -353,17 +355,7 @@ func TestHeartbeatCountsFromTheLastSend(t *testing.T) {
 	for m := next("the live round"); m.GetOps().GetFeedPos() == 0; m = next("the live round") {
 	}
 	// The sender lingers once it has sent the round, and so noted it.
-	for {
-		armed := srv.Clock.Armed()
-		if at, ok := srv.Clock.Next(); ok && at.Equal(srv.Clock.Now().Add(server.SenderLinger)) {
-			break
-		}
-		select {
-		case <-armed:
-		case <-time.After(time.Minute): // a guard, not a wait
-			t.Fatal("the sender does not linger after the live round")
-		}
-	}
+	waitLingering(t, srv)
 	srv.Clock.Advance(interval / 2) // the first deadline: nothing is due
 	srv.Clock.Advance(interval / 2) // an interval after the round
 	m := next("a heartbeat")
