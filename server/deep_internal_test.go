@@ -1,6 +1,9 @@
 package server
 
 import (
+	"bytes"
+	"errors"
+	"log/slog"
 	"runtime"
 	"strings"
 	"sync"
@@ -110,3 +113,20 @@ func TestCallPoolGoexit(t *testing.T) {
 		t.Fatalf("%d goroutines started; want 2: the one that exited is not reused", p.started)
 	}
 }
+
+// TestPooledPanicLogged: a panic in a Sync handler's pooled call is logged
+// with its value and the stack where it happened, in JSON logs too.
+func TestPooledPanicLogged(t *testing.T) {
+	var buf bytes.Buffer
+	s := &Server{log: slog.New(slog.NewJSONHandler(&buf, nil)), stats: newStats()}
+	func() (err error) {
+		defer s.finishCall("/ferry.v1.SyncService/Sync", &err)
+		deep.run(func() { panicInHandle() }, make(chan any, 1))
+		return nil
+	}()
+	if out := buf.String(); !strings.Contains(out, "boom in handle") || !strings.Contains(out, "panicInHandle") {
+		t.Fatalf("the log of a pooled call's panic lost its value or its stack:\n%s", out)
+	}
+}
+
+func panicInHandle() { panic(errors.New("boom in handle")) }

@@ -189,9 +189,7 @@ func (s *Server) intercept(next connect.ServerFunc) connect.ServerFunc {
 	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) (err error) {
 		defer s.finishCall(spec.Procedure, &err)
 		if spec.Procedure == ferryv1connect.SyncServiceSyncProcedure {
-			// The handler's goroutine waits for the session's life:
-			// the store's read of the token runs off it (deep).
-			deep.run(func() { ctx, err = s.authenticate(ctx, spec.Procedure) }, make(chan any, 1))
+			ctx, err = s.authenticateDeep(ctx, spec.Procedure)
 		} else {
 			ctx, err = s.authenticate(ctx, spec.Procedure)
 		}
@@ -228,6 +226,15 @@ func (s *Server) authenticate(ctx context.Context, procedure string) (context.Co
 	return context.WithValue(ctx, actorKey{}, a), nil
 }
 
+// authenticateDeep is authenticate on a pooled goroutine, for a Sync
+// handler's, which waits for the session's life (see deep): the store's
+// read of the token takes a stack deeper than it keeps.
+func (s *Server) authenticateDeep(ctx context.Context, procedure string) (context.Context, error) {
+	var err error
+	deep.run(func() { ctx, err = s.authenticate(ctx, procedure) }, make(chan any, 1))
+	return ctx, err
+}
+
 // logFailure logs a failed call, internal errors at error level with their
 // cause and client errors at debug level, and returns its *connect.Error.
 func (s *Server) logFailure(procedure string, err error) error {
@@ -250,7 +257,11 @@ func (s *Server) logFailure(procedure string, err error) error {
 // and counts the call.
 func (s *Server) finishCall(procedure string, err *error) {
 	if r := recover(); r != nil {
-		s.log.Error("panic in handler", "procedure", procedure, "panic", r, "stack", string(debug.Stack()))
+		stack := debug.Stack()
+		if cp, ok := r.(*callPanic); ok { // from a pooled call: where it happened
+			r, stack = cp.value, cp.stack
+		}
+		s.log.Error("panic in handler", "procedure", procedure, "panic", r, "stack", string(stack))
 		*err = connect.NewError(connect.CodeInternal, "internal error")
 	}
 	s.stats.called(procedure, *err)

@@ -524,6 +524,7 @@ type loop struct {
 	// Sends and messages only note their time; tick, or the pump once it
 	// has handled what was due, arms the timer for the deadline next.
 	timer        clock.Timer
+	rearm        atomic.Bool  // the timer fired with something due: the pump arms it
 	timerMu      sync.Mutex   // orders arm and stopTimer
 	timerStopped bool         // under timerMu
 	lastOut      atomic.Int64 // when the last message went, in the clock's Unix nanoseconds
@@ -629,22 +630,24 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 				return true, connect.NewError(connect.CodeDeadlineExceeded, fmt.Sprintf(
 					"no message from the client for %s: send a heartbeat at least every %s", 3*l.s.opts.HeartbeatInterval, l.s.opts.HeartbeatInterval))
 			}
-			// A message came meanwhile, or one is being answered: look
-			// again when the window since the last one ends, or a whole
-			// window from now while it is answered.
-			l.arm()
+			// A message came meanwhile, or one is being answered: the
+			// timer looks again when the window since the last one ends,
+			// or a whole window from now while it is answered.
 		}
 		if l.hbDue.Load() {
 			if err := l.out.heartbeat(&ferryv1.Heartbeat{Time: timestamppb.New(l.s.opts.Clock.Now())}); err != nil {
 				return true, err
 			}
-			l.sent() // arms the timer
+			l.sent()
 			continue
 		}
 		if !waiting { // the result wakes it, and its answer plans the round
 			l.sess.AfterChange(l.wake)
 		} else if f := l.s.testAwaitResult.Load(); f != nil {
 			(*f)()
+		}
+		if l.rearm.Swap(false) { // what the timer found due is handled
+			l.arm()
 		}
 		return false, nil
 	}
@@ -792,13 +795,10 @@ func (l *loop) silent() bool {
 }
 
 // sent restarts the heartbeat interval: a heartbeat goes out only after
-// an interval without any other message. A send that takes the place of a
-// due heartbeat arms the timer, which waits for it.
+// an interval without any other message.
 func (l *loop) sent() {
+	l.hbDue.Store(false)
 	l.lastOut.Store(l.s.opts.Clock.Now().UnixNano())
-	if l.hbDue.Swap(false) {
-		l.arm()
-	}
 }
 
 // startTimer starts the session's deadlines from now.
@@ -832,9 +832,9 @@ func (l *loop) deadlines() (heartbeat, silence int64) {
 }
 
 // tick runs when the timer fires: it marks what is due and wakes the
-// pump, which arms the timer again once it has handled it; with nothing
-// due (a send or a message came since it was armed) it arms the timer for
-// the next deadline.
+// pump, which arms the timer again as it returns, once it has handled
+// that (rearm); with nothing due (a send or a message came since it was
+// armed) it arms the timer for the next deadline.
 func (l *loop) tick() {
 	now := l.s.opts.Clock.Now().UnixNano()
 	heartbeat, silence := l.deadlines()
@@ -848,6 +848,7 @@ func (l *loop) tick() {
 		due = true
 	}
 	if due {
+		l.rearm.Store(true)
 		l.wake()
 		return
 	}

@@ -24,7 +24,8 @@ type reader struct {
 	nc net.Conn
 	// raw, when set, is nc's: with nothing buffered, the reader waits
 	// for the client with its buffer back in readBufs. nil: nc is no
-	// socket of this system's, and the reader keeps its buffer.
+	// TCP or Unix socket of the net package's, and the reader keeps its
+	// buffer.
 	raw  syscall.RawConn
 	buf  *[readBufSize]byte // nil while nothing is buffered, when raw
 	r, w int                // buf[r:w] is read and not yet consumed
@@ -35,7 +36,17 @@ type reader struct {
 
 func newReader(nc net.Conn) reader {
 	r := reader{nc: nc}
-	if sc, ok := nc.(syscall.Conn); ok && rawReads {
+	// A socket of the net package's only: a type that embeds one (a
+	// PROXY protocol listener's, one that counts bytes) has its
+	// SyscallConn, and a Read of its own that raw reads would pass by.
+	var sc syscall.Conn
+	switch c := nc.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	}
+	if sc != nil && rawReads {
 		r.raw, _ = sc.SyscallConn()
 	}
 	if r.raw == nil {
@@ -116,6 +127,9 @@ func (r *reader) read() (int, error) {
 // next returns the next n bytes, which stay valid until the next call.
 // n is at most readBufSize.
 func (r *reader) next(n int) ([]byte, error) {
+	if n == 0 {
+		return nil, nil // buf may be nil, back in the pool
+	}
 	if err := r.fill(n); err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -121,5 +122,30 @@ func TestReaderWaitsWithoutABuffer(t *testing.T) {
 	client.Close()
 	if g := <-got; !errors.Is(g.err, io.EOF) {
 		t.Fatalf("read %q, %v at the end; want EOF", g.p, g.err)
+	}
+}
+
+// prefixTCPConn is a connection of the kind some listeners hand out (the
+// PROXY protocol's, one that counts bytes): its Read serves bytes of its
+// own first. Embedding *net.TCPConn gives it SyscallConn.
+type prefixTCPConn struct {
+	*net.TCPConn
+	r io.Reader
+}
+
+func (c *prefixTCPConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// TestReaderHonoursAWrappersRead: a connection that wraps a socket is
+// read through its Read, not the socket's: what that returns first comes
+// first.
+func TestReaderHonoursAWrappersRead(t *testing.T) {
+	client, server := tcpPair(t)
+	tc := server.(*net.TCPConn)
+	r := newReader(&prefixTCPConn{TCPConn: tc, r: io.MultiReader(strings.NewReader("abc"), tc)})
+	if _, err := client.Write([]byte("def")); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := r.next(6); err != nil || string(p) != "abcdef" {
+		t.Fatalf("read %q, %v; want \"abcdef\", the wrapper's bytes first", p, err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -261,7 +262,7 @@ func (w *responseWriter) WriteHeader(code int) {
 	if w.sent == nil {
 		w.sent = http.Header{}
 	}
-	w.trailer = w.sent["Trailer"]
+	w.trailer = slices.Clone(w.sent["Trailer"]) // not the clone's shared array of every value
 }
 
 func (w *responseWriter) writeInformational(code int) error {
