@@ -119,9 +119,11 @@ func TestSyncReadMode(t *testing.T) {
 // TestSyncHandlerOnlyWaits: a Sync handler's goroutine, which lives as
 // long as its session, waits for the client's messages and answers them
 // on a pooled goroutine, so that its stack stays small. A push is
-// appended off it, while it waits for the pool.
-func TestSyncHandlerOnlyWaits(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{})
+// appended off it, while it waits for the pool: in both read modes.
+func TestSyncHandlerOnlyWaits(t *testing.T) { inReadModes(t, testSyncHandlerOnlyWaits) }
+
+func testSyncHandlerOnlyWaits(t *testing.T, wrap func(http.Handler) http.Handler) {
+	srv := servertest.New(t, servertest.Config{Wrap: wrap})
 	stacks := make(chan string, 1)
 	server.OnPushed(srv.Server, func() {
 		buf := make([]byte, 1<<20)

@@ -916,27 +916,38 @@ var errSenderEnded = errors.New("server: the session's sender ended it")
 // the sender ends the session. It returns what ended it: nil when the
 // client closed its side.
 func (l *loop) receive(ctx context.Context, calls chan any) error {
-	var end bool
-	var err error
-	one := func() { end, err = l.receiveOne(ctx) }
+	var (
+		req *ferryv1.SyncRequest
+		end bool
+		err error
+	)
+	answer := func() { end, err = l.answerMessage(ctx, req) }
+	readAndAnswer := func() {
+		if req, err = l.rd.Receive(); err != nil {
+			end, err = true, ignoreEOF(err)
+			return
+		}
+		answer()
+	}
 	for !end {
 		if l.waitInput == nil {
-			one() // a stoppableReader's Receive waits: not on a pooled goroutine
+			// A stoppableReader's Receive waits on a channel, as shallow
+			// as waitInput: only the answer goes deep.
+			if req, err = l.rd.Receive(); err != nil {
+				return ignoreEOF(err)
+			}
+			deep.run(answer, calls)
 			continue
 		}
 		l.waitInput()
-		deep.run(one, calls)
+		deep.run(readAndAnswer, calls)
 	}
 	return err
 }
 
-// receiveOne reads the client's next message and answers it. It reports
-// whether the session is over, and with what error (nil for a clean end).
-func (l *loop) receiveOne(ctx context.Context) (end bool, err error) {
-	req, err := l.rd.Receive()
-	if err != nil {
-		return true, ignoreEOF(err)
-	}
+// answerMessage answers one of the client's messages. It reports whether
+// the session is over, and with what error.
+func (l *loop) answerMessage(ctx context.Context, req *ferryv1.SyncRequest) (end bool, err error) {
 	l.handling.Store(true)
 	err = l.handle(ctx, req)
 	// The client's silence counts from when the server reads again: a
