@@ -130,3 +130,18 @@ func TestPooledPanicLogged(t *testing.T) {
 }
 
 func panicInHandle() { panic(errors.New("boom in handle")) }
+
+// BenchmarkCallPoolRun is the hand-off a Sync handler pays per client
+// message: a call on a pooled goroutine and the wait for it.
+func BenchmarkCallPoolRun(b *testing.B) {
+	p := &callPool{maxIdle: 1}
+	done := make(chan any, 1)
+	n := 0
+	f := func() { n++ }
+	for b.Loop() {
+		p.run(f, done)
+	}
+	if n != b.N {
+		b.Fatalf("%d calls ran of %d", n, b.N)
+	}
+}
