@@ -53,6 +53,10 @@ func OnThrottle(s *Server, f func()) { s.testThrottled.Store(&f) }
 // before its result is queued: f holds the result back while it runs.
 func OnPushed(s *Server, f func()) { s.testPushed.Store(&f) }
 
+// OnHelloWait makes f run on a Sync handler's goroutine as it starts to
+// wait for the hello.
+func OnHelloWait(s *Server, f func()) { s.testHelloWait.Store(&f) }
+
 // OnAwaitResult makes f run as a Sync session's sender stops to wait for
 // a push's result before it sends another round.
 func OnAwaitResult(s *Server, f func()) { s.testAwaitResult.Store(&f) }

@@ -116,6 +116,20 @@ func TestSyncReadMode(t *testing.T) {
 	})
 }
 
+// stackRecorder returns a hook that keeps the stack trace of the
+// goroutine it runs on (of every goroutine, when all) the first time it
+// runs, and the channel it sends it on.
+func stackRecorder(all bool) (func(), <-chan string) {
+	stacks := make(chan string, 1)
+	return func() {
+		buf := make([]byte, 1<<20)
+		select {
+		case stacks <- string(buf[:runtime.Stack(buf, all)]):
+		default:
+		}
+	}, stacks
+}
+
 // TestSyncHandlerOnlyWaits: a Sync handler's goroutine, which lives as
 // long as its session, waits for the client's messages and answers them
 // on a pooled goroutine, so that its stack stays small. A push is
@@ -124,14 +138,8 @@ func TestSyncHandlerOnlyWaits(t *testing.T) { inReadModes(t, testSyncHandlerOnly
 
 func testSyncHandlerOnlyWaits(t *testing.T, wrap func(http.Handler) http.Handler) {
 	srv := servertest.New(t, servertest.Config{Wrap: wrap})
-	stacks := make(chan string, 1)
-	server.OnPushed(srv.Server, func() {
-		buf := make([]byte, 1<<20)
-		select {
-		case stacks <- string(buf[:runtime.Stack(buf, true)]):
-		default:
-		}
-	})
+	record, stacks := stackRecorder(true)
+	server.OnPushed(srv.Server, record)
 	alice := newDev(t, srv.Register("alice"))
 	conv := alice.createConv("c")
 	s := alice.open(hello("", 0))
@@ -155,6 +163,26 @@ func testSyncHandlerOnlyWaits(t *testing.T, wrap func(http.Handler) http.Handler
 	}
 	if !strings.Contains(handler, "(*callPool).run") {
 		t.Errorf("the handler's goroutine does not wait for the pool:\n%s", handler)
+	}
+}
+
+// TestHelloWaitsOnTheHandler: a stream waits for its hello on the
+// handler's goroutine, not on a pooled one, which a client slow to say
+// hello would hold.
+func TestHelloWaitsOnTheHandler(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	record, stacks := stackRecorder(false)
+	server.OnHelloWait(srv.Server, record)
+	alice := newDev(t, srv.Register("alice"))
+	alice.open(hello("", 0)).untilCaughtUp()
+	var stack string
+	select {
+	case stack = <-stacks:
+	default:
+		t.Fatal("the session started without waiting for its hello on the handler's goroutine")
+	}
+	if !strings.Contains(stack, "server.syncService.Sync(") || strings.Contains(stack, "(*callPool).work") {
+		t.Fatalf("the hello is waited for off the handler's goroutine:\n%s", stack)
 	}
 }
 

@@ -52,6 +52,9 @@ type Server struct {
 	// testPushed, when set (by tests), runs as a Sync stream's push has
 	// been appended, before its result is queued to send.
 	testPushed atomic.Pointer[func()]
+	// testHelloWait, when set (by tests), runs on a Sync handler's
+	// goroutine as it starts to wait for the hello.
+	testHelloWait atomic.Pointer[func()]
 	// testAwaitResult, when set (by tests), runs as a Sync session's
 	// sender stops to wait for a push's result before its next round.
 	testAwaitResult atomic.Pointer[func()]

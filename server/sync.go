@@ -294,16 +294,34 @@ func (k subscribeSink) pushResult(*ferryv1.PushResult) error {
 }
 
 // Sync runs a Sync session. Its goroutine, the handler's, waits for the
-// client's messages for the session's whole life; it reads and answers
-// each on a pooled goroutine (deep), so that its stack stays at 4 KB.
-// Sends run on a goroutine started when something is ready to send
-// (pumper), which ends when nothing more is. An idle session so holds one
-// goroutine of its own, with 4 KB of stack.
+// client's messages for the session's whole life, its hello first; it
+// reads and answers each on a pooled goroutine (deep), so that its stack
+// stays at 4 KB. Sends run on a goroutine started when something is ready
+// to send (pumper), which ends when nothing more is. An idle session so
+// holds one goroutine of its own, with 4 KB of stack.
 func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSyncServerStream) error {
-	var l *loop
-	var err error
+	var (
+		adm *admission
+		l   *loop
+		err error
+	)
 	calls := make(chan any, 1)
-	deep.run(func() { l, err = h.s.startSync(ctx, st) }, calls)
+	deep.run(func() { adm, err = h.s.admitSync(ctx, st) }, calls)
+	if err != nil {
+		return err
+	}
+	defer func() { // on an error, and on a panic
+		if l == nil {
+			adm.abort()
+		}
+	}()
+	if adm.waitInput != nil {
+		if f := h.s.testHelloWait.Load(); f != nil {
+			(*f)()
+		}
+		adm.waitInput() // the hello, or its deadline
+	}
+	deep.run(func() { l, err = h.s.startSync(ctx, st, adm) }, calls)
 	if err != nil {
 		return err
 	}
@@ -311,47 +329,97 @@ func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSync
 	return l.syncErr(l.receive(ctx, calls))
 }
 
-// startSync admits a Sync stream, reads its hello and starts the session's
-// sender.
-func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyncServerStream) (*loop, error) {
-	a := actorFrom(ctx)
-	release, err := s.acquireStream(a.Device)
+// admission is a Sync stream admitted, waiting for its hello.
+type admission struct {
+	release     func() // frees the stream's slot
+	rd          requestReader
+	stopReceive func()
+	bg          *stoppableReader // nil unless the stream is read on a goroutine of its own
+	waitInput   func()           // waits for the client's first bytes; nil with bg
+	deadline    clock.Timer      // for the hello
+
+	mu        sync.Mutex
+	got, late bool
+}
+
+// admitSync admits a Sync stream and arms its hello's deadline: it must
+// come within three heartbeat intervals, for a client that opens streams
+// and says nothing must not hold slots.
+func (s *Server) admitSync(ctx context.Context, st ferryv1connect.SyncServiceSyncServerStream) (*admission, error) {
+	release, err := s.acquireStream(actorFrom(ctx).Device)
 	if err != nil {
 		return nil, err
 	}
-	var rd requestReader = st
-	stopReceive, err := receiveStopper(ctx)
-	var bg *stoppableReader
+	adm := &admission{release: release, rd: st}
+	adm.stopReceive, err = receiveStopper(ctx)
 	if err != nil {
 		s.warnSyncReads.Do(func() {
 			s.log.Warn("Sync streams are read on a goroutine of their own, 8 KB more per session: "+
 				"the ResponseWriter cannot set read deadlines (a middleware's wrapper without Unwrap?)", "err", err)
 		})
-		bg = s.stoppableReader(st)
-		rd, stopReceive = bg, bg.Stop
+		adm.bg = s.stoppableReader(st)
+		adm.rd, adm.stopReceive = adm.bg, adm.bg.Stop
+	} else {
+		adm.waitInput = inputWaiter(ctx)
 	}
-	started := false
-	defer func() { // on an error, and on a panic
-		if !started {
-			if bg != nil {
-				bg.Stop()
-			}
-			release()
+	adm.deadline = clock.AfterFunc(s.opts.Clock, 3*s.opts.HeartbeatInterval, func() {
+		adm.mu.Lock()
+		defer adm.mu.Unlock()
+		if !adm.got {
+			adm.late = true
+			adm.stopReceive()
 		}
-	}()
-	hello, err := s.readHello(rd, stopReceive)
+	})
+	return adm, nil
+}
+
+// abort gives up an admitted stream whose session did not start.
+func (adm *admission) abort() {
+	adm.deadline.Stop()
+	if adm.bg != nil {
+		adm.bg.Stop()
+	}
+	adm.release()
+}
+
+// readHello reads the session's first message, which must be a hello,
+// before its deadline.
+func (adm *admission) readHello() (*ferryv1.Hello, error) {
+	req, err := adm.rd.Receive()
+	adm.mu.Lock()
+	adm.got = true
+	late := adm.late
+	adm.mu.Unlock()
+	adm.deadline.Stop()
+	if late {
+		return nil, connect.NewError(connect.CodeDeadlineExceeded, "no hello: a Sync session starts with a hello")
+	}
 	if err != nil {
 		return nil, err
 	}
-	l, err := s.newLoop(ctx, a, hello, syncSink{st})
+	hello := req.GetHello()
+	if hello == nil {
+		return nil, invalidf("the first message of a Sync session must be a hello")
+	}
+	return hello, nil
+}
+
+// startSync reads an admitted stream's hello and starts the session's
+// sender. On an error the caller aborts the admission.
+func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyncServerStream, adm *admission) (*loop, error) {
+	hello, err := adm.readHello()
 	if err != nil {
 		return nil, err
 	}
-	l.rd, l.results, l.release = rd, make(chan *answer, 4), release
+	l, err := s.newLoop(ctx, actorFrom(ctx), hello, syncSink{st})
+	if err != nil {
+		return nil, err
+	}
+	l.rd, l.results, l.release = adm.rd, make(chan *answer, 4), adm.release
 	if hello.GetSkipOwnOps() {
 		l.o.Pushing = new(engine.Pushing)
 	}
-	p := &pumper{l: l, ctx: ctx, stopReceive: stopReceive, wake: make(chan struct{}, 1), ended: make(chan struct{})}
+	p := &pumper{l: l, ctx: ctx, stopReceive: adm.stopReceive, wake: make(chan struct{}, 1), ended: make(chan struct{})}
 	l.p, l.wake = p, p.kick
 	// Sync clients send heartbeats; silence means a dead peer.
 	l.startTimer()
@@ -366,47 +434,12 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	if _, ok := ctx.Deadline(); ok {
 		l.unwatchCtx = context.AfterFunc(ctx, p.kick)
 	}
-	if bg != nil {
-		l.stopReader = bg.Stop
-	} else {
-		l.waitInput = inputWaiter(ctx)
+	if adm.bg != nil {
+		l.stopReader = adm.bg.Stop
 	}
+	l.waitInput = adm.waitInput
 	p.kick() // the welcome and the catch-up
-	started = true
 	return l, nil
-}
-
-// readHello reads a Sync session's first message, which must be a hello
-// and must come within three heartbeat intervals: a client that opens
-// streams and says nothing must not hold slots.
-func (s *Server) readHello(rd requestReader, stopReceive func()) (*ferryv1.Hello, error) {
-	var mu sync.Mutex
-	var got, late bool
-	deadline := clock.AfterFunc(s.opts.Clock, 3*s.opts.HeartbeatInterval, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if !got {
-			late = true
-			stopReceive()
-		}
-	})
-	req, err := rd.Receive()
-	mu.Lock()
-	got = true
-	wasLate := late
-	mu.Unlock()
-	deadline.Stop()
-	if wasLate {
-		return nil, connect.NewError(connect.CodeDeadlineExceeded, "no hello: a Sync session starts with a hello")
-	}
-	if err != nil {
-		return nil, err
-	}
-	hello := req.GetHello()
-	if hello == nil {
-		return nil, invalidf("the first message of a Sync session must be a hello")
-	}
-	return hello, nil
 }
 
 // endSync stops the session's sender, its timers and its reader, closes
