@@ -325,6 +325,7 @@ func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSync
 	if err != nil {
 		return err
 	}
+	adm = nil // the session holds what it needs of it; not its spent timer (400 bytes)
 	defer l.endSync()
 	return l.syncErr(l.receive(ctx, calls))
 }
