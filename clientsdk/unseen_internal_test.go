@@ -8,17 +8,24 @@ import (
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 )
 
+// memoryDevice opens a device on an in-memory store, closed with the test.
+func memoryDevice(t *testing.T) *Device {
+	t.Helper()
+	d, err := OpenMemory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
 // TestSyncOnceWaitsForItsPushesRound: SyncOnce ends once the round that
 // brings a push's change has ended, in whichever order the server sends
 // the push's result and that round's messages (a result can come between
 // them). The server sends no round when nothing changed, so SyncOnce must
 // not wait for another after a round that came first.
 func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
-	d, err := OpenMemory()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := memoryDevice(t)
 	conv := ulid.Make()
 	s := &session{d: d, inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]uint64{}}
 	push := func(seq uint64) {
@@ -84,11 +91,7 @@ func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
 // until the later push is answered: the earlier answer does not free it
 // for flush to push a third time.
 func TestRepushStaysInFlight(t *testing.T) {
-	d, err := OpenMemory()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := memoryDevice(t)
 	op := ulid.Make()
 	s := &session{d: d, inflight: map[uint64][]ulid.ULID{1: {op}, 2: {op}}, sent: map[ulid.ULID]uint64{op: 2}}
 	if err := s.results(&ferryv1.PushResult{RequestId: 1}); err != nil {
