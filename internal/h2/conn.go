@@ -1,7 +1,6 @@
 package h2
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,13 +9,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 var (
@@ -45,7 +44,7 @@ type conn struct {
 
 	// The reader goroutine's own.
 	rd          reader
-	dec         *hpack.Decoder
+	dec         decoder
 	hb          headerBlock
 	maxClientID uint32 // the highest stream the client opened
 	sawSettings bool
@@ -85,8 +84,6 @@ type conn struct {
 	deadlineDirty bool    // a past write deadline was set on nc, under mu
 	wantHalfClose bool    // half-close after the next write, under mu
 	halfClosed    bool    // under mu
-	enc           *hpack.Encoder
-	encBuf        bytes.Buffer
 }
 
 // pending is a stream whose handler waits for another to end.
@@ -114,15 +111,7 @@ func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
 	}
 	c.ctx = context.WithValue(ctx, http.LocalAddrContextKey, nc.LocalAddr())
 	c.rd = newReader(nc)
-	c.dec = hpack.NewDecoder(defaultTable, c.hb.emit)
-	c.dec.SetMaxStringLength(c.set.maxHeaderBytes)
-	c.enc = hpack.NewEncoder(&c.encBuf)
-	// Response headers are never indexed, as nginx does: the dynamic
-	// table would hold each connection's few response headers (and a
-	// new Date every second) for its life, 0.8 KB per idle device, to
-	// save some 100 bytes per response after a connection's first. The
-	// first header block tells the client the table is empty.
-	c.enc.SetMaxDynamicTableSizeLimit(0)
+	c.dec = decoder{max: defaultTable, limit: defaultTable, maxString: c.set.maxHeaderBytes}
 	c.hb.c = c
 	// The settings go first, before even a GOAWAY of a server shutting
 	// down.
@@ -348,16 +337,20 @@ func (c *conn) fragment(p []byte, end bool) error {
 		// CONTINUATION flood, or a client that ignores the limit.
 		return connError{http2.ErrCodeProtocol, "a header block past SETTINGS_MAX_HEADER_LIST_SIZE"}
 	}
-	if _, err := c.dec.Write(p); err != nil {
-		return connError{http2.ErrCodeCompression, "HPACK: " + err.Error()}
-	}
-	if !end {
-		return nil
+	if !end || hb.block != nil {
+		// The block goes on in CONTINUATION frames: decoded whole at
+		// its end. p is the reader's, until the next frame.
+		hb.block = append(hb.block, p...)
+		if !end {
+			return nil
+		}
+		p = hb.block
 	}
 	hb.active = false
-	if err := c.dec.Close(); err != nil {
+	if err := c.dec.decode(p, hb.emit); err != nil {
 		return connError{http2.ErrCodeCompression, "HPACK: " + err.Error()}
 	}
+	hb.block = nil
 	return c.onHeaderBlock()
 }
 
@@ -745,29 +738,35 @@ func (c *conn) write(st *stream, fill func(*batch) error) error {
 }
 
 // appendHeaders encodes a header block into HEADERS and CONTINUATION
-// frames. fields writes the fields to the encoder. The caller holds wsem.
-func (c *conn) appendHeaders(b *batch, id uint32, end bool, fields func(*hpack.Encoder)) {
-	c.encBuf.Reset()
-	fields(c.enc)
-	block := c.encBuf.Bytes()
-	max := b.frame
-	typ, flags := frameHeaders, http2.Flags(0)
+// frames. fields appends the encoded fields to its argument.
+func appendHeaders(b *batch, id uint32, end bool, fields func([]byte) []byte) {
+	flags := flagEndHeaders
 	if end {
-		flags = flagEndStream
+		flags |= flagEndStream
 	}
-	for first := true; first || len(block) > 0; first = false {
-		n := min(len(block), max)
+	at := len(b.own)
+	b.own = appendFrameHeader(b.own, 0, frameHeaders, flags, id)
+	b.own = fields(b.own)
+	n := len(b.own) - at - frameHeaderLen
+	if n <= b.frame {
+		appendFrameHeader(b.own[:at], n, frameHeaders, flags, id) // the length, in place
+		return
+	}
+	// Larger than a frame: HEADERS then CONTINUATION frames, END_HEADERS
+	// on the last.
+	block := slices.Clone(b.own[at+frameHeaderLen:])
+	b.own = b.own[:at]
+	typ, flags := frameHeaders, flags&^flagEndHeaders
+	for len(block) > 0 {
+		k := min(len(block), b.frame)
 		f := flags
-		if n == len(block) {
+		if k == len(block) {
 			f |= flagEndHeaders
 		}
-		b.own = appendFrameHeader(b.own, n, typ, f, id)
-		b.own = append(b.own, block[:n]...)
-		block = block[n:]
+		b.own = appendFrameHeader(b.own, k, typ, f, id)
+		b.own = append(b.own, block[:k]...)
+		block = block[k:]
 		typ, flags = frameContinuation, 0
-	}
-	if c.encBuf.Cap() > 16<<10 {
-		c.encBuf = bytes.Buffer{}
 	}
 }
 

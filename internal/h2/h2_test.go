@@ -610,3 +610,28 @@ func TestResponseHeadersNotIndexed(t *testing.T) {
 		}
 	}
 }
+
+// TestHeaderBlocksOverAFrame: a request header block larger than a frame
+// arrives in CONTINUATION frames and decodes whole, and a response header
+// block larger than the client's frames leaves in them.
+func TestHeaderBlocksOverAFrame(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 3000) // 48 KB: three frames and some
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Echo", r.Header.Get("X-Big"))
+		w.Header().Set("X-After", r.Header.Get("X-After"))
+	}), nil)
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Big", big)
+	req.Header.Set("X-After", "the field after the big one")
+	res, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = res.Body.Close()
+	if res.Header.Get("X-Echo") != big || res.Header.Get("X-After") != "the field after the big one" {
+		t.Fatalf("status %d, echo of %d bytes, after %q", res.StatusCode, len(res.Header.Get("X-Echo")), res.Header.Get("X-After"))
+	}
+}

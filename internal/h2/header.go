@@ -20,8 +20,9 @@ type headerBlock struct {
 	streamID   uint32
 	endStream  bool
 	selfDep    bool
-	compressed int // bytes of the block read
-	size       int // of the decoded list, as SETTINGS_MAX_HEADER_LIST_SIZE counts it
+	compressed int    // bytes of the block read
+	block      []byte // the block so far, when it goes on in CONTINUATION frames
+	size       int    // of the decoded list, as SETTINGS_MAX_HEADER_LIST_SIZE counts it
 	tooBig     bool
 	invalid    string // why the block is malformed; "" if it is not
 	sawRegular bool

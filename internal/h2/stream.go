@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // stream is one request and its response. Its fields are guarded by the
@@ -268,7 +267,7 @@ func (w *responseWriter) WriteHeader(code int) {
 func (w *responseWriter) writeInformational(code int) error {
 	h := w.header.Clone()
 	return w.st.c.write(w.st, func(b *batch) error {
-		w.st.c.appendHeaders(b, w.st.id, false, func(enc *hpack.Encoder) { encodeHeader(enc, code, h) })
+		appendHeaders(b, w.st.id, false, func(dst []byte) []byte { return appendHeader(dst, code, h) })
 		return nil
 	})
 }
@@ -455,7 +454,7 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 		err = c.write(st, func(bt *batch) error {
 			if !w.sentHdr {
 				h := w.sent
-				c.appendHeaders(bt, st.id, end && last && n == 0 && tr == nil, func(enc *hpack.Encoder) { encodeHeader(enc, w.status, h) })
+				appendHeaders(bt, st.id, end && last && n == 0 && tr == nil, func(dst []byte) []byte { return appendHeader(dst, w.status, h) })
 				w.sentHdr, w.sent = true, nil // a stream's life is long, its header's copy not needed
 				if end && last && n == 0 && tr == nil {
 					w.ended = true
@@ -479,7 +478,7 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 				x, y = x[i:], y[k-i:]
 			}
 			if end && last && tr != nil {
-				c.appendHeaders(bt, st.id, true, func(enc *hpack.Encoder) { encodeTrailers(enc, tr) })
+				appendHeaders(bt, st.id, true, func(dst []byte) []byte { return appendTrailers(dst, tr) })
 				w.ended = true
 			}
 			return nil
@@ -504,10 +503,10 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 	}
 }
 
-// encodeHeader encodes a response header: :status, the fields a response
+// appendHeader encodes a response header: :status, the fields a response
 // may have over HTTP/2, and a Date if it has none.
-func encodeHeader(enc *hpack.Encoder, status int, h http.Header) {
-	_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(status)})
+func appendHeader(dst []byte, status int, h http.Header) []byte {
+	dst = appendField(dst, ":status", statusText(status))
 	hasDate := false
 	for k, vv := range h {
 		switch k {
@@ -522,16 +521,17 @@ func encodeHeader(enc *hpack.Encoder, status int, h http.Header) {
 		lk := lower(k)
 		for _, v := range vv {
 			if httpguts.ValidHeaderFieldValue(v) {
-				_ = enc.WriteField(hpack.HeaderField{Name: lk, Value: v})
+				dst = appendField(dst, lk, v)
 			}
 		}
 	}
 	if !hasDate && status >= 200 {
-		_ = enc.WriteField(hpack.HeaderField{Name: "date", Value: time.Now().UTC().Format(http.TimeFormat)})
+		dst = appendField(dst, "date", time.Now().UTC().Format(http.TimeFormat))
 	}
+	return dst
 }
 
-func encodeTrailers(enc *hpack.Encoder, t http.Header) {
+func appendTrailers(dst []byte, t http.Header) []byte {
 	for k, vv := range t {
 		if !httpguts.ValidHeaderFieldName(k) {
 			continue
@@ -539,10 +539,11 @@ func encodeTrailers(enc *hpack.Encoder, t http.Header) {
 		lk := lower(k)
 		for _, v := range vv {
 			if httpguts.ValidHeaderFieldValue(v) {
-				_ = enc.WriteField(hpack.HeaderField{Name: lk, Value: v})
+				dst = appendField(dst, lk, v)
 			}
 		}
 	}
+	return dst
 }
 
 func statusText(code int) string {
