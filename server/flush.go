@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrysync/ferry/internal/h2"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 )
@@ -74,6 +75,16 @@ func (g *flushGate) Unwrap() http.ResponseWriter { return g.ResponseWriter }
 
 type flushGateKey struct{}
 
+// gateOf returns the flushGate of the stream ctx is a request's, or nil.
+func gateOf(ctx context.Context) *flushGate {
+	if slot := h2.StreamSlot(ctx); slot != nil {
+		g, _ := (*slot).(*flushGate)
+		return g
+	}
+	g, _ := ctx.Value(flushGateKey{}).(*flushGate)
+	return g
+}
+
 // gateStreams gives the sync streams a flushGate, which their session finds
 // in the context, and watches their writes (sendWatch).
 func (s *Server) gateStreams(next http.Handler) http.Handler {
@@ -88,7 +99,11 @@ func (s *Server) gateStreams(next http.Handler) http.Handler {
 			g.watch = s.watches.add(s, w, r)
 			defer g.watch.close()
 		}
-		r = r.WithContext(context.WithValue(r.Context(), flushGateKey{}, g))
+		if slot := h2.StreamSlot(r.Context()); slot != nil {
+			*slot = g // the request is this handler's own: no copy
+		} else {
+			r = r.WithContext(context.WithValue(r.Context(), flushGateKey{}, g))
+		}
 		if r.URL.Path == ferryv1connect.SyncServiceSyncProcedure {
 			g.body = &waitBody{ReadCloser: r.Body}
 			r.Body = g.body
@@ -101,7 +116,7 @@ func (s *Server) gateStreams(next http.Handler) http.Handler {
 // later flush (hold true) or flush as usual (hold false). Without a gate
 // (a handler mounted without gateStreams) it does nothing.
 func holdFlushes(ctx context.Context) func(hold bool) {
-	g, _ := ctx.Value(flushGateKey{}).(*flushGate)
+	g := gateOf(ctx)
 	if g == nil {
 		return func(bool) {}
 	}
@@ -117,7 +132,7 @@ func holdFlushes(ctx context.Context) func(hold bool) {
 // fails when the ResponseWriter cannot set read deadlines (a middleware's
 // wrapper without Unwrap, or another server).
 func receiveStopper(ctx context.Context) (func(), error) {
-	g, _ := ctx.Value(flushGateKey{}).(*flushGate)
+	g := gateOf(ctx)
 	if g == nil {
 		return nil, errors.New("the stream has no flush gate")
 	}
@@ -168,7 +183,7 @@ func (w *waitBody) Read(p []byte) (int, error) {
 
 // inputWaiter returns the wait of the Sync stream's body; nil without one.
 func inputWaiter(ctx context.Context) func() {
-	if g, _ := ctx.Value(flushGateKey{}).(*flushGate); g != nil && g.body != nil {
+	if g := gateOf(ctx); g != nil && g.body != nil {
 		return g.body.wait
 	}
 	return nil

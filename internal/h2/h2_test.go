@@ -635,3 +635,40 @@ func TestHeaderBlocksOverAFrame(t *testing.T) {
 		t.Fatalf("status %d, echo of %d bytes, after %q", res.StatusCode, len(res.Header.Get("X-Echo")), res.Header.Get("X-After"))
 	}
 }
+
+// TestStreamSlot: a request's context has its stream's slot, found again
+// from contexts derived from it, one per stream; other contexts have none.
+func TestStreamSlot(t *testing.T) {
+	type key struct{}
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		slot := h2.StreamSlot(r.Context())
+		if slot == nil {
+			http.Error(w, "no slot", http.StatusInternalServerError)
+			return
+		}
+		if *slot != nil {
+			http.Error(w, fmt.Sprintf("a new stream's slot holds %v", *slot), http.StatusInternalServerError)
+			return
+		}
+		*slot = r.URL.Path
+		derived := context.WithValue(r.Context(), key{}, 1)
+		if got := h2.StreamSlot(derived); got != slot || *got != r.URL.Path {
+			http.Error(w, "a derived context has another slot", http.StatusInternalServerError)
+		}
+	}), nil)
+	c := client(t)
+	for _, path := range []string{"/a", "/b"} {
+		res, err := c.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := io.ReadAll(res.Body)
+		_ = res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d %s", path, res.StatusCode, msg)
+		}
+	}
+	if h2.StreamSlot(context.Background()) != nil {
+		t.Fatal("a slot in a context that is no stream's")
+	}
+}

@@ -196,7 +196,8 @@ func (c *conn) newRequest(hb *headerBlock) (*stream, *http.Request, http.Handler
 			trailer[k] = nil
 		}
 	}
-	ctx, cancel := context.WithCancel(c.ctx)
+	cctx, cancel := context.WithCancel(c.ctx)
+	ctx := &streamContext{Context: cctx}
 	req := &http.Request{
 		Method:        hb.method,
 		URL:           u,
@@ -210,7 +211,7 @@ func (c *conn) newRequest(hb *headerBlock) (*stream, *http.Request, http.Handler
 		Trailer:       trailer,
 	}
 	req = req.WithContext(ctx)
-	st := &stream{c: c, id: hb.streamID, cancel: cancel, done: ctx.Done(), declLen: cl, reqTrailer: trailer, sendWin: c.peerWin, recvWin: c.set.streamWindow, counted: true}
+	st := &stream{c: c, id: hb.streamID, cancel: cancel, done: cctx.Done(), declLen: cl, reqTrailer: trailer, sendWin: c.peerWin, recvWin: c.set.streamWindow, counted: true}
 	st.cond.L = &c.mu
 	if hb.endStream {
 		req.Body = http.NoBody
@@ -219,6 +220,32 @@ func (c *conn) newRequest(hb *headerBlock) (*stream, *http.Request, http.Handler
 		req.Body = &body{st: st}
 	}
 	return st, req, h, nil
+}
+
+// streamContext is a request's context: the stream's, with its slot.
+type streamContext struct {
+	context.Context
+	slot any
+}
+
+type slotKey struct{}
+
+func (c *streamContext) Value(key any) any {
+	if key == (slotKey{}) {
+		return &c.slot
+	}
+	return c.Context.Value(key)
+}
+
+// StreamSlot returns a slot for one value that lives as long as the stream
+// whose request's context is ctx (or is derived from it), or nil when ctx
+// is not a request's of this package's Server. A middleware keeps there
+// what it would otherwise add to the request's context: without a copy
+// of the request (Request.WithContext copies 320 bytes, which a
+// long-lived stream's handler holds for its life).
+func StreamSlot(ctx context.Context) *any {
+	s, _ := ctx.Value(slotKey{}).(*any)
+	return s
 }
 
 // canonical returns the canonical form of a lower-case field name, without
