@@ -3,6 +3,7 @@ package h2
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"golang.org/x/net/http2/hpack"
 )
@@ -40,6 +41,20 @@ var (
 // order. A block that fails to decode leaves the table unusable: the
 // caller must end the connection (COMPRESSION_ERROR).
 func (d *decoder) decode(p []byte, emit func(hpack.HeaderField)) error {
+	if err := d.decodeFields(p, emit); err != nil {
+		return err
+	}
+	if cap(d.dyn)-len(d.dyn) >= 4 {
+		// The table grew by doubling. Clients add the fields of their
+		// first requests and then refer to them for the connection's
+		// life: hold them in an array of their size (a Connect client's
+		// nine, 288 bytes rather than 512).
+		d.dyn = slices.Clone(d.dyn)
+	}
+	return nil
+}
+
+func (d *decoder) decodeFields(p []byte, emit func(hpack.HeaderField)) error {
 	fields := false // a field was decoded: a size update may no longer come
 	for len(p) > 0 {
 		b := p[0]

@@ -2,6 +2,7 @@ package h2
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -168,5 +169,22 @@ func TestAppendField(t *testing.T) {
 		if got[i].Name != f[0] || got[i].Value != f[1] {
 			t.Errorf("field %d: %s: %q, want %s: %q", i, got[i].Name, got[i].Value, f[0], f[1])
 		}
+	}
+}
+
+// TestDecoderTableHeldTight: after a block that adds fields, the table's
+// array is of about their number, not the doubling growth's.
+func TestDecoderTableHeldTight(t *testing.T) {
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for i := range 9 {
+		_ = enc.WriteField(hpack.HeaderField{Name: fmt.Sprintf("x-field-%d", i), Value: "v"})
+	}
+	d := decoder{max: defaultTable, limit: defaultTable, maxString: 1 << 10}
+	if err := d.decode(block.Bytes(), func(hpack.HeaderField) {}); err != nil {
+		t.Fatal(err)
+	}
+	if len(d.dyn) != 9 || cap(d.dyn) >= 9+4 {
+		t.Fatalf("a table of %d entries in an array of %d", len(d.dyn), cap(d.dyn))
 	}
 }
