@@ -39,14 +39,14 @@ type conn struct {
 	srv        *Server
 	nc         net.Conn
 	ctx        context.Context // the base of the requests' contexts
-	set        settings
+	set        *settings       // the server's
 	remoteAddr string
 
 	// The reader goroutine's own.
 	rd          reader
 	dec         decoder
-	hb          headerBlock
-	maxClientID uint32 // the highest stream the client opened
+	hb          *headerBlock // the block being read; nil between blocks
+	maxClientID uint32       // the highest stream the client opened
 	sawSettings bool
 	frames      atomic.Uint64 // read, for the liveness check
 
@@ -86,6 +86,25 @@ type conn struct {
 	halfClosed    bool    // under mu
 }
 
+// connContext is the base of a connection's requests' contexts: the
+// context ServeConn was given, with the values net/http adds (one
+// allocation, not two).
+type connContext struct {
+	context.Context
+	srv   *http.Server
+	local net.Addr
+}
+
+func (c *connContext) Value(key any) any {
+	switch {
+	case key == http.ServerContextKey && c.srv != nil:
+		return c.srv
+	case key == http.LocalAddrContextKey:
+		return c.local
+	}
+	return c.Context.Value(key)
+}
+
 // pending is a stream whose handler waits for another to end.
 type pending struct {
 	st  *stream
@@ -97,7 +116,7 @@ func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
 	c := &conn{
 		srv:        s,
 		nc:         nc,
-		set:        s.settings(),
+		set:        s.connSettings(),
 		remoteAddr: nc.RemoteAddr().String(),
 		streams:    make(map[uint32]*stream),
 		sendWin:    defaultWindow,
@@ -106,13 +125,9 @@ func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
 		recvWin:    defaultWindow,
 		wsem:       make(chan struct{}, 1),
 	}
-	if s.Config != nil {
-		ctx = context.WithValue(ctx, http.ServerContextKey, s.Config)
-	}
-	c.ctx = context.WithValue(ctx, http.LocalAddrContextKey, nc.LocalAddr())
+	c.ctx = &connContext{Context: ctx, srv: s.Config, local: nc.LocalAddr()}
 	c.rd = newReader(nc)
 	c.dec = decoder{max: defaultTable, limit: defaultTable, maxString: c.set.maxHeaderBytes}
-	c.hb.c = c
 	// The settings go first, before even a GOAWAY of a server shutting
 	// down.
 	c.ctl = appendSettings(c.ctl,
@@ -177,7 +192,7 @@ func (c *conn) readFrame() error {
 	if h.length > c.set.maxFrameSize {
 		return connError{http2.ErrCodeFrameSize, fmt.Sprintf("a %v frame of %d bytes, past SETTINGS_MAX_FRAME_SIZE", h.typ, h.length)}
 	}
-	if c.hb.active && (h.typ != frameContinuation || h.streamID != c.hb.streamID) {
+	if c.hb != nil && c.hb.active && (h.typ != frameContinuation || h.streamID != c.hb.streamID) {
 		return connError{http2.ErrCodeProtocol, fmt.Sprintf("a %v frame inside the header block of stream %d", h.typ, c.hb.streamID)}
 	}
 	if !c.sawSettings && h.typ != frameSettings {
@@ -312,7 +327,8 @@ func (c *conn) onHeaders(h frameHeader) error {
 		selfDep = binary.BigEndian.Uint32(frag)&(1<<31-1) == h.streamID
 		frag = frag[5:]
 	}
-	c.hb.start(h.streamID, h.has(flagEndStream), selfDep)
+	c.hb = headerBlocks.Get().(*headerBlock)
+	c.hb.start(c, h.streamID, h.has(flagEndStream), selfDep)
 	return c.fragment(frag, h.has(flagEndHeaders))
 }
 
@@ -321,7 +337,7 @@ func (c *conn) onContinuation(h frameHeader) error {
 	if err != nil {
 		return err
 	}
-	if !c.hb.active {
+	if c.hb == nil || !c.hb.active {
 		return connError{http2.ErrCodeProtocol, "CONTINUATION without HEADERS"}
 	}
 	return c.fragment(p, h.has(flagEndHeaders))
@@ -330,7 +346,7 @@ func (c *conn) onContinuation(h frameHeader) error {
 // fragment decodes part of a header block, and handles the block at its
 // end.
 func (c *conn) fragment(p []byte, end bool) error {
-	hb := &c.hb
+	hb := c.hb
 	hb.compressed += len(p)
 	if hb.compressed > c.set.maxHeaderBytes+32*10 {
 		// More compressed than the whole list may be decoded: a
@@ -350,8 +366,11 @@ func (c *conn) fragment(p []byte, end bool) error {
 	if err := c.dec.decode(p, hb.emit); err != nil {
 		return connError{http2.ErrCodeCompression, "HPACK: " + err.Error()}
 	}
-	hb.block = nil
-	return c.onHeaderBlock()
+	err := c.onHeaderBlock()
+	*hb = headerBlock{}
+	headerBlocks.Put(hb)
+	c.hb = nil
+	return err
 }
 
 func (c *conn) onRSTStream(h frameHeader) error {
@@ -527,7 +546,7 @@ func (c *conn) onWindowUpdate(h frameHeader) error {
 // onHeaderBlock handles a complete header block: a request that opens a
 // stream, or its trailers.
 func (c *conn) onHeaderBlock() error {
-	hb := &c.hb
+	hb := c.hb
 	id := hb.streamID
 	c.mu.Lock()
 	st := c.streams[id]

@@ -638,6 +638,7 @@ func TestHeaderBlocksOverAFrame(t *testing.T) {
 
 // TestStreamSlot: a request's context has its stream's slot, found again
 // from contexts derived from it, one per stream; other contexts have none.
+// It has net/http's server and local address too.
 func TestStreamSlot(t *testing.T) {
 	type key struct{}
 	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -648,6 +649,14 @@ func TestStreamSlot(t *testing.T) {
 		}
 		if *slot != nil {
 			http.Error(w, fmt.Sprintf("a new stream's slot holds %v", *slot), http.StatusInternalServerError)
+			return
+		}
+		if _, ok := r.Context().Value(http.ServerContextKey).(*http.Server); !ok {
+			http.Error(w, "no ServerContextKey", http.StatusInternalServerError)
+			return
+		}
+		if r.Context().Value(http.LocalAddrContextKey).(net.Addr).String() != r.Host {
+			http.Error(w, "LocalAddrContextKey is not the address dialled", http.StatusInternalServerError)
 			return
 		}
 		*slot = r.URL.Path

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
@@ -33,8 +34,12 @@ type headerBlock struct {
 	cookies                         []string
 }
 
-func (hb *headerBlock) start(id uint32, endStream, selfDep bool) {
-	*hb = headerBlock{c: hb.c, active: true, streamID: id, endStream: endStream, selfDep: selfDep}
+// headerBlocks holds the connections' headerBlocks between blocks: a
+// connection, mostly idle, holds one only while it reads a block.
+var headerBlocks = sync.Pool{New: func() any { return new(headerBlock) }}
+
+func (hb *headerBlock) start(c *conn, id uint32, endStream, selfDep bool) {
+	*hb = headerBlock{c: c, active: true, streamID: id, endStream: endStream, selfDep: selfDep}
 }
 
 // emit takes one decoded field.

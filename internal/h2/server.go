@@ -56,6 +56,9 @@ type Server struct {
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
 	shutdown bool
+
+	setOnce sync.Once
+	set     settings
 }
 
 // ServeConn serves nc, whose client preface has been read, until the
@@ -112,6 +115,13 @@ type settings struct {
 	readIdleTimeout time.Duration // silence after which we send a PING
 	pingTimeout     time.Duration // for its ACK
 	writeTimeout    time.Duration // for a write to the connection to make progress
+}
+
+// connSettings returns the connections' settings, worked out from Config
+// at the first connection.
+func (s *Server) connSettings() *settings {
+	s.setOnce.Do(func() { s.set = s.settings() })
+	return &s.set
 }
 
 func (s *Server) settings() settings {
