@@ -38,6 +38,7 @@ type Server struct {
 	aheads   chan struct{}        // read-ahead slots (Options.MaxReadAheads); nil when none
 	watches  *sendWatches         // nil without a send timeout
 	batches  liveBatches          // live rounds' batches, encoded once
+	schedule schedule             // the sessions' deadlines
 	stats    *stats               // counters for operators (Metrics)
 	clientIP clientIP             // where a caller's address comes from
 
@@ -85,6 +86,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 		aheads:   slots(opts.MaxReadAheads),
 		watches:  sendWatchesFor(opts),
 		stats:    newStats(),
+		schedule: schedule{clock: opts.Clock},
 		clientIP: clientIP{header: opts.ClientIPHeader, trusted: opts.TrustedProxies},
 	}, nil
 }

@@ -552,17 +552,15 @@ type loop struct {
 	// the reading goroutine.
 	ahead chan step
 	wake  func()
-	// The session's one timer fires at the next of its deadlines: a
-	// heartbeat HeartbeatInterval after the last send, and for Sync a look
-	// at the client's silence three intervals after its last message.
-	// Sends and messages only note their time; tick, or the pump once it
-	// has handled what was due, arms the timer for the deadline next.
-	timer        clock.Timer
-	rearm        atomic.Bool  // the timer fired with something due: the pump arms it
-	timerMu      sync.Mutex   // orders arm and stopTimer
-	timerStopped bool         // under timerMu
-	lastOut      atomic.Int64 // when the last message went, in the clock's Unix nanoseconds
-	hbDue        atomic.Bool  // a heartbeat is due
+	// The session's one deadline, in the server's schedule, is the next
+	// of two: a heartbeat HeartbeatInterval after the last send, and for
+	// Sync a look at the client's silence three intervals after its last
+	// message. Sends and messages only note their time; tick, or the pump
+	// once it has handled what was due, arms it for the next.
+	deadline deadline
+	rearm    atomic.Bool  // the deadline passed with something due: the pump arms it
+	lastOut  atomic.Int64 // when the last message went, in the clock's Unix nanoseconds
+	hbDue    atomic.Bool  // a heartbeat is due
 
 	// Sync only.
 	rd         requestReader // the client's messages
@@ -840,17 +838,13 @@ func (l *loop) startTimer() {
 	now := l.s.opts.Clock.Now().UnixNano()
 	l.lastOut.Store(now)
 	l.lastIn.Store(now)
-	l.timerMu.Lock() // a tick's arm waits for l.timer
-	defer l.timerMu.Unlock()
-	l.timer = clock.AfterFunc(l.s.opts.Clock, l.s.opts.HeartbeatInterval, l.tick)
+	l.deadline = deadline{fire: l.tick, index: -1}
+	l.s.schedule.arm(&l.deadline, now+int64(l.s.opts.HeartbeatInterval))
 }
 
 // stopTimer stops the session's timer for good.
 func (l *loop) stopTimer() {
-	l.timerMu.Lock()
-	defer l.timerMu.Unlock()
-	l.timerStopped = true
-	l.timer.Stop()
+	l.s.schedule.stop(&l.deadline)
 }
 
 // deadlines returns when a heartbeat is due, and when the client's
@@ -897,11 +891,7 @@ func (l *loop) arm() {
 	if silence <= now {
 		silence = now + 3*int64(l.s.opts.HeartbeatInterval)
 	}
-	l.timerMu.Lock()
-	defer l.timerMu.Unlock()
-	if !l.timerStopped {
-		l.timer.Reset(time.Duration(max(min(heartbeat, silence)-now, 0)))
-	}
+	l.s.schedule.arm(&l.deadline, min(heartbeat, silence))
 }
 
 // close waits for a read ahead in progress, which uses the session, and
