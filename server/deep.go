@@ -45,10 +45,10 @@ type call struct {
 	done chan<- any // gets nil, or what the call panicked with
 }
 
-// run calls f on one of the pool's goroutines and returns when f has. done
-// is the caller's, with a capacity of 1, and may serve its later calls. A
+// run calls f on one of the pool's goroutines and returns when f has. A
 // panic in f panics run's caller with a value that holds f's stack.
-func (p *callPool) run(f func(), done chan any) {
+func (p *callPool) run(f func()) {
+	done := replies.Get().(chan any)
 	c := call{f, done}
 	p.mu.Lock()
 	if n := len(p.idle); n > 0 {
@@ -61,10 +61,16 @@ func (p *callPool) run(f func(), done chan any) {
 		p.mu.Unlock()
 		go p.work(c)
 	}
-	if r := <-done; r != nil {
+	r := <-done
+	replies.Put(done) // empty, and no worker holds it any more
+	if r != nil {
 		panic(r)
 	}
 }
+
+// replies holds the channels on which pooled calls report their end: a
+// Sync session's receive loop would otherwise hold one for its life.
+var replies = sync.Pool{New: func() any { return make(chan any, 1) }}
 
 func (p *callPool) work(c call) {
 	inbox := make(chan call, 1)

@@ -20,14 +20,13 @@ func stackOf() string {
 // returns once f has, and reuses the goroutine for the next call.
 func TestCallPoolRunsOffTheCaller(t *testing.T) {
 	p := &callPool{maxIdle: 2}
-	done := make(chan any, 1)
 	var stack string
-	p.run(func() { stack = stackOf() }, done)
+	p.run(func() { stack = stackOf() })
 	if strings.Contains(stack, "testing.tRunner") || !strings.Contains(stack, "(*callPool).work") {
 		t.Fatalf("the call ran on the caller's goroutine, or not the pool's:\n%s", stack)
 	}
 	for range 3 {
-		p.run(func() {}, done)
+		p.run(func() {})
 	}
 	if p.started != 1 {
 		t.Fatalf("%d goroutines started for calls one after another; want 1", p.started)
@@ -47,7 +46,7 @@ func TestCallPoolKeepsMaxIdle(t *testing.T) {
 		for range n {
 			go func() {
 				defer finished.Done()
-				p.run(func() { running.Done(); <-release }, make(chan any, 1))
+				p.run(func() { running.Done(); <-release })
 			}()
 		}
 		running.Wait()
@@ -73,10 +72,9 @@ func TestCallPoolKeepsMaxIdle(t *testing.T) {
 // and the stack where it happened; the pool's goroutine serves on.
 func TestCallPoolPanics(t *testing.T) {
 	p := &callPool{maxIdle: 1}
-	done := make(chan any, 1)
 	got := func() (r any) {
 		defer func() { r = recover() }()
-		p.run(func() { panicInCall() }, done)
+		p.run(func() { panicInCall() })
 		return nil
 	}()
 	cp, ok := got.(*callPanic)
@@ -87,7 +85,7 @@ func TestCallPoolPanics(t *testing.T) {
 		t.Fatalf("the panic says %q; want the value and the stack of the call", s)
 	}
 	ran := false
-	p.run(func() { ran = true }, done)
+	p.run(func() { ran = true })
 	if !ran || p.started != 1 {
 		t.Fatalf("after a panic: ran %v, %d goroutines started; want true, 1", ran, p.started)
 	}
@@ -99,16 +97,15 @@ func panicInCall() { panic("boom") }
 // still returns to its caller, with a panic; the goroutine is not reused.
 func TestCallPoolGoexit(t *testing.T) {
 	p := &callPool{maxIdle: 1}
-	done := make(chan any, 1)
 	got := func() (r any) {
 		defer func() { r = recover() }()
-		p.run(runtime.Goexit, done)
+		p.run(runtime.Goexit)
 		return nil
 	}()
 	if cp, ok := got.(*callPanic); !ok || !strings.Contains(cp.String(), "Goexit") {
 		t.Fatalf("run panicked with %#v; want a *callPanic naming Goexit", got)
 	}
-	p.run(func() {}, done)
+	p.run(func() {})
 	if p.started != 2 {
 		t.Fatalf("%d goroutines started; want 2: the one that exited is not reused", p.started)
 	}
@@ -121,7 +118,7 @@ func TestPooledPanicLogged(t *testing.T) {
 	s := &Server{log: slog.New(slog.NewJSONHandler(&buf, nil)), stats: newStats()}
 	func() (err error) {
 		defer s.finishCall("/ferry.v1.SyncService/Sync", &err)
-		deep.run(func() { panicInHandle() }, make(chan any, 1))
+		deep.run(func() { panicInHandle() })
 		return nil
 	}()
 	if out := buf.String(); !strings.Contains(out, "boom in handle") || !strings.Contains(out, "panicInHandle") {
@@ -135,11 +132,10 @@ func panicInHandle() { panic(errors.New("boom in handle")) }
 // message: a call on a pooled goroutine and the wait for it.
 func BenchmarkCallPoolRun(b *testing.B) {
 	p := &callPool{maxIdle: 1}
-	done := make(chan any, 1)
 	n := 0
 	f := func() { n++ }
 	for b.Loop() {
-		p.run(f, done)
+		p.run(f)
 	}
 	if n != b.N {
 		b.Fatalf("%d calls ran of %d", n, b.N)

@@ -236,7 +236,7 @@ func (s *Server) authenticate(ctx context.Context, procedure string) (context.Co
 // read of the token takes a stack deeper than it keeps.
 func (s *Server) authenticateDeep(ctx context.Context, procedure string) (context.Context, error) {
 	var err error
-	deep.run(func() { ctx, err = s.authenticate(ctx, procedure) }, make(chan any, 1))
+	deep.run(func() { ctx, err = s.authenticate(ctx, procedure) })
 	return ctx, err
 }
 

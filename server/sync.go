@@ -305,8 +305,7 @@ func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSync
 		l   *loop
 		err error
 	)
-	calls := make(chan any, 1)
-	deep.run(func() { adm, err = h.s.admitSync(ctx, st) }, calls)
+	deep.run(func() { adm, err = h.s.admitSync(ctx, st) })
 	if err != nil {
 		return err
 	}
@@ -321,13 +320,13 @@ func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSync
 		}
 		adm.waitInput() // the hello, or its deadline
 	}
-	deep.run(func() { l, err = h.s.startSync(ctx, st, adm) }, calls)
+	deep.run(func() { l, err = h.s.startSync(ctx, st, adm) })
 	if err != nil {
 		return err
 	}
 	adm = nil // the session holds what it needs of it; not its spent timer (400 bytes)
 	defer l.endSync()
-	return l.syncErr(l.receive(ctx, calls))
+	return l.syncErr(l.receive(ctx))
 }
 
 // admission is a Sync stream admitted, waiting for its hello.
@@ -939,7 +938,7 @@ var errSenderEnded = errors.New("server: the session's sender ended it")
 // receive reads a Sync session's client messages until the stream ends or
 // the sender ends the session. It returns what ended it: nil when the
 // client closed its side.
-func (l *loop) receive(ctx context.Context, calls chan any) error {
+func (l *loop) receive(ctx context.Context) error {
 	var (
 		req *ferryv1.SyncRequest
 		end bool
@@ -960,11 +959,11 @@ func (l *loop) receive(ctx context.Context, calls chan any) error {
 			if req, err = l.rd.Receive(); err != nil {
 				return ignoreEOF(err)
 			}
-			deep.run(answer, calls)
+			deep.run(answer)
 			continue
 		}
 		l.waitInput()
-		deep.run(readAndAnswer, calls)
+		deep.run(readAndAnswer)
 	}
 	return err
 }
