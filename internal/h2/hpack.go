@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"golang.org/x/net/http2/hpack"
 )
@@ -28,6 +29,7 @@ type decoder struct {
 	max       int     // the table's size as the peer last set it
 	limit     int     // the size our SETTINGS allow the peer
 	maxString int     // the longest name or value accepted, decoded
+	changed   bool    // the block being decoded changed the table
 }
 
 var (
@@ -41,18 +43,31 @@ var (
 // order. A block that fails to decode leaves the table unusable: the
 // caller must end the connection (COMPRESSION_ERROR).
 func (d *decoder) decode(p []byte, emit func(hpack.HeaderField)) error {
-	if err := d.decodeFields(p, emit); err != nil {
-		return err
-	}
-	if cap(d.dyn)-len(d.dyn) >= 4 {
-		// The table grew by doubling. Clients add the fields of their
-		// first requests and then refer to them for the connection's
-		// life: hold them in an array of their size (a Connect client's
-		// nine, 288 bytes rather than 512).
+	// The block changes the table in a pooled array, and the table moves
+	// to an array of its size only if the block changed it. Clients add
+	// the fields of their first requests and then refer to them for the
+	// connection's life: grown by doubling, a Connect client's nine
+	// entries left 1 KB of garbage and an array of sixteen.
+	scratch := tables.Get().(*[]field)
+	held := d.dyn
+	d.dyn, d.changed = append((*scratch)[:0], held...), false
+	err := d.decodeFields(p, emit)
+	switch {
+	case err != nil || len(d.dyn) == 0:
+		d.dyn = nil // on an error, the connection ends
+	case d.changed:
 		d.dyn = slices.Clone(d.dyn)
+	default:
+		d.dyn = held
 	}
-	return nil
+	clear((*scratch)[:cap(*scratch)])
+	tables.Put(scratch)
+	return err
 }
+
+// tables holds the arrays in which header blocks change their
+// connection's table.
+var tables = sync.Pool{New: func() any { t := make([]field, 0, 64); return &t }}
 
 func (d *decoder) decodeFields(p []byte, emit func(hpack.HeaderField)) error {
 	fields := false // a field was decoded: a size update may no longer come
@@ -139,7 +154,7 @@ func (d *decoder) add(f field) {
 		return
 	}
 	d.evict(f.size())
-	d.dyn = append(d.dyn, f)
+	d.dyn, d.changed = append(d.dyn, f), true
 	d.size += f.size()
 }
 
@@ -152,9 +167,8 @@ func (d *decoder) evict(room int) {
 		d.dyn[n] = field{}
 		n++
 	}
-	d.dyn = d.dyn[n:]
-	if len(d.dyn) == 0 {
-		d.dyn = nil
+	if n > 0 {
+		d.dyn, d.changed = d.dyn[n:], true
 	}
 }
 
