@@ -110,6 +110,11 @@ func TestRequestsAndResponses(t *testing.T) {
 				t.Errorf("the request: %s %s %q %v", r.Proto, r.Host, r.URL.RawQuery, r.Header)
 			}
 			_, _ = io.WriteString(w, "<html>hi</html>")
+		case "/late":
+			w.Header().Set("X-Early", "1")
+			w.WriteHeader(http.StatusAccepted)
+			w.Header().Set("X-Late", "1") // after WriteHeader: not sent
+			_, _ = io.WriteString(w, "late")
 		case "/nocontent":
 			w.WriteHeader(http.StatusNoContent)
 			if _, err := w.Write([]byte("x")); !errors.Is(err, http.ErrBodyNotAllowed) {
@@ -130,6 +135,13 @@ func TestRequestsAndResponses(t *testing.T) {
 	if got := resp.body; got != "<html>hi</html>" || resp.Header.Get("Content-Type") != "text/html; charset=utf-8" ||
 		resp.ContentLength != int64(len(got)) || resp.Header.Get("Date") == "" {
 		t.Errorf("/small: %q, header %v, length %d", got, resp.Header, resp.ContentLength)
+	}
+
+	req, _ = http.NewRequest("GET", "http://"+addr+"/late", nil)
+	resp = do(t, c, req)
+	if resp.StatusCode != http.StatusAccepted || resp.Header.Get("X-Early") != "1" || resp.Header.Get("X-Late") != "" ||
+		resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" || resp.body != "late" {
+		t.Errorf("/late: %d %q, header %v", resp.StatusCode, resp.body, resp.Header)
 	}
 
 	req, _ = http.NewRequest("POST", "http://"+addr+"/echo", io.MultiReader(bytes.NewReader(big)))
