@@ -324,7 +324,7 @@ func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSync
 	if err != nil {
 		return err
 	}
-	adm = nil // the session holds what it needs of it; not its spent timer (400 bytes)
+	adm = nil // the session holds what it needs of it, not the admission
 	defer l.endSync()
 	return l.syncErr(l.receive(ctx))
 }
@@ -336,7 +336,8 @@ type admission struct {
 	stopReceive func()
 	bg          *stoppableReader // nil unless the stream is read on a goroutine of its own
 	waitInput   func()           // waits for the client's first bytes; nil with bg
-	deadline    clock.Timer      // for the hello
+	schedule    *schedule
+	deadline    deadline // for the hello
 
 	mu        sync.Mutex
 	got, late bool
@@ -350,7 +351,7 @@ func (s *Server) admitSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	if err != nil {
 		return nil, err
 	}
-	adm := &admission{release: release, rd: st}
+	adm := &admission{release: release, rd: st, schedule: &s.schedule}
 	adm.stopReceive, err = receiveStopper(ctx)
 	if err != nil {
 		s.warnSyncReads.Do(func() {
@@ -362,20 +363,21 @@ func (s *Server) admitSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	} else {
 		adm.waitInput = inputWaiter(ctx)
 	}
-	adm.deadline = clock.AfterFunc(s.opts.Clock, 3*s.opts.HeartbeatInterval, func() {
+	adm.deadline = deadline{index: -1, fire: func() {
 		adm.mu.Lock()
 		defer adm.mu.Unlock()
 		if !adm.got {
 			adm.late = true
 			adm.stopReceive()
 		}
-	})
+	}}
+	s.schedule.arm(&adm.deadline, s.opts.Clock.Now().Add(3*s.opts.HeartbeatInterval).UnixNano())
 	return adm, nil
 }
 
 // abort gives up an admitted stream whose session did not start.
 func (adm *admission) abort() {
-	adm.deadline.Stop()
+	adm.schedule.stop(&adm.deadline)
 	if adm.bg != nil {
 		adm.bg.Stop()
 	}
@@ -390,7 +392,7 @@ func (adm *admission) readHello() (*ferryv1.Hello, error) {
 	adm.got = true
 	late := adm.late
 	adm.mu.Unlock()
-	adm.deadline.Stop()
+	adm.schedule.stop(&adm.deadline)
 	if late {
 		return nil, connect.NewError(connect.CodeDeadlineExceeded, "no hello: a Sync session starts with a hello")
 	}
