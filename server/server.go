@@ -17,6 +17,7 @@ import (
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/internal/timers"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 )
 
@@ -38,7 +39,7 @@ type Server struct {
 	aheads   chan struct{}        // read-ahead slots (Options.MaxReadAheads); nil when none
 	watches  *sendWatches         // nil without a send timeout
 	batches  liveBatches          // live rounds' batches, encoded once
-	schedule schedule             // the sessions' deadlines
+	schedule timers.Schedule      // the sessions' deadlines
 	stats    *stats               // counters for operators (Metrics)
 	clientIP clientIP             // where a caller's address comes from
 
@@ -86,7 +87,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 		aheads:   slots(opts.MaxReadAheads),
 		watches:  sendWatchesFor(opts),
 		stats:    newStats(),
-		schedule: schedule{clock: opts.Clock},
+		schedule: timers.Schedule{Clock: opts.Clock},
 		clientIP: clientIP{header: opts.ClientIPHeader, trusted: opts.TrustedProxies},
 	}, nil
 }

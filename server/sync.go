@@ -18,6 +18,7 @@ import (
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/internal/clock"
+	"github.com/ferrysync/ferry/internal/timers"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 )
@@ -336,8 +337,8 @@ type admission struct {
 	stopReceive func()
 	bg          *stoppableReader // nil unless the stream is read on a goroutine of its own
 	waitInput   func()           // waits for the client's first bytes; nil with bg
-	schedule    *schedule
-	deadline    deadline // for the hello
+	schedule    *timers.Schedule
+	deadline    timers.Deadline // for the hello
 
 	mu        sync.Mutex
 	got, late bool
@@ -363,21 +364,21 @@ func (s *Server) admitSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	} else {
 		adm.waitInput = inputWaiter(ctx)
 	}
-	adm.deadline = deadline{index: -1, fire: func() {
+	adm.deadline.Fire = func() {
 		adm.mu.Lock()
 		defer adm.mu.Unlock()
 		if !adm.got {
 			adm.late = true
 			adm.stopReceive()
 		}
-	}}
-	s.schedule.arm(&adm.deadline, s.opts.Clock.Now().Add(3*s.opts.HeartbeatInterval).UnixNano())
+	}
+	s.schedule.Arm(&adm.deadline, s.opts.Clock.Now().Add(3*s.opts.HeartbeatInterval))
 	return adm, nil
 }
 
 // abort gives up an admitted stream whose session did not start.
 func (adm *admission) abort() {
-	adm.schedule.stop(&adm.deadline)
+	adm.schedule.Stop(&adm.deadline)
 	if adm.bg != nil {
 		adm.bg.Stop()
 	}
@@ -392,7 +393,7 @@ func (adm *admission) readHello() (*ferryv1.Hello, error) {
 	adm.got = true
 	late := adm.late
 	adm.mu.Unlock()
-	adm.schedule.stop(&adm.deadline)
+	adm.schedule.Stop(&adm.deadline)
 	if late {
 		return nil, connect.NewError(connect.CodeDeadlineExceeded, "no hello: a Sync session starts with a hello")
 	}
@@ -558,7 +559,7 @@ type loop struct {
 	// Sync a look at the client's silence three intervals after its last
 	// message. Sends and messages only note their time; tick, or the pump
 	// once it has handled what was due, arms it for the next.
-	deadline deadline
+	deadline timers.Deadline
 	rearm    atomic.Bool  // the deadline passed with something due: the pump arms it
 	lastOut  atomic.Int64 // when the last message went, in the clock's Unix nanoseconds
 	hbDue    atomic.Bool  // a heartbeat is due
@@ -839,13 +840,13 @@ func (l *loop) startTimer() {
 	now := l.s.opts.Clock.Now().UnixNano()
 	l.lastOut.Store(now)
 	l.lastIn.Store(now)
-	l.deadline = deadline{fire: l.tick, index: -1}
-	l.s.schedule.arm(&l.deadline, now+int64(l.s.opts.HeartbeatInterval))
+	l.deadline.Fire = l.tick
+	l.s.schedule.Arm(&l.deadline, time.Unix(0, now+int64(l.s.opts.HeartbeatInterval)))
 }
 
 // stopTimer stops the session's timer for good.
 func (l *loop) stopTimer() {
-	l.s.schedule.stop(&l.deadline)
+	l.s.schedule.Stop(&l.deadline)
 }
 
 // deadlines returns when a heartbeat is due, and when the client's
@@ -892,7 +893,7 @@ func (l *loop) arm() {
 	if silence <= now {
 		silence = now + 3*int64(l.s.opts.HeartbeatInterval)
 	}
-	l.s.schedule.arm(&l.deadline, min(heartbeat, silence))
+	l.s.schedule.Arm(&l.deadline, time.Unix(0, min(heartbeat, silence)))
 }
 
 // close waits for a read ahead in progress, which uses the session, and

@@ -16,6 +16,8 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
+
+	"github.com/ferrysync/ferry/internal/timers"
 )
 
 var (
@@ -65,7 +67,7 @@ type conn struct {
 	goAwayID   uint32      // the last stream our GOAWAY named: later ones are ignored
 	closed     atomic.Bool // set under mu; read without it too (the reader, per frame)
 	lingering  bool
-	timer      *time.Timer
+	check      timers.Deadline // of the idle timeout and the liveness PING, in the server's schedule
 	idleSince  time.Time
 	lastFrames uint64
 	lastMoved  time.Time
@@ -148,19 +150,21 @@ func (c *conn) serve() {
 	now := time.Now()
 	c.mu.Lock()
 	c.idleSince, c.lastMoved = now, now
+	c.check.Fire = c.checkNow
 	if next := c.nextCheckLocked(now); next > 0 {
-		c.timer = time.AfterFunc(next, c.check)
+		c.srv.schedule.Arm(&c.check, now.Add(next))
 	}
 	c.kickLocked()
 	c.mu.Unlock()
 
 	var err error
 	for err == nil {
-		err = c.readFrame()
-		var se streamError
-		if errors.As(err, &se) {
-			c.resetStream(se.id, se.code)
-			err = nil
+		if err = c.readFrame(); err != nil {
+			var se streamError // on the heap (errors.As): only for an error
+			if errors.As(err, &se) {
+				c.resetStream(se.id, se.code)
+				err = nil
+			}
 		}
 	}
 	var ce connError
@@ -927,16 +931,14 @@ func (c *conn) closeLocked() {
 	}
 	c.unstarted = nil
 	c.ctl = nil
-	if c.timer != nil {
-		c.timer.Stop()
-	}
+	c.srv.schedule.Stop(&c.check)
 	_ = c.nc.Close() // does not block
 }
 
 // check runs on the connection's timer: it ends a connection idle for the
 // idle timeout, pings one that has been silent, and closes one whose ping
 // went unanswered.
-func (c *conn) check() {
+func (c *conn) checkNow() {
 	now := time.Now()
 	c.mu.Lock()
 	if c.closed.Load() {
@@ -959,7 +961,7 @@ func (c *conn) check() {
 		}
 	}
 	if next := c.nextCheckLocked(now); next > 0 && !dead {
-		c.timer.Reset(next)
+		c.srv.schedule.Arm(&c.check, now.Add(next))
 	}
 	c.mu.Unlock()
 	switch {
@@ -996,12 +998,10 @@ func (c *conn) nextCheckLocked(now time.Time) time.Duration {
 // ended. The caller holds mu.
 func (c *conn) becameIdleLocked() {
 	c.idleSince = time.Now()
-	if c.timer != nil && c.set.idleTimeout > 0 {
+	if c.set.idleTimeout > 0 {
 		if next := c.nextCheckLocked(c.idleSince); next > 0 {
-			c.timer.Reset(next)
+			c.srv.schedule.Arm(&c.check, c.idleSince.Add(next))
 		}
-	} else if c.timer == nil && c.set.idleTimeout > 0 {
-		c.timer = time.AfterFunc(c.set.idleTimeout, c.check)
 	}
 }
 

@@ -453,6 +453,35 @@ func TestPanic(t *testing.T) {
 	})
 }
 
+// TestIdleTimeout: a connection is sent a GOAWAY once it has been idle
+// for IdleTimeout after its last stream ended, not while a stream is open.
+func TestIdleTimeout(t *testing.T) {
+	release := make(chan struct{})
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/long" {
+			<-release
+		}
+	}), func(hs *http.Server) { hs.IdleTimeout = 20 * time.Millisecond })
+	rc := dial(t, addr)
+	rc.request(1, "/long", true)
+	rc.request(3, "/short", true)
+	rc.until("the answer on stream 3", func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 3
+	})
+	close(release)
+	rc.until("the answer on stream 1", func(f http2.Frame) bool {
+		if _, ok := f.(*http2.GoAwayFrame); ok {
+			t.Fatal("a GOAWAY while a stream was open")
+		}
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 1
+	})
+	if code := rc.goAway(); code != http2.ErrCodeNo {
+		t.Fatalf("GOAWAY %v, want NO_ERROR", code)
+	}
+}
+
 // TestPingTimeout: a client silent past the read-idle timeout gets a
 // PING, and one that does not answer it is cut off.
 func TestPingTimeout(t *testing.T) {

@@ -41,6 +41,9 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/ferrysync/ferry/internal/clock"
+	"github.com/ferrysync/ferry/internal/timers"
 )
 
 // Server serves HTTP/2 connections. Set its fields before the first
@@ -57,8 +60,9 @@ type Server struct {
 	conns    map[*conn]struct{}
 	shutdown bool
 
-	setOnce sync.Once
-	set     settings
+	setOnce  sync.Once
+	set      settings
+	schedule timers.Schedule // the connections' timeouts
 }
 
 // ServeConn serves nc, whose client preface has been read, until the
@@ -120,7 +124,7 @@ type settings struct {
 // connSettings returns the connections' settings, worked out from Config
 // at the first connection.
 func (s *Server) connSettings() *settings {
-	s.setOnce.Do(func() { s.set = s.settings() })
+	s.setOnce.Do(func() { s.set, s.schedule.Clock = s.settings(), clock.Real{} })
 	return &s.set
 }
 
