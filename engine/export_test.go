@@ -20,3 +20,14 @@ func DuringMarkerCommit(e *Engine, f func()) {
 	}
 	e.testMarking.Store(&f)
 }
+
+// Maps counts the maps per conversation the session holds.
+func (s *Session) Maps() int {
+	n := 0
+	for _, made := range []bool{s.sent != nil, s.shown != nil, s.memo.counts != nil, s.memo.members != nil, s.memo.marks != nil} {
+		if made {
+			n++
+		}
+	}
+	return n
+}

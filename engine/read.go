@@ -61,18 +61,14 @@ type reader struct {
 	// conversation (its record, the round's ops) with the other sessions
 	// reading the same view (memo).
 	live bool
-	// counts, in a session's read, remembers the message count at the
-	// user's read marker per conversation (see messagesAt); nil elsewhere.
-	counts map[ulid.ULID]seqCount
-	// members, in a session's read, remembers the user's member record per
-	// conversation with the head it was read at (see member); nil
-	// elsewhere.
-	members map[ulid.ULID]memberAt
-	// marks, in a live round's read, remembers the user's own marker per
-	// conversation (see userMarker), with the hub's counts of commits that
-	// changed the user's markers: marksDone read before the view was
-	// taken, marksBegun after. nil elsewhere.
-	marks                 map[ulid.ULID]markAt
+	// memo, in a session's read, is what the session's reads remember;
+	// nil elsewhere.
+	memo *sessionMemo
+	// marking: a live round's read, which remembers the user's own marker
+	// per conversation (see userMarker), with the hub's counts of commits
+	// that changed the user's markers: marksDone read before the view was
+	// taken, marksBegun after.
+	marking               bool
 	marksDone, marksBegun uint64
 	// dec, in a catch-up read, decodes the ops of the whole Ops event, whose
 	// bodies are sent together; elsewhere (nil) each read of ops decodes
@@ -83,11 +79,28 @@ type reader struct {
 // seqCount is the number of message ops up to and including seq.
 type seqCount struct{ seq, messages uint64 }
 
+// sessionMemo is what a session's reads remember per conversation. Each
+// map is made with its first entry (setIn).
+type sessionMemo struct {
+	counts  map[ulid.ULID]seqCount // the message count at the user's read marker (see messagesAtRead)
+	members map[ulid.ULID]memberAt // the user's member record, with the head it was read at (see member)
+	marks   map[ulid.ULID]markAt   // the user's own marker, as a live round read it (see userMarker)
+}
+
+// setIn sets m[k] to v, making m if it is nil, and returns m.
+func setIn[V any](m map[ulid.ULID]V, k ulid.ULID, v V) map[ulid.ULID]V {
+	if m == nil {
+		m = make(map[ulid.ULID]V)
+	}
+	m[k] = v
+	return m
+}
+
 func (e *Engine) reader() reader { return reader{e: e, v: e.st.View()} }
 
 // reader is a read of the session, in a live round if live.
 func (s *Session) reader(live bool) reader {
-	return reader{e: s.e, v: s.e.st.View(), session: true, live: live, counts: s.counts, members: s.members}
+	return reader{e: s.e, v: s.e.st.View(), session: true, live: live, memo: &s.memo}
 }
 
 func (r reader) release() { r.v.Release() }
@@ -183,10 +196,10 @@ type memberAt struct {
 // (which the live round sends, read once per view) hold no such op, the
 // record is the one remembered: a live round then reads no member record.
 func (r reader) member(conv, user ulid.ULID, head uint64) (record.Member, bool, error) {
-	if r.members == nil {
+	if r.memo == nil {
 		return r.readMember(conv, user)
 	}
-	k, same := r.members[conv]
+	k, same := r.memo.members[conv]
 	if same = same && k.m.Role != model.RoleNone && k.head <= head && head-k.head <= maxMemoOps; same {
 		var err error
 		if same, err = r.membershipSame(conv, user, k.head, head); err != nil {
@@ -194,12 +207,12 @@ func (r reader) member(conv, user ulid.ULID, head uint64) (record.Member, bool, 
 		}
 	}
 	if same && !verifyCaches {
-		r.members[conv] = memberAt{k.m, head}
+		r.memo.members[conv] = memberAt{k.m, head}
 		return k.m, true, nil
 	}
 	m, ok, err := r.readMember(conv, user)
 	if err != nil || !ok {
-		delete(r.members, conv)
+		delete(r.memo.members, conv)
 		if err == nil && same {
 			err = fmt.Errorf("engine: remembered member %+v of %s in %s at head %d; the store has none at head %d", k.m, user, conv, k.head, head)
 		}
@@ -208,7 +221,7 @@ func (r reader) member(conv, user ulid.ULID, head uint64) (record.Member, bool, 
 	if same && m != k.m {
 		return m, ok, fmt.Errorf("engine: remembered member %+v of %s in %s at head %d; the store has %+v at head %d", k.m, user, conv, k.head, m, head)
 	}
-	r.members[conv] = memberAt{m, head}
+	r.memo.members = setIn(r.memo.members, conv, memberAt{m, head})
 	return m, true, nil
 }
 
@@ -271,10 +284,10 @@ type markAt struct {
 // view, is still that number, no commit in between changed a marker of the
 // user. That saves a store read per woken session and live round.
 func (r reader) userMarker(conv, user ulid.ULID) (record.Marker, error) {
-	if r.marks == nil {
+	if !r.marking {
 		return r.marker(keys.TUserMark, conv, user)
 	}
-	at, ok := r.marks[conv]
+	at, ok := r.memo.marks[conv]
 	same := ok && at.done == r.marksBegun
 	if same && !verifyCaches {
 		return at.m, nil
@@ -286,7 +299,7 @@ func (r reader) userMarker(conv, user ulid.ULID) (record.Marker, error) {
 	if same && at.m != m {
 		return m, fmt.Errorf("engine: remembered marker of user %s in %s is %+v; the store says %+v", user, conv, at.m, m)
 	}
-	r.marks[conv] = markAt{m: m, done: r.marksDone}
+	r.memo.marks = setIn(r.memo.marks, conv, markAt{m: m, done: r.marksDone})
 	return m, nil
 }
 
@@ -331,10 +344,10 @@ func (r reader) messagesAt(conv ulid.ULID, seq uint64) (uint64, error) {
 // while the marker moves only when the user reads: it keeps the last answer
 // per conversation. An op's message count never changes once stored.
 func (r reader) messagesAtRead(conv ulid.ULID, read uint64) (uint64, error) {
-	if r.counts == nil {
+	if r.memo == nil {
 		return r.messagesAt(conv, read)
 	}
-	c, ok := r.counts[conv]
+	c, ok := r.memo.counts[conv]
 	hit := ok && c.seq == read
 	if hit && !verifyCaches {
 		return c.messages, nil
@@ -346,7 +359,7 @@ func (r reader) messagesAtRead(conv ulid.ULID, read uint64) (uint64, error) {
 	if hit && c.messages != n {
 		return 0, fmt.Errorf("engine: remembered %d messages up to seq %d of %s; the store says %d", c.messages, read, conv, n)
 	}
-	r.counts[conv] = seqCount{seq: read, messages: n}
+	r.memo.counts = setIn(r.memo.counts, conv, seqCount{seq: read, messages: n})
 	return n, nil
 }
 

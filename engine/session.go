@@ -145,14 +145,12 @@ type Session struct {
 	// op ranges, emptied, for the next round: rounds are many and small.
 	spare, ranges []item
 
+	// The maps per conversation are made with their first entry: a
+	// session of a user in no conversation holds none (240 bytes).
 	sent   map[ulid.ULID]uint64    // conversation -> last seq sent or known held
 	shown  map[ulid.ULID]shownInfo // conversation -> the last info the device has
-	counts map[ulid.ULID]seqCount  // conversation -> message count at the user's read marker
-	// conversation -> the user's member record and the head it was read at
-	members map[ulid.ULID]memberAt
-	// conversation -> the user's own marker, as a live round read it
-	marks  map[ulid.ULID]markAt
-	pos    uint64 // every change up to here was sent
+	memo   sessionMemo             // what the session's reads remember
+	pos    uint64                  // every change up to here was sent
 	caught bool
 	// revocations is the engine's revocation count when the device was
 	// last found active: live rounds look the device up again only after
@@ -204,8 +202,7 @@ func (e *Engine) OpenSession(a Actor, o SessionOptions) (*Session, error) {
 	if o.Epoch == (ulid.ULID{}) {
 		o.FeedPos = 0
 	}
-	s := &Session{e: e, a: a, o: o, sent: map[ulid.ULID]uint64{}, shown: map[ulid.ULID]shownInfo{}, counts: map[ulid.ULID]seqCount{}, members: map[ulid.ULID]memberAt{},
-		marks: map[ulid.ULID]markAt{}}
+	s := &Session{e: e, a: a, o: o}
 	// Watch before reading, so that a commit after the read still wakes us.
 	s.w = e.hub.watch(a.User)
 	if err := s.plan(); err != nil {
@@ -272,13 +269,13 @@ func (s *Session) plan() error {
 			cursor = min(dm.Delivered, info.Head)
 		}
 		if en.pos == 0 && cursor == info.Head {
-			s.sent[en.conv] = cursor // live rounds go on from the cursor
-			continue                 // a cursor that holds everything: nothing changed
+			s.sent = setIn(s.sent, en.conv, cursor) // live rounds go on from the cursor
+			continue                                // a cursor that holds everything: nothing changed
 		}
 		info.ResumeAfter = cursor
 		infos = append(infos, info)
-		s.shown[en.conv] = shownOf(&info)
-		s.sent[en.conv] = info.Head
+		s.shown = setIn(s.shown, en.conv, shownOf(&info))
+		s.sent = setIn(s.sent, en.conv, info.Head)
 		if cursor == info.Head {
 			continue
 		}
@@ -451,7 +448,7 @@ func (s *Session) live() error {
 		return nil
 	}
 	entries, ok, marksBegun := s.w.changed(s.pos, pos) // after the view, as userMarker needs
-	r.marks, r.marksDone, r.marksBegun = s.marks, marksDone, marksBegun
+	r.marking, r.marksDone, r.marksBegun = true, marksDone, marksBegun
 	if !ok {
 		var err error
 		if entries, err = r.changed(s.a.User, s.pos, pos); err != nil {
@@ -512,7 +509,7 @@ func (s *Session) live() error {
 			} else {
 				ranges = append(ranges, item{kind: itemOps, conv: en.conv, after: from, through: info.Head, phase: PhaseLive, ops: ops})
 			}
-			s.sent[en.conv] = info.Head
+			s.sent = setIn(s.sent, en.conv, info.Head)
 		}
 		// The user's own delivered marker moves with every ack and matters
 		// to the other members only: an info that changed in nothing else
@@ -530,7 +527,7 @@ func (s *Session) live() error {
 		if now != sh || len(ranges) > n {
 			infos = append(infos, info)
 		}
-		s.shown[en.conv] = now
+		s.shown = setIn(s.shown, en.conv, now)
 	}
 	for len(infos) > 0 {
 		n := min(len(infos), conversationsPerInfo)

@@ -264,6 +264,29 @@ func TestLiveAndRemoval(t *testing.T) {
 // other users' commits, none of which woke it, runs no round and sends
 // nothing, not even a feed position. Its next change still comes with a
 // position past them all.
+// TestSessionMapsMadeWithTheirFirstEntry: a session of a user in no
+// conversation holds no map per conversation; one in a conversation has
+// them once its rounds remember something of it.
+func TestSessionMapsMadeWithTheirFirstEntry(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	s, r := openCaughtUp(t, e, bob)
+	if n := s.Maps(); n != 0 {
+		t.Fatalf("a session of a user in no conversation holds %d maps", n)
+	}
+	conv := alice.Create("c", bob)
+	alice.Send(conv, "one")
+	<-s.Changed()
+	r.drain(s, engine.DefaultBatchOps)
+	if len(r.held[conv]) == 0 {
+		t.Fatal("the conversation's ops did not arrive")
+	}
+	if n := s.Maps(); n == 0 {
+		t.Fatal("a session that sent a conversation's ops holds no map")
+	}
+}
+
 func TestQuietRoundsSendNothing(t *testing.T) {
 	e := enginetest.New(t)
 	alice := enginetest.Register(t, e, "alice")
