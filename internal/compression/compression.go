@@ -35,13 +35,22 @@ import (
 // batches, up to a MiB, are where compression pays.
 const MinBytes = 1024
 
+// FastBelow is the size under which zstd compresses at its fastest level,
+// and from which at its default level. Messages of a few KB (live rounds
+// of a push's ops, pushes) are most of what a server compresses while
+// clients push: zstd's fastest level takes 25-35% less time on them than
+// its default, for 5-10% more bytes. Catch-up batches, up to a MiB, are
+// where the default level's smaller output pays.
+const FastBelow = 64 << 10
+
 // MaxWindow is the largest zstd window a decoder accepts. Ferry's messages
 // are bounded well below it.
 const MaxWindow = 8 << 20
 
 // Zstd is a "zstd" compressor.
 type Zstd struct {
-	enc     *zstd.Encoder
+	enc     *zstd.Encoder // from FastBelow
+	fast    *zstd.Encoder // under FastBelow
 	memo    *memo
 	bufs    sync.Pool // *bytes.Buffer
 	readers sync.Pool // *zstdReader
@@ -64,13 +73,10 @@ func configure(opts []Option) (c config) {
 	return c
 }
 
-// NewZstd returns a zstd compressor at the default level.
+// NewZstd returns a zstd compressor: at the fastest level under FastBelow,
+// at the default level from it.
 func NewZstd(opts ...Option) *Zstd {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithLowerEncoderMem(true))
-	if err != nil {
-		panic(fmt.Sprintf("compression: zstd encoder: %v", err)) // only invalid options fail
-	}
-	z := &Zstd{enc: enc}
+	z := &Zstd{enc: newEncoder(zstd.SpeedDefault), fast: newEncoder(zstd.SpeedFastest)}
 	if configure(opts).memo {
 		z.memo = newMemo()
 	}
@@ -87,7 +93,20 @@ func (z *Zstd) Compress(dst io.Writer) (io.WriteCloser, error) {
 }
 
 func (z *Zstd) compress(in []byte) []byte {
-	return z.memo.compress(in, func(in []byte) []byte { return z.enc.EncodeAll(in, nil) })
+	return z.memo.compress(in, func(in []byte) []byte {
+		if len(in) < FastBelow {
+			return z.fast.EncodeAll(in, nil)
+		}
+		return z.enc.EncodeAll(in, nil)
+	})
+}
+
+func newEncoder(level zstd.EncoderLevel) *zstd.Encoder {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		panic(fmt.Sprintf("compression: zstd encoder: %v", err)) // only invalid options fail
+	}
+	return enc
 }
 
 // bufWriter buffers one message and writes its compression to dst on

@@ -69,6 +69,34 @@ func TestZstdCompressesBatches(t *testing.T) {
 	}
 }
 
+// TestZstdLevelBySize: a message under FastBelow is compressed at the
+// fastest level, one from it at the default level; both round-trip.
+func TestZstdLevelBySize(t *testing.T) {
+	z := NewZstd()
+	for _, c := range []struct {
+		size  int
+		level zstd.EncoderLevel
+	}{{4 << 10, zstd.SpeedFastest}, {FastBelow - 1, zstd.SpeedFastest}, {FastBelow, zstd.SpeedDefault}, {256 << 10, zstd.SpeedDefault}} {
+		var msg bytes.Buffer
+		for i := 0; msg.Len() < c.size; i++ {
+			fmt.Fprintf(&msg, "message %d: see you at lunch, around %d? ", i, i%12)
+		}
+		in := msg.Bytes()[:c.size]
+		want := newEncoder(c.level).EncodeAll(in, nil)
+		if got := z.compress(in); !bytes.Equal(got, want) {
+			t.Errorf("%d bytes: not compressed as at level %v", c.size, c.level)
+		}
+		var out bytes.Buffer
+		r, err := z.Decompress(bytes.NewReader(want))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(&out, r); err != nil || !bytes.Equal(out.Bytes(), in) {
+			t.Errorf("%d bytes: round trip: %v", c.size, err)
+		}
+	}
+}
+
 // TestZstdRefusesHugeWindows: a frame that declares a window beyond
 // MaxWindow is refused instead of allocated.
 func TestZstdRefusesHugeWindows(t *testing.T) {
