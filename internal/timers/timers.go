@@ -20,8 +20,9 @@ type Schedule struct {
 	Clock clock.Clock
 
 	mu    sync.Mutex
+	base  time.Time // the clock's time at the first Arm: deadlines count from it
 	heap  deadlines
-	timer clock.Timer // fires at the first deadline; nil until one is armed
+	timer clock.Timer // fires at the first deadline; nil when none is armed
 }
 
 // A Deadline is an entry of a Schedule: Fire runs when it passes. Set Fire
@@ -31,9 +32,9 @@ type Schedule struct {
 type Deadline struct {
 	Fire func()
 
-	at      int64 // the clock's Unix nanoseconds
-	pos     int   // index in the heap + 1; 0 when not in it
-	stopped bool  // for good: Arm does nothing
+	at      time.Duration // since the schedule's base
+	pos     int           // index in the heap + 1; 0 when not in it
+	stopped bool          // for good: Arm does nothing
 }
 
 // Arm schedules d to fire at at, in place of when it was to fire. It does
@@ -44,7 +45,13 @@ func (s *Schedule) Arm(d *Deadline, at time.Time) {
 	if d.stopped {
 		return
 	}
-	d.at = at.UnixNano()
+	if s.base.IsZero() {
+		s.base = s.Clock.Now()
+	}
+	// Since a time of the same clock: the monotonic clock's, when both
+	// times have its reading (the system clock's do), so that a step of
+	// the wall clock moves no deadline.
+	d.at = at.Sub(s.base)
 	if d.pos > 0 {
 		heap.Fix(&s.heap, d.pos-1)
 	} else {
@@ -68,14 +75,18 @@ func (s *Schedule) Stop(d *Deadline) {
 // resetLocked sets the timer for the first deadline. The caller holds
 // mu. The timer is set again on every change, even when the first
 // deadline stays: a fake clock's Armed tells tests that a deadline was.
+// An empty schedule stops its timer and makes a new one for its next
+// deadline: a Clock that is no clock.AfterFuncer stops its timers for
+// good.
 func (s *Schedule) resetLocked() {
 	if len(s.heap) == 0 {
 		if s.timer != nil {
 			s.timer.Stop()
+			s.timer = nil
 		}
 		return
 	}
-	d := time.Duration(max(s.heap[0].at-s.Clock.Now().UnixNano(), 0))
+	d := max(s.heap[0].at-s.Clock.Now().Sub(s.base), 0)
 	if s.timer == nil {
 		s.timer = clock.AfterFunc(s.Clock, d, s.fireDue)
 		return
@@ -87,7 +98,7 @@ func (s *Schedule) resetLocked() {
 // for the next.
 func (s *Schedule) fireDue() {
 	s.mu.Lock()
-	now := s.Clock.Now().UnixNano()
+	now := s.Clock.Now().Sub(s.base)
 	var due []*Deadline
 	for len(s.heap) > 0 && s.heap[0].at <= now {
 		due = append(due, heap.Pop(&s.heap).(*Deadline))

@@ -88,3 +88,39 @@ func TestScheduleRealClock(t *testing.T) {
 		}
 	}
 }
+
+// onlyTimers hides Fake's AfterFunc, as a Clock of somebody else's would
+// (clientsdk.Clock lets one be written outside the module, and
+// server.Options.Clock takes it): clock.AfterFunc then falls back to a
+// waiting goroutine, whose Stop is for good.
+type onlyTimers struct{ *clock.Fake }
+
+func (onlyTimers) AfterFunc() {} // not clock.AfterFuncer's method
+
+// TestScheduleForeignClockAfterEmptying: on a Clock that is no
+// clock.AfterFuncer, a deadline armed after the schedule emptied (its
+// last deadline stopped) still fires: the fallback timer's Stop is for
+// good, so the schedule must not Reset the timer it stopped.
+func TestScheduleForeignClockAfterEmptying(t *testing.T) {
+	start := time.Unix(1_000_000, 0)
+	fake := clock.NewFake(start)
+	s := &timers.Schedule{Clock: onlyTimers{fake}}
+	first := &timers.Deadline{Fire: func() {}}
+	s.Arm(first, start.Add(time.Second))
+	s.Stop(first) // the schedule empties: a hello that came in time
+	fired := make(chan struct{}, 1)
+	second := &timers.Deadline{Fire: func() { fired <- struct{}{} }}
+	armed := fake.Armed()
+	s.Arm(second, start.Add(time.Second))
+	select {
+	case <-armed:
+	case <-time.After(5 * time.Second): // a guard, not a wait
+		t.Fatal("arming a deadline after the schedule emptied set no timer on the clock")
+	}
+	fake.Advance(time.Second)
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second): // a guard, not a wait
+		t.Fatal("the deadline never fired")
+	}
+}

@@ -1,0 +1,60 @@
+package server_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/internal/clock"
+	"github.com/ferrysync/ferry/server"
+	"github.com/ferrysync/ferry/server/servertest"
+)
+
+// foreignClock hides Fake's AfterFunc, as a clock written outside the
+// module with clientsdk.Clock and clientsdk.Timer would: clock.AfterFunc
+// falls back to a goroutine waiting on one of its timers.
+type foreignClock struct{ *clock.Fake }
+
+func (foreignClock) AfterFunc() {} // not clock.AfterFuncer's method
+
+// TestHeartbeatsOnAForeignClock: with an Options.Clock that is no
+// clock.AfterFuncer, a quiet session still gets heartbeats. The sessions'
+// schedule empties when the hello's deadline stops, and the clock's
+// fallback timer stops for good: the next deadline needs a timer of its
+// own.
+func TestHeartbeatsOnAForeignClock(t *testing.T) {
+	const interval = 30 * time.Second
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+		o.HeartbeatInterval = interval
+		o.Clock = foreignClock{o.Clock.(*clock.Fake)}
+	}})
+	alice := newDev(t, srv.Register("alice"))
+	s := alice.open(hello("", 0))
+	s.untilCaughtUp()
+	msgs, errs := reader(s)
+	// The heartbeat's deadline is armed on the fake clock (through the
+	// fallback timer's goroutine) at most an interval away.
+	for {
+		armed := srv.Clock.Armed()
+		if next, ok := srv.Clock.Next(); ok && !next.After(srv.Clock.Now().Add(interval)) {
+			break
+		}
+		select {
+		case <-armed:
+		case <-time.After(time.Minute): // a guard, not a wait
+			t.Fatal("no deadline within an interval is armed on the clock")
+		}
+	}
+	srv.Clock.Advance(interval)
+	for {
+		select {
+		case m := <-msgs:
+			if m.GetHeartbeat() != nil {
+				return
+			}
+		case err := <-errs:
+			t.Fatalf("the session ended: %v", err)
+		case <-time.After(time.Minute): // a guard, not a wait
+			t.Fatalf("no heartbeat an interval into a quiet session")
+		}
+	}
+}
