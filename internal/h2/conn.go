@@ -147,7 +147,7 @@ func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
 
 // serve reads and handles frames until the connection ends.
 func (c *conn) serve() {
-	now := time.Now()
+	now := c.srv.schedule.Clock.Now()
 	c.mu.Lock()
 	c.idleSince, c.lastMoved = now, now
 	c.check.Fire = c.checkNow
@@ -935,11 +935,11 @@ func (c *conn) closeLocked() {
 	_ = c.nc.Close() // does not block
 }
 
-// check runs on the connection's timer: it ends a connection idle for the
-// idle timeout, pings one that has been silent, and closes one whose ping
-// went unanswered.
+// checkNow runs at the connection's deadline: it ends a connection idle
+// for the idle timeout, pings one that has been silent, and closes one
+// whose ping went unanswered.
 func (c *conn) checkNow() {
-	now := time.Now()
+	now := c.srv.schedule.Clock.Now()
 	c.mu.Lock()
 	if c.closed.Load() {
 		c.mu.Unlock()
@@ -997,7 +997,7 @@ func (c *conn) nextCheckLocked(now time.Time) time.Duration {
 // becameIdle starts the idle timeout of a connection whose last stream
 // ended. The caller holds mu.
 func (c *conn) becameIdleLocked() {
-	c.idleSince = time.Now()
+	c.idleSince = c.srv.schedule.Clock.Now()
 	if c.set.idleTimeout > 0 {
 		if next := c.nextCheckLocked(c.idleSince); next > 0 {
 			c.srv.schedule.Arm(&c.check, c.idleSince.Add(next))

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/ferrysync/ferry/internal/clock"
 	"github.com/ferrysync/ferry/internal/h2"
 )
 
@@ -34,16 +35,24 @@ func serve(t *testing.T, h http.Handler, adjust func(*http.Server)) (string, *h2
 // serveConns is serve, and reports each connection's end.
 func serveConns(t *testing.T, h http.Handler, adjust func(*http.Server)) (string, *h2.Server, <-chan struct{}) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	hs := &http.Server{HTTP2: &http.HTTP2Config{}}
 	if adjust != nil {
 		adjust(hs)
 	}
 	srv := &h2.Server{Handler: h, Config: hs}
-	ended := make(chan struct{}, 100)
+	addr, ended := serveH2(t, srv)
+	return addr, srv, ended
+}
+
+// serveH2 serves srv on a loopback port and returns its address; ended
+// reports each connection's end.
+func serveH2(t *testing.T, srv *h2.Server) (addr string, ended <-chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ends := make(chan struct{}, 100)
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		_ = ln.Close()
@@ -67,11 +76,11 @@ func serveConns(t *testing.T, h http.Handler, adjust func(*http.Server)) (string
 					return
 				}
 				srv.ServeConn(context.Background(), c)
-				ended <- struct{}{}
+				ends <- struct{}{}
 			}()
 		}
 	}()
-	return ln.Addr().String(), srv, ended
+	return ln.Addr().String(), ends
 }
 
 // client is an HTTP/2 client without TLS.
@@ -454,14 +463,22 @@ func TestPanic(t *testing.T) {
 }
 
 // TestIdleTimeout: a connection is sent a GOAWAY once it has been idle
-// for IdleTimeout after its last stream ended, not while a stream is open.
+// for IdleTimeout after its last stream ended, not while a stream is open,
+// however long that lasts (on a fake clock).
 func TestIdleTimeout(t *testing.T) {
+	const idle = 10 * time.Second
+	fake := clock.NewFake(time.Unix(1_000_000, 0))
 	release := make(chan struct{})
-	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/long" {
-			<-release
-		}
-	}), func(hs *http.Server) { hs.IdleTimeout = 20 * time.Millisecond })
+	srv := &h2.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/long" {
+				<-release
+			}
+		}),
+		Config: &http.Server{HTTP2: &http.HTTP2Config{}, IdleTimeout: idle},
+		Clock:  fake,
+	}
+	addr, _ := serveH2(t, srv)
 	rc := dial(t, addr)
 	rc.request(1, "/long", true)
 	rc.request(3, "/short", true)
@@ -469,6 +486,10 @@ func TestIdleTimeout(t *testing.T) {
 		h, ok := f.(*http2.MetaHeadersFrame)
 		return ok && h.StreamID == 3
 	})
+	// The deadline armed when the connection started passes with stream
+	// 1 open: no GOAWAY, and nothing armed until the stream ends.
+	fake.Advance(2 * idle)
+	armed := fake.Armed()
 	close(release)
 	rc.until("the answer on stream 1", func(f http2.Frame) bool {
 		if _, ok := f.(*http2.GoAwayFrame); ok {
@@ -477,6 +498,12 @@ func TestIdleTimeout(t *testing.T) {
 		h, ok := f.(*http2.MetaHeadersFrame)
 		return ok && h.StreamID == 1
 	})
+	select {
+	case <-armed:
+	case <-time.After(hangGuard):
+		t.Fatal("no idle deadline armed once the last stream ended")
+	}
+	fake.Advance(idle)
 	if code := rc.goAway(); code != http2.ErrCodeNo {
 		t.Fatalf("GOAWAY %v, want NO_ERROR", code)
 	}

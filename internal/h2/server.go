@@ -55,6 +55,9 @@ type Server struct {
 	// MaxHeaderBytes, IdleTimeout, ErrorLog, and the ServerContextKey of
 	// requests' contexts. Nil: the defaults.
 	Config *http.Server
+	// Clock times the connections' idle timeout and liveness PINGs. Nil:
+	// the system clock.
+	Clock clock.Clock
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -124,7 +127,12 @@ type settings struct {
 // connSettings returns the connections' settings, worked out from Config
 // at the first connection.
 func (s *Server) connSettings() *settings {
-	s.setOnce.Do(func() { s.set, s.schedule.Clock = s.settings(), clock.Real{} })
+	s.setOnce.Do(func() {
+		s.set, s.schedule.Clock = s.settings(), s.Clock
+		if s.Clock == nil {
+			s.schedule.Clock = clock.Real{}
+		}
+	})
 	return &s.set
 }
 
