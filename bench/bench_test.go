@@ -287,6 +287,18 @@ func TestTargetsNameSystemsOfEveryWorkload(t *testing.T) {
 	}
 }
 
+// TestIdleTargetShowsEverySize: the idle-memory target holds at each number
+// of devices, so its cell shows each one measured.
+func TestIdleTargetShowsEverySize(t *testing.T) {
+	r := Report{Idle: []IdleResult{
+		{System: "ferry", Devices: 1000, PerDevice: 17_500},
+		{System: "ferry", Devices: 10000, PerDevice: 19_900},
+	}}
+	if md, want := r.Markdown(), "| idle memory per device | ≤ 20 KB | 17.5 / 19.9 KB (1000 / 10000 devices) |"; !strings.Contains(md, want) {
+		t.Errorf("no row %q in:\n%s", want, md)
+	}
+}
+
 // TestFailedWorkloadLeavesNoRow: a workload that fails is reported as an
 // error, without an empty row in the tables (zeros, under a system without
 // a name, which made a column of its own in the targets).

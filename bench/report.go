@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -376,13 +377,18 @@ func (r *Report) targets(systems []string) [][]string {
 			return "–"
 		}
 	}
-	idle := func(sys string) string {
+	idle := func(sys string) string { // every size measured: the target holds at each
+		var per, devices []string
 		for _, x := range r.Idle {
 			if x.System == sys {
-				return kb(x.PerDevice) + fmt.Sprintf(" (%d devices)", x.Devices)
+				per = append(per, strings.TrimSuffix(kb(x.PerDevice), " KB"))
+				devices = append(devices, strconv.Itoa(x.Devices))
 			}
 		}
-		return "–"
+		if len(per) == 0 {
+			return "–"
+		}
+		return strings.Join(per, " / ") + " KB (" + strings.Join(devices, " / ") + " devices)"
 	}
 	cu := func(ops, convs, history int) func(string) string {
 		return func(sys string) string {

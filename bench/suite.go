@@ -82,7 +82,7 @@ var Short = Profile{
 		{Ops: 10_000, Convs: 100, History: 10},
 		{Ops: 10_000, Convs: 100, Cold: true},
 	},
-	Idle:       []int{1000},
+	Idle:       []int{1000, 5000, 10000}, // seconds each: the target is at each size
 	StorageOps: 20_000,
 	LimitTime:  time.Second,
 }
