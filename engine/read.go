@@ -55,14 +55,12 @@ type Receipt struct {
 type reader struct {
 	e *Engine
 	v *store.View
-	// session: a session's read, which takes receipts from the cache.
-	session bool
 	// live: a live round's read, which shares what it reads of a
 	// conversation (its record, the round's ops) with the other sessions
 	// reading the same view (memo).
 	live bool
 	// memo, in a session's read, is what the session's reads remember;
-	// nil elsewhere.
+	// nil elsewhere. A session's read also takes receipts from the cache.
 	memo *sessionMemo
 	// marking: a live round's read, which remembers the user's own marker
 	// per conversation (see userMarker), with the hub's counts of commits
@@ -100,7 +98,7 @@ func (e *Engine) reader() reader { return reader{e: e, v: e.st.View()} }
 
 // reader is a read of the session, in a live round if live.
 func (s *Session) reader(live bool) reader {
-	return reader{e: s.e, v: s.e.st.View(), session: true, live: live, memo: &s.memo}
+	return reader{e: s.e, v: s.e.st.View(), live: live, memo: &s.memo}
 }
 
 func (r reader) release() { r.v.Release() }
@@ -422,7 +420,7 @@ func (r reader) receipts(conv ulid.ULID, feedPos uint64) ([]Receipt, error) {
 	// In the engine's tests without a receipt delay, a feed position's
 	// receipts are exact: check the cache against the store.
 	checkCache := verifyCaches && r.e.opts.ReceiptDelay < 0
-	if hit && r.session && !checkCache {
+	if hit && r.memo != nil && !checkCache {
 		return cached, nil
 	}
 	var all []Receipt
@@ -442,7 +440,7 @@ func (r reader) receipts(conv ulid.ULID, feedPos uint64) ([]Receipt, error) {
 	if err != nil {
 		return nil, err
 	}
-	if hit && r.session && !slices.Equal(cached, all) {
+	if hit && r.memo != nil && !slices.Equal(cached, all) {
 		return nil, fmt.Errorf("engine: cached receipts of %s at feed position %d are %v; the store says %v", conv, feedPos, cached, all)
 	}
 	r.e.receiptCache.put(conv, feedPos, all)

@@ -841,7 +841,7 @@ func (l *loop) startTimer() {
 	l.lastOut.Store(now)
 	l.lastIn.Store(now)
 	l.deadline.Fire = l.tick
-	l.s.schedule.Arm(&l.deadline, time.Unix(0, now+int64(l.s.opts.HeartbeatInterval)))
+	l.arm()
 }
 
 // stopTimer stops the session's timer for good.

@@ -9,7 +9,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -747,5 +750,29 @@ func TestStreamSlot(t *testing.T) {
 	}
 	if h2.StreamSlot(context.Background()) != nil {
 		t.Fatal("a slot in a context that is no stream's")
+	}
+}
+
+// TestInformationalResponse: a 1xx response goes with the header as it is
+// at its WriteHeader, and the final response follows.
+func TestInformationalResponse(t *testing.T) {
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Set("X-Final", "1") // after the 103: in the final header only
+		_, _ = io.WriteString(w, "done")
+	}), nil)
+	var got1xx []string
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		got1xx = append(got1xx, fmt.Sprintf("%d %s %q", code, h.Get("Link"), h.Get("X-Final")))
+		return nil
+	}}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, "http://"+addr+"/", nil)
+	resp := do(t, client(t), req)
+	if want := []string{`103 </style.css>; rel=preload ""`}; !slices.Equal(got1xx, want) {
+		t.Errorf("1xx responses %q, want %q", got1xx, want)
+	}
+	if resp.StatusCode != http.StatusOK || resp.body != "done" || resp.Header.Get("X-Final") != "1" {
+		t.Errorf("final response %d %q, header %v", resp.StatusCode, resp.body, resp.Header)
 	}
 }

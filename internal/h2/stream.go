@@ -271,9 +271,9 @@ func (w *responseWriter) WriteHeader(code int) {
 }
 
 func (w *responseWriter) writeInformational(code int) error {
-	h := w.header.Clone()
+	block := appendHeader(nil, code, w.header) // as the header is now
 	return w.st.c.write(w.st, func(b *batch) error {
-		appendHeaders(b, w.st.id, false, func(dst []byte) []byte { return appendHeader(dst, code, h) })
+		appendHeaders(b, w.st.id, false, func(dst []byte) []byte { return append(dst, block...) })
 		return nil
 	})
 }
