@@ -84,7 +84,24 @@ func (e *Engine) Check() (CheckReport, error) {
 	if err != nil {
 		return c.rep, err
 	}
+	err = scan(r.v, []byte{keys.TShared}, func(k, _ []byte) error {
+		c.rep.FeedEntries++
+		if !c.want[string(k)] {
+			u, conv, _ := keys.ParseID2(k)
+			c.problem("stray shared feed entry of user %s for conversation %s", u, conv)
+		}
+		delete(c.want, string(k))
+		return nil
+	})
+	if err != nil {
+		return c.rep, err
+	}
 	for k := range c.want {
+		if k[0] == keys.TShared {
+			u, conv, _ := keys.ParseID2([]byte(k))
+			c.problem("missing shared feed entry of user %s for conversation %s", u, conv)
+			continue
+		}
 		u, pos, conv, _ := keys.ParseFeed([]byte(k))
 		c.problem("missing feed entry of user %s for conversation %s at position %d", u, conv, pos)
 	}
@@ -268,7 +285,11 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 				c.problem("conversation %s member %s: active but detached at %d", conv, u, m.DetachedPos)
 			}
 		}
-		c.want[string(keys.Feed(keys.TFeed, u, pos, conv))] = true
+		if m.Role != model.RoleNone && rec.SharedFeed {
+			c.want[string(keys.ID2(keys.TShared, u, conv))] = true
+		} else {
+			c.want[string(keys.Feed(keys.TFeed, u, pos, conv))] = true
+		}
 		if ok, err := v.Has(keys.ID2(keys.TUserConv, u, conv)); err != nil || !ok {
 			c.problem("conversation %s member %s: missing from the user's conversations", conv, u)
 		}

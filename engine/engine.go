@@ -19,8 +19,11 @@ import (
 )
 
 // formatVersion is the engine's on-disk format. A store with another format
-// is refused rather than misread.
-const formatVersion = 1
+// is refused rather than misread, except that format 1 opens as 2: format 2
+// added shared-feed conversations (record.Conv.SharedFeed, keys.TShared),
+// which a format 1 store has none of. A build that reads only format 1
+// refuses the store once it was opened by a newer one.
+const formatVersion = 2
 
 // backupMarker is the file Backup leaves in its copies: opening a copy that
 // has it starts a new epoch.
@@ -131,6 +134,7 @@ func (e *Engine) initMeta(newEpoch bool) error {
 	v := e.st.View()
 	defer v.Release()
 	b := e.st.NewBatch()
+	upgrade := false
 	format, err := v.Get(keys.Meta(keys.MetaFormat))
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -143,8 +147,13 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		if err != nil {
 			return fmt.Errorf("read format: %w", err)
 		}
-		if f != formatVersion {
-			return fmt.Errorf("store format %d is not supported (this build reads format %d)", f, formatVersion)
+		switch f {
+		case formatVersion:
+		case 1:
+			b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, formatVersion))
+			upgrade = true
+		default:
+			return fmt.Errorf("store format %d is not supported (this build reads formats 1 to %d)", f, formatVersion)
 		}
 	}
 	if !newEpoch {
@@ -155,7 +164,14 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		if e.epoch, err = record.DecodeID(raw); err != nil {
 			return fmt.Errorf("read epoch: %w", err)
 		}
-		b.Close()
+		if !upgrade {
+			b.Close()
+			return nil
+		}
+		if err := e.st.Commit(b); err != nil {
+			return err
+		}
+		e.log.Info("store format upgraded", "from", 1, "to", formatVersion)
 		return nil
 	}
 	old := "none"
@@ -263,6 +279,8 @@ type Metrics struct {
 	// Reads counts point reads and iterator steps against the store: the
 	// engine's unit of read work.
 	Reads uint64
+	// Writes counts the keys that synced commits set or deleted.
+	Writes uint64
 	// Watching is the number of users with an open session.
 	Watching int
 	// Commits counts synced group commits; Requests the write requests they
@@ -279,6 +297,7 @@ type Metrics struct {
 func (e *Engine) Metrics() Metrics {
 	return Metrics{
 		Reads:      e.st.Reads(),
+		Writes:     e.st.Writes(),
 		Watching:   e.hub.watching(),
 		Commits:    e.commits.Load(),
 		Requests:   e.requests.Load(),

@@ -63,6 +63,13 @@ type Options struct {
 	// shared with every member as read receipts. In larger conversations
 	// markers only reach the user's own devices. Default 32.
 	ReceiptMembers int
+	// SharedFeedMembers is the largest conversation whose members each keep
+	// a feed entry of their own for it, which a change to the conversation
+	// moves: two writes per member. Past it the conversation's members
+	// share one entry (its record), for good: a change writes nothing per
+	// member, and a device catching up reads the record of each such
+	// conversation its user is in. Default 32.
+	SharedFeedMembers int
 	// ReceiptDelay is how long receipts (a member's delivered and read
 	// positions, shown to the other members) may wait before they move the
 	// conversation in the members' feeds. The markers are durable at once;
@@ -133,6 +140,9 @@ func (o *Options) EnsureDefaults() {
 	if o.ReceiptMembers == 0 {
 		o.ReceiptMembers = 32
 	}
+	if o.SharedFeedMembers == 0 {
+		o.SharedFeedMembers = 32
+	}
 	if o.ReceiptDelay == 0 {
 		o.ReceiptDelay = 250 * time.Millisecond
 	}
@@ -173,6 +183,7 @@ func (o *Options) Validate() error {
 	check(o.MaxGroupOps >= o.MaxOpsPerAppend,
 		"MaxGroupOps (%d) must be at least MaxOpsPerAppend (%d)", o.MaxGroupOps, o.MaxOpsPerAppend)
 	check(o.ReceiptMembers >= 0, "ReceiptMembers must not be negative, got %d", o.ReceiptMembers)
+	check(o.SharedFeedMembers > 0, "SharedFeedMembers must be positive, got %d", o.SharedFeedMembers)
 	check(o.ConvCacheSize > 0, "ConvCacheSize must be positive, got %d", o.ConvCacheSize)
 	check(o.MaxDevicesPerUser > 0, "MaxDevicesPerUser must be positive, got %d", o.MaxDevicesPerUser)
 	check(o.MaxPasswordHashes > 0, "MaxPasswordHashes must be positive, got %d", o.MaxPasswordHashes)

@@ -506,7 +506,8 @@ type feedEntry struct {
 
 // changed returns the conversations in user's feeds with after < pos <=
 // through, most recently changed first. Both feeds hold one entry per
-// conversation, so this is O(changed conversations).
+// conversation, so this is O(changed conversations), plus one record read
+// per shared-feed conversation the user is in (see moveConvFeed).
 func (r reader) changed(user ulid.ULID, after, through uint64) ([]feedEntry, error) {
 	latest := map[ulid.ULID]uint64{}
 	for _, t := range []byte{keys.TFeed, keys.TUFeed} {
@@ -526,6 +527,24 @@ func (r reader) changed(user ulid.ULID, after, through uint64) ([]feedEntry, err
 		if err := it.Close(); err != nil {
 			return nil, err
 		}
+	}
+	// Shared-feed conversations: one record read each.
+	err := scan(r.v, keys.ID1(keys.TShared, user), func(k, _ []byte) error {
+		_, conv, valid := keys.ParseID2(k)
+		if !valid {
+			return fmt.Errorf("%w: shared feed key %x", record.ErrCorrupt, k)
+		}
+		c, ok, err := r.conv(conv)
+		if err == nil && !ok {
+			err = fmt.Errorf("%w: user %s has a shared feed entry for conversation %s, which does not exist", record.ErrCorrupt, user, conv)
+		}
+		if after < c.FeedPos && c.FeedPos <= through {
+			latest[conv] = max(latest[conv], c.FeedPos)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	out := make([]feedEntry, 0, len(latest))
 	for c, p := range latest {

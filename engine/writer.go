@@ -752,8 +752,18 @@ func (tx *txn) finish() {
 // position, so the old entries are known without reading them. A removed
 // member's entry stays where their removal put it (DetachedPos) and stops
 // following the conversation.
+//
+// A conversation past Options.SharedFeedMembers shares one entry among its
+// members: its record's FeedPos, found through each member's TShared key.
+// Moving it writes nothing per member, where moving one entry each would
+// write two keys per member for every message (2,000 for a message to
+// 1,000 members, all before any of them hears of it). Only members who
+// join or leave, and every member once when the conversation becomes
+// shared, change keys. A removed member's entry is a TFeed entry as
+// before.
 func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
-	old := tc.rec.FeedPos
+	old, wasShared := tc.rec.FeedPos, tc.rec.SharedFeed
+	shared := wasShared || int(tc.rec.Members) > tx.e.opts.SharedFeedMembers
 	for u, m := range tc.members {
 		was, changed := tc.before[u]
 		if !changed {
@@ -762,25 +772,35 @@ func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 		if was == model.RoleNone && !changed {
 			continue // removed before this group
 		}
-		if was != model.RoleNone && old != 0 {
-			tx.b.Delete(keys.Feed(keys.TFeed, u, old, tc.id))
-		}
-		if was == model.RoleNone && m.DetachedPos != 0 {
-			tx.b.Delete(keys.Feed(keys.TFeed, u, m.DetachedPos, tc.id))
-		}
-		tx.b.Set(keys.Feed(keys.TFeed, u, pos, tc.id), nil)
 		tx.wake[u] = struct{}{}
 		tx.moves = append(tx.moves, idPair{u, tc.id})
+		if wasShared && was != model.RoleNone && m.Role != model.RoleNone {
+			continue // their entry is the record's
+		}
+		switch { // the old entry
+		case was != model.RoleNone && wasShared:
+			tx.b.Delete(keys.ID2(keys.TShared, u, tc.id))
+		case was != model.RoleNone && old != 0:
+			tx.b.Delete(keys.Feed(keys.TFeed, u, old, tc.id))
+		case was == model.RoleNone && m.DetachedPos != 0:
+			tx.b.Delete(keys.Feed(keys.TFeed, u, m.DetachedPos, tc.id))
+		}
 		detached := uint64(0)
-		if m.Role == model.RoleNone {
+		switch { // the new one
+		case m.Role == model.RoleNone:
 			detached = pos
+			tx.b.Set(keys.Feed(keys.TFeed, u, pos, tc.id), nil)
+		case shared:
+			tx.b.Set(keys.ID2(keys.TShared, u, tc.id), nil)
+		default:
+			tx.b.Set(keys.Feed(keys.TFeed, u, pos, tc.id), nil)
 		}
 		if m.DetachedPos != detached {
 			m.DetachedPos = detached
 			tc.memberWrites[u] = true
 		}
 	}
-	tc.rec.FeedPos = pos
+	tc.rec.FeedPos, tc.rec.SharedFeed = pos, shared
 }
 
 // lru is a small least-recently-used cache, used only by the writer

@@ -197,6 +197,7 @@ var (
 	dCommitTime      = desc("ferry_commit_duration_seconds", "Time of a synced group commit.")
 	dWriteQueue      = desc("ferry_write_queue_requests", "Write requests waiting for the writer.")
 	dReads           = desc("ferry_store_reads_total", "Point reads and iterator steps against the store.")
+	dWrites          = desc("ferry_store_writes_total", "Keys set or deleted by synced commits.")
 	dWatching        = desc("ferry_watching_users", "Users with an open session.")
 	dStoreFailed     = desc("ferry_store_failed", "1 once the store failed: the server refuses writes and stops. Else 0.")
 	dStoreBytes      = desc("ferry_store_bytes", "Bytes the store occupies on disk, by kind.", "kind")
@@ -262,6 +263,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	histogram(dCommitTime, e.CommitTime)
 	gauge(dWriteQueue, float64(e.Queued))
 	counter(dReads, e.Reads)
+	counter(dWrites, e.Writes)
 	gauge(dWatching, float64(e.Watching))
 	failed := 0.0
 	if c.s.eng.Failed() != nil {

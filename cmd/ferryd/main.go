@@ -55,6 +55,7 @@ type config struct {
 	sendTimeout       time.Duration
 	receiptDelay      time.Duration
 	receiptMembers    int
+	sharedFeedMembers int
 	debugAddr         string
 	metricsAddr       string
 	demo              bool
@@ -94,6 +95,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.StringVar(&c.clientIPHeader, "client-ip-header", "", "header your reverse proxy writes the client's address into, e.g. X-Forwarded-For (set only when every request comes through it, or list the proxies in --trusted-proxies)")
 	fs.Var(&c.trustedProxies, "trusted-proxies", "comma-separated addresses or CIDR prefixes of your reverse proxies: --client-ip-header then counts only on requests from them, and the client is the last address in it that is not one of them")
 	fs.IntVar(&c.receiptMembers, "receipt-members", 32, "conversations of up to this many members share delivered and read receipts; in larger ones markers reach only the user's own devices")
+	fs.IntVar(&c.sharedFeedMembers, "shared-feed-members", 32, "conversations past this many members keep one feed entry for all of them: a message then writes nothing per member, and a catch-up reads one record per such conversation of its user")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
 	fs.BoolVar(&c.demo, "demo", true, "serve the demo chat page at / (a web client of the public API)")
@@ -182,6 +184,7 @@ func engineOptions(c *config, log *slog.Logger) engine.Options {
 		MaxBodyBytes:      c.maxBodyBytes,
 		ReceiptDelay:      receiptDelay(c.receiptDelay),
 		ReceiptMembers:    c.receiptMembers,
+		SharedFeedMembers: c.sharedFeedMembers,
 		Password:          engine.PasswordParams{MemoryKiB: uint32(c.passwordMemory), Time: uint32(c.passwordPasses)},
 	}
 }
@@ -204,6 +207,9 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	if c.receiptMembers < 1 {
 		return fmt.Errorf("--receipt-members %d: it must be at least 1", c.receiptMembers)
+	}
+	if c.sharedFeedMembers < 1 {
+		return fmt.Errorf("--shared-feed-members %d: it must be at least 1", c.sharedFeedMembers)
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

@@ -161,6 +161,9 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	if err := run(context.Background(), []string{"--receipt-members", "0", "--data", t.TempDir()}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--receipt-members") {
 		t.Fatalf("no receipt members: %v", err)
 	}
+	if err := run(context.Background(), []string{"--shared-feed-members", "0", "--data", t.TempDir()}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--shared-feed-members") {
+		t.Fatalf("no shared feed members: %v", err)
+	}
 	if err := run(context.Background(), []string{"--trusted-proxies", "10.0.0.0/8, nonsense"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "trusted-proxies") || !strings.Contains(err.Error(), "nonsense") {
 		t.Fatalf("bad trusted proxy: %v", err)
 	}

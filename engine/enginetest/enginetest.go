@@ -23,7 +23,9 @@ import (
 // argon2 parameters, registration allowed, a clock that starts at a fixed
 // time and advances one millisecond per reading, seeded entropy, and
 // receipts that move the feed at once (no timer: tests of receipt batching
-// set Options.ReceiptDelay and a fake Options.Clock).
+// set Options.ReceiptDelay and a fake Options.Clock), and conversations of
+// three members or more on a shared feed entry, so that tests go through
+// both kinds of feed and the change from one to the other.
 func Options(t testing.TB, seed uint64) engine.Options {
 	return engine.Options{
 		FS:                vfs.NewMem(),
@@ -33,6 +35,7 @@ func Options(t testing.TB, seed uint64) engine.Options {
 		AllowRegistration: true,
 		Password:          engine.PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1},
 		ReceiptDelay:      -1,
+		SharedFeedMembers: 2,
 		MemTableSize:      4 << 20,
 		CacheSize:         8 << 20,
 	}

@@ -34,6 +34,7 @@ const (
 	TFeed     byte = 0x20 // user, pos, conv -> empty: conversation-wide changes
 	TUFeed    byte = 0x21 // user, pos, conv -> empty: changes only this user sees
 	TUFeedIdx byte = 0x22 // user, conv -> pos of the user's TUFeed entry
+	TShared   byte = 0x23 // user, conv -> empty: a shared-feed conversation the user is in
 
 	TDevMark  byte = 0x30 // conv, device -> device marker record
 	TUserMark byte = 0x31 // conv, user -> user marker record
@@ -62,7 +63,7 @@ func u64(b []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(b, v)
 func ID1(t byte, a ulid.ULID) []byte { return append(key(t, 16), a[:]...) }
 
 // ID2 is the key of a table keyed by two ids: TDevice, TMember, TUserConv,
-// TOpID, TUFeedIdx, TDevMark, TUserMark.
+// TOpID, TUFeedIdx, TShared, TDevMark, TUserMark.
 func ID2(t byte, a, b ulid.ULID) []byte {
 	k := append(key(t, 32), a[:]...)
 	return append(k, b[:]...)

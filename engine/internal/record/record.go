@@ -297,6 +297,11 @@ type Conv struct {
 	Messages uint64 // message ops in the log
 	Members  uint32 // active members
 	Title    string
+	// SharedFeed: the conversation grew past Options.SharedFeedMembers, and
+	// its members' feed entry is FeedPos itself (see TShared) rather than a
+	// TFeed entry each. Never cleared. Encoded as a trailing byte, absent
+	// when false, so records written before it decode unchanged.
+	SharedFeed bool
 }
 
 // AppendConv appends the encoding of c.
@@ -306,7 +311,11 @@ func AppendConv(b []byte, c *Conv) []byte {
 	b = binary.AppendUvarint(b, c.FeedPos)
 	b = binary.AppendUvarint(b, c.Messages)
 	b = binary.AppendUvarint(b, uint64(c.Members))
-	return appendStr(b, c.Title)
+	b = appendStr(b, c.Title)
+	if c.SharedFeed {
+		b = append(b, 1)
+	}
+	return b
 }
 
 // DecodeConv decodes a conversation record.
@@ -318,6 +327,12 @@ func DecodeConv(b []byte) (Conv, error) {
 	c.Messages = r.uvarint("message count")
 	c.Members = uint32(r.uvarint("member count"))
 	c.Title = r.str("title")
+	if len(r.b) > 0 && r.err == nil {
+		if f := r.byte("shared feed"); f != 1 {
+			r.err = fmt.Errorf("%w: conversation: shared feed flag %d", ErrCorrupt, f)
+		}
+		c.SharedFeed = true
+	}
 	return c, r.done("conversation")
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 	"unsafe"
 
@@ -101,6 +102,16 @@ func TestRecordsRoundTrip(t *testing.T) {
 	c := Conv{Head: 1 << 40, FeedPos: 9, Messages: 3, Members: 70000, Title: "t"}
 	if got, err := DecodeConv(AppendConv(nil, &c)); err != nil || got != c {
 		t.Errorf("conv: %+v %v", got, err)
+	}
+	c.SharedFeed = true
+	shared := AppendConv(nil, &c)
+	if got, err := DecodeConv(shared); err != nil || got != c {
+		t.Errorf("shared-feed conv: %+v %v", got, err)
+	}
+	// The flag is one trailing byte, and only 1 means it.
+	bad := append(slices.Clip(shared[:len(shared)-1]), 2)
+	if got, err := DecodeConv(bad); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("conv with flag byte 2: %+v, %v; want ErrCorrupt", got, err)
 	}
 	m := Member{Role: model.RoleNone, Since: 5, DetachedPos: 8, Title: "as it was"}
 	if got, err := DecodeMember(AppendMember(nil, &m)); err != nil || got != m {

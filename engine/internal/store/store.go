@@ -65,6 +65,7 @@ type Options struct {
 type Store struct {
 	db     *pebble.DB
 	reads  atomic.Uint64 // point reads and iterator positionings, for tests and metrics
+	writes atomic.Uint64 // keys set or deleted by commits, for tests and metrics
 	log    *slog.Logger
 	fatal  atomic.Pointer[error]
 	onFail func(error)
@@ -248,6 +249,7 @@ func (s *Store) Commit(b *Batch) (err error) {
 		s.fail(err)
 		return fmt.Errorf("%w: %v", ErrFatal, err)
 	}
+	s.writes.Add(uint64(b.b.Count()))
 	_ = b.b.Close()
 	s.publish()
 	return nil
@@ -430,6 +432,10 @@ func (v *View) Memo(key any, fill func() (any, error)) (val any, hit bool, err e
 // Reads counts point reads and iterator seeks and steps since Open: the
 // unit of read work, for tests that bound it and for metrics.
 func (s *Store) Reads() uint64 { return s.reads.Load() }
+
+// Writes counts the keys set or deleted by commits since Open: the unit of
+// write work.
+func (s *Store) Writes() uint64 { return s.writes.Load() }
 
 func (s *Store) newView(snap *pebble.Snapshot) *View {
 	v := &View{snap: snap, reads: &s.reads}

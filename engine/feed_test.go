@@ -1,0 +1,118 @@
+package engine_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/enginetest"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// catchUpFrom opens a session of d from feed position pos, takes what it
+// sends until caught up and closes it: the conversations it described, and
+// the feed position to resume from.
+func catchUpFrom(t *testing.T, e *engine.Engine, d *enginetest.Device, pos uint64) (map[ulid.ULID]engine.ConvInfo, uint64) {
+	t.Helper()
+	s, err := e.OpenSession(d.Actor, engine.SessionOptions{Epoch: e.Epoch(), FeedPos: pos})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := newReceiver(t)
+	r.drain(s, engine.DefaultBatchOps)
+	if !r.caught {
+		t.Fatal("the session did not catch up")
+	}
+	return r.infos, r.pos
+}
+
+// TestSharedFeed: past Options.SharedFeedMembers a conversation's members
+// share its feed entry. A message then writes as many keys whatever the
+// number of members, where below it every member's entry moves; and
+// catch-up still finds the conversation for every member, new or old, and
+// for a removed member once, until they are added again.
+func TestSharedFeed(t *testing.T) {
+	e := enginetest.New(t, func(o *engine.Options) { o.SharedFeedMembers = 3 })
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	var others []*enginetest.Device
+	for i := range 22 {
+		others = append(others, enginetest.Register(t, e, fmt.Sprint("user", i)))
+	}
+	conv := alice.Create("c", bob)
+	writes := func() uint64 {
+		t.Helper()
+		before := e.Metrics().Writes
+		alice.Send(conv, "hello")
+		return e.Metrics().Writes - before
+	}
+	add := func(ds ...*enginetest.Device) {
+		t.Helper()
+		for _, d := range ds {
+			alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: d.Actor.User, Role: model.RoleMember}))
+		}
+	}
+	_, bobPos := catchUpFrom(t, e, bob, 0)
+
+	two := writes()
+	add(others[0], others[1]) // four members: shared from here
+	enginetest.MustCheck(t, e)
+	four := writes()
+	add(others[2:]...)
+	enginetest.MustCheck(t, e)
+	many := writes()
+	t.Logf("keys written per message: %d with 2 members, %d with 4 (shared), %d with 24", two, four, many)
+	if four != many {
+		t.Errorf("a message wrote %d keys with 4 members, %d with 24: a shared feed writes nothing per member", four, many)
+	}
+	// Below the bound each member's entry moves: two keys per member.
+	if two != four+4 {
+		t.Errorf("a message wrote %d keys with 2 members and %d with 4 sharing a feed; want 4 more, the 2 members' entries moving", two, four)
+	}
+
+	// Catch-up finds the conversation for an old member from before the
+	// change, for a member added after it, and from zero.
+	infos, pos := catchUpFrom(t, e, bob, bobPos)
+	if info, ok := infos[conv]; !ok || info.Removed || info.Members != 24 {
+		t.Fatalf("bob's catch-up from %d: %+v, %v; want the conversation with 24 members", bobPos, info, ok)
+	}
+	bobPos = pos
+	last := others[len(others)-1]
+	infos, lastPos := catchUpFrom(t, e, last, 0)
+	if _, ok := infos[conv]; !ok {
+		t.Fatal("a member added to a shared conversation does not find it from feed position 0")
+	}
+	// Nothing changed since: nothing to catch up on.
+	if infos, _ := catchUpFrom(t, e, last, lastPos); len(infos) != 0 {
+		t.Errorf("a caught-up member's catch-up described %d conversations, want none", len(infos))
+	}
+
+	// A removed member hears of the removal once, then nothing more.
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
+	alice.Send(conv, "without bob")
+	enginetest.MustCheck(t, e)
+	infos, pos = catchUpFrom(t, e, bob, bobPos)
+	if info, ok := infos[conv]; !ok || !info.Removed {
+		t.Fatalf("removed bob's catch-up: %+v, %v; want the conversation, removed", info, ok)
+	}
+	alice.Send(conv, "still without bob")
+	if infos, _ := catchUpFrom(t, e, bob, pos); len(infos) != 0 {
+		t.Errorf("after his removal bob's catch-up still describes %d conversations", len(infos))
+	}
+
+	// Added again, he follows it again.
+	add(bob)
+	alice.Send(conv, "bob is back")
+	enginetest.MustCheck(t, e)
+	infos, pos = catchUpFrom(t, e, bob, pos)
+	if info, ok := infos[conv]; !ok || info.Removed {
+		t.Fatalf("re-added bob's catch-up: %+v, %v; want the conversation", info, ok)
+	}
+	alice.Send(conv, "once more")
+	if infos, _ := catchUpFrom(t, e, bob, pos); len(infos) != 1 {
+		t.Error("re-added bob's catch-up misses the next message")
+	}
+}

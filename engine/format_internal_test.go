@@ -1,0 +1,82 @@
+package engine
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
+	"github.com/ferrysync/ferry/engine/internal/store"
+)
+
+// setFormat rewrites the store's format version, as another build left it.
+func setFormat(t *testing.T, fs vfs.FS, f uint64) {
+	t.Helper()
+	st, err := store.Open("db", store.Options{FS: fs, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := st.NewBatch()
+	b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, f))
+	if err := st.Commit(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readFormat(t *testing.T, e *Engine) uint64 {
+	t.Helper()
+	v := e.st.View()
+	defer v.Release()
+	raw, err := v.Get(keys.Meta(keys.MetaFormat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := record.DecodeUint(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// A format 1 store (before shared feeds) opens and becomes format 2, with
+// its epoch kept; a format from a newer build is refused.
+func TestStoreFormat(t *testing.T) {
+	fs := vfs.NewMem()
+	o := Options{FS: fs, Logger: slog.New(slog.DiscardHandler), Password: PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}}
+	e, err := Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	epoch := e.Epoch()
+	if f := readFormat(t, e); f != formatVersion {
+		t.Errorf("a new store has format %d, want %d", f, formatVersion)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	setFormat(t, fs, 1)
+	if e, err = Open("db", o); err != nil {
+		t.Fatalf("open a format 1 store: %v", err)
+	}
+	if f := readFormat(t, e); f != formatVersion {
+		t.Errorf("a format 1 store opened as format %d, want %d", f, formatVersion)
+	}
+	if e.Epoch() != epoch {
+		t.Errorf("the upgrade changed the epoch from %s to %s", epoch, e.Epoch())
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	setFormat(t, fs, formatVersion+1)
+	if _, err := Open("db", o); err == nil || !strings.Contains(err.Error(), "store format 3 is not supported") {
+		t.Errorf("opening a format %d store: %v; want it refused", formatVersion+1, err)
+	}
+}
