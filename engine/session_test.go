@@ -715,6 +715,11 @@ func TestLiveRoundSharesReads(t *testing.T) {
 	if got > 0.5 {
 		t.Fatalf("a live round took %.2f store reads per session; want the shared reads spread over the sessions, and none of its own", got)
 	}
+	// The conversation's record and the new op come with the commit's
+	// view (the writer remembers them): before, they took 3 reads.
+	if total := got * 60; total > 1 {
+		t.Fatalf("a live round of 60 sessions took %.0f store reads; want at most 1: the record and the op remembered by the writer", total)
+	}
 }
 
 // withAndWithoutChecks runs test with the engine's cache checks and

@@ -455,6 +455,10 @@ type txConv struct {
 	// memberWrites lists members whose record must be written.
 	memberWrites map[ulid.ULID]bool
 	dirty        bool // the conversation record must be written
+	// head0 is the conversation's head before the group; added holds the
+	// ops the group appended after it, as a reader decodes them (remember).
+	head0 uint64
+	added []model.Op
 }
 
 // conv returns the write state of conversation id, loading it on first use.
@@ -474,7 +478,7 @@ func (tx *txn) conv(id ulid.ULID) *txConv {
 		// group, once a Create may have made this one exist): unknown ids
 		// must not push real conversations out.
 	}
-	tc := &txConv{convState: c, before: map[ulid.ULID]model.Role{}, memberWrites: map[ulid.ULID]bool{}}
+	tc := &txConv{convState: c, before: map[ulid.ULID]model.Role{}, memberWrites: map[ulid.ULID]bool{}, head0: c.rec.Head}
 	tx.convs[id] = tc
 	tx.convOrder = append(tx.convOrder, tc)
 	return tc
@@ -732,9 +736,18 @@ func (tx *txn) finish() {
 		}
 	}
 	var buf []byte
+	var dec record.OpDecoder
 	for _, o := range tx.opOrder {
 		buf = record.AppendOp(buf[:0], &o.rec)
 		tx.b.Set(keys.Op(o.rec.Conv, o.rec.Seq), buf)
+		if tc := tx.convs[o.rec.Conv]; tc != nil && o.rec.Seq > tc.head0 {
+			rec, err := dec.Decode(o.rec.Conv, o.rec.Seq, buf)
+			if err != nil {
+				tx.fail(fmt.Errorf("decode the op just encoded: %w", err))
+				return
+			}
+			tc.added = append(tc.added, rec.Op)
+		}
 	}
 	for _, tm := range tx.markOrder {
 		if tm.dirty {
@@ -743,6 +756,29 @@ func (tx *txn) finish() {
 	}
 	if tx.pos != 0 {
 		tx.b.Set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, tx.pos))
+	}
+	tx.remember()
+}
+
+// remember hands the view this group's commit publishes what the sessions
+// it wakes would otherwise read back from the memtable at once (see
+// store.Batch.Remember): each conversation's record (reader.conv) and the
+// ops the group added to it, the range a session that was up to date reads
+// (reader.liveOps, which also keeps its member record). In the bench's
+// ingest those reads were 11% of the server's CPU. Under verifyCaches every
+// use is checked against the store.
+func (tx *txn) remember() {
+	for _, tc := range tx.convOrder {
+		if !tc.exists {
+			continue
+		}
+		tx.b.Remember(convMemo{tc.id}, convRead{tc.rec, true})
+		// The ops come in seq order: seqs are given in append order, and
+		// an op rewritten later in the group keeps its first place.
+		if n := len(tc.added); n > 0 && uint64(n) == tc.rec.Head-tc.head0 && tc.added[0].Seq == tc.head0+1 {
+			ops := opsPrefix(tc.added, maxMemoOps, maxMemoBytes, true)
+			tx.b.Remember(opsMemo{tc.id, tc.head0, tc.rec.Head}, slices.Clip(ops))
+		}
 	}
 }
 

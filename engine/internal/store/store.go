@@ -207,7 +207,8 @@ func (l pebbleLogger) Fatalf(format string, args ...any) {
 
 // Batch collects writes for one atomic commit.
 type Batch struct {
-	b *pebble.Batch
+	b    *pebble.Batch
+	memo map[any]any // see Remember
 }
 
 // NewBatch returns an empty batch.
@@ -218,6 +219,19 @@ func (b *Batch) Set(key, value []byte) { _ = b.b.Set(key, value, nil) }
 
 // Delete deletes key.
 func (b *Batch) Delete(key []byte) { _ = b.b.Delete(key, nil) }
+
+// Remember puts val in the memo of the view that the batch's commit
+// publishes, under key, before any reader can take that view: what a
+// writer knows readers of the new view will compute (the records it just
+// wrote) without their reading it back. val must be exactly what
+// View.Memo's fill would compute for key from that view, and must not be
+// modified afterwards.
+func (b *Batch) Remember(key, val any) {
+	if b.memo == nil {
+		b.memo = make(map[any]any)
+	}
+	b.memo[key] = val
+}
 
 // Len is the number of bytes in the batch's representation.
 func (b *Batch) Len() int { return b.b.Len() }
@@ -251,12 +265,23 @@ func (s *Store) Commit(b *Batch) (err error) {
 	}
 	s.writes.Add(uint64(b.b.Count()))
 	_ = b.b.Close()
-	s.publish()
+	s.publish(b.memo)
 	return nil
 }
 
-func (s *Store) publish() {
+func (s *Store) publish(memo map[any]any) {
 	v := s.newView(s.db.NewSnapshot())
+	if len(memo) > 0 {
+		v.memo = make(map[any]*memoEntry, len(memo))
+		for k, val := range memo {
+			if len(v.memo) == MaxMemo {
+				break
+			}
+			e := &memoEntry{val: val, done: true}
+			e.once.Do(func() {}) // computed: Memo's callers take val
+			v.memo[k] = e
+		}
+	}
 	s.mu.Lock()
 	old := s.view
 	s.view = v
