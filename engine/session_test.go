@@ -722,6 +722,50 @@ func TestLiveRoundSharesReads(t *testing.T) {
 	}
 }
 
+// TestLiveRoundTakesReceiptsFromTheWriter: in a conversation that shares
+// receipts, the writer, which holds the members' markers once they acked,
+// hands the woken sessions the receipts at the new feed position: a live
+// round reads none of the members' records or markers.
+func TestLiveRoundTakesReceiptsFromTheWriter(t *testing.T) {
+	engine.MeasureWithoutChecks(t) // the checks read everything again
+	const members = 10
+	e := enginetest.New(t)
+	author := enginetest.Register(t, e, "author")
+	devs := make([]*enginetest.Device, members)
+	for i := range devs {
+		devs[i] = enginetest.Register(t, e, fmt.Sprintf("member%d", i))
+	}
+	conv := author.Create("live", devs...)
+	sessions := make([]*engine.Session, members)
+	for i, d := range devs {
+		s, _ := openCaughtUp(t, e, d)
+		sessions[i] = s
+	}
+	round := func(ack bool) uint64 {
+		t.Helper()
+		before := e.Metrics().Reads
+		author.Send(conv, "to everyone")
+		for i, s := range sessions {
+			r := newReceiver(t)
+			r.drain(s, engine.DefaultBatchOps)
+			if info := r.infos[conv]; !info.ReceiptsShared || len(info.Receipts) != members {
+				t.Fatalf("a member's round: receipts shared %v, %d receipts; want %d", info.ReceiptsShared, len(info.Receipts), members)
+			}
+			if ack {
+				r.ack(devs[i])
+				r.drain(s, engine.DefaultBatchOps)
+			}
+		}
+		return e.Metrics().Reads - before
+	}
+	round(true) // every member acks: the writer holds their markers
+	got := round(false)
+	t.Logf("store reads in a live round of %d members sharing receipts: %d", members, got)
+	if got > 1 {
+		t.Fatalf("a live round of %d members sharing receipts took %d store reads; want at most 1: the receipts from the writer", members, got)
+	}
+}
+
 // withAndWithoutChecks runs test with the engine's cache checks and
 // without them: with them, what a session takes from memory is compared
 // with the store; without, what it remembers is what the test sees.
