@@ -303,7 +303,7 @@ func (s *Store) View() *View {
 	}
 	s.views.Add(1)
 	s.view.refs.Add(1)
-	return &View{snap: s.view.snap, reads: &s.reads, shared: s.view, done: s.views.Done}
+	return &View{snap: s.view.snap, reads: &s.reads, shared: s.view, store: s}
 }
 
 // Checkpoint writes a consistent copy of the database to dir, which must
@@ -390,9 +390,9 @@ type View struct {
 	refs  atomic.Int64
 	reads *atomic.Uint64
 	// A reader's handle on a shared view: Release drops the shared view's
-	// reference and tells Close the read is over.
+	// reference and tells Close (through store) the read is over.
 	shared *View
-	done   func()
+	store  *Store
 
 	// memo holds what readers computed from this view (Memo); on shared
 	// views only.
@@ -473,7 +473,7 @@ func (v *View) Release() {
 	switch {
 	case v.shared != nil:
 		v.shared.Release()
-		v.done()
+		v.store.views.Done()
 	case v.snap != nil:
 		if v.refs.Add(-1) == 0 {
 			_ = v.snap.Close()

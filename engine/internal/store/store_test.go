@@ -254,3 +254,13 @@ func flushedView(t *testing.T, s *Store) *View {
 	t.Cleanup(v.Release)
 	return v
 }
+
+// TestViewAllocations: a reader's view costs one allocation, its handle;
+// every woken session takes one per live round.
+func TestViewAllocations(t *testing.T) {
+	s := open(t)
+	set(t, s, "k", "v")
+	if n := testing.AllocsPerRun(100, func() { s.View().Release() }); n > 1 {
+		t.Errorf("View and Release took %.1f allocations, want 1", n)
+	}
+}
