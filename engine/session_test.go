@@ -672,6 +672,23 @@ func TestReadReachesOtherDevicesLive(t *testing.T) {
 	}
 }
 
+// liveConversation has an author create a conversation with members
+// users, each with a caught-up session open.
+func liveConversation(t *testing.T, e *engine.Engine, members int) (author *enginetest.Device, devs []*enginetest.Device, conv ulid.ULID, sessions []*engine.Session) {
+	t.Helper()
+	author = enginetest.Register(t, e, "author")
+	devs = make([]*enginetest.Device, members)
+	for i := range devs {
+		devs[i] = enginetest.Register(t, e, fmt.Sprintf("member%d", i))
+	}
+	conv = author.Create("live", devs...)
+	sessions = make([]*engine.Session, members)
+	for i, d := range devs {
+		sessions[i], _ = openCaughtUp(t, e, d)
+	}
+	return author, devs, conv, sessions
+}
+
 // TestLiveRoundSharesReads counts store reads for a live round: sessions
 // woken by one commit share the conversation's record and the new ops
 // (read once per durable view); what is each user's own, the member record
@@ -680,17 +697,7 @@ func TestLiveRoundSharesReads(t *testing.T) {
 	engine.MeasureWithoutChecks(t) // the checks read everything again
 	perSession := func(members int) float64 {
 		e := enginetest.New(t)
-		author := enginetest.Register(t, e, "author")
-		devs := make([]*enginetest.Device, members)
-		for i := range devs {
-			devs[i] = enginetest.Register(t, e, fmt.Sprintf("member%d", i))
-		}
-		conv := author.Create("live", devs...)
-		sessions := make([]*engine.Session, members)
-		for i, d := range devs {
-			s, _ := openCaughtUp(t, e, d)
-			sessions[i] = s
-		}
+		author, _, conv, sessions := liveConversation(t, e, members)
 		// The first round reads the user's own records; the second is
 		// measured.
 		var before uint64
@@ -730,17 +737,7 @@ func TestLiveRoundTakesReceiptsFromTheWriter(t *testing.T) {
 	engine.MeasureWithoutChecks(t) // the checks read everything again
 	const members = 10
 	e := enginetest.New(t)
-	author := enginetest.Register(t, e, "author")
-	devs := make([]*enginetest.Device, members)
-	for i := range devs {
-		devs[i] = enginetest.Register(t, e, fmt.Sprintf("member%d", i))
-	}
-	conv := author.Create("live", devs...)
-	sessions := make([]*engine.Session, members)
-	for i, d := range devs {
-		s, _ := openCaughtUp(t, e, d)
-		sessions[i] = s
-	}
+	author, devs, conv, sessions := liveConversation(t, e, members)
 	round := func(ack bool) uint64 {
 		t.Helper()
 		before := e.Metrics().Reads
