@@ -299,6 +299,25 @@ func TestIdleTargetShowsEverySize(t *testing.T) {
 	}
 }
 
+// TestFanoutFloor: the CPU floor of a fan-out row is its deliveries per
+// message times the server's and the client's CPU per delivery over the
+// cores, and the row shows it with the p99's multiple of it.
+func TestFanoutFloor(t *testing.T) {
+	x := FanoutResult{System: "ferry", Devices: 1000, ConvSize: 1001, Messages: 40, Deliveries: 40000, Expected: 40000,
+		Latency: Summary{P99: 45 * time.Millisecond}, CPUPerKOps: 35 * time.Millisecond, ClientCPUPerKOps: 25 * time.Millisecond}
+	if got, want := x.Floor(2), 30*time.Millisecond; got != want {
+		t.Errorf("floor on 2 cores: %v, want %v", got, want)
+	}
+	r := Report{Machine: Machine{Cores: 2}, Fanout: []FanoutResult{x}}
+	if md, want := r.Markdown(), "| 35.0ms | 25.0ms | 30.0ms | 1.5 |"; !strings.Contains(md, want) {
+		t.Errorf("no %q in the fan-out row:\n%s", want, md)
+	}
+	x.ClientCPUPerKOps = 0 // an in-process server: the client's CPU is unknown
+	if got := x.Floor(2); got != 0 {
+		t.Errorf("floor without the client's CPU: %v, want none", got)
+	}
+}
+
 // TestFailedWorkloadLeavesNoRow: a workload that fails is reported as an
 // error, without an empty row in the tables (zeros, under a system without
 // a name, which made a column of its own in the targets).

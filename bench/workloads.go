@@ -250,6 +250,17 @@ type FanoutResult struct {
 	PeakRSS          int64         `json:"peak_rss"`
 }
 
+// Floor is the least time a message takes to reach every other member
+// when CPU bounds it: its deliveries times the server's and the harness's
+// CPU per delivery, over the cores they share. Zero when the harness's CPU
+// is not known apart from the server's (an in-process server).
+func (x FanoutResult) Floor(cores int) time.Duration {
+	if x.ClientCPUPerKOps == 0 || cores < 1 || x.ConvSize < 2 {
+		return 0
+	}
+	return time.Duration(x.ConvSize-1) * (x.CPUPerKOps + x.ClientCPUPerKOps) / time.Duration(1000*cores)
+}
+
 // Fanout runs the live fan-out workload: send-to-receive latency, from
 // each message's scheduled send time to its arrival at every other member.
 func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, error) {
