@@ -42,6 +42,10 @@ func WritesUnderWay(s *Server) int {
 	return n
 }
 
+// OnWatchClose makes f run as each sync stream stops being watched, its
+// handler returning.
+func OnWatchClose(s *Server, f func()) { s.watches.testClose.Store(&f) }
+
 // OnWriteBegin makes f run as each watched write begins.
 func OnWriteBegin(s *Server, f func()) { s.watches.testBegin.Store(&f) }
 

@@ -18,9 +18,9 @@ func (foreignClock) AfterFunc() {} // not clock.AfterFuncer's method
 
 // TestHeartbeatsOnAForeignClock: with an Options.Clock that is no
 // clock.AfterFuncer, a quiet session still gets heartbeats. The sessions'
-// schedule empties when the hello's deadline stops, and the clock's
-// fallback timer stops for good: the next deadline needs a timer of its
-// own.
+// schedule empties when the hello's deadline stops, which stops the
+// clock's fallback timer; the next deadline arms it again (it once stayed
+// stopped).
 func TestHeartbeatsOnAForeignClock(t *testing.T) {
 	const interval = 30 * time.Second
 	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {

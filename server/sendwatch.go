@@ -40,6 +40,7 @@ type sendWatches struct {
 	armed bool
 
 	testBegin atomic.Pointer[func()] // tests: runs as a write begins
+	testClose atomic.Pointer[func()] // tests: runs as a stream stops being watched
 }
 
 const sweepsPerTimeout = 4
@@ -153,10 +154,13 @@ func (sw *sendWatch) close() {
 	sw.mu.Unlock()
 	ws := sw.ws
 	ws.mu.Lock()
-	defer ws.mu.Unlock()
 	delete(ws.open, sw)
 	if len(ws.open) == 0 && ws.armed {
 		ws.armed = false
 		ws.timer.Stop()
+	}
+	ws.mu.Unlock()
+	if f := ws.testClose.Load(); f != nil {
+		(*f)()
 	}
 }

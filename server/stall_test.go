@@ -15,6 +15,7 @@ import (
 	"connectrpc.com/connect/v2"
 	"connectrpc.com/connect/v2/connecthttp"
 
+	"github.com/ferrysync/ferry/internal/clock"
 	"github.com/ferrysync/ferry/internal/compression"
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -27,11 +28,21 @@ import (
 // reading fills its flow-control window, and the session's sender blocks
 // in a write. After Options.SendTimeout the server resets the stream: the
 // sender ends, the stream's slot frees, and the client, reading again,
-// finds the stream ended.
+// finds the stream ended. Also on a Clock that is no clock.AfterFuncer,
+// whose fallback timers once stayed stopped: the sweeps, stopped when the
+// set-up's streams closed, never ran again.
 func TestStalledReaderIsReset(t *testing.T) {
+	t.Run("clock=fake", func(t *testing.T) { testStalledReaderIsReset(t, false) })
+	t.Run("clock=foreign", func(t *testing.T) { testStalledReaderIsReset(t, true) })
+}
+
+func testStalledReaderIsReset(t *testing.T, foreign bool) {
 	const timeout = 10 * time.Second
 	var log logBuffer
 	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+		if foreign {
+			o.Clock = foreignClock{o.Clock.(*clock.Fake)}
+		}
 		o.SendTimeout = timeout
 		o.MaxStreamsPerDevice = 1
 		// Heartbeats would end the quiet session on their own: keep them
@@ -54,6 +65,24 @@ func TestStalledReaderIsReset(t *testing.T) {
 			b[i] = byte(rnd.Uint32())
 		}
 		alice.send(conv, base64.StdEncoding.EncodeToString(b))
+	}
+
+	// A session opened and closed first: the sweeps stop with its stream
+	// (none is left open), and the stalled stream's arms them again.
+	closed := make(chan struct{}, 1)
+	server.OnWatchClose(srv.Server, func() {
+		select {
+		case closed <- struct{}{}:
+		default:
+		}
+	})
+	first := alice.open(hello("", 0))
+	first.untilCaughtUp()
+	first.close()
+	select {
+	case <-closed:
+	case <-time.After(time.Minute): // a guard, not a wait
+		t.Fatal("the first session's stream was never closed")
 	}
 
 	// Bob's client advertises a 1 KiB window per stream and reads nothing.
@@ -104,7 +133,17 @@ func TestStalledReaderIsReset(t *testing.T) {
 			mustCode(t, "a second session while the first stalls", bob.open(hello("", 0)).endErr(), connect.CodeResourceExhausted)
 			held = true
 		}
+		armed := srv.Clock.Armed()
 		srv.Clock.Advance(timeout / 4)
+		if foreign {
+			// The fallback timer calls the sweep on a goroutine of its
+			// own, which arms the next sweep before it resets streams.
+			select {
+			case <-armed:
+			case <-ctx.Done():
+				t.Fatal("the sweep armed no next sweep")
+			}
+		}
 		if reset = strings.Contains(log.String(), "reset a stream whose write made no progress"); reset {
 			break
 		}

@@ -24,54 +24,78 @@ type AfterFuncer interface {
 }
 
 // AfterFunc returns a timer of c's that calls f, on a goroutine of its
-// own, when it fires. A Clock that is no AfterFuncer gets a goroutine that
-// waits on one of its timers until it fires or is stopped.
+// own, when it fires. A Clock that is no AfterFuncer gets, while the timer
+// is armed, a goroutine that waits on one of its timers.
 func AfterFunc(c Clock, d time.Duration, f func()) Timer {
 	if a, ok := c.(AfterFuncer); ok {
 		return a.AfterFunc(d, f)
 	}
-	t := &waitTimer{t: c.NewTimer(d), f: f, reset: make(chan time.Duration), stop: make(chan struct{}), done: make(chan struct{})}
-	go t.wait()
-	return t
+	w := &waitTimer{c: c, f: f}
+	w.Reset(d)
+	return w
 }
 
-// waitTimer is AfterFunc for a Clock that is no AfterFuncer.
+// waitTimer is AfterFunc for a Clock that is no AfterFuncer. Like a
+// *time.Timer made by time.AfterFunc, it can be Reset after Stop or after
+// it fired: each arming has a waiter of its own, which calls f if it is
+// still the armed one when its timer fires.
 type waitTimer struct {
-	t     Timer
-	f     func()
-	reset chan time.Duration
-	stop  chan struct{}
-	done  chan struct{} // closed when wait returns
-	once  sync.Once
+	c Clock
+	f func()
+
+	mu    sync.Mutex
+	armed *waiter // nil while disarmed
 }
 
-func (w *waitTimer) wait() {
-	defer close(w.done)
-	for {
-		select {
-		case <-w.t.C():
-			go w.f()
-		case d := <-w.reset:
-			w.t.Reset(d)
-		case <-w.stop:
-			w.t.Stop()
-			return
-		}
-	}
+type waiter struct {
+	cancel chan struct{} // closed to end the waiter
+	done   chan struct{} // closed when it has
 }
 
 func (w *waitTimer) C() <-chan time.Time { return nil }
 
 func (w *waitTimer) Reset(d time.Duration) {
-	select {
-	case w.reset <- d:
-	case <-w.stop:
-	}
+	a := &waiter{cancel: make(chan struct{}), done: make(chan struct{})}
+	w.mu.Lock()
+	old := w.armed
+	w.armed = a
+	w.mu.Unlock()
+	old.end()
+	t := w.c.NewTimer(d)
+	go func() {
+		defer close(a.done)
+		select {
+		case <-t.C():
+			w.mu.Lock()
+			fire := w.armed == a
+			if fire {
+				w.armed = nil
+			}
+			w.mu.Unlock()
+			if fire {
+				w.f()
+			}
+		case <-a.cancel:
+			t.Stop()
+		}
+	}()
 }
 
 func (w *waitTimer) Stop() {
-	w.once.Do(func() { close(w.stop) })
-	<-w.done
+	w.mu.Lock()
+	old := w.armed
+	w.armed = nil
+	w.mu.Unlock()
+	old.end()
+}
+
+// end ends the waiter and waits until it has, so that a stopped timer
+// leaves no goroutine behind (but for an f already called). Nil: nothing.
+func (a *waiter) end() {
+	if a != nil {
+		close(a.cancel)
+		<-a.done
+	}
 }
 
 // Timer is the part of *time.Timer that Ferry uses.

@@ -32,7 +32,7 @@ func TestAfterFunc(t *testing.T) {
 			}
 			f.Advance(time.Millisecond)
 			<-fired
-			// Reset arms it again; Stop disarms it for good.
+			// Reset arms it again; Stop disarms it.
 			armed = f.Armed()
 			tm.Reset(time.Minute)
 			<-armed
@@ -49,6 +49,21 @@ func TestAfterFunc(t *testing.T) {
 			tm.Stop() // twice is fine
 			if got := n.Load(); got != 2 {
 				t.Fatalf("fired %d times, want 2", got)
+			}
+			// A stopped timer arms again, as a *time.Timer does: the
+			// fallback's used to stay stopped, and every Reset after a
+			// Stop was lost.
+			armed = f.Armed()
+			tm.Reset(time.Minute)
+			select {
+			case <-armed:
+			case <-time.After(time.Minute): // a guard, not a wait
+				t.Fatal("Reset after Stop armed no timer")
+			}
+			f.Advance(time.Minute)
+			<-fired
+			if got := n.Load(); got != 3 {
+				t.Fatalf("fired %d times, want 3", got)
 			}
 		})
 	}

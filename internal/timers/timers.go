@@ -72,17 +72,14 @@ func (s *Schedule) Stop(d *Deadline) {
 	}
 }
 
-// resetLocked sets the timer for the first deadline. The caller holds
-// mu. The timer is set again on every change, even when the first
-// deadline stays: a fake clock's Armed tells tests that a deadline was.
-// An empty schedule stops its timer and makes a new one for its next
-// deadline: a Clock that is no clock.AfterFuncer stops its timers for
-// good.
+// resetLocked sets the timer for the first deadline, or stops it when
+// there is none. The caller holds mu. The timer is set again on every
+// change, even when the first deadline stays: a fake clock's Armed tells
+// tests that a deadline was.
 func (s *Schedule) resetLocked() {
 	if len(s.heap) == 0 {
 		if s.timer != nil {
 			s.timer.Stop()
-			s.timer = nil
 		}
 		return
 	}

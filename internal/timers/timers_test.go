@@ -92,15 +92,15 @@ func TestScheduleRealClock(t *testing.T) {
 // onlyTimers hides Fake's AfterFunc, as a Clock of somebody else's would
 // (clientsdk.Clock lets one be written outside the module, and
 // server.Options.Clock takes it): clock.AfterFunc then falls back to a
-// waiting goroutine, whose Stop is for good.
+// waiting goroutine.
 type onlyTimers struct{ *clock.Fake }
 
 func (onlyTimers) AfterFunc() {} // not clock.AfterFuncer's method
 
 // TestScheduleForeignClockAfterEmptying: on a Clock that is no
 // clock.AfterFuncer, a deadline armed after the schedule emptied (its
-// last deadline stopped) still fires: the fallback timer's Stop is for
-// good, so the schedule must not Reset the timer it stopped.
+// last deadline stopped, and with it the timer) still fires: the fallback
+// timer's Stop once was for good.
 func TestScheduleForeignClockAfterEmptying(t *testing.T) {
 	start := time.Unix(1_000_000, 0)
 	fake := clock.NewFake(start)
