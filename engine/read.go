@@ -535,13 +535,16 @@ func (r reader) changed(user ulid.ULID, after, through uint64) ([]feedEntry, err
 			return fmt.Errorf("%w: shared feed key %x", record.ErrCorrupt, k)
 		}
 		c, ok, err := r.conv(conv)
-		if err == nil && !ok {
-			err = fmt.Errorf("%w: user %s has a shared feed entry for conversation %s, which does not exist", record.ErrCorrupt, user, conv)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: user %s has a shared feed entry for conversation %s, which does not exist", record.ErrCorrupt, user, conv)
 		}
 		if after < c.FeedPos && c.FeedPos <= through {
 			latest[conv] = max(latest[conv], c.FeedPos)
 		}
-		return err
+		return nil
 	})
 	if err != nil {
 		return nil, err

@@ -794,15 +794,16 @@ func (tx *txn) finish() {
 
 // remember hands the view this group's commit publishes what the sessions
 // it wakes would otherwise read back from the memtable at once (see
-// store.Batch.Remember): each conversation's record (reader.conv) and the
-// ops the group added to it, the range a session that was up to date reads
+// store.Batch.Remember): each conversation record it wrote (reader.conv;
+// an ack that moves no feed writes none, and seeds nothing) and the ops
+// the group added, the range a session that was up to date reads
 // (reader.liveOps, which also keeps its member record). In the bench's
 // ingest those reads were 11% of the server's CPU. Under verifyCaches every
 // use is checked against the store.
 func (tx *txn) remember() {
 	for _, tc := range tx.convOrder {
-		if !tc.exists {
-			continue
+		if !tc.exists || !(tc.dirty || tc.feed) {
+			continue // the record was not written: an ack's group, say
 		}
 		tx.b.Remember(convMemo{tc.id}, convRead{tc.rec, true})
 		// The ops come in seq order: seqs are given in append order, and
