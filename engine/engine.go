@@ -70,8 +70,8 @@ type Engine struct {
 	feedPos   atomic.Uint64
 	closeOnce sync.Once
 	// testMarking, when set (by tests), runs on the writer's goroutine in
-	// each commit that changes users' markers, counted begun and not yet
-	// committed.
+	// each commit that changes users' markers, once it is in the store and
+	// before the hub counts it done.
 	testMarking atomic.Pointer[func()]
 
 	// Owned by the writer goroutine.

@@ -12,7 +12,8 @@ func MeasureWithoutChecks(b interface{ Cleanup(func()) }) {
 }
 
 // DuringMarkerCommit runs f in each commit that changes users' markers,
-// after the hub counted it begun and before it commits; nil stops it.
+// once it is in the store and before the hub counts it done; nil stops
+// it.
 func DuringMarkerCommit(e *Engine, f func()) {
 	if f == nil {
 		e.testMarking.Store(nil)

@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/internal/record"
 )
 
 // hub wakes the sessions of users whose feed changed. It carries no
@@ -33,10 +35,10 @@ type hub struct {
 	// the commit under way as begun.
 	rec      sync.Mutex
 	recorded uint64 // the highest feed position recorded
-	// marking lists the users whose markers the writer's commit under way
+	// marking holds the user markers the writer's commit under way
 	// changes, from markersChanging to markersChanged (the writer makes one
 	// commit at a time).
-	marking []ulid.ULID
+	marking []userMark
 }
 
 type hubShard struct {
@@ -61,6 +63,10 @@ type userSignal struct {
 	// marksDone is still the store's at a later view if marksBegun, read
 	// after that view, is the same number: no commit changed it in between.
 	marksBegun, marksDone uint64
+	// lastMarks is what the last commit counted in marksDone wrote of the
+	// user's own markers; nil until one is counted. Never modified once
+	// set: a reader keeps it past the lock.
+	lastMarks *markWrite
 	// woke is the highest feed position of the commits that woke the
 	// user (a commit that moves no feed, such as a revocation alone,
 	// leaves it).
@@ -100,7 +106,7 @@ func (h *hub) watch(user ulid.ULID) *watch {
 	sig := s.users[user]
 	if sig == nil {
 		sig = &userSignal{ch: make(chan struct{}), since: h.recorded}
-		if slices.Contains(h.marking, user) {
+		if slices.ContainsFunc(h.marking, func(um userMark) bool { return um.user == user }) {
 			// The commit under way began before these counts, and its
 			// markersChanged counts it done: count it begun too. With
 			// done past begun, a marker read before the user's next
@@ -147,34 +153,100 @@ func (sig *userSignal) has(pos uint64, conv ulid.ULID) bool {
 	return false
 }
 
-// markersChanging counts, before a commit, that it changes the markers of
-// users; markersChanged counts after it that it did.
-func (h *hub) markersChanging(users []ulid.ULID) { h.countMarkers(users, true) }
-func (h *hub) markersChanged(users []ulid.ULID)  { h.countMarkers(users, false) }
+// userMark is a user's own marker in one conversation, as a commit wrote
+// it.
+type userMark struct {
+	user, conv ulid.ULID
+	m          record.Marker
+}
 
-func (h *hub) countMarkers(users []ulid.ULID, begin bool) {
-	if len(users) == 0 {
+// markWrite is what one commit wrote of a user's own markers, with the
+// user's count of commits done that changed them, this one included. Its
+// own copy: a commit's marks of other users are not kept alive by it.
+type markWrite struct {
+	done  uint64
+	marks []convMark // one per conversation
+	one   [1]convMark
+}
+
+type convMark struct {
+	conv ulid.ULID
+	m    record.Marker
+}
+
+func newMarkWrite(done uint64, ms []userMark) *markWrite {
+	w := &markWrite{done: done}
+	w.marks = w.one[:0] // one allocation for the usual acknowledgement
+	if len(ms) > 1 {
+		w.marks = make([]convMark, 0, len(ms))
+	}
+	for _, um := range ms {
+		w.marks = append(w.marks, convMark{um.conv, um.m})
+	}
+	return w
+}
+
+// marker returns the user's marker in conv as the commit wrote it, if it
+// wrote it.
+func (w *markWrite) marker(conv ulid.ULID) (record.Marker, bool) {
+	for _, cm := range w.marks {
+		if cm.conv == conv {
+			return cm.m, true
+		}
+	}
+	return record.Marker{}, false
+}
+
+// markersChanging counts, before a commit, that it changes the markers of
+// the users in written: every user marker the commit writes, grouped by
+// user.
+func (h *hub) markersChanging(written []userMark) {
+	if len(written) == 0 {
 		return
 	}
 	h.rec.Lock()
 	defer h.rec.Unlock()
-	if begin {
-		h.marking = users
-	} else {
-		h.marking = nil
-	}
-	for _, u := range users {
-		s := h.shard(u)
+	h.marking = written
+	for i, n := 0, 0; i < len(written); i += n {
+		n = sameUser(written[i:])
+		s := h.shard(written[i].user)
 		s.mu.Lock()
-		if sig := s.users[u]; sig != nil {
-			if begin {
-				sig.marksBegun++
-			} else {
-				sig.marksDone++
-			}
+		if sig := s.users[written[i].user]; sig != nil {
+			sig.marksBegun++
 		}
 		s.mu.Unlock()
 	}
+}
+
+// markersChanged counts, after the commit, that it changed them, and keeps
+// for each watched user what it wrote of the user's markers.
+func (h *hub) markersChanged(written []userMark) {
+	if len(written) == 0 {
+		return
+	}
+	h.rec.Lock()
+	defer h.rec.Unlock()
+	h.marking = nil
+	for i, n := 0, 0; i < len(written); i += n {
+		n = sameUser(written[i:])
+		s := h.shard(written[i].user)
+		s.mu.Lock()
+		if sig := s.users[written[i].user]; sig != nil {
+			sig.marksDone++
+			sig.lastMarks = newMarkWrite(sig.marksDone, written[i:i+n])
+		}
+		s.mu.Unlock()
+	}
+}
+
+// sameUser counts the marks at the start of ms that are of its first
+// user.
+func sameUser(ms []userMark) int {
+	n := 1
+	for n < len(ms) && ms[n].user == ms[0].user {
+		n++
+	}
+	return n
 }
 
 // start sets the position journals begin after: the store's at open.
@@ -229,14 +301,15 @@ type watch struct {
 }
 
 // signal returns the channel the next change of the user's feed closes,
-// the count of commits done that changed the user's markers, and the
+// the count of commits done that changed the user's markers with what the
+// last of them wrote of the markers (nil if none was counted), and the
 // highest feed position of the commits that woke the user.
-func (w *watch) signal() (ch <-chan struct{}, marksDone, woke uint64) {
+func (w *watch) signal() (ch <-chan struct{}, marksDone uint64, lastMarks *markWrite, woke uint64) {
 	s := w.h.shard(w.user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sig := s.users[w.user]
-	return sig.ch, sig.marksDone, sig.woke
+	return sig.ch, sig.marksDone, sig.lastMarks, sig.woke
 }
 
 // changed is reader.changed from the journal: the conversations whose feed

@@ -68,6 +68,10 @@ type reader struct {
 	// taken, marksBegun after.
 	marking               bool
 	marksDone, marksBegun uint64
+	// lastMarks is what the last commit counted in marksDone wrote of the
+	// user's markers (nil if none was counted): it was done before the
+	// view, so the view holds what it wrote if marksBegun is its count.
+	lastMarks *markWrite
 	// dec, in a catch-up read, decodes the ops of the whole Ops event, whose
 	// bodies are sent together; elsewhere (nil) each read of ops decodes
 	// with its own OpDecoder.
@@ -281,12 +285,23 @@ type markAt struct {
 // read holds every commit it counts; if the begun count, read after this
 // view, is still that number, no commit in between changed a marker of the
 // user. That saves a store read per woken session and live round.
+//
+// A device that acknowledges what it received changes its user's marker
+// before every round, though. So the hub also keeps what the last such
+// commit wrote of the user's markers, with its done count, and the round
+// takes the marker from there by the same rule: at 10,000 devices a
+// message's round no longer reads 10,000 markers back from the store.
 func (r reader) userMarker(conv, user ulid.ULID) (record.Marker, error) {
 	if !r.marking {
 		return r.marker(keys.TUserMark, conv, user)
 	}
 	at, ok := r.memo.marks[conv]
 	same := ok && at.done == r.marksBegun
+	if w := r.lastMarks; !same && w != nil && w.done == r.marksBegun {
+		if m, ok := w.marker(conv); ok {
+			at, same = markAt{m: m, done: w.done}, true
+		}
+	}
 	if same && !verifyCaches {
 		return at.m, nil
 	}

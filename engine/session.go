@@ -415,7 +415,7 @@ func (s *Session) nextOps() (Event, bool, error) {
 // live plans one round of live updates: what changed in the user's feed
 // since the last round.
 func (s *Session) live() error {
-	sig, marksDone, woke := s.w.signal()
+	sig, marksDone, lastMarks, woke := s.w.signal()
 	revocations := s.e.revocations.Load()
 	if woke <= s.pos && revocations == s.revocations {
 		// Every commit that woke the user is in what was sent: nothing
@@ -448,7 +448,7 @@ func (s *Session) live() error {
 		return nil
 	}
 	entries, ok, marksBegun := s.w.changed(s.pos, pos) // after the view, as userMarker needs
-	r.marking, r.marksDone, r.marksBegun = true, marksDone, marksBegun
+	r.marking, r.marksDone, r.marksBegun, r.lastMarks = true, marksDone, marksBegun, lastMarks
 	if !ok {
 		var err error
 		if entries, err = r.changed(s.a.User, s.pos, pos); err != nil {

@@ -287,22 +287,26 @@ func (w *writer) commit(group []*request) error {
 		// moves in the journal.
 		w.e.hub.record(tx.pos, tx.moves)
 	}
-	var marked []ulid.ULID // users whose own markers change
+	// The users' own markers the commit changes, grouped by user: the hub
+	// counts the commit for them, and hands what it wrote to their
+	// sessions' next live rounds.
+	var marked []userMark
 	for _, tm := range tx.markOrder {
-		if tm.dirty && tm.ck.table == keys.TUserMark && !slices.Contains(marked, tm.ck.who) {
-			marked = append(marked, tm.ck.who)
+		if tm.dirty && tm.ck.table == keys.TUserMark {
+			marked = append(marked, userMark{user: tm.ck.who, conv: tm.ck.conv, m: tm.m})
 		}
 	}
+	slices.SortStableFunc(marked, func(a, b userMark) int { return a.user.Compare(b.user) })
 	w.e.hub.markersChanging(marked)
-	if f := w.e.testMarking.Load(); f != nil && len(marked) > 0 {
-		(*f)()
-	}
 	start := w.e.opts.Clock.Now()
 	if err := w.e.st.Commit(tx.b); err != nil {
 		return fmt.Errorf("%w: %v", ErrFailed, err)
 	}
 	now := w.e.opts.Clock.Now()
 	w.e.commitTime.Observe(now.Sub(start))
+	if f := w.e.testMarking.Load(); f != nil && len(marked) > 0 {
+		(*f)()
+	}
 	w.e.hub.markersChanged(marked)
 	for _, tm := range tx.markOrder {
 		w.marks.put(tm.ck, tm.m)
