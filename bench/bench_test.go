@@ -217,6 +217,43 @@ func TestFerryRestart(t *testing.T) {
 	}
 }
 
+// TestPreparedDevicesHoldTheCreation: a member's device starts holding the
+// ops that created its conversation, so its first connection catches up on
+// none of them (at 10,000 members they were 10^8 deliveries of setup), and
+// it then receives what follows.
+func TestPreparedDevicesHoldTheCreation(t *testing.T) {
+	ctx := t.Context()
+	f, err := NewFerry(ctx, FerryConfig{Mode: FerryInProcess, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Prepare(ctx, 3, [][]int{{0, 1, 2}}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	c := &ferryConn{d: f.devs[2], onMsg: func(_ int, p []byte) { got <- p }, pending: map[uint64]func(error){}}
+	n, _, err := c.open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if n != 0 {
+		t.Fatalf("the first catch-up brought %d ops; want none: the device holds the conversation's creation", n)
+	}
+	writer, err := f.Connect(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close()
+	if err := writer.Send(0, [][]byte{corpus[0]}, func(error) {}); err != nil {
+		t.Fatal(err)
+	}
+	if p := <-got; !bytes.Equal(p, corpus[0]) {
+		t.Fatalf("the device received %q; want %q", p, corpus[0])
+	}
+}
+
 // A bench device with nothing to send heartbeats, so that the server does
 // not end its session for silence (after three of its heartbeat
 // intervals): the 10,000-device fan-out connects for longer than that. The
