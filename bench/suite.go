@@ -75,12 +75,16 @@ var Short = Profile{
 		{Devices: 1000, ConvSize: 10, Rate: 500, Duration: 3 * time.Second},
 		// 40 messages: over 15, the p99 was the single worst message's.
 		{Devices: 1000, ConvSize: 1000, Rate: 5, Duration: 8 * time.Second},
+		// A target row: 10 messages to 10,000 devices.
+		{Devices: 10000, ConvSize: 10000, Rate: 1, Duration: 10 * time.Second},
 	},
 	CatchUp: []CatchUpConfig{
 		{Ops: 1_000, Convs: 1},
 		{Ops: 10_000, Convs: 100},
 		{Ops: 10_000, Convs: 100, History: 10},
 		{Ops: 10_000, Convs: 100, Cold: true},
+		{Ops: 100_000, Convs: 500},
+		{Ops: 100_000, Convs: 500, History: 10},
 	},
 	Idle:       []int{1000, 5000, 10000}, // seconds each: the target is at each size
 	StorageOps: 20_000,
