@@ -207,15 +207,7 @@ func (h *hub) markersChanging(written []userMark) {
 	h.rec.Lock()
 	defer h.rec.Unlock()
 	h.marking = written
-	for i, n := 0, 0; i < len(written); i += n {
-		n = sameUser(written[i:])
-		s := h.shard(written[i].user)
-		s.mu.Lock()
-		if sig := s.users[written[i].user]; sig != nil {
-			sig.marksBegun++
-		}
-		s.mu.Unlock()
-	}
+	h.eachMarked(written, func(sig *userSignal, _ []userMark) { sig.marksBegun++ })
 }
 
 // markersChanged counts, after the commit, that it changed them, and keeps
@@ -227,26 +219,27 @@ func (h *hub) markersChanged(written []userMark) {
 	h.rec.Lock()
 	defer h.rec.Unlock()
 	h.marking = nil
+	h.eachMarked(written, func(sig *userSignal, ms []userMark) {
+		sig.marksDone++
+		sig.lastMarks = newMarkWrite(sig.marksDone, ms)
+	})
+}
+
+// eachMarked calls f, under its shard's lock, with the signal of each
+// watched user in written, grouped by user, and the user's marks.
+func (h *hub) eachMarked(written []userMark, f func(*userSignal, []userMark)) {
 	for i, n := 0, 0; i < len(written); i += n {
-		n = sameUser(written[i:])
+		n = 1
+		for i+n < len(written) && written[i+n].user == written[i].user {
+			n++
+		}
 		s := h.shard(written[i].user)
 		s.mu.Lock()
 		if sig := s.users[written[i].user]; sig != nil {
-			sig.marksDone++
-			sig.lastMarks = newMarkWrite(sig.marksDone, written[i:i+n])
+			f(sig, written[i:i+n])
 		}
 		s.mu.Unlock()
 	}
-}
-
-// sameUser counts the marks at the start of ms that are of its first
-// user.
-func sameUser(ms []userMark) int {
-	n := 1
-	for n < len(ms) && ms[n].user == ms[0].user {
-		n++
-	}
-	return n
 }
 
 // start sets the position journals begin after: the store's at open.
