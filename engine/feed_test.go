@@ -116,3 +116,34 @@ func TestSharedFeed(t *testing.T) {
 		t.Error("re-added bob's catch-up misses the next message")
 	}
 }
+
+// TestCatchUpReadsSharedRecordsOnce: a catch-up finds which conversations
+// on a shared feed changed by reading their records, and takes each one's
+// info from that read instead of reading the record again.
+func TestCatchUpReadsSharedRecordsOnce(t *testing.T) {
+	engine.MeasureWithoutChecks(t) // the checks read everything again
+	reads := func(convs int) uint64 {
+		t.Helper()
+		e := enginetest.New(t, func(o *engine.Options) { o.SharedFeedMembers = 2 })
+		alice := enginetest.Register(t, e, "alice")
+		bob := enginetest.Register(t, e, "bob")
+		carol := enginetest.Register(t, e, "carol")
+		for i := range convs {
+			conv := alice.Create(fmt.Sprint("c", i), bob, carol) // three members: a shared feed
+			alice.Send(conv, "hello")
+		}
+		before := e.Metrics().Reads
+		if infos, _ := catchUpFrom(t, e, bob, 0); len(infos) != convs {
+			t.Fatalf("bob's catch-up brought %d conversations, want %d", len(infos), convs)
+		}
+		return e.Metrics().Reads - before
+	}
+	one, six := reads(1), reads(6)
+	per := float64(six-one) / 5
+	t.Logf("store reads in a catch-up per shared conversation: %.1f", per)
+	// 12 when the record was read twice: to find the conversation changed,
+	// and for its info.
+	if per > 11 {
+		t.Fatalf("a catch-up took %.1f store reads per shared conversation; want at most 11, its record read once", per)
+	}
+}

@@ -72,6 +72,10 @@ type reader struct {
 	// user's markers (nil if none was counted): it was done before the
 	// view, so the view holds what it wrote if marksBegun is its count.
 	lastMarks *markWrite
+	// scanned, in a catch-up's read, holds the records of the conversations
+	// on a shared feed that its scan of the user's feed read (changed):
+	// the catch-up then reads each for its info, from here.
+	scanned map[ulid.ULID]record.Conv
 	// dec, in a catch-up read, decodes the ops of the whole Ops event, whose
 	// bodies are sent together; elsewhere (nil) each read of ops decodes
 	// with its own OpDecoder.
@@ -163,10 +167,17 @@ type convRead struct {
 }
 
 func (r reader) conv(id ulid.ULID) (record.Conv, bool, error) {
+	scanned, ok := r.scanned[id]
+	if ok && !verifyCaches {
+		return scanned, true, nil
+	}
 	cr, err := memo(r, convMemo{id}, func() (convRead, error) {
 		c, ok, err := r.readConv(id)
 		return convRead{c, ok}, err
 	})
+	if ok && err == nil && (!cr.ok || !reflect.DeepEqual(cr.c, scanned)) {
+		return cr.c, cr.ok, fmt.Errorf("engine: the feed scan read %+v for conversation %s; the view has %+v", scanned, id, cr.c)
+	}
 	return cr.c, cr.ok, err
 }
 
@@ -558,6 +569,9 @@ func (r reader) changed(user ulid.ULID, after, through uint64) ([]feedEntry, err
 		}
 		if after < c.FeedPos && c.FeedPos <= through {
 			latest[conv] = max(latest[conv], c.FeedPos)
+			if r.scanned != nil {
+				r.scanned[conv] = c
+			}
 		}
 		return nil
 	})

@@ -231,6 +231,7 @@ func (s *Session) plan() error {
 		return &ResetError{Reason: ResetPositionAhead, Epoch: s.e.epoch.String(),
 			Detail: fmt.Sprintf("feed position %d is beyond the server's %d", s.o.FeedPos, pos)}
 	}
+	r.scanned = map[ulid.ULID]record.Conv{}
 	entries, err := r.changed(s.a.User, s.o.FeedPos, pos)
 	if err != nil {
 		return err
