@@ -287,6 +287,7 @@ func (tx *txn) raiseRead(c *txConv, a Actor, seq uint64, public bool) {
 	u := tx.marker(keys.TUserMark, c.id, a.User)
 	if u.m.Read < seq {
 		u.m.Read, u.dirty = seq, true
+		u.readAt = seqCount{seq: seq, messages: c.rec.Messages} // seq is the op just appended
 	}
 	if public && u.m.PublicRead < seq {
 		u.m.PublicRead, u.dirty = seq, true

@@ -158,6 +158,7 @@ func (sig *userSignal) has(pos uint64, conv ulid.ULID) bool {
 type userMark struct {
 	user, conv ulid.ULID
 	m          record.Marker
+	readAt     seqCount // the message count at m.Read, if the writer knew it; else zero
 }
 
 // markWrite is what one commit wrote of a user's own markers, with the
@@ -170,8 +171,9 @@ type markWrite struct {
 }
 
 type convMark struct {
-	conv ulid.ULID
-	m    record.Marker
+	conv   ulid.ULID
+	m      record.Marker
+	readAt seqCount
 }
 
 func newMarkWrite(done uint64, ms []userMark) *markWrite {
@@ -181,20 +183,20 @@ func newMarkWrite(done uint64, ms []userMark) *markWrite {
 		w.marks = make([]convMark, 0, len(ms))
 	}
 	for _, um := range ms {
-		w.marks = append(w.marks, convMark{um.conv, um.m})
+		w.marks = append(w.marks, convMark{um.conv, um.m, um.readAt})
 	}
 	return w
 }
 
-// marker returns the user's marker in conv as the commit wrote it, if it
+// of returns the user's marker in conv as the commit wrote it, if it
 // wrote it.
-func (w *markWrite) marker(conv ulid.ULID) (record.Marker, bool) {
+func (w *markWrite) of(conv ulid.ULID) (convMark, bool) {
 	for _, cm := range w.marks {
 		if cm.conv == conv {
-			return cm.m, true
+			return cm, true
 		}
 	}
-	return record.Marker{}, false
+	return convMark{}, false
 }
 
 // markersChanging counts, before a commit, that it changes the markers of

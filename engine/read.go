@@ -309,8 +309,8 @@ func (r reader) userMarker(conv, user ulid.ULID) (record.Marker, error) {
 	at, ok := r.memo.marks[conv]
 	same := ok && at.done == r.marksBegun
 	if w := r.lastMarks; !same && w != nil && w.done == r.marksBegun {
-		if m, ok := w.marker(conv); ok {
-			at, same = markAt{m: m, done: w.done}, true
+		if cm, ok := w.of(conv); ok {
+			at, same = markAt{m: cm.m, done: w.done}, true
 		}
 	}
 	if same && !verifyCaches {
@@ -366,13 +366,21 @@ func (r reader) messagesAt(conv ulid.ULID, seq uint64) (uint64, error) {
 // messagesAtRead is messagesAt for the user's read marker. A session asks
 // for it in every live round of every conversation with unread messages,
 // while the marker moves only when the user reads: it keeps the last answer
-// per conversation. An op's message count never changes once stored.
+// per conversation. An op's message count never changes once stored, so
+// the count the writer knew for the last read it wrote (the user's own
+// message moves the marker to it) serves as well.
 func (r reader) messagesAtRead(conv ulid.ULID, read uint64) (uint64, error) {
 	if r.memo == nil {
 		return r.messagesAt(conv, read)
 	}
 	c, ok := r.memo.counts[conv]
 	hit := ok && c.seq == read
+	if w := r.lastMarks; !hit && w != nil && read != 0 {
+		if cm, ok := w.of(conv); ok && cm.readAt.seq == read {
+			c, hit = cm.readAt, true
+			r.memo.counts = setIn(r.memo.counts, conv, c)
+		}
+	}
 	if hit && !verifyCaches {
 		return c.messages, nil
 	}

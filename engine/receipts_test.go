@@ -283,6 +283,13 @@ func TestSessionsShareReceiptsUnderLoad(t *testing.T) {
 	head := uint64(len(members)) + messages // create, five additions, the messages
 
 	var wg sync.WaitGroup
+	// A member that fails stops the others, which would wait for its acks.
+	failed := make(chan struct{})
+	var failOnce sync.Once
+	fail := func(format string, args ...any) {
+		t.Errorf(format, args...)
+		failOnce.Do(func() { close(failed) })
+	}
 	for _, m := range members {
 		s, err := e.OpenSession(m.Actor, engine.SessionOptions{})
 		if err != nil {
@@ -296,7 +303,7 @@ func TestSessionsShareReceiptsUnderLoad(t *testing.T) {
 				for {
 					ev, ok, err := s.Next()
 					if err != nil {
-						t.Errorf("%s: next: %v", m.Actor.User, err)
+						fail("%s: next: %v", m.Actor.User, err)
 						return
 					}
 					if !ok {
@@ -313,7 +320,7 @@ func TestSessionsShareReceiptsUnderLoad(t *testing.T) {
 					}
 				}
 				if err := e.Mark(ctx, m.Actor, []engine.Marker{{Conv: conv, Delivered: held, Read: held}}); err != nil {
-					t.Errorf("mark: %v", err)
+					fail("mark: %v", err)
 					return
 				}
 				done := held == head && len(infos) == len(members)-1
@@ -323,9 +330,13 @@ func TestSessionsShareReceiptsUnderLoad(t *testing.T) {
 				if done {
 					return
 				}
-				<-s.Changed()
+				select {
+				case <-s.Changed():
+				case <-failed:
+					return
+				}
 			}
-			t.Errorf("%s never caught up", m.Actor.User)
+			fail("%s never caught up", m.Actor.User)
 		})
 	}
 	for i := range messages {

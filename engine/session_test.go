@@ -691,43 +691,48 @@ func liveConversation(t *testing.T, e *engine.Engine, members int) (author *engi
 
 // TestLiveRoundSharesReads counts store reads for a live round: sessions
 // woken by one commit share the conversation's record and the new ops
-// (read once per durable view); what is each user's own, the member record
-// and the marker, a session remembers from its previous round, or takes
-// from the writer when the user's device acknowledged that round.
+// (read once per durable view); what is each user's own, the member record,
+// the marker and the message count at it, a session remembers from its
+// previous round, or takes from the writer when the user's device changed
+// the marker since: by acknowledging the round, or by sending a message
+// (which reads everything before it).
 func TestLiveRoundSharesReads(t *testing.T) {
 	engine.MeasureWithoutChecks(t) // the checks read everything again
 	const members = 60             // past ReceiptMembers, so that no receipts are read
-	for _, ack := range []bool{false, true} {
-		t.Run(fmt.Sprintf("ack=%v", ack), func(t *testing.T) {
+	for _, since := range []string{"nothing", "acks", "a message"} {
+		t.Run("since "+since, func(t *testing.T) {
 			e := enginetest.New(t)
 			author, devs, conv, sessions := liveConversation(t, e, members)
-			// The first round reads the user's own records; the second is
-			// measured.
-			var before uint64
-			for round := range 2 {
-				before = e.Metrics().Reads
-				sent := author.Send(conv, "to everyone")
+			round := func(from *enginetest.Device, ack bool) {
+				t.Helper()
+				sent := from.Send(conv, "to everyone")
 				for i, s := range sessions {
 					r := newReceiver(t)
 					r.drain(s, engine.DefaultBatchOps)
 					if n := len(r.held[conv]); n != 1 {
-						t.Fatalf("round %d brought %d ops, want 1", round, n)
+						t.Fatalf("a round brought %d ops, want 1", n)
 					}
-					if ack && round == 0 {
-						// As devices do: each acknowledgement changes the
-						// user's marker, which the next round shows.
+					if ack {
 						if err := e.Mark(ctx, devs[i].Actor, []engine.Marker{{Conv: conv, Delivered: sent.Seq}}); err != nil {
 							t.Fatal(err)
 						}
 					}
 				}
 			}
+			// The first round reads the user's own records; the last is
+			// measured.
+			round(author, since == "acks")
+			if since == "a message" {
+				round(devs[0], false)
+			}
+			before := e.Metrics().Reads
+			round(author, false)
 			// Without the memo, the remembered records and the writer's
 			// markers, 5 reads per session.
 			got := e.Metrics().Reads - before
 			t.Logf("store reads in a live round of %d members: %d", members, got)
 			if got > 1 {
-				t.Fatalf("a live round of %d sessions took %d store reads; want at most 1: the record and the op remembered by the writer, each user's own records remembered or, after an ack, taken from the writer", members, got)
+				t.Fatalf("a live round of %d sessions took %d store reads; want at most 1: the record and the op remembered by the writer, each user's own records remembered or taken from the writer", members, got)
 			}
 		})
 	}

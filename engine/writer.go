@@ -293,7 +293,11 @@ func (w *writer) commit(group []*request) error {
 	var marked []userMark
 	for _, tm := range tx.markOrder {
 		if tm.dirty && tm.ck.table == keys.TUserMark {
-			marked = append(marked, userMark{user: tm.ck.who, conv: tm.ck.conv, m: tm.m})
+			um := userMark{user: tm.ck.who, conv: tm.ck.conv, m: tm.m}
+			if tm.readAt.seq == tm.m.Read {
+				um.readAt = tm.readAt
+			}
+			marked = append(marked, um)
 		}
 	}
 	slices.SortStableFunc(marked, func(a, b userMark) int { return a.user.Compare(b.user) })
@@ -408,6 +412,10 @@ type txMarker struct {
 	ck    markKey
 	m     record.Marker
 	dirty bool
+	// readAt is the message count at a user marker's Read where the
+	// writer knows it (it appended the op there); stale unless its seq is
+	// m.Read.
+	readAt seqCount
 }
 
 func (w *writer) begin() *txn {
