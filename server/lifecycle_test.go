@@ -80,14 +80,30 @@ func (h hidden) Flush() { h.ResponseWriter.(http.Flusher).Flush() }
 
 // logBuffer collects a server's log, safely for its goroutines.
 type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
+	mu    sync.Mutex
+	b     strings.Builder
+	wrote chan struct{} // see written
 }
 
 func (l *logBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	select {
+	case l.wrote <- struct{}{}:
+	default:
+	}
 	return l.b.Write(p)
+}
+
+// written returns a channel that receives after each write from the first
+// call on (several writes may make one receive).
+func (l *logBuffer) written() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.wrote == nil {
+		l.wrote = make(chan struct{}, 1)
+	}
+	return l.wrote
 }
 
 func (l *logBuffer) String() string {

@@ -118,11 +118,21 @@ func testStalledReaderIsReset(t *testing.T, foreign bool) {
 		default:
 		}
 	})
+	const resetLog = "reset a stream whose write made no progress"
+	logged := log.written()
 	var reset, held bool
 	for range 1000 {
+		if reset = strings.Contains(log.String(), resetLog); reset {
+			break
+		}
 		if server.WritesUnderWay(srv.Server) == 0 {
+			// A write is about to begin, or, on the foreign clock, the
+			// sweep's goroutine has just reset the stalled one and logs
+			// it: it arms the next sweep first, which is all the loop
+			// waited for.
 			select {
 			case <-began:
+			case <-logged:
 			case <-ctx.Done():
 				t.Fatal("no write to bob's stream was ever under way")
 			}
@@ -143,9 +153,6 @@ func testStalledReaderIsReset(t *testing.T, foreign bool) {
 			case <-ctx.Done():
 				t.Fatal("the sweep armed no next sweep")
 			}
-		}
-		if reset = strings.Contains(log.String(), "reset a stream whose write made no progress"); reset {
-			break
 		}
 	}
 	if !reset {
