@@ -246,11 +246,20 @@ func TestPreparedDevicesHoldTheCreation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer writer.Close()
-	if err := writer.Send(0, [][]byte{corpus[0]}, func(error) {}); err != nil {
+	pushed := make(chan error, 1)
+	if err := writer.Send(0, [][]byte{corpus[0]}, func(err error) { pushed <- err }); err != nil {
 		t.Fatal(err)
 	}
-	if p := <-got; !bytes.Equal(p, corpus[0]) {
-		t.Fatalf("the device received %q; want %q", p, corpus[0])
+	if err := <-pushed; err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	select {
+	case p := <-got:
+		if !bytes.Equal(p, corpus[0]) {
+			t.Fatalf("the device received %q; want %q", p, corpus[0])
+		}
+	case <-time.After(time.Minute): // a guard, not a wait
+		t.Fatal("the message pushed after the device connected never reached it")
 	}
 }
 
