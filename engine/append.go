@@ -117,7 +117,7 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	// A retry of the user's own op is answered even after they left or were
 	// removed, so an outbox never shows an accepted op as failed. Anyone
 	// else's op id tells a stranger nothing: membership comes first for them.
-	prev := tx.lookupOp(op.Conv, op.ID)
+	prev := tx.lookupOp(c, op.ID)
 	if tx.err != nil {
 		return res
 	}
@@ -169,7 +169,7 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	} else {
 		facts := model.Facts{ActorRole: role, SubjectRole: c.role(op.Member), Owners: c.owners}
 		if op.Kind.HasTarget() {
-			target = tx.lookupOp(op.Conv, op.Target)
+			target = tx.lookupOp(c, op.Target)
 			if tx.err != nil {
 				return res
 			}
@@ -195,6 +195,7 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	c.rec.Head++
 	seq := c.rec.Head
 	c.vector[dev] = op.Dot.N
+	c.newest.add(op.ID)
 	c.feed, c.dirty = true, true
 	if op.Kind == model.KindMessage {
 		c.rec.Messages++

@@ -32,3 +32,7 @@ func (s *Session) Maps() int {
 	}
 	return n
 }
+
+// WindowIDs is how many of a conversation's newest op ids the writer
+// holds.
+const WindowIDs = windowIDs
