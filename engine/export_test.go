@@ -36,3 +36,10 @@ func (s *Session) Maps() int {
 // WindowIDs is how many of a conversation's newest op ids the writer
 // holds.
 const WindowIDs = windowIDs
+
+// Runs is how many conversations' runs the writer holds. Call it only
+// while no write is under way.
+func (e *Engine) Runs() int { return len(e.w.runs) }
+
+// CarryCommits is how many commits' runs the writer keeps.
+const CarryCommits = carryCommits

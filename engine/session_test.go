@@ -738,6 +738,89 @@ func TestLiveRoundSharesReads(t *testing.T) {
 	}
 }
 
+// TestLiveRoundOverSeveralCommits: sessions that were up to date before
+// several commits read the ops of all of them from what the writer handed
+// the view, not from the store, also when the view they read is that of a
+// later commit to another conversation; and a message erased by a later
+// commit reaches them erased, from the memo as from the store.
+func TestLiveRoundOverSeveralCommits(t *testing.T) {
+	t.Run("reads", func(t *testing.T) {
+		engine.MeasureWithoutChecks(t) // the checks read everything again
+		const members = 60             // past ReceiptMembers, so that no receipts are read
+		e := enginetest.New(t)
+		author, _, conv, sessions := liveConversation(t, e, members)
+		other := enginetest.Register(t, e, "other")
+		elsewhere := other.Create("elsewhere")
+		round := func(messages int) {
+			t.Helper()
+			for range messages {
+				author.Send(conv, "to everyone")
+			}
+			// A commit that leaves the conversation as it was: the
+			// sessions read the view it published.
+			other.Send(elsewhere, "not for them")
+			for _, s := range sessions {
+				r := newReceiver(t)
+				r.drain(s, engine.DefaultBatchOps)
+				if n := len(r.held[conv]); n != messages {
+					t.Fatalf("a round brought %d ops, want %d", n, messages)
+				}
+			}
+		}
+		round(1)
+		before := e.Metrics().Reads
+		round(3)
+		got := e.Metrics().Reads - before
+		t.Logf("store reads in a live round of %d members over 3 commits: %d", members, got)
+		if got > 1 {
+			t.Fatalf("a live round of %d sessions over 3 commits took %d store reads; want at most 1, as over one", members, got)
+		}
+	})
+	for _, checks := range []bool{true, false} {
+		t.Run(fmt.Sprintf("erased/checks=%v", checks), func(t *testing.T) {
+			if !checks {
+				engine.MeasureWithoutChecks(t)
+			}
+			e := enginetest.New(t)
+			alice := enginetest.Register(t, e, "alice")
+			bob := enginetest.Register(t, e, "bob")
+			conv := alice.Create("c", bob)
+			s, _ := openCaughtUp(t, e, bob)
+			m := alice.Send(conv, "secret")
+			alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: m.ID}))
+			var got []model.Op
+			for range 100 {
+				ev, ok, err := s.Next()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !ok {
+					break
+				}
+				for _, b := range ev.Batches {
+					got = append(got, b.Ops...)
+				}
+			}
+			if len(got) != 2 || got[0].ID != m.ID || !got[0].Erased || len(got[0].Body) != 0 {
+				t.Fatalf("bob's round after a message and its deletion: %+v; want the message erased, then the delete", got)
+			}
+		})
+	}
+}
+
+// TestWriterDropsOldRuns: the writer keeps the runs of the conversations
+// written in its last few commits only.
+func TestWriterDropsOldRuns(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	for range 50 {
+		alice.Send(alice.Create("one of many"), "hello")
+	}
+	if n := e.Runs(); n == 0 || n > engine.CarryCommits {
+		t.Fatalf("after 100 commits to 50 conversations the writer holds %d runs; want the last %d commits' at most", n, engine.CarryCommits)
+	}
+}
+
 // TestLiveRoundTakesReceiptsFromTheWriter: in a conversation that shares
 // receipts, the writer, which holds the members' markers once they acked,
 // hands the woken sessions the receipts at the new feed position: a live

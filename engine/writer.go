@@ -76,6 +76,16 @@ type writer struct {
 	timer    clock.Timer
 	armed    bool
 
+	// runs holds what remember handed the views of the conversations
+	// written in the last carryCommits commits, and recent which those
+	// were; commitN counts the commits remember has seen.
+	runs   map[ulid.ULID]*convRun
+	recent [carryCommits]struct {
+		commit uint64
+		convs  []ulid.ULID
+	}
+	commitN uint64
+
 	// active caches devices found not revoked since the last revocation,
 	// sparing a store read on every write of an active device.
 	active map[idPair]struct{} // (user, device)
@@ -113,6 +123,7 @@ func (w *writer) init(e *Engine) error {
 	e.hub.start(w.feedPos)
 	w.receipts = map[ulid.ULID]time.Time{}
 	w.active = map[idPair]struct{}{}
+	w.runs = map[ulid.ULID]*convRun{}
 	now := e.opts.Clock.Now() // receipts waiting at a restart wait a delay more
 	err = scan(v, []byte{keys.TReceipts}, func(k, _ []byte) error {
 		id, ok := keys.ParseID1(k)
@@ -539,8 +550,11 @@ type txConv struct {
 	dirty        bool // the conversation record must be written
 	// head0 is the conversation's head before the group; added holds the
 	// ops the group appended after it, as a reader decodes them (remember).
-	head0 uint64
-	added []model.Op
+	// rewrote is set when the group wrote an op at or before head0 again
+	// (erase).
+	head0   uint64
+	added   []model.Op
+	rewrote bool
 }
 
 // conv returns the write state of conversation id, loading it on first use.
@@ -863,7 +877,11 @@ func (tx *txn) finish() {
 	for _, o := range tx.opOrder {
 		buf = record.AppendOp(buf[:0], &o.rec)
 		tx.b.Set(keys.Op(o.rec.Conv, o.rec.Seq), buf)
-		if tc := tx.convs[o.rec.Conv]; tc != nil && o.rec.Seq > tc.head0 {
+		tc := tx.convs[o.rec.Conv]
+		if tc != nil && o.rec.Seq <= tc.head0 {
+			tc.rewrote = true
+		}
+		if tc != nil && o.rec.Seq > tc.head0 {
 			rec, err := dec.Decode(o.rec.Conv, o.rec.Seq, buf)
 			if err != nil {
 				tx.fail(fmt.Errorf("decode the op just encoded: %w", err))
@@ -884,27 +902,132 @@ func (tx *txn) finish() {
 }
 
 // remember hands the view this group's commit publishes what the sessions
-// it wakes would otherwise read back from the memtable at once (see
-// store.Batch.Remember): each conversation record it wrote (reader.conv;
-// an ack that moves no feed writes none, and seeds nothing) and the ops
-// the group added, the range a session that was up to date reads
-// (reader.liveOps, which also keeps its member record). In the bench's
-// ingest those reads were 11% of the server's CPU. Under verifyCaches every
-// use is checked against the store.
+// it wakes would otherwise read back from the store at once (see
+// store.Batch.Remember): the records of the conversations it wrote
+// (reader.conv), and their ops since each of their last few commits
+// (reader.liveOps, which also keeps the member record): a session that
+// was up to date before one of those commits reads that range. A session
+// reads the latest view, often one whose commit wrote other
+// conversations, so the view also gets what the last carryCommits commits
+// handed theirs for conversations this one left as they were. In the
+// bench's ingest those reads were 11% of the server's CPU with the group's
+// own records and ops alone, and 4% more from rounds that spanned commits
+// or read a later view. Under verifyCaches every use is checked against
+// the store.
 func (tx *txn) remember() {
+	w := tx.w
+	w.commitN++
+	slot := &w.recent[w.commitN%carryCommits]
+	for _, id := range slot.convs { // written carryCommits commits ago
+		if r := w.runs[id]; r != nil && r.commit == slot.commit {
+			delete(w.runs, id)
+		}
+	}
+	slot.commit, slot.convs = w.commitN, slot.convs[:0]
 	for _, tc := range tx.convOrder {
+		if tc.rewrote {
+			delete(w.runs, tc.id) // it holds an op as it was
+		}
 		if !tc.exists || !(tc.dirty || tc.feed) {
 			continue // the record was not written: an ack's group, say
 		}
-		tx.b.Remember(convMemo{tc.id}, convRead{tc.rec, true})
+		r := w.runs[tc.id]
 		// The ops come in seq order: seqs are given in append order, and
 		// an op rewritten later in the group keeps its first place.
-		if n := len(tc.added); n > 0 && uint64(n) == tc.rec.Head-tc.head0 && tc.added[0].Seq == tc.head0+1 {
-			ops := opsPrefix(tc.added, maxMemoOps, maxMemoBytes, true)
-			tx.b.Remember(opsMemo{tc.id, tc.head0, tc.rec.Head}, slices.Clip(ops))
+		n := len(tc.added)
+		switch {
+		case n == 0 && r != nil: // the record alone changed
+		case n == 0 || uint64(n) != tc.rec.Head-tc.head0 || tc.added[0].Seq != tc.head0+1:
+			r = &convRun{}
+		default:
+			if r == nil || r.through() != tc.head0 {
+				r = &convRun{}
+			}
+			r.extend(tc.head0, tc.added)
+		}
+		r.rec, r.commit = tc.rec, w.commitN
+		r.memos = r.memos[:0]
+		for _, h := range r.heads {
+			r.memos = append(r.memos, opsMemoed{opsMemo{tc.id, h, tc.rec.Head}, slices.Clip(opsPrefix(r.from(h), maxMemoOps, maxMemoBytes, true))})
+		}
+		w.runs[tc.id] = r
+		slot.convs = append(slot.convs, tc.id)
+	}
+	carried := 0
+	for i := range carryCommits {
+		s := &w.recent[(w.commitN-uint64(i))%carryCommits]
+		for _, id := range s.convs {
+			r := w.runs[id]
+			if r == nil || r.commit != s.commit {
+				continue // dropped, or written again since
+			}
+			if i > 0 {
+				if carried++; carried > carryRuns {
+					return
+				}
+			}
+			tx.b.Remember(convMemo{id}, convRead{r.rec, true})
+			for _, m := range r.memos {
+				tx.b.Remember(m.key, m.ops)
+			}
 		}
 	}
 }
+
+// convRun is what remember hands the views of a conversation's last
+// commits: its record, and its ops since the head before each of its last
+// commits, as a reader decodes them. The ops are never written in place
+// once handed out, only appended to and dropped from the front.
+type convRun struct {
+	rec    record.Conv
+	ops    []model.Op
+	heads  []uint64    // ascending; ops start at heads[0]+1
+	memos  []opsMemoed // the ops from each head, as liveOps reads them
+	commit uint64      // the writer's commit count when last written
+}
+
+type opsMemoed struct {
+	key opsMemo
+	ops []model.Op
+}
+
+// A run keeps at most runHeads commits, whose ops reach back at most
+// maxMemoOps from the head unless the last commit alone added more. Views
+// get the runs of the conversations written in the last carryCommits
+// commits, at most carryRuns of them, the most recently written first;
+// older runs are dropped. The runs this commit wrote all go to its view.
+const (
+	runHeads     = 4
+	carryCommits = 8
+	carryRuns    = 64
+)
+
+// through is the seq of the run's last op, zero when it has none.
+func (r *convRun) through() uint64 {
+	if len(r.ops) == 0 {
+		return 0
+	}
+	return r.ops[len(r.ops)-1].Seq
+}
+
+// extend adds the ops a commit appended after head0, which must follow the
+// run's own.
+func (r *convRun) extend(head0 uint64, added []model.Op) {
+	r.ops = append(r.ops, added...)
+	r.heads = append(r.heads, head0)
+	through := r.through()
+	drop := 0
+	for len(r.heads)-drop > 1 && (len(r.heads)-drop > runHeads || through-r.heads[drop] > maxMemoOps) {
+		drop++
+	}
+	if drop > 0 {
+		r.heads = slices.Delete(r.heads, 0, drop)
+		r.ops = r.ops[r.heads[0]+1-r.ops[0].Seq:]
+	}
+}
+
+// from returns the run's ops after seq h, one of its heads.
+func (r *convRun) from(h uint64) []model.Op { return r.ops[h+1-r.ops[0].Seq:] }
 
 // moveConvFeed moves every member's feed entry for the conversation to pos.
 //

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/model"
 )
 
 // TestIDWindow: an idWindow, empty or loaded with a set's greatest id as
@@ -46,6 +48,58 @@ func TestIDWindow(t *testing.T) {
 				q := id()
 				if known, has := w.knows(q); known && has != set[q] {
 					t.Fatalf("round %d: window says has=%v of %s, the set %v", round, has, q, set[q])
+				}
+			}
+		}
+	}
+}
+
+// TestOpsRun: a run extended commit by commit keeps at most runHeads
+// heads, reaching back at most maxMemoOps ops unless the last commit
+// alone added more; holds exactly the ops after its first head; and never
+// changes ops it handed out before.
+func TestOpsRun(t *testing.T) {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	rnd := rand.New(rand.NewPCG(seed, 0))
+	var r convRun
+	type handed struct {
+		ops  []model.Op
+		from uint64
+	}
+	var out []handed
+	head := uint64(7)
+	for commit := range 500 {
+		n := 1 + rnd.IntN(8)
+		if rnd.IntN(50) == 0 {
+			n = maxMemoOps + rnd.IntN(20) // a large commit
+		}
+		added := make([]model.Op, n)
+		for i := range added {
+			added[i] = model.Op{Seq: head + 1 + uint64(i), Body: []byte{byte(commit)}}
+		}
+		r.extend(head, added)
+		head += uint64(n)
+		if len(r.heads) == 0 || len(r.heads) > runHeads || !slices.IsSorted(r.heads) {
+			t.Fatalf("commit %d: heads %v", commit, r.heads)
+		}
+		if len(r.heads) > 1 && head-r.heads[0] > maxMemoOps {
+			t.Fatalf("commit %d: %d heads reach back %d ops", commit, len(r.heads), head-r.heads[0])
+		}
+		if uint64(len(r.ops)) != head-r.heads[0] || r.ops[0].Seq != r.heads[0]+1 || r.through() != head {
+			t.Fatalf("commit %d: %d ops from seq %d through %d; heads %v, head %d", commit, len(r.ops), r.ops[0].Seq, r.through(), r.heads, head)
+		}
+		for _, h := range r.heads {
+			ops := r.from(h)
+			if ops[0].Seq != h+1 {
+				t.Fatalf("commit %d: ops from head %d start at seq %d", commit, h, ops[0].Seq)
+			}
+			out = append(out, handed{slices.Clip(ops), h})
+		}
+		for _, o := range out {
+			for i := range o.ops {
+				if o.ops[i].Seq != o.from+1+uint64(i) {
+					t.Fatalf("commit %d: ops handed out from head %d changed: seq %d at %d", commit, o.from, o.ops[i].Seq, i)
 				}
 			}
 		}
