@@ -789,14 +789,7 @@ func TestLiveRoundOverSeveralCommits(t *testing.T) {
 			m := alice.Send(conv, "secret")
 			alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: m.ID}))
 			var got []model.Op
-			for range 100 {
-				ev, ok, err := s.Next()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !ok {
-					break
-				}
+			for _, ev := range drain(t, s) {
 				for _, b := range ev.Batches {
 					got = append(got, b.Ops...)
 				}

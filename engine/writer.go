@@ -911,9 +911,9 @@ func (tx *txn) finish() {
 // conversations, so the view also gets what the last carryCommits commits
 // handed theirs for conversations this one left as they were. In the
 // bench's ingest those reads were 11% of the server's CPU with the group's
-// own records and ops alone, and 4% more from rounds that spanned commits
-// or read a later view. Under verifyCaches every use is checked against
-// the store.
+// own records and ops alone, and 2-3% more from rounds that spanned
+// commits or read a later view. Under verifyCaches every use is checked
+// against the store.
 func (tx *txn) remember() {
 	w := tx.w
 	w.commitN++
