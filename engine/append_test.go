@@ -94,88 +94,84 @@ func TestRetriesAreIdempotent(t *testing.T) {
 // long, and every retry, still are: before and after a restart, with the
 // cache checks and without them.
 func TestOpIDsBehindTheNewest(t *testing.T) {
-	for _, checks := range []bool{true, false} {
-		t.Run(fmt.Sprintf("checks=%v", checks), func(t *testing.T) {
-			if !checks {
-				engine.MeasureWithoutChecks(t)
-			}
-			o := enginetest.Options(t, 11)
-			e, err := engine.Open("db", o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			alice := enginetest.Register(t, e, "alice")
-			bob := enginetest.Register(t, e, "bob")
-			conv := alice.Create("c", bob)
-			msg := func(d *enginetest.Device, text string) model.Op {
-				return d.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte(text)})
-			}
-			reads := func(push func()) uint64 {
-				before := e.Metrics().Reads
-				push()
-				return e.Metrics().Reads - before
-			}
-			// The ids, in ascending order: late's, those of bob's ops but
-			// his last, crossed's, his last's.
-			late := msg(alice, "late")
-			var bobs []model.Op
-			for i := range engine.WindowIDs {
-				bobs = append(bobs, msg(bob, fmt.Sprint(i)))
-			}
-			crossed := msg(alice, "crossed")
-			last := &bobs[len(bobs)-1]
-			crossed.ID, last.ID = last.ID, crossed.ID
-			crossed.Dot, late.Dot = late.Dot, crossed.Dot // pushed first
-			bob.Push(bobs...)
-			var first []engine.AppendResult
-			if n := reads(func() { first = append(first, alice.Push(crossed)[0]) }); !checks && n != 0 {
-				t.Fatalf("an op that crossed another on the way took %d store reads; want none", n)
-			}
-			if n := reads(func() { first = append(first, alice.Push(late)[0]) }); !checks && n == 0 {
-				t.Fatalf("an op behind the conversation's newest ids took no store read")
-			}
-			taken := msg(bob, "late")
-			taken.ID = late.ID
-			retries := func(when string) {
-				t.Helper()
-				for i, r := range [][]engine.AppendResult{alice.Push(crossed), alice.Push(late)} {
-					if !r[0].Duplicate || r[0].Seq != first[i].Seq {
-						t.Fatalf("%s: retry %d: %+v, want a duplicate of seq %d", when, i, r[0], first[i].Seq)
-					}
-				}
-				if r := bob.Push(bobs...); !r[len(r)-1].Duplicate {
-					t.Fatalf("%s: bob's retry: %+v", when, r)
-				}
-				res, err := e.Append(ctx, bob.Actor, []model.Op{taken})
-				if err != nil || !errors.Is(res[0].Err, engine.ErrOpConflict) {
-					t.Fatalf("%s: another user's op with a taken id: %v %+v", when, err, res)
+	withAndWithoutChecks(t, func(t *testing.T) {
+		checks := engine.Checking()
+		o := enginetest.Options(t, 11)
+		e, err := engine.Open("db", o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		alice := enginetest.Register(t, e, "alice")
+		bob := enginetest.Register(t, e, "bob")
+		conv := alice.Create("c", bob)
+		msg := func(d *enginetest.Device, text string) model.Op {
+			return d.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte(text)})
+		}
+		reads := func(push func()) uint64 {
+			before := e.Metrics().Reads
+			push()
+			return e.Metrics().Reads - before
+		}
+		// The ids, in ascending order: late's, those of bob's ops but
+		// his last, crossed's, his last's.
+		late := msg(alice, "late")
+		var bobs []model.Op
+		for i := range engine.WindowIDs {
+			bobs = append(bobs, msg(bob, fmt.Sprint(i)))
+		}
+		crossed := msg(alice, "crossed")
+		last := &bobs[len(bobs)-1]
+		crossed.ID, last.ID = last.ID, crossed.ID
+		crossed.Dot, late.Dot = late.Dot, crossed.Dot // pushed first
+		bob.Push(bobs...)
+		var first []engine.AppendResult
+		if n := reads(func() { first = append(first, alice.Push(crossed)[0]) }); !checks && n != 0 {
+			t.Fatalf("an op that crossed another on the way took %d store reads; want none", n)
+		}
+		if n := reads(func() { first = append(first, alice.Push(late)[0]) }); !checks && n == 0 {
+			t.Fatalf("an op behind the conversation's newest ids took no store read")
+		}
+		taken := msg(bob, "late")
+		taken.ID = late.ID
+		retries := func(when string) {
+			t.Helper()
+			for i, r := range [][]engine.AppendResult{alice.Push(crossed), alice.Push(late)} {
+				if !r[0].Duplicate || r[0].Seq != first[i].Seq {
+					t.Fatalf("%s: retry %d: %+v, want a duplicate of seq %d", when, i, r[0], first[i].Seq)
 				}
 			}
-			retries("before a restart")
-			if err := e.Close(); err != nil {
-				t.Fatal(err)
+			if r := bob.Push(bobs...); !r[len(r)-1].Duplicate {
+				t.Fatalf("%s: bob's retry: %+v", when, r)
 			}
-			if e, err = engine.Open("db", o); err != nil {
-				t.Fatal(err)
+			res, err := e.Append(ctx, bob.Actor, []model.Op{taken})
+			if err != nil || !errors.Is(res[0].Err, engine.ErrOpConflict) {
+				t.Fatalf("%s: another user's op with a taken id: %v %+v", when, err, res)
 			}
-			defer e.Close()
-			alice.E, bob.E = e, e
-			retries("after a restart")
+		}
+		retries("before a restart")
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if e, err = engine.Open("db", o); err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		alice.E, bob.E = e, e
+		retries("after a restart")
 
-			alice.Push(msg(alice, "warm"))
-			next := msg(alice, "next")
-			if n := reads(func() { alice.Push(next) }); !checks && n != 0 {
-				t.Fatalf("pushing a new op took %d store reads; want none", n)
-			}
-			page, _ := e.History(alice.Actor, conv, engine.HistoryQuery{})
-			got := enginetest.Text(page.Ops)
-			want := []string{fmt.Sprintf("%d:crossed", 3+len(bobs)), fmt.Sprintf("%d:late", 4+len(bobs)), fmt.Sprintf("%d:warm", 5+len(bobs)), fmt.Sprintf("%d:next", 6+len(bobs))}
-			if len(got) != 6+len(bobs) || !slices.Equal(got[len(got)-4:], want) {
-				t.Fatalf("log: %v; want it to end with %v", got, want)
-			}
-			enginetest.MustCheck(t, e)
-		})
-	}
+		alice.Push(msg(alice, "warm"))
+		next := msg(alice, "next")
+		if n := reads(func() { alice.Push(next) }); !checks && n != 0 {
+			t.Fatalf("pushing a new op took %d store reads; want none", n)
+		}
+		page, _ := e.History(alice.Actor, conv, engine.HistoryQuery{})
+		got := enginetest.Text(page.Ops)
+		want := []string{fmt.Sprintf("%d:crossed", 3+len(bobs)), fmt.Sprintf("%d:late", 4+len(bobs)), fmt.Sprintf("%d:warm", 5+len(bobs)), fmt.Sprintf("%d:next", 6+len(bobs))}
+		if len(got) != 6+len(bobs) || !slices.Equal(got[len(got)-4:], want) {
+			t.Fatalf("log: %v; want it to end with %v", got, want)
+		}
+		enginetest.MustCheck(t, e)
+	})
 }
 
 func TestDots(t *testing.T) {

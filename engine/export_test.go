@@ -4,6 +4,10 @@ package engine
 // store.
 func init() { verifyCaches = true }
 
+// Checking reports whether reads check what they take from memory
+// against the store: for tests that run with and without the checks.
+func Checking() bool { return verifyCaches }
+
 // MeasureWithoutChecks turns the cache checks off until the benchmark
 // ends: benchmarks measure what production runs.
 func MeasureWithoutChecks(b interface{ Cleanup(func()) }) {
