@@ -1,5 +1,7 @@
 package engine
 
+import "github.com/ferrysync/ferry/engine/internal/keys"
+
 // Every test of the engine checks what reads take from memory against the
 // store.
 func init() { verifyCaches = true }
@@ -47,3 +49,13 @@ func (e *Engine) Runs() int { return len(e.w.runs) }
 
 // CarryCommits is how many commits' runs the writer keeps.
 const CarryCommits = carryCommits
+
+// FeedEntries flushes the store's memtable and counts the entries a scan
+// of every user's feed steps over: the entries, and the deletions the
+// tables still hold.
+func FeedEntries(e *Engine) (int, error) {
+	if err := e.st.Flush(); err != nil {
+		return 0, err
+	}
+	return e.st.Entries([]byte{keys.TFeed}, []byte{keys.TFeed + 1})
+}

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/oklog/ulid/v2"
@@ -27,6 +28,100 @@ func catchUpFrom(t *testing.T, e *engine.Engine, d *enginetest.Device, pos uint6
 		t.Fatal("the session did not catch up")
 	}
 	return r.infos, r.pos
+}
+
+// TestFeedMovesLeaveNoTombstones: a message moves each member's feed entry
+// to a new position, and the old entry, set once, is deleted with a single
+// deletion, which drops out with its set when the memtable flushes. A
+// plain deletion would stay in the tables as a tombstone until compactions
+// carry it to the last level, and every catch-up's scan of the member's
+// feed would step over it meanwhile: three per message here, where the
+// members each have an entry of their own (SharedFeedMembers).
+func TestFeedMovesLeaveNoTombstones(t *testing.T) {
+	e := enginetest.New(t, func(o *engine.Options) { o.SharedFeedMembers = 3 })
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	carol := enginetest.Register(t, e, "carol")
+	conv := alice.Create("c", bob, carol)
+	entries := func() int {
+		t.Helper()
+		n, err := engine.FeedEntries(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := entries()
+	const messages = 100
+	for range messages {
+		alice.Send(conv, "hello")
+	}
+	if got := entries(); got > before+messages/10 {
+		t.Fatalf("after %d messages to 3 members a scan of the feeds steps over %d entries, %d before; want about as many, as the feeds hold no more", messages, got, before)
+	}
+	for _, d := range []*enginetest.Device{alice, bob, carol} {
+		if infos, _ := catchUpFrom(t, e, d, 0); len(infos) != 1 {
+			t.Fatalf("%s's catch-up found %d conversations, want 1", d.Actor.User, len(infos))
+		}
+	}
+	enginetest.MustCheck(t, e)
+}
+
+// TestFeedEntriesThroughFlushes: messages, markers, and members removed and
+// added again, taking conversations across SharedFeedMembers both ways,
+// with the memtable flushed after every step, so that each single deletion
+// of a feed entry meets its set in a flush or a compaction: the store
+// finds no deleted key that was set twice, and every feed entry is where
+// the membership says (Check), after a full compaction too.
+func TestFeedEntriesThroughFlushes(t *testing.T) {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	rnd := rand.New(rand.NewPCG(seed, 0))
+	e := enginetest.New(t, func(o *engine.Options) { o.SharedFeedMembers = 3 })
+	admin := enginetest.Register(t, e, "admin")
+	users := make([]*enginetest.Device, 4)
+	for i := range users {
+		users[i] = enginetest.Register(t, e, fmt.Sprint("user", i))
+	}
+	convs := make([]ulid.ULID, 3)
+	member := make([]map[int]bool, len(convs))
+	head := make([]uint64, len(convs))
+	for c := range convs {
+		convs[c] = admin.Create(fmt.Sprint("c", c), users[0])
+		member[c] = map[int]bool{0: true}
+	}
+	for range 200 {
+		c, u := rnd.IntN(len(convs)), rnd.IntN(len(users))
+		switch rnd.IntN(4) {
+		case 0:
+			head[c] = admin.Send(convs[c], "from the admin").Seq
+		case 1:
+			if member[c][u] {
+				head[c] = users[u].Send(convs[c], "from a member").Seq
+			}
+		case 2:
+			op := model.Op{Kind: model.KindMemberAdd, Member: users[u].Actor.User, Role: model.RoleMember}
+			if member[c][u] {
+				op = model.Op{Kind: model.KindMemberRemove, Member: users[u].Actor.User}
+			}
+			head[c] = admin.Push(admin.Op(convs[c], op))[0].Seq
+			member[c][u] = !member[c][u]
+		case 3:
+			if member[c][u] && head[c] > 0 {
+				if err := e.Mark(ctx, users[u].Actor, []engine.Marker{{Conv: convs[c], Delivered: head[c], Read: head[c]}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if _, err := engine.FeedEntries(e); err != nil { // flushes
+			t.Fatal(err)
+		}
+	}
+	enginetest.MustCheck(t, e)
+	if err := e.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	enginetest.MustCheck(t, e)
 }
 
 // TestSharedFeed: past Options.SharedFeedMembers a conversation's members

@@ -852,8 +852,8 @@ func (tx *txn) finish() {
 				}
 			}
 		}
-		if old != 0 {
-			tx.b.Delete(keys.Feed(keys.TUFeed, user, old, conv))
+		if old != 0 { // set once, as moveConvFeed's entries
+			tx.b.SingleDelete(keys.Feed(keys.TUFeed, user, old, conv))
 		}
 		tx.b.Set(keys.Feed(keys.TUFeed, user, pos, conv), nil)
 		tx.b.Set(keys.ID2(keys.TUFeedIdx, user, conv), record.AppendUint(nil, pos))
@@ -1060,13 +1060,16 @@ func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 		if wasShared && was != model.RoleNone && m.Role != model.RoleNone {
 			continue // their entry is the record's
 		}
-		switch { // the old entry
+		// The old entry. A feed key holds its position, new with each
+		// commit, so it was set once: a single deletion removes it and
+		// drops out of the tables with its set.
+		switch {
 		case was != model.RoleNone && wasShared:
 			tx.b.Delete(keys.ID2(keys.TShared, u, tc.id))
 		case was != model.RoleNone && old != 0:
-			tx.b.Delete(keys.Feed(keys.TFeed, u, old, tc.id))
+			tx.b.SingleDelete(keys.Feed(keys.TFeed, u, old, tc.id))
 		case was == model.RoleNone && m.DetachedPos != 0:
-			tx.b.Delete(keys.Feed(keys.TFeed, u, m.DetachedPos, tc.id))
+			tx.b.SingleDelete(keys.Feed(keys.TFeed, u, m.DetachedPos, tc.id))
 		}
 		detached := uint64(0)
 		switch { // the new one
