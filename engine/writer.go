@@ -85,6 +85,7 @@ type writer struct {
 		convs  []ulid.ULID
 	}
 	commitN uint64
+	carry   []*convRun // remember's, reused
 
 	// active caches devices found not revoked since the last revocation,
 	// sparing a store read on every write of an active device.
@@ -945,15 +946,17 @@ func (tx *txn) remember() {
 			}
 			r.extend(tc.head0, tc.added)
 		}
-		r.rec, r.commit = tc.rec, w.commitN
-		r.memos = r.memos[:0]
+		r.commit = w.commitN
+		r.memos = append(r.memos[:0], memoed{convMemo{tc.id}, convRead{tc.rec, true}})
 		for _, h := range r.heads {
-			r.memos = append(r.memos, opsMemoed{opsMemo{tc.id, h, tc.rec.Head}, slices.Clip(opsPrefix(r.from(h), maxMemoOps, maxMemoBytes, true))})
+			r.memos = append(r.memos, memoed{opsMemo{tc.id, h, tc.rec.Head}, slices.Clip(opsPrefix(r.from(h), maxMemoOps, maxMemoBytes, true))})
 		}
 		w.runs[tc.id] = r
 		slot.convs = append(slot.convs, tc.id)
 	}
-	carried := 0
+	w.carry = w.carry[:0]
+	memos, carried := 0, 0
+collect:
 	for i := range carryCommits {
 		s := &w.recent[(w.commitN-uint64(i))%carryCommits]
 		for _, id := range s.convs {
@@ -963,15 +966,20 @@ func (tx *txn) remember() {
 			}
 			if i > 0 {
 				if carried++; carried > carryRuns {
-					return
+					break collect
 				}
 			}
-			tx.b.Remember(convMemo{id}, convRead{r.rec, true})
-			for _, m := range r.memos {
-				tx.b.Remember(m.key, m.ops)
-			}
+			w.carry = append(w.carry, r)
+			memos += len(r.memos)
 		}
 	}
+	tx.b.GrowMemo(memos)
+	for _, r := range w.carry {
+		for _, m := range r.memos {
+			tx.b.Remember(m.key, m.val)
+		}
+	}
+	clear(w.carry) // the runs may go
 }
 
 // convRun is what remember hands the views of a conversation's last
@@ -979,17 +987,19 @@ func (tx *txn) remember() {
 // commits, as a reader decodes them. The ops are never written in place
 // once handed out, only appended to and dropped from the front.
 type convRun struct {
-	rec    record.Conv
-	ops    []model.Op
-	heads  []uint64    // ascending; ops start at heads[0]+1
-	memos  []opsMemoed // the ops from each head, as liveOps reads them
-	commit uint64      // the writer's commit count when last written
+	ops   []model.Op
+	heads []uint64 // ascending; ops start at heads[0]+1
+	// memos is what the views get: the record (convMemo), then the ops
+	// from each head as liveOps reads them (opsMemo). Each key and value
+	// goes into an interface once, when the run is written, and not again
+	// for each commit that carries it: that boxing, and the memo entries
+	// the store made of them, were a fifth of the server's allocations.
+	memos  []memoed
+	commit uint64 // the writer's commit count when last written
 }
 
-type opsMemoed struct {
-	key opsMemo
-	ops []model.Op
-}
+// memoed is a key and value for store.Batch.Remember.
+type memoed struct{ key, val any }
 
 // A run keeps at most runHeads commits, whose ops reach back at most
 // maxMemoOps from the head unless the last commit alone added more. Views

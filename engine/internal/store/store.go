@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 
@@ -251,6 +252,17 @@ func (b *Batch) Remember(key, val any) {
 	b.memo[key] = val
 }
 
+// GrowMemo makes room for n more Remember calls.
+func (b *Batch) GrowMemo(n int) {
+	if b.memo == nil {
+		b.memo = make(map[any]any, n)
+		return
+	}
+	grown := make(map[any]any, len(b.memo)+n)
+	maps.Copy(grown, b.memo)
+	b.memo = grown
+}
+
 // Len is the number of bytes in the batch's representation.
 func (b *Batch) Len() int { return b.b.Len() }
 
@@ -289,17 +301,7 @@ func (s *Store) Commit(b *Batch) (err error) {
 
 func (s *Store) publish(memo map[any]any) {
 	v := s.newView(s.db.NewSnapshot())
-	if len(memo) > 0 {
-		v.memo = make(map[any]*memoEntry, len(memo))
-		for k, val := range memo {
-			if len(v.memo) == MaxMemo {
-				break
-			}
-			e := &memoEntry{val: val, done: true}
-			e.once.Do(func() {}) // computed: Memo's callers take val
-			v.memo[k] = e
-		}
-	}
+	v.given = memo
 	s.mu.Lock()
 	old := s.view
 	s.view = v
@@ -435,8 +437,10 @@ type View struct {
 	shared *View
 	store  *Store
 
-	// memo holds what readers computed from this view (Memo); on shared
-	// views only.
+	// given is what the commit that published this view remembered
+	// (Batch.Remember), and memo what readers computed from it (Memo); on
+	// shared views only. given is read-only once published.
+	given  map[any]any
 	memoMu sync.Mutex
 	memo   map[any]*memoEntry
 }
@@ -464,6 +468,9 @@ func (v *View) Memo(key any, fill func() (any, error)) (val any, hit bool, err e
 	t := v.shared
 	if t == nil {
 		return nil, false, ErrClosed // a view of a closed store: nothing to read
+	}
+	if val, ok := t.given[key]; ok {
+		return val, true, nil
 	}
 	t.memoMu.Lock()
 	e := t.memo[key]

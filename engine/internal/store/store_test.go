@@ -83,27 +83,33 @@ func TestMemoPerView(t *testing.T) {
 	}
 }
 
-// TestRemember: what a batch remembers is in the memo of the view its
-// commit publishes, and only that view's.
+// TestRemember: what a batch remembers, before and after it makes room
+// for more, is in the memo of the view its commit publishes, and only that
+// view's.
 func TestRemember(t *testing.T) {
 	s := open(t)
 	b := s.NewBatch()
 	b.Set([]byte("k"), []byte("one"))
+	b.Set([]byte("l"), []byte("eins"))
 	b.Remember("k", "one")
+	b.GrowMemo(1)
+	b.Remember("l", "eins")
 	if err := s.Commit(b); err != nil {
 		t.Fatal(err)
 	}
 	calls := 0
 	v := s.View()
-	got, hit, err := v.Memo("k", readKey(v, "k", &calls))
-	v.Release()
-	if err != nil || got != "one" || !hit || calls != 0 {
-		t.Fatalf("the commit's view: %v, hit %v, %v after %d reads; want one, remembered, no read", got, hit, err, calls)
+	for key, want := range map[string]string{"k": "one", "l": "eins"} {
+		got, hit, err := v.Memo(key, readKey(v, key, &calls))
+		if err != nil || got != want || !hit || calls != 0 {
+			t.Fatalf("the commit's view: %v, hit %v, %v after %d reads; want %s, remembered, no read", got, hit, err, calls, want)
+		}
 	}
+	v.Release()
 	set(t, s, "k", "two")
 	v = s.View()
 	defer v.Release()
-	got, hit, err = v.Memo("k", readKey(v, "k", &calls))
+	got, hit, err := v.Memo("k", readKey(v, "k", &calls))
 	if err != nil || got != "two" || hit || calls != 1 {
 		t.Fatalf("the next commit's view: %v, hit %v, %v after %d reads; want two, read once", got, hit, err, calls)
 	}
