@@ -41,8 +41,9 @@ func (r CheckReport) Err() error {
 // indexes point at the right ops, that dots are gapless per device, that
 // the conversation and member records match a replay of the log, that
 // erased ops were deleted, that every feed entry is where the membership
-// says, and that no single deletion met a key set twice. It reads the whole store: an operator's and a test's
-// tool, not a request path.
+// says, and that the store saw no single deletion misused since it opened
+// (store.Store.Misuses). It reads the whole store: an operator's and a
+// test's tool, not a request path.
 func (e *Engine) Check() (CheckReport, error) {
 	r := e.reader()
 	defer r.release()
@@ -123,10 +124,10 @@ func (e *Engine) Check() (CheckReport, error) {
 	if err != nil {
 		return c.rep, err
 	}
-	// Feed entries are deleted with single deletions, which may let an
-	// entry set twice show again.
+	// Feed entries go with single deletions, which let an entry set twice
+	// show again.
 	if n := e.st.Misuses(); n > 0 {
-		c.problem("the store found %d single deletions of keys set more than once since it opened; a deleted feed entry may show again", n)
+		c.problem("the store found %d single deletions misused since it opened (see the log): a deleted feed entry may show again", n)
 	}
 	return c.rep, nil
 }

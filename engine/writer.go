@@ -394,6 +394,7 @@ type txn struct {
 	convOrder []*txConv
 	ops       map[idPair]*txOp // ops written or rewritten in this group, by (conv, op id)
 	opOrder   []*txOp
+	feedSet   map[string]bool     // feed keys set in this group, under verifyCaches
 	edits     map[idPair][]uint64 // (conv, target) -> seqs of edits added in this group
 	devMarks  map[idPair]*txMarker
 	userMarks map[idPair]*txMarker
@@ -808,6 +809,40 @@ func (tx *txn) moveUserFeed(user, conv ulid.ULID) {
 	}
 }
 
+// setFeedEntry sets a feed entry's key, which holds this group's position
+// and so is new: each feed key is set once, and deleteFeedEntry removes
+// it with a single deletion, which drops out of the store with its set at
+// the first flush or compaction that sees both, where a plain deletion
+// would leave a tombstone for every scan of the feed to step over until
+// compactions carried it to the last level. A key set twice would show
+// its older value again once the deletion met the newer: under
+// verifyCaches, both check that the key was set once.
+func (tx *txn) setFeedEntry(key []byte) {
+	if verifyCaches {
+		has, err := tx.v.Has(key)
+		if tx.feedSet == nil {
+			tx.feedSet = map[string]bool{}
+		}
+		if err != nil || has || tx.feedSet[string(key)] {
+			tx.fail(fmt.Errorf("engine: feed key %x set again (stored %v, %v)", key, has, err))
+			return
+		}
+		tx.feedSet[string(key)] = true
+	}
+	tx.b.Set(key, nil)
+}
+
+// deleteFeedEntry removes a feed entry set by an earlier group.
+func (tx *txn) deleteFeedEntry(key []byte) {
+	if verifyCaches {
+		if has, err := tx.v.Has(key); err != nil || !has || tx.feedSet[string(key)] {
+			tx.fail(fmt.Errorf("engine: single deletion of feed key %x, which an earlier group did not set (stored %v, %v)", key, has, err))
+			return
+		}
+	}
+	tx.b.SingleDelete(key)
+}
+
 // feedPos allocates the group's feed position.
 func (tx *txn) feedPos() uint64 {
 	if tx.pos == 0 {
@@ -853,10 +888,10 @@ func (tx *txn) finish() {
 				}
 			}
 		}
-		if old != 0 { // set once, as moveConvFeed's entries
-			tx.b.SingleDelete(keys.Feed(keys.TUFeed, user, old, conv))
+		if old != 0 {
+			tx.deleteFeedEntry(keys.Feed(keys.TUFeed, user, old, conv))
 		}
-		tx.b.Set(keys.Feed(keys.TUFeed, user, pos, conv), nil)
+		tx.setFeedEntry(keys.Feed(keys.TUFeed, user, pos, conv))
 		tx.b.Set(keys.ID2(keys.TUFeedIdx, user, conv), record.AppendUint(nil, pos))
 		tx.ufeedIdx[k] = pos
 		tx.wake[user] = struct{}{}
@@ -1070,26 +1105,23 @@ func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 		if wasShared && was != model.RoleNone && m.Role != model.RoleNone {
 			continue // their entry is the record's
 		}
-		// The old entry. A feed key holds its position, new with each
-		// commit, so it was set once: a single deletion removes it and
-		// drops out of the tables with its set.
-		switch {
+		switch { // the old entry
 		case was != model.RoleNone && wasShared:
 			tx.b.Delete(keys.ID2(keys.TShared, u, tc.id))
 		case was != model.RoleNone && old != 0:
-			tx.b.SingleDelete(keys.Feed(keys.TFeed, u, old, tc.id))
+			tx.deleteFeedEntry(keys.Feed(keys.TFeed, u, old, tc.id))
 		case was == model.RoleNone && m.DetachedPos != 0:
-			tx.b.SingleDelete(keys.Feed(keys.TFeed, u, m.DetachedPos, tc.id))
+			tx.deleteFeedEntry(keys.Feed(keys.TFeed, u, m.DetachedPos, tc.id))
 		}
 		detached := uint64(0)
 		switch { // the new one
 		case m.Role == model.RoleNone:
 			detached = pos
-			tx.b.Set(keys.Feed(keys.TFeed, u, pos, tc.id), nil)
+			tx.setFeedEntry(keys.Feed(keys.TFeed, u, pos, tc.id))
 		case shared:
 			tx.b.Set(keys.ID2(keys.TShared, u, tc.id), nil)
 		default:
-			tx.b.Set(keys.Feed(keys.TFeed, u, pos, tc.id), nil)
+			tx.setFeedEntry(keys.Feed(keys.TFeed, u, pos, tc.id))
 		}
 		if m.DetachedPos != detached {
 			m.DetachedPos = detached

@@ -67,7 +67,7 @@ type Store struct {
 	db     *pebble.DB
 	reads  atomic.Uint64 // point reads and iterator positionings, for tests and metrics
 	writes atomic.Uint64 // keys set or deleted by commits, for tests and metrics
-	// misuses counts single deletions that met a key set twice
+	// misuses counts single deletions found misused (Misuses)
 	misuses atomic.Uint64
 	log     *slog.Logger
 	fatal   atomic.Pointer[error]
@@ -119,7 +119,8 @@ func Open(dir string, o Options) (*Store, error) {
 			},
 			WriteStallBegin: func(info pebble.WriteStallBeginInfo) { s.log.Warn("write stall", "reason", info.Reason) },
 			PossibleAPIMisuse: func(info pebble.PossibleAPIMisuseInfo) {
-				if info.Kind == pebble.NondeterministicSingleDelete {
+				switch info.Kind {
+				case pebble.NondeterministicSingleDelete, pebble.IneffectualSingleDelete:
 					s.misuses.Add(1)
 				}
 				s.log.Error("pebble: " + info.String())
@@ -236,7 +237,7 @@ func (b *Batch) Delete(key []byte) { _ = b.b.Delete(key, nil) }
 // SingleDelete and its Set drop each other in the first compaction, often
 // the memtable's flush, that sees both. On a key set twice the older value
 // would show again once they met: that is the caller's promise to keep,
-// and Misuses counts the breaches compactions find.
+// and Misuses counts the breaches Pebble notices.
 func (b *Batch) SingleDelete(key []byte) { _ = b.b.SingleDelete(key, nil) }
 
 // Remember puts val in the memo of the view that the batch's commit
@@ -249,7 +250,9 @@ func (b *Batch) Remember(key, val any) {
 	if b.memo == nil {
 		b.memo = make(map[any]any)
 	}
-	b.memo[key] = val
+	if len(b.memo) < MaxMemo {
+		b.memo[key] = val
+	}
 }
 
 // GrowMemo makes room for n more Remember calls.
@@ -353,9 +356,12 @@ func (s *Store) Entries(lower, upper []byte) (int, error) {
 	return int(n), it.Close()
 }
 
-// Misuses counts, since Open, the single deletions that compactions found
-// meeting a key set more than once: each may have let an older value of
-// its key show again.
+// Misuses counts, since Open, the single deletions that flushes and
+// compactions found misused: meeting a key set more than once, which may
+// have let an older value show again, or deleting nothing. It is a signal,
+// not a proof: Pebble sees a misuse only where a compaction holds the
+// deletion and both sets, and the engine deletes no ranges, which could
+// make it see one that is not.
 func (s *Store) Misuses() uint64 { return s.misuses.Load() }
 
 // Compact compacts the whole key space, for measuring bytes on disk.
@@ -452,8 +458,9 @@ type memoEntry struct {
 	err  error
 }
 
-// MaxMemo bounds the results one view memoizes; past it, Memo computes
-// without keeping.
+// MaxMemo bounds what one view memoizes: what its commit remembered, past
+// which Remember keeps no more, and what its readers computed, past which
+// Memo computes without keeping.
 const MaxMemo = 4096
 
 // Memo returns what fill computes from this view for key, computing it

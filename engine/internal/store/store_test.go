@@ -144,8 +144,9 @@ func TestMemoConcurrent(t *testing.T) {
 	}
 }
 
-// TestMemoBounded: past MaxMemo keys a view computes without keeping, and
-// a fill that panicked is computed again by the next caller.
+// TestMemoBounded: past MaxMemo keys a view computes without keeping, a
+// batch remembers no more, and a fill that panicked is computed again by
+// the next caller.
 func TestMemoBounded(t *testing.T) {
 	s := open(t)
 	set(t, s, "k", "v")
@@ -167,6 +168,19 @@ func TestMemoBounded(t *testing.T) {
 	}
 	if got := len(v.shared.memo); got != MaxMemo {
 		t.Fatalf("the memo holds %d results, want the bound %d", got, MaxMemo)
+	}
+	b := s.NewBatch()
+	b.Set([]byte("k"), []byte("v"))
+	for i := range MaxMemo + 10 {
+		b.Remember(i, i)
+	}
+	if err := s.Commit(b); err != nil {
+		t.Fatal(err)
+	}
+	r := s.View()
+	defer r.Release()
+	if got := len(r.shared.given); got != MaxMemo {
+		t.Fatalf("a commit that remembered %d results handed its view %d, want the bound %d", MaxMemo+10, got, MaxMemo)
 	}
 
 	w := s.View()
@@ -230,7 +244,7 @@ func TestMissingKeysAnsweredByFilters(t *testing.T) {
 // the tables once flushed; one set twice shows its older value again, and
 // the store counts and logs the misuse.
 func TestSingleDelete(t *testing.T) {
-	var logged strings.Builder
+	var logged lockedBuffer // Pebble logs from its own goroutines
 	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: slog.New(slog.NewTextHandler(&logged, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -265,6 +279,24 @@ func TestSingleDelete(t *testing.T) {
 	if n := s.Misuses(); n != 1 || !strings.Contains(logged.String(), `SINGLEDEL (key=\"twice\")`) {
 		t.Fatalf("Misuses = %d, want 1; the log: %s", n, logged.String())
 	}
+}
+
+// lockedBuffer is a buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // Pebble charges memtables to the block cache: the cache must still hold
