@@ -810,13 +810,9 @@ func (tx *txn) moveUserFeed(user, conv ulid.ULID) {
 }
 
 // setFeedEntry sets a feed entry's key, which holds this group's position
-// and so is new: each feed key is set once, and deleteFeedEntry removes
-// it with a single deletion, which drops out of the store with its set at
-// the first flush or compaction that sees both, where a plain deletion
-// would leave a tombstone for every scan of the feed to step over until
-// compactions carried it to the last level. A key set twice would show
-// its older value again once the deletion met the newer: under
-// verifyCaches, both check that the key was set once.
+// and so is new; deleteFeedEntry removes it with a single deletion (see
+// store.Batch.SingleDelete), which is right only for a key set once: under
+// verifyCaches, both check that it was.
 func (tx *txn) setFeedEntry(key []byte) {
 	if verifyCaches {
 		has, err := tx.v.Has(key)

@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"sync"
 	"sync/atomic"
 
@@ -255,15 +254,11 @@ func (b *Batch) Remember(key, val any) {
 	}
 }
 
-// GrowMemo makes room for n more Remember calls.
+// GrowMemo makes room for n Remember calls; call it before the first.
 func (b *Batch) GrowMemo(n int) {
 	if b.memo == nil {
-		b.memo = make(map[any]any, n)
-		return
+		b.memo = make(map[any]any, min(n, MaxMemo))
 	}
-	grown := make(map[any]any, len(b.memo)+n)
-	maps.Copy(grown, b.memo)
-	b.memo = grown
 }
 
 // Len is the number of bytes in the batch's representation.
@@ -360,8 +355,8 @@ func (s *Store) Entries(lower, upper []byte) (int, error) {
 // compactions found misused: meeting a key set more than once, which may
 // have let an older value show again, or deleting nothing. It is a signal,
 // not a proof: Pebble sees a misuse only where a compaction holds the
-// deletion and both sets, and the engine deletes no ranges, which could
-// make it see one that is not.
+// deletion and both sets (and range deletions, which the engine does not
+// use, could make it report one falsely).
 func (s *Store) Misuses() uint64 { return s.misuses.Load() }
 
 // Compact compacts the whole key space, for measuring bytes on disk.

@@ -83,17 +83,16 @@ func TestMemoPerView(t *testing.T) {
 	}
 }
 
-// TestRemember: what a batch remembers, before and after it makes room
-// for more, is in the memo of the view its commit publishes, and only that
-// view's.
+// TestRemember: what a batch remembers, in room made for it or not, is in
+// the memo of the view its commit publishes, and only that view's.
 func TestRemember(t *testing.T) {
 	s := open(t)
 	b := s.NewBatch()
 	b.Set([]byte("k"), []byte("one"))
 	b.Set([]byte("l"), []byte("eins"))
-	b.Remember("k", "one")
 	b.GrowMemo(1)
-	b.Remember("l", "eins")
+	b.Remember("k", "one")
+	b.Remember("l", "eins") // past the room made
 	if err := s.Commit(b); err != nil {
 		t.Fatal(err)
 	}
