@@ -32,20 +32,29 @@ type Marker struct {
 // A conversation the user cannot read fails the whole call with ErrNotFound
 // and moves nothing.
 func (e *Engine) Mark(ctx context.Context, a Actor, marks []Marker) error {
+	return e.StartMark(ctx, a, marks).Wait(ctx)
+}
+
+// StartMark is Mark without the wait for its commit: it checks the markers
+// and queues their write, and the Pending's Wait waits for the commit and
+// returns what Mark would. A caller that holds a deep stack, such as a
+// pooled goroutine, can hand the wait to a shallow one, and needs not be
+// held for a commit.
+func (e *Engine) StartMark(ctx context.Context, a Actor, marks []Marker) Pending {
 	if len(marks) == 0 {
-		return nil
+		return Pending{}
 	}
 	if len(marks) > e.opts.MaxOpsPerAppend {
-		return fmt.Errorf("%w: %d markers in one ack; the limit is %d", ErrTooMany, len(marks), e.opts.MaxOpsPerAppend)
+		return Pending{err: fmt.Errorf("%w: %d markers in one ack; the limit is %d", ErrTooMany, len(marks), e.opts.MaxOpsPerAppend)}
 	}
 	for _, m := range marks {
 		if m.Conv == (ulid.ULID{}) {
-			return fmt.Errorf("%w: a marker has no conversation id", ErrInvalid)
+			return Pending{err: fmt.Errorf("%w: a marker has no conversation id", ErrInvalid)}
 		}
 	}
 	var notFound ulid.ULID
 	revoked := false
-	err := e.write(ctx, len(marks), func(tx *txn) {
+	r, err := e.queue(ctx, len(marks), func(tx *txn) {
 		if revoked = !tx.deviceActive(a); revoked {
 			return
 		}
@@ -70,15 +79,17 @@ func (e *Engine) Mark(ctx context.Context, a Actor, marks []Marker) error {
 		}
 	})
 	if err != nil {
-		return err
+		return Pending{err: err}
 	}
-	if revoked {
-		return fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, a.Device)
-	}
-	if notFound != (ulid.ULID{}) {
-		return fmt.Errorf("%w: conversation %s", ErrNotFound, notFound)
-	}
-	return nil
+	return Pending{e: e, r: r, outcome: func() error {
+		if revoked {
+			return fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, a.Device)
+		}
+		if notFound != (ulid.ULID{}) {
+			return fmt.Errorf("%w: conversation %s", ErrNotFound, notFound)
+		}
+		return nil
+	}}
 }
 
 func (tx *txn) mark(a Actor, m Marker, limit uint64) {

@@ -1,6 +1,8 @@
 package engine_test
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
@@ -377,5 +379,62 @@ func TestReceiptsSharedSaysWhetherDeliveredMarkersTravel(t *testing.T) {
 	}
 	if !info.Removed || info.ReceiptsShared {
 		t.Errorf("after leaving: removed %v, ReceiptsShared %v; want removed, not shared", info.Removed, info.ReceiptsShared)
+	}
+}
+
+// TestStartMarkReturnsBeforeItsCommit: StartMark queues the markers'
+// write and returns while its commit is under way; Wait returns once the
+// markers are stored, and the errors Mark returns.
+func TestStartMarkReturnsBeforeItsCommit(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	seq := alice.Send(conv, "hello").Seq
+
+	inCommit, held := make(chan struct{}), make(chan struct{})
+	release := sync.OnceFunc(func() { close(held) })
+	defer release() // a failure below leaves no commit held
+	engine.DuringMarkerCommit(e, func() {
+		inCommit <- struct{}{}
+		<-held
+	})
+	// Were StartMark to wait for its commit, it would not return until
+	// the release below.
+	p := e.StartMark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Delivered: seq, Read: seq}})
+	<-inCommit // the markers' commit is under way, and waits
+	engine.DuringMarkerCommit(e, nil)
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := p.Wait(canceled); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait while the commit is held: %v, want %v", err, context.Canceled)
+	}
+	release()
+	if err := p.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if info, _, _, err := e.Conversation(bob.Actor, conv); err != nil || info.Read != seq || info.Delivered != seq {
+		t.Fatalf("after Wait, bob's markers are delivered %d, read %d (%v); want %d", info.Delivered, info.Read, err, seq)
+	}
+
+	// Wait returns what Mark would.
+	eve := enginetest.Register(t, e, "eve")
+	for _, c := range []struct {
+		what  string
+		who   *enginetest.Device
+		marks []engine.Marker
+		want  error
+	}{
+		{"a stranger", eve, []engine.Marker{{Conv: conv, Read: seq}}, engine.ErrNotFound},
+		{"no conversation", bob, []engine.Marker{{Read: seq}}, engine.ErrInvalid},
+		{"no markers", bob, nil, nil},
+	} {
+		if err := e.StartMark(ctx, c.who.Actor, c.marks).Wait(ctx); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", c.what, err, c.want)
+		}
+	}
+	var zero engine.Pending
+	if err := zero.Wait(ctx); err != nil {
+		t.Errorf("a zero Pending waits with %v", err)
 	}
 }

@@ -25,21 +25,36 @@ type request struct {
 	done   chan error
 }
 
-// write queues apply for the next group commit and waits until that commit
-// is durable. If ctx ends first, write returns ctx.Err() and the write may or
-// may not happen.
+// write queues apply for the next group commit and waits until that commit is
+// durable. If ctx ends first, write returns ctx.Err() and the write may or may
+// not happen.
 func (e *Engine) write(ctx context.Context, weight int, apply func(*txn)) error {
-	if err := e.Failed(); err != nil {
+	r, err := e.queue(ctx, weight, apply)
+	if err != nil {
 		return err
+	}
+	return e.await(ctx, r)
+}
+
+// queue queues apply for the next group commit, as write does, without
+// waiting for the commit: await does.
+func (e *Engine) queue(ctx context.Context, weight int, apply func(*txn)) (*request, error) {
+	if err := e.Failed(); err != nil {
+		return nil, err
 	}
 	r := &request{weight: weight, apply: apply, done: make(chan error, 1)}
 	select {
 	case e.reqs <- r:
+		return r, nil
 	case <-e.quit:
-		return ErrClosed
+		return nil, ErrClosed
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
+}
+
+// await waits until the commit that holds r is durable, as write does.
+func (e *Engine) await(ctx context.Context, r *request) error {
 	select {
 	case err := <-r.done:
 		return err
@@ -53,6 +68,28 @@ func (e *Engine) write(ctx context.Context, weight int, apply func(*txn)) error 
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// A Pending is a write queued for a group commit, as StartMark returns it.
+// Its zero value has nothing to wait for.
+type Pending struct {
+	e       *Engine
+	r       *request
+	err     error        // how it failed before it was queued
+	outcome func() error // what the call returns once committed
+}
+
+// Wait waits until the write is durable and returns what the call that
+// started it would have. If ctx ends first, Wait returns ctx.Err() and the
+// write may or may not happen; only then may Wait be called again.
+func (p Pending) Wait(ctx context.Context) error {
+	if p.err != nil || p.r == nil {
+		return p.err
+	}
+	if err := p.e.await(ctx, p.r); err != nil {
+		return err
+	}
+	return p.outcome()
 }
 
 // writer is the state owned by the writer goroutine.

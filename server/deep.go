@@ -16,7 +16,11 @@ import (
 // everything else it does (authenticate, read the hello, open the session,
 // read and answer each message) runs here, on a goroutine whose stack has
 // grown already: 4 KB less per idle device, for two goroutine switches per
-// message.
+// message. The sessions' senders pump here too (see pumper). An ack's
+// commit is waited for on the handler's goroutine, not here: the acks of
+// thousands of devices come together, and each call held for a commit
+// starts another goroutine. A push's call still waits for its commit,
+// whose results it sends on.
 //
 // One pool serves every Server in the process: its goroutines are a
 // process's resource, like the runtime's, and never hold a server's state

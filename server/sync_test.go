@@ -596,3 +596,44 @@ func TestSkipOwnOpsRoundsWaitForTheResult(t *testing.T) {
 	ps.until(func(*ferryv1.SyncResponse) bool { return ps.last[conv] == seq })
 	ps.holds(conv, 1, seq)
 }
+
+// TestStreamAckErrorsEndTheSession: an ack the server refuses ends the
+// session with the ack's error, as its commit is waited for apart from
+// the message's handling.
+func TestStreamAckErrorsEndTheSession(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, eve := newDev(t, srv.Register("alice")), newDev(t, srv.Register("eve"))
+	conv := alice.createConv("c")
+	seq := alice.send(conv, "not for eve")
+	for _, c := range []struct {
+		what   string
+		marker *ferryv1.Marker
+		want   connect.Code
+	}{
+		{"a stranger's ack", &ferryv1.Marker{ConversationId: conv, Delivered: seq}, connect.CodeNotFound},
+		{"an ack of no conversation", &ferryv1.Marker{Delivered: seq}, connect.CodeInvalidArgument},
+	} {
+		s := eve.open(hello("", 0))
+		s.untilCaughtUp()
+		s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: &ferryv1.Ack{Markers: []*ferryv1.Marker{c.marker}}}})
+		mustCode(t, c.what, s.endErr(), c.want)
+	}
+	// A good ack passes: the session ends cleanly when eve closes her
+	// side, and a new one resumes after the acked op.
+	own := eve.createConv("mine")
+	eve.send(own, "one")
+	s := eve.open(hello("", 0))
+	s.untilCaughtUp()
+	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: &ferryv1.Ack{Markers: []*ferryv1.Marker{{ConversationId: own, Delivered: 2}}}}})
+	if err := s.st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.endErr(); err != nil {
+		t.Fatalf("a good ack: the session ended with %v", err)
+	}
+	s = eve.open(hello("", 0))
+	s.untilCaughtUp()
+	if got := s.infos[own].GetResumeAfter(); got != 2 {
+		t.Fatalf("the next session resumes after %d; want 2, the acked op", got)
+	}
+}
