@@ -1,5 +1,7 @@
 package server
 
+import "sync/atomic"
+
 // Senders counts the Sync sessions' sender goroutines.
 func Senders(s *Server) int64 { return s.senders.Load() }
 
@@ -54,16 +56,25 @@ func OnWriteBegin(s *Server, f func()) { s.watches.testBegin.Store(&f) }
 func OnThrottle(s *Server, f func()) { s.testThrottled.Store(&f) }
 
 // OnPushed makes f run as each push on a Sync stream has been appended,
-// before its result is queued: f holds the result back while it runs.
-func OnPushed(s *Server, f func()) { s.testPushed.Store(&f) }
+// before its result is queued: f holds the result back while it runs. Nil
+// stops it.
+func OnPushed(s *Server, f func()) { storeHook(&s.testPushed, f) }
 
 // OnHelloWait makes f run on a Sync handler's goroutine as it starts to
 // wait for the hello.
 func OnHelloWait(s *Server, f func()) { s.testHelloWait.Store(&f) }
 
 // OnAwaitResult makes f run as a Sync session's sender stops to wait for
-// a push's result before it sends another round.
-func OnAwaitResult(s *Server, f func()) { s.testAwaitResult.Store(&f) }
+// a push's result before it sends another round. Nil stops it.
+func OnAwaitResult(s *Server, f func()) { storeHook(&s.testAwaitResult, f) }
+
+func storeHook(h *atomic.Pointer[func()], f func()) {
+	if f == nil {
+		h.Store(nil)
+		return
+	}
+	h.Store(&f)
+}
 
 // ErrXNet is nil when H2CXNet is served: built with Go 1.26 or -tags
 // http2legacy.

@@ -1051,6 +1051,14 @@ type pumper struct {
 	linger  clock.Timer   // made by the first goroutine to linger
 	ended   chan struct{} // closed when a pump ended the session
 	err     error         // how, once ended is closed
+
+	// deepPump is the pump as deep.run takes it, made by the first: a
+	// closure made for each would be garbage of each live round. It
+	// leaves its outcome in pumpEnd and pumpErr. Only the sender that
+	// runs uses them.
+	deepPump func()
+	pumpEnd  bool
+	pumpErr  error
 }
 
 // senderLinger is how long a Sync session's sender goroutine waits for
@@ -1139,15 +1147,20 @@ func (p *pumper) lingered() bool {
 // pump runs the loop's pump on a deep goroutine, making a panic the
 // session's end.
 func (p *pumper) pump() (end bool, err error) {
-	deep.run(func() {
-		defer func() {
-			if r := recover(); r != nil {
-				p.l.s.log.Error("panic in a sync session's sender", "panic", r, "stack", string(debug.Stack()))
-				end, err = true, connect.NewError(connect.CodeInternal, "internal error")
-			}
-		}()
-		end, err = p.l.pump(p.ctx)
-	})
+	if p.deepPump == nil {
+		p.deepPump = func() {
+			defer func() {
+				if r := recover(); r != nil {
+					p.l.s.log.Error("panic in a sync session's sender", "panic", r, "stack", string(debug.Stack()))
+					p.pumpEnd, p.pumpErr = true, connect.NewError(connect.CodeInternal, "internal error")
+				}
+			}()
+			p.pumpEnd, p.pumpErr = p.l.pump(p.ctx)
+		}
+	}
+	deep.run(p.deepPump)
+	end, err = p.pumpEnd, p.pumpErr
+	p.pumpEnd, p.pumpErr = false, nil
 	return end, err
 }
 

@@ -3,7 +3,9 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -636,4 +638,46 @@ func TestStreamAckErrorsEndTheSession(t *testing.T) {
 	if got := s.infos[own].GetResumeAfter(); got != 2 {
 		t.Fatalf("the next session resumes after %d; want 2, the acked op", got)
 	}
+}
+
+// TestSenderPanicEndsTheSession: a panic in a session's sender, which
+// pumps on a pooled goroutine, ends that session with an internal error and
+// is logged with its stack; the server serves on, and the device's next
+// session works.
+func TestSenderPanicEndsTheSession(t *testing.T) {
+	var logs logBuffer
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}})
+	phone, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	conv := phone.createConv("c", bob)
+	h := hello("", 0)
+	h.SkipOwnOps = true
+	ps := phone.open(h)
+	ps.untilCaughtUp()
+
+	release := make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce)
+	server.OnPushed(srv.Server, func() { <-release }) // the result waits
+	panicking := make(chan struct{})
+	server.OnAwaitResult(srv.Server, func() {
+		close(panicking)
+		panic("boom in the sender")
+	})
+	ps.push(1, conv, phone.op(conv, msg("mine")))
+	<-panicking
+	releaseOnce() // the handler returns once the push is answered
+	err := ps.endErr()
+	mustCode(t, "the session whose sender panicked", err, connect.CodeInternal)
+	if out := logs.String(); !strings.Contains(out, "boom in the sender") || !strings.Contains(out, "TestSenderPanicEndsTheSession") {
+		t.Fatalf("the sender's panic was not logged with its stack:\n%s", out)
+	}
+
+	server.OnPushed(srv.Server, nil)
+	server.OnAwaitResult(srv.Server, nil)
+	ps = phone.open(h)
+	ps.untilCaughtUp()
+	seq := bob.send(conv, "still here")
+	ps.until(func(*ferryv1.SyncResponse) bool { return ps.last[conv] == seq })
 }
