@@ -887,6 +887,8 @@ func (tx *txn) feedPos() uint64 {
 // finish writes what the group derived: feed entries, conversation and
 // member records, ops, markers and the feed position.
 func (tx *txn) finish() {
+	// val holds each value while Set copies it into the batch.
+	var val []byte
 	for _, tc := range tx.convOrder {
 		_, waiting := tx.w.receipts[tc.id]
 		switch {
@@ -925,7 +927,8 @@ func (tx *txn) finish() {
 			tx.deleteFeedEntry(keys.Feed(keys.TUFeed, user, old, conv))
 		}
 		tx.setFeedEntry(keys.Feed(keys.TUFeed, user, pos, conv))
-		tx.b.Set(keys.ID2(keys.TUFeedIdx, user, conv), record.AppendUint(nil, pos))
+		val = record.AppendUint(val[:0], pos)
+		tx.b.Set(keys.ID2(keys.TUFeedIdx, user, conv), val)
 		tx.ufeedIdx[k] = pos
 		tx.wake[user] = struct{}{}
 		tx.moves = append(tx.moves, k)
@@ -935,23 +938,24 @@ func (tx *txn) finish() {
 			tx.w.convs.put(tc.id, tc.convState)
 		}
 		for u := range tc.memberWrites {
-			tx.b.Set(keys.ID2(keys.TMember, tc.id, u), record.AppendMember(nil, tc.members[u]))
+			val = record.AppendMember(val[:0], tc.members[u])
+			tx.b.Set(keys.ID2(keys.TMember, tc.id, u), val)
 		}
 		if tc.dirty || tc.feed {
-			tx.b.Set(keys.ID1(keys.TConv, tc.id), record.AppendConv(nil, &tc.rec))
+			val = record.AppendConv(val[:0], &tc.rec)
+			tx.b.Set(keys.ID1(keys.TConv, tc.id), val)
 		}
 	}
-	var buf []byte
 	var dec record.OpDecoder
 	for _, o := range tx.opOrder {
-		buf = record.AppendOp(buf[:0], &o.rec)
-		tx.b.Set(keys.Op(o.rec.Conv, o.rec.Seq), buf)
+		val = record.AppendOp(val[:0], &o.rec)
+		tx.b.Set(keys.Op(o.rec.Conv, o.rec.Seq), val)
 		tc := tx.convs[o.rec.Conv]
 		if tc != nil && o.rec.Seq <= tc.head0 {
 			tc.rewrote = true
 		}
 		if tc != nil && o.rec.Seq > tc.head0 {
-			rec, err := dec.Decode(o.rec.Conv, o.rec.Seq, buf)
+			rec, err := dec.Decode(o.rec.Conv, o.rec.Seq, val)
 			if err != nil {
 				tx.fail(fmt.Errorf("decode the op just encoded: %w", err))
 				return
@@ -961,11 +965,13 @@ func (tx *txn) finish() {
 	}
 	for _, tm := range tx.markOrder {
 		if tm.dirty {
-			tx.b.Set(tm.key, record.AppendMarker(nil, &tm.m))
+			val = record.AppendMarker(val[:0], &tm.m)
+			tx.b.Set(tm.key, val)
 		}
 	}
 	if tx.pos != 0 {
-		tx.b.Set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, tx.pos))
+		val = record.AppendUint(val[:0], tx.pos)
+		tx.b.Set(keys.Meta(keys.MetaFeedPos), val)
 	}
 	tx.remember()
 }
