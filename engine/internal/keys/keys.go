@@ -51,6 +51,8 @@ const (
 // Meta is the key of a meta value.
 func Meta(name string) []byte { return append([]byte{TMeta}, name...) }
 
+// key starts a key of table t with room for n more bytes: a key made in
+// one allocation, where appending past its capacity would take more.
 func key(t byte, n int) []byte {
 	b := make([]byte, 1, 1+n)
 	b[0] = t
@@ -60,12 +62,18 @@ func key(t byte, n int) []byte {
 func u64(b []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(b, v) }
 
 // ID1 is the key of a table keyed by one id: TUser, TDeviceOf, TConv.
-func ID1(t byte, a ulid.ULID) []byte { return append(key(t, 16), a[:]...) }
+func ID1(t byte, a ulid.ULID) []byte { return id1(t, a, 0) }
+
+// id1 is ID1 with room for more bytes.
+func id1(t byte, a ulid.ULID, more int) []byte { return append(key(t, 16+more), a[:]...) }
 
 // ID2 is the key of a table keyed by two ids: TDevice, TMember, TUserConv,
 // TOpID, TUFeedIdx, TShared, TDevMark, TUserMark.
-func ID2(t byte, a, b ulid.ULID) []byte {
-	k := append(key(t, 32), a[:]...)
+func ID2(t byte, a, b ulid.ULID) []byte { return id2(t, a, b, 0) }
+
+// id2 is ID2 with room for more bytes.
+func id2(t byte, a, b ulid.ULID, more int) []byte {
+	k := append(key(t, 32+more), a[:]...)
 	return append(k, b[:]...)
 }
 
@@ -76,17 +84,17 @@ func Username(lower string) []byte { return append(key(TUsername, len(lower)), l
 func Token(hash [32]byte) []byte { return append(key(TToken, 32), hash[:]...) }
 
 // Op is the key of the op at seq in conv.
-func Op(conv ulid.ULID, seq uint64) []byte { return u64(ID1(TOp, conv), seq) }
+func Op(conv ulid.ULID, seq uint64) []byte { return u64(id1(TOp, conv, 8), seq) }
 
 // Dot is the key of dot (device, n) in conv.
-func Dot(conv, device ulid.ULID, n uint64) []byte { return u64(ID2(TDot, conv, device), n) }
+func Dot(conv, device ulid.ULID, n uint64) []byte { return u64(id2(TDot, conv, device, 8), n) }
 
 // Edit is the key recording that the op at seq edits target.
-func Edit(conv, target ulid.ULID, seq uint64) []byte { return u64(ID2(TEdit, conv, target), seq) }
+func Edit(conv, target ulid.ULID, seq uint64) []byte { return u64(id2(TEdit, conv, target, 8), seq) }
 
 // Feed is the key of a feed entry in table t (TFeed or TUFeed).
 func Feed(t byte, user ulid.ULID, pos uint64, conv ulid.ULID) []byte {
-	k := u64(ID1(t, user), pos)
+	k := u64(id1(t, user, 8+16), pos)
 	return append(k, conv[:]...)
 }
 
@@ -110,7 +118,7 @@ func OpSpan(conv ulid.ULID, from, to uint64) (lower, upper []byte) {
 // FeedSpan returns the bounds of user's entries in table t with
 // after < pos <= through.
 func FeedSpan(t byte, user ulid.ULID, after, through uint64) (lower, upper []byte) {
-	return u64(ID1(t, user), after+1), u64(ID1(t, user), through+1)
+	return u64(id1(t, user, 8), after+1), u64(id1(t, user, 8), through+1)
 }
 
 // ParseID returns the id at byte offset off of key k (after the table byte,

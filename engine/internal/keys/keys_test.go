@@ -86,3 +86,30 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestOneAllocation: each key is made in one allocation, of its length.
+func TestOneAllocation(t *testing.T) {
+	a, b := id(1), id(2)
+	for _, c := range []struct {
+		name string
+		make func() []byte
+	}{
+		{"ID1", func() []byte { return ID1(TConv, a) }},
+		{"ID2", func() []byte { return ID2(TMember, a, b) }},
+		{"Op", func() []byte { return Op(a, 7) }},
+		{"Dot", func() []byte { return Dot(a, b, 7) }},
+		{"Edit", func() []byte { return Edit(a, b, 7) }},
+		{"Feed", func() []byte { return Feed(TUFeed, a, 7, b) }},
+	} {
+		var k []byte
+		if n := testing.AllocsPerRun(10, func() { k = c.make() }); n != 1 {
+			t.Errorf("%s: %v allocations; want 1", c.name, n)
+		}
+		if len(k) != cap(k) {
+			t.Errorf("%s: %d bytes in a key of capacity %d", c.name, len(k), cap(k))
+		}
+	}
+	if n := testing.AllocsPerRun(10, func() { _, _ = FeedSpan(TUFeed, a, 1, 2) }); n != 2 {
+		t.Errorf("FeedSpan: %v allocations; want 2", n)
+	}
+}
