@@ -37,9 +37,9 @@ func (e *Engine) Mark(ctx context.Context, a Actor, marks []Marker) error {
 
 // StartMark is Mark without the wait for its commit: it checks the markers
 // and queues their write, and the Pending's Wait waits for the commit and
-// returns what Mark would. A caller that holds a deep stack, such as a
-// pooled goroutine, can hand the wait to a shallow one, and needs not be
-// held for a commit.
+// returns what Mark would. A caller on a deep stack, such as a pooled
+// goroutine, can leave the wait to a shallow one instead of being held for
+// a commit.
 func (e *Engine) StartMark(ctx context.Context, a Actor, marks []Marker) Pending {
 	if len(marks) == 0 {
 		return Pending{}

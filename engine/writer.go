@@ -25,9 +25,9 @@ type request struct {
 	done   chan error
 }
 
-// write queues apply for the next group commit and waits until that commit is
-// durable. If ctx ends first, write returns ctx.Err() and the write may or may
-// not happen.
+// write queues apply for the next group commit and waits until that commit
+// is durable. If ctx ends first, write returns ctx.Err() and the write may or
+// may not happen.
 func (e *Engine) write(ctx context.Context, weight int, apply func(*txn)) error {
 	r, err := e.queue(ctx, weight, apply)
 	if err != nil {
