@@ -423,6 +423,7 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 		l.o.Pushing = new(engine.Pushing)
 	}
 	p := &pumper{l: l, ctx: ctx, stopReceive: adm.stopReceive, wake: make(chan struct{}, 1), ended: make(chan struct{})}
+	p.deepPump = p.pumpDeep
 	l.p, l.wake = p, p.kick
 	// Sync clients send heartbeats; silence means a dead peer.
 	l.startTimer()
@@ -1052,10 +1053,9 @@ type pumper struct {
 	ended   chan struct{} // closed when a pump ended the session
 	err     error         // how, once ended is closed
 
-	// deepPump is the pump as deep.run takes it, made by the first: a
-	// closure made for each would be garbage of each live round. It
-	// leaves its outcome in pumpEnd and pumpErr. Only the sender that
-	// runs uses them.
+	// deepPump is pumpDeep as deep.run takes it, made once: a closure
+	// for each pump would be garbage of each live round. It leaves its
+	// outcome in pumpEnd and pumpErr, which only the running sender uses.
 	deepPump func()
 	pumpEnd  bool
 	pumpErr  error
@@ -1144,24 +1144,23 @@ func (p *pumper) lingered() bool {
 	return (woken || p.again) && !p.stopped
 }
 
-// pump runs the loop's pump on a deep goroutine, making a panic the
-// session's end.
+// pump runs the loop's pump on a deep goroutine (pumpDeep), making a panic
+// the session's end.
 func (p *pumper) pump() (end bool, err error) {
-	if p.deepPump == nil {
-		p.deepPump = func() {
-			defer func() {
-				if r := recover(); r != nil {
-					p.l.s.log.Error("panic in a sync session's sender", "panic", r, "stack", string(debug.Stack()))
-					p.pumpEnd, p.pumpErr = true, connect.NewError(connect.CodeInternal, "internal error")
-				}
-			}()
-			p.pumpEnd, p.pumpErr = p.l.pump(p.ctx)
-		}
-	}
 	deep.run(p.deepPump)
 	end, err = p.pumpEnd, p.pumpErr
 	p.pumpEnd, p.pumpErr = false, nil
 	return end, err
+}
+
+func (p *pumper) pumpDeep() {
+	defer func() {
+		if r := recover(); r != nil {
+			p.l.s.log.Error("panic in a sync session's sender", "panic", r, "stack", string(debug.Stack()))
+			p.pumpEnd, p.pumpErr = true, connect.NewError(connect.CodeInternal, "internal error")
+		}
+	}()
+	p.pumpEnd, p.pumpErr = p.l.pump(p.ctx)
 }
 
 // stop starts no more pumps, waits for the running one, which stops
