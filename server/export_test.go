@@ -10,7 +10,7 @@ func SenderStarts(s *Server) int64 { return s.senderStarts.Load() }
 
 // OnSenderExit makes f run as each sender goroutine of s ends, after
 // Senders counts it out.
-func OnSenderExit(s *Server, f func()) { s.testSenderExit.Store(&f) }
+func OnSenderExit(s *Server, f func()) { storeHook(&s.testSenderExit, f) }
 
 // SenderLinger is how long an active session's sender waits for more.
 const SenderLinger = senderLinger
@@ -46,28 +46,29 @@ func WritesUnderWay(s *Server) int {
 
 // OnWatchClose makes f run as each sync stream stops being watched, its
 // handler returning.
-func OnWatchClose(s *Server, f func()) { s.watches.testClose.Store(&f) }
+func OnWatchClose(s *Server, f func()) { storeHook(&s.watches.testClose, f) }
 
 // OnWriteBegin makes f run as each watched write begins.
-func OnWriteBegin(s *Server, f func()) { s.watches.testBegin.Store(&f) }
+func OnWriteBegin(s *Server, f func()) { storeHook(&s.watches.testBegin, f) }
 
 // OnThrottle makes f run when a push starts waiting for the push limit,
 // its timer armed.
-func OnThrottle(s *Server, f func()) { s.testThrottled.Store(&f) }
+func OnThrottle(s *Server, f func()) { storeHook(&s.testThrottled, f) }
 
 // OnPushed makes f run as each push on a Sync stream has been appended,
-// before its result is queued: f holds the result back while it runs. Nil
-// stops it.
+// before its result is queued: f holds the result back while it runs.
 func OnPushed(s *Server, f func()) { storeHook(&s.testPushed, f) }
 
 // OnHelloWait makes f run on a Sync handler's goroutine as it starts to
 // wait for the hello.
-func OnHelloWait(s *Server, f func()) { s.testHelloWait.Store(&f) }
+func OnHelloWait(s *Server, f func()) { storeHook(&s.testHelloWait, f) }
 
 // OnAwaitResult makes f run as a Sync session's sender stops to wait for
-// a push's result before it sends another round. Nil stops it.
+// a push's result before it sends another round.
 func OnAwaitResult(s *Server, f func()) { storeHook(&s.testAwaitResult, f) }
 
+// storeHook sets a test hook, as every On function here does; nil stops
+// it.
 func storeHook(h *atomic.Pointer[func()], f func()) {
 	if f == nil {
 		h.Store(nil)
