@@ -10,8 +10,8 @@ import (
 	"connectrpc.com/connect/v2"
 )
 
-// TestMemoCompressesOnce sends one live-round-sized message on one
-// stream, then on 16 at once: the 16 take it from the memo, and every
+// TestMemoCompressesOnce sends one live-round-sized message on two
+// streams, then on 16 at once: the 16 take it from the memo, and every
 // stream gets it back intact.
 func TestMemoCompressesOnce(t *testing.T) {
 	msg := bytes.Repeat([]byte("a live round of ops, the same for every member; "), 40)
@@ -19,8 +19,10 @@ func TestMemoCompressesOnce(t *testing.T) {
 		connect.Compressor
 		memoHits() uint64
 	}{NewZstd(WithMemo()), NewGzip(WithMemo())} {
-		if out := roundTrip(t, c, msg); !bytes.Equal(out, msg) {
-			t.Fatalf("%s: round trip changed the message", c.Name())
+		for range 2 { // kept the second time
+			if out := roundTrip(t, c, msg); !bytes.Equal(out, msg) {
+				t.Fatalf("%s: round trip changed the message", c.Name())
+			}
 		}
 		var wg sync.WaitGroup
 		for range 16 {
@@ -63,17 +65,42 @@ func TestMemoChecksTheWholeInput(t *testing.T) {
 	h := maphash.Bytes(m.seed, in)
 	m.slots[h%memoSlots].Store(&memoEntry{hash: h, in: []byte("another message!"), out: []byte("wrong")})
 	calls := 0
-	out := m.compress(in, func(b []byte) []byte { calls++; return append([]byte("z:"), b...) })
+	out := m.compress(nil, in, func(dst, b []byte) []byte { calls++; return append(append(dst, "z:"...), b...) })
 	if string(out) != "z:the real message" || calls != 1 {
 		t.Fatalf("compress gave %q after %d calls; want a fresh compression", out, calls)
 	}
-	if out := m.compress(in, func([]byte) []byte { t.Fatal("compressed again"); return nil }); string(out) != "z:the real message" {
+	m.compress(nil, in, func(dst, b []byte) []byte { calls++; return append(append(dst, "z:"...), b...) }) // kept now
+	if out := m.compress([]byte("dst:"), in, func(dst, _ []byte) []byte { t.Fatal("compressed again"); return dst }); string(out) != "dst:z:the real message" {
 		t.Fatalf("second compress gave %q", out)
 	}
 }
 
-// TestMemoEvictsAndSkipsLargeInputs: inputs that share a slot replace
-// each other, and inputs over memoMaxInput are never kept.
+// TestMemoKeepsItsOwnCopy: compress appends to the caller's buffer, which
+// the caller then reuses (a pooled buffer), and so may the input's: the
+// memo must answer later from copies of its own.
+func TestMemoKeepsItsOwnCopy(t *testing.T) {
+	m := newMemo()
+	in := []byte("a round for every member")
+	fn := func(dst, in []byte) []byte { return append(dst, bytes.ToUpper(in)...) }
+	scratch := make([]byte, 0, 64)
+	m.compress(nil, in, fn)
+	out := m.compress(scratch, in, fn) // kept
+	want := string(bytes.ToUpper(in))
+	for i := range out[:cap(out)] {
+		out[:cap(out)][i] = '#'
+	}
+	again := append([]byte(nil), in...)
+	for i := range in {
+		in[i] = '#'
+	}
+	if got := m.compress(nil, again, func(dst, _ []byte) []byte { t.Fatal("compressed again"); return dst }); string(got) != want {
+		t.Fatalf("after its caller reused the buffers, the memo gave %q; want %q", got, want)
+	}
+}
+
+// TestMemoEvictsAndSkipsLargeInputs: an input is kept when compressed
+// twice in a row in its slot, inputs that share a slot replace each other,
+// and inputs over memoMaxInput are never kept.
 func TestMemoEvictsAndSkipsLargeInputs(t *testing.T) {
 	m := newMemo()
 	// Two inputs in the same slot.
@@ -86,19 +113,27 @@ func TestMemoEvictsAndSkipsLargeInputs(t *testing.T) {
 		}
 	}
 	calls := 0
-	fn := func(in []byte) []byte { calls++; return bytes.ToUpper(in) }
-	for _, in := range [][]byte{a, b, a, a} {
-		if out := m.compress(in, fn); !bytes.Equal(out, bytes.ToUpper(in)) {
-			t.Fatalf("compress(%q) = %q", in, out)
+	fn := func(dst, in []byte) []byte { calls++; return append(dst, bytes.ToUpper(in)...) }
+	for _, c := range []struct {
+		in    []byte
+		calls int // compressions so far
+	}{
+		{a, 1}, {b, 2}, {a, 3}, // each new in a row
+		{a, 4}, {a, 4}, // kept, then a hit
+		{b, 5}, {b, 6}, {b, 6}, // b kept in a's place, then a hit
+		{a, 7}, // a's entry went
+	} {
+		if out := m.compress(nil, c.in, fn); !bytes.Equal(out, bytes.ToUpper(c.in)) {
+			t.Fatalf("compress(%q) = %q", c.in, out)
 		}
-	}
-	if calls != 3 {
-		t.Errorf("%d compressions for a, b, a, a in one slot; want 3", calls)
+		if calls != c.calls {
+			t.Fatalf("after compressing %q, %d compressions; want %d", c.in, calls, c.calls)
+		}
 	}
 	big := bytes.Repeat([]byte("x"), memoMaxInput+1)
 	calls = 0
-	m.compress(big, fn)
-	m.compress(big, fn)
+	m.compress(nil, big, fn)
+	m.compress(nil, big, fn)
 	if calls != 2 {
 		t.Errorf("a message over %d bytes was compressed %d times for 2 sends; want 2 (not kept)", memoMaxInput, calls)
 	}
