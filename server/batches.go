@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/oklog/ulid/v2"
@@ -122,12 +123,19 @@ func encodeBatch(b *engine.Batch, packed bool) ([]byte, error) {
 	} else {
 		m = &ferryv1.OpBatch{ConversationId: b.Conv.String(), Ops: opsToProto(b.Ops)}
 	}
-	body, err := proto.Marshal(m)
+	// Marshaled in place after its tag and length, into a buffer of
+	// exactly the field's size: sessions share it, and an append must
+	// copy.
+	size := proto.Size(m)
+	f := make([]byte, 0, protowire.SizeTag(num)+protowire.SizeBytes(size))
+	f = protowire.AppendTag(f, num, protowire.BytesType)
+	f = protowire.AppendVarint(f, uint64(size))
+	f, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(f, m)
 	if err != nil {
 		return nil, err
 	}
-	// Exactly sized: sessions share it, and an append must copy.
-	f := make([]byte, 0, protowire.SizeTag(num)+protowire.SizeBytes(len(body)))
-	f = protowire.AppendTag(f, num, protowire.BytesType)
-	return protowire.AppendBytes(f, body), nil
+	if len(f) != cap(f) { // a length prefix that lies would garble the message
+		return nil, fmt.Errorf("server: a batch of %s marshaled to a %d-byte field, not %d", b.Conv, len(f), cap(f))
+	}
+	return f, nil
 }
