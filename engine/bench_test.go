@@ -54,7 +54,7 @@ func BenchmarkAppendDurable(b *testing.B) {
 				body := make([]byte, 150)
 				var left atomic.Int64
 				left.Store(int64(b.N))
-				commits := e.Metrics().Commits
+				commits, writes0 := e.Metrics().Commits, e.Metrics().Writes
 				b.ResetTimer()
 				var wg sync.WaitGroup
 				for w, d := range devs {
@@ -72,6 +72,7 @@ func BenchmarkAppendDurable(b *testing.B) {
 				wg.Wait()
 				b.StopTimer()
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+				b.ReportMetric(float64(e.Metrics().Writes-writes0)/float64(b.N), "keys/op")
 				if c := e.Metrics().Commits - commits; c > 0 {
 					b.ReportMetric(float64(b.N)/float64(c), "ops/commit")
 				}

@@ -123,6 +123,9 @@ type writer struct {
 	}
 	commitN uint64
 	carry   []*convRun // remember's, reused
+	// added is the room finish decodes each conversation's new ops into
+	// for remember (txConv.added), reused: remember copies what it keeps.
+	added []model.Op
 
 	// active caches devices found not revoked since the last revocation,
 	// sparing a store read on every write of an active device.
@@ -947,6 +950,12 @@ func (tx *txn) finish() {
 		}
 	}
 	var dec record.OpDecoder
+	// Each conversation's new ops (seqs head0+1 to its head) take their
+	// share of one buffer of room for every op the group wrote.
+	room := tx.w.added[:0]
+	if cap(room) < len(tx.opOrder) {
+		room = make([]model.Op, 0, max(len(tx.opOrder), 2*cap(room)))
+	}
 	for _, o := range tx.opOrder {
 		val = record.AppendOp(val[:0], &o.rec)
 		tx.b.Set(keys.Op(o.rec.Conv, o.rec.Seq), val)
@@ -960,9 +969,14 @@ func (tx *txn) finish() {
 				tx.fail(fmt.Errorf("decode the op just encoded: %w", err))
 				return
 			}
+			if tc.added == nil {
+				n := min(int(tc.rec.Head-tc.head0), cap(room)-len(room))
+				tc.added, room = room[len(room):len(room):len(room)+n], room[:len(room)+n]
+			}
 			tc.added = append(tc.added, rec.Op)
 		}
 	}
+	tx.w.added = room
 	for _, tm := range tx.markOrder {
 		if tm.dirty {
 			val = record.AppendMarker(val[:0], &tm.m)
@@ -1054,7 +1068,17 @@ collect:
 		}
 	}
 	clear(w.carry) // the runs may go
+	// The runs copied the new ops: let go of their bodies, and of room
+	// that a large group needed.
+	clear(w.added)
+	w.added = w.added[:0]
+	if cap(w.added) > maxAddedRoom {
+		w.added = nil
+	}
 }
+
+// maxAddedRoom is the most ops the writer keeps room for between groups.
+const maxAddedRoom = 4096
 
 // convRun is what remember hands the views of a conversation's last
 // commits: its record, and its ops since the head before each of its last
