@@ -345,6 +345,27 @@ func TestIdleTargetShowsEverySize(t *testing.T) {
 	}
 }
 
+// TestAckTargetSaysSaturated: the ack-latency target reads the first
+// open-loop row, and says when it served less than its rate, whose p99 is
+// then the queue's.
+func TestAckTargetSaysSaturated(t *testing.T) {
+	row := func(rate, served float64) IngestResult {
+		return IngestResult{System: "ferry", Writers: 64, Batch: 1, Rate: rate, OpsPerSec: served, Ops: 1000, Ack: Summary{P99: 600 * time.Millisecond}}
+	}
+	for _, c := range []struct {
+		rows []IngestResult
+		want string
+	}{
+		{[]IngestResult{row(10_000, 8_300), row(5_000, 5_000)}, "| ack latency | p99 ≤ 5 ms | 600ms at 10k ops/s (saturated: 8.3k served) |"},
+		{[]IngestResult{row(10_000, 9_990)}, "| ack latency | p99 ≤ 5 ms | 600ms at 10k ops/s |"},
+	} {
+		r := Report{Ingest: c.rows}
+		if md := r.Markdown(); !strings.Contains(md, c.want) {
+			t.Errorf("no row %q in:\n%s", c.want, md)
+		}
+	}
+}
+
 // TestFanoutFloor: the CPU floor of a fan-out row is its deliveries per
 // message times the server's and the client's CPU per delivery over the
 // cores, and the row shows it with the p99's multiple of it.

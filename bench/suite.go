@@ -67,7 +67,13 @@ var Short = Profile{
 		// Past a memtable: what a server in use writes into.
 		{Writers: 64, Batch: 16, History: 500_000, Duration: 3 * time.Second},
 	},
-	IngestLatency: []IngestConfig{{Writers: 64, Batch: 1, Rate: 10_000, Duration: 3 * time.Second}},
+	IngestLatency: []IngestConfig{
+		{Writers: 64, Batch: 1, Rate: 10_000, Duration: 3 * time.Second}, // the target row
+		// Below saturation: ack latency at half the rate, and with the
+		// pushes of 16 that the throughput target is met with.
+		{Writers: 64, Batch: 1, Rate: 5_000, Duration: 3 * time.Second},
+		{Writers: 64, Batch: 16, Rate: 20_000, Duration: 3 * time.Second},
+	},
 	Fanout: []FanoutConfig{
 		{Devices: 100, ConvSize: 2, Rate: 200, Duration: 3 * time.Second},
 		{Devices: 100, ConvSize: 10, Rate: 200, Duration: 3 * time.Second},
@@ -108,6 +114,8 @@ var Full = Profile{
 	},
 	IngestLatency: []IngestConfig{
 		{Writers: 64, Batch: 1, Rate: 10_000, Duration: 5 * time.Second},
+		{Writers: 64, Batch: 1, Rate: 5_000, Duration: 5 * time.Second},
+		{Writers: 64, Batch: 16, Rate: 20_000, Duration: 5 * time.Second},
 		{Writers: 256, Batch: 1, Rate: 30_000, Duration: 5 * time.Second},
 	},
 	Fanout: []FanoutConfig{
