@@ -376,7 +376,7 @@ type ferryConn struct {
 // resumes (clientsdk.WithResumeAckDelay).
 const (
 	ackDelay       = 250 * time.Millisecond
-	resumeAckDelay = time.Second
+	resumeAckDelay = 5 * time.Second
 )
 
 // heartbeatEvery is how long a bench device may send nothing before it

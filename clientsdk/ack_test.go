@@ -17,8 +17,12 @@ import (
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
-// defaultAckDelay is WithAckDelay's default.
-const defaultAckDelay = 250 * time.Millisecond
+// defaultAckDelay and defaultResumeAckDelay are WithAckDelay's and
+// WithResumeAckDelay's defaults.
+const (
+	defaultAckDelay       = 250 * time.Millisecond
+	defaultResumeAckDelay = 5 * time.Second
+)
 
 // TestAcksGather: a device's acks wait WithAckDelay after the first round
 // that needs one and then go out together. Time moves only when the test
@@ -85,7 +89,7 @@ func TestAcksGather(t *testing.T) {
 
 // TestResumeAcksWait: in a conversation without receipts, a delivered
 // marker only sets where the next session resumes, so it waits
-// WithResumeAckDelay (1s by default) rather than the ack delay; a read
+// WithResumeAckDelay (5s by default) rather than the ack delay; a read
 // still goes after the ack delay, and takes the delivered marker with it.
 // The test reads the acks off bob's side of the wire and the ack timer's
 // deadline off his fake clock.
@@ -110,16 +114,16 @@ func TestResumeAcksWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, bob, "bob receives one", has(t, bob, conv, "one"))
-	waitForAckTimer(t, fake, time.Second)
+	waitForAckTimer(t, fake, defaultResumeAckDelay)
 	select {
 	case a := <-acks:
 		t.Fatalf("bob acked %v before the resume ack delay passed", a.GetMarkers())
 	default:
 	}
-	fake.Advance(time.Second)
+	fake.Advance(defaultResumeAckDelay)
 	one := messages(t, bob, conv)[0].Seq
 	if a := nextAck(t, acks); a.GetMarkers()[0].GetDelivered() < one || a.GetMarkers()[0].GetRead() != 0 {
-		t.Fatalf("ack after a second: %v; want delivered >= %d, no read", a.GetMarkers(), one)
+		t.Fatalf("ack after the resume ack delay: %v; want delivered >= %d, no read", a.GetMarkers(), one)
 	}
 
 	// A read goes after the ack delay, with the delivered marker.
@@ -127,7 +131,7 @@ func TestResumeAcksWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, bob, "bob receives two", has(t, bob, conv, "one", "two"))
-	waitForAckTimer(t, fake, time.Second)
+	waitForAckTimer(t, fake, defaultResumeAckDelay)
 	if err := bob.MarkRead(ctx, conv, 0); err != nil {
 		t.Fatal(err)
 	}

@@ -86,7 +86,7 @@ export interface ClientOptions {
    * How long delivered markers that nobody else sees gather before an Ack:
    * those of conversations without receipts (larger than the server's
    * receipt limit), where they only set where the next session resumes.
-   * Default 1000 ms; never shorter than ackDelayMs.
+   * Default 5000 ms, as the Go SDK's; never shorter than ackDelayMs.
    */
   resumeAckDelayMs?: number;
   /** Timers, injectable in tests. */
@@ -139,7 +139,7 @@ export class FerryClient {
       minBackoffMs: opts.minBackoffMs ?? 250,
       maxBackoffMs: opts.maxBackoffMs ?? 30_000,
       ackDelayMs: Math.max(opts.ackDelayMs ?? 250, 0),
-      resumeAckDelayMs: Math.max(opts.resumeAckDelayMs ?? 1000, opts.ackDelayMs ?? 250, 0),
+      resumeAckDelayMs: Math.max(opts.resumeAckDelayMs ?? 5000, opts.ackDelayMs ?? 250, 0),
       sleep: opts.sleep ?? sleep,
       random: opts.random ?? Math.random,
       now: opts.now ?? Date.now,
