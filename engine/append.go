@@ -200,11 +200,9 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	if op.Kind == model.KindMessage {
 		c.rec.Messages++
 	}
-	rec := &txOp{rec: record.Op{Op: *op, Messages: c.rec.Messages}}
+	rec := &txOp{rec: record.Op{Op: *op, Messages: c.rec.Messages}, accepted: true}
 	rec.rec.Seq = seq
-	tx.putOp(rec)
-	tx.b.Set(keys.ID2(keys.TOpID, op.Conv, op.ID), record.AppendUint(nil, seq))
-	tx.b.Set(keys.Dot(op.Conv, dev, op.Dot.N), record.AppendUint(nil, seq))
+	tx.putOp(rec) // finish writes it and its indexes
 
 	switch op.Kind {
 	case model.KindCreate:

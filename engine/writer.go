@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -458,6 +459,9 @@ type idPair struct{ a, b ulid.ULID }
 type txOp struct {
 	rec   record.Op
 	write bool
+	// accepted is set on an op the group appended: finish writes its id
+	// and dot indexes.
+	accepted bool
 }
 
 type txMarker struct {
@@ -949,6 +953,10 @@ func (tx *txn) finish() {
 			tx.b.Set(keys.ID1(keys.TConv, tc.id), val)
 		}
 	}
+	// The ops and their indexes go in key order, each kind in a run: each
+	// insert into Pebble's memtable then starts its search from the last
+	// one, which is near (see sortOps).
+	sortOps(tx.opOrder)
 	var dec record.OpDecoder
 	// Each conversation's new ops (seqs head0+1 to its head) take their
 	// share of one buffer of room for every op the group wrote.
@@ -977,6 +985,18 @@ func (tx *txn) finish() {
 		}
 	}
 	tx.w.added = room
+	for _, o := range tx.opOrder {
+		if o.accepted {
+			val = record.AppendUint(val[:0], o.rec.Seq)
+			tx.b.Set(keys.ID2(keys.TOpID, o.rec.Conv, o.rec.ID), val)
+		}
+	}
+	for _, o := range tx.opOrder {
+		if o.accepted {
+			val = record.AppendUint(val[:0], o.rec.Seq)
+			tx.b.Set(keys.Dot(o.rec.Conv, o.rec.Dot.Device, o.rec.Dot.N), val)
+		}
+	}
 	for _, tm := range tx.markOrder {
 		if tm.dirty {
 			val = record.AppendMarker(val[:0], &tm.m)
@@ -1075,6 +1095,17 @@ collect:
 	if cap(w.added) > maxAddedRoom {
 		w.added = nil
 	}
+}
+
+// sortOps orders a group's ops by conversation and seq, the order of
+// their keys (keys.Op).
+func sortOps(ops []*txOp) {
+	slices.SortFunc(ops, func(a, b *txOp) int {
+		if c := a.rec.Conv.Compare(b.rec.Conv); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.rec.Seq, b.rec.Seq)
+	})
 }
 
 // maxAddedRoom is the most ops the writer keeps room for between groups.
