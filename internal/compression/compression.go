@@ -8,7 +8,7 @@
 // for concurrent use), instead of a streaming encoder per connection, which
 // would cost megabytes per idle stream; gzip with pooled writers. A message
 // that many streams send alike (a live round to every member of a
-// conversation) is compressed once: see memo. Decoders are pooled and refuse
+// conversation) is compressed twice, not once per stream: see memo. Decoders are pooled and refuse
 // frames whose window exceeds a bound, so a hostile frame cannot make the
 // server allocate more than that; Connect limits the decompressed size
 // itself.
@@ -62,8 +62,8 @@ type Option func(*config)
 type config struct{ memo bool }
 
 // WithMemo makes the compressor remember its recent compressions, so that a
-// message many streams send alike is compressed once (see memo). For a
-// server; a client's messages are its own.
+// message many streams send alike is compressed twice, not once per stream
+// (see memo). For a server; a client's messages are its own.
 func WithMemo() Option { return func(c *config) { c.memo = true } }
 
 func configure(opts []Option) (c config) {

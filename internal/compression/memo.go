@@ -7,7 +7,7 @@ import (
 )
 
 // memo remembers recent compressions so that a message sent on many
-// streams is compressed once.
+// streams is not compressed for each.
 //
 // A live round sends the same Ops message, byte for byte, to every
 // member's stream: the same ops, phase and feed position. Each stream
