@@ -143,6 +143,53 @@ func TestResumeAcksWait(t *testing.T) {
 	}
 }
 
+// TestStopSendsHeldMarkers: the markers a device is still gathering when
+// it stops go to the server then, and not with the next session: a
+// delivered marker that waits WithResumeAckDelay (no receipts here) would
+// otherwise leave the server up to five seconds behind what the device
+// holds. Bob's clock never moves, so only Stop can send it.
+func TestStopSendsHeldMarkers(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) { o.ReceiptMembers = 1 }})
+	alice := device(t, srv, "alice", false)
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	bob := device(t, srv, "bob", false, clientsdk.WithClock(fake))
+	for _, d := range []*clientsdk.Device{alice, bob} {
+		if err := d.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, d, "live", func() bool { return d.Status().State == clientsdk.StateLive })
+	}
+	conv, err := alice.CreateConversation(ctx, "large", lookup(t, alice, "bob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.SendText(ctx, conv, "one"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, bob, "bob receives one", has(t, bob, conv, "one"))
+	waitForAckTimer(t, fake, defaultResumeAckDelay)
+	acc, err := bob.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	delivered := func() uint64 {
+		t.Helper()
+		info, _, _, err := srv.Engine.Conversation(engine.Actor{User: acc.User, Device: acc.Device}, conv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Delivered
+	}
+	one := messages(t, bob, conv)[0].Seq
+	if got := delivered(); got >= one {
+		t.Fatalf("the server has bob's delivered marker at %d before the resume ack delay passed; \"one\" is %d", got, one)
+	}
+	bob.Stop()
+	if got := delivered(); got < one {
+		t.Fatalf("after Stop the server has bob's delivered marker at %d; he holds \"one\" at %d", got, one)
+	}
+}
+
 // waitForAckTimer waits until the earliest timer on the fake clock (the
 // ack timer: the heartbeat is 20s away) fires `after` from now.
 func waitForAckTimer(t *testing.T, fake *clock.Fake, after time.Duration) {

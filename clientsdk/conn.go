@@ -40,7 +40,9 @@ func (d *Device) Start() error {
 }
 
 // Stop stops syncing and waits for the connection to close. The replica
-// and the outbox stay as they are.
+// and the outbox stay as they are. A device that was live then sends the
+// markers it was still gathering, waiting at most two seconds for the
+// server.
 func (d *Device) Stop() {
 	d.runMu.Lock()
 	cancel, done := d.cancel, d.done
@@ -93,6 +95,9 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		d.mu.Unlock()
 		live, err := d.session(ctx, false)
 		if ctx.Err() != nil {
+			if live {
+				d.ackOnStop()
+			}
 			d.mu.Lock()
 			d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
 			d.mu.Unlock()
@@ -730,6 +735,22 @@ func (s *session) sendAcks() {
 		return
 	}
 	s.d.acked(ms)
+}
+
+// stopAckTimeout bounds the ack that Stop sends (ackOnStop).
+const stopAckTimeout = 2 * time.Second
+
+// ackOnStop sends, as syncing stops after a live session, the markers that
+// were still gathering (WithAckDelay, WithResumeAckDelay): the server then
+// resumes the next session where this one ended, rather than up to a
+// resume ack delay before. A failure costs only that; the next session
+// sends them.
+func (d *Device) ackOnStop() {
+	ctx, cancel := context.WithTimeout(context.Background(), stopAckTimeout)
+	defer cancel()
+	if err := d.ackNow(ctx); err != nil {
+		d.log.Info("markers not sent as sync stopped; the next session sends them", "err", err)
+	}
 }
 
 // ackNow sends pending markers with the unary Ack, which answers once they

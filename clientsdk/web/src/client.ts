@@ -224,10 +224,19 @@ export class FerryClient {
     this.wake?.abort();
   }
 
-  /** Stops syncing; resolves when the connection is closed. */
+  /**
+   * Stops syncing; resolves when the connection is closed. A connected
+   * device first sends the markers it was still gathering (ackDelayMs,
+   * resumeAckDelayMs), waiting at most two seconds for the server, as the
+   * Go SDK's Stop does.
+   */
   async stop(): Promise<void> {
     const r = this.run;
     if (!r) return;
+    if (this.connected) {
+      this.ackDue = true;
+      await within(stopAckMs, this.sendAcks().catch(() => {})); // else the next session sends them
+    }
     this.run = undefined;
     globalThis.removeEventListener?.("online", this.onOnline);
     globalThis.removeEventListener?.("offline", this.onOffline);
@@ -839,6 +848,16 @@ async function* abortable<T>(it: AsyncIterable<T>, signal: AbortSignal): AsyncGe
     signal.removeEventListener("abort", onAbort);
     void iter.return?.()?.catch(() => {});
   }
+}
+
+// stopAckMs bounds the ack that stop sends.
+const stopAckMs = 2000;
+
+// within resolves when p does, or after ms.
+async function within(ms: number, p: Promise<void>): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([p, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

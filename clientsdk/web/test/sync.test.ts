@@ -301,6 +301,29 @@ test("in a conversation without receipts, delivered acks wait; a read goes at on
   }
 });
 
+test("stop sends the delivered markers still waiting for resumeAckDelayMs", { timeout: 60_000 }, async () => {
+  const big = await startServer({ args: ["--receipt-members", "1"] });
+  try {
+    // Bob's resume ack wait never ends on its own: only stop can send it.
+    const { acks, asked, opts } = watchAcks(777);
+    const alice = await FerryClient.open({ baseUrl: big.url, minBackoffMs: 1, maxBackoffMs: 1, sleep: async () => {} });
+    const bob = await FerryClient.open({ baseUrl: big.url, resumeAckDelayMs: 777, minBackoffMs: 1, maxBackoffMs: 1, ...opts });
+    clients.push(alice, bob);
+    await signUp(alice, "alice");
+    const b = await signUp(bob, "bob");
+    const conv = await alice.createConversation("big", [b]);
+    await alice.send(conv, "one");
+    await bob.waitFor(() => texts(bob.messages(conv)).includes("one"));
+    await asked;
+    assert.equal(acks.length, 0, "bob acked before the resume ack delay passed");
+    const one = bob.messages(conv).find((m) => m.text === "one")!.seq;
+    await bob.stop();
+    assert.ok(acks.some((a) => a.delivered >= one), `acks ${JSON.stringify(acks)} after stop: want one with delivered >= ${one}`);
+  } finally {
+    await big.stop();
+  }
+});
+
 test("delivered acks gather for ackDelayMs: two messages, one ack; a read goes at once", { timeout: 60_000 }, async () => {
   // Bob's ack wait has a length of the test's own, to tell it from others.
   const { acks, nextAck, asked, release, opts } = watchAcks(555);
