@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oklog/ulid/v2"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrysync/ferry/clientsdk"
@@ -94,27 +95,11 @@ func TestAcksGather(t *testing.T) {
 // The test reads the acks off bob's side of the wire and the ack timer's
 // deadline off his fake clock.
 func TestResumeAcksWait(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) { o.ReceiptMembers = 1 }})
-	alice := device(t, srv, "alice", false)
-	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	acks := make(chan *ferryv1.Ack, 64)
-	bob := device(t, srv, "bob", false, clientsdk.WithClock(fake), clientsdk.WithoutCompression(),
-		clientsdk.WithHTTPClient(&http.Client{Transport: ackWatcher{next: srv.HTTP.Transport, acks: acks}}))
-	for _, d := range []*clientsdk.Device{alice, bob} {
-		if err := d.Start(); err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, d, "live", func() bool { return d.Status().State == clientsdk.StateLive })
-	}
-	conv, err := alice.CreateConversation(ctx, "large", lookup(t, alice, "bob"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := alice.SendText(ctx, conv, "one"); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, bob, "bob receives one", has(t, bob, conv, "one"))
-	waitForAckTimer(t, fake, defaultResumeAckDelay)
+	_, alice, bob, fake, conv := heldResumeAck(t, func(srv *servertest.Server) []clientsdk.Option {
+		return []clientsdk.Option{clientsdk.WithoutCompression(),
+			clientsdk.WithHTTPClient(&http.Client{Transport: ackWatcher{next: srv.HTTP.Transport, acks: acks}})}
+	})
 	select {
 	case a := <-acks:
 		t.Fatalf("bob acked %v before the resume ack delay passed", a.GetMarkers())
@@ -149,25 +134,7 @@ func TestResumeAcksWait(t *testing.T) {
 // otherwise leave the server up to five seconds behind what the device
 // holds. Bob's clock never moves, so only Stop can send it.
 func TestStopSendsHeldMarkers(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) { o.ReceiptMembers = 1 }})
-	alice := device(t, srv, "alice", false)
-	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	bob := device(t, srv, "bob", false, clientsdk.WithClock(fake))
-	for _, d := range []*clientsdk.Device{alice, bob} {
-		if err := d.Start(); err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, d, "live", func() bool { return d.Status().State == clientsdk.StateLive })
-	}
-	conv, err := alice.CreateConversation(ctx, "large", lookup(t, alice, "bob"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := alice.SendText(ctx, conv, "one"); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, bob, "bob receives one", has(t, bob, conv, "one"))
-	waitForAckTimer(t, fake, defaultResumeAckDelay)
+	srv, _, bob, _, conv := heldResumeAck(t, nil)
 	acc, err := bob.Account()
 	if err != nil {
 		t.Fatal(err)
@@ -188,6 +155,38 @@ func TestStopSendsHeldMarkers(t *testing.T) {
 	if got := delivered(); got < one {
 		t.Fatalf("after Stop the server has bob's delivered marker at %d; he holds \"one\" at %d", got, one)
 	}
+}
+
+// heldResumeAck starts alice and bob, live, on a server where no
+// conversation has receipts, and has alice send bob "one" in a new
+// conversation: it returns once bob holds it and his resume ack waits on
+// his fake clock. bobOpts, if not nil, gives bob more options.
+func heldResumeAck(t *testing.T, bobOpts func(*servertest.Server) []clientsdk.Option) (srv *servertest.Server, alice, bob *clientsdk.Device, fake *clock.Fake, conv ulid.ULID) {
+	t.Helper()
+	srv = servertest.New(t, servertest.Config{Engine: func(o *engine.Options) { o.ReceiptMembers = 1 }})
+	alice = device(t, srv, "alice", false)
+	fake = clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	opts := []clientsdk.Option{clientsdk.WithClock(fake)}
+	if bobOpts != nil {
+		opts = append(opts, bobOpts(srv)...)
+	}
+	bob = device(t, srv, "bob", false, opts...)
+	for _, d := range []*clientsdk.Device{alice, bob} {
+		if err := d.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, d, "live", func() bool { return d.Status().State == clientsdk.StateLive })
+	}
+	conv, err := alice.CreateConversation(ctx, "large", lookup(t, alice, "bob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.SendText(ctx, conv, "one"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, bob, "bob receives one", has(t, bob, conv, "one"))
+	waitForAckTimer(t, fake, defaultResumeAckDelay)
+	return srv, alice, bob, fake, conv
 }
 
 // waitForAckTimer waits until the earliest timer on the fake clock (the

@@ -256,24 +256,25 @@ function watchAcks(holdMs: number) {
   return { acks, asked, opts, nextAck: () => new Promise<void>((r) => (acked = r)), release: () => release() };
 }
 
-test("in a conversation without receipts, delivered acks wait; a read goes at once", { timeout: 60_000 }, async () => {
-  // A server where only conversations of one member share receipts.
+// heldResumeAck starts a server where no conversation shares receipts,
+// and has alice send bob "one" in a new conversation: it returns once bob
+// holds it and his resume ack wait (of a length of the test's own, to tell
+// it from a Goaway's delay) is held by watchAcks, before any ack.
+async function heldResumeAck() {
   const big = await startServer({ args: ["--receipt-members", "1"] });
+  const watch = watchAcks(777);
+  const open2 = async (watching: boolean) => {
+    const c = await FerryClient.open({
+      baseUrl: big.url,
+      resumeAckDelayMs: 777,
+      minBackoffMs: 1,
+      maxBackoffMs: 1,
+      ...(watching ? watch.opts : { sleep: async () => {} }),
+    });
+    clients.push(c);
+    return c;
+  };
   try {
-    // Bob's resume ack wait has a length of the test's own, to tell it
-    // from a Goaway's delay.
-    const { acks, nextAck, asked, release, opts } = watchAcks(777);
-    const open2 = async (watch: boolean) => {
-      const c = await FerryClient.open({
-        baseUrl: big.url,
-        resumeAckDelayMs: 777,
-        minBackoffMs: 1,
-        maxBackoffMs: 1,
-        ...(watch ? opts : { sleep: async () => {} }),
-      });
-      clients.push(c);
-      return c;
-    };
     const alice = await open2(false);
     const bob = await open2(true);
     await signUp(alice, "alice");
@@ -281,9 +282,19 @@ test("in a conversation without receipts, delivered acks wait; a read goes at on
     const conv = await alice.createConversation("big", [b]);
     await alice.send(conv, "one");
     await bob.waitFor(() => texts(bob.messages(conv)).includes("one"));
-    await asked;
-    assert.equal(acks.length, 0, "bob acked before the resume ack delay passed");
+    await watch.asked;
+    assert.equal(watch.acks.length, 0, "bob acked before the resume ack delay passed");
     const one = bob.messages(conv).find((m) => m.text === "one")!.seq;
+    return { big, alice, bob, conv, one, ...watch };
+  } catch (err) {
+    await big.stop();
+    throw err;
+  }
+}
+
+test("in a conversation without receipts, delivered acks wait; a read goes at once", { timeout: 60_000 }, async () => {
+  const { big, alice, bob, conv, one, acks, nextAck, release } = await heldResumeAck();
+  try {
     const first = nextAck();
     release();
     await first;
@@ -302,21 +313,9 @@ test("in a conversation without receipts, delivered acks wait; a read goes at on
 });
 
 test("stop sends the delivered markers still waiting for resumeAckDelayMs", { timeout: 60_000 }, async () => {
-  const big = await startServer({ args: ["--receipt-members", "1"] });
+  // Bob's resume ack wait never ends on its own: only stop can send it.
+  const { big, bob, one, acks } = await heldResumeAck();
   try {
-    // Bob's resume ack wait never ends on its own: only stop can send it.
-    const { acks, asked, opts } = watchAcks(777);
-    const alice = await FerryClient.open({ baseUrl: big.url, minBackoffMs: 1, maxBackoffMs: 1, sleep: async () => {} });
-    const bob = await FerryClient.open({ baseUrl: big.url, resumeAckDelayMs: 777, minBackoffMs: 1, maxBackoffMs: 1, ...opts });
-    clients.push(alice, bob);
-    await signUp(alice, "alice");
-    const b = await signUp(bob, "bob");
-    const conv = await alice.createConversation("big", [b]);
-    await alice.send(conv, "one");
-    await bob.waitFor(() => texts(bob.messages(conv)).includes("one"));
-    await asked;
-    assert.equal(acks.length, 0, "bob acked before the resume ack delay passed");
-    const one = bob.messages(conv).find((m) => m.text === "one")!.seq;
     await bob.stop();
     assert.ok(acks.some((a) => a.delivered >= one), `acks ${JSON.stringify(acks)} after stop: want one with delivered >= ${one}`);
   } finally {
