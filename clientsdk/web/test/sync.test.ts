@@ -258,15 +258,16 @@ function watchAcks(holdMs: number) {
 
 // heldResumeAck starts a server where no conversation shares receipts,
 // and has alice send bob "one" in a new conversation: it returns once bob
-// holds it and his resume ack wait (of a length of the test's own, to tell
-// it from a Goaway's delay) is held by watchAcks, before any ack.
-async function heldResumeAck() {
+// holds it and his resume ack wait is held by watchAcks, before any ack.
+// The wait is of delayMs, set on bob's client; without it, of the client's
+// default, five seconds, which bob's client then keeps.
+async function heldResumeAck(delayMs?: number) {
   const big = await startServer({ args: ["--receipt-members", "1"] });
-  const watch = watchAcks(777);
+  const watch = watchAcks(delayMs ?? 5000);
   const open2 = async (watching: boolean) => {
     const c = await FerryClient.open({
       baseUrl: big.url,
-      resumeAckDelayMs: 777,
+      ...(delayMs === undefined ? {} : { resumeAckDelayMs: delayMs }),
       minBackoffMs: 1,
       maxBackoffMs: 1,
       ...(watching ? watch.opts : { sleep: async () => {} }),
@@ -280,9 +281,13 @@ async function heldResumeAck() {
     await signUp(alice, "alice");
     const b = await signUp(bob, "bob");
     const conv = await alice.createConversation("big", [b]);
+    const acked = watch.nextAck();
     await alice.send(conv, "one");
     await bob.waitFor(() => texts(bob.messages(conv)).includes("one"));
-    await watch.asked;
+    // A wait of another length ends at once and its ack comes first: the
+    // test fails here rather than waiting for a held wait that never comes.
+    const first = await Promise.race([watch.asked.then(() => "the held wait"), acked.then(() => "an ack")]);
+    assert.equal(first, "the held wait", `bob acked (${JSON.stringify(watch.acks)}) without waiting ${delayMs ?? 5000} ms`);
     assert.equal(watch.acks.length, 0, "bob acked before the resume ack delay passed");
     const one = bob.messages(conv).find((m) => m.text === "one")!.seq;
     return { big, alice, bob, conv, one, ...watch };
@@ -292,7 +297,7 @@ async function heldResumeAck() {
   }
 }
 
-test("in a conversation without receipts, delivered acks wait; a read goes at once", { timeout: 60_000 }, async () => {
+test("in a conversation without receipts, delivered acks wait five seconds by default; a read goes at once", { timeout: 60_000 }, async () => {
   const { big, alice, bob, conv, one, acks, nextAck, release } = await heldResumeAck();
   try {
     const first = nextAck();
@@ -314,7 +319,8 @@ test("in a conversation without receipts, delivered acks wait; a read goes at on
 
 test("stop sends the delivered markers still waiting for resumeAckDelayMs", { timeout: 60_000 }, async () => {
   // Bob's resume ack wait never ends on its own: only stop can send it.
-  const { big, bob, one, acks } = await heldResumeAck();
+  // Its length is the test's own, to tell it from a Goaway's delay.
+  const { big, bob, one, acks } = await heldResumeAck(777);
   try {
     await bob.stop();
     assert.ok(acks.some((a) => a.delivered >= one), `acks ${JSON.stringify(acks)} after stop: want one with delivered >= ${one}`);

@@ -264,10 +264,10 @@ type ConversationInfo struct {
 	// receipts in this conversation (it has more members than the server's
 	// receipt limit, or the caller left it). The caller's delivered marker
 	// then only sets where the device's next session resumes: a client may
-	// gather it for longer (the Go SDK: a second) and spare the server an ack
-	// per message in large groups. When false, as from servers that predate
-	// this field, a client should send it soon, for the senders' delivery
-	// ticks.
+	// gather it for longer (the Go and web clients: five seconds) and spare
+	// the server an ack per message in large groups. When false, as from
+	// servers that predate this field, a client should send it soon, for the
+	// senders' delivery ticks.
 	NoReceipts    bool `protobuf:"varint,12,opt,name=no_receipts,json=noReceipts,proto3" json:"no_receipts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

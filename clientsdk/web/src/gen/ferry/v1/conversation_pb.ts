@@ -196,10 +196,10 @@ export type ConversationInfo = Message<"ferry.v1.ConversationInfo"> & {
    * receipts in this conversation (it has more members than the server's
    * receipt limit, or the caller left it). The caller's delivered marker
    * then only sets where the device's next session resumes: a client may
-   * gather it for longer (the Go SDK: a second) and spare the server an ack
-   * per message in large groups. When false, as from servers that predate
-   * this field, a client should send it soon, for the senders' delivery
-   * ticks.
+   * gather it for longer (the Go and web clients: five seconds) and spare
+   * the server an ack per message in large groups. When false, as from
+   * servers that predate this field, a client should send it soon, for the
+   * senders' delivery ticks.
    *
    * @generated from field: bool no_receipts = 12;
    */
