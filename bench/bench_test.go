@@ -148,7 +148,10 @@ func TestRatiosCompareFerryWithPeersAndLimits(t *testing.T) {
 			{System: "ferry", Ops: 10_000, Convs: 100, History: 1, RawBytes: 1000, CatchUp: CatchUp{WireBytes: 300}},
 			{System: "ferry (uncompressed)", Ops: 10_000, Convs: 100, History: 1, RawBytes: 1000, CatchUp: CatchUp{WireBytes: 1000}},
 		},
-		Limits: Limits{Pebble: []PebbleResult{{Committers: 64, OpsPerSec: 100_000}}, Zstd: []ZstdResult{{OpsPerBatch: 1000, Ratio: 0.25}}},
+		Fanout: []FanoutResult{{System: "ferry", Devices: 1000, ConvSize: 1000, Latency: Summary{P99: 30 * time.Millisecond}}},
+		Limits: Limits{Pebble: []PebbleResult{{Committers: 64, OpsPerSec: 100_000}}, Zstd: []ZstdResult{{OpsPerBatch: 1000, Ratio: 0.25}},
+			Delivery: []DeliveryResult{{Conns: 1000, Bytes: 256, Deliveries: 5000, CPUPerDelivery: 20 * time.Microsecond}}},
+		Machine: Machine{Cores: 2},
 	}
 	rows, cols := r.ratios(r.systems())
 	if want := []string{"ferry / limit", "ferry / peer"}; !slices.Equal(cols, want) {
@@ -161,6 +164,7 @@ func TestRatiosCompareFerryWithPeersAndLimits(t *testing.T) {
 	for metric, want := range map[string][]string{
 		"durable ingest":         {"0.20", "0.50"}, // best closed loop 20k vs 100k commits/s and 40k ops/s
 		"idle memory per device": {"–", "0.50"},
+		"fan-out to 1k devices":  {"3.00", "–"}, // p99 30ms over 1000 x 20µs on 2 cores
 		"catch-up wire bytes / payload (limit: zstd's ratio on 1000-op batches)": {"1.20", "–"}, // 0.30 of raw vs zstd's 0.25
 	} {
 		if !slices.Equal(got[metric], want) {
@@ -379,6 +383,24 @@ func TestFanoutFloor(t *testing.T) {
 	if md, want := r.Markdown(), "| 35.0ms | 25.0ms | 30.0ms | 1.5 |"; !strings.Contains(md, want) {
 		t.Errorf("no %q in the fan-out row:\n%s", want, md)
 	}
+	// With the transport measured, the fan-out targets and the section
+	// show its floor: 1000 deliveries of 20µs on 2 cores.
+	// A delivery costs more among more sockets: the 10k floor comes from
+	// the measure over 9,000 connections, not 1,000.
+	r.Limits.Delivery = []DeliveryResult{
+		{Conns: 1000, Bytes: 256, Deliveries: 5000, CPUPerDelivery: 20 * time.Microsecond},
+		{Conns: 9000, Bytes: 256, Deliveries: 45000, CPUPerDelivery: 30 * time.Microsecond},
+	}
+	r.Fanout[0].ConvSize = 1000
+	md := r.Markdown()
+	for _, want := range []string{
+		"| fan-out, 1 op to 1k online devices | p99 ≤ 10 ms | p99 45.0ms (transport floor 10.0ms) |",
+		"both ends: 20.0µs among 1000 connections; 30.0µs among 9000 connections; the transport floor, what a message to N devices takes at least when each has its own connection and they share the server's 2 cores: 10.0ms to 1k devices, 150ms to 10k.",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("no %q in:\n%s", want, md)
+		}
+	}
 	x.ClientCPUPerKOps = 0 // an in-process server: the client's CPU is unknown
 	if got := x.Floor(2); got != 0 {
 		t.Errorf("floor without the client's CPU: %v, want none", got)
@@ -442,5 +464,18 @@ func TestIngestHistoryIsStoredFirst(t *testing.T) {
 	withHistory := stored(253)
 	if withHistory-setup != 253 {
 		t.Fatalf("conversations hold %d ops besides the measured ones and the setup's %d; want the history's 253", withHistory-setup, setup)
+	}
+}
+
+// TestDeliveriesCountEveryRound: the transport's measure writes every round
+// to every connection, counts each delivery once its reader has it, and
+// ends its readers.
+func TestDeliveriesCountEveryRound(t *testing.T) {
+	x, err := Deliveries(16, 64, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.Conns != 16 || x.Bytes != 64 || x.Deliveries < 16 || x.Deliveries%16 != 0 || x.CPUPerDelivery < 0 {
+		t.Errorf("got %+v: want whole rounds over 16 connections of 64 bytes", x)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -171,4 +173,104 @@ func Loopback(d time.Duration) (float64, error) {
 	_ = c.Close()
 	<-done
 	return float64(got.Load()) / time.Since(start).Seconds() / 1e6, nil
+}
+
+// DeliveryResult is what a small message costs to reach a device over its
+// own loopback TCP connection, both ends together: the transport's part of
+// live fan-out's CPU floor.
+type DeliveryResult struct {
+	Conns          int           `json:"conns"`
+	Bytes          int           `json:"bytes"`
+	Deliveries     int           `json:"deliveries"`
+	CPUPerDelivery time.Duration `json:"cpu_per_delivery_ns"`
+}
+
+// Floor is the least time a message takes to reach devices, each over its
+// own connection, on cores: their count times the CPU per delivery, over
+// the cores.
+func (x DeliveryResult) Floor(devices, cores int) time.Duration {
+	if cores < 1 {
+		return 0
+	}
+	return time.Duration(devices) * x.CPUPerDelivery / time.Duration(cores)
+}
+
+// Deliveries measures the CPU of this process per message of size bytes
+// written to one of conns loopback TCP connections and read at the other
+// end, as a Go server and its devices do in live fan-out: each round
+// writes the message once to every connection, from as many goroutines as
+// there are Ps, and each connection's reader, a goroutine of its own, reads
+// it. Nothing else is done with it: no HTTP/2 framing, no protobuf, no
+// compression. A server that writes each delivery to its device's socket
+// cannot deliver for less, nor can its devices receive for less.
+func Deliveries(conns, size int, d time.Duration) (DeliveryResult, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return DeliveryResult{}, err
+	}
+	defer ln.Close()
+	servers := make([]net.Conn, 0, conns) // the server's ends, which write
+	var round sync.WaitGroup              // the reads of the round in flight
+	var readers sync.WaitGroup
+	defer func() {
+		for _, c := range servers {
+			_ = c.Close() // which ends its reader
+		}
+		readers.Wait()
+	}()
+	for range conns {
+		dev, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return DeliveryResult{}, err
+		}
+		srv, err := ln.Accept()
+		if err != nil {
+			_ = dev.Close()
+			return DeliveryResult{}, err
+		}
+		servers = append(servers, srv)
+		readers.Go(func() {
+			defer dev.Close()
+			buf := make([]byte, size)
+			for {
+				if _, err := io.ReadFull(dev, buf); err != nil {
+					return // the server's end closed: the measure is over
+				}
+				round.Done()
+			}
+		})
+	}
+	msg := make([]byte, size)
+	writers := runtime.GOMAXPROCS(0)
+	before, err := ProcessUsage(os.Getpid())
+	if err != nil {
+		return DeliveryResult{}, err
+	}
+	rounds := 0
+	for start := time.Now(); rounds == 0 || time.Since(start) < d; rounds++ {
+		round.Add(conns)
+		var failed atomic.Value
+		var ws sync.WaitGroup
+		for w := range writers {
+			ws.Go(func() {
+				for i := w; i < conns; i += writers {
+					if _, err := servers[i].Write(msg); err != nil {
+						failed.Store(err)
+						round.Add(-1) // no read will count it
+					}
+				}
+			})
+		}
+		ws.Wait()
+		if err, _ := failed.Load().(error); err != nil {
+			return DeliveryResult{}, fmt.Errorf("loopback delivery: %w", err)
+		}
+		round.Wait()
+	}
+	after, err := ProcessUsage(os.Getpid())
+	if err != nil {
+		return DeliveryResult{}, err
+	}
+	n := rounds * conns
+	return DeliveryResult{Conns: conns, Bytes: size, Deliveries: n, CPUPerDelivery: (after.CPU - before.CPU) / time.Duration(n)}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -42,11 +43,31 @@ type Machine struct {
 
 // Limits are the physical limits measured in the same run.
 type Limits struct {
-	FsyncP50    time.Duration  `json:"fsync_p50_ns"`
-	Pebble      []PebbleResult `json:"pebble"`
-	Zstd        []ZstdResult   `json:"zstd"`
-	LoopbackMBs float64        `json:"loopback_mb_per_sec"`
+	FsyncP50    time.Duration    `json:"fsync_p50_ns"`
+	Pebble      []PebbleResult   `json:"pebble"`
+	Zstd        []ZstdResult     `json:"zstd"`
+	LoopbackMBs float64          `json:"loopback_mb_per_sec"`
+	Delivery    []DeliveryResult `json:"delivery"` // by connections, fewest first
 }
+
+// transportFloor is Limits.Delivery's floor for a message to devices: from
+// the measure over the count of connections nearest theirs, since a
+// delivery costs more among more sockets. It is 0 when none was measured.
+func (l Limits) transportFloor(devices, cores int) time.Duration {
+	var best DeliveryResult
+	for _, d := range l.Delivery {
+		if d.Deliveries > 0 && (best.Conns == 0 || dist(d.Conns, devices) < dist(best.Conns, devices)) {
+			best = d
+		}
+	}
+	if best.Conns == 0 {
+		return 0
+	}
+	return best.Floor(devices, cores)
+}
+
+// dist is how far apart two counts are, as a ratio.
+func dist(a, b int) float64 { return math.Abs(math.Log(float64(a) / float64(b))) }
 
 // JSON encodes the report.
 func (r *Report) JSON() []byte {
@@ -160,6 +181,14 @@ func (r *Report) Markdown() string {
 		}
 		p("| %s | %d | %d | %d | %d%s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Devices, x.ConvSize, x.Messages, x.Deliveries, lost,
 			ms(x.Latency.P50), ms(x.Latency.P90), ms(x.Latency.P99), ms(x.Latency.P999), ms(x.Latency.Max), ms(x.CPUPerKOps), client, floor, over)
+	}
+	if ds := r.Limits.Delivery; len(ds) > 0 {
+		p("\nLimit, a %d-byte message over its own loopback TCP connection (written by one goroutine, read by another; no HTTP/2, protobuf or compression), sent to every connection in turn, CPU per delivery, both ends:", ds[0].Bytes)
+		for _, d := range ds {
+			p(" %.1fµs among %d connections;", float64(d.CPUPerDelivery)/float64(time.Microsecond), d.Conns)
+		}
+		p(" the transport floor, what a message to N devices takes at least when each has its own connection and they share the server's %d cores: %s to 1k devices, %s to 10k.\n",
+			r.Machine.Cores, ms(r.Limits.transportFloor(1000, r.Machine.Cores)), ms(r.Limits.transportFloor(10_000, r.Machine.Cores)))
 	}
 
 	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times, each time with as many new ops, so each run's history is one more multiple of them (x1-x3: three runs over histories of x1, x2 and x3): the figures are the run with the median time, and every run's time follows. Cold: the server restarted after the ops arrived and before each catch-up, which then read through a cold process (its caches empty; the OS page cache stays warm) on a new connection.\n\n")
@@ -306,6 +335,7 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 			zstdRatio = x.Ratio
 		}
 	}
+	transport := float64(r.Limits.transportFloor(1000, r.Machine.Cores))
 	if len(peers) == 0 && pebble == 0 {
 		return nil, nil
 	}
@@ -313,10 +343,11 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 	for _, p := range peers {
 		cols = append(cols, "ferry / "+p)
 	}
-	// Against the limits: ingest over the Pebble commit rate; Ferry's wire
-	// bytes over its own uncompressed bytes, against zstd's ratio on the
-	// same kind of batches.
+	// Against the limits: ingest over the Pebble commit rate; fan-out's p99
+	// over the transport floor; Ferry's wire bytes over its own
+	// uncompressed bytes, against zstd's ratio on the same kind of batches.
 	vsPebble := ratio(ingest("ferry"), pebble)
+	vsTransport := ratio(fan("ferry"), transport)
 	vsZstd := "–"
 	if f, u := wire("ferry"), wire("ferry (uncompressed)"); f > 0 && u > 0 {
 		vsZstd = ratio(f/u, zstdRatio)
@@ -327,7 +358,7 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 		limit string
 	}{
 		{"durable ingest, best ops/s (limit: Pebble synced commits, 64 committers)", ingest, vsPebble},
-		{"fan-out to 1k devices, p99", fan, "–"},
+		{"fan-out to 1k devices, p99 (limit: the transport floor, 1k deliveries over loopback TCP)", fan, vsTransport},
 		{"idle memory per device", idle, "–"},
 		{"catch-up 10k ops over 100 conversations, time", cu, "–"},
 		{"catch-up wire bytes / payload (limit: zstd's ratio on 1000-op batches)", wire, vsZstd},
@@ -379,7 +410,11 @@ func (r *Report) targets(systems []string) [][]string {
 		return func(sys string) string {
 			for _, x := range r.Fanout {
 				if x.System == sys && x.Devices == devices && x.ConvSize == devices {
-					return fmt.Sprintf("p99 %s", ms(x.Latency.P99))
+					c := fmt.Sprintf("p99 %s", ms(x.Latency.P99))
+					if f := r.Limits.transportFloor(devices, r.Machine.Cores); f > 0 {
+						c += fmt.Sprintf(" (transport floor %s)", ms(f))
+					}
+					return c
 				}
 			}
 			return "–"
