@@ -291,8 +291,9 @@ func limits(dir string, d time.Duration) (Limits, error) {
 	}
 	// A live round of one chat message is a few hundred bytes on the wire.
 	// Among 10,000 sockets a delivery costs more than among 1,000 (14µs
-	// against 10µs here): each floor comes from its own count, as far as
-	// this process may open both ends of that many connections.
+	// against 10µs on the 2-core machine of bench/results): each floor
+	// comes from its own count, as far as this process may open both ends
+	// of that many connections.
 	most := max(openFiles()/2-256, 16)
 	for _, conns := range slices.Compact([]int{min(1000, most), min(10_000, most)}) {
 		res, err := Deliveries(conns, 256, d)
