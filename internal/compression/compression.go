@@ -8,10 +8,10 @@
 // for concurrent use), instead of a streaming encoder per connection, which
 // would cost megabytes per idle stream; gzip with pooled writers. A message
 // that many streams send alike (a live round to every member of a
-// conversation) is compressed twice, not once per stream: see memo. Decoders are pooled and refuse
-// frames whose window exceeds a bound, so a hostile frame cannot make the
-// server allocate more than that; Connect limits the decompressed size
-// itself.
+// conversation) is compressed twice, not once per stream: see memo.
+// Decoders are pooled and refuse frames whose window exceeds a bound, so a
+// hostile frame cannot make the server allocate more than that; Connect
+// limits the decompressed size itself.
 //
 // Compressors are safe for concurrent use.
 package compression
