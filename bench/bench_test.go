@@ -100,6 +100,9 @@ func TestWorkloadsInProcess(t *testing.T) {
 	if len(r.Fanout) != 1 || r.Fanout[0].Messages == 0 || r.Fanout[0].Deliveries != r.Fanout[0].Messages*2 {
 		t.Errorf("fan-out results %+v: want each message delivered to both other members", r.Fanout)
 	}
+	if f := r.Fanout[0].First; f.N != 4 || f.Max <= 0 {
+		t.Errorf("fan-out's first messages %+v: want one to each of the 2 conversations, delivered to both other members, apart from the measured", f)
+	}
 	if c := r.Fanout[0].ClientCPUPerKOps; c != 0 {
 		t.Errorf("fan-out client CPU %v with the server in the harness's process: it cannot be told apart", c)
 	}
@@ -375,13 +378,20 @@ func TestAckTargetSaysSaturated(t *testing.T) {
 // cores, and the row shows it with the p99's multiple of it.
 func TestFanoutFloor(t *testing.T) {
 	x := FanoutResult{System: "ferry", Devices: 1000, ConvSize: 1001, Messages: 40, Deliveries: 40000, Expected: 40000,
-		Latency: Summary{P99: 45 * time.Millisecond}, CPUPerKOps: 35 * time.Millisecond, ClientCPUPerKOps: 25 * time.Millisecond}
+		Latency: Summary{P99: 45 * time.Millisecond}, First: Summary{N: 1000, Max: 70 * time.Millisecond},
+		CPUPerKOps: 35 * time.Millisecond, ClientCPUPerKOps: 25 * time.Millisecond}
 	if got, want := x.Floor(2), 30*time.Millisecond; got != want {
 		t.Errorf("floor on 2 cores: %v, want %v", got, want)
 	}
 	r := Report{Machine: Machine{Cores: 2}, Fanout: []FanoutResult{x}}
-	if md, want := r.Markdown(), "| 35.0ms | 25.0ms | 30.0ms | 1.5 |"; !strings.Contains(md, want) {
+	if md, want := r.Markdown(), "| 70.0ms | 35.0ms | 25.0ms | 30.0ms | 1.5 |"; !strings.Contains(md, want) {
 		t.Errorf("no %q in the fan-out row:\n%s", want, md)
+	}
+	// A result from before the warm-up has no first message.
+	old := Report{Machine: Machine{Cores: 2}, Fanout: []FanoutResult{x}}
+	old.Fanout[0].First = Summary{}
+	if md, want := old.Markdown(), "| – | 35.0ms | 25.0ms | 30.0ms | 1.5 |"; !strings.Contains(md, want) {
+		t.Errorf("no %q in the fan-out row of an old result:\n%s", want, md)
 	}
 	// With the transport measured, the fan-out targets and the section
 	// show its floor: 1000 deliveries of 20µs on 2 cores.
