@@ -10,5 +10,7 @@
 // Latency is measured open-loop where it matters: sends follow a fixed
 // schedule whatever the server's pace, and each payload carries its
 // scheduled send time, so a slow server cannot hide its queueing delay
-// (coordinated omission).
+// (coordinated omission). Fan-out sends a first message to each
+// conversation before the measured ones and reports it apart
+// (FanoutResult.First): it pays what each device and session pay once.
 package bench
