@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 
@@ -399,13 +400,13 @@ func TestAfterChange(t *testing.T) {
 	if n := calls[1].Load() + calls[2].Load(); n != 0 {
 		t.Fatalf("%d calls with nothing new", n)
 	}
-	alice.Send(conv, "one") // Send returns after the commit, and the commit calls back
+	// The writer calls back once it has answered the commit, before it
+	// takes the next: once "two" is sent, "one"'s callbacks have run. Both
+	// woke bob, and nothing was armed again in between.
+	alice.Send(conv, "one")
+	alice.Send(conv, "two")
 	if got := [3]int32{calls[0].Load(), calls[1].Load(), calls[2].Load()}; got != [3]int32{0, 1, 1} {
-		t.Fatalf("calls after a change: %v, want [0 1 1]", got)
-	}
-	alice.Send(conv, "two") // nothing armed: no calls
-	if calls[1].Load() != 1 {
-		t.Fatal("a callback ran twice")
+		t.Fatalf("calls after two changes: %v, want [0 1 1]", got)
 	}
 	// bob's session has not read since: arming calls back at once.
 	s.AfterChange(func() { calls[3].Add(1) })
@@ -417,9 +418,48 @@ func TestAfterChange(t *testing.T) {
 	s.AfterChange(func() { calls[3].Add(1) })
 	s.Close()
 	alice.Send(conv, "three")
+	alice.Send(conv, "four") // after "three"'s callbacks
 	if calls[3].Load() != 1 {
 		t.Fatal("a closed session's callback ran")
 	}
+}
+
+// TestPushAnsweredBeforeCallbacks: the writer answers a commit before it
+// calls back the sessions the commit woke, so that a push to a large
+// conversation is acknowledged once durable, not once every member's
+// sender is kicked. A callback that holds the writer does not hold the
+// answer; and a round planned at once, as a push's result plans one,
+// reaches the ops already.
+func TestPushAnsweredBeforeCallbacks(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	s, r := openCaughtUp(t, e, bob)
+	called, release := make(chan struct{}), make(chan struct{})
+	s.AfterChange(func() {
+		close(called)
+		<-release
+	})
+	op := alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("hi"), ContentType: "text/plain"})
+	answered := make(chan error, 1)
+	go func() {
+		_, err := e.Append(ctx, alice.Actor, []model.Op{op})
+		answered <- err
+	}()
+	<-called // the commit is done, and its callback holds the writer
+	select {
+	case err := <-answered:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second): // a bound on the failure, not a wait for an event
+		close(release)
+		t.Fatal("the push was not answered while a callback of its commit ran")
+	}
+	r.drain(s, engine.DefaultBatchOps)
+	r.holdsExactly(conv, 1, 3) // the creation, bob's joining and the message
+	close(release)
 }
 
 func TestRevokedDeviceSessionEnds(t *testing.T) {

@@ -114,6 +114,10 @@ type writer struct {
 	timer    clock.Timer
 	armed    bool
 
+	// kicks are the callbacks of the sessions the last commit woke, which
+	// the writer runs once it has answered the commit's requests.
+	kicks []func()
+
 	// runs holds what remember handed the views of the conversations
 	// written in the last carryCommits commits, and recent which those
 	// were; commitN counts the commits remember has seen.
@@ -294,6 +298,7 @@ func (e *Engine) writeLoop() {
 		for _, r := range group {
 			r.done <- err
 		}
+		e.w.kick()
 		e.w.armReceipts()
 	}
 }
@@ -387,8 +392,18 @@ func (w *writer) commit(group []*request) error {
 	for _, id := range tx.receiptsWait {
 		w.wait(id, now)
 	}
-	w.e.hub.wake(tx.wake, tx.pos)
+	w.kicks = w.e.hub.wake(tx.wake, tx.pos, w.kicks[:0])
 	return nil
+}
+
+// kick runs the callbacks of the sessions the last commit woke (hub.wake),
+// once its requests are answered.
+func (w *writer) kick() {
+	for i, f := range w.kicks {
+		f()
+		w.kicks[i] = nil
+	}
+	w.kicks = w.kicks[:0]
 }
 
 // shareReceipts puts the receipts of each conversation whose feed the
