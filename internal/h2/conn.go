@@ -53,7 +53,7 @@ type conn struct {
 	frames      atomic.Uint64 // read, for the liveness check
 
 	mu         sync.Mutex
-	streams    map[uint32]*stream
+	streams    streamSet
 	open       int // streams counted against MAX_CONCURRENT_STREAMS: neither reset nor done
 	handlers   int // handlers running
 	unstarted  []pending
@@ -120,7 +120,6 @@ func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
 		nc:         nc,
 		set:        s.connSettings(),
 		remoteAddr: nc.RemoteAddr().String(),
-		streams:    make(map[uint32]*stream),
 		sendWin:    defaultWindow,
 		peerWin:    defaultWindow,
 		peerFrame:  minMaxFrameSize,
@@ -270,7 +269,7 @@ func (c *conn) onData(h frameHeader) error {
 		return connError{http2.ErrCodeFlowControl, "DATA past the connection's flow-control window"}
 	}
 	c.recvWin -= n
-	st := c.streams[h.streamID]
+	st := c.streams.get(h.streamID)
 	switch {
 	case st == nil && h.streamID > c.maxClientID:
 		return connError{http2.ErrCodeProtocol, fmt.Sprintf("DATA on stream %d, which is idle", h.streamID)}
@@ -390,7 +389,7 @@ func (c *conn) onRSTStream(h frameHeader) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := c.streams[h.streamID]
+	st := c.streams.get(h.streamID)
 	if st == nil {
 		if h.streamID > c.maxClientID {
 			return connError{http2.ErrCodeProtocol, fmt.Sprintf("RST_STREAM on stream %d, which is idle", h.streamID)}
@@ -458,7 +457,7 @@ func (c *conn) onSettings(h frameHeader) error {
 	if window >= 0 {
 		d := window - c.peerWin
 		c.peerWin = window
-		for _, st := range c.streams {
+		for st := range c.streams.all() {
 			st.sendWin += d
 			if st.sendWin > maxWindow {
 				return connError{http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE took a stream's window past 2^31-1"}
@@ -531,7 +530,7 @@ func (c *conn) onWindowUpdate(h frameHeader) error {
 		c.wakeSendersLocked()
 		return nil
 	}
-	st := c.streams[h.streamID]
+	st := c.streams.get(h.streamID)
 	switch {
 	case st == nil && h.streamID > c.maxClientID:
 		return connError{http2.ErrCodeProtocol, fmt.Sprintf("WINDOW_UPDATE on stream %d, which is idle", h.streamID)}
@@ -553,7 +552,7 @@ func (c *conn) onHeaderBlock() error {
 	hb := c.hb
 	id := hb.streamID
 	c.mu.Lock()
-	st := c.streams[id]
+	st := c.streams.get(id)
 	if st != nil || id <= c.maxClientID {
 		defer c.mu.Unlock()
 		switch {
@@ -610,7 +609,7 @@ func (c *conn) onHeaderBlock() error {
 		c.mu.Unlock()
 		return err
 	}
-	c.streams[id] = st
+	c.streams.put(st)
 	c.open++
 	if c.handlers >= int(c.set.maxStreams) {
 		// The handlers of streams the client reset still run: this one
@@ -796,7 +795,7 @@ func appendHeaders(b *batch, id uint32, end bool, fields func([]byte) []byte) {
 // resetStream ends a stream with RST_STREAM.
 func (c *conn) resetStream(id uint32, code http2.ErrCode) {
 	c.mu.Lock()
-	if st := c.streams[id]; st != nil {
+	if st := c.streams.get(id); st != nil {
 		c.resetLocked(st, errStreamClosed)
 	}
 	c.queueLocked(func(b []byte) []byte { return appendRSTStream(b, id, code) })
@@ -860,7 +859,7 @@ func (c *conn) goAway() {
 	}
 	c.goingAway, c.goAwayID = true, c.maxClientID
 	c.queueLocked(func(b []byte) []byte { return appendGoAway(b, c.goAwayID, http2.ErrCodeNo, "") })
-	if len(c.streams) == 0 && c.handlers == 0 {
+	if c.streams.len() == 0 && c.handlers == 0 {
 		c.finishLocked()
 	}
 }
@@ -926,7 +925,7 @@ func (c *conn) closeLocked() {
 		return
 	}
 	c.closed.Store(true)
-	for _, st := range c.streams {
+	for st := range c.streams.all() {
 		c.resetLocked(st, errConnClosed)
 	}
 	c.unstarted = nil
@@ -945,7 +944,7 @@ func (c *conn) checkNow() {
 		c.mu.Unlock()
 		return
 	}
-	idle := c.set.idleTimeout > 0 && len(c.streams) == 0 && c.handlers == 0 && !c.goingAway && !now.Before(c.idleSince.Add(c.set.idleTimeout))
+	idle := c.set.idleTimeout > 0 && c.streams.len() == 0 && c.handlers == 0 && !c.goingAway && !now.Before(c.idleSince.Add(c.set.idleTimeout))
 	var dead bool
 	if c.set.readIdleTimeout > 0 {
 		if n := c.frames.Load(); n != c.lastFrames {
@@ -981,7 +980,7 @@ func (c *conn) nextCheckLocked(now time.Time) time.Duration {
 			next = d
 		}
 	}
-	if c.set.idleTimeout > 0 && len(c.streams) == 0 && c.handlers == 0 && !c.goingAway {
+	if c.set.idleTimeout > 0 && c.streams.len() == 0 && c.handlers == 0 && !c.goingAway {
 		soonest(c.idleSince.Add(c.set.idleTimeout))
 	}
 	if c.set.readIdleTimeout > 0 {
@@ -1027,7 +1026,7 @@ func (c *conn) writeExpired(st *stream, at time.Time) {
 // wakeSendersLocked wakes the streams waiting for send window, when the
 // connection's grows. The caller holds mu.
 func (c *conn) wakeSendersLocked() {
-	for _, st := range c.streams {
+	for st := range c.streams.all() {
 		if st.waitingSend {
 			st.cond.Broadcast()
 		}

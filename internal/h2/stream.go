@@ -181,7 +181,7 @@ func (c *conn) handlerDone(st *stream, w *responseWriter) {
 	if st.wTimer != nil {
 		st.wTimer.Stop()
 	}
-	delete(c.streams, st.id)
+	c.streams.del(st.id)
 	c.handlers--
 	var next *pending
 	for len(c.unstarted) > 0 && next == nil {
@@ -190,7 +190,7 @@ func (c *conn) handlerDone(st *stream, w *responseWriter) {
 		if !p.st.reset {
 			next = &p
 		} else {
-			delete(c.streams, p.st.id)
+			c.streams.del(p.st.id)
 		}
 	}
 	if len(c.unstarted) == 0 {
@@ -199,7 +199,7 @@ func (c *conn) handlerDone(st *stream, w *responseWriter) {
 	if next != nil {
 		c.handlers++
 	}
-	idle := len(c.streams) == 0 && c.handlers == 0
+	idle := c.streams.len() == 0 && c.handlers == 0
 	if idle {
 		c.becameIdleLocked()
 	}
