@@ -355,9 +355,7 @@ func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, er
 	wg.Wait()
 	expected := int(sent.Load()) * (cfg.ConvSize - 1)
 	// Let the last messages arrive: up to 10s past the end.
-	for end := time.Now().Add(10 * time.Second); int(delivered.Load()) < expected && time.Now().Before(end); {
-		time.Sleep(10 * time.Millisecond)
-	}
+	_ = awaitCount(&delivered, expected, nil)
 	if err, _ := failed.Load().(error); err != nil {
 		return FanoutResult{}, fmt.Errorf("fan-out: %w", err)
 	}
@@ -393,11 +391,23 @@ func warmUp(clients []Client, members [][]int, warmed *atomic.Int64) error {
 			return fmt.Errorf("fan-out warm-up: %w", err)
 		}
 	}
-	for end := time.Now().Add(10 * time.Second); int(warmed.Load()) < want && time.Now().Before(end); {
+	if err := awaitCount(warmed, want, errs); err != nil {
+		return fmt.Errorf("fan-out warm-up: %w", err)
+	}
+	return nil
+}
+
+// awaitCount waits up to 10 s for n to reach want, looking every 10 ms,
+// and returns the first error from errs (nil: none come) meanwhile. What
+// has not arrived by then shows in the counts reported.
+func awaitCount(n *atomic.Int64, want int, errs <-chan error) error {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for end := time.Now().Add(10 * time.Second); int(n.Load()) < want && time.Now().Before(end); {
 		select {
 		case err := <-errs:
-			return fmt.Errorf("fan-out warm-up: %w", err)
-		case <-time.After(10 * time.Millisecond):
+			return err
+		case <-tick.C:
 		}
 	}
 	return nil
