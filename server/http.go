@@ -267,25 +267,34 @@ func (s *HTTPServer) sniff(c net.Conn, l *sniffListener) {
 		_ = c.Close()
 		return
 	}
-	defer s.untrack(c)
 	_ = c.SetReadDeadline(time.Time{})
 	ctx := l.base
 	if cc := s.HTTP.ConnContext; cc != nil {
 		if ctx = cc(ctx, c); ctx == nil {
+			s.untrack(c)
 			panic("server: ConnContext returned a nil context")
 		}
 	}
-	if cs := s.HTTP.ConnState; cs != nil {
+	cs := s.HTTP.ConnState
+	if cs != nil {
 		cs(c, http.StateNew)
-		defer cs(c, http.StateClosed)
+	}
+	ended := func() {
+		if cs != nil {
+			cs(c, http.StateClosed)
+		}
+		s.untrack(c)
 	}
 	// ServeConn closes c when it is done. It adds the server and the local
-	// address to ctx, as net/http does.
+	// address to ctx, as net/http does. Ferry's may return before the
+	// connection ends (a goroutine of its own serves it on), and calls
+	// ended when it has.
 	if s.H2C == H2CFerry {
-		s.own.ServeConn(ctx, c)
+		s.own.ServeConn(ctx, c, ended)
 		return
 	}
 	s.h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, BaseConfig: s.HTTP, SawClientPreface: true})
+	ended()
 }
 
 // track adds c to the connections that are the HTTPServer's to close, or

@@ -78,8 +78,11 @@ func serveH2(t *testing.T, srv *h2.Server) (addr string, ended <-chan struct{}) 
 					_ = c.Close()
 					return
 				}
-				srv.ServeConn(context.Background(), c)
-				ends <- struct{}{}
+				wg.Add(1)
+				srv.ServeConn(context.Background(), c, func() {
+					ends <- struct{}{}
+					wg.Done()
+				})
 			}()
 		}
 	}()
@@ -774,5 +777,93 @@ func TestInformationalResponse(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusOK || resp.body != "done" || resp.Header.Get("X-Final") != "1" {
 		t.Errorf("final response %d %q, header %v", resp.StatusCode, resp.body, resp.Header)
+	}
+}
+
+// TestServeConnReturnsWhileServing: ServeConn returns once the connection
+// waits for its client (its reader goes on on a goroutine of its own),
+// the connection goes on serving, and done runs once, when it has ended.
+func TestServeConnReturnsWhileServing(t *testing.T) {
+	srv := &h2.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.(http.Flusher).Flush()
+		buf := make([]byte, 64)
+		for {
+			n, err := r.Body.Read(buf)
+			if n > 0 {
+				_, _ = w.Write(bytes.ToUpper(buf[:n]))
+				w.(http.Flusher).Flush()
+			}
+			if err != nil {
+				return
+			}
+		}
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	returned, done := make(chan struct{}), make(chan struct{}, 2)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			_ = c.Close()
+			return
+		}
+		srv.ServeConn(context.Background(), c, func() { done <- struct{}{} })
+		close(returned)
+	}()
+
+	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/", pr)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo := func(word string) {
+		t.Helper()
+		if _, err := pw.Write([]byte(word)); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(word))
+		if _, err := io.ReadFull(resp.Body, got); err != nil || string(got) != strings.ToUpper(word) {
+			t.Fatalf("after %q: %q, %v", word, got, err)
+		}
+	}
+	echo("one")
+	select {
+	case <-returned:
+	case <-time.After(hangGuard):
+		t.Fatal("ServeConn still runs while its connection waits for the client")
+	}
+	select {
+	case <-done:
+		t.Fatal("done ran while the connection serves")
+	default:
+	}
+	echo("two") // read on the reader's own goroutine
+	_ = pw.Close()
+	if rest, err := io.ReadAll(resp.Body); err != nil || len(rest) != 0 {
+		t.Fatalf("the end: %q, %v", rest, err)
+	}
+	resp.Body.Close()
+	tr.CloseIdleConnections() // the client goes: the connection ends
+	select {
+	case <-done:
+	case <-time.After(hangGuard):
+		t.Fatal("done did not run after the connection ended")
+	}
+	select {
+	case <-done:
+		t.Fatal("done ran twice")
+	default:
 	}
 }

@@ -1,6 +1,7 @@
 package h2
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -29,10 +30,18 @@ type reader struct {
 	raw  syscall.RawConn
 	buf  *[readBufSize]byte // nil while nothing is buffered, when raw
 	r, w int                // buf[r:w] is read and not yet consumed
+	// move, when set, makes a wait for the next frame's first bytes
+	// fail with errMove instead (see conn.run); atFrame is set while
+	// those are read. Both only when raw.
+	move, atFrame bool
 	// testWait, when set (by tests), runs as the reader is about to wait
 	// for the client with nothing buffered.
 	testWait func()
 }
+
+// errMove is what a read returns when the reader should go on reading on
+// a fresh goroutine (reader.move).
+var errMove = errors.New("h2: the reader moves to a fresh goroutine")
 
 func newReader(nc net.Conn) reader {
 	r := reader{nc: nc}
@@ -95,6 +104,7 @@ func (r *reader) read() (int, error) {
 	}
 	var n int
 	var rerr error
+	moving := false
 	err := r.raw.Read(func(fd uintptr) bool {
 		buf := readBufs.Get().(*[readBufSize]byte)
 		for {
@@ -105,6 +115,10 @@ func (r *reader) read() (int, error) {
 		}
 		if rerr == syscall.EAGAIN {
 			readBufs.Put(buf)
+			if r.move && r.atFrame {
+				moving = true
+				return true
+			}
 			if r.testWait != nil {
 				r.testWait()
 			}
@@ -116,6 +130,8 @@ func (r *reader) read() (int, error) {
 	switch {
 	case err != nil:
 		return 0, err // the connection's: closed, or past its read deadline
+	case moving:
+		return 0, errMove
 	case rerr != nil:
 		return 0, os.NewSyscallError("read", rerr)
 	case n == 0:
@@ -139,6 +155,16 @@ func (r *reader) next(n int) ([]byte, error) {
 		r.r, r.w = 0, 0
 	}
 	return p, nil
+}
+
+// header returns the next frame's header, which stays valid until the
+// next call. With move set, it returns errMove rather than wait for the
+// frame to begin.
+func (r *reader) header() ([]byte, error) {
+	r.atFrame = true
+	p, err := r.next(frameHeaderLen)
+	r.atFrame = false
+	return p, err
 }
 
 // payload returns the next n bytes: in the buffer when they fit, else in

@@ -4,8 +4,9 @@
 // goroutines and less memory per connection than golang.org/x/net/http2:
 //
 //   - A connection has one goroutine of its own, its reader, which reads
-//     and handles every frame; a request's handler runs on a goroutine of
-//     its own. There is no goroutine in between: a handler writes its
+//     and handles every frame (after a request's header block it goes on
+//     on a fresh goroutine, whose stack is smaller: see conn.run); a
+//     request's handler runs on a goroutine of its own. There is no goroutine in between: a handler writes its
 //     frames to the connection itself, holding its write semaphore,
 //     so a flushed message costs one system call and no hand-off. x/net
 //     hands each write to the connection's serve loop and waits for it:
@@ -69,13 +70,14 @@ type Server struct {
 }
 
 // ServeConn serves nc, whose client preface has been read, until the
-// connection ends, and closes it. ctx is the base of the requests'
-// contexts.
-func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
+// connection ends, closes it, and calls done (unless nil). ctx is the base
+// of the requests' contexts. ServeConn returns as soon as the connection
+// waits for its client: a goroutine of its own serves it on (see
+// conn.run).
+func (s *Server) ServeConn(ctx context.Context, nc net.Conn, done func()) {
 	c := newConn(s, ctx, nc)
 	s.track(c)
-	defer s.untrack(c)
-	c.serve()
+	c.serve(done)
 }
 
 func (s *Server) track(c *conn) {
