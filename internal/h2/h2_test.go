@@ -222,23 +222,27 @@ func do(t *testing.T, c *http.Client, req *http.Request) response {
 	return response{resp, string(b)}
 }
 
+// upperEcho answers each piece of a request body as it comes, in upper
+// case, flushing, while the client is still sending.
+var upperEcho = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	w.(http.Flusher).Flush() // the header: the client waits for it before it sends
+	buf := make([]byte, 64)
+	for {
+		n, err := r.Body.Read(buf)
+		if n > 0 {
+			_, _ = w.Write(bytes.ToUpper(buf[:n]))
+			w.(http.Flusher).Flush()
+		}
+		if err != nil {
+			return
+		}
+	}
+})
+
 // TestFullDuplex: a handler answers each line of a request body as it
 // comes, flushing, while the client is still sending.
 func TestFullDuplex(t *testing.T) {
-	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.(http.Flusher).Flush() // the header: the client waits for it before it sends
-		buf := make([]byte, 64)
-		for {
-			n, err := r.Body.Read(buf)
-			if n > 0 {
-				_, _ = w.Write(bytes.ToUpper(buf[:n]))
-				w.(http.Flusher).Flush()
-			}
-			if err != nil {
-				return
-			}
-		}
-	}), nil)
+	addr, _ := serve(t, upperEcho, nil)
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest("POST", "http://"+addr+"/", pr)
 	resp, err := client(t).Do(req)
@@ -784,20 +788,7 @@ func TestInformationalResponse(t *testing.T) {
 // waits for its client (its reader goes on on a goroutine of its own),
 // the connection goes on serving, and done runs once, when it has ended.
 func TestServeConnReturnsWhileServing(t *testing.T) {
-	srv := &h2.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.(http.Flusher).Flush()
-		buf := make([]byte, 64)
-		for {
-			n, err := r.Body.Read(buf)
-			if n > 0 {
-				_, _ = w.Write(bytes.ToUpper(buf[:n]))
-				w.(http.Flusher).Flush()
-			}
-			if err != nil {
-				return
-			}
-		}
-	})}
+	srv := &h2.Server{Handler: upperEcho}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -818,13 +809,10 @@ func TestServeConnReturnsWhileServing(t *testing.T) {
 		close(returned)
 	}()
 
-	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
-	}}
+	cl := client(t)
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/", pr)
-	resp, err := (&http.Client{Transport: tr}).Do(req)
+	resp, err := cl.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -855,7 +843,7 @@ func TestServeConnReturnsWhileServing(t *testing.T) {
 		t.Fatalf("the end: %q, %v", rest, err)
 	}
 	resp.Body.Close()
-	tr.CloseIdleConnections() // the client goes: the connection ends
+	cl.CloseIdleConnections() // the client goes: the connection ends
 	select {
 	case <-done:
 	case <-time.After(hangGuard):

@@ -71,8 +71,9 @@ type Server struct {
 
 // ServeConn serves nc, whose client preface has been read, until the
 // connection ends, closes it, and calls done (unless nil). ctx is the base
-// of the requests' contexts. ServeConn returns as soon as the connection
-// waits for its client: a goroutine of its own serves it on (see
+// of the requests' contexts. ServeConn may return before the connection
+// ends: with a TCP or Unix socket on Unix, it returns once the connection
+// waits for its client, and a goroutine of its own serves it on (see
 // conn.run).
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn, done func()) {
 	c := newConn(s, ctx, nc)
