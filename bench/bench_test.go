@@ -100,8 +100,9 @@ func TestWorkloadsInProcess(t *testing.T) {
 	if len(r.Fanout) != 1 || r.Fanout[0].Messages == 0 || r.Fanout[0].Deliveries != r.Fanout[0].Messages*2 {
 		t.Errorf("fan-out results %+v: want each message delivered to both other members", r.Fanout)
 	}
-	if f := r.Fanout[0].First; f.N != 4 || f.Max <= 0 {
-		t.Errorf("fan-out's first messages %+v: want one to each of the 2 conversations, delivered to both other members, apart from the measured", f)
+	if f := r.Fanout[0].First; f.N != 4 || f.Max <= 0 || r.Fanout[0].warmUpDeliveries() != f.N {
+		t.Errorf("fan-out's first messages %+v (the report expects %d): want one to each of the 2 conversations, delivered to both other members, apart from the measured",
+			f, r.Fanout[0].warmUpDeliveries())
 	}
 	if c := r.Fanout[0].ClientCPUPerKOps; c != 0 {
 		t.Errorf("fan-out client CPU %v with the server in the harness's process: it cannot be told apart", c)
@@ -392,6 +393,12 @@ func TestFanoutFloor(t *testing.T) {
 	old.Fanout[0].First = Summary{}
 	if md, want := old.Markdown(), "| – | 35.0ms | 25.0ms | 30.0ms | 1.5 |"; !strings.Contains(md, want) {
 		t.Errorf("no %q in the fan-out row of an old result:\n%s", want, md)
+	}
+	// A warm-up that timed out says how many of its deliveries came.
+	short := Report{Machine: Machine{Cores: 2}, Fanout: []FanoutResult{x}}
+	short.Fanout[0].First.N = 990
+	if md, want := short.Markdown(), "| 70.0ms (990 of 1000 arrived) | 35.0ms |"; !strings.Contains(md, want) {
+		t.Errorf("no %q in the fan-out row of a short warm-up:\n%s", want, md)
 	}
 	// With the transport measured, the fan-out targets and the section
 	// show its floor: 1000 deliveries of 20µs on 2 cores.

@@ -265,6 +265,12 @@ func (x FanoutResult) Floor(cores int) time.Duration {
 	return time.Duration(x.ConvSize-1) * (x.CPUPerKOps + x.ClientCPUPerKOps) / time.Duration(1000*cores)
 }
 
+// warmUpDeliveries is how many deliveries the warm-up waits for: its
+// message to each conversation, to every other member.
+func (x FanoutResult) warmUpDeliveries() int {
+	return max(x.Devices/max(x.ConvSize, 1), 1) * (x.ConvSize - 1)
+}
+
 // Fanout runs the live fan-out workload: send-to-receive latency, from
 // each message's scheduled send time to its arrival at every other member.
 func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, error) {

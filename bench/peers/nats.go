@@ -186,6 +186,13 @@ func (c *natsClient) open() error {
 			return err
 		}
 	}
+	// Subscribe only sends SUB: a round trip makes sure the server has
+	// them before the device counts as connected, or a message published
+	// at once (fan-out's warm-up) may miss it.
+	if err := nc.Flush(); err != nil {
+		nc.Close()
+		return fmt.Errorf("client %d: subscribing: %w", c.i, err)
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()

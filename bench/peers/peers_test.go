@@ -78,6 +78,9 @@ func runTiny(t *testing.T, f bench.Factory, storage bool) *bench.Report {
 	if len(r.Fanout) != 1 || r.Fanout[0].Messages == 0 || r.Fanout[0].Deliveries != r.Fanout[0].Messages*2 {
 		t.Errorf("fan-out results %+v: want each message delivered to both other members exactly once", r.Fanout)
 	}
+	if f := r.Fanout[0].First; f.N != 4 {
+		t.Errorf("fan-out's warm-up %+v: want its message to each of the 2 conversations at both other members", f)
+	}
 	if len(r.CatchUp) != len(tiny.CatchUp) {
 		t.Fatalf("%d catch-up results, want %d", len(r.CatchUp), len(tiny.CatchUp))
 	}
