@@ -293,8 +293,8 @@ func (s *HTTPServer) sniff(c net.Conn, l *sniffListener) {
 		s.own.ServeConn(ctx, c, ended)
 		return
 	}
+	defer ended()
 	s.h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, BaseConfig: s.HTTP, SawClientPreface: true})
-	ended()
 }
 
 // track adds c to the connections that are the HTTPServer's to close, or

@@ -31,8 +31,8 @@ type reader struct {
 	buf  *[readBufSize]byte // nil while nothing is buffered, when raw
 	r, w int                // buf[r:w] is read and not yet consumed
 	// move, when set, makes a wait for the next frame's first bytes
-	// fail with errMove instead (see conn.run); atFrame is set while
-	// those are read. Both only when raw.
+	// fail with errMove instead (see conn.run): header sets atFrame
+	// from it while it reads them. Both only when raw.
 	move, atFrame bool
 	// testWait, when set (by tests), runs as the reader is about to wait
 	// for the client with nothing buffered.
@@ -115,7 +115,7 @@ func (r *reader) read() (int, error) {
 		}
 		if rerr == syscall.EAGAIN {
 			readBufs.Put(buf)
-			if r.move && r.atFrame {
+			if r.atFrame {
 				moving = true
 				return true
 			}
@@ -161,7 +161,7 @@ func (r *reader) next(n int) ([]byte, error) {
 // next call. With move set, it returns errMove rather than wait for the
 // frame to begin.
 func (r *reader) header() ([]byte, error) {
-	r.atFrame = true
+	r.atFrame = r.move
 	p, err := r.next(frameHeaderLen)
 	r.atFrame = false
 	return p, err

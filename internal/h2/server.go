@@ -6,8 +6,9 @@
 //   - A connection has one goroutine of its own, its reader, which reads
 //     and handles every frame (after a request's header block it goes on
 //     on a fresh goroutine, whose stack is smaller: see conn.run); a
-//     request's handler runs on a goroutine of its own. There is no goroutine in between: a handler writes its
-//     frames to the connection itself, holding its write semaphore,
+//     request's handler runs on a goroutine of its own. There is no
+//     goroutine in between: a handler writes its frames to the
+//     connection itself, holding its write semaphore,
 //     so a flushed message costs one system call and no hand-off. x/net
 //     hands each write to the connection's serve loop and waits for it:
 //     two goroutine switches per message, and a third goroutine per
