@@ -16,7 +16,8 @@ import (
 // everything else it does (authenticate, read the hello, open the session,
 // read and answer each message) runs here, on a goroutine whose stack has
 // grown already: 4 KB less per idle device, for two goroutine switches per
-// message. The sessions' senders pump here too (see pumper). An ack's
+// message. The sessions' pumps run here too, each kick one hand-off (see
+// pumper). An ack's
 // commit is waited for on the handler's goroutine, not here: the acks of
 // thousands of devices come together, and each call held for a commit
 // starts another goroutine. A push's call still waits for its commit,
@@ -46,30 +47,41 @@ type callPool struct {
 
 type call struct {
 	f    func()
-	done chan<- any // gets nil, or what the call panicked with
+	done chan<- any // gets nil, or what the call panicked with; nil for start's calls
 }
 
 // run calls f on one of the pool's goroutines and returns when f has. A
 // panic in f panics run's caller with a value that holds f's stack.
 func (p *callPool) run(f func()) {
 	done := replies.Get().(chan any)
-	c := call{f, done}
-	p.mu.Lock()
-	if n := len(p.idle); n > 0 {
-		inbox := p.idle[n-1] // the one that ran last: its stack is grown
-		p.idle = p.idle[:n-1]
-		p.mu.Unlock()
-		inbox <- c
-	} else {
-		p.started++
-		p.mu.Unlock()
-		go p.work(c)
-	}
+	p.hand(call{f, done})
 	r := <-done
 	replies.Put(done) // empty, and no worker holds it any more
 	if r != nil {
 		panic(r)
 	}
+}
+
+// start calls f on one of the pool's goroutines and returns at once. A
+// panic in f is not recovered: f recovers what it can handle.
+func (p *callPool) start(f func()) {
+	p.hand(call{f: f})
+}
+
+// hand gives c to the goroutine that waited last (its stack is grown), or
+// to a new one.
+func (p *callPool) hand(c call) {
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		inbox := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		inbox <- c
+		return
+	}
+	p.started++
+	p.mu.Unlock()
+	go p.work(c)
 }
 
 // replies holds the channels on which pooled calls report their end: a
@@ -94,6 +106,9 @@ func (p *callPool) call(c call, inbox chan call) (waits bool) {
 		if returned {
 			return
 		}
+		if c.done == nil { // start's: a panic goes on, a runtime.Goexit ends the goroutine
+			return
+		}
 		v := recover()
 		if v == nil {
 			c.done <- &callPanic{value: "runtime.Goexit in a pooled call"}
@@ -105,7 +120,9 @@ func (p *callPool) call(c call, inbox chan call) (waits bool) {
 	c.f()
 	returned = true
 	waits = p.wait(inbox)
-	c.done <- nil
+	if c.done != nil {
+		c.done <- nil
+	}
 	return waits
 }
 

@@ -33,6 +33,48 @@ func TestCallPoolRunsOffTheCaller(t *testing.T) {
 	}
 }
 
+// TestCallPoolStart: start returns while its call runs, on a goroutine of
+// the pool, which then waits for the next call; a Goexit in a started
+// call ends its goroutine, which is not reused.
+func TestCallPoolStart(t *testing.T) {
+	p := &callPool{maxIdle: 1}
+	// idleOnce waits for the pool's goroutine to wait for a call: nothing
+	// tells when a started call's goroutine does.
+	idleOnce := func() {
+		t.Helper()
+		for range 1_000_000 { // bounded: it takes a few yields
+			p.mu.Lock()
+			n := len(p.idle)
+			p.mu.Unlock()
+			if n == 1 {
+				return
+			}
+			runtime.Gosched()
+		}
+		t.Fatal("the started call's goroutine never waited for another")
+	}
+	release, stacks := make(chan struct{}), make(chan string, 1)
+	p.start(func() {
+		<-release // start has returned: it would not, were it waiting
+		stacks <- stackOf()
+	})
+	close(release)
+	if stack := <-stacks; !strings.Contains(stack, "(*callPool).work") {
+		t.Fatalf("the started call ran off the pool:\n%s", stack)
+	}
+	idleOnce()
+	exited := make(chan struct{})
+	p.start(func() {
+		defer close(exited)
+		runtime.Goexit()
+	})
+	<-exited
+	p.run(func() {})
+	if p.started != 2 {
+		t.Fatalf("%d goroutines started; want 2: the started call's is reused, and ends with its Goexit", p.started)
+	}
+}
+
 // TestCallPoolKeepsMaxIdle: of the goroutines that ran calls at once, the
 // pool keeps maxIdle to wait for more; the others end.
 func TestCallPoolKeepsMaxIdle(t *testing.T) {

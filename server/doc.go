@@ -27,8 +27,8 @@
 //
 // A Server is safe for concurrent use. A Sync session's handler goroutine
 // reads the client's messages; what the session sends (catch-up, live ops,
-// push results, heartbeats) goes out from a sender goroutine that runs while
-// there is something to send, and only it calls Send (on a pooled goroutine
-// that it waits for, whose stack has grown: see deep). A Subscribe
+// push results, heartbeats) goes out from its pump, which runs, one at a
+// time, on a pooled goroutine whose stack has grown (see deep and pumper)
+// while there is something to send; only it calls Send. A Subscribe
 // session's handler is its sender.
 package server

@@ -2,18 +2,15 @@ package server
 
 import "sync/atomic"
 
-// Senders counts the Sync sessions' sender goroutines.
-func Senders(s *Server) int64 { return s.senders.Load() }
+// Pumps counts the Sync sessions' pumps running (pumper.run).
+func Pumps(s *Server) int64 { return s.pumps.Load() }
 
-// SenderStarts counts the sender goroutines started.
-func SenderStarts(s *Server) int64 { return s.senderStarts.Load() }
+// PumpStarts counts the pumps started.
+func PumpStarts(s *Server) int64 { return s.pumpStarts.Load() }
 
-// OnSenderExit makes f run as each sender goroutine of s ends, after
-// Senders counts it out.
-func OnSenderExit(s *Server, f func()) { storeHook(&s.testSenderExit, f) }
-
-// SenderLinger is how long an active session's sender waits for more.
-const SenderLinger = senderLinger
+// OnPumpEnd makes f run as each pump of s ends, after Pumps counts it
+// out.
+func OnPumpEnd(s *Server, f func()) { storeHook(&s.testPumpEnd, f) }
 
 // HTTPConns counts the plain connections s holds: those still being read
 // for their protocol, and those served as HTTP/2.

@@ -28,7 +28,7 @@ func TestHeartbeatsOnAForeignClock(t *testing.T) {
 		o.Clock = foreignClock{o.Clock.(*clock.Fake)}
 	}})
 	exited := make(chan struct{}, 8)
-	server.OnSenderExit(srv.Server, func() { exited <- struct{}{} })
+	server.OnPumpEnd(srv.Server, func() { exited <- struct{}{} })
 	alice := newDev(t, srv.Register("alice"))
 	s := alice.open(hello("", 0))
 	s.untilCaughtUp()

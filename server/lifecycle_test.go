@@ -40,13 +40,13 @@ func reader(s *stream) (<-chan *ferryv1.SyncResponse, <-chan error) {
 	return msgs, errs
 }
 
-// noSenders checks that no session of srv has a sender goroutine left. A
-// Sync handler returns, and so ends its stream, only after its sender has
-// ended: once a client sees the end, the count is exact.
-func noSenders(t *testing.T, srv *servertest.Server) {
+// noPumps checks that no session of srv has a pump left. A Sync handler
+// returns, and so ends its stream, only after its pump has ended: once a
+// client sees the end, the count is exact.
+func noPumps(t *testing.T, srv *servertest.Server) {
 	t.Helper()
-	if n := server.Senders(srv.Server); n != 0 {
-		t.Fatalf("%d sender goroutines left after the sessions ended", n)
+	if n := server.Pumps(srv.Server); n != 0 {
+		t.Fatalf("%d pumps left after the sessions ended", n)
 	}
 }
 
@@ -202,64 +202,47 @@ func TestHelloWaitsOnTheHandler(t *testing.T) {
 	}
 }
 
-// waitLingering waits for the earliest timer of srv's clock to be a
-// sender's linger armed now: a sender that has sent, and waits for more.
-func waitLingering(t *testing.T, srv *servertest.Server) {
-	t.Helper()
-	for {
-		armed := srv.Clock.Armed()
-		if next, ok := srv.Clock.Next(); ok && next.Equal(srv.Clock.Now().Add(server.SenderLinger)) {
-			return
-		}
+// watchPumps returns a wait for srv's sessions to have want pumps running.
+func watchPumps(t *testing.T, srv *servertest.Server) (wait func(want int64)) {
+	exited := make(chan struct{}, 64)
+	server.OnPumpEnd(srv.Server, func() {
 		select {
-		case <-armed:
-		case <-time.After(time.Minute): // a guard, not a wait
-			t.Fatal("no sender lingers")
+		case exited <- struct{}{}:
+		default: // a wait looks at the count again anyway
+		}
+	})
+	return func(want int64) {
+		t.Helper()
+		for n := server.Pumps(srv.Server); n != want; n = server.Pumps(srv.Server) {
+			select {
+			case <-exited:
+			case <-time.After(time.Minute): // a guard, not a wait: ends come at once
+				t.Fatalf("%d pumps, want %d", n, want)
+			}
 		}
 	}
 }
 
-// TestSenderGoroutines: an idle Sync session holds no sender goroutine. The
-// one that sent the catch-up ends; one that sent a live round waits for
-// more during server.SenderLinger, sends the next round, and then ends.
-func TestSenderGoroutines(t *testing.T) {
+// TestPumpsEnd: a Sync session holds no goroutine to send with
+// between its pumps. The pump that sent the catch-up ends, and so does
+// each that sends a live round.
+func TestPumpsEnd(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
-	exited := make(chan struct{}, 64)
-	server.OnSenderExit(srv.Server, func() { exited <- struct{}{} })
-	waitSenders := func(want int64) {
-		t.Helper()
-		for n := server.Senders(srv.Server); n != want; n = server.Senders(srv.Server) {
-			select {
-			case <-exited:
-			case <-time.After(time.Minute): // a guard, not a wait: exits come at once
-				t.Fatalf("%d senders, want %d", n, want)
-			}
-		}
-	}
-	liveRound := func(s *stream) {
-		s.until(func(m *ferryv1.SyncResponse) bool { return m.GetOps().GetFeedPos() != 0 })
-	}
+	waitPumps := watchPumps(t, srv)
 	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
 	conv := alice.createConv("c", bob)
 	s := bob.open(hello("", 0))
 	s.untilCaughtUp()
-	waitSenders(0)
-
-	alice.send(conv, "live")
-	liveRound(s)
-	waitLingering(t, srv)
-	if n := server.Senders(srv.Server); n != 1 {
-		t.Fatalf("%d senders after a live round; want 1, lingering", n)
+	waitPumps(0)
+	for _, text := range []string{"live", "again"} {
+		starts := server.PumpStarts(srv.Server)
+		alice.send(conv, text)
+		s.until(func(m *ferryv1.SyncResponse) bool { return m.GetOps().GetFeedPos() != 0 })
+		waitPumps(0)
+		if server.PumpStarts(srv.Server) == starts {
+			t.Fatalf("%q: no pump sent the live round", text)
+		}
 	}
-	starts := server.SenderStarts(srv.Server)
-	alice.send(conv, "again")
-	liveRound(s)
-	waitLingering(t, srv)
-	if server.SenderStarts(srv.Server) != starts {
-		t.Fatal("a new sender sent the second round")
-	}
-	srv.Clock.Advance(server.SenderLinger)
-	waitSenders(0)
 }
 
 // TestPushAnsweredAtClientEnd: a push is answered even when the client
@@ -295,7 +278,7 @@ func TestPushAnsweredAtClientEnd(t *testing.T) {
 			if got.GetRequestId() != id {
 				t.Fatalf("round %d, %s after a push: no push result (%v)", i, end, got)
 			}
-			noSenders(t, srv)
+			noPumps(t, srv)
 		}
 	}
 }
@@ -328,7 +311,7 @@ func TestClientDeadlineEndsSync(t *testing.T) {
 	select {
 	case err := <-ended:
 		mustCode(t, "past the client's deadline", err, connect.CodeDeadlineExceeded)
-		noSenders(t, srv)
+		noPumps(t, srv)
 	case <-time.After(time.Minute): // a guard, not a wait
 		t.Fatal("the stream outlived the client's deadline by a minute")
 	}
@@ -367,7 +350,7 @@ func testHeartbeatsAndIdleCutOff(t *testing.T, wrap func(http.Handler) http.Hand
 	}
 	// The client sent nothing: after three intervals the server ends it.
 	mustCode(t, "silent client", end, connect.CodeDeadlineExceeded)
-	noSenders(t, srv)
+	noPumps(t, srv)
 }
 
 // TestHeartbeatCountsFromTheLastSend: a heartbeat goes an interval after
@@ -377,6 +360,7 @@ func testHeartbeatsAndIdleCutOff(t *testing.T, wrap func(http.Handler) http.Hand
 func TestHeartbeatCountsFromTheLastSend(t *testing.T) {
 	const interval = 30 * time.Second
 	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) { o.HeartbeatInterval = interval }})
+	waitPumps := watchPumps(t, srv)
 	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
 	conv := alice.createConv("c", bob)
 	s := bob.open(hello("", 0))
@@ -400,8 +384,8 @@ func TestHeartbeatCountsFromTheLastSend(t *testing.T) {
 	alice.send(conv, "half an interval in")
 	for m := next("the live round"); m.GetOps().GetFeedPos() == 0; m = next("the live round") {
 	}
-	// The sender lingers once it has sent the round, and so noted it.
-	waitLingering(t, srv)
+	// The pump ends once it has sent the round, and so noted it.
+	waitPumps(0)
 	srv.Clock.Advance(interval / 2) // the first deadline: nothing is due
 	srv.Clock.Advance(interval / 2) // an interval after the round
 	m := next("a heartbeat")
@@ -469,7 +453,7 @@ func testGoawayOnShutdown(t *testing.T, wrap func(http.Handler) http.Handler) {
 		t.Fatalf("stream after goaway: %v", err)
 	}
 	<-done
-	noSenders(t, srv)
+	noPumps(t, srv)
 }
 
 // TestProtocols: Connect, gRPC and gRPC-Web on one port, over HTTP/2 and

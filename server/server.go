@@ -44,10 +44,10 @@ type Server struct {
 	clientIP clientIP             // where a caller's address comes from
 
 	warnSyncReads sync.Once
-	senders       atomic.Int64 // Sync sessions' sender goroutines
-	senderStarts  atomic.Int64 // and how many were started
-	// testSenderExit, when set (by tests), runs as a sender goroutine ends.
-	testSenderExit atomic.Pointer[func()]
+	pumps         atomic.Int64 // Sync sessions' pumps running
+	pumpStarts    atomic.Int64 // and how many started
+	// testPumpEnd, when set (by tests), runs as a session's pumps end.
+	testPumpEnd atomic.Pointer[func()]
 	// testThrottled, when set (by tests), runs when a push starts waiting
 	// for the push limit, its timer armed.
 	testThrottled atomic.Pointer[func()]

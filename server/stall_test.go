@@ -51,7 +51,7 @@ func testStalledReaderIsReset(t *testing.T, foreign bool) {
 		o.Logger = slog.New(slog.NewTextHandler(&log, nil))
 	}})
 	exited := make(chan struct{}, 64)
-	server.OnSenderExit(srv.Server, func() { exited <- struct{}{} })
+	server.OnPumpEnd(srv.Server, func() { exited <- struct{}{} })
 
 	alice := newDev(t, srv.Register("alice"))
 	bob := newDev(t, srv.Register("bob"))

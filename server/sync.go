@@ -17,7 +17,6 @@ import (
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/model"
-	"github.com/ferrysync/ferry/internal/clock"
 	"github.com/ferrysync/ferry/internal/timers"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
@@ -422,8 +421,8 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	if hello.GetSkipOwnOps() {
 		l.o.Pushing = new(engine.Pushing)
 	}
-	p := &pumper{l: l, ctx: ctx, stopReceive: adm.stopReceive, wake: make(chan struct{}, 1), ended: make(chan struct{})}
-	p.deepPump = p.pumpDeep
+	p := &pumper{l: l, ctx: ctx, stopReceive: adm.stopReceive, ended: make(chan struct{})}
+	p.runPumps = p.run
 	l.p, l.wake = p, p.kick
 	// Sync clients send heartbeats; silence means a dead peer.
 	l.startTimer()
@@ -1030,137 +1029,88 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) (engine.Pen
 }
 
 // pumper runs a Sync session's pump when kicked, one at a time: a kick
-// while one runs makes it pump once more. The sender goroutine, the
-// session's own, stays shallow, and each pump runs deep (a live round
-// takes a new goroutine's stack past 8 KB, three growths by copying: 7% of
-// the server's CPU in live fan-out to 10,000 devices, where each device's
-// sender met a message a second). After a pump that sent live rounds or
-// push results, the sender lingers for senderLinger, so a busy session
-// does not start one for each; after a catch-up or a heartbeat it ends at
-// once: a device that connects is often idle next.
+// while one runs makes it pump once more. The pump runs as a call of the
+// deep pool (deep.start), on a goroutine whose stack has grown already (a
+// live round takes a new goroutine's stack past 8 KB, three growths by
+// copying), and the session holds no goroutine between pumps. A kick is
+// one hand-off, from the goroutine that kicks to the pool's: a delivery
+// costs no more switches than that.
 type pumper struct {
 	l           *loop
 	ctx         context.Context
 	stopReceive func()
 
 	mu      sync.Mutex
-	running bool // a goroutine pumps or lingers
-	again   bool // kicked while it was
+	running bool // a pool goroutine pumps
+	again   bool // kicked while it did
 	stopped bool // no more pumps: the session is over
 	wg      sync.WaitGroup
-	wake    chan struct{} // a kick for the lingering goroutine
-	linger  clock.Timer   // made by the first goroutine to linger
 	ended   chan struct{} // closed when a pump ended the session
 	err     error         // how, once ended is closed
 
-	// deepPump is pumpDeep as deep.run takes it, made once: a closure
-	// for each pump would be garbage of each live round. It leaves its
-	// outcome in pumpEnd and pumpErr, which only the running sender uses.
-	deepPump func()
-	pumpEnd  bool
-	pumpErr  error
+	// runPumps is run as deep.start takes it, made once: a closure for
+	// each kick would be garbage of each live round.
+	runPumps func()
 }
-
-// senderLinger is how long a Sync session's sender goroutine waits for
-// more to send before it ends.
-const senderLinger = time.Second
 
 func (p *pumper) kick() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	switch {
 	case p.stopped:
 	case p.running:
 		p.again = true
-		select {
-		case p.wake <- struct{}{}:
-		default:
-		}
 	default:
 		p.running = true
 		p.wg.Add(1)
-		go p.run()
+		p.mu.Unlock()
+		deep.start(p.runPumps)
+		return
 	}
+	p.mu.Unlock()
 }
 
+// run pumps until a pump ends with no kick meanwhile, or the session ends.
 func (p *pumper) run() {
 	s := p.l.s
-	s.senders.Add(1)
-	s.senderStarts.Add(1)
-	defer func() {
-		s.senders.Add(-1)
-		if f := s.testSenderExit.Load(); f != nil {
+	s.pumps.Add(1)
+	s.pumpStarts.Add(1)
+	defer func() { // also when a test's hook ends the goroutine
+		s.pumps.Add(-1)
+		if f := s.testPumpEnd.Load(); f != nil {
 			(*f)()
 		}
 		p.wg.Done()
 	}()
-	p.mu.Lock()
 	for {
-		p.again = false
-		select {
-		case <-p.wake: // a kick that this pump serves
-		default:
-		}
-		p.mu.Unlock()
 		end, err := p.pump()
 		p.mu.Lock()
-		if end && !p.stopped {
-			// The sender ends the session: the receiving side returns
-			// with its error.
-			p.running, p.stopped, p.err = false, true, err
+		ends := end && !p.stopped // this pump ends the session
+		if ends {
+			p.stopped, p.err = true, err
 			close(p.ended)
+		}
+		if end || p.stopped || !p.again {
+			p.running = false
 			p.mu.Unlock()
-			p.stopReceive()
+			if ends {
+				p.stopReceive() // the receiving side returns with the error
+			}
 			return
 		}
-		if end || p.stopped {
-			break
-		}
-		if !p.again && (!p.l.active || !p.lingered()) {
-			break
-		}
+		p.again = false
+		p.mu.Unlock()
 	}
-	p.running = false
-	p.mu.Unlock()
 }
 
-// lingered waits, with p.mu released, for a kick or a stop during
-// senderLinger; it reports whether one came.
-func (p *pumper) lingered() bool {
-	if p.linger == nil {
-		p.linger = p.l.s.opts.Clock.NewTimer(senderLinger)
-	} else {
-		p.linger.Reset(senderLinger)
-	}
-	p.mu.Unlock()
-	woken := false
-	select {
-	case <-p.wake:
-		woken = true
-		p.linger.Stop()
-	case <-p.linger.C():
-	}
-	p.mu.Lock()
-	return (woken || p.again) && !p.stopped
-}
-
-// pump runs the loop's pump on a deep goroutine (pumpDeep), making a panic
-// the session's end.
+// pump runs the loop's pump, making a panic the session's end.
 func (p *pumper) pump() (end bool, err error) {
-	deep.run(p.deepPump)
-	end, err = p.pumpEnd, p.pumpErr
-	p.pumpEnd, p.pumpErr = false, nil
-	return end, err
-}
-
-func (p *pumper) pumpDeep() {
 	defer func() {
 		if r := recover(); r != nil {
 			p.l.s.log.Error("panic in a sync session's sender", "panic", r, "stack", string(debug.Stack()))
-			p.pumpEnd, p.pumpErr = true, connect.NewError(connect.CodeInternal, "internal error")
+			end, err = true, connect.NewError(connect.CodeInternal, "internal error")
 		}
 	}()
-	p.pumpEnd, p.pumpErr = p.l.pump(p.ctx)
+	return p.l.pump(p.ctx)
 }
 
 // stop starts no more pumps, waits for the running one, which stops
@@ -1169,10 +1119,6 @@ func (p *pumper) pumpDeep() {
 func (p *pumper) stop() {
 	p.mu.Lock()
 	p.stopped = true
-	select {
-	case p.wake <- struct{}{}: // a lingering goroutine ends
-	default:
-	}
 	p.mu.Unlock()
 	p.l.quit.Store(true)
 	p.wg.Wait()
