@@ -76,22 +76,30 @@ func TestZstdCompressesBatches(t *testing.T) {
 	}
 }
 
-// TestZstdLevelBySize: a message under FastBelow is compressed at the
-// fastest level, one from it at the default level; both round-trip.
+// TestZstdLevelBySize: a message under RawLiteralsBelow is compressed at
+// the fastest level with raw literals, one under FastBelow at the fastest
+// level, one from it at the default level; all round-trip.
 func TestZstdLevelBySize(t *testing.T) {
 	z := NewZstd()
+	raw := newEncoder(zstd.SpeedFastest, zstd.WithNoEntropyCompression(true))
+	fast, def := newEncoder(zstd.SpeedFastest), newEncoder(zstd.SpeedDefault)
 	for _, c := range []struct {
 		size  int
-		level zstd.EncoderLevel
-	}{{4 << 10, zstd.SpeedFastest}, {FastBelow - 1, zstd.SpeedFastest}, {FastBelow, zstd.SpeedDefault}, {256 << 10, zstd.SpeedDefault}} {
+		enc   *zstd.Encoder
+		level string
+	}{
+		{2 << 10, raw, "fastest, raw literals"}, {RawLiteralsBelow - 1, raw, "fastest, raw literals"},
+		{RawLiteralsBelow, fast, "fastest"}, {FastBelow - 1, fast, "fastest"},
+		{FastBelow, def, "default"}, {256 << 10, def, "default"},
+	} {
 		var msg bytes.Buffer
 		for i := 0; msg.Len() < c.size; i++ {
 			fmt.Fprintf(&msg, "message %d: see you at lunch, around %d? ", i, i%12)
 		}
 		in := msg.Bytes()[:c.size]
-		want := newEncoder(c.level).EncodeAll(in, nil)
+		want := c.enc.EncodeAll(in, nil)
 		if got := z.compress(nil, in); !bytes.Equal(got, want) {
-			t.Errorf("%d bytes: not compressed as at level %v", c.size, c.level)
+			t.Errorf("%d bytes: not compressed as at level %s", c.size, c.level)
 		}
 		var out bytes.Buffer
 		r, err := z.Decompress(bytes.NewReader(want))
