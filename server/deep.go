@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"time"
 )
 
 // deep runs the deep calls of Sync handlers: a Sync stream's handler
@@ -26,23 +27,51 @@ import (
 // One pool serves every Server in the process: its goroutines are a
 // process's resource, like the runtime's, and never hold a server's state
 // between calls.
-var deep = &callPool{maxIdle: maxIdleCallers}
+var deep = &callPool{maxIdle: maxIdleCallers, idleFor: idleCallerTimeout}
 
 // maxIdleCallers bounds the pool's goroutines waiting for a call. One
 // waiting costs 2-3 KB: the collector halves its stack, which it barely
-// uses then. A busy server has a call per push waiting for its commit; up
-// to this many finish together and wait for the next without the next
-// starting goroutines whose stacks grow by copying.
-const maxIdleCallers = 256
+// uses then. A busy server has a call per push waiting for its commit,
+// and a fan-out to thousands of devices kicks their sessions' pumps at
+// once; up to this many finish together and wait for the next without the
+// next starting goroutines whose stacks grow by copying (at 256, starting
+// and growing them was 13% of the server's CPU in fan-out to 10,000
+// devices).
+const maxIdleCallers = 4096
+
+// idleCallerTimeout is how long a goroutine of the pool waits for a call
+// before it ends: the goroutines a burst started end once bursts stop
+// coming, while a server's regular bursts (a message a second to a large
+// conversation) find them waiting.
+const idleCallerTimeout = 10 * time.Second
 
 // callPool runs calls on goroutines it keeps. It is safe for concurrent
 // use.
 type callPool struct {
 	maxIdle int
+	idleFor time.Duration
+	now     func() time.Duration // a monotonic clock; nil: since the process started
 
 	mu      sync.Mutex
-	idle    []chan call // the inboxes of the goroutines waiting for a call, the last to finish last
-	started int         // goroutines, for tests
+	idle    []idler // the goroutines waiting for a call, the last to finish last
+	started int     // goroutines, for tests
+}
+
+// idler is a goroutine of the pool waiting for a call.
+type idler struct {
+	inbox chan call     // closed to end it
+	since time.Duration // when it began to wait
+}
+
+// processStart is the origin of the pool's default clock: its readings
+// are monotonic.
+var processStart = time.Now()
+
+func (p *callPool) clock() time.Duration {
+	if p.now != nil {
+		return p.now()
+	}
+	return time.Since(processStart)
 }
 
 type call struct {
@@ -73,7 +102,8 @@ func (p *callPool) start(f func()) {
 func (p *callPool) hand(c call) {
 	p.mu.Lock()
 	if n := len(p.idle); n > 0 {
-		inbox := p.idle[n-1]
+		inbox := p.idle[n-1].inbox
+		p.idle[n-1] = idler{}
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
 		inbox <- c
@@ -91,7 +121,10 @@ var replies = sync.Pool{New: func() any { return make(chan any, 1) }}
 func (p *callPool) work(c call) {
 	inbox := make(chan call, 1)
 	for p.call(c, inbox) {
-		c = <-inbox
+		var ok bool
+		if c, ok = <-inbox; !ok {
+			return // it waited idleFor
+		}
 	}
 }
 
@@ -127,14 +160,21 @@ func (p *callPool) call(c call, inbox chan call) (waits bool) {
 }
 
 // wait puts inbox among the idle, unless there are maxIdle, and reports
-// whether it did.
+// whether it did. It ends the goroutines that have waited idleFor: the
+// first in the list waited longest.
 func (p *callPool) wait(inbox chan call) bool {
+	now := p.clock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	for len(p.idle) > 0 && now-p.idle[0].since >= p.idleFor {
+		close(p.idle[0].inbox)
+		p.idle[0] = idler{}
+		p.idle = p.idle[1:]
+	}
 	if len(p.idle) >= p.maxIdle {
 		return false
 	}
-	p.idle = append(p.idle, inbox)
+	p.idle = append(p.idle, idler{inbox, now})
 	return true
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // stackOf is the calling goroutine's stack trace.
@@ -19,7 +20,7 @@ func stackOf() string {
 // TestCallPoolRunsOffTheCaller: run calls f on a goroutine of the pool,
 // returns once f has, and reuses the goroutine for the next call.
 func TestCallPoolRunsOffTheCaller(t *testing.T) {
-	p := &callPool{maxIdle: 2}
+	p := &callPool{maxIdle: 2, idleFor: time.Hour}
 	var stack string
 	p.run(func() { stack = stackOf() })
 	if strings.Contains(stack, "testing.tRunner") || !strings.Contains(stack, "(*callPool).work") {
@@ -37,7 +38,7 @@ func TestCallPoolRunsOffTheCaller(t *testing.T) {
 // the pool, which then waits for the next call; a Goexit in a started
 // call ends its goroutine, which is not reused.
 func TestCallPoolStart(t *testing.T) {
-	p := &callPool{maxIdle: 1}
+	p := &callPool{maxIdle: 1, idleFor: time.Hour}
 	// idleOnce waits for the pool's goroutine to wait for a call: nothing
 	// tells when a started call's goroutine does.
 	idleOnce := func() {
@@ -78,7 +79,7 @@ func TestCallPoolStart(t *testing.T) {
 // TestCallPoolKeepsMaxIdle: of the goroutines that ran calls at once, the
 // pool keeps maxIdle to wait for more; the others end.
 func TestCallPoolKeepsMaxIdle(t *testing.T) {
-	p := &callPool{maxIdle: 2}
+	p := &callPool{maxIdle: 2, idleFor: time.Hour}
 	// atOnce runs n calls that all run before any returns.
 	atOnce := func(n int) {
 		var running, finished sync.WaitGroup
@@ -110,10 +111,55 @@ func TestCallPoolKeepsMaxIdle(t *testing.T) {
 	}
 }
 
+// TestCallPoolIdleExpires: a goroutine that waited idleFor for a call ends
+// as another goes to wait; one that waited less serves the next call.
+func TestCallPoolIdleExpires(t *testing.T) {
+	var now time.Duration
+	p := &callPool{maxIdle: 8, idleFor: 10 * time.Second, now: func() time.Duration { return now }}
+	atOnce := func(n int) {
+		var running, finished sync.WaitGroup
+		running.Add(n)
+		finished.Add(n)
+		release := make(chan struct{})
+		for range n {
+			go func() {
+				defer finished.Done()
+				p.run(func() { running.Done(); <-release })
+			}()
+		}
+		running.Wait()
+		close(release)
+		finished.Wait()
+	}
+	idle := func() int {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.idle)
+	}
+	atOnce(3)
+	if n := idle(); n != 3 {
+		t.Fatalf("%d idle after 3 calls at once; want 3", n)
+	}
+	now += 9 * time.Second
+	p.run(func() {}) // the last to wait serves, and waits again: 9 s is not 10
+	if n := idle(); n != 3 || p.started != 3 {
+		t.Fatalf("%d idle, %d started; want 3 and 3", n, p.started)
+	}
+	now += time.Second
+	p.run(func() {}) // the two that waited 10 s end as it waits again
+	if n := idle(); n != 1 || p.started != 3 {
+		t.Fatalf("after 10 s: %d idle, %d started; want 1 and 3", n, p.started)
+	}
+	atOnce(2) // the one left serves one; the other call starts a goroutine
+	if p.started != 4 {
+		t.Fatalf("%d goroutines started; want 4", p.started)
+	}
+}
+
 // TestCallPoolPanics: a panic in a call panics the caller with the value
 // and the stack where it happened; the pool's goroutine serves on.
 func TestCallPoolPanics(t *testing.T) {
-	p := &callPool{maxIdle: 1}
+	p := &callPool{maxIdle: 1, idleFor: time.Hour}
 	got := func() (r any) {
 		defer func() { r = recover() }()
 		p.run(func() { panicInCall() })
@@ -138,7 +184,7 @@ func panicInCall() { panic("boom") }
 // TestCallPoolGoexit: a call that ends its goroutine (t.FailNow in a hook)
 // still returns to its caller, with a panic; the goroutine is not reused.
 func TestCallPoolGoexit(t *testing.T) {
-	p := &callPool{maxIdle: 1}
+	p := &callPool{maxIdle: 1, idleFor: time.Hour}
 	got := func() (r any) {
 		defer func() { r = recover() }()
 		p.run(runtime.Goexit)
@@ -173,7 +219,7 @@ func panicInHandle() { panic(errors.New("boom in handle")) }
 // BenchmarkCallPoolRun is the hand-off a Sync handler pays per client
 // message: a call on a pooled goroutine and the wait for it.
 func BenchmarkCallPoolRun(b *testing.B) {
-	p := &callPool{maxIdle: 1}
+	p := &callPool{maxIdle: 1, idleFor: time.Hour}
 	n := 0
 	f := func() { n++ }
 	for b.Loop() {
