@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -27,51 +28,51 @@ import (
 // One pool serves every Server in the process: its goroutines are a
 // process's resource, like the runtime's, and never hold a server's state
 // between calls.
-var deep = &callPool{maxIdle: maxIdleCallers, idleFor: idleCallerTimeout}
+var deep = &callPool{maxIdle: maxIdleCallers, minPumps: max(8, 4*runtime.GOMAXPROCS(0)), stallAfter: callStall}
 
 // maxIdleCallers bounds the pool's goroutines waiting for a call. One
 // waiting costs 2-3 KB: the collector halves its stack, which it barely
-// uses then. A busy server has a call per push waiting for its commit,
-// and a fan-out to thousands of devices kicks their sessions' pumps at
-// once; up to this many finish together and wait for the next without the
-// next starting goroutines whose stacks grow by copying (at 256, starting
-// and growing them was 13% of the server's CPU in fan-out to 10,000
-// devices).
-const maxIdleCallers = 4096
+// uses then. A busy server has a call per push waiting for its commit; up
+// to this many finish together and wait for the next without the next
+// starting goroutines whose stacks grow by copying.
+const maxIdleCallers = 256
 
-// idleCallerTimeout is how long a goroutine of the pool waits for a call
-// before it ends: the goroutines a burst started end once bursts stop
-// coming, while a server's regular bursts (a message a second to a large
-// conversation) find them waiting.
-const idleCallerTimeout = 10 * time.Second
+// callStall is how often the pool looks at start's queue while calls wait
+// there. If none left it meanwhile, it starts a goroutine for each: the
+// goroutines running started calls may all be waiting on writes to clients
+// that stopped reading. If some did, it starts one more, in case some are.
+// At a millisecond, the operating system's scheduling of a loaded machine
+// (the bench's clients share its cores) passed for a stall.
+const callStall = 5 * time.Millisecond
 
-// callPool runs calls on goroutines it keeps. It is safe for concurrent
-// use.
+// callPool runs calls on goroutines it keeps.
+//
+// run's calls go at once, to the goroutine that waited last or to a new
+// one. start's calls (the sessions' pumps) do too while fewer than
+// minPumps goroutines run started calls; past that they queue, and every
+// goroutine takes the queue's first call before it waits for another. A
+// fan-out to thousands of devices kicks their sessions' pumps at once:
+// with a goroutine for each, that was thousands of goroutines at a time on
+// two cores, each started and its stack grown by copying (newproc,
+// newstack and goexit were 13.5% of the server's CPU in fan-out to 10,000
+// devices). A few goroutines drain the queue as fast, with warm stacks. A pump only waits on a write to its client, for
+// at most the send timeout: while calls wait in the queue, a check every
+// stallAfter starts more goroutines (see callStall).
+//
+// It is safe for concurrent use.
 type callPool struct {
-	maxIdle int
-	idleFor time.Duration
-	now     func() time.Duration // a monotonic clock; nil: since the process started
+	maxIdle    int
+	minPumps   int
+	stallAfter time.Duration
+	afterFunc  func(d time.Duration, f func()) // nil: time.AfterFunc
 
-	mu      sync.Mutex
-	idle    []idler // the goroutines waiting for a call, the last to finish last
-	started int     // goroutines, for tests
-}
-
-// idler is a goroutine of the pool waiting for a call.
-type idler struct {
-	inbox chan call     // closed to end it
-	since time.Duration // when it began to wait
-}
-
-// processStart is the origin of the pool's default clock: its readings
-// are monotonic.
-var processStart = time.Now()
-
-func (p *callPool) clock() time.Duration {
-	if p.now != nil {
-		return p.now()
-	}
-	return time.Since(processStart)
+	mu       sync.Mutex
+	idle     []chan call // the inboxes of the goroutines waiting for a call, the last to finish last
+	queue    []call      // start's calls waiting for a goroutine, oldest first
+	pumps    int         // goroutines running started calls
+	taken    uint64      // calls taken from the queue
+	watching bool        // a stall check is armed
+	started  int         // goroutines, for tests
 }
 
 type call struct {
@@ -91,19 +92,32 @@ func (p *callPool) run(f func()) {
 	}
 }
 
-// start calls f on one of the pool's goroutines and returns at once. A
-// panic in f is not recovered: f recovers what it can handle.
+// start calls f on one of the pool's goroutines, now or once one is free,
+// and returns at once. A panic in f is not recovered: f recovers what it
+// can handle.
 func (p *callPool) start(f func()) {
 	p.hand(call{f: f})
 }
 
-// hand gives c to the goroutine that waited last (its stack is grown), or
-// to a new one.
+// hand gives c to the goroutine that waited last (its stack is grown), to
+// the queue, or to a new goroutine.
 func (p *callPool) hand(c call) {
+	started := c.done == nil
 	p.mu.Lock()
+	if started && p.pumps >= p.minPumps {
+		p.queue = append(p.queue, c)
+		if !p.watching {
+			p.watching = true
+			p.watchLocked()
+		}
+		p.mu.Unlock()
+		return
+	}
+	if started {
+		p.pumps++
+	}
 	if n := len(p.idle); n > 0 {
-		inbox := p.idle[n-1].inbox
-		p.idle[n-1] = idler{}
+		inbox := p.idle[n-1]
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
 		inbox <- c
@@ -114,32 +128,65 @@ func (p *callPool) hand(c call) {
 	go p.work(c)
 }
 
+// watchLocked arms the queue's check (see callStall).
+func (p *callPool) watchLocked() {
+	taken := p.taken
+	check := func() {
+		p.mu.Lock()
+		var more []call
+		switch {
+		case len(p.queue) == 0:
+			p.watching = false
+		case p.taken == taken: // stuck: a goroutine for each
+			more, p.queue, p.watching = p.queue, nil, false
+		default: // moving: one more goroutine, and look again
+			more = []call{p.queue[0]}
+			p.queue[0] = call{}
+			p.queue = p.queue[1:]
+			p.taken++
+			p.watchLocked()
+		}
+		p.pumps += len(more)
+		p.started += len(more)
+		p.mu.Unlock()
+		for _, c := range more {
+			go p.work(c)
+		}
+	}
+	if p.afterFunc != nil {
+		p.afterFunc(p.stallAfter, check)
+	} else {
+		time.AfterFunc(p.stallAfter, check)
+	}
+}
+
 // replies holds the channels on which pooled calls report their end: a
 // Sync session's receive loop would otherwise hold one for its life.
 var replies = sync.Pool{New: func() any { return make(chan any, 1) }}
 
 func (p *callPool) work(c call) {
 	inbox := make(chan call, 1)
-	for p.call(c, inbox) {
-		var ok bool
-		if c, ok = <-inbox; !ok {
-			return // it waited idleFor
-		}
+	for ok := true; ok; {
+		c, ok = p.call(c, inbox)
 	}
 }
 
 // call calls c.f and tells c.done how it ended: nil, or a panic, which
-// call recovers. Before it does, it puts the goroutine among the idle
-// when there is room, so that the caller's next run finds it; it reports
-// whether it did. A runtime.Goexit (a test's t.FailNow in a hook) ends
-// the goroutine once the caller has been told.
-func (p *callPool) call(c call, inbox chan call) (waits bool) {
+// call recovers. Before it does, it takes the queue's first call or puts
+// the goroutine among the idle, so that the caller's next run finds it.
+// It returns the goroutine's next call, waiting for it when idle, and
+// false when the goroutine is to end. A runtime.Goexit (a test's
+// t.FailNow in a hook) ends the goroutine once the caller has been told.
+func (p *callPool) call(c call, inbox chan call) (next call, ok bool) {
 	returned := false
 	defer func() {
 		if returned {
 			return
 		}
 		if c.done == nil { // start's: a panic goes on, a runtime.Goexit ends the goroutine
+			p.mu.Lock()
+			p.pumps--
+			p.mu.Unlock()
 			return
 		}
 		v := recover()
@@ -147,35 +194,59 @@ func (p *callPool) call(c call, inbox chan call) (waits bool) {
 			c.done <- &callPanic{value: "runtime.Goexit in a pooled call"}
 			return
 		}
-		waits = p.wait(inbox)
-		c.done <- &callPanic{value: v, stack: debug.Stack()}
+		next, ok = p.after(c, inbox, &callPanic{value: v, stack: debug.Stack()})
 	}()
 	c.f()
 	returned = true
-	waits = p.wait(inbox)
-	if c.done != nil {
-		c.done <- nil
-	}
-	return waits
+	return p.after(c, inbox, nil)
 }
 
-// wait puts inbox among the idle, unless there are maxIdle, and reports
-// whether it did. It ends the goroutines that have waited idleFor: the
-// first in the list waited longest.
-func (p *callPool) wait(inbox chan call) bool {
-	now := p.clock()
+// after takes the next call of the goroutine that ran c: the queue's
+// first, or, once it is among the idle, what comes to its inbox. It
+// reports r to c.done first, when c is run's. A goroutine that finds no
+// room among the idle ends: ok is false.
+func (p *callPool) after(c call, inbox chan call, r *callPanic) (next call, ok bool) {
+	queued, waits := p.wait(c, inbox)
+	if c.done != nil {
+		if r != nil {
+			c.done <- r
+		} else {
+			c.done <- nil
+		}
+	}
+	switch {
+	case queued.f != nil:
+		return queued, true
+	case waits:
+		return <-inbox, true
+	}
+	return call{}, false
+}
+
+// wait takes the queue's first call for the goroutine that ran c, if
+// there is one; if not, it puts inbox among the idle, unless there are
+// maxIdle, and reports whether it did.
+func (p *callPool) wait(c call, inbox chan call) (queued call, waits bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for len(p.idle) > 0 && now-p.idle[0].since >= p.idleFor {
-		close(p.idle[0].inbox)
-		p.idle[0] = idler{}
-		p.idle = p.idle[1:]
+	if len(p.queue) > 0 {
+		queued = p.queue[0]
+		p.queue[0] = call{}
+		p.queue = p.queue[1:]
+		p.taken++
+		if c.done != nil {
+			p.pumps++ // it ran run's call, and runs a started one now
+		}
+		return queued, false
+	}
+	if c.done == nil {
+		p.pumps--
 	}
 	if len(p.idle) >= p.maxIdle {
-		return false
+		return call{}, false
 	}
-	p.idle = append(p.idle, idler{inbox, now})
-	return true
+	p.idle = append(p.idle, inbox)
+	return call{}, true
 }
 
 // callPanic is a panic that ended a pooled call.

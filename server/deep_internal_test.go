@@ -20,7 +20,7 @@ func stackOf() string {
 // TestCallPoolRunsOffTheCaller: run calls f on a goroutine of the pool,
 // returns once f has, and reuses the goroutine for the next call.
 func TestCallPoolRunsOffTheCaller(t *testing.T) {
-	p := &callPool{maxIdle: 2, idleFor: time.Hour}
+	p := &callPool{maxIdle: 2}
 	var stack string
 	p.run(func() { stack = stackOf() })
 	if strings.Contains(stack, "testing.tRunner") || !strings.Contains(stack, "(*callPool).work") {
@@ -38,7 +38,7 @@ func TestCallPoolRunsOffTheCaller(t *testing.T) {
 // the pool, which then waits for the next call; a Goexit in a started
 // call ends its goroutine, which is not reused.
 func TestCallPoolStart(t *testing.T) {
-	p := &callPool{maxIdle: 1, idleFor: time.Hour}
+	p := &callPool{maxIdle: 1, minPumps: 1}
 	// idleOnce waits for the pool's goroutine to wait for a call: nothing
 	// tells when a started call's goroutine does.
 	idleOnce := func() {
@@ -76,10 +76,103 @@ func TestCallPoolStart(t *testing.T) {
 	}
 }
 
+// TestCallPoolQueuesStarts: past minPumps goroutines running started
+// calls, start queues its calls; run's calls never queue, and the
+// goroutine that runs one takes the queued calls, in order, before it
+// waits.
+func TestCallPoolQueuesStarts(t *testing.T) {
+	var checks []func()
+	p := &callPool{maxIdle: 4, minPumps: 1, afterFunc: func(_ time.Duration, f func()) { checks = append(checks, f) }}
+	release, ran := make(chan struct{}), make(chan string, 3)
+	p.start(func() { <-release; ran <- "a" })
+	p.start(func() { ran <- "b" })
+	p.start(func() { ran <- "c" })
+	p.mu.Lock()
+	queued, started := len(p.queue), p.started
+	p.mu.Unlock()
+	if queued != 2 || started != 1 || len(checks) != 1 {
+		t.Fatalf("%d queued, %d goroutines started, %d stall checks armed; want 2, 1 and 1", queued, started, len(checks))
+	}
+	p.run(func() {}) // not queued: it gets a goroutine, which then runs b and c
+	for _, want := range []string{"b", "c"} {
+		if got := <-ran; got != want {
+			t.Fatalf("call %q ran; want %q", got, want)
+		}
+	}
+	close(release)
+	<-ran
+	// The queue emptied: the check disarms and starts nothing.
+	checks[0]()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started != 2 || p.watching || len(checks) != 1 {
+		t.Fatalf("after the check: %d started, watching %v, %d checks armed; want 2, false, 1", p.started, p.watching, len(checks))
+	}
+}
+
+// TestCallPoolStartsStuckCalls: while calls wait in the queue, its check
+// starts one more goroutine when calls left it meanwhile, and one for each
+// call there when none did (the goroutines running started calls all wait
+// on stalled writes).
+func TestCallPoolStartsStuckCalls(t *testing.T) {
+	var checks []func()
+	p := &callPool{maxIdle: 4, minPumps: 1, afterFunc: func(_ time.Duration, f func()) { checks = append(checks, f) }}
+	stalled := make(chan struct{})
+	defer close(stalled)
+	p.start(func() { <-stalled })
+	ran := make(chan string, 4)
+	for _, name := range []string{"a", "b", "c"} {
+		p.start(func() { ran <- name })
+	}
+	p.mu.Lock()
+	p.taken++ // as if a goroutine had taken a call meanwhile
+	p.mu.Unlock()
+	checks[0]() // moving: one more goroutine, for a
+	if got := <-ran; got != "a" || p.started != 2 || len(checks) != 2 {
+		t.Fatalf("after a check of a moving queue: %q ran, %d started, %d checks; want a, 2 and 2", got, p.started, len(checks))
+	}
+	// Its goroutine took b and c before it waited, unless it was slow.
+	// Either way, the next check finds the queue empty or stuck, and every
+	// call runs.
+	checks[1]()
+	for range 2 {
+		<-ran
+	}
+	select {
+	case got := <-ran:
+		t.Fatalf("%q ran twice", got)
+	default:
+	}
+}
+
+// TestCallPoolStartsStalledCalls: a queue that no goroutine took a call
+// from since the last check gets a goroutine for each call.
+func TestCallPoolStartsStalledCalls(t *testing.T) {
+	var checks []func()
+	p := &callPool{maxIdle: 4, minPumps: 1, afterFunc: func(_ time.Duration, f func()) { checks = append(checks, f) }}
+	stalled := make(chan struct{})
+	defer close(stalled)
+	p.start(func() { <-stalled })
+	ran := make(chan struct{}, 2)
+	p.start(func() { ran <- struct{}{}; <-stalled })
+	p.start(func() { ran <- struct{}{}; <-stalled })
+	select {
+	case <-ran:
+		t.Fatal("a queued call ran while the only goroutine was stalled")
+	default:
+	}
+	checks[0]() // stallAfter passed with nothing taken
+	<-ran
+	<-ran
+	if p.started != 3 || len(checks) != 1 {
+		t.Fatalf("%d goroutines started, %d checks armed; want 3 and 1", p.started, len(checks))
+	}
+}
+
 // TestCallPoolKeepsMaxIdle: of the goroutines that ran calls at once, the
 // pool keeps maxIdle to wait for more; the others end.
 func TestCallPoolKeepsMaxIdle(t *testing.T) {
-	p := &callPool{maxIdle: 2, idleFor: time.Hour}
+	p := &callPool{maxIdle: 2}
 	// atOnce runs n calls that all run before any returns.
 	atOnce := func(n int) {
 		var running, finished sync.WaitGroup
@@ -111,55 +204,10 @@ func TestCallPoolKeepsMaxIdle(t *testing.T) {
 	}
 }
 
-// TestCallPoolIdleExpires: a goroutine that waited idleFor for a call ends
-// as another goes to wait; one that waited less serves the next call.
-func TestCallPoolIdleExpires(t *testing.T) {
-	var now time.Duration
-	p := &callPool{maxIdle: 8, idleFor: 10 * time.Second, now: func() time.Duration { return now }}
-	atOnce := func(n int) {
-		var running, finished sync.WaitGroup
-		running.Add(n)
-		finished.Add(n)
-		release := make(chan struct{})
-		for range n {
-			go func() {
-				defer finished.Done()
-				p.run(func() { running.Done(); <-release })
-			}()
-		}
-		running.Wait()
-		close(release)
-		finished.Wait()
-	}
-	idle := func() int {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return len(p.idle)
-	}
-	atOnce(3)
-	if n := idle(); n != 3 {
-		t.Fatalf("%d idle after 3 calls at once; want 3", n)
-	}
-	now += 9 * time.Second
-	p.run(func() {}) // the last to wait serves, and waits again: 9 s is not 10
-	if n := idle(); n != 3 || p.started != 3 {
-		t.Fatalf("%d idle, %d started; want 3 and 3", n, p.started)
-	}
-	now += time.Second
-	p.run(func() {}) // the two that waited 10 s end as it waits again
-	if n := idle(); n != 1 || p.started != 3 {
-		t.Fatalf("after 10 s: %d idle, %d started; want 1 and 3", n, p.started)
-	}
-	atOnce(2) // the one left serves one; the other call starts a goroutine
-	if p.started != 4 {
-		t.Fatalf("%d goroutines started; want 4", p.started)
-	}
-}
-
 // TestCallPoolPanics: a panic in a call panics the caller with the value
 // and the stack where it happened; the pool's goroutine serves on.
 func TestCallPoolPanics(t *testing.T) {
-	p := &callPool{maxIdle: 1, idleFor: time.Hour}
+	p := &callPool{maxIdle: 1}
 	got := func() (r any) {
 		defer func() { r = recover() }()
 		p.run(func() { panicInCall() })
@@ -184,7 +232,7 @@ func panicInCall() { panic("boom") }
 // TestCallPoolGoexit: a call that ends its goroutine (t.FailNow in a hook)
 // still returns to its caller, with a panic; the goroutine is not reused.
 func TestCallPoolGoexit(t *testing.T) {
-	p := &callPool{maxIdle: 1, idleFor: time.Hour}
+	p := &callPool{maxIdle: 1}
 	got := func() (r any) {
 		defer func() { r = recover() }()
 		p.run(runtime.Goexit)
@@ -219,7 +267,7 @@ func panicInHandle() { panic(errors.New("boom in handle")) }
 // BenchmarkCallPoolRun is the hand-off a Sync handler pays per client
 // message: a call on a pooled goroutine and the wait for it.
 func BenchmarkCallPoolRun(b *testing.B) {
-	p := &callPool{maxIdle: 1, idleFor: time.Hour}
+	p := &callPool{maxIdle: 1}
 	n := 0
 	f := func() { n++ }
 	for b.Loop() {
