@@ -1032,9 +1032,9 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) (engine.Pen
 // while one runs makes it pump once more. The pump runs as a call of the
 // deep pool (deep.start), on a goroutine whose stack has grown already (a
 // live round takes a new goroutine's stack past 8 KB, three growths by
-// copying), and the session holds no goroutine between pumps. A kick is
-// one hand-off, from the goroutine that kicks to the pool's: a delivery
-// costs no more switches than that.
+// copying), and the session holds no goroutine between pumps. A kick hands
+// the pump to a pooled goroutine, or queues it for one when a fan-out
+// kicks many at once (see callPool).
 type pumper struct {
 	l           *loop
 	ctx         context.Context
