@@ -18,11 +18,10 @@ import (
 // everything else it does (authenticate, read the hello, open the session,
 // read and answer each message) runs here, on a goroutine whose stack has
 // grown already: 4 KB less per idle device, for two goroutine switches per
-// message. The sessions' pumps run here too, each kick one hand-off (see
-// pumper). An ack's
-// commit is waited for on the handler's goroutine, not here: the acks of
-// thousands of devices come together, and each call held for a commit
-// starts another goroutine. A push's call still waits for its commit,
+// message. The sessions' pumps run here too (see pumper and callPool). An
+// ack's commit is waited for on the handler's goroutine, not here: the
+// acks of thousands of devices come together, and each call held for a
+// commit starts another goroutine. A push's call still waits for its commit,
 // whose results it sends on.
 //
 // One pool serves every Server in the process: its goroutines are a
@@ -55,9 +54,10 @@ const callStall = 5 * time.Millisecond
 // with a goroutine for each, that was thousands of goroutines at a time on
 // two cores, each started and its stack grown by copying (newproc,
 // newstack and goexit were 13.5% of the server's CPU in fan-out to 10,000
-// devices). A few goroutines drain the queue as fast, with warm stacks. A pump only waits on a write to its client, for
-// at most the send timeout: while calls wait in the queue, a check every
-// stallAfter starts more goroutines (see callStall).
+// devices). A few goroutines drain the queue as fast, with warm stacks. A
+// pump only waits on a write to its client, for at most the send timeout:
+// while calls wait in the queue, a check every stallAfter starts more
+// goroutines (see callStall).
 //
 // It is safe for concurrent use.
 type callPool struct {
@@ -211,7 +211,7 @@ func (p *callPool) after(c call, inbox chan call, r *callPanic) (next call, ok b
 		if r != nil {
 			c.done <- r
 		} else {
-			c.done <- nil
+			c.done <- nil // not r: a nil *callPanic is not a nil any
 		}
 	}
 	switch {

@@ -76,13 +76,20 @@ func TestCallPoolStart(t *testing.T) {
 	}
 }
 
+// queuingPool is a pool that queues started calls past one running, and
+// the queue's checks that it armed, for the test to run.
+func queuingPool() (*callPool, *[]func()) {
+	var checks []func()
+	p := &callPool{maxIdle: 4, minPumps: 1, afterFunc: func(_ time.Duration, f func()) { checks = append(checks, f) }}
+	return p, &checks
+}
+
 // TestCallPoolQueuesStarts: past minPumps goroutines running started
 // calls, start queues its calls; run's calls never queue, and the
 // goroutine that runs one takes the queued calls, in order, before it
 // waits.
 func TestCallPoolQueuesStarts(t *testing.T) {
-	var checks []func()
-	p := &callPool{maxIdle: 4, minPumps: 1, afterFunc: func(_ time.Duration, f func()) { checks = append(checks, f) }}
+	p, checks := queuingPool()
 	release, ran := make(chan struct{}), make(chan string, 3)
 	p.start(func() { <-release; ran <- "a" })
 	p.start(func() { ran <- "b" })
@@ -90,8 +97,8 @@ func TestCallPoolQueuesStarts(t *testing.T) {
 	p.mu.Lock()
 	queued, started := len(p.queue), p.started
 	p.mu.Unlock()
-	if queued != 2 || started != 1 || len(checks) != 1 {
-		t.Fatalf("%d queued, %d goroutines started, %d stall checks armed; want 2, 1 and 1", queued, started, len(checks))
+	if queued != 2 || started != 1 || len(*checks) != 1 {
+		t.Fatalf("%d queued, %d goroutines started, %d stall checks armed; want 2, 1 and 1", queued, started, len(*checks))
 	}
 	p.run(func() {}) // not queued: it gets a goroutine, which then runs b and c
 	for _, want := range []string{"b", "c"} {
@@ -102,11 +109,11 @@ func TestCallPoolQueuesStarts(t *testing.T) {
 	close(release)
 	<-ran
 	// The queue emptied: the check disarms and starts nothing.
-	checks[0]()
+	(*checks)[0]()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.started != 2 || p.watching || len(checks) != 1 {
-		t.Fatalf("after the check: %d started, watching %v, %d checks armed; want 2, false, 1", p.started, p.watching, len(checks))
+	if p.started != 2 || p.watching || len(*checks) != 1 {
+		t.Fatalf("after the check: %d started, watching %v, %d checks armed; want 2, false, 1", p.started, p.watching, len(*checks))
 	}
 }
 
@@ -115,8 +122,7 @@ func TestCallPoolQueuesStarts(t *testing.T) {
 // call there when none did (the goroutines running started calls all wait
 // on stalled writes).
 func TestCallPoolStartsStuckCalls(t *testing.T) {
-	var checks []func()
-	p := &callPool{maxIdle: 4, minPumps: 1, afterFunc: func(_ time.Duration, f func()) { checks = append(checks, f) }}
+	p, checks := queuingPool()
 	stalled := make(chan struct{})
 	defer close(stalled)
 	p.start(func() { <-stalled })
@@ -127,14 +133,14 @@ func TestCallPoolStartsStuckCalls(t *testing.T) {
 	p.mu.Lock()
 	p.taken++ // as if a goroutine had taken a call meanwhile
 	p.mu.Unlock()
-	checks[0]() // moving: one more goroutine, for a
-	if got := <-ran; got != "a" || p.started != 2 || len(checks) != 2 {
-		t.Fatalf("after a check of a moving queue: %q ran, %d started, %d checks; want a, 2 and 2", got, p.started, len(checks))
+	(*checks)[0]() // moving: one more goroutine, for a
+	if got := <-ran; got != "a" || p.started != 2 || len(*checks) != 2 {
+		t.Fatalf("after a check of a moving queue: %q ran, %d started, %d checks; want a, 2 and 2", got, p.started, len(*checks))
 	}
 	// Its goroutine took b and c before it waited, unless it was slow.
 	// Either way, the next check finds the queue empty or stuck, and every
 	// call runs.
-	checks[1]()
+	(*checks)[1]()
 	for range 2 {
 		<-ran
 	}
@@ -148,8 +154,7 @@ func TestCallPoolStartsStuckCalls(t *testing.T) {
 // TestCallPoolStartsStalledCalls: a queue that no goroutine took a call
 // from since the last check gets a goroutine for each call.
 func TestCallPoolStartsStalledCalls(t *testing.T) {
-	var checks []func()
-	p := &callPool{maxIdle: 4, minPumps: 1, afterFunc: func(_ time.Duration, f func()) { checks = append(checks, f) }}
+	p, checks := queuingPool()
 	stalled := make(chan struct{})
 	defer close(stalled)
 	p.start(func() { <-stalled })
@@ -161,11 +166,11 @@ func TestCallPoolStartsStalledCalls(t *testing.T) {
 		t.Fatal("a queued call ran while the only goroutine was stalled")
 	default:
 	}
-	checks[0]() // stallAfter passed with nothing taken
+	(*checks)[0]() // stallAfter passed with nothing taken
 	<-ran
 	<-ran
-	if p.started != 3 || len(checks) != 1 {
-		t.Fatalf("%d goroutines started, %d checks armed; want 3 and 1", p.started, len(checks))
+	if p.started != 3 || len(*checks) != 1 {
+		t.Fatalf("%d goroutines started, %d checks armed; want 3 and 1", p.started, len(*checks))
 	}
 }
 
