@@ -223,10 +223,7 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	case model.KindMemberAdd:
 		tx.setRole(c, op.Member, op.Role, seq)
 		// History before joining is not unread.
-		m := tx.marker(keys.TUserMark, c.id, op.Member)
-		if m.m.Read < seq {
-			m.m.Read, m.dirty = seq, true
-		}
+		tx.marker(keys.TUserMark, c.id, op.Member).raiseRead(seq, c.rec.Messages, true)
 	case model.KindMemberRemove:
 		tx.setRole(c, op.Member, model.RoleNone, seq)
 	case model.KindMemberRole:
@@ -284,10 +281,7 @@ func (tx *txn) raiseRead(c *txConv, a Actor, seq uint64, public bool) {
 		d.m.Read, d.dirty = seq, true
 	}
 	u := tx.marker(keys.TUserMark, c.id, a.User)
-	if u.m.Read < seq {
-		u.m.Read, u.dirty = seq, true
-		u.readAt = seqCount{seq: seq, messages: c.rec.Messages} // seq is the op just appended
-	}
+	u.raiseRead(seq, c.rec.Messages, true) // seq is the op just appended
 	if public && u.m.PublicRead < seq {
 		u.m.PublicRead, u.dirty = seq, true
 	}

@@ -120,6 +120,84 @@ func BenchmarkCatchUpRead(b *testing.B) {
 	b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "ops/s")
 }
 
+// BenchmarkCatchUpHistory measures the catch-up scaling workload in the
+// engine: a device that held history-1 rounds of 100 ops in each of 100
+// conversations catches up on the 10,000 that came since. The time per
+// catch-up must not grow with the history.
+func BenchmarkCatchUpHistory(b *testing.B) {
+	for _, history := range []int{1, 10} {
+		b.Run(fmt.Sprintf("history=%d", history), func(b *testing.B) {
+			e := openOnDisk(b)
+			alice := enginetest.Register(b, e, "alice")
+			bob := enginetest.Register(b, e, "bob")
+			convs := make([]ulid.ULID, 100)
+			for c := range convs {
+				convs[c] = alice.Create(fmt.Sprint(c), bob)
+			}
+			body := make([]byte, 150)
+			round := func() {
+				for _, conv := range convs {
+					ops := make([]model.Op, 100)
+					for i := range ops {
+						ops[i] = alice.Op(conv, model.Op{Kind: model.KindMessage, Body: body})
+					}
+					alice.Push(ops...)
+				}
+			}
+			for range history - 1 {
+				round()
+			}
+			// The device's position before it went offline.
+			s, err := e.OpenSession(bob.Actor, engine.SessionOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			held := drainCatchUp(b, s)
+			s.Close()
+			round()
+			b.ResetTimer()
+			for b.Loop() {
+				s, err := e.OpenSession(bob.Actor, engine.SessionOptions{Epoch: held.Epoch, FeedPos: held.FeedPos, Cursors: held.Cursors})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if ops := drainCatchUp(b, s).Ops; ops != 10_000 {
+					b.Fatalf("caught up on %d ops, want 10000", ops)
+				}
+				s.Close()
+			}
+		})
+	}
+}
+
+// caughtUp is where a session's catch-up ended.
+type caughtUp struct {
+	Epoch   ulid.ULID
+	FeedPos uint64
+	Cursors map[ulid.ULID]uint64 // the last seq received of each conversation
+	Ops     int
+}
+
+// drainCatchUp reads s to its CaughtUp event.
+func drainCatchUp(b *testing.B, s *engine.Session) caughtUp {
+	b.Helper()
+	cu := caughtUp{Epoch: s.Welcome().Epoch, Cursors: map[ulid.ULID]uint64{}}
+	for {
+		ev, ok, err := s.Next()
+		if err != nil || !ok {
+			b.Fatalf("session ended early: %v", err)
+		}
+		for _, bt := range ev.Batches {
+			cu.Ops += len(bt.Ops)
+			cu.Cursors[bt.Conv] = max(cu.Cursors[bt.Conv], bt.Ops[len(bt.Ops)-1].Seq)
+		}
+		if ev.Kind == engine.EventCaughtUp {
+			cu.FeedPos = ev.FeedPos
+			return cu
+		}
+	}
+}
+
 // BenchmarkLiveRound measures the engine's side of live fan-out: one
 // message committed to a conversation of `members` users (not timed), then
 // every member's session reads its live round (conversations, ops,

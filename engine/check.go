@@ -41,7 +41,7 @@ func (r CheckReport) Err() error {
 // indexes point at the right ops, that dots are gapless per device, that
 // the conversation and member records match a replay of the log, that
 // erased ops were deleted, that every feed entry is where the membership
-// says, and that the store saw no single deletion misused since it opened
+// says, that read markers count the messages up to them right, and that the store saw no single deletion misused since it opened
 // (store.Store.Misuses). It reads the whole store: an operator's and a
 // test's tool, not a request path.
 func (e *Engine) Check() (CheckReport, error) {
@@ -310,7 +310,26 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 	if active != rec.Members {
 		c.problem("conversation %s: %d members recorded, %d active", conv, rec.Members, active)
 	}
-	return nil
+	// A read marker that counts the messages up to it counts the log's.
+	return scan(v, keys.ID1(keys.TUserMark, conv), func(k, val []byte) error {
+		_, u, _ := keys.ParseID2(k)
+		m, err := record.DecodeMarker(val)
+		if err != nil {
+			c.problem("conversation %s: marker of user %s: %v", conv, u, err)
+			return nil
+		}
+		if !m.ReadCounted {
+			return nil
+		}
+		op, err := readOp(v, conv, m.Read)
+		switch {
+		case err != nil:
+			c.problem("conversation %s: user %s read up to seq %d: %v", conv, u, m.Read, err)
+		case op.Messages != m.ReadMessages:
+			c.problem("conversation %s: user %s read up to seq %d, counted as %d messages; the log has %d", conv, u, m.Read, m.ReadMessages, op.Messages)
+		}
+		return nil
+	})
 }
 
 func (c *checker) expectUint(k []byte, want uint64, format string, args ...any) {

@@ -19,11 +19,17 @@ import (
 )
 
 // formatVersion is the engine's on-disk format. A store with another format
-// is refused rather than misread, except that format 1 opens as 2: format 2
-// added shared-feed conversations (record.Conv.SharedFeed, keys.TShared),
-// which a format 1 store has none of. A build that reads only format 1
-// refuses the store once it was opened by a newer one.
-const formatVersion = 2
+// is refused rather than misread, except that older formats open as the
+// current one, since each format only added to the last:
+//   - format 2 added shared-feed conversations (record.Conv.SharedFeed,
+//     keys.TShared), which a format 1 store has none of;
+//   - format 3 added the message count to users' read markers
+//     (record.Marker.ReadMessages), which markers written before simply
+//     lack.
+//
+// A build that reads only an older format refuses the store once it was
+// opened by a newer one.
+const formatVersion = 3
 
 // backupMarker is the file Backup leaves in its copies: opening a copy that
 // has it starts a new epoch.
@@ -134,7 +140,7 @@ func (e *Engine) initMeta(newEpoch bool) error {
 	v := e.st.View()
 	defer v.Release()
 	b := e.st.NewBatch()
-	upgrade := false
+	var upgrade uint64 // the format upgraded from
 	format, err := v.Get(keys.Meta(keys.MetaFormat))
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -149,9 +155,9 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		}
 		switch f {
 		case formatVersion:
-		case 1:
+		case 1, 2:
 			b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, formatVersion))
-			upgrade = true
+			upgrade = f
 		default:
 			return fmt.Errorf("store format %d is not supported (this build reads formats 1 to %d)", f, formatVersion)
 		}
@@ -164,14 +170,14 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		if e.epoch, err = record.DecodeID(raw); err != nil {
 			return fmt.Errorf("read epoch: %w", err)
 		}
-		if !upgrade {
+		if upgrade == 0 {
 			b.Close()
 			return nil
 		}
 		if err := e.st.Commit(b); err != nil {
 			return err
 		}
-		e.log.Info("store format upgraded", "from", 1, "to", formatVersion)
+		e.log.Info("store format upgraded", "from", upgrade, "to", formatVersion)
 		return nil
 	}
 	old := "none"

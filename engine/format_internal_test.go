@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -44,8 +45,9 @@ func readFormat(t *testing.T, e *Engine) uint64 {
 	return f
 }
 
-// A format 1 store (before shared feeds) opens and becomes format 2, with
-// its epoch kept; a format from a newer build is refused.
+// Format 1 and 2 stores (before shared feeds, and before read markers
+// counted their messages) open and become the current format, with their
+// epoch kept; a format from a newer build is refused.
 func TestStoreFormat(t *testing.T) {
 	fs := vfs.NewMem()
 	o := Options{FS: fs, Logger: slog.New(slog.DiscardHandler), Password: PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}}
@@ -61,22 +63,24 @@ func TestStoreFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	setFormat(t, fs, 1)
-	if e, err = Open("db", o); err != nil {
-		t.Fatalf("open a format 1 store: %v", err)
-	}
-	if f := readFormat(t, e); f != formatVersion {
-		t.Errorf("a format 1 store opened as format %d, want %d", f, formatVersion)
-	}
-	if e.Epoch() != epoch {
-		t.Errorf("the upgrade changed the epoch from %s to %s", epoch, e.Epoch())
-	}
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
+	for _, f := range []uint64{1, 2} {
+		setFormat(t, fs, f)
+		if e, err = Open("db", o); err != nil {
+			t.Fatalf("open a format %d store: %v", f, err)
+		}
+		if got := readFormat(t, e); got != formatVersion {
+			t.Errorf("a format %d store opened as format %d, want %d", f, got, formatVersion)
+		}
+		if e.Epoch() != epoch {
+			t.Errorf("the upgrade from format %d changed the epoch from %s to %s", f, epoch, e.Epoch())
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	setFormat(t, fs, formatVersion+1)
-	if _, err := Open("db", o); err == nil || !strings.Contains(err.Error(), "store format 3 is not supported") {
+	if _, err := Open("db", o); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("store format %d is not supported", formatVersion+1)) {
 		t.Errorf("opening a format %d store: %v; want it refused", formatVersion+1, err)
 	}
 }

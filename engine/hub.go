@@ -158,7 +158,6 @@ func (sig *userSignal) has(pos uint64, conv ulid.ULID) bool {
 type userMark struct {
 	user, conv ulid.ULID
 	m          record.Marker
-	readAt     seqCount // the message count at m.Read, if the writer knew it; else zero
 }
 
 // markWrite is what one commit wrote of a user's own markers, with the
@@ -171,9 +170,8 @@ type markWrite struct {
 }
 
 type convMark struct {
-	conv   ulid.ULID
-	m      record.Marker
-	readAt seqCount
+	conv ulid.ULID
+	m    record.Marker
 }
 
 func newMarkWrite(done uint64, ms []userMark) *markWrite {
@@ -183,7 +181,7 @@ func newMarkWrite(done uint64, ms []userMark) *markWrite {
 		w.marks = make([]convMark, 0, len(ms))
 	}
 	for _, um := range ms {
-		w.marks = append(w.marks, convMark{um.conv, um.m, um.readAt})
+		w.marks = append(w.marks, convMark{um.conv, um.m})
 	}
 	return w
 }

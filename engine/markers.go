@@ -107,8 +107,9 @@ func (tx *txn) mark(a Actor, m Marker, limit uint64) {
 	if delivered > u.m.Delivered {
 		u.m.Delivered, u.dirty, receipt = delivered, true, true
 	}
-	if read > u.m.Read {
-		u.m.Read, u.dirty = read, true
+	// Read up to the head, the writer knows the count; otherwise readers
+	// look it up (reader.messagesAtRead).
+	if u.raiseRead(read, c.rec.Messages, read == c.rec.Head) {
 		tx.moveUserFeed(a.User, m.Conv)
 	}
 	if !m.Private && read > u.m.PublicRead {

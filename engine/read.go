@@ -363,23 +363,24 @@ func (r reader) messagesAt(conv ulid.ULID, seq uint64) (uint64, error) {
 	return op.Messages, nil
 }
 
-// messagesAtRead is messagesAt for the user's read marker. A session asks
-// for it in every live round of every conversation with unread messages,
-// while the marker moves only when the user reads: it keeps the last answer
-// per conversation. An op's message count never changes once stored, so
-// the count the writer knew for the last read it wrote (the user's own
-// message moves the marker to it) serves as well.
-func (r reader) messagesAtRead(conv ulid.ULID, read uint64) (uint64, error) {
-	if r.memo == nil {
-		return r.messagesAt(conv, read)
+// messagesAtRead is messagesAt for read, the user's read marker m's Read
+// (or, for a removed member, the seq they left at). The writer counts the
+// messages as it moves the marker wherever it knows them
+// (record.Marker.ReadMessages): then no op is read. Markers it could not
+// count (a read short of the head, a marker written before counts were
+// kept) are looked up; a session asks in every live round of every
+// conversation with unread messages, while the marker moves only when the
+// user reads, so it keeps the last answer per conversation.
+func (r reader) messagesAtRead(conv ulid.ULID, m record.Marker, read uint64) (uint64, error) {
+	counted := m.ReadCounted && m.Read == read
+	if counted && !verifyCaches {
+		return m.ReadMessages, nil
 	}
-	c, ok := r.memo.counts[conv]
-	hit := ok && c.seq == read
-	if w := r.lastMarks; !hit && w != nil && read != 0 {
-		if cm, ok := w.of(conv); ok && cm.readAt.seq == read {
-			c, hit = cm.readAt, true
-			r.memo.counts = setIn(r.memo.counts, conv, c)
-		}
+	var c seqCount
+	hit := false
+	if r.memo != nil {
+		c, hit = r.memo.counts[conv]
+		hit = hit && c.seq == read
 	}
 	if hit && !verifyCaches {
 		return c.messages, nil
@@ -388,10 +389,15 @@ func (r reader) messagesAtRead(conv ulid.ULID, read uint64) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	if counted && m.ReadMessages != n {
+		return 0, fmt.Errorf("engine: the read marker of %s counts %d messages up to seq %d; the store says %d", conv, m.ReadMessages, read, n)
+	}
 	if hit && c.messages != n {
 		return 0, fmt.Errorf("engine: remembered %d messages up to seq %d of %s; the store says %d", c.messages, read, conv, n)
 	}
-	r.memo.counts = setIn(r.memo.counts, conv, seqCount{seq: read, messages: n})
+	if r.memo != nil && !counted {
+		r.memo.counts = setIn(r.memo.counts, conv, seqCount{seq: read, messages: n})
+	}
 	return n, nil
 }
 
@@ -418,7 +424,7 @@ func (r reader) info(conv, user ulid.ULID) (ConvInfo, error) {
 				return ConvInfo{}, err
 			}
 		}
-		atRead, err := r.messagesAtRead(conv, info.Read)
+		atRead, err := r.messagesAtRead(conv, um, info.Read)
 		if err != nil {
 			return ConvInfo{}, err
 		}

@@ -351,11 +351,7 @@ func (w *writer) commit(group []*request) error {
 	var marked []userMark
 	for _, tm := range tx.markOrder {
 		if tm.dirty && tm.ck.table == keys.TUserMark {
-			um := userMark{user: tm.ck.who, conv: tm.ck.conv, m: tm.m}
-			if tm.readAt.seq == tm.m.Read {
-				um.readAt = tm.readAt
-			}
-			marked = append(marked, um)
+			marked = append(marked, userMark{user: tm.ck.who, conv: tm.ck.conv, m: tm.m})
 		}
 	}
 	slices.SortStableFunc(marked, func(a, b userMark) int { return a.user.Compare(b.user) })
@@ -484,10 +480,20 @@ type txMarker struct {
 	ck    markKey
 	m     record.Marker
 	dirty bool
-	// readAt is the message count at a user marker's Read where the
-	// writer knows it (it appended the op there); stale unless its seq is
-	// m.Read.
-	readAt seqCount
+}
+
+// raiseRead moves a user's marker's Read up to seq, with the number of
+// messages up to it when counted (record.Marker.ReadMessages), and reports
+// whether it moved.
+func (tm *txMarker) raiseRead(seq, messages uint64, counted bool) bool {
+	if tm.m.Read >= seq {
+		return false
+	}
+	if !counted {
+		messages = 0
+	}
+	tm.m.Read, tm.m.ReadMessages, tm.m.ReadCounted, tm.dirty = seq, messages, counted, true
+	return true
 }
 
 func (w *writer) begin() *txn {

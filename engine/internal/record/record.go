@@ -448,6 +448,14 @@ type Marker struct {
 	// PublicRead is the read position shown to other members: Read, except
 	// for reads marked private. Users only; 0 for devices.
 	PublicRead uint64
+	// ReadMessages is the number of messages up to and including Read,
+	// when ReadCounted: a reader then has a conversation's unread count
+	// without reading the op at Read. Users only, and only where the writer
+	// knew the count as it moved Read; 0 when not counted. Encoded as a
+	// trailing uvarint, absent when not counted, so markers written before
+	// it decode unchanged, as not counted.
+	ReadMessages uint64
+	ReadCounted  bool
 }
 
 // AppendMarker appends the encoding of m.
@@ -455,7 +463,11 @@ func AppendMarker(b []byte, m *Marker) []byte {
 	b = append(b, Version)
 	b = binary.AppendUvarint(b, m.Delivered)
 	b = binary.AppendUvarint(b, m.Read)
-	return binary.AppendUvarint(b, m.PublicRead)
+	b = binary.AppendUvarint(b, m.PublicRead)
+	if m.ReadCounted {
+		b = binary.AppendUvarint(b, m.ReadMessages)
+	}
+	return b
 }
 
 // DecodeMarker decodes a marker record.
@@ -465,6 +477,9 @@ func DecodeMarker(b []byte) (Marker, error) {
 	m.Delivered = r.uvarint("delivered")
 	m.Read = r.uvarint("read")
 	m.PublicRead = r.uvarint("public read")
+	if len(r.b) > 0 && r.err == nil {
+		m.ReadMessages, m.ReadCounted = r.uvarint("messages up to read"), true
+	}
 	return m, r.done("marker")
 }
 

@@ -129,6 +129,17 @@ func TestRecordsRoundTrip(t *testing.T) {
 	if got, err := DecodeMarker(AppendMarker(nil, &mk)); err != nil || got != mk {
 		t.Errorf("marker: %+v %v", got, err)
 	}
+	// A count of zero messages is a count: it must not read back as none.
+	for _, n := range []uint64{0, 5} {
+		counted := Marker{Delivered: 9, Read: 8, PublicRead: 7, ReadMessages: n, ReadCounted: true}
+		if got, err := DecodeMarker(AppendMarker(nil, &counted)); err != nil || got != counted {
+			t.Errorf("counted marker: %+v %v", got, err)
+		}
+	}
+	// A marker written before counts were kept: three uvarints.
+	if got, err := DecodeMarker([]byte{Version, 9, 8, 7}); err != nil || got != mk {
+		t.Errorf("marker without a count: %+v %v, want %+v", got, err, mk)
+	}
 	if a, b, err := DecodeIDs(AppendIDs(nil, id(1), id(2))); err != nil || a != id(1) || b != id(2) {
 		t.Errorf("ids: %v %v %v", a, b, err)
 	}
@@ -188,6 +199,7 @@ func FuzzDecodeRecords(f *testing.F) {
 	f.Add(AppendUser(nil, &User{Username: "a"}))
 	f.Add(AppendDevice(nil, &Device{Name: "d"}))
 	f.Add(AppendMarker(nil, &Marker{Read: 1}))
+	f.Add(AppendMarker(nil, &Marker{Read: 1, ReadMessages: 1, ReadCounted: true}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if c, err := DecodeConv(b); err == nil {
 			if got, err := DecodeConv(AppendConv(nil, &c)); err != nil || got != c {

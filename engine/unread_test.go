@@ -1,0 +1,135 @@
+package engine_test
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/enginetest"
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
+	"github.com/ferrysync/ferry/engine/internal/store"
+)
+
+// TestReadMarkerCounts: a user's read marker carries the number of
+// messages up to it wherever the writer knows it (the user's own message,
+// joining, a read up to the head), so that an unread count reads no op;
+// a marker without it (a read short of the head, as every marker was
+// before format 3) still counts right; and Check catches a wrong count.
+// The engine's tests check every count a read takes from a marker against
+// the op it counts (verifyCaches).
+func TestReadMarkerCounts(t *testing.T) {
+	ctx := context.Background()
+	o := enginetest.Options(t, 1)
+	fs := o.FS
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("t", bob) // seqs 1 and 2: bob joins at 2, with nothing unread
+	for _, text := range []string{"one", "two", "three"} {
+		alice.Send(conv, text) // seqs 3 to 5
+	}
+	unread := func(e *engine.Engine, want uint64) {
+		t.Helper()
+		info, _, _, err := e.Conversation(bob.Actor, conv)
+		if err != nil || info.Unread != want {
+			t.Fatalf("bob's unread count: %d, %v; want %d", info.Unread, err, want)
+		}
+	}
+	unread(e, 3)
+	if err := e.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Read: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	unread(e, 1)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	aliceMark, bobMark := keys.ID2(keys.TUserMark, conv, alice.Actor.User), keys.ID2(keys.TUserMark, conv, bob.Actor.User)
+	withStore(t, fs, func(st *store.Store) {
+		if m := readMarker(t, st, aliceMark); m.Read != 5 || !m.ReadCounted || m.ReadMessages != 3 {
+			t.Errorf("alice's marker after her third message: %+v; want read 5 counted as 3 messages", m)
+		}
+		// Short of the head, the count is left to readers.
+		if m := readMarker(t, st, bobMark); m.Read != 4 || m.ReadCounted {
+			t.Errorf("bob's marker after reading to seq 4 of 5: %+v; want read 4, not counted", m)
+		}
+	})
+	o.Rand = enginetest.Options(t, 2).Rand
+	e2, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unread(e2, 1)
+	enginetest.MustCheck(t, e2)
+	// A read up to the head is counted, and the next message is unread.
+	if err := e2.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Read: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	alice.E = e2
+	alice.Send(conv, "four")
+	unread(e2, 1)
+	if err := e2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	withStore(t, fs, func(st *store.Store) {
+		m := readMarker(t, st, bobMark)
+		if m.Read != 5 || !m.ReadCounted || m.ReadMessages != 3 {
+			t.Errorf("bob's marker after reading to the head: %+v; want read 5 counted as 3 messages", m)
+		}
+		m.ReadMessages = 7
+		b := st.NewBatch()
+		b.Set(bobMark, record.AppendMarker(nil, &m))
+		if err := st.Commit(b); err != nil {
+			t.Fatal(err)
+		}
+	})
+	o.Rand = enginetest.Options(t, 3).Rand
+	e3, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e3.Close()
+	rep, err := e3.Check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "read up to seq 5, counted as 7 messages; the log has 3"; rep.Err() == nil || !strings.Contains(rep.Err().Error(), want) {
+		t.Errorf("Check of a marker with a wrong count: %v; want a problem saying %q", rep.Err(), want)
+	}
+}
+
+// withStore opens the store of a closed engine on fs for f.
+func withStore(t *testing.T, fs vfs.FS, f func(*store.Store)) {
+	t.Helper()
+	st, err := store.Open("db", store.Options{FS: fs, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f(st)
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readMarker(t *testing.T, st *store.Store, key []byte) record.Marker {
+	t.Helper()
+	v := st.View()
+	defer v.Release()
+	raw, err := v.Get(key)
+	if err != nil {
+		t.Fatalf("read marker %x: %v", key, err)
+	}
+	m, err := record.DecodeMarker(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
