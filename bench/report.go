@@ -127,7 +127,11 @@ func (r *Report) Markdown() string {
 	}
 	p("Profile `%s`, %s. Machine: %s, %d cores (GOMAXPROCS %d), %s, %s; %s. ",
 		r.Profile, r.Date.Format("2006-01-02 15:04 UTC"), r.Machine.CPU, r.Machine.Cores, r.Machine.GOMAXPROCS, r.Machine.OS, r.Machine.Go, fsync)
-	p("Corpus version %d, mean payload %.0f bytes. One run of each workload (catch-ups: the median of three) on a shared machine: read ratios, not absolutes.\n\n", r.CorpusVersion, r.MeanPayload)
+	catchUps := ""
+	if n := r.catchUpRuns(); n > 1 {
+		catchUps = fmt.Sprintf(" (catch-ups: the median of %d)", n)
+	}
+	p("Corpus version %d, mean payload %.0f bytes. One run of each workload%s on a shared machine: read ratios, not absolutes.\n\n", r.CorpusVersion, r.MeanPayload, catchUps)
 
 	systems := r.systems()
 	p("## Targets\n\n| metric | target | %s |\n| --- | --- |%s\n", strings.Join(systems, " | "), strings.Repeat(" --- |", len(systems)))
@@ -198,7 +202,9 @@ func (r *Report) Markdown() string {
 			r.Machine.Cores, ms(r.Limits.transportFloor(1000, r.Machine.Cores)), ms(r.Limits.transportFloor(10_000, r.Machine.Cores)))
 	}
 
-	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times, each time with as many new ops, so each run's history is one more multiple of them (x1-x3: three runs over histories of x1, x2 and x3): the figures are the run with the median time, and every run's time follows. Cold: the server restarted after the ops arrived and before each catch-up, which then read through a cold process (its caches empty; the OS page cache stays warm) on a new connection.\n\n")
+	n := max(r.catchUpRuns(), 2)
+	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times, each time with as many new ops, so each run's history is one more multiple of them (x1-x%d: %d runs over histories of x1 to x%d): the figures", n, n, n)
+	p(" are the run with the median time, and every run's time follows. The first one or two runs of a row are often the slowest, at any history. Cold: the server restarted after the ops arrived and before each catch-up, which then read through a cold process (its caches empty; the OS page cache stays warm) on a new connection.\n\n")
 	p("| system | missed ops | conversations | history | time | round trips | wire bytes | bytes/op | wire/payload | runs |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.CatchUp {
 		runs := make([]string, len(x.Times))
@@ -481,8 +487,18 @@ func (r *Report) targets(systems []string) [][]string {
 	}
 }
 
+// catchUpRuns is how many runs each catch-up took the median of: the
+// most of any result (older reports have three).
+func (r *Report) catchUpRuns() int {
+	n := 0
+	for _, x := range r.CatchUp {
+		n = max(n, len(x.Times))
+	}
+	return n
+}
+
 // historyLabel is the histories the runs caught up over: "x10", or
-// "x10-x12" for three runs; ", cold" when the server restarted before each.
+// "x10-x14" for five runs; ", cold" when the server restarted before each.
 func (x CatchUpResult) historyLabel() string {
 	l := fmt.Sprintf("x%d", x.History)
 	if len(x.Times) > 1 {
