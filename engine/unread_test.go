@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
@@ -132,4 +133,45 @@ func readMarker(t *testing.T, st *store.Store, key []byte) record.Marker {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// TestCountedReadMarkerReadsNoOp: as production runs (without the tests'
+// checks), the unread count of a conversation whose read marker counts
+// its messages takes one store read fewer than one whose marker does not
+// (a read short of the head): the op at the marker.
+func TestCountedReadMarkerReadsNoOp(t *testing.T) {
+	engine.MeasureWithoutChecks(t)
+	e, err := engine.Open("db", enginetest.Options(t, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	counted, uncounted := alice.Create("counted", bob), alice.Create("uncounted", bob)
+	for _, conv := range []ulid.ULID{counted, uncounted} {
+		for _, text := range []string{"one", "two", "three"} {
+			alice.Send(conv, text) // seqs 3 to 5
+		}
+	}
+	if err := e.Mark(context.Background(), bob.Actor, []engine.Marker{{Conv: uncounted, Read: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	reads := func(conv ulid.ULID, want uint64) uint64 {
+		t.Helper()
+		var n uint64
+		for range 2 { // the second, with what the first cached
+			before := e.Metrics().Reads
+			info, _, _, err := e.Conversation(bob.Actor, conv)
+			if err != nil || info.Unread != want {
+				t.Fatalf("bob's unread count: %d, %v; want %d", info.Unread, err, want)
+			}
+			n = e.Metrics().Reads - before
+		}
+		return n
+	}
+	c, u := reads(counted, 3), reads(uncounted, 1)
+	if u != c+1 {
+		t.Errorf("the unread count took %d store reads with a counted marker and %d without; want one fewer", c, u)
+	}
 }
