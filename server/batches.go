@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"fmt"
 	"sync"
 
@@ -110,25 +111,24 @@ func (c *liveBatches) field(b *engine.Batch, packed bool) ([]byte, error) {
 }
 
 // encodeBatch encodes b as one Ops field: an OpBatch in batches, or a
-// PackedBatch in packed.
+// PackedBatch in packed. The field is in a buffer of exactly its size:
+// sessions share it, and an append must copy.
 func encodeBatch(b *engine.Batch, packed bool) ([]byte, error) {
-	var m proto.Message
-	num := opsBatchesField
 	if packed {
-		p, err := wire.PackBatch(b.Conv, b.Ops)
+		scratch := fieldScratch.Get().(*[]byte)
+		defer fieldScratch.Put(scratch)
+		f, err := wire.AppendPackedField((*scratch)[:0], opsPackedField, b.Conv, b.Ops)
 		if err != nil {
 			return nil, err
 		}
-		m, num = p, opsPackedField
-	} else {
-		m = &ferryv1.OpBatch{ConversationId: b.Conv.String(), Ops: opsToProto(b.Ops)}
+		*scratch = f[:0]
+		return bytes.Clone(f), nil
 	}
-	// Marshaled in place after its tag and length, into a buffer of
-	// exactly the field's size: sessions share it, and an append must
-	// copy.
+	m := &ferryv1.OpBatch{ConversationId: b.Conv.String(), Ops: opsToProto(b.Ops)}
+	// Marshaled in place after its tag and length.
 	size := proto.Size(m)
-	f := make([]byte, 0, protowire.SizeTag(num)+protowire.SizeBytes(size))
-	f = protowire.AppendTag(f, num, protowire.BytesType)
+	f := make([]byte, 0, protowire.SizeTag(opsBatchesField)+protowire.SizeBytes(size))
+	f = protowire.AppendTag(f, opsBatchesField, protowire.BytesType)
 	f = protowire.AppendVarint(f, uint64(size))
 	f, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(f, m)
 	if err != nil {
@@ -139,3 +139,8 @@ func encodeBatch(b *engine.Batch, packed bool) ([]byte, error) {
 	}
 	return f, nil
 }
+
+// fieldScratch holds the buffers live batches are packed in before their
+// copy of exactly their size. A live round's batch is a few KB; larger
+// ones are not cached anyway (batchShardBytes).
+var fieldScratch = sync.Pool{New: func() any { return new([]byte) }}

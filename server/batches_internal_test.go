@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/oklog/ulid/v2"
@@ -22,7 +23,8 @@ func batchOf(conv, user, dev ulid.ULID, first uint64, bodies ...string) engine.B
 
 // TestLiveBatchesEncodeAsSent: a live Ops message whose batches come
 // encoded reads, on the client's side, exactly as the message built and
-// marshaled whole, rows or packed, with one batch or several; the second
+// marshaled whole, rows or packed, with one batch or several, and so does
+// a catch-up's packed message; the second
 // session to send a batch gets the first's encoding; and a batch read again
 // after a delete for everyone erased one of its messages is encoded anew,
 // never served with the body from before.
@@ -54,7 +56,7 @@ func TestLiveBatchesEncodeAsSent(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(encoded.GetBatches())+len(encoded.GetPacked()) != 0 || len(encoded.ProtoReflect().GetUnknown()) == 0 {
-			t.Fatalf("packed %v: the live message was not sent encoded", packed)
+			t.Fatalf("packed %v, phase %v: the message was not sent encoded", packed, ev.Phase)
 		}
 		if got, want := roundTrip(encoded), roundTrip(whole); !proto.Equal(got, want) {
 			t.Fatalf("packed %v: encoded once, the client reads\n%v\nwant\n%v", packed, got, want)
@@ -64,6 +66,9 @@ func TestLiveBatchesEncodeAsSent(t *testing.T) {
 		check(engine.Event{Kind: engine.EventOps, Phase: engine.PhaseLive, FeedPos: 41, Batches: []engine.Batch{one}}, packed)
 		check(engine.Event{Kind: engine.EventOps, Phase: engine.PhaseLive, FeedPos: 42, Batches: []engine.Batch{one, two}}, packed)
 	}
+	// A catch-up's packed batches are encoded straight into the message
+	// too (not cached).
+	check(engine.Event{Kind: engine.EventOps, Phase: engine.PhaseBackfill, Batches: []engine.Batch{one, two}}, true)
 
 	// Another session's round: the same encoding, not a new one.
 	a, err := s.batches.field(&one, true)
@@ -85,5 +90,36 @@ func TestLiveBatchesEncodeAsSent(t *testing.T) {
 	erased.Ops[0].Body, erased.Ops[0].ContentType, erased.Ops[0].Erased = nil, "", true
 	for _, packed := range []bool{true, false} {
 		check(engine.Event{Kind: engine.EventOps, Phase: engine.PhaseLive, FeedPos: 43, Batches: []engine.Batch{erased}}, packed)
+	}
+}
+
+// BenchmarkOpsMessagePacked measures packing a batch of chat messages into
+// an Ops message, as a live round (16 ops, encoded for the cache) and as a
+// catch-up's (1,000 ops), then marshaling it as Connect does.
+func BenchmarkOpsMessagePacked(b *testing.B) {
+	conv, user, dev := ulid.Make(), ulid.Make(), ulid.Make()
+	for _, n := range []int{16, 1000} {
+		bodies := make([]string, n)
+		for i := range bodies {
+			bodies[i] = fmt.Sprintf("message %d: are we still on for lunch tomorrow at the usual place?", i)
+		}
+		batch := batchOf(conv, user, dev, 1, bodies...)
+		phase := engine.PhaseBackfill
+		if n == 16 {
+			phase = engine.PhaseLive
+		}
+		b.Run(fmt.Sprintf("ops=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				s := &Server{} // an empty cache: every live batch is encoded
+				m, err := s.opsMessage(engine.Event{Kind: engine.EventOps, Phase: phase, Batches: []engine.Batch{batch}}, true, true)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := proto.Marshal(m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

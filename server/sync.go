@@ -18,6 +18,7 @@ import (
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/internal/timers"
+	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 )
@@ -1211,20 +1212,34 @@ func (l *loop) send(st step) error {
 // codec, a live round's batches come encoded from s.batches.
 func (s *Server) opsMessage(ev engine.Event, packed, binary bool) (*ferryv1.Ops, error) {
 	m := &ferryv1.Ops{Phase: ferryv1.Phase(ev.Phase), FeedPos: ev.FeedPos}
-	if binary && ev.Phase == engine.PhaseLive && len(ev.Batches) > 0 {
-		fields, err := s.batches.fields(ev.Batches, packed)
-		if err != nil {
-			return nil, connectError(err)
+	var err error
+	switch {
+	case len(ev.Batches) == 0:
+	case binary && ev.Phase == engine.PhaseLive:
+		var fields []byte
+		if fields, err = s.batches.fields(ev.Batches, packed); err == nil {
+			m.ProtoReflect().SetUnknown(fields)
+		}
+	case binary && packed:
+		// A catch-up's batches, up to a MiB of bodies each, are packed
+		// straight into the message's bytes.
+		size := 0
+		for i := range ev.Batches {
+			size += wire.PackedSize(ev.Batches[i].Ops)
+		}
+		fields := make([]byte, 0, size)
+		for i := range ev.Batches {
+			if fields, err = wire.AppendPackedField(fields, opsPackedField, ev.Batches[i].Conv, ev.Batches[i].Ops); err != nil {
+				break
+			}
 		}
 		m.ProtoReflect().SetUnknown(fields)
-		return m, nil
-	}
-	if !packed {
+	case packed:
+		m.Packed, err = packBatches(ev.Batches)
+	default:
 		m.Batches = batchesToProto(ev.Batches)
-		return m, nil
 	}
-	var err error
-	if m.Packed, err = packBatches(ev.Batches); err != nil {
+	if err != nil {
 		return nil, connectError(err)
 	}
 	return m, nil

@@ -5,6 +5,9 @@ import (
 	"math"
 
 	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/ferrysync/ferry/engine/model"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -28,90 +31,309 @@ const (
 )
 
 // PackBatch packs ops, which must have the consecutive seqs of one run of
-// conv's log (an engine.Batch).
+// conv's log (an engine.Batch), into a message: for a codec that needs one
+// (JSON). Binary streams append the encoding itself (AppendPackedBatch).
 func PackBatch(conv ulid.ULID, ops []model.Op) (*ferryv1.PackedBatch, error) {
-	p := &ferryv1.PackedBatch{ConversationId: conv.String()}
+	b, err := AppendPackedBatch(nil, conv, ops)
+	if err != nil {
+		return nil, err
+	}
+	p := new(ferryv1.PackedBatch)
+	if err := proto.Unmarshal(b, p); err != nil {
+		return nil, fmt.Errorf("wire: pack %s: the packed encoding does not parse: %w", conv, err)
+	}
+	return p, nil
+}
+
+// packed holds ferryv1.PackedBatch's field numbers, as op.proto gives them.
+var packed = func() (f struct {
+	conversationID, firstSeq, authorDevices, authorUsers, authors, dotSteps, timeSteps, idEntropy, kinds,
+	erased, contentTypes, texts, targets, members, roles, bodySizes, bodyData protowire.Number
+}) {
+	fields := (&ferryv1.PackedBatch{}).ProtoReflect().Descriptor().Fields()
+	num := func(name protoreflect.Name) protowire.Number { return fields.ByName(name).Number() }
+	f.conversationID = num("conversation_id")
+	f.firstSeq = num("first_seq")
+	f.authorDevices = num("author_devices")
+	f.authorUsers = num("author_users")
+	f.authors = num("authors")
+	f.dotSteps = num("dot_steps")
+	f.timeSteps = num("time_steps")
+	f.idEntropy = num("id_entropy")
+	f.kinds = num("kinds")
+	f.erased = num("erased")
+	f.contentTypes = num("content_types")
+	f.texts = num("texts")
+	f.targets = num("targets")
+	f.members = num("members")
+	f.roles = num("roles")
+	f.bodySizes = num("body_sizes")
+	f.bodyData = num("body_data")
+	return f
+}()
+
+// packedAuthor is one author of a packed batch: its device and user, and
+// the dot of its last op packed so far.
+type packedAuthor struct {
+	device, user ulid.ULID
+	n            uint64
+}
+
+// AppendPackedBatch appends to dst the protobuf encoding of the
+// ferryv1.PackedBatch that packs ops, which must have the consecutive seqs
+// of one run of conv's log (an engine.Batch). It writes the fields
+// straight from the ops, without the message's slices: a live round's
+// batch, and each of a catch-up's (up to a MiB of bodies), is encoded in
+// one buffer, its bodies copied once.
+func AppendPackedBatch(dst []byte, conv ulid.ULID, ops []model.Op) ([]byte, error) {
+	var id [ulid.EncodedSize]byte
+	_ = conv.MarshalTextTo(id[:]) // cannot fail: the buffer has the size
+	dst = protowire.AppendTag(dst, packed.conversationID, protowire.BytesType)
+	dst = protowire.AppendBytes(dst, id[:])
 	if len(ops) == 0 {
-		return p, nil
+		return dst, nil
 	}
-	p.FirstSeq = ops[0].Seq
-	n := len(ops)
-	p.Authors = make([]uint32, n)
-	p.DotSteps = make([]uint64, n)
-	p.TimeSteps = make([]int64, n)
-	p.Kinds = make([]ferryv1.OpKind, n)
-	p.IdEntropy = make([]byte, 0, n*idEntropyBytes)
-	// Sized up front: a catch-up packs up to a MiB of bodies per batch.
-	bodies, bodyBytes := 0, 0
-	for i := range ops {
-		if ops[i].Kind.HasBody() {
-			bodies++
-			bodyBytes += len(ops[i].Body)
-		}
-	}
-	p.BodySizes = make([]uint32, 0, bodies)
-	p.ContentTypes = make([]string, 0, bodies)
-	p.BodyData = make([]byte, 0, bodyBytes)
-	var authors []model.Dot // author index -> device (N: the dot of its last op)
-	var users []ulid.ULID   // author index -> user
-	var lastTime uint64
+	// Check the run, and find its authors in order of their first op.
+	var buf [8]packedAuthor
+	authors := buf[:0]
+	first := ops[0].Seq
+	bodies, titled, targeted, membered, roled, erased := false, false, false, false, false, false
+	bodyBytes := 0
 	for i := range ops {
 		op := &ops[i]
-		if op.Seq != p.FirstSeq+uint64(i) {
-			return nil, fmt.Errorf("wire: pack %s: seq %d after %d ops from seq %d: a packed batch holds consecutive seqs", conv, op.Seq, i, p.FirstSeq)
+		if op.Seq != first+uint64(i) {
+			return nil, fmt.Errorf("wire: pack %s: seq %d after %d ops from seq %d: a packed batch holds consecutive seqs", conv, op.Seq, i, first)
 		}
 		if !op.Kind.Valid() {
 			return nil, fmt.Errorf("wire: pack %s: op %s has kind %v", conv, op.ID, op.Kind)
 		}
-		a := 0
-		for a < len(authors) && authors[a].Device != op.Dot.Device {
-			a++
-		}
+		a := authorOf(authors, op.Dot.Device)
 		if a == len(authors) {
-			authors = append(authors, model.Dot{Device: op.Dot.Device})
-			users = append(users, op.User)
-			p.AuthorDevices = append(p.AuthorDevices, bytesOf(op.Dot.Device))
-			p.AuthorUsers = append(p.AuthorUsers, bytesOf(op.User))
+			authors = append(authors, packedAuthor{device: op.Dot.Device, user: op.User})
 		}
-		if users[a] != op.User {
-			return nil, fmt.Errorf("wire: pack %s: device %s authors ops of users %s and %s", conv, op.Dot.Device, users[a], op.User)
+		if authors[a].user != op.User {
+			return nil, fmt.Errorf("wire: pack %s: device %s authors ops of users %s and %s", conv, op.Dot.Device, authors[a].user, op.User)
 		}
-		if op.Dot.N <= authors[a].N {
-			return nil, fmt.Errorf("wire: pack %s: dot %d of device %s after its dot %d: a device's dots rise with seq", conv, op.Dot.N, op.Dot.Device, authors[a].N)
+		if op.Dot.N <= authors[a].n {
+			return nil, fmt.Errorf("wire: pack %s: dot %d of device %s after its dot %d: a device's dots rise with seq", conv, op.Dot.N, op.Dot.Device, authors[a].n)
 		}
-		p.Authors[i] = uint32(a)
-		p.DotSteps[i] = op.Dot.N - authors[a].N
-		authors[a].N = op.Dot.N
-		t := op.ID.Time()
-		p.TimeSteps[i] = int64(t - lastTime)
-		lastTime = t
-		p.IdEntropy = append(p.IdEntropy, op.ID[idTimeBytes:]...)
-		p.Kinds[i] = ferryv1.OpKind(op.Kind)
-		if op.Erased {
-			p.Erased = append(p.Erased, uint32(i))
-		}
-		switch op.Kind {
-		case model.KindCreate, model.KindSetTitle:
-			p.Texts = append(p.Texts, op.Title)
-		case model.KindReactionAdd, model.KindReactionRemove:
-			p.Texts = append(p.Texts, op.ReactionKey)
-		}
+		authors[a].n = op.Dot.N
 		if op.Kind.HasBody() {
-			p.BodySizes = append(p.BodySizes, uint32(len(op.Body)))
-			p.BodyData = append(p.BodyData, op.Body...)
-			p.ContentTypes = append(p.ContentTypes, op.ContentType)
+			bodies, bodyBytes = true, bodyBytes+len(op.Body)
 		}
-		if op.Kind.HasTarget() {
-			p.Targets = append(p.Targets, op.Target[:]...)
+		titled = titled || hasText(op.Kind)
+		targeted = targeted || op.Kind.HasTarget()
+		membered = membered || op.Kind.HasMember()
+		roled = roled || hasRole(op.Kind)
+		erased = erased || op.Erased
+	}
+	dst = protowire.AppendTag(dst, packed.firstSeq, protowire.VarintType)
+	dst = protowire.AppendVarint(dst, first)
+	for _, a := range authors {
+		dst = protowire.AppendTag(dst, packed.authorDevices, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, a.device[:])
+	}
+	for _, a := range authors {
+		dst = protowire.AppendTag(dst, packed.authorUsers, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, a.user[:])
+	}
+	dst = appendField(dst, packed.authors, len(ops), func(b []byte) []byte {
+		for i := range ops {
+			b = protowire.AppendVarint(b, uint64(authorOf(authors, ops[i].Dot.Device)))
 		}
-		if op.Kind.HasMember() {
-			p.Members = append(p.Members, op.Member[:]...)
+		return b
+	})
+	dst = appendField(dst, packed.dotSteps, len(ops), func(b []byte) []byte {
+		for a := range authors {
+			authors[a].n = 0
 		}
-		if op.Kind == model.KindMemberAdd || op.Kind == model.KindMemberRole {
-			p.Roles = append(p.Roles, ferryv1.Role(op.Role))
+		for i := range ops {
+			a := &authors[authorOf(authors, ops[i].Dot.Device)]
+			b = protowire.AppendVarint(b, ops[i].Dot.N-a.n)
+			a.n = ops[i].Dot.N
+		}
+		return b
+	})
+	dst = appendField(dst, packed.timeSteps, 2*len(ops), func(b []byte) []byte {
+		var last uint64
+		for i := range ops {
+			t := ops[i].ID.Time()
+			b = protowire.AppendVarint(b, protowire.EncodeZigZag(int64(t-last)))
+			last = t
+		}
+		return b
+	})
+	dst = appendField(dst, packed.idEntropy, idEntropyBytes*len(ops), func(b []byte) []byte {
+		for i := range ops {
+			b = append(b, ops[i].ID[idTimeBytes:]...)
+		}
+		return b
+	})
+	dst = appendField(dst, packed.kinds, len(ops), func(b []byte) []byte {
+		for i := range ops {
+			b = protowire.AppendVarint(b, uint64(ops[i].Kind))
+		}
+		return b
+	})
+	if erased {
+		dst = appendField(dst, packed.erased, len(ops), func(b []byte) []byte {
+			for i := range ops {
+				if ops[i].Erased {
+					b = protowire.AppendVarint(b, uint64(i))
+				}
+			}
+			return b
+		})
+	}
+	if bodies {
+		for i := range ops {
+			if ops[i].Kind.HasBody() {
+				dst = protowire.AppendTag(dst, packed.contentTypes, protowire.BytesType)
+				dst = protowire.AppendString(dst, ops[i].ContentType)
+			}
 		}
 	}
-	return p, nil
+	if titled {
+		for i := range ops {
+			if hasText(ops[i].Kind) {
+				dst = protowire.AppendTag(dst, packed.texts, protowire.BytesType)
+				dst = protowire.AppendString(dst, textOf(&ops[i]))
+			}
+		}
+	}
+	if targeted {
+		dst = appendField(dst, packed.targets, 16*len(ops), func(b []byte) []byte {
+			for i := range ops {
+				if ops[i].Kind.HasTarget() {
+					b = append(b, ops[i].Target[:]...)
+				}
+			}
+			return b
+		})
+	}
+	if membered {
+		dst = appendField(dst, packed.members, 16*len(ops), func(b []byte) []byte {
+			for i := range ops {
+				if ops[i].Kind.HasMember() {
+					b = append(b, ops[i].Member[:]...)
+				}
+			}
+			return b
+		})
+	}
+	if roled {
+		dst = appendField(dst, packed.roles, len(ops), func(b []byte) []byte {
+			for i := range ops {
+				if hasRole(ops[i].Kind) {
+					b = protowire.AppendVarint(b, uint64(ops[i].Role))
+				}
+			}
+			return b
+		})
+	}
+	if bodies {
+		dst = appendField(dst, packed.bodySizes, len(ops), func(b []byte) []byte {
+			for i := range ops {
+				if ops[i].Kind.HasBody() {
+					b = protowire.AppendVarint(b, uint64(len(ops[i].Body)))
+				}
+			}
+			return b
+		})
+		dst = appendField(dst, packed.bodyData, bodyBytes, func(b []byte) []byte {
+			for i := range ops {
+				if ops[i].Kind.HasBody() {
+					b = append(b, ops[i].Body...)
+				}
+			}
+			return b
+		})
+	}
+	return dst, nil
+}
+
+// authorOf returns the index of device's entry in authors, or len(authors).
+func authorOf(authors []packedAuthor, device ulid.ULID) int {
+	a := 0
+	for a < len(authors) && authors[a].device != device {
+		a++
+	}
+	return a
+}
+
+// hasText reports whether ops of kind k carry a text: a title, or a
+// reaction's key.
+func hasText(k model.Kind) bool {
+	switch k {
+	case model.KindCreate, model.KindSetTitle, model.KindReactionAdd, model.KindReactionRemove:
+		return true
+	}
+	return false
+}
+
+func textOf(op *model.Op) string {
+	if op.Kind == model.KindCreate || op.Kind == model.KindSetTitle {
+		return op.Title
+	}
+	return op.ReactionKey
+}
+
+func hasRole(k model.Kind) bool { return k == model.KindMemberAdd || k == model.KindMemberRole }
+
+// appendField appends field num, length-delimited, with the payload fill
+// appends; nothing when the payload is empty. The payload is written in
+// place after room for the length of a payload of about size bytes, and
+// moved when its length takes another number of bytes.
+func appendField(dst []byte, num protowire.Number, size int, fill func([]byte) []byte) []byte {
+	start := len(dst)
+	dst = protowire.AppendTag(dst, num, protowire.BytesType)
+	at := len(dst)
+	room := protowire.SizeVarint(uint64(size))
+	dst = fill(append(dst, make([]byte, room)...))
+	n := len(dst) - at - room
+	if n == 0 {
+		return dst[:start]
+	}
+	if k := protowire.SizeVarint(uint64(n)); k != room {
+		if k > room {
+			dst = append(dst, make([]byte, k-room)...)
+		}
+		copy(dst[at+k:], dst[at+room:at+room+n])
+		dst = dst[:at+k+n]
+	}
+	protowire.AppendVarint(dst[:at], uint64(n))
+	return dst
+}
+
+// PackedSize is about the size of a packed batch of ops as a field (a
+// little more, as a rule): room to reserve before packing it.
+func PackedSize(ops []model.Op) int {
+	size := 48 // the tags, the conversation id, the first seq
+	for i := range ops {
+		op := &ops[i]
+		// Author, dot and time steps, id entropy, kind, body size, and the
+		// content type's tag and length.
+		size += 20 + len(op.Body) + len(op.ContentType) + len(op.Title) + len(op.ReactionKey)
+		if op.Kind.HasTarget() || op.Kind.HasMember() {
+			size += 16
+		}
+	}
+	return size
+}
+
+// AppendPackedField appends ops packed as field num of a message, a
+// length-delimited PackedBatch (as Ops.packed holds them): see
+// AppendPackedBatch.
+func AppendPackedField(dst []byte, num protowire.Number, conv ulid.ULID, ops []model.Op) ([]byte, error) {
+	var err error
+	dst = appendField(dst, num, PackedSize(ops), func(b []byte) []byte {
+		b, err = AppendPackedBatch(b, conv, ops)
+		return b
+	})
+	if err != nil {
+		return nil, err
+	}
+	return dst, nil
 }
 
 func bytesOf(id ulid.ULID) []byte { return id[:] }

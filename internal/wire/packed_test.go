@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"pgregory.net/rapid"
 
@@ -295,4 +297,44 @@ func TestPackedBatchesCompressBetter(t *testing.T) {
 	if packedBytes > rowBytes*85/100 {
 		t.Errorf("packed %d B is over 85%% of rows %d B", packedBytes, rowBytes)
 	}
+}
+
+// TestAppendPackedBatchIsCanonical: the encoding AppendPackedBatch writes
+// is what protobuf itself marshals for the message it parses to (its
+// fields in order, none empty), appended after what dst held.
+func TestAppendPackedBatchIsCanonical(t *testing.T) {
+	conv := ulid.MustParseStrict("01JCQ0000000000000000C0NV1")
+	rapid.Check(t, func(t *rapid.T) {
+		ops := genRun(t, conv)
+		prefix := rapid.SliceOfN(rapid.Byte(), 0, 3).Draw(t, "prefix")
+		b, err := AppendPackedBatch(slices.Clone(prefix), conv, ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.HasPrefix(b, prefix) {
+			t.Fatalf("the encoding overwrote what dst held: %x, want it after %x", b, prefix)
+		}
+		var p ferryv1.PackedBatch
+		if err := proto.Unmarshal(b[len(prefix):], &p); err != nil {
+			t.Fatal(err)
+		}
+		want, err := proto.Marshal(&p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(b[len(prefix):], want) {
+			t.Fatalf("encoded\n%x\nprotobuf marshals\n%x", b[len(prefix):], want)
+		}
+		// As a field of Ops, whose length is guessed before the batch is
+		// encoded and corrected after.
+		num := protowire.Number((&ferryv1.Ops{}).ProtoReflect().Descriptor().Fields().ByName("packed").Number())
+		f, err := AppendPackedField(slices.Clone(prefix), num, conv, ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m ferryv1.Ops
+		if err := proto.Unmarshal(f[len(prefix):], &m); err != nil || len(m.GetPacked()) != 1 || !proto.Equal(m.GetPacked()[0], &p) {
+			t.Fatalf("as a field of Ops: %v, %v; want the one batch %v", &m, err, &p)
+		}
+	})
 }
