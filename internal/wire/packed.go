@@ -97,7 +97,6 @@ func AppendPackedBatch(dst []byte, conv ulid.ULID, ops []model.Op) ([]byte, erro
 	var buf [8]packedAuthor
 	authors := buf[:0]
 	first := ops[0].Seq
-	bodies, titled, targeted, membered, roled, erased := false, false, false, false, false, false
 	bodyBytes := 0
 	for i := range ops {
 		op := &ops[i]
@@ -119,13 +118,8 @@ func AppendPackedBatch(dst []byte, conv ulid.ULID, ops []model.Op) ([]byte, erro
 		}
 		authors[a].n = op.Dot.N
 		if op.Kind.HasBody() {
-			bodies, bodyBytes = true, bodyBytes+len(op.Body)
+			bodyBytes += len(op.Body)
 		}
-		titled = titled || hasText(op.Kind)
-		targeted = targeted || op.Kind.HasTarget()
-		membered = membered || op.Kind.HasMember()
-		roled = roled || hasRole(op.Kind)
-		erased = erased || op.Erased
 	}
 	dst = protowire.AppendTag(dst, packed.firstSeq, protowire.VarintType)
 	dst = protowire.AppendVarint(dst, first)
@@ -175,80 +169,66 @@ func AppendPackedBatch(dst []byte, conv ulid.ULID, ops []model.Op) ([]byte, erro
 		}
 		return b
 	})
-	if erased {
-		dst = appendField(dst, packed.erased, len(ops), func(b []byte) []byte {
-			for i := range ops {
-				if ops[i].Erased {
-					b = protowire.AppendVarint(b, uint64(i))
-				}
+	dst = appendField(dst, packed.erased, len(ops), func(b []byte) []byte {
+		for i := range ops {
+			if ops[i].Erased {
+				b = protowire.AppendVarint(b, uint64(i))
 			}
-			return b
-		})
+		}
+		return b
+	})
+	for i := range ops {
+		if ops[i].Kind.HasBody() {
+			dst = protowire.AppendTag(dst, packed.contentTypes, protowire.BytesType)
+			dst = protowire.AppendString(dst, ops[i].ContentType)
+		}
 	}
-	if bodies {
+	for i := range ops {
+		if hasText(ops[i].Kind) {
+			dst = protowire.AppendTag(dst, packed.texts, protowire.BytesType)
+			dst = protowire.AppendString(dst, textOf(&ops[i]))
+		}
+	}
+	dst = appendField(dst, packed.targets, 16*len(ops), func(b []byte) []byte {
+		for i := range ops {
+			if ops[i].Kind.HasTarget() {
+				b = append(b, ops[i].Target[:]...)
+			}
+		}
+		return b
+	})
+	dst = appendField(dst, packed.members, 16*len(ops), func(b []byte) []byte {
+		for i := range ops {
+			if ops[i].Kind.HasMember() {
+				b = append(b, ops[i].Member[:]...)
+			}
+		}
+		return b
+	})
+	dst = appendField(dst, packed.roles, len(ops), func(b []byte) []byte {
+		for i := range ops {
+			if hasRole(ops[i].Kind) {
+				b = protowire.AppendVarint(b, uint64(ops[i].Role))
+			}
+		}
+		return b
+	})
+	dst = appendField(dst, packed.bodySizes, len(ops), func(b []byte) []byte {
 		for i := range ops {
 			if ops[i].Kind.HasBody() {
-				dst = protowire.AppendTag(dst, packed.contentTypes, protowire.BytesType)
-				dst = protowire.AppendString(dst, ops[i].ContentType)
+				b = protowire.AppendVarint(b, uint64(len(ops[i].Body)))
 			}
 		}
-	}
-	if titled {
+		return b
+	})
+	dst = appendField(dst, packed.bodyData, bodyBytes, func(b []byte) []byte {
 		for i := range ops {
-			if hasText(ops[i].Kind) {
-				dst = protowire.AppendTag(dst, packed.texts, protowire.BytesType)
-				dst = protowire.AppendString(dst, textOf(&ops[i]))
+			if ops[i].Kind.HasBody() {
+				b = append(b, ops[i].Body...)
 			}
 		}
-	}
-	if targeted {
-		dst = appendField(dst, packed.targets, 16*len(ops), func(b []byte) []byte {
-			for i := range ops {
-				if ops[i].Kind.HasTarget() {
-					b = append(b, ops[i].Target[:]...)
-				}
-			}
-			return b
-		})
-	}
-	if membered {
-		dst = appendField(dst, packed.members, 16*len(ops), func(b []byte) []byte {
-			for i := range ops {
-				if ops[i].Kind.HasMember() {
-					b = append(b, ops[i].Member[:]...)
-				}
-			}
-			return b
-		})
-	}
-	if roled {
-		dst = appendField(dst, packed.roles, len(ops), func(b []byte) []byte {
-			for i := range ops {
-				if hasRole(ops[i].Kind) {
-					b = protowire.AppendVarint(b, uint64(ops[i].Role))
-				}
-			}
-			return b
-		})
-	}
-	if bodies {
-		dst = appendField(dst, packed.bodySizes, len(ops), func(b []byte) []byte {
-			for i := range ops {
-				if ops[i].Kind.HasBody() {
-					b = protowire.AppendVarint(b, uint64(len(ops[i].Body)))
-				}
-			}
-			return b
-		})
-		dst = appendField(dst, packed.bodyData, bodyBytes, func(b []byte) []byte {
-			for i := range ops {
-				if ops[i].Kind.HasBody() {
-					b = append(b, ops[i].Body...)
-				}
-			}
-			return b
-		})
-	}
+		return b
+	})
 	return dst, nil
 }
 
