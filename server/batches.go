@@ -116,13 +116,17 @@ func (c *liveBatches) field(b *engine.Batch, packed bool) ([]byte, error) {
 func encodeBatch(b *engine.Batch, packed bool) ([]byte, error) {
 	if packed {
 		scratch := fieldScratch.Get().(*[]byte)
-		defer fieldScratch.Put(scratch)
 		f, err := wire.AppendPackedField((*scratch)[:0], opsPackedField, b.Conv, b.Ops)
 		if err != nil {
+			fieldScratch.Put(scratch)
 			return nil, err
 		}
-		*scratch = f[:0]
-		return bytes.Clone(f), nil
+		out := bytes.Clone(f)
+		if cap(f) <= maxFieldScratch {
+			*scratch = f[:0]
+			fieldScratch.Put(scratch)
+		}
+		return out, nil
 	}
 	m := &ferryv1.OpBatch{ConversationId: b.Conv.String(), Ops: opsToProto(b.Ops)}
 	// Marshaled in place after its tag and length.
@@ -141,6 +145,9 @@ func encodeBatch(b *engine.Batch, packed bool) ([]byte, error) {
 }
 
 // fieldScratch holds the buffers live batches are packed in before their
-// copy of exactly their size. A live round's batch is a few KB; larger
-// ones are not cached anyway (batchShardBytes).
+// copy of exactly their size. A live round's batch is a few KB; a buffer
+// grown past maxFieldScratch (a round of large messages) is left to the
+// collector rather than kept.
 var fieldScratch = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxFieldScratch = 64 << 10

@@ -1209,7 +1209,10 @@ func (l *loop) send(st step) error {
 }
 
 // opsMessage is an Ops event as sent: packed, or as rows. For a binary
-// codec, a live round's batches come encoded from s.batches.
+// codec, a live round's batches come encoded from s.batches, and a
+// catch-up's packed batches are encoded straight into the message's
+// unknown fields (protobuf marshals them verbatim); the JSON codec needs
+// the messages.
 func (s *Server) opsMessage(ev engine.Event, packed, binary bool) (*ferryv1.Ops, error) {
 	m := &ferryv1.Ops{Phase: ferryv1.Phase(ev.Phase), FeedPos: ev.FeedPos}
 	var err error
@@ -1221,8 +1224,8 @@ func (s *Server) opsMessage(ev engine.Event, packed, binary bool) (*ferryv1.Ops,
 			m.ProtoReflect().SetUnknown(fields)
 		}
 	case binary && packed:
-		// A catch-up's batches, up to a MiB of bodies each, are packed
-		// straight into the message's bytes.
+		// A catch-up's batches hold up to a MiB of bodies each: one
+		// buffer, sized up front.
 		size := 0
 		for i := range ev.Batches {
 			size += wire.PackedSize(ev.Batches[i].Ops)
