@@ -192,6 +192,9 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		return err
 	}
 	e.log.Info("new epoch: clients with cursors from another epoch will repair", "epoch", e.epoch, "previous", old)
+	if upgrade != 0 { // a restored copy of an older store
+		e.log.Info("store format upgraded", "from", upgrade, "to", formatVersion)
+	}
 	return nil
 }
 

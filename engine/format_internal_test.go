@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -77,6 +78,25 @@ func TestStoreFormat(t *testing.T) {
 		if err := e.Close(); err != nil {
 			t.Fatal(err)
 		}
+	}
+
+	// A restored copy of an older store starts a new epoch, and says it
+	// was upgraded as well.
+	setFormat(t, fs, 2)
+	var logged bytes.Buffer
+	restored := o
+	restored.NewEpoch, restored.Logger = true, slog.New(slog.NewTextHandler(&logged, nil))
+	if e, err = Open("db", restored); err != nil {
+		t.Fatalf("open a format 2 store in a new epoch: %v", err)
+	}
+	if got := readFormat(t, e); got != formatVersion || e.Epoch() == epoch {
+		t.Errorf("a format 2 store opened in a new epoch: format %d, epoch %s (was %s); want format %d and a new epoch", got, e.Epoch(), epoch, formatVersion)
+	}
+	if want := fmt.Sprintf("store format upgraded\" from=2 to=%d", formatVersion); !strings.Contains(logged.String(), want) {
+		t.Errorf("the log of opening a format 2 store in a new epoch:\n%s\nwant a line with %q", logged.String(), want)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
 	}
 
 	setFormat(t, fs, formatVersion+1)
