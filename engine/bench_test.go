@@ -103,18 +103,7 @@ func BenchmarkCatchUpRead(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		for {
-			ev, ok, err := s.Next()
-			if err != nil || !ok {
-				b.Fatalf("session ended early: %v", err)
-			}
-			for _, bt := range ev.Batches {
-				total += len(bt.Ops)
-			}
-			if ev.Kind == engine.EventCaughtUp {
-				break
-			}
-		}
+		total += drainCatchUp(b, s).Ops
 		s.Close()
 	}
 	b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "ops/s")

@@ -140,10 +140,7 @@ func (p *callPool) watchLocked() {
 		case p.taken == taken: // stuck: a goroutine for each
 			more, p.queue, p.watching = p.queue, nil, false
 		default: // moving: one more goroutine, and look again
-			more = []call{p.queue[0]}
-			p.queue[0] = call{}
-			p.queue = p.queue[1:]
-			p.taken++
+			more = []call{p.popLocked()}
 			p.watchLocked()
 		}
 		p.pumps += len(more)
@@ -223,6 +220,15 @@ func (p *callPool) after(c call, inbox chan call, r *callPanic) (next call, ok b
 	return call{}, false
 }
 
+// popLocked takes the queue's first call, counting it taken.
+func (p *callPool) popLocked() call {
+	c := p.queue[0]
+	p.queue[0] = call{} // the backing array keeps no finished call's closure
+	p.queue = p.queue[1:]
+	p.taken++
+	return c
+}
+
 // wait takes the queue's first call for the goroutine that ran c, if
 // there is one; if not, it puts inbox among the idle, unless there are
 // maxIdle, and reports whether it did.
@@ -230,10 +236,7 @@ func (p *callPool) wait(c call, inbox chan call) (queued call, waits bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.queue) > 0 {
-		queued = p.queue[0]
-		p.queue[0] = call{}
-		p.queue = p.queue[1:]
-		p.taken++
+		queued = p.popLocked()
 		if c.done != nil {
 			p.pumps++ // it ran run's call, and runs a started one now
 		}

@@ -572,7 +572,6 @@ type loop struct {
 	results    chan *answer  // answered pushes, to send (pointers: the buffer is held for the session's life)
 	idleDue    atomic.Bool   // the client's silence is to be looked at
 	quit       atomic.Bool   // the receiving side ended the session
-	active     bool          // the last pump sent live rounds or push results
 	release    func()        // frees the stream's slot
 	unwatchCtx func() bool
 	lastIn     atomic.Int64 // when the client's last message came, in the clock's Unix nanoseconds
@@ -605,7 +604,6 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 			return true, err
 		}
 	}
-	l.active = false
 	for {
 		if l.quit.Load() {
 			return true, nil
@@ -621,7 +619,6 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 			if err := l.answer(r); err != nil {
 				return true, err
 			}
-			l.active = true
 			l.sent()
 			continue
 		default:
@@ -656,7 +653,6 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 			if err != nil {
 				return true, err
 			}
-			l.active = l.active || ev.Phase == engine.PhaseLive
 			l.sent()
 			continue
 		}

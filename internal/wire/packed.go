@@ -447,7 +447,7 @@ func UnpackBatch(field string, p *ferryv1.PackedBatch) (ulid.ULID, []model.Op, e
 		if err == nil && op.Kind.HasMember() {
 			op.Member, err = takeID(i, p.GetMembers(), &members, "members")
 		}
-		if err == nil && (op.Kind == model.KindMemberAdd || op.Kind == model.KindMemberRole) {
+		if err == nil && hasRole(op.Kind) {
 			if roles == len(p.GetRoles()) {
 				err = malformed("%s.roles ends before op %d", field, i)
 			} else {
