@@ -60,6 +60,8 @@ type config struct {
 	metricsAddr       string
 	demo              bool
 	passwordMemory    uint
+	cacheMiB          uint
+	memtableMiB       uint
 	passwordPasses    uint
 	logLevel          string
 	logFormat         string
@@ -98,6 +100,8 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.IntVar(&c.sharedFeedMembers, "shared-feed-members", 32, "conversations past this many members keep one feed entry for all of them: a message then writes nothing per member, and a catch-up reads one record per such conversation of its user")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
+	fs.UintVar(&c.cacheMiB, "cache-mib", 64, "the store's block cache, in MiB: the tables' blocks read often, and their Bloom filters (about 1.25 bytes a key)")
+	fs.UintVar(&c.memtableMiB, "memtable-mib", 64, "the store's memtable, in MiB (1 to 4095): writes gather there before they flush to tables; the store's memory is about --cache-mib plus two memtables, its write-ahead log at most four")
 	fs.BoolVar(&c.demo, "demo", true, "serve the demo chat page at / (a web client of the public API)")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler (/debug/pprof/) and the metrics (/metrics) on this address, e.g. 127.0.0.1:6060; keep it private")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the metrics in Prometheus's text format (/metrics) on this address, e.g. 127.0.0.1:9090; keep it private")
@@ -146,6 +150,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+	if c.cacheMiB < 1 {
+		return fmt.Errorf("--cache-mib %d: it must be at least 1", c.cacheMiB)
+	}
+	if c.memtableMiB < 1 || c.memtableMiB > 4095 {
+		return fmt.Errorf("--memtable-mib %d: it must be between 1 and 4095 (Pebble's limit is 4 GiB)", c.memtableMiB)
+	}
 	log, err := newLogger(c, stderr)
 	if err != nil {
 		return err
@@ -185,6 +195,8 @@ func engineOptions(c *config, log *slog.Logger) engine.Options {
 		ReceiptDelay:      receiptDelay(c.receiptDelay),
 		ReceiptMembers:    c.receiptMembers,
 		SharedFeedMembers: c.sharedFeedMembers,
+		CacheSize:         int64(c.cacheMiB) << 20,
+		MemTableSize:      uint64(c.memtableMiB) << 20,
 		Password:          engine.PasswordParams{MemoryKiB: uint32(c.passwordMemory), Time: uint32(c.passwordPasses)},
 	}
 }

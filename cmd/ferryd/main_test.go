@@ -177,6 +177,21 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	if got := c.trustedProxies.String(); got != "10.0.0.0/8,2001:db8::1/128,192.0.2.1/32,172.16.0.0/12" {
 		t.Fatalf("--trusted-proxies parsed as %s", got)
 	}
+	// The store's sizes, in MiB, reach the engine in bytes; 0 and past
+	// Pebble's memtable limit are refused.
+	fs, c = flags("serve", io.Discard)
+	if err := parse(fs, []string{"--cache-mib", "5", "--memtable-mib", "2"}, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if o := engineOptions(c, nil); o.CacheSize != 5<<20 || o.MemTableSize != 2<<20 {
+		t.Fatalf("--cache-mib 5 --memtable-mib 2: CacheSize %d, MemTableSize %d", o.CacheSize, o.MemTableSize)
+	}
+	for _, args := range [][]string{{"--cache-mib", "0"}, {"--memtable-mib", "0"}, {"--memtable-mib", "4096"}} {
+		err := run(context.Background(), append(args, "--data", t.TempDir()), io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), args[0]+" "+args[1]) {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
 	_ = fmt.Sprint()
 }
 
