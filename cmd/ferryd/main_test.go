@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -257,5 +259,26 @@ func TestCompact(t *testing.T) {
 	missing := dir + "-missing"
 	if err := run(context.Background(), []string{"compact", "--data", missing, "--log-level", "warn"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "existing store") {
 		t.Fatalf("compact of a missing folder: %v", err)
+	}
+}
+
+// TestFlagsDocumented: every flag of every command is in the README, and
+// the environment variable that sets each of serve's.
+func TestFlagsDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"serve", "check", "backup", "compact"} {
+		fs, _ := flags(cmd, io.Discard)
+		fs.VisitAll(func(f *flag.Flag) {
+			if !regexp.MustCompile("--" + f.Name + "[` ,=]").Match(readme) {
+				t.Errorf("ferryd %s --%s is not in the README", cmd, f.Name)
+			}
+			env := "`FERRY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_")) + "`"
+			if cmd == "serve" && !bytes.Contains(readme, []byte(env)) {
+				t.Errorf("ferryd's %s (--%s) is not in the README", env, f.Name)
+			}
+		})
 	}
 }
