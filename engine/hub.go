@@ -47,6 +47,13 @@ type hubShard struct {
 }
 
 type userSignal struct {
+	// gen counts the commits that woke the user: a session waits for it to
+	// move past what it last saw (watch.afterChange). ch is made only for a
+	// caller that waits on a channel (Session.Changed), and closed by the
+	// next wake: sessions are woken by their armed callbacks, and a channel
+	// made for every member at every commit was an eighth of what the
+	// server allocated in live fan-out.
+	gen  uint64
 	ch   chan struct{}
 	refs int
 	// armed are the callbacks of sessions that wait for the next change
@@ -105,7 +112,7 @@ func (h *hub) watch(user ulid.ULID) *watch {
 	s.mu.Lock()
 	sig := s.users[user]
 	if sig == nil {
-		sig = &userSignal{ch: make(chan struct{}), since: h.recorded}
+		sig = &userSignal{since: h.recorded}
 		if slices.ContainsFunc(h.marking, func(um userMark) bool { return um.user == user }) {
 			// The commit under way began before these counts, and its
 			// markersChanged counts it done: count it begun too. With
@@ -249,8 +256,9 @@ func (h *hub) start(pos uint64) {
 	h.rec.Unlock()
 }
 
-// wake closes the current channel of every watched user in users and
-// appends the callbacks armed on it to fs, for the caller to run. pos is
+// wake counts a change for every watched user in users (closing the
+// channel a caller waits on, if one does) and appends the callbacks armed
+// for it to fs, for the caller to run. pos is
 // the commit's feed position; 0 when it moved no feed. A session that
 // reads after wake returns sees the commit (Session.live checks the
 // position it woke), callbacks run or not: the writer answers the
@@ -263,8 +271,11 @@ func (h *hub) wake(users map[ulid.ULID]struct{}, pos uint64, fs []func()) []func
 		s.mu.Lock()
 		if sig := s.users[u]; sig != nil {
 			sig.woke = max(sig.woke, pos)
-			close(sig.ch)
-			sig.ch = make(chan struct{})
+			sig.gen++
+			if sig.ch != nil {
+				close(sig.ch)
+				sig.ch = nil
+			}
 			for i, a := range sig.armed {
 				fs = append(fs, a.f)
 				sig.armed[i] = armedWatch{}
@@ -295,16 +306,33 @@ type watch struct {
 	once sync.Once
 }
 
-// signal returns the channel the next change of the user's feed closes,
-// the count of commits done that changed the user's markers with what the
-// last of them wrote of the markers (nil if none was counted), and the
-// highest feed position of the commits that woke the user.
-func (w *watch) signal() (ch <-chan struct{}, marksDone uint64, lastMarks *markWrite, woke uint64) {
+// signal returns the count of changes of the user's feed so far (gen: the
+// next change moves it), the count of commits done that changed the
+// user's markers with what the last of them wrote of the markers (nil if
+// none was counted), and the highest feed position of the commits that
+// woke the user.
+func (w *watch) signal() (gen, marksDone uint64, lastMarks *markWrite, woke uint64) {
 	s := w.h.shard(w.user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sig := s.users[w.user]
-	return sig.ch, sig.marksDone, sig.lastMarks, sig.woke
+	return sig.gen, sig.marksDone, sig.lastMarks, sig.woke
+}
+
+// changedAfter returns a channel closed once the user's feed changes after
+// gen, a count signal returned: a closed one if it has.
+func (w *watch) changedAfter(gen uint64) <-chan struct{} {
+	s := w.h.shard(w.user)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sig := s.users[w.user]
+	if sig == nil || sig.gen != gen {
+		return closedChan
+	}
+	if sig.ch == nil {
+		sig.ch = make(chan struct{})
+	}
+	return sig.ch
 }
 
 // changed is reader.changed from the journal: the conversations whose feed
@@ -334,14 +362,14 @@ func (w *watch) changed(after, through uint64) (_ []feedEntry, ok bool, marksBeg
 	return out, true, marksBegun
 }
 
-// afterChange arranges for f to run once ch, a channel signal returned,
-// is closed: at once if it is already. It replaces the watch's armed
-// callback, if one is.
-func (w *watch) afterChange(ch <-chan struct{}, f func()) {
+// afterChange arranges for f to run once the user's feed changes after
+// gen, a count signal returned: at once if it has. It replaces the watch's
+// armed callback, if one is.
+func (w *watch) afterChange(gen uint64, f func()) {
 	s := w.h.shard(w.user)
 	s.mu.Lock()
 	sig := s.users[w.user]
-	if sig == nil || (<-chan struct{})(sig.ch) != ch {
+	if sig == nil || sig.gen != gen {
 		s.mu.Unlock()
 		f()
 		return

@@ -143,6 +143,26 @@ func memo[T any](r reader, key any, fill func() (T, error)) (T, error) {
 	return v.(T), nil
 }
 
+// memoLookup is what the view's memo holds for key, if it holds it (see
+// store.View.Lookup), checked as memo checks it: for a live round's reads,
+// which then build their fill only when the memo has nothing.
+func memoLookup[T any](r reader, key any) (val T, ok bool, err error) {
+	if !r.live {
+		return val, false, nil
+	}
+	v, ok, err := r.v.Lookup(key)
+	if !ok {
+		return val, false, nil
+	}
+	if verifyCaches { // checked by memo, which reads it again
+		return val, false, nil
+	}
+	if err != nil {
+		return val, true, err
+	}
+	return v.(T), true, nil
+}
+
 // Keys of what sessions memoize on a view.
 type (
 	convMemo struct{ conv ulid.ULID }
@@ -171,10 +191,13 @@ func (r reader) conv(id ulid.ULID) (record.Conv, bool, error) {
 	if ok && !verifyCaches {
 		return scanned, true, nil
 	}
-	cr, err := memo(r, convMemo{id}, func() (convRead, error) {
-		c, ok, err := r.readConv(id)
-		return convRead{c, ok}, err
-	})
+	cr, hit, err := memoLookup[convRead](r, convMemo{id})
+	if !hit {
+		cr, err = memo(r, convMemo{id}, func() (convRead, error) {
+			c, ok, err := r.readConv(id)
+			return convRead{c, ok}, err
+		})
+	}
 	if ok && err == nil && (!cr.ok || !reflect.DeepEqual(cr.c, scanned)) {
 		return cr.c, cr.ok, fmt.Errorf("engine: the feed scan read %+v for conversation %s; the view has %+v", scanned, id, cr.c)
 	}
@@ -658,6 +681,9 @@ func opsPrefix(ops []model.Op, maxOps, maxBytes int, atLeastOne bool) []model.Op
 // as many as fit in maxMemoBytes but at least one): in a live round, once
 // per view.
 func (r reader) liveOps(conv ulid.ULID, after, through uint64) ([]model.Op, error) {
+	if ops, hit, err := memoLookup[[]model.Op](r, opsMemo{conv, after, through}); hit {
+		return ops, err
+	}
 	return memo(r, opsMemo{conv, after, through}, func() ([]model.Op, error) {
 		ops, err := r.readOps(conv, after, through, maxMemoOps, maxMemoBytes, true)
 		return slices.Clip(ops), err // an append makes a copy of its own

@@ -156,7 +156,10 @@ type Session struct {
 	// last found active: live rounds look the device up again only after
 	// some device was revoked.
 	revocations uint64
-	wait        <-chan struct{}
+	// waiting: the last live round found nothing to send, at the user's
+	// count of changes waitGen (watch.signal).
+	waiting bool
+	waitGen uint64
 }
 
 type itemKind uint8
@@ -416,7 +419,7 @@ func (s *Session) nextOps() (Event, bool, error) {
 // live plans one round of live updates: what changed in the user's feed
 // since the last round.
 func (s *Session) live() error {
-	sig, marksDone, lastMarks, woke := s.w.signal()
+	gen, marksDone, lastMarks, woke := s.w.signal()
 	revocations := s.e.revocations.Load()
 	if woke <= s.pos && revocations == s.revocations {
 		// Every commit that woke the user is in what was sent: nothing
@@ -424,7 +427,7 @@ func (s *Session) live() error {
 		// other users' commits move the feed position all the time: a
 		// round for each ask found nothing and sent its position anyway,
 		// a third of the messages of live fan-out to conversations of ten.
-		s.wait = sig
+		s.waiting, s.waitGen = true, gen
 		return nil
 	}
 	s.queue = s.spare // empty: Next plans a round only then
@@ -445,7 +448,7 @@ func (s *Session) live() error {
 		s.revocations = revocations
 	}
 	if pos <= s.pos { // <: the catch-up's view may be newer than the position read
-		s.wait = sig
+		s.waiting, s.waitGen = true, gen
 		return nil
 	}
 	entries, ok, marksBegun := s.w.changed(s.pos, pos) // after the view, as userMarker needs
@@ -589,10 +592,10 @@ func (s *Session) verifyJournal(r reader, entries []feedEntry, pos uint64) error
 // after the last time Next found nothing to send. Before that, it returns a
 // closed channel.
 func (s *Session) Changed() <-chan struct{} {
-	if s.wait == nil {
+	if !s.waiting {
 		return closedChan
 	}
-	return s.wait
+	return s.w.changedAfter(s.waitGen)
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -604,11 +607,11 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 // replaces f; Close drops it, except that a commit waking the user as
 // Close runs may still call it once.
 func (s *Session) AfterChange(f func()) {
-	if s.wait == nil {
+	if !s.waiting {
 		f()
 		return
 	}
-	s.w.afterChange(s.wait, f)
+	s.w.afterChange(s.waitGen, f)
 }
 
 // Close ends the session.

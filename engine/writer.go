@@ -1207,6 +1207,13 @@ func (r *convRun) from(h uint64) []model.Op { return r.ops[h+1-r.ops[0].Seq:] }
 func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 	old, wasShared := tc.rec.FeedPos, tc.rec.SharedFeed
 	shared := wasShared || int(tc.rec.Members) > tx.e.opts.SharedFeedMembers
+	// Room for every member at once: a message to a large conversation
+	// grew these by doubling, a fifth of what the server allocated in
+	// live fan-out to 1,000 devices.
+	tx.moves = slices.Grow(tx.moves, len(tc.members))
+	if len(tx.wake) == 0 {
+		tx.wake = make(map[ulid.ULID]struct{}, len(tc.members))
+	}
 	for u, m := range tc.members {
 		was, changed := tc.before[u]
 		if !changed {

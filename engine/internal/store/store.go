@@ -448,7 +448,7 @@ type View struct {
 
 type memoEntry struct {
 	once sync.Once
-	done bool
+	done atomic.Bool // set once val and err are
 	val  any
 	err  error
 }
@@ -493,15 +493,37 @@ func (v *View) Memo(key any, fill func() (any, error)) (val any, hit bool, err e
 	t.memoMu.Unlock()
 	e.once.Do(func() {
 		e.val, e.err = fill()
-		e.done = true
+		e.done.Store(true)
 	})
-	if !e.done {
+	if !e.done.Load() {
 		// fill panicked in another caller: compute here, and let it panic
 		// here too if it does.
 		val, err = fill()
 		return val, false, err
 	}
 	return e.val, hit, e.err
+}
+
+// Lookup is Memo without computing: what the view's memo holds for key,
+// if a reader computed it already (or the commit remembered it). For a
+// caller that builds its fill only when Lookup finds nothing: a live round
+// to a thousand devices finds the same few results a thousand times, and
+// a fill made for each lookup was an allocation a time.
+func (v *View) Lookup(key any) (val any, ok bool, err error) {
+	t := v.shared
+	if t == nil {
+		return nil, false, nil
+	}
+	if val, ok := t.given[key]; ok {
+		return val, true, nil
+	}
+	t.memoMu.Lock()
+	e := t.memo[key]
+	t.memoMu.Unlock()
+	if e == nil || !e.done.Load() {
+		return nil, false, nil
+	}
+	return e.val, true, e.err
 }
 
 // Reads counts point reads and iterator seeks and steps since Open: the

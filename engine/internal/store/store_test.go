@@ -114,6 +114,43 @@ func TestRemember(t *testing.T) {
 	}
 }
 
+// TestLookup: Lookup finds what the commit remembered and what a reader of
+// the view computed, with its error, and nothing else; it computes
+// nothing.
+func TestLookup(t *testing.T) {
+	s := open(t)
+	b := s.NewBatch()
+	b.Set([]byte("k"), []byte("one"))
+	b.Remember("k", "one")
+	if err := s.Commit(b); err != nil {
+		t.Fatal(err)
+	}
+	v := s.View()
+	defer v.Release()
+	if got, ok, err := v.Lookup("k"); !ok || got != "one" || err != nil {
+		t.Fatalf("Lookup of what the commit remembered: %v, %v, %v", got, ok, err)
+	}
+	if got, ok, _ := v.Lookup("missing"); ok {
+		t.Fatalf("Lookup before any reader computed: %v, found", got)
+	}
+	failed := errors.New("no such thing")
+	if _, _, err := v.Memo("missing", func() (any, error) { return nil, failed }); err != failed {
+		t.Fatalf("Memo: %v", err)
+	}
+	if _, ok, err := v.Lookup("missing"); !ok || err != failed {
+		t.Fatalf("Lookup of a failed computation: found %v, %v; want it with its error", ok, err)
+	}
+	other := s.View()
+	defer other.Release()
+	calls := 0
+	if _, _, err := other.Memo("other", readKey(other, "k", &calls)); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok, err := v.Lookup("other"); !ok || got != "one" || err != nil || calls != 1 {
+		t.Fatalf("Lookup through another handle on the view: %v, %v, %v after %d reads", got, ok, err, calls)
+	}
+}
+
 // TestMemoConcurrent: readers that ask at once compute once.
 func TestMemoConcurrent(t *testing.T) {
 	s := open(t)
