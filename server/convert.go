@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"connectrpc.com/connect/v2"
 	"github.com/oklog/ulid/v2"
@@ -118,7 +119,14 @@ func packBatches(bs []engine.Batch) ([]*ferryv1.PackedBatch, error) {
 }
 
 func infoToProto(c *engine.ConvInfo) *ferryv1.ConversationInfo {
-	p := &ferryv1.ConversationInfo{
+	p := new(ferryv1.ConversationInfo)
+	fillInfo(p, c)
+	return p
+}
+
+// fillInfo sets p, a zero info, to c.
+func fillInfo(p *ferryv1.ConversationInfo, c *engine.ConvInfo) {
+	*p = ferryv1.ConversationInfo{
 		Id:          c.ID.String(),
 		Title:       c.Title,
 		Role:        ferryv1.Role(c.Role),
@@ -141,7 +149,47 @@ func infoToProto(c *engine.ConvInfo) *ferryv1.ConversationInfo {
 			p.Receipts[i] = &rs[i]
 		}
 	}
-	return p
+}
+
+// sentInfos is a session's Conversations message with its infos, pooled:
+// a live round sends one to every device it reaches, and Connect marshals
+// it within Send.
+type sentInfos struct {
+	m     ferryv1.Conversations
+	infos []ferryv1.ConversationInfo
+	ptrs  []*ferryv1.ConversationInfo
+}
+
+var sentInfosPool = sync.Pool{New: func() any { return new(sentInfos) }}
+
+// maxPooledInfos bounds the infos a pooled message keeps room for: a
+// catch-up's pages of conversations are not kept.
+const maxPooledInfos = 64
+
+// getInfos returns cs as a Conversations message (x.m), to give back with
+// put once sent.
+func getInfos(cs []engine.ConvInfo) *sentInfos {
+	x := sentInfosPool.Get().(*sentInfos)
+	if cap(x.infos) < len(cs) {
+		x.infos, x.ptrs = make([]ferryv1.ConversationInfo, len(cs)), make([]*ferryv1.ConversationInfo, len(cs))
+	}
+	x.infos, x.ptrs = x.infos[:len(cs)], x.ptrs[:len(cs)]
+	for i := range cs {
+		fillInfo(&x.infos[i], &cs[i])
+		x.ptrs[i] = &x.infos[i]
+	}
+	x.m.Conversations = x.ptrs
+	return x
+}
+
+// put gives x back to the pool.
+func (x *sentInfos) put() {
+	clear(x.infos)
+	clear(x.ptrs)
+	x.m.Conversations = nil
+	if cap(x.infos) <= maxPooledInfos {
+		sentInfosPool.Put(x)
+	}
 }
 
 func infosToProto(cs []engine.ConvInfo) []*ferryv1.ConversationInfo {

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/ferrysync/ferry/engine/enginetest"
 	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/internal/wire"
@@ -25,7 +27,7 @@ type recordSink struct {
 func (k *recordSink) welcome(*ferryv1.Welcome) error             { return nil }
 func (k *recordSink) conversations(*ferryv1.Conversations) error { return nil }
 func (k *recordSink) ops(m *ferryv1.Ops) error {
-	k.got = append(k.got, m)
+	k.got = append(k.got, proto.Clone(m).(*ferryv1.Ops)) // the loop reuses m
 	if len(k.got) == k.stopAfter {
 		k.end()
 	}

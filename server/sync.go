@@ -222,7 +222,9 @@ func sessionOptions(h *ferryv1.Hello) (engine.SessionOptions, error) {
 	return o, nil
 }
 
-// sink sends a session's messages on one kind of stream.
+// sink sends a session's messages on one kind of stream. It sends each
+// within the call and keeps nothing of it: the loop reuses the messages of
+// live rounds (opsPool, sentInfos), as Connect's Send allows.
 type sink interface {
 	welcome(*ferryv1.Welcome) error
 	conversations(*ferryv1.Conversations) error
@@ -242,11 +244,43 @@ func (k syncSink) send(m *ferryv1.SyncResponse) error { return k.st.Send(m) }
 func (k syncSink) welcome(m *ferryv1.Welcome) error {
 	return k.send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Welcome{Welcome: m}})
 }
+
+// A live round sends two messages to each device it reaches, and each
+// send wrapped its message in a response and a oneof anew. Connect
+// marshals a message within Send and keeps nothing of it, so the
+// wrappers of the two kinds every round sends are taken from a pool.
+type (
+	convsResponse struct {
+		r ferryv1.SyncResponse
+		w ferryv1.SyncResponse_Conversations
+	}
+	opsResponse struct {
+		r ferryv1.SyncResponse
+		w ferryv1.SyncResponse_Ops
+	}
+)
+
+var (
+	convsResponses = sync.Pool{New: func() any { return new(convsResponse) }}
+	opsResponses   = sync.Pool{New: func() any { return new(opsResponse) }}
+)
+
 func (k syncSink) conversations(m *ferryv1.Conversations) error {
-	return k.send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Conversations{Conversations: m}})
+	x := convsResponses.Get().(*convsResponse)
+	x.w.Conversations, x.r.Message = m, &x.w
+	err := k.send(&x.r)
+	x.w.Conversations, x.r.Message = nil, nil
+	convsResponses.Put(x)
+	return err
 }
+
 func (k syncSink) ops(m *ferryv1.Ops) error {
-	return k.send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Ops{Ops: m}})
+	x := opsResponses.Get().(*opsResponse)
+	x.w.Ops, x.r.Message = m, &x.w
+	err := k.send(&x.r)
+	x.w.Ops, x.r.Message = nil, nil
+	opsResponses.Put(x)
+	return err
 }
 func (k syncSink) caughtUp(m *ferryv1.CaughtUp) error {
 	return k.send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_CaughtUp{CaughtUp: m}})
@@ -1195,9 +1229,14 @@ func (l *loop) send(st step) error {
 	l.s.stats.sent(ev)
 	switch ev.Kind {
 	case engine.EventConversations:
-		return l.out.conversations(&ferryv1.Conversations{Conversations: infosToProto(ev.Conversations)})
+		x := getInfos(ev.Conversations)
+		err := l.out.conversations(&x.m)
+		x.put()
+		return err
 	case engine.EventOps:
-		return l.out.ops(st.ops)
+		err := l.out.ops(st.ops)
+		putOps(st.ops)
+		return err
 	case engine.EventCaughtUp:
 		return l.out.caughtUp(&ferryv1.CaughtUp{FeedPos: ev.FeedPos, Conversations: uint32(ev.Convs), Ops: ev.Ops})
 	}
@@ -1210,7 +1249,8 @@ func (l *loop) send(st step) error {
 // unknown fields (protobuf marshals them verbatim); the JSON codec needs
 // the messages.
 func (s *Server) opsMessage(ev engine.Event, packed, binary bool) (*ferryv1.Ops, error) {
-	m := &ferryv1.Ops{Phase: ferryv1.Phase(ev.Phase), FeedPos: ev.FeedPos}
+	m := opsPool.Get().(*ferryv1.Ops)
+	m.Phase, m.FeedPos = ferryv1.Phase(ev.Phase), ev.FeedPos
 	var err error
 	switch {
 	case len(ev.Batches) == 0:
@@ -1239,9 +1279,20 @@ func (s *Server) opsMessage(ev engine.Event, packed, binary bool) (*ferryv1.Ops,
 		m.Batches = batchesToProto(ev.Batches)
 	}
 	if err != nil {
+		putOps(m)
 		return nil, connectError(err)
 	}
 	return m, nil
+}
+
+// opsPool holds the Ops messages opsMessage builds, one for each message
+// a session sends, which go back once sent (putOps): Connect marshals a
+// message within Send.
+var opsPool = sync.Pool{New: func() any { return new(ferryv1.Ops) }}
+
+func putOps(m *ferryv1.Ops) {
+	*m = ferryv1.Ops{}
+	opsPool.Put(m)
 }
 
 func resetReason(r engine.ResetReason) ferryv1.ResetReason {
