@@ -68,7 +68,7 @@ type callPool struct {
 
 	mu       sync.Mutex
 	idle     []chan call // the inboxes of the goroutines waiting for a call, the last to finish last
-	queue    []call      // start's calls waiting for a goroutine, oldest first
+	queue    callQueue   // start's calls waiting for a goroutine
 	pumps    int         // goroutines running started calls
 	taken    uint64      // calls taken from the queue
 	watching bool        // a stall check is armed
@@ -105,7 +105,7 @@ func (p *callPool) hand(c call) {
 	started := c.done == nil
 	p.mu.Lock()
 	if started && p.pumps >= p.minPumps {
-		p.queue = append(p.queue, c)
+		p.queue.push(c)
 		if !p.watching {
 			p.watching = true
 			p.watchLocked()
@@ -135,10 +135,10 @@ func (p *callPool) watchLocked() {
 		p.mu.Lock()
 		var more []call
 		switch {
-		case len(p.queue) == 0:
+		case p.queue.len() == 0:
 			p.watching = false
 		case p.taken == taken: // stuck: a goroutine for each
-			more, p.queue, p.watching = p.queue, nil, false
+			more, p.watching = p.queue.takeAll(), false
 		default: // moving: one more goroutine, and look again
 			more = []call{p.popLocked()}
 			p.watchLocked()
@@ -222,11 +222,37 @@ func (p *callPool) after(c call, inbox chan call, r *callPanic) (next call, ok b
 
 // popLocked takes the queue's first call, counting it taken.
 func (p *callPool) popLocked() call {
-	c := p.queue[0]
-	p.queue[0] = call{} // the backing array keeps no finished call's closure
-	p.queue = p.queue[1:]
 	p.taken++
+	return p.queue.pop()
+}
+
+// callQueue is a queue of calls, oldest first, that reuses its array once
+// emptied: taking calls off the front of a slice and appending them at
+// its back allocated a new array every time the back reached its end,
+// some 30 bytes per delivery in live fan-out.
+type callQueue struct {
+	calls []call
+	head  int // calls[head:] wait
+}
+
+func (q *callQueue) len() int { return len(q.calls) - q.head }
+
+func (q *callQueue) push(c call) { q.calls = append(q.calls, c) }
+
+func (q *callQueue) pop() call {
+	c := q.calls[q.head]
+	q.calls[q.head] = call{} // the array keeps no finished call's closure
+	if q.head++; q.head == len(q.calls) {
+		q.calls, q.head = q.calls[:0], 0
+	}
 	return c
+}
+
+// takeAll empties the queue and returns its calls.
+func (q *callQueue) takeAll() []call {
+	all := q.calls[q.head:]
+	*q = callQueue{}
+	return all
 }
 
 // wait takes the queue's first call for the goroutine that ran c, if
@@ -235,7 +261,7 @@ func (p *callPool) popLocked() call {
 func (p *callPool) wait(c call, inbox chan call) (queued call, waits bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.queue) > 0 {
+	if p.queue.len() > 0 {
 		queued = p.popLocked()
 		if c.done != nil {
 			p.pumps++ // it ran run's call, and runs a started one now

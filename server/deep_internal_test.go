@@ -95,7 +95,7 @@ func TestCallPoolQueuesStarts(t *testing.T) {
 	p.start(func() { ran <- "b" })
 	p.start(func() { ran <- "c" })
 	p.mu.Lock()
-	queued, started := len(p.queue), p.started
+	queued, started := p.queue.len(), p.started
 	p.mu.Unlock()
 	if queued != 2 || started != 1 || len(*checks) != 1 {
 		t.Fatalf("%d queued, %d goroutines started, %d stall checks armed; want 2, 1 and 1", queued, started, len(*checks))
