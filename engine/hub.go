@@ -51,8 +51,8 @@ type userSignal struct {
 	// move past what it last saw (watch.afterChange). ch is made only for a
 	// caller that waits on a channel (Session.Changed), and closed by the
 	// next wake: sessions are woken by their armed callbacks, and a channel
-	// made for every member at every commit was an eighth of what the
-	// server allocated in live fan-out.
+	// made for every member at every commit was a tenth of what the server
+	// allocated in live fan-out.
 	gen  uint64
 	ch   chan struct{}
 	refs int

@@ -144,8 +144,9 @@ func memo[T any](r reader, key any, fill func() (T, error)) (T, error) {
 }
 
 // memoLookup is what the view's memo holds for key, if it holds it (see
-// store.View.Lookup), checked as memo checks it: for a live round's reads,
-// which then build their fill only when the memo has nothing.
+// store.View.Lookup): for a live round's reads, which call memo only when
+// it finds nothing. Under verifyCaches it finds nothing, so that memo
+// checks what the memo holds against a read.
 func memoLookup[T any](r reader, key any) (val T, ok bool, err error) {
 	if !r.live {
 		return val, false, nil

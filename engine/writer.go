@@ -1208,7 +1208,7 @@ func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 	old, wasShared := tc.rec.FeedPos, tc.rec.SharedFeed
 	shared := wasShared || int(tc.rec.Members) > tx.e.opts.SharedFeedMembers
 	// Room for every member at once: a message to a large conversation
-	// grew these by doubling, a fifth of what the server allocated in
+	// grew these by doubling, a seventh of what the server allocated in
 	// live fan-out to 1,000 devices.
 	tx.moves = slices.Grow(tx.moves, len(tc.members))
 	if len(tx.wake) == 0 {

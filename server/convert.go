@@ -124,7 +124,7 @@ func infoToProto(c *engine.ConvInfo) *ferryv1.ConversationInfo {
 	return p
 }
 
-// fillInfo sets p, a zero info, to c.
+// fillInfo sets all of *p to c's info.
 func fillInfo(p *ferryv1.ConversationInfo, c *engine.ConvInfo) {
 	*p = ferryv1.ConversationInfo{
 		Id:          c.ID.String(),
@@ -151,9 +151,9 @@ func fillInfo(p *ferryv1.ConversationInfo, c *engine.ConvInfo) {
 	}
 }
 
-// sentInfos is a session's Conversations message with its infos, pooled:
-// a live round sends one to every device it reaches, and Connect marshals
-// it within Send.
+// sentInfos is a Conversations message with its infos, pooled: a live
+// round sends one to every device it reaches, and Connect marshals it
+// within Send.
 type sentInfos struct {
 	m     ferryv1.Conversations
 	infos []ferryv1.ConversationInfo

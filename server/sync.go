@@ -248,40 +248,34 @@ func (k syncSink) welcome(m *ferryv1.Welcome) error {
 // A live round sends two messages to each device it reaches, and each
 // send wrapped its message in a response and a oneof anew. Connect
 // marshals a message within Send and keeps nothing of it, so the
-// wrappers of the two kinds every round sends are taken from a pool.
-type (
-	convsResponse struct {
-		r ferryv1.SyncResponse
-		w ferryv1.SyncResponse_Conversations
-	}
-	opsResponse struct {
-		r ferryv1.SyncResponse
-		w ferryv1.SyncResponse_Ops
-	}
-)
+// wrappers of the two kinds every round sends come from a pool.
+type response struct {
+	r     ferryv1.SyncResponse
+	convs ferryv1.SyncResponse_Conversations
+	ops   ferryv1.SyncResponse_Ops
+}
 
-var (
-	convsResponses = sync.Pool{New: func() any { return new(convsResponse) }}
-	opsResponses   = sync.Pool{New: func() any { return new(opsResponse) }}
-)
+var responses = sync.Pool{New: func() any { return new(response) }}
+
+func (x *response) put() {
+	x.r.Message, x.convs.Conversations, x.ops.Ops = nil, nil, nil
+	responses.Put(x)
+}
 
 func (k syncSink) conversations(m *ferryv1.Conversations) error {
-	x := convsResponses.Get().(*convsResponse)
-	x.w.Conversations, x.r.Message = m, &x.w
-	err := k.send(&x.r)
-	x.w.Conversations, x.r.Message = nil, nil
-	convsResponses.Put(x)
-	return err
+	x := responses.Get().(*response)
+	defer x.put()
+	x.convs.Conversations, x.r.Message = m, &x.convs
+	return k.send(&x.r)
 }
 
 func (k syncSink) ops(m *ferryv1.Ops) error {
-	x := opsResponses.Get().(*opsResponse)
-	x.w.Ops, x.r.Message = m, &x.w
-	err := k.send(&x.r)
-	x.w.Ops, x.r.Message = nil, nil
-	opsResponses.Put(x)
-	return err
+	x := responses.Get().(*response)
+	defer x.put()
+	x.ops.Ops, x.r.Message = m, &x.ops
+	return k.send(&x.r)
 }
+
 func (k syncSink) caughtUp(m *ferryv1.CaughtUp) error {
 	return k.send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_CaughtUp{CaughtUp: m}})
 }

@@ -505,10 +505,10 @@ func (v *View) Memo(key any, fill func() (any, error)) (val any, hit bool, err e
 }
 
 // Lookup is Memo without computing: what the view's memo holds for key,
-// if a reader computed it already (or the commit remembered it). For a
-// caller that builds its fill only when Lookup finds nothing: a live round
-// to a thousand devices finds the same few results a thousand times, and
-// a fill made for each lookup was an allocation a time.
+// if a reader computed it already (or the commit remembered it). A live
+// round to a thousand devices finds the same few results a thousand
+// times, and Memo's key, which its map may keep, goes to the heap each
+// time; Lookup keeps nothing, and its caller's key can stay on the stack.
 func (v *View) Lookup(key any) (val any, ok bool, err error) {
 	t := v.shared
 	if t == nil {
