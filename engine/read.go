@@ -122,9 +122,23 @@ func (r reader) opDecoder() *record.OpDecoder {
 // memo is View.Memo for a live round's reads, checking what it takes from
 // the memo against a read of its own under verifyCaches; other reads
 // compute their own. T is what fill returns.
-func memo[T any](r reader, key any, fill func() (T, error)) (T, error) {
+//
+// It looks first (View.Lookup), with key still on the stack: a live round
+// to a thousand devices finds the same few results a thousand times, and
+// Memo's key, which its map may keep, goes to the heap. Under
+// verifyCaches it goes through Memo every time, to check a hit.
+func memo[K comparable, T any](r reader, key K, fill func() (T, error)) (T, error) {
 	if !r.live {
 		return fill()
+	}
+	if !verifyCaches {
+		if v, ok, err := r.v.Lookup(key); ok {
+			if err != nil {
+				var zero T
+				return zero, err
+			}
+			return v.(T), nil
+		}
 	}
 	v, hit, err := r.v.Memo(key, func() (any, error) { return fill() })
 	if err != nil {
@@ -141,27 +155,6 @@ func memo[T any](r reader, key any, fill func() (T, error)) (T, error) {
 		}
 	}
 	return v.(T), nil
-}
-
-// memoLookup is what the view's memo holds for key, if it holds it (see
-// store.View.Lookup): for a live round's reads, which call memo only when
-// it finds nothing. Under verifyCaches it finds nothing, so that memo
-// checks what the memo holds against a read.
-func memoLookup[T any](r reader, key any) (val T, ok bool, err error) {
-	if !r.live {
-		return val, false, nil
-	}
-	v, ok, err := r.v.Lookup(key)
-	if !ok {
-		return val, false, nil
-	}
-	if verifyCaches { // checked by memo, which reads it again
-		return val, false, nil
-	}
-	if err != nil {
-		return val, true, err
-	}
-	return v.(T), true, nil
 }
 
 // Keys of what sessions memoize on a view.
@@ -192,13 +185,10 @@ func (r reader) conv(id ulid.ULID) (record.Conv, bool, error) {
 	if ok && !verifyCaches {
 		return scanned, true, nil
 	}
-	cr, hit, err := memoLookup[convRead](r, convMemo{id})
-	if !hit {
-		cr, err = memo(r, convMemo{id}, func() (convRead, error) {
-			c, ok, err := r.readConv(id)
-			return convRead{c, ok}, err
-		})
-	}
+	cr, err := memo(r, convMemo{id}, func() (convRead, error) {
+		c, ok, err := r.readConv(id)
+		return convRead{c, ok}, err
+	})
 	if ok && err == nil && (!cr.ok || !reflect.DeepEqual(cr.c, scanned)) {
 		return cr.c, cr.ok, fmt.Errorf("engine: the feed scan read %+v for conversation %s; the view has %+v", scanned, id, cr.c)
 	}
@@ -682,9 +672,6 @@ func opsPrefix(ops []model.Op, maxOps, maxBytes int, atLeastOne bool) []model.Op
 // as many as fit in maxMemoBytes but at least one): in a live round, once
 // per view.
 func (r reader) liveOps(conv ulid.ULID, after, through uint64) ([]model.Op, error) {
-	if ops, hit, err := memoLookup[[]model.Op](r, opsMemo{conv, after, through}); hit {
-		return ops, err
-	}
 	return memo(r, opsMemo{conv, after, through}, func() ([]model.Op, error) {
 		ops, err := r.readOps(conv, after, through, maxMemoOps, maxMemoBytes, true)
 		return slices.Clip(ops), err // an append makes a copy of its own
