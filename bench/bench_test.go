@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -75,7 +76,7 @@ func TestWorkloadsInProcess(t *testing.T) {
 		Ingest:        []IngestConfig{{Writers: 4, Batch: 3, Duration: 200 * time.Millisecond}},
 		IngestLatency: []IngestConfig{{Writers: 4, Batch: 1, Rate: 200, Duration: 200 * time.Millisecond}},
 		Fanout:        []FanoutConfig{{Devices: 6, ConvSize: 3, Rate: 40, Duration: 200 * time.Millisecond}},
-		CatchUp:       []CatchUpConfig{{Ops: 300, Convs: 4}, {Ops: 100, Convs: 2, History: 3}, {Ops: 100, Convs: 2, Cold: true}},
+		CatchUp:       []CatchUpConfig{{Ops: 300, Convs: 4}, {Ops: 100, Convs: 2, History: 3, Alongside: true}, {Ops: 100, Convs: 2, Cold: true}},
 		Idle:          []int{10},
 		StorageOps:    400,
 	}
@@ -107,11 +108,14 @@ func TestWorkloadsInProcess(t *testing.T) {
 	if c := r.Fanout[0].ClientCPUPerKOps; c != 0 {
 		t.Errorf("fan-out client CPU %v with the server in the harness's process: it cannot be told apart", c)
 	}
-	if len(r.CatchUp) != 6 {
-		t.Fatalf("%d catch-up results, want 3 per system", len(r.CatchUp))
+	if len(r.CatchUp) != 8 {
+		t.Fatalf("%d catch-up results, want 4 per system", len(r.CatchUp))
 	}
-	if !r.CatchUp[2].Cold || !strings.Contains(r.CatchUp[2].historyLabel(), "cold") {
-		t.Errorf("the third catch-up %+v is not labelled cold", r.CatchUp[2])
+	if x1, x3 := r.CatchUp[1], r.CatchUp[2]; x1.History != 1 || x3.History != 3 || x3.Alongside != x1.CatchUp.Duration || x1.Alongside != 0 {
+		t.Errorf("catch-ups alongside: x1 %+v, x3 %+v: want the x3 row to hold the x1 row's median", x1, x3)
+	}
+	if !r.CatchUp[3].Cold || !strings.Contains(r.CatchUp[3].historyLabel(), "cold") {
+		t.Errorf("the fourth catch-up %+v is not labelled cold", r.CatchUp[3])
 	}
 	for _, c := range r.CatchUp {
 		if c.CatchUp.Ops != c.Ops || c.CatchUp.WireBytes == 0 || c.CatchUp.RoundTrips == 0 {
@@ -122,7 +126,7 @@ func TestWorkloadsInProcess(t *testing.T) {
 			t.Errorf("catch-up times %v, reported %v: want five runs and the median", c.Times, c.CatchUp.Duration)
 		}
 	}
-	if zstd, plain := r.CatchUp[0].CatchUp.WireBytes, r.CatchUp[3].CatchUp.WireBytes; zstd >= plain {
+	if zstd, plain := r.CatchUp[0].CatchUp.WireBytes, r.CatchUp[4].CatchUp.WireBytes; zstd >= plain {
 		t.Errorf("compressed catch-up %d bytes, uncompressed %d: compression saved nothing", zstd, plain)
 	}
 	if len(r.Idle) != 1 || r.Idle[0].RSSAfter == 0 {
@@ -132,7 +136,7 @@ func TestWorkloadsInProcess(t *testing.T) {
 		t.Errorf("storage results %+v", r.Storage)
 	}
 	md := r.Markdown()
-	for _, want := range []string{"Durable ingest", "Live fan-out", "Catch-up", "Idle devices", "Storage"} {
+	for _, want := range []string{"Durable ingest", "Live fan-out", "Catch-up", "Idle devices", "Storage", fmt.Sprintf("| %.2f |", r.CatchUp[2].Scaling())} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks a %q section", want)
 		}
@@ -496,3 +500,93 @@ func TestDeliveriesCountEveryRound(t *testing.T) {
 		t.Errorf("got %+v: want whole rounds over 16 connections of 64 bytes", x)
 	}
 }
+
+// TestCatchUpAlongside runs the x1 and x10 catch-ups of CatchUpAlongside
+// on two fake systems: their runs alternate, each pair led by the other
+// system than the last, and each result is its own system's median.
+func TestCatchUpAlongside(t *testing.T) {
+	var order []string
+	base := &fakeSystem{name: "base", log: &order, times: []time.Duration{5, 1, 4, 2, 3}}
+	scaled := &fakeSystem{name: "scaled", log: &order, times: []time.Duration{50, 10, 40, 20, 30}}
+	x1, x10, err := CatchUpAlongside(t.Context(), base, scaled, CatchUpConfig{Ops: 200, Convs: 3, History: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"base", "scaled", "scaled", "base", "base", "scaled", "scaled", "base", "base", "scaled"}
+	if !slices.Equal(order, want) {
+		t.Errorf("catch-ups ran in the order %v, want %v", order, want)
+	}
+	if x1.History != 1 || x1.CatchUp.Duration != 3 || x1.Alongside != 0 {
+		t.Errorf("x1 result %+v: want history 1, the median 3 of its own runs", x1)
+	}
+	if x10.History != 10 || x10.CatchUp.Duration != 30 || x10.Alongside != 3 || x10.Scaling() != 10 {
+		t.Errorf("x10 result %+v: want history 10, the median 30, 3 alongside: scaling 10", x10)
+	}
+	// The device of each held its history before going offline.
+	if base.held != 0 || scaled.held != 9*200 {
+		t.Errorf("history received live: %d and %d ops, want 0 and %d", base.held, scaled.held, 9*200)
+	}
+	if _, _, err := CatchUpAlongside(t.Context(), base, scaled, CatchUpConfig{Ops: 200, Convs: 3, History: 1}); err == nil {
+		t.Error("alongside at history x1: no error")
+	}
+}
+
+// fakeSystem is a System without a server: client 1's messages reach
+// client 0 while it is online, and a catch-up brings what it missed, in
+// the time its next entry of times says.
+type fakeSystem struct {
+	name   string
+	log    *[]string
+	times  []time.Duration
+	online func(int, []byte)
+	held   int // messages the device received live
+	missed int
+}
+
+func (f *fakeSystem) Name() string                                { return f.name }
+func (f *fakeSystem) Prepare(context.Context, int, [][]int) error { return nil }
+func (f *fakeSystem) Usage() (Usage, error)                       { return Usage{}, nil }
+func (f *fakeSystem) DiskBytes(context.Context) (int64, error)    { return 0, nil }
+func (f *fakeSystem) Close() error                                { return nil }
+
+func (f *fakeSystem) Connect(_ context.Context, i int, onMessage func(int, []byte)) (Client, error) {
+	if i == 0 {
+		f.online = func(c int, p []byte) { f.held++; onMessage(c, p) }
+	}
+	return fakeClient{f, i}, nil
+}
+
+type fakeClient struct {
+	f *fakeSystem
+	i int
+}
+
+func (c fakeClient) Send(conv int, payloads [][]byte, done func(error)) error {
+	for _, p := range payloads {
+		if c.f.online != nil {
+			c.f.online(conv, p)
+		} else {
+			c.f.missed++
+		}
+	}
+	done(nil)
+	return nil
+}
+
+func (c fakeClient) Disconnect() error {
+	if c.i == 0 {
+		c.f.online = nil
+	}
+	return nil
+}
+
+func (c fakeClient) CatchUp(context.Context) (CatchUp, error) {
+	*c.f.log = append(*c.f.log, c.f.name)
+	d := c.f.times[0]
+	c.f.times = c.f.times[1:]
+	n := c.f.missed
+	c.f.missed = 0
+	return CatchUp{Ops: n, Duration: d, RoundTrips: 1, WireBytes: 1}, nil
+}
+
+func (c fakeClient) Close() error { return nil }

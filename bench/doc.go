@@ -13,4 +13,7 @@
 // (coordinated omission). Fan-out sends a first message to each
 // conversation before the measured ones and reports it apart
 // (FanoutResult.First): it pays what each device and session pay once.
+// Catch-up scaling compares a history of x10 with x1 on two servers up at
+// once, their runs alternating (CatchUpAlongside), so that the drift of a
+// shared machine's speed falls on both.
 package bench

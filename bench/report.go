@@ -204,15 +204,20 @@ func (r *Report) Markdown() string {
 
 	n := max(r.catchUpRuns(), 2)
 	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times, each time with as many new ops, so each run's history is one more multiple of them (x1-x%d: %d runs over histories of x1 to x%d): the figures", n, n, n)
-	p(" are the run with the median time, and every run's time follows. The first one or two runs of a row are often the slowest, at any history. Cold: the server restarted after the ops arrived and before each catch-up, which then read through a cold process (its caches empty; the OS page cache stays warm) on a new connection.\n\n")
-	p("| system | missed ops | conversations | history | time | round trips | wire bytes | bytes/op | wire/payload | runs |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	p(" are the run with the median time, and every run's time follows. The first one or two runs of a row are often the slowest, at any history. Cold: the server restarted after the ops arrived and before each catch-up, which then read through a cold process (its caches empty; the OS page cache stays warm) on a new connection.")
+	p(" A row at x10 and the x1 row of the same size before it ran on two servers up at once, their runs alternating (and which went first), so that both saw the same phases of a shared machine: the x10 row's median over the x1 row's is its scaling, where flat is 1.\n\n")
+	p("| system | missed ops | conversations | history | time | scaling | round trips | wire bytes | bytes/op | wire/payload | runs |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.CatchUp {
 		runs := make([]string, len(x.Times))
 		for i, t := range x.Times {
 			runs[i] = ms(t)
 		}
-		p("| %s | %d | %d | %s | %s | %d | %d | %.1f | %.2f | %s |\n", x.System, x.Ops, x.Convs, x.historyLabel(), ms(x.CatchUp.Duration),
-			x.CatchUp.RoundTrips, x.CatchUp.WireBytes, x.BytesOp, float64(x.CatchUp.WireBytes)/float64(max(x.RawBytes, 1)), strings.Join(runs, ", "))
+		scaling := "–"
+		if k := x.Scaling(); k > 0 {
+			scaling = fmt.Sprintf("%.2f", k)
+		}
+		p("| %s | %d | %d | %s | %s | %s | %d | %d | %.1f | %.2f | %s |\n", x.System, x.Ops, x.Convs, x.historyLabel(), ms(x.CatchUp.Duration),
+			scaling, x.CatchUp.RoundTrips, x.CatchUp.WireBytes, x.BytesOp, float64(x.CatchUp.WireBytes)/float64(max(x.RawBytes, 1)), strings.Join(runs, ", "))
 	}
 	if len(r.Limits.Zstd) > 0 {
 		p("\nLimit, zstd on packed wire batches (shared encoder, default level):")
@@ -450,7 +455,11 @@ func (r *Report) targets(systems []string) [][]string {
 		return func(sys string) string {
 			for _, x := range r.CatchUp {
 				if x.System == sys && x.Ops == ops && x.Convs == convs && x.History == history && !x.Cold {
-					return fmt.Sprintf("%s, %d round trips", ms(x.CatchUp.Duration), x.CatchUp.RoundTrips)
+					c := fmt.Sprintf("%s, %s", ms(x.CatchUp.Duration), plural(x.CatchUp.RoundTrips, "round trip"))
+					if k := x.Scaling(); k > 0 {
+						c += fmt.Sprintf("; %.2fx the x1 row, run alongside", k)
+					}
+					return c
 				}
 			}
 			return "–"
@@ -513,3 +522,11 @@ func (x CatchUpResult) historyLabel() string {
 // saturated reports whether an open-loop ingest row served less than 95%
 // of the rate it offered.
 func saturated(x IngestResult) bool { return x.Rate > 0 && x.OpsPerSec < 0.95*x.Rate }
+
+// plural is n and noun, with an s unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}

@@ -85,13 +85,12 @@ var Short = Profile{
 		// A target row: 10 messages to 10,000 devices.
 		{Devices: 10000, ConvSize: 10000, Rate: 1, Duration: 10 * time.Second},
 	},
+	// The target rows at x1 run alongside their x10 rows.
 	CatchUp: []CatchUpConfig{
 		{Ops: 1_000, Convs: 1},
-		{Ops: 10_000, Convs: 100},
-		{Ops: 10_000, Convs: 100, History: 10},
+		{Ops: 10_000, Convs: 100, History: 10, Alongside: true},
 		{Ops: 10_000, Convs: 100, Cold: true},
-		{Ops: 100_000, Convs: 500},
-		{Ops: 100_000, Convs: 500, History: 10},
+		{Ops: 100_000, Convs: 500, History: 10, Alongside: true},
 	},
 	Idle:       []int{1000, 5000, 10000}, // seconds each: the target is at each size
 	StorageOps: 20_000,
@@ -131,10 +130,10 @@ var Full = Profile{
 	},
 	CatchUp: []CatchUpConfig{
 		{Ops: 1_000, Convs: 1}, {Ops: 1_000, Convs: 100},
-		{Ops: 10_000, Convs: 1}, {Ops: 10_000, Convs: 100}, {Ops: 10_000, Convs: 500},
-		{Ops: 100_000, Convs: 1}, {Ops: 100_000, Convs: 100}, {Ops: 100_000, Convs: 500},
-		{Ops: 10_000, Convs: 100, History: 10},
-		{Ops: 100_000, Convs: 500, History: 10},
+		{Ops: 10_000, Convs: 1}, {Ops: 10_000, Convs: 500},
+		{Ops: 100_000, Convs: 1}, {Ops: 100_000, Convs: 100},
+		{Ops: 10_000, Convs: 100, History: 10, Alongside: true},
+		{Ops: 100_000, Convs: 500, History: 10, Alongside: true},
 		{Ops: 10_000, Convs: 100, Cold: true},
 		{Ops: 100_000, Convs: 500, Cold: true},
 	},
@@ -158,21 +157,38 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 		s, err := f.New(ctx, d)
 		return s, d, err
 	}
-	run := func(what string, f Factory, fn func(System) error) error {
+	// runOn runs fn on n fresh systems of f, up at once.
+	runOn := func(what string, f Factory, n int, fn func([]System) error) error {
 		log.Info("running", "system", f.Name, "workload", what)
-		s, d, err := fresh(f)
-		if err != nil {
-			return fmt.Errorf("%s: start %s: %w", what, f.Name, err)
+		var ss []System
+		closeAll := func() (err error) {
+			for _, s := range ss {
+				if cerr := s.Close(); err == nil && cerr != nil && !strings.Contains(cerr.Error(), "signal") {
+					err = cerr
+				}
+			}
+			return err
 		}
-		err = fn(s)
-		if cerr := s.Close(); err == nil && cerr != nil && !strings.Contains(cerr.Error(), "signal") {
+		for range n {
+			s, d, err := fresh(f)
+			if err != nil {
+				_ = closeAll()
+				return fmt.Errorf("%s: start %s: %w", what, f.Name, err)
+			}
+			defer os.RemoveAll(d)
+			ss = append(ss, s)
+		}
+		err := fn(ss)
+		if cerr := closeAll(); err == nil {
 			err = cerr
 		}
-		_ = os.RemoveAll(d)
 		if err != nil {
 			return fmt.Errorf("%s on %s: %w", what, f.Name, err)
 		}
 		return nil
+	}
+	run := func(what string, f Factory, fn func(System) error) error {
+		return runOn(what, f, 1, func(ss []System) error { return fn(ss[0]) })
 	}
 	for _, f := range systems {
 		for _, c := range append(append([]IngestConfig{}, p.Ingest...), p.IngestLatency...) {
@@ -215,11 +231,22 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 			if c.Cold {
 				what += ", cold"
 			}
-			if err := run(what, f, func(s System) error {
-				if c.Cold && !canRestart(s) {
+			servers := 1
+			if c.Alongside {
+				what, servers = what+" alongside x1", 2
+			}
+			if err := runOn(what, f, servers, func(ss []System) error {
+				if c.Alongside {
+					x1, xh, err := CatchUpAlongside(ctx, ss[0], ss[1], c)
+					if err == nil {
+						r.CatchUp = append(r.CatchUp, x1, xh)
+					}
+					return err
+				}
+				if c.Cold && !canRestart(ss[0]) {
 					return nil // cannot restart (a peer, a remote server): no cold figures
 				}
-				res, err := CatchUpRun(ctx, s, c)
+				res, err := CatchUpRun(ctx, ss[0], c)
 				if err == nil {
 					r.CatchUp = append(r.CatchUp, res)
 				}

@@ -439,6 +439,13 @@ type CatchUpConfig struct {
 	// a restart do (and, in part, a device offline so long that its ops
 	// left the caches). Systems that cannot restart (Restarter) skip it.
 	Cold bool
+	// Alongside, with History h > 1, also runs the catch-up at history x1,
+	// on a second server started beside the first, the two alternating
+	// run by run (see CatchUpAlongside): two results whose ratio is the
+	// scaling, from runs that saw the same phases of a shared machine.
+	// Run apart, minutes apart, one report's x10 row read 28% over its x1
+	// row where six pairs of the two, taken alternately, read 4%.
+	Alongside bool
 }
 
 // A Restarter is a System whose server can stop and start again on the
@@ -466,107 +473,193 @@ type CatchUpResult struct {
 	RawBytes int64   `json:"payload_bytes"`
 	// Times are every run's, in order; CatchUp is the median run's.
 	Times []time.Duration `json:"times_ns,omitempty"`
+	// Alongside is the median of the x1 runs that alternated with these
+	// (CatchUpConfig.Alongside); zero when none did.
+	Alongside time.Duration `json:"alongside_x1_ns,omitempty"`
+}
+
+// Scaling is the result's median over that of the x1 runs beside it, or 0
+// without them.
+func (x CatchUpResult) Scaling() float64 {
+	if x.Alongside <= 0 {
+		return 0
+	}
+	return float64(x.CatchUp.Duration) / float64(x.Alongside)
 }
 
 // CatchUpRun runs the catch-up workload.
 func CatchUpRun(ctx context.Context, sys System, cfg CatchUpConfig) (CatchUpResult, error) {
+	rig, err := newCatchUpRig(ctx, sys, cfg)
+	if err != nil {
+		return CatchUpResult{}, err
+	}
+	defer rig.close()
+	for i := range rig.cfg.Runs {
+		if err := rig.run(ctx, i); err != nil {
+			return CatchUpResult{}, err
+		}
+	}
+	return rig.result(), nil
+}
+
+// CatchUpAlongside runs the catch-up workload at cfg.History on scaled and
+// at history x1 on base, two servers up at once, alternating their runs
+// (and which of the two goes first). It returns the x1 result and then
+// the other, whose Alongside is the x1 median.
+func CatchUpAlongside(ctx context.Context, base, scaled System, cfg CatchUpConfig) (x1, xh CatchUpResult, err error) {
+	if cfg.History < 2 || cfg.Cold {
+		return x1, xh, fmt.Errorf("catch-up alongside x1: history x%d%s: want a warm one past x1", cfg.History, map[bool]string{true: ", cold"}[cfg.Cold])
+	}
+	one := cfg
+	one.History = 1
+	rigs := [2]*catchUpRig{}
+	for i, c := range [2]struct {
+		sys System
+		cfg CatchUpConfig
+	}{{base, one}, {scaled, cfg}} {
+		if rigs[i], err = newCatchUpRig(ctx, c.sys, c.cfg); err != nil {
+			return x1, xh, err
+		}
+		defer rigs[i].close()
+	}
+	for i := range rigs[1].cfg.Runs {
+		first := i % 2
+		for _, r := range []*catchUpRig{rigs[first], rigs[1-first]} {
+			if err := r.run(ctx, i); err != nil {
+				return x1, xh, err
+			}
+		}
+	}
+	x1, xh = rigs[0].result(), rigs[1].result()
+	xh.Alongside = x1.CatchUp.Duration
+	return x1, xh, nil
+}
+
+// catchUpRig is one catch-up workload under way: its device, which held
+// the history, and the writer of the ops it misses.
+type catchUpRig struct {
+	cfg            CatchUpConfig
+	sys            System
+	device, writer Client
+	runs           []catchUpRunResult
+}
+
+type catchUpRunResult struct {
+	cu  CatchUp
+	raw int64
+}
+
+// newCatchUpRig prepares sys for cfg and sends the history, which the
+// device receives before it goes offline.
+func newCatchUpRig(ctx context.Context, sys System, cfg CatchUpConfig) (_ *catchUpRig, err error) {
 	cfg.History = max(cfg.History, 1)
+	if cfg.Runs <= 0 {
+		cfg.Runs = 5
+	}
 	if cfg.Cold && !canRestart(sys) {
-		return CatchUpResult{}, fmt.Errorf("%s cannot restart: no cold catch-up", sys.Name())
+		return nil, fmt.Errorf("%s cannot restart: no cold catch-up", sys.Name())
 	}
 	members := make([][]int, cfg.Convs)
 	for c := range members {
 		members[c] = []int{0, 1}
 	}
 	if err := sys.Prepare(ctx, 2, members); err != nil {
-		return CatchUpResult{}, err
+		return nil, err
 	}
+	g := &catchUpRig{cfg: cfg, sys: sys}
+	defer func() {
+		if err != nil {
+			g.close()
+		}
+	}()
 	// The device holds the older history before it goes offline: it
 	// receives it live, and the run waits until all of it has arrived.
 	history := (cfg.History - 1) * cfg.Ops
 	var live atomic.Int64
 	held := make(chan struct{})
-	device, err := sys.Connect(ctx, 0, func(int, []byte) {
+	if g.device, err = sys.Connect(ctx, 0, func(int, []byte) {
 		if live.Add(1) == int64(history) {
 			close(held)
 		}
-	})
-	if err != nil {
-		return CatchUpResult{}, err
+	}); err != nil {
+		return nil, err
 	}
-	defer device.Close()
-	writer, err := sys.Connect(ctx, 1, nil)
-	if err != nil {
-		return CatchUpResult{}, err
-	}
-	defer func() { _ = writer.Close() }()
-	write := func(n int, k0 int) (int64, error) {
-		return sendBatches(writer, n, roundRobin(cfg.Convs), func(j int) []byte { return payload(k0+j, 1, time.Now()) })
-	}
-	// restart restarts a cold run's server; the writer connects again.
-	restart := func() error {
-		if !cfg.Cold {
-			return nil
-		}
-		_ = writer.Close()
-		if err := sys.(Restarter).Restart(ctx); err != nil {
-			return fmt.Errorf("restart: %w", err)
-		}
-		w, err := sys.Connect(ctx, 1, nil)
-		if err != nil {
-			return fmt.Errorf("reconnect after the restart: %w", err)
-		}
-		writer = w
-		return nil
+	if g.writer, err = sys.Connect(ctx, 1, nil); err != nil {
+		return nil, err
 	}
 	if history > 0 {
-		if _, err := write(history, 0); err != nil {
-			return CatchUpResult{}, err
+		if _, err := g.write(history, 0); err != nil {
+			return nil, err
 		}
 		select {
 		case <-held:
 		case <-ctx.Done():
-			return CatchUpResult{}, ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(time.Minute):
-			return CatchUpResult{}, fmt.Errorf("the device received %d of %d history ops live", live.Load(), history)
+			return nil, fmt.Errorf("the device received %d of %d history ops live", live.Load(), history)
 		}
 	}
-	// Each run adds Ops messages to the history, so the last of five
-	// runs at History 10 catches up over a history of x14: still flat.
-	type run struct {
-		cu  CatchUp
-		raw int64
+	return g, nil
+}
+
+// write sends n messages round-robin over the conversations, numbered
+// from k0 in the corpus.
+func (g *catchUpRig) write(n, k0 int) (int64, error) {
+	return sendBatches(g.writer, n, roundRobin(g.cfg.Convs), func(j int) []byte { return payload(k0+j, 1, time.Now()) })
+}
+
+// run is the i-th run: the device goes offline while Ops messages arrive,
+// then catches up. Each run adds Ops messages to the history, so the last
+// of five runs at History 10 catches up over a history of x14: still flat.
+func (g *catchUpRig) run(ctx context.Context, i int) error {
+	if err := g.device.Disconnect(); err != nil {
+		return err
 	}
-	if cfg.Runs <= 0 {
-		cfg.Runs = 5
+	raw, err := g.write(g.cfg.Ops, (g.cfg.History+i)*g.cfg.Ops)
+	if err != nil {
+		return err
 	}
-	runs := make([]run, cfg.Runs)
-	times := make([]time.Duration, len(runs))
-	for i := range runs {
-		if err := device.Disconnect(); err != nil {
-			return CatchUpResult{}, err
+	if g.cfg.Cold { // a cold run restarts the server; the writer connects again
+		_ = g.writer.Close()
+		g.writer = nil
+		if err := g.sys.(Restarter).Restart(ctx); err != nil {
+			return fmt.Errorf("restart: %w", err)
 		}
-		raw, err := write(cfg.Ops, (cfg.History+i)*cfg.Ops)
-		if err != nil {
-			return CatchUpResult{}, err
+		if g.writer, err = g.sys.Connect(ctx, 1, nil); err != nil {
+			return fmt.Errorf("reconnect after the restart: %w", err)
 		}
-		if err := restart(); err != nil {
-			return CatchUpResult{}, err
-		}
-		cu, err := device.CatchUp(ctx)
-		if err != nil {
-			return CatchUpResult{}, err
-		}
-		if cu.Ops < cfg.Ops {
-			return CatchUpResult{}, fmt.Errorf("catch-up %d brought %d ops, want %d", i+1, cu.Ops, cfg.Ops)
-		}
-		runs[i], times[i] = run{cu, raw}, cu.Duration
 	}
-	sorted := slices.Clone(runs)
-	slices.SortFunc(sorted, func(a, b run) int { return cmp.Compare(a.cu.Duration, b.cu.Duration) })
+	cu, err := g.device.CatchUp(ctx)
+	if err != nil {
+		return err
+	}
+	if cu.Ops < g.cfg.Ops {
+		return fmt.Errorf("catch-up %d brought %d ops, want %d", i+1, cu.Ops, g.cfg.Ops)
+	}
+	g.runs = append(g.runs, catchUpRunResult{cu, raw})
+	return nil
+}
+
+// result is the run with the median time, and every run's time.
+func (g *catchUpRig) result() CatchUpResult {
+	times := make([]time.Duration, len(g.runs))
+	for i, r := range g.runs {
+		times[i] = r.cu.Duration
+	}
+	sorted := slices.Clone(g.runs)
+	slices.SortFunc(sorted, func(a, b catchUpRunResult) int { return cmp.Compare(a.cu.Duration, b.cu.Duration) })
 	med := sorted[len(sorted)/2]
-	return CatchUpResult{System: sys.Name(), Ops: cfg.Ops, Convs: cfg.Convs, History: cfg.History, Cold: cfg.Cold, CatchUp: med.cu,
-		BytesOp: float64(med.cu.WireBytes) / float64(cfg.Ops), RawBytes: med.raw, Times: times}, nil
+	c := g.cfg
+	return CatchUpResult{System: g.sys.Name(), Ops: c.Ops, Convs: c.Convs, History: c.History, Cold: c.Cold, CatchUp: med.cu,
+		BytesOp: float64(med.cu.WireBytes) / float64(c.Ops), RawBytes: med.raw, Times: times}
+}
+
+func (g *catchUpRig) close() {
+	for _, c := range []Client{g.device, g.writer} {
+		if c != nil {
+			_ = c.Close()
+		}
+	}
 }
 
 // IdleResult is the server memory per connected idle device.

@@ -13,13 +13,14 @@ import (
 )
 
 // tiny is every workload at a tiny size. Its catch-ups miss more than 300
-// messages in one conversation, beyond Centrifugo's default recovery limit.
+// messages in one conversation, beyond Centrifugo's default recovery limit,
+// and the last runs two servers at once (x1 alongside x3): two results.
 var tiny = bench.Profile{
 	Name:          "tiny",
 	Ingest:        []bench.IngestConfig{{Writers: 4, Batch: 3, Duration: 200 * time.Millisecond}},
 	IngestLatency: []bench.IngestConfig{{Writers: 4, Batch: 1, Rate: 200, Duration: 200 * time.Millisecond}},
 	Fanout:        []bench.FanoutConfig{{Devices: 6, ConvSize: 3, Rate: 40, Duration: 200 * time.Millisecond}},
-	CatchUp:       []bench.CatchUpConfig{{Ops: 400, Convs: 1}, {Ops: 300, Convs: 4}, {Ops: 100, Convs: 2, History: 3}},
+	CatchUp:       []bench.CatchUpConfig{{Ops: 400, Convs: 1}, {Ops: 300, Convs: 4}, {Ops: 100, Convs: 2, History: 3, Alongside: true}},
 	Idle:          []int{10},
 	StorageOps:    400,
 }
@@ -81,8 +82,11 @@ func runTiny(t *testing.T, f bench.Factory, storage bool) *bench.Report {
 	if f := r.Fanout[0].First; f.N != 4 {
 		t.Errorf("fan-out's warm-up %+v: want its message to each of the 2 conversations at both other members", f)
 	}
-	if len(r.CatchUp) != len(tiny.CatchUp) {
-		t.Fatalf("%d catch-up results, want %d", len(r.CatchUp), len(tiny.CatchUp))
+	if len(r.CatchUp) != len(tiny.CatchUp)+1 {
+		t.Fatalf("%d catch-up results, want %d", len(r.CatchUp), len(tiny.CatchUp)+1)
+	}
+	if x3 := r.CatchUp[3]; x3.History != 3 || x3.Alongside != r.CatchUp[2].CatchUp.Duration {
+		t.Errorf("catch-up at x3 %+v: want the median of the x1 runs alongside it, %v", x3, r.CatchUp[2].CatchUp.Duration)
 	}
 	for _, c := range r.CatchUp {
 		if c.CatchUp.Ops != c.Ops || c.CatchUp.WireBytes < c.RawBytes || c.CatchUp.RoundTrips == 0 {
@@ -165,7 +169,7 @@ func TestCentrifugoDefaultLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(r.Errors) > 0 || len(r.CatchUp) != len(tiny.CatchUp) {
+	if len(r.Errors) > 0 || len(r.CatchUp) != len(tiny.CatchUp)+1 {
 		t.Fatalf("catch-ups %+v, errors %v", r.CatchUp, r.Errors)
 	}
 	t.Log(r.Markdown())
