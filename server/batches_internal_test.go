@@ -123,3 +123,21 @@ func BenchmarkOpsMessagePacked(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkOpsFromBatches measures decoding a push of 16 messages: ids
+// parsed, fields named only for an error.
+func BenchmarkOpsFromBatches(b *testing.B) {
+	dev := ulid.Make().String()
+	ops := make([]*ferryv1.Op, 16)
+	for i := range ops {
+		ops[i] = &ferryv1.Op{Id: ulid.Make().String(), DeviceId: dev, Dot: uint64(i + 1),
+			Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{Body: []byte("hello there, how are you today?"), ContentType: "text/plain"}}}
+	}
+	batches := []*ferryv1.OpBatch{{ConversationId: ulid.Make().String(), Ops: ops}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := opsFromBatches(batches, maxOpsPerPush); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

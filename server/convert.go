@@ -54,15 +54,19 @@ func opsFromBatches(batches []*ferryv1.OpBatch, maxOps int) ([]model.Op, error) 
 		return nil, connect.NewError(connect.CodeResourceExhausted,
 			fmt.Sprintf("%d ops in one push; the limit is %d: split the push", n, maxOps))
 	}
+	// Each field's path is formatted only for an error: converting again
+	// with it gives the same error, named.
 	ops := make([]model.Op, 0, n)
 	for i, b := range batches {
-		conv, err := parseID(fmt.Sprintf("batches[%d].conversation_id", i), b.GetConversationId())
+		conv, err := ulid.ParseStrict(b.GetConversationId())
 		if err != nil {
+			_, err = parseID(fmt.Sprintf("batches[%d].conversation_id", i), b.GetConversationId())
 			return nil, err
 		}
 		for j, p := range b.GetOps() {
-			op, err := opFromProto(fmt.Sprintf("batches[%d].ops[%d]", i, j), conv, p)
+			op, err := opFromProto("op", conv, p)
 			if err != nil {
+				_, err = opFromProto(fmt.Sprintf("batches[%d].ops[%d]", i, j), conv, p)
 				return nil, err
 			}
 			ops = append(ops, op)
@@ -217,8 +221,13 @@ func vectorFromProto(field string, p *ferryv1.Vector) (model.Vector, error) {
 
 func resultsToProto(res []engine.AppendResult) []*ferryv1.OpResult {
 	out := make([]*ferryv1.OpResult, len(res))
+	var conv ulid.ULID
+	var convID string // conv's, shared by its results: a push's ops are mostly of one
 	for i, r := range res {
-		p := &ferryv1.OpResult{ConversationId: r.Conv.String(), OpId: r.Op.String(), Seq: r.Seq, ServerDot: r.ServerDot}
+		if convID == "" || r.Conv != conv {
+			conv, convID = r.Conv, r.Conv.String()
+		}
+		p := &ferryv1.OpResult{ConversationId: convID, OpId: r.Op.String(), Seq: r.Seq, ServerDot: r.ServerDot}
 		switch {
 		case r.Err != nil:
 			p.Status, p.Reason, p.Message = ferryv1.OpStatus_OP_STATUS_REJECTED, rejectReason(r.Err), r.Err.Error()
@@ -235,8 +244,9 @@ func resultsToProto(res []engine.AppendResult) []*ferryv1.OpResult {
 func markersFromProto(ms []*ferryv1.Marker) ([]engine.Marker, error) {
 	out := make([]engine.Marker, len(ms))
 	for i, m := range ms {
-		conv, err := parseID(fmt.Sprintf("markers[%d].conversation_id", i), m.GetConversationId())
-		if err != nil {
+		conv, err := ulid.ParseStrict(m.GetConversationId())
+		if err != nil { // the field's path is formatted for the error alone
+			_, err = parseID(fmt.Sprintf("markers[%d].conversation_id", i), m.GetConversationId())
 			return nil, err
 		}
 		out[i] = engine.Marker{Conv: conv, Delivered: m.GetDelivered(), Read: m.GetRead(), Private: m.GetPrivateRead()}

@@ -52,10 +52,10 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 		want string
 	}{
 		"body over the limit": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{Body: make([]byte, 1001)}}}, "limit of 1000"},
-		"no payload":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2}, "has no payload"},
+		"no payload":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2}, "batches[0].ops[0] has no payload"},
 		"zero dot":            {&ferryv1.Op{Id: ulid.Make().String(), Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "dot must be 1 or more"},
-		"edit without target": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Edit{Edit: &ferryv1.Edit{}}}, "target_id is required"},
-		"erased set":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Erased: true, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "erased is set by the server"},
+		"edit without target": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Edit{Edit: &ferryv1.Edit{}}}, "batches[0].ops[0].target_id is required"},
+		"erased set":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Erased: true, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "batches[0].ops[0].erased is set by the server"},
 	} {
 		resp, err := pushOne(tc.op)
 		if name == "edit without target" || name == "erased set" || name == "no payload" {
@@ -73,6 +73,30 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 		if r.GetReason() != ferryv1.RejectReason_REJECT_REASON_INVALID || !strings.Contains(r.GetMessage(), tc.want) {
 			t.Errorf("%s: %v, want INVALID saying %q", name, r, tc.want)
 		}
+	}
+
+	// A malformed id is named by its place in the push, or the ack.
+	ok := &ferryv1.Op{Id: ulid.Make().String(), Dot: 3, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}
+	for name, tc := range map[string]struct {
+		batches []*ferryv1.OpBatch
+		want    string
+	}{
+		"second batch's conversation": {[]*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{ok}}, {ConversationId: "nope"}},
+			`batches[1].conversation_id "nope" is not a ULID`},
+		"second op's id": {[]*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{ok, {Id: "x", Dot: 4}}}}, `batches[0].ops[1].id "x" is not a ULID`},
+		"second op's device": {[]*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{ok, {Id: ulid.Make().String(), DeviceId: "d", Dot: 4}}}},
+			`batches[0].ops[1].device_id "d" is not a ULID`},
+	} {
+		_, err := alice.Sync.Push(bg, &ferryv1.PushRequest{Batches: tc.batches})
+		mustCode(t, name, err, connect.CodeInvalidArgument)
+		if err != nil && !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v does not say %q", name, err, tc.want)
+		}
+	}
+	_, err = alice.Sync.Ack(bg, &ferryv1.AckRequest{Markers: []*ferryv1.Marker{{ConversationId: conv, Delivered: 1}, {ConversationId: "m"}}})
+	mustCode(t, "malformed marker", err, connect.CodeInvalidArgument)
+	if want := `markers[1].conversation_id "m" is not a ULID`; err != nil && !strings.Contains(err.Error(), want) {
+		t.Errorf("malformed marker: %v does not say %q", err, want)
 	}
 
 	// Malformed ids and parameters.

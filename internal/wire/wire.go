@@ -65,22 +65,22 @@ func Role(field string, r ferryv1.Role) (model.Role, error) {
 func Op(field string, conv ulid.ULID, p *ferryv1.Op) (model.Op, error) {
 	var op model.Op
 	var err error
-	if op.ID, err = ParseID(field+".id", p.GetId()); err != nil {
+	if op.ID, err = subID(field, ".id", p.GetId(), false); err != nil {
 		return op, err
 	}
-	if op.Dot.Device, err = ParseOptionalID(field+".device_id", p.GetDeviceId()); err != nil {
+	if op.Dot.Device, err = subID(field, ".device_id", p.GetDeviceId(), true); err != nil {
 		return op, err
 	}
-	if op.User, err = ParseOptionalID(field+".user_id", p.GetUserId()); err != nil {
+	if op.User, err = subID(field, ".user_id", p.GetUserId(), true); err != nil {
 		return op, err
 	}
 	op.Conv, op.Seq, op.Dot.N, op.Erased = conv, p.GetSeq(), p.GetDot(), p.GetErased()
 	target := func(s string) error {
-		op.Target, err = ParseID(field+".target_id", s)
+		op.Target, err = subID(field, ".target_id", s, false)
 		return err
 	}
 	member := func(s string) error {
-		op.Member, err = ParseID(field+".user_id", s)
+		op.Member, err = subID(field, ".user_id", s, false)
 		return err
 	}
 	switch pl := p.GetPayload().(type) {
@@ -124,6 +124,19 @@ func Op(field string, conv ulid.ULID, p *ferryv1.Op) (model.Op, error) {
 		return op, malformed("%s has an unknown payload", field)
 	}
 	return op, err
+}
+
+// subID parses the ULID of field's sub-field (ParseID, or ParseOptionalID
+// when optional), naming it field+sub: joined only for an error, since
+// every op of every push and catch-up goes through here.
+func subID(field, sub, s string, optional bool) (ulid.ULID, error) {
+	if s == "" && optional {
+		return ulid.ULID{}, nil
+	}
+	if id, err := ulid.ParseStrict(s); err == nil {
+		return id, nil
+	}
+	return ParseID(field+sub, s)
 }
 
 // OpToProto converts an op for the wire. The conversation id travels on the
