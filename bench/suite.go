@@ -171,11 +171,13 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 		}
 		for range n {
 			s, d, err := fresh(f)
+			if d != "" {
+				defer os.RemoveAll(d)
+			}
 			if err != nil {
 				_ = closeAll()
 				return fmt.Errorf("%s: start %s: %w", what, f.Name, err)
 			}
-			defer os.RemoveAll(d)
 			ss = append(ss, s)
 		}
 		err := fn(ss)

@@ -508,7 +508,7 @@ func CatchUpRun(ctx context.Context, sys System, cfg CatchUpConfig) (CatchUpResu
 // the other, whose Alongside is the x1 median.
 func CatchUpAlongside(ctx context.Context, base, scaled System, cfg CatchUpConfig) (x1, xh CatchUpResult, err error) {
 	if cfg.History < 2 || cfg.Cold {
-		return x1, xh, fmt.Errorf("catch-up alongside x1: history x%d%s: want a warm one past x1", cfg.History, map[bool]string{true: ", cold"}[cfg.Cold])
+		return x1, xh, fmt.Errorf("catch-up alongside x1: history x%d (cold %v): want a warm catch-up over a history past x1", cfg.History, cfg.Cold)
 	}
 	one := cfg
 	one.History = 1
