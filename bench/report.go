@@ -205,7 +205,10 @@ func (r *Report) Markdown() string {
 	n := max(r.catchUpRuns(), 2)
 	p("\n## Catch-up\n\nA device offline while the ops arrive; from reconnecting to caught up. The device goes offline and catches up several times, each time with as many new ops, so each run's history is one more multiple of them (x1-x%d: %d runs over histories of x1 to x%d): the figures", n, n, n)
 	p(" are the run with the median time, and every run's time follows. The first one or two runs of a row are often the slowest, at any history. Cold: the server restarted after the ops arrived and before each catch-up, which then read through a cold process (its caches empty; the OS page cache stays warm) on a new connection.")
-	p(" A row at x10 and the x1 row of the same size before it ran on two servers up at once, their runs alternating (and which went first), so that both saw the same phases of a shared machine: the x10 row's median over the x1 row's is its scaling, where flat is 1.\n\n")
+	if slices.ContainsFunc(r.CatchUp, func(x CatchUpResult) bool { return x.Alongside > 0 }) {
+		p(" A row with a scaling and the x1 row of the same size before it ran on two servers up at once, their runs alternating (and which went first), so that both saw the same phases of a shared machine: its scaling is its median over the x1 row's, where flat is 1.")
+	}
+	p("\n\n")
 	p("| system | missed ops | conversations | history | time | scaling | round trips | wire bytes | bytes/op | wire/payload | runs |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.CatchUp {
 		runs := make([]string, len(x.Times))

@@ -443,8 +443,8 @@ type CatchUpConfig struct {
 	// on a second server started beside the first, the two alternating
 	// run by run (see CatchUpAlongside): two results whose ratio is the
 	// scaling, from runs that saw the same phases of a shared machine.
-	// Run apart, minutes apart, one report's x10 row read 28% over its x1
-	// row where six pairs of the two, taken alternately, read 4%.
+	// Run on their own, minutes apart, one report's x10 row read 28% over
+	// its x1 row, where six pairs of the two taken alternately read 4%.
 	Alongside bool
 }
 
