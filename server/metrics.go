@@ -22,6 +22,7 @@ type stats struct {
 	sessionsStarted atomic.Uint64
 	calls           sync.Map // procedure -> *callCounts; as many entries as registered procedures
 	pushTime        *metric.Histogram
+	liveDelay       *metric.Histogram
 	pushOps         [pushResults]atomic.Uint64
 	sentOps         [engine.PhaseLive + 1]atomic.Uint64 // by engine.Phase
 	catchUps        atomic.Uint64
@@ -44,7 +45,9 @@ const (
 
 var pushResultNames = [pushResults]string{"accepted", "duplicate", "rejected"}
 
-func newStats() *stats { return &stats{pushTime: metric.NewHistogram(metric.LatencyBounds...)} }
+func newStats() *stats {
+	return &stats{pushTime: metric.NewHistogram(metric.LatencyBounds...), liveDelay: metric.NewHistogram(metric.LatencyBounds...)}
+}
 
 // called counts a finished call of procedure; err is what it returned.
 func (st *stats) called(procedure string, err error) {
@@ -111,6 +114,11 @@ type Metrics struct {
 	PushOps map[string]uint64
 	// PushTime is how long pushes took to be answered, durable.
 	PushTime metric.Snapshot
+	// LiveDelay is how long each live Ops message took from the change
+	// that woke its session (a commit, in the writer's wake of the
+	// sessions it concerns) to being handed to the stream: the server's
+	// share of a message's way to an online device.
+	LiveDelay metric.Snapshot
 	// SentOps counts ops sent on sessions' streams, by phase; CatchUps
 	// the catch-ups completed.
 	SentOps        map[engine.Phase]uint64
@@ -129,7 +137,7 @@ func (s *Server) Metrics() Metrics {
 	m := Metrics{
 		Sessions: st.sessions.Load(), SessionsStarted: st.sessionsStarted.Load(),
 		Calls: map[string]map[connect.Code]uint64{}, PushOps: map[string]uint64{}, SentOps: map[engine.Phase]uint64{},
-		PushTime: st.pushTime.Snapshot(), CatchUps: st.catchUps.Load(), SentBytes: st.sentBytes.Load(),
+		PushTime: st.pushTime.Snapshot(), LiveDelay: st.liveDelay.Snapshot(), CatchUps: st.catchUps.Load(), SentBytes: st.sentBytes.Load(),
 		SendTimeouts: st.sendTimeouts.Load(), SignInsLimited: st.signInsLimited.Load(),
 		PushesThrottled: st.pushesThrottled.Load(), PushesRefused: st.pushesRefused.Load(),
 	}
@@ -185,6 +193,7 @@ var (
 	dCalls           = desc("ferry_rpcs_total", "Calls finished, by procedure and Connect code; a session counts when it ends.", "procedure", "code")
 	dPushOps         = desc("ferry_push_ops_total", "Pushed ops, by answer.", "result")
 	dPushTime        = desc("ferry_push_duration_seconds", "Time to answer a push, its accepted ops durable, from when the push limit let it go.")
+	dLiveDelay       = desc("ferry_live_delay_seconds", "Time from the change that woke a live session (a commit) to each of its Ops messages handed to the stream.")
 	dSentOps         = desc("ferry_sent_ops_total", "Ops handed to devices' streams, by phase: newest (a catch-up's newest pages), backfill (the rest of a catch-up), live.", "phase")
 	dCatchUps        = desc("ferry_catch_ups_total", "Catch-ups completed: their CaughtUp handed to the stream.")
 	dSentBytes       = desc("ferry_stream_sent_bytes_total", "Bytes handed to sync streams, compressed.")
@@ -247,6 +256,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dPushOps, n, name)
 	}
 	histogram(dPushTime, m.PushTime)
+	histogram(dLiveDelay, m.LiveDelay)
 	for p, n := range m.SentOps {
 		counter(dSentOps, n, p.String())
 	}

@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect/v2"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
@@ -16,6 +19,7 @@ import (
 	"github.com/ferrysync/ferry/engine"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+	"github.com/ferrysync/ferry/server"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -148,6 +152,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		{"ferry_rpcs_total", []string{"procedure", ferryv1connect.SyncServicePushProcedure, "code", "ok"}, 7},
 		{"ferry_rpcs_total", []string{"procedure", ferryv1connect.SyncServiceHistoryProcedure, "code", "unauthenticated"}, 1},
 		{"ferry_push_duration_seconds", nil, 7},
+		{"ferry_live_delay_seconds", nil, float64(m4.LiveDelay.Count)},
 		// 3, or 4 when "once" reached bob before his session closed.
 		{"ferry_sent_ops_total", []string{"phase", "live"}, float64(m4.SentOps[engine.PhaseLive])},
 		{"ferry_catch_ups_total", nil, 1},
@@ -172,6 +177,16 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 			t.Errorf("/metrics has no %s", name)
 		}
 	}
+	// The README's table of metrics names every one of the server's.
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range families {
+		if strings.HasPrefix(name, "ferry_") && !strings.Contains(string(readme), "`"+name) {
+			t.Errorf("README.md does not document %s", name)
+		}
+	}
 }
 
 func label(m *dto.Metric, name string) string {
@@ -181,4 +196,34 @@ func label(m *dto.Metric, name string) string {
 		}
 	}
 	return ""
+}
+
+// TestLiveDelay: a live round counts its delay from the commit that woke
+// its session to its Ops message handed to the stream, by the server's
+// clock: here 7 ms, which the stream's write takes on the fake clock.
+func TestLiveDelay(t *testing.T) {
+	// A send timeout, far off, has the server watch the streams' writes.
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) { o.SendTimeout = time.Hour }})
+	alice := newDev(t, srv.Register("alice"))
+	bob := newDev(t, srv.Register("bob"))
+	conv := alice.createConv("room", bob)
+	// A session's first pump runs through its catch-up; when it ends, the
+	// session waits for a change.
+	ends := make(chan struct{}, 8)
+	server.OnPumpEnd(srv.Server, func() { ends <- struct{}{} })
+	s := bob.open(hello("", 0))
+	s.untilCaughtUp()
+	<-ends
+	if n := srv.Server.Metrics().LiveDelay.Count; n != 0 {
+		t.Fatalf("%d live rounds counted after a catch-up alone", n)
+	}
+	var once sync.Once // the round's first write takes 7 ms, the rest none
+	server.OnWriteBegin(srv.Server, func() { once.Do(func() { srv.Clock.Advance(7 * time.Millisecond) }) })
+	head := alice.send(conv, "hello")
+	s.until(func(*ferryv1.SyncResponse) bool { return s.last[conv] == head })
+	<-ends // the pump that sent it counted it first
+	d := srv.Server.Metrics().LiveDelay
+	if d.Count != 1 || d.Sum != 7*time.Millisecond {
+		t.Fatalf("live delay: %d rounds taking %v, want 1 taking 7ms", d.Count, d.Sum)
+	}
 }

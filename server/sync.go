@@ -550,7 +550,15 @@ func (s *Server) newLoop(ctx context.Context, a engine.Actor, hello *ferryv1.Hel
 	if err != nil {
 		return nil, err
 	}
-	return &loop{s: s, a: a, o: o, out: out, hold: holdFlushes(ctx), packed: hello.GetPackedOps(), binary: binaryCodec(ctx)}, nil
+	l := &loop{s: s, a: a, o: o, out: out, hold: holdFlushes(ctx), packed: hello.GetPackedOps(), binary: binaryCodec(ctx)}
+	l.onChange = l.changed
+	return l, nil
+}
+
+// changed wakes the session for a change, noting when.
+func (l *loop) changed() {
+	l.wokeAt.CompareAndSwap(0, l.s.opts.Clock.Now().UnixNano())
+	l.wake()
 }
 
 // binaryCodec reports whether the call's messages are marshaled as binary
@@ -583,6 +591,12 @@ type loop struct {
 	// the reading goroutine.
 	ahead chan step
 	wake  func()
+	// onChange is changed, made once: the session calls it on the next
+	// change after each pump. wokeAt is when a change woke the session,
+	// in the clock's Unix nanoseconds, until the pump has sent all there
+	// was (0 then): its live Ops messages count their delay from it.
+	onChange func()
+	wokeAt   atomic.Int64
 	// The session's one deadline, in the server's schedule, is the next
 	// of two: a heartbeat HeartbeatInterval after the last send, and for
 	// Sync a look at the client's silence three intervals after its last
@@ -701,7 +715,8 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 			continue
 		}
 		if !waiting { // the result wakes it, and its answer plans the round
-			l.sess.AfterChange(l.wake)
+			l.wokeAt.Store(0)
+			l.sess.AfterChange(l.onChange)
 		} else if f := l.s.testAwaitResult.Load(); f != nil {
 			(*f)()
 		}
@@ -1230,6 +1245,9 @@ func (l *loop) send(st step) error {
 	case engine.EventOps:
 		err := l.out.ops(st.ops)
 		putOps(st.ops)
+		if w := l.wokeAt.Load(); err == nil && w != 0 && ev.Phase == engine.PhaseLive {
+			l.s.stats.liveDelay.Observe(time.Duration(l.s.opts.Clock.Now().UnixNano() - w))
+		}
 		return err
 	case engine.EventCaughtUp:
 		return l.out.caughtUp(&ferryv1.CaughtUp{FeedPos: ev.FeedPos, Conversations: uint32(ev.Convs), Ops: ev.Ops})
