@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"connectrpc.com/connect/v2"
 	"connectrpc.com/connect/v2/connecthttp"
@@ -40,6 +41,7 @@ type Server struct {
 	watches  *sendWatches         // nil without a send timeout
 	batches  liveBatches          // live rounds' batches, encoded once
 	schedule timers.Schedule      // the sessions' deadlines
+	started  time.Time            // the clock's time at New: sessions count their times from it (nanos)
 	stats    *stats               // counters for operators (Metrics)
 	clientIP clientIP             // where a caller's address comes from
 
@@ -88,6 +90,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 		watches:  sendWatchesFor(opts),
 		stats:    newStats(),
 		schedule: timers.Schedule{Clock: opts.Clock},
+		started:  opts.Clock.Now(),
 		clientIP: clientIP{header: opts.ClientIPHeader, trusted: opts.TrustedProxies},
 	}, nil
 }

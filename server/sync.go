@@ -552,14 +552,26 @@ func (s *Server) newLoop(ctx context.Context, a engine.Actor, hello *ferryv1.Hel
 	}
 	l := &loop{s: s, a: a, o: o, out: out, hold: holdFlushes(ctx), packed: hello.GetPackedOps(), binary: binaryCodec(ctx)}
 	l.onChange = l.changed
+	l.wokeAt.Store(notWoken)
 	return l, nil
 }
 
+// nanos is the clock's time in nanoseconds since New, the sessions' unit:
+// on the monotonic clock when the clock has one (the system clock does),
+// so that a step of the wall clock moves no session's deadline.
+func (s *Server) nanos() int64 { return int64(s.opts.Clock.Now().Sub(s.started)) }
+
+// at is the time of nanos n.
+func (s *Server) at(n int64) time.Time { return s.started.Add(time.Duration(n)) }
+
 // changed wakes the session for a change, noting when.
 func (l *loop) changed() {
-	l.wokeAt.CompareAndSwap(0, l.s.opts.Clock.Now().UnixNano())
+	l.wokeAt.CompareAndSwap(notWoken, l.s.nanos())
 	l.wake()
 }
+
+// notWoken is loop.wokeAt while no change waits to be sent.
+const notWoken = math.MinInt64
 
 // binaryCodec reports whether the call's messages are marshaled as binary
 // protobuf, whatever the protocol: not JSON, which has no verbatim unknown
@@ -592,9 +604,9 @@ type loop struct {
 	ahead chan step
 	wake  func()
 	// onChange is changed, made once: the session calls it on the next
-	// change after each pump. wokeAt is when a change woke the session,
-	// in the clock's Unix nanoseconds, until the pump has sent all there
-	// was (0 then): its live Ops messages count their delay from it.
+	// change after each pump. wokeAt is when a change woke the session
+	// (Server.nanos), until the pump has sent all there was (notWoken
+	// then): its live Ops messages count their delay from it.
 	onChange func()
 	wokeAt   atomic.Int64
 	// The session's one deadline, in the server's schedule, is the next
@@ -604,7 +616,7 @@ type loop struct {
 	// once it has handled what was due, arms it for the next.
 	deadline timers.Deadline
 	rearm    atomic.Bool  // the deadline passed with something due: the pump arms it
-	lastOut  atomic.Int64 // when the last message went, in the clock's Unix nanoseconds
+	lastOut  atomic.Int64 // when the last message went (Server.nanos)
 	hbDue    atomic.Bool  // a heartbeat is due
 
 	// Sync only.
@@ -616,7 +628,7 @@ type loop struct {
 	quit       atomic.Bool   // the receiving side ended the session
 	release    func()        // frees the stream's slot
 	unwatchCtx func() bool
-	lastIn     atomic.Int64 // when the client's last message came, in the clock's Unix nanoseconds
+	lastIn     atomic.Int64 // when the client's last message came (Server.nanos)
 	handling   atomic.Bool  // the handler is answering one
 	stopReader func()       // stops a stoppableReader, when one reads
 }
@@ -715,7 +727,7 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 			continue
 		}
 		if !waiting { // the result wakes it, and its answer plans the round
-			l.wokeAt.Store(0)
+			l.wokeAt.Store(notWoken)
 			l.sess.AfterChange(l.onChange)
 		} else if f := l.s.testAwaitResult.Load(); f != nil {
 			(*f)()
@@ -864,20 +876,19 @@ func (l *loop) silent() bool {
 	if l.handling.Load() {
 		return false // a message is being answered (a push may wait for the push limit)
 	}
-	last := time.Unix(0, l.lastIn.Load())
-	return l.s.opts.Clock.Now().Sub(last) >= 3*l.s.opts.HeartbeatInterval
+	return time.Duration(l.s.nanos()-l.lastIn.Load()) >= 3*l.s.opts.HeartbeatInterval
 }
 
 // sent restarts the heartbeat interval: a heartbeat goes out only after
 // an interval without any other message.
 func (l *loop) sent() {
 	l.hbDue.Store(false)
-	l.lastOut.Store(l.s.opts.Clock.Now().UnixNano())
+	l.lastOut.Store(l.s.nanos())
 }
 
 // startTimer starts the session's deadlines from now.
 func (l *loop) startTimer() {
-	now := l.s.opts.Clock.Now().UnixNano()
+	now := l.s.nanos()
 	l.lastOut.Store(now)
 	l.lastIn.Store(now)
 	l.deadline.Fire = l.tick
@@ -891,7 +902,7 @@ func (l *loop) stopTimer() {
 
 // deadlines returns when a heartbeat is due, and when the client's
 // silence is to be looked at (a Sync session's; math.MaxInt64 for a
-// Subscribe session's), in the clock's Unix nanoseconds.
+// Subscribe session's), in Server.nanos.
 func (l *loop) deadlines() (heartbeat, silence int64) {
 	interval := int64(l.s.opts.HeartbeatInterval)
 	heartbeat, silence = l.lastOut.Load()+interval, math.MaxInt64
@@ -906,7 +917,7 @@ func (l *loop) deadlines() (heartbeat, silence int64) {
 // that (rearm); with nothing due (a send or a message came since it was
 // armed) it arms the timer for the next deadline.
 func (l *loop) tick() {
-	now := l.s.opts.Clock.Now().UnixNano()
+	now := l.s.nanos()
 	heartbeat, silence := l.deadlines()
 	due := false
 	if now >= heartbeat {
@@ -928,12 +939,12 @@ func (l *loop) tick() {
 // arm arms the timer for the next deadline; a look at the silence of a
 // client whose message is being answered is a whole window away.
 func (l *loop) arm() {
-	now := l.s.opts.Clock.Now().UnixNano()
+	now := l.s.nanos()
 	heartbeat, silence := l.deadlines()
 	if silence <= now {
 		silence = now + 3*int64(l.s.opts.HeartbeatInterval)
 	}
-	l.s.schedule.Arm(&l.deadline, time.Unix(0, min(heartbeat, silence)))
+	l.s.schedule.Arm(&l.deadline, l.s.at(min(heartbeat, silence)))
 }
 
 // close waits for a read ahead in progress, which uses the session, and
@@ -1024,7 +1035,7 @@ func (l *loop) receive(ctx context.Context) error {
 		commit = engine.Pending{}
 		// The client's silence counts from when the server reads again: a
 		// push that waited for the push limit held its client's sends up.
-		l.lastIn.Store(l.s.opts.Clock.Now().UnixNano())
+		l.lastIn.Store(l.s.nanos())
 		l.handling.Store(false)
 		end = err != nil
 	}
@@ -1245,8 +1256,8 @@ func (l *loop) send(st step) error {
 	case engine.EventOps:
 		err := l.out.ops(st.ops)
 		putOps(st.ops)
-		if w := l.wokeAt.Load(); err == nil && w != 0 && ev.Phase == engine.PhaseLive {
-			l.s.stats.liveDelay.Observe(time.Duration(l.s.opts.Clock.Now().UnixNano() - w))
+		if w := l.wokeAt.Load(); err == nil && w != notWoken && ev.Phase == engine.PhaseLive {
+			l.s.stats.liveDelay.Observe(time.Duration(l.s.nanos() - w))
 		}
 		return err
 	case engine.EventCaughtUp:
