@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -104,6 +105,9 @@ func TestWorkloadsInProcess(t *testing.T) {
 	if f := r.Fanout[0].First; f.N != 4 || f.Max <= 0 || r.Fanout[0].warmUpDeliveries() != f.N {
 		t.Errorf("fan-out's first messages %+v (the report expects %d): want one to each of the 2 conversations, delivered to both other members, apart from the measured",
 			f, r.Fanout[0].warmUpDeliveries())
+	}
+	if d := r.Fanout[0].ServerDelay; d <= 0 {
+		t.Errorf("fan-out server delay %v: the in-process server says its rounds' delays", d)
 	}
 	if c := r.Fanout[0].ClientCPUPerKOps; c != 0 {
 		t.Errorf("fan-out client CPU %v with the server in the harness's process: it cannot be told apart", c)
@@ -384,24 +388,25 @@ func TestAckTargetSaysSaturated(t *testing.T) {
 func TestFanoutFloor(t *testing.T) {
 	x := FanoutResult{System: "ferry", Devices: 1000, ConvSize: 1001, Messages: 40, Deliveries: 40000, Expected: 40000,
 		Latency: Summary{P99: 45 * time.Millisecond}, First: Summary{N: 1000, Max: 70 * time.Millisecond},
-		CPUPerKOps: 35 * time.Millisecond, ClientCPUPerKOps: 25 * time.Millisecond}
+		CPUPerKOps: 35 * time.Millisecond, ClientCPUPerKOps: 25 * time.Millisecond, ServerDelay: 9 * time.Millisecond}
 	if got, want := x.Floor(2), 30*time.Millisecond; got != want {
 		t.Errorf("floor on 2 cores: %v, want %v", got, want)
 	}
 	r := Report{Machine: Machine{Cores: 2}, Fanout: []FanoutResult{x}}
-	if md, want := r.Markdown(), "| 70.0ms | 35.0ms | 25.0ms | 30.0ms | 1.5 |"; !strings.Contains(md, want) {
+	if md, want := r.Markdown(), "| 70.0ms | 9.0ms | 35.0ms | 25.0ms | 30.0ms | 1.5 |"; !strings.Contains(md, want) {
 		t.Errorf("no %q in the fan-out row:\n%s", want, md)
 	}
-	// A result from before the warm-up has no first message.
+	// A result from before the warm-up has no first message, nor a server
+	// delay.
 	old := Report{Machine: Machine{Cores: 2}, Fanout: []FanoutResult{x}}
-	old.Fanout[0].First = Summary{}
-	if md, want := old.Markdown(), "| – | 35.0ms | 25.0ms | 30.0ms | 1.5 |"; !strings.Contains(md, want) {
+	old.Fanout[0].First, old.Fanout[0].ServerDelay = Summary{}, 0
+	if md, want := old.Markdown(), "| – | – | 35.0ms | 25.0ms | 30.0ms | 1.5 |"; !strings.Contains(md, want) {
 		t.Errorf("no %q in the fan-out row of an old result:\n%s", want, md)
 	}
 	// A warm-up that timed out says how many of its deliveries came.
 	short := Report{Machine: Machine{Cores: 2}, Fanout: []FanoutResult{x}}
 	short.Fanout[0].First.N = 990
-	if md, want := short.Markdown(), "| 70.0ms (990 of 1000 arrived) | 35.0ms |"; !strings.Contains(md, want) {
+	if md, want := short.Markdown(), "| 70.0ms (990 of 1000 arrived) | 9.0ms | 35.0ms |"; !strings.Contains(md, want) {
 		t.Errorf("no %q in the fan-out row of a short warm-up:\n%s", want, md)
 	}
 	// With the transport measured, the fan-out targets and the section
@@ -590,3 +595,32 @@ func (c fakeClient) CatchUp(context.Context) (CatchUp, error) {
 }
 
 func (c fakeClient) Close() error { return nil }
+
+// TestLiveDelayScraped: the live delays read from a server's /metrics, as
+// from a ferryd process, are those it keeps.
+func TestLiveDelayScraped(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server")
+	}
+	f, err := NewFerry(t.Context(), FerryConfig{Mode: FerryInProcess, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := Fanout(t.Context(), f, FanoutConfig{Devices: 4, ConvSize: 2, Rate: 50, Duration: 100 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	sum, n, err := f.LiveDelay()
+	if err != nil || n == 0 || sum <= 0 {
+		t.Fatalf("in-process live delay: %v over %d rounds (%v): want some", sum, n, err)
+	}
+	rec := httptest.NewRecorder()
+	f.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	got, m, err := parseLiveDelay(rec.Body)
+	if err != nil || m != n || (got-sum).Abs() > time.Microsecond {
+		t.Fatalf("scraped live delay: %v over %d rounds (%v), want %v over %d", got, m, err, sum, n)
+	}
+	if _, _, err := parseLiveDelay(strings.NewReader("ferry_other 1\n")); err == nil {
+		t.Error("metrics without the histogram: no error")
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,6 +78,8 @@ type Ferry struct {
 	hs   *server.HTTPServer
 	proc *exec.Cmd
 	addr string
+	// metrics is the ferryd process's /metrics URL.
+	metrics string
 
 	mu      sync.Mutex
 	devs    []*ferryDevice
@@ -138,7 +141,10 @@ func (f *Ferry) stopInProcess() error {
 	return f.eng.Close()
 }
 
-var listening = regexp.MustCompile(`listening on (\S+)`)
+var (
+	listening   = regexp.MustCompile(`listening on (\S+)`)
+	metricsLine = regexp.MustCompile(`metrics: curl (http://\S+/metrics)`)
+)
 
 func (f *Ferry) startProcess(ctx context.Context) error {
 	if f.addr == "" {
@@ -155,7 +161,7 @@ func (f *Ferry) startProcess(ctx context.Context) error {
 	// user, and the workloads measure the server's ceiling.
 	cmd := exec.Command(f.cfg.Binary, "--addr", f.addr, "--data", f.cfg.Dir, "--allow-registration",
 		"--password-memory-kib", "64", "--password-passes", "1", "--log-level", "warn", "--max-streams-per-device", "4",
-		"--sign-in-limit", "0", "--push-limit", "0")
+		"--sign-in-limit", "0", "--push-limit", "0", "--metrics-addr", "127.0.0.1:0")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -164,27 +170,92 @@ func (f *Ferry) startProcess(ctx context.Context) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start ferryd: %w", err)
 	}
-	found := make(chan string, 1)
+	// ferryd says where it listens, then where its metrics are.
+	found, metrics := make(chan string, 1), make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
 				found <- m[1]
 			}
+			if m := metricsLine.FindStringSubmatch(sc.Text()); m != nil {
+				metrics <- m[1]
+			}
 		}
 		_, _ = io.Copy(io.Discard, stdout)
 	}()
-	select {
-	case f.url = <-found:
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		return errors.New("ferryd did not start listening")
-	case <-ctx.Done():
-		_ = cmd.Process.Kill()
-		return ctx.Err()
+	for f.url, f.metrics = "", ""; f.url == "" || f.metrics == ""; {
+		select {
+		case f.url = <-found:
+		case f.metrics = <-metrics:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			return errors.New("ferryd did not start listening, or did not say where its metrics are")
+		case <-ctx.Done():
+			_ = cmd.Process.Kill()
+			return ctx.Err()
+		}
 	}
 	f.proc = cmd
 	return nil
+}
+
+// LiveDelay is the sum and count of the server's live delays so far
+// (ferry_live_delay_seconds: from the commit that woke a session to each
+// of its live rounds handed to the stream).
+func (f *Ferry) LiveDelay() (time.Duration, uint64, error) {
+	switch f.cfg.Mode {
+	case FerryInProcess:
+		d := f.srv.Metrics().LiveDelay
+		return d.Sum, d.Count, nil
+	case FerryProcess:
+		resp, err := http.Get(f.metrics)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer resp.Body.Close()
+		sum, n, err := parseLiveDelay(resp.Body)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s: %w", f.metrics, err)
+		}
+		return sum, n, nil
+	}
+	return 0, 0, errors.New("no live delay from a remote server")
+}
+
+// parseLiveDelay reads the sum and count of ferry_live_delay_seconds from
+// metrics in Prometheus's text format: its two lines "name_sum value" and
+// "name_count value" (only the server speaks Prometheus; see archtest).
+func parseLiveDelay(r io.Reader) (time.Duration, uint64, error) {
+	var sum, count float64
+	found := 0
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		var to *float64
+		switch name {
+		case "ferry_live_delay_seconds_sum":
+			to = &sum
+		case "ferry_live_delay_seconds_count":
+			to = &count
+		}
+		if !ok || to == nil {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s: %w", name, err)
+		}
+		*to = v
+		found++
+	}
+	if err := sc.Err(); err != nil {
+		return 0, 0, err
+	}
+	if found != 2 {
+		return 0, 0, errors.New("no ferry_live_delay_seconds_sum and _count")
+	}
+	return time.Duration(sum * float64(time.Second)), uint64(count), nil
 }
 
 // Name is the system's name.
@@ -800,7 +871,10 @@ func (f *Ferry) Restart(ctx context.Context) error {
 	return errors.New("a remote server cannot be restarted")
 }
 
-var _ Restarter = (*Ferry)(nil)
+var (
+	_ Restarter   = (*Ferry)(nil)
+	_ LiveDelayer = (*Ferry)(nil)
+)
 
 // Close stops the server.
 func (f *Ferry) Close() error {

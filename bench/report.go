@@ -168,8 +168,8 @@ func (r *Report) Markdown() string {
 		p("\n")
 	}
 
-	p("\n## Live fan-out\n\nOpen loop; latency from the scheduled send to arrival at each other member. CPU is the server's; client CPU is the harness's own, its devices receiving and sending, which on one machine share the server's cores: a message to N devices takes at least N × (server + client CPU per delivery) / cores to reach them all. That is the CPU floor: how far a p99 is above it is what the server could still gain on this machine; the floor itself only less CPU per delivery, the server's or the client's, can lower. The CPU per delivery counts all of the run's CPU, so in small conversations at low rates it is mostly fixed costs (heartbeats, acks, collection), and the floor there says little. The first message to each conversation goes before the measured ones and is not in their percentiles: it pays what each device and session pay once, above all the harness's devices growing their goroutines' stacks for their first decode of ops, which real devices, one to a process, pay on their own CPU. Its slowest delivery is in the column after max, with how many of its deliveries arrived when the warm-up's 10 s ran out before all did.\n\n")
-	p("| system | devices | conversation size | messages | deliveries | p50 | p90 | p99 | p99.9 | max | first message, max | CPU/1k deliveries | client CPU/1k | CPU floor | p99 / floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("\n## Live fan-out\n\nOpen loop; latency from the scheduled send to arrival at each other member. CPU is the server's; client CPU is the harness's own, its devices receiving and sending, which on one machine share the server's cores: a message to N devices takes at least N × (server + client CPU per delivery) / cores to reach them all. That is the CPU floor: how far a p99 is above it is what the server could still gain on this machine; the floor itself only less CPU per delivery, the server's or the client's, can lower. The CPU per delivery counts all of the run's CPU, so in small conversations at low rates it is mostly fixed costs (heartbeats, acks, collection), and the floor there says little. The first message to each conversation goes before the measured ones and is not in their percentiles: it pays what each device and session pay once, above all the harness's devices growing their goroutines' stacks for their first decode of ops, which real devices, one to a process, pay on their own CPU. Its slowest delivery is in the column after max, with how many of its deliveries arrived when the warm-up's 10 s ran out before all did. The server's delay is what a server that measures it says of the measured messages' live rounds, on average: for Ferry, from the commit that woke a device's session to the round handed to its stream (ferry_live_delay_seconds); the rest of a latency is the commit before it and the device's side after.\n\n")
+	p("| system | devices | conversation size | messages | deliveries | p50 | p90 | p99 | p99.9 | max | first message, max | server's delay, mean | CPU/1k deliveries | client CPU/1k | CPU floor | p99 / floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Fanout {
 		lost := ""
 		if x.Deliveries < x.Expected {
@@ -190,8 +190,12 @@ func (r *Report) Markdown() string {
 				first += fmt.Sprintf(" (%d of %d arrived)", x.First.N, want)
 			}
 		}
-		p("| %s | %d | %d | %d | %d%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Devices, x.ConvSize, x.Messages, x.Deliveries, lost,
-			ms(x.Latency.P50), ms(x.Latency.P90), ms(x.Latency.P99), ms(x.Latency.P999), ms(x.Latency.Max), first, ms(x.CPUPerKOps), client, floor, over)
+		server := "–"
+		if x.ServerDelay > 0 {
+			server = ms(x.ServerDelay)
+		}
+		p("| %s | %d | %d | %d | %d%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Devices, x.ConvSize, x.Messages, x.Deliveries, lost,
+			ms(x.Latency.P50), ms(x.Latency.P90), ms(x.Latency.P99), ms(x.Latency.P999), ms(x.Latency.Max), first, server, ms(x.CPUPerKOps), client, floor, over)
 	}
 	if ds := r.Limits.Delivery; len(ds) > 0 {
 		p("\nLimit, a %d-byte message over its own loopback TCP connection (written by one goroutine, read by another; no HTTP/2, protobuf or compression), sent to every connection in turn, CPU per delivery, both ends:", ds[0].Bytes)

@@ -252,6 +252,16 @@ type FanoutResult struct {
 	// process, which cannot tell the two apart.
 	ClientCPUPerKOps time.Duration `json:"client_cpu_per_1000_deliveries_ns,omitempty"`
 	PeakRSS          int64         `json:"peak_rss"`
+	// ServerDelay is the server's own mean delay of a measured live round,
+	// as it tells (a LiveDelayer): from the commit that woke a session to
+	// the round handed to its stream. Zero for a system that does not.
+	ServerDelay time.Duration `json:"server_delay_mean_ns,omitempty"`
+}
+
+// A LiveDelayer is a System whose server measures its live rounds' delays:
+// their sum and count so far.
+type LiveDelayer interface {
+	LiveDelay() (sum time.Duration, n uint64, err error)
 }
 
 // Floor is the least time a message takes to reach every other member
@@ -332,6 +342,15 @@ func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, er
 	if ip, ok := sys.(interface{ InProcess() bool }); ok && ip.InProcess() {
 		selfErr = errors.New("the server runs in this process")
 	}
+	ld, delays := sys.(LiveDelayer)
+	var delay0 time.Duration
+	var rounds0 uint64
+	if delays {
+		var err error
+		if delay0, rounds0, err = ld.LiveDelay(); err != nil {
+			delays = false
+		}
+	}
 	start := time.Now()
 	measured.Store(start.UnixNano())
 	deadline := start.Add(cfg.Duration)
@@ -372,9 +391,26 @@ func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, er
 			clientCPU = (after.CPU - self.CPU) * 1000 / time.Duration(n)
 		}
 	}
+	var serverDelay time.Duration
+	if delays {
+		// A round is counted once its write returns, which its device may
+		// see first: read until the count holds still for 10 ms (up to 1 s).
+		delay1, rounds1, err := ld.LiveDelay()
+		for i := 0; i < 100 && err == nil; i++ {
+			time.Sleep(10 * time.Millisecond)
+			d, n, lerr := ld.LiveDelay()
+			if lerr != nil || n == rounds1 {
+				break
+			}
+			delay1, rounds1 = d, n
+		}
+		if err == nil && rounds1 > rounds0 {
+			serverDelay = (delay1 - delay0) / time.Duration(rounds1-rounds0)
+		}
+	}
 	return FanoutResult{System: sys.Name(), Devices: devices, ConvSize: cfg.ConvSize, Messages: int(sent.Load()),
 		Deliveries: int(delivered.Load()), Expected: expected, Latency: lat.Summary(), First: first.Summary(), CPUPerKOps: cpu,
-		ClientCPUPerKOps: clientCPU, PeakRSS: rss}, nil
+		ClientCPUPerKOps: clientCPU, PeakRSS: rss, ServerDelay: serverDelay}, nil
 }
 
 // warmUp sends the first message to each conversation, from its first
