@@ -209,7 +209,7 @@ func (f *Ferry) LiveDelay() (time.Duration, uint64, error) {
 		d := f.srv.Metrics().LiveDelay
 		return d.Sum, d.Count, nil
 	case FerryProcess:
-		resp, err := http.Get(f.metrics)
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(f.metrics)
 		if err != nil {
 			return 0, 0, err
 		}
