@@ -410,7 +410,7 @@ func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error 
 		tx.revoked[id] = true
 		tx.b.Set(k, record.AppendDevice(nil, &rec))
 		tx.b.Delete(keys.Token(rec.TokenHash))
-		tx.wake[a.User] = struct{}{}
+		tx.wakeUser(a.User, 1)
 	})
 	if err != nil {
 		return err

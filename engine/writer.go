@@ -454,11 +454,11 @@ type txn struct {
 	userFeed  map[idPair]bool // (user, conv): move the user's own feed entry
 	userFeedO []idPair
 	ufeedIdx  map[idPair]uint64
-	wake      map[ulid.ULID]struct{}
-	moves     []idPair           // (user, conversation) feed entries moved to pos
-	claims    map[string]bool    // unique keys (usernames) claimed by this group
-	revoked   map[ulid.ULID]bool // devices revoked by this group
-	pos       uint64             // the feed position this group's changes get; 0 if none
+	wake      map[ulid.ULID]struct{} // the users to wake (wakeUser)
+	moves     []idPair               // (user, conversation) feed entries moved to pos
+	claims    map[string]bool        // unique keys (usernames) claimed by this group
+	revoked   map[ulid.ULID]bool     // devices revoked by this group
+	pos       uint64                 // the feed position this group's changes get; 0 if none
 	// Conversations whose receipts start waiting, and whose waiting
 	// receipts this group's feed moves deliver: applied to the writer's
 	// receipts once the group is durable.
@@ -509,7 +509,6 @@ func (w *writer) begin() *txn {
 		userMarks: map[idPair]*txMarker{},
 		userFeed:  map[idPair]bool{},
 		ufeedIdx:  map[idPair]uint64{},
-		wake:      map[ulid.ULID]struct{}{},
 	}
 }
 
@@ -874,6 +873,16 @@ func (tx *txn) moveUserFeed(user, conv ulid.ULID) {
 	}
 }
 
+// wakeUser adds u to the users the group's commit wakes. n sizes the set
+// when this makes it: for a conversation's feed move, all its members
+// (see moveConvFeed).
+func (tx *txn) wakeUser(u ulid.ULID, n int) {
+	if tx.wake == nil {
+		tx.wake = make(map[ulid.ULID]struct{}, n)
+	}
+	tx.wake[u] = struct{}{}
+}
+
 // setFeedEntry sets a feed entry's key, which holds this group's position
 // and so is new; deleteFeedEntry removes it with a single deletion (see
 // store.Batch.SingleDelete), which is right only for a key set once: under
@@ -958,7 +967,7 @@ func (tx *txn) finish() {
 		val = record.AppendUint(val[:0], pos)
 		tx.b.Set(keys.ID2(keys.TUFeedIdx, user, conv), val)
 		tx.ufeedIdx[k] = pos
-		tx.wake[user] = struct{}{}
+		tx.wakeUser(user, len(tx.userFeedO))
 		tx.moves = append(tx.moves, k)
 	}
 	for _, tc := range tx.convOrder {
@@ -1207,13 +1216,11 @@ func (r *convRun) from(h uint64) []model.Op { return r.ops[h+1-r.ops[0].Seq:] }
 func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 	old, wasShared := tc.rec.FeedPos, tc.rec.SharedFeed
 	shared := wasShared || int(tc.rec.Members) > tx.e.opts.SharedFeedMembers
-	// Room for every member at once: a message to a large conversation
-	// grew these by doubling, a seventh of what the server allocated in
-	// live fan-out to 1,000 devices.
+	// Room for every member at once, in moves and in the set wakeUser
+	// makes: a message to a large conversation grew these by doubling, a
+	// seventh of what the server allocated in live fan-out to 1,000
+	// devices.
 	tx.moves = slices.Grow(tx.moves, len(tc.members))
-	if len(tx.wake) == 0 {
-		tx.wake = make(map[ulid.ULID]struct{}, len(tc.members))
-	}
 	for u, m := range tc.members {
 		was, changed := tc.before[u]
 		if !changed {
@@ -1222,7 +1229,7 @@ func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 		if was == model.RoleNone && !changed {
 			continue // removed before this group
 		}
-		tx.wake[u] = struct{}{}
+		tx.wakeUser(u, len(tc.members))
 		tx.moves = append(tx.moves, idPair{u, tc.id})
 		if wasShared && was != model.RoleNone && m.Role != model.RoleNone {
 			continue // their entry is the record's
