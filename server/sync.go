@@ -662,20 +662,24 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 		if l.quit.Load() {
 			return true, nil
 		}
-		// Between messages (and between a catch-up's), answer pushes and
-		// notice the end.
-		select {
-		case <-l.s.goaway.Done():
+		// Between messages (and between a catch-up's), notice the end and
+		// answer pushes. Loads, not a select: a select locks each channel
+		// it names, and the goaway channel is every session's, so in a
+		// fan-out the sessions' rounds took turns at its lock on every
+		// message (the select was 4% of the server's CPU, fanning out to
+		// 1k devices).
+		if l.s.goaway.Err() != nil {
 			return true, l.s.sayGoaway(l.out)
-		case <-ctx.Done():
-			return true, ctx.Err()
-		case r := <-l.results: // nil for Subscribe: never ready
-			if err := l.answer(r); err != nil {
+		}
+		if err := ctx.Err(); err != nil {
+			return true, err
+		}
+		if len(l.results) > 0 { // this loop is their only reader; none for Subscribe
+			if err := l.answer(<-l.results); err != nil {
 				return true, err
 			}
 			l.sent()
 			continue
-		default:
 		}
 		waiting := l.awaitsResult()
 		var st step

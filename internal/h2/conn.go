@@ -775,14 +775,18 @@ func (c *conn) writeLocked(st *stream, fill func(*batch) error) error {
 // waits for the connection while another writes, or until st ends.
 func (c *conn) write(st *stream, fill func(*batch) error) error {
 	select {
-	case c.wsem <- struct{}{}:
-	case <-st.done:
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if st.writeErr == nil {
-			return errStreamClosed // the context ServeConn was given ended
+	case c.wsem <- struct{}{}: // mostly free: a device's streams seldom write at once
+	default:
+		select {
+		case c.wsem <- struct{}{}:
+		case <-st.done:
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if st.writeErr == nil {
+				return errStreamClosed // the context ServeConn was given ended
+			}
+			return st.writeErr
 		}
-		return st.writeErr
 	}
 	err := c.writeLocked(st, fill)
 	<-c.wsem
