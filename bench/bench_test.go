@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -108,6 +109,9 @@ func TestWorkloadsInProcess(t *testing.T) {
 	}
 	if d := r.Fanout[0].ServerDelay; d <= 0 {
 		t.Errorf("fan-out server delay %v: the in-process server says its rounds' delays", d)
+	}
+	if c := r.Ingest[0].ClientCPUPerKOps; c != 0 {
+		t.Errorf("ingest client CPU %v with the server in the harness's process: it cannot be told apart", c)
 	}
 	if c := r.Fanout[0].ClientCPUPerKOps; c != 0 {
 		t.Errorf("fan-out client CPU %v with the server in the harness's process: it cannot be told apart", c)
@@ -374,12 +378,53 @@ func TestAckTargetSaysSaturated(t *testing.T) {
 	}{
 		{[]IngestResult{row(10_000, 8_300), row(5_000, 5_000)}, "| ack latency | p99 ≤ 5 ms | 600ms at 10k ops/s (saturated: 8.3k served) |"},
 		{[]IngestResult{row(10_000, 9_990)}, "| ack latency | p99 ≤ 5 ms | 600ms at 10k ops/s |"},
+		// With the harness's CPU known, it says how busy the cores were:
+		// (100 + 90 ms) per 1k ops at 9,990 ops/s on 2 cores.
+		{[]IngestResult{busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond)}, "| ack latency | p99 ≤ 5 ms | 600ms at 10k ops/s (cores 95% busy) |"},
+		{[]IngestResult{busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond)}, "| 600ms | 0.000ms | 0.000ms | 100ms | 90.0ms | 95% | 0.0 KB |"},
+		{[]IngestResult{row(10_000, 9_990)}, "| 600ms | 0.000ms | 0.000ms | 0.000ms | – | – | 0.0 KB |"},
 	} {
-		r := Report{Ingest: c.rows}
+		r := Report{Machine: Machine{Cores: 2}, Ingest: c.rows}
 		if md := r.Markdown(); !strings.Contains(md, c.want) {
 			t.Errorf("no row %q in:\n%s", c.want, md)
 		}
 	}
+}
+
+func busy(x IngestResult, server, client time.Duration) IngestResult {
+	x.CPUPerKOps, x.ClientCPUPerKOps = server, client
+	return x
+}
+
+// TestIngestCountsTheHarnesssCPU: an ingest run's client CPU is what the
+// harness's process spent over it, and its busy share follows from it.
+// The system here answers every push at once, in this process: the run is
+// the harness's writer alone, keeping a core busy.
+func TestIngestCountsTheHarnesssCPU(t *testing.T) {
+	x, err := Ingest(t.Context(), &instant{fakeSystem{name: "instant"}}, IngestConfig{Writers: 1, Batch: 1, Duration: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cores := runtime.NumCPU()
+	t.Logf("client CPU %v per 1k ops over %d ops in %.2fs: busy %.2f of %d cores", x.ClientCPUPerKOps, x.Ops, x.Seconds, x.Busy(cores), cores)
+	if b := x.Busy(cores); x.ClientCPUPerKOps <= 0 || b <= 0 || b > 1.1 {
+		t.Errorf("client CPU %v per 1k ops over %d ops in %.2fs: busy %.2f of %d cores; want some, at most all of them",
+			x.ClientCPUPerKOps, x.Ops, x.Seconds, b, cores)
+	}
+}
+
+// instant is a system whose clients' pushes are answered at once.
+type instant struct{ fakeSystem }
+
+func (*instant) Connect(context.Context, int, func(int, []byte)) (Client, error) {
+	return instantClient{}, nil
+}
+
+type instantClient struct{ fakeClient }
+
+func (instantClient) Send(_ int, _ [][]byte, done func(error)) error {
+	done(nil)
+	return nil
 }
 
 // TestFanoutFloor: the CPU floor of a fan-out row is its deliveries per

@@ -104,6 +104,9 @@ func kb(n int64) string {
 	return fmt.Sprintf("%.1f KB", float64(n)/1000)
 }
 
+// percent formats a share (0.97) as a percentage ("97%").
+func percent(x float64) string { return fmt.Sprintf("%.0f%%", 100*x) }
+
 func rate(x float64) string {
 	switch {
 	case x >= 1e6:
@@ -146,8 +149,8 @@ func (r *Report) Markdown() string {
 		}
 	}
 
-	p("\n## Durable ingest\n\nAcknowledged after a synced commit. Closed loop (2 pushes in flight per writer) for throughput; open loop (fixed rate, latency from the scheduled send) for latency. An open-loop row that served less than 95%% of its rate was saturated: its latency is mostly the queue, and the rows below its rate say what a server that keeps up gives. History: messages the conversations held before the run (sent in pushes of 100, not measured), so that the store's data has reached its files as on a server in use; without it every write and read of a new store stays in memory. CPU is the server process's, per 1,000 ops.\n\n")
-	p("| system | writers | ops/push | rate | history | ops/s | ack p50 | p90 | p99 | p99.9 | max | CPU/1k ops | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("\n## Durable ingest\n\nAcknowledged after a synced commit. Closed loop (2 pushes in flight per writer) for throughput; open loop (fixed rate, latency from the scheduled send) for latency. An open-loop row that served less than 95%% of its rate was saturated: its latency is mostly the queue, and the rows below its rate say what a server that keeps up gives. History: messages the conversations held before the run (sent in pushes of 100, not measured), so that the store's data has reached its files as on a server in use; without it every write and read of a new store stays in memory. CPU is the server process's, per 1,000 ops; client CPU the harness's own, its writers pushing and reading their results and each other's ops, on the same cores. Busy is the share of the cores the two kept busy over the run: near 100%%, the machine had no CPU to spare, and a latency is mostly the wait for it.\n\n")
+	p("| system | writers | ops/push | rate | history | ops/s | ack p50 | p90 | p99 | p99.9 | max | CPU/1k ops | client CPU/1k | busy | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Ingest {
 		rt := "max"
 		if x.Rate > 0 {
@@ -157,8 +160,12 @@ func (r *Report) Markdown() string {
 		if x.History > 0 {
 			hist = rate(float64(x.History))
 		}
-		p("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Writers, x.Batch, rt, hist, rate(x.OpsPerSec),
-			ms(x.Ack.P50), ms(x.Ack.P90), ms(x.Ack.P99), ms(x.Ack.P999), ms(x.Ack.Max), ms(x.CPUPerKOps), kb(x.PeakRSS))
+		client, busy := "–", "–"
+		if b := x.Busy(r.Machine.Cores); b > 0 {
+			client, busy = ms(x.ClientCPUPerKOps), percent(b)
+		}
+		p("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Writers, x.Batch, rt, hist, rate(x.OpsPerSec),
+			ms(x.Ack.P50), ms(x.Ack.P90), ms(x.Ack.P99), ms(x.Ack.P999), ms(x.Ack.Max), ms(x.CPUPerKOps), client, busy, kb(x.PeakRSS))
 	}
 	if len(r.Limits.Pebble) > 0 {
 		p("\nLimit, raw Pebble synced commits of one op-sized record, same disk:")
@@ -423,8 +430,11 @@ func (r *Report) targets(systems []string) [][]string {
 		for _, x := range r.Ingest {
 			if x.System == sys && x.Rate > 0 {
 				c := fmt.Sprintf("%s at %s ops/s", ms(x.Ack.P99), rate(x.Rate))
-				if saturated(x) {
+				switch b := x.Busy(r.Machine.Cores); {
+				case saturated(x):
 					c += fmt.Sprintf(" (saturated: %s served)", rate(x.OpsPerSec))
+				case b > 0:
+					c += fmt.Sprintf(" (cores %s busy)", percent(b))
 				}
 				return c
 			}

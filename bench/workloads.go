@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -55,16 +54,39 @@ func sender(p []byte) (int, bool) {
 	return int(binary.BigEndian.Uint32(p[stampLen:])), true
 }
 
-// usageDelta measures the server's CPU over a workload.
+// usageDelta measures the server's CPU over a workload, and the harness's
+// own: its devices' clients, which on one machine share the server's
+// cores.
 type usageDelta struct {
 	sys    System
 	before Usage
 	ok     bool
+	self   Usage // this process's
+	selfOK bool  // false when the server runs in this process too
 }
 
 func startUsage(sys System) *usageDelta {
 	u, err := sys.Usage()
-	return &usageDelta{sys: sys, before: u, ok: err == nil}
+	d := &usageDelta{sys: sys, before: u, ok: err == nil}
+	if ip, ok := sys.(interface{ InProcess() bool }); !ok || !ip.InProcess() {
+		d.self, err = ProcessUsage(os.Getpid())
+		d.selfOK = err == nil
+	}
+	return d
+}
+
+// clientPerKOps returns the harness's own CPU per 1,000 ops since start:
+// zero when the server runs in the harness's process, which cannot tell
+// the two apart.
+func (u *usageDelta) clientPerKOps(ops int) time.Duration {
+	if !u.selfOK || ops == 0 {
+		return 0
+	}
+	after, err := ProcessUsage(os.Getpid())
+	if err != nil {
+		return 0
+	}
+	return (after.CPU - u.self.CPU) * 1000 / time.Duration(ops)
 }
 
 // perKOps returns the server CPU per 1,000 ops since start, and peak RSS.
@@ -106,7 +128,23 @@ type IngestResult struct {
 	OpsPerSec  float64       `json:"ops_per_sec"`
 	Ack        Summary       `json:"ack"`
 	CPUPerKOps time.Duration `json:"cpu_per_1000_ops_ns"`
-	PeakRSS    int64         `json:"peak_rss"`
+	// ClientCPUPerKOps is the harness's own CPU per 1,000 ops: its
+	// writers' clients pushing and reading their results and the other
+	// members' ops. Zero when the server runs in the harness's process.
+	ClientCPUPerKOps time.Duration `json:"client_cpu_per_1000_ops_ns,omitempty"`
+	PeakRSS          int64         `json:"peak_rss"`
+}
+
+// Busy returns the share of cores that the server and the harness kept
+// busy over the run, from their CPU per op and the ops served: near 1, the
+// machine had no CPU to spare and a latency is mostly queueing for it.
+// Zero when the harness's CPU is not known apart from the server's.
+func (x IngestResult) Busy(cores int) float64 {
+	if x.ClientCPUPerKOps == 0 || cores < 1 {
+		return 0
+	}
+	perSec := (x.CPUPerKOps + x.ClientCPUPerKOps).Seconds() * x.OpsPerSec / 1000
+	return perSec / float64(cores)
 }
 
 // Ingest runs the durable-ingest workload. In closed loop (Rate 0) each
@@ -221,7 +259,8 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 	ops := int(acked.Load())
 	cpu, rss := use.perKOps(ops)
 	return IngestResult{System: sys.Name(), Writers: cfg.Writers, Batch: cfg.Batch, Rate: cfg.Rate, History: cfg.History, Ops: ops,
-		Seconds: elapsed.Seconds(), OpsPerSec: float64(ops) / elapsed.Seconds(), Ack: lat.Summary(), CPUPerKOps: cpu, PeakRSS: rss}, nil
+		Seconds: elapsed.Seconds(), OpsPerSec: float64(ops) / elapsed.Seconds(), Ack: lat.Summary(), CPUPerKOps: cpu,
+		ClientCPUPerKOps: use.clientPerKOps(ops), PeakRSS: rss}, nil
 }
 
 // FanoutConfig is the live fan-out workload: online devices in
@@ -338,10 +377,6 @@ func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, er
 		return FanoutResult{}, err
 	}
 	use := startUsage(sys)
-	self, selfErr := ProcessUsage(os.Getpid())
-	if ip, ok := sys.(interface{ InProcess() bool }); ok && ip.InProcess() {
-		selfErr = errors.New("the server runs in this process")
-	}
 	ld, delays := sys.(LiveDelayer)
 	var delay0 time.Duration
 	var rounds0 uint64
@@ -385,12 +420,7 @@ func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, er
 		return FanoutResult{}, fmt.Errorf("fan-out: %w", err)
 	}
 	cpu, rss := use.perKOps(int(delivered.Load()))
-	var clientCPU time.Duration
-	if n := delivered.Load(); selfErr == nil && n > 0 {
-		if after, err := ProcessUsage(os.Getpid()); err == nil {
-			clientCPU = (after.CPU - self.CPU) * 1000 / time.Duration(n)
-		}
-	}
+	clientCPU := use.clientPerKOps(int(delivered.Load()))
 	var serverDelay time.Duration
 	if delays {
 		// A round is counted once its write returns, which its device may
