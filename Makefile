@@ -12,6 +12,13 @@ DATA ?= ./data
 FUZZTIME ?= 30s
 BENCHTIME ?= 1s
 RESULTS ?= bench/results
+# make bench-compare: the git revision to compare the working tree with,
+# the workloads, the rows (those whose names contain ROWS) and the pairs
+# of runs of each row.
+BASE ?=
+ONLY ?= ingest,fanout
+ROWS ?=
+PAIRS ?= 4
 WEB := clientsdk/web
 TESTFLAGS ?=
 # The newer Go release the tests also run on; the go command fetches it
@@ -88,6 +95,14 @@ bench-full: ## The whole benchmark matrix (about an hour): bench/results/full.{m
 bench-peers: ## Ferry, NATS JetStream and Centrifugo in one short run (builds the peers): bench/results/peers.{md,json}
 	$(GO) run -C bench/peers ./cmd/ferry-bench-peers --profile short --md $(CURDIR)/$(RESULTS)/peers.md --json $(CURDIR)/$(RESULTS)/peers.json
 	@echo "report: $(RESULTS)/peers.md"
+
+.PHONY: bench-compare
+bench-compare: ## A/B: ferryd at BASE (a git revision) against the working tree, each row alternately (ONLY=ingest,fanout,catchup ROWS=text PAIRS=4)
+	@test -n "$(BASE)" || { echo 'usage: make bench-compare BASE=<git revision> [ONLY=ingest,fanout,catchup] [PAIRS=4]' >&2; exit 2; }
+	base=$$(mktemp -d); trap 'rm -rf "$$base"' EXIT; \
+	git archive --format=tar $(BASE) | tar -x -C "$$base"; \
+	(cd "$$base" && $(GO) build -o ferryd ./cmd/ferryd); \
+	$(GO) run ./cmd/ferry-bench --compare "$$base/ferryd" --only $(ONLY) --rows "$(ROWS)" --pairs $(PAIRS)
 
 .PHONY: test-peers
 test-peers: ## Tests of the peer adapters (builds nats-server and centrifugo from the module proxy)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http/httptest"
 	"runtime"
 	"slices"
@@ -667,5 +668,77 @@ func TestLiveDelayScraped(t *testing.T) {
 	}
 	if _, _, err := parseLiveDelay(strings.NewReader("ferry_other 1\n")); err == nil {
 		t.Error("metrics without the histogram: no error")
+	}
+}
+
+// TestCompareAlternatesBuilds: a comparison runs each row on both builds,
+// a fresh system each time, the first of each pair flipping, and keeps
+// each pair's figures; rows that do not match are not run, and a row that
+// fails leaves an error, not figures.
+func TestCompareAlternatesBuilds(t *testing.T) {
+	var started []string
+	build := func(name string, fail bool) Factory {
+		return Factory{Name: name, New: func(context.Context, string) (System, error) {
+			started = append(started, name)
+			if fail {
+				return nil, errors.New("no such binary")
+			}
+			return &instant{fakeSystem{name: name}}, nil
+		}}
+	}
+	p := Profile{Name: "test", Ingest: []IngestConfig{
+		{Writers: 1, Batch: 1, Duration: 20 * time.Millisecond},
+		{Writers: 2, Batch: 1, Duration: 20 * time.Millisecond},
+	}}
+	log := slog.New(slog.DiscardHandler)
+	c := Compare(t.Context(), p, build("base", false), build("next", false), 3, "ingest 1 writers", t.TempDir(), log)
+	if want := []string{"base", "next", "next", "base", "base", "next"}; !slices.Equal(started, want) {
+		t.Errorf("runs %v, want %v: each pair's first build flips, and only the matching row runs", started, want)
+	}
+	if len(c.Errors) > 0 || len(c.Rows) != 4 {
+		t.Fatalf("rows %+v, errors %v: want the row's 4 figures", c.Rows, c.Errors)
+	}
+	for _, x := range c.Rows {
+		if x.Workload != "ingest 1 writers x 1" || len(x.Base) != 3 || len(x.Next) != 3 {
+			t.Errorf("row %+v: want the ingest row's figure from each of 3 pairs on each build", x)
+		}
+	}
+	if x := c.Rows[0]; x.Figure != "ops/s" || x.Lower || slices.Min(x.Base) <= 0 || slices.Min(x.Next) <= 0 {
+		t.Errorf("first figure %+v: want every run's ops/s, more being better", x)
+	}
+
+	started = nil
+	c = Compare(t.Context(), p, build("base", false), build("next", true), 2, "", t.TempDir(), log)
+	if len(c.Rows) != 0 || len(c.Errors) != 2 || !strings.Contains(c.Errors[0], "no such binary") {
+		t.Errorf("with the next build failing: rows %+v, errors %v; want no rows and an error for each row", c.Rows, c.Errors)
+	}
+}
+
+// TestComparedFigures: next/base is the ratio of the medians, and better
+// counts the pairs in which the next build did better, which for a figure
+// where less is better is a lower value.
+func TestComparedFigures(t *testing.T) {
+	lat := Compared{Workload: "fan-out 1000 devices in 1000", Figure: "p99, ms", Lower: true,
+		Base: []float64{40, 50, 30, 45}, Next: []float64{36, 52, 27, 40}}
+	if got, want := lat.Ratio(), 38.0/42.5; math.Abs(got-want) > 1e-9 {
+		t.Errorf("ratio %v, want %v", got, want)
+	}
+	if got := lat.Better(); got != 3 {
+		t.Errorf("%d pairs better, want 3", got)
+	}
+	ops := Compared{Workload: "ingest 64 writers x 16", Figure: "ops/s", Base: []float64{80_000, 70_000, 90_000}, Next: []float64{85_000, 69_000, 91_000}}
+	if got := ops.Better(); got != 2 {
+		t.Errorf("%d pairs better for ops/s, want 2", got)
+	}
+	c := Comparison{Profile: "short", Machine: Machine{CPU: "AMD EPYC", Cores: 2}, Base: "base", Next: "next", Pairs: 4, Rows: []Compared{lat, ops}}
+	md := c.Markdown()
+	for _, want := range []string{
+		"| fan-out 1000 devices in 1000 | p99, ms | 42.50 | 38.00 | 0.89 | 3 of 4 |",
+		"| ingest 64 writers x 16 | ops/s | 80000 | 85000 | 1.06 | 2 of 3 |",
+		"about once in 8 comparisons",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("no %q in:\n%s", want, md)
+		}
 	}
 }

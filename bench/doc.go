@@ -15,5 +15,6 @@
 // (FanoutResult.First): it pays what each device and session pay once.
 // Catch-up scaling compares a history of x10 with x1 on two servers up at
 // once, their runs alternating (CatchUpAlongside), so that the drift of a
-// shared machine's speed falls on both.
+// shared machine's speed falls on both. Compare measures two builds against
+// each other the same way, row by row: what a change does.
 package bench

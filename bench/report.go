@@ -41,6 +41,10 @@ type Machine struct {
 	FsyncP50   time.Duration `json:"fsync_p50_ns"`
 }
 
+func (m Machine) String() string {
+	return fmt.Sprintf("%s, %d cores (GOMAXPROCS %d), %s, %s", m.CPU, m.Cores, m.GOMAXPROCS, m.OS, m.Go)
+}
+
 // Limits are the physical limits measured in the same run.
 type Limits struct {
 	FsyncP50    time.Duration    `json:"fsync_p50_ns"`
@@ -128,8 +132,7 @@ func (r *Report) Markdown() string {
 	if r.Machine.FsyncP50 > 0 {
 		fsync = fmt.Sprintf("one synced commit takes %s (median) on this disk", ms(r.Machine.FsyncP50))
 	}
-	p("Profile `%s`, %s. Machine: %s, %d cores (GOMAXPROCS %d), %s, %s; %s. ",
-		r.Profile, r.Date.Format("2006-01-02 15:04 UTC"), r.Machine.CPU, r.Machine.Cores, r.Machine.GOMAXPROCS, r.Machine.OS, r.Machine.Go, fsync)
+	p("Profile `%s`, %s. Machine: %s; %s. ", r.Profile, r.Date.Format("2006-01-02 15:04 UTC"), r.Machine, fsync)
 	catchUps := ""
 	if n := r.catchUpRuns(); n > 1 {
 		catchUps = fmt.Sprintf(" (catch-ups: the median of %d)", n)

@@ -147,48 +147,7 @@ var Full = Profile{
 func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slog.Logger) (*Report, error) {
 	r := &Report{Profile: p.Name, Date: time.Now().UTC(), CorpusVersion: CorpusVersion, MeanPayload: MeanPayload()}
 	r.Machine = machine()
-	n := 0
-	fresh := func(f Factory) (System, string, error) {
-		n++
-		d := filepath.Join(dir, fmt.Sprintf("%03d-%s", n, strings.ReplaceAll(f.Name, " ", "-")))
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, "", err
-		}
-		s, err := f.New(ctx, d)
-		return s, d, err
-	}
-	// runOn runs fn on n fresh systems of f, up at once.
-	runOn := func(what string, f Factory, n int, fn func([]System) error) error {
-		log.Info("running", "system", f.Name, "workload", what)
-		var ss []System
-		closeAll := func() (err error) {
-			for _, s := range ss {
-				if cerr := s.Close(); err == nil && cerr != nil && !strings.Contains(cerr.Error(), "signal") {
-					err = cerr
-				}
-			}
-			return err
-		}
-		for range n {
-			s, d, err := fresh(f)
-			if d != "" {
-				defer os.RemoveAll(d)
-			}
-			if err != nil {
-				_ = closeAll()
-				return fmt.Errorf("%s: start %s: %w", what, f.Name, err)
-			}
-			ss = append(ss, s)
-		}
-		err := fn(ss)
-		if cerr := closeAll(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("%s on %s: %w", what, f.Name, err)
-		}
-		return nil
-	}
+	runOn := (&runner{ctx: ctx, dir: dir, log: log}).on
 	run := func(what string, f Factory, fn func(System) error) error {
 		return runOn(what, f, 1, func(ss []System) error { return fn(ss[0]) })
 	}
@@ -197,11 +156,7 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 			if !f.runs("ingest") {
 				break
 			}
-			what := fmt.Sprintf("ingest %d writers x %d", c.Writers, c.Batch)
-			if c.History > 0 {
-				what += fmt.Sprintf(" (history %d)", c.History)
-			}
-			if err := run(what, f, func(s System) error {
+			if err := run(c.name(), f, func(s System) error {
 				res, err := Ingest(ctx, s, c)
 				if err == nil {
 					r.Ingest = append(r.Ingest, res)
@@ -215,7 +170,7 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 			if !f.runs("fanout") {
 				break
 			}
-			if err := run(fmt.Sprintf("fan-out %d devices in %d", c.Devices, c.ConvSize), f, func(s System) error {
+			if err := run(c.name(), f, func(s System) error {
 				res, err := Fanout(ctx, s, c)
 				if err == nil {
 					r.Fanout = append(r.Fanout, res)
@@ -229,11 +184,7 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 			if !f.runs("catchup") {
 				break
 			}
-			what := fmt.Sprintf("catch-up %d ops in %d (history x%d)", c.Ops, c.Convs, max(c.History, 1))
-			if c.Cold {
-				what += ", cold"
-			}
-			servers := 1
+			what, servers := c.name(), 1
 			if c.Alongside {
 				what, servers = what+" alongside x1", 2
 			}
@@ -293,6 +244,76 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 		r.Machine.FsyncP50 = lim.FsyncP50
 	}
 	return r, nil
+}
+
+// name names a workload row in logs and comparisons.
+func (c IngestConfig) name() string {
+	s := fmt.Sprintf("ingest %d writers x %d", c.Writers, c.Batch)
+	if c.Rate > 0 {
+		s += fmt.Sprintf(" at %s/s", rate(c.Rate))
+	}
+	if c.History > 0 {
+		s += fmt.Sprintf(" (history %d)", c.History)
+	}
+	return s
+}
+
+func (c FanoutConfig) name() string {
+	return fmt.Sprintf("fan-out %d devices in %d", c.Devices, c.ConvSize)
+}
+
+func (c CatchUpConfig) name() string {
+	s := fmt.Sprintf("catch-up %d ops in %d (history x%d)", c.Ops, c.Convs, max(c.History, 1))
+	if c.Cold {
+		s += ", cold"
+	}
+	return s
+}
+
+// runner runs workloads on fresh systems, each with its store in a folder
+// of its own under dir.
+type runner struct {
+	ctx context.Context
+	dir string
+	log *slog.Logger
+	n   int // systems started
+}
+
+// on runs fn on n fresh systems of f, up at once, and closes them.
+func (rn *runner) on(what string, f Factory, n int, fn func([]System) error) error {
+	rn.log.Info("running", "system", f.Name, "workload", what)
+	var ss []System
+	closeAll := func() (err error) {
+		for _, s := range ss {
+			if cerr := s.Close(); err == nil && cerr != nil && !strings.Contains(cerr.Error(), "signal") {
+				err = cerr
+			}
+		}
+		return err
+	}
+	for range n {
+		rn.n++
+		d := filepath.Join(rn.dir, fmt.Sprintf("%03d-%s", rn.n, strings.ReplaceAll(f.Name, " ", "-")))
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			_ = closeAll()
+			return fmt.Errorf("%s: start %s: %w", what, f.Name, err)
+		}
+		defer os.RemoveAll(d)
+		s, err := f.New(rn.ctx, d)
+		if err != nil {
+			_ = closeAll()
+			return fmt.Errorf("%s: start %s: %w", what, f.Name, err)
+		}
+		ss = append(ss, s)
+	}
+	err := fn(ss)
+	if cerr := closeAll(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("%s on %s: %w", what, f.Name, err)
+	}
+	return nil
 }
 
 func limits(dir string, d time.Duration) (Limits, error) {

@@ -11,6 +11,10 @@ import (
 )
 
 func TestFlagsAreChecked(t *testing.T) {
+	base := filepath.Join(t.TempDir(), "ferryd")
+	if err := os.WriteFile(base, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -18,6 +22,10 @@ func TestFlagsAreChecked(t *testing.T) {
 		{[]string{"--profile", "huge"}, `--profile "huge": use short or full`},
 		{[]string{"--target", "ftp://x"}, `--target "ftp://x": use process, inprocess or a URL`},
 		{[]string{"--target", "http://127.0.0.1:1", "--only", "ingest,nap"}, `--only: unknown workload "nap"`},
+		{[]string{"--compare", base, "--target", "inprocess"}, "--compare starts both binaries: it takes no --target inprocess"},
+		{[]string{"--compare", base, "--pairs", "0"}, "--pairs 0: at least 1"},
+		{[]string{"--compare", base + ".missing"}, "--compare: stat " + base + ".missing: no such file or directory"},
+		{[]string{"--compare", base, "--only", "ingest,idle"}, `--only "idle": --compare runs ingest, fanout and catchup`},
 	} {
 		err := run(t.Context(), append(tc.args, "--dir", t.TempDir()), io.Discard, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
