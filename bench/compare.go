@@ -98,10 +98,11 @@ func catchUpFigures(x CatchUpResult) []figure {
 }
 
 // Compare measures next against base on p's ingest, fan-out and catch-up
-// rows whose names contain match (all when empty), each row pairs times on
-// each build (at least once; see Comparison). A catch-up row that would run alongside its
-// x1 row (CatchUpConfig.Alongside) runs alone here: the two builds are
-// what is compared. A row whose run fails has no figures and an error.
+// rows whose names contain match (all when empty), each row pairs times (at
+// least once) on each build: see Comparison. A catch-up row that would run
+// alongside its x1 row (CatchUpConfig.Alongside) runs alone here: the two
+// builds are what is compared. A row whose run fails has no figures and an
+// error.
 func Compare(ctx context.Context, p Profile, base, next Factory, pairs int, match, dir string, log *slog.Logger) *Comparison {
 	pairs = max(pairs, 1)
 	c := &Comparison{Profile: p.Name, Date: time.Now().UTC(), Machine: machine(), Base: base.Name, Next: next.Name, Pairs: pairs}
