@@ -87,7 +87,7 @@ bench: ## Short benchmark run (under 5 minutes): report in bench/results/latest.
 	@echo "report: $(RESULTS)/latest.md"
 
 .PHONY: bench-full
-bench-full: ## The whole benchmark matrix (about an hour): bench/results/full.{md,json}
+bench-full: ## The whole benchmark matrix (about 7 minutes on 2 cores): bench/results/full.{md,json}
 	$(GO) run ./cmd/ferry-bench --profile full --md $(RESULTS)/full.md --json $(RESULTS)/full.json
 	@echo "report: $(RESULTS)/full.md"
 
