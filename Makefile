@@ -97,8 +97,8 @@ bench-peers: ## Ferry, NATS JetStream and Centrifugo in one short run (builds th
 	@echo "report: $(RESULTS)/peers.md"
 
 .PHONY: bench-compare
-bench-compare: ## A/B: ferryd at BASE (a git revision) against the working tree, each row alternately (ONLY=ingest,fanout,catchup ROWS=text PAIRS=4)
-	@test -n "$(BASE)" || { echo 'usage: make bench-compare BASE=<git revision> [ONLY=ingest,fanout,catchup] [ROWS=text] [PAIRS=4]' >&2; exit 2; }
+bench-compare: ## A/B: ferryd at BASE (a git revision) against the working tree, each row alternately (ONLY=ingest,fanout,catchup,idle ROWS=text PAIRS=4)
+	@test -n "$(BASE)" || { echo 'usage: make bench-compare BASE=<git revision> [ONLY=ingest,fanout,catchup,idle] [ROWS=text] [PAIRS=4]' >&2; exit 2; }
 	base=$$(mktemp -d); trap 'rm -rf "$$base"' EXIT; \
 	git archive --format=tar $(BASE) | tar -x -C "$$base"; \
 	(cd "$$base" && $(GO) build -o ferryd ./cmd/ferryd); \

@@ -707,7 +707,14 @@ func TestCompareAlternatesBuilds(t *testing.T) {
 		t.Errorf("first figure %+v: want every run's ops/s, more being better", x)
 	}
 
+	p.Idle = []int{3}
+	c = Compare(t.Context(), p, build("base", false), build("next", false), 2, "idle", t.TempDir(), log)
+	if len(c.Errors) > 0 || len(c.Rows) != 1 || c.Rows[0].Workload != "idle 3" || c.Rows[0].Figure != "memory per device, KB" || len(c.Rows[0].Next) != 2 {
+		t.Errorf("idle rows %+v, errors %v: want the memory per device of 2 pairs", c.Rows, c.Errors)
+	}
+
 	started = nil
+	p.Idle = nil
 	c = Compare(t.Context(), p, build("base", false), build("next", true), 2, "", t.TempDir(), log)
 	if len(c.Rows) != 0 || len(c.Errors) != 2 || !strings.Contains(c.Errors[0], "no such binary") {
 		t.Errorf("with the next build failing: rows %+v, errors %v; want no rows and an error for each row", c.Rows, c.Errors)

@@ -12,7 +12,7 @@ import (
 
 // Comparison is two builds of a system measured against each other: the
 // base (what is there) and the next (a change). Each of a profile's ingest,
-// fan-out and catch-up rows ran Pairs times on each build, alternately, on
+// fan-out, catch-up and idle rows ran Pairs times on each build, alternately, on
 // fresh servers, the build going first flipping every pair, so that both
 // saw the same phases of a shared machine. A machine like the project's
 // drifts by a fifth between runs minutes apart, more than most changes
@@ -90,6 +90,10 @@ func fanoutFigures(x FanoutResult) []figure {
 	}
 }
 
+func idleFigures(x IdleResult) []figure {
+	return []figure{{"memory per device, KB", true, float64(x.PerDevice) / 1000}}
+}
+
 func catchUpFigures(x CatchUpResult) []figure {
 	return []figure{
 		{"time, ms", true, millis(x.CatchUp.Duration)},
@@ -97,8 +101,8 @@ func catchUpFigures(x CatchUpResult) []figure {
 	}
 }
 
-// Compare measures next against base on p's ingest, fan-out and catch-up
-// rows whose names contain match (all when empty), each row pairs times (at
+// Compare measures next against base on p's ingest, fan-out, catch-up and
+// idle rows whose names contain match (all when empty), each row pairs times (at
 // least once) on each build: see Comparison. A catch-up row that would run
 // alongside its x1 row (CatchUpConfig.Alongside) runs alone here: the two
 // builds are what is compared. A row whose run fails has no figures and an
@@ -155,6 +159,12 @@ func Compare(ctx context.Context, p Profile, base, next Factory, pairs int, matc
 			}
 			x, err := CatchUpRun(ctx, s, cfg)
 			return catchUpFigures(x), err
+		})
+	}
+	for _, n := range p.Idle {
+		row("idle", idleName(n), func(s System) ([]figure, error) {
+			x, err := Idle(ctx, s, n)
+			return idleFigures(x), err
 		})
 	}
 	return c

@@ -212,7 +212,7 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 			if !f.runs("idle") {
 				break
 			}
-			if err := run(fmt.Sprintf("idle %d", n), f, func(s System) error {
+			if err := run(idleName(n), f, func(s System) error {
 				res, err := Idle(ctx, s, n)
 				if err == nil {
 					r.Idle = append(r.Idle, res)
@@ -269,6 +269,8 @@ func (c CatchUpConfig) name() string {
 	}
 	return s
 }
+
+func idleName(devices int) string { return fmt.Sprintf("idle %d", devices) }
 
 // runner runs workloads on fresh systems, each with its store in a folder
 // of its own under dir.

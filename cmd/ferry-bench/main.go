@@ -53,7 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of this process here (with --target inprocess it includes the server)")
 	render := fs.String("render", "", "render the markdown of a JSON report written earlier (no run)")
 	only := fs.String("only", "", "comma-separated workloads to run (ingest, fanout, catchup, idle, storage, limits); default all")
-	compare := fs.String("compare", "", "a base ferryd binary to compare --ferryd (default: go build ./cmd/ferryd) with, row by row, alternately: ingest, fan-out and catch-up only")
+	compare := fs.String("compare", "", "a base ferryd binary to compare --ferryd (default: go build ./cmd/ferryd) with, row by row, alternately: ingest, fan-out, catch-up and idle only")
 	pairs := fs.Int("pairs", 4, "with --compare: runs of each row on each binary")
 	rows := fs.String("rows", "", "with --compare: only the rows whose names contain this text, e.g. \"fan-out 1000 devices in 1000\"")
 	if err := fs.Parse(args); err != nil {
@@ -143,8 +143,8 @@ func runCompare(ctx context.Context, p bench.Profile, base, next, target, only, 
 	if only != "" {
 		want = strings.Split(only, ",")
 		for _, w := range want {
-			if !slices.Contains([]string{"ingest", "fanout", "catchup"}, w) {
-				return fmt.Errorf("--only %q: --compare runs ingest, fanout and catchup", w)
+			if !slices.Contains([]string{"ingest", "fanout", "catchup", "idle"}, w) {
+				return fmt.Errorf("--only %q: --compare runs ingest, fanout, catchup and idle", w)
 			}
 		}
 	}

@@ -25,7 +25,7 @@ func TestFlagsAreChecked(t *testing.T) {
 		{[]string{"--compare", base, "--target", "inprocess"}, "--compare starts both binaries: it takes no --target inprocess"},
 		{[]string{"--compare", base, "--pairs", "0"}, "--pairs 0: at least 1"},
 		{[]string{"--compare", base + ".missing"}, "--compare: stat " + base + ".missing: no such file or directory"},
-		{[]string{"--compare", base, "--only", "ingest,idle"}, `--only "idle": --compare runs ingest, fanout and catchup`},
+		{[]string{"--compare", base, "--only", "ingest,storage"}, `--only "storage": --compare runs ingest, fanout, catchup and idle`},
 	} {
 		err := run(t.Context(), append(tc.args, "--dir", t.TempDir()), io.Discard, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
