@@ -170,9 +170,10 @@ func Compare(ctx context.Context, p Profile, base, next Factory, pairs int, matc
 	return c
 }
 
-// pairOrder is the order of the builds (0 the base, 1 the next) in pair i:
-// the base first in even pairs, the next first in odd ones, so that
-// neither always runs on a machine the other has just warmed.
+// pairOrder is the order of two systems (0 the base, 1 the other) in
+// their i-th pair of runs: the base first in even pairs, the other first in
+// odd ones, so that neither always runs on a machine the other has just
+// warmed. Compare's builds and CatchUpAlongside's histories take turns so.
 func pairOrder(i int) [2]int {
 	if i%2 == 1 {
 		return [2]int{1, 0}

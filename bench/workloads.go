@@ -589,9 +589,8 @@ func CatchUpAlongside(ctx context.Context, base, scaled System, cfg CatchUpConfi
 		defer rigs[i].close()
 	}
 	for i := range rigs[1].cfg.Runs {
-		first := i % 2
-		for _, r := range []*catchUpRig{rigs[first], rigs[1-first]} {
-			if err := r.run(ctx, i); err != nil {
+		for _, k := range pairOrder(i) {
+			if err := rigs[k].run(ctx, i); err != nil {
 				return x1, xh, err
 			}
 		}
