@@ -101,6 +101,9 @@ func TestWorkloadsInProcess(t *testing.T) {
 	if len(r.Ingest) != 2 || r.Ingest[0].Ops == 0 || r.Ingest[0].Ops%3 != 0 || r.Ingest[1].Ack.N == 0 {
 		t.Errorf("ingest results %+v: want ops in whole batches of 3 and ack latencies", r.Ingest)
 	}
+	if closed, open := r.Ingest[0].SendLag.N, r.Ingest[1].SendLag; closed != 0 || open.N != r.Ingest[1].Ack.N {
+		t.Errorf("send lags: %d in closed loop, %+v in open loop for %d acks: want none, and one per push", closed, open, r.Ingest[1].Ack.N)
+	}
 	if len(r.Fanout) != 1 || r.Fanout[0].Messages == 0 || r.Fanout[0].Deliveries != r.Fanout[0].Messages*2 {
 		t.Errorf("fan-out results %+v: want each message delivered to both other members", r.Fanout)
 	}
@@ -382,8 +385,11 @@ func TestAckTargetSaysSaturated(t *testing.T) {
 		// With the harness's CPU known, it says how busy the cores were:
 		// (100 + 90 ms) per 1k ops at 9,990 ops/s on 2 cores.
 		{[]IngestResult{busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond)}, "| ack latency | p99 ≤ 5 ms | 600ms at 10k ops/s (cores 95% busy) |"},
-		{[]IngestResult{busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond)}, "| 600ms | 0.000ms | 0.000ms | 100ms | 90.0ms | 95% | 0.0 KB |"},
-		{[]IngestResult{row(10_000, 9_990)}, "| 600ms | 0.000ms | 0.000ms | 0.000ms | – | – | 0.0 KB |"},
+		{[]IngestResult{busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond)}, "| 600ms | 0.000ms | 0.000ms | 100ms | 90.0ms | 95% | – | 0.0 KB |"},
+		{[]IngestResult{row(10_000, 9_990)}, "| 600ms | 0.000ms | 0.000ms | 0.000ms | – | – | – | 0.0 KB |"},
+		// And how late the harness sent, when it knows.
+		{[]IngestResult{late(busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond), 2200*time.Microsecond)}, "| ack latency | p99 ≤ 5 ms | 600ms at 10k ops/s (cores 95% busy; pushes sent 2.2ms late at p99) |"},
+		{[]IngestResult{late(busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond), 2200*time.Microsecond)}, "| 100ms | 90.0ms | 95% | 2.2ms | 0.0 KB |"},
 	} {
 		r := Report{Machine: Machine{Cores: 2}, Ingest: c.rows}
 		if md := r.Markdown(); !strings.Contains(md, c.want) {
@@ -394,6 +400,11 @@ func TestAckTargetSaysSaturated(t *testing.T) {
 
 func busy(x IngestResult, server, client time.Duration) IngestResult {
 	x.CPUPerKOps, x.ClientCPUPerKOps = server, client
+	return x
+}
+
+func late(x IngestResult, p99 time.Duration) IngestResult {
+	x.SendLag = Summary{N: x.Ops, P99: p99}
 	return x
 }
 

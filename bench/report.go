@@ -152,8 +152,8 @@ func (r *Report) Markdown() string {
 		}
 	}
 
-	p("\n## Durable ingest\n\nAcknowledged after a synced commit. Closed loop (2 pushes in flight per writer) for throughput; open loop (fixed rate, latency from the scheduled send) for latency. An open-loop row that served less than 95%% of its rate was saturated: its latency is mostly the queue, and the rows below its rate say what a server that keeps up gives. History: messages the conversations held before the run (sent in pushes of 100, not measured), so that the store's data has reached its files as on a server in use; without it every write and read of a new store stays in memory. CPU is the server process's, per 1,000 ops; client CPU the harness's own, its writers pushing and reading their results and each other's ops, on the same cores. Ferry's writers send their pushes uncompressed, as the peers' clients send theirs (the Go SDK compresses them: on a device's own CPU), and accept the server's zstd. Busy is the share of the cores the two kept busy over the run: near 100%%, the machine had no CPU to spare, and a latency is mostly the wait for it.\n\n")
-	p("| system | writers | ops/push | rate | history | ops/s | ack p50 | p90 | p99 | p99.9 | max | CPU/1k ops | client CPU/1k | busy | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("\n## Durable ingest\n\nAcknowledged after a synced commit. Closed loop (2 pushes in flight per writer) for throughput; open loop (fixed rate, latency from the scheduled send) for latency. An open-loop row that served less than 95%% of its rate was saturated: its latency is mostly the queue, and the rows below its rate say what a server that keeps up gives. History: messages the conversations held before the run (sent in pushes of 100, not measured), so that the store's data has reached its files as on a server in use; without it every write and read of a new store stays in memory. CPU is the server process's, per 1,000 ops; client CPU the harness's own, its writers pushing and reading their results and each other's ops, on the same cores. Ferry's writers send their pushes uncompressed, as the peers' clients send theirs (the Go SDK compresses them: on a device's own CPU), and accept the server's zstd. Busy is the share of the cores the two kept busy over the run: near 100%%, the machine had no CPU to spare, and a latency is mostly the wait for it. Sent late is, in open loop, the p99 of how long after its scheduled time a push had left the harness: the share of an ack's latency that is the harness's own, waking its writers and handing their pushes to the connection.\n\n")
+	p("| system | writers | ops/push | rate | history | ops/s | ack p50 | p90 | p99 | p99.9 | max | CPU/1k ops | client CPU/1k | busy | sent late, p99 | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Ingest {
 		rt := "max"
 		if x.Rate > 0 {
@@ -167,8 +167,12 @@ func (r *Report) Markdown() string {
 		if b := x.Busy(r.Machine.Cores); b > 0 {
 			client, busy = ms(x.ClientCPUPerKOps), percent(b)
 		}
-		p("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Writers, x.Batch, rt, hist, rate(x.OpsPerSec),
-			ms(x.Ack.P50), ms(x.Ack.P90), ms(x.Ack.P99), ms(x.Ack.P999), ms(x.Ack.Max), ms(x.CPUPerKOps), client, busy, kb(x.PeakRSS))
+		late := "–"
+		if x.SendLag.N > 0 {
+			late = ms(x.SendLag.P99)
+		}
+		p("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Writers, x.Batch, rt, hist, rate(x.OpsPerSec),
+			ms(x.Ack.P50), ms(x.Ack.P90), ms(x.Ack.P99), ms(x.Ack.P999), ms(x.Ack.Max), ms(x.CPUPerKOps), client, busy, late, kb(x.PeakRSS))
 	}
 	if len(r.Limits.Pebble) > 0 {
 		p("\nLimit, raw Pebble synced commits of one op-sized record, same disk:")
@@ -436,6 +440,8 @@ func (r *Report) targets(systems []string) [][]string {
 				switch b := x.Busy(r.Machine.Cores); {
 				case saturated(x):
 					c += fmt.Sprintf(" (saturated: %s served)", rate(x.OpsPerSec))
+				case b > 0 && x.SendLag.N > 0:
+					c += fmt.Sprintf(" (cores %s busy; pushes sent %s late at p99)", percent(b), ms(x.SendLag.P99))
 				case b > 0:
 					c += fmt.Sprintf(" (cores %s busy)", percent(b))
 				}

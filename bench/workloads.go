@@ -118,15 +118,21 @@ type IngestConfig struct {
 
 // IngestResult is what durable ingest measured.
 type IngestResult struct {
-	System     string        `json:"system"`
-	Writers    int           `json:"writers"`
-	Batch      int           `json:"batch"`
-	Rate       float64       `json:"rate,omitempty"`
-	History    int           `json:"history,omitempty"`
-	Ops        int           `json:"ops"`
-	Seconds    float64       `json:"seconds"`
-	OpsPerSec  float64       `json:"ops_per_sec"`
-	Ack        Summary       `json:"ack"`
+	System    string  `json:"system"`
+	Writers   int     `json:"writers"`
+	Batch     int     `json:"batch"`
+	Rate      float64 `json:"rate,omitempty"`
+	History   int     `json:"history,omitempty"`
+	Ops       int     `json:"ops"`
+	Seconds   float64 `json:"seconds"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	Ack       Summary `json:"ack"`
+	// SendLag is, in open loop, how long after its scheduled time each
+	// push had left the harness (its client's Send returned): the part of
+	// an ack's latency that the harness's own delays account for, waking
+	// its writers and handing their pushes to the connection, on cores it
+	// shares with the server.
+	SendLag    Summary       `json:"send_lag,omitzero"`
 	CPUPerKOps time.Duration `json:"cpu_per_1000_ops_ns"`
 	// ClientCPUPerKOps is the harness's own CPU per 1,000 ops: its
 	// writers' clients pushing and reading their results and the other
@@ -185,7 +191,7 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 			return IngestResult{}, fmt.Errorf("ingest: history: %w", err)
 		}
 	}
-	var lat Latencies
+	var lat, lag Latencies
 	var acked atomic.Int64
 	var failed atomic.Value
 	use := startUsage(sys)
@@ -224,6 +230,7 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 						inflight.Done()
 						return
 					}
+					lag.Add(time.Since(sched))
 				}
 				inflight.Wait()
 				return
@@ -259,7 +266,7 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 	ops := int(acked.Load())
 	cpu, rss := use.perKOps(ops)
 	return IngestResult{System: sys.Name(), Writers: cfg.Writers, Batch: cfg.Batch, Rate: cfg.Rate, History: cfg.History, Ops: ops,
-		Seconds: elapsed.Seconds(), OpsPerSec: float64(ops) / elapsed.Seconds(), Ack: lat.Summary(), CPUPerKOps: cpu,
+		Seconds: elapsed.Seconds(), OpsPerSec: float64(ops) / elapsed.Seconds(), Ack: lat.Summary(), SendLag: lag.Summary(), CPUPerKOps: cpu,
 		ClientCPUPerKOps: use.clientPerKOps(ops), PeakRSS: rss}, nil
 }
 
