@@ -369,6 +369,31 @@ func TestIdleTargetShowsEverySize(t *testing.T) {
 	}
 }
 
+// TestIngestTargetSaysTheHistoryRow: the throughput target gives the best
+// closed-loop row, and the best with a history beside it when that is
+// another; open-loop rows do not count.
+func TestIngestTargetSaysTheHistoryRow(t *testing.T) {
+	row := func(writers, batch, history int, opsPerSec, rate float64) IngestResult {
+		return IngestResult{System: "ferry", Writers: writers, Batch: batch, History: history, Ops: 1000, OpsPerSec: opsPerSec, Rate: rate}
+	}
+	for _, c := range []struct {
+		rows []IngestResult
+		want string
+	}{
+		{[]IngestResult{row(64, 16, 0, 106_000, 0), row(64, 16, 500_000, 75_000, 0), row(64, 1, 0, 200_000, 200_000)},
+			"| durable ingest, ack after fsync | ≥ 100k ops/s | 106k ops/s (64 writers x 16); 75k with 500k messages of history |"},
+		{[]IngestResult{row(64, 16, 0, 70_000, 0), row(64, 16, 500_000, 75_000, 0)},
+			"| durable ingest, ack after fsync | ≥ 100k ops/s | 75k ops/s (64 writers x 16) |"},
+		{[]IngestResult{row(64, 16, 0, 106_000, 0)},
+			"| durable ingest, ack after fsync | ≥ 100k ops/s | 106k ops/s (64 writers x 16) |"},
+	} {
+		r := Report{Machine: Machine{Cores: 2}, Ingest: c.rows}
+		if md := r.Markdown(); !strings.Contains(md, c.want) {
+			t.Errorf("no row %q in:\n%s", c.want, md)
+		}
+	}
+}
+
 // TestAckTargetSaysSaturated: the ack-latency target reads the first
 // open-loop row, and says when it served less than its rate, whose p99 is
 // then the queue's.
