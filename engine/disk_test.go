@@ -7,18 +7,47 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
 	"github.com/ferrysync/ferry/engine/model"
 )
 
 // TestDiskPerOp guards the storage format's cost: after a full compaction,
 // the live files of a log of chat messages take at most 30 bytes per op
-// more than the message bodies (the target). The op id, the dot,
-// the indexes and the feed all fit in that because Pebble prefix-compresses
-// keys and zstd-compresses the bottom levels. A field added to every op
-// record, or another index per op, shows here.
+// more than the message bodies (the target), with either of the
+// store's compressions. The op id, the dot, the indexes and the feed all
+// fit in that because Pebble prefix-compresses keys and compresses blocks.
+// A field added to every op record, or another index per op, shows here;
+// and CompressSmall, zstd in the bottom levels, must take less room than
+// CompressFast.
 func TestDiskPerOp(t *testing.T) {
-	e := enginetest.New(t)
+	perOp := map[engine.Compression]float64{}
+	for _, c := range []engine.Compression{engine.CompressFast, engine.CompressSmall} {
+		perOp[c] = diskPerOp(t, c)
+	}
+	if small, fast := perOp[engine.CompressSmall], perOp[engine.CompressFast]; small >= fast {
+		t.Errorf("disk per op %.1f B with CompressSmall, %.1f B with CompressFast: want less", small, fast)
+	}
+}
+
+// An unknown compression is refused when the engine opens.
+func TestOpenRefusesUnknownCompression(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	o.Compression = 7
+	e, err := engine.Open("db", o)
+	if err == nil {
+		e.Close()
+		t.Fatal("opened with Compression 7")
+	}
+	if !strings.Contains(err.Error(), "Compression must be CompressFast or CompressSmall, got Compression(7)") {
+		t.Errorf("error %q does not name the option and its value", err)
+	}
+}
+
+// diskPerOp writes 10,000 chat messages to a store with the compression
+// c and returns the disk they took per op, checking it against the target.
+func diskPerOp(t *testing.T, c engine.Compression) float64 {
+	e := enginetest.New(t, func(o *engine.Options) { o.Compression = c })
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	convs := make([]ulid.ULID, 10)
@@ -46,14 +75,15 @@ func TestDiskPerOp(t *testing.T) {
 	}
 	perOp := float64(after.Live()-before.Live()) / n
 	meanPayload := float64(payload) / n
-	t.Logf("disk per op %.1f B for %.1f B of payload (%+.1f B); tables %d B, WAL %d B, obsolete %d B, other %d B",
-		perOp, meanPayload, perOp-meanPayload, after.Tables, after.WAL, after.Obsolete, after.Other)
+	t.Logf("compression %v: disk per op %.1f B for %.1f B of payload (%+.1f B); tables %d B, WAL %d B, obsolete %d B, other %d B",
+		c, perOp, meanPayload, perOp-meanPayload, after.Tables, after.WAL, after.Obsolete, after.Other)
 	if perOp > meanPayload+30 {
-		t.Errorf("disk per op is %.1f B for %.1f B of payload: more than 30 B over", perOp, meanPayload)
+		t.Errorf("compression %v: disk per op is %.1f B for %.1f B of payload: more than 30 B over", c, perOp, meanPayload)
 	}
 	if after.Tables == 0 || after.Tables > after.Live() {
-		t.Errorf("usage %+v: no tables, or tables beyond the live bytes", after)
+		t.Errorf("compression %v: usage %+v: no tables, or tables beyond the live bytes", c, after)
 	}
+	return perOp
 }
 
 // chatText returns n chat lines of random everyday words, 1 to 40 words
@@ -76,4 +106,56 @@ func chatText(r *rand.Rand, n int) [][]byte {
 		out[i] = []byte(b.String())
 	}
 	return out
+}
+
+// A store written with one compression opens with the other, reads what
+// it holds, and compacts it into the new one.
+func TestReopenWithTheOtherCompression(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	o.Compression = engine.CompressSmall
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := enginetest.Register(t, e, "alice")
+	conv := alice.Create("chat")
+	text := chatText(rand.New(rand.NewPCG(3, 4)), 200)
+	ops := make([]model.Op, len(text))
+	for i, body := range text {
+		ops[i] = alice.Op(conv, model.Op{Kind: model.KindMessage, Body: body})
+	}
+	alice.Push(ops...)
+	if _, err := e.DiskUsage(true); err != nil { // into tables compressed small
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	o.Compression = engine.CompressFast
+	for range 2 { // as reopened, then compacted again
+		e, err = engine.Open("db", o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, err := e.History(alice.Actor, conv, engine.HistoryQuery{After: 0, Limit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, op := range page.Ops {
+			if op.Kind == model.KindMessage {
+				got = append(got, string(op.Body))
+			}
+		}
+		if len(got) != len(text) || got[0] != string(text[0]) || got[len(got)-1] != string(text[len(text)-1]) {
+			t.Fatalf("read %d messages back, want %d", len(got), len(text))
+		}
+		enginetest.MustCheck(t, e)
+		if _, err := e.DiskUsage(true); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -109,6 +109,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		FS:           opts.FS,
 		MemTableSize: opts.MemTableSize,
 		CacheSize:    opts.CacheSize,
+		Compression:  opts.Compression.store(),
 		Logger:       opts.Logger,
 		OnFatal:      opts.OnFatal,
 	})

@@ -62,6 +62,7 @@ type config struct {
 	passwordMemory    uint
 	cacheMiB          uint
 	memtableMiB       uint
+	storeCompression  string
 	passwordPasses    uint
 	logLevel          string
 	logFormat         string
@@ -102,6 +103,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
 	fs.UintVar(&c.cacheMiB, "cache-mib", 64, "the store's block cache, in MiB: the tables' blocks read often, and their Bloom filters (about 1.25 bytes a key)")
 	fs.UintVar(&c.memtableMiB, "memtable-mib", 64, "the store's memtable, in MiB (1 to 4095): writes gather there before they flush to tables; the store's memory is about --cache-mib plus two memtables, its write-ahead log at most four")
+	fs.StringVar(&c.storeCompression, "store-compression", "fast", "how the store compresses its tables: fast (MinLZ) or small (zstd where the history settles: about a fifth less disk per op, about a tenth less write throughput); a store can be reopened with either, and its tables take the new one as compactions rewrite them")
 	fs.BoolVar(&c.demo, "demo", true, "serve the demo chat page at / (a web client of the public API)")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler (/debug/pprof/) and the metrics (/metrics) on this address, e.g. 127.0.0.1:6060; keep it private")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the metrics in Prometheus's text format (/metrics) on this address, e.g. 127.0.0.1:9090; keep it private")
@@ -156,6 +158,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.memtableMiB < 1 || c.memtableMiB > 4095 {
 		return fmt.Errorf("--memtable-mib %d: it must be between 1 and 4095 (Pebble's limit is 4 GiB)", c.memtableMiB)
 	}
+	if _, ok := compressions[c.storeCompression]; !ok {
+		return fmt.Errorf("--store-compression %q: use fast or small", c.storeCompression)
+	}
 	log, err := newLogger(c, stderr)
 	if err != nil {
 		return err
@@ -197,9 +202,13 @@ func engineOptions(c *config, log *slog.Logger) engine.Options {
 		SharedFeedMembers: c.sharedFeedMembers,
 		CacheSize:         int64(c.cacheMiB) << 20,
 		MemTableSize:      uint64(c.memtableMiB) << 20,
+		Compression:       compressions[c.storeCompression],
 		Password:          engine.PasswordParams{MemoryKiB: uint32(c.passwordMemory), Time: uint32(c.passwordPasses)},
 	}
 }
+
+// compressions maps --store-compression to engine.Options.Compression.
+var compressions = map[string]engine.Compression{"fast": engine.CompressFast, "small": engine.CompressSmall}
 
 // receiptDelay maps the flag (0: at once) to engine.Options.ReceiptDelay
 // (0: the default, negative: at once).

@@ -188,10 +188,20 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	if o := engineOptions(c, nil); o.CacheSize != 5<<20 || o.MemTableSize != 2<<20 {
 		t.Fatalf("--cache-mib 5 --memtable-mib 2: CacheSize %d, MemTableSize %d", o.CacheSize, o.MemTableSize)
 	}
-	for _, args := range [][]string{{"--cache-mib", "0"}, {"--memtable-mib", "0"}, {"--memtable-mib", "4096"}} {
+	for _, args := range [][]string{{"--cache-mib", "0"}, {"--memtable-mib", "0"}, {"--memtable-mib", "4096"}, {"--store-compression", "zstd"}} {
 		err := run(context.Background(), append(args, "--data", t.TempDir()), io.Discard, io.Discard)
-		if err == nil || !strings.Contains(err.Error(), args[0]+" "+args[1]) {
+		if err == nil || !strings.Contains(err.Error(), args[0]+" ") || !strings.Contains(err.Error(), args[1]) {
 			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	// The store's compression: fast unless told.
+	for args, want := range map[string]engine.Compression{"": engine.CompressFast, "--store-compression=fast": engine.CompressFast, "--store-compression=small": engine.CompressSmall} {
+		fs, c = flags("serve", io.Discard)
+		if err := parse(fs, strings.Fields(args), func(string) string { return "" }); err != nil {
+			t.Fatal(err)
+		}
+		if got := engineOptions(c, nil).Compression; got != want {
+			t.Errorf("%q: Compression %d, want %d", args, got, want)
 		}
 	}
 	_ = fmt.Sprint()
