@@ -206,8 +206,8 @@ const (
 	CompressFast Compression = iota
 	// CompressSmall compresses the store's two bottom levels, where most
 	// of its history settles, with zstd: about a fifth less disk per op
-	// for chat text, at the cost of about a tenth of the write throughput
-	// (zstd is most of what compactions spend).
+	// for chat text, for a fifth more CPU per op in sustained batched
+	// writes (the zstd of the compactions that then run all the time).
 	CompressSmall
 )
 
