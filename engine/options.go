@@ -51,8 +51,8 @@ type Options struct {
 	// alone fill 64 MiB, so size the cache to 1.25 bytes a key plus the
 	// blocks read often.
 	CacheSize int64
-	// Compression is how the store compresses its tables: CompressFast
-	// (the default) or CompressSmall. A store may be reopened with either.
+	// Compression is how the store compresses its tables: CompressSmall
+	// (the default) or CompressFast. A store may be reopened with either.
 	Compression Compression
 
 	// MaxBodyBytes caps a message or edit body. Default 64 KiB; at most
@@ -202,13 +202,18 @@ func (o *Options) Validate() error {
 type Compression int
 
 const (
-	// CompressFast compresses every level of the store with MinLZ.
-	CompressFast Compression = iota
 	// CompressSmall compresses the store's two bottom levels, where most
-	// of its history settles, with zstd: about a fifth less disk per op
-	// for chat text, for a fifth more CPU per op in sustained batched
-	// writes (the zstd of the compactions that then run all the time).
-	CompressSmall
+	// of its history settles, with zstd, and the others with MinLZ.
+	CompressSmall Compression = iota
+	// CompressFast compresses every level with MinLZ: in the bench, about
+	// a sixth less CPU per op in sustained batched writes past 500k
+	// messages (the compactions' zstd is gone), for a third more disk per
+	// op for chat text; and the catch-up of 100k ops over 500
+	// conversations with 1M ops of history read 1.3-1.5x slower against
+	// a ferryd process (1 of 7 pairs faster; not in process, where
+	// profiles showed no difference in the reads), for a cause not found.
+	// Hence not the default: for writers short of CPU with disk to spare.
+	CompressFast
 )
 
 // String is the setting's name, as ferryd's --store-compression takes it.
@@ -223,8 +228,8 @@ func (c Compression) String() string {
 }
 
 func (c Compression) store() store.Compression {
-	if c == CompressSmall {
-		return store.Small
+	if c == CompressFast {
+		return store.Fast
 	}
-	return store.Fast
+	return store.Small
 }

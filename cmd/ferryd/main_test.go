@@ -194,8 +194,8 @@ func TestFlagsFromEnvironment(t *testing.T) {
 			t.Fatalf("%v: %v", args, err)
 		}
 	}
-	// The store's compression: fast unless told.
-	for args, want := range map[string]engine.Compression{"": engine.CompressFast, "--store-compression=fast": engine.CompressFast, "--store-compression=small": engine.CompressSmall} {
+	// The store's compression: small unless told.
+	for args, want := range map[string]engine.Compression{"": engine.CompressSmall, "--store-compression=fast": engine.CompressFast, "--store-compression=small": engine.CompressSmall} {
 		fs, c = flags("serve", io.Discard)
 		if err := parse(fs, strings.Fields(args), func(string) string { return "" }); err != nil {
 			t.Fatal(err)

@@ -52,7 +52,7 @@ type Options struct {
 	// Pebble charges its memtables to the same cache, so Open makes the
 	// cache two memtables larger (the one taking writes and one flushing).
 	CacheSize int64
-	// Compression is how tables are compressed. Default Fast.
+	// Compression is how tables are compressed. Default Small.
 	Compression Compression
 	// Logger receives Pebble's errors and notable events. Default
 	// slog.Default().
@@ -69,18 +69,19 @@ type Options struct {
 type Compression int
 
 const (
-	// Fast compresses every level with MinLZ. In the bench's batched
-	// ingest past 500k messages of history, compactions were 38% of the
-	// server's CPU and their zstd 15% (a young store's compactions all
-	// write its bottom level); with MinLZ alone the server spent 4-14%
-	// less CPU per op and took 3-13% more ops a second.
-	Fast Compression = iota
 	// Small compresses the two bottom levels, where a log's history
 	// settles, with zstd (levels 1 and 3), and the others with MinLZ: chat
 	// text and the repeated author and device ids compress well there.
-	// About a fifth less disk per op (86 against 114 bytes for 91 bytes of
-	// chat text in the bench's storage workload) for that CPU.
-	Small
+	Small Compression = iota
+	// Fast compresses every level with MinLZ. In the bench's batched
+	// ingest past 500k messages of history, compactions were up to 38% of
+	// the server's CPU and their zstd 15% (a young store's compactions all
+	// write its bottom level); with MinLZ alone the server spent a sixth
+	// less CPU per op. It takes about a third more disk per op (114
+	// against 86 bytes for 91 bytes of chat text in the bench's storage
+	// workload), and catching up from a large history read slower in
+	// the bench (see engine.CompressFast).
+	Fast
 )
 
 // Store is an open database.
@@ -148,9 +149,9 @@ func Open(dir string, o Options) (*Store, error) {
 			},
 		},
 	}
-	settings := pebble.DBCompressionFastest
-	if o.Compression == Small {
-		settings = pebble.DBCompressionGood
+	settings := pebble.DBCompressionGood
+	if o.Compression == Fast {
+		settings = pebble.DBCompressionFastest
 	}
 	po.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return settings })
 	// A Bloom filter in every table, the bottom level's too: most of the
