@@ -108,8 +108,8 @@ func chatText(r *rand.Rand, n int) [][]byte {
 	return out
 }
 
-// A store written with one compression opens with the other, reads what
-// it holds, and compacts it into the new one.
+// A store written with one compression opens with the other and reads
+// what it holds, as reopened and after compacting it with the other.
 func TestReopenWithTheOtherCompression(t *testing.T) {
 	o := enginetest.Options(t, 1)
 	o.Compression = engine.CompressSmall

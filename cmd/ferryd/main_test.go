@@ -201,7 +201,7 @@ func TestFlagsFromEnvironment(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got := engineOptions(c, nil).Compression; got != want {
-			t.Errorf("%q: Compression %d, want %d", args, got, want)
+			t.Errorf("%q: Compression %v, want %v", args, got, want)
 		}
 	}
 	_ = fmt.Sprint()
