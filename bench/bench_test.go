@@ -410,11 +410,13 @@ func TestAckTargetSaysSaturated(t *testing.T) {
 		// With the harness's CPU known, it says how busy the cores were:
 		// (100 + 90 ms) per 1k ops at 9,990 ops/s on 2 cores.
 		{[]IngestResult{busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond)}, "| ack latency | p99 ≤ 5 ms | 600ms at 10k ops/s (cores 95% busy) |"},
-		{[]IngestResult{busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond)}, "| 600ms | 0.000ms | 0.000ms | 100ms | 90.0ms | 95% | – | 0.0 KB |"},
-		{[]IngestResult{row(10_000, 9_990)}, "| 600ms | 0.000ms | 0.000ms | 0.000ms | – | – | – | 0.0 KB |"},
+		{[]IngestResult{busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond)}, "| 600ms | 0.000ms | 0.000ms | 100ms | 90.0ms | 95% | – | – | 0.0 KB |"},
+		{[]IngestResult{row(10_000, 9_990)}, "| 600ms | 0.000ms | 0.000ms | 0.000ms | – | – | – | – | 0.0 KB |"},
+		// The first row on a store in use goes beside the target row.
+		{[]IngestResult{row(10_000, 9_990), withHistory(row(5_000, 5_000), 500_000)}, "| ack latency | p99 ≤ 5 ms | 600ms at 10k ops/s; 600ms at 5.0k ops/s on a store in use (500k messages before) |"},
 		// And how late the harness sent, when it knows.
 		{[]IngestResult{late(busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond), 2200*time.Microsecond)}, "| ack latency | p99 ≤ 5 ms | 600ms at 10k ops/s (cores 95% busy; pushes sent 2.2ms late at p99) |"},
-		{[]IngestResult{late(busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond), 2200*time.Microsecond)}, "| 100ms | 90.0ms | 95% | 2.2ms | 0.0 KB |"},
+		{[]IngestResult{late(busy(row(10_000, 9_990), 100*time.Millisecond, 90*time.Millisecond), 2200*time.Microsecond)}, "| 100ms | 90.0ms | 95% | 2.2ms | – | 0.0 KB |"},
 	} {
 		r := Report{Machine: Machine{Cores: 2}, Ingest: c.rows}
 		if md := r.Markdown(); !strings.Contains(md, c.want) {
@@ -425,6 +427,11 @@ func TestAckTargetSaysSaturated(t *testing.T) {
 
 func busy(x IngestResult, server, client time.Duration) IngestResult {
 	x.CPUPerKOps, x.ClientCPUPerKOps = server, client
+	return x
+}
+
+func withHistory(x IngestResult, n int) IngestResult {
+	x.History = n
 	return x
 }
 
@@ -698,12 +705,58 @@ func TestLiveDelayScraped(t *testing.T) {
 	}
 	rec := httptest.NewRecorder()
 	f.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	got, m, err := parseLiveDelay(rec.Body)
-	if err != nil || m != n || (got-sum).Abs() > time.Microsecond {
-		t.Fatalf("scraped live delay: %v over %d rounds (%v), want %v over %d", got, m, err, sum, n)
+	v, err := parseMetrics(rec.Body, "ferry_live_delay_seconds_sum", "ferry_live_delay_seconds_count")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, _, err := parseLiveDelay(strings.NewReader("ferry_other 1\n")); err == nil {
-		t.Error("metrics without the histogram: no error")
+	if got, m := time.Duration(v[0]*float64(time.Second)), uint64(v[1]); m != n || (got-sum).Abs() > time.Microsecond {
+		t.Fatalf("scraped live delay: %v over %d rounds, want %v over %d", got, m, sum, n)
+	}
+	if _, err := parseMetrics(strings.NewReader("ferry_live_delay_seconds_sum 1\nferry_other 1\n"), "ferry_live_delay_seconds_sum", "ferry_live_delay_seconds_count"); err == nil {
+		t.Error("metrics without the histogram's count: no error")
+	}
+}
+
+// TestIngestCountsStoreWork: an ingest row says what the store flushed
+// and compacted while it ran, here the flushes and compactions that a
+// memtable of 1 MiB forces, and the counts scraped from /metrics, as from
+// a ferryd process, are those the engine keeps.
+func TestIngestCountsStoreWork(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server")
+	}
+	f, err := NewFerry(t.Context(), FerryConfig{Mode: FerryInProcess, Dir: t.TempDir(), memTableSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := Ingest(t.Context(), f, IngestConfig{Writers: 4, Batch: 100, Duration: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A 1 MiB memtable holds a few thousand ops (with their indexes and
+	// feed entries); the writers send tens of thousands in a second,
+	// thousands under the race detector.
+	t.Logf("%d ops: %+v", res.Ops, res.StoreWork)
+	if res.StoreWork == nil || res.StoreWork.Flushes == 0 {
+		t.Fatalf("store work over %d ops with a 1 MiB memtable: %+v, want flushes", res.Ops, res.StoreWork)
+	}
+	want, err := f.StoreWork()
+	if err != nil || want.Flushes < res.StoreWork.Flushes || want.Compactions < res.StoreWork.Compactions {
+		t.Fatalf("store work so far %+v (%v), less than the row's %+v", want, err, res.StoreWork)
+	}
+	rec := httptest.NewRecorder()
+	f.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	v, err := parseMetrics(rec.Body, "ferry_store_flushes_total", "ferry_store_compactions_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := (StoreWork{Flushes: int64(v[0]), Compactions: int64(v[1])}); got != want {
+		t.Errorf("scraped store work %+v, want %+v", got, want)
+	}
+	r := Report{Machine: Machine{Cores: 2}, Ingest: []IngestResult{res}}
+	if cell := fmt.Sprintf(" | %d / %d | ", res.StoreWork.Flushes, res.StoreWork.Compactions); !strings.Contains(r.Markdown(), cell) {
+		t.Errorf("the report's ingest row has no %q", cell)
 	}
 }
 

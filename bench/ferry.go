@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,10 +64,11 @@ type FerryConfig struct {
 	Logger       *slog.Logger
 
 	// For tests: the in-process server's heartbeat interval, the clients'
-	// heartbeat period, and a hook each server heartbeat a client receives
-	// runs. Zero: the defaults.
+	// heartbeat period, a hook each server heartbeat a client receives
+	// runs, and the in-process store's memtable size. Zero: the defaults.
 	serverHeartbeat, clientHeartbeat time.Duration
 	onHeartbeat                      func()
+	memTableSize                     uint64
 }
 
 // Ferry is Ferry as a System.
@@ -112,7 +114,7 @@ func NewFerry(ctx context.Context, cfg FerryConfig) (*Ferry, error) {
 // startInProcess opens the engine and serves it on addr.
 func (f *Ferry) startInProcess(addr string) error {
 	eng, err := engine.Open(f.cfg.Dir, engine.Options{FS: vfs.Default, Logger: f.cfg.Logger, AllowRegistration: true,
-		Password: engine.PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+		Password: engine.PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}, MemTableSize: f.cfg.memTableSize})
 	if err != nil {
 		return err
 	}
@@ -204,58 +206,75 @@ func (f *Ferry) startProcess(ctx context.Context) error {
 // (ferry_live_delay_seconds: from the commit that woke a session to each
 // of its live rounds handed to the stream).
 func (f *Ferry) LiveDelay() (time.Duration, uint64, error) {
-	switch f.cfg.Mode {
-	case FerryInProcess:
+	if f.cfg.Mode == FerryInProcess {
 		d := f.srv.Metrics().LiveDelay
 		return d.Sum, d.Count, nil
-	case FerryProcess:
-		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(f.metrics)
-		if err != nil {
-			return 0, 0, err
-		}
-		defer resp.Body.Close()
-		sum, n, err := parseLiveDelay(resp.Body)
-		if err != nil {
-			return 0, 0, fmt.Errorf("%s: %w", f.metrics, err)
-		}
-		return sum, n, nil
 	}
-	return 0, 0, errors.New("no live delay from a remote server")
+	v, err := f.scrape("ferry_live_delay_seconds_sum", "ferry_live_delay_seconds_count")
+	if err != nil {
+		return 0, 0, err
+	}
+	return time.Duration(v[0] * float64(time.Second)), uint64(v[1]), nil
 }
 
-// parseLiveDelay reads the sum and count of ferry_live_delay_seconds from
-// metrics in Prometheus's text format: its two lines "name_sum value" and
-// "name_count value" (only the server speaks Prometheus; see archtest).
-func parseLiveDelay(r io.Reader) (time.Duration, uint64, error) {
-	var sum, count float64
-	found := 0
+// StoreWork is what the server's store has flushed and compacted so far
+// (ferry_store_flushes_total, ferry_store_compactions_total).
+func (f *Ferry) StoreWork() (StoreWork, error) {
+	if f.cfg.Mode == FerryInProcess {
+		m := f.eng.StoreMetrics()
+		return StoreWork{Flushes: m.Flushes, Compactions: m.Compactions}, nil
+	}
+	v, err := f.scrape("ferry_store_flushes_total", "ferry_store_compactions_total")
+	if err != nil {
+		return StoreWork{}, err
+	}
+	return StoreWork{Flushes: int64(v[0]), Compactions: int64(v[1])}, nil
+}
+
+// scrape reads the values of the named metrics from a ferryd process's
+// /metrics.
+func (f *Ferry) scrape(names ...string) ([]float64, error) {
+	if f.cfg.Mode != FerryProcess {
+		return nil, errors.New("no metrics from a remote server")
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(f.metrics)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	v, err := parseMetrics(resp.Body, names...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.metrics, err)
+	}
+	return v, nil
+}
+
+// parseMetrics reads the values of the named metrics, each on a line of
+// its own ("name value"), from metrics in Prometheus's text format (only
+// the server speaks Prometheus; see archtest). Every name must be there.
+func parseMetrics(r io.Reader, names ...string) ([]float64, error) {
+	values := make([]float64, len(names))
+	found := make([]bool, len(names))
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		name, value, ok := strings.Cut(sc.Text(), " ")
-		var to *float64
-		switch name {
-		case "ferry_live_delay_seconds_sum":
-			to = &sum
-		case "ferry_live_delay_seconds_count":
-			to = &count
-		}
-		if !ok || to == nil {
+		i := slices.Index(names, name)
+		if !ok || i < 0 {
 			continue
 		}
 		v, err := strconv.ParseFloat(value, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("%s: %w", name, err)
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		*to = v
-		found++
+		values[i], found[i] = v, true
 	}
 	if err := sc.Err(); err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	if found != 2 {
-		return 0, 0, errors.New("no ferry_live_delay_seconds_sum and _count")
+	if i := slices.Index(found, false); i >= 0 {
+		return nil, fmt.Errorf("no %s", names[i])
 	}
-	return time.Duration(sum * float64(time.Second)), uint64(count), nil
+	return values, nil
 }
 
 // Name is the system's name.
@@ -880,6 +899,7 @@ func (f *Ferry) Restart(ctx context.Context) error {
 var (
 	_ Restarter   = (*Ferry)(nil)
 	_ LiveDelayer = (*Ferry)(nil)
+	_ StoreWorker = (*Ferry)(nil)
 )
 
 // Close stops the server.

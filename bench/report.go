@@ -152,8 +152,8 @@ func (r *Report) Markdown() string {
 		}
 	}
 
-	p("\n## Durable ingest\n\nAcknowledged after a synced commit. Closed loop (2 pushes in flight per writer) for throughput; open loop (fixed rate, latency from the scheduled send) for latency. An open-loop row that served less than 95%% of its rate was saturated: its latency is mostly the queue, and the rows below its rate say what a server that keeps up gives. History: messages the conversations held before the run (sent in pushes of 100, not measured), so that the store's data has reached its files as on a server in use; without it every write and read of a new store stays in memory. CPU is the server process's, per 1,000 ops; client CPU the harness's own, its writers pushing and reading their results and each other's ops, on the same cores. Ferry's writers send their pushes uncompressed, as the peers' clients send theirs (the Go SDK compresses them: on a device's own CPU), and accept the server's zstd. Busy is the share of the cores the two kept busy over the run: near 100%%, the machine had no CPU to spare, and a latency is mostly the wait for it. Sent late is, in open loop, the p99 of how long after its scheduled time a push had left the harness: the share of an ack's latency that is the harness's own, waking its writers and handing their pushes to the connection.\n\n")
-	p("| system | writers | ops/push | rate | history | ops/s | ack p50 | p90 | p99 | p99.9 | max | CPU/1k ops | client CPU/1k | busy | sent late, p99 | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("\n## Durable ingest\n\nAcknowledged after a synced commit. Closed loop (2 pushes in flight per writer) for throughput; open loop (fixed rate, latency from the scheduled send) for latency. An open-loop row that served less than 95%% of its rate was saturated: its latency is mostly the queue, and the rows below its rate say what a server that keeps up gives. History: messages the conversations held before the run (sent in pushes of 100, not measured), so that the store's data has reached its files as on a server in use; without it every write and read of a new store stays in memory. CPU is the server process's, per 1,000 ops; client CPU the harness's own, its writers pushing and reading their results and each other's ops, on the same cores. Ferry's writers send their pushes uncompressed, as the peers' clients send theirs (the Go SDK compresses them: on a device's own CPU), and accept the server's zstd. Busy is the share of the cores the two kept busy over the run: near 100%%, the machine had no CPU to spare, and a latency is mostly the wait for it. Sent late is, in open loop, the p99 of how long after its scheduled time a push had left the harness: the share of an ack's latency that is the harness's own, waking its writers and handing their pushes to the connection. Flushed / compacted counts the memtables the store flushed to its files and the compactions it completed while the row ran (for a server that tells: Ferry's): background work on the same cores, which a row with history also inherits from the writes before it.\n\n")
+	p("| system | writers | ops/push | rate | history | ops/s | ack p50 | p90 | p99 | p99.9 | max | CPU/1k ops | client CPU/1k | busy | sent late, p99 | flushed / compacted | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Ingest {
 		rt := "max"
 		if x.Rate > 0 {
@@ -171,8 +171,12 @@ func (r *Report) Markdown() string {
 		if x.SendLag.N > 0 {
 			late = ms(x.SendLag.P99)
 		}
-		p("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Writers, x.Batch, rt, hist, rate(x.OpsPerSec),
-			ms(x.Ack.P50), ms(x.Ack.P90), ms(x.Ack.P99), ms(x.Ack.P999), ms(x.Ack.Max), ms(x.CPUPerKOps), client, busy, late, kb(x.PeakRSS))
+		work := "–"
+		if w := x.StoreWork; w != nil {
+			work = fmt.Sprintf("%d / %d", w.Flushes, w.Compactions)
+		}
+		p("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Writers, x.Batch, rt, hist, rate(x.OpsPerSec),
+			ms(x.Ack.P50), ms(x.Ack.P90), ms(x.Ack.P99), ms(x.Ack.P999), ms(x.Ack.Max), ms(x.CPUPerKOps), client, busy, late, work, kb(x.PeakRSS))
 	}
 	if len(r.Limits.Pebble) > 0 {
 		p("\nLimit, raw Pebble synced commits of one op-sized record, same disk:")
@@ -447,6 +451,16 @@ func (r *Report) targets(systems []string) [][]string {
 		}
 		return c
 	}
+	// inUse gives the first open-loop row on a store in use (with
+	// history), beside the target row.
+	inUse := func(sys string) string {
+		for _, x := range r.Ingest {
+			if x.System == sys && x.Rate > 0 && x.History > 0 {
+				return fmt.Sprintf("; %s at %s ops/s on a store in use (%s messages before)", ms(x.Ack.P99), rate(x.Rate), rate(float64(x.History)))
+			}
+		}
+		return ""
+	}
 	ackP99 := func(sys string) string { // the first open-loop row: the profile's target row
 		for _, x := range r.Ingest {
 			if x.System == sys && x.Rate > 0 {
@@ -459,7 +473,7 @@ func (r *Report) targets(systems []string) [][]string {
 				case b > 0:
 					c += fmt.Sprintf(" (cores %s busy)", percent(b))
 				}
-				return c
+				return c + inUse(sys)
 			}
 		}
 		return "–"

@@ -74,6 +74,10 @@ var Short = Profile{
 		// pushes of 16 that the throughput target is met with.
 		{Writers: 64, Batch: 1, Rate: 5_000, Duration: 3 * time.Second},
 		{Writers: 64, Batch: 16, Rate: 20_000, Duration: 3 * time.Second},
+		// On a store in use: the history's writes leave a flush and
+		// compactions that run under the measured ones, as they do every
+		// memtable's worth of writes on a server in use.
+		{Writers: 64, Batch: 1, Rate: 5_000, History: 500_000, Duration: 3 * time.Second},
 	},
 	Fanout: []FanoutConfig{
 		{Devices: 100, ConvSize: 2, Rate: 200, Duration: 3 * time.Second},
@@ -117,6 +121,7 @@ var Full = Profile{
 		{Writers: 64, Batch: 1, Rate: 5_000, Duration: 5 * time.Second},
 		{Writers: 64, Batch: 16, Rate: 20_000, Duration: 5 * time.Second},
 		{Writers: 256, Batch: 1, Rate: 30_000, Duration: 5 * time.Second},
+		{Writers: 64, Batch: 1, Rate: 5_000, History: 1_000_000, Duration: 5 * time.Second},
 	},
 	Fanout: []FanoutConfig{
 		{Devices: 100, ConvSize: 2, Rate: 200, Duration: 5 * time.Second},

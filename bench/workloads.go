@@ -134,11 +134,44 @@ type IngestResult struct {
 	// shares with the server.
 	SendLag    Summary       `json:"send_lag,omitzero"`
 	CPUPerKOps time.Duration `json:"cpu_per_1000_ops_ns"`
+	// StoreWork is what the server's store flushed and compacted during
+	// the run, as a StoreWorker tells: background work on the same cores,
+	// which the writes before the run (History) leave behind too. Nil for
+	// a system that does not tell.
+	StoreWork *StoreWork `json:"store_work,omitempty"`
 	// ClientCPUPerKOps is the harness's own CPU per 1,000 ops: its
 	// writers' clients pushing and reading their results and the other
 	// members' ops. Zero when the server runs in the harness's process.
 	ClientCPUPerKOps time.Duration `json:"client_cpu_per_1000_ops_ns,omitempty"`
 	PeakRSS          int64         `json:"peak_rss"`
+}
+
+// A StoreWorker is a System whose server counts its store's background
+// work so far.
+type StoreWorker interface {
+	StoreWork() (StoreWork, error)
+}
+
+// StoreWork counts a store's background work: memtables flushed to
+// tables, and compactions of tables into the levels below, completed.
+type StoreWork struct {
+	Flushes     int64 `json:"flushes"`
+	Compactions int64 `json:"compactions"`
+}
+
+// since returns the work done between before and w.
+func (w StoreWork) since(before StoreWork) *StoreWork {
+	return &StoreWork{Flushes: w.Flushes - before.Flushes, Compactions: w.Compactions - before.Compactions}
+}
+
+// storeWork reads sys's store work, when it tells it.
+func storeWork(sys System) (StoreWork, bool) {
+	sw, ok := sys.(StoreWorker)
+	if !ok {
+		return StoreWork{}, false
+	}
+	w, err := sw.StoreWork()
+	return w, err == nil
 }
 
 // Busy returns the share of cores that the server and the harness kept
@@ -194,6 +227,7 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 	var lat, lag Latencies
 	var acked atomic.Int64
 	var failed atomic.Value
+	work0, works := storeWork(sys)
 	use := startUsage(sys)
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
@@ -265,9 +299,13 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 	}
 	ops := int(acked.Load())
 	cpu, rss := use.perKOps(ops)
-	return IngestResult{System: sys.Name(), Writers: cfg.Writers, Batch: cfg.Batch, Rate: cfg.Rate, History: cfg.History, Ops: ops,
+	res := IngestResult{System: sys.Name(), Writers: cfg.Writers, Batch: cfg.Batch, Rate: cfg.Rate, History: cfg.History, Ops: ops,
 		Seconds: elapsed.Seconds(), OpsPerSec: float64(ops) / elapsed.Seconds(), Ack: lat.Summary(), SendLag: lag.Summary(), CPUPerKOps: cpu,
-		ClientCPUPerKOps: use.clientPerKOps(ops), PeakRSS: rss}, nil
+		ClientCPUPerKOps: use.clientPerKOps(ops), PeakRSS: rss}
+	if work1, ok := storeWork(sys); works && ok {
+		res.StoreWork = work1.since(work0)
+	}
+	return res, nil
 }
 
 // FanoutConfig is the live fan-out workload: online devices in
