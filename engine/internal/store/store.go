@@ -73,14 +73,8 @@ const (
 	// settles, with zstd (levels 1 and 3), and the others with MinLZ: chat
 	// text and the repeated author and device ids compress well there.
 	Small Compression = iota
-	// Fast compresses every level with MinLZ. In the bench's batched
-	// ingest past 500k messages of history, compactions were up to 38% of
-	// the server's CPU and their zstd 15% (a young store's compactions all
-	// write its bottom level); with MinLZ alone the server spent a sixth
-	// less CPU per op. It takes about a third more disk per op (114
-	// against 86 bytes for 91 bytes of chat text in the bench's storage
-	// workload), and catching up from a large history read slower in
-	// the bench (see engine.CompressFast).
+	// Fast compresses every level with MinLZ: less CPU in compactions,
+	// more disk (engine.CompressFast gives what the bench measured).
 	Fast
 )
 
