@@ -270,6 +270,9 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 	if rec.FeedPos > c.feedPos {
 		c.problem("conversation %s: feed position %d beyond the store's %d", conv, rec.FeedPos, c.feedPos)
 	}
+	if lag := rec.FeedPos - rec.EntryPos; lag > maxEntryLag || lag != 0 && (rec.MoveEntries || rec.SharedFeed) {
+		c.problem("conversation %s: members' feed entries at %d, %d below its feed position (shared %v, to move %v)", conv, rec.EntryPos, lag, rec.SharedFeed, rec.MoveEntries)
+	}
 	active := uint32(0)
 	err = scan(v, keys.ID1(keys.TMember, conv), func(k, val []byte) error {
 		_, u, _ := keys.ParseID2(k)
@@ -283,7 +286,7 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 		if !ok || want.Role != m.Role || want.Since != m.Since || want.Title != m.Title {
 			c.problem("conversation %s member %s: role %s since %d (title %q), log says %s since %d (title %q)", conv, u, m.Role, m.Since, m.Title, want.Role, want.Since, want.Title)
 		}
-		pos := rec.FeedPos
+		pos := rec.EntryPos
 		if m.Role == model.RoleNone {
 			pos = m.DetachedPos
 		} else {

@@ -32,7 +32,10 @@
 //   - Nobody reads or writes a conversation they are not a member of; a
 //     removed member can read up to the op that removed them.
 //   - Reconnect work is proportional to what changed: a user's feed holds one
-//     entry per changed conversation, ordered by feed position.
+//     entry per changed conversation, ordered by feed position. (A change
+//     may leave the members' entries a little below its position, so a
+//     reconnect also reads the records of the conversations that changed
+//     in the few positions before the device's: see moveConvFeed.)
 //
 // # Concurrency
 //

@@ -25,11 +25,14 @@ import (
 //     keys.TShared), which a format 1 store has none of;
 //   - format 3 added the message count to users' read markers
 //     (record.Marker.ReadMessages), which markers written before simply
-//     lack.
+//     lack;
+//   - format 4 lets members' feed entries sit below their conversation's
+//     feed position (record.Conv.EntryPos), which a record written before
+//     has at its feed position.
 //
 // A build that reads only an older format refuses the store once it was
 // opened by a newer one.
-const formatVersion = 3
+const formatVersion = 4
 
 // backupMarker is the file Backup leaves in its copies: opening a copy that
 // has it starts a new epoch.
@@ -156,7 +159,7 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		}
 		switch f {
 		case formatVersion:
-		case 1, 2:
+		case 1, 2, 3:
 			b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, formatVersion))
 			upgrade = f
 		default:

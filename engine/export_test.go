@@ -1,6 +1,16 @@
 package engine
 
-import "github.com/ferrysync/ferry/engine/internal/keys"
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
+	"github.com/ferrysync/ferry/engine/internal/store"
+)
 
 // Every test of the engine checks what reads take from memory against the
 // store.
@@ -58,4 +68,44 @@ func FeedEntries(e *Engine) (int, error) {
 		return 0, err
 	}
 	return e.st.Entries([]byte{keys.TFeed}, []byte{keys.TFeed + 1})
+}
+
+// MaxEntryLag is how far below its conversation's feed position a
+// member's own feed entry may sit.
+const MaxEntryLag = maxEntryLag
+
+// AsFormat3 rewrites the closed store at dir on fs as a format 3 build
+// left it: conversation records without EntryPos and MoveEntries (their
+// members' entries at FeedPos), ending in the byte 1 for a shared feed or
+// nothing. It fails on a record whose entries sit below its FeedPos,
+// which format 3 did not have.
+func AsFormat3(fs vfs.FS, dir string) error {
+	st, err := store.Open(dir, store.Options{FS: fs, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
+	b := st.NewBatch()
+	v := st.View()
+	err = scan(v, []byte{keys.TConv}, func(k, val []byte) error {
+		c, err := record.DecodeConv(val)
+		if err != nil {
+			return err
+		}
+		if c.EntryPos != c.FeedPos {
+			return fmt.Errorf("conversation %x: entries at %d, below its feed position %d", k, c.EntryPos, c.FeedPos)
+		}
+		old := record.AppendConv(nil, &c)
+		old = old[:len(old)-2] // the flags, and the lag of 0
+		if c.SharedFeed {
+			old = append(old, 1)
+		}
+		b.Set(k, old)
+		return nil
+	})
+	v.Release()
+	if err == nil {
+		b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, 3))
+		err = st.Commit(b)
+	}
+	return errors.Join(err, st.Close())
 }

@@ -137,7 +137,7 @@ func TestFeedEntriesThroughFlushes(t *testing.T) {
 
 // TestSharedFeed: past Options.SharedFeedMembers a conversation's members
 // share its feed entry. A message then writes as many keys whatever the
-// number of members, where below it every member's entry moves; and
+// number of members, as below it a message right after another does; and
 // catch-up still finds the conversation for every member, new or old, and
 // for a removed member once, until they are added again.
 func TestSharedFeed(t *testing.T) {
@@ -174,9 +174,11 @@ func TestSharedFeed(t *testing.T) {
 	if four != many {
 		t.Errorf("a message wrote %d keys with 4 members, %d with 24: a shared feed writes nothing per member", four, many)
 	}
-	// Below the bound each member's entry moves: two keys per member.
-	if two != four+4 {
-		t.Errorf("a message wrote %d keys with 2 members and %d with 4 sharing a feed; want 4 more, the 2 members' entries moving", two, four)
+	// Below the bound each member's entry is the member's own, which a
+	// message so soon after the last change leaves where it is
+	// (TestFeedEntriesLag).
+	if two != four {
+		t.Errorf("a message wrote %d keys with 2 members and %d with 4 sharing a feed; want as many", two, four)
 	}
 
 	// Catch-up finds the conversation for an old member from before the
@@ -252,4 +254,126 @@ func TestCatchUpReadsSharedRecordsOnce(t *testing.T) {
 	if per > 11 {
 		t.Fatalf("a catch-up took %.1f store reads per shared conversation; want at most 11, its record read once", per)
 	}
+}
+
+// TestFeedEntriesLag: a change to a conversation leaves its members' own
+// feed entries where they are while they sit no more than MaxEntryLag
+// positions below it, and a catch-up from any position between finds the
+// conversation changed, with the change's position; past the lag, or when
+// the membership changes, the entries move, two keys per member. A removed
+// member's entry, which sits where the members' did at the removal, is
+// not taken for theirs when later changes leave theirs there.
+func TestFeedEntriesLag(t *testing.T) {
+	e := enginetest.New(t, func(o *engine.Options) { o.SharedFeedMembers = 3 })
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	carol := enginetest.Register(t, e, "carol")
+	dave := enginetest.Register(t, e, "dave")
+	elsewhere := dave.Create("elsewhere")
+	conv := alice.Create("c", bob, carol)
+	_, start := catchUpFrom(t, e, bob, 0)
+	send := func(what string) uint64 {
+		t.Helper()
+		before := e.Metrics().Writes
+		alice.Send(conv, what)
+		return e.Metrics().Writes - before
+	}
+	// pass moves the feed on by MaxEntryLag positions, elsewhere.
+	pass := func() {
+		t.Helper()
+		for range engine.MaxEntryLag {
+			dave.Send(elsewhere, "busy elsewhere")
+		}
+	}
+	stays := send("soon after")
+	pass()
+	moves := send("long after")
+	t.Logf("keys written per message to 3 members: %d soon after the last change, %d past the lag", stays, moves)
+	if moves != stays+6 {
+		t.Errorf("a message past the lag wrote %d keys, one soon after the last change %d; want 6 more, the 3 members' entries moving", moves, stays)
+	}
+	enginetest.MustCheck(t, e)
+
+	// Entries left below the conversation's position: a catch-up from
+	// anywhere below the last change finds it, at the change's position,
+	// and from the change on finds nothing.
+	var positions []uint64
+	for i := range 5 {
+		send(fmt.Sprint("message ", i))
+		_, pos := catchUpFrom(t, e, carol, start)
+		positions = append(positions, pos)
+	}
+	enginetest.MustCheck(t, e)
+	last := positions[len(positions)-1]
+	for _, from := range append([]uint64{start}, positions[:len(positions)-1]...) {
+		infos, pos := catchUpFrom(t, e, bob, from)
+		if _, ok := infos[conv]; !ok || pos != last {
+			t.Errorf("bob's catch-up from %d: %d conversations, up to %d; want the conversation, up to %d", from, len(infos), pos, last)
+		}
+	}
+	if infos, pos := catchUpFrom(t, e, bob, last); len(infos) != 0 || pos != last {
+		t.Errorf("bob's catch-up from the last change, %d: %d conversations, up to %d; want none", last, len(infos), pos)
+	}
+
+	// A removal moves the entries, the removed member's to the same
+	// position; the change after it moves the members' again, and carol
+	// hears of neither of the changes after her removal.
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: carol.Actor.User}))
+	infos, removedAt := catchUpFrom(t, e, carol, last)
+	if info, ok := infos[conv]; !ok || !info.Removed {
+		t.Fatalf("removed carol's catch-up: %+v, %v; want the conversation, removed", info, ok)
+	}
+	afterRemoval, later := send("without carol"), send("still without carol")
+	if afterRemoval != later+4 {
+		t.Errorf("the message after a removal wrote %d keys, the next one %d; want 4 more, the 2 members' entries moving away from the removed member's", afterRemoval, later)
+	}
+	if infos, _ := catchUpFrom(t, e, carol, removedAt); len(infos) != 0 {
+		t.Errorf("after her removal carol's catch-up still describes %d conversations", len(infos))
+	}
+	if infos, _ := catchUpFrom(t, e, bob, removedAt); len(infos) != 1 {
+		t.Errorf("bob's catch-up after carol's removal describes %d conversations, want 1", len(infos))
+	}
+	enginetest.MustCheck(t, e)
+}
+
+// TestFeedEntriesOfFormat3: a format 3 store's records do not say whether
+// a removed member's entry sits where the members' do, at the record's
+// feed position; the first change after the upgrade moves the members'
+// entries, so that the removed member does not hear of it or of the
+// changes after it, which leave them below.
+func TestFeedEntriesOfFormat3(t *testing.T) {
+	o := enginetest.Options(t, 2)
+	o.SharedFeedMembers = 3
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	carol := enginetest.Register(t, e, "carol")
+	conv := alice.Create("c", bob, carol)
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: carol.Actor.User}))
+	_, removedAt := catchUpFrom(t, e, carol, 0)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.AsFormat3(o.FS, "db"); err != nil {
+		t.Fatal(err)
+	}
+	if e, err = engine.Open("db", o); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	alice.E, bob.E, carol.E = e, e, e
+	enginetest.MustCheck(t, e)
+	for i := range 3 {
+		alice.Send(conv, fmt.Sprint("after the upgrade ", i))
+		if infos, _ := catchUpFrom(t, e, carol, removedAt); len(infos) != 0 {
+			t.Fatalf("after %d messages carol, removed before the upgrade, has a catch-up of %d conversations; want none", i+1, len(infos))
+		}
+		if infos, _ := catchUpFrom(t, e, bob, removedAt); len(infos) != 1 {
+			t.Fatalf("after %d messages bob's catch-up describes %d conversations, want 1", i+1, len(infos))
+		}
+	}
+	enginetest.MustCheck(t, e)
 }

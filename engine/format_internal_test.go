@@ -46,9 +46,10 @@ func readFormat(t *testing.T, e *Engine) uint64 {
 	return f
 }
 
-// Format 1 and 2 stores (before shared feeds, and before read markers
-// counted their messages) open and become the current format, with their
-// epoch kept; a format from a newer build is refused.
+// Format 1, 2 and 3 stores (before shared feeds, before read markers
+// counted their messages, and before members' feed entries could sit below
+// their conversation's feed position) open and become the current format,
+// with their epoch kept; a format from a newer build is refused.
 func TestStoreFormat(t *testing.T) {
 	fs := vfs.NewMem()
 	o := Options{FS: fs, Logger: slog.New(slog.DiscardHandler), Password: PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}}
@@ -64,7 +65,7 @@ func TestStoreFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, f := range []uint64{1, 2} {
+	for _, f := range []uint64{1, 2, 3} {
 		setFormat(t, fs, f)
 		if e, err = Open("db", o); err != nil {
 			t.Fatalf("open a format %d store: %v", f, err)

@@ -562,10 +562,21 @@ type feedEntry struct {
 // through, most recently changed first. Both feeds hold one entry per
 // conversation, so this is O(changed conversations), plus one record read
 // per shared-feed conversation the user is in (see moveConvFeed).
+//
+// A member's own entry for a conversation may sit up to maxEntryLag below
+// the conversation's position, at its record's EntryPos: the scan of
+// TFeed starts that much earlier and reads the record of each
+// conversation it finds, whose FeedPos is then the entry's position. An
+// entry elsewhere is a removed member's, which stays where the removal
+// put it.
 func (r reader) changed(user ulid.ULID, after, through uint64) ([]feedEntry, error) {
 	latest := map[ulid.ULID]uint64{}
 	for _, t := range []byte{keys.TFeed, keys.TUFeed} {
-		lo, hi := keys.FeedSpan(t, user, after, through)
+		from := after
+		if t == keys.TFeed {
+			from -= min(after, maxEntryLag)
+		}
+		lo, hi := keys.FeedSpan(t, user, from, through)
 		it, err := r.v.Iter(lo, hi)
 		if err != nil {
 			return nil, err
@@ -576,7 +587,15 @@ func (r reader) changed(user ulid.ULID, after, through uint64) ([]feedEntry, err
 				_ = it.Close()
 				return nil, fmt.Errorf("%w: feed key %x", record.ErrCorrupt, it.Key())
 			}
-			latest[conv] = max(latest[conv], pos)
+			if t == keys.TFeed {
+				if pos, err = r.entryPos(conv, pos); err != nil {
+					_ = it.Close()
+					return nil, err
+				}
+			}
+			if after < pos && pos <= through {
+				latest[conv] = max(latest[conv], pos)
+			}
 		}
 		if err := it.Close(); err != nil {
 			return nil, err
@@ -612,6 +631,20 @@ func (r reader) changed(user ulid.ULID, after, through uint64) ([]feedEntry, err
 	}
 	sortFeed(out)
 	return out, nil
+}
+
+// entryPos returns the position of a user's TFeed entry for conv that sits
+// at pos: its conversation's FeedPos if pos is where the members' entries
+// sit (EntryPos), else pos.
+func (r reader) entryPos(conv ulid.ULID, pos uint64) (uint64, error) {
+	c, ok, err := r.conv(conv)
+	if err != nil || !ok || pos != c.EntryPos {
+		return pos, err
+	}
+	if r.scanned != nil {
+		r.scanned[conv] = c
+	}
+	return c.FeedPos, nil
 }
 
 // sortFeed orders changed conversations most recently changed first.

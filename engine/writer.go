@@ -1198,12 +1198,30 @@ func (r *convRun) extend(head0 uint64, added []model.Op) {
 // from returns the run's ops after seq h, one of its heads.
 func (r *convRun) from(h uint64) []model.Op { return r.ops[h+1-r.ops[0].Seq:] }
 
-// moveConvFeed moves every member's feed entry for the conversation to pos.
+// maxEntryLag is how far below a conversation's feed position its
+// members' own feed entries may sit (record.Conv.EntryPos): a change
+// within it leaves them where they are. A reader of a user's feed from
+// position after then scans from after - maxEntryLag and takes each entry
+// at its conversation's EntryPos for one at its FeedPos. Part of the store
+// format: a build may lower it, not raise it.
+const maxEntryLag = 1024
+
+// moveConvFeed moves the conversation in every member's feed to pos.
 //
-// All current members' entries sit at the conversation's last feed
-// position, so the old entries are known without reading them. A removed
-// member's entry stays where their removal put it (DetachedPos) and stops
-// following the conversation.
+// All current members' entries sit at the conversation's EntryPos, so the
+// old entries are known without reading them. A change to a conversation
+// whose entries sit no more than maxEntryLag below pos, and whose
+// membership it leaves as it was, leaves them there and moves the
+// record's FeedPos alone: moving them would write two keys per member for
+// every change (8 of the 15 keys a message to 4 members wrote). A busy
+// conversation's entries then move about once every maxEntryLag
+// positions, and the record says where they are.
+//
+// A removed member's entry stays where their removal put it (DetachedPos)
+// and stops following the conversation. The change that removes them
+// moves the members' entries to pos too, and marks the record so that the
+// next change moves them again (MoveEntries): until then the removed
+// member's entry may sit where the members' do.
 //
 // A conversation past Options.SharedFeedMembers shares one entry among its
 // members: its record's FeedPos, found through each member's TShared key.
@@ -1214,13 +1232,15 @@ func (r *convRun) from(h uint64) []model.Op { return r.ops[h+1-r.ops[0].Seq:] }
 // shared, change keys. A removed member's entry is a TFeed entry as
 // before.
 func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
-	old, wasShared := tc.rec.FeedPos, tc.rec.SharedFeed
+	old, wasShared := tc.rec.EntryPos, tc.rec.SharedFeed
 	shared := wasShared || int(tc.rec.Members) > tx.e.opts.SharedFeedMembers
+	stay := !shared && len(tc.before) == 0 && !tc.rec.MoveEntries && old != 0 && pos-old <= maxEntryLag
 	// Room for every member at once, in moves and in the set wakeUser
 	// makes: a message to a large conversation grew these by doubling, a
 	// seventh of what the server allocated in live fan-out to 1,000
 	// devices.
 	tx.moves = slices.Grow(tx.moves, len(tc.members))
+	removed := false
 	for u, m := range tc.members {
 		was, changed := tc.before[u]
 		if !changed {
@@ -1231,8 +1251,8 @@ func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 		}
 		tx.wakeUser(u, len(tc.members))
 		tx.moves = append(tx.moves, idPair{u, tc.id})
-		if wasShared && was != model.RoleNone && m.Role != model.RoleNone {
-			continue // their entry is the record's
+		if stay || wasShared && was != model.RoleNone && m.Role != model.RoleNone {
+			continue // their entry is where it was, or the record's
 		}
 		switch { // the old entry
 		case was != model.RoleNone && wasShared:
@@ -1245,7 +1265,7 @@ func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 		detached := uint64(0)
 		switch { // the new one
 		case m.Role == model.RoleNone:
-			detached = pos
+			detached, removed = pos, true
 			tx.setFeedEntry(keys.Feed(keys.TFeed, u, pos, tc.id))
 		case shared:
 			tx.b.Set(keys.ID2(keys.TShared, u, tc.id), nil)
@@ -1258,6 +1278,9 @@ func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 		}
 	}
 	tc.rec.FeedPos, tc.rec.SharedFeed = pos, shared
+	if !stay {
+		tc.rec.EntryPos, tc.rec.MoveEntries = pos, removed
+	}
 }
 
 // lru is a small least-recently-used cache, used only by the writer

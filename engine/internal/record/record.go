@@ -299,10 +299,30 @@ type Conv struct {
 	Title    string
 	// SharedFeed: the conversation grew past Options.SharedFeedMembers, and
 	// its members' feed entry is FeedPos itself (see TShared) rather than a
-	// TFeed entry each. Never cleared. Encoded as a trailing byte, absent
-	// when false, so records written before it decode unchanged.
+	// TFeed entry each. Never cleared.
 	SharedFeed bool
+	// EntryPos is where the members' own feed entries (TFeed) sit: FeedPos,
+	// or a position a little below it, since a change need not move them
+	// (the engine bounds FeedPos - EntryPos). A reader takes an entry at
+	// EntryPos for one at FeedPos. Records written before it decode with
+	// EntryPos = FeedPos.
+	EntryPos uint64
+	// MoveEntries: the next conversation-wide change moves the members'
+	// entries to its own position rather than leave them at EntryPos,
+	// since a removed member's entry may sit at EntryPos too, where a
+	// reader could not tell it from a member's once FeedPos moved on. Set
+	// by a change that removed a member; records written before EntryPos
+	// decode with it set, as they do not tell.
+	MoveEntries bool
 }
+
+// The flags byte that ends a conversation record. A record written before
+// EntryPos ends without one, or with the byte 1 alone for a shared feed.
+const (
+	convShared      = 1 << 0
+	convEntryPos    = 1 << 1 // FeedPos - EntryPos follows, as a uvarint
+	convMoveEntries = 1 << 2
+)
 
 // AppendConv appends the encoding of c.
 func AppendConv(b []byte, c *Conv) []byte {
@@ -312,10 +332,15 @@ func AppendConv(b []byte, c *Conv) []byte {
 	b = binary.AppendUvarint(b, c.Messages)
 	b = binary.AppendUvarint(b, uint64(c.Members))
 	b = appendStr(b, c.Title)
+	flags := byte(convEntryPos)
 	if c.SharedFeed {
-		b = append(b, 1)
+		flags |= convShared
 	}
-	return b
+	if c.MoveEntries {
+		flags |= convMoveEntries
+	}
+	b = append(b, flags)
+	return binary.AppendUvarint(b, c.FeedPos-c.EntryPos)
 }
 
 // DecodeConv decodes a conversation record.
@@ -327,11 +352,21 @@ func DecodeConv(b []byte) (Conv, error) {
 	c.Messages = r.uvarint("message count")
 	c.Members = uint32(r.uvarint("member count"))
 	c.Title = r.str("title")
+	c.EntryPos, c.MoveEntries = c.FeedPos, true
 	if len(r.b) > 0 && r.err == nil {
-		if f := r.byte("shared feed"); f != 1 {
-			r.err = fmt.Errorf("%w: conversation: shared feed flag %d", ErrCorrupt, f)
+		switch f := r.byte("flags"); {
+		case f == convShared: // written before EntryPos
+			c.SharedFeed = true
+		case f&convEntryPos == 0 || f&^(convShared|convEntryPos|convMoveEntries) != 0:
+			r.err = fmt.Errorf("%w: conversation: flags %#x", ErrCorrupt, f)
+		default:
+			c.SharedFeed, c.MoveEntries = f&convShared != 0, f&convMoveEntries != 0
+			lag := r.uvarint("feed entries' lag")
+			if lag > c.FeedPos && r.err == nil {
+				r.err = fmt.Errorf("%w: conversation: feed entries %d below feed position %d", ErrCorrupt, lag, c.FeedPos)
+			}
+			c.EntryPos = c.FeedPos - lag
 		}
-		c.SharedFeed = true
 	}
 	return c, r.done("conversation")
 }

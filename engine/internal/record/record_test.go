@@ -99,19 +99,37 @@ func TestOpDecoderSharesChunksSafely(t *testing.T) {
 }
 
 func TestRecordsRoundTrip(t *testing.T) {
-	c := Conv{Head: 1 << 40, FeedPos: 9, Messages: 3, Members: 70000, Title: "t"}
+	c := Conv{Head: 1 << 40, FeedPos: 9, EntryPos: 7, Messages: 3, Members: 70000, Title: "t"}
 	if got, err := DecodeConv(AppendConv(nil, &c)); err != nil || got != c {
 		t.Errorf("conv: %+v %v", got, err)
 	}
-	c.SharedFeed = true
-	shared := AppendConv(nil, &c)
-	if got, err := DecodeConv(shared); err != nil || got != c {
+	c.SharedFeed, c.MoveEntries, c.EntryPos = true, true, 9
+	if got, err := DecodeConv(AppendConv(nil, &c)); err != nil || got != c {
 		t.Errorf("shared-feed conv: %+v %v", got, err)
 	}
-	// The flag is one trailing byte, and only 1 means it.
-	bad := append(slices.Clip(shared[:len(shared)-1]), 2)
-	if got, err := DecodeConv(bad); !errors.Is(err, ErrCorrupt) {
-		t.Errorf("conv with flag byte 2: %+v, %v; want ErrCorrupt", got, err)
+	// Records written before EntryPos: no flags, or the byte 1 for a
+	// shared feed. Their entries sit at FeedPos, and may share it with a
+	// removed member's.
+	legacy := []byte{Version, 5, 9, 3, 2, 1, 't'}
+	want := Conv{Head: 5, FeedPos: 9, EntryPos: 9, Messages: 3, Members: 2, Title: "t", MoveEntries: true}
+	if got, err := DecodeConv(legacy); err != nil || got != want {
+		t.Errorf("conv written before EntryPos: %+v %v; want %+v", got, err, want)
+	}
+	want.SharedFeed = true
+	if got, err := DecodeConv(append(slices.Clip(legacy), 1)); err != nil || got != want {
+		t.Errorf("shared-feed conv written before EntryPos: %+v %v; want %+v", got, err, want)
+	}
+	for _, bad := range [][]byte{
+		append(slices.Clip(legacy), 0),          // no flag set
+		append(slices.Clip(legacy), 4),          // MoveEntries without EntryPos
+		append(slices.Clip(legacy), 0x0a, 0),    // an unknown flag
+		append(slices.Clip(legacy), 2),          // the lag missing
+		append(slices.Clip(legacy), 2, 10),      // entries below position 0
+		append(slices.Clip(legacy), 2, 1, 0x55), // trailing bytes
+	} {
+		if got, err := DecodeConv(bad); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("conv ending % x: %+v, %v; want ErrCorrupt", bad[len(legacy):], got, err)
+		}
 	}
 	m := Member{Role: model.RoleNone, Since: 5, DetachedPos: 8, Title: "as it was"}
 	if got, err := DecodeMember(AppendMember(nil, &m)); err != nil || got != m {
