@@ -1203,7 +1203,9 @@ func (r *convRun) from(h uint64) []model.Op { return r.ops[h+1-r.ops[0].Seq:] }
 // within it leaves them where they are. A reader of a user's feed from
 // position after then scans from after - maxEntryLag and takes each entry
 // at its conversation's EntryPos for one at its FeedPos. Part of the store
-// format: a build may lower it, not raise it.
+// format: a build that scans less would miss entries that a build which
+// allowed more left behind, and one that allows more would leave entries
+// that a build which scans less misses, so changing it takes a new format.
 const maxEntryLag = 1024
 
 // moveConvFeed moves the conversation in every member's feed to pos.
