@@ -445,7 +445,11 @@ func (r *Report) targets(systems []string) [][]string {
 		if best.Ops == 0 {
 			return "–"
 		}
-		c := fmt.Sprintf("%s ops/s (%d writers x %d)", rate(best.OpsPerSec), best.Writers, best.Batch)
+		c := fmt.Sprintf("%s ops/s (%d writers x %d", rate(best.OpsPerSec), best.Writers, best.Batch)
+		if best.History > 0 {
+			c += fmt.Sprintf(", after %s messages of history", rate(float64(best.History)))
+		}
+		c += ")"
 		if used.Ops > 0 && used.History != best.History {
 			c += fmt.Sprintf("; %s with %s messages of history", rate(used.OpsPerSec), rate(float64(used.History)))
 		}
