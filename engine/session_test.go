@@ -738,6 +738,47 @@ func liveConversation(t *testing.T, e *engine.Engine, members int) (author *engi
 	return author, devs, conv, sessions
 }
 
+// TestLiveRoundBehindTheJournal counts store reads for a live round whose
+// session fell behind its user's feed journal, which then reads the feed
+// from the store: the conversations that changed, and the records of
+// those whose entries sit within MaxEntryLag positions before the round's
+// start (see moveConvFeed), not every conversation of its user.
+func TestLiveRoundBehindTheJournal(t *testing.T) {
+	engine.MeasureWithoutChecks(t) // the checks read everything again
+	const changed = 100            // past the journal's 64 moves
+	reads := func(total int) uint64 {
+		t.Helper()
+		e := enginetest.New(t)
+		alice := enginetest.Register(t, e, "alice")
+		bob := enginetest.Register(t, e, "bob")
+		convs := make([]ulid.ULID, total)
+		for i := range convs {
+			convs[i] = alice.Create(fmt.Sprint(i), bob)
+		}
+		s, _ := openCaughtUp(t, e, bob)
+		for _, c := range convs[:changed] {
+			alice.Send(c, "hello")
+		}
+		before := e.Metrics().Reads
+		r := newReceiver(t)
+		r.drain(s, engine.DefaultBatchOps)
+		if len(r.held) != changed {
+			t.Fatalf("the live round brought ops of %d conversations, want %d", len(r.held), changed)
+		}
+		return e.Metrics().Reads - before
+	}
+	// The band holds the user's last MaxEntryLag conversations made in
+	// both (each made at a position of its own, the last just before the
+	// round's start): 579 reads in 150 and 607 in 1,100, where a band of
+	// 1,024 read 2,479 in 1,100.
+	const few, many = changed + 50, changed + 1000
+	small, large := reads(few), reads(many)
+	t.Logf("store reads in a live round of %d changed conversations: %d in %d conversations, %d in %d", changed, small, few, large, many)
+	if large > small+small/10 {
+		t.Fatalf("a live round behind the journal read more with more conversations: %d reads in %d, %d in %d", large, many, small, few)
+	}
+}
+
 // TestLiveRoundSharesReads counts store reads for a live round: sessions
 // woken by one commit share the conversation's record and the new ops
 // (read once per durable view); what is each user's own, the member record,
