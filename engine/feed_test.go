@@ -377,3 +377,119 @@ func TestFeedEntriesOfFormat3(t *testing.T) {
 	}
 	enginetest.MustCheck(t, e)
 }
+
+// TestFeedCatchUpsAgainstAModel: random messages, additions and removals
+// in a few conversations, with bursts elsewhere that move the feed past
+// MaxEntryLag, so that members' entries sit at, below and far below
+// their conversations' positions, and conversations grow past
+// SharedFeedMembers now and then. After each step the test knows the feed
+// position; a catch-up of a user from positions reached so far, and from
+// either side of each change they heard of, must describe exactly the
+// conversations that changed for them after it: a message or a
+// membership change while they were a member, their own addition and
+// their removal, nothing after it. It fails when the reader does not scan
+// below its position, when it takes entries at their own position, and
+// when a removal does not mark the record.
+func TestFeedCatchUpsAgainstAModel(t *testing.T) {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	rnd := rand.New(rand.NewPCG(seed, 1))
+	// Shared once all five are members: most of the time a conversation
+	// has entries of its members' own.
+	e := enginetest.New(t, func(o *engine.Options) { o.SharedFeedMembers = 4 })
+	admin := enginetest.Register(t, e, "admin")
+	users := []*enginetest.Device{admin}
+	for i := range 4 {
+		users = append(users, enginetest.Register(t, e, fmt.Sprint("user", i)))
+	}
+	outsider := enginetest.Register(t, e, "outsider")
+	elsewhere := outsider.Create("elsewhere")
+	convs := make([]ulid.ULID, 3)
+	member := make([]map[int]bool, len(convs)) // by index in users; the admin, 0, always
+	// last[u][c]: the feed position of the last change of c that user u
+	// hears of.
+	last := make([]map[int]uint64, len(users))
+	for u := range last {
+		last[u] = map[int]uint64{}
+	}
+	_, pos := catchUpFrom(t, e, admin, 0)
+	step := func() { // one group committed: the feed moved by one
+		t.Helper()
+		_, p := catchUpFrom(t, e, outsider, pos)
+		if p != pos+1 {
+			t.Fatalf("the feed went from %d to %d in one step", pos, p)
+		}
+		pos = p
+	}
+	changed := func(c int) { // a change every member of c hears of
+		for u := range member[c] {
+			last[u][c] = pos
+		}
+	}
+	for c := range convs {
+		convs[c] = admin.Create(fmt.Sprint("c", c))
+		member[c] = map[int]bool{0: true}
+		step()
+		changed(c)
+	}
+	positions := []uint64{0, pos}
+	check := func() {
+		t.Helper()
+		for u, d := range users {
+			// A few positions reached so far, and the edges of the last
+			// change of each conversation the user heard of.
+			froms := []uint64{positions[rnd.IntN(len(positions))], positions[rnd.IntN(len(positions))]}
+			for _, p := range last[u] {
+				froms = append(froms, p-1, p)
+			}
+			for _, from := range froms {
+				infos, _ := catchUpFrom(t, e, d, from)
+				for c, id := range convs {
+					_, got := infos[id]
+					if want := last[u][c] > from; got != want {
+						t.Fatalf("user %d's catch-up from %d describes conversation %d: %v; want %v (last change for them at %d; feed at %d)", u, from, c, got, want, last[u][c], pos)
+					}
+				}
+			}
+		}
+	}
+	for i := range 300 {
+		if i%100 == 50 { // a burst elsewhere: past the lag
+			for range engine.MaxEntryLag + rnd.IntN(8) {
+				outsider.Send(elsewhere, "busy elsewhere")
+				step()
+			}
+		}
+		c, u := rnd.IntN(len(convs)), 1+rnd.IntN(len(users)-1)
+		switch rnd.IntN(3) {
+		case 0:
+			admin.Send(convs[c], "from the admin")
+			step()
+			changed(c)
+		case 1:
+			if !member[c][u] {
+				continue
+			}
+			users[u].Send(convs[c], "from a member")
+			step()
+			changed(c)
+		case 2:
+			op := model.Op{Kind: model.KindMemberAdd, Member: users[u].Actor.User, Role: model.RoleMember}
+			if member[c][u] {
+				op = model.Op{Kind: model.KindMemberRemove, Member: users[u].Actor.User}
+			}
+			admin.Push(admin.Op(convs[c], op))
+			step()
+			member[c][u] = true // the removed member hears of their removal
+			changed(c)
+			if op.Kind == model.KindMemberRemove {
+				delete(member[c], u)
+			}
+		}
+		positions = append(positions, pos)
+		if i%25 == 24 {
+			check()
+		}
+	}
+	enginetest.MustCheck(t, e)
+}
