@@ -1203,12 +1203,10 @@ func (r *convRun) from(h uint64) []model.Op { return r.ops[h+1-r.ops[0].Seq:] }
 // within it leaves them where they are. A reader of a user's feed from
 // position after then scans from after - maxEntryLag and takes each entry
 // at its conversation's EntryPos for one at its FeedPos, reading the
-// record of every conversation in that band. A position is a commit: 64
-// of them keep almost every entry of a busy conversation in place (at 10k
-// single-op pushes a second, 5.8 keys written an op against 5.9 with
-// 1,024), and a band of 1,024 made a live round that read the feed from
-// the store read the record of every busy conversation its user was in.
-// Part of the store format: a build that scans less would miss entries
+// record of every conversation in that band. A position is a commit, so a
+// small bound keeps a busy conversation's entries in place about as well
+// as a large one, and keeps the band's reads few (the README's design
+// notes have the figures). Part of the store format: a build that scans less would miss entries
 // that a build which allowed more left behind, and one that allows more
 // would leave entries that a build which scans less misses, so changing
 // it takes a new format.
