@@ -332,6 +332,11 @@ type StoreMetrics struct {
 	MemTables uint64
 	// Flushes and Compactions count those completed since Open.
 	Flushes, Compactions int64
+	// LoggedBytes counts the bytes of commits logged since Open, and
+	// FlushedBytes and CompactedBytes the bytes flushes and compactions
+	// wrote to tables: their sum over LoggedBytes is the store's write
+	// amplification, mostly compactions' CPU and disk bandwidth.
+	LoggedBytes, FlushedBytes, CompactedBytes uint64
 	// CacheHits and CacheMisses count the store's block cache lookups: a
 	// miss reads a block from disk (or the OS page cache) and decompresses
 	// it.
@@ -348,6 +353,7 @@ func (e *Engine) StoreMetrics() StoreMetrics {
 		DiskUsage: DiskUsage{Tables: l.Tables, WAL: l.WAL, Obsolete: l.Obsolete, Other: l.Other},
 		ReadAmp:   l.ReadAmp, CompactionDebt: l.CompactionDebt, MemTables: l.MemTables,
 		Flushes: l.Flushes, Compactions: l.Compactions,
+		LoggedBytes: l.LoggedBytes, FlushedBytes: l.FlushedBytes, CompactedBytes: l.CompactedBytes,
 		CacheHits: l.CacheHits, CacheMisses: l.CacheMisses, FilterSkips: l.FilterSkips,
 	}
 }

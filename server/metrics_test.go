@@ -168,6 +168,11 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	// Both results are there, whether or not a block was read yet.
 	value("ferry_store_block_cache_lookups_total", "result", "hit")
 	value("ferry_store_block_cache_lookups_total", "result", "miss")
+	if v := value("ferry_store_written_bytes_total", "by", "wal"); v == 0 {
+		t.Error("ferry_store_written_bytes_total{by=wal} is 0 after seven pushes")
+	}
+	value("ferry_store_written_bytes_total", "by", "flushes")
+	value("ferry_store_written_bytes_total", "by", "compactions")
 	names := []string{"ferry_store_bytes", "ferry_store_read_amplification", "ferry_store_filter_skips_total", "ferry_commits_total", "ferry_write_queue_requests", "go_goroutines"}
 	if runtime.GOOS == "linux" { // client_golang's process collector reads /proc
 		names = append(names, "process_resident_memory_bytes")

@@ -428,6 +428,11 @@ type LSM struct {
 	MemTables uint64
 	// Flushes and Compactions count what completed since the store opened.
 	Flushes, Compactions int64
+	// LoggedBytes counts the bytes of commits written to the WAL since
+	// the store opened, and FlushedBytes and CompactedBytes the bytes of
+	// tables flushes and compactions wrote: their sum over LoggedBytes is
+	// the write amplification.
+	LoggedBytes, FlushedBytes, CompactedBytes uint64
 	// CacheHits and CacheMisses count block cache lookups since the store
 	// opened: a miss reads the block from a file and decompresses it.
 	CacheHits, CacheMisses int64
@@ -439,11 +444,17 @@ type LSM struct {
 // LSM reports the database's shape and what it occupies on disk.
 func (s *Store) LSM() LSM {
 	m := s.db.Metrics()
-	return LSM{
+	l := LSM{
 		Space: spaceOf(m), ReadAmp: m.ReadAmp(), CompactionDebt: m.Compact.EstimatedDebt,
 		MemTables: m.MemTable.Size, Flushes: m.Flush.Count, Compactions: m.Compact.Count,
 		CacheHits: m.BlockCache.Hits, CacheMisses: m.BlockCache.Misses, FilterSkips: m.Filter.Hits,
+		LoggedBytes: m.WAL.BytesIn,
 	}
+	for _, lv := range m.Levels {
+		l.FlushedBytes += lv.TableBytesFlushed + lv.BlobBytesFlushed
+		l.CompactedBytes += lv.TableBytesCompacted + lv.BlobBytesCompacted
+	}
+	return l
 }
 
 // View is a durable, consistent read-only view of the database.
