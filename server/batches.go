@@ -10,6 +10,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/compression"
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 )
@@ -74,6 +76,107 @@ func (c *liveBatches) fields(bs []engine.Batch, packed bool) ([]byte, error) {
 		out = append(out, f...)
 	}
 	return out, nil
+}
+
+// minRun is the fewest ops of one author that a live batch is cut around.
+//
+// A member is spared their own ops, so the live rounds of one commit
+// differ from member to member: to a conversation of four whose members
+// each pushed, each member's round holds the three others' ops, as one
+// batch when their seqs follow on. Compressed whole, each round
+// compressed every author's ops again, three times a push. Cut where the
+// author changes, a round is the batches of each other author's ops,
+// encoded once (liveBatches) and compressed once (sharedBatches), for
+// every member they go to. A batch costs its conversation id and authors
+// again: runs shorter than minRun are not cut out.
+const minRun = 8
+
+// byAuthor returns a live round's batches cut where their author changes
+// between runs of minRun ops or more: bs itself when none is.
+func byAuthor(bs []engine.Batch) []engine.Batch {
+	var out []engine.Batch
+	for i, b := range bs {
+		for ops := b.Ops; ; {
+			n := firstRun(ops)
+			if n == len(ops) && out == nil {
+				break // not cut, nor any before it
+			}
+			if out == nil {
+				out = append(make([]engine.Batch, 0, len(bs)+2), bs[:i]...)
+			}
+			out = append(out, engine.Batch{Conv: b.Conv, Ops: ops[:n]})
+			if ops = ops[n:]; len(ops) == 0 {
+				break
+			}
+		}
+	}
+	if out == nil {
+		return bs
+	}
+	return out
+}
+
+// firstRun returns how many of ops go in the first batch of their cut:
+// up to the first change of author with minRun ops or more on either
+// side, or all.
+func firstRun(ops []model.Op) int {
+	for i := minRun; i <= len(ops)-minRun; i++ {
+		if ops[i].Dot.Device != ops[i-1].Dot.Device {
+			return i
+		}
+	}
+	return len(ops)
+}
+
+// minShared is the smallest batch field worth a frame of its own in a
+// compressed live round (sharedBatches): a frame costs some 13 bytes.
+const minShared = 512
+
+var (
+	responseOpsField = protowire.Number((&ferryv1.SyncResponse{}).ProtoReflect().Descriptor().Fields().ByName("ops").Number())
+	opsPhaseField    = protowire.Number((&ferryv1.Ops{}).ProtoReflect().Descriptor().Fields().ByName("phase").Number())
+)
+
+// sharedBatches appends to dst the batch fields of msg, a marshaled
+// SyncResponse or SubscribeResponse, that other members' live rounds
+// likely repeat, for compression.WithShared: the batches of a live
+// round's Ops, minShared bytes or more. Other messages have none; a
+// catch-up's batches are compressed together, since they are not shared
+// and compress better so.
+func sharedBatches(msg []byte, dst []compression.Span) []compression.Span {
+	num, typ, n := protowire.ConsumeTag(msg)
+	if n < 0 || num != responseOpsField || typ != protowire.BytesType {
+		return dst
+	}
+	ops, m := protowire.ConsumeBytes(msg[n:])
+	if m < 0 || n+m != len(msg) {
+		return dst
+	}
+	at := len(msg) - len(ops)
+	found, live := len(dst), false
+	for len(ops) > 0 {
+		num, typ, n := protowire.ConsumeTag(ops)
+		if n < 0 {
+			return dst[:found]
+		}
+		m := protowire.ConsumeFieldValue(num, typ, ops[n:])
+		if m < 0 {
+			return dst[:found]
+		}
+		switch {
+		case num == opsPhaseField && typ == protowire.VarintType:
+			v, _ := protowire.ConsumeVarint(ops[n:])
+			live = v == uint64(ferryv1.Phase_PHASE_LIVE)
+		case (num == opsPackedField || num == opsBatchesField) && typ == protowire.BytesType && n+m >= minShared:
+			dst = append(dst, compression.Span{Start: at, End: at + n + m})
+		}
+		at += n + m
+		ops = ops[n+m:]
+	}
+	if !live {
+		return dst[:found]
+	}
+	return dst
 }
 
 // field returns one batch encoded as an Ops field, from the cache when a

@@ -1,7 +1,10 @@
 package server
 
 import (
+	"bytes"
 	"fmt"
+	"io"
+	"slices"
 	"testing"
 
 	"github.com/oklog/ulid/v2"
@@ -9,6 +12,8 @@ import (
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 )
 
@@ -90,6 +95,192 @@ func TestLiveBatchesEncodeAsSent(t *testing.T) {
 	erased.Ops[0].Body, erased.Ops[0].ContentType, erased.Ops[0].Erased = nil, "", true
 	for _, packed := range []bool{true, false} {
 		check(engine.Event{Kind: engine.EventOps, Phase: engine.PhaseLive, FeedPos: 43, Batches: []engine.Batch{erased}}, packed)
+	}
+}
+
+// chatOf returns n message bodies of a chat's length.
+func chatOf(who string, n int) []string {
+	bodies := make([]string, n)
+	for i := range bodies {
+		bodies[i] = fmt.Sprintf("%s says: message %d of a burst, long enough to be worth compressing", who, i)
+	}
+	return bodies
+}
+
+// run joins batches of consecutive seqs into one, as a session reads a
+// conversation's range.
+func run(bs ...engine.Batch) engine.Batch {
+	out := engine.Batch{Conv: bs[0].Conv}
+	for _, b := range bs {
+		out.Ops = append(out.Ops, b.Ops...)
+	}
+	return out
+}
+
+// TestLiveRoundsShareEachAuthorsBatch: a conversation of three whose
+// members each pushed a burst in one commit. Each member's live round
+// holds the two others' ops, one range of seqs for the first and third
+// members: the round is cut where the author changes, each author's batch
+// goes as a zstd frame of its own, and the batch two rounds share is
+// compressed once. Both rounds arrive whole, in seq order.
+func TestLiveRoundsShareEachAuthorsBatch(t *testing.T) {
+	s := &Server{}
+	conv := ulid.Make()
+	users := []ulid.ULID{ulid.Make(), ulid.Make(), ulid.Make()}
+	devs := []ulid.ULID{ulid.Make(), ulid.Make(), ulid.Make()}
+	burst := make([]engine.Batch, 3)
+	for i := range burst {
+		burst[i] = batchOf(conv, users[i], devs[i], uint64(1+10*i), chatOf(users[i].String(), 10)...)
+	}
+	rounds := []struct {
+		batches []engine.Batch
+		want    []engine.Batch // as the member reads them
+	}{
+		{[]engine.Batch{run(burst[1], burst[2])}, []engine.Batch{burst[1], burst[2]}},
+		{[]engine.Batch{burst[0], burst[2]}, []engine.Batch{burst[0], burst[2]}}, // the second member's ops split the range
+	}
+	z := compression.NewZstd(compression.WithMemo(), compression.WithShared(sharedBatches))
+	var third [][]byte // the third member's batch, as each round holds it
+	for i, r := range rounds {
+		ev := engine.Event{Kind: engine.EventOps, Phase: engine.PhaseLive, FeedPos: 9, Batches: r.batches}
+		m, err := s.opsMessage(ev, true, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, err := proto.Marshal(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Ops{Ops: m}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		spans := sharedBatches(msg, nil)
+		if len(spans) != 2 {
+			t.Fatalf("round %d: %d shared spans; want one for each author's batch", i, len(spans))
+		}
+		third = append(third, msg[spans[1].Start:spans[1].End])
+
+		var buf bytes.Buffer
+		w, _ := z.Compress(&buf)
+		w.Write(msg)
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if frames := bytes.Count(buf.Bytes(), []byte{0x28, 0xb5, 0x2f, 0xfd}); frames != 3 {
+			t.Errorf("round %d went as %d zstd frames; want 3: the message's start, and each batch", i, frames)
+		}
+		r2, _ := z.Decompress(&buf)
+		plain, err := io.ReadAll(r2)
+		r2.Close()
+		if err != nil || !bytes.Equal(plain, msg) {
+			t.Fatalf("round %d came back as %d bytes (%v); want %d", i, len(plain), err, len(msg))
+		}
+		var got ferryv1.SyncResponse
+		if err := proto.Unmarshal(plain, &got); err != nil {
+			t.Fatal(err)
+		}
+		packed := got.GetOps().GetPacked()
+		if len(packed) != len(r.want) || got.GetOps().GetFeedPos() != 9 {
+			t.Fatalf("round %d: %d packed batches, feed position %d; want %d, 9", i, len(packed), got.GetOps().GetFeedPos(), len(r.want))
+		}
+		for j, p := range packed {
+			_, ops, err := wire.UnpackBatch("packed", p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := r.want[j].Ops
+			if len(ops) != len(want) || ops[0].Seq != want[0].Seq || ops[0].ID != want[0].ID || string(ops[9].Body) != string(want[9].Body) {
+				t.Fatalf("round %d, batch %d: %d ops from seq %d; want %d from %d", i, j, len(ops), ops[0].Seq, len(want), want[0].Seq)
+			}
+		}
+	}
+	// What lets the compressor's memo compress it once.
+	if !bytes.Equal(third[0], third[1]) {
+		t.Error("the third member's batch is not the same bytes in both rounds")
+	}
+}
+
+// TestByAuthorCutsLongRuns: a live batch is cut where its author changes
+// between runs of minRun ops or more, and only there.
+func TestByAuthorCutsLongRuns(t *testing.T) {
+	conv := ulid.Make()
+	var devs [3]ulid.ULID
+	for i := range devs {
+		devs[i] = ulid.Make()
+	}
+	// runs gives a batch of runs of n[i] ops by author i%3, and the
+	// lengths byAuthor cuts it into.
+	cut := func(n ...int) []int {
+		var b engine.Batch
+		b.Conv = conv
+		seq := uint64(1)
+		for i, k := range n {
+			for range k {
+				b.Ops = append(b.Ops, model.Op{Conv: conv, Seq: seq, Dot: model.Dot{Device: devs[i%3], N: seq}})
+				seq++
+			}
+		}
+		var lens []int
+		for _, x := range byAuthor([]engine.Batch{b}) {
+			lens = append(lens, len(x.Ops))
+		}
+		return lens
+	}
+	for _, c := range []struct {
+		runs, want []int
+	}{
+		{[]int{16}, []int{16}},
+		{[]int{8, 8}, []int{8, 8}},
+		{[]int{7, 9}, []int{16}},
+		{[]int{9, 7}, []int{16}},
+		{[]int{16, 16, 16}, []int{16, 16, 16}},
+		{[]int{16, 1, 16}, []int{16, 17}},
+		{[]int{4, 16, 16}, []int{20, 16}},
+		{[]int{1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, []int{10}},
+	} {
+		if got := cut(c.runs...); !slices.Equal(got, c.want) {
+			t.Errorf("runs %v cut into %v; want %v", c.runs, got, c.want)
+		}
+	}
+	// A round whose batches are not cut is the same slice.
+	bs := []engine.Batch{batchOf(conv, ulid.Make(), devs[0], 1, "a", "b")}
+	if got := byAuthor(bs); &got[0] != &bs[0] {
+		t.Error("a round with nothing to cut was copied")
+	}
+}
+
+// TestSharedBatchesOfOtherMessages: only a live round's batches are
+// shared; a catch-up's are compressed together, as is any other message.
+func TestSharedBatchesOfOtherMessages(t *testing.T) {
+	s := &Server{}
+	conv, user, dev := ulid.Make(), ulid.Make(), ulid.Make()
+	big := batchOf(conv, user, dev, 1, chatOf("someone", 10)...)
+	marshal := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	backfill, err := s.opsMessage(engine.Event{Kind: engine.EventOps, Phase: engine.PhaseBackfill, Batches: []engine.Batch{big}}, true, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := s.opsMessage(engine.Event{Kind: engine.EventOps, Phase: engine.PhaseLive, FeedPos: 3, Batches: []engine.Batch{big}}, true, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	liveMsg := marshal(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Ops{Ops: live}})
+	if n := len(sharedBatches(liveMsg, nil)); n != 1 {
+		t.Fatalf("a live round of one batch had %d shared spans; want 1", n)
+	}
+	for name, msg := range map[string][]byte{
+		"catch-up":        marshal(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Ops{Ops: backfill}}),
+		"conversations":   marshal(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Conversations{Conversations: &ferryv1.Conversations{}}}),
+		"live, truncated": liveMsg[:len(liveMsg)-1],
+		"live, trailing":  append(slices.Clone(liveMsg), 0),
+		"json":            []byte(`{"ops":{"phase":"PHASE_LIVE"}}`),
+	} {
+		if spans := sharedBatches(msg, nil); len(spans) != 0 {
+			t.Errorf("%s: shared spans %v; want none", name, spans)
+		}
 	}
 }
 

@@ -106,7 +106,7 @@ func (s *Server) Handler(extra ...func(*http.ServeMux)) http.Handler {
 	connecthttp.Mount(mux, cs,
 		connecthttp.WithReadMaxBytes(s.opts.MaxMessageBytes),
 		connecthttp.WithSendMaxBytes(s.opts.MaxMessageBytes+(1<<20)),
-		connecthttp.WithCompressors(compression.NewZstd(compression.WithMemo()), compression.NewGzip(compression.WithMemo())),
+		connecthttp.WithCompressors(compression.NewZstd(compression.WithMemo(), compression.WithShared(sharedBatches)), compression.NewGzip(compression.WithMemo())),
 		connecthttp.WithCompressMinBytes(compression.MinBytes),
 	)
 	mux.HandleFunc("GET /healthz", s.healthz)

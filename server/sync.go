@@ -1271,7 +1271,8 @@ func (l *loop) send(st step) error {
 }
 
 // opsMessage is an Ops event as sent: packed, or as rows. For a binary
-// codec, a live round's batches come encoded from s.batches, and a
+// codec, a live round's batches come encoded from s.batches, cut by
+// author (byAuthor) so that zstd compresses each once too, and a
 // catch-up's packed batches are encoded straight into the message's
 // unknown fields (protobuf marshals them verbatim); the JSON codec needs
 // the messages.
@@ -1283,7 +1284,7 @@ func (s *Server) opsMessage(ev engine.Event, packed, binary bool) (*ferryv1.Ops,
 	case len(ev.Batches) == 0:
 	case binary && ev.Phase == engine.PhaseLive:
 		var fields []byte
-		if fields, err = s.batches.fields(ev.Batches, packed); err == nil {
+		if fields, err = s.batches.fields(byAuthor(ev.Batches), packed); err == nil {
 			m.ProtoReflect().SetUnknown(fields)
 		}
 	case binary && packed:

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -347,6 +348,67 @@ func TestRoundLeavesInOneWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestLiveBatchesGoAsFramesOfTheirOwn: over the wire, a live round of
+// two members' bursts reaches a third member as the round's start and a
+// zstd frame for each author's batch, which the client reads as the
+// round it is.
+func TestLiveBatchesGoAsFramesOfTheirOwn(t *testing.T) {
+	var wire bytes.Buffer
+	var mu sync.Mutex
+	srv := servertest.New(t, servertest.Config{Wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == ferryv1connect.SyncServiceSyncProcedure {
+				w = writeRecorder{w, &mu, &wire}
+			}
+			h.ServeHTTP(w, r)
+		})
+	}})
+	alice, bob, carol := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob")), newDev(t, srv.Register("carol"))
+	conv := alice.createConv("bursts", bob, carol)
+	h := hello("", 0)
+	h.PackedOps = true
+	s := carol.open(h)
+	s.untilCaughtUp()
+	mu.Lock()
+	wire.Reset()
+	mu.Unlock()
+
+	burst := func(d *dev) []*ferryv1.Op {
+		ops := make([]*ferryv1.Op, 10)
+		for i := range ops {
+			ops[i] = d.op(conv, msg(fmt.Sprintf("%s's burst, message %d, long enough for a round to be compressed", d.user(), i)))
+		}
+		return ops
+	}
+	last := alice.push(conv, burst(alice)...)[9].GetSeq()
+	last = max(last, bob.push(conv, burst(bob)...)[9].GetSeq())
+	s.until(func(*ferryv1.SyncResponse) bool { return s.last[conv] == last })
+	s.holds(conv, 1, last)
+	mu.Lock()
+	defer mu.Unlock()
+	// Each round of one batch is two frames, one of two batches three.
+	if frames := bytes.Count(wire.Bytes(), []byte{0x28, 0xb5, 0x2f, 0xfd}); frames < 4 {
+		t.Errorf("the live rounds of two bursts went as %d zstd frames; want each batch in a frame of its own", frames)
+	}
+}
+
+type writeRecorder struct {
+	http.ResponseWriter
+	mu *sync.Mutex
+	to *bytes.Buffer
+}
+
+func (w writeRecorder) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	w.to.Write(p)
+	w.mu.Unlock()
+	return w.ResponseWriter.Write(p)
+}
+
+func (w writeRecorder) Flush() { w.ResponseWriter.(http.Flusher).Flush() }
+
+func (w writeRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // TestPackedOpsMatchRows: a device that asks for packed ops gets, message
 // for message, the ops a device reading rows gets: every kind of op, an

@@ -8,7 +8,11 @@
 // for concurrent use), instead of a streaming encoder per connection, which
 // would cost megabytes per idle stream; gzip with pooled writers. A message
 // that many streams send alike (a live round to every member of a
-// conversation) is compressed twice, not once per stream: see memo.
+// conversation) is compressed twice, not once per stream: see memo. The
+// parts of messages that other messages repeat (a live round's batch of
+// one author's ops, sent to each other member in rounds that differ
+// otherwise) can be compressed once as zstd frames of their own
+// (WithShared).
 // Decoders are pooled and refuse frames whose window exceeds a bound, so a
 // hostile frame cannot make the server allocate more than that; Connect
 // limits the decompressed size itself.
@@ -65,19 +69,43 @@ type Zstd struct {
 	fast    *zstd.Encoder // under FastBelow
 	raw     *zstd.Encoder // under RawLiteralsBelow
 	memo    *memo
-	bufs    sync.Pool // *buffers
-	readers sync.Pool // *zstdReader
+	shared  func(msg []byte, dst []Span) []Span // nil: messages are compressed whole
+	spans   sync.Pool                           // *[]Span
+	bufs    sync.Pool                           // *buffers
+	readers sync.Pool                           // *zstdReader
 }
 
 // Option configures a compressor.
 type Option func(*config)
 
-type config struct{ memo bool }
+type config struct {
+	memo   bool
+	shared func(msg []byte, dst []Span) []Span
+}
 
 // WithMemo makes the compressor remember its recent compressions, so that a
 // message many streams send alike is compressed twice, not once per stream
 // (see memo). For a server; a client's messages are its own.
 func WithMemo() Option { return func(c *config) { c.memo = true } }
+
+// A Span is the part msg[Start:End] of a message.
+type Span struct{ Start, End int }
+
+// WithShared makes zstd compress the parts of a message that other
+// messages likely repeat on their own: spans appends them to dst, in
+// order and apart. Each is compressed as a zstd frame of its own, kept by
+// the memo (WithMemo) the first time, and the bytes around them as frames
+// between; a zstd decoder reads concatenated frames as the concatenation
+// of their contents (RFC 8878, section 3), so the message arrives as it
+// was. A live round of a conversation differs per member, who is spared
+// their own ops, but its batches of each other author's ops are the same
+// bytes in every member's round: compressed whole, each round compressed
+// them again. Where the spans lie does not change what arrives, only what
+// the memo finds: spans that are out of order or out of bounds leave the
+// message compressed whole. Gzip, for browsers, compresses whole.
+func WithShared(spans func(msg []byte, dst []Span) []Span) Option {
+	return func(c *config) { c.shared = spans }
+}
 
 func configure(opts []Option) (c config) {
 	for _, o := range opts {
@@ -95,9 +123,11 @@ func NewZstd(opts ...Option) *Zstd {
 		fast: newEncoder(zstd.SpeedFastest),
 		raw:  newEncoder(zstd.SpeedFastest, zstd.WithNoEntropyCompression(true)),
 	}
-	if configure(opts).memo {
+	c := configure(opts)
+	if c.memo {
 		z.memo = newMemo()
 	}
+	z.shared = c.shared
 	return z
 }
 
@@ -112,17 +142,61 @@ func (z *Zstd) Compress(dst io.Writer) (io.WriteCloser, error) {
 
 // compress appends the compression of in to dst.
 func (z *Zstd) compress(dst, in []byte) []byte {
-	return z.memo.compress(dst, in, z.encode)
+	if z.shared == nil {
+		return z.memo.compress(dst, in, z.encode)
+	}
+	sp, _ := z.spans.Get().(*[]Span)
+	if sp == nil {
+		sp = new([]Span)
+	}
+	defer z.spans.Put(sp)
+	spans := z.shared(in, (*sp)[:0])
+	*sp = spans[:0]
+	if !inOrder(spans, len(in)) {
+		return z.memo.compress(dst, in, z.encode)
+	}
+	// Every frame at the level the whole message's size calls for: its
+	// parts are smaller, and would get a faster level and fewer bytes
+	// saved than the message compressed whole.
+	enc := z.encoder(len(in))
+	at := 0
+	for _, s := range spans {
+		if at < s.Start {
+			dst = enc.EncodeAll(in[at:s.Start], dst)
+		}
+		dst = z.memo.share(dst, in[s.Start:s.End], func(dst, in []byte) []byte { return enc.EncodeAll(in, dst) })
+		at = s.End
+	}
+	if at < len(in) {
+		dst = enc.EncodeAll(in[at:], dst)
+	}
+	return dst
 }
 
-func (z *Zstd) encode(dst, in []byte) []byte {
-	switch {
-	case len(in) < RawLiteralsBelow:
-		return z.raw.EncodeAll(in, dst)
-	case len(in) < FastBelow:
-		return z.fast.EncodeAll(in, dst)
+// inOrder reports whether spans lie in order and apart within n bytes,
+// and are not all of them.
+func inOrder(spans []Span, n int) bool {
+	at := 0
+	for _, s := range spans {
+		if s.Start < at || s.End <= s.Start || s.End > n {
+			return false
+		}
+		at = s.End
 	}
-	return z.enc.EncodeAll(in, dst)
+	return len(spans) > 0 && !(len(spans) == 1 && spans[0] == Span{0, n})
+}
+
+func (z *Zstd) encode(dst, in []byte) []byte { return z.encoder(len(in)).EncodeAll(in, dst) }
+
+// encoder returns the encoder for a message of n bytes.
+func (z *Zstd) encoder(n int) *zstd.Encoder {
+	switch {
+	case n < RawLiteralsBelow:
+		return z.raw
+	case n < FastBelow:
+		return z.fast
+	}
+	return z.enc
 }
 
 func newEncoder(level zstd.EncoderLevel, opts ...zstd.EOption) *zstd.Encoder {

@@ -25,6 +25,9 @@ import (
 // one was a tenth of the bytes the server allocated there. A round to a
 // thousand members is compressed twice instead of once.
 //
+// A part of a message that other messages repeat (WithShared) is kept the
+// first time: it was marked because it is likely sent again.
+//
 // It is bounded: memoSlots entries of at most memoMaxInput bytes each (a
 // live round; catch-up batches, up to a MiB and rarely alike, are not
 // kept). Safe for concurrent use: entries are immutable and swapped
@@ -52,6 +55,16 @@ func newMemo() *memo { return &memo{seed: maphash.MakeSeed()} }
 // which must append a deterministic compression of in to its dst. A nil
 // memo compresses every time.
 func (m *memo) compress(dst, in []byte, fn func(dst, in []byte) []byte) []byte {
+	return m.lookup(dst, in, fn, false)
+}
+
+// share is compress for a part of a message that others likely repeat:
+// it is kept the first time.
+func (m *memo) share(dst, in []byte, fn func(dst, in []byte) []byte) []byte {
+	return m.lookup(dst, in, fn, true)
+}
+
+func (m *memo) lookup(dst, in []byte, fn func(dst, in []byte) []byte, first bool) []byte {
 	if m == nil || len(in) > memoMaxInput {
 		return fn(dst, in)
 	}
@@ -62,7 +75,7 @@ func (m *memo) compress(dst, in []byte, fn func(dst, in []byte) []byte) []byte {
 		return append(dst, e.out...)
 	}
 	out := fn(dst, in)
-	if m.seen[h%memoSlots].Swap(h) != h {
+	if m.seen[h%memoSlots].Swap(h) != h && !first {
 		return out
 	}
 	z := out[len(dst):]

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"hash/maphash"
+	"io"
+	"slices"
 	"sync"
 	"testing"
 
@@ -136,5 +138,81 @@ func TestMemoEvictsAndSkipsLargeInputs(t *testing.T) {
 	m.compress(nil, big, fn)
 	if calls != 2 {
 		t.Errorf("a message over %d bytes was compressed %d times for 2 sends; want 2 (not kept)", memoMaxInput, calls)
+	}
+}
+
+// TestSharedSpansCompressOnce: two messages that differ but for a part
+// they share (a live round to two members, each spared their own ops)
+// arrive intact, each part in a zstd frame of its own, and the shared part
+// is compressed once: the second message takes it from the memo.
+func TestSharedSpansCompressOnce(t *testing.T) {
+	part := func(s string) []byte { return bytes.Repeat([]byte(s), 1024/len(s)+1) }
+	mine, yours, theirs := part("mine: my own ops; "), part("yours: your ops; "), part("theirs: the third author's ops; ")
+	header := func(b byte) []byte { return []byte{b, b, b} }
+	// Each message is a header of its own, then two parts; spans finds
+	// the parts from their first bytes, as a server finds a round's
+	// batches from their fields.
+	spans := func(msg []byte, dst []Span) []Span {
+		for _, p := range [][]byte{mine, yours, theirs} {
+			if i := bytes.Index(msg, p); i >= 0 {
+				dst = append(dst, Span{i, i + len(p)})
+			}
+		}
+		slices.SortFunc(dst, func(a, b Span) int { return a.Start - b.Start })
+		return dst
+	}
+	z := NewZstd(WithMemo(), WithShared(spans))
+	toMe := slices.Concat(header(1), yours, theirs)
+	toYou := slices.Concat(header(2), mine, theirs)
+	for i, msg := range [][]byte{toMe, toYou} {
+		var buf bytes.Buffer
+		w, _ := z.Compress(&buf)
+		w.Write(msg)
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if frames := bytes.Count(buf.Bytes(), zstdMagic); frames != 3 {
+			t.Errorf("message %d went as %d zstd frames; want 3 (its header, and a frame for each part)", i, frames)
+		}
+		r, _ := z.Decompress(bytes.NewReader(buf.Bytes()))
+		out, err := io.ReadAll(r)
+		r.Close()
+		if err != nil || !bytes.Equal(out, msg) {
+			t.Fatalf("message %d came back as %d bytes (%v); want its %d", i, len(out), err, len(msg))
+		}
+	}
+	if hits := z.memoHits(); hits != 1 {
+		t.Errorf("the shared part was taken from the memo %d times; want once, for the second message", hits)
+	}
+}
+
+// zstdMagic starts every zstd frame.
+var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+
+// TestSpansOutOfOrder: spans that overlap, run backwards or past the
+// message, or cover all of it leave the message compressed whole.
+func TestSpansOutOfOrder(t *testing.T) {
+	msg := bytes.Repeat([]byte("a round of ops "), 200)
+	n := len(msg)
+	for _, spans := range [][]Span{
+		{{10, 20}, {15, 30}},
+		{{30, 40}, {10, 20}},
+		{{10, 5}},
+		{{10, n + 1}},
+		{{-1, 10}},
+		{{0, n}},
+		{},
+	} {
+		z := NewZstd(WithMemo(), WithShared(func(_ []byte, dst []Span) []Span { return append(dst, spans...) }))
+		var buf bytes.Buffer
+		w, _ := z.Compress(&buf)
+		w.Write(msg)
+		w.Close()
+		if frames := bytes.Count(buf.Bytes(), zstdMagic); frames != 1 {
+			t.Errorf("spans %v: %d frames; want the message compressed whole", spans, frames)
+		}
+		if out := roundTrip(t, z, msg); !bytes.Equal(out, msg) {
+			t.Errorf("spans %v: the message came back changed", spans)
+		}
 	}
 }
