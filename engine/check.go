@@ -156,6 +156,7 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 		edits    = map[ulid.ULID][]uint64{}
 		erased   []record.Op
 		nEdits   int
+		opDots   []model.Dot // by seq - 1
 	)
 	err := scan(v, keys.ID1(keys.TOp, conv), func(k, val []byte) error {
 		_, s, ok := keys.ParseOp(k)
@@ -186,7 +187,7 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 			dots[op.Dot.Device] = op.Dot.N
 		}
 		c.expectUint(keys.ID2(keys.TOpID, conv, op.ID), s, "op-id index of %s/%d", conv, s)
-		c.expectUint(keys.Dot(conv, op.Dot.Device, op.Dot.N), s, "dot index of %s/%d", conv, s)
+		opDots = append(opDots, op.Dot)
 		switch op.Kind {
 		case model.KindCreate:
 			title = op.Title
@@ -250,7 +251,7 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 		table byte
 		want  uint64
 		what  string
-	}{{keys.TOpID, rec.Head, "op-id index"}, {keys.TDot, rec.Head, "dot index"}, {keys.TEdit, uint64(nEdits), "edit index"}} {
+	}{{keys.TOpID, rec.Head, "op-id index"}, {keys.TEdit, uint64(nEdits), "edit index"}} {
 		n, err := count(v, keys.ID1(t.table, conv))
 		if err != nil {
 			return err
@@ -258,6 +259,9 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 		if n != t.want {
 			c.problem("conversation %s: %s has %d entries, log implies %d", conv, t.what, n, t.want)
 		}
+	}
+	if err := c.dotRuns(conv, opDots); err != nil {
+		return err
 	}
 	vec, err := readVector(v, conv)
 	if err != nil {
@@ -346,6 +350,41 @@ func (c *checker) expectUint(k []byte, want uint64, format string, args ...any) 
 	if err != nil || got != want {
 		c.problem(format+": points at %d", append(args, got)...)
 	}
+}
+
+// dotRuns checks conv's dot index against its log, whose ops' dots are
+// dots[seq-1]: its runs must cover every op once, each dot at its seq.
+func (c *checker) dotRuns(conv ulid.ULID, dots []model.Dot) error {
+	covered := make([]bool, len(dots))
+	err := scan(c.r.v, keys.ID1(keys.TDot, conv), func(k, val []byte) error {
+		_, dev, first, ok := keys.ParseDot(k)
+		seq, count, err := record.DecodeDotRun(val)
+		if !ok || err != nil {
+			c.problem("conversation %s: dot index entry %x: %v", conv, k, errors.Join(err, record.ErrCorrupt))
+			return nil
+		}
+		for i := range count {
+			s, want := seq+i, model.Dot{Device: dev, N: first + i}
+			if s < 1 || s > uint64(len(dots)) {
+				c.problem("conversation %s: dot index has %s at seq %d, past the log's %d ops", conv, want, s, len(dots))
+				return nil
+			}
+			if dots[s-1] != want {
+				c.problem("conversation %s: dot index has %s at seq %d, which holds %s", conv, want, s, dots[s-1])
+			}
+			if covered[s-1] {
+				c.problem("conversation %s: dot index has seq %d twice", conv, s)
+			}
+			covered[s-1] = true
+		}
+		return nil
+	})
+	for i, ok := range covered {
+		if !ok {
+			c.problem("dot index of %s/%d: missing", conv, i+1)
+		}
+	}
+	return err
 }
 
 // userFeed checks that user-level feed entries and their index agree.

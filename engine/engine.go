@@ -28,11 +28,14 @@ import (
 //     lack;
 //   - format 4 lets members' feed entries sit below their conversation's
 //     feed position (record.Conv.EntryPos), which a record written before
-//     has at its feed position.
+//     has at its feed position;
+//   - format 5 keeps the dot index in runs: one entry for a device's dots
+//     at consecutive seqs (a push's), where entries written before hold
+//     one dot each, a run of one (record.AppendDotRun).
 //
 // A build that reads only an older format refuses the store once it was
 // opened by a newer one.
-const formatVersion = 4
+const formatVersion = 5
 
 // backupMarker is the file Backup leaves in its copies: opening a copy that
 // has it starts a new epoch.
@@ -159,7 +162,7 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		}
 		switch f {
 		case formatVersion:
-		case 1, 2, 3:
+		case 1, 2, 3, 4:
 			b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, formatVersion))
 			upgrade = f
 		default:

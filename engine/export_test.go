@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine/internal/keys"
 	"github.com/ferrysync/ferry/engine/internal/record"
@@ -77,8 +78,8 @@ const MaxEntryLag = maxEntryLag
 // AsFormat3 rewrites the closed store at dir on fs as a format 3 build
 // left it: conversation records without EntryPos and MoveEntries (their
 // members' entries at FeedPos), ending in the byte 1 for a shared feed or
-// nothing. It fails on a record whose entries sit below its FeedPos,
-// which format 3 did not have.
+// nothing; and a dot index entry for every dot. It fails on a record whose
+// entries sit below its FeedPos, which format 3 did not have.
 func AsFormat3(fs vfs.FS, dir string) error {
 	st, err := store.Open(dir, store.Options{FS: fs, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -102,10 +103,67 @@ func AsFormat3(fs vfs.FS, dir string) error {
 		b.Set(k, old)
 		return nil
 	})
+	if err == nil {
+		err = splitDotRuns(v, b)
+	}
 	v.Release()
 	if err == nil {
 		b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, 3))
 		err = st.Commit(b)
 	}
 	return errors.Join(err, st.Close())
+}
+
+// AsFormat4 rewrites the closed store at dir on fs as a format 4 build
+// left it: a dot index entry for every dot, where format 5 keeps runs.
+func AsFormat4(fs vfs.FS, dir string) error {
+	st, err := store.Open(dir, store.Options{FS: fs, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
+	b := st.NewBatch()
+	v := st.View()
+	err = splitDotRuns(v, b)
+	v.Release()
+	if err == nil {
+		b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, 4))
+		err = st.Commit(b)
+	}
+	return errors.Join(err, st.Close())
+}
+
+// splitDotRuns sets in b an entry for every dot of the dot index's runs.
+func splitDotRuns(v *store.View, b *store.Batch) error {
+	return scan(v, []byte{keys.TDot}, func(k, val []byte) error {
+		conv, dev, first, ok := keys.ParseDot(k)
+		seq, count, err := record.DecodeDotRun(val)
+		if !ok || err != nil {
+			return fmt.Errorf("dot entry %x: %w", k, errors.Join(err, record.ErrCorrupt))
+		}
+		for i := range count {
+			b.Set(keys.Dot(conv, dev, first+i), record.AppendUint(nil, seq+i))
+		}
+		return nil
+	})
+}
+
+// DotEntries counts the entries of conv's dot index.
+func DotEntries(e *Engine, conv ulid.ULID) (int, error) {
+	v := e.st.View()
+	defer v.Release()
+	n, err := count(v, keys.ID1(keys.TDot, conv))
+	return int(n), err
+}
+
+// SetDotRun writes a run of dev's dots in conv's dot index, count from
+// first at the seqs from seq, or deletes the entry at first when count is
+// 0: for tests of what Check finds.
+func SetDotRun(e *Engine, conv, dev ulid.ULID, first, seq, count uint64) error {
+	b := e.st.NewBatch()
+	if count == 0 {
+		b.Delete(keys.Dot(conv, dev, first))
+	} else {
+		b.Set(keys.Dot(conv, dev, first), record.AppendDotRun(nil, seq, count))
+	}
+	return e.st.Commit(b)
 }

@@ -953,31 +953,7 @@ func (e *Engine) Repair(a Actor, conv ulid.ULID, have model.Vector, limit int) (
 	// hold its lowest lacking seqs; the global first `limit` are among them.
 	var seqs []uint64
 	for _, rg := range have.Lacks(vec) {
-		lo := keys.Dot(conv, rg.Device, rg.From)
-		hi := keys.Dot(conv, rg.Device, rg.To+1)
-		it, err := r.v.Iter(lo, hi)
-		if err != nil {
-			return RepairResult{}, err
-		}
-		n := 0
-		for ok := it.First(); ok && n <= limit; ok = it.Next() {
-			val, err := it.Value()
-			if err != nil {
-				_ = it.Close()
-				return RepairResult{}, err
-			}
-			seq, err := record.DecodeUint(val)
-			if err != nil {
-				_ = it.Close()
-				return RepairResult{}, err
-			}
-			if seq > head {
-				break // a device's later dots are later seqs: none readable
-			}
-			seqs = append(seqs, seq)
-			n++
-		}
-		if err := it.Close(); err != nil {
+		if seqs, err = lackedSeqs(r.v, conv, rg, head, limit+1, seqs); err != nil {
 			return RepairResult{}, err
 		}
 	}
@@ -1105,4 +1081,41 @@ func (e *Engine) Conversation(a Actor, conv ulid.ULID) (ConvInfo, []Member, mode
 	}
 	vec, err := readVector(r.v, conv)
 	return info, members, vec, err
+}
+
+// lackedSeqs appends to seqs those of the dots of rg, up to most of them
+// and up to head. The dot index holds runs of a device's dots at
+// consecutive seqs, each under its first dot: the run that holds rg.From
+// starts at or below it.
+func lackedSeqs(v *store.View, conv ulid.ULID, rg model.DotRange, head uint64, most int, seqs []uint64) ([]uint64, error) {
+	it, err := v.Iter(keys.Dot(conv, rg.Device, 0), keys.Dot(conv, rg.Device, rg.To+1))
+	if err != nil {
+		return seqs, err
+	}
+	ok := it.SeekLT(keys.Dot(conv, rg.Device, rg.From+1))
+	if !ok {
+		ok = it.First()
+	}
+	for n := 0; ok && n < most; ok = it.Next() {
+		_, _, first, valid := keys.ParseDot(it.Key())
+		val, err := it.Value()
+		if err != nil {
+			_ = it.Close()
+			return seqs, err
+		}
+		seq, count, err := record.DecodeDotRun(val)
+		if err != nil || !valid {
+			_ = it.Close()
+			return seqs, fmt.Errorf("dot run of %s at %x: %w", conv, it.Key(), errors.Join(err, record.ErrCorrupt))
+		}
+		for d := max(first, rg.From); d < first+count && d <= rg.To && n < most; d++ {
+			s := seq + (d - first)
+			if s > head {
+				return seqs, it.Close() // a device's later dots are later seqs: none readable
+			}
+			seqs = append(seqs, s)
+			n++
+		}
+	}
+	return seqs, it.Close()
 }

@@ -739,7 +739,7 @@ func scan(v *store.View, p []byte, fn func(k, val []byte) error) error {
 
 // readVector reads a conversation's version vector from its dot index by
 // skipping from device to device: O(devices), not O(ops). Dots are accepted
-// without gaps, so a device's highest dot is its entry.
+// without gaps, so a device's highest dot is the end of its last run.
 func readVector(v *store.View, conv ulid.ULID) (model.Vector, error) {
 	lo, hi := keys.Prefix(keys.ID1(keys.TDot, conv))
 	it, err := v.Iter(lo, hi)
@@ -758,7 +758,17 @@ func readVector(v *store.View, conv ulid.ULID) (model.Vector, error) {
 			break
 		}
 		_, _, n, _ := keys.ParseDot(it.Key())
-		entries = append(entries, model.Dot{Device: dev, N: n})
+		val, err := it.Value()
+		if err != nil {
+			_ = it.Close()
+			return model.Vector{}, err
+		}
+		_, count, err := record.DecodeDotRun(val)
+		if err != nil {
+			_ = it.Close()
+			return model.Vector{}, fmt.Errorf("dot run of %s at %s:%d: %w", conv, dev, n, err)
+		}
+		entries = append(entries, model.Dot{Device: dev, N: n + count - 1})
 		ok = it.SeekGE(end)
 	}
 	if err := it.Close(); err != nil {
@@ -1021,12 +1031,27 @@ func (tx *txn) finish() {
 			tx.b.Set(keys.ID2(keys.TOpID, o.rec.Conv, o.rec.ID), val)
 		}
 	}
-	for _, o := range tx.opOrder {
-		if o.accepted {
-			val = record.AppendUint(val[:0], o.rec.Seq)
-			tx.b.Set(keys.Dot(o.rec.Conv, o.rec.Dot.Device, o.rec.Dot.N), val)
+	// One dot index entry for each run of a device's dots at consecutive
+	// seqs: a push's ops to a conversation are one.
+	var run *record.Op // the run's first op
+	n := uint64(0)
+	setRun := func() {
+		if run != nil {
+			val = record.AppendDotRun(val[:0], run.Seq, n)
+			tx.b.Set(keys.Dot(run.Conv, run.Dot.Device, run.Dot.N), val)
 		}
 	}
+	for _, o := range tx.opOrder {
+		if !o.accepted {
+			continue
+		}
+		if r := &o.rec; run == nil || r.Conv != run.Conv || r.Dot.Device != run.Dot.Device || r.Dot.N != run.Dot.N+n || r.Seq != run.Seq+n {
+			setRun()
+			run, n = r, 0
+		}
+		n++
+	}
+	setRun()
 	for _, tm := range tx.markOrder {
 		if tm.dirty {
 			val = record.AppendMarker(val[:0], &tm.m)

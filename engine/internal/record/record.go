@@ -547,6 +547,30 @@ func DecodeID(b []byte) (ulid.ULID, error) {
 // AppendUint appends the encoding of a number (seqs, positions).
 func AppendUint(b []byte, v uint64) []byte { return binary.AppendUvarint(append(b, Version), v) }
 
+// AppendDotRun appends the encoding of a run of a device's dots in a
+// conversation's dot index: count dots from the key's, at the seqs from
+// seq on. A run of one is a number (AppendUint), as stores of format 4
+// and before hold every dot.
+func AppendDotRun(b []byte, seq, count uint64) []byte {
+	b = AppendUint(b, seq)
+	if count > 1 {
+		b = binary.AppendUvarint(b, count)
+	}
+	return b
+}
+
+// DecodeDotRun decodes a run of dots: its first seq and how many dots.
+func DecodeDotRun(b []byte) (seq, count uint64, err error) {
+	r := newReader("dot run", b)
+	seq, count = r.uvarint("dot run's seq"), 1
+	if r.err == nil && len(r.b) > 0 {
+		if count = r.uvarint("dot run's length"); r.err == nil && (count < 2 || seq+count < seq) {
+			r.err = fmt.Errorf("%w: dot run of %d from seq %d", ErrCorrupt, count, seq)
+		}
+	}
+	return seq, count, r.done("dot run")
+}
+
 // DecodeUint decodes a number.
 func DecodeUint(b []byte) (uint64, error) {
 	r := newReader("number", b)

@@ -1,6 +1,8 @@
 package record
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"reflect"
@@ -245,4 +247,30 @@ func FuzzDecodeRecords(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestDotRun: a run of one is the number a format 4 store holds for every
+// dot, and reads back as a run of one; longer runs carry their length;
+// a length under 2, one past the seqs, or trailing bytes are corrupt.
+func TestDotRun(t *testing.T) {
+	for _, c := range []struct{ seq, count uint64 }{{1, 1}, {7, 2}, {1 << 40, 16}, {3, 1 << 20}} {
+		seq, count, err := DecodeDotRun(AppendDotRun(nil, c.seq, c.count))
+		if err != nil || seq != c.seq || count != c.count {
+			t.Errorf("run of %d from %d read back as %d from %d (%v)", c.count, c.seq, count, seq, err)
+		}
+	}
+	if !bytes.Equal(AppendDotRun(nil, 9, 1), AppendUint(nil, 9)) {
+		t.Error("a run of one is not encoded as a number")
+	}
+	for name, b := range map[string][]byte{
+		"length 1":      binary.AppendUvarint(AppendUint(nil, 9), 1),
+		"length 0":      binary.AppendUvarint(AppendUint(nil, 9), 0),
+		"past the seqs": binary.AppendUvarint(AppendUint(nil, ^uint64(0)-1), 3),
+		"trailing":      append(AppendDotRun(nil, 9, 2), 0),
+		"empty":         nil,
+	} {
+		if _, _, err := DecodeDotRun(b); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: %v; want ErrCorrupt", name, err)
+		}
+	}
 }
