@@ -187,6 +187,9 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 			dots[op.Dot.Device] = op.Dot.N
 		}
 		c.expectUint(keys.ID2(keys.TOpID, conv, op.ID), s, "op-id index of %s/%d", conv, s)
+		for uint64(len(opDots)) < s-1 { // a gap, reported above
+			opDots = append(opDots, model.Dot{})
+		}
 		opDots = append(opDots, op.Dot)
 		switch op.Kind {
 		case model.KindCreate:
@@ -366,7 +369,7 @@ func (c *checker) dotRuns(conv ulid.ULID, dots []model.Dot) error {
 		for i := range count {
 			s, want := seq+i, model.Dot{Device: dev, N: first + i}
 			if s < 1 || s > uint64(len(dots)) {
-				c.problem("conversation %s: dot index has %s at seq %d, past the log's %d ops", conv, want, s, len(dots))
+				c.problem("conversation %s: dot index has %s at seq %d, outside the log's seqs 1 to %d", conv, want, s, len(dots))
 				return nil
 			}
 			if dots[s-1] != want {

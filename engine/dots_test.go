@@ -151,7 +151,7 @@ func TestCheckFindsBrokenDotRuns(t *testing.T) {
 		want       string
 	}{
 		{"wrong seqs", 1, 16, "which holds"},
-		{"past the log", 38, 16, "past the log"},
+		{"past the log", 38, 16, "outside the log"},
 		{"twice", 0, 17, "twice"},
 		{"gone", 0, 0, "missing"},
 	} {

@@ -81,52 +81,47 @@ const MaxEntryLag = maxEntryLag
 // nothing; and a dot index entry for every dot. It fails on a record whose
 // entries sit below its FeedPos, which format 3 did not have.
 func AsFormat3(fs vfs.FS, dir string) error {
-	st, err := store.Open(dir, store.Options{FS: fs, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		return err
-	}
-	b := st.NewBatch()
-	v := st.View()
-	err = scan(v, []byte{keys.TConv}, func(k, val []byte) error {
-		c, err := record.DecodeConv(val)
+	return rewriteAs(fs, dir, 3, func(v *store.View, b *store.Batch) error {
+		err := scan(v, []byte{keys.TConv}, func(k, val []byte) error {
+			c, err := record.DecodeConv(val)
+			if err != nil {
+				return err
+			}
+			if c.EntryPos != c.FeedPos {
+				return fmt.Errorf("conversation %x: entries at %d, below its feed position %d", k, c.EntryPos, c.FeedPos)
+			}
+			old := record.AppendConv(nil, &c)
+			old = old[:len(old)-2] // the flags, and the lag of 0
+			if c.SharedFeed {
+				old = append(old, 1)
+			}
+			b.Set(k, old)
+			return nil
+		})
 		if err != nil {
 			return err
 		}
-		if c.EntryPos != c.FeedPos {
-			return fmt.Errorf("conversation %x: entries at %d, below its feed position %d", k, c.EntryPos, c.FeedPos)
-		}
-		old := record.AppendConv(nil, &c)
-		old = old[:len(old)-2] // the flags, and the lag of 0
-		if c.SharedFeed {
-			old = append(old, 1)
-		}
-		b.Set(k, old)
-		return nil
+		return splitDotRuns(v, b)
 	})
-	if err == nil {
-		err = splitDotRuns(v, b)
-	}
-	v.Release()
-	if err == nil {
-		b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, 3))
-		err = st.Commit(b)
-	}
-	return errors.Join(err, st.Close())
 }
 
 // AsFormat4 rewrites the closed store at dir on fs as a format 4 build
 // left it: a dot index entry for every dot, where format 5 keeps runs.
-func AsFormat4(fs vfs.FS, dir string) error {
+func AsFormat4(fs vfs.FS, dir string) error { return rewriteAs(fs, dir, 4, splitDotRuns) }
+
+// rewriteAs opens the closed store at dir on fs, sets in one batch what
+// rewrite sets from its view, and marks the store as of format.
+func rewriteAs(fs vfs.FS, dir string, format uint64, rewrite func(*store.View, *store.Batch) error) error {
 	st, err := store.Open(dir, store.Options{FS: fs, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return err
 	}
 	b := st.NewBatch()
 	v := st.View()
-	err = splitDotRuns(v, b)
+	err = rewrite(v, b)
 	v.Release()
 	if err == nil {
-		b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, 4))
+		b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, format))
 		err = st.Commit(b)
 	}
 	return errors.Join(err, st.Close())
