@@ -360,14 +360,13 @@ func (c *checker) expectUint(k []byte, want uint64, format string, args ...any) 
 func (c *checker) dotRuns(conv ulid.ULID, dots []model.Dot) error {
 	covered := make([]bool, len(dots))
 	err := scan(c.r.v, keys.ID1(keys.TDot, conv), func(k, val []byte) error {
-		_, dev, first, ok := keys.ParseDot(k)
-		seq, count, err := record.DecodeDotRun(val)
-		if !ok || err != nil {
-			c.problem("conversation %s: dot index entry %x: %v", conv, k, errors.Join(err, record.ErrCorrupt))
+		run, err := decodeDotRun(k, val)
+		if err != nil {
+			c.problem("conversation %s: %v", conv, err)
 			return nil
 		}
-		for i := range count {
-			s, want := seq+i, model.Dot{Device: dev, N: first + i}
+		for i := range run.count {
+			s, want := run.seq+i, model.Dot{Device: run.dev, N: run.first + i}
 			if s < 1 || s > uint64(len(dots)) {
 				c.problem("conversation %s: dot index has %s at seq %d, outside the log's seqs 1 to %d", conv, want, s, len(dots))
 				return nil

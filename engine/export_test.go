@@ -130,13 +130,12 @@ func rewriteAs(fs vfs.FS, dir string, format uint64, rewrite func(*store.View, *
 // splitDotRuns sets in b an entry for every dot of the dot index's runs.
 func splitDotRuns(v *store.View, b *store.Batch) error {
 	return scan(v, []byte{keys.TDot}, func(k, val []byte) error {
-		conv, dev, first, ok := keys.ParseDot(k)
-		seq, count, err := record.DecodeDotRun(val)
-		if !ok || err != nil {
-			return fmt.Errorf("dot entry %x: %w", k, errors.Join(err, record.ErrCorrupt))
+		run, err := decodeDotRun(k, val)
+		if err != nil {
+			return err
 		}
-		for i := range count {
-			b.Set(keys.Dot(conv, dev, first+i), record.AppendUint(nil, seq+i))
+		for i := range run.count {
+			b.Set(keys.Dot(run.conv, run.dev, run.first+i), record.AppendUint(nil, run.seq+i))
 		}
 		return nil
 	})

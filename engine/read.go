@@ -1097,19 +1097,18 @@ func lackedSeqs(v *store.View, conv ulid.ULID, rg model.DotRange, head uint64, m
 		ok = it.First()
 	}
 	for n := 0; ok && n < most; ok = it.Next() {
-		_, _, first, valid := keys.ParseDot(it.Key())
 		val, err := it.Value()
 		if err != nil {
 			_ = it.Close()
 			return seqs, err
 		}
-		seq, count, err := record.DecodeDotRun(val)
-		if err != nil || !valid {
+		run, err := decodeDotRun(it.Key(), val)
+		if err != nil {
 			_ = it.Close()
-			return seqs, fmt.Errorf("dot run of %s at %x: %w", conv, it.Key(), errors.Join(err, record.ErrCorrupt))
+			return seqs, err
 		}
-		for d := max(first, rg.From); d < first+count && d <= rg.To && n < most; d++ {
-			s := seq + (d - first)
+		for d := max(run.first, rg.From); d <= run.last() && d <= rg.To && n < most; d++ {
+			s := run.seq + (d - run.first)
 			if s > head {
 				return seqs, it.Close() // a device's later dots are later seqs: none readable
 			}

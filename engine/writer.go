@@ -757,24 +757,45 @@ func readVector(v *store.View, conv ulid.ULID) (model.Vector, error) {
 		if !it.SeekLT(end) {
 			break
 		}
-		_, _, n, _ := keys.ParseDot(it.Key())
 		val, err := it.Value()
 		if err != nil {
 			_ = it.Close()
 			return model.Vector{}, err
 		}
-		_, count, err := record.DecodeDotRun(val)
+		run, err := decodeDotRun(it.Key(), val)
 		if err != nil {
 			_ = it.Close()
-			return model.Vector{}, fmt.Errorf("dot run of %s at %s:%d: %w", conv, dev, n, err)
+			return model.Vector{}, err
 		}
-		entries = append(entries, model.Dot{Device: dev, N: n + count - 1})
+		entries = append(entries, model.Dot{Device: dev, N: run.last()})
 		ok = it.SeekGE(end)
 	}
 	if err := it.Close(); err != nil {
 		return model.Vector{}, fmt.Errorf("read vector of %s: %w", conv, err)
 	}
 	return model.NewVector(entries...), nil
+}
+
+// dotRun is an entry of the dot index: count dots of dev in conv from
+// first, at the seqs from seq.
+type dotRun struct {
+	conv, dev         ulid.ULID
+	first, seq, count uint64
+}
+
+func (r dotRun) last() uint64 { return r.first + r.count - 1 }
+
+// decodeDotRun decodes a dot index entry, its key and its value.
+func decodeDotRun(k, val []byte) (dotRun, error) {
+	var r dotRun
+	var ok bool
+	r.conv, r.dev, r.first, ok = keys.ParseDot(k)
+	seq, count, err := record.DecodeDotRun(val)
+	if !ok || err != nil {
+		return r, fmt.Errorf("dot index entry %x: %w", k, errors.Join(err, record.ErrCorrupt))
+	}
+	r.seq, r.count = seq, count
+	return r, nil
 }
 
 // lookupOp finds the op with this id in c: first among this group's
@@ -1231,10 +1252,10 @@ func (r *convRun) from(h uint64) []model.Op { return r.ops[h+1-r.ops[0].Seq:] }
 // record of every conversation in that band. A position is a commit, so a
 // small bound keeps a busy conversation's entries in place about as well
 // as a large one, and keeps the band's reads few (the README's design
-// notes have the figures). Part of the store format: a build that scans less would miss entries
-// that a build which allowed more left behind, and one that allows more
-// would leave entries that a build which scans less misses, so changing
-// it takes a new format.
+// notes have the figures). Part of the store format: a build that scans
+// less would miss entries that a build which allowed more left behind,
+// and one that allows more would leave entries that a build which scans
+// less misses, so changing it takes a new format.
 const maxEntryLag = 64
 
 // moveConvFeed moves the conversation in every member's feed to pos.
