@@ -98,6 +98,34 @@ func TestLiveBatchesEncodeAsSent(t *testing.T) {
 	}
 }
 
+// TestLiveFieldsAllocateOnce: a live round of several batches, each
+// encoded already, costs one buffer of their total size, whatever their
+// number, holding them in order.
+func TestLiveFieldsAllocateOnce(t *testing.T) {
+	s := &Server{}
+	conv, user := ulid.Make(), ulid.Make()
+	var bs []engine.Batch
+	var want []byte
+	for i := range 5 {
+		bs = append(bs, batchOf(conv, user, ulid.Make(), uint64(1+10*i), chatOf(fmt.Sprint("device ", i), 10)...))
+		f, err := s.batches.field(&bs[i], true) // encoded, as by an earlier session
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, f...)
+	}
+	got, err := s.batches.fields(bs, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) || cap(got) != len(want) {
+		t.Fatalf("fields gave %d bytes in a buffer of %d, want the %d bytes of the batches' fields in order", len(got), cap(got), len(want))
+	}
+	if n := testing.AllocsPerRun(20, func() { _, _ = s.batches.fields(bs, true) }); n != 1 {
+		t.Fatalf("a round of %d encoded batches took %v allocations, want 1", len(bs), n)
+	}
+}
+
 // chatOf returns n message bodies of a chat's length.
 func chatOf(who string, n int) []string {
 	bodies := make([]string, n)
