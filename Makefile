@@ -68,6 +68,16 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# Debian's redis-server, for the durable Centrifugo of bench-peers
+# (centrifugo+redis); installed when missing. The harness starts its own
+# server on a fresh folder for each workload.
+.PHONY: redis-server
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing Debian's redis-server for the durable Centrifugo of bench-peers"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
 # The web client's npm packages, exactly as package-lock.json pins them.
 $(WEB)/node_modules/.installed: $(WEB)/package-lock.json
 	cd $(WEB) && npm ci --no-audit --no-fund
@@ -92,7 +102,7 @@ bench-full: ## The whole benchmark matrix (about 7 minutes on 2 cores): bench/re
 	@echo "report: $(RESULTS)/full.md"
 
 .PHONY: bench-peers
-bench-peers: ## Ferry, NATS JetStream and Centrifugo in one short run (builds the peers): bench/results/peers.{md,json}
+bench-peers: redis-server ## Ferry, NATS JetStream and Centrifugo (memory and Redis engines) in one short run (builds the peers): bench/results/peers.{md,json}
 	$(GO) run -C bench/peers ./cmd/ferry-bench-peers --profile short --md $(CURDIR)/$(RESULTS)/peers.md --json $(CURDIR)/$(RESULTS)/peers.json
 	@echo "report: $(RESULTS)/peers.md"
 
@@ -105,7 +115,7 @@ bench-compare: ## A/B: ferryd at BASE (a git revision) against the working tree,
 	$(GO) run ./cmd/ferry-bench --compare "$$base/ferryd" --only $(ONLY) --rows "$(ROWS)" --pairs $(PAIRS)
 
 .PHONY: test-peers
-test-peers: ## Tests of the peer adapters (builds nats-server and centrifugo from the module proxy)
+test-peers: redis-server ## Tests of the peer adapters (builds nats-server and centrifugo from the module proxy; installs redis-server)
 	$(GO) test -C bench/peers -race -count=1 -timeout 15m ./...
 
 .PHONY: bench-go

@@ -39,7 +39,7 @@ func CentrifugoNotes(memory, redis bool) []string {
 		notes = append(notes, fmt.Sprintf("centrifugo+redis: the durable Centrifugo. Centrifugo %s with the Redis engine (engine.type redis, "+
 			"engine.redis.address a redis-server of its own; history in Redis streams, Centrifugo's default), otherwise set up as "+
 			"centrifugo: history and recovery forced on every channel (history_size %d, history_ttl 24h), JWT (HMAC) tokens, "+
-			"centrifuge-go clients over WebSocket with Protobuf, pushes through the server HTTP API, limits raised. %s (found on PATH; the harness does not install it) runs as a "+
+			"centrifuge-go clients over WebSocket with Protobuf, pushes through the server HTTP API, limits raised. %s (found on PATH, which make bench-peers installs from Debian when missing) runs as a "+
 			"second child process on a fresh folder for each workload, without a configuration file: its built-in defaults plus "+
 			"%s. With appendfsync always, Redis writes and fsyncs the append-only file before it replies, so a publish is "+
 			"acknowledged once on disk. CPU and RSS are the sums of centrifugo's and redis-server's; peak RSS is the sum of each "+

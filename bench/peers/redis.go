@@ -16,7 +16,8 @@ import (
 )
 
 // RedisServerBinary is the name the harness looks up on PATH for the
-// Redis engine. The harness does not install Redis: without it on PATH,
+// Redis engine. The harness does not install Redis (make bench-peers
+// does, from Debian, when it is missing): without it on PATH,
 // centrifugo+redis is not measured.
 const RedisServerBinary = "redis-server"
 

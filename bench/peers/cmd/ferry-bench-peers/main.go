@@ -11,9 +11,9 @@
 // from the repository or from bench/peers.
 //
 // centrifugo+redis, Centrifugo with its Redis engine on a redis-server with
-// appendfsync always, needs redis-server on PATH, which the command does
-// not install: it is in the default --systems only when redis-server is
-// found.
+// appendfsync always, needs redis-server on PATH: it is in the default
+// --systems only when redis-server is found. The command does not install
+// it; make bench-peers installs Debian's package when it is missing.
 package main
 
 import (
