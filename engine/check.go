@@ -1,8 +1,10 @@
 package engine
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/oklog/ulid/v2"
 
@@ -156,7 +158,7 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 		edits    = map[ulid.ULID][]uint64{}
 		erased   []record.Op
 		nEdits   int
-		opDots   []model.Dot // by seq - 1
+		opDots   []seqDot // the log's dots, in seq order
 	)
 	err := scan(v, keys.ID1(keys.TOp, conv), func(k, val []byte) error {
 		_, s, ok := keys.ParseOp(k)
@@ -187,10 +189,7 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 			dots[op.Dot.Device] = op.Dot.N
 		}
 		c.expectUint(keys.ID2(keys.TOpID, conv, op.ID), s, "op-id index of %s/%d", conv, s)
-		for uint64(len(opDots)) < s-1 { // a gap, reported above
-			opDots = append(opDots, model.Dot{})
-		}
-		opDots = append(opDots, op.Dot)
+		opDots = append(opDots, seqDot{s, op.Dot})
 		switch op.Kind {
 		case model.KindCreate:
 			title = op.Title
@@ -355,35 +354,51 @@ func (c *checker) expectUint(k []byte, want uint64, format string, args ...any) 
 	}
 }
 
-// dotRuns checks conv's dot index against its log, whose ops' dots are
-// dots[seq-1]: its runs must cover every op once, each dot at its seq.
-func (c *checker) dotRuns(conv ulid.ULID, dots []model.Dot) error {
-	covered := make([]bool, len(dots))
+// seqDot is an op's dot at its seq.
+type seqDot struct {
+	seq uint64
+	dot model.Dot
+}
+
+// dotRuns checks conv's dot index against its log, the ops' dots in seq
+// order: its runs must cover every op once, each dot at its seq. The log
+// is what the scan found, gaps and stray seqs included (reported as the
+// log's own problems): a corrupt key at seq 0 or far past the head costs
+// one entry, not memory up to its seq.
+func (c *checker) dotRuns(conv ulid.ULID, log []seqDot) error {
+	covered := make([]bool, len(log))
 	err := scan(c.r.v, keys.ID1(keys.TDot, conv), func(k, val []byte) error {
 		run, err := decodeDotRun(k, val)
 		if err != nil {
 			c.problem("conversation %s: %v", conv, err)
 			return nil
 		}
-		for i := range run.count {
-			s, want := run.seq+i, model.Dot{Device: run.dev, N: run.first + i}
-			if s < 1 || s > uint64(len(dots)) {
-				c.problem("conversation %s: dot index has %s at seq %d, outside the log's seqs 1 to %d", conv, want, s, len(dots))
+		i, _ := slices.BinarySearchFunc(log, run.seq, func(e seqDot, s uint64) int { return cmp.Compare(e.seq, s) })
+		for j := uint64(0); j < run.count; j++ {
+			s, want := run.seq+j, model.Dot{Device: run.dev, N: run.first + j}
+			if len(log) == 0 || s < log[0].seq || s > log[len(log)-1].seq {
+				c.problem("conversation %s: dot index has %s at seq %d, outside the log", conv, want, s)
 				return nil
 			}
-			if dots[s-1] != want {
-				c.problem("conversation %s: dot index has %s at seq %d, which holds %s", conv, want, s, dots[s-1])
+			if log[i].seq != s { // in a gap of the log, reported with it: the run goes on after
+				c.problem("conversation %s: dot index has %s at seq %d, which the log lacks (up to seq %d)", conv, want, s, log[i].seq-1)
+				j = log[i].seq - run.seq - 1
+				continue
 			}
-			if covered[s-1] {
+			if log[i].dot != want {
+				c.problem("conversation %s: dot index has %s at seq %d, which holds %s", conv, want, s, log[i].dot)
+			}
+			if covered[i] {
 				c.problem("conversation %s: dot index has seq %d twice", conv, s)
 			}
-			covered[s-1] = true
+			covered[i] = true
+			i++
 		}
 		return nil
 	})
 	for i, ok := range covered {
 		if !ok {
-			c.problem("dot index of %s/%d: missing", conv, i+1)
+			c.problem("dot index of %s/%d: missing", conv, log[i].seq)
 		}
 	}
 	return err

@@ -182,3 +182,30 @@ func TestCheckFindsBrokenDotRuns(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckOfOpsAtStraySeqs: an op key moved to seq 0 or far past the
+// head (a corrupt key) leaves a gap in the log; Check says so, and that
+// the dot index points into the gap, and ends: it once filled the log's
+// gaps up to each seq, which at seq 0 wrapped around and ran the process
+// out of memory.
+func TestCheckOfOpsAtStraySeqs(t *testing.T) {
+	for _, seq := range []uint64{0, 1 << 56} {
+		t.Run(fmt.Sprint("seq ", seq), func(t *testing.T) {
+			chat := newDotsChat(t, enginetest.Options(t, 4))
+			defer chat.e.Close()
+			// Seq 10 is in alice's run of 16 (seqs 3 to 18).
+			if err := engine.MoveOp(chat.e, chat.conv, 10, seq); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := chat.e.Check()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{fmt.Sprintf("seq %d follows", seq), "at seq 10, which the log lacks"} {
+				if !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.Contains(p, want) }) {
+					t.Fatalf("check of a log with seq 10 moved to %d: %q; want a problem saying %q", seq, rep.Problems, want)
+				}
+			}
+		})
+	}
+}

@@ -149,6 +149,21 @@ func DotEntries(e *Engine, conv ulid.ULID) (int, error) {
 	return int(n), err
 }
 
+// MoveOp moves conv's op at seq from to seq to, as a corrupt key would
+// hold it, leaving a gap at from: for tests of what Check finds.
+func MoveOp(e *Engine, conv ulid.ULID, from, to uint64) error {
+	v := e.st.View()
+	raw, err := v.Get(keys.Op(conv, from))
+	v.Release()
+	if err != nil {
+		return err
+	}
+	b := e.st.NewBatch()
+	b.Delete(keys.Op(conv, from))
+	b.Set(keys.Op(conv, to), raw)
+	return e.st.Commit(b)
+}
+
 // SetDotRun writes a run of dev's dots in conv's dot index, count from
 // first at the seqs from seq, or deletes the entry at first when count is
 // 0: for tests of what Check finds.
