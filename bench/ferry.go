@@ -850,7 +850,9 @@ func (f *Ferry) Usage() (Usage, error) {
 // (compacted tables it deletes at a paced rate, flushed WAL files it keeps
 // to reuse) are left out: they are a fixed amount, not a cost per op. A
 // ferryd process is stopped for it (compaction needs the store) and started
-// again.
+// again; the harness compacts with the engine's default options, so a
+// ferryd run with other store flags (--store-compression fast) is measured
+// as the default would store its data.
 func (f *Ferry) DiskBytes(ctx context.Context) (int64, error) {
 	switch f.cfg.Mode {
 	case FerryInProcess:

@@ -205,14 +205,16 @@ const (
 	// CompressSmall compresses the store's two bottom levels, where most
 	// of its history settles, with zstd, and the others with MinLZ.
 	CompressSmall Compression = iota
-	// CompressFast compresses every level with MinLZ: in the bench, about
-	// a sixth less CPU per op in sustained batched writes past 500k
-	// messages (the compactions' zstd is gone), for a third more disk per
-	// op for chat text; and the catch-up of 100k ops over 500
-	// conversations with 1M ops of history read 1.3-1.5x slower against
-	// a ferryd process (1 of 7 pairs faster; not in process, where
-	// profiles showed no difference in the reads), for a cause not found.
-	// Hence not the default: for writers short of CPU with disk to spare.
+	// CompressFast compresses every level with MinLZ: in the bench, a
+	// tenth to a fifth less CPU per op in batched writes past 500k
+	// messages (the compactions' zstd is gone), for about a fifth more
+	// disk per op for chat text. Catch-ups read the same (a slowdown
+	// measured once no longer showed; the README has the figures). Not
+	// the default: the bench's stores are young, and a young store
+	// compacts everything straight into its bottom level, where small
+	// uses zstd; a store in use keeps most of its history there and
+	// writes it less often than its upper levels. For writers short of
+	// CPU with disk to spare.
 	CompressFast
 )
 
