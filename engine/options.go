@@ -212,9 +212,9 @@ const (
 	// measured once no longer showed; the README has the figures). Not
 	// the default: the bench's stores are young, and a young store
 	// compacts everything straight into its bottom level, where small
-	// uses zstd; a store in use keeps most of its history there and
-	// writes it less often than its upper levels. For writers short of
-	// CPU with disk to spare.
+	// uses zstd; a large store spreads its compactions over more levels,
+	// zstd only in the two at the bottom, where most of its history
+	// stays. For writers short of CPU with disk to spare.
 	CompressFast
 )
 
