@@ -60,23 +60,24 @@ test-h2spec: ## h2spec's HTTP/2 conformance suite against both h2c servers (inte
 test-web: $(WEB)/node_modules/.installed chromium ## The web client's tests: unit, against ferryd, and end to end in Chromium
 	cd $(WEB) && npm test
 
-# Debian's Chromium, for the end-to-end test; installed when missing.
+# debian-package installs Debian's package $(1), whose command has the same
+# name, when that command is missing; $(2) says what for.
+debian-package = command -v $(1) >/dev/null || { \
+	  echo "installing Debian's $(1) $(2)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1); }
+
+# Debian's Chromium, for the end-to-end test.
 .PHONY: chromium
 chromium:
-	@command -v chromium >/dev/null || { \
-	  echo "installing Debian's chromium for the browser tests"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@$(call debian-package,chromium,for the browser tests)
 
 # Debian's redis-server, for the durable Centrifugo of bench-peers
-# (centrifugo+redis); installed when missing. The harness starts its own
-# server on a fresh folder for each workload.
+# (centrifugo+redis). The harness starts its own server on a fresh folder
+# for each workload.
 .PHONY: redis-server
 redis-server:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing Debian's redis-server for the durable Centrifugo of bench-peers"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	@$(call debian-package,redis-server,for the durable Centrifugo of bench-peers)
 
 # The web client's npm packages, exactly as package-lock.json pins them.
 $(WEB)/node_modules/.installed: $(WEB)/package-lock.json

@@ -71,7 +71,7 @@ func (c *liveBatches) fields(bs []engine.Batch, packed bool) ([]byte, error) {
 	if len(bs) == 1 {
 		return c.field(&bs[0], packed)
 	}
-	var held [8][]byte
+	var held [8][]byte // a round's few batches, without an allocation
 	fs, size := held[:0], 0
 	for i := range bs {
 		f, err := c.field(&bs[i], packed)
