@@ -274,12 +274,10 @@ func (tx *txn) setRole(c *txConv, user ulid.ULID, role model.Role, seq uint64) {
 	c.memberWrites[user] = true
 }
 
-// raiseRead moves the actor device's and user's read markers up to seq.
+// raiseRead moves the actor user's read marker up to seq: a sender has
+// read up to their own op. The device's marker keeps only what the device
+// holds (record.Marker.Read), so a push writes one marker, not two.
 func (tx *txn) raiseRead(c *txConv, a Actor, seq uint64, public bool) {
-	d := tx.marker(keys.TDevMark, c.id, a.Device)
-	if d.m.Read < seq {
-		d.m.Read, d.dirty = seq, true
-	}
 	u := tx.marker(keys.TUserMark, c.id, a.User)
 	u.raiseRead(seq, c.rec.Messages, true) // seq is the op just appended
 	if public && u.m.PublicRead < seq {

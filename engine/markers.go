@@ -20,9 +20,10 @@ type Marker struct {
 	Private bool
 }
 
-// Mark moves the actor device's markers, and its user's (the maximum over
-// the user's devices). Markers only move forward: lower values are ignored,
-// and values beyond what the user can read are lowered to it.
+// Mark moves the actor device's delivered marker (where its next session
+// resumes), and its user's markers (the maximum over the user's devices).
+// Markers only move forward: lower values are ignored, and values beyond
+// what the user can read are lowered to it.
 //
 // A read that moves the user's marker reaches the user's other devices
 // through their feed. Delivered and public read positions also reach the
@@ -95,12 +96,9 @@ func (e *Engine) StartMark(ctx context.Context, a Actor, marks []Marker) Pending
 func (tx *txn) mark(a Actor, m Marker, limit uint64) {
 	c := tx.conv(m.Conv)
 	delivered, read := min(m.Delivered, limit), min(m.Read, limit)
-	d := tx.marker(keys.TDevMark, m.Conv, a.Device)
+	d := tx.marker(keys.TDevMark, m.Conv, a.Device) // Delivered only (record.Marker.Read)
 	if delivered > d.m.Delivered {
 		d.m.Delivered, d.dirty = delivered, true
-	}
-	if read > d.m.Read {
-		d.m.Read, d.dirty = read, true
 	}
 	u := tx.marker(keys.TUserMark, m.Conv, a.User)
 	receipt := false

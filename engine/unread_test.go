@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -105,6 +106,49 @@ func TestReadMarkerCounts(t *testing.T) {
 	if want := "read up to seq 5, counted as 7 messages; the log has 3"; rep.Err() == nil || !strings.Contains(rep.Err().Error(), want) {
 		t.Errorf("Check of a marker with a wrong count: %v; want a problem saying %q", rep.Err(), want)
 	}
+}
+
+// TestDeviceMarkersKeepDelivered: a device's marker holds what the device
+// holds (Delivered, where its next session resumes), and what its user
+// read goes to the user's marker alone, the only one readers ask: a push
+// writes no device marker (it once raised the sender's device's Read, a
+// key nothing read, one in six of a single-op push's), and an ack's read
+// moves the user's marker, not the device's.
+func TestDeviceMarkersKeepDelivered(t *testing.T) {
+	ctx := context.Background()
+	o := enginetest.Options(t, 1)
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("t", bob)
+	alice.Send(conv, "one")
+	alice.Send(conv, "two") // seq 4
+	if err := e.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Delivered: 4, Read: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	withStore(t, o.FS, func(st *store.Store) {
+		v := st.View()
+		_, err := v.Get(keys.ID2(keys.TDevMark, conv, alice.Actor.Device))
+		v.Release()
+		if !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("alice's device marker after her pushes: %v; want none written", err)
+		}
+		if m := readMarker(t, st, keys.ID2(keys.TUserMark, conv, alice.Actor.User)); m.Read != 4 {
+			t.Errorf("alice's user marker after her message at seq 4: %+v; want read 4", m)
+		}
+		if m := readMarker(t, st, keys.ID2(keys.TDevMark, conv, bob.Actor.Device)); m != (record.Marker{Delivered: 4}) {
+			t.Errorf("bob's device marker after his ack: %+v; want delivered 4 alone", m)
+		}
+		if m := readMarker(t, st, keys.ID2(keys.TUserMark, conv, bob.Actor.User)); m.Delivered != 4 || m.Read != 3 || m.PublicRead != 3 {
+			t.Errorf("bob's user marker after his ack: %+v; want delivered 4, read 3, shown", m)
+		}
+	})
 }
 
 // withStore opens the store of a closed engine on fs for f.

@@ -479,7 +479,10 @@ func DecodeDevice(b []byte) (Device, error) {
 // Marker is a device's or a user's markers in one conversation.
 type Marker struct {
 	Delivered uint64
-	Read      uint64
+	// Read is the user's read position: users only. A device's marker
+	// keeps none (0), since nothing reads it: the user's is the maximum
+	// over their devices. Older builds kept one, which is ignored.
+	Read uint64
 	// PublicRead is the read position shown to other members: Read, except
 	// for reads marked private. Users only; 0 for devices.
 	PublicRead uint64
