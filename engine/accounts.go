@@ -405,9 +405,9 @@ func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error 
 		}
 		rec.Revoked = true
 		if tx.revoked == nil {
-			tx.revoked = map[ulid.ULID]bool{}
+			tx.revoked = map[ulid.ULID]ulid.ULID{}
 		}
-		tx.revoked[id] = true
+		tx.revoked[id] = a.User
 		tx.b.Set(k, record.AppendDevice(nil, &rec))
 		tx.b.Delete(keys.Token(rec.TokenHash))
 		tx.wakeUser(a.User, 1)

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine"
@@ -15,6 +18,7 @@ import (
 	"github.com/ferrysync/ferry/engine/internal/keys"
 	"github.com/ferrysync/ferry/engine/internal/record"
 	"github.com/ferrysync/ferry/engine/internal/store"
+	"github.com/ferrysync/ferry/engine/model"
 )
 
 // TestReadMarkerCounts: a user's read marker carries the number of
@@ -218,4 +222,103 @@ func TestCountedReadMarkerReadsNoOp(t *testing.T) {
 	if u != c+1 {
 		t.Errorf("the unread count took %d store reads with a counted marker and %d without; want one fewer", c, u)
 	}
+}
+
+// TestRevokeDropsDeviceMarkers: revoking a device deletes its device
+// markers, which nothing reads again and nothing else would delete: in its
+// user's conversations, in one the user left, and in one the user joined
+// in the revoking group itself, where the device's ack shares the group
+// with the revocation. Other devices' markers stay.
+func TestRevokeDropsDeviceMarkers(t *testing.T) {
+	var hold atomic.Bool
+	gate := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if hold.Load() && (op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData) && vfsIsWAL(op.Path) {
+			hold.Store(false)
+			entered <- struct{}{}
+			<-gate
+		}
+		return nil
+	})
+	o := enginetest.Options(t, 1)
+	o.FS = errorfs.Wrap(vfs.NewMem(), inj)
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	phone := enginetest.Login(t, e, "bob")
+	kept := alice.Create("kept", bob)
+	left := alice.Create("left", bob)
+	joined := alice.Create("joined") // seq 1
+	alice.Send(kept, "one")          // seq 3
+	alice.Send(left, "one")
+	if err := e.Mark(ctx, phone.Actor, []engine.Marker{{Conv: kept, Delivered: 3}, {Conv: left, Delivered: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Mark(ctx, bob.Actor, []engine.Marker{{Conv: kept, Delivered: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	alice.Push(alice.Op(left, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
+
+	// One group: bob joins, the phone acks there, bob revokes the phone.
+	hold.Store(true)
+	held := make(chan struct{})
+	go func() { alice.Send(kept, "held"); close(held) }()
+	<-entered
+	queued := func(n int) {
+		for e.Metrics().Queued < n {
+			runtime.Gosched()
+		}
+	}
+	add := alice.Op(joined, model.Op{Kind: model.KindMemberAdd, Member: bob.Actor.User, Role: model.RoleMember}) // seq 2
+	added := make(chan error, 1)
+	go func() { _, err := e.Append(ctx, alice.Actor, []model.Op{add}); added <- err }()
+	queued(1)
+	ack := e.StartMark(ctx, phone.Actor, []engine.Marker{{Conv: joined, Delivered: 2}})
+	queued(2)
+	revoked := make(chan error, 1)
+	go func() { revoked <- e.RevokeDevice(ctx, bob.Actor, phone.Actor.Device) }()
+	queued(3)
+	close(gate)
+	<-held
+	if err := <-added; err != nil {
+		t.Fatal(err)
+	}
+	if err := ack.Wait(ctx); err != nil {
+		t.Fatalf("the phone's ack, before its revocation in the group: %v", err)
+	}
+	if err := <-revoked; err != nil {
+		t.Fatal(err)
+	}
+	enginetest.MustCheck(t, e)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	withStore(t, o.FS, func(st *store.Store) {
+		v := st.View()
+		defer v.Release()
+		lo, hi := keys.Prefix([]byte{keys.TDevMark})
+		it, err := v.Iter(lo, hi)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer it.Close()
+		var bobs int
+		for ok := it.First(); ok; ok = it.Next() {
+			conv, dev, _ := keys.ParseID2(it.Key())
+			switch dev {
+			case phone.Actor.Device:
+				t.Errorf("the revoked phone's marker in %v is still stored", conv)
+			case bob.Actor.Device:
+				bobs++
+			}
+		}
+		if bobs != 1 {
+			t.Errorf("bob's other device has %d markers stored; want its one in kept", bobs)
+		}
+	})
 }

@@ -367,7 +367,11 @@ func (w *writer) commit(group []*request) error {
 	}
 	w.e.hub.markersChanged(marked)
 	for _, tm := range tx.markOrder {
-		w.marks.put(tm.ck, tm.m)
+		if tm.drop {
+			w.marks.remove(tm.ck)
+		} else {
+			w.marks.put(tm.ck, tm.m)
+		}
 	}
 	w.shareReceipts(tx)
 	w.e.commits.Add(1)
@@ -454,11 +458,11 @@ type txn struct {
 	userFeed  map[idPair]bool // (user, conv): move the user's own feed entry
 	userFeedO []idPair
 	ufeedIdx  map[idPair]uint64
-	wake      map[ulid.ULID]struct{} // the users to wake (wakeUser)
-	moves     []idPair               // (user, conversation) feed entries moved to pos
-	claims    map[string]bool        // unique keys (usernames) claimed by this group
-	revoked   map[ulid.ULID]bool     // devices revoked by this group
-	pos       uint64                 // the feed position this group's changes get; 0 if none
+	wake      map[ulid.ULID]struct{}  // the users to wake (wakeUser)
+	moves     []idPair                // (user, conversation) feed entries moved to pos
+	claims    map[string]bool         // unique keys (usernames) claimed by this group
+	revoked   map[ulid.ULID]ulid.ULID // devices revoked by this group, to their users
+	pos       uint64                  // the feed position this group's changes get; 0 if none
 	// Conversations whose receipts start waiting, and whose waiting
 	// receipts this group's feed moves deliver: applied to the writer's
 	// receipts once the group is durable.
@@ -480,6 +484,7 @@ type txMarker struct {
 	ck    markKey
 	m     record.Marker
 	dirty bool
+	drop  bool // delete the key: a device marker of a device this group revoked
 }
 
 // raiseRead moves a user's marker's Read up to seq, with the number of
@@ -515,7 +520,7 @@ func (w *writer) begin() *txn {
 // deviceActive reports whether a's device is still valid: writes from a
 // revoked device stop at once, even on a stream opened before.
 func (tx *txn) deviceActive(a Actor) bool {
-	if tx.revoked[a.Device] {
+	if _, ok := tx.revoked[a.Device]; ok {
 		return false
 	}
 	if _, ok := tx.w.active[idPair{a.User, a.Device}]; ok {
@@ -894,6 +899,47 @@ func (tx *txn) marker(table byte, conv, who ulid.ULID) *txMarker {
 	return tm
 }
 
+// dropRevokedMarkers deletes the device markers of the devices this group
+// revoked: nothing reads them again (a revoked device never syncs), and
+// nothing else would ever delete them. A device marks only conversations
+// of its user's, which TUserConv lists (it keeps those the user left); a
+// marker of a conversation the user joined in this very group is in
+// tx.devMarks alone. A point deletion a conversation: a revocation is rare,
+// and a device syncs nearly all of its user's conversations.
+func (tx *txn) dropRevokedMarkers() {
+	if len(tx.revoked) == 0 {
+		return
+	}
+	drop := func(conv, dev ulid.ULID) {
+		tm := tx.devMarks[idPair{conv, dev}]
+		if tm == nil {
+			tm = &txMarker{key: keys.ID2(keys.TDevMark, conv, dev), ck: markKey{keys.TDevMark, conv, dev}}
+			tx.devMarks[idPair{conv, dev}] = tm
+			tx.markOrder = append(tx.markOrder, tm)
+		}
+		tm.m, tm.dirty, tm.drop = record.Marker{}, false, true
+	}
+	for _, tm := range tx.markOrder {
+		if _, ok := tx.revoked[tm.ck.who]; ok && tm.ck.table == keys.TDevMark {
+			drop(tm.ck.conv, tm.ck.who)
+		}
+	}
+	for dev, user := range tx.revoked {
+		err := scan(tx.v, keys.ID1(keys.TUserConv, user), func(k, _ []byte) error {
+			_, conv, ok := keys.ParseID2(k)
+			if !ok {
+				return fmt.Errorf("malformed key %x", k)
+			}
+			drop(conv, dev)
+			return nil
+		})
+		if err != nil {
+			tx.fail(fmt.Errorf("revoke: list the user's conversations: %w", err))
+			return
+		}
+	}
+}
+
 // moveUserFeed moves user's own feed entry for conv to this group's
 // position: a change only the user's devices need to hear of.
 func (tx *txn) moveUserFeed(user, conv ulid.ULID) {
@@ -1073,8 +1119,12 @@ func (tx *txn) finish() {
 		n++
 	}
 	setRun()
+	tx.dropRevokedMarkers()
 	for _, tm := range tx.markOrder {
-		if tm.dirty {
+		switch {
+		case tm.drop:
+			tx.b.Delete(tm.key)
+		case tm.dirty:
 			val = record.AppendMarker(val[:0], &tm.m)
 			tx.b.Set(tm.key, val)
 		}
@@ -1372,6 +1422,13 @@ func (l *lru[K, V]) get(k K) (V, bool) {
 	l.unlink(it)
 	l.front(it)
 	return it.val, true
+}
+
+func (l *lru[K, V]) remove(k K) {
+	if it := l.items[k]; it != nil {
+		l.unlink(it)
+		delete(l.items, k)
+	}
 }
 
 func (l *lru[K, V]) put(k K, v V) {
