@@ -208,12 +208,12 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	case model.KindCreate:
 		tx.setRole(c, a.User, model.RoleOwner, seq)
 		c.rec.Title = op.Title
-		tx.raiseRead(c, a, seq, true)
+		tx.raiseRead(c, a.User, seq)
 	case model.KindSetTitle:
 		c.rec.Title = op.Title
 	case model.KindMessage:
 		// Sending implies having read everything before.
-		tx.raiseRead(c, a, seq, true)
+		tx.raiseRead(c, a.User, seq)
 	case model.KindEdit:
 		k := idPair{op.Conv, op.Target}
 		tx.edits[k] = append(tx.edits[k], seq)
@@ -274,13 +274,14 @@ func (tx *txn) setRole(c *txConv, user ulid.ULID, role model.Role, seq uint64) {
 	c.memberWrites[user] = true
 }
 
-// raiseRead moves the actor user's read marker up to seq: a sender has
-// read up to their own op. The device's marker keeps only what the device
-// holds (record.Marker.Read), so a push writes one marker, not two.
-func (tx *txn) raiseRead(c *txConv, a Actor, seq uint64, public bool) {
-	u := tx.marker(keys.TUserMark, c.id, a.User)
-	u.raiseRead(seq, c.rec.Messages, true) // seq is the op just appended
-	if public && u.m.PublicRead < seq {
+// raiseRead moves user's read marker up to seq, the op they just
+// appended: a sender has read up to their own op, and everyone may see so
+// (PublicRead). The device's marker keeps only what the device holds
+// (record.Marker.Read), so a push writes one marker, not two.
+func (tx *txn) raiseRead(c *txConv, user ulid.ULID, seq uint64) {
+	u := tx.marker(keys.TUserMark, c.id, user)
+	u.raiseRead(seq, c.rec.Messages, true)
+	if u.m.PublicRead < seq {
 		u.m.PublicRead, u.dirty = seq, true
 	}
 }
