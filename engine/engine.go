@@ -108,10 +108,11 @@ func Open(dir string, opts Options) (*Engine, error) {
 		hashSem:    make(chan struct{}, opts.MaxPasswordHashes),
 	}
 	fromBackup := false
-	if _, err := opts.FS.Stat(opts.FS.PathJoin(dir, backupMarker)); err == nil {
+	if _, err := opts.FS.Stat(opts.FS.PathJoin(dir, backupMarker)); err == nil && !opts.Existing {
 		fromBackup = true
 	}
 	st, err := store.Open(dir, store.Options{
+		MustExist:    opts.Existing,
 		FS:           opts.FS,
 		MemTableSize: opts.MemTableSize,
 		CacheSize:    opts.CacheSize,
@@ -119,6 +120,9 @@ func Open(dir string, opts Options) (*Engine, error) {
 		Logger:       opts.Logger,
 		OnFatal:      opts.OnFatal,
 	})
+	if errors.Is(err, store.ErrNoStore) {
+		return nil, fmt.Errorf("%w: %v", ErrNotFound, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +202,11 @@ func (e *Engine) initMeta(newEpoch bool) error {
 	if err := e.st.Commit(b); err != nil {
 		return err
 	}
-	e.log.Info("new epoch: clients with cursors from another epoch will repair", "epoch", e.epoch, "previous", old)
+	if old == "none" {
+		e.log.Info("new store", "epoch", e.epoch)
+	} else {
+		e.log.Warn("new epoch: clients with cursors from another epoch will repair", "epoch", e.epoch, "previous", old)
+	}
 	if upgrade != 0 { // a restored copy of an older store
 		e.log.Info("store format upgraded", "from", upgrade, "to", formatVersion)
 	}

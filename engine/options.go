@@ -39,6 +39,12 @@ type Options struct {
 	// other than [Engine.Backup] (which marks its copies so that opening one
 	// starts a new epoch by itself). Default false.
 	NewEpoch bool
+	// Existing opens a store that must exist, for tools that work on a
+	// stopped server's store (ferryd check, backup and compact): Open
+	// creates nothing and fails with ErrNotFound when dir holds no store,
+	// starts no new epoch (NewEpoch must be false), and leaves a backup's
+	// mark, so that the server that serves the copy still starts one.
+	Existing bool
 
 	// MemTableSize is Pebble's memtable size. Default 64 MiB.
 	MemTableSize uint64
@@ -181,6 +187,7 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
+	check(!(o.Existing && o.NewEpoch), "NewEpoch is for serving a restored store, not with Existing")
 	check(o.MaxBodyBytes > 0 && o.MaxBodyBytes <= model.MaxBodyBytes,
 		"MaxBodyBytes must be between 1 and %d, got %d", model.MaxBodyBytes, o.MaxBodyBytes)
 	check(o.MaxOpsPerAppend > 0, "MaxOpsPerAppend must be positive, got %d", o.MaxOpsPerAppend)

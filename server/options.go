@@ -127,6 +127,13 @@ func (o *Options) ensureDefaults() {
 	}
 }
 
+// Check reports every problem with the options at once, defaults filled
+// in: what New would refuse.
+func (o Options) Check() error {
+	o.ensureDefaults()
+	return o.validate()
+}
+
 func (o *Options) validate() error {
 	var errs []error
 	if o.MaxMessageBytes < 64<<10 {

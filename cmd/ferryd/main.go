@@ -75,21 +75,67 @@ type config struct {
 	h2c               server.H2C
 }
 
+// usage is what ferryd -h prints before serve's flags.
+const usage = `Usage:
+  ferryd [flags]                       serve
+  ferryd check   --data DIR            verify a stopped server's store
+  ferryd backup  --data DIR --to DIR   copy a stopped server's store
+  ferryd compact --data DIR            rewrite a stopped server's store in full
+
+Every flag can also be set in the environment as FERRY_<FLAG>, with dashes
+as underscores (FERRY_ADDR, FERRY_DATA, ...); a flag on the command line wins.
+"ferryd COMMAND -h" lists a command's flags.
+
+Flags:
+`
+
+// flags returns the flags of command name (serve, check, backup or
+// compact): the store's and the log's for every command, the rest for
+// serve alone, so that a serving flag (or its FERRY_ variable, such as a
+// FERRY_NEW_EPOCH left set) never reaches the tools.
 func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	c := &config{}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		if name == "serve" {
+			fmt.Fprint(fs.Output(), usage)
+		} else {
+			fmt.Fprintf(fs.Output(), "Usage: ferryd %s [flags]\n\nFlags:\n", name)
+		}
+		fs.PrintDefaults()
+	}
+	dataHelp := "directory of the Pebble store (created if missing)"
+	if name != "serve" {
+		dataHelp = "directory of the stopped server's Pebble store"
+	}
+	fs.StringVar(&c.data, "data", "./data", dataHelp)
+	fs.UintVar(&c.cacheMiB, "cache-mib", 64, "the store's block cache, in MiB: the tables' blocks read often, and their Bloom filters (about 1.25 bytes a key)")
+	fs.UintVar(&c.memtableMiB, "memtable-mib", 64, "the store's memtable, in MiB (1 to 4095): writes gather there before they flush to tables; the store's memory is about --cache-mib plus two memtables, its write-ahead log at most four")
+	fs.StringVar(&c.storeCompression, "store-compression", "small", "how the store compresses its tables: small (zstd where the history settles) or fast (MinLZ everywhere: a tenth to a fifth less CPU per op in sustained writes, about a fifth more disk per op); a store can be reopened with either, and its tables take the new one as compactions rewrite them")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	switch name {
+	case "backup":
+		fs.StringVar(&c.to, "to", "", "directory to write the backup to (must not exist)")
+	case "serve":
+		serveFlags(fs, c)
+	}
+	return fs, c
+}
+
+// serveFlags adds the flags of serving.
+func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address to listen on")
-	fs.StringVar(&c.data, "data", "./data", "directory of the Pebble store (created if missing)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with --tls-key, serve HTTPS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key file (PEM)")
-	fs.Var(&c.h2c, "h2c", "what serves HTTP/2 without TLS: ferry (Ferry's own, leaner) or xnet (golang.org/x/net/http2; built with Go 1.27 or later, only with -tags http2legacy); TLS connections are net/http's")
+	fs.Var(&c.h2c, "h2c", "what serves HTTP/2 without TLS: ferry (Ferry's own, leaner; the default) or xnet (golang.org/x/net/http2; built with Go 1.27 or later, only with -tags http2legacy); TLS connections are net/http's")
 	fs.BoolVar(&c.allowRegistration, "allow-registration", false, "let anyone create an account with Register")
 	fs.BoolVar(&c.newEpoch, "new-epoch", false, "start a new epoch: use after restoring the store by other means than 'ferryd backup'")
-	fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message, after decompression")
-	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body")
+	fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message, after decompression (at least 65536)")
+	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body (at most 1 MiB)")
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
-	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions")
+	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions (at least 100ms); a client silent for three intervals is cut off")
 	fs.DurationVar(&c.sendTimeout, "send-timeout", 2*time.Minute, "how long one write to a sync stream may take before the server resets the stream: its client stopped reading, or its connection stopped moving (0: no limit)")
 	fs.DurationVar(&c.receiptDelay, "receipt-delay", 250*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
 	fs.IntVar(&c.signInLimit, "sign-in-limit", 10, "logins with a wrong password as one username, and registrations (made or refused), a client address (IPv4 address, IPv6 /64) may make at once before it gets one per --sign-in-refill; ten times as many failed logins over all usernames; an IPv6 /48 sixteen times an address's, regained sixteen times as fast (0: no limit)")
@@ -101,18 +147,9 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.IntVar(&c.sharedFeedMembers, "shared-feed-members", 32, "conversations past this many members keep one feed entry for all of them: a message then writes nothing per member, and a catch-up reads one record per such conversation of its user")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
-	fs.UintVar(&c.cacheMiB, "cache-mib", 64, "the store's block cache, in MiB: the tables' blocks read often, and their Bloom filters (about 1.25 bytes a key)")
-	fs.UintVar(&c.memtableMiB, "memtable-mib", 64, "the store's memtable, in MiB (1 to 4095): writes gather there before they flush to tables; the store's memory is about --cache-mib plus two memtables, its write-ahead log at most four")
-	fs.StringVar(&c.storeCompression, "store-compression", "small", "how the store compresses its tables: small (zstd where the history settles) or fast (MinLZ everywhere: a sixth less CPU per op in sustained writes, a third more disk per op); a store can be reopened with either, and its tables take the new one as compactions rewrite them")
 	fs.BoolVar(&c.demo, "demo", true, "serve the demo chat page at / (a web client of the public API)")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler (/debug/pprof/) and the metrics (/metrics) on this address, e.g. 127.0.0.1:6060; keep it private")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the metrics in Prometheus's text format (/metrics) on this address, e.g. 127.0.0.1:9090; keep it private")
-	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
-	if name == "backup" {
-		fs.StringVar(&c.to, "to", "", "directory to write the backup to (must not exist)")
-	}
-	return fs, c
 }
 
 // parse parses args, then fills flags not given from FERRY_* variables.
@@ -145,12 +182,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && (args[0] == "check" || args[0] == "backup" || args[0] == "compact") {
 		cmd, args = args[0], args[1:]
 	}
+	if len(args) == 1 && args[0] == "help" {
+		args = []string{"-h"}
+	}
 	fs, c := flags(cmd, stderr)
+	// A bad flag's error is printed once, by main; the usage only when
+	// asked for.
+	fs.SetOutput(io.Discard)
 	if err := parse(fs, args, os.Getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fs.Usage()
 			return nil
 		}
-		return err
+		name := "ferryd"
+		if cmd != "serve" {
+			name += " " + cmd
+		}
+		return fmt.Errorf("%w (%s -h lists the flags)", err, name)
 	}
 	if c.cacheMiB < 1 {
 		return fmt.Errorf("--cache-mib %d: it must be at least 1", c.cacheMiB)
@@ -219,34 +268,59 @@ func receiptDelay(d time.Duration) time.Duration {
 	return d
 }
 
-func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
+// checkServeFlags reports every problem with serve's flags that the
+// engine's and the server's options do not catch, or catch under another
+// name.
+func checkServeFlags(c *config) error {
+	var errs []error
 	if (c.tlsCert == "") != (c.tlsKey == "") {
-		return errors.New("--tls-cert and --tls-key go together")
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
 	}
 	if len(c.trustedProxies) > 0 && c.clientIPHeader == "" {
-		return errors.New("--trusted-proxies needs --client-ip-header, the header they write the client's address into")
+		errs = append(errs, errors.New("--trusted-proxies needs --client-ip-header, the header they write the client's address into"))
 	}
-	if c.receiptMembers < 1 {
-		return fmt.Errorf("--receipt-members %d: it must be at least 1", c.receiptMembers)
+	for _, f := range []struct {
+		flag string
+		bad  bool
+		want string
+		got  any
+	}{
+		// 0 turns these off; a negative value is a mistake, not "off".
+		{"--push-limit", c.pushLimit < 0, "must not be negative (0: no limit)", c.pushLimit},
+		{"--sign-in-limit", c.signInLimit < 0, "must not be negative (0: no limit)", c.signInLimit},
+		{"--send-timeout", c.sendTimeout < 0, "must not be negative (0: no limit)", c.sendTimeout},
+		{"--receipt-delay", c.receiptDelay < 0, "must not be negative (0: at once)", c.receiptDelay},
+		// The options take 0 for their default, which a flag shows.
+		{"--max-message-bytes", c.maxMessageBytes == 0, "must be at least 65536", c.maxMessageBytes},
+		{"--max-body-bytes", c.maxBodyBytes == 0, "must be between 1 and 1048576", c.maxBodyBytes},
+		{"--max-streams-per-device", c.maxStreams == 0, "must be at least 1", c.maxStreams},
+		{"--heartbeat", c.heartbeat == 0, "must be at least 100ms", c.heartbeat},
+		{"--sign-in-refill", c.signInRefill <= 0, "must be positive", c.signInRefill},
+		{"--receipt-members", c.receiptMembers < 1, "must be at least 1", c.receiptMembers},
+		{"--shared-feed-members", c.sharedFeedMembers < 1, "must be at least 1", c.sharedFeedMembers},
+		{"--password-memory-kib", c.passwordMemory == 0, "must be at least 8", c.passwordMemory},
+		{"--password-passes", c.passwordPasses == 0, "must be at least 1", c.passwordPasses},
+	} {
+		if f.bad {
+			errs = append(errs, fmt.Errorf("%s %v: it %s", f.flag, f.got, f.want))
+		}
 	}
-	if c.sharedFeedMembers < 1 {
-		return fmt.Errorf("--shared-feed-members %d: it must be at least 1", c.sharedFeedMembers)
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	eo := engineOptions(c, log)
-	// Fail-stop: a storage failure ends the process; nothing more is
-	// acknowledged meanwhile.
-	eo.OnFatal = func(err error) { cancel(fmt.Errorf("storage failed: %w", err)) }
-	if err := os.MkdirAll(c.data, 0o700); err != nil {
-		return fmt.Errorf("create data directory: %w", err)
-	}
-	eng, err := engine.Open(c.data, eo)
-	if err != nil {
-		return err
-	}
-	defer eng.Close()
-	srv, err := server.New(eng, server.Options{
+	return errors.Join(errs...)
+}
+
+// optionFlags names, in the engine's and the server's errors about their
+// options, the flags that set them.
+var optionFlags = strings.NewReplacer(
+	"MaxMessageBytes", "--max-message-bytes",
+	"MaxBodyBytes", "--max-body-bytes",
+	"MaxStreamsPerDevice", "--max-streams-per-device",
+	"HeartbeatInterval", "--heartbeat",
+	"SignInRefill", "--sign-in-refill",
+	"Password.MemoryKiB", "--password-memory-kib",
+)
+
+func serverOptions(c *config, log *slog.Logger) server.Options {
+	return server.Options{
 		Logger:              log,
 		MaxMessageBytes:     c.maxMessageBytes,
 		MaxStreamsPerDevice: c.maxStreams,
@@ -257,9 +331,23 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		SignInRefill:        c.signInRefill,
 		ClientIPHeader:      c.clientIPHeader,
 		TrustedProxies:      c.trustedProxies,
-	})
-	if err != nil {
-		return err
+	}
+}
+
+// serve serves until ctx ends. Everything that can be refused (flags,
+// the TLS files, the address) is, before the store is opened or created.
+func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	eo := engineOptions(c, log)
+	// Fail-stop: a storage failure ends the process; nothing more is
+	// acknowledged meanwhile.
+	eo.OnFatal = func(err error) { cancel(fmt.Errorf("storage failed: %w", err)) }
+	so := serverOptions(c, log)
+	checked := eo
+	checked.EnsureDefaults()
+	if err := errors.Join(checkServeFlags(c), checked.Validate(), so.Check()); err != nil {
+		return errors.New(optionFlags.Replace(err.Error()))
 	}
 	var tlsConfig *tls.Config
 	if c.tlsCert != "" {
@@ -269,6 +357,23 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return fmt.Errorf("--addr: %w", err)
+	}
+	defer ln.Close() // if serving never starts; Serve closes it otherwise
+	if err := os.MkdirAll(c.data, 0o700); err != nil {
+		return fmt.Errorf("--data: create the store's directory: %w", err)
+	}
+	eng, err := engine.Open(c.data, eo)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	srv, err := server.New(eng, so)
+	if err != nil {
+		return err
+	}
 	var extra []func(*http.ServeMux)
 	if c.demo {
 		extra = append(extra, webui.Register)
@@ -276,10 +381,6 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	hs := server.NewHTTPServer(c.addr, srv.Handler(extra...), tlsConfig)
 	hs.HTTP.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	hs.H2C = c.h2c
-	ln, err := net.Listen("tcp", c.addr)
-	if err != nil {
-		return err
-	}
 	scheme := "http"
 	if tlsConfig != nil {
 		scheme = "https"
@@ -331,6 +432,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	if err := eng.Close(); err != nil && !errors.Is(err, engine.ErrFailed) {
 		return fmt.Errorf("close store: %w", err)
 	}
+	log.Info("stopped")
 	if errors.Is(cause, context.Canceled) || cause == nil {
 		return nil
 	}
@@ -340,8 +442,21 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	return cause
 }
 
+// openStopped opens the store of a stopped server for check, backup and
+// compact: it must exist (a mistyped --data is an error, not a new empty
+// store), and opening it starts no epoch and keeps a backup's mark.
+func openStopped(c *config, log *slog.Logger) (*engine.Engine, error) {
+	o := engineOptions(c, log)
+	o.Existing = true
+	eng, err := engine.Open(c.data, o)
+	if errors.Is(err, engine.ErrNotFound) {
+		return nil, fmt.Errorf("--data: %w", err)
+	}
+	return eng, err
+}
+
 func check(c *config, log *slog.Logger, stdout io.Writer) error {
-	eng, err := engine.Open(c.data, engineOptions(c, log))
+	eng, err := openStopped(c, log)
 	if err != nil {
 		return err
 	}
@@ -362,7 +477,7 @@ func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 	if c.to == "" {
 		return errors.New("backup needs --to DIR")
 	}
-	eng, err := engine.Open(c.data, engineOptions(c, log))
+	eng, err := openStopped(c, log)
 	if err != nil {
 		return err
 	}
@@ -382,12 +497,7 @@ func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 // Interrupted (SIGINT, SIGTERM), it stops, leaving the store as
 // consistent as any compaction does.
 func compact(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) (err error) {
-	if _, err := os.Stat(c.data); err != nil {
-		return fmt.Errorf("compact needs an existing store: %w", err)
-	}
-	o := engineOptions(c, log)
-	o.NewEpoch = false // --new-epoch is for serving a restored store
-	eng, err := engine.Open(c.data, o)
+	eng, err := openStopped(c, log)
 	if err != nil {
 		return err
 	}

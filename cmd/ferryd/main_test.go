@@ -1,14 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"sync"
@@ -267,7 +270,7 @@ func TestCompact(t *testing.T) {
 	}
 	// A mistyped folder is an error, not a new empty store compacted.
 	missing := dir + "-missing"
-	if err := run(context.Background(), []string{"compact", "--data", missing, "--log-level", "warn"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "existing store") {
+	if err := run(context.Background(), []string{"compact", "--data", missing, "--log-level", "warn"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "no store in") {
 		t.Fatalf("compact of a missing folder: %v", err)
 	}
 }
@@ -290,5 +293,158 @@ func TestFlagsDocumented(t *testing.T) {
 				t.Errorf("ferryd's %s (--%s) is not in the README", env, f.Name)
 			}
 		})
+	}
+}
+
+// TestToolsLeaveStoresAlone: check, backup and compact work on a stopped
+// server's store and change nothing else: a mistyped or empty --data is
+// an error, not a new store; a FERRY_NEW_EPOCH left set does not start an
+// epoch (the tools have no serving flags); a backup checked before it is
+// served keeps the mark that makes its server start a new epoch; and a
+// store another process holds open says so.
+func TestToolsLeaveStoresAlone(t *testing.T) {
+	root := t.TempDir()
+	quiet := []string{"--log-level", "warn"}
+	tool := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := run(context.Background(), append(args, quiet...), &out, io.Discard)
+		return out.String(), err
+	}
+	missing, empty := root+"/typo", root+"/empty"
+	if err := os.Mkdir(empty, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range [][]string{{"check"}, {"backup", "--to", root + "/copy"}, {"compact"}} {
+		for _, dir := range []string{missing, empty} {
+			if _, err := tool(append(cmd, "--data", dir)...); err == nil || !strings.Contains(err.Error(), "--data: not found: no store in "+dir) {
+				t.Errorf("%s --data %s: %v; want no store", cmd[0], dir, err)
+			}
+		}
+	}
+	if _, err := os.Stat(missing); !os.IsNotExist(err) {
+		t.Errorf("the tools made the missing folder: %v", err)
+	}
+	if ls, err := os.ReadDir(empty); err != nil || len(ls) != 0 {
+		t.Errorf("the empty folder holds %v (%v) after the tools", ls, err)
+	}
+	if _, err := os.Stat(root + "/copy"); !os.IsNotExist(err) {
+		t.Errorf("a backup of no store was written: %v", err)
+	}
+
+	dir := root + "/data"
+	seed := uint64(0)
+	epoch := func(dir string) string {
+		t.Helper()
+		seed++ // ids of their own: a new epoch is a new id
+		o := enginetest.Options(t, seed)
+		o.FS = nil
+		e, err := engine.Open(dir, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		return e.Epoch().String()
+	}
+	first := epoch(dir)
+	t.Setenv("FERRY_NEW_EPOCH", "true")
+	for _, cmd := range [][]string{{"check"}, {"compact"}, {"backup", "--to", root + "/backup"}} {
+		if out, err := tool(append(cmd, "--data", dir)...); err != nil {
+			t.Fatalf("%s: %v\n%s", cmd[0], err, out)
+		}
+	}
+	if out, err := tool("check", "--data", root+"/backup"); err != nil || !strings.Contains(out, "store is consistent") {
+		t.Fatalf("check of the backup: %v\n%s", err, out)
+	}
+	if got := epoch(dir); got != first {
+		t.Errorf("the store's epoch went from %s to %s under the tools", first, got)
+	}
+	if _, err := os.Stat(root + "/backup/FERRY-BACKUP"); err != nil {
+		t.Errorf("check took the backup's mark: %v", err)
+	}
+	if got := epoch(root + "/backup"); got == first {
+		t.Errorf("the checked backup, opened to serve, kept the epoch %s; want a new one", got)
+	}
+
+	// Another process holds the store: this test binary, in TestHoldStore.
+	hold := exec.Command(os.Args[0], "-test.run=^TestHoldStore$")
+	hold.Env = append(os.Environ(), "FERRYD_TEST_HOLD="+dir)
+	stdin, err := hold.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := hold.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); _ = hold.Wait() }()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "held\n" {
+		t.Fatalf("the holding process said %q, %v", line, err)
+	}
+	if _, err := tool("check", "--data", dir); err == nil || !strings.Contains(err.Error(), "another process has it open") {
+		t.Errorf("check of a store in use: %v", err)
+	}
+}
+
+// TestHoldStore is TestToolsLeaveStoresAlone's other process: it holds
+// the store in $FERRYD_TEST_HOLD open until its stdin closes.
+func TestHoldStore(t *testing.T) {
+	dir := os.Getenv("FERRYD_TEST_HOLD")
+	if dir == "" {
+		t.Skip("run by TestToolsLeaveStoresAlone")
+	}
+	o := enginetest.Options(t, 99)
+	o.FS = nil
+	e, err := engine.Open(dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	fmt.Println("held")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+}
+
+// TestServeRefusesBadFlags: serve reports every bad flag at once, by its
+// name, before it creates anything: a negative limit is not "no limit", a
+// zero that the options would take for their default is refused, and the
+// engine's and the server's checks speak of flags, not fields.
+func TestServeRefusesBadFlags(t *testing.T) {
+	data := t.TempDir() + "/data"
+	args := []string{"--data", data, "--addr", "127.0.0.1:0", "--log-level", "warn",
+		"--push-limit", "-1", "--send-timeout", "-1s", "--heartbeat", "0", "--max-body-bytes", "2000000",
+		"--max-message-bytes", "100", "--password-memory-kib", "4", "--max-streams-per-device", "0"}
+	err := run(context.Background(), args, io.Discard, io.Discard)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, f := range []string{"--push-limit -1", "--send-timeout -1s", "--heartbeat 0s", "--max-body-bytes must", "--max-message-bytes must", "--password-memory-kib must", "--max-streams-per-device 0"} {
+		if !strings.Contains(err.Error(), f) {
+			t.Errorf("the error does not name %q:\n%v", f, err)
+		}
+	}
+	if strings.Contains(err.Error(), "MaxBodyBytes") || strings.Contains(err.Error(), "HeartbeatInterval") {
+		t.Errorf("the error names option fields:\n%v", err)
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		t.Errorf("serve with bad flags made the store's folder: %v", err)
+	}
+	// A busy address too, before the store.
+	ln, lerr := net.Listen("tcp", "127.0.0.1:0")
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	defer ln.Close()
+	if err := run(context.Background(), []string{"--data", data, "--addr", ln.Addr().String(), "--log-level", "warn"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--addr") {
+		t.Errorf("serve on a busy address: %v", err)
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		t.Errorf("serve on a busy address made the store's folder: %v", err)
+	}
+	// A bad value: its error, and where the flags are listed.
+	if err := run(context.Background(), []string{"--cache-mib", "lots"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "ferryd -h lists the flags") {
+		t.Errorf("bad --cache-mib: %v", err)
 	}
 }

@@ -24,9 +24,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -37,6 +39,10 @@ import (
 // database has failed (a failed WAL sync or another error that Pebble treats
 // as fatal). Nothing is acknowledged after it: the process should stop.
 var ErrFatal = errors.New("store failed: storage error, stopping")
+
+// ErrNoStore is returned by Open with Options.MustExist for a directory
+// that holds no store.
+var ErrNoStore = errors.New("no store")
 
 // ErrNotFound is returned by View.Get for a missing key.
 var ErrNotFound = errors.New("not found")
@@ -57,6 +63,9 @@ type Options struct {
 	// Logger receives Pebble's errors and notable events. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// MustExist makes Open create nothing: it fails with ErrNoStore when
+	// dir holds no store.
+	MustExist bool
 	// OnFatal is called once, from the failing goroutine, when Pebble hits an
 	// error it cannot continue from. Default: nothing (the error is logged and
 	// every later commit fails with ErrFatal).
@@ -113,6 +122,19 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.MustExist {
+		fs := o.FS
+		if fs == nil {
+			fs = vfs.Default
+		}
+		// Peek reads the directory and creates nothing there.
+		if desc, err := pebble.Peek(dir, fs); err != nil || !desc.Exists {
+			if err == nil || errors.Is(err, iofs.ErrNotExist) {
+				return nil, fmt.Errorf("%w in %s", ErrNoStore, dir)
+			}
+			return nil, fmt.Errorf("open store in %s: %w", dir, err)
+		}
+	}
 	s := &Store{log: o.Logger, onFail: o.OnFatal}
 	// Pebble reserves each memtable's size in the block cache: without the
 	// two memtables on top, a cache no larger than them holds no block at
@@ -162,6 +184,11 @@ func Open(dir string, o Options) (*Store, error) {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	db, err := pebble.Open(dir, po)
+	if errors.Is(err, syscall.EAGAIN) {
+		// Pebble locks the directory (fcntl F_SETLK): EAGAIN is another
+		// process holding it.
+		return nil, fmt.Errorf("open store in %s: another process has it open (a running ferryd, or ferryd check, backup or compact): %w", dir, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", dir, err)
 	}
