@@ -20,18 +20,8 @@ import (
 // that their 16 appends share one commit, and that the log is dense and
 // consistent.
 func TestGroupCommit(t *testing.T) {
-	var hold atomic.Bool
-	gate := make(chan struct{})
-	entered := make(chan struct{}, 1)
-	inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if hold.Load() && (op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData) && vfsIsWAL(op.Path) {
-			hold.Store(false)
-			entered <- struct{}{}
-			<-gate
-		}
-		return nil
-	})
-	e := enginetest.New(t, func(o *engine.Options) { o.FS = errorfs.Wrap(vfs.NewMem(), inj) })
+	hold := newSyncHold()
+	e := enginetest.New(t, func(o *engine.Options) { o.FS = hold.fs() })
 	alice := enginetest.Register(t, e, "alice")
 	conv := alice.Create("busy")
 	devices := make([]*enginetest.Device, 16)
@@ -40,10 +30,7 @@ func TestGroupCommit(t *testing.T) {
 	}
 
 	// The first append's commit blocks in its WAL sync.
-	hold.Store(true)
-	done := make(chan struct{})
-	go func() { alice.Send(conv, "first"); close(done) }()
-	<-entered
+	done := hold.during(func() { alice.Send(conv, "first") })
 	before := e.Metrics()
 
 	var wg sync.WaitGroup
@@ -53,10 +40,8 @@ func TestGroupCommit(t *testing.T) {
 		op := d.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte(fmt.Sprint(i))})
 		wg.Go(func() { results[i], errs[i] = e.Append(ctx, d.Actor, []model.Op{op}) })
 	}
-	for e.Metrics().Queued < len(devices) {
-		runtimeGosched()
-	}
-	close(gate)
+	awaitQueued(e, len(devices))
+	hold.release()
 	wg.Wait()
 	<-done
 	after := e.Metrics()
@@ -81,3 +66,48 @@ func TestGroupCommit(t *testing.T) {
 // runtimeGosched yields while polling a counter that other goroutines move;
 // it never sleeps.
 func runtimeGosched() { runtime.Gosched() }
+
+// syncHold holds a commit in its WAL sync, so that the requests queued
+// meanwhile form the next group: during starts f, whose commit's sync
+// then waits for release.
+type syncHold struct {
+	armed   atomic.Bool
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func newSyncHold() *syncHold {
+	return &syncHold{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+}
+
+// fs is the engine's file system: in memory, with the hold.
+func (h *syncHold) fs() vfs.FS {
+	return errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if (op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData) && vfsIsWAL(op.Path) && h.armed.CompareAndSwap(true, false) {
+			h.entered <- struct{}{}
+			<-h.gate
+		}
+		return nil
+	}))
+}
+
+// during runs f on a goroutine of its own and returns once f's commit
+// waits in its sync; the channel closes when f returns.
+func (h *syncHold) during(f func()) <-chan struct{} {
+	h.armed.Store(true)
+	done := make(chan struct{})
+	go func() { f(); close(done) }()
+	<-h.entered
+	return done
+}
+
+// release lets the held sync go on.
+func (h *syncHold) release() { close(h.gate) }
+
+// awaitQueued waits, without sleeping, until n write requests wait for
+// the writer.
+func awaitQueued(e *engine.Engine, n int) {
+	for e.Metrics().Queued < n {
+		runtimeGosched()
+	}
+}

@@ -4,13 +4,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine"
@@ -230,19 +227,9 @@ func TestCountedReadMarkerReadsNoOp(t *testing.T) {
 // in the revoking group itself, where the device's ack shares the group
 // with the revocation. Other devices' markers stay.
 func TestRevokeDropsDeviceMarkers(t *testing.T) {
-	var hold atomic.Bool
-	gate := make(chan struct{})
-	entered := make(chan struct{}, 1)
-	inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if hold.Load() && (op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData) && vfsIsWAL(op.Path) {
-			hold.Store(false)
-			entered <- struct{}{}
-			<-gate
-		}
-		return nil
-	})
+	hold := newSyncHold()
 	o := enginetest.Options(t, 1)
-	o.FS = errorfs.Wrap(vfs.NewMem(), inj)
+	o.FS = hold.fs()
 	e, err := engine.Open("db", o)
 	if err != nil {
 		t.Fatal(err)
@@ -264,25 +251,17 @@ func TestRevokeDropsDeviceMarkers(t *testing.T) {
 	alice.Push(alice.Op(left, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
 
 	// One group: bob joins, the phone acks there, bob revokes the phone.
-	hold.Store(true)
-	held := make(chan struct{})
-	go func() { alice.Send(kept, "held"); close(held) }()
-	<-entered
-	queued := func(n int) {
-		for e.Metrics().Queued < n {
-			runtime.Gosched()
-		}
-	}
+	held := hold.during(func() { alice.Send(kept, "held") })
 	add := alice.Op(joined, model.Op{Kind: model.KindMemberAdd, Member: bob.Actor.User, Role: model.RoleMember}) // seq 2
 	added := make(chan error, 1)
 	go func() { _, err := e.Append(ctx, alice.Actor, []model.Op{add}); added <- err }()
-	queued(1)
+	awaitQueued(e, 1)
 	ack := e.StartMark(ctx, phone.Actor, []engine.Marker{{Conv: joined, Delivered: 2}})
-	queued(2)
+	awaitQueued(e, 2)
 	revoked := make(chan error, 1)
 	go func() { revoked <- e.RevokeDevice(ctx, bob.Actor, phone.Actor.Device) }()
-	queued(3)
-	close(gate)
+	awaitQueued(e, 3)
+	hold.release()
 	<-held
 	if err := <-added; err != nil {
 		t.Fatal(err)
