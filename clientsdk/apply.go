@@ -24,7 +24,8 @@ func editKey(conv, target ulid.ULID, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(append(idKey(tEdit, conv), target[:]...), seq)
 }
 
-var errClosed = errors.New("ferry: device is closed")
+// ErrClosed is returned by a Device's calls after Close.
+var ErrClosed = kv.ErrClosed
 
 // gap is a range of seqs the replica lacks and the session will not send.
 type gap struct {
@@ -41,7 +42,7 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo) ([]gap, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, errClosed
+		return nil, ErrClosed
 	}
 	b := d.db.NewBatch()
 	var gaps []gap
@@ -145,7 +146,7 @@ func (d *Device) applyOps(batches []received) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return 0, errClosed
+		return 0, ErrClosed
 	}
 	b := d.db.NewBatch()
 	added := 0
@@ -263,7 +264,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errClosed
+		return ErrClosed
 	}
 	b := d.db.NewBatch()
 	renumber := map[ulid.ULID]uint64{} // conv -> first dot to give pending ops

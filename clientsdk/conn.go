@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,16 +23,20 @@ import (
 // Start syncs the device in the background: it connects, flushes the
 // outbox, catches up, stays live, and reconnects with backoff when the
 // connection drops. A terminal error (such as a revoked device) stops it
-// with Status.State == StateFailed and an error in Status.Err. It returns
-// ErrNotSignedIn before Register or Login.
+// with Status.State == StateFailed and a *TerminalError in Status.Err;
+// Start then starts over. It returns ErrNotSignedIn before Register or
+// Login, and ErrClosed after Close.
 func (d *Device) Start() error {
 	if _, err := d.Account(); err != nil {
 		return err
 	}
 	d.runMu.Lock()
 	defer d.runMu.Unlock()
+	if d.closing {
+		return ErrClosed
+	}
 	if d.cancel != nil {
-		return nil
+		return nil // running
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel, d.done = cancel, make(chan struct{})
@@ -58,14 +63,30 @@ func (d *Device) Stop() {
 // syncing until the application acts (for example, logs in again).
 type TerminalError struct{ Err error }
 
-func (e *TerminalError) Error() string { return "ferry: " + e.Err.Error() }
+func (e *TerminalError) Error() string {
+	msg := e.Err.Error()
+	if strings.HasPrefix(msg, "ferry: ") {
+		return msg
+	}
+	return "ferry: " + msg
+}
+
 func (e *TerminalError) Unwrap() error { return e.Err }
+
+// terminal wraps an error retrying cannot fix in a TerminalError, once.
+func terminal(err error) error {
+	var te *TerminalError
+	if errors.As(err, &te) {
+		return err
+	}
+	return &TerminalError{Err: err}
+}
 
 // retryable tells connection errors worth retrying (the network, a server
 // restart, overload) from those that need the application.
 func retryable(err error) bool {
 	var te *TerminalError
-	if errors.As(err, &te) {
+	if errors.As(err, &te) || errors.Is(err, ErrClosed) {
 		return false
 	}
 	switch connect.CodeOf(err) {
@@ -114,7 +135,16 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		case errors.Is(err, errResynced):
 			continue
 		case !retryable(err):
+			err = terminal(err)
 			d.log.Error("sync stopped", "err", err)
+			// Stopped before it says so: a Start that sees the failure
+			// starts over.
+			d.runMu.Lock()
+			if d.done == done {
+				d.cancel()
+				d.cancel, d.done = nil, nil
+			}
+			d.runMu.Unlock()
 			d.mu.Lock()
 			d.setStatus(func(s *Status) { *s = Status{State: StateFailed, Err: err} })
 			d.mu.Unlock()
@@ -158,12 +188,40 @@ func (d *Device) backoff(n int) time.Duration {
 
 // SyncOnce connects, pushes the outbox, catches up, and returns once the
 // device is caught up and every pushed op is answered. It retries
-// retryable errors with backoff until ctx ends. Markers are sent with
-// acknowledgement before it returns.
-func (d *Device) SyncOnce(ctx context.Context) error {
+// retryable errors with backoff until ctx ends; an error retrying cannot
+// fix is a *TerminalError. Markers are sent with acknowledgement before it
+// returns, and Status is offline again.
+func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	if _, err := d.Account(); err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	d.runMu.Lock()
+	if d.closing {
+		d.runMu.Unlock()
+		return ErrClosed
+	}
+	if d.onces == nil {
+		d.onces = map[*context.CancelFunc]struct{}{}
+	}
+	d.onces[&cancel] = struct{}{}
+	d.syncs.Add(1)
+	d.runMu.Unlock()
+	defer func() {
+		d.runMu.Lock()
+		delete(d.onces, &cancel)
+		if d.closing && err != nil {
+			err = ErrClosed // cut by Close
+		}
+		d.runMu.Unlock()
+		d.syncs.Done()
+	}()
+	defer func() {
+		d.mu.Lock()
+		d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
+		d.mu.Unlock()
+	}()
 	attempt := 0
 	for {
 		_, err := d.session(ctx, true)
@@ -178,7 +236,7 @@ func (d *Device) SyncOnce(ctx context.Context) error {
 			continue
 		}
 		if !retryable(err) {
-			return err
+			return terminal(err)
 		}
 		attempt++
 		delay := d.backoff(attempt)
@@ -670,7 +728,7 @@ func (d *Device) wakeAcks(soon bool) {
 // which is in the replica. d.mu is held.
 func (d *Device) savePosition(epoch string, pos uint64) error {
 	if d.closed {
-		return errClosed
+		return ErrClosed
 	}
 	if epoch == d.epoch && pos <= d.feedPos {
 		return nil

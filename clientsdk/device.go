@@ -42,6 +42,7 @@ type Device struct {
 
 	mu        sync.Mutex // guards everything below, and replica writes
 	creds     *credentials
+	owner     string // the user whose replica this is ("" for none yet)
 	epoch     string
 	feedPos   uint64
 	convs     map[ulid.ULID]*convRecord
@@ -72,10 +73,16 @@ type Device struct {
 	// wait resumeAckDelay (capacity 1).
 	resumeAckWake chan struct{}
 
-	runMu  sync.Mutex
+	runMu  sync.Mutex // guards the four below
 	cancel context.CancelFunc
 	done   chan struct{}
-	bg     sync.WaitGroup // background work of sessions (member refreshes)
+	// closing is set as Close begins: Start and SyncOnce refuse from then
+	// on, and Close cancels the SyncOnce calls under way (onces) and waits
+	// for them (syncs).
+	closing bool
+	onces   map[*context.CancelFunc]struct{}
+	syncs   sync.WaitGroup
+	bg      sync.WaitGroup // background work of sessions (member refreshes)
 }
 
 // Open opens the device profile in dir, creating it if needed. The profile
@@ -95,6 +102,9 @@ func open(dir string, fs vfs.FS, opts []Option) (*Device, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
 		opt.apply(&o)
+	}
+	if err := o.check(); err != nil {
+		return nil, err
 	}
 	o.resumeAckDelay = max(o.resumeAckDelay, o.ackDelay)
 	db, err := kv.Open(fs.PathJoin(dir, "replica"), fs, o.logger)
@@ -140,6 +150,12 @@ func (d *Device) load() error {
 		return err
 	} else if ok {
 		d.creds = &c
+	}
+	if _, err := getJSON(d.db, metaKey("owner"), &d.owner); err != nil {
+		return err
+	}
+	if d.owner == "" && d.creds != nil { // a profile signed in before owners were kept
+		d.owner = d.creds.User
 	}
 	if _, err := getJSON(d.db, metaKey("epoch"), &d.epoch); err != nil {
 		return err
@@ -226,10 +242,18 @@ func (d *Device) load() error {
 	return nil
 }
 
-// Close stops syncing and closes the replica. Pending ops stay in the
+// Close stops syncing (Start's and any SyncOnce under way, which then
+// returns ErrClosed) and closes the replica. Pending ops stay in the
 // outbox and go out after the next Open and Start.
 func (d *Device) Close() error {
+	d.runMu.Lock()
+	d.closing = true
+	for cancel := range d.onces {
+		(*cancel)()
+	}
+	d.runMu.Unlock()
 	d.Stop()
+	d.syncs.Wait() // before bg.Wait: their sessions add to bg
 	d.bg.Wait()
 	d.mu.Lock()
 	if d.closed {
@@ -256,10 +280,14 @@ type Account struct {
 // or Login.
 var ErrNotSignedIn = errors.New("ferry: this profile is not signed in: register or log in first")
 
-// Account returns the device's identity, or ErrNotSignedIn.
+// Account returns the device's identity, or ErrNotSignedIn (ErrClosed
+// after Close).
 func (d *Device) Account() (Account, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return Account{}, ErrClosed
+	}
 	if d.creds == nil {
 		return Account{}, ErrNotSignedIn
 	}
@@ -339,9 +367,21 @@ func defaultHTTPClient(url string) *http.Client {
 	return h2
 }
 
+// authedClients is clients for the calls that need an identity:
+// ErrNotSignedIn before Register or Login, ErrClosed after Close.
+func (d *Device) authedClients() (ferryv1connect.AccountServiceClient, ferryv1connect.ConversationServiceClient, ferryv1connect.SyncServiceClient, error) {
+	if _, err := d.Account(); err != nil {
+		return nil, nil, nil, err
+	}
+	return d.clients()
+}
+
 // Register creates a user on the server with this device as its first, and
 // signs the profile in.
 func (d *Device) Register(ctx context.Context, username, password, deviceName string) error {
+	if err := d.signedOut(); err != nil {
+		return err
+	}
 	acc, _, _, err := d.clients()
 	if err != nil {
 		return err
@@ -355,6 +395,9 @@ func (d *Device) Register(ctx context.Context, username, password, deviceName st
 
 // Login adds this device to an existing user and signs the profile in.
 func (d *Device) Login(ctx context.Context, username, password, deviceName string) error {
+	if err := d.signedOut(); err != nil {
+		return err
+	}
 	acc, _, _, err := d.clients()
 	if err != nil {
 		return err
@@ -366,6 +409,28 @@ func (d *Device) Login(ctx context.Context, username, password, deviceName strin
 	return d.signIn(resp.GetSession())
 }
 
+// errSignedIn is what Register and Login return on a signed-in profile,
+// before they ask the server for anything.
+var errSignedIn = errors.New("ferry: this profile is already signed in; log out first")
+
+// signedOut reports why the profile cannot sign in: ErrClosed, or
+// errSignedIn.
+func (d *Device) signedOut() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.closed:
+		return ErrClosed
+	case d.creds != nil:
+		return errSignedIn
+	}
+	return nil
+}
+
+// signIn keeps the session's credentials. A profile whose replica is
+// another user's (who logged out) starts over empty: that user's
+// conversations are not the new user's to read, and the replica's feed
+// position is not theirs to resume from.
 func (d *Device) signIn(s *ferryv1.DeviceSession) error {
 	url, err := d.server()
 	if err != nil {
@@ -373,27 +438,49 @@ func (d *Device) signIn(s *ferryv1.DeviceSession) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
 	if d.creds != nil {
-		return errors.New("ferry: this profile is already signed in; log out first")
+		return errSignedIn
 	}
 	c := &credentials{Server: url, User: s.GetUserId(), Device: s.GetDeviceId(), Username: s.GetUsername(), Token: s.GetToken()}
 	b := d.db.NewBatch()
+	wipe := d.owner != c.User && (d.owner != "" || d.epoch != "" || d.feedPos != 0 || len(d.convs) > 0 || len(d.pending) > 0)
+	if wipe {
+		b.DeleteRange([]byte{tMeta + 1}, []byte{0xff})
+		b.Delete(metaKey("epoch"))
+		b.Delete(metaKey("feedpos"))
+	}
+	b.Set(metaKey("owner"), encodeJSON(c.User))
 	b.Set(metaKey("creds"), encodeJSON(c))
 	if err := d.db.Commit(b); err != nil {
 		return err
 	}
-	d.creds = c
+	if wipe {
+		d.log.Info("signed in as another user: the replica starts over", "user", c.User, "previous", d.owner)
+		d.epoch, d.feedPos, d.changed = "", 0, 0
+		clear(d.convs)
+		clear(d.states)
+		clear(d.pending)
+		clear(d.users)
+		clear(d.members)
+		clear(d.memberRefresh)
+	}
+	d.creds, d.owner = c, c.User
 	return nil
 }
 
 // Logout revokes this device on the server and forgets its credentials.
-// The replica stays on disk; delete the profile directory to remove it.
+// The replica stays on disk, for the same user's next Login to resume
+// from; a Login or Register as another user empties it first. Delete the
+// profile directory to remove it.
 func (d *Device) Logout(ctx context.Context) error {
-	acc, _, _, err := d.clients()
+	a, err := d.Account()
 	if err != nil {
 		return err
 	}
-	a, err := d.Account()
+	acc, _, _, err := d.clients()
 	if err != nil {
 		return err
 	}
@@ -422,7 +509,7 @@ type DeviceInfo struct {
 
 // Devices lists the user's devices (from the server).
 func (d *Device) Devices(ctx context.Context) ([]DeviceInfo, error) {
-	acc, _, _, err := d.clients()
+	acc, _, _, err := d.authedClients()
 	if err != nil {
 		return nil, err
 	}
@@ -443,7 +530,7 @@ func (d *Device) Devices(ctx context.Context) ([]DeviceInfo, error) {
 
 // RevokeDevice revokes one of the user's other devices.
 func (d *Device) RevokeDevice(ctx context.Context, id ulid.ULID) error {
-	acc, _, _, err := d.clients()
+	acc, _, _, err := d.authedClients()
 	if err != nil {
 		return err
 	}
@@ -462,7 +549,7 @@ type User struct {
 
 // LookupUser finds a user by username (on the server).
 func (d *Device) LookupUser(ctx context.Context, username string) (User, error) {
-	acc, _, _, err := d.clients()
+	acc, _, _, err := d.authedClients()
 	if err != nil {
 		return User{}, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -266,7 +267,37 @@ func TestRevokedDeviceStopsWithATerminalError(t *testing.T) {
 		t.Fatalf("terminal error %v, want unauthenticated", err)
 	}
 	var te *clientsdk.TerminalError
-	_ = errors.As(laptop.Status().Err, &te)
+	if !errors.As(laptop.Status().Err, &te) {
+		t.Fatalf("terminal error %T %v: not a *TerminalError", laptop.Status().Err, laptop.Status().Err)
+	}
+	if msg := te.Error(); strings.Count(msg, "ferry: ") > 1 {
+		t.Errorf("terminal error %q repeats its prefix", msg)
+	}
+	// Start after the failure starts over (and fails again): it is not
+	// a silent no-op that leaves the device stopped.
+	sub := laptop.Subscribe(1024)
+	defer sub.Close()
+	if err := laptop.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var states []clientsdk.State
+	for len(states) < 2 || states[len(states)-1] != clientsdk.StateFailed {
+		select {
+		case ev := <-sub.C():
+			if sc, ok := ev.(clientsdk.StatusChanged); ok && (len(states) == 0 || states[len(states)-1] != sc.Status.State) {
+				states = append(states, sc.Status.State)
+			}
+		case <-time.After(60 * time.Second): // a bound, not a wait for an event
+			t.Fatalf("Start after the failure: states %v, want connecting then failed", states)
+		}
+	}
+	if states[0] != clientsdk.StateConnecting {
+		t.Errorf("Start after the failure: states %v, want connecting then failed", states)
+	}
+	// SyncOnce's error is a TerminalError too.
+	if err := laptop.SyncOnce(ctx); !errors.As(err, &te) {
+		t.Errorf("SyncOnce of a revoked device: %T %v, want a *TerminalError", err, err)
+	}
 }
 
 // TestOpIdsShareTheDevicesPrefix checks that op ids come from package

@@ -6,8 +6,8 @@
 // (OpenMemory), signed in once (Register or Login), and started (Start).
 // From then on:
 //
-//   - Sends (Send, Edit, Delete, React, CreateConversation, ...) return at
-//     once with the op's id. The op is in the outbox, persisted with a synced
+//   - Sends (Send, Edit, Delete, React, ...) return at once with the op's
+//     id (CreateConversation with the new conversation's). The op is in the outbox, persisted with a synced
 //     write before the call returns, and visible in queries as pending. It
 //     goes out when the device is connected, in the order it was made, and
 //     retries never duplicate it: its id is chosen before the first send.
@@ -23,10 +23,14 @@
 //     showing a silent hole. A catch-up cut off resumes where it stopped.
 //   - Retryable errors (the network, a server restart) never drop data;
 //     terminal ones (a revoked device) stop syncing and reach the
-//     application in Status and as a StatusChanged event.
-//   - Queries (Conversations, Messages, Members, Outbox, Failed) read the
-//     replica, offline or not. Subscribe delivers typed events as things
-//     change.
+//     application as a *TerminalError, in Status and as a StatusChanged
+//     event. An op the server refuses as invalid (a body over the limit, an
+//     empty reaction key) fails at once with an error wrapping
+//     model.ErrInvalidOp.
+//   - Queries (Conversations, Messages, Outbox, Failed) read the replica,
+//     offline or not; Members asks the server first and falls back to the
+//     replica. Subscribe delivers typed events as things change.
+//   - After Close, every call returns ErrClosed.
 //
 // # Concurrency
 //

@@ -103,13 +103,15 @@ func (OpFailed) isEvent()            {}
 func (Overflow) isEvent()            {}
 
 // Subscription receives a device's events. Its buffer is bounded: a
-// subscriber that falls behind never slows syncing; it loses events and
-// receives Overflow once it catches up. Safe for concurrent use.
+// subscriber that falls behind never slows syncing. Its last free slot
+// takes Overflow instead of an event, and later events are lost until
+// there is room again: a subscriber that fell behind finds Overflow after
+// the events it has, however quiet the device goes then, and should re-read
+// what it shows. Safe for concurrent use.
 type Subscription struct {
-	d        *Device
-	c        chan Event
-	overflow bool // guarded by d.mu
-	closed   bool
+	d      *Device
+	c      chan Event
+	closed bool // guarded by d.mu
 }
 
 // Subscribe returns a subscription with room for buffer events (at least
@@ -146,22 +148,16 @@ func (s *Subscription) closeLocked() {
 	}
 }
 
-// emit sends events to every subscriber without blocking. d.mu is held.
+// emit sends events to every subscriber without blocking. d.mu is held,
+// and only emit sends: a channel's length can only shrink meanwhile.
 func (d *Device) emit(evs ...Event) {
 	for s := range d.subs {
 		for _, ev := range evs {
-			if s.overflow {
-				select {
-				case s.c <- Overflow{}:
-					s.overflow = false
-				default:
-					continue
-				}
-			}
-			select {
-			case s.c <- ev:
-			default:
-				s.overflow = true
+			switch room := cap(s.c) - len(s.c); {
+			case room > 1:
+				s.c <- ev
+			case room == 1:
+				s.c <- Overflow{} // the events from here on may be lost
 			}
 		}
 	}

@@ -16,8 +16,9 @@ import (
 // Role is a member's role in a conversation.
 type Role = model.Role
 
-// The roles.
+// The roles. RoleNone is a removed member's (Conversation.Role).
 const (
+	RoleNone   = model.RoleNone
 	RoleMember = model.RoleMember
 	RoleAdmin  = model.RoleAdmin
 	RoleOwner  = model.RoleOwner
@@ -42,7 +43,7 @@ func (d *Device) enqueue(conv ulid.ULID, create bool, payloads ...func(*ferryv1.
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, errors.New("ferry: device is closed")
+		return nil, ErrClosed
 	}
 	if d.creds == nil {
 		return nil, ErrNotSignedIn
@@ -218,7 +219,7 @@ func (d *Device) MarkRead(ctx context.Context, conv ulid.ULID, seq uint64) error
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errClosed
+		return ErrClosed
 	}
 	rec := d.convs[conv]
 	if rec == nil {

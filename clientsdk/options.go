@@ -1,6 +1,8 @@
 package clientsdk
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -57,6 +59,31 @@ func defaultOptions() options {
 	}
 }
 
+// check refuses options that would spin (a heartbeat or a reconnect loop
+// without pause) or make no sense.
+func (o *options) check() error {
+	var errs []error
+	if o.heartbeat < minHeartbeat {
+		errs = append(errs, fmt.Errorf("WithHeartbeat(%v): it must be at least %v", o.heartbeat, minHeartbeat))
+	}
+	if o.minBackoff <= 0 || o.maxBackoff < o.minBackoff {
+		errs = append(errs, fmt.Errorf("WithBackoff(%v, %v): min must be positive and max at least min", o.minBackoff, o.maxBackoff))
+	}
+	if o.pageSize < 0 {
+		errs = append(errs, fmt.Errorf("WithPageSize(%d): it must not be negative", o.pageSize))
+	}
+	if o.clock == nil || o.logger == nil {
+		errs = append(errs, errors.New("WithClock and WithLogger need a clock and a logger, not nil"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("ferry: options: %w", err)
+	}
+	return nil
+}
+
+// minHeartbeat is the shortest heartbeat: the server's shortest interval.
+const minHeartbeat = 100 * time.Millisecond
+
 // WithServer sets the server's base URL, such as "http://127.0.0.1:8080".
 // Register and Login remember it in the profile; it is needed only the first
 // time or to move a profile to another server.
@@ -83,13 +110,15 @@ func WithEntropy(r io.Reader) Option { return optionFunc(func(o *options) { o.en
 func WithPageSize(n int) Option { return optionFunc(func(o *options) { o.pageSize = n }) }
 
 // WithBackoff sets the reconnect backoff: it starts at min and doubles up
-// to max, with jitter. Defaults 250ms and 30s.
+// to max, with jitter. Defaults 250ms and 30s; Open refuses a min that is
+// not positive or a max below it.
 func WithBackoff(min, max time.Duration) Option {
 	return optionFunc(func(o *options) { o.minBackoff, o.maxBackoff = min, max })
 }
 
 // WithHeartbeat sets how often the device sends a heartbeat on an idle
-// session. Default 20s; it must stay under the server's heartbeat interval.
+// session. Default 20s; it must stay under the server's heartbeat interval
+// (ferryd --heartbeat, 30s by default), and Open refuses less than 100ms.
 func WithHeartbeat(d time.Duration) Option { return optionFunc(func(o *options) { o.heartbeat = d }) }
 
 // WithAckDelay sets how long the markers a session has to send (what the
@@ -112,10 +141,10 @@ func WithAckDelay(d time.Duration) Option {
 // period, however many messages it gets, and a session that drops gets at
 // most this much of the ops it held again, which it already has and
 // skips. Read markers and markers that other members see still go after
-// WithAckDelay. Default 5s (it was 1s: in the bench's fan-out to a
-// thousand devices at a message a second, 5s took a quarter off the
-// server's CPU and a fifth off the devices'); it is never shorter than the
-// ack delay.
+// WithAckDelay. Default 5s: in the bench's fan-out to a thousand
+// devices at a message a second, 5s took a quarter off the server's CPU and
+// a fifth off the devices' against 1s. It is never shorter than the ack
+// delay.
 func WithResumeAckDelay(d time.Duration) Option {
 	return optionFunc(func(o *options) { o.resumeAckDelay = max(d, 0) })
 }

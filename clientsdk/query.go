@@ -1,6 +1,7 @@
 package clientsdk
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"fmt"
@@ -88,6 +89,9 @@ func (m *Message) Text() string { return string(m.Body) }
 func (d *Device) Conversations() ([]Conversation, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
 	ids := make([]ulid.ULID, 0, len(d.convs))
 	for id := range d.convs {
 		ids = append(ids, id)
@@ -113,6 +117,9 @@ func (d *Device) Conversations() ([]Conversation, error) {
 func (d *Device) Conversation(id ulid.ULID) (Conversation, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return Conversation{}, ErrClosed
+	}
 	if d.convs[id] == nil {
 		return Conversation{}, fmt.Errorf("%w: %s", ErrUnknownConversation, id)
 	}
@@ -172,6 +179,9 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return Page{}, ErrClosed
+	}
 	rec := d.convs[conv]
 	if rec == nil {
 		return Page{}, fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
@@ -185,6 +195,13 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 		m := all[i]
 		if opts.Before != 0 && (m.Seq == 0 || m.Seq >= opts.Before) {
 			continue
+		}
+		// The caller's own copy: the body and reactions are the cached
+		// state's otherwise.
+		m.Body = bytes.Clone(m.Body)
+		m.Reactions = slices.Clone(m.Reactions)
+		for i := range m.Reactions {
+			m.Reactions[i].Users = slices.Clone(m.Reactions[i].Users)
 		}
 		page.Messages = append(page.Messages, m)
 	}
@@ -376,39 +393,52 @@ type Member struct {
 
 // Members returns conv's current members. It asks the server (which also
 // teaches the device the members' usernames) and falls back to what the
-// replica knows when offline.
+// replica knows when the server cannot be reached. It returns
+// ErrUnknownConversation for a conversation the device does not know, the
+// server's error when the server refuses (such as a conversation the user
+// is not in), and ctx's error when ctx ends.
 func (d *Device) Members(ctx context.Context, conv ulid.ULID) ([]Member, error) {
-	if _, cs, _, err := d.clients(); err == nil {
-		resp, err := cs.GetConversation(ctx, &ferryv1.GetConversationRequest{ConversationId: conv.String()})
-		if err == nil {
-			var ms []memberRecord
-			for _, m := range resp.GetMembers() {
-				if id, err := ulid.ParseStrict(m.GetUserId()); err == nil {
-					d.rememberUser(id, m.GetUsername(), m.GetDisplayName())
-				}
-				ms = append(ms, memberRecord{User: m.GetUserId(), Role: m.GetRole()})
+	_, cs, _, err := d.authedClients()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cs.GetConversation(ctx, &ferryv1.GetConversationRequest{ConversationId: conv.String()})
+	switch {
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	case err != nil && !retryable(err):
+		return nil, fmt.Errorf("ferry: members of %s: %w", conv, err)
+	case err == nil:
+		var ms []memberRecord
+		for _, m := range resp.GetMembers() {
+			if id, err := ulid.ParseStrict(m.GetUserId()); err == nil {
+				d.rememberUser(id, m.GetUsername(), m.GetDisplayName())
 			}
-			d.mu.Lock()
-			if d.closed {
-				d.mu.Unlock()
-				return nil, errClosed
-			}
-			d.members[conv] = ms
-			b := d.db.NewBatch()
-			b.Set(idKey(tMembers, conv), encodeJSON(ms))
-			err := d.db.Commit(b)
+			ms = append(ms, memberRecord{User: m.GetUserId(), Role: m.GetRole()})
+		}
+		d.mu.Lock()
+		if d.closed {
 			d.mu.Unlock()
-			if err != nil {
-				return nil, err
-			}
+			return nil, ErrClosed
+		}
+		d.members[conv] = ms
+		b := d.db.NewBatch()
+		b.Set(idKey(tMembers, conv), encodeJSON(ms))
+		err := d.db.Commit(b)
+		d.mu.Unlock()
+		if err != nil {
+			return nil, err
 		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, errClosed
+		return nil, ErrClosed
 	}
 	var out []Member
+	if _, ok := d.members[conv]; !ok && d.convs[conv] == nil {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
+	}
 	if ms, ok := d.members[conv]; ok {
 		for _, m := range ms {
 			id := ulid.MustParseStrict(m.User)
@@ -439,6 +469,9 @@ type Pending struct {
 func (d *Device) Outbox() ([]Pending, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
 	var out []Pending
 	err := scanPrefix(d.db, []byte{tOutbox}, func(_, v []byte) error {
 		var e outboxEntry
@@ -472,6 +505,9 @@ type FailedOp struct {
 func (d *Device) Failed() ([]FailedOp, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
 	var out []FailedOp
 	err := scanPrefix(d.db, []byte{tFailed}, func(_, v []byte) error {
 		var e failedEntry
@@ -494,6 +530,9 @@ func (d *Device) Failed() ([]FailedOp, error) {
 func (d *Device) Vector(conv ulid.ULID) (model.Vector, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return model.Vector{}, ErrClosed
+	}
 	dots := map[ulid.ULID]map[uint64]bool{}
 	err := scanPrefix(d.db, idKey(tOp, conv), func(_, v []byte) error {
 		p, err := decodeOp(v)

@@ -2,7 +2,8 @@
 // whose batch commits are synced, so that what the SDK records (its outbox
 // above all) survives the process being killed. It knows nothing of Ferry.
 //
-// A DB is safe for concurrent use; a Batch and an Iter are not.
+// A DB is safe for concurrent use; a Batch and an Iter are not. Once
+// closed, a DB's calls return ErrClosed: Pebble itself panics.
 package kv
 
 import (
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -18,10 +20,32 @@ import (
 // ErrNotFound is returned by Get for a missing key.
 var ErrNotFound = errors.New("not found")
 
+// ErrClosed is returned by the calls of a closed DB.
+var ErrClosed = errors.New("ferry: device is closed")
+
 // DB is an open local store.
 type DB struct {
 	db *pebble.DB
+
+	mu     sync.Mutex // guards closed
+	closed bool
+	// inUse counts the calls in progress and the open iterators: Close
+	// waits for them, as Pebble must not close under them.
+	inUse sync.WaitGroup
 }
+
+// enter starts a call, or reports ErrClosed; leave ends it.
+func (d *DB) enter() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	d.inUse.Add(1)
+	return nil
+}
+
+func (d *DB) leave() { d.inUse.Done() }
 
 // Open opens or creates the store in dir on fs (vfs.Default for disk,
 // vfs.NewMem() for a store that lives in memory).
@@ -57,11 +81,27 @@ func (l logger) Fatalf(format string, args ...any) {
 	panic(fmt.Sprintf("ferry: local store failed: "+format, args...))
 }
 
-// Close closes the store.
-func (d *DB) Close() error { return d.db.Close() }
+// Close closes the store once the calls in progress and the open
+// iterators are done; the calls that start meanwhile or later fail with
+// ErrClosed. Closing again does nothing.
+func (d *DB) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	d.mu.Unlock()
+	d.inUse.Wait()
+	return d.db.Close()
+}
 
 // Get returns a copy of key's value, or ErrNotFound.
 func (d *DB) Get(key []byte) ([]byte, error) {
+	if err := d.enter(); err != nil {
+		return nil, err
+	}
+	defer d.leave()
 	v, c, err := d.db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, ErrNotFound
@@ -98,19 +138,31 @@ func (d *DB) Commit(b *Batch) error {
 	if b.b.Empty() {
 		return nil
 	}
+	if err := d.enter(); err != nil {
+		return err
+	}
+	defer d.leave()
 	return b.b.Commit(pebble.Sync)
 }
 
-// Iter iterates over keys in [lower, upper).
-type Iter struct{ it *pebble.Iterator }
+// Iter iterates over keys in [lower, upper). The DB does not close before
+// it is closed.
+type Iter struct {
+	it *pebble.Iterator
+	db *DB
+}
 
 // Iter returns an iterator over [lower, upper).
 func (d *DB) Iter(lower, upper []byte) (*Iter, error) {
-	it, err := d.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
+	if err := d.enter(); err != nil {
 		return nil, err
 	}
-	return &Iter{it: it}, nil
+	it, err := d.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		d.leave()
+		return nil, err
+	}
+	return &Iter{it: it, db: d}, nil
 }
 
 // First moves to the first key.
@@ -132,6 +184,9 @@ func (i *Iter) Key() []byte { return i.it.Key() }
 func (i *Iter) Value() ([]byte, error) { return i.it.ValueAndErr() }
 
 // Close closes the iterator.
-func (i *Iter) Close() error { return i.it.Close() }
+func (i *Iter) Close() error {
+	defer i.db.leave()
+	return i.it.Close()
+}
 
 var _ io.Closer = (*Iter)(nil)

@@ -1,0 +1,329 @@
+package clientsdk_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/clientsdk"
+	"github.com/ferrysync/ferry/server/servertest"
+)
+
+// TestCallsAfterClose: after Close every call returns ErrClosed; none
+// panics on the closed replica (Start's loop, SyncOnce and the queries
+// did), and none asks the server first (Logout revoked the device, then
+// panicked).
+func TestCallsAfterClose(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	d := device(t, srv, "alice", false)
+	conv, err := d.CreateConversation(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.SendText(ctx, conv, "hi"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := d.Account()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	calls := map[string]func() error{
+		"Start":         d.Start,
+		"SyncOnce":      func() error { return d.SyncOnce(ctx) },
+		"Account":       func() error { _, err := d.Account(); return err },
+		"Conversations": func() error { _, err := d.Conversations(); return err },
+		"Conversation":  func() error { _, err := d.Conversation(conv); return err },
+		"Messages":      func() error { _, err := d.Messages(conv, clientsdk.PageOptions{}); return err },
+		"Members":       func() error { _, err := d.Members(ctx, conv); return err },
+		"Outbox":        func() error { _, err := d.Outbox(); return err },
+		"Failed":        func() error { _, err := d.Failed(); return err },
+		"Vector":        func() error { _, err := d.Vector(conv); return err },
+		"SendText":      func() error { _, err := d.SendText(ctx, conv, "late"); return err },
+		"MarkRead":      func() error { return d.MarkRead(ctx, conv, 1) },
+		"Devices":       func() error { _, err := d.Devices(ctx); return err },
+		"LookupUser":    func() error { _, err := d.LookupUser(ctx, "alice"); return err },
+		"RevokeDevice":  func() error { return d.RevokeDevice(ctx, a.Device) },
+		"Logout":        func() error { return d.Logout(ctx) },
+		"Login":         func() error { return d.Login(ctx, "alice", "correct horse", "again") },
+		"Register":      func() error { return d.Register(ctx, "alice2", "correct horse", "again") },
+	}
+	for name, call := range calls {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("%s after Close panicked: %v", name, r)
+				}
+			}()
+			if err := call(); !errors.Is(err, clientsdk.ErrClosed) {
+				t.Errorf("%s after Close: %v, want ErrClosed", name, err)
+			}
+		}()
+	}
+	// Nothing reached the server: the device is still alice's.
+	other := device(t, srv, "alice", true)
+	ds, err := other.Devices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 2 {
+		t.Errorf("alice has %d devices after the calls on a closed one; want 2 (it was not revoked, no login added one)", len(ds))
+	}
+}
+
+// TestCloseDuringSyncOnce: Close while SyncOnce pushes a long outbox in
+// another goroutine; SyncOnce returns an error (ErrClosed) instead of
+// panicking on the closed replica, and Close waits for nothing forever.
+func TestCloseDuringSyncOnce(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	conv, err := alice.CreateConversation(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 {
+		if _, err := alice.SendText(ctx, conv, fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub := alice.Subscribe(16)
+	done := make(chan any, 1)
+	go func() {
+		defer func() { done <- recover() }()
+		if err := alice.SyncOnce(ctx); err != nil && !errors.Is(err, clientsdk.ErrClosed) {
+			t.Errorf("SyncOnce cut by Close: %v, want ErrClosed", err)
+		}
+	}()
+	// Close once the sync is under way: its first event (connecting).
+	<-sub.C()
+	if err := alice.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r != nil {
+		t.Fatalf("SyncOnce panicked when the device closed under it: %v", r)
+	}
+}
+
+// TestAnotherUserOnTheSameProfile: a profile whose user logged out keeps
+// its replica for the same user's next login, and empties it for another
+// user's: the next user never sees the last one's conversations, and
+// catches up from the start of their own feed.
+func TestAnotherUserOnTheSameProfile(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	carol := device(t, srv, "carol", false)
+	carolsConv, err := carol.CreateConversation(ctx, "carol's")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := carol.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shared := device(t, srv, "bob", false)
+	bobsConv, err := shared.CreateConversation(ctx, "bob's secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shared.SendText(ctx, bobsConv, "for bob's eyes"); err != nil {
+		t.Fatal(err)
+	}
+	if err := shared.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Bob again: the replica is still his.
+	if err := shared.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := shared.Login(ctx, "bob", "correct horse", "again"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shared.Conversation(bobsConv); err != nil {
+		t.Fatalf("bob's own replica after he logged in again: %v", err)
+	}
+	// Carol: nothing of bob's, all of hers.
+	if err := shared.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := shared.Login(ctx, "carol", "correct horse", "borrowed"); err != nil {
+		t.Fatal(err)
+	}
+	if cs, err := shared.Conversations(); err != nil || len(cs) != 0 {
+		t.Fatalf("carol signed in on bob's profile sees %d conversations (%v); want none before syncing", len(cs), err)
+	}
+	if err := shared.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shared.Conversation(bobsConv); !errors.Is(err, clientsdk.ErrUnknownConversation) {
+		t.Errorf("bob's conversation on carol's session: %v, want ErrUnknownConversation", err)
+	}
+	if c, err := shared.Conversation(carolsConv); err != nil || c.Title != "carol's" {
+		t.Errorf("carol's own conversation after her catch-up: %+v, %v", c, err)
+	}
+}
+
+// TestSignInOnASignedInProfile: Register and Login on a signed-in profile
+// fail before they reach the server: no user or device is made there for
+// a token the profile would not keep.
+func TestSignInOnASignedInProfile(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	if err := alice.Register(ctx, "alice2", "correct horse", "x"); err == nil {
+		t.Fatal("Register on a signed-in profile succeeded")
+	}
+	if err := alice.Login(ctx, "alice", "correct horse", "x"); err == nil {
+		t.Fatal("Login on a signed-in profile succeeded")
+	}
+	ds, err := alice.Devices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 1 {
+		t.Errorf("alice has %d devices after a refused Login; want 1", len(ds))
+	}
+	device(t, srv, "alice2", false) // the name was not taken
+}
+
+// TestCallsBeforeSignIn: the calls that need an identity say so with
+// ErrNotSignedIn, whether they read the replica or ask the server.
+func TestCallsBeforeSignIn(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	d, err := clientsdk.OpenMemory(clientsdk.WithServer(srv.URL), clientsdk.WithHTTPClient(srv.HTTP))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	calls := map[string]func() error{
+		"Start":        d.Start,
+		"SyncOnce":     func() error { return d.SyncOnce(ctx) },
+		"Devices":      func() error { _, err := d.Devices(ctx); return err },
+		"LookupUser":   func() error { _, err := d.LookupUser(ctx, "bob"); return err },
+		"RevokeDevice": func() error { return d.RevokeDevice(ctx, ulid.Make()) },
+		"Members":      func() error { _, err := d.Members(ctx, ulid.Make()); return err },
+		"Logout":       func() error { return d.Logout(ctx) },
+	}
+	for name, call := range calls {
+		if err := call(); !errors.Is(err, clientsdk.ErrNotSignedIn) {
+			t.Errorf("%s before sign-in: %v, want ErrNotSignedIn", name, err)
+		}
+	}
+}
+
+// TestMembersOfAnUnknownConversation: Members says the conversation is
+// unknown rather than "no members".
+func TestMembersOfAnUnknownConversation(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	d := device(t, srv, "alice", false)
+	if ms, err := d.Members(ctx, ulid.Make()); err == nil {
+		t.Fatalf("Members of an unknown conversation: %v, nil", ms)
+	}
+	srv.Stop() // offline: the replica's answer
+	if ms, err := d.Members(ctx, ulid.Make()); !errors.Is(err, clientsdk.ErrUnknownConversation) {
+		t.Fatalf("Members of an unknown conversation, offline: %v, %v; want ErrUnknownConversation", ms, err)
+	}
+}
+
+// TestStatusAfterSyncOnce: SyncOnce leaves the status offline, as the
+// device is, not live.
+func TestStatusAfterSyncOnce(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	d := device(t, srv, "alice", false)
+	if err := d.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := d.Status(); st.State != clientsdk.StateOffline {
+		t.Errorf("status after SyncOnce: %v, want offline", st.State)
+	}
+}
+
+// TestOverflowWithoutLaterEvents: a subscriber that fell behind finds
+// Overflow after the events it has, even when nothing happens afterwards
+// (it once came only with the next event).
+func TestOverflowWithoutLaterEvents(t *testing.T) {
+	d, err := clientsdk.OpenMemory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	srv := servertest.New(t, servertest.Config{})
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d = device(t, srv, "alice", false)
+	conv, err := d.CreateConversation(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := d.Subscribe(16)
+	for i := range 40 { // three events each
+		if _, err := d.SendText(ctx, conv, fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var evs []clientsdk.Event
+	for len(evs) < 16 {
+		select {
+		case ev := <-sub.C():
+			evs = append(evs, ev)
+		case <-time.After(60 * time.Second): // a bound: the 16 are buffered already
+			t.Fatalf("%d events buffered; want 16", len(evs))
+		}
+	}
+	if _, ok := evs[15].(clientsdk.Overflow); !ok {
+		t.Errorf("the last of a full buffer's events is %T; want Overflow", evs[15])
+	}
+}
+
+// TestOptionsThatWouldSpin: a heartbeat or a backoff of zero (a loop that
+// never pauses) and a negative page size are refused by Open.
+func TestOptionsThatWouldSpin(t *testing.T) {
+	for name, opt := range map[string]clientsdk.Option{
+		"WithHeartbeat(0)":       clientsdk.WithHeartbeat(0),
+		"WithBackoff(0, 0)":      clientsdk.WithBackoff(0, 0),
+		"WithBackoff(-1s, 1s)":   clientsdk.WithBackoff(-time.Second, time.Second),
+		"WithBackoff(2s, 1s)":    clientsdk.WithBackoff(2*time.Second, time.Second),
+		"WithPageSize(-1)":       clientsdk.WithPageSize(-1),
+		"WithHeartbeat(time.ms)": clientsdk.WithHeartbeat(time.Millisecond),
+	} {
+		if d, err := clientsdk.OpenMemory(opt); err == nil {
+			_ = d.Close()
+			t.Errorf("OpenMemory(%s) succeeded", name)
+		}
+	}
+}
+
+// TestMessagesAreTheCallersCopies: a page's bodies and reactions are the
+// caller's to change; the next query shows the messages as they are.
+func TestMessagesAreTheCallersCopies(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	d := device(t, srv, "alice", false)
+	conv, err := d.CreateConversation(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := d.SendText(ctx, conv, "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.React(ctx, conv, msg, "+1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p, err := d.Messages(conv, clientsdk.PageOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := p.Messages[0]
+	m.Body[0] = 'J'
+	m.Reactions[0].Key = "-1"
+	m.Reactions[0].Users[0] = ulid.ULID{}
+	again := messages(t, d, conv)[0]
+	if again.Text() != "hello" || again.Reactions[0].Key != "+1" || again.Reactions[0].Users[0] == (ulid.ULID{}) {
+		t.Errorf("after the caller changed its copy, the message reads %q %+v", again.Text(), again.Reactions)
+	}
+}
