@@ -305,7 +305,7 @@ func (c *credentials) account() Account {
 
 func (d *Device) server() (string, error) {
 	if d.opts.server != "" {
-		return d.opts.server, nil
+		return d.opts.server, nil // checked by Open
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

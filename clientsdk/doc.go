@@ -7,7 +7,8 @@
 // From then on:
 //
 //   - Sends (Send, Edit, Delete, React, ...) return at once with the op's
-//     id (CreateConversation with the new conversation's). The op is in the outbox, persisted with a synced
+//     id (CreateConversation with the new conversation's); they never wait
+//     for the network, and their ctx is not used today. The op is in the outbox, persisted with a synced
 //     write before the call returns, and visible in queries as pending. It
 //     goes out when the device is connected, in the order it was made, and
 //     retries never duplicate it: its id is chosen before the first send.

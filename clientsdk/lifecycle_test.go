@@ -278,7 +278,9 @@ func TestOverflowWithoutLaterEvents(t *testing.T) {
 }
 
 // TestOptionsThatWouldSpin: a heartbeat or a backoff of zero (a loop that
-// never pauses) and a negative page size are refused by Open.
+// never pauses), a negative page size and a server URL without its scheme
+// (which failed as a retryable "invalid base URL" on every reconnect) are
+// refused by Open.
 func TestOptionsThatWouldSpin(t *testing.T) {
 	for name, opt := range map[string]clientsdk.Option{
 		"WithHeartbeat(0)":       clientsdk.WithHeartbeat(0),
@@ -287,6 +289,7 @@ func TestOptionsThatWouldSpin(t *testing.T) {
 		"WithBackoff(2s, 1s)":    clientsdk.WithBackoff(2*time.Second, time.Second),
 		"WithPageSize(-1)":       clientsdk.WithPageSize(-1),
 		"WithHeartbeat(time.ms)": clientsdk.WithHeartbeat(time.Millisecond),
+		"WithServer(no scheme)":  clientsdk.WithServer("127.0.0.1:8080"),
 	} {
 		if d, err := clientsdk.OpenMemory(opt); err == nil {
 			_ = d.Close()

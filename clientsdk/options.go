@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/internal/clock"
@@ -68,6 +69,9 @@ func (o *options) check() error {
 	}
 	if o.minBackoff <= 0 || o.maxBackoff < o.minBackoff {
 		errs = append(errs, fmt.Errorf("WithBackoff(%v, %v): min must be positive and max at least min", o.minBackoff, o.maxBackoff))
+	}
+	if o.server != "" && !strings.HasPrefix(o.server, "http://") && !strings.HasPrefix(o.server, "https://") {
+		errs = append(errs, fmt.Errorf("WithServer(%q): the URL must start with http:// or https://", o.server))
 	}
 	if o.pageSize < 0 {
 		errs = append(errs, fmt.Errorf("WithPageSize(%d): it must not be negative", o.pageSize))

@@ -462,6 +462,9 @@ func (d *Device) Members(ctx context.Context, conv ulid.ULID) ([]Member, error) 
 type Pending struct {
 	Conv ulid.ULID
 	Op   ulid.ULID
+	// Kind is the op's kind: "create", "message", "edit", "delete",
+	// "reaction-add", "reaction-remove", "member-add", "member-remove",
+	// "member-role" or "set-title".
 	Kind string
 }
 
