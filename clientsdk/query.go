@@ -135,12 +135,12 @@ func (d *Device) conversationLocked(id ulid.ULID) (Conversation, error) {
 	if rec.ReadWanted >= rec.Head || rec.Read >= rec.Head {
 		c.Unread = 0 // read here, or on another device, since the server counted
 	}
-	msgs, err := d.messagesLocked(id)
+	msgs, _, err := d.pageLocked(id, 0, 1)
 	if err != nil {
 		return c, err
 	}
-	if n := len(msgs); n > 0 {
-		last := msgs[n-1]
+	if len(msgs) > 0 {
+		last := msgs[0]
 		c.LastMessage = &last
 		if last.Seq > 0 {
 			c.Loading = rec.missingBelow(last.Seq) || rec.missingBelow(c.Head+1)
@@ -186,29 +186,13 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 	if rec == nil {
 		return Page{}, fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
 	}
-	all, err := d.messagesLocked(conv)
-	if err != nil {
+	var page Page
+	var err error
+	if page.Messages, page.More, err = d.pageLocked(conv, opts.Before, opts.Limit); err != nil {
 		return Page{}, err
 	}
-	var page Page
-	for i := len(all) - 1; i >= 0 && len(page.Messages) < opts.Limit; i-- {
-		m := all[i]
-		if opts.Before != 0 && (m.Seq == 0 || m.Seq >= opts.Before) {
-			continue
-		}
-		// The caller's own copy: the body and reactions are the cached
-		// state's otherwise.
-		m.Body = bytes.Clone(m.Body)
-		m.Reactions = slices.Clone(m.Reactions)
-		for i := range m.Reactions {
-			m.Reactions[i].Users = slices.Clone(m.Reactions[i].Users)
-		}
-		page.Messages = append(page.Messages, m)
-	}
 	if n := len(page.Messages); n > 0 {
-		oldest := page.Messages[n-1]
-		page.More = oldest.Seq > 0 && slices.IndexFunc(all, func(m Message) bool { return m.Seq > 0 && m.Seq < oldest.Seq }) >= 0
-		if oldest.Seq > 0 {
+		if oldest := page.Messages[n-1]; oldest.Seq > 0 {
 			page.OlderLoading = rec.missingBelow(oldest.Seq)
 		}
 	} else {
@@ -217,22 +201,81 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 	return page, nil
 }
 
-// messagesLocked returns conv's messages in seq order, pending ones last.
-// d.mu is held.
-func (d *Device) messagesLocked(conv ulid.ULID) ([]Message, error) {
+// pageLocked returns up to limit of conv's messages, newest first: those
+// with a seq below before when before is set, otherwise the failed and
+// pending ones too, which come after every sent one (failed last). more
+// says the replica holds sent messages older than the page's. It builds
+// the page's messages alone, the caller's own copies: a page of a long
+// conversation, or a conversation list's last messages, costs what they
+// hold, not the history. d.mu is held.
+func (d *Device) pageLocked(conv ulid.ULID, before uint64, limit int) (page []Message, more bool, err error) {
 	s, err := d.state(conv)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	rec := d.convs[conv]
 	var me ulid.ULID
 	if d.creds != nil {
 		me = ulid.MustParseStrict(d.creds.User)
 	}
-	views := s.Messages()
-	out := make([]Message, 0, len(views))
-	byID := make(map[ulid.ULID]int, len(views))
-	for _, v := range views {
+	// Pending ops, in outbox order: messages appear after the sent ones;
+	// edits, deletes and reactions show on their targets, sent or pending.
+	pend, err := d.pendingOps(conv)
+	if err != nil {
+		return nil, false, err
+	}
+	var pending []Message
+	effects := map[ulid.ULID][]model.Op{}
+	for _, op := range pend {
+		switch op.Kind {
+		case model.KindMessage:
+			pending = append(pending, Message{ID: op.ID, Conv: conv, Author: me, AuthorName: d.users[me].Username, Device: op.Dot.Device,
+				Sent: ulid.Time(op.ID.Time()), ContentType: op.ContentType, Body: op.Body, Status: StatusPending})
+		case model.KindEdit, model.KindDelete, model.KindReactionAdd, model.KindReactionRemove:
+			effects[op.Target] = append(effects[op.Target], op)
+		}
+	}
+	add := func(m Message) bool {
+		for _, op := range effects[m.ID] {
+			switch op.Kind {
+			case model.KindEdit:
+				if !m.Deleted {
+					m.Body, m.ContentType, m.Edited = op.Body, op.ContentType, true
+				}
+			case model.KindDelete:
+				m.Body, m.ContentType, m.Deleted = nil, "", true
+			default:
+				m.Reactions = react(m.Reactions, op.ReactionKey, me, op.Kind == model.KindReactionAdd)
+			}
+		}
+		// The caller's own copy: the body and reactions are the cached
+		// state's or the outbox's otherwise.
+		m.Body = bytes.Clone(m.Body)
+		m.Reactions = slices.Clone(m.Reactions)
+		for i := range m.Reactions {
+			m.Reactions[i].Users = slices.Clone(m.Reactions[i].Users)
+		}
+		page = append(page, m)
+		return len(page) < limit
+	}
+	if before == 0 {
+		// Messages the server refused stay visible, marked failed.
+		failed, err := d.failedMessagesLocked(conv, me)
+		if err != nil {
+			return nil, false, err
+		}
+		for i := len(failed) - 1; i >= 0; i-- {
+			if !add(failed[i]) {
+				return page, s.FirstSeq() > 0, nil
+			}
+		}
+		for i := len(pending) - 1; i >= 0; i-- {
+			if !add(pending[i]) {
+				return page, s.FirstSeq() > 0, nil
+			}
+		}
+	}
+	for v := range s.Newest(before) {
 		m := Message{ID: v.ID, Conv: conv, Seq: v.Seq, Author: v.User, Device: v.Device, Sent: ulid.Time(v.ID.Time()),
 			ContentType: v.ContentType, Body: v.Body, Edited: v.Edited, Deleted: v.Deleted, Reactions: v.Reactions}
 		m.AuthorName = d.users[v.User].Username
@@ -246,37 +289,22 @@ func (d *Device) messagesLocked(conv ulid.ULID) ([]Message, error) {
 				}
 			}
 		}
-		byID[v.ID] = len(out)
-		out = append(out, m)
-	}
-	// Pending ops, in outbox order: messages appear; edits, deletes and
-	// reactions show on their targets.
-	pend, err := d.pendingOps(conv)
-	if err != nil {
-		return nil, err
-	}
-	for _, op := range pend {
-		switch op.Kind {
-		case model.KindMessage:
-			byID[op.ID] = len(out)
-			out = append(out, Message{ID: op.ID, Conv: conv, Author: me, AuthorName: d.users[me].Username, Device: op.Dot.Device,
-				Sent: ulid.Time(op.ID.Time()), ContentType: op.ContentType, Body: op.Body, Status: StatusPending})
-		case model.KindEdit:
-			if i, ok := byID[op.Target]; ok && !out[i].Deleted {
-				out[i].Body, out[i].ContentType, out[i].Edited = op.Body, op.ContentType, true
-			}
-		case model.KindDelete:
-			if i, ok := byID[op.Target]; ok {
-				out[i].Body, out[i].ContentType, out[i].Deleted = nil, "", true
-			}
-		case model.KindReactionAdd, model.KindReactionRemove:
-			if i, ok := byID[op.Target]; ok {
-				out[i].Reactions = react(out[i].Reactions, op.ReactionKey, me, op.Kind == model.KindReactionAdd)
-			}
+		if !add(m) {
+			break
 		}
 	}
-	// Messages the server refused stay visible, marked failed.
-	err = scanPrefix(d.db, []byte{tFailed}, func(_, v []byte) error {
+	if n := len(page); n > 0 && page[n-1].Seq > 0 {
+		first := s.FirstSeq()
+		more = first > 0 && first < page[n-1].Seq
+	}
+	return page, more, nil
+}
+
+// failedMessagesLocked returns conv's messages that the server refused,
+// in the order they failed. d.mu is held.
+func (d *Device) failedMessagesLocked(conv, me ulid.ULID) ([]Message, error) {
+	var out []Message
+	err := scanPrefix(d.db, []byte{tFailed}, func(_, v []byte) error {
 		var e failedEntry
 		if err := decodeJSON(v, &e); err != nil || e.Conv != conv.String() {
 			return err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/binary"
+	"iter"
 	"slices"
 
 	"github.com/oklog/ulid/v2"
@@ -24,6 +25,9 @@ type State struct {
 	members  map[ulid.ULID]register[Role] // RoleNone: removed
 	messages map[ulid.ULID]*message       // by op id; placeholders until the message op arrives
 	head     uint64
+	// order holds the messages whose op arrived, by seq, for paging
+	// (Newest); nil when a message arrived since it was sorted.
+	order []*message
 }
 
 type register[T any] struct {
@@ -125,6 +129,7 @@ func (s *State) Apply(op *Op) bool {
 		c := *op
 		c.Body = bytes.Clone(op.Body)
 		m.op = &c
+		s.order = nil
 		if m.deleted {
 			m.op.Body, m.op.ContentType = nil, ""
 		}
@@ -251,14 +256,53 @@ func (s *State) Message(id ulid.ULID) (MessageView, bool) {
 
 // Messages lists the messages in seq order.
 func (s *State) Messages() []MessageView {
-	out := make([]MessageView, 0, len(s.messages))
-	for _, m := range s.messages {
-		if m.op != nil {
-			out = append(out, m.view())
+	order := s.sorted()
+	out := make([]MessageView, len(order))
+	for i, m := range order {
+		out[i] = m.view()
+	}
+	return out
+}
+
+// Newest yields the messages with a seq below before (0: all), newest
+// first: a page of the latest messages builds the views of its own alone.
+// The State must not change during the iteration.
+func (s *State) Newest(before uint64) iter.Seq[MessageView] {
+	return func(yield func(MessageView) bool) {
+		order := s.sorted()
+		i := len(order)
+		if before != 0 {
+			i, _ = slices.BinarySearchFunc(order, before, func(m *message, seq uint64) int { return cmp.Compare(m.op.Seq, seq) })
+		}
+		for i--; i >= 0; i-- {
+			if !yield(order[i].view()) {
+				return
+			}
 		}
 	}
-	slices.SortFunc(out, func(a, b MessageView) int { return cmp.Compare(a.Seq, b.Seq) })
-	return out
+}
+
+// FirstSeq is the lowest seq of a message held; 0 for none.
+func (s *State) FirstSeq() uint64 {
+	if order := s.sorted(); len(order) > 0 {
+		return order[0].op.Seq
+	}
+	return 0
+}
+
+// sorted returns the messages whose op arrived, by seq, sorting them
+// again only when one arrived since.
+func (s *State) sorted() []*message {
+	if s.order == nil {
+		s.order = make([]*message, 0, len(s.messages))
+		for _, m := range s.messages {
+			if m.op != nil {
+				s.order = append(s.order, m)
+			}
+		}
+		slices.SortFunc(s.order, func(a, b *message) int { return cmp.Compare(a.op.Seq, b.op.Seq) })
+	}
+	return s.order
 }
 
 func (m *message) view() MessageView {

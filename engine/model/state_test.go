@@ -319,3 +319,53 @@ func checkAgainstNaive(t *rapid.T, ops []Op, s *State) {
 		}
 	}
 }
+
+// TestNewestPages: Newest walks the messages newest first, from below a
+// seq when asked, in seq order whatever order they arrived in (a catch-up
+// brings the newest page before older ones), and sees a message that
+// arrives between two walks; FirstSeq is the oldest held.
+func TestNewestPages(t *testing.T) {
+	s := NewState(conv)
+	if s.FirstSeq() != 0 || slices.Collect(s.Newest(0)) != nil {
+		t.Fatal("an empty state has messages")
+	}
+	msg := func(seq int) {
+		s.Apply(&Op{ID: id(500 + seq), Conv: conv, Seq: uint64(seq), Dot: Dot{Device: aliceD, N: uint64(seq)}, User: alice, Kind: KindMessage, Body: []byte{byte(seq)}})
+	}
+	s.Apply(&Op{ID: id(600), Conv: conv, Seq: 8, Dot: Dot{Device: bobD, N: 1}, User: bob, Kind: KindReactionAdd, Target: id(509), ReactionKey: "+1"}) // before its message
+	seqs := func(before uint64) []uint64 {
+		var out []uint64
+		for v := range s.Newest(before) {
+			out = append(out, v.Seq)
+		}
+		return out
+	}
+	for _, seq := range []int{5, 3, 9} {
+		msg(seq)
+	}
+	if got := seqs(0); !slices.Equal(got, []uint64{9, 5, 3}) {
+		t.Fatalf("Newest(0) = %v", got)
+	}
+	if got := seqs(5); !slices.Equal(got, []uint64{3}) {
+		t.Fatalf("Newest(5) = %v", got)
+	}
+	if got := seqs(4); !slices.Equal(got, []uint64{3}) {
+		t.Fatalf("Newest(4) = %v", got)
+	}
+	msg(7)
+	msg(1)
+	if got := seqs(0); !slices.Equal(got, []uint64{9, 7, 5, 3, 1}) || s.FirstSeq() != 1 {
+		t.Fatalf("after 7 and 1 arrived: Newest(0) = %v, FirstSeq %d", got, s.FirstSeq())
+	}
+	for v := range s.Newest(0) {
+		if len(v.Reactions) != 1 || v.Seq != 9 {
+			t.Fatalf("the newest message %d has reactions %v; want seq 9's +1, applied before it arrived", v.Seq, v.Reactions)
+		}
+		break
+	}
+	newest := slices.Collect(s.Newest(0))
+	slices.Reverse(newest)
+	if !slices.EqualFunc(s.Messages(), newest, func(a, b MessageView) bool { return a.Seq == b.Seq }) {
+		t.Fatal("Messages is not Newest reversed")
+	}
+}
