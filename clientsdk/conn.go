@@ -137,17 +137,18 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		case !retryable(err):
 			err = terminal(err)
 			d.log.Error("sync stopped", "err", err)
-			// Stopped before it says so: a Start that sees the failure
-			// starts over.
+			// Stopped as it says so, in one step under runMu: a Start
+			// that sees the failure starts over, and one just before it
+			// waits for it.
 			d.runMu.Lock()
 			if d.done == done {
 				d.cancel()
 				d.cancel, d.done = nil, nil
 			}
-			d.runMu.Unlock()
 			d.mu.Lock()
 			d.setStatus(func(s *Status) { *s = Status{State: StateFailed, Err: err} })
 			d.mu.Unlock()
+			d.runMu.Unlock()
 			return
 		default:
 			attempt++
@@ -218,9 +219,14 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 		d.syncs.Done()
 	}()
 	defer func() {
-		d.mu.Lock()
-		d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
-		d.mu.Unlock()
+		// Offline again, unless Start's loop runs: its status stands.
+		d.runMu.Lock()
+		if d.cancel == nil {
+			d.mu.Lock()
+			d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
+			d.mu.Unlock()
+		}
+		d.runMu.Unlock()
 	}()
 	attempt := 0
 	for {

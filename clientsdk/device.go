@@ -246,15 +246,7 @@ func (d *Device) load() error {
 // returns ErrClosed) and closes the replica. Pending ops stay in the
 // outbox and go out after the next Open and Start.
 func (d *Device) Close() error {
-	d.runMu.Lock()
-	d.closing = true
-	for cancel := range d.onces {
-		(*cancel)()
-	}
-	d.runMu.Unlock()
-	d.Stop()
-	d.syncs.Wait() // before bg.Wait: their sessions add to bg
-	d.bg.Wait()
+	d.halt(true)
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -266,6 +258,21 @@ func (d *Device) Close() error {
 	}
 	d.mu.Unlock()
 	return d.db.Close()
+}
+
+// halt stops all syncing: Start's loop, the SyncOnce calls under way, and
+// their sessions' background work. closing makes Start and SyncOnce
+// refuse from then on (Close).
+func (d *Device) halt(closing bool) {
+	d.runMu.Lock()
+	d.closing = d.closing || closing
+	for cancel := range d.onces {
+		(*cancel)()
+	}
+	d.runMu.Unlock()
+	d.Stop()
+	d.syncs.Wait() // before bg.Wait: their sessions add to bg
+	d.bg.Wait()
 }
 
 // Account is the identity of a signed-in device.
@@ -466,6 +473,7 @@ func (d *Device) signIn(s *ferryv1.DeviceSession) error {
 		clear(d.users)
 		clear(d.members)
 		clear(d.memberRefresh)
+		d.emit(Overflow{}) // re-read: what the subscribers show is gone
 	}
 	d.creds, d.owner = c, c.User
 	return nil
@@ -484,7 +492,7 @@ func (d *Device) Logout(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.Stop()
+	d.halt(false) // nothing of this user's lands after a next user's sign-in
 	if _, err := acc.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: a.Device.String()}); err != nil &&
 		connect.CodeOf(err) != connect.CodeUnauthenticated {
 		return fmt.Errorf("ferry: log out: %w", err)

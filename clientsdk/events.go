@@ -92,7 +92,8 @@ type OpFailed struct {
 	Message string
 }
 
-// Overflow: the subscriber fell behind and events were dropped; re-read
+// Overflow: the subscriber fell behind and events were dropped, or the
+// replica was emptied (a sign-in as another user than its last); re-read
 // whatever it shows.
 type Overflow struct{}
 

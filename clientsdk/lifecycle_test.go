@@ -148,8 +148,17 @@ func TestAnotherUserOnTheSameProfile(t *testing.T) {
 	if err := shared.Logout(ctx); err != nil {
 		t.Fatal(err)
 	}
+	sub := shared.Subscribe(16)
 	if err := shared.Login(ctx, "carol", "correct horse", "borrowed"); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case ev := <-sub.C():
+		if _, ok := ev.(clientsdk.Overflow); !ok {
+			t.Errorf("the sign-in that emptied the replica told subscribers %T; want Overflow (re-read)", ev)
+		}
+	default:
+		t.Error("the sign-in that emptied the replica told subscribers nothing")
 	}
 	if cs, err := shared.Conversations(); err != nil || len(cs) != 0 {
 		t.Fatalf("carol signed in on bob's profile sees %d conversations (%v); want none before syncing", len(cs), err)
@@ -217,8 +226,8 @@ func TestCallsBeforeSignIn(t *testing.T) {
 func TestMembersOfAnUnknownConversation(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	d := device(t, srv, "alice", false)
-	if ms, err := d.Members(ctx, ulid.Make()); err == nil {
-		t.Fatalf("Members of an unknown conversation: %v, nil", ms)
+	if ms, err := d.Members(ctx, ulid.Make()); !errors.Is(err, clientsdk.ErrUnknownConversation) {
+		t.Fatalf("Members of an unknown conversation: %v, %v; want ErrUnknownConversation", ms, err)
 	}
 	srv.Stop() // offline: the replica's answer
 	if ms, err := d.Members(ctx, ulid.Make()); !errors.Is(err, clientsdk.ErrUnknownConversation) {
@@ -227,7 +236,7 @@ func TestMembersOfAnUnknownConversation(t *testing.T) {
 }
 
 // TestStatusAfterSyncOnce: SyncOnce leaves the status offline, as the
-// device is, not live.
+// device is, not live; beside Start's loop, as the loop says.
 func TestStatusAfterSyncOnce(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	d := device(t, srv, "alice", false)
@@ -236,6 +245,18 @@ func TestStatusAfterSyncOnce(t *testing.T) {
 	}
 	if st := d.Status(); st.State != clientsdk.StateOffline {
 		t.Errorf("status after SyncOnce: %v, want offline", st.State)
+	}
+	// With Start's loop live, a SyncOnce (a pull to refresh) leaves the
+	// loop's status alone.
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, d, "live", func() bool { return d.Status().State == clientsdk.StateLive })
+	if err := d.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := d.Status(); st.State != clientsdk.StateLive {
+		t.Errorf("status after a SyncOnce beside Start's live loop: %v, want live", st.State)
 	}
 }
 

@@ -430,6 +430,13 @@ func (d *Device) Members(ctx context.Context, conv ulid.ULID) ([]Member, error) 
 	if err != nil {
 		return nil, err
 	}
+	d.mu.Lock()
+	_, known := d.members[conv]
+	known = known || d.convs[conv] != nil
+	d.mu.Unlock()
+	if !known {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
+	}
 	resp, err := cs.GetConversation(ctx, &ferryv1.GetConversationRequest{ConversationId: conv.String()})
 	switch {
 	case ctx.Err() != nil:

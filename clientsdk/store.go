@@ -218,20 +218,22 @@ func getJSON(db *kv.DB, key []byte, v any) (bool, error) {
 }
 
 // scanPrefix calls fn for every key with prefix p, in order.
-func scanPrefix(db *kv.DB, p []byte, fn func(k, v []byte) error) error {
+func scanPrefix(db *kv.DB, p []byte, fn func(k, v []byte) error) (err error) {
 	it, err := db.Iter(p, prefixEnd(p))
 	if err != nil {
 		return err
 	}
+	// Closed however fn returns: an open iterator holds the replica's
+	// Close.
+	defer func() { err = errors.Join(err, it.Close()) }()
 	for ok := it.First(); ok; ok = it.Next() {
 		v, err := it.Value()
 		if err == nil {
 			err = fn(it.Key(), v)
 		}
 		if err != nil {
-			_ = it.Close()
 			return err
 		}
 	}
-	return it.Close()
+	return nil
 }

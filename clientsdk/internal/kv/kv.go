@@ -183,9 +183,13 @@ func (i *Iter) Key() []byte { return i.it.Key() }
 // Value is the current value, valid until the iterator moves.
 func (i *Iter) Value() ([]byte, error) { return i.it.ValueAndErr() }
 
-// Close closes the iterator.
+// Close closes the iterator; closing it again does nothing.
 func (i *Iter) Close() error {
+	if i.db == nil {
+		return nil
+	}
 	defer i.db.leave()
+	i.db = nil
 	return i.it.Close()
 }
 
