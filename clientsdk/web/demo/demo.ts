@@ -128,6 +128,7 @@ class App {
       st.state === "catching-up" ? `catching up ${Math.min(st.receivedOps, st.missingOps)}/${st.missingOps}` :
       st.state === "live" ? (st.pending ? `online, sending ${st.pending}` : "online") :
       st.state === "signed-out" ? "signed out" :
+      st.state === "failed" ? `stopped: ${st.lastError ?? "signed out by the server"}` :
       st.pending ? `offline, ${st.pending} waiting` : st.state;
   }
 

@@ -20,7 +20,7 @@ import { emptyMeta, MemoryReplica, type Change, type ConvRecord, type Meta, type
 import { OpIds, ulid } from "./ulid.js";
 
 /** Where the device's connection stands. */
-export type State = "signed-out" | "offline" | "connecting" | "catching-up" | "live";
+export type State = "signed-out" | "offline" | "connecting" | "catching-up" | "live" | "failed";
 
 /** The device's status, for an online indicator and catch-up progress. */
 export interface Status {
@@ -30,7 +30,11 @@ export interface Status {
   receivedOps: number;
   /** Ops waiting in the outbox. */
   pending: number;
-  /** The last error, retryable or not. */
+  /**
+   * The last error, retryable or not. With state "failed" it is one that
+   * retrying cannot fix (the device was revoked, or its token is wrong):
+   * the client stopped; start() tries again.
+   */
   lastError?: string;
 }
 
@@ -68,7 +72,11 @@ export interface ClientOptions {
    * Default 50.
    */
   pageSize?: number;
-  /** Reconnect backoff: the first delay and the largest, in ms. */
+  /**
+   * Reconnect backoff: the first delay and the largest, in ms. open()
+   * refuses a first delay that is not positive (a reconnect loop without a
+   * pause) or a largest below it.
+   */
   minBackoffMs?: number;
   maxBackoffMs?: number;
   /**
@@ -114,6 +122,10 @@ export class FerryClient {
   private readonly opIds = new OpIds();
   private acked = new Map<string, number>(); // conv -> delivered marker sent
   private reads = new Map<string, number>(); // conv -> read marker not yet sent
+  // account counts sign-ins and sign-outs: a push or an ack answered after
+  // one belongs to the account before it, and its answer is dropped.
+  private account = 0;
+  private attempt = 0; // reconnects since the last session that got its Welcome
 
   private st: Status = { state: "signed-out", missingOps: 0, receivedOps: 0, pending: 0 };
   private listeners = new Set<(e: ClientEvent) => void>();
@@ -132,12 +144,17 @@ export class FerryClient {
   private ackDue = false; // a wait ended: what waits goes now
 
   private constructor(opts: ClientOptions) {
+    const minBackoffMs = opts.minBackoffMs ?? 250;
+    const maxBackoffMs = opts.maxBackoffMs ?? 30_000;
+    if (!(minBackoffMs > 0) || !(maxBackoffMs >= minBackoffMs)) {
+      throw new Error(`ferry: minBackoffMs ${minBackoffMs}, maxBackoffMs ${maxBackoffMs}: the first must be positive and the second at least the first`);
+    }
     this.opts = {
       baseUrl: opts.baseUrl,
       deviceName: opts.deviceName ?? "web",
       pageSize: opts.pageSize ?? 50,
-      minBackoffMs: opts.minBackoffMs ?? 250,
-      maxBackoffMs: opts.maxBackoffMs ?? 30_000,
+      minBackoffMs,
+      maxBackoffMs,
       ackDelayMs: Math.max(opts.ackDelayMs ?? 250, 0),
       resumeAckDelayMs: Math.max(opts.resumeAckDelayMs ?? 5000, opts.ackDelayMs ?? 250, 0),
       sleep: opts.sleep ?? sleep,
@@ -171,29 +188,53 @@ export class FerryClient {
     return c;
   }
 
-  /** The signed-in device, if any. */
+  /** The signed-in device, if any (a copy). */
   get session(): Session | undefined {
-    return this.meta.session;
+    return this.meta.session && { ...this.meta.session };
   }
 
-  /** Creates an account and signs this device in as its first device. */
+  /**
+   * Creates an account and signs this device in as its first device. A
+   * signed-in device refuses, before it asks the server: sign out first.
+   */
   async register(username: string, password: string, displayName = ""): Promise<Session> {
+    this.mustBeSignedOut();
     const res = await this.accounts.register({ username, password, displayName, deviceName: this.opts.deviceName });
     return this.signedIn(res.session);
   }
 
-  /** Signs this device in: a new device of the account. */
+  /**
+   * Signs this device in: a new device of the account. A signed-in device
+   * refuses, before it asks the server: sign out first.
+   */
   async login(username: string, password: string): Promise<Session> {
+    this.mustBeSignedOut();
     const res = await this.accounts.login({ username, password, deviceName: this.opts.deviceName });
     return this.signedIn(res.session);
   }
 
+  private mustBeSignedOut(): void {
+    if (this.meta.session) throw new Error("ferry: this device is signed in; sign out first");
+  }
+
+  // forgetAccount drops what the client holds in memory for the account it
+  // leaves: markers not yet sent, and the answers still to come.
+  private forgetAccount(): void {
+    this.account++;
+    this.acked.clear();
+    this.reads.clear();
+    this.ackWait?.ctrl.abort();
+    this.ackWait = undefined;
+    this.ackDue = false;
+  }
+
   private async signedIn(s: { userId: string; deviceId: string; token: string; username: string } | undefined): Promise<Session> {
     if (!s) throw new Error("ferry: the server answered without a session");
+    this.mustBeSignedOut(); // another sign-in finished meanwhile
     const session: Session = { userId: s.userId, deviceId: s.deviceId, token: s.token, username: s.username };
     // A new device: nothing of a previous account stays.
+    this.forgetAccount();
     await this.commit(() => ({ clear: true, meta: { ...emptyMeta(), session } }));
-    this.acked.clear();
     this.setStatus({ state: "offline", pending: 0 });
     this.emit({ kind: "conversations" });
     return session;
@@ -202,6 +243,7 @@ export class FerryClient {
   /** Stops syncing and forgets the device (its outbox too). */
   async signOut(): Promise<void> {
     await this.stop();
+    this.forgetAccount();
     await this.commit(() => ({ clear: true, meta: emptyMeta() }));
     this.setStatus({ state: "signed-out", pending: 0 });
     this.emit({ kind: "conversations" });
@@ -264,16 +306,19 @@ export class FerryClient {
   waitFor(test: () => boolean, signal?: AbortSignal): Promise<void> {
     return new Promise((resolve, reject) => {
       if (test()) return resolve();
+      if (signal?.aborted) return reject(signal.reason);
+      const aborted = () => {
+        stop();
+        reject(signal!.reason);
+      };
       const stop = this.on(() => {
         if (test()) {
           stop();
+          signal?.removeEventListener("abort", aborted);
           resolve();
         }
       });
-      signal?.addEventListener("abort", () => {
-        stop();
-        reject(signal.reason);
-      });
+      signal?.addEventListener("abort", aborted, { once: true });
     });
   }
 
@@ -420,21 +465,27 @@ export class FerryClient {
   // ---- the session ----
 
   private async loop(signal: AbortSignal): Promise<void> {
-    let attempt = 0;
+    this.attempt = 0;
     while (!signal.aborted) {
       let delay: number | undefined;
       try {
         this.setStatus({ state: "connecting" });
         delay = await this.runSession(signal);
-        attempt = 0;
+        this.attempt = 0;
       } catch (err) {
         this.connected = false;
         if (signal.aborted) break;
         const ce = ConnectError.from(err);
         this.setStatus({ lastError: ce.message });
         if (ce.code === Code.Unauthenticated || ce.code === Code.PermissionDenied) {
-          // Terminal: the device was revoked or its token is wrong.
-          this.setStatus({ state: "offline" });
+          // Terminal: the device was revoked or its token is wrong. The
+          // run ends, so that start() tries again.
+          if (this.run?.ctrl.signal === signal) {
+            this.run = undefined;
+            globalThis.removeEventListener?.("online", this.onOnline);
+            globalThis.removeEventListener?.("offline", this.onOffline);
+          }
+          this.setStatus({ state: "failed" });
           this.emit({ kind: "status" });
           return;
         }
@@ -442,7 +493,7 @@ export class FerryClient {
       this.connected = false;
       if (signal.aborted) break;
       this.setStatus({ state: "offline" });
-      const base = Math.min(this.opts.maxBackoffMs, this.opts.minBackoffMs * 2 ** Math.min(attempt++, 16));
+      const base = Math.min(this.opts.maxBackoffMs, this.opts.minBackoffMs * 2 ** Math.min(this.attempt++, 16));
       const wait = delay ?? base / 2 + this.opts.random() * (base / 2); // equal jitter
       const wake = new AbortController();
       this.wake = wake;
@@ -501,6 +552,7 @@ export class FerryClient {
         case "welcome":
           epoch = m.value.epoch;
           this.connected = true;
+          this.attempt = 0; // a session that breaks later starts its backoff over
           if (m.value.limits?.maxOpsPerPush) this.maxOpsPerPush = m.value.limits.maxOpsPerPush;
           this.setStatus({ state: "catching-up", missingOps: Number(m.value.missingOps), receivedOps: 0, lastError: undefined });
           void this.flush();
@@ -563,7 +615,9 @@ export class FerryClient {
         while (dots.has(n + 1)) n++;
         return { deviceId, dot: BigInt(n) };
       });
+      const account = this.account;
       const res = await this.sync.repair({ conversationId: convId, vector: { entries } });
+      if (account !== this.account) return; // signed out meanwhile: these ops are not the next account's to push
       const push: Op[] = [];
       for (const w of res.want) {
         for (let n = Number(w.fromDot); n <= Number(w.toDot); n++) {
@@ -573,6 +627,7 @@ export class FerryClient {
         }
       }
       for (let i = 0; i < push.length; i += this.maxOpsPerPush) {
+        if (account !== this.account) return;
         const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(i, i + this.maxOpsPerPush) })] });
         for (const x of r.results) {
           if (x.status === OpStatus.REJECTED) console.warn(`ferry: repair: the server refused op ${x.opId} back: ${x.message}`);
@@ -655,6 +710,7 @@ export class FerryClient {
         const conv = next[0]!.convId;
         const batch = next.filter((e) => e.convId === conv).slice(0, this.maxOpsPerPush);
         let res;
+        const account = this.account;
         try {
           res = await this.sync.push({
             batches: [create(OpBatchSchema, { conversationId: conv, ops: batch.map((e) => fromBinary(OpSchema, e.op)) })],
@@ -665,6 +721,7 @@ export class FerryClient {
           this.setStatus({ lastError: ConnectError.from(err).message });
           return;
         }
+        if (account !== this.account) return; // answered for the account before a sign-out
         await this.takeResults(batch, res.results);
       }
     }
@@ -725,7 +782,9 @@ export class FerryClient {
           return;
         }
         this.ackDue = false;
+        const account = this.account;
         await this.sync.ack({ markers });
+        if (account !== this.account) return; // the markers were the account's before a sign-out
         for (const m of markers) {
           this.acked.set(m.conversationId, Math.max(this.acked.get(m.conversationId) ?? 0, Number(m.delivered)));
           if ((this.reads.get(m.conversationId) ?? 0) <= Number(m.read)) this.reads.delete(m.conversationId);

@@ -12,6 +12,7 @@ import { IDBFactory } from "fake-indexeddb";
 import { FerryClient, IndexedDBReplica, MemoryReplica, unpackBatch, type ClientOptions, type MessageView, type Replica } from "../src/index.js";
 import { OpSchema } from "../src/gen/ferry/v1/op_pb.js";
 import { SyncService } from "../src/gen/ferry/v1/sync_pb.js";
+import { AccountService } from "../src/gen/ferry/v1/account_pb.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -402,4 +403,93 @@ test("a packed catch-up unpacks to exactly the rows the server sends", { timeout
   assert.ok(packed.packed >= 4, `packed batches: ${packed.packed}`);
   assert.equal(rows.out.length, 29, "create, member add, 22 messages, edit, 3 reactions, delete");
   assert.deepEqual(packed.out, rows.out);
+});
+
+// Account changes on one client: what the Go SDK's lifecycle tests check,
+// for the web client.
+
+// recordingFetch passes requests to the server and keeps the path and
+// body of each; seen(pred) resolves once a request matches.
+function recordingFetch() {
+  const requests: { path: string; body: string }[] = [];
+  const waits: { pred: (r: { path: string; body: string }) => boolean; resolve: () => void }[] = [];
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    const body = init?.body;
+    const r = { path: new URL(String(input)).pathname, body: typeof body === "string" ? body : body ? new TextDecoder().decode(body as Uint8Array) : "" };
+    requests.push(r);
+    for (const w of waits) if (w.pred(r)) w.resolve();
+    return globalThis.fetch(input, init);
+  };
+  const seen = (pred: (r: { path: string; body: string }) => boolean) =>
+    new Promise<void>((resolve) => {
+      if (requests.some(pred)) return resolve();
+      waits.push({ pred, resolve });
+    });
+  return { requests, fetch, seen };
+}
+
+test("a signed-in device refuses login and register before it asks the server", { timeout: 60_000 }, async () => {
+  const rec = recordingFetch();
+  const c = await FerryClient.open({ baseUrl: server.url, sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch: rec.fetch });
+  clients.push(c);
+  await signUp(c, "alice");
+  const asked = rec.requests.filter((r) => r.path.startsWith("/ferry.v1.AccountService/")).length;
+  await assert.rejects(c.login(name("bob"), "correct horse battery"), /signed in; sign out first/);
+  await assert.rejects(c.register(name("bob"), "correct horse battery"), /signed in; sign out first/);
+  assert.equal(rec.requests.filter((r) => r.path.startsWith("/ferry.v1.AccountService/")).length, asked, "a refused sign-in reached the server");
+});
+
+test("a read marker of an account signed out is not sent for the next one", { timeout: 60_000 }, async () => {
+  const rec = recordingFetch();
+  const shared = await FerryClient.open({ baseUrl: server.url, sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch: rec.fetch });
+  clients.push(shared);
+  const bob = await open();
+  const a = await signUp(shared, "alice");
+  await signUp(bob, "bob");
+  const alices = await bob.createConversation("with alice", [a]);
+  await bob.send(alices, "hi");
+  await shared.waitFor(() => texts(shared.messages(alices)).includes("hi"));
+  await shared.stop();
+  await shared.markRead(alices); // offline: kept to send with the next session's first ack
+  await shared.signOut();
+  const from = rec.requests.length; // alice's own acks came before
+  const c = await signUp(shared, "carol");
+  const carols = await bob.createConversation("with carol", [c]);
+  await bob.send(carols, "yo");
+  await shared.waitFor(() => texts(shared.messages(carols)).includes("yo"));
+  await shared.markRead(carols);
+  await rec.seen((r) => r.path.endsWith("/Ack") && r.body.includes(carols));
+  const leaked = rec.requests.slice(from).filter((r) => r.path.endsWith("/Ack") && r.body.includes(alices));
+  assert.equal(leaked.length, 0, `carol's session acked alice's conversation: ${JSON.stringify(leaked)}`);
+});
+
+test("a revoked device fails, and start tries again", { timeout: 60_000 }, async () => {
+  const c = await open();
+  const username = await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  // Another device of alice's revokes this one.
+  let token = "";
+  const auth: Interceptor = (next) => async (req) => {
+    if (token) req.header.set("Authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
+  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
+  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  await c.waitFor(() => c.status().state === "failed");
+  assert.match(c.status().lastError ?? "", /revoked|unauthenticated/i);
+  const states: string[] = [];
+  const off = c.on(() => states.push(c.status().state));
+  c.start();
+  await c.waitFor(() => states.includes("connecting") && c.status().state === "failed");
+  off();
+});
+
+test("options that would spin are refused; waitFor with an aborted signal rejects at once", async () => {
+  await assert.rejects(FerryClient.open({ baseUrl: server.url, minBackoffMs: 0 }), /minBackoffMs/);
+  await assert.rejects(FerryClient.open({ baseUrl: server.url, minBackoffMs: 10, maxBackoffMs: 5 }), /maxBackoffMs/);
+  const c = await open();
+  const ctrl = new AbortController();
+  ctrl.abort(new Error("gone"));
+  await assert.rejects(c.waitFor(() => false, ctrl.signal), /gone/);
 });
