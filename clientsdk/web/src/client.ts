@@ -119,6 +119,10 @@ export class FerryClient {
   private convs = new Map<string, ConvRecord>();
   private ops = new Map<string, Map<number, OpRecord>>(); // conv -> seq -> op
   private outbox = new Map<string, OutboxEntry>(); // op id -> entry
+  // folded holds each conversation's messages as messages() folded them,
+  // until a change to the conversation (applyInMemory): conversations()
+  // asks every conversation for its last message after every change.
+  private folded = new Map<string, MessageView[]>();
   private readonly opIds = new OpIds();
   private acked = new Map<string, number>(); // conv -> delivered marker sent
   private reads = new Map<string, number>(); // conv -> read marker not yet sent
@@ -327,7 +331,8 @@ export class FerryClient {
     return [...this.convs.values()]
       .sort((a, b) => b.changedAt - a.changedAt || a.id.localeCompare(b.id))
       .map((c) => {
-        const msgs = this.messages(c.id);
+        const msgs = this.fold(c.id);
+        const last = msgs[msgs.length - 1];
         return {
           id: c.id,
           title: c.title,
@@ -336,13 +341,21 @@ export class FerryClient {
           memberCount: c.memberCount,
           removed: c.removed,
           olderLoading: this.olderLoading(c.id),
-          lastMessage: msgs[msgs.length - 1],
+          lastMessage: last && copyView(last),
         };
       });
   }
 
   /** A conversation's messages, oldest first, with pending ones last. */
   messages(convId: string): MessageView[] {
+    return this.fold(convId).map(copyView);
+  }
+
+  // fold folds a conversation's ops, its outbox entries and its receipts
+  // into its messages, once for each change to them.
+  private fold(convId: string): MessageView[] {
+    const hit = this.folded.get(convId);
+    if (hit) return hit;
     const inputs = [...(this.ops.get(convId)?.values() ?? [])].map((r) => ({ seq: r.seq, op: fromBinary(OpSchema, r.op) }));
     const me = this.meta.session;
     for (const e of this.outbox.values()) {
@@ -353,7 +366,9 @@ export class FerryClient {
     }
     const conv = this.convs.get(convId);
     const status = me && conv ? { userId: me.userId, receipts: conv.receipts } : undefined;
-    return fold(convId, inputs, status);
+    const out = fold(convId, inputs, status);
+    this.folded.set(convId, out);
+    return out;
   }
 
   /**
@@ -364,7 +379,9 @@ export class FerryClient {
   olderLoading(convId: string): boolean {
     const m = this.ops.get(convId);
     if (!m || m.size === 0) return false;
-    return this.held(convId) < Math.max(...m.keys());
+    let top = 0;
+    for (const seq of m.keys()) top = Math.max(top, seq); // not Math.max(...keys): the stack holds no 200k arguments
+    return this.held(convId) < top;
   }
 
   /** Ops this device holds of a conversation (contiguous from seq 1). */
@@ -854,6 +871,14 @@ export class FerryClient {
   }
 
   private applyInMemory(c: Change): void {
+    if (c.clear || (c.meta && c.meta.session?.userId !== this.meta.session?.userId)) this.folded.clear();
+    for (const conv of c.convs ?? []) this.folded.delete(conv.id);
+    for (const op of c.ops ?? []) this.folded.delete(op.convId);
+    for (const e of c.outboxPut ?? []) this.folded.delete(e.convId);
+    for (const id of c.outboxDelete ?? []) {
+      const e = this.outbox.get(id);
+      if (e) this.folded.delete(e.convId);
+    }
     if (c.clear) {
       this.convs.clear();
       this.ops.clear();
@@ -884,6 +909,12 @@ export class FerryClient {
 }
 
 const encoder = new TextEncoder();
+
+// copyView is the caller's own copy of a folded message: the fold is kept
+// for the next call.
+function copyView(m: MessageView): MessageView {
+  return structuredClone(m);
+}
 
 // abortable ends an iteration as soon as signal aborts. An aborted fetch
 // stream may otherwise only notice at its next chunk: a heartbeat, up to 30

@@ -493,3 +493,24 @@ test("options that would spin are refused; waitFor with an aborted signal reject
   ctrl.abort(new Error("gone"));
   await assert.rejects(c.waitFor(() => false, ctrl.signal), /gone/);
 });
+
+test("messages are the caller's copies, and what is folded follows every change", { timeout: 60_000 }, async () => {
+  const c = await open();
+  await signUp(c, "alice");
+  const conv = await c.createConversation("notes", []);
+  await c.send(conv, "one");
+  const last = () => c.conversations().find((x) => x.id === conv)?.lastMessage?.text;
+  assert.equal(last(), "one");
+  const mine = c.messages(conv);
+  mine[0]!.text = "changed by the caller";
+  mine[0]!.reactions["+1"] = ["someone"];
+  assert.equal(c.messages(conv)[0]!.text, "one");
+  assert.deepEqual(c.messages(conv)[0]!.reactions, {});
+  await c.send(conv, "two"); // pending: the fold must see the outbox change
+  assert.equal(last(), "two");
+  await c.waitFor(() => c.messages(conv).every((m) => m.seq > 0)); // pushed: the ops change
+  const [one, two] = c.messages(conv);
+  await c.edit(conv, one!.id, "one, edited");
+  assert.deepEqual(texts(c.messages(conv)), ["one, edited", "two"]);
+  assert.ok(two!.seq > one!.seq);
+});
