@@ -32,8 +32,8 @@ func (d *Device) Start() error {
 	}
 	d.runMu.Lock()
 	defer d.runMu.Unlock()
-	if d.closing {
-		return ErrClosed
+	if err := d.refuseRun(); err != nil {
+		return err
 	}
 	if d.cancel != nil {
 		return nil // running
@@ -199,9 +199,9 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	d.runMu.Lock()
-	if d.closing {
+	if err := d.refuseRun(); err != nil {
 		d.runMu.Unlock()
-		return ErrClosed
+		return err
 	}
 	if d.onces == nil {
 		d.onces = map[*context.CancelFunc]struct{}{}

@@ -76,10 +76,12 @@ type Device struct {
 	runMu  sync.Mutex // guards the four below
 	cancel context.CancelFunc
 	done   chan struct{}
-	// closing is set as Close begins: Start and SyncOnce refuse from then
-	// on, and Close cancels the SyncOnce calls under way (onces) and waits
-	// for them (syncs).
+	// closing is set as Close begins, halting while Close or Logout stops
+	// all syncing (halt): Start and SyncOnce refuse meanwhile, and halt
+	// cancels the SyncOnce calls under way (onces) and waits for them
+	// (syncs), which no new call joins as it waits.
 	closing bool
+	halting bool
 	onces   map[*context.CancelFunc]struct{}
 	syncs   sync.WaitGroup
 	bg      sync.WaitGroup // background work of sessions (member refreshes)
@@ -266,6 +268,7 @@ func (d *Device) Close() error {
 func (d *Device) halt(closing bool) {
 	d.runMu.Lock()
 	d.closing = d.closing || closing
+	d.halting = true
 	for cancel := range d.onces {
 		(*cancel)()
 	}
@@ -273,6 +276,25 @@ func (d *Device) halt(closing bool) {
 	d.Stop()
 	d.syncs.Wait() // before bg.Wait: their sessions add to bg
 	d.bg.Wait()
+}
+
+// resume lets Start and SyncOnce run again after a halt (Logout's).
+func (d *Device) resume() {
+	d.runMu.Lock()
+	d.halting = false
+	d.runMu.Unlock()
+}
+
+// refuseRun is why Start and SyncOnce cannot run now: ErrClosed, or
+// ErrNotSignedIn while Logout signs the device out. runMu is held.
+func (d *Device) refuseRun() error {
+	switch {
+	case d.closing:
+		return ErrClosed
+	case d.halting:
+		return ErrNotSignedIn
+	}
+	return nil
 }
 
 // Account is the identity of a signed-in device.
@@ -493,6 +515,7 @@ func (d *Device) Logout(ctx context.Context) error {
 		return err
 	}
 	d.halt(false) // nothing of this user's lands after a next user's sign-in
+	defer d.resume()
 	if _, err := acc.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: a.Device.String()}); err != nil &&
 		connect.CodeOf(err) != connect.CodeUnauthenticated {
 		return fmt.Errorf("ferry: log out: %w", err)

@@ -351,3 +351,34 @@ func TestMessagesAreTheCallersCopies(t *testing.T) {
 		t.Errorf("after the caller changed its copy, the message reads %q %+v", again.Text(), again.Reactions)
 	}
 }
+
+// TestLogoutStopsSyncing: SyncOnce calls made while Logout signs the
+// device out are refused (ErrNotSignedIn) or cut, never left running into
+// the next user's sign-in; under -race, Logout's wait for them races no
+// new call.
+func TestLogoutStopsSyncing(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	d := device(t, srv, "bob", false)
+	if _, err := d.CreateConversation(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		for range 1000 { // bounded: Logout ends it long before
+			if err := d.SyncOnce(ctx); errors.Is(err, clientsdk.ErrNotSignedIn) {
+				done <- nil
+				return
+			}
+		}
+		done <- errors.New("SyncOnce never saw the device signed out")
+	}()
+	if err := d.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Account(); !errors.Is(err, clientsdk.ErrNotSignedIn) {
+		t.Fatalf("after Logout: %v", err)
+	}
+}
