@@ -1,12 +1,14 @@
 package clientsdk
 
 import (
+	"context"
 	"fmt"
 	"testing"
 
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/server/servertest"
 )
 
 // longConversation gives d a conversation of n sent messages, straight
@@ -91,5 +93,77 @@ func TestPagesWalkTheHistory(t *testing.T) {
 	c, err := d.Conversation(conv)
 	if err != nil || c.LastMessage == nil || c.LastMessage.Seq != 120 || c.LastMessage.Text() != "message 120" {
 		t.Fatalf("last message %+v, %v", c.LastMessage, err)
+	}
+}
+
+// TestConversationListReadsTheTail: a conversation's last message, as the
+// conversation list shows it, comes from the replica's newest ops (the
+// edit and the reaction after it included) without folding and keeping
+// the conversation's whole history; it is the message Messages shows.
+func TestConversationListReadsTheTail(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	open := func(login bool) *Device {
+		t.Helper()
+		d, err := OpenMemory(WithServer(srv.URL), WithHTTPClient(srv.HTTP))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		if login {
+			err = d.Login(context.Background(), "alice", "correct horse", "laptop")
+		} else {
+			err = d.Register(context.Background(), "alice", "correct horse", "phone")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	ctx := context.Background()
+	phone := open(false)
+	conv, err := phone.CreateConversation(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last ulid.ULID
+	for _, text := range []string{"one", "two", "three"} {
+		if last, err = phone.SendText(ctx, conv, text); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := phone.Edit(ctx, conv, last, []byte("three, edited"), "text/plain"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := phone.React(ctx, conv, last, "+1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := phone.SetTitle(ctx, conv, "renamed"); err != nil {
+		t.Fatal(err)
+	}
+	if err := phone.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	laptop := open(true)
+	if err := laptop.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := laptop.Conversations()
+	if err != nil || len(cs) != 1 || cs[0].LastMessage == nil {
+		t.Fatalf("conversations %+v, %v", cs, err)
+	}
+	got := *cs[0].LastMessage
+	laptop.mu.Lock()
+	held := len(laptop.states)
+	laptop.mu.Unlock()
+	if held != 0 {
+		t.Errorf("the conversation list folded and kept %d conversations' histories", held)
+	}
+	p, err := laptop.Messages(conv, PageOptions{Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := p.Messages[0]
+	if got.ID != want.ID || got.Text() != "three, edited" || !got.Edited || len(got.Reactions) != 1 || got.Seq != want.Seq || got.Status != want.Status {
+		t.Errorf("last message from the tail %+v; Messages shows %+v", got, want)
 	}
 }

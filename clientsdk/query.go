@@ -135,7 +135,18 @@ func (d *Device) conversationLocked(id ulid.ULID) (Conversation, error) {
 	if rec.ReadWanted >= rec.Head || rec.Read >= rec.Head {
 		c.Unread = 0 // read here, or on another device, since the server counted
 	}
-	msgs, _, err := d.pageLocked(id, 0, 1)
+	// The conversation list asks every conversation for its last message:
+	// from the folded state when the device holds it, otherwise from the
+	// replica's newest ops alone, without folding (and keeping) the
+	// whole history of every conversation in memory.
+	s := d.states[id]
+	if s == nil {
+		var err error
+		if s, err = d.tailState(id); err != nil {
+			return c, err
+		}
+	}
+	msgs, _, err := d.pageLocked(s, id, 0, 1)
 	if err != nil {
 		return c, err
 	}
@@ -187,8 +198,11 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 		return Page{}, fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
 	}
 	var page Page
-	var err error
-	if page.Messages, page.More, err = d.pageLocked(conv, opts.Before, opts.Limit); err != nil {
+	s, err := d.state(conv)
+	if err != nil {
+		return Page{}, err
+	}
+	if page.Messages, page.More, err = d.pageLocked(s, conv, opts.Before, opts.Limit); err != nil {
 		return Page{}, err
 	}
 	if n := len(page.Messages); n > 0 {
@@ -208,11 +222,7 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 // the page's messages alone, the caller's own copies: a page of a long
 // conversation, or a conversation list's last messages, costs what they
 // hold, not the history. d.mu is held.
-func (d *Device) pageLocked(conv ulid.ULID, before uint64, limit int) (page []Message, more bool, err error) {
-	s, err := d.state(conv)
-	if err != nil {
-		return nil, false, err
-	}
+func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit int) (page []Message, more bool, err error) {
 	rec := d.convs[conv]
 	var me ulid.ULID
 	if d.creds != nil {
@@ -410,6 +420,38 @@ func (d *Device) state(conv ulid.ULID) (*model.State, error) {
 		return nil, err
 	}
 	d.states[conv] = s
+	return s, nil
+}
+
+// tailState folds conv's ops from its newest message on (the ops after
+// it edit, delete or react to it, or to older messages, or change the
+// conversation): enough for its last message, not kept. d.mu is held.
+func (d *Device) tailState(conv ulid.ULID) (*model.State, error) {
+	s := model.NewState(conv)
+	p := idKey(tOp, conv)
+	it, err := d.db.Iter(p, prefixEnd(p))
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	for ok := it.Last(); ok; ok = it.Prev() {
+		v, err := it.Value()
+		if err != nil {
+			return nil, err
+		}
+		raw, err := decodeOp(v)
+		if err != nil {
+			return nil, err
+		}
+		op, err := wire.Op("op", conv, raw)
+		if err != nil {
+			return nil, err
+		}
+		s.Apply(&op)
+		if op.Kind == model.KindMessage {
+			break
+		}
+	}
 	return s, nil
 }
 
