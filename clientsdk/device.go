@@ -46,11 +46,13 @@ type Device struct {
 	epoch     string
 	feedPos   uint64
 	convs     map[ulid.ULID]*convRecord
-	states    map[ulid.ULID]*model.State // folded ops, built on demand
-	nextLocal uint64                     // outbox sequence
-	pending   map[ulid.ULID]pendingRef   // op id -> outbox entry
-	changed   uint64                     // local order of changes, for sorting
-	maxBody   int                        // the server's body limit, once known
+	states    map[ulid.ULID]*model.State // folded ops, built on demand, at most maxStates
+	stateUse  map[ulid.ULID]uint64       // when each state was last used (stateTick)
+	stateTick uint64
+	nextLocal uint64                   // outbox sequence
+	pending   map[ulid.ULID]pendingRef // op id -> outbox entry
+	changed   uint64                   // local order of changes, for sorting
+	maxBody   int                      // the server's body limit, once known
 	status    Status
 	subs      map[*Subscription]struct{}
 	users     map[ulid.ULID]userRecord
@@ -119,6 +121,7 @@ func open(dir string, fs vfs.FS, opts []Option) (*Device, error) {
 		db:            db,
 		convs:         map[ulid.ULID]*convRecord{},
 		states:        map[ulid.ULID]*model.State{},
+		stateUse:      map[ulid.ULID]uint64{},
 		subs:          map[*Subscription]struct{}{},
 		users:         map[ulid.ULID]userRecord{},
 		members:       map[ulid.ULID][]memberRecord{},
@@ -491,6 +494,7 @@ func (d *Device) signIn(s *ferryv1.DeviceSession) error {
 		d.epoch, d.feedPos, d.changed = "", 0, 0
 		clear(d.convs)
 		clear(d.states)
+		clear(d.stateUse)
 		clear(d.pending)
 		clear(d.users)
 		clear(d.members)

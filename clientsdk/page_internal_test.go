@@ -24,7 +24,7 @@ func longConversation(tb testing.TB, d *Device, n int) ulid.ULID {
 	}
 	d.mu.Lock()
 	d.convs[conv] = &convRecord{Title: "long", Head: uint64(n)}
-	d.states[conv] = s
+	d.states[conv], d.stateUse[conv] = s, 0
 	d.mu.Unlock()
 	return conv
 }
@@ -165,5 +165,42 @@ func TestConversationListReadsTheTail(t *testing.T) {
 	want := p.Messages[0]
 	if got.ID != want.ID || got.Text() != "three, edited" || !got.Edited || len(got.Reactions) != 1 || got.Seq != want.Seq || got.Status != want.Status {
 		t.Errorf("last message from the tail %+v; Messages shows %+v", got, want)
+	}
+}
+
+// TestFoldedStatesAreBounded: the device keeps the folded messages of the
+// maxStates conversations asked for last, and folds an evicted one again
+// when asked.
+func TestFoldedStatesAreBounded(t *testing.T) {
+	d := memoryDevice(t)
+	first := longConversation(t, d, 3)
+	// first's state is not in the replica: evicted, it would fold again
+	// as empty. Asked for every tenth time, it stays among the recent.
+	var ids []ulid.ULID
+	for range maxStates + 5 {
+		id := ulid.Make()
+		d.mu.Lock()
+		d.convs[id] = &convRecord{}
+		d.mu.Unlock()
+		ids = append(ids, id)
+	}
+	for i, id := range ids {
+		if i%10 == 0 {
+			if p, err := d.Messages(first, PageOptions{}); err != nil || len(p.Messages) != 3 {
+				t.Fatalf("after %d other conversations: %d messages, %v; want the 3 held", i, len(p.Messages), err)
+			}
+		}
+		if _, err := d.Messages(id, PageOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.mu.Lock()
+	n, evicted, kept := len(d.states), d.states[ids[0]] == nil, d.states[first] != nil
+	d.mu.Unlock()
+	if n != maxStates || !evicted || !kept {
+		t.Errorf("%d folded conversations kept (want %d); the least recently used evicted: %v; the one used often kept: %v", n, maxStates, evicted, kept)
+	}
+	if _, err := d.Messages(ids[0], PageOptions{}); err != nil { // evicted: folded again
+		t.Fatal(err)
 	}
 }

@@ -400,7 +400,9 @@ func (d *Device) pendingOps(conv ulid.ULID) ([]model.Op, error) {
 // state returns conv's folded state, building it from the replica on first
 // use. d.mu is held.
 func (d *Device) state(conv ulid.ULID) (*model.State, error) {
+	d.stateTick++
 	if s := d.states[conv]; s != nil {
+		d.stateUse[conv] = d.stateTick
 		return s, nil
 	}
 	s := model.NewState(conv)
@@ -419,9 +421,27 @@ func (d *Device) state(conv ulid.ULID) (*model.State, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.states[conv] = s
+	if len(d.states) >= maxStates {
+		// The least recently used goes: it is folded again from the
+		// replica when asked for.
+		var lru ulid.ULID
+		oldest := d.stateTick
+		for id, used := range d.stateUse {
+			if used < oldest {
+				lru, oldest = id, used
+			}
+		}
+		delete(d.states, lru)
+		delete(d.stateUse, lru)
+	}
+	d.states[conv], d.stateUse[conv] = s, d.stateTick
 	return s, nil
 }
+
+// maxStates bounds the folded conversations a device keeps in memory
+// (their messages, bodies included): those whose messages were asked for
+// last.
+const maxStates = 64
 
 // tailState folds conv's ops from its newest message on (the ops after
 // it edit, delete or react to it, or to older messages, or change the

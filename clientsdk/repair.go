@@ -54,7 +54,8 @@ func (d *Device) repairAll(ctx context.Context, sc ferryv1connect.SyncServiceCli
 		return err
 	}
 	d.epoch, d.feedPos = epoch, 0
-	d.states = map[ulid.ULID]*model.State{}
+	clear(d.states)
+	clear(d.stateUse)
 	d.log.Info("repaired after a server restore; downloading again", "conversations", len(convs), "epoch", epoch)
 	return nil
 }
