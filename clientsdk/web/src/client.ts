@@ -135,6 +135,12 @@ export class FerryClient {
   private listeners = new Set<(e: ClientEvent) => void>();
   private writes: Promise<void> = Promise.resolve();
   private run?: { ctrl: AbortController; done: Promise<void> };
+  // stopping is the stop() under way; restart, a start() asked for
+  // meanwhile (a UI that stops and starts again without waiting), which
+  // runs once it is done, unless a later stop() or signOut() says otherwise.
+  private stopping?: Promise<void>;
+  private restart = false;
+  private leaving = false; // signOut() runs: start() does nothing
   private connected = false;
   private maxOpsPerPush = 100;
   private flushing?: Promise<void>;
@@ -246,9 +252,14 @@ export class FerryClient {
 
   /** Stops syncing and forgets the device (its outbox too). */
   async signOut(): Promise<void> {
-    await this.stop();
-    this.forgetAccount();
-    await this.commit(() => ({ clear: true, meta: emptyMeta() }));
+    this.leaving = true;
+    try {
+      await this.stop();
+      this.forgetAccount();
+      await this.commit(() => ({ clear: true, meta: emptyMeta() }));
+    } finally {
+      this.leaving = false;
+    }
     this.setStatus({ state: "signed-out", pending: 0 });
     this.emit({ kind: "conversations" });
   }
@@ -258,6 +269,11 @@ export class FerryClient {
    * browser, coming back online reconnects at once.
    */
   start(): void {
+    if (this.leaving) return;
+    if (this.stopping) {
+      this.restart = true;
+      return;
+    }
     if (this.run || !this.meta.session) return;
     const ctrl = new AbortController();
     this.run = { ctrl, done: this.loop(ctrl.signal) };
@@ -274,11 +290,26 @@ export class FerryClient {
    * Stops syncing; resolves when the connection is closed. A connected
    * device first sends the markers it was still gathering (ackDelayMs,
    * resumeAckDelayMs), waiting at most two seconds for the server, as the
-   * Go SDK's Stop does.
+   * Go SDK's Stop does. A start() called meanwhile (a UI that stops and
+   * starts again without waiting) starts the device again once the stop is
+   * done.
    */
   async stop(): Promise<void> {
+    this.restart = false;
+    if (this.stopping) return this.stopping;
     const r = this.run;
     if (!r) return;
+    this.stopping = this.stopRun(r).finally(() => {
+      this.stopping = undefined;
+      if (this.restart) {
+        this.restart = false;
+        this.start();
+      }
+    });
+    return this.stopping;
+  }
+
+  private async stopRun(r: { ctrl: AbortController; done: Promise<void> }): Promise<void> {
     if (this.connected) {
       this.ackDue = true;
       await within(stopAckMs, this.sendAcks().catch(() => {})); // else the next session sends them

@@ -514,3 +514,19 @@ test("messages are the caller's copies, and what is folded follows every change"
   assert.deepEqual(texts(c.messages(conv)), ["one, edited", "two"]);
   assert.ok(two!.seq > one!.seq);
 });
+
+test("start while a stop is under way starts the device again once it is done", { timeout: 60_000 }, async () => {
+  const c = await open();
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  const stopped = c.stop(); // live: it first sends the markers still gathering
+  c.start(); // as a UI's effect that is torn down and set up again
+  await stopped;
+  await c.waitFor(() => c.status().state === "live");
+  // A later stop wins over a start queued behind an earlier one.
+  const again = c.stop();
+  c.start();
+  await c.stop();
+  await again;
+  assert.equal(c.status().state, "offline");
+});
