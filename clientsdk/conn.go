@@ -215,18 +215,13 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 		if d.closing && err != nil {
 			err = ErrClosed // cut by Close
 		}
-		d.runMu.Unlock()
-		d.syncs.Done()
-	}()
-	defer func() {
-		// Offline again, unless Start's loop runs: its status stands.
-		d.runMu.Lock()
-		if d.cancel == nil {
+		if d.cancel == nil { // offline again, unless Start's loop runs: its status stands
 			d.mu.Lock()
 			d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
 			d.mu.Unlock()
 		}
 		d.runMu.Unlock()
+		d.syncs.Done()
 	}()
 	attempt := 0
 	for {
