@@ -2,17 +2,25 @@
 // IndexedDB database is named after a tab id kept in sessionStorage, so a
 // reload finds the same device and a second tab is a second device.
 
-import { FerryClient, IndexedDBReplica, type MessageView, type Status } from "../src/index.js";
+import { FerryClient, IndexedDBReplica, ReplicaInUseError, type MessageView, type Status } from "../src/index.js";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 
-function tabDatabase(): string {
-  let id = sessionStorage.getItem("ferry-tab");
-  if (!id) {
-    id = crypto.randomUUID();
-    sessionStorage.setItem("ferry-tab", id);
+// openTabReplica opens the tab's database. A duplicated tab comes with a
+// copy of its original's sessionStorage, so with its tab id, whose
+// database the original holds: it takes a new id, and is a new device.
+async function openTabReplica(): Promise<IndexedDBReplica> {
+  const id = sessionStorage.getItem("ferry-tab");
+  if (id) {
+    try {
+      return await IndexedDBReplica.open(`ferry-demo-${id}`);
+    } catch (err) {
+      if (!(err instanceof ReplicaInUseError)) throw err;
+    }
   }
-  return `ferry-demo-${id}`;
+  const fresh = crypto.randomUUID();
+  sessionStorage.setItem("ferry-tab", fresh);
+  return IndexedDBReplica.open(`ferry-demo-${fresh}`);
 }
 
 const marks: Record<string, string> = { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "⚠" };
@@ -176,6 +184,6 @@ function button(label: string, onClick: () => unknown): HTMLButtonElement {
   return b;
 }
 
-const client = await FerryClient.open({ baseUrl: location.origin, replica: await IndexedDBReplica.open(tabDatabase()), deviceName: "browser tab" });
+const client = await FerryClient.open({ baseUrl: location.origin, replica: await openTabReplica(), deviceName: "browser tab" });
 (globalThis as { ferry?: FerryClient }).ferry = client; // for the console and end-to-end tests
 new App(client);

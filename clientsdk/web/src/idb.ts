@@ -2,33 +2,68 @@
 // (or a browser restart) finds it where it was: signed in, with its
 // conversations, ops, sync position and outbox. Every Change is one
 // readwrite transaction over all stores: it lands whole or not at all.
+//
+// One database is one device, and a device must run in one tab at a time:
+// two tabs on one database would each number their ops from the same last
+// dot, and hand out the same dots to different ops. A Web Lock named after
+// the database, held from open to close, enforces it; the browser releases
+// it when the tab goes, however it goes.
 
 import { emptyMeta, type Change, type ConvRecord, type Meta, type OpRecord, type OutboxEntry, type Replica, type Snapshot } from "./replica.js";
 
 const version = 1;
 const stores = ["meta", "convs", "ops", "outbox"] as const;
 
+/**
+ * ReplicaInUseError: the database is open in another tab or window of the
+ * browser (or elsewhere in this page). Open another database (one per tab),
+ * or tell the user the app is open elsewhere.
+ */
+export class ReplicaInUseError extends Error {
+  constructor(readonly database: string) {
+    super(`ferry: the replica "${database}" is open in another tab or window; a database serves one tab at a time: close it there, or open another database in this tab`);
+    this.name = "ReplicaInUseError";
+  }
+}
+
 /** A replica in IndexedDB; open it with IndexedDBReplica.open. */
 export class IndexedDBReplica implements Replica {
-  private constructor(private readonly db: IDBDatabase) {}
+  private constructor(
+    private readonly db: IDBDatabase,
+    private readonly release: () => void,
+  ) {}
 
   /**
-   * Opens (creating if needed) the database `name`. One database is one
-   * device: use a name per account or profile. `factory` defaults to the
-   * page's indexedDB.
+   * Opens (creating if needed) the database `name`, and holds it for this
+   * tab until close: it throws ReplicaInUseError while another tab (or
+   * another replica of this page) has it open. One database is one device:
+   * use a name per account or profile, and per tab where an app runs in
+   * several. `factory` defaults to the page's indexedDB, `locks` to the
+   * page's navigator.locks; where there are no Web Locks (Node, browsers
+   * before 2022) nothing enforces one tab per database.
    */
-  static async open(name = "ferry", factory: IDBFactory = globalThis.indexedDB): Promise<IndexedDBReplica> {
+  static async open(
+    name = "ferry",
+    factory: IDBFactory = globalThis.indexedDB,
+    locks: LockManager | undefined = globalThis.navigator?.locks,
+  ): Promise<IndexedDBReplica> {
     if (!factory) throw new Error("ferry: IndexedDB is not available here; use MemoryReplica");
-    const req = factory.open(name, version);
-    req.onupgradeneeded = () => {
-      const db = req.result;
-      if (!db.objectStoreNames.contains("meta")) db.createObjectStore("meta");
-      if (!db.objectStoreNames.contains("convs")) db.createObjectStore("convs", { keyPath: "id" });
-      if (!db.objectStoreNames.contains("ops")) db.createObjectStore("ops", { keyPath: ["convId", "seq"] });
-      if (!db.objectStoreNames.contains("outbox")) db.createObjectStore("outbox", { keyPath: "id" });
-    };
-    const db = await done(req);
-    return new IndexedDBReplica(db);
+    const release = locks ? await hold(locks, name) : () => {};
+    try {
+      const req = factory.open(name, version);
+      req.onupgradeneeded = () => {
+        const db = req.result;
+        if (!db.objectStoreNames.contains("meta")) db.createObjectStore("meta");
+        if (!db.objectStoreNames.contains("convs")) db.createObjectStore("convs", { keyPath: "id" });
+        if (!db.objectStoreNames.contains("ops")) db.createObjectStore("ops", { keyPath: ["convId", "seq"] });
+        if (!db.objectStoreNames.contains("outbox")) db.createObjectStore("outbox", { keyPath: "id" });
+      };
+      const db = await done(req);
+      return new IndexedDBReplica(db, release);
+    } catch (err) {
+      release();
+      throw err;
+    }
   }
 
   async load(): Promise<Snapshot> {
@@ -62,10 +97,46 @@ export class IndexedDBReplica implements Replica {
     await committed;
   }
 
+  /** Closes the database and lets another tab open it. */
   close(): void {
     this.db.close();
+    this.release();
   }
 }
+
+// hold takes the Web Lock of database name if no one holds it, and returns
+// what releases it. The lock is held while the request's callback has not
+// settled: the callback hands its settling out as the release. The lock
+// manager lets go of a released lock in a later turn, so a page that opens
+// a database it has just closed waits for its own release first.
+async function hold(locks: LockManager, name: string): Promise<() => void> {
+  const key = `ferry-replica:${name}`;
+  await releasing.get(key);
+  return new Promise((resolve, reject) => {
+    const held = locks.request(key, { ifAvailable: true }, (lock) => {
+      if (!lock) {
+        reject(new ReplicaInUseError(name));
+        return;
+      }
+      return new Promise<void>((release) =>
+        resolve(() => {
+          release();
+          const gone = held.then(
+            () => {},
+            () => {},
+          );
+          releasing.set(key, gone);
+          void gone.then(() => releasing.get(key) === gone && releasing.delete(key));
+        }),
+      );
+    });
+    held.catch(reject);
+  });
+}
+
+// releasing has this page's locks on their way out: request's promise
+// settles once the lock is released.
+const releasing = new Map<string, Promise<void>>();
 
 function done<T>(req: IDBRequest<T>): Promise<T> {
   return new Promise((resolve, reject) => {

@@ -149,3 +149,34 @@ test("two browsers and a Go device chat; an offline browser catches up once, in 
   assert.match(history, /hello from the browser/);
   await shot(alice, "7-go-and-browser");
 });
+
+test("a duplicated tab is a new device: the original holds its database", { timeout: 60_000 }, async () => {
+  const ctx = await browser.newContext();
+  const first = await signUp(ctx, "dora");
+  const tab = await first.evaluate(() => sessionStorage.getItem("ferry-tab"));
+  const device = await first.evaluate(() => (globalThis as any).ferry.session.deviceId);
+  assert.ok(tab && device);
+
+  // Chromium's "Duplicate tab" copies sessionStorage, and with it the tab
+  // id that names the database: a page given the same id stands for it.
+  const duplicate = async () => {
+    const page = await ctx.newPage();
+    page.on("pageerror", (err) => console.error(`dora: page error: ${err.message}`));
+    await page.addInitScript((id) => sessionStorage.setItem("ferry-tab", id), tab);
+    await page.goto(server.url + "/");
+    await page.waitForFunction(() => (globalThis as any).ferry !== undefined);
+    return page;
+  };
+  const second = await duplicate();
+  assert.notEqual(await second.evaluate(() => sessionStorage.getItem("ferry-tab")), tab, "the duplicate took a new tab id");
+  assert.equal(await second.evaluate(() => (globalThis as any).ferry.session), undefined, "the duplicate is a new device, signed out");
+  assert.equal(await first.evaluate(() => (globalThis as any).ferry.session.deviceId), device);
+
+  // Once the original tab is gone, its database is free again: a page with
+  // its id opens it, signed in as its device.
+  await first.close();
+  const third = await duplicate();
+  assert.equal(await third.evaluate(() => sessionStorage.getItem("ferry-tab")), tab);
+  assert.equal(await third.evaluate(() => (globalThis as any).ferry.session?.deviceId), device);
+  await ctx.close();
+});

@@ -125,6 +125,48 @@ test("IndexedDBReplica: changes land whole and survive reopening", async () => {
   again.close();
 });
 
+test("IndexedDBReplica: a database serves one replica at a time, until it closes", async () => {
+  const { IDBFactory } = await import("fake-indexeddb");
+  const { IndexedDBReplica, ReplicaInUseError } = await import("../src/index.js");
+  // The Web Locks API as browsers have it, for one exclusive lock a name,
+  // asked with ifAvailable (Node has none).
+  const held = new Set<string>();
+  const locks = {
+    async request(name: string, opts: { ifAvailable?: boolean }, cb: (lock: Lock | null) => unknown) {
+      assert.equal(opts.ifAvailable, true);
+      if (held.has(name)) return cb(null);
+      held.add(name);
+      try {
+        return await cb({ name, mode: "exclusive" } as Lock);
+      } finally {
+        held.delete(name);
+      }
+    },
+  } as unknown as LockManager;
+  const factory = new IDBFactory();
+
+  const first = await IndexedDBReplica.open("dev", factory, locks);
+  await assert.rejects(IndexedDBReplica.open("dev", factory, locks), (err: unknown) => {
+    assert.ok(err instanceof ReplicaInUseError);
+    assert.equal(err.database, "dev");
+    assert.match(err.message, /open in another tab/);
+    return true;
+  });
+  const other = await IndexedDBReplica.open("other", factory, locks);
+  // Closed, it opens again at once, though the lock goes in a later turn.
+  first.close();
+  const again = await IndexedDBReplica.open("dev", factory, locks);
+  again.close();
+  other.close();
+
+  // An open that fails lets go of the lock.
+  const broken = { open: () => { throw new Error("disk on fire"); } } as unknown as IDBFactory;
+  await assert.rejects(IndexedDBReplica.open("dev", broken, locks), /disk on fire/);
+  (await IndexedDBReplica.open("dev", factory, locks)).close();
+  await new Promise((r) => setImmediate(r));
+  assert.equal(held.size, 0, "every lock released");
+});
+
 test("ulidFromBytes: the 16 bytes of a ULID, in the same 26 characters", () => {
   assert.equal(ulidFromBytes(new Uint8Array(16)), "00000000000000000000000000");
   assert.equal(ulidFromBytes(new Uint8Array(16).fill(255)), "7ZZZZZZZZZZZZZZZZZZZZZZZZZ");
