@@ -4,14 +4,14 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { toBinary } from "@bufbuild/protobuf";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { IDBFactory } from "fake-indexeddb";
 
 import { FerryClient, IndexedDBReplica, MemoryReplica, unpackBatch, type ClientOptions, type MessageView, type Replica } from "../src/index.js";
 import { OpSchema } from "../src/gen/ferry/v1/op_pb.js";
-import { SyncService } from "../src/gen/ferry/v1/sync_pb.js";
+import { AckRequestSchema, SyncService } from "../src/gen/ferry/v1/sync_pb.js";
 import { AccountService } from "../src/gen/ferry/v1/account_pb.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -246,9 +246,8 @@ function watchAcks(holdMs: number) {
     },
     fetch: async (input, init) => {
       if (String(input).endsWith("/ferry.v1.SyncService/Ack")) {
-        const body = init?.body;
-        const m = JSON.parse(typeof body === "string" ? body : new TextDecoder().decode(body as Uint8Array)).markers[0];
-        acks.push({ delivered: Number(m.delivered ?? 0), read: Number(m.read ?? 0) });
+        const m = fromBinary(AckRequestSchema, init?.body as Uint8Array).markers[0]!;
+        acks.push({ delivered: Number(m.delivered), read: Number(m.read) });
         acked();
       }
       return globalThis.fetch(input, init);
@@ -408,25 +407,50 @@ test("a packed catch-up unpacks to exactly the rows the server sends", { timeout
 // Account changes on one client: what the Go SDK's lifecycle tests check,
 // for the web client.
 
-// recordingFetch passes requests to the server and keeps the path and
-// body of each; seen(pred) resolves once a request matches.
+// recordingFetch passes requests to the server and keeps the path, content
+// type and body of each (as text: the strings of a binary message, such as
+// ids, read as themselves); seen(pred) resolves once a request matches.
+type Recorded = { path: string; type: string; body: string };
 function recordingFetch() {
-  const requests: { path: string; body: string }[] = [];
-  const waits: { pred: (r: { path: string; body: string }) => boolean; resolve: () => void }[] = [];
+  const requests: Recorded[] = [];
+  const waits: { pred: (r: Recorded) => boolean; resolve: () => void }[] = [];
   const fetch: typeof globalThis.fetch = async (input, init) => {
     const body = init?.body;
-    const r = { path: new URL(String(input)).pathname, body: typeof body === "string" ? body : body ? new TextDecoder().decode(body as Uint8Array) : "" };
+    const r = {
+      path: new URL(String(input)).pathname,
+      type: new Headers(init?.headers).get("content-type") ?? "",
+      body: typeof body === "string" ? body : body ? new TextDecoder().decode(body as Uint8Array) : "",
+    };
     requests.push(r);
     for (const w of waits) if (w.pred(r)) w.resolve();
     return globalThis.fetch(input, init);
   };
-  const seen = (pred: (r: { path: string; body: string }) => boolean) =>
+  const seen = (pred: (r: Recorded) => boolean) =>
     new Promise<void>((resolve) => {
       if (requests.some(pred)) return resolve();
       waits.push({ pred, resolve });
     });
   return { requests, fetch, seen };
 }
+
+test("the client speaks binary protobuf, not JSON", { timeout: 60_000 }, async () => {
+  const rec = recordingFetch();
+  const c = await FerryClient.open({ baseUrl: server.url, sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch: rec.fetch });
+  clients.push(c);
+  await signUp(c, "alice");
+  const conv = await c.createConversation("formats", []);
+  await c.send(conv, "hi");
+  await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
+  await c.markRead(conv);
+  await rec.seen((r) => r.path.endsWith("/Ack"));
+  const types = new Map(rec.requests.map((r) => [r.path.slice(r.path.lastIndexOf("/") + 1), r.type]));
+  assert.deepEqual(Object.fromEntries(types), {
+    Register: "application/proto",
+    Subscribe: "application/connect+proto",
+    Push: "application/proto",
+    Ack: "application/proto",
+  });
+});
 
 test("a signed-in device refuses login and register before it asks the server", { timeout: 60_000 }, async () => {
   const rec = recordingFetch();
