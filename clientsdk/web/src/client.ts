@@ -15,7 +15,7 @@ import { type ConversationInfo } from "./gen/ferry/v1/conversation_pb.js";
 import { OpBatchSchema, OpSchema, OpStatus, type Op } from "./gen/ferry/v1/op_pb.js";
 import { HelloSchema, SyncService, type Ops } from "./gen/ferry/v1/sync_pb.js";
 import { unpackBatch } from "./packed.js";
-import { fold, type MessageView } from "./fold.js";
+import { Folding, type MessageView } from "./fold.js";
 import { emptyMeta, MemoryReplica, type Change, type ConvRecord, type Meta, type OpRecord, type OutboxEntry, type Replica, type Session } from "./replica.js";
 import { OpIds, ulid } from "./ulid.js";
 
@@ -49,6 +49,24 @@ export interface ConversationView {
   /** The device holds newer messages but not yet all older ones. */
   olderLoading: boolean;
   lastMessage?: MessageView;
+}
+
+/**
+ * A page of a conversation's messages (FerryClient.page), oldest first as
+ * a chat view shows them.
+ */
+export interface MessagePage {
+  messages: MessageView[];
+  /**
+   * The device holds older messages: ask for them with `before` set to the
+   * seq of this page's first message.
+   */
+  more: boolean;
+  /**
+   * Older messages are still on their way (a hole below the page): show
+   * "older messages loading", not the start of the conversation.
+   */
+  olderLoading: boolean;
 }
 
 /** What changed: listeners re-read what they show. */
@@ -123,6 +141,12 @@ export class FerryClient {
   // until a change to the conversation (applyInMemory): conversations()
   // asks every conversation for its last message after every change.
   private folded = new Map<string, MessageView[]>();
+  // foldings hold each folded conversation's stored ops folded so far, and
+  // unfolded the seqs stored since, all above them (ops arrive in seq
+  // order, but for older pages after newer ones, which fold anew): a
+  // message into a long conversation folds itself, not the history.
+  private foldings = new Map<string, Folding>();
+  private unfolded = new Map<string, number[]>();
   private readonly opIds = new OpIds();
   private acked = new Map<string, number>(); // conv -> delivered marker sent
   private reads = new Map<string, number>(); // conv -> read marker not yet sent
@@ -381,9 +405,43 @@ export class FerryClient {
       });
   }
 
-  /** A conversation's messages, oldest first, with pending ones last. */
+  /**
+   * A conversation's messages, oldest first, with pending ones last: the
+   * whole history, copied; page gives a part.
+   */
   messages(convId: string): MessageView[] {
     return this.fold(convId).map(copyView);
+  }
+
+  /**
+   * A page of a conversation's messages, oldest first: the newest `limit`
+   * (default 50) of those with a seq below `before`, or without `before`
+   * the newest, with the pending and failed ones last (as the Go SDK's
+   * Messages gives them, newest first). Scrolling up asks for the page
+   * above with `before` set to the seq of this one's first message. It
+   * copies the page alone, so a long conversation's page costs the page.
+   */
+  page(convId: string, opts: { before?: number; limit?: number } = {}): MessagePage {
+    const limit = opts.limit !== undefined && opts.limit > 0 ? Math.floor(opts.limit) : 50;
+    const all = this.fold(convId); // sent ones in seq order, then pending (seq 0)
+    let end = all.length;
+    if (opts.before !== undefined) {
+      const before = opts.before;
+      // The first sent message at or past before: a binary search.
+      let lo = 0;
+      let hi = all.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        const seq = all[mid]!.seq;
+        if (seq !== 0 && seq < before) lo = mid + 1;
+        else hi = mid;
+      }
+      end = lo;
+    }
+    const start = Math.max(0, end - limit);
+    const messages = all.slice(start, end).map(copyView);
+    const first = messages[0]?.seq || (opts.before ?? (this.convs.get(convId)?.head ?? 0) + 1);
+    return { messages, more: start > 0, olderLoading: this.held(convId) < first - 1 };
   }
 
   // fold folds a conversation's ops, its outbox entries and its receipts
@@ -391,17 +449,29 @@ export class FerryClient {
   private fold(convId: string): MessageView[] {
     const hit = this.folded.get(convId);
     if (hit) return hit;
-    const inputs = [...(this.ops.get(convId)?.values() ?? [])].map((r) => ({ seq: r.seq, op: fromBinary(OpSchema, r.op) }));
+    const ops = this.ops.get(convId);
+    let f = this.foldings.get(convId);
+    let seqs = this.unfolded.get(convId) ?? [];
+    if (!f) {
+      f = new Folding(convId);
+      this.foldings.set(convId, f);
+      seqs = [...(ops?.keys() ?? [])];
+    }
+    this.unfolded.delete(convId);
+    for (const seq of seqs.sort((a, b) => a - b)) {
+      const r = ops?.get(seq);
+      if (r && seq > f.top) f.add(seq, fromBinary(OpSchema, r.op)); // a seq stored twice is queued twice
+    }
     const me = this.meta.session;
+    const pending: { op: Op; failed?: string }[] = [];
     for (const e of this.outbox.values()) {
       if (e.convId !== convId) continue;
       const op = fromBinary(OpSchema, e.op);
       op.userId = me?.userId ?? "";
-      inputs.push({ seq: 0, op, ...(e.failed !== undefined ? { failed: e.failed } : {}) });
+      pending.push({ op, ...(e.failed !== undefined ? { failed: e.failed } : {}) });
     }
     const conv = this.convs.get(convId);
-    const status = me && conv ? { userId: me.userId, receipts: conv.receipts } : undefined;
-    const out = fold(convId, inputs, status);
+    const out = f.view(pending, me && conv ? { userId: me.userId, receipts: conv.receipts } : undefined);
     this.folded.set(convId, out);
     return out;
   }
@@ -906,9 +976,25 @@ export class FerryClient {
   }
 
   private applyInMemory(c: Change): void {
-    if (c.clear || (c.meta && c.meta.session?.userId !== this.meta.session?.userId)) this.folded.clear();
+    if (c.clear || (c.meta && c.meta.session?.userId !== this.meta.session?.userId)) {
+      this.folded.clear();
+      this.foldings.clear();
+      this.unfolded.clear();
+    }
     for (const conv of c.convs ?? []) this.folded.delete(conv.id);
-    for (const op of c.ops ?? []) this.folded.delete(op.convId);
+    for (const op of c.ops ?? []) {
+      this.folded.delete(op.convId);
+      const f = this.foldings.get(op.convId);
+      if (!f) continue;
+      if (op.seq > f.top) {
+        const q = this.unfolded.get(op.convId);
+        if (q) q.push(op.seq);
+        else this.unfolded.set(op.convId, [op.seq]);
+      } else {
+        this.foldings.delete(op.convId); // below what is folded: fold anew
+        this.unfolded.delete(op.convId);
+      }
+    }
     for (const e of c.outboxPut ?? []) this.folded.delete(e.convId);
     for (const id of c.outboxDelete ?? []) {
       const e = this.outbox.get(id);

@@ -9,7 +9,7 @@ import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { IDBFactory } from "fake-indexeddb";
 
-import { FerryClient, IndexedDBReplica, MemoryReplica, unpackBatch, type ClientOptions, type MessageView, type Replica } from "../src/index.js";
+import { FerryClient, IndexedDBReplica, MemoryReplica, unpackBatch, type ClientOptions, type MessagePage, type MessageView, type Replica } from "../src/index.js";
 import { OpSchema } from "../src/gen/ferry/v1/op_pb.js";
 import { AckRequestSchema, SyncService } from "../src/gen/ferry/v1/sync_pb.js";
 import { AccountService } from "../src/gen/ferry/v1/account_pb.js";
@@ -209,10 +209,10 @@ test("catch-up shows the newest page of a conversation first, then fills in olde
   await alice.waitFor(() => alice.status().pending === 0);
 
   // The first messages bob shows are the newest, with older ones loading.
-  let first: { texts: string[]; loading: boolean } | undefined;
+  let first: { texts: string[]; loading: boolean; page: MessagePage } | undefined;
   const stop = bob.on(() => {
     const ms = bob.messages(conv);
-    if (!first && ms.length > 0) first = { texts: texts(ms), loading: bob.olderLoading(conv) };
+    if (!first && ms.length > 0) first = { texts: texts(ms), loading: bob.olderLoading(conv), page: bob.page(conv, { limit: 5 }) };
   });
   bob.start();
   await bob.waitFor(() => bob.status().state === "live" && bob.messages(conv).length === 120);
@@ -221,8 +221,48 @@ test("catch-up shows the newest page of a conversation first, then fills in olde
   assert.equal(first.loading, true, "the first page arrived with older messages still loading");
   assert.deepEqual(first.texts.slice(-3), ["m117", "m118", "m119"], "the newest messages came first");
   assert.ok(first.texts.length <= 20, `the first page held ${first.texts.length} messages`);
+  assert.deepEqual(texts(first.page.messages), first.texts.slice(-5));
+  assert.equal(first.page.olderLoading, true, "page() says older messages are loading");
   assert.deepEqual(texts(bob.messages(conv)), Array.from({ length: 120 }, (_, i) => `m${i}`));
   assert.equal(bob.olderLoading(conv), false);
+  assert.equal(bob.page(conv, { limit: 5 }).olderLoading, false);
+});
+
+test("pages walk a conversation from the newest, pending messages on the first", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  await signUp(alice, "alice");
+  const conv = await alice.createConversation("pages", []);
+  for (let i = 0; i < 120; i++) await alice.send(conv, `m${i}`);
+  await alice.waitFor(() => alice.status().pending === 0);
+  await alice.stop();
+  await alice.send(conv, "draft 1");
+  await alice.send(conv, "draft 2");
+  const all = texts(alice.messages(conv));
+  assert.equal(all.length, 122);
+
+  const walked: string[][] = [];
+  let page = alice.page(conv);
+  for (;;) {
+    walked.unshift(texts(page.messages));
+    assert.equal(page.olderLoading, false);
+    if (!page.more) break;
+    page = alice.page(conv, { before: page.messages[0]!.seq });
+  }
+  assert.deepEqual(walked.map((p) => p.length), [22, 50, 50], "pages of 50, newest first");
+  assert.deepEqual(walked.flat(), all, "the pages are the history, each message once");
+  assert.deepEqual(walked[2]!.slice(-2), ["draft 1", "draft 2"], "the pending messages end the first page");
+
+  const seqs = alice.messages(conv).map((m) => m.seq);
+  const mid = alice.page(conv, { before: seqs[60]!, limit: 3 });
+  assert.deepEqual(texts(mid.messages), ["m57", "m58", "m59"]);
+  assert.equal(mid.more, true);
+  assert.deepEqual(texts(alice.page(conv, { before: 1 }).messages), [], "nothing before the first seq");
+  assert.equal(alice.page(conv, { before: 1 }).more, false);
+
+  // A page is the caller's copy.
+  const mine = alice.page(conv, { limit: 1 });
+  mine.messages[0]!.text = "changed";
+  assert.equal(alice.page(conv, { limit: 1 }).messages[0]!.text, "draft 2");
 });
 
 // watchAcks records the markers of the Acks a device sends (through the

@@ -3,8 +3,8 @@ import { test } from "node:test";
 
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 
-import { fold, ulid, isULID, ulidFromBytes, unpackBatch, MalformedBatchError, OpIds } from "../src/index.js";
-import { ulidTime } from "../src/fold.js";
+import { fold, ulid, isULID, ulidFromBytes, unpackBatch, MalformedBatchError, OpIds, type MessageView } from "../src/index.js";
+import { Folding, ulidTime, type FoldInput, type StatusInput } from "../src/fold.js";
 import { OpKind, OpSchema, PackedBatchSchema, Role, type Op, type PackedBatch } from "../src/gen/ferry/v1/op_pb.js";
 
 test("ulid: 26 Crockford characters, time first", () => {
@@ -95,6 +95,141 @@ test("fold: the status of the user's messages comes from the other members' rece
     ["m1", "read"], ["m2", "delivered"], ["m3", "sent"], ["later", "pending"], ["no", "failed"],
   ]);
   assert.equal(got[4]!.error, "not a member");
+});
+
+// referenceFold is fold as it was before it was incremental: every op of
+// the conversation folded at once, in seq order. Folding must agree.
+function referenceFold(convId: string, ops: FoldInput[], me?: StatusInput): MessageView[] {
+  const byId = new Map<string, MessageView>();
+  const order: MessageView[] = [];
+  const editSeq = new Map<string, number>();
+  const reactions = new Map<string, Map<string, Set<string>>>();
+  const sorted = [...ops].sort((a, b) => (a.seq || Infinity) - (b.seq || Infinity));
+  for (const { seq, op, failed } of sorted) {
+    const p = op.payload;
+    switch (p.case) {
+      case "message": {
+        const m: MessageView = {
+          id: op.id,
+          convId,
+          seq,
+          userId: op.userId,
+          deviceId: op.deviceId,
+          text: refDecoder.decode(p.value.body),
+          contentType: p.value.contentType || "text/plain",
+          edited: false,
+          deleted: op.erased,
+          reactions: {},
+          time: new Date(ulidTime(op.id)),
+        };
+        if (failed !== undefined) m.error = failed;
+        byId.set(op.id, m);
+        order.push(m);
+        break;
+      }
+      case "edit": {
+        const m = byId.get(p.value.targetId);
+        const at = seq || Infinity;
+        if (m && !m.deleted && at >= (editSeq.get(m.id) ?? 0)) {
+          m.text = refDecoder.decode(p.value.body);
+          m.edited = true;
+          editSeq.set(m.id, at);
+        }
+        break;
+      }
+      case "delete": {
+        const m = byId.get(p.value.targetId);
+        if (m) {
+          m.deleted = true;
+          m.text = "";
+        }
+        break;
+      }
+      case "reactionAdd":
+      case "reactionRemove": {
+        const users = reactions.get(p.value.targetId) ?? new Map<string, Set<string>>();
+        reactions.set(p.value.targetId, users);
+        const set = users.get(p.value.key) ?? new Set<string>();
+        users.set(p.value.key, set);
+        if (p.case === "reactionAdd") set.add(op.userId);
+        else set.delete(op.userId);
+        break;
+      }
+    }
+  }
+  for (const [target, keys] of reactions) {
+    const m = byId.get(target);
+    if (!m) continue;
+    for (const [key, users] of keys) {
+      if (users.size > 0) m.reactions[key] = [...users].sort();
+    }
+  }
+  if (me) {
+    const delivered = me.receipts.length ? Math.min(...me.receipts.map((r) => r.delivered)) : 0;
+    const read = me.receipts.length ? Math.min(...me.receipts.map((r) => r.read)) : 0;
+    for (const m of order) {
+      if (m.userId !== me.userId && m.userId !== "") continue;
+      if (m.error !== undefined) m.status = "failed";
+      else if (m.seq === 0) m.status = "pending";
+      else if (me.receipts.length > 0 && read >= m.seq) m.status = "read";
+      else if (me.receipts.length > 0 && delivered >= m.seq) m.status = "delivered";
+      else m.status = "sent";
+    }
+  }
+  return order;
+}
+const refDecoder = new TextDecoder();
+
+// mulberry32: a small seeded generator, so a failure names its seed.
+function rand(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+test("Folding, a stored op at a time with views between, agrees with folding every op at once", () => {
+  const seed = Number(process.env.FOLD_SEED ?? Date.now() % 1_000_000);
+  for (let round = 0; round < 200; round++) {
+    const r = rand(seed + round);
+    const pick = <T>(xs: T[]): T => xs[Math.floor(r() * xs.length)]!;
+    const users = ["alice", "bob", "carol"];
+    const ids: string[] = [];
+    const all: Op[] = [];
+    const count = 1 + Math.floor(r() * 60);
+    for (let i = 0; i < count; i++) {
+      const who = pick(users);
+      const k = ids.length === 0 ? 0 : r();
+      let o: Op;
+      if (k < 0.4) {
+        o = op(who, { case: "message", value: { body: enc.encode(`m${i}`) } });
+        o.erased = r() < 0.1;
+        ids.push(o.id);
+      } else if (k < 0.55) o = op(who, { case: "edit", value: { targetId: pick(ids), body: enc.encode(`e${i}`) } });
+      else if (k < 0.65) o = op(who, { case: "delete", value: { targetId: pick(ids) } });
+      else if (k < 0.85) o = op(who, { case: "reactionAdd", value: { targetId: pick(ids), key: pick(["👍", "🎉"]) } });
+      else o = op(who, { case: "reactionRemove", value: { targetId: pick(ids), key: pick(["👍", "🎉"]) } });
+      all.push(o);
+    }
+    // The last ops are alice's outbox (the user's own: alice's), some failed.
+    const stored = Math.floor(r() * (count + 1));
+    const pending = all.slice(stored).map((o) => {
+      o.userId = "alice";
+      return r() < 0.2 ? { op: o, failed: "refused" } : { op: o };
+    });
+    const f = new Folding("C");
+    const signedIn = r() < 0.8; // a Folding's views are for one user, or none
+    for (let seq = 1; seq <= stored + 1; seq++) {
+      const receipts = r() < 0.2 ? [] : [{ delivered: Math.floor(r() * (seq + 1)), read: Math.floor(r() * seq) }, { delivered: seq, read: seq }];
+      const me = signedIn ? { userId: "alice", receipts } : undefined;
+      const shown = r() < 0.5 ? pending : [];
+      const want = referenceFold("C", [...all.slice(0, seq - 1).map((o, i) => ({ seq: i + 1, op: o })), ...shown.map((p) => ({ seq: 0, ...p }))], me);
+      assert.deepEqual(f.view(shown, me), want, `seed ${seed + round}: after ${seq - 1} stored ops, ${shown.length} pending`);
+      if (seq <= stored) f.add(seq, all[seq - 1]!);
+    }
+  }
 });
 
 test("IndexedDBReplica: changes land whole and survive reopening", async () => {
