@@ -23,11 +23,14 @@ async function openTabReplica(): Promise<IndexedDBReplica> {
   return IndexedDBReplica.open(`ferry-demo-${fresh}`);
 }
 
+const pageSize = 100;
+
 const marks: Record<string, string> = { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "⚠" };
 
 class App {
   private open?: string; // the conversation shown
   private scheduled = false;
+  private shown = pageSize; // how many of the open conversation's newest messages are drawn
 
   constructor(private readonly c: FerryClient) {
     c.on(() => this.render());
@@ -70,6 +73,7 @@ class App {
     const members = $<HTMLInputElement>("members").value.split(",").map((s) => s.trim()).filter(Boolean);
     try {
       this.open = await this.c.createConversation(title, members);
+      this.shown = pageSize;
       $<HTMLInputElement>("title").value = "";
       $<HTMLInputElement>("members").value = "";
     } catch (err) {
@@ -113,6 +117,7 @@ class App {
         row.append(text);
         if (conv.unread > 0) row.append(el("span", { class: "unread" }, String(conv.unread)));
         row.addEventListener("click", () => {
+          if (this.open !== conv.id) this.shown = pageSize;
           this.open = conv.id;
           this.render();
         });
@@ -122,8 +127,12 @@ class App {
     if (this.open) {
       const box = $("messages");
       const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
-      const older = this.c.olderLoading(this.open) ? [el("div", { class: "older" }, "older messages loading…")] : [];
-      box.replaceChildren(...older, ...this.c.messages(this.open).map((m) => this.message(m)));
+      // The newest messages: a long conversation draws what is shown.
+      const page = this.c.page(this.open, { limit: this.shown });
+      const top = page.more
+        ? [button("show older messages", () => { this.shown += pageSize; this.render(); })]
+        : page.olderLoading ? [el("div", { class: "older" }, "older messages loading…")] : [];
+      box.replaceChildren(...top, ...page.messages.map((m) => this.message(m)));
       if (atBottom) box.scrollTop = box.scrollHeight;
       this.markRead();
     }

@@ -180,3 +180,24 @@ test("a duplicated tab is a new device: the original holds its database", { time
   assert.equal(await third.evaluate(() => (globalThis as any).ferry.session?.deviceId), device);
   await ctx.close();
 });
+
+test("a long conversation draws its newest messages, and older ones when asked", { timeout: 60_000 }, async () => {
+  const ctx = await browser.newContext();
+  const page = await signUp(ctx, "erin");
+  await page.fill("#title", "long");
+  await page.click("#newconv button");
+  const conv = await (await page.waitForSelector("[data-conv]")).getAttribute("data-conv") as string;
+  await page.evaluate(async (c) => {
+    const f = (globalThis as any).ferry;
+    for (let i = 1; i <= 130; i++) await f.send(c, `long ${i}`);
+  }, conv);
+  await page.waitForFunction(() => (globalThis as any).ferry.status().pending === 0);
+  await page.waitForFunction(() => document.querySelectorAll("#messages .msg").length === 100);
+  assert.equal((await texts(page)).at(-1), "long 130");
+  assert.equal((await texts(page))[0], "long 31");
+  await page.click("#messages button:text('show older messages')");
+  await page.waitForFunction(() => document.querySelectorAll("#messages .msg").length === 130);
+  assert.equal((await texts(page))[0], "long 1");
+  assert.equal(await page.locator("#messages button:text('show older messages')").count(), 0);
+  await ctx.close();
+});
