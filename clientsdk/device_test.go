@@ -108,6 +108,55 @@ func lookup(t *testing.T, d *clientsdk.Device, username string) ulid.ULID {
 	return u.ID
 }
 
+// TestPagesReachPastPendingMessages: the first page holds every pending
+// message besides its limit of sent ones, so walking the pages, each
+// Before the oldest seq of the last, gives every message once, even when
+// more are pending than a page holds.
+func TestPagesReachPastPendingMessages(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	conv, err := alice.CreateConversation(ctx, "drafts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range 8 {
+		text := fmt.Sprintf("sent %d", i)
+		if i >= 5 {
+			text = fmt.Sprintf("pending %d", i)
+		}
+		want = append([]string{text}, want...) // newest first
+		if _, err := alice.SendText(ctx, conv, text); err != nil {
+			t.Fatal(err)
+		}
+		if i == 4 {
+			if err := alice.SyncOnce(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var got []string
+	var sizes []int
+	before := uint64(0)
+	for range 10 { // bounded: 3 pages hold it
+		p, err := alice.Messages(conv, clientsdk.PageOptions{Limit: 2, Before: before})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range p.Messages {
+			got = append(got, m.Text())
+		}
+		sizes = append(sizes, len(p.Messages))
+		if !p.More {
+			break
+		}
+		before = p.Messages[len(p.Messages)-1].Seq
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(sizes) != "[5 2 1]" {
+		t.Fatalf("pages %v gave %q; want pages [5 2 1] (3 pending and 2 sent, then sent ones) giving %q", sizes, got, want)
+	}
+}
+
 func TestSendStatusesAndReceive(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	alice, bob := device(t, srv, "alice", false), device(t, srv, "bob", false)

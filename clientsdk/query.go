@@ -174,10 +174,11 @@ type Page struct {
 
 // PageOptions select a page of Messages.
 type PageOptions struct {
-	// Limit is the page size; 0 means 50.
+	// Limit is the page size in sent messages; 0 means 50. The first page
+	// (Before 0) also holds every pending and failed message, before them.
 	Limit int
-	// Before returns messages with a seq below it (pending messages only on
-	// the first page, when Before is 0).
+	// Before returns sent messages with a seq below it; 0 asks for the
+	// first page.
 	Before uint64
 }
 
@@ -215,10 +216,11 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 	return page, nil
 }
 
-// pageLocked returns up to limit of conv's messages, newest first: those
-// with a seq below before when before is set, otherwise the failed and
-// pending ones too, which come after every sent one (failed last). more
-// says the replica holds sent messages older than the page's. It builds
+// pageLocked returns up to limit of conv's sent messages, newest first:
+// those with a seq below before when before is set, otherwise the newest,
+// after every failed and pending one (which come after every sent one,
+// failed last). more says the replica holds sent messages older than the
+// page's. It builds
 // the page's messages alone, the caller's own copies: a page of a long
 // conversation, or a conversation list's last messages, costs what they
 // hold, not the history. d.mu is held.
@@ -245,6 +247,7 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 			effects[op.Target] = append(effects[op.Target], op)
 		}
 	}
+	sent := 0
 	add := func(m Message) bool {
 		for _, op := range effects[m.ID] {
 			switch op.Kind {
@@ -266,23 +269,25 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 			m.Reactions[i].Users = slices.Clone(m.Reactions[i].Users)
 		}
 		page = append(page, m)
-		return len(page) < limit
+		if m.Seq > 0 {
+			sent++
+		}
+		return sent < limit
 	}
 	if before == 0 {
-		// Messages the server refused stay visible, marked failed.
+		// Messages the server refused stay visible, marked failed; they and
+		// the pending ones are all on the first page, not counted in limit,
+		// so that the next page's Before, the oldest seq of this one, is a
+		// sent message's.
 		failed, err := d.failedMessagesLocked(conv, me)
 		if err != nil {
 			return nil, false, err
 		}
 		for i := len(failed) - 1; i >= 0; i-- {
-			if !add(failed[i]) {
-				return page, s.FirstSeq() > 0, nil
-			}
+			add(failed[i])
 		}
 		for i := len(pending) - 1; i >= 0; i-- {
-			if !add(pending[i]) {
-				return page, s.FirstSeq() > 0, nil
-			}
+			add(pending[i])
 		}
 	}
 	for v := range s.Newest(before) {

@@ -415,31 +415,31 @@ export class FerryClient {
 
   /**
    * A page of a conversation's messages, oldest first: the newest `limit`
-   * (default 50) of those with a seq below `before`, or without `before`
-   * the newest, with the pending and failed ones last (as the Go SDK's
-   * Messages gives them, newest first). Scrolling up asks for the page
-   * above with `before` set to the seq of this one's first message. It
-   * copies the page alone, so a long conversation's page costs the page.
+   * (default 50) sent messages with a seq below `before`, or without
+   * `before` the newest, followed by every pending and failed one (as the
+   * Go SDK's Messages gives them, newest first). Scrolling up asks for the
+   * page above with `before` set to the seq of this one's first message,
+   * a sent one. It copies the page alone, so a long conversation's page
+   * costs the page.
    */
   page(convId: string, opts: { before?: number; limit?: number } = {}): MessagePage {
-    const limit = opts.limit !== undefined && opts.limit > 0 ? Math.floor(opts.limit) : 50;
+    const limit = Math.floor(opts.limit ?? 50) >= 1 ? Math.floor(opts.limit ?? 50) : 50;
     const all = this.fold(convId); // sent ones in seq order, then pending (seq 0)
-    let end = all.length;
+    let sent = all.length;
+    while (sent > 0 && all[sent - 1]!.seq === 0) sent--;
+    let end = sent;
     if (opts.before !== undefined) {
-      const before = opts.before;
       // The first sent message at or past before: a binary search.
+      const before = opts.before;
       let lo = 0;
-      let hi = all.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >>> 1;
-        const seq = all[mid]!.seq;
-        if (seq !== 0 && seq < before) lo = mid + 1;
-        else hi = mid;
+      while (lo < end) {
+        const mid = (lo + end) >>> 1;
+        if (all[mid]!.seq < before) lo = mid + 1;
+        else end = mid;
       }
-      end = lo;
     }
     const start = Math.max(0, end - limit);
-    const messages = all.slice(start, end).map(copyView);
+    const messages = all.slice(start, opts.before === undefined ? all.length : end).map(copyView);
     const first = messages[0]?.seq || (opts.before ?? (this.convs.get(convId)?.head ?? 0) + 1);
     return { messages, more: start > 0, olderLoading: this.held(convId) < first - 1 };
   }

@@ -26,6 +26,24 @@ export class ReplicaInUseError extends Error {
   }
 }
 
+/** Where IndexedDBReplica.open finds IndexedDB and Web Locks. */
+export interface IndexedDBOptions {
+  /** Defaults to the page's indexedDB. */
+  factory?: IDBFactory;
+  /**
+   * Defaults to the page's navigator.locks. Without Web Locks (Node, pages
+   * served over plain http other than localhost, browsers before 2022)
+   * nothing enforces one tab per database.
+   */
+  locks?: LockManager;
+  /**
+   * How long open waits for a tab that holds the database to let go (one
+   * being reloaded or closed) before it throws ReplicaInUseError; default
+   * 1000 ms.
+   */
+  waitMs?: number;
+}
+
 /** A replica in IndexedDB; open it with IndexedDBReplica.open. */
 export class IndexedDBReplica implements Replica {
   private constructor(
@@ -38,17 +56,13 @@ export class IndexedDBReplica implements Replica {
    * tab until close: it throws ReplicaInUseError while another tab (or
    * another replica of this page) has it open. One database is one device:
    * use a name per account or profile, and per tab where an app runs in
-   * several. `factory` defaults to the page's indexedDB, `locks` to the
-   * page's navigator.locks; where there are no Web Locks (Node, browsers
-   * before 2022) nothing enforces one tab per database.
+   * several.
    */
-  static async open(
-    name = "ferry",
-    factory: IDBFactory = globalThis.indexedDB,
-    locks: LockManager | undefined = globalThis.navigator?.locks,
-  ): Promise<IndexedDBReplica> {
+  static async open(name = "ferry", opts: IndexedDBOptions = {}): Promise<IndexedDBReplica> {
+    const factory = opts.factory ?? globalThis.indexedDB;
     if (!factory) throw new Error("ferry: IndexedDB is not available here; use MemoryReplica");
-    const release = locks ? await hold(locks, name) : () => {};
+    const locks = "locks" in opts ? opts.locks : globalThis.navigator?.locks;
+    const release = locks ? await hold(locks, name, opts.waitMs ?? 1000) : () => {};
     try {
       const req = factory.open(name, version);
       req.onupgradeneeded = () => {
@@ -104,22 +118,26 @@ export class IndexedDBReplica implements Replica {
   }
 }
 
-// hold takes the Web Lock of database name if no one holds it, and returns
-// what releases it. The lock is held while the request's callback has not
-// settled: the callback hands its settling out as the release. The lock
-// manager lets go of a released lock in a later turn, so a page that opens
-// a database it has just closed waits for its own release first.
-async function hold(locks: LockManager, name: string): Promise<() => void> {
+// hold takes the Web Lock of database name, waiting up to waitMs for it,
+// and returns what releases it (once; later calls do nothing). The lock is
+// held while the request's callback has not settled: the callback hands
+// its settling out as the release. The lock manager lets go of a released
+// lock in a later turn, so a page that opens a database it has just closed
+// waits for its own release first. A page whose origin may not take locks
+// (an opaque one: a sandboxed iframe) goes without.
+async function hold(locks: LockManager, name: string, waitMs: number): Promise<() => void> {
   const key = `ferry-replica:${name}`;
   await releasing.get(key);
+  const waited = new AbortController();
+  const timer = setTimeout(() => waited.abort(new DOMException(`waited ${waitMs} ms`, "TimeoutError")), waitMs);
   return new Promise((resolve, reject) => {
-    const held = locks.request(key, { ifAvailable: true }, (lock) => {
-      if (!lock) {
-        reject(new ReplicaInUseError(name));
-        return;
-      }
-      return new Promise<void>((release) =>
+    const held = locks.request(key, { signal: waited.signal }, () => {
+      clearTimeout(timer);
+      return new Promise<void>((release) => {
+        let released = false;
         resolve(() => {
+          if (released) return;
+          released = true;
           release();
           const gone = held.then(
             () => {},
@@ -127,10 +145,16 @@ async function hold(locks: LockManager, name: string): Promise<() => void> {
           );
           releasing.set(key, gone);
           void gone.then(() => releasing.get(key) === gone && releasing.delete(key));
-        }),
-      );
+        });
+      });
     });
-    held.catch(reject);
+    held.catch((err: unknown) => {
+      clearTimeout(timer);
+      const kind = (err as { name?: unknown } | undefined)?.name;
+      if (kind === "TimeoutError" || kind === "AbortError") reject(new ReplicaInUseError(name));
+      else if (kind === "SecurityError") resolve(() => {});
+      else reject(err);
+    });
   });
 }
 

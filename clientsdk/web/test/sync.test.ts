@@ -105,7 +105,7 @@ test("reading on one device clears the unread count on the user's other device",
 
 test("the outbox survives a reload (IndexedDB) and every op is stored once", { timeout: 60_000 }, async () => {
   const factory = new IDBFactory();
-  let alice = await open(await IndexedDBReplica.open("alice", factory));
+  let alice = await open(await IndexedDBReplica.open("alice", { factory }));
   const bob = await open();
   await signUp(alice, "alice");
   const b = await signUp(bob, "bob");
@@ -117,7 +117,7 @@ test("the outbox survives a reload (IndexedDB) and every op is stored once", { t
   assert.deepEqual(alice.messages(conv).map((m) => m.status), ["pending", "pending", "pending"]);
 
   // The page reloads: a new client on the same database.
-  alice = await open(await IndexedDBReplica.open("alice", factory));
+  alice = await open(await IndexedDBReplica.open("alice", { factory }));
   assert.equal(alice.status().pending, 3);
   alice.start();
   await alice.waitFor(() => alice.status().pending === 0);
@@ -248,9 +248,16 @@ test("pages walk a conversation from the newest, pending messages on the first",
     if (!page.more) break;
     page = alice.page(conv, { before: page.messages[0]!.seq });
   }
-  assert.deepEqual(walked.map((p) => p.length), [22, 50, 50], "pages of 50, newest first");
+  assert.deepEqual(walked.map((p) => p.length), [20, 50, 52], "pages of 50 sent messages, newest first");
   assert.deepEqual(walked.flat(), all, "the pages are the history, each message once");
   assert.deepEqual(walked[2]!.slice(-2), ["draft 1", "draft 2"], "the pending messages end the first page");
+
+  // More pending messages than a page's limit: the first page has them
+  // all, and a sent one to go on from.
+  const small = alice.page(conv, { limit: 1 });
+  assert.deepEqual(texts(small.messages), ["m119", "draft 1", "draft 2"]);
+  assert.deepEqual(texts(alice.page(conv, { before: small.messages[0]!.seq, limit: 1 }).messages), ["m118"]);
+  assert.equal(alice.page(conv, { limit: 0.5 }).messages.length, 52, "a limit under 1 is the default");
 
   const seqs = alice.messages(conv).map((m) => m.seq);
   const mid = alice.page(conv, { before: seqs[60]!, limit: 3 });
@@ -261,8 +268,8 @@ test("pages walk a conversation from the newest, pending messages on the first",
 
   // A page is the caller's copy.
   const mine = alice.page(conv, { limit: 1 });
-  mine.messages[0]!.text = "changed";
-  assert.equal(alice.page(conv, { limit: 1 }).messages[0]!.text, "draft 2");
+  mine.messages.at(-1)!.text = "changed";
+  assert.equal(alice.page(conv, { limit: 1 }).messages.at(-1)!.text, "draft 2");
 });
 
 // watchAcks records the markers of the Acks a device sends (through the

@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 
 import { fold, ulid, isULID, ulidFromBytes, unpackBatch, MalformedBatchError, OpIds, type MessageView } from "../src/index.js";
 import { Folding, ulidTime, type FoldInput, type StatusInput } from "../src/fold.js";
+import type { Change } from "../src/replica.js";
 import { OpKind, OpSchema, PackedBatchSchema, Role, type Op, type PackedBatch } from "../src/gen/ferry/v1/op_pb.js";
 
 test("ulid: 26 Crockford characters, time first", () => {
@@ -196,26 +197,29 @@ test("Folding, a stored op at a time with views between, agrees with folding eve
     const r = rand(seed + round);
     const pick = <T>(xs: T[]): T => xs[Math.floor(r() * xs.length)]!;
     const users = ["alice", "bob", "carol"];
-    const ids: string[] = [];
-    const all: Op[] = [];
     const count = 1 + Math.floor(r() * 60);
+    // Messages first, so that the other ops may target any of them, later
+    // ones too (a reaction the server took to a message it refused).
+    const all: (Op | undefined)[] = Array.from({ length: count }, (_, i) => {
+      if (i > 0 && r() >= 0.4) return undefined;
+      const o = op(pick(users), { case: "message", value: { body: enc.encode(`m${i}`) } });
+      o.erased = r() < 0.1;
+      return o;
+    });
+    const ids = all.filter((o) => o !== undefined).map((o) => o.id);
     for (let i = 0; i < count; i++) {
+      if (all[i]) continue;
       const who = pick(users);
-      const k = ids.length === 0 ? 0 : r();
-      let o: Op;
-      if (k < 0.4) {
-        o = op(who, { case: "message", value: { body: enc.encode(`m${i}`) } });
-        o.erased = r() < 0.1;
-        ids.push(o.id);
-      } else if (k < 0.55) o = op(who, { case: "edit", value: { targetId: pick(ids), body: enc.encode(`e${i}`) } });
-      else if (k < 0.65) o = op(who, { case: "delete", value: { targetId: pick(ids) } });
-      else if (k < 0.85) o = op(who, { case: "reactionAdd", value: { targetId: pick(ids), key: pick(["👍", "🎉"]) } });
-      else o = op(who, { case: "reactionRemove", value: { targetId: pick(ids), key: pick(["👍", "🎉"]) } });
-      all.push(o);
+      const k = r();
+      if (k < 0.25) all[i] = op(who, { case: "edit", value: { targetId: pick(ids), body: enc.encode(`e${i}`) } });
+      else if (k < 0.4) all[i] = op(who, { case: "delete", value: { targetId: pick(ids) } });
+      else if (k < 0.75) all[i] = op(who, { case: "reactionAdd", value: { targetId: pick(ids), key: pick(["👍", "🎉"]) } });
+      else all[i] = op(who, { case: "reactionRemove", value: { targetId: pick(ids), key: pick(["👍", "🎉"]) } });
     }
     // The last ops are alice's outbox (the user's own: alice's), some failed.
     const stored = Math.floor(r() * (count + 1));
     const pending = all.slice(stored).map((o) => {
+      o = o!;
       o.userId = "alice";
       return r() < 0.2 ? { op: o, failed: "refused" } : { op: o };
     });
@@ -225,7 +229,7 @@ test("Folding, a stored op at a time with views between, agrees with folding eve
       const receipts = r() < 0.2 ? [] : [{ delivered: Math.floor(r() * (seq + 1)), read: Math.floor(r() * seq) }, { delivered: seq, read: seq }];
       const me = signedIn ? { userId: "alice", receipts } : undefined;
       const shown = r() < 0.5 ? pending : [];
-      const want = referenceFold("C", [...all.slice(0, seq - 1).map((o, i) => ({ seq: i + 1, op: o })), ...shown.map((p) => ({ seq: 0, ...p }))], me);
+      const want = referenceFold("C", [...all.slice(0, seq - 1).map((o, i) => ({ seq: i + 1, op: o! })), ...shown.map((p) => ({ seq: 0, ...p }))], me);
       assert.deepEqual(f.view(shown, me), want, `seed ${seed + round}: after ${seq - 1} stored ops, ${shown.length} pending`);
       if (seq <= stored) f.add(seq, all[seq - 1]!);
     }
@@ -236,7 +240,7 @@ test("IndexedDBReplica: changes land whole and survive reopening", async () => {
   const { IDBFactory } = await import("fake-indexeddb");
   const { IndexedDBReplica } = await import("../src/index.js");
   const factory = new IDBFactory();
-  const r = await IndexedDBReplica.open("dev", factory);
+  const r = await IndexedDBReplica.open("dev", { factory });
   const op = new Uint8Array([1, 2, 3]);
   await r.apply({
     meta: { epoch: "E", feedPos: "7", dots: { C: 2 } },
@@ -246,7 +250,7 @@ test("IndexedDBReplica: changes land whole and survive reopening", async () => {
   });
   await r.apply({ outboxDelete: ["X"], ops: [{ convId: "C", seq: 1, id: "A", op }] });
   r.close();
-  const again = await IndexedDBReplica.open("dev", factory);
+  const again = await IndexedDBReplica.open("dev", { factory });
   const s = await again.load();
   assert.equal(s.meta.feedPos, "7");
   assert.deepEqual(s.meta.dots, { C: 2 });
@@ -260,46 +264,162 @@ test("IndexedDBReplica: changes land whole and survive reopening", async () => {
   again.close();
 });
 
-test("IndexedDBReplica: a database serves one replica at a time, until it closes", async () => {
-  const { IDBFactory } = await import("fake-indexeddb");
-  const { IndexedDBReplica, ReplicaInUseError } = await import("../src/index.js");
-  // The Web Locks API as browsers have it, for one exclusive lock a name,
-  // asked with ifAvailable (Node has none).
-  const held = new Set<string>();
+test("the client's folds, kept and fed a change at a time, agree with folding every op at once", async () => {
+  const { FerryClient, MemoryReplica } = await import("../src/index.js");
+  const seed = Number(process.env.FOLD_SEED ?? Date.now() % 1_000_000);
+  const C = "C";
+  const conv = (receipts: { userId: string; delivered: number; read: number }[]) =>
+    ({ id: C, title: "t", role: 1, removed: false, head: 0, unread: 0, delivered: 0, read: 0, memberCount: 2, receipts, changedAt: 1 });
+  const session = (who: string) => ({ userId: who, deviceId: "D", token: "t", username: who });
+  for (let round = 0; round < 100; round++) {
+    const r = rand(seed + round);
+    const pick = <T>(xs: T[]): T => xs[Math.floor(r() * xs.length)]!;
+    const replica = new MemoryReplica();
+    await replica.apply({ meta: { epoch: "", feedPos: "0", dots: {}, session: session("alice") }, convs: [conv([])] });
+    // The client's own state, as its sync loop changes it (commit).
+    const c = (await FerryClient.open({ baseUrl: "http://127.0.0.1:1", replica })) as any;
+    const reference = () => {
+      const me = c.meta.session;
+      const inputs: FoldInput[] = [...(c.ops.get(C)?.values() ?? [])].map((x: any) => ({ seq: x.seq, op: fromBinary(OpSchema, x.op) }));
+      for (const e of c.outbox.values()) {
+        const o = fromBinary(OpSchema, e.op);
+        o.userId = me.userId;
+        inputs.push({ seq: 0, op: o, ...(e.failed !== undefined ? { failed: e.failed } : {}) });
+      }
+      return referenceFold(C, inputs, { userId: me.userId, receipts: c.convs.get(C).receipts });
+    };
+    // A log of ops whose targets may be any op, before or after.
+    const size = 5 + Math.floor(r() * 40);
+    const ids = Array.from({ length: size }, () => op("x", { case: "message", value: { body: enc.encode("") } }).id);
+    const log = ids.map((id, i) => {
+      const k = r();
+      const payload: MessageInitShape<typeof OpSchema>["payload"] =
+        k < 0.45 ? { case: "message", value: { body: enc.encode(`m${i}`) } } :
+        k < 0.6 ? { case: "edit", value: { targetId: pick(ids), body: enc.encode(`e${i}`) } } :
+        k < 0.7 ? { case: "delete", value: { targetId: pick(ids) } } :
+        k < 0.88 ? { case: "reactionAdd", value: { targetId: pick(ids), key: pick(["a", "b"]) } } :
+        { case: "reactionRemove", value: { targetId: pick(ids), key: pick(["a", "b"]) } };
+      return create(OpSchema, { id, userId: pick(["alice", "bob"]), deviceId: "D", payload });
+    });
+    let next = size + 1; // seqs for outbox ops that get stored
+    const steps: string[] = [];
+    for (let step = 0; step < 40; step++) {
+      const k = r();
+      let change: Change;
+      if (k < 0.35) {
+        // Ops stored at any seq: in order, out of order, again, erased.
+        change = {
+          ops: Array.from({ length: 1 + Math.floor(r() * 4) }, () => {
+            const seq = 1 + Math.floor(r() * size);
+            const o = create(OpSchema, { ...log[seq - 1]!, seq: BigInt(seq), erased: r() < 0.15 });
+            return { convId: C, seq, id: o.id, op: toBinary(OpSchema, o) };
+          }),
+        };
+      } else if (k < 0.5) {
+        // A new outbox op: a copy of a log op, or an edit, reaction or
+        // delete of a pending one; some failed.
+        let o = create(OpSchema, { ...log[Math.floor(r() * size)]!, id: op("", { case: "message", value: {} }).id, userId: "" });
+        if (r() < 0.3 && c.outbox.size > 0) {
+          const target = fromBinary(OpSchema, c.outbox.get(pick([...c.outbox.keys()])).op).id;
+          o = create(OpSchema, { id: o.id, deviceId: "D", payload: pick<MessageInitShape<typeof OpSchema>["payload"]>([
+            { case: "edit", value: { targetId: target, body: enc.encode("pe") } },
+            { case: "reactionAdd", value: { targetId: target, key: "a" } },
+            { case: "delete", value: { targetId: target } },
+          ]) });
+        }
+        change = { outboxPut: [{ convId: C, id: o.id, dot: step, op: toBinary(OpSchema, o), createdAt: 0, ...(r() < 0.3 ? { failed: "no" } : {}) }] };
+      } else if (k < 0.6) {
+        // An outbox op is stored (a push's result) or dropped.
+        if (c.outbox.size === 0) continue;
+        const id = pick([...c.outbox.keys()]);
+        const o = fromBinary(OpSchema, c.outbox.get(id).op);
+        o.seq = BigInt(next);
+        o.userId = "alice";
+        change = r() < 0.6 ? { ops: [{ convId: C, seq: next++, id: o.id, op: toBinary(OpSchema, o) }], outboxDelete: [id] } : { outboxDelete: [id] };
+      } else if (k < 0.75) {
+        change = { convs: [conv(r() < 0.2 ? [] : [{ userId: "bob", delivered: Math.floor(r() * size), read: Math.floor(r() * size) }])] };
+      } else if (k < 0.8) {
+        const who = pick(["alice", "bob"]);
+        change = { clear: true, meta: { epoch: "", feedPos: "0", dots: {}, session: session(who) }, convs: [conv([])] };
+      } else {
+        const got: MessageView[] = r() < 0.5 ? c.messages(C) : c.page(C, { limit: 1000 }).messages;
+        assert.deepEqual(got, reference(), `seed ${seed + round}, step ${step}, after ${steps.join(" ")}`);
+        steps.push("view");
+        continue;
+      }
+      steps.push(Object.keys(change).join("+"));
+      await c.commit(() => change);
+    }
+    assert.deepEqual(c.messages(C), reference(), `seed ${seed + round}, at the end, after ${steps.join(" ")}`);
+  }
+});
+
+// fakeLocks is the Web Locks API as browsers have it, for exclusive locks
+// asked with a signal (Node has none): a request waits for the lock until
+// its signal aborts.
+function fakeLocks() {
+  const held = new Map<string, (() => void)[]>(); // name -> who waits
   const locks = {
-    async request(name: string, opts: { ifAvailable?: boolean }, cb: (lock: Lock | null) => unknown) {
-      assert.equal(opts.ifAvailable, true);
-      if (held.has(name)) return cb(null);
-      held.add(name);
+    async request(name: string, opts: { signal?: AbortSignal }, cb: (lock: Lock | null) => unknown) {
+      while (held.has(name)) {
+        await new Promise<void>((resolve, reject) => {
+          held.get(name)!.push(resolve);
+          opts.signal?.addEventListener("abort", () => reject(opts.signal!.reason), { once: true });
+        });
+      }
+      held.set(name, []);
       try {
         return await cb({ name, mode: "exclusive" } as Lock);
       } finally {
+        const waiting = held.get(name)!;
         held.delete(name);
+        for (const w of waiting) w();
       }
     },
   } as unknown as LockManager;
+  return { locks, held };
+}
+
+test("IndexedDBReplica: a database serves one replica at a time, until it closes", async () => {
+  const { IDBFactory } = await import("fake-indexeddb");
+  const { IndexedDBReplica, ReplicaInUseError } = await import("../src/index.js");
+  const { locks, held } = fakeLocks();
   const factory = new IDBFactory();
 
-  const first = await IndexedDBReplica.open("dev", factory, locks);
-  await assert.rejects(IndexedDBReplica.open("dev", factory, locks), (err: unknown) => {
+  const first = await IndexedDBReplica.open("dev", { factory, locks });
+  await assert.rejects(IndexedDBReplica.open("dev", { factory, locks, waitMs: 20 }), (err: unknown) => {
     assert.ok(err instanceof ReplicaInUseError);
     assert.equal(err.database, "dev");
     assert.match(err.message, /open in another tab/);
     return true;
   });
-  const other = await IndexedDBReplica.open("other", factory, locks);
-  // Closed, it opens again at once, though the lock goes in a later turn.
+  const other = await IndexedDBReplica.open("other", { factory, locks });
+
+  // A tab being reloaded lets go while the new page waits.
+  const waiting = IndexedDBReplica.open("dev", { factory, locks, waitMs: 60_000 });
   first.close();
-  const again = await IndexedDBReplica.open("dev", factory, locks);
-  again.close();
+  const second = await waiting;
+
+  // Closed, a database opens again at once, though its lock goes in a
+  // later turn; closing twice does no harm.
+  second.close();
+  const third = await IndexedDBReplica.open("dev", { factory, locks });
+  third.close();
+  second.close();
+  const fourth = await IndexedDBReplica.open("dev", { factory, locks });
+  fourth.close();
   other.close();
 
   // An open that fails lets go of the lock.
   const broken = { open: () => { throw new Error("disk on fire"); } } as unknown as IDBFactory;
-  await assert.rejects(IndexedDBReplica.open("dev", broken, locks), /disk on fire/);
-  (await IndexedDBReplica.open("dev", factory, locks)).close();
+  await assert.rejects(IndexedDBReplica.open("dev", { factory: broken, locks }), /disk on fire/);
+  (await IndexedDBReplica.open("dev", { factory, locks })).close();
   await new Promise((r) => setImmediate(r));
   assert.equal(held.size, 0, "every lock released");
+
+  // A page whose origin may not take locks opens without.
+  const refused = { request: () => Promise.reject(new DOMException("opaque origin", "SecurityError")) } as unknown as LockManager;
+  (await IndexedDBReplica.open("dev", { factory, locks: refused })).close();
 });
 
 test("ulidFromBytes: the 16 bytes of a ULID, in the same 26 characters", () => {
