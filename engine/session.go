@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrysync/ferry/engine/internal/keys"
 	"github.com/ferrysync/ferry/engine/internal/record"
+	"github.com/ferrysync/ferry/engine/internal/store"
 	"github.com/ferrysync/ferry/engine/model"
 )
 
@@ -347,6 +348,11 @@ func (s *Session) Next() (ev Event, ok bool, err error) {
 		if len(s.queue) == 0 {
 			return Event{}, false, nil
 		}
+	} else if err := s.stillActive(s.e.revocations.Load(), nil); err != nil {
+		// A catch-up under way: a device revoked meanwhile gets no more of
+		// it (a stolen device reading slowly would otherwise get the whole
+		// history it asked for before the revocation).
+		return Event{}, false, err
 	}
 	switch it := s.queue[0]; it.kind {
 	case itemInfos:
@@ -362,6 +368,31 @@ func (s *Session) Next() (ev Event, ok bool, err error) {
 		return Event{Kind: EventOps, Phase: PhaseLive, FeedPos: it.pos}, true, nil
 	}
 	return s.nextOps()
+}
+
+// stillActive fails with ErrUnauthenticated once the session's device is
+// revoked. revocations is Engine.revocations as read before v was taken;
+// a nil v means a view of its own, taken after. A revocation counts there
+// once its commit is in views, and before it wakes sessions: the device is
+// looked up only when some device was revoked since it was last found
+// active, and otherwise the check costs the caller's atomic load.
+func (s *Session) stillActive(revocations uint64, v *store.View) error {
+	if revocations == s.revocations {
+		return nil
+	}
+	if v == nil {
+		v = s.e.st.View()
+		defer v.Release()
+	}
+	ok, err := deviceActive(v, s.a)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, s.a.Device)
+	}
+	s.revocations = revocations
+	return nil
 }
 
 // nextOps packs queued op ranges of one phase into one event, within the
@@ -436,16 +467,9 @@ func (s *Session) live() error {
 	pos := s.e.feedPos.Load()
 	r := s.reader(true)
 	defer r.release()
-	// Revoking a device wakes its sessions without moving any feed, and
-	// counts in Engine.revocations before it wakes them.
-	if revocations != s.revocations {
-		if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
-			if err != nil {
-				return err
-			}
-			return fmt.Errorf("%w: device %s was revoked", ErrUnauthenticated, s.a.Device)
-		}
-		s.revocations = revocations
+	// Revoking a device wakes its sessions without moving any feed.
+	if err := s.stillActive(revocations, r.v); err != nil {
+		return err
 	}
 	if pos <= s.pos { // <: the catch-up's view may be newer than the position read
 		s.waiting, s.waitGen = true, gen

@@ -490,6 +490,40 @@ func TestRevokedDeviceSessionEnds(t *testing.T) {
 	}
 }
 
+// TestRevokedDeviceCatchUpEnds: a device revoked while its catch-up is on
+// its way gets no more of it: the next event is the error, not the rest
+// of the history.
+func TestRevokedDeviceCatchUpEnds(t *testing.T) {
+	e := enginetest.New(t)
+	bob := enginetest.Register(t, e, "bob")
+	conv := bob.Create("c")
+	for i := range 20 {
+		bob.Send(conv, fmt.Sprintf("message %d", i))
+	}
+	laptop := enginetest.Login(t, e, "bob")
+	s, err := e.OpenSession(laptop.Actor, engine.SessionOptions{MaxBatchOps: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	got := 0
+	for got == 0 { // bounded: the catch-up's first ops come within a few events
+		ev, ok, err := s.Next()
+		if err != nil || !ok {
+			t.Fatalf("catch-up: %v, %v", ok, err)
+		}
+		for _, b := range ev.Batches {
+			got += len(b.Ops)
+		}
+	}
+	if err := e.RevokeDevice(ctx, bob.Actor, laptop.Actor.Device); err != nil {
+		t.Fatal(err)
+	}
+	if ev, _, err := s.Next(); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Fatalf("after the revocation, with %d of 21 ops sent, the session went on: %+v, %v", got, ev, err)
+	}
+}
+
 // TestCursorForUnchangedConversation: a hello cursor for a conversation
 // that has not changed is where later live rounds resume, not the older
 // delivered marker.
