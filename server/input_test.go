@@ -7,11 +7,13 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect/v2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/oklog/ulid/v2"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferrysync/ferry/engine"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -106,6 +108,17 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 	mustCode(t, "history limit", err, connect.CodeInvalidArgument)
 	_, err = alice.Sync.History(bg, &ferryv1.HistoryRequest{ConversationId: conv, Range: &ferryv1.HistoryRequest_BeforeSeq{}})
 	mustCode(t, "before_seq 0", err, connect.CodeInvalidArgument)
+	for name, r := range map[string][2]time.Time{
+		"ends in year 1 (a zero time.Time)": {time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)},
+		"starts in 1969":                    {time.Date(1969, 12, 31, 0, 0, 0, 0, time.UTC), time.Now()},
+	} {
+		_, err = alice.Sync.History(bg, &ferryv1.HistoryRequest{ConversationId: conv, Range: &ferryv1.HistoryRequest_TimeRange{
+			TimeRange: &ferryv1.TimeRange{Start: timestamppb.New(r[0]), End: timestamppb.New(r[1])}}})
+		mustCode(t, "time range that "+name, err, connect.CodeInvalidArgument)
+		if err != nil && !strings.Contains(err.Error(), "before 1970") {
+			t.Errorf("time range that %s: %v does not say why", name, err)
+		}
+	}
 	_, err = alice.Sync.Repair(bg, &ferryv1.RepairRequest{ConversationId: conv, Vector: &ferryv1.Vector{Entries: []*ferryv1.VectorEntry{{DeviceId: "x"}}}})
 	mustCode(t, "malformed vector", err, connect.CodeInvalidArgument)
 	_, err = srv.Clients("").Account.Register(bg, &ferryv1.RegisterRequest{Username: "x", Password: "correct horse"})

@@ -146,6 +146,16 @@ func (h syncService) History(ctx context.Context, req *ferryv1.HistoryRequest) (
 			return nil, invalidf("time_range.end: %v", err)
 		}
 		q.Start, q.End = r.TimeRange.GetStart().AsTime(), r.TimeRange.GetEnd().AsTime()
+		// Op ids (ULIDs) hold times from 1970 on; and a zero End would
+		// read as no range at all.
+		for _, t := range []struct {
+			name string
+			t    time.Time
+		}{{"start", q.Start}, {"end", q.End}} {
+			if t.t.Before(time.UnixMilli(0)) {
+				return nil, invalidf("time_range.%s %s is before 1970, which no op id can hold", t.name, t.t.Format(time.RFC3339))
+			}
+		}
 	case nil:
 		// The oldest page.
 	}
