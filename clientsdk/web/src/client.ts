@@ -136,6 +136,10 @@ export class FerryClient {
   private meta: Meta = emptyMeta();
   private convs = new Map<string, ConvRecord>();
   private ops = new Map<string, Map<number, OpRecord>>(); // conv -> seq -> op
+  // spans hold, per conversation, the seqs held from 1 without a gap as last
+  // counted (held moves it on) and the highest seq held: asked for every
+  // conversation after every change, they cost what arrived since.
+  private spans = new Map<string, { held: number; top: number }>();
   private outbox = new Map<string, OutboxEntry>(); // op id -> entry
   // folded holds each conversation's messages as messages() folded them,
   // until a change to the conversation (applyInMemory): conversations()
@@ -220,7 +224,7 @@ export class FerryClient {
     const snap = await c.replica.load();
     c.meta = snap.meta;
     for (const conv of snap.convs) c.convs.set(conv.id, conv);
-    for (const op of snap.ops) c.opsOf(op.convId).set(op.seq, op);
+    for (const op of snap.ops) c.storeOp(op);
     for (const e of snap.outbox) c.outbox.set(e.id, e);
     c.st = { ...c.st, state: c.meta.session ? "offline" : "signed-out", pending: c.pendingCount() };
     return c;
@@ -482,19 +486,17 @@ export class FerryClient {
    * the top of the list is not the start of the conversation.
    */
   olderLoading(convId: string): boolean {
-    const m = this.ops.get(convId);
-    if (!m || m.size === 0) return false;
-    let top = 0;
-    for (const seq of m.keys()) top = Math.max(top, seq); // not Math.max(...keys): the stack holds no 200k arguments
-    return this.held(convId) < top;
+    const span = this.spans.get(convId);
+    return span !== undefined && this.held(convId) < span.top;
   }
 
   /** Ops this device holds of a conversation (contiguous from seq 1). */
   held(convId: string): number {
-    const m = this.ops.get(convId);
-    let n = 0;
-    while (m?.has(n + 1)) n++;
-    return n;
+    const span = this.spans.get(convId);
+    if (!span) return 0;
+    const m = this.ops.get(convId)!;
+    while (m.has(span.held + 1)) span.held++; // ops are only ever added, until a clear
+    return span.held;
   }
 
   /** Sends a text message; returns its id at once, before it is pushed. */
@@ -950,10 +952,13 @@ export class FerryClient {
 
   // ---- plumbing ----
 
-  private opsOf(convId: string): Map<number, OpRecord> {
-    let m = this.ops.get(convId);
-    if (!m) this.ops.set(convId, (m = new Map()));
-    return m;
+  private storeOp(op: OpRecord): void {
+    let m = this.ops.get(op.convId);
+    if (!m) this.ops.set(op.convId, (m = new Map()));
+    m.set(op.seq, op);
+    const span = this.spans.get(op.convId);
+    if (span) span.top = Math.max(span.top, op.seq);
+    else this.spans.set(op.convId, { held: 0, top: op.seq });
   }
 
   private pendingCount(): number {
@@ -1003,11 +1008,12 @@ export class FerryClient {
     if (c.clear) {
       this.convs.clear();
       this.ops.clear();
+      this.spans.clear();
       this.outbox.clear();
     }
     if (c.meta) this.meta = c.meta;
     for (const conv of c.convs ?? []) this.convs.set(conv.id, conv);
-    for (const op of c.ops ?? []) this.opsOf(op.convId).set(op.seq, op);
+    for (const op of c.ops ?? []) this.storeOp(op);
     for (const id of c.outboxDelete ?? []) this.outbox.delete(id);
     for (const e of c.outboxPut ?? []) this.outbox.set(e.id, e);
   }

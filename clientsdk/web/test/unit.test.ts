@@ -344,6 +344,12 @@ test("the client's folds, kept and fed a change at a time, agree with folding ev
       } else {
         const got: MessageView[] = r() < 0.5 ? c.messages(C) : c.page(C, { limit: 1000 }).messages;
         assert.deepEqual(got, reference(), `seed ${seed + round}, step ${step}, after ${steps.join(" ")}`);
+        // What it holds, counted afresh.
+        const seqs = [...(c.ops.get(C)?.keys() ?? [])] as number[];
+        let held = 0;
+        while (seqs.includes(held + 1)) held++;
+        assert.equal(c.held(C), held, `seed ${seed + round}, step ${step}: held`);
+        assert.equal(c.olderLoading(C), seqs.some((q) => q > held), `seed ${seed + round}, step ${step}: olderLoading`);
         steps.push("view");
         continue;
       }
