@@ -8,6 +8,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine/model"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -93,6 +94,32 @@ func TestPagesWalkTheHistory(t *testing.T) {
 	c, err := d.Conversation(conv)
 	if err != nil || c.LastMessage == nil || c.LastMessage.Seq != 120 || c.LastMessage.Text() != "message 120" {
 		t.Fatalf("last message %+v, %v", c.LastMessage, err)
+	}
+}
+
+// TestOlderLoadingUnderPendingMessages: a first page that holds only
+// pending messages, of a conversation whose sent messages are still on
+// their way, says older messages are loading.
+func TestOlderLoadingUnderPendingMessages(t *testing.T) {
+	d := memoryDevice(t)
+	conv := ulid.Make()
+	d.mu.Lock()
+	d.creds = &credentials{User: ulid.Make().String(), Device: ulid.Make().String(), Username: "me"}
+	d.convs[conv] = &convRecord{Title: "c", Head: 10, Role: ferryv1.Role_ROLE_MEMBER} // seqs 1-10 not held yet
+	d.states[conv], d.stateUse[conv] = model.NewState(conv), 0
+	d.mu.Unlock()
+	for range 2 {
+		if _, err := d.SendText(context.Background(), conv, "draft"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := d.Messages(conv, PageOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Messages) != 2 || p.Messages[0].Seq != 0 || !p.OlderLoading || p.More {
+		t.Fatalf("page %d messages (first seq %d), older loading %v, more %v; want the 2 pending, older loading, no more",
+			len(p.Messages), p.Messages[0].Seq, p.OlderLoading, p.More)
 	}
 }
 

@@ -182,9 +182,9 @@ type PageOptions struct {
 	Before uint64
 }
 
-// Messages returns a page of conv's messages, newest first: the messages
-// held, then (on the first page) the pending ones, with edits, deletions,
-// reactions and the status of the user's own.
+// Messages returns a page of conv's messages, newest first: on the first
+// page the failed and pending ones, then the sent ones held, with edits,
+// deletions, reactions and the status of the user's own.
 func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 	if opts.Limit <= 0 {
 		opts.Limit = 50
@@ -206,24 +206,27 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 	if page.Messages, page.More, err = d.pageLocked(s, conv, opts.Before, opts.Limit); err != nil {
 		return Page{}, err
 	}
-	if n := len(page.Messages); n > 0 {
-		if oldest := page.Messages[n-1]; oldest.Seq > 0 {
-			page.OlderLoading = rec.missingBelow(oldest.Seq)
-		}
-	} else {
-		page.OlderLoading = rec.missingBelow(max(opts.Before, rec.Head+1))
+	// Older messages are loading when a seq is missing below the page's
+	// oldest sent message or, when it has none, below where it began.
+	below := rec.Head + 1
+	if opts.Before != 0 {
+		below = min(opts.Before, below)
 	}
+	if n := len(page.Messages); n > 0 && page.Messages[n-1].Seq > 0 {
+		below = page.Messages[n-1].Seq
+	}
+	page.OlderLoading = rec.missingBelow(below)
 	return page, nil
 }
 
-// pageLocked returns up to limit of conv's sent messages, newest first:
-// those with a seq below before when before is set, otherwise the newest,
-// after every failed and pending one (which come after every sent one,
-// failed last). more says the replica holds sent messages older than the
-// page's. It builds
-// the page's messages alone, the caller's own copies: a page of a long
-// conversation, or a conversation list's last messages, costs what they
-// hold, not the history. d.mu is held.
+// pageLocked returns a page of conv's messages, newest first: up to limit
+// sent ones with a seq below before, or without before the newest, and
+// then first every failed and pending one (newest first, failed before
+// pending, as they come after every sent one). more says the replica
+// holds sent messages older than the page's. It builds the page's
+// messages alone, the caller's own copies: a page of a long conversation,
+// or a conversation list's last messages, costs what they hold, not the
+// history. d.mu is held.
 func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit int) (page []Message, more bool, err error) {
 	rec := d.convs[conv]
 	var me ulid.ULID

@@ -154,8 +154,8 @@ type Session struct {
 	pos    uint64                  // every change up to here was sent
 	caught bool
 	// revocations is the engine's revocation count when the device was
-	// last found active: live rounds look the device up again only after
-	// some device was revoked.
+	// last found active: Next looks the device up again (stillActive) only
+	// after some device was revoked.
 	revocations uint64
 	// waiting: the last live round found nothing to send, at the user's
 	// count of changes waitGen (watch.signal).
@@ -350,8 +350,9 @@ func (s *Session) Next() (ev Event, ok bool, err error) {
 		}
 	} else if err := s.stillActive(s.e.revocations.Load(), nil); err != nil {
 		// A catch-up under way: a device revoked meanwhile gets no more of
-		// it (a stolen device reading slowly would otherwise get the whole
-		// history it asked for before the revocation).
+		// it than the event its server may have read ahead (a stolen device
+		// reading slowly would otherwise get the whole history it asked for
+		// before the revocation).
 		return Event{}, false, err
 	}
 	switch it := s.queue[0]; it.kind {

@@ -420,7 +420,7 @@ export class FerryClient {
   /**
    * A page of a conversation's messages, oldest first: the newest `limit`
    * (default 50) sent messages with a seq below `before`, or without
-   * `before` the newest, followed by every pending and failed one (as the
+   * `before` (or with 0) the newest, followed by every pending and failed one (as the
    * Go SDK's Messages gives them, newest first). Scrolling up asks for the
    * page above with `before` set to the seq of this one's first message,
    * a sent one. It copies the page alone, so a long conversation's page
@@ -431,10 +431,10 @@ export class FerryClient {
     const all = this.fold(convId); // sent ones in seq order, then pending (seq 0)
     let sent = all.length;
     while (sent > 0 && all[sent - 1]!.seq === 0) sent--;
+    const before = opts.before !== undefined && opts.before > 0 ? opts.before : undefined; // 0: the first page, as in Go
     let end = sent;
-    if (opts.before !== undefined) {
+    if (before !== undefined) {
       // The first sent message at or past before: a binary search.
-      const before = opts.before;
       let lo = 0;
       while (lo < end) {
         const mid = (lo + end) >>> 1;
@@ -443,9 +443,12 @@ export class FerryClient {
       }
     }
     const start = Math.max(0, end - limit);
-    const messages = all.slice(start, opts.before === undefined ? all.length : end).map(copyView);
-    const first = messages[0]?.seq || (opts.before ?? (this.convs.get(convId)?.head ?? 0) + 1);
-    return { messages, more: start > 0, olderLoading: this.held(convId) < first - 1 };
+    const messages = all.slice(start, before === undefined ? all.length : end).map(copyView);
+    // Older messages are loading when a seq is missing below the page's
+    // first sent message or, when it has none, below where it began.
+    const top = (this.convs.get(convId)?.head ?? 0) + 1;
+    const below = messages[0]?.seq || Math.min(before ?? top, top);
+    return { messages, more: start > 0, olderLoading: this.held(convId) < below - 1 };
   }
 
   // fold folds a conversation's ops, its outbox entries and its receipts

@@ -121,30 +121,23 @@ export class IndexedDBReplica implements Replica {
 // hold takes the Web Lock of database name, waiting up to waitMs for it,
 // and returns what releases it (once; later calls do nothing). The lock is
 // held while the request's callback has not settled: the callback hands
-// its settling out as the release. The lock manager lets go of a released
-// lock in a later turn, so a page that opens a database it has just closed
-// waits for its own release first. A page whose origin may not take locks
-// (an opaque one: a sandboxed iframe) goes without.
-async function hold(locks: LockManager, name: string, waitMs: number): Promise<() => void> {
-  const key = `ferry-replica:${name}`;
-  await releasing.get(key);
+// its settling out as the release. The wait also covers a page that opens
+// a database it has just closed: the lock manager lets go of a released
+// lock in a later turn. A page whose origin may not take locks (an opaque
+// one: a sandboxed iframe) goes without.
+function hold(locks: LockManager, name: string, waitMs: number): Promise<() => void> {
   const waited = new AbortController();
   const timer = setTimeout(() => waited.abort(new DOMException(`waited ${waitMs} ms`, "TimeoutError")), waitMs);
   return new Promise((resolve, reject) => {
-    const held = locks.request(key, { signal: waited.signal }, () => {
+    const held = locks.request(`ferry-replica:${name}`, { signal: waited.signal }, () => {
       clearTimeout(timer);
       return new Promise<void>((release) => {
         let released = false;
         resolve(() => {
-          if (released) return;
-          released = true;
-          release();
-          const gone = held.then(
-            () => {},
-            () => {},
-          );
-          releasing.set(key, gone);
-          void gone.then(() => releasing.get(key) === gone && releasing.delete(key));
+          if (!released) {
+            released = true;
+            release();
+          }
         });
       });
     });
@@ -157,10 +150,6 @@ async function hold(locks: LockManager, name: string, waitMs: number): Promise<(
     });
   });
 }
-
-// releasing has this page's locks on their way out: request's promise
-// settles once the lock is released.
-const releasing = new Map<string, Promise<void>>();
 
 function done<T>(req: IDBRequest<T>): Promise<T> {
   return new Promise((resolve, reject) => {

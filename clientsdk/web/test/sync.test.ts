@@ -258,6 +258,7 @@ test("pages walk a conversation from the newest, pending messages on the first",
   assert.deepEqual(texts(small.messages), ["m119", "draft 1", "draft 2"]);
   assert.deepEqual(texts(alice.page(conv, { before: small.messages[0]!.seq, limit: 1 }).messages), ["m118"]);
   assert.equal(alice.page(conv, { limit: 0.5 }).messages.length, 52, "a limit under 1 is the default");
+  assert.deepEqual(texts(alice.page(conv, { before: 0, limit: 1 }).messages), texts(small.messages), "before 0 is the first page, as in Go");
 
   const seqs = alice.messages(conv).map((m) => m.seq);
   const mid = alice.page(conv, { before: seqs[60]!, limit: 3 });

@@ -406,8 +406,8 @@ test("IndexedDBReplica: a database serves one replica at a time, until it closes
   first.close();
   const second = await waiting;
 
-  // Closed, a database opens again at once, though its lock goes in a
-  // later turn; closing twice does no harm.
+  // Closed, a database opens again (the wait covers the lock's release,
+  // which comes in a later turn); closing twice does no harm.
   second.close();
   const third = await IndexedDBReplica.open("dev", { factory, locks });
   third.close();
