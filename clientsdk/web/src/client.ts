@@ -146,9 +146,8 @@ export class FerryClient {
   // asks every conversation for its last message after every change.
   private folded = new Map<string, MessageView[]>();
   // foldings hold each folded conversation's stored ops folded so far, and
-  // unfolded the seqs stored since, all above them (ops arrive in seq
-  // order, but for older pages after newer ones, which fold anew): a
-  // message into a long conversation folds itself, not the history.
+  // unfolded the seqs stored since: a message into a long conversation, or
+  // an older page in a catch-up, folds itself, not the history.
   private foldings = new Map<string, Folding>();
   private unfolded = new Map<string, number[]>();
   private readonly opIds = new OpIds();
@@ -465,9 +464,9 @@ export class FerryClient {
       seqs = [...(ops?.keys() ?? [])];
     }
     this.unfolded.delete(convId);
-    for (const seq of seqs.sort((a, b) => a - b)) {
+    for (const seq of seqs) {
       const r = ops?.get(seq);
-      if (r && seq > f.top) f.add(seq, fromBinary(OpSchema, r.op)); // a seq stored twice is queued twice
+      if (r) f.add(seq, fromBinary(OpSchema, r.op)); // a seq stored again replaces what it held
     }
     const me = this.meta.session;
     const pending: { op: Op; failed?: string }[] = [];
@@ -992,16 +991,10 @@ export class FerryClient {
     for (const conv of c.convs ?? []) this.folded.delete(conv.id);
     for (const op of c.ops ?? []) {
       this.folded.delete(op.convId);
-      const f = this.foldings.get(op.convId);
-      if (!f) continue;
-      if (op.seq > f.top) {
-        const q = this.unfolded.get(op.convId);
-        if (q) q.push(op.seq);
-        else this.unfolded.set(op.convId, [op.seq]);
-      } else {
-        this.foldings.delete(op.convId); // below what is folded: fold anew
-        this.unfolded.delete(op.convId);
-      }
+      if (!this.foldings.has(op.convId)) continue;
+      const q = this.unfolded.get(op.convId);
+      if (q) q.push(op.seq);
+      else this.unfolded.set(op.convId, [op.seq]);
     }
     for (const e of c.outboxPut ?? []) this.folded.delete(e.convId);
     for (const id of c.outboxDelete ?? []) {

@@ -49,7 +49,7 @@ const decoder = new TextDecoder();
 /** Returns the messages of one conversation in log order, pending last. */
 export function fold(convId: string, ops: FoldInput[], me?: StatusInput): MessageView[] {
   const f = new Folding(convId);
-  for (const { seq, op } of ops.filter((o) => o.seq > 0).sort((a, b) => a.seq - b.seq)) f.add(seq, op);
+  for (const { seq, op } of ops) if (seq > 0) f.add(seq, op);
   return f.view(
     ops.filter((o) => o.seq === 0),
     me,
@@ -57,36 +57,74 @@ export function fold(convId: string, ops: FoldInput[], me?: StatusInput): Messag
 }
 
 /**
- * Folding folds a conversation's stored ops one at a time, in seq order,
+ * Folding folds a conversation's stored ops as they arrive, in any order,
  * and keeps what they made: a message that arrives costs itself, not the
- * history before it. view lays the ops still in the outbox over the
- * stored ones, on copies of the messages they touch, and sets the user's
- * statuses. An op below the last one added (an older page arriving after
- * a newer one) cannot be added: fold the conversation anew.
+ * history (an older page after a newer one too, as in a catch-up). It
+ * keeps, for each message id, the message and the ops that target it, each
+ * with its seq, and folds them as folding in seq order would: an edit
+ * counts between the message and its first delete, the highest such edit's
+ * body wins, and each user's last reaction op per key decides. view lays
+ * the ops still in the outbox over copies of the messages they touch, and
+ * sets the user's statuses.
  */
 export class Folding {
-  /** The highest seq added. */
-  top = 0;
-  private readonly order: MessageView[] = []; // stored messages, in seq order
-  private readonly at = new Map<string, number>(); // message id -> its place in order
-  private readonly editSeq = new Map<string, number>();
-  // Reactions: target -> key -> users; kept for targets not (yet) here too,
-  // as a pending message may be reacted to before it is stored.
-  private readonly reactions = new Map<string, Map<string, Set<string>>>();
+  private readonly targets = new Map<string, Target>(); // message id -> what targets it
+  private readonly stored = new Set<number>(); // the seqs added
+  private readonly order: MessageView[] = []; // the stored messages, in seq order once sorted
+  private sorted = true;
+  private readonly dirty = new Set<Target>(); // to fold again before the next view
   // The statuses set: for whom and which receipts, up to which message.
   private statusKey = "";
   private statusDone = 0;
 
   constructor(readonly convId: string) {}
 
-  /** Folds a stored op; seq must be above every seq added before. */
+  /**
+   * Folds a stored op, at any seq. An op stored again at its seq is the
+   * same op, but for a message erased since, which replaces the one before.
+   */
   add(seq: number, op: Op): void {
-    if (!(seq > this.top)) throw new Error(`ferry: fold of ${this.convId}: seq ${seq} after ${this.top}`);
-    this.top = seq;
-    this.apply(seq, op, undefined, (id) => {
-      const i = this.at.get(id);
-      return i === undefined ? undefined : this.order[i];
-    });
+    const again = this.stored.has(seq);
+    this.stored.add(seq);
+    const id = targetOf(op);
+    if (id === undefined || (again && op.payload.case !== "message")) return;
+    const t = this.target(id);
+    const p = op.payload;
+    switch (p.case) {
+      case "message":
+        t.message = { seq, op };
+        if (!t.view) {
+          t.view = messageView(this.convId, seq, op, undefined);
+          const last = this.order[this.order.length - 1];
+          this.order.push(t.view);
+          if (last && last.seq > seq) this.sorted = false;
+          if (!t.edits && !t.deletes && !t.reactions) return; // folded as made
+        }
+        break;
+      case "edit":
+        (t.edits ??= []).push({ seq, body: p.value.body });
+        break;
+      case "delete":
+        (t.deletes ??= []).push(seq);
+        break;
+      case "reactionAdd":
+      case "reactionRemove": {
+        t.reactions ??= new Map();
+        const users = t.reactions.get(p.value.key) ?? new Map<string, { seq: number; on: boolean }[]>();
+        t.reactions.set(p.value.key, users);
+        const ops = users.get(op.userId) ?? [];
+        users.set(op.userId, ops);
+        ops.push({ seq, on: p.case === "reactionAdd" });
+        break;
+      }
+    }
+    this.dirty.add(t);
+  }
+
+  private target(id: string): Target {
+    let t = this.targets.get(id);
+    if (!t) this.targets.set(id, (t = {}));
+    return t;
   }
 
   /**
@@ -97,116 +135,101 @@ export class Folding {
    * stored messages are shared with later views, which change them.
    */
   view(pending: { op: Op; failed?: string }[], me?: StatusInput): MessageView[] {
+    this.settle();
     if (me) this.setStatuses(me);
     const out = this.order.slice();
     if (pending.length === 0) return out;
     const copies = new Map<string, MessageView>(); // in out, the view's own
-    const target = (id: string): MessageView | undefined => {
+    const find = (id: string): MessageView | undefined => {
       let m = copies.get(id);
       if (m) return m;
-      const i = this.at.get(id);
-      if (i === undefined) return undefined;
+      const stored = this.targets.get(id)?.view;
+      if (!stored) return undefined;
+      const i = this.indexOf(stored.seq);
       m = { ...out[i]!, reactions: { ...out[i]!.reactions } };
       out[i] = m;
       copies.set(id, m);
       return m;
     };
-    const users = new Map<string, Map<string, Set<string>>>(); // reactions of the view, copied on write
+    const users = new Map<string, Map<string, Set<string>>>(); // the view's reactions: target -> key -> users
+    const usersOf = (id: string) => {
+      let byKey = users.get(id);
+      if (!byKey) users.set(id, (byKey = reactionSets(this.targets.get(id))));
+      return byKey;
+    };
     for (const { op, failed } of pending) {
-      const m = this.apply(0, op, failed, target, users);
-      if (!m) continue;
-      copies.set(m.id, m);
-      out.push(m);
-      if (me) m.status = failed !== undefined ? "failed" : "pending";
+      const p = op.payload;
+      switch (p.case) {
+        case "message": {
+          const m = messageView(this.convId, 0, op, failed);
+          for (const [key, who] of usersOf(op.id)) if (who.size > 0) m.reactions[key] = [...who].sort();
+          if (me) m.status = failed !== undefined ? "failed" : "pending";
+          copies.set(m.id, m);
+          out.push(m);
+          break;
+        }
+        case "edit": {
+          const m = find(p.value.targetId);
+          if (m && !m.deleted) {
+            m.text = decoder.decode(p.value.body);
+            m.edited = true;
+          }
+          break;
+        }
+        case "delete": {
+          const m = find(p.value.targetId);
+          if (m) {
+            m.deleted = true;
+            m.text = "";
+          }
+          break;
+        }
+        case "reactionAdd":
+        case "reactionRemove": {
+          const byKey = usersOf(p.value.targetId);
+          const who = byKey.get(p.value.key) ?? new Set<string>();
+          byKey.set(p.value.key, who);
+          if (p.case === "reactionAdd") who.add(op.userId);
+          else who.delete(op.userId);
+          const m = find(p.value.targetId);
+          if (m) {
+            if (who.size > 0) m.reactions[p.value.key] = [...who].sort();
+            else delete m.reactions[p.value.key];
+          }
+          break;
+        }
+      }
     }
     return out;
   }
 
-  // apply folds op at seq (0: pending, after every stored op) onto the
-  // messages find returns, and returns the message it makes, if it makes
-  // one. Stored ops pass no users: they change the kept reactions; a view
-  // passes its own, which copy the kept ones they change.
-  private apply(
-    seq: number,
-    op: Op,
-    failed: string | undefined,
-    find: (id: string) => MessageView | undefined,
-    users?: Map<string, Map<string, Set<string>>>,
-  ): MessageView | undefined {
-    const p = op.payload;
-    switch (p.case) {
-      case "message": {
-        const m: MessageView = {
-          id: op.id,
-          convId: this.convId,
-          seq,
-          userId: op.userId,
-          deviceId: op.deviceId,
-          text: decoder.decode(p.value.body),
-          contentType: p.value.contentType || "text/plain",
-          edited: false,
-          deleted: op.erased,
-          reactions: {},
-          time: new Date(ulidTime(op.id)),
-        };
-        if (failed !== undefined) m.error = failed;
-        for (const [key, who] of users?.get(op.id) ?? this.reactions.get(op.id) ?? []) {
-          if (who.size > 0) m.reactions[key] = [...who].sort();
-        }
-        if (seq > 0) {
-          this.at.set(op.id, this.order.length);
-          this.order.push(m);
-        }
-        return m;
-      }
-      case "edit": {
-        const m = find(p.value.targetId);
-        const at = seq || Infinity;
-        if (m && !m.deleted && at >= (this.editSeq.get(m.id) ?? 0)) {
-          m.text = decoder.decode(p.value.body);
-          m.edited = true;
-          if (seq > 0) this.editSeq.set(m.id, at);
-        }
-        return undefined;
-      }
-      case "delete": {
-        const m = find(p.value.targetId);
-        if (m) {
-          m.deleted = true;
-          m.text = "";
-        }
-        return undefined;
-      }
-      case "reactionAdd":
-      case "reactionRemove": {
-        const target = p.value.targetId;
-        const key = p.value.key;
-        let byKey: Map<string, Set<string>>;
-        if (users) {
-          byKey = users.get(target) ?? new Map([...(this.reactions.get(target) ?? [])].map(([k, v]) => [k, new Set(v)]));
-          users.set(target, byKey);
-        } else {
-          byKey = this.reactions.get(target) ?? new Map<string, Set<string>>();
-          this.reactions.set(target, byKey);
-        }
-        const who = byKey.get(key) ?? new Set<string>();
-        byKey.set(key, who);
-        if (p.case === "reactionAdd") who.add(op.userId);
-        else who.delete(op.userId);
-        const m = find(target);
-        if (m) {
-          if (who.size > 0) m.reactions[key] = [...who].sort();
-          else delete m.reactions[key];
-        }
-        return undefined;
-      }
+  // settle folds again the messages whose ops changed, and puts the
+  // stored messages in seq order.
+  private settle(): void {
+    for (const t of this.dirty) if (t.view) refold(t, t.view);
+    this.dirty.clear();
+    if (!this.sorted) {
+      this.order.sort((a, b) => a.seq - b.seq);
+      this.sorted = true;
+      this.statusDone = 0;
     }
-    return undefined;
+  }
+
+  // indexOf finds the stored message at seq in order (sorted).
+  private indexOf(seq: number): number {
+    let lo = 0;
+    let hi = this.order.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.order[mid]!.seq < seq) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 
   // setStatuses sets the status of the user's stored messages from the
-  // other members' receipts: all of them when the receipts moved, else
-  // those added since the last view.
+  // other members' receipts: all of them when the receipts moved or the
+  // order changed, else those added since the last view.
   private setStatuses(me: StatusInput): void {
     const delivered = me.receipts.length ? Math.min(...me.receipts.map((r) => r.delivered)) : 0;
     const read = me.receipts.length ? Math.min(...me.receipts.map((r) => r.read)) : 0;
@@ -223,6 +246,89 @@ export class Folding {
       else m.status = "sent";
     }
   }
+}
+
+// Target is what the stored ops say of one message id.
+interface Target {
+  message?: { seq: number; op: Op };
+  edits?: { seq: number; body: Uint8Array }[];
+  deletes?: number[];
+  reactions?: Map<string, Map<string, { seq: number; on: boolean }[]>>; // key -> user -> their ops
+  view?: MessageView; // the folded message, once there is one
+}
+
+// targetOf is the message id an op is about: its own for a message.
+function targetOf(op: Op): string | undefined {
+  const p = op.payload;
+  switch (p.case) {
+    case "message":
+      return op.id;
+    case "edit":
+    case "delete":
+    case "reactionAdd":
+    case "reactionRemove":
+      return p.value.targetId;
+  }
+  return undefined;
+}
+
+function messageView(convId: string, seq: number, op: Op, failed: string | undefined): MessageView {
+  const body = op.payload.case === "message" ? op.payload.value : undefined;
+  const m: MessageView = {
+    id: op.id,
+    convId,
+    seq,
+    userId: op.userId,
+    deviceId: op.deviceId,
+    text: decoder.decode(body?.body),
+    contentType: body?.contentType || "text/plain",
+    edited: false,
+    deleted: op.erased,
+    reactions: {},
+    time: new Date(ulidTime(op.id)),
+  };
+  if (failed !== undefined) m.error = failed;
+  return m;
+}
+
+// refold sets m from t's message and the ops that target it, as folding
+// them in seq order would; m keeps its status.
+function refold(t: Target, m: MessageView): void {
+  const { seq, op } = t.message!;
+  const fresh = messageView(m.convId, seq, op, undefined);
+  // Ops before their target, in seq order, found no message to change.
+  let deleted = Infinity;
+  for (const d of t.deletes ?? []) if (d > seq) deleted = Math.min(deleted, d);
+  let edit: { seq: number; body: Uint8Array } | undefined;
+  if (!fresh.deleted) {
+    for (const e of t.edits ?? []) if (e.seq > seq && e.seq < deleted && (!edit || e.seq > edit.seq)) edit = e;
+  }
+  if (edit) {
+    fresh.text = decoder.decode(edit.body);
+    fresh.edited = true;
+  }
+  if (deleted < Infinity) {
+    fresh.deleted = true;
+    fresh.text = "";
+  }
+  for (const [key, who] of reactionSets(t)) if (who.size > 0) fresh.reactions[key] = [...who].sort();
+  Object.assign(m, fresh); // fresh has no status: m keeps its own
+}
+
+// reactionSets are the users of each reaction key whose last op on it added
+// it.
+function reactionSets(t: Target | undefined): Map<string, Set<string>> {
+  const out = new Map<string, Set<string>>();
+  for (const [key, users] of t?.reactions ?? []) {
+    const who = new Set<string>();
+    for (const [user, ops] of users) {
+      let last: { seq: number; on: boolean } | undefined;
+      for (const r of ops) if (!last || r.seq > last.seq) last = r;
+      if (last?.on) who.add(user);
+    }
+    out.set(key, who);
+  }
+  return out;
 }
 
 /** The millisecond time part of a ULID. */
