@@ -15,7 +15,7 @@ import { type ConversationInfo } from "./gen/ferry/v1/conversation_pb.js";
 import { OpBatchSchema, OpSchema, OpStatus, type Op } from "./gen/ferry/v1/op_pb.js";
 import { HelloSchema, SyncService, type Ops } from "./gen/ferry/v1/sync_pb.js";
 import { unpackBatch } from "./packed.js";
-import { Folding, type MessageView } from "./fold.js";
+import { Folding, type MessageView, type StatusInput } from "./fold.js";
 import { emptyMeta, MemoryReplica, type Change, type ConvRecord, type Meta, type OpRecord, type OutboxEntry, type Replica, type Session } from "./replica.js";
 import { OpIds, ulid } from "./ulid.js";
 
@@ -145,6 +145,9 @@ export class FerryClient {
   // until a change to the conversation (applyInMemory): conversations()
   // asks every conversation for its last message after every change.
   private folded = new Map<string, MessageView[]>();
+  // tails hold the last messages of conversations not folded (null: none),
+  // until a change to them.
+  private tails = new Map<string, MessageView | null>();
   // foldings hold each folded conversation's stored ops folded so far, and
   // unfolded the seqs stored since: a message into a long conversation, or
   // an older page in a catch-up, folds itself, not the history.
@@ -393,8 +396,7 @@ export class FerryClient {
     return [...this.convs.values()]
       .sort((a, b) => b.changedAt - a.changedAt || a.id.localeCompare(b.id))
       .map((c) => {
-        const msgs = this.fold(c.id);
-        const last = msgs[msgs.length - 1];
+        const last = this.lastMessage(c.id);
         return {
           id: c.id,
           title: c.title,
@@ -468,18 +470,60 @@ export class FerryClient {
       const r = ops?.get(seq);
       if (r) f.add(seq, fromBinary(OpSchema, r.op)); // a seq stored again replaces what it held
     }
-    const me = this.meta.session;
+    const out = f.view(this.pendingOf(convId), this.statusOf(convId));
+    this.folded.set(convId, out);
+    return out;
+  }
+
+  // lastMessage is a conversation's last message, the last of fold's: from
+  // its fold when the device keeps one, otherwise from its newest ops alone
+  // (kept until a change to it), so that a conversation list, the first
+  // thing an app shows, costs the conversations' tails and not their
+  // histories.
+  private lastMessage(convId: string): MessageView | undefined {
+    if (this.foldings.has(convId)) return this.fold(convId).at(-1);
+    let last = this.tails.get(convId);
+    if (last === undefined) {
+      last = this.foldTail(convId) ?? null;
+      this.tails.set(convId, last);
+    }
+    return last ?? undefined;
+  }
+
+  // foldTail folds a conversation's newest message op and the ops above it,
+  // which hold all its edits, deletes and reactions (the server takes an op
+  // only after its target), with the outbox over them.
+  private foldTail(convId: string): MessageView | undefined {
+    const f = new Folding(convId);
+    const ops = this.ops.get(convId);
+    for (let seq = this.spans.get(convId)?.top ?? 0; seq >= 1; seq--) {
+      const r = ops!.get(seq);
+      if (!r) continue; // not held yet
+      const op = fromBinary(OpSchema, r.op);
+      f.add(seq, op);
+      if (op.payload.case === "message") break;
+    }
+    return f.view(this.pendingOf(convId), this.statusOf(convId)).at(-1);
+  }
+
+  // pendingOf is a conversation's outbox, to fold over its stored ops.
+  private pendingOf(convId: string): { op: Op; failed?: string }[] {
     const pending: { op: Op; failed?: string }[] = [];
     for (const e of this.outbox.values()) {
       if (e.convId !== convId) continue;
       const op = fromBinary(OpSchema, e.op);
-      op.userId = me?.userId ?? "";
+      op.userId = this.meta.session?.userId ?? "";
       pending.push({ op, ...(e.failed !== undefined ? { failed: e.failed } : {}) });
     }
+    return pending;
+  }
+
+  // statusOf is what the status of the user's messages in a conversation
+  // comes from.
+  private statusOf(convId: string): StatusInput | undefined {
+    const me = this.meta.session;
     const conv = this.convs.get(convId);
-    const out = f.view(pending, me && conv ? { userId: me.userId, receipts: conv.receipts } : undefined);
-    this.folded.set(convId, out);
-    return out;
+    return me && conv ? { userId: me.userId, receipts: conv.receipts } : undefined;
   }
 
   /**
@@ -982,24 +1026,31 @@ export class FerryClient {
     return p;
   }
 
+  // changed forgets what the client made of a conversation that changed.
+  private changed(convId: string): void {
+    this.folded.delete(convId);
+    this.tails.delete(convId);
+  }
+
   private applyInMemory(c: Change): void {
     if (c.clear || (c.meta && c.meta.session?.userId !== this.meta.session?.userId)) {
       this.folded.clear();
+      this.tails.clear();
       this.foldings.clear();
       this.unfolded.clear();
     }
-    for (const conv of c.convs ?? []) this.folded.delete(conv.id);
+    for (const conv of c.convs ?? []) this.changed(conv.id);
     for (const op of c.ops ?? []) {
-      this.folded.delete(op.convId);
+      this.changed(op.convId);
       if (!this.foldings.has(op.convId)) continue;
       const q = this.unfolded.get(op.convId);
       if (q) q.push(op.seq);
       else this.unfolded.set(op.convId, [op.seq]);
     }
-    for (const e of c.outboxPut ?? []) this.folded.delete(e.convId);
+    for (const e of c.outboxPut ?? []) this.changed(e.convId);
     for (const id of c.outboxDelete ?? []) {
       const e = this.outbox.get(id);
-      if (e) this.folded.delete(e.convId);
+      if (e) this.changed(e.convId);
     }
     if (c.clear) {
       this.convs.clear();
