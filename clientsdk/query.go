@@ -219,13 +219,13 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 	return page, nil
 }
 
-// pageLocked returns a page of conv's messages, newest first: up to limit
-// sent ones with a seq below before, or without before the newest, and
-// then first every failed and pending one (newest first, failed before
-// pending, as they come after every sent one). more says the replica
-// holds sent messages older than the page's. It builds the page's
-// messages alone, the caller's own copies: a page of a long conversation,
-// or a conversation list's last messages, costs what they hold, not the
+// pageLocked returns a page of conv's messages, newest first: on the
+// first page (before 0) every failed and pending one, which come after
+// every sent one (failed last), then up to limit sent ones, those with a
+// seq below before or the newest. more says the replica holds sent
+// messages older than the page's. It builds the page's messages alone,
+// the caller's own copies: a page of a long conversation, or a
+// conversation list's last messages, costs what they hold, not the
 // history. d.mu is held.
 func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit int) (page []Message, more bool, err error) {
 	rec := d.convs[conv]

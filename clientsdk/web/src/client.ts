@@ -421,11 +421,11 @@ export class FerryClient {
   /**
    * A page of a conversation's messages, oldest first: the newest `limit`
    * (default 50) sent messages with a seq below `before`, or without
-   * `before` (or with 0) the newest, followed by every pending and failed one (as the
-   * Go SDK's Messages gives them, newest first). Scrolling up asks for the
-   * page above with `before` set to the seq of this one's first message,
-   * a sent one. It copies the page alone, so a long conversation's page
-   * costs the page.
+   * `before` (or with 0) the newest, followed by every pending and failed
+   * one (as the Go SDK's Messages gives them, newest first). Scrolling up
+   * asks for the page above with `before` set to the seq of this one's
+   * first message, a sent one. It copies the page alone, so a long
+   * conversation's page costs the page.
    */
   page(convId: string, opts: { before?: number; limit?: number } = {}): MessagePage {
     const limit = Math.floor(opts.limit ?? 50) >= 1 ? Math.floor(opts.limit ?? 50) : 50;
