@@ -177,6 +177,31 @@ func heldResumeAck(t *testing.T, bobOpts func(*servertest.Server) []clientsdk.Op
 		}
 		waitFor(t, d, "live", func() bool { return d.Status().State == clientsdk.StateLive })
 	}
+	// Bob's session sends the markers earlier sessions left as it starts,
+	// on its sender goroutine, which a busy machine may run only after the
+	// receiver has taken "one": its marker would then go at once, with no
+	// wait to hold. His heartbeat timer, the only one on the fake clock,
+	// fired and armed again shows the sender in its loop, past them.
+	timeout := time.After(60 * time.Second)
+	for {
+		armed := fake.Armed()
+		if fake.Pending() > 0 {
+			break
+		}
+		select {
+		case <-armed:
+		case <-timeout:
+			t.Fatal("bob's session armed no heartbeat")
+		}
+	}
+	armed := fake.Armed()
+	next, _ := fake.Next()
+	fake.Advance(next.Sub(fake.Now()))
+	select {
+	case <-armed:
+	case <-timeout:
+		t.Fatal("bob's session did not arm its heartbeat again")
+	}
 	conv, err := alice.CreateConversation(ctx, "large", lookup(t, alice, "bob"))
 	if err != nil {
 		t.Fatal(err)

@@ -274,6 +274,13 @@ type session struct {
 	unseen    map[ulid.ULID]uint64
 	inRound   bool
 	flushWake chan struct{}
+	// streamAcked holds the markers sent on this stream, per conversation
+	// (delivered, read): the sender's alone. The server applies them as it
+	// reads them, which it may not do (a stream cut by Stop, or broken),
+	// so they are not recorded as acknowledged: only the unary Ack, which
+	// answers once they are durable, records markers (ackNow), and the
+	// next session sends again what this one sent.
+	streamAcked map[ulid.ULID][2]uint64
 
 	mu       sync.Mutex
 	nextReq  uint64
@@ -782,18 +789,34 @@ func (d *Device) acked(ms []*ferryv1.Marker) {
 	}
 }
 
-// sendAcks sends markers on the stream. They count as sent once written;
-// if the stream breaks before the server applies them, a later session
-// sends them again (markers only move forward, so repeats are harmless).
-func (s *session) sendAcks() {
-	ms := s.d.markers()
-	if len(ms) == 0 {
-		return
+// sendAcks sends on the stream the markers it has not sent yet. They are
+// not recorded as acknowledged (see streamAcked): Stop sends them with the
+// unary Ack, and a later session sends them again (markers only move
+// forward, so repeats are harmless).
+func (s *session) sendAcks() { s.sendAcksWith(s.st.Send) }
+
+// sendAcksWith is sendAcks with the stream's Send.
+func (s *session) sendAcksWith(send func(*ferryv1.SyncRequest) error) {
+	if s.streamAcked == nil {
+		s.streamAcked = map[ulid.ULID][2]uint64{}
 	}
-	if err := s.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: &ferryv1.Ack{Markers: ms}}}); err != nil {
-		return
+	var ms []*ferryv1.Marker
+	for _, m := range s.d.markers() {
+		sent, ok := s.streamAcked[ulid.MustParseStrict(m.GetConversationId())]
+		if !ok || m.GetDelivered() > sent[0] || m.GetRead() > sent[1] {
+			ms = append(ms, m)
+		}
 	}
-	s.d.acked(ms)
+	for len(ms) > 0 {
+		n := min(len(ms), maxPush) // the server's limit on markers in one ack, as on ops in one push
+		if err := send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: &ferryv1.Ack{Markers: ms[:n]}}}); err != nil {
+			return
+		}
+		for _, m := range ms[:n] {
+			s.streamAcked[ulid.MustParseStrict(m.GetConversationId())] = [2]uint64{m.GetDelivered(), m.GetRead()}
+		}
+		ms = ms[n:]
+	}
 }
 
 // stopAckTimeout bounds the ack that Stop sends (ackOnStop).
@@ -823,9 +846,13 @@ func (d *Device) ackNow(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := sc.Ack(ctx, &ferryv1.AckRequest{Markers: ms}); err != nil {
-		return fmt.Errorf("ferry: send markers: %w", err)
+	for len(ms) > 0 {
+		n := min(len(ms), maxPush) // the server's limit on markers in one ack, as on ops in one push
+		if _, err := sc.Ack(ctx, &ferryv1.AckRequest{Markers: ms[:n]}); err != nil {
+			return fmt.Errorf("ferry: send markers: %w", err)
+		}
+		d.acked(ms[:n])
+		ms = ms[n:]
 	}
-	d.acked(ms)
 	return nil
 }
