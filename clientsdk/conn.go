@@ -280,7 +280,7 @@ type session struct {
 	// so they are not recorded as acknowledged: only the unary Ack, which
 	// answers once they are durable, records markers (ackNow), and the
 	// next session sends again what this one sent.
-	streamAcked map[ulid.ULID][2]uint64
+	streamAcked map[string][2]uint64 // conversation id, as in the markers
 
 	mu       sync.Mutex
 	nextReq  uint64
@@ -798,25 +798,35 @@ func (s *session) sendAcks() { s.sendAcksWith(s.st.Send) }
 // sendAcksWith is sendAcks with the stream's Send.
 func (s *session) sendAcksWith(send func(*ferryv1.SyncRequest) error) {
 	if s.streamAcked == nil {
-		s.streamAcked = map[ulid.ULID][2]uint64{}
+		s.streamAcked = map[string][2]uint64{}
 	}
 	var ms []*ferryv1.Marker
 	for _, m := range s.d.markers() {
-		sent, ok := s.streamAcked[ulid.MustParseStrict(m.GetConversationId())]
+		sent, ok := s.streamAcked[m.GetConversationId()]
 		if !ok || m.GetDelivered() > sent[0] || m.GetRead() > sent[1] {
 			ms = append(ms, m)
 		}
 	}
-	for len(ms) > 0 {
-		n := min(len(ms), maxPush) // the server's limit on markers in one ack, as on ops in one push
-		if err := send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: &ferryv1.Ack{Markers: ms[:n]}}}); err != nil {
+	for _, part := range pieces(ms) {
+		if err := send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: &ferryv1.Ack{Markers: part}}}); err != nil {
 			return
 		}
-		for _, m := range ms[:n] {
-			s.streamAcked[ulid.MustParseStrict(m.GetConversationId())] = [2]uint64{m.GetDelivered(), m.GetRead()}
+		for _, m := range part {
+			s.streamAcked[m.GetConversationId()] = [2]uint64{m.GetDelivered(), m.GetRead()}
 		}
+	}
+}
+
+// pieces splits markers into acks the server takes: at most maxPush
+// markers each, its limit, as on the ops of one push.
+func pieces(ms []*ferryv1.Marker) [][]*ferryv1.Marker {
+	var out [][]*ferryv1.Marker
+	for len(ms) > 0 {
+		n := min(len(ms), maxPush)
+		out = append(out, ms[:n])
 		ms = ms[n:]
 	}
+	return out
 }
 
 // stopAckTimeout bounds the ack that Stop sends (ackOnStop).
@@ -846,13 +856,11 @@ func (d *Device) ackNow(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for len(ms) > 0 {
-		n := min(len(ms), maxPush) // the server's limit on markers in one ack, as on ops in one push
-		if _, err := sc.Ack(ctx, &ferryv1.AckRequest{Markers: ms[:n]}); err != nil {
+	for _, part := range pieces(ms) {
+		if _, err := sc.Ack(ctx, &ferryv1.AckRequest{Markers: part}); err != nil {
 			return fmt.Errorf("ferry: send markers: %w", err)
 		}
-		d.acked(ms[:n])
-		ms = ms[n:]
+		d.acked(part)
 	}
 	return nil
 }
