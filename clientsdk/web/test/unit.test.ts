@@ -352,13 +352,17 @@ test("the client's folds, kept and fed a change at a time, agree with folding ev
         }
         change = { outboxPut: [{ convId: C, id: o.id, dot: step, op: toBinary(OpSchema, o), createdAt: 0, ...(r() < 0.3 ? { failed: "no" } : {}) }] };
       } else if (k < 0.6) {
-        // An outbox op is stored (a push's result) or dropped.
+        // An outbox op is stored (a push's result) or dropped. The server
+        // takes an op only after its target: one whose target is still
+        // pending is refused, so dropped.
         if (c.outbox.size === 0) continue;
         const id = pick([...c.outbox.keys()]);
         const o = fromBinary(OpSchema, c.outbox.get(id).op);
+        const target = o.payload.case === "edit" || o.payload.case === "delete" || o.payload.case === "reactionAdd" || o.payload.case === "reactionRemove" ? o.payload.value.targetId : "";
+        const refused = [...c.outbox.values()].some((e: any) => fromBinary(OpSchema, e.op).id === target);
         o.seq = BigInt(next);
         o.userId = "alice";
-        change = r() < 0.6 ? { ops: [{ convId: C, seq: next++, id: o.id, op: toBinary(OpSchema, o) }], outboxDelete: [id] } : { outboxDelete: [id] };
+        change = r() < 0.6 && !refused ? { ops: [{ convId: C, seq: next++, id: o.id, op: toBinary(OpSchema, o) }], outboxDelete: [id] } : { outboxDelete: [id] };
       } else if (k < 0.75) {
         change = { convs: [conv(r() < 0.2 ? [] : [{ userId: "bob", delivered: Math.floor(r() * size), read: Math.floor(r() * size) }])] };
       } else if (k < 0.8) {
