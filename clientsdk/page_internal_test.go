@@ -16,18 +16,31 @@ import (
 // into its state (no server, no replica): what paging reads.
 func longConversation(tb testing.TB, d *Device, n int) ulid.ULID {
 	tb.Helper()
-	conv, author, dev := ulid.Make(), ulid.Make(), ulid.Make()
-	s := model.NewState(conv)
-	for i := range n {
-		op := model.Op{ID: ulid.Make(), Conv: conv, Seq: uint64(i + 1), Dot: model.Dot{Device: dev, N: uint64(i + 1)}, User: author,
-			Kind: model.KindMessage, ContentType: "text/plain", Body: fmt.Appendf(nil, "message %d", i+1)}
+	conv := ulid.Make()
+	holdMessages(tb, d, conv, 1, uint64(n))
+	return conv
+}
+
+// holdMessages gives d's conversation conv sent messages at seqs lo
+// through hi, straight into its state, as held, the conversation's head
+// at least hi.
+func holdMessages(tb testing.TB, d *Device, conv ulid.ULID, lo, hi uint64) {
+	tb.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, rec := d.states[conv], d.convs[conv]
+	if s == nil {
+		s, rec = model.NewState(conv), &convRecord{Title: "long"}
+		d.states[conv], d.stateUse[conv], d.convs[conv] = s, 0, rec
+	}
+	author, dev := ulid.Make(), ulid.Make()
+	for seq := lo; seq <= hi; seq++ {
+		op := model.Op{ID: ulid.Make(), Conv: conv, Seq: seq, Dot: model.Dot{Device: dev, N: seq}, User: author,
+			Kind: model.KindMessage, ContentType: "text/plain", Body: fmt.Appendf(nil, "message %d", seq)}
 		s.Apply(&op)
 	}
-	d.mu.Lock()
-	d.convs[conv] = &convRecord{Title: "long", Head: uint64(n)}
-	d.states[conv], d.stateUse[conv] = s, 0
-	d.mu.Unlock()
-	return conv
+	rec.addRange(lo, hi)
+	rec.Head = max(rec.Head, hi)
 }
 
 // BenchmarkMessagesPage: the newest page of a long conversation, and the
@@ -95,6 +108,46 @@ func TestPagesWalkTheHistory(t *testing.T) {
 	if err != nil || c.LastMessage == nil || c.LastMessage.Seq != 120 || c.LastMessage.Text() != "message 120" {
 		t.Fatalf("last message %+v, %v", c.LastMessage, err)
 	}
+}
+
+// TestPagesStopAtHoles: a catch-up brings a conversation's newest ops
+// before older ones; until those arrive, a page stops at the hole instead
+// of going on past it (older messages loading, no more pages), and the
+// page below it fills once the hole has.
+func TestPagesStopAtHoles(t *testing.T) {
+	d := memoryDevice(t)
+	conv := ulid.Make()
+	holdMessages(t, d, conv, 1, 100)
+	holdMessages(t, d, conv, 901, 1000) // 101-900 still on their way
+	type want struct {
+		newest, oldest uint64 // 0, 0: no messages
+		more, loading  bool
+	}
+	check := func(before uint64, w want) {
+		t.Helper()
+		p, err := d.Messages(conv, PageOptions{Limit: 50, Before: before})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got want
+		if n := len(p.Messages); n > 0 {
+			got.newest, got.oldest = p.Messages[0].Seq, p.Messages[n-1].Seq
+		}
+		got.more, got.loading = p.More, p.OlderLoading
+		if got != w {
+			t.Errorf("page before %d: %+v; want %+v", before, got, w)
+		}
+	}
+	check(0, want{1000, 951, true, true})
+	check(951, want{950, 901, false, true}) // not on to 100 below the hole
+	check(901, want{0, 0, false, true})     // in the hole
+	check(500, want{0, 0, false, true})
+	check(101, want{100, 51, true, false}) // below it, every seq held
+	check(2000, want{1000, 951, true, true})
+
+	holdMessages(t, d, conv, 101, 900)
+	check(951, want{950, 901, true, false})
+	check(901, want{900, 851, true, false})
 }
 
 // TestOlderLoadingUnderPendingMessages: a first page that holds only

@@ -146,7 +146,7 @@ func (d *Device) conversationLocked(id ulid.ULID) (Conversation, error) {
 			return c, err
 		}
 	}
-	msgs, _, err := d.pageLocked(s, id, 0, 1)
+	msgs, _, err := d.pageLocked(s, id, 0, 1, 0) // past holes: Loading says them
 	if err != nil {
 		return c, err
 	}
@@ -168,7 +168,8 @@ type Page struct {
 	More bool
 	// OlderLoading says older messages are still arriving (a hole below the
 	// page): show "older messages loading", not the start of the
-	// conversation.
+	// conversation. A page stops at such a hole, with More false, and the
+	// page below it fills as the messages arrive (see Subscribe).
 	OlderLoading bool
 }
 
@@ -203,7 +204,16 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 	if err != nil {
 		return Page{}, err
 	}
-	if page.Messages, page.More, err = d.pageLocked(s, conv, opts.Before, opts.Limit); err != nil {
+	// A page keeps to the run of held seqs it starts in: a catch-up
+	// fetches the newest ops first, and a page across the hole below them
+	// would show messages from before the hole right after those from
+	// after it. It stops there instead, with OlderLoading, until the hole
+	// fills.
+	top := rec.maxHeld()
+	if opts.Before != 0 {
+		top = min(opts.Before-1, top)
+	}
+	if page.Messages, page.More, err = d.pageLocked(s, conv, opts.Before, opts.Limit, rec.runStart(top)); err != nil {
 		return Page{}, err
 	}
 	// Older messages are loading when a seq is missing below the page's
@@ -222,12 +232,12 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 // pageLocked returns a page of conv's messages, newest first: on the
 // first page (before 0) every failed and pending one, which come after
 // every sent one (failed last), then up to limit sent ones, those with a
-// seq below before or the newest. more says the replica holds sent
-// messages older than the page's. It builds the page's messages alone,
-// the caller's own copies: a page of a long conversation, or a
-// conversation list's last messages, costs what they hold, not the
-// history. d.mu is held.
-func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit int) (page []Message, more bool, err error) {
+// seq below before or the newest, and none below floor. more says the
+// replica holds sent messages older than the page's, from floor up. It
+// builds the page's messages alone, the caller's own copies: a page of a
+// long conversation, or a conversation list's last messages, costs what
+// they hold, not the history. d.mu is held.
+func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit int, floor uint64) (page []Message, more bool, err error) {
 	rec := d.convs[conv]
 	var me ulid.ULID
 	if d.creds != nil {
@@ -251,7 +261,7 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 		}
 	}
 	sent := 0
-	add := func(m Message) bool {
+	add := func(m Message) {
 		for _, op := range effects[m.ID] {
 			switch op.Kind {
 			case model.KindEdit:
@@ -275,7 +285,6 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 		if m.Seq > 0 {
 			sent++
 		}
-		return sent < limit
 	}
 	if before == 0 {
 		// Messages the server refused stay visible, marked failed; they and
@@ -294,6 +303,13 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 		}
 	}
 	for v := range s.Newest(before) {
+		if v.Seq < floor {
+			break
+		}
+		if sent == limit {
+			more = true
+			break
+		}
 		m := Message{ID: v.ID, Conv: conv, Seq: v.Seq, Author: v.User, Device: v.Device, Sent: ulid.Time(v.ID.Time()),
 			ContentType: v.ContentType, Body: v.Body, Edited: v.Edited, Deleted: v.Deleted, Reactions: v.Reactions}
 		m.AuthorName = d.users[v.User].Username
@@ -307,13 +323,7 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 				}
 			}
 		}
-		if !add(m) {
-			break
-		}
-	}
-	if n := len(page); n > 0 && page[n-1].Seq > 0 {
-		first := s.FirstSeq()
-		more = first > 0 && first < page[n-1].Seq
+		add(m)
 	}
 	return page, more, nil
 }

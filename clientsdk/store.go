@@ -142,13 +142,18 @@ func (c *convRecord) prefix() uint64 {
 }
 
 // holds reports whether seq is held.
-func (c *convRecord) holds(seq uint64) bool {
+func (c *convRecord) holds(seq uint64) bool { return c.runStart(seq) <= seq }
+
+// runStart is the first seq of the run of held seqs that holds seq: the
+// seqs from it through seq are all held. It is seq+1 when seq is not
+// held.
+func (c *convRecord) runStart(seq uint64) uint64 {
 	for _, r := range c.Ranges {
 		if seq >= r[0] && seq <= r[1] {
-			return true
+			return r[0]
 		}
 	}
-	return false
+	return seq + 1
 }
 
 // addRange records that seqs lo..hi are held, merging ranges.

@@ -282,14 +282,6 @@ func (s *State) Newest(before uint64) iter.Seq[MessageView] {
 	}
 }
 
-// FirstSeq is the lowest seq of a message held; 0 for none.
-func (s *State) FirstSeq() uint64 {
-	if order := s.sorted(); len(order) > 0 {
-		return order[0].op.Seq
-	}
-	return 0
-}
-
 // sorted returns the messages whose op arrived, by seq, sorting them
 // again only when one arrived since.
 func (s *State) sorted() []*message {

@@ -64,7 +64,9 @@ export interface MessagePage {
   more: boolean;
   /**
    * Older messages are still on their way (a hole below the page): show
-   * "older messages loading", not the start of the conversation.
+   * "older messages loading", not the start of the conversation. A page
+   * stops at such a hole, with `more` false, and the page below it fills
+   * as the messages arrive.
    */
   olderLoading: boolean;
 }
@@ -443,13 +445,37 @@ export class FerryClient {
         else end = mid;
       }
     }
-    const start = Math.max(0, end - limit);
+    let start = Math.max(0, end - limit);
+    let more = start > 0;
+    if (end > 0) {
+      // A page keeps to the run of held seqs it starts in: a catch-up brings
+      // the newest ops first, and a page across the hole below them would
+      // show messages from before it right after those from after it. It
+      // stops at the hole instead, with olderLoading and no more, until the
+      // hole fills. The run is looked at down to the message under the page.
+      const from = Math.min(before === undefined ? Infinity : before - 1, this.spans.get(convId)?.top ?? 0);
+      const hole = this.missing(convId, all[Math.max(0, start - 1)]!.seq, from);
+      if (hole > 0) {
+        while (start < end && all[start]!.seq < hole) start++;
+        more = false;
+      }
+    }
     const messages = all.slice(start, before === undefined ? all.length : end).map(copyView);
     // Older messages are loading when a seq is missing below the page's
     // first sent message or, when it has none, below where it began.
     const top = (this.convs.get(convId)?.head ?? 0) + 1;
     const below = messages[0]?.seq || Math.min(before ?? top, top);
-    return { messages, more: start > 0, olderLoading: this.held(convId) < below - 1 };
+    return { messages, more, olderLoading: this.held(convId) < below - 1 };
+  }
+
+  // missing is the highest seq from hi down to lo that the device does not
+  // hold, or 0: the top of a hole. It looks only above the held prefix.
+  private missing(convId: string, lo: number, hi: number): number {
+    const ops = this.ops.get(convId);
+    for (let seq = hi; seq >= Math.max(lo, this.held(convId) + 1); seq--) {
+      if (!ops?.has(seq)) return seq;
+    }
+    return 0;
   }
 
   // fold folds a conversation's ops, its outbox entries and its receipts

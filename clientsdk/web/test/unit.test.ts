@@ -3,7 +3,7 @@ import { test } from "node:test";
 
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 
-import { fold, ulid, isULID, ulidFromBytes, unpackBatch, MalformedBatchError, OpIds, type MessageView } from "../src/index.js";
+import { fold, ulid, isULID, ulidFromBytes, unpackBatch, MalformedBatchError, OpIds, type MessageView, type MessagePage } from "../src/index.js";
 import { Folding, ulidTime, type FoldInput, type StatusInput } from "../src/fold.js";
 import type { Change } from "../src/replica.js";
 import { OpKind, OpSchema, PackedBatchSchema, Role, type Op, type PackedBatch } from "../src/gen/ferry/v1/op_pb.js";
@@ -377,8 +377,20 @@ test("the client's folds, kept and fed a change at a time, agree with folding ev
         const listFirst = r() < 0.5;
         if (listFirst) assert.deepEqual(lastOf(c), reference().at(-1), `seed ${seed + round}, step ${step}: the last message`);
         if (r() < 0.7) {
-          const got: MessageView[] = r() < 0.5 ? c.messages(C) : c.page(C, { limit: 1000 }).messages;
-          assert.deepEqual(got, reference(), `seed ${seed + round}, step ${step}, after ${steps.join(" ")}`);
+          let want = reference();
+          let got: MessageView[];
+          if (r() < 0.5) got = c.messages(C);
+          else {
+            // A page stops at the highest hole below what the device holds.
+            const page: MessagePage = c.page(C, { limit: 1000 });
+            got = page.messages;
+            const seqs = new Set<number>(c.ops.get(C)?.keys() ?? []);
+            let hole = Math.max(0, ...seqs);
+            while (hole > 0 && seqs.has(hole)) hole--;
+            want = want.filter((m) => m.seq === 0 || m.seq > hole);
+            assert.equal(page.more, false, `seed ${seed + round}, step ${step}: more`);
+          }
+          assert.deepEqual(got, want, `seed ${seed + round}, step ${step}, after ${steps.join(" ")}`);
         }
         if (!listFirst) assert.deepEqual(lastOf(c), reference().at(-1), `seed ${seed + round}, step ${step}: the last message`);
         const reopened = await FerryClient.open({ baseUrl: "http://127.0.0.1:1", replica });
@@ -397,6 +409,37 @@ test("the client's folds, kept and fed a change at a time, agree with folding ev
     }
     assert.deepEqual(c.messages(C), reference(), `seed ${seed + round}, at the end, after ${steps.join(" ")}`);
   }
+});
+
+test("pages stop at a hole in what the device holds, and fill in once it has", async () => {
+  const { FerryClient, MemoryReplica } = await import("../src/index.js");
+  const replica = new MemoryReplica();
+  const conv = { id: "C", title: "t", role: 1, removed: false, head: 1000, unread: 0, delivered: 0, read: 0, memberCount: 2, receipts: [], changedAt: 1 };
+  await replica.apply({ meta: { epoch: "", feedPos: "0", dots: {}, session: { userId: "alice", deviceId: "D", token: "t", username: "alice" } }, convs: [conv] });
+  const c = (await FerryClient.open({ baseUrl: "http://127.0.0.1:1", replica })) as any;
+  const hold = (lo: number, hi: number) =>
+    c.commit(() => ({
+      ops: Array.from({ length: hi - lo + 1 }, (_, i) => {
+        const o = op("bob", { case: "message", value: { body: enc.encode(`m${lo + i}`) } });
+        return { convId: "C", seq: lo + i, id: o.id, op: toBinary(OpSchema, o) };
+      }),
+    }));
+  await hold(1, 100);
+  await hold(901, 1000); // 101-900 still on their way, as a catch-up leaves them
+  const check = (before: number, want: [number, number, boolean, boolean] | [boolean, boolean]) => {
+    const p: MessagePage = c.page("C", { before, limit: 50 });
+    const got = p.messages.length > 0 ? [p.messages[0]!.seq, p.messages.at(-1)!.seq, p.more, p.olderLoading] : [p.more, p.olderLoading];
+    assert.deepEqual(got, want, `page before ${before}`);
+  };
+  check(0, [951, 1000, true, true]);
+  check(951, [901, 950, false, true]); // not on to 100, below the hole
+  check(901, [false, true]); // in the hole
+  check(500, [false, true]);
+  check(101, [51, 100, true, false]); // below it, every seq held
+  check(2000, [951, 1000, true, true]);
+  await hold(101, 900);
+  check(951, [901, 950, true, false]);
+  check(901, [851, 900, true, false]);
 });
 
 // fakeLocks is the Web Locks API as browsers have it, for exclusive locks
