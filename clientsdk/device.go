@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"connectrpc.com/connect/v2"
 	"connectrpc.com/connect/v2/connecthttp"
@@ -384,20 +385,26 @@ var (
 )
 
 // defaultHTTPClient speaks HTTP/2: h2c for http:// URLs, TLS otherwise.
+// The devices of a process share it, and a connection left idle (the last
+// device on it stopped or closed) closes after idleConnTimeout.
 func defaultHTTPClient(url string) *http.Client {
 	if strings.HasPrefix(url, "http://") {
 		h2cOnce.Do(func() {
 			p := new(http.Protocols)
 			p.SetUnencryptedHTTP2(true)
-			h2c = &http.Client{Transport: &http.Transport{Protocols: p, DialContext: (&net.Dialer{}).DialContext}}
+			h2c = &http.Client{Transport: &http.Transport{Protocols: p, DialContext: (&net.Dialer{}).DialContext, IdleConnTimeout: idleConnTimeout}}
 		})
 		return h2c
 	}
 	h2Once.Do(func() {
-		h2 = &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12}}}
+		h2 = &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12}, IdleConnTimeout: idleConnTimeout}}
 	})
 	return h2
 }
+
+// idleConnTimeout is net/http's DefaultTransport's: a Transport made
+// without one keeps idle connections open for good.
+const idleConnTimeout = 90 * time.Second
 
 // authedClients is clients for the calls that need an identity:
 // ErrNotSignedIn before Register or Login, ErrClosed after Close.
