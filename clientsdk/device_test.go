@@ -21,7 +21,7 @@ import (
 var ctx = context.Background()
 
 // device opens an in-memory SDK device against srv, signs it in (a new user
-// unless login), starts it and closes it when the test ends.
+// unless login) and closes it when the test ends; it does not start it.
 func device(t *testing.T, srv *servertest.Server, username string, login bool, opts ...clientsdk.Option) *clientsdk.Device {
 	t.Helper()
 	d, err := clientsdk.OpenMemory(append([]clientsdk.Option{clientsdk.WithServer(srv.URL), clientsdk.WithHTTPClient(srv.HTTP)}, opts...)...)
@@ -270,6 +270,77 @@ func TestRefusedOpIsReportedAndLaterOpsRenumbered(t *testing.T) {
 	}
 	if c, _ := alice.Conversation(conv); c.Title != "c" {
 		t.Fatalf("title became %q", c.Title)
+	}
+}
+
+// TestFailedMessagesShowUntilDismissed: a message the server refuses (bob
+// wrote it offline, after he was removed) stays on the first page, marked
+// failed, and in Failed, until DismissFailed takes it out of both.
+func TestFailedMessagesShowUntilDismissed(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := device(t, srv, "alice", false), device(t, srv, "bob", false)
+	conv, _ := alice.CreateConversation(ctx, "c", lookup(t, alice, "bob"))
+	for _, d := range []*clientsdk.Device{alice, bob} {
+		if err := d.SyncOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := alice.RemoveMember(ctx, conv, lookup(t, alice, "bob")); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	late, err := bob.SendText(ctx, conv, "late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := bob.Subscribe(64)
+	defer sub.Close()
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	failedOn := func() (clientsdk.MessageStatus, bool) {
+		t.Helper()
+		p, err := bob.Messages(conv, clientsdk.PageOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range p.Messages {
+			if m.ID == late {
+				return m.Status, true
+			}
+		}
+		return 0, false
+	}
+	if st, ok := failedOn(); !ok || st != clientsdk.StatusFailed {
+		t.Fatalf("the refused message on the page: %v %v; want failed", ok, st)
+	}
+	if fs, _ := bob.Failed(); len(fs) != 1 || fs[0].Op != late {
+		t.Fatalf("failed list %+v", fs)
+	}
+	for range len(sub.C()) { // what the sync said
+		<-sub.C()
+	}
+	if err := bob.DismissFailed(late); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := failedOn(); ok {
+		t.Fatal("the dismissed message is still on the page")
+	}
+	if fs, _ := bob.Failed(); len(fs) != 0 {
+		t.Fatalf("failed list after dismissing %+v", fs)
+	}
+	told := false
+	for range len(sub.C()) { // emitted before DismissFailed returned
+		ev, ok := (<-sub.C()).(clientsdk.MessagesChanged)
+		told = told || ok && ev.Conv == conv && slices.Equal(ev.IDs, []ulid.ULID{late})
+	}
+	if !told {
+		t.Fatal("no MessagesChanged for the dismissed message")
+	}
+	if err := bob.DismissFailed(late); !errors.Is(err, clientsdk.ErrNotFailed) {
+		t.Fatalf("dismissing again: %v, want ErrNotFailed", err)
 	}
 }
 

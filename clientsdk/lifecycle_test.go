@@ -43,6 +43,7 @@ func TestCallsAfterClose(t *testing.T) {
 		"Members":       func() error { _, err := d.Members(ctx, conv); return err },
 		"Outbox":        func() error { _, err := d.Outbox(); return err },
 		"Failed":        func() error { _, err := d.Failed(); return err },
+		"DismissFailed": func() error { return d.DismissFailed(conv) },
 		"Vector":        func() error { _, err := d.Vector(conv); return err },
 		"SendText":      func() error { _, err := d.SendText(ctx, conv, "late"); return err },
 		"MarkRead":      func() error { return d.MarkRead(ctx, conv, 1) },

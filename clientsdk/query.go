@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -641,6 +642,51 @@ func (d *Device) Failed() ([]FailedOp, error) {
 		return nil
 	})
 	return out, err
+}
+
+// ErrNotFailed is returned by DismissFailed for an op that is not among
+// Failed's.
+var ErrNotFailed = errors.New("ferry: no such failed op: Failed lists them")
+
+// DismissFailed removes an op the server refused from Failed and, for a
+// message, from its conversation's pages (StatusFailed): what an app does
+// when its user deletes a message that could not be sent. To send it
+// again, send its body as a new message. Subscribers get MessagesChanged.
+// It returns ErrNotFailed for an op that Failed does not list.
+func (d *Device) DismissFailed(op ulid.ULID) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	var key []byte
+	var conv ulid.ULID
+	err := scanPrefix(d.db, []byte{tFailed}, func(k, v []byte) error {
+		var e failedEntry
+		if err := decodeJSON(v, &e); err != nil {
+			return err
+		}
+		p, err := decodeOp(e.Op)
+		if err != nil || p.GetId() != op.String() {
+			return err
+		}
+		key = bytes.Clone(k)
+		conv, err = ulid.ParseStrict(e.Conv)
+		return err
+	})
+	switch {
+	case err != nil:
+		return err
+	case key == nil:
+		return fmt.Errorf("%w: %s", ErrNotFailed, op)
+	}
+	b := d.db.NewBatch()
+	b.Delete(key)
+	if err := d.db.Commit(b); err != nil {
+		return err
+	}
+	d.emit(MessagesChanged{Conv: conv, IDs: []ulid.ULID{op}})
+	return nil
 }
 
 // Vector returns the version vector of what the replica holds of conv: for

@@ -175,6 +175,10 @@ class App {
         );
       }
       div.append(actions);
+    } else if (mine && m.status === "failed") {
+      const actions = el("div", { class: "actions" });
+      actions.append(button("remove", () => this.c.dismissFailed(m.id)));
+      div.append(actions);
     }
     return div;
   }

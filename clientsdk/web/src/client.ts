@@ -595,6 +595,20 @@ export class FerryClient {
     return id!;
   }
 
+  /**
+   * Removes an op the server refused, such as a message shown with status
+   * "failed": what an app does when its user deletes a message that could
+   * not be sent. To send it again, send its text as a new message. Throws
+   * for an op that is not a failed one.
+   */
+  async dismissFailed(opId: string): Promise<void> {
+    const e = this.outbox.get(opId);
+    if (e?.failed === undefined) throw new Error(`ferry: ${opId} is not a failed op`);
+    await this.commit(() => ({ outboxDelete: [opId] }));
+    this.emit({ kind: "messages", convId: e.convId });
+    this.emit({ kind: "conversations", convId: e.convId });
+  }
+
   /** Creates a conversation with the users of these usernames. */
   async createConversation(title: string, usernames: string[]): Promise<string> {
     const found = usernames.length ? (await this.accounts.lookupUsers({ usernames })).users : [];

@@ -442,6 +442,31 @@ test("pages stop at a hole in what the device holds, and fill in once it has", a
   check(901, [851, 900, true, false]);
 });
 
+test("dismissFailed takes a refused message out of the conversation, and only a refused one", async () => {
+  const { FerryClient, MemoryReplica } = await import("../src/index.js");
+  const replica = new MemoryReplica();
+  const conv = { id: "C", title: "t", role: 1, removed: false, head: 0, unread: 0, delivered: 0, read: 0, memberCount: 2, receipts: [], changedAt: 1 };
+  const entry = (text: string, failed?: string) => {
+    const o = op("", { case: "message", value: { body: enc.encode(text) } });
+    return { convId: "C", id: o.id, dot: n, op: toBinary(OpSchema, o), createdAt: 0, ...(failed !== undefined ? { failed } : {}) };
+  };
+  const refused = entry("refused", "not a member"), pending = entry("pending");
+  await replica.apply({ meta: { epoch: "", feedPos: "0", dots: {}, session: { userId: "alice", deviceId: "D", token: "t", username: "alice" } }, convs: [conv], outboxPut: [refused, pending] });
+  const c = await FerryClient.open({ baseUrl: "http://127.0.0.1:1", replica });
+  assert.deepEqual(c.messages("C").map((m) => [m.text, m.status]).sort(), [["pending", "pending"], ["refused", "failed"]]);
+  const events: string[] = [];
+  c.on((e) => events.push(`${e.kind} ${e.convId}`));
+  await assert.rejects(c.dismissFailed(pending.id), /not a failed op/);
+  await assert.rejects(c.dismissFailed("01ARZ3NDEKTSV4RRFFQ69G5FAV"), /not a failed op/);
+  assert.deepEqual(events, []);
+  await c.dismissFailed(refused.id);
+  assert.deepEqual(c.messages("C").map((m) => m.text), ["pending"]);
+  assert.equal(c.conversations()[0]!.lastMessage?.text, "pending");
+  assert.deepEqual(events, ["messages C", "conversations C"]);
+  const reopened = await FerryClient.open({ baseUrl: "http://127.0.0.1:1", replica });
+  assert.deepEqual(reopened.messages("C").map((m) => m.text), ["pending"], "dismissed for good");
+});
+
 // fakeLocks is the Web Locks API as browsers have it, for exclusive locks
 // asked with a signal (Node has none): a request waits for the lock until
 // its signal aborts.
