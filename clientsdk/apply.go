@@ -54,6 +54,10 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo) ([]gap, error) {
 			return nil, err
 		}
 		rec := d.convs[id]
+		// The list's order is the conversations' last activity: a new one,
+		// new ops or the user's removal move it up; markers (the user's
+		// reads on another device, the members' receipts) do not.
+		moved := rec == nil || ci.GetHead() > rec.Head || ci.GetRemoved() != rec.Removed
 		if rec == nil {
 			rec = &convRecord{}
 			d.convs[id] = rec
@@ -66,8 +70,10 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo) ([]gap, error) {
 		for _, r := range ci.GetReceipts() {
 			rec.Receipts = append(rec.Receipts, receiptRecord{User: r.GetUserId(), Delivered: r.GetDelivered(), Read: r.GetRead()})
 		}
-		d.changed++
-		rec.Changed = d.changed
+		if moved {
+			d.changed++
+			rec.Changed = d.changed
+		}
 		if ms, ok := d.members[id]; !ci.GetRemoved() && (!ok || len(ms) != int(ci.GetMemberCount())) {
 			d.memberRefresh[id] = true
 		}

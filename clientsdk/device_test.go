@@ -344,6 +344,68 @@ func TestFailedMessagesShowUntilDismissed(t *testing.T) {
 	}
 }
 
+// TestMarkersDoNotReorderConversations: the conversation list is in the
+// order of the conversations' last activity (ops), on every device: a
+// read on one of the user's devices, or another member's read of the
+// user's message, does not move a conversation up.
+func TestMarkersDoNotReorderConversations(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	phone := device(t, srv, "bob", false)
+	laptop := device(t, srv, "bob", true)
+	bob := lookup(t, alice, "bob")
+	syncAll := func() {
+		t.Helper()
+		for _, d := range []*clientsdk.Device{alice, phone, laptop} {
+			if err := d.SyncOnce(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	older, _ := alice.CreateConversation(ctx, "older", bob)
+	alice.SendText(ctx, older, "one")
+	syncAll()
+	newer, _ := alice.CreateConversation(ctx, "newer", bob)
+	alice.SendText(ctx, newer, "two")
+	syncAll()
+	order := func(d *clientsdk.Device) []string {
+		t.Helper()
+		cs, err := d.Conversations()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, c := range cs {
+			out = append(out, c.Title)
+		}
+		return out
+	}
+	want := []string{"newer", "older"}
+	for _, d := range []*clientsdk.Device{alice, phone, laptop} {
+		if got := order(d); !slices.Equal(got, want) {
+			t.Fatalf("conversations %v before the read; want %v", got, want)
+		}
+	}
+	if err := phone.MarkRead(ctx, older, 0); err != nil {
+		t.Fatal(err)
+	}
+	syncAll()
+	if c, _ := laptop.Conversation(older); c.Unread != 0 {
+		t.Fatalf("the laptop did not learn of the read: %d unread", c.Unread)
+	}
+	for name, d := range map[string]*clientsdk.Device{"alice": alice, "bob's laptop": laptop} {
+		if got := order(d); !slices.Equal(got, want) {
+			t.Errorf("%s's conversations %v after bob read the older one; want %v", name, got, want)
+		}
+	}
+	// Activity does move it up.
+	alice.SendText(ctx, older, "three")
+	syncAll()
+	if got := order(laptop); !slices.Equal(got, []string{"older", "newer"}) {
+		t.Errorf("conversations %v after a message to the older one", got)
+	}
+}
+
 func TestReadOnOneDeviceClearsUnreadOnTheOther(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	alice := device(t, srv, "alice", false)

@@ -86,7 +86,9 @@ type Message struct {
 // Text returns the body as a string.
 func (m *Message) Text() string { return string(m.Body) }
 
-// Conversations lists the conversations, most recently changed first.
+// Conversations lists the conversations, the most recently active first:
+// new ops (messages, edits, reactions, title and membership changes) move
+// a conversation up, read markers and receipts do not.
 func (d *Device) Conversations() ([]Conversation, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

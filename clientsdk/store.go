@@ -122,8 +122,9 @@ type convRecord struct {
 	AckedRead      uint64 `json:"acked_read"`
 	// ReadWanted is a read marker asked for and not yet acknowledged.
 	ReadWanted uint64 `json:"read_wanted,omitempty"`
-	// Changed orders the conversation list: the feed position of the last
-	// change seen, or a local counter for local changes.
+	// Changed orders the conversation list: the device's counter
+	// (Device.changed) when the conversation last had activity (it is
+	// new, has new ops, or the user was removed), not marker moves.
 	Changed uint64 `json:"changed"`
 }
 
