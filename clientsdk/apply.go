@@ -275,6 +275,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	b := d.db.NewBatch()
 	renumber := map[ulid.ULID]uint64{} // conv -> first dot to give pending ops
 	var evs []Event
+	var touched []ulid.ULID // conversations whose messages changed: their last may have
 	for _, r := range pr.GetResults() {
 		id, err := wire.ParseID("op id", r.GetOpId())
 		if err != nil {
@@ -313,6 +314,9 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 			b.Delete(seqKey(tOutbox, ref.local))
 			delete(d.pending, id)
 			evs = append(evs, MessagesChanged{Conv: ref.conv, IDs: []ulid.ULID{id}})
+			if !slices.Contains(touched, ref.conv) {
+				touched = append(touched, ref.conv)
+			}
 		case ferryv1.OpStatus_OP_STATUS_REJECTED:
 			switch r.GetReason() {
 			case ferryv1.RejectReason_REJECT_REASON_DOT_GAP, ferryv1.RejectReason_REJECT_REASON_DOT_REUSED:
@@ -331,6 +335,9 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 				}
 				evs = append(evs, OpFailed{Conv: ref.conv, Op: id, Reason: reasonName(r.GetReason()), Message: r.GetMessage()},
 					MessagesChanged{Conv: ref.conv, IDs: []ulid.ULID{id}})
+				if !slices.Contains(touched, ref.conv) {
+					touched = append(touched, ref.conv)
+				}
 				d.log.Warn("op refused", "conv", ref.conv, "op", id, "reason", r.GetReason(), "msg", r.GetMessage())
 			}
 		}
@@ -362,6 +369,9 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 			}
 		}
 		s.mu.Unlock()
+	}
+	for _, conv := range touched {
+		evs = append(evs, ConversationChanged{Conv: conv})
 	}
 	d.emit(append(evs, StatusChanged{Status: d.statusLocked()})...)
 	if len(renumber) > 0 {

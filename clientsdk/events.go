@@ -73,7 +73,9 @@ type Event interface{ isEvent() }
 type StatusChanged struct{ Status Status }
 
 // ConversationChanged: a conversation's title, membership, unread count
-// or receipts changed, or it appeared.
+// or receipts changed, or it appeared, or its last message did (one
+// arrived, was sent, refused or dismissed): what a conversation list
+// shows of it.
 type ConversationChanged struct{ Conv ulid.ULID }
 
 // MessagesChanged: messages of a conversation arrived or changed (edits,

@@ -653,7 +653,8 @@ var ErrNotFailed = errors.New("ferry: no such failed op: Failed lists them")
 // DismissFailed removes an op the server refused from Failed and, for a
 // message, from its conversation's pages (StatusFailed): what an app does
 // when its user deletes a message that could not be sent. To send it
-// again, send its body as a new message. Subscribers get MessagesChanged.
+// again, send its body as a new message. Subscribers get MessagesChanged
+// and ConversationChanged.
 // It returns ErrNotFailed for an op that Failed does not list.
 func (d *Device) DismissFailed(op ulid.ULID) error {
 	d.mu.Lock()
@@ -687,7 +688,7 @@ func (d *Device) DismissFailed(op ulid.ULID) error {
 	if err := d.db.Commit(b); err != nil {
 		return err
 	}
-	d.emit(MessagesChanged{Conv: conv, IDs: []ulid.ULID{op}})
+	d.emit(MessagesChanged{Conv: conv, IDs: []ulid.ULID{op}}, ConversationChanged{Conv: conv})
 	return nil
 }
 
