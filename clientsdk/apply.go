@@ -33,12 +33,47 @@ type gap struct {
 	after, through uint64
 }
 
+// catchUpRanks are the places in the conversation list (convRecord.Changed)
+// kept for a catch-up's conversations: its Conversations messages list
+// them most recently changed first, each message after the last, so the
+// first one listed takes the highest place and each next one the place
+// below.
+type catchUpRanks struct{ next, left uint64 }
+
+// reserveRanks keeps places for n conversations above every conversation
+// the device lists now; what moves later (a send, a live round) goes
+// above them. d.mu is held.
+func (d *Device) reserveRanks(n uint32) catchUpRanks {
+	d.changed += uint64(n)
+	return catchUpRanks{next: d.changed, left: uint64(n)}
+}
+
+// take is the place of the catch-up's next conversation; false when every
+// place kept is taken.
+func (r *catchUpRanks) take() (uint64, bool) {
+	if r.left == 0 {
+		return 0, false
+	}
+	r.left--
+	r.next--
+	return r.next + 1, true
+}
+
+// moves reports whether ci moves its conversation up the list, whose
+// order is the conversations' last activity: a new one, new ops or the
+// user's removal move it; markers (the user's reads on another device,
+// the members' receipts) do not. rec is the device's record of it, or nil.
+func moves(rec *convRecord, ci *ferryv1.ConversationInfo) bool {
+	return rec == nil || ci.GetHead() > rec.Head || ci.GetRemoved() != rec.Removed
+}
+
 // applyInfos records what the server says of changed conversations. It
 // returns the gaps to fetch: the server resumes after its record of what
 // this device holds, and a replica that holds less (restored from a backup,
 // or an ack that outran a local write) must fetch the difference, never
-// skip it.
-func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo) ([]gap, error) {
+// skip it. ranks, during a catch-up, places the conversations it moves in
+// the list (nil: live, where each message's infos move theirs above all).
+func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo, ranks *catchUpRanks) ([]gap, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -47,6 +82,17 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo) ([]gap, error) {
 	b := d.db.NewBatch()
 	var gaps []gap
 	var evs []Event
+	// A catch-up's conversations take the places kept for them, the most
+	// recently changed (listed first) the highest.
+	var places []uint64
+	if ranks != nil {
+		places = make([]uint64, len(infos))
+		for i, ci := range infos {
+			if id, err := ulid.ParseStrict(ci.GetId()); err == nil && moves(d.convs[id], ci) {
+				places[i], _ = ranks.take()
+			}
+		}
+	}
 	for i := len(infos) - 1; i >= 0; i-- { // the list is most recent first
 		ci := infos[i]
 		id, err := wire.ParseID("conversation id", ci.GetId())
@@ -54,10 +100,7 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo) ([]gap, error) {
 			return nil, err
 		}
 		rec := d.convs[id]
-		// The list's order is the conversations' last activity: a new one,
-		// new ops or the user's removal move it up; markers (the user's
-		// reads on another device, the members' receipts) do not.
-		moved := rec == nil || ci.GetHead() > rec.Head || ci.GetRemoved() != rec.Removed
+		moved := moves(rec, ci)
 		if rec == nil {
 			rec = &convRecord{}
 			d.convs[id] = rec
@@ -70,7 +113,10 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo) ([]gap, error) {
 		for _, r := range ci.GetReceipts() {
 			rec.Receipts = append(rec.Receipts, receiptRecord{User: r.GetUserId(), Delivered: r.GetDelivered(), Read: r.GetRead()})
 		}
-		if moved {
+		switch {
+		case places != nil && places[i] != 0:
+			rec.Changed = places[i]
+		case moved: // live, or past the places kept
 			d.changed++
 			rec.Changed = d.changed
 		}
@@ -165,6 +211,7 @@ func (d *Device) applyOps(batches []received) (int, error) {
 			d.convs[conv] = rec
 		}
 		var ids []ulid.ULID
+		moved := false
 		for i := range bt.ops {
 			op := &bt.ops[i]
 			fresh, err := d.storeOp(b, rec, op, bt.rows[i])
@@ -176,10 +223,16 @@ func (d *Device) applyOps(batches []received) (int, error) {
 			}
 			added++
 			ids = append(ids, op.ID)
+			moved = moved || op.Seq > rec.Head
 		}
 		if len(ids) > 0 {
-			d.changed++
-			rec.Changed = d.changed
+			// Ops up to the head the conversation's info gave moved it in
+			// the list then (in the order of the infos, which a catch-up's
+			// pages do not keep); ops past it are activity it did not say.
+			if moved {
+				d.changed++
+				rec.Changed = d.changed
+			}
 			evs = append(evs, MessagesChanged{Conv: conv, IDs: ids}, ConversationChanged{Conv: conv})
 		}
 		b.Set(idKey(tConv, conv), encodeJSON(rec))

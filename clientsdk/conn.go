@@ -271,8 +271,11 @@ type session struct {
 	// round's first message to its last (a live Ops with a feed position,
 	// or CaughtUp), since a push result can come between them. Both are
 	// the receiver's alone.
-	unseen    map[ulid.ULID]uint64
-	inRound   bool
+	unseen  map[ulid.ULID]uint64
+	inRound bool
+	// ranks places the catch-up's conversations in the list (applyInfos);
+	// the receiver's alone.
+	ranks     catchUpRanks
 	flushWake chan struct{}
 	// streamAcked holds the markers sent on this stream, per conversation
 	// (delivered, read): the sender's alone. The server applies them as it
@@ -550,9 +553,14 @@ func (s *session) receive(ctx context.Context) error {
 			d.setStatus(func(st *Status) {
 				*st = Status{State: StateCatchingUp, Conversations: int(x.Welcome.GetChangedConversations()), OpsTotal: x.Welcome.GetMissingOps()}
 			})
+			s.ranks = d.reserveRanks(x.Welcome.GetChangedConversations())
 			d.mu.Unlock()
 		case *ferryv1.SyncResponse_Conversations:
-			gaps, err := d.applyInfos(x.Conversations.GetConversations())
+			ranks := &s.ranks
+			if s.live.Load() {
+				ranks = nil
+			}
+			gaps, err := d.applyInfos(x.Conversations.GetConversations(), ranks)
 			if err != nil {
 				return &TerminalError{Err: err}
 			}

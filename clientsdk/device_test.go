@@ -348,6 +348,106 @@ func TestFailedMessagesShowUntilDismissed(t *testing.T) {
 	}
 }
 
+// TestCatchUpListsConversationsInOrderOfActivity: a catch-up brings the
+// changed conversations most recently changed first, then their ops page
+// by page, the most recent first too; the list keeps the conversations'
+// order, on a device that was offline and on a new one, not the order of
+// the pages. (The server's order also counts markers that others see, such
+// as another device's delivered marker: each case has a server of its own,
+// where no device of alice's acks between bob's messages and the catch-up.)
+func TestCatchUpListsConversationsInOrderOfActivity(t *testing.T) {
+	for _, newDevice := range []bool{false, true} {
+		t.Run(map[bool]string{false: "back online", true: "new device"}[newDevice], func(t *testing.T) {
+			srv := servertest.New(t, servertest.Config{})
+			phone := device(t, srv, "alice", false)
+			bob := device(t, srv, "bob", false)
+			alice := lookup(t, bob, "alice")
+			convs := map[string]ulid.ULID{}
+			for _, title := range []string{"one", "two", "three"} {
+				convs[title], _ = bob.CreateConversation(ctx, title, alice)
+			}
+			for _, d := range []*clientsdk.Device{bob, phone} {
+				if err := d.SyncOnce(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, title := range []string{"three", "one", "two"} {
+				bob.SendText(ctx, convs[title], "news in "+title)
+				if err := bob.SyncOnce(ctx); err != nil { // a push each: three feed positions
+					t.Fatal(err)
+				}
+			}
+			d := phone
+			if newDevice {
+				d = device(t, srv, "alice", true)
+			}
+			if err := d.SyncOnce(ctx); err != nil {
+				t.Fatal(err)
+			}
+			cs, err := d.Conversations()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, c := range cs {
+				got = append(got, c.Title)
+			}
+			if want := []string{"two", "one", "three"}; !slices.Equal(got, want) {
+				t.Errorf("lists %v; want %v", got, want)
+			}
+		})
+	}
+}
+
+// TestLongCatchUpListsConversationsInOrder: a catch-up of more changed
+// conversations than one Conversations message holds (256) lists them in
+// the server's order across the messages: the later messages' older
+// conversations do not go above the first's.
+func TestLongCatchUpListsConversationsInOrder(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	_ = device(t, srv, "alice", false)
+	bob := device(t, srv, "bob", false)
+	alice := lookup(t, bob, "alice")
+	var convs []ulid.ULID
+	for i := range 300 {
+		c, err := bob.CreateConversation(ctx, fmt.Sprint("c", i), alice)
+		if err != nil {
+			t.Fatal(err)
+		}
+		convs = append(convs, c)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The three most recently changed, in their own pushes.
+	var want []ulid.ULID
+	for _, c := range []ulid.ULID{convs[5], convs[150], convs[299]} {
+		bob.SendText(ctx, c, "news")
+		if err := bob.SyncOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		want = append([]ulid.ULID{c}, want...)
+	}
+	laptop := device(t, srv, "alice", true)
+	if err := laptop.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := laptop.Conversations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != 300 {
+		t.Fatalf("%d conversations listed, want 300", len(cs))
+	}
+	var top []ulid.ULID
+	for _, c := range cs[:3] {
+		top = append(top, c.ID)
+	}
+	if !slices.Equal(top, want) {
+		t.Errorf("the list begins %v; want the three with news, the latest first: %v", top, want)
+	}
+}
+
 // TestMarkersDoNotReorderConversations: the conversation list is in the
 // order of the conversations' last activity (ops), on every device: a
 // read on one of the user's devices, or another member's read of the

@@ -156,6 +156,14 @@ export class FerryClient {
   private foldings = new Map<string, Folding>();
   private unfolded = new Map<string, number[]>();
   private readonly opIds = new OpIds();
+  // lastChange is the highest changedAt given: the conversation list's
+  // order, by activity, strictly increasing (see changeTick).
+  private lastChange = 0;
+  // places are the changedAt values kept for a catch-up's conversations:
+  // its Conversations messages list them most recently changed first, each
+  // message after the last, so the first listed takes the highest (next)
+  // and each one after the one below. Null when live.
+  private places: { next: number; left: number } | null = null;
   private acked = new Map<string, number>(); // conv -> delivered marker sent
   private reads = new Map<string, number>(); // conv -> read marker not yet sent
   // account counts sign-ins and sign-outs: a push or an ack answered after
@@ -227,7 +235,10 @@ export class FerryClient {
     const c = new FerryClient(opts);
     const snap = await c.replica.load();
     c.meta = snap.meta;
-    for (const conv of snap.convs) c.convs.set(conv.id, conv);
+    for (const conv of snap.convs) {
+      c.convs.set(conv.id, conv);
+      c.lastChange = Math.max(c.lastChange, conv.changedAt);
+    }
     for (const op of snap.ops) c.storeOp(op);
     for (const e of snap.outbox) c.outbox.set(e.id, e);
     c.st = { ...c.st, state: c.meta.session ? "offline" : "signed-out", pending: c.pendingCount() };
@@ -660,9 +671,10 @@ export class FerryClient {
         ids.push(id);
       }
       const cur = this.convs.get(convId);
+      const changedAt = this.changeTick();
       const rec: ConvRecord = cur
-        ? { ...cur, changedAt: now }
-        : { id: convId, title: newTitle ?? "", role: 0, removed: false, head: 0, unread: 0, delivered: 0, read: 0, memberCount: 1, receipts: [], changedAt: now };
+        ? { ...cur, changedAt }
+        : { id: convId, title: newTitle ?? "", role: 0, removed: false, head: 0, unread: 0, delivered: 0, read: 0, memberCount: 1, receipts: [], changedAt };
       return { meta: { ...this.meta, dots: { ...this.meta.dots, [convId]: dot } }, outboxPut: entries, convs: [rec] };
     });
     this.setStatus({ pending: this.pendingCount() });
@@ -670,6 +682,22 @@ export class FerryClient {
     this.emit({ kind: "conversations", convId });
     void this.flush();
     return ids;
+  }
+
+  // changeTick is the changedAt of a conversation that has activity now:
+  // the time in ms, or one past the last given when that is later, so that
+  // conversations moved together keep the order they moved in.
+  private changeTick(): number {
+    this.lastChange = Math.max(this.opts.now(), this.lastChange + 1);
+    return this.lastChange;
+  }
+
+  // reservePlaces keeps n changedAt values above every conversation's, for
+  // a catch-up's conversations; what moves later goes above them.
+  private reservePlaces(n: number): { next: number; left: number } {
+    const first = this.changeTick();
+    this.lastChange = first + Math.max(n, 1) - 1;
+    return { next: this.lastChange, left: n };
   }
 
   // ---- the session ----
@@ -765,6 +793,7 @@ export class FerryClient {
           this.attempt = 0; // a session that breaks later starts its backoff over
           if (m.value.limits?.maxOpsPerPush) this.maxOpsPerPush = m.value.limits.maxOpsPerPush;
           this.setStatus({ state: "catching-up", missingOps: Number(m.value.missingOps), receivedOps: 0, lastError: undefined });
+          this.places = this.reservePlaces(m.value.changedConversations);
           void this.flush();
           void this.sendAcks().catch(() => {});
           break;
@@ -778,6 +807,7 @@ export class FerryClient {
           const feedPos = m.value.feedPos.toString();
           await this.commit(() => ({ meta: { ...this.meta, epoch, feedPos } }));
           this.setStatus({ state: "live" });
+          this.places = null;
           void this.sendAcks().catch(() => {});
           break;
         }
@@ -849,7 +879,24 @@ export class FerryClient {
   private async takeConversations(infos: ConversationInfo[]): Promise<void> {
     let recs: ConvRecord[] = [];
     await this.commit(() => {
-      const now = this.opts.now();
+      // The infos come most recent first: the conversations they move (new,
+      // with new ops, or the user removed; not markers) take changedAt in
+      // that order, a catch-up's from the places kept for it.
+      const moved = new Map<string, number>();
+      const moves = (c: ConversationInfo) => {
+        const before = this.convs.get(c.id);
+        return !before || Number(c.head) > before.head || c.removed !== before.removed;
+      };
+      const places = this.places;
+      for (const c of infos) {
+        if (!places || places.left === 0 || !moves(c)) continue;
+        moved.set(c.id, places.next--);
+        places.left--;
+      }
+      for (let i = infos.length - 1; i >= 0; i--) {
+        const c = infos[i]!;
+        if (!moved.has(c.id) && moves(c)) moved.set(c.id, this.changeTick()); // live, or past the places kept
+      }
       recs = infos.map((c): ConvRecord => {
         const before = this.convs.get(c.id);
         return {
@@ -864,7 +911,7 @@ export class FerryClient {
           memberCount: c.memberCount,
           receipts: c.receipts.map((r) => ({ userId: r.userId, delivered: Number(r.delivered), read: Number(r.read) })),
           noReceipts: c.noReceipts,
-          changedAt: !before || Number(c.head) > before.head ? now : before.changedAt,
+          changedAt: moved.get(c.id) ?? before!.changedAt,
         };
       });
       return { convs: recs };

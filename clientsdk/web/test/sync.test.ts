@@ -228,6 +228,24 @@ test("catch-up shows the newest page of a conversation first, then fills in olde
   assert.equal(bob.page(conv, { limit: 5 }).olderLoading, false);
 });
 
+test("a device back online lists the conversations in the order of their activity", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await open();
+  const a = await signUp(alice, "alice");
+  await signUp(bob, "bob");
+  const convs: Record<string, string> = {};
+  for (const title of ["one", "two", "three"]) convs[title] = await bob.createConversation(title, [a]);
+  await alice.waitFor(() => alice.conversations().length === 3);
+  await alice.stop();
+  for (const title of ["three", "one", "two"]) {
+    await bob.send(convs[title]!, `news in ${title}`);
+    await bob.waitFor(() => bob.status().pending === 0); // a push each: three feed positions
+  }
+  alice.start();
+  await alice.waitFor(() => alice.status().state === "live" && alice.conversations().every((c) => c.lastMessage?.text === `news in ${c.title}`));
+  assert.deepEqual(alice.conversations().map((c) => c.title), ["two", "one", "three"]);
+});
+
 test("pages walk a conversation from the newest, pending messages on the first", { timeout: 60_000 }, async () => {
   const alice = await open();
   await signUp(alice, "alice");

@@ -3,7 +3,7 @@ import { test } from "node:test";
 
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 
-import { fold, ulid, isULID, ulidFromBytes, unpackBatch, MalformedBatchError, OpIds, type MessageView, type MessagePage } from "../src/index.js";
+import { fold, ulid, isULID, ulidFromBytes, unpackBatch, MalformedBatchError, OpIds, type MessageView, type MessagePage, type ConversationView } from "../src/index.js";
 import { Folding, ulidTime, type FoldInput, type StatusInput } from "../src/fold.js";
 import type { Change } from "../src/replica.js";
 import { OpKind, OpSchema, PackedBatchSchema, Role, type Op, type PackedBatch } from "../src/gen/ferry/v1/op_pb.js";
@@ -465,6 +465,29 @@ test("dismissFailed takes a refused message out of the conversation, and only a 
   assert.deepEqual(events, ["messages C", "conversations C"]);
   const reopened = await FerryClient.open({ baseUrl: "http://127.0.0.1:1", replica });
   assert.deepEqual(reopened.messages("C").map((m) => m.text), ["pending"], "dismissed for good");
+});
+
+test("a catch-up's conversations are listed in the server's order, across its messages", async () => {
+  const { FerryClient, MemoryReplica } = await import("../src/index.js");
+  const { ConversationInfoSchema } = await import("../src/gen/ferry/v1/conversation_pb.js");
+  const replica = new MemoryReplica();
+  const known = { id: ulid(1_790_000_000_000), title: "known", role: 1, removed: false, head: 5, unread: 0, delivered: 5, read: 5, memberCount: 2, receipts: [], changedAt: 7 };
+  await replica.apply({ meta: { epoch: "", feedPos: "0", dots: {}, session: { userId: "alice", deviceId: "D", token: "t", username: "alice" } }, convs: [known] });
+  const c = (await FerryClient.open({ baseUrl: "http://127.0.0.1:1", replica })) as any;
+  // 300 changed conversations, most recently changed first, in messages of
+  // 256 as the server sends them; the known one's read marker alone moved.
+  const infos = Array.from({ length: 300 }, (_, i) =>
+    create(ConversationInfoSchema, { id: ulid(1_790_000_001_000 + i), title: `c${i}`, head: 1n, memberCount: 2 }));
+  infos.splice(100, 0, create(ConversationInfoSchema, { id: known.id, title: "known", head: 5n, read: 5n, memberCount: 2 }));
+  c.places = c.reservePlaces(infos.length);
+  await c.takeConversations(infos.slice(0, 256));
+  await c.takeConversations(infos.slice(256));
+  const titles = c.conversations().map((v: ConversationView) => v.title);
+  assert.deepEqual(titles, [...infos.filter((i) => i.title !== "known").map((i) => i.title), "known"]);
+  // Live: a conversation that moves goes to the top.
+  c.places = null;
+  await c.takeConversations([create(ConversationInfoSchema, { id: infos[299]!.id, title: "c299", head: 2n, memberCount: 2 })]);
+  assert.equal(c.conversations()[0].title, "c299");
 });
 
 // fakeLocks is the Web Locks API as browsers have it, for exclusive locks
