@@ -12,7 +12,7 @@ import { createConnectTransport } from "@connectrpc/connect-web";
 
 import { AccountService } from "./gen/ferry/v1/account_pb.js";
 import { type ConversationInfo } from "./gen/ferry/v1/conversation_pb.js";
-import { OpBatchSchema, OpSchema, OpStatus, type Op } from "./gen/ferry/v1/op_pb.js";
+import { OpBatchSchema, OpSchema, OpStatus, RejectReason, type Op, type OpResult } from "./gen/ferry/v1/op_pb.js";
 import { HelloSchema, SyncService, type Ops } from "./gen/ferry/v1/sync_pb.js";
 import { unpackBatch } from "./packed.js";
 import { Folding, type MessageView, type StatusInput } from "./fold.js";
@@ -183,6 +183,7 @@ export class FerryClient {
   private leaving = false; // signOut() runs: start() does nothing
   private connected = false;
   private maxOpsPerPush = 100;
+  private maxBodyBytes = 1 << 20; // the server's, once a Welcome says (Limits)
   private flushing?: Promise<void>;
   private flushWanted = false;
   private wake?: AbortController; // ends the reconnect backoff early
@@ -543,12 +544,15 @@ export class FerryClient {
     return f.view(this.pendingOf(convId), this.statusOf(convId)).at(-1);
   }
 
-  // pendingOf is a conversation's outbox, to fold over its stored ops.
+  // pendingOf is a conversation's outbox, to fold over its stored ops: its
+  // pending ops, and the messages the server refused (shown failed); an
+  // edit, delete or reaction it refused changes nothing.
   private pendingOf(convId: string): { op: Op; failed?: string }[] {
     const pending: { op: Op; failed?: string }[] = [];
     for (const e of this.outbox.values()) {
       if (e.convId !== convId) continue;
       const op = fromBinary(OpSchema, e.op);
+      if (e.failed !== undefined && op.payload.case !== "message") continue;
       op.userId = this.meta.session?.userId ?? "";
       pending.push({ op, ...(e.failed !== undefined ? { failed: e.failed } : {}) });
     }
@@ -607,6 +611,19 @@ export class FerryClient {
   }
 
   /**
+   * The ops the server refused, oldest first, with its reason: a refused
+   * message shows in its conversation with status "failed"; a refused edit,
+   * delete or reaction changes nothing and shows only here. dismissFailed
+   * removes one.
+   */
+  failed(): { convId: string; opId: string; kind: string; error: string }[] {
+    return [...this.outbox.values()]
+      .filter((e) => e.failed !== undefined)
+      .sort((a, b) => a.createdAt - b.createdAt || a.convId.localeCompare(b.convId) || a.dot - b.dot)
+      .map((e) => ({ convId: e.convId, opId: e.id, kind: fromBinary(OpSchema, e.op).payload.case ?? "", error: e.failed! }));
+  }
+
+  /**
    * Removes an op the server refused, such as a message shown with status
    * "failed": what an app does when its user deletes a message that could
    * not be sent. To send it again, send its text as a new message. Throws
@@ -656,6 +673,10 @@ export class FerryClient {
     const conv = this.convs.get(convId);
     if (!conv && newTitle === undefined) throw new Error(`ferry: unknown conversation ${convId}`);
     if (conv?.removed) throw new Error(`ferry: you are no longer a member of ${convId}`);
+    for (const p of payloads) {
+      const size = p?.case === "message" || p?.case === "edit" ? (p.value.body?.length ?? 0) : 0;
+      if (size > this.maxBodyBytes) throw new Error(`ferry: the body is ${size} bytes, more than the server's limit of ${this.maxBodyBytes}`);
+    }
     // Dots are given inside the write chain, so concurrent sends never
     // share one.
     const ids: string[] = [];
@@ -792,6 +813,7 @@ export class FerryClient {
           this.connected = true;
           this.attempt = 0; // a session that breaks later starts its backoff over
           if (m.value.limits?.maxOpsPerPush) this.maxOpsPerPush = m.value.limits.maxOpsPerPush;
+          if (m.value.limits?.maxBodyBytes) this.maxBodyBytes = m.value.limits.maxBodyBytes;
           this.setStatus({ state: "catching-up", missingOps: Number(m.value.missingOps), receivedOps: 0, lastError: undefined });
           this.places = this.reservePlaces(m.value.changedConversations);
           void this.flush();
@@ -984,10 +1006,18 @@ export class FerryClient {
     }
   }
 
-  private async takeResults(batch: OutboxEntry[], results: { opId: string; status: OpStatus; seq: bigint; message: string }[]): Promise<void> {
+  // takeResults handles a push's answers: accepted ops leave the outbox and
+  // join the replica; ops refused for good stay in it, failed, and the
+  // device's later ops in their conversation are numbered again from their
+  // dot (the server numbers a device's ops without gaps, and a refused op
+  // takes none); dot errors number them again from where the server stands.
+  private async takeResults(batch: OutboxEntry[], results: Pick<OpResult, "opId" | "status" | "seq" | "reason" | "message" | "serverDot">[]): Promise<void> {
     await this.commit(() => {
       const me = this.meta.session!;
       const change: Change = { ops: [], outboxDelete: [], outboxPut: [] };
+      const renumber = new Map<string, number>(); // conv -> the first dot to give its pending ops
+      const lower = (convId: string, dot: number) => renumber.set(convId, Math.min(renumber.get(convId) ?? Infinity, dot));
+      const settled = new Set<string>(); // entries no longer pending
       for (const r of results) {
         const e = this.outbox.get(r.opId) ?? batch.find((x) => x.id === r.opId);
         if (!e) continue;
@@ -997,9 +1027,28 @@ export class FerryClient {
           op.userId = me.userId;
           change.ops!.push({ convId: e.convId, seq: Number(r.seq), id: e.id, op: toBinary(OpSchema, op) });
           change.outboxDelete!.push(e.id);
+          settled.add(e.id);
+        } else if (r.status === OpStatus.REJECTED && (r.reason === RejectReason.DOT_GAP || r.reason === RejectReason.DOT_REUSED)) {
+          lower(e.convId, Number(r.serverDot) + 1);
         } else if (r.status === OpStatus.REJECTED) {
           change.outboxPut!.push({ ...e, failed: r.message || "rejected by the server" });
+          settled.add(e.id);
+          lower(e.convId, e.dot);
         }
+      }
+      for (const [convId, first] of renumber) {
+        let dot = first;
+        const pending = [...this.outbox.values()]
+          .filter((x) => x.convId === convId && x.failed === undefined && !settled.has(x.id))
+          .sort((a, b) => a.dot - b.dot);
+        for (const x of pending) {
+          const op = fromBinary(OpSchema, x.op);
+          op.dot = BigInt(dot);
+          change.outboxPut!.push({ ...x, dot, op: toBinary(OpSchema, op) });
+          dot++;
+        }
+        const meta = change.meta ?? this.meta;
+        change.meta = { ...meta, dots: { ...meta.dots, [convId]: dot - 1 } };
       }
       return change;
     });

@@ -228,6 +228,27 @@ test("catch-up shows the newest page of a conversation first, then fills in olde
   assert.equal(bob.page(conv, { limit: 5 }).olderLoading, false);
 });
 
+test("an op the server refuses changes nothing, and the device's later ops go through", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await open();
+  await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const conv = await alice.createConversation("refusals", [b]);
+  const m = await alice.send(conv, "alice's");
+  await bob.waitFor(() => bob.messages(conv).length === 1);
+  const del = await bob.delete(conv, m); // a member may not delete another's message
+  await bob.send(conv, "after");
+  await bob.waitFor(() => bob.status().pending === 0);
+  assert.deepEqual(bob.messages(conv).map((x) => [x.text, x.deleted, x.status ?? ""]), [["alice's", false, ""], ["after", false, bob.messages(conv)[1]!.status ?? ""]]);
+  assert.notEqual(bob.messages(conv)[1]!.status, "failed", bob.messages(conv)[1]!.error);
+  assert.deepEqual(bob.failed().map((f) => [f.opId, f.kind]), [[del, "delete"]]);
+  assert.match(bob.failed()[0]!.error, /delete/);
+  await alice.waitFor(() => texts(alice.messages(conv)).join() === "alice's,after");
+  await bob.dismissFailed(del);
+  assert.deepEqual(bob.failed(), []);
+  await assert.rejects(bob.send(conv, "x".repeat(1 << 20) + "x"), /the body is 1048577 bytes, more than the server's limit of \d+/);
+});
+
 test("a device back online lists the conversations in the order of their activity", { timeout: 60_000 }, async () => {
   const alice = await open();
   const bob = await open();

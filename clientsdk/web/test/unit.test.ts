@@ -304,6 +304,7 @@ test("the client's folds, kept and fed a change at a time, agree with folding ev
       const inputs: FoldInput[] = [...(c.ops.get(C)?.values() ?? [])].map((x: any) => ({ seq: x.seq, op: fromBinary(OpSchema, x.op) }));
       for (const e of c.outbox.values()) {
         const o = fromBinary(OpSchema, e.op);
+        if (e.failed !== undefined && o.payload.case !== "message") continue; // refused: changes nothing
         o.userId = me.userId;
         inputs.push({ seq: 0, op: o, ...(e.failed !== undefined ? { failed: e.failed } : {}) });
       }
@@ -488,6 +489,35 @@ test("a catch-up's conversations are listed in the server's order, across its me
   c.places = null;
   await c.takeConversations([create(ConversationInfoSchema, { id: infos[299]!.id, title: "c299", head: 2n, memberCount: 2 })]);
   assert.equal(c.conversations()[0].title, "c299");
+});
+
+test("a refused op takes no dot: the device's later ops are numbered again, and dot errors say from where", async () => {
+  const { FerryClient, MemoryReplica } = await import("../src/index.js");
+  const { OpStatus, RejectReason } = await import("../src/gen/ferry/v1/op_pb.js");
+  const replica = new MemoryReplica();
+  const conv = { id: "C", title: "t", role: 1, removed: false, head: 0, unread: 0, delivered: 0, read: 0, memberCount: 2, receipts: [], changedAt: 1 };
+  await replica.apply({ meta: { epoch: "", feedPos: "0", dots: {}, session: { userId: "alice", deviceId: "D", token: "t", username: "alice" } }, convs: [conv] });
+  const c = (await FerryClient.open({ baseUrl: "http://127.0.0.1:1", replica })) as any;
+  const ids = [await c.send("C", "a"), await c.send("C", "b"), await c.send("C", "c"), await c.send("C", "d")];
+  const dots = () => ids.map((id) => c.outbox.get(id)?.failed !== undefined ? "failed" : c.outbox.get(id) ? Number(fromBinary(OpSchema, c.outbox.get(id).op).dot) : "gone");
+  assert.deepEqual(dots(), [1, 2, 3, 4]);
+  const result = (id: string, status: number, extra = {}) => ({ opId: id, status, seq: 0n, reason: 0, message: "", serverDot: 0n, ...extra });
+  // A push of the first two: a accepted, b refused. c and d, not pushed
+  // yet, take b's dot and the next.
+  await c.takeResults([c.outbox.get(ids[0]), c.outbox.get(ids[1])], [
+    result(ids[0], OpStatus.ACCEPTED, { seq: 1n }),
+    result(ids[1], OpStatus.REJECTED, { reason: RejectReason.PERMISSION_DENIED, message: "no" }),
+  ]);
+  assert.deepEqual(dots(), ["gone", "failed", 2, 3]);
+  assert.equal(c.meta.dots.C, 3);
+  assert.equal(Number(c.outbox.get(ids[2]).dot), 2, "the entry's dot moves with its op's");
+  // A dot error says the server holds the device's ops up to dot 3 (a
+  // replica restored from a backup, say): the pending ones go on from 4.
+  await c.takeResults([c.outbox.get(ids[2])], [result(ids[2], OpStatus.REJECTED, { reason: RejectReason.DOT_GAP, serverDot: 3n })]);
+  assert.deepEqual(dots(), ["gone", "failed", 4, 5]);
+  assert.equal(c.meta.dots.C, 5);
+  assert.equal(c.failed().length, 1);
+  assert.equal(await c.send("C", "e").then((id: string) => Number(c.outbox.get(id).dot)), 6);
 });
 
 // fakeLocks is the Web Locks API as browsers have it, for exclusive locks
