@@ -150,6 +150,55 @@ func TestPagesStopAtHoles(t *testing.T) {
 	check(901, want{900, 851, true, false})
 }
 
+// TestDeletedMessagesShowNoReactions: a message deleted for everyone shows
+// no body, edit or reactions, whether its delete is stored or still
+// pending, and a pending reaction to it adds none (the web client's fold
+// shows the same).
+func TestDeletedMessagesShowNoReactions(t *testing.T) {
+	d := memoryDevice(t)
+	conv := ulid.Make()
+	holdMessages(t, d, conv, 1, 2)
+	ctx := context.Background()
+	d.mu.Lock()
+	me := ulid.Make()
+	d.creds = &credentials{User: me.String(), Device: ulid.Make().String(), Username: "me"}
+	d.convs[conv].Role = ferryv1.Role_ROLE_MEMBER
+	s := d.states[conv]
+	var ids [2]ulid.ULID
+	for v := range s.Newest(0) {
+		ids[v.Seq-1] = v.ID
+	}
+	other := ulid.Make()
+	for i, op := range []model.Op{
+		{Kind: model.KindReactionAdd, Target: ids[0], ReactionKey: "+1"},
+		{Kind: model.KindReactionAdd, Target: ids[1], ReactionKey: "+1"},
+		{Kind: model.KindDelete, Target: ids[1]}, // stored: seq 5
+	} {
+		op.ID, op.Conv, op.Seq, op.User, op.Dot = ulid.Make(), conv, uint64(3+i), other, model.Dot{Device: other, N: uint64(i + 1)}
+		s.Apply(&op)
+	}
+	d.convs[conv].addRange(3, 5)
+	d.mu.Unlock()
+	if _, err := d.Delete(ctx, conv, ids[0]); err != nil { // pending
+		t.Fatal(err)
+	}
+	if _, err := d.React(ctx, conv, ids[1], "party"); err != nil { // pending, to a deleted message
+		t.Fatal(err)
+	}
+	p, err := d.Messages(conv, PageOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Messages) != 2 {
+		t.Fatalf("%d messages", len(p.Messages))
+	}
+	for _, m := range p.Messages {
+		if !m.Deleted || m.Body != nil || m.Edited || len(m.Reactions) != 0 {
+			t.Errorf("message %d (%s): deleted %v, body %q, edited %v, reactions %v; want deleted and nothing else", m.Seq, m.ID, m.Deleted, m.Body, m.Edited, m.Reactions)
+		}
+	}
+}
+
 // TestOlderLoadingUnderPendingMessages: a first page that holds only
 // pending messages, of a conversation whose sent messages are still on
 // their way, says older messages are loading.

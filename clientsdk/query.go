@@ -271,10 +271,12 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 				if !m.Deleted {
 					m.Body, m.ContentType, m.Edited = op.Body, op.ContentType, true
 				}
-			case model.KindDelete:
-				m.Body, m.ContentType, m.Deleted = nil, "", true
+			case model.KindDelete: // deleted for everyone: no body, edit or reactions
+				m.Body, m.ContentType, m.Deleted, m.Edited, m.Reactions = nil, "", true, false, nil
 			default:
-				m.Reactions = react(m.Reactions, op.ReactionKey, me, op.Kind == model.KindReactionAdd)
+				if !m.Deleted {
+					m.Reactions = react(m.Reactions, op.ReactionKey, me, op.Kind == model.KindReactionAdd)
+				}
 			}
 		}
 		// The caller's own copy: the body and reactions are the cached

@@ -162,7 +162,7 @@ export class Folding {
       switch (p.case) {
         case "message": {
           const m = messageView(this.convId, 0, op, failed);
-          for (const [key, who] of usersOf(op.id)) if (who.size > 0) m.reactions[key] = [...who].sort();
+          if (!m.deleted) for (const [key, who] of usersOf(op.id)) if (who.size > 0) m.reactions[key] = [...who].sort();
           if (me) m.status = failed !== undefined ? "failed" : "pending";
           copies.set(m.id, m);
           out.push(m);
@@ -181,6 +181,8 @@ export class Folding {
           if (m) {
             m.deleted = true;
             m.text = "";
+            m.edited = false;
+            m.reactions = {};
           }
           break;
         }
@@ -192,7 +194,7 @@ export class Folding {
           if (p.case === "reactionAdd") who.add(op.userId);
           else who.delete(op.userId);
           const m = find(p.value.targetId);
-          if (m) {
+          if (m && !m.deleted) {
             if (who.size > 0) m.reactions[p.value.key] = [...who].sort();
             else delete m.reactions[p.value.key];
           }
@@ -280,7 +282,7 @@ function messageView(convId: string, seq: number, op: Op, failed: string | undef
     seq,
     userId: op.userId,
     deviceId: op.deviceId,
-    text: decoder.decode(body?.body),
+    text: op.erased ? "" : decoder.decode(body?.body), // the server erased it: deleted
     contentType: body?.contentType || "text/plain",
     edited: false,
     deleted: op.erased,
@@ -307,11 +309,14 @@ function refold(t: Target, m: MessageView): void {
     fresh.text = decoder.decode(edit.body);
     fresh.edited = true;
   }
-  if (deleted < Infinity) {
-    fresh.deleted = true;
+  if (deleted < Infinity) fresh.deleted = true;
+  if (fresh.deleted) {
+    // Deleted for everyone: no text, edits or reactions, as in the Go SDK.
     fresh.text = "";
+    fresh.edited = false;
+  } else {
+    for (const [key, who] of reactionSets(t)) if (who.size > 0) fresh.reactions[key] = [...who].sort();
   }
-  for (const [key, who] of reactionSets(t)) if (who.size > 0) fresh.reactions[key] = [...who].sort();
   Object.assign(m, fresh); // fresh has no status: m keeps its own
 }
 

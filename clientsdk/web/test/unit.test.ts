@@ -72,8 +72,11 @@ test("fold: edits (highest seq wins), deletes win, reactions per user", () => {
     { seq: 5, op: op("bob", { case: "reactionAdd", value: { targetId: m1.id, key: "👍" } }) },
     { seq: 6, op: op("alice", { case: "reactionAdd", value: { targetId: m1.id, key: "👍" } }) },
     { seq: 7, op: op("alice", { case: "reactionRemove", value: { targetId: m1.id, key: "👍" } }) },
-    { seq: 8, op: op("bob", { case: "delete", value: { targetId: m2.id } }) },
-    { seq: 9, op: op("bob", { case: "edit", value: { targetId: m2.id, body: enc.encode("back?") } }) },
+    { seq: 8, op: op("alice", { case: "reactionAdd", value: { targetId: m2.id, key: "🎉" } }) },
+    { seq: 9, op: op("bob", { case: "edit", value: { targetId: m2.id, body: enc.encode("hi!") } }) },
+    { seq: 10, op: op("bob", { case: "delete", value: { targetId: m2.id } }) },
+    { seq: 11, op: op("bob", { case: "edit", value: { targetId: m2.id, body: enc.encode("back?") } }) },
+    { seq: 12, op: op("alice", { case: "reactionAdd", value: { targetId: m2.id, key: "👍" } }) },
   ];
   const got = fold("C", ops);
   assert.equal(got.length, 2);
@@ -82,6 +85,8 @@ test("fold: edits (highest seq wins), deletes win, reactions per user", () => {
   assert.deepEqual(got[0]!.reactions, { "👍": ["bob"] });
   assert.equal(got[1]!.deleted, true);
   assert.equal(got[1]!.text, "", "a delete wins over a later edit");
+  assert.equal(got[1]!.edited, false, "deleted for everyone: not edited");
+  assert.deepEqual(got[1]!.reactions, {}, "deleted for everyone: no reactions, before the delete or after (as in Go)");
 });
 
 test("fold: the status of the user's messages comes from the other members' receipts", () => {
@@ -116,7 +121,7 @@ function referenceFold(convId: string, ops: FoldInput[], me?: StatusInput): Mess
           seq,
           userId: op.userId,
           deviceId: op.deviceId,
-          text: refDecoder.decode(p.value.body),
+          text: op.erased ? "" : refDecoder.decode(p.value.body),
           contentType: p.value.contentType || "text/plain",
           edited: false,
           deleted: op.erased,
@@ -143,6 +148,7 @@ function referenceFold(convId: string, ops: FoldInput[], me?: StatusInput): Mess
         if (m) {
           m.deleted = true;
           m.text = "";
+          m.edited = false;
         }
         break;
       }
@@ -160,7 +166,7 @@ function referenceFold(convId: string, ops: FoldInput[], me?: StatusInput): Mess
   }
   for (const [target, keys] of reactions) {
     const m = byId.get(target);
-    if (!m) continue;
+    if (!m || m.deleted) continue; // deleted for everyone: no reactions
     for (const [key, users] of keys) {
       if (users.size > 0) m.reactions[key] = [...users].sort();
     }
