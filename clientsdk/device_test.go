@@ -448,6 +448,50 @@ func TestLongCatchUpListsConversationsInOrder(t *testing.T) {
 	}
 }
 
+// TestReadStaysReadWhenSomeoneJoins: a message every member read shows
+// read to its sender, and stays so when a member is added (the server
+// counts the history before a member joined as read by them).
+func TestReadStaysReadWhenSomeoneJoins(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := device(t, srv, "alice", false), device(t, srv, "bob", false)
+	_ = device(t, srv, "carol", false)
+	carol := lookup(t, alice, "carol")
+	conv, _ := alice.CreateConversation(ctx, "c", lookup(t, alice, "bob"))
+	hi, _ := alice.SendText(ctx, conv, "hi")
+	syncAll := func() {
+		t.Helper()
+		for _, d := range []*clientsdk.Device{alice, bob, alice} {
+			if err := d.SyncOnce(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	status := func() clientsdk.MessageStatus {
+		t.Helper()
+		c, err := alice.Conversation(conv)
+		if err != nil || c.LastMessage == nil || c.LastMessage.ID != hi {
+			t.Fatalf("alice's last message %+v, %v", c.LastMessage, err)
+		}
+		return c.LastMessage.Status
+	}
+	syncAll()
+	if err := bob.MarkRead(ctx, conv, 0); err != nil {
+		t.Fatal(err)
+	}
+	syncAll()
+	if got := status(); got != clientsdk.StatusRead {
+		t.Fatalf("alice's message is %v once bob read it; want read", got)
+	}
+	if _, err := alice.AddMember(ctx, conv, carol, clientsdk.RoleMember); err != nil {
+		t.Fatal(err)
+	}
+	syncAll()
+	c, _ := alice.Conversation(conv)
+	if got := status(); c.Members != 3 || got != clientsdk.StatusRead {
+		t.Fatalf("with carol added (%d members), alice's message is %v; want read", c.Members, got)
+	}
+}
+
 // TestMarkersDoNotReorderConversations: the conversation list is in the
 // order of the conversations' last activity (ops), on every device: a
 // read on one of the user's devices, or another member's read of the

@@ -222,8 +222,14 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 		tx.erase(c, target)
 	case model.KindMemberAdd:
 		tx.setRole(c, op.Member, op.Role, seq)
-		// History before joining is not unread.
-		tx.marker(keys.TUserMark, c.id, op.Member).raiseRead(seq, c.rec.Messages, true)
+		// History before joining is not unread, and in the others'
+		// receipts it is delivered and read: a message that everyone there
+		// had read does not turn back to unread by someone when they join.
+		u := tx.marker(keys.TUserMark, c.id, op.Member)
+		u.raiseRead(seq, c.rec.Messages, true)
+		if u.m.Delivered < seq || u.m.PublicRead < seq {
+			u.m.Delivered, u.m.PublicRead, u.dirty = max(u.m.Delivered, seq), max(u.m.PublicRead, seq), true
+		}
 	case model.KindMemberRemove:
 		tx.setRole(c, op.Member, model.RoleNone, seq)
 	case model.KindMemberRole:

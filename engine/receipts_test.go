@@ -78,7 +78,7 @@ func TestReceiptsWaitAndMoveTheFeedOnce(t *testing.T) {
 	bob := enginetest.Register(t, e, "bob")
 	carol := enginetest.Register(t, e, "carol")
 	conv := alice.Create("trio", bob, carol)
-	alice.Send(conv, "lunch?")
+	lunch := alice.Send(conv, "lunch?").Seq // the adds before it count as read (TestJoinerHasReadWhatCameBefore)
 
 	s, err := e.OpenSession(alice.Actor, engine.SessionOptions{})
 	if err != nil {
@@ -89,7 +89,7 @@ func TestReceiptsWaitAndMoveTheFeedOnce(t *testing.T) {
 	changed := s.Changed()
 	armed := fake.Armed()
 	for _, d := range []*enginetest.Device{bob, carol} {
-		if err := e.Mark(ctx, d.Actor, []engine.Marker{{Conv: conv, Delivered: 2}}); err != nil {
+		if err := e.Mark(ctx, d.Actor, []engine.Marker{{Conv: conv, Delivered: lunch}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -105,14 +105,14 @@ func TestReceiptsWaitAndMoveTheFeedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := delivered(info.Receipts, bob.Actor.User); got != 2 {
-		t.Fatalf("bob's delivered receipt reads %d before the feed moved, want 2", got)
+	if got := delivered(info.Receipts, bob.Actor.User); got != lunch {
+		t.Fatalf("bob's delivered receipt reads %d before the feed moved, want %d", got, lunch)
 	}
 	fake.Advance(time.Millisecond)
 	waitClosed(t, changed, "the receipts to move alice's feed")
 	rs := receiptsOf(t, s, conv)
-	if delivered(rs, bob.Actor.User) != 2 || delivered(rs, carol.Actor.User) != 2 {
-		t.Fatalf("alice's session sent receipts %+v, want bob and carol at 2", rs)
+	if delivered(rs, bob.Actor.User) != lunch || delivered(rs, carol.Actor.User) != lunch {
+		t.Fatalf("alice's session sent receipts %+v, want bob and carol at %d", rs, lunch)
 	}
 	if next := s.Changed(); len(receiptsOf(t, s, conv)) != 0 {
 		t.Fatal("the two acks moved the feed more than once")
@@ -127,7 +127,7 @@ func TestReceiptsWaitAndMoveTheFeedOnce(t *testing.T) {
 	// A receipt waiting when a message arrives goes out with the message,
 	// and the later timer has nothing left to move.
 	changed = s.Changed()
-	if err := e.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Read: 2}}); err != nil {
+	if err := e.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Read: lunch}}); err != nil {
 		t.Fatal(err)
 	}
 	carol.Send(conv, "yes")
@@ -229,7 +229,7 @@ func TestWaitingReceiptsSurviveARestart(t *testing.T) {
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	conv := alice.Create("pair", bob)
-	alice.Send(conv, "ping")
+	ping := alice.Send(conv, "ping").Seq
 	s, err := e.OpenSession(alice.Actor, engine.SessionOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -237,7 +237,7 @@ func TestWaitingReceiptsSurviveARestart(t *testing.T) {
 	receiptsOf(t, s, conv)
 	pos := s.Welcome().FeedPos
 	s.Close()
-	if err := e.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Delivered: 2}}); err != nil {
+	if err := e.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Delivered: ping}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Close(); err != nil {
@@ -263,8 +263,8 @@ func TestWaitingReceiptsSurviveARestart(t *testing.T) {
 	changed := s.Changed()
 	fake.Advance(time.Hour)
 	waitClosed(t, changed, "the waiting receipts to move alice's feed")
-	if rs := receiptsOf(t, s, conv); delivered(rs, bob.Actor.User) != 2 {
-		t.Fatalf("after the restart alice got receipts %+v, want bob delivered 2", rs)
+	if rs := receiptsOf(t, s, conv); delivered(rs, bob.Actor.User) != ping {
+		t.Fatalf("after the restart alice got receipts %+v, want bob delivered %d", rs, ping)
 	}
 	enginetest.MustCheck(t, e)
 }
@@ -436,5 +436,49 @@ func TestStartMarkReturnsBeforeItsCommit(t *testing.T) {
 	var zero engine.Pending
 	if err := zero.Wait(ctx); err != nil {
 		t.Errorf("a zero Pending waits with %v", err)
+	}
+}
+
+// TestJoinerHasReadWhatCameBefore: a member added to a conversation counts,
+// in the others' receipts, as having received and read everything before
+// their addition, as their unread count does: a message everyone there
+// had read does not go back to unread by someone (its sender's ✓✓ to ✓)
+// when someone joins.
+func TestJoinerHasReadWhatCameBefore(t *testing.T) {
+	ctx := context.Background()
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	carol := enginetest.Register(t, e, "carol")
+	conv := alice.Create("c", bob) // seqs 1-2
+	hi := alice.Send(conv, "hi")   // 3
+	if err := e.Mark(ctx, bob.Actor, []engine.Marker{{Conv: conv, Delivered: hi.Seq, Read: hi.Seq}}); err != nil {
+		t.Fatal(err)
+	}
+	add := alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: carol.Actor.User, Role: model.RoleMember}))[0]
+	if add.Err != nil {
+		t.Fatal(add.Err)
+	}
+	info, _, _, err := e.Conversation(alice.Actor, conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range info.Receipts {
+		if r.Delivered < hi.Seq || r.Read < hi.Seq {
+			got = append(got, r.User.String())
+		}
+	}
+	if len(info.Receipts) != 2 || len(got) != 0 {
+		t.Fatalf("receipts %+v: %v have not read alice's message; want bob and carol both past seq %d", info.Receipts, got, hi.Seq)
+	}
+	// Carol's own marker says the same, and her later messages start her
+	// receipt from there.
+	cinfo, _, _, err := e.Conversation(carol.Actor, conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cinfo.Unread != 0 || cinfo.Read != add.Seq {
+		t.Fatalf("carol: unread %d, read %d; want 0, %d", cinfo.Unread, cinfo.Read, add.Seq)
 	}
 }
