@@ -131,6 +131,9 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	}
 	role := c.role(a.User)
 	if c.exists && role == model.RoleNone {
+		if c.members[a.User] != nil { // they left or were removed: they know it exists
+			return reject(fmt.Errorf("%w: you are no longer a member of conversation %s", ErrForbidden, op.Conv))
+		}
 		return reject(fmt.Errorf("%w: conversation %s", ErrNotFound, op.Conv))
 	}
 	if prev != nil {

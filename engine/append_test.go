@@ -377,8 +377,9 @@ func TestRemovedMemberReadsUpToRemoval(t *testing.T) {
 	if page.Head != rm[0].Seq || page.Ops[len(page.Ops)-1].Seq != rm[0].Seq {
 		t.Fatalf("removed member reads to %d (head %d), want to the removal at %d", page.Ops[len(page.Ops)-1].Seq, page.Head, rm[0].Seq)
 	}
-	if res := bob.Try(conv, model.Op{Kind: model.KindMessage}); !errors.Is(res.Err, engine.ErrNotFound) || res.ServerDot != 0 {
-		t.Fatalf("removed member sends: %+v (a removed member learns no server dot)", res)
+	if res := bob.Try(conv, model.Op{Kind: model.KindMessage}); !errors.Is(res.Err, engine.ErrForbidden) ||
+		!strings.Contains(res.Err.Error(), "no longer a member") || res.ServerDot != 0 {
+		t.Fatalf("removed member sends: %+v (forbidden, saying why; a removed member learns no server dot)", res)
 	}
 	// Bob sees the conversation as it was when he left.
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindSetTitle, Title: "after bob"}))

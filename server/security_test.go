@@ -186,7 +186,7 @@ func TestRemovedMember(t *testing.T) {
 		t.Fatalf("removed member's view: %v %v", got, err)
 	}
 	resp, err := bob.Sync.Push(bg, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{bob.op(conv, msg("still here?"))}}}})
-	if err != nil || resp.GetResults()[0].GetReason() != ferryv1.RejectReason_REJECT_REASON_NOT_FOUND {
+	if r := resp.GetResults()[0]; err != nil || r.GetReason() != ferryv1.RejectReason_REJECT_REASON_PERMISSION_DENIED || !strings.Contains(r.GetMessage(), "no longer a member") {
 		t.Fatalf("removed member's push: %v %v", resp, err)
 	}
 	rep, err := bob.Sync.Repair(bg, &ferryv1.RepairRequest{ConversationId: conv})

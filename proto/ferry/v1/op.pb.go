@@ -220,9 +220,10 @@ const (
 	RejectReason_REJECT_REASON_DOT_REUSED RejectReason = 2
 	// The op id was stored before with a different payload.
 	RejectReason_REJECT_REASON_OP_ID_CONFLICT RejectReason = 3
-	// The conversation does not exist or the caller is not a member.
+	// The conversation does not exist or the caller was never a member.
 	RejectReason_REJECT_REASON_NOT_FOUND RejectReason = 4
-	// The caller's role does not allow this op.
+	// The caller's role does not allow this op, or the caller is no longer a
+	// member (they left or were removed).
 	RejectReason_REJECT_REASON_PERMISSION_DENIED RejectReason = 5
 	// The op refers to a message, user or state that does not allow it, such
 	// as editing a deleted message or adding a user who is already a member.

@@ -916,14 +916,15 @@ export enum RejectReason {
   OP_ID_CONFLICT = 3,
 
   /**
-   * The conversation does not exist or the caller is not a member.
+   * The conversation does not exist or the caller was never a member.
    *
    * @generated from enum value: REJECT_REASON_NOT_FOUND = 4;
    */
   NOT_FOUND = 4,
 
   /**
-   * The caller's role does not allow this op.
+   * The caller's role does not allow this op, or the caller is no longer a
+   * member (they left or were removed).
    *
    * @generated from enum value: REJECT_REASON_PERMISSION_DENIED = 5;
    */
