@@ -260,6 +260,10 @@ type session struct {
 	st   ferryv1connect.SyncServiceSyncClientStream
 	sc   ferryv1connect.SyncServiceClient
 	once bool
+	// outer is the context the session runs under (Start's loop, or
+	// SyncOnce's call), which the session's end does not cancel: for
+	// background calls that need not end with the stream.
+	outer context.Context
 
 	epoch string
 	live  atomic.Bool // reached CaughtUp (set by the receiver, read by the sender)
@@ -342,12 +346,12 @@ func (s *session) seen(infos []*ferryv1.ConversationInfo) {
 
 // session runs one Sync stream until it ends. It reports whether the
 // session caught up (so the backoff can reset).
-func (d *Device) session(ctx context.Context, once bool) (bool, error) {
+func (d *Device) session(outer context.Context, once bool) (bool, error) {
 	_, _, sc, err := d.clients()
 	if err != nil {
 		return false, &TerminalError{Err: err}
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(outer)
 	defer cancel()
 	st, err := sc.Sync(ctx)
 	if err != nil {
@@ -365,7 +369,7 @@ func (d *Device) session(ctx context.Context, once bool) (bool, error) {
 		}
 		return false, err
 	}
-	s := &session{d: d, st: st, sc: sc, once: once, flushWake: make(chan struct{}, 1),
+	s := &session{d: d, st: st, sc: sc, once: once, outer: outer, flushWake: make(chan struct{}, 1),
 		inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]uint64{}}
 	recv := make(chan error, 1)
 	go func() { recv <- s.receive(ctx) }()
@@ -636,7 +640,12 @@ func (s *session) receive(ctx context.Context) error {
 				go func() {
 					defer d.bg.Done()
 					defer d.refreshing.Store(false)
-					d.refreshMembers(ctx)
+					// Under the outer context: cancelling a call that a
+					// server going away (GOAWAY) has just cut, as the
+					// stream's end did, raced in net/http's retry of it
+					// (readTrackingBody, Go 1.26 and 1.27), once in some
+					// 600 runs of TestConvergenceSimulation with -race.
+					d.refreshMembers(s.outer)
 				}()
 			}
 			if s.once && s.idle() {
