@@ -298,8 +298,22 @@ export class FerryClient {
     return session;
   }
 
-  /** Stops syncing and forgets the device (its outbox too). */
+  /**
+   * Revokes this device on the server (its token stops working, and it no
+   * longer counts toward the account's device limit), stops syncing and
+   * forgets the device (its outbox too). It throws, changing nothing, when
+   * the server cannot be asked: sign out again once online. A device the
+   * server revoked already signs out.
+   */
   async signOut(): Promise<void> {
+    const s = this.meta.session;
+    if (s) {
+      try {
+        await this.accounts.revokeDevice({ deviceId: s.deviceId });
+      } catch (err) {
+        if (ConnectError.from(err).code !== Code.Unauthenticated) throw err;
+      }
+    }
     this.leaving = true;
     try {
       await this.stop();

@@ -574,6 +574,29 @@ test("a read marker of an account signed out is not sent for the next one", { ti
   assert.equal(leaked.length, 0, `carol's session acked alice's conversation: ${JSON.stringify(leaked)}`);
 });
 
+test("signing out revokes the device on the server", { timeout: 60_000 }, async () => {
+  const c = await open();
+  const username = await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  const device = c.session!.deviceId;
+  let token = "";
+  const auth: Interceptor = (next) => async (req) => {
+    req.header.set("Authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
+  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
+  assert.ok((await accounts.listDevices({})).devices.some((d) => d.id === device));
+  await c.signOut();
+  assert.equal(c.status().state, "signed-out");
+  assert.ok((await accounts.listDevices({})).devices.every((d) => d.id !== device), "the signed-out device is still active");
+  // Signed out elsewhere already (revoked): signing out here still works.
+  await c.login(username, "correct horse battery");
+  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  await c.signOut();
+  assert.equal(c.status().state, "signed-out");
+});
+
 test("a revoked device fails, and start tries again", { timeout: 60_000 }, async () => {
   const c = await open();
   const username = await signUp(c, "alice");
