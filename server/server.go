@@ -220,9 +220,8 @@ func (s *Server) authenticate(ctx context.Context, procedure string) (context.Co
 		return ctx, nil
 	}
 	info, _ := connect.CallInfoForServerContext(ctx)
-	h := info.RequestHeader().Get("Authorization")
-	token, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok || token == "" {
+	token, ok := bearer(info.RequestHeader().Get("Authorization"))
+	if !ok {
 		return ctx, connect.NewError(connect.CodeUnauthenticated, "missing credentials: send the header \"Authorization: Bearer <token>\" with a token from Register or Login")
 	}
 	a, err := s.eng.Authenticate(token)
@@ -233,6 +232,15 @@ func (s *Server) authenticate(ctx context.Context, procedure string) (context.Co
 		return ctx, connectError(err)
 	}
 	return context.WithValue(ctx, actorKey{}, a), nil
+}
+
+// bearer returns the token of an Authorization header's Bearer
+// credentials: the scheme's case does not matter (RFC 9110, 11.1), nor
+// the spaces around the token.
+func bearer(h string) (token string, ok bool) {
+	scheme, token, _ := strings.Cut(strings.TrimSpace(h), " ")
+	token = strings.TrimSpace(token)
+	return token, strings.EqualFold(scheme, "Bearer") && token != ""
 }
 
 // authenticateDeep is authenticate on a pooled goroutine, for a Sync
