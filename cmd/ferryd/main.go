@@ -362,6 +362,16 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		return fmt.Errorf("--addr: %w", err)
 	}
 	defer ln.Close() // if serving never starts; Serve closes it otherwise
+	// The side addresses too, before the store is opened or created.
+	sideLns, err := listenSide(c)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, sl := range sideLns {
+			sl.ln.Close() // if serving never starts; Serve closes it otherwise
+		}
+	}()
 	if err := os.MkdirAll(c.data, 0o700); err != nil {
 		return fmt.Errorf("--data: create the store's directory: %w", err)
 	}
@@ -387,10 +397,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
-	side, closeSide, err := serveSide(c, srv, log)
-	if err != nil {
-		return err
-	}
+	side, closeSide := serveSide(c, sideLns, srv, log)
 	defer closeSide()
 	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	fmt.Fprintf(stdout, "ferryd is listening on %s\n", url)
@@ -576,35 +583,39 @@ func limitOrOff(flagValue int) int {
 	return flagValue
 }
 
-// serveSide serves the private side addresses: the profiler and the
-// metrics on --debug-addr, the metrics alone on --metrics-addr (one
-// listener when both name the same address). It returns the addresses
-// bound, by flag, and what closes them.
-func serveSide(c *config, srv *server.Server, log *slog.Logger) (map[string]string, func(), error) {
-	type side struct {
-		flag string
-		mux  *http.ServeMux
-	}
-	at := map[string]*side{}
-	get := func(flag, addr string) *side {
-		if at[addr] == nil {
-			at[addr] = &side{flag: flag, mux: http.NewServeMux()}
+// sideListener is a side address bound: the profiler and the metrics on
+// --debug-addr, the metrics alone on --metrics-addr (one listener when both
+// name the same address).
+type sideListener struct {
+	flag, addr string
+	ln         net.Listener
+}
+
+// listenSide binds the side addresses, before serve opens the store: a
+// busy or bad one fails the start with nothing created.
+func listenSide(c *config) ([]sideListener, error) {
+	var out []sideListener
+	for _, s := range []sideListener{{flag: "--debug-addr", addr: c.debugAddr}, {flag: "--metrics-addr", addr: c.metricsAddr}} {
+		if s.addr == "" || s.flag == "--metrics-addr" && s.addr == c.debugAddr {
+			continue
 		}
-		return at[addr]
+		ln, err := net.Listen("tcp", s.addr)
+		if err != nil {
+			for _, b := range out {
+				b.ln.Close()
+			}
+			return nil, fmt.Errorf("%s: %w", s.flag, err)
+		}
+		s.ln = ln
+		out = append(out, s)
 	}
+	return out, nil
+}
+
+// serveSide serves the side listeners. It returns the addresses bound, by
+// flag, and what closes them.
+func serveSide(c *config, lns []sideListener, srv *server.Server, log *slog.Logger) (map[string]string, func()) {
 	metrics := srv.MetricsHandler()
-	if c.debugAddr != "" {
-		mux := get("--debug-addr", c.debugAddr).mux
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		mux.Handle("GET /metrics", metrics)
-	}
-	if c.metricsAddr != "" && c.metricsAddr != c.debugAddr {
-		get("--metrics-addr", c.metricsAddr).mux.Handle("GET /metrics", metrics)
-	}
 	bound := map[string]string{}
 	var servers []*http.Server
 	closeAll := func() {
@@ -617,20 +628,24 @@ func serveSide(c *config, srv *server.Server, log *slog.Logger) (map[string]stri
 			}
 		}
 	}
-	for addr, sd := range at {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			closeAll()
-			return nil, nil, fmt.Errorf("%s: %w", sd.flag, err)
+	for _, sl := range lns {
+		mux := http.NewServeMux()
+		if sl.flag == "--debug-addr" {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		}
-		bound[sd.flag] = ln.Addr().String()
-		if addr == c.metricsAddr {
-			bound["--metrics-addr"] = ln.Addr().String()
+		mux.Handle("GET /metrics", metrics)
+		bound[sl.flag] = sl.ln.Addr().String()
+		if sl.addr == c.metricsAddr {
+			bound["--metrics-addr"] = sl.ln.Addr().String()
 		}
-		hs := &http.Server{Handler: sd.mux, ReadHeaderTimeout: 10 * time.Second}
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		servers = append(servers, hs)
-		go func() { _ = hs.Serve(ln) }()
-		log.Info("side address listening", "flag", sd.flag, "addr", ln.Addr().String())
+		go func() { _ = hs.Serve(sl.ln) }()
+		log.Info("side address listening", "flag", sl.flag, "addr", sl.ln.Addr().String())
 	}
-	return bound, closeAll, nil
+	return bound, closeAll
 }

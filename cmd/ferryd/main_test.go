@@ -443,6 +443,15 @@ func TestServeRefusesBadFlags(t *testing.T) {
 	if _, err := os.Stat(data); !os.IsNotExist(err) {
 		t.Errorf("serve on a busy address made the store's folder: %v", err)
 	}
+	for _, flag := range []string{"--metrics-addr", "--debug-addr"} {
+		err := run(context.Background(), []string{"--data", data, "--addr", "127.0.0.1:0", flag, ln.Addr().String(), "--log-level", "warn"}, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), flag) {
+			t.Errorf("serve with a busy %s: %v", flag, err)
+		}
+		if _, err := os.Stat(data); !os.IsNotExist(err) {
+			t.Errorf("serve with a busy %s made the store's folder: %v", flag, err)
+		}
+	}
 	// A bad value: its error, and where the flags are listed.
 	if err := run(context.Background(), []string{"--cache-mib", "lots"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "ferryd -h lists the flags") {
 		t.Errorf("bad --cache-mib: %v", err)
