@@ -37,8 +37,9 @@ import (
 // opened by a newer one.
 const formatVersion = 5
 
-// backupMarker is the file Backup leaves in its copies: opening a copy that
-// has it starts a new epoch.
+// backupMarker is the file Backup leaves in its copies, and
+// StartNewEpochAtNextOpen in a store: opening a store that has it starts a
+// new epoch, and removes it.
 const backupMarker = "FERRY-BACKUP"
 
 // Actor is an authenticated device acting for its user. The server obtains
@@ -248,13 +249,27 @@ func (e *Engine) Backup(dir string) error {
 	if err := e.st.Checkpoint(dir); err != nil {
 		return err
 	}
+	return e.markNewEpoch(dir, "This is a Ferry backup. Opening it starts a new epoch.\n")
+}
+
+// StartNewEpochAtNextOpen marks the store so that its next opening (not
+// Options.Existing) starts a new epoch, once, as a backup's does: for a
+// store restored by other means than Backup, which devices must not trust
+// their cursors in.
+func (e *Engine) StartNewEpochAtNextOpen() error {
+	return e.markNewEpoch(e.dir, "Opening this store starts a new epoch (ferryd new-epoch).\n")
+}
+
+// markNewEpoch leaves the marker that makes the next opening of the store
+// in dir start a new epoch.
+func (e *Engine) markNewEpoch(dir, text string) error {
 	f, err := e.opts.FS.Create(e.opts.FS.PathJoin(dir, backupMarker), "")
 	if err != nil {
-		return fmt.Errorf("mark backup: %w", err)
+		return fmt.Errorf("mark a new epoch: %w", err)
 	}
-	_, werr := io.WriteString(f, "This is a Ferry backup. Opening it starts a new epoch.\n")
+	_, werr := io.WriteString(f, text)
 	if err := errors.Join(werr, f.Sync(), f.Close()); err != nil {
-		return fmt.Errorf("mark backup: %w", err)
+		return fmt.Errorf("mark a new epoch: %w", err)
 	}
 	return nil
 }

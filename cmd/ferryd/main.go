@@ -81,6 +81,7 @@ const usage = `Usage:
   ferryd check   --data DIR            verify a stopped server's store
   ferryd backup  --data DIR --to DIR   copy a stopped server's store
   ferryd compact --data DIR            rewrite a stopped server's store in full
+  ferryd new-epoch --data DIR          make a stopped server's next start serve a new epoch
 
 Every flag can also be set in the environment as FERRY_<FLAG>, with dashes
 as underscores (FERRY_ADDR, FERRY_DATA, ...); a flag on the command line wins.
@@ -89,8 +90,8 @@ as underscores (FERRY_ADDR, FERRY_DATA, ...); a flag on the command line wins.
 Flags:
 `
 
-// flags returns the flags of command name (serve, check, backup or
-// compact): the store's and the log's for every command, the rest for
+// flags returns the flags of command name (serve, check, backup, compact
+// or new-epoch): the store's and the log's for every command, the rest for
 // serve alone, so that a serving flag (or its FERRY_ variable, such as a
 // FERRY_NEW_EPOCH left set) never reaches the tools.
 func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
@@ -131,7 +132,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key file (PEM)")
 	fs.Var(&c.h2c, "h2c", "what serves HTTP/2 without TLS: ferry (Ferry's own, leaner; the default) or xnet (golang.org/x/net/http2; built with Go 1.27 or later, only with -tags http2legacy); TLS connections are net/http's")
 	fs.BoolVar(&c.allowRegistration, "allow-registration", false, "let anyone create an account with Register")
-	fs.BoolVar(&c.newEpoch, "new-epoch", false, "start a new epoch: use after restoring the store by other means than 'ferryd backup'")
+	fs.BoolVar(&c.newEpoch, "new-epoch", false, "gone (it started a new epoch at every start): run 'ferryd new-epoch --data DIR' once instead")
 	fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message, after decompression (at least 65536)")
 	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body (at most 1 MiB)")
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
@@ -179,7 +180,7 @@ func parse(fs *flag.FlagSet, args []string, env func(string) string) error {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd := "serve"
-	if len(args) > 0 && (args[0] == "check" || args[0] == "backup" || args[0] == "compact") {
+	if len(args) > 0 && (args[0] == "check" || args[0] == "backup" || args[0] == "compact" || args[0] == "new-epoch") {
 		cmd, args = args[0], args[1:]
 	}
 	if len(args) == 1 && args[0] == "help" {
@@ -221,6 +222,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return backup(c, log, stdout)
 	case "compact":
 		return compact(ctx, c, log, stdout)
+	case "new-epoch":
+		return newEpoch(c, log, stdout)
 	}
 	return serve(ctx, c, log, stdout)
 }
@@ -244,7 +247,6 @@ func engineOptions(c *config, log *slog.Logger) engine.Options {
 	return engine.Options{
 		Logger:            log,
 		AllowRegistration: c.allowRegistration,
-		NewEpoch:          c.newEpoch,
 		MaxBodyBytes:      c.maxBodyBytes,
 		ReceiptDelay:      receiptDelay(c.receiptDelay),
 		ReceiptMembers:    c.receiptMembers,
@@ -273,6 +275,9 @@ func receiptDelay(d time.Duration) time.Duration {
 // name.
 func checkServeFlags(c *config) error {
 	var errs []error
+	if c.newEpoch {
+		errs = append(errs, errors.New("--new-epoch (FERRY_NEW_EPOCH) started a new epoch at every start, so every device downloaded everything again after each restart: it is gone. After restoring a store by other means than 'ferryd backup', run 'ferryd new-epoch --data DIR' once, with the server stopped; its next start serves a new epoch"))
+	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
 	}
@@ -460,6 +465,23 @@ func openStopped(c *config, log *slog.Logger) (*engine.Engine, error) {
 		return nil, fmt.Errorf("--data: %w", err)
 	}
 	return eng, err
+}
+
+// newEpoch marks a stopped server's store so that its next start serves a
+// new epoch, once: for a store restored by other means than backup (a
+// copy of its folder, a disk snapshot), whose devices must repair and not
+// trust their cursors.
+func newEpoch(c *config, log *slog.Logger, stdout io.Writer) error {
+	eng, err := openStopped(c, log)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	if err := eng.StartNewEpochAtNextOpen(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "the next start of a server on %s serves a new epoch (now %s): its devices repair and download again\n", c.data, eng.Epoch())
+	return nil
 }
 
 func check(c *config, log *slog.Logger, stdout io.Writer) error {

@@ -296,6 +296,50 @@ func TestFlagsDocumented(t *testing.T) {
 	}
 }
 
+// TestNewEpochIsOneShot: 'ferryd new-epoch' makes the next start of the
+// store serve a new epoch, and only the next; serve refuses the
+// --new-epoch it replaces (which started one at every start), and its
+// FERRY_NEW_EPOCH, saying what to run instead.
+func TestNewEpochIsOneShot(t *testing.T) {
+	dir := t.TempDir() + "/data"
+	seed := uint64(100)
+	epoch := func() string {
+		t.Helper()
+		seed++ // ids of their own: a new epoch is a new id
+		o := enginetest.Options(t, seed)
+		o.FS = nil
+		e, err := engine.Open(dir, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		return e.Epoch().String()
+	}
+	first := epoch()
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"new-epoch", "--data", dir, "--log-level", "warn"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "serves a new epoch") {
+		t.Fatalf("new-epoch: %v\n%s", err, out.String())
+	}
+	second := epoch()
+	if second == first {
+		t.Fatal("the start after new-epoch kept the epoch")
+	}
+	if third := epoch(); third != second {
+		t.Fatalf("the start after that started another epoch: %s, then %s", second, third)
+	}
+	serve := []string{"--data", dir, "--addr", "127.0.0.1:0", "--log-level", "warn"}
+	if err := run(context.Background(), append(serve, "--new-epoch"), io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "ferryd new-epoch --data DIR") {
+		t.Errorf("serve --new-epoch: %v", err)
+	}
+	t.Setenv("FERRY_NEW_EPOCH", "true")
+	if err := run(context.Background(), serve, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "FERRY_NEW_EPOCH") {
+		t.Errorf("serve with FERRY_NEW_EPOCH set: %v", err)
+	}
+	if got := epoch(); got != second {
+		t.Errorf("the refused serves changed the epoch: %s, then %s", second, got)
+	}
+}
+
 // TestToolsLeaveStoresAlone: check, backup and compact work on a stopped
 // server's store and change nothing else: a mistyped or empty --data is
 // an error, not a new store; a FERRY_NEW_EPOCH left set does not start an
