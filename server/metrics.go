@@ -168,6 +168,7 @@ func (s *Server) MetricsHandler() http.Handler {
 	reg.MustRegister(
 		collector{s},
 		collectors.NewGoCollector(),
+		collectors.NewBuildInfoCollector(), // go_build_info: the module's path and version
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogPrinter{s}})

@@ -173,7 +173,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	}
 	value("ferry_store_written_bytes_total", "by", "flushes")
 	value("ferry_store_written_bytes_total", "by", "compactions")
-	names := []string{"ferry_store_bytes", "ferry_store_read_amplification", "ferry_store_filter_skips_total", "ferry_commits_total", "ferry_write_queue_requests", "go_goroutines"}
+	names := []string{"ferry_store_bytes", "ferry_store_read_amplification", "ferry_store_filter_skips_total", "ferry_commits_total", "ferry_write_queue_requests", "go_goroutines", "go_build_info"}
 	if runtime.GOOS == "linux" { // client_golang's process collector reads /proc
 		names = append(names, "process_resident_memory_bytes")
 	}

@@ -24,6 +24,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -82,6 +83,7 @@ const usage = `Usage:
   ferryd backup  --data DIR --to DIR   copy a stopped server's store
   ferryd compact --data DIR            rewrite a stopped server's store in full
   ferryd new-epoch --data DIR          make a stopped server's next start serve a new epoch
+  ferryd version                       print the build: version, commit, Go
 
 Every flag can also be set in the environment as FERRY_<FLAG>, with dashes
 as underscores (FERRY_ADDR, FERRY_DATA, ...); a flag on the command line wins.
@@ -185,6 +187,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if len(args) == 1 && args[0] == "help" {
 		args = []string{"-h"}
+	}
+	if len(args) == 1 && (args[0] == "version" || args[0] == "--version" || args[0] == "-version") && cmd == "serve" {
+		fmt.Fprintln(stdout, "ferryd", version())
+		return nil
 	}
 	fs, c := flags(cmd, stderr)
 	// A bad flag's error is printed once, by main; the usage only when
@@ -422,7 +428,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	} else {
 		fmt.Fprintln(stdout, "  self-registration is off (--allow-registration turns it on)")
 	}
-	log.Info("serving", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "data", c.data, "epoch", eng.Epoch())
+	log.Info("serving", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "data", c.data, "epoch", eng.Epoch(), "version", version())
 
 	select {
 	case err := <-served:
@@ -465,6 +471,32 @@ func openStopped(c *config, log *slog.Logger) (*engine.Engine, error) {
 		return nil, fmt.Errorf("--data: %w", err)
 	}
 	return eng, err
+}
+
+// version describes the build: the module's version (a tag, or "(devel)"
+// for a build in a checkout), the commit and whether the tree had changes
+// when the go command recorded them, and Go's version.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown (built without module information)"
+	}
+	v := bi.Main.Version
+	var rev, modified string
+	for _, st := range bi.Settings {
+		switch st.Key {
+		case "vcs.revision":
+			rev = st.Value
+		case "vcs.modified":
+			if st.Value == "true" {
+				modified = " (modified)"
+			}
+		}
+	}
+	if rev != "" {
+		v += " commit " + rev + modified
+	}
+	return v + " " + bi.GoVersion
 }
 
 // newEpoch marks a stopped server's store so that its next start serves a

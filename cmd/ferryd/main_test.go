@@ -296,6 +296,17 @@ func TestFlagsDocumented(t *testing.T) {
 	}
 }
 
+// TestVersion: 'ferryd version' (and --version) prints the build's
+// version and Go's, and starts nothing.
+func TestVersion(t *testing.T) {
+	for _, arg := range []string{"version", "--version"} {
+		var out bytes.Buffer
+		if err := run(context.Background(), []string{arg}, &out, io.Discard); err != nil || !strings.HasPrefix(out.String(), "ferryd ") || !strings.Contains(out.String(), " go1.") {
+			t.Errorf("ferryd %s: %q, %v", arg, out.String(), err)
+		}
+	}
+}
+
 // TestNewEpochIsOneShot: 'ferryd new-epoch' makes the next start of the
 // store serve a new epoch, and only the next; serve refuses the
 // --new-epoch it replaces (which started one at every start), and its
