@@ -44,7 +44,8 @@ type Options struct {
 	// few per core gain nothing. Default 4 × GOMAXPROCS; negative: none.
 	MaxReadAheads int
 	// SignInLimit is how many logins with wrong credentials as one
-	// username, and how many registrations (made or refused), one client
+	// username, and how many registrations (made, or refused for a taken
+	// username), one client
 	// address (an IPv4 address, an IPv6 /64) may make at once; after that
 	// it gets one more every SignInRefill, and is refused with
 	// ResourceExhausted before any password is hashed. An address may fail

@@ -256,9 +256,12 @@ func (s *Server) login(ctx context.Context, username string, attempt func() erro
 }
 
 // register runs a registration under the limiter. Every registration
-// counts, made or refused: accounts are not free to make either.
+// counts, made or refused for a taken username (accounts are not free to
+// make, and names not free to probe), but a malformed one, refused before
+// anything is looked up or hashed.
 func (s *Server) register(ctx context.Context, attempt func() error) error {
-	return s.signIn(signInKeys(s.clientAddr(ctx), signInRegister, ""), attempt, func(error) bool { return true })
+	return s.signIn(signInKeys(s.clientAddr(ctx), signInRegister, ""), attempt,
+		func(err error) bool { return !errors.Is(err, engine.ErrInvalid) })
 }
 
 // signIn runs a sign-in spending from keys' buckets: refused at once when

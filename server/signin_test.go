@@ -124,6 +124,14 @@ func TestSignInLimit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A malformed one does not count: refused before anything is looked
+	// up or hashed, it costs the server nothing (a mistyped name behind a
+	// carrier's NAT should not use up its addresses' registrations).
+	for range 5 {
+		if err := register("192.0.2.1", "no spaces allowed"); code(err) != connect.CodeInvalidArgument {
+			t.Fatalf("a malformed name: %v", err)
+		}
+	}
 	if err := register("192.0.2.1", "bob"); code(err) != connect.CodeAlreadyExists {
 		t.Fatalf("a taken name: %v", err)
 	}
