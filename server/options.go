@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/internal/clock"
@@ -67,6 +68,12 @@ type Options struct {
 	// proxies in TrustedProxies: a client that reaches the server directly
 	// could write any address there.
 	ClientIPHeader string
+	// CORSOrigins are the origins (scheme://host[:port], as browsers send
+	// them in Origin) of web apps served elsewhere that may call the server
+	// from a browser; "*" lets any origin (the API takes bearer tokens, not
+	// cookies, so a page learns nothing a token does not give it). Empty:
+	// only pages the server itself serves (same origin).
+	CORSOrigins []string
 	// TrustedProxies are the addresses of the reverse proxies in front of
 	// the server. With them, ClientIPHeader counts only on a request whose
 	// peer is one of them, and its client is the last address in the
@@ -148,6 +155,11 @@ func (o *Options) validate() error {
 	}
 	if len(o.TrustedProxies) > 0 && o.ClientIPHeader == "" {
 		errs = append(errs, errors.New("TrustedProxies needs ClientIPHeader, the header they write the client's address into"))
+	}
+	for _, origin := range o.CORSOrigins {
+		if origin != "*" && (!strings.Contains(origin, "://") || strings.HasSuffix(origin, "/")) {
+			errs = append(errs, fmt.Errorf("CORSOrigins holds %q: an origin is scheme://host[:port] with no path, or *", origin))
+		}
 	}
 	for _, p := range o.TrustedProxies {
 		if !p.IsValid() {

@@ -72,6 +72,7 @@ type config struct {
 	pushLimit         int
 	signInRefill      time.Duration
 	clientIPHeader    string
+	corsOrigins       string
 	trustedProxies    prefixList
 	h2c               server.H2C
 }
@@ -145,6 +146,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.pushLimit, "push-limit", 1000, "ops a second one user's devices may push together (an ack counts as an op a marker), after a burst of ten seconds' worth (at least 1000 ops); a push over it waits, and only pushes made in parallel that would wait over 10s more are refused (0: no limit)")
 	fs.DurationVar(&c.signInRefill, "sign-in-refill", time.Minute, "how often a throttled client address regains a sign-in attempt")
 	fs.StringVar(&c.clientIPHeader, "client-ip-header", "", "header your reverse proxy writes the client's address into, e.g. X-Forwarded-For (set only when every request comes through it, or list the proxies in --trusted-proxies)")
+	fs.StringVar(&c.corsOrigins, "cors-origins", "", "comma-separated origins (https://app.example.com) of web apps served elsewhere that may call the server from a browser; * for any. The demo page, served here, needs none")
 	fs.Var(&c.trustedProxies, "trusted-proxies", "comma-separated addresses or CIDR prefixes of your reverse proxies: --client-ip-header then counts only on requests from them, and the client is the last address in it that is not one of them")
 	fs.IntVar(&c.receiptMembers, "receipt-members", 32, "conversations of up to this many members share delivered and read receipts; in larger ones markers reach only the user's own devices")
 	fs.IntVar(&c.sharedFeedMembers, "shared-feed-members", 32, "conversations past this many members keep one feed entry for all of them: a message then writes nothing per member, and a catch-up reads one record per such conversation of its user")
@@ -327,6 +329,7 @@ var optionFlags = strings.NewReplacer(
 	"MaxStreamsPerDevice", "--max-streams-per-device",
 	"HeartbeatInterval", "--heartbeat",
 	"SignInRefill", "--sign-in-refill",
+	"CORSOrigins", "--cors-origins",
 	"Password.MemoryKiB", "--password-memory-kib",
 )
 
@@ -341,6 +344,7 @@ func serverOptions(c *config, log *slog.Logger) server.Options {
 		PushLimit:           limitOrOff(c.pushLimit),
 		SignInRefill:        c.signInRefill,
 		ClientIPHeader:      c.clientIPHeader,
+		CORSOrigins:         splitList(c.corsOrigins),
 		TrustedProxies:      c.trustedProxies,
 	}
 }
@@ -471,6 +475,18 @@ func openStopped(c *config, log *slog.Logger) (*engine.Engine, error) {
 		return nil, fmt.Errorf("--data: %w", err)
 	}
 	return eng, err
+}
+
+// splitList splits a comma-separated flag value, dropping spaces and
+// empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // version describes the build: the module's version (a tag, or "(devel)"
