@@ -26,6 +26,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -364,13 +365,18 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	if err := errors.Join(checkServeFlags(c), checked.Validate(), so.Check()); err != nil {
 		return errors.New(optionFlags.Replace(err.Error()))
 	}
+	// SIGHUP reloads the TLS certificate (a renewed one), and ends nothing.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	var tlsConfig *tls.Config
+	var cert *certificate
 	if c.tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
-		if err != nil {
-			return fmt.Errorf("load TLS certificate: %w", err)
+		cert = &certificate{certFile: c.tlsCert, keyFile: c.tlsKey}
+		if err := cert.load(); err != nil {
+			return err
 		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		tlsConfig = &tls.Config{GetCertificate: cert.get, MinVersion: tls.VersionTLS12}
 	}
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
@@ -434,10 +440,21 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	log.Info("serving", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "data", c.data, "epoch", eng.Epoch(), "version", version())
 
-	select {
-	case err := <-served:
-		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
+	for waiting := true; waiting; {
+		select {
+		case err := <-served:
+			return fmt.Errorf("serve: %w", err)
+		case <-ctx.Done():
+			waiting = false
+		case <-hup:
+			if cert == nil {
+				log.Info("SIGHUP: no TLS certificate to reload (--tls-cert)")
+			} else if err := cert.load(); err != nil {
+				log.Error("SIGHUP: the TLS certificate was not reloaded; serving the one loaded before", "err", err)
+			} else {
+				log.Info("SIGHUP: TLS certificate reloaded", "cert", c.tlsCert)
+			}
+		}
 	}
 	cause := context.Cause(ctx)
 	log.Info("shutting down: telling sessions to reconnect", "reason", cause)
@@ -463,6 +480,27 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	return cause
 }
+
+// certificate is the server's TLS certificate, loaded at start and again
+// on SIGHUP: a renewed certificate is served without a restart, which
+// would disconnect every device.
+type certificate struct {
+	certFile, keyFile string
+	cur               atomic.Pointer[tls.Certificate]
+}
+
+// load reads the certificate and key files; on failure the one loaded
+// before stays.
+func (c *certificate) load() error {
+	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	if err != nil {
+		return fmt.Errorf("load TLS certificate: %w", err)
+	}
+	c.cur.Store(&cert)
+	return nil
+}
+
+func (c *certificate) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.cur.Load(), nil }
 
 // openStopped opens the store of a stopped server for check, backup and
 // compact: it must exist (a mistyped --data is an error, not a new empty

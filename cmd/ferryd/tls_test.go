@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -59,13 +60,16 @@ func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 	return certFile, keyFile, pool
 }
 
+// TestServeTLS: ferryd serves HTTP/2 over TLS, and on SIGHUP serves the
+// certificate its files hold then (a renewed one) without a restart.
 func TestServeTLS(t *testing.T) {
 	certFile, keyFile, pool := selfSigned(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &syncBuffer{w: make(chan struct{}, 1)}
+	logs := &syncBuffer{w: make(chan struct{}, 1)}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--tls-cert", certFile, "--tls-key", keyFile, "--log-level", "warn"}, out, io.Discard)
+		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--tls-cert", certFile, "--tls-key", keyFile, "--log-level", "info"}, out, logs)
 	}()
 	addr := regexp.MustCompile(`listening on (https://\S+)`)
 	var url string
@@ -79,14 +83,47 @@ func TestServeTLS(t *testing.T) {
 			t.Fatalf("ferryd exited: %v\n%s", err, out.String())
 		}
 	}
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
-	resp, err := client.Get(url + "/healthz")
-	if err != nil {
+	get := func(pool *x509.CertPool) error {
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
+		defer client.CloseIdleConnections()
+		resp, err := client.Get(url + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Fatalf("healthz over TLS: %d %s, want 200 over HTTP/2", resp.StatusCode, resp.Proto)
+		}
+		return nil
+	}
+	if err := get(pool); err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
-		t.Fatalf("healthz over TLS: %d %s, want 200 over HTTP/2", resp.StatusCode, resp.Proto)
+
+	// A renewed certificate in the same files, then SIGHUP.
+	newCert, newKey, newPool := selfSigned(t)
+	for from, to := range map[string]string{newCert: certFile, newKey: keyFile} {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sendSIGHUP(t)
+	for !strings.Contains(logs.String(), "TLS certificate reloaded") {
+		select {
+		case <-logs.w:
+		case err := <-done:
+			t.Fatalf("ferryd exited on SIGHUP: %v\n%s", err, logs.String())
+		}
+	}
+	if err := get(newPool); err != nil {
+		t.Fatalf("the renewed certificate: %v", err)
+	}
+	if err := get(pool); err == nil {
+		t.Fatal("the old certificate is still served")
 	}
 	cancel()
 	if err := <-done; err != nil {
