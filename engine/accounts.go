@@ -108,39 +108,60 @@ func (e *Engine) Register(ctx context.Context, p NewAccount) (Credentials, error
 	if !e.opts.AllowRegistration {
 		return Credentials{}, fmt.Errorf("%w: this server does not allow self-registration", ErrForbidden)
 	}
+	_, creds, err := e.createUser(ctx, p, true)
+	return creds, err
+}
+
+// CreateUser creates a user with no device, whatever
+// Options.AllowRegistration says: an operator's account for someone who
+// then logs in (p.DeviceName is not used). It fails with ErrInvalid for a
+// malformed field and ErrExists for a taken username.
+func (e *Engine) CreateUser(ctx context.Context, p NewAccount) (User, error) {
+	user, _, err := e.createUser(ctx, p, false)
+	return user, err
+}
+
+// createUser creates a user, and their first device when withDevice.
+func (e *Engine) createUser(ctx context.Context, p NewAccount, withDevice bool) (User, Credentials, error) {
 	username, err := NormalizeUsername(p.Username)
 	if err != nil {
-		return Credentials{}, err
+		return User{}, Credentials{}, err
 	}
 	if err := checkPassword(p.Password); err != nil {
-		return Credentials{}, err
+		return User{}, Credentials{}, err
 	}
 	if p.DisplayName == "" {
 		p.DisplayName = p.Username
 	}
 	if err := checkName("display name", p.DisplayName, MaxDisplayName); err != nil {
-		return Credentials{}, err
+		return User{}, Credentials{}, err
 	}
-	if err := checkName("device name", p.DeviceName, MaxDeviceName); err != nil {
-		return Credentials{}, err
+	if withDevice {
+		if err := checkName("device name", p.DeviceName, MaxDeviceName); err != nil {
+			return User{}, Credentials{}, err
+		}
 	}
 	// Fail fast on a taken name before paying for the hash; the writer
 	// checks again.
 	if taken, err := e.usernameTaken(username); err != nil || taken {
 		if err != nil {
-			return Credentials{}, err
+			return User{}, Credentials{}, err
 		}
-		return Credentials{}, fmt.Errorf("%w: username %q is taken", ErrExists, username)
+		return User{}, Credentials{}, fmt.Errorf("%w: username %q is taken", ErrExists, username)
 	}
 	release, err := e.hashSlot(ctx)
 	if err != nil {
-		return Credentials{}, err
+		return User{}, Credentials{}, err
 	}
 	hash := e.hashPassword(p.Password)
 	release()
 	user := User{ID: e.newID(), Username: username, DisplayName: p.DisplayName}
 	rec := record.User{Username: username, DisplayName: p.DisplayName, PasswordHash: hash, CreatedMs: e.nowMs()}
-	creds, dev := e.newDevice(user, p.DeviceName)
+	var creds Credentials
+	var dev record.Device
+	if withDevice {
+		creds, dev = e.newDevice(user, p.DeviceName)
+	}
 	var taken bool
 	err = e.write(ctx, 1, func(tx *txn) {
 		k := keys.Username(username)
@@ -155,16 +176,22 @@ func (e *Engine) Register(ctx context.Context, p NewAccount) (Credentials, error
 		}
 		tx.b.Set(k, record.AppendID(nil, user.ID))
 		tx.b.Set(keys.ID1(keys.TUser, user.ID), record.AppendUser(nil, &rec))
-		tx.putDevice(user.ID, creds.Device, &dev)
+		if withDevice {
+			tx.putDevice(user.ID, creds.Device, &dev)
+		}
 	})
 	if err != nil {
-		return Credentials{}, err
+		return User{}, Credentials{}, err
 	}
 	if taken {
-		return Credentials{}, fmt.Errorf("%w: username %q is taken", ErrExists, username)
+		return User{}, Credentials{}, fmt.Errorf("%w: username %q is taken", ErrExists, username)
 	}
-	e.log.Info("user registered", "user", user.ID, "username", username, "device", creds.Device)
-	return creds, nil
+	if withDevice {
+		e.log.Info("user registered", "user", user.ID, "username", username, "device", creds.Device)
+	} else {
+		e.log.Info("user created", "user", user.ID, "username", username)
+	}
+	return user, creds, nil
 }
 
 func (e *Engine) usernameTaken(username string) (bool, error) {

@@ -11,6 +11,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -69,6 +70,8 @@ type config struct {
 	logLevel          string
 	logFormat         string
 	to                string // backup destination
+	username          string // add-user's
+	displayName       string // add-user's
 	signInLimit       int
 	pushLimit         int
 	signInRefill      time.Duration
@@ -85,6 +88,9 @@ const usage = `Usage:
   ferryd backup  --data DIR --to DIR   copy a stopped server's store
   ferryd compact --data DIR            rewrite a stopped server's store in full
   ferryd new-epoch --data DIR          make a stopped server's next start serve a new epoch
+  ferryd add-user --data DIR --username NAME
+                                       create a user on a stopped server's store, the
+                                       password read from the first line of stdin
   ferryd version                       print the build: version, commit, Go
 
 Every flag can also be set in the environment as FERRY_<FLAG>, with dashes
@@ -94,8 +100,8 @@ as underscores (FERRY_ADDR, FERRY_DATA, ...); a flag on the command line wins.
 Flags:
 `
 
-// flags returns the flags of command name (serve, check, backup, compact
-// or new-epoch): the store's and the log's for every command, the rest for
+// flags returns the flags of command name (serve, check, backup, compact,
+// new-epoch or add-user): the store's and the log's for every command, the rest for
 // serve alone, so that a serving flag (or its FERRY_ variable, such as a
 // FERRY_NEW_EPOCH left set) never reaches the tools.
 func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
@@ -121,6 +127,9 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	switch name {
+	case "add-user":
+		fs.StringVar(&c.username, "username", "", "the new user's username")
+		fs.StringVar(&c.displayName, "display-name", "", "the new user's display name (default: the username)")
 	case "backup":
 		fs.StringVar(&c.to, "to", "", "directory to write the backup to (must not exist)")
 	case "serve":
@@ -185,7 +194,7 @@ func parse(fs *flag.FlagSet, args []string, env func(string) string) error {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd := "serve"
-	if len(args) > 0 && (args[0] == "check" || args[0] == "backup" || args[0] == "compact" || args[0] == "new-epoch") {
+	if len(args) > 0 && (args[0] == "check" || args[0] == "backup" || args[0] == "compact" || args[0] == "new-epoch" || args[0] == "add-user") {
 		cmd, args = args[0], args[1:]
 	}
 	if len(args) == 1 && args[0] == "help" {
@@ -233,6 +242,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return compact(ctx, c, log, stdout)
 	case "new-epoch":
 		return newEpoch(c, log, stdout)
+	case "add-user":
+		return addUser(ctx, c, log, stdin, stdout)
 	}
 	return serve(ctx, c, log, stdout)
 }
@@ -551,6 +562,39 @@ func version() string {
 		v += " commit " + rev + modified
 	}
 	return v + " " + bi.GoVersion
+}
+
+// stdin is where add-user reads the password: a variable for the tests.
+var stdin io.Reader = os.Stdin
+
+// addUser creates a user on a stopped server's store, whatever
+// --allow-registration says: how an operator gives someone an account
+// when self-registration is off (the default). The password is the first
+// line of stdin, so that it stays out of the process list and the shell's
+// history. The user logs in from their devices; the command makes none.
+func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, stdout io.Writer) error {
+	if c.username == "" {
+		return errors.New("add-user needs --username NAME (and the password on stdin)")
+	}
+	line, err := bufio.NewReader(in).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read the password from stdin: %w", err)
+	}
+	password := strings.TrimRight(line, "\r\n")
+	if password == "" {
+		return errors.New("add-user reads the password from the first line of stdin, and found none")
+	}
+	eng, err := openStopped(c, log)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	u, err := eng.CreateUser(ctx, engine.NewAccount{Username: c.username, Password: password, DisplayName: c.displayName})
+	if err != nil {
+		return fmt.Errorf("add-user: %w", err)
+	}
+	fmt.Fprintf(stdout, "user %s created (id %s); they log in from their devices\n", u.Username, u.ID)
+	return nil
 }
 
 // newEpoch marks a stopped server's store so that its next start serves a

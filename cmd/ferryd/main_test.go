@@ -307,6 +307,62 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// TestAddUser: with self-registration off, 'ferryd add-user' gives
+// someone an account on a stopped server's store, the password from
+// stdin; they log in with it, and the command made no device.
+func TestAddUser(t *testing.T) {
+	dir := t.TempDir() + "/data"
+	o := enginetest.Options(t, 200)
+	o.FS = nil
+	e, err := engine.Open(dir, o) // the store a first start makes
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	add := func(password string, args ...string) (string, error) {
+		t.Helper()
+		stdin = strings.NewReader(password)
+		t.Cleanup(func() { stdin = os.Stdin })
+		var out bytes.Buffer
+		err := run(context.Background(), append([]string{"add-user", "--data", dir, "--log-level", "warn"}, args...), &out, io.Discard)
+		return out.String(), err
+	}
+	if out, err := add("correct horse battery\n", "--username", "Carol", "--display-name", "Carol C."); err != nil || !strings.Contains(out, "user carol created") {
+		t.Fatalf("add-user: %v\n%s", err, out)
+	}
+	for _, c := range []struct {
+		password string
+		args     []string
+		want     string
+	}{
+		{"another password\n", []string{"--username", "carol"}, "taken"},
+		{"", []string{"--username", "dave"}, "found none"},
+		{"short\n", []string{"--username", "dave"}, "a password has"},
+		{"correct horse battery\n", nil, "needs --username"},
+	} {
+		if _, err := add(c.password, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("add-user %v with %q: %v; want %q", c.args, c.password, err, c.want)
+		}
+	}
+	o = enginetest.Options(t, 201)
+	o.FS = nil
+	if e, err = engine.Open(dir, o); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	creds, err := e.Login(context.Background(), "carol", "correct horse battery", "phone")
+	if err != nil {
+		t.Fatalf("carol logs in: %v", err)
+	}
+	devs, err := e.Devices(engine.Actor{User: creds.User, Device: creds.Device})
+	if err != nil || len(devs) != 1 || devs[0].ID != creds.Device {
+		t.Fatalf("carol's devices %+v, %v; want only the phone", devs, err)
+	}
+	if rep := enginetest.MustCheck(t, e); rep.Err() != nil {
+		t.Fatal(rep.Err())
+	}
+}
+
 // TestNewEpochIsOneShot: 'ferryd new-epoch' makes the next start of the
 // store serve a new epoch, and only the next; serve refuses the
 // --new-epoch it replaces (which started one at every start), and its
