@@ -278,7 +278,7 @@ func (e *Engine) Login(ctx context.Context, username, password, deviceName strin
 		return Credentials{}, err
 	}
 	if full {
-		return Credentials{}, fmt.Errorf("%w: %s already has %d devices, the limit; revoke one first", ErrTooMany, user.Username, e.opts.MaxDevicesPerUser)
+		return Credentials{}, fmt.Errorf("%w: %s already has %d devices, the limit; revoke one first (RevokeDevice from a device signed in, or the server's operator: ferryd revoke-devices)", ErrTooMany, user.Username, e.opts.MaxDevicesPerUser)
 	}
 	e.log.Info("device added", "user", user.ID, "device", creds.Device)
 	return creds, nil

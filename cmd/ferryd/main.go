@@ -91,6 +91,9 @@ const usage = `Usage:
   ferryd add-user --data DIR --username NAME
                                        create a user on a stopped server's store, the
                                        password read from the first line of stdin
+  ferryd revoke-devices --data DIR --username NAME
+                                       revoke every device of a user (one locked out at
+                                       the limit of 100 devices, or whose devices were lost)
   ferryd version                       print the build: version, commit, Go
 
 Every flag can also be set in the environment as FERRY_<FLAG>, with dashes
@@ -101,7 +104,7 @@ Flags:
 `
 
 // flags returns the flags of command name (serve, check, backup, compact,
-// new-epoch or add-user): the store's and the log's for every command, the rest for
+// new-epoch, add-user or revoke-devices): the store's and the log's for every command, the rest for
 // serve alone, so that a serving flag (or its FERRY_ variable, such as a
 // FERRY_NEW_EPOCH left set) never reaches the tools.
 func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
@@ -130,6 +133,8 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	case "add-user":
 		fs.StringVar(&c.username, "username", "", "the new user's username")
 		fs.StringVar(&c.displayName, "display-name", "", "the new user's display name (default: the username)")
+	case "revoke-devices":
+		fs.StringVar(&c.username, "username", "", "the user whose devices to revoke")
 	case "backup":
 		fs.StringVar(&c.to, "to", "", "directory to write the backup to (must not exist)")
 	case "serve":
@@ -194,7 +199,7 @@ func parse(fs *flag.FlagSet, args []string, env func(string) string) error {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd := "serve"
-	if len(args) > 0 && (args[0] == "check" || args[0] == "backup" || args[0] == "compact" || args[0] == "new-epoch" || args[0] == "add-user") {
+	if len(args) > 0 && (args[0] == "check" || args[0] == "backup" || args[0] == "compact" || args[0] == "new-epoch" || args[0] == "add-user" || args[0] == "revoke-devices") {
 		cmd, args = args[0], args[1:]
 	}
 	if len(args) == 1 && args[0] == "help" {
@@ -244,6 +249,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return newEpoch(c, log, stdout)
 	case "add-user":
 		return addUser(ctx, c, log, stdin, stdout)
+	case "revoke-devices":
+		return revokeDevices(ctx, c, log, stdout)
 	}
 	return serve(ctx, c, log, stdout)
 }
@@ -594,6 +601,41 @@ func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, std
 		return fmt.Errorf("add-user: %w", err)
 	}
 	fmt.Fprintf(stdout, "user %s created (id %s); they log in from their devices\n", u.Username, u.ID)
+	return nil
+}
+
+// revokeDevices revokes every device of a user on a stopped server's
+// store: their tokens stop working, and the user, who keeps their account
+// and conversations, logs in again. For a user at the limit of devices
+// with none left to revoke from (sign-ins that never signed out), or whose
+// devices were lost or stolen.
+func revokeDevices(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
+	if c.username == "" {
+		return errors.New("revoke-devices needs --username NAME")
+	}
+	eng, err := openStopped(c, log)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	users, err := eng.LookupUsers(engine.Actor{}, []string{c.username})
+	if err != nil {
+		return err
+	}
+	if len(users) == 0 {
+		return fmt.Errorf("revoke-devices: no user %q", c.username)
+	}
+	a := engine.Actor{User: users[0].ID} // the operator: no device of the user's
+	devs, err := eng.Devices(a)
+	if err != nil {
+		return err
+	}
+	for _, d := range devs {
+		if err := eng.RevokeDevice(ctx, a, d.ID); err != nil {
+			return fmt.Errorf("revoke device %s: %w", d.ID, err)
+		}
+	}
+	fmt.Fprintf(stdout, "revoked %d devices of %s; they log in again\n", len(devs), users[0].Username)
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -307,10 +308,12 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-// TestAddUser: with self-registration off, 'ferryd add-user' gives
-// someone an account on a stopped server's store, the password from
-// stdin; they log in with it, and the command made no device.
-func TestAddUser(t *testing.T) {
+// TestAddUserAndRevokeDevices: with self-registration off, 'ferryd
+// add-user' gives someone an account on a stopped server's store, the
+// password from stdin; they log in with it, and the command made no
+// device. 'ferryd revoke-devices' revokes all of a user's devices (a user
+// locked out at the limit of devices logs in again).
+func TestAddUserAndRevokeDevices(t *testing.T) {
 	dir := t.TempDir() + "/data"
 	o := enginetest.Options(t, 200)
 	o.FS = nil
@@ -349,7 +352,6 @@ func TestAddUser(t *testing.T) {
 	if e, err = engine.Open(dir, o); err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
 	creds, err := e.Login(context.Background(), "carol", "correct horse battery", "phone")
 	if err != nil {
 		t.Fatalf("carol logs in: %v", err)
@@ -360,6 +362,31 @@ func TestAddUser(t *testing.T) {
 	}
 	if rep := enginetest.MustCheck(t, e); rep.Err() != nil {
 		t.Fatal(rep.Err())
+	}
+	if _, err := e.Login(context.Background(), "carol", "correct horse battery", "laptop"); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+
+	// revoke-devices: carol's two devices, their tokens with them.
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"revoke-devices", "--data", dir, "--username", "carol", "--log-level", "warn"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "revoked 2 devices of carol") {
+		t.Fatalf("revoke-devices: %v\n%s", err, out.String())
+	}
+	if err := run(context.Background(), []string{"revoke-devices", "--data", dir, "--username", "nobody", "--log-level", "warn"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), `no user "nobody"`) {
+		t.Fatalf("revoke-devices of no one: %v", err)
+	}
+	o = enginetest.Options(t, 202)
+	o.FS = nil
+	if e, err = engine.Open(dir, o); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.Authenticate(creds.Token); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Fatalf("the phone's token after revoke-devices: %v", err)
+	}
+	if devs, err := e.Devices(engine.Actor{User: creds.User}); err != nil || len(devs) != 0 {
+		t.Fatalf("carol's devices after revoke-devices: %+v, %v", devs, err)
 	}
 }
 
