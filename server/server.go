@@ -33,6 +33,7 @@ type Server struct {
 	goaway   context.Context   // canceled by GoAway
 	goAway   context.CancelFunc
 	goneAway bool
+	draining bool                 // Drain: /healthz says 503 while the server still serves
 	syncs    map[*pumper]struct{} // the Sync sessions' senders, which GoAway kicks
 	active   sync.WaitGroup       // session handlers (each waits for its senders)
 	signIns  *signInLimiter       // nil when off
@@ -124,7 +125,7 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	draining := s.goneAway
+	draining := s.goneAway || s.draining
 	s.mu.Unlock()
 	if draining {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -132,6 +133,15 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ok")
+}
+
+// Drain has /healthz answer 503 while the server goes on serving, so
+// that load balancers and orchestrators (Kubernetes' readiness probes)
+// stop sending it new clients before GoAway and the shutdown.
+func (s *Server) Drain() {
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
 }
 
 // GoAway tells every open session to end with a Goaway message, so clients

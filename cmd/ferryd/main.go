@@ -37,12 +37,59 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := stopContexts()
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "ferryd:", err)
 		os.Exit(1)
 	}
+}
+
+// stopContexts returns a context that the first SIGINT or SIGTERM ends,
+// and that holds (withHurry) one that the second ends: serve's
+// --shutdown-delay waits for it, or for its time.
+func stopContexts() (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	hurry, hurried := context.WithCancel(context.Background())
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		for n := 1; ; n++ {
+			select {
+			case <-sig:
+			case <-done:
+				return
+			}
+			if n == 1 {
+				cancel()
+			} else {
+				hurried()
+			}
+		}
+	}()
+	return withHurry(ctx, hurry), func() {
+		signal.Stop(sig)
+		close(done)
+		cancel()
+		hurried()
+	}
+}
+
+type hurryKey struct{}
+
+// withHurry puts in ctx the context whose end cuts --shutdown-delay short.
+func withHurry(ctx, hurry context.Context) context.Context {
+	return context.WithValue(ctx, hurryKey{}, hurry)
+}
+
+// hurryOf is the context withHurry put in ctx; one that never ends when
+// there is none.
+func hurryOf(ctx context.Context) context.Context {
+	if h, ok := ctx.Value(hurryKey{}).(context.Context); ok {
+		return h
+	}
+	return context.Background()
 }
 
 type config struct {
@@ -77,6 +124,7 @@ type config struct {
 	signInRefill      time.Duration
 	clientIPHeader    string
 	corsOrigins       string
+	shutdownDelay     time.Duration
 	trustedProxies    prefixList
 	h2c               server.H2C
 }
@@ -167,6 +215,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.sharedFeedMembers, "shared-feed-members", 32, "conversations past this many members keep one feed entry for all of them: a message then writes nothing per member, and a catch-up reads one record per such conversation of its user")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
+	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, answer /healthz with 503 and go on serving this long before telling sessions to reconnect and stopping, so that a load balancer stops sending new clients first (a second SIGTERM or SIGINT cuts it short); 0: stop at once")
 	fs.BoolVar(&c.demo, "demo", true, "serve the demo chat page at / (a web client of the public API)")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler (/debug/pprof/) and the metrics (/metrics) on this address, e.g. 127.0.0.1:6060; keep it private")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the metrics in Prometheus's text format (/metrics) on this address, e.g. 127.0.0.1:9090; keep it private")
@@ -475,6 +524,17 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		}
 	}
 	cause := context.Cause(ctx)
+	if c.shutdownDelay > 0 && errors.Is(cause, context.Canceled) { // a signal; a failed store stops at once
+		srv.Drain()
+		log.Info("draining: /healthz says 503 while serving goes on", "reason", cause, "for", c.shutdownDelay)
+		t := time.NewTimer(c.shutdownDelay)
+		select {
+		case <-t.C:
+		case <-hurryOf(ctx).Done():
+			log.Info("draining cut short by a second signal")
+		}
+		t.Stop()
+	}
 	log.Info("shutting down: telling sessions to reconnect", "reason", cause)
 	srv.GoAway()
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -15,3 +15,24 @@ func sendSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStopContexts: the first SIGTERM ends serve's context, the second
+// the one that cuts --shutdown-delay short.
+func TestStopContexts(t *testing.T) {
+	ctx, stop := stopContexts()
+	defer stop()
+	hurry := hurryOf(ctx)
+	term := func() {
+		t.Helper()
+		if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+	}
+	term()
+	<-ctx.Done()
+	if hurry.Err() != nil {
+		t.Fatal("the first signal cut the delay short")
+	}
+	term()
+	<-hurry.Done()
+}

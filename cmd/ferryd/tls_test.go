@@ -60,6 +60,64 @@ func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 	return certFile, keyFile, pool
 }
 
+// TestShutdownDelay: with --shutdown-delay, the first signal has
+// /healthz answer 503 while the server goes on serving, until the delay
+// ends or a second signal cuts it short; then it stops as usual.
+func TestShutdownDelay(t *testing.T) {
+	signalled, signal := context.WithCancel(context.Background())
+	hurry, secondSignal := context.WithCancel(context.Background())
+	defer signal()
+	defer secondSignal()
+	out := &syncBuffer{w: make(chan struct{}, 1)}
+	logs := &syncBuffer{w: make(chan struct{}, 1)}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(withHurry(signalled, hurry), []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--shutdown-delay", "1h", "--log-level", "info"}, out, logs)
+	}()
+	url := ""
+	addr := regexp.MustCompile(`listening on (http://\S+)`)
+	for url == "" {
+		select {
+		case <-out.w:
+			if m := addr.FindStringSubmatch(out.String()); m != nil {
+				url = m[1]
+			}
+		case err := <-done:
+			t.Fatalf("ferryd exited: %v\n%s", err, out.String())
+		}
+	}
+	health := func() int {
+		t.Helper()
+		resp, err := http.Get(url + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := health(); got != http.StatusOK {
+		t.Fatalf("healthz before the signal: %d", got)
+	}
+	signal()
+	for !strings.Contains(logs.String(), "draining") {
+		select {
+		case <-logs.w:
+		case err := <-done:
+			t.Fatalf("ferryd stopped without draining: %v\n%s", err, logs.String())
+		}
+	}
+	if got := health(); got != http.StatusServiceUnavailable {
+		t.Fatalf("healthz while draining: %d, want 503 from a server still serving", got)
+	}
+	secondSignal()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "cut short") || !strings.Contains(logs.String(), "stopped") {
+		t.Fatalf("logs:\n%s", logs.String())
+	}
+}
+
 // TestServeTLS: ferryd serves HTTP/2 over TLS, and on SIGHUP serves the
 // certificate its files hold then (a renewed one) without a restart.
 func TestServeTLS(t *testing.T) {
