@@ -37,6 +37,9 @@ import (
 )
 
 func main() {
+	// Until serve listens for it (a reload), SIGHUP must not end the
+	// process, which it does by default: at start, and in the tools.
+	signal.Ignore(syscall.SIGHUP)
 	ctx, stop := stopContexts()
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
@@ -215,7 +218,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.sharedFeedMembers, "shared-feed-members", 32, "conversations past this many members keep one feed entry for all of them: a message then writes nothing per member, and a catch-up reads one record per such conversation of its user")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
-	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, answer /healthz with 503 and go on serving this long before telling sessions to reconnect and stopping, so that a load balancer stops sending new clients first (a second SIGTERM or SIGINT cuts it short); 0: stop at once")
+	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM (or SIGINT), answer /healthz with 503 and go on serving this long before telling sessions to reconnect and stopping, so that a load balancer stops sending new clients first (a second SIGTERM or SIGINT cuts it short); 0: stop at once")
 	fs.BoolVar(&c.demo, "demo", true, "serve the demo chat page at / (a web client of the public API)")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler (/debug/pprof/) and the metrics (/metrics) on this address, e.g. 127.0.0.1:6060; keep it private")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the metrics in Prometheus's text format (/metrics) on this address, e.g. 127.0.0.1:9090; keep it private")
@@ -351,6 +354,9 @@ func receiptDelay(d time.Duration) time.Duration {
 // name.
 func checkServeFlags(c *config) error {
 	var errs []error
+	if c.shutdownDelay < 0 {
+		errs = append(errs, fmt.Errorf("--shutdown-delay %s must not be negative (0: stop at once)", c.shutdownDelay))
+	}
 	if c.newEpoch {
 		errs = append(errs, errors.New("--new-epoch (FERRY_NEW_EPOCH) started a new epoch at every start, so every device downloaded everything again after each restart: it is gone. After restoring a store by other means than 'ferryd backup', run 'ferryd new-epoch --data DIR' once, with the server stopped; its next start serves a new epoch"))
 	}
@@ -425,7 +431,17 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	eo := engineOptions(c, log)
 	// Fail-stop: a storage failure ends the process; nothing more is
 	// acknowledged meanwhile.
-	eo.OnFatal = func(err error) { cancel(fmt.Errorf("storage failed: %w", err)) }
+	// (fatal also ends a --shutdown-delay under way, which ctx, ended by
+	// the signal already, no longer can.)
+	fatal := make(chan error, 1)
+	eo.OnFatal = func(err error) {
+		err = fmt.Errorf("storage failed: %w", err)
+		cancel(err)
+		select {
+		case fatal <- err:
+		default:
+		}
+	}
 	so := serverOptions(c, log)
 	checked := eo
 	checked.EnsureDefaults()
@@ -532,8 +548,16 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		case <-t.C:
 		case <-hurryOf(ctx).Done():
 			log.Info("draining cut short by a second signal")
+		case err := <-fatal:
+			log.Error("draining cut short: the store failed", "err", err)
+			cause = err
+		case err := <-served:
+			return fmt.Errorf("serve: %w", err)
 		}
 		t.Stop()
+	}
+	if err := eng.Failed(); err != nil && errors.Is(cause, context.Canceled) {
+		cause = fmt.Errorf("storage failed: %w", err) // after the signal: the exit says so
 	}
 	log.Info("shutting down: telling sessions to reconnect", "reason", cause)
 	srv.GoAway()
