@@ -645,7 +645,12 @@ func (s *session) receive(ctx context.Context) error {
 					// stream's end did, raced in net/http's retry of it
 					// (readTrackingBody, Go 1.26 and 1.27), once in some
 					// 600 runs of TestConvergenceSimulation with -race.
-					d.refreshMembers(s.outer)
+					// Bounded: a call on a connection gone silent would
+					// otherwise hold d.refreshing, and the next catch-ups'
+					// refreshes, until TCP gives up.
+					ctx, cancel := context.WithTimeout(s.outer, refreshTimeout)
+					defer cancel()
+					d.refreshMembers(ctx)
 				}()
 			}
 			if s.once && s.idle() {
@@ -721,6 +726,9 @@ func batchesOf(m *ferryv1.Ops) ([]received, error) {
 // refreshMembers fetches the member lists that changed, teaching the device
 // its members' usernames. Best effort: a failure leaves them for the next
 // catch-up.
+// refreshTimeout bounds a catch-up's member refresh.
+const refreshTimeout = 30 * time.Second
+
 func (d *Device) refreshMembers(ctx context.Context) {
 	d.mu.Lock()
 	var convs []ulid.ULID

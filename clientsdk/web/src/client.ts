@@ -1067,7 +1067,10 @@ export class FerryClient {
       return change;
     });
     this.setStatus({ pending: this.pendingCount() });
-    for (const id of new Set(batch.map((e) => e.convId))) this.emit({ kind: "messages", convId: id });
+    for (const id of new Set(batch.map((e) => e.convId))) {
+      this.emit({ kind: "messages", convId: id });
+      this.emit({ kind: "conversations", convId: id }); // the list shows the last message's status
+    }
   }
 
   // sendAcks sends delivered markers for what the device holds and read

@@ -509,12 +509,16 @@ test("a refused op takes no dot: the device's later ops are numbered again, and 
   assert.deepEqual(dots(), [1, 2, 3, 4]);
   const result = (id: string, status: number, extra = {}) => ({ opId: id, status, seq: 0n, reason: 0, message: "", serverDot: 0n, ...extra });
   // A push of the first two: a accepted, b refused. c and d, not pushed
-  // yet, take b's dot and the next.
+  // yet, take b's dot and the next. The list hears of it (its last
+  // message's status).
+  const events: string[] = [];
+  c.on((e: { kind: string; convId?: string }) => events.push(`${e.kind} ${e.convId ?? ""}`));
   await c.takeResults([c.outbox.get(ids[0]), c.outbox.get(ids[1])], [
     result(ids[0], OpStatus.ACCEPTED, { seq: 1n }),
     result(ids[1], OpStatus.REJECTED, { reason: RejectReason.PERMISSION_DENIED, message: "no" }),
   ]);
   assert.deepEqual(dots(), ["gone", "failed", 2, 3]);
+  assert.ok(events.includes("messages C") && events.includes("conversations C"), `events ${events}`);
   assert.equal(c.meta.dots.C, 3);
   assert.equal(Number(c.outbox.get(ids[2]).dot), 2, "the entry's dot moves with its op's");
   // A dot error says the server holds the device's ops up to dot 3 (a
