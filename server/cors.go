@@ -37,13 +37,15 @@ func (s *Server) cors(next http.Handler) http.Handler {
 	}
 	anyOrigin := slices.Contains(s.opts.CORSOrigins, "*")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		if !anyOrigin {
+			h.Add("Vary", "Origin") // a cache must not give one origin's answer to another
+		}
 		origin := r.Header.Get("Origin")
-		if origin == "" || !anyOrigin && !slices.Contains(s.opts.CORSOrigins, origin) {
+		if origin == "" || !anyOrigin && !slices.ContainsFunc(s.opts.CORSOrigins, func(o string) bool { return strings.EqualFold(o, origin) }) {
 			next.ServeHTTP(w, r)
 			return
 		}
-		h := w.Header()
-		h.Add("Vary", "Origin")
 		if anyOrigin {
 			h.Set("Access-Control-Allow-Origin", "*") // bearer tokens, not cookies: no credentials mode
 		} else {

@@ -66,7 +66,18 @@ func TestCORS(t *testing.T) {
 	if r.Header.Get("Access-Control-Allow-Origin") != "" {
 		t.Fatalf("a server that allows no origin allowed one: %v", r.Header)
 	}
-	if err := (server.Options{CORSOrigins: []string{"app.example.com"}}).Check(); err == nil || !strings.Contains(err.Error(), "scheme://host") {
-		t.Fatalf("an origin without a scheme: %v", err)
+	for _, bad := range []string{"app.example.com", "https://app.example.com/", "https://app.example.com/path", "https://"} {
+		if err := (server.Options{CORSOrigins: []string{bad}}).Check(); err == nil || !strings.Contains(err.Error(), "scheme://host") {
+			t.Errorf("origin %q: %v", bad, err)
+		}
+	}
+	// Any origin's response varies with it, where origins are listed: a
+	// shared cache must not give one origin's answer (without CORS
+	// headers) to another; and origins match without regard to case.
+	if r := do(http.MethodPost, "https://evil.example"); !strings.Contains(strings.Join(r.Header.Values("Vary"), ","), "Origin") {
+		t.Errorf("another origin's response does not vary with Origin: %v", r.Header)
+	}
+	if r := do(http.MethodPost, "https://App.Example.com"); r.Header.Get("Access-Control-Allow-Origin") == "" {
+		t.Errorf("the allowed origin in other case was refused: %v", r.Header)
 	}
 }

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"runtime"
-	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/internal/clock"
@@ -157,7 +157,7 @@ func (o *Options) validate() error {
 		errs = append(errs, errors.New("TrustedProxies needs ClientIPHeader, the header they write the client's address into"))
 	}
 	for _, origin := range o.CORSOrigins {
-		if origin != "*" && (!strings.Contains(origin, "://") || strings.HasSuffix(origin, "/")) {
+		if u, err := url.Parse(origin); origin != "*" && (err != nil || u.Scheme == "" || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil) {
 			errs = append(errs, fmt.Errorf("CORSOrigins holds %q: an origin is scheme://host[:port] with no path, or *", origin))
 		}
 	}
