@@ -228,11 +228,7 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 		// History before joining is not unread, and in the others'
 		// receipts it is delivered and read: a message that everyone there
 		// had read does not turn back to unread by someone when they join.
-		u := tx.marker(keys.TUserMark, c.id, op.Member)
-		u.raiseRead(seq, c.rec.Messages, true)
-		if u.m.Delivered < seq || u.m.PublicRead < seq {
-			u.m.Delivered, u.m.PublicRead, u.dirty = max(u.m.Delivered, seq), max(u.m.PublicRead, seq), true
-		}
+		tx.raiseRead(c, op.Member, seq)
 	case model.KindMemberRemove:
 		tx.setRole(c, op.Member, model.RoleNone, seq)
 	case model.KindMemberRole:
@@ -283,15 +279,17 @@ func (tx *txn) setRole(c *txConv, user ulid.ULID, role model.Role, seq uint64) {
 	c.memberWrites[user] = true
 }
 
-// raiseRead moves user's read marker up to seq, the op they just
-// appended: a sender has read up to their own op, and everyone may see so
-// (PublicRead). The device's marker keeps only what the device holds
+// raiseRead moves user's markers up to seq: the op they just appended (a
+// sender has received and read up to their own op, and everyone may see
+// so: PublicRead, Delivered), or the one that added them. Their device's
+// ack of the op then moves no receipt, which would move every member's
+// feed for nothing. The device's marker keeps only what the device holds
 // (record.Marker.Read), so a push writes one marker, not two.
 func (tx *txn) raiseRead(c *txConv, user ulid.ULID, seq uint64) {
 	u := tx.marker(keys.TUserMark, c.id, user)
 	u.raiseRead(seq, c.rec.Messages, true)
-	if u.m.PublicRead < seq {
-		u.m.PublicRead, u.dirty = seq, true
+	if u.m.PublicRead < seq || u.m.Delivered < seq {
+		u.m.PublicRead, u.m.Delivered, u.dirty = max(u.m.PublicRead, seq), max(u.m.Delivered, seq), true
 	}
 }
 

@@ -482,3 +482,41 @@ func TestJoinerHasReadWhatCameBefore(t *testing.T) {
 		t.Fatalf("carol: unread %d, read %d; want 0, %d", cinfo.Unread, cinfo.Read, add.Seq)
 	}
 }
+
+// TestOwnAcksMoveNoReceipt: a sender has received and read their own
+// message (both in the receipts the others see), so their device's ack
+// of it changes no receipt, and wakes no member's session.
+func TestOwnAcksMoveNoReceipt(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	e := enginetest.New(t, func(o *engine.Options) { o.Clock, o.ReceiptDelay = fake, 50*time.Millisecond })
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("pair", bob)
+	hi := alice.Send(conv, "hi").Seq
+	info, _, _, err := e.Conversation(bob.Actor, conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := delivered(info.Receipts, alice.Actor.User); got != hi {
+		t.Fatalf("alice's delivered receipt %d after her message at %d", got, hi)
+	}
+	s, err := e.OpenSession(bob.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	drain(t, s)
+	changed := s.Changed()
+	if err := e.Mark(ctx, alice.Actor, []engine.Marker{{Conv: conv, Delivered: hi, Read: hi}}); err != nil {
+		t.Fatal(err)
+	}
+	fake.Advance(time.Second) // past the receipt delay: a receipt waiting would go now
+	if evs := drain(t, s); len(evs) != 0 {
+		t.Fatalf("alice's ack of her own message sent bob %+v", evs)
+	}
+	select {
+	case <-changed:
+		t.Fatal("alice's ack of her own message woke bob's session")
+	default:
+	}
+}
