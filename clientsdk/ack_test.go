@@ -52,14 +52,19 @@ func TestAcksGather(t *testing.T) {
 	waitFor(t, bob, "bob receives both", has(t, bob, conv, "one", "two"))
 
 	// Bob's own message goes out on the same stream after any ack sent so
-	// far, and comes back once the server has applied them. (Alice acks at
-	// once, so it may be delivered by the time bob looks.)
-	three, err := bob.SendText(ctx, conv, "three")
+	// far, and comes back once the server has applied them. It goes to a
+	// conversation of his own: one in conv would move his markers there
+	// itself (a sender has received their own message).
+	notes, err := bob.CreateConversation(ctx, "notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	three, err := bob.SendText(ctx, notes, "three")
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, bob, "bob's message is accepted", func() bool {
-		st := status(t, bob, conv, three)
+		st := status(t, bob, notes, three)
 		return st == clientsdk.StatusSent || st == clientsdk.StatusDelivered || st == clientsdk.StatusRead
 	})
 	acc, err := bob.Account()
