@@ -107,6 +107,7 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo, ranks *catchUpRan
 		}
 		rec.Title, rec.Role, rec.Removed = ci.GetTitle(), ci.GetRole(), ci.GetRemoved()
 		rec.Head, rec.Unread, rec.Members = ci.GetHead(), ci.GetUnread(), ci.GetMemberCount()
+		rec.InfoHead = ci.GetHead()
 		rec.Delivered, rec.Read = ci.GetDelivered(), ci.GetRead()
 		rec.NoReceipts = ci.GetNoReceipts()
 		rec.Receipts = rec.Receipts[:0]

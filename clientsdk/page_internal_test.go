@@ -41,6 +41,7 @@ func holdMessages(tb testing.TB, d *Device, conv ulid.ULID, lo, hi uint64) {
 	}
 	rec.addRange(lo, hi)
 	rec.Head = max(rec.Head, hi)
+	rec.InfoHead = rec.Head // as a conversation info says
 }
 
 // BenchmarkMessagesPage: the newest page of a long conversation, and the
@@ -148,6 +149,22 @@ func TestPagesStopAtHoles(t *testing.T) {
 	holdMessages(t, d, conv, 101, 900)
 	check(951, want{950, 901, true, false})
 	check(901, want{900, 851, true, false})
+
+	// The device's own message, accepted at 1003 while others' at 1001
+	// and 1002 are still on their way in a live round (above the head the
+	// last info gave): not a hole to stop at.
+	infoHead := d.convs[conv].InfoHead
+	holdMessages(t, d, conv, 1003, 1003)
+	d.mu.Lock()
+	d.convs[conv].InfoHead = infoHead
+	d.mu.Unlock()
+	check(0, want{1003, 952, true, false})
+	check(1003, want{1000, 951, true, false})
+	// Once an info says 1002 is there to hold, it is a hole.
+	d.mu.Lock()
+	d.convs[conv].InfoHead = 1003
+	d.mu.Unlock()
+	check(0, want{1003, 1003, false, true})
 }
 
 // TestDeletedMessagesShowNoReactions: a message deleted for everyone shows

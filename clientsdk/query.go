@@ -211,12 +211,14 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 	// fetches the newest ops first, and a page across the hole below them
 	// would show messages from before the hole right after those from
 	// after it. It stops there instead, with OlderLoading, until the hole
-	// fills.
+	// fills. Seqs above the head the conversation's info gave are not such
+	// a hole: others' ops of a round still coming, below the device's own
+	// that a push result brought first.
 	top := rec.maxHeld()
 	if opts.Before != 0 {
 		top = min(opts.Before-1, top)
 	}
-	if page.Messages, page.More, err = d.pageLocked(s, conv, opts.Before, opts.Limit, rec.runStart(top)); err != nil {
+	if page.Messages, page.More, err = d.pageLocked(s, conv, opts.Before, opts.Limit, rec.runStart(top, rec.InfoHead)); err != nil {
 		return Page{}, err
 	}
 	// Older messages are loading when a seq is missing below the page's

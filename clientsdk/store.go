@@ -101,10 +101,15 @@ type credentials struct {
 
 // convRecord is what the replica knows of a conversation besides its ops.
 type convRecord struct {
-	Title     string          `json:"title"`
-	Role      ferryv1.Role    `json:"role"`
-	Removed   bool            `json:"removed,omitempty"`
-	Head      uint64          `json:"head"`   // highest seq the user can read, as the server last said
+	Title   string       `json:"title"`
+	Role    ferryv1.Role `json:"role"`
+	Removed bool         `json:"removed,omitempty"`
+	Head    uint64       `json:"head"` // highest seq the user can read, as the server last said
+	// InfoHead is the head the conversation's last info gave: what the
+	// device knows it must hold. Seqs above it that it lacks (others' ops
+	// of a round still coming, under the device's own just accepted) are
+	// not a hole a page stops at.
+	InfoHead  uint64          `json:"info_head,omitempty"`
 	Unread    uint64          `json:"unread"` // as the server last said
 	Delivered uint64          `json:"delivered"`
 	Read      uint64          `json:"read"`
@@ -143,18 +148,32 @@ func (c *convRecord) prefix() uint64 {
 }
 
 // holds reports whether seq is held.
-func (c *convRecord) holds(seq uint64) bool { return c.runStart(seq) <= seq }
-
-// runStart is the first seq of the run of held seqs that holds seq: the
-// seqs from it through seq are all held. It is seq+1 when seq is not
-// held.
-func (c *convRecord) runStart(seq uint64) uint64 {
+func (c *convRecord) holds(seq uint64) bool {
 	for _, r := range c.Ranges {
 		if seq >= r[0] && seq <= r[1] {
-			return r[0]
+			return true
 		}
 	}
-	return seq + 1
+	return false
+}
+
+// runStart is the first seq of the run of held seqs that ends at seq,
+// where a seq above known that is not held counts as held: the seqs from
+// it through seq are all held or above known. It is seq+1 when seq is
+// neither.
+func (c *convRecord) runStart(seq, known uint64) uint64 {
+	lo := seq + 1 // the run so far: lo..seq
+	for i := len(c.Ranges) - 1; i >= 0; i-- {
+		r := c.Ranges[i]
+		if r[0] > seq {
+			continue
+		}
+		if top := min(r[1], seq); top+1 < lo && top+1 <= known {
+			return lo // top+1..lo-1 are missing, some at or below known
+		}
+		lo = r[0]
+	}
+	return lo
 }
 
 // addRange records that seqs lo..hi are held, merging ranges.

@@ -495,10 +495,14 @@ export class FerryClient {
   }
 
   // missing is the highest seq from hi down to lo that the device does not
-  // hold, or 0: the top of a hole. It looks only above the held prefix.
+  // hold, or 0: the top of a hole. It looks only above the held prefix,
+  // and only up to the head the conversation's info gave: seqs above it
+  // are others' ops of a round still coming, below the device's own that
+  // a push result brought first, not a hole.
   private missing(convId: string, lo: number, hi: number): number {
     const ops = this.ops.get(convId);
-    for (let seq = hi; seq >= Math.max(lo, this.held(convId) + 1); seq--) {
+    const known = this.convs.get(convId)?.head ?? 0;
+    for (let seq = Math.min(hi, known); seq >= Math.max(lo, this.held(convId) + 1); seq--) {
       if (!ops?.has(seq)) return seq;
     }
     return 0;

@@ -295,8 +295,8 @@ test("the client's folds, kept and fed a change at a time, agree with folding ev
   const { FerryClient, MemoryReplica } = await import("../src/index.js");
   const seed = Number(process.env.FOLD_SEED ?? Date.now() % 1_000_000);
   const C = "C";
-  const conv = (receipts: { userId: string; delivered: number; read: number }[]) =>
-    ({ id: C, title: "t", role: 1, removed: false, head: 0, unread: 0, delivered: 0, read: 0, memberCount: 2, receipts, changedAt: 1 });
+  const conv = (receipts: { userId: string; delivered: number; read: number }[], head = 0) =>
+    ({ id: C, title: "t", role: 1, removed: false, head, unread: 0, delivered: 0, read: 0, memberCount: 2, receipts, changedAt: 1 });
   const session = (who: string) => ({ userId: who, deviceId: "D", token: "t", username: who });
   for (let round = 0; round < 100; round++) {
     const r = rand(seed + round);
@@ -371,7 +371,10 @@ test("the client's folds, kept and fed a change at a time, agree with folding ev
         o.userId = "alice";
         change = r() < 0.6 && !refused ? { ops: [{ convId: C, seq: next++, id: o.id, op: toBinary(OpSchema, o) }], outboxDelete: [id] } : { outboxDelete: [id] };
       } else if (k < 0.75) {
-        change = { convs: [conv(r() < 0.2 ? [] : [{ userId: "bob", delivered: Math.floor(r() * size), read: Math.floor(r() * size) }])] };
+        // The info's head: what the device must hold (pages stop at holes
+        // up to it), all the log or part of it.
+        const head = r() < 0.5 ? size : Math.floor(r() * (size + 1));
+        change = { convs: [conv(r() < 0.2 ? [] : [{ userId: "bob", delivered: Math.floor(r() * size), read: Math.floor(r() * size) }], head)] };
       } else if (k < 0.8) {
         const who = pick(["alice", "bob"]);
         change = { clear: true, meta: { epoch: "", feedPos: "0", dots: {}, session: session(who) }, convs: [conv([])] };
@@ -391,8 +394,9 @@ test("the client's folds, kept and fed a change at a time, agree with folding ev
             // A page stops at the highest hole below what the device holds.
             const page: MessagePage = c.page(C, { limit: 1000 });
             got = page.messages;
+            // A page stops at the highest hole up to the info's head.
             const seqs = new Set<number>(c.ops.get(C)?.keys() ?? []);
-            let hole = Math.max(0, ...seqs);
+            let hole = Math.min(Math.max(0, ...seqs), c.convs.get(C).head);
             while (hole > 0 && seqs.has(hole)) hole--;
             want = want.filter((m) => m.seq === 0 || m.seq > hole);
             assert.equal(page.more, false, `seed ${seed + round}, step ${step}: more`);
@@ -447,6 +451,11 @@ test("pages stop at a hole in what the device holds, and fill in once it has", a
   await hold(101, 900);
   check(951, [901, 950, true, false]);
   check(901, [851, 900, true, false]);
+  // The device's own message, accepted at 1003 while others' at 1001 and
+  // 1002 are still on their way (above the head the last info gave, 1000):
+  // not a hole to stop at.
+  await hold(1003, 1003);
+  check(0, [952, 1003, true, false]);
 });
 
 test("dismissFailed takes a refused message out of the conversation, and only a refused one", async () => {
