@@ -83,12 +83,19 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo, ranks *catchUpRan
 	var gaps []gap
 	var evs []Event
 	// A catch-up's conversations take the places kept for them, the most
-	// recently changed (listed first) the highest.
+	// recently changed (listed first) the highest: those it moves, and
+	// those placed since the last catch-up completed (an earlier one cut
+	// off placed some of its conversations above the rest of its own,
+	// which come in this one's places, above them).
 	var places []uint64
 	if ranks != nil {
 		places = make([]uint64, len(infos))
 		for i, ci := range infos {
-			if id, err := ulid.ParseStrict(ci.GetId()); err == nil && moves(d.convs[id], ci) {
+			id, err := ulid.ParseStrict(ci.GetId())
+			if err != nil {
+				continue // wire.ParseID below says so
+			}
+			if rec := d.convs[id]; moves(rec, ci) || rec.Changed > d.placedAbove {
 				places[i], _ = ranks.take()
 			}
 		}

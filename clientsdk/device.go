@@ -53,11 +53,16 @@ type Device struct {
 	nextLocal uint64                   // outbox sequence
 	pending   map[ulid.ULID]pendingRef // op id -> outbox entry
 	changed   uint64                   // local order of changes, for sorting
-	maxBody   int                      // the server's body limit, once known
-	status    Status
-	subs      map[*Subscription]struct{}
-	users     map[ulid.ULID]userRecord
-	members   map[ulid.ULID][]memberRecord
+	// placedAbove is changed when the last catch-up completed (or the
+	// device opened): a conversation placed above it was placed since, by
+	// live activity or by a catch-up cut off, which the next catch-up
+	// places again (catchUpRanks).
+	placedAbove uint64
+	maxBody     int // the server's body limit, once known
+	status      Status
+	subs        map[*Subscription]struct{}
+	users       map[ulid.ULID]userRecord
+	members     map[ulid.ULID][]memberRecord
 	// memberRefresh lists conversations whose member list (and so the
 	// members' usernames) must be fetched again.
 	memberRefresh map[ulid.ULID]bool
@@ -183,6 +188,7 @@ func (d *Device) load() error {
 	if err != nil {
 		return err
 	}
+	d.placedAbove = d.changed
 	err = scanPrefix(d.db, []byte{tUser}, func(k, v []byte) error {
 		var id ulid.ULID
 		copy(id[:], k[1:])

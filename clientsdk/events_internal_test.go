@@ -52,3 +52,43 @@ func TestPushResultsChangeTheConversation(t *testing.T) {
 		})
 	}
 }
+
+// TestCutCatchUpKeepsTheOrder: a catch-up cut off after its first
+// Conversations message placed those conversations above the rest of its
+// own; the next catch-up, which lists them all again (the device saved no
+// position), places them again in the server's order, not below the rest.
+func TestCutCatchUpKeepsTheOrder(t *testing.T) {
+	d := memoryDevice(t)
+	a, b, c := ulid.Make(), ulid.Make(), ulid.Make()
+	info := func(id ulid.ULID, title string) *ferryv1.ConversationInfo {
+		return &ferryv1.ConversationInfo{Id: id.String(), Title: title, Head: 1, MemberCount: 2}
+	}
+	catchUp := func(msgs ...[]*ferryv1.ConversationInfo) {
+		t.Helper()
+		d.mu.Lock()
+		ranks := d.reserveRanks(3)
+		d.mu.Unlock()
+		for _, m := range msgs {
+			if _, err := d.applyInfos(m, &ranks); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	titles := func() []string {
+		t.Helper()
+		cs, err := d.Conversations()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, c := range cs {
+			out = append(out, c.Title)
+		}
+		return out
+	}
+	catchUp([]*ferryv1.ConversationInfo{info(a, "a"), info(b, "b")}) // cut off after its first message
+	catchUp([]*ferryv1.ConversationInfo{info(a, "a"), info(b, "b")}, []*ferryv1.ConversationInfo{info(c, "c")})
+	if got := fmt.Sprint(titles()); got != "[a b c]" {
+		t.Fatalf("after a catch-up cut off and one whole, the list is %s; want [a b c], the server's order", got)
+	}
+}

@@ -164,6 +164,11 @@ export class FerryClient {
   // message after the last, so the first listed takes the highest (next)
   // and each one after the one below. Null when live.
   private places: { next: number; left: number } | null = null;
+  // placedAbove is lastChange when the last catch-up completed (or the
+  // client opened): a conversation placed above it was placed since, by
+  // live activity or by a catch-up cut off, which the next catch-up places
+  // again.
+  private placedAbove = 0;
   private acked = new Map<string, number>(); // conv -> delivered marker sent
   private reads = new Map<string, number>(); // conv -> read marker not yet sent
   // account counts sign-ins and sign-outs: a push or an ack answered after
@@ -240,6 +245,7 @@ export class FerryClient {
       c.convs.set(conv.id, conv);
       c.lastChange = Math.max(c.lastChange, conv.changedAt);
     }
+    c.placedAbove = c.lastChange;
     for (const op of snap.ops) c.storeOp(op);
     for (const e of snap.outbox) c.outbox.set(e.id, e);
     c.st = { ...c.st, state: c.meta.session ? "offline" : "signed-out", pending: c.pendingCount() };
@@ -848,6 +854,7 @@ export class FerryClient {
           await this.commit(() => ({ meta: { ...this.meta, epoch, feedPos } }));
           this.setStatus({ state: "live" });
           this.places = null;
+          this.placedAbove = this.lastChange;
           void this.sendAcks().catch(() => {});
           break;
         }
@@ -921,7 +928,9 @@ export class FerryClient {
     await this.commit(() => {
       // The infos come most recent first: the conversations they move (new,
       // with new ops, or the user removed; not markers) take changedAt in
-      // that order, a catch-up's from the places kept for it.
+      // that order, a catch-up's from the places kept for it, as do those
+      // placed since the last catch-up completed (one cut off placed some
+      // of its conversations above the rest of its own).
       const moved = new Map<string, number>();
       const moves = (c: ConversationInfo) => {
         const before = this.convs.get(c.id);
@@ -929,7 +938,7 @@ export class FerryClient {
       };
       const places = this.places;
       for (const c of infos) {
-        if (!places || places.left === 0 || !moves(c)) continue;
+        if (!places || places.left === 0 || !(moves(c) || this.convs.get(c.id)!.changedAt > this.placedAbove)) continue;
         moved.set(c.id, places.next--);
         places.left--;
       }

@@ -500,6 +500,17 @@ test("a catch-up's conversations are listed in the server's order, across its me
   await c.takeConversations(infos.slice(256));
   const titles = c.conversations().map((v: ConversationView) => v.title);
   assert.deepEqual(titles, [...infos.filter((i) => i.title !== "known").map((i) => i.title), "known"]);
+  // A catch-up of 300 new conversations cut off after its first message
+  // placed those above the rest of its own; the next lists them all again
+  // (no position saved), in the server's order.
+  const more = Array.from({ length: 300 }, (_, i) =>
+    create(ConversationInfoSchema, { id: ulid(1_790_000_002_000 + i), title: `n${i}`, head: 1n, memberCount: 2 }));
+  c.places = c.reservePlaces(more.length);
+  await c.takeConversations(more.slice(0, 256));
+  c.places = c.reservePlaces(more.length);
+  await c.takeConversations(more.slice(0, 256));
+  await c.takeConversations(more.slice(256));
+  assert.deepEqual(c.conversations().slice(0, 300).map((v: ConversationView) => v.title), more.map((i) => i.title), "after a catch-up cut off");
   // Live: a conversation that moves goes to the top.
   c.places = null;
   await c.takeConversations([create(ConversationInfoSchema, { id: infos[299]!.id, title: "c299", head: 2n, memberCount: 2 })]);
