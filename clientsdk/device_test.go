@@ -348,6 +348,20 @@ func TestFailedMessagesShowUntilDismissed(t *testing.T) {
 	}
 }
 
+// titles lists d's conversations by title, in the list's order.
+func titles(t *testing.T, d *clientsdk.Device) []string {
+	t.Helper()
+	cs, err := d.Conversations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.Title)
+	}
+	return out
+}
+
 // TestCatchUpListsConversationsInOrderOfActivity: a catch-up brings the
 // changed conversations most recently changed first, then their ops page
 // by page, the most recent first too; the list keeps the conversations'
@@ -384,15 +398,7 @@ func TestCatchUpListsConversationsInOrderOfActivity(t *testing.T) {
 			if err := d.SyncOnce(ctx); err != nil {
 				t.Fatal(err)
 			}
-			cs, err := d.Conversations()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got []string
-			for _, c := range cs {
-				got = append(got, c.Title)
-			}
-			if want := []string{"two", "one", "three"}; !slices.Equal(got, want) {
+			if got, want := titles(t, d), []string{"two", "one", "three"}; !slices.Equal(got, want) {
 				t.Errorf("lists %v; want %v", got, want)
 			}
 		})
@@ -516,21 +522,9 @@ func TestMarkersDoNotReorderConversations(t *testing.T) {
 	newer, _ := alice.CreateConversation(ctx, "newer", bob)
 	alice.SendText(ctx, newer, "two")
 	syncAll()
-	order := func(d *clientsdk.Device) []string {
-		t.Helper()
-		cs, err := d.Conversations()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, c := range cs {
-			out = append(out, c.Title)
-		}
-		return out
-	}
 	want := []string{"newer", "older"}
 	for _, d := range []*clientsdk.Device{alice, phone, laptop} {
-		if got := order(d); !slices.Equal(got, want) {
+		if got := titles(t, d); !slices.Equal(got, want) {
 			t.Fatalf("conversations %v before the read; want %v", got, want)
 		}
 	}
@@ -542,14 +536,14 @@ func TestMarkersDoNotReorderConversations(t *testing.T) {
 		t.Fatalf("the laptop did not learn of the read: %d unread", c.Unread)
 	}
 	for name, d := range map[string]*clientsdk.Device{"alice": alice, "bob's laptop": laptop} {
-		if got := order(d); !slices.Equal(got, want) {
+		if got := titles(t, d); !slices.Equal(got, want) {
 			t.Errorf("%s's conversations %v after bob read the older one; want %v", name, got, want)
 		}
 	}
 	// Activity does move it up.
 	alice.SendText(ctx, older, "three")
 	syncAll()
-	if got := order(laptop); !slices.Equal(got, []string{"older", "newer"}) {
+	if got := titles(t, laptop); !slices.Equal(got, []string{"older", "newer"}) {
 		t.Errorf("conversations %v after a message to the older one", got)
 	}
 }

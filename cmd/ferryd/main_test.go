@@ -297,6 +297,41 @@ func TestFlagsDocumented(t *testing.T) {
 	}
 }
 
+// storeEpoch opens the store in dir (creating it if missing), as a
+// server's start does, and returns its epoch. Each call takes a seed of
+// its own: a new epoch is a new id.
+func storeEpoch(t *testing.T, dir string, seed uint64) string {
+	t.Helper()
+	o := enginetest.Options(t, seed)
+	o.FS = nil
+	e, err := engine.Open(dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	return e.Epoch().String()
+}
+
+// serving runs ferryd with args (its logs to logs) until ctx ends, and
+// returns its URL once it listens, and the channel run's error comes on.
+func serving(t *testing.T, ctx context.Context, args []string, logs io.Writer) (url string, done <-chan error) {
+	t.Helper()
+	out := &syncBuffer{w: make(chan struct{}, 1)}
+	ended := make(chan error, 1)
+	go func() { ended <- run(ctx, args, out, logs) }()
+	addr := regexp.MustCompile(`listening on (https?://\S+)`)
+	for {
+		select {
+		case <-out.w:
+			if m := addr.FindStringSubmatch(out.String()); m != nil {
+				return m[1], ended
+			}
+		case err := <-ended:
+			t.Fatalf("ferryd exited: %v\n%s", err, out.String())
+		}
+	}
+}
+
 // TestVersion: 'ferryd version' (and --version) prints the build's
 // version and Go's, and starts nothing.
 func TestVersion(t *testing.T) {
@@ -399,15 +434,8 @@ func TestNewEpochIsOneShot(t *testing.T) {
 	seed := uint64(100)
 	epoch := func() string {
 		t.Helper()
-		seed++ // ids of their own: a new epoch is a new id
-		o := enginetest.Options(t, seed)
-		o.FS = nil
-		e, err := engine.Open(dir, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer e.Close()
-		return e.Epoch().String()
+		seed++
+		return storeEpoch(t, dir, seed)
 	}
 	first := epoch()
 	var out bytes.Buffer
@@ -473,15 +501,8 @@ func TestToolsLeaveStoresAlone(t *testing.T) {
 	seed := uint64(0)
 	epoch := func(dir string) string {
 		t.Helper()
-		seed++ // ids of their own: a new epoch is a new id
-		o := enginetest.Options(t, seed)
-		o.FS = nil
-		e, err := engine.Open(dir, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer e.Close()
-		return e.Epoch().String()
+		seed++
+		return storeEpoch(t, dir, seed)
 	}
 	first := epoch(dir)
 	t.Setenv("FERRY_NEW_EPOCH", "true")

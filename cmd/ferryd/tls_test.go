@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -68,24 +67,8 @@ func TestShutdownDelay(t *testing.T) {
 	hurry, secondSignal := context.WithCancel(context.Background())
 	defer signal()
 	defer secondSignal()
-	out := &syncBuffer{w: make(chan struct{}, 1)}
 	logs := &syncBuffer{w: make(chan struct{}, 1)}
-	done := make(chan error, 1)
-	go func() {
-		done <- run(withHurry(signalled, hurry), []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--shutdown-delay", "1h", "--log-level", "info"}, out, logs)
-	}()
-	url := ""
-	addr := regexp.MustCompile(`listening on (http://\S+)`)
-	for url == "" {
-		select {
-		case <-out.w:
-			if m := addr.FindStringSubmatch(out.String()); m != nil {
-				url = m[1]
-			}
-		case err := <-done:
-			t.Fatalf("ferryd exited: %v\n%s", err, out.String())
-		}
-	}
+	url, done := serving(t, withHurry(signalled, hurry), []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--shutdown-delay", "1h", "--log-level", "info"}, logs)
 	health := func() int {
 		t.Helper()
 		resp, err := http.Get(url + "/healthz")
@@ -123,24 +106,8 @@ func TestShutdownDelay(t *testing.T) {
 func TestServeTLS(t *testing.T) {
 	certFile, keyFile, pool := selfSigned(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	out := &syncBuffer{w: make(chan struct{}, 1)}
 	logs := &syncBuffer{w: make(chan struct{}, 1)}
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--tls-cert", certFile, "--tls-key", keyFile, "--log-level", "info"}, out, logs)
-	}()
-	addr := regexp.MustCompile(`listening on (https://\S+)`)
-	var url string
-	for url == "" {
-		select {
-		case <-out.w:
-			if m := addr.FindStringSubmatch(out.String()); m != nil {
-				url = m[1]
-			}
-		case err := <-done:
-			t.Fatalf("ferryd exited: %v\n%s", err, out.String())
-		}
-	}
+	url, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--tls-cert", certFile, "--tls-key", keyFile, "--log-level", "info"}, logs)
 	get := func(pool *x509.CertPool) error {
 		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
 		defer client.CloseIdleConnections()
