@@ -38,14 +38,24 @@ type gap struct {
 // them most recently changed first, each message after the last, so the
 // first one listed takes the highest place and each next one the place
 // below.
-type catchUpRanks struct{ next, left uint64 }
+type catchUpRanks struct {
+	next, left uint64
+	// below is changed before the places were kept: what a catch-up cut
+	// off placed lies between Device.catchUpFrom and it (a send since
+	// lies above, and keeps its place).
+	below uint64
+}
 
 // reserveRanks keeps places for n conversations above every conversation
 // the device lists now; what moves later (a send, a live round) goes
 // above them. d.mu is held.
 func (d *Device) reserveRanks(n uint32) catchUpRanks {
+	if !d.catchingUp {
+		d.catchingUp, d.catchUpFrom = true, d.changed
+	}
+	below := d.changed
 	d.changed += uint64(n)
-	return catchUpRanks{next: d.changed, left: uint64(n)}
+	return catchUpRanks{next: d.changed, left: uint64(n), below: below}
 }
 
 // take is the place of the catch-up's next conversation; false when every
@@ -84,9 +94,10 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo, ranks *catchUpRan
 	var evs []Event
 	// A catch-up's conversations take the places kept for them, the most
 	// recently changed (listed first) the highest: those it moves, and
-	// those placed since the last catch-up completed (an earlier one cut
-	// off placed some of its conversations above the rest of its own,
-	// which come in this one's places, above them).
+	// those an earlier catch-up cut off placed (it placed them above the
+	// rest of its own, which come in this one's places, above them). Not
+	// those live rounds or sends moved since the last catch-up completed:
+	// the server's order counts markers, which they are not moved by.
 	var places []uint64
 	if ranks != nil {
 		places = make([]uint64, len(infos))
@@ -95,7 +106,7 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo, ranks *catchUpRan
 			if err != nil {
 				continue // wire.ParseID below says so
 			}
-			if rec := d.convs[id]; moves(rec, ci) || rec.Changed > d.placedAbove {
+			if rec := d.convs[id]; moves(rec, ci) || rec.Changed > d.catchUpFrom && rec.Changed <= ranks.below {
 				places[i], _ = ranks.take()
 			}
 		}

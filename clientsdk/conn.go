@@ -627,7 +627,7 @@ func (s *session) receive(ctx context.Context) error {
 			d.mu.Lock()
 			err := d.savePosition(s.epoch, x.CaughtUp.GetFeedPos())
 			if err == nil {
-				d.placedAbove = d.changed
+				d.catchingUp = false
 				d.setStatus(func(st *Status) { st.State = StateLive })
 			}
 			d.mu.Unlock()

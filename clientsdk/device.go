@@ -53,11 +53,12 @@ type Device struct {
 	nextLocal uint64                   // outbox sequence
 	pending   map[ulid.ULID]pendingRef // op id -> outbox entry
 	changed   uint64                   // local order of changes, for sorting
-	// placedAbove is changed when the last catch-up completed (or the
-	// device opened): a conversation placed above it was placed since, by
-	// live activity or by a catch-up cut off, which the next catch-up
-	// places again (catchUpRanks).
-	placedAbove uint64
+	// catchUpFrom is changed before the first catch-up since the last one
+	// that completed, while catchingUp: a conversation placed above it was
+	// placed by a catch-up cut off, which the next one places again
+	// (catchUpRanks). Receiver's state, under mu.
+	catchUpFrom uint64
+	catchingUp  bool
 	maxBody     int // the server's body limit, once known
 	status      Status
 	subs        map[*Subscription]struct{}
@@ -188,7 +189,6 @@ func (d *Device) load() error {
 	if err != nil {
 		return err
 	}
-	d.placedAbove = d.changed
 	err = scanPrefix(d.db, []byte{tUser}, func(k, v []byte) error {
 		var id ulid.ULID
 		copy(id[:], k[1:])

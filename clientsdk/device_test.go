@@ -523,9 +523,9 @@ func TestMarkersDoNotReorderConversations(t *testing.T) {
 	alice.SendText(ctx, newer, "two")
 	syncAll()
 	want := []string{"newer", "older"}
-	for _, d := range []*clientsdk.Device{alice, phone, laptop} {
+	for i, d := range []*clientsdk.Device{alice, phone, laptop} {
 		if got := titles(t, d); !slices.Equal(got, want) {
-			t.Fatalf("conversations %v before the read; want %v", got, want)
+			t.Fatalf("device %d: conversations %v before the read; want %v", i, got, want)
 		}
 	}
 	if err := phone.MarkRead(ctx, older, 0); err != nil {

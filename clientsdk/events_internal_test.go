@@ -91,4 +91,24 @@ func TestCutCatchUpKeepsTheOrder(t *testing.T) {
 	if got := fmt.Sprint(titles()); got != "[a b c]" {
 		t.Fatalf("after a catch-up cut off and one whole, the list is %s; want [a b c], the server's order", got)
 	}
+
+	// Caught up. A live round moves c up, then a send moves b; the next
+	// catch-up lists c for a marker alone (the server's order counts
+	// markers): c keeps its place below b.
+	d.mu.Lock()
+	d.catchingUp = false // CaughtUp
+	d.mu.Unlock()
+	cNews := info(c, "c")
+	cNews.Head = 2
+	if _, err := d.applyInfos([]*ferryv1.ConversationInfo{cNews}, nil); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.changed++
+	d.convs[b].Changed = d.changed // what a send does
+	d.mu.Unlock()
+	catchUp([]*ferryv1.ConversationInfo{cNews})
+	if got := fmt.Sprint(titles()); got != "[b c a]" {
+		t.Fatalf("after a live move, a send and a catch-up with a marker, the list is %s; want [b c a]", got)
+	}
 }

@@ -163,12 +163,12 @@ export class FerryClient {
   // its Conversations messages list them most recently changed first, each
   // message after the last, so the first listed takes the highest (next)
   // and each one after the one below. Null when live.
-  private places: { next: number; left: number } | null = null;
-  // placedAbove is lastChange when the last catch-up completed (or the
-  // client opened): a conversation placed above it was placed since, by
-  // live activity or by a catch-up cut off, which the next catch-up places
-  // again.
-  private placedAbove = 0;
+  private places: { next: number; left: number; below: number } | null = null;
+  // catchUpFrom is lastChange before the first catch-up since the last one
+  // that completed, while a catch-up runs or was cut off (else null): what
+  // one cut off placed lies between it and the places kept now (below),
+  // and the next places it again.
+  private catchUpFrom: number | null = null;
   private acked = new Map<string, number>(); // conv -> delivered marker sent
   private reads = new Map<string, number>(); // conv -> read marker not yet sent
   // account counts sign-ins and sign-outs: a push or an ack answered after
@@ -245,7 +245,6 @@ export class FerryClient {
       c.convs.set(conv.id, conv);
       c.lastChange = Math.max(c.lastChange, conv.changedAt);
     }
-    c.placedAbove = c.lastChange;
     for (const op of snap.ops) c.storeOp(op);
     for (const e of snap.outbox) c.outbox.set(e.id, e);
     c.st = { ...c.st, state: c.meta.session ? "offline" : "signed-out", pending: c.pendingCount() };
@@ -739,10 +738,12 @@ export class FerryClient {
 
   // reservePlaces keeps n changedAt values above every conversation's, for
   // a catch-up's conversations; what moves later goes above them.
-  private reservePlaces(n: number): { next: number; left: number } {
+  private reservePlaces(n: number): { next: number; left: number; below: number } {
+    this.catchUpFrom ??= this.lastChange;
+    const below = this.lastChange;
     const first = this.changeTick();
     this.lastChange = first + Math.max(n, 1) - 1;
-    return { next: this.lastChange, left: n };
+    return { next: this.lastChange, left: n, below };
   }
 
   // ---- the session ----
@@ -854,7 +855,7 @@ export class FerryClient {
           await this.commit(() => ({ meta: { ...this.meta, epoch, feedPos } }));
           this.setStatus({ state: "live" });
           this.places = null;
-          this.placedAbove = this.lastChange;
+          this.catchUpFrom = null;
           void this.sendAcks().catch(() => {});
           break;
         }
@@ -928,9 +929,10 @@ export class FerryClient {
     await this.commit(() => {
       // The infos come most recent first: the conversations they move (new,
       // with new ops, or the user removed; not markers) take changedAt in
-      // that order, a catch-up's from the places kept for it, as do those
-      // placed since the last catch-up completed (one cut off placed some
-      // of its conversations above the rest of its own).
+      // that order, a catch-up's from the places kept for it, as do those a
+      // catch-up cut off placed (above the rest of its own); not those live
+      // rounds or sends moved, which the server's order, counting markers,
+      // must not move.
       const moved = new Map<string, number>();
       const moves = (c: ConversationInfo) => {
         const before = this.convs.get(c.id);
@@ -938,7 +940,10 @@ export class FerryClient {
       };
       const places = this.places;
       for (const c of infos) {
-        if (!places || places.left === 0 || !(moves(c) || this.convs.get(c.id)!.changedAt > this.placedAbove)) continue;
+        if (!places || places.left === 0) continue;
+        const at = this.convs.get(c.id)?.changedAt ?? 0;
+        const cut = this.catchUpFrom !== null && at > this.catchUpFrom && at <= places.below;
+        if (!moves(c) && !cut) continue;
         moved.set(c.id, places.next--);
         places.left--;
       }
