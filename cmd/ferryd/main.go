@@ -466,6 +466,9 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		return fmt.Errorf("--addr: %w", err)
 	}
 	defer ln.Close() // if serving never starts; Serve closes it otherwise
+	// A connection whose peer acknowledges nothing for three heartbeats is
+	// dead: the kernel closes it, and its session's slot is free again.
+	ln = server.DeadPeerListener(ln, 3*c.heartbeat)
 	// The side addresses too, before the store is opened or created.
 	sideLns, err := listenSide(c)
 	if err != nil {
