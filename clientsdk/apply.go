@@ -98,25 +98,19 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo, ranks *catchUpRan
 	// rest of its own, which come in this one's places, above them). Not
 	// those live rounds or sends moved since the last catch-up completed:
 	// the server's order counts markers, which they are not moved by.
-	var places []uint64
-	if ranks != nil {
-		places = make([]uint64, len(infos))
-		for i, ci := range infos {
-			id, err := ulid.ParseStrict(ci.GetId())
-			if err != nil {
-				continue // wire.ParseID below says so
-			}
-			if rec := d.convs[id]; moves(rec, ci) || rec.Changed > d.catchUpFrom && rec.Changed <= ranks.below {
-				places[i], _ = ranks.take()
-			}
+	ids := make([]ulid.ULID, len(infos))
+	places := make([]uint64, len(infos)) // 0: none
+	for i, ci := range infos {
+		var err error
+		if ids[i], err = wire.ParseID("conversation id", ci.GetId()); err != nil {
+			return nil, err
+		}
+		if rec := d.convs[ids[i]]; ranks != nil && (moves(rec, ci) || rec.Changed > d.catchUpFrom && rec.Changed <= ranks.below) {
+			places[i], _ = ranks.take()
 		}
 	}
 	for i := len(infos) - 1; i >= 0; i-- { // the list is most recent first
-		ci := infos[i]
-		id, err := wire.ParseID("conversation id", ci.GetId())
-		if err != nil {
-			return nil, err
-		}
+		ci, id := infos[i], ids[i]
 		rec := d.convs[id]
 		moved := moves(rec, ci)
 		if rec == nil {
@@ -133,7 +127,7 @@ func (d *Device) applyInfos(infos []*ferryv1.ConversationInfo, ranks *catchUpRan
 			rec.Receipts = append(rec.Receipts, receiptRecord{User: r.GetUserId(), Delivered: r.GetDelivered(), Read: r.GetRead()})
 		}
 		switch {
-		case places != nil && places[i] != 0:
+		case places[i] != 0:
 			rec.Changed = places[i]
 		case moved: // live, or past the places kept
 			d.changed++

@@ -348,20 +348,6 @@ func TestFailedMessagesShowUntilDismissed(t *testing.T) {
 	}
 }
 
-// titles lists d's conversations by title, in the list's order.
-func titles(t *testing.T, d *clientsdk.Device) []string {
-	t.Helper()
-	cs, err := d.Conversations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, c := range cs {
-		out = append(out, c.Title)
-	}
-	return out
-}
-
 // TestCatchUpListsConversationsInOrderOfActivity: a catch-up brings the
 // changed conversations most recently changed first, then their ops page
 // by page, the most recent first too; the list keeps the conversations'
@@ -398,7 +384,7 @@ func TestCatchUpListsConversationsInOrderOfActivity(t *testing.T) {
 			if err := d.SyncOnce(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if got, want := titles(t, d), []string{"two", "one", "three"}; !slices.Equal(got, want) {
+			if got, want := clientsdk.Titles(t, d), []string{"two", "one", "three"}; !slices.Equal(got, want) {
 				t.Errorf("lists %v; want %v", got, want)
 			}
 		})
@@ -524,7 +510,7 @@ func TestMarkersDoNotReorderConversations(t *testing.T) {
 	syncAll()
 	want := []string{"newer", "older"}
 	for i, d := range []*clientsdk.Device{alice, phone, laptop} {
-		if got := titles(t, d); !slices.Equal(got, want) {
+		if got := clientsdk.Titles(t, d); !slices.Equal(got, want) {
 			t.Fatalf("device %d: conversations %v before the read; want %v", i, got, want)
 		}
 	}
@@ -536,14 +522,14 @@ func TestMarkersDoNotReorderConversations(t *testing.T) {
 		t.Fatalf("the laptop did not learn of the read: %d unread", c.Unread)
 	}
 	for name, d := range map[string]*clientsdk.Device{"alice": alice, "bob's laptop": laptop} {
-		if got := titles(t, d); !slices.Equal(got, want) {
+		if got := clientsdk.Titles(t, d); !slices.Equal(got, want) {
 			t.Errorf("%s's conversations %v after bob read the older one; want %v", name, got, want)
 		}
 	}
 	// Activity does move it up.
 	alice.SendText(ctx, older, "three")
 	syncAll()
-	if got := titles(t, laptop); !slices.Equal(got, []string{"older", "newer"}) {
+	if got := clientsdk.Titles(t, laptop); !slices.Equal(got, []string{"older", "newer"}) {
 		t.Errorf("conversations %v after a message to the older one", got)
 	}
 }

@@ -74,21 +74,9 @@ func TestCutCatchUpKeepsTheOrder(t *testing.T) {
 			}
 		}
 	}
-	titles := func() []string {
-		t.Helper()
-		cs, err := d.Conversations()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, c := range cs {
-			out = append(out, c.Title)
-		}
-		return out
-	}
 	catchUp([]*ferryv1.ConversationInfo{info(a, "a"), info(b, "b")}) // cut off after its first message
 	catchUp([]*ferryv1.ConversationInfo{info(a, "a"), info(b, "b")}, []*ferryv1.ConversationInfo{info(c, "c")})
-	if got := fmt.Sprint(titles()); got != "[a b c]" {
+	if got := fmt.Sprint(Titles(t, d)); got != "[a b c]" {
 		t.Fatalf("after a catch-up cut off and one whole, the list is %s; want [a b c], the server's order", got)
 	}
 
@@ -108,7 +96,22 @@ func TestCutCatchUpKeepsTheOrder(t *testing.T) {
 	d.convs[b].Changed = d.changed // what a send does
 	d.mu.Unlock()
 	catchUp([]*ferryv1.ConversationInfo{cNews})
-	if got := fmt.Sprint(titles()); got != "[b c a]" {
+	if got := fmt.Sprint(Titles(t, d)); got != "[b c a]" {
 		t.Fatalf("after a live move, a send and a catch-up with a marker, the list is %s; want [b c a]", got)
 	}
+}
+
+// Titles lists d's conversations by title, in the list's order: for this
+// package's tests and, exported from a test file, the external ones.
+func Titles(t testing.TB, d *Device) []string {
+	t.Helper()
+	cs, err := d.Conversations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.Title)
+	}
+	return out
 }
