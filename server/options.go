@@ -36,6 +36,14 @@ type Options struct {
 	// for good. Leave room for the slowest links: a write carries up to
 	// 1 MiB of a catch-up. Default 2m; negative: no limit.
 	SendTimeout time.Duration
+	// BodyTimeout is how long a unary call's request body (Login,
+	// Register, Push, ...) may send nothing before the call fails, as
+	// nginx's client_body_timeout: a client that opens a request and stalls
+	// would otherwise hold its connection for good. It bounds each wait
+	// for the next bytes, not the whole body, so a slow link that keeps
+	// sending is never cut off. Sync and Subscribe streams are not bounded
+	// by it. Default 1m; negative: no limit.
+	BodyTimeout time.Duration
 	// ReconnectAfter is the delay a Goaway asks clients to wait before
 	// reconnecting. Default 1s.
 	ReconnectAfter time.Duration
@@ -114,6 +122,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.SendTimeout == 0 {
 		o.SendTimeout = 2 * time.Minute
+	}
+	if o.BodyTimeout == 0 {
+		o.BodyTimeout = time.Minute
 	}
 	if o.ReconnectAfter == 0 {
 		o.ReconnectAfter = time.Second

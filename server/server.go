@@ -114,7 +114,7 @@ func (s *Server) Handler(extra ...func(*http.ServeMux)) http.Handler {
 	for _, f := range extra {
 		f(mux)
 	}
-	return s.cors(s.gateStreams(mux))
+	return s.cors(s.guardRequests(s.gateStreams(mux)))
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

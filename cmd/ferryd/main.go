@@ -106,6 +106,7 @@ type config struct {
 	maxStreams        int
 	heartbeat         time.Duration
 	sendTimeout       time.Duration
+	bodyTimeout       time.Duration
 	receiptDelay      time.Duration
 	receiptMembers    int
 	sharedFeedMembers int
@@ -207,6 +208,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions (at least 100ms); a client silent for three intervals is cut off")
 	fs.DurationVar(&c.sendTimeout, "send-timeout", 2*time.Minute, "how long one write to a sync stream may take before the server resets the stream: its client stopped reading, or its connection stopped moving (0: no limit)")
+	fs.DurationVar(&c.bodyTimeout, "body-timeout", time.Minute, "how long the request body of a call other than a sync stream (Login, Register, Push, ...) may send nothing before the call fails: a stalled client would otherwise hold its connection (0: no limit)")
 	fs.DurationVar(&c.receiptDelay, "receipt-delay", 250*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
 	fs.IntVar(&c.signInLimit, "sign-in-limit", 10, "logins with a wrong password as one username, and registrations (made or refused), a client address (IPv4 address, IPv6 /64) may make at once before it gets one per --sign-in-refill; ten times as many failed logins over all usernames; an IPv6 /48 sixteen times an address's, regained sixteen times as fast (0: no limit)")
 	fs.IntVar(&c.pushLimit, "push-limit", 1000, "ops a second one user's devices may push together (an ack counts as an op a marker), after a burst of ten seconds' worth (at least 1000 ops); a push over it waits, and only pushes made in parallel that would wait over 10s more are refused (0: no limit)")
@@ -376,6 +378,7 @@ func checkServeFlags(c *config) error {
 		{"--push-limit", c.pushLimit < 0, "must not be negative (0: no limit)", c.pushLimit},
 		{"--sign-in-limit", c.signInLimit < 0, "must not be negative (0: no limit)", c.signInLimit},
 		{"--send-timeout", c.sendTimeout < 0, "must not be negative (0: no limit)", c.sendTimeout},
+		{"--body-timeout", c.bodyTimeout < 0, "must not be negative (0: no limit)", c.bodyTimeout},
 		{"--receipt-delay", c.receiptDelay < 0, "must not be negative (0: at once)", c.receiptDelay},
 		// The options take 0 for their default, which a flag shows.
 		{"--max-message-bytes", c.maxMessageBytes == 0, "must be at least 65536", c.maxMessageBytes},
@@ -413,7 +416,8 @@ func serverOptions(c *config, log *slog.Logger) server.Options {
 		MaxMessageBytes:     c.maxMessageBytes,
 		MaxStreamsPerDevice: c.maxStreams,
 		HeartbeatInterval:   c.heartbeat,
-		SendTimeout:         sendTimeout(c.sendTimeout),
+		SendTimeout:         durationOrOff(c.sendTimeout),
+		BodyTimeout:         durationOrOff(c.bodyTimeout),
 		SignInLimit:         limitOrOff(c.signInLimit),
 		PushLimit:           limitOrOff(c.pushLimit),
 		SignInRefill:        c.signInRefill,
@@ -846,9 +850,9 @@ func (l *prefixList) Set(v string) error {
 	return nil
 }
 
-// sendTimeout maps the flag (0: no limit) to server.Options.SendTimeout
+// durationOrOff maps a timeout's flag (0: no limit) to server.Options
 // (negative: no limit; 0 would mean the default).
-func sendTimeout(d time.Duration) time.Duration {
+func durationOrOff(d time.Duration) time.Duration {
 	if d <= 0 {
 		return -1
 	}

@@ -573,13 +573,13 @@ func TestHoldStore(t *testing.T) {
 func TestServeRefusesBadFlags(t *testing.T) {
 	data := t.TempDir() + "/data"
 	args := []string{"--data", data, "--addr", "127.0.0.1:0", "--log-level", "warn",
-		"--push-limit", "-1", "--send-timeout", "-1s", "--heartbeat", "0", "--max-body-bytes", "2000000",
+		"--push-limit", "-1", "--send-timeout", "-1s", "--body-timeout", "-2s", "--heartbeat", "0", "--max-body-bytes", "2000000",
 		"--max-message-bytes", "100", "--password-memory-kib", "4", "--max-streams-per-device", "0", "--cors-origins", "https://ok.example, app.example.com", "--shutdown-delay", "-1s"}
 	err := run(context.Background(), args, io.Discard, io.Discard)
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, f := range []string{"--push-limit -1", "--send-timeout -1s", "--heartbeat 0s", "--max-body-bytes must", "--max-message-bytes must", "--password-memory-kib must", "--max-streams-per-device 0", `--cors-origins holds "app.example.com"`, "--shutdown-delay -1s must not be negative"} {
+	for _, f := range []string{"--push-limit -1", "--send-timeout -1s", "--body-timeout -2s", "--heartbeat 0s", "--max-body-bytes must", "--max-message-bytes must", "--password-memory-kib must", "--max-streams-per-device 0", `--cors-origins holds "app.example.com"`, "--shutdown-delay -1s must not be negative"} {
 		if !strings.Contains(err.Error(), f) {
 			t.Errorf("the error does not name %q:\n%v", f, err)
 		}

@@ -1,0 +1,79 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connecthttp"
+
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+)
+
+// guardRequests refuses what a handler cannot serve well, before the
+// handler runs, and bounds how long a unary call's request may stall:
+//
+//   - Sync over HTTP/1.1 gets a Connect error that says what to use
+//     instead. Connect's own answer is a bare 505, which its clients
+//     report as an unknown error.
+//   - A unary call's request body (Login, Register, Push, ...) that sends
+//     nothing for BodyTimeout fails, as nginx's client_body_timeout does.
+//     Without it, a client that opens a request and trickles nothing
+//     holds a connection and its goroutine for good; ReadHeaderTimeout
+//     bounds only the headers. Sync and Subscribe bodies are not bounded:
+//     a stream's client is quiet between messages, and heartbeats and the
+//     send timeout find the dead ones.
+func (s *Server) guardRequests(next http.Handler) http.Handler {
+	ew := connecthttp.NewErrorWriter()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case ferryv1connect.SyncServiceSyncProcedure:
+			if r.ProtoMajor < 2 {
+				// As Connect does: a client that expects full duplex may hang
+				// on this connection otherwise.
+				w.Header().Set("Connection", "close")
+				_ = ew.Write(w, r, connect.NewError(connect.CodeUnimplemented, errSyncNeedsHTTP2))
+				return
+			}
+		case ferryv1connect.SyncServiceSubscribeProcedure:
+		default:
+			if s.opts.BodyTimeout > 0 && r.Body != nil && r.Body != http.NoBody {
+				r.Body = &deadlineBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: s.opts.BodyTimeout}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+const errSyncNeedsHTTP2 = "Sync is a bidirectional stream and needs HTTP/2 (h2c with prior knowledge, or TLS with ALPN), " +
+	"but this request came over HTTP/1.1; over HTTP/1.1 use Subscribe to receive and Push to send"
+
+// deadlineBody is a request body whose every read must make progress
+// within timeout: it sets the connection's (or, over HTTP/2, the
+// stream's) read deadline before each read. Nothing clears the deadline
+// once the body has ended: net/http's HTTP/1 server clears it itself as it
+// starts reading the connection behind the handler's back, and an HTTP/2
+// stream's deadline bounds only its body's reads. A body that did not end
+// keeps it: net/http reads what the handler left of the body before it
+// answers, and that read must not wait for good either.
+type deadlineBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	// A server that cannot set read deadlines (a wrapper without Unwrap)
+	// reads without one.
+	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = connect.NewError(connect.CodeDeadlineExceeded, fmt.Sprintf(
+			"the request's body sent nothing for %s, the server's limit; send it whole, or check the network", b.timeout))
+	}
+	return n, err
+}
