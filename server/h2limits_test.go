@@ -73,7 +73,7 @@ func TestHTTP2Limits(t *testing.T) {
 	})
 	for id, want := range map[http2.SettingID]uint32{
 		http2.SettingMaxConcurrentStreams: 250,
-		http2.SettingMaxFrameSize:         1 << 20,
+		http2.SettingMaxFrameSize:         16 << 10,
 		http2.SettingInitialWindowSize:    1 << 20,
 		http2.SettingMaxHeaderListSize:    64<<10 + 10*32, // MaxHeaderBytes, in HTTP/2's unit
 	} {

@@ -126,7 +126,12 @@ func NewHTTPServer(addr string, h http.Handler, tlsConfig *tls.Config) *HTTPServ
 		MaxHeaderBytes:    64 << 10,
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: 250,
-			MaxReadFrameSize:     1 << 20,
+			// HTTP/2's default. A frame's header declares its length, and
+			// net/http's HTTP/2 (over TLS) allocates that much before the
+			// payload arrives, and keeps it for the connection: a larger
+			// limit lets a client that sends a frame's header alone make
+			// the server hold that much.
+			MaxReadFrameSize: 16 << 10,
 			// Per-stream and per-connection receive windows: a client cannot
 			// make the server buffer more than this for it.
 			MaxReceiveBufferPerStream:     1 << 20,

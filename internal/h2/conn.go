@@ -135,7 +135,7 @@ func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
 	c.ctl = appendSettings(c.ctl,
 		http2.Setting{ID: http2.SettingMaxFrameSize, Val: c.set.maxFrameSize},
 		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.set.maxStreams},
-		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(c.set.maxHeaderBytes + 32*10)},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(c.maxHeaderBlock())},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(c.set.streamWindow)},
 	)
 	if d := int64(c.set.connWindow) - defaultWindow; d > 0 {
@@ -241,16 +241,20 @@ func (c *conn) readFrame() error {
 	case frameContinuation:
 		return c.onContinuation(h)
 	case framePriority:
-		p, err := c.rd.payload(int(h.length))
-		if err != nil {
-			return err
-		}
 		switch {
 		case h.streamID == 0:
 			return connError{http2.ErrCodeProtocol, "PRIORITY on stream 0"}
-		case len(p) != 5:
+		case h.length != 5:
+			if err := c.rd.discard(int(h.length)); err != nil {
+				return err
+			}
 			return streamError{h.streamID, http2.ErrCodeFrameSize, "PRIORITY of a length other than 5"}
-		case binary.BigEndian.Uint32(p)&(1<<31-1) == h.streamID:
+		}
+		p, err := c.rd.next(5)
+		if err != nil {
+			return err
+		}
+		if binary.BigEndian.Uint32(p)&(1<<31-1) == h.streamID {
 			return streamError{h.streamID, http2.ErrCodeProtocol, "a stream that depends on itself"}
 		}
 		return nil
@@ -283,6 +287,16 @@ func padded(h frameHeader, p []byte) ([]byte, error) {
 }
 
 func (c *conn) onData(h frameHeader) error {
+	// Checked before the payload is read too, so that a client cannot make
+	// the server read (and buffer) more than the window it gave. The
+	// window only grows meanwhile: the check under the lock below repeats
+	// this one.
+	c.mu.Lock()
+	past := int64(h.length) > c.recvWin
+	c.mu.Unlock()
+	if past {
+		return connError{http2.ErrCodeFlowControl, "DATA past the connection's flow-control window"}
+	}
 	p, err := c.rd.payload(int(h.length))
 	if err != nil {
 		return err
@@ -340,6 +354,9 @@ func (c *conn) onData(h frameHeader) error {
 }
 
 func (c *conn) onHeaders(h frameHeader) error {
+	if int(h.length) > c.maxHeaderBlock() {
+		return connError{http2.ErrCodeProtocol, "a header block past SETTINGS_MAX_HEADER_LIST_SIZE"}
+	}
 	p, err := c.rd.payload(int(h.length))
 	if err != nil {
 		return err
@@ -368,6 +385,9 @@ func (c *conn) onHeaders(h frameHeader) error {
 }
 
 func (c *conn) onContinuation(h frameHeader) error {
+	if c.hb != nil && c.hb.compressed+int(h.length) > c.maxHeaderBlock() {
+		return connError{http2.ErrCodeProtocol, "a header block past SETTINGS_MAX_HEADER_LIST_SIZE"}
+	}
 	p, err := c.rd.payload(int(h.length))
 	if err != nil {
 		return err
@@ -378,12 +398,17 @@ func (c *conn) onContinuation(h frameHeader) error {
 	return c.fragment(p, h.has(flagEndHeaders))
 }
 
+// maxHeaderBlock is SETTINGS_MAX_HEADER_LIST_SIZE: the most a request's
+// header list may take decoded, and so the most its block may take
+// compressed.
+func (c *conn) maxHeaderBlock() int { return c.set.maxHeaderBytes + 32*10 }
+
 // fragment decodes part of a header block, and handles the block at its
 // end.
 func (c *conn) fragment(p []byte, end bool) error {
 	hb := c.hb
 	hb.compressed += len(p)
-	if hb.compressed > c.set.maxHeaderBytes+32*10 {
+	if hb.compressed > c.maxHeaderBlock() {
 		// More compressed than the whole list may be decoded: a
 		// CONTINUATION flood, or a client that ignores the limit.
 		return connError{http2.ErrCodeProtocol, "a header block past SETTINGS_MAX_HEADER_LIST_SIZE"}
@@ -409,15 +434,14 @@ func (c *conn) fragment(p []byte, end bool) error {
 }
 
 func (c *conn) onRSTStream(h frameHeader) error {
-	p, err := c.rd.payload(int(h.length))
-	if err != nil {
-		return err
-	}
 	switch {
 	case h.streamID == 0:
 		return connError{http2.ErrCodeProtocol, "RST_STREAM on stream 0"}
-	case len(p) != 4:
+	case h.length != 4:
 		return connError{http2.ErrCodeFrameSize, "RST_STREAM of a length other than 4"}
+	}
+	if _, err := c.rd.next(4); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -45,7 +45,7 @@ func (hb *headerBlock) start(c *conn, id uint32, endStream, selfDep bool) {
 // emit takes one decoded field.
 func (hb *headerBlock) emit(f hpack.HeaderField) {
 	hb.size += int(f.Size())
-	if hb.size > hb.c.set.maxHeaderBytes+32*10 {
+	if hb.size > hb.c.maxHeaderBlock() {
 		hb.tooBig = true
 	}
 	if hb.tooBig || hb.invalid != "" {

@@ -168,25 +168,37 @@ func (r *reader) header() ([]byte, error) {
 }
 
 // payload returns the next n bytes: in the buffer when they fit, else in
-// one allocated for them.
+// one allocated for them, which grows as they arrive, doubling, to no
+// more than twice the bytes read plus payloadStep. A frame's header
+// declares its length, and a client that declares a large frame and sends
+// nothing of it must not make the server allocate it and hold it.
 func (r *reader) payload(n int) ([]byte, error) {
 	if n <= readBufSize {
 		return r.next(n)
 	}
-	p := make([]byte, n)
-	m := 0
-	if r.w > r.r {
-		m = copy(p, r.buf[r.r:r.w])
-	}
+	p := make([]byte, 0, min(n, payloadStep))
+	// Fewer than readBufSize bytes, all of them this payload's.
+	p = append(p, r.buf[r.r:r.w]...)
 	r.r, r.w = 0, 0
-	if _, err := io.ReadFull(r.nc, p[m:]); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	for len(p) < n {
+		if len(p) == cap(p) {
+			p = append(make([]byte, 0, min(n, len(p)+max(len(p), payloadStep))), p...)
 		}
-		return nil, err
+		m, err := r.nc.Read(p[len(p):cap(p)])
+		p = p[:len(p)+m]
+		if err != nil && len(p) < n {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
 	}
 	return p, nil
 }
+
+// payloadStep is the most a payload's buffer is allocated ahead of the
+// first bytes that fill it.
+const payloadStep = 16 << 10
 
 // discard skips n bytes.
 func (r *reader) discard(n int) error {

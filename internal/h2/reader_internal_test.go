@@ -149,3 +149,61 @@ func TestReaderHonoursAWrappersRead(t *testing.T) {
 		t.Fatalf("read %q, %v; want \"abcdef\", the wrapper's bytes first", p, err)
 	}
 }
+
+// chunkConn serves data in reads of at most chunk bytes, then io.EOF, and
+// records the room each read was given.
+type chunkConn struct {
+	net.Conn
+	data  []byte
+	chunk int
+	rooms []int // len(p) of each read
+	gave  []int // bytes served before each read
+	sent  int
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	c.rooms = append(c.rooms, len(p))
+	c.gave = append(c.gave, c.sent)
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), c.chunk)], c.data)
+	c.data = c.data[n:]
+	c.sent += n
+	return n, nil
+}
+
+// TestPayloadGrowsWithItsBytes: a frame's header declares its length, and
+// the reader's buffer for a payload grows with the bytes that arrive:
+// each read's room is at most what arrived before it plus payloadStep. A
+// payload that never comes costs payloadStep, not its declared length.
+func TestPayloadGrowsWithItsBytes(t *testing.T) {
+	const declared = 1 << 20
+	for _, tc := range []struct {
+		name string
+		sent int
+	}{
+		{"whole", declared},
+		{"cut short", 10},
+		{"cut short later", 100 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := bytes.Repeat([]byte("0123456789abcdef"), tc.sent/16+1)[:tc.sent]
+			c := &chunkConn{data: data, chunk: 4 << 10}
+			r := newReader(c)
+			p, err := r.payload(declared)
+			if tc.sent == declared {
+				if err != nil || !bytes.Equal(p, data) {
+					t.Fatalf("payload: %d bytes, %v; want the %d sent", len(p), err, declared)
+				}
+			} else if !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Fatalf("payload cut short: %v, want io.ErrUnexpectedEOF", err)
+			}
+			for i, room := range c.rooms {
+				if room > c.gave[i]+payloadStep {
+					t.Fatalf("read %d had room for %d bytes with %d arrived: more than %d ahead", i, room, c.gave[i], payloadStep)
+				}
+			}
+		})
+	}
+}
