@@ -129,6 +129,13 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 	mustCode(t, "taken username", err, connect.CodeAlreadyExists)
 	_, err = srv.Clients("").Account.Login(bg, &ferryv1.LoginRequest{Username: "alice", Password: "wrong horse"})
 	mustCode(t, "wrong password", err, connect.CodeUnauthenticated)
+	// A compressed body that decompresses past the account service's
+	// small limit is refused before it is decoded: its zstd frame is a few
+	// hundred bytes.
+	_, err = srv.Clients("").Account.Register(bg, &ferryv1.RegisterRequest{Username: "mallory", Password: "correct horse", DisplayName: strings.Repeat("m", 100<<10)})
+	mustCode(t, "a register of 100 KiB", err, connect.CodeResourceExhausted)
+	_, err = srv.Clients("").Account.Login(bg, &ferryv1.LoginRequest{Username: "alice", Password: "correct horse", DeviceName: strings.Repeat("m", 100<<10)})
+	mustCode(t, "a login of 100 KiB", err, connect.CodeResourceExhausted)
 
 	// A session must start with a hello, and say it once.
 	st, _ := alice.Sync.Sync(bg)

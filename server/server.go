@@ -99,17 +99,26 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 // Handler returns the HTTP handler: every service on one mux, plus
 // /healthz. extra registers more routes (a static site) on the same mux.
 func (s *Server) Handler(extra ...func(*http.ServeMux)) http.Handler {
+	mount := func(mux *http.ServeMux, cs *connect.Server, readMax int) {
+		connecthttp.Mount(mux, cs,
+			connecthttp.WithReadMaxBytes(readMax),
+			connecthttp.WithSendMaxBytes(s.opts.MaxMessageBytes+(1<<20)),
+			connecthttp.WithCompressors(compression.NewZstd(compression.WithMemo(), compression.WithShared(sharedBatches)), compression.NewGzip(compression.WithMemo())),
+			connecthttp.WithCompressMinBytes(compression.MinBytes),
+		)
+	}
+	mux := http.NewServeMux()
+	// The account service's requests are a few names and a password, and
+	// two of its calls need no token: a compressed body that decompresses
+	// to megabytes would cost the server that much before anyone signed in
+	// (zstd turns 177 bytes into 4 MiB).
+	accounts := connect.NewServer(s.intercept)
+	ferryv1connect.RegisterAccountServiceHandler(accounts, accountService{s})
+	mount(mux, accounts, min(maxAccountMessageBytes, s.opts.MaxMessageBytes))
 	cs := connect.NewServer(s.intercept)
-	ferryv1connect.RegisterAccountServiceHandler(cs, accountService{s})
 	ferryv1connect.RegisterConversationServiceHandler(cs, conversationService{s})
 	ferryv1connect.RegisterSyncServiceHandler(cs, syncService{s})
-	mux := http.NewServeMux()
-	connecthttp.Mount(mux, cs,
-		connecthttp.WithReadMaxBytes(s.opts.MaxMessageBytes),
-		connecthttp.WithSendMaxBytes(s.opts.MaxMessageBytes+(1<<20)),
-		connecthttp.WithCompressors(compression.NewZstd(compression.WithMemo(), compression.WithShared(sharedBatches)), compression.NewGzip(compression.WithMemo())),
-		connecthttp.WithCompressMinBytes(compression.MinBytes),
-	)
+	mount(mux, cs, s.opts.MaxMessageBytes)
 	mux.HandleFunc("GET /healthz", s.healthz)
 	for _, f := range extra {
 		f(mux)
@@ -181,6 +190,11 @@ func (s *Server) unwatchGoaway(p *pumper) {
 	delete(s.syncs, p)
 	s.mu.Unlock()
 }
+
+// maxAccountMessageBytes caps an account service request, after
+// decompression: 100 usernames of LookupUsers, or a password, fit many
+// times over.
+const maxAccountMessageBytes = 64 << 10
 
 // publicProcedures need no token.
 var publicProcedures = map[string]bool{
