@@ -259,9 +259,14 @@ func (e *Engine) Login(ctx context.Context, username, password, deviceName strin
 	full := false
 	err = e.write(ctx, 1, func(tx *txn) {
 		n := 0
-		err := scan(tx.v, keys.ID1(keys.TDevice, user.ID), func(_, val []byte) error {
+		err := scan(tx.v, keys.ID1(keys.TDevice, user.ID), func(k, val []byte) error {
 			d, err := record.DecodeDevice(val)
-			if err == nil && !d.Revoked {
+			switch {
+			case err != nil:
+			case d.Revoked:
+				// Kept by stores from before revoking deleted the record.
+				tx.b.Delete(k)
+			default:
 				n++
 			}
 			return err
@@ -430,12 +435,14 @@ func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error 
 			notFound = true
 			return
 		}
-		rec.Revoked = true
 		if tx.revoked == nil {
 			tx.revoked = map[ulid.ULID]ulid.ULID{}
 		}
 		tx.revoked[id] = a.User
-		tx.b.Set(k, record.AppendDevice(nil, &rec))
+		// The record goes: a user who signs in and out in a loop would
+		// otherwise grow the records every Login scans in the writer.
+		// The device's id stays its user's (TDeviceOf), for its ops.
+		tx.b.Delete(k)
 		tx.b.Delete(keys.Token(rec.TokenHash))
 		tx.wakeUser(a.User, 1)
 	})

@@ -361,6 +361,46 @@ func TestDeviceLimit(t *testing.T) {
 	}
 }
 
+// TestRevokedDevicesLeaveNoRecords: revoking a device deletes its record,
+// so that a user who signs in and out in a loop does not grow what every
+// Login scans in the writer; a Login deletes the revoked records older
+// stores kept.
+func TestRevokedDevicesLeaveNoRecords(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	records := func() int {
+		t.Helper()
+		n, err := engine.DeviceRecords(e, alice.Actor.User)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for range 5 {
+		d := enginetest.Login(t, e, "alice")
+		if err := e.RevokeDevice(ctx, alice.Actor, d.Actor.Device); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.Authenticate(d.Token); !errors.Is(err, engine.ErrUnauthenticated) {
+			t.Fatalf("a revoked device's token: %v", err)
+		}
+	}
+	if n := records(); n != 1 {
+		t.Fatalf("%d device records after 5 devices came and were revoked, want alice's 1", n)
+	}
+	if err := engine.AddRevokedDevice(e, alice.Actor.User); err != nil {
+		t.Fatal(err)
+	}
+	enginetest.Login(t, e, "alice")
+	if n := records(); n != 2 {
+		t.Fatalf("%d device records after a login, want 2: the old revoked one deleted", n)
+	}
+	if devs, err := e.Devices(alice.Actor); err != nil || len(devs) != 2 {
+		t.Fatalf("devices %v, %v; want 2", devs, err)
+	}
+	enginetest.MustCheck(t, e)
+}
+
 func TestRemovedMemberReadsUpToRemoval(t *testing.T) {
 	e := enginetest.New(t)
 	alice := enginetest.Register(t, e, "alice")

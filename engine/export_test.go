@@ -176,3 +176,19 @@ func SetDotRun(e *Engine, conv, dev ulid.ULID, first, seq, count uint64) error {
 	}
 	return e.st.Commit(b)
 }
+
+// DeviceRecords counts user's device records, revoked ones included.
+func DeviceRecords(e *Engine, user ulid.ULID) (int, error) {
+	v := e.st.View()
+	defer v.Release()
+	n, err := count(v, keys.ID1(keys.TDevice, user))
+	return int(n), err
+}
+
+// AddRevokedDevice stores a revoked device record of user's, as stores
+// from before revoking deleted the record kept them.
+func AddRevokedDevice(e *Engine, user ulid.ULID) error {
+	b := e.st.NewBatch()
+	b.Set(keys.ID2(keys.TDevice, user, e.newID()), record.AppendDevice(nil, &record.Device{Name: "old", Revoked: true}))
+	return e.st.Commit(b)
+}
