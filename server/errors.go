@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"connectrpc.com/connect/v2"
 
@@ -52,10 +53,26 @@ func connectError(err error) error {
 	}
 	for _, c := range codes {
 		if errors.Is(err, c.err) {
-			return connect.NewError(c.code, err.Error()).WithCause(err)
+			return connect.NewError(c.code, withoutCode(err.Error(), c.err, c.code)).WithCause(err)
 		}
 	}
 	return connect.NewError(connect.CodeInternal, "internal error").WithCause(err)
+}
+
+// withoutCode drops from msg the words of a sentinel that say what its
+// Connect code says, which a client prints before the message anyway:
+// "unauthenticated: wrong username or password" becomes "wrong username or
+// password", not "unauthenticated: unauthenticated: ...". Sentinels whose
+// words say more than their code ("dot gap") keep them.
+func withoutCode(msg string, sentinel error, code connect.Code) string {
+	words := sentinel.Error()
+	if strings.ReplaceAll(words, " ", "_") != code.String() {
+		return msg
+	}
+	if rest, ok := strings.CutPrefix(msg, words+": "); ok {
+		return rest
+	}
+	return msg
 }
 
 // rejectReasons maps per-op rejections to their wire reasons.

@@ -125,10 +125,17 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 	mustCode(t, "short username", err, connect.CodeInvalidArgument)
 	_, err = srv.Clients("").Account.Register(bg, &ferryv1.RegisterRequest{Username: "mallory", Password: "short"})
 	mustCode(t, "short password", err, connect.CodeInvalidArgument)
+	if err != nil && strings.Count(err.Error(), "invalid") != 1 {
+		t.Errorf("short password: %q says invalid more than once", err.Error())
+	}
 	_, err = srv.Clients("").Account.Register(bg, &ferryv1.RegisterRequest{Username: "alice", Password: "correct horse"})
 	mustCode(t, "taken username", err, connect.CodeAlreadyExists)
 	_, err = srv.Clients("").Account.Login(bg, &ferryv1.LoginRequest{Username: "alice", Password: "wrong horse"})
 	mustCode(t, "wrong password", err, connect.CodeUnauthenticated)
+	// The message does not say the code again: a client prints both.
+	if err != nil && err.Error() != "unauthenticated: wrong username or password" {
+		t.Errorf("wrong password: %q", err.Error())
+	}
 	// A compressed body that decompresses past the account service's
 	// small limit is refused before it is decoded: its zstd frame is a few
 	// hundred bytes.
