@@ -60,7 +60,8 @@ func (d *Device) Stop() {
 }
 
 // TerminalError is an error that retrying cannot fix: the device stops
-// syncing until the application acts (for example, logs in again).
+// syncing until the application acts (for example, logs in again: a
+// profile whose device the server refused may Login without a Logout).
 type TerminalError struct{ Err error }
 
 func (e *TerminalError) Error() string {
@@ -114,7 +115,9 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		d.mu.Lock()
 		d.setStatus(func(s *Status) { *s = Status{State: StateConnecting} })
 		d.mu.Unlock()
+		token := d.token()
 		live, err := d.session(ctx, false)
+		d.noteRefused(token, err)
 		if ctx.Err() != nil {
 			if live {
 				d.ackOnStop()
@@ -225,7 +228,9 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	}()
 	attempt := 0
 	for {
+		token := d.token()
 		_, err := d.session(ctx, true)
+		d.noteRefused(token, err)
 		if errors.Is(err, errDone) {
 			return d.ackNow(ctx)
 		}

@@ -43,6 +43,10 @@ type Device struct {
 
 	mu        sync.Mutex // guards everything below, and replica writes
 	creds     *credentials
+	// refused: the server refused creds' token (the device was revoked,
+	// or the server's store does not know it), so Register and Login may
+	// replace creds without a Logout.
+	refused bool
 	owner     string // the user whose replica this is ("" for none yet)
 	epoch     string
 	feedPos   uint64
@@ -439,6 +443,9 @@ func (d *Device) Register(ctx context.Context, username, password, deviceName st
 }
 
 // Login adds this device to an existing user and signs the profile in.
+// A signed-in profile is refused (log out first), unless the server has
+// refused its credentials (the device was revoked): then Login replaces
+// them, as after a Logout.
 func (d *Device) Login(ctx context.Context, username, password, deviceName string) error {
 	if err := d.signedOut(); err != nil {
 		return err
@@ -466,10 +473,34 @@ func (d *Device) signedOut() error {
 	switch {
 	case d.closed:
 		return ErrClosed
-	case d.creds != nil:
+	case d.creds != nil && !d.refused:
 		return errSignedIn
 	}
 	return nil
+}
+
+// token returns the token the profile signs its calls with ("" when
+// signed out).
+func (d *Device) token() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.creds == nil {
+		return ""
+	}
+	return d.creds.Token
+}
+
+// noteRefused marks the profile's credentials refused when err is the
+// server refusing token, and they are still the profile's.
+func (d *Device) noteRefused(token string, err error) {
+	if token == "" || connect.CodeOf(err) != connect.CodeUnauthenticated {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.creds != nil && d.creds.Token == token {
+		d.refused = true
+	}
 }
 
 // signIn keeps the session's credentials. A profile whose replica is
@@ -486,7 +517,7 @@ func (d *Device) signIn(s *ferryv1.DeviceSession) error {
 	if d.closed {
 		return ErrClosed
 	}
-	if d.creds != nil {
+	if d.creds != nil && !d.refused {
 		return errSignedIn
 	}
 	c := &credentials{Server: url, User: s.GetUserId(), Device: s.GetDeviceId(), Username: s.GetUsername(), Token: s.GetToken()}
@@ -514,7 +545,7 @@ func (d *Device) signIn(s *ferryv1.DeviceSession) error {
 		clear(d.memberRefresh)
 		d.emit(Overflow{}) // re-read: what the subscribers show is gone
 	}
-	d.creds, d.owner = c, c.User
+	d.creds, d.owner, d.refused = c, c.User, false
 	return nil
 }
 
@@ -544,7 +575,7 @@ func (d *Device) Logout(ctx context.Context) error {
 	if err := d.db.Commit(b); err != nil {
 		return err
 	}
-	d.creds = nil
+	d.creds, d.refused = nil, false
 	return nil
 }
 

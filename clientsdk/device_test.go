@@ -568,6 +568,13 @@ func TestRevokedDeviceStopsWithATerminalError(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, laptop, "the laptop is live", func() bool { return laptop.Status().State == clientsdk.StateLive })
+	if _, err := phone.CreateConversation(ctx, "kept"); err != nil {
+		t.Fatal(err)
+	}
+	if err := phone.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, laptop, "the laptop lists the conversation", func() bool { return slices.Contains(clientsdk.Titles(t, laptop), "kept") })
 	a, _ := laptop.Account()
 	if err := phone.RevokeDevice(ctx, a.Device); err != nil {
 		t.Fatal(err)
@@ -607,6 +614,25 @@ func TestRevokedDeviceStopsWithATerminalError(t *testing.T) {
 	// SyncOnce's error is a TerminalError too.
 	if err := laptop.SyncOnce(ctx); !errors.As(err, &te) {
 		t.Errorf("SyncOnce of a revoked device: %T %v, want a *TerminalError", err, err)
+	}
+
+	// The error says to log in again, and Login does, without a Logout,
+	// keeping the replica: the conversation the laptop had synced.
+	if err := laptop.Login(ctx, "bob", "correct horse", "bob laptop again"); err != nil {
+		t.Fatalf("Login after the server refused the device: %v", err)
+	}
+	if b, _ := laptop.Account(); b.Device == a.Device || b.User != a.User {
+		t.Fatalf("after Login: account %+v, want bob on a new device (was %v)", b, a.Device)
+	}
+	if err := laptop.SyncOnce(ctx); err != nil {
+		t.Fatalf("SyncOnce after Login: %v", err)
+	}
+	if !slices.Contains(clientsdk.Titles(t, laptop), "kept") {
+		t.Fatalf("after Login the laptop lists %q, want the conversation it had", clientsdk.Titles(t, laptop))
+	}
+	// A profile whose credentials work is still refused a second Login.
+	if err := laptop.Login(ctx, "bob", "correct horse", "a third"); err == nil || !strings.Contains(err.Error(), "log out first") {
+		t.Fatalf("Login on a signed-in profile: %v, want refused", err)
 	}
 }
 
