@@ -43,10 +43,6 @@ type Device struct {
 
 	mu        sync.Mutex // guards everything below, and replica writes
 	creds     *credentials
-	// refused: the server refused creds' token (the device was revoked,
-	// or the server's store does not know it), so Register and Login may
-	// replace creds without a Logout.
-	refused bool
 	owner     string // the user whose replica this is ("" for none yet)
 	epoch     string
 	feedPos   uint64
@@ -473,7 +469,7 @@ func (d *Device) signedOut() error {
 	switch {
 	case d.closed:
 		return ErrClosed
-	case d.creds != nil && !d.refused:
+	case d.creds != nil && !d.creds.Refused:
 		return errSignedIn
 	}
 	return nil
@@ -498,9 +494,18 @@ func (d *Device) noteRefused(token string, err error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.creds != nil && d.creds.Token == token {
-		d.refused = true
+	if d.creds == nil || d.creds.Token != token || d.creds.Refused {
+		return
 	}
+	c := *d.creds
+	c.Refused = true
+	b := d.db.NewBatch()
+	b.Set(metaKey("creds"), encodeJSON(&c))
+	if err := d.db.Commit(b); err != nil {
+		d.log.Warn("cannot note the refused credentials", "err", err)
+		return
+	}
+	d.creds = &c
 }
 
 // signIn keeps the session's credentials. A profile whose replica is
@@ -517,7 +522,7 @@ func (d *Device) signIn(s *ferryv1.DeviceSession) error {
 	if d.closed {
 		return ErrClosed
 	}
-	if d.creds != nil && !d.refused {
+	if d.creds != nil && !d.creds.Refused {
 		return errSignedIn
 	}
 	c := &credentials{Server: url, User: s.GetUserId(), Device: s.GetDeviceId(), Username: s.GetUsername(), Token: s.GetToken()}
@@ -545,7 +550,7 @@ func (d *Device) signIn(s *ferryv1.DeviceSession) error {
 		clear(d.memberRefresh)
 		d.emit(Overflow{}) // re-read: what the subscribers show is gone
 	}
-	d.creds, d.owner, d.refused = c, c.User, false
+	d.creds, d.owner = c, c.User
 	return nil
 }
 
@@ -575,7 +580,7 @@ func (d *Device) Logout(ctx context.Context) error {
 	if err := d.db.Commit(b); err != nil {
 		return err
 	}
-	d.creds, d.refused = nil, false
+	d.creds = nil
 	return nil
 }
 

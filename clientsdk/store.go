@@ -97,6 +97,10 @@ type credentials struct {
 	Device   string `json:"device"`
 	Username string `json:"username"`
 	Token    string `json:"token"`
+	// Refused: the server refused Token (the device was revoked, or the
+	// server's store does not know it), so Register and Login may replace
+	// these credentials without a Logout, in this process or a later one.
+	Refused bool `json:"refused,omitempty"`
 }
 
 // convRecord is what the replica knows of a conversation besides its ops.

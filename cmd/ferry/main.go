@@ -387,7 +387,10 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 			if err != nil {
 				return err
 			}
-			synced := d.SyncOnce(ctx) == nil
+			synced, err := syncQueued(ctx, d, "the conversation")
+			if err != nil {
+				return err
+			}
 			a.print(map[string]any{"id": conv.String(), "title": pos[0], "synced": synced},
 				fmt.Sprintf("created %s %q%s", conv, pos[0], queuedNote(synced)))
 			return nil
@@ -473,7 +476,10 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 
 // finishOp pushes a queued op and reports what became of it.
 func (a *app) finishOp(ctx context.Context, d *clientsdk.Device, conv, op ulid.ULID, what string) error {
-	err := d.SyncOnce(ctx)
+	synced, err := syncQueued(ctx, d, what)
+	if err != nil {
+		return err
+	}
 	if fs, ferr := d.Failed(); ferr == nil {
 		for _, f := range fs {
 			if f.Op == op {
@@ -482,12 +488,24 @@ func (a *app) finishOp(ctx context.Context, d *clientsdk.Device, conv, op ulid.U
 		}
 	}
 	state := "sent"
-	if err != nil {
+	if !synced {
 		state = "queued"
 	}
 	a.print(map[string]string{"conversation": conv.String(), "op": op.String(), "status": state},
-		fmt.Sprintf("%s %s%s", what, state, queuedNote(err == nil)))
+		fmt.Sprintf("%s %s%s", what, state, queuedNote(synced)))
 	return nil
+}
+
+// syncQueued sends what was just queued. A server out of reach leaves it
+// queued (synced false); one that refuses the device (revoked) is an
+// error, since no later sync will send it either.
+func syncQueued(ctx context.Context, d *clientsdk.Device, what string) (synced bool, err error) {
+	err = d.SyncOnce(ctx)
+	var te *clientsdk.TerminalError
+	if errors.As(err, &te) {
+		return false, fmt.Errorf("%s is queued, but the server refused to sync: %w", what, err)
+	}
+	return err == nil, nil
 }
 
 func queuedNote(synced bool) string {

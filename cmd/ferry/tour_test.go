@@ -101,4 +101,28 @@ func TestTour(t *testing.T) {
 	if err == nil || !strings.Contains(stderr, "not signed in") {
 		t.Fatalf("send from a fresh profile: %v %q", err, stderr)
 	}
+
+	// A device revoked from another is told so when it sends, with a
+	// failing exit, not that the server is out of reach; then it logs in
+	// again, without logging out, and what it queued goes out.
+	var devs []struct{ ID, Name string }
+	decode(as("alice-phone", "devices"), &devs)
+	var laptop string
+	for _, d := range devs {
+		if d.Name == "laptop" {
+			laptop = d.ID
+		}
+	}
+	as("alice-phone", "devices", "--revoke", laptop)
+	_, stderr, err = testbin.RunErr(env, ferry, "--profile", filepath.Join(dir, "alice-laptop"), "send", "lunch", "running late")
+	if err == nil || !strings.Contains(stderr, "queued, but the server refused") || !strings.Contains(stderr, "log in again") {
+		t.Fatalf("send from a revoked device: %v %q", err, stderr)
+	}
+	as("alice-laptop", "login", "alice", "--device", "laptop")
+	as("alice-laptop", "sync")
+	var last []struct{ Text, Status string }
+	decode(as("bob", "history", "lunch"), &last)
+	if m := last[len(last)-1]; m.Text != "running late" {
+		t.Fatalf("bob's last message %+v after alice's laptop logged in again, want what it had queued", m)
+	}
 }
