@@ -52,20 +52,21 @@ func main() {
 // and that holds (withHurry) one that the second ends: serve's
 // --shutdown-delay waits for it, or for its time.
 func stopContexts() (context.Context, func()) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	hurry, hurried := context.WithCancel(context.Background())
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() {
 		for n := 1; ; n++ {
+			var s os.Signal
 			select {
-			case <-sig:
+			case s = <-sig:
 			case <-done:
 				return
 			}
 			if n == 1 {
-				cancel()
+				cancel(stopSignal{s})
 			} else {
 				hurried()
 			}
@@ -74,10 +75,17 @@ func stopContexts() (context.Context, func()) {
 	return withHurry(ctx, hurry), func() {
 		signal.Stop(sig)
 		close(done)
-		cancel()
+		cancel(nil)
 		hurried()
 	}
 }
+
+// stopSignal is the cause of the stop context's end: the signal, which
+// the shutdown's log lines name. It is a context.Canceled.
+type stopSignal struct{ sig os.Signal }
+
+func (s stopSignal) Error() string        { return "signal: " + s.sig.String() }
+func (s stopSignal) Is(target error) bool { return target == context.Canceled }
 
 type hurryKey struct{}
 
@@ -279,17 +287,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return fmt.Errorf("%w (%s -h lists the flags)", err, name)
 	}
+	// Every bad value at once, by its flag.
+	var errs []error
 	if c.cacheMiB < 1 {
-		return fmt.Errorf("--cache-mib %d: it must be at least 1", c.cacheMiB)
+		errs = append(errs, fmt.Errorf("--cache-mib %d: it must be at least 1", c.cacheMiB))
 	}
 	if c.memtableMiB < 1 || c.memtableMiB > 4095 {
-		return fmt.Errorf("--memtable-mib %d: it must be between 1 and 4095 (Pebble's limit is 4 GiB)", c.memtableMiB)
+		errs = append(errs, fmt.Errorf("--memtable-mib %d: it must be between 1 and 4095 (Pebble's limit is 4 GiB)", c.memtableMiB))
 	}
 	if _, ok := compressions[c.storeCompression]; !ok {
-		return fmt.Errorf("--store-compression %q: use fast or small", c.storeCompression)
+		errs = append(errs, fmt.Errorf("--store-compression %q: use fast or small", c.storeCompression))
 	}
 	log, err := newLogger(c, stderr)
-	if err != nil {
+	errs = append(errs, err)
+	if cmd == "serve" {
+		errs = append(errs, checkServeFlags(c))
+	}
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	switch cmd {
@@ -365,9 +379,6 @@ func checkServeFlags(c *config) error {
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
 	}
-	if len(c.trustedProxies) > 0 && c.clientIPHeader == "" {
-		errs = append(errs, errors.New("--trusted-proxies needs --client-ip-header, the header they write the client's address into"))
-	}
 	for _, f := range []struct {
 		flag string
 		bad  bool
@@ -395,6 +406,13 @@ func checkServeFlags(c *config) error {
 			errs = append(errs, fmt.Errorf("%s %v: it %s", f.flag, f.got, f.want))
 		}
 	}
+	// What the engine and the server would refuse, in the flags' names.
+	eo := engineOptions(c, nil)
+	eo.EnsureDefaults()
+	so := serverOptions(c, nil)
+	if err := errors.Join(eo.Validate(), so.Check()); err != nil {
+		errs = append(errs, errors.New(optionFlags.Replace(err.Error())))
+	}
 	return errors.Join(errs...)
 }
 
@@ -408,6 +426,8 @@ var optionFlags = strings.NewReplacer(
 	"SignInRefill", "--sign-in-refill",
 	"CORSOrigins", "--cors-origins",
 	"Password.MemoryKiB", "--password-memory-kib",
+	"TrustedProxies", "--trusted-proxies",
+	"ClientIPHeader", "--client-ip-header",
 )
 
 func serverOptions(c *config, log *slog.Logger) server.Options {
@@ -447,11 +467,6 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		}
 	}
 	so := serverOptions(c, log)
-	checked := eo
-	checked.EnsureDefaults()
-	if err := errors.Join(checkServeFlags(c), checked.Validate(), so.Check()); err != nil {
-		return errors.New(optionFlags.Replace(err.Error()))
-	}
 	// SIGHUP reloads the TLS certificate (a renewed one), and ends nothing.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -691,6 +706,9 @@ func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, std
 	if err != nil {
 		return fmt.Errorf("add-user: %w", err)
 	}
+	if u.Username != c.username {
+		fmt.Fprintf(stdout, "usernames are lowercase: %q is %s\n", c.username, u.Username)
+	}
 	fmt.Fprintf(stdout, "user %s created (id %s); they log in from their devices\n", u.Username, u.ID)
 	return nil
 }
@@ -726,7 +744,11 @@ func revokeDevices(ctx context.Context, c *config, log *slog.Logger, stdout io.W
 			return fmt.Errorf("revoke device %s: %w", d.ID, err)
 		}
 	}
-	fmt.Fprintf(stdout, "revoked %d devices of %s; they log in again\n", len(devs), users[0].Username)
+	noun := "devices"
+	if len(devs) == 1 {
+		noun = "device"
+	}
+	fmt.Fprintf(stdout, "revoked %d %s of %s; they log in again\n", len(devs), noun, users[0].Username)
 	return nil
 }
 
@@ -768,6 +790,9 @@ func check(c *config, log *slog.Logger, stdout io.Writer) error {
 func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 	if c.to == "" {
 		return errors.New("backup needs --to DIR")
+	}
+	if _, err := os.Stat(c.to); err == nil {
+		return fmt.Errorf("backup: %s already exists; --to names a folder the backup creates", c.to)
 	}
 	eng, err := openStopped(c, log)
 	if err != nil {

@@ -365,7 +365,7 @@ func TestAddUserAndRevokeDevices(t *testing.T) {
 		err := run(context.Background(), append([]string{"add-user", "--data", dir, "--log-level", "warn"}, args...), &out, io.Discard)
 		return out.String(), err
 	}
-	if out, err := add("correct horse battery\n", "--username", "Carol", "--display-name", "Carol C."); err != nil || !strings.Contains(out, "user carol created") {
+	if out, err := add("correct horse battery\n", "--username", "Carol", "--display-name", "Carol C."); err != nil || !strings.Contains(out, "user carol created") || !strings.Contains(out, `lowercase: "Carol" is carol`) {
 		t.Fatalf("add-user: %v\n%s", err, out)
 	}
 	for _, c := range []struct {
@@ -514,6 +514,9 @@ func TestToolsLeaveStoresAlone(t *testing.T) {
 	if out, err := tool("check", "--data", root+"/backup"); err != nil || !strings.Contains(out, "store is consistent") {
 		t.Fatalf("check of the backup: %v\n%s", err, out)
 	}
+	if out, err := tool("backup", "--data", dir, "--to", root+"/backup"); err == nil || !strings.Contains(err.Error(), "already exists; --to names a folder the backup creates") {
+		t.Fatalf("a backup to a folder that exists: %v\n%s", err, out)
+	}
 	if got := epoch(dir); got != first {
 		t.Errorf("the store's epoch went from %s to %s under the tools", first, got)
 	}
@@ -574,17 +577,21 @@ func TestServeRefusesBadFlags(t *testing.T) {
 	data := t.TempDir() + "/data"
 	args := []string{"--data", data, "--addr", "127.0.0.1:0", "--log-level", "warn",
 		"--push-limit", "-1", "--send-timeout", "-1s", "--body-timeout", "-2s", "--heartbeat", "0", "--max-body-bytes", "2000000",
-		"--max-message-bytes", "100", "--password-memory-kib", "4", "--max-streams-per-device", "0", "--cors-origins", "https://ok.example, app.example.com", "--shutdown-delay", "-1s"}
+		"--max-message-bytes", "100", "--password-memory-kib", "4", "--max-streams-per-device", "0", "--cors-origins", "https://ok.example, app.example.com", "--shutdown-delay", "-1s",
+		"--store-compression", "zstd", "--trusted-proxies", "10.0.0.0/8"}
 	err := run(context.Background(), args, io.Discard, io.Discard)
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, f := range []string{"--push-limit -1", "--send-timeout -1s", "--body-timeout -2s", "--heartbeat 0s", "--max-body-bytes must", "--max-message-bytes must", "--password-memory-kib must", "--max-streams-per-device 0", `--cors-origins holds "app.example.com"`, "--shutdown-delay -1s must not be negative"} {
+	for _, f := range []string{"--push-limit -1", "--send-timeout -1s", "--body-timeout -2s", "--heartbeat 0s", "--max-body-bytes must", "--max-message-bytes must", "--password-memory-kib must", "--max-streams-per-device 0", `--cors-origins holds "app.example.com"`, "--shutdown-delay -1s must not be negative", `--store-compression "zstd"`} {
 		if !strings.Contains(err.Error(), f) {
 			t.Errorf("the error does not name %q:\n%v", f, err)
 		}
 	}
-	if strings.Contains(err.Error(), "MaxBodyBytes") || strings.Contains(err.Error(), "HeartbeatInterval") {
+	if n := strings.Count(err.Error(), "--trusted-proxies needs --client-ip-header"); n != 1 {
+		t.Errorf("the error says %d times that --trusted-proxies needs --client-ip-header, want once:\n%v", n, err)
+	}
+	if strings.Contains(err.Error(), "MaxBodyBytes") || strings.Contains(err.Error(), "HeartbeatInterval") || strings.Contains(err.Error(), "TrustedProxies") {
 		t.Errorf("the error names option fields:\n%v", err)
 	}
 	if _, err := os.Stat(data); !os.IsNotExist(err) {

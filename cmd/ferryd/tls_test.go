@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -63,7 +64,8 @@ func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 // /healthz answer 503 while the server goes on serving, until the delay
 // ends or a second signal cuts it short; then it stops as usual.
 func TestShutdownDelay(t *testing.T) {
-	signalled, signal := context.WithCancel(context.Background())
+	signalled, cancel := context.WithCancelCause(context.Background())
+	signal := func() { cancel(stopSignal{syscall.SIGTERM}) } // as stopContexts does
 	hurry, secondSignal := context.WithCancel(context.Background())
 	defer signal()
 	defer secondSignal()
@@ -96,7 +98,7 @@ func TestShutdownDelay(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(logs.String(), "cut short") || !strings.Contains(logs.String(), "stopped") {
+	if !strings.Contains(logs.String(), "cut short") || !strings.Contains(logs.String(), "stopped") || !strings.Contains(logs.String(), `reason="signal: terminated"`) {
 		t.Fatalf("logs:\n%s", logs.String())
 	}
 }
