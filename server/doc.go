@@ -12,9 +12,10 @@
 // An interceptor checks the bearer token before any request body is read,
 // decompressed or decoded; only Register and Login go without one. Handlers
 // pass the authenticated engine.Actor to the engine explicitly. Every error
-// a client sees is a Connect code with a message written for them (see
-// connectError); internal errors become Internal with no detail, and are
-// logged.
+// a client sees is a Connect code with a message written for them: the
+// engine's errors map to codes (ErrNotFound to not_found, ErrForbidden to
+// permission_denied, ErrTooMany to resource_exhausted, ...); internal
+// errors become Internal with no detail, and are logged.
 //
 // # Metrics
 //
