@@ -90,9 +90,10 @@ type Options struct {
 	// a proxy. Needs ClientIPHeader.
 	TrustedProxies []netip.Prefix
 	// PushLimit is how many ops a second one user's devices may push
-	// together, after a burst of PushBurst; an ack (Ack, or an ack on a
-	// Sync stream) counts as an op a marker, and waits but is never
-	// refused. A push over the limit waits
+	// together, after a burst of PushBurst. An op with a body counts one
+	// more for every 4 KiB of it, so that the limit bounds bytes too; an
+	// ack (Ack, or an ack on a Sync stream) counts as an op a marker, and
+	// waits but is never refused. A push over the limit waits
 	// for it (on a Sync stream, flow control then slows the client down).
 	// Only a push that finds its user's bucket in debt, left by pushes made
 	// in parallel, and would wait more than 10s, is refused with

@@ -228,3 +228,47 @@ func TestAcksSpendThePushLimit(t *testing.T) {
 		t.Fatalf("%d throttled, %d refused; want the two acks and none", m.PushesThrottled, m.PushesRefused)
 	}
 }
+
+// TestPushLimitCountsBodies: an op costs one more for every 4 KiB of its
+// body, so that the push limit bounds the bytes a user writes, not only
+// the ops: 100 messages of 40 KiB spend 1,100 of a burst of 1,000, where
+// 100 chat messages spend 100.
+func TestPushLimitCountsBodies(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+		o.PushLimit, o.PushBurst = 100, 1000
+	}})
+	alice := newDev(t, srv.Register("alice"))
+	conv := alice.createConv("room") // 1
+	big := strings.Repeat("x", 40<<10)
+	messages := func(n int, text string) []*ferryv1.Op {
+		ops := make([]*ferryv1.Op, n)
+		for i := range ops {
+			ops[i] = alice.op(conv, msg(text))
+		}
+		return ops
+	}
+	alice.push(conv, messages(100, "short")...) // 101 spent
+	if m := srv.Server.Metrics(); m.PushesThrottled != 0 {
+		t.Fatalf("100 short messages were throttled")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	throttled := make(chan struct{}, 1)
+	server.OnThrottle(srv.Server, func() { throttled <- struct{}{} })
+	done := make(chan error, 1)
+	go func() {
+		_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(100, big)}}})
+		done <- err
+	}()
+	select {
+	case <-throttled: // 101 + 1,100 is past the burst: 201 ops' worth to wait for
+	case err := <-done:
+		t.Fatalf("100 messages of 40 KiB went through a bucket of 899 without waiting (%v)", err)
+	case <-ctx.Done():
+		t.Fatal("no push waited")
+	}
+	srv.Clock.Advance(2010 * time.Millisecond)
+	if err := <-done; err != nil {
+		t.Fatalf("the throttled push: %v", err)
+	}
+}

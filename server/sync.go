@@ -44,7 +44,7 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 	if err != nil {
 		return nil, pushedOps{}, err
 	}
-	if err := s.throttlePush(ctx, a.User, len(ops), stop); err != nil {
+	if err := s.throttlePush(ctx, a.User, pushCost(ops), stop); err != nil {
 		return nil, pushedOps{}, err
 	}
 	start := s.opts.Clock.Now()
