@@ -56,6 +56,7 @@ type Engine struct {
 	log  *slog.Logger
 	st   *store.Store
 	dir  string
+	disk diskRoom
 
 	epoch ulid.ULID
 	hub   *hub
@@ -107,6 +108,10 @@ func Open(dir string, opts Options) (*Engine, error) {
 		quit:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 		hashSem:    make(chan struct{}, opts.MaxPasswordHashes),
+	}
+	e.disk.fs, e.disk.dir, e.disk.clock = opts.FS, dir, opts.Clock.Now
+	if opts.MinFreeDisk > 0 {
+		e.disk.min = uint64(opts.MinFreeDisk)
 	}
 	fromBackup := false
 	if _, err := opts.FS.Stat(opts.FS.PathJoin(dir, backupMarker)); err == nil && !opts.Existing {

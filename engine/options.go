@@ -46,6 +46,15 @@ type Options struct {
 	// mark, so that the server that serves the copy still starts one.
 	Existing bool
 
+	// MinFreeDisk is the free space, in bytes, below which the engine
+	// refuses writes with ErrDiskFull, looking at the store's file system
+	// at most once a second (by Clock): a store that fills its disk
+	// fails, and refusing writes first keeps the server up, serving reads,
+	// until an operator frees space. Default 512 MiB; negative: no check.
+	// A file system that cannot tell its free space (vfs.NewMem) is not
+	// checked.
+	MinFreeDisk int64
+
 	// MemTableSize is Pebble's memtable size. Default 64 MiB.
 	MemTableSize uint64
 	// CacheSize is the room for blocks in Pebble's block cache. Default 64
@@ -122,6 +131,9 @@ type PasswordParams struct {
 func (o *Options) EnsureDefaults() {
 	if o.FS == nil {
 		o.FS = vfs.Default
+	}
+	if o.MinFreeDisk == 0 {
+		o.MinFreeDisk = 512 << 20
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

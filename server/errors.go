@@ -32,6 +32,7 @@ var codes = []struct {
 	{engine.ErrDotReused, connect.CodeFailedPrecondition},
 	{engine.ErrResetRequired, connect.CodeFailedPrecondition},
 	{engine.ErrTooMany, connect.CodeResourceExhausted},
+	{engine.ErrDiskFull, connect.CodeUnavailable},
 }
 
 // connectError turns an engine error into the error a client sees. Errors

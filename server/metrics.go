@@ -210,6 +210,7 @@ var (
 	dWrites          = desc("ferry_store_writes_total", "Keys set or deleted by synced commits.")
 	dWatching        = desc("ferry_watching_users", "Users with an open session.")
 	dStoreFailed     = desc("ferry_store_failed", "1 once the store failed: the server refuses writes and stops. Else 0.")
+	dDiskLow         = desc("ferry_store_disk_low", "1 while the store's disk has less free space than --min-free-disk-mib and writes are refused. Else 0.")
 	dStoreBytes      = desc("ferry_store_bytes", "Bytes the store occupies on disk, by kind.", "kind")
 	dReadAmp         = desc("ferry_store_read_amplification", "Tables a read may consult: level 0's sublevels plus the non-empty levels below.")
 	dCompactionDebt  = desc("ferry_store_compaction_debt_bytes", "Estimated bytes to compact for the store to be stable.")
@@ -282,6 +283,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		failed = 1
 	}
 	gauge(dStoreFailed, failed)
+	low := 0.0
+	if c.s.eng.DiskLow() {
+		low = 1
+	}
+	gauge(dDiskLow, low)
 
 	st := c.s.eng.StoreMetrics()
 	gauge(dStoreBytes, float64(st.Tables), "tables")

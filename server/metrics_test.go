@@ -160,6 +160,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		{"ferry_sessions_started_total", nil, 1},
 		{"ferry_commit_duration_seconds", nil, float64(srv.Engine.Metrics().Commits)},
 		{"ferry_store_failed", nil, 0},
+		{"ferry_store_disk_low", nil, 0},
 	} {
 		if got := value(c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)

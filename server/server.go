@@ -287,6 +287,10 @@ func (s *Server) logFailure(procedure string, err error) error {
 	case connect.CodeInternal, connect.CodeUnknown, connect.CodeDataLoss:
 		s.log.Error("rpc failed", "procedure", procedure, "code", ce.Code().String(), "err", ce.Unwrap())
 	case connect.CodeUnavailable:
+		if errors.Is(err, engine.ErrDiskFull) { // the engine logs it once
+			s.log.Debug("rpc failed", "procedure", procedure, "code", ce.Code().String(), "msg", ce.Message())
+			break
+		}
 		s.log.Warn("rpc failed", "procedure", procedure, "code", ce.Code().String(), "err", ce.Unwrap())
 	default:
 		s.log.Debug("rpc failed", "procedure", procedure, "code", ce.Code().String(), "msg", ce.Message())

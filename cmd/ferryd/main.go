@@ -124,6 +124,7 @@ type config struct {
 	passwordMemory    uint
 	cacheMiB          uint
 	memtableMiB       uint
+	minFreeDiskMiB    uint
 	storeCompression  string
 	passwordPasses    uint
 	logLevel          string
@@ -211,6 +212,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.Var(&c.h2c, "h2c", "what serves HTTP/2 without TLS: ferry (Ferry's own, leaner; the default) or xnet (golang.org/x/net/http2; built with Go 1.27 or later, only with -tags http2legacy); TLS connections are net/http's")
 	fs.BoolVar(&c.allowRegistration, "allow-registration", false, "let anyone create an account with Register")
 	fs.BoolVar(&c.newEpoch, "new-epoch", false, "gone (it started a new epoch at every start): run 'ferryd new-epoch --data DIR' once instead")
+	fs.UintVar(&c.minFreeDiskMiB, "min-free-disk-mib", 512, "writes are refused (unavailable, and retried by the clients) while the store's disk has less free space than this, in MiB: a full disk would stop the server (0: no check)")
 	fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message, after decompression (at least 65536)")
 	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body (at most 1 MiB)")
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
@@ -348,6 +350,7 @@ func engineOptions(c *config, log *slog.Logger) engine.Options {
 		SharedFeedMembers: c.sharedFeedMembers,
 		CacheSize:         int64(c.cacheMiB) << 20,
 		MemTableSize:      uint64(c.memtableMiB) << 20,
+		MinFreeDisk:       minFreeDisk(c.minFreeDiskMiB),
 		Compression:       compressions[c.storeCompression],
 		Password:          engine.PasswordParams{MemoryKiB: uint32(c.passwordMemory), Time: uint32(c.passwordPasses)},
 	}
@@ -873,6 +876,15 @@ func (l *prefixList) Set(v string) error {
 	}
 	*l = out
 	return nil
+}
+
+// minFreeDisk maps --min-free-disk-mib (0: no check; the tools, which
+// have no such flag, leave it 0) to engine.Options.MinFreeDisk.
+func minFreeDisk(mib uint) int64 {
+	if mib == 0 {
+		return -1
+	}
+	return int64(mib) << 20
 }
 
 // durationOrOff maps a timeout's flag (0: no limit) to server.Options
