@@ -1,11 +1,13 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -54,8 +56,10 @@ const (
 
 // maxSignInBuckets bounds the limiter's memory (about 20 MB). Past it,
 // buckets that have refilled are dropped first; if too many are still
-// spending, arbitrary ones go (failing open for them rather than growing
-// without bound).
+// spending, the fullest go (failing open for them rather than growing
+// without bound): a flood of new addresses, each of whose buckets is
+// nearly full, cannot push out the nearly empty buckets of the addresses
+// that are guessing.
 const maxSignInBuckets = 100_000
 
 // signInKey names a bucket.
@@ -227,8 +231,9 @@ func (k signInKey) rate() float64 {
 
 // makeRoom makes room for n more buckets under maxSignInBuckets. It drops
 // the buckets that have refilled, then, if that freed less than a tenth of
-// the table, more until a tenth is free, so that its sweeps stay rare
-// under a flood of new addresses. l.mu is held.
+// the table, the fullest of the rest (by the share of their attempts left)
+// until a tenth is free, so that its sweeps stay rare under a flood of new
+// addresses. l.mu is held.
 func (l *signInLimiter) makeRoom(now time.Time, n int) {
 	if len(l.buckets)+n <= maxSignInBuckets {
 		return
@@ -238,11 +243,21 @@ func (l *signInLimiter) makeRoom(now time.Time, n int) {
 			delete(l.buckets, k)
 		}
 	}
-	for k := range l.buckets {
-		if len(l.buckets) <= maxSignInBuckets*9/10 {
-			break
-		}
-		delete(l.buckets, k)
+	excess := len(l.buckets) - maxSignInBuckets*9/10
+	if excess <= 0 {
+		return
+	}
+	type held struct {
+		k    signInKey
+		full float64
+	}
+	all := make([]held, 0, len(l.buckets))
+	for k, b := range l.buckets {
+		all = append(all, held{k, b.tokens / l.size(k)})
+	}
+	slices.SortFunc(all, func(a, b held) int { return cmp.Compare(b.full, a.full) })
+	for _, h := range all[:excess] {
+		delete(l.buckets, h.k)
 	}
 }
 

@@ -103,6 +103,34 @@ func TestSignInLimiterStaysBounded(t *testing.T) {
 	}
 }
 
+// TestSignInLimiterKeepsGuessersWhenFull: with the table full of buckets
+// still spending, a flood of new addresses (each bucket nearly full)
+// pushes out the fullest, not the emptied buckets of the addresses that
+// are guessing: a tenth of the flood spends both its attempts, and every
+// one of those is still refused after the table overflowed.
+func TestSignInLimiterKeepsGuessersWhenFull(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l := newSignInLimiter(2, time.Minute, fake)
+	addr := func(i int) []signInKey {
+		return signInKeys(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32), signInRegister, "")
+	}
+	const flood = maxSignInBuckets + maxSignInBuckets/5
+	for i := range flood {
+		l.take(addr(i))
+		if i%10 == 0 {
+			l.take(addr(i)) // a guesser: its bucket is empty
+		}
+	}
+	if n := len(l.buckets); n > maxSignInBuckets {
+		t.Fatalf("%d buckets, want at most %d", n, maxSignInBuckets)
+	}
+	for i := 0; i < flood; i += 10 {
+		if empty, _, _ := l.take(addr(i)); empty < 0 {
+			t.Fatalf("guessing address %d got another attempt: the overflow pushed its emptied bucket out", i)
+		}
+	}
+}
+
 // TestSignInRefusalsLogOncePerRefill: a guesser's refusals are logged once
 // per refill period, not once each.
 func TestSignInRefusalsLogOncePerRefill(t *testing.T) {
