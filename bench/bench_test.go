@@ -846,3 +846,19 @@ func TestComparedFigures(t *testing.T) {
 		}
 	}
 }
+
+// TestInProcessRefusesTooManyClients: more clients than this process may
+// open both ends of is refused before any signs up, saying what to do,
+// where the run would otherwise never end (accepts failing for want of
+// files).
+func TestInProcessRefusesTooManyClients(t *testing.T) {
+	f, err := NewFerry(t.Context(), FerryConfig{Mode: FerryInProcess, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	err = f.Prepare(t.Context(), openFiles(), nil)
+	if err == nil || !strings.Contains(err.Error(), "--target process") {
+		t.Fatalf("Prepare of %d clients in process: %v, want refused, naming --target process", openFiles(), err)
+	}
+}

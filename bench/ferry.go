@@ -350,6 +350,12 @@ func (f *Ferry) client(i int, read *atomic.Int64) (ferryv1connect.AccountService
 // first connects: at 10,000 members, 10,000 ops for each of 10,000
 // devices, a minute and a half of this machine before the first message.
 func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error {
+	// In this process each client's connection takes two files, its end
+	// and the server's: past the limit, accepts fail and the row never
+	// ends.
+	if need, may := 2*clients+512, openFiles(); f.cfg.Mode == FerryInProcess && need > may {
+		return fmt.Errorf("%d clients with the server in this process need about %d open files (both ends of each connection), and this process may open %d: serve from another process (ferry-bench --target process), or raise ulimit -n", clients, need, may)
+	}
 	f.devs = make([]*ferryDevice, clients)
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffff)
 	err := Parallel(ctx, clients, 32, func(i int) error {
