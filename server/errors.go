@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connectproto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/model"
@@ -58,6 +61,19 @@ func connectError(err error) error {
 		}
 	}
 	return connect.NewError(connect.CodeInternal, "internal error").WithCause(err)
+}
+
+// throttled is a resource_exhausted error that a retry after wait may
+// pass: a rate limit's, not a size limit's (those are resource_exhausted
+// too, and a retry never passes them). It carries the wait as an error
+// detail, a google.protobuf.Duration, by which clients tell the two kinds
+// apart, and in its message.
+func throttled(msg string, wait time.Duration) *connect.Error {
+	err := connect.NewError(connect.CodeResourceExhausted, msg)
+	if d, derr := connectproto.NewErrorDetail(durationpb.New(wait)); derr == nil {
+		err = err.WithDetail(d)
+	}
+	return err
 }
 
 // withoutCode drops from msg the words of a sentinel that say what its

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connectproto"
 	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -326,6 +328,23 @@ func (s *stream) endErr() error {
 }
 
 func code(err error) connect.Code { return connect.CodeOf(err) }
+
+// retryDelay is the retry delay a throttled call's error carries (a
+// google.protobuf.Duration detail), and whether it carries one.
+func retryDelay(err error) (time.Duration, bool) {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return 0, false
+	}
+	for _, d := range ce.Details() {
+		if m, derr := connectproto.UnmarshalErrorDetail(d); derr == nil {
+			if dur, ok := m.(*durationpb.Duration); ok {
+				return dur.AsDuration(), true
+			}
+		}
+	}
+	return 0, false
+}
 
 func mustCode(t *testing.T, what string, err error, want connect.Code) {
 	t.Helper()

@@ -164,9 +164,9 @@ func (s *Server) throttle(ctx context.Context, user ulid.ULID, n int, stop <-cha
 	wait, ok := s.pushes.reserve(user, n, refuse)
 	if !ok {
 		s.stats.pushesRefused.Add(1)
-		return connect.NewError(connect.CodeResourceExhausted, fmt.Sprintf(
+		return throttled(fmt.Sprintf(
 			"this user's devices push more than %d ops a second (the push limit), from several calls at once; retry in %s",
-			s.opts.PushLimit, wait.Round(time.Millisecond)))
+			s.opts.PushLimit, wait.Round(time.Millisecond)), wait)
 	}
 	if wait <= 0 {
 		return nil

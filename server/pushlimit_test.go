@@ -73,6 +73,11 @@ func TestPushLimit(t *testing.T) {
 	if !strings.Contains(err.Error(), "more than 100 ops a second") || !strings.Contains(err.Error(), "retry in") {
 		t.Fatalf("refusal says %q: want the limit and when to retry", err)
 	}
+	// 1,000 ops at 100 a second, behind the 50 waiting: 10.5 s, of which
+	// the 10 a push may wait are not the client's.
+	if d, ok := retryDelay(err); !ok || d < 400*time.Millisecond || d > 600*time.Millisecond {
+		t.Fatalf("refusal's retry delay %v (%v), want about half a second, as a detail", d, ok)
+	}
 	alice.dots[conv] -= 1000 // not taken: the next op reuses them
 	if m := srv.Server.Metrics(); m.PushesRefused != 1 {
 		t.Fatalf("%d pushes refused, want 1", m.PushesRefused)

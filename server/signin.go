@@ -290,7 +290,7 @@ func (s *Server) signIn(keys []signInKey, attempt func() error, counts func(erro
 		if warn {
 			s.log.Warn("sign-ins throttled: too many "+keys[i].what(), "client", keys[i].addr, "retry_in", wait)
 		}
-		return connect.NewError(connect.CodeResourceExhausted, fmt.Sprintf("too many %s; retry in %s", keys[i].what(), wait))
+		return throttled(fmt.Sprintf("too many %s; retry in %s", keys[i].what(), wait), wait)
 	}
 	err := attempt()
 	if serverSide(err) || !counts(err) {

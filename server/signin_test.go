@@ -67,6 +67,9 @@ func TestSignInLimit(t *testing.T) {
 		}
 	}
 	err := login(a, "correct horse")
+	if d, ok := retryDelay(err); !ok || d != time.Minute {
+		t.Errorf("refusal's retry delay %v (%v), want 1m as a detail", d, ok)
+	}
 	if code(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), `failed logins as "alice" from this address; retry in 1m0s`) {
 		t.Fatalf("fourth attempt after three failures: %v, want resource_exhausted saying what and when to retry", err)
 	}
