@@ -51,6 +51,12 @@ func (e *Engine) Append(ctx context.Context, a Actor, ops []model.Op) ([]AppendR
 	if len(ops) > e.opts.MaxOpsPerAppend {
 		return nil, fmt.Errorf("%w: %d ops in one push; the limit is %d", ErrTooMany, len(ops), e.opts.MaxOpsPerAppend)
 	}
+	// Only ops are refused for want of disk space: they are what grows
+	// the store. Markers, devices and revocations write a few bytes each,
+	// and refusing them would end sessions and leave stolen devices in.
+	if err := e.disk.check(e); err != nil {
+		return nil, err
+	}
 	// Copy the ops and their bodies: if ctx ends first, Append returns while
 	// the writer may still read them.
 	ops = slices.Clone(ops)

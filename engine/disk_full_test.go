@@ -14,9 +14,10 @@ import (
 )
 
 // TestDiskNearlyFullRefusesWrites: while the store's file system has less
-// free space than MinFreeDisk, writes are refused with ErrDiskFull,
-// storing nothing, and reads go on; once space is freed, the next look (a
-// second later) accepts writes again.
+// free space than MinFreeDisk, new ops are refused with ErrDiskFull,
+// storing nothing; reads, markers and revocations go on. Once space is
+// freed, the next look (a second later) accepts ops again. On a small
+// disk, a twentieth of it is kept instead.
 func TestDiskNearlyFullRefusesWrites(t *testing.T) {
 	fs := vfs.NewMem()
 	fake := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
@@ -41,6 +42,13 @@ func TestDiskNearlyFullRefusesWrites(t *testing.T) {
 	if err != nil || len(page.Ops) != 2 {
 		t.Fatalf("history while full: %d ops, %v; want the 2 stored before", len(page.Ops), err)
 	}
+	if err := e.Mark(ctx, alice.Actor, []engine.Marker{{Conv: conv, Delivered: 2, Read: 2}}); err != nil {
+		t.Fatalf("a marker while full: %v", err)
+	}
+	spare := enginetest.Login(t, e, "alice")
+	if err := e.RevokeDevice(ctx, alice.Actor, spare.Actor.Device); err != nil {
+		t.Fatalf("revoking a device while full: %v", err)
+	}
 
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 1 << 30, TotalBytes: 10 << 30})
 	if err := send("freed, not yet seen"); !errors.Is(err, engine.ErrDiskFull) {
@@ -50,6 +58,18 @@ func TestDiskNearlyFullRefusesWrites(t *testing.T) {
 	alice.Send(conv, "after")
 	if e.DiskLow() {
 		t.Fatal("still low after space was freed")
+	}
+
+	// A disk of 1 GiB keeps 51 MiB free, not 100.
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 60 << 20, TotalBytes: 1 << 30})
+	fake.Advance(time.Second)
+	if e.DiskLow() {
+		t.Fatal("60 MiB free of a 1 GiB disk counts as low: a small volume would refuse everything")
+	}
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 50 << 20, TotalBytes: 1 << 30})
+	fake.Advance(time.Second)
+	if !e.DiskLow() {
+		t.Fatal("50 MiB free of a 1 GiB disk, under its twentieth, does not count as low")
 	}
 	enginetest.MustCheck(t, e)
 }

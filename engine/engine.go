@@ -109,9 +109,12 @@ func Open(dir string, opts Options) (*Engine, error) {
 		writerDone: make(chan struct{}),
 		hashSem:    make(chan struct{}, opts.MaxPasswordHashes),
 	}
-	e.disk.fs, e.disk.dir, e.disk.clock = opts.FS, dir, opts.Clock.Now
+	e.disk.fs, e.disk.dir, e.disk.clock, e.disk.log = opts.FS, dir, opts.Clock.Now, opts.Logger
 	if opts.MinFreeDisk > 0 {
 		e.disk.min = uint64(opts.MinFreeDisk)
+		if e.disk.refresh(); e.disk.keep.Load() > 0 {
+			e.log.Info("store disk", "free_mib", e.disk.avail.Load()>>20, "keep_mib", e.disk.keep.Load()>>20)
+		}
 	}
 	fromBackup := false
 	if _, err := opts.FS.Stat(opts.FS.PathJoin(dir, backupMarker)); err == nil && !opts.Existing {

@@ -47,12 +47,13 @@ type Options struct {
 	Existing bool
 
 	// MinFreeDisk is the free space, in bytes, below which the engine
-	// refuses writes with ErrDiskFull, looking at the store's file system
-	// at most once a second (by Clock): a store that fills its disk
-	// fails, and refusing writes first keeps the server up, serving reads,
-	// until an operator frees space. Default 512 MiB; negative: no check.
-	// A file system that cannot tell its free space (vfs.NewMem) is not
-	// checked.
+	// refuses new ops (Append) with ErrDiskFull, looking at the store's
+	// file system at most once a second (by Clock): a store that fills
+	// its disk fails, and refusing ops first keeps the server up, serving
+	// reads, sessions and markers, until an operator frees space. On a disk
+	// smaller than twenty times it, the engine keeps a twentieth free
+	// instead. Default 512 MiB; negative: no check. A file system that
+	// cannot tell its free space (vfs.NewMem) is not checked.
 	MinFreeDisk int64
 
 	// MemTableSize is Pebble's memtable size. Default 64 MiB.

@@ -43,9 +43,6 @@ func (e *Engine) queue(ctx context.Context, weight int, apply func(*txn)) (*requ
 	if err := e.Failed(); err != nil {
 		return nil, err
 	}
-	if err := e.disk.check(e); err != nil {
-		return nil, err
-	}
 	r := &request{weight: weight, apply: apply, done: make(chan error, 1)}
 	select {
 	case e.reqs <- r:

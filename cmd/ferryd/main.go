@@ -212,7 +212,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.Var(&c.h2c, "h2c", "what serves HTTP/2 without TLS: ferry (Ferry's own, leaner; the default) or xnet (golang.org/x/net/http2; built with Go 1.27 or later, only with -tags http2legacy); TLS connections are net/http's")
 	fs.BoolVar(&c.allowRegistration, "allow-registration", false, "let anyone create an account with Register")
 	fs.BoolVar(&c.newEpoch, "new-epoch", false, "gone (it started a new epoch at every start): run 'ferryd new-epoch --data DIR' once instead")
-	fs.UintVar(&c.minFreeDiskMiB, "min-free-disk-mib", 512, "writes are refused (unavailable, and retried by the clients) while the store's disk has less free space than this, in MiB: a full disk would stop the server (0: no check)")
+	fs.UintVar(&c.minFreeDiskMiB, "min-free-disk-mib", 512, "new ops are refused (unavailable, and retried by the clients) while the store's disk has less free space than this, in MiB, or than a twentieth of the disk when less: a full disk would stop the server (0: no check)")
 	fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message, after decompression (at least 65536)")
 	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body (at most 1 MiB)")
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
