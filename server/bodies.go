@@ -54,24 +54,33 @@ const errSyncNeedsHTTP2 = "Sync is a bidirectional stream and needs HTTP/2 (h2c 
 
 // deadlineBody is a request body whose every read must make progress
 // within timeout: it sets the connection's (or, over HTTP/2, the
-// stream's) read deadline before each read. Nothing clears the deadline
-// once the body has ended: net/http's HTTP/1 server clears it itself as it
-// starts reading the connection behind the handler's back, and an HTTP/2
-// stream's deadline bounds only its body's reads. A body that did not end
-// keeps it: net/http reads what the handler left of the body before it
+// stream's) read deadline before each read, until the body has ended.
+// net/http's HTTP/1 server clears the deadline itself as it starts
+// reading the connection behind the handler's back, and a read after the
+// end (gRPC-Web's handler makes one, to see that nothing follows the
+// message) must not set it again: net/http cancels the request's context
+// when its background read fails. A body that did not end keeps its
+// deadline: net/http reads what the handler left of it before it
 // answers, and that read must not wait for good either.
 type deadlineBody struct {
 	io.ReadCloser
 	rc      *http.ResponseController
 	timeout time.Duration
+	ended   bool
 }
 
 func (b *deadlineBody) Read(p []byte) (int, error) {
+	if b.ended {
+		return 0, io.EOF
+	}
 	// A server that cannot set read deadlines (a wrapper without Unwrap)
 	// reads without one.
 	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
 	n, err := b.ReadCloser.Read(p)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	switch {
+	case err == io.EOF:
+		b.ended = true
+	case errors.Is(err, os.ErrDeadlineExceeded):
 		err = connect.NewError(connect.CodeDeadlineExceeded, fmt.Sprintf(
 			"the request's body sent nothing for %s, the server's limit; send it whole, or check the network", b.timeout))
 	}

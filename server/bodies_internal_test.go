@@ -43,6 +43,11 @@ func TestBodyTimeoutBoundsEachRead(t *testing.T) {
 	if len(w.deadlines) != len(starts) || len(starts) != 5 {
 		t.Fatalf("%d deadlines for %d reads of 4 bytes one at a time, want one per read, 5", len(w.deadlines), len(starts))
 	}
+	// Past the end, reads set no deadline: the connection may be read by
+	// the server by then, and a deadline would cut it.
+	if n, err := b.Read(p); n != 0 || err != io.EOF || len(w.deadlines) != 5 {
+		t.Fatalf("a read past the end: %d, %v, %d deadlines; want EOF and no new deadline", n, err, len(w.deadlines))
+	}
 	for i, d := range w.deadlines {
 		if d.Before(starts[i].Add(timeout)) {
 			t.Fatalf("read %d's deadline is %v before the read started plus the timeout", i, starts[i].Add(timeout).Sub(d))
