@@ -261,10 +261,11 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 
 // session is one Sync stream.
 type session struct {
-	d    *Device
-	st   ferryv1connect.SyncServiceSyncClientStream
-	sc   ferryv1connect.SyncServiceClient
-	once bool
+	d     *Device
+	token string // the credentials' token as the session began
+	st    ferryv1connect.SyncServiceSyncClientStream
+	sc    ferryv1connect.SyncServiceClient
+	once  bool
 	// outer is the context the session runs under (Start's loop, or
 	// SyncOnce's call), which the session's end does not cancel: for
 	// background calls that need not end with the stream.
@@ -352,6 +353,7 @@ func (s *session) seen(infos []*ferryv1.ConversationInfo) {
 // session runs one Sync stream until it ends. It reports whether the
 // session caught up (so the backoff can reset).
 func (d *Device) session(outer context.Context, once bool) (bool, error) {
+	token := d.token()
 	_, _, sc, err := d.clients()
 	if err != nil {
 		return false, &TerminalError{Err: err}
@@ -374,7 +376,7 @@ func (d *Device) session(outer context.Context, once bool) (bool, error) {
 		}
 		return false, err
 	}
-	s := &session{d: d, st: st, sc: sc, once: once, outer: outer, flushWake: make(chan struct{}, 1),
+	s := &session{d: d, token: token, st: st, sc: sc, once: once, outer: outer, flushWake: make(chan struct{}, 1),
 		inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]uint64{}}
 	recv := make(chan error, 1)
 	go func() { recv <- s.receive(ctx) }()
@@ -556,6 +558,7 @@ func (s *session) receive(ctx context.Context) error {
 		case *ferryv1.SyncResponse_Welcome:
 			s.epoch = x.Welcome.GetEpoch()
 			d.mu.Lock()
+			d.noteAcceptedLocked(s.token)
 			if l := x.Welcome.GetLimits(); l.GetMaxBodyBytes() > 0 {
 				d.maxBody = int(l.GetMaxBodyBytes())
 			}

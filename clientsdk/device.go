@@ -422,10 +422,15 @@ func (d *Device) authedClients() (ferryv1connect.AccountServiceClient, ferryv1co
 }
 
 // Register creates a user on the server with this device as its first, and
-// signs the profile in.
+// signs the profile in. Like Login, it refuses a signed-in profile unless
+// the server refused its credentials.
 func (d *Device) Register(ctx context.Context, username, password, deviceName string) error {
 	if err := d.signedOut(); err != nil {
 		return err
+	}
+	if d.replacingRefused() {
+		d.halt(false) // nothing of the refused session lands after the sign-in
+		defer d.resume()
 	}
 	acc, _, _, err := d.clients()
 	if err != nil {
@@ -445,6 +450,10 @@ func (d *Device) Register(ctx context.Context, username, password, deviceName st
 func (d *Device) Login(ctx context.Context, username, password, deviceName string) error {
 	if err := d.signedOut(); err != nil {
 		return err
+	}
+	if d.replacingRefused() {
+		d.halt(false) // nothing of the refused session lands after the sign-in
+		defer d.resume()
 	}
 	acc, _, _, err := d.clients()
 	if err != nil {
@@ -494,18 +503,38 @@ func (d *Device) noteRefused(token string, err error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.creds == nil || d.creds.Token != token || d.creds.Refused {
+	d.setRefusedLocked(token, true)
+}
+
+// noteAcceptedLocked clears the refusal of the profile's credentials
+// when a session signed with token was welcomed: the refusal was not for
+// good (a proxy that dropped the header, a server restored from a backup
+// that knew the device). d.mu is held.
+func (d *Device) noteAcceptedLocked(token string) { d.setRefusedLocked(token, false) }
+
+// setRefusedLocked keeps, with the credentials, whether the server
+// refused them, if token is still theirs. d.mu is held.
+func (d *Device) setRefusedLocked(token string, refused bool) {
+	if token == "" || d.creds == nil || d.creds.Token != token || d.creds.Refused == refused {
 		return
 	}
 	c := *d.creds
-	c.Refused = true
+	c.Refused = refused
 	b := d.db.NewBatch()
 	b.Set(metaKey("creds"), encodeJSON(&c))
 	if err := d.db.Commit(b); err != nil {
-		d.log.Warn("cannot note the refused credentials", "err", err)
+		d.log.Warn("cannot keep whether the server refused the credentials", "err", err)
 		return
 	}
 	d.creds = &c
+}
+
+// replacingRefused reports whether the profile is signed in with
+// credentials the server refused, which a sign-in replaces.
+func (d *Device) replacingRefused() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.creds != nil && d.creds.Refused
 }
 
 // signIn keeps the session's credentials. A profile whose replica is

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -746,4 +748,33 @@ func actorOf(t *testing.T, d *clientsdk.Device) engine.Actor {
 		t.Fatal(err)
 	}
 	return engine.Actor{User: acc.User, Device: acc.Device}
+}
+
+// TestTransientRefusalIsForgotten: credentials the server refused once
+// (here a proxy dropped the Authorization header) and then welcomed again
+// are the profile's for good: a Login on it is refused again, as on any
+// signed-in profile, instead of replacing a device that works.
+func TestTransientRefusalIsForgotten(t *testing.T) {
+	var strip atomic.Bool
+	srv := servertest.New(t, servertest.Config{Wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strip.Load() {
+				r.Header.Del("Authorization")
+			}
+			h.ServeHTTP(w, r)
+		})
+	}})
+	d := device(t, srv, "alice", false)
+	strip.Store(true)
+	var te *clientsdk.TerminalError
+	if err := d.SyncOnce(ctx); !errors.As(err, &te) || connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("SyncOnce without the header: %v, want a terminal unauthenticated", err)
+	}
+	strip.Store(false)
+	if err := d.SyncOnce(ctx); err != nil {
+		t.Fatalf("SyncOnce with the header again: %v", err)
+	}
+	if err := d.Login(ctx, "alice", "correct horse", "again"); err == nil || !strings.Contains(err.Error(), "log out first") {
+		t.Fatalf("Login on a profile whose credentials work again: %v, want refused", err)
+	}
 }
