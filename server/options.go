@@ -20,7 +20,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Clock drives heartbeats. Default: the system clock.
 	Clock clock.Clock
-	// MaxMessageBytes caps one message, after decompression. Default 4 MiB.
+	// MaxMessageBytes caps one message, after decompression; an account
+	// service request is capped at 64 KiB, or this when less. Default 4 MiB.
 	MaxMessageBytes int
 	// MaxStreamsPerDevice caps a device's concurrent Sync and Subscribe
 	// sessions. Default 4.

@@ -165,7 +165,7 @@ func (s *Server) throttle(ctx context.Context, user ulid.ULID, n int, stop <-cha
 	if !ok {
 		s.stats.pushesRefused.Add(1)
 		return throttled(fmt.Sprintf(
-			"this user's devices push more than %d ops a second (the push limit), from several calls at once; retry in %s",
+			"this user's devices push more than the push limit, %d ops a second (an op counting one more per 4 KiB of its body), from several calls at once; retry in %s",
 			s.opts.PushLimit, wait.Round(time.Millisecond)), wait)
 	}
 	if wait <= 0 {

@@ -70,7 +70,7 @@ func TestPushLimit(t *testing.T) {
 	// is refused, and stores nothing.
 	_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(1000)}}})
 	mustCode(t, "a push of 10 s past the limit", err, connect.CodeResourceExhausted)
-	if !strings.Contains(err.Error(), "more than 100 ops a second") || !strings.Contains(err.Error(), "retry in") {
+	if !strings.Contains(err.Error(), "push limit, 100 ops a second") || !strings.Contains(err.Error(), "retry in") {
 		t.Fatalf("refusal says %q: want the limit and when to retry", err)
 	}
 	// 1,000 ops at 100 a second, behind the 50 waiting: 10.5 s, of which

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -56,10 +57,10 @@ const (
 
 // maxSignInBuckets bounds the limiter's memory (about 20 MB). Past it,
 // buckets that have refilled are dropped first; if too many are still
-// spending, the fullest go (failing open for them rather than growing
-// without bound): a flood of new addresses, each of whose buckets is
-// nearly full, cannot push out the nearly empty buckets of the addresses
-// that are guessing.
+// spending, the fullest go, and among as full the last spent (failing
+// open for them rather than growing without bound): a flood of new
+// addresses cannot push out the emptied buckets of the addresses that
+// were guessing before it.
 const maxSignInBuckets = 100_000
 
 // signInKey names a bucket.
@@ -92,6 +93,7 @@ type bucket struct {
 	tokens float64
 	at     time.Time
 	warned time.Time // when a refusal was last logged (sign-ins)
+	spent  time.Time // when an attempt was last taken (sign-ins)
 }
 
 // fill adds the tokens the bucket regained since it was last filled, at
@@ -182,6 +184,7 @@ func (l *signInLimiter) take(keys []signInKey) (empty int, wait time.Duration, w
 			l.buckets[k] = bs[i]
 		}
 		bs[i].tokens--
+		bs[i].spent = now
 	}
 	return -1, 0, false
 }
@@ -248,14 +251,25 @@ func (l *signInLimiter) makeRoom(now time.Time, n int) {
 		return
 	}
 	type held struct {
-		k    signInKey
-		full float64
+		k     signInKey
+		full  float64
+		spent time.Time
 	}
 	all := make([]held, 0, len(l.buckets))
 	for k, b := range l.buckets {
-		all = append(all, held{k, b.tokens / l.size(k)})
+		// Whole attempts: what a bucket regained since it was spent
+		// does not make it fuller than one spent later.
+		all = append(all, held{k, math.Floor(b.tokens) / l.size(k), b.spent})
 	}
-	slices.SortFunc(all, func(a, b held) int { return cmp.Compare(b.full, a.full) })
+	// The fullest first; among as full, the last spent: a flood that
+	// empties its buckets too pushes out its own before the buckets of the
+	// addresses that were guessing before it.
+	slices.SortFunc(all, func(a, b held) int {
+		if c := cmp.Compare(b.full, a.full); c != 0 {
+			return c
+		}
+		return b.spent.Compare(a.spent)
+	})
 	for _, h := range all[:excess] {
 		delete(l.buckets, h.k)
 	}

@@ -131,6 +131,32 @@ func TestSignInLimiterKeepsGuessersWhenFull(t *testing.T) {
 	}
 }
 
+// TestSignInLimiterKeepsEarlierGuessers: a flood that empties every
+// bucket it makes, as full as the guessers' then, pushes out its own
+// buckets before those of the addresses that were guessing before it.
+func TestSignInLimiterKeepsEarlierGuessers(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l := newSignInLimiter(2, time.Minute, fake)
+	addr := func(i int) []signInKey {
+		return signInKeys(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32), signInRegister, "")
+	}
+	const guessers = 1000
+	for i := range guessers {
+		l.take(addr(i))
+		l.take(addr(i))
+	}
+	fake.Advance(time.Millisecond)
+	for i := guessers; i < guessers+maxSignInBuckets+maxSignInBuckets/5; i++ {
+		l.take(addr(i))
+		l.take(addr(i))
+	}
+	for i := range guessers {
+		if empty, _, _ := l.take(addr(i)); empty < 0 {
+			t.Fatalf("guessing address %d got another attempt: a flood of emptied buckets pushed its own out", i)
+		}
+	}
+}
+
 // TestSignInRefusalsLogOncePerRefill: a guesser's refusals are logged once
 // per refill period, not once each.
 func TestSignInRefusalsLogOncePerRefill(t *testing.T) {
