@@ -73,6 +73,12 @@ func TestTrustedProxies(t *testing.T) {
 	}
 }
 
+// registerFrom is the keys of a registration from the i-th address of
+// 10.0.0.0/8.
+func registerFrom(i int) []signInKey {
+	return signInKeys(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32), signInRegister, "")
+}
+
 // TestSignInLimiterStaysBounded: past maxSignInBuckets buckets the table
 // drops buckets, refilled ones first, so an address still spending keeps
 // its count.
@@ -80,17 +86,14 @@ func TestSignInLimiterStaysBounded(t *testing.T) {
 	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	l := newSignInLimiter(2, time.Minute, fake)
 	spent := signInKeys(netip.MustParsePrefix("198.51.100.7/32"), signInRegister, "")
-	addr := func(i int) []signInKey {
-		return signInKeys(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32), signInRegister, "")
-	}
 	for i := range maxSignInBuckets / 2 {
-		l.take(addr(i))
+		l.take(registerFrom(i))
 	}
 	fake.Advance(time.Hour) // those refill
 	l.take(spent)
 	l.take(spent)
 	for i := maxSignInBuckets / 2; i < maxSignInBuckets+10; i++ {
-		l.take(addr(i))
+		l.take(registerFrom(i))
 	}
 	if n := len(l.buckets); n > maxSignInBuckets {
 		t.Fatalf("%d buckets, want at most %d", n, maxSignInBuckets)
@@ -98,7 +101,7 @@ func TestSignInLimiterStaysBounded(t *testing.T) {
 	if empty, _, _ := l.take(spent); empty < 0 {
 		t.Fatal("an address that spent its attempts got another: its bucket was dropped before refilled ones")
 	}
-	if empty, _, _ := l.take(addr(0)); empty >= 0 {
+	if empty, _, _ := l.take(registerFrom(0)); empty >= 0 {
 		t.Fatal("a dropped bucket comes back full")
 	}
 }
@@ -111,21 +114,18 @@ func TestSignInLimiterStaysBounded(t *testing.T) {
 func TestSignInLimiterKeepsGuessersWhenFull(t *testing.T) {
 	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	l := newSignInLimiter(2, time.Minute, fake)
-	addr := func(i int) []signInKey {
-		return signInKeys(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32), signInRegister, "")
-	}
 	const flood = maxSignInBuckets + maxSignInBuckets/5
 	for i := range flood {
-		l.take(addr(i))
+		l.take(registerFrom(i))
 		if i%10 == 0 {
-			l.take(addr(i)) // a guesser: its bucket is empty
+			l.take(registerFrom(i)) // a guesser: its bucket is empty
 		}
 	}
 	if n := len(l.buckets); n > maxSignInBuckets {
 		t.Fatalf("%d buckets, want at most %d", n, maxSignInBuckets)
 	}
 	for i := 0; i < flood; i += 10 {
-		if empty, _, _ := l.take(addr(i)); empty < 0 {
+		if empty, _, _ := l.take(registerFrom(i)); empty < 0 {
 			t.Fatalf("guessing address %d got another attempt: the overflow pushed its emptied bucket out", i)
 		}
 	}
@@ -137,21 +137,18 @@ func TestSignInLimiterKeepsGuessersWhenFull(t *testing.T) {
 func TestSignInLimiterKeepsEarlierGuessers(t *testing.T) {
 	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	l := newSignInLimiter(2, time.Minute, fake)
-	addr := func(i int) []signInKey {
-		return signInKeys(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32), signInRegister, "")
-	}
 	const guessers = 1000
 	for i := range guessers {
-		l.take(addr(i))
-		l.take(addr(i))
+		l.take(registerFrom(i))
+		l.take(registerFrom(i))
 	}
 	fake.Advance(time.Millisecond)
 	for i := guessers; i < guessers+maxSignInBuckets+maxSignInBuckets/5; i++ {
-		l.take(addr(i))
-		l.take(addr(i))
+		l.take(registerFrom(i))
+		l.take(registerFrom(i))
 	}
 	for i := range guessers {
-		if empty, _, _ := l.take(addr(i)); empty < 0 {
+		if empty, _, _ := l.take(registerFrom(i)); empty < 0 {
 			t.Fatalf("guessing address %d got another attempt: a flood of emptied buckets pushed its own out", i)
 		}
 	}
