@@ -62,6 +62,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+	// The reports' folders are made before a run of minutes, which would
+	// otherwise fail at its end for want of them.
+	for _, path := range []string{*md, *js, *cpuprofile} {
+		if path != "" {
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				return err
+			}
+		}
+	}
 	if *render != "" {
 		raw, err := os.ReadFile(*render)
 		if err != nil {

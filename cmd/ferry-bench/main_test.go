@@ -47,6 +47,14 @@ func TestRenderAJSONReport(t *testing.T) {
 	if !strings.Contains(out.String(), "| ferry | 10 |") {
 		t.Fatalf("rendered report lacks the idle row:\n%s", out.String())
 	}
+	// Into a folder that does not exist yet: it is made.
+	md := filepath.Join(t.TempDir(), "new", "report.md")
+	if err := run(t.Context(), []string{"--render", path, "--md", md}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("render into a new folder: %v", err)
+	}
+	if _, err := os.Stat(md); err != nil {
+		t.Fatal(err)
+	}
 	if err := run(t.Context(), []string{"--render", filepath.Join(t.TempDir(), "none.json")}, io.Discard, io.Discard); err == nil {
 		t.Error("rendering a missing file succeeded")
 	}
