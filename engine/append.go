@@ -54,7 +54,7 @@ func (e *Engine) Append(ctx context.Context, a Actor, ops []model.Op) ([]AppendR
 	// Only ops are refused for want of disk space: they are what grows
 	// the store. Markers, devices and revocations write a few bytes each,
 	// and refusing them would end sessions and leave stolen devices in.
-	if err := e.disk.check(e); err != nil {
+	if err := e.disk.check(); err != nil {
 		return nil, err
 	}
 	// Copy the ops and their bodies: if ctx ends first, Append returns while

@@ -40,9 +40,9 @@ type diskRoom struct {
 // check returns ErrDiskFull while the file system has less free than the
 // engine keeps, looking again at most once per diskCheckEvery. A file
 // system that cannot tell (an in-memory one) is never full.
-func (d *diskRoom) check(e *Engine) error {
+func (d *diskRoom) check() error {
 	if d.refresh(); d.low.Load() {
-		return fmt.Errorf("%w: new messages are refused until its operator frees space; retry later", ErrDiskFull)
+		return fmt.Errorf("%w: new messages and changes are refused until its operator frees space; retry later", ErrDiskFull)
 	}
 	return nil
 }

@@ -36,7 +36,7 @@ func (s *Server) guardRequests(next http.Handler) http.Handler {
 				// As Connect does: a client that expects full duplex may hang
 				// on this connection otherwise.
 				w.Header().Set("Connection", "close")
-				_ = ew.Write(w, r, connect.NewError(connect.CodeUnimplemented, errSyncNeedsHTTP2))
+				_ = ew.Write(w, r, connect.NewError(connect.CodeUnimplemented, syncNeedsHTTP2))
 				return
 			}
 		case ferryv1connect.SyncServiceSubscribeProcedure:
@@ -49,7 +49,7 @@ func (s *Server) guardRequests(next http.Handler) http.Handler {
 	})
 }
 
-const errSyncNeedsHTTP2 = "Sync is a bidirectional stream and needs HTTP/2 (h2c with prior knowledge, or TLS with ALPN), " +
+const syncNeedsHTTP2 = "Sync is a bidirectional stream and needs HTTP/2 (h2c with prior knowledge, or TLS with ALPN), " +
 	"but this request came over HTTP/1.1; over HTTP/1.1 use Subscribe to receive and Push to send"
 
 // deadlineBody is a request body whose every read must make progress

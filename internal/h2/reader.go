@@ -177,8 +177,10 @@ func (r *reader) payload(n int) ([]byte, error) {
 		return r.next(n)
 	}
 	p := make([]byte, 0, min(n, payloadStep))
-	// Fewer than readBufSize bytes, all of them this payload's.
-	p = append(p, r.buf[r.r:r.w]...)
+	if r.w > r.r { // buf may be nil, back in the pool, when nothing is buffered
+		// Fewer than readBufSize bytes, all of them this payload's.
+		p = append(p, r.buf[r.r:r.w]...)
+	}
 	r.r, r.w = 0, 0
 	for len(p) < n {
 		if len(p) == cap(p) {
