@@ -115,9 +115,7 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		d.mu.Lock()
 		d.setStatus(func(s *Status) { *s = Status{State: StateConnecting} })
 		d.mu.Unlock()
-		token := d.token()
 		live, err := d.session(ctx, false)
-		d.noteRefused(token, err)
 		if ctx.Err() != nil {
 			if live {
 				d.ackOnStop()
@@ -228,9 +226,7 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	}()
 	attempt := 0
 	for {
-		token := d.token()
 		_, err := d.session(ctx, true)
-		d.noteRefused(token, err)
 		if errors.Is(err, errDone) {
 			return d.ackNow(ctx)
 		}
@@ -352,8 +348,9 @@ func (s *session) seen(infos []*ferryv1.ConversationInfo) {
 
 // session runs one Sync stream until it ends. It reports whether the
 // session caught up (so the backoff can reset).
-func (d *Device) session(outer context.Context, once bool) (bool, error) {
+func (d *Device) session(outer context.Context, once bool) (live bool, err error) {
 	token := d.token()
+	defer func() { d.noteRefused(token, err) }()
 	_, _, sc, err := d.clients()
 	if err != nil {
 		return false, &TerminalError{Err: err}

@@ -287,16 +287,6 @@ func padded(h frameHeader, p []byte) ([]byte, error) {
 }
 
 func (c *conn) onData(h frameHeader) error {
-	// Checked before the payload is read too, so that a client cannot make
-	// the server read (and buffer) more than the window it gave. The
-	// window only grows meanwhile: the check under the lock below repeats
-	// this one.
-	c.mu.Lock()
-	past := int64(h.length) > c.recvWin
-	c.mu.Unlock()
-	if past {
-		return connError{http2.ErrCodeFlowControl, "DATA past the connection's flow-control window"}
-	}
 	p, err := c.rd.payload(int(h.length))
 	if err != nil {
 		return err
