@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 )
 
 func TestCorpusIsDeterministic(t *testing.T) {
@@ -160,8 +162,10 @@ func TestRatiosCompareFerryWithPeersAndLimits(t *testing.T) {
 		Ingest: []IngestResult{
 			{System: "ferry", Ops: 1, OpsPerSec: 10_000},
 			{System: "ferry", Ops: 1, OpsPerSec: 20_000, Writers: 64},
+			{System: "ferry", Ops: 1, Writers: 64, Batch: 1, Rate: 10_000, Ack: Summary{P99: 12 * time.Millisecond}},
 			{System: "ferry", Ops: 1, OpsPerSec: 90_000, Rate: 90_000}, // open loop: not a throughput figure
 			{System: "peer", Ops: 1, OpsPerSec: 40_000},
+			{System: "peer", Ops: 1, Writers: 64, Batch: 1, Rate: 10_000, Ack: Summary{P99: 24 * time.Millisecond}},
 		},
 		Idle: []IdleResult{{System: "ferry", PerDevice: 30_000}, {System: "peer", PerDevice: 60_000}},
 		CatchUp: []CatchUpResult{
@@ -170,6 +174,10 @@ func TestRatiosCompareFerryWithPeersAndLimits(t *testing.T) {
 		},
 		Fanout: []FanoutResult{{System: "ferry", Devices: 1000, ConvSize: 1000, Latency: Summary{P99: 30 * time.Millisecond}}},
 		Limits: Limits{Pebble: []PebbleResult{{Committers: 64, OpsPerSec: 100_000}}, Zstd: []ZstdResult{{OpsPerBatch: 1000, Ratio: 0.25}},
+			PebbleLatency: []PebbleLatencyResult{
+				{Committers: 64, Batch: 16, Rate: 10_000, Latency: Summary{N: 1, P99: time.Millisecond}}, // another shape
+				{Committers: 64, Batch: 1, Rate: 10_000, Latency: Summary{N: 1, P99: 3 * time.Millisecond}},
+			},
 			Delivery: []DeliveryResult{{Conns: 1000, Bytes: 256, Deliveries: 5000, CPUPerDelivery: 20 * time.Microsecond}}},
 		Machine: Machine{Cores: 2},
 	}
@@ -184,6 +192,7 @@ func TestRatiosCompareFerryWithPeersAndLimits(t *testing.T) {
 	for metric, want := range map[string][]string{
 		"durable ingest":         {"0.20", "0.50"}, // best closed loop 20k vs 100k commits/s and 40k ops/s
 		"idle memory per device": {"–", "0.50"},
+		"ack p99 at the ack-latency target's rate (limit: Pebble synced commits at that rate)": {"4.00", "0.50"}, // 12ms over the store's 3ms and the peer's 24ms
 		"fan-out to 1k devices":  {"3.00", "–"}, // p99 30ms over 1000 x 20µs on 2 cores
 		"catch-up wire bytes / payload (limit: zstd's ratio on 1000-op batches)": {"1.20", "–"}, // 0.30 of raw vs zstd's 0.25
 	} {
@@ -191,8 +200,14 @@ func TestRatiosCompareFerryWithPeersAndLimits(t *testing.T) {
 			t.Errorf("%s: %q, want %q", metric, got[metric], want)
 		}
 	}
-	if md := r.Markdown(); !strings.Contains(md, "## Ratios") {
+	md := r.Markdown()
+	if !strings.Contains(md, "## Ratios") {
 		t.Error("the markdown report has no ratios")
+	}
+	for _, want := range []string{"12.0ms at 10k ops/s", "the store alone 3.0ms at that rate", "64 x 1 at 10k/s: p50 "} {
+		if !strings.Contains(md, want) {
+			t.Errorf("the markdown report lacks %q", want)
+		}
 	}
 }
 
@@ -592,6 +607,62 @@ func TestDeliveriesCountEveryRound(t *testing.T) {
 	}
 	if x.Conns != 16 || x.Bytes != 64 || x.Deliveries < 16 || x.Deliveries%16 != 0 || x.CPUPerDelivery < 0 {
 		t.Errorf("got %+v: want whole rounds over 16 connections of 64 bytes", x)
+	}
+}
+
+// TestPebbleLatencyCommitsOnSchedule: the store's latency limit commits
+// whole batches at the rate it is given, one latency per commit, and every
+// record it counts is in the store.
+func TestPebbleLatencyCommitsOnSchedule(t *testing.T) {
+	dir := t.TempDir()
+	const committers, batch, rate = 4, 3, 1200 // 400 commits a second, 100 each
+	x, err := PebbleLatency(dir, committers, batch, rate, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 40 commits are due in 100ms, 10 on each committer's schedule, which
+	// starts within the first interval and ends at the deadline: a late
+	// commit delays the next, which still goes.
+	if x.Committers != committers || x.Batch != batch || x.Rate != rate || x.Latency.N != 40 || x.Latency.Max <= 0 {
+		t.Fatalf("got %+v: want 40 commits of 3 records, each with its latency", x)
+	}
+	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	it, err := db.NewIter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for it.First(); it.Valid(); it.Next() {
+		n++
+	}
+	if err := it.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n != x.Latency.N*batch {
+		t.Fatalf("the store holds %d records for %d commits of %d", n, x.Latency.N, batch)
+	}
+	if _, err := PebbleLatency(t.TempDir(), 4, 1, 0, time.Millisecond); err == nil {
+		t.Fatal("no error for a rate of 0")
+	}
+}
+
+// TestLatencyShapes: the store's latency is measured once for each
+// open-loop shape, rows on a store in use sharing their new store's.
+func TestLatencyShapes(t *testing.T) {
+	got := latencyShapes([]IngestConfig{
+		{Writers: 64, Batch: 1, Rate: 10_000, Duration: time.Second},
+		{Writers: 64, Batch: 0, Rate: 5_000},
+		{Writers: 64, Batch: 16, Rate: 20_000},
+		{Writers: 64, Batch: 1, Rate: 5_000, History: 500_000},
+		{Writers: 64, Batch: 1}, // closed loop
+	})
+	want := []IngestConfig{{Writers: 64, Batch: 1, Rate: 10_000}, {Writers: 64, Batch: 1, Rate: 5_000}, {Writers: 64, Batch: 16, Rate: 20_000}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("shapes %+v, want %+v", got, want)
 	}
 }
 

@@ -62,6 +62,67 @@ func PebbleCommits(dir string, committers int, d time.Duration) (PebbleResult, e
 	return PebbleResult{Committers: committers, OpsPerSec: float64(n.Load()) / time.Since(start).Seconds()}, nil
 }
 
+// PebbleLatencyResult is raw Pebble's synced-commit latency at a fixed
+// rate: what a durable ack at that rate costs the store and the disk alone,
+// the floor under an open-loop ingest row's ack latency.
+type PebbleLatencyResult struct {
+	Committers int     `json:"committers"`
+	Batch      int     `json:"batch"` // records per commit
+	Rate       float64 `json:"rate"`  // records per second
+	Latency    Summary `json:"latency"`
+}
+
+// PebbleLatency commits batch op-sized records at a time, synced, on a
+// fresh store in dir, from committers that share rate records per second
+// as an open-loop ingest row's writers share it: each on its own schedule,
+// staggered, its latency counted from the scheduled time, so a slow commit
+// shows in the ones it delays.
+func PebbleLatency(dir string, committers, batch int, rate float64, d time.Duration) (PebbleLatencyResult, error) {
+	res := PebbleLatencyResult{Committers: committers, Batch: batch, Rate: rate}
+	if committers < 1 || batch < 1 || rate <= 0 {
+		return res, fmt.Errorf("pebble latency: %d committers of %d records at %.0f/s", committers, batch, rate)
+	}
+	db, err := pebble.Open(dir, &pebble.Options{MemTableSize: 64 << 20, Logger: quietLogger{}})
+	if err != nil {
+		return res, err
+	}
+	defer db.Close()
+	var lat Latencies
+	var failed atomic.Value
+	value := make([]byte, 150+60)
+	interval := time.Duration(float64(time.Second) * float64(committers*batch) / rate)
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for w := range committers {
+		wg.Go(func() {
+			key := make([]byte, 25)
+			binary.BigEndian.PutUint64(key[1:], uint64(w))
+			i := uint64(0)
+			for at := start.Add(time.Duration(w) * interval / time.Duration(committers)); at.Before(deadline); at = at.Add(interval) {
+				time.Sleep(time.Until(at)) // pacing the load, open loop
+				b := db.NewBatch()
+				for range batch {
+					binary.BigEndian.PutUint64(key[17:], i)
+					i++
+					_ = b.Set(key, value, nil)
+				}
+				if err := b.Commit(pebble.Sync); err != nil {
+					failed.Store(err)
+					return
+				}
+				lat.Add(time.Since(at))
+			}
+		})
+	}
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		return res, err
+	}
+	res.Latency = lat.Summary()
+	return res, nil
+}
+
 // FsyncLatency is the median latency of one synced commit on this disk.
 func FsyncLatency(dir string, samples int) (time.Duration, error) {
 	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})

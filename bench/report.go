@@ -47,11 +47,14 @@ func (m Machine) String() string {
 
 // Limits are the physical limits measured in the same run.
 type Limits struct {
-	FsyncP50    time.Duration    `json:"fsync_p50_ns"`
-	Pebble      []PebbleResult   `json:"pebble"`
-	Zstd        []ZstdResult     `json:"zstd"`
-	LoopbackMBs float64          `json:"loopback_mb_per_sec"`
-	Delivery    []DeliveryResult `json:"delivery"` // by connections, fewest first
+	FsyncP50 time.Duration  `json:"fsync_p50_ns"`
+	Pebble   []PebbleResult `json:"pebble"`
+	// PebbleLatency is raw Pebble's synced-commit latency at each
+	// open-loop ingest row's rate and shape.
+	PebbleLatency []PebbleLatencyResult `json:"pebble_latency"`
+	Zstd          []ZstdResult          `json:"zstd"`
+	LoopbackMBs   float64               `json:"loopback_mb_per_sec"`
+	Delivery      []DeliveryResult      `json:"delivery"` // by connections, fewest first
 }
 
 // transportFloor is Limits.Delivery's floor for a message to devices: from
@@ -68,6 +71,18 @@ func (l Limits) transportFloor(devices, cores int) time.Duration {
 		return 0
 	}
 	return best.Floor(devices, cores)
+}
+
+// storeLatency is the limit under an open-loop ingest row's ack latency:
+// raw Pebble's synced commits at the row's rate, from as many committers,
+// each commit as many records as a push.
+func (l Limits) storeLatency(x IngestResult) (Summary, bool) {
+	for _, p := range l.PebbleLatency {
+		if p.Committers == x.Writers && p.Batch == max(x.Batch, 1) && p.Rate == x.Rate && p.Latency.N > 0 {
+			return p.Latency, true
+		}
+	}
+	return Summary{}, false
 }
 
 // dist is how far apart two counts are, as a ratio.
@@ -182,6 +197,13 @@ func (r *Report) Markdown() string {
 		p("\nLimit, raw Pebble synced commits of one op-sized record, same disk:")
 		for _, l := range r.Limits.Pebble {
 			p(" %d committers %s/s;", l.Committers, rate(l.OpsPerSec))
+		}
+		p("\n")
+	}
+	if len(r.Limits.PebbleLatency) > 0 {
+		p("\nLimit under the open-loop rows' ack latency, raw Pebble synced commits at each row's rate on the same disk: from as many committers as the row has writers, each on its own schedule, as many records a commit as a push, latency from the scheduled commit:")
+		for _, l := range r.Limits.PebbleLatency {
+			p(" %d x %d at %s/s: p50 %s, p99 %s, p99.9 %s;", l.Committers, l.Batch, rate(l.Rate), ms(l.Latency.P50), ms(l.Latency.P99), ms(l.Latency.P999))
 		}
 		p("\n")
 	}
@@ -319,6 +341,12 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 		}
 		return best
 	}
+	ack := func(sys string) float64 {
+		if x, ok := r.ackRow(sys); ok {
+			return float64(x.Ack.P99)
+		}
+		return 0
+	}
 	fan := func(sys string) float64 {
 		for _, x := range r.Fanout {
 			if x.System == sys && x.Devices == 1000 && x.ConvSize == 1000 {
@@ -379,6 +407,12 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 		}
 	}
 	transport := float64(r.Limits.transportFloor(1000, r.Machine.Cores))
+	var store float64
+	if x, ok := r.ackRow("ferry"); ok {
+		if l, ok := r.Limits.storeLatency(x); ok {
+			store = float64(l.P99)
+		}
+	}
 	if len(peers) == 0 && pebble == 0 {
 		return nil, nil
 	}
@@ -401,6 +435,7 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 		limit string
 	}{
 		{"durable ingest, best ops/s (limit: Pebble synced commits, 64 committers)", ingest, vsPebble},
+		{"ack p99 at the ack-latency target's rate (limit: Pebble synced commits at that rate)", ack, ratio(ack("ferry"), store)},
 		{"fan-out to 1k devices, p99 (limit: the transport floor, 1k deliveries over loopback TCP)", fan, vsTransport},
 		{"idle memory per device", idle, "–"},
 		{"catch-up 10k ops over 100 conversations, time", cu, "–"},
@@ -414,6 +449,17 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 		rows = append(rows, row)
 	}
 	return rows, cols
+}
+
+// ackRow is sys's row of the ack-latency target: its first open-loop
+// ingest row.
+func (r *Report) ackRow(sys string) (IngestResult, bool) {
+	for _, x := range r.Ingest {
+		if x.System == sys && x.Rate > 0 {
+			return x, true
+		}
+	}
+	return IngestResult{}, false
 }
 
 // targets are the issue's targets with each system's figure.
@@ -465,22 +511,24 @@ func (r *Report) targets(systems []string) [][]string {
 		}
 		return ""
 	}
-	ackP99 := func(sys string) string { // the first open-loop row: the profile's target row
-		for _, x := range r.Ingest {
-			if x.System == sys && x.Rate > 0 {
-				c := fmt.Sprintf("%s at %s ops/s", ms(x.Ack.P99), rate(x.Rate))
-				switch b := x.Busy(r.Machine.Cores); {
-				case saturated(x):
-					c += fmt.Sprintf(" (saturated: %s served)", rate(x.OpsPerSec))
-				case b > 0 && x.SendLag.N > 0:
-					c += fmt.Sprintf(" (cores %s busy; pushes sent %s late at p99)", percent(b), ms(x.SendLag.P99))
-				case b > 0:
-					c += fmt.Sprintf(" (cores %s busy)", percent(b))
-				}
-				return c + inUse(sys)
-			}
+	ackP99 := func(sys string) string {
+		x, ok := r.ackRow(sys)
+		if !ok {
+			return "–"
 		}
-		return "–"
+		c := fmt.Sprintf("%s at %s ops/s", ms(x.Ack.P99), rate(x.Rate))
+		switch b := x.Busy(r.Machine.Cores); {
+		case saturated(x):
+			c += fmt.Sprintf(" (saturated: %s served)", rate(x.OpsPerSec))
+		case b > 0 && x.SendLag.N > 0:
+			c += fmt.Sprintf(" (cores %s busy; pushes sent %s late at p99)", percent(b), ms(x.SendLag.P99))
+		case b > 0:
+			c += fmt.Sprintf(" (cores %s busy)", percent(b))
+		}
+		if l, ok := r.Limits.storeLatency(x); ok {
+			c += fmt.Sprintf("; the store alone %s at that rate", ms(l.P99))
+		}
+		return c + inUse(sys)
 	}
 	fan := func(devices int) func(string) string {
 		return func(sys string) string {

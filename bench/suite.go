@@ -241,7 +241,7 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 	}
 	if p.LimitTime > 0 {
 		log.Info("measuring limits")
-		lim, err := limits(dir, p.LimitTime)
+		lim, err := limits(dir, p.LimitTime, p.IngestLatency)
 		if err != nil {
 			r.Errors = append(r.Errors, fmt.Sprintf("limits: %v", err))
 		}
@@ -323,7 +323,9 @@ func (rn *runner) on(what string, f Factory, n int, fn func([]System) error) err
 	return nil
 }
 
-func limits(dir string, d time.Duration) (Limits, error) {
+// limits measures the physical limits, for d each; the store's latency at
+// the rate and shape of each open-loop ingest row in rows.
+func limits(dir string, d time.Duration, rows []IngestConfig) (Limits, error) {
 	var l Limits
 	var err error
 	if l.FsyncP50, err = FsyncLatency(filepath.Join(dir, "fsync"), 200); err != nil {
@@ -335,6 +337,13 @@ func limits(dir string, d time.Duration) (Limits, error) {
 			return l, err
 		}
 		l.Pebble = append(l.Pebble, res)
+	}
+	for i, row := range latencyShapes(rows) {
+		res, err := PebbleLatency(filepath.Join(dir, fmt.Sprintf("pebble-latency-%d", i)), row.Writers, row.Batch, row.Rate, d)
+		if err != nil {
+			return l, err
+		}
+		l.PebbleLatency = append(l.PebbleLatency, res)
 	}
 	for _, n := range []int{100, 1000} {
 		res, err := Zstd(n, d)
@@ -360,6 +369,20 @@ func limits(dir string, d time.Duration) (Limits, error) {
 		l.Delivery = append(l.Delivery, res)
 	}
 	return l, nil
+}
+
+// latencyShapes are the open-loop rows' writers, pushes and rates, each
+// once: the rows on a store in use share their shape with a row on a new
+// one, and the limit is the same disk's at that rate.
+func latencyShapes(rows []IngestConfig) []IngestConfig {
+	var shapes []IngestConfig
+	for _, row := range rows {
+		shape := IngestConfig{Writers: row.Writers, Batch: max(row.Batch, 1), Rate: row.Rate}
+		if row.Rate > 0 && row.Writers > 0 && !slices.Contains(shapes, shape) {
+			shapes = append(shapes, shape)
+		}
+	}
+	return shapes
 }
 
 // openFiles is how many files this process may open (Go raises the soft
