@@ -101,7 +101,9 @@ class App {
 
   private draw(): void {
     const s = this.c.session;
-    $("signin").classList.toggle("hidden", !!s);
+    // A device the server refused (revoked) may sign in again over its
+    // session, keeping what it queued.
+    $("signin").classList.toggle("hidden", !!s && this.c.status().state !== "failed");
     $("sidebar").classList.toggle("hidden", !s);
     $("chat").classList.toggle("hidden", !s || !this.open);
     $("signout").classList.toggle("hidden", !s);

@@ -33,7 +33,8 @@ export interface Status {
   /**
    * The last error, retryable or not. With state "failed" it is one that
    * retrying cannot fix (the device was revoked, or its token is wrong):
-   * the client stopped; start() tries again.
+   * the client stopped; start() tries again, and login() signs it in
+   * again without signOut().
    */
   lastError?: string;
 }
@@ -258,26 +259,51 @@ export class FerryClient {
 
   /**
    * Creates an account and signs this device in as its first device. A
-   * signed-in device refuses, before it asks the server: sign out first.
+   * signed-in device refuses, before it asks the server: sign out first;
+   * unless the server refused its session, which this replaces as login()
+   * does.
    */
   async register(username: string, password: string, displayName = ""): Promise<Session> {
     this.mustBeSignedOut();
-    const res = await this.accounts.register({ username, password, displayName, deviceName: this.opts.deviceName });
-    return this.signedIn(res.session);
+    return this.replacingRefused(async () => {
+      const res = await this.accounts.register({ username, password, displayName, deviceName: this.opts.deviceName });
+      return this.signedIn(res.session);
+    });
   }
 
   /**
    * Signs this device in: a new device of the account. A signed-in device
-   * refuses, before it asks the server: sign out first.
+   * refuses, before it asks the server: sign out first. A device whose
+   * session the server refused (it was revoked; status "failed") may log
+   * in without signing out: as the same user, it keeps what it holds, its
+   * queued messages too, which go out from the new session; as another
+   * user, it starts over empty.
    */
   async login(username: string, password: string): Promise<Session> {
     this.mustBeSignedOut();
-    const res = await this.accounts.login({ username, password, deviceName: this.opts.deviceName });
-    return this.signedIn(res.session);
+    return this.replacingRefused(async () => {
+      const res = await this.accounts.login({ username, password, deviceName: this.opts.deviceName });
+      return this.signedIn(res.session);
+    });
   }
 
   private mustBeSignedOut(): void {
-    if (this.meta.session) throw new Error("ferry: this device is signed in; sign out first");
+    if (this.meta.session && !this.meta.refused) throw new Error("ferry: this device is signed in; sign out first");
+  }
+
+  // replacingRefused runs a sign-in. Over a refused session, the device
+  // stops syncing first, so that nothing of that session lands after the
+  // sign-in, and starts again after if it was running (start() after the
+  // refusal retries).
+  private async replacingRefused(signIn: () => Promise<Session>): Promise<Session> {
+    if (!this.meta.session) return signIn();
+    const running = this.run !== undefined || this.restart;
+    await this.stop();
+    try {
+      return await signIn();
+    } finally {
+      if (running) this.start();
+    }
   }
 
   // forgetAccount drops what the client holds in memory for the account it
@@ -295,12 +321,42 @@ export class FerryClient {
     if (!s) throw new Error("ferry: the server answered without a session");
     this.mustBeSignedOut(); // another sign-in finished meanwhile
     const session: Session = { userId: s.userId, deviceId: s.deviceId, token: s.token, username: s.username };
+    if (this.meta.session?.userId === session.userId) {
+      await this.resignedIn(session);
+      return session;
+    }
     // A new device: nothing of a previous account stays.
     this.forgetAccount();
     await this.commit(() => ({ clear: true, meta: { ...emptyMeta(), session } }));
-    this.setStatus({ state: "offline", pending: 0 });
+    this.setStatus({ state: "offline", pending: 0, lastError: undefined });
     this.emit({ kind: "conversations" });
     return session;
+  }
+
+  // resignedIn replaces a refused session with the same user's new one.
+  // The replica stays: the conversations and ops are the user's, and the
+  // feed position theirs to resume from. The queued ops become the new
+  // device's: its id, and its dots from 1 in each conversation, in the
+  // order they were given; ops the server refused stay as they were.
+  private async resignedIn(session: Session): Promise<void> {
+    const reads = new Map(this.reads); // the user's, not yet sent
+    this.forgetAccount();
+    for (const [id, read] of reads) this.reads.set(id, read);
+    await this.commit(() => {
+      const pending = [...this.outbox.values()].filter((e) => e.failed === undefined).sort((a, b) => a.dot - b.dot);
+      const dots: Record<string, number> = {};
+      const outboxPut = pending.map((e) => {
+        const dot = (dots[e.convId] ?? 0) + 1;
+        dots[e.convId] = dot;
+        const op = fromBinary(OpSchema, e.op);
+        op.deviceId = session.deviceId;
+        op.dot = BigInt(dot);
+        return { ...e, dot, op: toBinary(OpSchema, op) };
+      });
+      return { meta: { ...this.meta, session, refused: undefined, dots }, outboxPut };
+    });
+    this.setStatus({ state: "offline", pending: this.pendingCount(), lastError: undefined });
+    this.emit({ kind: "conversations" });
   }
 
   /**
@@ -752,6 +808,7 @@ export class FerryClient {
     this.attempt = 0;
     while (!signal.aborted) {
       let delay: number | undefined;
+      const token = this.meta.session?.token; // the session's
       try {
         this.setStatus({ state: "connecting" });
         delay = await this.runSession(signal);
@@ -763,7 +820,11 @@ export class FerryClient {
         this.setStatus({ lastError: ce.message });
         if (ce.code === Code.Unauthenticated || ce.code === Code.PermissionDenied) {
           // Terminal: the device was revoked or its token is wrong. The
-          // run ends, so that start() tries again.
+          // run ends, so that start() tries again; a refused token is
+          // noted, for login() to replace (if it is still the device's).
+          if (ce.code === Code.Unauthenticated && token && token === this.meta.session?.token && !this.meta.refused) {
+            await this.commit(() => ({ meta: { ...this.meta, refused: true } })).catch(() => {});
+          }
           if (this.run?.ctrl.signal === signal) {
             this.run = undefined;
             globalThis.removeEventListener?.("online", this.onOnline);
@@ -840,6 +901,12 @@ export class FerryClient {
           if (m.value.limits?.maxOpsPerPush) this.maxOpsPerPush = m.value.limits.maxOpsPerPush;
           if (m.value.limits?.maxBodyBytes) this.maxBodyBytes = m.value.limits.maxBodyBytes;
           this.setStatus({ state: "catching-up", missingOps: Number(m.value.missingOps), receivedOps: 0, lastError: undefined });
+          if (this.meta.refused) {
+            // The refusal was not for good (a proxy that dropped the
+            // header, a server restored from a backup that knew the
+            // device): the session is the device's again.
+            await this.commit(() => ({ meta: { ...this.meta, refused: undefined } }));
+          }
           this.places = this.reservePlaces(m.value.changedConversations);
           void this.flush();
           void this.sendAcks().catch(() => {});

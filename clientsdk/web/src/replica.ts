@@ -21,6 +21,12 @@ export interface Meta {
   feedPos: string;
   /** Per conversation, the highest dot this device has given an op. */
   dots: Record<string, number>;
+  /**
+   * Set when the server refused the session's token (the device was
+   * revoked): login() and register() may then replace the session without
+   * a signOut(). Cleared when a session with the same token is welcomed.
+   */
+  refused?: boolean;
 }
 
 /** A member's delivered and read positions. */

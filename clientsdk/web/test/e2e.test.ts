@@ -10,7 +10,11 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, test } from "node:test";
 
+import { createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+
+import { AccountService } from "../src/gen/ferry/v1/account_pb.js";
 
 import { goBuild, startServer, type Server } from "./server.js";
 
@@ -199,5 +203,41 @@ test("a long conversation draws its newest messages, and older ones when asked",
   await page.waitForFunction(() => document.querySelectorAll("#messages .msg").length === 130);
   assert.equal((await texts(page))[0], "long 1");
   assert.equal(await page.locator("#messages button:text('show older messages')").count(), 0);
+  await ctx.close();
+});
+
+test("a revoked browser signs in again from the form, and what it queued goes out", { timeout: 60_000 }, async () => {
+  const ctx = await browser.newContext();
+  const page = await signUp(ctx, "fay");
+  await page.fill("#title", "notes");
+  await page.click("#newconv button");
+  const conv = await (await page.waitForSelector("[data-conv]")).getAttribute("data-conv") as string;
+  await page.click(`[data-conv="${conv}"]`);
+
+  // Another device of fay's revokes the browser.
+  let token = "";
+  const auth: Interceptor = (next) => async (req) => {
+    if (token) req.header.set("Authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
+  token = (await accounts.login({ username: "fay", password: "correct horse battery", deviceName: "other" })).session!.token;
+  const revoked = await page.evaluate(() => (globalThis as any).ferry.session.deviceId);
+  await accounts.revokeDevice({ deviceId: revoked });
+  await page.waitForSelector('#status[data-state="failed"]');
+
+  // Written while refused: it waits in the outbox.
+  await page.fill("#text", "written while revoked");
+  await page.press("#text", "Enter");
+  await page.waitForFunction(() => (globalThis as any).ferry.status().pending === 1);
+  await page.waitForSelector("#signin", { state: "visible" });
+  await shot(page, "8-revoked-sign-in-again");
+  await page.fill("#username", "fay");
+  await page.fill("#password", "correct horse battery");
+  await page.click("#login");
+  await page.waitForSelector('#status[data-state="live"]');
+  await page.waitForFunction((c) => (globalThis as any).ferry.messages(c).some((m: any) => m.text === "written while revoked" && m.seq > 0), conv);
+  assert.notEqual(await page.evaluate(() => (globalThis as any).ferry.session.deviceId), revoked);
+  assert.deepEqual(await texts(page), ["written while revoked"]);
   await ctx.close();
 });

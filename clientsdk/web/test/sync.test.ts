@@ -619,6 +619,95 @@ test("a revoked device fails, and start tries again", { timeout: 60_000 }, async
   off();
 });
 
+test("a revoked device logs in again without signing out, keeping what it holds and sending what it queued", { timeout: 60_000 }, async () => {
+  const c = await open();
+  const username = await signUp(c, "alice");
+  const conv = await c.createConversation("notes", []);
+  await c.send(conv, "before");
+  await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
+  await assert.rejects(c.login(username, "correct horse battery"), /sign out first/);
+  const first = c.session!.deviceId;
+  let token = "";
+  const auth: Interceptor = (next) => async (req) => {
+    if (token) req.header.set("Authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
+  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
+  await accounts.revokeDevice({ deviceId: first });
+  await c.waitFor(() => c.status().state === "failed");
+  // Queued while refused: two messages, so that both take new dots.
+  await c.send(conv, "queued 1");
+  await c.send(conv, "queued 2");
+  c.start(); // retrying, as an app might: the sign-in stops it first
+  await c.login(username, "correct horse battery");
+  assert.notEqual(c.session!.deviceId, first);
+  assert.deepEqual(texts(c.messages(conv)), ["before", "queued 1", "queued 2"], "the replica and the outbox stay for the same user");
+  await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
+  assert.ok(c.messages(conv).every((m) => m.status !== "failed"), JSON.stringify(c.messages(conv).map((m) => m.error)));
+  // Another device of alice's sees each message once, the queued ones
+  // from the new device.
+  const other = await open();
+  await other.login(username, "correct horse battery");
+  other.start();
+  await other.waitFor(() => texts(other.messages(conv)).length === 3 && other.status().state === "live");
+  assert.deepEqual(texts(other.messages(conv)), ["before", "queued 1", "queued 2"]);
+  const history = await createClient(SyncService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }))
+    .history({ conversationId: conv, range: { case: "afterSeq", value: 0n } });
+  const devices = history.ops.map((op) => op.deviceId);
+  assert.deepEqual(devices.slice(-2), [c.session!.deviceId, c.session!.deviceId], "the queued ops went out as the new device's");
+  assert.deepEqual(history.ops.slice(-2).map((op) => op.dot), [1n, 2n]);
+
+  // Refused again, it signs in as another user: the replica starts over.
+  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "third" })).session!.token;
+  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  await c.waitFor(() => c.status().state === "failed");
+  const bob = name("bob");
+  await c.register(bob, "correct horse battery");
+  assert.equal(c.session!.username, bob);
+  assert.deepEqual(c.conversations(), [], "alice's conversations stay hidden from bob");
+});
+
+test("a refusal outlives a reload, and one the server takes back is forgotten", { timeout: 60_000 }, async () => {
+  // A Subscribe goes without its token while strip > 0, as through a
+  // proxy that dropped the header: the server refuses it as
+  // unauthenticated.
+  let strip = 1;
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    if (String(input).endsWith("/ferry.v1.SyncService/Subscribe") && strip > 0) {
+      strip--;
+      const headers = new Headers(init?.headers);
+      headers.delete("Authorization");
+      init = { ...init, headers };
+    }
+    return globalThis.fetch(input, init);
+  };
+  const factory = new IDBFactory();
+  const reopen = async () => {
+    const c = await FerryClient.open({ baseUrl: server.url, sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch, replica: await IndexedDBReplica.open("refused", { factory }) });
+    clients.push(c);
+    return c;
+  };
+  let c = await reopen();
+  const username = await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "failed");
+  await c.stop();
+  // The page reloads: the refusal is kept, and a login replaces the
+  // session without a signOut.
+  c = await reopen();
+  const refused = c.session!.deviceId;
+  await c.login(username, "correct horse battery");
+  assert.notEqual(c.session!.deviceId, refused);
+  // Refused once more, then welcomed with the same token: the device is
+  // signed in again, and a login is refused as on any signed-in device.
+  strip = 1;
+  c.start();
+  await c.waitFor(() => c.status().state === "failed");
+  c.start();
+  await c.waitFor(() => c.status().state === "live");
+  await assert.rejects(c.login(username, "correct horse battery"), /sign out first/);
+});
+
 test("options that would spin are refused; waitFor with an aborted signal rejects at once", async () => {
   await assert.rejects(FerryClient.open({ baseUrl: server.url, minBackoffMs: 0 }), /minBackoffMs/);
   await assert.rejects(FerryClient.open({ baseUrl: server.url, minBackoffMs: 10, maxBackoffMs: 5 }), /maxBackoffMs/);
