@@ -270,3 +270,70 @@ func TestSignInLimiterIPv6Sites(t *testing.T) {
 		t.Fatal("another site's registration refused")
 	}
 }
+
+// TestSignInLimiterUsernameOverAllAddresses: failed logins as a username
+// spend from its bucket over all addresses, loginsPerUser times an
+// address's and refilling as many times as fast; an address the user
+// signed in from skips it, until knownFor has passed.
+func TestSignInLimiterUsernameOverAllAddresses(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l := newSignInLimiter(2, time.Minute, fake)
+	addr := func(i int) netip.Prefix { return netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), 32) }
+	home := addr(200)
+	l.signedIn(home, "Alice") // normalized: the key is alice's
+	if k := l.loginKeys(home, "alice"); len(k) != 2 {
+		t.Fatalf("keys of a login from an address alice signed in from: %+v, want the address's and alice's there", k)
+	}
+	keys := l.loginKeys(addr(0), "ALICE")
+	if len(keys) != 3 || !keys[2].everywhere() || keys[2].user != "alice" || keys[2].what() != `failed logins as "alice" from all addresses` {
+		t.Fatalf("keys of a login from a new address: %+v, want alice's over all addresses last", keys)
+	}
+	// Ten addresses fail twice each: 20, what alice's bucket over all
+	// addresses holds (2 x loginsPerUser).
+	for i := range loginsPerUser {
+		for range 2 {
+			if empty, _, _ := l.take(l.loginKeys(addr(i), "alice")); empty >= 0 {
+				t.Fatalf("address %d refused before alice's bucket over all addresses was empty", i)
+			}
+		}
+	}
+	next := l.loginKeys(addr(loginsPerUser), "alice")
+	empty, wait, _ := l.take(next)
+	if empty != 2 || wait != 6*time.Second {
+		t.Fatalf("an eleventh address: empty bucket %d, wait %v; want alice's over all addresses (2), 6s (it regains ten a minute)", empty, wait)
+	}
+	if empty, _, _ := l.take(l.loginKeys(home, "alice")); empty >= 0 {
+		t.Fatal("alice refused at an address she signed in from")
+	}
+	if empty, _, _ := l.take(l.loginKeys(addr(loginsPerUser), "bob")); empty >= 0 {
+		t.Fatal("bob refused: the spent bucket is alice's")
+	}
+	fake.Advance(6 * time.Second)
+	if empty, _, _ := l.take(next); empty >= 0 {
+		t.Fatal("the eleventh address refused after alice's bucket regained an attempt")
+	}
+	// Known for knownFor only.
+	fake.Advance(knownFor)
+	if k := l.loginKeys(home, "alice"); len(k) != 3 {
+		t.Fatalf("keys of a login from an address alice signed in from %v ago: %+v, want alice's over all addresses too", knownFor, k)
+	}
+}
+
+// TestSignInLimiterKnownAddressesStayBounded: the known addresses keep to
+// maxKnownSignIns, the oldest going first.
+func TestSignInLimiterKnownAddressesStayBounded(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l := newSignInLimiter(1, time.Minute, fake)
+	first := registerFrom(0)[0].addr
+	l.signedIn(first, "alice")
+	for i := 1; i <= maxKnownSignIns; i++ {
+		fake.Advance(time.Millisecond)
+		l.signedIn(registerFrom(i)[0].addr, "alice")
+	}
+	if n := len(l.known); n > maxKnownSignIns {
+		t.Fatalf("%d known addresses, more than %d", n, maxKnownSignIns)
+	}
+	if l.knows(first, "alice") || !l.knows(registerFrom(maxKnownSignIns)[0].addr, "alice") {
+		t.Fatal("making room forgot the newest address, or kept the oldest")
+	}
+}
