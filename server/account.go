@@ -20,7 +20,7 @@ func sessionToProto(c engine.Credentials) *ferryv1.DeviceSession {
 
 func (h accountService) Register(ctx context.Context, req *ferryv1.RegisterRequest) (*ferryv1.RegisterResponse, error) {
 	var c engine.Credentials
-	err := h.s.register(ctx, req.GetUsername(), func() (err error) {
+	err := h.s.register(ctx, func() (err error) {
 		c, err = h.s.eng.Register(ctx, engine.NewAccount{
 			Username:    req.GetUsername(),
 			Password:    req.GetPassword(),

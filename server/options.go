@@ -62,9 +62,7 @@ type Options struct {
 	// ten times as many logins over all usernames, so users behind one
 	// address do not lock each other out. An IPv6 /48 (a site, with
 	// 65,536 /64s) may make sixteen times an address's, and regains them
-	// sixteen times as fast. A username may fail ten times as many logins
-	// from all addresses together, regaining ten every SignInRefill, but
-	// from an address its user signed in from in the last 30 days. Successful logins, malformed
+	// sixteen times as fast. Successful logins, malformed
 	// requests and attempts the server failed do not count. Default 10;
 	// negative turns the limit off.
 	SignInLimit int

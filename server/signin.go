@@ -32,15 +32,6 @@ import (
 //     stopped by the address's bucket.
 //   - A registration, made or refused, spends from its address's bucket
 //     for registrations.
-//   - A failed login also spends from its username's bucket over all
-//     addresses, which holds loginsPerUser times as many and regains as
-//     many times as fast: guessers spread over many addresses (a botnet)
-//     get ten guesses a minute at a username by default, not one per
-//     address. Its user's own logins from an address they signed in from
-//     within knownFor neither spend from it nor wait for it: guessers who
-//     keep it empty hold up only sign-ins of new devices from new places
-//     (a device, once signed in, never logs in again). Known addresses
-//     are kept in memory: after a restart, none is known.
 //   - A successful login spends nothing, so a user who mistypes a few
 //     times is not held up; a guesser gets one guess a minute by default.
 //
@@ -56,21 +47,6 @@ import (
 // loginsPerAddress is how many times SignInLimit failed logins an address
 // may make over all usernames.
 const loginsPerAddress = 10
-
-// loginsPerUser is how many times SignInLimit failed logins a username may
-// take from all addresses together, and how many times as fast its bucket
-// refills.
-const loginsPerUser = 10
-
-// knownFor is how long an address a user signed in from (a successful
-// login or registration) skips their username's bucket over all
-// addresses.
-const knownFor = 30 * 24 * time.Hour
-
-// maxKnownSignIns bounds the known addresses kept (about 10 MB). Only a
-// correct password adds one, so guessers cannot fill it; past it, the
-// expired go, then the oldest.
-const maxKnownSignIns = 100_000
 
 // An IPv6 site is a /48; its buckets hold addressesPerSite times an
 // address's.
@@ -89,17 +65,11 @@ const maxSignInBuckets = 100_000
 
 // signInKey names a bucket.
 type signInKey struct {
-	addr netip.Prefix // invalid for a username's bucket over all addresses
+	addr netip.Prefix
 	kind signInKind
 	// user is the normalized username of a login bucket of one user; empty
 	// for the address's.
 	user string
-}
-
-// knownKey is an address a user signed in from.
-type knownKey struct {
-	addr netip.Prefix
-	user string // normalized
 }
 
 type signInKind uint8
@@ -116,7 +86,6 @@ type signInLimiter struct {
 
 	mu      sync.Mutex
 	buckets map[signInKey]*bucket
-	known   map[knownKey]time.Time // when the user last signed in from the address
 }
 
 // bucket holds tokens as of at. The sign-in and push limiters fill it.
@@ -140,74 +109,7 @@ func newSignInLimiter(limit int, refill time.Duration, c clock.Clock) *signInLim
 	if limit <= 0 {
 		return nil // off
 	}
-	return &signInLimiter{limit: limit, refill: refill, clock: c, buckets: map[signInKey]*bucket{}, known: map[knownKey]time.Time{}}
-}
-
-// loginKeys are the buckets a login as username from addr spends from:
-// signInKeys's, and the username's over all addresses unless its user
-// signed in from addr within knownFor.
-func (l *signInLimiter) loginKeys(addr netip.Prefix, username string) []signInKey {
-	keys := signInKeys(addr, signInLogin, username)
-	if l == nil || len(keys) == 0 {
-		return keys
-	}
-	if u := keys[len(keys)-1].user; u != "" && !l.knows(addr, u) {
-		keys = append(keys, signInKey{kind: signInLogin, user: u})
-	}
-	return keys
-}
-
-// knows reports whether user signed in from addr within knownFor.
-func (l *signInLimiter) knows(addr netip.Prefix, user string) bool {
-	now := l.clock.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	at, ok := l.known[knownKey{addr, user}]
-	return ok && now.Sub(at) < knownFor
-}
-
-// signedIn notes that username signed in from addr: its logins from there
-// skip its bucket over all addresses for knownFor.
-func (l *signInLimiter) signedIn(addr netip.Prefix, username string) {
-	u, err := engine.NormalizeUsername(username)
-	if l == nil || !addr.IsValid() || err != nil {
-		return
-	}
-	now := l.clock.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	k := knownKey{addr, u}
-	if _, ok := l.known[k]; !ok && len(l.known) >= maxKnownSignIns {
-		l.forgetOldest(now)
-	}
-	l.known[k] = now
-}
-
-// forgetOldest makes room in the known addresses: it drops the expired,
-// then, if that freed less than a tenth of the table, the oldest until a
-// tenth is free. l.mu is held.
-func (l *signInLimiter) forgetOldest(now time.Time) {
-	for k, at := range l.known {
-		if now.Sub(at) >= knownFor {
-			delete(l.known, k)
-		}
-	}
-	excess := len(l.known) - maxKnownSignIns*9/10
-	if excess <= 0 {
-		return
-	}
-	type seen struct {
-		k  knownKey
-		at time.Time
-	}
-	all := make([]seen, 0, len(l.known))
-	for k, at := range l.known {
-		all = append(all, seen{k, at})
-	}
-	slices.SortFunc(all, func(a, b seen) int { return a.at.Compare(b.at) })
-	for _, x := range all[:excess] {
-		delete(l.known, x.k)
-	}
+	return &signInLimiter{limit: limit, refill: refill, clock: c, buckets: map[signInKey]*bucket{}}
 }
 
 // signInKeys are the buckets a sign-in of kind (by username, for a login)
@@ -233,11 +135,8 @@ func signInKeys(addr netip.Prefix, kind signInKind, username string) []signInKey
 // size is how many tokens k's bucket holds when full.
 func (l *signInLimiter) size(k signInKey) float64 {
 	n := l.limit
-	switch {
-	case k.kind == signInLogin && k.user == "":
+	if k.kind == signInLogin && k.user == "" {
 		n *= loginsPerAddress
-	case k.everywhere():
-		n *= loginsPerUser
 	}
 	if k.site() {
 		n *= addressesPerSite
@@ -247,9 +146,6 @@ func (l *signInLimiter) size(k signInKey) float64 {
 
 // site reports whether k is an IPv6 site's bucket.
 func (k signInKey) site() bool { return k.addr.Addr().Is6() && k.addr.Bits() == ipv6SiteBits }
-
-// everywhere reports whether k is a username's bucket over all addresses.
-func (k signInKey) everywhere() bool { return k.user != "" && !k.addr.IsValid() }
 
 // take spends one attempt from every bucket of keys, or from none when one
 // is empty. Then it reports which (its index in keys; -1 when none is),
@@ -302,8 +198,6 @@ func (k signInKey) what() string {
 	switch {
 	case k.kind == signInRegister:
 		return "registrations from " + from
-	case k.everywhere():
-		return fmt.Sprintf("failed logins as %q from all addresses", k.user)
 	case k.user != "":
 		return fmt.Sprintf("failed logins as %q from %s", k.user, from)
 	}
@@ -330,14 +224,10 @@ func (l *signInLimiter) fill(b *bucket, k signInKey, now time.Time) {
 }
 
 // rate is how many attempts k's bucket regains per refill period: an
-// IPv6 site's as many as its addresses', a username's over all addresses
-// loginsPerUser, the rest one.
+// IPv6 site's as many as its addresses', the rest one.
 func (k signInKey) rate() float64 {
-	switch {
-	case k.site():
+	if k.site() {
 		return addressesPerSite
-	case k.everywhere():
-		return loginsPerUser
 	}
 	return 1
 }
@@ -386,32 +276,21 @@ func (l *signInLimiter) makeRoom(now time.Time, n int) {
 }
 
 // login runs a login under the limiter: refused at once when the
-// username at the caller's address, the address, its IPv6 site, or the
-// username over all addresses (unless its user signed in from this one
-// before) has no attempt left. Only wrong credentials count: the attempt
-// is given back otherwise.
+// username at the caller's address, the address, or its IPv6 site has no
+// attempt left.
+// Only wrong credentials count: the attempt is given back otherwise.
 func (s *Server) login(ctx context.Context, username string, attempt func() error) error {
-	addr := s.clientAddr(ctx)
-	err := s.signIn(s.signIns.loginKeys(addr, username), attempt,
+	return s.signIn(signInKeys(s.clientAddr(ctx), signInLogin, username), attempt,
 		func(err error) bool { return errors.Is(err, engine.ErrUnauthenticated) })
-	if err == nil {
-		s.signIns.signedIn(addr, username)
-	}
-	return err
 }
 
-// register runs a registration of username under the limiter. Every
-// registration counts, made or refused for a taken username (accounts are
-// not free to make, and names not free to probe), but a malformed one,
-// refused before anything is looked up or hashed.
-func (s *Server) register(ctx context.Context, username string, attempt func() error) error {
-	addr := s.clientAddr(ctx)
-	err := s.signIn(signInKeys(addr, signInRegister, ""), attempt,
+// register runs a registration under the limiter. Every registration
+// counts, made or refused for a taken username (accounts are not free to
+// make, and names not free to probe), but a malformed one, refused before
+// anything is looked up or hashed.
+func (s *Server) register(ctx context.Context, attempt func() error) error {
+	return s.signIn(signInKeys(s.clientAddr(ctx), signInRegister, ""), attempt,
 		func(err error) bool { return !errors.Is(err, engine.ErrInvalid) })
-	if err == nil {
-		s.signIns.signedIn(addr, username)
-	}
-	return err
 }
 
 // signIn runs a sign-in spending from keys' buckets: refused at once when
@@ -423,11 +302,7 @@ func (s *Server) signIn(keys []signInKey, attempt func() error, counts func(erro
 	if i, wait, warn := s.signIns.take(keys); i >= 0 {
 		s.stats.signInsLimited.Add(1)
 		if warn {
-			client := keys[i].addr
-			if !client.IsValid() { // the username's bucket over all addresses
-				client = keys[0].addr
-			}
-			s.log.Warn("sign-ins throttled: too many "+keys[i].what(), "client", client, "retry_in", wait)
+			s.log.Warn("sign-ins throttled: too many "+keys[i].what(), "client", keys[i].addr, "retry_in", wait)
 		}
 		return throttled(fmt.Sprintf("too many %s; retry in %s", keys[i].what(), wait), wait)
 	}

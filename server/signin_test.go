@@ -143,54 +143,6 @@ func TestSignInLimit(t *testing.T) {
 	}
 }
 
-// TestSignInLimitOverAllAddresses: guessers spread over many addresses
-// spend one budget of the username's; once it is empty a login as it from
-// a new address is refused, even with the right password, until the clock
-// gives it another, while its user logs in from where they signed up.
-func TestSignInLimitOverAllAddresses(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
-		o.SignInLimit, o.SignInRefill, o.ClientIPHeader = 1, time.Minute, "X-Forwarded-For"
-	}})
-	acc := srv.Clients("").Account
-	from := func(addr string) context.Context {
-		ctx, info := connect.NewClientContext(context.Background())
-		info.RequestHeader().Set("X-Forwarded-For", addr)
-		return ctx
-	}
-	login := func(addr, password string) error {
-		_, err := acc.Login(from(addr), &ferryv1.LoginRequest{Username: "alice", Password: password, DeviceName: "d"})
-		return err
-	}
-	if _, err := acc.Register(from("192.0.2.1"), &ferryv1.RegisterRequest{Username: "alice", Password: "correct horse", DeviceName: "d"}); err != nil {
-		t.Fatal(err)
-	}
-	// Ten addresses guess once each (SignInLimit 1 each): ten of alice's
-	// ten attempts over all addresses.
-	for i := range 10 {
-		if err := login(fmt.Sprintf("203.0.113.%d", i+1), "wrong"); connect.CodeOf(err) != connect.CodeUnauthenticated {
-			t.Fatalf("guess %d: %v, want unauthenticated", i, err)
-		}
-	}
-	err := login("198.51.100.7", "correct horse")
-	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), `failed logins as "alice" from all addresses; retry in 6s`) {
-		t.Fatalf("alice from a new address after ten guesses elsewhere: %v, want resource_exhausted saying so", err)
-	}
-	if err := login("192.0.2.1", "correct horse"); err != nil {
-		t.Fatalf("alice from the address she signed up from: %v", err)
-	}
-	srv.Clock.Advance(6 * time.Second) // ten a minute
-	if err := login("198.51.100.7", "correct horse"); err != nil {
-		t.Fatalf("after 6s, from the new address: %v", err)
-	}
-	// Signed in from there, she is not held up there by the next guesses.
-	for i := range 2 {
-		_ = login(fmt.Sprintf("203.0.113.%d", i+20), "wrong")
-	}
-	if err := login("198.51.100.7", "correct horse"); err != nil {
-		t.Fatalf("from the address she signed in from: %v", err)
-	}
-}
-
 // TestSignInLimitOffAndPeerAddress: without the header option the
 // connection's address counts (every test client is 127.0.0.1, whatever it
 // writes in X-Forwarded-For), and a negative limit turns the limit off.
