@@ -196,6 +196,7 @@ export class FerryClient {
   private current?: AbortController; // ends the current session
   private readonly onOnline = () => this.reconnectNow();
   private readonly onOffline = () => this.current?.abort(new ConnectError("the browser went offline", Code.Unavailable));
+  private entryDevices = new WeakMap<OutboxEntry, string>();
   private acking = false;
   private ackWait?: { due: number; ctrl: AbortController }; // the wait running
   private ackDue = false; // a wait ended: what waits goes now
@@ -274,10 +275,12 @@ export class FerryClient {
   /**
    * Signs this device in: a new device of the account. A signed-in device
    * refuses, before it asks the server: sign out first. A device whose
-   * session the server refused (it was revoked; status "failed") may log
-   * in without signing out: as the same user, it keeps what it holds, its
-   * queued messages too, which go out from the new session; as another
-   * user, it starts over empty.
+   * session the server refused as unauthenticated (it was revoked; status
+   * "failed") may log in without signing out: as the same user, it keeps
+   * what it holds, its queued messages too, which go out with the new
+   * session; as another user, it starts over empty. Syncing stops for the
+   * sign-in if it runs (a start() after the refusal retries) and starts
+   * again after; otherwise call start(), as after any sign-in.
    */
   async login(username: string, password: string): Promise<Session> {
     this.mustBeSignedOut();
@@ -293,8 +296,7 @@ export class FerryClient {
 
   // replacingRefused runs a sign-in. Over a refused session, the device
   // stops syncing first, so that nothing of that session lands after the
-  // sign-in, and starts again after if it was running (start() after the
-  // refusal retries).
+  // sign-in, and starts again after if it was running.
   private async replacingRefused(signIn: () => Promise<Session>): Promise<Session> {
     if (!this.meta.session) return signIn();
     const running = this.run !== undefined || this.restart;
@@ -335,26 +337,17 @@ export class FerryClient {
 
   // resignedIn replaces a refused session with the same user's new one.
   // The replica stays: the conversations and ops are the user's, and the
-  // feed position theirs to resume from. The queued ops become the new
-  // device's: its id, and its dots from 1 in each conversation, in the
-  // order they were given; ops the server refused stay as they were.
+  // feed position theirs to resume from. The queued ops stay as they are,
+  // the refused device's, with its dots: the server takes a user's ops
+  // from any of their devices (a revoked device's id stays its user's),
+  // and answers one it stored already, whose answer was lost, as a
+  // duplicate, which a new id and dot would make a conflict. The new
+  // device numbers its own ops from 1.
   private async resignedIn(session: Session): Promise<void> {
     const reads = new Map(this.reads); // the user's, not yet sent
     this.forgetAccount();
     for (const [id, read] of reads) this.reads.set(id, read);
-    await this.commit(() => {
-      const pending = [...this.outbox.values()].filter((e) => e.failed === undefined).sort((a, b) => a.dot - b.dot);
-      const dots: Record<string, number> = {};
-      const outboxPut = pending.map((e) => {
-        const dot = (dots[e.convId] ?? 0) + 1;
-        dots[e.convId] = dot;
-        const op = fromBinary(OpSchema, e.op);
-        op.deviceId = session.deviceId;
-        op.dot = BigInt(dot);
-        return { ...e, dot, op: toBinary(OpSchema, op) };
-      });
-      return { meta: { ...this.meta, session, refused: undefined, dots }, outboxPut };
-    });
+    await this.commit(() => ({ meta: { ...this.meta, session, refused: undefined, dots: {} } }));
     this.setStatus({ state: "offline", pending: this.pendingCount(), lastError: undefined });
     this.emit({ kind: "conversations" });
   }
@@ -747,8 +740,7 @@ export class FerryClient {
   // enqueue gives ops this device's next dots and stores them in the
   // outbox before returning; they are pushed when connected.
   private async enqueue(convId: string, payloads: Payload[], newTitle?: string): Promise<string[]> {
-    const s = this.meta.session;
-    if (!s) throw new Error("ferry: not signed in");
+    if (!this.meta.session) throw new Error("ferry: not signed in");
     const conv = this.convs.get(convId);
     if (!conv && newTitle === undefined) throw new Error(`ferry: unknown conversation ${convId}`);
     if (conv?.removed) throw new Error(`ferry: you are no longer a member of ${convId}`);
@@ -757,9 +749,12 @@ export class FerryClient {
       if (size > this.maxBodyBytes) throw new Error(`ferry: the body is ${size} bytes, more than the server's limit of ${this.maxBodyBytes}`);
     }
     // Dots are given inside the write chain, so concurrent sends never
-    // share one.
+    // share one, with the device they count for (a sign-in may have
+    // replaced it meanwhile).
     const ids: string[] = [];
     await this.commit(() => {
+      const s = this.meta.session;
+      if (!s) throw new Error("ferry: not signed in");
       let dot = this.meta.dots[convId] ?? 0;
       const now = this.opts.now();
       const entries: OutboxEntry[] = [];
@@ -818,7 +813,10 @@ export class FerryClient {
         if (signal.aborted) break;
         const ce = ConnectError.from(err);
         this.setStatus({ lastError: ce.message });
-        if (ce.code === Code.Unauthenticated || ce.code === Code.PermissionDenied) {
+        if (ce.code === Code.Unauthenticated && token !== this.meta.session?.token) {
+          // The token refused is one a sign-in replaced meanwhile: the
+          // next session goes with the new one.
+        } else if (ce.code === Code.Unauthenticated || ce.code === Code.PermissionDenied) {
           // Terminal: the device was revoked or its token is wrong. The
           // run ends, so that start() tries again; a refused token is
           // noted, for login() to replace (if it is still the device's).
@@ -1083,7 +1081,7 @@ export class FerryClient {
     while (this.flushWanted && this.connected) {
       this.flushWanted = false;
       for (;;) {
-        const next = [...this.outbox.values()].filter((e) => e.failed === undefined).sort((a, b) => a.convId.localeCompare(b.convId) || a.dot - b.dot);
+        const next = this.pushOrder([...this.outbox.values()].filter((e) => e.failed === undefined));
         if (next.length === 0 || !this.connected) break;
         const conv = next[0]!.convId;
         const batch = next.filter((e) => e.convId === conv).slice(0, this.maxOpsPerPush);
@@ -1105,6 +1103,39 @@ export class FerryClient {
     }
   }
 
+  // pushOrder sorts pending ops as they go out: by conversation, each
+  // device's in dot order, and the ops of a device a sign-in replaced
+  // (resignedIn), all written before it, ahead of the current device's;
+  // two such devices in the order of their first ops.
+  private pushOrder(entries: OutboxEntry[]): OutboxEntry[] {
+    const me = this.meta.session?.deviceId;
+    const first = new Map<string, number>(); // conv and device -> its first op's createdAt
+    for (const e of entries) {
+      const d = this.deviceOf(e);
+      if (d !== me) {
+        const k = `${e.convId}/${d}`;
+        first.set(k, Math.min(first.get(k) ?? Infinity, e.createdAt));
+      }
+    }
+    const rank = (e: OutboxEntry) => {
+      const d = this.deviceOf(e);
+      return d === me ? Infinity : first.get(`${e.convId}/${d}`)!;
+    };
+    return entries.sort((a, b) => a.convId.localeCompare(b.convId) || rank(a) - rank(b) ||
+      this.deviceOf(a).localeCompare(this.deviceOf(b)) || a.dot - b.dot);
+  }
+
+  // deviceOf is the device an outbox entry's op counts its dot for,
+  // decoded once for each entry (an entry put again is a new object).
+  private deviceOf(e: OutboxEntry): string {
+    let d = this.entryDevices.get(e);
+    if (d === undefined) {
+      d = fromBinary(OpSchema, e.op).deviceId;
+      this.entryDevices.set(e, d);
+    }
+    return d;
+  }
+
   // takeResults handles a push's answers: accepted ops leave the outbox and
   // join the replica; ops refused for good stay in it, failed, and the
   // device's later ops in their conversation are numbered again from their
@@ -1114,8 +1145,16 @@ export class FerryClient {
     await this.commit(() => {
       const me = this.meta.session!;
       const change: Change = { ops: [], outboxDelete: [], outboxPut: [] };
-      const renumber = new Map<string, number>(); // conv -> the first dot to give its pending ops
-      const lower = (convId: string, dot: number) => renumber.set(convId, Math.min(renumber.get(convId) ?? Infinity, dot));
+      // A device's dots count in each conversation for its own ops; the
+      // outbox may hold a refused device's ops too, after a sign-in that
+      // replaced it (resignedIn), numbered apart.
+      const deviceOf = (e: OutboxEntry) => this.deviceOf(e);
+      const renumber = new Map<string, { convId: string; device: string; first: number }>(); // by conv and device: the first dot to give their pending ops
+      const lower = (e: OutboxEntry, dot: number) => {
+        const device = deviceOf(e);
+        const k = `${e.convId}/${device}`;
+        renumber.set(k, { convId: e.convId, device, first: Math.min(renumber.get(k)?.first ?? Infinity, dot) });
+      };
       const settled = new Set<string>(); // entries no longer pending
       for (const r of results) {
         const e = this.outbox.get(r.opId) ?? batch.find((x) => x.id === r.opId);
@@ -1128,17 +1167,17 @@ export class FerryClient {
           change.outboxDelete!.push(e.id);
           settled.add(e.id);
         } else if (r.status === OpStatus.REJECTED && (r.reason === RejectReason.DOT_GAP || r.reason === RejectReason.DOT_REUSED)) {
-          lower(e.convId, Number(r.serverDot) + 1);
+          lower(e, Number(r.serverDot) + 1);
         } else if (r.status === OpStatus.REJECTED) {
           change.outboxPut!.push({ ...e, failed: r.message || "rejected by the server" });
           settled.add(e.id);
-          lower(e.convId, e.dot);
+          lower(e, e.dot);
         }
       }
-      for (const [convId, first] of renumber) {
+      for (const { convId, device, first } of renumber.values()) {
         let dot = first;
         const pending = [...this.outbox.values()]
-          .filter((x) => x.convId === convId && x.failed === undefined && !settled.has(x.id))
+          .filter((x) => x.convId === convId && x.failed === undefined && !settled.has(x.id) && deviceOf(x) === device)
           .sort((a, b) => a.dot - b.dot);
         for (const x of pending) {
           const op = fromBinary(OpSchema, x.op);
@@ -1146,8 +1185,10 @@ export class FerryClient {
           change.outboxPut!.push({ ...x, dot, op: toBinary(OpSchema, op) });
           dot++;
         }
-        const meta = change.meta ?? this.meta;
-        change.meta = { ...meta, dots: { ...meta.dots, [convId]: dot - 1 } };
+        if (device === me.deviceId) {
+          const meta = change.meta ?? this.meta;
+          change.meta = { ...meta, dots: { ...meta.dots, [convId]: dot - 1 } };
+        }
       }
       return change;
     });

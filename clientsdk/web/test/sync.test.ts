@@ -10,7 +10,7 @@ import { createConnectTransport } from "@connectrpc/connect-web";
 import { IDBFactory } from "fake-indexeddb";
 
 import { FerryClient, IndexedDBReplica, MemoryReplica, unpackBatch, type ClientOptions, type MessagePage, type MessageView, type Replica } from "../src/index.js";
-import { OpSchema } from "../src/gen/ferry/v1/op_pb.js";
+import { OpSchema, OpStatus } from "../src/gen/ferry/v1/op_pb.js";
 import { AckRequestSchema, SyncService } from "../src/gen/ferry/v1/sync_pb.js";
 import { AccountService } from "../src/gen/ferry/v1/account_pb.js";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -652,11 +652,15 @@ test("a revoked device logs in again without signing out, keeping what it holds 
   other.start();
   await other.waitFor(() => texts(other.messages(conv)).length === 3 && other.status().state === "live");
   assert.deepEqual(texts(other.messages(conv)), ["before", "queued 1", "queued 2"]);
+  // The queued ops went out as the revoked device's, numbered on from its
+  // dots (the conversation's creation 1, "before" 2); the new device's
+  // own ops count from 1.
+  await c.send(conv, "from the new device");
+  await c.waitFor(() => c.status().pending === 0);
   const history = await createClient(SyncService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }))
     .history({ conversationId: conv, range: { case: "afterSeq", value: 0n } });
-  const devices = history.ops.map((op) => op.deviceId);
-  assert.deepEqual(devices.slice(-2), [c.session!.deviceId, c.session!.deviceId], "the queued ops went out as the new device's");
-  assert.deepEqual(history.ops.slice(-2).map((op) => op.dot), [1n, 2n]);
+  assert.deepEqual(history.ops.slice(-3).map((op) => [op.deviceId === first ? "revoked" : op.deviceId === c.session!.deviceId ? "new" : op.deviceId, op.dot]),
+    [["revoked", 3n], ["revoked", 4n], ["new", 1n]]);
 
   // Refused again, it signs in as another user: the replica starts over.
   token = (await accounts.login({ username, password: "correct horse battery", deviceName: "third" })).session!.token;
@@ -666,6 +670,122 @@ test("a revoked device logs in again without signing out, keeping what it holds 
   await c.register(bob, "correct horse battery");
   assert.equal(c.session!.username, bob);
   assert.deepEqual(c.conversations(), [], "alice's conversations stay hidden from bob");
+});
+
+test("an op the server took before the refusal, its answer lost, is sent once after the login", { timeout: 60_000 }, async () => {
+  const replica = new MemoryReplica();
+  const c = await open(replica);
+  const username = await signUp(c, "alice");
+  const conv = await c.createConversation("notes", []);
+  await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
+  await c.stop();
+  await c.send(conv, "stored, answer lost");
+  // The device's push reaches the server, which stores the op, and its
+  // answer is lost: here, the op goes from another client with the
+  // device's token, and the device never hears of it.
+  const queued = (await replica.load()).outbox.map((e) => fromBinary(OpSchema, e.op));
+  assert.equal(queued.length, 1);
+  const asDevice: Interceptor = (next) => async (req) => {
+    req.header.set("Authorization", `Bearer ${c.session!.token}`);
+    return next(req);
+  };
+  const pushed = await createClient(SyncService, createConnectTransport({ baseUrl: server.url, interceptors: [asDevice] }))
+    .push({ batches: [{ conversationId: conv, ops: queued }] });
+  assert.ok(pushed.results.every((r) => r.status === OpStatus.ACCEPTED));
+  let token = "";
+  const auth: Interceptor = (next) => async (req) => {
+    if (token) req.header.set("Authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
+  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
+  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  c.start();
+  await c.waitFor(() => c.status().state === "failed");
+  await c.login(username, "correct horse battery");
+  c.start();
+  await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
+  // Pushes go one at a time: once the next message is sent, the answer to
+  // any push of the first is in.
+  await c.send(conv, "after");
+  await c.waitFor(() => c.status().pending === 0);
+  assert.deepEqual(c.messages(conv).map((m) => [m.text, m.status]), [["stored, answer lost", "sent"], ["after", "sent"]]);
+  assert.deepEqual(c.failed(), []);
+});
+
+test("a start() while a login replaces a refused session syncs with the new one", { timeout: 60_000 }, async () => {
+  // A Subscribe's answer is held while hold is set: the server refuses
+  // the refused token, and the answer arrives after the login.
+  let hold: Promise<void> | undefined;
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    const h = String(input).endsWith("/ferry.v1.SyncService/Subscribe") ? hold : undefined;
+    hold = h ? undefined : hold;
+    const res = await globalThis.fetch(input, init);
+    await h;
+    return res;
+  };
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch });
+  clients.push(c);
+  const username = await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  let token = "";
+  const auth: Interceptor = (next) => async (req) => {
+    if (token) req.header.set("Authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
+  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
+  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  await c.waitFor(() => c.status().state === "failed");
+  let release = () => {};
+  hold = new Promise<void>((r) => (release = r));
+  const login = c.login(username, "correct horse battery");
+  c.start(); // with the refused token still the device's
+  await login;
+  release();
+  await c.waitFor(() => c.status().state === "live" || c.status().state === "failed");
+  assert.equal(c.status().state, "live", c.status().lastError);
+});
+
+test("a send while a login replaces a refused session counts for the new device", { timeout: 60_000 }, async () => {
+  // The replica's write of the new session waits until the test has sent.
+  let gate: ((apply: () => Promise<void>) => Promise<void>) | undefined;
+  const mem = new MemoryReplica();
+  const replica: Replica = {
+    load: () => mem.load(),
+    apply: (change) => {
+      const g = change.meta?.session && !change.clear ? gate : undefined;
+      return g ? g(() => mem.apply(change)) : mem.apply(change);
+    },
+    close: () => mem.close(),
+  };
+  const c = await open(replica);
+  const username = await signUp(c, "alice");
+  const conv = await c.createConversation("notes", []);
+  await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
+  let token = "";
+  const auth: Interceptor = (next) => async (req) => {
+    if (token) req.header.set("Authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
+  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
+  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  await c.waitFor(() => c.status().state === "failed");
+  let sent: Promise<string> | undefined;
+  gate = async (apply) => {
+    gate = undefined;
+    sent = c.send(conv, "during the login");
+    await apply();
+  };
+  await c.login(username, "correct horse battery");
+  await sent;
+  c.start();
+  await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
+  const history = await createClient(SyncService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }))
+    .history({ conversationId: conv, range: { case: "afterSeq", value: 0n } });
+  const last = history.ops.at(-1)!;
+  assert.deepEqual([last.deviceId, last.dot], [c.session!.deviceId, 1n], "the op sent during the login is the new device's first");
 });
 
 test("a refusal outlives a reload, and one the server takes back is forgotten", { timeout: 60_000 }, async () => {

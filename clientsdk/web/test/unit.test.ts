@@ -550,6 +550,37 @@ test("a refused op takes no dot: the device's later ops are numbered again, and 
   assert.equal(await c.send("C", "e").then((id: string) => Number(c.outbox.get(id).dot)), 6);
 });
 
+test("after a sign-in replaced a refused device, its queued ops go first and are numbered apart", async () => {
+  const { FerryClient, MemoryReplica } = await import("../src/index.js");
+  const { OpStatus, RejectReason } = await import("../src/gen/ferry/v1/op_pb.js");
+  const replica = new MemoryReplica();
+  const conv = { id: "C", title: "t", role: 1, removed: false, head: 0, unread: 0, delivered: 0, read: 0, memberCount: 2, receipts: [], changedAt: 1 };
+  await replica.apply({ meta: { epoch: "", feedPos: "0", dots: { C: 2 }, session: { userId: "alice", deviceId: "OLD", token: "t", username: "alice" } }, convs: [conv] });
+  let now = 1_000;
+  const c = (await FerryClient.open({ baseUrl: "http://127.0.0.1:1", replica, now: () => now++ })) as any;
+  const old = [await c.send("C", "o1"), await c.send("C", "o2")]; // OLD's dots 3 and 4
+  // A login as the same user replaced the refused device (as resignedIn
+  // does): its own ops count from 1.
+  await c.resignedIn({ userId: "alice", deviceId: "NEW", token: "t2", username: "alice" });
+  const mine = [await c.send("C", "n1"), await c.send("C", "n2")];
+  const op = (id: string) => fromBinary(OpSchema, c.outbox.get(id).op);
+  const show = (ids: string[]) => ids.map((id) => c.outbox.get(id) ? `${op(id).deviceId}:${op(id).dot}${c.outbox.get(id).failed !== undefined ? " failed" : ""}` : "gone");
+  assert.deepEqual(show([...old, ...mine]), ["OLD:3", "OLD:4", "NEW:1", "NEW:2"]);
+  // The new device's ops, numbered lower, still go after the old ones,
+  // which were written first.
+  assert.deepEqual(c.pushOrder([...c.outbox.values()].reverse()).map((e: { id: string }) => e.id), [...old, ...mine]);
+  const result = (id: string, status: number, extra = {}) => ({ opId: id, status, seq: 0n, reason: 0, message: "", serverDot: 0n, ...extra });
+  // A dot error of the old device's renumbers its ops alone.
+  await c.takeResults([c.outbox.get(old[0])], [result(old[0], OpStatus.REJECTED, { reason: RejectReason.DOT_GAP, serverDot: 4n })]);
+  assert.deepEqual(show([...old, ...mine]), ["OLD:5", "OLD:6", "NEW:1", "NEW:2"]);
+  assert.equal(c.meta.dots.C, 2, "the old device's dots are not the new one's");
+  // A refused op of the new device's renumbers its later ones, and its
+  // dots.
+  await c.takeResults([c.outbox.get(mine[0])], [result(mine[0], OpStatus.REJECTED, { reason: RejectReason.PERMISSION_DENIED, message: "no" })]);
+  assert.deepEqual(show([...old, ...mine]), ["OLD:5", "OLD:6", "NEW:1 failed", "NEW:1"]);
+  assert.equal(c.meta.dots.C, 1);
+});
+
 // fakeLocks is the Web Locks API as browsers have it, for exclusive locks
 // asked with a signal (Node has none): a request waits for the lock until
 // its signal aborts.
