@@ -193,7 +193,7 @@ func TestRatiosCompareFerryWithPeersAndLimits(t *testing.T) {
 		"durable ingest":         {"0.20", "0.50"}, // best closed loop 20k vs 100k commits/s and 40k ops/s
 		"idle memory per device": {"–", "0.50"},
 		"ack p99 at the ack-latency target's rate (limit: Pebble synced commits at that rate)": {"4.00", "0.50"}, // 12ms over the store's 3ms and the peer's 24ms
-		"fan-out to 1k devices":  {"3.00", "–"}, // p99 30ms over 1000 x 20µs on 2 cores
+		"fan-out to 1k devices": {"3.00", "–"}, // p99 30ms over 1000 x 20µs on 2 cores
 		"catch-up wire bytes / payload (limit: zstd's ratio on 1000-op batches)": {"1.20", "–"}, // 0.30 of raw vs zstd's 0.25
 	} {
 		if !slices.Equal(got[metric], want) {
@@ -621,8 +621,7 @@ func TestPebbleLatencyCommitsOnSchedule(t *testing.T) {
 		t.Fatal(err)
 	}
 	// 40 commits are due in 100ms, 10 on each committer's schedule, which
-	// starts within the first interval and ends at the deadline: a late
-	// commit delays the next, which still goes.
+	// starts within the first interval and ends at the deadline.
 	if x.Committers != committers || x.Batch != batch || x.Rate != rate || x.Latency.N != 40 || x.Latency.Max <= 0 {
 		t.Fatalf("got %+v: want 40 commits of 3 records, each with its latency", x)
 	}
@@ -647,6 +646,39 @@ func TestPebbleLatencyCommitsOnSchedule(t *testing.T) {
 	}
 	if _, err := PebbleLatency(t.TempDir(), 4, 1, 0, time.Millisecond); err == nil {
 		t.Fatal("no error for a rate of 0")
+	}
+}
+
+// TestOpenLoopGoesOnWhileACommitWaits: a commit that has not returned
+// holds up none after it, its committer's included, as a writer's push
+// waits for no ack; and its latency runs from its scheduled time until it
+// returns.
+func TestOpenLoopGoesOnWhileACommitWaits(t *testing.T) {
+	const committers, batch, rate, d = 2, 1, 400, 50 * time.Millisecond // 20 commits, 5ms apart for each committer
+	others := make(chan struct{}, 20)
+	x, err := openLoop(committers, batch, rate, d, func(w int, i uint64) error {
+		if w == 0 && i == 0 {
+			// The first commit returns once the 19 others have: each of
+			// them started while it waited.
+			for range 19 {
+				select {
+				case <-others:
+				case <-time.After(10 * time.Second): // a bound, not a wait for an event
+					return errors.New("the other commits waited for the first")
+				}
+			}
+			return nil
+		}
+		others <- struct{}{}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The last commit is due 47.5ms after the first (committer 1's tenth,
+	// 2.5ms + 9 x 5ms), and the first returned after it started.
+	if x.N != 20 || x.Max < 47*time.Millisecond {
+		t.Fatalf("got %+v: want 20 commits, the slowest at least 47ms from its scheduled time", x)
 	}
 }
 

@@ -64,7 +64,9 @@ func PebbleCommits(dir string, committers int, d time.Duration) (PebbleResult, e
 
 // PebbleLatencyResult is raw Pebble's synced-commit latency at a fixed
 // rate: what a durable ack at that rate costs the store and the disk alone,
-// the floor under an open-loop ingest row's ack latency.
+// under an open-loop ingest row's ack latency. It is measured on a new
+// store, which a row on a store in use shares (latencyShapes): that row's
+// flushes and compactions are not in it.
 type PebbleLatencyResult struct {
 	Committers int     `json:"committers"`
 	Batch      int     `json:"batch"` // records per commit
@@ -73,10 +75,11 @@ type PebbleLatencyResult struct {
 }
 
 // PebbleLatency commits batch op-sized records at a time, synced, on a
-// fresh store in dir, from committers that share rate records per second
-// as an open-loop ingest row's writers share it: each on its own schedule,
-// staggered, its latency counted from the scheduled time, so a slow commit
-// shows in the ones it delays.
+// fresh store in dir, at rate records per second, on the schedule of an
+// open-loop ingest row with as many writers as committers: each commit
+// starts at its time whether or not the ones before it are done (as a
+// writer's push goes without waiting for the last one's ack), and its
+// latency counts from that time.
 func PebbleLatency(dir string, committers, batch int, rate float64, d time.Duration) (PebbleLatencyResult, error) {
 	res := PebbleLatencyResult{Committers: committers, Batch: batch, Rate: rate}
 	if committers < 1 || batch < 1 || rate <= 0 {
@@ -87,40 +90,52 @@ func PebbleLatency(dir string, committers, batch int, rate float64, d time.Durat
 		return res, err
 	}
 	defer db.Close()
+	value := make([]byte, 150+60)
+	res.Latency, err = openLoop(committers, batch, rate, d, func(w int, i uint64) error {
+		b := db.NewBatch()
+		key := make([]byte, 25)
+		binary.BigEndian.PutUint64(key[1:], uint64(w))
+		for j := range uint64(batch) {
+			binary.BigEndian.PutUint64(key[17:], i*uint64(batch)+j)
+			_ = b.Set(key, value, nil)
+		}
+		return b.Commit(pebble.Sync)
+	})
+	return res, err
+}
+
+// openLoop calls commit(w, i) for the i-th commit of committer w on the
+// schedule PebbleLatency describes, each in its own goroutine, and
+// returns the latencies from the scheduled times.
+func openLoop(committers, batch int, rate float64, d time.Duration, commit func(w int, i uint64) error) (Summary, error) {
 	var lat Latencies
 	var failed atomic.Value
-	value := make([]byte, 150+60)
 	interval := time.Duration(float64(time.Second) * float64(committers*batch) / rate)
 	start := time.Now()
 	deadline := start.Add(d)
 	var wg sync.WaitGroup
 	for w := range committers {
 		wg.Go(func() {
-			key := make([]byte, 25)
-			binary.BigEndian.PutUint64(key[1:], uint64(w))
 			i := uint64(0)
 			for at := start.Add(time.Duration(w) * interval / time.Duration(committers)); at.Before(deadline); at = at.Add(interval) {
 				time.Sleep(time.Until(at)) // pacing the load, open loop
-				b := db.NewBatch()
-				for range batch {
-					binary.BigEndian.PutUint64(key[17:], i)
-					i++
-					_ = b.Set(key, value, nil)
-				}
-				if err := b.Commit(pebble.Sync); err != nil {
-					failed.Store(err)
-					return
-				}
-				lat.Add(time.Since(at))
+				n := i
+				wg.Go(func() {
+					if err := commit(w, n); err != nil {
+						failed.Store(err)
+						return
+					}
+					lat.Add(time.Since(at))
+				})
+				i++
 			}
 		})
 	}
 	wg.Wait()
 	if err, _ := failed.Load().(error); err != nil {
-		return res, err
+		return Summary{}, err
 	}
-	res.Latency = lat.Summary()
-	return res, nil
+	return lat.Summary(), nil
 }
 
 // FsyncLatency is the median latency of one synced commit on this disk.
