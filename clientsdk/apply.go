@@ -339,7 +339,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 		return ErrClosed
 	}
 	b := d.db.NewBatch()
-	renumber := map[ulid.ULID]uint64{} // conv -> first dot to give pending ops
+	renumber := map[convDevice]uint64{} // the first dot to give a device's pending ops in a conversation
 	var evs []Event
 	var touched []ulid.ULID // conversations whose messages changed: their last may have
 	for _, r := range pr.GetResults() {
@@ -355,6 +355,11 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 		if err != nil {
 			return err
 		}
+		dev, err := wire.ParseID("device id", op.GetDeviceId())
+		if err != nil {
+			return err
+		}
+		at := convDevice{ref.conv, dev}
 		switch r.GetStatus() {
 		case ferryv1.OpStatus_OP_STATUS_ACCEPTED, ferryv1.OpStatus_OP_STATUS_DUPLICATE:
 			op.Seq = r.GetSeq()
@@ -388,16 +393,16 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 			case ferryv1.RejectReason_REJECT_REASON_DOT_GAP, ferryv1.RejectReason_REJECT_REASON_DOT_REUSED:
 				// The server stands at server_dot: number the pending ops of
 				// this conversation from there.
-				if first, ok := renumber[ref.conv]; !ok || r.GetServerDot()+1 < first {
-					renumber[ref.conv] = r.GetServerDot() + 1
+				if first, ok := renumber[at]; !ok || r.GetServerDot()+1 < first {
+					renumber[at] = r.GetServerDot() + 1
 				}
 			default:
 				b.Delete(seqKey(tOutbox, ref.local))
 				b.Set(seqKey(tFailed, ref.local), encodeJSON(failedEntry{Conv: entry.Conv, Op: entry.Op,
 					Reason: r.GetReason().String(), Message: r.GetMessage(), At: d.opts.clock.Now().UnixMilli()}))
 				delete(d.pending, id)
-				if first, ok := renumber[ref.conv]; !ok || op.GetDot() < first {
-					renumber[ref.conv] = op.GetDot()
+				if first, ok := renumber[at]; !ok || op.GetDot() < first {
+					renumber[at] = op.GetDot()
 				}
 				evs = append(evs, OpFailed{Conv: ref.conv, Op: id, Reason: reasonName(r.GetReason()), Message: r.GetMessage()},
 					MessagesChanged{Conv: ref.conv, IDs: []ulid.ULID{id}})
@@ -423,14 +428,14 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	}
 	delete(s.inflight, pr.GetRequestId())
 	s.mu.Unlock()
-	for conv, first := range renumber {
-		if err := d.renumber(conv, first); err != nil {
+	for at, first := range renumber {
+		if err := d.renumber(at, first); err != nil {
 			return err
 		}
 		// Renumbered ops must go again, in flight or not.
 		s.mu.Lock()
 		for id, ref := range d.pending {
-			if ref.conv == conv {
+			if ref.conv == at.conv {
 				delete(s.sent, id)
 			}
 		}
@@ -468,32 +473,45 @@ func (d *Device) outboxOp(local uint64) (outboxEntry, *ferryv1.Op, error) {
 	return e, op, err
 }
 
-// renumber gives the pending ops of conv the dots first, first+1, ... in
-// outbox order. d.mu is held.
-func (d *Device) renumber(conv ulid.ULID, first uint64) error {
+// renumber gives the pending ops of at.device in at.conv the dots first,
+// first+1, ... in outbox order, and moves the conversation's NextDot when
+// the device is the profile's. d.mu is held.
+func (d *Device) renumber(at convDevice, first uint64) error {
 	var locals []uint64
 	for _, ref := range d.pending {
-		if ref.conv == conv {
+		if ref.conv == at.conv {
 			locals = append(locals, ref.local)
 		}
 	}
 	slices.Sort(locals)
 	b := d.db.NewBatch()
-	dot := first
+	dot, n := first, 0
 	for _, l := range locals {
 		e, op, err := d.outboxOp(l)
 		if err != nil {
 			return err
 		}
+		if op.GetDeviceId() != at.device.String() {
+			continue // another device's, counted apart (see signIn)
+		}
 		op.Dot = dot
 		dot++
+		n++
 		e.Op = encodeOp(op)
 		e.Attempts++
 		b.Set(seqKey(tOutbox, l), encodeJSON(e))
 	}
-	rec := d.convs[conv]
-	rec.NextDot = dot - 1
-	b.Set(idKey(tConv, conv), encodeJSON(rec))
-	d.log.Info("renumbered pending ops", "conv", conv, "from", first, "ops", len(locals))
+	if d.creds != nil && at.device.String() == d.creds.Device {
+		rec := d.convs[at.conv]
+		rec.NextDot = dot - 1
+		b.Set(idKey(tConv, at.conv), encodeJSON(rec))
+	}
+	d.log.Info("renumbered pending ops", "conv", at.conv, "device", at.device, "from", first, "ops", n)
 	return d.db.Commit(b)
 }
+
+// convDevice is a device's dots in a conversation. The outbox holds
+// another device's ops besides the profile's own after a sign-in as the
+// same user kept them (a device the server refused, or one logged out):
+// they go as that device's, numbered apart.
+type convDevice struct{ conv, device ulid.ULID }

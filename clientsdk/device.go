@@ -564,8 +564,27 @@ func (d *Device) signIn(s *ferryv1.DeviceSession) error {
 	}
 	b.Set(metaKey("owner"), encodeJSON(c.User))
 	b.Set(metaKey("creds"), encodeJSON(c))
+	// A sign-in is a new device, whose dots count from 1 in every
+	// conversation. Ops the replica kept in its outbox (the same user's,
+	// queued on the device before) stay that device's, with its dots:
+	// the server takes a user's ops from any of their devices, and
+	// answers one it stored already as a duplicate.
+	var counted []ulid.ULID
+	if !wipe {
+		for id, rec := range d.convs {
+			if rec.NextDot != 0 {
+				r := *rec
+				r.NextDot = 0
+				b.Set(idKey(tConv, id), encodeJSON(&r))
+				counted = append(counted, id)
+			}
+		}
+	}
 	if err := d.db.Commit(b); err != nil {
 		return err
+	}
+	for _, id := range counted {
+		d.convs[id].NextDot = 0
 	}
 	if wipe {
 		d.log.Info("signed in as another user: the replica starts over", "user", c.User, "previous", d.owner)

@@ -638,6 +638,68 @@ func TestRevokedDeviceStopsWithATerminalError(t *testing.T) {
 	}
 }
 
+// TestReloginSendsQueuedOpsAsTheRefusedDevice: ops queued on a device
+// the server revoked go out after a Login as the revoked device's, with
+// its dots, and the new device's own count from 1, in one sync.
+func TestReloginSendsQueuedOpsAsTheRefusedDevice(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	phone := device(t, srv, "bob", false)
+	laptop := device(t, srv, "bob", true)
+	conv, err := laptop.CreateConversation(ctx, "notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := laptop.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := laptop.Account()
+	if err := phone.RevokeDevice(ctx, old.Device); err != nil {
+		t.Fatal(err)
+	}
+	for _, text := range []string{"queued 1", "queued 2"} {
+		if _, err := laptop.SendText(ctx, conv, text); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var te *clientsdk.TerminalError
+	if err := laptop.SyncOnce(ctx); !errors.As(err, &te) {
+		t.Fatalf("SyncOnce of the revoked laptop: %v, want a terminal error", err)
+	}
+	if err := laptop.Login(ctx, "bob", "correct horse", "bob laptop again"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := laptop.SendText(ctx, conv, "from the new device"); err != nil {
+		t.Fatal(err)
+	}
+	if err := laptop.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	failed, err := laptop.Failed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := laptop.Status(); st.Pending != 0 || len(failed) != 0 {
+		t.Fatalf("after one sync: %d pending, failed %v; want all sent", st.Pending, failed)
+	}
+	cur, _ := laptop.Account()
+	page, err := srv.Engine.History(engine.Actor{User: cur.User, Device: cur.Device}, conv, engine.HistoryQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, op := range page.Ops {
+		who := "new"
+		if op.Dot.Device == old.Device {
+			who = "revoked"
+		}
+		got = append(got, fmt.Sprintf("%s %d %s", who, op.Dot.N, op.Body))
+	}
+	want := []string{"revoked 1 ", "revoked 2 queued 1", "revoked 3 queued 2", "new 1 from the new device"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("the server's log: %q, want %q", got, want)
+	}
+}
+
 // TestOpIdsShareTheDevicesPrefix checks that op ids come from package
 // opid (a prefix per device, which compression finds again) and that
 // conversation ids stay wholly random.
