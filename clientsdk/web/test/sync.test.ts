@@ -40,6 +40,20 @@ async function open(replica: Replica = new MemoryReplica()): Promise<FerryClient
 
 const texts = (ms: MessageView[]) => ms.map((m) => m.text);
 
+// otherDevice signs username in as a device of the test's own, with the
+// clients it calls the server with: to revoke a client's device, say.
+async function otherDevice(username: string, deviceName = "other") {
+  let token = "";
+  const auth: Interceptor = (next) => async (req) => {
+    if (token) req.header.set("Authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const transport = createConnectTransport({ baseUrl: server.url, interceptors: [auth] });
+  const accounts = createClient(AccountService, transport);
+  token = (await accounts.login({ username, password: "correct horse battery", deviceName })).session!.token;
+  return { accounts, sync: createClient(SyncService, transport) };
+}
+
 // signUp registers a new user (a fresh name from who) on the device and
 // starts it; it returns the username.
 async function signUp(c: FerryClient, who: string): Promise<string> {
@@ -579,20 +593,14 @@ test("signing out revokes the device on the server", { timeout: 60_000 }, async 
   const username = await signUp(c, "alice");
   await c.waitFor(() => c.status().state === "live");
   const device = c.session!.deviceId;
-  let token = "";
-  const auth: Interceptor = (next) => async (req) => {
-    req.header.set("Authorization", `Bearer ${token}`);
-    return next(req);
-  };
-  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
-  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
-  assert.ok((await accounts.listDevices({})).devices.some((d) => d.id === device));
+  const other = await otherDevice(username);
+  assert.ok((await other.accounts.listDevices({})).devices.some((d) => d.id === device));
   await c.signOut();
   assert.equal(c.status().state, "signed-out");
-  assert.ok((await accounts.listDevices({})).devices.every((d) => d.id !== device), "the signed-out device is still active");
+  assert.ok((await other.accounts.listDevices({})).devices.every((d) => d.id !== device), "the signed-out device is still active");
   // Signed out elsewhere already (revoked): signing out here still works.
   await c.login(username, "correct horse battery");
-  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  await other.accounts.revokeDevice({ deviceId: c.session!.deviceId });
   await c.signOut();
   assert.equal(c.status().state, "signed-out");
 });
@@ -602,14 +610,8 @@ test("a revoked device fails, and start tries again", { timeout: 60_000 }, async
   const username = await signUp(c, "alice");
   await c.waitFor(() => c.status().state === "live");
   // Another device of alice's revokes this one.
-  let token = "";
-  const auth: Interceptor = (next) => async (req) => {
-    if (token) req.header.set("Authorization", `Bearer ${token}`);
-    return next(req);
-  };
-  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
-  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
-  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  const other = await otherDevice(username);
+  await other.accounts.revokeDevice({ deviceId: c.session!.deviceId });
   await c.waitFor(() => c.status().state === "failed");
   assert.match(c.status().lastError ?? "", /revoked|unauthenticated/i);
   const states: string[] = [];
@@ -627,14 +629,8 @@ test("a revoked device logs in again without signing out, keeping what it holds 
   await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
   await assert.rejects(c.login(username, "correct horse battery"), /sign out first/);
   const first = c.session!.deviceId;
-  let token = "";
-  const auth: Interceptor = (next) => async (req) => {
-    if (token) req.header.set("Authorization", `Bearer ${token}`);
-    return next(req);
-  };
-  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
-  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
-  await accounts.revokeDevice({ deviceId: first });
+  const other = await otherDevice(username);
+  await other.accounts.revokeDevice({ deviceId: first });
   await c.waitFor(() => c.status().state === "failed");
   // Queued while refused: two messages, so that both take new dots.
   await c.send(conv, "queued 1");
@@ -645,26 +641,24 @@ test("a revoked device logs in again without signing out, keeping what it holds 
   assert.deepEqual(texts(c.messages(conv)), ["before", "queued 1", "queued 2"], "the replica and the outbox stay for the same user");
   await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
   assert.ok(c.messages(conv).every((m) => m.status !== "failed"), JSON.stringify(c.messages(conv).map((m) => m.error)));
-  // Another device of alice's sees each message once, the queued ones
-  // from the new device.
-  const other = await open();
-  await other.login(username, "correct horse battery");
-  other.start();
-  await other.waitFor(() => texts(other.messages(conv)).length === 3 && other.status().state === "live");
-  assert.deepEqual(texts(other.messages(conv)), ["before", "queued 1", "queued 2"]);
+  // Another device of alice's sees each message once.
+  const third = await open();
+  await third.login(username, "correct horse battery");
+  third.start();
+  await third.waitFor(() => texts(third.messages(conv)).length === 3 && third.status().state === "live");
+  assert.deepEqual(texts(third.messages(conv)), ["before", "queued 1", "queued 2"]);
   // The queued ops went out as the revoked device's, numbered on from its
   // dots (the conversation's creation 1, "before" 2); the new device's
   // own ops count from 1.
   await c.send(conv, "from the new device");
   await c.waitFor(() => c.status().pending === 0);
-  const history = await createClient(SyncService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }))
-    .history({ conversationId: conv, range: { case: "afterSeq", value: 0n } });
+  const history = await other.sync.history({ conversationId: conv, range: { case: "afterSeq", value: 0n } });
   assert.deepEqual(history.ops.slice(-3).map((op) => [op.deviceId === first ? "revoked" : op.deviceId === c.session!.deviceId ? "new" : op.deviceId, op.dot]),
     [["revoked", 3n], ["revoked", 4n], ["new", 1n]]);
 
   // Refused again, it signs in as another user: the replica starts over.
-  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "third" })).session!.token;
-  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  const fourth = await otherDevice(username, "fourth");
+  await fourth.accounts.revokeDevice({ deviceId: c.session!.deviceId });
   await c.waitFor(() => c.status().state === "failed");
   const bob = name("bob");
   await c.register(bob, "correct horse battery");
@@ -692,14 +686,8 @@ test("an op the server took before the refusal, its answer lost, is sent once af
   const pushed = await createClient(SyncService, createConnectTransport({ baseUrl: server.url, interceptors: [asDevice] }))
     .push({ batches: [{ conversationId: conv, ops: queued }] });
   assert.ok(pushed.results.every((r) => r.status === OpStatus.ACCEPTED));
-  let token = "";
-  const auth: Interceptor = (next) => async (req) => {
-    if (token) req.header.set("Authorization", `Bearer ${token}`);
-    return next(req);
-  };
-  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
-  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
-  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  const other = await otherDevice(username);
+  await other.accounts.revokeDevice({ deviceId: c.session!.deviceId });
   c.start();
   await c.waitFor(() => c.status().state === "failed");
   await c.login(username, "correct horse battery");
@@ -728,14 +716,8 @@ test("a start() while a login replaces a refused session syncs with the new one"
   clients.push(c);
   const username = await signUp(c, "alice");
   await c.waitFor(() => c.status().state === "live");
-  let token = "";
-  const auth: Interceptor = (next) => async (req) => {
-    if (token) req.header.set("Authorization", `Bearer ${token}`);
-    return next(req);
-  };
-  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
-  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
-  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  const other = await otherDevice(username);
+  await other.accounts.revokeDevice({ deviceId: c.session!.deviceId });
   await c.waitFor(() => c.status().state === "failed");
   let release = () => {};
   hold = new Promise<void>((r) => (release = r));
@@ -763,14 +745,8 @@ test("a send while a login replaces a refused session counts for the new device"
   const username = await signUp(c, "alice");
   const conv = await c.createConversation("notes", []);
   await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
-  let token = "";
-  const auth: Interceptor = (next) => async (req) => {
-    if (token) req.header.set("Authorization", `Bearer ${token}`);
-    return next(req);
-  };
-  const accounts = createClient(AccountService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }));
-  token = (await accounts.login({ username, password: "correct horse battery", deviceName: "other" })).session!.token;
-  await accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  const other = await otherDevice(username);
+  await other.accounts.revokeDevice({ deviceId: c.session!.deviceId });
   await c.waitFor(() => c.status().state === "failed");
   let sent: Promise<string> | undefined;
   gate = async (apply) => {
@@ -782,8 +758,7 @@ test("a send while a login replaces a refused session counts for the new device"
   await sent;
   c.start();
   await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
-  const history = await createClient(SyncService, createConnectTransport({ baseUrl: server.url, interceptors: [auth] }))
-    .history({ conversationId: conv, range: { case: "afterSeq", value: 0n } });
+  const history = await other.sync.history({ conversationId: conv, range: { case: "afterSeq", value: 0n } });
   const last = history.ops.at(-1)!;
   assert.deepEqual([last.deviceId, last.dot], [c.session!.deviceId, 1n], "the op sent during the login is the new device's first");
 });
