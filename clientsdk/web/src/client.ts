@@ -740,21 +740,29 @@ export class FerryClient {
   // enqueue gives ops this device's next dots and stores them in the
   // outbox before returning; they are pushed when connected.
   private async enqueue(convId: string, payloads: Payload[], newTitle?: string): Promise<string[]> {
-    if (!this.meta.session) throw new Error("ferry: not signed in");
-    const conv = this.convs.get(convId);
-    if (!conv && newTitle === undefined) throw new Error(`ferry: unknown conversation ${convId}`);
-    if (conv?.removed) throw new Error(`ferry: you are no longer a member of ${convId}`);
+    const user = this.meta.session?.userId;
+    // The checks run again in the write chain: a sign-in before it may
+    // have changed what they saw.
+    const check = () => {
+      const s = this.meta.session;
+      if (!s) throw new Error("ferry: not signed in");
+      if (s.userId !== user) throw new Error("ferry: the device signed in as another user meanwhile; nothing was sent");
+      const conv = this.convs.get(convId);
+      if (!conv && newTitle === undefined) throw new Error(`ferry: unknown conversation ${convId}`);
+      if (conv?.removed) throw new Error(`ferry: you are no longer a member of ${convId}`);
+      return s;
+    };
+    check();
     for (const p of payloads) {
       const size = p?.case === "message" || p?.case === "edit" ? (p.value.body?.length ?? 0) : 0;
       if (size > this.maxBodyBytes) throw new Error(`ferry: the body is ${size} bytes, more than the server's limit of ${this.maxBodyBytes}`);
     }
     // Dots are given inside the write chain, so concurrent sends never
-    // share one, with the device they count for (a sign-in may have
-    // replaced it meanwhile).
+    // share one, with the device they count for (a sign-in as the same
+    // user may have replaced it meanwhile).
     const ids: string[] = [];
     await this.commit(() => {
-      const s = this.meta.session;
-      if (!s) throw new Error("ferry: not signed in");
+      const s = check();
       let dot = this.meta.dots[convId] ?? 0;
       const now = this.opts.now();
       const entries: OutboxEntry[] = [];

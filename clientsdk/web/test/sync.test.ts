@@ -763,6 +763,42 @@ test("a send while a login replaces a refused session counts for the new device"
   assert.deepEqual([last.deviceId, last.dot], [c.session!.deviceId, 1n], "the op sent during the login is the new device's first");
 });
 
+test("a send while a login as another user replaces a refused session is refused, not sent as them", { timeout: 60_000 }, async () => {
+  // The replica's write of the new user's session waits until the test
+  // has sent.
+  let gate: ((apply: () => Promise<void>) => Promise<void>) | undefined;
+  const mem = new MemoryReplica();
+  const replica: Replica = {
+    load: () => mem.load(),
+    apply: (change) => {
+      const g = change.clear && change.meta?.session ? gate : undefined;
+      return g ? g(() => mem.apply(change)) : mem.apply(change);
+    },
+    close: () => mem.close(),
+  };
+  const c = await open(replica);
+  const alice = await signUp(c, "alice");
+  const bob = await open();
+  const b = await signUp(bob, "bob");
+  const conv = await c.createConversation("shared", [b]);
+  await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
+  await (await otherDevice(alice)).accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  await c.waitFor(() => c.status().state === "failed");
+  let sent: Promise<unknown> | undefined;
+  gate = async (apply) => {
+    gate = undefined;
+    sent = c.send(conv, "alice's words").catch((err: Error) => err);
+    await apply();
+  };
+  await c.login(b, "correct horse battery");
+  const err = await sent;
+  assert.match(String(err), /signed in as another user meanwhile/);
+  assert.equal(c.status().pending, 0);
+  assert.deepEqual(c.conversations(), [], "no conversation of alice's shows to bob");
+  const history = await (await otherDevice(b)).sync.history({ conversationId: conv, range: { case: "afterSeq", value: 0n } });
+  assert.ok(history.ops.every((op) => op.payload.case !== "message"), "alice's words reached the server");
+});
+
 test("a refusal outlives a reload, and one the server takes back is forgotten", { timeout: 60_000 }, async () => {
   // A Subscribe goes without its token while strip > 0, as through a
   // proxy that dropped the header: the server refuses it as
