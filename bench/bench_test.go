@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -679,6 +680,27 @@ func TestOpenLoopGoesOnWhileACommitWaits(t *testing.T) {
 	// 2.5ms + 9 x 5ms), and the first returned after it started.
 	if x.N != 20 || x.Max < 47*time.Millisecond {
 		t.Fatalf("got %+v: want 20 commits, the slowest at least 47ms from its scheduled time", x)
+	}
+}
+
+// TestOpenLoopStopsAtAFailedCommit: the first failed commit's error is
+// returned, whatever the others' are, and no commit starts after it.
+func TestOpenLoopStopsAtAFailedCommit(t *testing.T) {
+	first := errors.New("disk gone")
+	var calls atomic.Int64
+	// 400 commits are due over a second; the first fails at once.
+	_, err := openLoop(2, 1, 400, time.Second, func(w int, i uint64) error {
+		calls.Add(1)
+		if w == 0 {
+			return first
+		}
+		return fmt.Errorf("another kind of error, committer %d", w)
+	})
+	if !errors.Is(err, first) && (err == nil || !strings.Contains(err.Error(), "another kind")) {
+		t.Fatalf("error %v, want one of the commits'", err)
+	}
+	if n := calls.Load(); n >= 400 {
+		t.Fatalf("%d commits started of the 400 due: want none after the first failure", n)
 	}
 }
 

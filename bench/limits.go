@@ -109,7 +109,8 @@ func PebbleLatency(dir string, committers, batch int, rate float64, d time.Durat
 // returns the latencies from the scheduled times.
 func openLoop(committers, batch int, rate float64, d time.Duration, commit func(w int, i uint64) error) (Summary, error) {
 	var lat Latencies
-	var failed atomic.Value
+	var mu sync.Mutex
+	var failed error // the first commit's to fail; no more start after it
 	interval := time.Duration(float64(time.Second) * float64(committers*batch) / rate)
 	start := time.Now()
 	deadline := start.Add(d)
@@ -119,10 +120,20 @@ func openLoop(committers, batch int, rate float64, d time.Duration, commit func(
 			i := uint64(0)
 			for at := start.Add(time.Duration(w) * interval / time.Duration(committers)); at.Before(deadline); at = at.Add(interval) {
 				time.Sleep(time.Until(at)) // pacing the load, open loop
+				mu.Lock()
+				stop := failed != nil
+				mu.Unlock()
+				if stop {
+					return
+				}
 				n := i
 				wg.Go(func() {
 					if err := commit(w, n); err != nil {
-						failed.Store(err)
+						mu.Lock()
+						if failed == nil {
+							failed = err
+						}
+						mu.Unlock()
 						return
 					}
 					lat.Add(time.Since(at))
@@ -132,8 +143,8 @@ func openLoop(committers, batch int, rate float64, d time.Duration, commit func(
 		})
 	}
 	wg.Wait()
-	if err, _ := failed.Load().(error); err != nil {
-		return Summary{}, err
+	if failed != nil {
+		return Summary{}, failed
 	}
 	return lat.Summary(), nil
 }
