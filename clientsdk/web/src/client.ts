@@ -7,6 +7,7 @@
 // any time, and listeners run after each change is durable.
 
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 
@@ -126,6 +127,11 @@ export interface ClientOptions {
 
 const clientName = "ferry-web/0.1";
 
+// terminalCodes are the errors of a push that pushing again cannot fix:
+// the session says the first two (the device refused), and the rest are
+// a client's bug, not a state of the server's.
+const terminalCodes = new Set([Code.Unauthenticated, Code.PermissionDenied, Code.InvalidArgument, Code.FailedPrecondition, Code.Unimplemented]);
+
 type Payload = MessageInitShape<typeof OpSchema>["payload"];
 
 /** A Ferry device. Create one with FerryClient.open. */
@@ -197,6 +203,8 @@ export class FerryClient {
   private readonly onOnline = () => this.reconnectNow();
   private readonly onOffline = () => this.current?.abort(new ConnectError("the browser went offline", Code.Unavailable));
   private entryDevices = new WeakMap<OutboxEntry, string>();
+  private pushRetry?: AbortController; // the wait before a failed push goes again
+  private pushAttempt = 0; // pushes failed in a row
   private acking = false;
   private ackWait?: { due: number; ctrl: AbortController }; // the wait running
   private ackDue = false; // a wait ended: what waits goes now
@@ -1100,15 +1108,41 @@ export class FerryClient {
             batches: [create(OpBatchSchema, { conversationId: conv, ops: batch.map((e) => fromBinary(OpSchema, e.op)) })],
           });
         } catch (err) {
-          // Offline, or the server is going away: the next session flushes
-          // again. Pushes are idempotent, so a lost answer costs nothing.
-          this.setStatus({ lastError: ConnectError.from(err).message });
+          // Pushes are idempotent, so a lost answer costs nothing: the
+          // push goes again after a wait, or with the next session.
+          const ce = ConnectError.from(err);
+          this.setStatus({ lastError: ce.message });
+          this.retryPush(ce);
           return;
         }
+        this.pushAttempt = 0;
         if (account !== this.account) return; // answered for the account before a sign-out
         await this.takeResults(batch, res.results);
       }
     }
+  }
+
+  // retryPush pushes again after a push failed while the session stays
+  // up (the server's disk nearly full, a throttle, a request lost on its
+  // way): after the delay the server asked for, else a backoff as the
+  // reconnects' (minBackoffMs doubling up to maxBackoffMs, with equal
+  // jitter). The session's end cancels it: the next one pushes at its
+  // Welcome. An error that retrying cannot fix is the session's to say.
+  private retryPush(err: ConnectError): void {
+    const session = this.current;
+    if (!session || this.pushRetry || terminalCodes.has(err.code)) return;
+    const asked = err.findDetails(DurationSchema)[0];
+    const base = Math.min(this.opts.maxBackoffMs, this.opts.minBackoffMs * 2 ** Math.min(this.pushAttempt++, 16));
+    const wait = asked ? Number(asked.seconds) * 1000 + Math.ceil(asked.nanos / 1e6) : base / 2 + this.opts.random() * (base / 2);
+    const ctrl = new AbortController();
+    this.pushRetry = ctrl;
+    const done = () => {
+      if (this.pushRetry === ctrl) this.pushRetry = undefined;
+    };
+    this.opts.sleep(wait, AbortSignal.any([session.signal, ctrl.signal])).then(() => {
+      done();
+      if (this.connected && this.current === session) void this.flush();
+    }, done);
   }
 
   // pushOrder sorts pending ops as they go out: by conversation, each

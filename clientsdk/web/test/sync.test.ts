@@ -4,7 +4,8 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { IDBFactory } from "fake-indexeddb";
@@ -797,6 +798,37 @@ test("a send while a login as another user replaces a refused session is refused
   assert.deepEqual(c.conversations(), [], "no conversation of alice's shows to bob");
   const history = await (await otherDevice(b)).sync.history({ conversationId: conv, range: { case: "afterSeq", value: 0n } });
   assert.ok(history.ops.every((op) => op.payload.case !== "message"), "alice's words reached the server");
+});
+
+test("a push that fails while the session stays up goes again after a backoff, or the delay a throttle asks", { timeout: 60_000 }, async () => {
+  // The first push is lost on its way; the second is refused as a
+  // throttle does, with the delay to wait as a detail.
+  let pushes = 0;
+  let subscribes = 0;
+  const sleeps: number[] = [];
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    const url = String(input);
+    if (url.endsWith("/ferry.v1.SyncService/Subscribe")) subscribes++;
+    if (url.endsWith("/ferry.v1.SyncService/Push") && ++pushes <= 2) {
+      if (pushes === 1) throw new TypeError("the network dropped the request");
+      const detail = Buffer.from(toBinary(DurationSchema, create(DurationSchema, { seconds: 7n }))).toString("base64").replace(/=+$/, "");
+      return new Response(JSON.stringify({ code: "resource_exhausted", message: "too many pushes; retry in 7s", details: [{ type: "google.protobuf.Duration", value: detail }] }),
+        { status: 429, headers: { "Content-Type": "application/json" } });
+    }
+    return globalThis.fetch(input, init);
+  };
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), minBackoffMs: 10, maxBackoffMs: 10, fetch,
+    sleep: async (ms) => { sleeps.push(ms); } });
+  clients.push(c);
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  const conv = await c.createConversation("notes", []);
+  await c.waitFor(() => c.status().pending === 0);
+  assert.equal(pushes, 3, "the push went three times");
+  assert.equal(subscribes, 1, "the session stayed up");
+  assert.ok(sleeps.some((ms) => ms >= 5 && ms <= 10), `waits ${sleeps}: want a backoff of 5-10ms (equal jitter on 10ms)`);
+  assert.ok(sleeps.includes(7000), `waits ${sleeps}: want the throttle's 7s`);
+  assert.equal(c.conversations().find((x) => x.id === conv)?.title, "notes");
 });
 
 test("a refusal outlives a reload, and one the server takes back is forgotten", { timeout: 60_000 }, async () => {
