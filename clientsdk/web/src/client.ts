@@ -1115,7 +1115,10 @@ export class FerryClient {
           this.retryPush(ce);
           return;
         }
-        this.pushAttempt = 0;
+        if (this.pushAttempt > 0) {
+          this.pushAttempt = 0;
+          this.setStatus({ lastError: undefined }); // the failure it said is over
+        }
         if (account !== this.account) return; // answered for the account before a sign-out
         await this.takeResults(batch, res.results);
       }
@@ -1190,10 +1193,9 @@ export class FerryClient {
       // A device's dots count in each conversation for its own ops; the
       // outbox may hold a refused device's ops too, after a sign-in that
       // replaced it (resignedIn), numbered apart.
-      const deviceOf = (e: OutboxEntry) => this.deviceOf(e);
       const renumber = new Map<string, { convId: string; device: string; first: number }>(); // by conv and device: the first dot to give their pending ops
       const lower = (e: OutboxEntry, dot: number) => {
-        const device = deviceOf(e);
+        const device = this.deviceOf(e);
         const k = `${e.convId}/${device}`;
         renumber.set(k, { convId: e.convId, device, first: Math.min(renumber.get(k)?.first ?? Infinity, dot) });
       };
@@ -1219,7 +1221,7 @@ export class FerryClient {
       for (const { convId, device, first } of renumber.values()) {
         let dot = first;
         const pending = [...this.outbox.values()]
-          .filter((x) => x.convId === convId && x.failed === undefined && !settled.has(x.id) && deviceOf(x) === device)
+          .filter((x) => x.convId === convId && x.failed === undefined && !settled.has(x.id) && this.deviceOf(x) === device)
           .sort((a, b) => a.dot - b.dot);
         for (const x of pending) {
           const op = fromBinary(OpSchema, x.op);

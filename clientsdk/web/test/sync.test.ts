@@ -823,7 +823,9 @@ test("a push that fails while the session stays up goes again after a backoff, o
   await signUp(c, "alice");
   await c.waitFor(() => c.status().state === "live");
   const conv = await c.createConversation("notes", []);
-  await c.waitFor(() => c.status().pending === 0);
+  // Sent, and the answer to the push that went through taken: the status
+  // no longer says the last push failed.
+  await c.waitFor(() => c.status().pending === 0 && c.status().lastError === undefined);
   assert.equal(pushes, 3, "the push went three times");
   assert.equal(subscribes, 1, "the session stayed up");
   assert.ok(sleeps.some((ms) => ms >= 5 && ms <= 10), `waits ${sleeps}: want a backoff of 5-10ms (equal jitter on 10ms)`);
