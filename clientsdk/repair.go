@@ -1,9 +1,12 @@
 package clientsdk
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 
+	"connectrpc.com/connect/v2"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine/model"
@@ -92,6 +95,13 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 		have = append(have, model.Dot{Device: id, N: n})
 	}
 	resp, err := sc.Repair(ctx, &ferryv1.RepairRequest{ConversationId: conv.String(), Vector: wire.VectorToProto(model.NewVector(have...))})
+	if connect.CodeOf(err) == connect.CodeNotFound {
+		// The restored store is older than the conversation: there is
+		// nothing of it to give back to, and the rest of the repair goes
+		// on.
+		d.log.Warn("repair: the server does not know the conversation", "conv", conv)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("ferry: repair %s: %w", conv, err)
 	}
@@ -102,8 +112,16 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 			if op == nil || op.GetUserId() != me {
 				break // not held, or not ours to vouch for
 			}
-			push = append(push, &ferryv1.Op{Id: op.GetId(), DeviceId: op.GetDeviceId(), Dot: op.GetDot(), Payload: op.GetPayload()})
+			push = append(push, op)
 		}
+	}
+	// In the order the ops had: the server lists the wanted ranges device
+	// by device, and an op of one device may target another's (a reaction
+	// to a message sent from the user's other device), which must go
+	// first. Each device's dots keep their order.
+	slices.SortFunc(push, func(a, b *ferryv1.Op) int { return cmp.Compare(a.GetSeq(), b.GetSeq()) })
+	for i, op := range push {
+		push[i] = &ferryv1.Op{Id: op.GetId(), DeviceId: op.GetDeviceId(), Dot: op.GetDot(), Payload: op.GetPayload()}
 	}
 	for len(push) > 0 {
 		n := min(len(push), maxPush)

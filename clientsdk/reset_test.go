@@ -89,3 +89,59 @@ func TestServerRestoredFromBackup(t *testing.T) {
 		t.Fatalf("ops failed around the restore: %+v", fs)
 	}
 }
+
+// TestRestoreOlderThanAConversation: after a restore from a backup older
+// than one of the device's conversations, the device syncs again (the
+// server does not know that one), and gives back its reaction to a
+// message its user sent from another device, which is gone: the message
+// goes back first.
+func TestRestoreOlderThanAConversation(t *testing.T) {
+	srv := &simServer{t: t, fs: vfs.NewMem(), addr: testbin.FreeAddr(t), seed: 2}
+	srv.start()
+	defer func() { srv.stop() }()
+	url := "http://" + srv.addr
+	open := func(register bool) *clientsdk.Device {
+		d, err := clientsdk.OpenMemory(clientsdk.WithServer(url), clientsdk.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = d.Close() })
+		if register {
+			err = d.Register(ctx, "alice", "correct horse", "phone")
+		} else {
+			err = d.Login(ctx, "alice", "correct horse", "laptop")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	older := open(true)
+	conv, _ := older.CreateConversation(ctx, "notes")
+	newer := open(false) // a later device id: the server lists its dots after the older one's
+	waitFor(t, newer, "the newer device has the conversation", func() bool { _, err := newer.Conversation(conv); return err == nil })
+	if err := srv.eng.Backup("backup"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := older.CreateConversation(ctx, "after the backup"); err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := newer.SendText(ctx, conv, "from the newer device")
+	waitFor(t, older, "the older device has the message", has(t, older, conv, "from the newer device"))
+	if _, err := older.React(ctx, conv, msg, "+1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, older, "the reaction is sent", func() bool { return older.Status().Pending == 0 })
+	_ = newer.Close() // gone: the older device repairs alone
+
+	srv.stop()
+	srv.dir = "backup"
+	srv.start()
+	waitFor(t, older, "repaired and live", func() bool {
+		ms := messages(t, older, conv)
+		return older.Status().State == clientsdk.StateLive && older.Status().Pending == 0 && len(ms) == 1 && len(ms[0].Reactions) == 1
+	})
+}

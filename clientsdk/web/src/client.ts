@@ -985,16 +985,31 @@ export class FerryClient {
         return { deviceId, dot: BigInt(n) };
       });
       const account = this.account;
-      const res = await this.sync.repair({ conversationId: convId, vector: { entries } });
+      let res;
+      try {
+        res = await this.sync.repair({ conversationId: convId, vector: { entries } });
+      } catch (err) {
+        if (ConnectError.from(err).code !== Code.NotFound) throw err;
+        // The restored store is older than the conversation: there is
+        // nothing of it to give back to, and the rest of the repair goes on.
+        console.warn(`ferry: repair: the server does not know conversation ${convId}`);
+        continue;
+      }
       if (account !== this.account) return; // signed out meanwhile: these ops are not the next account's to push
-      const push: Op[] = [];
+      const held: Op[] = [];
       for (const w of res.want) {
         for (let n = Number(w.fromDot); n <= Number(w.toDot); n++) {
           const op = byDot.get(w.deviceId)?.get(n);
           if (!op || op.userId !== me) break; // not held, or not ours to vouch for
-          push.push(create(OpSchema, { id: op.id, deviceId: op.deviceId, dot: op.dot, payload: op.payload }));
+          held.push(op);
         }
       }
+      // In the order the ops had: the server lists the wanted ranges
+      // device by device, and an op of one device may target another's (a
+      // reaction to a message sent from the user's other device), which
+      // must go first. Each device's dots keep their order.
+      const push = held.sort((a, b) => Number(a.seq - b.seq))
+        .map((op) => create(OpSchema, { id: op.id, deviceId: op.deviceId, dot: op.dot, payload: op.payload }));
       for (let i = 0; i < push.length; i += this.maxOpsPerPush) {
         if (account !== this.account) return;
         const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(i, i + this.maxOpsPerPush) })] });

@@ -833,6 +833,83 @@ test("a push that fails while the session stays up goes again after a backoff, o
   assert.equal(c.conversations().find((x) => x.id === conv)?.title, "notes");
 });
 
+// openAt opens a client of the server at url, with a real backoff (a
+// restarting server refuses connections meanwhile).
+async function openAt(url: string): Promise<FerryClient> {
+  const c = await FerryClient.open({ baseUrl: url, replica: new MemoryReplica(), minBackoffMs: 20, maxBackoffMs: 50 });
+  clients.push(c);
+  return c;
+}
+
+test("after a restore from a backup older than a conversation, the device syncs again", { timeout: 90_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "ferry-audit-restore-"));
+  const data = join(dir, "data");
+  let srv = await startServer({ data });
+  const addr = srv.addr;
+  try {
+    const alice = await openAt(srv.url);
+    const bob = await openAt(srv.url);
+    await signUp(alice, "alice");
+    const b = await signUp(bob, "bob");
+    const old = await alice.createConversation("old", [b]);
+    await alice.send(old, "before the backup");
+    await bob.waitFor(() => bob.messages(old).length === 1);
+
+    await srv.stop();
+    backup(data, join(dir, "backup"));
+    srv = await startServer({ data, addr });
+    const fresh = await alice.createConversation("new", [b]); // after the backup
+    await alice.send(fresh, "after the backup");
+    await alice.send(old, "also after the backup");
+    await bob.waitFor(() => bob.messages(fresh).length === 1 && bob.messages(old).length === 2);
+
+    await srv.stop();
+    srv = await startServer({ data: join(dir, "backup"), addr });
+    await alice.waitFor(() => alice.status().state === "live" && alice.messages(old).length === 2);
+    assert.deepEqual(texts(alice.messages(old)), ["before the backup", "also after the backup"]);
+  } finally {
+    for (const c of clients) await c.stop().catch(() => {});
+    await srv.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("repair gives back an op of the user's older device that targets a message of a newer one", { timeout: 90_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "ferry-audit-repair-"));
+  const data = join(dir, "data");
+  let srv = await startServer({ data });
+  const addr = srv.addr;
+  try {
+    const older = await openAt(srv.url);
+    const a = await signUp(older, "alice");
+    const newer = await openAt(srv.url);
+    await newer.login(a, "correct horse battery"); // a later device id: the server's vectors list it after the older one
+    newer.start();
+    assert.ok(older.session!.deviceId < newer.session!.deviceId);
+    const conv = await older.createConversation("notes", []);
+    await newer.waitFor(() => newer.conversations().some((c) => c.id === conv) && newer.status().state === "live");
+
+    await srv.stop();
+    backup(data, join(dir, "backup"));
+    srv = await startServer({ data, addr });
+    const m = await newer.send(conv, "from the newer device");
+    await older.waitFor(() => older.messages(conv).length === 1);
+    await older.react(conv, m, "👍");
+    await older.waitFor(() => older.status().pending === 0 && older.messages(conv)[0]!.seq > 0 && Object.keys(older.messages(conv)[0]!.reactions).length === 1);
+    await newer.stop(); // the newer device is gone (a lost phone); the older one repairs alone
+
+    await srv.stop();
+    srv = await startServer({ data: join(dir, "backup"), addr });
+    await older.waitFor(() => older.status().state === "live" && older.messages(conv).length === 1);
+    const got = older.messages(conv)[0]!;
+    assert.deepEqual([got.text, got.reactions], ["from the newer device", { "👍": [older.session!.userId] }], "the reaction was lost in the repair");
+  } finally {
+    for (const c of clients) await c.stop().catch(() => {});
+    await srv.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("a refusal outlives a reload, and one the server takes back is forgotten", { timeout: 60_000 }, async () => {
   // A Subscribe goes without its token while strip > 0, as through a
   // proxy that dropped the header: the server refuses it as
