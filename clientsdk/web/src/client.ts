@@ -18,7 +18,7 @@ import { HelloSchema, SyncService, type Ops } from "./gen/ferry/v1/sync_pb.js";
 import { unpackBatch } from "./packed.js";
 import { Folding, type MessageView, type StatusInput } from "./fold.js";
 import { emptyMeta, MemoryReplica, type Change, type ConvRecord, type Meta, type OpRecord, type OutboxEntry, type Replica, type Session } from "./replica.js";
-import { OpIds, ulid } from "./ulid.js";
+import { OpIds, isULID, ulid } from "./ulid.js";
 
 /** Where the device's connection stands. */
 export type State = "signed-out" | "offline" | "connecting" | "catching-up" | "live" | "failed";
@@ -134,6 +134,44 @@ const terminalCodes = new Set([Code.Unauthenticated, Code.PermissionDenied, Code
 
 type Payload = MessageInitShape<typeof OpSchema>["payload"];
 
+// checkPayload refuses what the server would refuse the whole push for
+// (a malformed op is not refused on its own): the op would stay at the
+// head of the outbox, and nothing after it would go.
+function checkPayload(p: Payload): void {
+  switch (p?.case) {
+    case "edit":
+    case "delete":
+    case "reactionAdd":
+    case "reactionRemove":
+      if (!isULID(p.value.targetId ?? "")) throw new Error(`ferry: ${JSON.stringify(p.value.targetId ?? "")} is not a message id`);
+      break;
+  }
+  switch (p?.case) {
+    case "reactionAdd":
+    case "reactionRemove":
+      if (!p.value.key) throw new Error("ferry: a reaction needs a key");
+      checkText("reaction key", p.value.key, maxReactionKeyBytes);
+      break;
+    case "create":
+      checkText("title", p.value.title ?? "", maxTitleBytes);
+      break;
+  }
+}
+
+// checkText refuses what the server refuses in a title or reaction key: more
+// than max bytes, or a control character.
+function checkText(what: string, s: string, max: number): void {
+  const n = encoder.encode(s).length;
+  if (n > max) throw new Error(`ferry: the ${what} is ${n} bytes, more than the limit of ${max}`);
+  if (/[\u0000-\u001f\u007f]/.test(s)) throw new Error(`ferry: the ${what} contains a control character`);
+}
+
+// pushFraming is room left in a push for what is not its ops' bytes.
+const pushFraming = 64 << 10;
+
+const maxTitleBytes = 256;
+const maxReactionKeyBytes = 64;
+
 /** A Ferry device. Create one with FerryClient.open. */
 export class FerryClient {
   private readonly opts: Required<Omit<ClientOptions, "replica" | "fetch" | "deviceName">> & { deviceName: string };
@@ -196,6 +234,7 @@ export class FerryClient {
   private connected = false;
   private maxOpsPerPush = 100;
   private maxBodyBytes = 1 << 20; // the server's, once a Welcome says (Limits)
+  private maxMessageBytes = 4 << 20; // the server's, once a Welcome says (Limits)
   private flushing?: Promise<void>;
   private flushWanted = false;
   private wake?: AbortController; // ends the reconnect backoff early
@@ -205,6 +244,7 @@ export class FerryClient {
   private entryDevices = new WeakMap<OutboxEntry, string>();
   private pushRetry?: AbortController; // the wait before a failed push goes again
   private pushAttempt = 0; // pushes failed in a row
+  private signingIn = false; // a login or register is asking the server
   private acking = false;
   private ackWait?: { due: number; ctrl: AbortController }; // the wait running
   private ackDue = false; // a wait ended: what waits goes now
@@ -300,19 +340,27 @@ export class FerryClient {
 
   private mustBeSignedOut(): void {
     if (this.meta.session && !this.meta.refused) throw new Error("ferry: this device is signed in; sign out first");
+    // A second sign-in while one is asking the server would make a second
+    // device there, whose session the client could not keep.
+    if (this.signingIn) throw new Error("ferry: a sign-in is under way");
   }
 
   // replacingRefused runs a sign-in. Over a refused session, the device
   // stops syncing first, so that nothing of that session lands after the
   // sign-in, and starts again after if it was running.
   private async replacingRefused(signIn: () => Promise<Session>): Promise<Session> {
-    if (!this.meta.session) return signIn();
-    const running = this.run !== undefined || this.restart;
-    await this.stop();
+    this.signingIn = true;
     try {
-      return await signIn();
+      if (!this.meta.session) return await signIn();
+      const running = this.run !== undefined || this.restart;
+      await this.stop();
+      try {
+        return await signIn();
+      } finally {
+        if (running) this.start();
+      }
     } finally {
-      if (running) this.start();
+      this.signingIn = false;
     }
   }
 
@@ -329,7 +377,7 @@ export class FerryClient {
 
   private async signedIn(s: { userId: string; deviceId: string; token: string; username: string } | undefined): Promise<Session> {
     if (!s) throw new Error("ferry: the server answered without a session");
-    this.mustBeSignedOut(); // another sign-in finished meanwhile
+    if (this.meta.session && !this.meta.refused) throw new Error("ferry: this device is signed in; sign out first"); // another sign-in finished meanwhile
     const session: Session = { userId: s.userId, deviceId: s.deviceId, token: s.token, username: s.username };
     if (this.meta.session?.userId === session.userId) {
       await this.resignedIn(session);
@@ -764,6 +812,7 @@ export class FerryClient {
     for (const p of payloads) {
       const size = p?.case === "message" || p?.case === "edit" ? (p.value.body?.length ?? 0) : 0;
       if (size > this.maxBodyBytes) throw new Error(`ferry: the body is ${size} bytes, more than the server's limit of ${this.maxBodyBytes}`);
+      checkPayload(p);
     }
     // Dots are given inside the write chain, so concurrent sends never
     // share one, with the device they count for (a sign-in as the same
@@ -914,6 +963,7 @@ export class FerryClient {
           this.attempt = 0; // a session that breaks later starts its backoff over
           if (m.value.limits?.maxOpsPerPush) this.maxOpsPerPush = m.value.limits.maxOpsPerPush;
           if (m.value.limits?.maxBodyBytes) this.maxBodyBytes = m.value.limits.maxBodyBytes;
+          if (m.value.limits?.maxMessageBytes) this.maxMessageBytes = m.value.limits.maxMessageBytes;
           this.setStatus({ state: "catching-up", missingOps: Number(m.value.missingOps), receivedOps: 0, lastError: undefined });
           if (this.meta.refused) {
             // The refusal was not for good (a proxy that dropped the
@@ -1114,8 +1164,17 @@ export class FerryClient {
       for (;;) {
         const next = this.pushOrder([...this.outbox.values()].filter((e) => e.failed === undefined));
         if (next.length === 0 || !this.connected) break;
+        // One conversation's ops, as many as a push takes: the server's
+        // count, and its message size less room for the request's framing.
         const conv = next[0]!.convId;
-        const batch = next.filter((e) => e.convId === conv).slice(0, this.maxOpsPerPush);
+        const batch: OutboxEntry[] = [];
+        let bytes = 0;
+        for (const e of next) {
+          if (e.convId !== conv || batch.length === this.maxOpsPerPush) break;
+          if (batch.length > 0 && bytes + e.op.length > this.maxMessageBytes - pushFraming) break;
+          batch.push(e);
+          bytes += e.op.length + 48; // the op's field and conversation id
+        }
         let res;
         const account = this.account;
         try {

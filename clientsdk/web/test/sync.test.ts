@@ -910,6 +910,49 @@ test("repair gives back an op of the user's older device that targets a message 
   }
 });
 
+test("ops the server would refuse a whole push for throw at the call, and the outbox goes on", { timeout: 60_000 }, async () => {
+  const c = await open();
+  await signUp(c, "alice");
+  const conv = await c.createConversation("notes", []);
+  await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
+  await assert.rejects(c.react(conv, "not-a-message-id", "+1"), /"not-a-message-id" is not a message id/);
+  await assert.rejects(c.edit(conv, "", "x"), /"" is not a message id/);
+  const m = await c.send(conv, "hello");
+  await assert.rejects(c.react(conv, m, ""), /a reaction needs a key/);
+  await assert.rejects(c.react(conv, m, "x".repeat(65)), /reaction key is 65 bytes, more than the limit of 64/);
+  await assert.rejects(c.createConversation("two\nlines", []), /title contains a control character/);
+  await assert.rejects(c.createConversation("t".repeat(257), []), /title is 257 bytes/);
+  await c.react(conv, m, "+1");
+  await c.waitFor(() => c.status().pending === 0);
+  assert.deepEqual(c.conversations().map((x) => x.title), ["notes"]);
+  assert.deepEqual(c.failed(), []);
+});
+
+test("messages queued offline go out even when together they exceed the server's message size", { timeout: 60_000 }, async () => {
+  const c = await open();
+  await signUp(c, "alice");
+  const conv = await c.createConversation("photos", []);
+  await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
+  await c.stop();
+  // 80 of 60 KB, each under the body limit: 4.8 MB, over the server's 4 MiB message.
+  for (let i = 0; i < 80; i++) await c.send(conv, String(i % 10).repeat(60_000));
+  c.start();
+  await c.waitFor(() => c.status().pending === 0);
+  assert.equal(c.messages(conv).length, 80);
+  assert.deepEqual(c.failed(), []);
+});
+
+test("a second sign-in while one is under way is refused before it asks the server", { timeout: 60_000 }, async () => {
+  const c = await open();
+  const username = await signUp(c, "alice");
+  await c.signOut();
+  const first = c.login(username, "correct horse battery");
+  await assert.rejects(c.login(username, "correct horse battery"), /a sign-in is under way/);
+  await first;
+  const other = await otherDevice(username);
+  assert.equal((await other.accounts.listDevices({})).devices.length, 2, "a device the client could not keep is left on the server");
+});
+
 test("a refusal outlives a reload, and one the server takes back is forgotten", { timeout: 60_000 }, async () => {
   // A Subscribe goes without its token while strip > 0, as through a
   // proxy that dropped the header: the server refuses it as
