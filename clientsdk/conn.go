@@ -13,6 +13,7 @@ import (
 
 	"connectrpc.com/connect/v2"
 	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrysync/ferry/internal/failpoint"
 	"github.com/ferrysync/ferry/internal/wire"
@@ -453,6 +454,9 @@ func (s *session) send(m *ferryv1.SyncRequest) {
 // maxPush is the most ops in one push (the server's limit).
 const maxPush = 1000
 
+// pushFraming is room left in a push for what is not its ops' bytes.
+const pushFraming = 64 << 10
+
 // flush pushes outbox entries not already in flight, in outbox order (which
 // is dot order within each conversation).
 func (s *session) flush() {
@@ -463,7 +467,9 @@ func (s *session) flush() {
 	}
 	var items []item
 	more := false
+	size := 0
 	d.mu.Lock()
+	limit := d.maxMessage - pushFraming
 	err := scanPrefix(d.db, []byte{tOutbox}, func(_, v []byte) error {
 		var e outboxEntry
 		if err := decodeJSON(v, &e); err != nil {
@@ -480,10 +486,14 @@ func (s *session) flush() {
 		if inFlight {
 			return nil
 		}
-		if len(items) == maxPush {
+		// As many as the server takes in one push: its count, and its
+		// message size less room for the framing.
+		n := proto.Size(op) + 48 // the op's field and its batch's
+		if len(items) == maxPush || len(items) > 0 && size+n > limit {
 			more = true
 			return io.EOF
 		}
+		size += n
 		items = append(items, item{conv: ulid.MustParseStrict(e.Conv), op: op})
 		return nil
 	})
@@ -558,6 +568,9 @@ func (s *session) receive(ctx context.Context) error {
 			d.noteAcceptedLocked(s.token)
 			if l := x.Welcome.GetLimits(); l.GetMaxBodyBytes() > 0 {
 				d.maxBody = int(l.GetMaxBodyBytes())
+			}
+			if l := x.Welcome.GetLimits(); l.GetMaxMessageBytes() > 0 {
+				d.maxMessage = int(l.GetMaxMessageBytes())
 			}
 			d.setStatus(func(st *Status) {
 				*st = Status{State: StateCatchingUp, Conversations: int(x.Welcome.GetChangedConversations()), OpsTotal: x.Welcome.GetMissingOps()}

@@ -60,6 +60,7 @@ type Device struct {
 	catchUpFrom uint64
 	catchingUp  bool
 	maxBody     int // the server's body limit, once known
+	maxMessage  int // the server's message limit, once known
 	status      Status
 	subs        map[*Subscription]struct{}
 	users       map[ulid.ULID]userRecord
@@ -135,6 +136,7 @@ func open(dir string, fs vfs.FS, opts []Option) (*Device, error) {
 		pending:       map[ulid.ULID]pendingRef{},
 		memberRefresh: map[ulid.ULID]bool{},
 		maxBody:       model.MaxBodyBytes,
+		maxMessage:    4 << 20, // the server's default
 		entropy:       o.entropy,
 		outboxWake:    make(chan struct{}, 1),
 		ackWake:       make(chan struct{}, 1),

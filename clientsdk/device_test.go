@@ -840,3 +840,33 @@ func TestTransientRefusalIsForgotten(t *testing.T) {
 		t.Fatalf("Login on a profile whose credentials work again: %v, want refused", err)
 	}
 }
+
+// TestQueuedOpsOverTheMessageSizeGoOut: messages queued offline that
+// together exceed the server's message size go out, in pushes that keep
+// to it.
+func TestQueuedOpsOverTheMessageSizeGoOut(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	conv, err := alice.CreateConversation(ctx, "photos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 80 of 60 KB, each under the body limit: 4.8 MB, over the server's
+	// 4 MiB message.
+	for i := range 80 {
+		if _, err := alice.SendText(ctx, conv, strings.Repeat(fmt.Sprint(i%10), 60_000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sync, cancel := context.WithTimeout(ctx, 30*time.Second) // a bound: the push never went before
+	defer cancel()
+	if err := alice.SyncOnce(sync); err != nil {
+		t.Fatal(err)
+	}
+	if n := alice.Status().Pending; n != 0 {
+		t.Fatalf("%d ops still pending after the sync", n)
+	}
+	if got := len(messages(t, alice, conv)); got != 80 {
+		t.Fatalf("%d messages, want 80", got)
+	}
+}
