@@ -8,6 +8,7 @@ import (
 
 	"connectrpc.com/connect/v2"
 	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/internal/wire"
@@ -123,8 +124,11 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 	for i, op := range push {
 		push[i] = &ferryv1.Op{Id: op.GetId(), DeviceId: op.GetDeviceId(), Dot: op.GetDot(), Payload: op.GetPayload()}
 	}
+	d.mu.Lock()
+	limit := d.maxMessage - pushFraming
+	d.mu.Unlock()
 	for len(push) > 0 {
-		n := min(len(push), maxPush)
+		n := pushPiece(push, limit)
 		r, err := sc.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv.String(), Ops: push[:n]}}})
 		if err != nil {
 			return fmt.Errorf("ferry: repair %s: push: %w", conv, err)
@@ -137,4 +141,18 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 		push = push[n:]
 	}
 	return nil
+}
+
+// pushPiece is how many of ops, at least one, go in one push: at most
+// maxPush, and as many as keep within limit bytes.
+func pushPiece(ops []*ferryv1.Op, limit int) int {
+	size := 0
+	for i, op := range ops {
+		n := proto.Size(op) + 48 // the op's field and its batch's
+		if i == maxPush || i > 0 && size+n > limit {
+			return i
+		}
+		size += n
+	}
+	return len(ops)
 }

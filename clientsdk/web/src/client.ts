@@ -169,6 +169,21 @@ function checkText(what: string, s: string, max: number): void {
 // pushFraming is room left in a push for what is not its ops' bytes.
 const pushFraming = 64 << 10;
 
+/**
+ * pushPiece is how many ops, of the encoded sizes given, go in one push:
+ * at least one, at most maxOps, and as many as keep within limit bytes.
+ * @internal
+ */
+export function pushPiece(sizes: number[], maxOps: number, limit: number): number {
+  let bytes = 0;
+  for (let i = 0; i < sizes.length; i++) {
+    const n = sizes[i]! + 48; // the op's field and its batch's
+    if (i === maxOps || (i > 0 && bytes + n > limit)) return i;
+    bytes += n;
+  }
+  return sizes.length;
+}
+
 const maxTitleBytes = 256;
 const maxReactionKeyBytes = 64;
 
@@ -1060,9 +1075,12 @@ export class FerryClient {
       // must go first. Each device's dots keep their order.
       const push = held.sort((a, b) => Number(a.seq - b.seq))
         .map((op) => create(OpSchema, { id: op.id, deviceId: op.deviceId, dot: op.dot, payload: op.payload }));
-      for (let i = 0; i < push.length; i += this.maxOpsPerPush) {
+      const sizes = push.map((op) => toBinary(OpSchema, op).length);
+      for (let i = 0; i < push.length; ) {
         if (account !== this.account) return;
-        const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(i, i + this.maxOpsPerPush) })] });
+        const n = pushPiece(sizes.slice(i), this.maxOpsPerPush, this.maxMessageBytes - pushFraming);
+        const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(i, i + n) })] });
+        i += n;
         for (const x of r.results) {
           if (x.status === OpStatus.REJECTED) console.warn(`ferry: repair: the server refused op ${x.opId} back: ${x.message}`);
         }
@@ -1167,14 +1185,8 @@ export class FerryClient {
         // One conversation's ops, as many as a push takes: the server's
         // count, and its message size less room for the request's framing.
         const conv = next[0]!.convId;
-        const batch: OutboxEntry[] = [];
-        let bytes = 0;
-        for (const e of next) {
-          if (e.convId !== conv || batch.length === this.maxOpsPerPush) break;
-          if (batch.length > 0 && bytes + e.op.length > this.maxMessageBytes - pushFraming) break;
-          batch.push(e);
-          bytes += e.op.length + 48; // the op's field and conversation id
-        }
+        const same = next.filter((e) => e.convId === conv);
+        const batch = same.slice(0, pushPiece(same.map((e) => e.op.length), this.maxOpsPerPush, this.maxMessageBytes - pushFraming));
         let res;
         const account = this.account;
         try {

@@ -756,3 +756,11 @@ test("unpackBatch: a malformed batch is refused, naming the field", () => {
     }, name);
   }
 });
+
+test("pushPiece: a push takes at most the server's op count and keeps within its message size, but always one op", async () => {
+  const { pushPiece } = await import("../src/client.js");
+  assert.equal(pushPiece(Array(80).fill(60_000), 100, (4 << 20) - (64 << 10)), 68); // 68 x 60,048 bytes fit in 4,128,768
+  assert.equal(pushPiece(Array(1500).fill(10), 1000, 4 << 20), 1000);
+  assert.equal(pushPiece([100, 100], 1000, 10), 1);
+  assert.equal(pushPiece([], 1000, 10), 0);
+});
