@@ -487,7 +487,8 @@ func (s *session) flush() {
 			return nil
 		}
 		// As many as the server takes in one push: its count, and its
-		// message size less room for the framing.
+		// message size less room for the framing (pushPiece's rule, kept
+		// as the outbox is read, so that no more of it is decoded).
 		n := proto.Size(op) + 48 // the op's field and its batch's
 		if len(items) == maxPush || len(items) > 0 && size+n > limit {
 			more = true
