@@ -916,8 +916,8 @@ export class FerryClient {
       this.connected = false;
       if (signal.aborted) break;
       this.setStatus({ state: "offline" });
-      const base = Math.min(this.opts.maxBackoffMs, this.opts.minBackoffMs * 2 ** Math.min(this.attempt++, 16));
-      const wait = delay ?? base / 2 + this.opts.random() * (base / 2); // equal jitter
+      const attempt = this.attempt++;
+      const wait = delay ?? this.backoff(attempt);
       const wake = new AbortController();
       this.wake = wake;
       await this.opts.sleep(wait, AbortSignal.any([signal, wake.signal])).catch(() => {});
@@ -1221,8 +1221,8 @@ export class FerryClient {
     const session = this.current;
     if (!session || this.pushRetry || terminalCodes.has(err.code)) return;
     const asked = err.findDetails(DurationSchema)[0];
-    const base = Math.min(this.opts.maxBackoffMs, this.opts.minBackoffMs * 2 ** Math.min(this.pushAttempt++, 16));
-    const wait = asked ? Number(asked.seconds) * 1000 + Math.ceil(asked.nanos / 1e6) : base / 2 + this.opts.random() * (base / 2);
+    const wait = asked ? Number(asked.seconds) * 1000 + Math.ceil(asked.nanos / 1e6) : this.backoff(this.pushAttempt);
+    this.pushAttempt++;
     const ctrl = new AbortController();
     this.pushRetry = ctrl;
     const done = () => {
@@ -1232,6 +1232,13 @@ export class FerryClient {
       done();
       if (this.connected && this.current === session) void this.flush();
     }, done);
+  }
+
+  // backoff is the wait before the next try after attempt failed ones in
+  // a row: minBackoffMs doubling up to maxBackoffMs, with equal jitter.
+  private backoff(attempt: number): number {
+    const base = Math.min(this.opts.maxBackoffMs, this.opts.minBackoffMs * 2 ** Math.min(attempt, 16));
+    return base / 2 + this.opts.random() * (base / 2);
   }
 
   // pushOrder sorts pending ops as they go out: by conversation, each
