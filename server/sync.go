@@ -370,7 +370,7 @@ func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSync
 
 // admission is a Sync stream admitted, waiting for its hello.
 type admission struct {
-	release     func() // frees the stream's slot
+	slot        *streamSlot
 	rd          requestReader
 	stopReceive func()
 	bg          *stoppableReader // nil unless the stream is read on a goroutine of its own
@@ -378,19 +378,19 @@ type admission struct {
 	schedule    *timers.Schedule
 	deadline    timers.Deadline // for the hello
 
-	mu        sync.Mutex
-	got, late bool
+	mu                  sync.Mutex
+	got, late, replaced bool
 }
 
 // admitSync admits a Sync stream and arms its hello's deadline: it must
 // come within three heartbeat intervals, for a client that opens streams
 // and says nothing must not hold slots.
 func (s *Server) admitSync(ctx context.Context, st ferryv1connect.SyncServiceSyncServerStream) (*admission, error) {
-	release, err := s.acquireStream(actorFrom(ctx).Device)
+	slot, err := s.acquireStream(actorFrom(ctx).Device)
 	if err != nil {
 		return nil, err
 	}
-	adm := &admission{release: release, rd: st, schedule: &s.schedule}
+	adm := &admission{slot: slot, rd: st, schedule: &s.schedule}
 	adm.stopReceive, err = receiveStopper(ctx)
 	if err != nil {
 		s.warnSyncReads.Do(func() {
@@ -411,6 +411,14 @@ func (s *Server) admitSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 		}
 	}
 	s.schedule.Arm(&adm.deadline, s.opts.Clock.Now().Add(3*s.opts.HeartbeatInterval))
+	slot.onReplaced(func() {
+		adm.mu.Lock()
+		defer adm.mu.Unlock()
+		if !adm.got { // else the session, once it starts, ends
+			adm.replaced = true
+			adm.stopReceive()
+		}
+	})
 	return adm, nil
 }
 
@@ -420,7 +428,7 @@ func (adm *admission) abort() {
 	if adm.bg != nil {
 		adm.bg.Stop()
 	}
-	adm.release()
+	adm.slot.release()
 }
 
 // readHello reads the session's first message, which must be a hello,
@@ -429,9 +437,12 @@ func (adm *admission) readHello() (*ferryv1.Hello, error) {
 	req, err := adm.rd.Receive()
 	adm.mu.Lock()
 	adm.got = true
-	late := adm.late
+	late, replaced := adm.late, adm.replaced
 	adm.mu.Unlock()
 	adm.schedule.Stop(&adm.deadline)
+	if replaced {
+		return nil, adm.slot.s.errReplaced()
+	}
 	if late {
 		return nil, connect.NewError(connect.CodeDeadlineExceeded, "no hello: a Sync session starts with a hello")
 	}
@@ -456,7 +467,7 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	if err != nil {
 		return nil, err
 	}
-	l.rd, l.results, l.release = adm.rd, make(chan *answer, 4), adm.release
+	l.rd, l.results, l.slot = adm.rd, make(chan *answer, 4), adm.slot
 	if hello.GetSkipOwnOps() {
 		l.o.Pushing = new(engine.Pushing)
 	}
@@ -480,6 +491,7 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 		l.stopReader = adm.bg.Stop
 	}
 	l.waitInput = adm.waitInput
+	l.slot.onReplaced(l.replace)
 	p.kick() // the welcome and the catch-up
 	return l, nil
 }
@@ -495,7 +507,7 @@ func (l *loop) endSync() {
 	if l.stopReader != nil {
 		l.stopReader()
 	}
-	l.release()
+	l.slot.release()
 }
 
 // syncErr is the error that ends a Sync stream, given what ended the
@@ -530,11 +542,6 @@ func ignoreEOF(err error) error {
 
 func (h syncService) Subscribe(ctx context.Context, req *ferryv1.SubscribeRequest, st ferryv1connect.SyncServiceSubscribeServerStream) error {
 	a := actorFrom(ctx)
-	release, err := h.s.acquireStream(a.Device)
-	if err != nil {
-		return err
-	}
-	defer release()
 	if req.GetHello() == nil {
 		return invalidf("a Subscribe request needs a hello")
 	}
@@ -551,6 +558,12 @@ func (s *Server) subscribe(ctx context.Context, a engine.Actor, hello *ferryv1.H
 	if err != nil {
 		return err
 	}
+	// After the hello's checks: a request refused for them replaces no
+	// session.
+	if l.slot, err = s.acquireStream(a.Device); err != nil {
+		return err
+	}
+	defer l.slot.release()
 	return l.serveSubscribe(ctx)
 }
 
@@ -628,6 +641,8 @@ type loop struct {
 	rearm    atomic.Bool  // the deadline passed with something due: the pump arms it
 	lastOut  atomic.Int64 // when the last message went (Server.nanos)
 	hbDue    atomic.Bool  // a heartbeat is due
+	slot     *streamSlot  // the session's among its device's
+	replaced atomic.Bool  // a newer session of the device replaced it: the pump ends it
 
 	// Sync only.
 	rd         requestReader // the client's messages
@@ -636,7 +651,6 @@ type loop struct {
 	results    chan *answer  // answered pushes, to send (pointers: the buffer is held for the session's life)
 	idleDue    atomic.Bool   // the client's silence is to be looked at
 	quit       atomic.Bool   // the receiving side ended the session
-	release    func()        // frees the stream's slot
 	unwatchCtx func() bool
 	lastIn     atomic.Int64 // when the client's last message came (Server.nanos)
 	handling   atomic.Bool  // the handler is answering one
@@ -663,6 +677,9 @@ type step struct {
 // wake-up on a change and returns. It reports whether the session is over,
 // and with what error (nil for a clean end).
 func (l *loop) pump(ctx context.Context) (end bool, err error) {
+	if l.replaced.Load() {
+		return true, l.s.errReplaced()
+	}
 	if l.sess == nil {
 		if end, err := l.open(); end {
 			return true, err
@@ -680,6 +697,9 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 		// 1k devices).
 		if l.s.goaway.Err() != nil {
 			return true, l.s.sayGoaway(l.out)
+		}
+		if l.replaced.Load() {
+			return true, l.s.errReplaced()
 		}
 		if err := ctx.Err(); err != nil {
 			return true, err
@@ -751,6 +771,13 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 		}
 		return false, nil
 	}
+}
+
+// replace has the pump end the session: a newer one of its device took
+// its slot.
+func (l *loop) replace() {
+	l.replaced.Store(true)
+	l.wake()
 }
 
 func stepErr(st step) error {
@@ -984,6 +1011,7 @@ func (l *loop) serveSubscribe(ctx context.Context) error {
 		default:
 		}
 	}
+	l.slot.onReplaced(l.replace)
 	l.startTimer()
 	defer l.stopTimer()
 	defer l.close()
