@@ -9,10 +9,9 @@ import (
 // TCP connections once data sent on it has waited timeout for the peer's
 // acknowledgement (Linux's TCP_USER_TIMEOUT; elsewhere ln as it is). A
 // device whose network died mid-session otherwise keeps its connection,
-// its session and one of its sync sessions' slots (Options.MaxStreamsPerDevice;
-// the device's next session replaces it) until TCP gives up
-// retransmitting, some 15 minutes: heartbeats land in the socket's
-// buffer, so no write ever blocks for the send timeout.
+// and with it one of its sync sessions' slots (Options.MaxStreamsPerDevice),
+// until TCP gives up retransmitting, some 15 minutes: heartbeats land in
+// the socket's buffer, so no write ever blocks for the send timeout.
 // HTTP/2 finds such a peer with its pings; HTTP/1.1 (browsers over plain
 // http, and many proxies) has nothing else.
 func DeadPeerListener(ln net.Listener, timeout time.Duration) net.Listener {

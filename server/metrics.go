@@ -18,20 +18,19 @@ import (
 // stats are the server's counters for operators: atomics bumped where
 // things happen, read when Metrics is called or /metrics is scraped.
 type stats struct {
-	sessions         atomic.Int64 // open Sync and Subscribe sessions
-	sessionsStarted  atomic.Uint64
-	sessionsReplaced atomic.Uint64
-	calls            sync.Map // procedure -> *callCounts; as many entries as registered procedures
-	pushTime         *metric.Histogram
-	liveDelay        *metric.Histogram
-	pushOps          [pushResults]atomic.Uint64
-	sentOps          [engine.PhaseLive + 1]atomic.Uint64 // by engine.Phase
-	catchUps         atomic.Uint64
-	sentBytes        atomic.Uint64
-	sendTimeouts     atomic.Uint64
-	signInsLimited   atomic.Uint64
-	pushesThrottled  atomic.Uint64
-	pushesRefused    atomic.Uint64
+	sessions        atomic.Int64 // open Sync and Subscribe sessions
+	sessionsStarted atomic.Uint64
+	calls           sync.Map // procedure -> *callCounts; as many entries as registered procedures
+	pushTime        *metric.Histogram
+	liveDelay       *metric.Histogram
+	pushOps         [pushResults]atomic.Uint64
+	sentOps         [engine.PhaseLive + 1]atomic.Uint64 // by engine.Phase
+	catchUps        atomic.Uint64
+	sentBytes       atomic.Uint64
+	sendTimeouts    atomic.Uint64
+	signInsLimited  atomic.Uint64
+	pushesThrottled atomic.Uint64
+	pushesRefused   atomic.Uint64
 }
 
 // callCounts counts a procedure's finished calls by Connect code; 0 is OK.
@@ -107,9 +106,6 @@ type Metrics struct {
 	// SessionsStarted counts those that were.
 	Sessions        int64
 	SessionsStarted uint64
-	// SessionsReplaced counts sessions ended because their device opened
-	// a newer one past Options.MaxStreamsPerDevice.
-	SessionsReplaced uint64
 	// Calls counts finished calls by procedure and Connect code (0: OK).
 	// A session is a call too, counted when it ends.
 	Calls map[string]map[connect.Code]uint64
@@ -139,7 +135,7 @@ type Metrics struct {
 func (s *Server) Metrics() Metrics {
 	st := s.stats
 	m := Metrics{
-		Sessions: st.sessions.Load(), SessionsStarted: st.sessionsStarted.Load(), SessionsReplaced: st.sessionsReplaced.Load(),
+		Sessions: st.sessions.Load(), SessionsStarted: st.sessionsStarted.Load(),
 		Calls: map[string]map[connect.Code]uint64{}, PushOps: map[string]uint64{}, SentOps: map[engine.Phase]uint64{},
 		PushTime: st.pushTime.Snapshot(), LiveDelay: st.liveDelay.Snapshot(), CatchUps: st.catchUps.Load(), SentBytes: st.sentBytes.Load(),
 		SendTimeouts: st.sendTimeouts.Load(), SignInsLimited: st.signInsLimited.Load(),
@@ -193,38 +189,37 @@ var (
 		descs = append(descs, d)
 		return d
 	}
-	dSessions         = desc("ferry_sessions", "Sync and Subscribe sessions open now.")
-	dSessionsStarted  = desc("ferry_sessions_started_total", "Sync and Subscribe sessions started.")
-	dSessionsReplaced = desc("ferry_sessions_replaced_total", "Sessions ended because their device opened a newer one past the limit per device (--max-streams-per-device).")
-	dCalls            = desc("ferry_rpcs_total", "Calls finished, by procedure and Connect code; a session counts when it ends.", "procedure", "code")
-	dPushOps          = desc("ferry_push_ops_total", "Pushed ops, by answer.", "result")
-	dPushTime         = desc("ferry_push_duration_seconds", "Time to answer a push, its accepted ops durable, from when the push limit let it go.")
-	dLiveDelay        = desc("ferry_live_delay_seconds", "Time from the change that woke a live session (a commit) to each of its Ops messages handed to the stream.")
-	dSentOps          = desc("ferry_sent_ops_total", "Ops handed to devices' streams, by phase: newest (a catch-up's newest pages), backfill (the rest of a catch-up), live.", "phase")
-	dCatchUps         = desc("ferry_catch_ups_total", "Catch-ups completed: their CaughtUp handed to the stream.")
-	dSentBytes        = desc("ferry_stream_sent_bytes_total", "Bytes handed to sync streams, compressed.")
-	dSendTimeouts     = desc("ferry_send_timeouts_total", "Streams reset because a write made no progress for the send timeout.")
-	dSignInsLimited   = desc("ferry_sign_ins_limited_total", "Sign-ins refused by the sign-in rate limit.")
-	dPushesThrottled  = desc("ferry_pushes_throttled_total", "Pushes and acks that waited for their user's push limit.")
-	dPushesRefused    = desc("ferry_pushes_refused_total", "Pushes refused by the push limit: their user's devices pushed too much at once.")
-	dCommits          = desc("ferry_commits_total", "Synced group commits.")
-	dCommitRequests   = desc("ferry_commit_requests_total", "Write requests carried by the group commits.")
-	dCommitTime       = desc("ferry_commit_duration_seconds", "Time of a synced group commit.")
-	dWriteQueue       = desc("ferry_write_queue_requests", "Write requests waiting for the writer.")
-	dReads            = desc("ferry_store_reads_total", "Point reads and iterator steps against the store.")
-	dWrites           = desc("ferry_store_writes_total", "Keys set or deleted by synced commits.")
-	dWatching         = desc("ferry_watching_users", "Users with an open session.")
-	dStoreFailed      = desc("ferry_store_failed", "1 once the store failed: the server refuses writes and stops. Else 0.")
-	dDiskLow          = desc("ferry_store_disk_low", "1 while the store's disk has less free space than --min-free-disk-mib and writes are refused. Else 0.")
-	dStoreBytes       = desc("ferry_store_bytes", "Bytes the store occupies on disk, by kind.", "kind")
-	dReadAmp          = desc("ferry_store_read_amplification", "Tables a read may consult: level 0's sublevels plus the non-empty levels below.")
-	dCompactionDebt   = desc("ferry_store_compaction_debt_bytes", "Estimated bytes to compact for the store to be stable.")
-	dMemTables        = desc("ferry_store_memtable_bytes", "Bytes in memtables, before they flush to tables.")
-	dFlushes          = desc("ferry_store_flushes_total", "Memtable flushes completed.")
-	dCompactions      = desc("ferry_store_compactions_total", "Compactions completed.")
-	dStoreWritten     = desc("ferry_store_written_bytes_total", "Bytes the store wrote, by what wrote them: the WAL's commits, and the tables of flushes and compactions. Tables over WAL is the write amplification.", "by")
-	dCacheLookups     = desc("ferry_store_block_cache_lookups_total", "Block cache lookups by result: a miss reads the block from a file and decompresses it.", "result")
-	dFilterSkips      = desc("ferry_store_filter_skips_total", "Tables point reads skipped because their Bloom filter ruled the key out.")
+	dSessions        = desc("ferry_sessions", "Sync and Subscribe sessions open now.")
+	dSessionsStarted = desc("ferry_sessions_started_total", "Sync and Subscribe sessions started.")
+	dCalls           = desc("ferry_rpcs_total", "Calls finished, by procedure and Connect code; a session counts when it ends.", "procedure", "code")
+	dPushOps         = desc("ferry_push_ops_total", "Pushed ops, by answer.", "result")
+	dPushTime        = desc("ferry_push_duration_seconds", "Time to answer a push, its accepted ops durable, from when the push limit let it go.")
+	dLiveDelay       = desc("ferry_live_delay_seconds", "Time from the change that woke a live session (a commit) to each of its Ops messages handed to the stream.")
+	dSentOps         = desc("ferry_sent_ops_total", "Ops handed to devices' streams, by phase: newest (a catch-up's newest pages), backfill (the rest of a catch-up), live.", "phase")
+	dCatchUps        = desc("ferry_catch_ups_total", "Catch-ups completed: their CaughtUp handed to the stream.")
+	dSentBytes       = desc("ferry_stream_sent_bytes_total", "Bytes handed to sync streams, compressed.")
+	dSendTimeouts    = desc("ferry_send_timeouts_total", "Streams reset because a write made no progress for the send timeout.")
+	dSignInsLimited  = desc("ferry_sign_ins_limited_total", "Sign-ins refused by the sign-in rate limit.")
+	dPushesThrottled = desc("ferry_pushes_throttled_total", "Pushes and acks that waited for their user's push limit.")
+	dPushesRefused   = desc("ferry_pushes_refused_total", "Pushes refused by the push limit: their user's devices pushed too much at once.")
+	dCommits         = desc("ferry_commits_total", "Synced group commits.")
+	dCommitRequests  = desc("ferry_commit_requests_total", "Write requests carried by the group commits.")
+	dCommitTime      = desc("ferry_commit_duration_seconds", "Time of a synced group commit.")
+	dWriteQueue      = desc("ferry_write_queue_requests", "Write requests waiting for the writer.")
+	dReads           = desc("ferry_store_reads_total", "Point reads and iterator steps against the store.")
+	dWrites          = desc("ferry_store_writes_total", "Keys set or deleted by synced commits.")
+	dWatching        = desc("ferry_watching_users", "Users with an open session.")
+	dStoreFailed     = desc("ferry_store_failed", "1 once the store failed: the server refuses writes and stops. Else 0.")
+	dDiskLow         = desc("ferry_store_disk_low", "1 while the store's disk has less free space than --min-free-disk-mib and writes are refused. Else 0.")
+	dStoreBytes      = desc("ferry_store_bytes", "Bytes the store occupies on disk, by kind.", "kind")
+	dReadAmp         = desc("ferry_store_read_amplification", "Tables a read may consult: level 0's sublevels plus the non-empty levels below.")
+	dCompactionDebt  = desc("ferry_store_compaction_debt_bytes", "Estimated bytes to compact for the store to be stable.")
+	dMemTables       = desc("ferry_store_memtable_bytes", "Bytes in memtables, before they flush to tables.")
+	dFlushes         = desc("ferry_store_flushes_total", "Memtable flushes completed.")
+	dCompactions     = desc("ferry_store_compactions_total", "Compactions completed.")
+	dStoreWritten    = desc("ferry_store_written_bytes_total", "Bytes the store wrote, by what wrote them: the WAL's commits, and the tables of flushes and compactions. Tables over WAL is the write amplification.", "by")
+	dCacheLookups    = desc("ferry_store_block_cache_lookups_total", "Block cache lookups by result: a miss reads the block from a file and decompresses it.", "result")
+	dFilterSkips     = desc("ferry_store_filter_skips_total", "Tables point reads skipped because their Bloom filter ruled the key out.")
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
@@ -251,7 +246,6 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	m := c.s.Metrics()
 	gauge(dSessions, float64(m.Sessions))
 	counter(dSessionsStarted, m.SessionsStarted)
-	counter(dSessionsReplaced, m.SessionsReplaced)
 	for proc, byCode := range m.Calls {
 		for code, n := range byCode {
 			name := "ok"

@@ -24,9 +24,7 @@ type Options struct {
 	// service request is capped at 64 KiB, or this when less. Default 4 MiB.
 	MaxMessageBytes int
 	// MaxStreamsPerDevice caps a device's concurrent Sync and Subscribe
-	// sessions. One more replaces the device's oldest, which ends with
-	// resource_exhausted; one more while as many replaced ones still end
-	// is refused. Default 4.
+	// sessions. Default 4.
 	MaxStreamsPerDevice int
 	// HeartbeatInterval is how long a session may be quiet before the server
 	// sends a heartbeat; a Sync session that hears nothing from its client

@@ -29,8 +29,8 @@ type Server struct {
 	log  *slog.Logger
 
 	mu       sync.Mutex
-	streams  map[ulid.ULID]*deviceStreams // each device's sessions (acquireStream)
-	goaway   context.Context              // canceled by GoAway
+	streams  map[ulid.ULID]int // device -> open sessions
+	goaway   context.Context   // canceled by GoAway
 	goAway   context.CancelFunc
 	goneAway bool
 	draining bool                 // Drain: /healthz says 503 while the server still serves
@@ -81,7 +81,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 		eng:      eng,
 		opts:     opts,
 		log:      opts.Logger,
-		streams:  map[ulid.ULID]*deviceStreams{},
+		streams:  map[ulid.ULID]int{},
 		syncs:    map[*pumper]struct{}{},
 		goaway:   goaway,
 		goAway:   goAway,
@@ -310,6 +310,36 @@ func (s *Server) finishCall(procedure string, err *error) {
 		*err = connect.NewError(connect.CodeInternal, "internal error")
 	}
 	s.stats.called(procedure, *err)
+}
+
+// acquireStream counts a device's open sessions, refusing more than
+// MaxStreamsPerDevice, and sessions once the server is going away.
+func (s *Server) acquireStream(device ulid.ULID) (release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.goneAway {
+		return nil, connect.NewError(connect.CodeUnavailable, "the server is shutting down; reconnect shortly")
+	}
+	if s.streams[device] >= s.opts.MaxStreamsPerDevice {
+		return nil, connect.NewError(connect.CodeResourceExhausted,
+			fmt.Sprintf("this device already has %d open sync sessions, the limit; close one first", s.opts.MaxStreamsPerDevice))
+	}
+	s.streams[device]++
+	s.active.Add(1)
+	s.stats.sessions.Add(1)
+	s.stats.sessionsStarted.Add(1)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.stats.sessions.Add(-1)
+			s.mu.Lock()
+			if s.streams[device]--; s.streams[device] == 0 {
+				delete(s.streams, device)
+			}
+			s.mu.Unlock()
+			s.active.Done()
+		})
+	}, nil
 }
 
 // slots is a semaphore of n slots; nil (never free) when n <= 0.

@@ -370,7 +370,7 @@ func (h syncService) Sync(ctx context.Context, st ferryv1connect.SyncServiceSync
 
 // admission is a Sync stream admitted, waiting for its hello.
 type admission struct {
-	slot        *streamSlot
+	release     func() // frees the stream's slot
 	rd          requestReader
 	stopReceive func()
 	bg          *stoppableReader // nil unless the stream is read on a goroutine of its own
@@ -378,19 +378,19 @@ type admission struct {
 	schedule    *timers.Schedule
 	deadline    timers.Deadline // for the hello
 
-	mu                  sync.Mutex
-	got, late, replaced bool
+	mu        sync.Mutex
+	got, late bool
 }
 
 // admitSync admits a Sync stream and arms its hello's deadline: it must
 // come within three heartbeat intervals, for a client that opens streams
 // and says nothing must not hold slots.
 func (s *Server) admitSync(ctx context.Context, st ferryv1connect.SyncServiceSyncServerStream) (*admission, error) {
-	slot, err := s.acquireStream(actorFrom(ctx).Device)
+	release, err := s.acquireStream(actorFrom(ctx).Device)
 	if err != nil {
 		return nil, err
 	}
-	adm := &admission{slot: slot, rd: st, schedule: &s.schedule}
+	adm := &admission{release: release, rd: st, schedule: &s.schedule}
 	adm.stopReceive, err = receiveStopper(ctx)
 	if err != nil {
 		s.warnSyncReads.Do(func() {
@@ -411,14 +411,6 @@ func (s *Server) admitSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 		}
 	}
 	s.schedule.Arm(&adm.deadline, s.opts.Clock.Now().Add(3*s.opts.HeartbeatInterval))
-	slot.onReplaced(func() {
-		adm.mu.Lock()
-		defer adm.mu.Unlock()
-		if !adm.got { // else the session, once it starts, ends
-			adm.replaced = true
-			adm.stopReceive()
-		}
-	})
 	return adm, nil
 }
 
@@ -428,7 +420,7 @@ func (adm *admission) abort() {
 	if adm.bg != nil {
 		adm.bg.Stop()
 	}
-	adm.slot.release()
+	adm.release()
 }
 
 // readHello reads the session's first message, which must be a hello,
@@ -437,12 +429,9 @@ func (adm *admission) readHello() (*ferryv1.Hello, error) {
 	req, err := adm.rd.Receive()
 	adm.mu.Lock()
 	adm.got = true
-	late, replaced := adm.late, adm.replaced
+	late := adm.late
 	adm.mu.Unlock()
 	adm.schedule.Stop(&adm.deadline)
-	if replaced {
-		return nil, adm.slot.s.errReplaced()
-	}
 	if late {
 		return nil, connect.NewError(connect.CodeDeadlineExceeded, "no hello: a Sync session starts with a hello")
 	}
@@ -467,7 +456,7 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	if err != nil {
 		return nil, err
 	}
-	l.rd, l.results, l.slot = adm.rd, make(chan *answer, 4), adm.slot
+	l.rd, l.results, l.release = adm.rd, make(chan *answer, 4), adm.release
 	if hello.GetSkipOwnOps() {
 		l.o.Pushing = new(engine.Pushing)
 	}
@@ -491,7 +480,6 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 		l.stopReader = adm.bg.Stop
 	}
 	l.waitInput = adm.waitInput
-	l.slot.onReplaced(l.replace)
 	p.kick() // the welcome and the catch-up
 	return l, nil
 }
@@ -507,7 +495,7 @@ func (l *loop) endSync() {
 	if l.stopReader != nil {
 		l.stopReader()
 	}
-	l.slot.release()
+	l.release()
 }
 
 // syncErr is the error that ends a Sync stream, given what ended the
@@ -542,6 +530,11 @@ func ignoreEOF(err error) error {
 
 func (h syncService) Subscribe(ctx context.Context, req *ferryv1.SubscribeRequest, st ferryv1connect.SyncServiceSubscribeServerStream) error {
 	a := actorFrom(ctx)
+	release, err := h.s.acquireStream(a.Device)
+	if err != nil {
+		return err
+	}
+	defer release()
 	if req.GetHello() == nil {
 		return invalidf("a Subscribe request needs a hello")
 	}
@@ -558,12 +551,6 @@ func (s *Server) subscribe(ctx context.Context, a engine.Actor, hello *ferryv1.H
 	if err != nil {
 		return err
 	}
-	// After the hello's checks: a request refused for them replaces no
-	// session.
-	if l.slot, err = s.acquireStream(a.Device); err != nil {
-		return err
-	}
-	defer l.slot.release()
 	return l.serveSubscribe(ctx)
 }
 
@@ -641,8 +628,6 @@ type loop struct {
 	rearm    atomic.Bool  // the deadline passed with something due: the pump arms it
 	lastOut  atomic.Int64 // when the last message went (Server.nanos)
 	hbDue    atomic.Bool  // a heartbeat is due
-	slot     *streamSlot  // the session's among its device's
-	replaced atomic.Bool  // a newer session of the device replaced it: the pump ends it
 
 	// Sync only.
 	rd         requestReader // the client's messages
@@ -651,6 +636,7 @@ type loop struct {
 	results    chan *answer  // answered pushes, to send (pointers: the buffer is held for the session's life)
 	idleDue    atomic.Bool   // the client's silence is to be looked at
 	quit       atomic.Bool   // the receiving side ended the session
+	release    func()        // frees the stream's slot
 	unwatchCtx func() bool
 	lastIn     atomic.Int64 // when the client's last message came (Server.nanos)
 	handling   atomic.Bool  // the handler is answering one
@@ -677,9 +663,6 @@ type step struct {
 // wake-up on a change and returns. It reports whether the session is over,
 // and with what error (nil for a clean end).
 func (l *loop) pump(ctx context.Context) (end bool, err error) {
-	if l.replaced.Load() {
-		return true, l.s.errReplaced()
-	}
 	if l.sess == nil {
 		if end, err := l.open(); end {
 			return true, err
@@ -697,9 +680,6 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 		// 1k devices).
 		if l.s.goaway.Err() != nil {
 			return true, l.s.sayGoaway(l.out)
-		}
-		if l.replaced.Load() {
-			return true, l.s.errReplaced()
 		}
 		if err := ctx.Err(); err != nil {
 			return true, err
@@ -771,13 +751,6 @@ func (l *loop) pump(ctx context.Context) (end bool, err error) {
 		}
 		return false, nil
 	}
-}
-
-// replace has the pump end the session: a newer one of its device took
-// its slot.
-func (l *loop) replace() {
-	l.replaced.Store(true)
-	l.wake()
 }
 
 func stepErr(st step) error {
@@ -1011,7 +984,6 @@ func (l *loop) serveSubscribe(ctx context.Context) error {
 		default:
 		}
 	}
-	l.slot.onReplaced(l.replace)
 	l.startTimer()
 	defer l.stopTimer()
 	defer l.close()

@@ -215,7 +215,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.UintVar(&c.minFreeDiskMiB, "min-free-disk-mib", 512, "new ops are refused (unavailable, and retried by the clients) while the store's disk has less free space than this, in MiB, or than a twentieth of the disk when less: a full disk would stop the server (0: no check)")
 	fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message, after decompression (at least 65536); the account service's, Register and Login among them, at most 64 KiB")
 	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body (at most 1 MiB)")
-	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device; a newer one replaces the oldest")
+	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions (at least 100ms); a client silent for three intervals is cut off")
 	fs.DurationVar(&c.sendTimeout, "send-timeout", 2*time.Minute, "how long one write to a sync stream may take before the server resets the stream: its client stopped reading, or its connection stopped moving (0: no limit)")
 	fs.DurationVar(&c.bodyTimeout, "body-timeout", time.Minute, "how long the request body of a call other than a sync stream (Login, Register, Push, ...) may send nothing before the call fails: a stalled client would otherwise hold its connection (0: no limit)")
