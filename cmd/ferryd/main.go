@@ -504,6 +504,9 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	if err := os.MkdirAll(c.data, 0o700); err != nil {
 		return fmt.Errorf("--data: create the store's directory: %w", err)
 	}
+	if testEngineOptions != nil {
+		testEngineOptions(&eo)
+	}
 	eng, err := engine.Open(c.data, eo)
 	if err != nil {
 		return err
@@ -682,6 +685,10 @@ func version() string {
 
 // stdin is where add-user reads the password: a variable for the tests.
 var stdin io.Reader = os.Stdin
+
+// testEngineOptions, set by tests only, changes the engine's options as
+// serve opens the store: a filesystem that fails on cue.
+var testEngineOptions func(*engine.Options)
 
 // addUser creates a user on a stopped server's store, whatever
 // --allow-registration says: how an operator gives someone an account
