@@ -197,6 +197,9 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 			case !ok:
 				return reject(fmt.Errorf("%w: user %s does not exist", ErrPrecondition, op.Member))
 			}
+			if int(c.rec.Members) >= tx.e.opts.MaxMembers {
+				return reject(fmt.Errorf("%w: conversation %s has %d members, the most this server allows", ErrPrecondition, op.Conv, c.rec.Members))
+			}
 		}
 	}
 

@@ -438,3 +438,50 @@ func TestRemovedMemberReadsUpToRemoval(t *testing.T) {
 	}
 	enginetest.MustCheck(t, e)
 }
+
+// TestMaxMembers: a conversation takes members up to Options.MaxMembers;
+// one more is rejected, later or in the push that creates it, and is
+// taken once a member leaves.
+func TestMaxMembers(t *testing.T) {
+	e := enginetest.New(t, func(o *engine.Options) { o.MaxMembers = 3 })
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	carol := enginetest.Register(t, e, "carol")
+	dave := enginetest.Register(t, e, "dave")
+	addDave := model.Op{Kind: model.KindMemberAdd, Member: dave.Actor.User, Role: model.RoleMember}
+	full := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, engine.ErrPrecondition) || !strings.Contains(err.Error(), "has 3 members, the most this server allows") {
+			t.Fatalf("%s: %v, want the conversation full", what, err)
+		}
+	}
+
+	conv := alice.Create("c", bob, carol)
+	full("a fourth member", alice.Try(conv, addDave).Err)
+
+	other := ulid.Make()
+	ops := []model.Op{alice.Op(other, model.Op{Kind: model.KindCreate, Title: "other"})}
+	for _, d := range []*enginetest.Device{bob, carol, dave} {
+		ops = append(ops, alice.Op(other, model.Op{Kind: model.KindMemberAdd, Member: d.Actor.User, Role: model.RoleMember}))
+	}
+	res, err := e.Append(ctx, alice.Actor, ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res[:3] {
+		if r.Err != nil {
+			t.Fatalf("op %d of the creating push: %v", i, r.Err)
+		}
+	}
+	full("a fourth member in the creating push", res[3].Err)
+
+	carol.Push(carol.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: carol.Actor.User}))
+	if r := alice.Try(conv, addDave); r.Err != nil {
+		t.Fatalf("dave, once carol left: %v", r.Err)
+	}
+	info, members, _, err := e.Conversation(alice.Actor, conv)
+	if err != nil || info.Members != 3 {
+		t.Fatalf("conversation: %+v, %d listed, %v; want 3 members", info, len(members), err)
+	}
+	enginetest.MustCheck(t, e)
+}

@@ -112,6 +112,13 @@ type Options struct {
 	// MaxDevicesPerUser caps a user's devices that are not revoked; Login
 	// beyond it fails until one is revoked. Default 100.
 	MaxDevicesPerUser int
+	// MaxMembers caps a conversation's members: adding one more is
+	// rejected (ErrPrecondition) until one leaves or is removed. Each op
+	// of a conversation goes to every member's devices, and GetConversation
+	// lists them all in one message (up to some 140 bytes a member). A
+	// conversation that had more before the cap was lowered keeps them.
+	// Default 10,000.
+	MaxMembers int
 	// MaxPasswordHashes caps concurrent password hashes (Register, Login),
 	// each of which takes Password.MemoryKiB; more callers wait, and past
 	// 64 waiting they are refused with ErrTooMany. Default GOMAXPROCS.
@@ -178,6 +185,9 @@ func (o *Options) EnsureDefaults() {
 	if o.MaxDevicesPerUser == 0 {
 		o.MaxDevicesPerUser = 100
 	}
+	if o.MaxMembers == 0 {
+		o.MaxMembers = 10_000
+	}
 	if o.MaxPasswordHashes == 0 {
 		o.MaxPasswordHashes = runtime.GOMAXPROCS(0)
 	}
@@ -210,6 +220,7 @@ func (o *Options) Validate() error {
 	check(o.SharedFeedMembers > 0, "SharedFeedMembers must be positive, got %d", o.SharedFeedMembers)
 	check(o.ConvCacheSize > 0, "ConvCacheSize must be positive, got %d", o.ConvCacheSize)
 	check(o.MaxDevicesPerUser > 0, "MaxDevicesPerUser must be positive, got %d", o.MaxDevicesPerUser)
+	check(o.MaxMembers > 0, "MaxMembers must be positive, got %d", o.MaxMembers)
 	check(o.MaxPasswordHashes > 0, "MaxPasswordHashes must be positive, got %d", o.MaxPasswordHashes)
 	check(o.MemTableSize >= 1<<20, "MemTableSize must be at least 1 MiB, got %d", o.MemTableSize)
 	check(o.Compression == CompressFast || o.Compression == CompressSmall, "Compression must be CompressFast or CompressSmall, got %v", o.Compression)

@@ -112,6 +112,7 @@ type config struct {
 	maxMessageBytes   int
 	maxBodyBytes      int
 	maxStreams        int
+	maxMembers        int
 	heartbeat         time.Duration
 	sendTimeout       time.Duration
 	bodyTimeout       time.Duration
@@ -227,6 +228,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.corsOrigins, "cors-origins", "", "comma-separated origins (https://app.example.com) of web apps served elsewhere that may call the server from a browser; * for any. The demo page, served here, needs none")
 	fs.Var(&c.trustedProxies, "trusted-proxies", "comma-separated addresses or CIDR prefixes of your reverse proxies: --client-ip-header then counts only on requests from them, and the client is the last address in it that is not one of them")
 	fs.IntVar(&c.receiptMembers, "receipt-members", 32, "conversations of up to this many members share delivered and read receipts; in larger ones markers reach only the user's own devices")
+	fs.IntVar(&c.maxMembers, "max-members", 10_000, "members a conversation may have; adding one more is rejected until one leaves (GetConversation lists them all in one message, up to some 140 bytes each: past 25,000 raise --max-message-bytes too)")
 	fs.IntVar(&c.sharedFeedMembers, "shared-feed-members", 32, "conversations past this many members keep one feed entry for all of them: a message then writes nothing per member, and a catch-up reads one record per such conversation of its user")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
@@ -348,6 +350,7 @@ func engineOptions(c *config, log *slog.Logger) engine.Options {
 		ReceiptDelay:      receiptDelay(c.receiptDelay),
 		ReceiptMembers:    c.receiptMembers,
 		SharedFeedMembers: c.sharedFeedMembers,
+		MaxMembers:        c.maxMembers,
 		CacheSize:         int64(c.cacheMiB) << 20,
 		MemTableSize:      uint64(c.memtableMiB) << 20,
 		MinFreeDisk:       minFreeDisk(c.minFreeDiskMiB),
@@ -400,8 +403,9 @@ func checkServeFlags(c *config) error {
 		{"--max-streams-per-device", c.maxStreams == 0, "must be at least 1", c.maxStreams},
 		{"--heartbeat", c.heartbeat == 0, "must be at least 100ms", c.heartbeat},
 		{"--sign-in-refill", c.signInRefill <= 0, "must be positive", c.signInRefill},
-		{"--receipt-members", c.receiptMembers < 1, "must be at least 1", c.receiptMembers},
-		{"--shared-feed-members", c.sharedFeedMembers < 1, "must be at least 1", c.sharedFeedMembers},
+		{"--receipt-members", c.receiptMembers == 0, "must be at least 1", c.receiptMembers},
+		{"--shared-feed-members", c.sharedFeedMembers == 0, "must be at least 1", c.sharedFeedMembers},
+		{"--max-members", c.maxMembers == 0, "must be at least 1", c.maxMembers},
 		{"--password-memory-kib", c.passwordMemory == 0, "must be at least 8", c.passwordMemory},
 		{"--password-passes", c.passwordPasses == 0, "must be at least 1", c.passwordPasses},
 	} {
@@ -425,6 +429,9 @@ var optionFlags = strings.NewReplacer(
 	"MaxMessageBytes", "--max-message-bytes",
 	"MaxBodyBytes", "--max-body-bytes",
 	"MaxStreamsPerDevice", "--max-streams-per-device",
+	"ReceiptMembers", "--receipt-members",
+	"SharedFeedMembers", "--shared-feed-members",
+	"MaxMembers", "--max-members",
 	"HeartbeatInterval", "--heartbeat",
 	"SignInRefill", "--sign-in-refill",
 	"CORSOrigins", "--cors-origins",
