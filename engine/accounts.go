@@ -275,7 +275,8 @@ func (e *Engine) Login(ctx context.Context, username, password, deviceName strin
 			tx.fail(err)
 			return
 		}
-		if full = n >= e.opts.MaxDevicesPerUser; !full {
+		// Logins of the same group count each other's devices.
+		if full = n+tx.added[user.ID] >= e.opts.MaxDevicesPerUser; !full {
 			tx.putDevice(user.ID, creds.Device, &dev)
 		}
 	})
@@ -331,6 +332,10 @@ func (e *Engine) newDevice(user User, name string) (Credentials, record.Device) 
 }
 
 func (tx *txn) putDevice(user, device ulid.ULID, d *record.Device) {
+	if tx.added == nil {
+		tx.added = map[ulid.ULID]int{}
+	}
+	tx.added[user]++
 	tx.b.Set(keys.ID2(keys.TDevice, user, device), record.AppendDevice(nil, d))
 	tx.b.Set(keys.ID1(keys.TDeviceOf, device), record.AppendID(nil, user))
 	tx.b.Set(keys.Token(d.TokenHash), record.AppendIDs(nil, user, device))

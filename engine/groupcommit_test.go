@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -109,5 +110,42 @@ func (h *syncHold) release() { close(h.gate) }
 func awaitQueued(e *engine.Engine, n int) {
 	for e.Metrics().Queued < n {
 		runtimeGosched()
+	}
+}
+
+// TestLoginsInOneGroupKeepTheDeviceLimit: logins of one user that share a
+// group commit count each other's new devices against MaxDevicesPerUser;
+// each read the store as it was before the group, and all were taken.
+func TestLoginsInOneGroupKeepTheDeviceLimit(t *testing.T) {
+	hold := newSyncHold()
+	e := enginetest.New(t, func(o *engine.Options) { o.FS, o.MaxDevicesPerUser = hold.fs(), 2 })
+	alice := enginetest.Register(t, e, "alice")
+	conv := alice.Create("c")
+	done := hold.during(func() { alice.Send(conv, "held") })
+	const logins = 5
+	errs := make([]error, logins)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Go(func() { _, errs[i] = e.Login(ctx, "alice", "correct horse", fmt.Sprint("device ", i)) })
+	}
+	awaitQueued(e, logins)
+	hold.release()
+	wg.Wait()
+	<-done
+	taken := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			taken++
+		case !errors.Is(err, engine.ErrTooMany):
+			t.Fatalf("login: %v", err)
+		}
+	}
+	devices, err := e.Devices(alice.Actor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if taken != 1 || len(devices) != 2 {
+		t.Fatalf("%d of %d logins taken, %d devices; want 1 taken and the limit of 2", taken, logins, len(devices))
 	}
 }

@@ -461,6 +461,7 @@ type txn struct {
 	wake      map[ulid.ULID]struct{}  // the users to wake (wakeUser)
 	moves     []idPair                // (user, conversation) feed entries moved to pos
 	claims    map[string]bool         // unique keys (usernames) claimed by this group
+	added     map[ulid.ULID]int       // devices this group added, by user: the view does not hold them
 	revoked   map[ulid.ULID]ulid.ULID // devices revoked by this group, to their users
 	pos       uint64                  // the feed position this group's changes get; 0 if none
 	// Conversations whose receipts start waiting, and whose waiting
