@@ -19,8 +19,12 @@ import (
 // repairAll runs after the server says its store was replaced or restored
 // (a new epoch). The replica's seqs belong to the old history, so:
 //
-//  1. for every conversation, compare version vectors with the server
-//     (Repair) and push back the ops of this user that the server lost;
+//  1. for every conversation, those the user left among them, compare
+//     version vectors with the server (Repair) and push back the ops of
+//     this user that the server lost: a leave after the backup too. A
+//     conversation the restored server does not know, its creator's
+//     devices create again with their user's ops; the others forget it
+//     until it comes back so (their user's ops in it are lost);
 //  2. forget every seq-ordered op and position, keeping the outbox and the
 //     device's dot counters;
 //  3. start over in the new epoch: the next session downloads the
@@ -31,15 +35,20 @@ func (d *Device) repairAll(ctx context.Context, sc ferryv1connect.SyncServiceCli
 	d.mu.Lock()
 	me := d.creds.User
 	convs := make([]ulid.ULID, 0, len(d.convs))
-	for id, c := range d.convs {
-		if !c.Removed {
-			convs = append(convs, id)
-		}
+	for id := range d.convs {
+		// Those the user left too: the restored store may have them a
+		// member still, and their leave is among the ops to give back.
+		convs = append(convs, id)
 	}
 	d.mu.Unlock()
+	gone := map[ulid.ULID]bool{}
 	for _, conv := range convs {
-		if err := d.repairConv(ctx, sc, conv, me); err != nil {
+		known, err := d.repairConv(ctx, sc, conv, me)
+		if err != nil {
 			return err
+		}
+		if !known {
+			gone[conv] = true
 		}
 	}
 	d.mu.Lock()
@@ -49,6 +58,13 @@ func (d *Device) repairAll(ctx context.Context, sc ferryv1connect.SyncServiceCli
 		b.DeleteRange([]byte{t}, []byte{t + 1})
 	}
 	for id, c := range d.convs {
+		if gone[id] {
+			// Nothing of it to show or acknowledge: a marker for it would
+			// be refused as not found, for good.
+			delete(d.convs, id)
+			b.Delete(idKey(tConv, id))
+			continue
+		}
 		*c = convRecord{NextDot: c.NextDot, Title: c.Title, Role: c.Role, Removed: c.Removed, Changed: c.Changed}
 		b.Set(idKey(tConv, id), encodeJSON(c))
 	}
@@ -64,8 +80,10 @@ func (d *Device) repairAll(ctx context.Context, sc ferryv1connect.SyncServiceCli
 	return nil
 }
 
-// repairConv pushes the ops of user me in conv that the server lacks.
-func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceClient, conv ulid.ULID, me string) error {
+// repairConv pushes the ops of user me in conv that the server lacks. It
+// reports false when the server does not know conv and it is not me's to
+// create again.
+func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceClient, conv ulid.ULID, me string) (known bool, _ error) {
 	d.mu.Lock()
 	byDot := map[string]map[uint64]*ferryv1.Op{} // device -> dot -> op
 	err := scanPrefix(d.db, idKey(tOp, conv), func(_, v []byte) error {
@@ -81,13 +99,13 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 	})
 	d.mu.Unlock()
 	if err != nil {
-		return err
+		return false, err
 	}
 	var have []model.Dot
 	for dev, dots := range byDot {
 		id, err := wire.ParseID("device id", dev)
 		if err != nil {
-			return err
+			return false, err
 		}
 		n := uint64(0)
 		for dots[n+1] != nil {
@@ -96,24 +114,37 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 		have = append(have, model.Dot{Device: id, N: n})
 	}
 	resp, err := sc.Repair(ctx, &ferryv1.RepairRequest{ConversationId: conv.String(), Vector: wire.VectorToProto(model.NewVector(have...))})
-	if connect.CodeOf(err) == connect.CodeNotFound {
-		// The restored store is older than the conversation: there is
-		// nothing of it to give back to, and the rest of the repair goes
-		// on.
-		d.log.Warn("repair: the server does not know the conversation", "conv", conv)
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("ferry: repair %s: %w", conv, err)
-	}
 	var push []*ferryv1.Op
-	for _, w := range resp.GetWant() {
-		for n := w.GetFromDot(); n <= w.GetToDot(); n++ {
-			op := byDot[w.GetDeviceId()][n]
-			if op == nil || op.GetUserId() != me {
-				break // not held, or not ours to vouch for
+	switch {
+	case connect.CodeOf(err) == connect.CodeNotFound:
+		// The restored store is older than the conversation. Its creator
+		// gives it back, create first, with every op of the user's held;
+		// the other members' devices give theirs back if they repair
+		// after that, and otherwise lose them.
+		for _, dots := range byDot {
+			for _, op := range dots {
+				if op.GetUserId() == me {
+					push = append(push, op)
+				}
 			}
-			push = append(push, op)
+		}
+		slices.SortFunc(push, func(a, b *ferryv1.Op) int { return cmp.Compare(a.GetSeq(), b.GetSeq()) })
+		if len(push) == 0 || push[0].GetCreate() == nil {
+			d.log.Warn("repair: the server does not know the conversation, which another user created; forgetting it until they give it back", "conv", conv)
+			return false, nil
+		}
+		d.log.Warn("repair: the server does not know the conversation; creating it again with this user's ops", "conv", conv, "ops", len(push))
+	case err != nil:
+		return false, fmt.Errorf("ferry: repair %s: %w", conv, err)
+	default:
+		for _, w := range resp.GetWant() {
+			for n := w.GetFromDot(); n <= w.GetToDot(); n++ {
+				op := byDot[w.GetDeviceId()][n]
+				if op == nil || op.GetUserId() != me {
+					break // not held, or not ours to vouch for
+				}
+				push = append(push, op)
+			}
 		}
 	}
 	// In the order the ops had: the server lists the wanted ranges device
@@ -131,7 +162,7 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 		n := pushPiece(push, limit)
 		r, err := sc.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv.String(), Ops: push[:n]}}})
 		if err != nil {
-			return fmt.Errorf("ferry: repair %s: push: %w", conv, err)
+			return false, fmt.Errorf("ferry: repair %s: push: %w", conv, err)
 		}
 		for _, res := range r.GetResults() {
 			if res.GetStatus() == ferryv1.OpStatus_OP_STATUS_REJECTED {
@@ -140,7 +171,7 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 		}
 		push = push[n:]
 	}
-	return nil
+	return true, nil
 }
 
 // pushPiece is how many of ops, at least one, go in one push: at most

@@ -1,6 +1,7 @@
 package clientsdk_test
 
 import (
+	"errors"
 	"net"
 	"slices"
 	"testing"
@@ -144,4 +145,128 @@ func TestRestoreOlderThanAConversation(t *testing.T) {
 		ms := messages(t, older, conv)
 		return older.Status().State == clientsdk.StateLive && older.Status().Pending == 0 && len(ms) == 1 && len(ms[0].Reactions) == 1
 	})
+}
+
+// restoreDevice registers name on the server at url and starts it.
+func restoreDevice(t *testing.T, url, name string) *clientsdk.Device {
+	t.Helper()
+	d, err := clientsdk.OpenMemory(clientsdk.WithServer(url), clientsdk.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	if err := d.Register(ctx, name, "correct horse", "phone"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// restore stops srv and starts it again on the backup it took.
+func restore(t *testing.T, srv *simServer) {
+	t.Helper()
+	old := srv.eng.Epoch()
+	srv.stop()
+	srv.dir = "backup"
+	srv.start()
+	if srv.eng.Epoch() == old {
+		t.Fatal("the restored store kept its epoch")
+	}
+}
+
+// TestRestoreKeepsALeave: a user who sent a message and then left after
+// the backup gives both back: the message is not lost, and they are not
+// a member again.
+func TestRestoreKeepsALeave(t *testing.T) {
+	srv := &simServer{t: t, fs: vfs.NewMem(), addr: testbin.FreeAddr(t), seed: 3}
+	srv.start()
+	defer func() { srv.stop() }()
+	url := "http://" + srv.addr
+	alice, bob := restoreDevice(t, url, "alice"), restoreDevice(t, url, "bob")
+	conv, _ := alice.CreateConversation(ctx, "c", lookup(t, alice, "bob"))
+	alice.SendText(ctx, conv, "before the backup")
+	waitFor(t, bob, "bob has the message", has(t, bob, conv, "before the backup"))
+	if err := srv.eng.Backup("backup"); err != nil {
+		t.Fatal(err)
+	}
+	bob.SendText(ctx, conv, "bob after the backup")
+	waitFor(t, alice, "alice has bob's", has(t, alice, conv, "before the backup", "bob after the backup"))
+	if _, err := bob.Leave(ctx, conv); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "bob left", func() bool { c, err := alice.Conversation(conv); return err == nil && c.Members == 1 })
+
+	restore(t, srv)
+	waitFor(t, bob, "bob repaired", func() bool {
+		c, err := bob.Conversation(conv)
+		return bob.Status().State == clientsdk.StateLive && bob.Status().Pending == 0 && err == nil && c.Removed
+	})
+	waitFor(t, alice, "alice repaired", func() bool {
+		c, err := alice.Conversation(conv)
+		return alice.Status().State == clientsdk.StateLive && err == nil && c.Members == 1 &&
+			has(t, alice, conv, "before the backup", "bob after the backup")()
+	})
+	acc, _ := bob.Account()
+	info, _, _, err := srv.eng.Conversation(engine.Actor{User: acc.User, Device: acc.Device}, conv)
+	if err != nil || !info.Removed {
+		t.Fatalf("the server has bob in the conversation again: %+v %v", info, err)
+	}
+}
+
+// TestRestoreGivesBackAConversation: a conversation created after the
+// backup is created again by its creator's device, with its user's ops;
+// a member's device that repairs after that gives theirs back, and one
+// that repairs before forgets the conversation until it comes back, and
+// goes on syncing.
+func TestRestoreGivesBackAConversation(t *testing.T) {
+	srv := &simServer{t: t, fs: vfs.NewMem(), addr: testbin.FreeAddr(t), seed: 4}
+	srv.start()
+	defer func() { srv.stop() }()
+	url := "http://" + srv.addr
+	alice, bob, carol := restoreDevice(t, url, "alice"), restoreDevice(t, url, "bob"), restoreDevice(t, url, "carol")
+	if err := srv.eng.Backup("backup"); err != nil {
+		t.Fatal(err)
+	}
+	conv, _ := alice.CreateConversation(ctx, "after the backup", lookup(t, alice, "bob"), lookup(t, alice, "carol"))
+	alice.SendText(ctx, conv, "a1")
+	waitFor(t, bob, "bob has a1", has(t, bob, conv, "a1"))
+	bob.SendText(ctx, conv, "b1")
+	waitFor(t, carol, "carol has b1", has(t, carol, conv, "a1", "b1"))
+	carol.SendText(ctx, conv, "c1")
+	for _, d := range []*clientsdk.Device{alice, bob} {
+		waitFor(t, d, "c1", has(t, d, conv, "a1", "b1", "c1"))
+	}
+	if err := carol.MarkRead(ctx, conv, 6); err != nil {
+		t.Fatal(err)
+	}
+	alice.Stop()
+	bob.Stop()
+
+	restore(t, srv)
+	// Carol repairs first: the server does not know the conversation,
+	// which she did not create.
+	waitFor(t, carol, "carol repaired", func() bool {
+		_, err := carol.Conversation(conv)
+		return carol.Status().State == clientsdk.StateLive && errors.Is(err, clientsdk.ErrUnknownConversation)
+	})
+	if err := carol.MarkRead(ctx, conv, 6); !errors.Is(err, clientsdk.ErrUnknownConversation) {
+		t.Fatalf("carol marks the forgotten conversation read: %v", err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "alice created it again", func() bool {
+		return alice.Status().State == clientsdk.StateLive && alice.Status().Pending == 0 && has(t, alice, conv, "a1")()
+	})
+	if err := bob.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []*clientsdk.Device{alice, bob, carol} {
+		waitFor(t, d, "a1 and b1 back", has(t, d, conv, "a1", "b1"))
+	}
+	if st := carol.Status(); st.State != clientsdk.StateLive {
+		t.Fatalf("carol: %+v", st)
+	}
 }

@@ -1029,14 +1029,18 @@ export class FerryClient {
   }
 
   // repairAll compares each conversation's version vector with the
-  // server's (Repair) and pushes back the ops of this user that the server
-  // lacks. The replica's seqs belong to the old history: the caller then
-  // forgets them and downloads again.
+  // server's (Repair), those the user left among them (the restored store
+  // may have them a member still, and their leave is among the ops to give
+  // back), and pushes back the ops of this user that the server lacks. A
+  // conversation the restored server does not know, its creator's devices
+  // create again with their user's ops; the others forget it until it
+  // comes back so (their user's ops in it are lost). The replica's seqs
+  // belong to the old history: the caller then forgets them and downloads
+  // again.
   private async repairAll(): Promise<void> {
     const me = this.meta.session?.userId;
     if (!me) return;
     for (const [convId, ops] of this.ops) {
-      if (this.convs.get(convId)?.removed) continue;
       const byDot = new Map<string, Map<number, Op>>();
       for (const r of ops.values()) {
         const op = fromBinary(OpSchema, r.op);
@@ -1050,25 +1054,35 @@ export class FerryClient {
         return { deviceId, dot: BigInt(n) };
       });
       const account = this.account;
-      let res;
+      const held: Op[] = [];
       try {
-        res = await this.sync.repair({ conversationId: convId, vector: { entries } });
+        const res = await this.sync.repair({ conversationId: convId, vector: { entries } });
+        for (const w of res.want) {
+          for (let n = Number(w.fromDot); n <= Number(w.toDot); n++) {
+            const op = byDot.get(w.deviceId)?.get(n);
+            if (!op || op.userId !== me) break; // not held, or not ours to vouch for
+            held.push(op);
+          }
+        }
       } catch (err) {
         if (ConnectError.from(err).code !== Code.NotFound) throw err;
-        // The restored store is older than the conversation: there is
-        // nothing of it to give back to, and the rest of the repair goes on.
-        console.warn(`ferry: repair: the server does not know conversation ${convId}`);
-        continue;
+        // The restored store is older than the conversation. Its creator
+        // gives it back, create first, with every op of the user's held;
+        // the other members' devices give theirs back if they repair after
+        // that, and otherwise lose them.
+        for (const dots of byDot.values()) {
+          for (const op of dots.values()) if (op.userId === me) held.push(op);
+        }
+        held.sort((a, b) => Number(a.seq - b.seq));
+        if (held[0]?.payload.case !== "create") {
+          console.warn(`ferry: repair: the server does not know conversation ${convId}, which another user created; forgetting it until they give it back`);
+          if (account !== this.account) return;
+          this.convs.delete(convId); // a marker for it would be refused as not found
+          continue;
+        }
+        console.warn(`ferry: repair: the server does not know conversation ${convId}; creating it again with this user's ${held.length} ops`);
       }
       if (account !== this.account) return; // signed out meanwhile: these ops are not the next account's to push
-      const held: Op[] = [];
-      for (const w of res.want) {
-        for (let n = Number(w.fromDot); n <= Number(w.toDot); n++) {
-          const op = byDot.get(w.deviceId)?.get(n);
-          if (!op || op.userId !== me) break; // not held, or not ours to vouch for
-          held.push(op);
-        }
-      }
       // In the order the ops had: the server lists the wanted ranges
       // device by device, and an op of one device may target another's (a
       // reaction to a message sent from the user's other device), which

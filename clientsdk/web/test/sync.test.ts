@@ -841,7 +841,7 @@ async function openAt(url: string): Promise<FerryClient> {
   return c;
 }
 
-test("after a restore from a backup older than a conversation, the device syncs again", { timeout: 90_000 }, async () => {
+test("after a restore from a backup older than a conversation, the device syncs again, and its creator gives it back", { timeout: 90_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), "ferry-audit-restore-"));
   const data = join(dir, "data");
   let srv = await startServer({ data });
@@ -867,6 +867,12 @@ test("after a restore from a backup older than a conversation, the device syncs 
     srv = await startServer({ data: join(dir, "backup"), addr });
     await alice.waitFor(() => alice.status().state === "live" && alice.messages(old).length === 2);
     assert.deepEqual(texts(alice.messages(old)), ["before the backup", "also after the backup"]);
+    // Alice created the new one: her device creates it again, and bob's,
+    // whichever repaired first, has it back.
+    await alice.waitFor(() => alice.status().pending === 0 && alice.messages(fresh).length === 1);
+    await bob.waitFor(() => bob.status().state === "live" && bob.messages(fresh).length === 1);
+    assert.deepEqual(texts(bob.messages(fresh)), ["after the backup"]);
+    assert.deepEqual(alice.failed(), []);
   } finally {
     for (const c of clients) await c.stop().catch(() => {});
     await srv.stop();
