@@ -42,6 +42,7 @@ func (d *Device) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel, d.done = cancel, make(chan struct{})
 	go d.loop(ctx, d.done)
+	d.stream.wake() // a SyncOnce waiting for the stream rides the loop now
 	return nil
 }
 
@@ -116,7 +117,13 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		d.mu.Lock()
 		d.setStatus(func(s *Status) { *s = Status{State: StateConnecting} })
 		d.mu.Unlock()
-		live, err := d.session(ctx, false)
+		var live bool
+		_, err := d.stream.take(ctx, nil) // a SyncOnce's session may hold it a moment
+		if err == nil {
+			live, err = d.session(ctx, false)
+			d.settled.set(false)
+			d.stream.release()
+		}
 		if ctx.Err() != nil {
 			if live {
 				d.ackOnStop()
@@ -193,7 +200,10 @@ func (d *Device) backoff(n int) time.Duration {
 // device is caught up and every pushed op is answered. It retries
 // retryable errors with backoff until ctx ends; an error retrying cannot
 // fix is a *TerminalError. Markers are sent with acknowledgement before it
-// returns, and Status is offline again.
+// returns, and Status is offline again. A device has one Sync stream at a
+// time: while Start's loop runs, SyncOnce waits for the loop's session to
+// be caught up with the outbox answered, and SyncOnce calls at once take
+// turns.
 func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	if _, err := d.Account(); err != nil {
 		return err
@@ -227,7 +237,26 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	}()
 	attempt := 0
 	for {
-		_, err := d.session(ctx, true)
+		// One stream at a time (stream.go): while Start's loop runs, its
+		// session does the work.
+		if ran, err := d.rideLoop(ctx); ran {
+			if err != nil {
+				return err
+			}
+			return d.ackNow(ctx)
+		}
+		took, err := d.stream.take(ctx, d.looping)
+		if err != nil {
+			return err
+		}
+		if !took || d.looping() { // Start's loop began meanwhile: ride it
+			if took {
+				d.stream.release()
+			}
+			continue
+		}
+		_, err = d.session(ctx, true)
+		d.stream.release()
 		if errors.Is(err, errDone) {
 			return d.ackNow(ctx)
 		}
@@ -710,6 +739,9 @@ func (s *session) receive(ctx context.Context) error {
 		case *ferryv1.SyncResponse_Goaway:
 			return &goaway{after: time.Duration(x.Goaway.GetReconnectAfterMs()) * time.Millisecond}
 		case *ferryv1.SyncResponse_Heartbeat:
+		}
+		if !s.once { // SyncOnce calls riding Start's loop wait for it
+			d.settled.set(s.live.Load() && s.idle())
 		}
 	}
 }

@@ -95,6 +95,9 @@ type Device struct {
 	onces   map[*context.CancelFunc]struct{}
 	syncs   sync.WaitGroup
 	bg      sync.WaitGroup // background work of sessions (member refreshes)
+
+	stream  streamGate // one Sync stream at a time (stream.go)
+	settled settled    // Start's loop's session, for the SyncOnce calls riding it
 }
 
 // Open opens the device profile in dir, creating it if needed. The profile
