@@ -42,7 +42,6 @@ func (d *Device) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel, d.done = cancel, make(chan struct{})
 	go d.loop(ctx, d.done)
-	d.stream.wake() // a SyncOnce waiting for the stream rides the loop now
 	return nil
 }
 
@@ -117,13 +116,17 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		d.mu.Lock()
 		d.setStatus(func(s *Status) { *s = Status{State: StateConnecting} })
 		d.mu.Unlock()
+		// One stream at a time (stream.go): a SyncOnce may hold it, or end
+		// this session to take it.
 		var live bool
-		_, err := d.stream.take(ctx, nil) // a SyncOnce's session may hold it a moment
+		sctx, endSession := context.WithCancel(ctx)
+		err := d.stream.takeForLoop(ctx, endSession)
 		if err == nil {
-			live, err = d.session(ctx, false)
-			d.settled.set(false)
+			live, err = d.session(sctx, false)
 			d.stream.release()
 		}
+		preempted := sctx.Err() != nil
+		endSession()
 		if ctx.Err() != nil {
 			if live {
 				d.ackOnStop()
@@ -135,6 +138,9 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		}
 		if live {
 			attempt = 0
+		}
+		if preempted { // for a SyncOnce: connect again once it is done
+			continue
 		}
 		var delay time.Duration
 		var ga *goaway
@@ -201,9 +207,8 @@ func (d *Device) backoff(n int) time.Duration {
 // retryable errors with backoff until ctx ends; an error retrying cannot
 // fix is a *TerminalError. Markers are sent with acknowledgement before it
 // returns, and Status is offline again. A device has one Sync stream at a
-// time: while Start's loop runs, SyncOnce waits for the loop's session to
-// be caught up with the outbox answered, and SyncOnce calls at once take
-// turns.
+// time: SyncOnce calls at once take turns, and while Start's loop runs,
+// SyncOnce ends its session and the loop connects again after it.
 func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	if _, err := d.Account(); err != nil {
 		return err
@@ -237,25 +242,12 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	}()
 	attempt := 0
 	for {
-		// One stream at a time (stream.go): while Start's loop runs, its
-		// session does the work.
-		if ran, err := d.rideLoop(ctx); ran {
-			if err != nil {
-				return err
-			}
-			return d.ackNow(ctx)
-		}
-		took, err := d.stream.take(ctx, d.looping)
-		if err != nil {
+		// One stream at a time (stream.go): this ends the session of
+		// Start's loop, if one runs, which connects again after it.
+		if err := d.stream.takeForOnce(ctx); err != nil {
 			return err
 		}
-		if !took || d.looping() { // Start's loop began meanwhile: ride it
-			if took {
-				d.stream.release()
-			}
-			continue
-		}
-		_, err = d.session(ctx, true)
+		_, err := d.session(ctx, true)
 		d.stream.release()
 		if errors.Is(err, errDone) {
 			return d.ackNow(ctx)
@@ -739,9 +731,6 @@ func (s *session) receive(ctx context.Context) error {
 		case *ferryv1.SyncResponse_Goaway:
 			return &goaway{after: time.Duration(x.Goaway.GetReconnectAfterMs()) * time.Millisecond}
 		case *ferryv1.SyncResponse_Heartbeat:
-		}
-		if !s.once { // SyncOnce calls riding Start's loop wait for it
-			d.settled.set(s.live.Load() && s.idle())
 		}
 	}
 }

@@ -96,8 +96,7 @@ type Device struct {
 	syncs   sync.WaitGroup
 	bg      sync.WaitGroup // background work of sessions (member refreshes)
 
-	stream  streamGate // one Sync stream at a time (stream.go)
-	settled settled    // Start's loop's session, for the SyncOnce calls riding it
+	stream streamGate // one Sync stream at a time (stream.go)
 }
 
 // Open opens the device profile in dir, creating it if needed. The profile

@@ -9,39 +9,73 @@ import (
 // and renumber its ops on their own: one stream's renumbered op met the
 // other's copy of it, still under its old dot, and the server refused
 // that as an op id conflict, so a delivered message showed failed, and
-// twice. Start's loop and SyncOnce take the stream (streamGate); a
-// SyncOnce while the loop runs rides the loop's session instead
-// (settled).
+// twice. Start's loop and SyncOnce take the stream in turn (streamGate).
+// A SyncOnce goes first: it ends the loop's session, which holds the
+// stream, and the loop connects again once the SyncOnce is done, with no
+// backoff. So SyncOnce keeps what it says, a session of its own that
+// catches up on everything up to the call, and need not wait for the
+// loop's backoff.
 
 // streamGate lets one session at a time hold the device's stream.
 type streamGate struct {
-	mu    sync.Mutex
-	held  bool
-	freed chan struct{} // closed as the holder lets go; nil while none waits
+	mu      sync.Mutex
+	held    bool
+	onces   int                // SyncOnce calls waiting for the stream: they go before the loop
+	endLoop context.CancelFunc // ends the loop's session that holds the stream; nil otherwise
+	freed   chan struct{}      // closed as the stream is let go or a SyncOnce stops waiting; nil while none waits
 }
 
-// take takes the stream, waiting for it until ctx ends, or, when
-// unless is set, until unless reports true (it is asked at each wake).
-func (g *streamGate) take(ctx context.Context, unless func() bool) (took bool, err error) {
+// takeForLoop takes the stream for a session of Start's loop, waiting
+// while it is held or a SyncOnce waits for it, until ctx ends. end ends
+// the session early, for a SyncOnce.
+func (g *streamGate) takeForLoop(ctx context.Context, end context.CancelFunc) error {
 	for {
-		if unless != nil && unless() {
-			return false, nil
-		}
 		g.mu.Lock()
-		if !g.held {
-			g.held = true
+		if !g.held && g.onces == 0 {
+			g.held, g.endLoop = true, end
 			g.mu.Unlock()
-			return true, nil
+			return nil
 		}
-		if g.freed == nil {
-			g.freed = make(chan struct{})
-		}
-		freed := g.freed
+		freed := g.waitLocked()
 		g.mu.Unlock()
 		select {
 		case <-freed:
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return ctx.Err()
+		}
+	}
+}
+
+// takeForOnce takes the stream for a SyncOnce's session, ending the loop's
+// session that holds it, and waiting until ctx ends.
+func (g *streamGate) takeForOnce(ctx context.Context) error {
+	g.mu.Lock()
+	g.onces++
+	end := g.endLoop
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		if g.onces--; g.onces == 0 {
+			g.wakeLocked() // the loop may take it next
+		}
+		g.mu.Unlock()
+	}()
+	if end != nil {
+		end()
+	}
+	for {
+		g.mu.Lock()
+		if !g.held {
+			g.held, g.endLoop = true, nil
+			g.mu.Unlock()
+			return nil
+		}
+		freed := g.waitLocked()
+		g.mu.Unlock()
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
@@ -49,16 +83,16 @@ func (g *streamGate) take(ctx context.Context, unless func() bool) (took bool, e
 // release lets go of the stream.
 func (g *streamGate) release() {
 	g.mu.Lock()
-	g.held = false
+	g.held, g.endLoop = false, nil
 	g.wakeLocked()
 	g.mu.Unlock()
 }
 
-// wake has the takes waiting ask unless again: Start's loop began.
-func (g *streamGate) wake() {
-	g.mu.Lock()
-	g.wakeLocked()
-	g.mu.Unlock()
+func (g *streamGate) waitLocked() <-chan struct{} {
+	if g.freed == nil {
+		g.freed = make(chan struct{})
+	}
+	return g.freed
 }
 
 func (g *streamGate) wakeLocked() {
@@ -66,73 +100,4 @@ func (g *streamGate) wakeLocked() {
 		close(g.freed)
 		g.freed = nil
 	}
-}
-
-// settled tells SyncOnce calls riding Start's loop when its session is
-// caught up with nothing of the outbox unanswered (session.idle).
-type settled struct {
-	mu      sync.Mutex
-	now     bool          // as of the loop session's last message
-	changed chan struct{} // closed as now becomes true; nil while none waits
-}
-
-// set records whether the loop's session is settled; its receiver calls it
-// after each message, and false as the session ends.
-func (st *settled) set(now bool) {
-	st.mu.Lock()
-	st.now = now
-	if now && st.changed != nil {
-		close(st.changed)
-		st.changed = nil
-	}
-	st.mu.Unlock()
-}
-
-// get reports whether the loop's session is settled, and a channel closed
-// when it next says it is.
-func (st *settled) get() (bool, <-chan struct{}) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if st.changed == nil {
-		st.changed = make(chan struct{})
-	}
-	return st.now, st.changed
-}
-
-// rideLoop waits, when Start's loop runs, for its session to be settled
-// with the outbox empty, and reports whether the loop ran. It stops
-// waiting as the loop stops (ran is false then: the caller syncs on its
-// own) or ctx ends.
-func (d *Device) rideLoop(ctx context.Context) (ran bool, err error) {
-	d.runMu.Lock()
-	done := d.done
-	d.runMu.Unlock()
-	if done == nil {
-		return false, nil
-	}
-	for {
-		now, changed := d.settled.get()
-		if now {
-			d.mu.Lock()
-			empty := len(d.pending) == 0
-			d.mu.Unlock()
-			if empty { // ops queued after the session's last message are not answered yet
-				return true, nil
-			}
-		}
-		select {
-		case <-changed:
-		case <-done:
-			return false, nil
-		case <-ctx.Done():
-			return true, ctx.Err()
-		}
-	}
-}
-
-// looping reports whether Start's loop runs.
-func (d *Device) looping() bool {
-	d.runMu.Lock()
-	defer d.runMu.Unlock()
-	return d.done != nil
 }

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/ferrysync/ferry/clientsdk"
@@ -14,26 +13,49 @@ import (
 )
 
 // syncStreams counts the Sync streams a client has open, and the most it
-// had at once.
+// had at once. A stream whose context ended counts as closed: the client
+// is done with it, though Connect may close its body a moment later.
 type syncStreams struct {
-	base      http.RoundTripper
-	open, max atomic.Int32
+	base http.RoundTripper
+	mu   sync.Mutex
+	open map[*http.Request]bool
+	max  int
 }
 
 func (c *syncStreams) RoundTrip(r *http.Request) (*http.Response, error) {
 	if !strings.HasSuffix(r.URL.Path, "/Sync") {
 		return c.base.RoundTrip(r)
 	}
-	n := c.open.Add(1)
-	for m := c.max.Load(); n > m && !c.max.CompareAndSwap(m, n); m = c.max.Load() {
+	c.mu.Lock()
+	if c.open == nil {
+		c.open = map[*http.Request]bool{}
+	}
+	for o := range c.open {
+		if o.Context().Err() != nil {
+			delete(c.open, o)
+		}
+	}
+	c.open[r] = true
+	c.max = max(c.max, len(c.open))
+	c.mu.Unlock()
+	closed := func() {
+		c.mu.Lock()
+		delete(c.open, r)
+		c.mu.Unlock()
 	}
 	resp, err := c.base.RoundTrip(r)
 	if err != nil {
-		c.open.Add(-1)
+		closed()
 		return nil, err
 	}
-	resp.Body = &closedBody{ReadCloser: resp.Body, closed: func() { c.open.Add(-1) }}
+	resp.Body = &closedBody{ReadCloser: resp.Body, closed: closed}
 	return resp, nil
+}
+
+func (c *syncStreams) most() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.max
 }
 
 type closedBody struct {
@@ -49,10 +71,11 @@ func (b *closedBody) Close() error {
 }
 
 // TestOneStreamAtATime: a device has one Sync stream at a time. SyncOnce
-// while Start's loop runs rides the loop's session, and returns once it
-// answered what was queued; SyncOnce calls at once take turns. Two streams
-// each pushed the outbox and renumbered on their own, and a message one
-// of them renumbered showed failed, and twice.
+// calls at once take turns, and SyncOnce while Start's loop runs ends the
+// loop's session, syncs on its own and returns with what was queued
+// answered; the loop connects again after it. Two streams each pushed the
+// outbox and renumbered on their own, and a message one of them
+// renumbered showed failed, and twice.
 func TestOneStreamAtATime(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	streams := &syncStreams{base: srv.HTTP.Transport}
@@ -93,7 +116,7 @@ func TestOneStreamAtATime(t *testing.T) {
 			t.Fatalf("SyncOnce returned with %d ops unanswered", p)
 		}
 	}
-	if n := streams.max.Load(); n != 1 {
+	if n := streams.most(); n != 1 {
 		t.Fatalf("the device had %d Sync streams open at once, want 1", n)
 	}
 	if got := len(messages(t, alice, conv)); got != 14 {
