@@ -57,12 +57,16 @@ func (d *Device) repairAll(ctx context.Context, sc ferryv1connect.SyncServiceCli
 	for _, t := range []byte{tOp, tOpID, tEdit} {
 		b.DeleteRange([]byte{t}, []byte{t + 1})
 	}
+	var forgot []Event
 	for id, c := range d.convs {
-		if gone[id] {
+		if gone[id] && !d.pendingInLocked(id) {
 			// Nothing of it to show or acknowledge: a marker for it would
-			// be refused as not found, for good.
+			// be refused as not found, for good. One with ops in the
+			// outbox stays: its create may be among them, and the others'
+			// answers need it.
 			delete(d.convs, id)
 			b.Delete(idKey(tConv, id))
+			forgot = append(forgot, ConversationChanged{Conv: id})
 			continue
 		}
 		*c = convRecord{NextDot: c.NextDot, Title: c.Title, Role: c.Role, Removed: c.Removed, Changed: c.Changed}
@@ -76,6 +80,7 @@ func (d *Device) repairAll(ctx context.Context, sc ferryv1connect.SyncServiceCli
 	d.epoch, d.feedPos = epoch, 0
 	clear(d.states)
 	clear(d.stateUse)
+	d.emit(forgot...)
 	d.log.Info("repaired after a server restore; downloading again", "conversations", len(convs), "epoch", epoch)
 	return nil
 }
@@ -115,6 +120,7 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 	}
 	resp, err := sc.Repair(ctx, &ferryv1.RepairRequest{ConversationId: conv.String(), Vector: wire.VectorToProto(model.NewVector(have...))})
 	var push []*ferryv1.Op
+	recreate := false
 	switch {
 	case connect.CodeOf(err) == connect.CodeNotFound:
 		// The restored store is older than the conversation. Its creator
@@ -129,6 +135,7 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 			}
 		}
 		slices.SortFunc(push, func(a, b *ferryv1.Op) int { return cmp.Compare(a.GetSeq(), b.GetSeq()) })
+		recreate = true
 		if len(push) == 0 || push[0].GetCreate() == nil {
 			d.log.Warn("repair: the server does not know the conversation, which another user created; forgetting it until they give it back", "conv", conv)
 			return false, nil
@@ -164,11 +171,17 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 		if err != nil {
 			return false, fmt.Errorf("ferry: repair %s: push: %w", conv, err)
 		}
-		for _, res := range r.GetResults() {
-			if res.GetStatus() == ferryv1.OpStatus_OP_STATUS_REJECTED {
-				d.log.Warn("repair: the server refused an op back", "conv", conv, "op", res.GetOpId(), "reason", res.GetReason(), "msg", res.GetMessage())
+		for i, res := range r.GetResults() {
+			if res.GetStatus() != ferryv1.OpStatus_OP_STATUS_REJECTED {
+				continue
 			}
+			if recreate && i == 0 { // the create: the rest would be refused as not found
+				d.log.Warn("repair: the server refused to create the conversation again; forgetting it", "conv", conv, "reason", res.GetReason(), "msg", res.GetMessage())
+				return false, nil
+			}
+			d.log.Warn("repair: the server refused an op back", "conv", conv, "op", res.GetOpId(), "reason", res.GetReason(), "msg", res.GetMessage())
 		}
+		recreate = false
 		push = push[n:]
 	}
 	return true, nil
@@ -186,4 +199,15 @@ func pushPiece(ops []*ferryv1.Op, limit int) int {
 		size += n
 	}
 	return len(ops)
+}
+
+// pendingInLocked reports whether the outbox holds ops of conv. d.mu is
+// held.
+func (d *Device) pendingInLocked(conv ulid.ULID) bool {
+	for _, ref := range d.pending {
+		if ref.conv == conv {
+			return true
+		}
+	}
+	return false
 }

@@ -226,10 +226,11 @@ func TestRestoreGivesBackAConversation(t *testing.T) {
 	defer func() { srv.stop() }()
 	url := "http://" + srv.addr
 	alice, bob, carol := restoreDevice(t, url, "alice"), restoreDevice(t, url, "bob"), restoreDevice(t, url, "carol")
+	dave := restoreDevice(t, url, "dave")
 	if err := srv.eng.Backup("backup"); err != nil {
 		t.Fatal(err)
 	}
-	conv, _ := alice.CreateConversation(ctx, "after the backup", lookup(t, alice, "bob"), lookup(t, alice, "carol"))
+	conv, _ := alice.CreateConversation(ctx, "after the backup", lookup(t, alice, "bob"), lookup(t, alice, "carol"), lookup(t, alice, "dave"))
 	alice.SendText(ctx, conv, "a1")
 	waitFor(t, bob, "bob has a1", has(t, bob, conv, "a1"))
 	bob.SendText(ctx, conv, "b1")
@@ -238,11 +239,18 @@ func TestRestoreGivesBackAConversation(t *testing.T) {
 	for _, d := range []*clientsdk.Device{alice, bob} {
 		waitFor(t, d, "c1", has(t, d, conv, "a1", "b1", "c1"))
 	}
-	if err := carol.MarkRead(ctx, conv, 6); err != nil {
+	if err := carol.MarkRead(ctx, conv, 7); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, dave, "dave has c1", has(t, dave, conv, "a1", "b1", "c1"))
 	alice.Stop()
 	bob.Stop()
+	dave.Stop()
+	// Queued offline: alice's new conversation, and dave's message.
+	offline, _ := alice.CreateConversation(ctx, "created offline")
+	if _, err := dave.SendText(ctx, conv, "d queued"); err != nil {
+		t.Fatal(err)
+	}
 
 	restore(t, srv)
 	// Carol repairs first: the server does not know the conversation,
@@ -251,22 +259,41 @@ func TestRestoreGivesBackAConversation(t *testing.T) {
 		_, err := carol.Conversation(conv)
 		return carol.Status().State == clientsdk.StateLive && errors.Is(err, clientsdk.ErrUnknownConversation)
 	})
-	if err := carol.MarkRead(ctx, conv, 6); !errors.Is(err, clientsdk.ErrUnknownConversation) {
+	if err := carol.MarkRead(ctx, conv, 7); !errors.Is(err, clientsdk.ErrUnknownConversation) {
 		t.Fatalf("carol marks the forgotten conversation read: %v", err)
 	}
+	// Dave's device repairs before alice's too, with a message for the
+	// conversation queued: it keeps the conversation, and the server
+	// refuses the message, which shows failed.
+	if err := dave.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, dave, "dave's queued message refused", func() bool {
+		fs, _ := dave.Failed()
+		return dave.Status().State == clientsdk.StateLive && dave.Status().Pending == 0 && len(fs) == 1
+	})
 	if err := alice.Start(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, alice, "alice created it again", func() bool {
 		return alice.Status().State == clientsdk.StateLive && alice.Status().Pending == 0 && has(t, alice, conv, "a1")()
 	})
+	// Her conversation created offline, whose create waited in the
+	// outbox, is kept through the repair and created.
+	acc, _ := alice.Account()
+	if _, _, _, err := srv.eng.Conversation(engine.Actor{User: acc.User, Device: acc.Device}, offline); err != nil {
+		t.Fatalf("the conversation created offline: %v", err)
+	}
 	if err := bob.Start(); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range []*clientsdk.Device{alice, bob, carol} {
 		waitFor(t, d, "a1 and b1 back", has(t, d, conv, "a1", "b1"))
 	}
-	if st := carol.Status(); st.State != clientsdk.StateLive {
-		t.Fatalf("carol: %+v", st)
+	waitFor(t, dave, "dave has a1 and b1, and his failed message", has(t, dave, conv, "a1", "b1", "d queued"))
+	for _, d := range []*clientsdk.Device{carol, dave} {
+		if st := d.Status(); st.State != clientsdk.StateLive {
+			t.Fatalf("%+v", st)
+		}
 	}
 }

@@ -1055,6 +1055,7 @@ export class FerryClient {
       });
       const account = this.account;
       const held: Op[] = [];
+      let recreate = false;
       try {
         const res = await this.sync.repair({ conversationId: convId, vector: { entries } });
         for (const w of res.want) {
@@ -1077,9 +1078,10 @@ export class FerryClient {
         if (held[0]?.payload.case !== "create") {
           console.warn(`ferry: repair: the server does not know conversation ${convId}, which another user created; forgetting it until they give it back`);
           if (account !== this.account) return;
-          this.convs.delete(convId); // a marker for it would be refused as not found
+          this.forget(convId);
           continue;
         }
+        recreate = true;
         console.warn(`ferry: repair: the server does not know conversation ${convId}; creating it again with this user's ${held.length} ops`);
       }
       if (account !== this.account) return; // signed out meanwhile: these ops are not the next account's to push
@@ -1095,11 +1097,27 @@ export class FerryClient {
         const n = pushPiece(sizes.slice(i), this.maxOpsPerPush, this.maxMessageBytes - pushFraming);
         const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(i, i + n) })] });
         i += n;
+        if (recreate && r.results[0]?.status === OpStatus.REJECTED) {
+          // The create: the rest would be refused as not found.
+          console.warn(`ferry: repair: the server refused to create conversation ${convId} again: ${r.results[0].message}; forgetting it`);
+          this.forget(convId);
+          break;
+        }
+        recreate = false;
         for (const x of r.results) {
           if (x.status === OpStatus.REJECTED) console.warn(`ferry: repair: the server refused op ${x.opId} back: ${x.message}`);
         }
       }
     }
+  }
+
+  // forget drops, in a repair, a conversation the restored server does not
+  // know: a marker for it would be refused as not found. One with ops in
+  // the outbox stays: its create may be among them, and the others'
+  // answers need it.
+  private forget(convId: string): void {
+    for (const e of this.outbox.values()) if (e.convId === convId) return;
+    this.convs.delete(convId);
   }
 
   private async takeConversations(infos: ConversationInfo[]): Promise<void> {
