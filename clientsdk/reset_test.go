@@ -297,3 +297,41 @@ func TestRestoreGivesBackAConversation(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreForgetsWhatItCannotCreateAgain: a conversation created after
+// the backup from a device the restored server never knew cannot be
+// created again from the user's other device (the server refuses the
+// create): that device forgets it, and a mark-read on it fails at the
+// call instead of stopping the device for good.
+func TestRestoreForgetsWhatItCannotCreateAgain(t *testing.T) {
+	srv := &simServer{t: t, fs: vfs.NewMem(), addr: testbin.FreeAddr(t), seed: 5}
+	srv.start()
+	defer func() { srv.stop() }()
+	url := "http://" + srv.addr
+	phone := restoreDevice(t, url, "alice")
+	if err := srv.eng.Backup("backup"); err != nil {
+		t.Fatal(err)
+	}
+	laptop, err := clientsdk.OpenMemory(clientsdk.WithServer(url), clientsdk.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer laptop.Close()
+	if err := laptop.Login(ctx, "alice", "correct horse", "laptop"); err != nil {
+		t.Fatal(err)
+	}
+	conv, _ := laptop.CreateConversation(ctx, "from the laptop")
+	if err := laptop.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, phone, "the phone has it", func() bool { c, err := phone.Conversation(conv); return err == nil && c.Head == 1 })
+
+	restore(t, srv)
+	waitFor(t, phone, "the phone repaired", func() bool {
+		_, err := phone.Conversation(conv)
+		return phone.Status().State == clientsdk.StateLive && errors.Is(err, clientsdk.ErrUnknownConversation)
+	})
+	if err := phone.MarkRead(ctx, conv, 1); !errors.Is(err, clientsdk.ErrUnknownConversation) {
+		t.Fatalf("mark-read on the forgotten conversation: %v", err)
+	}
+}
