@@ -228,6 +228,11 @@ func (d *Device) MarkRead(ctx context.Context, conv ulid.ULID, seq uint64) error
 	if seq == 0 {
 		seq = rec.maxHeld()
 	}
+	// No further than the device knows the conversation goes: the server
+	// keeps a read to its head anyway, and a conversation it does not
+	// know (one kept through a repair for the ops queued in it) must send
+	// no marker, which the server would refuse, stopping the session.
+	seq = min(seq, max(rec.Head, rec.maxHeld()))
 	if seq <= rec.ReadWanted || seq <= rec.AckedRead {
 		return nil
 	}

@@ -272,6 +272,14 @@ func TestRestoreGivesBackAConversation(t *testing.T) {
 		fs, _ := dave.Failed()
 		return dave.Status().State == clientsdk.StateLive && dave.Status().Pending == 0 && len(fs) == 1
 	})
+	// A mark-read on that conversation, which the server does not know,
+	// sends no marker, which it would refuse, stopping the device.
+	if err := dave.MarkRead(ctx, conv, 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := dave.SyncOnce(ctx); err != nil {
+		t.Fatalf("dave's sync after the mark-read: %v", err)
+	}
 	if err := alice.Start(); err != nil {
 		t.Fatal(err)
 	}
