@@ -113,16 +113,17 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	attempt := 0
 	for {
-		d.mu.Lock()
-		d.setStatus(func(s *Status) { *s = Status{State: StateConnecting} })
-		d.mu.Unlock()
 		// One stream at a time (stream.go): a SyncOnce may hold it, or end
-		// this session to take it.
+		// this session to take it. The session's background work (member
+		// refreshes) runs under ctx: a SyncOnce does not cut it.
 		var live bool
 		sctx, endSession := context.WithCancel(ctx)
 		err := d.stream.takeForLoop(ctx, endSession)
 		if err == nil {
-			live, err = d.session(sctx, false)
+			d.mu.Lock()
+			d.setStatus(func(s *Status) { *s = Status{State: StateConnecting} })
+			d.mu.Unlock()
+			live, err = d.session(ctx, sctx, false)
 			d.stream.release()
 		}
 		preempted := sctx.Err() != nil
@@ -247,7 +248,7 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 		if err := d.stream.takeForOnce(ctx); err != nil {
 			return err
 		}
-		_, err := d.session(ctx, true)
+		_, err := d.session(ctx, ctx, true)
 		d.stream.release()
 		if errors.Is(err, errDone) {
 			return d.ackNow(ctx)
@@ -370,14 +371,14 @@ func (s *session) seen(infos []*ferryv1.ConversationInfo) {
 
 // session runs one Sync stream until it ends. It reports whether the
 // session caught up (so the backoff can reset).
-func (d *Device) session(outer context.Context, once bool) (live bool, err error) {
+func (d *Device) session(outer, stream context.Context, once bool) (live bool, err error) {
 	token := d.token()
 	defer func() { d.noteRefused(token, err) }()
 	_, _, sc, err := d.clients()
 	if err != nil {
 		return false, &TerminalError{Err: err}
 	}
-	ctx, cancel := context.WithCancel(outer)
+	ctx, cancel := context.WithCancel(stream)
 	defer cancel()
 	st, err := sc.Sync(ctx)
 	if err != nil {

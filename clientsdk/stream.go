@@ -49,6 +49,9 @@ func (g *streamGate) takeForLoop(ctx context.Context, end context.CancelFunc) er
 // takeForOnce takes the stream for a SyncOnce's session, ending the loop's
 // session that holds it, and waiting until ctx ends.
 func (g *streamGate) takeForOnce(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err // and ends no session for nothing
+	}
 	g.mu.Lock()
 	g.onces++
 	end := g.endLoop

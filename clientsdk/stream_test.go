@@ -126,3 +126,40 @@ func TestOneStreamAtATime(t *testing.T) {
 		t.Fatalf("failed: %+v", fs)
 	}
 }
+
+// TestSyncOnceWhileLoopingCatchesUp: a SyncOnce while Start's loop runs
+// returns with every message sent before the call, as one without the
+// loop does.
+func TestSyncOnceWhileLoopingCatchesUp(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	bob := device(t, srv, "bob", false)
+	conv, err := alice.CreateConversation(ctx, "c", lookup(t, alice, "bob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "the conversation created", func() bool {
+		return alice.Status().State == clientsdk.StateLive && alice.Status().Pending == 0
+	})
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 30 {
+		text := fmt.Sprint("from bob ", i)
+		if _, err := bob.SendText(ctx, conv, text); err != nil {
+			t.Fatal(err)
+		}
+		if err := bob.SyncOnce(ctx); err != nil { // stored
+			t.Fatal(err)
+		}
+		if err := alice.SyncOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if ms := messages(t, alice, conv); len(ms) != i+1 || ms[i].Text() != text {
+			t.Fatalf("round %d: alice has %d messages after SyncOnce, want %q last", i, len(ms), text)
+		}
+	}
+}
