@@ -1112,11 +1112,20 @@ export class FerryClient {
   }
 
   // forget drops, in a repair, a conversation the restored server does not
-  // know: a marker for it would be refused as not found. One with ops in
-  // the outbox stays: its create may be among them, and the others'
-  // answers need it.
+  // know: a marker for it would be refused as not found, and with it every
+  // marker of the same ack. One with ops in the outbox stays, as one the
+  // server has nothing of (no head to mark read): its create may be among
+  // them, and the others' answers need it.
   private forget(convId: string): void {
-    for (const e of this.outbox.values()) if (e.convId === convId) return;
+    this.reads.delete(convId);
+    const c = this.convs.get(convId);
+    if (!c) return;
+    for (const e of this.outbox.values()) {
+      if (e.convId === convId) {
+        this.convs.set(convId, { ...c, head: 0, read: 0, delivered: 0, unread: 0 });
+        return;
+      }
+    }
     this.convs.delete(convId);
   }
 
