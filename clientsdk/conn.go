@@ -370,7 +370,10 @@ func (s *session) seen(infos []*ferryv1.ConversationInfo) {
 }
 
 // session runs one Sync stream until it ends. It reports whether the
-// session caught up (so the backoff can reset).
+// session caught up (so the backoff can reset). The stream ends with
+// stream; outer bounds the session's background work (member refreshes),
+// which may outlive it: for Start's loop, a SyncOnce ends the stream
+// only.
 func (d *Device) session(outer, stream context.Context, once bool) (live bool, err error) {
 	token := d.token()
 	defer func() { d.noteRefused(token, err) }()

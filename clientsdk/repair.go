@@ -24,7 +24,8 @@ import (
 //     this user that the server lost: a leave after the backup too. A
 //     conversation the restored server does not know, its creator's
 //     devices create again with their user's ops; the others forget it
-//     until it comes back so (their user's ops in it are lost);
+//     until it comes back so (their user's ops in it are lost), unless
+//     ops for it wait in the outbox;
 //  2. forget every seq-ordered op and position, keeping the outbox and the
 //     device's dot counters;
 //  3. start over in the new epoch: the next session downloads the
@@ -137,7 +138,7 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 		slices.SortFunc(push, func(a, b *ferryv1.Op) int { return cmp.Compare(a.GetSeq(), b.GetSeq()) })
 		recreate = true
 		if len(push) == 0 || push[0].GetCreate() == nil {
-			d.log.Warn("repair: the server does not know the conversation, which another user created; forgetting it until they give it back", "conv", conv)
+			d.log.Warn("repair: the server does not know the conversation, and this device holds no create of its user's to give it back with", "conv", conv)
 			return false, nil
 		}
 		d.log.Warn("repair: the server does not know the conversation; creating it again with this user's ops", "conv", conv, "ops", len(push))
