@@ -880,6 +880,48 @@ test("after a restore from a backup older than a conversation, the device syncs 
   }
 });
 
+test("after a restore, a conversation the server lost that another user created blocks no ack", { timeout: 90_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "ferry-ghost-restore-"));
+  const data = join(dir, "data");
+  let srv = await startServer({ data });
+  const addr = srv.addr;
+  try {
+    const alice = await openAt(srv.url);
+    const bob = await openAt(srv.url);
+    const carol = await openAt(srv.url);
+    await signUp(alice, "alice");
+    const b = await signUp(bob, "bob");
+    await signUp(carol, "carol");
+    const old = await alice.createConversation("old", [b]);
+    await alice.send(old, "before the backup");
+    await bob.waitFor(() => bob.messages(old).length === 1);
+
+    await srv.stop();
+    backup(data, join(dir, "backup"));
+    srv = await startServer({ data, addr });
+    const fresh = await carol.createConversation("new", [b]); // after the backup
+    await carol.send(fresh, "from carol");
+    await bob.waitFor(() => bob.messages(fresh).length === 1);
+    await carol.stop(); // gone: her device never gives it back
+    await bob.stop();
+    await bob.send(fresh, "queued"); // kept through the repair for it
+
+    await srv.stop();
+    srv = await startServer({ data: join(dir, "backup"), addr });
+    bob.start();
+    await bob.waitFor(() => bob.status().state === "live" && bob.status().pending === 0 && bob.failed().length === 1);
+    await bob.markRead(fresh); // the server does not know it: nothing to mark
+    const m = await alice.send(old, "after the restore");
+    await bob.waitFor(() => bob.messages(old).some((x) => x.id === m));
+    await bob.markRead(old);
+    await alice.waitFor(() => alice.messages(old).find((x) => x.id === m)?.status === "read");
+  } finally {
+    for (const c of clients) await c.stop().catch(() => {});
+    await srv.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("repair gives back an op of the user's older device that targets a message of a newer one", { timeout: 90_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), "ferry-audit-repair-"));
   const data = join(dir, "data");
