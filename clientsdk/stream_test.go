@@ -14,7 +14,8 @@ import (
 
 // syncStreams counts the Sync streams a client has open, and the most it
 // had at once. A stream whose context ended counts as closed: the client
-// is done with it, though Connect may close its body a moment later.
+// is done with it, though Connect may close its body, or even start its
+// request, a moment later.
 type syncStreams struct {
 	base http.RoundTripper
 	mu   sync.Mutex
@@ -23,7 +24,9 @@ type syncStreams struct {
 }
 
 func (c *syncStreams) RoundTrip(r *http.Request) (*http.Response, error) {
-	if !strings.HasSuffix(r.URL.Path, "/Sync") {
+	if !strings.HasSuffix(r.URL.Path, "/Sync") || r.Context().Err() != nil {
+		// Connect starts a stream's request on a goroutine of its own,
+		// which may reach here after the session gave the stream up.
 		return c.base.RoundTrip(r)
 	}
 	c.mu.Lock()
