@@ -212,9 +212,9 @@ func (d *Device) SetTitle(ctx context.Context, conv ulid.ULID, title string) (ul
 	return d.one(conv, func(o *ferryv1.Op) { o.Payload = &ferryv1.Op_SetTitle{SetTitle: &ferryv1.SetTitle{Title: title}} })
 }
 
-// MarkRead marks conv read up to seq (0: everything held). The marker is
-// sent when connected; the user's other devices then clear their unread
-// counts too.
+// MarkRead marks conv read up to seq (0: everything held), and no further
+// than the device knows conv goes. The marker is sent when connected; the
+// user's other devices then clear their unread counts too.
 func (d *Device) MarkRead(ctx context.Context, conv ulid.ULID, seq uint64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
