@@ -53,15 +53,8 @@ func TestServerRestoredFromBackup(t *testing.T) {
 	waitFor(t, bob, "bob has alice's later message", has(t, bob, conv, "kept 1", "kept 2", "lost by alice"))
 	bob.SendText(ctx, conv, "lost by bob")
 	waitFor(t, alice, "alice has bob's", has(t, alice, conv, "kept 1", "kept 2", "lost by alice", "lost by bob"))
-	oldEpoch := srv.eng.Epoch()
 
-	// Restore.
-	srv.stop()
-	srv.dir = "backup"
-	srv.start()
-	if srv.eng.Epoch() == oldEpoch {
-		t.Fatal("the restored store kept its epoch")
-	}
+	restore(t, srv)
 	want := []string{"kept 1", "kept 2", "lost by alice", "lost by bob"}
 	for _, d := range []*clientsdk.Device{alice, bob} {
 		waitFor(t, d, "repair and resync", func() bool {
@@ -101,28 +94,9 @@ func TestRestoreOlderThanAConversation(t *testing.T) {
 	srv.start()
 	defer func() { srv.stop() }()
 	url := "http://" + srv.addr
-	open := func(register bool) *clientsdk.Device {
-		d, err := clientsdk.OpenMemory(clientsdk.WithServer(url), clientsdk.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = d.Close() })
-		if register {
-			err = d.Register(ctx, "alice", "correct horse", "phone")
-		} else {
-			err = d.Login(ctx, "alice", "correct horse", "laptop")
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
-	older := open(true)
+	older := restoreDevice(t, url, "alice", false)
 	conv, _ := older.CreateConversation(ctx, "notes")
-	newer := open(false) // a later device id: the server lists its dots after the older one's
+	newer := restoreDevice(t, url, "alice", true) // a later device id: the server lists its dots after the older one's
 	waitFor(t, newer, "the newer device has the conversation", func() bool { _, err := newer.Conversation(conv); return err == nil })
 	if err := srv.eng.Backup("backup"); err != nil {
 		t.Fatal(err)
@@ -138,24 +112,29 @@ func TestRestoreOlderThanAConversation(t *testing.T) {
 	waitFor(t, older, "the reaction is sent", func() bool { return older.Status().Pending == 0 })
 	_ = newer.Close() // gone: the older device repairs alone
 
-	srv.stop()
-	srv.dir = "backup"
-	srv.start()
+	restore(t, srv)
 	waitFor(t, older, "repaired and live", func() bool {
 		ms := messages(t, older, conv)
 		return older.Status().State == clientsdk.StateLive && older.Status().Pending == 0 && len(ms) == 1 && len(ms[0].Reactions) == 1
 	})
 }
 
-// restoreDevice registers name on the server at url and starts it.
-func restoreDevice(t *testing.T, url, name string) *clientsdk.Device {
+// restoreDevice opens a device on the server at url, signs it in as name
+// (registering its phone, or with login logging in its laptop) and starts
+// it.
+func restoreDevice(t *testing.T, url, name string, login bool) *clientsdk.Device {
 	t.Helper()
 	d, err := clientsdk.OpenMemory(clientsdk.WithServer(url), clientsdk.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = d.Close() })
-	if err := d.Register(ctx, name, "correct horse", "phone"); err != nil {
+	if login {
+		err = d.Login(ctx, name, "correct horse", "laptop")
+	} else {
+		err = d.Register(ctx, name, "correct horse", "phone")
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Start(); err != nil {
@@ -184,7 +163,7 @@ func TestRestoreKeepsALeave(t *testing.T) {
 	srv.start()
 	defer func() { srv.stop() }()
 	url := "http://" + srv.addr
-	alice, bob := restoreDevice(t, url, "alice"), restoreDevice(t, url, "bob")
+	alice, bob := restoreDevice(t, url, "alice", false), restoreDevice(t, url, "bob", false)
 	conv, _ := alice.CreateConversation(ctx, "c", lookup(t, alice, "bob"))
 	alice.SendText(ctx, conv, "before the backup")
 	waitFor(t, bob, "bob has the message", has(t, bob, conv, "before the backup"))
@@ -225,8 +204,8 @@ func TestRestoreGivesBackAConversation(t *testing.T) {
 	srv.start()
 	defer func() { srv.stop() }()
 	url := "http://" + srv.addr
-	alice, bob, carol := restoreDevice(t, url, "alice"), restoreDevice(t, url, "bob"), restoreDevice(t, url, "carol")
-	dave := restoreDevice(t, url, "dave")
+	alice, bob, carol := restoreDevice(t, url, "alice", false), restoreDevice(t, url, "bob", false), restoreDevice(t, url, "carol", false)
+	dave := restoreDevice(t, url, "dave", false)
 	if err := srv.eng.Backup("backup"); err != nil {
 		t.Fatal(err)
 	}
@@ -316,18 +295,11 @@ func TestRestoreForgetsWhatItCannotCreateAgain(t *testing.T) {
 	srv.start()
 	defer func() { srv.stop() }()
 	url := "http://" + srv.addr
-	phone := restoreDevice(t, url, "alice")
+	phone := restoreDevice(t, url, "alice", false)
 	if err := srv.eng.Backup("backup"); err != nil {
 		t.Fatal(err)
 	}
-	laptop, err := clientsdk.OpenMemory(clientsdk.WithServer(url), clientsdk.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer laptop.Close()
-	if err := laptop.Login(ctx, "alice", "correct horse", "laptop"); err != nil {
-		t.Fatal(err)
-	}
+	laptop := restoreDevice(t, url, "alice", true)
 	conv, _ := laptop.CreateConversation(ctx, "from the laptop")
 	if err := laptop.SyncOnce(ctx); err != nil {
 		t.Fatal(err)

@@ -29,21 +29,7 @@ type streamGate struct {
 // while it is held or a SyncOnce waits for it, until ctx ends. end ends
 // the session early, for a SyncOnce.
 func (g *streamGate) takeForLoop(ctx context.Context, end context.CancelFunc) error {
-	for {
-		g.mu.Lock()
-		if !g.held && g.onces == 0 {
-			g.held, g.endLoop = true, end
-			g.mu.Unlock()
-			return nil
-		}
-		freed := g.waitLocked()
-		g.mu.Unlock()
-		select {
-		case <-freed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return g.take(ctx, func() bool { return g.onces == 0 }, end)
 }
 
 // takeForOnce takes the stream for a SyncOnce's session, ending the loop's
@@ -66,14 +52,23 @@ func (g *streamGate) takeForOnce(ctx context.Context) error {
 	if end != nil {
 		end()
 	}
+	return g.take(ctx, func() bool { return true }, nil)
+}
+
+// take waits until the stream is free and may (asked under g.mu), then
+// takes it, with end to end its session early; or until ctx ends.
+func (g *streamGate) take(ctx context.Context, may func() bool, end context.CancelFunc) error {
 	for {
 		g.mu.Lock()
-		if !g.held {
-			g.held, g.endLoop = true, nil
+		if !g.held && may() {
+			g.held, g.endLoop = true, end
 			g.mu.Unlock()
 			return nil
 		}
-		freed := g.waitLocked()
+		if g.freed == nil {
+			g.freed = make(chan struct{})
+		}
+		freed := g.freed
 		g.mu.Unlock()
 		select {
 		case <-freed:
@@ -89,13 +84,6 @@ func (g *streamGate) release() {
 	g.held, g.endLoop = false, nil
 	g.wakeLocked()
 	g.mu.Unlock()
-}
-
-func (g *streamGate) waitLocked() <-chan struct{} {
-	if g.freed == nil {
-		g.freed = make(chan struct{})
-	}
-	return g.freed
 }
 
 func (g *streamGate) wakeLocked() {

@@ -174,41 +174,35 @@ test("concurrent sends, while the session catches up, each get their own dot", {
 });
 
 test("after a server restore, each device gives back its user's lost ops and starts over", { timeout: 90_000 }, async () => {
-  const dir = mkdtempSync(join(tmpdir(), "ferry-web-restore-"));
-  const data = join(dir, "data");
-  let srv = await startServer({ data });
-  const addr = srv.addr;
-  // Reconnects retry every 5 ms (the client's own timer) while the server
-  // is down.
-  const dev = async () => {
-    const c = await FerryClient.open({ baseUrl: srv.url, minBackoffMs: 5, maxBackoffMs: 5 });
-    clients.push(c);
-    return c;
-  };
-  const alice = await dev();
-  const bob = await dev();
-  await signUp(alice, "alice");
-  const b = await signUp(bob, "bob");
-  const conv = await alice.createConversation("restore", [b]);
-  await alice.send(conv, "before the backup");
-  await bob.waitFor(() => bob.messages(conv).length === 1);
+  const srv = await restorable("ferry-web-restore-");
+  try {
+    // Reconnects retry every 5 ms (the client's own timer) while the
+    // server is down.
+    const dev = async () => {
+      const c = await FerryClient.open({ baseUrl: srv.url, minBackoffMs: 5, maxBackoffMs: 5 });
+      clients.push(c);
+      return c;
+    };
+    const alice = await dev();
+    const bob = await dev();
+    await signUp(alice, "alice");
+    const b = await signUp(bob, "bob");
+    const conv = await alice.createConversation("restore", [b]);
+    await alice.send(conv, "before the backup");
+    await bob.waitFor(() => bob.messages(conv).length === 1);
 
-  await srv.stop();
-  backup(data, join(dir, "backup"));
-  srv = await startServer({ data, addr });
-  await alice.send(conv, "after the backup");
-  await bob.waitFor(() => bob.messages(conv).length === 2);
+    await srv.backUp();
+    await alice.send(conv, "after the backup");
+    await bob.waitFor(() => bob.messages(conv).length === 2);
 
-  // The operator restores the backup: the server lost "after the backup".
-  await srv.stop();
-  srv = await startServer({ data: join(dir, "backup"), addr });
-  const want = ["before the backup", "after the backup"];
-  await alice.waitFor(() => alice.status().state === "live" && JSON.stringify(texts(alice.messages(conv))) === JSON.stringify(want));
-  await bob.waitFor(() => bob.status().state === "live" && JSON.stringify(texts(bob.messages(conv))) === JSON.stringify(want));
-  await alice.stop();
-  await bob.stop();
-  await srv.stop();
-  rmSync(dir, { recursive: true, force: true });
+    // The operator restores the backup: the server lost "after the backup".
+    await srv.restore();
+    const want = ["before the backup", "after the backup"];
+    await alice.waitFor(() => alice.status().state === "live" && JSON.stringify(texts(alice.messages(conv))) === JSON.stringify(want));
+    await bob.waitFor(() => bob.status().state === "live" && JSON.stringify(texts(bob.messages(conv))) === JSON.stringify(want));
+  } finally {
+    await srv.done();
+  }
 });
 
 test("catch-up shows the newest page of a conversation first, then fills in older messages", { timeout: 60_000 }, async () => {
@@ -833,6 +827,35 @@ test("a push that fails while the session stays up goes again after a backoff, o
   assert.equal(c.conversations().find((x) => x.id === conv)?.title, "notes");
 });
 
+// restorable starts a server on a store of its own, for a test that backs
+// it up and restores it: backUp stops it, copies its store (ferryd backup)
+// and starts it again; restore starts it on that copy instead; both on
+// the same address, so the clients reconnect. done stops the test's
+// clients and the server, and removes the store.
+async function restorable(prefix: string) {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const data = join(dir, "data");
+  let srv = await startServer({ data });
+  const addr = srv.addr;
+  return {
+    url: srv.url,
+    async backUp() {
+      await srv.stop();
+      backup(data, join(dir, "backup"));
+      srv = await startServer({ data, addr });
+    },
+    async restore() {
+      await srv.stop();
+      srv = await startServer({ data: join(dir, "backup"), addr });
+    },
+    async done() {
+      for (const c of clients) await c.stop().catch(() => {});
+      await srv.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 // openAt opens a client of the server at url, with a real backoff (a
 // restarting server refuses connections meanwhile).
 async function openAt(url: string): Promise<FerryClient> {
@@ -842,10 +865,7 @@ async function openAt(url: string): Promise<FerryClient> {
 }
 
 test("after a restore from a backup older than a conversation, the device syncs again, and its creator gives it back", { timeout: 90_000 }, async () => {
-  const dir = mkdtempSync(join(tmpdir(), "ferry-audit-restore-"));
-  const data = join(dir, "data");
-  let srv = await startServer({ data });
-  const addr = srv.addr;
+  const srv = await restorable("ferry-audit-restore-");
   try {
     const alice = await openAt(srv.url);
     const bob = await openAt(srv.url);
@@ -855,16 +875,13 @@ test("after a restore from a backup older than a conversation, the device syncs 
     await alice.send(old, "before the backup");
     await bob.waitFor(() => bob.messages(old).length === 1);
 
-    await srv.stop();
-    backup(data, join(dir, "backup"));
-    srv = await startServer({ data, addr });
+    await srv.backUp();
     const fresh = await alice.createConversation("new", [b]); // after the backup
     await alice.send(fresh, "after the backup");
     await alice.send(old, "also after the backup");
     await bob.waitFor(() => bob.messages(fresh).length === 1 && bob.messages(old).length === 2);
 
-    await srv.stop();
-    srv = await startServer({ data: join(dir, "backup"), addr });
+    await srv.restore();
     await alice.waitFor(() => alice.status().state === "live" && alice.messages(old).length === 2);
     assert.deepEqual(texts(alice.messages(old)), ["before the backup", "also after the backup"]);
     // Alice created the new one: her device creates it again, and bob's,
@@ -874,17 +891,12 @@ test("after a restore from a backup older than a conversation, the device syncs 
     assert.deepEqual(texts(bob.messages(fresh)), ["after the backup"]);
     assert.deepEqual(alice.failed(), []);
   } finally {
-    for (const c of clients) await c.stop().catch(() => {});
-    await srv.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await srv.done();
   }
 });
 
 test("after a restore, a conversation the server lost that another user created blocks no ack", { timeout: 90_000 }, async () => {
-  const dir = mkdtempSync(join(tmpdir(), "ferry-ghost-restore-"));
-  const data = join(dir, "data");
-  let srv = await startServer({ data });
-  const addr = srv.addr;
+  const srv = await restorable("ferry-ghost-restore-");
   try {
     const alice = await openAt(srv.url);
     const bob = await openAt(srv.url);
@@ -896,9 +908,7 @@ test("after a restore, a conversation the server lost that another user created 
     await alice.send(old, "before the backup");
     await bob.waitFor(() => bob.messages(old).length === 1);
 
-    await srv.stop();
-    backup(data, join(dir, "backup"));
-    srv = await startServer({ data, addr });
+    await srv.backUp();
     const fresh = await carol.createConversation("new", [b]); // after the backup
     await carol.send(fresh, "from carol");
     await bob.waitFor(() => bob.messages(fresh).length === 1);
@@ -906,8 +916,7 @@ test("after a restore, a conversation the server lost that another user created 
     await bob.stop();
     await bob.send(fresh, "queued"); // kept through the repair for it
 
-    await srv.stop();
-    srv = await startServer({ data: join(dir, "backup"), addr });
+    await srv.restore();
     bob.start();
     await bob.waitFor(() => bob.status().state === "live" && bob.status().pending === 0 && bob.failed().length === 1);
     await bob.markRead(fresh); // the server does not know it: nothing to mark
@@ -916,17 +925,12 @@ test("after a restore, a conversation the server lost that another user created 
     await bob.markRead(old);
     await alice.waitFor(() => alice.messages(old).find((x) => x.id === m)?.status === "read");
   } finally {
-    for (const c of clients) await c.stop().catch(() => {});
-    await srv.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await srv.done();
   }
 });
 
 test("repair gives back an op of the user's older device that targets a message of a newer one", { timeout: 90_000 }, async () => {
-  const dir = mkdtempSync(join(tmpdir(), "ferry-audit-repair-"));
-  const data = join(dir, "data");
-  let srv = await startServer({ data });
-  const addr = srv.addr;
+  const srv = await restorable("ferry-audit-repair-");
   try {
     const older = await openAt(srv.url);
     const a = await signUp(older, "alice");
@@ -937,24 +941,19 @@ test("repair gives back an op of the user's older device that targets a message 
     const conv = await older.createConversation("notes", []);
     await newer.waitFor(() => newer.conversations().some((c) => c.id === conv) && newer.status().state === "live");
 
-    await srv.stop();
-    backup(data, join(dir, "backup"));
-    srv = await startServer({ data, addr });
+    await srv.backUp();
     const m = await newer.send(conv, "from the newer device");
     await older.waitFor(() => older.messages(conv).length === 1);
     await older.react(conv, m, "👍");
     await older.waitFor(() => older.status().pending === 0 && older.messages(conv)[0]!.seq > 0 && Object.keys(older.messages(conv)[0]!.reactions).length === 1);
     await newer.stop(); // the newer device is gone (a lost phone); the older one repairs alone
 
-    await srv.stop();
-    srv = await startServer({ data: join(dir, "backup"), addr });
+    await srv.restore();
     await older.waitFor(() => older.status().state === "live" && older.messages(conv).length === 1);
     const got = older.messages(conv)[0]!;
     assert.deepEqual([got.text, got.reactions], ["from the newer device", { "👍": [older.session!.userId] }], "the reaction was lost in the repair");
   } finally {
-    for (const c of clients) await c.stop().catch(() => {});
-    await srv.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await srv.done();
   }
 });
 
