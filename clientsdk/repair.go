@@ -166,24 +166,92 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 	d.mu.Lock()
 	limit := d.maxMessage - pushFraming
 	d.mu.Unlock()
-	for len(push) > 0 {
-		n := pushPiece(push, limit)
+	return d.giveBack(ctx, sc, conv, push, recreate, limit)
+}
+
+// giveBack pushes ops, of devices of the user, to conv in their order: a
+// repair's. It reports false when ops begin with conv's create and the
+// server refuses it.
+//
+// An op the server refuses takes no dot, so the same device's later ops,
+// numbered after it, would be refused as a dot gap and lost. Those go
+// again, a dot lower: in the dot the refused op left free, which another
+// device of the user can then no longer give it back in, even once its
+// target is back. Another device of the user may have done so first:
+// then the ops both hold are on the server under other dots (the server
+// answers op id conflicts for them), and the device's ops after those go
+// where the server stands. A dot gap after a hole in what this device
+// holds of a device renumbers nothing: the hole's ops may come from
+// another device.
+//
+// A piece pushed holds one device's ops: so none of another device's can
+// overtake the ops that go again, which would change what ops applied in
+// seq order (edits, reactions, roles) come to. That costs a push for each
+// run of one device's ops, and one more for each refused op: a repair is
+// rare, and the ops it gives back are one conversation's since the
+// backup.
+func (d *Device) giveBack(ctx context.Context, sc ferryv1connect.SyncServiceClient, conv ulid.ULID, push []*ferryv1.Op, recreate bool, limit int) (bool, error) {
+	afterHole := map[string]bool{} // op ids
+	holed := map[string]bool{}     // devices
+	last := map[string]uint64{}    // device -> its latest dot in push
+	for _, op := range push {
+		dev := op.GetDeviceId()
+		if prev, seen := last[dev]; seen && op.GetDot() != prev+1 || !seen && recreate && op.GetDot() != 1 {
+			holed[dev] = true
+		}
+		afterHole[op.GetId()] = holed[dev]
+		last[dev] = op.GetDot()
+	}
+	renumbered := map[string]bool{} // devices whose dots here may not be the server's
+	for rounds := 2*len(push) + 2; len(push) > 0; rounds-- {
+		if rounds == 0 { // only while another device of the user pushes too
+			d.log.Warn("repair: ops still refused as dot gaps after renumbering; giving them up", "conv", conv, "ops", len(push))
+			break
+		}
+		run := 1
+		for run < len(push) && push[run].GetDeviceId() == push[0].GetDeviceId() {
+			run++
+		}
+		n := pushPiece(push[:run], limit)
 		r, err := sc.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv.String(), Ops: push[:n]}}})
 		if err != nil {
 			return false, fmt.Errorf("ferry: repair %s: push: %w", conv, err)
 		}
+		next := n
 		for i, res := range r.GetResults() {
-			if res.GetStatus() != ferryv1.OpStatus_OP_STATUS_REJECTED {
+			if i >= n || res.GetStatus() != ferryv1.OpStatus_OP_STATUS_REJECTED {
 				continue
 			}
 			if recreate && i == 0 { // the create: the rest would be refused as not found
 				d.log.Warn("repair: the server refused to create the conversation again; forgetting it", "conv", conv, "reason", res.GetReason(), "msg", res.GetMessage())
 				return false, nil
 			}
-			d.log.Warn("repair: the server refused an op back", "conv", conv, "op", res.GetOpId(), "reason", res.GetReason(), "msg", res.GetMessage())
+			op, dev, reason := push[i], push[i].GetDeviceId(), res.GetReason()
+			if reason == ferryv1.RejectReason_REJECT_REASON_OP_ID_CONFLICT {
+				// The user's other device gave it back first, under
+				// another dot: it is there.
+				renumbered[dev] = true
+				d.log.Debug("repair: an op given back already, under another dot", "conv", conv, "op", res.GetOpId())
+				continue
+			}
+			if reason == ferryv1.RejectReason_REJECT_REASON_DOT_GAP && renumbered[dev] && !afterHole[op.GetId()] {
+				// It and the rest go again, from where the server stands.
+				shift := op.GetDot() - (res.GetServerDot() + 1)
+				for _, o := range push[i:] {
+					if o.GetDeviceId() == dev {
+						o.Dot -= shift
+					}
+				}
+				next = i
+				break
+			}
+			d.log.Warn("repair: the server refused an op back", "conv", conv, "op", res.GetOpId(), "reason", reason, "msg", res.GetMessage())
+			if reason != ferryv1.RejectReason_REJECT_REASON_DOT_GAP && reason != ferryv1.RejectReason_REJECT_REASON_DOT_REUSED {
+				renumbered[dev] = true
+			}
 		}
 		recreate = false
-		push = push[n:]
+		push = push[next:]
 	}
 	return true, nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/clientsdk"
 	"github.com/ferrysync/ferry/engine"
@@ -313,5 +314,135 @@ func TestRestoreForgetsWhatItCannotCreateAgain(t *testing.T) {
 	})
 	if err := phone.MarkRead(ctx, conv, 1); !errors.Is(err, clientsdk.ErrUnknownConversation) {
 		t.Fatalf("mark-read on the forgotten conversation: %v", err)
+	}
+}
+
+// TestRestoreGivesBackPastARefusedOp: a device gives back a reaction the
+// restored server refuses (its target, another user's message, is not
+// back yet), then messages of its own, reactions its user sent from
+// their laptop, and a message the laptop never had. A refused op takes no
+// dot, so the messages go again a dot lower rather than being lost as dot
+// gaps, the laptop's reactions after them and in their order, and each
+// device's later sends go on. Whichever of the user's devices
+// repairs first: the phone, which holds everything, or the laptop, after
+// which the phone gives back the message the laptop did not have where
+// the server stands.
+func TestRestoreGivesBackPastARefusedOp(t *testing.T) {
+	for i, first := range []string{"phone", "laptop"} {
+		t.Run(first+" first", func(t *testing.T) {
+			srv := &simServer{t: t, fs: vfs.NewMem(), addr: testbin.FreeAddr(t), seed: uint64(5 + i)}
+			srv.start()
+			defer func() { srv.stop() }()
+			url := "http://" + srv.addr
+			alice, phone := restoreDevice(t, url, "alice", false), restoreDevice(t, url, "bob", false)
+			laptop := restoreDevice(t, url, "bob", true)
+			conv, _ := alice.CreateConversation(ctx, "c", lookup(t, alice, "bob"))
+			kept, _ := alice.SendText(ctx, conv, "kept")
+			for _, d := range []*clientsdk.Device{phone, laptop} {
+				waitFor(t, d, "the kept message", has(t, d, conv, "kept"))
+			}
+			if err := srv.eng.Backup("backup"); err != nil {
+				t.Fatal(err)
+			}
+			a1, _ := alice.SendText(ctx, conv, "a1")
+			waitFor(t, phone, "the phone has a1", has(t, phone, conv, "kept", "a1"))
+			if _, err := phone.React(ctx, conv, a1, "+1"); err != nil {
+				t.Fatal(err)
+			}
+			b1, err := phone.SendText(ctx, conv, "b1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := phone.SendText(ctx, conv, "b2"); err != nil {
+				t.Fatal(err)
+			}
+			// A reaction on, from the phone, then off, from the laptop:
+			// off stays off only if the laptop's op keeps its place after
+			// the phone's, which go again in the repair.
+			if _, err := phone.React(ctx, conv, kept, "ok"); err != nil {
+				t.Fatal(err)
+			}
+			reactions := func(d *clientsdk.Device, msg ulid.ULID) int {
+				for _, m := range messages(t, d, conv) {
+					if m.ID == msg {
+						return len(m.Reactions)
+					}
+				}
+				return -1
+			}
+			waitFor(t, phone, "the phone's ops sent", func() bool { return phone.Status().Pending == 0 })
+			waitFor(t, laptop, "the laptop has b2 and the reaction", func() bool {
+				return has(t, laptop, conv, "kept", "a1", "b1", "b2")() && reactions(laptop, kept) == 1
+			})
+			if _, err := laptop.Unreact(ctx, conv, kept, "ok"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := laptop.React(ctx, conv, b1, "ok"); err != nil {
+				t.Fatal(err)
+			}
+			reacted := func(d *clientsdk.Device) func() bool {
+				return func() bool {
+					for _, m := range messages(t, d, conv) {
+						if m.ID == b1 {
+							return len(m.Reactions) == 1 && m.Reactions[0].Key == "ok" && len(m.Reactions[0].Users) == 1 && reactions(d, kept) == 0
+						}
+					}
+					return false
+				}
+			}
+			waitFor(t, phone, "the phone has the laptop's reactions", func() bool { return phone.Status().Pending == 0 && reacted(phone)() })
+			laptop.Stop()
+			if _, err := phone.SendText(ctx, conv, "b3"); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, phone, "b3 sent", func() bool { return phone.Status().Pending == 0 })
+			waitFor(t, alice, "alice has bob's", has(t, alice, conv, "kept", "a1", "b1", "b2", "b3"))
+			alice.Stop()
+			phone.Stop()
+
+			// One of bob's devices repairs first, alone, while a1 is not back.
+			restore(t, srv)
+			d1, d2 := phone, laptop
+			if first == "laptop" {
+				d1, d2 = laptop, phone
+			}
+			if err := d1.Start(); err != nil {
+				t.Fatal(err)
+			}
+			want := []string{"kept", "b1", "b2", "b3"}
+			if first == "laptop" {
+				want = want[:3]
+			}
+			waitFor(t, d1, "the "+first+" repaired", func() bool {
+				return d1.Status().State == clientsdk.StateLive && d1.Status().Pending == 0 && has(t, d1, conv, want...)() && reacted(d1)()
+			})
+			if err := d2.Start(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, d2, "the other device repaired", func() bool {
+				return d2.Status().State == clientsdk.StateLive && d2.Status().Pending == 0 && has(t, d2, conv, "kept", "b1", "b2", "b3")()
+			})
+			for _, d := range []*clientsdk.Device{phone, laptop} {
+				if _, err := d.SendText(ctx, conv, "after from the "+map[*clientsdk.Device]string{phone: "phone", laptop: "laptop"}[d]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := alice.Start(); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []*clientsdk.Device{alice, phone, laptop} {
+				waitFor(t, d, "everything back but the refused reaction", func() bool {
+					got := texts(messages(t, d, conv))
+					slices.Sort(got)
+					return slices.Equal(got, []string{"a1", "after from the laptop", "after from the phone", "b1", "b2", "b3", "kept"}) &&
+						d.Status().Pending == 0 && reacted(d)()
+				})
+			}
+			for _, d := range []*clientsdk.Device{phone, laptop} {
+				if fs, _ := d.Failed(); len(fs) != 0 {
+					t.Fatalf("bob's ops failed: %+v", fs)
+				}
+			}
+		})
 	}
 }

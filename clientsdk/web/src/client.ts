@@ -1076,7 +1076,7 @@ export class FerryClient {
         }
         held.sort((a, b) => Number(a.seq - b.seq));
         if (held[0]?.payload.case !== "create") {
-          console.warn(`ferry: repair: the server does not know conversation ${convId}, which another user created; forgetting it until they give it back`);
+          console.warn(`ferry: repair: the server does not know conversation ${convId}, and this device holds no create of its user's to give it back with; forgetting it until it comes back`);
           if (account !== this.account) return;
           this.forget(convId);
           continue;
@@ -1091,24 +1091,84 @@ export class FerryClient {
       // must go first. Each device's dots keep their order.
       const push = held.sort((a, b) => Number(a.seq - b.seq))
         .map((op) => create(OpSchema, { id: op.id, deviceId: op.deviceId, dot: op.dot, payload: op.payload }));
-      const sizes = push.map((op) => toBinary(OpSchema, op).length);
-      for (let i = 0; i < push.length; ) {
-        if (account !== this.account) return;
-        const n = pushPiece(sizes.slice(i), this.maxOpsPerPush, this.maxMessageBytes - pushFraming);
-        const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(i, i + n) })] });
-        i += n;
-        if (recreate && r.results[0]?.status === OpStatus.REJECTED) {
-          // The create: the rest would be refused as not found.
-          console.warn(`ferry: repair: the server refused to create conversation ${convId} again: ${r.results[0].message}; forgetting it`);
-          this.forget(convId);
+      if (!(await this.giveBack(convId, push, recreate, account))) this.forget(convId);
+    }
+  }
+
+  // giveBack pushes ops, of devices of the user, to a conversation in
+  // their order: a repair's. It resolves false when the ops begin with the
+  // conversation's create and the server refuses it.
+  //
+  // An op the server refuses takes no dot, so the same device's later ops,
+  // numbered after it, would be refused as a dot gap and lost. Those go
+  // again, a dot lower: in the dot the refused op left free, which another
+  // device of the user can then no longer give it back in, even once its
+  // target is back. Another device of the user may have done so first:
+  // then the ops both hold are on the server under other dots (the server
+  // answers op id conflicts for them), and the device's ops after those go
+  // where the server stands. A dot gap after a hole in what this device
+  // holds of a device renumbers nothing: the hole's ops may come from
+  // another device.
+  //
+  // A piece pushed holds one device's ops: so none of another device's can
+  // overtake the ops that go again, which would change what ops applied in
+  // seq order (edits, reactions, roles) come to. That costs a push for each
+  // run of one device's ops, and one more for each refused op: a repair is
+  // rare, and the ops it gives back are one conversation's since the
+  // backup.
+  private async giveBack(convId: string, push: Op[], recreate: boolean, account: number): Promise<boolean> {
+    const afterHole = new Set<string>(); // op ids
+    const holed = new Set<string>(); // devices
+    const last = new Map<string, bigint>(); // device -> its latest dot in push
+    for (const op of push) {
+      const prev = last.get(op.deviceId);
+      if (prev !== undefined ? op.dot !== prev + 1n : recreate && op.dot !== 1n) holed.add(op.deviceId);
+      if (holed.has(op.deviceId)) afterHole.add(op.id);
+      last.set(op.deviceId, op.dot);
+    }
+    const renumbered = new Set<string>(); // devices whose dots here may not be the server's
+    for (let rounds = 2 * push.length + 2; push.length > 0; rounds--) {
+      if (account !== this.account) return true; // signed out meanwhile: not the next account's to push
+      if (rounds === 0) { // only while another device of the user pushes too
+        console.warn(`ferry: repair: ${push.length} ops of conversation ${convId} still refused as dot gaps after renumbering; giving them up`);
+        break;
+      }
+      let run = 1;
+      while (run < push.length && push[run]!.deviceId === push[0]!.deviceId) run++;
+      const sizes = push.slice(0, Math.min(run, this.maxOpsPerPush + 1)).map((op) => toBinary(OpSchema, op).length);
+      const n = pushPiece(sizes, this.maxOpsPerPush, this.maxMessageBytes - pushFraming);
+      const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(0, n) })] });
+      if (recreate && r.results[0]?.status === OpStatus.REJECTED) {
+        // The create: the rest would be refused as not found.
+        console.warn(`ferry: repair: the server refused to create conversation ${convId} again: ${r.results[0].message}; forgetting it`);
+        return false;
+      }
+      recreate = false;
+      let next = n;
+      for (let i = 0; i < Math.min(n, r.results.length); i++) {
+        const x = r.results[i]!;
+        if (x.status !== OpStatus.REJECTED) continue;
+        const op = push[i]!;
+        const dev = op.deviceId;
+        if (x.reason === RejectReason.OP_ID_CONFLICT) {
+          // The user's other device gave it back first, under another
+          // dot: it is there.
+          renumbered.add(dev);
+          continue;
+        }
+        if (x.reason === RejectReason.DOT_GAP && renumbered.has(dev) && !afterHole.has(op.id)) {
+          // It and the rest go again, from where the server stands.
+          const shift = op.dot - (x.serverDot + 1n);
+          for (const o of push.slice(i)) if (o.deviceId === dev) o.dot -= shift;
+          next = i;
           break;
         }
-        recreate = false;
-        for (const x of r.results) {
-          if (x.status === OpStatus.REJECTED) console.warn(`ferry: repair: the server refused op ${x.opId} back: ${x.message}`);
-        }
+        console.warn(`ferry: repair: the server refused op ${x.opId} back: ${x.message}`);
+        if (x.reason !== RejectReason.DOT_GAP && x.reason !== RejectReason.DOT_REUSED) renumbered.add(dev);
       }
+      push = push.slice(next);
     }
+    return true;
   }
 
   // forget drops, in a repair, a conversation the restored server does not

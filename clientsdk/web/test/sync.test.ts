@@ -957,6 +957,77 @@ test("repair gives back an op of the user's older device that targets a message 
   }
 });
 
+// A device gives back a reaction the restored server refuses (its target,
+// another user's message, is not back yet), then messages of its own,
+// reactions its user sent from their laptop, and a message the laptop
+// never had. A refused op takes no dot, so the messages go again a dot
+// lower rather than being lost as dot gaps, the laptop's reactions after
+// them and in their order, and each device's later sends go on. Whichever
+// of the user's devices repairs first: the phone, which holds everything,
+// or the laptop, after which the phone gives back the message the laptop
+// did not have where the server stands.
+for (const first of ["phone", "laptop"] as const) {
+  test(`repair gives back the device's ops after one the restored server refuses, the ${first} first`, { timeout: 90_000 }, async () => {
+    const srv = await restorable(`ferry-refused-repair-${first}-`);
+    try {
+      const alice = await openAt(srv.url);
+      const phone = await openAt(srv.url);
+      await signUp(alice, "alice");
+      const bob = await signUp(phone, "bob");
+      const laptop = await openAt(srv.url);
+      await laptop.login(bob, "correct horse battery");
+      laptop.start();
+      const conv = await alice.createConversation("c", [bob]);
+      const kept = await alice.send(conv, "kept");
+      await phone.waitFor(() => phone.messages(conv).length === 1);
+      await laptop.waitFor(() => laptop.messages(conv).length === 1);
+
+      await srv.backUp();
+      const a1 = await alice.send(conv, "a1");
+      await phone.waitFor(() => phone.messages(conv).length === 2);
+      await phone.react(conv, a1, "+1"); // refused in the repair: a1 is not back yet
+      const b1 = await phone.send(conv, "b1");
+      await phone.send(conv, "b2");
+      // A reaction on, from the phone, then off, from the laptop: off
+      // stays off only if the laptop's op keeps its place after the
+      // phone's, which go again in the repair.
+      await phone.react(conv, kept, "ok");
+      await phone.waitFor(() => phone.status().pending === 0);
+      const reactions = (c: FerryClient, id: string) => JSON.stringify(c.messages(conv).find((m) => m.id === id)?.reactions);
+      await laptop.waitFor(() => laptop.messages(conv).length === 4 && reactions(laptop, kept) === JSON.stringify({ ok: [phone.session!.userId] }));
+      await laptop.react(conv, kept, "ok", false);
+      await laptop.react(conv, b1, "ok");
+      const reacted = (c: FerryClient) => reactions(c, b1) === JSON.stringify({ ok: [phone.session!.userId] }) && reactions(c, kept) === "{}";
+      await phone.waitFor(() => phone.status().pending === 0 && reacted(phone));
+      await laptop.stop();
+      await phone.send(conv, "b3"); // the laptop never has it before the restore
+      await phone.waitFor(() => phone.status().pending === 0);
+      await alice.waitFor(() => alice.messages(conv).length === 5);
+      await alice.stop();
+      await phone.stop();
+
+      await srv.restore();
+      const [d1, d2] = first === "phone" ? [phone, laptop] : [laptop, phone];
+      d1.start();
+      const want = first === "phone" ? ["kept", "b1", "b2", "b3"] : ["kept", "b1", "b2"];
+      await d1.waitFor(() => d1.status().state === "live" && d1.status().pending === 0 && JSON.stringify(texts(d1.messages(conv))) === JSON.stringify(want) && reacted(d1));
+      d2.start();
+      await d2.waitFor(() => d2.status().state === "live" && d2.status().pending === 0 && JSON.stringify(texts(d2.messages(conv))) === JSON.stringify(["kept", "b1", "b2", "b3"]));
+      await phone.send(conv, "after from the phone");
+      await laptop.send(conv, "after from the laptop");
+      alice.start();
+      const all = JSON.stringify(["a1", "after from the laptop", "after from the phone", "b1", "b2", "b3", "kept"]);
+      for (const c of [alice, phone, laptop]) {
+        await c.waitFor(() => c.status().pending === 0 && JSON.stringify(texts(c.messages(conv)).sort()) === all && reacted(c));
+      }
+      assert.deepEqual(phone.failed(), []);
+      assert.deepEqual(laptop.failed(), []);
+    } finally {
+      await srv.done();
+    }
+  });
+}
+
 test("ops the server would refuse a whole push for throw at the call, and the outbox goes on", { timeout: 60_000 }, async () => {
   const c = await open();
   await signUp(c, "alice");
