@@ -3,7 +3,10 @@ package clientsdk
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"reflect"
 	"testing"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 
@@ -348,5 +351,99 @@ func TestFoldedStatesAreBounded(t *testing.T) {
 	}
 	if _, err := d.Messages(ids[0], PageOptions{}); err != nil { // evicted: folded again
 		t.Fatal(err)
+	}
+}
+
+// BenchmarkConversationsWithPending: the conversation list, with a long
+// outbox, whose messages wait for one conversation among many (a device
+// offline for a while): compare ns/op across the outbox sizes.
+func BenchmarkConversationsWithPending(b *testing.B) {
+	for _, n := range []int{10, 2_000} {
+		d, err := OpenMemory()
+		if err != nil {
+			b.Fatal(err)
+		}
+		d.mu.Lock()
+		d.creds = &credentials{User: ulid.Make().String(), Device: ulid.Make().String(), Username: "me"}
+		d.mu.Unlock()
+		var busy ulid.ULID
+		for i := range 50 {
+			conv := longConversation(b, d, 20)
+			d.mu.Lock()
+			d.convs[conv].Role = ferryv1.Role_ROLE_MEMBER
+			d.mu.Unlock()
+			if i == 0 {
+				busy = conv
+			}
+		}
+		for i := range n {
+			if _, err := d.SendText(context.Background(), busy, fmt.Sprintf("queued %d", i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(fmt.Sprintf("pending=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				cs, err := d.Conversations()
+				if err != nil || len(cs) != 50 {
+					b.Fatal(len(cs), err)
+				}
+			}
+		})
+		_ = d.Close()
+	}
+}
+
+// TestLastMessageIsThePagesFirst: a conversation's last message, which
+// the conversation list reads from the outbox's tail alone, is the first
+// message of its page, which reads the whole outbox, with every queued
+// edit, delete and reaction shown, whatever the outbox holds.
+func TestLastMessageIsThePagesFirst(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 0))
+	d := memoryDevice(t)
+	conv := longConversation(t, d, 5)
+	d.mu.Lock()
+	d.creds = &credentials{User: ulid.Make().String(), Device: ulid.Make().String(), Username: "me"}
+	d.convs[conv].Role = ferryv1.Role_ROLE_MEMBER
+	var ids []ulid.ULID
+	for v := range d.states[conv].Newest(0) {
+		ids = append(ids, v.ID)
+	}
+	d.mu.Unlock()
+	ctx := context.Background()
+	for i := range 200 {
+		target := ids[rng.IntN(len(ids))]
+		var err error
+		switch k := rng.IntN(10); {
+		case k < 3:
+			var id ulid.ULID
+			if id, err = d.SendText(ctx, conv, fmt.Sprintf("queued %d", i)); err == nil {
+				ids = append(ids, id)
+			}
+		case k < 5:
+			_, err = d.Edit(ctx, conv, target, fmt.Appendf(nil, "edited %d", i), "text/plain")
+		case k < 6:
+			_, err = d.Delete(ctx, conv, target)
+		case k < 8:
+			_, err = d.React(ctx, conv, target, []string{"+1", "ok"}[rng.IntN(2)])
+		default:
+			_, err = d.Unreact(ctx, conv, target, []string{"+1", "ok"}[rng.IntN(2)])
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := d.Conversation(conv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := d.Messages(conv, PageOptions{Limit: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.LastMessage == nil || !reflect.DeepEqual(*c.LastMessage, p.Messages[0]) {
+			t.Fatalf("after op %d: last message %+v, the page's first %+v", i, c.LastMessage, p.Messages[0])
+		}
 	}
 }

@@ -149,7 +149,7 @@ func (d *Device) conversationLocked(id ulid.ULID) (Conversation, error) {
 			return c, err
 		}
 	}
-	msgs, _, err := d.pageLocked(s, id, 0, 1, 0) // past holes: Loading says them
+	msgs, _, err := d.pageLocked(s, id, 0, 1, 0, true) // past holes: Loading says them
 	if err != nil {
 		return c, err
 	}
@@ -218,7 +218,7 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 	if opts.Before != 0 {
 		top = min(opts.Before-1, top)
 	}
-	if page.Messages, page.More, err = d.pageLocked(s, conv, opts.Before, opts.Limit, rec.runStart(top, rec.InfoHead)); err != nil {
+	if page.Messages, page.More, err = d.pageLocked(s, conv, opts.Before, opts.Limit, rec.runStart(top, rec.InfoHead), false); err != nil {
 		return Page{}, err
 	}
 	// Older messages are loading when a seq is missing below the page's
@@ -241,16 +241,28 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 // replica holds sent messages older than the page's, from floor up. It
 // builds the page's messages alone, the caller's own copies: a page of a
 // long conversation, or a conversation list's last messages, costs what
-// they hold, not the history. d.mu is held.
-func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit int, floor uint64) (page []Message, more bool, err error) {
+// they hold, not the history. With newest, only the page's first message
+// is sure to be whole, and an outbox of the conversation's costs what
+// was queued since its newest message: the conversation list's. d.mu is
+// held.
+func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit int, floor uint64, newest bool) (page []Message, more bool, err error) {
 	rec := d.convs[conv]
 	var me ulid.ULID
 	if d.creds != nil {
 		me = ulid.MustParseStrict(d.creds.User)
 	}
+	var failed []Message
+	if before == 0 {
+		if failed, err = d.failedMessagesLocked(conv, me); err != nil {
+			return nil, false, err
+		}
+	}
 	// Pending ops, in outbox order: messages appear after the sent ones;
 	// edits, deletes and reactions show on their targets, sent or pending.
-	pend, err := d.pendingOps(conv)
+	// The first message, unless one failed, is the newest pending one, on
+	// which only ops queued after it show; or, if none is pending, the
+	// newest sent one, on which any may.
+	pend, err := d.pendingOps(conv, newest && len(failed) == 0)
 	if err != nil {
 		return nil, false, err
 	}
@@ -298,10 +310,6 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 		// the pending ones are all on the first page, not counted in limit,
 		// so that the next page's Before, the oldest seq of this one, is a
 		// sent message's.
-		failed, err := d.failedMessagesLocked(conv, me)
-		if err != nil {
-			return nil, false, err
-		}
 		for i := len(failed) - 1; i >= 0; i-- {
 			add(failed[i])
 		}
@@ -398,8 +406,10 @@ func react(rs []model.ReactionView, key string, user ulid.ULID, add bool) []mode
 	return rs
 }
 
-// pendingOps returns conv's outbox ops in order. d.mu is held.
-func (d *Device) pendingOps(conv ulid.ULID) ([]model.Op, error) {
+// pendingOps returns conv's outbox ops in order; with fromNewest, only
+// those from its newest message on (all when none is a message). d.mu is
+// held.
+func (d *Device) pendingOps(conv ulid.ULID, fromNewest bool) ([]model.Op, error) {
 	var locals []uint64
 	for _, ref := range d.pending {
 		if ref.conv == conv {
@@ -407,9 +417,9 @@ func (d *Device) pendingOps(conv ulid.ULID) ([]model.Op, error) {
 		}
 	}
 	slices.Sort(locals)
-	out := make([]model.Op, 0, len(locals))
-	for _, l := range locals {
-		_, p, err := d.outboxOp(l)
+	var out []model.Op
+	for i := len(locals) - 1; i >= 0; i-- {
+		_, p, err := d.outboxOp(locals[i])
 		if err != nil {
 			return nil, err
 		}
@@ -418,7 +428,11 @@ func (d *Device) pendingOps(conv ulid.ULID) ([]model.Op, error) {
 			return nil, err
 		}
 		out = append(out, op)
+		if fromNewest && op.Kind == model.KindMessage {
+			break
+		}
 	}
+	slices.Reverse(out)
 	return out, nil
 }
 
