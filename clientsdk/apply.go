@@ -401,6 +401,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 				b.Set(seqKey(tFailed, ref.local), encodeJSON(failedEntry{Conv: entry.Conv, Op: entry.Op,
 					Reason: r.GetReason().String(), Message: r.GetMessage(), At: d.opts.clock.Now().UnixMilli()}))
 				delete(d.pending, id)
+				d.failed[ref.conv] = append(d.failed[ref.conv], ref.local) // locals only grow
 				if first, ok := renumber[at]; !ok || op.GetDot() < first {
 					renumber[at] = op.GetDot()
 				}

@@ -52,6 +52,7 @@ type Device struct {
 	stateTick uint64
 	nextLocal uint64                   // outbox sequence
 	pending   map[ulid.ULID]pendingRef // op id -> outbox entry
+	failed    map[ulid.ULID][]uint64   // conv -> its failed entries' local seqs, ascending
 	changed   uint64                   // local order of changes, for sorting
 	// catchUpFrom is changed before the first catch-up since the last one
 	// that completed, while catchingUp: a conversation placed above it was
@@ -136,6 +137,7 @@ func open(dir string, fs vfs.FS, opts []Option) (*Device, error) {
 		users:         map[ulid.ULID]userRecord{},
 		members:       map[ulid.ULID][]memberRecord{},
 		pending:       map[ulid.ULID]pendingRef{},
+		failed:        map[ulid.ULID][]uint64{},
 		memberRefresh: map[ulid.ULID]bool{},
 		maxBody:       model.MaxBodyBytes,
 		maxMessage:    4 << 20, // the server's default
@@ -237,6 +239,21 @@ func (d *Device) load() error {
 			return fmt.Errorf("%w: outbox conversation id: %v", errCorrupt, err)
 		}
 		d.pending[id] = pendingRef{local: binary.BigEndian.Uint64(k[1:]), conv: conv}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = scanPrefix(d.db, []byte{tFailed}, func(k, v []byte) error {
+		var e failedEntry
+		if err := decodeJSON(v, &e); err != nil {
+			return err
+		}
+		conv, err := ulid.ParseStrict(e.Conv)
+		if err != nil {
+			return fmt.Errorf("%w: failed op's conversation id: %v", errCorrupt, err)
+		}
+		d.failed[conv] = append(d.failed[conv], binary.BigEndian.Uint64(k[1:]))
 		return nil
 	})
 	if err != nil {
@@ -597,6 +614,7 @@ func (d *Device) signIn(s *ferryv1.DeviceSession) error {
 		clear(d.states)
 		clear(d.stateUse)
 		clear(d.pending)
+		clear(d.failed)
 		clear(d.users)
 		clear(d.members)
 		clear(d.memberRefresh)

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine/model"
@@ -444,6 +446,114 @@ func TestLastMessageIsThePagesFirst(t *testing.T) {
 		}
 		if c.LastMessage == nil || !reflect.DeepEqual(*c.LastMessage, p.Messages[0]) {
 			t.Fatalf("after op %d: last message %+v, the page's first %+v", i, c.LastMessage, p.Messages[0])
+		}
+	}
+}
+
+// TestFailedMessagesByConversation: each conversation's page shows its own
+// failed messages, in the order they failed, after the device opens again
+// too, and a dismissed one is gone from its conversation's, for good.
+func TestFailedMessagesByConversation(t *testing.T) {
+	fs := vfs.NewMem()
+	d, err := open("replica", fs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	me, dev := ulid.Make(), ulid.Make()
+	creds := &credentials{User: me.String(), Device: dev.String(), Username: "me"}
+	a, b := ulid.Make(), ulid.Make()
+	batch := d.db.NewBatch()
+	batch.Set(metaKey("creds"), encodeJSON(creds))
+	batch.Set(metaKey("owner"), encodeJSON(creds.User))
+	var ids []ulid.ULID
+	for i, conv := range []ulid.ULID{a, b, a, a} {
+		batch.Set(idKey(tConv, conv), encodeJSON(&convRecord{Title: "c", Role: ferryv1.Role_ROLE_MEMBER}))
+		id := ulid.Make()
+		ids = append(ids, id)
+		op := &ferryv1.Op{Id: id.String(), DeviceId: dev.String(), Dot: uint64(i + 1),
+			Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{ContentType: "text/plain", Body: fmt.Appendf(nil, "failed %d", i)}}}
+		batch.Set(seqKey(tFailed, uint64(10+i)), encodeJSON(failedEntry{Conv: conv.String(), Op: encodeOp(op), Reason: "REJECT_REASON_PERMISSION_DENIED"}))
+	}
+	if err := d.db.Commit(batch); err != nil {
+		t.Fatal(err)
+	}
+	_ = d.Close()
+	failedIDs := func(d *Device, conv ulid.ULID) []ulid.ULID {
+		t.Helper()
+		p, err := d.Messages(conv, PageOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []ulid.ULID
+		for _, m := range p.Messages {
+			if m.Status != StatusFailed {
+				t.Fatalf("message %s is %v on a conversation of failed ones", m.ID, m.Status)
+			}
+			out = append(out, m.ID)
+		}
+		return out
+	}
+	for round := range 2 {
+		if d, err = open("replica", fs, nil); err != nil {
+			t.Fatal(err)
+		}
+		wantA := []ulid.ULID{ids[3], ids[2], ids[0]} // newest first
+		if round == 1 {
+			wantA = []ulid.ULID{ids[3], ids[0]}
+		}
+		if got := failedIDs(d, a); !slices.Equal(got, wantA) {
+			t.Fatalf("round %d: conversation a's failed %v, want %v", round, got, wantA)
+		}
+		if got := failedIDs(d, b); !slices.Equal(got, []ulid.ULID{ids[1]}) {
+			t.Fatalf("round %d: conversation b's failed %v, want %v", round, got, ids[1:2])
+		}
+		if c, err := d.Conversation(a); err != nil || c.LastMessage == nil || c.LastMessage.ID != ids[3] {
+			t.Fatalf("round %d: conversation a's last message %+v, %v", round, c.LastMessage, err)
+		}
+		if round == 0 {
+			if err := d.DismissFailed(ids[2]); err != nil {
+				t.Fatal(err)
+			}
+			if got := failedIDs(d, a); !slices.Equal(got, []ulid.ULID{ids[3], ids[0]}) {
+				t.Fatalf("after dismissing: conversation a's failed %v", got)
+			}
+		}
+		_ = d.Close()
+	}
+}
+
+// BenchmarkConversationsWithFailed: the conversation list, with 100
+// messages the server refused in 10 of its 50 conversations, kept until
+// the app dismisses them.
+func BenchmarkConversationsWithFailed(b *testing.B) {
+	d, err := OpenMemory()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	var convs []ulid.ULID
+	for range 50 {
+		convs = append(convs, longConversation(b, d, 20))
+	}
+	d.mu.Lock()
+	d.creds = &credentials{User: ulid.Make().String(), Device: ulid.Make().String(), Username: "me"}
+	batch := d.db.NewBatch()
+	for i := range 100 {
+		op := &ferryv1.Op{Id: ulid.Make().String(), DeviceId: d.creds.Device, Dot: uint64(i + 1),
+			Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{ContentType: "text/plain", Body: fmt.Appendf(nil, "failed %d", i)}}}
+		conv, local := convs[i%10], uint64(1000+i)
+		batch.Set(seqKey(tFailed, local), encodeJSON(failedEntry{Conv: conv.String(), Op: encodeOp(op)}))
+		d.failed[conv] = append(d.failed[conv], local) // as a push's results add them
+	}
+	err = d.db.Commit(batch)
+	d.mu.Unlock()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if cs, err := d.Conversations(); err != nil || len(cs) != 50 || cs[0].LastMessage == nil {
+			b.Fatal(len(cs), err)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -347,22 +348,24 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 // in the order they failed. d.mu is held.
 func (d *Device) failedMessagesLocked(conv, me ulid.ULID) ([]Message, error) {
 	var out []Message
-	err := scanPrefix(d.db, []byte{tFailed}, func(_, v []byte) error {
+	for _, local := range d.failed[conv] {
 		var e failedEntry
-		if err := decodeJSON(v, &e); err != nil || e.Conv != conv.String() {
-			return err
+		switch ok, err := getJSON(d.db, seqKey(tFailed, local), &e); {
+		case err != nil:
+			return nil, err
+		case !ok:
+			return nil, fmt.Errorf("%w: failed entry %d is missing", errCorrupt, local)
 		}
 		p, err := decodeOp(e.Op)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if op, err := wire.Op("op", conv, p); err == nil && op.Kind == model.KindMessage {
 			out = append(out, Message{ID: op.ID, Conv: conv, Author: me, AuthorName: d.users[me].Username, Device: op.Dot.Device,
 				Sent: ulid.Time(op.ID.Time()), ContentType: op.ContentType, Body: op.Body, Status: StatusFailed})
 		}
-		return nil
-	})
-	return out, err
+	}
+	return out, nil
 }
 
 // ownStatus derives a sent message's status from the other members'
@@ -705,6 +708,10 @@ func (d *Device) DismissFailed(op ulid.ULID) error {
 	b.Delete(key)
 	if err := d.db.Commit(b); err != nil {
 		return err
+	}
+	local := binary.BigEndian.Uint64(key[1:])
+	if d.failed[conv] = slices.DeleteFunc(d.failed[conv], func(l uint64) bool { return l == local }); len(d.failed[conv]) == 0 {
+		delete(d.failed, conv)
 	}
 	d.emit(MessagesChanged{Conv: conv, IDs: []ulid.ULID{op}}, ConversationChanged{Conv: conv})
 	return nil
