@@ -67,6 +67,22 @@ func TestSummaryPercentiles(t *testing.T) {
 	if s != want {
 		t.Fatalf("summary of 1..1000ms = %+v, want %+v", s, want)
 	}
+	// Nearest rank, not rounded down: of 600 samples, p99.9 is the
+	// highest (a 0.1% tail is 0.6 of a sample), and of 100, p99 the 99th.
+	for _, c := range []struct {
+		n       int
+		p99     time.Duration
+		p999    time.Duration
+		samples string
+	}{{600, 594 * time.Millisecond, 600 * time.Millisecond, "1..600ms"}, {100, 99 * time.Millisecond, 100 * time.Millisecond, "1..100ms"}} {
+		var l Latencies
+		for i := 1; i <= c.n; i++ {
+			l.Add(time.Duration(i) * time.Millisecond)
+		}
+		if s := l.Summary(); s.P99 != c.p99 || s.P999 != c.p999 {
+			t.Errorf("summary of %s: p99 %v, p99.9 %v; want %v and %v", c.samples, s.P99, s.P999, c.p99, c.p999)
+		}
+	}
 }
 
 // TestWorkloadsInProcess runs every workload at a tiny size against an
@@ -133,8 +149,8 @@ func TestWorkloadsInProcess(t *testing.T) {
 		t.Errorf("the fourth catch-up %+v is not labelled cold", r.CatchUp[3])
 	}
 	for _, c := range r.CatchUp {
-		if c.CatchUp.Ops != c.Ops || c.CatchUp.WireBytes == 0 || c.CatchUp.RoundTrips == 0 {
-			t.Errorf("catch-up %+v: want exactly the missed ops, with bytes and round trips counted", c)
+		if c.CatchUp.Ops != c.Ops || c.CatchUp.WireBytes == 0 || c.CatchUp.RoundTrips != 1 {
+			t.Errorf("catch-up %+v: want exactly the missed ops, with bytes counted, in one request", c)
 		}
 		sorted := slices.Sorted(slices.Values(c.Times))
 		if len(sorted) != 5 || c.CatchUp.Duration != sorted[2] {
@@ -985,5 +1001,42 @@ func TestInProcessRefusesTooManyClients(t *testing.T) {
 	err = f.Prepare(t.Context(), openFiles(), nil)
 	if err == nil || !strings.Contains(err.Error(), "--target process") {
 		t.Fatalf("Prepare of %d clients in process: %v, want refused, naming --target process", openFiles(), err)
+	}
+}
+
+// TestIngestLimitHasTheBestRowsShape: durable ingest is read against raw
+// Pebble committing as many records a commit, with as many committers, as
+// Ferry's best row pushed ops a push with writers; a report from before
+// that shape was measured says it compares with one record a commit.
+func TestIngestLimitHasTheBestRowsShape(t *testing.T) {
+	r := &Report{
+		Ingest: []IngestResult{
+			{System: "ferry", Ops: 1, Writers: 64, Batch: 1, OpsPerSec: 20_000},
+			{System: "ferry", Ops: 1, Writers: 64, Batch: 16, OpsPerSec: 98_000},
+		},
+		Limits: Limits{Pebble: []PebbleResult{
+			{Committers: 64, Batch: 1, OpsPerSec: 140_000},
+			{Committers: 64, Batch: 16, OpsPerSec: 392_000},
+			{Committers: 256, Batch: 16, OpsPerSec: 500_000},
+		}},
+	}
+	ingestRow := func(r *Report) []string {
+		rows, _ := r.ratios(r.systems())
+		for _, row := range rows {
+			if strings.HasPrefix(row[0], "durable ingest") {
+				return row
+			}
+		}
+		return nil
+	}
+	if row := ingestRow(r); !strings.Contains(row[0], "64 committers of 16 records a commit") || row[1] != "0.25" {
+		t.Errorf("with the best row's shape measured: %q, want 98k against 392k", row)
+	}
+	r.Limits.Pebble = []PebbleResult{{Committers: 64, OpsPerSec: 140_000}} // an older report's
+	if row := ingestRow(r); !strings.Contains(row[0], "64 committers of one record a commit") || row[1] != "0.70" {
+		t.Errorf("with one record a commit alone: %q, want 98k against 140k", row)
+	}
+	if md := r.Markdown(); !strings.Contains(md, "64 committers 140k/s;") {
+		t.Errorf("the limit line: %s", md)
 	}
 }

@@ -298,6 +298,10 @@ type ferryDevice struct {
 	read   atomic.Int64
 	http   *http.Client
 	sync   ferryv1connect.SyncServiceClient
+	// requests counts the HTTP requests the device's clients made, and
+	// retired holds the clients of its sessions before (Disconnect).
+	requests atomic.Int64
+	retired  []*http.Client
 
 	mu         sync.Mutex
 	dots       map[int]uint64
@@ -309,18 +313,19 @@ type ferryDevice struct {
 }
 
 // client makes RPC clients for device i (none signed in when i < 0) whose
-// connection counts the bytes it reads into read.
-func (f *Ferry) client(i int, read *atomic.Int64) (ferryv1connect.AccountServiceClient, ferryv1connect.SyncServiceClient, *http.Client) {
+// connection counts the bytes it reads into read, and whose transport the
+// requests it makes into requests.
+func (f *Ferry) client(i int, read, requests *atomic.Int64) (ferryv1connect.AccountServiceClient, ferryv1connect.SyncServiceClient, *http.Client) {
 	p := new(http.Protocols)
 	p.SetUnencryptedHTTP2(true)
-	hc := &http.Client{Transport: &http.Transport{Protocols: p,
+	hc := &http.Client{Transport: countingTransport{requests: requests, Transport: &http.Transport{Protocols: p,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 			if err != nil {
 				return nil, err
 			}
 			return &CountingConn{Conn: c, Bytes: read}, nil
-		}}}
+		}}}}
 	opts := []connecthttp.Option{connecthttp.WithReadMaxBytes(64 << 20)}
 	if f.cfg.Uncompressed {
 		opts = append(opts, connecthttp.WithCompressors())
@@ -359,7 +364,7 @@ func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error
 	f.devs = make([]*ferryDevice, clients)
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffff)
 	err := Parallel(ctx, clients, 32, func(i int) error {
-		acc, _, hc := f.client(-1, &atomic.Int64{})
+		acc, _, hc := f.client(-1, &atomic.Int64{}, &atomic.Int64{})
 		resp, err := acc.Register(ctx, &ferryv1.RegisterRequest{Username: fmt.Sprintf("b%s-%d", run, i), Password: "bench password", DeviceName: "bench"})
 		// The device's own client connects anew: leave no connection of
 		// the sign-up open on the server.
@@ -387,7 +392,7 @@ func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error
 		return err
 	}
 	for _, d := range f.devs {
-		_, d.sync, d.http = f.client(d.i, &d.read)
+		_, d.sync, d.http = f.client(d.i, &d.read, &d.requests)
 	}
 	f.convs = make([]ulid.ULID, len(members))
 	for c := range members {
@@ -775,13 +780,27 @@ func (c *ferryConn) Send(conv int, payloads [][]byte, done func(error)) error {
 	c.pending[req] = done
 	c.mu.Unlock()
 	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
 	c.lastSend = time.Now()
-	return c.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: req,
+	err := c.st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: req,
 		Batches: []*ferryv1.OpBatch{{ConversationId: c.d.f.convs[conv].String(), Ops: ops}}}}})
+	c.sendMu.Unlock()
+	if err != nil {
+		// The caller has the error, so done must not run too: unless the
+		// stream's end ran it already (failPending), with its error.
+		c.mu.Lock()
+		_, waiting := c.pending[req]
+		delete(c.pending, req)
+		c.mu.Unlock()
+		if !waiting {
+			return nil
+		}
+	}
+	return err
 }
 
-// Disconnect closes the session after acknowledging what the device holds.
+// Disconnect closes the session after acknowledging what the device holds,
+// and its connection: a device offline for a while has none, and its
+// catch-up connects anew, as the peers' clients do.
 func (c *ferryConn) Disconnect() error {
 	c.ack()
 	c.stopHeartbeat()
@@ -789,18 +808,24 @@ func (c *ferryConn) Disconnect() error {
 	_ = c.st.CloseSend()
 	c.sendMu.Unlock()
 	c.stop()
+	d := c.d
+	d.retired = append(d.retired, d.http)
+	d.http.CloseIdleConnections()
+	_, d.sync, d.http = d.f.client(d.i, &d.read, &d.requests)
 	return nil
 }
 
-// CatchUp reopens the session and measures the catch-up.
+// CatchUp reopens the session and measures the catch-up: its round trips
+// are the requests it made (the Sync stream's, whose hello has the
+// catch-up for an answer).
 func (c *ferryConn) CatchUp(ctx context.Context) (CatchUp, error) {
-	before := c.readBytes()
+	before, requests := c.readBytes(), c.d.requests.Load()
 	start := time.Now()
 	n, at, err := c.open(ctx)
 	if err != nil {
 		return CatchUp{}, err
 	}
-	return CatchUp{Ops: n, Duration: at.Sub(start), RoundTrips: 1, WireBytes: c.readBytes() - before}, nil
+	return CatchUp{Ops: n, Duration: at.Sub(start), RoundTrips: int(c.d.requests.Load() - requests), WireBytes: c.readBytes() - before}, nil
 }
 
 func (c *ferryConn) readBytes() int64 { return c.d.read.Load() }
@@ -808,8 +833,22 @@ func (c *ferryConn) readBytes() int64 { return c.d.read.Load() }
 // Close ends the session.
 func (c *ferryConn) Close() error {
 	c.stop()
-	c.d.http.CloseIdleConnections()
+	for _, hc := range append(c.d.retired, c.d.http) {
+		hc.CloseIdleConnections()
+	}
+	c.d.retired = nil
 	return nil
+}
+
+// countingTransport counts the requests it carries.
+type countingTransport struct {
+	requests *atomic.Int64
+	*http.Transport
+}
+
+func (t countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	t.requests.Add(1)
+	return t.Transport.RoundTrip(r)
 }
 
 // stop ends the stream and waits for the receiver. Cancelling the context

@@ -41,7 +41,7 @@ func TestDevicesSendUncompressedAndAcceptZstd(t *testing.T) {
 		accept       string
 	}{{false, "zstd"}, {true, ""}} {
 		f := &Ferry{cfg: FerryConfig{Uncompressed: c.uncompressed}, url: srv.URL}
-		_, sync, _ := f.client(-1, &atomic.Int64{})
+		_, sync, _ := f.client(-1, &atomic.Int64{}, &atomic.Int64{})
 		ctx, cancel := context.WithCancel(t.Context())
 		st, err := sync.Sync(ctx)
 		if err != nil {

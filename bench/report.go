@@ -194,9 +194,13 @@ func (r *Report) Markdown() string {
 			ms(x.Ack.P50), ms(x.Ack.P90), ms(x.Ack.P99), ms(x.Ack.P999), ms(x.Ack.Max), ms(x.CPUPerKOps), client, busy, late, work, kb(x.PeakRSS))
 	}
 	if len(r.Limits.Pebble) > 0 {
-		p("\nLimit, raw Pebble synced commits of one op-sized record, same disk:")
+		p("\nLimit, raw Pebble synced commits of op-sized records, same disk, records a second:")
 		for _, l := range r.Limits.Pebble {
-			p(" %d committers %s/s;", l.Committers, rate(l.OpsPerSec))
+			if l.records() == 1 {
+				p(" %d committers %s/s;", l.Committers, rate(l.OpsPerSec))
+			} else {
+				p(" %d committers of %d records a commit (an ingest row's shape) %s/s;", l.Committers, l.records(), rate(l.OpsPerSec))
+			}
 		}
 		p("\n")
 	}
@@ -332,15 +336,15 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 			peers = append(peers, s)
 		}
 	}
-	ingest := func(sys string) float64 {
-		best := 0.0
+	bestIngest := func(sys string) (best IngestResult) {
 		for _, x := range r.Ingest {
-			if x.System == sys && x.Rate == 0 {
-				best = max(best, x.OpsPerSec)
+			if x.System == sys && x.Rate == 0 && x.OpsPerSec > best.OpsPerSec {
+				best = x
 			}
 		}
 		return best
 	}
+	ingest := func(sys string) float64 { return bestIngest(sys).OpsPerSec }
 	ack := func(sys string) float64 {
 		if x, ok := r.ackRow(sys); ok {
 			return float64(x.Ack.P99)
@@ -393,11 +397,20 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 		}
 		return fmt.Sprintf("%.2f", a/b)
 	}
-	// The limits: the Pebble commit rate with as many committers as the
-	// best ingest run had writers, and zstd's ratio on 1000-op batches.
+	// The limits: the Pebble commit rate with as many committers as
+	// Ferry's best ingest row had writers, each commit as many records as
+	// its pushes ops (a report from before these were measured has the
+	// rate of one record a commit alone, which its label then says), and
+	// zstd's ratio on 1000-op batches.
 	var pebble, zstdRatio float64
+	best := bestIngest("ferry")
+	pebbleShape := "64 committers of one record a commit"
 	for _, x := range r.Limits.Pebble {
-		if x.Committers == 64 {
+		switch {
+		case x.Committers == best.Writers && x.records() == max(best.Batch, 1):
+			pebble = x.OpsPerSec
+			pebbleShape = fmt.Sprintf("%d committers of %s a commit, the best row's shape", x.Committers, plural(x.records(), "record"))
+		case pebble == 0 && x.Committers == 64 && x.records() == 1:
 			pebble = x.OpsPerSec
 		}
 	}
@@ -434,7 +447,7 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 		f     func(string) float64
 		limit string
 	}{
-		{"durable ingest, best ops/s (limit: Pebble synced commits, 64 committers)", ingest, vsPebble},
+		{"durable ingest, best ops/s (limit: Pebble synced commits, " + pebbleShape + ")", ingest, vsPebble},
 		{"ack p99 at the ack-latency target's rate (limit: Pebble synced commits at that rate)", ack, ratio(ack("ferry"), store)},
 		{"fan-out to 1k devices, p99 (limit: the transport floor, 1k deliveries over loopback TCP)", fan, vsTransport},
 		{"idle memory per device", idle, "–"},

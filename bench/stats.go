@@ -2,8 +2,10 @@ package bench
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,8 +41,11 @@ func (l *Latencies) Summary() Summary {
 		return Summary{}
 	}
 	slices.Sort(s)
+	// Nearest rank: the smallest sample that at least a q share of them
+	// are at or below (less a hair for q × n's rounding: 0.99 × 100 is
+	// a little over 99 in floating point).
 	at := func(q float64) time.Duration {
-		i := int(q*float64(len(s))+0.5) - 1
+		i := int(math.Ceil(q*float64(len(s))-1e-9)) - 1
 		return s[min(max(i, 0), len(s)-1)]
 	}
 	return Summary{N: len(s), P50: at(0.50), P90: at(0.90), P99: at(0.99), P999: at(0.999), Max: s[len(s)-1]}
@@ -63,4 +68,23 @@ func ms(d time.Duration) string {
 		return fmt.Sprintf("%.1fms", f)
 	}
 	return fmt.Sprintf("%.0fms", f)
+}
+
+// firstError keeps the first error that any goroutine stores. (An
+// atomic.Value panics when an error of another concrete type follows.)
+type firstError struct{ p atomic.Pointer[error] }
+
+// Store keeps err unless an error is kept already; nil is not one.
+func (f *firstError) Store(err error) {
+	if err != nil {
+		f.p.CompareAndSwap(nil, &err)
+	}
+}
+
+// Load returns the error kept, or nil.
+func (f *firstError) Load() error {
+	if p := f.p.Load(); p != nil {
+		return *p
+	}
+	return nil
 }

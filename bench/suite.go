@@ -241,7 +241,7 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 	}
 	if p.LimitTime > 0 {
 		log.Info("measuring limits")
-		lim, err := limits(dir, p.LimitTime, p.IngestLatency)
+		lim, err := limits(dir, p.LimitTime, p.Ingest, p.IngestLatency)
 		if err != nil {
 			r.Errors = append(r.Errors, fmt.Sprintf("limits: %v", err))
 		}
@@ -323,22 +323,30 @@ func (rn *runner) on(what string, f Factory, n int, fn func([]System) error) err
 	return nil
 }
 
-// limits measures the physical limits, for d each; the store's latency at
-// the rate and shape of each open-loop ingest row in rows.
-func limits(dir string, d time.Duration, rows []IngestConfig) (Limits, error) {
+// limits measures the physical limits, for d each: the store's commit
+// rate with one record a commit, and with each closed-loop ingest row's
+// writers and ops a push (closed); its latency at the rate and shape of
+// each open-loop row (open).
+func limits(dir string, d time.Duration, closed, open []IngestConfig) (Limits, error) {
 	var l Limits
 	var err error
 	if l.FsyncP50, err = FsyncLatency(filepath.Join(dir, "fsync"), 200); err != nil {
 		return l, err
 	}
-	for _, c := range []int{1, 16, 64, 256} {
-		res, err := PebbleCommits(filepath.Join(dir, fmt.Sprintf("pebble-%d", c)), c, d)
+	shapes := []PebbleResult{{Committers: 1, Batch: 1}, {Committers: 16, Batch: 1}, {Committers: 64, Batch: 1}, {Committers: 256, Batch: 1}}
+	for _, row := range closed {
+		if shape := (PebbleResult{Committers: row.Writers, Batch: max(row.Batch, 1)}); row.Writers > 0 && !slices.Contains(shapes, shape) {
+			shapes = append(shapes, shape)
+		}
+	}
+	for _, x := range shapes {
+		res, err := PebbleCommits(filepath.Join(dir, fmt.Sprintf("pebble-%dx%d", x.Committers, x.Batch)), x.Committers, x.Batch, d)
 		if err != nil {
 			return l, err
 		}
 		l.Pebble = append(l.Pebble, res)
 	}
-	for i, row := range latencyShapes(rows) {
+	for i, row := range latencyShapes(open) {
 		res, err := PebbleLatency(filepath.Join(dir, fmt.Sprintf("pebble-latency-%d", i)), row.Writers, row.Batch, row.Rate, d)
 		if err != nil {
 			return l, err

@@ -34,7 +34,9 @@ type System interface {
 type Client interface {
 	// Send publishes payloads into conversation conv as one durable write
 	// where the system allows it; done runs once the server acknowledged
-	// them all durably. Send may be called again before done runs.
+	// them all durably, or with the error that failed them. Send may be
+	// called again before done runs. When Send returns an error, done does
+	// not run.
 	Send(conv int, payloads [][]byte, done func(error)) error
 	// Disconnect goes offline, remembering where the client stands.
 	Disconnect() error

@@ -226,7 +226,7 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 	}
 	var lat, lag Latencies
 	var acked atomic.Int64
-	var failed atomic.Value
+	var failed firstError
 	work0, works := storeWork(sys)
 	use := startUsage(sys)
 	start := time.Now()
@@ -294,7 +294,7 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	if err, _ := failed.Load().(error); err != nil {
+	if err := failed.Load(); err != nil {
 		return IngestResult{}, fmt.Errorf("ingest: %w", err)
 	}
 	ops := int(acked.Load())
@@ -436,7 +436,7 @@ func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, er
 	deadline := start.Add(cfg.Duration)
 	interval := time.Duration(float64(time.Second) * float64(convs) / cfg.Rate)
 	var sent atomic.Int64
-	var failed atomic.Value
+	var failed firstError
 	var wg sync.WaitGroup
 	for c := range convs {
 		from := members[c][0]
@@ -461,7 +461,7 @@ func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, er
 	expected := int(sent.Load()) * (cfg.ConvSize - 1)
 	// Let the last messages arrive: up to 10s past the end.
 	_ = awaitCount(&delivered, expected, nil)
-	if err, _ := failed.Load().(error); err != nil {
+	if err := failed.Load(); err != nil {
 		return FanoutResult{}, fmt.Errorf("fan-out: %w", err)
 	}
 	cpu, rss := use.perKOps(int(delivered.Load()))
@@ -867,7 +867,7 @@ func Storage(ctx context.Context, sys System, ops, convs int) (StorageResult, er
 func sendBatches(c Client, n int, conv func(batch int) int, msg func(j int) []byte) (int64, error) {
 	var raw int64
 	var wg sync.WaitGroup
-	var failed atomic.Value
+	var failed firstError
 	slots := make(chan struct{}, 8)
 	for k := 0; k < n; k += 100 {
 		batch := make([][]byte, 0, 100)
@@ -889,7 +889,7 @@ func sendBatches(c Client, n int, conv func(batch int) int, msg func(j int) []by
 		}
 	}
 	wg.Wait()
-	if err, _ := failed.Load().(error); err != nil {
+	if err := failed.Load(); err != nil {
 		return 0, err
 	}
 	return raw, nil
