@@ -64,6 +64,14 @@ func OnHelloWait(s *Server, f func()) { storeHook(&s.testHelloWait, f) }
 // a push's result before it sends another round.
 func OnAwaitResult(s *Server, f func()) { storeHook(&s.testAwaitResult, f) }
 
+// OnOpen makes f run as a Sync session's sender starts to open the
+// engine's session (and check the hello's epoch), before it does.
+func OnOpen(s *Server, f func()) { storeHook(&s.testOpen, f) }
+
+// OnAwaitOpen makes f run as a Sync session's receiver starts to wait for
+// the session to open before it reads the client's messages.
+func OnAwaitOpen(s *Server, f func()) { storeHook(&s.testAwaitOpen, f) }
+
 // storeHook sets a test hook, as every On function here does; nil stops
 // it.
 func storeHook(h *atomic.Pointer[func()], f func()) {

@@ -4,10 +4,12 @@ import (
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/server"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -180,4 +182,35 @@ func TestEpochResetAndRepairHealBothSides(t *testing.T) {
 	s = bob.open(hello(engB.Epoch().String(), 0))
 	s.untilCaughtUp()
 	s.holds(conv, 1, uint64(len(everything)+1))
+}
+
+// TestMessagesWaitForTheSessionToOpen: a push sent right after a hello from
+// another epoch (a device that has yet to learn of a restore) is not
+// taken: the stream answers ResetRequired and ends, and the device repairs
+// first. Taken, it would land ahead of the ops its repair gives back (an
+// ack, which waits the same way, would move markers by another history's
+// seqs).
+func TestMessagesWaitForTheSessionToOpen(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := newDev(t, srv.Register("alice"))
+	conv := alice.createConv("c")
+	// The session opens once the receiver waits for it, or once it has
+	// taken the push (which it must not).
+	ready := make(chan struct{}, 2)
+	server.OnAwaitOpen(srv.Server, func() { ready <- struct{}{} })
+	server.OnPushed(srv.Server, func() { ready <- struct{}{} })
+	server.OnOpen(srv.Server, func() { <-ready })
+	s := alice.open(hello(ulid.Make().String(), 3))
+	s.push(1, conv, alice.op(conv, msg("sent before the repair")))
+	if m := s.recv(); m.GetResetRequired().GetReason() != ferryv1.ResetReason_RESET_REASON_EPOCH_MISMATCH {
+		t.Fatalf("first answer %v, want reset_required", m)
+	}
+	if err := s.endErr(); err != nil {
+		t.Fatalf("stream after reset_required: %v", err)
+	}
+	for _, op := range history(t, alice, conv) {
+		if op.GetMessage() != nil {
+			t.Fatalf("the push sent with the old epoch's hello was taken: %v", op)
+		}
+	}
 }

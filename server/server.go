@@ -63,6 +63,11 @@ type Server struct {
 	// testAwaitResult, when set (by tests), runs as a Sync session's
 	// sender stops to wait for a push's result before its next round.
 	testAwaitResult atomic.Pointer[func()]
+	// testOpen, when set (by tests), runs as a Sync session's sender
+	// starts to open the engine's session; testAwaitOpen as its receiver
+	// starts to wait for that.
+	testOpen      atomic.Pointer[func()]
+	testAwaitOpen atomic.Pointer[func()]
 }
 
 // Wait blocks until every session handler and reader goroutine has

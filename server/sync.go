@@ -456,7 +456,7 @@ func (s *Server) startSync(ctx context.Context, st ferryv1connect.SyncServiceSyn
 	if err != nil {
 		return nil, err
 	}
-	l.rd, l.results, l.release = adm.rd, make(chan *answer, 4), adm.release
+	l.rd, l.results, l.release, l.opened = adm.rd, make(chan *answer, 4), adm.release, make(chan struct{})
 	if hello.GetSkipOwnOps() {
 		l.o.Pushing = new(engine.Pushing)
 	}
@@ -631,6 +631,7 @@ type loop struct {
 
 	// Sync only.
 	rd         requestReader // the client's messages
+	opened     chan struct{} // closed once the session is open and welcomed
 	waitInput  func()        // waits for the next of them, when set
 	p          *pumper       // runs pump
 	results    chan *answer  // answered pushes, to send (pointers: the buffer is held for the session's life)
@@ -857,6 +858,9 @@ func (l *loop) deferPos(ev engine.Event) bool {
 // keep the larger stack while it waits for its client, for the session's
 // whole life.
 func (l *loop) open() (end bool, err error) {
+	if f := l.s.testOpen.Load(); f != nil {
+		(*f)()
+	}
 	sess, err := l.s.eng.OpenSession(l.a, l.o)
 	var reset *engine.ResetError
 	if errors.As(err, &reset) {
@@ -880,6 +884,9 @@ func (l *loop) open() (end bool, err error) {
 		return true, err
 	}
 	l.s.log.Debug("session started", "user", l.a.User, "device", l.a.Device, "changed", w.Changed, "missing", w.MissingOps)
+	if l.opened != nil {
+		close(l.opened)
+	}
 	return false, nil
 }
 
@@ -1023,6 +1030,19 @@ func (l *loop) receive(ctx context.Context) error {
 			return
 		}
 		answer()
+	}
+	// The client's messages wait for the session to open: a hello from
+	// another epoch (a store restored from a backup) or ahead of the
+	// store is answered ResetRequired, and the client repairs first. A
+	// push sent after such a hello would land ahead of the ops its repair
+	// gives back, and an ack would move markers by another history's seqs.
+	if f := l.s.testAwaitOpen.Load(); f != nil {
+		(*f)()
+	}
+	select {
+	case <-l.opened:
+	case <-l.p.ended:
+		return errSenderEnded // syncErr returns the sender's outcome: the reset, or its error
 	}
 	for !end {
 		if l.waitInput == nil {
