@@ -234,7 +234,7 @@ export class FerryClient {
   // account counts sign-ins and sign-outs: a push or an ack answered after
   // one belongs to the account before it, and its answer is dropped.
   private account = 0;
-  private attempt = 0; // reconnects since the last session that got its Welcome
+  private attempt = 0; // reconnects since the last session that caught up
 
   private st: Status = { state: "signed-out", missingOps: 0, receivedOps: 0, pending: 0 };
   private listeners = new Set<(e: ClientEvent) => void>();
@@ -887,7 +887,6 @@ export class FerryClient {
       try {
         this.setStatus({ state: "connecting" });
         delay = await this.runSession(signal);
-        this.attempt = 0;
       } catch (err) {
         this.connected = false;
         if (signal.aborted) break;
@@ -975,7 +974,6 @@ export class FerryClient {
         case "welcome":
           epoch = m.value.epoch;
           this.connected = true;
-          this.attempt = 0; // a session that breaks later starts its backoff over
           if (m.value.limits?.maxOpsPerPush) this.maxOpsPerPush = m.value.limits.maxOpsPerPush;
           if (m.value.limits?.maxBodyBytes) this.maxBodyBytes = m.value.limits.maxBodyBytes;
           if (m.value.limits?.maxMessageBytes) this.maxMessageBytes = m.value.limits.maxMessageBytes;
@@ -1000,6 +998,11 @@ export class FerryClient {
           const feedPos = m.value.feedPos.toString();
           await this.commit(() => ({ meta: { ...this.meta, epoch, feedPos } }));
           this.setStatus({ state: "live" });
+          // A session that breaks from here starts its backoff over; one
+          // that breaks before, however it ends, waits longer each time:
+          // what fails right after the Welcome (a batch this client cannot
+          // read, a replica write refused) fails the same way again.
+          this.attempt = 0;
           this.places = null;
           this.catchUpFrom = null;
           void this.sendAcks().catch(() => {});
@@ -1470,11 +1473,16 @@ export class FerryClient {
         }
         this.ackDue = false;
         const account = this.account;
-        await this.sync.ack({ markers });
-        if (account !== this.account) return; // the markers were the account's before a sign-out
-        for (const m of markers) {
-          this.acked.set(m.conversationId, Math.max(this.acked.get(m.conversationId) ?? 0, Number(m.delivered)));
-          if ((this.reads.get(m.conversationId) ?? 0) <= Number(m.read)) this.reads.delete(m.conversationId);
+        // In acks the server takes: at most as many markers as ops in a
+        // push (it refuses more, whole).
+        for (let i = 0; i < markers.length; i += this.maxOpsPerPush) {
+          const piece = markers.slice(i, i + this.maxOpsPerPush);
+          await this.sync.ack({ markers: piece });
+          if (account !== this.account) return; // the markers were the account's before a sign-out
+          for (const m of piece) {
+            this.acked.set(m.conversationId, Math.max(this.acked.get(m.conversationId) ?? 0, Number(m.delivered)));
+            if ((this.reads.get(m.conversationId) ?? 0) <= Number(m.read)) this.reads.delete(m.conversationId);
+          }
         }
       }
     } finally {

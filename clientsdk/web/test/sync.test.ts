@@ -1028,6 +1028,85 @@ for (const first of ["phone", "laptop"] as const) {
   });
 }
 
+test("a session that breaks before it catches up waits longer each time", { timeout: 60_000 }, async () => {
+  // Once breaking is set, each Subscribe's answer ends, as a dropped
+  // connection, right after its first message, the Welcome; the fourth
+  // goes through.
+  let breaking = false;
+  let broken = 0;
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    const res = await globalThis.fetch(input, init);
+    if (!breaking || !String(input).endsWith("/ferry.v1.SyncService/Subscribe") || broken === 3) return res;
+    broken++;
+    const reader = res.body!.getReader();
+    let held = new Uint8Array(0);
+    let passed = false;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(ctrl) {
+        if (passed) {
+          void reader.cancel();
+          ctrl.error(new TypeError("the network dropped the stream"));
+          return;
+        }
+        const { value, done } = await reader.read();
+        if (done) return ctrl.close();
+        held = new Uint8Array([...held, ...value]);
+        const size = held.length >= 5 ? 5 + new DataView(held.buffer).getUint32(1) : Infinity; // a Connect envelope
+        if (held.length >= size) {
+          ctrl.enqueue(held.slice(0, size)); // the Welcome, and no more
+          passed = true;
+        }
+      },
+    });
+    return new Response(body, { status: res.status, headers: res.headers });
+  };
+  const sleeps: number[] = [];
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), minBackoffMs: 10, maxBackoffMs: 10_000, random: () => 1, fetch,
+    sleep: async (ms) => { sleeps.push(ms); } });
+  clients.push(c);
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  await c.stop();
+  breaking = true;
+  sleeps.length = 0;
+  c.start();
+  await c.waitFor(() => c.status().state === "live" && broken === 3);
+  assert.deepEqual(sleeps, [10, 20, 40], "the waits after three sessions that broke after their Welcome");
+});
+
+test("a device in more conversations than an ack may mark acks them all, in pieces", { timeout: 60_000 }, async () => {
+  // The page reloads: the new client acks what it holds of every
+  // conversation at once, more than the server takes in one ack.
+  const acks: { markers: number; status: number }[] = [];
+  let counting = false;
+  let all = () => {};
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    const res = await globalThis.fetch(input, init);
+    if (counting && String(input).endsWith("/ferry.v1.SyncService/Ack")) {
+      acks.push({ markers: fromBinary(AckRequestSchema, init!.body as Uint8Array).markers.length, status: res.status });
+      if (acks.reduce((n, a) => n + (a.status === 200 ? a.markers : 0), 0) >= 1001) all();
+    }
+    return res;
+  };
+  const factory = new IDBFactory();
+  const reopen = async () => {
+    const c = await FerryClient.open({ baseUrl: server.url, replica: await IndexedDBReplica.open("many", { factory }), ackDelayMs: 0, resumeAckDelayMs: 0, fetch });
+    clients.push(c);
+    return c;
+  };
+  let c = await reopen();
+  await signUp(c, "alice");
+  for (let i = 0; i < 1001; i++) await c.createConversation(`c${i}`, []);
+  await c.waitFor(() => c.status().state === "live" && c.status().pending === 0 && c.conversations().every((x) => x.head > 0));
+  await c.stop();
+  counting = true;
+  const acked = new Promise<void>((resolve) => (all = resolve));
+  c = await reopen();
+  c.start();
+  await acked;
+  assert.ok(acks.every((a) => a.status === 200 && a.markers <= 1000), JSON.stringify(acks));
+});
+
 test("ops the server would refuse a whole push for throw at the call, and the outbox goes on", { timeout: 60_000 }, async () => {
   const c = await open();
   await signUp(c, "alice");
