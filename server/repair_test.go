@@ -194,14 +194,16 @@ func TestMessagesWaitForTheSessionToOpen(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	alice := newDev(t, srv.Register("alice"))
 	conv := alice.createConv("c")
-	// The session opens once the receiver waits for it, or once it has
-	// taken the push (which it must not).
-	ready := make(chan struct{}, 2)
+	// The session opens once the client has sent its push, and the
+	// receiver waits for the opening or has taken the push (which it must
+	// not).
+	ready, sent := make(chan struct{}, 2), make(chan struct{})
 	server.OnAwaitOpen(srv.Server, func() { ready <- struct{}{} })
 	server.OnPushed(srv.Server, func() { ready <- struct{}{} })
-	server.OnOpen(srv.Server, func() { <-ready })
+	server.OnOpen(srv.Server, func() { <-sent; <-ready })
 	s := alice.open(hello(ulid.Make().String(), 3))
 	s.push(1, conv, alice.op(conv, msg("sent before the repair")))
+	close(sent)
 	if m := s.recv(); m.GetResetRequired().GetReason() != ferryv1.ResetReason_RESET_REASON_EPOCH_MISMATCH {
 		t.Fatalf("first answer %v, want reset_required", m)
 	}
