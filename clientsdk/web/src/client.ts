@@ -309,6 +309,7 @@ export class FerryClient {
     for (const conv of snap.convs) {
       c.convs.set(conv.id, conv);
       c.lastChange = Math.max(c.lastChange, conv.changedAt);
+      if (conv.readWanted) c.reads.set(conv.id, conv.readWanted); // marked read before the page closed, not yet sent
     }
     for (const op of snap.ops) c.storeOp(op);
     for (const e of snap.outbox) c.outbox.set(e.id, e);
@@ -801,7 +802,7 @@ export class FerryClient {
     if (read <= conv.read && conv.unread === 0) return;
     await this.commit(() => {
       const c = this.convs.get(convId)!;
-      return { convs: [{ ...c, read: Math.max(c.read, read), unread: 0 }] };
+      return { convs: [{ ...c, read: Math.max(c.read, read), unread: 0, readWanted: Math.max(c.readWanted ?? 0, read) }] };
     });
     this.reads.set(convId, Math.max(this.reads.get(convId) ?? 0, read));
     this.emit({ kind: "conversations", convId });
@@ -1017,10 +1018,13 @@ export class FerryClient {
             meta: { ...emptyMeta(), session: this.meta.session, dots: this.meta.dots },
             // Keep knowing the conversations, so the next Hello asks for
             // all of each (cursor 0); the server then describes them anew.
-            convs: [...this.convs.values()],
+            // Their positions, and reads not yet sent, were the old
+            // history's seqs.
+            convs: [...this.convs.values()].map(({ readWanted: _, ...c }) => ({ ...c, head: 0, read: 0, delivered: 0, unread: 0 })),
             outboxPut: [...this.outbox.values()],
           }));
           this.acked.clear();
+          this.reads.clear();
           this.emit({ kind: "conversations" });
           return 0;
         }
@@ -1185,7 +1189,8 @@ export class FerryClient {
     if (!c) return;
     for (const e of this.outbox.values()) {
       if (e.convId === convId) {
-        this.convs.set(convId, { ...c, head: 0, read: 0, delivered: 0, unread: 0 });
+        const { readWanted: _, ...rest } = c;
+        this.convs.set(convId, { ...rest, head: 0, read: 0, delivered: 0, unread: 0 });
         return;
       }
     }
@@ -1221,18 +1226,22 @@ export class FerryClient {
       }
       recs = infos.map((c): ConvRecord => {
         const before = this.convs.get(c.id);
+        // A read the user set that the server has yet to take shows
+        // until it does.
+        const wanted = (before?.readWanted ?? 0) > Number(c.read) ? before!.readWanted! : 0;
         return {
           id: c.id,
           title: c.title,
           role: c.role,
           removed: c.removed,
           head: Number(c.head),
-          unread: Number(c.unread),
+          unread: wanted >= Number(c.head) ? 0 : Number(c.unread),
           delivered: Number(c.delivered),
-          read: Number(c.read),
+          read: Math.max(Number(c.read), wanted),
           memberCount: c.memberCount,
           receipts: c.receipts.map((r) => ({ userId: r.userId, delivered: Number(r.delivered), read: Number(r.read) })),
           noReceipts: c.noReceipts,
+          ...(wanted ? { readWanted: wanted } : {}),
           changedAt: moved.get(c.id) ?? before!.changedAt,
         };
       });
@@ -1479,9 +1488,23 @@ export class FerryClient {
           const piece = markers.slice(i, i + this.maxOpsPerPush);
           await this.sync.ack({ markers: piece });
           if (account !== this.account) return; // the markers were the account's before a sign-out
+          const taken: ConvRecord[] = [];
           for (const m of piece) {
             this.acked.set(m.conversationId, Math.max(this.acked.get(m.conversationId) ?? 0, Number(m.delivered)));
             if ((this.reads.get(m.conversationId) ?? 0) <= Number(m.read)) this.reads.delete(m.conversationId);
+            const c = this.convs.get(m.conversationId);
+            if (c?.readWanted !== undefined && c.readWanted <= Number(m.read)) taken.push(c);
+          }
+          if (taken.length > 0) {
+            // The server has the reads: none waits across a reload.
+            await this.commit(() => ({
+              convs: taken.flatMap((t) => {
+                const c = this.convs.get(t.id);
+                if (!c || (c.readWanted ?? 0) > t.readWanted!) return []; // gone, or read further meanwhile
+                const { readWanted: _, ...rest } = c;
+                return [rest];
+              }),
+            }));
           }
         }
       }

@@ -53,6 +53,11 @@ export interface ConvRecord {
    * marker can wait. (Absent in replicas written before it existed.)
    */
   noReceipts?: boolean;
+  /**
+   * The read marker the user set that the server has yet to take: kept
+   * until it does, across reloads. (Absent when none waits.)
+   */
+  readWanted?: number;
   /** When the device last saw a change of it, for ordering the list. */
   changedAt: number;
 }

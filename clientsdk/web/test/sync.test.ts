@@ -1107,6 +1107,30 @@ test("a device in more conversations than an ack may mark acks them all, in piec
   assert.ok(acks.every((a) => a.status === 200 && a.markers <= 1000), JSON.stringify(acks));
 });
 
+test("a read marked offline goes once the page reloads and connects", { timeout: 60_000 }, async () => {
+  const factory = new IDBFactory();
+  const reopen = async () => {
+    const c = await FerryClient.open({ baseUrl: server.url, replica: await IndexedDBReplica.open("read-offline", { factory }) });
+    clients.push(c);
+    return c;
+  };
+  const alice = await open();
+  await signUp(alice, "alice");
+  let bob = await reopen();
+  const b = await signUp(bob, "bob");
+  const conv = await alice.createConversation("c", [b]);
+  const m = await alice.send(conv, "read me");
+  await bob.waitFor(() => bob.messages(conv).length === 1);
+  await bob.stop();
+  await bob.markRead(conv); // offline: nothing goes
+  assert.equal(bob.conversations().find((x) => x.id === conv)?.unread, 0);
+  bob = await reopen(); // the page closed before it connected again
+  assert.equal(bob.conversations().find((x) => x.id === conv)?.unread, 0, "the read shows after the reload");
+  bob.start();
+  await alice.waitFor(() => alice.messages(conv).find((x) => x.id === m)?.status === "read");
+  assert.equal(bob.conversations().find((x) => x.id === conv)?.unread, 0);
+});
+
 test("ops the server would refuse a whole push for throw at the call, and the outbox goes on", { timeout: 60_000 }, async () => {
   const c = await open();
   await signUp(c, "alice");
