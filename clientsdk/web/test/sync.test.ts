@@ -176,15 +176,8 @@ test("concurrent sends, while the session catches up, each get their own dot", {
 test("after a server restore, each device gives back its user's lost ops and starts over", { timeout: 90_000 }, async () => {
   const srv = await restorable("ferry-web-restore-");
   try {
-    // Reconnects retry every 5 ms (the client's own timer) while the
-    // server is down.
-    const dev = async () => {
-      const c = await FerryClient.open({ baseUrl: srv.url, minBackoffMs: 5, maxBackoffMs: 5 });
-      clients.push(c);
-      return c;
-    };
-    const alice = await dev();
-    const bob = await dev();
+    const alice = await openAt(srv.url);
+    const bob = await openAt(srv.url);
     await signUp(alice, "alice");
     const b = await signUp(bob, "bob");
     const conv = await alice.createConversation("restore", [b]);
