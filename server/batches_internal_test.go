@@ -355,7 +355,7 @@ func BenchmarkOpsFromBatches(b *testing.B) {
 	batches := []*ferryv1.OpBatch{{ConversationId: ulid.Make().String(), Ops: ops}}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := opsFromBatches(batches, maxOpsPerPush); err != nil {
+		if _, _, err := opsFromBatches(batches, maxOpsPerPush); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -43,36 +43,61 @@ func parseOptionalID(field, s string) (ulid.ULID, error) {
 	return id, invalid(err)
 }
 
-// opsFromBatches converts pushed batches, in order, checking every id and
-// the op count before anything is stored.
-func opsFromBatches(batches []*ferryv1.OpBatch, maxOps int) ([]model.Op, error) {
+// opsFromBatches converts pushed batches, in order. An op that does not
+// convert (a malformed id, no payload this server knows, a field only the
+// server sets) is refused on its own, as REJECT_REASON_INVALID says: its
+// slot in refused holds its result, naming the field, and the push goes on
+// with the others. A device's outbox then moves past the op, which takes
+// no dot, instead of sending the same refused push forever (an SDK newer
+// than the server, with an op kind the server does not know, would). What
+// has no op to answer for refuses the whole push: too many ops, or a
+// batch's malformed conversation id. refused is nil when every op
+// converts; ops holds the zero Op in a refused op's slot.
+func opsFromBatches(batches []*ferryv1.OpBatch, maxOps int) (ops []model.Op, refused []*ferryv1.OpResult, err error) {
 	n := 0
 	for _, b := range batches {
 		n += len(b.GetOps())
 	}
 	if n > maxOps {
-		return nil, connect.NewError(connect.CodeResourceExhausted,
+		return nil, nil, connect.NewError(connect.CodeResourceExhausted,
 			fmt.Sprintf("%d ops in one push; the limit is %d: split the push", n, maxOps))
 	}
 	// Each field's path is formatted only for an error: converting again
 	// with it gives the same error, named.
-	ops := make([]model.Op, 0, n)
+	ops = make([]model.Op, n)
+	k := 0
 	for i, b := range batches {
 		conv, err := ulid.ParseStrict(b.GetConversationId())
 		if err != nil {
 			_, err = parseID(fmt.Sprintf("batches[%d].conversation_id", i), b.GetConversationId())
-			return nil, err
+			return nil, nil, err
 		}
 		for j, p := range b.GetOps() {
 			op, err := opFromProto("op", conv, p)
 			if err != nil {
 				_, err = opFromProto(fmt.Sprintf("batches[%d].ops[%d]", i, j), conv, p)
-				return nil, err
+				if refused == nil {
+					refused = make([]*ferryv1.OpResult, n)
+				}
+				refused[k] = &ferryv1.OpResult{
+					ConversationId: b.GetConversationId(), OpId: p.GetId(),
+					Status: ferryv1.OpStatus_OP_STATUS_REJECTED, Reason: ferryv1.RejectReason_REJECT_REASON_INVALID,
+					Message: errorMessage(err),
+				}
 			}
-			ops = append(ops, op)
+			ops[k] = op
+			k++
 		}
 	}
-	return ops, nil
+	return ops, refused, nil
+}
+
+// errorMessage is err's message without a Connect code's prefix.
+func errorMessage(err error) string {
+	if ce, ok := errors.AsType[*connect.Error](err); ok {
+		return ce.Message()
+	}
+	return err.Error()
 }
 
 // opFromProto converts a pushed op. Server-assigned fields (seq, user_id)

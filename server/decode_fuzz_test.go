@@ -55,12 +55,19 @@ func FuzzDecodePush(f *testing.F) {
 		if proto.Unmarshal(b, &req) != nil {
 			return
 		}
-		ops, err := opsFromBatches(req.GetBatches(), maxOpsPerPush)
+		ops, refused, err := opsFromBatches(req.GetBatches(), maxOpsPerPush)
 		if err != nil {
 			clientError(t, err)
 			return
 		}
 		for i := range ops {
+			if refused != nil && refused[i] != nil {
+				// An op refused on its own says what is wrong with it.
+				if r := refused[i]; r.GetReason() != ferryv1.RejectReason_REJECT_REASON_INVALID || r.GetMessage() == "" {
+					t.Fatalf("a malformed op's result is %v", r)
+				}
+				continue
+			}
 			// Whatever decodes and validates survives the trip to the wire
 			// and back unchanged: the server sends what it stored.
 			op := ops[i]

@@ -48,7 +48,8 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 		t.Errorf("1001 ops: message does not say the limit: %v", err)
 	}
 
-	// Malformed ops are rejected one by one, with what is wrong.
+	// Malformed ops are rejected one by one, with what is wrong: whether
+	// the engine finds it or the request's decoding.
 	for name, tc := range map[string]struct {
 		op   *ferryv1.Op
 		want string
@@ -58,42 +59,42 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 		"zero dot":            {&ferryv1.Op{Id: ulid.Make().String(), Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "dot must be 1 or more"},
 		"edit without target": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Edit{Edit: &ferryv1.Edit{}}}, "batches[0].ops[0].target_id is required"},
 		"erased set":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Erased: true, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "batches[0].ops[0].erased is set by the server"},
+		"malformed id":        {&ferryv1.Op{Id: "x", Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, `batches[0].ops[0].id "x" is not a ULID`},
+		"malformed device":    {&ferryv1.Op{Id: ulid.Make().String(), DeviceId: "d", Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, `batches[0].ops[0].device_id "d" is not a ULID`},
 	} {
 		resp, err := pushOne(tc.op)
-		if name == "edit without target" || name == "erased set" || name == "no payload" {
-			// Caught while decoding the request: the whole push is refused.
-			mustCode(t, name, err, connect.CodeInvalidArgument)
-			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("%s: %v does not say %q", name, err, tc.want)
-			}
-			continue
-		}
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		r := resp.GetResults()[0]
-		if r.GetReason() != ferryv1.RejectReason_REJECT_REASON_INVALID || !strings.Contains(r.GetMessage(), tc.want) {
-			t.Errorf("%s: %v, want INVALID saying %q", name, r, tc.want)
+		if r.GetStatus() != ferryv1.OpStatus_OP_STATUS_REJECTED || r.GetReason() != ferryv1.RejectReason_REJECT_REASON_INVALID ||
+			!strings.Contains(r.GetMessage(), tc.want) || r.GetOpId() != tc.op.GetId() || r.GetConversationId() != conv {
+			t.Errorf("%s: %v, want INVALID for op %q saying %q", name, r, tc.op.GetId(), tc.want)
 		}
 	}
 
-	// A malformed id is named by its place in the push, or the ack.
-	ok := &ferryv1.Op{Id: ulid.Make().String(), Dot: 3, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}
-	for name, tc := range map[string]struct {
-		batches []*ferryv1.OpBatch
-		want    string
-	}{
-		"second batch's conversation": {[]*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{ok}}, {ConversationId: "nope"}},
-			`batches[1].conversation_id "nope" is not a ULID`},
-		"second op's id": {[]*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{ok, {Id: "x", Dot: 4}}}}, `batches[0].ops[1].id "x" is not a ULID`},
-		"second op's device": {[]*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{ok, {Id: ulid.Make().String(), DeviceId: "d", Dot: 4}}}},
-			`batches[0].ops[1].device_id "d" is not a ULID`},
-	} {
-		_, err := alice.Sync.Push(bg, &ferryv1.PushRequest{Batches: tc.batches})
-		mustCode(t, name, err, connect.CodeInvalidArgument)
-		if err != nil && !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: %v does not say %q", name, err, tc.want)
-		}
+	// A malformed op takes nothing from the push's other ops: they are
+	// stored, and the device's next dot is the one it skipped. Only a
+	// batch's malformed conversation id refuses the whole push, as no op
+	// of the batch can be answered for.
+	ok := func(dot uint64) *ferryv1.Op {
+		return &ferryv1.Op{Id: ulid.Make().String(), Dot: dot, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}
+	}
+	_, err = alice.Sync.Push(bg, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{ok(2)}}, {ConversationId: "nope"}}})
+	mustCode(t, "second batch's conversation", err, connect.CodeInvalidArgument)
+	if want := `batches[1].conversation_id "nope" is not a ULID`; err != nil && !strings.Contains(err.Error(), want) {
+		t.Errorf("second batch's conversation: %v does not say %q", err, want)
+	}
+	mixed := []*ferryv1.Op{ok(2), {Id: "y", Dot: 3}, ok(3)}
+	resp, err := alice.Sync.Push(bg, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: mixed}}})
+	if err != nil {
+		t.Fatalf("a push with a malformed op: %v", err)
+	}
+	if rs := resp.GetResults(); len(rs) != 3 ||
+		rs[0].GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED || rs[0].GetSeq() != 2 ||
+		rs[1].GetReason() != ferryv1.RejectReason_REJECT_REASON_INVALID || !strings.Contains(rs[1].GetMessage(), `batches[0].ops[1].id "y" is not a ULID`) ||
+		rs[2].GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED || rs[2].GetSeq() != 3 {
+		t.Fatalf("a push with a malformed op between two good ones answered %v", rs)
 	}
 	_, err = alice.Sync.Ack(bg, &ferryv1.AckRequest{Markers: []*ferryv1.Marker{{ConversationId: conv, Delivered: 1}, {ConversationId: "m"}}})
 	mustCode(t, "malformed marker", err, connect.CodeInvalidArgument)
@@ -156,9 +157,9 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 	s = alice.open(&ferryv1.Hello{Epoch: "bogus"})
 	mustCode(t, "malformed epoch", s.endErr(), connect.CodeInvalidArgument)
 
-	// Nothing of the above was stored.
+	// Nothing of the above was stored but the two good ops.
 	page, err := alice.Sync.History(bg, &ferryv1.HistoryRequest{ConversationId: conv})
-	if err != nil || page.GetHead() != 1 {
+	if err != nil || page.GetHead() != 3 {
 		t.Fatalf("bad input changed the log: head %d (%v)", page.GetHead(), err)
 	}
 	if rep, err := srv.Engine.Check(); err != nil || rep.Err() != nil {

@@ -40,7 +40,7 @@ var _ ferryv1connect.SyncServiceHandler = syncService{}
 // rounds leave them out; push returns them, with their seqs, and those
 // pushing counted, which the sender removes once the result is sent.
 func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch, stop <-chan struct{}, pushing *engine.Pushing) ([]*ferryv1.OpResult, pushedOps, error) {
-	ops, err := opsFromBatches(batches, maxOpsPerPush)
+	ops, refused, err := opsFromBatches(batches, maxOpsPerPush)
 	if err != nil {
 		return nil, pushedOps{}, err
 	}
@@ -52,6 +52,10 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 	valid := make([]model.Op, 0, len(ops))
 	at := make([]int, 0, len(ops))
 	for i := range ops {
+		if refused != nil && refused[i] != nil {
+			results[i] = refused[i]
+			continue
+		}
 		if err := s.eng.CheckOp(a, &ops[i]); err != nil {
 			results[i] = &ferryv1.OpResult{
 				ConversationId: ops[i].Conv.String(), OpId: ops[i].ID.String(),
