@@ -107,9 +107,7 @@ export interface ClientOptions {
    * member's device acks each message it receives, and each Ack is a
    * request to the server; the server holds receipts about as long anyway
    * (250 ms by default). Default 250 ms, as the Go SDK's; 0 sends them at
-   * once. Reads go at once: unlike the Go SDK, this client keeps a read
-   * not yet sent only in memory, and a page closed within the delay would
-   * lose it.
+   * once. Reads go at once.
    */
   ackDelayMs?: number;
   /**
@@ -119,6 +117,14 @@ export interface ClientOptions {
    * Default 5000 ms, as the Go SDK's; never shorter than ackDelayMs.
    */
   resumeAckDelayMs?: number;
+  /**
+   * How long a Push or an Ack may go unanswered before it is cancelled
+   * and sent again: a connection that died without a word (over HTTP/1.1
+   * one apart from the session's stream, whose silence the client would
+   * not hear). The server gets it as the call's deadline. Default 30000
+   * ms. The session's end cancels them too: its next one sends again.
+   */
+  callTimeoutMs?: number;
   /** Timers, injectable in tests. */
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
   random?: () => number;
@@ -263,6 +269,7 @@ export class FerryClient {
   private acking = false;
   private ackWait?: { due: number; ctrl: AbortController }; // the wait running
   private ackDue = false; // a wait ended: what waits goes now
+  private ackAttempt = 0; // acks that failed in a row
 
   private constructor(opts: ClientOptions) {
     const minBackoffMs = opts.minBackoffMs ?? 250;
@@ -278,6 +285,7 @@ export class FerryClient {
       maxBackoffMs,
       ackDelayMs: Math.max(opts.ackDelayMs ?? 250, 0),
       resumeAckDelayMs: Math.max(opts.resumeAckDelayMs ?? 5000, opts.ackDelayMs ?? 250, 0),
+      callTimeoutMs: opts.callTimeoutMs ?? 30_000,
       sleep: opts.sleep ?? sleep,
       random: opts.random ?? Math.random,
       now: opts.now ?? Date.now,
@@ -930,8 +938,13 @@ export class FerryClient {
   private async runSession(signal: AbortSignal): Promise<number | undefined> {
     // The session ends when the client stops, when the browser says it is
     // offline, or when the server has been silent for three heartbeat
-    // intervals (a connection that died without a word).
+    // intervals (a connection that died without a word); and however its
+    // stream ends. Its end cancels what it started and still waits: a
+    // push or an ack unanswered, a push's retry (the next session pushes
+    // at its Welcome), an ack's wait.
     const session = new AbortController();
+    const stopped = () => session.abort(signal.reason);
+    signal.addEventListener("abort", stopped, { once: true });
     this.current = session;
     let silence: ReturnType<typeof setTimeout> | undefined;
     let heartbeatMs = 30_000;
@@ -947,7 +960,9 @@ export class FerryClient {
       });
     } finally {
       clearTimeout(silence);
+      signal.removeEventListener("abort", stopped);
       this.current = undefined;
+      session.abort(new ConnectError("the session ended", Code.Canceled));
     }
   }
 
@@ -1064,7 +1079,7 @@ export class FerryClient {
       const held: Op[] = [];
       let recreate = false;
       try {
-        const res = await this.sync.repair({ conversationId: convId, vector: { entries } });
+        const res = await this.sync.repair({ conversationId: convId, vector: { entries } }, this.callOptions(this.current));
         for (const w of res.want) {
           for (let n = Number(w.fromDot); n <= Number(w.toDot); n++) {
             const op = byDot.get(w.deviceId)?.get(n);
@@ -1144,7 +1159,7 @@ export class FerryClient {
       while (run < push.length && push[run]!.deviceId === push[0]!.deviceId) run++;
       const sizes = push.slice(0, Math.min(run, this.maxOpsPerPush + 1)).map((op) => toBinary(OpSchema, op).length);
       const n = pushPiece(sizes, this.maxOpsPerPush, this.maxMessageBytes - pushFraming);
-      const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(0, n) })] });
+      const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(0, n) })] }, this.callOptions(this.current));
       if (recreate && r.results[0]?.status === OpStatus.REJECTED) {
         // The create: the rest would be refused as not found.
         console.warn(`ferry: repair: the server refused to create conversation ${convId} again: ${r.results[0].message}; forgetting it`);
@@ -1294,7 +1309,8 @@ export class FerryClient {
       this.flushWanted = false;
       for (;;) {
         const next = this.pushOrder([...this.outbox.values()].filter((e) => e.failed === undefined));
-        if (next.length === 0 || !this.connected) break;
+        const session = this.current;
+        if (next.length === 0 || !this.connected || !session) break;
         // One conversation's ops, as many as a push takes: the server's
         // count, and its message size less room for the request's framing.
         const conv = next[0]!.convId;
@@ -1303,9 +1319,10 @@ export class FerryClient {
         let res;
         const account = this.account;
         try {
-          res = await this.sync.push({
-            batches: [create(OpBatchSchema, { conversationId: conv, ops: batch.map((e) => fromBinary(OpSchema, e.op)) })],
-          });
+          res = await this.sync.push(
+            { batches: [create(OpBatchSchema, { conversationId: conv, ops: batch.map((e) => fromBinary(OpSchema, e.op)) })] },
+            this.callOptions(session),
+          );
         } catch (err) {
           // Pushes are idempotent, so a lost answer costs nothing: the
           // push goes again after a wait, or with the next session.
@@ -1345,6 +1362,14 @@ export class FerryClient {
       done();
       if (this.connected && this.current === session) void this.flush();
     }, done);
+  }
+
+  // callOptions are those of a call a session makes (a push, an ack, a
+  // repair's): cancelled with the session, or when callTimeoutMs pass
+  // without an answer. A repair cancelled so runs again in the next
+  // session, as its ResetRequired comes again.
+  private callOptions(session: AbortController | undefined): { signal?: AbortSignal; timeoutMs: number } {
+    return { signal: session?.signal, timeoutMs: this.opts.callTimeoutMs };
   }
 
   // backoff is the wait before the next try after attempt failed ones in
@@ -1486,7 +1511,18 @@ export class FerryClient {
         // push (it refuses more, whole).
         for (let i = 0; i < markers.length; i += this.maxOpsPerPush) {
           const piece = markers.slice(i, i + this.maxOpsPerPush);
-          await this.sync.ack({ markers: piece });
+          const session = this.current;
+          if (!session) return; // the next session acks what the device holds
+          try {
+            await this.sync.ack({ markers: piece }, this.callOptions(session));
+          } catch (err) {
+            // What the device holds goes again after a backoff, as a
+            // failed push does, or with the next session.
+            const ce = ConnectError.from(err);
+            if (this.current === session && !terminalCodes.has(ce.code)) this.ackLater(this.backoff(this.ackAttempt++));
+            throw err;
+          }
+          this.ackAttempt = 0;
           if (account !== this.account) return; // the markers were the account's before a sign-out
           const taken: ConvRecord[] = [];
           for (const m of piece) {

@@ -820,6 +820,128 @@ test("a push that fails while the session stays up goes again after a backoff, o
   assert.equal(c.conversations().find((x) => x.id === conv)?.title, "notes");
 });
 
+// stalling wraps fetch for the tests of calls a connection never answers:
+// push(n) says what the nth Push does ("hang" until its call is cancelled,
+// "fail" as a network error, or "go" to the server); endSession ends the
+// Subscribe stream running now, as a dropped connection would.
+function stalling(push: (n: number) => "hang" | "fail" | "go") {
+  let pushes = 0;
+  let subscribes = 0;
+  let stream: AbortController | undefined;
+  let hung: () => void = () => {};
+  const hanging = new Promise<void>((resolve) => { hung = resolve; });
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    const url = String(input);
+    if (url.endsWith("/ferry.v1.SyncService/Subscribe")) {
+      subscribes++;
+      stream = new AbortController();
+      return globalThis.fetch(input, { ...init, signal: init?.signal ? AbortSignal.any([init.signal, stream.signal]) : stream.signal });
+    }
+    if (url.endsWith("/ferry.v1.SyncService/Push")) {
+      const what = push(++pushes);
+      if (what === "fail") throw new TypeError("the network dropped the request");
+      if (what === "hang") {
+        hung();
+        return new Promise<Response>((_, reject) => {
+          const signal = init?.signal;
+          if (!signal) return; // never answered: what this test must not see
+          if (signal.aborted) reject(signal.reason);
+          signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+        });
+      }
+    }
+    return globalThis.fetch(input, init);
+  };
+  return {
+    fetch,
+    hanging,
+    pushes: () => pushes,
+    subscribes: () => subscribes,
+    endSession: () => stream?.abort(new TypeError("the connection dropped")),
+  };
+}
+
+test("a push the connection never answers is cancelled after callTimeoutMs and goes again", { timeout: 30_000 }, async () => {
+  const net = stalling((n) => (n === 1 ? "hang" : "go"));
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1,
+    callTimeoutMs: 50, fetch: net.fetch });
+  clients.push(c);
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  const conv = await c.createConversation("notes", []);
+  await c.waitFor(() => c.status().pending === 0 && c.status().lastError === undefined);
+  assert.equal(net.pushes(), 2, "the push went twice");
+  assert.equal(net.subscribes(), 1, "the session stayed up");
+  assert.equal(c.conversations().find((x) => x.id === conv)?.title, "notes");
+});
+
+test("a session's end cancels its unanswered push, which the next session sends", { timeout: 30_000 }, async () => {
+  const net = stalling((n) => (n === 1 ? "hang" : "go"));
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch: net.fetch });
+  clients.push(c);
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  const conv = await c.createConversation("notes", []);
+  await net.hanging;
+  net.endSession();
+  await c.waitFor(() => c.status().pending === 0 && c.status().state === "live");
+  assert.equal(net.pushes(), 2, "the push went again in the next session");
+  assert.equal(net.subscribes(), 2);
+  assert.equal(c.conversations().find((x) => x.id === conv)?.title, "notes");
+});
+
+test("a push's retry waiting when its session ends leaves the next session's push to retry", { timeout: 30_000 }, async () => {
+  // The first two pushes fail, one in each session; the first's retry
+  // waits (the sleep holds until it is cancelled) when its session ends.
+  const net = stalling((n) => (n <= 2 ? "fail" : "go"));
+  let hold = true;
+  let held: () => void = () => {};
+  const holding = new Promise<void>((resolve) => { held = resolve; });
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), minBackoffMs: 1, maxBackoffMs: 1, fetch: net.fetch,
+    sleep: (_ms, signal) => {
+      if (!hold) return Promise.resolve();
+      held();
+      return new Promise((_, reject) => {
+        if (signal.aborted) reject(signal.reason);
+        signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+      });
+    } });
+  clients.push(c);
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  const conv = await c.createConversation("notes", []);
+  await holding; // the first push failed, and its retry waits
+  hold = false;
+  net.endSession();
+  await c.waitFor(() => c.status().pending === 0 && c.status().lastError === undefined);
+  assert.equal(net.pushes(), 3, "the second session's failed push went again");
+  assert.equal(net.subscribes(), 2);
+  assert.equal(c.conversations().find((x) => x.id === conv)?.title, "notes");
+});
+
+test("an ack that fails while the session stays up goes again after a backoff", { timeout: 30_000 }, async () => {
+  // The ack that fails is the first bob sends once he holds the message:
+  // nothing else would make him ack again.
+  let conv = "";
+  let holds = () => false;
+  let failed = 0;
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    if (String(input).endsWith("/ferry.v1.SyncService/Ack") && holds() && failed++ === 0) throw new TypeError("the network dropped the request");
+    return globalThis.fetch(input, init);
+  };
+  const alice = await open();
+  const bob = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1,
+    ackDelayMs: 0, fetch });
+  clients.push(bob);
+  holds = () => conv !== "" && bob.messages(conv).length > 0;
+  await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  conv = await alice.createConversation("c", [b]);
+  await alice.send(conv, "did you get this?");
+  await alice.waitFor(() => alice.messages(conv).some((m) => m.status === "delivered"));
+  assert.equal(failed > 0, true, "an ack failed");
+});
+
 // restorable starts a server on a store of its own, for a test that backs
 // it up and restores it: backUp stops it, copies its store (ferryd backup)
 // and starts it again; restore starts it on that copy instead; both on
