@@ -152,6 +152,16 @@ func TestWorkloadsInProcess(t *testing.T) {
 		if c.CatchUp.Ops != c.Ops || c.CatchUp.WireBytes == 0 || c.CatchUp.RoundTrips != 1 {
 			t.Errorf("catch-up %+v: want exactly the missed ops, with bytes counted, in one request", c)
 		}
+		// The payload counted is the texts the run sent, nothing else.
+		texts := make([]int64, 5)
+		for i := range texts {
+			for k := (c.History + i) * c.Ops; k < (c.History+i+1)*c.Ops; k++ {
+				texts[i] += int64(len(corpus[corpusIndex(k)]))
+			}
+		}
+		if !slices.Contains(texts, c.RawBytes) {
+			t.Errorf("catch-up %+v counted %d payload bytes; its runs sent texts of %v", c, c.RawBytes, texts)
+		}
 		sorted := slices.Sorted(slices.Values(c.Times))
 		if len(sorted) != 5 || c.CatchUp.Duration != sorted[2] {
 			t.Errorf("catch-up times %v, reported %v: want five runs and the median", c.Times, c.CatchUp.Duration)
@@ -215,6 +225,18 @@ func TestRatiosCompareFerryWithPeersAndLimits(t *testing.T) {
 	} {
 		if !slices.Equal(got[metric], want) {
 			t.Errorf("%s: %q, want %q", metric, got[metric], want)
+		}
+	}
+	// A peer that acknowledged from memory gets no ratio of durable acks;
+	// its other ratios stay.
+	for i := range r.Ingest {
+		r.Ingest[i].Volatile = r.Ingest[i].System == "peer"
+	}
+	rows, _ = r.ratios(r.systems())
+	for _, row := range rows {
+		durable := strings.HasPrefix(row[0], "durable ingest") || strings.HasPrefix(row[0], "ack p99")
+		if got := row[2]; durable != (got == "– (not durable)") {
+			t.Errorf("%s against a volatile peer: %q", row[0], got)
 		}
 	}
 	md := r.Markdown()

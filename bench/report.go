@@ -443,25 +443,40 @@ func (r *Report) ratios(systems []string) (rows [][]string, cols []string) {
 		vsZstd = ratio(f/u, zstdRatio)
 	}
 	for _, m := range []struct {
-		name  string
-		f     func(string) float64
-		limit string
+		name    string
+		f       func(string) float64
+		limit   string
+		durable bool // a ratio of Ferry's durable acks: none to a volatile peer's
 	}{
-		{"durable ingest, best ops/s (limit: Pebble synced commits, " + pebbleShape + ")", ingest, vsPebble},
-		{"ack p99 at the ack-latency target's rate (limit: Pebble synced commits at that rate)", ack, ratio(ack("ferry"), store)},
-		{"fan-out to 1k devices, p99 (limit: the transport floor, 1k deliveries over loopback TCP)", fan, vsTransport},
-		{"idle memory per device", idle, "–"},
-		{"catch-up 10k ops over 100 conversations, time", cu, "–"},
-		{"catch-up wire bytes / payload (limit: zstd's ratio on 1000-op batches)", wire, vsZstd},
-		{"disk bytes per op", disk, "–"},
+		{"durable ingest, best ops/s (limit: Pebble synced commits, " + pebbleShape + ")", ingest, vsPebble, true},
+		{"ack p99 at the ack-latency target's rate (limit: Pebble synced commits at that rate)", ack, ratio(ack("ferry"), store), true},
+		{"fan-out to 1k devices, p99 (limit: the transport floor, 1k deliveries over loopback TCP)", fan, vsTransport, false},
+		{"idle memory per device", idle, "–", false},
+		{"catch-up 10k ops over 100 conversations, time", cu, "–", false},
+		{"catch-up wire bytes / payload (limit: zstd's ratio on 1000-op batches)", wire, vsZstd, false},
+		{"disk bytes per op", disk, "–", false},
 	} {
 		row := []string{m.name, m.limit}
 		for _, p := range peers {
+			if m.durable && r.volatile(p) {
+				row = append(row, "– (not durable)")
+				continue
+			}
 			row = append(row, ratio(m.f("ferry"), m.f(p)))
 		}
 		rows = append(rows, row)
 	}
 	return rows, cols
+}
+
+// volatile says sys acknowledged its ingest rows from memory.
+func (r *Report) volatile(sys string) bool {
+	for _, x := range r.Ingest {
+		if x.System == sys && x.Volatile {
+			return true
+		}
+	}
+	return false
 }
 
 // ackRow is sys's row of the ack-latency target: its first open-loop

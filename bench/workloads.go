@@ -144,6 +144,21 @@ type IngestResult struct {
 	// members' ops. Zero when the server runs in the harness's process.
 	ClientCPUPerKOps time.Duration `json:"client_cpu_per_1000_ops_ns,omitempty"`
 	PeakRSS          int64         `json:"peak_rss"`
+	// Volatile says the system acknowledged the writes from memory (a
+	// Volatile system): not comparable with an ack after a synced commit.
+	Volatile bool `json:"volatile,omitempty"`
+}
+
+// A Volatile system acknowledges writes before they are on disk, such as
+// Centrifugo's memory engine. The report shows its ingest rows, but no
+// ratio of a durable ack to them.
+type Volatile interface {
+	Volatile() bool
+}
+
+func volatile(sys System) bool {
+	v, ok := sys.(Volatile)
+	return ok && v.Volatile()
 }
 
 // A StoreWorker is a System whose server counts its store's background
@@ -301,7 +316,7 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 	cpu, rss := use.perKOps(ops)
 	res := IngestResult{System: sys.Name(), Writers: cfg.Writers, Batch: cfg.Batch, Rate: cfg.Rate, History: cfg.History, Ops: ops,
 		Seconds: elapsed.Seconds(), OpsPerSec: float64(ops) / elapsed.Seconds(), Ack: lat.Summary(), SendLag: lag.Summary(), CPUPerKOps: cpu,
-		ClientCPUPerKOps: use.clientPerKOps(ops), PeakRSS: rss}
+		ClientCPUPerKOps: use.clientPerKOps(ops), PeakRSS: rss, Volatile: volatile(sys)}
 	if work1, ok := storeWork(sys); works && ok {
 		res.StoreWork = work1.since(work0)
 	}
@@ -713,9 +728,10 @@ func newCatchUpRig(ctx context.Context, sys System, cfg CatchUpConfig) (_ *catch
 }
 
 // write sends n messages round-robin over the conversations, numbered
-// from k0 in the corpus.
+// from k0 in the corpus: their texts alone, as a catch-up measures no
+// message's latency, so that the payload it counts is what users wrote.
 func (g *catchUpRig) write(n, k0 int) (int64, error) {
-	return sendBatches(g.writer, n, roundRobin(g.cfg.Convs), func(j int) []byte { return payload(k0+j, 1, time.Now()) })
+	return sendBatches(g.writer, n, roundRobin(g.cfg.Convs), func(j int) []byte { return corpus[corpusIndex(k0+j)] })
 }
 
 // run is the i-th run: the device goes offline while Ops messages arrive,

@@ -167,6 +167,13 @@ func (c *Centrifugo) Name() string {
 // centrifugoName names a Centrifugo variant: "centrifugo" or
 // "centrifugo+redis", with " (default limits)" when the limits are
 // Centrifugo's defaults.
+// Volatile says this Centrifugo acknowledges publishes from memory: its
+// memory engine's are; the Redis engine's, with appendfsync always, are
+// on disk first.
+func (c *Centrifugo) Volatile() bool { return c.cfg.RedisServer == "" }
+
+var _ bench.Volatile = (*Centrifugo)(nil)
+
 func centrifugoName(redis, defaultLimits bool) string {
 	name := "centrifugo"
 	if redis {
