@@ -155,7 +155,7 @@ func (n *NATS) Connect(ctx context.Context, i int, onMessage func(int, []byte)) 
 		return nil, err
 	}
 	if n.published.Load() > 0 {
-		if _, _, err := c.catchUp(ctx); err != nil {
+		if _, _, _, err := c.catchUp(ctx); err != nil {
 			c.nc.Close()
 			return nil, err
 		}
@@ -223,11 +223,12 @@ func (c *natsClient) live(conv int, m *nats.Msg) {
 }
 
 // catchUp fetches what the client misses of its conversations, returning
-// the messages it did not hold (including any that arrived live meanwhile)
-// and the round trips.
-func (c *natsClient) catchUp(ctx context.Context) (int, int, error) {
+// the messages it did not hold (including any that arrived live meanwhile),
+// the round trips, and when it had them all (before the consumer is
+// deleted).
+func (c *natsClient) catchUp(ctx context.Context) (int, int, caughtUp, error) {
 	if len(c.convs) == 0 {
-		return 0, 0, nil
+		return 0, 0, c.caught(), nil
 	}
 	c.mu.Lock()
 	c.catching, c.got = true, 0
@@ -259,7 +260,7 @@ func (c *natsClient) catchUp(ctx context.Context) (int, int, error) {
 	}
 	cons, err := c.js.CreateConsumer(ctx, natsStream, cfg)
 	if err != nil {
-		return 0, 1, fmt.Errorf("create consumer: %w", err)
+		return 0, 1, caughtUp{}, fmt.Errorf("create consumer: %w", err)
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -276,7 +277,7 @@ func (c *natsClient) catchUp(ctx context.Context) (int, int, error) {
 	for pending > 0 {
 		batch, err := cons.Fetch(min(pending, 50_000), jetstream.FetchMaxWait(30*time.Second))
 		if err != nil {
-			return got(), trips, fmt.Errorf("fetch: %w", err)
+			return got(), trips, caughtUp{}, fmt.Errorf("fetch: %w", err)
 		}
 		trips++
 		n := 0
@@ -284,11 +285,11 @@ func (c *natsClient) catchUp(ctx context.Context) (int, int, error) {
 			n++
 			meta, err := m.Metadata()
 			if err != nil {
-				return got(), trips, err
+				return got(), trips, caughtUp{}, err
 			}
 			conv, err := strconv.Atoi(strings.TrimPrefix(m.Subject(), "conv."))
 			if err != nil {
-				return got(), trips, fmt.Errorf("message on unexpected subject %q", m.Subject())
+				return got(), trips, caughtUp{}, fmt.Errorf("message on unexpected subject %q", m.Subject())
 			}
 			c.mu.Lock()
 			if meta.Sequence.Stream > c.held[conv] {
@@ -298,15 +299,25 @@ func (c *natsClient) catchUp(ctx context.Context) (int, int, error) {
 			c.mu.Unlock()
 		}
 		if err := batch.Error(); err != nil {
-			return got(), trips, fmt.Errorf("fetch: %w", err)
+			return got(), trips, caughtUp{}, fmt.Errorf("fetch: %w", err)
 		}
 		if n == 0 {
-			return got(), trips, fmt.Errorf("a pull brought nothing with %d messages pending", pending)
+			return got(), trips, caughtUp{}, fmt.Errorf("a pull brought nothing with %d messages pending", pending)
 		}
 		pending -= n
 	}
-	return got(), trips, nil
+	// Caught up: the consumer's delete, deferred, is cleanup after it.
+	return got(), trips, c.caught(), nil
 }
+
+// caughtUp is when a catch-up had brought every message, and the bytes
+// read by then.
+type caughtUp struct {
+	at   time.Time
+	read int64
+}
+
+func (c *natsClient) caught() caughtUp { return caughtUp{time.Now(), c.read.Load()} }
 
 // Send publishes each payload as a JetStream message; done runs once all
 // are acknowledged (stored and synced).
@@ -355,11 +366,11 @@ func (c *natsClient) CatchUp(ctx context.Context) (bench.CatchUp, error) {
 	if err := c.open(); err != nil {
 		return bench.CatchUp{}, err
 	}
-	n, trips, err := c.catchUp(ctx)
+	n, trips, caught, err := c.catchUp(ctx)
 	if err != nil {
 		return bench.CatchUp{}, err
 	}
-	return bench.CatchUp{Ops: n, Duration: time.Since(start), RoundTrips: trips, WireBytes: c.read.Load() - before}, nil
+	return bench.CatchUp{Ops: n, Duration: caught.at.Sub(start), RoundTrips: trips, WireBytes: caught.read - before}, nil
 }
 
 // Close closes the connection.
