@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -247,6 +248,113 @@ func TestRatiosCompareFerryWithPeersAndLimits(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("the markdown report lacks %q", want)
 		}
+	}
+}
+
+// recordingFerry is an in-process Ferry that logs when the workloads read
+// its usage and flush its devices' acks.
+type recordingFerry struct {
+	*Ferry
+	mu  sync.Mutex
+	log []string
+}
+
+func (r *recordingFerry) note(s string) {
+	r.mu.Lock()
+	r.log = append(r.log, s)
+	r.mu.Unlock()
+}
+
+func (r *recordingFerry) Usage() (Usage, error) { r.note("usage"); return r.Ferry.Usage() }
+func (r *recordingFerry) FlushAcks()            { r.note("flush"); r.Ferry.FlushAcks() }
+
+// TestCPUCountsTheAcks: the server's work for an op goes on until the acks
+// devices hold back are taken, so fan-out and ingest have the devices send
+// them before the server's CPU is last read; a history's acks are sent
+// before its first read.
+func TestCPUCountsTheAcks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts servers")
+	}
+	ctx := t.Context()
+	for _, tc := range []struct {
+		name string
+		run  func(System) error
+		want int // flushes
+	}{
+		{"fan-out", func(s System) error {
+			_, err := Fanout(ctx, s, FanoutConfig{Devices: 4, ConvSize: 2, Rate: 40, Duration: 100 * time.Millisecond})
+			return err
+		}, 1},
+		{"ingest with a history", func(s System) error {
+			_, err := Ingest(ctx, s, IngestConfig{Writers: 4, Batch: 2, History: 200, Duration: 100 * time.Millisecond})
+			return err
+		}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := NewFerry(ctx, FerryConfig{Mode: FerryInProcess, Dir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			r := &recordingFerry{Ferry: f}
+			if err := tc.run(r); err != nil {
+				t.Fatal(err)
+			}
+			firstUsage, firstFlush := slices.Index(r.log, "usage"), slices.Index(r.log, "flush")
+			if firstFlush < 0 || r.log[len(r.log)-1] != "usage" {
+				t.Errorf("calls %q: want the run's acks flushed before the last usage", r.log)
+			}
+			if tc.want == 2 && firstFlush > firstUsage {
+				t.Errorf("calls %q: want the history's acks flushed before the first usage", r.log)
+			}
+			if n := strings.Count(strings.Join(r.log, " "), "flush"); n != tc.want {
+				t.Errorf("calls %q: %d flushes, want %d", r.log, n, tc.want)
+			}
+		})
+	}
+}
+
+// TestFlushAcksSendsTheArmedAck: a device's ack held back (here the one of
+// its own ops, which waits resumeAckDelay) goes at once.
+func TestFlushAcksSendsTheArmedAck(t *testing.T) {
+	ctx := t.Context()
+	f, err := NewFerry(ctx, FerryConfig{Mode: FerryInProcess, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Prepare(ctx, 1, [][]int{{0}}); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := f.Connect(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	c := cl.(*ferryConn)
+	done := make(chan error, 1)
+	if err := c.Send(0, [][]byte{[]byte("hello")}, func(err error) { done <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	state := func() (armed bool, held, acked uint64) {
+		c.mu.Lock()
+		armed = c.ackT != nil
+		c.mu.Unlock()
+		c.d.mu.Lock()
+		defer c.d.mu.Unlock()
+		return armed, c.d.held[0], c.d.acked[0]
+	}
+	// The push's result armed the ack before it answered the push.
+	if armed, held, acked := state(); !armed || held <= acked {
+		t.Fatalf("after the push: armed %v, held %d, acked %d; want an ack armed for what the device holds", armed, held, acked)
+	}
+	f.FlushAcks()
+	if armed, held, acked := state(); armed || held != acked {
+		t.Fatalf("after FlushAcks: armed %v, held %d, acked %d; want the ack sent", armed, held, acked)
 	}
 }
 

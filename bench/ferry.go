@@ -88,6 +88,32 @@ type Ferry struct {
 	convs   []ulid.ULID
 	convIdx map[ulid.ULID]int
 	epoch   string
+	conns   map[*ferryConn]struct{} // connected, until closed
+}
+
+// FlushAcks makes each connected device send at once the ack it has
+// armed: the same ack, with what it holds now, that would go when its
+// delay ends.
+func (f *Ferry) FlushAcks() {
+	f.mu.Lock()
+	conns := make([]*ferryConn, 0, len(f.conns))
+	for c := range f.conns {
+		conns = append(conns, c)
+	}
+	f.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		armed := c.ackT != nil
+		if armed {
+			c.ackT.Stop()
+			c.ackGen++
+			c.ackAt, c.ackT = time.Time{}, nil
+		}
+		c.mu.Unlock()
+		if armed {
+			c.ack()
+		}
+	}
 }
 
 // NewFerry starts (or reaches) a Ferry server.
@@ -95,7 +121,7 @@ func NewFerry(ctx context.Context, cfg FerryConfig) (*Ferry, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	f := &Ferry{cfg: cfg, convIdx: map[ulid.ULID]int{}}
+	f := &Ferry{cfg: cfg, convIdx: map[ulid.ULID]int{}, conns: map[*ferryConn]struct{}{}}
 	switch cfg.Mode {
 	case FerryInProcess:
 		if err := f.startInProcess("127.0.0.1:0"); err != nil {
@@ -565,6 +591,9 @@ func (f *Ferry) Connect(ctx context.Context, i int, onMessage func(int, []byte))
 	if _, _, err := c.open(ctx); err != nil {
 		return nil, err
 	}
+	f.mu.Lock()
+	f.conns[c] = struct{}{}
+	f.mu.Unlock()
 	return c, nil
 }
 
@@ -832,6 +861,9 @@ func (c *ferryConn) readBytes() int64 { return c.d.read.Load() }
 
 // Close ends the session.
 func (c *ferryConn) Close() error {
+	c.d.f.mu.Lock()
+	delete(c.d.f.conns, c)
+	c.d.f.mu.Unlock()
 	c.stop()
 	for _, hc := range append(c.d.retired, c.d.http) {
 		hc.CloseIdleConnections()

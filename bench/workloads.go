@@ -54,6 +54,39 @@ func sender(p []byte) (int, bool) {
 	return int(binary.BigEndian.Uint32(p[stampLen:])), true
 }
 
+// An AckFlusher is a System whose clients acknowledge what they receive
+// after a delay, as devices do (Ferry's: ackDelay, resumeAckDelay). The
+// server's work for an op goes on until those acks are taken, so the
+// workloads that count its CPU per op have the clients send the acks they
+// hold back before they read it. Each armed ack then goes once, as it
+// would have when its delay ended, only sooner.
+type AckFlusher interface {
+	FlushAcks()
+}
+
+// awaitAcks has sys's clients send the acks they hold back, and waits
+// until its server has taken them (awaitIdle).
+func awaitAcks(sys System) {
+	if af, ok := sys.(AckFlusher); ok {
+		af.FlushAcks()
+		awaitIdle(sys)
+	}
+}
+
+// awaitIdle waits, for up to 5 s, until sys's server spends at most one
+// clock tick (10 ms) of CPU in 100 ms: its queued work done.
+func awaitIdle(sys System) {
+	u0, err := sys.Usage()
+	for i := 0; err == nil && i < 50; i++ {
+		time.Sleep(100 * time.Millisecond)
+		u1, err1 := sys.Usage()
+		if err1 != nil || u1.CPU-u0.CPU <= 10*time.Millisecond {
+			return
+		}
+		u0 = u1
+	}
+}
+
 // usageDelta measures the server's CPU over a workload, and the harness's
 // own: its devices' clients, which on one machine share the server's
 // cores.
@@ -216,9 +249,18 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 	if err := sys.Prepare(ctx, cfg.Writers, members); err != nil {
 		return IngestResult{}, err
 	}
+	// The history's live deliveries to its conversations' other members
+	// are counted, and awaited before the run: they are no work of its.
+	var inHistory atomic.Bool
+	var historyHeld atomic.Int64
+	inHistory.Store(cfg.History > 0)
 	clients := make([]Client, cfg.Writers)
 	for w := range clients {
-		c, err := sys.Connect(ctx, w, nil)
+		c, err := sys.Connect(ctx, w, func(conv int, _ []byte) {
+			if w != conv && inHistory.Load() { // writer conv sends its history
+				historyHeld.Add(1)
+			}
+		})
 		if err != nil {
 			return IngestResult{}, fmt.Errorf("connect writer %d: %w", w, err)
 		}
@@ -238,6 +280,19 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 		if err != nil {
 			return IngestResult{}, fmt.Errorf("ingest: history: %w", err)
 		}
+		want := 0
+		for c := range convs {
+			n := cfg.History / convs
+			if c < cfg.History%convs {
+				n++
+			}
+			want += n * (len(members[c]) - 1)
+		}
+		if !awaitProgress(&historyHeld, want) {
+			return IngestResult{}, fmt.Errorf("ingest: history: %d of its %d deliveries arrived", historyHeld.Load(), want)
+		}
+		inHistory.Store(false)
+		awaitAcks(sys)
 	}
 	var lat, lag Latencies
 	var acked atomic.Int64
@@ -313,6 +368,7 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 		return IngestResult{}, fmt.Errorf("ingest: %w", err)
 	}
 	ops := int(acked.Load())
+	awaitAcks(sys) // the server's work for the run's ops goes on until then
 	cpu, rss := use.perKOps(ops)
 	res := IngestResult{System: sys.Name(), Writers: cfg.Writers, Batch: cfg.Batch, Rate: cfg.Rate, History: cfg.History, Ops: ops,
 		Seconds: elapsed.Seconds(), OpsPerSec: float64(ops) / elapsed.Seconds(), Ack: lat.Summary(), SendLag: lag.Summary(), CPUPerKOps: cpu,
@@ -479,6 +535,7 @@ func Fanout(ctx context.Context, sys System, cfg FanoutConfig) (FanoutResult, er
 	if err := failed.Load(); err != nil {
 		return FanoutResult{}, fmt.Errorf("fan-out: %w", err)
 	}
+	awaitAcks(sys) // the server's work for a delivery ends with its ack
 	cpu, rss := use.perKOps(int(delivered.Load()))
 	clientCPU := use.clientPerKOps(int(delivered.Load()))
 	var serverDelay time.Duration
@@ -532,6 +589,21 @@ func warmUp(clients []Client, members [][]int, warmed *atomic.Int64) error {
 // awaitCount waits up to 10 s for n to reach want, looking every 10 ms,
 // and returns the first error from errs (nil: none come) meanwhile. What
 // has not arrived by then shows in the counts reported.
+// awaitProgress waits until n reaches want, for as long as n grows: it
+// gives up after 10 s without a change. It says whether n reached want.
+func awaitProgress(n *atomic.Int64, want int) bool {
+	last, since := n.Load(), time.Now()
+	for int(last) < want {
+		time.Sleep(10 * time.Millisecond)
+		if now := n.Load(); now != last {
+			last, since = now, time.Now()
+		} else if time.Since(since) > 10*time.Second {
+			return false
+		}
+	}
+	return true
+}
+
 func awaitCount(n *atomic.Int64, want int, errs <-chan error) error {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
