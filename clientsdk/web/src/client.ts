@@ -802,15 +802,21 @@ export class FerryClient {
     return convId;
   }
 
-  /** Marks everything in the conversation read, on all the user's devices. */
+  /**
+   * Marks the conversation read up to its newest message the device
+   * holds, on all the user's devices: not the newer ones the server said
+   * are there but that are still on their way (as the Go SDK's MarkRead).
+   */
   async markRead(convId: string): Promise<void> {
     const conv = this.convs.get(convId);
     if (!conv) throw new Error(`ferry: unknown conversation ${convId}`);
-    const read = conv.head;
-    if (read <= conv.read && conv.unread === 0) return;
+    const read = this.spans.get(convId)?.top ?? 0;
+    if (read === 0 || (read <= conv.read && (conv.unread === 0 || read < conv.head))) return;
     await this.commit(() => {
       const c = this.convs.get(convId)!;
-      return { convs: [{ ...c, read: Math.max(c.read, read), unread: 0, readWanted: Math.max(c.readWanted ?? 0, read) }] };
+      // What is unread past the read, the server counts: it says so once
+      // it has the read.
+      return { convs: [{ ...c, read: Math.max(c.read, read), unread: read >= c.head ? 0 : c.unread, readWanted: Math.max(c.readWanted ?? 0, read) }] };
     });
     this.reads.set(convId, Math.max(this.reads.get(convId) ?? 0, read));
     this.emit({ kind: "conversations", convId });

@@ -942,6 +942,37 @@ test("an ack that fails while the session stays up goes again after a backoff", 
   assert.equal(failed > 0, true, "an ack failed");
 });
 
+test("markRead marks no further than the messages the device holds", { timeout: 30_000 }, async () => {
+  // Bob's device learns of the conversation and its head before its
+  // messages arrive: a read marked then leaves them unread.
+  const alice = await open();
+  const bob = await open();
+  await signUp(alice, "alice");
+  const b = name("bob");
+  await bob.register(b, "correct horse battery");
+  const conv = await alice.createConversation("c", [b]);
+  for (const text of ["one", "two", "three"]) await alice.send(conv, text);
+  await alice.waitFor(() => alice.status().pending === 0);
+  let marked: Promise<void> | undefined;
+  bob.on((e) => {
+    const c = bob.conversations().find((x) => x.id === conv);
+    if (!marked && e.kind === "conversations" && c && c.head > 0) {
+      assert.equal(bob.messages(conv).length, 0, "the messages arrived with the conversation");
+      marked = bob.markRead(conv);
+    }
+  });
+  bob.start();
+  await bob.waitFor(() => bob.status().state === "live" && bob.messages(conv).length === 3);
+  assert.ok(marked, "bob saw the conversation before its messages");
+  await marked;
+  assert.equal(bob.conversations().find((x) => x.id === conv)?.unread, 3);
+  assert.ok(alice.messages(conv).every((m) => m.status !== "read"), "alice's messages show read");
+  // Read now, they are read.
+  await bob.markRead(conv);
+  await alice.waitFor(() => alice.messages(conv).every((m) => m.status === "read"));
+  assert.equal(bob.conversations().find((x) => x.id === conv)?.unread, 0);
+});
+
 // restorable starts a server on a store of its own, for a test that backs
 // it up and restores it: backUp stops it, copies its store (ferryd backup)
 // and starts it again; restore starts it on that copy instead; both on
