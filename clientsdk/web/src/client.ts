@@ -1342,7 +1342,17 @@ export class FerryClient {
           this.setStatus({ lastError: undefined }); // the failure it said is over
         }
         if (account !== this.account) return; // answered for the account before a sign-out
-        await this.takeResults(batch, res.results);
+        try {
+          await this.takeResults(batch, res.results);
+        } catch (err) {
+          // The replica refused the write (its quota, a closed database):
+          // the ops stay in the outbox, and the push goes again after a
+          // backoff, the server answering DUPLICATE for those it took.
+          const ce = new ConnectError(`the replica could not store a push's results: ${err instanceof Error ? err.message : String(err)}`, Code.Internal);
+          this.setStatus({ lastError: ce.message });
+          this.retryPush(ce);
+          return;
+        }
       }
     }
   }

@@ -973,6 +973,37 @@ test("markRead marks no further than the messages the device holds", { timeout: 
   assert.equal(bob.conversations().find((x) => x.id === conv)?.unread, 0);
 });
 
+test("a replica that refuses to store a push's results keeps the session, and the ops go again", { timeout: 30_000 }, async () => {
+  let refuse = false;
+  let refused = () => {};
+  const refusal = new Promise<void>((resolve) => { refused = resolve; });
+  class Refusing extends MemoryReplica {
+    override async apply(change: Parameters<MemoryReplica["apply"]>[0]): Promise<void> {
+      // A push's results: they take ops out of the outbox, and may put
+      // some back (a live op that takes one out puts none).
+      if (refuse && change.outboxPut !== undefined && (change.outboxDelete?.length ?? 0) > 0) {
+        refuse = false;
+        refused();
+        throw new Error("QuotaExceededError");
+      }
+      return super.apply(change);
+    }
+  }
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new Refusing(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1 });
+  clients.push(c);
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  refuse = true;
+  const conv = await c.createConversation("notes", []);
+  await refusal;
+  // The op is stored once it comes back: as the live op (which may come
+  // first), or as the push's results when the push goes again.
+  await c.waitFor(() => c.status().pending === 0 && c.conversations().some((x) => x.id === conv && x.head > 0));
+  assert.equal(c.status().state, "live", "the session went on");
+  assert.equal(c.conversations().find((x) => x.id === conv)?.title, "notes");
+  assert.equal(c.failed().length, 0);
+});
+
 // restorable starts a server on a store of its own, for a test that backs
 // it up and restores it: backUp stops it, copies its store (ferryd backup)
 // and starts it again; restore starts it on that copy instead; both on
