@@ -204,6 +204,9 @@ export class FerryClient {
   private meta: Meta = emptyMeta();
   private convs = new Map<string, ConvRecord>();
   private ops = new Map<string, Map<number, OpRecord>>(); // conv -> seq -> op
+  // Per conversation, once it got a delete: its ops' seqs by id, and its
+  // edits' seqs by the message they edit; kept from then on (erasing).
+  private deletable = new Map<string, { seqOf: Map<string, number>; edits: Map<string, number[]> }>();
   // spans hold, per conversation, the seqs held from 1 without a gap as last
   // counted (held moves it on) and the highest seq held: asked for every
   // conversation after every change, they cost what arrived since.
@@ -1279,15 +1282,18 @@ export class FerryClient {
     await this.commit(() => {
       recs = [];
       const mine: string[] = [];
+      const fresh: Op[] = [];
       for (const b of batches) {
         for (const op of b.ops) {
           const seq = Number(op.seq);
           if (this.ops.get(b.conversationId)?.has(seq)) continue; // held already
           recs.push({ convId: b.conversationId, seq, id: op.id, op: toBinary(OpSchema, op) });
+          fresh.push(op);
           if (this.outbox.has(op.id)) mine.push(op.id);
         }
       }
-      const change: Change = { ops: recs, outboxDelete: mine };
+      const erasures = this.erasing(recs, fresh);
+      const change: Change = { ops: [...recs, ...erasures], outboxDelete: mine };
       if (ops.feedPos !== 0n && live) change.meta = { ...this.meta, feedPos: ops.feedPos.toString() };
       return change;
     });
@@ -1447,6 +1453,7 @@ export class FerryClient {
         renumber.set(k, { convId: e.convId, device, first: Math.min(renumber.get(k)?.first ?? Infinity, dot) });
       };
       const settled = new Set<string>(); // entries no longer pending
+      const stored: Op[] = []; // change.ops, decoded
       for (const r of results) {
         const e = this.outbox.get(r.opId) ?? batch.find((x) => x.id === r.opId);
         if (!e) continue;
@@ -1455,6 +1462,7 @@ export class FerryClient {
           op.seq = r.seq;
           op.userId = me.userId;
           change.ops!.push({ convId: e.convId, seq: Number(r.seq), id: e.id, op: toBinary(OpSchema, op) });
+          stored.push(op);
           change.outboxDelete!.push(e.id);
           settled.add(e.id);
         } else if (r.status === OpStatus.REJECTED && (r.reason === RejectReason.DOT_GAP || r.reason === RejectReason.DOT_REUSED)) {
@@ -1481,6 +1489,7 @@ export class FerryClient {
           change.meta = { ...meta, dots: { ...meta.dots, [convId]: dot - 1 } };
         }
       }
+      change.ops!.push(...this.erasing(change.ops!, stored));
       return change;
     });
     this.setStatus({ pending: this.pendingCount() });
@@ -1596,11 +1605,58 @@ export class FerryClient {
       });
   }
 
+  // erasing gives the records that the deletes among a change's ops
+  // (recs, and the same ops decoded) erase, as the server erased them: the
+  // deleted message and its edits, without their bodies and marked erased,
+  // so that the replica keeps no text a sender deleted for everyone (the
+  // Go SDK's eraseLocal). A target among recs is erased in place.
+  private erasing(recs: OpRecord[], ops: Op[]): OpRecord[] {
+    if (!ops.some((op) => op.payload.case === "delete")) return [];
+    const at = new Map<string, number[]>(); // conv/id, and conv/target of edits -> positions in recs
+    const add = (k: string, i: number) => {
+      const l = at.get(k);
+      if (l) l.push(i);
+      else at.set(k, [i]);
+    };
+    ops.forEach((op, i) => {
+      add(`${recs[i]!.convId}/${recs[i]!.id}`, i);
+      if (op.payload.case === "edit") add(`${recs[i]!.convId}/${op.payload.value.targetId}`, i);
+    });
+    const out: OpRecord[] = [];
+    ops.forEach((op, i) => {
+      if (op.payload.case !== "delete") return;
+      const { convId } = recs[i]!;
+      const target = op.payload.value.targetId;
+      for (const j of at.get(`${convId}/${target}`) ?? []) recs[j] = erased(recs[j]!) ?? recs[j]!;
+      const idx = this.deletableIndex(convId);
+      for (const seq of [idx.seqOf.get(target), ...(idx.edits.get(target) ?? [])]) {
+        const rec = seq === undefined ? undefined : this.ops.get(convId)?.get(seq);
+        const e = rec && erased(rec);
+        if (e) out.push(e);
+      }
+    });
+    return out;
+  }
+
+  // deletableIndex is a conversation's index of ids and edits, built from
+  // what the device holds on the first delete that needs it.
+  private deletableIndex(convId: string): { seqOf: Map<string, number>; edits: Map<string, number[]> } {
+    let idx = this.deletable.get(convId);
+    if (!idx) {
+      idx = { seqOf: new Map(), edits: new Map() };
+      this.deletable.set(convId, idx);
+      for (const r of this.ops.get(convId)?.values() ?? []) indexOp(idx, r);
+    }
+    return idx;
+  }
+
   // ---- plumbing ----
 
   private storeOp(op: OpRecord): void {
     let m = this.ops.get(op.convId);
     if (!m) this.ops.set(op.convId, (m = new Map()));
+    const idx = this.deletable.get(op.convId);
+    if (idx && !m.has(op.seq)) indexOp(idx, op);
     m.set(op.seq, op);
     const span = this.spans.get(op.convId);
     if (span) span.top = Math.max(span.top, op.seq);
@@ -1655,6 +1711,7 @@ export class FerryClient {
     if (c.clear) {
       this.convs.clear();
       this.ops.clear();
+      this.deletable.clear();
       this.spans.clear();
       this.outbox.clear();
     }
@@ -1732,4 +1789,25 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
       reject(signal.reason);
     });
   });
+}
+
+// indexOp adds a held op to a conversation's index of ids and edits.
+function indexOp(idx: { seqOf: Map<string, number>; edits: Map<string, number[]> }, r: OpRecord): void {
+  idx.seqOf.set(r.id, r.seq);
+  const op = fromBinary(OpSchema, r.op);
+  if (op.payload.case !== "edit") return;
+  const seqs = idx.edits.get(op.payload.value.targetId);
+  if (seqs) seqs.push(r.seq);
+  else idx.edits.set(op.payload.value.targetId, [r.seq]);
+}
+
+// erased is r with its body gone and marked erased, as the server keeps a
+// deleted message and its edits; undefined when r has nothing to erase.
+function erased(r: OpRecord): OpRecord | undefined {
+  const op = fromBinary(OpSchema, r.op);
+  if (op.erased || (op.payload.case !== "message" && op.payload.case !== "edit")) return undefined;
+  op.payload.value.body = new Uint8Array();
+  op.payload.value.contentType = "";
+  op.erased = true;
+  return { ...r, op: toBinary(OpSchema, op) };
 }

@@ -1006,6 +1006,29 @@ test("a replica that refuses to store a push's results keeps the session, and th
   assert.equal(c.failed().length, 0);
 });
 
+test("a message deleted for everyone leaves no text of it, or of its edits, in the replicas", { timeout: 30_000 }, async () => {
+  const aliceReplica = new MemoryReplica();
+  const bobReplica = new MemoryReplica();
+  const alice = await open(aliceReplica);
+  const bob = await open(bobReplica);
+  await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const conv = await alice.createConversation("c", [b]);
+  const m = await alice.send(conv, "the secret plan");
+  await alice.edit(conv, m, "the secret plan, amended");
+  await alice.send(conv, "a message that stays");
+  await bob.waitFor(() => bob.messages(conv).some((x) => x.text === "the secret plan, amended") && bob.messages(conv).length === 2);
+  await alice.delete(conv, m);
+  for (const c of [alice, bob]) await c.waitFor(() => c.messages(conv).find((x) => x.id === m)?.deleted === true && c.status().pending === 0);
+  for (const [who, replica] of [["alice", aliceReplica], ["bob", bobReplica]] as const) {
+    const bodies = (await replica.load()).ops.map((r) => fromBinary(OpSchema, r.op)).flatMap((op) =>
+      op.payload.case === "message" || op.payload.case === "edit" ? [new TextDecoder().decode(op.payload.value.body)] : []);
+    assert.deepEqual(bodies.filter((t) => t.includes("secret")), [], `${who}'s replica`);
+    assert.ok(bodies.includes("a message that stays"), `${who}'s replica lost the other message`);
+  }
+  assert.deepEqual(texts(bob.messages(conv)), ["", "a message that stays"]);
+});
+
 // restorable starts a server on a store of its own, for a test that backs
 // it up and restores it: backUp stops it, copies its store (ferryd backup)
 // and starts it again; restore starts it on that copy instead; both on
