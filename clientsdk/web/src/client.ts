@@ -122,7 +122,9 @@ export interface ClientOptions {
    * and sent again: a connection that died without a word (over HTTP/1.1
    * one apart from the session's stream, whose silence the client would
    * not hear). The server gets it as the call's deadline. Default 30000
-   * ms. The session's end cancels them too: its next one sends again.
+   * ms, and a second more for each 32 KiB of the request, which a slow
+   * uplink takes to send. The session's end cancels them too: its next
+   * one sends again.
    */
   callTimeoutMs?: number;
   /** Timers, injectable in tests. */
@@ -133,6 +135,15 @@ export interface ClientOptions {
 
 const clientName = "ferry-web/0.1";
 
+// uploadBytesPerSecond is the slowest uplink a call's timeout allows for.
+const uploadBytesPerSecond = 32 << 10;
+
+// askedDelay is the wait a throttled call's error asks for, if it does.
+function askedDelay(err: ConnectError): number | undefined {
+  const asked = err.findDetails(DurationSchema)[0];
+  return asked ? Number(asked.seconds) * 1000 + Math.ceil(asked.nanos / 1e6) : undefined;
+}
+
 // terminalCodes are the errors of a push that pushing again cannot fix:
 // the session says the first two (the device refused), and the rest are
 // a client's bug, not a state of the server's.
@@ -140,9 +151,9 @@ const terminalCodes = new Set([Code.Unauthenticated, Code.PermissionDenied, Code
 
 type Payload = MessageInitShape<typeof OpSchema>["payload"];
 
-// checkPayload refuses what the server would refuse the whole push for
-// (a malformed op is not refused on its own): the op would stay at the
-// head of the outbox, and nothing after it would go.
+// checkPayload refuses at the call what the server would refuse as
+// malformed (REJECT_REASON_INVALID): a caller's mistake is told at once,
+// not as a failed message after a round trip.
 function checkPayload(p: Payload): void {
   switch (p?.case) {
     case "edit":
@@ -966,7 +977,7 @@ export class FerryClient {
       return await this.stream(AbortSignal.any([signal, session.signal]), (ms) => {
         if (ms > 0) heartbeatMs = ms;
         heard();
-      });
+      }, () => clearTimeout(silence));
     } finally {
       clearTimeout(silence);
       signal.removeEventListener("abort", stopped);
@@ -975,7 +986,10 @@ export class FerryClient {
     }
   }
 
-  private async stream(signal: AbortSignal, heard: (heartbeatMs: number) => void): Promise<number | undefined> {
+  // heard says the server spoke (a Welcome says its heartbeat interval);
+  // hush stops listening for its silence, for work between messages that
+  // waits on the client (a repair, which the server waits for).
+  private async stream(signal: AbortSignal, heard: (heartbeatMs: number) => void, hush: () => void): Promise<number | undefined> {
     // Say what the device holds of every conversation it knows, even
     // nothing: the server's record of the device's position may be ahead of
     // the replica (after a restore on either side).
@@ -999,6 +1013,7 @@ export class FerryClient {
         case "welcome":
           epoch = m.value.epoch;
           this.connected = true;
+          this.ackAttempt = 0;
           if (m.value.limits?.maxOpsPerPush) this.maxOpsPerPush = m.value.limits.maxOpsPerPush;
           if (m.value.limits?.maxBodyBytes) this.maxBodyBytes = m.value.limits.maxBodyBytes;
           if (m.value.limits?.maxMessageBytes) this.maxMessageBytes = m.value.limits.maxMessageBytes;
@@ -1035,7 +1050,10 @@ export class FerryClient {
         }
         case "resetRequired": {
           // The server's store was replaced or restored: give it back this
-          // user's ops it lost, then start over in the new history.
+          // user's ops it lost, then start over in the new history. The
+          // repair's calls have their own timeouts: the stream may say
+          // nothing meanwhile.
+          hush();
           await this.repairAll();
           await this.commit(() => ({
             clear: true,
@@ -1168,7 +1186,8 @@ export class FerryClient {
       while (run < push.length && push[run]!.deviceId === push[0]!.deviceId) run++;
       const sizes = push.slice(0, Math.min(run, this.maxOpsPerPush + 1)).map((op) => toBinary(OpSchema, op).length);
       const n = pushPiece(sizes, this.maxOpsPerPush, this.maxMessageBytes - pushFraming);
-      const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(0, n) })] }, this.callOptions(this.current));
+      const r = await this.sync.push({ batches: [create(OpBatchSchema, { conversationId: convId, ops: push.slice(0, n) })] },
+        this.callOptions(this.current, sizes.slice(0, n).reduce((a, b) => a + b, 0)));
       if (recreate && r.results[0]?.status === OpStatus.REJECTED) {
         // The create: the rest would be refused as not found.
         console.warn(`ferry: repair: the server refused to create conversation ${convId} again: ${r.results[0].message}; forgetting it`);
@@ -1322,6 +1341,12 @@ export class FerryClient {
       for (;;) {
         const next = this.pushOrder([...this.outbox.values()].filter((e) => e.failed === undefined));
         const session = this.current;
+        if (next.length === 0 && this.pushAttempt > 0) {
+          // What a failed push held arrived meanwhile (its live echo, the
+          // push having been stored after all): the failure is over.
+          this.pushAttempt = 0;
+          this.setStatus({ lastError: undefined });
+        }
         if (next.length === 0 || !this.connected || !session) break;
         // One conversation's ops, as many as a push takes: the server's
         // count, and its message size less room for the request's framing.
@@ -1333,7 +1358,7 @@ export class FerryClient {
         try {
           res = await this.sync.push(
             { batches: [create(OpBatchSchema, { conversationId: conv, ops: batch.map((e) => fromBinary(OpSchema, e.op)) })] },
-            this.callOptions(session),
+            this.callOptions(session, batch.reduce((n, e) => n + e.op.length, 0)),
           );
         } catch (err) {
           // Pushes are idempotent, so a lost answer costs nothing: the
@@ -1371,9 +1396,8 @@ export class FerryClient {
   // Welcome. An error that retrying cannot fix is the session's to say.
   private retryPush(err: ConnectError): void {
     const session = this.current;
-    if (!session || this.pushRetry || terminalCodes.has(err.code)) return;
-    const asked = err.findDetails(DurationSchema)[0];
-    const wait = asked ? Number(asked.seconds) * 1000 + Math.ceil(asked.nanos / 1e6) : this.backoff(this.pushAttempt);
+    if (!session || session.signal.aborted || this.pushRetry || terminalCodes.has(err.code)) return;
+    const wait = askedDelay(err) ?? this.backoff(this.pushAttempt);
     this.pushAttempt++;
     const ctrl = new AbortController();
     this.pushRetry = ctrl;
@@ -1388,10 +1412,12 @@ export class FerryClient {
 
   // callOptions are those of a call a session makes (a push, an ack, a
   // repair's): cancelled with the session, or when callTimeoutMs pass
-  // without an answer. A repair cancelled so runs again in the next
-  // session, as its ResetRequired comes again.
-  private callOptions(session: AbortController | undefined): { signal?: AbortSignal; timeoutMs: number } {
-    return { signal: session?.signal, timeoutMs: this.opts.callTimeoutMs };
+  // without an answer, and a second more for each uploadBytesPerSecond of
+  // the request (bytes), which a slow uplink takes to send: a push of 4
+  // MiB gets two minutes more. A repair cancelled so runs again in the
+  // next session, as its ResetRequired comes again.
+  private callOptions(session: AbortController | undefined, bytes = 0): { signal?: AbortSignal; timeoutMs: number } {
+    return { signal: session?.signal, timeoutMs: this.opts.callTimeoutMs + Math.ceil(bytes / uploadBytesPerSecond) * 1000 };
   }
 
   // backoff is the wait before the next try after attempt failed ones in
@@ -1544,7 +1570,9 @@ export class FerryClient {
             // What the device holds goes again after a backoff, as a
             // failed push does, or with the next session.
             const ce = ConnectError.from(err);
-            if (this.current === session && !terminalCodes.has(ce.code)) this.ackLater(this.backoff(this.ackAttempt++));
+            if (this.current === session && !session.signal.aborted && !terminalCodes.has(ce.code) && ce.code !== Code.NotFound) {
+              this.ackLater(askedDelay(ce) ?? this.backoff(this.ackAttempt++));
+            }
             throw err;
           }
           this.ackAttempt = 0;
@@ -1783,6 +1811,7 @@ async function within(ms: number, p: Promise<void>): Promise<void> {
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
     const t = setTimeout(resolve, ms);
     signal.addEventListener("abort", () => {
       clearTimeout(t);
