@@ -345,7 +345,9 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	for _, r := range pr.GetResults() {
 		id, err := wire.ParseID("op id", r.GetOpId())
 		if err != nil {
-			return err
+			// Not an op of ours: the server answers an op it cannot read
+			// with the id it was sent, and this device sends ULIDs.
+			continue
 		}
 		ref, ok := d.pending[id]
 		if !ok {

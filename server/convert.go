@@ -80,7 +80,7 @@ func opsFromBatches(batches []*ferryv1.OpBatch, maxOps int) (ops []model.Op, ref
 					refused = make([]*ferryv1.OpResult, n)
 				}
 				refused[k] = &ferryv1.OpResult{
-					ConversationId: b.GetConversationId(), OpId: p.GetId(),
+					ConversationId: conv.String(), OpId: p.GetId(),
 					Status: ferryv1.OpStatus_OP_STATUS_REJECTED, Reason: ferryv1.RejectReason_REJECT_REASON_INVALID,
 					Message: errorMessage(err),
 				}

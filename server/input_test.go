@@ -92,7 +92,8 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 	}
 	if rs := resp.GetResults(); len(rs) != 3 ||
 		rs[0].GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED || rs[0].GetSeq() != 2 ||
-		rs[1].GetReason() != ferryv1.RejectReason_REJECT_REASON_INVALID || !strings.Contains(rs[1].GetMessage(), `batches[0].ops[1].id "y" is not a ULID`) ||
+		rs[1].GetStatus() != ferryv1.OpStatus_OP_STATUS_REJECTED || rs[1].GetReason() != ferryv1.RejectReason_REJECT_REASON_INVALID ||
+		rs[1].GetOpId() != "y" || !strings.Contains(rs[1].GetMessage(), `batches[0].ops[1].id "y" is not a ULID`) ||
 		rs[2].GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED || rs[2].GetSeq() != 3 {
 		t.Fatalf("a push with a malformed op between two good ones answered %v", rs)
 	}
