@@ -167,7 +167,7 @@ func (r *Report) Markdown() string {
 		}
 	}
 
-	p("\n## Durable ingest\n\nAcknowledged after a synced commit. Closed loop (2 pushes in flight per writer) for throughput; open loop (fixed rate, latency from the scheduled send) for latency. An open-loop row that served less than 95%% of its rate was saturated: its latency is mostly the queue, and the rows below its rate say what a server that keeps up gives. History: messages the conversations held before the run (sent in pushes of 100, not measured: the run starts once their deliveries and acks are done), so that the store's data has reached its files as on a server in use; without it every write and read of a new store stays in memory. A store of that size is still young: all its compactions write into its bottom level, where a large store does a fraction of its compaction work (for Ferry, the level where its default compression pays for zstd; see --store-compression). CPU is the server process's, per 1,000 ops, the writers' acks of each other's ops included (the acks still held back at the run's end are sent then, and the server's CPU read once it is idle); client CPU the harness's own, its writers pushing and reading their results and each other's ops, on the same cores. Ferry's writers send their pushes uncompressed, as the peers' clients send theirs (the Go SDK compresses them: on a device's own CPU), and accept the server's zstd. Busy is the share of the cores the two kept busy over the run: near 100%%, the machine had no CPU to spare, and a latency is mostly the wait for it. Sent late is, in open loop, the p99 of how long after its scheduled time a push had left the harness: the share of an ack's latency that is the harness's own, waking its writers and handing their pushes to the connection. Flushed / compacted counts the memtables the store flushed to its files and the compactions it completed while the row ran (for a server that tells: Ferry's): background work on the same cores, which a row with history also inherits from the writes before it.\n\n")
+	p("\n## Durable ingest\n\nAcknowledged after a synced commit. Closed loop (2 pushes in flight per writer) for throughput; open loop (fixed rate, latency from the scheduled send) for latency. An open-loop row that served less than 95%% of its rate was saturated: its latency is mostly the queue, and the rows below its rate say what a server that keeps up gives. History: messages the conversations held before the run (sent in pushes of 100, not measured: the run starts once their deliveries have arrived and Ferry's devices' acks of them have had 250 ms, while the store is still busy with their flushes and compactions), so that the store's data has reached its files as on a server in use; without it every write and read of a new store stays in memory. A store of that size is still young: all its compactions write into its bottom level, where a large store does a fraction of its compaction work (for Ferry, the level where its default compression pays for zstd; see --store-compression). CPU is the server process's, per 1,000 ops, the writers' acks of each other's ops included: at the run's end every system gets until it is idle (three 100 ms windows of at most 10 ms of CPU, for up to 5 s) to finish the work the run's ops left, its deliveries and, for Ferry's devices, which hold their acks back, the acks they then send at once (busy, below, reads the CPU of the run's own window). Client CPU is the harness's own, its writers pushing and reading their results and each other's ops, on the same cores. Ferry's writers send their pushes uncompressed, as the peers' clients send theirs (the Go SDK compresses them: on a device's own CPU), and accept the server's zstd. Busy is the share of the cores the two kept busy over the run: near 100%%, the machine had no CPU to spare, and a latency is mostly the wait for it. Sent late is, in open loop, the p99 of how long after its scheduled time a push had left the harness: the share of an ack's latency that is the harness's own, waking its writers and handing their pushes to the connection. Flushed / compacted counts the memtables the store flushed to its files and the compactions it completed while the row ran (for a server that tells: Ferry's): background work on the same cores, which a row with history also inherits from the writes before it.\n\n")
 	p("| system | writers | ops/push | rate | history | ops/s | ack p50 | p90 | p99 | p99.9 | max | CPU/1k ops | client CPU/1k | busy | sent late, p99 | flushed / compacted | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Ingest {
 		rt := "max"
@@ -190,7 +190,11 @@ func (r *Report) Markdown() string {
 		if w := x.StoreWork; w != nil {
 			work = fmt.Sprintf("%d / %d", w.Flushes, w.Compactions)
 		}
-		p("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.System, x.Writers, x.Batch, rt, hist, rate(x.OpsPerSec),
+		name := x.System
+		if x.Volatile {
+			name += " (not durable)"
+		}
+		p("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name, x.Writers, x.Batch, rt, hist, rate(x.OpsPerSec),
 			ms(x.Ack.P50), ms(x.Ack.P90), ms(x.Ack.P99), ms(x.Ack.P999), ms(x.Ack.Max), ms(x.CPUPerKOps), client, busy, late, work, kb(x.PeakRSS))
 	}
 	if len(r.Limits.Pebble) > 0 {
@@ -212,7 +216,7 @@ func (r *Report) Markdown() string {
 		p("\n")
 	}
 
-	p("\n## Live fan-out\n\nOpen loop; latency from the scheduled send to arrival at each other member. CPU is the server's; client CPU is the harness's own, its devices receiving and sending, which on one machine share the server's cores: a message to N devices takes at least N × (server + client CPU per delivery) / cores to reach them all. That is the CPU floor: how far a p99 is above it is what the server could still gain on this machine; the floor itself only less CPU per delivery, the server's or the client's, can lower. The CPU per delivery counts all of the run's CPU, the devices' acks of what they received included (at the run's end the harness has its devices send the acks they still hold back, which would go within 5 s, and waits until the server is idle before it reads its CPU), so in small conversations at low rates it is mostly fixed costs (heartbeats, acks, collection), and the floor there says little. The first message to each conversation goes before the measured ones and is not in their percentiles: it pays what each device and session pay once, above all the harness's devices growing their goroutines' stacks for their first decode of ops, which real devices, one to a process, pay on their own CPU. Its slowest delivery is in the column after max, with how many of its deliveries arrived when the warm-up's 10 s ran out before all did. The server's delay is what a server that measures it says of the measured messages' live rounds, on average: for Ferry, from the commit that woke a device's session to the round handed to its stream (ferry_live_delay_seconds); the rest of a latency is the commit before it and the device's side after.\n\n")
+	p("\n## Live fan-out\n\nOpen loop; latency from the scheduled send to arrival at each other member. CPU is the server's; client CPU is the harness's own, its devices receiving and sending, which on one machine share the server's cores: a message to N devices takes at least N × (server + client CPU per delivery) / cores to reach them all. That is the CPU floor: how far a p99 is above it is what the server could still gain on this machine; the floor itself only less CPU per delivery, the server's or the client's, can lower. The CPU per delivery counts all of the run's CPU, the devices' acks of what they received included (at the run's end every system gets until it is idle, as in ingest, and Ferry's devices send the acks they hold back, which would go within 5 s, at once), so in small conversations at low rates it is mostly fixed costs (heartbeats, acks, collection), and the floor there says little. The first message to each conversation goes before the measured ones and is not in their percentiles: it pays what each device and session pay once, above all the harness's devices growing their goroutines' stacks for their first decode of ops, which real devices, one to a process, pay on their own CPU. Its slowest delivery is in the column after max, with how many of its deliveries arrived when the warm-up's 10 s ran out before all did. The server's delay is what a server that measures it says of the measured messages' live rounds, on average: for Ferry, from the commit that woke a device's session to the round handed to its stream (ferry_live_delay_seconds); the rest of a latency is the commit before it and the device's side after.\n\n")
 	p("| system | devices | conversation size | messages | deliveries | p50 | p90 | p99 | p99.9 | max | first message, max | server's delay, mean | CPU/1k deliveries | client CPU/1k | CPU floor | p99 / floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Fanout {
 		lost := ""
@@ -527,6 +531,9 @@ func (r *Report) targets(systems []string) [][]string {
 		if used.Ops > 0 && used.History != best.History {
 			c += fmt.Sprintf("; %s with %s messages of history", rate(used.OpsPerSec), rate(float64(used.History)))
 		}
+		if best.Volatile {
+			c += ", not durable"
+		}
 		return c
 	}
 	// inUse gives the first open-loop row on a store in use (with
@@ -552,6 +559,9 @@ func (r *Report) targets(systems []string) [][]string {
 			c += fmt.Sprintf(" (cores %s busy; pushes sent %s late at p99)", percent(b), ms(x.SendLag.P99))
 		case b > 0:
 			c += fmt.Sprintf(" (cores %s busy)", percent(b))
+		}
+		if x.Volatile {
+			c += ", not durable"
 		}
 		if l, ok := r.Limits.storeLatency(x); ok {
 			c += fmt.Sprintf("; the store alone %s at that rate", ms(l.P99))

@@ -164,9 +164,6 @@ func (c *Centrifugo) Name() string {
 	return centrifugoName(c.cfg.RedisServer != "", c.cfg.DefaultLimits)
 }
 
-// centrifugoName names a Centrifugo variant: "centrifugo" or
-// "centrifugo+redis", with " (default limits)" when the limits are
-// Centrifugo's defaults.
 // Volatile says this Centrifugo acknowledges publishes from memory: its
 // memory engine's are; the Redis engine's, with appendfsync always, are
 // on disk first.
@@ -174,6 +171,9 @@ func (c *Centrifugo) Volatile() bool { return c.cfg.RedisServer == "" }
 
 var _ bench.Volatile = (*Centrifugo)(nil)
 
+// centrifugoName names a Centrifugo variant: "centrifugo" or
+// "centrifugo+redis", with " (default limits)" when the limits are
+// Centrifugo's defaults.
 func centrifugoName(redis, defaultLimits bool) string {
 	name := "centrifugo"
 	if redis {
