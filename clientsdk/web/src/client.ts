@@ -215,9 +215,11 @@ export class FerryClient {
   private meta: Meta = emptyMeta();
   private convs = new Map<string, ConvRecord>();
   private ops = new Map<string, Map<number, OpRecord>>(); // conv -> seq -> op
-  // Per conversation, once it got a delete: its ops' seqs by id, and its
-  // edits' seqs by the message they edit; kept from then on (erasing).
+  // Per conversation, once it got a delete: its messages' seqs by id, and
+  // its edits' seqs by the message they edit; kept from then on (erasing).
   private deletable = new Map<string, { seqOf: Map<string, number>; edits: Map<string, number[]> }>();
+  // The ops a change stores, decoded already: the index reads them.
+  private decoded = new WeakMap<OpRecord, Op>();
   // spans hold, per conversation, the seqs held from 1 without a gap as last
   // counted (held moves it on) and the highest seq held: asked for every
   // conversation after every change, they cost what arrived since.
@@ -828,13 +830,29 @@ export class FerryClient {
     if (read === 0 || (read <= conv.read && (conv.unread === 0 || read < conv.head))) return;
     await this.commit(() => {
       const c = this.convs.get(convId)!;
-      // What is unread past the read, the server counts: it says so once
-      // it has the read.
-      return { convs: [{ ...c, read: Math.max(c.read, read), unread: read >= c.head ? 0 : c.unread, readWanted: Math.max(c.readWanted ?? 0, read) }] };
+      return { convs: [{ ...c, read: Math.max(c.read, read), unread: this.unreadAfter(c, read), readWanted: Math.max(c.readWanted ?? 0, read) }] };
     });
     this.reads.set(convId, Math.max(this.reads.get(convId) ?? 0, read));
     this.emit({ kind: "conversations", convId });
     await this.sendAcks().catch(() => {}); // retried on the next session
+  }
+
+  // unreadAfter is c's unread count once read up to read: none at its
+  // head; short of it, the server's count less the other members' messages
+  // the device holds up to read (the server says the exact count once it
+  // has the read).
+  private unreadAfter(c: ConvRecord, read: number): number {
+    if (read >= c.head) return 0;
+    const me = this.meta.session?.userId;
+    const held = this.ops.get(c.id);
+    let seen = 0;
+    for (let seq = c.read + 1; seq <= read; seq++) {
+      const r = held?.get(seq);
+      if (!r) continue;
+      const op = fromBinary(OpSchema, r.op);
+      if (op.payload.case === "message" && op.userId !== me) seen++;
+    }
+    return Math.max(0, c.unread - seen);
   }
 
   // enqueue gives ops this device's next dots and stores them in the
@@ -1306,7 +1324,9 @@ export class FerryClient {
         for (const op of b.ops) {
           const seq = Number(op.seq);
           if (this.ops.get(b.conversationId)?.has(seq)) continue; // held already
-          recs.push({ convId: b.conversationId, seq, id: op.id, op: toBinary(OpSchema, op) });
+          const rec = { convId: b.conversationId, seq, id: op.id, op: toBinary(OpSchema, op) };
+          recs.push(rec);
+          this.decoded.set(rec, op);
           fresh.push(op);
           if (this.outbox.has(op.id)) mine.push(op.id);
         }
@@ -1368,10 +1388,6 @@ export class FerryClient {
           this.retryPush(ce);
           return;
         }
-        if (this.pushAttempt > 0) {
-          this.pushAttempt = 0;
-          this.setStatus({ lastError: undefined }); // the failure it said is over
-        }
         if (account !== this.account) return; // answered for the account before a sign-out
         try {
           await this.takeResults(batch, res.results);
@@ -1383,6 +1399,10 @@ export class FerryClient {
           this.setStatus({ lastError: ce.message });
           this.retryPush(ce);
           return;
+        }
+        if (this.pushAttempt > 0) {
+          this.pushAttempt = 0;
+          this.setStatus({ lastError: undefined }); // the failure it said is over
         }
       }
     }
@@ -1484,13 +1504,22 @@ export class FerryClient {
         const e = this.outbox.get(r.opId) ?? batch.find((x) => x.id === r.opId);
         if (!e) continue;
         if (r.status === OpStatus.ACCEPTED || r.status === OpStatus.DUPLICATE) {
+          settled.add(e.id);
+          if (!this.outbox.has(e.id) || this.ops.get(e.convId)?.has(Number(r.seq))) {
+            // Its live echo stored it first, and a delete since may have
+            // erased it: the outbox's copy, with its body, must not
+            // replace it (the Go SDK skips it too).
+            if (this.outbox.has(e.id)) change.outboxDelete!.push(e.id);
+            continue;
+          }
           const op = fromBinary(OpSchema, e.op);
           op.seq = r.seq;
           op.userId = me.userId;
-          change.ops!.push({ convId: e.convId, seq: Number(r.seq), id: e.id, op: toBinary(OpSchema, op) });
+          const rec = { convId: e.convId, seq: Number(r.seq), id: e.id, op: toBinary(OpSchema, op) };
+          change.ops!.push(rec);
+          this.decoded.set(rec, op);
           stored.push(op);
           change.outboxDelete!.push(e.id);
-          settled.add(e.id);
         } else if (r.status === OpStatus.REJECTED && (r.reason === RejectReason.DOT_GAP || r.reason === RejectReason.DOT_REUSED)) {
           lower(e, Number(r.serverDot) + 1);
         } else if (r.status === OpStatus.REJECTED) {
@@ -1684,7 +1713,7 @@ export class FerryClient {
     let m = this.ops.get(op.convId);
     if (!m) this.ops.set(op.convId, (m = new Map()));
     const idx = this.deletable.get(op.convId);
-    if (idx && !m.has(op.seq)) indexOp(idx, op);
+    if (idx && !m.has(op.seq)) indexOp(idx, op, this.decoded.get(op));
     m.set(op.seq, op);
     const span = this.spans.get(op.convId);
     if (span) span.top = Math.max(span.top, op.seq);
@@ -1820,10 +1849,10 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-// indexOp adds a held op to a conversation's index of ids and edits.
-function indexOp(idx: { seqOf: Map<string, number>; edits: Map<string, number[]> }, r: OpRecord): void {
-  idx.seqOf.set(r.id, r.seq);
-  const op = fromBinary(OpSchema, r.op);
+// indexOp adds a held op (decoded: op, when at hand) to a conversation's
+// index of messages and edits.
+function indexOp(idx: { seqOf: Map<string, number>; edits: Map<string, number[]> }, r: OpRecord, op = fromBinary(OpSchema, r.op)): void {
+  if (op.payload.case === "message") idx.seqOf.set(r.id, r.seq);
   if (op.payload.case !== "edit") return;
   const seqs = idx.edits.get(op.payload.value.targetId);
   if (seqs) seqs.push(r.seq);
