@@ -112,6 +112,7 @@ var (
 func (d *Device) loop(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	attempt := 0
+	preempted := false
 	for {
 		// One stream at a time (stream.go): a SyncOnce may hold it, or end
 		// this session to take it. The session's background work (member
@@ -120,13 +121,18 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		sctx, endSession := context.WithCancel(ctx)
 		err := d.stream.takeForLoop(ctx, endSession)
 		if err == nil {
-			d.mu.Lock()
-			d.setStatus(func(s *Status) { *s = Status{State: StateConnecting} })
-			d.mu.Unlock()
+			// Back from a SyncOnce's turn, the status stays as the session
+			// it ended left it (live, for a pull to refresh): the
+			// reconnect is the device's own, not news to show.
+			if !preempted {
+				d.mu.Lock()
+				d.setStatus(func(s *Status) { *s = Status{State: StateConnecting} })
+				d.mu.Unlock()
+			}
 			live, err = d.session(ctx, sctx, false)
 			d.stream.release()
 		}
-		preempted := sctx.Err() != nil
+		preempted = sctx.Err() != nil
 		endSession()
 		if ctx.Err() != nil {
 			if live {
@@ -598,9 +604,14 @@ func (s *session) receive(ctx context.Context) error {
 			if l := x.Welcome.GetLimits(); l.GetMaxMessageBytes() > 0 {
 				d.maxMessage = int(l.GetMaxMessageBytes())
 			}
-			d.setStatus(func(st *Status) {
-				*st = Status{State: StateCatchingUp, Conversations: int(x.Welcome.GetChangedConversations()), OpsTotal: x.Welcome.GetMissingOps()}
-			})
+			// A session that follows a live one on the same stream's turn
+			// (a SyncOnce's, or the loop's after it) and misses nothing
+			// leaves the device live: no catch-up to show.
+			if d.status.State != StateLive || x.Welcome.GetMissingOps() > 0 || x.Welcome.GetChangedConversations() > 0 {
+				d.setStatus(func(st *Status) {
+					*st = Status{State: StateCatchingUp, Conversations: int(x.Welcome.GetChangedConversations()), OpsTotal: x.Welcome.GetMissingOps()}
+				})
+			}
 			s.ranks = d.reserveRanks(x.Welcome.GetChangedConversations())
 			d.mu.Unlock()
 		case *ferryv1.SyncResponse_Conversations:
