@@ -328,23 +328,33 @@ func TestCPUCountsTheAcks(t *testing.T) {
 	}
 }
 
-// TestFlushAcksSendsTheArmedAck: a device's ack held back (here the one of
-// its own ops, which waits resumeAckDelay) goes at once.
-func TestFlushAcksSendsTheArmedAck(t *testing.T) {
+// soleDevice starts an in-process Ferry with cfg (its mode and folder
+// set here) and connects the one device of its one conversation; both are
+// closed when the test ends.
+func soleDevice(t *testing.T, cfg FerryConfig) (*Ferry, Client) {
+	t.Helper()
 	ctx := t.Context()
-	f, err := NewFerry(ctx, FerryConfig{Mode: FerryInProcess, Dir: t.TempDir()})
+	cfg.Mode, cfg.Dir = FerryInProcess, t.TempDir()
+	f, err := NewFerry(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
 	if err := f.Prepare(ctx, 1, [][]int{{0}}); err != nil {
 		t.Fatal(err)
 	}
-	cl, err := f.Connect(ctx, 0, nil)
+	c, err := f.Connect(ctx, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
+	t.Cleanup(func() { c.Close() })
+	return f, c
+}
+
+// TestFlushAcksSendsTheArmedAck: a device's ack held back (here the one of
+// its own ops, which waits resumeAckDelay) goes at once.
+func TestFlushAcksSendsTheArmedAck(t *testing.T) {
+	f, cl := soleDevice(t, FerryConfig{})
 	c := cl.(*ferryConn)
 	done := make(chan error, 1)
 	if err := c.Send(0, [][]byte{[]byte("hello")}, func(err error) { done <- err }); err != nil {
@@ -468,28 +478,14 @@ func TestPreparedDevicesHoldTheCreation(t *testing.T) {
 // device here stays quiet while the server sends five heartbeats, its
 // cut-off passing more than once, and then pushes.
 func TestDevicesHeartbeat(t *testing.T) {
-	ctx := t.Context()
 	beats := make(chan struct{}, 16)
-	f, err := NewFerry(ctx, FerryConfig{Mode: FerryInProcess, Dir: t.TempDir(),
-		serverHeartbeat: 200 * time.Millisecond, clientHeartbeat: 20 * time.Millisecond,
+	_, c := soleDevice(t, FerryConfig{serverHeartbeat: 200 * time.Millisecond, clientHeartbeat: 20 * time.Millisecond,
 		onHeartbeat: func() {
 			select {
 			case beats <- struct{}{}:
 			default:
 			}
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Prepare(ctx, 1, [][]int{{0}}); err != nil {
-		t.Fatal(err)
-	}
-	c, err := f.Connect(ctx, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	ended := c.(*ferryConn).done
 	for range 5 {
 		select {

@@ -873,16 +873,23 @@ function stalling(push: (n: number) => "hang" | "swallow" | "fail" | "go") {
   };
 }
 
+// liveOver opens a client whose calls go through net's fetch (with opts),
+// signs it up, and once it is live creates a conversation, whose push
+// the test's net then handles; it returns the client and the conversation.
+async function liveOver(net: { fetch: typeof globalThis.fetch }, opts: Partial<ClientOptions> = {}) {
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1,
+    fetch: net.fetch, ...opts });
+  clients.push(c);
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  return { c, conv: await c.createConversation("notes", []) };
+}
+
 test("a push the connection never answers is cancelled after callTimeoutMs and goes again", { timeout: 30_000 }, async () => {
   // The timeout holds for every call: long enough that only the hung one
   // meets it on a loaded machine.
   const net = stalling((n) => (n === 1 ? "hang" : "go"));
-  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1,
-    callTimeoutMs: 1000, fetch: net.fetch });
-  clients.push(c);
-  await signUp(c, "alice");
-  await c.waitFor(() => c.status().state === "live");
-  const conv = await c.createConversation("notes", []);
+  const { c, conv } = await liveOver(net, { callTimeoutMs: 1000 });
   await c.waitFor(() => c.status().pending === 0 && c.status().lastError === undefined);
   assert.ok(net.pushes() >= 2, `the push went ${net.pushes()} times`);
   assert.equal(net.subscribes(), 1, "the session stayed up");
@@ -891,12 +898,7 @@ test("a push the connection never answers is cancelled after callTimeoutMs and g
 
 test("a push stored whose answer never comes says no error once its op is back", { timeout: 30_000 }, async () => {
   const net = stalling((n) => (n === 1 ? "swallow" : "go"));
-  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1,
-    callTimeoutMs: 1000, fetch: net.fetch });
-  clients.push(c);
-  await signUp(c, "alice");
-  await c.waitFor(() => c.status().state === "live");
-  const conv = await c.createConversation("notes", []);
+  const { c, conv } = await liveOver(net, { callTimeoutMs: 1000 });
   await net.cancelled;
   await c.waitFor(() => c.status().lastError !== undefined); // the timeout said
   await c.waitFor(() => c.status().pending === 0 && c.status().lastError === undefined && c.conversations().some((x) => x.id === conv && x.head > 0));
@@ -905,11 +907,7 @@ test("a push stored whose answer never comes says no error once its op is back",
 
 test("a session's end cancels its unanswered push, which the next session sends", { timeout: 30_000 }, async () => {
   const net = stalling((n) => (n === 1 ? "hang" : "go"));
-  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch: net.fetch });
-  clients.push(c);
-  await signUp(c, "alice");
-  await c.waitFor(() => c.status().state === "live");
-  const conv = await c.createConversation("notes", []);
+  const { c, conv } = await liveOver(net);
   await net.hanging;
   net.endSession();
   await c.waitFor(() => c.status().pending === 0 && c.status().state === "live");
@@ -925,7 +923,7 @@ test("a push's retry waiting when its session ends leaves the next session's pus
   let hold = true;
   let held: () => void = () => {};
   const holding = new Promise<void>((resolve) => { held = resolve; });
-  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), minBackoffMs: 1, maxBackoffMs: 1, fetch: net.fetch,
+  const { c, conv } = await liveOver(net, {
     sleep: (_ms, signal) => {
       if (!hold) return Promise.resolve();
       held();
@@ -933,11 +931,8 @@ test("a push's retry waiting when its session ends leaves the next session's pus
         if (signal.aborted) reject(signal.reason);
         signal.addEventListener("abort", () => reject(signal.reason), { once: true });
       });
-    } });
-  clients.push(c);
-  await signUp(c, "alice");
-  await c.waitFor(() => c.status().state === "live");
-  const conv = await c.createConversation("notes", []);
+    },
+  });
   await holding; // the first push failed, and its retry waits
   hold = false;
   net.endSession();
