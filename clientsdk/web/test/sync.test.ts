@@ -1233,6 +1233,45 @@ test("repair gives back an op of the user's older device that targets a message 
   }
 });
 
+test("stop() during a repair ends it at once; the next start repairs again", { timeout: 90_000 }, async () => {
+  // The restored server's Repair answers are held until the call is
+  // cancelled: stop() must not wait for them.
+  let holdRepairs = true;
+  let repairing: () => void = () => {};
+  const repairs = new Promise<void>((resolve) => { repairing = resolve; });
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    if (holdRepairs && String(input).endsWith("/ferry.v1.SyncService/Repair")) {
+      repairing();
+      return new Promise<Response>((_, reject) => {
+        const signal = init?.signal;
+        if (!signal) return; // never answered: stop() would wait for ever
+        if (signal.aborted) reject(signal.reason);
+        signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+      });
+    }
+    return globalThis.fetch(input, init);
+  };
+  const srv = await restorable("ferry-stop-repair-");
+  try {
+    const c = await FerryClient.open({ baseUrl: srv.url, replica: new MemoryReplica(), minBackoffMs: 20, maxBackoffMs: 50, fetch });
+    clients.push(c);
+    await signUp(c, "alice");
+    const conv = await c.createConversation("notes", []);
+    await c.waitFor(() => c.status().state === "live" && c.status().pending === 0);
+    await srv.backUp();
+    await c.send(conv, "after the backup");
+    await c.waitFor(() => c.status().state === "live" && c.status().pending === 0 && c.messages(conv).some((m) => m.seq > 0));
+    await srv.restore();
+    await repairs;
+    await c.stop();
+    holdRepairs = false;
+    c.start();
+    await c.waitFor(() => c.status().state === "live" && c.messages(conv).some((m) => m.text === "after the backup" && m.seq > 0));
+  } finally {
+    await srv.done();
+  }
+});
+
 // A device gives back a reaction the restored server refuses (its target,
 // another user's message, is not back yet), then messages of its own,
 // reactions its user sent from their laptop, and a message the laptop
