@@ -102,15 +102,7 @@ func (f *Ferry) FlushAcks() {
 	}
 	f.mu.Unlock()
 	for _, c := range conns {
-		c.mu.Lock()
-		armed := c.ackT != nil
-		if armed {
-			c.ackT.Stop()
-			c.ackGen++
-			c.ackAt, c.ackT = time.Time{}, nil
-		}
-		c.mu.Unlock()
-		if armed {
+		if c.disarmAck() {
 			c.ack()
 		}
 	}
@@ -887,16 +879,23 @@ func (t countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // alone does not unblock a Receive in flight: the stream must be closed.
 func (c *ferryConn) stop() {
 	c.stopHeartbeat()
-	c.mu.Lock()
-	if c.ackT != nil {
-		c.ackT.Stop()
-		c.ackGen++
-		c.ackAt, c.ackT = time.Time{}, nil
-	}
-	c.mu.Unlock()
+	c.disarmAck()
 	c.cancel()
 	_ = c.st.Close()
 	<-c.done
+}
+
+// disarmAck stops the armed ack's timer, saying whether one was armed.
+func (c *ferryConn) disarmAck() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ackT == nil {
+		return false
+	}
+	c.ackT.Stop()
+	c.ackGen++ // a timer firing meanwhile finds itself stale
+	c.ackAt, c.ackT = time.Time{}, nil
+	return true
 }
 
 func (c *ferryConn) stopHeartbeat() {

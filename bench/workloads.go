@@ -306,13 +306,17 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 		defer c.Close()
 		clients[w] = c
 	}
+	// historyIn is how many of the history's messages conversation c holds.
+	historyIn := func(c int) int {
+		if c < cfg.History%convs {
+			return cfg.History/convs + 1
+		}
+		return cfg.History / convs
+	}
 	if cfg.History > 0 {
 		// Writer c is the first member of conversation c.
 		err := Parallel(ctx, convs, 8, func(c int) error {
-			n := cfg.History / convs
-			if c < cfg.History%convs {
-				n++
-			}
+			n := historyIn(c)
 			_, err := sendBatches(clients[c], n, func(int) int { return c }, func(j int) []byte { return corpus[corpusIndex(c+j*convs)] })
 			return err
 		})
@@ -321,11 +325,7 @@ func Ingest(ctx context.Context, sys System, cfg IngestConfig) (IngestResult, er
 		}
 		want := 0
 		for c := range convs {
-			n := cfg.History / convs
-			if c < cfg.History%convs {
-				n++
-			}
-			want += n * (len(members[c]) - 1)
+			want += historyIn(c) * (len(members[c]) - 1)
 		}
 		// A system that loses deliveries (a slow consumer cut off) runs
 		// the row on what arrived.
@@ -637,21 +637,17 @@ func warmUp(clients []Client, members [][]int, warmed *atomic.Int64) error {
 
 // awaitProgress waits until n reaches want, for as long as n grows: it
 // gives up after 10 s without a change, or 2 minutes in all, or when ctx
-// ends. It says whether n reached want.
-func awaitProgress(ctx context.Context, n *atomic.Int64, want int) bool {
+// ends. What has not arrived by then is the system's to lose.
+func awaitProgress(ctx context.Context, n *atomic.Int64, want int) {
 	last, since, deadline := n.Load(), time.Now(), time.Now().Add(2*time.Minute)
-	for int(last) < want {
-		if ctx.Err() != nil || time.Now().After(deadline) {
-			return false
-		}
+	for int(last) < want && ctx.Err() == nil && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 		if now := n.Load(); now != last {
 			last, since = now, time.Now()
 		} else if time.Since(since) > 10*time.Second {
-			return false
+			return
 		}
 	}
-	return true
 }
 
 // awaitCount waits up to 10 s for n to reach want, looking every 10 ms,

@@ -217,7 +217,7 @@ export class FerryClient {
   private ops = new Map<string, Map<number, OpRecord>>(); // conv -> seq -> op
   // Per conversation, once it got a delete: its messages' seqs by id, and
   // its edits' seqs by the message they edit; kept from then on (erasing).
-  private deletable = new Map<string, { seqOf: Map<string, number>; edits: Map<string, number[]> }>();
+  private deletable = new Map<string, DeleteIndex>();
   // The ops a change stores, decoded already: the index reads them.
   private decoded = new WeakMap<OpRecord, Op>();
   // spans hold, per conversation, the seqs held from 1 without a gap as last
@@ -1361,12 +1361,9 @@ export class FerryClient {
       for (;;) {
         const next = this.pushOrder([...this.outbox.values()].filter((e) => e.failed === undefined));
         const session = this.current;
-        if (next.length === 0 && this.pushAttempt > 0) {
-          // What a failed push held arrived meanwhile (its live echo, the
-          // push having been stored after all): the failure is over.
-          this.pushAttempt = 0;
-          this.setStatus({ lastError: undefined });
-        }
+        // What a failed push held arrived meanwhile (its live echo, the
+        // push having been stored after all): the failure is over.
+        if (next.length === 0) this.pushRecovered();
         if (next.length === 0 || !this.connected || !session) break;
         // One conversation's ops, as many as a push takes: the server's
         // count, and its message size less room for the request's framing.
@@ -1400,12 +1397,17 @@ export class FerryClient {
           this.retryPush(ce);
           return;
         }
-        if (this.pushAttempt > 0) {
-          this.pushAttempt = 0;
-          this.setStatus({ lastError: undefined }); // the failure it said is over
-        }
+        this.pushRecovered();
       }
     }
+  }
+
+  // pushRecovered ends a run of failed pushes: the backoff starts over,
+  // and the status no longer says the last failure.
+  private pushRecovered(): void {
+    if (this.pushAttempt === 0) return;
+    this.pushAttempt = 0;
+    this.setStatus({ lastError: undefined });
   }
 
   // retryPush pushes again after a push failed while the session stays
@@ -1697,7 +1699,7 @@ export class FerryClient {
 
   // deletableIndex is a conversation's index of ids and edits, built from
   // what the device holds on the first delete that needs it.
-  private deletableIndex(convId: string): { seqOf: Map<string, number>; edits: Map<string, number[]> } {
+  private deletableIndex(convId: string): DeleteIndex {
     let idx = this.deletable.get(convId);
     if (!idx) {
       idx = { seqOf: new Map(), edits: new Map() };
@@ -1849,9 +1851,16 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+// DeleteIndex is a conversation's messages' seqs by id, and its edits'
+// seqs by the message they edit: what a delete erases.
+interface DeleteIndex {
+  seqOf: Map<string, number>;
+  edits: Map<string, number[]>;
+}
+
 // indexOp adds a held op (decoded: op, when at hand) to a conversation's
 // index of messages and edits.
-function indexOp(idx: { seqOf: Map<string, number>; edits: Map<string, number[]> }, r: OpRecord, op = fromBinary(OpSchema, r.op)): void {
+function indexOp(idx: DeleteIndex, r: OpRecord, op = fromBinary(OpSchema, r.op)): void {
   if (op.payload.case === "message") idx.seqOf.set(r.id, r.seq);
   if (op.payload.case !== "edit") return;
   const seqs = idx.edits.get(op.payload.value.targetId);
