@@ -193,7 +193,7 @@ func parseRows(b *ferryv1.OpBatch) (received, error) {
 	}
 	r := received{conv: conv, ops: make([]model.Op, len(b.GetOps())), rows: b.GetOps()}
 	for i, p := range b.GetOps() {
-		if r.ops[i], err = wire.Op("op", conv, p); err != nil {
+		if r.ops[i], err = wire.ReceivedOp("op", conv, p); err != nil {
 			return received{}, err
 		}
 		if r.ops[i].Seq == 0 {

@@ -453,7 +453,7 @@ func (d *Device) state(conv ulid.ULID) (*model.State, error) {
 		if err != nil {
 			return err
 		}
-		op, err := wire.Op("op", conv, p)
+		op, err := wire.ReceivedOp("op", conv, p)
 		if err != nil {
 			return err
 		}
@@ -505,7 +505,7 @@ func (d *Device) tailState(conv ulid.ULID) (*model.State, error) {
 		if err != nil {
 			return nil, err
 		}
-		op, err := wire.Op("op", conv, raw)
+		op, err := wire.ReceivedOp("op", conv, raw)
 		if err != nil {
 			return nil, err
 		}

@@ -136,6 +136,14 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 			}
 		}
 		slices.SortFunc(push, func(a, b *ferryv1.Op) int { return cmp.Compare(a.GetSeq(), b.GetSeq()) })
+		// An op of a kind this version does not know is held without its
+		// payload: its device gives it back, and the ops of that device
+		// after it, which would go in a dot gap.
+		newer := map[string]bool{} // devices
+		push = slices.DeleteFunc(push, func(op *ferryv1.Op) bool {
+			newer[op.GetDeviceId()] = newer[op.GetDeviceId()] || op.GetPayload() == nil
+			return newer[op.GetDeviceId()]
+		})
 		recreate = true
 		if len(push) == 0 || push[0].GetCreate() == nil {
 			d.log.Warn("repair: the server does not know the conversation, and this device holds no create of its user's to give it back with", "conv", conv)
@@ -148,8 +156,11 @@ func (d *Device) repairConv(ctx context.Context, sc ferryv1connect.SyncServiceCl
 		for _, w := range resp.GetWant() {
 			for n := w.GetFromDot(); n <= w.GetToDot(); n++ {
 				op := byDot[w.GetDeviceId()][n]
-				if op == nil || op.GetUserId() != me {
-					break // not held, or not ours to vouch for
+				if op == nil || op.GetUserId() != me || op.GetPayload() == nil {
+					// Not held, not ours to vouch for, or of a kind this
+					// version does not know (held without its payload):
+					// its device gives it back.
+					break
 				}
 				push = append(push, op)
 			}

@@ -321,7 +321,9 @@ func bytesOf(id ulid.ULID) []byte { return id[:] }
 // UnpackBatch unpacks a packed batch into its conversation and ops. It
 // checks that every list has the length the ops need, so a malformed batch
 // gets an error naming the field (wrapping ErrMalformed), never a panic or
-// a guess.
+// a guess. An op of any other kind than unspecified that this version
+// does not know (a newer server's) is one of model.KindUnknown, with the
+// fields every op has.
 func UnpackBatch(field string, p *ferryv1.PackedBatch) (ulid.ULID, []model.Op, error) {
 	conv, err := ParseID(field+".conversation_id", p.GetConversationId())
 	if err != nil {
@@ -417,9 +419,15 @@ func UnpackBatch(field string, p *ferryv1.PackedBatch) (ulid.ULID, []model.Op, e
 		copy(op.ID[idTimeBytes:], p.GetIdEntropy()[i*idEntropyBytes:])
 		op.Conv, op.Seq = conv, p.GetFirstSeq()+uint64(i)
 		op.Dot, op.User = model.Dot{Device: devices[a], N: lastDot[a]}, users[a]
-		op.Kind = model.Kind(p.GetKinds()[i])
-		if !op.Kind.Valid() || p.GetKinds()[i] != ferryv1.OpKind(op.Kind) {
-			return conv, nil, malformed("%s.kinds[%d]: unknown op kind %d", field, i, p.GetKinds()[i])
+		switch k := p.GetKinds()[i]; {
+		case k == ferryv1.OpKind_OP_KIND_UNSPECIFIED:
+			return conv, nil, malformed("%s.kinds[%d] is unspecified", field, i)
+		case k > 0 && k <= math.MaxUint8 && model.Kind(k).Valid():
+			op.Kind = model.Kind(k)
+		default:
+			// A newer kind: its payload lies in fields this version does
+			// not know (PackedBatch says so), and it takes none of these.
+			op.Kind = model.KindUnknown
 		}
 		var err error
 		switch op.Kind {

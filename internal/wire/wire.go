@@ -61,8 +61,21 @@ func Role(field string, r ferryv1.Role) (model.Role, error) {
 }
 
 // Op converts a wire op of conversation conv, including the fields the
-// server assigns (seq, user_id, erased). field prefixes error messages.
+// server assigns (seq, user_id, erased). field prefixes error messages. An
+// op without a payload this version knows is malformed: what a server says
+// of an op pushed to it.
 func Op(field string, conv ulid.ULID, p *ferryv1.Op) (model.Op, error) {
+	return parseOp(field, conv, p, false)
+}
+
+// ReceivedOp converts an op from the server as Op does, but an op without a
+// payload this version knows (a newer server's kind) is one of
+// model.KindUnknown, with the fields every op has: what a client keeps.
+func ReceivedOp(field string, conv ulid.ULID, p *ferryv1.Op) (model.Op, error) {
+	return parseOp(field, conv, p, true)
+}
+
+func parseOp(field string, conv ulid.ULID, p *ferryv1.Op, newer bool) (model.Op, error) {
 	var op model.Op
 	var err error
 	if op.ID, err = subID(field, ".id", p.GetId(), false); err != nil {
@@ -119,6 +132,10 @@ func Op(field string, conv ulid.ULID, p *ferryv1.Op) (model.Op, error) {
 	case *ferryv1.Op_SetTitle:
 		op.Kind, op.Title = model.KindSetTitle, pl.SetTitle.GetTitle()
 	case nil:
+		// A payload this version does not know decodes as none.
+		if newer {
+			return op, nil
+		}
 		return op, malformed("%s has no payload: set one of create, message, edit, delete, reaction_add, reaction_remove, member_add, member_remove, member_role or set_title", field)
 	default:
 		return op, malformed("%s has an unknown payload", field)

@@ -1128,7 +1128,10 @@ export class FerryClient {
         for (const w of res.want) {
           for (let n = Number(w.fromDot); n <= Number(w.toDot); n++) {
             const op = byDot.get(w.deviceId)?.get(n);
-            if (!op || op.userId !== me) break; // not held, or not ours to vouch for
+            // Not held, not ours to vouch for, or of a kind this version
+            // does not know (held without its payload): its device gives
+            // it back.
+            if (!op || op.userId !== me || op.payload.case === undefined) break;
             held.push(op);
           }
         }
@@ -1142,6 +1145,14 @@ export class FerryClient {
           for (const op of dots.values()) if (op.userId === me) held.push(op);
         }
         held.sort((a, b) => Number(a.seq - b.seq));
+        // An op of a kind this version does not know is held without its
+        // payload: its device gives it back, and the ops of that device
+        // after it, which would go in a dot gap.
+        const newer = new Set<string>(); // devices
+        for (let i = 0; i < held.length; i++) {
+          if (held[i]!.payload.case === undefined) newer.add(held[i]!.deviceId);
+          if (newer.has(held[i]!.deviceId)) held.splice(i--, 1);
+        }
         if (held[0]?.payload.case !== "create") {
           console.warn(`ferry: repair: the server does not know conversation ${convId}, and this device holds no create of its user's to give it back with; forgetting it until it comes back`);
           if (account !== this.account) return;

@@ -11,8 +11,8 @@ import { createConnectTransport } from "@connectrpc/connect-web";
 import { IDBFactory } from "fake-indexeddb";
 
 import { FerryClient, IndexedDBReplica, MemoryReplica, unpackBatch, type ClientOptions, type MessagePage, type MessageView, type Replica } from "../src/index.js";
-import { OpSchema, OpStatus } from "../src/gen/ferry/v1/op_pb.js";
-import { AckRequestSchema, SyncService } from "../src/gen/ferry/v1/sync_pb.js";
+import { OpBatchSchema, OpKind, OpSchema, OpStatus } from "../src/gen/ferry/v1/op_pb.js";
+import { AckRequestSchema, SubscribeResponseSchema, SyncService } from "../src/gen/ferry/v1/sync_pb.js";
 import { AccountService } from "../src/gen/ferry/v1/account_pb.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -1573,4 +1573,168 @@ test("start while a stop is under way starts the device again once it is done", 
   await c.stop();
   await again;
   assert.equal(c.status().state, "offline");
+});
+
+// futureBody marks the messages newerServer turns into ops of a kind this
+// version does not know.
+const futureBody = "from the future";
+
+// newerServer wraps fetch so that a client's Subscribe streams read as a
+// newer server's would: each message whose body is futureBody arrives as an
+// op of kind 42, which carries its payload in lists this version does not
+// know (PackedBatch says where a newer kind's payload goes); with rows, the
+// batches arrive as rows, and such an op's payload in a field of Op this
+// version does not know.
+function newerServer(rows: boolean): typeof globalThis.fetch {
+  return async (input, init) => {
+    const res = await globalThis.fetch(input, init);
+    if (!String(input).endsWith("/ferry.v1.SyncService/Subscribe") || !res.body) return res;
+    let buf = new Uint8Array(0);
+    const body = res.body.pipeThrough(new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, ctrl) {
+        buf = concat(buf, chunk);
+        while (buf.length >= 5) {
+          const size = 5 + new DataView(buf.buffer, buf.byteOffset, buf.length).getUint32(1);
+          if (buf.length < size) break;
+          ctrl.enqueue(futureKinds(buf.slice(0, size), rows));
+          buf = buf.slice(size);
+        }
+      },
+      flush(ctrl) {
+        if (buf.length > 0) ctrl.enqueue(buf);
+      },
+    }));
+    return new Response(body, { status: res.status, headers: res.headers });
+  };
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+// futureKinds rewrites one envelope of a Subscribe stream (see newerServer).
+function futureKinds(env: Uint8Array, rows: boolean): Uint8Array {
+  if (env[0] !== 0) return env;
+  const m = fromBinary(SubscribeResponseSchema, env.subarray(5));
+  if (m.message.case !== "ops") return env;
+  const ops = m.message.value;
+  const dec = new TextDecoder();
+  let changed = false;
+  for (const p of ops.packed) {
+    if (rows) {
+      // Field 99 of Op, a payload this version does not know.
+      const newer = Uint8Array.from([0x9a, 0x06, 3, 1, 2, 3]);
+      const batch = unpackBatch(p);
+      batch.ops = batch.ops.map((op) => {
+        if (op.payload.case !== "message" || dec.decode(op.payload.value.body) !== futureBody) return op;
+        op.payload = { case: undefined };
+        return fromBinary(OpSchema, concat(toBinary(OpSchema, op), newer));
+      });
+      ops.batches.push(create(OpBatchSchema, batch));
+      changed = true;
+      continue;
+    }
+    let body = 0;
+    let at = 0;
+    for (let i = 0; i < p.kinds.length; i++) {
+      const k = p.kinds[i]!;
+      if (k !== OpKind.MESSAGE && k !== OpKind.EDIT) continue;
+      const size = p.bodySizes[body]!;
+      if (k !== OpKind.MESSAGE || dec.decode(p.bodyData.subarray(at, at + size)) !== futureBody) {
+        body++;
+        at += size;
+        continue;
+      }
+      p.kinds[i] = 42 as OpKind;
+      p.bodySizes.splice(body, 1);
+      p.contentTypes.splice(body, 1);
+      p.bodyData = concat(p.bodyData.subarray(0, at), p.bodyData.subarray(at + size));
+      changed = true;
+    }
+  }
+  if (rows) ops.packed = [];
+  if (!changed) return env;
+  const b = toBinary(SubscribeResponseSchema, m);
+  const out = new Uint8Array(5 + b.length);
+  new DataView(out.buffer).setUint32(1, b.length);
+  out.set(b, 5);
+  return out;
+}
+
+for (const rows of [false, true]) {
+  test(`ops of a kind this version does not know (a newer server's, ${rows ? "as rows" : "packed"}) are kept, not shown, and the session goes on`, { timeout: 30_000 }, async () => {
+    const alice = await open();
+    const replica = new MemoryReplica();
+    const bob = await FerryClient.open({ baseUrl: server.url, replica, sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1,
+      fetch: newerServer(rows) });
+    clients.push(bob);
+    await signUp(alice, "alice");
+    const b = await signUp(bob, "bob");
+    await bob.waitFor(() => bob.status().state === "live");
+    await bob.stop();
+    const conv = await alice.createConversation("lunch", [b]);
+    for (const text of ["before", futureBody, "after", futureBody]) await alice.send(conv, text);
+    await alice.waitFor(() => alice.status().pending === 0);
+
+    // A catch-up.
+    bob.start();
+    await bob.waitFor(() => bob.status().state === "live" && bob.messages(conv).length === 2);
+    assert.deepEqual(texts(bob.messages(conv)), ["before", "after"]);
+    assert.equal(bob.conversations().find((c) => c.id === conv)?.lastMessage?.text, "after");
+    assert.equal(bob.status().lastError, undefined);
+    // Kept: the replica holds every seq, two without a payload.
+    const held = (await replica.load()).ops.filter((r) => r.convId === conv).sort((x, y) => x.seq - y.seq);
+    const head = bob.conversations().find((c) => c.id === conv)!.head;
+    assert.deepEqual(held.map((r) => r.seq), Array.from({ length: head }, (_, i) => i + 1));
+    assert.equal(held.filter((r) => fromBinary(OpSchema, r.op).payload.case === undefined).length, 2);
+
+    // Live.
+    for (const text of [futureBody, "later"]) await alice.send(conv, text);
+    await bob.waitFor(() => bob.messages(conv).length === 3);
+    assert.deepEqual(texts(bob.messages(conv)), ["before", "after", "later"]);
+    assert.equal(bob.status().state, "live");
+    assert.equal(bob.status().lastError, undefined);
+  });
+}
+
+test("after a restore, a device leaves its user's op of a kind it does not know to the device that sent it", { timeout: 60_000 }, async () => {
+  // Before, the phone gave the op back without its payload: the server
+  // refused it, the laptop's later op went again in its dot, and the
+  // laptop could no longer give it back.
+  const srv = await restorable("ferry-newer-restore-");
+  try {
+    const phone = await FerryClient.open({ baseUrl: srv.url, replica: new MemoryReplica(), minBackoffMs: 20, maxBackoffMs: 50, fetch: newerServer(false) });
+    clients.push(phone);
+    const laptop = await openAt(srv.url);
+    const username = await signUp(phone, "alice");
+    await laptop.login(username, "correct horse battery");
+    laptop.start();
+    const conv = await laptop.createConversation("notes", []);
+    await laptop.send(conv, "kept");
+    await phone.waitFor(() => phone.messages(conv).length === 1);
+
+    await srv.backUp();
+    for (const text of [futureBody, "lost"]) await laptop.send(conv, text);
+    await phone.waitFor(() => phone.messages(conv).length === 2);
+    assert.deepEqual(texts(phone.messages(conv)), ["kept", "lost"]);
+    await laptop.waitFor(() => laptop.status().pending === 0);
+    await phone.stop();
+    await laptop.stop();
+
+    // The phone repairs first, alone.
+    await srv.restore();
+    phone.start();
+    await phone.waitFor(() => phone.status().state === "live" && phone.status().pending === 0);
+    laptop.start();
+    await laptop.waitFor(() => laptop.status().state === "live" && laptop.status().pending === 0 && laptop.messages(conv).length === 3);
+    assert.deepEqual(texts(laptop.messages(conv)), ["kept", futureBody, "lost"]);
+    assert.deepEqual(laptop.failed(), []);
+    await phone.waitFor(() => phone.messages(conv).length === 2);
+    assert.deepEqual(texts(phone.messages(conv)), ["kept", "lost"]);
+  } finally {
+    await srv.done();
+  }
 });

@@ -719,6 +719,30 @@ test("unpackBatch: rows with ids, seqs, dots, authors and payloads in op order",
   assert.notEqual(b.ops[0]!.userId, b.ops[2]!.userId);
 });
 
+test("unpackBatch: an op of a newer kind comes without a payload, and the ops after it read theirs", () => {
+  // The title op becomes kind 42, which carries its payload in lists of
+  // its own: its title leaves the texts.
+  const p = packedSample();
+  p.kinds[9] = 42 as OpKind;
+  p.texts.pop();
+  const b = unpackBatch(p);
+  const all = unpackBatch(packedSample());
+  assert.equal(b.ops.length, 10);
+  const newer = b.ops[9]!;
+  assert.equal(newer.payload.case, undefined);
+  assert.deepEqual([newer.id, newer.seq, newer.deviceId, newer.dot, newer.userId], [all.ops[9]!.id, 10n, all.ops[9]!.deviceId, 4n, all.ops[9]!.userId]);
+  assert.deepEqual(b.ops.slice(0, 9), all.ops.slice(0, 9));
+
+  // One in the middle: the delete's target leaves the targets; the ops
+  // after it read theirs.
+  const q = packedSample();
+  q.kinds[6] = 42 as OpKind;
+  q.targets = q.targets.subarray(16);
+  const c = unpackBatch(q);
+  assert.equal(c.ops[6]!.payload.case, undefined);
+  assert.deepEqual(c.ops.filter((_, i) => i !== 6), all.ops.filter((_, i) => i !== 6));
+});
+
 test("unpackBatch: a malformed batch is refused, naming the field", () => {
   const cases: [string, (p: PackedBatch) => void, RegExp][] = [
     ["bad conversation id", (p) => (p.conversationId = "nope"), /conversation_id/],
@@ -741,7 +765,10 @@ test("unpackBatch: a malformed batch is refused, naming the field", () => {
     ["members long", (p) => (p.members = new Uint8Array(64)), /members has 64 bytes/],
     ["roles short", (p) => p.roles.pop(), /roles ends/],
     ["unknown role", (p) => (p.roles[1] = 9 as Role), /unknown role 9/],
-    ["unknown kind", (p) => (p.kinds[5] = 42 as OpKind), /kinds\[5\]: unknown op kind 42/],
+    ["unspecified kind", (p) => (p.kinds[5] = OpKind.UNSPECIFIED), /kinds\[5\] is unspecified/],
+    // A newer kind takes no entry of the payload lists: the reaction's key
+    // and target are then one too many.
+    ["newer kind", (p) => (p.kinds[5] = 42 as OpKind), /texts has 4 entries; the ops need 3/],
     ["erased out of range", (p) => (p.erased = [10]), /erased names op 10/],
     ["erased not ascending", (p) => (p.erased = [3, 2]), /not ascending/],
   ];

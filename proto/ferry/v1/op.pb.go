@@ -78,7 +78,8 @@ func (Role) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_op_proto_rawDescGZIP(), []int{0}
 }
 
-// OpKind names an op's payload in a PackedBatch.
+// OpKind names an op's payload in a PackedBatch. A later version may add
+// kinds (see PackedBatch); UNSPECIFIED is never sent.
 type OpKind int32
 
 const (
@@ -312,6 +313,13 @@ type Op struct {
 	UserId string `protobuf:"bytes,5,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// True when a delete-for-everyone removed this op's body from the server.
 	Erased bool `protobuf:"varint,6,opt,name=erased,proto3" json:"erased,omitempty"`
+	// What the op does. Payloads may be added in later versions. A server
+	// refuses an op whose payload it does not know (REJECT_REASON_INVALID).
+	// A client keeps an op from the server whose payload it does not know (a
+	// newer server's) as one it cannot show: its id, seq, author and dot
+	// count as any op's (it fills its place in the conversation's seqs and
+	// its author's dots), and nothing the client shows changes.
+	//
 	// Types that are valid to be assigned to Payload:
 	//
 	//	*Op_Create
@@ -1091,6 +1099,11 @@ func (x *OpBatch) GetOps() []*Op {
 // "one entry per op" has exactly one entry per op, in seq order; each
 // payload field has one entry per op that carries such a payload, in seq
 // order.
+//
+// Kinds may be added in later versions, each carrying its payload in fields
+// added with it, never in the payload fields here: a reader takes no entry
+// of these for a kind it does not know, reads the rest of the batch as
+// before, and keeps that op as Op says of a payload it does not know.
 type PackedBatch struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`

@@ -74,6 +74,13 @@ export type Op = Message$1<"ferry.v1.Op"> & {
   erased: boolean;
 
   /**
+   * What the op does. Payloads may be added in later versions. A server
+   * refuses an op whose payload it does not know (REJECT_REASON_INVALID).
+   * A client keeps an op from the server whose payload it does not know (a
+   * newer server's) as one it cannot show: its id, seq, author and dot
+   * count as any op's (it fills its place in the conversation's seqs and
+   * its author's dots), and nothing the client shows changes.
+   *
    * @generated from oneof ferry.v1.Op.payload
    */
   payload: {
@@ -407,6 +414,11 @@ export const OpBatchSchema: GenMessage<OpBatch> = /*@__PURE__*/
  * "one entry per op" has exactly one entry per op, in seq order; each
  * payload field has one entry per op that carries such a payload, in seq
  * order.
+ *
+ * Kinds may be added in later versions, each carrying its payload in fields
+ * added with it, never in the payload fields here: a reader takes no entry
+ * of these for a kind it does not know, reads the rest of the batch as
+ * before, and keeps that op as Op says of a payload it does not know.
  *
  * @generated from message ferry.v1.PackedBatch
  */
@@ -776,7 +788,8 @@ export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
   enumDesc(file_ferry_v1_op, 0);
 
 /**
- * OpKind names an op's payload in a PackedBatch.
+ * OpKind names an op's payload in a PackedBatch. A later version may add
+ * kinds (see PackedBatch); UNSPECIFIED is never sent.
  *
  * @generated from enum ferry.v1.OpKind
  */
