@@ -268,6 +268,7 @@ export class FerryClient {
   private stopping?: Promise<void>;
   private restart = false;
   private leaving = false; // signOut() runs: start() does nothing
+  private lost?: Error; // the replica can store nothing more: no more syncing
   private connected = false;
   private maxOpsPerPush = 100;
   private maxBodyBytes = 1 << 20; // the server's, once a Welcome says (Limits)
@@ -338,6 +339,7 @@ export class FerryClient {
     for (const op of snap.ops) c.storeOp(op);
     for (const e of snap.outbox) c.outbox.set(e.id, e);
     c.st = { ...c.st, state: c.meta.session ? "offline" : "signed-out", pending: c.pendingCount() };
+    c.replica.watch?.((err) => c.replicaLost(err));
     return c;
   }
 
@@ -379,6 +381,9 @@ export class FerryClient {
   }
 
   private mustBeSignedOut(): void {
+    // Before the server makes an account or a device the replica could
+    // not keep.
+    if (this.lost) throw this.lost;
     if (this.meta.session && !this.meta.refused) throw new Error("ferry: this device is signed in; sign out first");
     // A second sign-in while one is asking the server would make a second
     // device there, whose session the client could not keep.
@@ -453,9 +458,11 @@ export class FerryClient {
    * longer counts toward the account's device limit), stops syncing and
    * forgets the device (its outbox too). It throws, changing nothing, when
    * the server cannot be asked: sign out again once online. A device the
-   * server revoked already signs out.
+   * server revoked already signs out. After the browser closed the
+   * replica's database it throws ReplicaLostError: reload the page.
    */
   async signOut(): Promise<void> {
+    if (this.lost) throw this.lost; // it could not forget the account: the next reload would find it signed in
     const s = this.meta.session;
     if (s) {
       try {
@@ -482,6 +489,10 @@ export class FerryClient {
    */
   start(): void {
     if (this.leaving) return;
+    if (this.lost) {
+      this.setStatus({ state: "failed", lastError: this.lost.message });
+      return;
+    }
     if (this.stopping) {
       this.restart = true;
       return;
@@ -491,6 +502,23 @@ export class FerryClient {
     this.run = { ctrl, done: this.loop(ctrl.signal) };
     globalThis.addEventListener?.("online", this.onOnline);
     globalThis.addEventListener?.("offline", this.onOffline);
+  }
+
+  // replicaLost ends syncing for good: the replica can store nothing more
+  // (the browser closed its database), so what the device would receive
+  // it could not keep, and what it holds in memory only a reload can
+  // square with what the replica still has. Writes throw the replica's
+  // error meanwhile.
+  private replicaLost(err: Error): void {
+    if (this.lost) return;
+    this.lost = err;
+    console.warn(err.message);
+    const r = this.run;
+    this.run = undefined;
+    globalThis.removeEventListener?.("online", this.onOnline);
+    globalThis.removeEventListener?.("offline", this.onOffline);
+    r?.ctrl.abort(err);
+    this.setStatus({ state: "failed", lastError: err.message });
   }
 
   /** Ends a reconnect backoff now, for when the network is known to be back. */
@@ -1795,6 +1823,8 @@ export class FerryClient {
   private setStatus(s: Partial<Status>): void {
     const before = JSON.stringify(this.st);
     this.st = { ...this.st, ...s };
+    // A replica lost stays the status's last word, whatever ends after it.
+    if (this.lost) this.st = { ...this.st, state: "failed", lastError: this.lost.message };
     if (JSON.stringify(this.st) !== before) this.emit({ kind: "status" });
   }
 

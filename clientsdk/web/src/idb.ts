@@ -26,6 +26,21 @@ export class ReplicaInUseError extends Error {
   }
 }
 
+/**
+ * ReplicaLostError: the browser closed the replica's database under the
+ * page (the user cleared the site's data, the browser evicted it, or
+ * another page deleted or upgraded the database). Nothing more can be
+ * stored in it: the client stops syncing (status "failed"), and its writes
+ * throw this. Reload the page to start again from what the database still
+ * holds.
+ */
+export class ReplicaLostError extends Error {
+  constructor(readonly database: string, why: string) {
+    super(`ferry: the browser closed the replica "${database}" (${why}): nothing more can be stored in it; reload the page to start again from what it still holds`);
+    this.name = "ReplicaLostError";
+  }
+}
+
 /** Where IndexedDBReplica.open finds IndexedDB and Web Locks. */
 export interface IndexedDBOptions {
   /** Defaults to the page's indexedDB. */
@@ -46,10 +61,55 @@ export interface IndexedDBOptions {
 
 /** A replica in IndexedDB; open it with IndexedDBReplica.open. */
 export class IndexedDBReplica implements Replica {
+  private lostErr?: ReplicaLostError;
+  private onLost?: (err: Error) => void;
+  private closed = false; // by close()
+
   private constructor(
+    private readonly name: string,
     private readonly db: IDBDatabase,
     private readonly release: () => void,
-  ) {}
+  ) {
+    // The browser closes the connection itself when the site's data is
+    // cleared or evicted; another page deleting or upgrading the database
+    // asks this one to close first, which it does rather than block it.
+    db.onclose = () => this.lose("its data was cleared or evicted, or its storage failed");
+    db.onversionchange = (e) => {
+      db.close();
+      this.lose(e.newVersion === null ? "another page deleted it" : `another page upgraded it to version ${e.newVersion}`);
+    };
+  }
+
+  private lose(why: string): ReplicaLostError {
+    if (!this.lostErr) {
+      this.lostErr = new ReplicaLostError(this.name, why);
+      this.release();
+      this.onLost?.(this.lostErr);
+    }
+    return this.lostErr;
+  }
+
+  /**
+   * Calls lost, once, when the browser closes the database under the page
+   * (replacing a listener given before).
+   */
+  watch(lost: (err: Error) => void): void {
+    this.onLost = lost;
+    if (this.lostErr) lost(this.lostErr);
+  }
+
+  // transaction starts a transaction, or throws ReplicaLostError once the
+  // database is closed (a closing connection throws InvalidStateError).
+  private transaction(mode: IDBTransactionMode, opts?: IDBTransactionOptions): IDBTransaction {
+    if (this.closed) throw new Error("ferry: the replica is closed");
+    if (this.lostErr) throw this.lostErr;
+    try {
+      return this.db.transaction([...stores], mode, opts);
+    } catch (err) {
+      if ((err as { name?: unknown } | undefined)?.name === "InvalidStateError") throw this.lose("its connection closed");
+      throw err;
+    }
+  }
 
   /**
    * Opens (creating if needed) the database `name`, and holds it for this
@@ -73,7 +133,7 @@ export class IndexedDBReplica implements Replica {
         if (!db.objectStoreNames.contains("outbox")) db.createObjectStore("outbox", { keyPath: "id" });
       };
       const db = await done(req);
-      return new IndexedDBReplica(db, release);
+      return new IndexedDBReplica(name, db, release);
     } catch (err) {
       release();
       throw err;
@@ -81,7 +141,7 @@ export class IndexedDBReplica implements Replica {
   }
 
   async load(): Promise<Snapshot> {
-    const tx = this.db.transaction([...stores], "readonly");
+    const tx = this.transaction("readonly");
     const [meta, convs, ops, outbox] = await Promise.all([
       done(tx.objectStore("meta").get("meta")) as Promise<Meta | undefined>,
       done(tx.objectStore("convs").getAll()) as Promise<ConvRecord[]>,
@@ -92,10 +152,11 @@ export class IndexedDBReplica implements Replica {
   }
 
   async apply(c: Change): Promise<void> {
-    const tx = this.db.transaction([...stores], "readwrite", { durability: "strict" });
+    const tx = this.transaction("readwrite", { durability: "strict" });
     const committed = new Promise<void>((resolve, reject) => {
       tx.oncomplete = () => resolve();
-      tx.onabort = () => reject(tx.error ?? new Error("ferry: IndexedDB transaction aborted"));
+      // A connection the browser closes aborts its transactions first.
+      tx.onabort = () => reject(tx.error?.name === "AbortError" ? this.lose("its connection closed") : tx.error ?? new Error("ferry: IndexedDB transaction aborted"));
       tx.onerror = () => reject(tx.error ?? new Error("ferry: IndexedDB transaction failed"));
     });
     if (c.clear) {
@@ -113,6 +174,9 @@ export class IndexedDBReplica implements Replica {
 
   /** Closes the database and lets another tab open it. */
   close(): void {
+    this.closed = true;
+    this.db.onclose = null;
+    this.db.onversionchange = null;
     this.db.close();
     this.release();
   }

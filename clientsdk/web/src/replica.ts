@@ -107,6 +107,12 @@ export interface Replica {
   load(): Promise<Snapshot>;
   apply(change: Change): Promise<void>;
   close(): void;
+  /**
+   * Calls lost, once, if the replica can no longer store anything (a
+   * database the browser closed): the client then stops syncing, with
+   * status "failed" and the error as lastError. Optional.
+   */
+  watch?(lost: (err: Error) => void): void;
 }
 
 export function emptyMeta(): Meta {

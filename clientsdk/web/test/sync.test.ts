@@ -8,9 +8,9 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
-import { IDBFactory } from "fake-indexeddb";
+import { IDBFactory, forceCloseDatabase } from "fake-indexeddb";
 
-import { FerryClient, IndexedDBReplica, MemoryReplica, unpackBatch, type ClientOptions, type MessagePage, type MessageView, type Replica } from "../src/index.js";
+import { FerryClient, IndexedDBReplica, MemoryReplica, ReplicaLostError, unpackBatch, type ClientOptions, type MessagePage, type MessageView, type Replica } from "../src/index.js";
 import { OpBatchSchema, OpKind, OpSchema, OpStatus } from "../src/gen/ferry/v1/op_pb.js";
 import { AckRequestSchema, SubscribeResponseSchema, SyncService } from "../src/gen/ferry/v1/sync_pb.js";
 import { AccountService } from "../src/gen/ferry/v1/account_pb.js";
@@ -1738,3 +1738,44 @@ test("after a restore, a device leaves its user's op of a kind it does not know 
     await srv.done();
   }
 });
+
+for (const how of ["its data was cleared", "another page deleted it"]) {
+  test(`a replica the browser closes (${how}) stops the client with an error that says to reload`, { timeout: 30_000 }, async () => {
+    const factory = new IDBFactory();
+    const replica = await IndexedDBReplica.open("closed", { factory });
+    const c = await open(replica);
+    await signUp(c, "alice");
+    await c.waitFor(() => c.status().state === "live");
+    const conv = await c.createConversation("notes", []);
+    let deleted: Promise<void> | undefined;
+    let stopping: Promise<void> | undefined;
+    if (how === "its data was cleared") {
+      // While a stop() is under way: it ends failed, not offline.
+      stopping = c.stop();
+      // (fake-indexeddb's types want the class; it takes the connection.)
+      forceCloseDatabase((replica as unknown as { db: Parameters<typeof forceCloseDatabase>[0] }).db);
+    } else {
+      // A delete waits for the page's connection to close: before, it
+      // waited for good.
+      const req = factory.deleteDatabase("closed");
+      deleted = new Promise((resolve, reject) => {
+        req.onsuccess = () => resolve();
+        req.onerror = () => reject(req.error);
+      });
+    }
+    await c.waitFor(() => c.status().state === "failed");
+    await deleted;
+    await stopping;
+    assert.equal(c.status().state, "failed");
+    assert.match(c.status().lastError ?? "", /the browser closed the replica "closed" .*reload the page/);
+    await assert.rejects(c.send(conv, "not stored"), ReplicaLostError);
+    c.start();
+    assert.equal(c.status().state, "failed", "start() does not sync into a replica that stores nothing");
+    // Nothing the server would do that the replica could not keep: no
+    // device revoked, no device made.
+    await assert.rejects(c.signOut(), ReplicaLostError);
+    await assert.rejects(c.login("someone", "correct horse battery"), ReplicaLostError);
+    await c.stop();
+    assert.equal(c.status().state, "failed");
+  });
+}

@@ -3,7 +3,9 @@ import { test } from "node:test";
 
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 
-import { fold, ulid, isULID, ulidFromBytes, unpackBatch, MalformedBatchError, OpIds, type MessageView, type MessagePage, type ConversationView } from "../src/index.js";
+import { IDBFactory, forceCloseDatabase } from "fake-indexeddb";
+
+import { fold, ulid, isULID, ulidFromBytes, unpackBatch, IndexedDBReplica, MalformedBatchError, OpIds, ReplicaLostError, type MessageView, type MessagePage, type ConversationView } from "../src/index.js";
 import { Folding, ulidTime, type FoldInput, type StatusInput } from "../src/fold.js";
 import type { Change } from "../src/replica.js";
 import { OpKind, OpSchema, PackedBatchSchema, Role, type Op, type PackedBatch } from "../src/gen/ferry/v1/op_pb.js";
@@ -790,4 +792,38 @@ test("pushPiece: a push takes at most the server's op count and keeps within its
   assert.equal(pushPiece(Array(1500).fill(10), 1000, 4 << 20), 1000);
   assert.equal(pushPiece([100, 100], 1000, 10), 1);
   assert.equal(pushPiece([], 1000, 10), 0);
+});
+
+test("IndexedDBReplica: a database the browser closes is lost at once, its writes throw, and it lets another page have it", async () => {
+  const { locks } = fakeLocks();
+  const factory = new IDBFactory();
+  const replica = await IndexedDBReplica.open("gone", { factory, locks });
+  await replica.apply({ meta: { epoch: "e", feedPos: "1", dots: {} } });
+  let lost: Error | undefined;
+  replica.watch((err) => (lost = err));
+  // With no transaction running, the browser closes the connection, and
+  // fires its close event, at once.
+  forceCloseDatabase((replica as unknown as { db: Parameters<typeof forceCloseDatabase>[0] }).db);
+  assert.ok(lost instanceof ReplicaLostError, `lost: ${lost}`);
+  assert.match(lost.message, /the browser closed the replica "gone" \(its data was cleared or evicted, or its storage failed\)/);
+  await assert.rejects(replica.apply({ meta: { epoch: "e", feedPos: "2", dots: {} } }), ReplicaLostError);
+  await assert.rejects(replica.load(), ReplicaLostError);
+  let again: Error | undefined;
+  replica.watch((err) => (again = err));
+  assert.equal(again, lost, "a watch after the loss hears of it");
+  // The lost replica holds the database's Web Lock no longer: a reload,
+  // or another tab, opens it without waiting.
+  const other = await IndexedDBReplica.open("gone", { factory, locks, waitMs: 20 });
+  assert.equal((await other.load()).meta.feedPos, "1");
+  other.close();
+  replica.close();
+});
+
+test("IndexedDBReplica: one closed by its page says so, and is not lost", async () => {
+  const replica = await IndexedDBReplica.open("shut", { factory: new IDBFactory(), locks: undefined });
+  let lost: Error | undefined;
+  replica.watch((err) => (lost = err));
+  replica.close();
+  await assert.rejects(replica.apply({}), /ferry: the replica is closed/);
+  assert.equal(lost, undefined);
 });
