@@ -295,6 +295,8 @@ function messageView(convId: string, seq: number, op: Op, failed: string | undef
 
 // refold sets m from t's message and the ops that target it, as folding
 // them in seq order would; m keeps its status.
+const none = new Uint8Array(0);
+
 function refold(t: Target, m: MessageView): void {
   const { seq, op } = t.message!;
   const fresh = messageView(m.convId, seq, op, undefined);
@@ -309,7 +311,12 @@ function refold(t: Target, m: MessageView): void {
     fresh.text = decoder.decode(edit.body);
     fresh.edited = true;
   }
-  if (deleted < Infinity) fresh.deleted = true;
+  if (deleted < Infinity) {
+    // A delete is for good: the edits' bodies go from memory, as the
+    // replica erases them.
+    fresh.deleted = true;
+    for (const e of t.edits ?? []) e.body = none;
+  }
   if (fresh.deleted) {
     // Deleted for everyone: no text, edits or reactions, as in the Go SDK.
     fresh.text = "";

@@ -199,6 +199,38 @@ function rand(seed: number): () => number {
   };
 }
 
+// holds reports whether anything reachable from root (own properties,
+// maps, sets, arrays) is a string or bytes that contain text.
+function holds(root: unknown, text: string): boolean {
+  const seen = new Set<object>();
+  const dec = new TextDecoder();
+  const visit = (v: unknown): boolean => {
+    if (typeof v === "string") return v.includes(text);
+    if (v === null || typeof v !== "object" || seen.has(v)) return false;
+    seen.add(v);
+    if (v instanceof Uint8Array) return dec.decode(v).includes(text);
+    if (v instanceof Map) return [...v].some(([k, x]) => visit(k) || visit(x));
+    if (v instanceof Set) return [...v].some(visit);
+    return Object.values(v).some(visit);
+  };
+  return visit(root);
+}
+
+test("Folding: a message deleted for everyone keeps no edit's text in memory", () => {
+  const f = new Folding("C");
+  const m = op("alice", { case: "message", value: { body: enc.encode("hello") } });
+  f.add(1, m);
+  f.add(2, op("alice", { case: "edit", value: { targetId: m.id, body: enc.encode("secret edit") } }));
+  assert.equal(f.view([])[0]!.text, "secret edit");
+  assert.ok(holds(f, "secret edit"), "the scan finds what the fold holds");
+  f.add(3, op("alice", { case: "delete", value: { targetId: m.id } }));
+  f.add(4, op("alice", { case: "edit", value: { targetId: m.id, body: enc.encode("later secret") } }));
+  const [v] = f.view([]);
+  assert.equal(v!.deleted, true);
+  assert.equal(v!.text, "");
+  assert.ok(!holds(f, "secret"), "an edit's text stayed in the fold");
+});
+
 test("Folding, stored ops in any order with views between, agrees with folding every op at once", () => {
   const seed = Number(process.env.FOLD_SEED ?? Date.now() % 1_000_000);
   for (let round = 0; round < 200; round++) {
