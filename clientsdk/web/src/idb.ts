@@ -154,10 +154,14 @@ export class IndexedDBReplica implements Replica {
   async apply(c: Change): Promise<void> {
     const tx = this.transaction("readwrite", { durability: "strict" });
     const committed = new Promise<void>((resolve, reject) => {
+      // A connection the browser closes first aborts its transactions
+      // with AbortError, which their pending requests' errors (they come
+      // first) and the abort both see as the transaction's error.
+      const failed = (what: string) =>
+        reject(tx.error?.name === "AbortError" ? this.lose("its connection closed") : tx.error ?? new Error(`ferry: IndexedDB transaction ${what}`));
       tx.oncomplete = () => resolve();
-      // A connection the browser closes aborts its transactions first.
-      tx.onabort = () => reject(tx.error?.name === "AbortError" ? this.lose("its connection closed") : tx.error ?? new Error("ferry: IndexedDB transaction aborted"));
-      tx.onerror = () => reject(tx.error ?? new Error("ferry: IndexedDB transaction failed"));
+      tx.onabort = () => failed("aborted");
+      tx.onerror = () => failed("failed");
     });
     if (c.clear) {
       tx.objectStore("convs").clear();
