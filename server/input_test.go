@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect/v2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -49,13 +50,18 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 	}
 
 	// Malformed ops are rejected one by one, with what is wrong: whether
-	// the engine finds it or the request's decoding.
+	// the engine finds it or the request's decoding. An op of a kind newer
+	// than the server comes with its payload in a field the server does
+	// not know.
+	newer := &ferryv1.Op{Id: ulid.Make().String(), Dot: 2}
+	newer.ProtoReflect().SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 42, protowire.BytesType), []byte("new")))
 	for name, tc := range map[string]struct {
 		op   *ferryv1.Op
 		want string
 	}{
 		"body over the limit": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{Body: make([]byte, 1001)}}}, "limit of 1000"},
-		"no payload":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2}, "batches[0].ops[0] has no payload"},
+		"no payload":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2}, "batches[0].ops[0] has no payload: set one of"},
+		"a newer kind":        {newer, "batches[0].ops[0] has no payload this server knows: it has field 42, which this server does not (an op kind newer than the server?)"},
 		"zero dot":            {&ferryv1.Op{Id: ulid.Make().String(), Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "dot must be 1 or more"},
 		"edit without target": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Edit{Edit: &ferryv1.Edit{}}}, "batches[0].ops[0].target_id is required"},
 		"erased set":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Erased: true, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "batches[0].ops[0].erased is set by the server"},

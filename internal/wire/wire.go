@@ -9,6 +9,7 @@ import (
 	"fmt"
 
 	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/ferrysync/ferry/engine/model"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -135,6 +136,9 @@ func parseOp(field string, conv ulid.ULID, p *ferryv1.Op, newer bool) (model.Op,
 		// A payload this version does not know decodes as none.
 		if newer {
 			return op, nil
+		}
+		if num, _, n := protowire.ConsumeTag(p.ProtoReflect().GetUnknown()); n > 0 {
+			return op, malformed("%s has no payload this server knows: it has field %d, which this server does not (an op kind newer than the server?)", field, num)
 		}
 		return op, malformed("%s has no payload: set one of create, message, edit, delete, reaction_add, reaction_remove, member_add, member_remove, member_role or set_title", field)
 	default:
