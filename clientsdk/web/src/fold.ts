@@ -293,10 +293,11 @@ function messageView(convId: string, seq: number, op: Op, failed: string | undef
   return m;
 }
 
-// refold sets m from t's message and the ops that target it, as folding
-// them in seq order would; m keeps its status.
+// none is the body of an edit whose message is deleted.
 const none = new Uint8Array(0);
 
+// refold sets m from t's message and the ops that target it, as folding
+// them in seq order would; m keeps its status.
 function refold(t: Target, m: MessageView): void {
   const { seq, op } = t.message!;
   const fresh = messageView(m.convId, seq, op, undefined);
