@@ -103,7 +103,7 @@ func TestResumeAcksWait(t *testing.T) {
 	acks := make(chan *ferryv1.Ack, 64)
 	_, alice, bob, fake, conv := heldResumeAck(t, func(srv *servertest.Server) []clientsdk.Option {
 		return []clientsdk.Option{clientsdk.WithoutCompression(),
-			clientsdk.WithHTTPClient(&http.Client{Transport: ackWatcher{next: srv.HTTP.Transport, acks: acks}})}
+			clientsdk.WithHTTPClient(&http.Client{Transport: ackWatcher(srv.HTTP.Transport, acks)})}
 	})
 	select {
 	case a := <-acks:
@@ -255,23 +255,32 @@ func nextAck(t *testing.T, acks <-chan *ferryv1.Ack) *ferryv1.Ack {
 	return nil
 }
 
-// ackWatcher reads the acks a device writes on its Sync streams
-// (uncompressed Connect envelopes) and sends them to acks.
-type ackWatcher struct {
+// syncTap shows each message a device writes on its Sync streams
+// (uncompressed Connect envelopes: WithoutCompression) to seen.
+type syncTap struct {
 	next http.RoundTripper
-	acks chan<- *ferryv1.Ack
+	seen func(*ferryv1.SyncRequest)
 }
 
-func (w ackWatcher) RoundTrip(r *http.Request) (*http.Response, error) {
+// ackWatcher is a syncTap that sends the acks to acks.
+func ackWatcher(next http.RoundTripper, acks chan<- *ferryv1.Ack) syncTap {
+	return syncTap{next: next, seen: func(req *ferryv1.SyncRequest) {
+		if req.GetAck() != nil {
+			acks <- req.GetAck()
+		}
+	}}
+}
+
+func (w syncTap) RoundTrip(r *http.Request) (*http.Response, error) {
 	if strings.HasSuffix(r.URL.Path, "/Sync") && r.Body != nil {
-		r.Body = &envelopeTap{ReadCloser: r.Body, acks: w.acks}
+		r.Body = &envelopeTap{ReadCloser: r.Body, seen: w.seen}
 	}
 	return w.next.RoundTrip(r)
 }
 
 type envelopeTap struct {
 	io.ReadCloser
-	acks chan<- *ferryv1.Ack
+	seen func(*ferryv1.SyncRequest)
 	buf  []byte
 }
 
@@ -284,8 +293,8 @@ func (e *envelopeTap) Read(p []byte) (int, error) {
 			break
 		}
 		var req ferryv1.SyncRequest
-		if e.buf[0] == 0 && proto.Unmarshal(e.buf[5:5+size], &req) == nil && req.GetAck() != nil {
-			e.acks <- req.GetAck()
+		if e.buf[0] == 0 && proto.Unmarshal(e.buf[5:5+size], &req) == nil {
+			e.seen(&req)
 		}
 		e.buf = e.buf[5+size:]
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 
@@ -342,7 +343,12 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	renumber := map[convDevice]uint64{} // the first dot to give a device's pending ops in a conversation
 	var evs []Event
 	var touched []ulid.ULID // conversations whose messages changed: their last may have
+	later := ""             // the server's reason, when it asked to push ops again later
+	taken := false          // the server stored an op of the push (or had)
 	for _, r := range pr.GetResults() {
+		if st := r.GetStatus(); st == ferryv1.OpStatus_OP_STATUS_ACCEPTED || st == ferryv1.OpStatus_OP_STATUS_DUPLICATE {
+			taken = true
+		}
 		id, err := wire.ParseID("op id", r.GetOpId())
 		if err != nil {
 			// Not an op of ours: the server answers an op it cannot read
@@ -390,6 +396,11 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 			if !slices.Contains(touched, ref.conv) {
 				touched = append(touched, ref.conv)
 			}
+		case ferryv1.OpStatus_OP_STATUS_RETRY_LATER:
+			// Not stored, for now: it stays pending, and goes again as it
+			// is once the server's delay has passed (flush holds every
+			// push until then).
+			later = r.GetMessage()
 		case ferryv1.OpStatus_OP_STATUS_REJECTED:
 			switch r.GetReason() {
 			case ferryv1.RejectReason_REJECT_REASON_DOT_GAP, ferryv1.RejectReason_REJECT_REASON_DOT_REUSED:
@@ -447,8 +458,15 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	for _, conv := range touched {
 		evs = append(evs, ConversationChanged{Conv: conv})
 	}
+	released := false
+	switch {
+	case later != "":
+		s.holdPushes(time.Duration(pr.GetRetryAfterMs())*time.Millisecond, later)
+	case taken:
+		released = s.releasePushes()
+	}
 	d.emit(append(evs, StatusChanged{Status: d.statusLocked()})...)
-	if len(renumber) > 0 {
+	if len(renumber) > 0 || later != "" || released {
 		s.wakeFlush()
 	}
 	return nil

@@ -99,6 +99,14 @@ func retryable(err error) bool {
 	return true
 }
 
+// ErrPushDeferred is in Status.Err, with the server's reason, while the
+// server turns this device's ops away for now (its disk is nearly full, or
+// the user's devices push more than its push limit): they wait in the
+// outbox, and go again at Status.RetryAt, the session staying live. It
+// clears once the server takes a push. A SyncOnce whose context ends while
+// ops wait returns an error that wraps it too.
+var ErrPushDeferred = errors.New("ferry: the server cannot take new ops for now; they wait in the outbox")
+
 // goaway asks to reconnect after a delay.
 type goaway struct{ after time.Duration }
 
@@ -260,6 +268,12 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 			return d.ackNow(ctx)
 		}
 		if ctx.Err() != nil {
+			d.mu.Lock()
+			waiting := d.status.Err
+			d.mu.Unlock()
+			if errors.Is(waiting, ErrPushDeferred) {
+				return fmt.Errorf("ferry: sync: %w; %w", ctx.Err(), waiting)
+			}
 			return ctx.Err()
 		}
 		var ga *goaway
@@ -324,6 +338,14 @@ type session struct {
 	nextReq  uint64
 	inflight map[uint64][]ulid.ULID // push request id -> op ids
 	sent     map[ulid.ULID]uint64   // op ids in flight -> the request id of the last push that holds them
+	// pushAt holds every push back until then: the server answered ops
+	// RETRY_LATER (its disk nearly full, or the push limit), and later
+	// ops of their devices may not pass them. Set by the receiver.
+	pushAt time.Time
+
+	// wait fires when pushAt has passed, to flush: the sender's alone.
+	wait  Timer
+	waitC <-chan time.Time
 }
 
 // accepted notes the ops a push result accepted beyond the heads the
@@ -421,6 +443,11 @@ func (d *Device) session(outer, stream context.Context, once bool) (live bool, e
 	}()
 	hb := d.opts.clock.NewTimer(d.opts.heartbeat)
 	defer hb.Stop()
+	defer func() {
+		if s.wait != nil {
+			s.wait.Stop()
+		}
+	}()
 	// Acks gather for ackDelay after the first marker to send, or for
 	// resumeAckDelay when only markers nobody else sees wait.
 	var ackDue <-chan time.Time
@@ -453,6 +480,9 @@ func (d *Device) session(outer, stream context.Context, once bool) (live bool, e
 		case <-d.outboxWake:
 			s.flush()
 		case <-s.flushWake:
+			s.flush()
+		case <-s.waitC:
+			s.waitC = nil
 			s.flush()
 		case <-d.ackWake:
 			if d.opts.ackDelay == 0 {
@@ -489,9 +519,22 @@ const maxPush = 1000
 const pushFraming = 64 << 10
 
 // flush pushes outbox entries not already in flight, in outbox order (which
-// is dot order within each conversation).
+// is dot order within each conversation). While the server asked to wait
+// (pushAt), it pushes nothing, and flushes again when the wait is over.
 func (s *session) flush() {
 	d := s.d
+	s.mu.Lock()
+	wait := s.pushAt.Sub(d.opts.clock.Now())
+	s.mu.Unlock()
+	if wait > 0 {
+		if s.wait == nil {
+			s.wait = d.opts.clock.NewTimer(wait)
+		} else {
+			s.wait.Reset(wait)
+		}
+		s.waitC = s.wait.C()
+		return
+	}
 	type item struct {
 		conv ulid.ULID
 		op   *ferryv1.Op
@@ -561,6 +604,43 @@ func (s *session) flush() {
 		s.wakeFlush()
 	}
 }
+
+// holdPushes holds every push back for after, and up to a fifth more at
+// random (the devices the server turned away together do not all come
+// back together), at least minPushWait: the server answered ops
+// RETRY_LATER, saying why. Status says so meanwhile. d.mu is held.
+func (s *session) holdPushes(after time.Duration, why string) {
+	d := s.d
+	after = max(after, minPushWait)
+	at := d.opts.clock.Now().Add(after + time.Duration(rand.Int64N(int64(after)/5+1)))
+	s.mu.Lock()
+	if at.After(s.pushAt) {
+		s.pushAt = at
+	}
+	at = s.pushAt
+	s.mu.Unlock()
+	d.status.Err, d.status.RetryAt = fmt.Errorf("%w: %s", ErrPushDeferred, why), at
+	d.log.Warn("the server asked to push again later", "in", at.Sub(d.opts.clock.Now()).Round(time.Millisecond), "why", why)
+}
+
+// releasePushes ends a hold (holdPushes) early: the server took a push
+// sent after the one it turned away, so what turned it away is over. It
+// reports whether there was a hold. d.mu is held.
+func (s *session) releasePushes() bool {
+	s.mu.Lock()
+	held := s.pushAt.After(s.d.opts.clock.Now())
+	s.pushAt = time.Time{}
+	s.mu.Unlock()
+	if errors.Is(s.d.status.Err, ErrPushDeferred) {
+		s.d.status.Err, s.d.status.RetryAt = nil, time.Time{}
+	}
+	return held
+}
+
+// minPushWait is the least a device waits before pushing ops the server
+// answered RETRY_LATER again, whatever delay it asked for (none, from a
+// server that did not say).
+const minPushWait = 100 * time.Millisecond
 
 func (s *session) wakeFlush() {
 	select {

@@ -40,10 +40,11 @@ const (
 	pushAccepted = iota
 	pushDuplicate
 	pushRejected
+	pushRetryLater
 	pushResults
 )
 
-var pushResultNames = [pushResults]string{"accepted", "duplicate", "rejected"}
+var pushResultNames = [pushResults]string{"accepted", "duplicate", "rejected", "retry_later"}
 
 func newStats() *stats {
 	return &stats{pushTime: metric.NewHistogram(metric.LatencyBounds...), liveDelay: metric.NewHistogram(metric.LatencyBounds...)}
@@ -73,6 +74,8 @@ func (st *stats) pushed(results []*ferryv1.OpResult) {
 			n[pushAccepted]++
 		case ferryv1.OpStatus_OP_STATUS_DUPLICATE:
 			n[pushDuplicate]++
+		case ferryv1.OpStatus_OP_STATUS_RETRY_LATER:
+			n[pushRetryLater]++
 		default:
 			n[pushRejected]++
 		}
@@ -110,7 +113,7 @@ type Metrics struct {
 	// A session is a call too, counted when it ends.
 	Calls map[string]map[connect.Code]uint64
 	// PushOps counts pushed ops by answer: "accepted", "duplicate",
-	// "rejected".
+	// "rejected", "retry_later".
 	PushOps map[string]uint64
 	// PushTime is how long pushes took to be answered, durable.
 	PushTime metric.Snapshot

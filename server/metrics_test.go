@@ -74,7 +74,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	mustCode(t, "history without a token", err, connect.CodeUnauthenticated)
 
 	m3 := srv.Server.Metrics()
-	if want := map[string]uint64{"accepted": 6, "duplicate": 1, "rejected": 1}; fmt.Sprint(m3.PushOps) != fmt.Sprint(want) {
+	if want := map[string]uint64{"accepted": 6, "duplicate": 1, "rejected": 1, "retry_later": 0}; fmt.Sprint(m3.PushOps) != fmt.Sprint(want) {
 		t.Fatalf("push answers %v, want %v", m3.PushOps, want)
 	}
 	if n := m3.Calls[ferryv1connect.SyncServicePushProcedure][0]; n != 7 {

@@ -149,6 +149,7 @@ func (l *pushLimiter) pruneFull(now time.Time) {
 // wait ends early, giving the ops back, when ctx ends, or stop is closed
 // (errSenderEnded): a Sync session's end, which sends its Goaway first. A
 // unary push (stop nil) ends its wait when the server goes away.
+// A refusal is a *deferral, which push answers as its call needs.
 func (s *Server) throttlePush(ctx context.Context, user ulid.ULID, n int, stop <-chan struct{}) error {
 	return s.throttle(ctx, user, n, stop, true)
 }
@@ -164,9 +165,9 @@ func (s *Server) throttle(ctx context.Context, user ulid.ULID, n int, stop <-cha
 	wait, ok := s.pushes.reserve(user, n, refuse)
 	if !ok {
 		s.stats.pushesRefused.Add(1)
-		return throttled(fmt.Sprintf(
+		return &deferral{after: wait, msg: fmt.Sprintf(
 			"this user's devices push more than the push limit, %d ops a second (an op counting one more per 4 KiB of its body), from several calls at once; retry in %s",
-			s.opts.PushLimit, wait.Round(time.Millisecond)), wait)
+			s.opts.PushLimit, wait.Round(time.Millisecond))}
 	}
 	if wait <= 0 {
 		return nil
@@ -194,4 +195,13 @@ func (s *Server) throttle(ctx context.Context, user ulid.ULID, n int, stop <-cha
 		s.pushes.refund(user, n)
 		return errSenderEnded
 	}
+}
+
+// retryAfterMs is PushResult.retry_after_ms for d: rounded up to whole
+// milliseconds, so that a client waiting it finds the push fits.
+func retryAfterMs(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	return uint32(min((d+time.Millisecond-1)/time.Millisecond, math.MaxUint32))
 }

@@ -82,13 +82,37 @@ func TestPushLimit(t *testing.T) {
 	if m := srv.Server.Metrics(); m.PushesRefused != 1 {
 		t.Fatalf("%d pushes refused, want 1", m.PushesRefused)
 	}
+	// On a Sync stream the same refusal answers each op RETRY_LATER, with
+	// the delay, and the session goes on.
+	s := alice.open(hello("", 0))
+	s.untilCaughtUp()
+	s.push(6, conv, messages(1000)...)
+	r := s.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()
+	if len(r.GetResults()) != 1000 {
+		t.Fatalf("a stream's push of 10 s past the limit: %d results, want 1000", len(r.GetResults()))
+	}
+	for _, res := range r.GetResults() {
+		if res.GetStatus() != ferryv1.OpStatus_OP_STATUS_RETRY_LATER || !strings.Contains(res.GetMessage(), "push limit, 100 ops a second") {
+			t.Fatalf("a stream's push of 10 s past the limit answered %v, want RETRY_LATER naming the limit", res)
+		}
+	}
+	if d := r.GetRetryAfterMs(); d < 400 || d > 600 {
+		t.Fatalf("a stream's refused push: retry_after_ms %d, want about 500", d)
+	}
+	alice.dots[conv] -= 1000
+	seq := bob.send(conv, "the session is live")
+	s.until(func(m *ferryv1.SyncResponse) bool { _, ok := s.held[conv][seq]; return ok })
+	s.close()
+	if m := srv.Server.Metrics(); m.PushesRefused != 2 || m.PushOps["retry_later"] != 1000 {
+		t.Fatalf("%d pushes refused, %d ops to retry later; want 2 and 1000", m.PushesRefused, m.PushOps["retry_later"])
+	}
 	page, err := alice.Sync.History(ctx, &ferryv1.HistoryRequest{ConversationId: conv, Range: &ferryv1.HistoryRequest_AfterSeq{AfterSeq: 1000}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 2 + 998 + bob's 1; the 50 are still waiting.
-	if page.GetHead() != 1001 {
-		t.Fatalf("head %d after the refused push, want 1001", page.GetHead())
+	// 2 + 998 + bob's 2; the 50 are still waiting.
+	if page.GetHead() != 1002 {
+		t.Fatalf("head %d after the refused pushes, want 1002", page.GetHead())
 	}
 
 	srv.Clock.Advance(499 * time.Millisecond)
@@ -106,7 +130,7 @@ func TestPushLimit(t *testing.T) {
 	// heartbeat intervals without a message from the client, who cannot
 	// send while the server does not read. The session lives on, answers
 	// the push, and still ends a client that then falls silent.
-	s := alice.open(hello("", 0))
+	s = alice.open(hello("", 0))
 	s.untilCaughtUp()
 	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: 7,
 		Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(500)}}}}})
@@ -114,7 +138,7 @@ func TestPushLimit(t *testing.T) {
 	for range 5 {
 		srv.Clock.Advance(time.Second)
 	}
-	r := s.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()
+	r = s.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()
 	if r.GetRequestId() != 7 || len(r.GetResults()) != 500 || r.GetResults()[499].GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED {
 		t.Fatalf("push result %d with %d results", r.GetRequestId(), len(r.GetResults()))
 	}
@@ -152,8 +176,8 @@ func TestPushLimit(t *testing.T) {
 	if m := s.until(func(m *ferryv1.SyncResponse) bool { return m.GetGoaway() != nil || m.GetPushResult() != nil }); m.GetGoaway() == nil {
 		t.Fatalf("a Sync session with a throttled push got %v, not Goaway, as the server went away", m)
 	}
-	if m := srv.Server.Metrics(); m.PushOps["accepted"] != 2+998+1+50+500+1000 {
-		t.Fatalf("%d ops accepted, want 2551: the last pushes stored nothing", m.PushOps["accepted"])
+	if m := srv.Server.Metrics(); m.PushOps["accepted"] != 2+998+2+50+500+1000 {
+		t.Fatalf("%d ops accepted, want 2552: the last pushes stored nothing", m.PushOps["accepted"])
 	}
 }
 

@@ -35,6 +35,13 @@ var _ ferryv1connect.SyncServiceHandler = syncService{}
 // ends or stop, a Sync session's end, is closed; a unary Push (stop nil)
 // also stops waiting when the server goes away.
 //
+// A push the server cannot take for now (the push limit refuses it, or the
+// disk is nearly full) fails whole on a unary Push. On a Sync stream
+// (stop not nil) its valid ops are answered RETRY_LATER instead, with the
+// delay in pushedOps.retryAfter, and the session goes on: ending it would
+// cut the device's live updates, and cost a catch-up, for a write that
+// has to wait anyway.
+//
 // On a Sync stream whose client asked for Hello.skip_own_ops, pushing
 // gets the valid ops before they are appended, so that the session's live
 // rounds leave them out; push returns them, with their seqs, and those
@@ -44,8 +51,15 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 	if err != nil {
 		return nil, pushedOps{}, err
 	}
-	if err := s.throttlePush(ctx, a.User, pushCost(ops), stop); err != nil {
-		return nil, pushedOps{}, err
+	cost := pushCost(ops)
+	var later *deferral // why the push's valid ops must wait, on a stream
+	if err := s.throttlePush(ctx, a.User, cost, stop); err != nil {
+		if !errors.As(err, &later) {
+			return nil, pushedOps{}, err
+		}
+		if stop == nil {
+			return nil, pushedOps{}, throttled(later.msg, later.after)
+		}
 	}
 	start := s.opts.Clock.Now()
 	results := make([]*ferryv1.OpResult, len(ops))
@@ -68,32 +82,66 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 		at = append(at, i)
 	}
 	var counted []model.Op
-	if len(valid) > 0 {
+	if len(valid) > 0 && later == nil {
 		if pushing != nil {
 			counted = pushing.Add(valid)
 		}
 		// An error gives no ops back to the push limit: an Append whose
-		// ctx ended may still commit.
+		// ctx ended may still commit. One refused for want of disk space
+		// stored nothing.
 		res, err := s.eng.Append(ctx, a, valid)
-		if err != nil {
+		switch {
+		case stop != nil && errors.Is(err, engine.ErrDiskFull):
+			pushing.Remove(counted)
+			counted = nil
+			s.pushes.refund(a.User, cost)
+			later = &deferral{msg: err.Error(), after: diskFullRetry}
+		case err != nil:
 			return nil, pushedOps{}, connectError(err)
+		default:
+			for i, r := range resultsToProto(res) {
+				results[at[i]] = r
+				valid[i].Seq = res[i].Seq // 0 when rejected
+			}
 		}
-		for i, r := range resultsToProto(res) {
-			results[at[i]] = r
-			valid[i].Seq = res[i].Seq // 0 when rejected
+	}
+	var retryAfter time.Duration
+	if later != nil && len(valid) > 0 {
+		for _, i := range at {
+			results[i] = &ferryv1.OpResult{
+				ConversationId: ops[i].Conv.String(), OpId: ops[i].ID.String(),
+				Status: ferryv1.OpStatus_OP_STATUS_RETRY_LATER, Message: later.msg,
+			}
 		}
+		valid, retryAfter = nil, later.after
 	}
 	s.stats.pushed(results)
 	s.stats.pushTime.Observe(s.opts.Clock.Now().Sub(start))
-	return results, pushedOps{ops: valid, counted: counted}, nil
+	return results, pushedOps{ops: valid, counted: counted, retryAfter: retryAfter}, nil
 }
+
+// deferral is why a push's ops must wait, and for how long: the push
+// limit's refusal, or a disk nearly full.
+type deferral struct {
+	msg   string
+	after time.Duration
+}
+
+func (d *deferral) Error() string { return d.msg }
+
+// diskFullRetry is how long a client whose ops wait for disk space waits
+// before pushing them again: an operator frees space in minutes, not
+// seconds, and every device with an outbox asks again.
+const diskFullRetry = 15 * time.Second
 
 // pushedOps are a push's valid ops, with their seqs once appended, and
 // those of them the stream's Pushing counted: to remove from it once the
-// push's result is sent.
+// push's result is sent. retryAfter is the delay of ops answered
+// RETRY_LATER, which are not among ops.
 type pushedOps struct {
-	ops     []model.Op
-	counted []model.Op
+	ops        []model.Op
+	counted    []model.Op
+	retryAfter time.Duration
 }
 
 // maxOpsPerPush caps one push; the engine's default limit.
@@ -1094,7 +1142,8 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) (engine.Pen
 			(*f)()
 		}
 		select {
-		case l.results <- &answer{&ferryv1.PushResult{RequestId: msg.Push.GetRequestId(), Results: results}, pushed}:
+		case l.results <- &answer{&ferryv1.PushResult{RequestId: msg.Push.GetRequestId(), Results: results,
+			RetryAfterMs: retryAfterMs(pushed.retryAfter)}, pushed}:
 			l.wake()
 		case <-l.p.ended:
 			return engine.Pending{}, errSenderEnded // syncErr returns the sender's error

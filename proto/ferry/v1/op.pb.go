@@ -164,6 +164,16 @@ const (
 	OpStatus_OP_STATUS_DUPLICATE OpStatus = 2
 	// Not stored. Retrying the same op will not help; see reason.
 	OpStatus_OP_STATUS_REJECTED OpStatus = 3
+	// Not stored, for now: the server cannot take new ops at the moment
+	// (its disk is nearly full, or the user's devices push more than the
+	// push limit from several calls at once; message says which). Push the
+	// op again unchanged (the same id and dot) once PushResult.retry_after_ms
+	// have passed, and no later op of its device in its conversation before
+	// it. Only a Sync stream answers so, and the session goes on, live; a
+	// unary Push fails whole instead (UNAVAILABLE or RESOURCE_EXHAUSTED).
+	// A client that does not know this status keeps the op pending, which
+	// is what it asks.
+	OpStatus_OP_STATUS_RETRY_LATER OpStatus = 4
 )
 
 // Enum value maps for OpStatus.
@@ -173,12 +183,14 @@ var (
 		1: "OP_STATUS_ACCEPTED",
 		2: "OP_STATUS_DUPLICATE",
 		3: "OP_STATUS_REJECTED",
+		4: "OP_STATUS_RETRY_LATER",
 	}
 	OpStatus_value = map[string]int32{
 		"OP_STATUS_UNSPECIFIED": 0,
 		"OP_STATUS_ACCEPTED":    1,
 		"OP_STATUS_DUPLICATE":   2,
 		"OP_STATUS_REJECTED":    3,
+		"OP_STATUS_RETRY_LATER": 4,
 	}
 )
 
@@ -1816,12 +1828,13 @@ const file_ferry_v1_op_proto_rawDesc = "" +
 	"\x15OP_KIND_MEMBER_REMOVE\x10\b\x12\x17\n" +
 	"\x13OP_KIND_MEMBER_ROLE\x10\t\x12\x15\n" +
 	"\x11OP_KIND_SET_TITLE\x10\n" +
-	"*n\n" +
+	"*\x89\x01\n" +
 	"\bOpStatus\x12\x19\n" +
 	"\x15OP_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12OP_STATUS_ACCEPTED\x10\x01\x12\x17\n" +
 	"\x13OP_STATUS_DUPLICATE\x10\x02\x12\x16\n" +
-	"\x12OP_STATUS_REJECTED\x10\x03*\xb3\x02\n" +
+	"\x12OP_STATUS_REJECTED\x10\x03\x12\x19\n" +
+	"\x15OP_STATUS_RETRY_LATER\x10\x04*\xb3\x02\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REJECT_REASON_DOT_GAP\x10\x01\x12\x1c\n" +

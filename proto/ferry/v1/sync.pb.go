@@ -1245,7 +1245,10 @@ type PushResult struct {
 	// change up to this feed position has now been sent. Zero when the
 	// result was answered during the catch-up: the ops come back in a later
 	// round, as they do without the option.
-	FeedPos       uint64 `protobuf:"varint,3,opt,name=feed_pos,json=feedPos,proto3" json:"feed_pos,omitempty"`
+	FeedPos uint64 `protobuf:"varint,3,opt,name=feed_pos,json=feedPos,proto3" json:"feed_pos,omitempty"`
+	// When some op was answered OP_STATUS_RETRY_LATER: how long to wait, in
+	// milliseconds, before pushing those ops again. Zero otherwise.
+	RetryAfterMs  uint32 `protobuf:"varint,4,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1297,6 +1300,13 @@ func (x *PushResult) GetResults() []*OpResult {
 func (x *PushResult) GetFeedPos() uint64 {
 	if x != nil {
 		return x.FeedPos
+	}
+	return 0
+}
+
+func (x *PushResult) GetRetryAfterMs() uint32 {
+	if x != nil {
+		return x.RetryAfterMs
 	}
 	return 0
 }
@@ -2148,13 +2158,14 @@ const file_ferry_v1_sync_proto_rawDesc = "" +
 	"\x04Push\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12+\n" +
-	"\abatches\x18\x02 \x03(\v2\x11.ferry.v1.OpBatchR\abatches\"t\n" +
+	"\abatches\x18\x02 \x03(\v2\x11.ferry.v1.OpBatchR\abatches\"\x9a\x01\n" +
 	"\n" +
 	"PushResult\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12,\n" +
 	"\aresults\x18\x02 \x03(\v2\x12.ferry.v1.OpResultR\aresults\x12\x19\n" +
-	"\bfeed_pos\x18\x03 \x01(\x04R\afeedPos\"1\n" +
+	"\bfeed_pos\x18\x03 \x01(\x04R\afeedPos\x12$\n" +
+	"\x0eretry_after_ms\x18\x04 \x01(\rR\fretryAfterMs\"1\n" +
 	"\x03Ack\x12*\n" +
 	"\amarkers\x18\x01 \x03(\v2\x10.ferry.v1.MarkerR\amarkers\";\n" +
 	"\tHeartbeat\x12.\n" +

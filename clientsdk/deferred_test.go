@@ -1,0 +1,151 @@
+package clientsdk_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/ferrysync/ferry/clientsdk"
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/internal/clock"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+	"github.com/ferrysync/ferry/server/servertest"
+)
+
+// TestDeferredPushesWaitOnALiveSession: while the server's disk is nearly
+// full, it answers a pushed message RETRY_LATER. The device stays live on
+// the same session, its status says why the message waits and when it
+// goes again, it pushes again when that time comes (and waits again while
+// the disk is still full), and once space is freed the message is sent.
+// The session never ends: no Sync call fails.
+func TestDeferredPushesWaitOnALiveSession(t *testing.T) {
+	fs := vfs.NewMem()
+	engineClock := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) {
+		o.FS, o.Clock, o.MinFreeDisk = fs, engineClock, 100<<20
+	}})
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	// pushedAt holds when, on alice's clock, each push left her device.
+	var mu sync.Mutex
+	var pushedAt []time.Time
+	tap := syncTap{next: srv.HTTP.Transport, seen: func(req *ferryv1.SyncRequest) {
+		if req.GetPush() != nil {
+			mu.Lock()
+			pushedAt = append(pushedAt, fake.Now())
+			mu.Unlock()
+		}
+	}}
+	alice := device(t, srv, "alice", false, clientsdk.WithClock(fake),
+		clientsdk.WithoutCompression(), clientsdk.WithHTTPClient(&http.Client{Transport: tap}))
+	conv, err := alice.CreateConversation(ctx, "notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "live", func() bool { return alice.Status().State == clientsdk.StateLive && alice.Status().Pending == 0 })
+	mu.Lock()
+	before := len(pushedAt) // the conversation's create
+	mu.Unlock()
+
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 20, TotalBytes: 10 << 30})
+	engineClock.Advance(time.Second)
+	id, err := alice.Send(ctx, conv, []byte("kept for later"), "text/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// deferred waits until the status says the message waits, with a
+	// retry after since, and returns it.
+	deferred := func(since time.Time) clientsdk.Status {
+		t.Helper()
+		var st clientsdk.Status
+		waitFor(t, alice, "the push deferred", func() bool {
+			st = alice.Status()
+			return errors.Is(st.Err, clientsdk.ErrPushDeferred) && st.RetryAt.After(since)
+		})
+		if st.State != clientsdk.StateLive || st.Pending != 1 {
+			t.Fatalf("status %+v while the push waits, want live with one pending", st)
+		}
+		if !strings.Contains(st.Err.Error(), "disk is nearly full") {
+			t.Fatalf("status error %q, want the server's reason", st.Err)
+		}
+		// The server asks for 15 s; the device adds up to a fifth.
+		if d := st.RetryAt.Sub(fake.Now()); d < 15*time.Second || d > 18*time.Second {
+			t.Fatalf("pushes again in %v, want 15 to 18 s", d)
+		}
+		return st
+	}
+	start := fake.Now()
+	st := deferred(time.Time{})
+	retries := []time.Time{start, st.RetryAt}
+	if s := status(t, alice, conv, id); s != clientsdk.StatusPending {
+		t.Fatalf("message status %v, want pending", s)
+	}
+
+	// Still full when the time comes: pushed again, and deferred again.
+	fake.Advance(st.RetryAt.Sub(fake.Now()))
+	st = deferred(st.RetryAt)
+	retries = append(retries, st.RetryAt)
+
+	// Space is freed: the next push is taken.
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 30, TotalBytes: 10 << 30})
+	engineClock.Advance(time.Second)
+	fake.Advance(st.RetryAt.Sub(fake.Now()))
+	waitFor(t, alice, "the message sent", func() bool { return alice.Status().Pending == 0 })
+	if s := status(t, alice, conv, id); s != clientsdk.StatusSent {
+		t.Fatalf("message status %v after space was freed, want sent", s)
+	}
+	if st := alice.Status(); st.Err != nil || !st.RetryAt.IsZero() || st.State != clientsdk.StateLive {
+		t.Fatalf("status %+v once the message went, want live without an error", st)
+	}
+	// The message went three times, each when its time came: at once,
+	// and at each RetryAt, never sooner.
+	mu.Lock()
+	if got := pushedAt[before:]; !slices.Equal(got, retries) {
+		t.Errorf("pushes at %v, want %v", got, retries)
+	}
+	mu.Unlock()
+	if m := srv.Server.Metrics(); m.PushOps["retry_later"] != 2 || m.Calls[ferryv1connect.SyncServiceSyncProcedure][connect.CodeUnavailable] != 0 {
+		t.Fatalf("%d ops answered retry_later, Sync calls %v: want 2, and no session ended unavailable",
+			m.PushOps["retry_later"], m.Calls[ferryv1connect.SyncServiceSyncProcedure])
+	}
+}
+
+// TestSyncOnceSaysOpsWait: a SyncOnce cut while the server turns the
+// device's ops away says so, beside the context's error.
+func TestSyncOnceSaysOpsWait(t *testing.T) {
+	fs := vfs.NewMem()
+	engineClock := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) {
+		o.FS, o.Clock, o.MinFreeDisk = fs, engineClock, 100<<20
+	}})
+	alice := device(t, srv, "alice", false)
+	conv, err := alice.CreateConversation(ctx, "notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 20, TotalBytes: 10 << 30})
+	engineClock.Advance(time.Second)
+	if _, err := alice.Send(ctx, conv, []byte("kept for later"), "text/plain"); err != nil {
+		t.Fatal(err)
+	}
+	once, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- alice.SyncOnce(once) }()
+	waitFor(t, alice, "the push deferred", func() bool { return errors.Is(alice.Status().Err, clientsdk.ErrPushDeferred) })
+	cancel()
+	err = <-done
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, clientsdk.ErrPushDeferred) || !strings.Contains(err.Error(), "disk is nearly full") {
+		t.Fatalf("SyncOnce cut while its op waits: %v, want it to say the op waits, and why", err)
+	}
+}
