@@ -446,10 +446,12 @@ func (f *Ferry) Prepare(ctx context.Context, clients int, members [][]int) error
 	})
 }
 
+// rejected is an error for the first op of rs the server did not store
+// (or had not, before), nil when it stored them all.
 func rejected(rs []*ferryv1.OpResult) error {
 	for _, r := range rs {
-		if r.GetStatus() == ferryv1.OpStatus_OP_STATUS_REJECTED {
-			return fmt.Errorf("op rejected: %s: %s", r.GetReason(), r.GetMessage())
+		if st := r.GetStatus(); st != ferryv1.OpStatus_OP_STATUS_ACCEPTED && st != ferryv1.OpStatus_OP_STATUS_DUPLICATE {
+			return fmt.Errorf("op %s: %s: %s", st, r.GetReason(), r.GetMessage())
 		}
 	}
 	return nil

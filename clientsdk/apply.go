@@ -343,12 +343,8 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	renumber := map[convDevice]uint64{} // the first dot to give a device's pending ops in a conversation
 	var evs []Event
 	var touched []ulid.ULID // conversations whose messages changed: their last may have
-	later := ""             // the server's reason, when it asked to push ops again later
-	taken := false          // the server stored an op of the push (or had)
+	later, why := false, "" // the server asked to push ops again later, and why
 	for _, r := range pr.GetResults() {
-		if st := r.GetStatus(); st == ferryv1.OpStatus_OP_STATUS_ACCEPTED || st == ferryv1.OpStatus_OP_STATUS_DUPLICATE {
-			taken = true
-		}
 		id, err := wire.ParseID("op id", r.GetOpId())
 		if err != nil {
 			// Not an op of ours: the server answers an op it cannot read
@@ -400,7 +396,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 			// Not stored, for now: it stays pending, and goes again as it
 			// is once the server's delay has passed (flush holds every
 			// push until then).
-			later = r.GetMessage()
+			later, why = true, r.GetMessage()
 		case ferryv1.OpStatus_OP_STATUS_REJECTED:
 			switch r.GetReason() {
 			case ferryv1.RejectReason_REJECT_REASON_DOT_GAP, ferryv1.RejectReason_REJECT_REASON_DOT_REUSED:
@@ -459,14 +455,13 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 		evs = append(evs, ConversationChanged{Conv: conv})
 	}
 	released := false
-	switch {
-	case later != "":
-		s.holdPushes(time.Duration(pr.GetRetryAfterMs())*time.Millisecond, later)
-	case taken:
+	if later {
+		s.holdPushes(time.Duration(pr.GetRetryAfterMs())*time.Millisecond, why)
+	} else {
 		released = s.releasePushes()
 	}
 	d.emit(append(evs, StatusChanged{Status: d.statusLocked()})...)
-	if len(renumber) > 0 || later != "" || released {
+	if len(renumber) > 0 || released {
 		s.wakeFlush()
 	}
 	return nil

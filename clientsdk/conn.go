@@ -15,6 +15,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrysync/ferry/internal/clock"
 	"github.com/ferrysync/ferry/internal/failpoint"
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -269,7 +270,7 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 		}
 		if ctx.Err() != nil {
 			d.mu.Lock()
-			waiting := d.status.Err
+			waiting := d.statusLocked().Err
 			d.mu.Unlock()
 			if errors.Is(waiting, ErrPushDeferred) {
 				return fmt.Errorf("ferry: sync: %w; %w", ctx.Err(), waiting)
@@ -340,12 +341,11 @@ type session struct {
 	sent     map[ulid.ULID]uint64   // op ids in flight -> the request id of the last push that holds them
 	// pushAt holds every push back until then: the server answered ops
 	// RETRY_LATER (its disk nearly full, or the push limit), and later
-	// ops of their devices may not pass them. Set by the receiver.
+	// ops of their devices may not pass them. Set by the receiver, which
+	// arms wait, a timer that wakes flush then; the session's end stops
+	// it.
 	pushAt time.Time
-
-	// wait fires when pushAt has passed, to flush: the sender's alone.
-	wait  Timer
-	waitC <-chan time.Time
+	wait   Timer
 }
 
 // accepted notes the ops a push result accepted beyond the heads the
@@ -418,7 +418,7 @@ func (d *Device) session(outer, stream context.Context, once bool) (live bool, e
 	defer st.Close()
 	d.mu.Lock()
 	hello := &ferryv1.Hello{Epoch: d.epoch, FeedPos: d.feedPos, PageSize: uint32(max(d.opts.pageSize, 0)), Client: d.opts.client,
-		PackedOps: true, SkipOwnOps: true}
+		PackedOps: true, SkipOwnOps: true, RetryLater: true}
 	d.mu.Unlock()
 	if err := st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}}); err != nil {
 		// A refused stream fails Send with a bare EOF; Receive has the status.
@@ -444,9 +444,11 @@ func (d *Device) session(outer, stream context.Context, once bool) (live bool, e
 	hb := d.opts.clock.NewTimer(d.opts.heartbeat)
 	defer hb.Stop()
 	defer func() {
+		s.mu.Lock()
 		if s.wait != nil {
 			s.wait.Stop()
 		}
+		s.mu.Unlock()
 	}()
 	// Acks gather for ackDelay after the first marker to send, or for
 	// resumeAckDelay when only markers nobody else sees wait.
@@ -480,9 +482,6 @@ func (d *Device) session(outer, stream context.Context, once bool) (live bool, e
 		case <-d.outboxWake:
 			s.flush()
 		case <-s.flushWake:
-			s.flush()
-		case <-s.waitC:
-			s.waitC = nil
 			s.flush()
 		case <-d.ackWake:
 			if d.opts.ackDelay == 0 {
@@ -520,19 +519,13 @@ const pushFraming = 64 << 10
 
 // flush pushes outbox entries not already in flight, in outbox order (which
 // is dot order within each conversation). While the server asked to wait
-// (pushAt), it pushes nothing, and flushes again when the wait is over.
+// (pushAt), it pushes nothing: the wait's timer flushes when it is over.
 func (s *session) flush() {
 	d := s.d
 	s.mu.Lock()
-	wait := s.pushAt.Sub(d.opts.clock.Now())
+	held := s.pushAt.After(d.opts.clock.Now())
 	s.mu.Unlock()
-	if wait > 0 {
-		if s.wait == nil {
-			s.wait = d.opts.clock.NewTimer(wait)
-		} else {
-			s.wait.Reset(wait)
-		}
-		s.waitC = s.wait.C()
+	if held {
 		return
 	}
 	type item struct {
@@ -608,28 +601,44 @@ func (s *session) flush() {
 // holdPushes holds every push back for after, and up to a fifth more at
 // random (the devices the server turned away together do not all come
 // back together), at least minPushWait: the server answered ops
-// RETRY_LATER, saying why. Status says so meanwhile. d.mu is held.
+// RETRY_LATER, saying why. Status says so meanwhile. The timer that ends
+// the hold is armed before the status tells anyone when it ends. d.mu is
+// held.
 func (s *session) holdPushes(after time.Duration, why string) {
 	d := s.d
+	if why == "" {
+		why = "the server asked to push them again later"
+	}
 	after = max(after, minPushWait)
-	at := d.opts.clock.Now().Add(after + time.Duration(rand.Int64N(int64(after)/5+1)))
+	now := d.opts.clock.Now()
+	at := now.Add(after + time.Duration(rand.Int64N(int64(after)/5+1)))
 	s.mu.Lock()
 	if at.After(s.pushAt) {
 		s.pushAt = at
+		if s.wait == nil {
+			s.wait = clock.AfterFunc(d.opts.clock, at.Sub(now), s.wakeFlush)
+		} else {
+			s.wait.Reset(at.Sub(now))
+		}
 	}
 	at = s.pushAt
 	s.mu.Unlock()
 	d.status.Err, d.status.RetryAt = fmt.Errorf("%w: %s", ErrPushDeferred, why), at
-	d.log.Warn("the server asked to push again later", "in", at.Sub(d.opts.clock.Now()).Round(time.Millisecond), "why", why)
+	d.log.Warn("the server asked to push again later", "in", at.Sub(now).Round(time.Millisecond), "why", why)
 }
 
-// releasePushes ends a hold (holdPushes) early: the server took a push
-// sent after the one it turned away, so what turned it away is over. It
+// releasePushes ends a hold (holdPushes) early, and the status's word of
+// it: the server answered a push without turning any of its ops away, so
+// what turned the held ones away may be over (a push the push limit
+// refused that then goes early is refused again, and held again). It
 // reports whether there was a hold. d.mu is held.
 func (s *session) releasePushes() bool {
 	s.mu.Lock()
 	held := s.pushAt.After(s.d.opts.clock.Now())
 	s.pushAt = time.Time{}
+	if s.wait != nil {
+		s.wait.Stop()
+	}
 	s.mu.Unlock()
 	if errors.Is(s.d.status.Err, ErrPushDeferred) {
 		s.d.status.Err, s.d.status.RetryAt = nil, time.Time{}

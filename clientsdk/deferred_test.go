@@ -12,12 +12,14 @@ import (
 
 	"connectrpc.com/connect/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/clientsdk"
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/internal/clock"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
+	"github.com/ferrysync/ferry/server"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -148,4 +150,111 @@ func TestSyncOnceSaysOpsWait(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || !errors.Is(err, clientsdk.ErrPushDeferred) || !strings.Contains(err.Error(), "disk is nearly full") {
 		t.Fatalf("SyncOnce cut while its op waits: %v, want it to say the op waits, and why", err)
 	}
+}
+
+// TestDeferredOpRefusedLaterClearsTheStatus: an op the push limit turned
+// away, which the server then refuses for good when it goes again (its
+// author was removed meanwhile), leaves the outbox as failed, and the
+// status no longer says that ops wait.
+func TestDeferredOpRefusedLaterClearsTheStatus(t *testing.T) {
+	// The server's clock says when a push waits for the push limit: the
+	// flood below, for 200 s.
+	throttled := make(chan struct{}, 1)
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+		o.PushLimit, o.PushBurst = 1, 1000
+		o.Clock = longTimers{Fake: o.Clock.(*clock.Fake), armed: throttled}
+	}})
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	alice := device(t, srv, "alice", false, clientsdk.WithClock(fake))
+	bob := device(t, srv, "bob", false)
+	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "the room", func() bool {
+		c, err := alice.Conversation(conv)
+		return err == nil && c.ID == conv && alice.Status().State == clientsdk.StateLive
+	})
+
+	// Another device of alice's pushes 300 ops of 12 KiB (1,200 of her
+	// 1,000): it goes, and waits 200 s on the server's clock for the
+	// debt, which turns her phone's push away. (The server's clock does
+	// not move: a session silent that long would end, and the next one's
+	// welcome say the status afresh.)
+	raw := srv.Login("alice", "raw")
+	var ops []*ferryv1.Op
+	for i := range 300 {
+		ops = append(ops, &ferryv1.Op{Id: ulid.Make().String(), Dot: uint64(i + 1), Payload: &ferryv1.Op_Message{
+			Message: &ferryv1.Message{Body: []byte(strings.Repeat("x", 12<<10)), ContentType: "text/plain"}}})
+	}
+	flood := make(chan error, 1)
+	floodCtx, stopFlood := context.WithCancel(ctx)
+	defer stopFlood()
+	go func() {
+		_, err := raw.Sync.Push(floodCtx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv.String(), Ops: ops}}})
+		flood <- err
+	}()
+	select {
+	case <-throttled:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the flood did not wait for the push limit")
+	}
+	id, err := alice.Send(ctx, conv, []byte("turned away"), "text/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st clientsdk.Status
+	waitFor(t, alice, "the push deferred", func() bool { st = alice.Status(); return errors.Is(st.Err, clientsdk.ErrPushDeferred) })
+	if !strings.Contains(st.Err.Error(), "push limit") {
+		t.Fatalf("status error %q, want the push limit", st.Err)
+	}
+
+	// Bob removes alice; the flood gives up, which gives its ops back to
+	// the push limit; her message goes again, and is refused for good, on
+	// the same session.
+	if _, err := bob.RemoveMember(ctx, conv, lookup(t, bob, "alice")); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stopFlood()
+	if err := <-flood; connect.CodeOf(err) != connect.CodeCanceled {
+		t.Fatalf("the flood: %v, want it canceled", err)
+	}
+	fake.Advance(st.RetryAt.Sub(fake.Now()))
+	waitFor(t, alice, "the message refused", func() bool { f, err := alice.Failed(); return err == nil && len(f) == 1 && f[0].Op == id })
+	if st := alice.Status(); st.Err != nil || !st.RetryAt.IsZero() || st.Pending != 0 {
+		t.Fatalf("status %+v once the message was refused, want no error", st)
+	}
+	// Bob's SyncOnce sessions end canceled; alice's lasts.
+	for code, n := range srv.Server.Metrics().Calls[ferryv1connect.SyncServiceSyncProcedure] {
+		if code != connect.CodeCanceled {
+			t.Fatalf("%d Sync calls ended %v: want alice's session to have lasted", n, code)
+		}
+	}
+}
+
+// longTimers is a fake clock that says when a timer of 100 s or more is
+// armed.
+type longTimers struct {
+	*clock.Fake
+	armed chan<- struct{}
+}
+
+func (c longTimers) NewTimer(d time.Duration) clock.Timer {
+	t := c.Fake.NewTimer(d)
+	if d >= 100*time.Second {
+		select {
+		case c.armed <- struct{}{}:
+		default:
+		}
+	}
+	return t
 }

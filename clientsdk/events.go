@@ -1,6 +1,7 @@
 package clientsdk
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -58,9 +59,11 @@ type Status struct {
 	// Pending is the number of ops in the outbox.
 	Pending int
 	// Err is the last connection error: retryable in StateOffline, terminal
-	// in StateFailed.
+	// in StateFailed. While the server turns the device's ops away for now
+	// (StateLive too), it wraps ErrPushDeferred.
 	Err error
-	// RetryAt is when an offline device reconnects.
+	// RetryAt is when an offline device reconnects, or when ops the server
+	// turned away go again.
 	RetryAt time.Time
 }
 
@@ -176,6 +179,11 @@ func (d *Device) Status() Status {
 func (d *Device) statusLocked() Status {
 	st := d.status
 	st.Pending = len(d.pending)
+	if st.Pending == 0 && errors.Is(st.Err, ErrPushDeferred) {
+		// The ops turned away left the outbox another way (their echo
+		// came first): nothing waits any more.
+		st.Err, st.RetryAt = nil, time.Time{}
+	}
 	return st
 }
 

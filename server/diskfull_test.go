@@ -13,22 +13,34 @@ import (
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/internal/clock"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/server"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
 // A write refused for want of disk space is unavailable, which clients
-// retry, and says why.
+// retry, and says why. It spends nothing of the push limit: the same ops
+// pushed again once space is freed go at once.
 func TestDiskNearlyFullIsUnavailable(t *testing.T) {
 	fs := vfs.NewMem()
 	engineClock := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) {
-		o.FS, o.Clock, o.MinFreeDisk = fs, engineClock, 100<<20
-	}})
+	srv := servertest.New(t, servertest.Config{
+		Engine: func(o *engine.Options) { o.FS, o.Clock, o.MinFreeDisk = fs, engineClock, 100<<20 },
+		Server: func(o *server.Options) { o.PushLimit, o.PushBurst = 1, 1000 },
+	})
+	server.OnThrottle(srv.Server, func() {
+		t.Errorf("a push waited for the push limit: the refused push spent it")
+		srv.Clock.Advance(time.Hour)
+	})
 	alice := newDev(t, srv.Register("alice"))
 	conv := alice.createConv("c")
+	// 60 ops of 60 KiB: 960 of the user's 999 left.
+	var ops []*ferryv1.Op
+	for i := range 60 {
+		ops = append(ops, alice.op(conv, msg(fmt.Sprint("hi ", i, strings.Repeat(".", 60<<10)))))
+	}
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 20, TotalBytes: 10 << 30})
 	engineClock.Advance(time.Second)
-	_, err := alice.Sync.Push(context.Background(), &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: []*ferryv1.Op{alice.op(conv, msg("hi"))}}}})
+	_, err := alice.Sync.Push(context.Background(), &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: ops}}})
 	mustCode(t, "a push with 10 MiB free", err, connect.CodeUnavailable)
 	if !strings.Contains(err.Error(), "disk is nearly full") || !strings.Contains(err.Error(), "retry later") {
 		t.Fatalf("a push with 10 MiB free: %v, want it to say the disk is nearly full", err)
@@ -36,66 +48,112 @@ func TestDiskNearlyFullIsUnavailable(t *testing.T) {
 	if !srv.Engine.DiskLow() {
 		t.Fatal("the engine does not say the disk is low")
 	}
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 30, TotalBytes: 10 << 30})
+	engineClock.Advance(time.Second)
+	if res := alice.push(conv, ops...); res[59].GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED || res[59].GetSeq() != 61 {
+		t.Fatalf("the ops pushed again with room: the last %v, want accepted at seq 61", res[59])
+	}
 }
 
-// On a Sync stream, a push refused for want of disk space does not end
-// the session: each valid op is answered RETRY_LATER, with when to push
-// again, and a malformed one INVALID as ever. Nothing is stored, the
-// session stays live, and the same ops pushed again once space is freed
-// are accepted, on the same stream.
+// On a Sync stream whose client asked for it (Hello.retry_later), a push
+// refused for want of disk space does not end the session: each valid op
+// is answered RETRY_LATER, with when to push again, and a malformed one
+// INVALID as ever. Nothing is stored, nothing is spent of the push limit,
+// and the session stays live: the same ops pushed again once space is
+// freed are accepted, on the same stream, which then goes on receiving
+// others' ops live (the ops pushed first do not stay in its set of ops in
+// flight, which would hold its live rounds back). Without retry_later the
+// session ends unavailable, as it did for every client before.
 func TestDiskNearlyFullDefersStreamPushes(t *testing.T) {
-	for _, skipOwn := range []bool{false, true} {
-		t.Run(fmt.Sprintf("skip_own_ops=%v", skipOwn), func(t *testing.T) {
+	// Ops of 60 KiB cost 16 of the push limit each; those of a few bytes
+	// are few enough that the live round of their conversation leaves them
+	// out (skip_own_ops), which it does not for a round of 3.6 MB.
+	for _, tc := range []struct {
+		name                string
+		retryLater, skipOwn bool
+		ops, body           int
+	}{
+		{"retry_later", true, false, 60, 60 << 10},
+		{"retry_later and skip_own_ops", true, true, 3, 10},
+		{"without retry_later", false, false, 3, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			fs := vfs.NewMem()
 			engineClock := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-			srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) {
-				o.FS, o.Clock, o.MinFreeDisk = fs, engineClock, 100<<20
-			}})
+			srv := servertest.New(t, servertest.Config{
+				Engine: func(o *engine.Options) { o.FS, o.Clock, o.MinFreeDisk = fs, engineClock, 100<<20 },
+				// Room for the conversation's 2 ops, and up to the 961 of
+				// the push turned away (60 ops of 60 KiB and a malformed
+				// one), which the same ops pushed again would find spent
+				// if the first push had kept them.
+				Server: func(o *server.Options) { o.PushLimit, o.PushBurst = 1, 1000 },
+			})
+			server.OnThrottle(srv.Server, func() {
+				t.Errorf("a push waited for the push limit: the refused push spent it")
+				srv.Clock.Advance(time.Hour)
+			})
 			alice := newDev(t, srv.Register("alice"))
 			bob := newDev(t, srv.Register("bob"))
 			conv := alice.createConv("c", bob)
 			h := hello("", 0)
-			h.SkipOwnOps, h.PackedOps = skipOwn, skipOwn
+			h.RetryLater, h.SkipOwnOps, h.PackedOps = tc.retryLater, tc.skipOwn, tc.skipOwn
 			s := alice.open(h)
 			s.untilCaughtUp()
 
 			fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 20, TotalBytes: 10 << 30})
 			engineClock.Advance(time.Second)
-			hi, bad := alice.op(conv, msg("hi")), &ferryv1.Op{Id: "not a ulid", Dot: 99}
-			s.push(1, conv, hi, bad)
+			var ops []*ferryv1.Op
+			for i := range tc.ops {
+				ops = append(ops, alice.op(conv, msg(fmt.Sprint("hi ", i, strings.Repeat(".", tc.body)))))
+			}
+			hi, bad := ops[0], &ferryv1.Op{Id: "not a ulid", Dot: 9999}
+			s.push(1, conv, append(ops, bad)...)
+			if !tc.retryLater {
+				err := s.endErr()
+				mustCode(t, "a stream's push with 10 MiB free", err, connect.CodeUnavailable)
+				if !strings.Contains(err.Error(), "disk is nearly full") {
+					t.Fatalf("the session ended with %v, want it to say the disk is nearly full", err)
+				}
+				return
+			}
 			r := s.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()
-			if r.GetRequestId() != 1 || len(r.GetResults()) != 2 {
-				t.Fatalf("push result %d with %d results, want request 1's two", r.GetRequestId(), len(r.GetResults()))
+			if r.GetRequestId() != 1 || len(r.GetResults()) != tc.ops+1 {
+				t.Fatalf("push result %d with %d results, want request 1's %d", r.GetRequestId(), len(r.GetResults()), tc.ops+1)
 			}
-			if got := r.GetResults()[0]; got.GetStatus() != ferryv1.OpStatus_OP_STATUS_RETRY_LATER || got.GetOpId() != hi.GetId() ||
-				got.GetSeq() != 0 || !strings.Contains(got.GetMessage(), "disk is nearly full") {
-				t.Fatalf("the message with 10 MiB free: %v, want RETRY_LATER saying the disk is nearly full", got)
+			for i, got := range r.GetResults()[:tc.ops] {
+				if got.GetStatus() != ferryv1.OpStatus_OP_STATUS_RETRY_LATER || got.GetOpId() != ops[i].GetId() ||
+					got.GetSeq() != 0 || !strings.Contains(got.GetMessage(), "disk is nearly full") {
+					t.Fatalf("message %d with 10 MiB free: %v, want RETRY_LATER saying the disk is nearly full", i, got)
+				}
 			}
-			if got := r.GetResults()[1]; got.GetStatus() != ferryv1.OpStatus_OP_STATUS_REJECTED || got.GetReason() != ferryv1.RejectReason_REJECT_REASON_INVALID {
+			if got := r.GetResults()[tc.ops]; got.GetStatus() != ferryv1.OpStatus_OP_STATUS_REJECTED || got.GetReason() != ferryv1.RejectReason_REJECT_REASON_INVALID {
 				t.Fatalf("the malformed op with 10 MiB free: %v, want INVALID", got)
 			}
 			if r.GetRetryAfterMs() != 15000 {
 				t.Fatalf("retry_after_ms %d, want 15000", r.GetRetryAfterMs())
 			}
-			if m := srv.Server.Metrics(); m.PushOps["retry_later"] != 1 || m.PushOps["rejected"] != 1 {
-				t.Fatalf("push answers counted %v, want one retry_later and one rejected", m.PushOps)
+			if m := srv.Server.Metrics(); m.PushOps["retry_later"] != uint64(tc.ops) || m.PushOps["rejected"] != 1 {
+				t.Fatalf("push answers counted %v, want %d retry_later and one rejected", m.PushOps, tc.ops)
 			}
 
-			// Space is freed: the same op, pushed again on the same
-			// session, is stored for the first time, and comes to bob.
+			// Space is freed: the same ops, pushed again on the same
+			// session, are stored for the first time, and come to bob.
 			fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 30, TotalBytes: 10 << 30})
 			engineClock.Advance(time.Second)
-			s.push(2, conv, hi)
+			s.push(2, conv, ops...)
 			r = s.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()
-			if got := r.GetResults()[0]; r.GetRequestId() != 2 || got.GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED || got.GetSeq() != 3 {
-				t.Fatalf("the message pushed again with room: %v (request %d), want ACCEPTED at seq 3", got, r.GetRequestId())
+			last := uint64(2 + tc.ops)
+			if got := r.GetResults()[tc.ops-1]; r.GetRequestId() != 2 || got.GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED || got.GetSeq() != last {
+				t.Fatalf("the messages pushed again with room: the last %v (request %d), want ACCEPTED at seq %d", got, r.GetRequestId(), last)
 			}
 			if r.GetRetryAfterMs() != 0 {
 				t.Fatalf("retry_after_ms %d on a push that was taken", r.GetRetryAfterMs())
 			}
+			seq := bob.send(conv, "and back")
+			s.until(func(*ferryv1.SyncResponse) bool { _, ok := s.held[conv][seq]; return ok })
 			b := bob.open(hello("", 0))
 			b.untilCaughtUp()
-			b.holds(conv, 1, 3)
+			b.holds(conv, 1, last+1)
 			if got := b.held[conv][3]; got != hi.GetId() {
 				t.Fatalf("bob holds %s at seq 3, want the message %s", got, hi.GetId())
 			}

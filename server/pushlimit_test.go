@@ -82,9 +82,11 @@ func TestPushLimit(t *testing.T) {
 	if m := srv.Server.Metrics(); m.PushesRefused != 1 {
 		t.Fatalf("%d pushes refused, want 1", m.PushesRefused)
 	}
-	// On a Sync stream the same refusal answers each op RETRY_LATER, with
-	// the delay, and the session goes on.
-	s := alice.open(hello("", 0))
+	// On a Sync stream whose client asked for it, the same refusal answers
+	// each op RETRY_LATER, with the delay, and the session goes on.
+	h := hello("", 0)
+	h.RetryLater = true
+	s := alice.open(h)
 	s.untilCaughtUp()
 	s.push(6, conv, messages(1000)...)
 	r := s.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()

@@ -36,29 +36,30 @@ var _ ferryv1connect.SyncServiceHandler = syncService{}
 // also stops waiting when the server goes away.
 //
 // A push the server cannot take for now (the push limit refuses it, or the
-// disk is nearly full) fails whole on a unary Push. On a Sync stream
-// (stop not nil) its valid ops are answered RETRY_LATER instead, with the
-// delay in pushedOps.retryAfter, and the session goes on: ending it would
-// cut the device's live updates, and cost a catch-up, for a write that
-// has to wait anyway.
+// disk is nearly full) fails whole, giving back what it spent of the push
+// limit. With later (a Sync stream whose client asked for it,
+// Hello.retry_later) its valid ops are answered RETRY_LATER instead, with
+// the delay in pushedOps.retryAfter, and the session goes on: ending it
+// would cut the device's live updates, and cost a catch-up, for a write
+// that has to wait anyway.
 //
 // On a Sync stream whose client asked for Hello.skip_own_ops, pushing
 // gets the valid ops before they are appended, so that the session's live
 // rounds leave them out; push returns them, with their seqs, and those
 // pushing counted, which the sender removes once the result is sent.
-func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch, stop <-chan struct{}, pushing *engine.Pushing) ([]*ferryv1.OpResult, pushedOps, error) {
+func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.OpBatch, stop <-chan struct{}, pushing *engine.Pushing, later bool) ([]*ferryv1.OpResult, pushedOps, error) {
 	ops, refused, err := opsFromBatches(batches, maxOpsPerPush)
 	if err != nil {
 		return nil, pushedOps{}, err
 	}
 	cost := pushCost(ops)
-	var later *deferral // why the push's valid ops must wait, on a stream
+	var wait *deferral // why the push's valid ops must wait: answered RETRY_LATER
 	if err := s.throttlePush(ctx, a.User, cost, stop); err != nil {
-		if !errors.As(err, &later) {
+		if !errors.As(err, &wait) {
 			return nil, pushedOps{}, err
 		}
-		if stop == nil {
-			return nil, pushedOps{}, throttled(later.msg, later.after)
+		if !later {
+			return nil, pushedOps{}, throttled(wait.msg, wait.after)
 		}
 	}
 	start := s.opts.Clock.Now()
@@ -82,20 +83,22 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 		at = append(at, i)
 	}
 	var counted []model.Op
-	if len(valid) > 0 && later == nil {
+	if len(valid) > 0 && wait == nil {
 		if pushing != nil {
 			counted = pushing.Add(valid)
 		}
 		// An error gives no ops back to the push limit: an Append whose
 		// ctx ended may still commit. One refused for want of disk space
-		// stored nothing.
+		// stored nothing. The ops counted in pushing leave it as the
+		// answer is sent (loop.answer), RETRY_LATER or not.
 		res, err := s.eng.Append(ctx, a, valid)
 		switch {
-		case stop != nil && errors.Is(err, engine.ErrDiskFull):
-			pushing.Remove(counted)
-			counted = nil
+		case errors.Is(err, engine.ErrDiskFull):
 			s.pushes.refund(a.User, cost)
-			later = &deferral{msg: err.Error(), after: diskFullRetry}
+			if !later {
+				return nil, pushedOps{}, connectError(err)
+			}
+			wait = &deferral{msg: err.Error(), after: diskFullRetry}
 		case err != nil:
 			return nil, pushedOps{}, connectError(err)
 		default:
@@ -106,17 +109,19 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 		}
 	}
 	var retryAfter time.Duration
-	if later != nil && len(valid) > 0 {
+	if wait != nil && len(valid) > 0 {
 		for _, i := range at {
 			results[i] = &ferryv1.OpResult{
 				ConversationId: ops[i].Conv.String(), OpId: ops[i].ID.String(),
-				Status: ferryv1.OpStatus_OP_STATUS_RETRY_LATER, Message: later.msg,
+				Status: ferryv1.OpStatus_OP_STATUS_RETRY_LATER, Message: wait.msg,
 			}
 		}
-		valid, retryAfter = nil, later.after
+		valid, retryAfter = nil, wait.after
 	}
 	s.stats.pushed(results)
-	s.stats.pushTime.Observe(s.opts.Clock.Now().Sub(start))
+	if retryAfter == 0 { // a push turned away took no time to store anything
+		s.stats.pushTime.Observe(s.opts.Clock.Now().Sub(start))
+	}
 	return results, pushedOps{ops: valid, counted: counted, retryAfter: retryAfter}, nil
 }
 
@@ -148,7 +153,7 @@ type pushedOps struct {
 const maxOpsPerPush = 1000
 
 func (h syncService) Push(ctx context.Context, req *ferryv1.PushRequest) (*ferryv1.PushResponse, error) {
-	results, _, err := h.s.push(ctx, actorFrom(ctx), req.GetBatches(), nil, nil)
+	results, _, err := h.s.push(ctx, actorFrom(ctx), req.GetBatches(), nil, nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -593,6 +598,9 @@ func (h syncService) Subscribe(ctx context.Context, req *ferryv1.SubscribeReques
 	if req.GetHello().GetSkipOwnOps() {
 		return invalidf("hello.skip_own_ops is for Sync only: Subscribe's pushes are answered by Push, off the stream, so every op comes back on it")
 	}
+	if req.GetHello().GetRetryLater() {
+		return invalidf("hello.retry_later is for Sync only: Subscribe's pushes go by the unary Push, which fails whole when the server cannot take them for now")
+	}
 	return h.s.subscribe(ctx, a, req.GetHello(), subscribeSink{st})
 }
 
@@ -612,7 +620,8 @@ func (s *Server) newLoop(ctx context.Context, a engine.Actor, hello *ferryv1.Hel
 	if err != nil {
 		return nil, err
 	}
-	l := &loop{s: s, a: a, o: o, out: out, hold: holdFlushes(ctx), packed: hello.GetPackedOps(), binary: binaryCodec(ctx)}
+	l := &loop{s: s, a: a, o: o, out: out, hold: holdFlushes(ctx), packed: hello.GetPackedOps(), retryLater: hello.GetRetryLater(),
+		binary: binaryCodec(ctx)}
 	l.onChange = l.changed
 	l.wokeAt.Store(notWoken)
 	return l, nil
@@ -657,6 +666,9 @@ type loop struct {
 	hold func(bool) // holds the stream's flushes while more is ready to send
 	// packed: the client reads Ops packed (Hello.packed_ops).
 	packed bool
+	// retryLater: a push the server cannot take for now is answered
+	// RETRY_LATER (Hello.retry_later), not the session's end.
+	retryLater bool
 	// binary: the call's codec is binary protobuf, so a live round's
 	// batches can go encoded once (liveBatches).
 	binary bool
@@ -1134,7 +1146,7 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) (engine.Pen
 	s := l.s
 	switch msg := req.GetMessage().(type) {
 	case *ferryv1.SyncRequest_Push:
-		results, pushed, err := s.push(ctx, l.a, msg.Push.GetBatches(), l.p.ended, l.o.Pushing)
+		results, pushed, err := s.push(ctx, l.a, msg.Push.GetBatches(), l.p.ended, l.o.Pushing, l.retryLater)
 		if err != nil {
 			return engine.Pending{}, err
 		}

@@ -675,7 +675,14 @@ type Hello struct {
 	// may ops of a large round (more than 64 new ops in a conversation, or
 	// more than an Ops message holds) or beyond 4096 ops in flight: a client
 	// drops ops it holds.
-	SkipOwnOps    bool `protobuf:"varint,9,opt,name=skip_own_ops,json=skipOwnOps,proto3" json:"skip_own_ops,omitempty"`
+	SkipOwnOps bool `protobuf:"varint,9,opt,name=skip_own_ops,json=skipOwnOps,proto3" json:"skip_own_ops,omitempty"`
+	// Sync only: the client handles OP_STATUS_RETRY_LATER. A push the
+	// server cannot take for now (its disk nearly full, or the user's
+	// devices far over the push limit at once) then has its ops answered
+	// RETRY_LATER, and the session goes on. Without it, such a push ends
+	// the session (UNAVAILABLE or RESOURCE_EXHAUSTED), which the client
+	// retries after reconnecting.
+	RetryLater    bool `protobuf:"varint,10,opt,name=retry_later,json=retryLater,proto3" json:"retry_later,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -769,6 +776,13 @@ func (x *Hello) GetPackedOps() bool {
 func (x *Hello) GetSkipOwnOps() bool {
 	if x != nil {
 		return x.SkipOwnOps
+	}
+	return false
+}
+
+func (x *Hello) GetRetryLater() bool {
+	if x != nil {
+		return x.RetryLater
 	}
 	return false
 }
@@ -2112,7 +2126,7 @@ const file_ferry_v1_sync_proto_rawDesc = "" +
 	"\theartbeat\x18\x06 \x01(\v2\x13.ferry.v1.HeartbeatH\x00R\theartbeat\x12@\n" +
 	"\x0ereset_required\x18\a \x01(\v2\x17.ferry.v1.ResetRequiredH\x00R\rresetRequired\x12*\n" +
 	"\x06goaway\x18\b \x01(\v2\x10.ferry.v1.GoawayH\x00R\x06goawayB\t\n" +
-	"\amessage\"\xa6\x02\n" +
+	"\amessage\"\xc7\x02\n" +
 	"\x05Hello\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\tR\x05epoch\x12\x19\n" +
 	"\bfeed_pos\x18\x02 \x01(\x04R\afeedPos\x12*\n" +
@@ -2124,7 +2138,10 @@ const file_ferry_v1_sync_proto_rawDesc = "" +
 	"\n" +
 	"packed_ops\x18\b \x01(\bR\tpackedOps\x12 \n" +
 	"\fskip_own_ops\x18\t \x01(\bR\n" +
-	"skipOwnOps\"C\n" +
+	"skipOwnOps\x12\x1f\n" +
+	"\vretry_later\x18\n" +
+	" \x01(\bR\n" +
+	"retryLater\"C\n" +
 	"\x06Cursor\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\"\xe1\x02\n" +

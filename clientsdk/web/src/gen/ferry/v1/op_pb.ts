@@ -889,15 +889,14 @@ export enum OpStatus {
   REJECTED = 3,
 
   /**
-   * Not stored, for now: the server cannot take new ops at the moment
-   * (its disk is nearly full, or the user's devices push more than the
-   * push limit from several calls at once; message says which). Push the
-   * op again unchanged (the same id and dot) once PushResult.retry_after_ms
-   * have passed, and no later op of its device in its conversation before
-   * it. Only a Sync stream answers so, and the session goes on, live; a
-   * unary Push fails whole instead (UNAVAILABLE or RESOURCE_EXHAUSTED).
-   * A client that does not know this status keeps the op pending, which
-   * is what it asks.
+   * Not stored by this push, for now: the server cannot take new ops at
+   * the moment (its disk is nearly full, or the user's devices push more
+   * than the push limit from several calls at once; message says which).
+   * Push the op again, with its id, once PushResult.retry_after_ms have
+   * passed, and no later op of its device in its conversation before it.
+   * Only a Sync stream whose client asked for it (Hello.retry_later)
+   * answers so, and the session goes on, live; otherwise such a push fails
+   * whole (UNAVAILABLE or RESOURCE_EXHAUSTED).
    *
    * @generated from enum value: OP_STATUS_RETRY_LATER = 4;
    */
