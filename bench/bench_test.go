@@ -711,6 +711,59 @@ func TestFailedWorkloadLeavesNoRow(t *testing.T) {
 	}
 }
 
+// Run takes each row on every system before the next row, so that the
+// figures compared side by side are taken close together, and the report
+// still lists each system's rows together.
+func TestRunInterleavesSystems(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts four servers")
+	}
+	var started []string // Run starts one system at a time
+	factory := func(name string) Factory {
+		return Factory{Name: name, New: func(ctx context.Context, dir string) (System, error) {
+			started = append(started, name)
+			s, err := NewFerry(ctx, FerryConfig{Mode: FerryInProcess, Dir: dir})
+			if err != nil {
+				return nil, err
+			}
+			return renamed{System: s, name: name}, nil
+		}}
+	}
+	p := Profile{Name: "test", Idle: []int{2, 3}}
+	r, err := Run(t.Context(), p, []Factory{factory("a"), factory("b")}, t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Errors) > 0 {
+		t.Fatalf("workloads failed: %v", r.Errors)
+	}
+	if want := []string{"a", "b", "a", "b"}; !slices.Equal(started, want) {
+		t.Errorf("systems started %v, want %v: each row on every system before the next", started, want)
+	}
+	var rows []string
+	for _, x := range r.Idle {
+		rows = append(rows, fmt.Sprintf("%s %d", x.System, x.Devices))
+	}
+	if want := []string{"a 2", "a 3", "b 2", "b 3"}; !slices.Equal(rows, want) {
+		t.Errorf("idle rows %v, want %v: each system's together", rows, want)
+	}
+	if md := r.Markdown(); !strings.Contains(md, "Each workload row ran on every system in turn") {
+		t.Errorf("the report does not say the rows were interleaved")
+	}
+	r.Interleaved = false // a report from before
+	if md := r.Markdown(); strings.Contains(md, "in turn before the next row") {
+		t.Errorf("a report of a run that did not interleave says it did")
+	}
+}
+
+// renamed is a system under another name.
+type renamed struct {
+	System
+	name string
+}
+
+func (s renamed) Name() string { return s.name }
+
 // Ingest on a store with history first stores the history, in the
 // conversations the writers then write to, and counts only the measured
 // run's ops.

@@ -5,7 +5,8 @@
 //
 // Workloads drive a System: Ferry here, peers (NATS JetStream, Centrifugo)
 // in the separate module bench/peers, so that all are measured the same
-// way in the same run.
+// way in the same run, each workload row on every system in turn before
+// the next row (Run).
 //
 // Latency is measured open-loop where it matters: sends follow a fixed
 // schedule whatever the server's pace, and each payload carries its

@@ -14,17 +14,21 @@ import (
 
 // Report is one run's results.
 type Report struct {
-	Profile       string          `json:"profile"`
-	Date          time.Time       `json:"date"`
-	CorpusVersion int             `json:"corpus_version"`
-	MeanPayload   float64         `json:"mean_payload_bytes"`
-	Machine       Machine         `json:"machine"`
-	Ingest        []IngestResult  `json:"ingest"`
-	Fanout        []FanoutResult  `json:"fanout"`
-	CatchUp       []CatchUpResult `json:"catch_up"`
-	Idle          []IdleResult    `json:"idle"`
-	Storage       []StorageResult `json:"storage"`
-	Limits        Limits          `json:"limits"`
+	Profile       string    `json:"profile"`
+	Date          time.Time `json:"date"`
+	CorpusVersion int       `json:"corpus_version"`
+	MeanPayload   float64   `json:"mean_payload_bytes"`
+	Machine       Machine   `json:"machine"`
+	// Interleaved: each workload row ran on every system in turn before
+	// the next row (Run); reports from before it ran each system's rows
+	// in one go.
+	Interleaved bool            `json:"interleaved,omitempty"`
+	Ingest      []IngestResult  `json:"ingest"`
+	Fanout      []FanoutResult  `json:"fanout"`
+	CatchUp     []CatchUpResult `json:"catch_up"`
+	Idle        []IdleResult    `json:"idle"`
+	Storage     []StorageResult `json:"storage"`
+	Limits      Limits          `json:"limits"`
 	// Notes are free-form remarks on the run, such as a peer system's
 	// configuration, rendered before the errors.
 	Notes  []string `json:"notes,omitempty"`
@@ -152,9 +156,13 @@ func (r *Report) Markdown() string {
 	if n := r.catchUpRuns(); n > 1 {
 		catchUps = fmt.Sprintf(" (catch-ups: the median of %d)", n)
 	}
-	p("Corpus version %d, mean payload %.0f bytes. One run of each workload%s on a shared machine: read ratios, not absolutes.\n\n", r.CorpusVersion, r.MeanPayload, catchUps)
-
 	systems := r.systems()
+	order := ""
+	if r.Interleaved && len(systems) > 1 {
+		order = " Each workload row ran on every system in turn before the next row, so that the figures side by side were taken minutes apart at most."
+	}
+	p("Corpus version %d, mean payload %.0f bytes. One run of each workload%s on a shared machine: read ratios, not absolutes.%s\n\n", r.CorpusVersion, r.MeanPayload, catchUps, order)
+
 	p("## Targets\n\n| metric | target | %s |\n| --- | --- |%s\n", strings.Join(systems, " | "), strings.Repeat(" --- |", len(systems)))
 	for _, t := range r.targets(systems) {
 		p("| %s | %s | %s |\n", t[0], t[1], strings.Join(t[2:], " | "))

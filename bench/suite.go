@@ -149,55 +149,71 @@ var Full = Profile{
 
 // Run runs the profile's workloads on every system (a fresh one for each
 // workload) and the limits, and returns the report.
+//
+// Each workload row runs on every system in turn before the next row, so
+// that figures compared side by side are taken minutes apart at most: a
+// shared machine drifts over the run (its other tenants, the disk's state),
+// and a system's whole matrix run before its peers' would carry that drift
+// into the ratios. The report lists each system's rows together, in the
+// profile's order, as before.
 func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slog.Logger) (*Report, error) {
-	r := &Report{Profile: p.Name, Date: time.Now().UTC(), CorpusVersion: CorpusVersion, MeanPayload: MeanPayload()}
+	r := &Report{Profile: p.Name, Date: time.Now().UTC(), CorpusVersion: CorpusVersion, MeanPayload: MeanPayload(), Interleaved: true}
 	r.Machine = machine()
 	runOn := (&runner{ctx: ctx, dir: dir, log: log}).on
 	run := func(what string, f Factory, fn func(System) error) error {
 		return runOn(what, f, 1, func(ss []System) error { return fn(ss[0]) })
 	}
-	for _, f := range systems {
-		for _, c := range append(append([]IngestConfig{}, p.Ingest...), p.IngestLatency...) {
+	fail := func(err error) {
+		if err != nil {
+			r.Errors = append(r.Errors, err.Error())
+		}
+	}
+	// A row runs on one system, adding its results to the system's own
+	// report (out); rows hold the profile's rows, in order.
+	type row func(f Factory, out *Report)
+	var rows []row
+	for _, c := range append(append([]IngestConfig{}, p.Ingest...), p.IngestLatency...) {
+		rows = append(rows, func(f Factory, out *Report) {
 			if !f.runs("ingest") {
-				break
+				return
 			}
-			if err := run(c.name(), f, func(s System) error {
+			fail(run(c.name(), f, func(s System) error {
 				res, err := Ingest(ctx, s, c)
 				if err == nil {
-					r.Ingest = append(r.Ingest, res)
+					out.Ingest = append(out.Ingest, res)
 				}
 				return err
-			}); err != nil {
-				r.Errors = append(r.Errors, err.Error())
-			}
-		}
-		for _, c := range p.Fanout {
+			}))
+		})
+	}
+	for _, c := range p.Fanout {
+		rows = append(rows, func(f Factory, out *Report) {
 			if !f.runs("fanout") {
-				break
+				return
 			}
-			if err := run(c.name(), f, func(s System) error {
+			fail(run(c.name(), f, func(s System) error {
 				res, err := Fanout(ctx, s, c)
 				if err == nil {
-					r.Fanout = append(r.Fanout, res)
+					out.Fanout = append(out.Fanout, res)
 				}
 				return err
-			}); err != nil {
-				r.Errors = append(r.Errors, err.Error())
-			}
-		}
-		for _, c := range p.CatchUp {
+			}))
+		})
+	}
+	for _, c := range p.CatchUp {
+		rows = append(rows, func(f Factory, out *Report) {
 			if !f.runs("catchup") {
-				break
+				return
 			}
 			what, servers := c.name(), 1
 			if c.Alongside {
 				what, servers = what+" alongside x1", 2
 			}
-			if err := runOn(what, f, servers, func(ss []System) error {
+			fail(runOn(what, f, servers, func(ss []System) error {
 				if c.Alongside {
 					x1, xh, err := CatchUpAlongside(ctx, ss[0], ss[1], c)
 					if err == nil {
-						r.CatchUp = append(r.CatchUp, x1, xh)
+						out.CatchUp = append(out.CatchUp, x1, xh)
 					}
 					return err
 				}
@@ -206,38 +222,52 @@ func Run(ctx context.Context, p Profile, systems []Factory, dir string, log *slo
 				}
 				res, err := CatchUpRun(ctx, ss[0], c)
 				if err == nil {
-					r.CatchUp = append(r.CatchUp, res)
+					out.CatchUp = append(out.CatchUp, res)
 				}
 				return err
-			}); err != nil {
-				r.Errors = append(r.Errors, err.Error())
-			}
-		}
-		for _, n := range p.Idle {
+			}))
+		})
+	}
+	for _, n := range p.Idle {
+		rows = append(rows, func(f Factory, out *Report) {
 			if !f.runs("idle") {
-				break
+				return
 			}
-			if err := run(idleName(n), f, func(s System) error {
+			fail(run(idleName(n), f, func(s System) error {
 				res, err := Idle(ctx, s, n)
 				if err == nil {
-					r.Idle = append(r.Idle, res)
+					out.Idle = append(out.Idle, res)
 				}
 				return err
-			}); err != nil {
-				r.Errors = append(r.Errors, err.Error())
+			}))
+		})
+	}
+	if p.StorageOps > 0 {
+		rows = append(rows, func(f Factory, out *Report) {
+			if !f.runs("storage") {
+				return
 			}
-		}
-		if p.StorageOps > 0 && f.runs("storage") {
-			if err := run("storage", f, func(s System) error {
+			fail(run("storage", f, func(s System) error {
 				res, err := Storage(ctx, s, p.StorageOps, 10)
 				if err == nil {
-					r.Storage = append(r.Storage, res)
+					out.Storage = append(out.Storage, res)
 				}
 				return err
-			}); err != nil {
-				r.Errors = append(r.Errors, err.Error())
-			}
+			}))
+		})
+	}
+	per := make([]Report, len(systems))
+	for _, row := range rows {
+		for i, f := range systems {
+			row(f, &per[i])
 		}
+	}
+	for _, x := range per {
+		r.Ingest = append(r.Ingest, x.Ingest...)
+		r.Fanout = append(r.Fanout, x.Fanout...)
+		r.CatchUp = append(r.CatchUp, x.CatchUp...)
+		r.Idle = append(r.Idle, x.Idle...)
+		r.Storage = append(r.Storage, x.Storage...)
 	}
 	if p.LimitTime > 0 {
 		log.Info("measuring limits")
