@@ -345,6 +345,11 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	var touched []ulid.ULID // conversations whose messages changed: their last may have
 	later, why := false, "" // the server asked to push ops again later, and why
 	for _, r := range pr.GetResults() {
+		if r.GetStatus() == ferryv1.OpStatus_OP_STATUS_RETRY_LATER {
+			// Even for an op whose echo came first: the server turned
+			// the push away, and would the next.
+			later, why = true, r.GetMessage()
+		}
 		id, err := wire.ParseID("op id", r.GetOpId())
 		if err != nil {
 			// Not an op of ours: the server answers an op it cannot read
@@ -396,7 +401,6 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 			// Not stored, for now: it stays pending, and goes again as it
 			// is once the server's delay has passed (flush holds every
 			// push until then).
-			later, why = true, r.GetMessage()
 		case ferryv1.OpStatus_OP_STATUS_REJECTED:
 			switch r.GetReason() {
 			case ferryv1.RejectReason_REJECT_REASON_DOT_GAP, ferryv1.RejectReason_REJECT_REASON_DOT_REUSED:

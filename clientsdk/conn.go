@@ -342,10 +342,11 @@ type session struct {
 	// pushAt holds every push back until then: the server answered ops
 	// RETRY_LATER (its disk nearly full, or the push limit), and later
 	// ops of their devices may not pass them. Set by the receiver, which
-	// arms wait, a timer that wakes flush then; the session's end stops
-	// it.
+	// arms wait, a timer that wakes flush then, unless the session has
+	// ended, which stops it.
 	pushAt time.Time
 	wait   Timer
+	ended  bool
 }
 
 // accepted notes the ops a push result accepted beyond the heads the
@@ -429,6 +430,21 @@ func (d *Device) session(outer, stream context.Context, once bool) (live bool, e
 	}
 	s := &session{d: d, token: token, st: st, sc: sc, once: once, outer: outer, flushWake: make(chan struct{}, 1),
 		inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]uint64{}}
+	// A hold of an earlier session (holdPushes) is not this one's: it
+	// pushes at once.
+	d.mu.Lock()
+	d.endDeferralLocked()
+	d.mu.Unlock()
+	// Deferred before the receiver's wait below, so run after it: the
+	// receiver may arm the hold's timer until it is done.
+	defer func() {
+		s.mu.Lock()
+		s.ended = true
+		if s.wait != nil {
+			s.wait.Stop()
+		}
+		s.mu.Unlock()
+	}()
 	recv := make(chan error, 1)
 	go func() { recv <- s.receive(ctx) }()
 	received := false
@@ -443,13 +459,6 @@ func (d *Device) session(outer, stream context.Context, once bool) (live bool, e
 	}()
 	hb := d.opts.clock.NewTimer(d.opts.heartbeat)
 	defer hb.Stop()
-	defer func() {
-		s.mu.Lock()
-		if s.wait != nil {
-			s.wait.Stop()
-		}
-		s.mu.Unlock()
-	}()
 	// Acks gather for ackDelay after the first marker to send, or for
 	// resumeAckDelay when only markers nobody else sees wait.
 	var ackDue <-chan time.Time
@@ -571,6 +580,11 @@ func (s *session) flush() {
 		return
 	}
 	if len(items) == 0 {
+		// A hold over with nothing to push again (the ops it held left
+		// the outbox another way): the status no longer says it.
+		d.mu.Lock()
+		d.endDeferralLocked()
+		d.mu.Unlock()
 		return
 	}
 	push := &ferryv1.Push{}
@@ -613,7 +627,7 @@ func (s *session) holdPushes(after time.Duration, why string) {
 	now := d.opts.clock.Now()
 	at := now.Add(after + time.Duration(rand.Int64N(int64(after)/5+1)))
 	s.mu.Lock()
-	if at.After(s.pushAt) {
+	if at.After(s.pushAt) && !s.ended {
 		s.pushAt = at
 		if s.wait == nil {
 			s.wait = clock.AfterFunc(d.opts.clock, at.Sub(now), s.wakeFlush)
@@ -634,7 +648,9 @@ func (s *session) holdPushes(after time.Duration, why string) {
 // reports whether there was a hold. d.mu is held.
 func (s *session) releasePushes() bool {
 	s.mu.Lock()
-	held := s.pushAt.After(s.d.opts.clock.Now())
+	// Held still, or its timer's flush may not have run yet: a flush
+	// more costs little, and the stop below may have cancelled that one.
+	held := !s.pushAt.IsZero()
 	s.pushAt = time.Time{}
 	if s.wait != nil {
 		s.wait.Stop()
@@ -644,6 +660,14 @@ func (s *session) releasePushes() bool {
 		s.d.status.Err, s.d.status.RetryAt = nil, time.Time{}
 	}
 	return held
+}
+
+// endDeferralLocked clears the status's word of a hold (holdPushes), and
+// says so, when it has one. d.mu is held.
+func (d *Device) endDeferralLocked() {
+	if errors.Is(d.status.Err, ErrPushDeferred) {
+		d.setStatus(func(st *Status) { st.Err, st.RetryAt = nil, time.Time{} })
+	}
 }
 
 // minPushWait is the least a device waits before pushing ops the server
