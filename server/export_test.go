@@ -2,6 +2,9 @@ package server
 
 import "sync/atomic"
 
+// MaxPushWait is the longest a push, or an ack, waits for the push limit.
+const MaxPushWait = maxPushWait
+
 // Pumps counts the Sync sessions' pumps running (pumper.run).
 func Pumps(s *Server) int64 { return s.pumps.Load() }
 

@@ -156,7 +156,13 @@ func (s *Server) throttlePush(ctx context.Context, user ulid.ULID, n int, stop <
 
 // throttleAck waits until user may write an ack of n markers. An ack is
 // never refused, however deep the debt others' pushes left: refusing it
-// would end a device's Sync stream for what its siblings pushed.
+// would end a device's Sync stream for what its siblings pushed. Nor does
+// it wait longer than maxPushWait, the debt staying the user's: on a Sync
+// stream the wait holds the stream's reader, and the pushes behind the
+// ack, which the limit answers at once (RETRY_LATER, or a refusal that
+// ends the session), would wait out the siblings' whole debt with it. A
+// client acking in a loop still gets at most one ack through a stream
+// every maxPushWait once the debt is that deep.
 func (s *Server) throttleAck(ctx context.Context, user ulid.ULID, n int, stop <-chan struct{}) error {
 	return s.throttle(ctx, user, ackCost(n), stop, false)
 }
@@ -171,6 +177,9 @@ func (s *Server) throttle(ctx context.Context, user ulid.ULID, n int, stop <-cha
 	}
 	if wait <= 0 {
 		return nil
+	}
+	if !refuse {
+		wait = min(wait, maxPushWait)
 	}
 	t := s.opts.Clock.NewTimer(wait)
 	defer t.Stop()

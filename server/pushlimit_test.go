@@ -303,3 +303,56 @@ func TestPushLimitCountsBodies(t *testing.T) {
 		t.Fatalf("the throttled push: %v", err)
 	}
 }
+
+// TestAckWaitsAtMostTheLongestPushWait: an ack on a Sync stream whose
+// user's other devices left a debt of minutes waits ten seconds, as long
+// as a push may, not the whole debt: the push behind it is then answered
+// at once (RETRY_LATER), not minutes later.
+func TestAckWaitsAtMostTheLongestPushWait(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+		o.PushLimit, o.PushBurst = 1, 1000
+	}})
+	throttled := make(chan struct{}, 10)
+	server.OnThrottle(srv.Server, func() { throttled <- struct{}{} })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	waitThrottled := func(what string) {
+		t.Helper()
+		select {
+		case <-throttled:
+		case <-ctx.Done():
+			t.Fatalf("%s did not wait for the limit", what)
+		}
+	}
+	alice := newDev(t, srv.Register("alice"))
+	conv := alice.createConv("room") // 1 op of the 1000
+	messages := func(d *dev, n int) []*ferryv1.Op {
+		ops := make([]*ferryv1.Op, n)
+		for i := range ops {
+			ops[i] = d.op(conv, msg(fmt.Sprint("flood ", i)))
+		}
+		return ops
+	}
+	alice.push(conv, messages(alice, 999)...) // the rest of the burst
+	// Another device of alice's pushes 300 more: its push goes ahead, and
+	// waits 300 s for the debt.
+	laptop := newDev(t, srv.Login("alice", "laptop"))
+	go func() {
+		_, _ = laptop.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(laptop, 300)}}})
+	}()
+	waitThrottled("the laptop's push")
+
+	h := hello("", 0)
+	h.RetryLater = true
+	s := alice.open(h)
+	s.untilCaughtUp()
+	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: &ferryv1.Ack{
+		Markers: []*ferryv1.Marker{{ConversationId: conv, Delivered: 1000}}}}})
+	waitThrottled("the ack")
+	s.push(1, conv, alice.op(conv, msg("behind the ack")))
+	srv.Clock.Advance(server.MaxPushWait)
+	r := s.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()
+	if got := r.GetResults()[0].GetStatus(); got != ferryv1.OpStatus_OP_STATUS_RETRY_LATER {
+		t.Fatalf("the push behind the ack answered %v, want RETRY_LATER", got)
+	}
+}
