@@ -11,11 +11,10 @@ import (
 	"time"
 
 	"connectrpc.com/connect/v2"
-	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/clientsdk"
-	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/enginetest"
 	"github.com/ferrysync/ferry/internal/clock"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
@@ -30,11 +29,8 @@ import (
 // the disk is still full), and once space is freed the message is sent.
 // The session never ends: no Sync call fails.
 func TestDeferredPushesWaitOnALiveSession(t *testing.T) {
-	fs := vfs.NewMem()
-	engineClock := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) {
-		o.FS, o.Clock, o.MinFreeDisk = fs, engineClock, 100<<20
-	}})
+	disk := enginetest.NewDisk()
+	srv := servertest.New(t, servertest.Config{Engine: disk.Options})
 	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	// pushedAt holds when, on alice's clock, each push left her device.
 	var mu sync.Mutex
@@ -60,8 +56,7 @@ func TestDeferredPushesWaitOnALiveSession(t *testing.T) {
 	before := len(pushedAt) // the conversation's create
 	mu.Unlock()
 
-	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 20, TotalBytes: 10 << 30})
-	engineClock.Advance(time.Second)
+	disk.Fill(true)
 	id, err := alice.Send(ctx, conv, []byte("kept for later"), "text/plain")
 	if err != nil {
 		t.Fatal(err)
@@ -100,8 +95,7 @@ func TestDeferredPushesWaitOnALiveSession(t *testing.T) {
 	retries = append(retries, st.RetryAt)
 
 	// Space is freed: the next push is taken.
-	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 30, TotalBytes: 10 << 30})
-	engineClock.Advance(time.Second)
+	disk.Fill(false)
 	fake.Advance(st.RetryAt.Sub(fake.Now()))
 	waitFor(t, alice, "the message sent", func() bool { return alice.Status().Pending == 0 })
 	if s := status(t, alice, conv, id); s != clientsdk.StatusSent {
@@ -126,18 +120,14 @@ func TestDeferredPushesWaitOnALiveSession(t *testing.T) {
 // TestSyncOnceSaysOpsWait: a SyncOnce cut while the server turns the
 // device's ops away says so, beside the context's error.
 func TestSyncOnceSaysOpsWait(t *testing.T) {
-	fs := vfs.NewMem()
-	engineClock := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) {
-		o.FS, o.Clock, o.MinFreeDisk = fs, engineClock, 100<<20
-	}})
+	disk := enginetest.NewDisk()
+	srv := servertest.New(t, servertest.Config{Engine: disk.Options})
 	alice := device(t, srv, "alice", false)
 	conv, err := alice.CreateConversation(ctx, "notes")
 	if err != nil {
 		t.Fatal(err)
 	}
-	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 20, TotalBytes: 10 << 30})
-	engineClock.Advance(time.Second)
+	disk.Fill(true)
 	if _, err := alice.Send(ctx, conv, []byte("kept for later"), "text/plain"); err != nil {
 		t.Fatal(err)
 	}

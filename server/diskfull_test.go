@@ -8,10 +8,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect/v2"
-	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"github.com/ferrysync/ferry/engine"
-	"github.com/ferrysync/ferry/internal/clock"
+	"github.com/ferrysync/ferry/engine/enginetest"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/server"
 	"github.com/ferrysync/ferry/server/servertest"
@@ -21,25 +19,11 @@ import (
 // retry, and says why. It spends nothing of the push limit: the same ops
 // pushed again once space is freed go at once.
 func TestDiskNearlyFullIsUnavailable(t *testing.T) {
-	fs := vfs.NewMem()
-	engineClock := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-	srv := servertest.New(t, servertest.Config{
-		Engine: func(o *engine.Options) { o.FS, o.Clock, o.MinFreeDisk = fs, engineClock, 100<<20 },
-		Server: func(o *server.Options) { o.PushLimit, o.PushBurst = 1, 1000 },
-	})
-	server.OnThrottle(srv.Server, func() {
-		t.Errorf("a push waited for the push limit: the refused push spent it")
-		srv.Clock.Advance(time.Hour)
-	})
+	srv, disk := diskServer(t)
 	alice := newDev(t, srv.Register("alice"))
 	conv := alice.createConv("c")
-	// 60 ops of 60 KiB: 960 of the user's 999 left.
-	var ops []*ferryv1.Op
-	for i := range 60 {
-		ops = append(ops, alice.op(conv, msg(fmt.Sprint("hi ", i, strings.Repeat(".", 60<<10)))))
-	}
-	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 20, TotalBytes: 10 << 30})
-	engineClock.Advance(time.Second)
+	ops := messages(alice, conv, 60, 60<<10) // 960 of the user's 999 left
+	disk.Fill(true)
 	_, err := alice.Sync.Push(context.Background(), &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: ops}}})
 	mustCode(t, "a push with 10 MiB free", err, connect.CodeUnavailable)
 	if !strings.Contains(err.Error(), "disk is nearly full") || !strings.Contains(err.Error(), "retry later") {
@@ -48,8 +32,7 @@ func TestDiskNearlyFullIsUnavailable(t *testing.T) {
 	if !srv.Engine.DiskLow() {
 		t.Fatal("the engine does not say the disk is low")
 	}
-	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 30, TotalBytes: 10 << 30})
-	engineClock.Advance(time.Second)
+	disk.Fill(false)
 	if res := alice.push(conv, ops...); res[59].GetStatus() != ferryv1.OpStatus_OP_STATUS_ACCEPTED || res[59].GetSeq() != 61 {
 		t.Fatalf("the ops pushed again with room: the last %v, want accepted at seq 61", res[59])
 	}
@@ -78,20 +61,11 @@ func TestDiskNearlyFullDefersStreamPushes(t *testing.T) {
 		{"without retry_later", false, false, 3, 10},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fs := vfs.NewMem()
-			engineClock := clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-			srv := servertest.New(t, servertest.Config{
-				Engine: func(o *engine.Options) { o.FS, o.Clock, o.MinFreeDisk = fs, engineClock, 100<<20 },
-				// Room for the conversation's 2 ops, and up to the 961 of
-				// the push turned away (60 ops of 60 KiB and a malformed
-				// one), which the same ops pushed again would find spent
-				// if the first push had kept them.
-				Server: func(o *server.Options) { o.PushLimit, o.PushBurst = 1, 1000 },
-			})
-			server.OnThrottle(srv.Server, func() {
-				t.Errorf("a push waited for the push limit: the refused push spent it")
-				srv.Clock.Advance(time.Hour)
-			})
+			// Room for the conversation's 2 ops, and up to the 961 of the
+			// push turned away (60 ops of 60 KiB and a malformed one),
+			// which the same ops pushed again would find spent if the
+			// first push had kept them.
+			srv, disk := diskServer(t)
 			alice := newDev(t, srv.Register("alice"))
 			bob := newDev(t, srv.Register("bob"))
 			conv := alice.createConv("c", bob)
@@ -100,12 +74,8 @@ func TestDiskNearlyFullDefersStreamPushes(t *testing.T) {
 			s := alice.open(h)
 			s.untilCaughtUp()
 
-			fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 20, TotalBytes: 10 << 30})
-			engineClock.Advance(time.Second)
-			var ops []*ferryv1.Op
-			for i := range tc.ops {
-				ops = append(ops, alice.op(conv, msg(fmt.Sprint("hi ", i, strings.Repeat(".", tc.body)))))
-			}
+			disk.Fill(true)
+			ops := messages(alice, conv, tc.ops, tc.body)
 			hi, bad := ops[0], &ferryv1.Op{Id: "not a ulid", Dot: 9999}
 			s.push(1, conv, append(ops, bad)...)
 			if !tc.retryLater {
@@ -138,8 +108,7 @@ func TestDiskNearlyFullDefersStreamPushes(t *testing.T) {
 
 			// Space is freed: the same ops, pushed again on the same
 			// session, are stored for the first time, and come to bob.
-			fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 30, TotalBytes: 10 << 30})
-			engineClock.Advance(time.Second)
+			disk.Fill(false)
 			s.push(2, conv, ops...)
 			r = s.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()
 			last := uint64(2 + tc.ops)
@@ -159,4 +128,30 @@ func TestDiskNearlyFullDefersStreamPushes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// diskServer starts a server on a disk the test fills and frees, with a
+// push limit of 1 op a second after a burst of 1,000, and fails the test
+// when a push waits for the limit: in these tests, only a push that kept
+// what a refused one spent would.
+func diskServer(t *testing.T) (*servertest.Server, *enginetest.Disk) {
+	disk := enginetest.NewDisk()
+	srv := servertest.New(t, servertest.Config{
+		Engine: disk.Options,
+		Server: func(o *server.Options) { o.PushLimit, o.PushBurst = 1, 1000 },
+	})
+	server.OnThrottle(srv.Server, func() {
+		t.Errorf("a push waited for the push limit: the refused push spent it")
+		srv.Clock.Advance(time.Hour)
+	})
+	return srv, disk
+}
+
+// messages makes n messages of d's in conv, each of body bytes and more.
+func messages(d *dev, conv string, n, body int) []*ferryv1.Op {
+	ops := make([]*ferryv1.Op, n)
+	for i := range ops {
+		ops[i] = d.op(conv, msg(fmt.Sprint("hi ", i, strings.Repeat(".", body))))
+	}
+	return ops
 }

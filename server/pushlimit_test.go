@@ -325,20 +325,13 @@ func TestAckWaitsAtMostTheLongestPushWait(t *testing.T) {
 		}
 	}
 	alice := newDev(t, srv.Register("alice"))
-	conv := alice.createConv("room") // 1 op of the 1000
-	messages := func(d *dev, n int) []*ferryv1.Op {
-		ops := make([]*ferryv1.Op, n)
-		for i := range ops {
-			ops[i] = d.op(conv, msg(fmt.Sprint("flood ", i)))
-		}
-		return ops
-	}
-	alice.push(conv, messages(alice, 999)...) // the rest of the burst
+	conv := alice.createConv("room")                   // 1 op of the 1000
+	alice.push(conv, messages(alice, conv, 999, 0)...) // the rest of the burst
 	// Another device of alice's pushes 300 more: its push goes ahead, and
 	// waits 300 s for the debt.
 	laptop := newDev(t, srv.Login("alice", "laptop"))
 	go func() {
-		_, _ = laptop.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(laptop, 300)}}})
+		_, _ = laptop.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(laptop, conv, 300, 0)}}})
 	}()
 	waitThrottled("the laptop's push")
 
