@@ -36,24 +36,35 @@ type newerServer struct {
 }
 
 func (n newerServer) RoundTrip(r *http.Request) (*http.Response, error) {
+	return syncRewrite{base: n.base, rewrite: func(env []byte) []byte { return futureKinds(env, n.rows) }}.RoundTrip(r)
+}
+
+// syncRewrite passes a device's Sync streams' responses through rewrite,
+// one envelope at a time, uncompressed.
+type syncRewrite struct {
+	base    http.RoundTripper
+	rewrite func(env []byte) []byte
+}
+
+func (w syncRewrite) RoundTrip(r *http.Request) (*http.Response, error) {
 	if !strings.HasSuffix(r.URL.Path, "/Sync") {
-		return n.base.RoundTrip(r)
+		return w.base.RoundTrip(r)
 	}
 	r = r.Clone(r.Context())
 	r.Header.Del("Connect-Accept-Encoding") // uncompressed envelopes, to rewrite
-	resp, err := n.base.RoundTrip(r)
+	resp, err := w.base.RoundTrip(r)
 	if err != nil {
 		return nil, err
 	}
-	resp.Body = &rewrittenBody{ReadCloser: resp.Body, rows: n.rows}
+	resp.Body = &rewrittenBody{ReadCloser: resp.Body, rewrite: w.rewrite}
 	return resp, nil
 }
 
-// rewrittenBody passes a Connect stream's envelopes on with futureKinds
-// applied to each message.
+// rewrittenBody passes a Connect stream's envelopes on with rewrite
+// applied to each.
 type rewrittenBody struct {
 	io.ReadCloser
-	rows    bool
+	rewrite func(env []byte) []byte
 	in, out []byte
 	err     error
 }
@@ -62,7 +73,7 @@ func (b *rewrittenBody) Read(p []byte) (int, error) {
 	for len(b.out) == 0 && b.err == nil {
 		if len(b.in) >= 5 {
 			if size := 5 + int(binary.BigEndian.Uint32(b.in[1:5])); len(b.in) >= size {
-				b.out = append(b.out, futureKinds(b.in[:size], b.rows)...)
+				b.out = append(b.out, b.rewrite(b.in[:size])...)
 				b.in = b.in[size:]
 				continue
 			}
@@ -291,4 +302,50 @@ func TestRestoreLeavesNewerKindsToTheirDevice(t *testing.T) {
 		t.Fatalf("the laptop's ops failed: %+v", fs)
 	}
 	waitFor(t, phone, "the phone has what it can show", has(t, phone, conv, "kept", "lost"))
+}
+
+// TestPushResultOfAnUnreadableOpIsSkipped: a push result may answer an op
+// by the id it was sent, which the server could not read; a device sends
+// ULIDs, so such an answer is not for one of its ops, and it goes on with
+// the rest. Here a rewriting transport adds one to each push result: the
+// device still sends its message, and stays live.
+func TestPushResultOfAnUnreadableOpIsSkipped(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	unreadable := func(env []byte) []byte {
+		var m ferryv1.SyncResponse
+		if env[0] != 0 || proto.Unmarshal(env[5:], &m) != nil || m.GetPushResult() == nil {
+			return env
+		}
+		pr := m.GetPushResult()
+		pr.Results = append([]*ferryv1.OpResult{{ConversationId: "?", OpId: "not an id", Status: ferryv1.OpStatus_OP_STATUS_REJECTED,
+			Reason: ferryv1.RejectReason_REJECT_REASON_INVALID, Message: "op_id: not a ULID"}}, pr.GetResults()...)
+		b, err := proto.Marshal(&m)
+		if err != nil {
+			panic(err)
+		}
+		return append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(b))), b...)
+	}
+	alice := device(t, srv, "alice", false,
+		clientsdk.WithHTTPClient(&http.Client{Transport: syncRewrite{base: srv.HTTP.Transport, rewrite: unreadable}}))
+	conv, err := alice.CreateConversation(ctx, "notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	id, err := alice.SendText(ctx, conv, "after an answer to someone else's op")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "the message sent", func() bool {
+		st := alice.Status()
+		return st.State == clientsdk.StateLive && st.Pending == 0
+	})
+	if s := status(t, alice, conv, id); s != clientsdk.StatusSent {
+		t.Fatalf("message status %v, want sent", s)
+	}
+	if f, err := alice.Failed(); err != nil || len(f) != 0 {
+		t.Fatalf("failed ops %v (%v), want none", f, err)
+	}
 }
