@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -145,13 +144,4 @@ func diskServer(t *testing.T) (*servertest.Server, *enginetest.Disk) {
 		srv.Clock.Advance(time.Hour)
 	})
 	return srv, disk
-}
-
-// messages makes n messages of d's in conv, each of body bytes and more.
-func messages(d *dev, conv string, n, body int) []*ferryv1.Op {
-	ops := make([]*ferryv1.Op, n)
-	for i := range ops {
-		ops[i] = d.op(conv, msg(fmt.Sprint("hi ", i, strings.Repeat(".", body))))
-	}
-	return ops
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -50,6 +51,15 @@ func msg(text string) func(*ferryv1.Op) {
 	return func(o *ferryv1.Op) {
 		o.Payload = &ferryv1.Op_Message{Message: &ferryv1.Message{Body: []byte(text), ContentType: "text/plain"}}
 	}
+}
+
+// messages makes n messages of d's in conv, each of body bytes and more.
+func messages(d *dev, conv string, n, body int) []*ferryv1.Op {
+	ops := make([]*ferryv1.Op, n)
+	for i := range ops {
+		ops[i] = d.op(conv, msg(fmt.Sprint("hi ", i, strings.Repeat(".", body))))
+	}
+	return ops
 }
 
 func create(title string) func(*ferryv1.Op) {

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -27,15 +26,8 @@ func TestPushLimit(t *testing.T) {
 	}})
 	alice := newDev(t, srv.Register("alice"))
 	bob := newDev(t, srv.Register("bob"))
-	conv := alice.createConv("room", bob) // 2 ops of alice's 1000
-	messages := func(n int) []*ferryv1.Op {
-		ops := make([]*ferryv1.Op, n)
-		for i := range ops {
-			ops[i] = alice.op(conv, msg(fmt.Sprint("flood ", i)))
-		}
-		return ops
-	}
-	alice.push(conv, messages(998)...) // the burst, at once
+	conv := alice.createConv("room", bob)              // 2 ops of alice's 1000
+	alice.push(conv, messages(alice, conv, 998, 0)...) // the burst, at once
 	if m := srv.Server.Metrics(); m.PushesThrottled != 0 {
 		t.Fatalf("%d pushes throttled within the burst", m.PushesThrottled)
 	}
@@ -59,7 +51,7 @@ func TestPushLimit(t *testing.T) {
 	// A unary push of 50 more waits half a second.
 	done := make(chan []*ferryv1.OpResult, 1)
 	go func() {
-		resp, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(50)}}})
+		resp, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(alice, conv, 50, 0)}}})
 		if err != nil {
 			t.Errorf("throttled push: %v", err)
 		}
@@ -68,7 +60,7 @@ func TestPushLimit(t *testing.T) {
 	waitThrottled()
 	// Meanwhile, a push in parallel that would wait more than ten seconds
 	// is refused, and stores nothing.
-	_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(1000)}}})
+	_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(alice, conv, 1000, 0)}}})
 	mustCode(t, "a push of 10 s past the limit", err, connect.CodeResourceExhausted)
 	if !strings.Contains(err.Error(), "push limit, 100 ops a second") || !strings.Contains(err.Error(), "retry in") {
 		t.Fatalf("refusal says %q: want the limit and when to retry", err)
@@ -88,7 +80,7 @@ func TestPushLimit(t *testing.T) {
 	h.RetryLater = true
 	s := alice.open(h)
 	s.untilCaughtUp()
-	s.push(6, conv, messages(1000)...)
+	s.push(6, conv, messages(alice, conv, 1000, 0)...)
 	r := s.until(func(m *ferryv1.SyncResponse) bool { return m.GetPushResult() != nil }).GetPushResult()
 	if len(r.GetResults()) != 1000 {
 		t.Fatalf("a stream's push of 10 s past the limit: %d results, want 1000", len(r.GetResults()))
@@ -135,7 +127,7 @@ func TestPushLimit(t *testing.T) {
 	s = alice.open(hello("", 0))
 	s.untilCaughtUp()
 	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: 7,
-		Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(500)}}}}})
+		Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(alice, conv, 500, 0)}}}}})
 	waitThrottled()
 	for range 5 {
 		srv.Clock.Advance(time.Second)
@@ -160,16 +152,16 @@ func TestPushLimit(t *testing.T) {
 	// Pushes waiting when the server goes away store nothing. A Sync
 	// session still says Goaway, and so when to reconnect; a unary push is
 	// told to push again after reconnecting.
-	srv.Clock.Advance(time.Hour)        // the bucket refills
-	alice.push(conv, messages(1000)...) // and empties
+	srv.Clock.Advance(time.Hour)                        // the bucket refills
+	alice.push(conv, messages(alice, conv, 1000, 0)...) // and empties
 	s = alice.open(hello("", 0))
 	s.untilCaughtUp()
 	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Push{Push: &ferryv1.Push{RequestId: 8,
-		Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(10)}}}}})
+		Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(alice, conv, 10, 0)}}}}})
 	waitThrottled()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(10)}}})
+		_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(alice, conv, 10, 0)}}})
 		errc <- err
 	}()
 	waitThrottled()
@@ -192,12 +184,8 @@ func TestAcksSpendThePushLimit(t *testing.T) {
 		o.PushLimit, o.PushBurst = rate, 1000
 	}})
 	alice := newDev(t, srv.Register("alice"))
-	conv := alice.createConv("room") // 1 op of the 1000
-	ops := make([]*ferryv1.Op, 996)
-	for i := range ops {
-		ops[i] = alice.op(conv, msg(fmt.Sprint("burst ", i)))
-	}
-	alice.push(conv, ops...) // 997
+	conv := alice.createConv("room")                   // 1 op of the 1000
+	alice.push(conv, messages(alice, conv, 996, 0)...) // 997
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	throttled := make(chan struct{}, 10)
@@ -269,16 +257,8 @@ func TestPushLimitCountsBodies(t *testing.T) {
 		o.PushLimit, o.PushBurst = 100, 1000
 	}})
 	alice := newDev(t, srv.Register("alice"))
-	conv := alice.createConv("room") // 1
-	big := strings.Repeat("x", 40<<10)
-	messages := func(n int, text string) []*ferryv1.Op {
-		ops := make([]*ferryv1.Op, n)
-		for i := range ops {
-			ops[i] = alice.op(conv, msg(text))
-		}
-		return ops
-	}
-	alice.push(conv, messages(100, "short")...) // 101 spent
+	conv := alice.createConv("room")                   // 1
+	alice.push(conv, messages(alice, conv, 100, 0)...) // 101 spent
 	if m := srv.Server.Metrics(); m.PushesThrottled != 0 {
 		t.Fatalf("100 short messages were throttled")
 	}
@@ -288,7 +268,7 @@ func TestPushLimitCountsBodies(t *testing.T) {
 	server.OnThrottle(srv.Server, func() { throttled <- struct{}{} })
 	done := make(chan error, 1)
 	go func() {
-		_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(100, big)}}})
+		_, err := alice.Sync.Push(ctx, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv, Ops: messages(alice, conv, 100, 40<<10)}}})
 		done <- err
 	}()
 	select {
