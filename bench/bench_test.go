@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/klauspost/compress/zstd"
 )
 
 func TestCorpusIsDeterministic(t *testing.T) {
@@ -38,6 +39,44 @@ func TestCorpusIsDeterministic(t *testing.T) {
 	}
 	if m := MeanPayload(); m < 50 || m > 150 {
 		t.Errorf("mean payload %.1f bytes, want realistic chat lines of 50..150 bytes", m)
+	}
+}
+
+// TestCorpusCompressesAsText holds the corpus near real text, which
+// zstd takes (default level, 1,000 messages at a time) to about 0.42 of
+// its size: an English novel cut to the corpus's message lengths did, and
+// version 3's corpus, 200 words drawn evenly, went to 0.37, flattering
+// every wire and disk figure that compresses it.
+func TestCorpusCompressesAsText(t *testing.T) {
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	var raw, packed int
+	for i := 0; i+1000 <= len(corpus); i += 1000 {
+		b := bytes.Join(corpus[i:i+1000], []byte{'\n'})
+		raw += len(b)
+		packed += len(enc.EncodeAll(b, nil))
+	}
+	if r := float64(packed) / float64(raw); r < 0.40 || r > 0.47 {
+		t.Errorf("zstd takes the corpus to %.3f of its size; real text goes to about 0.42 (0.40..0.47)", r)
+	}
+	// What a catch-up's batch of 1,000 ops carries seldom repeats a text
+	// (version 3's 10,000 texts came back about 5 times in 100).
+	repeats := 0
+	for k := 0; k < 100_000; k += 1000 {
+		seen := map[string]bool{}
+		for j := k; j < k+1000; j++ {
+			p := string(corpus[corpusIndex(j)])
+			if seen[p] {
+				repeats++
+			}
+			seen[p] = true
+		}
+	}
+	if repeats > 2000 {
+		t.Errorf("%d of 100,000 texts repeat one of the 1,000 before them; want at most 2 in 100", repeats)
 	}
 }
 
