@@ -348,7 +348,10 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 		if r.GetStatus() == ferryv1.OpStatus_OP_STATUS_RETRY_LATER {
 			// Even for an op whose echo came first: the server turned
 			// the push away, and would the next.
-			later, why = true, r.GetMessage()
+			later = true
+			if why == "" { // the push's first such result says why
+				why = r.GetMessage()
+			}
 		}
 		id, err := wire.ParseID("op id", r.GetOpId())
 		if err != nil {

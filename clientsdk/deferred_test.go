@@ -118,7 +118,8 @@ func TestDeferredPushesWaitOnALiveSession(t *testing.T) {
 }
 
 // TestSyncOnceSaysOpsWait: a SyncOnce cut while the server turns the
-// device's ops away says so, beside the context's error.
+// device's ops away says so, and why, beside the context's error. The
+// push holds two ops, of which the server's first answer says why.
 func TestSyncOnceSaysOpsWait(t *testing.T) {
 	disk := enginetest.NewDisk()
 	srv := servertest.New(t, servertest.Config{Engine: disk.Options})
@@ -128,8 +129,10 @@ func TestSyncOnceSaysOpsWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	disk.Fill(true)
-	if _, err := alice.Send(ctx, conv, []byte("kept for later"), "text/plain"); err != nil {
-		t.Fatal(err)
+	for _, text := range []string{"kept for later", "and this"} {
+		if _, err := alice.Send(ctx, conv, []byte(text), "text/plain"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	once, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)

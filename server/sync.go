@@ -110,10 +110,13 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 	}
 	var retryAfter time.Duration
 	if wait != nil && len(valid) > 0 {
-		for _, i := range at {
+		for j, i := range at {
 			results[i] = &ferryv1.OpResult{
 				ConversationId: ops[i].Conv.String(), OpId: ops[i].ID.String(),
-				Status: ferryv1.OpStatus_OP_STATUS_RETRY_LATER, Message: wait.msg,
+				Status: ferryv1.OpStatus_OP_STATUS_RETRY_LATER,
+			}
+			if j == 0 { // the reason once: it is the push's, not each op's
+				results[i].Message = wait.msg
 			}
 		}
 		valid, retryAfter = nil, wait.after

@@ -891,7 +891,9 @@ export enum OpStatus {
   /**
    * Not stored by this push, for now: the server cannot take new ops at
    * the moment (its disk is nearly full, or the user's devices push more
-   * than the push limit from several calls at once; message says which).
+   * than the push limit from several calls at once). The push's first
+   * RETRY_LATER result says which in its message; the others leave it
+   * empty.
    * Push the op again, with its id, once PushResult.retry_after_ms have
    * passed, and no later op of its device in its conversation before it.
    * Only a Sync stream whose client asked for it (Hello.retry_later)
