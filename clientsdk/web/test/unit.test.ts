@@ -851,6 +851,40 @@ test("IndexedDBReplica: a database the browser closes is lost at once, its write
   replica.close();
 });
 
+test("IndexedDBReplica: a write the browser aborts as it closes the database loses the replica, and stores nothing", async () => {
+  const { locks } = fakeLocks();
+  const factory = new IDBFactory();
+  const replica = await IndexedDBReplica.open("aborted", { factory, locks });
+  await replica.apply({ meta: { epoch: "e", feedPos: "1", dots: {} } });
+  let lost: Error | undefined;
+  replica.watch((err) => (lost = err));
+  // A browser closing a connection under the page aborts its running
+  // transactions with AbortError before the close event. fake-indexeddb
+  // lets them finish instead, so the test aborts the write as a browser
+  // does (_abort is its transactions' own way to), then closes.
+  type Internal = IDBDatabase & Parameters<typeof forceCloseDatabase>[0];
+  const db = (replica as unknown as { db: Internal }).db;
+  const open = db.transaction.bind(db);
+  let tx: (IDBTransaction & { _abort(name: string): void }) | undefined;
+  db.transaction = ((...args: Parameters<IDBDatabase["transaction"]>) => (tx = open(...args) as typeof tx)) as IDBDatabase["transaction"];
+  const write = replica.apply({ meta: { epoch: "e", feedPos: "2", dots: {} } });
+  assert.ok(tx, "apply started a transaction");
+  tx._abort("AbortError");
+  forceCloseDatabase(db);
+  // The write fails as the replica's loss, not as the abort, whichever
+  // of the abort and the close event comes first.
+  await assert.rejects(write, (err: unknown) => {
+    assert.ok(err instanceof ReplicaLostError, `the write threw ${err}`);
+    assert.match(err.message, /the browser closed the replica "aborted"/);
+    assert.equal(err, lost, "the write's error is the loss the watcher heard of");
+    return true;
+  });
+  await assert.rejects(replica.apply({}), ReplicaLostError);
+  const other = await IndexedDBReplica.open("aborted", { factory, locks, waitMs: 20 });
+  assert.equal((await other.load()).meta.feedPos, "1", "the aborted write stored nothing");
+  other.close();
+});
+
 test("IndexedDBReplica: one closed by its page says so, and is not lost", async () => {
   const replica = await IndexedDBReplica.open("shut", { factory: new IDBFactory(), locks: undefined });
   let lost: Error | undefined;
