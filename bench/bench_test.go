@@ -567,6 +567,34 @@ func TestTargetsNameSystemsOfEveryWorkload(t *testing.T) {
 	}
 }
 
+// TestWireTargetSaysTheTextsFloor: the catch-up wire target's cell, and
+// the zstd limit, say what zstd takes the texts alone to, the floor of
+// compressed wire bytes over payload; a report from before that was
+// measured says nothing of it.
+func TestWireTargetSaysTheTextsFloor(t *testing.T) {
+	rows := []CatchUpResult{
+		{System: "ferry", Ops: 10_000, Convs: 100, History: 1, RawBytes: 1000, CatchUp: CatchUp{WireBytes: 510}},
+		{System: "ferry (uncompressed)", Ops: 10_000, Convs: 100, History: 1, RawBytes: 1000, CatchUp: CatchUp{WireBytes: 1350}},
+	}
+	r := Report{CatchUp: rows, Limits: Limits{Zstd: []ZstdResult{
+		{OpsPerBatch: 100, Ratio: 0.43, MBPerSec: 135, TextRatio: 0.47},
+		{OpsPerBatch: 1000, Ratio: 0.37, MBPerSec: 147, TextRatio: 0.43},
+	}}}
+	md := r.Markdown()
+	for _, want := range []string{
+		"| catch-up bytes on the wire / payload | ≤ 0.45 | 0.51 (zstd takes the texts alone to 0.43) | 1.35 |",
+		"100 ops per batch: ratio 0.43 at 135 MB/s, their texts alone 0.47; 1000 ops per batch: ratio 0.37 at 147 MB/s, their texts alone 0.43;",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("the report lacks %q:\n%s", want, md)
+		}
+	}
+	r.Limits.Zstd[0].TextRatio, r.Limits.Zstd[1].TextRatio = 0, 0
+	if md := r.Markdown(); strings.Contains(md, "texts alone") || !strings.Contains(md, "| ≤ 0.45 | 0.51 | 1.35 |") {
+		t.Errorf("a report without the texts' ratio:\n%s", md)
+	}
+}
+
 // TestIdleTargetShowsEverySize: the idle-memory target holds at each number
 // of devices, so its cell shows each one measured.
 func TestIdleTargetShowsEverySize(t *testing.T) {

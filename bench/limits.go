@@ -191,6 +191,10 @@ type ZstdResult struct {
 	OpsPerBatch int     `json:"ops_per_batch"`
 	Ratio       float64 `json:"ratio"` // compressed / raw
 	MBPerSec    float64 `json:"mb_per_sec"`
+	// TextRatio is zstd's ratio on the batches' texts alone, one after
+	// another: the floor that the payload itself sets on what a batch's
+	// wire bytes over its payload can be. Zero in reports before it.
+	TextRatio float64 `json:"text_ratio,omitempty"`
 }
 
 // Zstd compresses wire batches of opsPerBatch corpus messages (Ops messages
@@ -202,6 +206,7 @@ func Zstd(opsPerBatch int, d time.Duration) (ZstdResult, error) {
 		return ZstdResult{}, err
 	}
 	var batches [][]byte
+	var text, textZ int
 	for k := 0; k < 20; k++ {
 		conv, dev, user := ulid.Make(), ulid.Make(), ulid.Make()
 		ids, err := opid.New(newRand(uint64(k))) // the SDK's op ids
@@ -227,6 +232,12 @@ func Zstd(opsPerBatch int, d time.Duration) (ZstdResult, error) {
 			return ZstdResult{}, err
 		}
 		batches = append(batches, raw)
+		var texts []byte
+		for _, op := range ops {
+			texts = append(texts, op.Body...)
+		}
+		text += len(texts)
+		textZ += len(enc.EncodeAll(texts, nil))
 	}
 	var rawN, zN int64
 	start := time.Now()
@@ -238,7 +249,8 @@ func Zstd(opsPerBatch int, d time.Duration) (ZstdResult, error) {
 		zN += int64(len(dst))
 	}
 	secs := time.Since(start).Seconds()
-	return ZstdResult{OpsPerBatch: opsPerBatch, Ratio: float64(zN) / float64(rawN), MBPerSec: float64(rawN) / secs / 1e6}, nil
+	return ZstdResult{OpsPerBatch: opsPerBatch, Ratio: float64(zN) / float64(rawN), MBPerSec: float64(rawN) / secs / 1e6,
+		TextRatio: float64(textZ) / float64(text)}, nil
 }
 
 // Loopback measures TCP bandwidth over loopback, in MB/s.
