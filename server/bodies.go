@@ -24,9 +24,12 @@ import (
 //     nothing for BodyTimeout fails, as nginx's client_body_timeout does.
 //     Without it, a client that opens a request and trickles nothing
 //     holds a connection and its goroutine for good; ReadHeaderTimeout
-//     bounds only the headers. Sync and Subscribe bodies are not bounded:
-//     a stream's client is quiet between messages, and heartbeats and the
-//     send timeout find the dead ones.
+//     bounds only the headers. Subscribe's body is bounded the same way:
+//     it is one message, its hello, which comes before anything else (and
+//     before the session counts against MaxStreamsPerDevice). Sync's body
+//     is not: its client is quiet between messages, the session bounds
+//     the wait for its hello, and heartbeats and the send timeout find
+//     the dead ones.
 func (s *Server) guardRequests(next http.Handler) http.Handler {
 	ew := connecthttp.NewErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -39,7 +42,6 @@ func (s *Server) guardRequests(next http.Handler) http.Handler {
 				_ = ew.Write(w, r, connect.NewError(connect.CodeUnimplemented, syncNeedsHTTP2))
 				return
 			}
-		case ferryv1connect.SyncServiceSubscribeProcedure:
 		default:
 			if s.opts.BodyTimeout > 0 && r.Body != nil && r.Body != http.NoBody {
 				r.Body = &deadlineBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: s.opts.BodyTimeout}

@@ -76,8 +76,9 @@ func TestSyncOverHTTP1SaysWhatToUse(t *testing.T) {
 }
 
 // A unary call whose request body stalls fails after BodyTimeout, over
-// HTTP/1.1 and HTTP/2, instead of holding its connection for good; a
-// Subscribe stream's quiet body is not cut.
+// HTTP/1.1 and HTTP/2, instead of holding its connection for good; so
+// does a Subscribe whose hello stalls, which has not yet counted against
+// its device's streams.
 func TestStalledRequestBodyIsCut(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) { o.BodyTimeout = 50 * time.Millisecond }})
 	login := ferryv1connect.AccountServiceLoginProcedure
@@ -102,6 +103,15 @@ func TestStalledRequestBodyIsCut(t *testing.T) {
 	t.Run("http/2", func(t *testing.T) {
 		status, body := stalled(t, srv.URL+login, srv.HTTP)
 		wantCut(t, status, body)
+	})
+
+	t.Run("subscribe", func(t *testing.T) {
+		// A stream's error comes in its end message, after a 200.
+		token := srv.Register("stalling").Session.GetToken()
+		status, body := stalledAs(t, srv.URL+ferryv1connect.SyncServiceSubscribeProcedure, srv.HTTP, "application/connect+proto", token)
+		if status != http.StatusOK || !strings.Contains(body, `"deadline_exceeded"`) || !strings.Contains(body, "sent nothing for 50ms") {
+			t.Fatalf("a Subscribe whose hello stalled got %d %q; want deadline_exceeded, saying it sent nothing for 50ms", status, body)
+		}
 	})
 
 	t.Run("held call", func(t *testing.T) {
@@ -162,13 +172,23 @@ func wantCut(t *testing.T, status int, body string) {
 // returns the server's answer.
 func stalled(t *testing.T, url string, client *http.Client) (status int, body string) {
 	t.Helper()
+	return stalledAs(t, url, client, "application/proto", "")
+}
+
+// stalledAs is stalled with the request's content type, and a token when
+// not empty.
+func stalledAs(t *testing.T, url string, client *http.Client, contentType, token string) (status int, body string) {
+	t.Helper()
 	pr, pw := io.Pipe()
 	defer pw.Close()
 	req, err := http.NewRequest(http.MethodPost, url, pr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Content-Type", "application/proto")
+	req.Header.Set("Content-Type", contentType)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	go func() { _, _ = pw.Write([]byte("abc")) }() // and nothing more
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
