@@ -266,7 +266,13 @@ func resultsToProto(res []engine.AppendResult) []*ferryv1.OpResult {
 	return out
 }
 
-func markersFromProto(ms []*ferryv1.Marker) ([]engine.Marker, error) {
+// markersFromProto reads an ack's markers, and refuses more than limit
+// of them, as the engine would, before the ack spends the push limit.
+func markersFromProto(ms []*ferryv1.Marker, limit int) ([]engine.Marker, error) {
+	if len(ms) > limit {
+		return nil, connect.NewError(connect.CodeResourceExhausted,
+			fmt.Sprintf("%d markers in one ack; the limit is %d: split the ack", len(ms), limit))
+	}
 	out := make([]engine.Marker, len(ms))
 	for i, m := range ms {
 		conv, err := ulid.ParseStrict(m.GetConversationId())

@@ -122,7 +122,7 @@ func FuzzDecodeVectorAndMarkers(f *testing.F) {
 		}
 		var ack ferryv1.AckRequest
 		if proto.Unmarshal(b, &ack) == nil {
-			if _, err := markersFromProto(ack.GetMarkers()); err != nil {
+			if _, err := markersFromProto(ack.GetMarkers(), maxOpsPerPush); err != nil {
 				clientError(t, err)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect/v2"
+	"github.com/oklog/ulid/v2"
 
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/server"
@@ -246,6 +247,40 @@ func TestAcksSpendThePushLimit(t *testing.T) {
 	}
 	if m := srv.Server.Metrics(); m.PushesThrottled != 2 || m.PushesRefused != 0 {
 		t.Fatalf("%d throttled, %d refused; want the two acks and none", m.PushesThrottled, m.PushesRefused)
+	}
+}
+
+// TestAnOversizedAckSpendsNothing: an ack of more markers than one ack
+// takes is refused before it spends the push limit, on the unary Ack and
+// on a Sync stream: it does not leave the user's other devices in debt.
+func TestAnOversizedAckSpendsNothing(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+		o.PushLimit, o.PushBurst = 100, 1000
+	}})
+	alice := newDev(t, srv.Register("alice"))
+	phone := newDev(t, srv.Login("alice", "phone"))
+	conv := alice.createConv("room") // 1 op of the 1000
+	marks := make([]*ferryv1.Marker, 1001)
+	for i := range marks {
+		marks[i] = &ferryv1.Marker{ConversationId: ulid.Make().String(), Delivered: 1}
+	}
+	// The old server made the ack wait for the debt it had taken, on a
+	// clock that does not move: it would not answer.
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	_, err := alice.Sync.Ack(ctx, &ferryv1.AckRequest{Markers: marks})
+	mustCode(t, "an ack of 1001 markers", err, connect.CodeResourceExhausted)
+	if !strings.Contains(err.Error(), "1001 markers in one ack; the limit is 1000: split the ack") {
+		t.Fatalf("an ack of 1001 markers: %v, want it to say the limit", err)
+	}
+	s := phone.open(hello("", 0))
+	s.untilCaughtUp()
+	s.send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Ack{Ack: &ferryv1.Ack{Markers: marks}}})
+	mustCode(t, "a stream's ack of 1001 markers", s.endErr(), connect.CodeResourceExhausted)
+	// The rest of the burst is there: 999 ops go at once.
+	alice.push(conv, messages(alice, conv, 999, 0)...)
+	if m := srv.Server.Metrics(); m.PushesThrottled != 0 || m.PushesRefused != 0 {
+		t.Fatalf("%d calls throttled, %d refused; want none", m.PushesThrottled, m.PushesRefused)
 	}
 }
 

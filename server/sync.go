@@ -152,7 +152,8 @@ type pushedOps struct {
 	retryAfter time.Duration
 }
 
-// maxOpsPerPush caps one push; the engine's default limit.
+// maxOpsPerPush caps one push, and the markers of one ack; the engine's
+// default limit.
 const maxOpsPerPush = 1000
 
 func (h syncService) Push(ctx context.Context, req *ferryv1.PushRequest) (*ferryv1.PushResponse, error) {
@@ -164,7 +165,7 @@ func (h syncService) Push(ctx context.Context, req *ferryv1.PushRequest) (*ferry
 }
 
 func (h syncService) Ack(ctx context.Context, req *ferryv1.AckRequest) (*ferryv1.AckResponse, error) {
-	marks, err := markersFromProto(req.GetMarkers())
+	marks, err := markersFromProto(req.GetMarkers(), maxOpsPerPush)
 	if err != nil {
 		return nil, err
 	}
@@ -1164,7 +1165,7 @@ func (l *loop) handle(ctx context.Context, req *ferryv1.SyncRequest) (engine.Pen
 			return engine.Pending{}, errSenderEnded // syncErr returns the sender's error
 		}
 	case *ferryv1.SyncRequest_Ack:
-		marks, err := markersFromProto(msg.Ack.GetMarkers())
+		marks, err := markersFromProto(msg.Ack.GetMarkers(), maxOpsPerPush)
 		if err == nil {
 			err = s.throttleAck(ctx, l.a.User, len(marks), l.p.ended)
 		}
