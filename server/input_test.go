@@ -63,10 +63,15 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 		"no payload":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2}, "batches[0].ops[0] has no payload: set one of"},
 		"a newer kind":        {newer, "batches[0].ops[0] has no payload this server knows: it has field 42, which this server does not (an op kind newer than the server?)"},
 		"zero dot":            {&ferryv1.Op{Id: ulid.Make().String(), Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "dot must be 1 or more"},
-		"edit without target": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Edit{Edit: &ferryv1.Edit{}}}, "batches[0].ops[0].target_id is required"},
-		"erased set":          {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Erased: true, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "batches[0].ops[0].erased is set by the server"},
-		"malformed id":        {&ferryv1.Op{Id: "x", Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, `batches[0].ops[0].id "x" is not a ULID`},
-		"malformed device":    {&ferryv1.Op{Id: ulid.Make().String(), DeviceId: "d", Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, `batches[0].ops[0].device_id "d" is not a ULID`},
+		"edit without target": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_Edit{Edit: &ferryv1.Edit{}}}, "batches[0].ops[0].edit.target_id is required"},
+		// A payload's field is named as such, not as the op's own field
+		// of the same name (user_id: the author, which the server sets).
+		"malformed member": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_MemberAdd{MemberAdd: &ferryv1.MemberAdd{UserId: "x"}}}, `batches[0].ops[0].member_add.user_id "x" is not a ULID`},
+		"no member":        {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_MemberRemove{MemberRemove: &ferryv1.MemberRemove{}}}, "batches[0].ops[0].member_remove.user_id is required"},
+		"malformed target": {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Payload: &ferryv1.Op_ReactionAdd{ReactionAdd: &ferryv1.Reaction{TargetId: "t", Key: "👍"}}}, `batches[0].ops[0].reaction_add.target_id "t" is not a ULID`},
+		"erased set":       {&ferryv1.Op{Id: ulid.Make().String(), Dot: 2, Erased: true, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, "batches[0].ops[0].erased is set by the server"},
+		"malformed id":     {&ferryv1.Op{Id: "x", Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, `batches[0].ops[0].id "x" is not a ULID`},
+		"malformed device": {&ferryv1.Op{Id: ulid.Make().String(), DeviceId: "d", Dot: 2, Payload: &ferryv1.Op_Message{Message: &ferryv1.Message{}}}, `batches[0].ops[0].device_id "d" is not a ULID`},
 	} {
 		resp, err := pushOne(tc.op)
 		if err != nil {

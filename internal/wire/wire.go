@@ -89,12 +89,14 @@ func parseOp(field string, conv ulid.ULID, p *ferryv1.Op, newer bool) (model.Op,
 		return op, err
 	}
 	op.Conv, op.Seq, op.Dot.N, op.Erased = conv, p.GetSeq(), p.GetDot(), p.GetErased()
-	target := func(s string) error {
-		op.Target, err = subID(field, ".target_id", s, false)
+	// An error names the payload's field (".member_add.user_id"), not
+	// the op's own field of the same name (".user_id", the author).
+	target := func(payload, s string) error {
+		op.Target, err = subID(field, "."+payload+".target_id", s, false)
 		return err
 	}
-	member := func(s string) error {
-		op.Member, err = subID(field, ".user_id", s, false)
+	member := func(payload, s string) error {
+		op.Member, err = subID(field, "."+payload+".user_id", s, false)
 		return err
 	}
 	switch pl := p.GetPayload().(type) {
@@ -104,19 +106,19 @@ func parseOp(field string, conv ulid.ULID, p *ferryv1.Op, newer bool) (model.Op,
 		op.Kind, op.Body, op.ContentType = model.KindMessage, pl.Message.GetBody(), pl.Message.GetContentType()
 	case *ferryv1.Op_Edit:
 		op.Kind, op.Body, op.ContentType = model.KindEdit, pl.Edit.GetBody(), pl.Edit.GetContentType()
-		err = target(pl.Edit.GetTargetId())
+		err = target("edit", pl.Edit.GetTargetId())
 	case *ferryv1.Op_Delete:
 		op.Kind = model.KindDelete
-		err = target(pl.Delete.GetTargetId())
+		err = target("delete", pl.Delete.GetTargetId())
 	case *ferryv1.Op_ReactionAdd:
 		op.Kind, op.ReactionKey = model.KindReactionAdd, pl.ReactionAdd.GetKey()
-		err = target(pl.ReactionAdd.GetTargetId())
+		err = target("reaction_add", pl.ReactionAdd.GetTargetId())
 	case *ferryv1.Op_ReactionRemove:
 		op.Kind, op.ReactionKey = model.KindReactionRemove, pl.ReactionRemove.GetKey()
-		err = target(pl.ReactionRemove.GetTargetId())
+		err = target("reaction_remove", pl.ReactionRemove.GetTargetId())
 	case *ferryv1.Op_MemberAdd:
 		op.Kind = model.KindMemberAdd
-		if err = member(pl.MemberAdd.GetUserId()); err == nil {
+		if err = member("member_add", pl.MemberAdd.GetUserId()); err == nil {
 			op.Role, err = Role(field+".member_add.role", pl.MemberAdd.GetRole())
 			if op.Role == model.RoleNone {
 				op.Role = model.RoleMember
@@ -124,10 +126,10 @@ func parseOp(field string, conv ulid.ULID, p *ferryv1.Op, newer bool) (model.Op,
 		}
 	case *ferryv1.Op_MemberRemove:
 		op.Kind = model.KindMemberRemove
-		err = member(pl.MemberRemove.GetUserId())
+		err = member("member_remove", pl.MemberRemove.GetUserId())
 	case *ferryv1.Op_MemberRole:
 		op.Kind = model.KindMemberRole
-		if err = member(pl.MemberRole.GetUserId()); err == nil {
+		if err = member("member_role", pl.MemberRole.GetUserId()); err == nil {
 			op.Role, err = Role(field+".member_role.role", pl.MemberRole.GetRole())
 		}
 	case *ferryv1.Op_SetTitle:
