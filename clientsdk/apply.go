@@ -340,10 +340,11 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 		return ErrClosed
 	}
 	b := d.db.NewBatch()
-	renumber := map[convDevice]uint64{} // the first dot to give a device's pending ops in a conversation
+	renumber := map[convDevice]renumbering{} // how to number a device's pending ops in a conversation again
 	var evs []Event
 	var touched []ulid.ULID // conversations whose messages changed: their last may have
 	later, why := false, "" // the server asked to push ops again later, and why
+	took := false           // the server stored an op of the push, or had it
 	for _, r := range pr.GetResults() {
 		if r.GetStatus() == ferryv1.OpStatus_OP_STATUS_RETRY_LATER {
 			// Even for an op whose echo came first: the server turned
@@ -374,6 +375,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 		at := convDevice{ref.conv, dev}
 		switch r.GetStatus() {
 		case ferryv1.OpStatus_OP_STATUS_ACCEPTED, ferryv1.OpStatus_OP_STATUS_DUPLICATE:
+			took = true
 			op.Seq = r.GetSeq()
 			op.UserId = d.creds.User
 			m, err := wire.Op("op", ref.conv, op)
@@ -409,8 +411,8 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 			case ferryv1.RejectReason_REJECT_REASON_DOT_GAP, ferryv1.RejectReason_REJECT_REASON_DOT_REUSED:
 				// The server stands at server_dot: number the pending ops of
 				// this conversation from there.
-				if first, ok := renumber[at]; !ok || r.GetServerDot()+1 < first {
-					renumber[at] = r.GetServerDot() + 1
+				if cur, ok := renumber[at]; !ok || r.GetServerDot()+1 < cur.first {
+					renumber[at] = renumbering{first: r.GetServerDot() + 1}
 				}
 			default:
 				b.Delete(seqKey(tOutbox, ref.local))
@@ -418,8 +420,8 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 					Reason: r.GetReason().String(), Message: r.GetMessage(), At: d.opts.clock.Now().UnixMilli()}))
 				delete(d.pending, id)
 				d.failed[ref.conv] = append(d.failed[ref.conv], ref.local) // locals only grow
-				if first, ok := renumber[at]; !ok || op.GetDot() < first {
-					renumber[at] = op.GetDot()
+				if cur, ok := renumber[at]; !ok || op.GetDot() < cur.first {
+					renumber[at] = renumbering{first: op.GetDot(), keep: true}
 				}
 				evs = append(evs, OpFailed{Conv: ref.conv, Op: id, Reason: reasonName(r.GetReason()), Message: r.GetMessage()},
 					MessagesChanged{Conv: ref.conv, IDs: []ulid.ULID{id}})
@@ -445,8 +447,8 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	}
 	delete(s.inflight, pr.GetRequestId())
 	s.mu.Unlock()
-	for at, first := range renumber {
-		if err := d.renumber(at, first); err != nil {
+	for at, how := range renumber {
+		if err := d.renumber(at, how); err != nil {
 			return err
 		}
 		// Renumbered ops must go again, in flight or not.
@@ -462,9 +464,13 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 		evs = append(evs, ConversationChanged{Conv: conv})
 	}
 	released := false
-	if later {
+	switch {
+	case later:
 		s.holdPushes(time.Duration(pr.GetRetryAfterMs())*time.Millisecond, why)
-	} else {
+	case took:
+		// What turned ops away may be over. An answer that took nothing
+		// (its ops refused for a dot gap behind the held ones, say)
+		// tells nothing of it.
 		released = s.releasePushes()
 	}
 	d.emit(append(evs, StatusChanged{Status: d.statusLocked()})...)
@@ -496,10 +502,20 @@ func (d *Device) outboxOp(local uint64) (outboxEntry, *ferryv1.Op, error) {
 	return e, op, err
 }
 
-// renumber gives the pending ops of at.device in at.conv the dots first,
-// first+1, ... in outbox order, and moves the conversation's NextDot when
-// the device is the profile's. d.mu is held.
-func (d *Device) renumber(at convDevice, first uint64) error {
+// renumbering says how to number a device's pending ops in a conversation
+// again: from first, or, with keep (an op refused for good, whose dot is
+// free again), from the first pending op's own dot when it is lower: ops
+// before the refused one that the server has yet to take (answered
+// RETRY_LATER with it, or in another push in flight) keep their dots.
+type renumbering struct {
+	first uint64
+	keep  bool
+}
+
+// renumber gives the pending ops of at.device in at.conv the dots from
+// how's first on, in outbox order, and moves the conversation's NextDot
+// when the device is the profile's. d.mu is held.
+func (d *Device) renumber(at convDevice, how renumbering) error {
 	var locals []uint64
 	for _, ref := range d.pending {
 		if ref.conv == at.conv {
@@ -508,7 +524,8 @@ func (d *Device) renumber(at convDevice, first uint64) error {
 	}
 	slices.Sort(locals)
 	b := d.db.NewBatch()
-	dot, n := first, 0
+	dot, n := how.first, 0
+	from := dot
 	for _, l := range locals {
 		e, op, err := d.outboxOp(l)
 		if err != nil {
@@ -516,6 +533,12 @@ func (d *Device) renumber(at convDevice, first uint64) error {
 		}
 		if op.GetDeviceId() != at.device.String() {
 			continue // another device's, counted apart (see signIn)
+		}
+		if n == 0 && how.keep && op.GetDot() < dot {
+			dot = op.GetDot()
+		}
+		if n == 0 {
+			from = dot
 		}
 		op.Dot = dot
 		dot++
@@ -529,7 +552,7 @@ func (d *Device) renumber(at convDevice, first uint64) error {
 		rec.NextDot = dot - 1
 		b.Set(idKey(tConv, at.conv), encodeJSON(rec))
 	}
-	d.log.Info("renumbered pending ops", "conv", at.conv, "device", at.device, "from", first, "ops", n)
+	d.log.Info("renumbered pending ops", "conv", at.conv, "device", at.device, "from", from, "ops", n)
 	return d.db.Commit(b)
 }
 

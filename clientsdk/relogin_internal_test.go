@@ -78,7 +78,7 @@ func TestSignInNumbersTheNewDeviceApart(t *testing.T) {
 		{first.Device, 7, []string{"first 7", "first 8", "second 1"}, 1},
 		{second.Device, 4, []string{"first 7", "first 8", "second 4"}, 4},
 	} {
-		if err := d.renumber(convDevice{conv, c.device}, c.from); err != nil {
+		if err := d.renumber(convDevice{conv, c.device}, renumbering{first: c.from}); err != nil {
 			t.Fatal(err)
 		}
 		if got := queued(); !slices.Equal(got, c.want) || d.convs[conv].NextDot != c.next {
