@@ -127,6 +127,8 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		// this session to take it. The session's background work (member
 		// refreshes) runs under ctx: a SyncOnce does not cut it.
 		var live bool
+		// A SyncOnce that succeeds from here on ends the backoff below.
+		synced := d.syncedSince()
 		sctx, endSession := context.WithCancel(ctx)
 		err := d.stream.takeForLoop(ctx, endSession)
 		if err == nil {
@@ -147,9 +149,7 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 			if live {
 				d.ackOnStop()
 			}
-			d.mu.Lock()
-			d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
-			d.mu.Unlock()
+			d.offlineUnlessRestarted(done)
 			return
 		}
 		if live {
@@ -195,14 +195,49 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		d.mu.Unlock()
 		select {
 		case <-t.C():
+		case <-synced: // the server is there: connect now, and afresh
+			t.Stop()
+			attempt = 0
 		case <-ctx.Done():
 			t.Stop()
-			d.mu.Lock()
-			d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
-			d.mu.Unlock()
+			d.offlineUnlessRestarted(done)
 			return
 		}
 	}
+}
+
+// syncedSince returns what a SyncOnce that succeeds from now on closes.
+func (d *Device) syncedSince() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.synced == nil {
+		d.synced = make(chan struct{})
+	}
+	return d.synced
+}
+
+// onceSynced tells Start's loop that a SyncOnce succeeded (syncedSince).
+func (d *Device) onceSynced() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.synced != nil {
+		close(d.synced)
+		d.synced = nil
+	}
+}
+
+// offlineUnlessRestarted sets the status offline as the loop whose done
+// this is stops, unless a Start has begun another loop meanwhile (while
+// this one sent its last markers), whose status stands.
+func (d *Device) offlineUnlessRestarted(done chan struct{}) {
+	d.runMu.Lock()
+	defer d.runMu.Unlock()
+	if d.done != nil && d.done != done {
+		return
+	}
+	d.mu.Lock()
+	d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
+	d.mu.Unlock()
 }
 
 // backoff is the delay before reconnect attempt n (1, 2, ...): doubling
@@ -224,7 +259,9 @@ func (d *Device) backoff(n int) time.Duration {
 // fix is a *TerminalError. Markers are sent with acknowledgement before it
 // returns, and Status is offline again. A device has one Sync stream at a
 // time: SyncOnce calls at once take turns, and while Start's loop runs,
-// SyncOnce ends its session and the loop connects again after it.
+// SyncOnce ends its session and the loop connects again after it (at
+// once, too, when the loop was waiting to reconnect and SyncOnce got
+// through).
 func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	if _, err := d.Account(); err != nil {
 		return err
@@ -266,7 +303,8 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 		_, err := d.session(ctx, ctx, true)
 		d.stream.release()
 		if errors.Is(err, errDone) {
-			return d.ackNow(ctx)
+			d.onceSynced()
+			return d.ackRetrying(ctx)
 		}
 		if ctx.Err() != nil {
 			d.mu.Lock()
@@ -1036,6 +1074,24 @@ func (d *Device) ackOnStop() {
 	defer cancel()
 	if err := d.ackNow(ctx); err != nil {
 		d.log.Info("markers not sent as sync stopped; the next session sends them", "err", err)
+	}
+}
+
+// ackRetrying is ackNow for SyncOnce, which retries a retryable error with
+// backoff until ctx ends, as its session does.
+func (d *Device) ackRetrying(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		err := d.ackNow(ctx)
+		if err == nil || !retryable(err) {
+			return err
+		}
+		t := d.opts.clock.NewTimer(d.backoff(attempt))
+		select {
+		case <-t.C():
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("ferry: sync: %w (last error: %v)", ctx.Err(), err)
+		}
 	}
 }
 

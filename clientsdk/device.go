@@ -87,6 +87,10 @@ type Device struct {
 	runMu  sync.Mutex // guards the four below
 	cancel context.CancelFunc
 	done   chan struct{}
+	// synced is closed, and replaced, when a SyncOnce succeeds: Start's
+	// loop, waiting out its backoff, connects again at once, the server
+	// being there. Guarded by mu.
+	synced chan struct{}
 	// closing is set as Close begins, halting while Close or Logout stops
 	// all syncing (halt): Start and SyncOnce refuse meanwhile, and halt
 	// cancels the SyncOnce calls under way (onces) and waits for them
@@ -627,7 +631,9 @@ func (d *Device) signIn(s *ferryv1.DeviceSession) error {
 // Logout revokes this device on the server and forgets its credentials.
 // The replica stays on disk, for the same user's next Login to resume
 // from; a Login or Register as another user empties it first. Delete the
-// profile directory to remove it.
+// profile directory to remove it. When the server cannot be reached to
+// revoke the device, Logout returns the error and the device stays
+// signed in, Start's loop syncing on if it ran.
 func (d *Device) Logout(ctx context.Context) error {
 	a, err := d.Account()
 	if err != nil {
@@ -637,8 +643,19 @@ func (d *Device) Logout(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.runMu.Lock()
+	running := d.cancel != nil
+	d.runMu.Unlock()
 	d.halt(false) // nothing of this user's lands after a next user's sign-in
-	defer d.resume()
+	signedOut := false
+	defer func() {
+		d.resume()
+		if !signedOut && running {
+			// Still signed in (the server could not be told): sync on
+			// as before.
+			_ = d.Start()
+		}
+	}()
 	if _, err := acc.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: a.Device.String()}); err != nil &&
 		connect.CodeOf(err) != connect.CodeUnauthenticated {
 		return fmt.Errorf("ferry: log out: %w", err)
@@ -650,7 +667,7 @@ func (d *Device) Logout(ctx context.Context) error {
 	if err := d.db.Commit(b); err != nil {
 		return err
 	}
-	d.creds = nil
+	d.creds, signedOut = nil, true
 	return nil
 }
 

@@ -3,12 +3,16 @@ package clientsdk_test
 import (
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/clientsdk"
+	"github.com/ferrysync/ferry/internal/clock"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -383,3 +387,223 @@ func TestLogoutStopsSyncing(t *testing.T) {
 		t.Fatalf("after Logout: %v", err)
 	}
 }
+
+// failingCalls fails the calls whose path ends with one of fail's keys
+// while the key's flag is set, as a network gone would.
+type failingCalls struct {
+	next http.RoundTripper
+	fail map[string]*atomic.Bool
+}
+
+func (f failingCalls) RoundTrip(r *http.Request) (*http.Response, error) {
+	for suffix, on := range f.fail {
+		if on.Load() && strings.HasSuffix(r.URL.Path, suffix) {
+			return nil, fmt.Errorf("network down (test): %s", suffix)
+		}
+	}
+	return f.next.RoundTrip(r)
+}
+
+// TestSyncOnceEndsTheLoopsBackoff: a SyncOnce that succeeds while Start's
+// loop waits out its backoff (the network was down) has the loop connect
+// at once: the device, whose status the SyncOnce left live, receives live
+// ops, instead of waiting on a backoff timer that nothing moves.
+func TestSyncOnceEndsTheLoopsBackoff(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	var down atomic.Bool
+	alice := device(t, srv, "alice", false, clientsdk.WithClock(fake), clientsdk.WithBackoff(10*time.Second, 10*time.Second),
+		clientsdk.WithHTTPClient(&http.Client{Transport: failingCalls{next: srv.HTTP.Transport, fail: map[string]*atomic.Bool{"/Sync": &down}}}))
+	bob := device(t, srv, "bob", false)
+	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	down.Store(true)
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Stop()
+	waitFor(t, alice, "the loop in backoff", func() bool {
+		st := alice.Status()
+		return st.State == clientsdk.StateOffline && !st.RetryAt.IsZero()
+	})
+	down.Store(false)
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.SendText(ctx, conv, "live"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The fake clock never reaches the backoff's end: only a loop that
+	// connected again receives the message.
+	waitFor(t, alice, "bob's message, live", has(t, alice, conv, "live"))
+	if st := alice.Status(); st.State != clientsdk.StateLive {
+		t.Fatalf("status %+v while the loop receives live ops, want live", st)
+	}
+}
+
+// TestStartWhileStopSendsItsMarkers: a Start while Stop's loop sends its
+// last markers starts a new loop, which goes live; the old loop, ending
+// after it, leaves the new loop's status as it is, rather than setting it
+// offline while the device receives live ops.
+func TestStartWhileStopSendsItsMarkers(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	var hold atomic.Bool
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	alice := device(t, srv, "alice", false, clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		if hold.Load() && strings.HasSuffix(r.URL.Path, "/Ack") {
+			select {
+			case arrived <- struct{}{}:
+			default:
+			}
+			<-release
+		}
+		return srv.HTTP.Transport.RoundTrip(r)
+	})}))
+	bob := device(t, srv, "bob", false)
+	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.SendText(ctx, conv, "one"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "live with bob's message", func() bool {
+		return alice.Status().State == clientsdk.StateLive && has(t, alice, conv, "one")()
+	})
+
+	// Stop sends the markers it gathered (bob's message delivered), and
+	// is held there.
+	hold.Store(true)
+	stopped := make(chan struct{})
+	go func() { alice.Stop(); close(stopped) }()
+	select {
+	case <-arrived:
+	case <-time.After(hangGuard):
+		t.Fatal("Stop sent no markers")
+	}
+	sub := alice.Subscribe(1024)
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for connecting, live := false, false; !live; {
+		select {
+		case ev := <-sub.C():
+			if sc, ok := ev.(clientsdk.StatusChanged); ok {
+				connecting = connecting || sc.Status.State == clientsdk.StateConnecting
+				live = connecting && sc.Status.State == clientsdk.StateLive
+			}
+		case <-time.After(hangGuard):
+			t.Fatalf("the new loop did not go live: %+v", alice.Status())
+		}
+	}
+	sub.Close()
+	hold.Store(false)
+	close(release)
+	<-stopped
+	if _, err := bob.SendText(ctx, conv, "two"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "bob's second message", has(t, alice, conv, "one", "two"))
+	if st := alice.Status(); st.State != clientsdk.StateLive {
+		t.Fatalf("status %+v while the new loop receives live ops, want live", st)
+	}
+	alice.Stop()
+}
+
+// TestFailedLogoutSyncsOn: a Logout that cannot reach the server returns
+// its error, and the device, still signed in, syncs on: Start's loop,
+// which Logout stopped first, runs again.
+func TestFailedLogoutSyncsOn(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	var down atomic.Bool
+	down.Store(true)
+	alice := device(t, srv, "alice", false,
+		clientsdk.WithHTTPClient(&http.Client{Transport: failingCalls{next: srv.HTTP.Transport, fail: map[string]*atomic.Bool{"/RevokeDevice": &down}}}))
+	bob := device(t, srv, "bob", false)
+	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Stop()
+	waitFor(t, alice, "live in the conversation", func() bool {
+		_, err := alice.Conversation(conv)
+		return err == nil && alice.Status().State == clientsdk.StateLive
+	})
+	if err := alice.Logout(ctx); err == nil || !strings.Contains(err.Error(), "network down") {
+		t.Fatalf("Logout with the server out of reach: %v, want its error", err)
+	}
+	if _, err := alice.Account(); err != nil {
+		t.Fatalf("signed out after a failed Logout: %v", err)
+	}
+	if _, err := bob.SendText(ctx, conv, "after the failed logout"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "bob's message", has(t, alice, conv, "after the failed logout"))
+}
+
+// TestSyncOnceRetriesItsAck: SyncOnce retries a retryable failure of its
+// last step, the markers' Ack, as it retries its session.
+func TestSyncOnceRetriesItsAck(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	var failed atomic.Int32
+	var armed atomic.Bool
+	alice := device(t, srv, "alice", false, clientsdk.WithBackoff(time.Millisecond, time.Millisecond),
+		clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+			if armed.Load() && strings.HasSuffix(r.URL.Path, "/Ack") && failed.Add(1) == 1 {
+				return nil, errors.New("network blip (test)")
+			}
+			return srv.HTTP.Transport.RoundTrip(r)
+		})}))
+	bob := device(t, srv, "bob", false)
+	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.SendText(ctx, conv, "hi"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatalf("SyncOnce whose Ack failed once: %v", err)
+	}
+	if n := failed.Load(); n < 2 {
+		t.Fatalf("%d Ack calls, want the failed one and its retry", n)
+	}
+}
+
+// roundTrip is an http.RoundTripper made of a function.
+type roundTrip func(*http.Request) (*http.Response, error)
+
+func (f roundTrip) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// hangGuard bounds a wait that only a bug makes long.
+const hangGuard = time.Minute
