@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -165,6 +166,39 @@ func TestNewestFirstCatchUp(t *testing.T) {
 	for _, c := range convs {
 		s.holds(c, 1, 42)
 	}
+}
+
+// TestNewestPageIsAtMost1000: a hello's page_size over 1000 is taken as
+// 1000, as the protocol says: the newest 1000 ops come first, then the
+// rest.
+func TestNewestPageIsAtMost1000(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	conv := alice.createConv("c", bob)                  // seqs 1, 2: the create, bob added
+	alice.push(conv, messages(alice, conv, 1000, 0)...) // 3..1002
+	alice.push(conv, messages(alice, conv, 3, 0)...)    // 1003..1005
+	h := hello("", 0)
+	h.PageSize = 1_000_000
+	s := bob.open(h)
+	s.untilCaughtUp()
+	var newest, backfill []uint64
+	for _, m := range s.messages {
+		for _, b := range m.GetOps().GetBatches() {
+			for _, op := range b.GetOps() {
+				switch m.GetOps().GetPhase() {
+				case ferryv1.Phase_PHASE_NEWEST:
+					newest = append(newest, op.GetSeq())
+				case ferryv1.Phase_PHASE_BACKFILL:
+					backfill = append(backfill, op.GetSeq())
+				}
+			}
+		}
+	}
+	if len(newest) != 1000 || slices.Min(newest) != 6 || slices.Max(newest) != 1005 || !slices.Equal(backfill, []uint64{1, 2, 3, 4, 5}) {
+		t.Fatalf("newest page of %d ops (%d..%d), backfill %v; want seqs 6..1005, then 1..5",
+			len(newest), slices.Min(newest), slices.Max(newest), backfill)
+	}
+	s.holds(conv, 1, 1005)
 }
 
 // TestDroppedStreamResumesAfterAck: a stream cut off mid catch-up resumes

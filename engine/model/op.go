@@ -152,10 +152,10 @@ func (o *Op) Validate(maxBody int) error {
 		maxBody = MaxBodyBytes
 	}
 	if o.ID == (ulid.ULID{}) {
-		return invalid("op id is missing")
+		return invalid("op id is missing, or is the zero ULID, which is no one's id")
 	}
 	if o.Conv == (ulid.ULID{}) {
-		return invalid("op %s: conversation id is missing", o.ID)
+		return invalid("op %s: conversation id is missing, or is the zero ULID, which is no conversation's", o.ID)
 	}
 	if o.Dot.Device == (ulid.ULID{}) {
 		return invalid("op %s: author device is missing", o.ID)

@@ -35,8 +35,8 @@ func TestValidate(t *testing.T) {
 		op   Op
 		want string
 	}{
-		{with(KindMessage, func(o *Op) { o.ID = [16]byte{} }), "op id is missing"},
-		{with(KindMessage, func(o *Op) { o.Conv = [16]byte{} }), "conversation id is missing"},
+		{with(KindMessage, func(o *Op) { o.ID = [16]byte{} }), "op id is missing, or is the zero ULID"},
+		{with(KindMessage, func(o *Op) { o.Conv = [16]byte{} }), "conversation id is missing, or is the zero ULID"},
 		{with(KindMessage, func(o *Op) { o.Dot.Device = [16]byte{} }), "author device is missing"},
 		{with(KindMessage, func(o *Op) { o.Dot.N = 0 }), "dot must be 1 or more"},
 		{base(KindUnknown), "unknown kind"},

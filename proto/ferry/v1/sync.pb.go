@@ -650,7 +650,8 @@ type Hello struct {
 	// come first (PHASE_NEWEST), then the rest of each gap oldest first
 	// (PHASE_BACKFILL): a conversation's ops then arrive out of seq order, and
 	// the client must track the seq ranges it holds. Zero (the default) sends
-	// every conversation's ops in seq order. At most 1000.
+	// every conversation's ops in seq order. At most 1000: the server takes
+	// a larger one as 1000.
 	PageSize uint32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// Caps on one Ops message; 0 means the server's defaults. The server's
 	// limits cap them.

@@ -4,7 +4,10 @@
 
 // Package ferry.v1 is the wire contract of Ferry, an offline-first message
 // sync server. All identifiers (users, devices, conversations, ops) are ULIDs
-// in their canonical 26-character Crockford base32 form.
+// in their canonical 26-character Crockford base32 form. The server reads
+// an id in lower case too, but answers every id in the canonical form, upper
+// case (a push's results included): a client that makes lower-case ids
+// compares them parsed, or upper-cased.
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";

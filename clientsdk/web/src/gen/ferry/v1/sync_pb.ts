@@ -243,7 +243,8 @@ export type Hello = Message<"ferry.v1.Hello"> & {
    * come first (PHASE_NEWEST), then the rest of each gap oldest first
    * (PHASE_BACKFILL): a conversation's ops then arrive out of seq order, and
    * the client must track the seq ranges it holds. Zero (the default) sends
-   * every conversation's ops in seq order. At most 1000.
+   * every conversation's ops in seq order. At most 1000: the server takes
+   * a larger one as 1000.
    *
    * @generated from field: uint32 page_size = 4;
    */
