@@ -346,6 +346,10 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	later, why := false, "" // the server asked to push ops again later, and why
 	took := false           // the server stored an op of the push, or had it
 	for _, r := range pr.GetResults() {
+		switch r.GetStatus() {
+		case ferryv1.OpStatus_OP_STATUS_ACCEPTED, ferryv1.OpStatus_OP_STATUS_DUPLICATE:
+			took = true // even for an op whose echo came first
+		}
 		if r.GetStatus() == ferryv1.OpStatus_OP_STATUS_RETRY_LATER {
 			// Even for an op whose echo came first: the server turned
 			// the push away, and would the next.
@@ -375,7 +379,6 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 		at := convDevice{ref.conv, dev}
 		switch r.GetStatus() {
 		case ferryv1.OpStatus_OP_STATUS_ACCEPTED, ferryv1.OpStatus_OP_STATUS_DUPLICATE:
-			took = true
 			op.Seq = r.GetSeq()
 			op.UserId = d.creds.User
 			m, err := wire.Op("op", ref.conv, op)

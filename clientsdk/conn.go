@@ -34,6 +34,11 @@ func (d *Device) Start() error {
 	}
 	d.runMu.Lock()
 	defer d.runMu.Unlock()
+	return d.startLocked()
+}
+
+// startLocked is Start under runMu.
+func (d *Device) startLocked() error {
 	if err := d.refuseRun(); err != nil {
 		return err
 	}
@@ -41,8 +46,9 @@ func (d *Device) Start() error {
 		return nil // running
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	d.loops++
 	d.cancel, d.done = cancel, make(chan struct{})
-	go d.loop(ctx, d.done)
+	go d.loop(ctx, d.done, d.loops)
 	return nil
 }
 
@@ -54,6 +60,7 @@ func (d *Device) Stop() {
 	d.runMu.Lock()
 	cancel, done := d.cancel, d.done
 	d.cancel, d.done = nil, nil
+	d.stops++
 	d.runMu.Unlock()
 	if cancel != nil {
 		cancel()
@@ -118,7 +125,8 @@ var (
 	errDone     = errors.New("ferry: caught up")
 )
 
-func (d *Device) loop(ctx context.Context, done chan struct{}) {
+// loop is Start's loop, the n-th Start began (Device.loops).
+func (d *Device) loop(ctx context.Context, done chan struct{}, n uint64) {
 	defer close(done)
 	attempt := 0
 	preempted := false
@@ -127,11 +135,14 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 		// this session to take it. The session's background work (member
 		// refreshes) runs under ctx: a SyncOnce does not cut it.
 		var live bool
-		// A SyncOnce that succeeds from here on ends the backoff below.
-		synced := d.syncedSince()
+		// A SyncOnce that succeeds once this session has ended ends the
+		// backoff below.
+		var synced <-chan struct{}
 		sctx, endSession := context.WithCancel(ctx)
 		err := d.stream.takeForLoop(ctx, endSession)
-		if err == nil {
+		if err != nil {
+			synced = d.syncedSince()
+		} else {
 			// Back from a SyncOnce's turn, the status stays as the session
 			// it ended left it (live, for a pull to refresh): the
 			// reconnect is the device's own, not news to show.
@@ -141,6 +152,7 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 				d.mu.Unlock()
 			}
 			live, err = d.session(ctx, sctx, false)
+			synced = d.syncedSince() // before a SyncOnce can take the stream
 			d.stream.release()
 		}
 		preempted = sctx.Err() != nil
@@ -149,7 +161,7 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 			if live {
 				d.ackOnStop()
 			}
-			d.offlineUnlessRestarted(done)
+			d.offlineUnlessRestarted(n)
 			return
 		}
 		if live {
@@ -200,7 +212,7 @@ func (d *Device) loop(ctx context.Context, done chan struct{}) {
 			attempt = 0
 		case <-ctx.Done():
 			t.Stop()
-			d.offlineUnlessRestarted(done)
+			d.offlineUnlessRestarted(n)
 			return
 		}
 	}
@@ -226,13 +238,14 @@ func (d *Device) onceSynced() {
 	}
 }
 
-// offlineUnlessRestarted sets the status offline as the loop whose done
-// this is stops, unless a Start has begun another loop meanwhile (while
-// this one sent its last markers), whose status stands.
-func (d *Device) offlineUnlessRestarted(done chan struct{}) {
+// offlineUnlessRestarted sets the status offline as loop n stops, unless
+// a Start has begun another loop meanwhile (while this one sent its last
+// markers), whose status stands, even once that loop has ended too
+// (failed for good, say).
+func (d *Device) offlineUnlessRestarted(n uint64) {
 	d.runMu.Lock()
 	defer d.runMu.Unlock()
-	if d.done != nil && d.done != done {
+	if d.loops != n {
 		return
 	}
 	d.mu.Lock()

@@ -84,19 +84,22 @@ type Device struct {
 	// wait resumeAckDelay (capacity 1).
 	resumeAckWake chan struct{}
 
-	runMu  sync.Mutex // guards the four below
+	runMu  sync.Mutex // guards the fields down to syncs
 	cancel context.CancelFunc
 	done   chan struct{}
+	loops  uint64 // Start's loops begun
+	stops  uint64 // Stop calls
 	// synced is closed, and replaced, when a SyncOnce succeeds: Start's
 	// loop, waiting out its backoff, connects again at once, the server
 	// being there. Guarded by mu.
 	synced chan struct{}
-	// closing is set as Close begins, halting while Close or Logout stops
-	// all syncing (halt): Start and SyncOnce refuse meanwhile, and halt
-	// cancels the SyncOnce calls under way (onces) and waits for them
-	// (syncs), which no new call joins as it waits.
+	// closing is set as Close begins; halts counts the halts under way,
+	// while Close, Logout or a sign-in stops all syncing (halt): Start and
+	// SyncOnce refuse meanwhile, and halt cancels the SyncOnce calls under
+	// way (onces) and waits for them (syncs), which no new call joins as
+	// it waits.
 	closing bool
-	halting bool
+	halts   int
 	onces   map[*context.CancelFunc]struct{}
 	syncs   sync.WaitGroup
 	bg      sync.WaitGroup // background work of sessions (member refreshes)
@@ -303,7 +306,7 @@ func (d *Device) Close() error {
 func (d *Device) halt(closing bool) {
 	d.runMu.Lock()
 	d.closing = d.closing || closing
-	d.halting = true
+	d.halts++
 	for cancel := range d.onces {
 		(*cancel)()
 	}
@@ -313,10 +316,11 @@ func (d *Device) halt(closing bool) {
 	d.bg.Wait()
 }
 
-// resume lets Start and SyncOnce run again after a halt (Logout's).
+// resume ends a halt (Logout's, a sign-in's): Start and SyncOnce run
+// again once no other is under way.
 func (d *Device) resume() {
 	d.runMu.Lock()
-	d.halting = false
+	d.halts--
 	d.runMu.Unlock()
 }
 
@@ -326,7 +330,7 @@ func (d *Device) refuseRun() error {
 	switch {
 	case d.closing:
 		return ErrClosed
-	case d.halting:
+	case d.halts > 0:
 		return ErrNotSignedIn
 	}
 	return nil
@@ -647,13 +651,19 @@ func (d *Device) Logout(ctx context.Context) error {
 	running := d.cancel != nil
 	d.runMu.Unlock()
 	d.halt(false) // nothing of this user's lands after a next user's sign-in
+	d.runMu.Lock()
+	stops := d.stops // halt's own Stop included
+	d.runMu.Unlock()
 	signedOut := false
 	defer func() {
-		d.resume()
-		if !signedOut && running {
-			// Still signed in (the server could not be told): sync on
-			// as before.
-			_ = d.Start()
+		d.runMu.Lock()
+		defer d.runMu.Unlock()
+		d.halts-- // resume
+		// Still signed in (the server could not be told): sync on as
+		// before, unless the application stopped syncing meanwhile, or
+		// another Logout halted it.
+		if !signedOut && running && d.stops == stops {
+			_ = d.startLocked()
 		}
 	}()
 	if _, err := acc.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: a.Device.String()}); err != nil &&

@@ -3,8 +3,11 @@ package clientsdk_test
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/ferrysync/ferry/clientsdk"
 	"github.com/ferrysync/ferry/internal/clock"
+	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -607,3 +611,130 @@ func (f roundTrip) RoundTrip(r *http.Request) (*http.Response, error) { return f
 
 // hangGuard bounds a wait that only a bug makes long.
 const hangGuard = time.Minute
+
+// TestSyncOnceEndsOnlyTheBackoffAfterIt: a SyncOnce that succeeded while
+// Start's loop ran does not end a backoff that comes much later, when the
+// loop's next session drops: the loop waits it out (here, on a clock that
+// moves only when told), then connects. The loop once took SyncOnce's
+// signal before its session rather than after it, and reconnected at once
+// after any drop that followed a SyncOnce: it went through the waiting
+// status without waiting (the test timed out looking for it), or, had the
+// test seen it, its fourth Sync call would have come before RetryAt.
+func TestSyncOnceEndsOnlyTheBackoffAfterIt(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	var mu sync.Mutex
+	var last io.ReadCloser
+	var calls []time.Time // when, on the fake clock, each Sync call went
+	alice := device(t, srv, "alice", false, clientsdk.WithClock(fake), clientsdk.WithBackoff(10*time.Second, 10*time.Second),
+		clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+			if strings.HasSuffix(r.URL.Path, "/Sync") {
+				mu.Lock()
+				calls = append(calls, fake.Now())
+				mu.Unlock()
+			}
+			resp, err := srv.HTTP.Transport.RoundTrip(r)
+			if err == nil && strings.HasSuffix(r.URL.Path, "/Sync") {
+				mu.Lock()
+				last = resp.Body
+				mu.Unlock()
+			}
+			return resp, err
+		})}))
+	syncCalls := func() []time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(calls)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Stop()
+	waitFor(t, alice, "live", func() bool { return alice.Status().State == clientsdk.StateLive })
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "the loop's session after the SyncOnce", func() bool {
+		return len(syncCalls()) == 3 && alice.Status().State == clientsdk.StateLive
+	})
+	// Much later, the loop's session drops.
+	fake.Advance(time.Hour)
+	mu.Lock()
+	_ = last.Close()
+	mu.Unlock()
+	var retryAt time.Time
+	waitFor(t, alice, "the loop waiting to reconnect", func() bool {
+		st := alice.Status()
+		retryAt = st.RetryAt
+		return st.State == clientsdk.StateOffline && !retryAt.IsZero()
+	})
+	fake.Advance(retryAt.Sub(fake.Now()))
+	waitFor(t, alice, "live again", func() bool { return alice.Status().State == clientsdk.StateLive })
+	if got := syncCalls(); len(got) != 4 || got[3].Before(retryAt) {
+		t.Fatalf("Sync calls at %v; want the fourth at %v or later, after the backoff", got, retryAt)
+	}
+}
+
+// TestStoppingLoopLeavesANewLoopsFailure: a loop that ends after a Start
+// began another, which then failed for good (the device revoked), leaves
+// that failure in the status: the application must learn to sign in
+// again.
+func TestStoppingLoopLeavesANewLoopsFailure(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	var hold atomic.Bool
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	alice := device(t, srv, "alice", false, clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		if hold.Load() && strings.HasSuffix(r.URL.Path, "/Ack") {
+			select {
+			case arrived <- struct{}{}:
+			default:
+			}
+			<-release
+		}
+		return srv.HTTP.Transport.RoundTrip(r)
+	})}))
+	bob := device(t, srv, "bob", false)
+	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.SendText(ctx, conv, "one"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "live with bob's message", func() bool {
+		return alice.Status().State == clientsdk.StateLive && has(t, alice, conv, "one")()
+	})
+	hold.Store(true)
+	stopped := make(chan struct{})
+	go func() { alice.Stop(); close(stopped) }()
+	select {
+	case <-arrived:
+	case <-time.After(hangGuard):
+		t.Fatal("Stop sent no markers")
+	}
+	acc, err := alice.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tablet := srv.Login("alice", "tablet")
+	if _, err := tablet.Account.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: acc.Device.String()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "the new loop failed", func() bool { return alice.Status().State == clientsdk.StateFailed })
+	hold.Store(false)
+	close(release)
+	<-stopped
+	var te *clientsdk.TerminalError
+	if st := alice.Status(); st.State != clientsdk.StateFailed || !errors.As(st.Err, &te) {
+		t.Fatalf("status %+v once the old loop ended; want the new loop's failure", st)
+	}
+}

@@ -115,3 +115,33 @@ func TestAnAnswerThatTookNothingKeepsTheHold(t *testing.T) {
 		t.Fatalf("status %+v after the server took an op, want the hold over", st)
 	}
 }
+
+// TestAnAnswerForAnEchoedOpEndsTheHold: an answer that took an op whose
+// echo came first (the op then no longer pending) ends a hold as any
+// answer that took an op does.
+func TestAnAnswerForAnEchoedOpEndsTheHold(t *testing.T) {
+	d, conv, s := signedInDevice(t)
+	ids := sendTexts(t, d, conv, "o1", "o2")
+	if err := s.results(&ferryv1.PushResult{RequestId: 1, RetryAfterMs: 1, Results: []*ferryv1.OpResult{
+		{OpId: ids[0].String(), Status: ferryv1.OpStatus_OP_STATUS_RETRY_LATER, Message: "the push limit"},
+		{OpId: ids[1].String(), Status: ferryv1.OpStatus_OP_STATUS_RETRY_LATER}}}); err != nil {
+		t.Fatal(err)
+	}
+	// o1 goes again and is taken; its echo lands first, which takes it
+	// out of the outbox as applying ops does.
+	d.mu.Lock()
+	b := d.db.NewBatch()
+	b.Delete(seqKey(tOutbox, d.pending[ids[0]].local))
+	if err := d.db.Commit(b); err != nil {
+		t.Fatal(err)
+	}
+	delete(d.pending, ids[0])
+	d.mu.Unlock()
+	if err := s.results(&ferryv1.PushResult{RequestId: 2, Results: []*ferryv1.OpResult{
+		{OpId: ids[0].String(), Status: ferryv1.OpStatus_OP_STATUS_ACCEPTED, Seq: 2}}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := d.Status(); errors.Is(st.Err, ErrPushDeferred) {
+		t.Fatalf("status %+v after the server took the held op, want the hold over", st)
+	}
+}
