@@ -161,14 +161,7 @@ func TestDeferredOpRefusedLaterClearsTheStatus(t *testing.T) {
 	}})
 	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	alice := device(t, srv, "alice", false, clientsdk.WithClock(fake))
-	bob := device(t, srv, "bob", false)
-	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bob.SyncOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
+	bob, conv := roomWithBob(t, srv)
 	if err := alice.Start(); err != nil {
 		t.Fatal(err)
 	}

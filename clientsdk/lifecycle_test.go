@@ -418,14 +418,7 @@ func TestSyncOnceEndsTheLoopsBackoff(t *testing.T) {
 	var down atomic.Bool
 	alice := device(t, srv, "alice", false, clientsdk.WithClock(fake), clientsdk.WithBackoff(10*time.Second, 10*time.Second),
 		clientsdk.WithHTTPClient(&http.Client{Transport: failingCalls{next: srv.HTTP.Transport, fail: map[string]*atomic.Bool{"/Sync": &down}}}))
-	bob := device(t, srv, "bob", false)
-	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bob.SyncOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
+	bob, conv := roomWithBob(t, srv)
 	down.Store(true)
 	if err := alice.Start(); err != nil {
 		t.Fatal(err)
@@ -458,47 +451,8 @@ func TestSyncOnceEndsTheLoopsBackoff(t *testing.T) {
 // after it, leaves the new loop's status as it is, rather than setting it
 // offline while the device receives live ops.
 func TestStartWhileStopSendsItsMarkers(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{})
-	var hold atomic.Bool
-	arrived, release := make(chan struct{}, 1), make(chan struct{})
-	alice := device(t, srv, "alice", false, clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
-		if hold.Load() && strings.HasSuffix(r.URL.Path, "/Ack") {
-			select {
-			case arrived <- struct{}{}:
-			default:
-			}
-			<-release
-		}
-		return srv.HTTP.Transport.RoundTrip(r)
-	})}))
-	bob := device(t, srv, "bob", false)
-	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bob.SendText(ctx, conv, "one"); err != nil {
-		t.Fatal(err)
-	}
-	if err := bob.SyncOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, alice, "live with bob's message", func() bool {
-		return alice.Status().State == clientsdk.StateLive && has(t, alice, conv, "one")()
-	})
-
-	// Stop sends the markers it gathered (bob's message delivered), and
-	// is held there.
-	hold.Store(true)
-	stopped := make(chan struct{})
-	go func() { alice.Stop(); close(stopped) }()
-	select {
-	case <-arrived:
-	case <-time.After(hangGuard):
-		t.Fatal("Stop sent no markers")
-	}
+	h := holdStop(t)
+	alice := h.alice
 	sub := alice.Subscribe(1024)
 	if err := alice.Start(); err != nil {
 		t.Fatal(err)
@@ -515,16 +469,14 @@ func TestStartWhileStopSendsItsMarkers(t *testing.T) {
 		}
 	}
 	sub.Close()
-	hold.Store(false)
-	close(release)
-	<-stopped
-	if _, err := bob.SendText(ctx, conv, "two"); err != nil {
+	h.release()
+	if _, err := h.bob.SendText(ctx, h.conv, "two"); err != nil {
 		t.Fatal(err)
 	}
-	if err := bob.SyncOnce(ctx); err != nil {
+	if err := h.bob.SyncOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, alice, "bob's second message", has(t, alice, conv, "one", "two"))
+	waitFor(t, alice, "bob's second message", has(t, alice, h.conv, "one", "two"))
 	if st := alice.Status(); st.State != clientsdk.StateLive {
 		t.Fatalf("status %+v while the new loop receives live ops, want live", st)
 	}
@@ -540,14 +492,7 @@ func TestFailedLogoutSyncsOn(t *testing.T) {
 	down.Store(true)
 	alice := device(t, srv, "alice", false,
 		clientsdk.WithHTTPClient(&http.Client{Transport: failingCalls{next: srv.HTTP.Transport, fail: map[string]*atomic.Bool{"/RevokeDevice": &down}}}))
-	bob := device(t, srv, "bob", false)
-	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bob.SyncOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
+	bob, conv := roomWithBob(t, srv)
 	if err := alice.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -584,17 +529,7 @@ func TestSyncOnceRetriesItsAck(t *testing.T) {
 			}
 			return srv.HTTP.Transport.RoundTrip(r)
 		})}))
-	bob := device(t, srv, "bob", false)
-	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bob.SendText(ctx, conv, "hi"); err != nil {
-		t.Fatal(err)
-	}
-	if err := bob.SyncOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
+	roomWithBob(t, srv, "hi")
 	armed.Store(true)
 	if err := alice.SyncOnce(ctx); err != nil {
 		t.Fatalf("SyncOnce whose Ack failed once: %v", err)
@@ -680,49 +615,13 @@ func TestSyncOnceEndsOnlyTheBackoffAfterIt(t *testing.T) {
 // that failure in the status: the application must learn to sign in
 // again.
 func TestStoppingLoopLeavesANewLoopsFailure(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{})
-	var hold atomic.Bool
-	arrived, release := make(chan struct{}, 1), make(chan struct{})
-	alice := device(t, srv, "alice", false, clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
-		if hold.Load() && strings.HasSuffix(r.URL.Path, "/Ack") {
-			select {
-			case arrived <- struct{}{}:
-			default:
-			}
-			<-release
-		}
-		return srv.HTTP.Transport.RoundTrip(r)
-	})}))
-	bob := device(t, srv, "bob", false)
-	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bob.SendText(ctx, conv, "one"); err != nil {
-		t.Fatal(err)
-	}
-	if err := bob.SyncOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, alice, "live with bob's message", func() bool {
-		return alice.Status().State == clientsdk.StateLive && has(t, alice, conv, "one")()
-	})
-	hold.Store(true)
-	stopped := make(chan struct{})
-	go func() { alice.Stop(); close(stopped) }()
-	select {
-	case <-arrived:
-	case <-time.After(hangGuard):
-		t.Fatal("Stop sent no markers")
-	}
+	h := holdStop(t)
+	alice := h.alice
 	acc, err := alice.Account()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tablet := srv.Login("alice", "tablet")
+	tablet := h.srv.Login("alice", "tablet")
 	if _, err := tablet.Account.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: acc.Device.String()}); err != nil {
 		t.Fatal(err)
 	}
@@ -730,11 +629,80 @@ func TestStoppingLoopLeavesANewLoopsFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, alice, "the new loop failed", func() bool { return alice.Status().State == clientsdk.StateFailed })
-	hold.Store(false)
-	close(release)
-	<-stopped
+	h.release()
 	var te *clientsdk.TerminalError
 	if st := alice.Status(); st.State != clientsdk.StateFailed || !errors.As(st.Err, &te) {
 		t.Fatalf("status %+v once the old loop ended; want the new loop's failure", st)
 	}
+}
+
+// roomWithBob registers bob, who makes a room with alice (registered
+// already) and sends texts to it, all on the server: the room alice's
+// device receives.
+func roomWithBob(t *testing.T, srv *servertest.Server, texts ...string) (*clientsdk.Device, ulid.ULID) {
+	t.Helper()
+	bob := device(t, srv, "bob", false)
+	conv, err := bob.CreateConversation(ctx, "room", lookup(t, bob, "alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, text := range texts {
+		if _, err := bob.SendText(ctx, conv, text); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return bob, conv
+}
+
+// heldStop is alice, live in bob's room with his message "one", whose
+// Stop is under way and held as it sends her last markers.
+type heldStop struct {
+	srv        *servertest.Server
+	alice, bob *clientsdk.Device
+	conv       ulid.ULID
+	// release lets the markers go, and waits for Stop to return.
+	release func()
+}
+
+func holdStop(t *testing.T) heldStop {
+	t.Helper()
+	h := heldStop{srv: servertest.New(t, servertest.Config{})}
+	var hold atomic.Bool
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	h.alice = device(t, h.srv, "alice", false, clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		if hold.Load() && strings.HasSuffix(r.URL.Path, "/Ack") {
+			select {
+			case arrived <- struct{}{}:
+			default:
+			}
+			<-release
+		}
+		return h.srv.HTTP.Transport.RoundTrip(r)
+	})}))
+	h.bob, h.conv = roomWithBob(t, h.srv, "one")
+	if err := h.alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, h.alice, "live with bob's message", func() bool {
+		return h.alice.Status().State == clientsdk.StateLive && has(t, h.alice, h.conv, "one")()
+	})
+	// Stop sends the markers it gathered (bob's message delivered), and
+	// is held there.
+	hold.Store(true)
+	stopped := make(chan struct{})
+	go func() { h.alice.Stop(); close(stopped) }()
+	select {
+	case <-arrived:
+	case <-time.After(hangGuard):
+		t.Fatal("Stop sent no markers")
+	}
+	h.release = func() {
+		hold.Store(false)
+		close(release)
+		<-stopped
+	}
+	return h
 }
