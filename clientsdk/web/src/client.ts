@@ -268,6 +268,14 @@ export class FerryClient {
   private stopping?: Promise<void>;
   private restart = false;
   private leaving = false; // signOut() runs: start() does nothing
+  private revoking = false; // signOut() asks the server to revoke the device
+  private revokedQuietly = false; // the loop ended on the revocation signOut asked for
+  // holding: a sign-in replaces a refused session, and start() waits for
+  // it (startAsked); stops counts stop() calls, so that the sign-in starts
+  // the device again after it only if none came meanwhile.
+  private holding = false;
+  private startAsked = false;
+  private stops = 0;
   private lost?: Error; // the replica can store nothing more: no more syncing
   private connected = false;
   private maxOpsPerPush = 100;
@@ -280,7 +288,9 @@ export class FerryClient {
   private readonly onOnline = () => this.reconnectNow();
   private readonly onOffline = () => this.current?.abort(new ConnectError("the browser went offline", Code.Unavailable));
   private entryDevices = new WeakMap<OutboxEntry, string>();
-  private pushRetry?: AbortController; // the wait before a failed push goes again
+  // The wait before a failed push goes again, in the session it is for:
+  // the session's pushes wait for it (a send meanwhile too).
+  private pushRetry?: { ctrl: AbortController; session: AbortController };
   private pushAttempt = 0; // pushes failed in a row
   private signingIn = false; // a login or register is asking the server
   private acking = false;
@@ -370,7 +380,9 @@ export class FerryClient {
    * what it holds, its queued messages too, which go out with the new
    * session; as another user, it starts over empty. Syncing stops for the
    * sign-in if it runs (a start() after the refusal retries) and starts
-   * again after; otherwise call start(), as after any sign-in.
+   * again after, unless stop() was called meanwhile; otherwise call
+   * start(), as after any sign-in. A start() while the sign-in asks the
+   * server waits for it, and then starts the new session.
    */
   async login(username: string, password: string): Promise<Session> {
     this.mustBeSignedOut();
@@ -398,11 +410,19 @@ export class FerryClient {
     try {
       if (!this.meta.session) return await signIn();
       const running = this.run !== undefined || this.restart;
-      await this.stop();
+      // No session of the refused account runs while the sign-in asks
+      // the server: what it would receive would land in the next
+      // account's replica. A start() meanwhile waits for the sign-in.
+      this.holding = true;
+      const stops = this.stops + 1; // with the stop below, this sign-in's own
       try {
+        await this.stop();
         return await signIn();
       } finally {
-        if (running) this.start();
+        this.holding = false;
+        const again = (running && this.stops === stops) || this.startAsked;
+        this.startAsked = false;
+        if (again) this.start();
       }
     } finally {
       this.signingIn = false;
@@ -465,10 +485,21 @@ export class FerryClient {
     if (this.lost) throw this.lost; // it could not forget the account: the next reload would find it signed in
     const s = this.meta.session;
     if (s) {
+      // The loop's session, which the revocation ends, ends quietly: a
+      // sign-out is no failure to report.
+      this.revoking = true;
+      this.revokedQuietly = false;
       try {
         await this.accounts.revokeDevice({ deviceId: s.deviceId });
       } catch (err) {
-        if (ConnectError.from(err).code !== Code.Unauthenticated) throw err;
+        if (ConnectError.from(err).code !== Code.Unauthenticated) {
+          // Still signed in: a loop that ended on a revocation whose
+          // answer was lost runs again, and says what it finds.
+          if (this.revokedQuietly) this.start();
+          throw err;
+        }
+      } finally {
+        this.revoking = false;
       }
     }
     this.leaving = true;
@@ -479,7 +510,7 @@ export class FerryClient {
     } finally {
       this.leaving = false;
     }
-    this.setStatus({ state: "signed-out", pending: 0 });
+    this.setStatus({ state: "signed-out", pending: 0, lastError: undefined });
     this.emit({ kind: "conversations" });
   }
 
@@ -489,6 +520,10 @@ export class FerryClient {
    */
   start(): void {
     if (this.leaving) return;
+    if (this.holding) {
+      this.startAsked = true;
+      return;
+    }
     if (this.lost) {
       this.setStatus({ state: "failed", lastError: this.lost.message });
       return;
@@ -536,6 +571,8 @@ export class FerryClient {
    */
   async stop(): Promise<void> {
     this.restart = false;
+    this.stops++;
+    this.startAsked = false;
     if (this.stopping) return this.stopping;
     const r = this.run;
     if (!r) return;
@@ -966,6 +1003,17 @@ export class FerryClient {
         this.connected = false;
         if (signal.aborted) break;
         const ce = ConnectError.from(err);
+        if (ce.code === Code.Unauthenticated && this.revoking && token === this.meta.session?.token) {
+          // signOut revoked the device: the run ends with nothing to
+          // report, and signOut stops it.
+          this.revokedQuietly = true;
+          if (this.run?.ctrl.signal === signal) {
+            this.run = undefined;
+            globalThis.removeEventListener?.("online", this.onOnline);
+            globalThis.removeEventListener?.("offline", this.onOffline);
+          }
+          return;
+        }
         this.setStatus({ lastError: ce.message });
         if (ce.code === Code.Unauthenticated && token !== this.meta.session?.token) {
           // The token refused is one a sign-in replaced meanwhile: the
@@ -1403,7 +1451,9 @@ export class FerryClient {
         // What a failed push held arrived meanwhile (its live echo, the
         // push having been stored after all): the failure is over.
         if (next.length === 0) this.pushRecovered();
-        if (next.length === 0 || !this.connected || !session) break;
+        // A push that failed asked for a wait: what this one would push
+        // goes as it ends (retryPush).
+        if (next.length === 0 || !this.connected || !session || this.pushRetry?.session === session) break;
         // One conversation's ops, as many as a push takes: the server's
         // count, and its message size less room for the request's framing.
         const conv = next[0]!.convId;
@@ -1457,13 +1507,13 @@ export class FerryClient {
   // Welcome. An error that retrying cannot fix is the session's to say.
   private retryPush(err: ConnectError): void {
     const session = this.current;
-    if (!session || session.signal.aborted || this.pushRetry || terminalCodes.has(err.code)) return;
+    if (!session || session.signal.aborted || this.pushRetry?.session === session || terminalCodes.has(err.code)) return;
     const wait = askedDelay(err) ?? this.backoff(this.pushAttempt);
     this.pushAttempt++;
     const ctrl = new AbortController();
-    this.pushRetry = ctrl;
+    this.pushRetry = { ctrl, session };
     const done = () => {
-      if (this.pushRetry === ctrl) this.pushRetry = undefined;
+      if (this.pushRetry?.ctrl === ctrl) this.pushRetry = undefined;
     };
     this.opts.sleep(wait, AbortSignal.any([session.signal, ctrl.signal])).then(() => {
       done();

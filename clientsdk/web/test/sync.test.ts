@@ -1779,3 +1779,118 @@ for (const how of ["its data was cleared", "another page deleted it"]) {
     assert.equal(c.status().state, "failed");
   });
 }
+
+// The private state a lifecycle test looks at: whether a loop runs, and
+// the flush under way.
+const internals = (c: FerryClient) => c as unknown as { run?: unknown; flushing?: Promise<void> };
+
+test("a stop() while a login replaces a refused session holds: the login does not start the device again", { timeout: 60_000 }, async () => {
+  const c = await open();
+  const username = await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  const other = await otherDevice(username);
+  await other.accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  await c.waitFor(() => c.status().state === "failed");
+  c.start(); // an app retrying
+  const login = c.login(username, "correct horse battery");
+  await c.stop(); // the app stops syncing (a view torn down) while the login asks the server
+  await login;
+  assert.equal(internals(c).run, undefined, "the login started the device again after stop()");
+  assert.equal(c.status().state, "offline");
+  c.start(); // the app's own start still works
+  await c.waitFor(() => c.status().state === "live");
+});
+
+test("a start() while a sign-in as another user replaces a refused session brings none of the old user's data", { timeout: 60_000 }, async () => {
+  let strip = 0;
+  let hold: Promise<void> | undefined;
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    const subscribe = String(input).endsWith("/ferry.v1.SyncService/Subscribe");
+    if (subscribe && strip > 0) {
+      strip--; // a proxy drops the header once: the server refuses a session that is still good
+      const headers = new Headers(init?.headers);
+      headers.delete("Authorization");
+      init = { ...init, headers };
+    }
+    const held = subscribe ? hold : undefined;
+    if (held) hold = undefined;
+    const res = await globalThis.fetch(input, init);
+    await held;
+    return res;
+  };
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch });
+  clients.push(c);
+  const alice = await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  await c.stop();
+  strip = 1;
+  c.start();
+  await c.waitFor(() => c.status().state === "failed");
+  // Meanwhile Carol writes to Alice.
+  const carol = await open();
+  await signUp(carol, "carol");
+  const dm = await carol.createConversation("carol and alice", [alice]);
+  await carol.send(dm, "alice, the party is on friday");
+  await carol.waitFor(() => carol.status().pending === 0);
+  // Bob signs up on the shared device; the app (a retry button, an online
+  // handler) calls start() while the sign-in asks the server. A session
+  // started then, with Alice's token, has its answer held until the
+  // sign-in is done.
+  let release = () => {};
+  hold = new Promise<void>((r) => (release = r));
+  const bob = name("bob");
+  const signIn = c.register(bob, "correct horse battery");
+  c.start();
+  await signIn;
+  release();
+  await c.waitFor(() => c.status().state === "live");
+  assert.equal(c.session!.username, bob);
+  assert.deepEqual(c.conversations().map((x) => x.title), [], "another user's conversations on bob's device");
+});
+
+test("signing out a live device never says it failed", { timeout: 60_000 }, async () => {
+  // The revocation ends the device's stream while signOut waits for its
+  // answer; the loop used to take that for a failure (most runs).
+  const c = await open();
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  const seen: string[] = [];
+  c.on(() => seen.push(`${c.status().state}${c.status().lastError ? ` (${c.status().lastError})` : ""}`));
+  await c.signOut();
+  assert.ok(!seen.some((s) => s.startsWith("failed")), seen.join(" -> "));
+  assert.equal(c.status().state, "signed-out");
+  assert.equal(c.status().lastError, undefined);
+});
+
+test("a send while a push waits out the server's throttle waits with it", { timeout: 60_000 }, async () => {
+  let pushes = 0;
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    if (String(input).endsWith("/ferry.v1.SyncService/Push")) {
+      pushes++;
+      const detail = Buffer.from(toBinary(DurationSchema, create(DurationSchema, { seconds: 7n }))).toString("base64").replace(/=+$/, "");
+      return new Response(JSON.stringify({ code: "resource_exhausted", message: "too many pushes; retry in 7s", details: [{ type: "google.protobuf.Duration", value: detail }] }),
+        { status: 429, headers: { "Content-Type": "application/json" } });
+    }
+    return globalThis.fetch(input, init);
+  };
+  let waiting = () => {};
+  const waits = new Promise<void>((r) => (waiting = r));
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), minBackoffMs: 1, maxBackoffMs: 1, fetch,
+    // The throttle's 7 s never pass: the wait ends only with the session.
+    sleep: (ms, signal) => {
+      if (ms !== 7000) return Promise.resolve();
+      waiting();
+      return new Promise((_, reject) => signal.addEventListener("abort", () => reject(signal.reason), { once: true }));
+    } });
+  clients.push(c);
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  const conv = await c.createConversation("notes", []);
+  await waits;
+  assert.equal(pushes, 1);
+  for (let i = 0; i < 5; i++) {
+    await c.send(conv, `m${i}`);
+    await internals(c).flushing; // the flush the send asked for, done
+  }
+  assert.equal(pushes, 1, `pushed ${pushes} times within the 7 s the server asked to wait`);
+});
