@@ -489,16 +489,20 @@ export class FerryClient {
       // sign-out is no failure to report.
       this.revoking = true;
       this.revokedQuietly = false;
+      const stops = this.stops;
       try {
         await this.accounts.revokeDevice({ deviceId: s.deviceId });
       } catch (err) {
         if (ConnectError.from(err).code !== Code.Unauthenticated) {
           // Still signed in: a loop that ended on a revocation whose
-          // answer was lost runs again, and says what it finds.
-          if (this.revokedQuietly) this.start();
+          // answer was lost runs again, and says what it finds, unless
+          // the application stopped syncing meanwhile.
+          if (this.revokedQuietly && this.stops === stops) this.start();
           throw err;
         }
       } finally {
+        // leaving, set at once below, keeps the loop quiet from here on
+        // (the stream's end can come after the revoke's answer).
         this.revoking = false;
       }
     }
@@ -1003,15 +1007,16 @@ export class FerryClient {
         this.connected = false;
         if (signal.aborted) break;
         const ce = ConnectError.from(err);
-        if (ce.code === Code.Unauthenticated && this.revoking && token === this.meta.session?.token) {
-          // signOut revoked the device: the run ends with nothing to
-          // report, and signOut stops it.
+        if (ce.code === Code.Unauthenticated && (this.revoking || this.leaving) && token === this.meta.session?.token) {
+          // signOut revoked the device: the run ends with no failure to
+          // report, offline, and signOut goes on to sign out.
           this.revokedQuietly = true;
           if (this.run?.ctrl.signal === signal) {
             this.run = undefined;
             globalThis.removeEventListener?.("online", this.onOnline);
             globalThis.removeEventListener?.("offline", this.onOffline);
           }
+          this.setStatus({ state: "offline" });
           return;
         }
         this.setStatus({ lastError: ce.message });

@@ -1894,3 +1894,25 @@ test("a send while a push waits out the server's throttle waits with it", { time
   }
   assert.equal(pushes, 1, `pushed ${pushes} times within the 7 s the server asked to wait`);
 });
+
+test("a signOut whose answer is lost after the revocation leaves the device offline, and a stop() meanwhile holds", { timeout: 60_000 }, async () => {
+  let c: FerryClient;
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    const res = await globalThis.fetch(input, init);
+    if (String(input).endsWith("/ferry.v1.AccountService/RevokeDevice")) {
+      // The server revoked the device, and its stream ended; the app
+      // stops syncing; the revoke's answer is lost.
+      await c.waitFor(() => internals(c).run === undefined);
+      await c.stop();
+      return new Response(JSON.stringify({ code: "unavailable", message: "the answer was lost (test)" }), { status: 503, headers: { "Content-Type": "application/json" } });
+    }
+    return res;
+  };
+  c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch });
+  clients.push(c);
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  await assert.rejects(c.signOut(), /the answer was lost/);
+  assert.equal(internals(c).run, undefined, "signOut started the device again after the app's stop()");
+  assert.equal(c.status().state, "offline");
+});
