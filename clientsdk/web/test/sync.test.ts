@@ -39,6 +39,67 @@ async function open(replica: Replica = new MemoryReplica()): Promise<FerryClient
   return c;
 }
 
+// openWith is open() calling the server through fetch.
+async function openWith(fetch: typeof globalThis.fetch): Promise<FerryClient> {
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch });
+  clients.push(c);
+  return c;
+}
+
+// signUpRevoked signs a new user up on c, goes live, and has another
+// device of theirs revoke c's: c is then failed, its session refused. It
+// returns the username.
+async function signUpRevoked(c: FerryClient): Promise<string> {
+  const username = await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  const other = await otherDevice(username);
+  await other.accounts.revokeDevice({ deviceId: c.session!.deviceId });
+  await c.waitFor(() => c.status().state === "failed");
+  return username;
+}
+
+// throttled is the server's answer to a push over its throttle, asking
+// for a wait of seconds.
+function throttled(seconds: bigint): Response {
+  const detail = Buffer.from(toBinary(DurationSchema, create(DurationSchema, { seconds }))).toString("base64").replace(/=+$/, "");
+  return new Response(JSON.stringify({ code: "resource_exhausted", message: `too many pushes; retry in ${seconds}s`, details: [{ type: "google.protobuf.Duration", value: detail }] }),
+    { status: 429, headers: { "Content-Type": "application/json" } });
+}
+
+// subscribeGate calls the server through its fetch, and holds the answer
+// of the next Subscribe after holdNext() until the release it returns;
+// stripNext(n) drops the Authorization header of the next n Subscribes,
+// as a proxy would, so that the server refuses a session still good.
+function subscribeGate() {
+  let hold: Promise<void> | undefined;
+  let strip = 0;
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    const subscribe = String(input).endsWith("/ferry.v1.SyncService/Subscribe");
+    if (subscribe && strip > 0) {
+      strip--;
+      const headers = new Headers(init?.headers);
+      headers.delete("Authorization");
+      init = { ...init, headers };
+    }
+    const held = subscribe ? hold : undefined;
+    if (held) hold = undefined;
+    const res = await globalThis.fetch(input, init);
+    await held;
+    return res;
+  };
+  return {
+    fetch,
+    stripNext(n: number) {
+      strip = n;
+    },
+    holdNext(): () => void {
+      let release = () => {};
+      hold = new Promise<void>((r) => (release = r));
+      return release;
+    },
+  };
+}
+
 const texts = (ms: MessageView[]) => ms.map((m) => m.text);
 
 // otherDevice signs username in as a device of the test's own, with the
@@ -692,25 +753,12 @@ test("an op the server took before the refusal, its answer lost, is sent once af
 });
 
 test("a start() while a login replaces a refused session syncs with the new one", { timeout: 60_000 }, async () => {
-  // A Subscribe's answer is held while hold is set: the server refuses
-  // the refused token, and the answer arrives after the login.
-  let hold: Promise<void> | undefined;
-  const fetch: typeof globalThis.fetch = async (input, init) => {
-    const h = String(input).endsWith("/ferry.v1.SyncService/Subscribe") ? hold : undefined;
-    hold = h ? undefined : hold;
-    const res = await globalThis.fetch(input, init);
-    await h;
-    return res;
-  };
-  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch });
-  clients.push(c);
-  const username = await signUp(c, "alice");
-  await c.waitFor(() => c.status().state === "live");
-  const other = await otherDevice(username);
-  await other.accounts.revokeDevice({ deviceId: c.session!.deviceId });
-  await c.waitFor(() => c.status().state === "failed");
-  let release = () => {};
-  hold = new Promise<void>((r) => (release = r));
+  // A Subscribe's answer is held: the server refuses the refused token,
+  // and the answer arrives after the login.
+  const gate = subscribeGate();
+  const c = await openWith(gate.fetch);
+  const username = await signUpRevoked(c);
+  const release = gate.holdNext();
   const login = c.login(username, "correct horse battery");
   c.start(); // with the refused token still the device's
   await login;
@@ -800,9 +848,7 @@ test("a push that fails while the session stays up goes again after a backoff, o
     if (url.endsWith("/ferry.v1.SyncService/Subscribe")) subscribes++;
     if (url.endsWith("/ferry.v1.SyncService/Push") && ++pushes <= 2) {
       if (pushes === 1) throw new TypeError("the network dropped the request");
-      const detail = Buffer.from(toBinary(DurationSchema, create(DurationSchema, { seconds: 7n }))).toString("base64").replace(/=+$/, "");
-      return new Response(JSON.stringify({ code: "resource_exhausted", message: "too many pushes; retry in 7s", details: [{ type: "google.protobuf.Duration", value: detail }] }),
-        { status: 429, headers: { "Content-Type": "application/json" } });
+      return throttled(7n);
     }
     return globalThis.fetch(input, init);
   };
@@ -1786,11 +1832,7 @@ const internals = (c: FerryClient) => c as unknown as { run?: unknown; flushing?
 
 test("a stop() while a login replaces a refused session holds: the login does not start the device again", { timeout: 60_000 }, async () => {
   const c = await open();
-  const username = await signUp(c, "alice");
-  await c.waitFor(() => c.status().state === "live");
-  const other = await otherDevice(username);
-  await other.accounts.revokeDevice({ deviceId: c.session!.deviceId });
-  await c.waitFor(() => c.status().state === "failed");
+  const username = await signUpRevoked(c);
   c.start(); // an app retrying
   const login = c.login(username, "correct horse battery");
   await c.stop(); // the app stops syncing (a view torn down) while the login asks the server
@@ -1802,28 +1844,12 @@ test("a stop() while a login replaces a refused session holds: the login does no
 });
 
 test("a start() while a sign-in as another user replaces a refused session brings none of the old user's data", { timeout: 60_000 }, async () => {
-  let strip = 0;
-  let hold: Promise<void> | undefined;
-  const fetch: typeof globalThis.fetch = async (input, init) => {
-    const subscribe = String(input).endsWith("/ferry.v1.SyncService/Subscribe");
-    if (subscribe && strip > 0) {
-      strip--; // a proxy drops the header once: the server refuses a session that is still good
-      const headers = new Headers(init?.headers);
-      headers.delete("Authorization");
-      init = { ...init, headers };
-    }
-    const held = subscribe ? hold : undefined;
-    if (held) hold = undefined;
-    const res = await globalThis.fetch(input, init);
-    await held;
-    return res;
-  };
-  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch });
-  clients.push(c);
+  const gate = subscribeGate();
+  const c = await openWith(gate.fetch);
   const alice = await signUp(c, "alice");
   await c.waitFor(() => c.status().state === "live");
   await c.stop();
-  strip = 1;
+  gate.stripNext(1);
   c.start();
   await c.waitFor(() => c.status().state === "failed");
   // Meanwhile Carol writes to Alice.
@@ -1836,8 +1862,7 @@ test("a start() while a sign-in as another user replaces a refused session bring
   // handler) calls start() while the sign-in asks the server. A session
   // started then, with Alice's token, has its answer held until the
   // sign-in is done.
-  let release = () => {};
-  hold = new Promise<void>((r) => (release = r));
+  const release = gate.holdNext();
   const bob = name("bob");
   const signIn = c.register(bob, "correct horse battery");
   c.start();
@@ -1867,9 +1892,7 @@ test("a send while a push waits out the server's throttle waits with it", { time
   const fetch: typeof globalThis.fetch = async (input, init) => {
     if (String(input).endsWith("/ferry.v1.SyncService/Push")) {
       pushes++;
-      const detail = Buffer.from(toBinary(DurationSchema, create(DurationSchema, { seconds: 7n }))).toString("base64").replace(/=+$/, "");
-      return new Response(JSON.stringify({ code: "resource_exhausted", message: "too many pushes; retry in 7s", details: [{ type: "google.protobuf.Duration", value: detail }] }),
-        { status: 429, headers: { "Content-Type": "application/json" } });
+      return throttled(7n);
     }
     return globalThis.fetch(input, init);
   };
@@ -1908,8 +1931,7 @@ test("a signOut whose answer is lost after the revocation leaves the device offl
     }
     return res;
   };
-  c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1, fetch });
-  clients.push(c);
+  c = await openWith(fetch);
   await signUp(c, "alice");
   await c.waitFor(() => c.status().state === "live");
   await assert.rejects(c.signOut(), /the answer was lost/);
