@@ -346,13 +346,12 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	later, why := false, "" // the server asked to push ops again later, and why
 	took := false           // the server stored an op of the push, or had it
 	for _, r := range pr.GetResults() {
+		// Even for an op whose echo came first, and is no longer pending:
+		// the server took it, or turned the push away and would the next.
 		switch r.GetStatus() {
 		case ferryv1.OpStatus_OP_STATUS_ACCEPTED, ferryv1.OpStatus_OP_STATUS_DUPLICATE:
-			took = true // even for an op whose echo came first
-		}
-		if r.GetStatus() == ferryv1.OpStatus_OP_STATUS_RETRY_LATER {
-			// Even for an op whose echo came first: the server turned
-			// the push away, and would the next.
+			took = true
+		case ferryv1.OpStatus_OP_STATUS_RETRY_LATER:
 			later = true
 			if why == "" { // the push's first such result says why
 				why = r.GetMessage()
@@ -528,7 +527,7 @@ func (d *Device) renumber(at convDevice, how renumbering) error {
 	slices.Sort(locals)
 	b := d.db.NewBatch()
 	dot, n := how.first, 0
-	from := dot
+	from := dot // the first op's, for the log
 	for _, l := range locals {
 		e, op, err := d.outboxOp(l)
 		if err != nil {
@@ -537,10 +536,10 @@ func (d *Device) renumber(at convDevice, how renumbering) error {
 		if op.GetDeviceId() != at.device.String() {
 			continue // another device's, counted apart (see signIn)
 		}
-		if n == 0 && how.keep && op.GetDot() < dot {
-			dot = op.GetDot()
-		}
 		if n == 0 {
+			if how.keep {
+				dot = min(dot, op.GetDot())
+			}
 			from = dot
 		}
 		op.Dot = dot

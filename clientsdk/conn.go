@@ -340,13 +340,22 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 		if errors.As(err, &ga) {
 			delay = ga.after
 		}
-		t := d.opts.clock.NewTimer(delay)
-		select {
-		case <-t.C():
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("ferry: sync: %w (last error: %v)", ctx.Err(), err)
+		if err := d.retryAfter(ctx, delay, err); err != nil {
+			return err
 		}
+	}
+}
+
+// retryAfter waits delay before SyncOnce tries again after err, or
+// returns why it cannot: ctx ended.
+func (d *Device) retryAfter(ctx context.Context, delay time.Duration, err error) error {
+	t := d.opts.clock.NewTimer(delay)
+	select {
+	case <-t.C():
+		return nil
+	case <-ctx.Done():
+		t.Stop()
+		return fmt.Errorf("ferry: sync: %w (last error: %v)", ctx.Err(), err)
 	}
 }
 
@@ -1098,12 +1107,8 @@ func (d *Device) ackRetrying(ctx context.Context) error {
 		if err == nil || !retryable(err) {
 			return err
 		}
-		t := d.opts.clock.NewTimer(d.backoff(attempt))
-		select {
-		case <-t.C():
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("ferry: sync: %w (last error: %v)", ctx.Err(), err)
+		if err := d.retryAfter(ctx, d.backoff(attempt), err); err != nil {
+			return err
 		}
 	}
 }

@@ -553,11 +553,17 @@ export class FerryClient {
     this.lost = err;
     console.warn(err.message);
     const r = this.run;
+    this.detachRun();
+    r?.ctrl.abort(err);
+    this.setStatus({ state: "failed", lastError: err.message });
+  }
+
+  // detachRun forgets the run, which is ending, and its browser
+  // listeners: start() may begin another.
+  private detachRun(): void {
     this.run = undefined;
     globalThis.removeEventListener?.("online", this.onOnline);
     globalThis.removeEventListener?.("offline", this.onOffline);
-    r?.ctrl.abort(err);
-    this.setStatus({ state: "failed", lastError: err.message });
   }
 
   /** Ends a reconnect backoff now, for when the network is known to be back. */
@@ -595,9 +601,7 @@ export class FerryClient {
       this.ackDue = true;
       await within(stopAckMs, this.sendAcks().catch(() => {})); // else the next session sends them
     }
-    this.run = undefined;
-    globalThis.removeEventListener?.("online", this.onOnline);
-    globalThis.removeEventListener?.("offline", this.onOffline);
+    this.detachRun();
     r.ctrl.abort();
     await r.done;
     await this.writes;
@@ -1011,11 +1015,7 @@ export class FerryClient {
           // signOut revoked the device: the run ends with no failure to
           // report, offline, and signOut goes on to sign out.
           this.revokedQuietly = true;
-          if (this.run?.ctrl.signal === signal) {
-            this.run = undefined;
-            globalThis.removeEventListener?.("online", this.onOnline);
-            globalThis.removeEventListener?.("offline", this.onOffline);
-          }
+          if (this.run?.ctrl.signal === signal) this.detachRun();
           this.setStatus({ state: "offline" });
           return;
         }
@@ -1030,11 +1030,7 @@ export class FerryClient {
           if (ce.code === Code.Unauthenticated && token && token === this.meta.session?.token && !this.meta.refused) {
             await this.commit(() => ({ meta: { ...this.meta, refused: true } })).catch(() => {});
           }
-          if (this.run?.ctrl.signal === signal) {
-            this.run = undefined;
-            globalThis.removeEventListener?.("online", this.onOnline);
-            globalThis.removeEventListener?.("offline", this.onOffline);
-          }
+          if (this.run?.ctrl.signal === signal) this.detachRun();
           this.setStatus({ state: "failed" });
           this.emit({ kind: "status" });
           return;
