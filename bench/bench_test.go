@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"math"
 	"net/http/httptest"
+	"os"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -310,11 +312,13 @@ func (r *recordingFerry) note(s string) {
 
 func (r *recordingFerry) Usage() (Usage, error) { r.note("usage"); return r.Ferry.Usage() }
 func (r *recordingFerry) FlushAcks()            { r.note("flush"); r.Ferry.FlushAcks() }
+func (r *recordingFerry) ResetPeakRSS() error   { r.note("reset peak"); return r.Ferry.ResetPeakRSS() }
 
 // TestCPUCountsTheAcks: the server's work for an op goes on until the acks
 // devices hold back are taken, so fan-out and ingest have the devices send
 // them before the server's CPU is last read; a history's acks are sent
-// before its first read.
+// before its first read. The peak RSS starts afresh with that read, after
+// the history.
 func TestCPUCountsTheAcks(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts servers")
@@ -362,6 +366,10 @@ func TestCPUCountsTheAcks(t *testing.T) {
 			}
 			if n := strings.Count(strings.Join(r.log, " "), "flush"); n != tc.want {
 				t.Errorf("calls %q: %d flushes, want %d", r.log, n, tc.want)
+			}
+			// The row's peak RSS starts with its usage: after the history.
+			if reset := slices.Index(r.log, "reset peak"); reset < 0 || reset != firstUsage-1 || slices.Contains(r.log[reset+1:], "reset peak") {
+				t.Errorf("calls %q: want the peak RSS reset once, just before the run's first usage", r.log)
 			}
 		})
 	}
@@ -1297,5 +1305,38 @@ func TestIngestLimitHasTheBestRowsShape(t *testing.T) {
 	}
 	if md := r.Markdown(); !strings.Contains(md, "64 committers 140k/s;") {
 		t.Errorf("the limit line: %s", md)
+	}
+}
+
+// TestResetPeakRSS: a peak RSS started afresh forgets the memory a process
+// held before, as a row's peak must forget its history's.
+func TestResetPeakRSS(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("reads /proc")
+	}
+	const size = 64 << 20
+	held := make([]byte, size)
+	for i := 0; i < len(held); i += 4096 {
+		held[i] = 1
+	}
+	runtime.KeepAlive(held)
+	held = nil
+	debug.FreeOSMemory() // the RSS falls; the peak stays
+	before, err := ProcessUsage(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.PeakRSS < before.RSS+size/2 {
+		t.Fatalf("peak %d, RSS %d: want the freed %d bytes in the peak", before.PeakRSS, before.RSS, size)
+	}
+	if err := ResetPeakRSS(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	after, err := ProcessUsage(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.PeakRSS > before.PeakRSS-size/2 {
+		t.Errorf("peak %d after the reset, %d before: want the freed %d bytes gone from it", after.PeakRSS, before.PeakRSS, size)
 	}
 }

@@ -914,13 +914,31 @@ func (f *Ferry) InProcess() bool { return f.cfg.Mode == FerryInProcess }
 
 // Usage reads the server process's usage.
 func (f *Ferry) Usage() (Usage, error) {
+	pid, err := f.pid()
+	if err != nil {
+		return Usage{}, err
+	}
+	return ProcessUsage(pid)
+}
+
+// ResetPeakRSS starts the server process's peak RSS afresh (PeakResetter).
+func (f *Ferry) ResetPeakRSS() error {
+	pid, err := f.pid()
+	if err != nil {
+		return err
+	}
+	return ResetPeakRSS(pid)
+}
+
+// pid is the server's process: this one when it runs in process.
+func (f *Ferry) pid() (int, error) {
 	switch f.cfg.Mode {
 	case FerryProcess:
-		return ProcessUsage(f.proc.Process.Pid)
+		return f.proc.Process.Pid, nil
 	case FerryInProcess:
-		return ProcessUsage(os.Getpid())
+		return os.Getpid(), nil
 	}
-	return Usage{}, errors.New("no usage for a remote server")
+	return 0, errors.New("no usage for a remote server")
 }
 
 // DiskBytes compacts the store and measures its live files: the tables,

@@ -61,6 +61,19 @@ type Usage struct {
 	RSS     int64         `json:"rss"`      // bytes, now
 }
 
+// A PeakResetter is a System that can start its server's peak RSS afresh,
+// so that a row's peak is its own and not that of the history written
+// before it. startUsage calls it.
+type PeakResetter interface {
+	ResetPeakRSS() error
+}
+
+// ResetPeakRSS starts a process's peak RSS (VmHWM) afresh, from its
+// resident memory now: /proc/PID/clear_refs on Linux 4.0 and later.
+func ResetPeakRSS(pid int) error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
 // ProcessUsage reads a process's usage from /proc (Linux).
 func ProcessUsage(pid int) (Usage, error) {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -127,6 +127,11 @@ type usageDelta struct {
 }
 
 func startUsage(sys System) *usageDelta {
+	if r, ok := sys.(PeakResetter); ok {
+		// Best effort: a peak that cannot start afresh covers what came
+		// before the row too, and is the larger for it, never the smaller.
+		_ = r.ResetPeakRSS()
+	}
 	u, err := sys.Usage()
 	d := &usageDelta{sys: sys, before: u, ok: err == nil}
 	if ip, ok := sys.(interface{ InProcess() bool }); !ok || !ip.InProcess() {
@@ -150,7 +155,9 @@ func (u *usageDelta) clientPerKOps(ops int) time.Duration {
 	return (after.CPU - u.self.CPU) * 1000 / time.Duration(ops)
 }
 
-// perKOps returns the server CPU per 1,000 ops since start, and peak RSS.
+// perKOps returns the server CPU per 1,000 ops since start, and the peak
+// RSS since then (since the process started, for a system that is not a
+// PeakResetter).
 func (u *usageDelta) perKOps(ops int) (time.Duration, int64) {
 	if !u.ok || ops == 0 {
 		return 0, 0

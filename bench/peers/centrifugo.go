@@ -614,6 +614,16 @@ func (c *Centrifugo) Usage() (bench.Usage, error) {
 	return bench.Usage{CPU: u.CPU + r.CPU, PeakRSS: u.PeakRSS + r.PeakRSS, RSS: u.RSS + r.RSS}, nil
 }
 
+// ResetPeakRSS starts the peak RSS afresh (bench.PeakResetter): of both
+// processes, with the Redis engine.
+func (c *Centrifugo) ResetPeakRSS() error {
+	err := bench.ResetPeakRSS(c.srv.pid())
+	if c.redis != nil {
+		err = errors.Join(err, bench.ResetPeakRSS(c.redis.srv.pid()))
+	}
+	return err
+}
+
 // DiskBytes is, with the Redis engine, the size of Redis's append-only
 // files after a BGREWRITEAOF (see redisServer.aofBytes): the base file then
 // holds the whole data set in RDB format and the incremental file is

@@ -382,6 +382,9 @@ func (c *natsClient) Close() error {
 // Usage reads the nats-server process's usage.
 func (n *NATS) Usage() (bench.Usage, error) { return bench.ProcessUsage(n.srv.pid()) }
 
+// ResetPeakRSS starts the server's peak RSS afresh (bench.PeakResetter).
+func (n *NATS) ResetPeakRSS() error { return bench.ResetPeakRSS(n.srv.pid()) }
+
 // DiskBytes is the size of the JetStream store folder. JetStream has no
 // compaction to run: its message blocks hold what was written.
 func (n *NATS) DiskBytes(context.Context) (int64, error) {
