@@ -274,7 +274,8 @@ func (d *Device) backoff(n int) time.Duration {
 // time: SyncOnce calls at once take turns, and while Start's loop runs,
 // SyncOnce ends its session and the loop connects again after it (at
 // once, too, when the loop was waiting to reconnect and SyncOnce got
-// through).
+// through). The loop waits while any SyncOnce waits: SyncOnce calls that
+// overlap without a break keep it from connecting until they stop.
 func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	if _, err := d.Account(); err != nil {
 		return err
