@@ -53,27 +53,39 @@ type conn struct {
 	sawSettings bool
 	frames      atomic.Uint64 // read, for the liveness check
 
-	mu         sync.Mutex
-	streams    streamSet
-	open       int // streams counted against MAX_CONCURRENT_STREAMS: neither reset nor done
-	handlers   int // handlers running
-	unstarted  []pending
-	sendWin    int64 // the connection's send window
-	peerWin    int64 // the peer's SETTINGS_INITIAL_WINDOW_SIZE
-	peerFrame  int   // the peer's SETTINGS_MAX_FRAME_SIZE
-	recvWin    int64 // what the peer may still send on the connection
-	recvCredit int64 // consumed since the last WINDOW_UPDATE of the connection
-	ctl        []byte
-	goingAway  bool        // sent GOAWAY, or received one: no new streams
-	goAwayID   uint32      // the last stream our GOAWAY named: later ones are ignored
-	closed     atomic.Bool // set under mu; read without it too (the reader, per frame)
-	lingering  bool
-	check      timers.Deadline // of the idle timeout and the liveness PING, in the server's schedule
-	idleSince  time.Time
-	lastFrames uint64
-	lastMoved  time.Time
-	pingSent   time.Time
-	pingData   [8]byte
+	mu        sync.Mutex
+	streams   streamSet
+	open      int // streams counted against MAX_CONCURRENT_STREAMS: neither reset nor done
+	handlers  int // handlers running
+	unstarted []pending
+	sendWin   int64 // the connection's send window
+	peerWin   int64 // the peer's SETTINGS_INITIAL_WINDOW_SIZE
+	peerFrame int   // the peer's SETTINGS_MAX_FRAME_SIZE
+	// peerTable is the dynamic table size update every header block
+	// begins with, once the client has set SETTINGS_HEADER_TABLE_SIZE
+	// below the default 4096: the lowest it set; -1 until then.
+	peerTable int64
+	// closedEarly holds the last streams deleted while the client might
+	// still send on them: their handlers ended before the requests did, or
+	// the server reset them. Frames the client sent before it read the
+	// RST_STREAM are ignored, as RFC 9113 (section 5.1) asks, not taken
+	// for frames on a stream long closed, which end the connection. Made
+	// with the first; the oldest goes when it is full.
+	closedEarly *[closedEarlyKept]uint32
+	closedNext  int
+	recvWin     int64 // what the peer may still send on the connection
+	recvCredit  int64 // consumed since the last WINDOW_UPDATE of the connection
+	ctl         []byte
+	goingAway   bool        // sent GOAWAY, or received one: no new streams
+	goAwayID    uint32      // the last stream our GOAWAY named: later ones are ignored
+	closed      atomic.Bool // set under mu; read without it too (the reader, per frame)
+	lingering   bool
+	check       timers.Deadline // of the idle timeout and the liveness PING, in the server's schedule
+	idleSince   time.Time
+	lastFrames  uint64
+	lastMoved   time.Time
+	pingSent    time.Time
+	pingData    [8]byte
 
 	// wsem is held (sent to) while writing to nc: a channel, so that a
 	// stream's wait for it ends when the stream does. Handlers write their
@@ -124,6 +136,7 @@ func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
 		sendWin:    defaultWindow,
 		peerWin:    defaultWindow,
 		peerFrame:  minMaxFrameSize,
+		peerTable:  -1,
 		recvWin:    defaultWindow,
 		wsem:       make(chan struct{}, 1),
 	}
@@ -309,8 +322,8 @@ func (c *conn) onData(h frameHeader) error {
 	switch {
 	case st == nil && h.streamID > c.maxClientID:
 		return connError{http2.ErrCodeProtocol, fmt.Sprintf("DATA on stream %d, which is idle", h.streamID)}
-	case st == nil && c.goingAway && h.streamID > c.goAwayID:
-		c.creditLocked(nil, n) // a stream past our GOAWAY: ignored
+	case st == nil && (c.goingAway && h.streamID > c.goAwayID || c.wasClosedEarlyLocked(h.streamID)):
+		c.creditLocked(nil, n) // a stream past our GOAWAY, or one just closed: ignored
 		return nil
 	case st == nil || st.remoteClosed || st.peerReset:
 		c.creditLocked(nil, n)
@@ -479,7 +492,17 @@ func (c *conn) onSettings(h frameHeader) error {
 		id, v := http2.SettingID(binary.BigEndian.Uint16(p)), binary.BigEndian.Uint32(p[2:])
 		switch id {
 		case http2.SettingHeaderTableSize:
-			// The room the client's decoder has: the encoder uses none.
+			// The room the client's decoder has. The encoder uses none,
+			// but its table's size is 4096 until it says otherwise: once
+			// the client allows less, RFC 7541 (section 4.2) wants a
+			// size update at the start of the next header block, and
+			// decoders such as nghttp2's refuse a block without one. Every
+			// block from then on carries it, 1 to 3 bytes: one after a
+			// SETTINGS ACK then always does, whatever the order of the
+			// frames in a write.
+			if v < defaultTable && (c.peerTable < 0 || int64(v) < c.peerTable) {
+				c.peerTable = int64(v)
+			}
 		case http2.SettingEnablePush:
 			if v > 1 {
 				return connError{http2.ErrCodeProtocol, "SETTINGS_ENABLE_PUSH other than 0 or 1"}
@@ -505,7 +528,9 @@ func (c *conn) onSettings(h frameHeader) error {
 		c.peerWin = window
 		for st := range c.streams.all() {
 			st.sendWin += d
-			if st.sendWin > maxWindow {
+			// A stream that sends no more (reset, by either side, or
+			// ended) has no window the client keeps: it may pass 2^31-1.
+			if st.sendWin > maxWindow && !st.reset && !st.localEnded {
 				return connError{http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE took a stream's window past 2^31-1"}
 			}
 			st.cond.Broadcast()
@@ -605,6 +630,8 @@ func (c *conn) onHeaderBlock() error {
 		switch {
 		case st == nil && c.goingAway && id > c.goAwayID:
 			return nil // trailers of a stream past our GOAWAY, ignored as it was
+		case st == nil && c.wasClosedEarlyLocked(id):
+			return nil // trailers the client sent before it read our RST_STREAM
 		case st == nil || st.remoteClosed && st.localEnded:
 			return connError{http2.ErrCodeStreamClosed, fmt.Sprintf("HEADERS on stream %d, which closed", id)}
 		case st.remoteClosed || st.peerReset:
@@ -746,7 +773,7 @@ func (c *conn) writeLocked(st *stream, fill func(*batch) error) error {
 		err, fill = st.writeErr, nil
 	}
 	halfClose := c.wantHalfClose
-	b.frame = c.peerFrame
+	b.frame, b.table = c.peerFrame, c.peerTable
 	c.writing = st
 	switch {
 	case c.set.writeTimeout > 0:
@@ -819,6 +846,9 @@ func appendHeaders(b *batch, id uint32, end bool, fields func([]byte) []byte) {
 	}
 	at := len(b.own)
 	b.own = appendFrameHeader(b.own, 0, frameHeaders, flags, id)
+	if b.table >= 0 {
+		b.own = appendInt(b.own, 0x20, 5, uint64(b.table)) // section 6.3
+	}
 	b.own = fields(b.own)
 	n := len(b.own) - at - frameHeaderLen
 	if n <= b.frame {
@@ -872,6 +902,31 @@ func (c *conn) resetLocked(st *stream, err error) {
 	}
 	st.cancel()
 	st.cond.Broadcast()
+}
+
+// closedEarlyKept is how many streams closedEarly holds: a client's frames
+// in flight as the server resets its streams are ignored for that many of
+// them, and end the connection past it (RFC 9113 allows either).
+const closedEarlyKept = 16
+
+// deletedLocked deletes st, remembering it in closedEarly when the client
+// may still send on it. The caller holds mu.
+func (c *conn) deletedLocked(st *stream) {
+	c.streams.del(st.id)
+	if st.remoteClosed || st.peerReset {
+		return
+	}
+	if c.closedEarly == nil {
+		c.closedEarly = new([closedEarlyKept]uint32)
+	}
+	c.closedEarly[c.closedNext] = st.id
+	c.closedNext = (c.closedNext + 1) % closedEarlyKept
+}
+
+// wasClosedEarlyLocked tells whether id is in closedEarly. The caller
+// holds mu.
+func (c *conn) wasClosedEarlyLocked(id uint32) bool {
+	return c.closedEarly != nil && slices.Contains(c.closedEarly[:], id)
 }
 
 // creditLocked gives back n bytes of receive window, of st (nil: only the

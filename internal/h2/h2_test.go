@@ -855,3 +855,146 @@ func TestServeConnReturnsWhileServing(t *testing.T) {
 	default:
 	}
 }
+
+// TestTableSizeUpdate: once a client allows its HPACK decoder less than
+// the default 4096 bytes of dynamic table, every response header block
+// begins with a dynamic table size update (RFC 7541, section 4.2), which
+// decoders such as nghttp2's require; a client that allows more gets none.
+func TestTableSizeUpdate(t *testing.T) {
+	addr, _ := serve(t, http.NotFoundHandler(), nil)
+	for _, tc := range []struct {
+		size uint32
+		want bool
+	}{{0, true}, {100, true}, {65536, false}} {
+		rc := dial(t, addr, http2.Setting{ID: http2.SettingHeaderTableSize, Val: tc.size})
+		rc.fr.ReadMetaHeaders = nil
+		rc.until("the SETTINGS ACK", func(f http2.Frame) bool { s, ok := f.(*http2.SettingsFrame); return ok && s.IsAck() })
+		for _, id := range []uint32{1, 3} {
+			rc.request(id, "/", true)
+			h := rc.until(fmt.Sprintf("HEADERS of stream %d", id), func(f http2.Frame) bool {
+				h, ok := f.(*http2.HeadersFrame)
+				return ok && h.StreamID == id
+			}).(*http2.HeadersFrame)
+			block := h.HeaderBlockFragment()
+			if got := block[0]&0xe0 == 0x20; got != tc.want {
+				t.Errorf("table size %d, stream %d: the block begins with a size update: %v, want %v", tc.size, id, got, tc.want)
+			}
+			dec := hpack.NewDecoder(min(tc.size, 4096), nil)
+			if fields, err := dec.DecodeFull(block); err != nil || len(fields) == 0 || fields[0].Value != "404" {
+				t.Errorf("table size %d, stream %d: decoded %v, %v", tc.size, id, fields, err)
+			}
+		}
+	}
+}
+
+// TestDuplicateEmptyAuthority: an :authority twice is malformed, the first
+// empty too.
+func TestDuplicateEmptyAuthority(t *testing.T) {
+	ran := make(chan string, 1)
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { ran <- r.Host }), nil)
+	rc := dial(t, addr)
+	var b bytes.Buffer
+	enc := hpack.NewEncoder(&b)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", ""}, {":authority", "elsewhere.test"}, {":path", "/"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	f := rc.until("stream 1's answer or reset", func(f http2.Frame) bool {
+		switch f := f.(type) {
+		case *http2.RSTStreamFrame:
+			return f.StreamID == 1
+		case *http2.MetaHeadersFrame:
+			return f.StreamID == 1
+		}
+		return false
+	})
+	if r, ok := f.(*http2.RSTStreamFrame); !ok || r.ErrCode != http2.ErrCodeProtocol {
+		t.Fatalf("answered %v, want RST_STREAM PROTOCOL_ERROR", f)
+	}
+	select {
+	case host := <-ran:
+		t.Fatalf("the handler ran, for host %q", host)
+	default:
+	}
+}
+
+// TestFramesAfterAnEarlyEnd: the DATA and trailers a client sent before
+// it read the RST_STREAM of a stream whose handler ended first are
+// ignored (RFC 9113, section 5.1), and the connection's other streams go
+// on.
+func TestFramesAfterAnEarlyEnd(t *testing.T) {
+	release := make(chan struct{})
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/long" {
+			<-release
+		}
+	}), nil)
+	rc := dial(t, addr)
+	rc.request(1, "/long", true)
+	rc.request(3, "/early", false)
+	if code := rc.reset(3); code != http2.ErrCodeNo {
+		t.Fatalf("stream 3: RST_STREAM %v, want NO_ERROR", code)
+	}
+	if err := rc.fr.WriteData(3, false, []byte("more of the body")); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	_ = hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: "x-checksum", Value: "1"})
+	if err := rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: b.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.fr.WritePing(false, [8]byte{7}); err != nil {
+		t.Fatal(err)
+	}
+	rc.until("the PING's ACK", func(f http2.Frame) bool {
+		switch f := f.(type) {
+		case *http2.GoAwayFrame:
+			t.Fatalf("GOAWAY %v %q for frames on a stream just reset", f.ErrCode, f.DebugData())
+		case *http2.RSTStreamFrame:
+			t.Fatalf("RST_STREAM %v of stream %d again", f.ErrCode, f.StreamID)
+		case *http2.PingFrame:
+			return f.IsAck()
+		}
+		return false
+	})
+	close(release)
+	rc.until("the answer on stream 1", func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 1
+	})
+}
+
+// TestWindowOfAResetStream: a SETTINGS_INITIAL_WINDOW_SIZE that takes the
+// window of a stream the client reset past 2^31-1 is no error: the stream
+// sends nothing more.
+func TestWindowOfAResetStream(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{})
+	addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-release // a handler that does not watch its context, for a while
+	}), nil)
+	defer close(release)
+	rc := dial(t, addr)
+	rc.request(1, "/", true)
+	<-started
+	for _, err := range []error{
+		rc.fr.WriteWindowUpdate(1, 1<<31-1-65535),
+		rc.fr.WriteRSTStream(1, http2.ErrCodeCancel),
+		rc.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65536}),
+		rc.fr.WritePing(false, [8]byte{7}),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.until("the PING's ACK", func(f http2.Frame) bool {
+		if g, ok := f.(*http2.GoAwayFrame); ok {
+			t.Fatalf("GOAWAY %v %q for the window of a stream the client reset", g.ErrCode, g.DebugData())
+		}
+		p, ok := f.(*http2.PingFrame)
+		return ok && p.IsAck()
+	})
+}

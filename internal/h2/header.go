@@ -28,6 +28,7 @@ type headerBlock struct {
 	invalid    string // why the block is malformed; "" if it is not
 	sawRegular bool
 	sawPseudo  bool
+	pseudos    uint8 // the request pseudo-headers seen, a bit each (emit)
 
 	method, scheme, authority, path string
 	fields                          http.Header
@@ -58,23 +59,26 @@ func (hb *headerBlock) emit(f hpack.HeaderField) {
 			return
 		}
 		var p *string
+		var bit uint8
 		switch f.Name {
 		case ":method":
-			p = &hb.method
+			p, bit = &hb.method, 1
 		case ":scheme":
-			p = &hb.scheme
+			p, bit = &hb.scheme, 2
 		case ":authority":
-			p = &hb.authority
+			p, bit = &hb.authority, 4
 		case ":path":
-			p = &hb.path
+			p, bit = &hb.path, 8
 		default:
 			hb.invalid = "the pseudo-header " + strconv.Quote(f.Name) + ", unknown in a request"
 			return
 		}
-		if *p != "" {
+		// Seen, not set: an empty :authority may come first.
+		if hb.pseudos&bit != 0 {
 			hb.invalid = "the pseudo-header " + f.Name + " twice"
 			return
 		}
+		hb.pseudos |= bit
 		if f.Value == "" && f.Name != ":authority" {
 			hb.invalid = "an empty " + f.Name
 			return

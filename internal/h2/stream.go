@@ -181,7 +181,7 @@ func (c *conn) handlerDone(st *stream, w *responseWriter) {
 	if st.wTimer != nil {
 		st.wTimer.Stop()
 	}
-	c.streams.del(st.id)
+	c.deletedLocked(st)
 	c.handlers--
 	var next *pending
 	for len(c.unstarted) > 0 && next == nil {
@@ -190,7 +190,7 @@ func (c *conn) handlerDone(st *stream, w *responseWriter) {
 		if !p.st.reset {
 			next = &p
 		} else {
-			c.streams.del(p.st.id)
+			c.deletedLocked(p.st)
 		}
 	}
 	if len(c.unstarted) == 0 {
@@ -624,8 +624,9 @@ func (w *responseWriter) EnableFullDuplex() error { return nil }
 // (writev).
 type batch struct {
 	own   []byte
-	mark  int // own[:mark] is in bufs already
-	frame int // the peer's SETTINGS_MAX_FRAME_SIZE as the write began: after any SETTINGS ACK in it
+	mark  int   // own[:mark] is in bufs already
+	frame int   // the peer's SETTINGS_MAX_FRAME_SIZE as the write began: after any SETTINGS ACK in it
+	table int64 // the table size update its header blocks begin with; -1: none (conn.peerTable)
 	bufs  net.Buffers
 	n     int
 }
