@@ -138,6 +138,14 @@ func NewHTTPServer(addr string, h http.Handler, tlsConfig *tls.Config) *HTTPServ
 			MaxReceiveBufferPerConnection: 2 << 20,
 			SendPingTimeout:               30 * time.Second,
 			PingTimeout:                   15 * time.Second,
+			// A write to a connection that makes no progress for this
+			// long closes it, and (over h2c, Ferry's own server) a
+			// stream's write that waits this long for the client's
+			// flow-control window resets the stream: a client that stops
+			// reading, yet keeps its connection alive, holds no handler
+			// longer. Options.SendTimeout's default; ferryd sets it from
+			// --send-timeout.
+			WriteByteTimeout: 2 * time.Minute,
 		},
 	}
 	return &HTTPServer{HTTP: hs, h2: new(http2.Server), conns: make(map[net.Conn]bool)}

@@ -399,3 +399,14 @@ func TestH2CXNetNeedsItsOwnServer(t *testing.T) {
 		t.Fatalf("Serve with H2CXNet: %v, want the build's refusal", err)
 	}
 }
+
+// TestHTTPServerBoundsStalledWrites: the HTTP server cuts writes that make
+// no progress (a client that keeps its connection alive and reads
+// nothing), after the send timeout's default; internal/h2's tests hold
+// what the bound does.
+func TestHTTPServerBoundsStalledWrites(t *testing.T) {
+	hs := server.NewHTTPServer("127.0.0.1:0", http.NotFoundHandler(), nil)
+	if got := hs.HTTP.HTTP2.WriteByteTimeout; got != 2*time.Minute {
+		t.Fatalf("WriteByteTimeout %v, want 2m, the send timeout's default", got)
+	}
+}

@@ -218,7 +218,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body (at most 1 MiB)")
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions (at least 100ms); a client silent for three intervals is cut off")
-	fs.DurationVar(&c.sendTimeout, "send-timeout", 2*time.Minute, "how long one write to a sync stream may take before the server resets the stream: its client stopped reading, or its connection stopped moving (0: no limit)")
+	fs.DurationVar(&c.sendTimeout, "send-timeout", 2*time.Minute, "how long one write to a sync stream may take before the server resets the stream, and a write to any connection may make no progress before the server closes it: its client stopped reading, or its connection stopped moving (0: no limit)")
 	fs.DurationVar(&c.bodyTimeout, "body-timeout", time.Minute, "how long the request body of a call other than Sync (Login, Register, Push, Subscribe's hello, ...) may send nothing before the call fails: a stalled client would otherwise hold its connection (0: no limit)")
 	fs.DurationVar(&c.receiptDelay, "receipt-delay", 250*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
 	fs.IntVar(&c.signInLimit, "sign-in-limit", 10, "logins with a wrong password as one username, and registrations (made or refused), a client address (IPv4 address, IPv6 /64) may make at once before it gets one per --sign-in-refill; ten times as many failed logins over all usernames; an IPv6 /48 sixteen times an address's, regained sixteen times as fast (0: no limit)")
@@ -530,6 +530,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	hs := server.NewHTTPServer(c.addr, srv.Handler(extra...), tlsConfig)
 	hs.HTTP.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	hs.H2C = c.h2c
+	hs.HTTP.HTTP2.WriteByteTimeout = c.sendTimeout // 0: no limit, as the flag says
 	scheme := "http"
 	if tlsConfig != nil {
 		scheme = "https"

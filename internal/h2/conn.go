@@ -97,8 +97,16 @@ type conn struct {
 	flushing      bool    // a flusher runs, under mu
 	writing       *stream // whose frames are being written (nil: none, or only control frames), under mu
 	deadlineDirty bool    // a past write deadline was set on nc, under mu
-	wantHalfClose bool    // half-close after the next write, under mu
-	halfClosed    bool    // under mu
+	// The stall check (checkNow, with settings.writeTimeout), under mu:
+	// inWrite is set while a write to nc is under way, and writes counts
+	// those begun; the check notes the count it last saw (stallMark) and
+	// since when (stallSince).
+	inWrite       bool
+	writes        uint64
+	stallMark     uint64
+	stallSince    time.Time
+	wantHalfClose bool // half-close after the next write, under mu
+	halfClosed    bool // under mu
 }
 
 // connContext is the base of a connection's requests' contexts: the
@@ -775,11 +783,9 @@ func (c *conn) writeLocked(st *stream, fill func(*batch) error) error {
 	halfClose := c.wantHalfClose
 	b.frame, b.table = c.peerFrame, c.peerTable
 	c.writing = st
-	switch {
-	case c.set.writeTimeout > 0:
-		_ = c.nc.SetWriteDeadline(time.Now().Add(c.set.writeTimeout))
-		c.deadlineDirty = false
-	case c.deadlineDirty:
+	c.inWrite = true
+	c.writes++
+	if c.deadlineDirty {
 		_ = c.nc.SetWriteDeadline(time.Time{})
 		c.deadlineDirty = false
 	}
@@ -793,6 +799,7 @@ func (c *conn) writeLocked(st *stream, fill func(*batch) error) error {
 	}
 	c.mu.Lock()
 	c.writing = nil
+	c.inWrite = false
 	if werr == nil && halfClose {
 		// What began the half-close (a GOAWAY) has gone: the client reads
 		// the connection's end.
@@ -1065,16 +1072,62 @@ func (c *conn) checkNow() {
 			c.queueLocked(func(b []byte) []byte { return appendPing(b, false, c.pingData) })
 		}
 	}
-	if next := c.nextCheckLocked(now); next > 0 && !dead {
+	stalled := c.set.writeTimeout > 0 && c.stalledLocked(now)
+	if next := c.nextCheckLocked(now); next > 0 && !dead && !stalled {
 		c.srv.schedule.Arm(&c.check, now.Add(next))
 	}
 	c.mu.Unlock()
 	switch {
 	case dead:
 		c.close(errors.New("http2: no answer to a PING"))
+	case stalled:
+		c.close(fmt.Errorf("http2: a write to the client made no progress for %s", c.set.writeTimeout))
 	case idle:
 		c.goAway()
 	}
+}
+
+// stalledLocked is the stall check, at each run of checkNow while
+// settings.writeTimeout is set. A client may keep its connection alive
+// (it sends frames, so the liveness PING never goes) and still read
+// nothing, or only its PING's ACKs:
+//
+//   - A write to the connection blocks once the socket's buffers are
+//     full, holding every other writer of the connection behind it. It
+//     reports true when a write begun before the previous check is still
+//     under way writeTimeout after that check: the connection is to be
+//     closed. A write carries at most 64 KiB of DATA (maxWriteChunk) and
+//     the queued control frames, so a client reading 64 KiB in
+//     writeTimeout keeps it.
+//   - A stream whose write waits for the client's flow-control window,
+//     with none given since the previous check, writeTimeout after it,
+//     is reset (CANCEL): its handler's write fails. Without this a unary
+//     call's handler would hold its goroutine and buffer for as long as
+//     the connection lasts (net/http's HTTP/2 bounds it with
+//     WriteTimeout, which would end Ferry's long streams).
+//
+// Both are found between one and one and a half writeTimeouts after the
+// wait began: nextCheckLocked runs the check every half writeTimeout at
+// most. The caller holds mu.
+func (c *conn) stalledLocked(now time.Time) bool {
+	if !c.inWrite || c.writes != c.stallMark {
+		c.stallMark, c.stallSince = c.writes, now
+	} else if !now.Before(c.stallSince.Add(c.set.writeTimeout)) {
+		return true
+	}
+	for st := range c.streams.all() {
+		switch {
+		case !st.waitingSend || st.reset:
+			st.stallSince = time.Time{}
+		case st.stallSince.IsZero():
+			st.stallSince = now
+		case !now.Before(st.stallSince.Add(c.set.writeTimeout)):
+			c.resetLocked(st, os.ErrDeadlineExceeded)
+			id := st.id
+			c.queueLocked(func(b []byte) []byte { return appendRSTStream(b, id, http2.ErrCodeCancel) })
+		}
+	}
+	return false
 }
 
 // nextCheckLocked returns when the timer should fire next; 0: never.
@@ -1095,6 +1148,9 @@ func (c *conn) nextCheckLocked(now time.Time) time.Duration {
 		} else {
 			soonest(c.lastMoved.Add(c.set.readIdleTimeout))
 		}
+	}
+	if c.set.writeTimeout > 0 {
+		soonest(now.Add(c.set.writeTimeout / 2)) // the stall check
 	}
 	return next
 }

@@ -998,3 +998,178 @@ func TestWindowOfAResetStream(t *testing.T) {
 		return ok && p.IsAck()
 	})
 }
+
+// stallServer serves h with WriteByteTimeout timeout on a fake clock.
+func stallServer(t *testing.T, h http.Handler, timeout time.Duration) (string, *clock.Fake) {
+	fake := clock.NewFake(time.Unix(1_000_000, 0))
+	srv := &h2.Server{
+		Handler: h,
+		Config:  &http.Server{HTTP2: &http.HTTP2Config{WriteByteTimeout: timeout}},
+		Clock:   fake,
+	}
+	addr, _ := serveH2(t, srv)
+	return addr, fake
+}
+
+// stallConn is a server's side of a connection whose writes block once
+// left bytes have gone, until it is closed: a client that stops reading,
+// on cue. blocked is closed as the first write blocks.
+type stallConn struct {
+	net.Conn
+	mu      sync.Mutex
+	left    int
+	blocked chan struct{}
+	closed  chan struct{}
+	block   sync.Once
+	close   sync.Once
+}
+
+func (c *stallConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if len(p) <= c.left {
+		c.left -= len(p)
+		c.mu.Unlock()
+		return c.Conn.Write(p)
+	}
+	c.mu.Unlock()
+	c.block.Do(func() { close(c.blocked) })
+	<-c.closed
+	return 0, net.ErrClosed
+}
+
+func (c *stallConn) Close() error {
+	c.close.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// TestStalledConnectionIsClosed: a client that reads nothing holds a
+// handler's write, and every writer of its connection behind it, only
+// until the write has made no progress for WriteByteTimeout: then the
+// connection is closed, however alive the client otherwise is.
+func TestStalledConnectionIsClosed(t *testing.T) {
+	const timeout = 10 * time.Second
+	wrote := make(chan error, 1)
+	fake := clock.NewFake(time.Unix(1_000_000, 0))
+	srv := &h2.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, err := w.Write(make([]byte, 1<<20))
+			wrote <- err
+		}),
+		Config: &http.Server{HTTP2: &http.HTTP2Config{WriteByteTimeout: timeout}},
+		Clock:  fake,
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	rc := dial(t, ln.Addr().String(), http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	sc := &stallConn{Conn: nc, left: 64 << 10, blocked: make(chan struct{}), closed: make(chan struct{})}
+	if _, err := io.ReadFull(nc, make([]byte, len(http2.ClientPreface))); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan struct{})
+	go srv.ServeConn(context.Background(), sc, func() { close(ended) }) // inline: sc is not a socket
+	defer func() {
+		_ = sc.Close()
+		<-ended
+	}()
+	if err := rc.fr.WriteWindowUpdate(0, 1<<31-1-65535); err != nil {
+		t.Fatal(err)
+	}
+	rc.request(1, "/", true)
+	<-sc.blocked
+	// The check runs as Advance moves the clock past it: the first notes
+	// the write under way, and the connection closes a timeout later.
+	for range 2 {
+		fake.Advance(timeout / 2)
+		select {
+		case <-sc.closed:
+			t.Fatal("closed before the write had made no progress for the timeout")
+		default:
+		}
+	}
+	fake.Advance(timeout / 2)
+	select {
+	case <-sc.closed:
+	default:
+		t.Fatal("the connection is open a timeout after its write stalled")
+	}
+	if err := <-wrote; err == nil {
+		t.Fatal("the handler's write ended well")
+	}
+}
+
+// TestStreamWaitingForWindowIsReset: a stream whose write waits for a
+// flow-control window the client never gives is reset (CANCEL) once it
+// has had none for WriteByteTimeout, and its handler's write fails; a
+// window given now and then, however small, keeps it.
+func TestStreamWaitingForWindowIsReset(t *testing.T) {
+	const timeout = 10 * time.Second
+	wrote := make(chan error, 1)
+	addr, fake := stallServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, err := w.Write(bytes.Repeat([]byte("x"), 1000))
+		if err == nil {
+			err = http.NewResponseController(w).Flush()
+		}
+		wrote <- err
+	}), timeout)
+	rc := dial(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	rc.request(1, "/", true)
+	rc.until("the response's header", func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 1
+	})
+	// A byte of window every half timeout, for three timeouts: the
+	// stream goes on.
+	for range 6 {
+		if err := rc.fr.WriteWindowUpdate(1, 1); err != nil {
+			t.Fatal(err)
+		}
+		rc.until("a byte of DATA", func(f http2.Frame) bool {
+			switch f := f.(type) {
+			case *http2.RSTStreamFrame:
+				t.Fatalf("RST_STREAM %v of a stream given window", f.ErrCode)
+			case *http2.DataFrame:
+				return len(f.Data()) == 1
+			}
+			return false
+		})
+		fake.Advance(timeout / 2)
+	}
+	// No more window: reset within a few checks. The check queues the
+	// RST_STREAM as Advance runs it, so it comes before the ACK of a PING
+	// sent after.
+	for i := range 20 {
+		fake.Advance(timeout / 2)
+		if err := rc.fr.WritePing(false, [8]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		reset := false
+		rc.until("the PING's ACK", func(f http2.Frame) bool {
+			switch f := f.(type) {
+			case *http2.RSTStreamFrame:
+				if f.StreamID != 1 || f.ErrCode != http2.ErrCodeCancel {
+					t.Fatalf("RST_STREAM %v of stream %d, want CANCEL of 1", f.ErrCode, f.StreamID)
+				}
+				reset = true
+			case *http2.PingFrame:
+				return f.IsAck()
+			}
+			return false
+		})
+		if reset {
+			if err := <-wrote; err == nil {
+				t.Fatal("the handler's write ended well without its window")
+			}
+			t.Logf("reset after %d checks without window", i+1)
+			return
+		}
+	}
+	t.Fatal("a stream with no window for ten timeouts is not reset")
+}

@@ -55,7 +55,11 @@ type Server struct {
 	Handler http.Handler
 	// Config is the http.Server whose settings apply: its HTTP2 limits,
 	// MaxHeaderBytes, IdleTimeout, ErrorLog, and the ServerContextKey of
-	// requests' contexts. Nil: the defaults.
+	// requests' contexts. Nil: the defaults. HTTP2.WriteByteTimeout
+	// bounds writes that make no progress, as in net/http, at the
+	// granularity of a write of up to 64 KiB, and bounds the wait of a
+	// stream's write for its flow-control window too: see
+	// conn.stalledLocked.
 	Config *http.Server
 	// Clock times the connections' idle timeout and liveness PINGs. Nil:
 	// the system clock.
@@ -125,7 +129,7 @@ type settings struct {
 	idleTimeout     time.Duration
 	readIdleTimeout time.Duration // silence after which we send a PING
 	pingTimeout     time.Duration // for its ACK
-	writeTimeout    time.Duration // for a write to the connection to make progress
+	writeTimeout    time.Duration // for a write to make progress: see conn.stalledLocked
 }
 
 // connSettings returns the connections' settings, worked out from Config

@@ -27,8 +27,9 @@ type stream struct {
 	cancel context.CancelFunc
 	done   <-chan struct{} // closed when the stream is reset or its handler returns
 
-	sendWin     int64 // what we may still send
-	waitingSend bool  // a write waits for window
+	sendWin     int64     // what we may still send
+	waitingSend bool      // a write waits for window
+	stallSince  time.Time // when the stall check first saw it wait for window, since it last had some (conn.stalledLocked)
 
 	writeErr     error   // why writes fail
 	recvWin      int32   // what the client may still send
@@ -437,7 +438,7 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 			st.waitingSend = true
 			st.cond.Wait()
 		}
-		st.waitingSend = false
+		st.waitingSend, st.stallSince = false, time.Time{}
 		err := st.writeErr
 		if err == nil && c.closed.Load() {
 			err = errConnClosed
