@@ -39,7 +39,10 @@ func (s *Server) guardRequests(next http.Handler) http.Handler {
 				// As Connect does: a client that expects full duplex may hang
 				// on this connection otherwise.
 				w.Header().Set("Connection", "close")
-				_ = ew.Write(w, r, connect.NewError(connect.CodeUnimplemented, syncNeedsHTTP2))
+				err := connect.NewError(connect.CodeUnimplemented, syncNeedsHTTP2)
+				_ = ew.Write(w, r, err)
+				s.stats.called(ferryv1connect.SyncServiceSyncProcedure, err)
+				s.warnSyncOverHTTP1(r)
 				return
 			}
 		default:
@@ -49,6 +52,21 @@ func (s *Server) guardRequests(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// warnSyncOverHTTP1 logs a Sync refused for coming over HTTP/1.1, at most
+// once a minute: the Go SDK syncs only over Sync, so its devices cannot
+// sync at all through whatever sent it, most likely a reverse proxy that
+// forwards HTTP/1.1 (nginx's proxy_pass does).
+func (s *Server) warnSyncOverHTTP1(r *http.Request) {
+	now := s.opts.Clock.Now().UnixNano()
+	last := s.http1Warned.Load()
+	if last != 0 && now-last < int64(time.Minute) || !s.http1Warned.CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Warn("refused a Sync call that came over HTTP/1.1: clients that sync over Sync (the Go SDK) cannot through this path; "+
+		"if a reverse proxy forwards to ferryd, have it forward HTTP/2 (h2c), as nginx's grpc_pass, Envoy or Caddy's h2c:// do (counted in ferry_rpcs_total, code unimplemented; logged once a minute at most)",
+		"remote", r.RemoteAddr, "user_agent", r.UserAgent())
 }
 
 const syncNeedsHTTP2 = "Sync is a bidirectional stream and needs HTTP/2 (h2c with prior knowledge, or TLS with ALPN), " +

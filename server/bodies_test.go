@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -26,7 +27,10 @@ import (
 // (Connect's Go client finds out by itself; curl, and clients in other
 // languages, do not.)
 func TestSyncOverHTTP1SaysWhatToUse(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{})
+	var log logBuffer
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&log, nil))
+	}})
 	alice := srv.Register("alice")
 	http1 := &http.Client{Transport: &http.Transport{}}
 	for _, tc := range []struct {
@@ -59,6 +63,23 @@ func TestSyncOverHTTP1SaysWhatToUse(t *testing.T) {
 					resp.ProtoMajor, resp.ProtoMinor, resp.Status, got, resp.Close)
 			}
 		})
+	}
+	// The operator sees them: counted, and logged once a minute at most
+	// with what to change (a proxy that forwards HTTP/1.1, most likely).
+	if n := srv.Server.Metrics().Calls[ferryv1connect.SyncServiceSyncProcedure][connect.CodeUnimplemented]; n != 3 {
+		t.Errorf("%d refused Syncs counted, want 3", n)
+	}
+	if n := strings.Count(log.String(), "came over HTTP/1.1"); n != 1 || !strings.Contains(log.String(), "h2c") {
+		t.Errorf("logged %d times, want once, naming h2c: %s", n, log.String())
+	}
+	srv.Clock.Advance(time.Minute)
+	resp, err := http1.Post(srv.URL+ferryv1connect.SyncServiceSyncProcedure, "application/connect+proto", strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if n := strings.Count(log.String(), "came over HTTP/1.1"); n != 2 {
+		t.Errorf("logged %d times after a minute, want twice", n)
 	}
 	// Over HTTP/2 the same call is served.
 	c := connect.NewClient(connecthttp.NewTransport(srv.HTTP, srv.URL), wire.Bearer(alice.Session.GetToken()))
