@@ -108,8 +108,17 @@ type Store struct {
 var ErrClosed = errors.New("store closed")
 
 // fatalPanic carries a Pebble fatal error out of Pebble's call stack when it
-// happens on a goroutine that Commit guards.
+// happens on a goroutine that Commit guards. On one of Pebble's own
+// goroutines (a flush, a compaction, the manifest's writes) nothing
+// recovers it and the process stops: it is an error, so that the panic's
+// message names the cause (after the store's log of the failure).
 type fatalPanic struct{ err error }
+
+func (p fatalPanic) Error() string {
+	return "ferry: storage failed, stopping (fail-stop: what was acknowledged is on disk; restart once the cause is fixed): " + p.err.Error()
+}
+
+func (p fatalPanic) Unwrap() error { return p.err }
 
 // Open opens or creates the database in dir.
 func Open(dir string, o Options) (*Store, error) {

@@ -415,3 +415,23 @@ func TestWrittenBytes(t *testing.T) {
 		t.Fatal("a compaction of the flushed table wrote no bytes")
 	}
 }
+
+// TestFatalPanicNamesItsCause: a Pebble fatal error on one of Pebble's own
+// goroutines, where nothing recovers it, stops the process with a panic
+// whose message says why (the runtime prints an error's Error()), and the
+// store refuses writes from then on.
+func TestFatalPanicNamesItsCause(t *testing.T) {
+	s := open(t)
+	var got any
+	func() {
+		defer func() { got = recover() }()
+		pebbleLogger{s}.Fatalf("MANIFEST flush failed: %v", errors.New("no space left on device"))
+	}()
+	err, ok := got.(error)
+	if !ok || !strings.Contains(err.Error(), "MANIFEST flush failed: no space left on device") || !strings.Contains(err.Error(), "storage failed") {
+		t.Fatalf("panicked with %#v; want an error naming the cause", got)
+	}
+	if err := s.Commit(s.NewBatch()); !errors.Is(err, ErrFatal) {
+		t.Fatalf("a commit after the failure: %v, want ErrFatal", err)
+	}
+}
