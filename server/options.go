@@ -46,7 +46,9 @@ type Options struct {
 	// by it. Default 1m; negative: no limit.
 	BodyTimeout time.Duration
 	// ReconnectAfter is the delay a Goaway asks clients to wait before
-	// reconnecting. Default 1s.
+	// reconnecting: each session is told a share of it drawn evenly from
+	// a half to one and a half times it, so that a server's devices, sent
+	// away together, do not all come back in the same moment. Default 1s.
 	ReconnectAfter time.Duration
 	// MaxReadAheads is how many catch-ups may read and pack their next Ops
 	// message while the previous one is compressed and sent, at once. Each

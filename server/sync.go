@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"io"
 	"math"
 	"runtime/debug"
@@ -1340,8 +1341,13 @@ func (l *loop) readAhead() {
 func (s *Server) sayGoaway(out sink) error {
 	return out.goaway(&ferryv1.Goaway{
 		Reason:           "the server is shutting down",
-		ReconnectAfterMs: uint32(s.opts.ReconnectAfter / time.Millisecond),
+		ReconnectAfterMs: uint32(jitter(s.opts.ReconnectAfter) / time.Millisecond),
 	})
+}
+
+// jitter returns a delay drawn evenly from d/2 to 3d/2.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d+1)
 }
 
 // send sends one event of the session.

@@ -139,6 +139,7 @@ type config struct {
 	clientIPHeader    string
 	corsOrigins       string
 	shutdownDelay     time.Duration
+	reconnectAfter    time.Duration
 	trustedProxies    prefixList
 	h2c               server.H2C
 }
@@ -233,6 +234,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
 	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM (or SIGINT), answer /healthz with 503 and go on serving this long before telling sessions to reconnect and stopping, so that a load balancer stops sending new clients first (a second SIGTERM or SIGINT cuts it short); 0: stop at once")
+	fs.DurationVar(&c.reconnectAfter, "reconnect-after", time.Second, "as it stops, how long the server asks each session's device to wait before reconnecting (to it, or another server): a share drawn evenly from a half to one and a half times this, so that its devices do not all come back in one moment")
 	fs.BoolVar(&c.demo, "demo", true, "serve the demo chat page at / (a web client of the public API)")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler (/debug/pprof/) and the metrics (/metrics) on this address, e.g. 127.0.0.1:6060; keep it private")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the metrics in Prometheus's text format (/metrics) on this address, e.g. 127.0.0.1:9090; keep it private")
@@ -403,6 +405,7 @@ func checkServeFlags(c *config) error {
 		{"--max-streams-per-device", c.maxStreams == 0, "must be at least 1", c.maxStreams},
 		{"--heartbeat", c.heartbeat == 0, "must be at least 100ms", c.heartbeat},
 		{"--sign-in-refill", c.signInRefill <= 0, "must be positive", c.signInRefill},
+		{"--reconnect-after", c.reconnectAfter < time.Millisecond, "must be at least 1ms", c.reconnectAfter},
 		{"--receipt-members", c.receiptMembers == 0, "must be at least 1", c.receiptMembers},
 		{"--shared-feed-members", c.sharedFeedMembers == 0, "must be at least 1", c.sharedFeedMembers},
 		{"--max-members", c.maxMembers == 0, "must be at least 1", c.maxMembers},
@@ -448,6 +451,7 @@ func serverOptions(c *config, log *slog.Logger) server.Options {
 		HeartbeatInterval:   c.heartbeat,
 		SendTimeout:         durationOrOff(c.sendTimeout),
 		BodyTimeout:         durationOrOff(c.bodyTimeout),
+		ReconnectAfter:      c.reconnectAfter,
 		SignInLimit:         limitOrOff(c.signInLimit),
 		PushLimit:           limitOrOff(c.pushLimit),
 		SignInRefill:        c.signInRefill,
