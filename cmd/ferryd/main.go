@@ -601,11 +601,16 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	log.Info("shutting down: telling sessions to reconnect", "reason", cause)
 	srv.GoAway()
-	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	sctx, scancel := context.WithTimeout(hurryOf(ctx), 10*time.Second)
 	defer scancel()
 	if err := hs.Shutdown(sctx); err != nil {
-		// Sessions stuck sending to slow readers: cut their connections.
-		log.Warn("shutdown timed out; closing the remaining connections", "err", err)
+		// Sessions stuck sending to slow readers, or calls under way: cut
+		// their connections.
+		if hurryOf(ctx).Err() != nil {
+			log.Warn("shutdown cut short by a second signal; closing the remaining connections")
+		} else {
+			log.Warn("shutdown timed out; closing the remaining connections", "err", err)
+		}
 		_ = hs.Close()
 	}
 	srv.Wait()  // every session has released the store

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -99,6 +101,46 @@ func TestShutdownDelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !strings.Contains(logs.String(), "cut short") || !strings.Contains(logs.String(), "stopped") || !strings.Contains(logs.String(), `reason="signal: terminated"`) {
+		t.Fatalf("logs:\n%s", logs.String())
+	}
+}
+
+// TestSecondSignalCutsTheShutdownShort: a second signal ends the wait, of
+// up to 10 s, for the calls under way as the server stops: here a call
+// whose body stalls, which would hold it for the body timeout.
+func TestSecondSignalCutsTheShutdownShort(t *testing.T) {
+	signalled, cancel := context.WithCancelCause(context.Background())
+	signal := func() { cancel(stopSignal{syscall.SIGTERM}) } // as stopContexts does
+	hurry, secondSignal := context.WithCancel(context.Background())
+	defer signal()
+	defer secondSignal()
+	logs := &syncBuffer{w: make(chan struct{}, 1)}
+	url, done := serving(t, withHurry(signalled, hurry), []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--log-level", "info"}, logs)
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /ferry.v1.AccountService/Login HTTP/1.1\r\nHost: ferry\r\nContent-Type: application/proto\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+	// 100 Continue: the handler reads the body, which then stalls.
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || !strings.Contains(line, "100 Continue") {
+		t.Fatalf("%q, %v; want 100 Continue", line, err)
+	}
+	fmt.Fprint(c, "abc")
+	signal()
+	for !strings.Contains(logs.String(), "shutting down") {
+		select {
+		case <-logs.w:
+		case err := <-done:
+			t.Fatalf("ferryd stopped at once: %v\n%s", err, logs.String())
+		}
+	}
+	secondSignal()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "shutdown cut short by a second signal") || !strings.Contains(logs.String(), "stopped") {
 		t.Fatalf("logs:\n%s", logs.String())
 	}
 }
