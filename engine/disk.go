@@ -35,6 +35,7 @@ type diskRoom struct {
 	avail atomic.Uint64
 	keep  atomic.Uint64 // what the last look kept free: min, or a twentieth of a small disk
 	low   atomic.Bool
+	seen  atomic.Bool // a look has read the free space
 }
 
 // check returns ErrDiskFull while the file system has less free than the
@@ -73,6 +74,7 @@ func (d *diskRoom) look() {
 	keep := min(d.min, u.TotalBytes/20)
 	d.avail.Store(u.AvailBytes)
 	d.keep.Store(keep)
+	d.seen.Store(true)
 	low := u.AvailBytes < keep
 	if was := d.low.Swap(low); was != low {
 		if low {
@@ -89,4 +91,16 @@ func (d *diskRoom) look() {
 func (e *Engine) DiskLow() bool {
 	e.disk.refresh()
 	return e.disk.low.Load()
+}
+
+// DiskFree returns the free space of the store's file system, as last
+// looked at, and the free space below which new ops are refused; ok is
+// false when the engine does not look (Options.MinFreeDisk 0, or a file
+// system that cannot tell).
+func (e *Engine) DiskFree() (free, keep uint64, ok bool) {
+	e.disk.refresh()
+	if !e.disk.seen.Load() {
+		return 0, 0, false
+	}
+	return e.disk.avail.Load(), e.disk.keep.Load(), true
 }

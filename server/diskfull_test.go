@@ -2,11 +2,14 @@ package server_test
 
 import (
 	"context"
+	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect/v2"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/ferrysync/ferry/engine/enginetest"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -147,4 +150,36 @@ func diskServer(t *testing.T) (*servertest.Server, *enginetest.Disk) {
 		srv.Clock.Advance(time.Hour)
 	})
 	return srv, disk
+}
+
+// TestDiskFreeIsMeasured: /metrics gives the free space and the free space
+// below which new ops are refused, so that an operator can alert before
+// they are; the README names both.
+func TestDiskFreeIsMeasured(t *testing.T) {
+	srv, disk := diskServer(t)
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		full       bool
+		free, keep float64
+	}{{false, 10 << 30, 100 << 20}, {true, 10 << 20, 100 << 20}} {
+		disk.Fill(tc.full)
+		rec := httptest.NewRecorder()
+		srv.Server.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		families, err := new(expfmt.TextParser).TextToMetricFamilies(strings.NewReader(rec.Body.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, want := range map[string]float64{"ferry_store_disk_free_bytes": tc.free, "ferry_store_disk_min_free_bytes": tc.keep} {
+			f := families[name]
+			if f == nil || len(f.GetMetric()) != 1 || f.GetMetric()[0].GetGauge().GetValue() != want {
+				t.Errorf("full %v: %s is %v, want %v", tc.full, name, f, want)
+			}
+			if !strings.Contains(string(readme), "`"+name) {
+				t.Errorf("README.md does not document %s", name)
+			}
+		}
+	}
 }

@@ -213,6 +213,8 @@ var (
 	dWrites          = desc("ferry_store_writes_total", "Keys set or deleted by synced commits.")
 	dWatching        = desc("ferry_watching_users", "Users with an open session.")
 	dStoreFailed     = desc("ferry_store_failed", "1 once the store failed: the server refuses writes and stops. Else 0.")
+	dDiskFree        = desc("ferry_store_disk_free_bytes", "Free space of the store's file system, as last looked at (once a second at most), while --min-free-disk-mib is on.")
+	dDiskKeep        = desc("ferry_store_disk_min_free_bytes", "The free space below which new ops are refused: --min-free-disk-mib, or a twentieth of the disk when that is less.")
 	dDiskLow         = desc("ferry_store_disk_low", "1 while the store's disk has less free space than --min-free-disk-mib and writes are refused. Else 0.")
 	dStoreBytes      = desc("ferry_store_bytes", "Bytes the store occupies on disk, by kind.", "kind")
 	dReadAmp         = desc("ferry_store_read_amplification", "Tables a read may consult: level 0's sublevels plus the non-empty levels below.")
@@ -291,6 +293,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		low = 1
 	}
 	gauge(dDiskLow, low)
+	if free, keep, ok := c.s.eng.DiskFree(); ok {
+		gauge(dDiskFree, float64(free))
+		gauge(dDiskKeep, float64(keep))
+	}
 
 	st := c.s.eng.StoreMetrics()
 	gauge(dStoreBytes, float64(st.Tables), "tables")
