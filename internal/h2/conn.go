@@ -80,7 +80,8 @@ type conn struct {
 	goAwayID    uint32      // the last stream our GOAWAY named: later ones are ignored
 	closed      atomic.Bool // set under mu; read without it too (the reader, per frame)
 	lingering   bool
-	check       timers.Deadline // of the idle timeout and the liveness PING, in the server's schedule
+	check       timers.Deadline // of the idle timeout, the liveness PING and the stall check, in the server's schedule
+	checkAt     time.Time       // when check was last armed for
 	idleSince   time.Time
 	lastFrames  uint64
 	lastMoved   time.Time
@@ -174,7 +175,7 @@ func (c *conn) serve(done func()) {
 	c.idleSince, c.lastMoved = now, now
 	c.check.Fire = c.checkNow
 	if next := c.nextCheckLocked(now); next > 0 {
-		c.srv.schedule.Arm(&c.check, now.Add(next))
+		c.armCheckLocked(now.Add(next))
 	}
 	c.kickLocked()
 	c.mu.Unlock()
@@ -541,6 +542,9 @@ func (c *conn) onSettings(h frameHeader) error {
 			if st.sendWin > maxWindow && !st.reset && !st.localEnded {
 				return connError{http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE took a stream's window past 2^31-1"}
 			}
+			if d > 0 {
+				st.stallSince = time.Time{}
+			}
 			st.cond.Broadcast()
 		}
 	}
@@ -621,6 +625,7 @@ func (c *conn) onWindowUpdate(h frameHeader) error {
 	if st.sendWin += n; st.sendWin > maxWindow {
 		return streamError{h.streamID, http2.ErrCodeFlowControl, "a WINDOW_UPDATE past 2^31-1"}
 	}
+	st.stallSince = time.Time{} // given window: not stalled (stalledLocked)
 	st.cond.Broadcast()
 	return nil
 }
@@ -674,22 +679,27 @@ func (c *conn) onHeaderBlock() error {
 		c.mu.Unlock()
 		return nil // past the GOAWAY's last stream: not processed
 	}
-	if hb.selfDep {
+	// A stream refused before it opens: the client may have sent its body
+	// already, which is then ignored (closedEarly).
+	refuse := func(err error) error {
+		if !hb.endStream {
+			c.closedEarlyLocked(id)
+		}
 		c.mu.Unlock()
-		return streamError{id, http2.ErrCodeProtocol, "a stream that depends on itself"}
+		return err
+	}
+	if hb.selfDep {
+		return refuse(streamError{id, http2.ErrCodeProtocol, "a stream that depends on itself"})
 	}
 	if hb.invalid != "" {
-		c.mu.Unlock()
-		return streamError{id, http2.ErrCodeProtocol, hb.invalid}
+		return refuse(streamError{id, http2.ErrCodeProtocol, hb.invalid})
 	}
 	if c.open >= int(c.set.maxStreams) {
-		c.mu.Unlock()
-		return streamError{id, http2.ErrCodeRefusedStream, "past SETTINGS_MAX_CONCURRENT_STREAMS"}
+		return refuse(streamError{id, http2.ErrCodeRefusedStream, "past SETTINGS_MAX_CONCURRENT_STREAMS"})
 	}
 	st, req, h, err := c.newRequest(hb)
 	if err != nil {
-		c.mu.Unlock()
-		return err
+		return refuse(err)
 	}
 	c.streams.put(st)
 	c.open++
@@ -920,13 +930,17 @@ const closedEarlyKept = 16
 // may still send on it. The caller holds mu.
 func (c *conn) deletedLocked(st *stream) {
 	c.streams.del(st.id)
-	if st.remoteClosed || st.peerReset {
-		return
+	if !st.remoteClosed && !st.peerReset {
+		c.closedEarlyLocked(st.id)
 	}
+}
+
+// closedEarlyLocked remembers id in closedEarly. The caller holds mu.
+func (c *conn) closedEarlyLocked(id uint32) {
 	if c.closedEarly == nil {
 		c.closedEarly = new([closedEarlyKept]uint32)
 	}
-	c.closedEarly[c.closedNext] = st.id
+	c.closedEarly[c.closedNext] = id
 	c.closedNext = (c.closedNext + 1) % closedEarlyKept
 }
 
@@ -1074,7 +1088,7 @@ func (c *conn) checkNow() {
 	}
 	stalled := c.set.writeTimeout > 0 && c.stalledLocked(now)
 	if next := c.nextCheckLocked(now); next > 0 && !dead && !stalled {
-		c.srv.schedule.Arm(&c.check, now.Add(next))
+		c.armCheckLocked(now.Add(next))
 	}
 	c.mu.Unlock()
 	switch {
@@ -1161,9 +1175,22 @@ func (c *conn) becameIdleLocked() {
 	c.idleSince = c.srv.schedule.Clock.Now()
 	if c.set.idleTimeout > 0 {
 		if next := c.nextCheckLocked(c.idleSince); next > 0 {
-			c.srv.schedule.Arm(&c.check, c.idleSince.Add(next))
+			at := c.idleSince.Add(next)
+			if c.checkAt.After(c.idleSince) && c.checkAt.Before(at) {
+				// A check due sooner (the stall check, a PING's) stays:
+				// a client that opens and ends streams must not put it
+				// off for good.
+				at = c.checkAt
+			}
+			c.armCheckLocked(at)
 		}
 	}
+}
+
+// armCheckLocked arms the connection's check at at. The caller holds mu.
+func (c *conn) armCheckLocked(at time.Time) {
+	c.checkAt = at
+	c.srv.schedule.Arm(&c.check, at)
 }
 
 // writeExpired handles a stream's write deadline passing: its writes fail
@@ -1190,6 +1217,7 @@ func (c *conn) writeExpired(st *stream, at time.Time) {
 func (c *conn) wakeSendersLocked() {
 	for st := range c.streams.all() {
 		if st.waitingSend {
+			st.stallSince = time.Time{} // given window, if it loses the race for it to another
 			st.cond.Broadcast()
 		}
 	}

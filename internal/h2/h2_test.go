@@ -1173,3 +1173,84 @@ func TestStreamWaitingForWindowIsReset(t *testing.T) {
 	}
 	t.Fatal("a stream with no window for ten timeouts is not reset")
 }
+
+// TestGoingIdleKeepsAnEarlierCheck: a connection going idle arms its idle
+// timeout, but never later than the check already due (here the stall
+// check's): a client that opens and ends streams must not put the stall
+// and liveness checks off for good.
+func TestGoingIdleKeepsAnEarlierCheck(t *testing.T) {
+	const timeout = 10 * time.Second
+	start := time.Unix(1_000_000, 0)
+	fake := clock.NewFake(start)
+	srv := &h2.Server{
+		Handler: http.NotFoundHandler(),
+		Config:  &http.Server{IdleTimeout: time.Hour, HTTP2: &http.HTTP2Config{WriteByteTimeout: timeout}},
+		Clock:   fake,
+	}
+	addr, _ := serveH2(t, srv)
+	armed := fake.Armed()
+	rc := dial(t, addr)
+	rc.until("the SETTINGS ACK", func(f http2.Frame) bool { s, ok := f.(*http2.SettingsFrame); return ok && s.IsAck() })
+	<-armed // the connection's first check, at start + timeout/2
+	fake.Advance(timeout * 4 / 10)
+	armed = fake.Armed()
+	rc.request(1, "/", true)
+	rc.until("the answer", func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 1
+	})
+	<-armed // idle again
+	if next, ok := fake.Next(); !ok || !next.Equal(start.Add(timeout/2)) {
+		t.Fatalf("the check is armed for %v (%v), want start + %v: going idle put it off", next.Sub(start), ok, timeout/2)
+	}
+}
+
+// TestFramesAfterARefusal: the body and trailers a client sent with a
+// request refused before it opened (malformed, or past
+// MAX_CONCURRENT_STREAMS) are ignored, as after an early end.
+func TestFramesAfterARefusal(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		extra []string
+		code  http2.ErrCode
+	}{
+		{"malformed", []string{"connection", "close"}, http2.ErrCodeProtocol},
+		{"refused", nil, http2.ErrCodeRefusedStream},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			release := make(chan struct{})
+			defer close(release)
+			addr, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release }),
+				func(hs *http.Server) { hs.HTTP2.MaxConcurrentStreams = 1 })
+			rc := dial(t, addr)
+			rc.until("the server's SETTINGS", func(f http2.Frame) bool { s, ok := f.(*http2.SettingsFrame); return ok && !s.IsAck() })
+			rc.request(1, "/hold", true)
+			rc.request(3, "/refused", false, tc.extra...)
+			if code := rc.reset(3); code != tc.code {
+				t.Fatalf("RST_STREAM %v, want %v", code, tc.code)
+			}
+			if err := rc.fr.WriteData(3, false, []byte("the body, in flight")); err != nil {
+				t.Fatal(err)
+			}
+			var b bytes.Buffer
+			_ = hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: "x-checksum", Value: "1"})
+			if err := rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: b.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+				t.Fatal(err)
+			}
+			if err := rc.fr.WritePing(false, [8]byte{7}); err != nil {
+				t.Fatal(err)
+			}
+			rc.until("the PING's ACK", func(f http2.Frame) bool {
+				switch f := f.(type) {
+				case *http2.GoAwayFrame:
+					t.Fatalf("GOAWAY %v %q", f.ErrCode, f.DebugData())
+				case *http2.RSTStreamFrame:
+					t.Fatalf("RST_STREAM %v of stream %d again", f.ErrCode, f.StreamID)
+				case *http2.PingFrame:
+					return f.IsAck()
+				}
+				return false
+			})
+		})
+	}
+}
