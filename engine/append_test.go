@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 
@@ -484,4 +485,90 @@ func TestMaxMembers(t *testing.T) {
 		t.Fatalf("conversation: %+v, %d listed, %v; want 3 members", info, len(members), err)
 	}
 	enginetest.MustCheck(t, e)
+}
+
+// TestTimeRangePagesThroughOneMillisecond: ops whose ids share a
+// millisecond (clients choose them) are paged through with AfterID, each
+// once, in id order; a range's start alone could not go past the first
+// page.
+func TestTimeRangePagesThroughOneMillisecond(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	conv := alice.Create("c")
+	ms := ulid.Timestamp(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	var want []ulid.ULID
+	for i := range 5 {
+		var id ulid.ULID
+		if err := id.SetTime(ms); err != nil {
+			t.Fatal(err)
+		}
+		id[15] = byte(i + 1)
+		op := alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("m"), ContentType: "text/plain"})
+		op.ID = id
+		alice.Push(op)
+		want = append(want, id)
+	}
+	q := engine.HistoryQuery{Start: ulid.Time(ms), End: ulid.Time(ms + 1), Limit: 2}
+	var got []ulid.ULID
+	for range 10 {
+		page, err := e.History(alice.Actor, conv, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range page.Ops {
+			got = append(got, op.ID)
+		}
+		if !page.More {
+			if page.NextAfterID != (ulid.ULID{}) {
+				t.Errorf("the last page gives a next id, %s", page.NextAfterID)
+			}
+			break
+		}
+		q.AfterID = page.NextAfterID
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("paged %v, want %v", got, want)
+	}
+}
+
+// TestRemovedMemberTimeRangeIsBounded: a removed member's time-range page
+// passes over the ops after their removal, which they may not read, a
+// bounded number a page (each page then ends with more, and an id to go
+// on after), so that one small request never reads the conversation's
+// whole later history; the pages end with every op up to the removal.
+func TestRemovedMemberTimeRangeIsBounded(t *testing.T) {
+	e := enginetest.New(t)
+	alice, bob := enginetest.Register(t, e, "alice"), enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	alice.Send(conv, "before")
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
+	const later = 10_000
+	for range later / 1000 {
+		ops := make([]model.Op, 1000)
+		for i := range ops {
+			ops[i] = alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("after"), ContentType: "text/plain"})
+		}
+		alice.Push(ops...)
+	}
+	q := engine.HistoryQuery{Start: time.UnixMilli(0), End: time.Now().Add(24 * time.Hour), Limit: 100}
+	var got []model.Op
+	pages := 0
+	for ; pages < 10; pages++ {
+		reads := e.Metrics().Reads
+		page, err := e.History(bob.Actor, conv, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := e.Metrics().Reads - reads; n > later/2 {
+			t.Fatalf("page %d read the store %d times, for %d ops", pages, n, len(page.Ops))
+		}
+		got = append(got, page.Ops...)
+		if !page.More {
+			break
+		}
+		q.AfterID = page.NextAfterID
+	}
+	if len(got) != 4 || got[len(got)-1].Kind != model.KindMemberRemove || pages < 2 {
+		t.Fatalf("%d pages brought %d ops, the last %v; want the 4 up to bob's removal, over 2 pages at least", pages+1, len(got), got[len(got)-1].Kind)
+	}
 }

@@ -797,6 +797,7 @@ type HistoryQuery struct {
 	Before     uint64    // ops with seq < Before, the newest page
 	After      uint64    // ops with seq > After, the oldest page
 	Start, End time.Time // ops whose id time is in [Start, End)
+	AfterID    ulid.ULID // in a time range, only ops whose id is greater; zero: from Start
 	Limit      int       // 1 to MaxHistoryLimit; 0 means 100
 }
 
@@ -809,6 +810,10 @@ type HistoryPage struct {
 	Ops  []model.Op
 	Head uint64 // the highest seq the user can read
 	More bool   // the range holds more ops
+	// NextAfterID, in a time range with More, is the AfterID of the next
+	// page: the last id the page looked at, past its last op when it
+	// passed over ops the user may not read.
+	NextAfterID ulid.ULID
 }
 
 // History reads a page of conv's log for a's user: a member reads it all, a
@@ -835,7 +840,7 @@ func (e *Engine) History(a Actor, conv ulid.ULID, q HistoryQuery) (HistoryPage, 
 		if !q.End.After(q.Start) {
 			return HistoryPage{}, fmt.Errorf("%w: the time range's end must be after its start", ErrInvalid)
 		}
-		page.Ops, page.More, err = r.opsByTime(conv, head, q.Start, q.End, q.Limit)
+		page.Ops, page.More, page.NextAfterID, err = r.opsByTime(conv, head, q.Start, q.End, q.AfterID, q.Limit)
 	default:
 		page.Ops, err = r.ops(conv, q.After, head, q.Limit, MaxPageBytes, true)
 		page.More = len(page.Ops) > 0 && page.Ops[len(page.Ops)-1].Seq < head
@@ -848,53 +853,72 @@ func (e *Engine) History(a Actor, conv ulid.ULID, q HistoryQuery) (HistoryPage, 
 // fits in a response.
 const MaxPageBytes = 1 << 20
 
-// opsByTime reads ops whose id time is in [start, end) through the op-id
-// index, which is ordered by time because ULIDs are.
-func (r reader) opsByTime(conv ulid.ULID, head uint64, start, end time.Time, limit int) ([]model.Op, bool, error) {
+// opsByTime reads ops whose id time is in [start, end), and whose id is
+// greater than after, through the op-id index, which is ordered by id and
+// so by time. It returns the id to continue after when there is more.
+//
+// A removed member may read only the ops up to their removal (head), and
+// the index holds all of them in id order, whatever their seqs: the ops
+// after the removal are passed over, at most maxPassedOver of them a page,
+// which then ends with more, so that one request reads a bounded part of
+// the conversation however long it went on.
+func (r reader) opsByTime(conv ulid.ULID, head uint64, start, end time.Time, after ulid.ULID, limit int) (out []model.Op, more bool, next ulid.ULID, err error) {
 	var lo, hi ulid.ULID
 	if err := lo.SetTime(ulid.Timestamp(start)); err != nil {
-		return nil, false, fmt.Errorf("%w: start time out of range", ErrInvalid)
+		return nil, false, next, fmt.Errorf("%w: start time out of range", ErrInvalid)
 	}
 	if err := hi.SetTime(ulid.Timestamp(end)); err != nil {
-		return nil, false, fmt.Errorf("%w: end time out of range", ErrInvalid)
+		return nil, false, next, fmt.Errorf("%w: end time out of range", ErrInvalid)
 	}
-	it, err := r.v.Iter(keys.ID2(keys.TOpID, conv, lo), keys.ID2(keys.TOpID, conv, hi))
+	from := keys.ID2(keys.TOpID, conv, lo)
+	if after.Compare(lo) >= 0 {
+		from = append(keys.ID2(keys.TOpID, conv, after), 0) // the first key past after's
+	}
+	it, err := r.v.Iter(from, keys.ID2(keys.TOpID, conv, hi))
 	if err != nil {
-		return nil, false, err
+		return nil, false, next, err
 	}
-	var out []model.Op
-	more, size := false, 0
+	defer func() {
+		if cerr := it.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	size, passed := 0, 0
 	for ok := it.First(); ok; ok = it.Next() {
 		val, err := it.Value()
 		if err != nil {
-			_ = it.Close()
-			return nil, false, err
+			return nil, false, next, err
 		}
 		seq, err := record.DecodeUint(val)
 		if err != nil {
-			_ = it.Close()
-			return nil, false, err
+			return nil, false, next, err
 		}
 		if seq > head {
+			if passed++; passed > maxPassedOver {
+				return out, true, next, nil
+			}
+			next = ulid.ULID(it.Key()[len(it.Key())-16:])
 			continue
 		}
 		if len(out) == limit {
-			more = true
-			break
+			return out, true, next, nil
 		}
 		rec, err := readOp(r.v, conv, seq)
 		if err != nil {
-			_ = it.Close()
-			return nil, false, err
+			return nil, false, next, err
 		}
 		if size += opSize(&rec.Op); size > MaxPageBytes && len(out) > 0 {
-			more = true
-			break
+			return out, true, next, nil
 		}
 		out = append(out, rec.Op)
+		next = rec.Op.ID
 	}
-	return out, more, it.Close()
+	return out, false, ulid.ULID{}, nil
 }
+
+// maxPassedOver bounds the ops a time range's page passes over, unread:
+// those after a removed member's removal.
+const maxPassedOver = 4 * MaxHistoryLimit
 
 // Vector returns the server's version vector of conv and the highest seq a's
 // user can read. A removed member gets an empty vector: the vector as of

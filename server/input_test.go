@@ -2,9 +2,11 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -132,6 +134,12 @@ func TestBadInputGetsClearErrorsAndStoresNothing(t *testing.T) {
 			t.Errorf("time range that %s: %v does not say why", name, err)
 		}
 	}
+	_, err = alice.Sync.History(bg, &ferryv1.HistoryRequest{ConversationId: conv, Range: &ferryv1.HistoryRequest_TimeRange{
+		TimeRange: &ferryv1.TimeRange{Start: timestamppb.New(time.UnixMilli(0)), End: timestamppb.Now(), AfterId: "z"}}})
+	mustCode(t, "malformed after_id", err, connect.CodeInvalidArgument)
+	if want := `time_range.after_id "z" is not a ULID`; err != nil && !strings.Contains(err.Error(), want) {
+		t.Errorf("malformed after_id: %v does not say %q", err, want)
+	}
 	_, err = alice.Sync.Repair(bg, &ferryv1.RepairRequest{ConversationId: conv, Vector: &ferryv1.Vector{Entries: []*ferryv1.VectorEntry{{DeviceId: "x"}}}})
 	mustCode(t, "malformed vector", err, connect.CodeInvalidArgument)
 	_, err = srv.Clients("").Account.Register(bg, &ferryv1.RegisterRequest{Username: "x", Password: "correct horse"})
@@ -227,4 +235,34 @@ func TestStreamsPerDevice(t *testing.T) {
 	mustCode(t, "third session", alice.open(hello("", 0)).endErr(), connect.CodeResourceExhausted)
 	// Another device of the same user is not affected.
 	newDev(t, srv.Login("alice", "laptop")).open(hello("", 0)).untilCaughtUp()
+}
+
+// TestTimeRangePagesGoOnAfterAnID: a time range's pages carry the id to go
+// on after, which the next request sends back, through every op once.
+func TestTimeRangePagesGoOnAfterAnID(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := newDev(t, srv.Register("alice"))
+	conv := alice.createConv("c")
+	alice.push(conv, messages(alice, conv, 5, 10)...)
+	tr := &ferryv1.TimeRange{Start: timestamppb.New(time.UnixMilli(0)), End: timestamppb.New(time.Now().Add(time.Hour))}
+	var ids []string
+	for range 10 {
+		page, err := alice.Sync.History(context.Background(), &ferryv1.HistoryRequest{ConversationId: conv, Limit: 2, Range: &ferryv1.HistoryRequest_TimeRange{TimeRange: tr}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range page.GetOps() {
+			ids = append(ids, op.GetId())
+		}
+		if !page.GetMore() {
+			break
+		}
+		if page.GetNextAfterId() != ids[len(ids)-1] {
+			t.Fatalf("next_after_id %q, want the page's last id %q", page.GetNextAfterId(), ids[len(ids)-1])
+		}
+		tr.AfterId = page.GetNextAfterId()
+	}
+	if len(ids) != 6 || !slices.IsSorted(ids) || len(slices.Compact(slices.Clone(ids))) != 6 {
+		t.Fatalf("paged %v: want the 6 ops (the creation and 5 messages), each once, in id order", ids)
+	}
 }

@@ -208,6 +208,9 @@ func (h syncService) History(ctx context.Context, req *ferryv1.HistoryRequest) (
 			return nil, invalidf("time_range.end: %v", err)
 		}
 		q.Start, q.End = r.TimeRange.GetStart().AsTime(), r.TimeRange.GetEnd().AsTime()
+		if q.AfterID, err = parseOptionalID("time_range.after_id", r.TimeRange.GetAfterId()); err != nil {
+			return nil, err
+		}
 		// Op ids (ULIDs) hold times from 1970 on; and a zero End would
 		// read as no range at all.
 		for _, t := range []struct {
@@ -225,7 +228,11 @@ func (h syncService) History(ctx context.Context, req *ferryv1.HistoryRequest) (
 	if err != nil {
 		return nil, connectError(err)
 	}
-	return &ferryv1.HistoryResponse{ConversationId: conv.String(), Ops: opsToProto(page.Ops), Head: page.Head, More: page.More}, nil
+	resp := &ferryv1.HistoryResponse{ConversationId: conv.String(), Ops: opsToProto(page.Ops), Head: page.Head, More: page.More}
+	if page.NextAfterID != (ulid.ULID{}) {
+		resp.NextAfterId = page.NextAfterID.String()
+	}
+	return resp, nil
 }
 
 func (h syncService) Repair(ctx context.Context, req *ferryv1.RepairRequest) (*ferryv1.RepairResponse, error) {

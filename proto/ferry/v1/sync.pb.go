@@ -1819,11 +1819,16 @@ func (*HistoryRequest_AfterSeq) isHistoryRequest_Range() {}
 
 func (*HistoryRequest_TimeRange) isHistoryRequest_Range() {}
 
-// TimeRange is a half-open interval [start, end).
+// TimeRange is a half-open interval [start, end). Op ids are chosen by
+// clients, and many may share a millisecond: page through a range with
+// after_id, not by moving start.
 type TimeRange struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Start         *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
-	End           *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Start *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	End   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	// Continues a range: only ops whose id is greater than this one. Send
+	// the previous page's next_after_id. Empty: from start.
+	AfterId       string `protobuf:"bytes,3,opt,name=after_id,json=afterId,proto3" json:"after_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1872,6 +1877,13 @@ func (x *TimeRange) GetEnd() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *TimeRange) GetAfterId() string {
+	if x != nil {
+		return x.AfterId
+	}
+	return ""
+}
+
 type HistoryResponse struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
@@ -1881,7 +1893,12 @@ type HistoryResponse struct {
 	// The highest seq the caller can read.
 	Head uint64 `protobuf:"varint,3,opt,name=head,proto3" json:"head,omitempty"`
 	// True when the range holds more ops than were returned.
-	More          bool `protobuf:"varint,4,opt,name=more,proto3" json:"more,omitempty"`
+	More bool `protobuf:"varint,4,opt,name=more,proto3" json:"more,omitempty"`
+	// For a time range with more: the after_id that asks for the next page.
+	// It may lie past the last op returned, and a page may then be empty: a
+	// removed member's page passes over the ops after their removal, a
+	// bounded number of them a page.
+	NextAfterId   string `protobuf:"bytes,5,opt,name=next_after_id,json=nextAfterId,proto3" json:"next_after_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1942,6 +1959,13 @@ func (x *HistoryResponse) GetMore() bool {
 		return x.More
 	}
 	return false
+}
+
+func (x *HistoryResponse) GetNextAfterId() string {
+	if x != nil {
+		return x.NextAfterId
+	}
+	return ""
 }
 
 type RepairRequest struct {
@@ -2211,15 +2235,17 @@ const file_ferry_v1_sync_proto_rawDesc = "" +
 	"\n" +
 	"time_range\x18\x04 \x01(\v2\x13.ferry.v1.TimeRangeH\x00R\ttimeRange\x12\x14\n" +
 	"\x05limit\x18\x05 \x01(\rR\x05limitB\a\n" +
-	"\x05range\"k\n" +
+	"\x05range\"\x86\x01\n" +
 	"\tTimeRange\x120\n" +
 	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12,\n" +
-	"\x03end\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03end\"\x82\x01\n" +
+	"\x03end\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03end\x12\x19\n" +
+	"\bafter_id\x18\x03 \x01(\tR\aafterId\"\xa6\x01\n" +
 	"\x0fHistoryResponse\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1e\n" +
 	"\x03ops\x18\x02 \x03(\v2\f.ferry.v1.OpR\x03ops\x12\x12\n" +
 	"\x04head\x18\x03 \x01(\x04R\x04head\x12\x12\n" +
-	"\x04more\x18\x04 \x01(\bR\x04more\"x\n" +
+	"\x04more\x18\x04 \x01(\bR\x04more\x12\"\n" +
+	"\rnext_after_id\x18\x05 \x01(\tR\vnextAfterId\"x\n" +
 	"\rRepairRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12(\n" +
 	"\x06vector\x18\x02 \x01(\v2\x10.ferry.v1.VectorR\x06vector\x12\x14\n" +
