@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect/v2"
@@ -46,6 +47,15 @@ func (s *Server) guardRequests(next http.Handler) http.Handler {
 				return
 			}
 		default:
+			if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/ferry.v1.") && !readableType(r.Header.Get("Content-Type")) {
+				// Connect's answer is a bare 415, which says nothing to
+				// someone trying the API with curl (whose default is a
+				// form's type).
+				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+				w.WriteHeader(http.StatusUnsupportedMediaType)
+				fmt.Fprintf(w, "ferry: this server does not read a request of Content-Type %q: send application/json or application/proto (the Connect protocol), application/grpc, or application/grpc-web\n", r.Header.Get("Content-Type"))
+				return
+			}
 			if s.opts.BodyTimeout > 0 && r.Body != nil && r.Body != http.NoBody {
 				r.Body = &deadlineBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: s.opts.BodyTimeout}
 			}
@@ -67,6 +77,20 @@ func (s *Server) warnSyncOverHTTP1(r *http.Request) {
 	s.log.Warn("refused a Sync call that came over HTTP/1.1: clients that sync over Sync (the Go SDK) cannot through this path; "+
 		"if a reverse proxy forwards to ferryd, have it forward HTTP/2 (h2c), as nginx's grpc_pass, Envoy or Caddy's h2c:// do (counted in ferry_rpcs_total, code unimplemented; logged once a minute at most)",
 		"remote", r.RemoteAddr, "user_agent", r.UserAgent())
+}
+
+// readableType tells whether a request's Content-Type names a protocol and
+// codec the server's procedures read: Connect's, gRPC's and gRPC-Web's,
+// with protobuf or JSON.
+func readableType(ct string) bool {
+	ct, _, _ = strings.Cut(ct, ";")
+	switch strings.ToLower(strings.TrimSpace(ct)) {
+	case "application/proto", "application/json", "application/connect+proto", "application/connect+json",
+		"application/grpc", "application/grpc+proto", "application/grpc+json",
+		"application/grpc-web", "application/grpc-web+proto", "application/grpc-web+json":
+		return true
+	}
+	return false
 }
 
 const syncNeedsHTTP2 = "Sync is a bidirectional stream and needs HTTP/2 (h2c with prior knowledge, or TLS with ALPN), " +

@@ -221,3 +221,30 @@ func stalledAs(t *testing.T, url string, client *http.Client, contentType, token
 	resp.Body.Close()
 	return resp.StatusCode, string(b)
 }
+
+// TestUnreadableTypeSaysWhatToSend: a call whose Content-Type no protocol
+// of the server's reads (curl's default, a form's) gets a 415 that says
+// what to send, where Connect's own is empty; the types it names are read.
+func TestUnreadableTypeSaysWhatToSend(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	post := func(ct string) (int, string) {
+		t.Helper()
+		resp, err := srv.HTTP.Post(srv.URL+ferryv1connect.AccountServiceLoginProcedure, ct, strings.NewReader(`{"username":"nobody","password":"wrong horse"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, ct := range []string{"application/x-www-form-urlencoded", "", "text/plain"} {
+		code, body := post(ct)
+		if code != http.StatusUnsupportedMediaType || !strings.Contains(body, "send application/json or application/proto") {
+			t.Errorf("Content-Type %q: %d %q, want 415 saying what to send", ct, code, body)
+		}
+	}
+	// JSON is read: the login is refused for its password, not its type.
+	if code, body := post("application/json; charset=utf-8"); code != http.StatusUnauthorized || !strings.Contains(body, "unauthenticated") {
+		t.Errorf("application/json: %d %q, want the login refused", code, body)
+	}
+}
