@@ -22,8 +22,9 @@ const diskCheckEvery = time.Second
 // diskRoom watches the free space of the store's file system. A store
 // that fills its disk fails (Pebble cannot write its log), and the server
 // stops; refusing new ops while the disk is nearly full keeps it serving
-// reads, sessions and markers, and accepting ops again once an operator
-// freed space, with nothing lost.
+// reads, sessions, markers, sign-ins and registrations (small writes,
+// which the room kept free is for), and accepting ops again once an
+// operator freed space, with nothing lost.
 type diskRoom struct {
 	fs    vfs.FS
 	dir   string

@@ -183,3 +183,21 @@ func TestDiskFreeIsMeasured(t *testing.T) {
 		}
 	}
 }
+
+// TestSignInsGoOnWhileDiskIsLow: while new ops are refused for want of
+// disk space, registrations and sign-ins, small writes the room kept free
+// is for, go on, as the README says.
+func TestSignInsGoOnWhileDiskIsLow(t *testing.T) {
+	srv, disk := diskServer(t)
+	srv.Register("alice")
+	disk.Fill(true)
+	if !srv.Engine.DiskLow() {
+		t.Fatal("the disk is not low")
+	}
+	if _, err := srv.Clients("").Account.Register(context.Background(), &ferryv1.RegisterRequest{Username: "bob", Password: "correct horse"}); err != nil {
+		t.Fatalf("register with the disk low: %v", err)
+	}
+	if _, err := srv.Clients("").Account.Login(context.Background(), &ferryv1.LoginRequest{Username: "alice", Password: "correct horse"}); err != nil {
+		t.Fatalf("login with the disk low: %v", err)
+	}
+}
