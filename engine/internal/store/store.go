@@ -439,8 +439,10 @@ func (s *Store) Space() Space { return spaceOf(s.db.Metrics()) }
 
 func spaceOf(m *pebble.Metrics) Space {
 	sp := Space{
-		Tables:   m.Table.Local.LiveSize + m.BlobFiles.Local.LiveSize,
-		WAL:      m.WAL.PhysicalSize,
+		Tables: m.Table.Local.LiveSize + m.BlobFiles.Local.LiveSize,
+		// Pebble's physical size leaves out the log being written, which
+		// holds what is not yet in a table: the live bytes count it.
+		WAL:      max(m.WAL.PhysicalSize, m.WAL.Size),
 		Obsolete: m.WAL.ObsoletePhysicalSize + m.Table.Local.ObsoleteSize + m.Table.Local.ZombieSize + m.BlobFiles.Local.ObsoleteSize + m.BlobFiles.Local.ZombieSize,
 	}
 	if total := m.DiskSpaceUsage(); total > sp.Tables+sp.WAL+sp.Obsolete {

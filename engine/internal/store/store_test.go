@@ -435,3 +435,16 @@ func TestFatalPanicNamesItsCause(t *testing.T) {
 		t.Fatalf("a commit after the failure: %v, want ErrFatal", err)
 	}
 }
+
+// TestSpaceCountsTheLogInUse: the write-ahead log's share of the disk
+// counts the log file being written, not only those the store has moved
+// past: commits not yet flushed to tables are on disk there.
+func TestSpaceCountsTheLogInUse(t *testing.T) {
+	s := open(t)
+	for i := range 100 {
+		set(t, s, fmt.Sprint("key", i), strings.Repeat("v", 1000))
+	}
+	if sp := s.Space(); sp.WAL < 100*1000 {
+		t.Fatalf("the log holds %d bytes after 100 KB of commits, unflushed: %+v", sp.WAL, sp)
+	}
+}
