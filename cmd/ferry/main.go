@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -387,12 +389,12 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 			if err != nil {
 				return err
 			}
-			synced, err := syncQueued(ctx, d, "the conversation")
+			queued, err := syncQueued(ctx, d, "the conversation")
 			if err != nil {
 				return err
 			}
-			a.print(map[string]any{"id": conv.String(), "title": pos[0], "synced": synced},
-				fmt.Sprintf("created %s %q%s", conv, pos[0], queuedNote(synced)))
+			a.print(map[string]any{"id": conv.String(), "title": pos[0], "synced": queued == ""},
+				fmt.Sprintf("created %s %q%s", conv, pos[0], queued))
 			return nil
 		})
 	case "members":
@@ -476,7 +478,7 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 
 // finishOp pushes a queued op and reports what became of it.
 func (a *app) finishOp(ctx context.Context, d *clientsdk.Device, conv, op ulid.ULID, what string) error {
-	synced, err := syncQueued(ctx, d, what)
+	queued, err := syncQueued(ctx, d, what)
 	if err != nil {
 		return err
 	}
@@ -488,31 +490,62 @@ func (a *app) finishOp(ctx context.Context, d *clientsdk.Device, conv, op ulid.U
 		}
 	}
 	state := "sent"
-	if !synced {
+	if queued != "" {
 		state = "queued"
 	}
 	a.print(map[string]string{"conversation": conv.String(), "op": op.String(), "status": state},
-		fmt.Sprintf("%s %s%s", what, state, queuedNote(synced)))
+		fmt.Sprintf("%s %s%s", what, state, queued))
 	return nil
 }
 
 // syncQueued sends what was just queued. A server out of reach leaves it
-// queued (synced false); one that refuses the device (revoked) is an
-// error, since no later sync will send it either.
-func syncQueued(ctx context.Context, d *clientsdk.Device, what string) (synced bool, err error) {
+// queued: it returns the note that says so, "" once sent. One that
+// refuses the device (revoked) is an error, since no later sync will send
+// it either. A server that refuses the connection (down, or a wrong
+// address) is out of reach at once, where SyncOnce would try it again
+// until the command's --timeout.
+func syncQueued(ctx context.Context, d *clientsdk.Device, what string) (queued string, err error) {
+	if err := dialErr(ctx, d); err != nil {
+		return fmt.Sprintf(" (the server is out of reach, %v: queued, it goes out on the next sync)", err), nil
+	}
 	err = d.SyncOnce(ctx)
 	var te *clientsdk.TerminalError
-	if errors.As(err, &te) {
-		return false, fmt.Errorf("%s is queued, but the server refused to sync: %w", what, err)
+	switch {
+	case errors.As(err, &te):
+		return "", fmt.Errorf("%s is queued, but the server refused to sync: %w", what, err)
+	case err != nil:
+		return " (the server is out of reach: queued, it goes out on the next sync)", nil
 	}
-	return err == nil, nil
+	return "", nil
 }
 
-func queuedNote(synced bool) string {
-	if synced {
-		return ""
+// dialErr is the error of a TCP connection to d's server, made and closed
+// at once (within 2 s, or ctx): nil when it connects, or when d has no
+// server to dial.
+func dialErr(ctx context.Context, d *clientsdk.Device) error {
+	acc, err := d.Account()
+	if err != nil {
+		return nil // SyncOnce says why
 	}
-	return " (the server is out of reach: queued, it goes out on the next sync)"
+	u, err := url.Parse(acc.Server)
+	if err != nil || u.Host == "" {
+		return nil
+	}
+	host := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		host = net.JoinHostPort(u.Hostname(), port)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := new(net.Dialer).DialContext(ctx, "tcp", host)
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 type multi []string

@@ -126,3 +126,30 @@ func TestTour(t *testing.T) {
 		t.Fatalf("bob's last message %+v after alice's laptop logged in again, want what it had queued", m)
 	}
 }
+
+// TestSendWhileTheServerIsDown: a message sent while the server refuses
+// connections is queued at once, saying why, rather than after SyncOnce's
+// retries have used up --timeout; it goes out at the next sync once the
+// server is back.
+func TestSendWhileTheServerIsDown(t *testing.T) {
+	ferryd, ferry := testbin.Build(t, "./cmd/ferryd"), testbin.Build(t, "./cmd/ferry")
+	dir := t.TempDir()
+	srv := testbin.StartFerryd(t, ferryd, testbin.FreeAddr(t), filepath.Join(dir, "data"))
+	env := []string{"FERRY_SERVER=" + srv.URL, "FERRY_PASSWORD=correct horse"}
+	profile := filepath.Join(dir, "alice")
+	testbin.Run(t, env, ferry, "--profile", profile, "register", "alice")
+	testbin.Run(t, env, ferry, "--profile", profile, "conversation", "create", "notes")
+	srv.Kill()
+	out := testbin.Run(t, env, ferry, "--profile", profile, "--timeout", "20s", "send", "notes", "written offline")
+	if !strings.Contains(out, "message queued") || !strings.Contains(out, "refused") {
+		t.Fatalf("send with the server down: %q, want it queued, saying the connection was refused", out)
+	}
+	srv.Start()
+	var sync struct{ Pending int }
+	if err := json.Unmarshal([]byte(testbin.Run(t, env, ferry, "--profile", profile, "--json", "sync")), &sync); err != nil || sync.Pending != 0 {
+		t.Fatalf("the sync after: %+v, %v; want nothing pending", sync, err)
+	}
+	if h := testbin.Run(t, env, ferry, "--profile", profile, "history", "notes"); !strings.Contains(h, "written offline") {
+		t.Fatalf("history after the sync: %q, want the message", h)
+	}
+}
