@@ -2,9 +2,11 @@ package engine_test
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 
@@ -207,5 +209,83 @@ func TestCheckOfOpsAtStraySeqs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRepairMergesManyDevices: a repair's missing ops are the lowest seqs
+// the vector lacks, however many devices wrote, and finding them reads a
+// few entries a device, not the limit's worth each: a new device's repair
+// of a conversation every device of its members ever wrote to.
+func TestRepairMergesManyDevices(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	conv := alice.Create("many")
+	devs := []*enginetest.Device{alice}
+	for len(devs) < 60 {
+		devs = append(devs, enginetest.Login(t, e, "alice"))
+	}
+	for round := range 20 {
+		for i, d := range devs {
+			// Runs of one to three ops, in turn: seqs interleave.
+			n := 1 + (i+round)%3
+			ops := make([]model.Op, n)
+			for k := range ops {
+				ops[k] = d.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("m"), ContentType: "text/plain"})
+			}
+			d.Push(ops...)
+		}
+	}
+	var log []model.Op
+	for after := uint64(0); ; {
+		page, err := e.History(alice.Actor, conv, engine.HistoryQuery{After: after, Limit: engine.MaxHistoryLimit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		log = append(log, page.Ops...)
+		if !page.More {
+			break
+		}
+		after = page.Ops[len(page.Ops)-1].Seq
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rnd := rand.New(rand.NewPCG(seed, 1))
+	for try := range 20 {
+		// The first try is a new device's (an empty vector); the others
+		// hold a random share of each device's dots.
+		var dots []model.Dot
+		if try > 0 {
+			for _, d := range devs {
+				dots = append(dots, model.Dot{Device: d.Actor.Device, N: rnd.Uint64N(70)})
+			}
+		}
+		have := model.NewVector(dots...)
+		var want []uint64
+		for _, op := range log {
+			if op.Dot.N > have.Get(op.Dot.Device) {
+				want = append(want, op.Seq)
+			}
+		}
+		limit := []int{10, 1, 500}[try%3]
+		reads := e.Metrics().Reads
+		rep, err := e.Repair(alice.Actor, conv, have, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reads = e.Metrics().Reads - reads
+		var got []uint64
+		for _, op := range rep.Missing {
+			got = append(got, op.Seq)
+		}
+		w := want[:min(limit, len(want))]
+		if !slices.Equal(got, w) || rep.More != (len(want) > limit) {
+			t.Fatalf("try %d, limit %d: seqs %v (more %v); want %v (more %v)", try, limit, got, rep.More, w, len(want) > limit)
+		}
+		if try == 0 {
+			t.Logf("a new device's repair of %d ops read the store %d times, over %d devices", limit, reads, len(devs))
+		}
+		if try == 0 && reads > uint64(3*len(devs)+3*limit+20) {
+			t.Errorf("a new device's repair of %d ops read the store %d times, over %d devices", limit, reads, len(devs))
+		}
 	}
 }

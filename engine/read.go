@@ -2,6 +2,7 @@ package engine
 
 import (
 	"cmp"
+	"container/heap"
 	"errors"
 	"fmt"
 	"reflect"
@@ -973,15 +974,10 @@ func (e *Engine) Repair(a Actor, conv ulid.ULID, have model.Vector, limit int) (
 		// A removed member must not learn how the conversation went on.
 		res.Vector = vec
 	}
-	// A device's dots are in seq order, so its first `limit` lacking dots
-	// hold its lowest lacking seqs; the global first `limit` are among them.
-	var seqs []uint64
-	for _, rg := range have.Lacks(vec) {
-		if seqs, err = lackedSeqs(r.v, conv, rg, head, limit+1, seqs); err != nil {
-			return RepairResult{}, err
-		}
+	seqs, err := lackedSeqs(r.v, conv, have.Lacks(vec), head, limit+1)
+	if err != nil {
+		return RepairResult{}, err
 	}
-	slices.Sort(seqs)
 	if len(seqs) > limit {
 		seqs, res.More = seqs[:limit], true
 	}
@@ -1107,38 +1103,108 @@ func (e *Engine) Conversation(a Actor, conv ulid.ULID) (ConvInfo, []Member, mode
 	return info, members, vec, err
 }
 
-// lackedSeqs appends to seqs those of the dots of rg, up to most of them
-// and up to head. The dot index holds runs of a device's dots at
-// consecutive seqs, each under its first dot: the run that holds rg.From
-// starts at or below it.
-func lackedSeqs(v *store.View, conv ulid.ULID, rg model.DotRange, head uint64, most int, seqs []uint64) ([]uint64, error) {
-	it, err := v.Iter(keys.Dot(conv, rg.Device, 0), keys.Dot(conv, rg.Device, rg.To+1))
+// lackedSeqs returns the lowest `most` seqs, at or below head, of the dots
+// in lacks, ascending. A device's dots are in seq order, so the lowest
+// lacking seqs are a merge of the devices' runs of dots (the dot index's
+// entries), taken lowest first: it reads each device's first run and then
+// only the runs it takes, so a vector lacking the dots of many devices
+// (every one that ever wrote, for a new device) costs a read or two each
+// and `most` in all, not `most` each.
+func lackedSeqs(v *store.View, conv ulid.ULID, lacks []model.DotRange, head uint64, most int) ([]uint64, error) {
+	lo, hi := keys.Prefix(keys.ID1(keys.TDot, conv))
+	it, err := v.Iter(lo, hi)
 	if err != nil {
-		return seqs, err
+		return nil, err
 	}
-	ok := it.SeekLT(keys.Dot(conv, rg.Device, rg.From+1))
-	if !ok {
-		ok = it.First()
-	}
-	for n := 0; ok && n < most; ok = it.Next() {
-		val, err := it.Value()
-		if err != nil {
-			_ = it.Close()
-			return seqs, err
-		}
-		run, err := decodeDotRun(it.Key(), val)
-		if err != nil {
-			_ = it.Close()
-			return seqs, err
-		}
-		for d := max(run.first, rg.From); d <= run.last() && d <= rg.To && n < most; d++ {
-			s := run.seq + (d - run.first)
-			if s > head {
-				return seqs, it.Close() // a device's later dots are later seqs: none readable
+	// runAt finds dev's run that holds dot d, or its first run after d.
+	runAt := func(dev ulid.ULID, d uint64) (dotRun, bool, error) {
+		for _, seek := range []func() bool{
+			func() bool { return it.SeekLT(keys.Dot(conv, dev, d+1)) },
+			func() bool { return it.SeekGE(keys.Dot(conv, dev, d)) },
+		} {
+			if !seek() {
+				continue
 			}
-			seqs = append(seqs, s)
-			n++
+			val, err := it.Value()
+			if err != nil {
+				return dotRun{}, false, err
+			}
+			run, err := decodeDotRun(it.Key(), val)
+			if err != nil {
+				return dotRun{}, false, err
+			}
+			if run.dev == dev && run.last() >= d {
+				return run, true, nil
+			}
+		}
+		return dotRun{}, false, nil
+	}
+	cs := make(lackCursors, 0, len(lacks))
+	for _, rg := range lacks {
+		c := lackCursor{rg: rg, d: rg.From}
+		ok, err := c.load(runAt)
+		if err != nil {
+			_ = it.Close()
+			return nil, err
+		}
+		if ok && c.seq() <= head {
+			cs = append(cs, c)
+		}
+	}
+	heap.Init(&cs)
+	var seqs []uint64
+	for len(cs) > 0 && len(seqs) < most {
+		c := &cs[0]
+		seqs = append(seqs, c.seq())
+		c.d++
+		ok := c.d <= c.rg.To
+		if ok && c.d > c.run.last() {
+			if ok, err = c.load(runAt); err != nil {
+				_ = it.Close()
+				return nil, err
+			}
+		}
+		// A device's later dots are later seqs: past head, none readable.
+		if ok && c.seq() <= head {
+			heap.Fix(&cs, 0)
+		} else {
+			heap.Pop(&cs)
 		}
 	}
 	return seqs, it.Close()
+}
+
+// lackCursor is a device's place in lackedSeqs: its next lacking dot, d,
+// in its run.
+type lackCursor struct {
+	rg  model.DotRange
+	run dotRun
+	d   uint64
+}
+
+func (c *lackCursor) seq() uint64 { return c.run.seq + (c.d - c.run.first) }
+
+// load reads the run that holds d, or the first after it, moving d there;
+// false when the device has no dot left in its range.
+func (c *lackCursor) load(runAt func(ulid.ULID, uint64) (dotRun, bool, error)) (bool, error) {
+	run, ok, err := runAt(c.rg.Device, c.d)
+	if err != nil || !ok || run.first > c.rg.To {
+		return false, err
+	}
+	c.run, c.d = run, max(c.d, run.first)
+	return true, nil
+}
+
+// lackCursors is a min-heap of cursors by their next seq (container/heap).
+type lackCursors []lackCursor
+
+func (h lackCursors) Len() int           { return len(h) }
+func (h lackCursors) Less(i, j int) bool { return h[i].seq() < h[j].seq() }
+func (h lackCursors) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *lackCursors) Push(x any)        { *h = append(*h, x.(lackCursor)) }
+func (h *lackCursors) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return c
 }
