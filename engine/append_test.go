@@ -533,15 +533,15 @@ func TestTimeRangePagesThroughOneMillisecond(t *testing.T) {
 
 // TestRemovedMemberTimeRangeIsBounded: a removed member's time-range page
 // passes over the ops after their removal, which they may not read, a
-// bounded number a page (each page then ends with more, and an id to go
-// on after), so that one small request never reads the conversation's
-// whole later history; the pages end with every op up to the removal.
+// bounded number a page, so that one small request never reads the
+// conversation's whole later history: a page that holds ops ends at its
+// last, and the next, which would hold none, fails, saying to read by seq.
 func TestRemovedMemberTimeRangeIsBounded(t *testing.T) {
 	e := enginetest.New(t)
 	alice, bob := enginetest.Register(t, e, "alice"), enginetest.Register(t, e, "bob")
 	conv := alice.Create("c", bob)
 	alice.Send(conv, "before")
-	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
+	rm := alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
 	const later = 10_000
 	for range later / 1000 {
 		ops := make([]model.Op, 1000)
@@ -551,24 +551,64 @@ func TestRemovedMemberTimeRangeIsBounded(t *testing.T) {
 		alice.Push(ops...)
 	}
 	q := engine.HistoryQuery{Start: time.UnixMilli(0), End: time.Now().Add(24 * time.Hour), Limit: 100}
-	var got []model.Op
-	pages := 0
-	for ; pages < 10; pages++ {
+	page := func() (engine.HistoryPage, error) {
+		t.Helper()
 		reads := e.Metrics().Reads
-		page, err := e.History(bob.Actor, conv, q)
+		p, err := e.History(bob.Actor, conv, q)
+		if n := e.Metrics().Reads - reads; n > later/2 {
+			t.Fatalf("a page read the store %d times, for %d ops", n, len(p.Ops))
+		}
+		return p, err
+	}
+	p, err := page()
+	if err != nil || len(p.Ops) != 4 || !p.More || p.NextAfterID != rm[0].Op {
+		t.Fatalf("first page: %d ops, more %v, next %s (%v); want the 4 up to bob's removal, more, and next its id", len(p.Ops), p.More, p.NextAfterID, err)
+	}
+	q.AfterID = p.NextAfterID
+	if _, err := page(); !errors.Is(err, engine.ErrInvalid) || !strings.Contains(err.Error(), "by seq") {
+		t.Fatalf("the page past the removal: %v, want it refused, saying to read by seq", err)
+	}
+}
+
+// TestRemovedMemberTimeRangeSaysNothingLater: the id a removed member's
+// page goes on after is always one of the ops it returns, never one of
+// those written after the removal that it passed over, whose ids (clients
+// choose them) may lie between.
+func TestRemovedMemberTimeRangeSaysNothingLater(t *testing.T) {
+	e := enginetest.New(t)
+	alice, bob := enginetest.Register(t, e, "alice"), enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	a := alice.Send(conv, "a")
+	b := alice.Send(conv, "b")
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
+	// Written after bob's removal, with an id between a's and b's.
+	laterID := a.ID
+	laterID[15]++
+	later := alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("after"), ContentType: "text/plain"})
+	later.ID = laterID
+	alice.Push(later)
+	if laterID.Compare(b.ID) >= 0 {
+		t.Fatalf("the later op's id %s is not below b's %s", laterID, b.ID)
+	}
+	q := engine.HistoryQuery{Start: time.UnixMilli(0), End: time.Now().Add(24 * time.Hour), Limit: 1}
+	returned := map[ulid.ULID]bool{}
+	for range 10 {
+		p, err := e.History(bob.Actor, conv, q)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n := e.Metrics().Reads - reads; n > later/2 {
-			t.Fatalf("page %d read the store %d times, for %d ops", pages, n, len(page.Ops))
+		for _, op := range p.Ops {
+			returned[op.ID] = true
 		}
-		got = append(got, page.Ops...)
-		if !page.More {
+		if !p.More {
 			break
 		}
-		q.AfterID = page.NextAfterID
+		if !returned[p.NextAfterID] {
+			t.Fatalf("the page goes on after %s, which it did not return (the later op's is %s)", p.NextAfterID, laterID)
+		}
+		q.AfterID = p.NextAfterID
 	}
-	if len(got) != 4 || got[len(got)-1].Kind != model.KindMemberRemove || pages < 2 {
-		t.Fatalf("%d pages brought %d ops, the last %v; want the 4 up to bob's removal, over 2 pages at least", pages+1, len(got), got[len(got)-1].Kind)
+	if returned[laterID] || !returned[a.ID] || !returned[b.ID] || len(returned) != 5 {
+		t.Fatalf("returned %d ops (a %v, b %v, the later one %v); want the 5 up to the removal", len(returned), returned[a.ID], returned[b.ID], returned[laterID])
 	}
 }

@@ -812,8 +812,7 @@ type HistoryPage struct {
 	Head uint64 // the highest seq the user can read
 	More bool   // the range holds more ops
 	// NextAfterID, in a time range with More, is the AfterID of the next
-	// page: the last id the page looked at, past its last op when it
-	// passed over ops the user may not read.
+	// page: its last op's id.
 	NextAfterID ulid.ULID
 }
 
@@ -856,13 +855,20 @@ const MaxPageBytes = 1 << 20
 
 // opsByTime reads ops whose id time is in [start, end), and whose id is
 // greater than after, through the op-id index, which is ordered by id and
-// so by time. It returns the id to continue after when there is more.
+// so by time. It returns the id to continue after when there is more: the
+// last op's it returns.
 //
 // A removed member may read only the ops up to their removal (head), and
 // the index holds all of them in id order, whatever their seqs: the ops
-// after the removal are passed over, at most maxPassedOver of them a page,
-// which then ends with more, so that one request reads a bounded part of
-// the conversation however long it went on.
+// after the removal are passed over, and the page must say nothing of
+// them (a removed member does not learn how the conversation went on), so
+// the next page passes over again those after its last op. A page passes
+// over at most maxPassedOver of them: one that then holds ops ends there,
+// and one that holds none fails, saying to read by seq, which reaches
+// every op the member may read. So one small request reads a bounded part
+// of the conversation however long it went on, and what the member can
+// tell of it is only that a range they asked for holds many ops written
+// after their removal.
 func (r reader) opsByTime(conv ulid.ULID, head uint64, start, end time.Time, after ulid.ULID, limit int) (out []model.Op, more bool, next ulid.ULID, err error) {
 	var lo, hi ulid.ULID
 	if err := lo.SetTime(ulid.Timestamp(start)); err != nil {
@@ -896,9 +902,11 @@ func (r reader) opsByTime(conv ulid.ULID, head uint64, start, end time.Time, aft
 		}
 		if seq > head {
 			if passed++; passed > maxPassedOver {
+				if len(out) == 0 {
+					return nil, false, next, fmt.Errorf("%w: this time range passes over more than %d ops written after your removal from the conversation, which you may not read; read its history by seq, which holds every op up to your removal", ErrInvalid, maxPassedOver)
+				}
 				return out, true, next, nil
 			}
-			next = ulid.ULID(it.Key()[len(it.Key())-16:])
 			continue
 		}
 		if len(out) == limit {
@@ -918,7 +926,7 @@ func (r reader) opsByTime(conv ulid.ULID, head uint64, start, end time.Time, aft
 }
 
 // maxPassedOver bounds the ops a time range's page passes over, unread:
-// those after a removed member's removal.
+// those after a removed member's removal (opsByTime).
 const maxPassedOver = 4 * MaxHistoryLimit
 
 // Vector returns the server's version vector of conv and the highest seq a's

@@ -1894,10 +1894,12 @@ type HistoryResponse struct {
 	Head uint64 `protobuf:"varint,3,opt,name=head,proto3" json:"head,omitempty"`
 	// True when the range holds more ops than were returned.
 	More bool `protobuf:"varint,4,opt,name=more,proto3" json:"more,omitempty"`
-	// For a time range with more: the after_id that asks for the next page.
-	// It may lie past the last op returned, and a page may then be empty: a
-	// removed member's page passes over the ops after their removal, a
-	// bounded number of them a page.
+	// For a time range with more: the after_id that asks for the next page,
+	// the id of its last op. A removed member's page passes over the ops
+	// written after their removal, at most 4,000 of them: a page that finds
+	// more ends at its last op, and one that holds none then fails with
+	// invalid_argument (read the history by seq, which holds every op up to
+	// the removal).
 	NextAfterId   string `protobuf:"bytes,5,opt,name=next_after_id,json=nextAfterId,proto3" json:"next_after_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -872,10 +872,12 @@ export type HistoryResponse = Message<"ferry.v1.HistoryResponse"> & {
   more: boolean;
 
   /**
-   * For a time range with more: the after_id that asks for the next page.
-   * It may lie past the last op returned, and a page may then be empty: a
-   * removed member's page passes over the ops after their removal, a
-   * bounded number of them a page.
+   * For a time range with more: the after_id that asks for the next page,
+   * the id of its last op. A removed member's page passes over the ops
+   * written after their removal, at most 4,000 of them: a page that finds
+   * more ends at its last op, and one that holds none then fails with
+   * invalid_argument (read the history by seq, which holds every op up to
+   * the removal).
    *
    * @generated from field: string next_after_id = 5;
    */
