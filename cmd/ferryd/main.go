@@ -49,12 +49,14 @@ func main() {
 }
 
 // stopContexts returns a context that the first SIGINT or SIGTERM ends,
-// and that holds (withHurry) one that the second ends: serve's
-// --shutdown-delay waits for it, or for its time.
+// and that holds (withHurry) those that the second and the third end:
+// each of serve's waits as it stops (--shutdown-delay, then the calls
+// under way) ends at the next signal after it began.
 func stopContexts() (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	hurry, hurried := context.WithCancel(context.Background())
-	sig := make(chan os.Signal, 2)
+	second, hurried2 := context.WithCancel(context.Background())
+	third, hurried3 := context.WithCancel(context.Background())
+	sig := make(chan os.Signal, 3)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() {
@@ -65,18 +67,22 @@ func stopContexts() (context.Context, func()) {
 			case <-done:
 				return
 			}
-			if n == 1 {
+			switch n {
+			case 1:
 				cancel(stopSignal{s})
-			} else {
-				hurried()
+			case 2:
+				hurried2()
+			default:
+				hurried3()
 			}
 		}
 	}()
-	return withHurry(ctx, hurry), func() {
+	return withHurry(ctx, second, third), func() {
 		signal.Stop(sig)
 		close(done)
 		cancel(nil)
-		hurried()
+		hurried2()
+		hurried3()
 	}
 }
 
@@ -89,16 +95,29 @@ func (s stopSignal) Is(target error) bool { return target == context.Canceled }
 
 type hurryKey struct{}
 
-// withHurry puts in ctx the context whose end cuts --shutdown-delay short.
-func withHurry(ctx, hurry context.Context) context.Context {
-	return context.WithValue(ctx, hurryKey{}, hurry)
+// hurries holds the contexts the second and the third signal end.
+type hurries struct{ second, third context.Context }
+
+// withHurry puts in ctx the contexts the second and the third signal end,
+// which cut serve's waits as it stops short.
+func withHurry(ctx, second, third context.Context) context.Context {
+	return context.WithValue(ctx, hurryKey{}, hurries{second, third})
 }
 
-// hurryOf is the context withHurry put in ctx; one that never ends when
-// there is none.
+// hurryOf is the context the second signal ends, which withHurry put in
+// ctx; one that never ends when there is none.
 func hurryOf(ctx context.Context) context.Context {
-	if h, ok := ctx.Value(hurryKey{}).(context.Context); ok {
-		return h
+	if h, ok := ctx.Value(hurryKey{}).(hurries); ok {
+		return h.second
+	}
+	return context.Background()
+}
+
+// hurryAgainOf is the context the third signal ends, for a wait that
+// began after the second.
+func hurryAgainOf(ctx context.Context) context.Context {
+	if h, ok := ctx.Value(hurryKey{}).(hurries); ok {
+		return h.third
 	}
 	return context.Background()
 }
@@ -601,13 +620,19 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	log.Info("shutting down: telling sessions to reconnect", "reason", cause)
 	srv.GoAway()
-	sctx, scancel := context.WithTimeout(hurryOf(ctx), 10*time.Second)
+	// The next signal cuts the wait for the calls under way short: the
+	// second, or the third when the second cut --shutdown-delay short.
+	hurry := hurryOf(ctx)
+	if hurry.Err() != nil {
+		hurry = hurryAgainOf(ctx)
+	}
+	sctx, scancel := context.WithTimeout(hurry, 10*time.Second)
 	defer scancel()
 	if err := hs.Shutdown(sctx); err != nil {
 		// Sessions stuck sending to slow readers, or calls under way: cut
 		// their connections.
-		if hurryOf(ctx).Err() != nil {
-			log.Warn("shutdown cut short by a second signal; closing the remaining connections")
+		if hurry.Err() != nil {
+			log.Warn("shutdown cut short by another signal; closing the remaining connections")
 		} else {
 			log.Warn("shutdown timed out; closing the remaining connections", "err", err)
 		}

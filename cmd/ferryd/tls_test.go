@@ -72,7 +72,7 @@ func TestShutdownDelay(t *testing.T) {
 	defer signal()
 	defer secondSignal()
 	logs := &syncBuffer{w: make(chan struct{}, 1)}
-	url, done := serving(t, withHurry(signalled, hurry), []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--shutdown-delay", "1h", "--log-level", "info"}, logs)
+	url, done := serving(t, withHurry(signalled, hurry, context.Background()), []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--shutdown-delay", "1h", "--log-level", "info"}, logs)
 	health := func() int {
 		t.Helper()
 		resp, err := http.Get(url + "/healthz")
@@ -105,43 +105,90 @@ func TestShutdownDelay(t *testing.T) {
 	}
 }
 
-// TestSecondSignalCutsTheShutdownShort: a second signal ends the wait, of
-// up to 10 s, for the calls under way as the server stops: here a call
-// whose body stalls, which would hold it for the body timeout.
-func TestSecondSignalCutsTheShutdownShort(t *testing.T) {
-	signalled, cancel := context.WithCancelCause(context.Background())
-	signal := func() { cancel(stopSignal{syscall.SIGTERM}) } // as stopContexts does
-	hurry, secondSignal := context.WithCancel(context.Background())
-	defer signal()
-	defer secondSignal()
-	logs := &syncBuffer{w: make(chan struct{}, 1)}
-	url, done := serving(t, withHurry(signalled, hurry), []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--log-level", "info"}, logs)
+// stalledCall opens a call to url whose body stalls after three bytes of
+// a hundred, once its handler reads it, and returns a function that sends
+// the rest and the answer's status line.
+func stalledCall(t *testing.T, url string) (finish func() (string, error)) {
+	t.Helper()
 	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	fmt.Fprintf(c, "POST /ferry.v1.AccountService/Login HTTP/1.1\r\nHost: ferry\r\nContent-Type: application/proto\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+	r := bufio.NewReader(c)
 	// 100 Continue: the handler reads the body, which then stalls.
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil || !strings.Contains(line, "100 Continue") {
-		t.Fatalf("%q, %v; want 100 Continue", line, err)
-	}
-	fmt.Fprint(c, "abc")
-	signal()
-	for !strings.Contains(logs.String(), "shutting down") {
-		select {
-		case <-logs.w:
-		case err := <-done:
-			t.Fatalf("ferryd stopped at once: %v\n%s", err, logs.String())
+	for line := ""; line != "\r\n"; {
+		if line, err = r.ReadString('\n'); err != nil {
+			t.Fatalf("waiting for 100 Continue: %v", err)
+		}
+		if strings.HasPrefix(line, "HTTP/1.1 ") && !strings.Contains(line, "100 Continue") {
+			t.Fatalf("%q, want 100 Continue", line)
 		}
 	}
-	secondSignal()
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	fmt.Fprint(c, "abc")
+	return func() (string, error) {
+		fmt.Fprint(c, strings.Repeat("x", 97))
+		return r.ReadString('\n')
 	}
-	if !strings.Contains(logs.String(), "shutdown cut short by a second signal") || !strings.Contains(logs.String(), "stopped") {
-		t.Fatalf("logs:\n%s", logs.String())
+}
+
+// TestSignalsCutOneWaitEach: as the server stops, each signal after the
+// first cuts one wait short, the one under way: the second
+// --shutdown-delay, and then the calls under way go on (here one whose
+// body stalls, then is sent, and answered) until a third cuts the wait
+// for them; without a delay, the second cuts that wait.
+func TestSignalsCutOneWaitEach(t *testing.T) {
+	for _, delay := range []bool{true, false} {
+		t.Run(fmt.Sprint("delay ", delay), func(t *testing.T) {
+			signalled, cancel := context.WithCancelCause(context.Background())
+			signal := func() { cancel(stopSignal{syscall.SIGTERM}) } // as stopContexts does
+			second, secondSignal := context.WithCancel(context.Background())
+			third, thirdSignal := context.WithCancel(context.Background())
+			defer signal()
+			defer secondSignal()
+			defer thirdSignal()
+			logs := &syncBuffer{w: make(chan struct{}, 1)}
+			args := []string{"--addr", "127.0.0.1:0", "--data", t.TempDir(), "--log-level", "info"}
+			if delay {
+				args = append(args, "--shutdown-delay", "1h")
+			}
+			url, done := serving(t, withHurry(signalled, second, third), args, logs)
+			logged := func(what string) {
+				t.Helper()
+				for !strings.Contains(logs.String(), what) {
+					select {
+					case <-logs.w:
+					case err := <-done:
+						t.Fatalf("ferryd stopped before it logged %q: %v\n%s", what, err, logs.String())
+					}
+				}
+			}
+			answered, cut := stalledCall(t, url), stalledCall(t, url)
+			signal()
+			cutWait := secondSignal
+			if delay {
+				logged("draining")
+				secondSignal()
+				cutWait = thirdSignal
+			}
+			logged("shutting down")
+			// The wait for the calls under way goes on: a call's body
+			// that comes now is read, and the call answered.
+			if line, err := answered(); err != nil || !strings.HasPrefix(line, "HTTP/1.1 ") {
+				t.Fatalf("a call under way as the server stops: %q, %v; want it answered", line, err)
+			}
+			cutWait()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(logs.String(), "shutdown cut short by another signal") || !strings.Contains(logs.String(), "stopped") {
+				t.Fatalf("logs:\n%s", logs.String())
+			}
+			if _, err := cut(); err == nil {
+				t.Fatal("the call still under way was answered, not cut")
+			}
+		})
 	}
 }
 
