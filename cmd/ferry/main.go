@@ -389,7 +389,7 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 			if err != nil {
 				return err
 			}
-			queued, err := syncQueued(ctx, d, "the conversation")
+			queued, err := a.syncQueued(ctx, d, "the conversation")
 			if err != nil {
 				return err
 			}
@@ -478,7 +478,7 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 
 // finishOp pushes a queued op and reports what became of it.
 func (a *app) finishOp(ctx context.Context, d *clientsdk.Device, conv, op ulid.ULID, what string) error {
-	queued, err := syncQueued(ctx, d, what)
+	queued, err := a.syncQueued(ctx, d, what)
 	if err != nil {
 		return err
 	}
@@ -501,11 +501,11 @@ func (a *app) finishOp(ctx context.Context, d *clientsdk.Device, conv, op ulid.U
 // syncQueued sends what was just queued. A server out of reach leaves it
 // queued: it returns the note that says so, "" once sent. One that
 // refuses the device (revoked) is an error, since no later sync will send
-// it either. A server that refuses the connection (down, or a wrong
-// address) is out of reach at once, where SyncOnce would try it again
-// until the command's --timeout.
-func syncQueued(ctx context.Context, d *clientsdk.Device, what string) (queued string, err error) {
-	if err := dialErr(ctx, d); err != nil {
+// it either. A server that refuses the connection (down), or whose name
+// does not resolve, is out of reach at once, where SyncOnce would try it
+// again until the command's --timeout.
+func (a *app) syncQueued(ctx context.Context, d *clientsdk.Device, what string) (queued string, err error) {
+	if err := a.refused(ctx, d); err != nil {
 		return fmt.Sprintf(" (the server is out of reach, %v: queued, it goes out on the next sync)", err), nil
 	}
 	err = d.SyncOnce(ctx)
@@ -519,15 +519,20 @@ func syncQueued(ctx context.Context, d *clientsdk.Device, what string) (queued s
 	return "", nil
 }
 
-// dialErr is the error of a TCP connection to d's server, made and closed
-// at once (within 2 s, or ctx): nil when it connects, or when d has no
-// server to dial.
-func dialErr(ctx context.Context, d *clientsdk.Device) error {
-	acc, err := d.Account()
-	if err != nil {
-		return nil // SyncOnce says why
+// refused returns the error of a TCP connection to the server d syncs
+// with (--server, or the profile's), made and closed at once, when the
+// server refused it or its name does not resolve: nil otherwise, a slow
+// network included, which SyncOnce then tries.
+func (a *app) refused(ctx context.Context, d *clientsdk.Device) error {
+	server := a.server
+	if server == "" {
+		acc, err := d.Account()
+		if err != nil {
+			return nil // SyncOnce says why
+		}
+		server = acc.Server
 	}
-	u, err := url.Parse(acc.Server)
+	u, err := url.Parse(server)
 	if err != nil || u.Host == "" {
 		return nil
 	}
@@ -542,10 +547,14 @@ func dialErr(ctx context.Context, d *clientsdk.Device) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	c, err := new(net.Dialer).DialContext(ctx, "tcp", host)
-	if err != nil {
+	if err == nil {
+		return c.Close()
+	}
+	var dns *net.DNSError
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.As(err, &dns) && dns.IsNotFound {
 		return err
 	}
-	return c.Close()
+	return nil
 }
 
 type multi []string

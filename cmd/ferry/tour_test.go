@@ -152,4 +152,10 @@ func TestSendWhileTheServerIsDown(t *testing.T) {
 	if h := testbin.Run(t, env, ferry, "--profile", profile, "history", "notes"); !strings.Contains(h, "written offline") {
 		t.Fatalf("history after the sync: %q, want the message", h)
 	}
+	// --server names the server to sync with, the one to try first.
+	dead := "http://" + testbin.FreeAddr(t)
+	out = testbin.Run(t, env, ferry, "--profile", profile, "--server", dead, "--timeout", "20s", "send", "notes", "to another server")
+	if !strings.Contains(out, "message queued") || !strings.Contains(out, "refused") {
+		t.Fatalf("send to a --server that is down: %q, want it queued, saying the connection was refused", out)
+	}
 }
