@@ -69,7 +69,9 @@ func (s *Server) guardRequests(next http.Handler) http.Handler {
 // sync at all through whatever sent it, most likely a reverse proxy that
 // forwards HTTP/1.1 (nginx's proxy_pass does).
 func (s *Server) warnSyncOverHTTP1(r *http.Request) {
-	now := s.opts.Clock.Now().UnixNano()
+	// Since the server started, which a step of the wall clock does not
+	// move: the system clock's times carry the monotonic clock's reading.
+	now := int64(s.opts.Clock.Now().Sub(s.started)) + 1
 	last := s.http1Warned.Load()
 	if last != 0 && now-last < int64(time.Minute) || !s.http1Warned.CompareAndSwap(last, now) {
 		return

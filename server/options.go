@@ -184,6 +184,9 @@ func (o *Options) validate() error {
 	if o.PushLimit > 0 && o.PushBurst < maxOpsPerPush {
 		errs = append(errs, fmt.Errorf("PushBurst must be at least %d, a push's most, got %d", maxOpsPerPush, o.PushBurst))
 	}
+	if o.ReconnectAfter < time.Millisecond || o.ReconnectAfter > maxReconnectAfter {
+		errs = append(errs, fmt.Errorf("ReconnectAfter must be between 1ms and %s, got %s", maxReconnectAfter, o.ReconnectAfter))
+	}
 	if o.HeartbeatInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("HeartbeatInterval must be at least 100ms, got %s", o.HeartbeatInterval))
 	}

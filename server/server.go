@@ -47,7 +47,7 @@ type Server struct {
 	clientIP clientIP             // where a caller's address comes from
 
 	warnSyncReads sync.Once
-	http1Warned   atomic.Int64 // the clock's UnixNano at the last warnSyncOverHTTP1; 0: never
+	http1Warned   atomic.Int64 // nanoseconds since started, plus one, at the last warnSyncOverHTTP1; 0: never
 	pumps         atomic.Int64 // Sync sessions' pumps running
 	pumpStarts    atomic.Int64 // and how many started
 	// testPumpEnd, when set (by tests), runs as a session's pumps end.

@@ -1352,10 +1352,15 @@ func (s *Server) sayGoaway(out sink) error {
 	})
 }
 
-// jitter returns a delay drawn evenly from d/2 to 3d/2.
+// jitter returns a delay drawn evenly from d/2 to 3d/2; d is at least 1ms
+// and at most maxReconnectAfter (Options.validate).
 func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d+1)
 }
+
+// maxReconnectAfter is the longest Options.ReconnectAfter: 3/2 of it, in
+// milliseconds, fits Goaway's uint32.
+const maxReconnectAfter = 24 * time.Hour
 
 // send sends one event of the session.
 func (l *loop) send(st step) error {

@@ -579,13 +579,13 @@ func TestServeRefusesBadFlags(t *testing.T) {
 		"--push-limit", "-1", "--send-timeout", "-1s", "--body-timeout", "-2s", "--heartbeat", "0", "--max-body-bytes", "2000000",
 		"--max-message-bytes", "100", "--password-memory-kib", "4", "--max-streams-per-device", "0", "--cors-origins", "https://ok.example, app.example.com", "--shutdown-delay", "-1s",
 		"--store-compression", "zstd", "--trusted-proxies", "10.0.0.0/8",
-		"--max-members", "0", "--shared-feed-members", "-1", "--reconnect-after", "0s"}
+		"--max-members", "0", "--shared-feed-members", "-1", "--reconnect-after", "1000h"}
 	err := run(context.Background(), args, io.Discard, io.Discard)
 	if err == nil {
 		t.Fatal("no error")
 	}
 	for _, f := range []string{"--push-limit -1", "--send-timeout -1s", "--body-timeout -2s", "--heartbeat 0s", "--max-body-bytes must", "--max-message-bytes must", "--password-memory-kib must", "--max-streams-per-device 0", `--cors-origins holds "app.example.com"`, "--shutdown-delay -1s must not be negative", `--store-compression "zstd"`,
-		"--max-members 0: it must be at least 1", "--shared-feed-members must be positive, got -1", "--reconnect-after 0s: it must be at least 1ms"} {
+		"--max-members 0: it must be at least 1", "--shared-feed-members must be positive, got -1", "--reconnect-after must be between 1ms and 24h0m0s, got 1000h0m0s"} {
 		if !strings.Contains(err.Error(), f) {
 			t.Errorf("the error does not name %q:\n%v", f, err)
 		}

@@ -445,7 +445,9 @@ func spaceOf(m *pebble.Metrics) Space {
 		WAL:      max(m.WAL.PhysicalSize, m.WAL.Size),
 		Obsolete: m.WAL.ObsoletePhysicalSize + m.Table.Local.ObsoleteSize + m.Table.Local.ZombieSize + m.BlobFiles.Local.ObsoleteSize + m.BlobFiles.Local.ZombieSize,
 	}
-	if total := m.DiskSpaceUsage(); total > sp.Tables+sp.WAL+sp.Obsolete {
+	// Pebble's total counts the log's physical size: the log in use, which
+	// WAL adds, goes on top of it.
+	if total := m.DiskSpaceUsage() + (sp.WAL - m.WAL.PhysicalSize); total > sp.Tables+sp.WAL+sp.Obsolete {
 		sp.Other = total - sp.Tables - sp.WAL - sp.Obsolete
 	}
 	return sp
