@@ -78,25 +78,8 @@ func (c *dotsChat) check(t *testing.T) {
 	for ha := range highest[a] + 1 {
 		for _, hb := range []uint64{0, 1, highest[b] / 2, highest[b]} {
 			have := model.NewVector(model.Dot{Device: a, N: ha}, model.Dot{Device: b, N: hb})
-			var want []uint64
-			for _, op := range c.log {
-				if op.Dot.N > have.Get(op.Dot.Device) {
-					want = append(want, op.Seq)
-				}
-			}
 			for _, limit := range []int{3, 1000} {
-				rep, err := c.e.Repair(c.bob.Actor, c.conv, have, limit)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var got []uint64
-				for _, op := range rep.Missing {
-					got = append(got, op.Seq)
-				}
-				w := want[:min(limit, len(want))]
-				if !slices.Equal(got, w) || rep.More != (len(want) > limit) {
-					t.Fatalf("repair from %v, limit %d: seqs %v (more %v); want %v (more %v)", have, limit, got, rep.More, w, len(want) > limit)
-				}
+				rep := checkRepair(t, c.e, c.bob.Actor, c.conv, c.log, have, limit)
 				if !rep.Vector.Equal(model.NewVector(model.Dot{Device: a, N: highest[a]}, model.Dot{Device: b, N: highest[b]})) {
 					t.Fatalf("repair's vector %v; the log's highest dots are %v", rep.Vector, highest)
 				}
@@ -104,6 +87,32 @@ func (c *dotsChat) check(t *testing.T) {
 		}
 	}
 	enginetest.MustCheck(t, c.e)
+}
+
+// checkRepair repairs conv from have for a, limit ops a page, and fails
+// the test unless the answer brings the lowest seqs of log that have
+// lacks, and says whether there are more.
+func checkRepair(t *testing.T, e *engine.Engine, a engine.Actor, conv ulid.ULID, log []model.Op, have model.Vector, limit int) engine.RepairResult {
+	t.Helper()
+	var want []uint64
+	for _, op := range log {
+		if op.Dot.N > have.Get(op.Dot.Device) {
+			want = append(want, op.Seq)
+		}
+	}
+	rep, err := e.Repair(a, conv, have, limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	for _, op := range rep.Missing {
+		got = append(got, op.Seq)
+	}
+	w := want[:min(limit, len(want))]
+	if !slices.Equal(got, w) || rep.More != (len(want) > limit) {
+		t.Fatalf("repair from %v, limit %d: seqs %v (more %v); want %v (more %v)", have, limit, got, rep.More, w, len(want) > limit)
+	}
+	return rep
 }
 
 // TestDotIndexInRuns: the dot index holds an entry for each run of a
@@ -259,28 +268,10 @@ func TestRepairMergesManyDevices(t *testing.T) {
 				dots = append(dots, model.Dot{Device: d.Actor.Device, N: rnd.Uint64N(70)})
 			}
 		}
-		have := model.NewVector(dots...)
-		var want []uint64
-		for _, op := range log {
-			if op.Dot.N > have.Get(op.Dot.Device) {
-				want = append(want, op.Seq)
-			}
-		}
 		limit := []int{10, 1, 500}[try%3]
 		reads := e.Metrics().Reads
-		rep, err := e.Repair(alice.Actor, conv, have, limit)
-		if err != nil {
-			t.Fatal(err)
-		}
+		checkRepair(t, e, alice.Actor, conv, log, model.NewVector(dots...), limit)
 		reads = e.Metrics().Reads - reads
-		var got []uint64
-		for _, op := range rep.Missing {
-			got = append(got, op.Seq)
-		}
-		w := want[:min(limit, len(want))]
-		if !slices.Equal(got, w) || rep.More != (len(want) > limit) {
-			t.Fatalf("try %d, limit %d: seqs %v (more %v); want %v (more %v)", try, limit, got, rep.More, w, len(want) > limit)
-		}
 		if try == 0 {
 			t.Logf("a new device's repair of %d ops read the store %d times, over %d devices", limit, reads, len(devs))
 		}

@@ -18,17 +18,11 @@ import (
 // outbox not yet updated), then syncs: the server must hold exactly one
 // copy of every message, and the outbox must end empty.
 func TestOutboxSurvivesKills(t *testing.T) {
-	ferryd, ferry := testbin.Build(t, "./cmd/ferryd"), testbin.Build(t, "./cmd/ferry")
-	dir := t.TempDir()
-	srv := testbin.StartFerryd(t, ferryd, testbin.FreeAddr(t), filepath.Join(dir, "data"))
-	env := []string{"FERRY_SERVER=" + srv.URL, "FERRY_PASSWORD=correct horse"}
-	profile := filepath.Join(dir, "alice")
+	_, ferry, env, profile := aliceWithNotes(t)
 	as := func(p string, extraEnv []string, args ...string) string {
 		t.Helper()
 		return testbin.Run(t, append(env, extraEnv...), ferry, append([]string{"--profile", p, "--json"}, args...)...)
 	}
-	as(profile, nil, "register", "alice")
-	as(profile, nil, "conversation", "create", "notes")
 
 	points := []string{failpoint.SDKAfterEnqueue, failpoint.SDKAfterPush, failpoint.SDKAfterResult}
 	killed := 0
@@ -58,7 +52,7 @@ func TestOutboxSurvivesKills(t *testing.T) {
 		t.Fatalf("after the syncs: %d pending, %d failed", status.Pending, status.Failed)
 	}
 	// The server's truth, through a fresh device of alice's.
-	checker := filepath.Join(dir, "checker")
+	checker := filepath.Join(filepath.Dir(profile), "checker")
 	as(checker, nil, "login", "alice")
 	var hist []struct{ ID, Text string }
 	if err := json.Unmarshal([]byte(as(checker, nil, "history", "notes", "--limit", "100")), &hist); err != nil {

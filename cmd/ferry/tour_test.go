@@ -127,18 +127,29 @@ func TestTour(t *testing.T) {
 	}
 }
 
+// aliceWithNotes builds ferryd and ferry, starts a server on a store in a
+// temporary folder, and registers alice in a profile of her own, with a
+// conversation, notes. It returns the server, ferry's binary, the
+// environment to run it in, and the profile.
+func aliceWithNotes(t *testing.T) (srv *testbin.Ferryd, ferry string, env []string, profile string) {
+	t.Helper()
+	ferryd := testbin.Build(t, "./cmd/ferryd")
+	ferry = testbin.Build(t, "./cmd/ferry")
+	dir := t.TempDir()
+	srv = testbin.StartFerryd(t, ferryd, testbin.FreeAddr(t), filepath.Join(dir, "data"))
+	env = []string{"FERRY_SERVER=" + srv.URL, "FERRY_PASSWORD=correct horse"}
+	profile = filepath.Join(dir, "alice")
+	testbin.Run(t, env, ferry, "--profile", profile, "register", "alice")
+	testbin.Run(t, env, ferry, "--profile", profile, "conversation", "create", "notes")
+	return srv, ferry, env, profile
+}
+
 // TestSendWhileTheServerIsDown: a message sent while the server refuses
 // connections is queued at once, saying why, rather than after SyncOnce's
 // retries have used up --timeout; it goes out at the next sync once the
 // server is back.
 func TestSendWhileTheServerIsDown(t *testing.T) {
-	ferryd, ferry := testbin.Build(t, "./cmd/ferryd"), testbin.Build(t, "./cmd/ferry")
-	dir := t.TempDir()
-	srv := testbin.StartFerryd(t, ferryd, testbin.FreeAddr(t), filepath.Join(dir, "data"))
-	env := []string{"FERRY_SERVER=" + srv.URL, "FERRY_PASSWORD=correct horse"}
-	profile := filepath.Join(dir, "alice")
-	testbin.Run(t, env, ferry, "--profile", profile, "register", "alice")
-	testbin.Run(t, env, ferry, "--profile", profile, "conversation", "create", "notes")
+	srv, ferry, env, profile := aliceWithNotes(t)
 	srv.Kill()
 	out := testbin.Run(t, env, ferry, "--profile", profile, "--timeout", "20s", "send", "notes", "written offline")
 	if !strings.Contains(out, "message queued") || !strings.Contains(out, "refused") {

@@ -656,6 +656,17 @@ func TestClientGoAway(t *testing.T) {
 	}
 }
 
+// rawHeaders requests / on stream id and returns its answer's HEADERS
+// frame, undecoded: the client's ReadMetaHeaders is nil.
+func (rc *rawClient) rawHeaders(id uint32) *http2.HeadersFrame {
+	rc.t.Helper()
+	rc.request(id, "/", true)
+	return rc.until(fmt.Sprintf("HEADERS of stream %d", id), func(f http2.Frame) bool {
+		h, ok := f.(*http2.HeadersFrame)
+		return ok && h.StreamID == id
+	}).(*http2.HeadersFrame)
+}
+
 // TestResponseHeadersNotIndexed: the server's response headers never
 // enter the HPACK dynamic table, so that an idle connection holds none:
 // each header block decodes alone, the second on a connection too.
@@ -667,11 +678,7 @@ func TestResponseHeadersNotIndexed(t *testing.T) {
 	rc := dial(t, addr)
 	rc.fr.ReadMetaHeaders = nil // each block is decoded here, alone
 	for _, id := range []uint32{1, 3} {
-		rc.request(id, "/", true)
-		h := rc.until(fmt.Sprintf("HEADERS of stream %d", id), func(f http2.Frame) bool {
-			h, ok := f.(*http2.HeadersFrame)
-			return ok && h.StreamID == id
-		}).(*http2.HeadersFrame)
+		h := rc.rawHeaders(id)
 		if !h.HeadersEnded() {
 			t.Fatalf("stream %d: the header block goes on in CONTINUATION frames", id)
 		}
@@ -870,12 +877,7 @@ func TestTableSizeUpdate(t *testing.T) {
 		rc.fr.ReadMetaHeaders = nil
 		rc.until("the SETTINGS ACK", func(f http2.Frame) bool { s, ok := f.(*http2.SettingsFrame); return ok && s.IsAck() })
 		for _, id := range []uint32{1, 3} {
-			rc.request(id, "/", true)
-			h := rc.until(fmt.Sprintf("HEADERS of stream %d", id), func(f http2.Frame) bool {
-				h, ok := f.(*http2.HeadersFrame)
-				return ok && h.StreamID == id
-			}).(*http2.HeadersFrame)
-			block := h.HeaderBlockFragment()
+			block := rc.rawHeaders(id).HeaderBlockFragment()
 			if got := block[0]&0xe0 == 0x20; got != tc.want {
 				t.Errorf("table size %d, stream %d: the block begins with a size update: %v, want %v", tc.size, id, got, tc.want)
 			}
@@ -920,6 +922,36 @@ func TestDuplicateEmptyAuthority(t *testing.T) {
 	}
 }
 
+// sendLate sends on stream id, which the server has closed, the rest of a
+// body and trailers, as a client that had not yet read its RST_STREAM
+// would; it fails the test if the server answers them (an RST_STREAM, or
+// a GOAWAY) before it answers a PING sent after them.
+func (rc *rawClient) sendLate(id uint32) {
+	rc.t.Helper()
+	if err := rc.fr.WriteData(id, false, []byte("the body, in flight")); err != nil {
+		rc.t.Fatal(err)
+	}
+	var b bytes.Buffer
+	_ = hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: "x-checksum", Value: "1"})
+	if err := rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: b.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		rc.t.Fatal(err)
+	}
+	if err := rc.fr.WritePing(false, [8]byte{7}); err != nil {
+		rc.t.Fatal(err)
+	}
+	rc.until("the PING's ACK", func(f http2.Frame) bool {
+		switch f := f.(type) {
+		case *http2.GoAwayFrame:
+			rc.t.Fatalf("GOAWAY %v %q for frames on a stream just closed", f.ErrCode, f.DebugData())
+		case *http2.RSTStreamFrame:
+			rc.t.Fatalf("RST_STREAM %v of stream %d again", f.ErrCode, f.StreamID)
+		case *http2.PingFrame:
+			return f.IsAck()
+		}
+		return false
+	})
+}
+
 // TestFramesAfterAnEarlyEnd: the DATA and trailers a client sent before
 // it read the RST_STREAM of a stream whose handler ended first are
 // ignored (RFC 9113, section 5.1), and the connection's other streams go
@@ -937,28 +969,7 @@ func TestFramesAfterAnEarlyEnd(t *testing.T) {
 	if code := rc.reset(3); code != http2.ErrCodeNo {
 		t.Fatalf("stream 3: RST_STREAM %v, want NO_ERROR", code)
 	}
-	if err := rc.fr.WriteData(3, false, []byte("more of the body")); err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	_ = hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: "x-checksum", Value: "1"})
-	if err := rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: b.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
-		t.Fatal(err)
-	}
-	if err := rc.fr.WritePing(false, [8]byte{7}); err != nil {
-		t.Fatal(err)
-	}
-	rc.until("the PING's ACK", func(f http2.Frame) bool {
-		switch f := f.(type) {
-		case *http2.GoAwayFrame:
-			t.Fatalf("GOAWAY %v %q for frames on a stream just reset", f.ErrCode, f.DebugData())
-		case *http2.RSTStreamFrame:
-			t.Fatalf("RST_STREAM %v of stream %d again", f.ErrCode, f.StreamID)
-		case *http2.PingFrame:
-			return f.IsAck()
-		}
-		return false
-	})
+	rc.sendLate(3)
 	close(release)
 	rc.until("the answer on stream 1", func(f http2.Frame) bool {
 		h, ok := f.(*http2.MetaHeadersFrame)
@@ -1229,28 +1240,7 @@ func TestFramesAfterARefusal(t *testing.T) {
 			if code := rc.reset(3); code != tc.code {
 				t.Fatalf("RST_STREAM %v, want %v", code, tc.code)
 			}
-			if err := rc.fr.WriteData(3, false, []byte("the body, in flight")); err != nil {
-				t.Fatal(err)
-			}
-			var b bytes.Buffer
-			_ = hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: "x-checksum", Value: "1"})
-			if err := rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: b.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
-				t.Fatal(err)
-			}
-			if err := rc.fr.WritePing(false, [8]byte{7}); err != nil {
-				t.Fatal(err)
-			}
-			rc.until("the PING's ACK", func(f http2.Frame) bool {
-				switch f := f.(type) {
-				case *http2.GoAwayFrame:
-					t.Fatalf("GOAWAY %v %q", f.ErrCode, f.DebugData())
-				case *http2.RSTStreamFrame:
-					t.Fatalf("RST_STREAM %v of stream %d again", f.ErrCode, f.StreamID)
-				case *http2.PingFrame:
-					return f.IsAck()
-				}
-				return false
-			})
+			rc.sendLate(3)
 		})
 	}
 }
