@@ -104,22 +104,19 @@ func withHurry(ctx, second, third context.Context) context.Context {
 	return context.WithValue(ctx, hurryKey{}, hurries{second, third})
 }
 
-// hurryOf is the context the second signal ends, which withHurry put in
-// ctx; one that never ends when there is none.
-func hurryOf(ctx context.Context) context.Context {
-	if h, ok := ctx.Value(hurryKey{}).(hurries); ok {
+// nextHurry is the context the next signal ends, of those withHurry put
+// in ctx: the second's until it came, then the third's; one that never
+// ends when there are none. Each of serve's waits as it stops takes it as
+// the wait begins.
+func nextHurry(ctx context.Context) context.Context {
+	h, ok := ctx.Value(hurryKey{}).(hurries)
+	switch {
+	case !ok:
+		return context.Background()
+	case h.second.Err() == nil:
 		return h.second
 	}
-	return context.Background()
-}
-
-// hurryAgainOf is the context the third signal ends, for a wait that
-// began after the second.
-func hurryAgainOf(ctx context.Context) context.Context {
-	if h, ok := ctx.Value(hurryKey{}).(hurries); ok {
-		return h.third
-	}
-	return context.Background()
+	return h.third
 }
 
 type config struct {
@@ -606,7 +603,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		t := time.NewTimer(c.shutdownDelay)
 		select {
 		case <-t.C:
-		case <-hurryOf(ctx).Done():
+		case <-nextHurry(ctx).Done():
 			log.Info("draining cut short by a second signal")
 		case err := <-fatal:
 			log.Error("draining cut short: the store failed", "err", err)
@@ -623,10 +620,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	srv.GoAway()
 	// The next signal cuts the wait for the calls under way short: the
 	// second, or the third when the second cut --shutdown-delay short.
-	hurry := hurryOf(ctx)
-	if hurry.Err() != nil {
-		hurry = hurryAgainOf(ctx)
-	}
+	hurry := nextHurry(ctx)
 	sctx, scancel := context.WithTimeout(hurry, 10*time.Second)
 	defer scancel()
 	if err := hs.Shutdown(sctx); err != nil {

@@ -21,7 +21,7 @@ func sendSIGHUP(t *testing.T) {
 func TestStopContexts(t *testing.T) {
 	ctx, stop := stopContexts()
 	defer stop()
-	hurry := hurryOf(ctx)
+	hurry := nextHurry(ctx)
 	term := func() {
 		t.Helper()
 		if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
