@@ -590,14 +590,13 @@ const pushFraming = 64 << 10
 // flush pushes outbox entries not already in flight, in outbox order (which
 // is dot order within each conversation). While the server asked to wait
 // (pushAt), it pushes nothing: the wait's timer flushes when it is over.
+//
+// The hold, the outbox and what is in flight are read under d.mu, which
+// results holds as it takes a push's ops out of flight and holds them:
+// read apart, a flush could push ops a hold had just turned away, or take
+// them for gone and clear the status's word of the hold.
 func (s *session) flush() {
 	d := s.d
-	s.mu.Lock()
-	held := s.pushAt.After(d.opts.clock.Now())
-	s.mu.Unlock()
-	if held {
-		return
-	}
 	type item struct {
 		conv ulid.ULID
 		op   *ferryv1.Op
@@ -606,6 +605,13 @@ func (s *session) flush() {
 	more := false
 	size := 0
 	d.mu.Lock()
+	s.mu.Lock()
+	held := s.pushAt.After(d.opts.clock.Now())
+	s.mu.Unlock()
+	if held {
+		d.mu.Unlock()
+		return
+	}
 	limit := d.maxMessage - pushFraming
 	err := scanPrefix(d.db, []byte{tOutbox}, func(_, v []byte) error {
 		var e outboxEntry
@@ -635,17 +641,18 @@ func (s *session) flush() {
 		items = append(items, item{conv: ulid.MustParseStrict(e.Conv), op: op})
 		return nil
 	})
+	if err == nil && len(d.pending) == 0 {
+		// A hold over with nothing to push again (the ops it held left
+		// the outbox another way): the status no longer says it. Ops in
+		// flight still wait for their answer.
+		d.endDeferralLocked()
+	}
 	d.mu.Unlock()
 	if err != nil && !errors.Is(err, io.EOF) {
 		d.log.Error("read outbox", "err", err)
 		return
 	}
 	if len(items) == 0 {
-		// A hold over with nothing to push again (the ops it held left
-		// the outbox another way): the status no longer says it.
-		d.mu.Lock()
-		d.endDeferralLocked()
-		d.mu.Unlock()
 		return
 	}
 	push := &ferryv1.Push{}
@@ -857,13 +864,16 @@ func (s *session) receive(ctx context.Context) error {
 			err := d.savePosition(s.epoch, x.CaughtUp.GetFeedPos())
 			if err == nil {
 				d.catchingUp = false
+				// Live before the status says so: a Stop that follows the
+				// status must find the session live, and send the markers
+				// it gathered (ackOnStop).
+				s.live.Store(true)
 				d.setStatus(func(st *Status) { st.State = StateLive })
 			}
 			d.mu.Unlock()
 			if err != nil {
 				return &TerminalError{Err: err}
 			}
-			s.live.Store(true)
 			s.inRound = false
 			if d.refreshing.CompareAndSwap(false, true) {
 				d.bg.Add(1)
