@@ -92,6 +92,31 @@ test-short: ## Run the tests without the race detector, for a quick check
 test-long: ## Longer variants: the crash test over 10 seeds per configuration
 	$(GO) test -race -count=1 -timeout 60m -run 'Crash' ./engine/ -args -crash.seeds=10
 
+# make test-stress: the packages (go list patterns), the copies of each
+# package's tests that run at once, and how many times each copy runs them.
+PKGS ?= ./...
+COPIES ?= 3
+COUNT ?= 2
+
+.PHONY: test-stress
+test-stress: ## Each package's race tests in COPIES copies at once (3), COUNT times each (2): the timing a loaded CI machine gives, to find flaky tests
+	@dir=$$(mktemp -d); fail=0; \
+	for pkg in $$($(GO) list $(PKGS)); do \
+	  name=$${pkg//\//_}; \
+	  $(GO) test -race -c -o "$$dir/$$name.test" "$$pkg"; \
+	  [[ -f "$$dir/$$name.test" ]] || continue; \
+	  pkgdir=$$($(GO) list -f '{{.Dir}}' "$$pkg"); \
+	  for i in $$(seq $(COPIES)); do \
+	    (cd "$$pkgdir" && "$$dir/$$name.test" -test.count=$(COUNT) -test.timeout=30m $(TESTFLAGS) >"$$dir/$$name.$$i.log" 2>&1) & \
+	  done; \
+	  ok=1; for i in $$(seq $(COPIES)); do wait -n || ok=0; done; \
+	  if (( ok )); then echo "ok   $$pkg"; else \
+	    echo "FAIL $$pkg"; fail=1; \
+	    grep -h -A8 -e '^--- FAIL' -e '^panic:' "$$dir/$$name".*.log | head -60 || true; \
+	  fi; \
+	done; \
+	rm -rf "$$dir"; exit $$fail
+
 .PHONY: bench
 bench: ## Short benchmark run (under 5 minutes): report in bench/results/latest.{md,json}
 	$(GO) run ./cmd/ferry-bench --profile short --md $(RESULTS)/latest.md --json $(RESULTS)/latest.json
