@@ -183,14 +183,19 @@ func (d *Device) loop(ctx context.Context, done chan struct{}, n uint64) {
 			// Stopped as it says so, in one step under runMu: a Start
 			// that sees the failure starts over, and one just before it
 			// waits for it.
+			// A Stop and a Start since (while this session failed) began
+			// another loop, whose status stands, as in
+			// offlineUnlessRestarted.
 			d.runMu.Lock()
 			if d.done == done {
 				d.cancel()
 				d.cancel, d.done = nil, nil
 			}
-			d.mu.Lock()
-			d.setStatus(func(s *Status) { *s = Status{State: StateFailed, Err: err} })
-			d.mu.Unlock()
+			if d.loops == n {
+				d.mu.Lock()
+				d.setStatus(func(s *Status) { *s = Status{State: StateFailed, Err: err} })
+				d.mu.Unlock()
+			}
 			d.runMu.Unlock()
 			return
 		default:
@@ -269,13 +274,16 @@ func (d *Device) backoff(n int) time.Duration {
 // SyncOnce connects, pushes the outbox, catches up, and returns once the
 // device is caught up and every pushed op is answered. It retries
 // retryable errors with backoff until ctx ends; an error retrying cannot
-// fix is a *TerminalError. Markers are sent with acknowledgement before it
-// returns, and Status is offline again. A device has one Sync stream at a
-// time: SyncOnce calls at once take turns, and while Start's loop runs,
-// SyncOnce ends its session and the loop connects again after it (at
-// once, too, when the loop was waiting to reconnect and SyncOnce got
-// through). The loop waits while any SyncOnce waits: SyncOnce calls that
-// overlap without a break keep it from connecting until they stop.
+// fix is a *TerminalError. While it waits to retry, Status is offline
+// with RetryAt. Markers are sent with acknowledgement before it returns;
+// Status is then offline again, or failed after a terminal error (a
+// failure of Start's loop stands until a SyncOnce succeeds). A device has
+// one Sync stream at a time: SyncOnce calls at once take turns, and while
+// Start's loop runs, SyncOnce ends its session and the loop connects
+// again after it (at once, too, when the loop was waiting to reconnect
+// and SyncOnce got through). The loop waits while any SyncOnce waits:
+// SyncOnce calls that overlap without a break keep it from connecting
+// until they stop.
 func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	if _, err := d.Account(); err != nil {
 		return err
@@ -300,8 +308,17 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 			err = ErrClosed // cut by Close
 		}
 		if d.cancel == nil { // offline again, unless Start's loop runs: its status stands
+			var te *TerminalError
 			d.mu.Lock()
-			d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
+			switch {
+			case errors.As(err, &te):
+				d.setStatus(func(s *Status) { *s = Status{State: StateFailed, Err: err} })
+			case err != nil && d.status.State == StateFailed:
+				// Failed for good before (Start's loop, or a SyncOnce),
+				// and this call could not tell whether that is over.
+			default:
+				d.setStatus(func(s *Status) { *s = Status{State: StateOffline} })
+			}
 			d.mu.Unlock()
 		}
 		d.runMu.Unlock()
@@ -348,9 +365,15 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 }
 
 // retryAfter waits delay before SyncOnce tries again after err, or
-// returns why it cannot: ctx ended.
+// returns why it cannot: ctx ended. Meanwhile the status says so, as
+// Start's loop's does while it waits to reconnect.
 func (d *Device) retryAfter(ctx context.Context, delay time.Duration, err error) error {
+	// Armed before the status tells anyone when it fires (see loop).
+	retryAt := d.opts.clock.Now().Add(delay)
 	t := d.opts.clock.NewTimer(delay)
+	d.mu.Lock()
+	d.setStatus(func(s *Status) { *s = Status{State: StateOffline, Err: err, RetryAt: retryAt} })
+	d.mu.Unlock()
 	select {
 	case <-t.C():
 		return nil

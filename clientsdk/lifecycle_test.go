@@ -1,6 +1,7 @@
 package clientsdk_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/clientsdk"
+	"github.com/ferrysync/ferry/engine/enginetest"
 	"github.com/ferrysync/ferry/internal/clock"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/server/servertest"
@@ -705,4 +707,71 @@ func holdStop(t *testing.T) heldStop {
 		<-stopped
 	}
 	return h
+}
+
+// TestSyncOnceSaysWhenItRetries: a SyncOnce whose session the server ends
+// (going away) while ops wait is offline until it connects again, and
+// says when, as Start's loop does: its status said live, with the ended
+// session's word that ops wait.
+func TestSyncOnceSaysWhenItRetries(t *testing.T) {
+	disk := enginetest.NewDisk()
+	srv := servertest.New(t, servertest.Config{Engine: disk.Options})
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	alice := device(t, srv, "alice", false, clientsdk.WithClock(fake))
+	conv, err := alice.CreateConversation(ctx, "notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// An op the server turns away keeps SyncOnce's session going.
+	disk.Fill(true)
+	if _, err := alice.SendText(ctx, conv, "kept"); err != nil {
+		t.Fatal(err)
+	}
+	once, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- alice.SyncOnce(once) }()
+	waitFor(t, alice, "the op turned away", func() bool { return errors.Is(alice.Status().Err, clientsdk.ErrPushDeferred) })
+	srv.Server.GoAway()
+	// The fake clock never reaches the reconnect.
+	waitFor(t, alice, "SyncOnce waiting to connect again", func() bool {
+		st := alice.Status()
+		return st.State == clientsdk.StateOffline && !st.RetryAt.IsZero() && st.Err != nil && !errors.Is(st.Err, clientsdk.ErrPushDeferred)
+	})
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("SyncOnce cut while waiting to connect: %v", err)
+	}
+}
+
+// TestSyncOnceKeepsTheLoopsFailure: after Start's loop failed for good
+// (the device revoked), a SyncOnce (a pull to refresh) fails too, and the
+// status still says failed, and why: it said offline, without the
+// failure, and the application no longer knew to sign in again.
+func TestSyncOnceKeepsTheLoopsFailure(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	acc, err := alice.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "live", func() bool { return alice.Status().State == clientsdk.StateLive })
+	tablet := srv.Login("alice", "tablet")
+	if _, err := tablet.Account.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: acc.Device.String()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "the loop failed", func() bool { return alice.Status().State == clientsdk.StateFailed })
+	var te *clientsdk.TerminalError
+	if err := alice.SyncOnce(ctx); !errors.As(err, &te) {
+		t.Fatalf("SyncOnce on a revoked device: %v, want a TerminalError", err)
+	}
+	if st := alice.Status(); st.State != clientsdk.StateFailed || !errors.As(st.Err, &te) {
+		t.Fatalf("status %+v after SyncOnce on a revoked device, want failed with the terminal error", st)
+	}
 }
