@@ -275,15 +275,15 @@ func (d *Device) backoff(n int) time.Duration {
 // device is caught up and every pushed op is answered. It retries
 // retryable errors with backoff until ctx ends; an error retrying cannot
 // fix is a *TerminalError. While it waits to retry, Status is offline
-// with RetryAt. Markers are sent with acknowledgement before it returns;
-// Status is then offline again, or failed after a terminal error (a
-// failure of Start's loop stands until a SyncOnce succeeds). A device has
-// one Sync stream at a time: SyncOnce calls at once take turns, and while
-// Start's loop runs, SyncOnce ends its session and the loop connects
-// again after it (at once, too, when the loop was waiting to reconnect
-// and SyncOnce got through). The loop waits while any SyncOnce waits:
-// SyncOnce calls that overlap without a break keep it from connecting
-// until they stop.
+// with RetryAt. Markers are sent with acknowledgement, and the member
+// lists that changed are fetched (best effort), before it returns; Status
+// is then offline again, or failed after a terminal error (a failure of
+// Start's loop stands until a SyncOnce succeeds). A device has one Sync
+// stream at a time: SyncOnce calls at once take turns, and while Start's
+// loop runs, SyncOnce ends its session and the loop connects again after
+// it (at once, too, when the loop was waiting to reconnect and SyncOnce
+// got through). The loop waits while any SyncOnce waits: SyncOnce calls
+// that overlap without a break keep it from connecting until they stop.
 func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	if _, err := d.Account(); err != nil {
 		return err
@@ -335,7 +335,13 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 		d.stream.release()
 		if errors.Is(err, errDone) {
 			d.onceSynced()
-			return d.ackRetrying(ctx)
+			if err := d.ackRetrying(ctx); err != nil {
+				return err
+			}
+			// The member lists that changed (and so usernames), which
+			// Start's loop fetches in the background (session.refreshMembers).
+			d.refreshMembers(ctx)
+			return nil
 		}
 		if ctx.Err() != nil {
 			d.mu.Lock()
@@ -833,6 +839,9 @@ func (s *session) receive(ctx context.Context) error {
 					return err
 				}
 			}
+			if s.live.Load() { // a catch-up's refresh waits for its end
+				s.refreshMembers()
+			}
 		case *ferryv1.SyncResponse_Ops:
 			batches, err := batchesOf(x.Ops)
 			if err != nil {
@@ -898,24 +907,7 @@ func (s *session) receive(ctx context.Context) error {
 				return &TerminalError{Err: err}
 			}
 			s.inRound = false
-			if d.refreshing.CompareAndSwap(false, true) {
-				d.bg.Add(1)
-				go func() {
-					defer d.bg.Done()
-					defer d.refreshing.Store(false)
-					// Under the outer context: cancelling a call that a
-					// server going away (GOAWAY) has just cut, as the
-					// stream's end did, raced in net/http's retry of it
-					// (readTrackingBody, Go 1.26 and 1.27), once in some
-					// 600 runs of TestConvergenceSimulation with -race.
-					// Bounded: a call on a connection gone silent would
-					// otherwise hold d.refreshing, and the next catch-ups'
-					// refreshes, until TCP gives up.
-					ctx, cancel := context.WithTimeout(s.outer, refreshTimeout)
-					defer cancel()
-					d.refreshMembers(ctx)
-				}()
-			}
+			s.refreshMembers()
 			if s.once && s.idle() {
 				return errDone
 			}
@@ -986,24 +978,94 @@ func batchesOf(m *ferryv1.Ops) ([]received, error) {
 	return out, nil
 }
 
-// refreshMembers fetches the member lists that changed, teaching the device
-// its members' usernames. Best effort: a failure leaves them for the next
-// catch-up.
-// refreshTimeout bounds a catch-up's member refresh.
+// refreshTimeout bounds one round of a background member refresh
+// (Device.refreshInBackground).
 const refreshTimeout = 30 * time.Second
 
+// refreshMembers has the member lists that changed fetched, at the end of
+// a catch-up and as live rounds change them. A SyncOnce's session leaves
+// them to SyncOnce, which fetches them before it returns: its context,
+// which would cut a refresh in the background, ends then.
+func (s *session) refreshMembers() {
+	if !s.once {
+		s.d.refreshInBackground(s.outer)
+	}
+}
+
+// refreshInBackground runs refreshMembers on a goroutine of its own, one
+// at a time: a call while one runs has it go round again.
+//
+// Under outer, the loop's context, not the session's: cancelling a call
+// that a server going away (GOAWAY) has just cut, as the stream's end
+// did, raced in net/http's retry of it (readTrackingBody, Go 1.26 and
+// 1.27), once in some 600 runs of TestConvergenceSimulation with -race.
+// Each round is bounded (refreshTimeout): a call on a connection gone
+// silent would otherwise hold the refresher until TCP gives up.
+func (d *Device) refreshInBackground(outer context.Context) {
+	d.mu.Lock()
+	d.refreshOuter = outer // the latest loop's: an earlier one's may have ended
+	d.mu.Unlock()
+	select {
+	case d.refreshWake <- struct{}{}:
+	default: // a round is due already
+	}
+	if !d.refreshing.CompareAndSwap(false, true) {
+		return // the refresher takes the wake
+	}
+	d.bg.Add(1)
+	go func() {
+		defer d.bg.Done()
+		for {
+			select {
+			case <-d.refreshWake:
+				d.mu.Lock()
+				outer := d.refreshOuter
+				d.mu.Unlock()
+				ctx, cancel := context.WithTimeout(outer, refreshTimeout)
+				d.refreshMembers(ctx)
+				cancel()
+				continue
+			default:
+			}
+			d.refreshing.Store(false)
+			// A wake that came after the select, while refreshing was
+			// still set, is this goroutine's to take, unless another
+			// took over.
+			if len(d.refreshWake) == 0 || !d.refreshing.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}()
+}
+
+// refreshMembers fetches the member lists that changed (memberRefresh),
+// teaching the device its members' usernames. Best effort: a list it
+// could not fetch for now stays listed for the next refresh; one the
+// server refuses (the user left meanwhile) does not.
 func (d *Device) refreshMembers(ctx context.Context) {
 	d.mu.Lock()
 	var convs []ulid.ULID
-	for id := range d.memberRefresh {
-		convs = append(convs, id)
+	for id, due := range d.memberRefresh {
+		if due {
+			convs = append(convs, id)
+			d.memberRefresh[id] = false // being fetched: a change from now on makes it due again
+		}
 	}
-	clear(d.memberRefresh)
 	d.mu.Unlock()
 	for _, id := range convs {
-		if _, err := d.Members(ctx, id); err != nil {
+		err := d.fetchMembers(ctx, id)
+		if err != nil {
 			d.log.Debug("refresh members", "conv", id, "err", err)
 		}
+		d.mu.Lock()
+		if due, ok := d.memberRefresh[id]; ok && !due {
+			if err == nil || !errors.Is(err, errUnreachable) && ctx.Err() == nil {
+				delete(d.memberRefresh, id)
+			} else {
+				d.memberRefresh[id] = true
+			}
+		}
+		d.mu.Unlock()
 	}
 }
 

@@ -67,10 +67,16 @@ type Device struct {
 	users       map[ulid.ULID]userRecord
 	members     map[ulid.ULID][]memberRecord
 	// memberRefresh lists conversations whose member list (and so the
-	// members' usernames) must be fetched again.
+	// members' usernames) must be fetched again: true when due, false
+	// while being fetched (refreshMembers).
 	memberRefresh map[ulid.ULID]bool
-	refreshing    atomic.Bool
-	closed        bool
+	// refreshing is set while a refresher runs (refreshInBackground),
+	// refreshWake holds a round due, and refreshOuter (under mu) bounds
+	// the next round.
+	refreshing   atomic.Bool
+	refreshWake  chan struct{}
+	refreshOuter context.Context
+	closed       bool
 
 	// entropyMu guards entropy, which op ids (ids) and conversation ids
 	// draw from.
@@ -146,6 +152,7 @@ func open(dir string, fs vfs.FS, opts []Option) (*Device, error) {
 		pending:       map[ulid.ULID]pendingRef{},
 		failed:        map[ulid.ULID][]uint64{},
 		memberRefresh: map[ulid.ULID]bool{},
+		refreshWake:   make(chan struct{}, 1),
 		maxBody:       model.MaxBodyBytes,
 		maxMessage:    4 << 20, // the server's default
 		entropy:       o.entropy,
@@ -756,16 +763,23 @@ func (d *Device) rememberUser(id ulid.ULID, username, display string) {
 	if d.closed {
 		return
 	}
-	rec := userRecord{Username: username, DisplayName: display}
-	if d.users[id] == rec {
-		return
-	}
-	d.users[id] = rec
 	b := d.db.NewBatch()
-	b.Set(idKey(tUser, id), encodeJSON(rec))
+	d.rememberUserLocked(b, id, username, display)
 	if err := d.db.Commit(b); err != nil {
 		d.log.Warn("remember user", "err", err)
 	}
+}
+
+// rememberUserLocked is rememberUser, written to b. It reports whether
+// the user's names changed. d.mu is held.
+func (d *Device) rememberUserLocked(b *kv.Batch, id ulid.ULID, username, display string) bool {
+	rec := userRecord{Username: username, DisplayName: display}
+	if d.users[id] == rec {
+		return false
+	}
+	d.users[id] = rec
+	b.Set(idKey(tUser, id), encodeJSON(rec))
+	return true
 }
 
 // newOpID returns a new op id: see package opid for why the ops of one

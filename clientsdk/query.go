@@ -530,44 +530,12 @@ type Member struct {
 // server's error when the server refuses (such as a conversation the user
 // is not in), and ctx's error when ctx ends.
 func (d *Device) Members(ctx context.Context, conv ulid.ULID) ([]Member, error) {
-	_, cs, _, err := d.authedClients()
-	if err != nil {
-		return nil, err
-	}
-	d.mu.Lock()
-	_, known := d.members[conv]
-	known = known || d.convs[conv] != nil
-	d.mu.Unlock()
-	if !known {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
-	}
-	resp, err := cs.GetConversation(ctx, &ferryv1.GetConversationRequest{ConversationId: conv.String()})
-	switch {
+	switch err := d.fetchMembers(ctx, conv); {
+	case err == nil:
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
-	case err != nil && !retryable(err):
-		return nil, fmt.Errorf("ferry: members of %s: %w", conv, err)
-	case err == nil:
-		var ms []memberRecord
-		for _, m := range resp.GetMembers() {
-			if id, err := ulid.ParseStrict(m.GetUserId()); err == nil {
-				d.rememberUser(id, m.GetUsername(), m.GetDisplayName())
-			}
-			ms = append(ms, memberRecord{User: m.GetUserId(), Role: m.GetRole()})
-		}
-		d.mu.Lock()
-		if d.closed {
-			d.mu.Unlock()
-			return nil, ErrClosed
-		}
-		d.members[conv] = ms
-		b := d.db.NewBatch()
-		b.Set(idKey(tMembers, conv), encodeJSON(ms))
-		err := d.db.Commit(b)
-		d.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
+	case !errors.Is(err, errUnreachable):
+		return nil, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -595,6 +563,65 @@ func (d *Device) Members(ctx context.Context, conv ulid.ULID) ([]Member, error) 
 		out = append(out, Member{User: User{ID: m.User, Username: u.Username, DisplayName: u.DisplayName}, Role: m.Role})
 	}
 	return out, nil
+}
+
+// errUnreachable wraps the error of a call that did not reach the server,
+// or that it could not answer for now: retrying may fix it.
+var errUnreachable = errors.New("ferry: the server could not be reached")
+
+// fetchMembers asks the server for conv's members, and keeps them and
+// their usernames in the replica. A failure retrying may fix wraps
+// errUnreachable. What it fetched for a user who signed out meanwhile,
+// and for whom another signed in, is dropped: it is not the new user's.
+func (d *Device) fetchMembers(ctx context.Context, conv ulid.ULID) error {
+	_, cs, _, err := d.authedClients()
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	_, known := d.members[conv]
+	known = known || d.convs[conv] != nil
+	owner := d.owner
+	d.mu.Unlock()
+	if !known {
+		return fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
+	}
+	resp, err := cs.GetConversation(ctx, &ferryv1.GetConversationRequest{ConversationId: conv.String()})
+	switch {
+	case err != nil && !retryable(err):
+		return fmt.Errorf("ferry: members of %s: %w", conv, err)
+	case err != nil:
+		return fmt.Errorf("%w: members of %s: %w", errUnreachable, conv, err)
+	}
+	var ms []memberRecord
+	b := d.db.NewBatch()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.closed:
+		return ErrClosed
+	case d.owner != owner:
+		return fmt.Errorf("%w: %s (another user signed in meanwhile)", ErrUnknownConversation, conv)
+	}
+	changed := false // the members, or a username or display name
+	for _, m := range resp.GetMembers() {
+		if id, err := ulid.ParseStrict(m.GetUserId()); err == nil {
+			changed = d.rememberUserLocked(b, id, m.GetUsername(), m.GetDisplayName()) || changed
+		}
+		ms = append(ms, memberRecord{User: m.GetUserId(), Role: m.GetRole()})
+	}
+	if old, ok := d.members[conv]; !ok || !slices.Equal(old, ms) {
+		changed = true
+	}
+	d.members[conv] = ms
+	b.Set(idKey(tMembers, conv), encodeJSON(ms))
+	if err := d.db.Commit(b); err != nil {
+		return err
+	}
+	if changed {
+		d.emit(ConversationChanged{Conv: conv})
+	}
+	return nil
 }
 
 // Pending is an op waiting in the outbox.

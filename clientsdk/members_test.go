@@ -1,0 +1,115 @@
+package clientsdk_test
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/clientsdk"
+	"github.com/ferrysync/ferry/server/servertest"
+)
+
+// authors returns the author names of conv's messages, in order.
+func authors(t *testing.T, d *clientsdk.Device, conv ulid.ULID) []string {
+	t.Helper()
+	var out []string
+	for _, m := range messages(t, d, conv) {
+		out = append(out, m.AuthorName)
+	}
+	return out
+}
+
+// TestSyncOnceLearnsAuthorNames: a device that syncs with SyncOnce alone
+// knows the authors' names of a new conversation's messages once it
+// returns. The member refresh used to run in the background under
+// SyncOnce's context, which ended as SyncOnce returned, and emptied the
+// list of conversations to refresh as it began: the names were lost for
+// good. Here the server's answer to the refresh is held until SyncOnce's
+// ack is answered, the moment SyncOnce used to return.
+func TestSyncOnceLearnsAuthorNames(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	acked := make(chan struct{})
+	var once atomic.Bool
+	alice := device(t, srv, "alice", false, clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		if strings.HasSuffix(r.URL.Path, "/GetConversation") {
+			<-acked
+		}
+		resp, err := srv.HTTP.Transport.RoundTrip(r)
+		if strings.HasSuffix(r.URL.Path, "/Ack") && once.CompareAndSwap(false, true) {
+			close(acked)
+		}
+		return resp, err
+	})}))
+	_, conv := roomWithBob(t, srv, "hello from bob")
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := authors(t, alice, conv); len(got) != 1 || got[0] != "bob" {
+		t.Fatalf("author names %q once SyncOnce returned, want [bob]", got)
+	}
+}
+
+// TestLiveDeviceLearnsAuthorNames: a conversation that appears while the
+// device is live has its members fetched too, not only those of a
+// catch-up, and the device says so (ConversationChanged): the
+// application shows the authors' names.
+func TestLiveDeviceLearnsAuthorNames(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Stop()
+	waitFor(t, alice, "live", func() bool { return alice.Status().State == clientsdk.StateLive })
+	_, conv := roomWithBob(t, srv, "hello from bob")
+	waitFor(t, alice, "bob's name on his message", func() bool {
+		got := authors(t, alice, conv)
+		return len(got) == 1 && got[0] == "bob"
+	})
+}
+
+// TestMembersAcrossASignIn: a member list fetched for a user who signed
+// out, and another signed in, before it came is not the new user's: it
+// stays out of their replica.
+func TestMembersAcrossASignIn(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	asked, answer := make(chan struct{}), make(chan struct{})
+	var hold atomic.Bool
+	alice := device(t, srv, "alice", false, clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		resp, err := srv.HTTP.Transport.RoundTrip(r)
+		if hold.Load() && strings.HasSuffix(r.URL.Path, "/GetConversation") {
+			close(asked) // the server answered alice
+			<-answer
+		}
+		return resp, err
+	})}))
+	_, conv := roomWithBob(t, srv, "hello from bob")
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	device(t, srv, "carol", false) // registered, to sign in as on alice's device
+	hold.Store(true)
+	fetched := make(chan error, 1)
+	go func() {
+		_, err := alice.Members(ctx, conv)
+		fetched <- err
+	}()
+	<-asked
+	if err := alice.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Login(ctx, "carol", "correct horse", "carol on alice's phone"); err != nil {
+		t.Fatal(err)
+	}
+	close(answer)
+	if err := <-fetched; !errors.Is(err, clientsdk.ErrUnknownConversation) {
+		t.Fatalf("Members across the sign-in: %v, want ErrUnknownConversation", err)
+	}
+	if ms, err := alice.Members(ctx, conv); !errors.Is(err, clientsdk.ErrUnknownConversation) {
+		t.Fatalf("carol's Members of alice's conversation: %v, %v; want ErrUnknownConversation", ms, err)
+	}
+}
