@@ -276,7 +276,8 @@ func (d *Device) backoff(n int) time.Duration {
 // retryable errors with backoff until ctx ends; an error retrying cannot
 // fix is a *TerminalError. While it waits to retry, Status is offline
 // with RetryAt. Markers are sent with acknowledgement, and the member
-// lists that changed are fetched (best effort), before it returns; Status
+// lists that changed are fetched (best effort, for up to 30 seconds),
+// before it returns; Status
 // is then offline again, or failed after a terminal error (a failure of
 // Start's loop stands until a SyncOnce succeeds). A device has one Sync
 // stream at a time: SyncOnce calls at once take turns, and while Start's
@@ -340,8 +341,10 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 			}
 			// The member lists that changed (and so usernames), which
 			// Start's loop fetches in the background (session.refreshMembers).
-			d.refreshMembers(ctx)
-			return nil
+			rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+			d.refreshMembers(rctx)
+			cancel()
+			return ctx.Err() // cut short: Close's ErrClosed, or ctx's error
 		}
 		if ctx.Err() != nil {
 			d.mu.Lock()
@@ -372,14 +375,22 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 
 // retryAfter waits delay before SyncOnce tries again after err, or
 // returns why it cannot: ctx ended. Meanwhile the status says so, as
-// Start's loop's does while it waits to reconnect.
+// Start's loop's does while it waits to reconnect, unless that loop runs
+// or the status says failed.
 func (d *Device) retryAfter(ctx context.Context, delay time.Duration, err error) error {
 	// Armed before the status tells anyone when it fires (see loop).
 	retryAt := d.opts.clock.Now().Add(delay)
 	t := d.opts.clock.NewTimer(delay)
+	d.runMu.Lock()
 	d.mu.Lock()
-	d.setStatus(func(s *Status) { *s = Status{State: StateOffline, Err: err, RetryAt: retryAt} })
+	// Start's loop, when it runs, keeps the status: it connects again
+	// meanwhile, and says how it fares. A failure for good stands until
+	// a SyncOnce gets through.
+	if d.cancel == nil && d.status.State != StateFailed {
+		d.setStatus(func(s *Status) { *s = Status{State: StateOffline, Err: err, RetryAt: retryAt} })
+	}
 	d.mu.Unlock()
+	d.runMu.Unlock()
 	select {
 	case <-t.C():
 		return nil
@@ -1040,10 +1051,15 @@ func (d *Device) refreshInBackground(outer context.Context) {
 
 // refreshMembers fetches the member lists that changed (memberRefresh),
 // teaching the device its members' usernames. Best effort: a list it
-// could not fetch for now stays listed for the next refresh; one the
-// server refuses (the user left meanwhile) does not.
+// could not fetch for now stays listed for a refresh refreshTimeout
+// later at the soonest; one the server refuses (the user left
+// meanwhile) does not.
 func (d *Device) refreshMembers(ctx context.Context) {
 	d.mu.Lock()
+	if d.opts.clock.Now().Before(d.refreshNotBefore) {
+		d.mu.Unlock()
+		return // the last refresh could not reach the server
+	}
 	var convs []ulid.ULID
 	for id, due := range d.memberRefresh {
 		if due {
@@ -1052,22 +1068,44 @@ func (d *Device) refreshMembers(ctx context.Context) {
 		}
 	}
 	d.mu.Unlock()
+	// A few at once: a first sync has every conversation's to fetch.
+	sem := make(chan struct{}, refreshWidth)
+	var wg sync.WaitGroup
+	var unreachable atomic.Bool
 	for _, id := range convs {
-		err := d.fetchMembers(ctx, id)
-		if err != nil {
-			d.log.Debug("refresh members", "conv", id, "err", err)
-		}
-		d.mu.Lock()
-		if due, ok := d.memberRefresh[id]; ok && !due {
-			if err == nil || !errors.Is(err, errUnreachable) && ctx.Err() == nil {
-				delete(d.memberRefresh, id)
-			} else {
-				d.memberRefresh[id] = true
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			err := d.fetchMembers(ctx, id)
+			if err != nil {
+				d.log.Debug("refresh members", "conv", id, "err", err)
 			}
-		}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if due, ok := d.memberRefresh[id]; ok && !due {
+				if err == nil || !errors.Is(err, errUnreachable) && ctx.Err() == nil {
+					delete(d.memberRefresh, id)
+				} else {
+					d.memberRefresh[id] = true
+				}
+			}
+			if errors.Is(err, errUnreachable) && ctx.Err() == nil {
+				unreachable.Store(true)
+			}
+		})
+	}
+	wg.Wait()
+	if unreachable.Load() {
+		// Not again at every live round that follows: a server that
+		// turns calls away (overloaded, or a push limit's) gets a rest.
+		d.mu.Lock()
+		d.refreshNotBefore = d.opts.clock.Now().Add(refreshTimeout)
 		d.mu.Unlock()
 	}
 }
+
+// refreshWidth is how many member lists a refresh fetches at once.
+const refreshWidth = 8
 
 // wakeAcks tells the session that markers moved: ones to send soon, or
 // ones that can wait resumeAckDelay.
@@ -1200,8 +1238,11 @@ func (d *Device) ackOnStop() {
 func (d *Device) ackRetrying(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
 		err := d.ackNow(ctx)
-		if err == nil || !retryable(err) {
+		switch {
+		case err == nil || errors.Is(err, ErrClosed):
 			return err
+		case !retryable(err):
+			return terminal(err) // the device revoked since its session, say
 		}
 		if err := d.retryAfter(ctx, d.backoff(attempt), err); err != nil {
 			return err

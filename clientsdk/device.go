@@ -76,7 +76,10 @@ type Device struct {
 	refreshing   atomic.Bool
 	refreshWake  chan struct{}
 	refreshOuter context.Context
-	closed       bool
+	// refreshNotBefore (under mu) holds refreshes back after one could
+	// not reach the server.
+	refreshNotBefore time.Time
+	closed           bool
 
 	// entropyMu guards entropy, which op ids (ids) and conversation ids
 	// draw from.

@@ -78,9 +78,10 @@ type StatusChanged struct{ Status Status }
 // ConversationChanged: a conversation's title, membership, unread count
 // or receipts changed, or it appeared, or its last message did (one
 // arrived, was sent, refused or dismissed): what a conversation list
-// shows of it. It also comes when the device learns its members' names
-// (Members; the device fetches them as the membership changes), which
-// its messages show as Message.AuthorName.
+// shows of it. It also comes when the device learns a member list, or
+// names of its members (Members; the device fetches them as memberships
+// change), for each conversation it holds the members of that has them:
+// its messages show them as Message.AuthorName.
 type ConversationChanged struct{ Conv ulid.ULID }
 
 // MessagesChanged: messages of a conversation arrived or changed (edits,

@@ -775,3 +775,95 @@ func TestSyncOnceKeepsTheLoopsFailure(t *testing.T) {
 		t.Fatalf("status %+v after SyncOnce on a revoked device, want failed with the terminal error", st)
 	}
 }
+
+// TestSyncOnceKeepsTheLoopsFailureWhileOffline: a SyncOnce that cannot
+// reach the server after Start's loop failed for good leaves the failure
+// in the status, while it waits to retry and once ctx ends: it cannot
+// tell whether the failure is over.
+func TestSyncOnceKeepsTheLoopsFailureWhileOffline(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	var down atomic.Bool
+	alice := device(t, srv, "alice", false, clientsdk.WithClock(fake), clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		if down.Load() {
+			return nil, errors.New("the network is down")
+		}
+		return srv.HTTP.Transport.RoundTrip(r)
+	})}))
+	acc, err := alice.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "live", func() bool { return alice.Status().State == clientsdk.StateLive })
+	tablet := srv.Login("alice", "tablet")
+	if _, err := tablet.Account.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: acc.Device.String()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "the loop failed", func() bool { return alice.Status().State == clientsdk.StateFailed })
+	down.Store(true)
+	once, cancel := context.WithCancel(ctx)
+	defer cancel()
+	armed := fake.Armed() // the loop has ended: the next timer is SyncOnce's wait to retry
+	done := make(chan error, 1)
+	go func() { done <- alice.SyncOnce(once) }()
+	select {
+	case <-armed:
+	case <-time.After(hangGuard):
+		t.Fatal("SyncOnce never waited to retry")
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("SyncOnce: %v, want it cut by its context", err)
+	}
+	var te *clientsdk.TerminalError
+	if st := alice.Status(); st.State != clientsdk.StateFailed || !errors.As(st.Err, &te) {
+		t.Fatalf("status %+v after a SyncOnce that could not reach the server, want the loop's failure", st)
+	}
+}
+
+// TestSyncOnceLeavesTheLoopsStatus: while Start's loop runs, a SyncOnce
+// whose ack must go again leaves the status to the loop, which connects
+// again meanwhile: it said offline, with the ack's error, and the loop's
+// live session that followed did not say otherwise.
+func TestSyncOnceLeavesTheLoopsStatus(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	var failAck atomic.Bool
+	alice := device(t, srv, "alice", false, clientsdk.WithBackoff(time.Millisecond, time.Millisecond),
+		clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+			if strings.HasSuffix(r.URL.Path, "/Ack") && failAck.CompareAndSwap(true, false) {
+				return nil, errors.New("a network blip")
+			}
+			return srv.HTTP.Transport.RoundTrip(r)
+		})}))
+	_, conv := roomWithBob(t, srv, "one")
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Stop()
+	waitFor(t, alice, "live with bob's message", func() bool {
+		return alice.Status().State == clientsdk.StateLive && has(t, alice, conv, "one")()
+	})
+	sub := alice.Subscribe(1024)
+	defer sub.Close()
+	failAck.Store(true) // SyncOnce sends the delivered marker of "one" with Ack
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if failAck.Load() {
+		t.Fatal("SyncOnce sent no Ack: the test needs one to fail")
+	}
+	for {
+		select {
+		case ev := <-sub.C():
+			if sc, ok := ev.(clientsdk.StatusChanged); ok && sc.Status.State == clientsdk.StateOffline {
+				t.Fatalf("status %+v while Start's loop runs, after a SyncOnce whose ack went again", sc.Status)
+			}
+			continue
+		default:
+		}
+		break
+	}
+}

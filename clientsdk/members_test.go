@@ -6,10 +6,12 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/clientsdk"
+	"github.com/ferrysync/ferry/internal/clock"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -111,5 +113,77 @@ func TestMembersAcrossASignIn(t *testing.T) {
 	}
 	if ms, err := alice.Members(ctx, conv); !errors.Is(err, clientsdk.ErrUnknownConversation) {
 		t.Fatalf("carol's Members of alice's conversation: %v, %v; want ErrUnknownConversation", ms, err)
+	}
+}
+
+// TestCloseDuringSyncOncesRefresh: a SyncOnce that Close cuts while it
+// fetches member lists returns ErrClosed, as Close says, not success.
+func TestCloseDuringSyncOncesRefresh(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	asked := make(chan struct{})
+	var once atomic.Bool
+	alice := device(t, srv, "alice", false, clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		if strings.HasSuffix(r.URL.Path, "/GetConversation") && once.CompareAndSwap(false, true) {
+			close(asked)
+			<-r.Context().Done() // an answer that never comes
+			return nil, r.Context().Err()
+		}
+		return srv.HTTP.Transport.RoundTrip(r)
+	})}))
+	roomWithBob(t, srv, "hello from bob")
+	done := make(chan error, 1)
+	go func() { done <- alice.SyncOnce(ctx) }()
+	select {
+	case <-asked:
+	case <-time.After(hangGuard):
+		t.Fatal("SyncOnce fetched no member list")
+	}
+	if err := alice.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, clientsdk.ErrClosed) {
+		t.Fatalf("SyncOnce cut by Close as it fetched members: %v, want ErrClosed", err)
+	}
+}
+
+// TestMemberRefreshRestsAfterAFailure: a member list the server could
+// not give for now is asked for again only after a rest
+// (refreshTimeout, 30 s), not at every sync or live round that follows:
+// a server that turns calls away gets a rest.
+func TestMemberRefreshRestsAfterAFailure(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	fake := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	var asked atomic.Int32
+	var refuse atomic.Bool
+	refuse.Store(true)
+	alice := device(t, srv, "alice", false, clientsdk.WithClock(fake), clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		if strings.HasSuffix(r.URL.Path, "/GetConversation") {
+			asked.Add(1)
+			if refuse.Load() {
+				return nil, errors.New("overloaded")
+			}
+		}
+		return srv.HTTP.Transport.RoundTrip(r)
+	})}))
+	_, conv := roomWithBob(t, srv, "hello from bob")
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := asked.Load(); n != 1 {
+		t.Fatalf("%d member list calls in the first sync, want 1", n)
+	}
+	refuse.Store(false)
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := asked.Load(); n != 1 {
+		t.Fatalf("%d member list calls once the first failed, at once, want still 1", n)
+	}
+	fake.Advance(30 * time.Second)
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := authors(t, alice, conv); asked.Load() != 2 || len(got) != 1 || got[0] != "bob" {
+		t.Fatalf("after the rest: %d calls, author names %q; want 2 calls and [bob]", asked.Load(), got)
 	}
 }

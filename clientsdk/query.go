@@ -603,24 +603,29 @@ func (d *Device) fetchMembers(ctx context.Context, conv ulid.ULID) error {
 	case d.owner != owner:
 		return fmt.Errorf("%w: %s (another user signed in meanwhile)", ErrUnknownConversation, conv)
 	}
-	changed := false // the members, or a username or display name
+	renamed := map[string]bool{} // users whose names the device learned
 	for _, m := range resp.GetMembers() {
-		if id, err := ulid.ParseStrict(m.GetUserId()); err == nil {
-			changed = d.rememberUserLocked(b, id, m.GetUsername(), m.GetDisplayName()) || changed
+		if id, err := ulid.ParseStrict(m.GetUserId()); err == nil && d.rememberUserLocked(b, id, m.GetUsername(), m.GetDisplayName()) {
+			renamed[m.GetUserId()] = true
 		}
 		ms = append(ms, memberRecord{User: m.GetUserId(), Role: m.GetRole()})
 	}
-	if old, ok := d.members[conv]; !ok || !slices.Equal(old, ms) {
-		changed = true
-	}
+	old, had := d.members[conv]
 	d.members[conv] = ms
 	b.Set(idKey(tMembers, conv), encodeJSON(ms))
 	if err := d.db.Commit(b); err != nil {
 		return err
 	}
-	if changed {
-		d.emit(ConversationChanged{Conv: conv})
+	// This conversation changed, and every other whose members the device
+	// holds and that has one of those users: their messages show the
+	// names.
+	var evs []Event
+	for id, list := range d.members {
+		if id == conv && (!had || !slices.Equal(old, ms)) || slices.ContainsFunc(list, func(m memberRecord) bool { return renamed[m.User] }) {
+			evs = append(evs, ConversationChanged{Conv: id})
+		}
 	}
+	d.emit(evs...)
 	return nil
 }
 
