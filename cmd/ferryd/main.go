@@ -104,19 +104,13 @@ func withHurry(ctx, second, third context.Context) context.Context {
 	return context.WithValue(ctx, hurryKey{}, hurries{second, third})
 }
 
-// nextHurry is the context the next signal ends, of those withHurry put
-// in ctx: the second's until it came, then the third's; one that never
-// ends when there are none. Each of serve's waits as it stops takes it as
-// the wait begins.
-func nextHurry(ctx context.Context) context.Context {
-	h, ok := ctx.Value(hurryKey{}).(hurries)
-	switch {
-	case !ok:
-		return context.Background()
-	case h.second.Err() == nil:
-		return h.second
+// hurriesOf returns the contexts withHurry put in ctx; without them,
+// ones that never end.
+func hurriesOf(ctx context.Context) hurries {
+	if h, ok := ctx.Value(hurryKey{}).(hurries); ok {
+		return h
 	}
-	return h.third
+	return hurries{context.Background(), context.Background()}
 }
 
 type config struct {
@@ -597,14 +591,20 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		}
 	}
 	cause := context.Cause(ctx)
+	// The next signal cuts the wait under way short: the second, or the
+	// third once the second cut --shutdown-delay short. Fixed before the
+	// wait is logged: a signal that comes just after the log is the wait's.
+	h := hurriesOf(ctx)
+	hurry := h.second
 	if c.shutdownDelay > 0 && errors.Is(cause, context.Canceled) { // a signal; a failed store stops at once
 		srv.Drain()
 		log.Info("draining: /healthz says 503 while serving goes on", "reason", cause, "for", c.shutdownDelay)
 		t := time.NewTimer(c.shutdownDelay)
 		select {
 		case <-t.C:
-		case <-nextHurry(ctx).Done():
+		case <-hurry.Done():
 			log.Info("draining cut short by a second signal")
+			hurry = h.third
 		case err := <-fatal:
 			log.Error("draining cut short: the store failed", "err", err)
 			cause = err
@@ -618,9 +618,6 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	log.Info("shutting down: telling sessions to reconnect", "reason", cause)
 	srv.GoAway()
-	// The next signal cuts the wait for the calls under way short: the
-	// second, or the third when the second cut --shutdown-delay short.
-	hurry := nextHurry(ctx)
 	sctx, scancel := context.WithTimeout(hurry, 10*time.Second)
 	defer scancel()
 	if err := hs.Shutdown(sctx); err != nil {

@@ -21,7 +21,7 @@ func sendSIGHUP(t *testing.T) {
 func TestStopContexts(t *testing.T) {
 	ctx, stop := stopContexts()
 	defer stop()
-	hurry := nextHurry(ctx)
+	hurry := hurriesOf(ctx).second
 	term := func() {
 		t.Helper()
 		if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
