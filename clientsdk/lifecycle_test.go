@@ -754,19 +754,7 @@ func TestSyncOnceSaysWhenItRetries(t *testing.T) {
 func TestSyncOnceKeepsTheLoopsFailure(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	alice := device(t, srv, "alice", false)
-	acc, err := alice.Account()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, alice, "live", func() bool { return alice.Status().State == clientsdk.StateLive })
-	tablet := srv.Login("alice", "tablet")
-	if _, err := tablet.Account.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: acc.Device.String()}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, alice, "the loop failed", func() bool { return alice.Status().State == clientsdk.StateFailed })
+	failForGood(t, srv, alice)
 	var te *clientsdk.TerminalError
 	if err := alice.SyncOnce(ctx); !errors.As(err, &te) {
 		t.Fatalf("SyncOnce on a revoked device: %v, want a TerminalError", err)
@@ -790,19 +778,7 @@ func TestSyncOnceKeepsTheLoopsFailureWhileOffline(t *testing.T) {
 		}
 		return srv.HTTP.Transport.RoundTrip(r)
 	})}))
-	acc, err := alice.Account()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, alice, "live", func() bool { return alice.Status().State == clientsdk.StateLive })
-	tablet := srv.Login("alice", "tablet")
-	if _, err := tablet.Account.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: acc.Device.String()}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, alice, "the loop failed", func() bool { return alice.Status().State == clientsdk.StateFailed })
+	failForGood(t, srv, alice)
 	down.Store(true)
 	once, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -866,4 +842,23 @@ func TestSyncOnceLeavesTheLoopsStatus(t *testing.T) {
 		}
 		break
 	}
+}
+
+// failForGood starts alice's loop, revokes her device from another of
+// hers once it is live, and waits for the loop to fail for good.
+func failForGood(t *testing.T, srv *servertest.Server, alice *clientsdk.Device) {
+	t.Helper()
+	acc, err := alice.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "live", func() bool { return alice.Status().State == clientsdk.StateLive })
+	tablet := srv.Login("alice", "tablet")
+	if _, err := tablet.Account.RevokeDevice(ctx, &ferryv1.RevokeDeviceRequest{DeviceId: acc.Device.String()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "the loop failed", func() bool { return alice.Status().State == clientsdk.StateFailed })
 }
