@@ -182,9 +182,8 @@ func (d *Device) loop(ctx context.Context, done chan struct{}, n uint64) {
 			d.log.Error("sync stopped", "err", err)
 			// Stopped as it says so, in one step under runMu: a Start
 			// that sees the failure starts over, and one just before it
-			// waits for it.
-			// A Stop and a Start since (while this session failed) began
-			// another loop, whose status stands, as in
+			// waits for it. A Stop and a Start since (while this session
+			// failed) began another loop, whose status stands, as in
 			// offlineUnlessRestarted.
 			d.runMu.Lock()
 			if d.done == done {
@@ -277,14 +276,14 @@ func (d *Device) backoff(n int) time.Duration {
 // fix is a *TerminalError. While it waits to retry, Status is offline
 // with RetryAt. Markers are sent with acknowledgement, and the member
 // lists that changed are fetched (best effort, for up to 30 seconds),
-// before it returns; Status
-// is then offline again, or failed after a terminal error (a failure of
-// Start's loop stands until a SyncOnce succeeds). A device has one Sync
-// stream at a time: SyncOnce calls at once take turns, and while Start's
-// loop runs, SyncOnce ends its session and the loop connects again after
-// it (at once, too, when the loop was waiting to reconnect and SyncOnce
-// got through). The loop waits while any SyncOnce waits: SyncOnce calls
-// that overlap without a break keep it from connecting until they stop.
+// before it returns; Status is then offline again, or failed after a
+// terminal error (a failure of Start's loop stands until a SyncOnce
+// succeeds). A device has one Sync stream at a time: SyncOnce calls at
+// once take turns, and while Start's loop runs, SyncOnce ends its session
+// and the loop connects again after it (at once, too, when the loop was
+// waiting to reconnect and SyncOnce got through). The loop waits while
+// any SyncOnce waits: SyncOnce calls that overlap without a break keep it
+// from connecting until they stop.
 func (d *Device) SyncOnce(ctx context.Context) (err error) {
 	if _, err := d.Account(); err != nil {
 		return err
@@ -631,10 +630,13 @@ const pushFraming = 64 << 10
 // is dot order within each conversation). While the server asked to wait
 // (pushAt), it pushes nothing: the wait's timer flushes when it is over.
 //
-// The hold, the outbox and what is in flight are read under d.mu, which
-// results holds as it takes a push's ops out of flight and holds them:
-// read apart, a flush could push ops a hold had just turned away, or take
-// them for gone and clear the status's word of the hold.
+// The hold, the outbox and what is in flight are read together under
+// d.mu, which results holds as it takes a push's ops out of flight and
+// holds them: read apart, flush could take held ops for gone and clear
+// the status's word of the hold. The push goes after d.mu is let go (a
+// stream's flow control may block it): an answer handled in between may
+// start a hold, or renumber its ops, first, and the server answers the
+// push as one sent just before that answer.
 func (s *session) flush() {
 	d := s.d
 	type item struct {

@@ -621,7 +621,7 @@ func (d *Device) fetchMembers(ctx context.Context, conv ulid.ULID) error {
 	// names.
 	var evs []Event
 	for id, list := range d.members {
-		if id == conv && (!had || !slices.Equal(old, ms)) || slices.ContainsFunc(list, func(m memberRecord) bool { return renamed[m.User] }) {
+		if id == conv && (!had || !slices.Equal(old, ms)) || len(renamed) > 0 && slices.ContainsFunc(list, func(m memberRecord) bool { return renamed[m.User] }) {
 			evs = append(evs, ConversationChanged{Conv: id})
 		}
 	}
