@@ -69,6 +69,9 @@ func TestLiveDeviceLearnsAuthorNames(t *testing.T) {
 	waitFor(t, alice, "live", func() bool { return alice.Status().State == clientsdk.StateLive })
 	_, conv := roomWithBob(t, srv, "hello from bob")
 	waitFor(t, alice, "bob's name on his message", func() bool {
+		if !has(t, alice, conv, "hello from bob")() { // the conversation may not have come yet
+			return false
+		}
 		got := authors(t, alice, conv)
 		return len(got) == 1 && got[0] == "bob"
 	})
