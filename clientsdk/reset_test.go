@@ -215,6 +215,9 @@ func TestRestoreGivesBackAConversation(t *testing.T) {
 	bob.SendText(ctx, conv, "b1")
 	waitFor(t, carol, "carol has b1", has(t, carol, conv, "a1", "b1"))
 	carol.SendText(ctx, conv, "c1")
+	// Its ack too: an op still in carol's outbox at the restore would
+	// keep the conversation on her device, as dave's does below.
+	waitFor(t, carol, "carol's c1 acked", func() bool { return carol.Status().Pending == 0 })
 	for _, d := range []*clientsdk.Device{alice, bob} {
 		waitFor(t, d, "c1", has(t, d, conv, "a1", "b1", "c1"))
 	}
