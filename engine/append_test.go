@@ -529,6 +529,15 @@ func TestTimeRangePagesThroughOneMillisecond(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("paged %v, want %v", got, want)
 	}
+	// An id to go on after that is past the range's end: an empty page.
+	var past ulid.ULID
+	if err := past.SetTime(ms + 1000); err != nil {
+		t.Fatal(err)
+	}
+	q.AfterID = past
+	if page, err := e.History(alice.Actor, conv, q); err != nil || len(page.Ops) > 0 || page.More {
+		t.Fatalf("after an id past the range: %d ops, more %v, %v; want none", len(page.Ops), page.More, err)
+	}
 }
 
 // TestRemovedMemberTimeRangeIsBounded: a removed member's time-range page

@@ -877,6 +877,11 @@ func (r reader) opsByTime(conv ulid.ULID, head uint64, start, end time.Time, aft
 	if err := hi.SetTime(ulid.Timestamp(end)); err != nil {
 		return nil, false, next, fmt.Errorf("%w: end time out of range", ErrInvalid)
 	}
+	if after.Compare(hi) >= 0 {
+		// Nothing after it is in the range: an iterator with its lower
+		// bound past its upper is one Pebble leaves unspecified.
+		return nil, false, next, nil
+	}
 	from := keys.ID2(keys.TOpID, conv, lo)
 	if after.Compare(lo) >= 0 {
 		from = append(keys.ID2(keys.TOpID, conv, after), 0) // the first key past after's
