@@ -311,3 +311,75 @@ func TestFsyncFailureNeverAcks(t *testing.T) {
 func vfsIsWAL(path string) bool {
 	return len(path) > 4 && path[len(path)-4:] == ".log"
 }
+
+// TestNewEpochSurvivesAPowerLoss: the mark that has a backup, or a store
+// marked by StartNewEpochAtNextOpen, open in a new epoch is on disk when
+// the call returns, name and all; so is its removal when the store opens
+// in its new epoch, which a second power loss then keeps. A backup that
+// fails leaves nothing under its name.
+func TestNewEpochSurvivesAPowerLoss(t *testing.T) {
+	mem := vfs.NewCrashableMem()
+	var failRename atomic.Bool
+	o := enginetest.Options(t, 1)
+	o.FS = errorfs.Wrap(mem, errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if failRename.Load() && op.Kind == errorfs.OpRename {
+			return errors.New("injected: rename failed")
+		}
+		return nil
+	}))
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := e.Epoch()
+	failRename.Store(true)
+	if err := e.Backup("failed"); err == nil {
+		t.Fatal("a backup whose rename failed reports no error")
+	}
+	failRename.Store(false)
+	for _, name := range []string{"failed", "failed.ferry-backup-partial"} {
+		if _, err := mem.Stat(name); err == nil {
+			t.Errorf("the failed backup left %s", name)
+		}
+	}
+	if err := e.Backup("backup"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Backup("backup"); err == nil {
+		t.Fatal("a backup over an existing one reports no error")
+	}
+	if err := e.StartNewEpochAtNextOpen(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Power lost: what was not synced is gone, names in folders too.
+	lost := mem.CrashClone(vfs.CrashCloneCfg{})
+	for _, dir := range []string{"db", "backup"} {
+		o := enginetest.Options(t, 2)
+		o.FS = lost
+		e, err := engine.Open(dir, o)
+		if err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		opened := e.Epoch()
+		if opened == old {
+			t.Errorf("%s: opened in the old epoch %s after a power loss", dir, old)
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// Lost again: the store stays in the epoch it opened in.
+		o.FS = lost.CrashClone(vfs.CrashCloneCfg{})
+		if e, err = engine.Open(dir, o); err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		if e.Epoch() != opened {
+			t.Errorf("%s: a second power loss moved the epoch from %s to %s", dir, opened, e.Epoch())
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine/internal/keys"
@@ -141,7 +142,14 @@ func Open(dir string, opts Options) (*Engine, error) {
 		return nil, err
 	}
 	if fromBackup {
-		if err := opts.FS.Remove(opts.FS.PathJoin(dir, backupMarker)); err != nil {
+		// Gone for good before the store serves: a marker that a power
+		// loss brought back would start yet another epoch, and have every
+		// device repair again.
+		err := opts.FS.Remove(opts.FS.PathJoin(dir, backupMarker))
+		if err == nil {
+			err = syncDir(opts.FS, dir)
+		}
+		if err != nil {
 			_ = st.Close()
 			return nil, fmt.Errorf("remove backup marker: %w", err)
 		}
@@ -253,12 +261,38 @@ func (e *Engine) Failed() error {
 // Backup writes a consistent copy of the store to dir (which must not
 // exist). Opening the copy starts a new epoch, so devices never trust
 // cursors from the history the copy lost.
+//
+// The copy is made under another name, dir with backupPartial after it,
+// and gets its name once it is whole and marked: a copy without the mark,
+// which a failure or a power loss between the two could otherwise leave,
+// would open in the epoch of the store it came from.
 func (e *Engine) Backup(dir string) error {
-	if err := e.st.Checkpoint(dir); err != nil {
-		return err
+	fs := e.opts.FS
+	if _, err := fs.Stat(dir); err == nil {
+		return fmt.Errorf("backup: %s already exists", dir)
 	}
-	return e.markNewEpoch(dir, "This is a Ferry backup. Opening it starts a new epoch.\n")
+	partial := dir + backupPartial
+	// What a backup cut short left under it: never opened, and useless.
+	if err := fs.RemoveAll(partial); err != nil {
+		return fmt.Errorf("backup: remove the unfinished %s: %w", partial, err)
+	}
+	err := e.st.Checkpoint(partial)
+	if err == nil {
+		err = e.markNewEpoch(partial, "This is a Ferry backup. Opening it starts a new epoch.\n")
+	}
+	if err == nil {
+		if err = fs.Rename(partial, dir); err == nil {
+			err = syncDir(fs, fs.PathDir(dir))
+		}
+	}
+	if err != nil {
+		return errors.Join(err, fs.RemoveAll(partial))
+	}
+	return nil
 }
+
+// backupPartial follows the name of a backup while it is written.
+const backupPartial = ".ferry-backup-partial"
 
 // StartNewEpochAtNextOpen marks the store so that its next opening (not
 // Options.Existing) starts a new epoch, once, as a backup's does: for a
@@ -269,7 +303,9 @@ func (e *Engine) StartNewEpochAtNextOpen() error {
 }
 
 // markNewEpoch leaves the marker that makes the next opening of the store
-// in dir start a new epoch.
+// in dir start a new epoch, synced with its name: a marker lost to a power
+// loss would have the store open in the epoch it was meant to leave, and
+// devices trust cursors from another history.
 func (e *Engine) markNewEpoch(dir, text string) error {
 	f, err := e.opts.FS.Create(e.opts.FS.PathJoin(dir, backupMarker), "")
 	if err != nil {
@@ -279,7 +315,20 @@ func (e *Engine) markNewEpoch(dir, text string) error {
 	if err := errors.Join(werr, f.Sync(), f.Close()); err != nil {
 		return fmt.Errorf("mark a new epoch: %w", err)
 	}
+	if err := syncDir(e.opts.FS, dir); err != nil {
+		return fmt.Errorf("mark a new epoch: %w", err)
+	}
 	return nil
+}
+
+// syncDir makes the entries of dir (files created, removed or renamed in
+// it) durable.
+func syncDir(fs vfs.FS, dir string) error {
+	d, err := fs.OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
 }
 
 // DiskUsage is what the store occupies on disk, in bytes.
