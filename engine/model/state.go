@@ -130,12 +130,15 @@ func (s *State) Apply(op *Op) bool {
 		c.Body = bytes.Clone(op.Body)
 		m.op = &c
 		s.order = nil
-		if m.deleted {
-			m.op.Body, m.op.ContentType = nil, ""
+		if m.deleted || op.Erased {
+			m.delete() // an erased message was deleted, whether its delete is here yet or not
 		}
 	case KindEdit:
 		m := s.message(op.Target)
-		if m.deleted || op.Erased {
+		if op.Erased {
+			m.delete() // only a delete of its message erases an edit
+		}
+		if m.deleted {
 			// Keep the register's seq so that the result does not depend on
 			// whether the delete or the edit came first.
 			s.setEdit(m, op.User, op.Seq, edit{})
@@ -143,15 +146,7 @@ func (s *State) Apply(op *Op) bool {
 		}
 		s.setEdit(m, op.User, op.Seq, edit{contentType: op.ContentType, body: bytes.Clone(op.Body)})
 	case KindDelete:
-		m := s.message(op.Target)
-		m.deleted = true
-		if m.op != nil {
-			m.op.Body, m.op.ContentType = nil, ""
-		}
-		for u, r := range m.edits {
-			r.value = edit{}
-			m.edits[u] = r
-		}
+		s.message(op.Target).delete()
 	case KindReactionAdd, KindReactionRemove:
 		m := s.message(op.Target)
 		if m.reactions == nil {
@@ -169,16 +164,29 @@ func (s *State) erase(op *Op) {
 	switch op.Kind {
 	case KindMessage:
 		if m := s.messages[op.ID]; m != nil && m.op != nil {
-			m.op.Body, m.op.ContentType = nil, ""
+			m.delete()
 			m.op.Erased = true
 		}
 	case KindEdit:
 		if m := s.messages[op.Target]; m != nil {
-			if r, ok := m.edits[op.User]; ok && r.seq == op.Seq {
-				r.value = edit{}
-				m.edits[op.User] = r
-			}
+			m.delete()
 		}
+	}
+}
+
+// delete marks m deleted, for good, and forgets its body and its edits'.
+// The state learns it from a delete, or from the message or an edit of it
+// arriving erased: the server erases those only when it deletes the
+// message, and the delete may come later (a catch-up in pages, a live
+// round read behind), so the view does not wait for it to say so.
+func (m *message) delete() {
+	m.deleted = true
+	if m.op != nil {
+		m.op.Body, m.op.ContentType = nil, ""
+	}
+	for u, r := range m.edits {
+		r.value = edit{}
+		m.edits[u] = r
 	}
 }
 

@@ -140,6 +140,40 @@ func TestErasedRepeatErases(t *testing.T) {
 	}
 }
 
+// TestErasedMessageShowsDeleted: a message, or an edit of it, that arrives
+// erased was deleted for everyone; the state says so before the delete
+// itself comes, in every order.
+func TestErasedMessageShowsDeleted(t *testing.T) {
+	h := newHistory()
+	h.add(alice, aliceD, Op{Kind: KindCreate})
+	m := h.add(alice, aliceD, Op{Kind: KindMessage, Body: []byte("secret"), ContentType: "text/plain"})
+	e := h.add(alice, aliceD, Op{Kind: KindEdit, Target: m.ID, Body: []byte("secret 2"), ContentType: "text/plain"})
+	erasedM, erasedE := m, e
+	erasedM.Body, erasedM.ContentType, erasedM.Erased = nil, "", true
+	erasedE.Body, erasedE.ContentType, erasedE.Erased = nil, "", true
+	for name, ops := range map[string][]Op{
+		"the message erased":                       {h.ops[0], erasedM},
+		"the message erased, then its edit":        {h.ops[0], erasedM, erasedE},
+		"its edit erased, then the message":        {h.ops[0], erasedE, m},
+		"the message, then its edit erased":        {h.ops[0], m, erasedE},
+		"the message, then a repeat erased":        {h.ops[0], m, erasedM},
+		"the message and edit, the edit erased":    {h.ops[0], m, e, erasedE},
+		"the message and edit, the message erased": {h.ops[0], m, e, erasedM},
+	} {
+		s := NewState(conv)
+		for i := range ops {
+			s.Apply(&ops[i])
+		}
+		v, ok := s.Message(m.ID)
+		if !ok || !v.Deleted || v.Body != nil || v.ContentType != "" || v.Edited {
+			t.Errorf("%s: %+v (found %v); want it deleted, with no body", name, v, ok)
+		}
+		if d := s.Digest(); bytes.Contains(d, []byte("secret")) {
+			t.Errorf("%s: the state still holds a deleted body", name)
+		}
+	}
+}
+
 func reactionsEqual(a, b []ReactionView) bool {
 	return slices.EqualFunc(a, b, func(x, y ReactionView) bool { return x.Key == y.Key && slices.Equal(x.Users, y.Users) })
 }
