@@ -87,9 +87,14 @@ export class Folding {
     const again = this.stored.has(seq);
     this.stored.add(seq);
     const id = targetOf(op);
-    if (id === undefined || (again && op.payload.case !== "message")) return;
-    const t = this.target(id);
+    if (id === undefined) return;
     const p = op.payload;
+    if (again && p.case !== "message") {
+      // An edit stored again erased: its message was deleted.
+      if (p.case === "edit" && op.erased) this.erasedEdit(this.target(id));
+      return;
+    }
+    const t = this.target(id);
     switch (p.case) {
       case "message":
         t.message = { seq, op };
@@ -102,7 +107,8 @@ export class Folding {
         }
         break;
       case "edit":
-        (t.edits ??= []).push({ seq, body: p.value.body });
+        (t.edits ??= []).push({ seq, body: p.value.body, contentType: p.value.contentType });
+        if (op.erased) t.erased = true;
         break;
       case "delete":
         (t.deletes ??= []).push(seq);
@@ -118,6 +124,13 @@ export class Folding {
         break;
       }
     }
+    this.dirty.add(t);
+  }
+
+  // erasedEdit notes that an edit of t's message arrived erased.
+  private erasedEdit(t: Target): void {
+    if (t.erased) return;
+    t.erased = true;
     this.dirty.add(t);
   }
 
@@ -162,6 +175,7 @@ export class Folding {
       switch (p.case) {
         case "message": {
           const m = messageView(this.convId, 0, op, failed);
+          if (this.targets.get(op.id)?.erased) Object.assign(m, { deleted: true, text: "", contentType: "" });
           if (!m.deleted) for (const [key, who] of usersOf(op.id)) if (who.size > 0) m.reactions[key] = [...who].sort();
           if (me) m.status = failed !== undefined ? "failed" : "pending";
           copies.set(m.id, m);
@@ -172,6 +186,7 @@ export class Folding {
           const m = find(p.value.targetId);
           if (m && !m.deleted) {
             m.text = decoder.decode(p.value.body);
+            m.contentType = p.value.contentType;
             m.edited = true;
           }
           break;
@@ -181,6 +196,7 @@ export class Folding {
           if (m) {
             m.deleted = true;
             m.text = "";
+            m.contentType = "";
             m.edited = false;
             m.reactions = {};
           }
@@ -253,8 +269,14 @@ export class Folding {
 // Target is what the stored ops say of one message id.
 interface Target {
   message?: { seq: number; op: Op };
-  edits?: { seq: number; body: Uint8Array }[];
+  edits?: { seq: number; body: Uint8Array; contentType: string }[];
   deletes?: number[];
+  /**
+   * An edit of the message arrived erased: the server erases edits only
+   * when it deletes their message, so it is deleted, whether its delete
+   * is held yet or not (as in the Go SDK).
+   */
+  erased?: boolean;
   reactions?: Map<string, Map<string, { seq: number; on: boolean }[]>>; // key -> user -> their ops
   view?: MessageView; // the folded message, once there is one
 }
@@ -283,7 +305,7 @@ function messageView(convId: string, seq: number, op: Op, failed: string | undef
     userId: op.userId,
     deviceId: op.deviceId,
     text: op.erased ? "" : decoder.decode(body?.body), // the server erased it: deleted
-    contentType: body?.contentType || "text/plain",
+    contentType: op.erased ? "" : (body?.contentType ?? ""), // as sent, empty too, as in the Go SDK
     edited: false,
     deleted: op.erased,
     reactions: {},
@@ -304,12 +326,14 @@ function refold(t: Target, m: MessageView): void {
   // Ops before their target, in seq order, found no message to change.
   let deleted = Infinity;
   for (const d of t.deletes ?? []) if (d > seq) deleted = Math.min(deleted, d);
-  let edit: { seq: number; body: Uint8Array } | undefined;
+  if (t.erased) deleted = -Infinity; // an erased edit says it was deleted
+  let edit: { seq: number; body: Uint8Array; contentType: string } | undefined;
   if (!fresh.deleted) {
     for (const e of t.edits ?? []) if (e.seq > seq && e.seq < deleted && (!edit || e.seq > edit.seq)) edit = e;
   }
   if (edit) {
     fresh.text = decoder.decode(edit.body);
+    fresh.contentType = edit.contentType;
     fresh.edited = true;
   }
   if (deleted < Infinity) {
@@ -319,8 +343,10 @@ function refold(t: Target, m: MessageView): void {
     for (const e of t.edits ?? []) e.body = none;
   }
   if (fresh.deleted) {
-    // Deleted for everyone: no text, edits or reactions, as in the Go SDK.
+    // Deleted for everyone: no text, content type, edits or reactions, as
+    // in the Go SDK.
     fresh.text = "";
+    fresh.contentType = "";
     fresh.edited = false;
   } else {
     for (const [key, who] of reactionSets(t)) if (who.size > 0) fresh.reactions[key] = [...who].sort();

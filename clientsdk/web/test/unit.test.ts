@@ -91,6 +91,48 @@ test("fold: edits (highest seq wins), deletes win, reactions per user", () => {
   assert.deepEqual(got[1]!.reactions, {}, "deleted for everyone: no reactions, before the delete or after (as in Go)");
 });
 
+test("fold: an edit's content type shows; an erased op's message shows deleted before its delete comes (as in Go)", () => {
+  const m1 = op("alice", { case: "message", value: { body: enc.encode("*hi*"), contentType: "text/plain" } });
+  const m2 = op("alice", { case: "message", value: { body: enc.encode("raw") } });
+  const m3 = op("bob", { case: "message", value: { body: enc.encode("secret") } });
+  const edit = op("alice", { case: "edit", value: { targetId: m1.id, body: enc.encode("**hi**"), contentType: "text/markdown" } });
+  const erasedEdit = op("bob", { case: "edit", value: { targetId: m3.id, body: new Uint8Array(), contentType: "" } });
+  erasedEdit.erased = true;
+  const stored = [
+    { seq: 1, op: m1 },
+    { seq: 2, op: m2 },
+    { seq: 3, op: m3 },
+    { seq: 4, op: edit },
+    { seq: 5, op: erasedEdit },
+  ];
+  const want = [
+    ["**hi**", "text/markdown", true, false],
+    ["raw", "", false, false],
+    ["", "", false, true],
+  ];
+  const show = (ms: MessageView[]) => ms.map((m) => [m.text, m.contentType, m.edited, m.deleted]);
+  assert.deepEqual(show(fold("C", stored)), want);
+  assert.deepEqual(show(fold("C", [...stored].reverse())), want, "in any order");
+  // Pending: the edit's content type shows over the stored message, and a
+  // delete takes it away.
+  const pending = [
+    { seq: 0, op: op("alice", { case: "edit", value: { targetId: m2.id, body: enc.encode("# raw"), contentType: "text/markdown" } }) },
+    { seq: 0, op: op("alice", { case: "delete", value: { targetId: m1.id } }) },
+  ];
+  assert.deepEqual(show(fold("C", [...stored, ...pending])), [
+    ["", "", false, true],
+    ["# raw", "text/markdown", true, false],
+    ["", "", false, true],
+  ]);
+  // An edit stored again erased deletes its message in a Folding too.
+  const f = new Folding("C");
+  f.add(1, m1);
+  f.add(4, edit);
+  assert.deepEqual(show(f.view([])), [["**hi**", "text/markdown", true, false]]);
+  f.add(4, create(OpSchema, { id: edit.id, userId: edit.userId, deviceId: edit.deviceId, erased: true, payload: { case: "edit", value: { targetId: m1.id } } }));
+  assert.deepEqual(show(f.view([])), [["", "", false, true]]);
+});
+
 test("fold: the status of the user's messages comes from the other members' receipts", () => {
   const mine = [1, 2, 3].map((seq) => ({ seq, op: op("alice", { case: "message", value: { body: enc.encode(`m${seq}`) } }) }));
   const pending = { seq: 0, op: op("alice", { case: "message", value: { body: enc.encode("later") } }) };
@@ -113,6 +155,8 @@ function referenceFold(convId: string, ops: FoldInput[], me?: StatusInput): Mess
   const editSeq = new Map<string, number>();
   const reactions = new Map<string, Map<string, Set<string>>>();
   const sorted = [...ops].sort((a, b) => (a.seq || Infinity) - (b.seq || Infinity));
+  // An edit stored erased says its message was deleted, wherever it lies.
+  const erasedEdits = new Set(ops.flatMap(({ seq, op }) => (seq > 0 && op.erased && op.payload.case === "edit" ? [op.payload.value.targetId] : [])));
   for (const { seq, op, failed } of sorted) {
     const p = op.payload;
     switch (p.case) {
@@ -123,10 +167,10 @@ function referenceFold(convId: string, ops: FoldInput[], me?: StatusInput): Mess
           seq,
           userId: op.userId,
           deviceId: op.deviceId,
-          text: op.erased ? "" : refDecoder.decode(p.value.body),
-          contentType: p.value.contentType || "text/plain",
+          text: op.erased || erasedEdits.has(op.id) ? "" : refDecoder.decode(p.value.body),
+          contentType: op.erased || erasedEdits.has(op.id) ? "" : p.value.contentType,
           edited: false,
-          deleted: op.erased,
+          deleted: op.erased || erasedEdits.has(op.id),
           reactions: {},
           time: new Date(ulidTime(op.id)),
         };
@@ -140,6 +184,7 @@ function referenceFold(convId: string, ops: FoldInput[], me?: StatusInput): Mess
         const at = seq || Infinity;
         if (m && !m.deleted && at >= (editSeq.get(m.id) ?? 0)) {
           m.text = refDecoder.decode(p.value.body);
+          m.contentType = p.value.contentType;
           m.edited = true;
           editSeq.set(m.id, at);
         }
@@ -150,6 +195,7 @@ function referenceFold(convId: string, ops: FoldInput[], me?: StatusInput): Mess
         if (m) {
           m.deleted = true;
           m.text = "";
+          m.contentType = "";
           m.edited = false;
         }
         break;
@@ -242,7 +288,7 @@ test("Folding, stored ops in any order with views between, agrees with folding e
     // ones too (a reaction the server took to a message it refused).
     const all: (Op | undefined)[] = Array.from({ length: count }, (_, i) => {
       if (i > 0 && r() >= 0.4) return undefined;
-      const o = op(pick(users), { case: "message", value: { body: enc.encode(`m${i}`) } });
+      const o = op(pick(users), { case: "message", value: { body: enc.encode(`m${i}`), contentType: pick(["", "text/plain", "text/markdown"]) } });
       o.erased = r() < 0.1;
       return o;
     });
@@ -251,7 +297,10 @@ test("Folding, stored ops in any order with views between, agrees with folding e
       if (all[i]) continue;
       const who = pick(users);
       const k = r();
-      if (k < 0.25) all[i] = op(who, { case: "edit", value: { targetId: pick(ids), body: enc.encode(`e${i}`) } });
+      if (k < 0.25) {
+        all[i] = op(who, { case: "edit", value: { targetId: pick(ids), body: enc.encode(`e${i}`), contentType: pick(["text/plain", "text/markdown"]) } });
+        all[i]!.erased = r() < 0.05;
+      }
       else if (k < 0.4) all[i] = op(who, { case: "delete", value: { targetId: pick(ids) } });
       else if (k < 0.75) all[i] = op(who, { case: "reactionAdd", value: { targetId: pick(ids), key: pick(["👍", "🎉"]) } });
       else all[i] = op(who, { case: "reactionRemove", value: { targetId: pick(ids), key: pick(["👍", "🎉"]) } });
@@ -288,7 +337,7 @@ test("Folding, stored ops in any order with views between, agrees with folding e
       if (held.size > 0 && again < 10 && r() < 0.15) {
         again++;
         seq = pick([...held.keys()]); // stored again, erased maybe
-        o = create(OpSchema, { ...held.get(seq)!, erased: r() < 0.5 });
+        o = create(OpSchema, { ...held.get(seq)!, erased: held.get(seq)!.erased || r() < 0.5 }); // erased for good
         step--;
       }
       held.set(seq, o);
@@ -366,6 +415,7 @@ test("the client's folds, kept and fed a change at a time, agree with folding ev
       return create(OpSchema, { id, userId: pick(["alice", "bob"]), deviceId: "D", payload });
     });
     let next = size + 1; // seqs for outbox ops that get stored
+    const erasedSeqs = new Set<number>();
     const steps: string[] = [];
     for (let step = 0; step < 40; step++) {
       const k = r();
@@ -375,7 +425,8 @@ test("the client's folds, kept and fed a change at a time, agree with folding ev
         change = {
           ops: Array.from({ length: 1 + Math.floor(r() * 4) }, () => {
             const seq = 1 + Math.floor(r() * size);
-            const o = create(OpSchema, { ...log[seq - 1]!, seq: BigInt(seq), erased: r() < 0.15 });
+            if (r() < 0.15) erasedSeqs.add(seq); // erased for good, as the server erases
+            const o = create(OpSchema, { ...log[seq - 1]!, seq: BigInt(seq), erased: erasedSeqs.has(seq) });
             return { convId: C, seq, id: o.id, op: toBinary(OpSchema, o) };
           }),
         };
