@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrysync/ferry/clientsdk/internal/kv"
 	"github.com/ferrysync/ferry/engine/model"
@@ -24,6 +25,37 @@ const tEdit byte = 0x13
 func editKey(conv, target ulid.ULID, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(append(idKey(tEdit, conv), target[:]...), seq)
 }
+
+// tDeleted lists the messages whose delete the replica holds, so that a
+// copy of the message or of an edit stored after it (from the outbox, its
+// push's answer late) is stored erased, as the server holds it.
+const tDeleted byte = 0x14
+
+func deletedKey(conv, target ulid.ULID) []byte { return append(idKey(tDeleted, conv), target[:]...) }
+
+// storing is one batch of the replica's writes of ops, with what a later
+// op of the batch looks up of the earlier ones, which the batch does not
+// give back before its commit: the messages deleted in it, and the ops
+// stored in it with a body, which a delete after them erases.
+//
+// Only the device's own ops, stored from the outbox as their push is
+// answered, are looked at (own): a copy from the server was read after
+// every delete before it, and comes erased.
+type storing struct {
+	b       *kv.Batch
+	own     bool
+	deleted map[convMsg]bool
+	bodies  map[convMsg][]bodyOp // a message's own op and its edits
+}
+
+type convMsg struct{ conv, msg ulid.ULID }
+
+type bodyOp struct {
+	seq uint64
+	p   *ferryv1.Op
+}
+
+func newStoring(b *kv.Batch, own bool) *storing { return &storing{b: b, own: own} }
 
 // ErrClosed is returned by a Device's calls after Close.
 var ErrClosed = kv.ErrClosed
@@ -215,6 +247,7 @@ func (d *Device) applyOps(batches []received) (int, error) {
 		return 0, ErrClosed
 	}
 	b := d.db.NewBatch()
+	st := newStoring(b, false)
 	added := 0
 	var evs []Event
 	for _, bt := range batches {
@@ -228,7 +261,7 @@ func (d *Device) applyOps(batches []received) (int, error) {
 		moved := false
 		for i := range bt.ops {
 			op := &bt.ops[i]
-			fresh, err := d.storeOp(b, rec, op, bt.rows[i])
+			fresh, err := d.storeOp(st, rec, op, bt.rows[i])
 			if err != nil {
 				return 0, err
 			}
@@ -259,8 +292,8 @@ func (d *Device) applyOps(batches []received) (int, error) {
 }
 
 // storeOp adds one op to the batch and the in-memory state. d.mu is held.
-func (d *Device) storeOp(b *kv.Batch, rec *convRecord, op *model.Op, p *ferryv1.Op) (bool, error) {
-	conv := op.Conv
+func (d *Device) storeOp(st *storing, rec *convRecord, op *model.Op, p *ferryv1.Op) (bool, error) {
+	b, conv := st.b, op.Conv
 	if rec.holds(op.Seq) {
 		return false, nil
 	}
@@ -269,6 +302,24 @@ func (d *Device) storeOp(b *kv.Batch, rec *convRecord, op *model.Op, p *ferryv1.
 	} else if !errors.Is(err, kv.ErrNotFound) {
 		return false, err
 	}
+	if msg, ok := bodyOf(op); ok && st.own {
+		deleted, err := d.deletedLocal(st, convMsg{conv, msg})
+		if err != nil {
+			return false, err
+		}
+		if deleted {
+			// The server erased it with its delete: a copy of the device's
+			// own, from the outbox, must not keep the body here.
+			p = eraseOp(p)
+			op.Body, op.ContentType, op.Erased = nil, "", true
+		} else {
+			k := convMsg{conv, msg}
+			if st.bodies == nil {
+				st.bodies = map[convMsg][]bodyOp{}
+			}
+			st.bodies[k] = append(st.bodies[k], bodyOp{op.Seq, p})
+		}
+	}
 	b.Set(opKey(conv, op.Seq), encodeOp(p))
 	b.Set(opIDKey(conv, op.ID), binary.BigEndian.AppendUint64(nil, op.Seq))
 	rec.addRange(op.Seq, op.Seq)
@@ -276,7 +327,7 @@ func (d *Device) storeOp(b *kv.Batch, rec *convRecord, op *model.Op, p *ferryv1.
 	case model.KindEdit:
 		b.Set(editKey(conv, op.Target, op.Seq), nil)
 	case model.KindDelete:
-		if err := d.eraseLocal(b, conv, op.Target); err != nil {
+		if err := d.eraseLocal(st, conv, op.Target); err != nil {
 			return false, err
 		}
 	}
@@ -290,9 +341,59 @@ func (d *Device) storeOp(b *kv.Batch, rec *convRecord, op *model.Op, p *ferryv1.
 	return true, nil
 }
 
+// bodyOf reports the message whose body, or an edit of it, op carries.
+func bodyOf(op *model.Op) (ulid.ULID, bool) {
+	switch {
+	case op.Erased:
+		return ulid.ULID{}, false
+	case op.Kind == model.KindMessage:
+		return op.ID, true
+	case op.Kind == model.KindEdit:
+		return op.Target, true
+	}
+	return ulid.ULID{}, false
+}
+
+// deletedLocal reports whether the replica holds the delete of a message,
+// stored in st or before. d.mu is held.
+func (d *Device) deletedLocal(st *storing, m convMsg) (bool, error) {
+	if st.deleted[m] {
+		return true, nil
+	}
+	_, err := d.db.Get(deletedKey(m.conv, m.msg))
+	if errors.Is(err, kv.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// eraseOp returns a copy of p without its body, marked erased.
+func eraseOp(p *ferryv1.Op) *ferryv1.Op {
+	p = proto.Clone(p).(*ferryv1.Op)
+	switch pl := p.GetPayload().(type) {
+	case *ferryv1.Op_Message:
+		pl.Message.Body, pl.Message.ContentType = nil, ""
+	case *ferryv1.Op_Edit:
+		pl.Edit.Body, pl.Edit.ContentType = nil, ""
+	}
+	p.Erased = true
+	return p
+}
+
 // eraseLocal removes the bodies of a deleted message and its edits from the
-// replica, as the server did. d.mu is held.
-func (d *Device) eraseLocal(b *kv.Batch, conv, target ulid.ULID) error {
+// replica, as the server did, those stored in st too, and notes the delete
+// for the copies of them stored after it. d.mu is held.
+func (d *Device) eraseLocal(st *storing, conv, target ulid.ULID) error {
+	b, k := st.b, convMsg{conv, target}
+	b.Set(deletedKey(conv, target), nil)
+	if st.deleted == nil {
+		st.deleted = map[convMsg]bool{}
+	}
+	st.deleted[k] = true
+	for _, o := range st.bodies[k] {
+		b.Set(opKey(conv, o.seq), encodeOp(eraseOp(o.p)))
+	}
+	delete(st.bodies, k)
 	var seqs []uint64
 	if raw, err := d.db.Get(opIDKey(conv, target)); err == nil {
 		seqs = append(seqs, binary.BigEndian.Uint64(raw))
@@ -315,14 +416,7 @@ func (d *Device) eraseLocal(b *kv.Batch, conv, target ulid.ULID) error {
 		if err != nil {
 			return err
 		}
-		switch pl := p.GetPayload().(type) {
-		case *ferryv1.Op_Message:
-			pl.Message.Body, pl.Message.ContentType = nil, ""
-		case *ferryv1.Op_Edit:
-			pl.Edit.Body, pl.Edit.ContentType = nil, ""
-		}
-		p.Erased = true
-		b.Set(opKey(conv, seq), encodeOp(p))
+		b.Set(opKey(conv, seq), encodeOp(eraseOp(p)))
 	}
 	return nil
 }
@@ -340,6 +434,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 		return ErrClosed
 	}
 	b := d.db.NewBatch()
+	st := newStoring(b, true)
 	renumber := map[convDevice]renumbering{} // how to number a device's pending ops in a conversation again
 	var evs []Event
 	var touched []ulid.ULID // conversations whose messages changed: their last may have
@@ -385,7 +480,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 				return err
 			}
 			rec := d.convs[ref.conv]
-			if _, err := d.storeOp(b, rec, &m, op); err != nil {
+			if _, err := d.storeOp(st, rec, &m, op); err != nil {
 				return err
 			}
 			if m.Kind == model.KindMessage && m.Seq >= rec.Head && rec.Read < m.Seq {

@@ -55,7 +55,7 @@ func (d *Device) repairAll(ctx context.Context, sc ferryv1connect.SyncServiceCli
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	b := d.db.NewBatch()
-	for _, t := range []byte{tOp, tOpID, tEdit} {
+	for _, t := range []byte{tOp, tOpID, tEdit, tDeleted} {
 		b.DeleteRange([]byte{t}, []byte{t + 1})
 	}
 	var forgot []Event

@@ -1607,6 +1607,19 @@ export class FerryClient {
           const op = fromBinary(OpSchema, e.op);
           op.seq = r.seq;
           op.userId = me.userId;
+          // Its message's delete came first (another member's, over a
+          // push answered late): the server erased it, and so does the
+          // replica (the Go SDK does too). A delete held is indexed once
+          // one arrived; over a push sent again (DUPLICATE), one held
+          // from before a reload may be.
+          const p = op.payload;
+          const target = p.case === "message" ? e.id : p.case === "edit" ? p.value.targetId : undefined;
+          const idx = r.status === OpStatus.DUPLICATE ? this.deletableIndex(e.convId) : this.deletable.get(e.convId);
+          if (target !== undefined && idx?.deleted.has(target) && (p.case === "message" || p.case === "edit")) {
+            p.value.body = new Uint8Array();
+            p.value.contentType = "";
+            op.erased = true;
+          }
           const rec = { convId: e.convId, seq: Number(r.seq), id: e.id, op: toBinary(OpSchema, op) };
           change.ops!.push(rec);
           this.decoded.set(rec, op);
@@ -1792,7 +1805,7 @@ export class FerryClient {
   private deletableIndex(convId: string): DeleteIndex {
     let idx = this.deletable.get(convId);
     if (!idx) {
-      idx = { seqOf: new Map(), edits: new Map() };
+      idx = { seqOf: new Map(), edits: new Map(), deleted: new Set() };
       this.deletable.set(convId, idx);
       for (const r of this.ops.get(convId)?.values() ?? []) indexOp(idx, r);
     }
@@ -1948,12 +1961,15 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 interface DeleteIndex {
   seqOf: Map<string, number>;
   edits: Map<string, number[]>;
+  /** The messages whose delete is held. */
+  deleted: Set<string>;
 }
 
 // indexOp adds a held op (decoded: op, when at hand) to a conversation's
 // index of messages and edits.
 function indexOp(idx: DeleteIndex, r: OpRecord, op = fromBinary(OpSchema, r.op)): void {
   if (op.payload.case === "message") idx.seqOf.set(r.id, r.seq);
+  if (op.payload.case === "delete") idx.deleted.add(op.payload.value.targetId);
   if (op.payload.case !== "edit") return;
   const seqs = idx.edits.get(op.payload.value.targetId);
   if (seqs) seqs.push(r.seq);

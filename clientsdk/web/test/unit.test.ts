@@ -635,6 +635,37 @@ test("a refused op takes no dot: the device's later ops are numbered again, and 
   assert.equal(await c.send("C", "e").then((id: string) => Number(c.outbox.get(id).dot)), 6);
 });
 
+test("own ops stored after their message's delete are stored erased; so are those deleted in their own push (as in Go)", async () => {
+  const { FerryClient, MemoryReplica } = await import("../src/index.js");
+  const { OpStatus } = await import("../src/gen/ferry/v1/op_pb.js");
+  const { OpsSchema } = await import("../src/gen/ferry/v1/sync_pb.js");
+  const replica = new MemoryReplica();
+  const conv = { id: "C", title: "t", role: 1, removed: false, head: 0, unread: 0, delivered: 0, read: 0, memberCount: 2, receipts: [], changedAt: 1 };
+  await replica.apply({ meta: { epoch: "", feedPos: "0", dots: {}, session: { userId: "alice", deviceId: "D", token: "t", username: "alice" } }, convs: [conv] });
+  const c = (await FerryClient.open({ baseUrl: "http://127.0.0.1:1", replica })) as any;
+  const result = (id: string, status: number, seq: bigint) => ({ opId: id, status, seq, reason: 0, message: "", serverDot: 0n });
+  // Sent and edited; the push's answer is lost, and an admin's delete of
+  // the message comes before the answer to the push sent again.
+  const id = await c.send("C", "top secret");
+  const edit = await c.edit("C", id, "edited secret");
+  const del = op("admin", { case: "delete", value: { targetId: id } });
+  del.seq = 3n;
+  await c.takeOps(create(OpsSchema, { batches: [{ conversationId: "C", ops: [del] }] }));
+  await c.takeResults([c.outbox.get(id), c.outbox.get(edit)], [result(id, OpStatus.DUPLICATE, 1n), result(edit, OpStatus.DUPLICATE, 2n)]);
+  assert.deepEqual([...c.ops.get("C").keys()].sort(), [1, 2, 3]);
+  assert.ok(!holds(c.ops, "secret"), "the replica keeps the text of a message deleted for everyone");
+  assert.ok(!holds(await replica.load(), "secret"), "the stored replica keeps the text of a message deleted for everyone");
+  // Sent, edited and deleted while offline: one push, answered at once.
+  const id2 = await c.send("C", "sent in haste");
+  const edit2 = await c.edit("C", id2, "edited in haste");
+  const del2 = await c.delete("C", id2);
+  await c.takeResults([id2, edit2, del2].map((x) => c.outbox.get(x)), [
+    result(id2, OpStatus.ACCEPTED, 4n), result(edit2, OpStatus.ACCEPTED, 5n), result(del2, OpStatus.ACCEPTED, 6n),
+  ]);
+  assert.ok(!holds(await replica.load(), "haste"), "the replica keeps the text of a message deleted in its own push");
+  assert.deepEqual(c.messages("C").map((m: MessageView) => [m.text, m.deleted]), [["", true], ["", true]]);
+});
+
 test("after a sign-in replaced a refused device, its queued ops go first and are numbered apart", async () => {
   const { FerryClient, MemoryReplica } = await import("../src/index.js");
   const { OpStatus, RejectReason } = await import("../src/gen/ferry/v1/op_pb.js");
