@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -268,6 +269,8 @@ func (e *Engine) Failed() error {
 // would open in the epoch of the store it came from.
 func (e *Engine) Backup(dir string) error {
 	fs := e.opts.FS
+	// "new/" names new: the partial copy goes beside it, not in it.
+	dir = filepath.Clean(dir)
 	if _, err := fs.Stat(dir); err == nil {
 		return fmt.Errorf("backup: %s already exists", dir)
 	}
@@ -281,12 +284,13 @@ func (e *Engine) Backup(dir string) error {
 		err = e.markNewEpoch(partial, "This is a Ferry backup. Opening it starts a new epoch.\n")
 	}
 	if err == nil {
-		if err = fs.Rename(partial, dir); err == nil {
-			err = syncDir(fs, fs.PathDir(dir))
-		}
+		err = fs.Rename(partial, dir)
 	}
 	if err != nil {
 		return errors.Join(err, fs.RemoveAll(partial))
+	}
+	if err := syncDir(fs, fs.PathDir(dir)); err != nil {
+		return fmt.Errorf("backup: %s is whole and marked, but a power loss now may lose its name: syncing its folder: %w", dir, err)
 	}
 	return nil
 }

@@ -336,7 +336,7 @@ function refold(t: Target, m: MessageView): void {
     fresh.contentType = edit.contentType;
     fresh.edited = true;
   }
-  if (deleted < Infinity) {
+  if (deleted < Infinity || fresh.deleted) {
     // A delete is for good: the edits' bodies go from memory, as the
     // replica erases them.
     fresh.deleted = true;

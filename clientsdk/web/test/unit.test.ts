@@ -275,6 +275,14 @@ test("Folding: a message deleted for everyone keeps no edit's text in memory", (
   assert.equal(v!.deleted, true);
   assert.equal(v!.text, "");
   assert.ok(!holds(f, "secret"), "an edit's text stayed in the fold");
+  // A message that arrives erased, its delete not held yet: the same.
+  const g = new Folding("C");
+  const m2 = op("alice", { case: "message", value: { body: new Uint8Array() } });
+  m2.erased = true;
+  g.add(2, op("alice", { case: "edit", value: { targetId: m2.id, body: enc.encode("secret edit") } }));
+  g.add(1, m2);
+  assert.deepEqual(g.view([]).map((m) => [m.text, m.deleted]), [["", true]]);
+  assert.ok(!holds(g, "secret"), "an edit's text stayed in the fold of an erased message");
 });
 
 test("Folding, stored ops in any order with views between, agrees with folding every op at once", () => {
