@@ -35,7 +35,7 @@ build: ## Build ferryd and ferry into ./bin
 
 .PHONY: run
 run: build ## Build and start ferryd on $(ADDR) with its store in $(DATA)
-	$(BIN)/ferryd --addr $(ADDR) --data $(DATA) --allow-registration
+	$(BIN)/ferryd --addr "$(ADDR)" --data "$(DATA)" --allow-registration
 
 .PHONY: test
 test: test-go test-go127 test-h2spec test-web ## Run every test: Go with the race detector, again on Go 1.27, h2spec's HTTP/2 conformance suite, then the web client (what CI runs)

@@ -187,8 +187,11 @@ func (o *Options) validate() error {
 	if o.ReconnectAfter < time.Millisecond || o.ReconnectAfter > maxReconnectAfter {
 		errs = append(errs, fmt.Errorf("ReconnectAfter must be between 1ms and %s, got %s", maxReconnectAfter, o.ReconnectAfter))
 	}
-	if o.HeartbeatInterval < 100*time.Millisecond {
-		errs = append(errs, fmt.Errorf("HeartbeatInterval must be at least 100ms, got %s", o.HeartbeatInterval))
+	if o.HeartbeatInterval < 100*time.Millisecond || o.HeartbeatInterval > time.Hour {
+		// At most an hour: a client is cut off after three intervals of
+		// silence, a deadline that longer ones overflow, and clients are
+		// told the interval in a uint32 of milliseconds.
+		errs = append(errs, fmt.Errorf("HeartbeatInterval must be between 100ms and 1h, got %s", o.HeartbeatInterval))
 	}
 	return errors.Join(errs...)
 }

@@ -19,13 +19,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -40,8 +43,15 @@ func main() {
 	// Until serve listens for it (a reload), SIGHUP must not end the
 	// process, which it does by default: at start, and in the tools.
 	signal.Ignore(syscall.SIGHUP)
-	ctx, stop := stopContexts()
-	defer stop()
+	ctx := context.Background()
+	if cmd, _ := command(os.Args[1:]); cmd == "serve" || cmd == "compact" {
+		// They stop cleanly on a signal. The other tools are short, or
+		// wait for the terminal (add-user): a signal ends them as it ends
+		// any process, which leaves the store as a crash does, whole.
+		var stop func()
+		ctx, stop = stopContexts()
+		defer stop()
+	}
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "ferryd:", err)
 		os.Exit(1)
@@ -228,7 +238,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 4<<20, "largest request message, after decompression (at least 65536); the account service's, Register and Login among them, at most 64 KiB")
 	fs.IntVar(&c.maxBodyBytes, "max-body-bytes", 64<<10, "largest message or edit body (at most 1 MiB)")
 	fs.IntVar(&c.maxStreams, "max-streams-per-device", 4, "concurrent sync sessions per device")
-	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions (at least 100ms); a client silent for three intervals is cut off")
+	fs.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of sync sessions (100ms to 1h); a client silent for three intervals is cut off")
 	fs.DurationVar(&c.sendTimeout, "send-timeout", 2*time.Minute, "how long one write to a sync stream may take before the server resets the stream, and a write to any connection may make no progress before the server closes it: its client stopped reading, or its connection stopped moving (0: no limit)")
 	fs.DurationVar(&c.bodyTimeout, "body-timeout", time.Minute, "how long the request body of a call other than Sync (Login, Register, Push, Subscribe's hello, ...) may send nothing before the call fails: a stalled client would otherwise hold its connection (0: no limit)")
 	fs.DurationVar(&c.receiptDelay, "receipt-delay", 250*time.Millisecond, "how long delivered and read receipts wait to reach the other members together (0: at once)")
@@ -250,19 +260,27 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the metrics in Prometheus's text format (/metrics) on this address, e.g. 127.0.0.1:9090; keep it private")
 }
 
+// toolOnly are the flags that name what one run of a tool acts on: given
+// on its command line only, never by a FERRY_ variable left set, which
+// would have revoke-devices revoke a user's devices unasked.
+var toolOnly = map[string]bool{"username": true, "display-name": true, "to": true}
+
 // parse parses args, then fills flags not given from FERRY_* variables.
 func parse(fs *flag.FlagSet, args []string, env func(string) string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
+		if slices.Contains(commands, fs.Arg(0)) {
+			return fmt.Errorf("unexpected argument %q: the command goes first, before its flags (ferryd %s --data DIR)", fs.Arg(0), fs.Arg(0))
+		}
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] {
+		if set[f.Name] || toolOnly[f.Name] {
 			return
 		}
 		key := "FERRY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
@@ -275,11 +293,19 @@ func parse(fs *flag.FlagSet, args []string, env func(string) string) error {
 	return errors.Join(errs...)
 }
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cmd := "serve"
-	if len(args) > 0 && (args[0] == "check" || args[0] == "backup" || args[0] == "compact" || args[0] == "new-epoch" || args[0] == "add-user" || args[0] == "revoke-devices") {
-		cmd, args = args[0], args[1:]
+// commands are ferryd's commands; serve is the default.
+var commands = []string{"serve", "check", "backup", "compact", "new-epoch", "add-user", "revoke-devices"}
+
+// command splits args into the command and its flags.
+func command(args []string) (string, []string) {
+	if len(args) > 0 && slices.Contains(commands, args[0]) {
+		return args[0], args[1:]
 	}
+	return "serve", args
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cmd, args := command(args)
 	if len(args) == 1 && args[0] == "help" {
 		args = []string{"-h"}
 	}
@@ -305,8 +331,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	// Every bad value at once, by its flag.
 	var errs []error
-	if c.cacheMiB < 1 {
-		errs = append(errs, fmt.Errorf("--cache-mib %d: it must be at least 1", c.cacheMiB))
+	if c.cacheMiB < 1 || c.cacheMiB > maxMiB {
+		errs = append(errs, fmt.Errorf("--cache-mib %d: it must be between 1 and %d (1 PiB)", c.cacheMiB, maxMiB))
+	}
+	if strings.HasPrefix(c.data, "~") {
+		errs = append(errs, fmt.Errorf("--data %q: ferryd does not expand ~ (a shell does, unquoted, and an environment variable never): give the path in full", c.data))
 	}
 	if c.memtableMiB < 1 || c.memtableMiB > 4095 {
 		errs = append(errs, fmt.Errorf("--memtable-mib %d: it must be between 1 and 4095 (Pebble's limit is 4 GiB)", c.memtableMiB))
@@ -332,7 +361,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "new-epoch":
 		return newEpoch(c, log, stdout)
 	case "add-user":
-		return addUser(ctx, c, log, stdin, stdout)
+		return addUser(ctx, c, log, stdin, stdout, stderr)
 	case "revoke-devices":
 		return revokeDevices(ctx, c, log, stdout)
 	}
@@ -415,12 +444,14 @@ func checkServeFlags(c *config) error {
 		{"--max-streams-per-device", c.maxStreams == 0, "must be at least 1", c.maxStreams},
 		{"--heartbeat", c.heartbeat == 0, "must be at least 100ms", c.heartbeat},
 		{"--reconnect-after", c.reconnectAfter == 0, "must be at least 1ms", c.reconnectAfter},
-		{"--sign-in-refill", c.signInRefill <= 0, "must be positive", c.signInRefill},
+		{"--sign-in-refill", c.signInRefill == 0, "must be positive", c.signInRefill}, // negative: the server's check says so
 		{"--receipt-members", c.receiptMembers == 0, "must be at least 1", c.receiptMembers},
 		{"--shared-feed-members", c.sharedFeedMembers == 0, "must be at least 1", c.sharedFeedMembers},
 		{"--max-members", c.maxMembers == 0, "must be at least 1", c.maxMembers},
-		{"--password-memory-kib", c.passwordMemory == 0, "must be at least 8", c.passwordMemory},
-		{"--password-passes", c.passwordPasses == 0, "must be at least 1", c.passwordPasses},
+		{"--password-memory-kib", c.passwordMemory == 0 || c.passwordMemory > math.MaxUint32, "must be between 8 and 4294967295", c.passwordMemory},
+		{"--password-passes", c.passwordPasses == 0 || c.passwordPasses > math.MaxUint32, "must be between 1 and 4294967295", c.passwordPasses},
+		{"--min-free-disk-mib", c.minFreeDiskMiB > maxMiB, fmt.Sprintf("must be at most %d (1 PiB)", maxMiB), c.minFreeDiskMiB},
+		{"--push-limit", c.pushLimit > maxPushLimit, fmt.Sprintf("must be at most %d", maxPushLimit), c.pushLimit},
 	} {
 		if f.bad {
 			errs = append(errs, fmt.Errorf("%s %v: it %s", f.flag, f.got, f.want))
@@ -435,6 +466,13 @@ func checkServeFlags(c *config) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Bounds on flags whose values are converted or multiplied: past them a
+// value would wrap around, or overflow a deadline, silently.
+const (
+	maxMiB       = 1 << 30 // 1 PiB
+	maxPushLimit = 1 << 30
+)
 
 // optionFlags names, in the engine's and the server's errors about their
 // options, the flags that set them.
@@ -526,6 +564,10 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	if err := os.MkdirAll(c.data, 0o700); err != nil {
 		return fmt.Errorf("--data: create the store's directory: %w", err)
 	}
+	if others := filesBesideNoStore(c.data); len(others) > 0 {
+		log.Warn("--data holds files but no store: a new store is created beside them; if a store was meant to be there, stop and check --data",
+			"data", absPath(c.data), "files", others)
+	}
 	if testEngineOptions != nil {
 		testEngineOptions(&eo)
 	}
@@ -556,7 +598,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	defer closeSide()
 	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	fmt.Fprintf(stdout, "ferryd is listening on %s\n", url)
-	fmt.Fprintf(stdout, "  store:   %s (epoch %s)\n", c.data, eng.Epoch())
+	fmt.Fprintf(stdout, "  store:   %s (epoch %s)\n", absPath(c.data), eng.Epoch())
 	fmt.Fprintf(stdout, "  health:  curl %s/healthz\n", url)
 	if c.demo {
 		fmt.Fprintf(stdout, "  demo:    open %s/ in a browser\n", url)
@@ -572,7 +614,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	} else {
 		fmt.Fprintln(stdout, "  self-registration is off (--allow-registration turns it on)")
 	}
-	log.Info("serving", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "data", c.data, "epoch", eng.Epoch(), "version", version())
+	log.Info("serving", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "data", absPath(c.data), "epoch", eng.Epoch(), "version", version())
 
 	for waiting := true; waiting; {
 		select {
@@ -674,9 +716,43 @@ func openStopped(c *config, log *slog.Logger) (*engine.Engine, error) {
 	o.Existing = true
 	eng, err := engine.Open(c.data, o)
 	if errors.Is(err, engine.ErrNotFound) {
-		return nil, fmt.Errorf("--data: %w", err)
+		err = fmt.Errorf("--data: %w", err)
+		if abs := absPath(c.data); abs != c.data {
+			err = fmt.Errorf("%w (%s)", err, abs)
+		}
+		return nil, fmt.Errorf("%w; point --data at a server's store (a server's first start creates it)", err)
 	}
 	return eng, err
+}
+
+// absPath is path made absolute, to show: a relative --data is relative to
+// the directory ferryd runs in, which under a service manager is often /.
+func absPath(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
+}
+
+// filesBesideNoStore lists, up to 5, the files of dir when it holds no
+// Pebble store (no manifest), and nothing when it holds one. A file
+// system's lost+found is not counted.
+func filesBesideNoStore(dir string) []string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var names []string
+	for _, e := range entries {
+		n := e.Name()
+		if strings.HasPrefix(n, "MANIFEST-") || strings.HasPrefix(n, "marker.manifest") {
+			return nil
+		}
+		if n != "lost+found" && len(names) < 5 {
+			names = append(names, n)
+		}
+	}
+	return names
 }
 
 // splitList splits a comma-separated flag value, dropping spaces and
@@ -729,9 +805,16 @@ var testEngineOptions func(*engine.Options)
 // when self-registration is off (the default). The password is the first
 // line of stdin, so that it stays out of the process list and the shell's
 // history. The user logs in from their devices; the command makes none.
-func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, stdout io.Writer) error {
+func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, stdout, stderr io.Writer) error {
 	if c.username == "" {
 		return errors.New("add-user needs --username NAME (and the password on stdin)")
+	}
+	if f, ok := in.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			// A terminal: say what it waits for. It shows what is typed;
+			// piped in, the password stays off the screen.
+			fmt.Fprintf(stderr, "password for %s (shown as typed; pipe it in to keep it off the screen), then Enter: ", c.username)
+		}
 	}
 	line, err := bufio.NewReader(in).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -837,6 +920,9 @@ func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 	}
 	if _, err := os.Stat(c.to); err == nil {
 		return fmt.Errorf("backup: %s already exists; --to names a folder the backup creates", c.to)
+	}
+	if rel, err := filepath.Rel(absPath(c.data), absPath(c.to)); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return fmt.Errorf("backup: --to %s is inside --data %s: a copy of the store's folder would carry its backup along; put it elsewhere", c.to, c.data)
 	}
 	eng, err := openStopped(c, log)
 	if err != nil {

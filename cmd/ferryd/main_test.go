@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -482,7 +483,8 @@ func TestToolsLeaveStoresAlone(t *testing.T) {
 	}
 	for _, cmd := range [][]string{{"check"}, {"backup", "--to", root + "/copy"}, {"compact"}} {
 		for _, dir := range []string{missing, empty} {
-			if _, err := tool(append(cmd, "--data", dir)...); err == nil || !strings.Contains(err.Error(), "--data: not found: no store in "+dir) {
+			if _, err := tool(append(cmd, "--data", dir)...); err == nil || !strings.Contains(err.Error(), "--data: not found: no store in "+dir) ||
+				!strings.Contains(err.Error(), "point --data at a server's store") {
 				t.Errorf("%s --data %s: %v; want no store", cmd[0], dir, err)
 			}
 		}
@@ -623,5 +625,81 @@ func TestServeRefusesBadFlags(t *testing.T) {
 	// A bad value: its error, and where the flags are listed.
 	if err := run(context.Background(), []string{"--cache-mib", "lots"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "ferryd -h lists the flags") {
 		t.Errorf("bad --cache-mib: %v", err)
+	}
+}
+
+// TestOperatorMistakes: values that would wrap around or overflow are
+// refused by their flag, once each; a ~ that no shell expanded is refused;
+// serve is a command like the others, and a command after the flags is
+// told to come first; the flags naming what a tool acts on come from its
+// command line only; a backup inside the store's folder is refused; and
+// serve warns of a --data holding files but no store.
+func TestOperatorMistakes(t *testing.T) {
+	root := t.TempDir()
+	args := []string{"--data", "~/ferry", "--addr", "127.0.0.1:0", "--log-level", "warn",
+		"--heartbeat", "1000000h", "--password-memory-kib", "4294967303", "--password-passes", "4294967296",
+		"--cache-mib", "17592186044416", "--min-free-disk-mib", "17592186044416", "--push-limit", "922337203685477581",
+		"--sign-in-refill", "-1s"}
+	err := run(context.Background(), args, io.Discard, io.Discard)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, f := range []string{"--heartbeat must be between 100ms and 1h", "--password-memory-kib 4294967303: it must be between 8 and 4294967295",
+		"--password-passes 4294967296: it must be between", "--cache-mib 17592186044416: it must be between 1 and", "--min-free-disk-mib 17592186044416: it must be at most",
+		"--push-limit 922337203685477581: it must be at most", `--data "~/ferry": ferryd does not expand ~`} {
+		if !strings.Contains(err.Error(), f) {
+			t.Errorf("the error does not say %q:\n%v", f, err)
+		}
+	}
+	if n := strings.Count(err.Error(), "--sign-in-refill"); n != 1 {
+		t.Errorf("the error names --sign-in-refill %d times, want once:\n%v", n, err)
+	}
+
+	// serve as a command; a command after the flags.
+	if err := run(context.Background(), []string{"serve", "--cache-mib", "lots"}, io.Discard, io.Discard); err == nil || strings.Contains(err.Error(), "unexpected argument") {
+		t.Errorf("ferryd serve: %v; want serve's flags parsed", err)
+	}
+	if err := run(context.Background(), []string{"--data", root, "check"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "the command goes first") {
+		t.Errorf("a command after the flags: %v", err)
+	}
+
+	// A store, for the tools.
+	data := root + "/data"
+	e, err := engine.Open(data, enginetest.Options(t, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fs, c := flags("revoke-devices", io.Discard)
+	env := map[string]string{"FERRY_USERNAME": "bob", "FERRY_DATA": data}
+	if err := parse(fs, nil, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if c.username != "" || c.data != data {
+		t.Errorf("from the environment: --username %q, --data %q; want none, and %s", c.username, c.data, data)
+	}
+	if err := run(context.Background(), []string{"backup", "--data", data, "--to", data + "/inner", "--log-level", "warn"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "is inside --data") {
+		t.Errorf("a backup inside the store's folder: %v", err)
+	}
+	if _, err := os.Stat(data + "/inner"); !os.IsNotExist(err) {
+		t.Errorf("the refused backup wrote %s/inner: %v", data, err)
+	}
+
+	// Files, no store: named, up to 5, lost+found left out.
+	junk := root + "/junk"
+	for _, n := range []string{"notes.txt", "lost+found"} {
+		if err := os.MkdirAll(junk+"/"+n, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := filesBesideNoStore(junk); !slices.Equal(got, []string{"notes.txt"}) {
+		t.Errorf("files beside no store: %q; want notes.txt", got)
+	}
+	for _, dir := range []string{data, root + "/none", t.TempDir()} {
+		if got := filesBesideNoStore(dir); len(got) > 0 {
+			t.Errorf("%s: files beside no store %q; want none (a store, no folder, an empty one)", dir, got)
+		}
 	}
 }

@@ -196,7 +196,7 @@ func Open(dir string, o Options) (*Store, error) {
 	if errors.Is(err, syscall.EAGAIN) {
 		// Pebble locks the directory (fcntl F_SETLK): EAGAIN is another
 		// process holding it.
-		return nil, fmt.Errorf("open store in %s: another process has it open (a running ferryd, or ferryd check, backup or compact): %w", dir, err)
+		return nil, fmt.Errorf("open store in %s: another process has it open (a running ferryd, or one of its tools: check, backup, compact, new-epoch, add-user, revoke-devices): %w", dir, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", dir, err)
