@@ -1,13 +1,13 @@
 // Command ferryd is the Ferry sync server.
 //
-//	ferryd [flags]                 serve
+//	ferryd [serve] [flags]         serve
 //	ferryd check  --data DIR       verify a stopped server's store
 //	ferryd backup --data DIR --to DIR   copy a stopped server's store
 //	ferryd compact --data DIR      rewrite a stopped server's store in full
 //
-// Every flag can also be set in the environment as FERRY_<FLAG>, with
-// dashes as underscores (FERRY_ADDR, FERRY_DATA, ...); a flag on the command
-// line wins.
+// Every flag but --username, --display-name and --to can also be set in the
+// environment as FERRY_<FLAG>, with dashes as underscores (FERRY_ADDR,
+// FERRY_DATA, ...); a flag on the command line wins.
 package main
 
 import (
@@ -166,7 +166,7 @@ type config struct {
 
 // usage is what ferryd -h prints before serve's flags.
 const usage = `Usage:
-  ferryd [flags]                       serve
+  ferryd [serve] [flags]               serve
   ferryd check   --data DIR            verify a stopped server's store
   ferryd backup  --data DIR --to DIR   copy a stopped server's store
   ferryd compact --data DIR            rewrite a stopped server's store in full
@@ -179,8 +179,9 @@ const usage = `Usage:
                                        the limit of 100 devices, or whose devices were lost)
   ferryd version                       print the build: version, commit, Go
 
-Every flag can also be set in the environment as FERRY_<FLAG>, with dashes
-as underscores (FERRY_ADDR, FERRY_DATA, ...); a flag on the command line wins.
+Every flag but --username, --display-name and --to can also be set in the
+environment as FERRY_<FLAG>, with dashes as underscores (FERRY_ADDR,
+FERRY_DATA, ...); a flag on the command line wins.
 "ferryd COMMAND -h" lists a command's flags.
 
 Flags:
@@ -470,8 +471,8 @@ func checkServeFlags(c *config) error {
 // Bounds on flags whose values are converted or multiplied: past them a
 // value would wrap around, or overflow a deadline, silently.
 const (
-	maxMiB       = 1 << 30 // 1 PiB
-	maxPushLimit = 1 << 30
+	maxMiB       = 1 << 30            // 1 PiB
+	maxPushLimit = math.MaxInt32 / 10 // the burst is ten seconds' worth, an int on 32-bit platforms too
 )
 
 // optionFlags names, in the engine's and the server's errors about their
@@ -734,6 +735,22 @@ func absPath(path string) string {
 	return path
 }
 
+// realPath is path absolute, its symbolic links resolved as far as it
+// exists: for --to, which does not yet.
+func realPath(path string) string {
+	abs := absPath(path)
+	for dir, rest := abs, ""; ; {
+		if real, err := filepath.EvalSymlinks(dir); err == nil {
+			return filepath.Join(real, rest)
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return abs
+		}
+		dir, rest = parent, filepath.Join(filepath.Base(dir), rest)
+	}
+}
+
 // filesBesideNoStore lists, up to 5, the files of dir when it holds no
 // Pebble store (no manifest), and nothing when it holds one. A file
 // system's lost+found is not counted.
@@ -810,7 +827,9 @@ func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, std
 		return errors.New("add-user needs --username NAME (and the password on stdin)")
 	}
 	if f, ok := in.(*os.File); ok {
-		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		fi, err := f.Stat()
+		null, nerr := os.Stat(os.DevNull) // a character device too, but no terminal
+		if err == nil && fi.Mode()&os.ModeCharDevice != 0 && (nerr != nil || !os.SameFile(fi, null)) {
 			// A terminal: say what it waits for. It shows what is typed;
 			// piped in, the password stays off the screen.
 			fmt.Fprintf(stderr, "password for %s (shown as typed; pipe it in to keep it off the screen), then Enter: ", c.username)
@@ -921,7 +940,7 @@ func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 	if _, err := os.Stat(c.to); err == nil {
 		return fmt.Errorf("backup: %s already exists; --to names a folder the backup creates", c.to)
 	}
-	if rel, err := filepath.Rel(absPath(c.data), absPath(c.to)); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+	if rel, err := filepath.Rel(realPath(c.data), realPath(c.to)); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
 		return fmt.Errorf("backup: --to %s is inside --data %s: a copy of the store's folder would carry its backup along; put it elsewhere", c.to, c.data)
 	}
 	eng, err := openStopped(c, log)

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -636,6 +637,9 @@ func TestServeRefusesBadFlags(t *testing.T) {
 // serve warns of a --data holding files but no store.
 func TestOperatorMistakes(t *testing.T) {
 	root := t.TempDir()
+	if strconv.IntSize == 32 {
+		t.Skip("the values past the bounds do not parse on a 32-bit platform")
+	}
 	args := []string{"--data", "~/ferry", "--addr", "127.0.0.1:0", "--log-level", "warn",
 		"--heartbeat", "1000000h", "--password-memory-kib", "4294967303", "--password-passes", "4294967296",
 		"--cache-mib", "17592186044416", "--min-free-disk-mib", "17592186044416", "--push-limit", "922337203685477581",
@@ -665,13 +669,7 @@ func TestOperatorMistakes(t *testing.T) {
 
 	// A store, for the tools.
 	data := root + "/data"
-	e, err := engine.Open(data, enginetest.Options(t, 1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
+	storeEpoch(t, data, 1)
 	fs, c := flags("revoke-devices", io.Discard)
 	env := map[string]string{"FERRY_USERNAME": "bob", "FERRY_DATA": data}
 	if err := parse(fs, nil, func(k string) string { return env[k] }); err != nil {
@@ -685,6 +683,19 @@ func TestOperatorMistakes(t *testing.T) {
 	}
 	if _, err := os.Stat(data + "/inner"); !os.IsNotExist(err) {
 		t.Errorf("the refused backup wrote %s/inner: %v", data, err)
+	}
+	// Through a symbolic link, either way.
+	if err := os.Symlink(data, root+"/link"); err != nil {
+		t.Fatal(err)
+	}
+	for _, dirs := range [][2]string{{data, root + "/link/inner"}, {root + "/link", data + "/inner"}} {
+		if err := run(context.Background(), []string{"backup", "--data", dirs[0], "--to", dirs[1], "--log-level", "warn"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "is inside --data") {
+			t.Errorf("backup --data %s --to %s: %v; want it refused", dirs[0], dirs[1], err)
+		}
+	}
+	// A sibling whose name starts alike is not inside.
+	if err := run(context.Background(), []string{"backup", "--data", data, "--to", data + "2", "--log-level", "warn"}, io.Discard, io.Discard); err != nil {
+		t.Errorf("backup to a sibling: %v", err)
 	}
 
 	// Files, no store: named, up to 5, lost+found left out.
