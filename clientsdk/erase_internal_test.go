@@ -50,6 +50,10 @@ func TestOwnOpsStoredAfterTheirDeleteAreErased(t *testing.T) {
 	if _, err := d.applyOps([]received{b}); err != nil {
 		t.Fatal(err)
 	}
+	// Still pending, it shows deleted already, without its edit's text.
+	if p, err := d.Messages(conv, PageOptions{}); err != nil || len(p.Messages) != 1 || !p.Messages[0].Deleted || len(p.Messages[0].Body) > 0 || p.Messages[0].Edited {
+		t.Errorf("the pending message: %+v %v; want it deleted", p.Messages, err)
+	}
 	if err := s.results(&ferryv1.PushResult{Results: []*ferryv1.OpResult{
 		{OpId: ids[0].String(), Status: ferryv1.OpStatus_OP_STATUS_DUPLICATE, Seq: 1},
 		{OpId: edit.String(), Status: ferryv1.OpStatus_OP_STATUS_DUPLICATE, Seq: 2},

@@ -272,8 +272,14 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 	for _, op := range pend {
 		switch op.Kind {
 		case model.KindMessage:
-			pending = append(pending, Message{ID: op.ID, Conv: conv, Author: me, AuthorName: d.users[me].Username, Device: op.Dot.Device,
-				Sent: ulid.Time(op.ID.Time()), ContentType: op.ContentType, Body: op.Body, Status: StatusPending})
+			m := Message{ID: op.ID, Conv: conv, Author: me, AuthorName: d.users[me].Username, Device: op.Dot.Device,
+				Sent: ulid.Time(op.ID.Time()), ContentType: op.ContentType, Body: op.Body, Status: StatusPending}
+			if s.Deleted(op.ID) {
+				// Another member deleted it before its push's answer came
+				// (a lost answer, the push sent again).
+				m.Body, m.ContentType, m.Deleted = nil, "", true
+			}
+			pending = append(pending, m)
 		case model.KindEdit, model.KindDelete, model.KindReactionAdd, model.KindReactionRemove:
 			effects[op.Target] = append(effects[op.Target], op)
 		}

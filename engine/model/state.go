@@ -254,6 +254,14 @@ type ReactionView struct {
 }
 
 // Message returns the message with op id id, once its message op is applied.
+// Deleted reports whether the state holds the delete of message id, or an
+// op of it that arrived erased, whether it holds the message or not: for
+// a message still in its device's outbox.
+func (s *State) Deleted(id ulid.ULID) bool {
+	m := s.messages[id]
+	return m != nil && m.deleted
+}
+
 func (s *State) Message(id ulid.ULID) (MessageView, bool) {
 	m := s.messages[id]
 	if m == nil || m.op == nil {

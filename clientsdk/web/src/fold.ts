@@ -175,7 +175,10 @@ export class Folding {
       switch (p.case) {
         case "message": {
           const m = messageView(this.convId, 0, op, failed);
-          if (this.targets.get(op.id)?.erased) Object.assign(m, { deleted: true, text: "", contentType: "" });
+          // Deleted already, by another member, before its push's answer
+          // came (a lost answer, the push sent again): as in the Go SDK.
+          const t = this.targets.get(op.id);
+          if (t?.erased || t?.deletes?.length) Object.assign(m, { deleted: true, text: "", contentType: "" });
           if (!m.deleted) for (const [key, who] of usersOf(op.id)) if (who.size > 0) m.reactions[key] = [...who].sort();
           if (me) m.status = failed !== undefined ? "failed" : "pending";
           copies.set(m.id, m);

@@ -157,6 +157,9 @@ function referenceFold(convId: string, ops: FoldInput[], me?: StatusInput): Mess
   const sorted = [...ops].sort((a, b) => (a.seq || Infinity) - (b.seq || Infinity));
   // An edit stored erased says its message was deleted, wherever it lies.
   const erasedEdits = new Set(ops.flatMap(({ seq, op }) => (seq > 0 && op.erased && op.payload.case === "edit" ? [op.payload.value.targetId] : [])));
+  // A pending message that a stored delete names was deleted before its
+  // push's answer came.
+  const deletedPending = new Set(ops.flatMap(({ seq, op }) => (seq > 0 && op.payload.case === "delete" ? [op.payload.value.targetId] : [])));
   for (const { seq, op, failed } of sorted) {
     const p = op.payload;
     switch (p.case) {
@@ -167,10 +170,10 @@ function referenceFold(convId: string, ops: FoldInput[], me?: StatusInput): Mess
           seq,
           userId: op.userId,
           deviceId: op.deviceId,
-          text: op.erased || erasedEdits.has(op.id) ? "" : refDecoder.decode(p.value.body),
-          contentType: op.erased || erasedEdits.has(op.id) ? "" : p.value.contentType,
+          text: op.erased || erasedEdits.has(op.id) || (seq === 0 && deletedPending.has(op.id)) ? "" : refDecoder.decode(p.value.body),
+          contentType: op.erased || erasedEdits.has(op.id) || (seq === 0 && deletedPending.has(op.id)) ? "" : p.value.contentType,
           edited: false,
-          deleted: op.erased || erasedEdits.has(op.id),
+          deleted: op.erased || erasedEdits.has(op.id) || (seq === 0 && deletedPending.has(op.id)),
           reactions: {},
           time: new Date(ulidTime(op.id)),
         };
@@ -659,6 +662,7 @@ test("own ops stored after their message's delete are stored erased; so are thos
   const del = op("admin", { case: "delete", value: { targetId: id } });
   del.seq = 3n;
   await c.takeOps(create(OpsSchema, { batches: [{ conversationId: "C", ops: [del] }] }));
+  assert.deepEqual(c.messages("C").map((m: MessageView) => [m.text, m.deleted, m.edited]), [["", true, false]], "still pending, it shows deleted");
   await c.takeResults([c.outbox.get(id), c.outbox.get(edit)], [result(id, OpStatus.DUPLICATE, 1n), result(edit, OpStatus.DUPLICATE, 2n)]);
   assert.deepEqual([...c.ops.get("C").keys()].sort(), [1, 2, 3]);
   assert.ok(!holds(c.ops, "secret"), "the replica keeps the text of a message deleted for everyone");
