@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,16 +55,20 @@ func TestServerRestoredFromBackup(t *testing.T) {
 
 	restore(t, srv)
 	want := []string{"kept 1", "kept 2", "lost by alice", "lost by bob"}
+	acc, _ := alice.Account()
 	for _, d := range []*clientsdk.Device{alice, bob} {
+		// The devices' state from before the restore already says this
+		// until they notice the restart: the server's, with the lost
+		// messages back, says when both repaired.
 		waitFor(t, d, "repair and resync", func() bool {
 			got := texts(messages(t, d, conv))
 			slices.Sort(got)
-			return slices.Equal(got, want) && d.Status().State == clientsdk.StateLive && d.Status().Pending == 0
+			return slices.Equal(got, want) && d.Status().State == clientsdk.StateLive && d.Status().Pending == 0 &&
+				len(serverFingerprint(t, srv.eng, engine.Actor{User: acc.User, Device: acc.Device}, conv)) == len(want)
 		})
 	}
 	// The server has everything once, and each device shows the server's
 	// state (the lost ops came back with new seqs).
-	acc, _ := alice.Account()
 	truth := serverFingerprint(t, srv.eng, engine.Actor{User: acc.User, Device: acc.Device}, conv)
 	if len(truth) != 4 {
 		t.Fatalf("server holds %d messages after repair, want 4: %v", len(truth), truth)
@@ -108,9 +113,14 @@ func TestRestoreOlderThanAConversation(t *testing.T) {
 	_ = newer.Close() // gone: the older device repairs alone
 
 	restore(t, srv)
+	acc, _ := older.Account()
 	waitFor(t, older, "repaired and live", func() bool {
 		ms := messages(t, older, conv)
-		return older.Status().State == clientsdk.StateLive && older.Status().Pending == 0 && len(ms) == 1 && len(ms[0].Reactions) == 1
+		// The server's state too: the device's from before the restore
+		// says the same until it notices the restart.
+		fp := serverFingerprint(t, srv.eng, engine.Actor{User: acc.User, Device: acc.Device}, conv)
+		return older.Status().State == clientsdk.StateLive && older.Status().Pending == 0 && len(ms) == 1 && len(ms[0].Reactions) == 1 &&
+			len(fp) == 1 && strings.Contains(fp[0], "from the newer device") && !strings.Contains(fp[0], "reactions=[]")
 	})
 }
 
@@ -181,16 +191,20 @@ func TestRestoreKeepsALeave(t *testing.T) {
 	waitFor(t, alice, "bob left", func() bool { c, err := alice.Conversation(conv); return err == nil && c.Members == 1 })
 
 	restore(t, srv)
+	// The device's state from before the restore already says all this
+	// until it notices the restart: the server's says when it repaired.
+	acc, _ := bob.Account()
 	waitFor(t, bob, "bob repaired", func() bool {
 		c, err := bob.Conversation(conv)
-		return bob.Status().State == clientsdk.StateLive && bob.Status().Pending == 0 && err == nil && c.Removed
+		info, _, _, serr := srv.eng.Conversation(engine.Actor{User: acc.User, Device: acc.Device}, conv)
+		return bob.Status().State == clientsdk.StateLive && bob.Status().Pending == 0 && err == nil && c.Removed &&
+			serr == nil && info.Removed
 	})
 	waitFor(t, alice, "alice repaired", func() bool {
 		c, err := alice.Conversation(conv)
 		return alice.Status().State == clientsdk.StateLive && err == nil && c.Members == 1 &&
 			has(t, alice, conv, "before the backup", "bob after the backup")()
 	})
-	acc, _ := bob.Account()
 	info, _, _, err := srv.eng.Conversation(engine.Actor{User: acc.User, Device: acc.Device}, conv)
 	if err != nil || !info.Removed {
 		t.Fatalf("the server has bob in the conversation again: %+v %v", info, err)
