@@ -118,9 +118,20 @@ type Device struct {
 
 // Open opens the device profile in dir, creating it if needed. The profile
 // holds the device's identity (after Register or Login) and its replica.
+// The device's token is in it: a dir that others could read (made before,
+// 0755 say) is made the owner's alone.
 func Open(dir string, opts ...Option) (*Device, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ferry: create profile directory: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("ferry: profile directory: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		if err := os.Chmod(dir, perm&0o700); err != nil {
+			return nil, fmt.Errorf("ferry: make the profile directory %s the owner's alone (it holds the device's token): %w", dir, err)
+		}
 	}
 	return open(dir, vfs.Default, opts)
 }

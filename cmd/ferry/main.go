@@ -59,11 +59,14 @@ Commands:
   sync                                  catch up once and exit when caught up
   tail [CONV] [--last N] [--count N]    print the newest messages, then those that arrive
   history CONV [--limit N] [--before SEQ] [--since TIME] [--until TIME]
-  read CONV [SEQ]                       mark read (everything held, or up to SEQ)
+  read CONV [SEQ]                       mark read (everything held, or up to SEQ; queued offline)
   status                                this device, its position and its outbox
 
-CONV is a conversation id or its exact title; USER is a username.
-Passwords come from --password-stdin, FERRY_PASSWORD, or a prompt.
+CONV is a conversation id or its title (exact, or else differing in case only);
+USER is a username. Passwords come from --password-stdin (the first line of
+stdin), else FERRY_PASSWORD, else a prompt. FERRY_SERVER names the server of
+a profile not signed in yet; a signed-in one syncs with the server it signed
+in to, unless --server says otherwise.
 
 Global flags:
 `
@@ -71,12 +74,16 @@ Global flags:
 type app struct {
 	profile string
 	server  string
-	json    bool
-	timeout time.Duration
-	verbose bool
-	stdin   io.Reader
-	out     io.Writer
-	errOut  io.Writer
+	// serverFromEnv: server is FERRY_SERVER's, not --server's. It names
+	// the server for a profile not signed in yet; a signed-in one syncs
+	// with the server it signed in to, where its token belongs.
+	serverFromEnv bool
+	json          bool
+	timeout       time.Duration
+	verbose       bool
+	stdin         io.Reader
+	out           io.Writer
+	errOut        io.Writer
 }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -87,7 +94,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	home, _ := os.UserHomeDir()
 	def := env("FERRY_PROFILE", filepath.Join(home, ".ferry", "default"))
 	fs.StringVar(&a.profile, "profile", def, "profile folder: one device (env FERRY_PROFILE)")
-	fs.StringVar(&a.server, "server", env("FERRY_SERVER", ""), "server URL, such as http://127.0.0.1:8080 (env FERRY_SERVER; remembered by register and login)")
+	fs.StringVar(&a.server, "server", env("FERRY_SERVER", ""), "server URL, such as http://127.0.0.1:8080 (env FERRY_SERVER, for a profile not signed in yet; remembered by register and login)")
 	fs.BoolVar(&a.json, "json", false, "print JSON, for scripts")
 	fs.DurationVar(&a.timeout, "timeout", 30*time.Second, "how long network commands may take")
 	fs.BoolVar(&a.verbose, "v", false, "log what the device does to stderr")
@@ -97,6 +104,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		return err
 	}
+	a.serverFromEnv = a.server != ""
+	fs.Visit(func(f *flag.Flag) { a.serverFromEnv = a.serverFromEnv && f.Name != "server" })
 	if fs.NArg() == 0 || fs.Arg(0) == "help" {
 		fs.Usage()
 		return nil
@@ -134,16 +143,29 @@ func env(key, def string) string {
 	return def
 }
 
-// open opens the profile's device.
+// open opens the profile's device: on --server, on FERRY_SERVER when the
+// profile is not signed in, and on the server it signed in to otherwise.
 func (a *app) open() (*clientsdk.Device, error) {
 	opts := []clientsdk.Option{}
-	if a.server != "" {
-		opts = append(opts, clientsdk.WithServer(a.server))
-	}
 	if a.verbose {
 		opts = append(opts, clientsdk.WithLogger(slog.New(slog.NewTextHandler(a.errOut, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	}
-	return clientsdk.Open(a.profile, opts...)
+	if a.server == "" {
+		return clientsdk.Open(a.profile, opts...)
+	}
+	if a.serverFromEnv {
+		d, err := clientsdk.Open(a.profile, opts...)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := d.Account(); err == nil {
+			return d, nil
+		}
+		if err := d.Close(); err != nil {
+			return nil, err
+		}
+	}
+	return clientsdk.Open(a.profile, append(opts, clientsdk.WithServer(a.server))...)
 }
 
 // with opens the device, runs f with a deadline, and closes it. Every
@@ -196,11 +218,13 @@ func flags(name string, args []string, stderr io.Writer, define func(*flag.FlagS
 	}
 }
 
-func (a *app) password() (string, error) {
-	if p := os.Getenv("FERRY_PASSWORD"); p != "" {
+func (a *app) password(fromStdin bool) (string, error) {
+	if p := os.Getenv("FERRY_PASSWORD"); p != "" && !fromStdin {
 		return p, nil
 	}
-	fmt.Fprint(a.errOut, "password: ")
+	if !fromStdin {
+		fmt.Fprint(a.errOut, "password: ")
+	}
 	line, err := bufio.NewReader(a.stdin).ReadString('\n')
 	if err != nil && line == "" {
 		return "", fmt.Errorf("read password: %w", err)
@@ -222,8 +246,7 @@ func (a *app) signIn(ctx context.Context, cmd string, args []string) error {
 	if len(pos) != 1 {
 		return fmt.Errorf("usage: ferry %s USERNAME", cmd)
 	}
-	_ = fromStdin // the prompt reads stdin too; the flag documents intent for scripts
-	pw, err := a.password()
+	pw, err := a.password(fromStdin)
 	if err != nil {
 		return err
 	}
@@ -327,10 +350,16 @@ func resolveConv(d *clientsdk.Device, ref string) (ulid.ULID, error) {
 	if err != nil {
 		return ulid.ULID{}, err
 	}
+	// The exact title; failing that, one that differs in case only.
 	var found []clientsdk.Conversation
-	for _, c := range cs {
-		if strings.EqualFold(c.Title, ref) {
-			found = append(found, c)
+	for _, exact := range []bool{true, false} {
+		for _, c := range cs {
+			if c.Title == ref || !exact && strings.EqualFold(c.Title, ref) {
+				found = append(found, c)
+			}
+		}
+		if len(found) > 0 {
+			break
 		}
 	}
 	switch len(found) {
@@ -361,7 +390,7 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 		}
 		return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
 			if !offline {
-				if err := d.SyncOnce(ctx); err != nil {
+				if err := a.syncFirst(ctx, d); err != nil {
 					fmt.Fprintln(a.errOut, "ferry: could not sync, showing what this device holds:", err)
 				}
 			}
@@ -435,7 +464,7 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 			return fmt.Errorf("usage: ferry conversation %s CONV%s", sub, map[string]string{"add": " USER", "remove": " USER", "title": " TITLE", "leave": ""}[sub])
 		}
 		return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
-			if err := d.SyncOnce(ctx); err != nil {
+			if err := a.syncFirst(ctx, d); err != nil {
 				return err
 			}
 			conv, err := resolveConv(d, pos[0])
@@ -519,13 +548,23 @@ func (a *app) syncQueued(ctx context.Context, d *clientsdk.Device, what string) 
 	return "", nil
 }
 
+// syncFirst syncs d once, at once failing when the server refuses a
+// connection (refused), where SyncOnce would try it again until the
+// command's --timeout.
+func (a *app) syncFirst(ctx context.Context, d *clientsdk.Device) error {
+	if err := a.refused(ctx, d); err != nil {
+		return fmt.Errorf("the server is out of reach: %w", err)
+	}
+	return d.SyncOnce(ctx)
+}
+
 // refused returns the error of a TCP connection to the server d syncs
 // with (--server, or the profile's), made and closed at once, when the
 // server refused it or its name does not resolve: nil otherwise, a slow
 // network included, which SyncOnce then tries.
 func (a *app) refused(ctx context.Context, d *clientsdk.Device) error {
 	server := a.server
-	if server == "" {
+	if server == "" || a.serverFromEnv {
 		acc, err := d.Account()
 		if err != nil {
 			return nil // SyncOnce says why
@@ -670,14 +709,30 @@ func (a *app) send(ctx context.Context, args []string) error {
 
 func (a *app) sync(ctx context.Context) error {
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
-		if err := d.SyncOnce(ctx); err != nil {
+		// What the sync received, from its statuses as it went: once it
+		// returns, the device is offline and its status says none.
+		sub := d.Subscribe(1024)
+		received := make(chan uint64, 1)
+		go func() {
+			n := uint64(0)
+			for ev := range sub.C() {
+				if st, ok := ev.(clientsdk.StatusChanged); ok {
+					n = max(n, st.Status.OpsReceived)
+				}
+			}
+			received <- n
+		}()
+		err := d.SyncOnce(ctx)
+		sub.Close()
+		got := <-received
+		if err != nil {
 			return err
 		}
-		st := d.Status()
 		cs, _ := d.Conversations()
 		fs, _ := d.Failed()
-		a.print(map[string]any{"conversations": len(cs), "received": st.OpsReceived, "pending": st.Pending, "failed": len(fs)},
-			fmt.Sprintf("caught up: %d conversations, %d ops received, %d pending, %d failed", len(cs), st.OpsReceived, st.Pending, len(fs)))
+		pend, _ := d.Outbox()
+		a.print(map[string]any{"conversations": len(cs), "received": got, "pending": len(pend), "failed": len(fs)},
+			fmt.Sprintf("caught up: %d conversations, %d ops received, %d pending, %d failed", len(cs), got, len(pend), len(fs)))
 		return nil
 	})
 }
@@ -690,6 +745,9 @@ func (a *app) tail(ctx context.Context, args []string) error {
 	})
 	if err != nil {
 		return err
+	}
+	if count < 0 || last < 0 {
+		return errors.New("tail: --count and --last must not be negative")
 	}
 	d, err := a.open()
 	if err != nil {
@@ -718,7 +776,10 @@ func (a *app) tail(ctx context.Context, args []string) error {
 	if err := d.Start(); err != nil {
 		return err
 	}
-	printed := map[ulid.ULID]bool{}
+	// What is new in a conversation is above the highest seq it held when
+	// tail began, and then above the last one printed: its older history,
+	// a catch-up's backfill among it, is not news.
+	top := map[ulid.ULID]uint64{}
 	n := 0
 	show := func(conv ulid.ULID) error {
 		page, err := d.Messages(conv, clientsdk.PageOptions{Limit: 1000})
@@ -727,10 +788,10 @@ func (a *app) tail(ctx context.Context, args []string) error {
 		}
 		for i := len(page.Messages) - 1; i >= 0; i-- {
 			m := page.Messages[i]
-			if printed[m.ID] || m.Seq == 0 {
+			if m.Seq <= top[conv] { // pending ones (seq 0) too: they print once sent
 				continue
 			}
-			printed[m.ID] = true
+			top[conv] = m.Seq
 			o := message(m)
 			a.print(o, o.line())
 			if n++; count > 0 && n >= count {
@@ -756,7 +817,7 @@ func (a *app) tail(ctx context.Context, args []string) error {
 					o := message(m)
 					a.print(o, o.line())
 				}
-				printed[m.ID] = true
+				top[c.ID] = max(top[c.ID], m.Seq)
 			}
 		}
 	}
@@ -819,6 +880,9 @@ func (a *app) history(ctx context.Context, args []string) error {
 	if len(pos) != 1 {
 		return errors.New("usage: ferry history CONV [--limit N] [--before SEQ] [--since TIME] [--until TIME]")
 	}
+	if limit < 1 {
+		return fmt.Errorf("--limit %d: it must be at least 1", limit)
+	}
 	var from, to time.Time
 	if since != "" {
 		if from, err = time.Parse(time.RFC3339, since); err != nil {
@@ -832,7 +896,7 @@ func (a *app) history(ctx context.Context, args []string) error {
 	}
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
 		if !offline {
-			if err := d.SyncOnce(ctx); err != nil {
+			if err := a.syncFirst(ctx, d); err != nil {
 				fmt.Fprintln(a.errOut, "ferry: could not sync, showing what this device holds:", err)
 			}
 		}
@@ -885,8 +949,13 @@ func (a *app) read(ctx context.Context, args []string) error {
 		}
 	}
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
-		if err := d.SyncOnce(ctx); err != nil {
-			return err
+		// Out of reach, the mark waits on the device for the next sync,
+		// as a message does.
+		away := a.refused(ctx, d)
+		if away == nil {
+			if err := d.SyncOnce(ctx); err != nil {
+				return err
+			}
 		}
 		conv, err := resolveConv(d, args[0])
 		if err != nil {
@@ -894,6 +963,11 @@ func (a *app) read(ctx context.Context, args []string) error {
 		}
 		if err := d.MarkRead(ctx, conv, seq); err != nil {
 			return err
+		}
+		if away != nil {
+			a.print(map[string]any{"conversation": conv.String(), "status": "queued"},
+				fmt.Sprintf("read here (the server is out of reach, %v: it hears of it on the next sync)", away))
+			return nil
 		}
 		if err := d.SyncOnce(ctx); err != nil {
 			return err

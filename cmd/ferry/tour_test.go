@@ -1,8 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -49,6 +54,9 @@ func TestTour(t *testing.T) {
 	// Bob comes back.
 	var sync struct{ Received int }
 	decode(as("bob", "sync"), &sync)
+	if sync.Received < len(sent) {
+		t.Fatalf("bob's sync says %d ops received; alice sent %d", sync.Received, len(sent))
+	}
 	var list []struct {
 		Title  string
 		Unread int
@@ -84,6 +92,7 @@ func TestTour(t *testing.T) {
 		Text   string
 		Status string
 	}
+	var last1 []struct{ Text string }
 	decode(as("alice-laptop", "history", "lunch"), &phone)
 	if last := phone[len(phone)-1]; last.Text != "sushi!" {
 		t.Fatalf("alice's laptop: last message %+v", last)
@@ -92,8 +101,50 @@ func TestTour(t *testing.T) {
 		t.Fatalf("alice's laptop: her first message is %q, want read", first.Status)
 	}
 
+	// tail prints the newest held, then only what is new: not the older
+	// history of a conversation longer than --last.
+	tail := exec.Command(ferry, "--profile", filepath.Join(dir, "bob"), "--json", "tail", "lunch", "--last", "2", "--count", "1")
+	tail.Env = append(os.Environ(), env...)
+	tail.Stderr = io.Discard
+	pipe, err := tail.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer tail.Process.Kill()
+	lines := bufio.NewScanner(pipe)
+	var tailed []string
+	for len(tailed) < 2 && lines.Scan() {
+		var m struct{ Text string }
+		decode(lines.Text(), &m)
+		tailed = append(tailed, m.Text)
+	}
+	as("alice-phone", "send", "lunch", "new one")
+	for lines.Scan() {
+		var m struct{ Text string }
+		decode(lines.Text(), &m)
+		tailed = append(tailed, m.Text)
+	}
+	if err := tail.Wait(); err != nil || !slices.Equal(tailed, []string{"bring Carol", "sushi!", "new one"}) {
+		t.Fatalf("tail --last 2 --count 1 printed %q (%v); want the last two, then the new one", tailed, err)
+	}
+
+	// A title differing in case only: the exact one is meant.
+	as("bob", "conversation", "create", "Lunch", "--with", "alice")
+	as("bob", "send", "lunch", "exactly")
+	decode(as("bob", "history", "lunch", "--limit", "1"), &last1)
+	if len(last1) != 1 || last1[0].Text != "exactly" {
+		t.Fatalf("send to the exact title: lunch's last message %+v", last1)
+	}
+
 	// Mistakes get clear errors.
-	_, stderr, err := testbin.RunErr(env, ferry, "--profile", filepath.Join(dir, "bob"), "send", "dinner", "hi")
+	_, stderr, err := testbin.RunErr(env, ferry, "--profile", filepath.Join(dir, "bob"), "history", "lunch", "--limit", "-1")
+	if err == nil || !strings.Contains(stderr, "--limit -1: it must be at least 1") {
+		t.Fatalf("history --limit -1: %v %q", err, stderr)
+	}
+	_, stderr, err = testbin.RunErr(env, ferry, "--profile", filepath.Join(dir, "bob"), "send", "dinner", "hi")
 	if err == nil || !strings.Contains(stderr, `no conversation titled "dinner"`) {
 		t.Fatalf("send to an unknown conversation: %v %q", err, stderr)
 	}
@@ -155,6 +206,15 @@ func TestSendWhileTheServerIsDown(t *testing.T) {
 	if !strings.Contains(out, "message queued") || !strings.Contains(out, "refused") {
 		t.Fatalf("send with the server down: %q, want it queued, saying the connection was refused", out)
 	}
+	// Reading marks the conversation read here, for the next sync;
+	// listing shows what the device holds: both at once, saying the
+	// connection was refused, rather than after SyncOnce's retries.
+	if out := testbin.Run(t, env, ferry, "--profile", profile, "--timeout", "20s", "read", "notes"); !strings.Contains(out, "read here") {
+		t.Fatalf("read with the server down: %q, want it marked here", out)
+	}
+	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", profile, "--timeout", "20s", "conversation", "list"); err != nil || !strings.Contains(stderr, "out of reach") {
+		t.Fatalf("conversation list with the server down: %v %q", err, stderr)
+	}
 	srv.Start()
 	var sync struct{ Pending int }
 	if err := json.Unmarshal([]byte(testbin.Run(t, env, ferry, "--profile", profile, "--json", "sync")), &sync); err != nil || sync.Pending != 0 {
@@ -168,5 +228,12 @@ func TestSendWhileTheServerIsDown(t *testing.T) {
 	out = testbin.Run(t, env, ferry, "--profile", profile, "--server", dead, "--timeout", "20s", "send", "notes", "to another server")
 	if !strings.Contains(out, "message queued") || !strings.Contains(out, "refused") {
 		t.Fatalf("send to a --server that is down: %q, want it queued, saying the connection was refused", out)
+	}
+	// FERRY_SERVER names the server of a profile not signed in yet: a
+	// signed-in one syncs with the server it signed in to, where its token
+	// belongs, and sends what it queued there.
+	elsewhere := []string{"FERRY_SERVER=" + dead, "FERRY_PASSWORD=correct horse"}
+	if err := json.Unmarshal([]byte(testbin.Run(t, elsewhere, ferry, "--profile", profile, "--json", "sync")), &sync); err != nil || sync.Pending != 0 {
+		t.Fatalf("the sync with FERRY_SERVER naming another server: %+v, %v; want it done on the profile's, nothing pending", sync, err)
 	}
 }
