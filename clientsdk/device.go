@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,19 +120,17 @@ type Device struct {
 // Open opens the device profile in dir, creating it if needed. The profile
 // holds the device's identity (after Register or Login) and its replica.
 // The device's token is in it: a dir that others could read (made before,
-// 0755 say) is made the owner's alone.
+// 0755 say) is made readable by its owner alone, where the process may
+// (it owns it; not on Windows, which keeps no such bits).
 func Open(dir string, opts ...Option) (*Device, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ferry: create profile directory: %w", err)
 	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return nil, fmt.Errorf("ferry: profile directory: %w", err)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		if err := os.Chmod(dir, perm&0o700); err != nil {
-			return nil, fmt.Errorf("ferry: make the profile directory %s the owner's alone (it holds the device's token): %w", dir, err)
-		}
+	if fi, err := os.Stat(dir); err == nil && runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0 {
+		// The setgid and sticky bits stay. A dir of another user's, or a
+		// file system that refuses, stays as it is.
+		keep := os.ModePerm | os.ModeSetgid | os.ModeSetuid | os.ModeSticky
+		_ = os.Chmod(dir, fi.Mode()&keep&^0o077)
 	}
 	return open(dir, vfs.Default, opts)
 }

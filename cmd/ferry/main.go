@@ -247,6 +247,8 @@ func (a *app) signIn(ctx context.Context, cmd string, args []string) error {
 		return fmt.Errorf("usage: ferry %s USERNAME", cmd)
 	}
 	pw, err := a.password(fromStdin)
+	// Signing in (again, on a refused profile) is what FERRY_SERVER is for.
+	a.serverFromEnv = false
 	if err != nil {
 		return err
 	}
@@ -714,13 +716,18 @@ func (a *app) sync(ctx context.Context) error {
 		sub := d.Subscribe(1024)
 		received := make(chan uint64, 1)
 		go func() {
-			n := uint64(0)
+			// Each session counts from 0: a reconnect within the sync
+			// starts another count, added to the ones before.
+			total, cur := uint64(0), uint64(0)
 			for ev := range sub.C() {
 				if st, ok := ev.(clientsdk.StatusChanged); ok {
-					n = max(n, st.Status.OpsReceived)
+					if st.Status.OpsReceived < cur {
+						total += cur
+					}
+					cur = st.Status.OpsReceived
 				}
 			}
-			received <- n
+			received <- total + cur
 		}()
 		err := d.SyncOnce(ctx)
 		sub.Close()
@@ -776,22 +783,27 @@ func (a *app) tail(ctx context.Context, args []string) error {
 	if err := d.Start(); err != nil {
 		return err
 	}
-	// What is new in a conversation is above the highest seq it held when
-	// tail began, and then above the last one printed: its older history,
-	// a catch-up's backfill among it, is not news.
+	// What is new in a conversation held when tail began is above the
+	// highest seq it held then: its older history is not news, and what
+	// comes above it prints once, a catch-up's pages in any order. In one
+	// that appears later (the user added to it), what was sent since tail
+	// began.
+	began := time.Now()
 	top := map[ulid.ULID]uint64{}
+	printed := map[ulid.ULID]bool{}
 	n := 0
 	show := func(conv ulid.ULID) error {
 		page, err := d.Messages(conv, clientsdk.PageOptions{Limit: 1000})
 		if err != nil {
 			return err
 		}
+		floor, held := top[conv]
 		for i := len(page.Messages) - 1; i >= 0; i-- {
 			m := page.Messages[i]
-			if m.Seq <= top[conv] { // pending ones (seq 0) too: they print once sent
-				continue
+			if m.Seq == 0 || printed[m.ID] || held && m.Seq <= floor || !held && m.Sent.Before(began) {
+				continue // pending ones print once sent
 			}
-			top[conv] = m.Seq
+			printed[m.ID] = true
 			o := message(m)
 			a.print(o, o.line())
 			if n++; count > 0 && n >= count {
@@ -811,6 +823,7 @@ func (a *app) tail(ctx context.Context, args []string) error {
 			if err != nil {
 				return err
 			}
+			top[c.ID] = 0 // held: with no message yet, everything in it is new
 			for j := len(page.Messages) - 1; j >= 0; j-- {
 				m := page.Messages[j]
 				if last > 0 && m.Seq > 0 {

@@ -131,6 +131,39 @@ func TestTour(t *testing.T) {
 		t.Fatalf("tail --last 2 --count 1 printed %q (%v); want the last two, then the new one", tailed, err)
 	}
 
+	// A conversation bob is added to while tail runs: what was sent in it
+	// before tail began is not new.
+	as("alice-phone", "conversation", "create", "big")
+	as("alice-phone", "send", "big", "old in big")
+	tail = exec.Command(ferry, "--profile", filepath.Join(dir, "bob"), "--json", "tail", "--last", "1", "--count", "1")
+	tail.Env = append(os.Environ(), env...)
+	tail.Stderr = io.Discard
+	if pipe, err = tail.StdoutPipe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer tail.Process.Kill()
+	lines = bufio.NewScanner(pipe)
+	tailed = nil
+	scan := func() {
+		var m struct{ Text string }
+		decode(lines.Text(), &m)
+		tailed = append(tailed, m.Text)
+	}
+	if lines.Scan() {
+		scan()
+	}
+	as("alice-phone", "conversation", "add", "big", "bob")
+	as("alice-phone", "send", "big", "fresh in big")
+	for lines.Scan() {
+		scan()
+	}
+	if err := tail.Wait(); err != nil || !slices.Equal(tailed, []string{"new one", "fresh in big"}) {
+		t.Fatalf("tail --last 1 --count 1 printed %q (%v); want lunch's last, then the new one in big", tailed, err)
+	}
+
 	// A title differing in case only: the exact one is meant.
 	as("bob", "conversation", "create", "Lunch", "--with", "alice")
 	as("bob", "send", "lunch", "exactly")
