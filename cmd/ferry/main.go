@@ -55,7 +55,7 @@ Commands:
   conversation remove CONV USER
   conversation title CONV TITLE
   conversation leave CONV
-  send CONV TEXT...                     send a message (queued offline, sent when possible)
+  send CONV [--] TEXT...                send a message (queued offline, sent when possible)
   sync                                  catch up once and exit when caught up
   tail [CONV] [--last N] [--count N]    print the newest messages, then those that arrive
   history CONV [--limit N] [--before SEQ] [--since TIME] [--until TIME]
@@ -63,7 +63,8 @@ Commands:
   status                                this device, its position and its outbox
 
 CONV is a conversation id or its title (exact, or else differing in case only);
-USER is a username. Passwords come from --password-stdin (the first line of
+USER is a username. Global flags go before or after the command; after a
+"--" everything is the command's. Passwords come from --password-stdin (the first line of
 stdin), else FERRY_PASSWORD, else a prompt. FERRY_SERVER names the server of
 a profile not signed in yet; a signed-in one syncs with the server it signed
 in to, unless --server says otherwise.
@@ -104,13 +105,17 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		return err
 	}
-	a.serverFromEnv = a.server != ""
-	fs.Visit(func(f *flag.Flag) { a.serverFromEnv = a.serverFromEnv && f.Name != "server" })
 	if fs.NArg() == 0 || fs.Arg(0) == "help" {
 		fs.Usage()
 		return nil
 	}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	rest, err := globalsAfter(fs, rest)
+	if err != nil {
+		return err
+	}
+	a.serverFromEnv = a.server != ""
+	fs.Visit(func(f *flag.Flag) { a.serverFromEnv = a.serverFromEnv && f.Name != "server" })
 	switch cmd {
 	case "register", "login":
 		return a.signIn(ctx, cmd, rest)
@@ -134,6 +139,39 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return a.status()
 	}
 	return fmt.Errorf("unknown command %q (ferry help lists them)", cmd)
+}
+
+// globalsAfter takes the global flags (--json, --timeout, ...) from a
+// command's arguments, where a user puts them as often as before it: up to
+// a "--", after which everything is the command's (a message that starts
+// with a dash).
+func globalsAfter(fs *flag.FlagSet, args []string) ([]string, error) {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			return append(out, args[i:]...), nil
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+		f := fs.Lookup(name)
+		if !strings.HasPrefix(arg, "-") || arg == "-" || f == nil {
+			out = append(out, arg)
+			continue
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !hasValue && !(ok && b.IsBoolFlag()) {
+			if i+1 == len(args) {
+				return nil, fmt.Errorf("flag needs an argument: %s", arg)
+			}
+			i++
+			value = args[i]
+		} else if !hasValue {
+			value = "true"
+		}
+		if err := fs.Set(name, value); err != nil {
+			return nil, fmt.Errorf("invalid value %q for flag %s: %v", value, arg, err)
+		}
+	}
+	return out, nil
 }
 
 func env(key, def string) string {
@@ -693,8 +731,14 @@ func (o messageOut) line() string {
 }
 
 func (a *app) send(ctx context.Context, args []string) error {
+	if len(args) >= 2 && args[1] == "--" {
+		args = append(args[:1:1], args[2:]...)
+	}
 	if len(args) < 2 {
-		return errors.New("usage: ferry send CONV TEXT...")
+		return errors.New("usage: ferry send CONV [--] TEXT...")
+	}
+	if strings.TrimSpace(strings.Join(args[1:], " ")) == "" {
+		return errors.New("send: the message is empty")
 	}
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
 		conv, err := resolve(ctx, d, args[0])

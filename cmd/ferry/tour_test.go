@@ -172,8 +172,27 @@ func TestTour(t *testing.T) {
 		t.Fatalf("send to the exact title: lunch's last message %+v", last1)
 	}
 
+	// Global flags after the command are the command line's, not the
+	// message's; after a "--", the message's.
+	bob := filepath.Join(dir, "bob")
+	var sentOut struct{ Status string }
+	decode(testbin.Run(t, env, ferry, "--profile", bob, "send", "lunch", "hi there", "--json"), &sentOut)
+	decode(testbin.Run(t, env, ferry, "--profile", bob, "history", "lunch", "--limit", "1", "--json"), &last1)
+	if sentOut.Status == "" || len(last1) != 1 || last1[0].Text != "hi there" {
+		t.Fatalf("send with --json after the text: %+v, then %+v; want JSON, and the text alone", sentOut, last1)
+	}
+	as("bob", "send", "lunch", "--", "--json")
+	decode(as("bob", "history", "lunch", "--limit", "1"), &last1)
+	if len(last1) != 1 || last1[0].Text != "--json" {
+		t.Fatalf("send lunch -- --json: last message %+v; want the text --json", last1)
+	}
+
 	// Mistakes get clear errors.
-	_, stderr, err := testbin.RunErr(env, ferry, "--profile", filepath.Join(dir, "bob"), "history", "lunch", "--limit", "-1")
+	_, stderr, err := testbin.RunErr(env, ferry, "--profile", bob, "send", "lunch", " ")
+	if err == nil || !strings.Contains(stderr, "the message is empty") {
+		t.Fatalf("send an empty message: %v %q", err, stderr)
+	}
+	_, stderr, err = testbin.RunErr(env, ferry, "--profile", filepath.Join(dir, "bob"), "history", "lunch", "--limit", "-1")
 	if err == nil || !strings.Contains(stderr, "--limit -1: it must be at least 1") {
 		t.Fatalf("history --limit -1: %v %q", err, stderr)
 	}
