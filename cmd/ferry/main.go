@@ -91,7 +91,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	a := &app{stdin: stdin, out: stdout, errOut: stderr}
 	fs := flag.NewFlagSet("ferry", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	usageOut := stderr
+	fs.Usage = func() {
+		fmt.Fprint(usageOut, usage)
+		fs.SetOutput(usageOut)
+		fs.PrintDefaults()
+		fs.SetOutput(stderr)
+	}
 	home, _ := os.UserHomeDir()
 	def := env("FERRY_PROFILE", filepath.Join(home, ".ferry", "default"))
 	fs.StringVar(&a.profile, "profile", def, "profile folder: one device (env FERRY_PROFILE)")
@@ -106,6 +112,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return err
 	}
 	if fs.NArg() == 0 || fs.Arg(0) == "help" {
+		if fs.NArg() > 0 {
+			usageOut = stdout // asked for: ferry help | less
+		}
 		fs.Usage()
 		return nil
 	}
@@ -340,7 +349,11 @@ func (a *app) devices(ctx context.Context, args []string) error {
 			if err != nil {
 				return fmt.Errorf("--revoke %q is not a device id", revoke)
 			}
-			return d.RevokeDevice(ctx, id)
+			if err := d.RevokeDevice(ctx, id); err != nil {
+				return err
+			}
+			a.print(map[string]any{"revoked": id.String()}, fmt.Sprintf("device %s revoked: it signs in again to sync", id))
+			return nil
 		}
 		ds, err := d.Devices(ctx)
 		if err != nil {
@@ -723,7 +736,11 @@ func (o messageOut) line() string {
 	case o.Edited:
 		text += " (edited)"
 	}
-	s := fmt.Sprintf("#%d %s: %s", o.Seq, o.Author, text)
+	seq := fmt.Sprintf("#%d", o.Seq)
+	if o.Seq == 0 {
+		seq = "-" // not sent yet: no seq (its status says why)
+	}
+	s := fmt.Sprintf("%s %s: %s", seq, o.Author, text)
 	if o.Status != "" {
 		s += " [" + o.Status + "]"
 	}

@@ -187,6 +187,11 @@ func TestTour(t *testing.T) {
 		t.Fatalf("send lunch -- --json: last message %+v; want the text --json", last1)
 	}
 
+	// help, asked for, goes to stdout, to page or grep.
+	if out := testbin.Run(t, env, ferry, "help"); !strings.Contains(out, "Commands:") || !strings.Contains(out, "-profile") {
+		t.Fatalf("ferry help printed %q to stdout; want the commands and the flags", out)
+	}
+
 	// Mistakes get clear errors.
 	_, stderr, err := testbin.RunErr(env, ferry, "--profile", bob, "send", "lunch", " ")
 	if err == nil || !strings.Contains(stderr, "the message is empty") {
@@ -216,7 +221,11 @@ func TestTour(t *testing.T) {
 			laptop = d.ID
 		}
 	}
-	as("alice-phone", "devices", "--revoke", laptop)
+	var revoked struct{ Revoked string }
+	decode(as("alice-phone", "devices", "--revoke", laptop), &revoked)
+	if revoked.Revoked != laptop {
+		t.Fatalf("devices --revoke %s said it revoked %q", laptop, revoked.Revoked)
+	}
 	_, stderr, err = testbin.RunErr(env, ferry, "--profile", filepath.Join(dir, "alice-laptop"), "send", "lunch", "running late")
 	if err == nil || !strings.Contains(stderr, "queued, but the server refused") || !strings.Contains(stderr, "log in again") {
 		t.Fatalf("send from a revoked device: %v %q", err, stderr)
@@ -266,6 +275,9 @@ func TestSendWhileTheServerIsDown(t *testing.T) {
 	}
 	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", profile, "--timeout", "20s", "conversation", "list"); err != nil || !strings.Contains(stderr, "out of reach") {
 		t.Fatalf("conversation list with the server down: %v %q", err, stderr)
+	}
+	if h := testbin.Run(t, env, ferry, "--profile", profile, "history", "notes", "--offline"); !strings.Contains(h, "- alice: written offline [pending]") {
+		t.Fatalf("history with the message queued: %q, want it listed pending, with no seq", h)
 	}
 	srv.Start()
 	var sync struct{ Pending int }
