@@ -379,14 +379,14 @@ func (a *app) devices(ctx context.Context, args []string) error {
 	})
 }
 
-// resolve finds a conversation by id or exact title, syncing once when
-// the title is not known here yet.
-func resolve(ctx context.Context, d *clientsdk.Device, ref string) (ulid.ULID, error) {
+// resolve finds a conversation by id or title, syncing once when the
+// title is not known here yet.
+func (a *app) resolve(ctx context.Context, d *clientsdk.Device, ref string) (ulid.ULID, error) {
 	id, err := resolveConv(d, ref)
 	if err == nil || !errors.Is(err, errNoTitle) {
 		return id, err
 	}
-	if serr := d.SyncOnce(ctx); serr != nil {
+	if serr := a.syncFirst(ctx, d); serr != nil {
 		return id, fmt.Errorf("%w (and sync failed: %v)", err, serr)
 	}
 	return resolveConv(d, ref)
@@ -484,7 +484,7 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 			return errors.New("usage: ferry conversation members CONV")
 		}
 		return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
-			conv, err := resolve(ctx, d, args[0])
+			conv, err := a.resolve(ctx, d, args[0])
 			if err != nil {
 				return err
 			}
@@ -758,7 +758,7 @@ func (a *app) send(ctx context.Context, args []string) error {
 		return errors.New("send: the message is empty")
 	}
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
-		conv, err := resolve(ctx, d, args[0])
+		conv, err := a.resolve(ctx, d, args[0])
 		if err != nil {
 			return err
 		}
@@ -827,7 +827,7 @@ func (a *app) tail(ctx context.Context, args []string) error {
 	}
 	var only ulid.ULID
 	if len(pos) == 1 {
-		if only, err = resolve(ctx, d, pos[0]); err != nil {
+		if only, err = a.resolve(ctx, d, pos[0]); err != nil {
 			return err
 		}
 	}

@@ -276,6 +276,10 @@ func TestSendWhileTheServerIsDown(t *testing.T) {
 	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", profile, "--timeout", "20s", "conversation", "list"); err != nil || !strings.Contains(stderr, "out of reach") {
 		t.Fatalf("conversation list with the server down: %v %q", err, stderr)
 	}
+	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", profile, "--timeout", "20s", "send", "dinner", "x"); err == nil ||
+		!strings.Contains(stderr, `no conversation titled "dinner"`) || !strings.Contains(stderr, "out of reach") {
+		t.Fatalf("send to an unknown title with the server down: %v %q; want it unknown, saying the server is out of reach", err, stderr)
+	}
 	if h := testbin.Run(t, env, ferry, "--profile", profile, "history", "notes", "--offline"); !strings.Contains(h, "- alice: written offline [pending]") {
 		t.Fatalf("history with the message queued: %q, want it listed pending, with no seq", h)
 	}
