@@ -267,8 +267,8 @@ func TestRefusedOpIsReportedAndLaterOpsRenumbered(t *testing.T) {
 		t.Fatalf("failure event %+v", failed)
 	}
 	fs, _ := bob.Failed()
-	if len(fs) != 1 || fs[0].Op != title {
-		t.Fatalf("failed list %+v", fs)
+	if len(fs) != 1 || fs[0].Op != title || fs[0].Kind != "set-title" || fs[0].Reason != "PERMISSION_DENIED" {
+		t.Fatalf("failed list %+v, want the title change, refused", fs)
 	}
 	if c, _ := alice.Conversation(conv); c.Title != "c" {
 		t.Fatalf("title became %q", c.Title)

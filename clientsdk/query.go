@@ -675,8 +675,11 @@ func (d *Device) Outbox() ([]Pending, error) {
 
 // FailedOp is an op the server refused for good.
 type FailedOp struct {
-	Conv    ulid.ULID
-	Op      ulid.ULID
+	Conv ulid.ULID
+	Op   ulid.ULID
+	// Kind is the op's kind, as Pending's ("" for one this version of
+	// the SDK cannot read).
+	Kind    string
 	Reason  string
 	Message string
 }
@@ -698,8 +701,12 @@ func (d *Device) Failed() ([]FailedOp, error) {
 		if err != nil {
 			return err
 		}
-		out = append(out, FailedOp{Conv: ulid.MustParseStrict(e.Conv), Op: ulid.MustParseStrict(p.GetId()),
-			Reason: reasonName(ferryv1.RejectReason(ferryv1.RejectReason_value[e.Reason])), Message: e.Message})
+		f := FailedOp{Conv: ulid.MustParseStrict(e.Conv), Op: ulid.MustParseStrict(p.GetId())}
+		if op, err := wire.Op("op", f.Conv, p); err == nil {
+			f.Kind = op.Kind.String()
+		}
+		f.Reason, f.Message = reasonName(ferryv1.RejectReason(ferryv1.RejectReason_value[e.Reason])), e.Message
+		out = append(out, f)
 		return nil
 	})
 	return out, err

@@ -16,11 +16,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"math"
 	"net"
 	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -54,8 +57,14 @@ Commands:
   conversation add CONV USER [--admin]
   conversation remove CONV USER
   conversation title CONV TITLE
+  conversation role CONV USER member|admin|owner
   conversation leave CONV
   send CONV [--] TEXT...                send a message (queued offline, sent when possible)
+  edit CONV MSG [--] TEXT...            replace the text of one of your messages
+  delete CONV MSG                       delete a message for everyone
+  react CONV MSG KEY [--remove]         add (or remove) your reaction, such as an emoji
+  failed [--dismiss OP]... [--dismiss-all]
+                                        ops the server refused, and why; dismiss them
   sync                                  catch up once and exit when caught up
   tail [CONV] [--last N] [--count N]    print the newest messages, then those that arrive
   history CONV [--limit N] [--before SEQ] [--since TIME] [--until TIME]
@@ -63,7 +72,8 @@ Commands:
   status                                this device, its position and its outbox
 
 CONV is a conversation id or its title (exact, or else differing in case only);
-USER is a username. Global flags go before or after the command; after a
+MSG is a message's seq, as history prints it (12 or #12), or its id (history
+--json), which a message not sent yet has alone; USER is a username. Global flags go before or after the command; after a
 "--" everything is the command's. Passwords come from --password-stdin (the first line of
 stdin), else FERRY_PASSWORD, else a prompt. FERRY_SERVER names the server of
 a profile not signed in yet; a signed-in one syncs with the server it signed
@@ -136,6 +146,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return a.conversation(ctx, rest)
 	case "send":
 		return a.send(ctx, rest)
+	case "edit", "delete", "react":
+		return a.onMessage(ctx, cmd, rest)
+	case "failed":
+		return a.failed(ctx, rest)
 	case "sync":
 		return a.sync(ctx)
 	case "tail":
@@ -383,7 +397,7 @@ func (a *app) devices(ctx context.Context, args []string) error {
 // title is not known here yet.
 func (a *app) resolve(ctx context.Context, d *clientsdk.Device, ref string) (ulid.ULID, error) {
 	id, err := resolveConv(d, ref)
-	if err == nil || !errors.Is(err, errNoTitle) {
+	if !errors.As(err, new(notHere)) {
 		return id, err
 	}
 	if serr := a.syncFirst(ctx, d); serr != nil {
@@ -392,7 +406,11 @@ func (a *app) resolve(ctx context.Context, d *clientsdk.Device, ref string) (uli
 	return resolveConv(d, ref)
 }
 
-var errNoTitle = errors.New("no conversation with that title here")
+// notHere is the error for a conversation or a message the device does
+// not hold: a sync may bring it.
+type notHere string
+
+func (e notHere) Error() string { return string(e) }
 
 // resolveConv finds a conversation by id or exact title.
 func resolveConv(d *clientsdk.Device, ref string) (ulid.ULID, error) {
@@ -419,7 +437,7 @@ func resolveConv(d *clientsdk.Device, ref string) (ulid.ULID, error) {
 	case 1:
 		return found[0].ID, nil
 	case 0:
-		return ulid.ULID{}, fmt.Errorf("%w: no conversation titled %q (ferry conversation list shows them)", errNoTitle, ref)
+		return ulid.ULID{}, notHere(fmt.Sprintf("no conversation titled %q (ferry conversation list shows them)", ref))
 	}
 	ids := make([]string, len(found))
 	for i, c := range found {
@@ -430,7 +448,7 @@ func resolveConv(d *clientsdk.Device, ref string) (ulid.ULID, error) {
 
 func (a *app) conversation(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: ferry conversation create|list|members|add|remove|title|leave ...")
+		return errors.New("usage: ferry conversation create|list|members|add|remove|title|role|leave ...")
 	}
 	sub, args := args[0], args[1:]
 	switch sub {
@@ -506,15 +524,26 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 			a.print(os, strings.Join(lines, "\n"))
 			return nil
 		})
-	case "add", "remove", "title", "leave":
+	case "add", "remove", "title", "role", "leave":
 		var admin bool
-		pos, err := flags(sub, args, a.errOut, func(fs *flag.FlagSet) { fs.BoolVar(&admin, "admin", false, "add as admin") })
+		pos, err := flags(sub, args, a.errOut, func(fs *flag.FlagSet) {
+			if sub == "add" {
+				fs.BoolVar(&admin, "admin", false, "add as admin")
+			}
+		})
 		if err != nil {
 			return err
 		}
-		want := map[string]int{"add": 2, "remove": 2, "title": 2, "leave": 1}[sub]
+		want := map[string]int{"add": 2, "remove": 2, "title": 2, "role": 3, "leave": 1}[sub]
 		if len(pos) != want {
-			return fmt.Errorf("usage: ferry conversation %s CONV%s", sub, map[string]string{"add": " USER", "remove": " USER", "title": " TITLE", "leave": ""}[sub])
+			return fmt.Errorf("usage: ferry conversation %s CONV%s", sub,
+				map[string]string{"add": " USER [--admin]", "remove": " USER", "title": " TITLE", "role": " USER member|admin|owner", "leave": ""}[sub])
+		}
+		var role clientsdk.Role
+		if sub == "role" {
+			if role = roleNamed(pos[2]); role == clientsdk.RoleNone {
+				return fmt.Errorf("role %q: it is member, admin or owner", pos[2])
+			}
 		}
 		return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
 			if err := a.syncFirst(ctx, d); err != nil {
@@ -543,6 +572,14 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 				if err != nil {
 					return err
 				}
+			case "role":
+				u, err := d.LookupUser(ctx, pos[1])
+				if err != nil {
+					return err
+				}
+				if op, err = d.SetRole(ctx, conv, u.ID, role); err != nil {
+					return err
+				}
 			case "title":
 				if op, err = d.SetTitle(ctx, conv, pos[1]); err != nil {
 					return err
@@ -558,6 +595,16 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 	return fmt.Errorf("unknown conversation command %q", sub)
 }
 
+// roleNamed is the role of a name ferry prints, RoleNone for another.
+func roleNamed(name string) clientsdk.Role {
+	for _, r := range []clientsdk.Role{clientsdk.RoleMember, clientsdk.RoleAdmin, clientsdk.RoleOwner} {
+		if strings.EqualFold(name, r.String()) {
+			return r
+		}
+	}
+	return clientsdk.RoleNone
+}
+
 // finishOp pushes a queued op and reports what became of it.
 func (a *app) finishOp(ctx context.Context, d *clientsdk.Device, conv, op ulid.ULID, what string) error {
 	queued, err := a.syncQueued(ctx, d, what)
@@ -567,7 +614,7 @@ func (a *app) finishOp(ctx context.Context, d *clientsdk.Device, conv, op ulid.U
 	if fs, ferr := d.Failed(); ferr == nil {
 		for _, f := range fs {
 			if f.Op == op {
-				return fmt.Errorf("%s refused by the server: %s: %s", what, f.Reason, f.Message)
+				return fmt.Errorf("%s refused by the server: %s: %s (ferry failed --dismiss %s forgets it)", what, f.Reason, f.Message, op)
 			}
 		}
 	}
@@ -741,6 +788,13 @@ func (o messageOut) line() string {
 		seq = "-" // not sent yet: no seq (its status says why)
 	}
 	s := fmt.Sprintf("%s %s: %s", seq, o.Author, text)
+	if len(o.React) > 0 {
+		keys := slices.Sorted(maps.Keys(o.React))
+		for i, k := range keys {
+			keys[i] = fmt.Sprintf("%s %d", k, len(o.React[k]))
+		}
+		s += " (" + strings.Join(keys, ", ") + ")"
+	}
 	if o.Status != "" {
 		s += " [" + o.Status + "]"
 	}
@@ -767,6 +821,206 @@ func (a *app) send(ctx context.Context, args []string) error {
 			return err
 		}
 		return a.finishOp(ctx, d, conv, id, "message")
+	})
+}
+
+// onMessage edits, deletes or reacts to a message: edit CONV MSG TEXT...,
+// delete CONV MSG, react CONV MSG KEY [--remove]. Like send, it queues the
+// op and sends it when the server is in reach.
+func (a *app) onMessage(ctx context.Context, cmd string, args []string) error {
+	var remove bool
+	pos := args
+	if cmd == "edit" {
+		// The text is the rest, as send's, a "--" before it allowed.
+		if len(pos) >= 3 && pos[2] == "--" {
+			pos = append(pos[:2:2], pos[3:]...)
+		}
+	} else {
+		var err error
+		if pos, err = flags(cmd, args, a.errOut, func(fs *flag.FlagSet) {
+			if cmd == "react" {
+				fs.BoolVar(&remove, "remove", false, "remove the reaction instead")
+			}
+		}); err != nil {
+			return err
+		}
+	}
+	switch {
+	case cmd == "edit" && len(pos) < 3:
+		return errors.New("usage: ferry edit CONV MSG [--] TEXT...")
+	case cmd == "edit" && strings.TrimSpace(strings.Join(pos[2:], " ")) == "":
+		return errors.New("edit: the new text is empty (ferry delete deletes a message)")
+	case cmd == "delete" && len(pos) != 2:
+		return errors.New("usage: ferry delete CONV MSG")
+	case cmd == "react" && len(pos) != 3:
+		return errors.New("usage: ferry react CONV MSG KEY [--remove]")
+	}
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		conv, err := a.resolve(ctx, d, pos[0])
+		if err != nil {
+			return err
+		}
+		m, err := a.resolveMsg(ctx, d, conv, pos[1])
+		if err != nil {
+			return err
+		}
+		name := "message " + pos[1]
+		if m.Seq > 0 {
+			name = fmt.Sprintf("message #%d", m.Seq)
+		}
+		if m.Deleted {
+			return fmt.Errorf("%s was deleted", name)
+		}
+		var op ulid.ULID
+		what := cmd
+		switch cmd {
+		case "edit":
+			if acc, err := d.Account(); err == nil && acc.User != m.Author {
+				return fmt.Errorf("%s is %s's: only its author may edit a message", name, message(m).Author)
+			}
+			// The CLI writes text: a message of another text type, such as
+			// text/markdown, keeps its type.
+			ct := m.ContentType
+			if !strings.HasPrefix(ct, "text/") {
+				ct = "text/plain"
+			}
+			op, err = d.Edit(ctx, conv, m.ID, []byte(strings.Join(pos[2:], " ")), ct)
+		case "delete":
+			op, err = d.Delete(ctx, conv, m.ID)
+		case "react":
+			what = "reaction"
+			if remove {
+				what = "reaction removal"
+				op, err = d.Unreact(ctx, conv, m.ID, pos[2])
+			} else {
+				op, err = d.React(ctx, conv, m.ID, pos[2])
+			}
+		}
+		if err != nil {
+			return err
+		}
+		return a.finishOp(ctx, d, conv, op, what)
+	})
+}
+
+// resolveMsg finds a message of conv by its seq or id, syncing once when
+// the device does not hold it yet.
+func (a *app) resolveMsg(ctx context.Context, d *clientsdk.Device, conv ulid.ULID, ref string) (clientsdk.Message, error) {
+	m, err := findMsg(d, conv, ref)
+	if !errors.As(err, new(notHere)) {
+		return m, err
+	}
+	if serr := a.syncFirst(ctx, d); serr != nil {
+		return m, fmt.Errorf("%w (and sync failed: %v)", err, serr)
+	}
+	return findMsg(d, conv, ref)
+}
+
+// findMsg finds a message of conv that the device holds, by its seq (12
+// or #12) or its id: a pending message has an id alone.
+func findMsg(d *clientsdk.Device, conv ulid.ULID, ref string) (clientsdk.Message, error) {
+	if id, err := ulid.ParseStrict(ref); err == nil {
+		var before uint64
+		for {
+			page, err := d.Messages(conv, clientsdk.PageOptions{Limit: 1000, Before: before})
+			if err != nil {
+				return clientsdk.Message{}, err
+			}
+			for _, m := range page.Messages {
+				if m.ID == id {
+					return m, nil
+				}
+			}
+			n := len(page.Messages)
+			if !page.More || n == 0 || page.Messages[n-1].Seq == 0 {
+				return clientsdk.Message{}, notHere(fmt.Sprintf("no message %s in this conversation", id))
+			}
+			before = page.Messages[n-1].Seq
+		}
+	}
+	seq, err := strconv.ParseUint(strings.TrimPrefix(ref, "#"), 10, 64)
+	if err != nil || seq == 0 || seq == math.MaxUint64 {
+		return clientsdk.Message{}, fmt.Errorf("MSG %q is neither a message's seq (12, or #12, as history prints it) nor its id", ref)
+	}
+	page, err := d.Messages(conv, clientsdk.PageOptions{Limit: 1, Before: seq + 1})
+	if err != nil {
+		return clientsdk.Message{}, err
+	}
+	if len(page.Messages) == 1 && page.Messages[0].Seq == seq {
+		return page.Messages[0], nil
+	}
+	return clientsdk.Message{}, notHere(fmt.Sprintf("no message #%d in this conversation (history lists the messages with their seqs)", seq))
+}
+
+// failed lists the ops the server refused, which the device keeps until
+// they are dismissed, and dismisses them.
+func (a *app) failed(ctx context.Context, args []string) error {
+	var dismiss multi
+	var all bool
+	pos, err := flags("failed", args, a.errOut, func(fs *flag.FlagSet) {
+		fs.Var(&dismiss, "dismiss", "forget the failed op with this id (repeatable)")
+		fs.BoolVar(&all, "dismiss-all", false, "forget every failed op")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return errors.New("usage: ferry failed [--dismiss OP]... [--dismiss-all]")
+	}
+	var ids []ulid.ULID
+	for _, s := range dismiss {
+		id, err := ulid.ParseStrict(s)
+		if err != nil {
+			return fmt.Errorf("--dismiss %q is not an op id (ferry failed lists them)", s)
+		}
+		ids = append(ids, id)
+	}
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		fs, err := d.Failed()
+		if err != nil {
+			return err
+		}
+		if all {
+			for _, f := range fs {
+				ids = append(ids, f.Op)
+			}
+		}
+		if len(dismiss) > 0 || all {
+			done := []string{}
+			for _, id := range ids {
+				if err := d.DismissFailed(id); errors.Is(err, clientsdk.ErrNotFailed) {
+					return fmt.Errorf("no failed op %s here (ferry failed lists them)", id)
+				} else if err != nil {
+					return err
+				}
+				done = append(done, id.String())
+			}
+			a.print(map[string]any{"dismissed": done}, fmt.Sprintf("dismissed %d failed ops", len(done)))
+			return nil
+		}
+		type out struct {
+			Op      string `json:"op"`
+			Conv    string `json:"conversation"`
+			Title   string `json:"title"`
+			Kind    string `json:"kind"`
+			Reason  string `json:"reason"`
+			Message string `json:"message"`
+		}
+		outs := []out{}
+		var lines []string
+		for _, f := range fs {
+			o := out{Op: f.Op.String(), Conv: f.Conv.String(), Kind: f.Kind, Reason: f.Reason, Message: f.Message}
+			if c, err := d.Conversation(f.Conv); err == nil {
+				o.Title = c.Title
+			}
+			outs = append(outs, o)
+			lines = append(lines, fmt.Sprintf("%s  %s in %q: %s: %s", o.Op, o.Kind, o.Title, o.Reason, o.Message))
+		}
+		if len(lines) > 0 {
+			lines = append(lines, "(ferry failed --dismiss OP forgets one; to send a message again, send its text anew)")
+		}
+		a.print(outs, strings.Join(lines, "\n"))
+		return nil
 	})
 }
 
@@ -800,7 +1054,7 @@ func (a *app) sync(ctx context.Context) error {
 		fs, _ := d.Failed()
 		pend, _ := d.Outbox()
 		a.print(map[string]any{"conversations": len(cs), "received": got, "pending": len(pend), "failed": len(fs)},
-			fmt.Sprintf("caught up: %d conversations, %d ops received, %d pending, %d failed", len(cs), got, len(pend), len(fs)))
+			fmt.Sprintf("caught up: %d conversations, %d ops received, %d pending, %d failed%s", len(cs), got, len(pend), len(fs), failedHint(len(fs))))
 		return nil
 	})
 }
@@ -1071,7 +1325,15 @@ func (a *app) status() error {
 	cs, _ := d.Conversations()
 	a.print(map[string]any{"signed_in": true, "profile": a.profile, "account": accountJSON(acc),
 		"conversations": len(cs), "pending": len(pending), "failed": len(failed)},
-		fmt.Sprintf("%s on device %s at %s\nprofile %s: %d conversations, %d pending, %d failed",
-			acc.Username, acc.Device, acc.Server, a.profile, len(cs), len(pending), len(failed)))
+		fmt.Sprintf("%s on device %s at %s\nprofile %s: %d conversations, %d pending, %d failed%s",
+			acc.Username, acc.Device, acc.Server, a.profile, len(cs), len(pending), len(failed), failedHint(len(failed))))
 	return nil
+}
+
+// failedHint points at the failed command when ops failed.
+func failedHint(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return " (ferry failed says why)"
 }

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -283,13 +284,25 @@ func TestSendWhileTheServerIsDown(t *testing.T) {
 	if h := testbin.Run(t, env, ferry, "--profile", profile, "history", "notes", "--offline"); !strings.Contains(h, "- alice: written offline [pending]") {
 		t.Fatalf("history with the message queued: %q, want it listed pending, with no seq", h)
 	}
+	// A message not sent yet has an id alone, by which it is edited, and
+	// the edit waits with it.
+	var pending []struct{ ID string }
+	if err := json.Unmarshal([]byte(testbin.Run(t, env, ferry, "--profile", profile, "--json", "history", "notes", "--offline")), &pending); err != nil || len(pending) != 1 {
+		t.Fatalf("history --json with the message queued: %+v %v", pending, err)
+	}
+	if out := testbin.Run(t, env, ferry, "--profile", profile, "--timeout", "20s", "edit", "notes", pending[0].ID, "--", "written offline, then edited"); !strings.Contains(out, "edit queued") {
+		t.Fatalf("edit of the pending message with the server down: %q, want it queued", out)
+	}
+	if h := testbin.Run(t, env, ferry, "--profile", profile, "history", "notes", "--offline"); !strings.Contains(h, "- alice: written offline, then edited (edited) [pending]") {
+		t.Fatalf("history with the message and its edit queued: %q", h)
+	}
 	srv.Start()
 	var sync struct{ Pending int }
 	if err := json.Unmarshal([]byte(testbin.Run(t, env, ferry, "--profile", profile, "--json", "sync")), &sync); err != nil || sync.Pending != 0 {
 		t.Fatalf("the sync after: %+v, %v; want nothing pending", sync, err)
 	}
-	if h := testbin.Run(t, env, ferry, "--profile", profile, "history", "notes"); !strings.Contains(h, "written offline") {
-		t.Fatalf("history after the sync: %q, want the message", h)
+	if h := testbin.Run(t, env, ferry, "--profile", profile, "history", "notes"); !strings.Contains(h, "#2 alice: written offline, then edited (edited)") {
+		t.Fatalf("history after the sync: %q, want the message, edited", h)
 	}
 	// --server names the server to sync with, the one to try first.
 	dead := "http://" + testbin.FreeAddr(t)
@@ -303,5 +316,94 @@ func TestSendWhileTheServerIsDown(t *testing.T) {
 	elsewhere := []string{"FERRY_SERVER=" + dead, "FERRY_PASSWORD=correct horse"}
 	if err := json.Unmarshal([]byte(testbin.Run(t, elsewhere, ferry, "--profile", profile, "--json", "sync")), &sync); err != nil || sync.Pending != 0 {
 		t.Fatalf("the sync with FERRY_SERVER naming another server: %+v, %v; want it done on the profile's, nothing pending", sync, err)
+	}
+}
+
+// TestMessageCommands: edit, delete and react name a message by the seq
+// history prints or by its id; the server's refusals are listed by
+// failed, which dismisses them; an owner hands the conversation on with
+// conversation role before leaving it.
+func TestMessageCommands(t *testing.T) {
+	_, ferry, env, alice := aliceWithNotes(t)
+	bob := filepath.Join(filepath.Dir(alice), "bob")
+	run := func(profile string, args ...string) string {
+		t.Helper()
+		return testbin.Run(t, env, ferry, append([]string{"--profile", profile}, args...)...)
+	}
+	fails := func(want string, profile string, args ...string) {
+		t.Helper()
+		_, stderr, err := testbin.RunErr(env, ferry, append([]string{"--profile", profile}, args...)...)
+		if err == nil || !strings.Contains(stderr, want) {
+			t.Fatalf("ferry %s: %v %q; want an error saying %q", strings.Join(args, " "), err, stderr, want)
+		}
+	}
+	type msg struct {
+		ID, Author, Text string
+		Seq              uint64
+		Edited, Deleted  bool
+		Reactions        map[string][]string
+	}
+	last := func(profile string) msg {
+		t.Helper()
+		var ms []msg
+		if err := json.Unmarshal([]byte(run(profile, "--json", "history", "notes", "--limit", "1")), &ms); err != nil || len(ms) != 1 {
+			t.Fatalf("history: %v %+v", err, ms)
+		}
+		return ms[0]
+	}
+	run(bob, "register", "bob")
+	run(alice, "conversation", "add", "notes", "bob")
+	run(alice, "send", "notes", "helo")
+	m := last(alice)
+	seq := strconv.FormatUint(m.Seq, 10)
+
+	run(alice, "edit", "notes", "#"+seq, "hello", "world")
+	if got := last(bob); got.Text != "hello world" || !got.Edited || got.ID != m.ID {
+		t.Fatalf("bob's view after alice's edit of #%s: %+v", seq, got)
+	}
+	fails("only its author may edit", bob, "edit", "notes", seq, "hijacked")
+	fails("no message #999", alice, "edit", "notes", "999", "x")
+	fails("neither a message's seq", alice, "delete", "notes", "first")
+
+	run(bob, "react", "notes", seq, "👍")
+	if got := last(alice); len(got.Reactions["👍"]) != 1 {
+		t.Fatalf("alice's view after bob's reaction: %+v", got)
+	}
+	if h := run(alice, "history", "notes", "--limit", "1"); !strings.Contains(h, "hello world (edited) (👍 1)") {
+		t.Fatalf("history shows %q; want the reaction counted", h)
+	}
+	run(bob, "react", "notes", m.ID, "👍", "--remove")
+	if got := last(alice); len(got.Reactions) != 0 {
+		t.Fatalf("alice's view after bob took his reaction back: %+v", got)
+	}
+	run(alice, "delete", "notes", seq)
+	if got := last(bob); !got.Deleted || got.Text != "" {
+		t.Fatalf("bob's view after alice deleted #%s: %+v", seq, got)
+	}
+	fails("was deleted", alice, "edit", "notes", seq, "again")
+
+	// The last owner may not leave: the server refuses, and failed says
+	// why until the refusal is dismissed.
+	fails("last owner", alice, "conversation", "leave", "notes")
+	var failed []struct{ Op, Kind, Reason, Title string }
+	if err := json.Unmarshal([]byte(run(alice, "--json", "failed")), &failed); err != nil || len(failed) != 1 ||
+		failed[0].Kind != "member-remove" || failed[0].Reason != "FAILED_PRECONDITION" || failed[0].Title != "notes" {
+		t.Fatalf("failed: %+v %v; want the leave, refused", failed, err)
+	}
+	if st := run(alice, "status"); !strings.Contains(st, "1 failed (ferry failed says why)") {
+		t.Fatalf("status: %q", st)
+	}
+	fails("no failed op", alice, "failed", "--dismiss", m.ID)
+	run(alice, "failed", "--dismiss", failed[0].Op)
+	if err := json.Unmarshal([]byte(run(alice, "--json", "failed")), &failed); err != nil || len(failed) != 0 {
+		t.Fatalf("failed after --dismiss: %+v %v; want none", failed, err)
+	}
+	fails("member, admin or owner", alice, "conversation", "role", "notes", "bob", "boss")
+	run(alice, "conversation", "role", "notes", "bob", "owner")
+	run(alice, "conversation", "leave", "notes")
+	var members []struct{ Username, Role string }
+	if err := json.Unmarshal([]byte(run(bob, "--json", "conversation", "members", "notes")), &members); err != nil ||
+		len(members) != 1 || members[0].Username != "bob" || members[0].Role != "owner" {
+		t.Fatalf("members after alice handed notes to bob and left: %+v %v", members, err)
 	}
 }
