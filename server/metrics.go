@@ -31,6 +31,8 @@ type stats struct {
 	signInsLimited  atomic.Uint64
 	pushesThrottled atomic.Uint64
 	pushesRefused   atomic.Uint64
+	// tlsHandshakeErrors counts the TLS handshakes that failed (ErrorLog).
+	tlsHandshakeErrors atomic.Uint64
 }
 
 // callCounts counts a procedure's finished calls by Connect code; 0 is OK.
@@ -132,6 +134,9 @@ type Metrics struct {
 	// PushesThrottled counts pushes and acks that waited for their user's
 	// push limit; PushesRefused the pushes refused by it (acks wait).
 	PushesThrottled, PushesRefused uint64
+	// TLSHandshakeErrors counts the TLS handshakes that failed, as
+	// reported to ErrorLog's logger.
+	TLSHandshakeErrors uint64
 }
 
 // Metrics returns the server's counters. It is safe for concurrent use.
@@ -143,6 +148,7 @@ func (s *Server) Metrics() Metrics {
 		PushTime: st.pushTime.Snapshot(), LiveDelay: st.liveDelay.Snapshot(), CatchUps: st.catchUps.Load(), SentBytes: st.sentBytes.Load(),
 		SendTimeouts: st.sendTimeouts.Load(), SignInsLimited: st.signInsLimited.Load(),
 		PushesThrottled: st.pushesThrottled.Load(), PushesRefused: st.pushesRefused.Load(),
+		TLSHandshakeErrors: st.tlsHandshakeErrors.Load(),
 	}
 	st.calls.Range(func(k, v any) bool {
 		byCode := map[connect.Code]uint64{}
@@ -205,6 +211,7 @@ var (
 	dSignInsLimited  = desc("ferry_sign_ins_limited_total", "Sign-ins refused by the sign-in rate limit.")
 	dPushesThrottled = desc("ferry_pushes_throttled_total", "Pushes and acks that waited for their user's push limit.")
 	dPushesRefused   = desc("ferry_pushes_refused_total", "Pushes refused by the push limit: their user's devices pushed too much at once.")
+	dTLSHandshakes   = desc("ferry_tls_handshake_errors_total", "TLS handshakes that failed: scanners and plain-TCP health checks, or clients that refuse the certificate.")
 	dCommits         = desc("ferry_commits_total", "Synced group commits.")
 	dCommitRequests  = desc("ferry_commit_requests_total", "Write requests carried by the group commits.")
 	dCommitTime      = desc("ferry_commit_duration_seconds", "Time of a synced group commit.")
@@ -274,6 +281,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dSignInsLimited, m.SignInsLimited)
 	counter(dPushesThrottled, m.PushesThrottled)
 	counter(dPushesRefused, m.PushesRefused)
+	counter(dTLSHandshakes, m.TLSHandshakeErrors)
 
 	e := c.s.eng.Metrics()
 	counter(dCommits, e.Commits)

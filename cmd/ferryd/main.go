@@ -586,7 +586,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		extra = append(extra, webui.Register)
 	}
 	hs := server.NewHTTPServer(c.addr, srv.Handler(extra...), tlsConfig)
-	hs.HTTP.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	hs.HTTP.ErrorLog = srv.ErrorLog()
 	hs.H2C = c.h2c
 	hs.HTTP.HTTP2.WriteByteTimeout = c.sendTimeout // 0: no limit, as the flag says
 	scheme := "http"

@@ -241,6 +241,18 @@ func TestServeTLS(t *testing.T) {
 	if err := get(pool); err == nil {
 		t.Fatal("the old certificate is still served")
 	}
+	// The client refused the certificate: the first failed handshake is
+	// logged at WARN, saying so (net/http's line, read by the server).
+	for wait := time.After(time.Minute); !strings.Contains(logs.String(), `level=WARN msg="TLS handshake failed`); {
+		select {
+		case <-logs.w:
+		case <-wait:
+			t.Fatalf("no warning of the failed TLS handshake in a minute:\n%s", logs.String())
+		}
+	}
+	if l := logs.String(); !strings.Contains(l, "bad certificate") && !strings.Contains(l, "unknown certificate") {
+		t.Fatalf("the warning does not say why the handshake failed:\n%s", l)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
