@@ -284,7 +284,7 @@ func parse(fs *flag.FlagSet, args []string, env func(string) string) error {
 		if set[f.Name] || toolOnly[f.Name] {
 			return
 		}
-		key := "FERRY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		key := envKey(f.Name)
 		if v := env(key); v != "" {
 			if err := f.Value.Set(v); err != nil {
 				errs = append(errs, fmt.Errorf("%s=%q: %v", key, v, err))
@@ -292,6 +292,55 @@ func parse(fs *flag.FlagSet, args []string, env func(string) string) error {
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// envKey is the FERRY_ variable of a flag.
+func envKey(name string) string {
+	return "FERRY_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// blameEnv adds to each line of err that names a flag whose value came
+// from its FERRY_ variable where it came from: a value the operator did
+// not type is a variable left set, which they should look for there.
+func blameEnv(err error, fs *flag.FlagSet, env func(string) string) error {
+	if err == nil {
+		return nil
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var fromEnv []string
+	fs.VisitAll(func(f *flag.Flag) {
+		if !set[f.Name] && !toolOnly[f.Name] && env(envKey(f.Name)) != "" {
+			fromEnv = append(fromEnv, f.Name)
+		}
+	})
+	if len(fromEnv) == 0 {
+		return err
+	}
+	lines := strings.Split(err.Error(), "\n")
+	for i, line := range lines {
+		for _, name := range fromEnv {
+			if flagNamed(line, name) && !strings.Contains(line, envKey(name)) {
+				lines[i] += fmt.Sprintf(" (--%s is set by %s)", name, envKey(name))
+			}
+		}
+	}
+	return errors.New(strings.Join(lines, "\n"))
+}
+
+// flagNamed reports whether line names --name, not a longer flag that
+// starts with it.
+func flagNamed(line, name string) bool {
+	for rest := line; ; {
+		i := strings.Index(rest, "--"+name)
+		if i < 0 {
+			return false
+		}
+		rest = rest[i+2+len(name):]
+		if rest == "" || !(rest[0] == '-' || 'a' <= rest[0] && rest[0] <= 'z') {
+			return true
+		}
+	}
 }
 
 // commands are ferryd's commands; serve is the default.
@@ -350,7 +399,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		errs = append(errs, checkServeFlags(c))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return err
+		return blameEnv(err, fs, os.Getenv)
 	}
 	switch cmd {
 	case "check":

@@ -714,3 +714,26 @@ func TestOperatorMistakes(t *testing.T) {
 		}
 	}
 }
+
+// TestBadValueFromTheEnvironment: a bad value that came from a FERRY_
+// variable is blamed on it, where the operator must look for it; one
+// given on the command line is not.
+func TestBadValueFromTheEnvironment(t *testing.T) {
+	t.Setenv("FERRY_PUSH_LIMIT", "-1")
+	t.Setenv("FERRY_HEARTBEAT", "1000h") // the command line's wins
+	t.Setenv("FERRY_DATA", "~/ferry")
+	err := run(context.Background(), []string{"--addr", "127.0.0.1:0", "--heartbeat", "2000h", "--log-level", "warn"}, io.Discard, io.Discard)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	for _, want := range []string{
+		"--push-limit -1: it must not be negative (0: no limit) (--push-limit is set by FERRY_PUSH_LIMIT)",
+		"--heartbeat must be between 100ms and 1h, got 2000h0m0s",
+		`--data "~/ferry": ferryd does not expand ~ (a shell does, unquoted, and an environment variable never): give the path in full (--data is set by FERRY_DATA)`,
+	} {
+		if !slices.Contains(lines, want) {
+			t.Errorf("no line %q in:\n%v", want, err)
+		}
+	}
+}
