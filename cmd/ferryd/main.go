@@ -54,8 +54,32 @@ func main() {
 	}
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "ferryd:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
+}
+
+// usageError is a mistake on the command line (a flag, a value, an
+// argument missing): run as it is, the command fails again.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// usageErr marks err, if any, as a usage mistake.
+func usageErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return usageError{err}
+}
+
+// exitCode is ferryd's exit status for err: 2 for a usage mistake, as the
+// flag package's, which a service manager can be told not to restart on
+// (systemd's RestartPreventExitStatus=2); 1 for any other failure.
+func exitCode(err error) int {
+	if errors.As(err, new(usageError)) {
+		return 2
+	}
+	return 1
 }
 
 // stopContexts returns a context that the first SIGINT or SIGTERM ends,
@@ -377,7 +401,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if cmd != "serve" {
 			name += " " + cmd
 		}
-		return fmt.Errorf("%w (%s -h lists the flags)", err, name)
+		return usageErr(fmt.Errorf("%w (%s -h lists the flags)", err, name))
 	}
 	// Every bad value at once, by its flag.
 	var errs []error
@@ -399,7 +423,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		errs = append(errs, checkServeFlags(c))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return blameEnv(err, fs, os.Getenv)
+		return usageErr(blameEnv(err, fs, os.Getenv))
 	}
 	switch cmd {
 	case "check":
@@ -873,7 +897,7 @@ var testEngineOptions func(*engine.Options)
 // history. The user logs in from their devices; the command makes none.
 func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, stdout, stderr io.Writer) error {
 	if c.username == "" {
-		return errors.New("add-user needs --username NAME (and the password on stdin)")
+		return usageErr(errors.New("add-user needs --username NAME (and the password on stdin)"))
 	}
 	if f, ok := in.(*os.File); ok {
 		fi, err := f.Stat()
@@ -915,7 +939,7 @@ func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, std
 // devices were lost or stolen.
 func revokeDevices(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
 	if c.username == "" {
-		return errors.New("revoke-devices needs --username NAME")
+		return usageErr(errors.New("revoke-devices needs --username NAME"))
 	}
 	eng, err := openStopped(c, log)
 	if err != nil {
@@ -984,13 +1008,13 @@ func check(c *config, log *slog.Logger, stdout io.Writer) error {
 
 func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 	if c.to == "" {
-		return errors.New("backup needs --to DIR")
+		return usageErr(errors.New("backup needs --to DIR"))
 	}
 	if _, err := os.Stat(c.to); err == nil {
-		return fmt.Errorf("backup: %s already exists; --to names a folder the backup creates", c.to)
+		return usageErr(fmt.Errorf("backup: %s already exists; --to names a folder the backup creates", c.to))
 	}
 	if rel, err := filepath.Rel(realPath(c.data), realPath(c.to)); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-		return fmt.Errorf("backup: --to %s is inside --data %s: a copy of the store's folder would carry its backup along; put it elsewhere", c.to, c.data)
+		return usageErr(fmt.Errorf("backup: --to %s is inside --data %s: a copy of the store's folder would carry its backup along; put it elsewhere", c.to, c.data))
 	}
 	eng, err := openStopped(c, log)
 	if err != nil {

@@ -658,6 +658,20 @@ func TestOperatorMistakes(t *testing.T) {
 	if n := strings.Count(err.Error(), "--sign-in-refill"); n != 1 {
 		t.Errorf("the error names --sign-in-refill %d times, want once:\n%v", n, err)
 	}
+	// Usage mistakes exit 2, other failures 1: a service manager need not
+	// restart a command line that fails as it is.
+	if got := exitCode(err); got != 2 {
+		t.Errorf("bad values exit %d, want 2", got)
+	}
+	for args, want := range map[string]int{
+		"--no-such-flag": 2, "backup --data " + root: 2, "add-user --data " + root: 2,
+		"check --data " + root + "/none": 1,
+	} {
+		err := run(context.Background(), strings.Fields(args), io.Discard, io.Discard)
+		if got := exitCode(err); err == nil || got != want {
+			t.Errorf("ferryd %s: exit %d (%v), want %d", args, got, err, want)
+		}
+	}
 
 	// serve as a command; a command after the flags.
 	if err := run(context.Background(), []string{"serve", "--cache-mib", "lots"}, io.Discard, io.Discard); err == nil || strings.Contains(err.Error(), "unexpected argument") {
