@@ -62,7 +62,7 @@ Commands:
   send CONV [--] TEXT...                send a message (queued offline, sent when possible)
   edit CONV MSG [--] TEXT...            replace the text of one of your messages
   delete CONV MSG                       delete a message for everyone
-  react CONV MSG KEY [--remove]         add (or remove) your reaction, such as an emoji
+  react CONV MSG [--remove] [--] KEY    add (or remove) your reaction, such as an emoji
   failed [--dismiss OP]... [--dismiss-all]
                                         ops the server refused, and why; dismiss them
   sync                                  catch up once and exit when caught up
@@ -555,29 +555,44 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 			}
 			var op ulid.ULID
 			switch sub {
-			case "add", "remove":
+			case "add", "remove", "role":
 				u, err := d.LookupUser(ctx, pos[1])
 				if err != nil {
 					return err
 				}
-				if sub == "add" {
+				// What the device knows is refused before it is queued,
+				// in names; the server has the last word.
+				c, err := d.Conversation(conv)
+				if err != nil {
+					return err
+				}
+				member := false
+				if ms, err := d.Members(ctx, conv); err == nil {
+					member = slices.ContainsFunc(ms, func(m clientsdk.Member) bool { return m.ID == u.ID })
+				} else {
+					member = sub != "add" // unknown: let the server say
+				}
+				switch {
+				case sub == "add" && member:
+					return fmt.Errorf("%s is already a member of %q", u.Username, c.Title)
+				case sub != "add" && !member:
+					return fmt.Errorf("%s is not a member of %q", u.Username, c.Title)
+				case sub == "role" && c.Role < clientsdk.RoleOwner:
+					return fmt.Errorf("only owners may change roles (your role in %q: %s)", c.Title, c.Role)
+				}
+				switch sub {
+				case "add":
 					role := clientsdk.RoleMember
 					if admin {
 						role = clientsdk.RoleAdmin
 					}
 					op, err = d.AddMember(ctx, conv, u.ID, role)
-				} else {
+				case "remove":
 					op, err = d.RemoveMember(ctx, conv, u.ID)
+				case "role":
+					op, err = d.SetRole(ctx, conv, u.ID, role)
 				}
 				if err != nil {
-					return err
-				}
-			case "role":
-				u, err := d.LookupUser(ctx, pos[1])
-				if err != nil {
-					return err
-				}
-				if op, err = d.SetRole(ctx, conv, u.ID, role); err != nil {
 					return err
 				}
 			case "title":
@@ -825,7 +840,7 @@ func (a *app) send(ctx context.Context, args []string) error {
 }
 
 // onMessage edits, deletes or reacts to a message: edit CONV MSG TEXT...,
-// delete CONV MSG, react CONV MSG KEY [--remove]. Like send, it queues the
+// delete CONV MSG, react CONV MSG [--remove] KEY. Like send, it queues the
 // op and sends it when the server is in reach.
 func (a *app) onMessage(ctx context.Context, cmd string, args []string) error {
 	var remove bool
@@ -853,7 +868,7 @@ func (a *app) onMessage(ctx context.Context, cmd string, args []string) error {
 	case cmd == "delete" && len(pos) != 2:
 		return errors.New("usage: ferry delete CONV MSG")
 	case cmd == "react" && len(pos) != 3:
-		return errors.New("usage: ferry react CONV MSG KEY [--remove]")
+		return errors.New("usage: ferry react CONV MSG [--remove] [--] KEY")
 	}
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
 		conv, err := a.resolve(ctx, d, pos[0])
@@ -868,15 +883,34 @@ func (a *app) onMessage(ctx context.Context, cmd string, args []string) error {
 		if m.Seq > 0 {
 			name = fmt.Sprintf("message #%d", m.Seq)
 		}
-		if m.Deleted {
+		switch {
+		case m.Status == clientsdk.StatusFailed && cmd == "delete":
+			// Never sent: deleting it here is forgetting it.
+			if err := d.DismissFailed(m.ID); err != nil {
+				return err
+			}
+			a.print(map[string]string{"conversation": conv.String(), "op": m.ID.String(), "status": "dismissed"},
+				"the failed message is dismissed (it was never sent)")
+			return nil
+		case m.Status == clientsdk.StatusFailed:
+			return fmt.Errorf("%s was refused by the server, never sent (ferry failed says why; ferry delete forgets it)", name)
+		case m.Deleted:
 			return fmt.Errorf("%s was deleted", name)
+		}
+		acc, err := d.Account()
+		if err != nil {
+			return err
+		}
+		c, err := d.Conversation(conv)
+		if err != nil {
+			return err
 		}
 		var op ulid.ULID
 		what := cmd
 		switch cmd {
 		case "edit":
-			if acc, err := d.Account(); err == nil && acc.User != m.Author {
-				return fmt.Errorf("%s is %s's: only its author may edit a message", name, message(m).Author)
+			if acc.User != m.Author {
+				return fmt.Errorf("%s is %s's: only its author may edit a message", name, a.username(ctx, d, conv, m.Author))
 			}
 			// The CLI writes text: a message of another text type, such as
 			// text/markdown, keeps its type.
@@ -886,21 +920,48 @@ func (a *app) onMessage(ctx context.Context, cmd string, args []string) error {
 			}
 			op, err = d.Edit(ctx, conv, m.ID, []byte(strings.Join(pos[2:], " ")), ct)
 		case "delete":
+			if acc.User != m.Author && c.Role < clientsdk.RoleAdmin {
+				return fmt.Errorf("%s is %s's: only its author or an admin may delete a message", name, a.username(ctx, d, conv, m.Author))
+			}
 			op, err = d.Delete(ctx, conv, m.ID)
 		case "react":
-			what = "reaction"
-			if remove {
-				what = "reaction removal"
-				op, err = d.Unreact(ctx, conv, m.ID, pos[2])
-			} else {
-				op, err = d.React(ctx, conv, m.ID, pos[2])
+			key := pos[2]
+			if strings.TrimSpace(key) == "" {
+				return errors.New("react: the key is blank (an emoji, say)")
 			}
+			what = "reaction"
+			if !remove {
+				op, err = d.React(ctx, conv, m.ID, key)
+				break
+			}
+			mine := false
+			for _, r := range m.Reactions {
+				mine = mine || r.Key == key && slices.Contains(r.Users, acc.User)
+			}
+			if !mine {
+				return fmt.Errorf("you have no %s reaction on %s to remove", key, name)
+			}
+			what = "reaction removal"
+			op, err = d.Unreact(ctx, conv, m.ID, key)
 		}
 		if err != nil {
 			return err
 		}
 		return a.finishOp(ctx, d, conv, op, what)
 	})
+}
+
+// username is user's username, learned from conv's members when the
+// device does not know it yet; its id when no one says.
+func (a *app) username(ctx context.Context, d *clientsdk.Device, conv, user ulid.ULID) string {
+	if ms, err := d.Members(ctx, conv); err == nil {
+		for _, m := range ms {
+			if m.ID == user && m.Username != "" {
+				return m.Username
+			}
+		}
+	}
+	return user.String()
 }
 
 // resolveMsg finds a message of conv by its seq or id, syncing once when
@@ -949,6 +1010,10 @@ func findMsg(d *clientsdk.Device, conv ulid.ULID, ref string) (clientsdk.Message
 	if len(page.Messages) == 1 && page.Messages[0].Seq == seq {
 		return page.Messages[0], nil
 	}
+	if c, err := d.Conversation(conv); err == nil && seq <= c.Head && !c.Loading {
+		// Held, and no message: another op's seq, which no sync changes.
+		return clientsdk.Message{}, fmt.Errorf("#%d is not a message: it is another change to the conversation (history lists the messages with their seqs)", seq)
+	}
 	return clientsdk.Message{}, notHere(fmt.Sprintf("no message #%d in this conversation (history lists the messages with their seqs)", seq))
 }
 
@@ -980,22 +1045,38 @@ func (a *app) failed(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		if all {
-			for _, f := range fs {
-				ids = append(ids, f.Op)
-			}
-		}
 		if len(dismiss) > 0 || all {
+			// Each named op must be failed, or nothing is dismissed.
+			held := map[ulid.ULID]bool{}
+			for _, f := range fs {
+				held[f.Op] = true
+			}
+			for _, id := range ids {
+				if !held[id] {
+					return fmt.Errorf("no failed op %s here (ferry failed lists them): nothing dismissed", id)
+				}
+			}
+			if all {
+				ids = ids[:0]
+				for _, f := range fs {
+					ids = append(ids, f.Op)
+				}
+			}
 			done := []string{}
 			for _, id := range ids {
-				if err := d.DismissFailed(id); errors.Is(err, clientsdk.ErrNotFailed) {
-					return fmt.Errorf("no failed op %s here (ferry failed lists them)", id)
-				} else if err != nil {
+				if slices.Contains(done, id.String()) {
+					continue
+				}
+				if err := d.DismissFailed(id); err != nil {
 					return err
 				}
 				done = append(done, id.String())
 			}
-			a.print(map[string]any{"dismissed": done}, fmt.Sprintf("dismissed %d failed ops", len(done)))
+			noun := "ops"
+			if len(done) == 1 {
+				noun = "op"
+			}
+			a.print(map[string]any{"dismissed": done}, fmt.Sprintf("dismissed %d failed %s", len(done), noun))
 			return nil
 		}
 		type out struct {
@@ -1014,10 +1095,16 @@ func (a *app) failed(ctx context.Context, args []string) error {
 				o.Title = c.Title
 			}
 			outs = append(outs, o)
-			lines = append(lines, fmt.Sprintf("%s  %s in %q: %s: %s", o.Op, o.Kind, o.Title, o.Reason, o.Message))
+			where := fmt.Sprintf("%q", o.Title)
+			if o.Title == "" {
+				where = o.Conv
+			}
+			lines = append(lines, fmt.Sprintf("%s  %s in %s: %s: %s", o.Op, o.Kind, where, o.Reason, o.Message))
 		}
 		if len(lines) > 0 {
 			lines = append(lines, "(ferry failed --dismiss OP forgets one; to send a message again, send its text anew)")
+		} else {
+			lines = append(lines, "no failed ops")
 		}
 		a.print(outs, strings.Join(lines, "\n"))
 		return nil

@@ -362,7 +362,9 @@ func TestMessageCommands(t *testing.T) {
 		t.Fatalf("bob's view after alice's edit of #%s: %+v", seq, got)
 	}
 	fails("only its author may edit", bob, "edit", "notes", seq, "hijacked")
+	fails("only its author or an admin may delete", bob, "delete", "notes", seq)
 	fails("no message #999", alice, "edit", "notes", "999", "x")
+	fails("#1 is not a message", alice, "edit", "notes", "1", "x")
 	fails("neither a message's seq", alice, "delete", "notes", "first")
 
 	run(bob, "react", "notes", seq, "👍")
@@ -376,16 +378,36 @@ func TestMessageCommands(t *testing.T) {
 	if got := last(alice); len(got.Reactions) != 0 {
 		t.Fatalf("alice's view after bob took his reaction back: %+v", got)
 	}
+	fails("you have no 👍 reaction", bob, "react", "notes", seq, "--remove", "👍")
+	fails("the key is blank", bob, "react", "notes", seq, " ")
 	run(alice, "delete", "notes", seq)
 	if got := last(bob); !got.Deleted || got.Text != "" {
 		t.Fatalf("bob's view after alice deleted #%s: %+v", seq, got)
 	}
 	fails("was deleted", alice, "edit", "notes", seq, "again")
 
+	// A message bob wrote offline, after he was removed, is refused: it
+	// cannot be edited, and deleting it forgets it.
+	dead := "http://" + testbin.FreeAddr(t)
+	run(bob, "--server", dead, "send", "notes", "after my time")
+	run(alice, "conversation", "remove", "notes", "bob")
+	run(bob, "sync")
+	var failed []struct{ Op, Kind, Reason, Title string }
+	if err := json.Unmarshal([]byte(run(bob, "--json", "failed")), &failed); err != nil || len(failed) != 1 || failed[0].Kind != "message" {
+		t.Fatalf("bob's failed ops: %+v %v; want his message", failed, err)
+	}
+	fails("refused by the server, never sent", bob, "edit", "notes", failed[0].Op, "x")
+	if out := run(bob, "delete", "notes", failed[0].Op); !strings.Contains(out, "dismissed") {
+		t.Fatalf("delete of a failed message: %q, want it dismissed", out)
+	}
+	if out := run(bob, "failed"); out != "no failed ops\n" {
+		t.Fatalf("failed, after: %q", out)
+	}
+	run(alice, "conversation", "add", "notes", "bob")
+
 	// The last owner may not leave: the server refuses, and failed says
 	// why until the refusal is dismissed.
 	fails("last owner", alice, "conversation", "leave", "notes")
-	var failed []struct{ Op, Kind, Reason, Title string }
 	if err := json.Unmarshal([]byte(run(alice, "--json", "failed")), &failed); err != nil || len(failed) != 1 ||
 		failed[0].Kind != "member-remove" || failed[0].Reason != "FAILED_PRECONDITION" || failed[0].Title != "notes" {
 		t.Fatalf("failed: %+v %v; want the leave, refused", failed, err)
@@ -393,12 +415,19 @@ func TestMessageCommands(t *testing.T) {
 	if st := run(alice, "status"); !strings.Contains(st, "1 failed (ferry failed says why)") {
 		t.Fatalf("status: %q", st)
 	}
-	fails("no failed op", alice, "failed", "--dismiss", m.ID)
-	run(alice, "failed", "--dismiss", failed[0].Op)
+	// An id among them that did not fail: nothing is dismissed.
+	fails("nothing dismissed", alice, "failed", "--dismiss", failed[0].Op, "--dismiss", m.ID)
+	if out := run(alice, "failed", "--dismiss-all", "--dismiss", failed[0].Op); out != "dismissed 1 failed op\n" {
+		t.Fatalf("failed --dismiss-all --dismiss OP: %q", out)
+	}
 	if err := json.Unmarshal([]byte(run(alice, "--json", "failed")), &failed); err != nil || len(failed) != 0 {
 		t.Fatalf("failed after --dismiss: %+v %v; want none", failed, err)
 	}
 	fails("member, admin or owner", alice, "conversation", "role", "notes", "bob", "boss")
+	fails("only owners may change roles", bob, "conversation", "role", "notes", "bob", "owner")
+	run(filepath.Join(filepath.Dir(alice), "carol"), "register", "carol")
+	fails("carol is not a member", alice, "conversation", "role", "notes", "carol", "admin")
+	fails("bob is already a member", alice, "conversation", "add", "notes", "bob")
 	run(alice, "conversation", "role", "notes", "bob", "owner")
 	run(alice, "conversation", "leave", "notes")
 	var members []struct{ Username, Role string }
