@@ -121,7 +121,8 @@ type Device struct {
 // holds the device's identity (after Register or Login) and its replica.
 // The device's token is in it: a dir that others could read (made before,
 // 0755 say) is made readable by its owner alone, where the process may
-// (it owns it; not on Windows, which keeps no such bits).
+// (it owns it; not on Windows, which keeps no such bits). A profile that
+// another process has open is refused with ErrProfileInUse.
 func Open(dir string, opts ...Option) (*Device, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ferry: create profile directory: %w", err)
@@ -149,6 +150,9 @@ func open(dir string, fs vfs.FS, opts []Option) (*Device, error) {
 	}
 	o.resumeAckDelay = max(o.resumeAckDelay, o.ackDelay)
 	db, err := kv.Open(fs.PathJoin(dir, "replica"), fs, o.logger)
+	if errors.Is(err, kv.ErrInUse) {
+		return nil, fmt.Errorf("%w: %s (%v)", ErrProfileInUse, dir, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -362,7 +366,21 @@ type Account struct {
 	User     ulid.ULID
 	Device   ulid.ULID
 	Username string
+	// Refused says the server refused the device's credentials when last
+	// asked (the device was revoked, or logged out from another): the
+	// device syncs again once it logs in again (Login, on this profile).
+	Refused bool
 }
+
+// ErrProfileInUse is returned by Open for a profile that another process
+// has open, or another Device of this one: a profile is one device, opened
+// by one Device at a time.
+var ErrProfileInUse = errors.New("ferry: the profile is in use by another process")
+
+// ErrNoServer is returned by the calls that reach the server (Register
+// and Login first) on a profile that knows no server: one not signed in,
+// opened without WithServer.
+var ErrNoServer = errors.New("ferry: no server: pass WithServer")
 
 // ErrNotSignedIn is returned by calls that need an identity before Register
 // or Login.
@@ -388,6 +406,7 @@ func (c *credentials) account() Account {
 		User:     ulid.MustParseStrict(c.User),
 		Device:   ulid.MustParseStrict(c.Device),
 		Username: c.Username,
+		Refused:  c.Refused,
 	}
 }
 
@@ -400,7 +419,7 @@ func (d *Device) server() (string, error) {
 	if d.creds != nil && d.creds.Server != "" {
 		return d.creds.Server, nil
 	}
-	return "", errors.New("ferry: no server: pass WithServer")
+	return "", ErrNoServer
 }
 
 // clients returns the RPC clients, authenticated when signed in.

@@ -617,14 +617,17 @@ func TestRevokedDeviceStopsWithATerminalError(t *testing.T) {
 	if err := laptop.SyncOnce(ctx); !errors.As(err, &te) {
 		t.Errorf("SyncOnce of a revoked device: %T %v, want a *TerminalError", err, err)
 	}
+	if b, _ := laptop.Account(); !b.Refused {
+		t.Errorf("the revoked device's account %+v does not say it was refused", b)
+	}
 
 	// The error says to log in again, and Login does, without a Logout,
 	// keeping the replica: the conversation the laptop had synced.
 	if err := laptop.Login(ctx, "bob", "correct horse", "bob laptop again"); err != nil {
 		t.Fatalf("Login after the server refused the device: %v", err)
 	}
-	if b, _ := laptop.Account(); b.Device == a.Device || b.User != a.User {
-		t.Fatalf("after Login: account %+v, want bob on a new device (was %v)", b, a.Device)
+	if b, _ := laptop.Account(); b.Device == a.Device || b.User != a.User || b.Refused {
+		t.Fatalf("after Login: account %+v, want bob on a new device (was %v), not refused", b, a.Device)
 	}
 	if err := laptop.SyncOnce(ctx); err != nil {
 		t.Fatalf("SyncOnce after Login: %v", err)

@@ -1,6 +1,7 @@
 package clientsdk_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -39,5 +40,29 @@ func TestProfileIsTheOwnersAlone(t *testing.T) {
 		if perm := fi.Mode().Perm(); perm != 0o700 {
 			t.Errorf("%s: mode %v after Open; want 0700", dir, perm)
 		}
+	}
+}
+
+// TestProfileInUse: a profile is one device, opened once at a time: a
+// second Open, here or in another process, is refused with
+// ErrProfileInUse, and works once the first is closed.
+func TestProfileInUse(t *testing.T) {
+	dir := t.TempDir()
+	d, err := clientsdk.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clientsdk.Open(dir); !errors.Is(err, clientsdk.ErrProfileInUse) {
+		t.Fatalf("a second Open: %v, want ErrProfileInUse", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d, err = clientsdk.Open(dir)
+	if err != nil {
+		t.Fatalf("Open after the first closed: %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"math"
@@ -206,7 +207,12 @@ func env(key, def string) string {
 
 // open opens the profile's device: on --server, on FERRY_SERVER when the
 // profile is not signed in, and on the server it signed in to otherwise.
-func (a *app) open() (*clientsdk.Device, error) {
+func (a *app) open() (d *clientsdk.Device, err error) {
+	defer func() {
+		if errors.Is(err, clientsdk.ErrProfileInUse) {
+			err = fmt.Errorf("profile %s is in use by another ferry command (a tail, say): one at a time per profile", a.profile)
+		}
+	}()
 	opts := []clientsdk.Option{}
 	if a.verbose {
 		opts = append(opts, clientsdk.WithLogger(slog.New(slog.NewTextHandler(a.errOut, &slog.HandlerOptions{Level: slog.LevelDebug}))))
@@ -236,17 +242,35 @@ func (a *app) with(ctx context.Context, f func(context.Context, *clientsdk.Devic
 }
 
 func (a *app) open2(ctx context.Context, signedIn bool, f func(context.Context, *clientsdk.Device) error) error {
+	if signedIn && a.noProfile() {
+		return a.notSignedIn()
+	}
 	d, err := a.open()
 	if err != nil {
 		return err
 	}
 	defer d.Close()
 	if _, err := d.Account(); signedIn && err != nil {
-		return fmt.Errorf("profile %s is not signed in: run ferry register or ferry login first", a.profile)
+		return a.notSignedIn()
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
-	return f(ctx, d)
+	err = f(ctx, d)
+	if errors.Is(err, clientsdk.ErrNoServer) {
+		return errors.New("no server to sign in to: give --server URL (such as http://127.0.0.1:8080) or set FERRY_SERVER")
+	}
+	return err
+}
+
+// noProfile reports whether the profile's folder is missing: a command
+// that needs a signed-in profile says so rather than make one.
+func (a *app) noProfile() bool {
+	_, err := os.Stat(a.profile)
+	return errors.Is(err, fs.ErrNotExist)
+}
+
+func (a *app) notSignedIn() error {
+	return fmt.Errorf("profile %s is not signed in: run ferry register or ferry login first", a.profile)
 }
 
 // print writes v as JSON in --json mode, else text.
@@ -1158,13 +1182,16 @@ func (a *app) tail(ctx context.Context, args []string) error {
 	if count < 0 || last < 0 {
 		return errors.New("tail: --count and --last must not be negative")
 	}
+	if a.noProfile() {
+		return a.notSignedIn()
+	}
 	d, err := a.open()
 	if err != nil {
 		return err
 	}
 	defer d.Close()
 	if _, err := d.Account(); err != nil {
-		return fmt.Errorf("profile %s is not signed in: run ferry register or ferry login first", a.profile)
+		return a.notSignedIn()
 	}
 	var only ulid.ULID
 	if len(pos) == 1 {
@@ -1397,6 +1424,13 @@ func (a *app) read(ctx context.Context, args []string) error {
 }
 
 func (a *app) status() error {
+	notSignedIn := func() error {
+		a.print(map[string]any{"signed_in": false, "profile": a.profile}, "not signed in (profile "+a.profile+"): ferry register or ferry login")
+		return nil
+	}
+	if a.noProfile() {
+		return notSignedIn()
+	}
 	d, err := a.open()
 	if err != nil {
 		return err
@@ -1404,16 +1438,19 @@ func (a *app) status() error {
 	defer d.Close()
 	acc, err := d.Account()
 	if err != nil {
-		a.print(map[string]any{"signed_in": false, "profile": a.profile}, "not signed in (profile "+a.profile+"): ferry register or ferry login")
-		return nil
+		return notSignedIn()
+	}
+	refused := ""
+	if acc.Refused {
+		refused = fmt.Sprintf("\nthe server refused this device when last asked (revoked, or logged out from another device): ferry login %s signs it in again, keeping what it holds", acc.Username)
 	}
 	pending, _ := d.Outbox()
 	failed, _ := d.Failed()
 	cs, _ := d.Conversations()
-	a.print(map[string]any{"signed_in": true, "profile": a.profile, "account": accountJSON(acc),
+	a.print(map[string]any{"signed_in": true, "profile": a.profile, "account": accountJSON(acc), "refused": acc.Refused,
 		"conversations": len(cs), "pending": len(pending), "failed": len(failed)},
-		fmt.Sprintf("%s on device %s at %s\nprofile %s: %d conversations, %d pending, %d failed%s",
-			acc.Username, acc.Device, acc.Server, a.profile, len(cs), len(pending), len(failed), failedHint(len(failed))))
+		fmt.Sprintf("%s on device %s at %s\nprofile %s: %d conversations, %d pending, %d failed%s%s",
+			acc.Username, acc.Device, acc.Server, a.profile, len(cs), len(pending), len(failed), failedHint(len(failed)), refused))
 	return nil
 }
 

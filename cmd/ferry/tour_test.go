@@ -122,6 +122,10 @@ func TestTour(t *testing.T) {
 		decode(lines.Text(), &m)
 		tailed = append(tailed, m.Text)
 	}
+	// tail holds bob's profile: another command on it is told so.
+	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", filepath.Join(dir, "bob"), "status"); err == nil || !strings.Contains(stderr, "in use by another ferry command") {
+		t.Fatalf("status on the profile tail holds: %v %q", err, stderr)
+	}
 	as("alice-phone", "send", "lunch", "new one")
 	for lines.Scan() {
 		var m struct{ Text string }
@@ -210,6 +214,16 @@ func TestTour(t *testing.T) {
 	if err == nil || !strings.Contains(stderr, "not signed in") {
 		t.Fatalf("send from a fresh profile: %v %q", err, stderr)
 	}
+	if out := testbin.Run(t, env, ferry, "--profile", filepath.Join(dir, "nobody"), "status"); !strings.Contains(out, "not signed in") {
+		t.Fatalf("status of a fresh profile: %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nobody")); !os.IsNotExist(err) {
+		t.Fatalf("commands on a profile that is not there made it: %v", err)
+	}
+	_, stderr, err = testbin.RunErr([]string{"FERRY_PASSWORD=correct horse"}, ferry, "--profile", filepath.Join(dir, "nobody"), "register", "nobody")
+	if err == nil || !strings.Contains(stderr, "give --server URL") {
+		t.Fatalf("register with no server named: %v %q", err, stderr)
+	}
 
 	// A device revoked from another is told so when it sends, with a
 	// failing exit, not that the server is out of reach; then it logs in
@@ -231,7 +245,15 @@ func TestTour(t *testing.T) {
 	if err == nil || !strings.Contains(stderr, "queued, but the server refused") || !strings.Contains(stderr, "log in again") {
 		t.Fatalf("send from a revoked device: %v %q", err, stderr)
 	}
+	var st struct{ Refused bool }
+	decode(as("alice-laptop", "status"), &st)
+	if !st.Refused {
+		t.Fatal("status of the revoked device does not say the server refused it")
+	}
 	as("alice-laptop", "login", "alice", "--device", "laptop")
+	if decode(as("alice-laptop", "status"), &st); st.Refused {
+		t.Fatal("status after logging in again still says the server refused the device")
+	}
 	as("alice-laptop", "sync")
 	var last []struct{ Text, Status string }
 	decode(as("bob", "history", "lunch"), &last)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -20,12 +21,17 @@ import (
 // ErrNotFound is returned by Get for a missing key.
 var ErrNotFound = errors.New("not found")
 
+// ErrInUse is returned by Open for a store that another process holds
+// open, or another DB of this one.
+var ErrInUse = errors.New("in use by another process")
+
 // ErrClosed is returned by the calls of a closed DB.
 var ErrClosed = errors.New("ferry: device is closed")
 
 // DB is an open local store.
 type DB struct {
-	db *pebble.DB
+	db   *pebble.DB
+	lock *pebble.Lock // the store's folder's, held until Close
 
 	mu     sync.Mutex // guards closed
 	closed bool
@@ -49,20 +55,36 @@ func (d *DB) leave() { d.inUse.Done() }
 
 // Open opens or creates the store in dir on fs (vfs.Default for disk,
 // vfs.NewMem() for a store that lives in memory).
+// It returns an error that wraps ErrInUse when another holds the store.
 func Open(dir string, fs vfs.FS, log *slog.Logger) (*DB, error) {
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("open local store in %s: %w", dir, err)
+	}
+	// The folder's lock, taken here to tell its being held apart from
+	// Pebble's other errors: a lock file that cannot be made is a path's
+	// error; one that is there and cannot be locked is held.
+	lock, err := pebble.LockDirectory(dir, fs)
+	if err != nil {
+		if !errors.As(err, new(*os.PathError)) {
+			err = fmt.Errorf("%w (%v)", ErrInUse, err)
+		}
+		return nil, fmt.Errorf("open local store in %s: %w", dir, err)
+	}
 	cache := pebble.NewCache(8 << 20)
 	defer cache.Unref()
 	db, err := pebble.Open(dir, &pebble.Options{
 		FS:                 fs,
+		Lock:               lock,
 		Cache:              cache,
 		MemTableSize:       8 << 20,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             logger{log},
 	})
 	if err != nil {
+		_ = lock.Close()
 		return nil, fmt.Errorf("open local store in %s: %w", dir, err)
 	}
-	return &DB{db: db}, nil
+	return &DB{db: db, lock: lock}, nil
 }
 
 type logger struct{ l *slog.Logger }
@@ -93,7 +115,7 @@ func (d *DB) Close() error {
 	d.closed = true
 	d.mu.Unlock()
 	d.inUse.Wait()
-	return d.db.Close()
+	return errors.Join(d.db.Close(), d.lock.Close())
 }
 
 // Get returns a copy of key's value, or ErrNotFound.
