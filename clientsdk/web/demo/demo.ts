@@ -154,6 +154,7 @@ class App {
   private message(m: MessageView): HTMLElement {
     const mine = m.userId === this.c.session?.userId;
     const div = el("div", { class: `msg${mine ? " mine" : ""}`, "data-id": m.id });
+    if (!mine) div.append(el("div", { class: "author" }, m.authorName ?? "…")); // the name comes with the members' list
     div.append(m.deleted ? el("div", { class: "deleted" }, "message deleted") : el("div", { class: "text" }, m.text));
     const meta = el("div", { class: "meta" });
     const reactions = Object.entries(m.reactions).map(([k, users]) => `${k} ${users.length}`).join(" ");

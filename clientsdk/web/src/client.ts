@@ -12,8 +12,8 @@ import { Code, ConnectError, createClient, type Client, type Interceptor, type T
 import { createConnectTransport } from "@connectrpc/connect-web";
 
 import { AccountService } from "./gen/ferry/v1/account_pb.js";
-import { type ConversationInfo } from "./gen/ferry/v1/conversation_pb.js";
-import { OpBatchSchema, OpSchema, OpStatus, RejectReason, type Op, type OpResult } from "./gen/ferry/v1/op_pb.js";
+import { ConversationService, type ConversationInfo } from "./gen/ferry/v1/conversation_pb.js";
+import { OpBatchSchema, OpSchema, OpStatus, RejectReason, Role as WireRole, type Op, type OpResult } from "./gen/ferry/v1/op_pb.js";
 import { HelloSchema, SyncService, type Ops } from "./gen/ferry/v1/sync_pb.js";
 import { unpackBatch } from "./packed.js";
 import { Folding, type MessageView, type StatusInput } from "./fold.js";
@@ -73,9 +73,30 @@ export interface MessagePage {
   olderLoading: boolean;
 }
 
+/** A member's role in a conversation. */
+export type Role = "member" | "admin" | "owner";
+
+/** A member of a conversation (FerryClient.members). */
+export interface MemberView {
+  userId: string;
+  username: string;
+  displayName: string;
+  role: Role;
+}
+
+const roleNames: Record<number, Role> = { [WireRole.MEMBER]: "member", [WireRole.ADMIN]: "admin", [WireRole.OWNER]: "owner" };
+const wireRoles: Record<Role, WireRole> = { member: WireRole.MEMBER, admin: WireRole.ADMIN, owner: WireRole.OWNER };
+
+// refreshWidth is how many member lists a refresh fetches at once.
+const refreshWidth = 8;
+
 /** What changed: listeners re-read what they show. */
 export interface ClientEvent {
   kind: "status" | "conversations" | "messages";
+  /**
+   * The conversation that changed, when one did; a "messages" event
+   * without one says authors' names arrived, which may show in any.
+   */
   convId?: string;
 }
 
@@ -149,6 +170,17 @@ function askedDelay(err: ConnectError): number | undefined {
 // a client's bug, not a state of the server's.
 const terminalCodes = new Set([Code.Unauthenticated, Code.PermissionDenied, Code.InvalidArgument, Code.FailedPrecondition, Code.Unimplemented]);
 
+// finalCodes are the errors of a member list's fetch that fetching again
+// cannot fix: the user is not in the conversation, or not signed in.
+const finalCodes = new Set([Code.NotFound, Code.PermissionDenied, Code.Unauthenticated, Code.InvalidArgument]);
+
+// roleOf is the wire role of a role name, refusing another.
+function roleOf(role: Role): WireRole {
+  const wire = wireRoles[role];
+  if (wire === undefined) throw new Error(`ferry: role ${JSON.stringify(role)}: it is member, admin or owner`);
+  return wire;
+}
+
 type Payload = MessageInitShape<typeof OpSchema>["payload"];
 
 // checkPayload refuses at the call what the server would refuse as
@@ -170,6 +202,7 @@ function checkPayload(p: Payload): void {
       checkText("reaction key", p.value.key, maxReactionKeyBytes);
       break;
     case "create":
+    case "setTitle":
       checkText("title", p.value.title ?? "", maxTitleBytes);
       break;
   }
@@ -210,6 +243,7 @@ export class FerryClient {
   private readonly replica: Replica;
   private readonly transport: Transport;
   private readonly accounts: Client<typeof AccountService>;
+  private readonly conversationsService: Client<typeof ConversationService>;
   private readonly sync: Client<typeof SyncService>;
 
   private meta: Meta = emptyMeta();
@@ -238,6 +272,20 @@ export class FerryClient {
   private foldings = new Map<string, Folding>();
   private unfolded = new Map<string, number[]>();
   private readonly opIds = new OpIds();
+  // names are the members' usernames and display names the device learned,
+  // by user id; memberLists each conversation's members as last fetched.
+  // In memory: after a reload they are fetched again, for the
+  // conversations whose messages are shown (membersDue, refreshMembers).
+  private names = new Map<string, { username: string; displayName: string }>();
+  private memberLists = new Map<string, MemberView[]>();
+  // membersDue are the conversations whose member lists to fetch: shown
+  // with an author not known by name, or whose membership changed.
+  private membersDue = new Set<string>();
+  // membersGone are the conversations whose list the server refused for
+  // good (the user left): not asked for again until a membership op.
+  private membersGone = new Set<string>();
+  private membersFetching = new Set<string>(); // asked for now
+  private refreshing = false;
   // lastChange is the highest changedAt given: the conversation list's
   // order, by activity, strictly increasing (see changeTick).
   private lastChange = 0;
@@ -333,6 +381,7 @@ export class FerryClient {
       fetch: opts.fetch ?? ((input, init) => globalThis.fetch(input, init)),
     });
     this.accounts = createClient(AccountService, this.transport);
+    this.conversationsService = createClient(ConversationService, this.transport);
     this.sync = createClient(SyncService, this.transport);
   }
 
@@ -656,7 +705,7 @@ export class FerryClient {
           memberCount: c.memberCount,
           removed: c.removed,
           olderLoading: this.olderLoading(c.id),
-          lastMessage: last && copyView(last),
+          lastMessage: last && this.named(copyView(last)),
         };
       });
   }
@@ -666,7 +715,7 @@ export class FerryClient {
    * whole history, copied; page gives a part.
    */
   messages(convId: string): MessageView[] {
-    return this.fold(convId).map(copyView);
+    return this.fold(convId).map((m) => this.named(copyView(m)));
   }
 
   /**
@@ -709,7 +758,7 @@ export class FerryClient {
         more = false;
       }
     }
-    const messages = all.slice(start, before === undefined ? all.length : end).map(copyView);
+    const messages = all.slice(start, before === undefined ? all.length : end).map((m) => this.named(copyView(m)));
     // Older messages are loading when a seq is missing below the page's
     // first sent message or, when it has none, below where it began.
     const top = (this.convs.get(convId)?.head ?? 0) + 1;
@@ -883,12 +932,168 @@ export class FerryClient {
     const found = usernames.length ? (await this.accounts.lookupUsers({ usernames })).users : [];
     const missing = usernames.filter((n) => !found.some((u) => u.username.toLowerCase() === n.toLowerCase()));
     if (missing.length) throw new Error(`ferry: no such user: ${missing.join(", ")}`);
+    for (const u of found) this.names.set(u.id, { username: u.username, displayName: u.displayName });
     const convId = ulid(this.opts.now());
     await this.enqueue(convId, [
       { case: "create", value: { title } },
       ...found.map((u) => ({ case: "memberAdd" as const, value: { userId: u.id } })),
     ], title);
     return convId;
+  }
+
+  /**
+   * Adds a user, by username, to a conversation: as a member, or as an
+   * admin (which only owners may). Like every op it is queued and pushed
+   * when connected; the server refuses it (see failed()) when the user's
+   * role does not allow it or the user is a member already. Looking the
+   * username up needs the server.
+   */
+  async addMember(convId: string, username: string, role: "member" | "admin" = "member"): Promise<string> {
+    const wire = roleOf(role);
+    if (wire === WireRole.OWNER) throw new Error("ferry: add a member, then setRole to make them an owner");
+    const user = await this.lookup(username);
+    const [id] = await this.enqueue(convId, [{ case: "memberAdd", value: { userId: user.id, role: wire } }]);
+    return id!;
+  }
+
+  /** Removes a user, by username, from a conversation (admins remove members; owners anyone). */
+  async removeMember(convId: string, username: string): Promise<string> {
+    const user = await this.lookup(username);
+    const [id] = await this.enqueue(convId, [{ case: "memberRemove", value: { userId: user.id } }]);
+    return id!;
+  }
+
+  /**
+   * Leaves a conversation: the user's devices keep what they hold of it,
+   * up to the leave. The last owner cannot leave (setRole another owner
+   * first): the server refuses it.
+   */
+  async leave(convId: string): Promise<string> {
+    const me = this.meta.session;
+    if (!me) throw new Error("ferry: not signed in");
+    const [id] = await this.enqueue(convId, [{ case: "memberRemove", value: { userId: me.userId } }]);
+    return id!;
+  }
+
+  /** Changes a member's role (owners only); a conversation keeps at least one owner. */
+  async setRole(convId: string, username: string, role: Role): Promise<string> {
+    const wire = roleOf(role);
+    const user = await this.lookup(username);
+    const [id] = await this.enqueue(convId, [{ case: "memberRole", value: { userId: user.id, role: wire } }]);
+    return id!;
+  }
+
+  /** Renames a conversation (admins and owners). */
+  async setTitle(convId: string, title: string): Promise<string> {
+    const [id] = await this.enqueue(convId, [{ case: "setTitle", value: { title } }]);
+    return id!;
+  }
+
+  /**
+   * The conversation's members as the server lists them now, with their
+   * usernames, which then show as messages' authorName. It throws when
+   * the server cannot be reached, and for a conversation the user is not
+   * in (NotFound). knownMembers gives the list last fetched, without a
+   * request.
+   */
+  async members(convId: string): Promise<MemberView[]> {
+    return (await this.fetchMembers(convId)).map((m) => ({ ...m }));
+  }
+
+  /**
+   * The conversation's members as last fetched: by members(), or by the
+   * device itself, which fetches the lists of conversations whose
+   * messages it shows with an author it does not know by name, and again
+   * when their membership changes. Undefined before the first fetch (and
+   * after a reload: the lists are kept in memory).
+   */
+  knownMembers(convId: string): MemberView[] | undefined {
+    return this.memberLists.get(convId)?.map((m) => ({ ...m }));
+  }
+
+  // lookup finds a user by username, and keeps their name.
+  private async lookup(username: string): Promise<{ id: string; username: string; displayName: string }> {
+    if (!this.meta.session) throw new Error("ferry: not signed in");
+    const res = await this.accounts.lookupUsers({ usernames: [username] }, { timeoutMs: this.opts.callTimeoutMs });
+    const u = res.users.find((u) => u.username.toLowerCase() === username.toLowerCase());
+    if (!u) throw new Error(`ferry: no such user: ${username}`);
+    this.names.set(u.id, { username: u.username, displayName: u.displayName });
+    return u;
+  }
+
+  // fetchMembers asks the server for a conversation's members and keeps
+  // the list and their names. One answered after a sign-in or out is the
+  // last account's: dropped.
+  private async fetchMembers(convId: string): Promise<MemberView[]> {
+    const account = this.account;
+    let res;
+    this.membersFetching.add(convId);
+    try {
+      res = await this.conversationsService.getConversation({ conversationId: convId }, { timeoutMs: this.opts.callTimeoutMs });
+    } catch (err) {
+      if (account === this.account && finalCodes.has(ConnectError.from(err).code)) this.membersGone.add(convId);
+      throw err;
+    } finally {
+      if (account === this.account) this.membersFetching.delete(convId);
+    }
+    if (account !== this.account) throw new Error("ferry: the device signed in or out meanwhile");
+    const list: MemberView[] = res.members.map((m) => ({ userId: m.userId, username: m.username, displayName: m.displayName, role: roleNames[m.role] ?? "member" }));
+    let learned = false;
+    for (const m of list) {
+      const had = this.names.get(m.userId);
+      if (had?.username !== m.username || had.displayName !== m.displayName) {
+        this.names.set(m.userId, { username: m.username, displayName: m.displayName });
+        learned = true;
+      }
+    }
+    this.memberLists.set(convId, list);
+    this.membersDue.delete(convId);
+    this.membersGone.delete(convId);
+    this.emit({ kind: "conversations", convId });
+    this.emit(learned ? { kind: "messages" } : { kind: "messages", convId }); // a name shows in every conversation
+    return list;
+  }
+
+  // named gives a message its author's username when the device knows
+  // it; when it does not, and has no list of the conversation's members
+  // yet, the list is fetched (refreshMembers), and listeners hear when
+  // it came.
+  private named(m: MessageView): MessageView {
+    const me = this.meta.session;
+    const name = m.userId === me?.userId ? me.username : this.names.get(m.userId)?.username;
+    if (name) m.authorName = name;
+    else if (m.userId && !this.memberLists.has(m.convId) && !this.membersDue.has(m.convId) && !this.membersGone.has(m.convId) && !this.membersFetching.has(m.convId)) {
+      this.membersDue.add(m.convId);
+      queueMicrotask(() => void this.refreshMembers());
+    }
+    return m;
+  }
+
+  // refreshMembers fetches the member lists due, a few at once, while
+  // connected: best effort. One the server could not answer for now stays
+  // due, for the next session; one it refuses (the user left) does not.
+  private async refreshMembers(): Promise<void> {
+    if (this.refreshing || !this.connected || !this.meta.session) return;
+    this.refreshing = true;
+    try {
+      while (this.membersDue.size > 0 && this.connected) {
+        const batch = [...this.membersDue].slice(0, refreshWidth);
+        for (const id of batch) this.membersDue.delete(id);
+        const account = this.account;
+        const results = await Promise.allSettled(batch.map((id) => this.fetchMembers(id)));
+        if (account !== this.account) return;
+        const again = batch.filter((_, i) => {
+          const r = results[i]!;
+          return r.status === "rejected" && !finalCodes.has(ConnectError.from(r.reason).code);
+        });
+        if (again.length > 0) {
+          for (const id of again) this.membersDue.add(id);
+          return;
+        }
+      }
+    } finally {
+      this.refreshing = false;
+    }
   }
 
   /**
@@ -1141,6 +1346,7 @@ export class FerryClient {
           this.places = null;
           this.catchUpFrom = null;
           void this.sendAcks().catch(() => {});
+          void this.refreshMembers();
           break;
         }
         case "resetRequired": {
@@ -1416,6 +1622,13 @@ export class FerryClient {
           recs.push(rec);
           this.decoded.set(rec, op);
           fresh.push(op);
+          switch (op.payload.case) {
+            case "memberAdd":
+            case "memberRemove":
+            case "memberRole":
+              // A list fetched before is stale: fetched again when live.
+              if (this.memberLists.has(b.conversationId) || this.membersGone.delete(b.conversationId)) this.membersDue.add(b.conversationId);
+          }
           if (this.outbox.has(op.id)) mine.push(op.id);
         }
       }
@@ -1428,6 +1641,7 @@ export class FerryClient {
     for (const id of new Set(recs.map((r) => r.convId))) this.emit({ kind: "messages", convId: id });
     this.emit({ kind: "conversations" });
     void this.sendAcks().catch(() => {});
+    if (live) void this.refreshMembers();
   }
 
   // flush pushes the outbox in dot order, one push at a time. Calls while a
@@ -1852,6 +2066,12 @@ export class FerryClient {
 
   private applyInMemory(c: Change): void {
     if (c.clear || (c.meta && c.meta.session?.userId !== this.meta.session?.userId)) {
+      // Another account's: the people it knew are not this one's to see.
+      this.names.clear();
+      this.memberLists.clear();
+      this.membersDue.clear();
+      this.membersGone.clear();
+      this.membersFetching.clear();
       this.folded.clear();
       this.tails.clear();
       this.foldings.clear();

@@ -15,6 +15,12 @@ export interface MessageView {
   /** The server's seq; 0 while pending. */
   seq: number;
   userId: string;
+  /**
+   * The author's username, once the device knows it (FerryClient fills it
+   * in: the user's own, and members' once their conversations' member
+   * lists were fetched).
+   */
+  authorName?: string;
   deviceId: string;
   text: string;
   contentType: string;

@@ -114,6 +114,11 @@ test("two browsers and a Go device chat; an offline browser catches up once, in 
   await bob.click(`[data-conv="${conv}"]`);
   await bob.waitForFunction(() => document.querySelectorAll("#messages .msg").length === 50);
   assert.deepEqual(await texts(bob), want);
+  // Alice's messages say who wrote them, once bob's device has her name.
+  await bob.waitForFunction(() => {
+    const authors = [...document.querySelectorAll("#messages .msg .author")];
+    return authors.length === 50 && authors.every((e) => e.textContent === "alice");
+  });
   await shot(bob, "4-bob-caught-up");
   await bob2.waitForSelector(`[data-conv="${conv}"] .unread`, { state: "detached" });
   await shot(bob2, "5-bob-second-tab-read");

@@ -1938,3 +1938,89 @@ test("a signOut whose answer is lost after the revocation leaves the device offl
   assert.equal(internals(c).run, undefined, "signOut started the device again after the app's stop()");
   assert.equal(c.status().state, "offline");
 });
+
+test("members: names show as authors, membership and titles change from the browser", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await open();
+  const carol = await open();
+  const a = await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const c = await signUp(carol, "carol");
+  const conv = await alice.createConversation("team", [b]);
+  await alice.send(conv, "hello");
+  await bob.waitFor(() => bob.messages(conv).length === 1);
+
+  // Bob's device learns alice's name by itself once it shows her message;
+  // its own messages carry its own.
+  await bob.send(conv, "hi");
+  await bob.waitFor(() => bob.messages(conv)[0]?.authorName === a);
+  assert.equal(bob.messages(conv)[1]!.authorName, b);
+  assert.equal(bob.conversations().find((x) => x.id === conv)!.lastMessage!.authorName, b);
+  const roles = (ms: { username: string; role: string }[] | undefined) => (ms ?? []).map((m) => `${m.username}:${m.role}`).sort();
+  assert.deepEqual(roles(bob.knownMembers(conv)), [`${a}:owner`, `${b}:member`]);
+
+  // Alice adds carol, makes bob an admin, and renames the conversation.
+  await alice.addMember(conv, c);
+  await alice.setRole(conv, b, "admin");
+  await alice.setTitle(conv, "the team");
+  await carol.waitFor(() => carol.conversations().some((x) => x.id === conv && x.title === "the team") && carol.messages(conv).length === 2);
+  await carol.waitFor(() => carol.messages(conv).every((m) => m.authorName !== undefined));
+  assert.deepEqual(carol.messages(conv).map((m) => m.authorName), [a, b]);
+  await bob.waitFor(() => bob.conversations().find((x) => x.id === conv)?.title === "the team");
+  // Bob's list was fetched before the changes: it is fetched again.
+  await bob.waitFor(() => roles(bob.knownMembers(conv)).join() === [`${a}:owner`, `${b}:admin`, `${c}:member`].join());
+  assert.deepEqual(roles(await carol.members(conv)), [`${a}:owner`, `${b}:admin`, `${c}:member`]);
+
+  // Carol leaves; bob, an admin now, may remove no owner: the server says
+  // so, as a failed op.
+  await carol.leave(conv);
+  await carol.waitFor(() => carol.conversations().find((x) => x.id === conv)?.removed === true);
+  await bob.removeMember(conv, a);
+  await bob.waitFor(() => bob.failed().length === 1);
+  assert.equal(bob.failed()[0]!.kind, "memberRemove");
+  assert.deepEqual(roles(await alice.members(conv)), [`${a}:owner`, `${b}:admin`]);
+
+  // Mistakes are told at the call.
+  await assert.rejects(alice.addMember(conv, "nobody-such"), /no such user: nobody-such/);
+  await assert.rejects(alice.setRole(conv, b, "boss" as "admin"), /it is member, admin or owner/);
+  await assert.rejects(alice.setTitle(conv, "a\u0007bell"), /control character/);
+});
+
+test("a device asks for a conversation's member list once, not at every view, and not again once refused", { timeout: 60_000 }, async () => {
+  let asked = 0;
+  let refuse = true;
+  let answered!: () => void;
+  const once = new Promise<void>((r) => (answered = r));
+  const counting: typeof globalThis.fetch = async (input, init) => {
+    const url = input instanceof Request ? input.url : String(input);
+    if (!url.endsWith("/ferry.v1.ConversationService/GetConversation")) return globalThis.fetch(input, init);
+    asked++;
+    // Refused as the server refuses a conversation it does not know (a
+    // restored server's, say).
+    const res = refuse
+      ? new Response(JSON.stringify({ code: "not_found", message: "conversation not found" }), { status: 404, headers: { "Content-Type": "application/json" } })
+      : await globalThis.fetch(input, init);
+    answered();
+    return res;
+  };
+  const alice = await open();
+  const bob = await openWith(counting);
+  const a = await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const conv = await alice.createConversation("lists", [b]);
+  await alice.send(conv, "hello");
+  await bob.waitFor(() => bob.status().state === "live" && bob.messages(conv).length === 1);
+  await once;
+  for (let i = 0; i < 5; i++) assert.equal(bob.messages(conv)[0]!.authorName, undefined);
+  // members() asks once more, and is refused as the first was: by then any
+  // view's wrongly queued ask would have been made.
+  await assert.rejects(bob.members(conv), /not found/i);
+  assert.equal(asked, 2, "views asked again for a list the server refused");
+
+  // Once the list comes, views show the name without asking again.
+  refuse = false;
+  await bob.members(conv);
+  for (let i = 0; i < 5; i++) assert.equal(bob.messages(conv)[0]!.authorName, a);
+  await bob.members(conv);
+  assert.equal(asked, 4, "views asked for a list the device holds");
+});

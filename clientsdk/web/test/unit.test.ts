@@ -408,7 +408,11 @@ test("the client's folds, kept and fed a change at a time, agree with folding ev
         o.userId = me.userId;
         inputs.push({ seq: 0, op: o, ...(e.failed !== undefined ? { failed: e.failed } : {}) });
       }
-      return referenceFold(C, inputs, { userId: me.userId, receipts: c.convs.get(C).receipts });
+      // The client names the user's own messages; others' names it has
+      // not fetched here.
+      return referenceFold(C, inputs, { userId: me.userId, receipts: c.convs.get(C).receipts }).map((m) =>
+        m.userId === me.userId ? { ...m, authorName: me.username } : m,
+      );
     };
     // A log of ops that target ops before them, as the server takes them
     // (the Folding test above covers targets after).
