@@ -367,6 +367,10 @@ func accountJSON(acc clientsdk.Account) accountOut {
 func (a *app) logout(ctx context.Context) error {
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
 		if err := d.Logout(ctx); err != nil {
+			if acc, aerr := d.Account(); aerr == nil {
+				// The server was not told: the token still works.
+				return fmt.Errorf("%w\nthe device stays signed in, its token valid: log out again once the server is in reach, or revoke it from another device (ferry devices --revoke %s)", err, acc.Device)
+			}
 			return err
 		}
 		a.print(map[string]bool{"logged_out": true}, "logged out; this device's token no longer works")

@@ -318,6 +318,14 @@ func TestSendWhileTheServerIsDown(t *testing.T) {
 	if h := testbin.Run(t, env, ferry, "--profile", profile, "history", "notes", "--offline"); !strings.Contains(h, "- alice: written offline, then edited (edited) [pending]") {
 		t.Fatalf("history with the message and its edit queued: %q", h)
 	}
+	// A logout the server cannot hear leaves the device signed in, and
+	// says how else to end it.
+	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", profile, "--timeout", "20s", "logout"); err == nil || !strings.Contains(stderr, "the device stays signed in") || !strings.Contains(stderr, "devices --revoke") {
+		t.Fatalf("logout with the server down: %v %q", err, stderr)
+	}
+	if out := testbin.Run(t, env, ferry, "--profile", profile, "status"); !strings.HasPrefix(out, "alice on device") {
+		t.Fatalf("status after a logout that could not reach the server: %q, want still signed in", out)
+	}
 	srv.Start()
 	var sync struct{ Pending int }
 	if err := json.Unmarshal([]byte(testbin.Run(t, env, ferry, "--profile", profile, "--json", "sync")), &sync); err != nil || sync.Pending != 0 {
