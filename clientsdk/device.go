@@ -302,8 +302,45 @@ func (d *Device) load() error {
 			return err
 		}
 	}
+	if err := d.indexDeletes(); err != nil {
+		return err
+	}
 	d.status = Status{State: StateOffline}
 	return nil
+}
+
+// indexDeletes indexes (tDeleted) the deletes that a replica written by
+// an SDK before the index stored, once: the first Open after the upgrade
+// reads every op the replica holds. Without it, a copy of a message the
+// replica holds the delete of, stored later from the outbox, would keep
+// its body.
+func (d *Device) indexDeletes() error {
+	var done bool
+	if _, err := getJSON(d.db, metaKey("deletes-indexed"), &done); err != nil || done {
+		return err
+	}
+	b := d.db.NewBatch()
+	err := scanPrefix(d.db, []byte{tOp}, func(k, v []byte) error {
+		p, err := decodeOp(v)
+		if err != nil {
+			return err
+		}
+		if del, ok := p.GetPayload().(*ferryv1.Op_Delete); ok {
+			var conv ulid.ULID
+			copy(conv[:], k[1:])
+			target, err := ulid.ParseStrict(del.Delete.GetTargetId())
+			if err != nil {
+				return fmt.Errorf("%w: a stored delete's target: %v", errCorrupt, err)
+			}
+			b.Set(deletedKey(conv, target), nil)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b.Set(metaKey("deletes-indexed"), encodeJSON(true))
+	return d.db.Commit(b)
 }
 
 // Close stops syncing (Start's and any SyncOnce under way, which then

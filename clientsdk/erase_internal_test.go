@@ -94,3 +94,37 @@ func TestMessageDeletedInItsOwnPushIsErased(t *testing.T) {
 		t.Errorf("the replica keeps %q, deleted for everyone", held)
 	}
 }
+
+// TestDeletesStoredBeforeTheIndexAreIndexed: a replica written before the
+// deletes it holds were indexed (tDeleted) has them indexed at its next
+// Open, once, so that an own message's copy stored after them is erased.
+func TestDeletesStoredBeforeTheIndexAreIndexed(t *testing.T) {
+	dir := t.TempDir()
+	d, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv, msg := ulid.Make(), ulid.Make()
+	del := &ferryv1.Op{Id: ulid.Make().String(), Seq: 2, DeviceId: ulid.Make().String(), Dot: 1, UserId: ulid.Make().String(),
+		Payload: &ferryv1.Op_Delete{Delete: &ferryv1.Delete{TargetId: msg.String()}}}
+	// As an SDK before the index stored it: the op alone.
+	b := d.db.NewBatch()
+	b.Set(opKey(conv, 2), encodeOp(del))
+	b.Delete(metaKey("deletes-indexed"))
+	if err := d.db.Commit(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d, err = Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.db.Get(deletedKey(conv, msg)); err != nil {
+		t.Fatalf("the stored delete is not indexed after Open: %v", err)
+	}
+	if ok, err := getJSON(d.db, metaKey("deletes-indexed"), new(bool)); !ok || err != nil {
+		t.Fatalf("the index is not marked done (%v): the next Open reads every op again", err)
+	}
+}
