@@ -194,3 +194,42 @@ func TestMemberRefreshRestsAfterAFailure(t *testing.T) {
 		t.Fatalf("after the rest: %d calls, author names %q; want 2 calls and [bob]", asked.Load(), got)
 	}
 }
+
+// TestRenameReachesALiveDevice: a title another member sets reaches a
+// live device as a ConversationChanged with the new title, and the
+// conversation list shows it.
+func TestRenameReachesALiveDevice(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	bob, conv := roomWithBob(t, srv, "hello")
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sub := alice.Subscribe(1024)
+	defer sub.Close()
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, alice, "alice is live", func() bool { return alice.Status().State == clientsdk.StateLive })
+	if _, err := bob.SetTitle(ctx, conv, "renamed"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case ev := <-sub.C():
+			if c, ok := ev.(clientsdk.ConversationChanged); ok && c.Conv == conv {
+				if got, err := alice.Conversation(conv); err == nil && got.Title == "renamed" {
+					if cs, _ := alice.Conversations(); len(cs) != 1 || cs[0].Title != "renamed" {
+						t.Fatalf("the conversation list after the rename: %+v", cs)
+					}
+					return
+				}
+			}
+		case <-time.After(60 * time.Second): // a bound, not a wait for an event
+			t.Fatal("no ConversationChanged with the new title")
+		}
+	}
+}
