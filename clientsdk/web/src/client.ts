@@ -170,9 +170,17 @@ function askedDelay(err: ConnectError): number | undefined {
 // a client's bug, not a state of the server's.
 const terminalCodes = new Set([Code.Unauthenticated, Code.PermissionDenied, Code.InvalidArgument, Code.FailedPrecondition, Code.Unimplemented]);
 
-// finalCodes are the errors of a member list's fetch that fetching again
-// cannot fix: the user is not in the conversation, or not signed in.
-const finalCodes = new Set([Code.NotFound, Code.PermissionDenied, Code.Unauthenticated, Code.InvalidArgument]);
+// goneCodes are the errors of a member list's fetch that say the
+// conversation's list is not the user's to have (the server does not know
+// it): fetching it again cannot fix them until its membership changes.
+// A refused session (unauthenticated) is the account's, not the
+// conversation's: its lists are fetched once it signs in again.
+const goneCodes = new Set([Code.NotFound, Code.InvalidArgument]);
+
+// fallbackCodes are the errors of a member list's fetch that members()
+// answers with the list last fetched, as the Go SDK's Members does: the
+// server out of reach, or slow.
+const fallbackCodes = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Canceled, Code.ResourceExhausted]);
 
 // roleOf is the wire role of a role name, refusing another.
 function roleOf(role: Role): WireRole {
@@ -285,6 +293,9 @@ export class FerryClient {
   // good (the user left): not asked for again until a membership op.
   private membersGone = new Set<string>();
   private membersFetching = new Set<string>(); // asked for now
+  // memberChanges counts, per conversation, the membership ops stored: a
+  // list asked for before the count moved is stale when it comes.
+  private memberChanges = new Map<string, number>();
   private refreshing = false;
   // lastChange is the highest changedAt given: the conversation list's
   // order, by activity, strictly increasing (see changeTick).
@@ -482,6 +493,10 @@ export class FerryClient {
   // leaves: markers not yet sent, and the answers still to come.
   private forgetAccount(): void {
     this.account++;
+    // What a refused session or the last account was told of lists is not
+    // the next session's: it asks again.
+    this.membersGone.clear();
+    this.membersFetching.clear();
     this.acked.clear();
     this.reads.clear();
     this.ackWait?.ctrl.abort();
@@ -929,10 +944,11 @@ export class FerryClient {
 
   /** Creates a conversation with the users of these usernames. */
   async createConversation(title: string, usernames: string[]): Promise<string> {
+    const account = this.account;
     const found = usernames.length ? (await this.accounts.lookupUsers({ usernames })).users : [];
     const missing = usernames.filter((n) => !found.some((u) => u.username.toLowerCase() === n.toLowerCase()));
     if (missing.length) throw new Error(`ferry: no such user: ${missing.join(", ")}`);
-    for (const u of found) this.names.set(u.id, { username: u.username, displayName: u.displayName });
+    if (account === this.account) for (const u of found) this.names.set(u.id, { username: u.username, displayName: u.displayName });
     const convId = ulid(this.opts.now());
     await this.enqueue(convId, [
       { case: "create", value: { title } },
@@ -943,14 +959,13 @@ export class FerryClient {
 
   /**
    * Adds a user, by username, to a conversation: as a member, or as an
-   * admin (which only owners may). Like every op it is queued and pushed
+   * admin or owner (which only owners may). Like every op it is queued and pushed
    * when connected; the server refuses it (see failed()) when the user's
    * role does not allow it or the user is a member already. Looking the
    * username up needs the server.
    */
-  async addMember(convId: string, username: string, role: "member" | "admin" = "member"): Promise<string> {
+  async addMember(convId: string, username: string, role: Role = "member"): Promise<string> {
     const wire = roleOf(role);
-    if (wire === WireRole.OWNER) throw new Error("ferry: add a member, then setRole to make them an owner");
     const user = await this.lookup(username);
     const [id] = await this.enqueue(convId, [{ case: "memberAdd", value: { userId: user.id, role: wire } }]);
     return id!;
@@ -991,13 +1006,21 @@ export class FerryClient {
 
   /**
    * The conversation's members as the server lists them now, with their
-   * usernames, which then show as messages' authorName. It throws when
-   * the server cannot be reached, and for a conversation the user is not
-   * in (NotFound). knownMembers gives the list last fetched, without a
-   * request.
+   * usernames, which then show as messages' authorName. While the server
+   * cannot be reached it gives the list last fetched, as the Go SDK's
+   * Members does, and throws when there is none; it throws for a
+   * conversation the server does not know (NotFound) and while the
+   * device's session is refused. knownMembers gives the list last
+   * fetched, without a request.
    */
   async members(convId: string): Promise<MemberView[]> {
-    return (await this.fetchMembers(convId)).map((m) => ({ ...m }));
+    try {
+      return (await this.fetchMembers(convId)).map((m) => ({ ...m }));
+    } catch (err) {
+      const held = this.memberLists.get(convId);
+      if (held && fallbackCodes.has(ConnectError.from(err).code)) return held.map((m) => ({ ...m }));
+      throw err;
+    }
   }
 
   /**
@@ -1011,30 +1034,35 @@ export class FerryClient {
     return this.memberLists.get(convId)?.map((m) => ({ ...m }));
   }
 
-  // lookup finds a user by username, and keeps their name.
+  // lookup finds a user by username, and keeps their name unless the
+  // device signed in or out meanwhile.
   private async lookup(username: string): Promise<{ id: string; username: string; displayName: string }> {
     if (!this.meta.session) throw new Error("ferry: not signed in");
+    const account = this.account;
     const res = await this.accounts.lookupUsers({ usernames: [username] }, { timeoutMs: this.opts.callTimeoutMs });
     const u = res.users.find((u) => u.username.toLowerCase() === username.toLowerCase());
     if (!u) throw new Error(`ferry: no such user: ${username}`);
-    this.names.set(u.id, { username: u.username, displayName: u.displayName });
+    if (account === this.account) this.names.set(u.id, { username: u.username, displayName: u.displayName });
     return u;
   }
 
   // fetchMembers asks the server for a conversation's members and keeps
   // the list and their names. One answered after a sign-in or out is the
-  // last account's: dropped.
+  // last account's: dropped. One asked for before a membership op was
+  // stored is kept, and the conversation stays due: fetched again. Only a
+  // change is told to listeners, which may well ask again when told.
   private async fetchMembers(convId: string): Promise<MemberView[]> {
     const account = this.account;
+    const changes = this.memberChanges.get(convId) ?? 0;
     let res;
     this.membersFetching.add(convId);
     try {
       res = await this.conversationsService.getConversation({ conversationId: convId }, { timeoutMs: this.opts.callTimeoutMs });
     } catch (err) {
-      if (account === this.account && finalCodes.has(ConnectError.from(err).code)) this.membersGone.add(convId);
+      if (account === this.account && goneCodes.has(ConnectError.from(err).code)) this.membersGone.add(convId);
       throw err;
     } finally {
-      if (account === this.account) this.membersFetching.delete(convId);
+      this.membersFetching.delete(convId);
     }
     if (account !== this.account) throw new Error("ferry: the device signed in or out meanwhile");
     const list: MemberView[] = res.members.map((m) => ({ userId: m.userId, username: m.username, displayName: m.displayName, role: roleNames[m.role] ?? "member" }));
@@ -1046,11 +1074,19 @@ export class FerryClient {
         learned = true;
       }
     }
+    const before = this.memberLists.get(convId);
+    const same = before?.length === list.length && before.every((m, i) => JSON.stringify(m) === JSON.stringify(list[i]));
     this.memberLists.set(convId, list);
-    this.membersDue.delete(convId);
     this.membersGone.delete(convId);
-    this.emit({ kind: "conversations", convId });
-    this.emit(learned ? { kind: "messages" } : { kind: "messages", convId }); // a name shows in every conversation
+    if ((this.memberChanges.get(convId) ?? 0) === changes) {
+      this.membersDue.delete(convId);
+    } else {
+      this.membersDue.add(convId); // stale: the membership changed meanwhile
+      queueMicrotask(() => void this.refreshMembers());
+    }
+    if (!same) this.emit({ kind: "conversations", convId });
+    if (learned) this.emit({ kind: "messages" }); // a name shows in every conversation
+    else if (!same) this.emit({ kind: "messages", convId });
     return list;
   }
 
@@ -1084,7 +1120,7 @@ export class FerryClient {
         if (account !== this.account) return;
         const again = batch.filter((_, i) => {
           const r = results[i]!;
-          return r.status === "rejected" && !finalCodes.has(ConnectError.from(r.reason).code);
+          return r.status === "rejected" && !goneCodes.has(ConnectError.from(r.reason).code);
         });
         if (again.length > 0) {
           for (const id of again) this.membersDue.add(id);
@@ -1626,8 +1662,12 @@ export class FerryClient {
             case "memberAdd":
             case "memberRemove":
             case "memberRole":
-              // A list fetched before is stale: fetched again when live.
-              if (this.memberLists.has(b.conversationId) || this.membersGone.delete(b.conversationId)) this.membersDue.add(b.conversationId);
+              // A list fetched before, or being fetched, is stale: fetched
+              // again when live.
+              this.memberChanges.set(b.conversationId, (this.memberChanges.get(b.conversationId) ?? 0) + 1);
+              if (this.memberLists.has(b.conversationId) || this.membersFetching.has(b.conversationId) || this.membersGone.delete(b.conversationId)) {
+                this.membersDue.add(b.conversationId);
+              }
           }
           if (this.outbox.has(op.id)) mine.push(op.id);
         }
@@ -2072,6 +2112,7 @@ export class FerryClient {
       this.membersDue.clear();
       this.membersGone.clear();
       this.membersFetching.clear();
+      this.memberChanges.clear();
       this.folded.clear();
       this.tails.clear();
       this.foldings.clear();

@@ -2024,3 +2024,95 @@ test("a device asks for a conversation's member list once, not at every view, an
   await bob.members(conv);
   assert.equal(asked, 4, "views asked for a list the device holds");
 });
+
+// isGetConversation says a fetch is a member list's.
+const isGetConversation = (input: RequestInfo | URL) =>
+  (input instanceof Request ? input.url : String(input)).endsWith("/ferry.v1.ConversationService/GetConversation");
+
+test("a member added while the list is on its way is named: the stale list is fetched again", { timeout: 60_000 }, async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let fetched!: () => void;
+  const answered = new Promise<void>((r) => (fetched = r));
+  let asked = 0;
+  const slow: typeof globalThis.fetch = async (input, init) => {
+    if (!isGetConversation(input)) return globalThis.fetch(input, init);
+    const res = await globalThis.fetch(input, init);
+    if (++asked === 1) {
+      fetched();
+      await gate; // the first answer, without carol, is slow to come back
+    }
+    return res;
+  };
+  const alice = await open();
+  const bob = await openWith(slow);
+  const carol = await open();
+  await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const c = await signUp(carol, "carol");
+  const conv = await alice.createConversation("late", [b]);
+  await alice.send(conv, "hello");
+  await bob.waitFor(() => bob.status().state === "live" && bob.messages(conv).length === 1);
+  await answered;
+  await alice.addMember(conv, c);
+  await carol.waitFor(() => carol.conversations().some((x) => x.id === conv));
+  await carol.send(conv, "hi, I'm carol");
+  await bob.waitFor(() => bob.messages(conv).length === 2);
+  release();
+  await bob.waitFor(() => bob.messages(conv)[1]!.authorName === c);
+  assert.ok(bob.knownMembers(conv)!.some((m) => m.username === c));
+});
+
+test("a list refused with the device's session is fetched once it signs in again", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await open();
+  const a = await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const conv = await alice.createConversation("refused", [b]);
+  await alice.send(conv, "hello");
+  // Held, not yet shown (held() names no one): no list asked for yet.
+  await bob.waitFor(() => bob.status().state === "live" && bob.held(conv) >= 3);
+  const other = await otherDevice(b);
+  await other.accounts.revokeDevice({ deviceId: bob.session!.deviceId });
+  await bob.waitFor(() => bob.status().state === "failed");
+  // An app's member panel asks meanwhile: refused, as the session is.
+  await assert.rejects(bob.members(conv), /unauthenticated|invalid token/i);
+  await bob.login(b, "correct horse battery");
+  bob.start();
+  await bob.waitFor(() => bob.status().state === "live");
+  await bob.waitFor(() => bob.messages(conv)[0]?.authorName === a);
+});
+
+test("members() from a listener of the conversation's changes does not loop: an unchanged list says nothing", { timeout: 60_000 }, async () => {
+  let asked = 0;
+  let down = false;
+  const counting: typeof globalThis.fetch = async (input, init) => {
+    if (!isGetConversation(input)) return globalThis.fetch(input, init);
+    asked++;
+    return down ? Response.error() : globalThis.fetch(input, init);
+  };
+  const alice = await open();
+  const bob = await openWith(counting);
+  const a = await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const conv = await alice.createConversation("panel", [b]);
+  await bob.waitFor(() => bob.status().state === "live" && bob.conversations().some((x) => x.id === conv));
+  await bob.members(conv);
+  // An app's member panel: it reads the members when the conversation
+  // changes.
+  let reads = 0;
+  const off = bob.on((e) => {
+    if (e.kind !== "conversations" || e.convId !== conv) return;
+    reads++;
+    void bob.members(conv).catch(() => {});
+  });
+  const start = asked;
+  await bob.members(conv);
+  await bob.members(conv); // by now a listener's ask, had the first told, was made
+  off();
+  assert.equal(asked - start, 2, `an unchanged list was told, and read again (${reads} reads)`);
+  // The server out of reach, members() gives the list last fetched.
+  down = true;
+  assert.deepEqual((await bob.members(conv)).map((m) => m.username).sort(), [a, b].sort());
+  assert.equal(asked - start, 3);
+});
