@@ -31,6 +31,7 @@ class App {
   private open?: string; // the conversation shown
   private scheduled = false;
   private shown = pageSize; // how many of the open conversation's newest messages are drawn
+  private membersAsked = new Set<string>(); // conversations whose members were asked for once
 
   constructor(private readonly c: FerryClient) {
     c.on(() => this.render());
@@ -50,6 +51,19 @@ class App {
       if (this.open && input.value.trim()) void c.send(this.open, input.value.trim());
       input.value = "";
     });
+    $("addmember").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const input = $<HTMLInputElement>("newmember");
+      const who = input.value.trim();
+      if (this.open && who) {
+        void c.addMember(this.open, who).then(() => (input.value = ""), (err) => alert(err instanceof Error ? err.message : String(err)));
+      }
+    });
+    $("leave").addEventListener("click", () => {
+      if (this.open && confirm("Leave this conversation? You keep what you have of it.")) {
+        void c.leave(this.open).catch((err) => alert(err instanceof Error ? err.message : String(err)));
+      }
+    });
     document.addEventListener("visibilitychange", () => this.markRead());
     if (c.session) c.start();
     this.render();
@@ -61,6 +75,7 @@ class App {
     $("error").textContent = "";
     try {
       await (how === "login" ? this.c.login(u, p) : this.c.register(u, p));
+      this.membersAsked.clear();
       this.c.start();
     } catch (err) {
       $("error").textContent = err instanceof Error ? err.message : String(err);
@@ -127,6 +142,7 @@ class App {
       }),
     );
     if (this.open) {
+      this.drawHead(this.open);
       const box = $("messages");
       const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
       // The newest messages: a long conversation draws what is shown.
@@ -138,6 +154,25 @@ class App {
       if (atBottom) box.scrollTop = box.scrollHeight;
       this.markRead();
     }
+  }
+
+  // drawHead draws the open conversation's title and members, asking the
+  // server for them once; the client keeps the list up to date after.
+  private drawHead(convId: string): void {
+    const conv = this.c.conversations().find((x) => x.id === convId);
+    $("convtitle").textContent = conv ? conv.title || "(untitled)" : "";
+    const members = this.c.knownMembers(convId);
+    // Once the server has it: a conversation just created here is not
+    // there yet.
+    if (!members && conv && conv.head > 0 && !this.membersAsked.has(convId)) {
+      this.membersAsked.add(convId);
+      void this.c.members(convId).then(() => this.render(), () => {});
+    }
+    $("convmembers").textContent = conv?.removed
+      ? "you left this conversation"
+      : (members ?? []).map((m) => (m.role === "member" ? m.username : `${m.username} (${m.role})`)).join(", ");
+    $("addmember").classList.toggle("hidden", !!conv?.removed);
+    $("leave").classList.toggle("hidden", !!conv?.removed);
   }
 
   private drawStatus(st: Status): void {

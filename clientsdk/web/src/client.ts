@@ -1589,6 +1589,10 @@ export class FerryClient {
   }
 
   private async takeConversations(infos: ConversationInfo[]): Promise<void> {
+    // The server describes them: it knows them now, and their member
+    // lists are the user's to ask for (one refused before the server had
+    // a conversation created here may be asked for again).
+    for (const c of infos) this.membersGone.delete(c.id);
     let recs: ConvRecord[] = [];
     await this.commit(() => {
       // The infos come most recent first: the conversations they move (new,
@@ -1658,17 +1662,7 @@ export class FerryClient {
           recs.push(rec);
           this.decoded.set(rec, op);
           fresh.push(op);
-          switch (op.payload.case) {
-            case "memberAdd":
-            case "memberRemove":
-            case "memberRole":
-              // A list fetched before, or being fetched, is stale: fetched
-              // again when live.
-              this.memberChanges.set(b.conversationId, (this.memberChanges.get(b.conversationId) ?? 0) + 1);
-              if (this.memberLists.has(b.conversationId) || this.membersFetching.has(b.conversationId) || this.membersGone.delete(b.conversationId)) {
-                this.membersDue.add(b.conversationId);
-              }
-          }
+          this.membershipStored(b.conversationId, op);
           if (this.outbox.has(op.id)) mine.push(op.id);
         }
       }
@@ -1878,6 +1872,7 @@ export class FerryClient {
           change.ops!.push(rec);
           this.decoded.set(rec, op);
           stored.push(op);
+          this.membershipStored(e.convId, op);
           change.outboxDelete!.push(e.id);
         } else if (r.status === OpStatus.REJECTED && (r.reason === RejectReason.DOT_GAP || r.reason === RejectReason.DOT_REUSED)) {
           lower(e, Number(r.serverDot) + 1);
@@ -1910,6 +1905,20 @@ export class FerryClient {
     for (const id of new Set(batch.map((e) => e.convId))) {
       this.emit({ kind: "messages", convId: id });
       this.emit({ kind: "conversations", convId: id }); // the list shows the last message's status
+    }
+    void this.refreshMembers();
+  }
+
+  // membershipStored notes an op about to be stored: one that changes the
+  // membership makes the conversation's member list, held or being
+  // fetched, stale: it is fetched again (refreshMembers).
+  private membershipStored(convId: string, op: Op): void {
+    switch (op.payload.case) {
+      case "memberAdd":
+      case "memberRemove":
+      case "memberRole":
+        this.memberChanges.set(convId, (this.memberChanges.get(convId) ?? 0) + 1);
+        if (this.memberLists.has(convId) || this.membersFetching.has(convId) || this.membersGone.delete(convId)) this.membersDue.add(convId);
     }
   }
 

@@ -157,6 +157,25 @@ test("two browsers and a Go device chat; an offline browser catches up once, in 
   const history = cli("history", conv, "--limit", "5");
   assert.match(history, /hello from the browser/);
   await shot(alice, "7-go-and-browser");
+
+  // The conversation's header lists its members; alice adds carol there,
+  // and carol leaves with its button.
+  const members = (page: Page) => page.$eval("#convmembers", (e) => e.textContent ?? "");
+  await alice.waitForFunction(() => document.querySelector("#convmembers")?.textContent === "alice (owner), bob");
+  const carol = await signUp(await browser.newContext(), "carol");
+  await alice.fill("#newmember", "carol");
+  await alice.click("#addmember button");
+  await carol.waitForSelector(`[data-conv="${conv}"]`);
+  await alice.waitForFunction(() => document.querySelector("#convmembers")?.textContent === "alice (owner), bob, carol");
+  await carol.click(`[data-conv="${conv}"]`);
+  await carol.waitForFunction(() => document.querySelector("#convmembers")?.textContent === "alice (owner), bob, carol");
+  await shot(carol, "8-carol-added");
+  carol.on("dialog", (d) => void d.accept());
+  await carol.click("#leave");
+  await carol.waitForFunction(() => document.querySelector("#convmembers")?.textContent === "you left this conversation");
+  await alice.waitForFunction(() => document.querySelector("#convmembers")?.textContent === "alice (owner), bob");
+  assert.equal(await members(bob), "alice (owner), bob");
+  await shot(alice, "9-carol-left");
 });
 
 test("a duplicated tab is a new device: the original holds its database", { timeout: 60_000 }, async () => {

@@ -1960,9 +1960,12 @@ test("members: names show as authors, membership and titles change from the brow
   assert.deepEqual(roles(bob.knownMembers(conv)), [`${a}:owner`, `${b}:member`]);
 
   // Alice adds carol, makes bob an admin, and renames the conversation.
+  await alice.members(conv);
   await alice.addMember(conv, c);
   await alice.setRole(conv, b, "admin");
   await alice.setTitle(conv, "the team");
+  // Her own ops, once accepted, have her list fetched again too.
+  await alice.waitFor(() => roles(alice.knownMembers(conv)).join() === [`${a}:owner`, `${b}:admin`, `${c}:member`].join());
   await carol.waitFor(() => carol.conversations().some((x) => x.id === conv && x.title === "the team") && carol.messages(conv).length === 2);
   await carol.waitFor(() => carol.messages(conv).every((m) => m.authorName !== undefined));
   assert.deepEqual(carol.messages(conv).map((m) => m.authorName), [a, b]);
