@@ -257,15 +257,19 @@ func (a *app) open2(ctx context.Context, signedIn bool, f func(context.Context, 
 	defer cancel()
 	err = f(ctx, d)
 	if errors.Is(err, clientsdk.ErrNoServer) {
-		return errors.New("no server to sign in to: give --server URL (such as http://127.0.0.1:8080) or set FERRY_SERVER")
+		return errNoServer
 	}
 	return err
 }
 
-// noProfile reports whether the profile's folder is missing: a command
-// that needs a signed-in profile says so rather than make one.
+var errNoServer = errors.New("no server to sign in to: give --server URL (such as http://127.0.0.1:8080) or set FERRY_SERVER")
+
+// noProfile reports whether the profile holds no device: its folder is
+// missing, or holds no replica (a mistyped --profile naming some other
+// folder). A command that needs a signed-in profile says so rather than
+// make one there.
 func (a *app) noProfile() bool {
-	_, err := os.Stat(a.profile)
+	_, err := os.Stat(filepath.Join(a.profile, "replica"))
 	return errors.Is(err, fs.ErrNotExist)
 }
 
@@ -331,6 +335,11 @@ func (a *app) signIn(ctx context.Context, cmd string, args []string) error {
 	if len(pos) != 1 {
 		return fmt.Errorf("usage: ferry %s USERNAME", cmd)
 	}
+	// A new profile needs a server to sign in to: said before a password
+	// is asked for and a profile made.
+	if a.server == "" && a.noProfile() {
+		return errNoServer
+	}
 	pw, err := a.password(fromStdin)
 	// Signing in (again, on a refused profile) is what FERRY_SERVER is for.
 	a.serverFromEnv = false
@@ -367,7 +376,10 @@ func accountJSON(acc clientsdk.Account) accountOut {
 func (a *app) logout(ctx context.Context) error {
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
 		if err := d.Logout(ctx); err != nil {
-			if acc, aerr := d.Account(); aerr == nil {
+			if acc, aerr := d.Account(); aerr == nil && acc.Refused {
+				// Refused when last asked: most likely revoked already.
+				return fmt.Errorf("%w\nthe device stays signed in here; the server refused it when last asked (revoked, most likely), so its token no longer works: log out again once the server is in reach, or delete the profile folder %s", err, a.profile)
+			} else if aerr == nil {
 				// The server was not told: the token still works.
 				return fmt.Errorf("%w\nthe device stays signed in, its token valid: log out again once the server is in reach, or revoke it from another device (ferry devices --revoke %s)", err, acc.Device)
 			}

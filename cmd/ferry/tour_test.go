@@ -217,12 +217,29 @@ func TestTour(t *testing.T) {
 	if out := testbin.Run(t, env, ferry, "--profile", filepath.Join(dir, "nobody"), "status"); !strings.Contains(out, "not signed in") {
 		t.Fatalf("status of a fresh profile: %q", out)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "nobody")); !os.IsNotExist(err) {
-		t.Fatalf("commands on a profile that is not there made it: %v", err)
-	}
 	_, stderr, err = testbin.RunErr([]string{"FERRY_PASSWORD=correct horse"}, ferry, "--profile", filepath.Join(dir, "nobody"), "register", "nobody")
 	if err == nil || !strings.Contains(stderr, "give --server URL") {
 		t.Fatalf("register with no server named: %v %q", err, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nobody")); !os.IsNotExist(err) {
+		t.Fatalf("commands on a profile that is not there made it: %v", err)
+	}
+	// A folder that is no profile (a mistyped --profile) is not made one.
+	docs := filepath.Join(dir, "docs")
+	if err := os.Mkdir(docs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(docs, 0o755); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
+	if out := testbin.Run(t, env, ferry, "--profile", docs, "status"); !strings.Contains(out, "not signed in") {
+		t.Fatalf("status of a folder that is no profile: %q", out)
+	}
+	if fi, err := os.Stat(docs); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("status changed the folder that is no profile: %v %v", fi.Mode(), err)
+	}
+	if _, err := os.Stat(filepath.Join(docs, "replica")); !os.IsNotExist(err) {
+		t.Fatalf("status made a replica in a folder that is no profile: %v", err)
 	}
 
 	// A device revoked from another is told so when it sends, with a
@@ -250,6 +267,13 @@ func TestTour(t *testing.T) {
 	if !st.Refused {
 		t.Fatal("status of the revoked device does not say the server refused it")
 	}
+	// Its logout, the server down, does not call its token valid.
+	srv.Kill()
+	_, stderr, err = testbin.RunErr(env, ferry, "--profile", filepath.Join(dir, "alice-laptop"), "logout")
+	if err == nil || !strings.Contains(stderr, "its token no longer works") {
+		t.Fatalf("logout of the revoked device, the server down: %v %q", err, stderr)
+	}
+	srv.Start()
 	as("alice-laptop", "login", "alice", "--device", "laptop")
 	if decode(as("alice-laptop", "status"), &st); st.Refused {
 		t.Fatal("status after logging in again still says the server refused the device")

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -32,6 +33,7 @@ var ErrClosed = errors.New("ferry: device is closed")
 type DB struct {
 	db   *pebble.DB
 	lock *pebble.Lock // the store's folder's, held until Close
+	held string       // the folder as holdFolder noted it; "" in memory
 
 	mu     sync.Mutex // guards closed
 	closed bool
@@ -55,24 +57,45 @@ func (d *DB) leave() { d.inUse.Done() }
 
 // Open opens or creates the store in dir on fs (vfs.Default for disk,
 // vfs.NewMem() for a store that lives in memory).
-// It returns an error that wraps ErrInUse when another holds the store.
-func Open(dir string, fs vfs.FS, log *slog.Logger) (*DB, error) {
+// It returns an error that wraps ErrInUse when another holds the store:
+// another process, or another DB of this one, however its path is
+// spelled.
+func Open(dir string, fs vfs.FS, log *slog.Logger) (db *DB, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("open local store in %s: %w", dir, err)
+		}
+	}()
 	if err := fs.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("open local store in %s: %w", dir, err)
+		return nil, err
 	}
-	// The folder's lock, taken here to tell its being held apart from
-	// Pebble's other errors: a lock file that cannot be made is a path's
-	// error; one that is there and cannot be locked is held.
+	// In this process: Pebble's own check, and the lock of fcntl, which
+	// is the process's, know a folder by its path as spelled, so a second
+	// spelling (relative, through a link) would open it twice, and its
+	// Close would drop the process's lock under the first.
+	var held string
+	if fs == vfs.Default {
+		if held, err = holdFolder(dir); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				releaseFolder(held)
+			}
+		}()
+	}
+	// The folder's lock, taken here to tell its being held by another
+	// process apart from the other errors of taking it.
 	lock, err := pebble.LockDirectory(dir, fs)
 	if err != nil {
-		if !errors.As(err, new(*os.PathError)) {
+		if !errors.As(err, new(*os.PathError)) && lockHeld(err) {
 			err = fmt.Errorf("%w (%v)", ErrInUse, err)
 		}
-		return nil, fmt.Errorf("open local store in %s: %w", dir, err)
+		return nil, err
 	}
 	cache := pebble.NewCache(8 << 20)
 	defer cache.Unref()
-	db, err := pebble.Open(dir, &pebble.Options{
+	pdb, err := pebble.Open(dir, &pebble.Options{
 		FS:                 fs,
 		Lock:               lock,
 		Cache:              cache,
@@ -82,9 +105,46 @@ func Open(dir string, fs vfs.FS, log *slog.Logger) (*DB, error) {
 	})
 	if err != nil {
 		_ = lock.Close()
-		return nil, fmt.Errorf("open local store in %s: %w", dir, err)
+		return nil, err
 	}
-	return &DB{db: db, lock: lock}, nil
+	return &DB{db: pdb, lock: lock, held: held}, nil
+}
+
+// folders are the folders of this process's open DBs on disk, resolved.
+var folders struct {
+	sync.Mutex
+	open map[string]bool
+}
+
+// holdFolder notes dir, resolved, as open in this process, or returns
+// ErrInUse when it is already.
+func holdFolder(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	folders.Lock()
+	defer folders.Unlock()
+	if folders.open[abs] {
+		return "", fmt.Errorf("%w (opened by this process already)", ErrInUse)
+	}
+	if folders.open == nil {
+		folders.open = map[string]bool{}
+	}
+	folders.open[abs] = true
+	return abs, nil
+}
+
+func releaseFolder(abs string) {
+	if abs == "" {
+		return
+	}
+	folders.Lock()
+	defer folders.Unlock()
+	delete(folders.open, abs)
 }
 
 type logger struct{ l *slog.Logger }
@@ -115,7 +175,9 @@ func (d *DB) Close() error {
 	d.closed = true
 	d.mu.Unlock()
 	d.inUse.Wait()
-	return errors.Join(d.db.Close(), d.lock.Close())
+	err := errors.Join(d.db.Close(), d.lock.Close())
+	releaseFolder(d.held)
+	return err
 }
 
 // Get returns a copy of key's value, or ErrNotFound.
