@@ -30,7 +30,7 @@ help: ## Describe the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: build
-build: ## Build ferryd and ferry into ./bin
+build: ## Build ferryd, ferry and ferry-bench into ./bin
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 .PHONY: run
