@@ -67,7 +67,8 @@ Commands:
   failed [--dismiss OP]... [--dismiss-all]
                                         ops the server refused, and why; dismiss them
   sync                                  catch up once and exit when caught up
-  tail [CONV] [--last N] [--count N]    print the newest messages, then those that arrive
+  tail [CONV] [--last N] [--count N]    print the newest messages, then those that arrive (and
+                                        again those edited, deleted or reacted to)
   history CONV [--limit N] [--before SEQ] [--since TIME] [--until TIME]
   read CONV [SEQ]                       mark read (everything held, or up to SEQ; queued offline)
   status                                this device, its position and its outbox
@@ -1235,7 +1236,11 @@ func (a *app) tail(ctx context.Context, args []string) error {
 	// began.
 	began := time.Now()
 	top := map[ulid.ULID]uint64{}
-	printed := map[ulid.ULID]bool{}
+	// printed holds what each message printed showed: one edited,
+	// deleted or reacted to since prints again, as an update (not counted
+	// by --count); its status (delivered, read) alone does not.
+	printed := map[ulid.ULID]string{}
+	shown := func(o messageOut) string { return fmt.Sprint(o.Text, o.Type, o.Edited, o.Deleted, o.React) }
 	n := 0
 	show := func(conv ulid.ULID) error {
 		page, err := d.Messages(conv, clientsdk.PageOptions{Limit: 1000})
@@ -1245,11 +1250,18 @@ func (a *app) tail(ctx context.Context, args []string) error {
 		floor, held := top[conv]
 		for i := len(page.Messages) - 1; i >= 0; i-- {
 			m := page.Messages[i]
-			if m.Seq == 0 || printed[m.ID] || held && m.Seq <= floor || !held && m.Sent.Before(began) {
+			o := message(m)
+			if was, ok := printed[m.ID]; ok {
+				if now := shown(o); now != was {
+					printed[m.ID] = now
+					a.print(o, o.line())
+				}
+				continue
+			}
+			if m.Seq == 0 || held && m.Seq <= floor || !held && m.Sent.Before(began) {
 				continue // pending ones print once sent
 			}
-			printed[m.ID] = true
-			o := message(m)
+			printed[m.ID] = shown(o)
 			a.print(o, o.line())
 			if n++; count > 0 && n >= count {
 				return io.EOF
@@ -1274,6 +1286,7 @@ func (a *app) tail(ctx context.Context, args []string) error {
 				if last > 0 && m.Seq > 0 {
 					o := message(m)
 					a.print(o, o.line())
+					printed[m.ID] = shown(o)
 				}
 				top[c.ID] = max(top[c.ID], m.Seq)
 			}

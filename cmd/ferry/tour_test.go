@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferrysync/ferry/internal/testbin"
 )
@@ -434,6 +435,42 @@ func TestMessageCommands(t *testing.T) {
 	}
 	fails("you have no 👍 reaction", bob, "react", "notes", seq, "--remove", "👍")
 	fails("the key is blank", bob, "react", "notes", seq, " ")
+
+	// tail prints a message shown again when it changes.
+	tail := exec.Command(ferry, "--profile", bob, "--json", "tail", "notes", "--last", "1")
+	tail.Env = append(os.Environ(), env...)
+	tail.Stderr = io.Discard
+	pipe, err := tail.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer tail.Process.Kill()
+	bound := time.AfterFunc(time.Minute, func() { _ = tail.Process.Kill() }) // a bound, not a wait for an event
+	defer bound.Stop()
+	lines := bufio.NewScanner(pipe)
+	var tailed []msg
+	next := func() {
+		t.Helper()
+		if !lines.Scan() {
+			t.Fatalf("tail ended after %+v", tailed)
+		}
+		var o msg
+		if err := json.Unmarshal(lines.Bytes(), &o); err != nil {
+			t.Fatal(err)
+		}
+		tailed = append(tailed, o)
+	}
+	next()
+	run(alice, "edit", "notes", seq, "hello there")
+	next()
+	_ = tail.Process.Kill()
+	_ = tail.Wait()
+	if len(tailed) != 2 || tailed[0].Text != "hello world" || tailed[1].Text != "hello there" || !tailed[1].Edited || tailed[1].ID != m.ID {
+		t.Fatalf("tail printed %+v; want the message, then it edited", tailed)
+	}
 	run(alice, "delete", "notes", seq)
 	if got := last(bob); !got.Deleted || got.Text != "" {
 		t.Fatalf("bob's view after alice deleted #%s: %+v", seq, got)
