@@ -908,6 +908,7 @@ func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, std
 			fmt.Fprintf(stderr, "password for %s (shown as typed; pipe it in to keep it off the screen), then Enter: ", c.username)
 		}
 	}
+	log.Debug("add-user: reading the password from the first line of stdin")
 	line, err := bufio.NewReader(in).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("read the password from stdin: %w", err)
