@@ -105,18 +105,7 @@ func TestTour(t *testing.T) {
 
 	// tail prints the newest held, then only what is new: not the older
 	// history of a conversation longer than --last.
-	tail := exec.Command(ferry, "--profile", filepath.Join(dir, "bob"), "--json", "tail", "lunch", "--last", "2", "--count", "1")
-	tail.Env = append(os.Environ(), env...)
-	tail.Stderr = io.Discard
-	pipe, err := tail.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tail.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer tail.Process.Kill()
-	lines := bufio.NewScanner(pipe)
+	tail, lines := startTail(t, ferry, env, "--profile", filepath.Join(dir, "bob"), "--json", "tail", "lunch", "--last", "2", "--count", "1")
 	var tailed []string
 	for len(tailed) < 2 && lines.Scan() {
 		var m struct{ Text string }
@@ -141,17 +130,7 @@ func TestTour(t *testing.T) {
 	// before tail began is not new.
 	as("alice-phone", "conversation", "create", "big")
 	as("alice-phone", "send", "big", "old in big")
-	tail = exec.Command(ferry, "--profile", filepath.Join(dir, "bob"), "--json", "tail", "--last", "1", "--count", "1")
-	tail.Env = append(os.Environ(), env...)
-	tail.Stderr = io.Discard
-	if pipe, err = tail.StdoutPipe(); err != nil {
-		t.Fatal(err)
-	}
-	if err := tail.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer tail.Process.Kill()
-	lines = bufio.NewScanner(pipe)
+	tail, lines = startTail(t, ferry, env, "--profile", filepath.Join(dir, "bob"), "--json", "tail", "--last", "1", "--count", "1")
 	tailed = nil
 	scan := func() {
 		var m struct{ Text string }
@@ -437,20 +416,7 @@ func TestMessageCommands(t *testing.T) {
 	fails("the key is blank", bob, "react", "notes", seq, " ")
 
 	// tail prints a message shown again when it changes.
-	tail := exec.Command(ferry, "--profile", bob, "--json", "tail", "notes", "--last", "1")
-	tail.Env = append(os.Environ(), env...)
-	tail.Stderr = io.Discard
-	pipe, err := tail.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tail.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer tail.Process.Kill()
-	bound := time.AfterFunc(time.Minute, func() { _ = tail.Process.Kill() }) // a bound, not a wait for an event
-	defer bound.Stop()
-	lines := bufio.NewScanner(pipe)
+	tail, lines := startTail(t, ferry, env, "--profile", bob, "--json", "tail", "notes", "--last", "1")
 	var tailed []msg
 	next := func() {
 		t.Helper()
@@ -526,4 +492,28 @@ func TestMessageCommands(t *testing.T) {
 		len(members) != 1 || members[0].Username != "bob" || members[0].Role != "owner" {
 		t.Fatalf("members after alice handed notes to bob and left: %+v %v", members, err)
 	}
+}
+
+// startTail starts the ferry binary (tail, in args) with env, and returns
+// the process and a scanner of its stdout. It is killed when the test
+// ends, and after a minute at most: a tail that never prints what the test
+// waits for ends its output, rather than the test hanging.
+func startTail(t *testing.T, ferry string, env []string, args ...string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	tail := exec.Command(ferry, args...)
+	tail.Env = append(os.Environ(), env...)
+	tail.Stderr = io.Discard
+	pipe, err := tail.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	bound := time.AfterFunc(time.Minute, func() { _ = tail.Process.Kill() }) // a bound, not a wait for an event
+	t.Cleanup(func() {
+		bound.Stop()
+		_ = tail.Process.Kill()
+	})
+	return tail, bufio.NewScanner(pipe)
 }
