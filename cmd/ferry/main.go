@@ -68,7 +68,7 @@ Commands:
                                         ops the server refused, and why; dismiss them
   sync                                  catch up once and exit when caught up
   tail [CONV] [--last N] [--count N]    print the newest messages, then those that arrive (and
-                                        again those edited, deleted or reacted to)
+                                        again, marked updated, those edited, deleted or reacted to)
   history CONV [--limit N] [--before SEQ] [--since TIME] [--until TIME]
   read CONV [SEQ]                       mark read (everything held, or up to SEQ; queued offline)
   status                                this device, its position and its outbox
@@ -809,6 +809,9 @@ type messageOut struct {
 	Deleted  bool                `json:"deleted,omitempty"`
 	Status   string              `json:"status,omitempty"`
 	React    map[string][]string `json:"reactions,omitempty"`
+	// Update: tail printed this message before, and prints it again,
+	// changed (edited, deleted, reacted to).
+	Update bool `json:"update,omitempty"`
 }
 
 func message(m clientsdk.Message) messageOut {
@@ -844,6 +847,9 @@ func (o messageOut) line() string {
 		seq = "-" // not sent yet: no seq (its status says why)
 	}
 	s := fmt.Sprintf("%s %s: %s", seq, o.Author, text)
+	if o.Update {
+		s = "updated: " + s
+	}
 	if len(o.React) > 0 {
 		keys := slices.Sorted(maps.Keys(o.React))
 		for i, k := range keys {
@@ -1254,6 +1260,7 @@ func (a *app) tail(ctx context.Context, args []string) error {
 			if was, ok := printed[m.ID]; ok {
 				if now := shown(o); now != was {
 					printed[m.ID] = now
+					o.Update = true
 					a.print(o, o.line())
 				}
 				continue

@@ -372,10 +372,10 @@ func TestMessageCommands(t *testing.T) {
 		}
 	}
 	type msg struct {
-		ID, Author, Text string
-		Seq              uint64
-		Edited, Deleted  bool
-		Reactions        map[string][]string
+		ID, Author, Text        string
+		Seq                     uint64
+		Edited, Deleted, Update bool
+		Reactions               map[string][]string
 	}
 	last := func(profile string) msg {
 		t.Helper()
@@ -434,8 +434,8 @@ func TestMessageCommands(t *testing.T) {
 	next()
 	_ = tail.Process.Kill()
 	_ = tail.Wait()
-	if len(tailed) != 2 || tailed[0].Text != "hello world" || tailed[1].Text != "hello there" || !tailed[1].Edited || tailed[1].ID != m.ID {
-		t.Fatalf("tail printed %+v; want the message, then it edited", tailed)
+	if len(tailed) != 2 || tailed[0].Text != "hello world" || tailed[0].Update || tailed[1].Text != "hello there" || !tailed[1].Edited || !tailed[1].Update || tailed[1].ID != m.ID {
+		t.Fatalf("tail printed %+v; want the message, then it edited, marked an update", tailed)
 	}
 	run(alice, "delete", "notes", seq)
 	if got := last(bob); !got.Deleted || got.Text != "" {

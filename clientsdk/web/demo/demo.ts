@@ -25,13 +25,22 @@ async function openTabReplica(): Promise<IndexedDBReplica> {
 
 const pageSize = 100;
 
+// opNames name the ops the header shows refused.
+const opNames: Record<string, string> = { memberAdd: "add", memberRemove: "leave or removal", memberRole: "role change", setTitle: "rename", edit: "edit", delete: "delete", reactionAdd: "reaction", reactionRemove: "reaction" };
+
 const marks: Record<string, string> = { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "⚠" };
 
 class App {
   private open?: string; // the conversation shown
   private scheduled = false;
   private shown = pageSize; // how many of the open conversation's newest messages are drawn
-  private membersAsked = new Set<string>(); // conversations whose members were asked for once
+  // membersAsked: the conversations whose members were asked for, in
+  // which live session (lives counts them), and whether the ask failed:
+  // one that failed is asked again in the next.
+  private membersAsked = new Map<string, { lives: number; failed: boolean }>();
+  private lives = 0;
+  private wasLive = false;
+  private leaving = new Set<string>(); // conversations left here, until the leave is done or refused
 
   constructor(private readonly c: FerryClient) {
     c.on(() => this.render());
@@ -40,7 +49,14 @@ class App {
       void this.signIn("login");
     });
     $("register").addEventListener("click", () => void this.signIn("register"));
-    $("signout").addEventListener("click", () => void c.signOut().then(() => this.render()));
+    $("signout").addEventListener("click", () =>
+      void c.signOut().then(() => {
+        this.open = undefined;
+        this.membersAsked.clear();
+        this.leaving.clear();
+        this.render();
+      }, (err) => alert(err instanceof Error ? err.message : String(err))),
+    );
     $("newconv").addEventListener("submit", (e) => {
       e.preventDefault();
       void this.create();
@@ -60,8 +76,15 @@ class App {
       }
     });
     $("leave").addEventListener("click", () => {
-      if (this.open && confirm("Leave this conversation? You keep what you have of it.")) {
-        void c.leave(this.open).catch((err) => alert(err instanceof Error ? err.message : String(err)));
+      const conv = this.open;
+      if (conv && confirm("Leave this conversation? You keep what you have of it.")) {
+        this.leaving.add(conv);
+        this.render();
+        void c.leave(conv).catch((err) => {
+          this.leaving.delete(conv);
+          this.render();
+          alert(err instanceof Error ? err.message : String(err));
+        });
       }
     });
     document.addEventListener("visibilitychange", () => this.markRead());
@@ -76,6 +99,8 @@ class App {
     try {
       await (how === "login" ? this.c.login(u, p) : this.c.register(u, p));
       this.membersAsked.clear();
+      this.leaving.clear();
+      this.open = undefined;
       this.c.start();
     } catch (err) {
       $("error").textContent = err instanceof Error ? err.message : String(err);
@@ -120,6 +145,9 @@ class App {
     // session, keeping what it queued.
     $("signin").classList.toggle("hidden", !!s && this.c.status().state !== "failed");
     $("sidebar").classList.toggle("hidden", !s);
+    // A conversation the device does not know (another account's, after a
+    // sign-in in this tab) is not shown.
+    if (this.open && !this.c.conversations().some((x) => x.id === this.open)) this.open = undefined;
     $("chat").classList.toggle("hidden", !s || !this.open);
     $("signout").classList.toggle("hidden", !s);
     $("me").textContent = s ? s.username : "";
@@ -157,25 +185,49 @@ class App {
   }
 
   // drawHead draws the open conversation's title and members, asking the
-  // server for them once; the client keeps the list up to date after.
+  // server for them once it has the conversation, while live (again in the
+  // next live session when the ask failed); the client keeps the list up
+  // to date after. The ops of the conversation the server refused (an add
+  // the user's role does not allow, the last owner's leave) show there,
+  // to dismiss.
   private drawHead(convId: string): void {
     const conv = this.c.conversations().find((x) => x.id === convId);
     $("convtitle").textContent = conv ? conv.title || "(untitled)" : "";
     const members = this.c.knownMembers(convId);
-    // Once the server has it: a conversation just created here is not
-    // there yet.
-    if (!members && conv && conv.head > 0 && !this.membersAsked.has(convId)) {
-      this.membersAsked.add(convId);
-      void this.c.members(convId).then(() => this.render(), () => {});
+    const asked = this.membersAsked.get(convId);
+    if (!members && conv && conv.head > 0 && this.c.status().state === "live" && (!asked || (asked.failed && asked.lives < this.lives))) {
+      const ask = { lives: this.lives, failed: false };
+      this.membersAsked.set(convId, ask);
+      void this.c.members(convId).then(
+        () => this.render(),
+        () => (ask.failed = true),
+      );
     }
+    const me = this.c.session?.userId;
+    const role = members?.find((m) => m.userId === me)?.role;
+    const failed = this.c.failed().filter((f) => f.convId === convId && f.kind !== "message");
+    if (failed.length > 0 || conv?.removed) this.leaving.delete(convId);
     $("convmembers").textContent = conv?.removed
-      ? "you left this conversation"
+      ? "you are no longer a member"
       : (members ?? []).map((m) => (m.role === "member" ? m.username : `${m.username} (${m.role})`)).join(", ");
-    $("addmember").classList.toggle("hidden", !!conv?.removed);
-    $("leave").classList.toggle("hidden", !!conv?.removed);
+    $("addmember").classList.toggle("hidden", !conv || conv.removed || role === "member");
+    $("leave").classList.toggle("hidden", !conv || conv.removed || this.leaving.has(convId));
+    $("convfailed").replaceChildren(
+      ...failed.map((f) => {
+        const line = el("div", { class: "failed" }, `⚠ ${opNames[f.kind] ?? f.kind} refused: ${f.error} `);
+        line.append(button("dismiss", () => this.c.dismissFailed(f.opId)));
+        return line;
+      }),
+    );
   }
 
   private drawStatus(st: Status): void {
+    // Count live sessions: a members ask that failed goes again in the next.
+    if (st.state === "live" && !this.wasLive) {
+      this.lives++;
+      queueMicrotask(() => this.render());
+    }
+    this.wasLive = st.state === "live";
     const b = $("status");
     b.dataset.state = st.state;
     b.textContent =

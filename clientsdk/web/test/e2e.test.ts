@@ -172,10 +172,23 @@ test("two browsers and a Go device chat; an offline browser catches up once, in 
   await shot(carol, "8-carol-added");
   carol.on("dialog", (d) => void d.accept());
   await carol.click("#leave");
-  await carol.waitForFunction(() => document.querySelector("#convmembers")?.textContent === "you left this conversation");
+  await carol.waitForFunction(() => document.querySelector("#convmembers")?.textContent === "you are no longer a member");
   await alice.waitForFunction(() => document.querySelector("#convmembers")?.textContent === "alice (owner), bob");
   assert.equal(await members(bob), "alice (owner), bob");
+  // Bob, a member, may not add anyone: no form for it.
+  assert.equal(await bob.isVisible("#addmember"), false, "a member is shown the add form");
   await shot(alice, "9-carol-left");
+
+  // The last owner's leave is refused, and the header says so until
+  // dismissed.
+  alice.on("dialog", (d) => void d.accept());
+  await alice.click("#leave");
+  await alice.waitForSelector("#convfailed .failed");
+  assert.match(await alice.$eval("#convfailed .failed", (e) => e.textContent ?? ""), /leave or removal refused: .*last owner/);
+  await shot(alice, "10-last-owner-refused");
+  await alice.click("#convfailed .failed button");
+  await alice.waitForSelector("#convfailed .failed", { state: "detached" });
+  assert.equal(await alice.isVisible("#leave"), true, "Leave stays hidden after its refusal");
 });
 
 test("a duplicated tab is a new device: the original holds its database", { timeout: 60_000 }, async () => {
