@@ -412,7 +412,7 @@ type Account struct {
 // ErrProfileInUse is returned by Open for a profile that another process
 // has open, or another Device of this one: a profile is one device, opened
 // by one Device at a time.
-var ErrProfileInUse = errors.New("ferry: the profile is in use by another process")
+var ErrProfileInUse = errors.New("ferry: the profile is in use: open in another process, or in another Device of this one")
 
 // ErrNoServer is returned by the calls that reach the server (Register
 // and Login first) on a profile that knows no server: one not signed in,

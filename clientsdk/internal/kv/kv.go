@@ -24,7 +24,7 @@ var ErrNotFound = errors.New("not found")
 
 // ErrInUse is returned by Open for a store that another process holds
 // open, or another DB of this one.
-var ErrInUse = errors.New("in use by another process")
+var ErrInUse = errors.New("in use")
 
 // ErrClosed is returned by the calls of a closed DB.
 var ErrClosed = errors.New("ferry: device is closed")
