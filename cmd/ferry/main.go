@@ -437,14 +437,20 @@ func (a *app) devices(ctx context.Context, args []string) error {
 // resolve finds a conversation by id or title, syncing once when the
 // title is not known here yet.
 func (a *app) resolve(ctx context.Context, d *clientsdk.Device, ref string) (ulid.ULID, error) {
-	id, err := resolveConv(d, ref)
+	return orAfterSync(ctx, a, d, func() (ulid.ULID, error) { return resolveConv(d, ref) })
+}
+
+// orAfterSync returns what find finds, asking it again after one sync
+// when what it looks for is not held here (notHere): a sync may bring it.
+func orAfterSync[T any](ctx context.Context, a *app, d *clientsdk.Device, find func() (T, error)) (T, error) {
+	v, err := find()
 	if !errors.As(err, new(notHere)) {
-		return id, err
+		return v, err
 	}
 	if serr := a.syncFirst(ctx, d); serr != nil {
-		return id, fmt.Errorf("%w (and sync failed: %v)", err, serr)
+		return v, fmt.Errorf("%w (and sync failed: %v)", err, serr)
 	}
-	return resolveConv(d, ref)
+	return find()
 }
 
 // notHere is the error for a conversation or a message the device does
@@ -1014,14 +1020,7 @@ func (a *app) username(ctx context.Context, d *clientsdk.Device, conv, user ulid
 // resolveMsg finds a message of conv by its seq or id, syncing once when
 // the device does not hold it yet.
 func (a *app) resolveMsg(ctx context.Context, d *clientsdk.Device, conv ulid.ULID, ref string) (clientsdk.Message, error) {
-	m, err := findMsg(d, conv, ref)
-	if !errors.As(err, new(notHere)) {
-		return m, err
-	}
-	if serr := a.syncFirst(ctx, d); serr != nil {
-		return m, fmt.Errorf("%w (and sync failed: %v)", err, serr)
-	}
-	return findMsg(d, conv, ref)
+	return orAfterSync(ctx, a, d, func() (clientsdk.Message, error) { return findMsg(d, conv, ref) })
 }
 
 // findMsg finds a message of conv that the device holds, by its seq (12

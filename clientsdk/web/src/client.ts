@@ -893,26 +893,22 @@ export class FerryClient {
 
   /** Sends a text message; returns its id at once, before it is pushed. */
   async send(convId: string, text: string): Promise<string> {
-    const [id] = await this.enqueue(convId, [{ case: "message", value: { body: encoder.encode(text), contentType: "text/plain" } }]);
-    return id!;
+    return this.one(convId, { case: "message", value: { body: encoder.encode(text), contentType: "text/plain" } });
   }
 
   /** Replaces the body of one of the user's messages. */
   async edit(convId: string, targetId: string, text: string): Promise<string> {
-    const [id] = await this.enqueue(convId, [{ case: "edit", value: { targetId, body: encoder.encode(text), contentType: "text/plain" } }]);
-    return id!;
+    return this.one(convId, { case: "edit", value: { targetId, body: encoder.encode(text), contentType: "text/plain" } });
   }
 
   /** Deletes a message for everyone. */
   async delete(convId: string, targetId: string): Promise<string> {
-    const [id] = await this.enqueue(convId, [{ case: "delete", value: { targetId } }]);
-    return id!;
+    return this.one(convId, { case: "delete", value: { targetId } });
   }
 
   /** Adds (on) or removes the user's reaction key to a message. */
   async react(convId: string, targetId: string, key: string, on = true): Promise<string> {
-    const [id] = await this.enqueue(convId, [{ case: on ? "reactionAdd" : "reactionRemove", value: { targetId, key } }]);
-    return id!;
+    return this.one(convId, { case: on ? "reactionAdd" : "reactionRemove", value: { targetId, key } });
   }
 
   /**
@@ -944,11 +940,8 @@ export class FerryClient {
 
   /** Creates a conversation with the users of these usernames. */
   async createConversation(title: string, usernames: string[]): Promise<string> {
-    const account = this.account;
-    const found = usernames.length ? (await this.accounts.lookupUsers({ usernames })).users : [];
-    const missing = usernames.filter((n) => !found.some((u) => u.username.toLowerCase() === n.toLowerCase()));
-    if (missing.length) throw new Error(`ferry: no such user: ${missing.join(", ")}`);
-    if (account === this.account) for (const u of found) this.names.set(u.id, { username: u.username, displayName: u.displayName });
+    // Each user once, however often named.
+    const found = [...new Map((usernames.length ? await this.lookup(...usernames) : []).map((u) => [u.id, u])).values()];
     const convId = ulid(this.opts.now());
     await this.enqueue(convId, [
       { case: "create", value: { title } },
@@ -966,16 +959,14 @@ export class FerryClient {
    */
   async addMember(convId: string, username: string, role: Role = "member"): Promise<string> {
     const wire = roleOf(role);
-    const user = await this.lookup(username);
-    const [id] = await this.enqueue(convId, [{ case: "memberAdd", value: { userId: user.id, role: wire } }]);
-    return id!;
+    const [user] = await this.lookup(username);
+    return this.one(convId, { case: "memberAdd", value: { userId: user!.id, role: wire } });
   }
 
   /** Removes a user, by username, from a conversation (admins remove members; owners anyone). */
   async removeMember(convId: string, username: string): Promise<string> {
-    const user = await this.lookup(username);
-    const [id] = await this.enqueue(convId, [{ case: "memberRemove", value: { userId: user.id } }]);
-    return id!;
+    const [user] = await this.lookup(username);
+    return this.one(convId, { case: "memberRemove", value: { userId: user!.id } });
   }
 
   /**
@@ -986,22 +977,19 @@ export class FerryClient {
   async leave(convId: string): Promise<string> {
     const me = this.meta.session;
     if (!me) throw new Error("ferry: not signed in");
-    const [id] = await this.enqueue(convId, [{ case: "memberRemove", value: { userId: me.userId } }]);
-    return id!;
+    return this.one(convId, { case: "memberRemove", value: { userId: me.userId } });
   }
 
   /** Changes a member's role (owners only); a conversation keeps at least one owner. */
   async setRole(convId: string, username: string, role: Role): Promise<string> {
     const wire = roleOf(role);
-    const user = await this.lookup(username);
-    const [id] = await this.enqueue(convId, [{ case: "memberRole", value: { userId: user.id, role: wire } }]);
-    return id!;
+    const [user] = await this.lookup(username);
+    return this.one(convId, { case: "memberRole", value: { userId: user!.id, role: wire } });
   }
 
   /** Renames a conversation (admins and owners). */
   async setTitle(convId: string, title: string): Promise<string> {
-    const [id] = await this.enqueue(convId, [{ case: "setTitle", value: { title } }]);
-    return id!;
+    return this.one(convId, { case: "setTitle", value: { title } });
   }
 
   /**
@@ -1034,16 +1022,18 @@ export class FerryClient {
     return this.memberLists.get(convId)?.map((m) => ({ ...m }));
   }
 
-  // lookup finds a user by username, and keeps their name unless the
-  // device signed in or out meanwhile.
-  private async lookup(username: string): Promise<{ id: string; username: string; displayName: string }> {
+  // lookup finds users by username, in the order asked, and keeps their
+  // names unless the device signed in or out meanwhile. It throws naming
+  // the usernames no user has.
+  private async lookup(...usernames: string[]): Promise<{ id: string; username: string; displayName: string }[]> {
     if (!this.meta.session) throw new Error("ferry: not signed in");
     const account = this.account;
-    const res = await this.accounts.lookupUsers({ usernames: [username] }, { timeoutMs: this.opts.callTimeoutMs });
-    const u = res.users.find((u) => u.username.toLowerCase() === username.toLowerCase());
-    if (!u) throw new Error(`ferry: no such user: ${username}`);
-    if (account === this.account) this.names.set(u.id, { username: u.username, displayName: u.displayName });
-    return u;
+    const res = await this.accounts.lookupUsers({ usernames }, { timeoutMs: this.opts.callTimeoutMs });
+    const byName = new Map(res.users.map((u) => [u.username.toLowerCase(), u]));
+    const missing = usernames.filter((n) => !byName.has(n.toLowerCase()));
+    if (missing.length) throw new Error(`ferry: no such user: ${missing.join(", ")}`);
+    if (account === this.account) for (const u of res.users) this.names.set(u.id, { username: u.username, displayName: u.displayName });
+    return usernames.map((n) => byName.get(n.toLowerCase())!);
   }
 
   // fetchMembers asks the server for a conversation's members and keeps
@@ -1167,6 +1157,12 @@ export class FerryClient {
       if (op.payload.case === "message" && op.userId !== me) seen++;
     }
     return Math.max(0, c.unread - seen);
+  }
+
+  // one enqueues a single op and returns its id.
+  private async one(convId: string, payload: Payload): Promise<string> {
+    const [id] = await this.enqueue(convId, [payload]);
+    return id!;
   }
 
   // enqueue gives ops this device's next dots and stores them in the
