@@ -210,6 +210,15 @@ func (d *Device) fetch(ctx context.Context, sc ferryv1connect.SyncServiceClient,
 	return nil
 }
 
+// outboxChanged is the MessagesChanged of p, an op of the outbox with id
+// id that was refused or dismissed.
+func outboxChanged(conv, id ulid.ULID, p *ferryv1.Op) MessagesChanged {
+	if op, err := wire.Op("op", conv, p); err == nil {
+		return messagesChanged(conv, []*model.Op{&op})
+	}
+	return MessagesChanged{Conv: conv, IDs: []ulid.ULID{id}}
+}
+
 // received is a batch of one conversation's ops from the server, parsed:
 // ops[i] is rows[i], the form the replica stores.
 type received struct {
@@ -257,7 +266,7 @@ func (d *Device) applyOps(batches []received) (int, error) {
 			rec = &convRecord{}
 			d.convs[conv] = rec
 		}
-		var ids []ulid.ULID
+		var news []*model.Op
 		moved := false
 		for i := range bt.ops {
 			op := &bt.ops[i]
@@ -269,10 +278,10 @@ func (d *Device) applyOps(batches []received) (int, error) {
 				continue
 			}
 			added++
-			ids = append(ids, op.ID)
+			news = append(news, op)
 			moved = moved || op.Seq > rec.Head
 		}
-		if len(ids) > 0 {
+		if len(news) > 0 {
 			// Ops up to the head the conversation's info gave moved it in
 			// the list then (in the order of the infos, which a catch-up's
 			// pages do not keep); ops past it are activity it did not say.
@@ -280,7 +289,7 @@ func (d *Device) applyOps(batches []received) (int, error) {
 				d.changed++
 				rec.Changed = d.changed
 			}
-			evs = append(evs, MessagesChanged{Conv: conv, IDs: ids}, ConversationChanged{Conv: conv})
+			evs = append(evs, messagesChanged(conv, news), ConversationChanged{Conv: conv})
 		}
 		b.Set(idKey(tConv, conv), encodeJSON(rec))
 	}
@@ -495,7 +504,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 			b.Set(idKey(tConv, ref.conv), encodeJSON(rec))
 			b.Delete(seqKey(tOutbox, ref.local))
 			delete(d.pending, id)
-			evs = append(evs, MessagesChanged{Conv: ref.conv, IDs: []ulid.ULID{id}})
+			evs = append(evs, messagesChanged(ref.conv, []*model.Op{&m}))
 			if !slices.Contains(touched, ref.conv) {
 				touched = append(touched, ref.conv)
 			}
@@ -521,7 +530,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 					renumber[at] = renumbering{first: op.GetDot(), keep: true}
 				}
 				evs = append(evs, OpFailed{Conv: ref.conv, Op: id, Reason: reasonName(r.GetReason()), Message: r.GetMessage()},
-					MessagesChanged{Conv: ref.conv, IDs: []ulid.ULID{id}})
+					outboxChanged(ref.conv, id, op))
 				if !slices.Contains(touched, ref.conv) {
 					touched = append(touched, ref.conv)
 				}

@@ -321,6 +321,9 @@ func TestFailedMessagesShowUntilDismissed(t *testing.T) {
 	if fs, _ := bob.Failed(); len(fs) != 1 || fs[0].Op != late {
 		t.Fatalf("failed list %+v", fs)
 	}
+	if m, err := bob.Message(conv, late); err != nil || m.Status != clientsdk.StatusFailed || m.Text() != "late" {
+		t.Fatalf("Message of the refused one: %+v %v; want it, failed", m, err)
+	}
 	for range len(sub.C()) { // what the sync said
 		<-sub.C()
 	}
@@ -337,13 +340,16 @@ func TestFailedMessagesShowUntilDismissed(t *testing.T) {
 	for range len(sub.C()) { // emitted before DismissFailed returned
 		switch ev := (<-sub.C()).(type) {
 		case clientsdk.MessagesChanged:
-			told = told || ev.Conv == conv && slices.Equal(ev.IDs, []ulid.ULID{late})
+			told = told || ev.Conv == conv && slices.Equal(ev.IDs, []ulid.ULID{late}) && slices.Equal(ev.Messages, []ulid.ULID{late})
 		case clientsdk.ConversationChanged:
 			listed = listed || ev.Conv == conv // its last message changed
 		}
 	}
 	if !told || !listed {
 		t.Fatalf("events for the dismissed message: MessagesChanged %v, ConversationChanged %v", told, listed)
+	}
+	if _, err := bob.Message(conv, late); !errors.Is(err, clientsdk.ErrNoMessage) {
+		t.Fatalf("Message of the dismissed one: %v; want ErrNoMessage", err)
 	}
 	if err := bob.DismissFailed(late); !errors.Is(err, clientsdk.ErrNotFailed) {
 		t.Fatalf("dismissing again: %v, want ErrNotFailed", err)

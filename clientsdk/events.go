@@ -3,9 +3,12 @@ package clientsdk
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/model"
 )
 
 // State is where a device stands with the server.
@@ -89,6 +92,31 @@ type ConversationChanged struct{ Conv ulid.ULID }
 type MessagesChanged struct {
 	Conv ulid.ULID
 	IDs  []ulid.ULID // the ops that arrived or changed
+	// Messages are the messages those ops show on, by their op ids, each
+	// once and in no set order: a message's own, and the target of an
+	// edit, a delete or a reaction, whether the device holds the message
+	// or not (yet). Device.Message reads each; a title or membership op
+	// names none.
+	Messages []ulid.ULID
+}
+
+// messagesChanged is the MessagesChanged of ops in conv.
+func messagesChanged(conv ulid.ULID, ops []*model.Op) MessagesChanged {
+	e := MessagesChanged{Conv: conv, IDs: make([]ulid.ULID, len(ops))}
+	for i, op := range ops {
+		e.IDs[i] = op.ID
+		switch {
+		case op.Kind == model.KindMessage:
+			e.Messages = append(e.Messages, op.ID)
+		case op.Kind.HasTarget():
+			e.Messages = append(e.Messages, op.Target)
+		}
+	}
+	if len(e.Messages) > 1 {
+		slices.SortFunc(e.Messages, ulid.ULID.Compare)
+		e.Messages = slices.Compact(e.Messages)
+	}
+	return e
 }
 
 // OpFailed: the server refused an op for good; it left the outbox. Reason

@@ -63,6 +63,7 @@ func (d *Device) enqueue(conv ulid.ULID, create bool, payloads ...func(*ferryv1.
 	device := ulid.MustParseStrict(d.creds.Device)
 	b := d.db.NewBatch()
 	ids := make([]ulid.ULID, 0, len(payloads))
+	queued := make([]*model.Op, 0, len(payloads))
 	local := d.nextLocal
 	entries := map[ulid.ULID]uint64{}
 	for _, pl := range payloads {
@@ -86,6 +87,7 @@ func (d *Device) enqueue(conv ulid.ULID, create bool, payloads ...func(*ferryv1.
 		local++
 		b.Set(seqKey(tOutbox, local), encodeJSON(outboxEntry{Conv: conv.String(), Op: encodeOp(op), Created: d.opts.clock.Now().UnixMilli()}))
 		ids = append(ids, m.ID)
+		queued = append(queued, &m)
 		entries[m.ID] = local
 	}
 	d.changed++
@@ -100,7 +102,7 @@ func (d *Device) enqueue(conv ulid.ULID, create bool, payloads ...func(*ferryv1.
 	for id, l := range entries {
 		d.pending[id] = pendingRef{local: l, conv: conv}
 	}
-	d.emit(MessagesChanged{Conv: conv, IDs: ids}, ConversationChanged{Conv: conv}, StatusChanged{Status: d.statusLocked()})
+	d.emit(messagesChanged(conv, queued), ConversationChanged{Conv: conv}, StatusChanged{Status: d.statusLocked()})
 	failpoint.Hit(failpoint.SDKAfterEnqueue)
 	select {
 	case d.outboxWake <- struct{}{}:

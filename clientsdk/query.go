@@ -235,6 +235,74 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 	return page, nil
 }
 
+// ErrNoMessage is returned by Message for an id that is no message of the
+// conversation the device holds.
+var ErrNoMessage = errors.New("ferry: no such message in this conversation")
+
+// Message returns conv's message with op id id, as Messages shows it: sent,
+// pending or failed, with edits, deletions, reactions and the status of the
+// user's own. It returns ErrNoMessage when the device holds no message with
+// that id, such as the id of an edit or a reaction, or of a message still
+// to arrive (MessagesChanged.Messages names the messages that change).
+func (d *Device) Message(conv, id ulid.ULID) (Message, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return Message{}, ErrClosed
+	}
+	rec := d.convs[conv]
+	if rec == nil {
+		return Message{}, fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
+	}
+	s, err := d.state(conv)
+	if err != nil {
+		return Message{}, err
+	}
+	me := d.me()
+	pend, err := d.pendingOps(conv, false)
+	if err != nil {
+		return Message{}, err
+	}
+	var effects []model.Op
+	var m *Message
+	for _, op := range pend {
+		switch {
+		case op.Kind == model.KindMessage && op.ID == id:
+			p := d.pendingMessage(s, &op, me)
+			m = &p
+		case op.Kind.HasTarget() && op.Target == id:
+			effects = append(effects, op)
+		}
+	}
+	if v, ok := s.Message(id); ok {
+		sent := d.sentMessage(conv, rec, v, me)
+		m = &sent
+	}
+	if m == nil {
+		failed, err := d.failedMessagesLocked(conv, me)
+		if err != nil {
+			return Message{}, err
+		}
+		for i := range failed {
+			if failed[i].ID == id {
+				m = &failed[i]
+			}
+		}
+	}
+	if m == nil {
+		return Message{}, fmt.Errorf("%w: %s", ErrNoMessage, id)
+	}
+	return withEffects(*m, effects, me), nil
+}
+
+// me is the signed-in user, zero before a sign-in. d.mu is held.
+func (d *Device) me() ulid.ULID {
+	if d.creds == nil {
+		return ulid.ULID{}
+	}
+	return ulid.MustParseStrict(d.creds.User)
+}
+
 // pageLocked returns a page of conv's messages, newest first: on the
 // first page (before 0) every failed and pending one, which come after
 // every sent one (failed last), then up to limit sent ones, those with a
@@ -248,10 +316,7 @@ func (d *Device) Messages(conv ulid.ULID, opts PageOptions) (Page, error) {
 // held.
 func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit int, floor uint64, newest bool) (page []Message, more bool, err error) {
 	rec := d.convs[conv]
-	var me ulid.ULID
-	if d.creds != nil {
-		me = ulid.MustParseStrict(d.creds.User)
-	}
+	me := d.me()
 	var failed []Message
 	if before == 0 {
 		if failed, err = d.failedMessagesLocked(conv, me); err != nil {
@@ -272,42 +337,14 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 	for _, op := range pend {
 		switch op.Kind {
 		case model.KindMessage:
-			m := Message{ID: op.ID, Conv: conv, Author: me, AuthorName: d.users[me].Username, Device: op.Dot.Device,
-				Sent: ulid.Time(op.ID.Time()), ContentType: op.ContentType, Body: op.Body, Status: StatusPending}
-			if s.Deleted(op.ID) {
-				// Another member deleted it before its push's answer came
-				// (a lost answer, the push sent again).
-				m.Body, m.ContentType, m.Deleted = nil, "", true
-			}
-			pending = append(pending, m)
+			pending = append(pending, d.pendingMessage(s, &op, me))
 		case model.KindEdit, model.KindDelete, model.KindReactionAdd, model.KindReactionRemove:
 			effects[op.Target] = append(effects[op.Target], op)
 		}
 	}
 	sent := 0
 	add := func(m Message) {
-		for _, op := range effects[m.ID] {
-			switch op.Kind {
-			case model.KindEdit:
-				if !m.Deleted {
-					m.Body, m.ContentType, m.Edited = op.Body, op.ContentType, true
-				}
-			case model.KindDelete: // deleted for everyone: no body, edit or reactions
-				m.Body, m.ContentType, m.Deleted, m.Edited, m.Reactions = nil, "", true, false, nil
-			default:
-				if !m.Deleted {
-					m.Reactions = react(m.Reactions, op.ReactionKey, me, op.Kind == model.KindReactionAdd)
-				}
-			}
-		}
-		// The caller's own copy: the body and reactions are the cached
-		// state's or the outbox's otherwise.
-		m.Body = bytes.Clone(m.Body)
-		m.Reactions = slices.Clone(m.Reactions)
-		for i := range m.Reactions {
-			m.Reactions[i].Users = slices.Clone(m.Reactions[i].Users)
-		}
-		page = append(page, m)
+		page = append(page, withEffects(m, effects[m.ID], me))
 		if m.Seq > 0 {
 			sent++
 		}
@@ -332,22 +369,67 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 			more = true
 			break
 		}
-		m := Message{ID: v.ID, Conv: conv, Seq: v.Seq, Author: v.User, Device: v.Device, Sent: ulid.Time(v.ID.Time()),
-			ContentType: v.ContentType, Body: v.Body, Edited: v.Edited, Deleted: v.Deleted, Reactions: v.Reactions}
-		m.AuthorName = d.users[v.User].Username
-		if v.User == me {
-			m.Status = ownStatus(rec, v.Seq)
-		}
-		for _, r := range rec.Receipts {
-			if r.Read >= v.Seq {
-				if u, err := ulid.ParseStrict(r.User); err == nil {
-					m.ReadBy = append(m.ReadBy, u)
-				}
-			}
-		}
-		add(m)
+		add(d.sentMessage(conv, rec, v, me))
 	}
 	return page, more, nil
+}
+
+// sentMessage is the Message of v, a message the server stored. d.mu is
+// held.
+func (d *Device) sentMessage(conv ulid.ULID, rec *convRecord, v model.MessageView, me ulid.ULID) Message {
+	m := Message{ID: v.ID, Conv: conv, Seq: v.Seq, Author: v.User, Device: v.Device, Sent: ulid.Time(v.ID.Time()),
+		ContentType: v.ContentType, Body: v.Body, Edited: v.Edited, Deleted: v.Deleted, Reactions: v.Reactions}
+	m.AuthorName = d.users[v.User].Username
+	if v.User == me {
+		m.Status = ownStatus(rec, v.Seq)
+	}
+	for _, r := range rec.Receipts {
+		if r.Read >= v.Seq {
+			if u, err := ulid.ParseStrict(r.User); err == nil {
+				m.ReadBy = append(m.ReadBy, u)
+			}
+		}
+	}
+	return m
+}
+
+// pendingMessage is the Message of op, a message of the user's own in the
+// outbox; s is its conversation's state. d.mu is held.
+func (d *Device) pendingMessage(s *model.State, op *model.Op, me ulid.ULID) Message {
+	m := Message{ID: op.ID, Conv: s.Conv(), Author: me, AuthorName: d.users[me].Username, Device: op.Dot.Device,
+		Sent: ulid.Time(op.ID.Time()), ContentType: op.ContentType, Body: op.Body, Status: StatusPending}
+	if s.Deleted(op.ID) {
+		// Another member deleted it before its push's answer came (a lost
+		// answer, the push sent again).
+		m.Body, m.ContentType, m.Deleted = nil, "", true
+	}
+	return m
+}
+
+// withEffects returns m with the pending ops that target it applied, in
+// outbox order, as the caller's own copy: its body and reactions are
+// otherwise the cached state's or the outbox's.
+func withEffects(m Message, effects []model.Op, me ulid.ULID) Message {
+	for _, op := range effects {
+		switch op.Kind {
+		case model.KindEdit:
+			if !m.Deleted {
+				m.Body, m.ContentType, m.Edited = op.Body, op.ContentType, true
+			}
+		case model.KindDelete: // deleted for everyone: no body, edit or reactions
+			m.Body, m.ContentType, m.Deleted, m.Edited, m.Reactions = nil, "", true, false, nil
+		default:
+			if !m.Deleted {
+				m.Reactions = react(m.Reactions, op.ReactionKey, me, op.Kind == model.KindReactionAdd)
+			}
+		}
+	}
+	m.Body = bytes.Clone(m.Body)
+	m.Reactions = slices.Clone(m.Reactions)
+	for i := range m.Reactions {
+		m.Reactions[i].Users = slices.Clone(m.Reactions[i].Users)
+	}
+	return m
 }
 
 // failedMessagesLocked returns conv's messages that the server refused,
@@ -729,6 +811,7 @@ func (d *Device) DismissFailed(op ulid.ULID) error {
 		return ErrClosed
 	}
 	var key []byte
+	var dismissed *ferryv1.Op
 	var conv ulid.ULID
 	err := scanPrefix(d.db, []byte{tFailed}, func(k, v []byte) error {
 		var e failedEntry
@@ -739,7 +822,7 @@ func (d *Device) DismissFailed(op ulid.ULID) error {
 		if err != nil || p.GetId() != op.String() {
 			return err
 		}
-		key = bytes.Clone(k)
+		key, dismissed = bytes.Clone(k), p
 		conv, err = ulid.ParseStrict(e.Conv)
 		return err
 	})
@@ -758,7 +841,7 @@ func (d *Device) DismissFailed(op ulid.ULID) error {
 	if d.failed[conv] = slices.DeleteFunc(d.failed[conv], func(l uint64) bool { return l == local }); len(d.failed[conv]) == 0 {
 		delete(d.failed, conv)
 	}
-	d.emit(MessagesChanged{Conv: conv, IDs: []ulid.ULID{op}}, ConversationChanged{Conv: conv})
+	d.emit(outboxChanged(conv, op, dismissed), ConversationChanged{Conv: conv})
 	return nil
 }
 

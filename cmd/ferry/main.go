@@ -9,11 +9,13 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -1027,23 +1029,11 @@ func (a *app) resolveMsg(ctx context.Context, d *clientsdk.Device, conv ulid.ULI
 // or #12) or its id: a pending message has an id alone.
 func findMsg(d *clientsdk.Device, conv ulid.ULID, ref string) (clientsdk.Message, error) {
 	if id, err := ulid.ParseStrict(ref); err == nil {
-		var before uint64
-		for {
-			page, err := d.Messages(conv, clientsdk.PageOptions{Limit: 1000, Before: before})
-			if err != nil {
-				return clientsdk.Message{}, err
-			}
-			for _, m := range page.Messages {
-				if m.ID == id {
-					return m, nil
-				}
-			}
-			n := len(page.Messages)
-			if !page.More || n == 0 || page.Messages[n-1].Seq == 0 {
-				return clientsdk.Message{}, notHere(fmt.Sprintf("no message %s in this conversation", id))
-			}
-			before = page.Messages[n-1].Seq
+		m, err := d.Message(conv, id)
+		if errors.Is(err, clientsdk.ErrNoMessage) {
+			return clientsdk.Message{}, notHere(fmt.Sprintf("no message %s in this conversation", id))
 		}
+		return m, err
 	}
 	seq, err := strconv.ParseUint(strings.TrimPrefix(ref, "#"), 10, 64)
 	if err != nil || seq == 0 || seq == math.MaxUint64 {
@@ -1241,36 +1231,68 @@ func (a *app) tail(ctx context.Context, args []string) error {
 	// began.
 	began := time.Now()
 	top := map[ulid.ULID]uint64{}
-	// printed holds what each message printed showed: one edited,
-	// deleted or reacted to since prints again, as an update (not counted
-	// by --count); its status (delivered, read) alone does not.
-	printed := map[ulid.ULID]string{}
-	shown := func(o messageOut) string { return fmt.Sprint(o.Text, o.Type, o.Edited, o.Deleted, o.React) }
+	// printed holds a hash of what each message printed showed: one
+	// edited, deleted or reacted to since prints again, as an update (not
+	// counted by --count); its status (delivered, read) alone does not.
+	printed := map[ulid.ULID]uint64{}
+	seed := maphash.MakeSeed()
+	shown := func(o messageOut) uint64 {
+		return maphash.String(seed, fmt.Sprint(o.Text, "\x00", o.Type, o.Edited, o.Deleted, o.React))
+	}
 	n := 0
-	show := func(conv ulid.ULID) error {
+	show := func(m clientsdk.Message) error {
+		o := message(m)
+		if was, ok := printed[m.ID]; ok {
+			if now := shown(o); now != was {
+				printed[m.ID] = now
+				o.Update = true
+				a.print(o, o.line())
+			}
+			return nil
+		}
+		floor, held := top[m.Conv]
+		if m.Seq == 0 || held && m.Seq <= floor || !held && m.Sent.Before(began) {
+			return nil // pending ones print once sent
+		}
+		printed[m.ID] = shown(o)
+		a.print(o, o.line())
+		if n++; count > 0 && n >= count {
+			return io.EOF
+		}
+		return nil
+	}
+	// changed prints the messages an event names, oldest first: those new,
+	// and those printed before that changed, however old.
+	changed := func(conv ulid.ULID, ids []ulid.ULID) error {
+		ms := make([]clientsdk.Message, 0, len(ids))
+		for _, id := range ids {
+			m, err := d.Message(conv, id)
+			if errors.Is(err, clientsdk.ErrNoMessage) {
+				continue // a reaction to a message still to come, which prints with it
+			}
+			if err != nil {
+				return err
+			}
+			ms = append(ms, m)
+		}
+		slices.SortFunc(ms, func(x, y clientsdk.Message) int { return cmp.Compare(x.Seq, y.Seq) })
+		for _, m := range ms {
+			if err := show(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// rescan prints what changed among conv's newest 1,000 messages: after
+	// events were dropped, which said which.
+	rescan := func(conv ulid.ULID) error {
 		page, err := d.Messages(conv, clientsdk.PageOptions{Limit: 1000})
 		if err != nil {
 			return err
 		}
-		floor, held := top[conv]
 		for i := len(page.Messages) - 1; i >= 0; i-- {
-			m := page.Messages[i]
-			o := message(m)
-			if was, ok := printed[m.ID]; ok {
-				if now := shown(o); now != was {
-					printed[m.ID] = now
-					o.Update = true
-					a.print(o, o.line())
-				}
-				continue
-			}
-			if m.Seq == 0 || held && m.Seq <= floor || !held && m.Sent.Before(began) {
-				continue // pending ones print once sent
-			}
-			printed[m.ID] = shown(o)
-			a.print(o, o.line())
-			if n++; count > 0 && n >= count {
-				return io.EOF
+			if err := show(page.Messages[i]); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -1308,7 +1330,7 @@ func (a *app) tail(ctx context.Context, args []string) error {
 			switch e := ev.(type) {
 			case clientsdk.MessagesChanged:
 				if only == (ulid.ULID{}) || e.Conv == only {
-					err = show(e.Conv)
+					err = changed(e.Conv, e.Messages)
 				}
 			case clientsdk.StatusChanged:
 				if e.Status.State == clientsdk.StateFailed {
@@ -1321,7 +1343,7 @@ func (a *app) tail(ctx context.Context, args []string) error {
 				cs, _ := d.Conversations()
 				for _, c := range cs {
 					if only == (ulid.ULID{}) || c.ID == only {
-						if err = show(c.ID); err != nil {
+						if err = rescan(c.ID); err != nil {
 							break
 						}
 					}

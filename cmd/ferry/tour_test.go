@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrysync/ferry/clientsdk"
 	"github.com/ferrysync/ferry/internal/testbin"
 )
 
@@ -516,4 +519,77 @@ func startTail(t *testing.T, ferry string, env []string, args ...string) (*exec.
 		_ = tail.Process.Kill()
 	})
 	return tail, bufio.NewScanner(pipe)
+}
+
+// TestTailShowsChangesToOldMessages: tail prints a message it printed
+// again when it changes, however many came after it: an edit of a message
+// a thousand messages back prints as an update, and the messages that
+// arrive after it print once.
+func TestTailShowsChangesToOldMessages(t *testing.T) {
+	_, ferry, env, alice := aliceWithNotes(t)
+	bob := filepath.Join(filepath.Dir(alice), "bob")
+	run := func(profile string, args ...string) string {
+		t.Helper()
+		return testbin.Run(t, env, ferry, append([]string{"--profile", profile}, args...)...)
+	}
+	run(bob, "register", "bob")
+	run(alice, "conversation", "add", "notes", "bob")
+	run(alice, "send", "notes", "the old one")
+	var sent []struct{ ID string }
+	if err := json.Unmarshal([]byte(run(alice, "--json", "history", "notes", "--limit", "1")), &sent); err != nil || len(sent) != 1 {
+		t.Fatalf("history: %v %+v", err, sent)
+	}
+	old := sent[0].ID
+	// A thousand more, from alice's profile through the SDK: faster than
+	// a ferry command each.
+	d, err := clientsdk.Open(alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := d.Conversations()
+	if err != nil || len(cs) != 1 {
+		t.Fatalf("alice's conversations: %+v %v", cs, err)
+	}
+	for i := range 1000 {
+		if _, err := d.SendText(context.Background(), cs[0].ID, fmt.Sprint("filler ", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.SyncOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	run(bob, "sync")
+
+	_, lines := startTail(t, ferry, env, "--profile", bob, "--json", "tail", "notes", "--last", "1001")
+	type line struct {
+		ID, Text string
+		Update   bool
+	}
+	next := func() line {
+		t.Helper()
+		if !lines.Scan() {
+			t.Fatal("tail ended")
+		}
+		var l line
+		if err := json.Unmarshal(lines.Bytes(), &l); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	for i := range 1001 {
+		if l := next(); i == 0 && (l.ID != old || l.Text != "the old one") {
+			t.Fatalf("tail's first line: %+v; want the old message", l)
+		}
+	}
+	run(alice, "edit", "notes", old, "the old one, edited")
+	run(alice, "send", "notes", "the new one")
+	if l := next(); l.ID != old || l.Text != "the old one, edited" || !l.Update {
+		t.Fatalf("tail printed %+v after the edit of the message 1,000 back; want it as an update", l)
+	}
+	if l := next(); l.Text != "the new one" || l.Update {
+		t.Fatalf("tail printed %+v after the new message; want it, once", l)
+	}
 }

@@ -253,7 +253,6 @@ type ReactionView struct {
 	Users []ulid.ULID // sorted
 }
 
-// Message returns the message with op id id, once its message op is applied.
 // Deleted reports whether the state holds the delete of message id, or an
 // op of it that arrived erased, whether it holds the message or not: for
 // a message still in its device's outbox.
@@ -262,6 +261,7 @@ func (s *State) Deleted(id ulid.ULID) bool {
 	return m != nil && m.deleted
 }
 
+// Message returns the message with op id id, once its message op is applied.
 func (s *State) Message(id ulid.ULID) (MessageView, bool) {
 	m := s.messages[id]
 	if m == nil || m.op == nil {
