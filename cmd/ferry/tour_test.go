@@ -593,3 +593,43 @@ func TestTailShowsChangesToOldMessages(t *testing.T) {
 		t.Fatalf("tail printed %+v after the new message; want it, once", l)
 	}
 }
+
+// TestTailGoesOnAfterTheServerRestarts: a tail whose server goes away
+// reconnects by itself when it is back, and prints what was sent while it
+// was down once, then what comes live.
+func TestTailGoesOnAfterTheServerRestarts(t *testing.T) {
+	srv, ferry, env, alice := aliceWithNotes(t)
+	bob := filepath.Join(filepath.Dir(alice), "bob")
+	run := func(profile string, args ...string) string {
+		t.Helper()
+		return testbin.Run(t, env, ferry, append([]string{"--profile", profile}, args...)...)
+	}
+	run(bob, "register", "bob")
+	run(alice, "conversation", "add", "notes", "bob")
+	run(bob, "sync")
+	_, lines := startTail(t, ferry, env, "--profile", bob, "--json", "tail", "notes", "--last", "0")
+	var texts []string
+	next := func() {
+		t.Helper()
+		if !lines.Scan() {
+			t.Fatalf("tail ended after %q", texts)
+		}
+		var l struct{ Text string }
+		if err := json.Unmarshal(lines.Bytes(), &l); err != nil {
+			t.Fatal(err)
+		}
+		texts = append(texts, l.Text)
+	}
+	run(alice, "send", "notes", "before")
+	next() // the tail is live
+	srv.Kill()
+	run(alice, "--timeout", "20s", "send", "notes", "while it was down") // queued
+	srv.Start()
+	run(alice, "sync")
+	next()
+	run(alice, "send", "notes", "after")
+	next()
+	if want := []string{"before", "while it was down", "after"}; !slices.Equal(texts, want) {
+		t.Fatalf("tail printed %q; want %q", texts, want)
+	}
+}
