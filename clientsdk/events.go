@@ -87,16 +87,18 @@ type StatusChanged struct{ Status Status }
 // its messages show them as Message.AuthorName.
 type ConversationChanged struct{ Conv ulid.ULID }
 
-// MessagesChanged: messages of a conversation arrived or changed (edits,
-// deletes, reactions, the status of sent messages).
+// MessagesChanged: messages of a conversation arrived or changed: edits,
+// deletes, reactions, a message of the user's own queued, sent, refused or
+// dismissed. Receipts, which move the status (delivered, read) and ReadBy
+// of many of the user's messages at once, come as ConversationChanged, and
+// so do the members' names (AuthorName).
 type MessagesChanged struct {
 	Conv ulid.ULID
 	IDs  []ulid.ULID // the ops that arrived or changed
 	// Messages are the messages those ops show on, by their op ids, each
-	// once and in no set order: a message's own, and the target of an
-	// edit, a delete or a reaction, whether the device holds the message
-	// or not (yet). Device.Message reads each; a title or membership op
-	// names none.
+	// once: a message's own, and the target of an edit, a delete or a
+	// reaction, whether the device holds the message or not (yet).
+	// Device.MessagesByID reads them; a title or membership op names none.
 	Messages []ulid.ULID
 }
 

@@ -106,4 +106,17 @@ func matchesPage(t *testing.T, d *clientsdk.Device, conv ulid.ULID) {
 			t.Fatalf("Message(%s): %+v %v; the page shows %+v", want.ID, got, err, want)
 		}
 	}
+	// Oldest first, an id of no message among them, and the oldest again:
+	// each message once, in the order asked.
+	want := slices.Clone(p.Messages)
+	slices.Reverse(want)
+	ids := []ulid.ULID{ulid.Make()}
+	for _, m := range want {
+		ids = append(ids, m.ID)
+	}
+	ids = append(ids, want[0].ID)
+	got, err := d.MessagesByID(conv, ids...)
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("MessagesByID of the page's messages, oldest first: %d messages, %v; want the %d of the page, in order", len(got), err, len(want))
+	}
 }

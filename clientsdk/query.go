@@ -245,54 +245,85 @@ var ErrNoMessage = errors.New("ferry: no such message in this conversation")
 // that id, such as the id of an edit or a reaction, or of a message still
 // to arrive (MessagesChanged.Messages names the messages that change).
 func (d *Device) Message(conv, id ulid.ULID) (Message, error) {
+	ms, err := d.MessagesByID(conv, id)
+	switch {
+	case err != nil:
+		return Message{}, err
+	case len(ms) == 0:
+		return Message{}, fmt.Errorf("%w: %s", ErrNoMessage, id)
+	}
+	return ms[0], nil
+}
+
+// MessagesByID returns conv's messages with the op ids given, as Message
+// gives each, in the order of ids; an id of no message the device holds is
+// left out. Reading the messages an event names (MessagesChanged.Messages)
+// at once costs the conversation's outbox once, where Message costs it
+// for each.
+func (d *Device) MessagesByID(conv ulid.ULID, ids ...ulid.ULID) ([]Message, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return Message{}, ErrClosed
+		return nil, ErrClosed
 	}
 	rec := d.convs[conv]
 	if rec == nil {
-		return Message{}, fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
+		return nil, fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
 	}
 	s, err := d.state(conv)
 	if err != nil {
-		return Message{}, err
+		return nil, err
 	}
 	me := d.me()
+	found := make(map[ulid.ULID]Message, len(ids))
+	effects := map[ulid.ULID][]model.Op{}
+	wanted := func(id ulid.ULID) bool { return slices.Contains(ids, id) }
+	if len(ids) > 8 {
+		set := make(map[ulid.ULID]bool, len(ids))
+		for _, id := range ids {
+			set[id] = true
+		}
+		wanted = func(id ulid.ULID) bool { return set[id] }
+	}
 	pend, err := d.pendingOps(conv, false)
 	if err != nil {
-		return Message{}, err
+		return nil, err
 	}
-	var effects []model.Op
-	var m *Message
 	for _, op := range pend {
 		switch {
-		case op.Kind == model.KindMessage && op.ID == id:
-			p := d.pendingMessage(s, &op, me)
-			m = &p
-		case op.Kind.HasTarget() && op.Target == id:
-			effects = append(effects, op)
+		case op.Kind == model.KindMessage && wanted(op.ID):
+			found[op.ID] = d.pendingMessage(s, &op, me)
+		case op.Kind.HasTarget() && wanted(op.Target):
+			effects[op.Target] = append(effects[op.Target], op)
 		}
 	}
-	if v, ok := s.Message(id); ok {
-		sent := d.sentMessage(conv, rec, v, me)
-		m = &sent
+	missing := false
+	for _, id := range ids {
+		if v, ok := s.Message(id); ok {
+			found[id] = d.sentMessage(conv, rec, v, me)
+		} else if _, ok := found[id]; !ok {
+			missing = true
+		}
 	}
-	if m == nil {
+	if missing && len(d.failed[conv]) > 0 {
 		failed, err := d.failedMessagesLocked(conv, me)
 		if err != nil {
-			return Message{}, err
+			return nil, err
 		}
-		for i := range failed {
-			if failed[i].ID == id {
-				m = &failed[i]
+		for _, m := range failed {
+			if _, ok := found[m.ID]; !ok && wanted(m.ID) {
+				found[m.ID] = m
 			}
 		}
 	}
-	if m == nil {
-		return Message{}, fmt.Errorf("%w: %s", ErrNoMessage, id)
+	out := make([]Message, 0, len(found))
+	for _, id := range ids {
+		if m, ok := found[id]; ok {
+			out = append(out, withEffects(m, effects[id], me))
+			delete(found, id) // an id given twice is given once
+		}
 	}
-	return withEffects(*m, effects, me), nil
+	return out, nil
 }
 
 // me is the signed-in user, zero before a sign-in. d.mu is held.

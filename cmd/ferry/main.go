@@ -1264,16 +1264,10 @@ func (a *app) tail(ctx context.Context, args []string) error {
 	// changed prints the messages an event names, oldest first: those new,
 	// and those printed before that changed, however old.
 	changed := func(conv ulid.ULID, ids []ulid.ULID) error {
-		ms := make([]clientsdk.Message, 0, len(ids))
-		for _, id := range ids {
-			m, err := d.Message(conv, id)
-			if errors.Is(err, clientsdk.ErrNoMessage) {
-				continue // a reaction to a message still to come, which prints with it
-			}
-			if err != nil {
-				return err
-			}
-			ms = append(ms, m)
+		// Left out: a message still to come, reacted to, which prints with it.
+		ms, err := d.MessagesByID(conv, ids...)
+		if err != nil {
+			return err
 		}
 		slices.SortFunc(ms, func(x, y clientsdk.Message) int { return cmp.Compare(x.Seq, y.Seq) })
 		for _, m := range ms {
