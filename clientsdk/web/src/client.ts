@@ -90,6 +90,11 @@ const wireRoles: Record<Role, WireRole> = { member: WireRole.MEMBER, admin: Wire
 // refreshWidth is how many member lists a refresh fetches at once.
 const refreshWidth = 8;
 
+// memberRetries is how many times in a row a session asks again, after
+// the reconnects' backoff, for member lists the server could not give
+// for now: past them, the lists wait for the next session or live op.
+const memberRetries = 6;
+
 /** What changed: listeners re-read what they show. */
 export interface ClientEvent {
   kind: "status" | "conversations" | "messages";
@@ -297,6 +302,11 @@ export class FerryClient {
   // list asked for before the count moved is stale when it comes.
   private memberChanges = new Map<string, number>();
   private refreshing = false;
+  // membersRetry is the wait before the lists due are asked for again,
+  // after the server could not answer for now (membersAttempt times in a
+  // row); the session's end ends it.
+  private membersRetry?: AbortController;
+  private membersAttempt = 0;
   // lastChange is the highest changedAt given: the conversation list's
   // order, by activity, strictly increasing (see changeTick).
   private lastChange = 0;
@@ -1097,7 +1107,9 @@ export class FerryClient {
 
   // refreshMembers fetches the member lists due, a few at once, while
   // connected: best effort. One the server could not answer for now stays
-  // due, for the next session; one it refuses (the user left) does not.
+  // due, and is asked for again after the reconnects' backoff, up to
+  // memberRetries times in a row, then in the next session or at the next
+  // live op; one it refuses (the user left) is not.
   private async refreshMembers(): Promise<void> {
     if (this.refreshing || !this.connected || !this.meta.session) return;
     this.refreshing = true;
@@ -1114,12 +1126,33 @@ export class FerryClient {
         });
         if (again.length > 0) {
           for (const id of again) this.membersDue.add(id);
+          this.retryMembers();
           return;
         }
+        this.membersAttempt = 0;
       }
     } finally {
       this.refreshing = false;
     }
+  }
+
+  // retryMembers asks for the lists due again after the reconnects'
+  // backoff, within the session, unless it did memberRetries times in a
+  // row already or a wait is on.
+  private retryMembers(): void {
+    const session = this.current;
+    if (!session || session.signal.aborted || this.membersRetry || this.membersAttempt >= memberRetries) return;
+    const wait = this.backoff(this.membersAttempt);
+    this.membersAttempt++;
+    const ctrl = new AbortController();
+    this.membersRetry = ctrl;
+    const done = () => {
+      if (this.membersRetry === ctrl) this.membersRetry = undefined;
+    };
+    this.opts.sleep(wait, AbortSignal.any([session.signal, ctrl.signal])).then(() => {
+      done();
+      if (this.connected && this.current === session) void this.refreshMembers();
+    }, done);
   }
 
   /**
@@ -1375,6 +1408,7 @@ export class FerryClient {
           // what fails right after the Welcome (a batch this client cannot
           // read, a replica write refused) fails the same way again.
           this.attempt = 0;
+          this.membersAttempt = 0;
           this.places = null;
           this.catchUpFrom = null;
           void this.sendAcks().catch(() => {});

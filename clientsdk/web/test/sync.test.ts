@@ -2028,6 +2028,33 @@ test("a device asks for a conversation's member list once, not at every view, an
   assert.equal(asked, 4, "views asked for a list the device holds");
 });
 
+test("a member list the server could not give for now is asked for again in the session, with nothing else happening", { timeout: 60_000 }, async () => {
+  let failing = 0;
+  let refused!: () => void;
+  const failed = new Promise<void>((r) => (refused = r));
+  const flaky: typeof globalThis.fetch = async (input, init) => {
+    if (!isGetConversation(input) || failing === 0) return globalThis.fetch(input, init);
+    if (--failing === 0) refused();
+    return new Response(JSON.stringify({ code: "unavailable", message: "try again" }), { status: 503, headers: { "Content-Type": "application/json" } });
+  };
+  const alice = await open();
+  const bob = await openWith(flaky);
+  const carol = await open();
+  const a = await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const c = await signUp(carol, "carol");
+  const conv = await alice.createConversation("flaky", [b]);
+  await alice.send(conv, "hello");
+  await bob.waitFor(() => bob.status().state === "live" && bob.messages(conv)[0]?.authorName === a);
+  // carol's add comes live, and bob's asks for the new list fail, three
+  // times. Nothing else comes after the add (acks of it, at most), and the
+  // session goes on: the retries alone bring her.
+  failing = 3;
+  await alice.addMember(conv, c);
+  await failed;
+  await bob.waitFor(() => bob.knownMembers(conv)?.some((m) => m.username === c) === true);
+});
+
 // isGetConversation says a fetch is a member list's.
 const isGetConversation = (input: RequestInfo | URL) =>
   (input instanceof Request ? input.url : String(input)).endsWith("/ferry.v1.ConversationService/GetConversation");
