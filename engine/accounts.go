@@ -176,6 +176,7 @@ func (e *Engine) createUser(ctx context.Context, p NewAccount, withDevice bool) 
 		}
 		tx.b.Set(k, record.AppendID(nil, user.ID))
 		tx.b.Set(keys.ID1(keys.TUser, user.ID), record.AppendUser(nil, &rec))
+		tx.w.usage.put(user.ID, 0) // a new user's first message reads no usage
 		if withDevice {
 			tx.putDevice(user.ID, creds.Device, &dev)
 		}

@@ -203,6 +203,20 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 		}
 	}
 
+	// The quota, last: a retry of an op stored before passed above, and an
+	// op refused for another reason was told that reason.
+	size := int64(len(op.Body))
+	if q := tx.e.opts.UserQuota; q > 0 && size > 0 {
+		used := tx.usageOf(a.User).n
+		if tx.err != nil {
+			return res
+		}
+		if used+size > q {
+			return reject(fmt.Errorf("%w: the bodies of your messages and edits hold %s of the %s each user may store here, and this op's body needs %s more: delete messages to make room",
+				ErrQuota, byteSize(used), byteSize(q), byteSize(size)))
+		}
+	}
+
 	// Accept.
 	c.rec.Head++
 	seq := c.rec.Head
@@ -215,6 +229,7 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	rec := &txOp{rec: record.Op{Op: *op, Messages: c.rec.Messages}, accepted: true}
 	rec.rec.Seq = seq
 	tx.putOp(rec) // finish writes it and its indexes
+	tx.addUsage(a.User, size)
 
 	switch op.Kind {
 	case model.KindCreate:
@@ -309,6 +324,7 @@ func (tx *txn) erase(c *txConv, target *txOp) {
 		if o.rec.Erased {
 			return
 		}
+		tx.addUsage(o.rec.User, -int64(len(o.rec.Body)))
 		o.rec.Hash = model.PayloadHash(&o.rec.Op)
 		o.rec.Erased, o.rec.Body, o.rec.ContentType = true, nil, ""
 		tx.putOp(o)
@@ -367,4 +383,18 @@ func deviceUser(v *store.View, device ulid.ULID) (ulid.ULID, error) {
 		return ulid.ULID{}, err
 	}
 	return record.DecodeID(raw)
+}
+
+// byteSize says n bytes the way a person reads them: 900 bytes, 12.5 KiB,
+// 3.0 MiB.
+func byteSize(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d bytes", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
 }

@@ -44,6 +44,7 @@ func (r CheckReport) Err() error {
 // the conversation and member records match a replay of the log, that
 // erased ops were deleted, that every feed entry is where the membership
 // says, that read markers count the messages up to them right, and that
+// each user's usage is the bodies their ops hold, and that
 // the store saw no single deletion misused since it opened
 // (store.Store.Misuses). It reads the whole store: an operator's and a
 // test's tool, not a request path.
@@ -125,6 +126,9 @@ func (e *Engine) Check() (CheckReport, error) {
 		return nil
 	})
 	if err != nil {
+		return c.rep, err
+	}
+	if err := c.usage(); err != nil {
 		return c.rep, err
 	}
 	// Feed entries go with single deletions, which let an entry set twice
@@ -447,4 +451,35 @@ func vectorOf(dots map[ulid.ULID]uint64) model.Vector {
 		es = append(es, model.Dot{Device: d, N: n})
 	}
 	return model.NewVector(es...)
+}
+
+// usage checks each user's recorded usage (keys.TUsage) against the bodies
+// their ops hold.
+func (c *checker) usage() error {
+	want, _, err := usageOfOps(c.r.v)
+	if err != nil {
+		return err
+	}
+	err = scan(c.r.v, []byte{keys.TUsage}, func(k, val []byte) error {
+		user, ok := keys.ParseID1(k)
+		if !ok {
+			c.problem("malformed usage key %x", k)
+			return nil
+		}
+		n, err := record.DecodeUint(val)
+		switch {
+		case err != nil:
+			c.problem("usage of user %s: %v", user, err)
+		case int64(n) != want[user]:
+			c.problem("user %s has a usage of %d bytes recorded; their ops hold %d", user, n, want[user])
+		}
+		delete(want, user)
+		return nil
+	})
+	for user, n := range want {
+		if n != 0 {
+			c.problem("user %s has no usage recorded; their ops hold %d bytes", user, n)
+		}
+	}
+	return err
 }

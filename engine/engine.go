@@ -33,11 +33,14 @@ import (
 //     has at its feed position;
 //   - format 5 keeps the dot index in runs: one entry for a device's dots
 //     at consecutive seqs (a push's), where entries written before hold
-//     one dot each, a run of one (record.AppendDotRun).
+//     one dot each, a run of one (record.AppendDotRun);
+//   - format 6 keeps each user's usage, the bytes of the bodies their ops
+//     hold (keys.TUsage, Options.UserQuota): counted from the ops when an
+//     older store is upgraded, once.
 //
 // A build that reads only an older format refuses the store once it was
 // opened by a newer one.
-const formatVersion = 5
+const formatVersion = 6
 
 // backupMarker is the file Backup leaves in its copies, and
 // StartNewEpochAtNextOpen in a store: opening a store that has it starts a
@@ -184,9 +187,12 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		}
 		switch f {
 		case formatVersion:
-		case 1, 2, 3, 4:
+		case 1, 2, 3, 4, 5:
 			b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, formatVersion))
 			upgrade = f
+			if err := e.countUsage(v, b); err != nil {
+				return err
+			}
 		default:
 			return fmt.Errorf("store format %d is not supported (this build reads formats 1 to %d)", f, formatVersion)
 		}

@@ -45,6 +45,8 @@ var (
 	ErrResetRequired = errors.New("reset required")
 	// ErrTooMany: a request exceeds a count limit.
 	ErrTooMany = errors.New("too many")
+	// ErrQuota: an op's body would take its user past Options.UserQuota.
+	ErrQuota = errors.New("quota exceeded")
 )
 
 // ResetReason says why a session cannot resume.

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -191,4 +192,29 @@ func AddRevokedDevice(e *Engine, user ulid.ULID) error {
 	b := e.st.NewBatch()
 	b.Set(keys.ID2(keys.TDevice, user, e.newID()), record.AppendDevice(nil, &record.Device{Name: "old", Revoked: true}))
 	return e.st.Commit(b)
+}
+
+// ForgetUsage deletes the users' usage from the closed store in fs at dir,
+// and sets its format: 5 makes it a store from before usage was kept; the
+// current one, a store whose usage is wrong.
+func ForgetUsage(fs vfs.FS, dir string, format uint64) error {
+	st, err := store.Open(dir, store.Options{FS: fs, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
+	b := st.NewBatch()
+	v := st.View()
+	err = scan(v, []byte{keys.TUsage}, func(k, _ []byte) error {
+		b.Delete(bytes.Clone(k))
+		return nil
+	})
+	v.Release()
+	if err != nil {
+		return err
+	}
+	b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, format))
+	if err := st.Commit(b); err != nil {
+		return err
+	}
+	return st.Close()
 }

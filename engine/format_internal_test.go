@@ -46,10 +46,9 @@ func readFormat(t *testing.T, e *Engine) uint64 {
 	return f
 }
 
-// Format 1, 2 and 3 stores (before shared feeds, before read markers
-// counted their messages, and before members' feed entries could sit below
-// their conversation's feed position) open and become the current format,
-// with their epoch kept; a format from a newer build is refused.
+// Stores of the formats before (from before shared feeds to before users'
+// usage was kept) open and become the current format, with their epoch
+// kept; a format from a newer build is refused.
 func TestStoreFormat(t *testing.T) {
 	fs := vfs.NewMem()
 	o := Options{FS: fs, Logger: slog.New(slog.DiscardHandler), Password: PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}}
@@ -65,7 +64,7 @@ func TestStoreFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, f := range []uint64{1, 2, 3, 4} {
+	for _, f := range []uint64{1, 2, 3, 4, 5} {
 		setFormat(t, fs, f)
 		if e, err = Open("db", o); err != nil {
 			t.Fatalf("open a format %d store: %v", f, err)

@@ -119,6 +119,14 @@ type Options struct {
 	// conversation that had more before the cap was lowered keeps them.
 	// Default 10,000.
 	MaxMembers int
+	// UserQuota caps the bytes of message and edit bodies one user's ops
+	// hold: an op whose body would take its user past it is rejected
+	// (ErrQuota). A deleted message's bodies are erased and count no more,
+	// so deleting makes room; ops without a body (deletes, reactions,
+	// membership) always go. Each user's count is kept whether or not
+	// there is a quota, so that one set later applies at once. Default 0:
+	// no quota.
+	UserQuota int64
 	// MaxPasswordHashes caps concurrent password hashes (Register, Login),
 	// each of which takes Password.MemoryKiB; more callers wait, and past
 	// 64 waiting they are refused with ErrTooMany. Default GOMAXPROCS.
@@ -220,6 +228,7 @@ func (o *Options) Validate() error {
 	check(o.SharedFeedMembers > 0, "SharedFeedMembers must be positive, got %d", o.SharedFeedMembers)
 	check(o.ConvCacheSize > 0, "ConvCacheSize must be positive, got %d", o.ConvCacheSize)
 	check(o.MaxDevicesPerUser > 0, "MaxDevicesPerUser must be positive, got %d", o.MaxDevicesPerUser)
+	check(o.UserQuota >= 0, "UserQuota must not be negative, got %d", o.UserQuota)
 	check(o.MaxMembers > 0, "MaxMembers must be positive, got %d", o.MaxMembers)
 	check(o.MaxPasswordHashes > 0, "MaxPasswordHashes must be positive, got %d", o.MaxPasswordHashes)
 	check(o.MemTableSize >= 1<<20, "MemTableSize must be at least 1 MiB, got %d", o.MemTableSize)

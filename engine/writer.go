@@ -101,6 +101,9 @@ type writer struct {
 	// marks caches markers as committed: every ack reads the device's and
 	// the user's marker, and only the writer writes them.
 	marks *lru[markKey, record.Marker]
+	// usage caches users' body bytes as committed (keys.TUsage), which
+	// every message reads and only the writer writes.
+	usage *lru[ulid.ULID, int64]
 
 	// receipts holds the conversations whose receipts changed since their
 	// feed last moved, with when they began to wait (each also has a
@@ -152,6 +155,9 @@ type markKey struct {
 // markCacheSize bounds writer.marks (about 100 bytes each).
 const markCacheSize = 1 << 16
 
+// usageCacheSize is how many users' usage the writer keeps in memory.
+const usageCacheSize = 1 << 16
+
 // maxActiveCache bounds writer.active; past it the cache starts over.
 const maxActiveCache = 1 << 16
 
@@ -159,6 +165,7 @@ func (w *writer) init(e *Engine) error {
 	w.e = e
 	w.convs = newLRU[ulid.ULID, *convState](e.opts.ConvCacheSize)
 	w.marks = newLRU[markKey, record.Marker](markCacheSize)
+	w.usage = newLRU[ulid.ULID, int64](usageCacheSize)
 	v := e.st.View()
 	defer v.Release()
 	var err error
@@ -462,6 +469,7 @@ type txn struct {
 	moves     []idPair                // (user, conversation) feed entries moved to pos
 	claims    map[string]bool         // unique keys (usernames) claimed by this group
 	added     map[ulid.ULID]int       // devices this group added, by user: the view does not hold them
+	usage     map[ulid.ULID]*txUsage  // users' body bytes, as of this group's writes (usageOf)
 	revoked   map[ulid.ULID]ulid.ULID // devices revoked by this group, to their users
 	pos       uint64                  // the feed position this group's changes get; 0 if none
 	// Conversations whose receipts start waiting, and whose waiting
@@ -471,6 +479,65 @@ type txn struct {
 }
 
 type idPair struct{ a, b ulid.ULID }
+
+// txUsage is a user's usage in a group: the bytes of the message and edit
+// bodies their ops hold (Options.UserQuota), and whether the group moved
+// it.
+type txUsage struct {
+	n     int64
+	dirty bool
+}
+
+// usageOf returns user's usage as of this group's writes, reading it on
+// first use.
+func (tx *txn) usageOf(user ulid.ULID) *txUsage {
+	if u := tx.usage[user]; u != nil {
+		return u
+	}
+	u := &txUsage{}
+	if n, ok := tx.w.usage.get(user); ok {
+		u.n = n
+	} else {
+		n, err := readUsage(tx.v, user)
+		if err != nil {
+			tx.fail(err)
+		} else {
+			tx.w.usage.put(user, n)
+		}
+		u.n = n
+	}
+	if tx.usage == nil {
+		tx.usage = map[ulid.ULID]*txUsage{}
+	}
+	tx.usage[user] = u
+	return u
+}
+
+// addUsage moves user's usage by delta bytes.
+func (tx *txn) addUsage(user ulid.ULID, delta int64) {
+	if delta == 0 {
+		return
+	}
+	u := tx.usageOf(user)
+	u.n += delta
+	u.dirty = true
+}
+
+// readUsage reads user's usage as committed: 0 when none is recorded.
+func readUsage(v *store.View, user ulid.ULID) (int64, error) {
+	raw, err := v.Get(keys.ID1(keys.TUsage, user))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return 0, nil
+	case err != nil:
+		return 0, err
+	}
+	n, err := record.DecodeUint(raw)
+	if err != nil {
+		return 0, fmt.Errorf("usage of user %s: %w", user, err)
+	}
+	return int64(n), nil
+}
 
 type txOp struct {
 	rec   record.Op
@@ -1047,6 +1114,22 @@ func (tx *txn) finish() {
 		tx.ufeedIdx[k] = pos
 		tx.wakeUser(user, len(tx.userFeedO))
 		tx.moves = append(tx.moves, k)
+	}
+	for user, u := range tx.usage {
+		if !u.dirty {
+			continue
+		}
+		if u.n < 0 {
+			tx.fail(fmt.Errorf("%w: the usage of user %s would be %d bytes", record.ErrCorrupt, user, u.n))
+			return
+		}
+		if u.n == 0 {
+			tx.b.Delete(keys.ID1(keys.TUsage, user))
+		} else {
+			val = record.AppendUint(val[:0], uint64(u.n))
+			tx.b.Set(keys.ID1(keys.TUsage, user), val)
+		}
+		tx.w.usage.put(user, u.n)
 	}
 	for _, tc := range tx.convOrder {
 		if tc.exists {

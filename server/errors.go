@@ -35,6 +35,7 @@ var codes = []struct {
 	{engine.ErrDotReused, connect.CodeFailedPrecondition},
 	{engine.ErrResetRequired, connect.CodeFailedPrecondition},
 	{engine.ErrTooMany, connect.CodeResourceExhausted},
+	{engine.ErrQuota, connect.CodeResourceExhausted},
 	{engine.ErrDiskFull, connect.CodeUnavailable},
 }
 
@@ -104,6 +105,7 @@ var rejectReasons = []struct {
 	{engine.ErrForbidden, ferryv1.RejectReason_REJECT_REASON_PERMISSION_DENIED},
 	{engine.ErrPrecondition, ferryv1.RejectReason_REJECT_REASON_FAILED_PRECONDITION},
 	{engine.ErrConversationExists, ferryv1.RejectReason_REJECT_REASON_CONVERSATION_EXISTS},
+	{engine.ErrQuota, ferryv1.RejectReason_REJECT_REASON_QUOTA_EXCEEDED},
 }
 
 func rejectReason(err error) ferryv1.RejectReason {

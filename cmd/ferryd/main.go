@@ -157,6 +157,7 @@ type config struct {
 	maxBodyBytes      int
 	maxStreams        int
 	maxMembers        int
+	userQuotaMiB      uint
 	heartbeat         time.Duration
 	sendTimeout       time.Duration
 	bodyTimeout       time.Duration
@@ -275,6 +276,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.Var(&c.trustedProxies, "trusted-proxies", "comma-separated addresses or CIDR prefixes of your reverse proxies: --client-ip-header then counts only on requests from them, and the client is the last address in it that is not one of them")
 	fs.IntVar(&c.receiptMembers, "receipt-members", 32, "conversations of up to this many members share delivered and read receipts; in larger ones markers reach only the user's own devices")
 	fs.IntVar(&c.maxMembers, "max-members", 10_000, "members a conversation may have; adding one more is rejected until one leaves (GetConversation lists them all in one message, up to some 140 bytes each: past 25,000 raise --max-message-bytes too)")
+	fs.UintVar(&c.userQuotaMiB, "user-quota-mib", 0, "MiB of message and edit bodies one user may store: an op past it is rejected (quota exceeded) until they delete messages; the server counts every user's whether or not this is set (0: no quota)")
 	fs.IntVar(&c.sharedFeedMembers, "shared-feed-members", 32, "conversations past this many members keep one feed entry for all of them: a message then writes nothing per member, and a catch-up reads one record per such conversation of its user")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
@@ -466,6 +468,7 @@ func engineOptions(c *config, log *slog.Logger) engine.Options {
 		ReceiptMembers:    c.receiptMembers,
 		SharedFeedMembers: c.sharedFeedMembers,
 		MaxMembers:        c.maxMembers,
+		UserQuota:         int64(c.userQuotaMiB) << 20,
 		CacheSize:         int64(c.cacheMiB) << 20,
 		MemTableSize:      uint64(c.memtableMiB) << 20,
 		MinFreeDisk:       minFreeDisk(c.minFreeDiskMiB),
@@ -525,6 +528,7 @@ func checkServeFlags(c *config) error {
 		{"--password-memory-kib", c.passwordMemory == 0 || c.passwordMemory > math.MaxUint32, "must be between 8 and 4294967295", c.passwordMemory},
 		{"--password-passes", c.passwordPasses == 0 || c.passwordPasses > math.MaxUint32, "must be between 1 and 4294967295", c.passwordPasses},
 		{"--min-free-disk-mib", c.minFreeDiskMiB > maxMiB, fmt.Sprintf("must be at most %d (1 PiB)", maxMiB), c.minFreeDiskMiB},
+		{"--user-quota-mib", c.userQuotaMiB > maxMiB, fmt.Sprintf("must be at most %d (1 PiB)", maxMiB), c.userQuotaMiB},
 		{"--push-limit", c.pushLimit > maxPushLimit, fmt.Sprintf("must be at most %d", maxPushLimit), c.pushLimit},
 	} {
 		if f.bad {

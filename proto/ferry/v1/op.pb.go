@@ -250,6 +250,11 @@ const (
 	// The op is malformed (the message says how), so it was not stored and
 	// never will be.
 	RejectReason_REJECT_REASON_INVALID RejectReason = 8
+	// The op's body would take its user past the server's storage quota
+	// (ferryd --user-quota-mib): the bodies of their messages and edits. The
+	// message says how much they hold; deleting messages makes room, and the
+	// op may then be sent again as a new op.
+	RejectReason_REJECT_REASON_QUOTA_EXCEEDED RejectReason = 9
 )
 
 // Enum value maps for RejectReason.
@@ -264,6 +269,7 @@ var (
 		6: "REJECT_REASON_FAILED_PRECONDITION",
 		7: "REJECT_REASON_CONVERSATION_EXISTS",
 		8: "REJECT_REASON_INVALID",
+		9: "REJECT_REASON_QUOTA_EXCEEDED",
 	}
 	RejectReason_value = map[string]int32{
 		"REJECT_REASON_UNSPECIFIED":         0,
@@ -275,6 +281,7 @@ var (
 		"REJECT_REASON_FAILED_PRECONDITION": 6,
 		"REJECT_REASON_CONVERSATION_EXISTS": 7,
 		"REJECT_REASON_INVALID":             8,
+		"REJECT_REASON_QUOTA_EXCEEDED":      9,
 	}
 )
 
@@ -1838,7 +1845,7 @@ const file_ferry_v1_op_proto_rawDesc = "" +
 	"\x12OP_STATUS_ACCEPTED\x10\x01\x12\x17\n" +
 	"\x13OP_STATUS_DUPLICATE\x10\x02\x12\x16\n" +
 	"\x12OP_STATUS_REJECTED\x10\x03\x12\x19\n" +
-	"\x15OP_STATUS_RETRY_LATER\x10\x04*\xb3\x02\n" +
+	"\x15OP_STATUS_RETRY_LATER\x10\x04*\xd5\x02\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REJECT_REASON_DOT_GAP\x10\x01\x12\x1c\n" +
@@ -1848,7 +1855,8 @@ const file_ferry_v1_op_proto_rawDesc = "" +
 	"\x1fREJECT_REASON_PERMISSION_DENIED\x10\x05\x12%\n" +
 	"!REJECT_REASON_FAILED_PRECONDITION\x10\x06\x12%\n" +
 	"!REJECT_REASON_CONVERSATION_EXISTS\x10\a\x12\x19\n" +
-	"\x15REJECT_REASON_INVALID\x10\bB3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"\x15REJECT_REASON_INVALID\x10\b\x12 \n" +
+	"\x1cREJECT_REASON_QUOTA_EXCEEDED\x10\tB3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_op_proto_rawDescOnce sync.Once
