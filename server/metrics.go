@@ -31,6 +31,7 @@ type stats struct {
 	signInsLimited  atomic.Uint64
 	pushesThrottled atomic.Uint64
 	pushesRefused   atomic.Uint64
+	overQuota       atomic.Uint64
 	// tlsHandshakeErrors counts the TLS handshakes that failed (ErrorLog).
 	tlsHandshakeErrors atomic.Uint64
 }
@@ -80,6 +81,9 @@ func (st *stats) pushed(results []*ferryv1.OpResult) {
 			n[pushRetryLater]++
 		default:
 			n[pushRejected]++
+			if r.GetReason() == ferryv1.RejectReason_REJECT_REASON_QUOTA_EXCEEDED {
+				st.overQuota.Add(1)
+			}
 		}
 	}
 	for i, c := range n {
@@ -134,6 +138,9 @@ type Metrics struct {
 	// PushesThrottled counts pushes and acks that waited for their user's
 	// push limit; PushesRefused the pushes refused by it (acks wait).
 	PushesThrottled, PushesRefused uint64
+	// OpsOverQuota counts the ops rejected for their user's storage quota
+	// (among PushOps' "rejected").
+	OpsOverQuota uint64
 	// TLSHandshakeErrors counts the TLS handshakes that failed, as
 	// reported to ErrorLog's logger.
 	TLSHandshakeErrors uint64
@@ -148,6 +155,7 @@ func (s *Server) Metrics() Metrics {
 		PushTime: st.pushTime.Snapshot(), LiveDelay: st.liveDelay.Snapshot(), CatchUps: st.catchUps.Load(), SentBytes: st.sentBytes.Load(),
 		SendTimeouts: st.sendTimeouts.Load(), SignInsLimited: st.signInsLimited.Load(),
 		PushesThrottled: st.pushesThrottled.Load(), PushesRefused: st.pushesRefused.Load(),
+		OpsOverQuota:       st.overQuota.Load(),
 		TLSHandshakeErrors: st.tlsHandshakeErrors.Load(),
 	}
 	st.calls.Range(func(k, v any) bool {
@@ -211,6 +219,7 @@ var (
 	dSignInsLimited  = desc("ferry_sign_ins_limited_total", "Sign-ins refused by the sign-in rate limit.")
 	dPushesThrottled = desc("ferry_pushes_throttled_total", "Pushes and acks that waited for their user's push limit.")
 	dPushesRefused   = desc("ferry_pushes_refused_total", "Pushes refused by the push limit: their user's devices pushed too much at once.")
+	dOverQuota       = desc("ferry_ops_over_quota_total", "Ops rejected because their body would take their user past --user-quota-mib (also in ferry_push_ops_total's rejected).")
 	dTLSHandshakes   = desc("ferry_tls_handshake_errors_total", "TLS handshakes that failed: scanners and plain-TCP health checks, or clients that refuse the certificate.")
 	dCommits         = desc("ferry_commits_total", "Synced group commits.")
 	dCommitRequests  = desc("ferry_commit_requests_total", "Write requests carried by the group commits.")
@@ -281,6 +290,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(dSignInsLimited, m.SignInsLimited)
 	counter(dPushesThrottled, m.PushesThrottled)
 	counter(dPushesRefused, m.PushesRefused)
+	counter(dOverQuota, m.OpsOverQuota)
 	counter(dTLSHandshakes, m.TLSHandshakeErrors)
 
 	e := c.s.eng.Metrics()

@@ -29,4 +29,7 @@ func TestQuotaExceededIsAReason(t *testing.T) {
 		!strings.Contains(r.GetMessage(), "hold 64 bytes of the 100 bytes each user may store here") {
 		t.Fatalf("the second message's result: %v; want it rejected for the quota, saying what alice holds", r)
 	}
+	if m := srv.Server.Metrics(); m.OpsOverQuota != 1 || m.PushOps["rejected"] != 1 {
+		t.Fatalf("metrics: %d over the quota, %d rejected; want 1 and 1", m.OpsOverQuota, m.PushOps["rejected"])
+	}
 }
