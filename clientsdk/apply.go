@@ -210,6 +210,15 @@ func (d *Device) fetch(ctx context.Context, sc ferryv1connect.SyncServiceClient,
 	return nil
 }
 
+// membershipChanged has conv's member list fetched again (memberRefresh)
+// when op, stored, changed its membership: the list's count may not have
+// moved (a role, or one member out and another in). d.mu is held.
+func (d *Device) membershipChanged(conv ulid.ULID, op *model.Op) {
+	if op.Kind.HasMember() {
+		d.memberRefresh[conv] = true
+	}
+}
+
 // outboxChanged is the MessagesChanged of p, an op of the outbox with id
 // id that was refused or dismissed.
 func outboxChanged(conv, id ulid.ULID, p *ferryv1.Op) MessagesChanged {
@@ -279,6 +288,7 @@ func (d *Device) applyOps(batches []received) (int, error) {
 			}
 			added++
 			news = append(news, op)
+			d.membershipChanged(conv, op)
 			moved = moved || op.Seq > rec.Head
 		}
 		if len(news) > 0 {
@@ -504,6 +514,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 			b.Set(idKey(tConv, ref.conv), encodeJSON(rec))
 			b.Delete(seqKey(tOutbox, ref.local))
 			delete(d.pending, id)
+			d.membershipChanged(ref.conv, &m)
 			evs = append(evs, messagesChanged(ref.conv, []*model.Op{&m}))
 			if !slices.Contains(touched, ref.conv) {
 				touched = append(touched, ref.conv)

@@ -233,3 +233,34 @@ func TestRenameReachesALiveDevice(t *testing.T) {
 		}
 	}
 }
+
+// TestASwapOfMembersIsFetched: a membership op fetches the member list
+// again even when the count stays (one member removed and another added
+// in one push): the newcomer's messages carry their name.
+func TestASwapOfMembersIsFetched(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice, bob, carol := device(t, srv, "alice", false), device(t, srv, "bob", false), device(t, srv, "carol", false)
+	dave := device(t, srv, "dave", false)
+	conv, _ := alice.CreateConversation(ctx, "room", lookup(t, alice, "bob"), lookup(t, alice, "carol"))
+	sync := func(ds ...*clientsdk.Device) {
+		t.Helper()
+		for _, d := range ds {
+			if err := d.SyncOnce(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	alice.SendText(ctx, conv, "hello")
+	sync(alice, bob, carol)
+	if got := authors(t, bob, conv); len(got) != 1 || got[0] != "alice" {
+		t.Fatalf("bob's authors: %q", got)
+	}
+	alice.RemoveMember(ctx, conv, lookup(t, alice, "carol"))
+	alice.AddMember(ctx, conv, lookup(t, alice, "dave"), clientsdk.RoleMember)
+	sync(alice, dave)
+	dave.SendText(ctx, conv, "hi, I'm dave")
+	sync(dave, bob)
+	if got := authors(t, bob, conv); len(got) != 2 || got[1] != "dave" {
+		t.Fatalf("bob's authors after carol left and dave came: %q; want dave named", got)
+	}
+}
