@@ -1138,14 +1138,23 @@ func TestIngestCountsStoreWork(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	res, err := Ingest(t.Context(), f, IngestConfig{Writers: 4, Batch: 100, Duration: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A 1 MiB memtable holds a few thousand ops (with their indexes and
 	// feed entries); the writers send tens of thousands in a second,
-	// thousands under the race detector.
-	t.Logf("%d ops: %+v", res.Ops, res.StoreWork)
+	// thousands under the race detector, and on a machine busy with more
+	// (a CI check beside a benchmark) fewer still: a row that flushed
+	// nothing runs again, into the memtable the last one left, up to ten
+	// times.
+	var res IngestResult
+	for range 10 {
+		res, err = Ingest(t.Context(), f, IngestConfig{Writers: 4, Batch: 100, Duration: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%d ops: %+v", res.Ops, res.StoreWork)
+		if res.StoreWork == nil || res.StoreWork.Flushes > 0 {
+			break
+		}
+	}
 	if res.StoreWork == nil || res.StoreWork.Flushes == 0 {
 		t.Fatalf("store work over %d ops with a 1 MiB memtable: %+v, want flushes", res.Ops, res.StoreWork)
 	}
