@@ -14,17 +14,18 @@ import (
 // queued after it go out; once the user deletes a message, the text sent
 // again is stored.
 func TestQuotaExceededFailsTheMessage(t *testing.T) {
-	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) { o.UserQuota = 100 }})
+	// The create takes 33 bytes of alice's 280; a message of 100, 132.
+	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) { o.UserQuota = 280 }})
 	alice := device(t, srv, "alice", false)
 	conv, _ := alice.CreateConversation(ctx, "c")
-	first, _ := alice.SendText(ctx, conv, strings.Repeat("a", 60))
-	big, _ := alice.SendText(ctx, conv, strings.Repeat("b", 60))
+	first, _ := alice.SendText(ctx, conv, strings.Repeat("a", 100))
+	big, _ := alice.SendText(ctx, conv, strings.Repeat("b", 100))
 	alice.SendText(ctx, conv, "small")
 	if err := alice.SyncOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
 	fs, _ := alice.Failed()
-	if len(fs) != 1 || fs[0].Op != big || fs[0].Reason != "QUOTA_EXCEEDED" || !strings.Contains(fs[0].Message, "delete messages to make room") {
+	if len(fs) != 1 || fs[0].Op != big || fs[0].Reason != "QUOTA_EXCEEDED" || !strings.Contains(fs[0].Message, "delete some of your messages to make room") {
 		t.Fatalf("failed: %+v; want the second message, over the quota", fs)
 	}
 	if m, _ := alice.Message(conv, big); m.Status != clientsdk.StatusFailed {
@@ -39,7 +40,7 @@ func TestQuotaExceededFailsTheMessage(t *testing.T) {
 	if err := alice.DismissFailed(big); err != nil {
 		t.Fatal(err)
 	}
-	again, _ := alice.SendText(ctx, conv, strings.Repeat("b", 60))
+	again, _ := alice.SendText(ctx, conv, strings.Repeat("b", 100))
 	if err := alice.SyncOnce(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -205,14 +205,14 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 
 	// The quota, last: a retry of an op stored before passed above, and an
 	// op refused for another reason was told that reason.
-	size := int64(len(op.Body))
-	if q := tx.e.opts.UserQuota; q > 0 && size > 0 {
+	size := opUsage(op)
+	if q := tx.e.opts.UserQuota; q > 0 && quotaApplies(op) {
 		used := tx.usageOf(a.User).n
 		if tx.err != nil {
 			return res
 		}
 		if used+size > q {
-			return reject(fmt.Errorf("%w: the bodies of your messages and edits hold %s of the %s each user may store here, and this op's body needs %s more: delete messages to make room",
+			return reject(fmt.Errorf("%w: your ops hold %s of the %s each user may store here, and this one needs %s more: delete some of your messages to make room (those in conversations you left count too)",
 				ErrQuota, byteSize(used), byteSize(q), byteSize(size)))
 		}
 	}
@@ -324,7 +324,7 @@ func (tx *txn) erase(c *txConv, target *txOp) {
 		if o.rec.Erased {
 			return
 		}
-		tx.addUsage(o.rec.User, -int64(len(o.rec.Body)))
+		tx.addUsage(o.rec.User, -int64(len(o.rec.Body))) // the record stays: its other bytes count on
 		o.rec.Hash = model.PayloadHash(&o.rec.Op)
 		o.rec.Erased, o.rec.Body, o.rec.ContentType = true, nil, ""
 		tx.putOp(o)
@@ -389,12 +389,16 @@ func deviceUser(v *store.View, device ulid.ULID) (ulid.ULID, error) {
 // 3.0 MiB.
 func byteSize(n int64) string {
 	switch {
+	case n == 1:
+		return "1 byte"
 	case n < 1<<10:
 		return fmt.Sprintf("%d bytes", n)
 	case n < 1<<20:
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	case n < 1<<30:
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n < 1<<40:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
 	}
-	return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	return fmt.Sprintf("%.1f TiB", float64(n)/(1<<40))
 }

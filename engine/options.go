@@ -119,13 +119,15 @@ type Options struct {
 	// conversation that had more before the cap was lowered keeps them.
 	// Default 10,000.
 	MaxMembers int
-	// UserQuota caps the bytes of message and edit bodies one user's ops
-	// hold: an op whose body would take its user past it is rejected
-	// (ErrQuota). A deleted message's bodies are erased and count no more,
-	// so deleting makes room; ops without a body (deletes, reactions,
-	// membership) always go. Each user's count is kept whether or not
-	// there is a quota, so that one set later applies at once. Default 0:
-	// no quota.
+	// UserQuota caps the bytes one user's ops hold (Engine.Usage: each
+	// op's body, title and reaction key, and UsagePerOp): an op that
+	// would take its user past it is rejected (ErrQuota). A deleted
+	// message's bodies are erased and count no more, so deleting makes
+	// room; deletes and member removals always go. A user's ops in
+	// conversations they left count on, and they can no longer delete
+	// them: an operator raises the quota for such a user. Each user's count
+	// is kept whether or not there is a quota, so that one set later
+	// applies at once. Default 0: no quota.
 	UserQuota int64
 	// MaxPasswordHashes caps concurrent password hashes (Register, Login),
 	// each of which takes Password.MemoryKiB; more callers wait, and past

@@ -9,19 +9,37 @@ import (
 	"github.com/ferrysync/ferry/engine/internal/keys"
 	"github.com/ferrysync/ferry/engine/internal/record"
 	"github.com/ferrysync/ferry/engine/internal/store"
+	"github.com/ferrysync/ferry/engine/model"
 )
 
-// Usage returns the bytes of the message and edit bodies that user's ops
-// hold: what Options.UserQuota caps. A deleted message's bodies count no
-// more. Zero for a user who wrote none, or no such user.
+// UsagePerOp is what each op counts in its user's usage besides its body,
+// title and reaction key: about what its ids, dot, seq and indexes take on
+// disk, so that ops without a body are bounded too.
+const UsagePerOp = 32
+
+// opUsage is what op counts in its user's usage (Options.UserQuota). An
+// erased op's body is gone, and counts no more.
+func opUsage(op *model.Op) int64 {
+	return UsagePerOp + int64(len(op.Body)+len(op.Title)+len(op.ReactionKey))
+}
+
+// quotaApplies reports whether the quota may refuse op: a delete, which
+// makes room, and a member removal (a user leaving) always go.
+func quotaApplies(op *model.Op) bool {
+	return op.Kind != model.KindDelete && op.Kind != model.KindMemberRemove
+}
+
+// Usage returns what user's ops count against Options.UserQuota: for each,
+// UsagePerOp bytes and its body, title and reaction key. A deleted
+// message's bodies count no more. Zero for a user who wrote none, or no
+// such user.
 func (e *Engine) Usage(user ulid.ULID) (int64, error) {
 	v := e.st.View()
 	defer v.Release()
 	return readUsage(v, user)
 }
 
-// usageOfOps counts each user's usage from the ops in v: the bodies of
-// their ops that are not erased.
+// usageOfOps counts each user's usage from the ops in v.
 func usageOfOps(v *store.View) (map[ulid.ULID]int64, int, error) {
 	usage := map[ulid.ULID]int64{}
 	n := 0
@@ -35,9 +53,7 @@ func usageOfOps(v *store.View) (map[ulid.ULID]int64, int, error) {
 			return err
 		}
 		n++
-		if !op.Erased && len(op.Body) > 0 {
-			usage[op.User] += int64(len(op.Body))
-		}
+		usage[op.User] += opUsage(&op.Op)
 		return nil
 	})
 	return usage, n, err
@@ -47,6 +63,7 @@ func usageOfOps(v *store.View) (map[ulid.ULID]int64, int, error) {
 // upgrade of a store written before usage was kept (format 6).
 func (e *Engine) countUsage(v *store.View, b *store.Batch) error {
 	start := time.Now()
+	e.log.Info("counting each user's stored bytes for the store's upgrade, once: this reads every op")
 	usage, ops, err := usageOfOps(v)
 	if err != nil {
 		return fmt.Errorf("count the users' usage: %w", err)

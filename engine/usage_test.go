@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -10,14 +11,15 @@ import (
 	"github.com/ferrysync/ferry/engine/model"
 )
 
-// TestUserQuota: an op whose body would take its user past UserQuota is
+// TestUserQuota: an op that would take its user past UserQuota is
 // rejected, saying how much they hold and what to do; the quota is each
-// user's; ops without a body go; a retry of an op stored before is still
-// answered; deleting a message (and its edit) makes room; and the count
-// outlives a restart.
+// user's; ops without a body count too; deletes and leaving always go; a
+// retry of an op stored before is still answered; deleting a message (and
+// its edit) makes room; and the count outlives a restart.
 func TestUserQuota(t *testing.T) {
+	const quota = 1000
 	o := enginetest.Options(t, 5)
-	o.UserQuota = 100
+	o.UserQuota = quota
 	e, err := engine.Open("db", o)
 	if err != nil {
 		t.Fatal(err)
@@ -25,52 +27,62 @@ func TestUserQuota(t *testing.T) {
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	conv := alice.Create("c", bob)
-	usage := func(d *enginetest.Device, want int64) {
+	used := func(d *enginetest.Device) int64 {
 		t.Helper()
-		if got, err := e.Usage(d.Actor.User); err != nil || got != want {
-			t.Fatalf("usage: %d %v; want %d", got, err, want)
+		n, err := e.Usage(d.Actor.User)
+		if err != nil {
+			t.Fatal(err)
 		}
+		return n
 	}
-	body := func(n int) []byte { return []byte(strings.Repeat("x", n)) }
-	msg := func(n int) model.Op {
+	const per = engine.UsagePerOp
+	if got, want := used(alice), int64(2*per+len("c")); got != want {
+		t.Fatalf("alice's usage after creating c and adding bob: %d, want %d (two ops and the title)", got, want)
+	}
+	body := func(n int64) []byte { return []byte(strings.Repeat("x", int(n))) }
+	msg := func(n int64) model.Op {
 		return model.Op{Kind: model.KindMessage, Body: body(n), ContentType: "text/plain"}
 	}
 
-	first := alice.Op(conv, msg(60))
+	first := alice.Op(conv, msg(500))
 	stored := alice.Push(first)[0]
-	usage(alice, 60)
-	r := alice.Try(conv, msg(41))
-	if !errors.Is(r.Err, engine.ErrQuota) || !strings.Contains(r.Err.Error(), "hold 60 bytes of the 100 bytes each user may store here") ||
-		!strings.Contains(r.Err.Error(), "delete messages to make room") {
+	room := quota - used(alice)
+	r := alice.Try(conv, msg(room-per+1))
+	if !errors.Is(r.Err, engine.ErrQuota) || !strings.Contains(r.Err.Error(), fmt.Sprintf("hold %d bytes of the 1000 bytes each user may store here", quota-room)) ||
+		!strings.Contains(r.Err.Error(), "delete some of your messages to make room") {
 		t.Fatalf("a message past the quota: %v; want ErrQuota saying what alice holds", r.Err)
 	}
-	alice.Push(alice.Op(conv, msg(40))) // up to it exactly
-	usage(alice, 100)
-	bob.Push(bob.Op(conv, msg(60))) // the quota is each user's
-	usage(bob, 60)
-	alice.Push(alice.Op(conv, model.Op{Kind: model.KindReactionAdd, Target: first.ID, ReactionKey: "👍"}))
+	alice.Push(alice.Op(conv, msg(room-per))) // up to it exactly
+	if used(alice) != quota {
+		t.Fatalf("alice's usage %d, want the quota", used(alice))
+	}
+	bob.Push(bob.Op(conv, msg(500))) // the quota is each user's
+	if r := alice.Try(conv, model.Op{Kind: model.KindReactionAdd, Target: first.ID, ReactionKey: "👍"}); !errors.Is(r.Err, engine.ErrQuota) {
+		t.Fatalf("a reaction at the quota: %v; want it refused too: ops without a body count", r.Err)
+	}
 	if res := alice.Push(first); !res[0].Duplicate || res[0].Seq != stored.Seq {
 		t.Fatalf("a retry of a message stored before, the user at the quota: %+v; want it a duplicate", res[0])
 	}
-	// An edit counts; the edit that would pass the quota is refused.
-	if r := alice.Try(conv, model.Op{Kind: model.KindEdit, Target: first.ID, Body: body(10), ContentType: "text/plain"}); !errors.Is(r.Err, engine.ErrQuota) {
-		t.Fatalf("an edit past the quota: %v", r.Err)
-	}
 
-	// Deleting the message erases it and its edits: room again.
+	// Deleting the message erases it: room again, less the delete's own.
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: first.ID}))
-	usage(alice, 40)
-	second := alice.Op(conv, msg(50))
+	if got, want := used(alice), int64(quota-500+per); got != want {
+		t.Fatalf("alice's usage after deleting her 500 bytes: %d, want %d", got, want)
+	}
+	second := alice.Op(conv, msg(100))
 	alice.Push(second)
-	alice.Push(alice.Op(conv, model.Op{Kind: model.KindEdit, Target: second.ID, Body: body(10), ContentType: "text/plain"}))
-	usage(alice, 100)
-	// bob, an admin now, deletes alice's message: her bodies count no more.
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindEdit, Target: second.ID, Body: body(50), ContentType: "text/plain"}))
+	before := used(alice)
+	// bob, an admin now, deletes alice's message: her bodies (the
+	// message's and its edit's) count no more.
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRole, Member: bob.Actor.User, Role: model.RoleAdmin}))
 	bob.Push(bob.Op(conv, model.Op{Kind: model.KindDelete, Target: second.ID}))
-	usage(alice, 40)
-	usage(bob, 60)
+	if got, want := used(alice), before+per-150; got != want {
+		t.Fatalf("alice's usage after bob deleted her message: %d, want %d", got, want)
+	}
 	enginetest.MustCheck(t, e)
 
+	alice.Push(alice.Op(conv, msg(quota-used(alice)-per))) // at the quota again
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -79,16 +91,18 @@ func TestUserQuota(t *testing.T) {
 	}
 	defer e.Close()
 	alice.E, bob.E = e, e
-	usage(alice, 40)
-	if r := bob.Try(conv, msg(41)); !errors.Is(r.Err, engine.ErrQuota) {
-		t.Fatalf("bob past the quota after a restart: %v", r.Err)
+	if r := alice.Try(conv, msg(1)); !errors.Is(r.Err, engine.ErrQuota) {
+		t.Fatalf("alice past the quota after a restart: %v", r.Err)
 	}
+	// A member removal always goes (a user leaving, too).
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: bob.Actor.User}))
 	enginetest.MustCheck(t, e)
 }
 
 // TestNoQuotaStillCounts: without a quota every user's usage is kept, so
 // that a quota set later applies at once; a store written before usage
-// was kept (format 5) counts it from its ops when it opens.
+// was kept (format 5) counts it from its ops when it opens, and Check
+// tells a store whose counts are wrong.
 func TestNoQuotaStillCounts(t *testing.T) {
 	o := enginetest.Options(t, 6)
 	e, err := engine.Open("db", o)
@@ -97,11 +111,16 @@ func TestNoQuotaStillCounts(t *testing.T) {
 	}
 	alice := enginetest.Register(t, e, "alice")
 	conv := alice.Create("c")
+	var sent []model.Op
 	for range 20 {
-		alice.Send(conv, strings.Repeat("y", 1000))
+		sent = append(sent, alice.Send(conv, strings.Repeat("y", 1000)))
 	}
 	gone := alice.Send(conv, "gone")
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: gone.ID}))
+	want, err := e.Usage(alice.Actor.User)
+	if err != nil || want != 20_000+23*engine.UsagePerOp+1 {
+		t.Fatalf("usage: %d %v; want the 20 bodies, the title and 23 ops, the deleted body not", want, err)
+	}
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -112,25 +131,33 @@ func TestNoQuotaStillCounts(t *testing.T) {
 	if e, err = engine.Open("db", o); err != nil {
 		t.Fatal(err)
 	}
-	if rep, err := e.Check(); err != nil || len(rep.Problems) != 1 || !strings.Contains(rep.Problems[0], "no usage recorded; their ops hold 20000 bytes") {
+	if rep, err := e.Check(); err != nil || len(rep.Problems) != 1 || !strings.Contains(rep.Problems[0], fmt.Sprintf("no usage recorded; their ops hold %d bytes", want)) {
 		t.Fatalf("check of a store that lost its usage: %v %q", err, rep.Problems)
 	}
+	// A count below the truth that a delete would take below zero is
+	// set to zero, not fatal: derived data, which Check reports.
+	alice.E = e
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: sent[0].ID}))
+	if got, err := e.Usage(alice.Actor.User); e.Failed() != nil || err != nil || got != 0 {
+		t.Fatalf("a delete that took a lost count below zero: usage %d %v, the engine failed: %v; want 0 and going on", got, err, e.Failed())
+	}
+	want += engine.UsagePerOp - 1000 // the truth: the delete's op, less the body it erased
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if err := engine.ForgetUsage(o.FS, "db", 5); err != nil {
 		t.Fatal(err)
 	}
-	o.UserQuota = 20_500
+	o.UserQuota = want + 500
 	if e, err = engine.Open("db", o); err != nil {
 		t.Fatal(err)
 	}
 	defer e.Close()
 	alice.E = e
-	if got, err := e.Usage(alice.Actor.User); err != nil || got != 20_000 {
-		t.Fatalf("usage after the upgrade: %d %v; want 20000, the deleted message's body not counted", got, err)
+	if got, err := e.Usage(alice.Actor.User); err != nil || got != want {
+		t.Fatalf("usage after the upgrade: %d %v; want %d, the deleted bodies not counted", got, err, want)
 	}
-	if r := alice.Try(conv, model.Op{Kind: model.KindMessage, Body: []byte(strings.Repeat("z", 501)), ContentType: "text/plain"}); !errors.Is(r.Err, engine.ErrQuota) {
+	if r := alice.Try(conv, model.Op{Kind: model.KindMessage, Body: []byte(strings.Repeat("z", 500-engine.UsagePerOp+1)), ContentType: "text/plain"}); !errors.Is(r.Err, engine.ErrQuota) {
 		t.Fatalf("a message past a quota set on an upgraded store: %v", r.Err)
 	}
 	enginetest.MustCheck(t, e)

@@ -1120,8 +1120,10 @@ func (tx *txn) finish() {
 			continue
 		}
 		if u.n < 0 {
-			tx.fail(fmt.Errorf("%w: the usage of user %s would be %d bytes", record.ErrCorrupt, user, u.n))
-			return
+			// Derived data, wrong (Check says so): not worth stopping
+			// the server for everyone.
+			tx.e.log.Warn("a user's usage went below zero: set to zero; ferryd check compares the counts with the ops", "user", user, "usage", u.n)
+			u.n = 0
 		}
 		if u.n == 0 {
 			tx.b.Delete(keys.ID1(keys.TUsage, user))

@@ -276,7 +276,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.Var(&c.trustedProxies, "trusted-proxies", "comma-separated addresses or CIDR prefixes of your reverse proxies: --client-ip-header then counts only on requests from them, and the client is the last address in it that is not one of them")
 	fs.IntVar(&c.receiptMembers, "receipt-members", 32, "conversations of up to this many members share delivered and read receipts; in larger ones markers reach only the user's own devices")
 	fs.IntVar(&c.maxMembers, "max-members", 10_000, "members a conversation may have; adding one more is rejected until one leaves (GetConversation lists them all in one message, up to some 140 bytes each: past 25,000 raise --max-message-bytes too)")
-	fs.UintVar(&c.userQuotaMiB, "user-quota-mib", 0, "MiB of message and edit bodies one user may store: an op past it is rejected (quota exceeded) until they delete messages; the server counts every user's whether or not this is set (0: no quota)")
+	fs.UintVar(&c.userQuotaMiB, "user-quota-mib", 0, "MiB one user's ops may hold (bodies, titles and reaction keys, and 32 bytes an op): an op past it is rejected (quota exceeded) until they delete messages; deletes and member removals always go; the server counts every user's whether or not this is set (0: no quota)")
 	fs.IntVar(&c.sharedFeedMembers, "shared-feed-members", 32, "conversations past this many members keep one feed entry for all of them: a message then writes nothing per member, and a catch-up reads one record per such conversation of its user")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")

@@ -250,10 +250,11 @@ const (
 	// The op is malformed (the message says how), so it was not stored and
 	// never will be.
 	RejectReason_REJECT_REASON_INVALID RejectReason = 8
-	// The op's body would take its user past the server's storage quota
-	// (ferryd --user-quota-mib): the bodies of their messages and edits. The
-	// message says how much they hold; deleting messages makes room, and the
-	// op may then be sent again as a new op.
+	// The op would take its user past the server's storage quota (ferryd
+	// --user-quota-mib): what their ops hold, bodies first. The message says
+	// how much they hold; deleting messages makes room, and the op may then
+	// be sent again as a new op. Deletes and member removals are never
+	// refused for it.
 	RejectReason_REJECT_REASON_QUOTA_EXCEEDED RejectReason = 9
 )
 

@@ -986,10 +986,11 @@ export enum RejectReason {
   INVALID = 8,
 
   /**
-   * The op's body would take its user past the server's storage quota
-   * (ferryd --user-quota-mib): the bodies of their messages and edits. The
-   * message says how much they hold; deleting messages makes room, and the
-   * op may then be sent again as a new op.
+   * The op would take its user past the server's storage quota (ferryd
+   * --user-quota-mib): what their ops hold, bodies first. The message says
+   * how much they hold; deleting messages makes room, and the op may then
+   * be sent again as a new op. Deletes and member removals are never
+   * refused for it.
    *
    * @generated from enum value: REJECT_REASON_QUOTA_EXCEEDED = 9;
    */
