@@ -125,7 +125,8 @@ type Options struct {
 	// message's bodies are erased and count no more, so deleting makes
 	// room; deletes and member removals always go. A user's ops in
 	// conversations they left count on, and they can no longer delete
-	// them: an operator raises the quota for such a user. Each user's count
+	// them: a user whose room is all there has it back only when the
+	// quota, which is everyone's, is raised. Each user's count
 	// is kept whether or not there is a quota, so that one set later
 	// applies at once. Default 0: no quota.
 	UserQuota int64
