@@ -34,8 +34,8 @@ import (
 //   - format 5 keeps the dot index in runs: one entry for a device's dots
 //     at consecutive seqs (a push's), where entries written before hold
 //     one dot each, a run of one (record.AppendDotRun);
-//   - format 6 keeps each user's usage, the bytes of the bodies their ops
-//     hold (keys.TUsage, Options.UserQuota): counted from the ops when an
+//   - format 6 keeps each user's usage, what their ops count against the
+//     quota (keys.TUsage, Options.UserQuota): counted from the ops when an
 //     older store is upgraded, once.
 //
 // A build that reads only an older format refuses the store once it was

@@ -101,8 +101,8 @@ type writer struct {
 	// marks caches markers as committed: every ack reads the device's and
 	// the user's marker, and only the writer writes them.
 	marks *lru[markKey, record.Marker]
-	// usage caches users' body bytes as committed (keys.TUsage), which
-	// every message reads and only the writer writes.
+	// usage caches users' usage as committed (keys.TUsage), which every
+	// op reads and only the writer writes.
 	usage *lru[ulid.ULID, int64]
 
 	// receipts holds the conversations whose receipts changed since their
@@ -469,7 +469,7 @@ type txn struct {
 	moves     []idPair                // (user, conversation) feed entries moved to pos
 	claims    map[string]bool         // unique keys (usernames) claimed by this group
 	added     map[ulid.ULID]int       // devices this group added, by user: the view does not hold them
-	usage     map[ulid.ULID]*txUsage  // users' body bytes, as of this group's writes (usageOf)
+	usage     map[ulid.ULID]*txUsage  // users' usage, as of this group's writes (usageOf)
 	revoked   map[ulid.ULID]ulid.ULID // devices revoked by this group, to their users
 	pos       uint64                  // the feed position this group's changes get; 0 if none
 	// Conversations whose receipts start waiting, and whose waiting
@@ -480,9 +480,8 @@ type txn struct {
 
 type idPair struct{ a, b ulid.ULID }
 
-// txUsage is a user's usage in a group: the bytes of the message and edit
-// bodies their ops hold (Options.UserQuota), and whether the group moved
-// it.
+// txUsage is a user's usage in a group (Engine.Usage, Options.UserQuota),
+// and whether the group moved it.
 type txUsage struct {
 	n     int64
 	dirty bool

@@ -22,7 +22,7 @@ const (
 	TDevice   byte = 0x04 // user, device -> device record
 	TDeviceOf byte = 0x05 // device -> user id
 	TToken    byte = 0x06 // sha256(token) -> user id, device id
-	TUsage    byte = 0x07 // user -> bytes of the bodies the user's ops hold (format 6)
+	TUsage    byte = 0x07 // user -> what the user's ops count against the quota (format 6)
 
 	TConv     byte = 0x10 // conv -> conversation record
 	TMember   byte = 0x11 // conv, user -> member record
