@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -783,6 +784,31 @@ func (d *Device) Devices(ctx context.Context) ([]DeviceInfo, error) {
 		out = append(out, DeviceInfo{ID: id, Name: dv.GetName(), Current: dv.GetCurrent()})
 	}
 	return out, nil
+}
+
+// Usage is what the user stores on the server against its quota.
+type Usage struct {
+	// Bytes is what the user's ops hold: each op's body, title and
+	// reaction key, and 32 bytes for the rest of it. A deleted message's
+	// bodies count no more.
+	Bytes int64
+	// Quota is the most each user may store on this server; 0 when there
+	// is no quota. An op that would take Bytes past it fails, with the
+	// reason QUOTA_EXCEEDED (Failed).
+	Quota int64
+}
+
+// Usage asks the server what the user stores against its quota.
+func (d *Device) Usage(ctx context.Context) (Usage, error) {
+	acc, _, _, err := d.authedClients()
+	if err != nil {
+		return Usage{}, err
+	}
+	resp, err := acc.GetAccount(ctx, &ferryv1.GetAccountRequest{})
+	if err != nil {
+		return Usage{}, fmt.Errorf("ferry: usage: %w", err)
+	}
+	return Usage{Bytes: int64(min(resp.GetUsageBytes(), math.MaxInt64)), Quota: int64(min(resp.GetQuotaBytes(), math.MaxInt64))}, nil
 }
 
 // RevokeDevice revokes one of the user's other devices.

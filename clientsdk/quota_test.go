@@ -34,6 +34,10 @@ func TestQuotaExceededFailsTheMessage(t *testing.T) {
 	if got := texts(messages(t, alice, conv)); len(got) != 3 || got[1] != "small" {
 		t.Fatalf("messages: %q; want the message after the refused one sent", got)
 	}
+	// The create, the first message and "small": 33 + 132 + 37 bytes.
+	if u, err := alice.Usage(ctx); err != nil || u != (clientsdk.Usage{Bytes: 202, Quota: 280}) {
+		t.Fatalf("usage: %+v %v; want 202 bytes of 280", u, err)
+	}
 	if _, err := alice.Delete(ctx, conv, first); err != nil {
 		t.Fatal(err)
 	}

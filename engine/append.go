@@ -13,6 +13,7 @@ import (
 	"github.com/ferrysync/ferry/engine/internal/record"
 	"github.com/ferrysync/ferry/engine/internal/store"
 	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/units"
 )
 
 // AppendResult is the outcome of one op of an Append.
@@ -213,7 +214,7 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 		}
 		if used+size > q {
 			return reject(fmt.Errorf("%w: your ops hold %s of the %s each user may store here, and this one needs %s more: delete some of your messages to make room (those in conversations you left count too)",
-				ErrQuota, byteSize(used), byteSize(q), byteSize(size)))
+				ErrQuota, units.Bytes(used), units.Bytes(q), units.Bytes(size)))
 		}
 	}
 
@@ -383,22 +384,4 @@ func deviceUser(v *store.View, device ulid.ULID) (ulid.ULID, error) {
 		return ulid.ULID{}, err
 	}
 	return record.DecodeID(raw)
-}
-
-// byteSize says n bytes the way a person reads them: 900 bytes, 12.5 KiB,
-// 3.0 MiB.
-func byteSize(n int64) string {
-	switch {
-	case n == 1:
-		return "1 byte"
-	case n < 1<<10:
-		return fmt.Sprintf("%d bytes", n)
-	case n < 1<<20:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	case n < 1<<30:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n < 1<<40:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	}
-	return fmt.Sprintf("%.1f TiB", float64(n)/(1<<40))
 }

@@ -39,6 +39,9 @@ func (e *Engine) Usage(user ulid.ULID) (int64, error) {
 	return readUsage(v, user)
 }
 
+// UserQuota is Options.UserQuota: 0 when there is no quota.
+func (e *Engine) UserQuota() int64 { return e.opts.UserQuota }
+
 // usageOfOps counts each user's usage from the ops in v.
 func usageOfOps(v *store.View) (map[ulid.ULID]int64, int, error) {
 	usage := map[ulid.ULID]int64{}

@@ -53,7 +53,12 @@ func (h accountService) GetAccount(ctx context.Context, _ *ferryv1.GetAccountReq
 	if err != nil {
 		return nil, connectError(err)
 	}
-	return &ferryv1.GetAccountResponse{User: userToProto(u), Device: deviceToProto(d, a.Device)}, nil
+	usage, err := h.s.eng.Usage(a.User)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return &ferryv1.GetAccountResponse{User: userToProto(u), Device: deviceToProto(d, a.Device),
+		UsageBytes: uint64(usage), QuotaBytes: uint64(h.s.eng.UserQuota())}, nil
 }
 
 func (h accountService) ListDevices(ctx context.Context, _ *ferryv1.ListDevicesRequest) (*ferryv1.ListDevicesResponse, error) {

@@ -35,6 +35,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/clientsdk"
+	"github.com/ferrysync/ferry/internal/units"
 )
 
 func main() {
@@ -54,6 +55,7 @@ Commands:
   login USERNAME [--device NAME]        add this profile as a device of an existing user
   logout                                revoke this device and forget its credentials
   devices [--revoke ID]                 list (or revoke) the user's devices
+  usage                                 what the user stores on the server, and its quota
   conversation create TITLE [--with USER]...
   conversation list [--offline]         conversations with unread counts
   conversation members CONV
@@ -146,6 +148,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return a.logout(ctx)
 	case "devices":
 		return a.devices(ctx, rest)
+	case "usage":
+		return a.usage(ctx, rest)
 	case "conversation", "conv":
 		return a.conversation(ctx, rest)
 	case "send":
@@ -432,6 +436,26 @@ func (a *app) devices(ctx context.Context, args []string) error {
 			lines = append(lines, fmt.Sprintf("%s %s  %s", mark, dv.ID, dv.Name))
 		}
 		a.print(os, strings.Join(lines, "\n"))
+		return nil
+	})
+}
+
+// usage says what the user's ops hold on the server against its quota.
+func (a *app) usage(ctx context.Context, args []string) error {
+	if _, err := flags("usage", args, a.errOut, func(*flag.FlagSet) {}); err != nil {
+		return err
+	}
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		u, err := d.Usage(ctx)
+		if err != nil {
+			return err
+		}
+		line := fmt.Sprintf("your ops hold %s on the server, which has no quota", units.Bytes(u.Bytes))
+		if u.Quota > 0 {
+			line = fmt.Sprintf("your ops hold %s of the %s each user may store on the server (%d%%); deleting messages makes room",
+				units.Bytes(u.Bytes), units.Bytes(u.Quota), u.Bytes*100/u.Quota)
+		}
+		a.print(map[string]int64{"bytes": u.Bytes, "quota": u.Quota}, line)
 		return nil
 	})
 }

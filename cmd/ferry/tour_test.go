@@ -390,6 +390,9 @@ func TestMessageCommands(t *testing.T) {
 	}
 	run(bob, "register", "bob")
 	run(alice, "conversation", "add", "notes", "bob")
+	if out := run(alice, "usage"); !strings.Contains(out, "on the server, which has no quota") {
+		t.Fatalf("usage on a server without a quota: %q", out)
+	}
 	run(alice, "send", "notes", "helo")
 	m := last(alice)
 	seq := strconv.FormatUint(m.Seq, 10)
@@ -631,5 +634,55 @@ func TestTailGoesOnAfterTheServerRestarts(t *testing.T) {
 	next()
 	if want := []string{"before", "while it was down", "after"}; !slices.Equal(texts, want) {
 		t.Fatalf("tail printed %q; want %q", texts, want)
+	}
+}
+
+// TestUsageAndQuota: ferry usage says what the user's ops hold and the
+// server's quota; a message past the quota is refused, saying so and how
+// much the user holds.
+func TestUsageAndQuota(t *testing.T) {
+	ferryd := testbin.Build(t, "./cmd/ferryd")
+	ferry := testbin.Build(t, "./cmd/ferry")
+	dir := t.TempDir()
+	srv := testbin.StartFerryd(t, ferryd, testbin.FreeAddr(t), filepath.Join(dir, "data"), "--user-quota-mib", "1")
+	env := []string{"FERRY_SERVER=" + srv.URL, "FERRY_PASSWORD=correct horse"}
+	alice := filepath.Join(dir, "alice")
+	run := func(args ...string) string {
+		t.Helper()
+		return testbin.Run(t, env, ferry, append([]string{"--profile", alice}, args...)...)
+	}
+	run("register", "alice")
+	run("conversation", "create", "notes")
+	var u struct{ Bytes, Quota int64 }
+	if err := json.Unmarshal([]byte(run("--json", "usage")), &u); err != nil || u.Quota != 1<<20 || u.Bytes != int64(32+len("notes")) {
+		t.Fatalf("usage: %+v %v; want the create's 37 bytes of 1 MiB", u, err)
+	}
+	// Most of the MiB through the SDK, from alice's profile: faster than
+	// a ferry command a message.
+	d, err := clientsdk.Open(alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := d.Conversations()
+	if err != nil || len(cs) != 1 {
+		t.Fatalf("alice's conversations: %+v %v", cs, err)
+	}
+	for range 16 {
+		if _, err := d.SendText(context.Background(), cs[0].ID, strings.Repeat("x", 64_000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.SyncOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out := run("usage"); !strings.Contains(out, "of the 1.0 MiB each user may store on the server (97%)") {
+		t.Fatalf("usage: %q", out)
+	}
+	_, stderr, err := testbin.RunErr(env, ferry, "--profile", alice, "send", "notes", strings.Repeat("y", 64_000))
+	if err == nil || !strings.Contains(stderr, "QUOTA_EXCEEDED") || !strings.Contains(stderr, "of the 1.0 MiB each user may store here") {
+		t.Fatalf("a message past the quota: %v %q", err, stderr)
 	}
 }

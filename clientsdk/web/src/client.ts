@@ -1032,6 +1032,18 @@ export class FerryClient {
     return this.memberLists.get(convId)?.map((m) => ({ ...m }));
   }
 
+  /**
+   * What the user's ops hold on the server against its storage quota, in
+   * bytes (each op's body, title and reaction key, and 32 bytes for the
+   * rest of it), and the quota: 0 when there is none. An op past it is
+   * refused with the reason QUOTA_EXCEEDED (failed()). Asks the server.
+   */
+  async usage(): Promise<{ bytes: number; quota: number }> {
+    if (!this.meta.session) throw new Error("ferry: not signed in");
+    const res = await this.accounts.getAccount({}, { timeoutMs: this.opts.callTimeoutMs });
+    return { bytes: Number(res.usageBytes), quota: Number(res.quotaBytes) };
+  }
+
   // lookup finds users by username, in the order asked, and keeps their
   // names unless the device signed in or out meanwhile. It throws naming
   // the usernames no user has.

@@ -1939,6 +1939,28 @@ test("a signOut whose answer is lost after the revocation leaves the device offl
   assert.equal(c.status().state, "offline");
 });
 
+test("usage() says what the user stores and the quota; a message past it fails, saying so", { timeout: 60_000 }, async () => {
+  const srv = await startServer({ args: ["--user-quota-mib", "1"] });
+  try {
+    const alice = await FerryClient.open({ baseUrl: srv.url, sleep: async () => {}, minBackoffMs: 1, maxBackoffMs: 1 });
+    clients.push(alice);
+    await signUp(alice, "alice");
+    const conv = await alice.createConversation("notes", []);
+    await alice.waitFor(() => alice.status().state === "live" && alice.status().pending === 0);
+    assert.deepEqual(await alice.usage(), { bytes: 32 + "notes".length, quota: 1 << 20 });
+    const big = "x".repeat(64_000);
+    for (let i = 0; i < 16; i++) await alice.send(conv, big);
+    const over = await alice.send(conv, big);
+    await alice.waitFor(() => alice.status().pending === 0 && alice.failed().length === 1);
+    const [f] = alice.failed();
+    assert.equal(f!.opId, over);
+    assert.match(f!.error, /QUOTA_EXCEEDED|quota exceeded/);
+    assert.equal((await alice.usage()).bytes, 32 + "notes".length + 16 * (32 + 64_000));
+  } finally {
+    await srv.stop();
+  }
+});
+
 test("members: names show as authors, membership and titles change from the browser", { timeout: 60_000 }, async () => {
   const alice = await open();
   const bob = await open();

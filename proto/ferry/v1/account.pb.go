@@ -348,9 +348,17 @@ func (*GetAccountRequest) Descriptor() ([]byte, []int) {
 }
 
 type GetAccountResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	User          *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
-	Device        *Device                `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	User   *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Device *Device                `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	// What the user's ops hold against the server's storage quota, in
+	// bytes: each op's body, title and reaction key, and 32 bytes for the
+	// rest of it; a deleted message's bodies count no more.
+	UsageBytes uint64 `protobuf:"varint,3,opt,name=usage_bytes,json=usageBytes,proto3" json:"usage_bytes,omitempty"`
+	// The server's storage quota for each user, in bytes; 0 when there is
+	// none. An op that would take usage_bytes past it is rejected
+	// (REJECT_REASON_QUOTA_EXCEEDED).
+	QuotaBytes    uint64 `protobuf:"varint,4,opt,name=quota_bytes,json=quotaBytes,proto3" json:"quota_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -397,6 +405,20 @@ func (x *GetAccountResponse) GetDevice() *Device {
 		return x.Device
 	}
 	return nil
+}
+
+func (x *GetAccountResponse) GetUsageBytes() uint64 {
+	if x != nil {
+		return x.UsageBytes
+	}
+	return 0
+}
+
+func (x *GetAccountResponse) GetQuotaBytes() uint64 {
+	if x != nil {
+		return x.QuotaBytes
+	}
+	return 0
 }
 
 type ListDevicesRequest struct {
@@ -804,10 +826,14 @@ const file_ferry_v1_account_proto_rawDesc = "" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\tR\x05token\x12\x1a\n" +
 	"\busername\x18\x04 \x01(\tR\busername\"\x13\n" +
-	"\x11GetAccountRequest\"b\n" +
+	"\x11GetAccountRequest\"\xa4\x01\n" +
 	"\x12GetAccountResponse\x12\"\n" +
 	"\x04user\x18\x01 \x01(\v2\x0e.ferry.v1.UserR\x04user\x12(\n" +
-	"\x06device\x18\x02 \x01(\v2\x10.ferry.v1.DeviceR\x06device\"\x14\n" +
+	"\x06device\x18\x02 \x01(\v2\x10.ferry.v1.DeviceR\x06device\x12\x1f\n" +
+	"\vusage_bytes\x18\x03 \x01(\x04R\n" +
+	"usageBytes\x12\x1f\n" +
+	"\vquota_bytes\x18\x04 \x01(\x04R\n" +
+	"quotaBytes\"\x14\n" +
 	"\x12ListDevicesRequest\"A\n" +
 	"\x13ListDevicesResponse\x12*\n" +
 	"\adevices\x18\x01 \x03(\v2\x10.ferry.v1.DeviceR\adevices\"2\n" +
