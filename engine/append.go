@@ -206,8 +206,8 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 
 	// The quota, last: a retry of an op stored before passed above, and an
 	// op refused for another reason was told that reason.
-	size := opUsage(op)
-	if q := tx.e.opts.UserQuota; q > 0 && quotaApplies(op) {
+	size := opUsage(op, false)
+	if q := tx.e.opts.UserQuota; q > 0 && quotaApplies(op, target != nil && target.rec.Erased) {
 		used := tx.usageOf(a.User).n
 		if tx.err != nil {
 			return res
@@ -325,7 +325,7 @@ func (tx *txn) erase(c *txConv, target *txOp) {
 		if o.rec.Erased {
 			return
 		}
-		tx.addUsage(o.rec.User, -int64(len(o.rec.Body))) // the record stays: its other bytes count on
+		tx.addUsage(o.rec.User, -opUsage(&o.rec.Op, false))
 		o.rec.Hash = model.PayloadHash(&o.rec.Op)
 		o.rec.Erased, o.rec.Body, o.rec.ContentType = true, nil, ""
 		tx.putOp(o)

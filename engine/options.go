@@ -122,13 +122,15 @@ type Options struct {
 	// UserQuota caps the bytes one user's ops hold (Engine.Usage: each
 	// op's body, title and reaction key, and UsagePerOp): an op that
 	// would take its user past it is rejected (ErrQuota). A deleted
-	// message's bodies are erased and count no more, so deleting makes
-	// room; deletes and member removals always go. A user's ops in
+	// message and its edits count nothing more, so deleting makes room.
+	// What makes room or hands over always goes, and may take a user a
+	// little past the quota: a delete that erases a message, a member
+	// removal (leaving, too), making a member owner. A user's ops in
 	// conversations they left count on, and they can no longer delete
 	// them: a user whose room is all there has it back only when the
-	// quota, which is everyone's, is raised. Each user's count
-	// is kept whether or not there is a quota, so that one set later
-	// applies at once. Default 0: no quota.
+	// quota, which is everyone's, is raised. Each user's count is kept
+	// whether or not there is a quota, so that one set later applies at
+	// once. Default 0: no quota.
 	UserQuota int64
 	// MaxPasswordHashes caps concurrent password hashes (Register, Login),
 	// each of which takes Password.MemoryKiB; more callers wait, and past

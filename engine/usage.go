@@ -17,22 +17,42 @@ import (
 // disk, so that ops without a body are bounded too.
 const UsagePerOp = 32
 
-// opUsage is what op counts in its user's usage (Options.UserQuota). An
-// erased op's body is gone, and counts no more.
-func opUsage(op *model.Op) int64 {
+// opUsage is what op, stored, counts in its user's usage
+// (Options.UserQuota): UsagePerOp and its body, title and reaction key,
+// until a delete erases it (a message, or an edit of one), when it counts
+// nothing more. A delete so makes room for its author's next message
+// however short the message was, and counts UsagePerOp itself to whoever
+// deleted it.
+func opUsage(op *model.Op, erased bool) int64 {
+	if erased {
+		return 0
+	}
 	return UsagePerOp + int64(len(op.Body)+len(op.Title)+len(op.ReactionKey))
 }
 
-// quotaApplies reports whether the quota may refuse op: a delete, which
-// makes room, and a member removal (a user leaving) always go.
-func quotaApplies(op *model.Op) bool {
-	return op.Kind != model.KindDelete && op.Kind != model.KindMemberRemove
+// quotaApplies reports whether the quota may refuse op, whose target, for
+// a delete, is erased already or not. What makes room or hands over
+// always goes: a delete that erases a message, a member removal (a user
+// leaving, too), and making a member owner (which a last owner must do
+// before leaving). Each is bounded without the quota: a message is erased
+// once, a member removed once per add, and an owner made once per member
+// until a demotion, which the quota may refuse.
+func quotaApplies(op *model.Op, targetErased bool) bool {
+	switch {
+	case op.Kind == model.KindDelete:
+		return targetErased
+	case op.Kind == model.KindMemberRemove:
+		return false
+	case op.Kind == model.KindMemberRole && op.Role == model.RoleOwner:
+		return false
+	}
+	return true
 }
 
 // Usage returns what user's ops count against Options.UserQuota: for each,
-// UsagePerOp bytes and its body, title and reaction key. A deleted
-// message's bodies count no more. Zero for a user who wrote none, or no
-// such user.
+// UsagePerOp bytes and its body, title and reaction key; a deleted
+// message, and its edits, count nothing more. Zero for a user who wrote
+// none, or no such user.
 func (e *Engine) Usage(user ulid.ULID) (int64, error) {
 	v := e.st.View()
 	defer v.Release()
@@ -56,7 +76,7 @@ func usageOfOps(v *store.View) (map[ulid.ULID]int64, int, error) {
 			return err
 		}
 		n++
-		usage[op.User] += opUsage(&op.Op)
+		usage[op.User] += opUsage(&op.Op, op.Erased)
 		return nil
 	})
 	return usage, n, err

@@ -224,9 +224,9 @@ func usageProperty(t *testing.T, seed uint64) {
 			if !m.gone {
 				continue
 			}
-			want[m.author] -= m.size // erased, with its edits
+			want[m.author] -= engine.UsagePerOp + m.size // erased, with its edits
 			for _, n := range m.edits {
-				want[m.author] -= n
+				want[m.author] -= engine.UsagePerOp + n
 			}
 		}
 		for _, d := range devs {

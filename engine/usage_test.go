@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/oklog/ulid/v2"
+
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
 	"github.com/ferrysync/ferry/engine/model"
@@ -64,21 +66,26 @@ func TestUserQuota(t *testing.T) {
 		t.Fatalf("a retry of a message stored before, the user at the quota: %+v; want it a duplicate", res[0])
 	}
 
-	// Deleting the message erases it: room again, less the delete's own.
+	// Deleting the message erases it: it counts nothing more, and the
+	// delete counts its own.
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: first.ID}))
-	if got, want := used(alice), int64(quota-500+per); got != want {
+	if got, want := used(alice), int64(quota-500); got != want {
 		t.Fatalf("alice's usage after deleting her 500 bytes: %d, want %d", got, want)
 	}
 	second := alice.Op(conv, msg(100))
 	alice.Push(second)
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindEdit, Target: second.ID, Body: body(50), ContentType: "text/plain"}))
 	before := used(alice)
-	// bob, an admin now, deletes alice's message: her bodies (the
-	// message's and its edit's) count no more.
+	// bob, an admin now, deletes alice's message: it and its edit count
+	// nothing more to her, and the delete counts to him.
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRole, Member: bob.Actor.User, Role: model.RoleAdmin}))
+	bobBefore := used(bob)
 	bob.Push(bob.Op(conv, model.Op{Kind: model.KindDelete, Target: second.ID}))
-	if got, want := used(alice), before+per-150; got != want {
+	if got, want := used(alice), before+per-(2*per+150); got != want {
 		t.Fatalf("alice's usage after bob deleted her message: %d, want %d", got, want)
+	}
+	if got, want := used(bob), bobBefore+per; got != want {
+		t.Fatalf("bob's usage after his delete: %d, want %d", got, want)
 	}
 	enginetest.MustCheck(t, e)
 
@@ -118,8 +125,8 @@ func TestNoQuotaStillCounts(t *testing.T) {
 	gone := alice.Send(conv, "gone")
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: gone.ID}))
 	want, err := e.Usage(alice.Actor.User)
-	if err != nil || want != 20_000+23*engine.UsagePerOp+1 {
-		t.Fatalf("usage: %d %v; want the 20 bodies, the title and 23 ops, the deleted body not", want, err)
+	if err != nil || want != 20_000+22*engine.UsagePerOp+1 {
+		t.Fatalf("usage: %d %v; want the create, its title, the 20 messages and the delete, the deleted message not", want, err)
 	}
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
@@ -141,7 +148,7 @@ func TestNoQuotaStillCounts(t *testing.T) {
 	if got, err := e.Usage(alice.Actor.User); e.Failed() != nil || err != nil || got != 0 {
 		t.Fatalf("a delete that took a lost count below zero: usage %d %v, the engine failed: %v; want 0 and going on", got, err, e.Failed())
 	}
-	want += engine.UsagePerOp - 1000 // the truth: the delete's op, less the body it erased
+	want -= 1000 // the truth: the delete, less the message it erased
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -159,6 +166,65 @@ func TestNoQuotaStillCounts(t *testing.T) {
 	}
 	if r := alice.Try(conv, model.Op{Kind: model.KindMessage, Body: []byte(strings.Repeat("z", 500-engine.UsagePerOp+1)), ContentType: "text/plain"}); !errors.Is(r.Err, engine.ErrQuota) {
 		t.Fatalf("a message past a quota set on an upgraded store: %v", r.Err)
+	}
+	enginetest.MustCheck(t, e)
+}
+
+// TestQuotaLeavesAWayOut: at the quota a user can always make room or
+// leave: deleting even short messages frees what they took, a last owner
+// can make another member owner and leave, and a delete that erases
+// nothing counts like any op.
+func TestQuotaLeavesAWayOut(t *testing.T) {
+	const quota = 2000
+	o := enginetest.Options(t, 7)
+	o.UserQuota = quota
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	short := model.Op{Kind: model.KindMessage, Body: []byte("ok, see you then"), ContentType: "text/plain"}
+	var sent []ulid.ULID
+	for {
+		r := alice.Try(conv, short)
+		if r.Err != nil {
+			if !errors.Is(r.Err, engine.ErrQuota) {
+				t.Fatal(r.Err)
+			}
+			break
+		}
+		sent = append(sent, r.Op)
+	}
+	used := func() int64 {
+		n, err := e.Usage(alice.Actor.User)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := used()
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: sent[0]}))
+	if got, want := used(), before-int64(len(short.Body)); got != want {
+		t.Fatalf("usage after deleting a short message: %d, want %d: its body freed", got, want)
+	}
+	if r := alice.Try(conv, model.Op{Kind: model.KindDelete, Target: sent[0]}); !errors.Is(r.Err, engine.ErrQuota) {
+		t.Fatalf("a second delete of the message, erasing nothing, at the quota: %v; want it refused", r.Err)
+	}
+	// Fill the room the delete made, then hand the conversation to bob and
+	// leave: neither is refused.
+	for alice.Try(conv, short).Err == nil {
+	}
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRole, Member: bob.Actor.User, Role: model.RoleOwner}))
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: alice.Actor.User}))
+	// Taking back a reaction is an op like another: at the quota it waits
+	// for room.
+	other := bob.Create("d", alice)
+	m := bob.Send(other, "hello")
+	if r := alice.Try(other, model.Op{Kind: model.KindReactionRemove, Target: m.ID, ReactionKey: "x"}); !errors.Is(r.Err, engine.ErrQuota) {
+		t.Fatalf("a reaction taken back at the quota: %v; want it refused", r.Err)
 	}
 	enginetest.MustCheck(t, e)
 }

@@ -989,8 +989,9 @@ export enum RejectReason {
    * The op would take its user past the server's storage quota (ferryd
    * --user-quota-mib): what their ops hold, bodies first. The message says
    * how much they hold; deleting messages makes room, and the op may then
-   * be sent again as a new op. Deletes and member removals are never
-   * refused for it.
+   * be sent again as a new op. What makes room or hands over is never
+   * refused for it: a delete that erases a message, a member removal,
+   * making a member owner.
    *
    * @generated from enum value: REJECT_REASON_QUOTA_EXCEEDED = 9;
    */
