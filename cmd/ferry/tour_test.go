@@ -362,11 +362,7 @@ func TestSendWhileTheServerIsDown(t *testing.T) {
 // conversation role before leaving it.
 func TestMessageCommands(t *testing.T) {
 	_, ferry, env, alice := aliceWithNotes(t)
-	bob := filepath.Join(filepath.Dir(alice), "bob")
-	run := func(profile string, args ...string) string {
-		t.Helper()
-		return testbin.Run(t, env, ferry, append([]string{"--profile", profile}, args...)...)
-	}
+	bob, run := withBob(t, ferry, env, alice)
 	fails := func(want string, profile string, args ...string) {
 		t.Helper()
 		_, stderr, err := testbin.RunErr(env, ferry, append([]string{"--profile", profile}, args...)...)
@@ -388,8 +384,6 @@ func TestMessageCommands(t *testing.T) {
 		}
 		return ms[0]
 	}
-	run(bob, "register", "bob")
-	run(alice, "conversation", "add", "notes", "bob")
 	if out := run(alice, "usage"); !strings.Contains(out, "on the server, which has no quota") {
 		t.Fatalf("usage on a server without a quota: %q", out)
 	}
@@ -530,40 +524,15 @@ func startTail(t *testing.T, ferry string, env []string, args ...string) (*exec.
 // arrive after it print once.
 func TestTailShowsChangesToOldMessages(t *testing.T) {
 	_, ferry, env, alice := aliceWithNotes(t)
-	bob := filepath.Join(filepath.Dir(alice), "bob")
-	run := func(profile string, args ...string) string {
-		t.Helper()
-		return testbin.Run(t, env, ferry, append([]string{"--profile", profile}, args...)...)
-	}
-	run(bob, "register", "bob")
-	run(alice, "conversation", "add", "notes", "bob")
+	bob, run := withBob(t, ferry, env, alice)
 	run(alice, "send", "notes", "the old one")
 	var sent []struct{ ID string }
 	if err := json.Unmarshal([]byte(run(alice, "--json", "history", "notes", "--limit", "1")), &sent); err != nil || len(sent) != 1 {
 		t.Fatalf("history: %v %+v", err, sent)
 	}
 	old := sent[0].ID
-	// A thousand more, from alice's profile through the SDK: faster than
-	// a ferry command each.
-	d, err := clientsdk.Open(alice)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs, err := d.Conversations()
-	if err != nil || len(cs) != 1 {
-		t.Fatalf("alice's conversations: %+v %v", cs, err)
-	}
-	for i := range 1000 {
-		if _, err := d.SendText(context.Background(), cs[0].ID, fmt.Sprint("filler ", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := d.SyncOnce(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Close(); err != nil {
-		t.Fatal(err)
-	}
+	// A thousand more, from alice's profile.
+	sendThroughSDK(t, alice, 1000, func(i int) string { return fmt.Sprint("filler ", i) })
 	run(bob, "sync")
 
 	_, lines := startTail(t, ferry, env, "--profile", bob, "--json", "tail", "notes", "--last", "1001")
@@ -602,13 +571,7 @@ func TestTailShowsChangesToOldMessages(t *testing.T) {
 // was down once, then what comes live.
 func TestTailGoesOnAfterTheServerRestarts(t *testing.T) {
 	srv, ferry, env, alice := aliceWithNotes(t)
-	bob := filepath.Join(filepath.Dir(alice), "bob")
-	run := func(profile string, args ...string) string {
-		t.Helper()
-		return testbin.Run(t, env, ferry, append([]string{"--profile", profile}, args...)...)
-	}
-	run(bob, "register", "bob")
-	run(alice, "conversation", "add", "notes", "bob")
+	bob, run := withBob(t, ferry, env, alice)
 	run(bob, "sync")
 	_, lines := startTail(t, ferry, env, "--profile", bob, "--json", "tail", "notes", "--last", "0")
 	var texts []string
@@ -657,18 +620,47 @@ func TestUsageAndQuota(t *testing.T) {
 	if err := json.Unmarshal([]byte(run("--json", "usage")), &u); err != nil || u.Quota != 1<<20 || u.Bytes != int64(32+len("notes")) {
 		t.Fatalf("usage: %+v %v; want the create's 37 bytes of 1 MiB", u, err)
 	}
-	// Most of the MiB through the SDK, from alice's profile: faster than
-	// a ferry command a message.
-	d, err := clientsdk.Open(alice)
+	// Most of the MiB, from alice's profile.
+	sendThroughSDK(t, alice, 16, func(int) string { return strings.Repeat("x", 64_000) })
+	if out := run("usage"); !strings.Contains(out, "of the 1.0 MiB each user may store on the server (97%)") {
+		t.Fatalf("usage: %q", out)
+	}
+	_, stderr, err := testbin.RunErr(env, ferry, "--profile", alice, "send", "notes", strings.Repeat("y", 64_000))
+	if err == nil || !strings.Contains(stderr, "QUOTA_EXCEEDED") || !strings.Contains(stderr, "of the 1.0 MiB each user may store here") {
+		t.Fatalf("a message past the quota: %v %q", err, stderr)
+	}
+}
+
+// withBob registers bob in a profile beside alice's and adds him to her
+// notes; run runs ferry with a profile and args.
+func withBob(t *testing.T, ferry string, env []string, alice string) (bob string, run func(profile string, args ...string) string) {
+	t.Helper()
+	bob = filepath.Join(filepath.Dir(alice), "bob")
+	run = func(profile string, args ...string) string {
+		t.Helper()
+		return testbin.Run(t, env, ferry, append([]string{"--profile", profile}, args...)...)
+	}
+	run(bob, "register", "bob")
+	run(alice, "conversation", "add", "notes", "bob")
+	return bob, run
+}
+
+// sendThroughSDK sends n messages (text(i) each) to the one conversation
+// of the profile through the SDK, and syncs: faster than a ferry command
+// a message. The profile must not be in use.
+func sendThroughSDK(t *testing.T, profile string, n int, text func(i int) string) {
+	t.Helper()
+	d, err := clientsdk.Open(profile)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer d.Close()
 	cs, err := d.Conversations()
 	if err != nil || len(cs) != 1 {
-		t.Fatalf("alice's conversations: %+v %v", cs, err)
+		t.Fatalf("the profile's conversations: %+v %v; want one", cs, err)
 	}
-	for range 16 {
-		if _, err := d.SendText(context.Background(), cs[0].ID, strings.Repeat("x", 64_000)); err != nil {
+	for i := range n {
+		if _, err := d.SendText(context.Background(), cs[0].ID, text(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -677,12 +669,5 @@ func TestUsageAndQuota(t *testing.T) {
 	}
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
-	}
-	if out := run("usage"); !strings.Contains(out, "of the 1.0 MiB each user may store on the server (97%)") {
-		t.Fatalf("usage: %q", out)
-	}
-	_, stderr, err := testbin.RunErr(env, ferry, "--profile", alice, "send", "notes", strings.Repeat("y", 64_000))
-	if err == nil || !strings.Contains(stderr, "QUOTA_EXCEEDED") || !strings.Contains(stderr, "of the 1.0 MiB each user may store here") {
-		t.Fatalf("a message past the quota: %v %q", err, stderr)
 	}
 }
