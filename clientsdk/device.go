@@ -788,9 +788,9 @@ func (d *Device) Devices(ctx context.Context) ([]DeviceInfo, error) {
 
 // Usage is what the user stores on the server against its quota.
 type Usage struct {
-	// Bytes is what the user's ops hold: each op's body, title and
-	// reaction key, and 32 bytes for the rest of it. A deleted message
-	// and its edits count nothing more.
+	// Bytes is what the user's ops hold: each op's body, content type,
+	// title and reaction key, and 32 bytes for the rest of it. A deleted
+	// message and its edits count nothing more.
 	Bytes int64
 	// Quota is the most each user may store on this server; 0 when there
 	// is no quota. An op that would take Bytes past it fails, with the

@@ -14,7 +14,7 @@ import (
 // queued after it go out; once the user deletes a message, the text sent
 // again is stored.
 func TestQuotaExceededFailsTheMessage(t *testing.T) {
-	// The create takes 33 bytes of alice's 280; a message of 100, 132.
+	// The create takes 33 bytes of alice's 280; a message of 100, 142.
 	srv := servertest.New(t, servertest.Config{Engine: func(o *engine.Options) { o.UserQuota = 280 }})
 	alice := device(t, srv, "alice", false)
 	conv, _ := alice.CreateConversation(ctx, "c")
@@ -34,9 +34,9 @@ func TestQuotaExceededFailsTheMessage(t *testing.T) {
 	if got := texts(messages(t, alice, conv)); len(got) != 3 || got[1] != "small" {
 		t.Fatalf("messages: %q; want the message after the refused one sent", got)
 	}
-	// The create, the first message and "small": 33 + 132 + 37 bytes.
-	if u, err := alice.Usage(ctx); err != nil || u != (clientsdk.Usage{Bytes: 202, Quota: 280}) {
-		t.Fatalf("usage: %+v %v; want 202 bytes of 280", u, err)
+	// The create, the first message and "small": 33 + 142 + 47 bytes.
+	if u, err := alice.Usage(ctx); err != nil || u != (clientsdk.Usage{Bytes: 222, Quota: 280}) {
+		t.Fatalf("usage: %+v %v; want 222 bytes of 280", u, err)
 	}
 	if _, err := alice.Delete(ctx, conv, first); err != nil {
 		t.Fatal(err)

@@ -207,7 +207,7 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	// The quota, last: a retry of an op stored before passed above, and an
 	// op refused for another reason was told that reason.
 	size := opUsage(op, false)
-	if q := tx.e.opts.UserQuota; q > 0 && quotaApplies(op, target != nil && target.rec.Erased) {
+	if q := tx.e.opts.UserQuota; q > 0 && quotaApplies(op, a.User, target, c.role(op.Member)) {
 		used := tx.usageOf(a.User).n
 		if tx.err != nil {
 			return res

@@ -36,11 +36,13 @@ import (
 //     one dot each, a run of one (record.AppendDotRun);
 //   - format 6 keeps each user's usage, what their ops count against the
 //     quota (keys.TUsage, Options.UserQuota): counted from the ops when an
-//     older store is upgraded, once.
+//     older store is upgraded, once;
+//   - format 7 counts content types and no longer counts erased ops: a
+//     format 6 store, of a development build only, is counted again.
 //
 // A build that reads only an older format refuses the store once it was
 // opened by a newer one.
-const formatVersion = 6
+const formatVersion = 7
 
 // backupMarker is the file Backup leaves in its copies, and
 // StartNewEpochAtNextOpen in a store: opening a store that has it starts a
@@ -187,7 +189,7 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		}
 		switch f {
 		case formatVersion:
-		case 1, 2, 3, 4, 5:
+		case 1, 2, 3, 4, 5, 6:
 			b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, formatVersion))
 			upgrade = f
 			if err := e.countUsage(v, b); err != nil {

@@ -120,12 +120,14 @@ type Options struct {
 	// Default 10,000.
 	MaxMembers int
 	// UserQuota caps the bytes one user's ops hold (Engine.Usage: each
-	// op's body, title and reaction key, and UsagePerOp): an op that
-	// would take its user past it is rejected (ErrQuota). A deleted
-	// message and its edits count nothing more, so deleting makes room.
-	// What makes room or hands over always goes, and may take a user a
-	// little past the quota: a delete that erases a message, a member
-	// removal (leaving, too), making a member owner. A user's ops in
+	// op's body, content type, title and reaction key, and UsagePerOp):
+	// an op that would take its user past it is rejected (ErrQuota). A
+	// deleted message and its edits count nothing more, and the delete
+	// counts UsagePerOp, so deleting one's messages makes room. What makes
+	// room or lets a user leave always goes, and may take them past the
+	// quota by what ops the quota does refuse allow (quotaApplies):
+	// deleting one's own message, a member removal (leaving, too), making
+	// a member owner who is not. A user's ops in
 	// conversations they left count on, and they can no longer delete
 	// them: a user whose room is all there has it back only when the
 	// quota, which is everyone's, is raised. Each user's count is kept

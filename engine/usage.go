@@ -18,41 +18,45 @@ import (
 const UsagePerOp = 32
 
 // opUsage is what op, stored, counts in its user's usage
-// (Options.UserQuota): UsagePerOp and its body, title and reaction key,
-// until a delete erases it (a message, or an edit of one), when it counts
-// nothing more. A delete so makes room for its author's next message
-// however short the message was, and counts UsagePerOp itself to whoever
-// deleted it.
+// (Options.UserQuota): UsagePerOp and its body, content type, title and
+// reaction key, until a delete erases it (a message, or an edit of one),
+// when it counts nothing more. A delete counts UsagePerOp itself, to
+// whoever deleted it: deleting one's own message frees what it and its
+// edits counted, less that.
 func opUsage(op *model.Op, erased bool) int64 {
 	if erased {
 		return 0
 	}
-	return UsagePerOp + int64(len(op.Body)+len(op.Title)+len(op.ReactionKey))
+	return UsagePerOp + int64(len(op.Body)+len(op.ContentType)+len(op.Title)+len(op.ReactionKey))
 }
 
-// quotaApplies reports whether the quota may refuse op, whose target, for
-// a delete, is erased already or not. What makes room or hands over
-// always goes: a delete that erases a message, a member removal (a user
-// leaving, too), and making a member owner (which a last owner must do
-// before leaving). Each is bounded without the quota: a message is erased
-// once, a member removed once per add, and an owner made once per member
-// until a demotion, which the quota may refuse.
-func quotaApplies(op *model.Op, targetErased bool) bool {
-	switch {
-	case op.Kind == model.KindDelete:
-		return targetErased
-	case op.Kind == model.KindMemberRemove:
+// quotaApplies reports whether the quota may refuse op by actor; target
+// is a delete's message, and subject the role its member has, for a role
+// change. What makes room or lets a user leave always goes, and each is
+// bounded by ops the quota does refuse:
+//   - a delete of one's own message not yet erased: a message is erased
+//     once, and its author paid for it (a delete of another's message
+//     goes through the quota, or moderators could erase, and so refund,
+//     their friends' messages without end);
+//   - a member removal, leaving too: once per add, which its adder pays;
+//   - making a member owner who is not (a last owner must before leaving):
+//     once per member until a demotion, which the quota may refuse.
+func quotaApplies(op *model.Op, actor ulid.ULID, target *txOp, subject model.Role) bool {
+	switch op.Kind {
+	case model.KindDelete:
+		return target == nil || target.rec.Erased || target.rec.User != actor
+	case model.KindMemberRemove:
 		return false
-	case op.Kind == model.KindMemberRole && op.Role == model.RoleOwner:
-		return false
+	case model.KindMemberRole:
+		return op.Role != model.RoleOwner || subject == model.RoleOwner
 	}
 	return true
 }
 
 // Usage returns what user's ops count against Options.UserQuota: for each,
-// UsagePerOp bytes and its body, title and reaction key; a deleted
-// message, and its edits, count nothing more. Zero for a user who wrote
-// none, or no such user.
+// UsagePerOp bytes and its body, content type, title and reaction key; a
+// deleted message, and its edits, count nothing more. Zero for a user who
+// wrote none, or no such user.
 func (e *Engine) Usage(user ulid.ULID) (int64, error) {
 	v := e.st.View()
 	defer v.Release()

@@ -200,10 +200,10 @@ func usageProperty(t *testing.T, seed uint64) {
 			op := a.op
 			stored = append(stored, op)
 			storedBy = append(storedBy, a.a)
-			added[a.a.User] += engine.UsagePerOp + int64(len(op.Body)+len(op.Title)+len(op.ReactionKey))
+			added[a.a.User] += engine.UsagePerOp + int64(len(op.Body)+len(op.ContentType)+len(op.Title)+len(op.ReactionKey))
 			switch op.Kind {
 			case model.KindMessage:
-				msgs[op.ID] = &pmsg{author: a.a.User, size: int64(len(op.Body))}
+				msgs[op.ID] = &pmsg{author: a.a.User, size: int64(len(op.Body) + len(op.ContentType))}
 				msgConv[op.ID] = op.Conv
 				msgIDs = append(msgIDs, op.ID)
 			case model.KindEdit:
@@ -211,7 +211,7 @@ func usageProperty(t *testing.T, seed uint64) {
 				if m.gone {
 					t.Fatalf("round %d: an edit of a deleted message accepted", round)
 				}
-				m.edits = append(m.edits, int64(len(op.Body)))
+				m.edits = append(m.edits, int64(len(op.Body)+len(op.ContentType)))
 			case model.KindDelete:
 				msgs[op.Target].gone = true
 			}

@@ -37,7 +37,7 @@ func TestUserQuota(t *testing.T) {
 		}
 		return n
 	}
-	const per = engine.UsagePerOp
+	const per, ct = engine.UsagePerOp, int64(len("text/plain"))
 	if got, want := used(alice), int64(2*per+len("c")); got != want {
 		t.Fatalf("alice's usage after creating c and adding bob: %d, want %d (two ops and the title)", got, want)
 	}
@@ -49,12 +49,12 @@ func TestUserQuota(t *testing.T) {
 	first := alice.Op(conv, msg(500))
 	stored := alice.Push(first)[0]
 	room := quota - used(alice)
-	r := alice.Try(conv, msg(room-per+1))
+	r := alice.Try(conv, msg(room-per-ct+1))
 	if !errors.Is(r.Err, engine.ErrQuota) || !strings.Contains(r.Err.Error(), fmt.Sprintf("hold %d bytes of the 1000 bytes each user may store here", quota-room)) ||
 		!strings.Contains(r.Err.Error(), "delete some of your messages to make room") {
 		t.Fatalf("a message past the quota: %v; want ErrQuota saying what alice holds", r.Err)
 	}
-	alice.Push(alice.Op(conv, msg(room-per))) // up to it exactly
+	alice.Push(alice.Op(conv, msg(room-per-ct))) // up to it exactly
 	if used(alice) != quota {
 		t.Fatalf("alice's usage %d, want the quota", used(alice))
 	}
@@ -69,7 +69,7 @@ func TestUserQuota(t *testing.T) {
 	// Deleting the message erases it: it counts nothing more, and the
 	// delete counts its own.
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: first.ID}))
-	if got, want := used(alice), int64(quota-500); got != want {
+	if got, want := used(alice), int64(quota-500-ct); got != want {
 		t.Fatalf("alice's usage after deleting her 500 bytes: %d, want %d", got, want)
 	}
 	second := alice.Op(conv, msg(100))
@@ -81,7 +81,7 @@ func TestUserQuota(t *testing.T) {
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRole, Member: bob.Actor.User, Role: model.RoleAdmin}))
 	bobBefore := used(bob)
 	bob.Push(bob.Op(conv, model.Op{Kind: model.KindDelete, Target: second.ID}))
-	if got, want := used(alice), before+per-(2*per+150); got != want {
+	if got, want := used(alice), before+per-(2*per+150+2*ct); got != want {
 		t.Fatalf("alice's usage after bob deleted her message: %d, want %d", got, want)
 	}
 	if got, want := used(bob), bobBefore+per; got != want {
@@ -89,7 +89,7 @@ func TestUserQuota(t *testing.T) {
 	}
 	enginetest.MustCheck(t, e)
 
-	alice.Push(alice.Op(conv, msg(quota-used(alice)-per))) // at the quota again
+	alice.Push(alice.Op(conv, msg(quota-used(alice)-per-ct))) // at the quota again
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -125,14 +125,14 @@ func TestNoQuotaStillCounts(t *testing.T) {
 	gone := alice.Send(conv, "gone")
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: gone.ID}))
 	want, err := e.Usage(alice.Actor.User)
-	if err != nil || want != 20_000+22*engine.UsagePerOp+1 {
+	if err != nil || want != 20*(1000+int64(len("text/plain")))+22*engine.UsagePerOp+1 {
 		t.Fatalf("usage: %d %v; want the create, its title, the 20 messages and the delete, the deleted message not", want, err)
 	}
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// A format 6 store without it: Check says so.
-	if err := engine.ForgetUsage(o.FS, "db", 6); err != nil {
+	// A store of the current format without it: Check says so.
+	if err := engine.ForgetUsage(o.FS, "db", 7); err != nil {
 		t.Fatal(err)
 	}
 	if e, err = engine.Open("db", o); err != nil {
@@ -148,7 +148,7 @@ func TestNoQuotaStillCounts(t *testing.T) {
 	if got, err := e.Usage(alice.Actor.User); e.Failed() != nil || err != nil || got != 0 {
 		t.Fatalf("a delete that took a lost count below zero: usage %d %v, the engine failed: %v; want 0 and going on", got, err, e.Failed())
 	}
-	want -= 1000 // the truth: the delete, less the message it erased
+	want -= 1000 + int64(len("text/plain")) // the truth: the delete, less the message it erased
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -171,9 +171,10 @@ func TestNoQuotaStillCounts(t *testing.T) {
 }
 
 // TestQuotaLeavesAWayOut: at the quota a user can always make room or
-// leave: deleting even short messages frees what they took, a last owner
-// can make another member owner and leave, and a delete that erases
-// nothing counts like any op.
+// leave: deleting even short messages frees their bodies, a last owner
+// can make another member owner and leave. What would let the count grow
+// without end goes through the quota: a delete that erases nothing, or
+// another's message, and making an owner owner again.
 func TestQuotaLeavesAWayOut(t *testing.T) {
 	const quota = 2000
 	o := enginetest.Options(t, 7)
@@ -186,18 +187,6 @@ func TestQuotaLeavesAWayOut(t *testing.T) {
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	conv := alice.Create("c", bob)
-	short := model.Op{Kind: model.KindMessage, Body: []byte("ok, see you then"), ContentType: "text/plain"}
-	var sent []ulid.ULID
-	for {
-		r := alice.Try(conv, short)
-		if r.Err != nil {
-			if !errors.Is(r.Err, engine.ErrQuota) {
-				t.Fatal(r.Err)
-			}
-			break
-		}
-		sent = append(sent, r.Op)
-	}
 	used := func() int64 {
 		n, err := e.Usage(alice.Actor.User)
 		if err != nil {
@@ -205,19 +194,42 @@ func TestQuotaLeavesAWayOut(t *testing.T) {
 		}
 		return n
 	}
-	before := used()
+	// Up to the quota exactly: short messages, then one that fills the
+	// room left.
+	short := model.Op{Kind: model.KindMessage, Body: []byte("ok, see you then"), ContentType: "text/plain"}
+	shortUsage := int64(engine.UsagePerOp + len(short.Body) + len(short.ContentType))
+	var sent []ulid.ULID
+	for quota-used() >= 2*shortUsage+1 {
+		sent = append(sent, alice.Try(conv, short).Op)
+	}
+	fill := quota - used() - engine.UsagePerOp - int64(len("text/plain"))
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte(strings.Repeat("f", int(fill))), ContentType: "text/plain"}))
+	if used() != quota {
+		t.Fatalf("usage %d, want the quota", used())
+	}
+	if r := alice.Try(conv, short); !errors.Is(r.Err, engine.ErrQuota) {
+		t.Fatalf("a message at the quota: %v", r.Err)
+	}
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: sent[0]}))
-	if got, want := used(), before-int64(len(short.Body)); got != want {
-		t.Fatalf("usage after deleting a short message: %d, want %d: its body freed", got, want)
+	if got, want := used(), quota-int64(len(short.Body)+len(short.ContentType)); got != want {
+		t.Fatalf("usage after deleting a short message: %d, want %d: its body and content type freed", got, want)
 	}
 	if r := alice.Try(conv, model.Op{Kind: model.KindDelete, Target: sent[0]}); !errors.Is(r.Err, engine.ErrQuota) {
-		t.Fatalf("a second delete of the message, erasing nothing, at the quota: %v; want it refused", r.Err)
+		t.Fatalf("a second delete of the message, erasing nothing, with less room than an op: %v; want it refused", r.Err)
 	}
-	// Fill the room the delete made, then hand the conversation to bob and
-	// leave: neither is refused.
-	for alice.Try(conv, short).Err == nil {
-	}
+	// Hand the conversation to bob and leave: neither is refused.
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRole, Member: bob.Actor.User, Role: model.RoleOwner}))
+	// Making an owner owner again changes nothing, and is an op like
+	// another: refused, or owners could make it without end.
+	if r := alice.Try(conv, model.Op{Kind: model.KindMemberRole, Member: bob.Actor.User, Role: model.RoleOwner}); !errors.Is(r.Err, engine.ErrQuota) {
+		t.Fatalf("making bob owner again at the quota: %v; want it refused", r.Err)
+	}
+	// Deleting another's message is an op like another too, or moderators
+	// could erase, and so refund, their friends' messages without end.
+	theirs := bob.Send(conv, "from bob")
+	if r := alice.Try(conv, model.Op{Kind: model.KindDelete, Target: theirs.ID}); !errors.Is(r.Err, engine.ErrQuota) {
+		t.Fatalf("alice deleting bob's message at the quota: %v; want it refused", r.Err)
+	}
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: alice.Actor.User}))
 	// Taking back a reaction is an op like another: at the quota it waits
 	// for room.

@@ -11,7 +11,7 @@ import (
 )
 
 // TestQuotaExceededIsAReason: an op past the user's storage quota (here:
-// the conversation's create, 36 bytes, and a message, 96) is
+// the conversation's create, 36 bytes, and a message, 106) is
 // answered REJECTED with its own reason, which says how much the user
 // holds, while the ops before it in the push are stored.
 func TestQuotaExceededIsAReason(t *testing.T) {
@@ -27,7 +27,7 @@ func TestQuotaExceededIsAReason(t *testing.T) {
 		t.Fatalf("results %v; want the first message stored", rs)
 	}
 	if r := rs[1]; r.GetStatus() != ferryv1.OpStatus_OP_STATUS_REJECTED || r.GetReason() != ferryv1.RejectReason_REJECT_REASON_QUOTA_EXCEEDED ||
-		!strings.Contains(r.GetMessage(), "hold 132 bytes of the 200 bytes each user may store here") {
+		!strings.Contains(r.GetMessage(), "hold 142 bytes of the 200 bytes each user may store here") {
 		t.Fatalf("the second message's result: %v; want it rejected for the quota, saying what alice holds", r)
 	}
 	if m := srv.Server.Metrics(); m.OpsOverQuota != 1 || m.PushOps["rejected"] != 1 {

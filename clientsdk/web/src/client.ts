@@ -1034,9 +1034,10 @@ export class FerryClient {
 
   /**
    * What the user's ops hold on the server against its storage quota, in
-   * bytes (each op's body, title and reaction key, and 32 bytes for the
-   * rest of it), and the quota: 0 when there is none. An op past it is
-   * refused with the reason QUOTA_EXCEEDED (failed()). Asks the server.
+   * bytes (each op's body, content type, title and reaction key, and 32
+   * bytes for the rest of it), and the quota: 0 when there is none. An op
+   * past it is refused with the reason QUOTA_EXCEEDED (failed()). Asks the
+   * server.
    */
   async usage(): Promise<{ bytes: number; quota: number }> {
     if (!this.meta.session) throw new Error("ferry: not signed in");

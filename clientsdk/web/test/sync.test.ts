@@ -1955,7 +1955,7 @@ test("usage() says what the user stores and the quota; a message past it fails, 
     const [f] = alice.failed();
     assert.equal(f!.opId, over);
     assert.match(f!.error, /QUOTA_EXCEEDED|quota exceeded/);
-    assert.equal((await alice.usage()).bytes, 32 + "notes".length + 16 * (32 + 64_000));
+    assert.equal((await alice.usage()).bytes, 32 + "notes".length + 16 * (32 + 64_000 + "text/plain".length));
   } finally {
     await srv.stop();
   }

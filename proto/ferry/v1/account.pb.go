@@ -352,8 +352,9 @@ type GetAccountResponse struct {
 	User   *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
 	Device *Device                `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
 	// What the user's ops hold against the server's storage quota, in
-	// bytes: each op's body, title and reaction key, and 32 bytes for the
-	// rest of it; a deleted message and its edits count nothing more.
+	// bytes: each op's body, content type, title and reaction key, and 32
+	// bytes for the rest of it; a deleted message and its edits count
+	// nothing more.
 	UsageBytes uint64 `protobuf:"varint,3,opt,name=usage_bytes,json=usageBytes,proto3" json:"usage_bytes,omitempty"`
 	// The server's storage quota for each user, in bytes; 0 when there is
 	// none. An op that would take usage_bytes past it is rejected

@@ -253,9 +253,9 @@ const (
 	// The op would take its user past the server's storage quota (ferryd
 	// --user-quota-mib): what their ops hold, bodies first. The message says
 	// how much they hold; deleting messages makes room, and the op may then
-	// be sent again as a new op. What makes room or hands over is never
-	// refused for it: a delete that erases a message, a member removal,
-	// making a member owner.
+	// be sent again as a new op. What makes room or lets a user leave is
+	// never refused for it: deleting one's own message, a member removal,
+	// making a member owner who is not.
 	RejectReason_REJECT_REASON_QUOTA_EXCEEDED RejectReason = 9
 )
 

@@ -176,8 +176,9 @@ export type GetAccountResponse = Message<"ferry.v1.GetAccountResponse"> & {
 
   /**
    * What the user's ops hold against the server's storage quota, in
-   * bytes: each op's body, title and reaction key, and 32 bytes for the
-   * rest of it; a deleted message and its edits count nothing more.
+   * bytes: each op's body, content type, title and reaction key, and 32
+   * bytes for the rest of it; a deleted message and its edits count
+   * nothing more.
    *
    * @generated from field: uint64 usage_bytes = 3;
    */
