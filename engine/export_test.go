@@ -194,6 +194,22 @@ func AddRevokedDevice(e *Engine, user ulid.ULID) error {
 	return e.st.Commit(b)
 }
 
+// SetUsage sets user's usage in the closed store in fs at dir to n, and
+// its format: a count another build left.
+func SetUsage(fs vfs.FS, dir string, user ulid.ULID, n, format uint64) error {
+	st, err := store.Open(dir, store.Options{FS: fs, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
+	b := st.NewBatch()
+	b.Set(keys.ID1(keys.TUsage, user), record.AppendUint(nil, n))
+	b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, format))
+	if err := st.Commit(b); err != nil {
+		return err
+	}
+	return st.Close()
+}
+
 // ForgetUsage deletes the users' usage from the closed store in fs at dir,
 // and sets its format: 5 makes it a store from before usage was kept; the
 // current one, a store whose usage is wrong.

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"fmt"
 	"time"
 
@@ -86,12 +87,20 @@ func usageOfOps(v *store.View) (map[ulid.ULID]int64, int, error) {
 	return usage, n, err
 }
 
-// countUsage writes into b each user's usage as the ops in v give it: the
-// upgrade of a store written before usage was kept (format 6).
+// countUsage writes into b each user's usage as the ops in v give it, in
+// place of any count the store had: the upgrade of a store written before
+// usage was kept (format 6), or counted by other rules (format 7).
 func (e *Engine) countUsage(v *store.View, b *store.Batch) error {
 	start := time.Now()
 	e.log.Info("counting each user's stored bytes for the store's upgrade, once: this reads every op")
 	usage, ops, err := usageOfOps(v)
+	if err != nil {
+		return fmt.Errorf("count the users' usage: %w", err)
+	}
+	err = scan(v, []byte{keys.TUsage}, func(k, _ []byte) error {
+		b.Delete(bytes.Clone(k))
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("count the users' usage: %w", err)
 	}

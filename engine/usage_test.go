@@ -240,3 +240,47 @@ func TestQuotaLeavesAWayOut(t *testing.T) {
 	}
 	enginetest.MustCheck(t, e)
 }
+
+// TestUpgradeReplacesOldCounts: a store of format 6, whose counts a build
+// before made by other rules (an erased message counted 32 bytes), is
+// counted again when it opens, its old counts replaced, those of users
+// whose ops now count nothing too.
+func TestUpgradeReplacesOldCounts(t *testing.T) {
+	o := enginetest.Options(t, 8)
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRole, Member: bob.Actor.User, Role: model.RoleAdmin}))
+	m := alice.Send(conv, "hello")
+	bob.Push(bob.Op(conv, model.Op{Kind: model.KindDelete, Target: m.ID}))
+	carol := enginetest.Register(t, e, "carol")
+	want := map[*enginetest.Device]int64{}
+	for _, d := range []*enginetest.Device{alice, bob, carol} {
+		if want[d], err = e.Usage(d.Actor.User); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.SetUsage(o.FS, "db", alice.Actor.User, 999, 6); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.SetUsage(o.FS, "db", carol.Actor.User, 32, 6); err != nil { // no ops at all
+		t.Fatal(err)
+	}
+	if e, err = engine.Open("db", o); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	for d, n := range want {
+		if got, err := e.Usage(d.Actor.User); err != nil || got != n {
+			t.Errorf("usage of %s after the upgrade: %d %v; want %d", d.Actor.User, got, err, n)
+		}
+	}
+	enginetest.MustCheck(t, e)
+}
