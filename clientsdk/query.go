@@ -277,13 +277,9 @@ func (d *Device) MessagesByID(conv ulid.ULID, ids ...ulid.ULID) ([]Message, erro
 	me := d.me()
 	found := make(map[ulid.ULID]Message, len(ids))
 	effects := map[ulid.ULID][]model.Op{}
-	wanted := func(id ulid.ULID) bool { return slices.Contains(ids, id) }
-	if len(ids) > 8 {
-		set := make(map[ulid.ULID]bool, len(ids))
-		for _, id := range ids {
-			set[id] = true
-		}
-		wanted = func(id ulid.ULID) bool { return set[id] }
+	wanted := make(map[ulid.ULID]bool, len(ids))
+	for _, id := range ids {
+		wanted[id] = true
 	}
 	pend, err := d.pendingOps(conv, false)
 	if err != nil {
@@ -291,9 +287,9 @@ func (d *Device) MessagesByID(conv ulid.ULID, ids ...ulid.ULID) ([]Message, erro
 	}
 	for _, op := range pend {
 		switch {
-		case op.Kind == model.KindMessage && wanted(op.ID):
+		case op.Kind == model.KindMessage && wanted[op.ID]:
 			found[op.ID] = d.pendingMessage(s, &op, me)
-		case op.Kind.HasTarget() && wanted(op.Target):
+		case op.Kind.HasTarget() && wanted[op.Target]:
 			effects[op.Target] = append(effects[op.Target], op)
 		}
 	}
@@ -311,7 +307,7 @@ func (d *Device) MessagesByID(conv ulid.ULID, ids ...ulid.ULID) ([]Message, erro
 			return nil, err
 		}
 		for _, m := range failed {
-			if _, ok := found[m.ID]; !ok && wanted(m.ID) {
+			if _, ok := found[m.ID]; !ok && wanted[m.ID] {
 				found[m.ID] = m
 			}
 		}

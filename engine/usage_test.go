@@ -29,16 +29,8 @@ func TestUserQuota(t *testing.T) {
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	conv := alice.Create("c", bob)
-	used := func(d *enginetest.Device) int64 {
-		t.Helper()
-		n, err := e.Usage(d.Actor.User)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
 	const per, ct = engine.UsagePerOp, int64(len("text/plain"))
-	if got, want := used(alice), int64(2*per+len("c")); got != want {
+	if got, want := usageOf(t, alice), int64(2*per+len("c")); got != want {
 		t.Fatalf("alice's usage after creating c and adding bob: %d, want %d (two ops and the title)", got, want)
 	}
 	body := func(n int64) []byte { return []byte(strings.Repeat("x", int(n))) }
@@ -48,15 +40,15 @@ func TestUserQuota(t *testing.T) {
 
 	first := alice.Op(conv, msg(500))
 	stored := alice.Push(first)[0]
-	room := quota - used(alice)
+	room := quota - usageOf(t, alice)
 	r := alice.Try(conv, msg(room-per-ct+1))
 	if !errors.Is(r.Err, engine.ErrQuota) || !strings.Contains(r.Err.Error(), fmt.Sprintf("hold %d bytes of the 1000 bytes each user may store here", quota-room)) ||
 		!strings.Contains(r.Err.Error(), "delete some of your messages to make room") {
 		t.Fatalf("a message past the quota: %v; want ErrQuota saying what alice holds", r.Err)
 	}
 	alice.Push(alice.Op(conv, msg(room-per-ct))) // up to it exactly
-	if used(alice) != quota {
-		t.Fatalf("alice's usage %d, want the quota", used(alice))
+	if usageOf(t, alice) != quota {
+		t.Fatalf("alice's usage %d, want the quota", usageOf(t, alice))
 	}
 	bob.Push(bob.Op(conv, msg(500))) // the quota is each user's
 	if r := alice.Try(conv, model.Op{Kind: model.KindReactionAdd, Target: first.ID, ReactionKey: "👍"}); !errors.Is(r.Err, engine.ErrQuota) {
@@ -69,27 +61,27 @@ func TestUserQuota(t *testing.T) {
 	// Deleting the message erases it: it counts nothing more, and the
 	// delete counts its own.
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: first.ID}))
-	if got, want := used(alice), int64(quota-500-ct); got != want {
+	if got, want := usageOf(t, alice), int64(quota-500-ct); got != want {
 		t.Fatalf("alice's usage after deleting her 500 bytes: %d, want %d", got, want)
 	}
 	second := alice.Op(conv, msg(100))
 	alice.Push(second)
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindEdit, Target: second.ID, Body: body(50), ContentType: "text/plain"}))
-	before := used(alice)
+	before := usageOf(t, alice)
 	// bob, an admin now, deletes alice's message: it and its edit count
 	// nothing more to her, and the delete counts to him.
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRole, Member: bob.Actor.User, Role: model.RoleAdmin}))
-	bobBefore := used(bob)
+	bobBefore := usageOf(t, bob)
 	bob.Push(bob.Op(conv, model.Op{Kind: model.KindDelete, Target: second.ID}))
-	if got, want := used(alice), before+per-(2*per+150+2*ct); got != want {
+	if got, want := usageOf(t, alice), before+per-(2*per+150+2*ct); got != want {
 		t.Fatalf("alice's usage after bob deleted her message: %d, want %d", got, want)
 	}
-	if got, want := used(bob), bobBefore+per; got != want {
+	if got, want := usageOf(t, bob), bobBefore+per; got != want {
 		t.Fatalf("bob's usage after his delete: %d, want %d", got, want)
 	}
 	enginetest.MustCheck(t, e)
 
-	alice.Push(alice.Op(conv, msg(quota-used(alice)-per-ct))) // at the quota again
+	alice.Push(alice.Op(conv, msg(quota-usageOf(t, alice)-per-ct))) // at the quota again
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -187,31 +179,24 @@ func TestQuotaLeavesAWayOut(t *testing.T) {
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	conv := alice.Create("c", bob)
-	used := func() int64 {
-		n, err := e.Usage(alice.Actor.User)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
 	// Up to the quota exactly: short messages, then one that fills the
 	// room left.
 	short := model.Op{Kind: model.KindMessage, Body: []byte("ok, see you then"), ContentType: "text/plain"}
 	shortUsage := int64(engine.UsagePerOp + len(short.Body) + len(short.ContentType))
 	var sent []ulid.ULID
-	for quota-used() >= 2*shortUsage+1 {
+	for quota-usageOf(t, alice) >= 2*shortUsage+1 {
 		sent = append(sent, alice.Try(conv, short).Op)
 	}
-	fill := quota - used() - engine.UsagePerOp - int64(len("text/plain"))
+	fill := quota - usageOf(t, alice) - engine.UsagePerOp - int64(len("text/plain"))
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte(strings.Repeat("f", int(fill))), ContentType: "text/plain"}))
-	if used() != quota {
-		t.Fatalf("usage %d, want the quota", used())
+	if usageOf(t, alice) != quota {
+		t.Fatalf("usage %d, want the quota", usageOf(t, alice))
 	}
 	if r := alice.Try(conv, short); !errors.Is(r.Err, engine.ErrQuota) {
 		t.Fatalf("a message at the quota: %v", r.Err)
 	}
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: sent[0]}))
-	if got, want := used(), quota-int64(len(short.Body)+len(short.ContentType)); got != want {
+	if got, want := usageOf(t, alice), quota-int64(len(short.Body)+len(short.ContentType)); got != want {
 		t.Fatalf("usage after deleting a short message: %d, want %d: its body and content type freed", got, want)
 	}
 	if r := alice.Try(conv, model.Op{Kind: model.KindDelete, Target: sent[0]}); !errors.Is(r.Err, engine.ErrQuota) {
@@ -283,4 +268,14 @@ func TestUpgradeReplacesOldCounts(t *testing.T) {
 		}
 	}
 	enginetest.MustCheck(t, e)
+}
+
+// usageOf is d's user's usage, on the engine d pushes to.
+func usageOf(t *testing.T, d *enginetest.Device) int64 {
+	t.Helper()
+	n, err := d.E.Usage(d.Actor.User)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

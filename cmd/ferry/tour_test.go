@@ -420,14 +420,7 @@ func TestMessageCommands(t *testing.T) {
 	var tailed []msg
 	next := func() {
 		t.Helper()
-		if !lines.Scan() {
-			t.Fatalf("tail ended after %+v", tailed)
-		}
-		var o msg
-		if err := json.Unmarshal(lines.Bytes(), &o); err != nil {
-			t.Fatal(err)
-		}
-		tailed = append(tailed, o)
+		tailed = append(tailed, tailLine[msg](t, lines))
 	}
 	next()
 	run(alice, "edit", "notes", seq, "hello there")
@@ -542,14 +535,7 @@ func TestTailShowsChangesToOldMessages(t *testing.T) {
 	}
 	next := func() line {
 		t.Helper()
-		if !lines.Scan() {
-			t.Fatal("tail ended")
-		}
-		var l line
-		if err := json.Unmarshal(lines.Bytes(), &l); err != nil {
-			t.Fatal(err)
-		}
-		return l
+		return tailLine[line](t, lines)
 	}
 	for i := range 1001 {
 		if l := next(); i == 0 && (l.ID != old || l.Text != "the old one") {
@@ -577,14 +563,7 @@ func TestTailGoesOnAfterTheServerRestarts(t *testing.T) {
 	var texts []string
 	next := func() {
 		t.Helper()
-		if !lines.Scan() {
-			t.Fatalf("tail ended after %q", texts)
-		}
-		var l struct{ Text string }
-		if err := json.Unmarshal(lines.Bytes(), &l); err != nil {
-			t.Fatal(err)
-		}
-		texts = append(texts, l.Text)
+		texts = append(texts, tailLine[struct{ Text string }](t, lines).Text)
 	}
 	run(alice, "send", "notes", "before")
 	next() // the tail is live
@@ -670,4 +649,18 @@ func sendThroughSDK(t *testing.T, profile string, n int, text func(i int) string
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// tailLine reads the next line a `tail --json` printed into a T, and fails
+// the test when the tail ended (startTail's bound, or a crash).
+func tailLine[T any](t *testing.T, lines *bufio.Scanner) T {
+	t.Helper()
+	if !lines.Scan() {
+		t.Fatal("tail ended")
+	}
+	var v T
+	if err := json.Unmarshal(lines.Bytes(), &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

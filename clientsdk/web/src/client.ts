@@ -1157,15 +1157,10 @@ export class FerryClient {
     if (!session || session.signal.aborted || this.membersRetry || this.membersAttempt >= memberRetries) return;
     const wait = this.backoff(this.membersAttempt);
     this.membersAttempt++;
-    const ctrl = new AbortController();
-    this.membersRetry = ctrl;
-    const done = () => {
+    const ctrl = this.laterInSession(session, wait, () => void this.refreshMembers(), () => {
       if (this.membersRetry === ctrl) this.membersRetry = undefined;
-    };
-    this.opts.sleep(wait, AbortSignal.any([session.signal, ctrl.signal])).then(() => {
-      done();
-      if (this.connected && this.current === session) void this.refreshMembers();
-    }, done);
+    });
+    this.membersRetry = ctrl;
   }
 
   /**
@@ -1802,15 +1797,23 @@ export class FerryClient {
     if (!session || session.signal.aborted || this.pushRetry?.session === session || terminalCodes.has(err.code)) return;
     const wait = askedDelay(err) ?? this.backoff(this.pushAttempt);
     this.pushAttempt++;
-    const ctrl = new AbortController();
-    this.pushRetry = { ctrl, session };
-    const done = () => {
+    const ctrl = this.laterInSession(session, wait, () => void this.flush(), () => {
       if (this.pushRetry?.ctrl === ctrl) this.pushRetry = undefined;
-    };
+    });
+    this.pushRetry = { ctrl, session };
+  }
+
+  // laterInSession runs again after wait ms, if session is still the
+  // current one and connected: the session's end, or an abort of the
+  // controller it returns, cancels it. over runs once the wait is over,
+  // whichever way it ended, before again.
+  private laterInSession(session: AbortController, wait: number, again: () => void, over: () => void): AbortController {
+    const ctrl = new AbortController();
     this.opts.sleep(wait, AbortSignal.any([session.signal, ctrl.signal])).then(() => {
-      done();
-      if (this.connected && this.current === session) void this.flush();
-    }, done);
+      over();
+      if (this.connected && this.current === session) again();
+    }, over);
+    return ctrl;
   }
 
   // callOptions are those of a call a session makes (a push, an ack, a
