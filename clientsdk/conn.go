@@ -1128,7 +1128,11 @@ func (d *Device) savePosition(epoch string, pos uint64) error {
 	if d.closed {
 		return ErrClosed
 	}
-	if epoch == d.epoch && pos <= d.feedPos {
+	// A position is a cursor to give back, not a number to compare: the
+	// server seals it (it would count every commit on the server). A
+	// session sends its positions in order, and an older one saved
+	// would only make the next catch-up longer.
+	if epoch == d.epoch && pos == d.feedPos {
 		return nil
 	}
 	b := d.db.NewBatch()

@@ -1,7 +1,10 @@
 package engine
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +20,7 @@ import (
 	"github.com/ferrysync/ferry/engine/internal/keys"
 	"github.com/ferrysync/ferry/engine/internal/record"
 	"github.com/ferrysync/ferry/engine/internal/store"
+	"github.com/ferrysync/ferry/internal/feedseal"
 	"github.com/ferrysync/ferry/internal/metric"
 )
 
@@ -66,6 +70,7 @@ type Engine struct {
 	disk diskRoom
 
 	epoch ulid.ULID
+	seal  *feedseal.Codec
 	hub   *hub
 	// receiptCache holds conversations' receipts by feed position.
 	receiptCache receiptCache
@@ -199,6 +204,22 @@ func (e *Engine) initMeta(newEpoch bool) error {
 			return fmt.Errorf("store format %d is not supported (this build reads formats 1 to %d)", f, formatVersion)
 		}
 	}
+	// The secret the feed positions' seals come from: made with the
+	// store, or on the first open by a server that seals them.
+	secret, err := v.Get(keys.Meta(keys.MetaSealSecret))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		secret = make([]byte, sealSecretSize)
+		e.randomBytes(secret)
+		b.Set(keys.Meta(keys.MetaSealSecret), secret)
+	case err != nil:
+		return fmt.Errorf("read the feed seal secret: %w", err)
+	case len(secret) != sealSecretSize:
+		return fmt.Errorf("read the feed seal secret: %w: %d bytes", record.ErrCorrupt, len(secret))
+	default:
+		secret = bytes.Clone(secret)
+	}
+	old := "none"
 	if !newEpoch {
 		raw, err := v.Get(keys.Meta(keys.MetaEpoch))
 		if err != nil {
@@ -207,37 +228,54 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		if e.epoch, err = record.DecodeID(raw); err != nil {
 			return fmt.Errorf("read epoch: %w", err)
 		}
-		if upgrade == 0 {
-			b.Close()
-			return nil
+	} else {
+		if raw, err := v.Get(keys.Meta(keys.MetaEpoch)); err == nil {
+			if id, err := record.DecodeID(raw); err == nil {
+				old = id.String()
+			}
 		}
-		if err := e.st.Commit(b); err != nil {
-			return err
-		}
-		e.log.Info("store format upgraded", "from", upgrade, "to", formatVersion)
+		e.epoch = e.newID()
+		b.Set(keys.Meta(keys.MetaEpoch), record.AppendID(nil, e.epoch))
+	}
+	if e.seal, err = sealCodec(secret, e.epoch); err != nil {
+		return err
+	}
+	if b.Count() == 0 {
+		b.Close()
 		return nil
 	}
-	old := "none"
-	if raw, err := v.Get(keys.Meta(keys.MetaEpoch)); err == nil {
-		if id, err := record.DecodeID(raw); err == nil {
-			old = id.String()
-		}
-	}
-	e.epoch = e.newID()
-	b.Set(keys.Meta(keys.MetaEpoch), record.AppendID(nil, e.epoch))
 	if err := e.st.Commit(b); err != nil {
 		return err
 	}
-	if old == "none" {
+	switch {
+	case !newEpoch:
+	case old == "none":
 		e.log.Info("new store", "epoch", e.epoch)
-	} else {
+	default:
 		e.log.Warn("new epoch: clients with cursors from another epoch will repair", "epoch", e.epoch, "previous", old)
 	}
-	if upgrade != 0 { // a restored copy of an older store
+	if upgrade != 0 {
 		e.log.Info("store format upgraded", "from", upgrade, "to", formatVersion)
 	}
 	return nil
 }
+
+// sealSecretSize is the length of the store's feed seal secret.
+const sealSecretSize = 32
+
+// sealCodec derives an epoch's feed seal key from the store's secret: a
+// new epoch (a restore, or ferryd new-epoch) seals positions anew.
+func sealCodec(secret []byte, epoch ulid.ULID) (*feedseal.Codec, error) {
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte("ferry feed seal\x00"))
+	mac.Write(epoch[:])
+	return feedseal.New(mac.Sum(nil)[:feedseal.KeySize])
+}
+
+// FeedSeal seals the feed positions clients see and opens the ones they
+// give back (see package feedseal): a position counts the whole server's
+// commits, which no client is to learn.
+func (e *Engine) FeedSeal() *feedseal.Codec { return e.seal }
 
 // Epoch identifies this store's history. It changes when the store is
 // created, restored from a backup or opened with Options.NewEpoch.

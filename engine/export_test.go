@@ -234,3 +234,12 @@ func ForgetUsage(fs vfs.FS, dir string, format uint64) error {
 	}
 	return st.Close()
 }
+
+// ForgetSealSecret deletes the cursor secret from the closed store in fs
+// at dir: a store from before feed cursors.
+func ForgetSealSecret(fs vfs.FS, dir string) error {
+	return rewriteAs(fs, dir, formatVersion, func(_ *store.View, b *store.Batch) error {
+		b.Delete(keys.Meta(keys.MetaSealSecret))
+		return nil
+	})
+}

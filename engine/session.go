@@ -233,7 +233,9 @@ func (s *Session) plan() error {
 	}
 	if s.o.FeedPos > pos {
 		return &ResetError{Reason: ResetPositionAhead, Epoch: s.e.epoch.String(),
-			Detail: fmt.Sprintf("feed position %d is beyond the server's %d", s.o.FeedPos, pos)}
+			// Neither position in the detail, which the client reads:
+			// the server's counts every commit (see FeedSeal).
+			Detail: "the feed position is beyond the server's: the device's store is newer than the server's, or the position was not one the server gave"}
 	}
 	r.scanned = map[ulid.ULID]record.Conv{}
 	entries, err := r.changed(s.a.User, s.o.FeedPos, pos)

@@ -13,6 +13,7 @@ import (
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/model"
 	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/internal/feedseal"
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 )
@@ -34,7 +35,7 @@ func batchOf(conv, user, dev ulid.ULID, first uint64, bodies ...string) engine.B
 // after a delete for everyone erased one of its messages is encoded anew,
 // never served with the body from before.
 func TestLiveBatchesEncodeAsSent(t *testing.T) {
-	s := &Server{}
+	s := &Server{seal: testSeal(t)}
 	conv, other, user, dev := ulid.Make(), ulid.Make(), ulid.Make(), ulid.Make()
 	one := batchOf(conv, user, dev, 7, "hello", "how are you?")
 	two := batchOf(other, user, dev, 3, "lunch?")
@@ -102,7 +103,7 @@ func TestLiveBatchesEncodeAsSent(t *testing.T) {
 // encoded already, costs one buffer of their total size, whatever their
 // number, holding them in order.
 func TestLiveFieldsAllocateOnce(t *testing.T) {
-	s := &Server{}
+	s := &Server{seal: testSeal(t)}
 	conv, user := ulid.Make(), ulid.Make()
 	var bs []engine.Batch
 	var want []byte
@@ -152,7 +153,7 @@ func run(bs ...engine.Batch) engine.Batch {
 // goes as a zstd frame of its own, and the batch two rounds share is
 // compressed once. Both rounds arrive whole, in seq order.
 func TestLiveRoundsShareEachAuthorsBatch(t *testing.T) {
-	s := &Server{}
+	s := &Server{seal: testSeal(t)}
 	conv := ulid.Make()
 	users := []ulid.ULID{ulid.Make(), ulid.Make(), ulid.Make()}
 	devs := []ulid.ULID{ulid.Make(), ulid.Make(), ulid.Make()}
@@ -205,8 +206,8 @@ func TestLiveRoundsShareEachAuthorsBatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		packed := got.GetOps().GetPacked()
-		if len(packed) != len(r.want) || got.GetOps().GetFeedPos() != 9 {
-			t.Fatalf("round %d: %d packed batches, feed position %d; want %d, 9", i, len(packed), got.GetOps().GetFeedPos(), len(r.want))
+		if pos, err := s.seal.Open(got.GetOps().GetFeedPos()); len(packed) != len(r.want) || err != nil || pos != 9 {
+			t.Fatalf("round %d: %d packed batches, feed position %d (%v); want %d, 9", i, len(packed), pos, err, len(r.want))
 		}
 		for j, p := range packed {
 			_, ops, err := wire.UnpackBatch("packed", p)
@@ -277,7 +278,7 @@ func TestByAuthorCutsLongRuns(t *testing.T) {
 // TestSharedBatchesOfOtherMessages: only a live round's batches are
 // shared; a catch-up's are compressed together, as is any other message.
 func TestSharedBatchesOfOtherMessages(t *testing.T) {
-	s := &Server{}
+	s := &Server{seal: testSeal(t)}
 	conv, user, dev := ulid.Make(), ulid.Make(), ulid.Make()
 	big := batchOf(conv, user, dev, 1, chatOf("someone", 10)...)
 	marshal := func(m proto.Message) []byte {
@@ -329,8 +330,9 @@ func BenchmarkOpsMessagePacked(b *testing.B) {
 		}
 		b.Run(fmt.Sprintf("ops=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
+			seal := testSeal(b)
 			for b.Loop() {
-				s := &Server{} // an empty cache: every live batch is encoded
+				s := &Server{seal: seal} // an empty cache: every live batch is encoded
 				m, err := s.opsMessage(engine.Event{Kind: engine.EventOps, Phase: phase, Batches: []engine.Batch{batch}}, true, true)
 				if err != nil {
 					b.Fatal(err)
@@ -359,4 +361,13 @@ func BenchmarkOpsFromBatches(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// testSeal seals feed positions with a fixed key.
+func testSeal(t testing.TB) *feedseal.Codec {
+	c, err := feedseal.New([]byte("0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

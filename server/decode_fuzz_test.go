@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/feedseal"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 )
 
@@ -94,12 +95,16 @@ func FuzzDecodeHello(f *testing.F) {
 		&ferryv1.Hello{Epoch: id, FeedPos: 9, Cursors: []*ferryv1.Cursor{{ConversationId: id, Seq: 3}}, PageSize: 50},
 		&ferryv1.Hello{Epoch: "x"},
 	)
+	seal, err := feedseal.New(make([]byte, feedseal.KeySize))
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var h ferryv1.Hello
 		if proto.Unmarshal(b, &h) != nil {
 			return
 		}
-		if _, err := sessionOptions(&h); err != nil {
+		if _, err := sessionOptions(&h, seal); err != nil {
 			clientError(t, err)
 		}
 	})

@@ -114,6 +114,7 @@ func (d *dev) send(conv, text string) uint64 {
 // every message it reads.
 type stream struct {
 	t      *testing.T
+	d      *dev
 	st     ferryv1connect.SyncServiceSyncClientStream
 	cancel context.CancelFunc
 
@@ -147,7 +148,7 @@ func (d *dev) open(hello *ferryv1.Hello) *stream {
 	// A stream the server refuses at once fails Send with a bare EOF; its
 	// status comes from Receive, which the caller reads.
 	_ = st.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: hello}})
-	s := &stream{t: d.t, st: st, cancel: cancel, infos: map[string]*ferryv1.ConversationInfo{},
+	s := &stream{t: d.t, d: d, st: st, cancel: cancel, infos: map[string]*ferryv1.ConversationInfo{},
 		held: map[string]map[uint64]string{}, last: map[string]uint64{}, maxOps: int(hello.GetMaxBatchOps()), strict: hello.GetPageSize() == 0,
 		packed: hello.GetPackedOps(), skipOwn: hello.GetSkipOwnOps(), own: map[string]map[uint64]bool{}}
 	if s.maxOps == 0 {
@@ -228,8 +229,8 @@ func (s *stream) recv() *ferryv1.SyncResponse {
 		if !s.skipOwn {
 			s.t.Fatalf("a push result with a feed position on a stream that did not ask for skip_own_ops")
 		}
-		if x.PushResult.GetFeedPos() < s.pos {
-			s.t.Fatalf("push result's feed position %d is behind the session's %d", x.PushResult.GetFeedPos(), s.pos)
+		if got, had := s.d.Position(x.PushResult.GetFeedPos()), s.d.Position(s.pos); got < had {
+			s.t.Fatalf("push result's feed position %d is behind the session's %d", got, had)
 		}
 		s.pos = x.PushResult.GetFeedPos()
 		for _, r := range x.PushResult.GetResults() {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/internal/compression"
+	"github.com/ferrysync/ferry/internal/feedseal"
 	"github.com/ferrysync/ferry/internal/timers"
 	"github.com/ferrysync/ferry/proto/ferry/v1/ferryv1connect"
 )
@@ -27,6 +28,8 @@ type Server struct {
 	eng  *engine.Engine
 	opts Options
 	log  *slog.Logger
+	// seal seals the feed positions sessions send (see engine.FeedSeal).
+	seal *feedseal.Codec
 
 	mu       sync.Mutex
 	streams  map[ulid.ULID]int // device -> open sessions
@@ -85,6 +88,7 @@ func New(eng *engine.Engine, opts Options) (*Server, error) {
 	goaway, goAway := context.WithCancel(context.Background())
 	return &Server{
 		eng:      eng,
+		seal:     eng.FeedSeal(),
 		opts:     opts,
 		log:      opts.Logger,
 		streams:  map[ulid.ULID]int{},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/model"
+	"github.com/ferrysync/ferry/internal/feedseal"
 	"github.com/ferrysync/ferry/internal/timers"
 	"github.com/ferrysync/ferry/internal/wire"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -271,7 +272,11 @@ const (
 	maxClientName   = 64
 )
 
-func sessionOptions(h *ferryv1.Hello) (engine.SessionOptions, error) {
+// sessionOptions reads a hello. Its feed position is sealed (see
+// engine.FeedSeal), and seal opens it; one it cannot open resumes from
+// beyond every position, which resets the device as any position from
+// another server's store does.
+func sessionOptions(h *ferryv1.Hello, seal *feedseal.Codec) (engine.SessionOptions, error) {
 	var o engine.SessionOptions
 	var err error
 	if h == nil {
@@ -283,7 +288,9 @@ func sessionOptions(h *ferryv1.Hello) (engine.SessionOptions, error) {
 	if o.Epoch, err = parseOptionalID("hello.epoch", h.GetEpoch()); err != nil {
 		return o, err
 	}
-	o.FeedPos = h.GetFeedPos()
+	if o.FeedPos, err = seal.Open(h.GetFeedPos()); err != nil {
+		o.FeedPos = math.MaxUint64
+	}
 	if len(h.GetCursors()) > maxHelloCursors {
 		return o, connect.NewError(connect.CodeResourceExhausted, fmt.Sprintf("hello has %d cursors; the limit is %d", len(h.GetCursors()), maxHelloCursors))
 	}
@@ -581,7 +588,7 @@ func (l *loop) syncErr(received error) error {
 		a := <-l.results
 		if l.leavesOwnOut() && !l.sess.Pending() && l.reachesAll(a.ops) {
 			// The round that may have left the ops out went whole.
-			a.result.FeedPos = l.sess.Pos()
+			a.result.FeedPos = l.s.sealPos(l.sess.Pos())
 		}
 		if err := l.out.pushResult(a.result); err != nil {
 			return err
@@ -628,7 +635,7 @@ func (s *Server) subscribe(ctx context.Context, a engine.Actor, hello *ferryv1.H
 
 // newLoop is the sending side of a session that hello starts.
 func (s *Server) newLoop(ctx context.Context, a engine.Actor, hello *ferryv1.Hello, out sink) (*loop, error) {
-	o, err := sessionOptions(hello)
+	o, err := sessionOptions(hello, s.seal)
 	if err != nil {
 		return nil, err
 	}
@@ -882,7 +889,7 @@ func (l *loop) answer(a *answer) error {
 			return err
 		}
 	}
-	a.result.FeedPos = l.sess.Pos()
+	a.result.FeedPos = l.s.sealPos(l.sess.Pos())
 	l.hold(false)
 	return l.out.pushResult(a.result)
 }
@@ -949,7 +956,7 @@ func (l *loop) open() (end bool, err error) {
 	w := sess.Welcome()
 	err = l.out.welcome(&ferryv1.Welcome{
 		Epoch: w.Epoch.String(), UserId: l.a.User.String(), DeviceId: l.a.Device.String(),
-		FeedPos: w.FeedPos, ChangedConversations: uint32(w.Changed), MissingOps: w.MissingOps,
+		FeedPos: l.s.sealPos(w.FeedPos), ChangedConversations: uint32(w.Changed), MissingOps: w.MissingOps,
 		HeartbeatIntervalMs: uint32(l.s.opts.HeartbeatInterval / time.Millisecond),
 		Limits: &ferryv1.Limits{
 			MaxOpsPerPush: maxOpsPerPush, MaxBodyBytes: uint32(l.s.eng.MaxBodyBytes()), MaxMessageBytes: uint32(l.s.opts.MaxMessageBytes),
@@ -1358,6 +1365,11 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d+1)
 }
 
+// sealPos is the feed position pos as clients see it: sealed, so that it
+// says nothing of the commits in other users' conversations (see
+// engine.FeedSeal).
+func (s *Server) sealPos(pos uint64) uint64 { return s.seal.Seal(pos) }
+
 // maxReconnectAfter is the longest Options.ReconnectAfter: 3/2 of it, in
 // milliseconds, fits Goaway's uint32.
 const maxReconnectAfter = 24 * time.Hour
@@ -1382,7 +1394,7 @@ func (l *loop) send(st step) error {
 		}
 		return err
 	case engine.EventCaughtUp:
-		return l.out.caughtUp(&ferryv1.CaughtUp{FeedPos: ev.FeedPos, Conversations: uint32(ev.Convs), Ops: ev.Ops})
+		return l.out.caughtUp(&ferryv1.CaughtUp{FeedPos: l.s.sealPos(ev.FeedPos), Conversations: uint32(ev.Convs), Ops: ev.Ops})
 	}
 	return fmt.Errorf("server: unknown session event %d", ev.Kind)
 }
@@ -1395,7 +1407,7 @@ func (l *loop) send(st step) error {
 // the messages.
 func (s *Server) opsMessage(ev engine.Event, packed, binary bool) (*ferryv1.Ops, error) {
 	m := opsPool.Get().(*ferryv1.Ops)
-	m.Phase, m.FeedPos = ferryv1.Phase(ev.Phase), ev.FeedPos
+	m.Phase, m.FeedPos = ferryv1.Phase(ev.Phase), s.sealPos(ev.FeedPos)
 	var err error
 	switch {
 	case len(ev.Batches) == 0:

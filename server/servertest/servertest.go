@@ -161,6 +161,19 @@ func (s *Server) Clients(token string, opts ...connecthttp.Option) Clients {
 type Device struct {
 	Clients
 	Session *ferryv1.DeviceSession
+	srv     *Server
+}
+
+// Position opens a feed position the server sent the device sealed (see
+// engine.FeedSeal): the position, which the test may compare with
+// another.
+func (d *Device) Position(sealed uint64) uint64 {
+	d.srv.T.Helper()
+	pos, err := d.srv.Engine.FeedSeal().Open(sealed)
+	if err != nil {
+		d.srv.T.Fatalf("feed position %#x: %v", sealed, err)
+	}
+	return pos
 }
 
 // Register creates a user with its first device.
@@ -172,7 +185,7 @@ func (s *Server) Register(username string) *Device {
 	if err != nil {
 		s.T.Fatalf("register %s: %v", username, err)
 	}
-	return &Device{Clients: s.Clients(resp.GetSession().GetToken()), Session: resp.GetSession()}
+	return &Device{Clients: s.Clients(resp.GetSession().GetToken()), Session: resp.GetSession(), srv: s}
 }
 
 // Login adds a device to username.
@@ -184,5 +197,5 @@ func (s *Server) Login(username, device string) *Device {
 	if err != nil {
 		s.T.Fatalf("login %s: %v", username, err)
 	}
-	return &Device{Clients: s.Clients(resp.GetSession().GetToken()), Session: resp.GetSession()}
+	return &Device{Clients: s.Clients(resp.GetSession().GetToken()), Session: resp.GetSession(), srv: s}
 }

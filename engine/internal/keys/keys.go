@@ -47,6 +47,9 @@ const (
 	MetaEpoch   = "epoch"
 	MetaFeedPos = "feedpos"
 	MetaFormat  = "format"
+	// MetaSealSecret is 32 random bytes, from which each epoch's key for
+	// sealing feed positions is derived (engine.FeedSeal).
+	MetaSealSecret = "sealsecret"
 )
 
 // Meta is the key of a meta value.

@@ -639,8 +639,14 @@ type Hello struct {
 	// The epoch the client's feed position and cursors belong to; empty on a
 	// new device.
 	Epoch string `protobuf:"bytes,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	// The feed position from the client's last CaughtUp or Ops; 0 on a new
-	// device, which then receives every conversation.
+	// The feed position from the client's last CaughtUp, Ops or PushResult;
+	// 0 on a new device, which then receives every conversation. Every
+	// feed_pos the server sends is sealed: a value to give back as it came,
+	// not a count. Sealed positions are in no order, and two say nothing of
+	// the changes between them (a server's positions count all its commits,
+	// which no client is to learn). A server takes the plain positions
+	// servers sent before they sealed them; one it did not give resets the
+	// device (POSITION_AHEAD).
 	FeedPos uint64 `protobuf:"varint,2,opt,name=feed_pos,json=feedPos,proto3" json:"feed_pos,omitempty"`
 	// Optional: conversations where the device holds every op up to seq.
 	// They override the server's record of the device's delivered marker
@@ -847,7 +853,8 @@ type Welcome struct {
 	Epoch    string                 `protobuf:"bytes,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	UserId   string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	DeviceId string                 `protobuf:"bytes,3,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	// The feed position this session's catch-up reaches.
+	// The feed position (sealed: see Hello.feed_pos) this session's catch-up
+	// reaches.
 	FeedPos uint64 `protobuf:"varint,4,opt,name=feed_pos,json=feedPos,proto3" json:"feed_pos,omitempty"`
 	// Conversations changed since the client's feed position, and the ops the
 	// device lacks in them: the catch-up's size, for progress displays.
@@ -1069,7 +1076,8 @@ type Ops struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Batches []*OpBatch             `protobuf:"bytes,1,rep,name=batches,proto3" json:"batches,omitempty"`
 	Phase   Phase                  `protobuf:"varint,2,opt,name=phase,proto3,enum=ferry.v1.Phase" json:"phase,omitempty"`
-	// When non-zero, every change up to this feed position has now been sent.
+	// When non-zero, every change up to this feed position (sealed: see
+	// Hello.feed_pos) has now been sent.
 	FeedPos       uint64         `protobuf:"varint,3,opt,name=feed_pos,json=feedPos,proto3" json:"feed_pos,omitempty"`
 	Packed        []*PackedBatch `protobuf:"bytes,4,rep,name=packed,proto3" json:"packed,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1134,7 +1142,8 @@ func (x *Ops) GetPacked() []*PackedBatch {
 	return nil
 }
 
-// CaughtUp ends catch-up: every change up to feed_pos has been sent.
+// CaughtUp ends catch-up: every change up to feed_pos (sealed: see
+// Hello.feed_pos) has been sent.
 type CaughtUp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	FeedPos       uint64                 `protobuf:"varint,1,opt,name=feed_pos,json=feedPos,proto3" json:"feed_pos,omitempty"`

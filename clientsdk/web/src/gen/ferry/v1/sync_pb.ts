@@ -222,8 +222,14 @@ export type Hello = Message<"ferry.v1.Hello"> & {
   epoch: string;
 
   /**
-   * The feed position from the client's last CaughtUp or Ops; 0 on a new
-   * device, which then receives every conversation.
+   * The feed position from the client's last CaughtUp, Ops or PushResult;
+   * 0 on a new device, which then receives every conversation. Every
+   * feed_pos the server sends is sealed: a value to give back as it came,
+   * not a count. Sealed positions are in no order, and two say nothing of
+   * the changes between them (a server's positions count all its commits,
+   * which no client is to learn). A server takes the plain positions
+   * servers sent before they sealed them; one it did not give resets the
+   * device (POSITION_AHEAD).
    *
    * @generated from field: uint64 feed_pos = 2;
    */
@@ -364,7 +370,8 @@ export type Welcome = Message<"ferry.v1.Welcome"> & {
   deviceId: string;
 
   /**
-   * The feed position this session's catch-up reaches.
+   * The feed position (sealed: see Hello.feed_pos) this session's catch-up
+   * reaches.
    *
    * @generated from field: uint64 feed_pos = 4;
    */
@@ -477,7 +484,8 @@ export type Ops = Message<"ferry.v1.Ops"> & {
   phase: Phase;
 
   /**
-   * When non-zero, every change up to this feed position has now been sent.
+   * When non-zero, every change up to this feed position (sealed: see
+   * Hello.feed_pos) has now been sent.
    *
    * @generated from field: uint64 feed_pos = 3;
    */
@@ -497,7 +505,8 @@ export const OpsSchema: GenMessage<Ops> = /*@__PURE__*/
   messageDesc(file_ferry_v1_sync, 9);
 
 /**
- * CaughtUp ends catch-up: every change up to feed_pos has been sent.
+ * CaughtUp ends catch-up: every change up to feed_pos (sealed: see
+ * Hello.feed_pos) has been sent.
  *
  * @generated from message ferry.v1.CaughtUp
  */

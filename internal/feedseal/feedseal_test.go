@@ -1,0 +1,110 @@
+package feedseal
+
+import (
+	"errors"
+	"math/rand/v2"
+	"testing"
+)
+
+func codec(t testing.TB, seed byte) *Codec {
+	t.Helper()
+	key := make([]byte, KeySize)
+	for i := range key {
+		key[i] = seed + byte(i)
+	}
+	c, err := New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestSealOpens(t *testing.T) {
+	c := codec(t, 1)
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 0))
+	positions := []uint64{1, 2, 3, 1 << 31, 1<<31 - 1, 1<<31 + 1, domain - 1}
+	for range 10000 {
+		positions = append(positions, 1+rng.Uint64N(domain-1))
+	}
+	for _, pos := range positions {
+		cur := c.Seal(pos)
+		if cur&sealed == 0 {
+			t.Fatalf("Seal(%d) = %#x: not marked sealed", pos, cur)
+		}
+		got, err := c.Open(cur)
+		if err != nil || got != pos {
+			t.Fatalf("Open(Seal(%d)) = %d, %v", pos, got, err)
+		}
+	}
+}
+
+// TestSealsHideTheirDistance is what the package is for: consecutive
+// positions sealed are neither in order nor a step apart.
+func TestSealsHideTheirDistance(t *testing.T) {
+	c := codec(t, 1)
+	const n = 1000
+	seen := make(map[uint64]bool, n)
+	up, step := 0, 0
+	prev := c.Seal(1000)
+	for pos := uint64(1001); pos < 1001+n; pos++ {
+		cur := c.Seal(pos)
+		if seen[cur] {
+			t.Fatalf("position %d sealed as %#x, as another was", pos, cur)
+		}
+		seen[cur] = true
+		if cur > prev {
+			up++
+		}
+		if cur-prev == 1 {
+			step++
+		}
+		prev = cur
+	}
+	// A permutation that kept order would go up every time; a random one,
+	// about half the time (n/2 ± 5 standard deviations).
+	if up < n/2-80 || up > n/2+80 || step > 0 {
+		t.Fatalf("of %d consecutive positions sealed, %d went up and %d by one", n, up, step)
+	}
+	// Another key, another permutation.
+	other := codec(t, 2)
+	same := 0
+	for pos := uint64(1); pos <= n; pos++ {
+		if other.Seal(pos) == c.Seal(pos) {
+			same++
+		}
+	}
+	if same > 0 {
+		t.Fatalf("two keys sealed %d of %d positions alike", same, n)
+	}
+}
+
+func TestPlainAndMalformed(t *testing.T) {
+	c := codec(t, 1)
+	for _, v := range []uint64{0, 1, 12345, sealed - 1} {
+		if got, err := c.Open(v); err != nil || got != v {
+			t.Fatalf("Open(plain %d) = %d, %v; want it as it is", v, got, err)
+		}
+	}
+	if c.Seal(0) != 0 {
+		t.Fatalf("Seal(0) = %#x; want 0, which means no position", c.Seal(0))
+	}
+	// Past the domain, and the one sealed value that opens to zero.
+	for _, v := range []uint64{sealed | domain, ^uint64(0), sealed | c.permute(0)} {
+		if _, err := c.Open(v); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("Open(%#x): %v; want ErrMalformed", v, err)
+		}
+	}
+	if _, err := New(make([]byte, 8)); err == nil {
+		t.Fatal("New took an 8-byte key")
+	}
+}
+
+func BenchmarkSeal(b *testing.B) {
+	c := codec(b, 1)
+	pos := uint64(1)
+	for b.Loop() {
+		pos = c.Seal(pos)&halfMask + 1
+	}
+}
