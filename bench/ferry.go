@@ -766,7 +766,7 @@ func (c *ferryConn) receive() error {
 						c.d.held[idx] = max(c.d.held[idx], r.GetSeq())
 					}
 				}
-				c.d.pos = max(c.d.pos, pos)
+				c.d.pos = pos // sealed: the last given, not the greatest
 				c.d.mu.Unlock()
 				c.ackIn(resumeAckDelay)
 			}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -204,20 +205,30 @@ func (e *Engine) initMeta(newEpoch bool) error {
 			return fmt.Errorf("store format %d is not supported (this build reads formats 1 to %d)", f, formatVersion)
 		}
 	}
-	// The secret the feed positions' seals come from: made with the
-	// store, or on the first open by a server that seals them.
-	secret, err := v.Get(keys.Meta(keys.MetaSealSecret))
+	// The secret the feed positions' seals come from, and the last
+	// position sent plain: made with the store, or on the first open by a
+	// server that seals them.
+	seal, err := v.Get(keys.Meta(keys.MetaSealSecret))
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		secret = make([]byte, sealSecretSize)
-		e.randomBytes(secret)
-		b.Set(keys.Meta(keys.MetaSealSecret), secret)
+		seal = make([]byte, sealSecretSize, sealSecretSize+8)
+		e.randomBytes(seal)
+		plainMax := uint64(0)
+		if raw, err := v.Get(keys.Meta(keys.MetaFeedPos)); err == nil {
+			if plainMax, err = record.DecodeUint(raw); err != nil {
+				return fmt.Errorf("read the feed position: %w", err)
+			}
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("read the feed position: %w", err)
+		}
+		seal = binary.BigEndian.AppendUint64(seal, plainMax)
+		b.Set(keys.Meta(keys.MetaSealSecret), seal)
 	case err != nil:
 		return fmt.Errorf("read the feed seal secret: %w", err)
-	case len(secret) != sealSecretSize:
-		return fmt.Errorf("read the feed seal secret: %w: %d bytes", record.ErrCorrupt, len(secret))
+	case len(seal) != sealSecretSize+8:
+		return fmt.Errorf("read the feed seal secret: %w: %d bytes", record.ErrCorrupt, len(seal))
 	default:
-		secret = bytes.Clone(secret)
+		seal = bytes.Clone(seal)
 	}
 	old := "none"
 	if !newEpoch {
@@ -237,7 +248,7 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		e.epoch = e.newID()
 		b.Set(keys.Meta(keys.MetaEpoch), record.AppendID(nil, e.epoch))
 	}
-	if e.seal, err = sealCodec(secret, e.epoch); err != nil {
+	if e.seal, err = sealCodec(seal[:sealSecretSize], binary.BigEndian.Uint64(seal[sealSecretSize:]), e.epoch); err != nil {
 		return err
 	}
 	if b.Count() == 0 {
@@ -265,11 +276,12 @@ const sealSecretSize = 32
 
 // sealCodec derives an epoch's feed seal key from the store's secret: a
 // new epoch (a restore, or ferryd new-epoch) seals positions anew.
-func sealCodec(secret []byte, epoch ulid.ULID) (*feedseal.Codec, error) {
+// plainMax is the last position the store's server sent plain.
+func sealCodec(secret []byte, plainMax uint64, epoch ulid.ULID) (*feedseal.Codec, error) {
 	mac := hmac.New(sha256.New, secret)
 	mac.Write([]byte("ferry feed seal\x00"))
 	mac.Write(epoch[:])
-	return feedseal.New(mac.Sum(nil)[:feedseal.KeySize])
+	return feedseal.New(mac.Sum(nil)[:feedseal.KeySize], plainMax)
 }
 
 // FeedSeal seals the feed positions clients see and opens the ones they

@@ -243,3 +243,7 @@ func ForgetSealSecret(fs vfs.FS, dir string) error {
 		return nil
 	})
 }
+
+// ServerFeedPos is the last feed position committed: the server's, which
+// sessions no longer report (see Event.FeedPos).
+func ServerFeedPos(e *Engine) uint64 { return e.feedPos.Load() }

@@ -82,7 +82,7 @@ func (p Phase) String() string {
 // Welcome describes a session's catch-up before it starts.
 type Welcome struct {
 	Epoch      ulid.ULID
-	FeedPos    uint64 // the position the catch-up reaches
+	FeedPos    uint64 // the position the catch-up reaches (see Event.FeedPos)
 	Changed    int    // conversations in the catch-up
 	MissingOps uint64 // ops the device lacks in them
 }
@@ -111,7 +111,10 @@ type Event struct {
 	Phase         Phase      // EventOps
 	Batches       []Batch    // EventOps
 	// FeedPos, on EventCaughtUp and on the last EventOps of a live round,
-	// says every change up to it has been sent.
+	// says every change up to it has been sent. It is the position of
+	// the user's latest change (a round's, or one before), not the
+	// server's, which moves with everyone's commits: two are equal when
+	// nothing of the user's changed between them (see FeedSeal).
 	FeedPos uint64
 	// Ops and Convs count the catch-up, on EventCaughtUp.
 	Ops   uint64
@@ -148,10 +151,15 @@ type Session struct {
 
 	// The maps per conversation are made with their first entry: a
 	// session of a user in no conversation holds none (240 bytes).
-	sent   map[ulid.ULID]uint64    // conversation -> last seq sent or known held
-	shown  map[ulid.ULID]shownInfo // conversation -> the last info the device has
-	memo   sessionMemo             // what the session's reads remember
-	pos    uint64                  // every change up to here was sent
+	sent  map[ulid.ULID]uint64    // conversation -> last seq sent or known held
+	shown map[ulid.ULID]shownInfo // conversation -> the last info the device has
+	memo  sessionMemo             // what the session's reads remember
+	pos   uint64                  // every change up to here was sent
+	// told is the feed position the device was last given: the position
+	// of its user's latest change sent, not pos, which moves with every
+	// commit on the server (see FeedSeal). Resuming from it is resuming
+	// from pos: the user's feeds changed at no position in between.
+	told   uint64
 	caught bool
 	// revocations is the engine's revocation count when the device was
 	// last found active: Next looks the device up again (stillActive) only
@@ -180,7 +188,7 @@ type item struct {
 	conv           ulid.ULID
 	after, through uint64
 	phase          Phase
-	pos            uint64
+	pos, told      uint64 // a position to report: Session.pos and told
 	// ops, for a live round's ops, are the ops after..through when the
 	// round read them already (to check the user's membership); nil when
 	// nextOps reads them.
@@ -242,9 +250,11 @@ func (s *Session) plan() error {
 	if err != nil {
 		return err
 	}
+	told := s.o.FeedPos
 	inPlan := make(map[ulid.ULID]bool, len(entries))
 	for _, en := range entries {
 		inPlan[en.conv] = true
+		told = max(told, en.pos)
 	}
 	// Cursors below the head bring their conversations in too.
 	for c := range s.o.Cursors {
@@ -303,8 +313,8 @@ func (s *Session) plan() error {
 	}
 	s.queue = append(s.queue, newest...)
 	s.queue = append(s.queue, backfill...)
-	s.queue = append(s.queue, item{kind: itemCaughtUp, pos: pos})
-	s.welcome.Epoch, s.welcome.FeedPos, s.welcome.Changed = s.e.epoch, pos, countInfos(s.queue)
+	s.queue = append(s.queue, item{kind: itemCaughtUp, pos: pos, told: told})
+	s.welcome.Epoch, s.welcome.FeedPos, s.welcome.Changed = s.e.epoch, told, countInfos(s.queue)
 	return nil
 }
 
@@ -332,8 +342,9 @@ func (s *Session) Live() bool { return s.caught }
 func (s *Session) Reaches(conv ulid.ULID, seq uint64) bool { return s.sent[conv] >= seq }
 
 // Pos is the feed position every change up to which has been sent: the
-// one of the session's last CaughtUp or live round.
-func (s *Session) Pos() uint64 { return s.pos }
+// one of the session's last CaughtUp or live round, as the device was
+// given it (the position of its user's latest change, not the server's).
+func (s *Session) Pos() uint64 { return s.told }
 
 // Next returns the session's next event. When there is nothing to send it
 // returns ok == false: wait for Changed (or AfterChange's call, or a
@@ -363,12 +374,12 @@ func (s *Session) Next() (ev Event, ok bool, err error) {
 		return Event{Kind: EventConversations, Conversations: it.infos}, true, nil
 	case itemCaughtUp:
 		s.pop()
-		s.pos, s.caught = it.pos, true
-		return Event{Kind: EventCaughtUp, FeedPos: it.pos, Convs: s.welcome.Changed, Ops: s.welcome.MissingOps}, true, nil
+		s.pos, s.told, s.caught = it.pos, it.told, true
+		return Event{Kind: EventCaughtUp, FeedPos: it.told, Convs: s.welcome.Changed, Ops: s.welcome.MissingOps}, true, nil
 	case itemLivePos:
 		s.pop()
-		s.pos = it.pos
-		return Event{Kind: EventOps, Phase: PhaseLive, FeedPos: it.pos}, true, nil
+		s.pos, s.told = it.pos, it.told
+		return Event{Kind: EventOps, Phase: PhaseLive, FeedPos: it.told}, true, nil
 	}
 	return s.nextOps()
 }
@@ -412,7 +423,7 @@ func (s *Session) nextOps() (Event, bool, error) {
 	for len(s.queue) > 0 && opsLeft > 0 && bytesLeft > 0 {
 		it := &s.queue[0]
 		if it.kind == itemLivePos && ev.Phase == PhaseLive {
-			ev.FeedPos, s.pos = it.pos, it.pos
+			ev.FeedPos, s.pos, s.told = it.told, it.pos, it.told
 			s.pop()
 			break
 		}
@@ -474,6 +485,14 @@ func (s *Session) live() error {
 	if err := s.stillActive(revocations, r.v); err != nil {
 		return err
 	}
+	if woke <= s.pos {
+		// Woken by a revocation only (any user's device): nothing of the
+		// user's changed. A round would send the position alone, and so
+		// tell the device that someone revoked a device and someone
+		// committed.
+		s.waiting, s.waitGen = true, gen
+		return nil
+	}
 	if pos <= s.pos { // <: the catch-up's view may be newer than the position read
 		s.waiting, s.waitGen = true, gen
 		return nil
@@ -493,7 +512,9 @@ func (s *Session) live() error {
 	var infos []ConvInfo
 	ranges := s.ranges[:0]
 	held := 0 // bytes of the ops the round holds read already
+	told := s.told
 	for _, en := range entries {
+		told = max(told, en.pos)
 		info, err := r.info(en.conv, s.a.User)
 		if errors.Is(err, ErrNotFound) {
 			continue
@@ -566,7 +587,7 @@ func (s *Session) live() error {
 		infos = infos[n:]
 	}
 	s.queue = append(s.queue, ranges...)
-	s.queue = append(s.queue, item{kind: itemLivePos, pos: pos})
+	s.queue = append(s.queue, item{kind: itemLivePos, pos: pos, told: told})
 	clear(ranges)
 	s.ranges = keepSpare(ranges)
 	s.spare = keepSpare(s.queue)

@@ -490,6 +490,79 @@ func TestRevokedDeviceSessionEnds(t *testing.T) {
 	}
 }
 
+// TestRevocationTellsNoStranger: after a revocation, every session checks
+// its own device when next asked. One whose user's feeds did not move sends
+// nothing:
+// a round then would carry the feed position alone, and tell the device
+// that someone, somewhere, revoked a device after someone committed.
+func TestRevocationTellsNoStranger(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	carol, dave := enginetest.Register(t, e, "carol"), enginetest.Register(t, e, "dave")
+	phone := enginetest.Login(t, e, "carol")
+	theirs := carol.Create("theirs", dave)
+	s, _ := openCaughtUp(t, e, alice)
+	carol.Send(theirs, "not for alice")
+	if err := e.RevokeDevice(ctx, carol.Actor, phone.Actor.Device); err != nil {
+		t.Fatal(err)
+	}
+	// The server asks its session again at each heartbeat, and the
+	// session checks its device when anyone's was revoked.
+	if ev, ok, err := s.Next(); err != nil || ok {
+		t.Fatalf("alice's session after a stranger's commit and revocation: %+v, %v, %v; want nothing", ev, ok, err)
+	}
+	// Her own conversation's next change still comes, with its position.
+	bob := enginetest.Register(t, e, "bob")
+	alice.Create("ours", bob)
+	events := drain(t, s)
+	if len(events) == 0 || events[len(events)-1].FeedPos == 0 {
+		t.Fatalf("alice's own change: %+v; want a round ending on its position", events)
+	}
+}
+
+// TestPositionsAreTheUsersOwn: the feed position a session reports is
+// that of its user's latest change, not the server's, which moves with
+// every commit: it stays put while only other users write, and resuming
+// from it is resuming from the server's (nothing comes again).
+func TestPositionsAreTheUsersOwn(t *testing.T) {
+	e := enginetest.New(t)
+	alice, bob := enginetest.Register(t, e, "alice"), enginetest.Register(t, e, "bob")
+	carol, dave := enginetest.Register(t, e, "carol"), enginetest.Register(t, e, "dave")
+	ours, theirs := alice.Create("ours", bob), carol.Create("theirs", dave)
+	s, r := openCaughtUp(t, e, alice)
+	before := r.pos
+	if s.Pos() != before || s.Welcome().FeedPos != before {
+		t.Fatalf("Pos %d, welcome %d; want the catch-up's %d", s.Pos(), s.Welcome().FeedPos, before)
+	}
+	for range 5 {
+		carol.Send(theirs, "not for alice")
+	}
+	if before >= engine.ServerFeedPos(e) {
+		t.Fatalf("alice's catch-up reported %d; the server is at %d", before, engine.ServerFeedPos(e))
+	}
+	bob.Send(ours, "for alice")
+	at := engine.ServerFeedPos(e) // bob's message's commit
+	carol.Send(theirs, "after it")
+	evs := drain(t, s)
+	if len(evs) == 0 || evs[len(evs)-1].FeedPos != at || s.Pos() != at {
+		t.Fatalf("alice's round after bob's message: %+v, Pos %d; want it to end at that commit's position %d (the server's is %d)", evs, s.Pos(), at, engine.ServerFeedPos(e))
+	}
+	// Carol goes on writing; alice comes back from her position.
+	carol.Send(theirs, "still not for alice")
+	again, err := e.OpenSession(alice.Actor, engine.SessionOptions{Epoch: e.Epoch(), FeedPos: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if w := again.Welcome(); w.FeedPos != at || w.Changed != 0 || w.MissingOps != 0 {
+		t.Fatalf("resuming from %d: welcome %+v; want nothing changed, at the same position", at, w)
+	}
+	evs = drain(t, again)
+	if len(evs) != 1 || evs[0].Kind != engine.EventCaughtUp || evs[0].FeedPos != at {
+		t.Fatalf("resuming from %d: %+v; want only a CaughtUp at %d", at, evs, at)
+	}
+}
+
 // TestRevokedDeviceCatchUpEnds: a device revoked while its catch-up is on
 // its way gets no more of it: the next event is the error, not the rest
 // of the history.

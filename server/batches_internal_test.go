@@ -365,7 +365,7 @@ func BenchmarkOpsFromBatches(b *testing.B) {
 
 // testSeal seals feed positions with a fixed key.
 func testSeal(t testing.TB) *feedseal.Codec {
-	c, err := feedseal.New([]byte("0123456789abcdef"))
+	c, err := feedseal.New([]byte("0123456789abcdef"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -95,7 +95,7 @@ func FuzzDecodeHello(f *testing.F) {
 		&ferryv1.Hello{Epoch: id, FeedPos: 9, Cursors: []*ferryv1.Cursor{{ConversationId: id, Seq: 3}}, PageSize: 50},
 		&ferryv1.Hello{Epoch: "x"},
 	)
-	seal, err := feedseal.New(make([]byte, feedseal.KeySize))
+	seal, err := feedseal.New(make([]byte, feedseal.KeySize), 0)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -15,7 +15,14 @@
 // consecutive commits look unrelated, and without the key one says
 // nothing of another. A value without the top bit is a plain position, as
 // servers sent before they sealed them: a client that saved one still
-// resumes from it.
+// resumes from it, up to the last position the server sent plain. A
+// plain value above that was never sent, and opens as malformed: taking
+// it would let a client probe, value by value, which positions are beyond
+// the server's, and so count its commits.
+//
+// The seal is deterministic: a position seals the same each time, so a
+// server must seal only positions that say nothing of other users (the
+// engine reports the position of the user's own latest change).
 package feedseal
 
 import (
@@ -45,11 +52,14 @@ var ErrMalformed = errors.New("feedseal: not a position this server sealed")
 
 // Codec seals positions and opens them. It is safe for concurrent use.
 type Codec struct {
-	block cipher.Block
+	block    cipher.Block
+	plainMax uint64
 }
 
-// New returns a Codec keyed with key, of KeySize bytes.
-func New(key []byte) (*Codec, error) {
+// New returns a Codec keyed with key, of KeySize bytes, that opens plain
+// positions up to plainMax: the last a server sent plain (zero for a store
+// that never did).
+func New(key []byte, plainMax uint64) (*Codec, error) {
 	if len(key) != KeySize {
 		return nil, fmt.Errorf("feedseal: key of %d bytes, want %d", len(key), KeySize)
 	}
@@ -57,7 +67,7 @@ func New(key []byte) (*Codec, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Codec{block: b}, nil
+	return &Codec{block: b, plainMax: plainMax}, nil
 }
 
 // Seal returns pos sealed. Zero, which means no position on the wire,
@@ -81,9 +91,12 @@ func (c *Codec) permute(x uint64) uint64 {
 }
 
 // Open returns the position v stands for: the one sealed in it, or v
-// itself when it is plain (from a server before sealing, or zero).
+// itself when it is plain (zero, or from a server before sealing).
 func (c *Codec) Open(v uint64) (uint64, error) {
 	if v&sealed == 0 {
+		if v > c.plainMax && v < domain {
+			return 0, ErrMalformed // never sent plain
+		}
 		return v, nil
 	}
 	v &^= sealed

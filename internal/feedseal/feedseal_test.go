@@ -12,7 +12,7 @@ func codec(t testing.TB, seed byte) *Codec {
 	for i := range key {
 		key[i] = seed + byte(i)
 	}
-	c, err := New(key)
+	c, err := New(key, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,9 +82,17 @@ func TestSealsHideTheirDistance(t *testing.T) {
 
 func TestPlainAndMalformed(t *testing.T) {
 	c := codec(t, 1)
-	for _, v := range []uint64{0, 1, 12345, sealed - 1} {
+	// Plain positions up to the last sent plain (1000 here), and past
+	// the sealed domain (Seal's), open as they are; between, no server
+	// sent them.
+	for _, v := range []uint64{0, 1, 1000, domain, sealed - 1} {
 		if got, err := c.Open(v); err != nil || got != v {
 			t.Fatalf("Open(plain %d) = %d, %v; want it as it is", v, got, err)
+		}
+	}
+	for _, v := range []uint64{1001, 12345, domain - 1} {
+		if _, err := c.Open(v); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("Open(plain %d, never sent): %v; want ErrMalformed", v, err)
 		}
 	}
 	if c.Seal(0) != 0 {
@@ -96,7 +104,7 @@ func TestPlainAndMalformed(t *testing.T) {
 			t.Fatalf("Open(%#x): %v; want ErrMalformed", v, err)
 		}
 	}
-	if _, err := New(make([]byte, 8)); err == nil {
+	if _, err := New(make([]byte, 8), 0); err == nil {
 		t.Fatal("New took an 8-byte key")
 	}
 }

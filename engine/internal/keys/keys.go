@@ -48,7 +48,8 @@ const (
 	MetaFeedPos = "feedpos"
 	MetaFormat  = "format"
 	// MetaSealSecret is 32 random bytes, from which each epoch's key for
-	// sealing feed positions is derived (engine.FeedSeal).
+	// sealing feed positions is derived (engine.FeedSeal), then the last
+	// feed position the store's server sent plain (8 bytes, big-endian).
 	MetaSealSecret = "sealsecret"
 )
 

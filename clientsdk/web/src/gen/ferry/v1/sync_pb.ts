@@ -227,9 +227,10 @@ export type Hello = Message<"ferry.v1.Hello"> & {
    * feed_pos the server sends is sealed: a value to give back as it came,
    * not a count. Sealed positions are in no order, and two say nothing of
    * the changes between them (a server's positions count all its commits,
-   * which no client is to learn). A server takes the plain positions
-   * servers sent before they sealed them; one it did not give resets the
-   * device (POSITION_AHEAD).
+   * which no client is to learn); two are equal when nothing of the
+   * user's changed between them. A server takes the plain positions it
+   * sent before it sealed them; any other value resets the device
+   * (POSITION_AHEAD).
    *
    * @generated from field: uint64 feed_pos = 2;
    */
