@@ -210,25 +210,26 @@ func (e *Engine) initMeta(newEpoch bool) error {
 	// server that seals them.
 	seal, err := v.Get(keys.Meta(keys.MetaSealSecret))
 	switch {
+	case err == nil && len(seal) == sealSecretSize+8:
+		seal = bytes.Clone(seal)
+	case err == nil && len(seal) == sealSecretSize:
+		// A secret without the last plain position, as a development
+		// build wrote it: take the position now, which is at least it.
+		if seal, err = e.withPlainMax(v, bytes.Clone(seal)); err != nil {
+			return err
+		}
+		b.Set(keys.Meta(keys.MetaSealSecret), seal)
 	case errors.Is(err, store.ErrNotFound):
 		seal = make([]byte, sealSecretSize, sealSecretSize+8)
 		e.randomBytes(seal)
-		plainMax := uint64(0)
-		if raw, err := v.Get(keys.Meta(keys.MetaFeedPos)); err == nil {
-			if plainMax, err = record.DecodeUint(raw); err != nil {
-				return fmt.Errorf("read the feed position: %w", err)
-			}
-		} else if !errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("read the feed position: %w", err)
+		if seal, err = e.withPlainMax(v, seal); err != nil {
+			return err
 		}
-		seal = binary.BigEndian.AppendUint64(seal, plainMax)
 		b.Set(keys.Meta(keys.MetaSealSecret), seal)
 	case err != nil:
 		return fmt.Errorf("read the feed seal secret: %w", err)
-	case len(seal) != sealSecretSize+8:
-		return fmt.Errorf("read the feed seal secret: %w: %d bytes", record.ErrCorrupt, len(seal))
 	default:
-		seal = bytes.Clone(seal)
+		return fmt.Errorf("read the feed seal secret: %w: %d bytes", record.ErrCorrupt, len(seal))
 	}
 	old := "none"
 	if !newEpoch {
@@ -273,6 +274,24 @@ func (e *Engine) initMeta(newEpoch bool) error {
 
 // sealSecretSize is the length of the store's feed seal secret.
 const sealSecretSize = 32
+
+// withPlainMax appends to secret the last feed position the store's server
+// sent plain: the store's position now, as it first seals (zero for a new
+// store).
+func (e *Engine) withPlainMax(v *store.View, secret []byte) ([]byte, error) {
+	plainMax := uint64(0)
+	raw, err := v.Get(keys.Meta(keys.MetaFeedPos))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("read the feed position: %w", err)
+	default:
+		if plainMax, err = record.DecodeUint(raw); err != nil {
+			return nil, fmt.Errorf("read the feed position: %w", err)
+		}
+	}
+	return binary.BigEndian.AppendUint64(secret, plainMax), nil
+}
 
 // sealCodec derives an epoch's feed seal key from the store's secret: a
 // new epoch (a restore, or ferryd new-epoch) seals positions anew.

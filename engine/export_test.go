@@ -247,3 +247,16 @@ func ForgetSealSecret(fs vfs.FS, dir string) error {
 // ServerFeedPos is the last feed position committed: the server's, which
 // sessions no longer report (see Event.FeedPos).
 func ServerFeedPos(e *Engine) uint64 { return e.feedPos.Load() }
+
+// SessionServerPos is the session's server position (Session.pos), which
+// it does not report.
+func SessionServerPos(s *Session) uint64 { return s.pos }
+
+// ShortSealSecret sets the closed store's seal secret to secret's 32
+// bytes without the last plain position, as a development build wrote it.
+func ShortSealSecret(fs vfs.FS, dir string, secret []byte) error {
+	return rewriteAs(fs, dir, formatVersion, func(_ *store.View, b *store.Batch) error {
+		b.Set(keys.Meta(keys.MetaSealSecret), secret)
+		return nil
+	})
+}

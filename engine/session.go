@@ -581,6 +581,15 @@ func (s *Session) live() error {
 		}
 		s.shown = setIn(s.shown, en.conv, now)
 	}
+	if len(infos) == 0 && len(ranges) == 0 && told == s.told {
+		// Nothing to show, at the position the device has: a round
+		// would only say that someone committed (the user was woken in
+		// the group of another's commit, by a revocation of theirs).
+		s.pos = pos
+		s.waiting, s.waitGen = true, gen
+		s.ranges = keepSpare(ranges)
+		return nil
+	}
 	for len(infos) > 0 {
 		n := min(len(infos), conversationsPerInfo)
 		s.queue = append(s.queue, item{kind: itemInfos, infos: infos[:n:n]})

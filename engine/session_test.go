@@ -3,6 +3,7 @@ package engine_test
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -517,6 +518,44 @@ func TestRevocationTellsNoStranger(t *testing.T) {
 	events := drain(t, s)
 	if len(events) == 0 || events[len(events)-1].FeedPos == 0 {
 		t.Fatalf("alice's own change: %+v; want a round ending on its position", events)
+	}
+}
+
+// TestOwnRevocationTellsNothingOfAnother: a revocation shares its group
+// commit with a stranger's message. The revoking user is woken at the
+// group's position, and none of their feeds moved: their session sends
+// nothing, where a round would say that someone committed with it.
+func TestOwnRevocationTellsNothingOfAnother(t *testing.T) {
+	hold := newSyncHold()
+	e := enginetest.New(t, func(o *engine.Options) { o.FS = hold.fs() })
+	alice := enginetest.Register(t, e, "alice")
+	laptop := enginetest.Login(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	carol, dave := enginetest.Register(t, e, "carol"), enginetest.Register(t, e, "dave")
+	alice.Create("ours", bob)
+	theirs := carol.Create("theirs", dave)
+	s, r := openCaughtUp(t, e, alice)
+	before := s.Pos()
+
+	// A commit held in its sync, while the revocation and carol's
+	// message queue behind it: the next group takes both.
+	done := hold.during(func() { dave.Send(theirs, "held") })
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := e.RevokeDevice(ctx, alice.Actor, laptop.Actor.Device); err != nil {
+			t.Error(err)
+		}
+	})
+	wg.Go(func() { carol.Send(theirs, "not for alice") })
+	awaitQueued(e, 2)
+	hold.release()
+	wg.Wait()
+	<-done
+
+	n := len(r.events)
+	r.drain(s, engine.DefaultBatchOps)
+	if evs := r.events[n:]; len(evs) != 0 || s.Pos() != before {
+		t.Fatalf("alice's session after her revocation grouped with carol's message: %+v (position %d, then %d); want nothing", evs, before, s.Pos())
 	}
 }
 
