@@ -459,12 +459,23 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 		x, y := a[:min(n, len(a))], b[:n-min(n, len(a))]
 		a, b = a[len(x):], b[len(y):]
 		last := len(a)+len(b) == 0
+		// ended marks the stream ended before the frame that ends it goes:
+		// a client that reads it may send on the stream at once, and the
+		// connection's reader must then find the stream closed, not still
+		// sending (it answered RST_STREAM where RFC 9113 5.1 asks for a
+		// connection error).
+		ended := func() {
+			w.ended = true
+			c.mu.Lock()
+			st.localEnded = true
+			c.mu.Unlock()
+		}
 		err = c.write(st, func(bt *batch) error {
 			if !w.sentHdr {
 				appendHeaders(bt, st.id, end && last && n == 0 && tr == nil, func(dst []byte) []byte { return append(dst, w.block...) })
 				w.sentHdr, w.block = true, nil
 				if end && last && n == 0 && tr == nil {
-					w.ended = true
+					ended()
 					return nil
 				}
 			}
@@ -473,7 +484,7 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 				var flags http2.Flags
 				if end && last && tr == nil && k == len(x)+len(y) {
 					flags = flagEndStream
-					w.ended = true
+					ended()
 				}
 				if k == 0 && flags == 0 {
 					break
@@ -486,7 +497,7 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 			}
 			if end && last && tr != nil {
 				appendHeaders(bt, st.id, true, func(dst []byte) []byte { return appendTrailers(dst, tr) })
-				w.ended = true
+				ended()
 			}
 			return nil
 		})
