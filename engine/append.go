@@ -291,9 +291,11 @@ func (tx *txn) setRole(c *txConv, user ulid.ULID, role model.Role, seq uint64) {
 	switch {
 	case m.Role == model.RoleNone && role != model.RoleNone:
 		c.rec.Members++
+		c.current[user] = m
 		tx.b.Set(keys.ID2(keys.TUserConv, user, c.id), nil)
 	case m.Role != model.RoleNone && role == model.RoleNone:
 		c.rec.Members--
+		delete(c.current, user)
 	}
 	m.Role, m.Since = role, seq
 	// A removed member sees the conversation as it was when they left.

@@ -246,3 +246,57 @@ func drainSession(b *testing.B, s *engine.Session) int {
 		}
 	}
 }
+
+// BenchmarkAppendAfterChurn measures a message to a conversation of four
+// members that `left` others joined and left before, and its live round
+// to the members' sessions, on an in-memory store: what the members who
+// left cost every message after them.
+func BenchmarkAppendAfterChurn(b *testing.B) {
+	for _, left := range []int{0, 1000, 10000} {
+		b.Run(fmt.Sprintf("left=%d", left), func(b *testing.B) {
+			engine.MeasureWithoutChecks(b)
+			e, err := engine.Open("db", enginetest.Options(b, 1))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = e.Close() })
+			devs := make([]*enginetest.Device, 4)
+			for i := range devs {
+				devs[i] = enginetest.Register(b, e, fmt.Sprintf("member%d", i))
+			}
+			owner := devs[0]
+			conv := owner.Create("churn", devs[1:]...)
+			for n := 0; n < left; {
+				var in, out []model.Op
+				for ; n < left && len(in) < 500; n++ {
+					u := enginetest.Register(b, e, fmt.Sprintf("passer%d", n)).Actor.User
+					in = append(in, owner.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: u, Role: model.RoleMember}))
+					out = append(out, model.Op{Kind: model.KindMemberRemove, Member: u})
+				}
+				owner.Push(in...)
+				for i := range out {
+					out[i] = owner.Op(conv, out[i])
+				}
+				owner.Push(out...)
+			}
+			sessions := make([]*engine.Session, len(devs))
+			for i, d := range devs {
+				s, err := e.OpenSession(d.Actor, engine.SessionOptions{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(s.Close)
+				sessions[i] = s
+				drainSession(b, s)
+			}
+			body := []byte("a message of an everyday length, like most in a chat: see you at lunch?")
+			b.ResetTimer()
+			for range b.N {
+				owner.Push(owner.Op(conv, model.Op{Kind: model.KindMessage, Body: body}))
+				for _, s := range sessions {
+					drainSession(b, s)
+				}
+			}
+		})
+	}
+}

@@ -492,3 +492,45 @@ func TestFeedCatchUpsAgainstAModel(t *testing.T) {
 	}
 	enginetest.MustCheck(t, e)
 }
+
+// TestChurnMovesOnlyWhatItMust: the writer walks a conversation's current
+// members on each change, and those the change removed, not everyone who
+// was ever a member. A member added and removed in one push, who had left
+// before, still hears of it: their entry moves from their last removal
+// to the new one. Members who left before and did not come back keep
+// their entries where they left.
+func TestChurnMovesOnlyWhatItMust(t *testing.T) {
+	e := enginetest.New(t)
+	alice, bob, carol := enginetest.Register(t, e, "alice"), enginetest.Register(t, e, "bob"), enginetest.Register(t, e, "carol")
+	conv := alice.Create("c", bob, carol)
+	remove := func(d *enginetest.Device) model.Op {
+		return alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: d.Actor.User})
+	}
+	add := func(d *enginetest.Device) model.Op {
+		return alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: d.Actor.User, Role: model.RoleMember})
+	}
+	alice.Push(remove(bob), remove(carol))
+	left := engine.ServerFeedPos(e)
+	alice.Send(conv, "after they left")
+	// Bob comes and goes in one push; carol stays away.
+	alice.Push(add(bob), remove(bob))
+	again := engine.ServerFeedPos(e)
+	alice.Send(conv, "after bob's visit")
+	for _, tc := range []struct {
+		who  *enginetest.Device
+		from uint64
+		want bool
+	}{
+		{bob, left, true},       // his visit, after his first removal
+		{bob, again, false},     // nothing after his second removal
+		{carol, left, false},    // nothing after hers
+		{alice, again, true},    // the message after it
+		{carol, left - 1, true}, // her removal
+	} {
+		infos, _ := catchUpFrom(t, e, tc.who, tc.from)
+		if _, got := infos[conv]; got != tc.want {
+			t.Errorf("%s's catch-up from %d describes the conversation: %v; want %v", tc.who.Actor.User, tc.from, got, tc.want)
+		}
+	}
+	enginetest.MustCheck(t, e)
+}

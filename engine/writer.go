@@ -425,10 +425,7 @@ func (w *writer) shareReceipts(tx *txn) {
 			continue
 		}
 		all, known := make([]Receipt, 0, tc.rec.Members), true
-		for u, m := range tc.members {
-			if m.Role == model.RoleNone {
-				continue
-			}
+		for u := range tc.current {
 			mk, ok := w.marks.get(markKey{keys.TUserMark, tc.id, u})
 			if !ok {
 				known = false
@@ -621,6 +618,12 @@ type convState struct {
 	exists  bool
 	rec     record.Conv
 	members map[ulid.ULID]*record.Member // everyone who was ever a member
+	// current holds the members of members whose role is not RoleNone:
+	// what a change walks. A conversation that many joined and left
+	// keeps their records in members, for their reads up to their
+	// removal; walking them on every message cost each message a map
+	// step per member ever.
+	current map[ulid.ULID]*record.Member
 	owners  int
 	vector  map[ulid.ULID]uint64 // device -> highest dot
 	// newest holds the conversation's greatest op ids. Clients make op
@@ -706,7 +709,7 @@ func (tx *txn) conv(id ulid.ULID) *txConv {
 		c, err = loadConv(tx.v, id)
 		if err != nil {
 			tx.fail(err)
-			c = &convState{id: id, members: map[ulid.ULID]*record.Member{}, vector: map[ulid.ULID]uint64{}}
+			c = newConvState(id)
 		}
 		// Only conversations that exist are cached (at the end of the
 		// group, once a Create may have made this one exist): unknown ids
@@ -718,8 +721,12 @@ func (tx *txn) conv(id ulid.ULID) *txConv {
 	return tc
 }
 
+func newConvState(id ulid.ULID) *convState {
+	return &convState{id: id, members: map[ulid.ULID]*record.Member{}, current: map[ulid.ULID]*record.Member{}, vector: map[ulid.ULID]uint64{}}
+}
+
 func loadConv(v *store.View, id ulid.ULID) (*convState, error) {
-	c := &convState{id: id, members: map[ulid.ULID]*record.Member{}, vector: map[ulid.ULID]uint64{}}
+	c := newConvState(id)
 	raw, err := v.Get(keys.ID1(keys.TConv, id))
 	if errors.Is(err, store.ErrNotFound) {
 		return c, nil
@@ -741,6 +748,9 @@ func loadConv(v *store.View, id ulid.ULID) (*convState, error) {
 			return err
 		}
 		c.members[u] = &m
+		if m.Role != model.RoleNone {
+			c.current[u] = &m
+		}
 		if m.Role == model.RoleOwner {
 			c.owners++
 		}
@@ -1133,6 +1143,9 @@ func (tx *txn) finish() {
 		tx.w.usage.put(user, u.n)
 	}
 	for _, tc := range tx.convOrder {
+		if verifyCaches {
+			tx.checkCurrent(tc.convState)
+		}
 		if tc.exists {
 			tx.w.convs.put(tc.id, tc.convState)
 		}
@@ -1426,47 +1439,85 @@ func (tx *txn) moveConvFeed(tc *txConv, pos uint64) {
 	// makes: a message to a large conversation grew these by doubling, a
 	// seventh of what the server allocated in live fan-out to 1,000
 	// devices.
-	tx.moves = slices.Grow(tx.moves, len(tc.members))
-	removed := false
-	for u, m := range tc.members {
-		was, changed := tc.before[u]
-		if !changed {
-			was = m.Role
-		}
-		if was == model.RoleNone && !changed {
-			continue // removed before this group
-		}
-		tx.wakeUser(u, len(tc.members))
-		tx.moves = append(tx.moves, idPair{u, tc.id})
-		if stay || wasShared && was != model.RoleNone && m.Role != model.RoleNone {
-			continue // their entry is where it was, or the record's
-		}
-		switch { // the old entry
-		case was != model.RoleNone && wasShared:
-			tx.b.Delete(keys.ID2(keys.TShared, u, tc.id))
-		case was != model.RoleNone && old != 0:
-			tx.deleteFeedEntry(keys.Feed(keys.TFeed, u, old, tc.id))
-		case was == model.RoleNone && m.DetachedPos != 0:
-			tx.deleteFeedEntry(keys.Feed(keys.TFeed, u, m.DetachedPos, tc.id))
-		}
-		detached := uint64(0)
-		switch { // the new one
-		case m.Role == model.RoleNone:
-			detached, removed = pos, true
-			tx.setFeedEntry(keys.Feed(keys.TFeed, u, pos, tc.id))
-		case shared:
-			tx.b.Set(keys.ID2(keys.TShared, u, tc.id), nil)
-		default:
-			tx.setFeedEntry(keys.Feed(keys.TFeed, u, pos, tc.id))
-		}
-		if m.DetachedPos != detached {
-			m.DetachedPos = detached
-			tc.memberWrites[u] = true
+	tx.moves = slices.Grow(tx.moves, len(tc.current)+len(tc.before))
+	mv := entryMove{tc: tc, pos: pos, old: old, wasShared: wasShared, shared: shared, stay: stay}
+	// The current members, and those this group removed: a member removed
+	// before it has an entry of their own at their removal, which stays.
+	for u, m := range tc.current {
+		tx.moveFeedEntry(&mv, u, m)
+	}
+	for u := range tc.before {
+		if m := tc.members[u]; m.Role == model.RoleNone {
+			tx.moveFeedEntry(&mv, u, m)
 		}
 	}
 	tc.rec.FeedPos, tc.rec.SharedFeed = pos, shared
 	if !stay {
-		tc.rec.EntryPos, tc.rec.MoveEntries = pos, removed
+		tc.rec.EntryPos, tc.rec.MoveEntries = pos, mv.removed
+	}
+}
+
+// entryMove is a conversation's feed move (moveConvFeed): where its
+// members' entries were and go.
+type entryMove struct {
+	tc                      *txConv
+	pos, old                uint64
+	wasShared, shared, stay bool
+	removed                 bool // a member's entry was detached
+}
+
+// moveFeedEntry moves member u's entry, or the record's, in mv.
+func (tx *txn) moveFeedEntry(mv *entryMove, u ulid.ULID, m *record.Member) {
+	tc := mv.tc
+	was, changed := tc.before[u]
+	if !changed {
+		was = m.Role
+	}
+	tx.wakeUser(u, len(tc.current))
+	tx.moves = append(tx.moves, idPair{u, tc.id})
+	if mv.stay || mv.wasShared && was != model.RoleNone && m.Role != model.RoleNone {
+		return // their entry is where it was, or the record's
+	}
+	switch { // the old entry
+	case was != model.RoleNone && mv.wasShared:
+		tx.b.Delete(keys.ID2(keys.TShared, u, tc.id))
+	case was != model.RoleNone && mv.old != 0:
+		tx.deleteFeedEntry(keys.Feed(keys.TFeed, u, mv.old, tc.id))
+	case was == model.RoleNone && m.DetachedPos != 0:
+		tx.deleteFeedEntry(keys.Feed(keys.TFeed, u, m.DetachedPos, tc.id))
+	}
+	detached := uint64(0)
+	switch { // the new one
+	case m.Role == model.RoleNone:
+		detached, mv.removed = mv.pos, true
+		tx.setFeedEntry(keys.Feed(keys.TFeed, u, mv.pos, tc.id))
+	case mv.shared:
+		tx.b.Set(keys.ID2(keys.TShared, u, tc.id), nil)
+	default:
+		tx.setFeedEntry(keys.Feed(keys.TFeed, u, mv.pos, tc.id))
+	}
+	if m.DetachedPos != detached {
+		m.DetachedPos = detached
+		tc.memberWrites[u] = true
+	}
+}
+
+// checkCurrent fails the group when c.current is not exactly the members
+// whose role is not RoleNone (under verifyCaches).
+func (tx *txn) checkCurrent(c *convState) {
+	n := 0
+	for u, m := range c.members {
+		if m.Role == model.RoleNone {
+			continue
+		}
+		n++
+		if c.current[u] != m {
+			tx.fail(fmt.Errorf("engine: member %s of %s (%v) is not among its current members", u, c.id, m.Role))
+			return
+		}
+	}
+	if n != len(c.current) {
+		tx.fail(fmt.Errorf("engine: %s has %d current members, and %d members whose role is not none", c.id, len(c.current), n))
 	}
 }
 
