@@ -74,10 +74,19 @@ func TestHeadersOnAStreamThatEnded(t *testing.T) {
 		h, ok := f.(*http2.MetaHeadersFrame)
 		return ok && h.StreamID == 1 && h.StreamEnded()
 	})
-	<-held.held // the write of the end has not returned
+	wait := func(ch <-chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(hangGuard): // a bound on the failure, not a wait for an event
+			close(held.release)
+			t.Fatalf("the server never %s", what)
+		}
+	}
+	wait(held.held, "held the write of the end") // its bytes have gone; it has not returned
 	rc.request(1, "/", true)
 	held.await(cc.written.Load())
-	<-held.handled
+	wait(held.handled, "read on after the client's HEADERS")
 	close(held.release)
 	f := rc.until("the answer to HEADERS on a stream that ended", func(f http2.Frame) bool {
 		switch f.(type) {
