@@ -278,6 +278,10 @@ func (tx *txn) setRole(c *txConv, user ulid.ULID, role model.Role, seq uint64) {
 	if m == nil {
 		m = &record.Member{}
 		c.members[user] = m
+		if c.fresh == nil {
+			c.fresh = map[ulid.ULID]bool{}
+		}
+		c.fresh[user] = true
 	}
 	if _, seen := c.before[user]; !seen {
 		c.before[user] = m.Role

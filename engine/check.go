@@ -286,13 +286,21 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 		c.problem("conversation %s: members' feed entries at %d, %d below its feed position (shared %v, to move %v)", conv, rec.EntryPos, lag, rec.SharedFeed, rec.MoveEntries)
 	}
 	active := uint32(0)
-	err = scan(v, keys.ID1(keys.TMember, conv), func(k, val []byte) error {
+	seen := map[ulid.ULID]bool{}
+	checkMember := func(k, val []byte) error {
 		_, u, _ := keys.ParseID2(k)
 		m, err := record.DecodeMember(val)
 		if err != nil {
 			c.problem("conversation %s member %s: %v", conv, u, err)
 			return nil
 		}
+		if memberTable(m.Role) != k[0] {
+			c.problem("conversation %s member %s: a record of role %s in table %#x", conv, u, m.Role, k[0])
+		}
+		if seen[u] {
+			c.problem("conversation %s member %s: records both as a member and a former member", conv, u)
+		}
+		seen[u] = true
 		want, ok := roles[u]
 		delete(roles, u)
 		if !ok || want.Role != m.Role || want.Since != m.Since || want.Title != m.Title {
@@ -316,9 +324,11 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 			c.problem("conversation %s member %s: missing from the user's conversations", conv, u)
 		}
 		return nil
-	})
-	if err != nil {
-		return err
+	}
+	for _, t := range []byte{keys.TMember, keys.TFormer} {
+		if err := scan(v, keys.ID1(t, conv), checkMember); err != nil {
+			return err
+		}
 	}
 	for u := range roles {
 		c.problem("conversation %s: log makes %s a member, but there is no member record", conv, u)

@@ -43,11 +43,15 @@ import (
 //     quota (keys.TUsage, Options.UserQuota): counted from the ops when an
 //     older store is upgraded, once;
 //   - format 7 counts content types and no longer counts erased ops: a
-//     format 6 store, of a development build only, is counted again.
+//     format 6 store, of a development build only, is counted again;
+//   - format 8 keeps the records of members who left apart from the
+//     current members' (keys.TFormer), so that reading a conversation's
+//     members reads its current ones: the records of an older store's
+//     former members move there when it is upgraded, once.
 //
 // A build that reads only an older format refuses the store once it was
 // opened by a newer one.
-const formatVersion = 7
+const formatVersion = 8
 
 // backupMarker is the file Backup leaves in its copies, and
 // StartNewEpochAtNextOpen in a store: opening a store that has it starts a
@@ -195,10 +199,15 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		}
 		switch f {
 		case formatVersion:
-		case 1, 2, 3, 4, 5, 6:
+		case 1, 2, 3, 4, 5, 6, 7:
 			b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, formatVersion))
 			upgrade = f
-			if err := e.countUsage(v, b); err != nil {
+			if f < 7 {
+				if err := e.countUsage(v, b); err != nil {
+					return err
+				}
+			}
+			if err := e.moveFormerMembers(v, b); err != nil {
 				return err
 			}
 		default:

@@ -260,3 +260,35 @@ func ShortSealSecret(fs vfs.FS, dir string, secret []byte) error {
 		return nil
 	})
 }
+
+// MemberRecords counts conversation conv's member records: those of its
+// current members, and of members who left.
+func MemberRecords(e *Engine, conv ulid.ULID) (current, former int, err error) {
+	r := e.reader()
+	defer r.release()
+	for _, t := range []byte{keys.TMember, keys.TFormer} {
+		n := 0
+		if err := scan(r.v, keys.ID1(t, conv), func([]byte, []byte) error { n++; return nil }); err != nil {
+			return 0, 0, err
+		}
+		if t == keys.TMember {
+			current = n
+		} else {
+			former = n
+		}
+	}
+	return current, former, nil
+}
+
+// AsFormat7 rewrites the closed store in fs at dir as format 7 left it:
+// the records of members who left among the current members'.
+func AsFormat7(fs vfs.FS, dir string) error {
+	return rewriteAs(fs, dir, 7, func(v *store.View, b *store.Batch) error {
+		return scan(v, []byte{keys.TFormer}, func(k, val []byte) error {
+			conv, u, _ := keys.ParseID2(k)
+			b.Delete(keys.ID2(keys.TFormer, conv, u))
+			b.Set(keys.ID2(keys.TMember, conv, u), val)
+			return nil
+		})
+	})
+}

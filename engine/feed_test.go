@@ -534,3 +534,69 @@ func TestChurnMovesOnlyWhatItMust(t *testing.T) {
 	}
 	enginetest.MustCheck(t, e)
 }
+
+// TestFormerMembersAreKeptApart: the records of members who left are kept
+// apart from the current members' (format 8), so that a conversation's
+// member list and receipts read its current members only, however many
+// came and went. One who comes back moves back; one who leaves still
+// reads the conversation up to their removal. A format 7 store, with
+// both together, has its former members' records moved on its upgrade.
+func TestFormerMembersAreKeptApart(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := enginetest.Register(t, e, "alice"), enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	var passers []*enginetest.Device
+	for i := range 20 {
+		d := enginetest.Register(t, e, fmt.Sprint("passer", i))
+		passers = append(passers, d)
+		alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: d.Actor.User, Role: model.RoleMember}))
+		alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: d.Actor.User}))
+	}
+	records := func(wantCurrent, wantFormer int) {
+		t.Helper()
+		current, former, err := engine.MemberRecords(e, conv)
+		if err != nil || current != wantCurrent || former != wantFormer {
+			t.Fatalf("member records: %d current, %d former (%v); want %d and %d", current, former, err, wantCurrent, wantFormer)
+		}
+		_, members, _, err := e.Conversation(alice.Actor, conv)
+		if err != nil || len(members) != wantCurrent {
+			t.Fatalf("alice's member list: %d members (%v); want %d", len(members), err, wantCurrent)
+		}
+		enginetest.MustCheck(t, e)
+	}
+	records(2, 20)
+	// One comes back, in a push that also sends a message.
+	back := passers[3]
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: back.Actor.User, Role: model.RoleMember}),
+		alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte("welcome back")}))
+	records(3, 19)
+	// One who left sees the conversation as of their removal.
+	gone := passers[7]
+	if info, _, _, err := e.Conversation(gone.Actor, conv); err != nil || !info.Removed {
+		t.Fatalf("a former member's view of the conversation: %+v, %v; want it, removed", info, err)
+	}
+
+	// The same store as format 7 left it: every record together.
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.AsFormat7(o.FS, "db"); err != nil {
+		t.Fatal(err)
+	}
+	if e, err = engine.Open("db", o); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	alice.E, back.E = e, e
+	records(3, 19)
+	if info, _, _, err := e.Conversation(gone.Actor, conv); err != nil || !info.Removed {
+		t.Fatalf("after the upgrade, a former member's view of the conversation: %+v, %v; want it, removed", info, err)
+	}
+	back.Send(conv, "still here")
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: back.Actor.User}))
+	records(2, 20)
+}

@@ -46,8 +46,8 @@ func readFormat(t *testing.T, e *Engine) uint64 {
 	return f
 }
 
-// Stores of the formats before (from before shared feeds to before users'
-// usage was kept) open and become the current format, with their epoch
+// Stores of the formats before (from before shared feeds to before former
+// members were kept apart) open and become the current format, with their epoch
 // kept; a format from a newer build is refused.
 func TestStoreFormat(t *testing.T) {
 	fs := vfs.NewMem()
@@ -64,7 +64,7 @@ func TestStoreFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, f := range []uint64{1, 2, 3, 4, 5, 6} {
+	for _, f := range []uint64{1, 2, 3, 4, 5, 6, 7} {
 		setFormat(t, fs, f)
 		if e, err = Open("db", o); err != nil {
 			t.Fatalf("open a format %d store: %v", f, err)

@@ -277,6 +277,9 @@ func (r reader) membershipSame(conv, user ulid.ULID, after, through uint64) (boo
 func (r reader) readMember(conv, user ulid.ULID) (record.Member, bool, error) {
 	raw, err := r.v.Get(keys.ID2(keys.TMember, conv, user))
 	if errors.Is(err, store.ErrNotFound) {
+		raw, err = r.v.Get(keys.ID2(keys.TFormer, conv, user))
+	}
+	if errors.Is(err, store.ErrNotFound) {
 		return record.Member{}, false, nil
 	}
 	if err != nil {

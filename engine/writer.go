@@ -686,8 +686,10 @@ type txConv struct {
 	// before holds, for members whose role changed in this group, their role
 	// before the group.
 	before map[ulid.ULID]model.Role
-	// memberWrites lists members whose record must be written.
+	// memberWrites lists members whose record must be written; fresh,
+	// those whose record this group made (none was stored).
 	memberWrites map[ulid.ULID]bool
+	fresh        map[ulid.ULID]bool
 	dirty        bool // the conversation record must be written
 	// head0 is the conversation's head before the group; added holds the
 	// ops the group appended after it, as a reader decodes them (remember).
@@ -738,26 +740,28 @@ func loadConv(v *store.View, id ulid.ULID) (*convState, error) {
 		return nil, fmt.Errorf("load conversation %s: %w", id, err)
 	}
 	c.exists = true
-	err = scan(v, keys.ID1(keys.TMember, id), func(k, val []byte) error {
-		_, u, ok := keys.ParseID2(k)
-		if !ok {
-			return fmt.Errorf("%w: member key %x", record.ErrCorrupt, k)
-		}
-		m, err := record.DecodeMember(val)
+	for _, t := range []byte{keys.TMember, keys.TFormer} {
+		err = scan(v, keys.ID1(t, id), func(k, val []byte) error {
+			_, u, ok := keys.ParseID2(k)
+			if !ok {
+				return fmt.Errorf("%w: member key %x", record.ErrCorrupt, k)
+			}
+			m, err := record.DecodeMember(val)
+			if err != nil {
+				return err
+			}
+			c.members[u] = &m
+			if m.Role != model.RoleNone {
+				c.current[u] = &m
+			}
+			if m.Role == model.RoleOwner {
+				c.owners++
+			}
+			return nil
+		})
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("load members of %s: %w", id, err)
 		}
-		c.members[u] = &m
-		if m.Role != model.RoleNone {
-			c.current[u] = &m
-		}
-		if m.Role == model.RoleOwner {
-			c.owners++
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("load members of %s: %w", id, err)
 	}
 	vec, err := readVector(v, id)
 	if err != nil {
@@ -1151,7 +1155,7 @@ func (tx *txn) finish() {
 		}
 		for u := range tc.memberWrites {
 			val = record.AppendMember(val[:0], tc.members[u])
-			tx.b.Set(keys.ID2(keys.TMember, tc.id, u), val)
+			tx.writeMember(tc, u, val)
 		}
 		if tc.dirty || tc.feed {
 			val = record.AppendConv(val[:0], &tc.rec)

@@ -25,12 +25,13 @@ const (
 	TUsage    byte = 0x07 // user -> what the user's ops count against the quota (format 6)
 
 	TConv     byte = 0x10 // conv -> conversation record
-	TMember   byte = 0x11 // conv, user -> member record
+	TMember   byte = 0x11 // conv, user -> member record of a current member (format 8: role not none)
 	TUserConv byte = 0x12 // user, conv -> empty: the user's conversations
 	TOp       byte = 0x13 // conv, seq -> op record: the log
 	TOpID     byte = 0x14 // conv, op id -> seq
 	TDot      byte = 0x15 // conv, device, n -> seq
 	TEdit     byte = 0x16 // conv, target op id, seq -> empty: edits of a message
+	TFormer   byte = 0x17 // conv, user -> member record of a member who left or was removed (format 8)
 
 	TFeed     byte = 0x20 // user, pos, conv -> empty: conversation-wide changes
 	TUFeed    byte = 0x21 // user, pos, conv -> empty: changes only this user sees
@@ -72,7 +73,7 @@ func ID1(t byte, a ulid.ULID) []byte { return id1(t, a, 0) }
 // id1 is ID1 with room for more bytes.
 func id1(t byte, a ulid.ULID, more int) []byte { return append(key(t, 16+more), a[:]...) }
 
-// ID2 is the key of a table keyed by two ids: TDevice, TMember, TUserConv,
+// ID2 is the key of a table keyed by two ids: TDevice, TMember, TFormer, TUserConv,
 // TOpID, TUFeedIdx, TShared, TDevMark, TUserMark.
 func ID2(t byte, a, b ulid.ULID) []byte { return id2(t, a, b, 0) }
 
