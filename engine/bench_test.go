@@ -200,16 +200,7 @@ func BenchmarkLiveRound(b *testing.B) {
 				devs[i] = enginetest.Register(b, e, fmt.Sprintf("member%d", i))
 			}
 			conv := devs[0].Create("live", devs[1:]...)
-			sessions := make([]*engine.Session, members)
-			for i, d := range devs {
-				s, err := e.OpenSession(d.Actor, engine.SessionOptions{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(s.Close)
-				sessions[i] = s
-				drainSession(b, s)
-			}
+			sessions := caughtUpSessions(b, e, devs)
 			body := []byte("a message of an everyday length, like most in a chat: see you at lunch?")
 			b.ResetTimer()
 			for n, round := 0, 0; n < b.N; round++ {
@@ -227,6 +218,22 @@ func BenchmarkLiveRound(b *testing.B) {
 			}
 		})
 	}
+}
+
+// caughtUpSessions opens a session for each device, closed with the
+// benchmark, and takes each one's catch-up.
+func caughtUpSessions(b *testing.B, e *engine.Engine, devs []*enginetest.Device) []*engine.Session {
+	sessions := make([]*engine.Session, len(devs))
+	for i, d := range devs {
+		s, err := e.OpenSession(d.Actor, engine.SessionOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(s.Close)
+		sessions[i] = s
+		drainSession(b, s)
+	}
+	return sessions
 }
 
 // drainSession reads a session's events until it has nothing to send and
@@ -279,16 +286,7 @@ func BenchmarkAppendAfterChurn(b *testing.B) {
 				}
 				owner.Push(out...)
 			}
-			sessions := make([]*engine.Session, len(devs))
-			for i, d := range devs {
-				s, err := e.OpenSession(d.Actor, engine.SessionOptions{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(s.Close)
-				sessions[i] = s
-				drainSession(b, s)
-			}
+			sessions := caughtUpSessions(b, e, devs)
 			body := []byte("a message of an everyday length, like most in a chat: see you at lunch?")
 			b.ResetTimer()
 			for range b.N {

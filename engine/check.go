@@ -299,6 +299,7 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 		}
 		if seen[u] {
 			c.problem("conversation %s member %s: records both as a member and a former member", conv, u)
+			return nil
 		}
 		seen[u] = true
 		want, ok := roles[u]

@@ -170,6 +170,10 @@ func Open(dir string, opts Options) (*Engine, error) {
 			return nil, fmt.Errorf("remove backup marker: %w", err)
 		}
 	}
+	if err := e.moveFormerMembers(); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
 	if err := e.w.init(e); err != nil {
 		_ = st.Close()
 		return nil, err
@@ -207,9 +211,9 @@ func (e *Engine) initMeta(newEpoch bool) error {
 					return err
 				}
 			}
-			if err := e.moveFormerMembers(v, b); err != nil {
-				return err
-			}
+			// The records of former members move after this commit, in
+			// commits of their own (moveFormerMembers).
+			b.Set(keys.Meta(keys.MetaFormerMove), nil)
 		default:
 			return fmt.Errorf("store format %d is not supported (this build reads formats 1 to %d)", f, formatVersion)
 		}

@@ -292,3 +292,15 @@ func AsFormat7(fs vfs.FS, dir string) error {
 		})
 	})
 }
+
+// StopFormerMoveAfter makes the upgrade to format 8 move n records a
+// commit and stop, failing Open, after its first commit (a crash); zero
+// undoes it.
+func StopFormerMoveAfter(n int) {
+	if n == 0 {
+		formerMoveChunk, afterFormerChunk = 10_000, nil
+		return
+	}
+	formerMoveChunk = n
+	afterFormerChunk = func() error { return errors.New("stopped after a chunk of the former members' move, as a crash would") }
+}

@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -587,11 +588,18 @@ func TestFormerMembersAreKeptApart(t *testing.T) {
 	if err := engine.AsFormat7(o.FS, "db"); err != nil {
 		t.Fatal(err)
 	}
+	// The upgrade moves them 5 a commit, and stops after the first, as a
+	// crash would: the next open goes on.
+	engine.StopFormerMoveAfter(5)
+	if _, err = engine.Open("db", o); err == nil {
+		t.Fatal("the upgrade did not stop")
+	}
+	engine.StopFormerMoveAfter(0)
 	if e, err = engine.Open("db", o); err != nil {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	alice.E, back.E = e, e
+	alice.E, back.E, gone.E = e, e, e
 	records(3, 19)
 	if info, _, _, err := e.Conversation(gone.Actor, conv); err != nil || !info.Removed {
 		t.Fatalf("after the upgrade, a former member's view of the conversation: %+v, %v; want it, removed", info, err)
@@ -599,4 +607,12 @@ func TestFormerMembersAreKeptApart(t *testing.T) {
 	back.Send(conv, "still here")
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: back.Actor.User}))
 	records(2, 20)
+	// The writer, newly opened, knows its former members from their
+	// table: one is refused as a former member, not as a stranger, and
+	// one comes back, whose record moves.
+	if r := gone.Try(conv, model.Op{Kind: model.KindMessage, Body: []byte("let me in")}); !errors.Is(r.Err, engine.ErrForbidden) {
+		t.Fatalf("a former member's message after the reopen: %+v; want refused, forbidden", r)
+	}
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: gone.Actor.User, Role: model.RoleMember}))
+	records(3, 19)
 }

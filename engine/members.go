@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"fmt"
 	"time"
 
@@ -24,34 +25,94 @@ func memberTable(role model.Role) byte {
 	return keys.TMember
 }
 
+// formerMoveChunk bounds the records one commit of the upgrade to format
+// 8 moves: the memory of the upgrade, on a store with millions of former
+// members.
+var formerMoveChunk = 10_000
+
+// afterFormerChunk, when set (by tests), runs after each commit of the
+// upgrade's moves; an error stops it there, as a crash would.
+var afterFormerChunk func() error
+
 // moveFormerMembers moves the records of members who left from
-// keys.TMember to keys.TFormer, in b: the upgrade to format 8.
-func (e *Engine) moveFormerMembers(v *store.View, b *store.Batch) error {
+// keys.TMember to keys.TFormer, while the store's meta says the upgrade to
+// format 8 has yet to (keys.MetaFormerMove, set with the format): in
+// commits of formerMoveChunk records, the last of which clears the mark.
+// A crash leaves the mark, and the next open goes on; a record moved
+// stays moved.
+func (e *Engine) moveFormerMembers() error {
+	v := e.st.View()
+	pending, err := v.Has(keys.Meta(keys.MetaFormerMove))
+	v.Release()
+	if err != nil || !pending {
+		return err
+	}
 	start := time.Now()
+	e.log.Info("moving the records of members who left, for the store's upgrade, once")
 	moved := 0
-	err := scan(v, []byte{keys.TMember}, func(k, val []byte) error {
-		conv, u, ok := keys.ParseID2(k)
-		if !ok {
-			return fmt.Errorf("%w: member key %x", record.ErrCorrupt, k)
+	lo, hi := keys.Prefix([]byte{keys.TMember})
+	for lo != nil {
+		v := e.st.View()
+		b := e.st.NewBatch()
+		n, next, err := moveFormerChunk(v, b, lo, hi)
+		v.Release()
+		if err != nil {
+			b.Close()
+			return fmt.Errorf("move the records of former members: %w", err)
+		}
+		if next == nil {
+			b.Delete(keys.Meta(keys.MetaFormerMove))
+		}
+		if err := e.st.Commit(b); err != nil {
+			return err
+		}
+		moved, lo = moved+n, next
+		if f := afterFormerChunk; f != nil {
+			if err := f(); err != nil {
+				return err
+			}
+		}
+	}
+	e.log.Info("moved the records of members who left", "records", moved, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// moveFormerChunk sets in b the moves of up to formerMoveChunk records of
+// former members in TMember from lo, and returns where the next chunk
+// starts: nil after the table's last.
+func moveFormerChunk(v *store.View, b *store.Batch, lo, hi []byte) (moved int, next []byte, err error) {
+	it, err := v.Iter(lo, hi)
+	if err != nil {
+		return 0, nil, err
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		if moved == formerMoveChunk {
+			next = bytes.Clone(k)
+			break
+		}
+		conv, u, valid := keys.ParseID2(k)
+		if !valid {
+			_ = it.Close()
+			return 0, nil, fmt.Errorf("%w: member key %x", record.ErrCorrupt, k)
+		}
+		val, err := it.Value()
+		if err != nil {
+			_ = it.Close()
+			return 0, nil, err
 		}
 		m, err := record.DecodeMember(val)
 		if err != nil {
-			return fmt.Errorf("member %s of %s: %w", u, conv, err)
+			_ = it.Close()
+			return 0, nil, fmt.Errorf("member %s of %s: %w", u, conv, err)
 		}
 		if m.Role == model.RoleNone {
 			b.Delete(keys.ID2(keys.TMember, conv, u))
 			b.Set(keys.ID2(keys.TFormer, conv, u), val)
 			moved++
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("move the records of former members: %w", err)
 	}
-	if moved > 0 {
-		e.log.Info("moved the records of members who left, for the store's upgrade", "records", moved, "took", time.Since(start).Round(time.Millisecond))
-	}
-	return nil
+	return moved, next, it.Close()
 }
 
 // writeMember writes u's record in tc, in the table of its role, and takes

@@ -485,15 +485,12 @@ func (s *Session) live() error {
 	if err := s.stillActive(revocations, r.v); err != nil {
 		return err
 	}
-	if woke <= s.pos {
-		// Woken by a revocation only (any user's device): nothing of the
-		// user's changed. A round would send the position alone, and so
-		// tell the device that someone revoked a device and someone
-		// committed.
-		s.waiting, s.waitGen = true, gen
-		return nil
-	}
-	if pos <= s.pos { // <: the catch-up's view may be newer than the position read
+	// woke <= s.pos: woken by a revocation only (any user's device), and
+	// nothing of the user's changed; a round would send the position
+	// alone, and so tell the device that someone revoked a device and
+	// someone committed. pos < s.pos: the catch-up's view may be newer
+	// than the position read.
+	if woke <= s.pos || pos <= s.pos {
 		s.waiting, s.waitGen = true, gen
 		return nil
 	}

@@ -48,6 +48,9 @@ const (
 	MetaEpoch   = "epoch"
 	MetaFeedPos = "feedpos"
 	MetaFormat  = "format"
+	// MetaFormerMove is set, with format 8, while the upgrade moves the
+	// records of former members to TFormer (engine.moveFormerMembers).
+	MetaFormerMove = "formermove"
 	// MetaSealSecret is 32 random bytes, from which each epoch's key for
 	// sealing feed positions is derived (engine.FeedSeal), then the last
 	// feed position the store's server sent plain (8 bytes, big-endian).
