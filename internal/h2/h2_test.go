@@ -1122,6 +1122,16 @@ func TestStalledConnectionIsClosed(t *testing.T) {
 // window given now and then, however small, keeps it.
 func TestStreamWaitingForWindowIsReset(t *testing.T) {
 	const timeout = 10 * time.Second
+	// The bytes the handler's write has left each time it waits for
+	// window: the stall check sees a write wait only once it does, which
+	// a busy machine can put off past the client's next frames.
+	waits := make(chan int, 16)
+	defer h2.OnWindowWait(func(left int) {
+		select {
+		case waits <- left:
+		default: // never blocks the server, which holds its lock
+		}
+	})()
 	wrote := make(chan error, 1)
 	addr, fake := stallServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, err := w.Write(bytes.Repeat([]byte("x"), 1000))
@@ -1153,9 +1163,16 @@ func TestStreamWaitingForWindowIsReset(t *testing.T) {
 		})
 		fake.Advance(timeout / 2)
 	}
-	// No more window: reset within a few checks. The check queues the
-	// RST_STREAM as Advance runs it, so it comes before the ACK of a PING
-	// sent after.
+	// No more window, once the write waits for it with its 6 bytes sent:
+	// reset within a few checks. The check queues the RST_STREAM as
+	// Advance runs it, so it comes before the ACK of a PING sent after.
+	for left := 0; left != 1000-6; {
+		select {
+		case left = <-waits:
+		case <-time.After(hangGuard): // a bound on the failure, not a wait for an event
+			t.Fatal("the handler's write never waited for window after its sixth byte")
+		}
+	}
 	for i := range 20 {
 		fake.Advance(timeout / 2)
 		if err := rc.fr.WritePing(false, [8]byte{byte(i)}); err != nil {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -410,6 +411,11 @@ func (w *responseWriter) trailers() http.Header {
 	return t
 }
 
+// windowWaitHook, when set (by tests), is called as a stream's write
+// begins to wait for flow-control window, with the bytes it has left, and
+// mu held: tests learn that the stall check now sees it wait.
+var windowWaitHook atomic.Pointer[func(left int)]
+
 // send writes the header if it has not gone, then a and b as DATA (as
 // the flow-control windows let it), then the trailers; end ends the
 // stream.
@@ -436,6 +442,9 @@ func (w *responseWriter) send(a, b []byte, end bool, trailers ...http.Header) er
 				break // the header goes without waiting for window
 			}
 			st.waitingSend = true
+			if f := windowWaitHook.Load(); f != nil {
+				(*f)(len(a) + len(b))
+			}
 			st.cond.Wait()
 		}
 		st.waitingSend, st.stallSince = false, time.Time{}
