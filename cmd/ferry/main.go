@@ -75,7 +75,7 @@ Commands:
                                         again, marked updated, those edited, deleted or reacted to)
   history CONV [--limit N] [--before SEQ] [--since TIME] [--until TIME]
   read CONV [SEQ]                       mark read (everything held, or up to SEQ; queued offline)
-  status                                this device, its position and its outbox
+  status                                this device: its account, conversations and outbox
 
 CONV is a conversation id or its title (exact, or else differing in case only);
 MSG is a message's seq, as history prints it (12 or #12), or its id (history
