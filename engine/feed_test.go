@@ -345,10 +345,7 @@ func TestFeedEntriesLag(t *testing.T) {
 func TestFeedEntriesOfFormat3(t *testing.T) {
 	o := enginetest.Options(t, 2)
 	o.SharedFeedMembers = 3
-	e, err := engine.Open("db", o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := enginetest.Open(t, o)
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	carol := enginetest.Register(t, e, "carol")
@@ -361,11 +358,7 @@ func TestFeedEntriesOfFormat3(t *testing.T) {
 	if err := engine.AsFormat3(o.FS, "db"); err != nil {
 		t.Fatal(err)
 	}
-	if e, err = engine.Open("db", o); err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	alice.E, bob.E, carol.E = e, e, e
+	e = enginetest.Open(t, o, alice, bob, carol)
 	enginetest.MustCheck(t, e)
 	for i := range 3 {
 		alice.Send(conv, fmt.Sprint("after the upgrade ", i))
@@ -544,10 +537,7 @@ func TestChurnMovesOnlyWhatItMust(t *testing.T) {
 // both together, has its former members' records moved on its upgrade.
 func TestFormerMembersAreKeptApart(t *testing.T) {
 	o := enginetest.Options(t, 1)
-	e, err := engine.Open("db", o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := enginetest.Open(t, o)
 	alice, bob := enginetest.Register(t, e, "alice"), enginetest.Register(t, e, "bob")
 	conv := alice.Create("c", bob)
 	var passers []*enginetest.Device
@@ -591,15 +581,12 @@ func TestFormerMembersAreKeptApart(t *testing.T) {
 	// The upgrade moves them 5 a commit, and stops after the first, as a
 	// crash would: the next open goes on.
 	engine.StopFormerMoveAfter(5)
-	if _, err = engine.Open("db", o); err == nil {
+	t.Cleanup(func() { engine.StopFormerMoveAfter(0) })
+	if _, err := engine.Open("db", o); err == nil {
 		t.Fatal("the upgrade did not stop")
 	}
 	engine.StopFormerMoveAfter(0)
-	if e, err = engine.Open("db", o); err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	alice.E, back.E, gone.E = e, e, e
+	e = enginetest.Open(t, o, alice, back, gone)
 	records(3, 19)
 	if info, _, _, err := e.Conversation(gone.Actor, conv); err != nil || !info.Removed {
 		t.Fatalf("after the upgrade, a former member's view of the conversation: %+v, %v; want it, removed", info, err)

@@ -22,10 +22,7 @@ func TestUserQuota(t *testing.T) {
 	const quota = 1000
 	o := enginetest.Options(t, 5)
 	o.UserQuota = quota
-	e, err := engine.Open("db", o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := enginetest.Open(t, o)
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	conv := alice.Create("c", bob)
@@ -85,11 +82,7 @@ func TestUserQuota(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if e, err = engine.Open("db", o); err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	alice.E, bob.E = e, e
+	e = enginetest.Open(t, o, alice, bob)
 	if r := alice.Try(conv, msg(1)); !errors.Is(r.Err, engine.ErrQuota) {
 		t.Fatalf("alice past the quota after a restart: %v", r.Err)
 	}
@@ -104,10 +97,7 @@ func TestUserQuota(t *testing.T) {
 // tells a store whose counts are wrong.
 func TestNoQuotaStillCounts(t *testing.T) {
 	o := enginetest.Options(t, 6)
-	e, err := engine.Open("db", o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := enginetest.Open(t, o)
 	alice := enginetest.Register(t, e, "alice")
 	conv := alice.Create("c")
 	var sent []model.Op
@@ -127,15 +117,12 @@ func TestNoQuotaStillCounts(t *testing.T) {
 	if err := engine.ForgetUsage(o.FS, "db", 7); err != nil {
 		t.Fatal(err)
 	}
-	if e, err = engine.Open("db", o); err != nil {
-		t.Fatal(err)
-	}
+	e = enginetest.Open(t, o, alice)
 	if rep, err := e.Check(); err != nil || len(rep.Problems) != 1 || !strings.Contains(rep.Problems[0], fmt.Sprintf("no usage recorded; their ops hold %d bytes", want)) {
 		t.Fatalf("check of a store that lost its usage: %v %q", err, rep.Problems)
 	}
 	// A count below the truth that a delete would take below zero is
 	// set to zero, not fatal: derived data, which Check reports.
-	alice.E = e
 	alice.Push(alice.Op(conv, model.Op{Kind: model.KindDelete, Target: sent[0].ID}))
 	if got, err := e.Usage(alice.Actor.User); e.Failed() != nil || err != nil || got != 0 {
 		t.Fatalf("a delete that took a lost count below zero: usage %d %v, the engine failed: %v; want 0 and going on", got, err, e.Failed())
@@ -148,11 +135,7 @@ func TestNoQuotaStillCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	o.UserQuota = want + 500
-	if e, err = engine.Open("db", o); err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	alice.E = e
+	e = enginetest.Open(t, o, alice)
 	if got, err := e.Usage(alice.Actor.User); err != nil || got != want {
 		t.Fatalf("usage after the upgrade: %d %v; want %d, the deleted bodies not counted", got, err, want)
 	}
@@ -232,10 +215,7 @@ func TestQuotaLeavesAWayOut(t *testing.T) {
 // whose ops now count nothing too.
 func TestUpgradeReplacesOldCounts(t *testing.T) {
 	o := enginetest.Options(t, 8)
-	e, err := engine.Open("db", o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := enginetest.Open(t, o)
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	conv := alice.Create("c", bob)
@@ -245,9 +225,11 @@ func TestUpgradeReplacesOldCounts(t *testing.T) {
 	carol := enginetest.Register(t, e, "carol")
 	want := map[*enginetest.Device]int64{}
 	for _, d := range []*enginetest.Device{alice, bob, carol} {
-		if want[d], err = e.Usage(d.Actor.User); err != nil {
+		n, err := e.Usage(d.Actor.User)
+		if err != nil {
 			t.Fatal(err)
 		}
+		want[d] = n
 	}
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
@@ -258,10 +240,7 @@ func TestUpgradeReplacesOldCounts(t *testing.T) {
 	if err := engine.SetUsage(o.FS, "db", carol.Actor.User, 32, 6); err != nil { // no ops at all
 		t.Fatal(err)
 	}
-	if e, err = engine.Open("db", o); err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e = enginetest.Open(t, o)
 	for d, n := range want {
 		if got, err := e.Usage(d.Actor.User); err != nil || got != n {
 			t.Errorf("usage of %s after the upgrade: %d %v; want %d", d.Actor.User, got, err, n)

@@ -67,6 +67,23 @@ func New(t testing.TB, modify ...func(*engine.Options)) *engine.Engine {
 	return e
 }
 
+// Open opens the store in "db" with o, for a test that closes it and
+// opens it again (a restart, or a store rewritten as an older build left
+// it), points devs at the engine, and closes it when the test ends
+// (closing twice does nothing).
+func Open(t testing.TB, o engine.Options, devs ...*Device) *engine.Engine {
+	t.Helper()
+	e, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatalf("open engine: %v", err)
+	}
+	t.Cleanup(func() { _ = e.Close() })
+	for _, d := range devs {
+		d.E = e
+	}
+	return e
+}
+
 // Clock is a deterministic clock: each reading advances it by a step. Safe
 // for concurrent use.
 type Clock struct {
