@@ -383,30 +383,35 @@ type seqDot struct {
 // log's own problems): a corrupt key at seq 0 or far past the head costs
 // one entry, not memory up to its seq.
 func (c *checker) dotRuns(conv ulid.ULID, log []seqDot) error {
+	return checkDotRuns(c.r.v, conv, log, c.problem)
+}
+
+// checkDotRuns is checker.dotRuns, saying each problem to problem.
+func checkDotRuns(v *store.View, conv ulid.ULID, log []seqDot, problem func(format string, args ...any)) error {
 	covered := make([]bool, len(log))
-	err := scan(c.r.v, keys.ID1(keys.TDot, conv), func(k, val []byte) error {
+	err := scan(v, keys.ID1(keys.TDot, conv), func(k, val []byte) error {
 		run, err := decodeDotRun(k, val)
 		if err != nil {
-			c.problem("conversation %s: %v", conv, err)
+			problem("conversation %s: %v", conv, err)
 			return nil
 		}
 		i, _ := slices.BinarySearchFunc(log, run.seq, func(e seqDot, s uint64) int { return cmp.Compare(e.seq, s) })
 		for j := uint64(0); j < run.count; j++ {
 			s, want := run.seq+j, model.Dot{Device: run.dev, N: run.first + j}
 			if len(log) == 0 || s < log[0].seq || s > log[len(log)-1].seq {
-				c.problem("conversation %s: dot index has %s at seq %d, outside the log", conv, want, s)
+				problem("conversation %s: dot index has %s at seq %d, outside the log", conv, want, s)
 				return nil
 			}
 			if log[i].seq != s { // in a gap of the log, reported with it: the run goes on after
-				c.problem("conversation %s: dot index has %s at seq %d, which the log lacks (up to seq %d)", conv, want, s, log[i].seq-1)
+				problem("conversation %s: dot index has %s at seq %d, which the log lacks (up to seq %d)", conv, want, s, log[i].seq-1)
 				j = log[i].seq - run.seq - 1
 				continue
 			}
 			if log[i].dot != want {
-				c.problem("conversation %s: dot index has %s at seq %d, which holds %s", conv, want, s, log[i].dot)
+				problem("conversation %s: dot index has %s at seq %d, which holds %s", conv, want, s, log[i].dot)
 			}
 			if covered[i] {
-				c.problem("conversation %s: dot index has seq %d twice", conv, s)
+				problem("conversation %s: dot index has seq %d twice", conv, s)
 			}
 			covered[i] = true
 			i++
@@ -415,7 +420,7 @@ func (c *checker) dotRuns(conv ulid.ULID, log []seqDot) error {
 	})
 	for i, ok := range covered {
 		if !ok {
-			c.problem("dot index of %s/%d: missing", conv, log[i].seq)
+			problem("dot index of %s/%d: missing", conv, log[i].seq)
 		}
 	}
 	return err

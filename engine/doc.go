@@ -28,7 +28,7 @@
 //   - seq is dense per conversation and never reused within an epoch.
 //   - Everything but the log (dot and op-id indexes, conversation records,
 //     membership, feeds, markers) is derived from it; [Engine.Check] verifies
-//     that they agree.
+//     that they agree, and [Rebuild] makes them agree again.
 //   - Nobody reads or writes a conversation they are not a member of; a
 //     removed member can read up to the op that removed them.
 //   - Reconnect work is proportional to what changed: a user's feed holds one

@@ -110,7 +110,12 @@ type Engine struct {
 }
 
 // Open opens the store in dir, creating it if needed.
-func Open(dir string, opts Options) (*Engine, error) {
+func Open(dir string, opts Options) (*Engine, error) { return open(dir, opts, nil) }
+
+// open is Open, running before (when not nil) once the store is open and
+// upgraded but before the writer reads it or starts: a tool's work on
+// the store (Rebuild) that no other write may interleave with.
+func open(dir string, opts Options, before func(*Engine) error) (*Engine, error) {
 	opts.EnsureDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("engine options: %w", err)
@@ -173,6 +178,12 @@ func Open(dir string, opts Options) (*Engine, error) {
 	if err := e.moveFormerMembers(); err != nil {
 		_ = st.Close()
 		return nil, err
+	}
+	if before != nil {
+		if err := before(e); err != nil {
+			_ = st.Close()
+			return nil, err
+		}
 	}
 	if err := e.w.init(e); err != nil {
 		_ = st.Close()

@@ -12,6 +12,7 @@ import (
 	"github.com/ferrysync/ferry/engine/internal/keys"
 	"github.com/ferrysync/ferry/engine/internal/record"
 	"github.com/ferrysync/ferry/engine/internal/store"
+	"github.com/ferrysync/ferry/engine/model"
 )
 
 // Every test of the engine checks what reads take from memory against the
@@ -303,4 +304,219 @@ func StopFormerMoveAfter(n int) {
 	}
 	formerMoveChunk = n
 	afterFormerChunk = func() error { return errors.New("stopped after a chunk of the former members' move, as a crash would") }
+}
+
+// Snapshot reads every key and value of the closed store at dir on fs.
+func Snapshot(fs vfs.FS, dir string) (map[string]string, error) {
+	st, err := store.Open(dir, store.Options{FS: fs, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil, err
+	}
+	v := st.View()
+	all := map[string]string{}
+	err = scan(v, nil, func(k, val []byte) error {
+		all[string(k)] = string(val)
+		return nil
+	})
+	v.Release()
+	return all, errors.Join(err, st.Close())
+}
+
+// A Corruption damages a closed store as a bug, a lost write or a hand on
+// the files could: for tests of Rebuild.
+type Corruption struct {
+	Name string
+	// Damage sets in b what damages the store read by v. It returns the
+	// key prefixes that Rebuild repairs without bringing back their bytes
+	// (a dot index cut in other runs, a detach position lost).
+	Damage func(v *store.View, b *store.Batch) (inexact [][]byte, err error)
+}
+
+// Damage applies c to the closed store at dir on fs.
+func (c Corruption) Apply(fs vfs.FS, dir string) (inexact [][]byte, err error) {
+	err = rewriteAs(fs, dir, formatVersion, func(v *store.View, b *store.Batch) error {
+		inexact, err = c.Damage(v, b)
+		return err
+	})
+	return inexact, err
+}
+
+// first returns the first key of the store's with prefix p for which ok
+// (nil: any) holds, and its value.
+func first(v *store.View, p []byte, ok func(k, val []byte) bool) (k, val []byte, err error) {
+	err = scan(v, p, func(kk, vv []byte) error {
+		if k == nil && (ok == nil || ok(kk, vv)) {
+			k, val = bytes.Clone(kk), bytes.Clone(vv)
+		}
+		return nil
+	})
+	if err == nil && k == nil {
+		err = fmt.Errorf("no key with prefix %x to damage", p)
+	}
+	return k, val, err
+}
+
+// deleteFirst is a Corruption's damage that deletes the first key with
+// prefix p for which ok holds.
+func deleteFirst(p []byte, ok func(k, val []byte) bool) func(*store.View, *store.Batch) ([][]byte, error) {
+	return func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, _, err := first(v, p, ok)
+		b.Delete(k)
+		return nil, err
+	}
+}
+
+// rewriteFirst is a Corruption's damage that sets the value of the first
+// key with prefix p to what change makes of it.
+func rewriteFirst(p []byte, ok func(k, val []byte) bool, change func(k, val []byte) ([]byte, error)) func(*store.View, *store.Batch) ([][]byte, error) {
+	return func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, val, err := first(v, p, ok)
+		if err != nil {
+			return nil, err
+		}
+		val, err = change(k, val)
+		b.Set(k, val)
+		return nil, err
+	}
+}
+
+// stray is a Corruption's damage that sets a key that should not be there.
+func stray(k func() []byte) func(*store.View, *store.Batch) ([][]byte, error) {
+	return func(_ *store.View, b *store.Batch) ([][]byte, error) {
+		b.Set(k(), nil)
+		return nil, nil
+	}
+}
+
+var strayID = ulid.MustParse("01KBSTRAYSTRAYSTRAYSTRAYST")
+
+// Corruptions are the damages Rebuild must repair: each of a store that
+// holds conversations with at least two members and messages, edits of
+// messages, a deleted message with an edit, a former member, read
+// markers, user feed entries and feed entries of both kinds.
+var Corruptions = []Corruption{
+	{"op-id index entry lost", deleteFirst([]byte{keys.TOpID}, nil)},
+	{"op-id index entry points elsewhere", rewriteFirst([]byte{keys.TOpID}, nil, func(_, val []byte) ([]byte, error) {
+		s, err := record.DecodeUint(val)
+		return record.AppendUint(nil, s+1), err
+	})},
+	{"stray op-id index entry", func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, _, err := first(v, []byte{keys.TConv}, nil)
+		conv, _ := keys.ParseID1(k)
+		b.Set(keys.ID2(keys.TOpID, conv, strayID), record.AppendUint(nil, 1))
+		return nil, err
+	}},
+	{"edit index entry lost", deleteFirst([]byte{keys.TEdit}, nil)},
+	{"stray edit index entry", func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, _, err := first(v, []byte{keys.TConv}, nil)
+		conv, _ := keys.ParseID1(k)
+		b.Set(keys.Edit(conv, strayID, 2), nil)
+		return nil, err
+	}},
+	{"op's message count wrong", rewriteFirst([]byte{keys.TOp}, func(k, val []byte) bool {
+		_, s, _ := keys.ParseOp(k)
+		return s > 2
+	}, func(k, val []byte) ([]byte, error) {
+		conv, s, _ := keys.ParseOp(k)
+		op, err := record.DecodeOp(conv, s, val)
+		op.Messages += 3
+		return record.AppendOp(nil, &op), err
+	})},
+	{"deleted message's body back", func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, val, err := first(v, []byte{keys.TOp}, func(k, val []byte) bool {
+			conv, s, _ := keys.ParseOp(k)
+			op, err := record.DecodeOp(conv, s, val)
+			return err == nil && op.Erased && op.Kind == model.KindMessage
+		})
+		if err != nil {
+			return nil, err
+		}
+		conv, s, _ := keys.ParseOp(k)
+		op, err := record.DecodeOp(conv, s, val)
+		op.Erased, op.Body, op.ContentType, op.Hash = false, []byte("a secret that was deleted"), "text/plain", [16]byte{}
+		b.Set(k, record.AppendOp(nil, &op))
+		return [][]byte{k}, err // erased again, its hash is of this body
+	}},
+	{"dot index run lost", func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, _, err := first(v, []byte{keys.TDot}, nil)
+		b.Delete(k)
+		return [][]byte{k[:17]}, err
+	}},
+	{"dot index run at the wrong seq", func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, val, err := first(v, []byte{keys.TDot}, nil)
+		if err != nil {
+			return nil, err
+		}
+		s, n, err := record.DecodeDotRun(val)
+		b.Set(k, record.AppendDotRun(nil, s+1, n))
+		return [][]byte{k[:17]}, err
+	}},
+	{"conversation record wrong", rewriteFirst([]byte{keys.TConv}, nil, func(_, val []byte) ([]byte, error) {
+		c, err := record.DecodeConv(val)
+		c.Head, c.Messages, c.Members, c.Title = c.Head+2, c.Messages-1, c.Members+1, "not the title"
+		return record.AppendConv(nil, &c), err
+	})},
+	{"shared feed conversation's entries below its feed position", rewriteFirst([]byte{keys.TConv}, func(_, val []byte) bool {
+		c, err := record.DecodeConv(val)
+		return err == nil && c.SharedFeed
+	}, func(_, val []byte) ([]byte, error) {
+		c, err := record.DecodeConv(val)
+		c.EntryPos = c.FeedPos - 1
+		return record.AppendConv(nil, &c), err
+	})},
+	{"member record lost", deleteFirst([]byte{keys.TMember}, nil)},
+	{"member record's role wrong", rewriteFirst([]byte{keys.TMember}, nil, func(_, val []byte) ([]byte, error) {
+		m, err := record.DecodeMember(val)
+		m.Role, m.Since = model.RoleAdmin, m.Since+1
+		return record.AppendMember(nil, &m), err
+	})},
+	{"former member's record in the members' table", func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, val, err := first(v, []byte{keys.TFormer}, nil)
+		b.Delete(k)
+		conv, u, _ := keys.ParseID2(k)
+		b.Set(keys.ID2(keys.TMember, conv, u), val)
+		return nil, err
+	}},
+	{"former member's record lost", func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, _, err := first(v, []byte{keys.TFormer}, nil)
+		b.Delete(k)
+		conv, _, _ := keys.ParseID2(k)
+		// Detached anew, and the members' entries with them.
+		return [][]byte{k, keys.ID1(keys.TConv, conv), {keys.TFeed}, {keys.TShared}}, err
+	}},
+	{"feed entry lost", deleteFirst([]byte{keys.TFeed}, nil)},
+	{"stray feed entry", stray(func() []byte { return keys.Feed(keys.TFeed, strayID, 3, strayID) })},
+	{"shared feed entry lost", deleteFirst([]byte{keys.TShared}, nil)},
+	{"stray shared feed entry", stray(func() []byte { return keys.ID2(keys.TShared, strayID, strayID) })},
+	{"conversation list entry lost", deleteFirst([]byte{keys.TUserConv}, nil)},
+	{"stray conversation list entry", stray(func() []byte { return keys.ID2(keys.TUserConv, strayID, strayID) })},
+	{"user feed entry lost", deleteFirst([]byte{keys.TUFeed}, nil)},
+	{"unindexed user feed entry", stray(func() []byte { return keys.Feed(keys.TUFeed, strayID, 3, strayID) })},
+	{"usage wrong", rewriteFirst([]byte{keys.TUsage}, nil, func(_, val []byte) ([]byte, error) {
+		n, err := record.DecodeUint(val)
+		return record.AppendUint(nil, n+100), err
+	})},
+	{"usage lost", deleteFirst([]byte{keys.TUsage}, nil)},
+	{"stray usage", stray(func() []byte { return keys.ID1(keys.TUsage, strayID) })},
+	{"read marker's message count wrong", rewriteFirst([]byte{keys.TUserMark}, func(_, val []byte) bool {
+		m, err := record.DecodeMarker(val)
+		return err == nil && m.ReadCounted
+	}, func(_, val []byte) ([]byte, error) {
+		m, err := record.DecodeMarker(val)
+		m.ReadMessages += 2
+		return record.AppendMarker(nil, &m), err
+	})},
+	{"waiting receipts of a missing conversation", stray(func() []byte { return keys.ID1(keys.TReceipts, strayID) })},
+	{"store's feed position behind", func(_ *store.View, b *store.Batch) ([][]byte, error) {
+		b.Set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, 1))
+		return [][]byte{keys.Meta(keys.MetaFeedPos)}, nil
+	}},
+}
+
+// RebuildInCommitsOf makes each commit of Rebuild hold at most n bytes of
+// changes until the test ends: 1 commits each change alone.
+func RebuildInCommitsOf(t interface{ Cleanup(func()) }, n int) {
+	old := rebuildBatch
+	rebuildBatch = n
+	t.Cleanup(func() { rebuildBatch = old })
 }

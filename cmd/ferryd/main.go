@@ -4,6 +4,7 @@
 //	ferryd check  --data DIR       verify a stopped server's store
 //	ferryd backup --data DIR --to DIR   copy a stopped server's store
 //	ferryd compact --data DIR      rewrite a stopped server's store in full
+//	ferryd rebuild --data DIR      repair a stopped server's store from its logs
 //
 // Every flag but --username, --display-name and --to can also be set in the
 // environment as FERRY_<FLAG>, with dashes as underscores (FERRY_ADDR,
@@ -195,6 +196,9 @@ const usage = `Usage:
   ferryd check   --data DIR            verify a stopped server's store
   ferryd backup  --data DIR --to DIR   copy a stopped server's store
   ferryd compact --data DIR            rewrite a stopped server's store in full
+  ferryd rebuild --data DIR            repair a stopped server's store from its
+                                       conversations' logs, where check found it
+                                       inconsistent (back it up first)
   ferryd new-epoch --data DIR          make a stopped server's next start serve a new epoch
   ferryd add-user --data DIR --username NAME
                                        create a user on a stopped server's store, the
@@ -213,7 +217,7 @@ Flags:
 `
 
 // flags returns the flags of command name (serve, check, backup, compact,
-// new-epoch, add-user or revoke-devices): the store's and the log's for every command, the rest for
+// rebuild, new-epoch, add-user or revoke-devices): the store's and the log's for every command, the rest for
 // serve alone, so that a serving flag (or its FERRY_ variable, such as a
 // FERRY_NEW_EPOCH left set) never reaches the tools.
 func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
@@ -370,7 +374,7 @@ func flagNamed(line, name string) bool {
 }
 
 // commands are ferryd's commands; serve is the default.
-var commands = []string{"serve", "check", "backup", "compact", "new-epoch", "add-user", "revoke-devices"}
+var commands = []string{"serve", "check", "backup", "compact", "rebuild", "new-epoch", "add-user", "revoke-devices"}
 
 // command splits args into the command and its flags.
 func command(args []string) (string, []string) {
@@ -434,6 +438,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return backup(c, log, stdout)
 	case "compact":
 		return compact(ctx, c, log, stdout)
+	case "rebuild":
+		return rebuild(c, log, stdout)
 	case "new-epoch":
 		return newEpoch(c, log, stdout)
 	case "add-user":
@@ -793,14 +799,20 @@ func openStopped(c *config, log *slog.Logger) (*engine.Engine, error) {
 	o := engineOptions(c, log)
 	o.Existing = true
 	eng, err := engine.Open(c.data, o)
-	if errors.Is(err, engine.ErrNotFound) {
-		err = fmt.Errorf("--data: %w", err)
-		if abs := absPath(c.data); abs != c.data {
-			err = fmt.Errorf("%w (%s)", err, abs)
-		}
-		return nil, fmt.Errorf("%w; point --data at a server's store (a server's first start creates it)", err)
+	return eng, storeErr(c, err)
+}
+
+// storeErr says, of a tool's error opening the store, that --data holds
+// none, when so.
+func storeErr(c *config, err error) error {
+	if !errors.Is(err, engine.ErrNotFound) {
+		return err
 	}
-	return eng, err
+	err = fmt.Errorf("--data: %w", err)
+	if abs := absPath(c.data); abs != c.data {
+		err = fmt.Errorf("%w (%s)", err, abs)
+	}
+	return fmt.Errorf("%w; point --data at a server's store (a server's first start creates it)", err)
 }
 
 // absPath is path made absolute, to show: a relative --data is relative to
@@ -1058,6 +1070,33 @@ func compact(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer)
 		return err
 	}
 	fmt.Fprintf(stdout, "compacted %s: tables %s -> %s\n", c.data, kib(before.Tables), kib(after.Tables))
+	return nil
+}
+
+// rebuild repairs the store from its logs (engine.Rebuild), prints what
+// it fixed and what it could not, and then whether the store is
+// consistent: an error when it is not.
+func rebuild(c *config, log *slog.Logger, stdout io.Writer) error {
+	o := engineOptions(c, log)
+	rep, err := engine.Rebuild(c.data, o)
+	if err != nil {
+		return storeErr(c, err)
+	}
+	fmt.Fprintf(stdout, "read %d conversations, %d ops\n", rep.Conversations, rep.Ops)
+	if len(rep.Fixes) == 0 {
+		fmt.Fprintln(stdout, "fixed nothing: what the store derives from its logs agrees with them")
+	}
+	for _, f := range rep.Fixes {
+		fmt.Fprintf(stdout, "fixed: %s: %d\n", f.What, f.N)
+	}
+	for _, u := range rep.Unfixed {
+		fmt.Fprintf(stdout, "not fixed: %s\n", u)
+	}
+	fmt.Fprintf(stdout, "checked %d conversations, %d ops, %d feed entries\n", rep.Check.Conversations, rep.Check.Ops, rep.Check.FeedEntries)
+	if err := rep.Check.Err(); err != nil {
+		return fmt.Errorf("store is still inconsistent: %w", err)
+	}
+	fmt.Fprintln(stdout, "store is consistent")
 	return nil
 }
 

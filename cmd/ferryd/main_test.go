@@ -20,6 +20,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2"
+
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
 	"github.com/ferrysync/ferry/engine/model"
@@ -278,6 +280,57 @@ func TestCompact(t *testing.T) {
 	}
 }
 
+// TestRebuild: "ferryd rebuild" repairs a store whose op-id index was
+// lost, says what it fixed, and leaves it consistent; run again, it fixes
+// nothing.
+func TestRebuild(t *testing.T) {
+	dir := t.TempDir()
+	o := enginetest.Options(t, 1)
+	o.FS = nil // the disk, as ferryd opens it
+	e, err := engine.Open(dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := enginetest.Register(t, e, "alice")
+	conv := alice.Create("c")
+	for _, text := range []string{"one", "two", "three"} {
+		alice.Send(conv, text)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Lose the op-id index (table 0x14), as a bug or a hand on the files
+	// could.
+	db, err := pebble.Open(dir, &pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.DeleteRange([]byte{0x14}, []byte{0x15}, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tool := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := run(context.Background(), append(args, "--data", dir, "--log-level", "warn"), &out, io.Discard)
+		return out.String(), err
+	}
+	if out, err := tool("check"); err == nil || !strings.Contains(err.Error(), "op-id index") {
+		t.Fatalf("check of the damaged store: %v\n%s", err, out)
+	}
+	out, err := tool("rebuild")
+	if err != nil || !strings.Contains(out, "read 1 conversations, 4 ops\nfixed: op-id index entries set: 4\n") || !strings.HasSuffix(out, "store is consistent\n") {
+		t.Fatalf("rebuild: %v\n%s", err, out)
+	}
+	if out, err := tool("rebuild"); err != nil || !strings.Contains(out, "fixed nothing") || strings.Contains(out, "fixed:") {
+		t.Fatalf("second rebuild: %v\n%s", err, out)
+	}
+	if out, err := tool("check"); err != nil {
+		t.Fatalf("check of the rebuilt store: %v\n%s", err, out)
+	}
+}
+
 // TestFlagsDocumented: every flag of every command is in the README, and
 // the environment variable that sets each of serve's.
 func TestFlagsDocumented(t *testing.T) {
@@ -285,7 +338,7 @@ func TestFlagsDocumented(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range []string{"serve", "check", "backup", "compact"} {
+	for _, cmd := range []string{"serve", "check", "backup", "compact", "rebuild"} {
 		fs, _ := flags(cmd, io.Discard)
 		fs.VisitAll(func(f *flag.Flag) {
 			if !regexp.MustCompile("--" + f.Name + "[` ,=]").Match(readme) {
@@ -482,7 +535,7 @@ func TestToolsLeaveStoresAlone(t *testing.T) {
 	if err := os.Mkdir(empty, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range [][]string{{"check"}, {"backup", "--to", root + "/copy"}, {"compact"}} {
+	for _, cmd := range [][]string{{"check"}, {"backup", "--to", root + "/copy"}, {"compact"}, {"rebuild"}} {
 		for _, dir := range []string{missing, empty} {
 			if _, err := tool(append(cmd, "--data", dir)...); err == nil || !strings.Contains(err.Error(), "--data: not found: no store in "+dir) ||
 				!strings.Contains(err.Error(), "point --data at a server's store") {
@@ -509,7 +562,7 @@ func TestToolsLeaveStoresAlone(t *testing.T) {
 	}
 	first := epoch(dir)
 	t.Setenv("FERRY_NEW_EPOCH", "true")
-	for _, cmd := range [][]string{{"check"}, {"compact"}, {"backup", "--to", root + "/backup"}} {
+	for _, cmd := range [][]string{{"check"}, {"compact"}, {"rebuild"}, {"backup", "--to", root + "/backup"}} {
 		if out, err := tool(append(cmd, "--data", dir)...); err != nil {
 			t.Fatalf("%s: %v\n%s", cmd[0], err, out)
 		}

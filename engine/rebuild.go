@@ -1,0 +1,759 @@
+package engine
+
+import (
+	"cmp"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
+	"github.com/ferrysync/ferry/engine/internal/store"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// RebuildReport says what Rebuild found and fixed.
+type RebuildReport struct {
+	Conversations int
+	Ops           int
+	// Fixes counts the fixes made, by what they fixed, in the order of
+	// their descriptions; empty when everything agreed with the logs.
+	Fixes []Fix
+	// Unfixed lists what Rebuild could not repair and left as it found
+	// it: a log with a gap or an op that does not decode, an erased op
+	// whose message was never deleted. Check reports it again.
+	Unfixed []string
+	// Check is the consistency check of the store once rebuilt.
+	Check CheckReport
+}
+
+// Fix counts the fixes of one kind.
+type Fix struct {
+	What string
+	N    int
+}
+
+// rebuildBatch bounds the bytes of changes one commit of Rebuild holds:
+// its memory, when a table was lost whole.
+var rebuildBatch = 4 << 20
+
+// Rebuild repairs the store of a stopped server from its conversations'
+// logs, which are the truth: everything derived from them is made to agree
+// with them again — the op-id, dot and edit indexes, the message counts of
+// ops, the conversation, member and read-marker records, the members'
+// conversation lists and feed entries, the user feed's index, each user's
+// usage and the store's feed position. The bodies of deleted messages
+// and of their edits that a delete left behind are erased, as the delete
+// would have. The logs themselves are not changed otherwise: a
+// conversation whose log Rebuild cannot read in full (a gap in its seqs,
+// an op that does not decode, a dot out of order) is left as found, and
+// said so in the report's Unfixed.
+//
+// Where a former member's record was lost, the feed position they were
+// detached at is too: they are detached at the conversation's feed
+// position, where their next sync sees them removed.
+//
+// It commits as it goes, in batches of a few MiB; each fix sets what the
+// log implies, so a Rebuild that stopped part way (a crash, a full disk)
+// is finished by running it again. A store that agrees with its logs is
+// left untouched. Once done it opens the store as a server would and
+// checks it (Engine.Check), whose report it returns with its own.
+//
+// It keeps about 64 bytes for each op of the conversation it is at, and
+// a key for each feed entry of the store: an operator's tool, for a
+// store that Check found inconsistent.
+func Rebuild(dir string, opts Options) (RebuildReport, error) {
+	var rep RebuildReport
+	opts.Existing = true
+	e, err := open(dir, opts, func(e *Engine) error {
+		start := time.Now()
+		e.log.Info("rebuilding the store from its logs")
+		r := &rebuilder{
+			st:        e.st,
+			v:         e.st.View(),
+			b:         e.st.NewBatch(),
+			log:       e.log,
+			rep:       &rep,
+			fixes:     map[string]int{},
+			want:      map[string]bool{},
+			userConvs: map[string]bool{},
+			kept:      map[ulid.ULID]bool{},
+			usage:     map[ulid.ULID]int64{},
+		}
+		defer r.v.Release()
+		err := r.run()
+		if err == nil {
+			err = r.commit()
+		} else {
+			r.b.Close()
+		}
+		for what, n := range r.fixes {
+			rep.Fixes = append(rep.Fixes, Fix{what, n})
+		}
+		slices.SortFunc(rep.Fixes, func(a, b Fix) int { return cmp.Compare(a.What, b.What) })
+		e.log.Info("rebuilt the store from its logs", "conversations", rep.Conversations, "ops", rep.Ops,
+			"fixes", len(rep.Fixes), "unfixed", len(rep.Unfixed), "took", time.Since(start).Round(time.Millisecond))
+		return err
+	})
+	if err != nil {
+		return rep, err
+	}
+	rep.Check, err = e.Check()
+	if cerr := e.Close(); err == nil {
+		err = cerr
+	}
+	return rep, err
+}
+
+// rebuilder is the state of a Rebuild: it reads the store as it was when
+// Rebuild began (v) and writes what it fixes through b.
+type rebuilder struct {
+	st    *store.Store
+	v     *store.View
+	b     *store.Batch
+	log   *slog.Logger
+	rep   *RebuildReport
+	fixes map[string]int
+
+	maxFeedPos uint64          // the highest feed position a record or an entry holds
+	want       map[string]bool // the feed entries (TFeed, TShared) the members' records imply
+	userConvs  map[string]bool // the TUserConv entries they imply
+	kept       map[ulid.ULID]bool
+	// kept holds the conversations left as found: their feed entries and
+	// conversation lists are kept as they are.
+	usage      map[ulid.ULID]int64 // each user's usage, as their ops count it
+	usageWrong bool                // an op did not decode: usage cannot be counted
+}
+
+func (r *rebuilder) fixed(what string) { r.fixes[what]++ }
+
+func (r *rebuilder) unfixed(format string, args ...any) {
+	r.rep.Unfixed = append(r.rep.Unfixed, fmt.Sprintf(format, args...))
+}
+
+func (r *rebuilder) set(k, val []byte) error {
+	r.b.Set(k, val)
+	return r.flushIfFull()
+}
+
+func (r *rebuilder) del(k []byte) error {
+	r.b.Delete(k)
+	return r.flushIfFull()
+}
+
+func (r *rebuilder) flushIfFull() error {
+	if r.b.Len() < rebuildBatch {
+		return nil
+	}
+	if err := r.commit(); err != nil {
+		return err
+	}
+	r.b = r.st.NewBatch()
+	return nil
+}
+
+func (r *rebuilder) commit() error {
+	if r.b.Count() == 0 {
+		r.b.Close()
+		return nil
+	}
+	return r.st.Commit(r.b)
+}
+
+func (r *rebuilder) run() error {
+	err := scan(r.v, []byte{keys.TConv}, func(k, val []byte) error {
+		conv, ok := keys.ParseID(k, 1)
+		if !ok || len(k) != 17 {
+			r.unfixed("malformed conversation key %x", k)
+			return nil
+		}
+		r.rep.Conversations++
+		rec, err := record.DecodeConv(val)
+		if err != nil {
+			r.unfixed("conversation %s: %v: left as found", conv, err)
+			r.kept[conv] = true
+			return nil
+		}
+		return r.conv(conv, rec)
+	})
+	if err != nil {
+		return err
+	}
+	if err := r.feeds(); err != nil {
+		return err
+	}
+	if err := r.userFeed(); err != nil {
+		return err
+	}
+	if err := r.receipts(); err != nil {
+		return err
+	}
+	if err := r.usages(); err != nil {
+		return err
+	}
+	feedPos, err := readFeedPos(r.v)
+	if err != nil {
+		return err
+	}
+	if r.maxFeedPos > feedPos {
+		r.fixed("store's feed position raised to its conversations'")
+		return r.set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, r.maxFeedPos))
+	}
+	return nil
+}
+
+// replay is what a conversation's log implies.
+type replay struct {
+	head     uint64
+	messages []uint64 // messages up to each seq, from seq 1
+	dots     []seqDot
+	byID     []idSeq // every op's id and seq, sorted by id once read
+	title    string
+	roles    map[ulid.ULID]record.Member
+	edits    map[ulid.ULID][]uint64 // edit seqs by target
+	deleted  map[ulid.ULID]bool     // ids of deleted messages
+	erased   []record.Op
+	recount  []uint64 // seqs of ops whose message count is wrong
+}
+
+type idSeq struct {
+	id  ulid.ULID
+	seq uint64
+}
+
+// conv rebuilds what conv's log implies.
+func (r *rebuilder) conv(conv ulid.ULID, rec record.Conv) error {
+	r.maxFeedPos = max(r.maxFeedPos, rec.FeedPos)
+	p, ok, err := r.replay(conv)
+	if err != nil || !ok {
+		if !ok {
+			r.kept[conv] = true
+		}
+		return err
+	}
+	r.rep.Ops += int(p.head)
+	for _, step := range []func(ulid.ULID, *replay) error{r.recount, r.opIDs, r.editIndex, r.erase, r.dotIndex} {
+		if err := step(conv, p); err != nil {
+			return err
+		}
+	}
+	if err := r.members(conv, &rec, p); err != nil {
+		return err
+	}
+	return r.markers(conv, p)
+}
+
+// replay reads conv's log, fixing the ops' message counts on the way. It
+// returns false, having said why, when the log cannot be read in full.
+func (r *rebuilder) replay(conv ulid.ULID) (*replay, bool, error) {
+	p := &replay{
+		roles:   map[ulid.ULID]record.Member{},
+		edits:   map[ulid.ULID][]uint64{},
+		deleted: map[ulid.ULID]bool{},
+	}
+	dots := map[ulid.ULID]uint64{}
+	var why string
+	err := scan(r.v, keys.ID1(keys.TOp, conv), func(k, val []byte) error {
+		_, s, ok := keys.ParseOp(k)
+		if why == "" && (!ok || s != p.head+1) {
+			why = fmt.Sprintf("the log has a gap after seq %d", p.head)
+		}
+		op, err := record.DecodeOp(conv, s, val)
+		if err != nil {
+			if why == "" {
+				why = fmt.Sprintf("seq %d: %v", s, err)
+			}
+			r.usageWrong = true
+			return nil
+		}
+		if why != "" {
+			// The rest of the log still counts for its users' usage.
+			r.usage[op.User] += opUsage(&op.Op, op.Erased)
+			return nil
+		}
+		dots[op.Dot.Device]++
+		if op.Dot.N != dots[op.Dot.Device] {
+			why = fmt.Sprintf("seq %d has dot %s, where the log implies %d", s, op.Dot, dots[op.Dot.Device])
+			r.usage[op.User] += opUsage(&op.Op, op.Erased)
+			return nil
+		}
+		p.head = s
+		messages := uint64(0)
+		if len(p.messages) > 0 {
+			messages = p.messages[len(p.messages)-1]
+		}
+		if op.Kind == model.KindMessage {
+			messages++
+		}
+		p.messages = append(p.messages, messages)
+		p.dots = append(p.dots, seqDot{s, op.Dot})
+		p.byID = append(p.byID, idSeq{op.ID, s})
+		r.usage[op.User] += opUsage(&op.Op, op.Erased)
+		switch op.Kind {
+		case model.KindCreate:
+			p.title = op.Title
+			p.roles[op.User] = record.Member{Role: model.RoleOwner, Since: s}
+		case model.KindSetTitle:
+			p.title = op.Title
+		case model.KindMemberAdd, model.KindMemberRole:
+			p.roles[op.Member] = record.Member{Role: op.Role, Since: s}
+		case model.KindMemberRemove:
+			p.roles[op.Member] = record.Member{Role: model.RoleNone, Since: s, Title: p.title}
+		case model.KindEdit:
+			p.edits[op.Target] = append(p.edits[op.Target], s)
+		case model.KindDelete:
+			p.deleted[op.Target] = true
+		}
+		if op.Erased {
+			p.erased = append(p.erased, op)
+		}
+		if op.Messages != messages {
+			p.recount = append(p.recount, s)
+		}
+		return nil
+	})
+	if err == nil && why == "" && p.head == 0 {
+		why = "it has no log"
+	}
+	if err != nil || why == "" {
+		slices.SortFunc(p.byID, func(a, b idSeq) int { return a.id.Compare(b.id) })
+		for i := 1; i < len(p.byID); i++ {
+			if p.byID[i].id == p.byID[i-1].id {
+				why = fmt.Sprintf("op id %s is at both seq %d and seq %d", p.byID[i].id, p.byID[i-1].seq, p.byID[i].seq)
+				break
+			}
+		}
+	}
+	if err != nil || why == "" {
+		return p, true, err
+	}
+	r.unfixed("conversation %s: %s: left as found", conv, why)
+	return nil, false, nil
+}
+
+// recount fixes the message counts of ops that have them wrong.
+func (r *rebuilder) recount(conv ulid.ULID, p *replay) error {
+	for _, s := range p.recount {
+		op, err := readOp(r.v, conv, s)
+		if err != nil {
+			return err
+		}
+		op.Messages = p.messages[s-1]
+		r.fixed("ops' message counts")
+		if err := r.set(keys.Op(conv, s), record.AppendOp(nil, &op)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// seqOf returns the seq of the op with id, if the log has it.
+func (p *replay) seqOf(id ulid.ULID) (uint64, bool) {
+	i, ok := slices.BinarySearchFunc(p.byID, id, func(e idSeq, id ulid.ULID) int { return e.id.Compare(id) })
+	if !ok {
+		return 0, false
+	}
+	return p.byID[i].seq, true
+}
+
+// opIDs makes conv's op-id index the log's ids, merging the index (in id
+// order) with the log's ids sorted.
+func (r *rebuilder) opIDs(conv ulid.ULID, p *replay) error {
+	i := 0
+	setTo := func(e idSeq) error {
+		r.fixed("op-id index entries set")
+		return r.set(keys.ID2(keys.TOpID, conv, e.id), record.AppendUint(nil, e.seq))
+	}
+	err := scan(r.v, keys.ID1(keys.TOpID, conv), func(k, val []byte) error {
+		_, id, ok := keys.ParseID2(k)
+		for ; ok && i < len(p.byID) && p.byID[i].id.Compare(id) < 0; i++ {
+			if err := setTo(p.byID[i]); err != nil {
+				return err
+			}
+		}
+		if !ok || i == len(p.byID) || p.byID[i].id != id {
+			r.fixed("op-id index entries deleted")
+			return r.del(k)
+		}
+		e := p.byID[i]
+		i++
+		if seq, err := record.DecodeUint(val); err != nil || seq != e.seq {
+			return setTo(e)
+		}
+		return nil
+	})
+	for ; err == nil && i < len(p.byID); i++ {
+		err = setTo(p.byID[i])
+	}
+	return err
+}
+
+// editIndex makes conv's edit index the log's edits.
+func (r *rebuilder) editIndex(conv ulid.ULID, p *replay) error {
+	type edit struct {
+		target ulid.ULID
+		seq    uint64
+	}
+	want := map[edit]bool{}
+	for target, seqs := range p.edits {
+		for _, s := range seqs {
+			want[edit{target, s}] = true
+		}
+	}
+	err := scan(r.v, keys.ID1(keys.TEdit, conv), func(k, _ []byte) error {
+		_, target, seq, ok := keys.ParseEdit(k)
+		if ok && want[edit{target, seq}] {
+			delete(want, edit{target, seq})
+			return nil
+		}
+		r.fixed("edit index entries deleted")
+		return r.del(k)
+	})
+	for e := range want {
+		if err != nil {
+			break
+		}
+		r.fixed("edit index entries set")
+		err = r.set(keys.Edit(conv, e.target, e.seq), nil)
+	}
+	return err
+}
+
+// erase erases the bodies of deleted messages and of their edits where a
+// delete left them, and says which erased ops no delete explains.
+func (r *rebuilder) erase(conv ulid.ULID, p *replay) error {
+	for _, op := range p.erased {
+		target := op.ID
+		if op.Kind == model.KindEdit {
+			target = op.Target
+		}
+		if !p.deleted[target] {
+			r.unfixed("conversation %s seq %d: erased, but message %s was never deleted", conv, op.Seq, target)
+		}
+	}
+	for target := range p.deleted {
+		seqs := p.edits[target]
+		if s, ok := p.seqOf(target); ok {
+			seqs = append(seqs[:len(seqs):len(seqs)], s)
+		}
+		for _, s := range seqs {
+			op, err := readOp(r.v, conv, s)
+			if err != nil {
+				return err
+			}
+			if op.Erased {
+				continue
+			}
+			r.usage[op.User] -= opUsage(&op.Op, false)
+			op.Hash = model.PayloadHash(&op.Op)
+			op.Erased, op.Body, op.ContentType = true, nil, ""
+			op.Messages = p.messages[s-1]
+			r.fixed("bodies of deleted messages and their edits erased")
+			if err := r.set(keys.Op(conv, s), record.AppendOp(nil, &op)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// dotIndex rewrites conv's dot index from the log when it does not
+// cover the log's dots exactly (checkDotRuns): as runs of each device's
+// consecutive dots at consecutive seqs. An index that does is left as
+// it is, however its runs are cut.
+func (r *rebuilder) dotIndex(conv ulid.ULID, p *replay) error {
+	bad := false
+	err := checkDotRuns(r.v, conv, p.dots, func(string, ...any) { bad = true })
+	if err != nil || !bad {
+		return err
+	}
+	r.fixed("dot indexes of conversations rewritten")
+	err = scan(r.v, keys.ID1(keys.TDot, conv), func(k, _ []byte) error { return r.del(k) })
+	if err != nil {
+		return err
+	}
+	// The runs of each device, open while its dots go on at the next seq.
+	type run struct {
+		first seqDot
+		count uint64
+	}
+	open := map[ulid.ULID]*run{}
+	var val []byte
+	put := func(ru *run) error {
+		val = record.AppendDotRun(val[:0], ru.first.seq, ru.count)
+		return r.set(keys.Dot(conv, ru.first.dot.Device, ru.first.dot.N), val)
+	}
+	var prev *run
+	for _, d := range p.dots {
+		ru := open[d.dot.Device]
+		if ru != nil && ru == prev {
+			ru.count++
+			continue
+		}
+		if ru != nil {
+			if err := put(ru); err != nil {
+				return err
+			}
+		}
+		ru = &run{d, 1}
+		open[d.dot.Device], prev = ru, ru
+	}
+	for _, ru := range open {
+		if err := put(ru); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// members makes conv's record and its members' records what the log
+// implies, and notes the feed entries and conversation lists they imply.
+func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay) error {
+	old := *rec
+	// The records as they are: by user, the table each is in.
+	type found struct {
+		m      record.Member
+		tables []byte
+	}
+	have := map[ulid.ULID]*found{}
+	for _, t := range []byte{keys.TMember, keys.TFormer} {
+		err := scan(r.v, keys.ID1(t, conv), func(k, val []byte) error {
+			_, u, ok := keys.ParseID2(k)
+			if !ok {
+				r.fixed("malformed member keys deleted")
+				return r.del(k)
+			}
+			f := have[u]
+			if f == nil {
+				f = &found{}
+				have[u] = f
+			}
+			f.tables = append(f.tables, t)
+			if m, err := record.DecodeMember(val); err == nil {
+				f.m = m // a former member's record, when in both tables
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	rec.Head, rec.Title = p.head, p.title
+	rec.Messages = p.messages[len(p.messages)-1]
+	rec.Members = 0
+	if lag := rec.FeedPos - rec.EntryPos; rec.EntryPos > rec.FeedPos || lag > maxEntryLag || lag != 0 && (rec.MoveEntries || rec.SharedFeed) {
+		rec.EntryPos = rec.FeedPos
+	}
+	want := map[ulid.ULID]record.Member{}
+	for u, m := range p.roles {
+		if m.Role != model.RoleNone {
+			rec.Members++
+		} else if f := have[u]; f != nil && f.m.Role == model.RoleNone && f.m.DetachedPos != 0 {
+			m.DetachedPos = f.m.DetachedPos
+		} else {
+			// Detached where its next sync sees it, from a
+			// position a member's entry cannot hold (MoveEntries).
+			m.DetachedPos = rec.FeedPos
+			rec.MoveEntries, rec.EntryPos = true, rec.FeedPos
+			r.fixed("former members' lost detach positions set to their conversation's")
+		}
+		want[u] = m
+	}
+	for u, f := range have {
+		m, ok := want[u]
+		for _, t := range f.tables {
+			if !ok || t != memberTable(m.Role) {
+				r.fixed("member records deleted from the wrong table")
+				if err := r.del(keys.ID2(t, conv, u)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for u, m := range want {
+		t := memberTable(m.Role)
+		if f := have[u]; f == nil || !slices.Contains(f.tables, t) || f.m != m {
+			r.fixed("member records set")
+			if err := r.set(keys.ID2(t, conv, u), record.AppendMember(nil, &m)); err != nil {
+				return err
+			}
+		}
+		r.userConvs[string(keys.ID2(keys.TUserConv, u, conv))] = true
+		switch {
+		case m.Role != model.RoleNone && rec.SharedFeed:
+			r.want[string(keys.ID2(keys.TShared, u, conv))] = true
+		case m.Role != model.RoleNone:
+			r.want[string(keys.Feed(keys.TFeed, u, rec.EntryPos, conv))] = true
+		default:
+			r.want[string(keys.Feed(keys.TFeed, u, m.DetachedPos, conv))] = true
+		}
+	}
+	if *rec != old {
+		r.fixed("conversation records set")
+		return r.set(keys.ID1(keys.TConv, conv), record.AppendConv(nil, rec))
+	}
+	return nil
+}
+
+// markers fixes the message counts of conv's read markers.
+func (r *rebuilder) markers(conv ulid.ULID, p *replay) error {
+	return scan(r.v, keys.ID1(keys.TUserMark, conv), func(k, val []byte) error {
+		m, err := record.DecodeMarker(val)
+		if err != nil {
+			_, u, _ := keys.ParseID2(k)
+			r.unfixed("conversation %s: marker of user %s: %v", conv, u, err)
+			return nil
+		}
+		if !m.ReadCounted {
+			return nil
+		}
+		fixed := m
+		if m.Read == 0 || m.Read > p.head {
+			fixed.ReadCounted, fixed.ReadMessages = false, 0
+		} else {
+			fixed.ReadMessages = p.messages[m.Read-1]
+		}
+		if fixed == m {
+			return nil
+		}
+		r.fixed("read markers' message counts")
+		return r.set(k, record.AppendMarker(nil, &fixed))
+	})
+}
+
+// feeds makes the feed entries and the users' conversation lists the ones
+// the member records imply, but for conversations left as found.
+func (r *rebuilder) feeds() error {
+	for _, t := range []struct {
+		table byte
+		want  map[string]bool
+		what  string
+		conv  func(k []byte) (ulid.ULID, bool)
+	}{
+		{keys.TFeed, r.want, "feed entries", func(k []byte) (ulid.ULID, bool) { _, _, c, ok := keys.ParseFeed(k); return c, ok }},
+		{keys.TShared, r.want, "shared feed entries", func(k []byte) (ulid.ULID, bool) { _, c, ok := keys.ParseID2(k); return c, ok }},
+		{keys.TUserConv, r.userConvs, "users' conversation list entries", func(k []byte) (ulid.ULID, bool) { _, c, ok := keys.ParseID2(k); return c, ok }},
+	} {
+		err := scan(r.v, []byte{t.table}, func(k, _ []byte) error {
+			if t.want[string(k)] {
+				delete(t.want, string(k))
+				return nil
+			}
+			if conv, ok := t.conv(k); ok && r.kept[conv] {
+				return nil
+			}
+			r.fixed("stray " + t.what + " deleted")
+			return r.del(k)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for _, want := range []map[string]bool{r.want, r.userConvs} {
+		ks := make([]string, 0, len(want))
+		for k := range want {
+			ks = append(ks, k)
+		}
+		slices.Sort(ks)
+		for _, k := range ks {
+			switch k[0] {
+			case keys.TFeed:
+				r.fixed("missing feed entries set")
+			case keys.TShared:
+				r.fixed("missing shared feed entries set")
+			default:
+				r.fixed("missing users' conversation list entries set")
+			}
+			if err := r.set([]byte(k), nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// userFeed makes the user feed's entries and its index agree: an entry
+// the index does not point at goes, one it points at is set.
+func (r *rebuilder) userFeed() error {
+	idx := map[string]bool{}
+	err := scan(r.v, []byte{keys.TUFeedIdx}, func(k, val []byte) error {
+		u, conv, ok := keys.ParseID2(k)
+		pos, err := record.DecodeUint(val)
+		if !ok || err != nil {
+			r.fixed("malformed user feed index entries deleted")
+			return r.del(k)
+		}
+		idx[string(keys.Feed(keys.TUFeed, u, pos, conv))] = true
+		r.maxFeedPos = max(r.maxFeedPos, pos)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = scan(r.v, []byte{keys.TUFeed}, func(k, _ []byte) error {
+		if idx[string(k)] {
+			delete(idx, string(k))
+			return nil
+		}
+		r.fixed("unindexed user feed entries deleted")
+		return r.del(k)
+	})
+	for k := range idx {
+		if err != nil {
+			break
+		}
+		r.fixed("missing user feed entries set")
+		err = r.set([]byte(k), nil)
+	}
+	return err
+}
+
+// receipts deletes the marks of waiting receipts of conversations that do
+// not exist.
+func (r *rebuilder) receipts() error {
+	return scan(r.v, []byte{keys.TReceipts}, func(k, _ []byte) error {
+		if conv, ok := keys.ParseID1(k); ok {
+			if has, err := r.v.Has(keys.ID1(keys.TConv, conv)); err != nil || has {
+				return err
+			}
+		}
+		r.fixed("waiting receipts of missing conversations deleted")
+		return r.del(k)
+	})
+}
+
+// usages makes each user's usage what their ops count.
+func (r *rebuilder) usages() error {
+	if r.usageWrong {
+		r.unfixed("users' usage left as found: an op that does not decode counts for a user it does not name")
+		return nil
+	}
+	err := scan(r.v, []byte{keys.TUsage}, func(k, val []byte) error {
+		user, ok := keys.ParseID1(k)
+		n, err := record.DecodeUint(val)
+		want := r.usage[user]
+		delete(r.usage, user)
+		switch {
+		case !ok || want == 0:
+			r.fixed("usage records deleted")
+			return r.del(k)
+		case err != nil || int64(n) != want:
+			r.fixed("usage records set")
+			return r.set(k, record.AppendUint(nil, uint64(want)))
+		}
+		return nil
+	})
+	for user, n := range r.usage {
+		if err != nil {
+			break
+		}
+		if n != 0 {
+			r.fixed("usage records set")
+			err = r.set(keys.ID1(keys.TUsage, user), record.AppendUint(nil, uint64(n)))
+		}
+	}
+	return err
+}
