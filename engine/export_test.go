@@ -464,6 +464,24 @@ var Corruptions = []Corruption{
 		c.EntryPos = c.FeedPos - 1
 		return record.AppendConv(nil, &c), err
 	})},
+	{"conversation record lost", func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, _, err := first(v, []byte{keys.TConv}, func(_, val []byte) bool {
+			c, err := record.DecodeConv(val)
+			return err == nil && !c.SharedFeed
+		})
+		b.Delete(k)
+		// Made anew at a new feed position, where the members' entries
+		// move.
+		return [][]byte{k, {keys.TFeed}, {keys.TShared}, keys.Meta(keys.MetaFeedPos)}, err
+	}},
+	{"shared feed conversation record garbled", func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, _, err := first(v, []byte{keys.TConv}, func(_, val []byte) bool {
+			c, err := record.DecodeConv(val)
+			return err == nil && c.SharedFeed
+		})
+		b.Set(k, []byte("garbage"))
+		return [][]byte{k, {keys.TFeed}, {keys.TShared}, keys.Meta(keys.MetaFeedPos)}, err
+	}},
 	{"member record lost", deleteFirst([]byte{keys.TMember}, nil)},
 	{"member record's role wrong", rewriteFirst([]byte{keys.TMember}, nil, func(_, val []byte) ([]byte, error) {
 		m, err := record.DecodeMember(val)
@@ -519,4 +537,20 @@ func RebuildInCommitsOf(t interface{ Cleanup(func()) }, n int) {
 	old := rebuildBatch
 	rebuildBatch = n
 	t.Cleanup(func() { rebuildBatch = old })
+}
+
+// CrashRebuildAfter stops each Rebuild after its nth commit, as a crash
+// would, until the test ends; n < 1 lets it run. It returns the error the
+// stopped Rebuild returns.
+func CrashRebuildAfter(t interface{ Cleanup(func()) }, n int) error {
+	crash := errors.New("rebuild stopped as by a crash")
+	commits := 0
+	afterRebuildCommit = func() error {
+		if commits++; commits == n {
+			return crash
+		}
+		return nil
+	}
+	t.Cleanup(func() { afterRebuildCommit = nil })
+	return crash
 }

@@ -23,8 +23,9 @@ type RebuildReport struct {
 	// their descriptions; empty when everything agreed with the logs.
 	Fixes []Fix
 	// Unfixed lists what Rebuild could not repair and left as it found
-	// it: a log with a gap or an op that does not decode, an erased op
-	// whose message was never deleted. Check reports it again.
+	// it: a log with a gap, an op that does not decode, an erased op
+	// whose message was never deleted, a malformed key. Check reports
+	// it again.
 	Unfixed []string
 	// Check is the consistency check of the store once rebuilt.
 	Check CheckReport
@@ -52,9 +53,12 @@ var rebuildBatch = 4 << 20
 // an op that does not decode, a dot out of order) is left as found, and
 // said so in the report's Unfixed.
 //
-// Where a former member's record was lost, the feed position they were
-// detached at is too: they are detached at the conversation's feed
-// position, where their next sync sees them removed.
+// Where a conversation's record was lost (gone, or it does not decode),
+// it is made anew from the log at a new feed position, where every
+// member's devices see the conversation again. Where a former member's
+// record was lost, the feed position they were detached at is too: they
+// are detached at the conversation's feed position, where their next sync
+// sees them removed again.
 //
 // It commits as it goes, in batches of a few MiB; each fix sets what the
 // log implies, so a Rebuild that stopped part way (a crash, a full disk)
@@ -82,21 +86,27 @@ func Rebuild(dir string, opts Options) (RebuildReport, error) {
 			userConvs: map[string]bool{},
 			kept:      map[ulid.ULID]bool{},
 			usage:     map[ulid.ULID]int64{},
+			sharedMax: e.opts.SharedFeedMembers,
 		}
 		defer r.v.Release()
 		err := r.run()
 		if err == nil {
 			err = r.commit()
-		} else {
+		} else if r.b != nil {
 			r.b.Close()
 		}
+		fixes := 0
 		for what, n := range r.fixes {
 			rep.Fixes = append(rep.Fixes, Fix{what, n})
+			fixes += n
 		}
 		slices.SortFunc(rep.Fixes, func(a, b Fix) int { return cmp.Compare(a.What, b.What) })
+		if err != nil {
+			return fmt.Errorf("rebuild (what it fixed so far stays; run it again to finish): %w", err)
+		}
 		e.log.Info("rebuilt the store from its logs", "conversations", rep.Conversations, "ops", rep.Ops,
-			"fixes", len(rep.Fixes), "unfixed", len(rep.Unfixed), "took", time.Since(start).Round(time.Millisecond))
-		return err
+			"fixes", fixes, "unfixed", len(rep.Unfixed), "took", time.Since(start).Round(time.Millisecond))
+		return nil
 	})
 	if err != nil {
 		return rep, err
@@ -124,6 +134,7 @@ type rebuilder struct {
 	kept       map[ulid.ULID]bool
 	// kept holds the conversations left as found: their feed entries and
 	// conversation lists are kept as they are.
+	sharedMax  int                 // Options.SharedFeedMembers
 	usage      map[ulid.ULID]int64 // each user's usage, as their ops count it
 	usageWrong bool                // an op did not decode: usage cannot be counted
 }
@@ -156,15 +167,35 @@ func (r *rebuilder) flushIfFull() error {
 }
 
 func (r *rebuilder) commit() error {
-	if r.b.Count() == 0 {
-		r.b.Close()
+	b := r.b
+	r.b = nil // the commit closes it (after a failed one, the store refuses any other)
+	if b.Count() == 0 {
+		b.Close()
 		return nil
 	}
-	return r.st.Commit(r.b)
+	if err := r.st.Commit(b); err != nil {
+		return err
+	}
+	if f := afterRebuildCommit; f != nil {
+		return f()
+	}
+	return nil
 }
 
+// afterRebuildCommit, when set (by tests), runs after each commit of
+// Rebuild; an error stops it there, as a crash would.
+var afterRebuildCommit func() error
+
 func (r *rebuilder) run() error {
-	err := scan(r.v, []byte{keys.TConv}, func(k, val []byte) error {
+	feedPos, err := readFeedPos(r.v)
+	if err != nil {
+		return err
+	}
+	r.maxFeedPos = feedPos
+	// Conversations whose record does not decode, or is gone, are
+	// rebuilt after the others, from positions past every one in use.
+	var lost []ulid.ULID
+	err = scan(r.v, []byte{keys.TConv}, func(k, val []byte) error {
 		conv, ok := keys.ParseID(k, 1)
 		if !ok || len(k) != 17 {
 			r.unfixed("malformed conversation key %x", k)
@@ -173,14 +204,25 @@ func (r *rebuilder) run() error {
 		r.rep.Conversations++
 		rec, err := record.DecodeConv(val)
 		if err != nil {
-			r.unfixed("conversation %s: %v: left as found", conv, err)
-			r.kept[conv] = true
+			lost = append(lost, conv)
 			return nil
 		}
-		return r.conv(conv, rec)
+		return r.conv(conv, rec, false)
 	})
 	if err != nil {
 		return err
+	}
+	err = r.logsWithoutRecord(func(conv ulid.ULID) {
+		r.rep.Conversations++
+		lost = append(lost, conv)
+	})
+	if err != nil {
+		return err
+	}
+	for _, conv := range lost {
+		if err := r.conv(conv, record.Conv{}, true); err != nil {
+			return err
+		}
 	}
 	if err := r.feeds(); err != nil {
 		return err
@@ -194,15 +236,40 @@ func (r *rebuilder) run() error {
 	if err := r.usages(); err != nil {
 		return err
 	}
-	feedPos, err := readFeedPos(r.v)
-	if err != nil {
-		return err
-	}
 	if r.maxFeedPos > feedPos {
-		r.fixed("store's feed position raised to its conversations'")
+		r.fixed("store's feed position raised past every one in use")
 		return r.set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, r.maxFeedPos))
 	}
 	return nil
+}
+
+// logsWithoutRecord calls fn with every conversation that has ops but no
+// record, stepping from one conversation's log to the next.
+func (r *rebuilder) logsWithoutRecord(fn func(conv ulid.ULID)) error {
+	lo, hi := keys.Prefix([]byte{keys.TOp})
+	it, err := r.v.Iter(lo, hi)
+	if err != nil {
+		return err
+	}
+	for ok := it.First(); ok; {
+		conv, valid := keys.ParseID(it.Key(), 1)
+		if !valid {
+			r.unfixed("malformed op key %x", it.Key())
+			ok = it.Next()
+			continue
+		}
+		has, err := r.v.Has(keys.ID1(keys.TConv, conv))
+		if err != nil {
+			_ = it.Close()
+			return err
+		}
+		if !has {
+			fn(conv)
+		}
+		_, next := keys.Prefix(keys.ID1(keys.TOp, conv))
+		ok = it.SeekGE(next)
+	}
+	return it.Close()
 }
 
 // replay is what a conversation's log implies.
@@ -225,7 +292,8 @@ type idSeq struct {
 }
 
 // conv rebuilds what conv's log implies.
-func (r *rebuilder) conv(conv ulid.ULID, rec record.Conv) error {
+// A lost record (lost: one that does not decode, or none) is made anew.
+func (r *rebuilder) conv(conv ulid.ULID, rec record.Conv, lost bool) error {
 	r.maxFeedPos = max(r.maxFeedPos, rec.FeedPos)
 	p, ok, err := r.replay(conv)
 	if err != nil || !ok {
@@ -240,14 +308,15 @@ func (r *rebuilder) conv(conv ulid.ULID, rec record.Conv) error {
 			return err
 		}
 	}
-	if err := r.members(conv, &rec, p); err != nil {
+	if err := r.members(conv, &rec, p, lost); err != nil {
 		return err
 	}
 	return r.markers(conv, p)
 }
 
-// replay reads conv's log, fixing the ops' message counts on the way. It
-// returns false, having said why, when the log cannot be read in full.
+// replay reads conv's log, noting the ops whose message count is wrong.
+// It returns false, having said why, when the log cannot be read in full
+// (its ops still count for their users' usage).
 func (r *rebuilder) replay(conv ulid.ULID) (*replay, bool, error) {
 	p := &replay{
 		roles:   map[ulid.ULID]record.Member{},
@@ -511,7 +580,12 @@ func (r *rebuilder) dotIndex(conv ulid.ULID, p *replay) error {
 
 // members makes conv's record and its members' records what the log
 // implies, and notes the feed entries and conversation lists they imply.
-func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay) error {
+//
+// A lost record gets a feed position of its own, past every other, so
+// that every member's devices see the conversation changed, and the rest
+// from the log; shared (Options.SharedFeedMembers) when some member has a
+// shared entry for it or it has grown past the limit.
+func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay, lost bool) error {
 	old := *rec
 	// The records as they are: by user, the table each is in.
 	type found struct {
@@ -544,6 +618,10 @@ func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay) error {
 	rec.Head, rec.Title = p.head, p.title
 	rec.Messages = p.messages[len(p.messages)-1]
 	rec.Members = 0
+	if lost {
+		r.maxFeedPos++
+		rec.FeedPos, rec.EntryPos, rec.MoveEntries = r.maxFeedPos, r.maxFeedPos, true
+	}
 	if lag := rec.FeedPos - rec.EntryPos; rec.EntryPos > rec.FeedPos || lag > maxEntryLag || lag != 0 && (rec.MoveEntries || rec.SharedFeed) {
 		rec.EntryPos = rec.FeedPos
 	}
@@ -561,6 +639,27 @@ func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay) error {
 			r.fixed("former members' lost detach positions set to their conversation's")
 		}
 		want[u] = m
+	}
+	if lost {
+		rec.SharedFeed = int(rec.Members) > r.sharedMax
+		for u, m := range want {
+			if rec.SharedFeed || m.Role == model.RoleNone {
+				continue
+			}
+			var err error
+			if rec.SharedFeed, err = r.v.Has(keys.ID2(keys.TShared, u, conv)); err != nil {
+				return err
+			}
+		}
+	}
+	// The conversation's record first: a Rebuild stopped before the
+	// member records that a lost detach position moves finds them
+	// lost again, and their conversation's entries still to move.
+	if lost || *rec != old {
+		r.fixed("conversation records set")
+		if err := r.set(keys.ID1(keys.TConv, conv), record.AppendConv(nil, rec)); err != nil {
+			return err
+		}
 	}
 	for u, f := range have {
 		m, ok := want[u]
@@ -590,10 +689,6 @@ func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay) error {
 		default:
 			r.want[string(keys.Feed(keys.TFeed, u, m.DetachedPos, conv))] = true
 		}
-	}
-	if *rec != old {
-		r.fixed("conversation records set")
-		return r.set(keys.ID1(keys.TConv, conv), record.AppendConv(nil, rec))
 	}
 	return nil
 }

@@ -3,20 +3,23 @@ package engine_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
 	"github.com/ferrysync/ferry/engine/model"
 )
 
-// rebuildStore fills a store in "db" with what Rebuild rebuilds: two
-// conversations, one on members' own feed entries and one on a shared
-// one, each with a former member; messages, edits, a reaction, a message
+// rebuildStore fills a store in "db" with what Rebuild rebuilds:
+// conversations on members' own feed entries and on a shared one, two with
+// a former member; messages, edits, a reaction, a message
 // deleted after an edit; read markers, public and private. It returns the
 // store's options, closed.
 func rebuildStore(t *testing.T) engine.Options {
@@ -48,6 +51,9 @@ func rebuildStore(t *testing.T) engine.Options {
 	alice.Push(alice.Op(group, model.Op{Kind: model.KindSetTitle, Title: "the group"}))
 	dave.Push(dave.Op(group, model.Op{Kind: model.KindMemberRemove, Member: dave.Actor.User}))
 	bob.Send(group, "where did dave go")
+	duo := carol.Create("duo", alice)
+	alice.Send(duo, "just us")
+
 	for _, g := range []struct {
 		d *enginetest.Device
 		m engine.Marker
@@ -194,4 +200,105 @@ func TestRebuildLeavesBrokenLog(t *testing.T) {
 	if d := differences(want, snapshot(t, o), nil); len(d) > 0 {
 		t.Errorf("rebuild changed the store: %q", d)
 	}
+}
+
+// TestRebuildStoppedPartWay stops a Rebuild of a store damaged in several
+// ways after each of its commits in turn, as a crash would, and checks
+// that running it again leaves the very store one uninterrupted Rebuild
+// does.
+func TestRebuildStoppedPartWay(t *testing.T) {
+	engine.RebuildInCommitsOf(t, 1)
+	o := rebuildStore(t)
+	damages := []string{"op-id index entry lost", "dot index run lost", "former member's record lost",
+		"conversation record lost", "usage wrong", "stray feed entry", "deleted message's body back"}
+	for _, name := range damages {
+		i := slices.IndexFunc(engine.Corruptions, func(c engine.Corruption) bool { return c.Name == name })
+		if i < 0 {
+			t.Fatalf("no damage %q", name)
+		}
+		if _, err := engine.Corruptions[i].Apply(o.FS, "db"); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	damaged := o.FS
+	clone := func() engine.Options {
+		t.Helper()
+		c := o
+		c.FS = vfs.NewMem()
+		if _, err := vfs.Clone(damaged, c.FS, "db", "db"); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ref := clone()
+	rebuild(t, ref)
+	want := snapshot(t, ref)
+	for n := 1; ; n++ {
+		c := clone()
+		crash := engine.CrashRebuildAfter(t, n)
+		_, err := engine.Rebuild("db", c)
+		if err == nil {
+			if n < 3 {
+				t.Fatalf("rebuild took %d commits; the test wants more", n-1)
+			}
+			t.Logf("stopped after each of %d commits", n-1)
+			break
+		}
+		if !errors.Is(err, crash) {
+			t.Fatalf("rebuild stopped after commit %d: %v", n, err)
+		}
+		engine.CrashRebuildAfter(t, 0)
+		rebuild(t, c)
+		if d := differences(want, snapshot(t, c), nil); len(d) > 0 {
+			t.Fatalf("rebuilt again after a stop after commit %d, the store differs from one rebuilt at once: %q", n, d)
+		}
+	}
+}
+
+// TestRebuiltRecordsReachDevices: a conversation whose record was lost,
+// made anew at a new feed position, reaches its members' caught-up
+// devices again, whole; and a former member whose record was lost is told
+// once more that they left.
+func TestRebuiltRecordsReachDevices(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	dave := enginetest.Register(t, e, "dave")
+	conv := alice.Create("duo")
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: dave.Actor.User, Role: model.RoleMember}))
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberRemove, Member: dave.Actor.User}))
+	alice.Push(alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: bob.Actor.User, Role: model.RoleMember}))
+	alice.Send(conv, "hello bob")
+	_, bobPos := catchUpFrom(t, e, bob, 0)
+	_, davePos := catchUpFrom(t, e, dave, 0)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"conversation record lost", "former member's record lost"} {
+		i := slices.IndexFunc(engine.Corruptions, func(c engine.Corruption) bool { return c.Name == name })
+		if _, err := engine.Corruptions[i].Apply(o.FS, "db"); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	rebuild(t, o)
+	e = enginetest.Open(t, o)
+	infos, pos := catchUpFrom(t, e, bob, bobPos)
+	if info, ok := infos[conv]; len(infos) != 1 || !ok || info.Title != "duo" || info.Head != 5 || info.Removed || info.Role != model.RoleMember {
+		t.Errorf("bob's catch-up from %d after the rebuild: %+v; want the conversation, whole", bobPos, infos)
+	}
+	if infos, _ := catchUpFrom(t, e, bob, pos); len(infos) != 0 {
+		t.Errorf("bob's catch-up from %d, where the last ended: %+v; want nothing", pos, infos)
+	}
+	infos, _ = catchUpFrom(t, e, dave, davePos)
+	if info, ok := infos[conv]; len(infos) != 1 || !ok || !info.Removed || info.Head != 3 {
+		t.Errorf("dave's catch-up from %d after the rebuild: %+v; want the conversation he left at seq 3", davePos, infos)
+	}
+	// The conversation goes on as before.
+	alice.E, bob.E = e, e
+	alice.Send(conv, "still here")
+	if infos, _ := catchUpFrom(t, e, bob, pos); infos[conv].Head != 6 {
+		t.Errorf("bob's catch-up after a new message: %+v", infos)
+	}
+	enginetest.MustCheck(t, e)
 }
