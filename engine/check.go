@@ -57,7 +57,7 @@ func (e *Engine) Check() (CheckReport, error) {
 		return c.rep, err
 	}
 	c.feedPos = feedPos
-	c.want = map[string]bool{}
+	c.want, c.lists, c.unread = map[string]bool{}, map[string]bool{}, map[ulid.ULID]bool{}
 	err = scan(r.v, []byte{keys.TConv}, func(k, val []byte) error {
 		conv, ok := keys.ParseID(k, 1)
 		if !ok || len(k) != 17 {
@@ -67,6 +67,7 @@ func (e *Engine) Check() (CheckReport, error) {
 		rec, err := record.DecodeConv(val)
 		if err != nil {
 			c.problem("conversation %s: %v", conv, err)
+			c.unread[conv] = true
 			return nil
 		}
 		c.rep.Conversations++
@@ -110,6 +111,23 @@ func (e *Engine) Check() (CheckReport, error) {
 		u, pos, conv, _ := keys.ParseFeed([]byte(k))
 		c.problem("missing feed entry of user %s for conversation %s at position %d", u, conv, pos)
 	}
+	// Every user's list of conversations holds those they have a member
+	// record in, and no other.
+	err = scan(r.v, []byte{keys.TUserConv}, func(k, _ []byte) error {
+		u, conv, _ := keys.ParseID2(k)
+		if !c.lists[string(k)] && !c.unread[conv] {
+			c.problem("user %s lists conversation %s, where they have no member record", u, conv)
+		}
+		delete(c.lists, string(k))
+		return nil
+	})
+	if err != nil {
+		return c.rep, err
+	}
+	for k := range c.lists {
+		u, conv, _ := keys.ParseID2([]byte(k))
+		c.problem("conversation %s member %s: missing from the user's conversations", conv, u)
+	}
 	if err := c.userFeed(); err != nil {
 		return c.rep, err
 	}
@@ -145,6 +163,8 @@ type checker struct {
 	feedPos uint64
 	counted map[ulid.ULID]int64 // each user's usage, as the ops read give it
 	want    map[string]bool     // feed keys that must exist
+	lists   map[string]bool     // TUserConv keys that must exist
+	unread  map[ulid.ULID]bool  // conversations whose record does not decode
 }
 
 func (c *checker) problem(format string, args ...any) {
@@ -321,9 +341,7 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 		} else {
 			c.want[string(keys.Feed(keys.TFeed, u, pos, conv))] = true
 		}
-		if ok, err := v.Has(keys.ID2(keys.TUserConv, u, conv)); err != nil || !ok {
-			c.problem("conversation %s member %s: missing from the user's conversations", conv, u)
-		}
+		c.lists[string(keys.ID2(keys.TUserConv, u, conv))] = true
 		return nil
 	}
 	for _, t := range []byte{keys.TMember, keys.TFormer} {

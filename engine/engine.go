@@ -112,10 +112,11 @@ type Engine struct {
 // Open opens the store in dir, creating it if needed.
 func Open(dir string, opts Options) (*Engine, error) { return open(dir, opts, nil) }
 
-// open is Open, running before (when not nil) once the store is open and
-// upgraded but before the writer reads it or starts: a tool's work on
-// the store (Rebuild) that no other write may interleave with.
-func open(dir string, opts Options, before func(*Engine) error) (*Engine, error) {
+// open is Open; given a tool, it runs the tool on the store once open
+// and upgraded, in place of the writer, and closes it: work on the store
+// (Rebuild) that no write of the engine's may interleave with, such as
+// the receipts a writer sends as it starts.
+func open(dir string, opts Options, tool func(*Engine) error) (*Engine, error) {
 	opts.EnsureDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("engine options: %w", err)
@@ -179,11 +180,8 @@ func open(dir string, opts Options, before func(*Engine) error) (*Engine, error)
 		_ = st.Close()
 		return nil, err
 	}
-	if before != nil {
-		if err := before(e); err != nil {
-			_ = st.Close()
-			return nil, err
-		}
+	if tool != nil {
+		return nil, errors.Join(tool(e), st.Close())
 	}
 	if err := e.w.init(e); err != nil {
 		_ = st.Close()

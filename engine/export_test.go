@@ -356,6 +356,39 @@ func first(v *store.View, p []byte, ok func(k, val []byte) bool) (k, val []byte,
 	return k, val, err
 }
 
+// formerLost is a Corruption's damage to the first record of a former
+// member of a conversation on a shared feed or not: deleted, or changed by
+// change.
+func formerLost(shared bool, change func(*record.Member)) func(*store.View, *store.Batch) ([][]byte, error) {
+	return func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, val, err := first(v, []byte{keys.TFormer}, func(k, _ []byte) bool {
+			conv, _, _ := keys.ParseID2(k)
+			raw, err := v.Get(keys.ID1(keys.TConv, conv))
+			if err != nil {
+				return false
+			}
+			c, err := record.DecodeConv(raw)
+			return err == nil && c.SharedFeed == shared
+		})
+		if err != nil {
+			return nil, err
+		}
+		if change == nil {
+			b.Delete(k)
+		} else {
+			m, err := record.DecodeMember(val)
+			if err != nil {
+				return nil, err
+			}
+			change(&m)
+			b.Set(k, record.AppendMember(nil, &m))
+		}
+		conv, _, _ := keys.ParseID2(k)
+		// Detached anew, and the members' entries with them.
+		return [][]byte{k, keys.ID1(keys.TConv, conv), {keys.TFeed}, {keys.TShared}}, nil
+	}
+}
+
 // deleteFirst is a Corruption's damage that deletes the first key with
 // prefix p for which ok holds.
 func deleteFirst(p []byte, ok func(k, val []byte) bool) func(*store.View, *store.Batch) ([][]byte, error) {
@@ -482,6 +515,16 @@ var Corruptions = []Corruption{
 		b.Set(k, []byte("garbage"))
 		return [][]byte{k, {keys.TFeed}, {keys.TShared}, keys.Meta(keys.MetaFeedPos)}, err
 	}},
+	{"conversation record lost with receipts waiting", func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, _, err := first(v, []byte{keys.TConv}, func(_, val []byte) bool {
+			c, err := record.DecodeConv(val)
+			return err == nil && !c.SharedFeed
+		})
+		b.Delete(k)
+		conv, _ := keys.ParseID1(k)
+		b.Set(keys.ID1(keys.TReceipts, conv), nil)
+		return [][]byte{k, keys.ID1(keys.TReceipts, conv), {keys.TFeed}, {keys.TShared}, keys.Meta(keys.MetaFeedPos)}, err
+	}},
 	{"member record lost", deleteFirst([]byte{keys.TMember}, nil)},
 	{"member record's role wrong", rewriteFirst([]byte{keys.TMember}, nil, func(_, val []byte) ([]byte, error) {
 		m, err := record.DecodeMember(val)
@@ -495,13 +538,11 @@ var Corruptions = []Corruption{
 		b.Set(keys.ID2(keys.TMember, conv, u), val)
 		return nil, err
 	}},
-	{"former member's record lost", func(v *store.View, b *store.Batch) ([][]byte, error) {
-		k, _, err := first(v, []byte{keys.TFormer}, nil)
-		b.Delete(k)
-		conv, _, _ := keys.ParseID2(k)
-		// Detached anew, and the members' entries with them.
-		return [][]byte{k, keys.ID1(keys.TConv, conv), {keys.TFeed}, {keys.TShared}}, err
-	}},
+	{"former member's record lost", formerLost(true, nil)},
+	{"former member's record lost, own feed entries", formerLost(false, nil)},
+	{"former member's record of an earlier removal", formerLost(false, func(m *record.Member) {
+		m.Since, m.DetachedPos = m.Since-1, m.DetachedPos-1
+	})},
 	{"feed entry lost", deleteFirst([]byte{keys.TFeed}, nil)},
 	{"stray feed entry", stray(func() []byte { return keys.Feed(keys.TFeed, strayID, 3, strayID) })},
 	{"shared feed entry lost", deleteFirst([]byte{keys.TShared}, nil)},
@@ -527,7 +568,11 @@ var Corruptions = []Corruption{
 	{"waiting receipts of a missing conversation", stray(func() []byte { return keys.ID1(keys.TReceipts, strayID) })},
 	{"store's feed position behind", func(_ *store.View, b *store.Batch) ([][]byte, error) {
 		b.Set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, 1))
-		return [][]byte{keys.Meta(keys.MetaFeedPos)}, nil
+		return nil, nil // the greatest a conversation or entry holds: here, the last taken
+	}},
+	{"store's feed position garbled", func(_ *store.View, b *store.Batch) ([][]byte, error) {
+		b.Set(keys.Meta(keys.MetaFeedPos), []byte{0xff})
+		return nil, nil
 	}},
 }
 
@@ -553,4 +598,36 @@ func CrashRebuildAfter(t interface{ Cleanup(func()) }, n int) error {
 	}
 	t.Cleanup(func() { afterRebuildCommit = nil })
 	return crash
+}
+
+// FormerKey is the key of user's record as a former member of conv.
+func FormerKey(conv, user ulid.ULID) []byte { return keys.ID2(keys.TFormer, conv, user) }
+
+// SetKey sets key to val in the closed store at dir on fs.
+func SetKey(fs vfs.FS, dir string, key, val []byte) error {
+	return rewriteAs(fs, dir, formatVersion, func(_ *store.View, b *store.Batch) error {
+		b.Set(key, val)
+		return nil
+	})
+}
+
+// LoseConversation deletes conv's record from the closed store at dir on
+// fs, and sets the store's feed position to pos.
+func LoseConversation(fs vfs.FS, dir string, conv ulid.ULID, pos uint64) error {
+	return rewriteAs(fs, dir, formatVersion, func(_ *store.View, b *store.Batch) error {
+		b.Delete(keys.ID1(keys.TConv, conv))
+		b.Set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, pos))
+		return nil
+	})
+}
+
+// CheckStopped checks the closed store at dir with o, starting no writer
+// (which could change it as it starts).
+func CheckStopped(dir string, o Options) (rep CheckReport, err error) {
+	o.Existing = true
+	_, err = open(dir, o, func(e *Engine) error {
+		rep, err = e.Check()
+		return err
+	})
+	return rep, err
 }

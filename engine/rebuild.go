@@ -2,6 +2,7 @@ package engine
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -55,16 +56,20 @@ var rebuildBatch = 4 << 20
 //
 // Where a conversation's record was lost (gone, or it does not decode),
 // it is made anew from the log at a new feed position, where every
-// member's devices see the conversation again. Where a former member's
-// record was lost, the feed position they were detached at is too: they
-// are detached at the conversation's feed position, where their next sync
-// sees them removed again.
+// member's devices see the conversation again; shared when a member holds
+// a shared entry for it or it has more members than
+// Options.SharedFeedMembers (give Rebuild the server's). Where a former
+// member's record was lost (or is of an earlier removal), the feed
+// position they were detached at is too: they are detached at the
+// conversation's feed position, which a device of theirs that has not
+// synced past it sees them removed at.
 //
 // It commits as it goes, in batches of a few MiB; each fix sets what the
 // log implies, so a Rebuild that stopped part way (a crash, a full disk)
 // is finished by running it again. A store that agrees with its logs is
-// left untouched. Once done it opens the store as a server would and
-// checks it (Engine.Check), whose report it returns with its own.
+// left untouched. Once done it checks the store (Engine.Check), whose
+// report it returns with its own. It starts no writer: waiting receipts,
+// say, go out when a server next starts.
 //
 // It keeps about 64 bytes for each op of the conversation it is at, and
 // a key for each feed entry of the store: an operator's tool, for a
@@ -72,7 +77,7 @@ var rebuildBatch = 4 << 20
 func Rebuild(dir string, opts Options) (RebuildReport, error) {
 	var rep RebuildReport
 	opts.Existing = true
-	e, err := open(dir, opts, func(e *Engine) error {
+	_, err := open(dir, opts, func(e *Engine) error {
 		start := time.Now()
 		e.log.Info("rebuilding the store from its logs")
 		r := &rebuilder{
@@ -85,6 +90,7 @@ func Rebuild(dir string, opts Options) (RebuildReport, error) {
 			want:      map[string]bool{},
 			userConvs: map[string]bool{},
 			kept:      map[ulid.ULID]bool{},
+			known:     map[ulid.ULID]bool{},
 			usage:     map[ulid.ULID]int64{},
 			sharedMax: e.opts.SharedFeedMembers,
 		}
@@ -106,15 +112,9 @@ func Rebuild(dir string, opts Options) (RebuildReport, error) {
 		}
 		e.log.Info("rebuilt the store from its logs", "conversations", rep.Conversations, "ops", rep.Ops,
 			"fixes", fixes, "unfixed", len(rep.Unfixed), "took", time.Since(start).Round(time.Millisecond))
-		return nil
+		rep.Check, err = e.Check()
+		return err
 	})
-	if err != nil {
-		return rep, err
-	}
-	rep.Check, err = e.Check()
-	if cerr := e.Close(); err == nil {
-		err = cerr
-	}
 	return rep, err
 }
 
@@ -132,6 +132,7 @@ type rebuilder struct {
 	want       map[string]bool // the feed entries (TFeed, TShared) the members' records imply
 	userConvs  map[string]bool // the TUserConv entries they imply
 	kept       map[ulid.ULID]bool
+	known      map[ulid.ULID]bool // the conversations with a record, or a log
 	// kept holds the conversations left as found: their feed entries and
 	// conversation lists are kept as they are.
 	sharedMax  int                 // Options.SharedFeedMembers
@@ -188,6 +189,10 @@ var afterRebuildCommit func() error
 
 func (r *rebuilder) run() error {
 	feedPos, err := readFeedPos(r.v)
+	garbled := errors.Is(err, record.ErrCorrupt)
+	if garbled {
+		feedPos, err = 0, nil
+	}
 	if err != nil {
 		return err
 	}
@@ -202,6 +207,7 @@ func (r *rebuilder) run() error {
 			return nil
 		}
 		r.rep.Conversations++
+		r.known[conv] = true
 		rec, err := record.DecodeConv(val)
 		if err != nil {
 			lost = append(lost, conv)
@@ -214,10 +220,16 @@ func (r *rebuilder) run() error {
 	}
 	err = r.logsWithoutRecord(func(conv ulid.ULID) {
 		r.rep.Conversations++
+		r.known[conv] = true
 		lost = append(lost, conv)
 	})
 	if err != nil {
 		return err
+	}
+	if len(lost) > 0 || garbled {
+		if err := r.positionsInUse(); err != nil {
+			return err
+		}
 	}
 	for _, conv := range lost {
 		if err := r.conv(conv, record.Conv{}, true); err != nil {
@@ -236,9 +248,31 @@ func (r *rebuilder) run() error {
 	if err := r.usages(); err != nil {
 		return err
 	}
-	if r.maxFeedPos > feedPos {
+	if garbled || r.maxFeedPos > feedPos {
 		r.fixed("store's feed position raised past every one in use")
 		return r.set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, r.maxFeedPos))
+	}
+	return nil
+}
+
+// positionsInUse raises maxFeedPos to the greatest position a feed entry
+// or the user feed's index holds, when the store's cannot be trusted to be
+// past them: before positions are taken for lost records.
+func (r *rebuilder) positionsInUse() error {
+	for _, t := range []byte{keys.TFeed, keys.TUFeed, keys.TUFeedIdx} {
+		err := scan(r.v, []byte{t}, func(k, val []byte) error {
+			var pos uint64
+			if t == keys.TUFeedIdx {
+				pos, _ = record.DecodeUint(val)
+			} else {
+				_, pos, _, _ = keys.ParseFeed(k)
+			}
+			r.maxFeedPos = max(r.maxFeedPos, pos)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -629,7 +663,9 @@ func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay, lost bo
 	for u, m := range p.roles {
 		if m.Role != model.RoleNone {
 			rec.Members++
-		} else if f := have[u]; f != nil && f.m.Role == model.RoleNone && f.m.DetachedPos != 0 {
+		} else if f := have[u]; f != nil && f.m.Role == model.RoleNone && f.m.Since == m.Since && f.m.DetachedPos != 0 {
+			// The record of this removal: one of an earlier
+			// removal holds where that one detached them.
 			m.DetachedPos = f.m.DetachedPos
 		} else {
 			// Detached where its next sync sees it, from a
@@ -661,17 +697,9 @@ func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay, lost bo
 			return err
 		}
 	}
-	for u, f := range have {
-		m, ok := want[u]
-		for _, t := range f.tables {
-			if !ok || t != memberTable(m.Role) {
-				r.fixed("member records deleted from the wrong table")
-				if err := r.del(keys.ID2(t, conv, u)); err != nil {
-					return err
-				}
-			}
-		}
-	}
+	// The right records before the wrong ones go: a Rebuild stopped in
+	// between finds a former member's record, and its detach position,
+	// in one table or the other.
 	for u, m := range want {
 		t := memberTable(m.Role)
 		if f := have[u]; f == nil || !slices.Contains(f.tables, t) || f.m != m {
@@ -688,6 +716,17 @@ func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay, lost bo
 			r.want[string(keys.Feed(keys.TFeed, u, rec.EntryPos, conv))] = true
 		default:
 			r.want[string(keys.Feed(keys.TFeed, u, m.DetachedPos, conv))] = true
+		}
+	}
+	for u, f := range have {
+		m, ok := want[u]
+		for _, t := range f.tables {
+			if !ok || t != memberTable(m.Role) {
+				r.fixed("member records deleted from the wrong table")
+				if err := r.del(keys.ID2(t, conv, u)); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	return nil
@@ -807,13 +846,11 @@ func (r *rebuilder) userFeed() error {
 }
 
 // receipts deletes the marks of waiting receipts of conversations that do
-// not exist.
+// not exist: with neither a record nor a log.
 func (r *rebuilder) receipts() error {
 	return scan(r.v, []byte{keys.TReceipts}, func(k, _ []byte) error {
-		if conv, ok := keys.ParseID1(k); ok {
-			if has, err := r.v.Has(keys.ID1(keys.TConv, conv)); err != nil || has {
-				return err
-			}
+		if conv, ok := keys.ParseID1(k); ok && r.known[conv] {
+			return nil
 		}
 		r.fixed("waiting receipts of missing conversations deleted")
 		return r.del(k)

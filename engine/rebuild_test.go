@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
@@ -18,8 +19,8 @@ import (
 )
 
 // rebuildStore fills a store in "db" with what Rebuild rebuilds:
-// conversations on members' own feed entries and on a shared one, two with
-// a former member; messages, edits, a reaction, a message
+// conversations on members' own feed entries and on a shared one, each
+// with a former member; messages, edits, a reaction, a message
 // deleted after an edit; read markers, public and private. It returns the
 // store's options, closed.
 func rebuildStore(t *testing.T) engine.Options {
@@ -51,7 +52,14 @@ func rebuildStore(t *testing.T) engine.Options {
 	alice.Push(alice.Op(group, model.Op{Kind: model.KindSetTitle, Title: "the group"}))
 	dave.Push(dave.Op(group, model.Op{Kind: model.KindMemberRemove, Member: dave.Actor.User}))
 	bob.Send(group, "where did dave go")
-	duo := carol.Create("duo", alice)
+	duo := carol.Create("duo")
+	for _, op := range []model.Op{
+		{Kind: model.KindMemberAdd, Member: dave.Actor.User, Role: model.RoleMember},
+		{Kind: model.KindMemberRemove, Member: dave.Actor.User},
+		{Kind: model.KindMemberAdd, Member: alice.Actor.User, Role: model.RoleMember},
+	} {
+		carol.Push(carol.Op(duo, op))
+	}
 	alice.Send(duo, "just us")
 
 	for _, g := range []struct {
@@ -119,7 +127,7 @@ func rebuild(t *testing.T, o engine.Options) engine.RebuildReport {
 }
 
 // TestRebuild damages a store in each way Rebuild must repair, one at a
-// time, and checks, with all its fixes in one commit and in a commit each, that Rebuild brings back the very bytes the damage
+// time (each of which Check sees), and checks, with all its fixes in one commit and in a commit each, that Rebuild brings back the very bytes the damage
 // changed, where the log implies them, and a consistent store where it
 // does not; and that a second Rebuild finds nothing to fix.
 func TestRebuild(t *testing.T) {
@@ -147,6 +155,9 @@ func testRebuild(t *testing.T) {
 			}
 			if d := differences(want, snapshot(t, o), nil); len(d) == 0 {
 				t.Fatal("the damage changed nothing")
+			}
+			if rep, err := engine.CheckStopped("db", o); err == nil && len(rep.Problems) == 0 {
+				t.Fatal("check does not see the damage")
 			}
 			rep := rebuild(t, o)
 			if len(rep.Fixes) == 0 {
@@ -210,7 +221,8 @@ func TestRebuildStoppedPartWay(t *testing.T) {
 	engine.RebuildInCommitsOf(t, 1)
 	o := rebuildStore(t)
 	damages := []string{"op-id index entry lost", "dot index run lost", "former member's record lost",
-		"conversation record lost", "usage wrong", "stray feed entry", "deleted message's body back"}
+		"former member's record in the members' table", "conversation record lost with receipts waiting",
+		"usage wrong", "stray feed entry", "deleted message's body back"}
 	for _, name := range damages {
 		i := slices.IndexFunc(engine.Corruptions, func(c engine.Corruption) bool { return c.Name == name })
 		if i < 0 {
@@ -257,8 +269,9 @@ func TestRebuildStoppedPartWay(t *testing.T) {
 
 // TestRebuiltRecordsReachDevices: a conversation whose record was lost,
 // made anew at a new feed position, reaches its members' caught-up
-// devices again, whole; and a former member whose record was lost is told
-// once more that they left.
+// devices again, whole; a former member whose record was lost with it is
+// detached at that position, where his device is told again that he
+// left.
 func TestRebuiltRecordsReachDevices(t *testing.T) {
 	o := enginetest.Options(t, 1)
 	e := enginetest.Open(t, o)
@@ -275,7 +288,7 @@ func TestRebuiltRecordsReachDevices(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"conversation record lost", "former member's record lost"} {
+	for _, name := range []string{"former member's record lost, own feed entries", "conversation record lost"} {
 		i := slices.IndexFunc(engine.Corruptions, func(c engine.Corruption) bool { return c.Name == name })
 		if _, err := engine.Corruptions[i].Apply(o.FS, "db"); err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -301,4 +314,115 @@ func TestRebuiltRecordsReachDevices(t *testing.T) {
 		t.Errorf("bob's catch-up after a new message: %+v", infos)
 	}
 	enginetest.MustCheck(t, e)
+}
+
+// TestRebuildStaleFormerRecord: a former member's record of an earlier
+// removal does not keep its detach position, from before the device's
+// last catch-up: the device is told of the later removal.
+func TestRebuildStaleFormerRecord(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	o.SharedFeedMembers = 10
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	dave := enginetest.Register(t, e, "dave")
+	conv := alice.Create("c")
+	add := model.Op{Kind: model.KindMemberAdd, Member: dave.Actor.User, Role: model.RoleMember}
+	remove := model.Op{Kind: model.KindMemberRemove, Member: dave.Actor.User}
+	alice.Push(alice.Op(conv, add))
+	alice.Push(alice.Op(conv, remove))
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	former := string(engine.FormerKey(conv, dave.Actor.User))
+	stale, ok := snapshot(t, o)[former]
+	if !ok {
+		t.Fatal("no record of dave's removal")
+	}
+	e = enginetest.Open(t, o, alice, dave)
+	alice.Push(alice.Op(conv, add))
+	_, davePos := catchUpFrom(t, e, dave, 0)
+	alice.Push(alice.Op(conv, remove))
+	alice.Send(conv, "after dave")
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.SetKey(o.FS, "db", []byte(former), []byte(stale)); err != nil {
+		t.Fatal(err)
+	}
+	rebuild(t, o)
+	e = enginetest.Open(t, o, alice, dave)
+	infos, _ := catchUpFrom(t, e, dave, davePos)
+	if info, ok := infos[conv]; !ok || !info.Removed || info.Head != 5 {
+		t.Errorf("dave's catch-up from %d after the rebuild: %+v; want the conversation he left at seq 5", davePos, infos)
+	}
+}
+
+// TestRebuildLostRecordPastEveryPosition: a conversation whose record was
+// lost is placed past every position in use, even where the store's own
+// position fell behind them: a device that caught up before its last
+// message takes that message.
+func TestRebuildLostRecordPastEveryPosition(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	o.SharedFeedMembers = 10
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	one := alice.Create("one", bob)
+	m := alice.Send(one, "in one")
+	two := alice.Create("two", bob)
+	alice.Send(two, "m1")
+	_, bobPos := catchUpFrom(t, e, bob, 0)
+	alice.Send(two, "m2")
+	// A private read: an entry in bob's own feed, past two's.
+	if err := e.Mark(context.Background(), bob.Actor, []engine.Marker{{Conv: one, Read: m.Seq, Private: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.LoseConversation(o.FS, "db", two, 1); err != nil {
+		t.Fatal(err)
+	}
+	rebuild(t, o)
+	e = enginetest.Open(t, o, alice, bob)
+	infos, _ := catchUpFrom(t, e, bob, bobPos)
+	if info, ok := infos[two]; !ok || info.Head != 4 {
+		t.Errorf("bob's catch-up from %d: %+v; want conversation two to its seq 4", bobPos, infos)
+	}
+}
+
+// TestWritesAfterRebuild: after each damage and its rebuild, the writer
+// goes on: messages, and a member added and removed, in every
+// conversation, with the tests' cache checks, and the store stays
+// consistent.
+func TestWritesAfterRebuild(t *testing.T) {
+	for _, c := range engine.Corruptions {
+		t.Run(c.Name, func(t *testing.T) {
+			o := rebuildStore(t)
+			if _, err := c.Apply(o.FS, "db"); err != nil {
+				t.Fatal(err)
+			}
+			rebuild(t, o)
+			e := enginetest.Open(t, o)
+			alice := enginetest.Login(t, e, "alice")
+			erin := enginetest.Register(t, e, "erin")
+			infos, _, err := e.Conversations(alice.Actor, ulid.ULID{}, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(infos) != 3 {
+				t.Fatalf("alice is in %d conversations after the rebuild, want 3", len(infos))
+			}
+			for _, in := range infos {
+				alice.Send(in.ID, "after the rebuild")
+				if in.Role < model.RoleAdmin {
+					continue
+				}
+				alice.Push(alice.Op(in.ID, model.Op{Kind: model.KindMemberAdd, Member: erin.Actor.User, Role: model.RoleMember}))
+				alice.Send(in.ID, "hello erin")
+				alice.Push(alice.Op(in.ID, model.Op{Kind: model.KindMemberRemove, Member: erin.Actor.User}))
+			}
+			enginetest.MustCheck(t, e)
+		})
+	}
 }

@@ -250,6 +250,8 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 		fs.StringVar(&c.username, "username", "", "the user whose devices to revoke")
 	case "backup":
 		fs.StringVar(&c.to, "to", "", "directory to write the backup to (must not exist)")
+	case "rebuild":
+		fs.IntVar(&c.sharedFeedMembers, "shared-feed-members", 32, "the server's --shared-feed-members: a conversation whose record is made anew keeps one feed entry for all its members past this many")
 	case "serve":
 		serveFlags(fs, c)
 	}
