@@ -98,10 +98,7 @@ func TestOpIDsBehindTheNewest(t *testing.T) {
 	withAndWithoutChecks(t, func(t *testing.T) {
 		checks := engine.Checking()
 		o := enginetest.Options(t, 11)
-		e, err := engine.Open("db", o)
-		if err != nil {
-			t.Fatal(err)
-		}
+		e := enginetest.Open(t, o)
 		alice := enginetest.Register(t, e, "alice")
 		bob := enginetest.Register(t, e, "bob")
 		conv := alice.Create("c", bob)
@@ -153,11 +150,7 @@ func TestOpIDsBehindTheNewest(t *testing.T) {
 		if err := e.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if e, err = engine.Open("db", o); err != nil {
-			t.Fatal(err)
-		}
-		defer e.Close()
-		alice.E, bob.E = e, e
+		e = enginetest.Open(t, o, alice, bob)
 		retries("after a restart")
 
 		alice.Push(msg(alice, "warm"))
