@@ -440,6 +440,10 @@ var Corruptions = []Corruption{
 		return nil, err
 	}},
 	{"edit index entry lost", deleteFirst([]byte{keys.TEdit}, nil)},
+	{"user feed index entry lost", deleteFirst([]byte{keys.TUFeedIdx}, nil)},
+	{"user feed index entry garbled", rewriteFirst([]byte{keys.TUFeedIdx}, nil, func(_, _ []byte) ([]byte, error) {
+		return []byte{0xff}, nil
+	})},
 	{"stray edit index entry", func(v *store.View, b *store.Batch) ([][]byte, error) {
 		k, _, err := first(v, []byte{keys.TConv}, nil)
 		conv, _ := keys.ParseID1(k)
@@ -486,7 +490,8 @@ var Corruptions = []Corruption{
 	}},
 	{"conversation record wrong", rewriteFirst([]byte{keys.TConv}, nil, func(_, val []byte) ([]byte, error) {
 		c, err := record.DecodeConv(val)
-		c.Head, c.Messages, c.Members, c.Title = c.Head+2, c.Messages-1, c.Members+1, "not the title"
+		// A head past the log's end would say the log lost ops.
+		c.Head, c.Messages, c.Members, c.Title = c.Head-2, c.Messages-1, c.Members+1, "not the title"
 		return record.AppendConv(nil, &c), err
 	})},
 	{"shared feed conversation's entries below its feed position", rewriteFirst([]byte{keys.TConv}, func(_, val []byte) bool {
@@ -545,6 +550,7 @@ var Corruptions = []Corruption{
 	})},
 	{"feed entry lost", deleteFirst([]byte{keys.TFeed}, nil)},
 	{"stray feed entry", stray(func() []byte { return keys.Feed(keys.TFeed, strayID, 3, strayID) })},
+	{"stray feed entry past every position", stray(func() []byte { return keys.Feed(keys.TFeed, strayID, 500, strayID) })},
 	{"shared feed entry lost", deleteFirst([]byte{keys.TShared}, nil)},
 	{"stray shared feed entry", stray(func() []byte { return keys.ID2(keys.TShared, strayID, strayID) })},
 	{"conversation list entry lost", deleteFirst([]byte{keys.TUserConv}, nil)},
@@ -630,4 +636,34 @@ func CheckStopped(dir string, o Options) (rep CheckReport, err error) {
 		return err
 	})
 	return rep, err
+}
+
+// DeleteKey deletes key from the closed store at dir on fs.
+func DeleteKey(fs vfs.FS, dir string, key []byte) error {
+	return rewriteAs(fs, dir, formatVersion, func(_ *store.View, b *store.Batch) error {
+		b.Delete(key)
+		return nil
+	})
+}
+
+// OpKey is the key of conv's op at seq.
+func OpKey(conv ulid.ULID, seq uint64) []byte { return keys.Op(conv, seq) }
+
+// UFeedIdxKey is the key of user's user-feed index entry for conv.
+func UFeedIdxKey(user, conv ulid.ULID) []byte { return keys.ID2(keys.TUFeedIdx, user, conv) }
+
+// FeedKey is the key of user's TFeed entry for conv at pos.
+func FeedKey(user ulid.ULID, pos uint64, conv ulid.ULID) []byte {
+	return keys.Feed(keys.TFeed, user, pos, conv)
+}
+
+// Tables the tests name.
+const (
+	TableMember = keys.TMember
+	TableUsage  = keys.TUsage
+)
+
+// SetFormat sets the closed store's format.
+func SetFormat(fs vfs.FS, dir string, format uint64) error {
+	return rewriteAs(fs, dir, format, func(*store.View, *store.Batch) error { return nil })
 }

@@ -39,7 +39,9 @@ var afterFormerChunk func() error
 // format 8 has yet to (keys.MetaFormerMove, set with the format): in
 // commits of formerMoveChunk records, the last of which clears the mark.
 // A crash leaves the mark, and the next open goes on; a record moved
-// stays moved.
+// stays moved. A record that does not decode stays where it is, with a
+// warning: Check reports it, and Rebuild, which has to open the store,
+// repairs it.
 func (e *Engine) moveFormerMembers() error {
 	v := e.st.View()
 	pending, err := v.Has(keys.Meta(keys.MetaFormerMove))
@@ -49,12 +51,12 @@ func (e *Engine) moveFormerMembers() error {
 	}
 	start := time.Now()
 	e.log.Info("moving the records of members who left, for the store's upgrade, once")
-	moved := 0
+	moved, skipped := 0, 0
 	lo, hi := keys.Prefix([]byte{keys.TMember})
 	for lo != nil {
 		v := e.st.View()
 		b := e.st.NewBatch()
-		n, next, err := moveFormerChunk(v, b, lo, hi)
+		n, bad, next, err := moveFormerChunk(v, b, lo, hi)
 		v.Release()
 		if err != nil {
 			b.Close()
@@ -66,7 +68,7 @@ func (e *Engine) moveFormerMembers() error {
 		if err := e.st.Commit(b); err != nil {
 			return err
 		}
-		moved, lo = moved+n, next
+		moved, skipped, lo = moved+n, skipped+bad, next
 		if f := afterFormerChunk; f != nil {
 			if err := f(); err != nil {
 				return err
@@ -74,16 +76,20 @@ func (e *Engine) moveFormerMembers() error {
 		}
 	}
 	e.log.Info("moved the records of members who left", "records", moved, "took", time.Since(start).Round(time.Millisecond))
+	if skipped > 0 {
+		e.log.Warn("member records that do not decode were left where they are: ferryd check lists them, ferryd rebuild repairs them", "records", skipped)
+	}
 	return nil
 }
 
 // moveFormerChunk sets in b the moves of up to formerMoveChunk records of
 // former members in TMember from lo, and returns where the next chunk
-// starts: nil after the table's last.
-func moveFormerChunk(v *store.View, b *store.Batch, lo, hi []byte) (moved int, next []byte, err error) {
+// starts (nil after the table's last), and how many records it skipped
+// that it could not read.
+func moveFormerChunk(v *store.View, b *store.Batch, lo, hi []byte) (moved, skipped int, next []byte, err error) {
 	it, err := v.Iter(lo, hi)
 	if err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
 	for ok := it.First(); ok; ok = it.Next() {
 		k := it.Key()
@@ -92,19 +98,15 @@ func moveFormerChunk(v *store.View, b *store.Batch, lo, hi []byte) (moved int, n
 			break
 		}
 		conv, u, valid := keys.ParseID2(k)
-		if !valid {
-			_ = it.Close()
-			return 0, nil, fmt.Errorf("%w: member key %x", record.ErrCorrupt, k)
-		}
 		val, err := it.Value()
 		if err != nil {
 			_ = it.Close()
-			return 0, nil, err
+			return 0, 0, nil, err
 		}
 		m, err := record.DecodeMember(val)
-		if err != nil {
-			_ = it.Close()
-			return 0, nil, fmt.Errorf("member %s of %s: %w", u, conv, err)
+		if !valid || err != nil {
+			skipped++
+			continue
 		}
 		if m.Role == model.RoleNone {
 			b.Delete(keys.ID2(keys.TMember, conv, u))
@@ -112,7 +114,7 @@ func moveFormerChunk(v *store.View, b *store.Batch, lo, hi []byte) (moved int, n
 			moved++
 		}
 	}
-	return moved, next, it.Close()
+	return moved, skipped, next, it.Close()
 }
 
 // writeMember writes u's record in tc, in the table of its role, and takes

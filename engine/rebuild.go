@@ -24,9 +24,9 @@ type RebuildReport struct {
 	// their descriptions; empty when everything agreed with the logs.
 	Fixes []Fix
 	// Unfixed lists what Rebuild could not repair and left as it found
-	// it: a log with a gap, an op that does not decode, an erased op
-	// whose message was never deleted, a malformed key. Check reports
-	// it again.
+	// it: a log with a gap, an op that does not decode, ops lost from a
+	// log's end, an erased op whose message was never deleted, a
+	// malformed key. Check reports it again.
 	Unfixed []string
 	// Check is the consistency check of the store once rebuilt.
 	Check CheckReport
@@ -51,8 +51,10 @@ var rebuildBatch = 4 << 20
 // and of their edits that a delete left behind are erased, as the delete
 // would have. The logs themselves are not changed otherwise: a
 // conversation whose log Rebuild cannot read in full (a gap in its seqs,
-// an op that does not decode, a dot out of order) is left as found, and
-// said so in the report's Unfixed.
+// an op that does not decode, a dot out of order, or an end before the
+// seq its record, indexes or markers reach: ops lost from its end, where
+// the next op would take a seq devices hold) is left as found, and said
+// so in the report's Unfixed.
 //
 // Where a conversation's record was lost (gone, or it does not decode),
 // it is made anew from the log at a new feed position, where every
@@ -196,9 +198,9 @@ func (r *rebuilder) run() error {
 	if err != nil {
 		return err
 	}
+	// First, reading only: the conversations whose record does not
+	// decode or is gone, and the greatest feed position in use.
 	r.maxFeedPos = feedPos
-	// Conversations whose record does not decode, or is gone, are
-	// rebuilt after the others, from positions past every one in use.
 	var lost []ulid.ULID
 	err = scan(r.v, []byte{keys.TConv}, func(k, val []byte) error {
 		conv, ok := keys.ParseID(k, 1)
@@ -211,9 +213,9 @@ func (r *rebuilder) run() error {
 		rec, err := record.DecodeConv(val)
 		if err != nil {
 			lost = append(lost, conv)
-			return nil
 		}
-		return r.conv(conv, rec, false)
+		r.maxFeedPos = max(r.maxFeedPos, rec.FeedPos)
+		return nil
 	})
 	if err != nil {
 		return err
@@ -227,29 +229,49 @@ func (r *rebuilder) run() error {
 		return err
 	}
 	if len(lost) > 0 || garbled {
-		if err := r.positionsInUse(); err != nil {
+		if err := r.positionsInUse(lost); err != nil {
 			return err
 		}
 	}
+	// The store's position goes past them before anything is deleted: a
+	// rebuild stopped after deleting a stray entry at the greatest
+	// position, and run again, does not take that position again.
+	if garbled || r.maxFeedPos > feedPos {
+		r.fixed("store's feed position raised past every one in use")
+		feedPos = r.maxFeedPos
+		r.b.Set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, feedPos))
+		if err := r.commit(); err != nil {
+			return err
+		}
+		r.b = r.st.NewBatch()
+	}
+	err = scan(r.v, []byte{keys.TConv}, func(k, val []byte) error {
+		conv, ok := keys.ParseID(k, 1)
+		if !ok || len(k) != 17 {
+			return nil
+		}
+		rec, err := record.DecodeConv(val)
+		if err != nil {
+			return nil // lost
+		}
+		return r.conv(conv, rec, false)
+	})
+	if err != nil {
+		return err
+	}
+	// Lost records take positions past every one in use, in an order a
+	// rerun keeps: one rebuilt before a stop holds its position then.
 	for _, conv := range lost {
 		if err := r.conv(conv, record.Conv{}, true); err != nil {
 			return err
 		}
 	}
-	if err := r.feeds(); err != nil {
-		return err
+	for _, step := range []func() error{r.feeds, r.userFeed, r.receipts, r.usages} {
+		if err := step(); err != nil {
+			return err
+		}
 	}
-	if err := r.userFeed(); err != nil {
-		return err
-	}
-	if err := r.receipts(); err != nil {
-		return err
-	}
-	if err := r.usages(); err != nil {
-		return err
-	}
-	if garbled || r.maxFeedPos > feedPos {
-		r.fixed("store's feed position raised past every one in use")
+	if r.maxFeedPos > feedPos {
 		return r.set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, r.maxFeedPos))
 	}
 	return nil
@@ -257,14 +279,28 @@ func (r *rebuilder) run() error {
 
 // positionsInUse raises maxFeedPos to the greatest position a feed entry
 // or the user feed's index holds, when the store's cannot be trusted to be
-// past them: before positions are taken for lost records.
-func (r *rebuilder) positionsInUse() error {
+// past them: before positions are taken for lost records. The members'
+// entries of a conversation whose record was lost may sit up to
+// maxEntryLag below its feed position, which is not known: as far past
+// them as that.
+func (r *rebuilder) positionsInUse(lost []ulid.ULID) error {
+	isLost := make(map[ulid.ULID]bool, len(lost))
+	for _, conv := range lost {
+		isLost[conv] = true
+	}
 	for _, t := range []byte{keys.TFeed, keys.TUFeed, keys.TUFeedIdx} {
 		err := scan(r.v, []byte{t}, func(k, val []byte) error {
 			var pos uint64
-			if t == keys.TUFeedIdx {
+			switch t {
+			case keys.TUFeedIdx:
 				pos, _ = record.DecodeUint(val)
-			} else {
+			case keys.TFeed:
+				var conv ulid.ULID
+				_, pos, conv, _ = keys.ParseFeed(k)
+				if isLost[conv] {
+					pos += maxEntryLag
+				}
+			default:
 				_, pos, _, _ = keys.ParseFeed(k)
 			}
 			r.maxFeedPos = max(r.maxFeedPos, pos)
@@ -336,6 +372,13 @@ func (r *rebuilder) conv(conv ulid.ULID, rec record.Conv, lost bool) error {
 		}
 		return err
 	}
+	if end, what, err := r.logEnd(conv, rec, lost); err != nil || end > p.head {
+		if err == nil {
+			r.unfixed("conversation %s: its log ends at seq %d, but its %s goes to seq %d: ops were lost from its end; left as found", conv, p.head, what, end)
+			r.kept[conv] = true
+		}
+		return err
+	}
 	r.rep.Ops += int(p.head)
 	for _, step := range []func(ulid.ULID, *replay) error{r.recount, r.opIDs, r.editIndex, r.erase, r.dotIndex} {
 		if err := step(conv, p); err != nil {
@@ -346,6 +389,51 @@ func (r *rebuilder) conv(conv ulid.ULID, rec record.Conv, lost bool) error {
 		return err
 	}
 	return r.markers(conv, p)
+}
+
+// logEnd returns the greatest seq that anything but conv's log says it
+// holds, and what says so: its record's head, its op-id and dot indexes,
+// its members' and devices' markers (which never pass the head). A log
+// that ends before it lost ops from its end, which no gap shows.
+func (r *rebuilder) logEnd(conv ulid.ULID, rec record.Conv, lost bool) (end uint64, what string, err error) {
+	saw := func(seq uint64, by string) {
+		if seq > end {
+			end, what = seq, by
+		}
+	}
+	if !lost {
+		saw(rec.Head, "record's head")
+	}
+	err = scan(r.v, keys.ID1(keys.TOpID, conv), func(_, val []byte) error {
+		if seq, err := record.DecodeUint(val); err == nil {
+			saw(seq, "op-id index")
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, "", err
+	}
+	err = scan(r.v, keys.ID1(keys.TDot, conv), func(k, val []byte) error {
+		if run, err := decodeDotRun(k, val); err == nil {
+			saw(run.seq+run.count-1, "dot index")
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, "", err
+	}
+	for _, t := range []byte{keys.TUserMark, keys.TDevMark} {
+		err = scan(r.v, keys.ID1(t, conv), func(_, val []byte) error {
+			if m, err := record.DecodeMarker(val); err == nil {
+				saw(max(m.Delivered, m.Read, m.PublicRead), "markers")
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, "", err
+		}
+	}
+	return end, what, nil
 }
 
 // replay reads conv's log, noting the ops whose message count is wrong.
@@ -809,40 +897,99 @@ func (r *rebuilder) feeds() error {
 	return nil
 }
 
-// userFeed makes the user feed's entries and its index agree: an entry
-// the index does not point at goes, one it points at is set.
+// userFeed makes the user feed's entries and its index agree. The index
+// says where each user's entry for a conversation is: an entry elsewhere
+// goes, and one missing where it points is set. An entry of a user and
+// conversation that the index lacks (or holds garbled) is indexed again,
+// its key holding all the index needs (the greatest, if there are
+// several), where the user has a member record in the conversation.
 func (r *rebuilder) userFeed() error {
-	idx := map[string]bool{}
+	type userConv struct{ user, conv ulid.ULID }
+	idx := map[userConv]uint64{}
+	garbled := map[userConv]bool{}
 	err := scan(r.v, []byte{keys.TUFeedIdx}, func(k, val []byte) error {
 		u, conv, ok := keys.ParseID2(k)
-		pos, err := record.DecodeUint(val)
-		if !ok || err != nil {
+		if !ok {
 			r.fixed("malformed user feed index entries deleted")
 			return r.del(k)
 		}
-		idx[string(keys.Feed(keys.TUFeed, u, pos, conv))] = true
+		pos, err := record.DecodeUint(val)
+		if err != nil {
+			garbled[userConv{u, conv}] = true
+			return nil
+		}
+		idx[userConv{u, conv}] = pos
 		r.maxFeedPos = max(r.maxFeedPos, pos)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
+	found := map[userConv]bool{}
+	orphans := map[userConv]uint64{} // unindexed entries' positions
 	err = scan(r.v, []byte{keys.TUFeed}, func(k, _ []byte) error {
-		if idx[string(k)] {
-			delete(idx, string(k))
+		u, pos, conv, ok := keys.ParseFeed(k)
+		uc := userConv{u, conv}
+		if at, indexed := idx[uc]; ok && indexed && at == pos {
+			found[uc] = true
 			return nil
+		} else if !ok || indexed {
+			r.fixed("user feed entries the index does not point at deleted")
+			return r.del(k)
 		}
-		r.fixed("unindexed user feed entries deleted")
-		return r.del(k)
+		if member, err := r.hasMember(conv, u); err != nil || !member {
+			if err == nil {
+				r.fixed("user feed entries of no member deleted")
+				err = r.del(k)
+			}
+			return err
+		}
+		if at, seen := orphans[uc]; seen { // in position order: this one is greater
+			r.fixed("user feed entries the index does not point at deleted")
+			if err := r.del(keys.Feed(keys.TUFeed, u, at, conv)); err != nil {
+				return err
+			}
+		}
+		orphans[uc] = pos
+		return nil
 	})
-	for k := range idx {
-		if err != nil {
-			break
-		}
-		r.fixed("missing user feed entries set")
-		err = r.set([]byte(k), nil)
+	if err != nil {
+		return err
 	}
-	return err
+	for uc, pos := range orphans {
+		delete(garbled, uc)
+		r.fixed("user feed index entries set from their entries")
+		if err := r.set(keys.ID2(keys.TUFeedIdx, uc.user, uc.conv), record.AppendUint(nil, pos)); err != nil {
+			return err
+		}
+	}
+	for uc := range garbled {
+		r.fixed("garbled user feed index entries deleted")
+		if err := r.del(keys.ID2(keys.TUFeedIdx, uc.user, uc.conv)); err != nil {
+			return err
+		}
+	}
+	for uc, pos := range idx {
+		if !found[uc] {
+			r.fixed("missing user feed entries set")
+			if err := r.set(keys.Feed(keys.TUFeed, uc.user, pos, uc.conv), nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// hasMember reports whether user has a member record in conv, current or
+// former, as the store held it: whether the user may have an entry of
+// their own for conv.
+func (r *rebuilder) hasMember(conv, user ulid.ULID) (bool, error) {
+	for _, t := range []byte{keys.TMember, keys.TFormer} {
+		if has, err := r.v.Has(keys.ID2(t, conv, user)); err != nil || has {
+			return has, err
+		}
+	}
+	return false, nil
 }
 
 // receipts deletes the marks of waiting receipts of conversations that do

@@ -214,15 +214,24 @@ func TestRebuildLeavesBrokenLog(t *testing.T) {
 }
 
 // TestRebuildStoppedPartWay stops a Rebuild of a store damaged in several
-// ways after each of its commits in turn, as a crash would, and checks
+// ways (two sets of them) after each of its commits in turn, as a crash would, and checks
 // that running it again leaves the very store one uninterrupted Rebuild
 // does.
 func TestRebuildStoppedPartWay(t *testing.T) {
 	engine.RebuildInCommitsOf(t, 1)
+	for _, damages := range [][]string{
+		{"op-id index entry lost", "dot index run lost", "former member's record lost",
+			"former member's record in the members' table", "conversation record lost with receipts waiting",
+			"usage wrong", "stray feed entry", "user feed index entry lost", "deleted message's body back"},
+		// No record to hold the greatest position but the store's.
+		{"store's feed position garbled", "stray feed entry past every position", "usage wrong", "member record lost"},
+	} {
+		t.Run(strings.Join(damages, ", "), func(t *testing.T) { stopPartWay(t, damages) })
+	}
+}
+
+func stopPartWay(t *testing.T, damages []string) {
 	o := rebuildStore(t)
-	damages := []string{"op-id index entry lost", "dot index run lost", "former member's record lost",
-		"former member's record in the members' table", "conversation record lost with receipts waiting",
-		"usage wrong", "stray feed entry", "deleted message's body back"}
 	for _, name := range damages {
 		i := slices.IndexFunc(engine.Corruptions, func(c engine.Corruption) bool { return c.Name == name })
 		if i < 0 {
@@ -424,5 +433,147 @@ func TestWritesAfterRebuild(t *testing.T) {
 			}
 			enginetest.MustCheck(t, e)
 		})
+	}
+}
+
+// TestRebuildLeavesLogThatLostItsEnd: a log that lost its last ops (a
+// lost table, a hand on the files) has no gap, but its record, its
+// indexes and its members' markers go further: Rebuild leaves the
+// conversation as found rather than take the shorter log for the truth,
+// where the next op would take a seq devices hold, or a member removed by
+// a lost op could send again.
+func TestRebuildLeavesLogThatLostItsEnd(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	dave := enginetest.Register(t, e, "dave")
+	pair := alice.Create("pair", bob)
+	alice.Send(pair, "one")
+	last := alice.Send(pair, "two")
+	if infos, _ := catchUpFrom(t, e, bob, 0); infos[pair].Head != last.Seq {
+		t.Fatalf("bob has %+v", infos)
+	}
+	left := alice.Create("left", dave)
+	alice.Send(left, "one")
+	removal := alice.Push(alice.Op(left, model.Op{Kind: model.KindMemberRemove, Member: dave.Actor.User}))[0].Seq
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range [][]byte{engine.OpKey(pair, last.Seq), engine.OpKey(left, removal)} {
+		if err := engine.DeleteKey(o.FS, "db", k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := snapshot(t, o)
+	rep, err := engine.Rebuild("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Unfixed) != 2 || !strings.Contains(rep.Unfixed[0], "ops were lost from its end") {
+		t.Errorf("not fixed: %q; want both conversations left as found, said so", rep.Unfixed)
+	}
+	// Alice's usage counts the ops there are.
+	if d := differences(want, snapshot(t, o), [][]byte{{engine.TableUsage}}); len(d) > 0 {
+		t.Errorf("rebuild changed the store: %q", d)
+	}
+	e = enginetest.Open(t, o, alice, bob, dave)
+	if next := bob.Send(pair, "three"); next.Seq <= last.Seq {
+		t.Errorf("bob's next message took seq %d, which his device holds", next.Seq)
+	}
+	if r := dave.Try(left, model.Op{Kind: model.KindMessage, Body: []byte("back in"), ContentType: "text/plain"}); r.Err == nil {
+		t.Errorf("dave, removed, sent at seq %d", r.Seq)
+	}
+}
+
+// TestRebuildLostRecordPastLaggingEntries: the members' entries of a
+// conversation whose record was lost may sit up to the entry lag below
+// its feed position, which was lost with it: the record made anew goes
+// past that, and a device that caught up before the messages that did
+// not move the entries takes them.
+func TestRebuildLostRecordPastLaggingEntries(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	o.SharedFeedMembers = 10
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	one := alice.Create("one", bob)
+	alice.Send(one, "in one")
+	two := alice.Create("two", bob)
+	alice.Send(two, "m0")
+	alice.Send(two, "m1")
+	_, bobPos := catchUpFrom(t, e, bob, 0)
+	for _, text := range []string{"m2", "m3", "m4"} { // the entries stay behind
+		alice.Send(two, text)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.LoseConversation(o.FS, "db", two, 1); err != nil {
+		t.Fatal(err)
+	}
+	rebuild(t, o)
+	e = enginetest.Open(t, o, alice, bob)
+	for i := range 4 { // the server goes on past bob's position
+		alice.Send(one, fmt.Sprint("later ", i))
+	}
+	infos, _ := catchUpFrom(t, e, bob, bobPos)
+	if info, ok := infos[two]; !ok || info.Head != 7 {
+		t.Errorf("bob's catch-up from %d: %+v; want conversation two to its seq 7", bobPos, infos)
+	}
+}
+
+// TestRebuildIndexesUserFeedAgain: a user feed entry whose index entry
+// was lost is indexed again, and the user's other device takes the
+// private read it holds.
+func TestRebuildIndexesUserFeedAgain(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	bob2 := enginetest.Login(t, e, "bob")
+	conv := alice.Create("c", bob)
+	m := alice.Send(conv, "hello")
+	_, pos := catchUpFrom(t, e, bob2, 0)
+	if err := e.Mark(context.Background(), bob.Actor, []engine.Marker{{Conv: conv, Read: m.Seq, Private: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.DeleteKey(o.FS, "db", engine.UFeedIdxKey(bob.Actor.User, conv)); err != nil {
+		t.Fatal(err)
+	}
+	rebuild(t, o)
+	e = enginetest.Open(t, o, alice, bob, bob2)
+	if infos, _ := catchUpFrom(t, e, bob2, pos); infos[conv].Read != m.Seq {
+		t.Errorf("bob2's catch-up from %d: %+v; want the private read of seq %d", pos, infos, m.Seq)
+	}
+}
+
+// TestRebuildOpensAnUpgradeWithGarbledMember: a store of format 7, whose
+// upgrade moves its former members' records as it opens, with a member
+// record that does not decode: the upgrade leaves that one where it is,
+// and Rebuild repairs it.
+func TestRebuildOpensAnUpgradeWithGarbledMember(t *testing.T) {
+	o := rebuildStore(t)
+	if err := engine.AsFormat7(o.FS, "db"); err != nil {
+		t.Fatal(err)
+	}
+	var k string
+	for kk := range snapshot(t, o) {
+		if kk[0] == engine.TableMember {
+			k = kk
+			break
+		}
+	}
+	if err := engine.SetKey(o.FS, "db", []byte(k), []byte("garbage")); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.SetFormat(o.FS, "db", 7); err != nil {
+		t.Fatal(err)
+	}
+	if rep := rebuild(t, o); !slices.ContainsFunc(rep.Fixes, func(f engine.Fix) bool { return strings.HasPrefix(f.What, "member records") }) {
+		t.Errorf("fixes %v; want the garbled member record's", rep.Fixes)
 	}
 }

@@ -1019,7 +1019,7 @@ func check(c *config, log *slog.Logger, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "checked %d conversations, %d ops, %d feed entries\n", rep.Conversations, rep.Ops, rep.FeedEntries)
 	if err := rep.Err(); err != nil {
-		return fmt.Errorf("store is inconsistent: %w", err)
+		return fmt.Errorf("store is inconsistent (ferryd rebuild repairs what its logs imply; back it up first with ferryd backup): %w", err)
 	}
 	fmt.Fprintln(stdout, "store is consistent")
 	return nil

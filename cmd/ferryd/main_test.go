@@ -316,7 +316,7 @@ func TestRebuild(t *testing.T) {
 		err := run(context.Background(), append(args, "--data", dir, "--log-level", "warn"), &out, io.Discard)
 		return out.String(), err
 	}
-	if out, err := tool("check"); err == nil || !strings.Contains(err.Error(), "op-id index") {
+	if out, err := tool("check"); err == nil || !strings.Contains(err.Error(), "op-id index") || !strings.Contains(err.Error(), "ferryd rebuild repairs") {
 		t.Fatalf("check of the damaged store: %v\n%s", err, out)
 	}
 	out, err := tool("rebuild", "--shared-feed-members", "32") // the server's, for records made anew
