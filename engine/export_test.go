@@ -550,7 +550,6 @@ var Corruptions = []Corruption{
 	})},
 	{"feed entry lost", deleteFirst([]byte{keys.TFeed}, nil)},
 	{"stray feed entry", stray(func() []byte { return keys.Feed(keys.TFeed, strayID, 3, strayID) })},
-	{"stray feed entry past every position", stray(func() []byte { return keys.Feed(keys.TFeed, strayID, 500, strayID) })},
 	{"shared feed entry lost", deleteFirst([]byte{keys.TShared}, nil)},
 	{"stray shared feed entry", stray(func() []byte { return keys.ID2(keys.TShared, strayID, strayID) })},
 	{"conversation list entry lost", deleteFirst([]byte{keys.TUserConv}, nil)},
@@ -579,6 +578,12 @@ var Corruptions = []Corruption{
 	{"store's feed position garbled", func(_ *store.View, b *store.Batch) ([][]byte, error) {
 		b.Set(keys.Meta(keys.MetaFeedPos), []byte{0xff})
 		return nil, nil
+	}},
+	// Last: the store's position goes past the stray's, which no device
+	// could hold, but nothing says so.
+	{"stray feed entry past every position", func(_ *store.View, b *store.Batch) ([][]byte, error) {
+		b.Set(keys.Feed(keys.TFeed, strayID, 500, strayID), nil)
+		return [][]byte{keys.Meta(keys.MetaFeedPos)}, nil
 	}},
 }
 
@@ -667,3 +672,16 @@ const (
 func SetFormat(fs vfs.FS, dir string, format uint64) error {
 	return rewriteAs(fs, dir, format, func(*store.View, *store.Batch) error { return nil })
 }
+
+// OpIDKey is the key of id's entry in conv's op-id index.
+func OpIDKey(conv, id ulid.ULID) []byte { return keys.ID2(keys.TOpID, conv, id) }
+
+// DotKey is the key of the dot index's run of dev's dots in conv from n.
+func DotKey(conv, dev ulid.ULID, n uint64) []byte { return keys.Dot(conv, dev, n) }
+
+// Uint is the encoding of n as a record's number (an index's seq, a run
+// of one dot's seq).
+func Uint(n uint64) []byte { return record.AppendUint(nil, n) }
+
+// FeedPosKey is the key of the store's feed position.
+func FeedPosKey() []byte { return keys.Meta(keys.MetaFeedPos) }

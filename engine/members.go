@@ -39,10 +39,11 @@ var afterFormerChunk func() error
 // format 8 has yet to (keys.MetaFormerMove, set with the format): in
 // commits of formerMoveChunk records, the last of which clears the mark.
 // A crash leaves the mark, and the next open goes on; a record moved
-// stays moved. A record that does not decode stays where it is, with a
-// warning: Check reports it, and Rebuild, which has to open the store,
-// repairs it.
-func (e *Engine) moveFormerMembers() error {
+// stays moved. A record that does not decode stops it, and the store's
+// opening, but for a tool's (lenient): Rebuild, which repairs such a
+// record, opens the store to; the record stays where it is, with a
+// warning.
+func (e *Engine) moveFormerMembers(lenient bool) error {
 	v := e.st.View()
 	pending, err := v.Has(keys.Meta(keys.MetaFormerMove))
 	v.Release()
@@ -56,11 +57,11 @@ func (e *Engine) moveFormerMembers() error {
 	for lo != nil {
 		v := e.st.View()
 		b := e.st.NewBatch()
-		n, bad, next, err := moveFormerChunk(v, b, lo, hi)
+		n, bad, next, err := moveFormerChunk(v, b, lo, hi, lenient)
 		v.Release()
 		if err != nil {
 			b.Close()
-			return fmt.Errorf("move the records of former members: %w", err)
+			return fmt.Errorf("move the records of former members (ferryd rebuild repairs a record that does not decode): %w", err)
 		}
 		if next == nil {
 			b.Delete(keys.Meta(keys.MetaFormerMove))
@@ -85,8 +86,9 @@ func (e *Engine) moveFormerMembers() error {
 // moveFormerChunk sets in b the moves of up to formerMoveChunk records of
 // former members in TMember from lo, and returns where the next chunk
 // starts (nil after the table's last), and how many records it skipped
-// that it could not read.
-func moveFormerChunk(v *store.View, b *store.Batch, lo, hi []byte) (moved, skipped int, next []byte, err error) {
+// that it could not read, when lenient; otherwise such a record is an
+// error.
+func moveFormerChunk(v *store.View, b *store.Batch, lo, hi []byte, lenient bool) (moved, skipped int, next []byte, err error) {
 	it, err := v.Iter(lo, hi)
 	if err != nil {
 		return 0, 0, nil, err
@@ -105,6 +107,13 @@ func moveFormerChunk(v *store.View, b *store.Batch, lo, hi []byte) (moved, skipp
 		}
 		m, err := record.DecodeMember(val)
 		if !valid || err != nil {
+			if !lenient {
+				_ = it.Close()
+				if err == nil {
+					err = fmt.Errorf("%w: malformed key", record.ErrCorrupt)
+				}
+				return 0, 0, nil, fmt.Errorf("member record %x: %w", k, err)
+			}
 			skipped++
 			continue
 		}

@@ -60,11 +60,16 @@ var rebuildBatch = 4 << 20
 // it is made anew from the log at a new feed position, where every
 // member's devices see the conversation again; shared when a member holds
 // a shared entry for it or it has more members than
-// Options.SharedFeedMembers (give Rebuild the server's). Where a former
-// member's record was lost (or is of an earlier removal), the feed
-// position they were detached at is too: they are detached at the
-// conversation's feed position, which a device of theirs that has not
-// synced past it sees them removed at.
+// Options.SharedFeedMembers (give Rebuild the server's). A shared feed's
+// entries hold no position: the lost record's is bounded by the store's
+// position alone, and where that is found behind what is in use, or
+// garbled, the store starts a new epoch at its next start, where devices
+// start again (they might hold positions past the new one).
+//
+// Where a former member's record was lost (or is of an earlier removal),
+// the feed position they were detached at is too: they are detached at
+// the conversation's feed position, which a device of theirs that has
+// not synced past it sees them removed at.
 //
 // It commits as it goes, in batches of a few MiB; each fix sets what the
 // log implies, so a Rebuild that stopped part way (a crash, a full disk)
@@ -95,6 +100,9 @@ func Rebuild(dir string, opts Options) (RebuildReport, error) {
 			known:     map[ulid.ULID]bool{},
 			usage:     map[ulid.ULID]int64{},
 			sharedMax: e.opts.SharedFeedMembers,
+			newEpoch: func() error {
+				return e.markNewEpoch(e.dir, "Opening this store starts a new epoch (ferryd rebuild: a lost conversation record's feed position could not be recovered).\n")
+			},
 		}
 		defer r.v.Release()
 		err := r.run()
@@ -130,7 +138,10 @@ type rebuilder struct {
 	rep   *RebuildReport
 	fixes map[string]int
 
-	maxFeedPos uint64          // the highest feed position a record or an entry holds
+	maxFeedPos uint64          // the highest feed position a record or an entry holds, or may
+	inUse      uint64          // the highest a record or an entry holds
+	unsure     bool            // the store's position fell behind, or is garbled
+	newEpoch   func() error    // marks the store to start a new epoch at its next open
 	want       map[string]bool // the feed entries (TFeed, TShared) the members' records imply
 	userConvs  map[string]bool // the TUserConv entries they imply
 	kept       map[ulid.ULID]bool
@@ -228,11 +239,12 @@ func (r *rebuilder) run() error {
 	if err != nil {
 		return err
 	}
-	if len(lost) > 0 || garbled {
-		if err := r.positionsInUse(lost); err != nil {
-			return err
-		}
+	if err := r.positionsInUse(lost); err != nil {
+		return err
 	}
+	// A store's position behind what is in use lost writes: it cannot
+	// say where a lost record of a shared feed was (see members).
+	r.unsure = garbled || r.inUse > feedPos
 	// The store's position goes past them before anything is deleted: a
 	// rebuild stopped after deleting a stray entry at the greatest
 	// position, and run again, does not take that position again.
@@ -277,20 +289,21 @@ func (r *rebuilder) run() error {
 	return nil
 }
 
-// positionsInUse raises maxFeedPos to the greatest position a feed entry
-// or the user feed's index holds, when the store's cannot be trusted to be
-// past them: before positions are taken for lost records. The members'
-// entries of a conversation whose record was lost may sit up to
-// maxEntryLag below its feed position, which is not known: as far past
-// them as that.
+// positionsInUse raises maxFeedPos, the records' and the store's, to the
+// greatest position a feed entry or the user feed holds (inUse): the
+// store's may have fallen behind them, or be garbled. The members' entries
+// of a conversation whose record was lost may sit up to maxEntryLag below
+// its feed position, which is not known: maxFeedPos goes as far past them
+// as that.
 func (r *rebuilder) positionsInUse(lost []ulid.ULID) error {
 	isLost := make(map[ulid.ULID]bool, len(lost))
 	for _, conv := range lost {
 		isLost[conv] = true
 	}
+	r.inUse = r.maxFeedPos
 	for _, t := range []byte{keys.TFeed, keys.TUFeed, keys.TUFeedIdx} {
 		err := scan(r.v, []byte{t}, func(k, val []byte) error {
-			var pos uint64
+			var pos, lag uint64
 			switch t {
 			case keys.TUFeedIdx:
 				pos, _ = record.DecodeUint(val)
@@ -298,12 +311,13 @@ func (r *rebuilder) positionsInUse(lost []ulid.ULID) error {
 				var conv ulid.ULID
 				_, pos, conv, _ = keys.ParseFeed(k)
 				if isLost[conv] {
-					pos += maxEntryLag
+					lag = maxEntryLag
 				}
 			default:
 				_, pos, _, _ = keys.ParseFeed(k)
 			}
-			r.maxFeedPos = max(r.maxFeedPos, pos)
+			r.inUse = max(r.inUse, pos)
+			r.maxFeedPos = max(r.maxFeedPos, pos+lag)
 			return nil
 		})
 		if err != nil {
@@ -372,7 +386,7 @@ func (r *rebuilder) conv(conv ulid.ULID, rec record.Conv, lost bool) error {
 		}
 		return err
 	}
-	if end, what, err := r.logEnd(conv, rec, lost); err != nil || end > p.head {
+	if end, what, err := r.logEnd(conv, rec, lost, p); err != nil || end > p.head {
 		if err == nil {
 			r.unfixed("conversation %s: its log ends at seq %d, but its %s goes to seq %d: ops were lost from its end; left as found", conv, p.head, what, end)
 			r.kept[conv] = true
@@ -394,8 +408,13 @@ func (r *rebuilder) conv(conv ulid.ULID, rec record.Conv, lost bool) error {
 // logEnd returns the greatest seq that anything but conv's log says it
 // holds, and what says so: its record's head, its op-id and dot indexes,
 // its members' and devices' markers (which never pass the head). A log
-// that ends before it lost ops from its end, which no gap shows.
-func (r *rebuilder) logEnd(conv ulid.ULID, rec record.Conv, lost bool) (end uint64, what string, err error) {
+// that ends before it lost ops from its end, which no gap shows. An index
+// entry of an op the log holds (its id, its dot) is only a wrong one.
+func (r *rebuilder) logEnd(conv ulid.ULID, rec record.Conv, lost bool, p *replay) (end uint64, what string, err error) {
+	last := map[ulid.ULID]uint64{} // each device's last dot in the log
+	for _, d := range p.dots {
+		last[d.dot.Device] = d.dot.N
+	}
 	saw := func(seq uint64, by string) {
 		if seq > end {
 			end, what = seq, by
@@ -404,7 +423,12 @@ func (r *rebuilder) logEnd(conv ulid.ULID, rec record.Conv, lost bool) (end uint
 	if !lost {
 		saw(rec.Head, "record's head")
 	}
-	err = scan(r.v, keys.ID1(keys.TOpID, conv), func(_, val []byte) error {
+	err = scan(r.v, keys.ID1(keys.TOpID, conv), func(k, val []byte) error {
+		if _, id, ok := keys.ParseID2(k); ok {
+			if _, inLog := p.seqOf(id); inLog {
+				return nil
+			}
+		}
 		if seq, err := record.DecodeUint(val); err == nil {
 			saw(seq, "op-id index")
 		}
@@ -414,7 +438,7 @@ func (r *rebuilder) logEnd(conv ulid.ULID, rec record.Conv, lost bool) (end uint
 		return 0, "", err
 	}
 	err = scan(r.v, keys.ID1(keys.TDot, conv), func(k, val []byte) error {
-		if run, err := decodeDotRun(k, val); err == nil {
+		if run, err := decodeDotRun(k, val); err == nil && run.last() > last[run.dev] {
 			saw(run.seq+run.count-1, "dot index")
 		}
 		return nil
@@ -774,6 +798,17 @@ func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay, lost bo
 			if rec.SharedFeed, err = r.v.Has(keys.ID2(keys.TShared, u, conv)); err != nil {
 				return err
 			}
+		}
+		// The members' shared entries hold no position: the lost
+		// record's was past every other only if the store's position
+		// can be trusted. Where it cannot, devices may hold positions
+		// past the new one; a new epoch has them all start again. Marked
+		// before the record is made, which a rerun finds not lost.
+		if rec.SharedFeed && r.unsure {
+			if err := r.newEpoch(); err != nil {
+				return err
+			}
+			r.fixed("new epoch at the server's next start: a lost shared-feed record's position and the store's could not be recovered")
 		}
 	}
 	// The conversation's record first: a Rebuild stopped before the

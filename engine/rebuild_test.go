@@ -553,8 +553,8 @@ func TestRebuildIndexesUserFeedAgain(t *testing.T) {
 
 // TestRebuildOpensAnUpgradeWithGarbledMember: a store of format 7, whose
 // upgrade moves its former members' records as it opens, with a member
-// record that does not decode: the upgrade leaves that one where it is,
-// and Rebuild repairs it.
+// record that does not decode: a server does not start on it, and
+// Rebuild's upgrade leaves that one where it is, and repairs it.
 func TestRebuildOpensAnUpgradeWithGarbledMember(t *testing.T) {
 	o := rebuildStore(t)
 	if err := engine.AsFormat7(o.FS, "db"); err != nil {
@@ -573,7 +573,131 @@ func TestRebuildOpensAnUpgradeWithGarbledMember(t *testing.T) {
 	if err := engine.SetFormat(o.FS, "db", 7); err != nil {
 		t.Fatal(err)
 	}
+	// A server does not start on it, where a write would stop the engine.
+	if _, err := engine.Open("db", o); err == nil || !strings.Contains(err.Error(), "ferryd rebuild repairs") {
+		t.Fatalf("open of the store: %v; want a refusal that names ferryd rebuild", err)
+	}
 	if rep := rebuild(t, o); !slices.ContainsFunc(rep.Fixes, func(f engine.Fix) bool { return strings.HasPrefix(f.What, "member records") }) {
 		t.Errorf("fixes %v; want the garbled member record's", rep.Fixes)
+	}
+}
+
+// TestRebuildIndexPastHeadIsNoLostEnd: an index entry of the newest op
+// that points past the head, its op id or its dot being in the log, is a
+// wrong entry, not ops lost from the log's end: it is fixed, and the
+// message can be edited.
+func TestRebuildIndexPastHeadIsNoLostEnd(t *testing.T) {
+	for _, which := range []string{"op-id", "dot"} {
+		t.Run(which, func(t *testing.T) {
+			o := enginetest.Options(t, 1)
+			e := enginetest.Open(t, o)
+			alice := enginetest.Register(t, e, "alice")
+			bob := enginetest.Register(t, e, "bob")
+			pair := alice.Create("pair", bob)
+			alice.Send(pair, "one")
+			last := alice.Send(pair, "two")
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+			k := engine.OpIDKey(pair, last.ID)
+			if which == "dot" {
+				k = engine.DotKey(pair, alice.Actor.Device, last.Dot.N)
+			}
+			if _, ok := snapshot(t, o)[string(k)]; !ok {
+				t.Fatalf("no %s entry of the last message", which)
+			}
+			if err := engine.SetKey(o.FS, "db", k, engine.Uint(last.Seq+1)); err != nil {
+				t.Fatal(err)
+			}
+			if rep := rebuild(t, o); len(rep.Fixes) == 0 {
+				t.Error("rebuild fixed nothing")
+			}
+			e = enginetest.Open(t, o, alice, bob)
+			alice.Push(alice.Op(pair, model.Op{Kind: model.KindEdit, Target: last.ID, Body: []byte("two!")}))
+		})
+	}
+}
+
+// TestRebuildNewEpochForLostSharedRecord: a shared-feed conversation's
+// record, which held the greatest position, lost, and the store's
+// position behind another conversation's: nothing says where the lost
+// one was (its members' shared entries hold no position), so devices may
+// hold positions past any Rebuild could give it. The store starts a new
+// epoch at its next start, where devices start again; with the store's
+// position right, it does not. (Were the store's position behind with
+// nothing else past it, nothing would show it.)
+func TestRebuildNewEpochForLostSharedRecord(t *testing.T) {
+	for _, behind := range []bool{true, false} {
+		t.Run(fmt.Sprintf("store's position behind %v", behind), func(t *testing.T) {
+			o := enginetest.Options(t, 1) // SharedFeedMembers 2: three members share
+			e := enginetest.Open(t, o)
+			alice := enginetest.Register(t, e, "alice")
+			bob := enginetest.Register(t, e, "bob")
+			carol := enginetest.Register(t, e, "carol")
+			pair := alice.Create("pair", bob)
+			alice.Send(pair, "in pair")
+			big := alice.Create("big", bob, carol)
+			for i := range 10 {
+				alice.Send(big, fmt.Sprint("big ", i))
+			}
+			epoch, pos := e.Epoch(), engine.ServerFeedPos(e)
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if behind {
+				pos = 1
+			}
+			if err := engine.LoseConversation(o.FS, "db", big, pos); err != nil {
+				t.Fatal(err)
+			}
+			rep := rebuild(t, o)
+			marked := slices.ContainsFunc(rep.Fixes, func(f engine.Fix) bool { return strings.HasPrefix(f.What, "new epoch") })
+			e = enginetest.Open(t, o, alice, bob, carol)
+			if renewed := e.Epoch() != epoch; marked != behind || renewed != behind {
+				t.Errorf("fixes %v; a new epoch: %v, want %v", rep.Fixes, renewed, behind)
+			}
+			enginetest.MustCheck(t, e)
+		})
+	}
+}
+
+// TestRebuildUserFeedPositionBehind: the greatest position is a user's own
+// feed entry, whose index entry was lost, with the store's position
+// behind: the store's goes past it, and the user's other device, which
+// holds it, takes a later message.
+func TestRebuildUserFeedPositionBehind(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	o.SharedFeedMembers = 10
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	bob2 := enginetest.Login(t, e, "bob")
+	carol := enginetest.Register(t, e, "carol")
+	pair := alice.Create("pair", bob)
+	side := alice.Create("side", carol)
+	for i := range 5 {
+		m := alice.Send(pair, fmt.Sprint("pair ", i))
+		if err := e.Mark(context.Background(), bob.Actor, []engine.Marker{{Conv: pair, Read: m.Seq, Private: true}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, bob2Pos := catchUpFrom(t, e, bob2, 0)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.DeleteKey(o.FS, "db", engine.UFeedIdxKey(bob.Actor.User, pair)); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.SetKey(o.FS, "db", engine.FeedPosKey(), engine.Uint(1)); err != nil {
+		t.Fatal(err)
+	}
+	rebuild(t, o)
+	e = enginetest.Open(t, o, alice, bob, bob2, carol)
+	last := alice.Send(pair, "after the rebuild")
+	for i := range 12 { // past bob2's position, in a conversation not his
+		alice.Send(side, fmt.Sprint("side ", i))
+	}
+	if infos, _ := catchUpFrom(t, e, bob2, bob2Pos); infos[pair].Head != last.Seq {
+		t.Errorf("bob2's catch-up from %d: %+v; want pair to seq %d", bob2Pos, infos, last.Seq)
 	}
 }
