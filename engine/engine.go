@@ -176,7 +176,7 @@ func open(dir string, opts Options, tool func(*Engine) error) (*Engine, error) {
 			return nil, fmt.Errorf("remove backup marker: %w", err)
 		}
 	}
-	if err := e.moveFormerMembers(tool != nil); err != nil {
+	if err := e.moveFormerMembers(tool != nil || opts.Existing); err != nil {
 		_ = st.Close()
 		return nil, err
 	}

@@ -40,9 +40,10 @@ var afterFormerChunk func() error
 // commits of formerMoveChunk records, the last of which clears the mark.
 // A crash leaves the mark, and the next open goes on; a record moved
 // stays moved. A record that does not decode stops it, and the store's
-// opening, but for a tool's (lenient): Rebuild, which repairs such a
-// record, opens the store to; the record stays where it is, with a
-// warning.
+// opening, but for a tool's (lenient: Options.Existing, or Rebuild, which
+// repairs such a record): the record stays where it is, with a warning,
+// and so does the mark, so that a server's start refuses the store until
+// the record is repaired.
 func (e *Engine) moveFormerMembers(lenient bool) error {
 	v := e.st.View()
 	pending, err := v.Has(keys.Meta(keys.MetaFormerMove))
@@ -63,7 +64,7 @@ func (e *Engine) moveFormerMembers(lenient bool) error {
 			b.Close()
 			return fmt.Errorf("move the records of former members (ferryd rebuild repairs a record that does not decode): %w", err)
 		}
-		if next == nil {
+		if next == nil && skipped+bad == 0 {
 			b.Delete(keys.Meta(keys.MetaFormerMove))
 		}
 		if err := e.st.Commit(b); err != nil {
@@ -78,7 +79,7 @@ func (e *Engine) moveFormerMembers(lenient bool) error {
 	}
 	e.log.Info("moved the records of members who left", "records", moved, "took", time.Since(start).Round(time.Millisecond))
 	if skipped > 0 {
-		e.log.Warn("member records that do not decode were left where they are: ferryd check lists them, ferryd rebuild repairs them", "records", skipped)
+		e.log.Warn("member records that do not decode were left where they are, and a server will not start on the store until they are repaired: ferryd check lists them, ferryd rebuild repairs them", "records", skipped)
 	}
 	return nil
 }

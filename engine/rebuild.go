@@ -60,11 +60,12 @@ var rebuildBatch = 4 << 20
 // it is made anew from the log at a new feed position, where every
 // member's devices see the conversation again; shared when a member holds
 // a shared entry for it or it has more members than
-// Options.SharedFeedMembers (give Rebuild the server's). A shared feed's
-// entries hold no position: the lost record's is bounded by the store's
-// position alone, and where that is found behind what is in use, or
-// garbled, the store starts a new epoch at its next start, where devices
-// start again (they might hold positions past the new one).
+// Options.SharedFeedMembers (give Rebuild the server's). A lost record
+// that no entry of its own places (a shared feed's entries hold no
+// position) is bounded by the store's position alone: where that is found
+// behind what is in use, or garbled, the store starts a new epoch at its
+// next start, where devices start again (they might hold positions past
+// any Rebuild could give it).
 //
 // Where a former member's record was lost (or is of an earlier removal),
 // the feed position they were detached at is too: they are detached at
@@ -98,6 +99,7 @@ func Rebuild(dir string, opts Options) (RebuildReport, error) {
 			userConvs: map[string]bool{},
 			kept:      map[ulid.ULID]bool{},
 			known:     map[ulid.ULID]bool{},
+			placed:    map[ulid.ULID]bool{},
 			usage:     map[ulid.ULID]int64{},
 			sharedMax: e.opts.SharedFeedMembers,
 			newEpoch: func() error {
@@ -138,12 +140,12 @@ type rebuilder struct {
 	rep   *RebuildReport
 	fixes map[string]int
 
-	maxFeedPos uint64          // the highest feed position a record or an entry holds, or may
-	inUse      uint64          // the highest a record or an entry holds
-	unsure     bool            // the store's position fell behind, or is garbled
-	newEpoch   func() error    // marks the store to start a new epoch at its next open
-	want       map[string]bool // the feed entries (TFeed, TShared) the members' records imply
-	userConvs  map[string]bool // the TUserConv entries they imply
+	maxFeedPos uint64             // the highest feed position a record or an entry holds, or may
+	inUse      uint64             // the highest a record or an entry holds
+	placed     map[ulid.ULID]bool // lost records' conversations with an entry of their own
+	newEpoch   func() error       // marks the store to start a new epoch at its next open
+	want       map[string]bool    // the feed entries (TFeed, TShared) the members' records imply
+	userConvs  map[string]bool    // the TUserConv entries they imply
 	kept       map[ulid.ULID]bool
 	known      map[ulid.ULID]bool // the conversations with a record, or a log
 	// kept holds the conversations left as found: their feed entries and
@@ -242,9 +244,17 @@ func (r *rebuilder) run() error {
 	if err := r.positionsInUse(lost); err != nil {
 		return err
 	}
-	// A store's position behind what is in use lost writes: it cannot
-	// say where a lost record of a shared feed was (see members).
-	r.unsure = garbled || r.inUse > feedPos
+	// A store's position behind what is in use lost writes, and cannot
+	// bound where a lost record was that no entry of its own places (a
+	// shared feed's entries hold no position): devices may hold positions
+	// past any it could be given. Marked before the first commit, which
+	// raises the store's position: a rerun would not see it behind.
+	if (garbled || r.inUse > feedPos) && slices.ContainsFunc(lost, func(c ulid.ULID) bool { return !r.placed[c] }) {
+		if err := r.newEpoch(); err != nil {
+			return err
+		}
+		r.fixed("new epoch at the server's next start: a lost record's feed position and the store's could not be recovered")
+	}
 	// The store's position goes past them before anything is deleted: a
 	// rebuild stopped after deleting a stray entry at the greatest
 	// position, and run again, does not take that position again.
@@ -312,6 +322,7 @@ func (r *rebuilder) positionsInUse(lost []ulid.ULID) error {
 				_, pos, conv, _ = keys.ParseFeed(k)
 				if isLost[conv] {
 					lag = maxEntryLag
+					r.placed[conv] = true
 				}
 			default:
 				_, pos, _, _ = keys.ParseFeed(k)
@@ -798,17 +809,6 @@ func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay, lost bo
 			if rec.SharedFeed, err = r.v.Has(keys.ID2(keys.TShared, u, conv)); err != nil {
 				return err
 			}
-		}
-		// The members' shared entries hold no position: the lost
-		// record's was past every other only if the store's position
-		// can be trusted. Where it cannot, devices may hold positions
-		// past the new one; a new epoch has them all start again. Marked
-		// before the record is made, which a rerun finds not lost.
-		if rec.SharedFeed && r.unsure {
-			if err := r.newEpoch(); err != nil {
-				return err
-			}
-			r.fixed("new epoch at the server's next start: a lost shared-feed record's position and the store's could not be recovered")
 		}
 	}
 	// The conversation's record first: a Rebuild stopped before the

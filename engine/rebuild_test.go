@@ -573,12 +573,39 @@ func TestRebuildOpensAnUpgradeWithGarbledMember(t *testing.T) {
 	if err := engine.SetFormat(o.FS, "db", 7); err != nil {
 		t.Fatal(err)
 	}
-	// A server does not start on it, where a write would stop the engine.
-	if _, err := engine.Open("db", o); err == nil || !strings.Contains(err.Error(), "ferryd rebuild repairs") {
-		t.Fatalf("open of the store: %v; want a refusal that names ferryd rebuild", err)
+	// A server does not start on it, where a write would stop the engine,
+	// before or after a tool (check, backup) opened it; a tool does, and
+	// Check lists the record.
+	serve := func() error {
+		e, err := engine.Open("db", o)
+		if err == nil {
+			err = e.Close()
+		}
+		return err
+	}
+	for range 2 {
+		if err := serve(); err == nil || !strings.Contains(err.Error(), "ferryd rebuild repairs") {
+			t.Fatalf("a server's open of the store: %v; want a refusal that names ferryd rebuild", err)
+		}
+		tool := o
+		tool.Existing = true
+		e, err := engine.Open("db", tool)
+		if err != nil {
+			t.Fatalf("a tool's open of the store: %v", err)
+		}
+		rep, err := e.Check()
+		if err != nil || !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.Contains(p, "member") }) {
+			t.Errorf("check: %v, %q; want the garbled member record", err, rep.Problems)
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if rep := rebuild(t, o); !slices.ContainsFunc(rep.Fixes, func(f engine.Fix) bool { return strings.HasPrefix(f.What, "member records") }) {
 		t.Errorf("fixes %v; want the garbled member record's", rep.Fixes)
+	}
+	if err := serve(); err != nil {
+		t.Errorf("a server's open of the rebuilt store: %v", err)
 	}
 }
 
@@ -627,8 +654,13 @@ func TestRebuildIndexPastHeadIsNoLostEnd(t *testing.T) {
 // position right, it does not. (Were the store's position behind with
 // nothing else past it, nothing would show it.)
 func TestRebuildNewEpochForLostSharedRecord(t *testing.T) {
-	for _, behind := range []bool{true, false} {
-		t.Run(fmt.Sprintf("store's position behind %v", behind), func(t *testing.T) {
+	for _, c := range []struct {
+		behind bool
+		stop   int // stop the rebuild after this commit, and run it again
+	}{{true, 0}, {true, 1}, {true, 2}, {false, 0}} {
+		behind := c.behind
+		t.Run(fmt.Sprintf("store's position behind %v, stopped after commit %d", behind, c.stop), func(t *testing.T) {
+			engine.RebuildInCommitsOf(t, 1)
 			o := enginetest.Options(t, 1) // SharedFeedMembers 2: three members share
 			e := enginetest.Open(t, o)
 			alice := enginetest.Register(t, e, "alice")
@@ -650,8 +682,17 @@ func TestRebuildNewEpochForLostSharedRecord(t *testing.T) {
 			if err := engine.LoseConversation(o.FS, "db", big, pos); err != nil {
 				t.Fatal(err)
 			}
-			rep := rebuild(t, o)
+			var rep engine.RebuildReport
+			if c.stop > 0 {
+				engine.CrashRebuildAfter(t, c.stop)
+				if rep, _ = engine.Rebuild("db", o); rep.Check.Conversations > 0 {
+					t.Fatal("the rebuild was not stopped")
+				}
+				engine.CrashRebuildAfter(t, 0)
+			}
 			marked := slices.ContainsFunc(rep.Fixes, func(f engine.Fix) bool { return strings.HasPrefix(f.What, "new epoch") })
+			rep = rebuild(t, o)
+			marked = marked || slices.ContainsFunc(rep.Fixes, func(f engine.Fix) bool { return strings.HasPrefix(f.What, "new epoch") })
 			e = enginetest.Open(t, o, alice, bob, carol)
 			if renewed := e.Epoch() != epoch; marked != behind || renewed != behind {
 				t.Errorf("fixes %v; a new epoch: %v, want %v", rep.Fixes, renewed, behind)
