@@ -57,13 +57,14 @@ func (e *Engine) Check() (CheckReport, error) {
 		return c.rep, err
 	}
 	c.feedPos = feedPos
-	c.want, c.lists, c.unread = map[string]bool{}, map[string]bool{}, map[ulid.ULID]bool{}
+	c.want, c.lists, c.unread, c.convs = map[string]bool{}, map[string]bool{}, map[ulid.ULID]bool{}, map[ulid.ULID]bool{}
 	err = scan(r.v, []byte{keys.TConv}, func(k, val []byte) error {
 		conv, ok := keys.ParseID(k, 1)
 		if !ok || len(k) != 17 {
 			c.problem("malformed conversation key %x", k)
 			return nil
 		}
+		c.convs[conv] = true
 		rec, err := record.DecodeConv(val)
 		if err != nil {
 			c.problem("conversation %s: %v", conv, err)
@@ -110,6 +111,19 @@ func (e *Engine) Check() (CheckReport, error) {
 		}
 		u, pos, conv, _ := keys.ParseFeed([]byte(k))
 		c.problem("missing feed entry of user %s for conversation %s at position %d", u, conv, pos)
+	}
+	// Member records belong to conversations that exist.
+	for _, t := range []byte{keys.TMember, keys.TFormer} {
+		err = scan(r.v, []byte{t}, func(k, _ []byte) error {
+			if conv, ok := keys.ParseID(k, 1); !ok || !c.convs[conv] {
+				u, _ := keys.ParseID(k, 17)
+				c.problem("member record of user %s for conversation %s, which does not exist", u, conv)
+			}
+			return nil
+		})
+		if err != nil {
+			return c.rep, err
+		}
 	}
 	// Every user's list of conversations holds those they have a member
 	// record in, and no other.
@@ -165,6 +179,7 @@ type checker struct {
 	want    map[string]bool     // feed keys that must exist
 	lists   map[string]bool     // TUserConv keys that must exist
 	unread  map[ulid.ULID]bool  // conversations whose record does not decode
+	convs   map[ulid.ULID]bool  // conversations with a record
 }
 
 func (c *checker) problem(format string, args ...any) {

@@ -562,6 +562,10 @@ var Corruptions = []Corruption{
 	})},
 	{"usage lost", deleteFirst([]byte{keys.TUsage}, nil)},
 	{"stray usage", stray(func() []byte { return keys.ID1(keys.TUsage, strayID) })},
+	{"member record of a missing conversation", func(_ *store.View, b *store.Batch) ([][]byte, error) {
+		b.Set(keys.ID2(keys.TFormer, strayID, strayID), record.AppendMember(nil, &record.Member{Since: 3, DetachedPos: 2}))
+		return nil, nil
+	}},
 	{"read marker's message count wrong", rewriteFirst([]byte{keys.TUserMark}, func(_, val []byte) bool {
 		m, err := record.DecodeMarker(val)
 		return err == nil && m.ReadCounted
@@ -685,3 +689,9 @@ func Uint(n uint64) []byte { return record.AppendUint(nil, n) }
 
 // FeedPosKey is the key of the store's feed position.
 func FeedPosKey() []byte { return keys.Meta(keys.MetaFeedPos) }
+
+// MemberKey is the key of user's record as a current member of conv.
+func MemberKey(conv, user ulid.ULID) []byte { return keys.ID2(keys.TMember, conv, user) }
+
+// ConvKey is the key of conv's record.
+func ConvKey(conv ulid.ULID) []byte { return keys.ID1(keys.TConv, conv) }

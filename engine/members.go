@@ -43,7 +43,7 @@ var afterFormerChunk func() error
 // opening, but for a tool's (lenient: Options.Existing, or Rebuild, which
 // repairs such a record): the record stays where it is, with a warning,
 // and so does the mark, so that a server's start refuses the store until
-// the record is repaired.
+// a Rebuild repaired what it could and ended the upgrade.
 func (e *Engine) moveFormerMembers(lenient bool) error {
 	v := e.st.View()
 	pending, err := v.Has(keys.Meta(keys.MetaFormerMove))

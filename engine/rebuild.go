@@ -47,7 +47,9 @@ var rebuildBatch = 4 << 20
 // with them again — the op-id, dot and edit indexes, the message counts of
 // ops, the conversation, member and read-marker records, the members'
 // conversation lists and feed entries, the user feed's index, each user's
-// usage and the store's feed position. The bodies of deleted messages
+// usage and the store's feed position; member records of conversations
+// that do not exist go, and an upgrade to format 8 that a record which
+// does not decode held up is ended. The bodies of deleted messages
 // and of their edits that a delete left behind are erased, as the delete
 // would have. The logs themselves are not changed otherwise: a
 // conversation whose log Rebuild cannot read in full (a gap in its seqs,
@@ -249,11 +251,23 @@ func (r *rebuilder) run() error {
 	// shared feed's entries hold no position): devices may hold positions
 	// past any it could be given. Marked before the first commit, which
 	// raises the store's position: a rerun would not see it behind.
-	if (garbled || r.inUse > feedPos) && slices.ContainsFunc(lost, func(c ulid.ULID) bool { return !r.placed[c] }) {
-		if err := r.newEpoch(); err != nil {
-			return err
+	if garbled || r.inUse > feedPos {
+		for _, conv := range lost {
+			if r.placed[conv] {
+				continue
+			}
+			if _, why, err := r.read(conv, record.Conv{}, true); err != nil || why != "" {
+				if err != nil {
+					return err
+				}
+				continue // left as found: made at no position
+			}
+			if err := r.newEpoch(); err != nil {
+				return err
+			}
+			r.fixed("new epoch at the server's next start: a lost record's feed position and the store's could not be recovered")
+			break
 		}
-		r.fixed("new epoch at the server's next start: a lost record's feed position and the store's could not be recovered")
 	}
 	// The store's position goes past them before anything is deleted: a
 	// rebuild stopped after deleting a stray entry at the greatest
@@ -288,7 +302,7 @@ func (r *rebuilder) run() error {
 			return err
 		}
 	}
-	for _, step := range []func() error{r.feeds, r.userFeed, r.receipts, r.usages} {
+	for _, step := range []func() error{r.feeds, r.userFeed, r.receipts, r.usages, r.strayMembers, r.upgradeDone} {
 		if err := step(); err != nil {
 			return err
 		}
@@ -322,7 +336,15 @@ func (r *rebuilder) positionsInUse(lost []ulid.ULID) error {
 				_, pos, conv, _ = keys.ParseFeed(k)
 				if isLost[conv] {
 					lag = maxEntryLag
-					r.placed[conv] = true
+					// A current member's entry is within the lag of the
+					// lost position; a former one's (at their detach
+					// position) says nothing of it.
+					u, _, _, _ := keys.ParseFeed(k)
+					member, err := r.v.Has(keys.ID2(keys.TMember, conv, u))
+					if err != nil {
+						return err
+					}
+					r.placed[conv] = r.placed[conv] || member
 				}
 			default:
 				_, pos, _, _ = keys.ParseFeed(k)
@@ -379,6 +401,10 @@ type replay struct {
 	deleted  map[ulid.ULID]bool     // ids of deleted messages
 	erased   []record.Op
 	recount  []uint64 // seqs of ops whose message count is wrong
+	// usage is what its ops count for each user; undecodable says an op
+	// did not decode, whose user it cannot count.
+	usage       map[ulid.ULID]int64
+	undecodable bool
 }
 
 type idSeq struct {
@@ -390,19 +416,18 @@ type idSeq struct {
 // A lost record (lost: one that does not decode, or none) is made anew.
 func (r *rebuilder) conv(conv ulid.ULID, rec record.Conv, lost bool) error {
 	r.maxFeedPos = max(r.maxFeedPos, rec.FeedPos)
-	p, ok, err := r.replay(conv)
-	if err != nil || !ok {
-		if !ok {
-			r.kept[conv] = true
-		}
+	p, why, err := r.read(conv, rec, lost)
+	if err != nil {
 		return err
 	}
-	if end, what, err := r.logEnd(conv, rec, lost, p); err != nil || end > p.head {
-		if err == nil {
-			r.unfixed("conversation %s: its log ends at seq %d, but its %s goes to seq %d: ops were lost from its end; left as found", conv, p.head, what, end)
-			r.kept[conv] = true
-		}
-		return err
+	for u, n := range p.usage {
+		r.usage[u] += n
+	}
+	r.usageWrong = r.usageWrong || p.undecodable
+	if why != "" {
+		r.unfixed("conversation %s: %s; left as found", conv, why)
+		r.kept[conv] = true
+		return nil
 	}
 	r.rep.Ops += int(p.head)
 	for _, step := range []func(ulid.ULID, *replay) error{r.recount, r.opIDs, r.editIndex, r.erase, r.dotIndex} {
@@ -414,6 +439,20 @@ func (r *rebuilder) conv(conv ulid.ULID, rec record.Conv, lost bool) error {
 		return err
 	}
 	return r.markers(conv, p)
+}
+
+// read replays conv's log, and returns why it cannot be rebuilt from it,
+// if it cannot: it does not read in full, or it lost ops from its end.
+func (r *rebuilder) read(conv ulid.ULID, rec record.Conv, lost bool) (*replay, string, error) {
+	p, why, err := r.replay(conv)
+	if err != nil || why != "" {
+		return p, why, err
+	}
+	end, what, err := r.logEnd(conv, rec, lost, p)
+	if err == nil && end > p.head {
+		why = fmt.Sprintf("its log ends at seq %d, but its %s goes to seq %d: ops were lost from its end", p.head, what, end)
+	}
+	return p, why, err
 }
 
 // logEnd returns the greatest seq that anything but conv's log says it
@@ -472,13 +511,14 @@ func (r *rebuilder) logEnd(conv ulid.ULID, rec record.Conv, lost bool, p *replay
 }
 
 // replay reads conv's log, noting the ops whose message count is wrong.
-// It returns false, having said why, when the log cannot be read in full
-// (its ops still count for their users' usage).
-func (r *rebuilder) replay(conv ulid.ULID) (*replay, bool, error) {
+// It returns why when the log cannot be read in full; its ops still count
+// for their users' usage (replay.usage). It changes nothing.
+func (r *rebuilder) replay(conv ulid.ULID) (*replay, string, error) {
 	p := &replay{
 		roles:   map[ulid.ULID]record.Member{},
 		edits:   map[ulid.ULID][]uint64{},
 		deleted: map[ulid.ULID]bool{},
+		usage:   map[ulid.ULID]int64{},
 	}
 	dots := map[ulid.ULID]uint64{}
 	var why string
@@ -492,18 +532,18 @@ func (r *rebuilder) replay(conv ulid.ULID) (*replay, bool, error) {
 			if why == "" {
 				why = fmt.Sprintf("seq %d: %v", s, err)
 			}
-			r.usageWrong = true
+			p.undecodable = true
 			return nil
 		}
 		if why != "" {
 			// The rest of the log still counts for its users' usage.
-			r.usage[op.User] += opUsage(&op.Op, op.Erased)
+			p.usage[op.User] += opUsage(&op.Op, op.Erased)
 			return nil
 		}
 		dots[op.Dot.Device]++
 		if op.Dot.N != dots[op.Dot.Device] {
 			why = fmt.Sprintf("seq %d has dot %s, where the log implies %d", s, op.Dot, dots[op.Dot.Device])
-			r.usage[op.User] += opUsage(&op.Op, op.Erased)
+			p.usage[op.User] += opUsage(&op.Op, op.Erased)
 			return nil
 		}
 		p.head = s
@@ -517,7 +557,7 @@ func (r *rebuilder) replay(conv ulid.ULID) (*replay, bool, error) {
 		p.messages = append(p.messages, messages)
 		p.dots = append(p.dots, seqDot{s, op.Dot})
 		p.byID = append(p.byID, idSeq{op.ID, s})
-		r.usage[op.User] += opUsage(&op.Op, op.Erased)
+		p.usage[op.User] += opUsage(&op.Op, op.Erased)
 		switch op.Kind {
 		case model.KindCreate:
 			p.title = op.Title
@@ -553,11 +593,7 @@ func (r *rebuilder) replay(conv ulid.ULID) (*replay, bool, error) {
 			}
 		}
 	}
-	if err != nil || why == "" {
-		return p, true, err
-	}
-	r.unfixed("conversation %s: %s: left as found", conv, why)
-	return nil, false, nil
+	return p, why, err
 }
 
 // recount fixes the message counts of ops that have them wrong.
@@ -1013,6 +1049,38 @@ func (r *rebuilder) userFeed() error {
 		}
 	}
 	return nil
+}
+
+// strayMembers deletes the member records of conversations that have
+// neither a record nor a log.
+func (r *rebuilder) strayMembers() error {
+	for _, t := range []byte{keys.TMember, keys.TFormer} {
+		err := scan(r.v, []byte{t}, func(k, _ []byte) error {
+			if conv, ok := keys.ParseID(k, 1); ok && r.known[conv] {
+				return nil
+			}
+			r.fixed("member records of missing conversations deleted")
+			return r.del(k)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// upgradeDone ends the store's upgrade to format 8, which moves the
+// records of former members apart as the store opens, where it left a
+// record that did not decode, and with it its mark, which keeps a server
+// from starting (Engine.moveFormerMembers): the records Rebuild could
+// repair, it has; one it could not is of a conversation left as found.
+func (r *rebuilder) upgradeDone() error {
+	pending, err := r.v.Has(keys.Meta(keys.MetaFormerMove))
+	if err != nil || !pending {
+		return err
+	}
+	r.fixed("store's upgrade to format 8 ended")
+	return r.del(keys.Meta(keys.MetaFormerMove))
 }
 
 // hasMember reports whether user has a member record in conv, current or

@@ -648,27 +648,36 @@ func TestRebuildIndexPastHeadIsNoLostEnd(t *testing.T) {
 // TestRebuildNewEpochForLostSharedRecord: a shared-feed conversation's
 // record, which held the greatest position, lost, and the store's
 // position behind another conversation's: nothing says where the lost
-// one was (its members' shared entries hold no position), so devices may
-// hold positions past any Rebuild could give it. The store starts a new
-// epoch at its next start, where devices start again; with the store's
-// position right, it does not. (Were the store's position behind with
-// nothing else past it, nothing would show it.)
+// one was (its members' shared entries hold no position, a former
+// member's entry only where they left), so devices may hold positions
+// past any Rebuild could give it. The store starts a new epoch at its
+// next start, where devices start again, also when the rebuild was
+// stopped and run again; not with the store's position right, nor when
+// the record is not made (its log has a gap). (Were the store's position
+// behind with nothing else past it, nothing would show it.)
 func TestRebuildNewEpochForLostSharedRecord(t *testing.T) {
 	for _, c := range []struct {
-		behind bool
-		stop   int // stop the rebuild after this commit, and run it again
-	}{{true, 0}, {true, 1}, {true, 2}, {false, 0}} {
-		behind := c.behind
-		t.Run(fmt.Sprintf("store's position behind %v, stopped after commit %d", behind, c.stop), func(t *testing.T) {
+		behind, former, gap bool
+		stop                int // stop the rebuild after this commit, and run it again
+	}{
+		{behind: true}, {behind: true, stop: 1}, {behind: true, stop: 2},
+		{behind: true, former: true}, {behind: true, gap: true}, {},
+	} {
+		want := c.behind && !c.gap
+		t.Run(fmt.Sprintf("%+v", c), func(t *testing.T) {
 			engine.RebuildInCommitsOf(t, 1)
 			o := enginetest.Options(t, 1) // SharedFeedMembers 2: three members share
 			e := enginetest.Open(t, o)
 			alice := enginetest.Register(t, e, "alice")
 			bob := enginetest.Register(t, e, "bob")
 			carol := enginetest.Register(t, e, "carol")
+			dave := enginetest.Register(t, e, "dave")
 			pair := alice.Create("pair", bob)
 			alice.Send(pair, "in pair")
-			big := alice.Create("big", bob, carol)
+			big := alice.Create("big", bob, carol, dave)
+			if c.former {
+				alice.Push(alice.Op(big, model.Op{Kind: model.KindMemberRemove, Member: dave.Actor.User}))
+			}
 			for i := range 10 {
 				alice.Send(big, fmt.Sprint("big ", i))
 			}
@@ -676,28 +685,102 @@ func TestRebuildNewEpochForLostSharedRecord(t *testing.T) {
 			if err := e.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if behind {
+			if c.behind {
 				pos = 1
 			}
 			if err := engine.LoseConversation(o.FS, "db", big, pos); err != nil {
 				t.Fatal(err)
 			}
-			var rep engine.RebuildReport
+			if c.gap {
+				if err := engine.DeleteKey(o.FS, "db", engine.OpKey(big, 6)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var fixes []engine.Fix
 			if c.stop > 0 {
 				engine.CrashRebuildAfter(t, c.stop)
-				if rep, _ = engine.Rebuild("db", o); rep.Check.Conversations > 0 {
+				rep, _ := engine.Rebuild("db", o)
+				if rep.Check.Conversations > 0 {
 					t.Fatal("the rebuild was not stopped")
 				}
+				fixes = rep.Fixes
 				engine.CrashRebuildAfter(t, 0)
 			}
-			marked := slices.ContainsFunc(rep.Fixes, func(f engine.Fix) bool { return strings.HasPrefix(f.What, "new epoch") })
-			rep = rebuild(t, o)
-			marked = marked || slices.ContainsFunc(rep.Fixes, func(f engine.Fix) bool { return strings.HasPrefix(f.What, "new epoch") })
-			e = enginetest.Open(t, o, alice, bob, carol)
-			if renewed := e.Epoch() != epoch; marked != behind || renewed != behind {
-				t.Errorf("fixes %v; a new epoch: %v, want %v", rep.Fixes, renewed, behind)
+			rep, err := engine.Rebuild("db", o)
+			if err != nil {
+				t.Fatal(err)
 			}
-			enginetest.MustCheck(t, e)
+			fixes = append(fixes, rep.Fixes...)
+			marked := slices.ContainsFunc(fixes, func(f engine.Fix) bool { return strings.HasPrefix(f.What, "new epoch") })
+			e = enginetest.Open(t, o, alice, bob, carol, dave)
+			if renewed := e.Epoch() != epoch; marked != want || renewed != want {
+				t.Errorf("fixes %v; a new epoch: %v, want %v", fixes, renewed, want)
+			}
+		})
+	}
+}
+
+// TestRebuildEndsAnUpgradeItCannotRepair: a format 7 store with a member
+// record that does not decode, of a conversation Rebuild cannot rebuild
+// (its log has a gap) or that has neither a record nor a log: Rebuild
+// leaves the first as found and deletes the second, and ends the upgrade,
+// whose mark keeps a server from starting: a server starts after it.
+func TestRebuildEndsAnUpgradeItCannotRepair(t *testing.T) {
+	for _, c := range []string{"log gap", "no conversation"} {
+		t.Run(c, func(t *testing.T) {
+			o := enginetest.Options(t, 1)
+			e := enginetest.Open(t, o)
+			alice := enginetest.Register(t, e, "alice")
+			bob := enginetest.Register(t, e, "bob")
+			pair := alice.Create("pair", bob)
+			for i := range 3 {
+				alice.Send(pair, fmt.Sprint("m", i))
+			}
+			other := alice.Create("other", bob)
+			alice.Send(other, "fine")
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := engine.AsFormat7(o.FS, "db"); err != nil {
+				t.Fatal(err)
+			}
+			damage := [][]byte{engine.MemberKey(pair, alice.Actor.User)}
+			if c == "log gap" {
+				damage = [][]byte{engine.OpKey(pair, 2)}
+			} else {
+				for s := uint64(1); s <= 5; s++ { // a lost range took its record and log
+					damage = append(damage, engine.OpKey(pair, s))
+				}
+				damage = append(damage, engine.ConvKey(pair))
+			}
+			for _, k := range damage {
+				if err := engine.DeleteKey(o.FS, "db", k); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := engine.SetKey(o.FS, "db", engine.MemberKey(pair, bob.Actor.User), []byte("garbage")); err != nil {
+				t.Fatal(err)
+			}
+			if err := engine.SetFormat(o.FS, "db", 7); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := engine.Rebuild("db", o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(rep.Fixes, func(f engine.Fix) bool { return strings.Contains(f.What, "upgrade") }) {
+				t.Errorf("fixes %v; want the upgrade ended", rep.Fixes)
+			}
+			if clean := len(rep.Check.Problems) == 0; clean != (c == "no conversation") {
+				t.Errorf("check after the rebuild: %q", rep.Check.Problems)
+			}
+			e, err = engine.Open("db", o)
+			if err != nil {
+				t.Fatalf("a server's open after the rebuild: %v", err)
+			}
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
 		})
 	}
 }
