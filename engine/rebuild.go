@@ -243,7 +243,24 @@ func (r *rebuilder) run() error {
 	if err != nil {
 		return err
 	}
-	if err := r.positionsInUse(lost); err != nil {
+	// The lost records to be made anew (those whose log reads in full),
+	// with their current members, as their logs say.
+	current := map[ulid.ULID]map[ulid.ULID]bool{}
+	for _, conv := range lost {
+		p, why, err := r.read(conv, record.Conv{}, true)
+		if err != nil {
+			return err
+		}
+		if why == "" {
+			current[conv] = map[ulid.ULID]bool{}
+			for u, m := range p.roles {
+				if m.Role != model.RoleNone {
+					current[conv][u] = true
+				}
+			}
+		}
+	}
+	if err := r.positionsInUse(lost, current); err != nil {
 		return err
 	}
 	// A store's position behind what is in use lost writes, and cannot
@@ -252,15 +269,9 @@ func (r *rebuilder) run() error {
 	// past any it could be given. Marked before the first commit, which
 	// raises the store's position: a rerun would not see it behind.
 	if garbled || r.inUse > feedPos {
-		for _, conv := range lost {
+		for conv := range current {
 			if r.placed[conv] {
 				continue
-			}
-			if _, why, err := r.read(conv, record.Conv{}, true); err != nil || why != "" {
-				if err != nil {
-					return err
-				}
-				continue // left as found: made at no position
 			}
 			if err := r.newEpoch(); err != nil {
 				return err
@@ -319,7 +330,10 @@ func (r *rebuilder) run() error {
 // of a conversation whose record was lost may sit up to maxEntryLag below
 // its feed position, which is not known: maxFeedPos goes as far past them
 // as that.
-func (r *rebuilder) positionsInUse(lost []ulid.ULID) error {
+//
+// A lost record that a current member's entry (current, as its log says)
+// places is noted in placed.
+func (r *rebuilder) positionsInUse(lost []ulid.ULID, current map[ulid.ULID]map[ulid.ULID]bool) error {
 	isLost := make(map[ulid.ULID]bool, len(lost))
 	for _, conv := range lost {
 		isLost[conv] = true
@@ -340,11 +354,7 @@ func (r *rebuilder) positionsInUse(lost []ulid.ULID) error {
 					// lost position; a former one's (at their detach
 					// position) says nothing of it.
 					u, _, _, _ := keys.ParseFeed(k)
-					member, err := r.v.Has(keys.ID2(keys.TMember, conv, u))
-					if err != nil {
-						return err
-					}
-					r.placed[conv] = r.placed[conv] || member
+					r.placed[conv] = r.placed[conv] || current[conv][u]
 				}
 			default:
 				_, pos, _, _ = keys.ParseFeed(k)

@@ -111,6 +111,21 @@ func differences(a, b map[string]string, skip [][]byte) []string {
 	return diff
 }
 
+// damage applies the Corruptions of these names, in turn, to the closed
+// store.
+func damage(t *testing.T, o engine.Options, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		i := slices.IndexFunc(engine.Corruptions, func(c engine.Corruption) bool { return c.Name == name })
+		if i < 0 {
+			t.Fatalf("no damage %q", name)
+		}
+		if _, err := engine.Corruptions[i].Apply(o.FS, "db"); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+}
+
 func rebuild(t *testing.T, o engine.Options) engine.RebuildReport {
 	t.Helper()
 	rep, err := engine.Rebuild("db", o)
@@ -232,15 +247,7 @@ func TestRebuildStoppedPartWay(t *testing.T) {
 
 func stopPartWay(t *testing.T, damages []string) {
 	o := rebuildStore(t)
-	for _, name := range damages {
-		i := slices.IndexFunc(engine.Corruptions, func(c engine.Corruption) bool { return c.Name == name })
-		if i < 0 {
-			t.Fatalf("no damage %q", name)
-		}
-		if _, err := engine.Corruptions[i].Apply(o.FS, "db"); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-	}
+	damage(t, o, damages...)
 	damaged := o.FS
 	clone := func() engine.Options {
 		t.Helper()
@@ -297,12 +304,7 @@ func TestRebuiltRecordsReachDevices(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"former member's record lost, own feed entries", "conversation record lost"} {
-		i := slices.IndexFunc(engine.Corruptions, func(c engine.Corruption) bool { return c.Name == name })
-		if _, err := engine.Corruptions[i].Apply(o.FS, "db"); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-	}
+	damage(t, o, "former member's record lost, own feed entries", "conversation record lost")
 	rebuild(t, o)
 	e = enginetest.Open(t, o)
 	infos, pos := catchUpFrom(t, e, bob, bobPos)
@@ -658,10 +660,12 @@ func TestRebuildIndexPastHeadIsNoLostEnd(t *testing.T) {
 func TestRebuildNewEpochForLostSharedRecord(t *testing.T) {
 	for _, c := range []struct {
 		behind, former, gap bool
-		stop                int // stop the rebuild after this commit, and run it again
+		garbled             bool // the former member's record, in a format 7 store, does not decode
+		stop                int  // stop the rebuild after this commit, and run it again
 	}{
 		{behind: true}, {behind: true, stop: 1}, {behind: true, stop: 2},
-		{behind: true, former: true}, {behind: true, gap: true}, {},
+		{behind: true, former: true}, {behind: true, former: true, garbled: true},
+		{behind: true, gap: true}, {},
 	} {
 		want := c.behind && !c.gap
 		t.Run(fmt.Sprintf("%+v", c), func(t *testing.T) {
@@ -693,6 +697,17 @@ func TestRebuildNewEpochForLostSharedRecord(t *testing.T) {
 			}
 			if c.gap {
 				if err := engine.DeleteKey(o.FS, "db", engine.OpKey(big, 6)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.garbled { // left in the current members' table by the upgrade
+				if err := engine.AsFormat7(o.FS, "db"); err != nil {
+					t.Fatal(err)
+				}
+				if err := engine.SetKey(o.FS, "db", engine.MemberKey(big, dave.Actor.User), []byte("garbage")); err != nil {
+					t.Fatal(err)
+				}
+				if err := engine.SetFormat(o.FS, "db", 7); err != nil {
 					t.Fatal(err)
 				}
 			}
