@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"time"
 
@@ -94,7 +93,6 @@ func Rebuild(dir string, opts Options) (RebuildReport, error) {
 			st:        e.st,
 			v:         e.st.View(),
 			b:         e.st.NewBatch(),
-			log:       e.log,
 			rep:       &rep,
 			fixes:     map[string]int{},
 			want:      map[string]bool{},
@@ -138,7 +136,6 @@ type rebuilder struct {
 	st    *store.Store
 	v     *store.View
 	b     *store.Batch
-	log   *slog.Logger
 	rep   *RebuildReport
 	fixes map[string]int
 
@@ -148,10 +145,10 @@ type rebuilder struct {
 	newEpoch   func() error       // marks the store to start a new epoch at its next open
 	want       map[string]bool    // the feed entries (TFeed, TShared) the members' records imply
 	userConvs  map[string]bool    // the TUserConv entries they imply
-	kept       map[ulid.ULID]bool
-	known      map[ulid.ULID]bool // the conversations with a record, or a log
 	// kept holds the conversations left as found: their feed entries and
 	// conversation lists are kept as they are.
+	kept       map[ulid.ULID]bool
+	known      map[ulid.ULID]bool  // the conversations with a record, or a log
 	sharedMax  int                 // Options.SharedFeedMembers
 	usage      map[ulid.ULID]int64 // each user's usage, as their ops count it
 	usageWrong bool                // an op did not decode: usage cannot be counted
