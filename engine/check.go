@@ -43,7 +43,9 @@ func (r CheckReport) Err() error {
 // indexes point at the right ops, that dots are gapless per device, that
 // the conversation and member records match a replay of the log, that
 // erased ops were deleted, that every feed entry is where the membership
-// says, that read markers count the messages up to them right, that each
+// says, that users' conversation lists hold the conversations they have
+// member records in, that member records are of conversations that
+// exist, that read markers count the messages up to them right, that each
 // user's usage is what their ops count (Engine.Usage), and that the store
 // saw no single deletion misused since it opened
 // (store.Store.Misuses). It reads the whole store: an operator's and a
