@@ -661,11 +661,6 @@ func OpKey(conv ulid.ULID, seq uint64) []byte { return keys.Op(conv, seq) }
 // UFeedIdxKey is the key of user's user-feed index entry for conv.
 func UFeedIdxKey(user, conv ulid.ULID) []byte { return keys.ID2(keys.TUFeedIdx, user, conv) }
 
-// FeedKey is the key of user's TFeed entry for conv at pos.
-func FeedKey(user ulid.ULID, pos uint64, conv ulid.ULID) []byte {
-	return keys.Feed(keys.TFeed, user, pos, conv)
-}
-
 // Tables the tests name.
 const (
 	TableMember = keys.TMember

@@ -422,7 +422,6 @@ type idSeq struct {
 // conv rebuilds what conv's log implies.
 // A lost record (lost: one that does not decode, or none) is made anew.
 func (r *rebuilder) conv(conv ulid.ULID, rec record.Conv, lost bool) error {
-	r.maxFeedPos = max(r.maxFeedPos, rec.FeedPos)
 	p, why, err := r.read(conv, rec, lost)
 	if err != nil {
 		return err
@@ -927,15 +926,15 @@ func (r *rebuilder) markers(conv ulid.ULID, p *replay) error {
 // feeds makes the feed entries and the users' conversation lists the ones
 // the member records imply, but for conversations left as found.
 func (r *rebuilder) feeds() error {
+	what := map[byte]string{keys.TFeed: "feed entries", keys.TShared: "shared feed entries", keys.TUserConv: "users' conversation list entries"}
 	for _, t := range []struct {
 		table byte
 		want  map[string]bool
-		what  string
 		conv  func(k []byte) (ulid.ULID, bool)
 	}{
-		{keys.TFeed, r.want, "feed entries", func(k []byte) (ulid.ULID, bool) { _, _, c, ok := keys.ParseFeed(k); return c, ok }},
-		{keys.TShared, r.want, "shared feed entries", func(k []byte) (ulid.ULID, bool) { _, c, ok := keys.ParseID2(k); return c, ok }},
-		{keys.TUserConv, r.userConvs, "users' conversation list entries", func(k []byte) (ulid.ULID, bool) { _, c, ok := keys.ParseID2(k); return c, ok }},
+		{keys.TFeed, r.want, func(k []byte) (ulid.ULID, bool) { _, _, c, ok := keys.ParseFeed(k); return c, ok }},
+		{keys.TShared, r.want, func(k []byte) (ulid.ULID, bool) { _, c, ok := keys.ParseID2(k); return c, ok }},
+		{keys.TUserConv, r.userConvs, func(k []byte) (ulid.ULID, bool) { _, c, ok := keys.ParseID2(k); return c, ok }},
 	} {
 		err := scan(r.v, []byte{t.table}, func(k, _ []byte) error {
 			if t.want[string(k)] {
@@ -945,7 +944,7 @@ func (r *rebuilder) feeds() error {
 			if conv, ok := t.conv(k); ok && r.kept[conv] {
 				return nil
 			}
-			r.fixed("stray " + t.what + " deleted")
+			r.fixed("stray " + what[t.table] + " deleted")
 			return r.del(k)
 		})
 		if err != nil {
@@ -959,14 +958,7 @@ func (r *rebuilder) feeds() error {
 		}
 		slices.Sort(ks)
 		for _, k := range ks {
-			switch k[0] {
-			case keys.TFeed:
-				r.fixed("missing feed entries set")
-			case keys.TShared:
-				r.fixed("missing shared feed entries set")
-			default:
-				r.fixed("missing users' conversation list entries set")
-			}
+			r.fixed("missing " + what[k[0]] + " set")
 			if err := r.set([]byte(k), nil); err != nil {
 				return err
 			}
