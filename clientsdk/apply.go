@@ -459,6 +459,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	var touched []ulid.ULID // conversations whose messages changed: their last may have
 	later, why := false, "" // the server asked to push ops again later, and why
 	took := false           // the server stored an op of the push, or had it
+	after := time.Duration(pr.GetRetryAfterMs()) * time.Millisecond
 	for _, r := range pr.GetResults() {
 		// Even for an op whose echo came first, and is no longer pending:
 		// the server took it, or turned the push away and would the next.
@@ -466,6 +467,13 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 		case ferryv1.OpStatus_OP_STATUS_ACCEPTED, ferryv1.OpStatus_OP_STATUS_DUPLICATE:
 			took = true
 		case ferryv1.OpStatus_OP_STATUS_RETRY_LATER:
+			if r.GetReason() == ferryv1.RejectReason_REJECT_REASON_CONVERSATION_DAMAGED {
+				// Its conversation's ops wait; the others' go on.
+				if conv, err := wire.ParseID("conversation id", r.GetConversationId()); err == nil {
+					s.holdConv(conv, after, r.GetMessage())
+					break
+				}
+			}
 			later = true
 			if why == "" { // the push's first such result says why
 				why = r.GetMessage()
@@ -583,7 +591,7 @@ func (s *session) results(pr *ferryv1.PushResult) error {
 	released := false
 	switch {
 	case later:
-		s.holdPushes(time.Duration(pr.GetRetryAfterMs())*time.Millisecond, why)
+		s.holdPushes(after, why)
 	case took:
 		// What turned ops away may be over. An answer that took nothing
 		// (its ops refused for a dot gap behind the held ones, say)

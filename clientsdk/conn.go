@@ -446,7 +446,13 @@ type session struct {
 	// ended, which stops it.
 	pushAt time.Time
 	wait   Timer
-	ended  bool
+	// convAt holds the ops of one conversation back, each until its
+	// time: the server answered them RETRY_LATER for a reason of that
+	// conversation alone (its store damaged), and pushes of the others go
+	// on. convWait wakes flush at the first of them, as wait does.
+	convAt   map[ulid.ULID]time.Time
+	convWait Timer
+	ended    bool
 }
 
 // accepted notes the ops a push result accepted beyond the heads the
@@ -542,6 +548,9 @@ func (d *Device) session(outer, stream context.Context, once bool) (live bool, e
 		s.ended = true
 		if s.wait != nil {
 			s.wait.Stop()
+		}
+		if s.convWait != nil {
+			s.convWait.Stop()
 		}
 		s.mu.Unlock()
 	}()
@@ -647,8 +656,20 @@ func (s *session) flush() {
 	more := false
 	size := 0
 	d.mu.Lock()
+	now := d.opts.clock.Now()
 	s.mu.Lock()
-	held := s.pushAt.After(d.opts.clock.Now())
+	held := s.pushAt.After(now)
+	var convHeld map[ulid.ULID]bool // conversations whose ops wait (convAt)
+	for c, at := range s.convAt {
+		if !at.After(now) {
+			delete(s.convAt, c)
+			continue
+		}
+		if convHeld == nil {
+			convHeld = map[ulid.ULID]bool{}
+		}
+		convHeld[c] = true
+	}
 	s.mu.Unlock()
 	if held {
 		d.mu.Unlock()
@@ -671,6 +692,10 @@ func (s *session) flush() {
 		if inFlight {
 			return nil
 		}
+		conv := ulid.MustParseStrict(e.Conv)
+		if convHeld[conv] {
+			return nil
+		}
 		// As many as the server takes in one push: its count, and its
 		// message size less room for the framing (pushPiece's rule, kept
 		// as the outbox is read, so that no more of it is decoded).
@@ -680,7 +705,7 @@ func (s *session) flush() {
 			return io.EOF
 		}
 		size += n
-		items = append(items, item{conv: ulid.MustParseStrict(e.Conv), op: op})
+		items = append(items, item{conv: conv, op: op})
 		return nil
 	})
 	if err == nil && len(d.pending) == 0 {
@@ -749,6 +774,37 @@ func (s *session) holdPushes(after time.Duration, why string) {
 	s.mu.Unlock()
 	d.status.Err, d.status.RetryAt = fmt.Errorf("%w: %s", ErrPushDeferred, why), at
 	d.log.Warn("the server asked to push again later", "in", at.Sub(now).Round(time.Millisecond), "why", why)
+}
+
+// holdConv holds the ops of conv back for after, as holdPushes holds
+// every push: the server answered them RETRY_LATER for a reason of conv
+// alone (REJECT_REASON_CONVERSATION_DAMAGED), why. d.mu is held.
+func (s *session) holdConv(conv ulid.ULID, after time.Duration, why string) {
+	d := s.d
+	after = max(after, minPushWait)
+	now := d.opts.clock.Now()
+	at := now.Add(after + time.Duration(rand.Int64N(int64(after)/5+1)))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended || s.convAt[conv].After(now) { // held already: by another op of the push
+		return
+	}
+	if s.convAt == nil {
+		s.convAt = map[ulid.ULID]time.Time{}
+	}
+	s.convAt[conv] = at
+	first := at
+	for _, t := range s.convAt {
+		if t.Before(first) {
+			first = t
+		}
+	}
+	if s.convWait == nil {
+		s.convWait = clock.AfterFunc(d.opts.clock, first.Sub(now), s.wakeFlush)
+	} else {
+		s.convWait.Reset(first.Sub(now))
+	}
+	d.log.Warn("the server holds a conversation's ops", "conv", conv, "in", at.Sub(now).Round(time.Millisecond), "why", why)
 }
 
 // releasePushes ends a hold (holdPushes) early, and the status's word of

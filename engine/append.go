@@ -25,7 +25,9 @@ type AppendResult struct {
 	Duplicate bool
 	// Err says why the op was rejected; nil when accepted or a duplicate. It
 	// wraps ErrDotGap, ErrDotReused, ErrOpConflict, ErrNotFound, ErrForbidden,
-	// ErrPrecondition or ErrConversationExists.
+	// ErrPrecondition, ErrConversationExists, ErrQuota or ErrDamaged (the
+	// conversation is fenced off until the store is repaired: the op may be
+	// sent again once it is).
 	Err error
 	// ServerDot is the server's highest dot from the op's author device in
 	// the conversation, after this op.
@@ -113,6 +115,10 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	if tx.err != nil {
 		return res
 	}
+	if c.damaged != nil {
+		res.Err = c.damaged
+		return res
+	}
 	dev := op.Dot.Device
 	// reject answers with the error alone: where the server stands for a
 	// device (ServerDot) is told only once the actor is known to be a member
@@ -124,8 +130,9 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	// A retry of the user's own op is answered even after they left or were
 	// removed, so an outbox never shows an accepted op as failed. Anyone
 	// else's op id tells a stranger nothing: membership comes first for them.
-	prev := tx.lookupOp(c, op.ID)
-	if tx.err != nil {
+	prev, err := tx.lookupOp(c, op.ID)
+	if err != nil {
+		res.Err = tx.fence(c, err)
 		return res
 	}
 	if prev != nil && prev.rec.User == a.User {
@@ -179,8 +186,9 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	} else {
 		facts := model.Facts{ActorRole: role, SubjectRole: c.role(op.Member), Owners: c.owners}
 		if op.Kind.HasTarget() {
-			target = tx.lookupOp(c, op.Target)
-			if tx.err != nil {
+			var err error
+			if target, err = tx.lookupOp(c, op.Target); err != nil {
+				res.Err = tx.fence(c, err)
 				return res
 			}
 			if target != nil {
@@ -215,6 +223,15 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 		if used+size > q {
 			return reject(fmt.Errorf("%w: your ops hold %s of the %s each user may store here, and this one needs %s more: delete some of your messages to make room (those in conversations you left count too)",
 				ErrQuota, units.Bytes(used), units.Bytes(q), units.Bytes(size)))
+		}
+	}
+
+	// The marker the op raises (raiseRead), read before anything changes:
+	// one that does not decode fences the conversation off.
+	if who, raises := readRaiser(op, a.User); raises {
+		if _, err := tx.loadMarker(keys.TUserMark, c.id, who); err != nil {
+			res.Err = tx.fence(c, err)
+			return res
 		}
 	}
 
@@ -308,6 +325,17 @@ func (tx *txn) setRole(c *txConv, user ulid.ULID, role model.Role, seq uint64) {
 		m.Title = c.rec.Title
 	}
 	c.memberWrites[user] = true
+}
+
+// readRaiser returns whose marker op, by user, raises (raiseRead), if any.
+func readRaiser(op *model.Op, user ulid.ULID) (ulid.ULID, bool) {
+	switch op.Kind {
+	case model.KindCreate, model.KindMessage:
+		return user, true
+	case model.KindMemberAdd:
+		return op.Member, true
+	}
+	return ulid.ULID{}, false
 }
 
 // raiseRead moves user's markers up to seq: the op they just appended (a

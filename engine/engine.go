@@ -79,6 +79,8 @@ type Engine struct {
 	hub   *hub
 	// receiptCache holds conversations' receipts by feed position.
 	receiptCache receiptCache
+	// damage holds the conversations found damaged.
+	damage damageSet
 
 	randMu sync.Mutex
 

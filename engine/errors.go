@@ -47,6 +47,9 @@ var (
 	ErrTooMany = errors.New("too many")
 	// ErrQuota: an op's body would take its user past Options.UserQuota.
 	ErrQuota = errors.New("quota exceeded")
+	// ErrDamaged: the conversation's records in the store do not decode; it
+	// is fenced off until the store is repaired (see damageSet).
+	ErrDamaged = errors.New("conversation damaged")
 )
 
 // ResetReason says why a session cannot resume.

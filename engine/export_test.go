@@ -690,3 +690,6 @@ func MemberKey(conv, user ulid.ULID) []byte { return keys.ID2(keys.TMember, conv
 
 // ConvKey is the key of conv's record.
 func ConvKey(conv ulid.ULID) []byte { return keys.ID1(keys.TConv, conv) }
+
+// UserMarkKey is the key of user's own marker in conv.
+func UserMarkKey(conv, user ulid.ULID) []byte { return keys.ID2(keys.TUserMark, conv, user) }

@@ -31,7 +31,8 @@ type Marker struct {
 // Options.ReceiptMembers members.
 //
 // A conversation the user cannot read fails the whole call with ErrNotFound
-// and moves nothing.
+// and moves nothing. Markers of a damaged conversation (see damageSet) are
+// dropped, and the others move.
 func (e *Engine) Mark(ctx context.Context, a Actor, marks []Marker) error {
 	return e.StartMark(ctx, a, marks).Wait(ctx)
 }
@@ -65,10 +66,26 @@ func (e *Engine) StartMark(ctx context.Context, a Actor, marks []Marker) Pending
 			if tx.err != nil {
 				return
 			}
+			if c.damaged != nil {
+				continue // dropped (see damageSet)
+			}
 			mem := c.members[a.User]
 			if !c.exists || mem == nil {
 				notFound = m.Conv
 				return
+			}
+			// The markers mark moves, read before anything changes: one
+			// that does not decode fences the conversation off.
+			for _, k := range []struct {
+				table byte
+				who   ulid.ULID
+			}{{keys.TDevMark, a.Device}, {keys.TUserMark, a.User}} {
+				if _, err := tx.loadMarker(k.table, m.Conv, k.who); err != nil && tx.fence(c, err) == nil {
+					return
+				}
+			}
+			if c.damaged != nil {
+				continue
 			}
 			limits[i] = c.rec.Head
 			if mem.Role == model.RoleNone {
@@ -76,7 +93,9 @@ func (e *Engine) StartMark(ctx context.Context, a Actor, marks []Marker) Pending
 			}
 		}
 		for i, m := range marks {
-			tx.mark(a, m, limits[i])
+			if tx.conv(m.Conv).damaged == nil {
+				tx.mark(a, m, limits[i])
+			}
 		}
 	})
 	if err != nil {

@@ -592,7 +592,18 @@ func (r reader) changed(user ulid.ULID, after, through uint64) ([]feedEntry, err
 				return nil, fmt.Errorf("%w: feed key %x", record.ErrCorrupt, it.Key())
 			}
 			if t == keys.TFeed {
-				if pos, err = r.entryPos(conv, pos); err != nil {
+				at := pos
+				if pos, err = r.entryPos(conv, pos); corrupt(err) {
+					// Damaged: the conversation's position is not known,
+					// but no lower than its entry's, and maybe past after
+					// (the entry may lag): the session leaves it out and
+					// holds its device below it (Session.hold).
+					if after >= through {
+						continue
+					}
+					pos, err = max(at, after+1), nil
+				}
+				if err != nil {
 					_ = it.Close()
 					return nil, err
 				}
@@ -612,6 +623,13 @@ func (r reader) changed(user ulid.ULID, after, through uint64) ([]feedEntry, err
 			return fmt.Errorf("%w: shared feed key %x", record.ErrCorrupt, k)
 		}
 		c, ok, err := r.conv(conv)
+		if corrupt(err) {
+			// Damaged, at a position not known: as in TFeed above.
+			if after < through {
+				latest[conv] = max(latest[conv], after+1)
+			}
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -821,7 +839,7 @@ type HistoryPage struct {
 
 // History reads a page of conv's log for a's user: a member reads it all, a
 // removed member up to their removal.
-func (e *Engine) History(a Actor, conv ulid.ULID, q HistoryQuery) (HistoryPage, error) {
+func (e *Engine) History(a Actor, conv ulid.ULID, q HistoryQuery) (_ HistoryPage, err error) {
 	if q.Limit == 0 {
 		q.Limit = 100
 	}
@@ -830,6 +848,7 @@ func (e *Engine) History(a Actor, conv ulid.ULID, q HistoryQuery) (HistoryPage, 
 	}
 	r := e.reader()
 	defer r.release()
+	defer func() { err = e.fenceErr(conv, err) }()
 	_, _, head, err := r.access(conv, a.User)
 	if err != nil {
 		return HistoryPage{}, err
@@ -941,9 +960,10 @@ const maxPassedOver = 4 * MaxHistoryLimit
 // user can read. A removed member gets an empty vector: the vector as of
 // their removal is not kept, and the current one would describe ops they
 // may not read.
-func (e *Engine) Vector(a Actor, conv ulid.ULID) (model.Vector, uint64, error) {
+func (e *Engine) Vector(a Actor, conv ulid.ULID) (_ model.Vector, _ uint64, err error) {
 	r := e.reader()
 	defer r.release()
+	defer func() { err = e.fenceErr(conv, err) }()
 	_, m, head, err := r.access(conv, a.User)
 	if err != nil {
 		return model.Vector{}, 0, err
@@ -970,12 +990,13 @@ type RepairResult struct {
 // Repair compares have, a device's vector for conv, with the server's: it
 // returns up to limit ops the device lacks and the dots of a's user that the
 // server lacks. Work is O(devices × limit), whatever the history's length.
-func (e *Engine) Repair(a Actor, conv ulid.ULID, have model.Vector, limit int) (RepairResult, error) {
+func (e *Engine) Repair(a Actor, conv ulid.ULID, have model.Vector, limit int) (_ RepairResult, err error) {
 	if limit <= 0 || limit > MaxHistoryLimit {
 		return RepairResult{}, fmt.Errorf("%w: limit must be between 1 and %d", ErrInvalid, MaxHistoryLimit)
 	}
 	r := e.reader()
 	defer r.release()
+	defer func() { err = e.fenceErr(conv, err) }()
 	_, m, head, err := r.access(conv, a.User)
 	if err != nil {
 		return RepairResult{}, err
@@ -1067,6 +1088,10 @@ func (e *Engine) Conversations(a Actor, after ulid.ULID, limit int) ([]ConvInfo,
 	out := make([]ConvInfo, 0, len(ids))
 	for _, id := range ids {
 		info, err := r.info(id, a.User)
+		if corrupt(err) {
+			_ = e.damaged(id, err) // left out, as sessions do (see damageSet)
+			continue
+		}
 		if err != nil {
 			return nil, ulid.ULID{}, err
 		}
@@ -1088,9 +1113,10 @@ type Member struct {
 
 // Conversation describes conv for a's user, with its current members and
 // the server's vector (empty for a removed member).
-func (e *Engine) Conversation(a Actor, conv ulid.ULID) (ConvInfo, []Member, model.Vector, error) {
+func (e *Engine) Conversation(a Actor, conv ulid.ULID) (_ ConvInfo, _ []Member, _ model.Vector, err error) {
 	r := e.reader()
 	defer r.release()
+	defer func() { err = e.fenceErr(conv, err) }()
 	info, err := r.info(conv, a.User)
 	if err != nil {
 		return ConvInfo{}, nil, model.Vector{}, err

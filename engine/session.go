@@ -158,9 +158,19 @@ type Session struct {
 	// told is the feed position the device was last given: the position
 	// of its user's latest change sent, not pos, which moves with every
 	// commit on the server (see FeedSeal). Resuming from it is resuming
-	// from pos: the user's feeds changed at no position in between.
-	told   uint64
-	caught bool
+	// from pos: the user's feeds changed at no position in between (but
+	// for a hold's, below).
+	told uint64
+	// hold, when holding, is the greatest position the device may be
+	// told: one below the feed entry of a damaged conversation the
+	// session left out (see damageSet). Told past it, the device would
+	// never take what that conversation changed before the entry, once
+	// the store is repaired; held, its next catch-up reads that entry
+	// again, and the conversations changed after it, whose ops its cursors
+	// keep it from taking twice.
+	hold    uint64
+	holding bool
+	caught  bool
 	// revocations is the engine's revocation count when the device was
 	// last found active: Next looks the device up again (stillActive) only
 	// after some device was revoked.
@@ -193,6 +203,10 @@ type item struct {
 	// round read them already (to check the user's membership); nil when
 	// nextOps reads them.
 	ops []model.Op
+	// entry, for ops nextOps reads, is the position of the conversation's
+	// feed entry: the session holds its device below it if they turn out
+	// damaged (leaveOut).
+	entry uint64
 }
 
 // OpenSession starts a's sync session. It returns a *ResetError (wrapping
@@ -270,6 +284,9 @@ func (s *Session) plan() error {
 		if errors.Is(err, ErrNotFound) {
 			continue
 		}
+		if s.leaveOut(en, err) {
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -280,6 +297,9 @@ func (s *Session) plan() error {
 		}
 		if !given {
 			dm, err := r.marker(keys.TDevMark, en.conv, s.a.Device)
+			if s.leaveOut(en, err) {
+				continue
+			}
 			if err != nil {
 				return err
 			}
@@ -300,10 +320,10 @@ func (s *Session) plan() error {
 		split := info.Head
 		if s.o.PageSize > 0 {
 			split = max(cursor, info.Head-min(info.Head, uint64(s.o.PageSize)))
-			newest = append(newest, item{kind: itemOps, conv: en.conv, after: split, through: info.Head, phase: PhaseNewest})
+			newest = append(newest, item{kind: itemOps, conv: en.conv, after: split, through: info.Head, phase: PhaseNewest, entry: en.pos})
 		}
 		if split > cursor {
-			backfill = append(backfill, item{kind: itemOps, conv: en.conv, after: cursor, through: split, phase: PhaseBackfill})
+			backfill = append(backfill, item{kind: itemOps, conv: en.conv, after: cursor, through: split, phase: PhaseBackfill, entry: en.pos})
 		}
 	}
 	for len(infos) > 0 {
@@ -313,9 +333,33 @@ func (s *Session) plan() error {
 	}
 	s.queue = append(s.queue, newest...)
 	s.queue = append(s.queue, backfill...)
+	told = s.held(told)
 	s.queue = append(s.queue, item{kind: itemCaughtUp, pos: pos, told: told})
 	s.welcome.Epoch, s.welcome.FeedPos, s.welcome.Changed = s.e.epoch, told, countInfos(s.queue)
 	return nil
+}
+
+// leaveOut reports whether err, of a read of en's conversation, shows it
+// damaged: the session then leaves it out, and holds its device's
+// position below its entry (hold). A conversation a cursor brought in
+// (en.pos 0) is held by the cursor, which the device keeps.
+func (s *Session) leaveOut(en feedEntry, err error) bool {
+	if !corrupt(err) {
+		return false
+	}
+	_ = s.e.damaged(en.conv, err)
+	if en.pos > 0 && (!s.holding || en.pos-1 < s.hold) {
+		s.hold, s.holding = en.pos-1, true
+	}
+	return true
+}
+
+// held returns told, lowered to the hold if there is one.
+func (s *Session) held(told uint64) uint64 {
+	if s.holding {
+		return min(told, s.hold)
+	}
+	return told
 }
 
 func countInfos(q []item) int {
@@ -425,7 +469,7 @@ func (s *Session) nextOps() (Event, bool, error) {
 		if it.kind == itemLivePos && ev.Phase == PhaseLive {
 			ev.FeedPos, s.pos, s.told = it.told, it.pos, it.told
 			s.pop()
-			break
+			return ev, true, nil
 		}
 		if it.kind != itemOps || it.phase != ev.Phase {
 			break
@@ -436,7 +480,12 @@ func (s *Session) nextOps() (Event, bool, error) {
 			it.ops = it.ops[len(ops):]
 		} else {
 			var err error
-			if ops, err = r.ops(it.conv, it.after, it.through, opsLeft, bytesLeft, len(ev.Batches) == 0); err != nil {
+			ops, err = r.ops(it.conv, it.after, it.through, opsLeft, bytesLeft, len(ev.Batches) == 0)
+			if s.leaveOut(feedEntry{conv: it.conv, pos: it.entry}, err) {
+				s.drop(it.conv)
+				continue
+			}
+			if err != nil {
 				return Event{}, false, err
 			}
 		}
@@ -458,7 +507,30 @@ func (s *Session) nextOps() (Event, bool, error) {
 			s.pop()
 		}
 	}
+	if len(ev.Batches) == 0 {
+		// The ops were a damaged conversation's, dropped: what follows
+		// them is the event.
+		return s.Next()
+	}
 	return ev, true, nil
+}
+
+// drop takes the ops of conv, found damaged, out of the queue, and lowers
+// the position it ends with to the hold.
+func (s *Session) drop(conv ulid.ULID) {
+	q := s.queue[:0]
+	for _, it := range s.queue {
+		switch {
+		case it.kind == itemOps && it.conv == conv:
+			continue
+		case it.kind == itemCaughtUp || it.kind == itemLivePos:
+			it.told = s.held(it.told)
+		}
+		q = append(q, it)
+	}
+	clear(s.queue[len(q):])
+	s.queue = q
+	delete(s.sent, conv)
 }
 
 // live plans one round of live updates: what changed in the user's feed
@@ -516,12 +588,18 @@ func (s *Session) live() error {
 		if errors.Is(err, ErrNotFound) {
 			continue
 		}
+		if s.leaveOut(en, err) {
+			continue
+		}
 		if err != nil {
 			return err
 		}
 		from, known := s.sent[en.conv]
 		if !known {
 			dm, err := r.marker(keys.TDevMark, en.conv, s.a.Device)
+			if s.leaveOut(en, err) {
+				continue
+			}
 			if err != nil {
 				return err
 			}
@@ -540,6 +618,9 @@ func (s *Session) live() error {
 			var ops []model.Op
 			if info.Head-from <= maxMemoOps && held < s.o.MaxBatchBytes {
 				all, err := r.liveOps(en.conv, from, info.Head)
+				if s.leaveOut(en, err) {
+					continue
+				}
 				if err != nil {
 					return err
 				}
@@ -556,7 +637,7 @@ func (s *Session) live() error {
 				// device's own ops too.
 				ranges, ownRead = s.o.Pushing.appendRuns(ranges, s.a.Device, ops)
 			} else {
-				ranges = append(ranges, item{kind: itemOps, conv: en.conv, after: from, through: info.Head, phase: PhaseLive, ops: ops})
+				ranges = append(ranges, item{kind: itemOps, conv: en.conv, after: from, through: info.Head, phase: PhaseLive, ops: ops, entry: en.pos})
 			}
 			s.sent = setIn(s.sent, en.conv, info.Head)
 		}
@@ -578,6 +659,7 @@ func (s *Session) live() error {
 		}
 		s.shown = setIn(s.shown, en.conv, now)
 	}
+	told = s.held(told)
 	if len(infos) == 0 && len(ranges) == 0 && told == s.told {
 		// Nothing to show, at the position the device has: a round
 		// would only say that someone committed (the user was woken in
@@ -636,6 +718,9 @@ func (s *Session) verifyJournal(r reader, entries []feedEntry, pos uint64) error
 	if err != nil {
 		return err
 	}
+	// A damaged conversation's entry is there at a position not known
+	// (changed), and no commit moved it: the journal rightly has none.
+	stored = slices.DeleteFunc(stored, func(en feedEntry) bool { return s.e.isDamaged(en.conv) })
 	if !slices.Equal(entries, stored) {
 		return fmt.Errorf("engine: the feed journal of user %s says %v after %d through %d; the store says %v", s.a.User, entries, s.pos, pos, stored)
 	}

@@ -254,7 +254,11 @@ func (w *writer) flushReceipts(tx *txn) {
 		}
 		w.receiptQ[0] = waitingReceipts{}
 		w.receiptQ = w.receiptQ[1:]
-		if tc := tx.conv(oldest.conv); tc.exists {
+		if tc := tx.conv(oldest.conv); tc.damaged != nil {
+			// Its receipts wait in the store (TReceipts) for the server's
+			// next start, after a repair.
+			continue
+		} else if tc.exists {
 			tc.feed = true
 		} else {
 			tx.b.Delete(keys.ID1(keys.TReceipts, oldest.conv))
@@ -698,28 +702,44 @@ type txConv struct {
 	head0   uint64
 	added   []model.Op
 	rewrote bool
+	// damaged: the conversation is fenced off (see damageSet). Its state
+	// is empty, and the group changes nothing of it: every caller of conv
+	// looks at damaged before anything else.
+	damaged error
 }
 
 // conv returns the write state of conversation id, loading it on first use.
+// A conversation whose state does not decode is fenced off (damaged set)
+// rather than failing the group, and the store: its ops are refused, and
+// the others go on.
 func (tx *txn) conv(id ulid.ULID) *txConv {
 	if tc := tx.convs[id]; tc != nil {
 		return tc
 	}
+	var damaged error
 	c, ok := tx.w.convs.get(id)
+	if tx.e.isDamaged(id) { // found by a read, or an earlier group
+		c, ok, damaged = newConvState(id), true, damagedErr(id)
+	}
 	if !ok {
 		var err error
-		c, err = loadConv(tx.v, id)
-		if err != nil {
+		if c, err = loadConv(tx.v, id); corrupt(err) {
+			damaged = tx.e.damaged(id, err)
+		} else if err != nil {
 			tx.fail(err)
+		}
+		if err != nil {
 			c = newConvState(id)
 		}
 		// Only conversations that exist are cached (at the end of the
 		// group, once a Create may have made this one exist): unknown ids
 		// must not push real conversations out.
 	}
-	tc := &txConv{convState: c, before: map[ulid.ULID]model.Role{}, memberWrites: map[ulid.ULID]bool{}, head0: c.rec.Head}
+	tc := &txConv{convState: c, before: map[ulid.ULID]model.Role{}, memberWrites: map[ulid.ULID]bool{}, head0: c.rec.Head, damaged: damaged}
 	tx.convs[id] = tc
-	tx.convOrder = append(tx.convOrder, tc)
+	if damaged == nil {
+		tx.convOrder = append(tx.convOrder, tc)
+	}
 	return tc
 }
 
@@ -887,44 +907,44 @@ func decodeDotRun(k, val []byte) (dotRun, error) {
 // lookupOp finds the op with this id in c: first among this group's
 // writes, then in the durable view, unless c's newest ids tell it is not
 // there.
-func (tx *txn) lookupOp(c *txConv, id ulid.ULID) *txOp {
+func (tx *txn) lookupOp(c *txConv, id ulid.ULID) (*txOp, error) {
 	k := idPair{c.id, id}
 	if o := tx.ops[k]; o != nil {
-		return o
+		return o, nil
 	}
 	conv := c.id
 	known, has := c.newest.knows(id)
 	absent := known && !has
 	if absent && !verifyCaches {
-		return nil
+		return nil, nil
 	}
 	raw, err := tx.v.Get(keys.ID2(keys.TOpID, conv, id))
 	if errors.Is(err, store.ErrNotFound) {
 		if known && has {
-			tx.fail(fmt.Errorf("engine: op id %s is among the newest known of %s, yet not stored", id, conv))
+			return nil, fmt.Errorf("engine: op id %s is among the newest known of %s, yet not stored", id, conv)
 		}
-		return nil
+		return nil, nil
 	}
 	if err == nil && absent {
 		err = fmt.Errorf("engine: op id %s is not among the newest known of %s, yet stored", id, conv)
 	}
 	if err != nil {
-		tx.fail(fmt.Errorf("look up op %s: %w", id, err))
-		return nil
+		return nil, fmt.Errorf("look up op %s: %w", id, err)
 	}
 	seq, err := record.DecodeUint(raw)
 	if err != nil {
-		tx.fail(fmt.Errorf("look up op %s: %w", id, err))
-		return nil
+		return nil, fmt.Errorf("look up op %s: %w", id, err)
 	}
 	rec, err := readOp(tx.v, conv, seq)
+	if errors.Is(err, store.ErrNotFound) {
+		err = fmt.Errorf("%w: the op-id index names seq %d, which the log lacks", record.ErrCorrupt, seq)
+	}
 	if err != nil {
-		tx.fail(fmt.Errorf("look up op %s: %w", id, err))
-		return nil
+		return nil, fmt.Errorf("look up op %s: %w", id, err)
 	}
 	o := &txOp{rec: rec}
 	tx.ops[k] = o
-	return o
+	return o, nil
 }
 
 func readOp(v *store.View, conv ulid.ULID, seq uint64) (record.Op, error) {
@@ -948,13 +968,24 @@ func (tx *txn) putOp(o *txOp) {
 // marker returns the device's (table TDevMark) or user's (TUserMark) marker
 // in conv, loading it on first use.
 func (tx *txn) marker(table byte, conv, who ulid.ULID) *txMarker {
+	tm, err := tx.loadMarker(table, conv, who)
+	if err != nil {
+		tx.fail(err)
+		return &txMarker{key: keys.ID2(table, conv, who), ck: markKey{table, conv, who}}
+	}
+	return tm
+}
+
+// loadMarker is marker, for a caller that has changed nothing yet: a
+// marker that does not decode is returned as an error (see tx.fence).
+func (tx *txn) loadMarker(table byte, conv, who ulid.ULID) (*txMarker, error) {
 	m := tx.devMarks
 	if table == keys.TUserMark {
 		m = tx.userMarks
 	}
 	k := idPair{conv, who}
 	if tm := m[k]; tm != nil {
-		return tm
+		return tm, nil
 	}
 	tm := &txMarker{key: keys.ID2(table, conv, who), ck: markKey{table, conv, who}}
 	cached, ok := tx.w.marks.get(tm.ck)
@@ -965,10 +996,10 @@ func (tx *txn) marker(table byte, conv, who ulid.ULID) *txMarker {
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
-			tx.fail(fmt.Errorf("read marker: %w", err))
+			return nil, fmt.Errorf("read marker: %w", err)
 		default:
 			if tm.m, err = record.DecodeMarker(raw); err != nil {
-				tx.fail(fmt.Errorf("read marker: %w", err))
+				return nil, fmt.Errorf("read marker: %w", err)
 			}
 		}
 		if ok && cached != tm.m {
@@ -977,7 +1008,21 @@ func (tx *txn) marker(table byte, conv, who ulid.ULID) *txMarker {
 	}
 	m[k] = tm
 	tx.markOrder = append(tx.markOrder, tm)
-	return tm
+	return tm, nil
+}
+
+// fence fences c off (see damageSet) for err, a read of it that failed,
+// and returns the error its ops get, when err is a record that does not
+// decode; else it fails the group with err and returns nil. The caller has
+// changed nothing of c for the op at hand: the group's earlier ops of c
+// commit, and its later ones are refused.
+func (tx *txn) fence(c *txConv, err error) error {
+	if !corrupt(err) {
+		tx.fail(err)
+		return nil
+	}
+	c.damaged = tx.e.damaged(c.id, err)
+	return c.damaged
 }
 
 // dropRevokedMarkers deletes the device markers of the devices this group

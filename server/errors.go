@@ -37,6 +37,7 @@ var codes = []struct {
 	{engine.ErrTooMany, connect.CodeResourceExhausted},
 	{engine.ErrQuota, connect.CodeResourceExhausted},
 	{engine.ErrDiskFull, connect.CodeUnavailable},
+	{engine.ErrDamaged, connect.CodeDataLoss},
 }
 
 // connectError turns an engine error into the error a client sees. Errors
@@ -106,6 +107,7 @@ var rejectReasons = []struct {
 	{engine.ErrPrecondition, ferryv1.RejectReason_REJECT_REASON_FAILED_PRECONDITION},
 	{engine.ErrConversationExists, ferryv1.RejectReason_REJECT_REASON_CONVERSATION_EXISTS},
 	{engine.ErrQuota, ferryv1.RejectReason_REJECT_REASON_QUOTA_EXCEEDED},
+	{engine.ErrDamaged, ferryv1.RejectReason_REJECT_REASON_CONVERSATION_DAMAGED}, // with RETRY_LATER (push)
 }
 
 func rejectReason(err error) ferryv1.RejectReason {

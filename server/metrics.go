@@ -232,6 +232,7 @@ var (
 	dDiskFree        = desc("ferry_store_disk_free_bytes", "Free space of the store's file system, as last looked at (once a second at most), while --min-free-disk-mib is on.")
 	dDiskKeep        = desc("ferry_store_disk_min_free_bytes", "The free space below which new ops are refused: --min-free-disk-mib, or a twentieth of the disk when that is less.")
 	dDiskLow         = desc("ferry_store_disk_low", "1 while the store's disk has less free space than --min-free-disk-mib and writes are refused. Else 0.")
+	dDamaged         = desc("ferry_conversations_damaged", "Conversations found damaged in the store since the server started (records that do not decode): their ops wait and their members' devices leave them out until the store is repaired (ferryd rebuild).")
 	dStoreBytes      = desc("ferry_store_bytes", "Bytes the store occupies on disk, by kind.", "kind")
 	dReadAmp         = desc("ferry_store_read_amplification", "Tables a read may consult: level 0's sublevels plus the non-empty levels below.")
 	dCompactionDebt  = desc("ferry_store_compaction_debt_bytes", "Estimated bytes to compact for the store to be stable.")
@@ -311,6 +312,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		low = 1
 	}
 	gauge(dDiskLow, low)
+	gauge(dDamaged, float64(len(c.s.eng.Damaged())))
 	if free, keep, ok := c.s.eng.DiskFree(); ok {
 		gauge(dDiskFree, float64(free))
 		gauge(dDiskKeep, float64(keep))

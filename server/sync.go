@@ -39,11 +39,13 @@ var _ ferryv1connect.SyncServiceHandler = syncService{}
 //
 // A push the server cannot take for now (the push limit refuses it, or the
 // disk is nearly full) fails whole, giving back what it spent of the push
-// limit. With later (a Sync stream whose client asked for it,
-// Hello.retry_later) its valid ops are answered RETRY_LATER instead, with
-// the delay in pushedOps.retryAfter, and the session goes on: ending it
-// would cut the device's live updates, and cost a catch-up, for a write
-// that has to wait anyway.
+// limit. With later (a client that asked for it: Hello.retry_later, or
+// PushRequest.retry_later) its valid ops are answered RETRY_LATER instead,
+// with the delay in pushedOps.retryAfter, and the session goes on: ending
+// it would cut the device's live updates, and cost a catch-up, for a write
+// that has to wait anyway. Ops of a damaged conversation (engine.ErrDamaged)
+// are answered RETRY_LATER alone, with reason CONVERSATION_DAMAGED; without
+// later, the push fails whole (UNAVAILABLE).
 //
 // On a Sync stream whose client asked for Hello.skip_own_ops, pushing
 // gets the valid ops before they are appended, so that the session's live
@@ -85,6 +87,7 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 		at = append(at, i)
 	}
 	var counted []model.Op
+	damaged := "" // why ops of a damaged conversation wait: the first's message
 	if len(valid) > 0 && wait == nil {
 		if pushing != nil {
 			counted = pushing.Add(valid)
@@ -105,12 +108,28 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 			return nil, pushedOps{}, connectError(err)
 		default:
 			for i, r := range resultsToProto(res) {
+				if errors.Is(res[i].Err, engine.ErrDamaged) {
+					// Stored once the operator repairs the conversation:
+					// the client keeps the op until then.
+					r.Status = ferryv1.OpStatus_OP_STATUS_RETRY_LATER
+					if damaged == "" {
+						damaged = r.Message
+					}
+				}
 				results[at[i]] = r
 				valid[i].Seq = res[i].Seq // 0 when rejected
 			}
 		}
 	}
 	var retryAfter time.Duration
+	if damaged != "" {
+		if !later {
+			// The push's other ops may be stored: their retry is told
+			// they are (DUPLICATE).
+			return nil, pushedOps{}, connect.NewError(connect.CodeUnavailable, damaged)
+		}
+		retryAfter = damagedRetry
+	}
 	if wait != nil && len(valid) > 0 {
 		for j, i := range at {
 			results[i] = &ferryv1.OpResult{
@@ -139,6 +158,11 @@ type deferral struct {
 
 func (d *deferral) Error() string { return d.msg }
 
+// damagedRetry is how long a client whose ops wait for a damaged
+// conversation's repair waits before pushing them again: the repair
+// needs an operator, and stops the server.
+const damagedRetry = time.Minute
+
 // diskFullRetry is how long a client whose ops wait for disk space waits
 // before pushing them again: an operator frees space in minutes, not
 // seconds, and every device with an outbox asks again.
@@ -159,11 +183,11 @@ type pushedOps struct {
 const maxOpsPerPush = 1000
 
 func (h syncService) Push(ctx context.Context, req *ferryv1.PushRequest) (*ferryv1.PushResponse, error) {
-	results, _, err := h.s.push(ctx, actorFrom(ctx), req.GetBatches(), nil, nil, false)
+	results, pushed, err := h.s.push(ctx, actorFrom(ctx), req.GetBatches(), nil, nil, req.GetRetryLater())
 	if err != nil {
 		return nil, err
 	}
-	return &ferryv1.PushResponse{Results: results}, nil
+	return &ferryv1.PushResponse{Results: results, RetryAfterMs: retryAfterMs(pushed.retryAfter)}, nil
 }
 
 func (h syncService) Ack(ctx context.Context, req *ferryv1.AckRequest) (*ferryv1.AckResponse, error) {

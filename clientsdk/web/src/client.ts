@@ -232,6 +232,11 @@ function checkText(what: string, s: string, max: number): void {
 // pushFraming is room left in a push for what is not its ops' bytes.
 const pushFraming = 64 << 10;
 
+// minPushWaitMs is the least a device waits before pushing again ops the
+// server answered RETRY_LATER, whatever delay it asked for (as the Go
+// SDK's).
+const minPushWaitMs = 100;
+
 /**
  * pushPiece is how many ops, of the encoded sizes given, go in one push:
  * at least one, at most maxOps, and as many as keep within limit bytes.
@@ -361,6 +366,10 @@ export class FerryClient {
   // the session's pushes wait for it (a send meanwhile too).
   private pushRetry?: { ctrl: AbortController; session: AbortController };
   private pushAttempt = 0; // pushes failed in a row
+  // heldConvs are conversations whose ops wait, until the session's wait
+  // for each is over: the server answered them RETRY_LATER for a reason of
+  // theirs alone (damaged in its store), and the others' ops go on.
+  private readonly heldConvs = new Set<string>();
   private signingIn = false; // a login or register is asking the server
   private acking = false;
   private ackWait?: { due: number; ctrl: AbortController }; // the wait running
@@ -1733,7 +1742,7 @@ export class FerryClient {
     while (this.flushWanted && this.connected) {
       this.flushWanted = false;
       for (;;) {
-        const next = this.pushOrder([...this.outbox.values()].filter((e) => e.failed === undefined));
+        const next = this.pushOrder([...this.outbox.values()].filter((e) => e.failed === undefined && !this.heldConvs.has(e.convId)));
         const session = this.current;
         // What a failed push held arrived meanwhile (its live echo, the
         // push having been stored after all): the failure is over.
@@ -1750,7 +1759,7 @@ export class FerryClient {
         const account = this.account;
         try {
           res = await this.sync.push(
-            { batches: [create(OpBatchSchema, { conversationId: conv, ops: batch.map((e) => fromBinary(OpSchema, e.op)) })] },
+            { batches: [create(OpBatchSchema, { conversationId: conv, ops: batch.map((e) => fromBinary(OpSchema, e.op)) })], retryLater: true },
             this.callOptions(session, batch.reduce((n, e) => n + e.op.length, 0)),
           );
         } catch (err) {
@@ -1773,9 +1782,30 @@ export class FerryClient {
           this.retryPush(ce);
           return;
         }
+        // Ops the server cannot take for now stay in the outbox (RETRY_LATER):
+        // those of a damaged conversation wait alone, the others with
+        // every push, as a throttle's.
+        const later = res.results.filter((r) => r.status === OpStatus.RETRY_LATER);
+        const wait = Math.max(res.retryAfterMs, minPushWaitMs);
+        if (later.length > 0 && later.every((r) => r.reason === RejectReason.CONVERSATION_DAMAGED)) {
+          this.holdConversation(session, conv, wait);
+        } else if (later.length > 0) {
+          const ce = new ConnectError(later.find((r) => r.message)?.message || "the server cannot take new ops for now", Code.Unavailable);
+          this.setStatus({ lastError: ce.message });
+          this.retryPush(ce, wait);
+          return;
+        }
         this.pushRecovered();
       }
     }
+  }
+
+  // holdConversation holds the pushes of a conversation's ops for wait ms
+  // in the session: the server answered them RETRY_LATER, its store
+  // damaged. The session's end ends the hold: the next one pushes them.
+  private holdConversation(session: AbortController, convId: string, wait: number): void {
+    this.heldConvs.add(convId);
+    this.laterInSession(session, wait, () => void this.flush(), () => this.heldConvs.delete(convId));
   }
 
   // pushRecovered ends a run of failed pushes: the backoff starts over,
@@ -1788,14 +1818,15 @@ export class FerryClient {
 
   // retryPush pushes again after a push failed while the session stays
   // up (the server's disk nearly full, a throttle, a request lost on its
-  // way): after the delay the server asked for, else a backoff as the
+  // way): after the delay the server asked for (asked, with ops answered
+  // RETRY_LATER; else a throttle's error's), else a backoff as the
   // reconnects' (minBackoffMs doubling up to maxBackoffMs, with equal
   // jitter). The session's end cancels it: the next one pushes at its
   // Welcome. An error that retrying cannot fix is the session's to say.
-  private retryPush(err: ConnectError): void {
+  private retryPush(err: ConnectError, asked?: number): void {
     const session = this.current;
     if (!session || session.signal.aborted || this.pushRetry?.session === session || terminalCodes.has(err.code)) return;
-    const wait = askedDelay(err) ?? this.backoff(this.pushAttempt);
+    const wait = asked ?? askedDelay(err) ?? this.backoff(this.pushAttempt);
     this.pushAttempt++;
     const ctrl = this.laterInSession(session, wait, () => void this.flush(), () => {
       if (this.pushRetry?.ctrl === ctrl) this.pushRetry = undefined;

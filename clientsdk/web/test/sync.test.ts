@@ -11,8 +11,8 @@ import { createConnectTransport } from "@connectrpc/connect-web";
 import { IDBFactory, forceCloseDatabase } from "fake-indexeddb";
 
 import { FerryClient, IndexedDBReplica, MemoryReplica, ReplicaLostError, unpackBatch, type ClientOptions, type MessagePage, type MessageView, type Replica } from "../src/index.js";
-import { OpBatchSchema, OpKind, OpSchema, OpStatus } from "../src/gen/ferry/v1/op_pb.js";
-import { AckRequestSchema, SubscribeResponseSchema, SyncService } from "../src/gen/ferry/v1/sync_pb.js";
+import { OpBatchSchema, OpKind, OpResultSchema, OpSchema, OpStatus, RejectReason } from "../src/gen/ferry/v1/op_pb.js";
+import { AckRequestSchema, PushRequestSchema, PushResponseSchema, SubscribeResponseSchema, SyncService } from "../src/gen/ferry/v1/sync_pb.js";
 import { AccountService } from "../src/gen/ferry/v1/account_pb.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -1916,6 +1916,63 @@ test("a send while a push waits out the server's throttle waits with it", { time
     await internals(c).flushing; // the flush the send asked for, done
   }
   assert.equal(pushes, 1, `pushed ${pushes} times within the 7 s the server asked to wait`);
+});
+
+test("ops of a conversation damaged in the server's store wait alone, and go once it is repaired; the others go at once", { timeout: 60_000 }, async () => {
+  // The server's answer for a damaged conversation (the Go tests damage a
+  // store; here the network answers as its server does), until repaired.
+  let damaged: string | undefined;
+  let pushes = 0; // to the damaged conversation
+  let askedLater = true;
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    if (String(input).endsWith("/ferry.v1.SyncService/Push")) {
+      const req = fromBinary(PushRequestSchema, init!.body as Uint8Array);
+      askedLater &&= req.retryLater;
+      const batch = req.batches[0]!;
+      if (batch.conversationId === damaged) {
+        pushes++;
+        const results = batch.ops.map((op, i) => create(OpResultSchema, {
+          conversationId: damaged, opId: op.id, status: OpStatus.RETRY_LATER, reason: RejectReason.CONVERSATION_DAMAGED,
+          message: i === 0 ? `conversation damaged: conversation ${damaged} cannot be read or written until the server's operator repairs the server's store` : "",
+        }));
+        return new Response(toBinary(PushResponseSchema, create(PushResponseSchema, { results, retryAfterMs: 60_000 })),
+          { status: 200, headers: { "Content-Type": "application/proto" } });
+      }
+    }
+    return globalThis.fetch(input, init);
+  };
+  let repaired = () => {};
+  const waits = new Promise<void>((r) => (repaired = r));
+  let held = () => {};
+  const holding = new Promise<void>((r) => (held = r));
+  const c = await FerryClient.open({ baseUrl: server.url, replica: new MemoryReplica(), minBackoffMs: 1, maxBackoffMs: 1, fetch,
+    sleep: (ms) => {
+      if (ms !== 60_000) return Promise.resolve();
+      held();
+      return waits;
+    } });
+  clients.push(c);
+  await signUp(c, "alice");
+  await c.waitFor(() => c.status().state === "live");
+  const bad = await c.createConversation("bad", []);
+  const good = await c.createConversation("good", []);
+  await c.waitFor(() => c.status().pending === 0);
+
+  damaged = bad;
+  await c.send(bad, "kept for later");
+  await holding;
+  await c.send(good, "goes at once");
+  await c.send(good, "and this");
+  await c.waitFor(() => texts(c.messages(good)).join() === "goes at once,and this" && c.status().pending === 1);
+  assert.equal(c.messages(bad).find((m) => m.text === "kept for later")?.status, "pending");
+  assert.equal(pushes, 1, "the damaged conversation's op was pushed again while held");
+  assert.equal(c.status().lastError, undefined);
+
+  damaged = undefined;
+  repaired();
+  await c.waitFor(() => c.status().pending === 0);
+  assert.notEqual(c.messages(bad).find((m) => m.text === "kept for later")?.status, "pending");
+  assert.ok(askedLater, "a push did not ask for RETRY_LATER");
 });
 
 test("a signOut whose answer is lost after the revocation leaves the device offline, and a stop() meanwhile holds", { timeout: 60_000 }, async () => {

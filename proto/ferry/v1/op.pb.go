@@ -171,7 +171,9 @@ const (
 	// the moment (its disk is nearly full, or the user's devices push more
 	// than the push limit from several calls at once). The push's first
 	// RETRY_LATER result says which in its message; the others leave it
-	// empty.
+	// empty. Or, with reason REJECT_REASON_CONVERSATION_DAMAGED, the op's
+	// conversation takes no ops for now: only that conversation's ops wait,
+	// and the others go on.
 	// Push the op again, with its id, once PushResult.retry_after_ms have
 	// passed, and no later op of its device in its conversation before it.
 	// Only a Sync stream whose client asked for it (Hello.retry_later)
@@ -257,33 +259,43 @@ const (
 	// never refused for it: deleting one's own message, a member removal,
 	// making a member owner who is not.
 	RejectReason_REJECT_REASON_QUOTA_EXCEEDED RejectReason = 9
+	// With OP_STATUS_RETRY_LATER only: the op's conversation is damaged in
+	// the server's store (its records do not decode), and takes no ops, nor
+	// markers, until the server's operator repairs the store (ferryd
+	// rebuild). Its members' sessions leave it out meanwhile. Keep the op,
+	// and the conversation's later ops, and push them again after
+	// retry_after_ms; push other conversations' ops as usual. The message
+	// names the conversation.
+	RejectReason_REJECT_REASON_CONVERSATION_DAMAGED RejectReason = 10
 )
 
 // Enum value maps for RejectReason.
 var (
 	RejectReason_name = map[int32]string{
-		0: "REJECT_REASON_UNSPECIFIED",
-		1: "REJECT_REASON_DOT_GAP",
-		2: "REJECT_REASON_DOT_REUSED",
-		3: "REJECT_REASON_OP_ID_CONFLICT",
-		4: "REJECT_REASON_NOT_FOUND",
-		5: "REJECT_REASON_PERMISSION_DENIED",
-		6: "REJECT_REASON_FAILED_PRECONDITION",
-		7: "REJECT_REASON_CONVERSATION_EXISTS",
-		8: "REJECT_REASON_INVALID",
-		9: "REJECT_REASON_QUOTA_EXCEEDED",
+		0:  "REJECT_REASON_UNSPECIFIED",
+		1:  "REJECT_REASON_DOT_GAP",
+		2:  "REJECT_REASON_DOT_REUSED",
+		3:  "REJECT_REASON_OP_ID_CONFLICT",
+		4:  "REJECT_REASON_NOT_FOUND",
+		5:  "REJECT_REASON_PERMISSION_DENIED",
+		6:  "REJECT_REASON_FAILED_PRECONDITION",
+		7:  "REJECT_REASON_CONVERSATION_EXISTS",
+		8:  "REJECT_REASON_INVALID",
+		9:  "REJECT_REASON_QUOTA_EXCEEDED",
+		10: "REJECT_REASON_CONVERSATION_DAMAGED",
 	}
 	RejectReason_value = map[string]int32{
-		"REJECT_REASON_UNSPECIFIED":         0,
-		"REJECT_REASON_DOT_GAP":             1,
-		"REJECT_REASON_DOT_REUSED":          2,
-		"REJECT_REASON_OP_ID_CONFLICT":      3,
-		"REJECT_REASON_NOT_FOUND":           4,
-		"REJECT_REASON_PERMISSION_DENIED":   5,
-		"REJECT_REASON_FAILED_PRECONDITION": 6,
-		"REJECT_REASON_CONVERSATION_EXISTS": 7,
-		"REJECT_REASON_INVALID":             8,
-		"REJECT_REASON_QUOTA_EXCEEDED":      9,
+		"REJECT_REASON_UNSPECIFIED":          0,
+		"REJECT_REASON_DOT_GAP":              1,
+		"REJECT_REASON_DOT_REUSED":           2,
+		"REJECT_REASON_OP_ID_CONFLICT":       3,
+		"REJECT_REASON_NOT_FOUND":            4,
+		"REJECT_REASON_PERMISSION_DENIED":    5,
+		"REJECT_REASON_FAILED_PRECONDITION":  6,
+		"REJECT_REASON_CONVERSATION_EXISTS":  7,
+		"REJECT_REASON_INVALID":              8,
+		"REJECT_REASON_QUOTA_EXCEEDED":       9,
+		"REJECT_REASON_CONVERSATION_DAMAGED": 10,
 	}
 )
 
@@ -1847,7 +1859,7 @@ const file_ferry_v1_op_proto_rawDesc = "" +
 	"\x12OP_STATUS_ACCEPTED\x10\x01\x12\x17\n" +
 	"\x13OP_STATUS_DUPLICATE\x10\x02\x12\x16\n" +
 	"\x12OP_STATUS_REJECTED\x10\x03\x12\x19\n" +
-	"\x15OP_STATUS_RETRY_LATER\x10\x04*\xd5\x02\n" +
+	"\x15OP_STATUS_RETRY_LATER\x10\x04*\xfd\x02\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REJECT_REASON_DOT_GAP\x10\x01\x12\x1c\n" +
@@ -1858,7 +1870,9 @@ const file_ferry_v1_op_proto_rawDesc = "" +
 	"!REJECT_REASON_FAILED_PRECONDITION\x10\x06\x12%\n" +
 	"!REJECT_REASON_CONVERSATION_EXISTS\x10\a\x12\x19\n" +
 	"\x15REJECT_REASON_INVALID\x10\b\x12 \n" +
-	"\x1cREJECT_REASON_QUOTA_EXCEEDED\x10\tB3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"\x1cREJECT_REASON_QUOTA_EXCEEDED\x10\t\x12&\n" +
+	"\"REJECT_REASON_CONVERSATION_DAMAGED\x10\n" +
+	"B3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_op_proto_rawDescOnce sync.Once

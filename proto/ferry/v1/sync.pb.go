@@ -687,9 +687,11 @@ type Hello struct {
 	// Sync only: the client handles OP_STATUS_RETRY_LATER. A push the
 	// server cannot take for now (its disk nearly full, or the user's
 	// devices far over the push limit at once) then has its ops answered
-	// RETRY_LATER, and the session goes on. Without it, such a push ends
-	// the session (UNAVAILABLE or RESOURCE_EXHAUSTED), which the client
-	// retries after reconnecting.
+	// RETRY_LATER, and the session goes on; so are the ops of a conversation
+	// damaged in the server's store (REJECT_REASON_CONVERSATION_DAMAGED).
+	// Without it, such a push ends the session (UNAVAILABLE or
+	// RESOURCE_EXHAUSTED), which the client retries after reconnecting. The
+	// unary Push asks the same with PushRequest.retry_later.
 	RetryLater    bool `protobuf:"varint,10,opt,name=retry_later,json=retryLater,proto3" json:"retry_later,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1543,8 +1545,13 @@ func (x *Goaway) GetReconnectAfterMs() uint32 {
 }
 
 type PushRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Batches       []*OpBatch             `protobuf:"bytes,1,rep,name=batches,proto3" json:"batches,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Batches []*OpBatch             `protobuf:"bytes,1,rep,name=batches,proto3" json:"batches,omitempty"`
+	// The client handles OP_STATUS_RETRY_LATER, as Hello.retry_later says
+	// of a Sync stream's pushes: a push the server cannot take for now has
+	// its ops answered RETRY_LATER, with PushResponse.retry_after_ms, rather
+	// than failing whole (UNAVAILABLE or RESOURCE_EXHAUSTED).
+	RetryLater    bool `protobuf:"varint,2,opt,name=retry_later,json=retryLater,proto3" json:"retry_later,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1586,9 +1593,19 @@ func (x *PushRequest) GetBatches() []*OpBatch {
 	return nil
 }
 
+func (x *PushRequest) GetRetryLater() bool {
+	if x != nil {
+		return x.RetryLater
+	}
+	return false
+}
+
 type PushResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Results       []*OpResult            `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Results []*OpResult            `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// When some op was answered OP_STATUS_RETRY_LATER: how long to wait, in
+	// milliseconds, before pushing those ops again. Zero otherwise.
+	RetryAfterMs  uint32 `protobuf:"varint,2,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1628,6 +1645,13 @@ func (x *PushResponse) GetResults() []*OpResult {
 		return x.Results
 	}
 	return nil
+}
+
+func (x *PushResponse) GetRetryAfterMs() uint32 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
 }
 
 type AckRequest struct {
@@ -2230,11 +2254,14 @@ const file_ferry_v1_sync_proto_rawDesc = "" +
 	"\x05epoch\x18\x03 \x01(\tR\x05epoch\"N\n" +
 	"\x06Goaway\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12,\n" +
-	"\x12reconnect_after_ms\x18\x02 \x01(\rR\x10reconnectAfterMs\":\n" +
+	"\x12reconnect_after_ms\x18\x02 \x01(\rR\x10reconnectAfterMs\"[\n" +
 	"\vPushRequest\x12+\n" +
-	"\abatches\x18\x01 \x03(\v2\x11.ferry.v1.OpBatchR\abatches\"<\n" +
+	"\abatches\x18\x01 \x03(\v2\x11.ferry.v1.OpBatchR\abatches\x12\x1f\n" +
+	"\vretry_later\x18\x02 \x01(\bR\n" +
+	"retryLater\"b\n" +
 	"\fPushResponse\x12,\n" +
-	"\aresults\x18\x01 \x03(\v2\x12.ferry.v1.OpResultR\aresults\"8\n" +
+	"\aresults\x18\x01 \x03(\v2\x12.ferry.v1.OpResultR\aresults\x12$\n" +
+	"\x0eretry_after_ms\x18\x02 \x01(\rR\fretryAfterMs\"8\n" +
 	"\n" +
 	"AckRequest\x12*\n" +
 	"\amarkers\x18\x01 \x03(\v2\x10.ferry.v1.MarkerR\amarkers\"\r\n" +

@@ -1,0 +1,322 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/enginetest"
+	"github.com/ferrysync/ferry/engine/model"
+)
+
+// garbled is a record that decodes as nothing: a format version alone.
+var garbled = []byte{1, 2, 3}
+
+// pair is a store where alice and bob share two conversations, good and
+// bad, bad changed last, with one message each at seq 3, after the
+// create and bob's add (bad's is b1).
+type pair struct {
+	e          *engine.Engine
+	alice, bob *enginetest.Device
+	good, bad  ulid.ULID
+	b1         ulid.ULID
+	was        map[string]string // the garbled keys' values before
+}
+
+// damagedPair makes a pair, runs then on it, closes its store, garbles
+// the keys damage names, and opens it again.
+func damagedPair(t *testing.T, o engine.Options, damage func(p *pair) [][]byte, then ...func(p *pair)) *pair {
+	t.Helper()
+	p := &pair{e: enginetest.Open(t, o)}
+	p.alice = enginetest.Register(t, p.e, "alice")
+	p.bob = enginetest.Register(t, p.e, "bob")
+	p.good = p.alice.Create("good", p.bob)
+	p.bad = p.alice.Create("bad", p.bob)
+	p.alice.Send(p.good, "g1")
+	p.b1 = p.alice.Send(p.bad, "b1").ID
+	for _, f := range then {
+		f(p)
+	}
+	if err := p.e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	all, err := engine.Snapshot(o.FS, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.was = map[string]string{}
+	for _, k := range damage(p) {
+		p.was[string(k)] = all[string(k)]
+		if err := engine.SetKey(o.FS, "db", k, garbled); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.e = enginetest.Open(t, o, p.alice, p.bob)
+	return p
+}
+
+// repair closes p's store, puts back what damagedPair garbled, and opens
+// it again.
+func (p *pair) repair(t *testing.T, o engine.Options) {
+	t.Helper()
+	if err := p.e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range p.was {
+		if err := engine.SetKey(o.FS, "db", []byte(k), []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.e = enginetest.Open(t, o, p.alice, p.bob)
+}
+
+// bobsMember garbles bob's member record in bad.
+func bobsMember(p *pair) [][]byte { return [][]byte{engine.MemberKey(p.bad, p.bob.Actor.User)} }
+
+// TestDamagedConversationFencedOff: a conversation with a member record
+// that does not decode is fenced off: its ops are refused with
+// ErrDamaged, its markers dropped, its reads fail, and its members'
+// sessions leave it out; every other conversation goes on, and the store
+// does not fail. Once the store is rebuilt, a device caught up meanwhile
+// takes the conversation whole: its sessions held it below its entry.
+func TestDamagedConversationFencedOff(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	p := damagedPair(t, o, bobsMember)
+	e, alice, bob, good, bad := p.e, p.alice, p.bob, p.good, p.bad
+
+	// Bob's catch-up leaves bad out, and holds his position below it.
+	infos, pos := catchUpFrom(t, e, bob, 0)
+	if _, ok := infos[bad]; ok || len(infos) != 1 || infos[good].Head != 3 {
+		t.Fatalf("bob's catch-up: %+v; want good alone", infos)
+	}
+	// Pushes: one op of each conversation, in one call, and another of
+	// good after it. Bad's is refused, the others are stored.
+	ops := []model.Op{
+		alice.Op(good, model.Op{Kind: model.KindMessage, Body: []byte("g2")}),
+		alice.Op(bad, model.Op{Kind: model.KindMessage, Body: []byte("b2")}),
+		alice.Op(good, model.Op{Kind: model.KindMessage, Body: []byte("g3")}),
+	}
+	res, err := e.Append(context.Background(), alice.Actor, ops)
+	if err != nil {
+		t.Fatalf("append: %v", err)
+	}
+	if res[0].Err != nil || res[0].Seq != 4 || res[2].Err != nil || res[2].Seq != 5 {
+		t.Errorf("good's ops: %+v, %+v; want seqs 4 and 5", res[0], res[2])
+	}
+	if !errors.Is(res[1].Err, engine.ErrDamaged) || res[1].Seq != 0 {
+		t.Errorf("bad's op: %+v; want ErrDamaged", res[1])
+	}
+	if err := e.Failed(); err != nil {
+		t.Fatalf("the store failed: %v", err)
+	}
+	if got := e.Damaged(); !slices.Equal(got, []ulid.ULID{bad}) {
+		t.Errorf("damaged %v, want [%s]", got, bad)
+	}
+	// Markers: bad's dropped, good's moved, no error.
+	if err := e.Mark(context.Background(), bob.Actor, []engine.Marker{{Conv: bad, Delivered: 3, Read: 3}, {Conv: good, Delivered: 5, Read: 5}}); err != nil {
+		t.Fatalf("mark: %v", err)
+	}
+	// Reads of bad fail with ErrDamaged; the list leaves it out.
+	if _, err := e.History(bob.Actor, bad, engine.HistoryQuery{}); !errors.Is(err, engine.ErrDamaged) {
+		t.Errorf("history of bad: %v; want ErrDamaged", err)
+	}
+	if _, _, _, err := e.Conversation(bob.Actor, bad); !errors.Is(err, engine.ErrDamaged) {
+		t.Errorf("conversation bad: %v; want ErrDamaged", err)
+	}
+	if _, err := e.Repair(bob.Actor, bad, model.Vector{}, 10); !errors.Is(err, engine.ErrDamaged) {
+		t.Errorf("repair of bad: %v; want ErrDamaged", err)
+	}
+	list, _, err := e.Conversations(bob.Actor, ulid.ULID{}, 10)
+	if err != nil || len(list) != 1 || list[0].ID != good || list[0].Read != 5 {
+		t.Errorf("bob's conversations: %+v, %v; want good alone, read to 5", list, err)
+	}
+	// Bob's next catch-up, from where the first left him, takes good's new
+	// messages, and still not bad.
+	infos, pos2 := catchUpFrom(t, e, bob, pos)
+	if _, ok := infos[bad]; ok || infos[good].Head != 5 {
+		t.Fatalf("bob's second catch-up: %+v; want good at head 5 alone", infos)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	rebuild(t, o)
+	e = enginetest.Open(t, o, alice, bob)
+	infos, _ = catchUpFrom(t, e, bob, pos2)
+	if info, ok := infos[bad]; !ok || info.Head != 3 || info.Role != model.RoleMember {
+		t.Fatalf("bob's catch-up after the rebuild: %+v; want bad, whole", infos)
+	}
+	if got := e.Damaged(); len(got) != 0 {
+		t.Errorf("damaged after the rebuild: %v", got)
+	}
+	bob.Send(bad, "b2")
+	enginetest.MustCheck(t, e)
+}
+
+// TestDamagedConversationLiveRounds: a session whose catch-up left a
+// damaged conversation out goes on live, and tells its device no
+// position past the damaged conversation's entry.
+func TestDamagedConversationLiveRounds(t *testing.T) {
+	for _, damage := range []struct {
+		name string
+		keys func(p *pair) [][]byte
+	}{
+		{"member record", bobsMember},
+		{"conversation record", func(p *pair) [][]byte { return [][]byte{engine.ConvKey(p.bad)} }},
+	} {
+		for _, shared := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, shared feed %v", damage.name, shared), func(t *testing.T) {
+				o := enginetest.Options(t, 1)
+				if shared {
+					o.SharedFeedMembers = 1
+				}
+				p := damagedPair(t, o, damage.keys)
+				s, r := openCaughtUp(t, p.e, p.bob)
+				if _, ok := r.infos[p.bad]; ok {
+					t.Fatalf("bob's catch-up took bad: %+v", r.infos)
+				}
+				held := r.pos
+				for i := range 3 {
+					p.alice.Send(p.good, fmt.Sprint("g", i+2))
+					sent := 0
+					for range 10 {
+						ev, ok, err := s.Next()
+						if err != nil {
+							t.Fatalf("next: %v", err)
+						}
+						if !ok {
+							break
+						}
+						for _, b := range ev.Batches {
+							if b.Conv == p.bad {
+								t.Fatalf("a live round sent bad's ops")
+							}
+							sent += len(b.Ops)
+						}
+						if ev.FeedPos > held {
+							t.Fatalf("a live round told position %d, past the hold %d", ev.FeedPos, held)
+						}
+					}
+					if sent != 1 {
+						t.Errorf("live round %d sent %d ops, want good's new message", i, sent)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestDamagedRecordsFenceTheirConversation: each record the writer reads
+// of a conversation before it changes anything (the conversation's
+// record, a member record, the sender's marker, the op an edit names, an
+// op-id index entry) fences the conversation off when it does not decode,
+// and the store goes on. A member's catch-up goes on too, with or without
+// a shared feed: it leaves the conversation out where it reads the
+// damage, and its device takes it once the store is repaired.
+func TestDamagedRecordsFenceTheirConversation(t *testing.T) {
+	message := func(p *pair) model.Op {
+		return p.alice.Op(p.bad, model.Op{Kind: model.KindMessage, Body: []byte("b2")})
+	}
+	for _, tc := range []struct {
+		name   string
+		damage func(p *pair) [][]byte
+		op     func(p *pair) model.Op
+		seen   bool // a catch-up reads the damage
+	}{
+		{"conversation record", func(p *pair) [][]byte { return [][]byte{engine.ConvKey(p.bad)} }, message, true},
+		{"member record", bobsMember, message, true},
+		{"sender's marker", func(p *pair) [][]byte { return [][]byte{engine.UserMarkKey(p.bad, p.alice.Actor.User)} }, message, true},
+		{"edited message", func(p *pair) [][]byte { return [][]byte{engine.OpKey(p.bad, 3)} }, func(p *pair) model.Op {
+			return p.alice.Op(p.bad, model.Op{Kind: model.KindEdit, Target: p.b1, Body: []byte("b1, edited")})
+		}, true},
+		{"op-id index entry", func(p *pair) [][]byte { return [][]byte{engine.OpIDKey(p.bad, p.b1)} }, func(p *pair) model.Op {
+			return p.alice.Op(p.bad, model.Op{Kind: model.KindReactionAdd, Target: p.b1, ReactionKey: "+1"})
+		}, false},
+	} {
+		for _, shared := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, shared feed %v", tc.name, shared), func(t *testing.T) {
+				o := enginetest.Options(t, 1)
+				if shared {
+					o.SharedFeedMembers = 1
+				}
+				p := damagedPair(t, o, tc.damage)
+
+				ops := []model.Op{tc.op(p), p.alice.Op(p.good, model.Op{Kind: model.KindMessage, Body: []byte("g2")})}
+				res, err := p.e.Append(context.Background(), p.alice.Actor, ops)
+				if err != nil {
+					t.Fatalf("append: %v", err)
+				}
+				if !errors.Is(res[0].Err, engine.ErrDamaged) {
+					t.Errorf("bad's op: %+v; want ErrDamaged", res[0])
+				}
+				if res[1].Err != nil || res[1].Seq != 4 {
+					t.Errorf("good's op: %+v; want seq 4", res[1])
+				}
+				if err := p.e.Failed(); err != nil {
+					t.Fatalf("the store failed: %v", err)
+				}
+
+				s, err := p.e.OpenSession(p.bob.Actor, engine.SessionOptions{})
+				if err != nil {
+					t.Fatalf("bob's session: %v", err)
+				}
+				r := newReceiver(t)
+				r.drain(s, engine.DefaultBatchOps)
+				s.Close()
+				if !r.caught {
+					t.Fatal("bob's session did not catch up")
+				}
+				r.holdsExactly(p.good, 1, 4)
+				if _, ok := r.held[p.bad][3]; ok == tc.seen {
+					t.Errorf("bob's catch-up took b1: %v; want %v", ok, !tc.seen)
+				}
+
+				// Fenced: the next op is refused, whatever it reads.
+				if r := p.bob.Try(p.bad, model.Op{Kind: model.KindMessage, Body: []byte("b3")}); !errors.Is(r.Err, engine.ErrDamaged) {
+					t.Errorf("bad's next op: %+v; want ErrDamaged", r)
+				}
+				p.alice.Send(p.good, "g3")
+
+				// Repaired, the store gives bob's device what it left out.
+				p.repair(t, o)
+				again, _ := catchUpFrom(t, p.e, p.bob, r.pos)
+				if info, ok := again[p.bad]; ok != tc.seen || ok && info.Head != 3 {
+					t.Errorf("bob's catch-up from %d after the repair: %+v; want bad at head 3: %v", r.pos, again, tc.seen)
+				}
+				if err := p.e.Failed(); err != nil {
+					t.Fatalf("the store failed: %v", err)
+				}
+			})
+		}
+	}
+}
+
+// TestDamagedRecordLaggingEntry: a member's feed entry may sit below its
+// conversation's position (the record's EntryPos), even below where the
+// device's last catch-up left it. With the record garbled, that position
+// is not known: the catch-up holds the device below where it starts, and
+// once the record is repaired the device takes what the conversation
+// changed.
+func TestDamagedRecordLaggingEntry(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	var from uint64
+	p := damagedPair(t, o, func(p *pair) [][]byte { return [][]byte{engine.ConvKey(p.bad)} }, func(p *pair) {
+		_, from = catchUpFrom(t, p.e, p.bob, 0)
+		p.alice.Send(p.bad, "b2") // moves bad's position, not bob's entry
+		p.alice.Send(p.good, "g2")
+	})
+	infos, pos := catchUpFrom(t, p.e, p.bob, from)
+	if _, ok := infos[p.bad]; ok || infos[p.good].Head != 4 {
+		t.Fatalf("bob's catch-up from %d: %+v; want good at head 4 alone", from, infos)
+	}
+	p.repair(t, o)
+	infos, _ = catchUpFrom(t, p.e, p.bob, pos)
+	if info, ok := infos[p.bad]; !ok || info.Head != 4 {
+		t.Fatalf("bob's catch-up from %d after the repair: %+v; want bad at head 4", pos, infos)
+	}
+}
