@@ -113,6 +113,12 @@ func retryable(err error) bool {
 // outbox, and go again at Status.RetryAt, the session staying live. It
 // clears once the server takes a push. A SyncOnce whose context ends while
 // ops wait returns an error that wraps it too.
+//
+// The ops of a conversation damaged in the server's store wait on their
+// own, until its operator repairs it: the device pushes them again every
+// minute or so, and its other ops go on, so Status does not say so. A
+// SyncOnce that is done but for them returns an error that wraps
+// ErrPushDeferred, naming the conversation.
 var ErrPushDeferred = errors.New("ferry: the server cannot take new ops for now; they wait in the outbox")
 
 // goaway asks to reconnect after a delay.
@@ -343,7 +349,13 @@ func (d *Device) SyncOnce(ctx context.Context) (err error) {
 			rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
 			d.refreshMembers(rctx)
 			cancel()
-			return ctx.Err() // cut short: Close's ErrClosed, or ctx's error
+			if err := ctx.Err(); err != nil {
+				return err // cut short: Close's ErrClosed, or ctx's error
+			}
+			if held := (*heldOps)(nil); errors.As(err, &held) {
+				return fmt.Errorf("ferry: sync: %w: %s", ErrPushDeferred, held.why)
+			}
+			return nil
 		}
 		if ctx.Err() != nil {
 			d.mu.Lock()
@@ -452,6 +464,7 @@ type session struct {
 	// on. convWait wakes flush at the first of them, as wait does.
 	convAt   map[ulid.ULID]time.Time
 	convWait Timer
+	convWhy  string // the server's reason, for the last conversation held
 	ended    bool
 }
 
@@ -659,17 +672,7 @@ func (s *session) flush() {
 	now := d.opts.clock.Now()
 	s.mu.Lock()
 	held := s.pushAt.After(now)
-	var convHeld map[ulid.ULID]bool // conversations whose ops wait (convAt)
-	for c, at := range s.convAt {
-		if !at.After(now) {
-			delete(s.convAt, c)
-			continue
-		}
-		if convHeld == nil {
-			convHeld = map[ulid.ULID]bool{}
-		}
-		convHeld[c] = true
-	}
+	convHeld := s.heldConvsLocked(now) // conversations whose ops wait
 	s.mu.Unlock()
 	if held {
 		d.mu.Unlock()
@@ -776,6 +779,35 @@ func (s *session) holdPushes(after time.Duration, why string) {
 	d.log.Warn("the server asked to push again later", "in", at.Sub(now).Round(time.Millisecond), "why", why)
 }
 
+// heldConvsLocked returns the conversations whose ops wait at now
+// (convAt), forgetting those whose wait is over, and arms convWait for the
+// next end of a wait. s.mu is held.
+func (s *session) heldConvsLocked(now time.Time) map[ulid.ULID]bool {
+	var held map[ulid.ULID]bool
+	var first time.Time
+	for c, at := range s.convAt {
+		if !at.After(now) {
+			delete(s.convAt, c)
+			continue
+		}
+		if held == nil {
+			held = map[ulid.ULID]bool{}
+		}
+		held[c] = true
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+	}
+	if !first.IsZero() && !s.ended {
+		if s.convWait == nil {
+			s.convWait = clock.AfterFunc(s.d.opts.clock, first.Sub(now), s.wakeFlush)
+		} else {
+			s.convWait.Reset(first.Sub(now))
+		}
+	}
+	return held
+}
+
 // holdConv holds the ops of conv back for after, as holdPushes holds
 // every push: the server answered them RETRY_LATER for a reason of conv
 // alone (REJECT_REASON_CONVERSATION_DAMAGED), why. d.mu is held.
@@ -792,18 +824,8 @@ func (s *session) holdConv(conv ulid.ULID, after time.Duration, why string) {
 	if s.convAt == nil {
 		s.convAt = map[ulid.ULID]time.Time{}
 	}
-	s.convAt[conv] = at
-	first := at
-	for _, t := range s.convAt {
-		if t.Before(first) {
-			first = t
-		}
-	}
-	if s.convWait == nil {
-		s.convWait = clock.AfterFunc(d.opts.clock, first.Sub(now), s.wakeFlush)
-	} else {
-		s.convWait.Reset(first.Sub(now))
-	}
+	s.convAt[conv], s.convWhy = at, why
+	s.heldConvsLocked(now)
 	d.log.Warn("the server holds a conversation's ops", "conv", conv, "in", at.Sub(now).Round(time.Millisecond), "why", why)
 }
 
@@ -852,14 +874,45 @@ func (s *session) wakeFlush() {
 // accepted ops have come back in a live round. Only the receive goroutine
 // calls it.
 func (s *session) idle() bool {
-	s.mu.Lock()
-	inflight := len(s.inflight)
-	s.mu.Unlock()
 	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	pending := len(s.d.pending)
-	s.d.mu.Unlock()
-	return inflight == 0 && pending == 0 && len(s.unseen) == 0 && !s.inRound
+	if len(s.convAt) > 0 {
+		// Ops of a conversation held (holdConv) wait for its repair,
+		// which may take the server's operator hours: a SyncOnce ends
+		// without them (done).
+		held := s.heldConvsLocked(s.d.opts.clock.Now())
+		for _, ref := range s.d.pending {
+			if held[ref.conv] {
+				pending--
+			}
+		}
+	}
+	return len(s.inflight) == 0 && pending == 0 && len(s.unseen) == 0 && !s.inRound
 }
+
+// done is what a SyncOnce's session that is idle returns: errDone, and
+// with ops held in a conversation (holdConv), an error that wraps
+// ErrPushDeferred too, with the server's reason.
+func (s *session) done() error {
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.d.pending) > 0 && len(s.heldConvsLocked(s.d.opts.clock.Now())) > 0 {
+		return &heldOps{why: s.convWhy}
+	}
+	return errDone
+}
+
+// heldOps ends a SyncOnce that is done but for ops of a conversation the
+// server cannot take for now (its store damaged): they wait in the outbox.
+type heldOps struct{ why string }
+
+func (h *heldOps) Error() string   { return ErrPushDeferred.Error() + ": " + h.why }
+func (h *heldOps) Unwrap() []error { return []error{errDone, ErrPushDeferred} }
 
 // receive handles the server's messages until the stream ends.
 func (s *session) receive(ctx context.Context) error {
@@ -957,7 +1010,7 @@ func (s *session) receive(ctx context.Context) error {
 			d.wakeAcks(soon)
 			if s.opsArrived(x.Ops) {
 				if s.once && s.idle() {
-					return errDone
+					return s.done()
 				}
 			}
 		case *ferryv1.SyncResponse_CaughtUp:
@@ -978,7 +1031,7 @@ func (s *session) receive(ctx context.Context) error {
 			s.inRound = false
 			s.refreshMembers()
 			if s.once && s.idle() {
-				return errDone
+				return s.done()
 			}
 		case *ferryv1.SyncResponse_PushResult:
 			// With a feed position, the result ends the live round that held
@@ -1003,7 +1056,7 @@ func (s *session) receive(ctx context.Context) error {
 				d.wakeAcks(false) // the ops moved this device's delivered markers
 			}
 			if s.once && s.live.Load() && s.idle() {
-				return errDone
+				return s.done()
 			}
 		case *ferryv1.SyncResponse_ResetRequired:
 			d.log.Warn("the server's store was replaced or restored; repairing", "reason", x.ResetRequired.GetReason(), "detail", x.ResetRequired.GetMessage())

@@ -1,9 +1,11 @@
 package clientsdk_test
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -135,7 +137,12 @@ func TestDamagedConversationOpsWait(t *testing.T) {
 	fake.Advance(73 * time.Second)
 	waitFor(t, alice, "bad's op pushed again", func() bool { return route.srv.Server.Metrics().PushOps["retry_later"] > before })
 
+	// A SyncOnce is done but for them, and says so.
 	alice.Stop()
+	if err := alice.SyncOnce(ctx); !errors.Is(err, clientsdk.ErrPushDeferred) || !strings.Contains(err.Error(), "conversation "+bad.String()) {
+		t.Fatalf("SyncOnce with bad's op waiting: %v; want ErrPushDeferred, naming bad", err)
+	}
+
 	stop()
 	if err := restore(); err != nil {
 		t.Fatal(err)
@@ -158,5 +165,62 @@ func TestDamagedConversationOpsWait(t *testing.T) {
 	}
 	if !ids[good] || !ids[bad] {
 		t.Fatalf("conversations %+v, want both", convs)
+	}
+}
+
+// TestDamagedSharedRecordNewDevice: a new device of a member of a
+// shared-feed conversation whose record does not decode (its position
+// not known) is held at position zero: its catch-up and live rounds
+// still end, and a SyncOnce returns once its op is stored.
+func TestDamagedSharedRecordNewDevice(t *testing.T) {
+	fs := vfs.NewMem()
+	o := enginetest.Options(t, 1)
+	o.FS, o.SharedFeedMembers = fs, 1
+	eng, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := servertest.New(t, servertest.Config{Use: eng})
+	alice := device(t, srv, "alice", false)
+	device(t, srv, "bob", false)
+	bobID := lookup(t, alice, "bob")
+	bad, err := alice.CreateConversation(ctx, "bad", bobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := alice.CreateConversation(ctx, "good", bobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	if err := eng.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enginetest.GarbleConv(fs, "db", bad); err != nil {
+		t.Fatal(err)
+	}
+	if eng, err = engine.Open("db", o); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = eng.Close() }) // after the server's cleanup: LIFO
+	srv = servertest.New(t, servertest.Config{Use: eng})
+
+	laptop := device(t, srv, "alice", true)
+	once, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := laptop.SyncOnce(once); err != nil {
+		t.Fatalf("the new device's first sync: %v", err)
+	}
+	if _, err := laptop.SendText(ctx, good, "from the laptop"); err != nil {
+		t.Fatal(err)
+	}
+	if err := laptop.SyncOnce(once); err != nil {
+		t.Fatalf("the new device's sync with a message to send: %v (status %+v)", err, laptop.Status())
+	}
+	if st := laptop.Status(); st.Pending != 0 {
+		t.Fatalf("status %+v after the sync, want nothing pending", st)
 	}
 }

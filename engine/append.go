@@ -226,10 +226,19 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 		}
 	}
 
-	// The marker the op raises (raiseRead), read before anything changes:
-	// one that does not decode fences the conversation off.
+	// What the op goes on to read, read before anything changes: the
+	// marker it raises (raiseRead), the edits a delete erases. One that
+	// does not decode fences the conversation off.
 	if who, raises := readRaiser(op, a.User); raises {
 		if _, err := tx.loadMarker(keys.TUserMark, c.id, who); err != nil {
+			res.Err = tx.fence(c, err)
+			return res
+		}
+	}
+	var edits []*txOp
+	if op.Kind == model.KindDelete {
+		var err error
+		if edits, err = tx.editsOf(c, target); err != nil {
 			res.Err = tx.fence(c, err)
 			return res
 		}
@@ -264,7 +273,7 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 		tx.edits[k] = append(tx.edits[k], seq)
 		tx.b.Set(keys.Edit(op.Conv, op.Target, seq), nil)
 	case model.KindDelete:
-		tx.erase(c, target)
+		tx.erase(target, edits)
 	case model.KindMemberAdd:
 		tx.setRole(c, op.Member, op.Role, seq)
 		// History before joining is not unread, and in the others'
@@ -352,19 +361,24 @@ func (tx *txn) raiseRead(c *txConv, user ulid.ULID, seq uint64) {
 	}
 }
 
-// erase removes the body of a deleted message and of its edits from the
-// store, keeping a hash of each payload so retries are still recognised.
-func (tx *txn) erase(c *txConv, target *txOp) {
-	eraseOne := func(o *txOp) {
+// erase removes the body of a deleted message, target, and of its edits
+// (editsOf) from the store, keeping a hash of each payload so retries are
+// still recognised.
+func (tx *txn) erase(target *txOp, edits []*txOp) {
+	for _, o := range append([]*txOp{target}, edits...) {
 		if o.rec.Erased {
-			return
+			continue
 		}
 		tx.addUsage(o.rec.User, -opUsage(&o.rec.Op, false))
 		o.rec.Hash = model.PayloadHash(&o.rec.Op)
 		o.rec.Erased, o.rec.Body, o.rec.ContentType = true, nil, ""
 		tx.putOp(o)
 	}
-	eraseOne(target)
+}
+
+// editsOf returns the edits of target, a message of c: those stored, and
+// this group's.
+func (tx *txn) editsOf(c *txConv, target *txOp) ([]*txOp, error) {
 	var seqs []uint64
 	err := scan(tx.v, keys.ID2(keys.TEdit, c.id, target.rec.ID), func(k, _ []byte) error {
 		_, _, seq, ok := keys.ParseEdit(k)
@@ -375,37 +389,40 @@ func (tx *txn) erase(c *txConv, target *txOp) {
 		return nil
 	})
 	if err != nil {
-		tx.fail(err)
-		return
+		return nil, err
 	}
 	seqs = append(seqs, tx.edits[idPair{c.id, target.rec.ID}]...)
+	edits := make([]*txOp, 0, len(seqs))
 	for _, seq := range seqs {
-		o := tx.opBySeq(c.id, seq)
-		if tx.err != nil {
-			return
+		o, err := tx.opBySeq(c.id, seq)
+		if err != nil {
+			return nil, err
 		}
-		eraseOne(o)
+		edits = append(edits, o)
 	}
+	return edits, nil
 }
 
 // opBySeq returns the op at seq, from this group's writes or the view.
-func (tx *txn) opBySeq(conv ulid.ULID, seq uint64) *txOp {
+func (tx *txn) opBySeq(conv ulid.ULID, seq uint64) (*txOp, error) {
 	for _, o := range tx.opOrder {
 		if o.rec.Conv == conv && o.rec.Seq == seq {
-			return o
+			return o, nil
 		}
 	}
 	rec, err := readOp(tx.v, conv, seq)
+	if errors.Is(err, store.ErrNotFound) {
+		err = fmt.Errorf("%w: the edit index names seq %d, which the log lacks", record.ErrCorrupt, seq)
+	}
 	if err != nil {
-		tx.fail(err)
-		return nil
+		return nil, err
 	}
 	if o := tx.ops[idPair{conv, rec.ID}]; o != nil {
-		return o
+		return o, nil
 	}
 	o := &txOp{rec: rec}
 	tx.ops[idPair{conv, rec.ID}] = o
-	return o
+	return o, nil
 }
 
 // deviceUser returns the user a device belongs to, or ErrNotFound.

@@ -320,3 +320,76 @@ func TestDamagedRecordLaggingEntry(t *testing.T) {
 		t.Fatalf("bob's catch-up from %d after the repair: %+v; want bad at head 4", pos, infos)
 	}
 }
+
+// TestDamagedEditOfDeletedMessage: a delete reads the edits of the
+// message it erases before it changes anything: an edit that does not
+// decode fences the conversation off, and the store goes on.
+func TestDamagedEditOfDeletedMessage(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	p := damagedPair(t, o, func(p *pair) [][]byte { return [][]byte{engine.OpKey(p.bad, 4)} }, func(p *pair) {
+		p.alice.Push(p.alice.Op(p.bad, model.Op{Kind: model.KindEdit, Target: p.b1, Body: []byte("b1, edited")})) // seq 4
+	})
+	ops := []model.Op{
+		p.alice.Op(p.bad, model.Op{Kind: model.KindDelete, Target: p.b1}),
+		p.alice.Op(p.good, model.Op{Kind: model.KindMessage, Body: []byte("g2")}),
+	}
+	res, err := p.e.Append(context.Background(), p.alice.Actor, ops)
+	if err != nil {
+		t.Fatalf("append: %v", err)
+	}
+	if !errors.Is(res[0].Err, engine.ErrDamaged) || res[1].Err != nil || res[1].Seq != 4 {
+		t.Errorf("results %+v; want the delete refused, ErrDamaged, and good's message at seq 4", res)
+	}
+	if err := p.e.Failed(); err != nil {
+		t.Fatalf("the store failed: %v", err)
+	}
+}
+
+// TestDamagedHoldAtZero: a session held below every change (a new
+// device, in a shared-feed conversation whose record does not decode:
+// its position is not known) still ends each live round, at position
+// zero, which the server then seals as a position, not as none.
+func TestDamagedHoldAtZero(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	o.SharedFeedMembers = 1
+	p := damagedPair(t, o, func(p *pair) [][]byte { return [][]byte{engine.ConvKey(p.bad)} })
+	s, r := openCaughtUp(t, p.e, p.bob)
+	if r.pos != 0 {
+		t.Fatalf("bob's catch-up ended at %d, want held at 0", r.pos)
+	}
+	p.alice.Send(p.good, "g2")
+	var last engine.Event
+	for range 10 {
+		ev, ok, err := s.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		last = ev
+	}
+	if last.Kind != engine.EventOps || !last.RoundEnd || last.FeedPos != 0 {
+		t.Fatalf("the live round's last event %+v; want its end, at 0", last)
+	}
+}
+
+// TestDamagedUserFeedIndex: a user feed index entry that does not decode
+// fails no ack: the new entry goes in, the old stays (Check sees it).
+func TestDamagedUserFeedIndex(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	p := damagedPair(t, o, func(p *pair) [][]byte { return [][]byte{engine.UFeedIdxKey(p.bob.Actor.User, p.bad)} }, func(p *pair) {
+		if err := p.e.Mark(context.Background(), p.bob.Actor, []engine.Marker{{Conv: p.bad, Delivered: 3, Read: 3}}); err != nil {
+			t.Fatal(err)
+		}
+		p.alice.Send(p.bad, "b2")
+	})
+	err := p.e.Mark(context.Background(), p.bob.Actor, []engine.Marker{{Conv: p.bad, Delivered: 4, Read: 4}, {Conv: p.good, Delivered: 3, Read: 3}})
+	if err != nil || p.e.Failed() != nil {
+		t.Fatalf("mark: %v; store failed: %v", err, p.e.Failed())
+	}
+	infos, _ := catchUpFrom(t, p.e, p.bob, 0)
+	if infos[p.bad].Read != 4 || infos[p.good].Read != 3 {
+		t.Errorf("bob's reads %d and %d, want 4 and 3", infos[p.bad].Read, infos[p.good].Read)
+	}
+}

@@ -114,8 +114,13 @@ type Event struct {
 	// says every change up to it has been sent. It is the position of
 	// the user's latest change (a round's, or one before), not the
 	// server's, which moves with everyone's commits: two are equal when
-	// nothing of the user's changed between them (see FeedSeal).
+	// nothing of the user's changed between them (see FeedSeal). It may
+	// be zero: nothing, for a user with no changes, or a session held
+	// below every change (Session.hold).
 	FeedPos uint64
+	// RoundEnd marks the last EventOps of a live round, which carries its
+	// FeedPos.
+	RoundEnd bool
 	// Ops and Convs count the catch-up, on EventCaughtUp.
 	Ops   uint64
 	Convs int
@@ -423,7 +428,7 @@ func (s *Session) Next() (ev Event, ok bool, err error) {
 	case itemLivePos:
 		s.pop()
 		s.pos, s.told = it.pos, it.told
-		return Event{Kind: EventOps, Phase: PhaseLive, FeedPos: it.told}, true, nil
+		return Event{Kind: EventOps, Phase: PhaseLive, FeedPos: it.told, RoundEnd: true}, true, nil
 	}
 	return s.nextOps()
 }
@@ -467,7 +472,7 @@ func (s *Session) nextOps() (Event, bool, error) {
 	for len(s.queue) > 0 && opsLeft > 0 && bytesLeft > 0 {
 		it := &s.queue[0]
 		if it.kind == itemLivePos && ev.Phase == PhaseLive {
-			ev.FeedPos, s.pos, s.told = it.told, it.pos, it.told
+			ev.FeedPos, ev.RoundEnd, s.pos, s.told = it.told, true, it.pos, it.told
 			s.pop()
 			return ev, true, nil
 		}

@@ -342,7 +342,9 @@ func (w *writer) commit(group []*request) error {
 	tx.v.Release()
 	if tx.err != nil {
 		// A read or decode error inside the writer means the store cannot be
-		// trusted: stop rather than guess.
+		// trusted: stop rather than guess. (A conversation's record that
+		// does not decode, met before its op changed anything, fences that
+		// conversation off instead: tx.conv, tx.fence.)
 		tx.b.Close()
 		w.e.st.Fail(tx.err)
 		return fmt.Errorf("%w: %v", ErrFailed, tx.err)
@@ -1158,8 +1160,12 @@ func (tx *txn) finish() {
 				return
 			default:
 				if old, err = record.DecodeUint(raw); err != nil {
-					tx.fail(err)
-					return
+					// Where the user's entry sits is lost: it stays there,
+					// stray and harmless (a reader takes the newest), till
+					// ferryd rebuild; the new one goes in.
+					tx.e.log.Warn("user feed index entry does not decode: its entry is left where it was; ferryd check reports it, and ferryd rebuild removes it",
+						"user", user, "conv", conv, "err", err)
+					old = 0
 				}
 			}
 		}

@@ -87,7 +87,7 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 		at = append(at, i)
 	}
 	var counted []model.Op
-	damaged := "" // why ops of a damaged conversation wait: the first's message
+	damaged, refund := "", 0 // why ops of a damaged conversation wait (the first's message), and what they cost
 	if len(valid) > 0 && wait == nil {
 		if pushing != nil {
 			counted = pushing.Add(valid)
@@ -112,6 +112,7 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 					// Stored once the operator repairs the conversation:
 					// the client keeps the op until then.
 					r.Status = ferryv1.OpStatus_OP_STATUS_RETRY_LATER
+					refund += pushCost(valid[i : i+1])
 					if damaged == "" {
 						damaged = r.Message
 					}
@@ -123,6 +124,7 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 	}
 	var retryAfter time.Duration
 	if damaged != "" {
+		s.pushes.refund(a.User, refund) // they stored nothing
 		if !later {
 			// The push's other ops may be stored: their retry is told
 			// they are (DUPLICATE).
@@ -612,7 +614,7 @@ func (l *loop) syncErr(received error) error {
 		a := <-l.results
 		if l.leavesOwnOut() && !l.sess.Pending() && l.reachesAll(a.ops) {
 			// The round that may have left the ops out went whole.
-			a.result.FeedPos = l.s.sealPos(l.sess.Pos())
+			a.result.FeedPos = l.s.seal.SealAll(l.sess.Pos())
 		}
 		if err := l.out.pushResult(a.result); err != nil {
 			return err
@@ -913,7 +915,7 @@ func (l *loop) answer(a *answer) error {
 			return err
 		}
 	}
-	a.result.FeedPos = l.s.sealPos(l.sess.Pos())
+	a.result.FeedPos = l.s.seal.SealAll(l.sess.Pos())
 	l.hold(false)
 	return l.out.pushResult(a.result)
 }
@@ -1432,6 +1434,9 @@ func (l *loop) send(st step) error {
 func (s *Server) opsMessage(ev engine.Event, packed, binary bool) (*ferryv1.Ops, error) {
 	m := opsPool.Get().(*ferryv1.Ops)
 	m.Phase, m.FeedPos = ferryv1.Phase(ev.Phase), s.sealPos(ev.FeedPos)
+	if ev.RoundEnd { // its position, which zero would not say
+		m.FeedPos = s.seal.SealAll(ev.FeedPos)
+	}
 	var err error
 	switch {
 	case len(ev.Batches) == 0:

@@ -17,7 +17,15 @@ import (
 // damaged (see engine.ErrDamaged). restore puts the record back, in the
 // store closed again.
 func GarbleMember(fs vfs.FS, dir string, conv, user ulid.ULID) (restore func() error, err error) {
-	key := keys.ID2(keys.TMember, conv, user)
+	return garble(fs, dir, keys.ID2(keys.TMember, conv, user))
+}
+
+// GarbleConv is GarbleMember for conv's record.
+func GarbleConv(fs vfs.FS, dir string, conv ulid.ULID) (restore func() error, err error) {
+	return garble(fs, dir, keys.ID1(keys.TConv, conv))
+}
+
+func garble(fs vfs.FS, dir string, key []byte) (restore func() error, err error) {
 	var was []byte
 	err = rewrite(fs, dir, func(v *store.View, b *store.Batch) error {
 		raw, err := v.Get(key)

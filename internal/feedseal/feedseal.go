@@ -80,6 +80,16 @@ func (c *Codec) Seal(pos uint64) uint64 {
 	return sealed | c.permute(pos)
 }
 
+// SealAll is Seal, but seals zero too: for a position a client must tell
+// from none on the wire (the end of a live round, a push's result), which
+// may be zero (a session held below every change). Open gives zero back.
+func (c *Codec) SealAll(pos uint64) uint64 {
+	if pos == 0 {
+		return sealed | c.permute(0)
+	}
+	return c.Seal(pos)
+}
+
 // permute is the Feistel network, on x below domain.
 func (c *Codec) permute(x uint64) uint64 {
 	buf := new(roundBuf)
@@ -108,11 +118,7 @@ func (c *Codec) Open(v uint64) (uint64, error) {
 	for i := rounds - 1; i >= 0; i-- {
 		l, r = r^c.round(buf, i, l), l
 	}
-	pos := l<<halfBits | r
-	if pos == 0 {
-		return 0, ErrMalformed // zero is never sealed
-	}
-	return pos, nil
+	return l<<halfBits | r, nil // zero too: SealAll's
 }
 
 // roundBuf is a round's AES input and output: one allocation for all the
