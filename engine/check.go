@@ -372,6 +372,17 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 	if active != rec.Members {
 		c.problem("conversation %s: %d members recorded, %d active", conv, rec.Members, active)
 	}
+	// A device's marker decodes.
+	err = scan(v, keys.ID1(keys.TDevMark, conv), func(k, val []byte) error {
+		if _, err := record.DecodeMarker(val); err != nil {
+			_, d, _ := keys.ParseID2(k)
+			c.problem("conversation %s: marker of device %s: %v", conv, d, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
 	// A read marker that counts the messages up to it counts the log's.
 	return scan(v, keys.ID1(keys.TUserMark, conv), func(k, val []byte) error {
 		_, u, _ := keys.ParseID2(k)

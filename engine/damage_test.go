@@ -393,3 +393,56 @@ func TestDamagedUserFeedIndex(t *testing.T) {
 		t.Errorf("bob's reads %d and %d, want 4 and 3", infos[p.bad].Read, infos[p.good].Read)
 	}
 }
+
+// TestDamagedDeviceMarker: a device's marker that does not decode fences
+// nothing off: it only says where the device's sessions resume. The
+// device takes the conversation from the start, its next ack writes the
+// marker anew, and the conversation takes ops.
+func TestDamagedDeviceMarker(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	p := damagedPair(t, o, func(p *pair) [][]byte { return [][]byte{engine.DevMarkKey(p.bad, p.bob.Actor.Device)} }, func(p *pair) {
+		if err := p.e.Mark(context.Background(), p.bob.Actor, []engine.Marker{{Conv: p.bad, Delivered: 3, Read: 3}}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if rep, err := p.e.Check(); err != nil || len(rep.Problems) != 1 {
+		t.Fatalf("check: %v, %v; want the device marker", rep.Problems, err)
+	}
+	s, err := p.e.OpenSession(p.bob.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newReceiver(t)
+	r.drain(s, engine.DefaultBatchOps)
+	s.Close()
+	r.holdsExactly(p.bad, 1, 3)
+	if err := p.e.Mark(context.Background(), p.bob.Actor, []engine.Marker{{Conv: p.bad, Delivered: 3, Read: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	p.alice.Send(p.bad, "b2")
+	if got := p.e.Damaged(); len(got) != 0 {
+		t.Errorf("damaged %v, want none", got)
+	}
+	enginetest.MustCheck(t, p.e) // the ack wrote the marker anew
+}
+
+// TestRebuiltReadMarker: a user's read marker that does not decode is made
+// anew by Rebuild as far as the log says they read: here alice's own
+// message, the last, so nothing is unread for her.
+func TestRebuiltReadMarker(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	p := damagedPair(t, o, func(p *pair) [][]byte { return [][]byte{engine.UserMarkKey(p.bad, p.alice.Actor.User)} })
+	if err := p.e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rebuild(t, o)
+	p.e = enginetest.Open(t, o, p.alice, p.bob)
+	infos, _ := catchUpFrom(t, p.e, p.alice, 0)
+	if info := infos[p.bad]; info.Read != 3 || info.Delivered != 3 || info.Unread != 0 {
+		t.Errorf("alice's bad after the rebuild: %+v; want read and delivered to 3, nothing unread", info)
+	}
+	infos, _ = catchUpFrom(t, p.e, p.bob, 0)
+	if rs := infos[p.bad].Receipts; len(rs) != 1 || rs[0].User != p.alice.Actor.User || rs[0].Read != 3 {
+		t.Errorf("bob's receipts in bad: %+v; want alice's, read to 3", rs)
+	}
+}

@@ -413,6 +413,20 @@ func rewriteFirst(p []byte, ok func(k, val []byte) bool, change func(k, val []by
 	}
 }
 
+// garbleFirst is a Corruption's damage that sets the first key with
+// prefix p to bytes that do not decode; Rebuild does not bring its value
+// back.
+func garbleFirst(p []byte) func(*store.View, *store.Batch) ([][]byte, error) {
+	return func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, _, err := first(v, p, nil)
+		if err != nil {
+			return nil, err
+		}
+		b.Set(k, []byte{1, 2, 3})
+		return [][]byte{k}, nil
+	}
+}
+
 // stray is a Corruption's damage that sets a key that should not be there.
 func stray(k func() []byte) func(*store.View, *store.Batch) ([][]byte, error) {
 	return func(_ *store.View, b *store.Batch) ([][]byte, error) {
@@ -574,6 +588,11 @@ var Corruptions = []Corruption{
 		m.ReadMessages += 2
 		return record.AppendMarker(nil, &m), err
 	})},
+	// A marker that does not decode: the user's is made anew no further
+	// than the log and the devices' markers say (here, below what it was);
+	// the device's is deleted.
+	{"user's read marker garbled", garbleFirst([]byte{keys.TUserMark})},
+	{"device marker garbled", garbleFirst([]byte{keys.TDevMark})},
 	{"waiting receipts of a missing conversation", stray(func() []byte { return keys.ID1(keys.TReceipts, strayID) })},
 	{"store's feed position behind", func(_ *store.View, b *store.Batch) ([][]byte, error) {
 		b.Set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, 1))
@@ -693,3 +712,6 @@ func ConvKey(conv ulid.ULID) []byte { return keys.ID1(keys.TConv, conv) }
 
 // UserMarkKey is the key of user's own marker in conv.
 func UserMarkKey(conv, user ulid.ULID) []byte { return keys.ID2(keys.TUserMark, conv, user) }
+
+// DevMarkKey is the key of device's marker in conv.
+func DevMarkKey(conv, device ulid.ULID) []byte { return keys.ID2(keys.TDevMark, conv, device) }

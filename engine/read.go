@@ -289,6 +289,21 @@ func (r reader) readMember(conv, user ulid.ULID) (record.Member, bool, error) {
 	return m, err == nil, err
 }
 
+// deviceMarker is device's marker in conv: where its sessions resume the
+// conversation when the device sends no cursor. One that does not decode
+// is taken for none, with a warning: the device takes the conversation
+// from the start (clients drop ops they hold), and its next ack writes it
+// anew; it fences nothing off.
+func (r reader) deviceMarker(conv, device ulid.ULID) (record.Marker, error) {
+	m, err := r.marker(keys.TDevMark, conv, device)
+	if corrupt(err) {
+		r.e.log.Warn("device marker does not decode: the device resumes the conversation from the start; its next ack writes it anew (ferryd rebuild deletes it)",
+			"conv", conv, "device", device, "err", err)
+		return record.Marker{}, nil
+	}
+	return m, err
+}
+
 func (r reader) marker(table byte, conv, who ulid.ULID) (record.Marker, error) {
 	raw, err := r.v.Get(keys.ID2(table, conv, who))
 	if errors.Is(err, store.ErrNotFound) {

@@ -408,6 +408,9 @@ type replay struct {
 	deleted  map[ulid.ULID]bool     // ids of deleted messages
 	erased   []record.Op
 	recount  []uint64 // seqs of ops whose message count is wrong
+	// raised holds, per user, the last seq of an op that raised their read
+	// marker to itself (readRaiser): where a marker lost is made anew.
+	raised map[ulid.ULID]uint64
 	// usage is what its ops count for each user; undecodable says an op
 	// did not decode, whose user it cannot count.
 	usage       map[ulid.ULID]int64
@@ -525,6 +528,7 @@ func (r *rebuilder) replay(conv ulid.ULID) (*replay, string, error) {
 		edits:   map[ulid.ULID][]uint64{},
 		deleted: map[ulid.ULID]bool{},
 		usage:   map[ulid.ULID]int64{},
+		raised:  map[ulid.ULID]uint64{},
 	}
 	dots := map[ulid.ULID]uint64{}
 	var why string
@@ -578,6 +582,9 @@ func (r *rebuilder) replay(conv ulid.ULID) (*replay, string, error) {
 			p.edits[op.Target] = append(p.edits[op.Target], s)
 		case model.KindDelete:
 			p.deleted[op.Target] = true
+		}
+		if who, ok := readRaiser(&op.Op, op.User); ok {
+			p.raised[who] = s
 		}
 		if op.Erased {
 			p.erased = append(p.erased, op)
@@ -897,14 +904,49 @@ func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay, lost bo
 	return nil
 }
 
-// markers fixes the message counts of conv's read markers.
+// markers fixes the message counts of conv's read markers, and makes anew
+// the markers that do not decode: a user's as far as the log says they
+// read, at least (sending, creating and being added raise it: readRaiser),
+// and delivered as far as their devices' markers say; a device's is
+// deleted (its device resumes from the cursors it sends, or from the
+// start).
 func (r *rebuilder) markers(conv ulid.ULID, p *replay) error {
+	delivered := map[ulid.ULID]uint64{} // by user, over their devices' markers
+	err := scan(r.v, keys.ID1(keys.TDevMark, conv), func(k, val []byte) error {
+		_, dev, ok := keys.ParseID2(k)
+		m, err := record.DecodeMarker(val)
+		if !ok || err != nil {
+			r.fixed("device markers that did not decode, deleted")
+			return r.del(k)
+		}
+		u, err := deviceUser(r.v, dev)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		delivered[u] = max(delivered[u], m.Delivered)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
 	return scan(r.v, keys.ID1(keys.TUserMark, conv), func(k, val []byte) error {
 		m, err := record.DecodeMarker(val)
 		if err != nil {
-			_, u, _ := keys.ParseID2(k)
-			r.unfixed("conversation %s: marker of user %s: %v", conv, u, err)
-			return nil
+			_, u, ok := keys.ParseID2(k)
+			if !ok {
+				r.unfixed("conversation %s: marker key %x: %v", conv, k, err)
+				return nil
+			}
+			read := min(p.raised[u], p.head)
+			m = record.Marker{Delivered: max(read, min(delivered[u], p.head)), Read: read, PublicRead: read}
+			if read > 0 {
+				m.ReadMessages, m.ReadCounted = p.messages[read-1], true
+			}
+			r.fixed("read markers that did not decode, made anew from the log and the devices' markers")
+			return r.set(k, record.AppendMarker(nil, &m))
 		}
 		if !m.ReadCounted {
 			return nil

@@ -9,7 +9,6 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
-	"github.com/ferrysync/ferry/engine/internal/keys"
 	"github.com/ferrysync/ferry/engine/internal/record"
 	"github.com/ferrysync/ferry/engine/internal/store"
 	"github.com/ferrysync/ferry/engine/model"
@@ -301,10 +300,7 @@ func (s *Session) plan() error {
 				Detail: fmt.Sprintf("cursor %d of conversation %s is beyond the server's %d", cursor, en.conv, info.Head)}
 		}
 		if !given {
-			dm, err := r.marker(keys.TDevMark, en.conv, s.a.Device)
-			if s.leaveOut(en, err) {
-				continue
-			}
+			dm, err := r.deviceMarker(en.conv, s.a.Device)
 			if err != nil {
 				return err
 			}
@@ -601,10 +597,7 @@ func (s *Session) live() error {
 		}
 		from, known := s.sent[en.conv]
 		if !known {
-			dm, err := r.marker(keys.TDevMark, en.conv, s.a.Device)
-			if s.leaveOut(en, err) {
-				continue
-			}
+			dm, err := r.deviceMarker(en.conv, s.a.Device)
 			if err != nil {
 				return err
 			}

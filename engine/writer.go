@@ -1000,7 +1000,12 @@ func (tx *txn) loadMarker(table byte, conv, who ulid.ULID) (*txMarker, error) {
 		case err != nil:
 			return nil, fmt.Errorf("read marker: %w", err)
 		default:
-			if tm.m, err = record.DecodeMarker(raw); err != nil {
+			if tm.m, err = record.DecodeMarker(raw); err != nil && table == keys.TDevMark {
+				// A device's marker only says where its sessions resume
+				// (reader.deviceMarker): the group writes it anew.
+				tx.e.log.Warn("device marker does not decode: written anew", "conv", conv, "device", who, "err", err)
+				tm.m, tm.dirty = record.Marker{}, true
+			} else if err != nil {
 				return nil, fmt.Errorf("read marker: %w", err)
 			}
 		}
