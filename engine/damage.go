@@ -25,9 +25,10 @@ import (
 //     the client pushes again later; it drops its members' markers of it,
 //     which matter less than the acks of every other conversation in the
 //     same call;
-//   - its members' sessions leave it out, and tell their devices no feed
-//     position past its entry (see Session.hold): once it is repaired,
-//     their next catch-up takes it, whatever it missed;
+//   - its members' sessions leave it out, and, where the damage is in a
+//     record Rebuild makes anew (not an op of its log), tell their devices
+//     no feed position past its entry (see Session.hold): once it is
+//     repaired, their next catch-up takes it, whatever it missed;
 //   - a read of it (History, Repair, Conversation) fails with ErrDamaged.
 //
 // The first sighting of each is logged once, with the cause, for the

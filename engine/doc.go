@@ -17,6 +17,12 @@
 // taken after the last synced commit (see the store package for why Pebble
 // needs this).
 //
+// A record that does not decode is damage, not a failed commit: where it
+// is a conversation's, met before anything changed, that conversation is
+// fenced off ([ErrDamaged]: its ops refused, its members' sessions leave
+// it out, held below it) and the engine goes on serving the others, until
+// the store is repaired offline ([Rebuild]); see damageSet.
+//
 // # Invariants
 //
 //   - The same op id is stored at most once per conversation; a retry gets

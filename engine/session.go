@@ -207,10 +207,6 @@ type item struct {
 	// round read them already (to check the user's membership); nil when
 	// nextOps reads them.
 	ops []model.Op
-	// entry, for ops nextOps reads, is the position of the conversation's
-	// feed entry: the session holds its device below it if they turn out
-	// damaged (leaveOut).
-	entry uint64
 }
 
 // OpenSession starts a's sync session. It returns a *ResetError (wrapping
@@ -321,10 +317,10 @@ func (s *Session) plan() error {
 		split := info.Head
 		if s.o.PageSize > 0 {
 			split = max(cursor, info.Head-min(info.Head, uint64(s.o.PageSize)))
-			newest = append(newest, item{kind: itemOps, conv: en.conv, after: split, through: info.Head, phase: PhaseNewest, entry: en.pos})
+			newest = append(newest, item{kind: itemOps, conv: en.conv, after: split, through: info.Head, phase: PhaseNewest})
 		}
 		if split > cursor {
-			backfill = append(backfill, item{kind: itemOps, conv: en.conv, after: cursor, through: split, phase: PhaseBackfill, entry: en.pos})
+			backfill = append(backfill, item{kind: itemOps, conv: en.conv, after: cursor, through: split, phase: PhaseBackfill})
 		}
 	}
 	for len(infos) > 0 {
@@ -343,7 +339,12 @@ func (s *Session) plan() error {
 // leaveOut reports whether err, of a read of en's conversation, shows it
 // damaged: the session then leaves it out, and holds its device's
 // position below its entry (hold). A conversation a cursor brought in
-// (en.pos 0) is held by the cursor, which the device keeps.
+// (en.pos 0) is held by the cursor, which the device keeps. An op of the
+// log that does not decode is not held for (its callers give no
+// position): Rebuild cannot make it anew, so nothing will bring the
+// conversation back that a hold would wait for, and a hold for good would
+// have every catch-up of the device's take again every conversation
+// changed since. (Nor can any catch-up send the ops past it.)
 func (s *Session) leaveOut(en feedEntry, err error) bool {
 	if !corrupt(err) {
 		return false
@@ -482,7 +483,7 @@ func (s *Session) nextOps() (Event, bool, error) {
 		} else {
 			var err error
 			ops, err = r.ops(it.conv, it.after, it.through, opsLeft, bytesLeft, len(ev.Batches) == 0)
-			if s.leaveOut(feedEntry{conv: it.conv, pos: it.entry}, err) {
+			if s.leaveOut(feedEntry{conv: it.conv}, err) { // an op: no hold (leaveOut)
 				s.drop(it.conv)
 				continue
 			}
@@ -616,7 +617,7 @@ func (s *Session) live() error {
 			var ops []model.Op
 			if info.Head-from <= maxMemoOps && held < s.o.MaxBatchBytes {
 				all, err := r.liveOps(en.conv, from, info.Head)
-				if s.leaveOut(en, err) {
+				if s.leaveOut(feedEntry{conv: en.conv}, err) { // an op: no hold (leaveOut)
 					continue
 				}
 				if err != nil {
@@ -635,7 +636,7 @@ func (s *Session) live() error {
 				// device's own ops too.
 				ranges, ownRead = s.o.Pushing.appendRuns(ranges, s.a.Device, ops)
 			} else {
-				ranges = append(ranges, item{kind: itemOps, conv: en.conv, after: from, through: info.Head, phase: PhaseLive, ops: ops, entry: en.pos})
+				ranges = append(ranges, item{kind: itemOps, conv: en.conv, after: from, through: info.Head, phase: PhaseLive, ops: ops})
 			}
 			s.sent = setIn(s.sent, en.conv, info.Head)
 		}
