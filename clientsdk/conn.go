@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -435,6 +436,9 @@ type session struct {
 	// the receiver's alone.
 	unseen  map[ulid.ULID]uint64
 	inRound bool
+	// unseenAtCaught is unseen as CaughtUp found it, for the first live
+	// round's end (opsArrived).
+	unseenAtCaught map[ulid.ULID]uint64
 	// ranks places the catch-up's conversations in the list (applyInfos);
 	// the receiver's alone.
 	ranks     catchUpRanks
@@ -496,10 +500,34 @@ func (s *session) accepted(results []*ferryv1.OpResult) {
 	}
 }
 
+// caughtUp notes CaughtUp: it ends the catch-up's round, and keeps
+// unseen as it is for the first live round's end (opsArrived).
+func (s *session) caughtUp() {
+	s.inRound = false
+	if len(s.unseen) > 0 {
+		s.unseenAtCaught = maps.Clone(s.unseen)
+	}
+}
+
 // opsArrived notes an Ops message: a live one with a feed position ends
 // its round, and it reports whether it did; any other leaves one open.
+//
+// The first live round's end also ends the wait for the infos of the ops
+// accepted by results that came before CaughtUp (unseenAtCaught): each
+// was answered after its commit, and before the server planned any live
+// round, so that round reached the commit. An info it did not bring is of
+// a conversation the server leaves out (damaged in its store), which no
+// later round brings either.
 func (s *session) opsArrived(ops *ferryv1.Ops) bool {
 	s.inRound = ops.GetPhase() != ferryv1.Phase_PHASE_LIVE || ops.GetFeedPos() == 0
+	if !s.inRound && s.unseenAtCaught != nil {
+		for conv, seq := range s.unseenAtCaught {
+			if s.unseen[conv] <= seq {
+				delete(s.unseen, conv)
+			}
+		}
+		s.unseenAtCaught = nil
+	}
 	return !s.inRound
 }
 
@@ -1028,7 +1056,7 @@ func (s *session) receive(ctx context.Context) error {
 			if err != nil {
 				return &TerminalError{Err: err}
 			}
-			s.inRound = false
+			s.caughtUp()
 			s.refreshMembers()
 			if s.once && s.idle() {
 				return s.done()

@@ -86,6 +86,47 @@ func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
 	wantIdle(true, "waiting for a round that came before the push's result")
 }
 
+// TestSyncOnceEndsWithoutALeftOutInfo: the ops accepted by results that
+// came before CaughtUp wait for the first live round only: a server plans
+// it after those commits, so an info it did not bring is of a
+// conversation the server leaves out (damaged in its store), and SyncOnce
+// ends without it. Results after CaughtUp still wait for their round.
+func TestSyncOnceEndsWithoutALeftOutInfo(t *testing.T) {
+	d := memoryDevice(t)
+	left, other := ulid.Make(), ulid.Make()
+	s := &session{d: d, inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]uint64{}}
+	push := func(conv ulid.ULID, seq uint64) {
+		t.Helper()
+		op := ulid.Make()
+		d.mu.Lock()
+		d.pending[op] = pendingRef{conv: conv}
+		d.mu.Unlock()
+		s.accepted([]*ferryv1.OpResult{{ConversationId: conv.String(), OpId: op.String(), Status: ferryv1.OpStatus_OP_STATUS_ACCEPTED, Seq: seq}})
+		d.mu.Lock()
+		delete(d.pending, op) // as results does
+		d.mu.Unlock()
+	}
+	end := func() { s.opsArrived(&ferryv1.Ops{Phase: ferryv1.Phase_PHASE_LIVE, FeedPos: 9}) }
+	d.mu.Lock()
+	d.convs[left], d.convs[other] = &convRecord{Head: 1}, &convRecord{Head: 1}
+	d.mu.Unlock()
+
+	push(left, 2) // in the catch-up
+	s.caughtUp()
+	if s.idle() {
+		t.Fatal("idle with the first live round still to come")
+	}
+	end() // it brings no info of left
+	if !s.idle() {
+		t.Fatal("not idle after the first live round, which left the conversation out")
+	}
+	push(other, 2) // after CaughtUp: an older round may end first
+	end()
+	if s.idle() {
+		t.Fatal("idle after a round that need not reach a result that came after CaughtUp")
+	}
+}
+
 // TestRepushStaysInFlight: an op pushed again before its first push is
 // answered (renumbered ops go again, in flight or not) stays in flight
 // until the later push is answered: the earlier answer does not free it

@@ -449,3 +449,38 @@ func TestRebuiltReadMarker(t *testing.T) {
 		t.Errorf("bob's receipts in bad: %+v; want alice's, read to 3", rs)
 	}
 }
+
+// TestDamagedOpFoundAfterAPush: a member's push lands in a conversation
+// after their session planned its catch-up and before the catch-up reads
+// the op there that does not decode: the catch-up leaves the conversation
+// out, and the next live round, which the push moved it into, still ends
+// (its position past the conversation's: no hold for an op), so a device
+// waiting for that round's end is not kept waiting.
+func TestDamagedOpFoundAfterAPush(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	p := damagedPair(t, o, func(p *pair) [][]byte { return [][]byte{engine.OpKey(p.bad, 3)} })
+	s, err := p.e.OpenSession(p.bob.Actor, engine.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if r := p.bob.Try(p.bad, model.Op{Kind: model.KindMessage, Body: []byte("b2")}); r.Err != nil || r.Seq != 4 {
+		t.Fatalf("bob's push: %+v; want it stored at seq 4", r)
+	}
+	r := newReceiver(t)
+	r.drain(s, engine.DefaultBatchOps)
+	if !r.caught {
+		t.Fatal("bob's session did not catch up")
+	}
+	if _, ok := r.held[p.bad]; ok {
+		t.Fatalf("the catch-up sent ops of bad: %v", r.held[p.bad])
+	}
+	// The drain went on into the live round.
+	i := slices.IndexFunc(r.events, func(ev engine.Event) bool { return ev.Kind == engine.EventCaughtUp })
+	if live := r.events[i+1:]; len(live) != 1 || live[0].Kind != engine.EventOps || !live[0].RoundEnd || len(live[0].Batches) != 0 || live[0].FeedPos <= r.events[i].FeedPos {
+		t.Fatalf("the live round %+v; want its end alone, past %d", live, r.events[i].FeedPos)
+	}
+	if got := p.e.Damaged(); !slices.Equal(got, []ulid.ULID{p.bad}) {
+		t.Errorf("damaged %v, want [%s]", got, p.bad)
+	}
+}
