@@ -437,8 +437,9 @@ type session struct {
 	unseen  map[ulid.ULID]uint64
 	inRound bool
 	// unseenAtCaught is unseen as CaughtUp found it, for the first live
-	// round's end (opsArrived).
+	// round's end (roundEnded); caughtPos is CaughtUp's feed position.
 	unseenAtCaught map[ulid.ULID]uint64
+	caughtPos      uint64
 	// ranks places the catch-up's conversations in the list (applyInfos);
 	// the receiver's alone.
 	ranks     catchUpRanks
@@ -500,35 +501,51 @@ func (s *session) accepted(results []*ferryv1.OpResult) {
 	}
 }
 
-// caughtUp notes CaughtUp: it ends the catch-up's round, and keeps
-// unseen as it is for the first live round's end (opsArrived).
-func (s *session) caughtUp() {
-	s.inRound = false
+// caughtUp notes CaughtUp at pos: it ends the catch-up's round, and keeps
+// unseen as it is for the first live round's end (roundEnded).
+func (s *session) caughtUp(pos uint64) {
+	s.inRound, s.caughtPos = false, pos
 	if len(s.unseen) > 0 {
 		s.unseenAtCaught = maps.Clone(s.unseen)
 	}
 }
 
+// roundEnded notes that a live round has ended since CaughtUp: it ends
+// the wait for the infos of the ops accepted by results that came before
+// CaughtUp (unseenAtCaught). Each such result was answered after its
+// commit, and before the server planned any live round, so that round
+// reached the commit: an info it did not bring is of a conversation the
+// server leaves out (damaged in its store), which no later round brings
+// either.
+func (s *session) roundEnded() {
+	for conv, seq := range s.unseenAtCaught {
+		if s.unseen[conv] <= seq {
+			delete(s.unseen, conv)
+		}
+	}
+	s.unseenAtCaught = nil
+}
+
 // opsArrived notes an Ops message: a live one with a feed position ends
 // its round, and it reports whether it did; any other leaves one open.
-//
-// The first live round's end also ends the wait for the infos of the ops
-// accepted by results that came before CaughtUp (unseenAtCaught): each
-// was answered after its commit, and before the server planned any live
-// round, so that round reached the commit. An info it did not bring is of
-// a conversation the server leaves out (damaged in its store), which no
-// later round brings either.
 func (s *session) opsArrived(ops *ferryv1.Ops) bool {
 	s.inRound = ops.GetPhase() != ferryv1.Phase_PHASE_LIVE || ops.GetFeedPos() == 0
-	if !s.inRound && s.unseenAtCaught != nil {
-		for conv, seq := range s.unseenAtCaught {
-			if s.unseen[conv] <= seq {
-				delete(s.unseen, conv)
-			}
-		}
-		s.unseenAtCaught = nil
+	if !s.inRound {
+		s.roundEnded()
 	}
 	return !s.inRound
+}
+
+// resultEnds notes a push result with a feed position, pos: it ends the
+// round under way, which left the push's ops out, and says a live round
+// ended since CaughtUp when pos is not CaughtUp's (a position moves only
+// with a live round; a round whose position the server left to the
+// result to say, while the push was in flight, ends here).
+func (s *session) resultEnds(pos uint64) {
+	s.inRound = false
+	if pos != s.caughtPos {
+		s.roundEnded()
+	}
 }
 
 // seen clears the accepted ops that infos reach. Infos open a round.
@@ -1056,7 +1073,7 @@ func (s *session) receive(ctx context.Context) error {
 			if err != nil {
 				return &TerminalError{Err: err}
 			}
-			s.caughtUp()
+			s.caughtUp(x.CaughtUp.GetFeedPos())
 			s.refreshMembers()
 			if s.once && s.idle() {
 				return s.done()
@@ -1080,7 +1097,7 @@ func (s *session) receive(ctx context.Context) error {
 				if err != nil {
 					return &TerminalError{Err: err}
 				}
-				s.inRound = false
+				s.resultEnds(pos)
 				d.wakeAcks(false) // the ops moved this device's delivered markers
 			}
 			if s.once && s.live.Load() && s.idle() {

@@ -19,6 +19,22 @@ func memoryDevice(t *testing.T) *Device {
 	return d
 }
 
+// acceptedOp hands s a push result accepting a pending op of conv at seq,
+// without a feed position, and takes the op out of the outbox as results
+// does, moving the conversation's head to it.
+func acceptedOp(s *session, conv ulid.ULID, seq uint64) {
+	d := s.d
+	op := ulid.Make()
+	d.mu.Lock()
+	d.pending[op] = pendingRef{conv: conv}
+	d.mu.Unlock()
+	s.accepted([]*ferryv1.OpResult{{ConversationId: conv.String(), OpId: op.String(), Status: ferryv1.OpStatus_OP_STATUS_ACCEPTED, Seq: seq}})
+	d.mu.Lock()
+	delete(d.pending, op)
+	d.convs[conv].Head = max(d.convs[conv].Head, seq)
+	d.mu.Unlock()
+}
+
 // TestSyncOnceWaitsForItsPushesRound: SyncOnce ends once the round that
 // brings a push's change has ended, in whichever order the server sends
 // the push's result and that round's messages (a result can come between
@@ -28,18 +44,7 @@ func TestSyncOnceWaitsForItsPushesRound(t *testing.T) {
 	d := memoryDevice(t)
 	conv := ulid.Make()
 	s := &session{d: d, inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]uint64{}}
-	push := func(seq uint64) {
-		t.Helper()
-		op := ulid.Make()
-		d.mu.Lock()
-		d.pending[op] = pendingRef{conv: conv}
-		d.mu.Unlock()
-		s.accepted([]*ferryv1.OpResult{{ConversationId: conv.String(), OpId: op.String(), Status: ferryv1.OpStatus_OP_STATUS_ACCEPTED, Seq: seq}})
-		d.mu.Lock()
-		delete(d.pending, op) // as results does
-		d.convs[conv].Head = max(d.convs[conv].Head, seq)
-		d.mu.Unlock()
-	}
+	push := func(seq uint64) { acceptedOp(s, conv, seq) }
 	// A live round: its infos, then (after end) its ops with a feed
 	// position.
 	info := func(head uint64) {
@@ -95,24 +100,14 @@ func TestSyncOnceEndsWithoutALeftOutInfo(t *testing.T) {
 	d := memoryDevice(t)
 	left, other := ulid.Make(), ulid.Make()
 	s := &session{d: d, inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]uint64{}}
-	push := func(conv ulid.ULID, seq uint64) {
-		t.Helper()
-		op := ulid.Make()
-		d.mu.Lock()
-		d.pending[op] = pendingRef{conv: conv}
-		d.mu.Unlock()
-		s.accepted([]*ferryv1.OpResult{{ConversationId: conv.String(), OpId: op.String(), Status: ferryv1.OpStatus_OP_STATUS_ACCEPTED, Seq: seq}})
-		d.mu.Lock()
-		delete(d.pending, op) // as results does
-		d.mu.Unlock()
-	}
+	push := func(conv ulid.ULID, seq uint64) { acceptedOp(s, conv, seq) }
 	end := func() { s.opsArrived(&ferryv1.Ops{Phase: ferryv1.Phase_PHASE_LIVE, FeedPos: 9}) }
 	d.mu.Lock()
 	d.convs[left], d.convs[other] = &convRecord{Head: 1}, &convRecord{Head: 1}
 	d.mu.Unlock()
 
 	push(left, 2) // in the catch-up
-	s.caughtUp()
+	s.caughtUp(5)
 	if s.idle() {
 		t.Fatal("idle with the first live round still to come")
 	}
@@ -124,6 +119,21 @@ func TestSyncOnceEndsWithoutALeftOutInfo(t *testing.T) {
 	end()
 	if s.idle() {
 		t.Fatal("idle after a round that need not reach a result that came after CaughtUp")
+	}
+
+	// The first live round's end in a push's result (its position left to
+	// the result while the push was in flight): a position other than
+	// CaughtUp's says a round ended since; CaughtUp's does not.
+	s = &session{d: d, inflight: map[uint64][]ulid.ULID{}, sent: map[ulid.ULID]uint64{}}
+	push(left, 3)
+	s.caughtUp(5)
+	s.resultEnds(5) // answered with no round since CaughtUp
+	if s.idle() {
+		t.Fatal("idle after a result at CaughtUp's position, no round since")
+	}
+	s.resultEnds(7)
+	if !s.idle() {
+		t.Fatal("not idle after a result that ended the first live round")
 	}
 }
 

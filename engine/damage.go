@@ -93,6 +93,14 @@ func (e *Engine) Damaged() []ulid.ULID {
 // read that failed) are the store's, not the conversation's.
 func corrupt(err error) bool { return errors.Is(err, record.ErrCorrupt) }
 
+// logDamage is an op of a conversation's log that does not decode, met
+// by a read that does not read ops as such (reader.messagesAt): nothing
+// makes it anew, so sessions hold no device below it (Session.leaveOut).
+type logDamage struct{ err error }
+
+func (d *logDamage) Error() string { return d.err.Error() }
+func (d *logDamage) Unwrap() error { return d.err }
+
 // fenceErr returns, for an error err of a read of conv, the error to give:
 // ErrDamaged for a record that does not decode (recording the damage),
 // else err.

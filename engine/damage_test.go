@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/oklog/ulid/v2"
@@ -482,5 +483,52 @@ func TestDamagedOpFoundAfterAPush(t *testing.T) {
 	}
 	if got := p.e.Damaged(); !slices.Equal(got, []ulid.ULID{p.bad}) {
 		t.Errorf("damaged %v, want [%s]", got, p.bad)
+	}
+}
+
+// TestDamagedOpAtReadMarker: an op that does not decode, met by a
+// member's info (the message count at their read marker, short of the
+// head), leaves the conversation out without a hold, as any op does: the
+// member's catch-up ends where it would on a sound store.
+func TestDamagedOpAtReadMarker(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	var want uint64
+	p := damagedPair(t, o, func(p *pair) [][]byte { return [][]byte{engine.OpKey(p.bad, 3)} }, func(p *pair) {
+		p.alice.Send(p.bad, "b2")
+		if err := p.e.Mark(context.Background(), p.bob.Actor, []engine.Marker{{Conv: p.bad, Delivered: 4, Read: 3}}); err != nil {
+			t.Fatal(err)
+		}
+		_, want = catchUpFrom(t, p.e, p.bob, 0)
+	})
+	infos, pos := catchUpFrom(t, p.e, p.bob, 0)
+	if _, ok := infos[p.bad]; ok || pos != want {
+		t.Fatalf("bob's catch-up: %+v, at %d; want bad left out, at %d", infos, pos, want)
+	}
+	if got := p.e.Damaged(); !slices.Equal(got, []ulid.ULID{p.bad}) {
+		t.Errorf("damaged %v, want [%s]", got, p.bad)
+	}
+}
+
+// TestRebuildPastGarbledDeviceOwner: the record naming a device's user
+// that does not decode stops no rebuild: rebuild reads it only to make a
+// read marker anew, and then counts that device for nobody.
+func TestRebuildPastGarbledDeviceOwner(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	p := damagedPair(t, o, func(p *pair) [][]byte {
+		return [][]byte{engine.DeviceOfKey(p.bob.Actor.Device), engine.UserMarkKey(p.good, p.bob.Actor.User)}
+	}, func(p *pair) {
+		if err := p.e.Mark(context.Background(), p.bob.Actor, []engine.Marker{{Conv: p.good, Delivered: 3, Read: 3}}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := p.e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := engine.Rebuild("db", o)
+	if err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	if !slices.ContainsFunc(rep.Fixes, func(f engine.Fix) bool { return strings.Contains(f.What, "read markers that did not decode") }) {
+		t.Errorf("fixes %v; want bob's read marker made anew", rep.Fixes)
 	}
 }

@@ -715,3 +715,6 @@ func UserMarkKey(conv, user ulid.ULID) []byte { return keys.ID2(keys.TUserMark, 
 
 // DevMarkKey is the key of device's marker in conv.
 func DevMarkKey(conv, device ulid.ULID) []byte { return keys.ID2(keys.TDevMark, conv, device) }
+
+// DeviceOfKey is the key of the record naming device's user.
+func DeviceOfKey(device ulid.ULID) []byte { return keys.ID1(keys.TDeviceOf, device) }

@@ -74,8 +74,9 @@ func (e *Engine) StartMark(ctx context.Context, a Actor, marks []Marker) Pending
 				notFound = m.Conv
 				return
 			}
-			// The markers mark moves, read before anything changes: one
-			// that does not decode fences the conversation off.
+			// The markers mark moves, read before anything changes: the
+			// user's, if it does not decode, fences the conversation off
+			// (a device's is written anew: loadMarker).
 			for _, k := range []struct {
 				table byte
 				who   ulid.ULID

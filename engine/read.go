@@ -390,6 +390,9 @@ func (r reader) messagesAt(conv ulid.ULID, seq uint64) (uint64, error) {
 		return 0, nil
 	}
 	op, err := readOp(r.v, conv, seq)
+	if corrupt(err) {
+		err = &logDamage{err} // no hold (Session.leaveOut)
+	}
 	if err != nil {
 		return 0, err
 	}

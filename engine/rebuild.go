@@ -911,7 +911,11 @@ func (r *rebuilder) members(conv ulid.ULID, rec *record.Conv, p *replay, lost bo
 // deleted (its device resumes from the cursors it sends, or from the
 // start).
 func (r *rebuilder) markers(conv ulid.ULID, p *replay) error {
-	delivered := map[ulid.ULID]uint64{} // by user, over their devices' markers
+	type devMark struct {
+		dev       ulid.ULID
+		delivered uint64
+	}
+	var devMarks []devMark
 	err := scan(r.v, keys.ID1(keys.TDevMark, conv), func(k, val []byte) error {
 		_, dev, ok := keys.ParseID2(k)
 		m, err := record.DecodeMarker(val)
@@ -919,18 +923,30 @@ func (r *rebuilder) markers(conv ulid.ULID, p *replay) error {
 			r.fixed("device markers that did not decode, deleted")
 			return r.del(k)
 		}
-		u, err := deviceUser(r.v, dev)
-		if errors.Is(err, ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		delivered[u] = max(delivered[u], m.Delivered)
+		devMarks = append(devMarks, devMark{dev, m.Delivered})
 		return nil
 	})
 	if err != nil {
 		return err
+	}
+	// delivered is how far user's devices' markers say they hold conv:
+	// read only for a user marker made anew. A device whose owner is
+	// not known (or does not decode) counts for nobody.
+	delivered := func(user ulid.ULID) (uint64, error) {
+		n := uint64(0)
+		for _, d := range devMarks {
+			u, err := deviceUser(r.v, d.dev)
+			if errors.Is(err, ErrNotFound) || corrupt(err) {
+				continue
+			}
+			if err != nil {
+				return 0, err
+			}
+			if u == user {
+				n = max(n, d.delivered)
+			}
+		}
+		return n, nil
 	}
 	return scan(r.v, keys.ID1(keys.TUserMark, conv), func(k, val []byte) error {
 		m, err := record.DecodeMarker(val)
@@ -940,8 +956,12 @@ func (r *rebuilder) markers(conv ulid.ULID, p *replay) error {
 				r.unfixed("conversation %s: marker key %x: %v", conv, k, err)
 				return nil
 			}
+			held, err := delivered(u)
+			if err != nil {
+				return err
+			}
 			read := min(p.raised[u], p.head)
-			m = record.Marker{Delivered: max(read, min(delivered[u], p.head)), Read: read, PublicRead: read}
+			m = record.Marker{Delivered: max(read, min(held, p.head)), Read: read, PublicRead: read}
 			if read > 0 {
 				m.ReadMessages, m.ReadCounted = p.messages[read-1], true
 			}

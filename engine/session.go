@@ -339,17 +339,22 @@ func (s *Session) plan() error {
 // leaveOut reports whether err, of a read of en's conversation, shows it
 // damaged: the session then leaves it out, and holds its device's
 // position below its entry (hold). A conversation a cursor brought in
-// (en.pos 0) is held by the cursor, which the device keeps. An op of the
-// log that does not decode is not held for (its callers give no
-// position): Rebuild cannot make it anew, so nothing will bring the
-// conversation back that a hold would wait for, and a hold for good would
-// have every catch-up of the device's take again every conversation
-// changed since. (Nor can any catch-up send the ops past it.)
+// (en.pos 0) is held by the cursor, which the device keeps.
+//
+// An op of the log that does not decode is not held for (its callers give
+// no position, or it comes as a logDamage): Rebuild cannot make it anew,
+// so nothing will bring the conversation back that a hold would wait
+// for, and a hold for good would have every catch-up of the device's take
+// again every conversation changed since. (Nor can any catch-up send the
+// ops past it.)
 func (s *Session) leaveOut(en feedEntry, err error) bool {
 	if !corrupt(err) {
 		return false
 	}
 	_ = s.e.damaged(en.conv, err)
+	if ld := (*logDamage)(nil); errors.As(err, &ld) {
+		return true // an op: no hold, as below
+	}
 	if en.pos > 0 && (!s.holding || en.pos-1 < s.hold) {
 		s.hold, s.holding = en.pos-1, true
 	}
