@@ -145,7 +145,7 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 		valid, retryAfter = nil, wait.after
 	}
 	s.stats.pushed(results)
-	if retryAfter == 0 { // a push turned away took no time to store anything
+	if retryAfter == 0 || damaged != "" { // a push turned away took no time to store anything; one with a damaged conversation's ops stored the others
 		s.stats.pushTime.Observe(s.opts.Clock.Now().Sub(start))
 	}
 	return results, pushedOps{ops: valid, counted: counted, retryAfter: retryAfter}, nil

@@ -1788,6 +1788,7 @@ export class FerryClient {
         const later = res.results.filter((r) => r.status === OpStatus.RETRY_LATER);
         const wait = Math.max(res.retryAfterMs, minPushWaitMs);
         if (later.length > 0 && later.every((r) => r.reason === RejectReason.CONVERSATION_DAMAGED)) {
+          console.warn(`ferry: ${later.find((r) => r.message)?.message || `conversation ${conv} cannot take ops for now`}; its ops wait, and go again in ${Math.round(wait / 1000)} s`);
           this.holdConversation(session, conv, wait);
         } else if (later.length > 0) {
           const ce = new ConnectError(later.find((r) => r.message)?.message || "the server cannot take new ops for now", Code.Unavailable);
