@@ -358,6 +358,12 @@ func (e *Engine) Authenticate(token string) (Actor, error) {
 		return Actor{}, err
 	}
 	user, device, err := record.DecodeIDs(raw)
+	if corrupt(err) {
+		// As a device record that does not decode (deviceActive): the
+		// device signs in again.
+		e.log.Error("token record does not decode: the device is refused, and signs in again", "err", err)
+		return Actor{}, fmt.Errorf("%w: the server cannot read this token's record; sign in again", ErrUnauthenticated)
+	}
 	if err != nil {
 		return Actor{}, err
 	}
@@ -464,9 +470,19 @@ func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error 
 
 // deviceActive reports whether the actor's device is still valid (not
 // revoked).
-func deviceActive(v *store.View, a Actor) (bool, error) {
+//
+// A device whose record does not decode is not: whether it was revoked
+// cannot be told, so it is refused as if it were (it signs in again, as a
+// new device), with an error logged for the operator, rather than failing
+// the writer, and so the store, at its next write.
+func (e *Engine) deviceActive(v *store.View, a Actor) (bool, error) {
 	_, err := device(v, a.User, a.Device)
-	if errors.Is(err, ErrNotFound) {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return false, nil
+	case corrupt(err):
+		e.log.Error("device record does not decode: the device is refused as if revoked, and signs in again (ferryd check reports nothing of device records)",
+			"user", a.User, "device", a.Device, "err", err)
 		return false, nil
 	}
 	return err == nil, err

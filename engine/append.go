@@ -161,6 +161,9 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	}
 	if dev != a.Device {
 		owner, err := deviceUser(tx.v, dev)
+		if corrupt(err) {
+			return reject(fmt.Errorf("%w: the server cannot read the record of device %s, so it cannot tell it is one of yours", ErrForbidden, dev))
+		}
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			tx.fail(err)
 			return res

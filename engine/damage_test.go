@@ -532,3 +532,36 @@ func TestRebuildPastGarbledDeviceOwner(t *testing.T) {
 		t.Errorf("fixes %v; want bob's read marker made anew", rep.Fixes)
 	}
 }
+
+// TestDamagedDeviceRecords: a device's record, or its token's, that does
+// not decode fails no write and stops nothing else: the device is refused
+// as if revoked (it signs in again), and a re-upload naming a device
+// whose owner record does not decode is refused alone.
+func TestDamagedDeviceRecords(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	var phone *enginetest.Device
+	p := damagedPair(t, o, func(p *pair) [][]byte {
+		return [][]byte{engine.DeviceKey(p.bob.Actor.User, p.bob.Actor.Device), engine.TokenKey(phone.Token), engine.DeviceOfKey(phone.Actor.Device)}
+	}, func(p *pair) {
+		phone = enginetest.Login(t, p.e, "alice")
+	})
+	_, err := p.e.Append(context.Background(), p.bob.Actor, []model.Op{p.bob.Op(p.good, model.Op{Kind: model.KindMessage, Body: []byte("bob")})})
+	if !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Errorf("bob's append: %v; want ErrUnauthenticated", err)
+	}
+	if _, err := p.e.OpenSession(p.bob.Actor, engine.SessionOptions{}); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Errorf("bob's session: %v; want ErrUnauthenticated", err)
+	}
+	if _, err := p.e.Authenticate(phone.Token); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Errorf("the phone's token: %v; want ErrUnauthenticated", err)
+	}
+	// Alice's laptop re-uploads an op of her phone's: refused alone.
+	op := phone.Op(p.good, model.Op{Kind: model.KindMessage, Body: []byte("from the phone")})
+	res, err := p.e.Append(context.Background(), p.alice.Actor, []model.Op{op, p.alice.Op(p.good, model.Op{Kind: model.KindMessage, Body: []byte("g2")})})
+	if err != nil || !errors.Is(res[0].Err, engine.ErrForbidden) || res[1].Err != nil {
+		t.Fatalf("alice's append: %+v, %v; want the re-upload refused, her message stored", res, err)
+	}
+	if err := p.e.Failed(); err != nil {
+		t.Fatalf("the store failed: %v", err)
+	}
+}

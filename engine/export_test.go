@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -718,3 +719,9 @@ func DevMarkKey(conv, device ulid.ULID) []byte { return keys.ID2(keys.TDevMark, 
 
 // DeviceOfKey is the key of the record naming device's user.
 func DeviceOfKey(device ulid.ULID) []byte { return keys.ID1(keys.TDeviceOf, device) }
+
+// DeviceKey is the key of user's device's record.
+func DeviceKey(user, device ulid.ULID) []byte { return keys.ID2(keys.TDevice, user, device) }
+
+// TokenKey is the key of token's record.
+func TokenKey(token string) []byte { return keys.Token(sha256.Sum256([]byte(token))) }

@@ -243,7 +243,7 @@ func (s *Session) plan() error {
 	s.revocations = s.e.revocations.Load() // before the view, which then includes them
 	r := s.reader(false)
 	defer r.release()
-	if ok, err := deviceActive(r.v, s.a); err != nil || !ok {
+	if ok, err := s.e.deviceActive(r.v, s.a); err != nil || !ok {
 		if err != nil {
 			return err
 		}
@@ -449,7 +449,7 @@ func (s *Session) stillActive(revocations uint64, v *store.View) error {
 		v = s.e.st.View()
 		defer v.Release()
 	}
-	ok, err := deviceActive(v, s.a)
+	ok, err := s.e.deviceActive(v, s.a)
 	if err != nil {
 		return err
 	}

@@ -596,7 +596,7 @@ func (tx *txn) deviceActive(a Actor) bool {
 	if _, ok := tx.w.active[idPair{a.User, a.Device}]; ok {
 		return true
 	}
-	ok, err := deviceActive(tx.v, a)
+	ok, err := tx.e.deviceActive(tx.v, a)
 	if err != nil {
 		tx.fail(err)
 		return false
