@@ -165,6 +165,9 @@ func (e *Engine) Check() (CheckReport, error) {
 	if err := c.usage(); err != nil {
 		return c.rep, err
 	}
+	if err := c.devices(); err != nil {
+		return c.rep, err
+	}
 	// Feed entries go with single deletions, which let an entry set twice
 	// show again.
 	if n := e.st.Misuses(); n > 0 {
@@ -182,6 +185,58 @@ type checker struct {
 	lists   map[string]bool     // TUserConv keys that must exist
 	unread  map[ulid.ULID]bool  // conversations whose record does not decode
 	convs   map[ulid.ULID]bool  // conversations with a record
+}
+
+// devices checks that device and token records decode, and that each
+// device's record of its user (TDeviceOf) names the user whose device it
+// is. (A server refuses a device whose records do not decode, as if
+// revoked: deviceActive.)
+func (c *checker) devices() error {
+	v := c.r.v
+	err := scan(v, []byte{keys.TDevice}, func(k, val []byte) error {
+		u, d, ok := keys.ParseID2(k)
+		if !ok {
+			c.problem("malformed device key %x", k)
+			return nil
+		}
+		if _, err := record.DecodeDevice(val); err != nil {
+			c.problem("device %s of user %s: %v", d, u, err)
+		}
+		owner, err := deviceUser(v, d)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			c.problem("device %s of user %s: no record of its user", d, u)
+		case corrupt(err):
+			// Reported by the scan of those records below.
+		case err != nil:
+			return err
+		case owner != u:
+			c.problem("device %s of user %s: its record of its user names %s", d, u, owner)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, t := range []struct {
+		table  byte
+		what   string
+		decode func([]byte) error
+	}{
+		{keys.TDeviceOf, "record of a device's user", func(b []byte) error { _, err := record.DecodeID(b); return err }},
+		{keys.TToken, "token record", func(b []byte) error { _, _, err := record.DecodeIDs(b); return err }},
+	} {
+		err := scan(v, []byte{t.table}, func(k, val []byte) error {
+			if err := t.decode(val); err != nil {
+				c.problem("%s %x: %v", t.what, k[1:], err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (c *checker) problem(format string, args ...any) {

@@ -564,4 +564,49 @@ func TestDamagedDeviceRecords(t *testing.T) {
 	if err := p.e.Failed(); err != nil {
 		t.Fatalf("the store failed: %v", err)
 	}
+	// Check sees each.
+	rep, err := p.e.Check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"device " + p.bob.Actor.Device.String() + " of user", "token record", "record of a device's user"} {
+		if !slices.ContainsFunc(rep.Problems, func(pr string) bool { return strings.Contains(pr, want) }) {
+			t.Errorf("check: %q; want one of %q", rep.Problems, want)
+		}
+	}
+}
+
+// TestCheckDeviceRecords: check sees a device's record of its user lost,
+// or naming another user.
+func TestCheckDeviceRecords(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := engine.CheckStopped("db", o); err != nil || len(rep.Problems) > 0 {
+		t.Fatalf("check of the sound store: %q, %v", rep.Problems, err)
+	}
+	for _, c := range []struct {
+		damage func() error
+		want   string
+	}{
+		{func() error { return engine.DeleteKey(o.FS, "db", engine.DeviceOfKey(bob.Actor.Device)) }, "no record of its user"},
+		{func() error {
+			return engine.SetKey(o.FS, "db", engine.DeviceOfKey(bob.Actor.Device), engine.IDRecord(alice.Actor.User))
+		}, "its record of its user names " + alice.Actor.User.String()},
+	} {
+		if err := c.damage(); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := engine.CheckStopped("db", o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Problems) != 1 || !strings.Contains(rep.Problems[0], c.want) {
+			t.Errorf("check: %q; want %q", rep.Problems, c.want)
+		}
+	}
 }

@@ -725,3 +725,6 @@ func DeviceKey(user, device ulid.ULID) []byte { return keys.ID2(keys.TDevice, us
 
 // TokenKey is the key of token's record.
 func TokenKey(token string) []byte { return keys.Token(sha256.Sum256([]byte(token))) }
+
+// IDRecord is id as a record holding one id (TDeviceOf's).
+func IDRecord(id ulid.ULID) []byte { return record.AppendID(nil, id) }
