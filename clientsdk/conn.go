@@ -795,10 +795,8 @@ func (s *session) flush() {
 	}
 }
 
-// holdPushes holds every push back for after, and up to a fifth more at
-// random (the devices the server turned away together do not all come
-// back together), at least minPushWait: the server answered ops
-// RETRY_LATER, saying why. Status says so meanwhile. The timer that ends
+// holdPushes holds every push back until pushAgainAt: the server answered
+// ops RETRY_LATER, asking to wait after, saying why. Status says so meanwhile. The timer that ends
 // the hold is armed before the status tells anyone when it ends. d.mu is
 // held.
 func (s *session) holdPushes(after time.Duration, why string) {
@@ -806,9 +804,8 @@ func (s *session) holdPushes(after time.Duration, why string) {
 	if why == "" {
 		why = "the server asked to push them again later"
 	}
-	after = max(after, minPushWait)
 	now := d.opts.clock.Now()
-	at := now.Add(after + time.Duration(rand.Int64N(int64(after)/5+1)))
+	at := pushAgainAt(now, after)
 	s.mu.Lock()
 	if at.After(s.pushAt) && !s.ended {
 		s.pushAt = at
@@ -858,9 +855,8 @@ func (s *session) heldConvsLocked(now time.Time) map[ulid.ULID]bool {
 // alone (REJECT_REASON_CONVERSATION_DAMAGED), why. d.mu is held.
 func (s *session) holdConv(conv ulid.ULID, after time.Duration, why string) {
 	d := s.d
-	after = max(after, minPushWait)
 	now := d.opts.clock.Now()
-	at := now.Add(after + time.Duration(rand.Int64N(int64(after)/5+1)))
+	at := pushAgainAt(now, after)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended || s.convAt[conv].After(now) { // held already: by another op of the push
@@ -901,6 +897,15 @@ func (d *Device) endDeferralLocked() {
 	if errors.Is(d.status.Err, ErrPushDeferred) {
 		d.setStatus(func(st *Status) { st.Err, st.RetryAt = nil, time.Time{} })
 	}
+}
+
+// pushAgainAt is when ops the server answered RETRY_LATER at now, asking
+// to wait after, go again: after, at least minPushWait, and up to a fifth
+// more at random (the devices the server turned away together do not all
+// come back together).
+func pushAgainAt(now time.Time, after time.Duration) time.Time {
+	after = max(after, minPushWait)
+	return now.Add(after + time.Duration(rand.Int64N(int64(after)/5+1)))
 }
 
 // minPushWait is the least a device waits before pushing ops the server

@@ -93,9 +93,9 @@ func (e *Engine) Damaged() []ulid.ULID {
 // read that failed) are the store's, not the conversation's.
 func corrupt(err error) bool { return errors.Is(err, record.ErrCorrupt) }
 
-// logDamage is an op of a conversation's log that does not decode, met
-// by a read that does not read ops as such (reader.messagesAt): nothing
-// makes it anew, so sessions hold no device below it (Session.leaveOut).
+// logDamage is an op of a conversation's log that does not decode, as the
+// reader's reads of ops give it (readOps, messagesAt): nothing makes it
+// anew, so sessions hold no device below it (Session.leaveOut).
 type logDamage struct{ err error }
 
 func (d *logDamage) Error() string { return d.err.Error() }

@@ -764,7 +764,7 @@ func (r reader) readOps(conv ulid.ULID, after, through uint64, maxOps, maxBytes 
 		_, seq, valid := keys.ParseOp(it.Key())
 		if !valid {
 			_ = it.Close()
-			return nil, fmt.Errorf("%w: op key %x", record.ErrCorrupt, it.Key())
+			return nil, &logDamage{fmt.Errorf("%w: op key %x", record.ErrCorrupt, it.Key())}
 		}
 		val, err := it.Value()
 		if err != nil {
@@ -774,7 +774,7 @@ func (r reader) readOps(conv ulid.ULID, after, through uint64, maxOps, maxBytes 
 		rec, err := dec.Decode(conv, seq, val)
 		if err != nil {
 			_ = it.Close()
-			return nil, err
+			return nil, &logDamage{err}
 		}
 		size += opSize(&rec.Op)
 		if size > maxBytes && (len(out) > 0 || !atLeastOne) {
@@ -806,7 +806,7 @@ func (r reader) opsBefore(conv ulid.ULID, through uint64, maxOps, maxBytes int) 
 		_, seq, valid := keys.ParseOp(it.Key())
 		if !valid {
 			_ = it.Close()
-			return nil, fmt.Errorf("%w: op key %x", record.ErrCorrupt, it.Key())
+			return nil, &logDamage{fmt.Errorf("%w: op key %x", record.ErrCorrupt, it.Key())}
 		}
 		val, err := it.Value()
 		if err != nil {
@@ -816,7 +816,7 @@ func (r reader) opsBefore(conv ulid.ULID, through uint64, maxOps, maxBytes int) 
 		rec, err := dec.Decode(conv, seq, val)
 		if err != nil {
 			_ = it.Close()
-			return nil, err
+			return nil, &logDamage{err}
 		}
 		if size += opSize(&rec.Op); size > maxBytes && len(out) > 0 {
 			break

@@ -341,12 +341,11 @@ func (s *Session) plan() error {
 // position below its entry (hold). A conversation a cursor brought in
 // (en.pos 0) is held by the cursor, which the device keeps.
 //
-// An op of the log that does not decode is not held for (its callers give
-// no position, or it comes as a logDamage): Rebuild cannot make it anew,
-// so nothing will bring the conversation back that a hold would wait
-// for, and a hold for good would have every catch-up of the device's take
-// again every conversation changed since. (Nor can any catch-up send the
-// ops past it.)
+// An op of the log that does not decode (it comes as a logDamage) is not
+// held for: Rebuild cannot make it anew, so nothing will bring the
+// conversation back that a hold would wait for, and a hold for good would
+// have every catch-up of the device's take again every conversation
+// changed since. (Nor can any catch-up send the ops past it.)
 func (s *Session) leaveOut(en feedEntry, err error) bool {
 	if !corrupt(err) {
 		return false
@@ -488,7 +487,7 @@ func (s *Session) nextOps() (Event, bool, error) {
 		} else {
 			var err error
 			ops, err = r.ops(it.conv, it.after, it.through, opsLeft, bytesLeft, len(ev.Batches) == 0)
-			if s.leaveOut(feedEntry{conv: it.conv}, err) { // an op: no hold (leaveOut)
+			if s.leaveOut(feedEntry{conv: it.conv}, err) {
 				s.drop(it.conv)
 				continue
 			}
@@ -622,7 +621,7 @@ func (s *Session) live() error {
 			var ops []model.Op
 			if info.Head-from <= maxMemoOps && held < s.o.MaxBatchBytes {
 				all, err := r.liveOps(en.conv, from, info.Head)
-				if s.leaveOut(feedEntry{conv: en.conv}, err) { // an op: no hold (leaveOut)
+				if s.leaveOut(en, err) {
 					continue
 				}
 				if err != nil {

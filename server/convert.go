@@ -254,6 +254,10 @@ func resultsToProto(res []engine.AppendResult) []*ferryv1.OpResult {
 		}
 		p := &ferryv1.OpResult{ConversationId: convID, OpId: r.Op.String(), Seq: r.Seq, ServerDot: r.ServerDot}
 		switch {
+		case errors.Is(r.Err, engine.ErrDamaged):
+			// Not rejected: stored once the operator repairs the
+			// conversation, and the client keeps it until then.
+			p.Status, p.Reason, p.Message = ferryv1.OpStatus_OP_STATUS_RETRY_LATER, ferryv1.RejectReason_REJECT_REASON_CONVERSATION_DAMAGED, r.Err.Error()
 		case r.Err != nil:
 			p.Status, p.Reason, p.Message = ferryv1.OpStatus_OP_STATUS_REJECTED, rejectReason(r.Err), r.Err.Error()
 		case r.Duplicate:

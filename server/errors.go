@@ -107,7 +107,6 @@ var rejectReasons = []struct {
 	{engine.ErrPrecondition, ferryv1.RejectReason_REJECT_REASON_FAILED_PRECONDITION},
 	{engine.ErrConversationExists, ferryv1.RejectReason_REJECT_REASON_CONVERSATION_EXISTS},
 	{engine.ErrQuota, ferryv1.RejectReason_REJECT_REASON_QUOTA_EXCEEDED},
-	{engine.ErrDamaged, ferryv1.RejectReason_REJECT_REASON_CONVERSATION_DAMAGED}, // with RETRY_LATER (push)
 }
 
 func rejectReason(err error) ferryv1.RejectReason {

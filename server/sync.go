@@ -108,10 +108,7 @@ func (s *Server) push(ctx context.Context, a engine.Actor, batches []*ferryv1.Op
 			return nil, pushedOps{}, connectError(err)
 		default:
 			for i, r := range resultsToProto(res) {
-				if errors.Is(res[i].Err, engine.ErrDamaged) {
-					// Stored once the operator repairs the conversation:
-					// the client keeps the op until then.
-					r.Status = ferryv1.OpStatus_OP_STATUS_RETRY_LATER
+				if r.GetStatus() == ferryv1.OpStatus_OP_STATUS_RETRY_LATER { // a damaged conversation's
 					refund += pushCost(valid[i : i+1])
 					if damaged == "" {
 						damaged = r.Message
