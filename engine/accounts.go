@@ -235,6 +235,10 @@ func (e *Engine) Login(ctx context.Context, username, password, deviceName strin
 	v := e.st.View()
 	user, rec, err := lookupUser(v, name)
 	v.Release()
+	if corrupt(err) {
+		e.accountDamaged("the user cannot sign in", err, "username", name)
+		return Credentials{}, fmt.Errorf("%w: the server cannot read the account of %q, which cannot sign in until the server's operator repairs the server's store", ErrAccountDamaged, name)
+	}
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Credentials{}, err
 	}
@@ -263,6 +267,11 @@ func (e *Engine) Login(ctx context.Context, username, password, deviceName strin
 		err := scan(tx.v, keys.ID1(keys.TDevice, user.ID), func(k, val []byte) error {
 			d, err := record.DecodeDevice(val)
 			switch {
+			case corrupt(err):
+				// Refused as if revoked (deviceActive): not counted.
+				_, dev, _ := keys.ParseID2(k)
+				e.accountDamaged("the device is refused as if revoked, and not counted among the user's", err, "user", user.ID, "device", dev)
+				return nil
 			case err != nil:
 			case d.Revoked:
 				// Kept by stores from before revoking deleted the record.
@@ -361,7 +370,7 @@ func (e *Engine) Authenticate(token string) (Actor, error) {
 	if corrupt(err) {
 		// As a device record that does not decode (deviceActive): the
 		// device signs in again.
-		e.log.Error("token record does not decode: the device is refused, and signs in again", "err", err)
+		e.accountDamaged("the device holding the token is refused, and signs in again", err)
 		return Actor{}, fmt.Errorf("%w: the server cannot read this token's record; sign in again", ErrUnauthenticated)
 	}
 	if err != nil {
@@ -375,11 +384,33 @@ func (e *Engine) Account(a Actor) (User, Device, error) {
 	v := e.st.View()
 	defer v.Release()
 	u, _, err := userByID(v, a.User)
+	if corrupt(err) {
+		e.accountDamaged("the user's account cannot be read", err, "user", a.User)
+		return User{}, Device{}, fmt.Errorf("%w: the server cannot read your account's record until the server's operator repairs the server's store", ErrAccountDamaged)
+	}
 	if err != nil {
 		return User{}, Device{}, err
 	}
 	d, err := device(v, a.User, a.Device)
+	if corrupt(err) {
+		e.accountDamaged("the device is refused as if revoked, and signs in again", err, "user", a.User, "device", a.Device)
+		return User{}, Device{}, errDeviceUnreadable
+	}
 	return u, d, err
+}
+
+// errDeviceUnreadable refuses a device whose record does not decode, as if
+// it were revoked: it signs in again, as a new device.
+var errDeviceUnreadable = fmt.Errorf("%w: the server cannot read this device's record; sign in again", ErrUnauthenticated)
+
+// accountDamaged logs a record of an account (a user's, a username's, a
+// device's or a token's) that does not decode, with what it means for its
+// user, and what the operator does about it. Such a record fails no more
+// than its own user's calls: ferryd check reports it, and ferryd rebuild
+// makes anew what can be (see Rebuild).
+func (e *Engine) accountDamaged(effect string, err error, attrs ...any) {
+	e.log.Error("account record does not decode: "+effect+", until the store is repaired: stop the server, back the store up (ferryd backup), then ferryd check and ferryd rebuild",
+		append(attrs, "err", err)...)
 }
 
 func device(v *store.View, user, id ulid.ULID) (Device, error) {
@@ -408,9 +439,15 @@ func (e *Engine) Devices(a Actor) ([]Device, error) {
 	err := scan(v, keys.ID1(keys.TDevice, a.User), func(k, val []byte) error {
 		_, id, ok := keys.ParseID2(k)
 		if !ok {
-			return fmt.Errorf("%w: device key %x", record.ErrCorrupt, k)
+			e.accountDamaged("a device of the user is left out of their list", fmt.Errorf("%w: device key %x", record.ErrCorrupt, k), "user", a.User)
+			return nil
 		}
 		rec, err := record.DecodeDevice(val)
+		if corrupt(err) {
+			// Refused as if revoked (deviceActive): not listed.
+			e.accountDamaged("the device is refused as if revoked, and left out of its user's list", err, "user", a.User, "device", id)
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -439,6 +476,13 @@ func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error 
 			return
 		}
 		rec, err := record.DecodeDevice(raw)
+		if corrupt(err) {
+			// Refused as if revoked (deviceActive) already: so it is
+			// not found. ferryd rebuild deletes the record.
+			e.accountDamaged("the device is refused as if revoked, and cannot be revoked again", err, "user", a.User, "device", id)
+			notFound = true
+			return
+		}
 		if err != nil {
 			tx.fail(err)
 			return
@@ -481,8 +525,7 @@ func (e *Engine) deviceActive(v *store.View, a Actor) (bool, error) {
 	case errors.Is(err, ErrNotFound):
 		return false, nil
 	case corrupt(err):
-		e.log.Error("device record does not decode: the device is refused as if revoked, and signs in again (ferryd check reports nothing of device records)",
-			"user", a.User, "device", a.Device, "err", err)
+		e.accountDamaged("the device is refused as if revoked, and signs in again", err, "user", a.User, "device", a.Device)
 		return false, nil
 	}
 	return err == nil, err
@@ -503,6 +546,10 @@ func (e *Engine) LookupUsers(a Actor, usernames []string) ([]User, error) {
 			continue
 		}
 		u, _, err := lookupUser(v, name)
+		if corrupt(err) {
+			e.accountDamaged("the user is left out of lookups", err, "username", name)
+			continue
+		}
 		if errors.Is(err, ErrNotFound) {
 			continue
 		}

@@ -46,14 +46,16 @@ func (r CheckReport) Err() error {
 // says, that users' conversation lists hold the conversations they have
 // member records in, that member records are of conversations that
 // exist, that read markers count the messages up to them right, that each
-// user's usage is what their ops count (Engine.Usage), and that the store
-// saw no single deletion misused since it opened
-// (store.Store.Misuses). It reads the whole store: an operator's and a
-// test's tool, not a request path.
+// user's usage is what their ops count (Engine.Usage), that the account
+// records agree (users, usernames, devices, tokens and devices' users:
+// see accountFixes), and that the store saw no single deletion misused
+// since it opened (store.Store.Misuses). It reads the whole store, and
+// holds every account record in memory while it does: an operator's and
+// a test's tool, not a request path.
 func (e *Engine) Check() (CheckReport, error) {
 	r := e.reader()
 	defer r.release()
-	c := &checker{r: r, counted: map[ulid.ULID]int64{}}
+	c := &checker{r: r, counted: map[ulid.ULID]int64{}, owners: newLogOwners()}
 	feedPos, err := readFeedPos(r.v)
 	if err != nil {
 		return c.rep, err
@@ -165,8 +167,12 @@ func (e *Engine) Check() (CheckReport, error) {
 	if err := c.usage(); err != nil {
 		return c.rep, err
 	}
-	if err := c.devices(); err != nil {
+	fixes, err := accountFixes(r.v, c.owners)
+	if err != nil {
 		return c.rep, err
+	}
+	for _, f := range fixes {
+		c.problem("%s", f.problem)
 	}
 	// Feed entries go with single deletions, which let an entry set twice
 	// show again.
@@ -181,62 +187,11 @@ type checker struct {
 	rep     CheckReport
 	feedPos uint64
 	counted map[ulid.ULID]int64 // each user's usage, as the ops read give it
+	owners  *logOwners          // each authoring device's user, as the ops read give it
 	want    map[string]bool     // feed keys that must exist
 	lists   map[string]bool     // TUserConv keys that must exist
 	unread  map[ulid.ULID]bool  // conversations whose record does not decode
 	convs   map[ulid.ULID]bool  // conversations with a record
-}
-
-// devices checks that device and token records decode, and that each
-// device's record of its user (TDeviceOf) names the user whose device it
-// is. (A server refuses a device whose records do not decode, as if
-// revoked: deviceActive.)
-func (c *checker) devices() error {
-	v := c.r.v
-	err := scan(v, []byte{keys.TDevice}, func(k, val []byte) error {
-		u, d, ok := keys.ParseID2(k)
-		if !ok {
-			c.problem("malformed device key %x", k)
-			return nil
-		}
-		if _, err := record.DecodeDevice(val); err != nil {
-			c.problem("device %s of user %s: %v", d, u, err)
-		}
-		owner, err := deviceUser(v, d)
-		switch {
-		case errors.Is(err, ErrNotFound):
-			c.problem("device %s of user %s: no record of its user", d, u)
-		case corrupt(err):
-			// Reported by the scan of those records below.
-		case err != nil:
-			return err
-		case owner != u:
-			c.problem("device %s of user %s: its record of its user names %s", d, u, owner)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, t := range []struct {
-		table  byte
-		what   string
-		decode func([]byte) error
-	}{
-		{keys.TDeviceOf, "record of a device's user", func(b []byte) error { _, err := record.DecodeID(b); return err }},
-		{keys.TToken, "token record", func(b []byte) error { _, _, err := record.DecodeIDs(b); return err }},
-	} {
-		err := scan(v, []byte{t.table}, func(k, val []byte) error {
-			if err := t.decode(val); err != nil {
-				c.problem("%s %x: %v", t.what, k[1:], err)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func (c *checker) problem(format string, args ...any) {
@@ -275,6 +230,7 @@ func (c *checker) conv(conv ulid.ULID, rec record.Conv) error {
 		}
 		c.rep.Ops++
 		c.counted[op.User] += opUsage(&op.Op, op.Erased)
+		c.owners.add(op.Dot.Device, op.User)
 		if op.Kind == model.KindMessage {
 			messages++
 		}

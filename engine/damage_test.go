@@ -610,3 +610,105 @@ func TestCheckDeviceRecords(t *testing.T) {
 		}
 	}
 }
+
+// TestDamagedAccountRecords: a device's record, a user's record and a
+// username's record that do not decode fail no more than their own
+// user's calls, and no conversation: not Login (which counts the user's
+// devices in the writer, and so failed the store), RevokeDevice (the
+// same), Devices, Account, LookupUsers, Conversation (which lists the
+// members' usernames). Check reports each; Rebuild makes anew the
+// device's record from its token (the device signs in as before) and the
+// username's from its user's record, and says it cannot make the user's.
+func TestDamagedAccountRecords(t *testing.T) {
+	ctx := context.Background()
+	o := enginetest.Options(t, 1)
+	var carol, dave *enginetest.Device
+	p := damagedPair(t, o, func(p *pair) [][]byte {
+		return [][]byte{engine.DeviceKey(p.bob.Actor.User, p.bob.Actor.Device), engine.UserKey(carol.Actor.User), engine.UsernameKey("dave")}
+	}, func(p *pair) {
+		carol = enginetest.Register(t, p.e, "carol")
+		dave = enginetest.Register(t, p.e, "dave")
+		p.alice.Push(p.alice.Op(p.good, model.Op{Kind: model.KindMemberAdd, Member: carol.Actor.User, Role: model.RoleMember}))
+	})
+
+	// Bob's device, whose record does not decode, is refused as if
+	// revoked: not counted, listed or revoked again; he signs in anew.
+	tablet := enginetest.Login(t, p.e, "bob")
+	if devs, err := p.e.Devices(tablet.Actor); err != nil || len(devs) != 1 || devs[0].ID != tablet.Actor.Device {
+		t.Errorf("bob's devices: %+v, %v; want the tablet alone", devs, err)
+	}
+	if err := p.e.RevokeDevice(ctx, tablet.Actor, p.bob.Actor.Device); !errors.Is(err, engine.ErrNotFound) {
+		t.Errorf("revoking the unreadable device: %v; want ErrNotFound", err)
+	}
+	if _, _, err := p.e.Account(p.bob.Actor); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Errorf("the unreadable device's account: %v; want ErrUnauthenticated", err)
+	}
+	// Carol's record and dave's username's do not decode: they cannot
+	// sign in, and lookups leave them out.
+	for _, name := range []string{"carol", "dave"} {
+		if _, err := p.e.Login(ctx, name, "correct horse", "phone"); !errors.Is(err, engine.ErrAccountDamaged) {
+			t.Errorf("login %s: %v; want ErrAccountDamaged", name, err)
+		}
+	}
+	if _, _, err := p.e.Account(carol.Actor); !errors.Is(err, engine.ErrAccountDamaged) {
+		t.Errorf("carol's account: %v; want ErrAccountDamaged", err)
+	}
+	if us, err := p.e.LookupUsers(p.alice.Actor, []string{"carol", "dave", "bob"}); err != nil || len(us) != 1 || us[0].Username != "bob" {
+		t.Errorf("lookup: %+v, %v; want bob alone", us, err)
+	}
+	// The conversation carol is in lists her by id, and stays open.
+	_, members, _, err := p.e.Conversation(p.alice.Actor, p.good)
+	if err != nil {
+		t.Fatalf("conversation: %v", err)
+	}
+	i := slices.IndexFunc(members, func(m engine.Member) bool { return m.ID == carol.Actor.User })
+	if len(members) != 3 || i < 0 || members[i].Username != "" {
+		t.Errorf("members: %+v; want carol's listed by id alone, among 3", members)
+	}
+	p.alice.Send(p.good, "still open")
+	if d := p.e.Damaged(); len(d) > 0 {
+		t.Errorf("conversations fenced off: %v", d)
+	}
+	if err := p.e.Failed(); err != nil {
+		t.Fatalf("the store failed: %v", err)
+	}
+	rep, err := p.e.Check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"device " + p.bob.Actor.Device.String() + " of user", "user " + carol.Actor.User.String() + ":", `username "dave"`} {
+		if !slices.ContainsFunc(rep.Problems, func(pr string) bool { return strings.Contains(pr, want) }) {
+			t.Errorf("check: %q; want one of %q", rep.Problems, want)
+		}
+	}
+
+	if err := p.e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rebuilt, err := engine.Rebuild("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rebuilt.Unfixed) != 1 || !strings.Contains(rebuilt.Unfixed[0], "user "+carol.Actor.User.String()) {
+		t.Errorf("rebuild left unfixed %q; want carol's record alone", rebuilt.Unfixed)
+	}
+	if len(rebuilt.Check.Problems) != 1 {
+		t.Errorf("check after rebuild: %q; want carol's record alone", rebuilt.Check.Problems)
+	}
+	p.e = enginetest.Open(t, o, p.alice, p.bob, dave)
+	// Bob's device signs in with its token as before, under a name that
+	// says what happened; dave signs in.
+	if a, err := p.e.Authenticate(p.bob.Token); err != nil || a != p.bob.Actor {
+		t.Fatalf("bob's token after the rebuild: %+v, %v", a, err)
+	}
+	p.bob.Send(p.good, "back")
+	devs, err := p.e.Devices(p.bob.Actor)
+	if err != nil || !slices.ContainsFunc(devs, func(d engine.Device) bool {
+		return d.ID == p.bob.Actor.Device && d.Name == engine.LostDeviceName && d.Created.UnixMilli() == int64(p.bob.Actor.Device.Time())
+	}) {
+		t.Errorf("bob's devices after the rebuild: %+v, %v", devs, err)
+	}
+	if _, err := p.e.Login(ctx, "dave", "correct horse", "phone"); err != nil {
+		t.Errorf("dave's login after the rebuild: %v", err)
+	}
+}

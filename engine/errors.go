@@ -50,6 +50,10 @@ var (
 	// ErrDamaged: the conversation's records in the store do not decode; it
 	// is fenced off until the store is repaired (see damageSet).
 	ErrDamaged = errors.New("conversation damaged")
+	// ErrAccountDamaged: a user's record, or their username's, does not
+	// decode: they cannot sign in until the store is repaired (ferryd
+	// rebuild makes a username's anew; a user's record it cannot).
+	ErrAccountDamaged = errors.New("account damaged")
 )
 
 // ResetReason says why a session cannot resume.

@@ -428,6 +428,14 @@ func garbleFirst(p []byte) func(*store.View, *store.Batch) ([][]byte, error) {
 	}
 }
 
+// garbleExactly is garbleFirst of a record that Rebuild brings back.
+func garbleExactly(p []byte) func(*store.View, *store.Batch) ([][]byte, error) {
+	return func(v *store.View, b *store.Batch) ([][]byte, error) {
+		_, err := garbleFirst(p)(v, b)
+		return nil, err
+	}
+}
+
 // stray is a Corruption's damage that sets a key that should not be there.
 func stray(k func() []byte) func(*store.View, *store.Batch) ([][]byte, error) {
 	return func(_ *store.View, b *store.Batch) ([][]byte, error) {
@@ -595,6 +603,40 @@ var Corruptions = []Corruption{
 	{"user's read marker garbled", garbleFirst([]byte{keys.TUserMark})},
 	{"device marker garbled", garbleFirst([]byte{keys.TDevMark})},
 	{"waiting receipts of a missing conversation", stray(func() []byte { return keys.ID1(keys.TReceipts, strayID) })},
+	// Account records: each is made anew from the records it follows
+	// (accountFixes), but a device's record, whose name is lost.
+	{"username record lost", deleteFirst([]byte{keys.TUsername}, nil)},
+	{"username record garbled", garbleExactly([]byte{keys.TUsername})},
+	{"username record names another user", rewriteFirst([]byte{keys.TUsername}, nil, func(_, _ []byte) ([]byte, error) {
+		return record.AppendID(nil, strayID), nil
+	})},
+	{"token record lost", deleteFirst([]byte{keys.TToken}, nil)},
+	{"token record garbled", garbleExactly([]byte{keys.TToken})},
+	{"stray token record", func(_ *store.View, b *store.Batch) ([][]byte, error) {
+		b.Set(keys.Token([32]byte{1}), record.AppendIDs(nil, strayID, strayID))
+		return nil, nil
+	}},
+	// A device's record is made anew from its token, keeping neither its
+	// name nor its creation time (its id's time instead).
+	{"device record garbled", garbleFirst([]byte{keys.TDevice})},
+	{"device's record of its user lost", deleteFirst([]byte{keys.TDeviceOf}, nil)},
+	{"device's record of its user garbled", garbleExactly([]byte{keys.TDeviceOf})},
+	{"device's record of its user names another user", rewriteFirst([]byte{keys.TDeviceOf}, nil, func(_, _ []byte) ([]byte, error) {
+		return record.AppendID(nil, strayID), nil
+	})},
+	{"revoked device's record of its user lost", func(v *store.View, b *store.Batch) ([][]byte, error) {
+		k, _, err := first(v, []byte{keys.TDeviceOf}, func(k, val []byte) bool {
+			d, _ := keys.ParseID1(k)
+			u, err := record.DecodeID(val)
+			if err != nil {
+				return false
+			}
+			has, err := v.Has(keys.ID2(keys.TDevice, u, d))
+			return err == nil && !has
+		})
+		b.Delete(k)
+		return nil, err // made anew from its ops
+	}},
 	{"store's feed position behind", func(_ *store.View, b *store.Batch) ([][]byte, error) {
 		b.Set(keys.Meta(keys.MetaFeedPos), record.AppendUint(nil, 1))
 		return nil, nil // the greatest a conversation or entry holds: here, the last taken
@@ -728,3 +770,13 @@ func TokenKey(token string) []byte { return keys.Token(sha256.Sum256([]byte(toke
 
 // IDRecord is id as a record holding one id (TDeviceOf's).
 func IDRecord(id ulid.ULID) []byte { return record.AppendID(nil, id) }
+
+// UserKey is the key of user's record.
+func UserKey(user ulid.ULID) []byte { return keys.ID1(keys.TUser, user) }
+
+// UsernameKey is the key of a (lower-case) username's record.
+func UsernameKey(name string) []byte { return keys.Username(name) }
+
+// LostDeviceName is the name Rebuild gives a device whose record it made
+// anew.
+const LostDeviceName = lostDeviceName

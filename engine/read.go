@@ -1053,7 +1053,9 @@ func (e *Engine) Repair(a Actor, conv ulid.ULID, have model.Vector, limit int) (
 	}
 	for _, rg := range vec.Lacks(have) {
 		owner, err := deviceUser(r.v, rg.Device)
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, ErrNotFound) || corrupt(err) {
+			// Not known to be the user's: not asked for (as a re-upload
+			// of it would be refused).
 			continue
 		}
 		if err != nil {
@@ -1150,6 +1152,16 @@ func (e *Engine) Conversation(a Actor, conv ulid.ULID) (_ ConvInfo, _ []Member, 
 			return err
 		}
 		user, _, err := userByID(r.v, u)
+		switch {
+		case corrupt(err):
+			// One member's account record fences off nothing: the
+			// member is listed by id alone.
+			e.accountDamaged("the member is listed without their username", err, "user", u, "conv", conv)
+			user, err = User{ID: u}, nil
+		case errors.Is(err, ErrNotFound):
+			e.log.Error("a member's user record is missing from the store: the member is listed without their username (ferryd check reports it)", "user", u, "conv", conv)
+			user, err = User{ID: u}, nil
+		}
 		if err != nil {
 			return err
 		}

@@ -25,7 +25,8 @@ type RebuildReport struct {
 	// Unfixed lists what Rebuild could not repair and left as it found
 	// it: a log with a gap, an op that does not decode, ops lost from a
 	// log's end, an erased op whose message was never deleted, a
-	// malformed key. Check reports it again.
+	// malformed key, a user's record that does not decode. Check reports
+	// it again.
 	Unfixed []string
 	// Check is the consistency check of the store once rebuilt.
 	Check CheckReport
@@ -68,6 +69,17 @@ var rebuildBatch = 4 << 20
 // next start, where devices start again (they might hold positions past
 // any Rebuild could give it).
 //
+// The account records are made to agree as well (accountFixes): a
+// username's record with the user whose record has the name, a token's
+// with the device record that holds its hash, a device's record of its
+// user with the device's record or, for a device revoked since, its ops.
+// A device's record that does not decode is made anew from the one token
+// record that names the device, which keeps signing in under a name that
+// says so; with none, it is deleted, as revoking does, and the device
+// signs in again. A user's record that does not decode cannot be made
+// anew (nothing else holds their password's hash): restore it from a
+// backup.
+//
 // Where a former member's record was lost (or is of an earlier removal),
 // the feed position they were detached at is too: they are detached at
 // the conversation's feed position, which a device of theirs that has
@@ -101,6 +113,7 @@ func Rebuild(dir string, opts Options) (RebuildReport, error) {
 			known:     map[ulid.ULID]bool{},
 			placed:    map[ulid.ULID]bool{},
 			usage:     map[ulid.ULID]int64{},
+			owners:    newLogOwners(),
 			sharedMax: e.opts.SharedFeedMembers,
 			newEpoch: func() error {
 				return e.markNewEpoch(e.dir, "Opening this store starts a new epoch (ferryd rebuild: a lost conversation record's feed position could not be recovered).\n")
@@ -152,6 +165,7 @@ type rebuilder struct {
 	sharedMax  int                 // Options.SharedFeedMembers
 	usage      map[ulid.ULID]int64 // each user's usage, as their ops count it
 	usageWrong bool                // an op did not decode: usage cannot be counted
+	owners     *logOwners          // each authoring device's user, as the ops give it
 }
 
 func (r *rebuilder) fixed(what string) { r.fixes[what]++ }
@@ -310,7 +324,7 @@ func (r *rebuilder) run() error {
 			return err
 		}
 	}
-	for _, step := range []func() error{r.feeds, r.userFeed, r.receipts, r.usages, r.strayMembers, r.upgradeDone} {
+	for _, step := range []func() error{r.feeds, r.userFeed, r.receipts, r.usages, r.strayMembers, r.upgradeDone, r.accounts} {
 		if err := step(); err != nil {
 			return err
 		}
@@ -545,6 +559,7 @@ func (r *rebuilder) replay(conv ulid.ULID) (*replay, string, error) {
 			p.undecodable = true
 			return nil
 		}
+		r.owners.add(op.Dot.Device, op.User)
 		if why != "" {
 			// The rest of the log still counts for its users' usage.
 			p.usage[op.User] += opUsage(&op.Op, op.Erased)
@@ -1125,6 +1140,36 @@ func (r *rebuilder) strayMembers() error {
 		})
 		if err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// accounts repairs the account records (users' usernames, devices,
+// tokens and devices' users) where they disagree, as accountFixes says
+// how, from the store as Rebuild began and the users the logs' ops give
+// their devices (owners, gathered by replay: every conversation's was
+// read before this step).
+func (r *rebuilder) accounts() error {
+	fixes, err := accountFixes(r.v, r.owners)
+	if err != nil {
+		return err
+	}
+	for _, f := range fixes {
+		if f.fix == "" {
+			r.unfixed("%s", f.problem)
+			continue
+		}
+		r.fixed(f.fix)
+		for _, kv := range f.set {
+			if err := r.set(kv.k, kv.v); err != nil {
+				return err
+			}
+		}
+		for _, k := range f.del {
+			if err := r.del(k); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

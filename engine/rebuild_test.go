@@ -52,6 +52,12 @@ func rebuildStore(t *testing.T) engine.Options {
 	alice.Push(alice.Op(group, model.Op{Kind: model.KindSetTitle, Title: "the group"}))
 	dave.Push(dave.Op(group, model.Op{Kind: model.KindMemberRemove, Member: dave.Actor.User}))
 	bob.Send(group, "where did dave go")
+	// A device that wrote, then was revoked: only its ops say whose it was.
+	tablet := enginetest.Login(t, e, "bob")
+	tablet.Send(group, "from bob's tablet")
+	if err := e.RevokeDevice(ctx, bob.Actor, tablet.Actor.Device); err != nil {
+		t.Fatal(err)
+	}
 	duo := carol.Create("duo")
 	for _, op := range []model.Op{
 		{Kind: model.KindMemberAdd, Member: dave.Actor.User, Role: model.RoleMember},
@@ -838,5 +844,67 @@ func TestRebuildUserFeedPositionBehind(t *testing.T) {
 	}
 	if infos, _ := catchUpFrom(t, e, bob2, bob2Pos); infos[pair].Head != last.Seq {
 		t.Errorf("bob2's catch-up from %d: %+v; want pair to seq %d", bob2Pos, infos, last.Seq)
+	}
+}
+
+// TestRebuildAccountsWithoutTheirTruth: account records that nothing
+// else holds. A device's record and its token's that both do not decode
+// are deleted: the device is revoked, and signs in again. A username
+// whose user's record is gone is kept (so that no one else takes the
+// name) and reported. A device's record of its user that does not
+// decode, of a revoked device that wrote nothing, is deleted.
+func TestRebuildAccountsWithoutTheirTruth(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	carol := enginetest.Register(t, e, "carol")
+	phone := enginetest.Login(t, e, "alice")
+	alice.Create("pair", bob)
+	if err := e.RevokeDevice(context.Background(), alice.Actor, phone.Actor.Device); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range [][]byte{engine.DeviceKey(bob.Actor.User, bob.Actor.Device), engine.TokenKey(bob.Token), engine.DeviceOfKey(phone.Actor.Device)} {
+		if err := engine.SetKey(o.FS, "db", k, []byte{1, 2, 3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := engine.DeleteKey(o.FS, "db", engine.UserKey(carol.Actor.User)); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := engine.CheckStopped("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Problems) != 4 {
+		t.Errorf("check: %q; want 4 problems", rep.Problems)
+	}
+	rebuilt, err := engine.Rebuild("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("fixes: %v", rebuilt.Fixes)
+	if len(rebuilt.Fixes) != 3 {
+		t.Errorf("fixes: %v; want the device's record, its token's and the phone's record of its user", rebuilt.Fixes)
+	}
+	if len(rebuilt.Unfixed) != 1 || !strings.Contains(rebuilt.Unfixed[0], `username "carol" names user `+carol.Actor.User.String()+", who has no record") {
+		t.Errorf("unfixed: %q; want carol's username alone", rebuilt.Unfixed)
+	}
+	if len(rebuilt.Check.Problems) != 1 {
+		t.Errorf("check after the rebuild: %q; want carol's username alone", rebuilt.Check.Problems)
+	}
+	e = enginetest.Open(t, o)
+	if _, err := e.Authenticate(bob.Token); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Errorf("bob's token after the rebuild: %v; want ErrUnauthenticated", err)
+	}
+	back := enginetest.Login(t, e, "bob")
+	if devs, err := e.Devices(back.Actor); err != nil || len(devs) != 1 {
+		t.Errorf("bob's devices: %+v, %v; want the new one alone", devs, err)
+	}
+	if _, err := e.Register(context.Background(), engine.NewAccount{Username: "carol", Password: "correct horse"}); !errors.Is(err, engine.ErrExists) {
+		t.Errorf("registering carol's name: %v; want ErrExists", err)
 	}
 }

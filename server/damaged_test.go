@@ -96,3 +96,54 @@ func TestDamagedConversation(t *testing.T) {
 		t.Errorf("/metrics does not count one damaged conversation:\n%s", rec.Body.String())
 	}
 }
+
+// TestDamagedAccount: a user whose record does not decode cannot sign in
+// (DATA_LOSS, naming the account), and stops nothing else: the
+// conversations they are in list them by id alone, and the others sign
+// in and read.
+func TestDamagedAccount(t *testing.T) {
+	fs := vfs.NewMem()
+	o := enginetest.Options(t, 1)
+	o.FS = fs
+	engA, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvA := servertest.New(t, servertest.Config{Use: engA})
+	alice, carol := newDev(t, srvA.Register("alice")), newDev(t, srvA.Register("carol"))
+	conv := alice.createConv("pair", carol)
+	srvA.Stop()
+	if err := engA.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enginetest.GarbleUser(fs, "db", ulid.MustParseStrict(carol.user())); err != nil {
+		t.Fatal(err)
+	}
+	engB, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = engB.Close() })
+	srvB := servertest.New(t, servertest.Config{Use: engB})
+	alice.Clients = srvB.Clients(alice.Session.GetToken())
+
+	_, err = srvB.Clients("").Account.Login(context.Background(), &ferryv1.LoginRequest{Username: "carol", Password: "correct horse", DeviceName: "phone"})
+	if ce := new(connect.Error); !errors.As(err, &ce) || ce.Code() != connect.CodeDataLoss || !strings.Contains(ce.Message(), `"carol"`) {
+		t.Fatalf("carol's login: %v; want data_loss, naming her", err)
+	}
+	resp, err := alice.Conversation.GetConversation(context.Background(), &ferryv1.GetConversationRequest{ConversationId: conv})
+	if err != nil {
+		t.Fatalf("alice's conversation with carol: %v", err)
+	}
+	var listed bool
+	for _, m := range resp.GetMembers() {
+		listed = listed || m.GetUserId() == carol.user() && m.GetUsername() == ""
+	}
+	if !listed {
+		t.Errorf("members %v; want carol listed by id alone", resp.GetMembers())
+	}
+	srvB.Login("alice", "laptop")
+	if err := engB.Failed(); err != nil {
+		t.Fatalf("the store failed: %v", err)
+	}
+}

@@ -38,6 +38,7 @@ var codes = []struct {
 	{engine.ErrQuota, connect.CodeResourceExhausted},
 	{engine.ErrDiskFull, connect.CodeUnavailable},
 	{engine.ErrDamaged, connect.CodeDataLoss},
+	{engine.ErrAccountDamaged, connect.CodeDataLoss},
 }
 
 // connectError turns an engine error into the error a client sees. Errors

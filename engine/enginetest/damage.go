@@ -25,6 +25,12 @@ func GarbleConv(fs vfs.FS, dir string, conv ulid.ULID) (restore func() error, er
 	return garble(fs, dir, keys.ID1(keys.TConv, conv))
 }
 
+// GarbleUser is GarbleMember for user's record: the user cannot sign in
+// (see engine.ErrAccountDamaged).
+func GarbleUser(fs vfs.FS, dir string, user ulid.ULID) (restore func() error, err error) {
+	return garble(fs, dir, keys.ID1(keys.TUser, user))
+}
+
 func garble(fs vfs.FS, dir string, key []byte) (restore func() error, err error) {
 	var was []byte
 	err = rewrite(fs, dir, func(v *store.View, b *store.Batch) error {

@@ -389,11 +389,14 @@ func (x *ConversationInfo) GetNoReceipts() bool {
 
 // Member is one user's membership of a conversation.
 type Member struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	UserId      string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Username    string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
-	DisplayName string                 `protobuf:"bytes,3,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	Role        Role                   `protobuf:"varint,4,opt,name=role,proto3,enum=ferry.v1.Role" json:"role,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The member's username and display name: both empty where the server
+	// cannot read the member's account record (its store is damaged there;
+	// its operator's ferryd check reports it).
+	Username    string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	DisplayName string `protobuf:"bytes,3,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	Role        Role   `protobuf:"varint,4,opt,name=role,proto3,enum=ferry.v1.Role" json:"role,omitempty"`
 	// The seq of the op that last added or changed this membership.
 	SinceSeq      uint64 `protobuf:"varint,5,opt,name=since_seq,json=sinceSeq,proto3" json:"since_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -225,6 +225,10 @@ export type Member = Message<"ferry.v1.Member"> & {
   userId: string;
 
   /**
+   * The member's username and display name: both empty where the server
+   * cannot read the member's account record (its store is damaged there;
+   * its operator's ferryd check reports it).
+   *
    * @generated from field: string username = 2;
    */
   username: string;
