@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -467,10 +468,16 @@ type session struct {
 	// time: the server answered them RETRY_LATER for a reason of that
 	// conversation alone (its store damaged), and pushes of the others go
 	// on. convWait wakes flush at the first of them, as wait does.
-	convAt   map[ulid.ULID]time.Time
+	convAt   map[ulid.ULID]convHold
 	convWait Timer
-	convWhy  string // the server's reason, for the last conversation held
 	ended    bool
+}
+
+// convHold is how long the ops of one conversation are held back, and
+// why, as the server said.
+type convHold struct {
+	at  time.Time
+	why string
 }
 
 // accepted notes the ops a push result accepted beyond the heads the
@@ -718,7 +725,11 @@ func (s *session) flush() {
 	s.mu.Lock()
 	held := s.pushAt.After(now)
 	convHeld := s.heldConvsLocked(now) // conversations whose ops wait
+	list := s.heldListLocked()
 	s.mu.Unlock()
+	if !sameHeld(d.status.Held, list) { // a wait ended
+		d.setStatus(func(st *Status) { st.Held = list })
+	}
 	if held {
 		d.mu.Unlock()
 		return
@@ -827,8 +838,8 @@ func (s *session) holdPushes(after time.Duration, why string) {
 func (s *session) heldConvsLocked(now time.Time) map[ulid.ULID]bool {
 	var held map[ulid.ULID]bool
 	var first time.Time
-	for c, at := range s.convAt {
-		if !at.After(now) {
+	for c, h := range s.convAt {
+		if at := h.at; !at.After(now) {
 			delete(s.convAt, c)
 			continue
 		}
@@ -836,8 +847,8 @@ func (s *session) heldConvsLocked(now time.Time) map[ulid.ULID]bool {
 			held = map[ulid.ULID]bool{}
 		}
 		held[c] = true
-		if first.IsZero() || at.Before(first) {
-			first = at
+		if first.IsZero() || h.at.Before(first) {
+			first = h.at
 		}
 	}
 	if !first.IsZero() && !s.ended {
@@ -858,16 +869,39 @@ func (s *session) holdConv(conv ulid.ULID, after time.Duration, why string) {
 	now := d.opts.clock.Now()
 	at := pushAgainAt(now, after)
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ended || s.convAt[conv].After(now) { // held already: by another op of the push
+	if s.ended || s.convAt[conv].at.After(now) { // held already: by another op of the push
+		s.mu.Unlock()
 		return
 	}
 	if s.convAt == nil {
-		s.convAt = map[ulid.ULID]time.Time{}
+		s.convAt = map[ulid.ULID]convHold{}
 	}
-	s.convAt[conv], s.convWhy = at, why
+	s.convAt[conv] = convHold{at, why}
 	s.heldConvsLocked(now)
+	list := s.heldListLocked()
+	s.mu.Unlock()
+	d.setStatus(func(st *Status) { st.Held = list })
 	d.log.Warn("the server holds a conversation's ops", "conv", conv, "in", at.Sub(now).Round(time.Millisecond), "why", why)
+}
+
+// heldListLocked returns the conversations held (convAt), as Status.Held
+// gives them: a new slice, in id order. s.mu is held.
+func (s *session) heldListLocked() []HeldConversation {
+	if len(s.convAt) == 0 {
+		return nil
+	}
+	list := make([]HeldConversation, 0, len(s.convAt))
+	for c, h := range s.convAt {
+		list = append(list, HeldConversation{Conv: c, RetryAt: h.at, Err: fmt.Errorf("%w: %s", ErrPushDeferred, h.why)})
+	}
+	slices.SortFunc(list, func(a, b HeldConversation) int { return a.Conv.Compare(b.Conv) })
+	return list
+}
+
+// sameHeld reports whether a and b hold the same conversations until the
+// same times.
+func sameHeld(a, b []HeldConversation) bool {
+	return slices.EqualFunc(a, b, func(x, y HeldConversation) bool { return x.Conv == y.Conv && x.RetryAt.Equal(y.RetryAt) })
 }
 
 // releasePushes ends a hold (holdPushes) early, and the status's word of
@@ -952,7 +986,7 @@ func (s *session) done() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.d.pending) > 0 && len(s.heldConvsLocked(s.d.opts.clock.Now())) > 0 {
-		return &heldOps{why: s.convWhy}
+		return &heldOps{why: s.convAt[s.heldListLocked()[0].Conv].why}
 	}
 	return errDone
 }

@@ -126,9 +126,16 @@ func TestDamagedConversationOpsWait(t *testing.T) {
 	if s := status(t, alice, bad, waiting); s != clientsdk.StatusPending {
 		t.Fatalf("bad's message is %v, want pending", s)
 	}
-	if st := alice.Status(); st.Pending != 1 || errors.Is(st.Err, clientsdk.ErrPushDeferred) {
+	st := alice.Status()
+	if st.Pending != 1 || errors.Is(st.Err, clientsdk.ErrPushDeferred) {
 		t.Fatalf("status %+v, want one op pending and no push deferred", st)
 	}
+	// The status says which conversation's ops wait, till when, and why.
+	if len(st.Held) != 1 || st.Held[0].Conv != bad || !st.Held[0].RetryAt.After(fake.Now().Add(59*time.Second)) ||
+		!errors.Is(st.Held[0].Err, clientsdk.ErrPushDeferred) || !strings.Contains(st.Held[0].Err.Error(), "conversation "+bad.String()) {
+		t.Fatalf("held %+v; want bad's ops, for a minute or more, saying why", st.Held)
+	}
+	firstWait := st.Held[0].RetryAt
 	if got := eng.Damaged(); len(got) != 1 || got[0] != bad {
 		t.Fatalf("damaged %v, want [%s]", got, bad)
 	}
@@ -136,6 +143,10 @@ func TestDamagedConversationOpsWait(t *testing.T) {
 	before := route.srv.Server.Metrics().PushOps["retry_later"]
 	fake.Advance(73 * time.Second)
 	waitFor(t, alice, "bad's op pushed again", func() bool { return route.srv.Server.Metrics().PushOps["retry_later"] > before })
+	waitFor(t, alice, "bad's ops held again", func() bool {
+		h := alice.Status().Held
+		return len(h) == 1 && h[0].RetryAt.After(firstWait)
+	})
 
 	// A SyncOnce is done but for them, and says so.
 	alice.Stop()
@@ -152,6 +163,9 @@ func TestDamagedConversationOpsWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, alice, "bad's message sent", func() bool { return alice.Status().Pending == 0 })
+	if h := alice.Status().Held; h != nil {
+		t.Errorf("held %+v after the repair; want none", h)
+	}
 	if s := status(t, alice, bad, waiting); s != clientsdk.StatusSent {
 		t.Fatalf("bad's message is %v after the repair, want sent", s)
 	}

@@ -68,6 +68,21 @@ type Status struct {
 	// RetryAt is when an offline device reconnects, or when ops the server
 	// turned away go again.
 	RetryAt time.Time
+	// Held lists the conversations whose ops the server turns away for
+	// now, in id order, while the device's other ops go on: a
+	// conversation damaged in the server's store
+	// (REJECT_REASON_CONVERSATION_DAMAGED), which its operator repairs.
+	// Only those with ops in the outbox; nil when there are none.
+	Held []HeldConversation
+}
+
+// HeldConversation is a conversation whose ops wait (Status.Held).
+type HeldConversation struct {
+	Conv ulid.ULID
+	// RetryAt is when its ops go again.
+	RetryAt time.Time
+	// Err says why, and wraps ErrPushDeferred.
+	Err error
 }
 
 // Event is something that changed. Its concrete types are
@@ -212,6 +227,18 @@ func (d *Device) Status() Status {
 func (d *Device) statusLocked() Status {
 	st := d.status
 	st.Pending = len(d.pending)
+	if len(st.Held) > 0 {
+		// Only conversations with ops waiting: their echo may have
+		// come first (stored after all, by an earlier push).
+		waiting := map[ulid.ULID]bool{}
+		for _, ref := range d.pending {
+			waiting[ref.conv] = true
+		}
+		st.Held = slices.DeleteFunc(slices.Clone(st.Held), func(h HeldConversation) bool { return !waiting[h.Conv] })
+		if len(st.Held) == 0 {
+			st.Held = nil
+		}
+	}
 	if st.Pending == 0 && errors.Is(st.Err, ErrPushDeferred) {
 		// The ops turned away left the outbox another way (their echo
 		// came first): nothing waits any more.

@@ -232,7 +232,7 @@ class App {
     b.dataset.state = st.state;
     b.textContent =
       st.state === "catching-up" ? `catching up ${Math.min(st.receivedOps, st.missingOps)}/${st.missingOps}` :
-      st.state === "live" ? (st.pending ? `online, sending ${st.pending}` : "online") :
+      st.state === "live" ? (st.pending ? `online, sending ${st.pending}${st.held ? ` (${st.held.length} conversation${st.held.length > 1 ? "s" : ""} the server cannot take for now)` : ""}` : "online") :
       st.state === "signed-out" ? "signed out" :
       st.state === "failed" ? `stopped: ${st.lastError ?? "signed out by the server"}` :
       st.pending ? `offline, ${st.pending} waiting` : st.state;

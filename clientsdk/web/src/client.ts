@@ -38,6 +38,22 @@ export interface Status {
    * again without signOut().
    */
   lastError?: string;
+  /**
+   * Conversations whose ops the server turns away for now, in id order,
+   * while the device's other ops go on: a conversation damaged in the
+   * server's store (RejectReason.CONVERSATION_DAMAGED), which its
+   * operator repairs. Absent when there are none.
+   */
+  held?: HeldConversation[];
+}
+
+/** A conversation whose ops wait (Status.held). */
+export interface HeldConversation {
+  conversationId: string;
+  /** When its ops go again, in the client's clock (ms since the epoch). */
+  retryAt: number;
+  /** Why, as the server said. */
+  reason: string;
 }
 
 /** A conversation as an application lists it. */
@@ -369,7 +385,7 @@ export class FerryClient {
   // heldConvs are conversations whose ops wait, until the session's wait
   // for each is over: the server answered them RETRY_LATER for a reason of
   // theirs alone (damaged in its store), and the others' ops go on.
-  private readonly heldConvs = new Set<string>();
+  private readonly heldConvs = new Map<string, HeldConversation>();
   private signingIn = false; // a login or register is asking the server
   private acking = false;
   private ackWait?: { due: number; ctrl: AbortController }; // the wait running
@@ -1788,8 +1804,9 @@ export class FerryClient {
         const later = res.results.filter((r) => r.status === OpStatus.RETRY_LATER);
         const wait = Math.max(res.retryAfterMs, minPushWaitMs);
         if (later.length > 0 && later.every((r) => r.reason === RejectReason.CONVERSATION_DAMAGED)) {
-          console.warn(`ferry: ${later.find((r) => r.message)?.message || `conversation ${conv} cannot take ops for now`}; its ops wait, and go again in ${Math.round(wait / 1000)} s`);
-          this.holdConversation(session, conv, wait);
+          const reason = later.find((r) => r.message)?.message || `conversation ${conv} cannot take ops for now`;
+          console.warn(`ferry: ${reason}; its ops wait, and go again in ${Math.round(wait / 1000)} s`);
+          this.holdConversation(session, conv, wait, reason);
         } else if (later.length > 0) {
           const ce = new ConnectError(later.find((r) => r.message)?.message || "the server cannot take new ops for now", Code.Unavailable);
           this.setStatus({ lastError: ce.message });
@@ -1804,9 +1821,19 @@ export class FerryClient {
   // holdConversation holds the pushes of a conversation's ops for wait ms
   // in the session: the server answered them RETRY_LATER, its store
   // damaged. The session's end ends the hold: the next one pushes them.
-  private holdConversation(session: AbortController, convId: string, wait: number): void {
-    this.heldConvs.add(convId);
-    this.laterInSession(session, wait, () => void this.flush(), () => this.heldConvs.delete(convId));
+  // The status lists it meanwhile.
+  private holdConversation(session: AbortController, convId: string, wait: number, reason: string): void {
+    this.heldConvs.set(convId, { conversationId: convId, retryAt: this.opts.now() + wait, reason });
+    this.setHeld();
+    this.laterInSession(session, wait, () => void this.flush(), () => {
+      this.heldConvs.delete(convId);
+      this.setHeld();
+    });
+  }
+
+  private setHeld(): void {
+    const held = [...this.heldConvs.values()].sort((a, b) => (a.conversationId < b.conversationId ? -1 : a.conversationId > b.conversationId ? 1 : 0));
+    this.setStatus({ held: held.length > 0 ? held : undefined });
   }
 
   // pushRecovered ends a run of failed pushes: the backoff starts over,

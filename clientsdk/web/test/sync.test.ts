@@ -1967,10 +1967,16 @@ test("ops of a conversation damaged in the server's store wait alone, and go onc
   assert.equal(c.messages(bad).find((m) => m.text === "kept for later")?.status, "pending");
   assert.equal(pushes, 1, "the damaged conversation's op was pushed again while held");
   assert.equal(c.status().lastError, undefined);
+  // The status says which conversation's ops wait, till when, and why.
+  const waiting = c.status().held ?? [];
+  assert.equal(waiting.length, 1, `held ${JSON.stringify(waiting)}`);
+  assert.equal(waiting[0]!.conversationId, bad);
+  assert.ok(waiting[0]!.retryAt >= Date.now() + 50_000, `retry at ${waiting[0]!.retryAt}, a minute after the answer`);
+  assert.match(waiting[0]!.reason, new RegExp(`conversation ${bad}`));
 
   damaged = undefined;
   repaired();
-  await c.waitFor(() => c.status().pending === 0);
+  await c.waitFor(() => c.status().pending === 0 && c.status().held === undefined);
   assert.notEqual(c.messages(bad).find((m) => m.text === "kept for later")?.status, "pending");
   assert.ok(askedLater, "a push did not ask for RETRY_LATER");
 });
