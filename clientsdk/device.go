@@ -823,6 +823,23 @@ func (d *Device) RevokeDevice(ctx context.Context, id ulid.ULID) error {
 	return nil
 }
 
+// ChangePassword sets the user's password, given the current one. With
+// signOutOthers, the server revokes every other device of the user in the
+// same change (this one stays signed in), and it returns how many. A wrong
+// current password fails with connect.CodePermissionDenied, and such
+// tries are throttled as failed logins are.
+func (d *Device) ChangePassword(ctx context.Context, current, next string, signOutOthers bool) (signedOut int, err error) {
+	acc, _, _, err := d.authedClients()
+	if err != nil {
+		return 0, err
+	}
+	resp, err := acc.ChangePassword(ctx, &ferryv1.ChangePasswordRequest{CurrentPassword: current, NewPassword: next, SignOutOtherDevices: signOutOthers})
+	if err != nil {
+		return 0, fmt.Errorf("ferry: change password: %w", err)
+	}
+	return int(resp.GetDevicesSignedOut()), nil
+}
+
 // User is another user's public profile.
 type User struct {
 	ID          ulid.ULID

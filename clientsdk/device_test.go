@@ -879,3 +879,36 @@ func TestQueuedOpsOverTheMessageSizeGoOut(t *testing.T) {
 		t.Fatalf("%d messages, want 80", got)
 	}
 }
+
+// TestChangePassword: a device changes its user's password, signing the
+// user's other devices out: they stop with a terminal error, this one
+// syncs on, and the user signs in anew with the new password only.
+func TestChangePassword(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	phone := device(t, srv, "bob", false)
+	laptop := device(t, srv, "bob", true)
+	if err := laptop.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, laptop, "the laptop is live", func() bool { return laptop.Status().State == clientsdk.StateLive })
+	if _, err := phone.ChangePassword(ctx, "wrong horse", "battery staple", true); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("with a wrong current password: %v; want permission_denied", err)
+	}
+	n, err := phone.ChangePassword(ctx, "correct horse", "battery staple", true)
+	if err != nil || n != 1 {
+		t.Fatalf("change: %d, %v; want the laptop signed out", n, err)
+	}
+	waitFor(t, laptop, "the laptop stops", func() bool { return laptop.Status().State == clientsdk.StateFailed })
+	if _, err := phone.CreateConversation(ctx, "still here"); err != nil {
+		t.Fatal(err)
+	}
+	if err := phone.SyncOnce(ctx); err != nil {
+		t.Fatalf("the phone after the change: %v", err)
+	}
+	if err := laptop.Login(ctx, "bob", "correct horse", "laptop"); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("the laptop signing in with the old password: %v; want unauthenticated", err)
+	}
+	if err := laptop.Login(ctx, "bob", "battery staple", "laptop"); err != nil {
+		t.Fatalf("the laptop signing in with the new password: %v", err)
+	}
+}

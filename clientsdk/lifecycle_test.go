@@ -60,9 +60,13 @@ func TestCallsAfterClose(t *testing.T) {
 		"Devices":       func() error { _, err := d.Devices(ctx); return err },
 		"LookupUser":    func() error { _, err := d.LookupUser(ctx, "alice"); return err },
 		"RevokeDevice":  func() error { return d.RevokeDevice(ctx, a.Device) },
-		"Logout":        func() error { return d.Logout(ctx) },
-		"Login":         func() error { return d.Login(ctx, "alice", "correct horse", "again") },
-		"Register":      func() error { return d.Register(ctx, "alice2", "correct horse", "again") },
+		"ChangePassword": func() error {
+			_, err := d.ChangePassword(ctx, "correct horse", "battery staple", false)
+			return err
+		},
+		"Logout":   func() error { return d.Logout(ctx) },
+		"Login":    func() error { return d.Login(ctx, "alice", "correct horse", "again") },
+		"Register": func() error { return d.Register(ctx, "alice2", "correct horse", "again") },
 	}
 	for name, call := range calls {
 		func() {
@@ -222,8 +226,12 @@ func TestCallsBeforeSignIn(t *testing.T) {
 		"Devices":      func() error { _, err := d.Devices(ctx); return err },
 		"LookupUser":   func() error { _, err := d.LookupUser(ctx, "bob"); return err },
 		"RevokeDevice": func() error { return d.RevokeDevice(ctx, ulid.Make()) },
-		"Members":      func() error { _, err := d.Members(ctx, ulid.Make()); return err },
-		"Logout":       func() error { return d.Logout(ctx) },
+		"ChangePassword": func() error {
+			_, err := d.ChangePassword(ctx, "correct horse", "battery staple", false)
+			return err
+		},
+		"Members": func() error { _, err := d.Members(ctx, ulid.Make()); return err },
+		"Logout":  func() error { return d.Logout(ctx) },
 	}
 	for name, call := range calls {
 		if err := call(); !errors.Is(err, clientsdk.ErrNotSignedIn) {

@@ -161,6 +161,11 @@ func accountFixes(v *store.View, logs *logOwners) ([]accountFix, error) {
 				unfixed("username %q names user %s, who has no record: restore it from a backup (the name is kept, so that no one else takes it)", name, id)
 				break
 			}
+			if len(unread) > 0 {
+				// One of them may be the name's: kept till they are read.
+				unfixed("username %q names user %s, whose record names them %q (kept while user records do not decode, one of which may have the name)", name, id, rec.Username)
+				break
+			}
 			out = append(out, accountFix{
 				problem: fmt.Sprintf("username %q names user %s, whose record names them %q", name, id, rec.Username),
 				fix:     "username records of users named otherwise, deleted",
@@ -200,42 +205,102 @@ func accountFixes(v *store.View, logs *logOwners) ([]accountFix, error) {
 		return nil, err
 	}
 
-	// Devices.
-	wantToken := map[string]userDevice{} // token key -> the live device holding its hash
+	// Devices, read whole: whose each is by its record, and which token
+	// hashes the live records that decode hold.
+	type deviceEntry struct {
+		key []byte
+		id  userDevice
+		rec record.Device
+		err error // the record does not decode
+	}
+	var devices []deviceEntry
 	recOwner := map[ulid.ULID]ulid.ULID{}
+	holders := map[string][]userDevice{} // token key -> the live records that decode holding its hash
 	err = scan(v, []byte{keys.TDevice}, func(k, val []byte) error {
 		u, d, ok := keys.ParseID2(k)
 		if !ok {
 			unfixed("malformed device key %x", k)
 			return nil
 		}
-		recOwner[d] = u
 		rec, err := record.DecodeDevice(val)
-		switch ts := tokensOf[userDevice{u, d}]; {
-		case err != nil && len(ts) == 1:
-			rec = record.Device{Name: lostDeviceName, CreatedMs: int64(d.Time())}
-			copy(rec.TokenHash[:], ts[0][1:])
-			out = append(out, accountFix{
-				problem: fmt.Sprintf("device %s of user %s: %v", d, u, err),
-				fix:     "device records that did not decode, made anew from their tokens (the devices keep signing in; their names are lost)",
-				set:     []keyValue{{bytes.Clone(k), record.AppendDevice(nil, &rec)}},
-			})
-		case err != nil:
-			out = append(out, accountFix{
-				problem: fmt.Sprintf("device %s of user %s: %v", d, u, err),
-				fix:     "device records that did not decode, without one token record of the device, deleted (the devices are revoked, and sign in again)",
-				del:     [][]byte{bytes.Clone(k)},
-			})
-			return nil
-		case rec.Revoked:
-			// Kept by stores from before revoking deleted the record.
-			return nil
+		devices = append(devices, deviceEntry{bytes.Clone(k), userDevice{u, d}, rec, err})
+		recOwner[d] = u
+		if err == nil && !rec.Revoked {
+			tk := string(keys.Token(rec.TokenHash))
+			holders[tk] = append(holders[tk], userDevice{u, d})
 		}
-		wantToken[string(keys.Token(rec.TokenHash))] = userDevice{u, d}
 		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+
+	// Devices whose user is in doubt (their ops have two, or their record
+	// and their ops disagree), and tokens whose hash two records hold,
+	// are left as found: their records, the tokens naming them and their
+	// records of their user. Nothing here can tell which is right.
+	doubt := map[ulid.ULID]bool{}
+	for _, d := range slices.SortedFunc(maps.Keys(logs.conflict), ulid.ULID.Compare) {
+		c := logs.conflict[d]
+		unfixed("device %s wrote ops as user %s and as user %s", d, c[0], c[1])
+		doubt[d] = true
+	}
+	for _, d := range slices.SortedFunc(maps.Keys(recOwner), ulid.ULID.Compare) {
+		if lu, ok := logs.of[d]; ok && !doubt[d] && lu != recOwner[d] {
+			unfixed("device %s is user %s's by its record, and wrote ops as user %s", d, recOwner[d], lu)
+			doubt[d] = true
+		}
+	}
+	shared := map[string]bool{}
+	for _, tk := range slices.Sorted(maps.Keys(holders)) {
+		if hs := holders[tk]; len(hs) > 1 {
+			unfixed("devices %v all hold the hash of token %x", hs, tk[1:])
+			shared[tk] = true
+		}
+	}
+	untouched := func(tk string, names userDevice, decoded bool) bool {
+		if shared[tk] || decoded && doubt[names.device] {
+			return true
+		}
+		return slices.ContainsFunc(holders[tk], func(h userDevice) bool { return doubt[h.device] })
+	}
+
+	wantToken := map[string]userDevice{} // token key -> the live device holding its hash
+	for _, de := range devices {
+		u, d := de.id.user, de.id.device
+		switch {
+		case doubt[d]:
+		case de.err != nil:
+			// Its token: the one naming it whose hash no other record
+			// holds.
+			var ts [][]byte
+			for _, tk := range tokensOf[de.id] {
+				if len(holders[string(tk)]) == 0 {
+					ts = append(ts, tk)
+				}
+			}
+			if len(ts) != 1 {
+				out = append(out, accountFix{
+					problem: fmt.Sprintf("device %s of user %s: %v", d, u, de.err),
+					fix:     "device records that did not decode, without one token record of the device, deleted (the devices are revoked, and sign in again)",
+					del:     [][]byte{de.key},
+				})
+				break
+			}
+			rec := record.Device{Name: lostDeviceName, CreatedMs: int64(d.Time())}
+			copy(rec.TokenHash[:], ts[0][1:])
+			out = append(out, accountFix{
+				problem: fmt.Sprintf("device %s of user %s: %v", d, u, de.err),
+				fix:     "device records that did not decode, made anew from their tokens (the devices keep signing in; their names are lost)",
+				set:     []keyValue{{de.key, record.AppendDevice(nil, &rec)}},
+			})
+			wantToken[string(ts[0])] = de.id
+		case de.rec.Revoked:
+			// Kept by stores from before revoking deleted the record.
+		case shared[string(keys.Token(de.rec.TokenHash))]:
+		default:
+			wantToken[string(keys.Token(de.rec.TokenHash))] = de.id
+		}
 	}
 
 	// Tokens follow the live devices' records.
@@ -255,7 +320,7 @@ func accountFixes(v *store.View, logs *logOwners) ([]accountFix, error) {
 				fix:     "token records set to the device holding their hash",
 				set:     []keyValue{{t.key, record.AppendIDs(nil, want.user, want.device)}},
 			})
-		case ok:
+		case ok, untouched(string(t.key), t.val, t.err == nil):
 		case t.err != nil:
 			out = append(out, accountFix{
 				problem: fmt.Sprintf("token record %x: %v, and no device's record holds its hash", t.key[1:], t.err),
@@ -280,25 +345,15 @@ func accountFixes(v *store.View, logs *logOwners) ([]accountFix, error) {
 	}
 
 	// Devices' users follow the devices' records, or their ops.
-	conflicts := slices.SortedFunc(maps.Keys(logs.conflict), ulid.ULID.Compare)
-	for _, d := range conflicts {
-		c := logs.conflict[d]
-		unfixed("device %s wrote ops as user %s and as user %s", d, c[0], c[1])
-	}
 	wantOwner := map[ulid.ULID]ulid.ULID{}
 	why := map[ulid.ULID]string{}
 	for d, u := range logs.of {
-		if _, bad := logs.conflict[d]; !bad {
+		if !doubt[d] {
 			wantOwner[d], why[d] = u, "its ops"
 		}
 	}
 	for d, u := range recOwner {
-		if lu, ok := wantOwner[d]; ok && lu != u {
-			unfixed("device %s is user %s's by its record, and wrote ops as user %s", d, u, lu)
-			delete(wantOwner, d)
-			continue
-		}
-		if _, bad := logs.conflict[d]; !bad {
+		if !doubt[d] {
 			wantOwner[d], why[d] = u, "its record"
 		}
 	}
@@ -312,6 +367,7 @@ func accountFixes(v *store.View, logs *logOwners) ([]accountFix, error) {
 		want, known := wantOwner[d]
 		delete(wantOwner, d)
 		switch {
+		case doubt[d]:
 		case err != nil && known:
 			out = append(out, accountFix{
 				problem: fmt.Sprintf("record of a device's user %x: %v", k[1:], err),

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -260,11 +261,30 @@ func (e *Engine) Login(ctx context.Context, username, password, deviceName strin
 	if !ok {
 		return Credentials{}, fail
 	}
+	if f := afterLoginVerified; f != nil {
+		f()
+	}
 	creds, dev := e.newDevice(user, deviceName)
-	full := false
+	full, stale := false, false
 	err = e.write(ctx, 1, func(tx *txn) {
+		// The password may have changed since it was verified (by a
+		// change earlier in this group, too): the login is refused.
+		k := keys.ID1(keys.TUser, user.ID)
+		raw, err := tx.v.Get(k)
+		var now record.User
+		if err == nil {
+			now, err = record.DecodeUser(raw)
+		}
+		if errors.Is(err, store.ErrNotFound) || corrupt(err) || err == nil && (now.PasswordHash != rec.PasswordHash || tx.claims[string(k)]) {
+			stale = true
+			return
+		}
+		if err != nil {
+			tx.fail(err)
+			return
+		}
 		n := 0
-		err := scan(tx.v, keys.ID1(keys.TDevice, user.ID), func(k, val []byte) error {
+		err = scan(tx.v, keys.ID1(keys.TDevice, user.ID), func(k, val []byte) error {
 			d, err := record.DecodeDevice(val)
 			switch {
 			case corrupt(err):
@@ -293,12 +313,19 @@ func (e *Engine) Login(ctx context.Context, username, password, deviceName strin
 	if err != nil {
 		return Credentials{}, err
 	}
+	if stale {
+		return Credentials{}, fail
+	}
 	if full {
 		return Credentials{}, fmt.Errorf("%w: %s already has %d devices, the limit; revoke one first (RevokeDevice from a device signed in, or the server's operator: ferryd revoke-devices)", ErrTooMany, user.Username, e.opts.MaxDevicesPerUser)
 	}
 	e.log.Info("device added", "user", user.ID, "device", creds.Device)
 	return creds, nil
 }
+
+// afterLoginVerified, when set (by tests), runs in each Login after it
+// verified the password and before it writes.
+var afterLoginVerified func()
 
 func lookupUser(v *store.View, username string) (User, record.User, error) {
 	raw, err := v.Get(keys.Username(username))
@@ -359,9 +386,10 @@ func (e *Engine) Authenticate(token string) (Actor, error) {
 	}
 	v := e.st.View()
 	defer v.Release()
-	raw, err := v.Get(keys.Token(sha256.Sum256([]byte(token))))
+	hash := sha256.Sum256([]byte(token))
+	raw, err := v.Get(keys.Token(hash))
 	if errors.Is(err, store.ErrNotFound) {
-		return Actor{}, fmt.Errorf("%w: unknown or revoked token", ErrUnauthenticated)
+		return Actor{}, errUnknownToken
 	}
 	if err != nil {
 		return Actor{}, err
@@ -376,8 +404,29 @@ func (e *Engine) Authenticate(token string) (Actor, error) {
 	if err != nil {
 		return Actor{}, err
 	}
+	// The device's record holds the hash of its one token: a token
+	// record it does not hold (one left by a record revoked or made anew
+	// since) signs in nowhere.
+	raw, err = v.Get(keys.ID2(keys.TDevice, user, device))
+	var d record.Device
+	if err == nil {
+		d, err = record.DecodeDevice(raw)
+	}
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return Actor{}, errUnknownToken
+	case corrupt(err):
+		e.accountDamaged("the device is refused as if revoked, and signs in again", err, "user", user, "device", device)
+		return Actor{}, errDeviceUnreadable
+	case err != nil:
+		return Actor{}, err
+	case d.Revoked || d.TokenHash != hash:
+		return Actor{}, errUnknownToken
+	}
 	return Actor{User: user, Device: device}, nil
 }
+
+var errUnknownToken = fmt.Errorf("%w: unknown or revoked token", ErrUnauthenticated)
 
 // Account returns the actor's user and device.
 func (e *Engine) Account(a Actor) (User, Device, error) {
@@ -431,7 +480,13 @@ func device(v *store.View, user, id ulid.ULID) (Device, error) {
 	return Device{ID: id, Name: rec.Name, Created: msTime(rec.CreatedMs)}, nil
 }
 
-// Devices lists the actor's user's devices that are not revoked.
+// unreadableDeviceName names, in its user's list, a device whose record
+// does not decode.
+const unreadableDeviceName = "a device whose record the server cannot read"
+
+// Devices lists the actor's user's devices that are not revoked, a device
+// whose record does not decode among them (refused until the store is
+// repaired, it is listed so that it can be revoked).
 func (e *Engine) Devices(a Actor) ([]Device, error) {
 	v := e.st.View()
 	defer v.Release()
@@ -444,8 +499,11 @@ func (e *Engine) Devices(a Actor) ([]Device, error) {
 		}
 		rec, err := record.DecodeDevice(val)
 		if corrupt(err) {
-			// Refused as if revoked (deviceActive): not listed.
-			e.accountDamaged("the device is refused as if revoked, and left out of its user's list", err, "user", a.User, "device", id)
+			// Refused as if revoked (deviceActive), and listed, so that
+			// its user (or the operator's revoke-devices) can revoke it
+			// for good: ferryd rebuild would make it anew from its token.
+			e.accountDamaged("the device is refused as if revoked, and listed as unreadable", err, "user", a.User, "device", id)
+			out = append(out, Device{ID: id, Name: unreadableDeviceName, Created: msTime(int64(id.Time()))})
 			return nil
 		}
 		if err != nil {
@@ -477,10 +535,11 @@ func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error 
 		}
 		rec, err := record.DecodeDevice(raw)
 		if corrupt(err) {
-			// Refused as if revoked (deviceActive) already: so it is
-			// not found. ferryd rebuild deletes the record.
-			e.accountDamaged("the device is refused as if revoked, and cannot be revoked again", err, "user", a.User, "device", id)
-			notFound = true
+			// Refused already, and now revoked for good: the record
+			// goes, and the token it held, which cannot be told, signs
+			// in nowhere without it (ferryd rebuild deletes it).
+			e.accountDamaged("the device is revoked, its token left for ferryd rebuild to delete", err, "user", a.User, "device", id)
+			tx.revoke(a.User, id, k, nil)
 			return
 		}
 		if err != nil {
@@ -491,16 +550,7 @@ func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error 
 			notFound = true
 			return
 		}
-		if tx.revoked == nil {
-			tx.revoked = map[ulid.ULID]ulid.ULID{}
-		}
-		tx.revoked[id] = a.User
-		// The record goes: a user who signs in and out in a loop would
-		// otherwise grow the records every Login scans in the writer.
-		// The device's id stays its user's (TDeviceOf), for its ops.
-		tx.b.Delete(k)
-		tx.b.Delete(keys.Token(rec.TokenHash))
-		tx.wakeUser(a.User, 1)
+		tx.revoke(a.User, id, k, &rec)
 	})
 	if err != nil {
 		return err
@@ -510,6 +560,170 @@ func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error 
 	}
 	e.log.Info("device revoked", "user", a.User, "device", id, "by", a.Device)
 	return nil
+}
+
+// revoke revokes device id of user, whose record rec is at k: its token
+// stops working and its sessions end.
+func (tx *txn) revoke(user, id ulid.ULID, k []byte, rec *record.Device) {
+	if tx.revoked == nil {
+		tx.revoked = map[ulid.ULID]ulid.ULID{}
+	}
+	tx.revoked[id] = user
+	// The record goes: a user who signs in and out in a loop would
+	// otherwise grow the records every Login scans in the writer. The
+	// device's id stays its user's (TDeviceOf), for its ops.
+	tx.b.Delete(k)
+	if rec != nil {
+		tx.b.Delete(keys.Token(rec.TokenHash))
+	}
+	tx.wakeUser(user, 1)
+}
+
+// ChangePassword sets the password of a's user to next, once current is
+// their password (ErrForbidden when it is not: a stolen device cannot lock
+// its user out). With signOutOthers, it revokes every other device of
+// theirs in the same write, as RevokeDevice does, and returns how many.
+// A Login that checked the old password and has not yet added its device
+// fails; the devices signed in stay (without signOutOthers).
+func (e *Engine) ChangePassword(ctx context.Context, a Actor, current, next string, signOutOthers bool) (signedOut int, err error) {
+	if err := checkPassword(next); err != nil {
+		return 0, err
+	}
+	if len(current) > MaxPassword {
+		return 0, fmt.Errorf("%w: the current password is wrong", ErrForbidden)
+	}
+	v := e.st.View()
+	_, rec, err := userByID(v, a.User)
+	v.Release()
+	if corrupt(err) {
+		e.accountDamaged("the user cannot change their password", err, "user", a.User)
+		return 0, fmt.Errorf("%w: the server cannot read your account's record until the server's operator repairs the server's store", ErrAccountDamaged)
+	}
+	if err != nil {
+		return 0, err
+	}
+	release, err := e.hashSlot(ctx)
+	if err != nil {
+		return 0, err
+	}
+	ok, err := verifyPassword(rec.PasswordHash, current)
+	var hash string
+	if err == nil && ok {
+		hash = e.hashPassword(next)
+	}
+	release()
+	if err != nil {
+		return 0, fmt.Errorf("verify password of %s: %w", a.User, err)
+	}
+	if !ok {
+		return 0, fmt.Errorf("%w: the current password is wrong", ErrForbidden)
+	}
+	n, err := e.setPassword(ctx, a.User, rec.PasswordHash, hash, a, signOutOthers)
+	if err == nil {
+		e.log.Info("password changed", "user", a.User, "device", a.Device, "devices_signed_out", n)
+	}
+	return n, err
+}
+
+// SetPassword sets the password of the user named username: for the
+// server's operator (ferryd set-password), whose user forgot theirs. Their
+// devices stay signed in.
+func (e *Engine) SetPassword(ctx context.Context, username, next string) (User, error) {
+	if err := checkPassword(next); err != nil {
+		return User{}, err
+	}
+	name, err := NormalizeUsername(username)
+	if err != nil {
+		return User{}, err
+	}
+	v := e.st.View()
+	u, rec, err := lookupUser(v, name)
+	v.Release()
+	if err != nil {
+		return User{}, err
+	}
+	release, err := e.hashSlot(ctx)
+	if err != nil {
+		return User{}, err
+	}
+	hash := e.hashPassword(next)
+	release()
+	if _, err := e.setPassword(ctx, u.ID, rec.PasswordHash, hash, Actor{}, false); err != nil {
+		return User{}, err
+	}
+	e.log.Info("password set by the operator", "user", u.ID)
+	return u, nil
+}
+
+// setPassword writes hash as user's password's, where their record still
+// holds was (else ErrPrecondition: the password changed meanwhile), a's
+// device still signed in when a names one; with signOutOthers, it revokes
+// the user's other devices than a's, and returns how many.
+func (e *Engine) setPassword(ctx context.Context, user ulid.ULID, was, hash string, a Actor, signOutOthers bool) (int, error) {
+	var n int
+	var changed, revoked bool
+	err := e.write(ctx, 1, func(tx *txn) {
+		k := keys.ID1(keys.TUser, user)
+		raw, err := tx.v.Get(k)
+		var rec record.User
+		if err == nil {
+			rec, err = record.DecodeUser(raw)
+		}
+		if errors.Is(err, store.ErrNotFound) || corrupt(err) {
+			changed = true // read fine before the write: so not as it was
+			return
+		}
+		if err != nil {
+			tx.fail(err)
+			return
+		}
+		// A login of the group, applied before, added a device that the
+		// scan below would not see: the change goes again, in the next.
+		if changed = rec.PasswordHash != was || tx.claimed(string(k)) || tx.added[user] > 0; changed {
+			return
+		}
+		if revoked = a.Device != (ulid.ULID{}) && !tx.deviceActive(a); revoked {
+			return
+		}
+		rec.PasswordHash = hash
+		tx.b.Set(k, record.AppendUser(nil, &rec))
+		if !signOutOthers {
+			return
+		}
+		err = scan(tx.v, keys.ID1(keys.TDevice, user), func(dk, val []byte) error {
+			_, id, ok := keys.ParseID2(dk)
+			if !ok || id == a.Device || tx.claimed(string(dk)) {
+				return nil
+			}
+			d, err := record.DecodeDevice(val)
+			switch {
+			case corrupt(err):
+				// Refused as if revoked already; its token cannot be
+				// told, and stays until ferryd rebuild removes it.
+				tx.revoke(user, id, bytes.Clone(dk), nil)
+			case err != nil:
+				return err
+			case d.Revoked:
+				tx.b.Delete(dk) // kept by stores from before revoking deleted the record
+			default:
+				tx.revoke(user, id, bytes.Clone(dk), &d)
+				n++
+			}
+			return nil
+		})
+		if err != nil {
+			tx.fail(err)
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case changed:
+		return 0, fmt.Errorf("%w: the password changed meanwhile; try again", ErrPrecondition)
+	case revoked:
+		return 0, fmt.Errorf("%w: this device was signed out", ErrUnauthenticated)
+	}
+	return n, nil
 }
 
 // deviceActive reports whether the actor's device is still valid (not
@@ -529,6 +743,31 @@ func (e *Engine) deviceActive(v *store.View, a Actor) (bool, error) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// UserNamed returns the id of the user named username, from the
+// username's record alone: for the operator's tools (revoke-devices),
+// which act on a user whose own record may not decode. ErrNotFound when no
+// one has the name.
+func (e *Engine) UserNamed(username string) (ulid.ULID, error) {
+	name, err := NormalizeUsername(username)
+	if err != nil {
+		return ulid.ULID{}, fmt.Errorf("%w: user %q", ErrNotFound, username)
+	}
+	v := e.st.View()
+	defer v.Release()
+	raw, err := v.Get(keys.Username(name))
+	if errors.Is(err, store.ErrNotFound) {
+		return ulid.ULID{}, fmt.Errorf("%w: user %q", ErrNotFound, name)
+	}
+	if err != nil {
+		return ulid.ULID{}, err
+	}
+	id, err := record.DecodeID(raw)
+	if corrupt(err) {
+		return ulid.ULID{}, fmt.Errorf("%w: the record of the username %q does not decode (ferryd rebuild makes it anew from its user's)", ErrAccountDamaged, name)
+	}
+	return id, err
 }
 
 // LookupUsers resolves usernames; unknown ones are left out. At most

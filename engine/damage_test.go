@@ -632,16 +632,21 @@ func TestDamagedAccountRecords(t *testing.T) {
 	})
 
 	// Bob's device, whose record does not decode, is refused as if
-	// revoked: not counted, listed or revoked again; he signs in anew.
-	tablet := enginetest.Login(t, p.e, "bob")
-	if devs, err := p.e.Devices(tablet.Actor); err != nil || len(devs) != 1 || devs[0].ID != tablet.Actor.Device {
-		t.Errorf("bob's devices: %+v, %v; want the tablet alone", devs, err)
-	}
-	if err := p.e.RevokeDevice(ctx, tablet.Actor, p.bob.Actor.Device); !errors.Is(err, engine.ErrNotFound) {
-		t.Errorf("revoking the unreadable device: %v; want ErrNotFound", err)
+	// revoked: its token signs in nowhere, and it is not counted among
+	// his devices (he signs in anew), but listed, so that he can revoke
+	// it.
+	if _, err := p.e.Authenticate(p.bob.Token); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Errorf("the unreadable device's token: %v; want ErrUnauthenticated", err)
 	}
 	if _, _, err := p.e.Account(p.bob.Actor); !errors.Is(err, engine.ErrUnauthenticated) {
 		t.Errorf("the unreadable device's account: %v; want ErrUnauthenticated", err)
+	}
+	tablet := enginetest.Login(t, p.e, "bob")
+	devs, err := p.e.Devices(tablet.Actor)
+	if err != nil || len(devs) != 2 || !slices.ContainsFunc(devs, func(d engine.Device) bool {
+		return d.ID == p.bob.Actor.Device && d.Name == engine.UnreadableDeviceName
+	}) {
+		t.Errorf("bob's devices: %+v, %v; want the tablet and the unreadable one, saying so", devs, err)
 	}
 	// Carol's record and dave's username's do not decode: they cannot
 	// sign in, and lookups leave them out.
@@ -702,7 +707,7 @@ func TestDamagedAccountRecords(t *testing.T) {
 		t.Fatalf("bob's token after the rebuild: %+v, %v", a, err)
 	}
 	p.bob.Send(p.good, "back")
-	devs, err := p.e.Devices(p.bob.Actor)
+	devs, err = p.e.Devices(p.bob.Actor)
 	if err != nil || !slices.ContainsFunc(devs, func(d engine.Device) bool {
 		return d.ID == p.bob.Actor.Device && d.Name == engine.LostDeviceName && d.Created.UnixMilli() == int64(p.bob.Actor.Device.Time())
 	}) {
@@ -710,5 +715,138 @@ func TestDamagedAccountRecords(t *testing.T) {
 	}
 	if _, err := p.e.Login(ctx, "dave", "correct horse", "phone"); err != nil {
 		t.Errorf("dave's login after the rebuild: %v", err)
+	}
+}
+
+// TestRevokedUnreadableDeviceStaysRevoked: a device whose record does not
+// decode can be revoked, by its user or by the operator's revoke-devices
+// (which lists the user's devices, then revokes them), and then stays
+// revoked: the rebuild after it does not make its record anew from the
+// token the record held.
+func TestRevokedUnreadableDeviceStaysRevoked(t *testing.T) {
+	for _, by := range []string{"its user", "the operator"} {
+		t.Run(by, func(t *testing.T) {
+			ctx := context.Background()
+			o := enginetest.Options(t, 1)
+			e := enginetest.Open(t, o)
+			alice := enginetest.Register(t, e, "alice")
+			stolen := enginetest.Login(t, e, "alice")
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := engine.SetKey(o.FS, "db", engine.DeviceKey(alice.Actor.User, stolen.Actor.Device), garbled); err != nil {
+				t.Fatal(err)
+			}
+			e = enginetest.Open(t, o)
+			if by == "its user" {
+				if err := e.RevokeDevice(ctx, alice.Actor, stolen.Actor.Device); err != nil {
+					t.Fatalf("revoke: %v", err)
+				}
+			} else {
+				id, err := e.UserNamed("Alice")
+				if err != nil || id != alice.Actor.User {
+					t.Fatalf("user named alice: %s, %v", id, err)
+				}
+				op := engine.Actor{User: id}
+				devs, err := e.Devices(op)
+				if err != nil || len(devs) != 2 {
+					t.Fatalf("devices: %+v, %v", devs, err)
+				}
+				for _, d := range devs {
+					if err := e.RevokeDevice(ctx, op, d.ID); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := e.Failed(); err != nil {
+				t.Fatalf("the store failed: %v", err)
+			}
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := engine.Rebuild("db", o)
+			if err != nil || len(rep.Check.Problems) > 0 {
+				t.Fatalf("rebuild: %v, check after it %q", err, rep.Check.Problems)
+			}
+			e = enginetest.Open(t, o)
+			if _, err := e.Authenticate(stolen.Token); !errors.Is(err, engine.ErrUnauthenticated) {
+				t.Errorf("the revoked device's token after the rebuild: %v; want ErrUnauthenticated", err)
+			}
+		})
+	}
+}
+
+// TestUnreadableDeviceReadsNothing: a device whose record does not decode
+// is refused as if revoked by every call, reads too: its token signs in
+// nowhere.
+func TestUnreadableDeviceReadsNothing(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	stolen := enginetest.Login(t, e, "alice")
+	conv := alice.Create("pair", bob)
+	bob.Send(conv, "secret")
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.SetKey(o.FS, "db", engine.DeviceKey(alice.Actor.User, stolen.Actor.Device), garbled); err != nil {
+		t.Fatal(err)
+	}
+	e = enginetest.Open(t, o)
+	if _, err := e.Authenticate(stolen.Token); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Errorf("the token of a device whose record does not decode: %v; want ErrUnauthenticated", err)
+	}
+	if _, err := e.Authenticate(alice.Token); err != nil {
+		t.Errorf("her other device's token: %v", err)
+	}
+}
+
+// TestRepairSkipsADeviceOfUnreadableUser: a device whose record of its
+// user does not decode is not asked for in Repair (not known to be the
+// caller's), and fences nothing.
+func TestRepairSkipsADeviceOfUnreadableUser(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("pair", bob)
+	bob.Send(conv, "hi")
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.SetKey(o.FS, "db", engine.DeviceOfKey(bob.Actor.Device), garbled); err != nil {
+		t.Fatal(err)
+	}
+	e = enginetest.Open(t, o)
+	// Alice's device says it holds more of bob's device's ops than the
+	// server does.
+	have := model.NewVector(model.Dot{Device: bob.Actor.Device, N: 9})
+	if _, err := e.Repair(alice.Actor, conv, have, 100); err != nil {
+		t.Errorf("alice's repair: %v", err)
+	}
+	if d := e.Damaged(); len(d) > 0 {
+		t.Errorf("fenced: %v", d)
+	}
+}
+
+// TestConversationMemberWithoutUserRecord: a member whose user record is
+// missing is listed by id alone.
+func TestConversationMemberWithoutUserRecord(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("pair", bob)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.DeleteKey(o.FS, "db", engine.UserKey(bob.Actor.User)); err != nil {
+		t.Fatal(err)
+	}
+	e = enginetest.Open(t, o)
+	_, members, _, err := e.Conversation(alice.Actor, conv)
+	if err != nil || len(members) != 2 || !slices.ContainsFunc(members, func(m engine.Member) bool { return m.ID == bob.Actor.User && m.Username == "" }) {
+		t.Errorf("members with bob's user record lost: %+v, %v; want bob by id alone", members, err)
 	}
 }

@@ -780,3 +780,30 @@ func UsernameKey(name string) []byte { return keys.Username(name) }
 // LostDeviceName is the name Rebuild gives a device whose record it made
 // anew.
 const LostDeviceName = lostDeviceName
+
+// AfterLoginVerified runs f in each Login after it verified the password
+// and before it writes, until the test ends.
+func AfterLoginVerified(t interface{ Cleanup(func()) }, f func()) {
+	afterLoginVerified = f
+	t.Cleanup(func() { afterLoginVerified = nil })
+}
+
+// UnreadableDeviceName is the name Devices lists a device whose record
+// does not decode under.
+const UnreadableDeviceName = unreadableDeviceName
+
+// IDsRecord is (user, device) as a token record holds them.
+func IDsRecord(user, device ulid.ULID) []byte { return record.AppendIDs(nil, user, device) }
+
+// SetOpUser rewrites the user of conv's op at seq in the closed store.
+func SetOpUser(fs vfs.FS, dir string, conv ulid.ULID, seq uint64, user ulid.ULID) error {
+	return rewriteAs(fs, dir, formatVersion, func(v *store.View, b *store.Batch) error {
+		op, err := readOp(v, conv, seq)
+		if err != nil {
+			return err
+		}
+		op.User = user
+		b.Set(keys.Op(conv, seq), record.AppendOp(nil, &op))
+		return nil
+	})
+}

@@ -908,3 +908,125 @@ func TestRebuildAccountsWithoutTheirTruth(t *testing.T) {
 		t.Errorf("registering carol's name: %v; want ErrExists", err)
 	}
 }
+
+// TestRebuildGivesNoDeviceAnotherDevicesToken: a device's record that does
+// not decode is not made anew from a token record whose hash another
+// device's sound record holds (here alice's token record, damaged to name
+// bob's tablet, whose own token record is lost): alice's token stays
+// hers, and the tablet, with no token of its own, is revoked.
+func TestRebuildGivesNoDeviceAnotherDevicesToken(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	tablet := enginetest.Login(t, e, "bob")
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range []error{
+		engine.SetKey(o.FS, "db", engine.DeviceKey(bob.Actor.User, tablet.Actor.Device), []byte{1, 2, 3}),
+		engine.DeleteKey(o.FS, "db", engine.TokenKey(tablet.Token)),
+		engine.SetKey(o.FS, "db", engine.TokenKey(alice.Token), engine.IDsRecord(bob.Actor.User, tablet.Actor.Device)),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := engine.Rebuild("db", o)
+	if err != nil || len(rep.Unfixed) > 0 || len(rep.Check.Problems) > 0 {
+		t.Fatalf("rebuild: %v; unfixed %q, check after it %q", err, rep.Unfixed, rep.Check.Problems)
+	}
+	t.Logf("fixes: %v", rep.Fixes)
+	e = enginetest.Open(t, o)
+	if a, err := e.Authenticate(alice.Token); err != nil || a != alice.Actor {
+		t.Errorf("alice's token after the rebuild: %+v, %v; want hers", a, err)
+	}
+	if _, err := e.Authenticate(tablet.Token); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Errorf("the tablet's token after the rebuild: %v; want ErrUnauthenticated", err)
+	}
+}
+
+// TestRebuildLeavesADeviceInDoubt: a device whose record (keyed under
+// bob) and ops (written as alice: a damaged op) disagree on its user is
+// left as found, its record and its record of its user, and reported; a
+// second rebuild fixes nothing more, and moves it to no one. (Its token's
+// record, which does not decode either, names no one and goes.)
+func TestRebuildLeavesADeviceInDoubt(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("pair", bob)
+	tablet := enginetest.Login(t, e, "bob")
+	msg := tablet.Send(conv, "from bob's tablet")
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range []error{
+		engine.SetKey(o.FS, "db", engine.DeviceKey(bob.Actor.User, tablet.Actor.Device), []byte{1, 2, 3}),
+		engine.SetKey(o.FS, "db", engine.TokenKey(tablet.Token), []byte{1, 2, 3}),
+		engine.SetOpUser(o.FS, "db", conv, msg.Seq, alice.Actor.User),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := engine.Snapshot(o.FS, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		rep, err := engine.Rebuild("db", o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(rep.Unfixed, func(u string) bool {
+			return strings.Contains(u, "device "+tablet.Actor.Device.String()+" is user "+bob.Actor.User.String()+"'s by its record, and wrote ops as user "+alice.Actor.User.String())
+		}) {
+			t.Errorf("rebuild %d: unfixed %q; want the tablet's doubt", i+1, rep.Unfixed)
+		}
+		after, err := engine.Snapshot(o.FS, "db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range [][]byte{engine.DeviceKey(bob.Actor.User, tablet.Actor.Device), engine.DeviceOfKey(tablet.Actor.Device)} {
+			if before[string(k)] != after[string(k)] {
+				t.Errorf("rebuild %d changed %x: %x -> %x", i+1, k, before[string(k)], after[string(k)])
+			}
+		}
+		if i == 1 && len(rep.Fixes) > 0 {
+			t.Errorf("the second rebuild fixed %v", rep.Fixes)
+		}
+	}
+}
+
+// TestRebuildKeepsANameAnUnreadableUserMayHold: while a user's record
+// does not decode, a username record naming another user who is named
+// otherwise is kept (reported): the name may be the unreadable user's,
+// whose record a backup brings back, and must not be free to register.
+func TestRebuildKeepsANameAnUnreadableUserMayHold(t *testing.T) {
+	o := enginetest.Options(t, 1)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	carol := enginetest.Register(t, e, "carol")
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.SetKey(o.FS, "db", engine.UserKey(carol.Actor.User), []byte{1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.SetKey(o.FS, "db", engine.UsernameKey("carol"), engine.IDRecord(alice.Actor.User)); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := engine.Rebuild("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Unfixed) != 2 {
+		t.Errorf("unfixed %q; want carol's record and her name's", rep.Unfixed)
+	}
+	e = enginetest.Open(t, o)
+	if _, err := e.Register(context.Background(), engine.NewAccount{Username: "carol", Password: "correct horse"}); !errors.Is(err, engine.ErrExists) {
+		t.Errorf("registering carol's name after the rebuild: %v; want ErrExists", err)
+	}
+}

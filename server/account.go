@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 
 	"connectrpc.com/connect/v2"
 
@@ -98,4 +99,23 @@ func (h accountService) LookupUsers(ctx context.Context, req *ferryv1.LookupUser
 		resp.Users = append(resp.Users, userToProto(u))
 	}
 	return resp, nil
+}
+
+func (h accountService) ChangePassword(ctx context.Context, req *ferryv1.ChangePasswordRequest) (*ferryv1.ChangePasswordResponse, error) {
+	a := actorFrom(ctx)
+	u, _, err := h.s.eng.Account(a)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	// A wrong current password is a failed login of the user: a stolen
+	// token guesses no faster than a stranger.
+	var n int
+	err = h.s.signIn(signInKeys(h.s.clientAddr(ctx), signInLogin, u.Username), func() (err error) {
+		n, err = h.s.eng.ChangePassword(ctx, a, req.GetCurrentPassword(), req.GetNewPassword(), req.GetSignOutOtherDevices())
+		return err
+	}, func(err error) bool { return errors.Is(err, engine.ErrForbidden) })
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return &ferryv1.ChangePasswordResponse{DevicesSignedOut: uint32(n)}, nil
 }

@@ -21,6 +21,7 @@ func rpcs(c servertest.Clients, conv, device string) map[string]error {
 	_, out["ListDevices"] = c.Account.ListDevices(bg, &ferryv1.ListDevicesRequest{})
 	_, out["RevokeDevice"] = c.Account.RevokeDevice(bg, &ferryv1.RevokeDeviceRequest{DeviceId: device})
 	_, out["LookupUsers"] = c.Account.LookupUsers(bg, &ferryv1.LookupUsersRequest{Usernames: []string{"alice"}})
+	_, out["ChangePassword"] = c.Account.ChangePassword(bg, &ferryv1.ChangePasswordRequest{CurrentPassword: "not the password", NewPassword: "battery staple"})
 	_, out["ListConversations"] = c.Conversation.ListConversations(bg, &ferryv1.ListConversationsRequest{})
 	_, out["GetConversation"] = c.Conversation.GetConversation(bg, &ferryv1.GetConversationRequest{ConversationId: conv})
 	_, out["Push"] = c.Sync.Push(bg, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv,

@@ -55,6 +55,7 @@ Commands:
   login USERNAME [--device NAME]        add this profile as a device of an existing user
   logout                                revoke this device and forget its credentials
   devices [--revoke ID]                 list (or revoke) the user's devices
+  passwd [--sign-out-others]            change your password (the current one, then the new one)
   usage                                 what the user stores on the server, and its quota
   conversation create TITLE [--with USER]...
   conversation list [--offline]         conversations with unread counts
@@ -81,7 +82,8 @@ CONV is a conversation id or its title (exact, or else differing in case only);
 MSG is a message's seq, as history prints it (12 or #12), or its id (history
 --json), which a message not sent yet has alone; USER is a username. Global flags go before or after the command; after a
 "--" everything is the command's. Passwords come from --password-stdin (the first line of
-stdin), else FERRY_PASSWORD, else a prompt. FERRY_SERVER names the server of
+stdin; passwd's new one from the second), else FERRY_PASSWORD (passwd's new one from
+FERRY_NEW_PASSWORD), else a prompt. FERRY_SERVER names the server of
 a profile not signed in yet; a signed-in one syncs with the server it signed
 in to, unless --server says otherwise.
 
@@ -148,6 +150,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return a.logout(ctx)
 	case "devices":
 		return a.devices(ctx, rest)
+	case "passwd":
+		return a.passwd(ctx, rest)
 	case "usage":
 		return a.usage(ctx, rest)
 	case "conversation", "conv":
@@ -436,6 +440,57 @@ func (a *app) devices(ctx context.Context, args []string) error {
 			lines = append(lines, fmt.Sprintf("%s %s  %s", mark, dv.ID, dv.Name))
 		}
 		a.print(os, strings.Join(lines, "\n"))
+		return nil
+	})
+}
+
+// passwd changes the user's password: the current one, then the new one,
+// from --password-stdin's first two lines, else FERRY_PASSWORD and
+// FERRY_NEW_PASSWORD, else prompts.
+func (a *app) passwd(ctx context.Context, args []string) error {
+	var fromStdin, signOut bool
+	pos, err := flags("passwd", args, a.errOut, func(fs *flag.FlagSet) {
+		fs.BoolVar(&fromStdin, "password-stdin", false, "read the current password and the new one from the first two lines of stdin")
+		fs.BoolVar(&signOut, "sign-out-others", false, "sign out every other device of yours (this one stays signed in)")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return errors.New("usage: ferry passwd [--sign-out-others] [--password-stdin]")
+	}
+	in := bufio.NewReader(a.stdin) // one reader: the two lines may come in one read
+	read := func(prompt, envName string) (string, error) {
+		if p := os.Getenv(envName); p != "" && !fromStdin {
+			return p, nil
+		}
+		if !fromStdin {
+			fmt.Fprint(a.errOut, prompt)
+		}
+		line, err := in.ReadString('\n')
+		if err != nil && line == "" {
+			return "", fmt.Errorf("read the %s: %w", strings.TrimSuffix(prompt, ": "), err)
+		}
+		return strings.TrimRight(line, "\r\n"), nil
+	}
+	current, err := read("current password: ", "FERRY_PASSWORD")
+	if err != nil {
+		return err
+	}
+	next, err := read("new password: ", "FERRY_NEW_PASSWORD")
+	if err != nil {
+		return err
+	}
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		n, err := d.ChangePassword(ctx, current, next, signOut)
+		if err != nil {
+			return err
+		}
+		line := "password changed; your other devices stay signed in"
+		if signOut {
+			line = fmt.Sprintf("password changed; %d other devices signed out", n)
+		}
+		a.print(map[string]any{"changed": true, "devices_signed_out": n}, line)
 		return nil
 	})
 }

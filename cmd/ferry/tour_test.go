@@ -664,3 +664,35 @@ func tailLine[T any](t *testing.T, lines *bufio.Scanner) T {
 	}
 	return v
 }
+
+// TestPasswd: ferry passwd changes the password, from the environment or
+// from two lines of stdin; with --sign-out-others the user's other
+// profiles are signed out, and sign in again with the new password only.
+func TestPasswd(t *testing.T) {
+	_, ferry, env, alice := aliceWithNotes(t)
+	phone := filepath.Join(filepath.Dir(alice), "phone")
+	testbin.Run(t, env, ferry, "--profile", phone, "login", "alice")
+	out := testbin.Run(t, append(env, "FERRY_NEW_PASSWORD=battery staple"), ferry, "--profile", alice, "passwd")
+	if !strings.Contains(out, "password changed; your other devices stay signed in") {
+		t.Fatalf("passwd: %q", out)
+	}
+	testbin.Run(t, env, ferry, "--profile", phone, "sync") // still signed in
+
+	cmd := exec.Command(ferry, "--profile", alice, "--json", "passwd", "--sign-out-others", "--password-stdin")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = strings.NewReader("battery staple\ncorrect horse again\n")
+	b, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(b), `"devices_signed_out":1`) {
+		t.Fatalf("passwd --sign-out-others --password-stdin: %v %s", err, b)
+	}
+	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", phone, "sync"); err == nil || !strings.Contains(stderr, "unauthenticated") {
+		t.Fatalf("the phone after it was signed out: %v %q", err, stderr)
+	}
+	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", phone, "login", "alice"); err == nil || !strings.Contains(stderr, "wrong username or password") {
+		t.Fatalf("the phone signing in with the old password: %v %q", err, stderr)
+	}
+	testbin.Run(t, append(env, "FERRY_PASSWORD=correct horse again"), ferry, "--profile", phone, "login", "alice")
+	if _, stderr, err := testbin.RunErr(append(env, "FERRY_NEW_PASSWORD=whatever else"), ferry, "--profile", alice, "passwd"); err == nil || !strings.Contains(stderr, "current password is wrong") {
+		t.Fatalf("passwd with the old current password: %v %q", err, stderr)
+	}
+}

@@ -203,6 +203,10 @@ const usage = `Usage:
   ferryd add-user --data DIR --username NAME
                                        create a user on a stopped server's store, the
                                        password read from the first line of stdin
+  ferryd set-password --data DIR --username NAME
+                                       set a user's password (one who forgot theirs), read
+                                       from the first line of stdin; their devices stay
+                                       signed in
   ferryd revoke-devices --data DIR --username NAME
                                        revoke every device of a user (one locked out at
                                        the limit of 100 devices, or whose devices were lost)
@@ -217,7 +221,7 @@ Flags:
 `
 
 // flags returns the flags of command name (serve, check, backup, compact,
-// rebuild, new-epoch, add-user or revoke-devices): the store's and the log's for every command, the rest for
+// rebuild, new-epoch, add-user, set-password or revoke-devices): the store's and the log's for every command, the rest for
 // serve alone, so that a serving flag (or its FERRY_ variable, such as a
 // FERRY_NEW_EPOCH left set) never reaches the tools.
 func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
@@ -246,6 +250,8 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	case "add-user":
 		fs.StringVar(&c.username, "username", "", "the new user's username")
 		fs.StringVar(&c.displayName, "display-name", "", "the new user's display name (default: the username)")
+	case "set-password":
+		fs.StringVar(&c.username, "username", "", "the user whose password to set")
 	case "revoke-devices":
 		fs.StringVar(&c.username, "username", "", "the user whose devices to revoke")
 	case "backup":
@@ -376,7 +382,7 @@ func flagNamed(line, name string) bool {
 }
 
 // commands are ferryd's commands; serve is the default.
-var commands = []string{"serve", "check", "backup", "compact", "rebuild", "new-epoch", "add-user", "revoke-devices"}
+var commands = []string{"serve", "check", "backup", "compact", "rebuild", "new-epoch", "add-user", "set-password", "revoke-devices"}
 
 // command splits args into the command and its flags.
 func command(args []string) (string, []string) {
@@ -446,6 +452,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return newEpoch(c, log, stdout)
 	case "add-user":
 		return addUser(ctx, c, log, stdin, stdout, stderr)
+	case "set-password":
+		return setPassword(ctx, c, log, stdin, stdout, stderr)
 	case "revoke-devices":
 		return revokeDevices(ctx, c, log, stdout)
 	}
@@ -914,26 +922,9 @@ var testEngineOptions func(*engine.Options)
 // line of stdin, so that it stays out of the process list and the shell's
 // history. The user logs in from their devices; the command makes none.
 func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, stdout, stderr io.Writer) error {
-	if c.username == "" {
-		return usageErr(errors.New("add-user needs --username NAME (and the password on stdin)"))
-	}
-	if f, ok := in.(*os.File); ok {
-		fi, err := f.Stat()
-		null, nerr := os.Stat(os.DevNull) // a character device too, but no terminal
-		if err == nil && fi.Mode()&os.ModeCharDevice != 0 && (nerr != nil || !os.SameFile(fi, null)) {
-			// A terminal: say what it waits for. It shows what is typed;
-			// piped in, the password stays off the screen.
-			fmt.Fprintf(stderr, "password for %s (shown as typed; pipe it in to keep it off the screen), then Enter: ", c.username)
-		}
-	}
-	log.Debug("add-user: reading the password from the first line of stdin")
-	line, err := bufio.NewReader(in).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("read the password from stdin: %w", err)
-	}
-	password := strings.TrimRight(line, "\r\n")
-	if password == "" {
-		return errors.New("add-user reads the password from the first line of stdin, and found none")
+	password, err := readPassword("add-user", c, log, in, stderr)
+	if err != nil {
+		return err
 	}
 	eng, err := openStopped(c, log)
 	if err != nil {
@@ -951,6 +942,58 @@ func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, std
 	return nil
 }
 
+// readPassword reads the password a tool (add-user, set-password) sets
+// for --username from the first line of in, so that it stays out of the
+// process list and the shell's history.
+func readPassword(cmd string, c *config, log *slog.Logger, in io.Reader, stderr io.Writer) (string, error) {
+	if c.username == "" {
+		return "", usageErr(fmt.Errorf("%s needs --username NAME (and the password on stdin)", cmd))
+	}
+	if f, ok := in.(*os.File); ok {
+		fi, err := f.Stat()
+		null, nerr := os.Stat(os.DevNull) // a character device too, but no terminal
+		if err == nil && fi.Mode()&os.ModeCharDevice != 0 && (nerr != nil || !os.SameFile(fi, null)) {
+			// A terminal: say what it waits for. It shows what is typed;
+			// piped in, the password stays off the screen.
+			fmt.Fprintf(stderr, "password for %s (shown as typed; pipe it in to keep it off the screen), then Enter: ", c.username)
+		}
+	}
+	log.Debug(cmd + ": reading the password from the first line of stdin")
+	line, err := bufio.NewReader(in).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("read the password from stdin: %w", err)
+	}
+	password := strings.TrimRight(line, "\r\n")
+	if password == "" {
+		return "", fmt.Errorf("%s reads the password from the first line of stdin, and found none", cmd)
+	}
+	return password, nil
+}
+
+// setPassword sets the password of a user on a stopped server's store:
+// for one who forgot theirs. Their devices stay signed in (revoke-devices
+// signs them out).
+func setPassword(ctx context.Context, c *config, log *slog.Logger, in io.Reader, stdout, stderr io.Writer) error {
+	password, err := readPassword("set-password", c, log, in, stderr)
+	if err != nil {
+		return err
+	}
+	eng, err := openStopped(c, log)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	u, err := eng.SetPassword(ctx, c.username, password)
+	if errors.Is(err, engine.ErrNotFound) {
+		return fmt.Errorf("set-password: no user %q", c.username)
+	}
+	if err != nil {
+		return fmt.Errorf("set-password: %w", err)
+	}
+	fmt.Fprintf(stdout, "password of %s set; they log in with it, and their devices stay signed in (ferryd revoke-devices signs them out)\n", u.Username)
+	return nil
+}
+
 // revokeDevices revokes every device of a user on a stopped server's
 // store: their tokens stop working, and the user, who keeps their account
 // and conversations, logs in again. For a user at the limit of devices
@@ -965,14 +1008,17 @@ func revokeDevices(ctx context.Context, c *config, log *slog.Logger, stdout io.W
 		return err
 	}
 	defer eng.Close()
-	users, err := eng.LookupUsers(engine.Actor{}, []string{c.username})
-	if err != nil {
-		return err
-	}
-	if len(users) == 0 {
+	// The user's id from their username's record alone: their own record
+	// may not decode (their devices signed in still work).
+	id, err := eng.UserNamed(c.username)
+	if errors.Is(err, engine.ErrNotFound) {
 		return fmt.Errorf("revoke-devices: no user %q", c.username)
 	}
-	a := engine.Actor{User: users[0].ID} // the operator: no device of the user's
+	if err != nil {
+		return fmt.Errorf("revoke-devices: %w", err)
+	}
+	name, _ := engine.NormalizeUsername(c.username)
+	a := engine.Actor{User: id} // the operator: no device of the user's
 	devs, err := eng.Devices(a)
 	if err != nil {
 		return err
@@ -986,7 +1032,7 @@ func revokeDevices(ctx context.Context, c *config, log *slog.Logger, stdout io.W
 	if len(devs) == 1 {
 		noun = "device"
 	}
-	fmt.Fprintf(stdout, "revoked %d %s of %s; they log in again\n", len(devs), noun, users[0].Username)
+	fmt.Fprintf(stdout, "revoked %d %s of %s; they log in again\n", len(devs), noun, name)
 	return nil
 }
 

@@ -471,12 +471,57 @@ func TestAddUserAndRevokeDevices(t *testing.T) {
 	if e, err = engine.Open(dir, o); err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
 	if _, err := e.Authenticate(creds.Token); !errors.Is(err, engine.ErrUnauthenticated) {
 		t.Fatalf("the phone's token after revoke-devices: %v", err)
 	}
 	if devs, err := e.Devices(engine.Actor{User: creds.User}); err != nil || len(devs) != 0 {
 		t.Fatalf("carol's devices after revoke-devices: %+v, %v", devs, err)
+	}
+	phone, err := e.Login(context.Background(), "carol", "correct horse battery", "phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+
+	// set-password: carol forgot hers; her phone stays signed in.
+	set := func(password string, args ...string) (string, error) {
+		t.Helper()
+		stdin = strings.NewReader(password)
+		var out bytes.Buffer
+		err := run(context.Background(), append([]string{"set-password", "--data", dir, "--log-level", "warn"}, args...), &out, io.Discard)
+		return out.String(), err
+	}
+	for _, c := range []struct {
+		password string
+		args     []string
+		want     string
+	}{
+		{"a new password\n", []string{"--username", "nobody"}, `no user "nobody"`},
+		{"short\n", []string{"--username", "carol"}, "a password has"},
+		{"", []string{"--username", "carol"}, "found none"},
+		{"a new password\n", nil, "needs --username"},
+	} {
+		if _, err := set(c.password, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("set-password %v with %q: %v; want %q", c.args, c.password, err, c.want)
+		}
+	}
+	if out, err := set("a new password\n", "--username", "Carol"); err != nil || !strings.Contains(out, "password of carol set") {
+		t.Fatalf("set-password: %v\n%s", err, out)
+	}
+	o = enginetest.Options(t, 203)
+	o.FS = nil
+	if e, err = engine.Open(dir, o); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.Login(context.Background(), "carol", "correct horse battery", "x"); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Fatalf("carol's old password after set-password: %v", err)
+	}
+	if _, err := e.Login(context.Background(), "carol", "a new password", "x"); err != nil {
+		t.Fatalf("carol's new password: %v", err)
+	}
+	if _, err := e.Authenticate(phone.Token); err != nil {
+		t.Fatalf("carol's phone after set-password: %v", err)
 	}
 }
 

@@ -1070,6 +1070,23 @@ export class FerryClient {
     return { bytes: Number(res.usageBytes), quota: Number(res.quotaBytes) };
   }
 
+  /**
+   * Changes the user's password, given the current one, and resolves to
+   * how many devices were signed out: with signOutOtherDevices, every
+   * other device of the user is revoked in the same change (this one stays
+   * signed in). A wrong current password rejects with a ConnectError of
+   * Code.PermissionDenied; such tries are throttled as failed logins are.
+   * Asks the server.
+   */
+  async changePassword(currentPassword: string, newPassword: string, opts: { signOutOtherDevices?: boolean } = {}): Promise<number> {
+    if (!this.meta.session) throw new Error("ferry: not signed in");
+    const res = await this.accounts.changePassword(
+      { currentPassword, newPassword, signOutOtherDevices: opts.signOutOtherDevices ?? false },
+      { timeoutMs: this.opts.callTimeoutMs },
+    );
+    return res.devicesSignedOut;
+  }
+
   // lookup finds users by username, in the order asked, and keeps their
   // names unless the device signed in or out meanwhile. It throws naming
   // the usernames no user has.

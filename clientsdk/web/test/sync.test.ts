@@ -6,7 +6,7 @@ import { after, before, test } from "node:test";
 
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
-import { createClient, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { IDBFactory, forceCloseDatabase } from "fake-indexeddb";
 
@@ -2000,6 +2000,23 @@ test("a signOut whose answer is lost after the revocation leaves the device offl
   await assert.rejects(c.signOut(), /the answer was lost/);
   assert.equal(internals(c).run, undefined, "signOut started the device again after the app's stop()");
   assert.equal(c.status().state, "offline");
+});
+
+test("changePassword() takes the current password, and signs the other devices out when asked", { timeout: 60_000 }, async () => {
+  const phone = await open();
+  const laptop = await open();
+  const a = await signUp(phone, "alice");
+  await laptop.login(a, "correct horse battery");
+  laptop.start();
+  await laptop.waitFor(() => laptop.status().state === "live");
+  await assert.rejects(phone.changePassword("wrong horse battery", "battery staple horse"),
+    (err: unknown) => ConnectError.from(err).code === Code.PermissionDenied && /current password is wrong/.test(String(err)));
+  assert.equal(await phone.changePassword("correct horse battery", "battery staple horse", { signOutOtherDevices: true }), 1);
+  await laptop.waitFor(() => laptop.status().state === "failed");
+  await phone.waitFor(() => phone.status().state === "live");
+  const again = await open();
+  await assert.rejects(again.login(a, "correct horse battery"), (err: unknown) => ConnectError.from(err).code === Code.Unauthenticated);
+  await again.login(a, "battery staple horse");
 });
 
 test("usage() says what the user stores and the quota; a message past it fails, saying so", { timeout: 60_000 }, async () => {

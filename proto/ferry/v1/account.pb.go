@@ -311,6 +311,114 @@ func (x *DeviceSession) GetUsername() string {
 	return ""
 }
 
+type ChangePasswordRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	CurrentPassword string                 `protobuf:"bytes,1,opt,name=current_password,json=currentPassword,proto3" json:"current_password,omitempty"`
+	NewPassword     string                 `protobuf:"bytes,2,opt,name=new_password,json=newPassword,proto3" json:"new_password,omitempty"`
+	// Revoke every other device of the user in the same change, as
+	// RevokeDevice does: a user who fears their password is known signs out
+	// whoever used it. The caller's device stays signed in.
+	SignOutOtherDevices bool `protobuf:"varint,3,opt,name=sign_out_other_devices,json=signOutOtherDevices,proto3" json:"sign_out_other_devices,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *ChangePasswordRequest) Reset() {
+	*x = ChangePasswordRequest{}
+	mi := &file_ferry_v1_account_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangePasswordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangePasswordRequest) ProtoMessage() {}
+
+func (x *ChangePasswordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangePasswordRequest.ProtoReflect.Descriptor instead.
+func (*ChangePasswordRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ChangePasswordRequest) GetCurrentPassword() string {
+	if x != nil {
+		return x.CurrentPassword
+	}
+	return ""
+}
+
+func (x *ChangePasswordRequest) GetNewPassword() string {
+	if x != nil {
+		return x.NewPassword
+	}
+	return ""
+}
+
+func (x *ChangePasswordRequest) GetSignOutOtherDevices() bool {
+	if x != nil {
+		return x.SignOutOtherDevices
+	}
+	return false
+}
+
+type ChangePasswordResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many devices were signed out.
+	DevicesSignedOut uint32 `protobuf:"varint,1,opt,name=devices_signed_out,json=devicesSignedOut,proto3" json:"devices_signed_out,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ChangePasswordResponse) Reset() {
+	*x = ChangePasswordResponse{}
+	mi := &file_ferry_v1_account_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangePasswordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangePasswordResponse) ProtoMessage() {}
+
+func (x *ChangePasswordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangePasswordResponse.ProtoReflect.Descriptor instead.
+func (*ChangePasswordResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ChangePasswordResponse) GetDevicesSignedOut() uint32 {
+	if x != nil {
+		return x.DevicesSignedOut
+	}
+	return 0
+}
+
 type GetAccountRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -319,7 +427,7 @@ type GetAccountRequest struct {
 
 func (x *GetAccountRequest) Reset() {
 	*x = GetAccountRequest{}
-	mi := &file_ferry_v1_account_proto_msgTypes[5]
+	mi := &file_ferry_v1_account_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -331,7 +439,7 @@ func (x *GetAccountRequest) String() string {
 func (*GetAccountRequest) ProtoMessage() {}
 
 func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[5]
+	mi := &file_ferry_v1_account_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -344,7 +452,7 @@ func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountRequest.ProtoReflect.Descriptor instead.
 func (*GetAccountRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{7}
 }
 
 type GetAccountResponse struct {
@@ -366,7 +474,7 @@ type GetAccountResponse struct {
 
 func (x *GetAccountResponse) Reset() {
 	*x = GetAccountResponse{}
-	mi := &file_ferry_v1_account_proto_msgTypes[6]
+	mi := &file_ferry_v1_account_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -378,7 +486,7 @@ func (x *GetAccountResponse) String() string {
 func (*GetAccountResponse) ProtoMessage() {}
 
 func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[6]
+	mi := &file_ferry_v1_account_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -391,7 +499,7 @@ func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountResponse.ProtoReflect.Descriptor instead.
 func (*GetAccountResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetAccountResponse) GetUser() *User {
@@ -430,7 +538,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_ferry_v1_account_proto_msgTypes[7]
+	mi := &file_ferry_v1_account_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +550,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[7]
+	mi := &file_ferry_v1_account_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +563,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{9}
 }
 
 type ListDevicesResponse struct {
@@ -467,7 +575,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_ferry_v1_account_proto_msgTypes[8]
+	mi := &file_ferry_v1_account_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +587,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[8]
+	mi := &file_ferry_v1_account_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +600,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*Device {
@@ -511,7 +619,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_ferry_v1_account_proto_msgTypes[9]
+	mi := &file_ferry_v1_account_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +631,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[9]
+	mi := &file_ferry_v1_account_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +644,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -554,7 +662,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_ferry_v1_account_proto_msgTypes[10]
+	mi := &file_ferry_v1_account_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +674,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[10]
+	mi := &file_ferry_v1_account_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +687,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{12}
 }
 
 type LookupUsersRequest struct {
@@ -592,7 +700,7 @@ type LookupUsersRequest struct {
 
 func (x *LookupUsersRequest) Reset() {
 	*x = LookupUsersRequest{}
-	mi := &file_ferry_v1_account_proto_msgTypes[11]
+	mi := &file_ferry_v1_account_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +712,7 @@ func (x *LookupUsersRequest) String() string {
 func (*LookupUsersRequest) ProtoMessage() {}
 
 func (x *LookupUsersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[11]
+	mi := &file_ferry_v1_account_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +725,7 @@ func (x *LookupUsersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupUsersRequest.ProtoReflect.Descriptor instead.
 func (*LookupUsersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LookupUsersRequest) GetUsernames() []string {
@@ -636,7 +744,7 @@ type LookupUsersResponse struct {
 
 func (x *LookupUsersResponse) Reset() {
 	*x = LookupUsersResponse{}
-	mi := &file_ferry_v1_account_proto_msgTypes[12]
+	mi := &file_ferry_v1_account_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +756,7 @@ func (x *LookupUsersResponse) String() string {
 func (*LookupUsersResponse) ProtoMessage() {}
 
 func (x *LookupUsersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[12]
+	mi := &file_ferry_v1_account_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +769,7 @@ func (x *LookupUsersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupUsersResponse.ProtoReflect.Descriptor instead.
 func (*LookupUsersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LookupUsersResponse) GetUsers() []*User {
@@ -683,7 +791,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_ferry_v1_account_proto_msgTypes[13]
+	mi := &file_ferry_v1_account_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +803,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[13]
+	mi := &file_ferry_v1_account_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +816,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *User) GetId() string {
@@ -746,7 +854,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_ferry_v1_account_proto_msgTypes[14]
+	mi := &file_ferry_v1_account_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +866,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[14]
+	mi := &file_ferry_v1_account_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +879,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Device) GetId() string {
@@ -826,7 +934,13 @@ const file_ferry_v1_account_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\tR\x05token\x12\x1a\n" +
-	"\busername\x18\x04 \x01(\tR\busername\"\x13\n" +
+	"\busername\x18\x04 \x01(\tR\busername\"\x9a\x01\n" +
+	"\x15ChangePasswordRequest\x12)\n" +
+	"\x10current_password\x18\x01 \x01(\tR\x0fcurrentPassword\x12!\n" +
+	"\fnew_password\x18\x02 \x01(\tR\vnewPassword\x123\n" +
+	"\x16sign_out_other_devices\x18\x03 \x01(\bR\x13signOutOtherDevices\"F\n" +
+	"\x16ChangePasswordResponse\x12,\n" +
+	"\x12devices_signed_out\x18\x01 \x01(\rR\x10devicesSignedOut\"\x13\n" +
 	"\x11GetAccountRequest\"\xa4\x01\n" +
 	"\x12GetAccountResponse\x12\"\n" +
 	"\x04user\x18\x01 \x01(\v2\x0e.ferry.v1.UserR\x04user\x12(\n" +
@@ -854,7 +968,7 @@ const file_ferry_v1_account_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x129\n" +
 	"\n" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x18\n" +
-	"\acurrent\x18\x04 \x01(\bR\acurrent2\xbd\x03\n" +
+	"\acurrent\x18\x04 \x01(\bR\acurrent2\x92\x04\n" +
 	"\x0eAccountService\x12A\n" +
 	"\bRegister\x12\x19.ferry.v1.RegisterRequest\x1a\x1a.ferry.v1.RegisterResponse\x128\n" +
 	"\x05Login\x12\x16.ferry.v1.LoginRequest\x1a\x17.ferry.v1.LoginResponse\x12G\n" +
@@ -862,7 +976,8 @@ const file_ferry_v1_account_proto_rawDesc = "" +
 	"GetAccount\x12\x1b.ferry.v1.GetAccountRequest\x1a\x1c.ferry.v1.GetAccountResponse\x12J\n" +
 	"\vListDevices\x12\x1c.ferry.v1.ListDevicesRequest\x1a\x1d.ferry.v1.ListDevicesResponse\x12M\n" +
 	"\fRevokeDevice\x12\x1d.ferry.v1.RevokeDeviceRequest\x1a\x1e.ferry.v1.RevokeDeviceResponse\x12J\n" +
-	"\vLookupUsers\x12\x1c.ferry.v1.LookupUsersRequest\x1a\x1d.ferry.v1.LookupUsersResponseB3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"\vLookupUsers\x12\x1c.ferry.v1.LookupUsersRequest\x1a\x1d.ferry.v1.LookupUsersResponse\x12S\n" +
+	"\x0eChangePassword\x12\x1f.ferry.v1.ChangePasswordRequest\x1a .ferry.v1.ChangePasswordResponseB3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_account_proto_rawDescOnce sync.Once
@@ -876,47 +991,51 @@ func file_ferry_v1_account_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_account_proto_rawDescData
 }
 
-var file_ferry_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_ferry_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_ferry_v1_account_proto_goTypes = []any{
-	(*RegisterRequest)(nil),       // 0: ferry.v1.RegisterRequest
-	(*RegisterResponse)(nil),      // 1: ferry.v1.RegisterResponse
-	(*LoginRequest)(nil),          // 2: ferry.v1.LoginRequest
-	(*LoginResponse)(nil),         // 3: ferry.v1.LoginResponse
-	(*DeviceSession)(nil),         // 4: ferry.v1.DeviceSession
-	(*GetAccountRequest)(nil),     // 5: ferry.v1.GetAccountRequest
-	(*GetAccountResponse)(nil),    // 6: ferry.v1.GetAccountResponse
-	(*ListDevicesRequest)(nil),    // 7: ferry.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),   // 8: ferry.v1.ListDevicesResponse
-	(*RevokeDeviceRequest)(nil),   // 9: ferry.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),  // 10: ferry.v1.RevokeDeviceResponse
-	(*LookupUsersRequest)(nil),    // 11: ferry.v1.LookupUsersRequest
-	(*LookupUsersResponse)(nil),   // 12: ferry.v1.LookupUsersResponse
-	(*User)(nil),                  // 13: ferry.v1.User
-	(*Device)(nil),                // 14: ferry.v1.Device
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*RegisterRequest)(nil),        // 0: ferry.v1.RegisterRequest
+	(*RegisterResponse)(nil),       // 1: ferry.v1.RegisterResponse
+	(*LoginRequest)(nil),           // 2: ferry.v1.LoginRequest
+	(*LoginResponse)(nil),          // 3: ferry.v1.LoginResponse
+	(*DeviceSession)(nil),          // 4: ferry.v1.DeviceSession
+	(*ChangePasswordRequest)(nil),  // 5: ferry.v1.ChangePasswordRequest
+	(*ChangePasswordResponse)(nil), // 6: ferry.v1.ChangePasswordResponse
+	(*GetAccountRequest)(nil),      // 7: ferry.v1.GetAccountRequest
+	(*GetAccountResponse)(nil),     // 8: ferry.v1.GetAccountResponse
+	(*ListDevicesRequest)(nil),     // 9: ferry.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),    // 10: ferry.v1.ListDevicesResponse
+	(*RevokeDeviceRequest)(nil),    // 11: ferry.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),   // 12: ferry.v1.RevokeDeviceResponse
+	(*LookupUsersRequest)(nil),     // 13: ferry.v1.LookupUsersRequest
+	(*LookupUsersResponse)(nil),    // 14: ferry.v1.LookupUsersResponse
+	(*User)(nil),                   // 15: ferry.v1.User
+	(*Device)(nil),                 // 16: ferry.v1.Device
+	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
 }
 var file_ferry_v1_account_proto_depIdxs = []int32{
 	4,  // 0: ferry.v1.RegisterResponse.session:type_name -> ferry.v1.DeviceSession
 	4,  // 1: ferry.v1.LoginResponse.session:type_name -> ferry.v1.DeviceSession
-	13, // 2: ferry.v1.GetAccountResponse.user:type_name -> ferry.v1.User
-	14, // 3: ferry.v1.GetAccountResponse.device:type_name -> ferry.v1.Device
-	14, // 4: ferry.v1.ListDevicesResponse.devices:type_name -> ferry.v1.Device
-	13, // 5: ferry.v1.LookupUsersResponse.users:type_name -> ferry.v1.User
-	15, // 6: ferry.v1.Device.created_at:type_name -> google.protobuf.Timestamp
+	15, // 2: ferry.v1.GetAccountResponse.user:type_name -> ferry.v1.User
+	16, // 3: ferry.v1.GetAccountResponse.device:type_name -> ferry.v1.Device
+	16, // 4: ferry.v1.ListDevicesResponse.devices:type_name -> ferry.v1.Device
+	15, // 5: ferry.v1.LookupUsersResponse.users:type_name -> ferry.v1.User
+	17, // 6: ferry.v1.Device.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 7: ferry.v1.AccountService.Register:input_type -> ferry.v1.RegisterRequest
 	2,  // 8: ferry.v1.AccountService.Login:input_type -> ferry.v1.LoginRequest
-	5,  // 9: ferry.v1.AccountService.GetAccount:input_type -> ferry.v1.GetAccountRequest
-	7,  // 10: ferry.v1.AccountService.ListDevices:input_type -> ferry.v1.ListDevicesRequest
-	9,  // 11: ferry.v1.AccountService.RevokeDevice:input_type -> ferry.v1.RevokeDeviceRequest
-	11, // 12: ferry.v1.AccountService.LookupUsers:input_type -> ferry.v1.LookupUsersRequest
-	1,  // 13: ferry.v1.AccountService.Register:output_type -> ferry.v1.RegisterResponse
-	3,  // 14: ferry.v1.AccountService.Login:output_type -> ferry.v1.LoginResponse
-	6,  // 15: ferry.v1.AccountService.GetAccount:output_type -> ferry.v1.GetAccountResponse
-	8,  // 16: ferry.v1.AccountService.ListDevices:output_type -> ferry.v1.ListDevicesResponse
-	10, // 17: ferry.v1.AccountService.RevokeDevice:output_type -> ferry.v1.RevokeDeviceResponse
-	12, // 18: ferry.v1.AccountService.LookupUsers:output_type -> ferry.v1.LookupUsersResponse
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
+	7,  // 9: ferry.v1.AccountService.GetAccount:input_type -> ferry.v1.GetAccountRequest
+	9,  // 10: ferry.v1.AccountService.ListDevices:input_type -> ferry.v1.ListDevicesRequest
+	11, // 11: ferry.v1.AccountService.RevokeDevice:input_type -> ferry.v1.RevokeDeviceRequest
+	13, // 12: ferry.v1.AccountService.LookupUsers:input_type -> ferry.v1.LookupUsersRequest
+	5,  // 13: ferry.v1.AccountService.ChangePassword:input_type -> ferry.v1.ChangePasswordRequest
+	1,  // 14: ferry.v1.AccountService.Register:output_type -> ferry.v1.RegisterResponse
+	3,  // 15: ferry.v1.AccountService.Login:output_type -> ferry.v1.LoginResponse
+	8,  // 16: ferry.v1.AccountService.GetAccount:output_type -> ferry.v1.GetAccountResponse
+	10, // 17: ferry.v1.AccountService.ListDevices:output_type -> ferry.v1.ListDevicesResponse
+	12, // 18: ferry.v1.AccountService.RevokeDevice:output_type -> ferry.v1.RevokeDeviceResponse
+	14, // 19: ferry.v1.AccountService.LookupUsers:output_type -> ferry.v1.LookupUsersResponse
+	6,  // 20: ferry.v1.AccountService.ChangePassword:output_type -> ferry.v1.ChangePasswordResponse
+	14, // [14:21] is the sub-list for method output_type
+	7,  // [7:14] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -933,7 +1052,7 @@ func file_ferry_v1_account_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_account_proto_rawDesc), len(file_ferry_v1_account_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,9 @@ const (
 	AccountServiceRevokeDeviceProcedure = "/ferry.v1.AccountService/RevokeDevice"
 	// AccountServiceLookupUsersProcedure is the procedure name of the AccountService's LookupUsers RPC.
 	AccountServiceLookupUsersProcedure = "/ferry.v1.AccountService/LookupUsers"
+	// AccountServiceChangePasswordProcedure is the procedure name of the AccountService's
+	// ChangePassword RPC.
+	AccountServiceChangePasswordProcedure = "/ferry.v1.AccountService/ChangePassword"
 )
 
 var (
@@ -82,6 +85,13 @@ var (
 			Procedure:  AccountServiceLookupUsersProcedure,
 		}
 	})
+	accountServiceChangePasswordSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_ferry_v1_account_proto.Services().ByName("AccountService").Methods().ByName("ChangePassword"),
+			Procedure:  AccountServiceChangePasswordProcedure,
+		}
+	})
 )
 
 // AccountServiceClient is a client for the ferry.v1.AccountService service.
@@ -104,6 +114,12 @@ type AccountServiceClient interface {
 	// LookupUsers resolves usernames to user ids, for adding members.
 	// Unknown usernames are left out of the response.
 	LookupUsers(context.Context, *v1.LookupUsersRequest) (*v1.LookupUsersResponse, error)
+	// ChangePassword sets the caller's user's password, given the current
+	// one: PermissionDenied when it is wrong (such attempts are throttled as
+	// failed logins of the user are), InvalidArgument for a new password
+	// out of bounds, FailedPrecondition when it changed meanwhile (try
+	// again). The devices signed in stay so, unless sign_out_other_devices.
+	ChangePassword(context.Context, *v1.ChangePasswordRequest) (*v1.ChangePasswordResponse, error)
 }
 
 // NewAccountServiceClient constructs a client for the ferry.v1.AccountService service. Multiple
@@ -132,6 +148,12 @@ type AccountServiceHandler interface {
 	// LookupUsers resolves usernames to user ids, for adding members.
 	// Unknown usernames are left out of the response.
 	LookupUsers(context.Context, *v1.LookupUsersRequest) (*v1.LookupUsersResponse, error)
+	// ChangePassword sets the caller's user's password, given the current
+	// one: PermissionDenied when it is wrong (such attempts are throttled as
+	// failed logins of the user are), InvalidArgument for a new password
+	// out of bounds, FailedPrecondition when it changed meanwhile (try
+	// again). The devices signed in stay so, unless sign_out_other_devices.
+	ChangePassword(context.Context, *v1.ChangePasswordRequest) (*v1.ChangePasswordResponse, error)
 }
 
 // RegisterAccountServiceHandler registers svc as the ferry.v1.AccountService implementation on
@@ -145,6 +167,7 @@ func RegisterAccountServiceHandler(server *connect.Server, svc AccountServiceHan
 		connect.Method{Spec: accountServiceListDevicesSpec(), Handler: adapter.listDevices},
 		connect.Method{Spec: accountServiceRevokeDeviceSpec(), Handler: adapter.revokeDevice},
 		connect.Method{Spec: accountServiceLookupUsersSpec(), Handler: adapter.lookupUsers},
+		connect.Method{Spec: accountServiceChangePasswordSpec(), Handler: adapter.changePassword},
 	)
 }
 
@@ -173,6 +196,10 @@ func (UnimplementedAccountServiceHandler) RevokeDevice(context.Context, *v1.Revo
 
 func (UnimplementedAccountServiceHandler) LookupUsers(context.Context, *v1.LookupUsersRequest) (*v1.LookupUsersResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, "ferry.v1.AccountService.LookupUsers is not implemented")
+}
+
+func (UnimplementedAccountServiceHandler) ChangePassword(context.Context, *v1.ChangePasswordRequest) (*v1.ChangePasswordResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "ferry.v1.AccountService.ChangePassword is not implemented")
 }
 
 type accountServiceClient struct {
@@ -222,6 +249,14 @@ func (c *accountServiceClient) RevokeDevice(ctx context.Context, req *v1.RevokeD
 func (c *accountServiceClient) LookupUsers(ctx context.Context, req *v1.LookupUsersRequest) (*v1.LookupUsersResponse, error) {
 	var res v1.LookupUsersResponse
 	if err := c.client.CallUnary(ctx, accountServiceLookupUsersSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *accountServiceClient) ChangePassword(ctx context.Context, req *v1.ChangePasswordRequest) (*v1.ChangePasswordResponse, error) {
+	var res v1.ChangePasswordResponse
+	if err := c.client.CallUnary(ctx, accountServiceChangePasswordSpec(), req, &res); err != nil {
 		return nil, err
 	}
 	return &res, nil
@@ -295,6 +330,18 @@ func (h accountServiceHandler) lookupUsers(ctx context.Context, _ connect.Spec, 
 		return err
 	}
 	res, err := h.svc.LookupUsers(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h accountServiceHandler) changePassword(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.ChangePasswordRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.ChangePassword(ctx, &req)
 	if err != nil {
 		return err
 	}

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ferry/v1/account.proto.
  */
 export const file_ferry_v1_account: GenFile = /*@__PURE__*/
-  fileDesc("ChZmZXJyeS92MS9hY2NvdW50LnByb3RvEghmZXJyeS52MSJgCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEhMKC2RldmljZV9uYW1lGAQgASgJIjwKEFJlZ2lzdGVyUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iRwoMTG9naW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhMKC2RldmljZV9uYW1lGAMgASgJIjkKDUxvZ2luUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iVAoNRGV2aWNlU2Vzc2lvbhIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRINCgV0b2tlbhgDIAEoCRIQCgh1c2VybmFtZRgEIAEoCSITChFHZXRBY2NvdW50UmVxdWVzdCJ+ChJHZXRBY2NvdW50UmVzcG9uc2USHAoEdXNlchgBIAEoCzIOLmZlcnJ5LnYxLlVzZXISIAoGZGV2aWNlGAIgASgLMhAuZmVycnkudjEuRGV2aWNlEhMKC3VzYWdlX2J5dGVzGAMgASgEEhMKC3F1b3RhX2J5dGVzGAQgASgEIhQKEkxpc3REZXZpY2VzUmVxdWVzdCI4ChNMaXN0RGV2aWNlc1Jlc3BvbnNlEiEKB2RldmljZXMYASADKAsyEC5mZXJyeS52MS5EZXZpY2UiKAoTUmV2b2tlRGV2aWNlUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkiFgoUUmV2b2tlRGV2aWNlUmVzcG9uc2UiJwoSTG9va3VwVXNlcnNSZXF1ZXN0EhEKCXVzZXJuYW1lcxgBIAMoCSI0ChNMb29rdXBVc2Vyc1Jlc3BvbnNlEh0KBXVzZXJzGAEgAygLMg4uZmVycnkudjEuVXNlciI6CgRVc2VyEgoKAmlkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCSJjCgZEZXZpY2USCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdjdXJyZW50GAQgASgIMr0DCg5BY2NvdW50U2VydmljZRJBCghSZWdpc3RlchIZLmZlcnJ5LnYxLlJlZ2lzdGVyUmVxdWVzdBoaLmZlcnJ5LnYxLlJlZ2lzdGVyUmVzcG9uc2USOAoFTG9naW4SFi5mZXJyeS52MS5Mb2dpblJlcXVlc3QaFy5mZXJyeS52MS5Mb2dpblJlc3BvbnNlEkcKCkdldEFjY291bnQSGy5mZXJyeS52MS5HZXRBY2NvdW50UmVxdWVzdBocLmZlcnJ5LnYxLkdldEFjY291bnRSZXNwb25zZRJKCgtMaXN0RGV2aWNlcxIcLmZlcnJ5LnYxLkxpc3REZXZpY2VzUmVxdWVzdBodLmZlcnJ5LnYxLkxpc3REZXZpY2VzUmVzcG9uc2USTQoMUmV2b2tlRGV2aWNlEh0uZmVycnkudjEuUmV2b2tlRGV2aWNlUmVxdWVzdBoeLmZlcnJ5LnYxLlJldm9rZURldmljZVJlc3BvbnNlEkoKC0xvb2t1cFVzZXJzEhwuZmVycnkudjEuTG9va3VwVXNlcnNSZXF1ZXN0Gh0uZmVycnkudjEuTG9va3VwVXNlcnNSZXNwb25zZUIzWjFnaXRodWIuY29tL2ZlcnJ5c3luYy9mZXJyeS9wcm90by9mZXJyeS92MTtmZXJyeXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChZmZXJyeS92MS9hY2NvdW50LnByb3RvEghmZXJyeS52MSJgCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEhMKC2RldmljZV9uYW1lGAQgASgJIjwKEFJlZ2lzdGVyUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iRwoMTG9naW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhMKC2RldmljZV9uYW1lGAMgASgJIjkKDUxvZ2luUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iVAoNRGV2aWNlU2Vzc2lvbhIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRINCgV0b2tlbhgDIAEoCRIQCgh1c2VybmFtZRgEIAEoCSJnChVDaGFuZ2VQYXNzd29yZFJlcXVlc3QSGAoQY3VycmVudF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkSHgoWc2lnbl9vdXRfb3RoZXJfZGV2aWNlcxgDIAEoCCI0ChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlEhoKEmRldmljZXNfc2lnbmVkX291dBgBIAEoDSITChFHZXRBY2NvdW50UmVxdWVzdCJ+ChJHZXRBY2NvdW50UmVzcG9uc2USHAoEdXNlchgBIAEoCzIOLmZlcnJ5LnYxLlVzZXISIAoGZGV2aWNlGAIgASgLMhAuZmVycnkudjEuRGV2aWNlEhMKC3VzYWdlX2J5dGVzGAMgASgEEhMKC3F1b3RhX2J5dGVzGAQgASgEIhQKEkxpc3REZXZpY2VzUmVxdWVzdCI4ChNMaXN0RGV2aWNlc1Jlc3BvbnNlEiEKB2RldmljZXMYASADKAsyEC5mZXJyeS52MS5EZXZpY2UiKAoTUmV2b2tlRGV2aWNlUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkiFgoUUmV2b2tlRGV2aWNlUmVzcG9uc2UiJwoSTG9va3VwVXNlcnNSZXF1ZXN0EhEKCXVzZXJuYW1lcxgBIAMoCSI0ChNMb29rdXBVc2Vyc1Jlc3BvbnNlEh0KBXVzZXJzGAEgAygLMg4uZmVycnkudjEuVXNlciI6CgRVc2VyEgoKAmlkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCSJjCgZEZXZpY2USCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdjdXJyZW50GAQgASgIMpIECg5BY2NvdW50U2VydmljZRJBCghSZWdpc3RlchIZLmZlcnJ5LnYxLlJlZ2lzdGVyUmVxdWVzdBoaLmZlcnJ5LnYxLlJlZ2lzdGVyUmVzcG9uc2USOAoFTG9naW4SFi5mZXJyeS52MS5Mb2dpblJlcXVlc3QaFy5mZXJyeS52MS5Mb2dpblJlc3BvbnNlEkcKCkdldEFjY291bnQSGy5mZXJyeS52MS5HZXRBY2NvdW50UmVxdWVzdBocLmZlcnJ5LnYxLkdldEFjY291bnRSZXNwb25zZRJKCgtMaXN0RGV2aWNlcxIcLmZlcnJ5LnYxLkxpc3REZXZpY2VzUmVxdWVzdBodLmZlcnJ5LnYxLkxpc3REZXZpY2VzUmVzcG9uc2USTQoMUmV2b2tlRGV2aWNlEh0uZmVycnkudjEuUmV2b2tlRGV2aWNlUmVxdWVzdBoeLmZlcnJ5LnYxLlJldm9rZURldmljZVJlc3BvbnNlEkoKC0xvb2t1cFVzZXJzEhwuZmVycnkudjEuTG9va3VwVXNlcnNSZXF1ZXN0Gh0uZmVycnkudjEuTG9va3VwVXNlcnNSZXNwb25zZRJTCg5DaGFuZ2VQYXNzd29yZBIfLmZlcnJ5LnYxLkNoYW5nZVBhc3N3b3JkUmVxdWVzdBogLmZlcnJ5LnYxLkNoYW5nZVBhc3N3b3JkUmVzcG9uc2VCM1oxZ2l0aHViLmNvbS9mZXJyeXN5bmMvZmVycnkvcHJvdG8vZmVycnkvdjE7ZmVycnl2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * Usernames are 3 to 32 characters of a-z, 0-9, '_', '.' and '-', starting
@@ -148,6 +148,56 @@ export const DeviceSessionSchema: GenMessage<DeviceSession> = /*@__PURE__*/
   messageDesc(file_ferry_v1_account, 4);
 
 /**
+ * @generated from message ferry.v1.ChangePasswordRequest
+ */
+export type ChangePasswordRequest = Message<"ferry.v1.ChangePasswordRequest"> & {
+  /**
+   * @generated from field: string current_password = 1;
+   */
+  currentPassword: string;
+
+  /**
+   * @generated from field: string new_password = 2;
+   */
+  newPassword: string;
+
+  /**
+   * Revoke every other device of the user in the same change, as
+   * RevokeDevice does: a user who fears their password is known signs out
+   * whoever used it. The caller's device stays signed in.
+   *
+   * @generated from field: bool sign_out_other_devices = 3;
+   */
+  signOutOtherDevices: boolean;
+};
+
+/**
+ * Describes the message ferry.v1.ChangePasswordRequest.
+ * Use `create(ChangePasswordRequestSchema)` to create a new message.
+ */
+export const ChangePasswordRequestSchema: GenMessage<ChangePasswordRequest> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 5);
+
+/**
+ * @generated from message ferry.v1.ChangePasswordResponse
+ */
+export type ChangePasswordResponse = Message<"ferry.v1.ChangePasswordResponse"> & {
+  /**
+   * How many devices were signed out.
+   *
+   * @generated from field: uint32 devices_signed_out = 1;
+   */
+  devicesSignedOut: number;
+};
+
+/**
+ * Describes the message ferry.v1.ChangePasswordResponse.
+ * Use `create(ChangePasswordResponseSchema)` to create a new message.
+ */
+export const ChangePasswordResponseSchema: GenMessage<ChangePasswordResponse> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 6);
+
+/**
  * @generated from message ferry.v1.GetAccountRequest
  */
 export type GetAccountRequest = Message<"ferry.v1.GetAccountRequest"> & {
@@ -158,7 +208,7 @@ export type GetAccountRequest = Message<"ferry.v1.GetAccountRequest"> & {
  * Use `create(GetAccountRequestSchema)` to create a new message.
  */
 export const GetAccountRequestSchema: GenMessage<GetAccountRequest> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 5);
+  messageDesc(file_ferry_v1_account, 7);
 
 /**
  * @generated from message ferry.v1.GetAccountResponse
@@ -199,7 +249,7 @@ export type GetAccountResponse = Message<"ferry.v1.GetAccountResponse"> & {
  * Use `create(GetAccountResponseSchema)` to create a new message.
  */
 export const GetAccountResponseSchema: GenMessage<GetAccountResponse> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 6);
+  messageDesc(file_ferry_v1_account, 8);
 
 /**
  * @generated from message ferry.v1.ListDevicesRequest
@@ -212,7 +262,7 @@ export type ListDevicesRequest = Message<"ferry.v1.ListDevicesRequest"> & {
  * Use `create(ListDevicesRequestSchema)` to create a new message.
  */
 export const ListDevicesRequestSchema: GenMessage<ListDevicesRequest> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 7);
+  messageDesc(file_ferry_v1_account, 9);
 
 /**
  * @generated from message ferry.v1.ListDevicesResponse
@@ -229,7 +279,7 @@ export type ListDevicesResponse = Message<"ferry.v1.ListDevicesResponse"> & {
  * Use `create(ListDevicesResponseSchema)` to create a new message.
  */
 export const ListDevicesResponseSchema: GenMessage<ListDevicesResponse> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 8);
+  messageDesc(file_ferry_v1_account, 10);
 
 /**
  * @generated from message ferry.v1.RevokeDeviceRequest
@@ -246,7 +296,7 @@ export type RevokeDeviceRequest = Message<"ferry.v1.RevokeDeviceRequest"> & {
  * Use `create(RevokeDeviceRequestSchema)` to create a new message.
  */
 export const RevokeDeviceRequestSchema: GenMessage<RevokeDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 9);
+  messageDesc(file_ferry_v1_account, 11);
 
 /**
  * @generated from message ferry.v1.RevokeDeviceResponse
@@ -259,7 +309,7 @@ export type RevokeDeviceResponse = Message<"ferry.v1.RevokeDeviceResponse"> & {
  * Use `create(RevokeDeviceResponseSchema)` to create a new message.
  */
 export const RevokeDeviceResponseSchema: GenMessage<RevokeDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 10);
+  messageDesc(file_ferry_v1_account, 12);
 
 /**
  * @generated from message ferry.v1.LookupUsersRequest
@@ -278,7 +328,7 @@ export type LookupUsersRequest = Message<"ferry.v1.LookupUsersRequest"> & {
  * Use `create(LookupUsersRequestSchema)` to create a new message.
  */
 export const LookupUsersRequestSchema: GenMessage<LookupUsersRequest> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 11);
+  messageDesc(file_ferry_v1_account, 13);
 
 /**
  * @generated from message ferry.v1.LookupUsersResponse
@@ -295,7 +345,7 @@ export type LookupUsersResponse = Message<"ferry.v1.LookupUsersResponse"> & {
  * Use `create(LookupUsersResponseSchema)` to create a new message.
  */
 export const LookupUsersResponseSchema: GenMessage<LookupUsersResponse> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 12);
+  messageDesc(file_ferry_v1_account, 14);
 
 /**
  * User is a person's public profile.
@@ -324,7 +374,7 @@ export type User = Message<"ferry.v1.User"> & {
  * Use `create(UserSchema)` to create a new message.
  */
 export const UserSchema: GenMessage<User> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 13);
+  messageDesc(file_ferry_v1_account, 15);
 
 /**
  * Device is one installation of a user's client.
@@ -360,7 +410,7 @@ export type Device = Message<"ferry.v1.Device"> & {
  * Use `create(DeviceSchema)` to create a new message.
  */
 export const DeviceSchema: GenMessage<Device> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 14);
+  messageDesc(file_ferry_v1_account, 16);
 
 /**
  * AccountService manages users, their devices and device tokens.
@@ -437,6 +487,20 @@ export const AccountService: GenService<{
     methodKind: "unary";
     input: typeof LookupUsersRequestSchema;
     output: typeof LookupUsersResponseSchema;
+  },
+  /**
+   * ChangePassword sets the caller's user's password, given the current
+   * one: PermissionDenied when it is wrong (such attempts are throttled as
+   * failed logins of the user are), InvalidArgument for a new password
+   * out of bounds, FailedPrecondition when it changed meanwhile (try
+   * again). The devices signed in stay so, unless sign_out_other_devices.
+   *
+   * @generated from rpc ferry.v1.AccountService.ChangePassword
+   */
+  changePassword: {
+    methodKind: "unary";
+    input: typeof ChangePasswordRequestSchema;
+    output: typeof ChangePasswordResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ferry_v1_account, 0);
