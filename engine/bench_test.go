@@ -338,3 +338,21 @@ func BenchmarkRebuild(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)*convs*(messages+2)/b.Elapsed().Seconds(), "ops/s")
 }
+
+// BenchmarkAuthenticate measures what every call pays to find its device
+// from its token: the token's hash, its record's read, and its device's.
+// 1000 users with a device each; the tokens asked in turn.
+func BenchmarkAuthenticate(b *testing.B) {
+	e := openOnDisk(b)
+	tokens := make([]string, 1000)
+	for i := range tokens {
+		tokens[i] = enginetest.Register(b, e, fmt.Sprintf("user%d", i)).Token
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if _, err := e.Authenticate(tokens[i%len(tokens)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -149,3 +149,56 @@ func TestLoginsInOneGroupKeepTheDeviceLimit(t *testing.T) {
 		t.Fatalf("%d of %d logins taken, %d devices; want 1 taken and the limit of 2", taken, logins, len(devices))
 	}
 }
+
+// TestPasswordChangeAndLoginInOneGroup: a login and a password change of
+// one user that share a group commit, in either order. A change after the
+// login in the group (whose device its scan of the store before the group
+// would miss) asks to be tried again, and then signs that device out too;
+// a login after the change in the group, which checked the old password,
+// is refused.
+func TestPasswordChangeAndLoginInOneGroup(t *testing.T) {
+	for _, loginFirst := range []bool{true, false} {
+		t.Run(fmt.Sprintf("login first %v", loginFirst), func(t *testing.T) {
+			hold := newSyncHold()
+			e := enginetest.New(t, func(o *engine.Options) { o.FS = hold.fs() })
+			alice := enginetest.Register(t, e, "alice")
+			conv := alice.Create("c")
+			done := hold.during(func() { alice.Send(conv, "held") })
+			var (
+				wg        sync.WaitGroup
+				loginErr  error
+				creds     engine.Credentials
+				changeErr error
+			)
+			login := func() { creds, loginErr = e.Login(ctx, "alice", "correct horse", "new") }
+			change := func() {
+				_, changeErr = e.ChangePassword(ctx, alice.Actor, "correct horse", "battery staple", true)
+			}
+			first, second := change, login
+			if loginFirst {
+				first, second = login, change
+			}
+			wg.Go(first)
+			awaitQueued(e, 1)
+			wg.Go(second)
+			awaitQueued(e, 2)
+			hold.release()
+			wg.Wait()
+			<-done
+			if loginFirst {
+				if loginErr != nil || !errors.Is(changeErr, engine.ErrPrecondition) {
+					t.Fatalf("login %v, change %v; want the login in, the change asked to go again", loginErr, changeErr)
+				}
+				if n, err := e.ChangePassword(ctx, alice.Actor, "correct horse", "battery staple", true); err != nil || n != 1 {
+					t.Fatalf("the change again: %d, %v; want the new device signed out", n, err)
+				}
+				if _, err := e.Authenticate(creds.Token); !errors.Is(err, engine.ErrUnauthenticated) {
+					t.Fatalf("the device the login added, after the change: %v", err)
+				}
+			} else if changeErr != nil || !errors.Is(loginErr, engine.ErrUnauthenticated) {
+				t.Fatalf("change %v, login %v; want the change in, the login refused", changeErr, loginErr)
+			}
+			enginetest.MustCheck(t, e)
+		})
+	}
+}
