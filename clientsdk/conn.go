@@ -725,11 +725,7 @@ func (s *session) flush() {
 	s.mu.Lock()
 	held := s.pushAt.After(now)
 	convHeld := s.heldConvsLocked(now) // conversations whose ops wait
-	list := s.heldListLocked()
 	s.mu.Unlock()
-	if !sameHeld(d.status.Held, list) { // a wait ended
-		d.setStatus(func(st *Status) { st.Held = list })
-	}
 	if held {
 		d.mu.Unlock()
 		return
@@ -896,12 +892,6 @@ func (s *session) heldListLocked() []HeldConversation {
 	}
 	slices.SortFunc(list, func(a, b HeldConversation) int { return a.Conv.Compare(b.Conv) })
 	return list
-}
-
-// sameHeld reports whether a and b hold the same conversations until the
-// same times.
-func sameHeld(a, b []HeldConversation) bool {
-	return slices.EqualFunc(a, b, func(x, y HeldConversation) bool { return x.Conv == y.Conv && x.RetryAt.Equal(y.RetryAt) })
 }
 
 // releasePushes ends a hold (holdPushes) early, and the status's word of

@@ -163,9 +163,6 @@ func TestDamagedConversationOpsWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, alice, "bad's message sent", func() bool { return alice.Status().Pending == 0 })
-	if h := alice.Status().Held; h != nil {
-		t.Errorf("held %+v after the repair; want none", h)
-	}
 	if s := status(t, alice, bad, waiting); s != clientsdk.StatusSent {
 		t.Fatalf("bad's message is %v after the repair, want sent", s)
 	}

@@ -72,7 +72,9 @@ type Status struct {
 	// now, in id order, while the device's other ops go on: a
 	// conversation damaged in the server's store
 	// (REJECT_REASON_CONVERSATION_DAMAGED), which its operator repairs.
-	// Only those with ops in the outbox; nil when there are none.
+	// Only those with ops in the outbox; nil when there are none. Each
+	// stays listed while its ops go again, until the server answers them
+	// (its RetryAt then past), and until the session ends.
 	Held []HeldConversation
 }
 

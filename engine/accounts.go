@@ -521,8 +521,14 @@ func (e *Engine) Devices(a Actor) ([]Device, error) {
 // working at once and its sessions end. ErrNotFound for a device that is not
 // the user's or is already revoked.
 func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error {
-	var notFound bool
+	var notFound, revoked bool
 	err := e.write(ctx, 1, func(tx *txn) {
+		// The caller's own device may have been revoked since its call
+		// was let in (by a password change signing it out): it revokes
+		// nothing then. The operator's tools name no device.
+		if revoked = a.Device != (ulid.ULID{}) && !tx.deviceActive(a); revoked {
+			return
+		}
 		k := keys.ID2(keys.TDevice, a.User, id)
 		raw, err := tx.v.Get(k)
 		if errors.Is(err, store.ErrNotFound) || tx.claimed(string(k)) {
@@ -554,6 +560,9 @@ func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error 
 	})
 	if err != nil {
 		return err
+	}
+	if revoked {
+		return fmt.Errorf("%w: this device was signed out", ErrUnauthenticated)
 	}
 	if notFound {
 		return fmt.Errorf("%w: device %s", ErrNotFound, id)
@@ -677,14 +686,16 @@ func (e *Engine) setPassword(ctx context.Context, user ulid.ULID, was, hash stri
 			tx.fail(err)
 			return
 		}
-		// A login of the group, applied before, added a device that the
-		// scan below would not see: the change goes again, in the next.
-		if changed = rec.PasswordHash != was || tx.claimed(string(k)) || tx.added[user] > 0; changed {
+		// A change earlier in the group; or, signing the others out, a
+		// login of the group applied before, whose device the scan below
+		// would not see: the change goes again, in the next group.
+		if changed = rec.PasswordHash != was || tx.claims[string(k)] || signOutOthers && tx.added[user] > 0; changed {
 			return
 		}
 		if revoked = a.Device != (ulid.ULID{}) && !tx.deviceActive(a); revoked {
 			return
 		}
+		tx.claimed(string(k)) // a login later in the group checked the old password
 		rec.PasswordHash = hash
 		tx.b.Set(k, record.AppendUser(nil, &rec))
 		if !signOutOthers {

@@ -202,3 +202,28 @@ func TestPasswordChangeAndLoginInOneGroup(t *testing.T) {
 		})
 	}
 }
+
+// TestLoginAfterARefusedChangeInOneGroup: a password change that asks to
+// be tried again (a login before it in the group) claims nothing: a login
+// after it in the same group, with the password unchanged, is taken.
+func TestLoginAfterARefusedChangeInOneGroup(t *testing.T) {
+	hold := newSyncHold()
+	e := enginetest.New(t, func(o *engine.Options) { o.FS = hold.fs() })
+	alice := enginetest.Register(t, e, "alice")
+	conv := alice.Create("c")
+	done := hold.during(func() { alice.Send(conv, "held") })
+	var wg sync.WaitGroup
+	var login1, login2, change error
+	wg.Go(func() { _, login1 = e.Login(ctx, "alice", "correct horse", "one") })
+	awaitQueued(e, 1)
+	wg.Go(func() { _, change = e.ChangePassword(ctx, alice.Actor, "correct horse", "battery staple", true) })
+	awaitQueued(e, 2)
+	wg.Go(func() { _, login2 = e.Login(ctx, "alice", "correct horse", "two") })
+	awaitQueued(e, 3)
+	hold.release()
+	wg.Wait()
+	<-done
+	if login1 != nil || !errors.Is(change, engine.ErrPrecondition) || login2 != nil {
+		t.Fatalf("login %v, change %v, login %v; want both logins in, the change asked to go again", login1, change, login2)
+	}
+}

@@ -101,3 +101,28 @@ func TestLoginRacingAPasswordChange(t *testing.T) {
 		t.Fatalf("devices: %+v, %v; want alice's first alone", devs, err)
 	}
 }
+
+// TestSignedOutDeviceRevokesNothing: a device a password change signed
+// out, whose call was let in before, can neither change the password nor
+// revoke its user's remaining device.
+func TestSignedOutDeviceRevokesNothing(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	thief := enginetest.Login(t, e, "alice")
+	stale, err := e.Authenticate(thief.Token) // its call, let in
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.ChangePassword(ctx, alice.Actor, "correct horse", "battery staple", true); err != nil || n != 1 {
+		t.Fatalf("change: %d, %v", n, err)
+	}
+	if _, err := e.ChangePassword(ctx, stale, "correct horse", "whatever else", false); !errors.Is(err, engine.ErrForbidden) {
+		t.Errorf("the signed-out device changing the password: %v; want ErrForbidden (the current password is not the one it knows)", err)
+	}
+	if err := e.RevokeDevice(ctx, stale, alice.Actor.Device); !errors.Is(err, engine.ErrUnauthenticated) {
+		t.Errorf("the signed-out device revoking alice's device: %v; want ErrUnauthenticated", err)
+	}
+	if _, err := e.Authenticate(alice.Token); err != nil {
+		t.Errorf("alice's device: %v", err)
+	}
+}

@@ -459,13 +459,19 @@ func (a *app) passwd(ctx context.Context, args []string) error {
 	if len(pos) != 0 {
 		return errors.New("usage: ferry passwd [--sign-out-others] [--password-stdin]")
 	}
+	if a.noProfile() {
+		return a.notSignedIn() // before asking for passwords
+	}
 	in := bufio.NewReader(a.stdin) // one reader: the two lines may come in one read
+	prompted := false              // the last password read was asked for at a prompt
 	read := func(prompt, envName string) (string, error) {
-		if p := os.Getenv(envName); p != "" && !fromStdin {
+		prompted = false
+		if p := os.Getenv(envName); envName != "" && p != "" && !fromStdin {
 			return p, nil
 		}
 		if !fromStdin {
 			fmt.Fprint(a.errOut, prompt)
+			prompted = true
 		}
 		line, err := in.ReadString('\n')
 		if err != nil && line == "" {
@@ -481,13 +487,26 @@ func (a *app) passwd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if prompted {
+		// Typed at a prompt: a typo would set a password no one knows.
+		again, err := read("new password again: ", "")
+		if err != nil {
+			return err
+		}
+		if again != next {
+			return errors.New("the new passwords differ; nothing changed")
+		}
+	}
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
 		n, err := d.ChangePassword(ctx, current, next, signOut)
 		if err != nil {
 			return err
 		}
 		line := "password changed; your other devices stay signed in"
-		if signOut {
+		switch {
+		case signOut && n == 1:
+			line = "password changed; 1 other device signed out"
+		case signOut:
 			line = fmt.Sprintf("password changed; %d other devices signed out", n)
 		}
 		a.print(map[string]any{"changed": true, "devices_signed_out": n}, line)

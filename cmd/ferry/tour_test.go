@@ -695,4 +695,14 @@ func TestPasswd(t *testing.T) {
 	if _, stderr, err := testbin.RunErr(append(env, "FERRY_NEW_PASSWORD=whatever else"), ferry, "--profile", alice, "passwd"); err == nil || !strings.Contains(stderr, "current password is wrong") {
 		t.Fatalf("passwd with the old current password: %v %q", err, stderr)
 	}
+	// At a prompt, the new password is asked for twice.
+	cmd = exec.Command(ferry, "--profile", alice, "passwd")
+	cmd.Env = append(os.Environ(), "FERRY_SERVER=", "FERRY_PASSWORD=correct horse again")
+	cmd.Stdin = strings.NewReader("a new password\na new pasword\n")
+	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "new password again: ") || !strings.Contains(string(b), "the new passwords differ; nothing changed") {
+		t.Fatalf("passwd with two new passwords that differ: %v %s", err, b)
+	}
+	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", filepath.Join(filepath.Dir(alice), "nobody"), "passwd"); err == nil || !strings.Contains(stderr, "is not signed in") {
+		t.Fatalf("passwd on a profile not signed in: %v %q", err, stderr)
+	}
 }

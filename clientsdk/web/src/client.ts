@@ -42,7 +42,9 @@ export interface Status {
    * Conversations whose ops the server turns away for now, in id order,
    * while the device's other ops go on: a conversation damaged in the
    * server's store (RejectReason.CONVERSATION_DAMAGED), which its
-   * operator repairs. Absent when there are none.
+   * operator repairs. Each stays listed until its wait ends (its ops then
+   * go again), or the session does, even if its ops left the outbox
+   * meanwhile. Absent when there are none.
    */
   held?: HeldConversation[];
 }
