@@ -869,6 +869,54 @@ func (d *Device) LookupUser(ctx context.Context, username string) (User, error) 
 	return User{ID: id, Username: u.GetUsername(), DisplayName: u.GetDisplayName()}, nil
 }
 
+// BlockUser stops the user id from adding this user to conversations: the
+// server rejects such an add (its author's device lists it as failed,
+// with the reason PERMISSION_DENIED). Conversations they share stay.
+func (d *Device) BlockUser(ctx context.Context, id ulid.ULID) error {
+	acc, _, _, err := d.authedClients()
+	if err != nil {
+		return err
+	}
+	if _, err := acc.BlockUser(ctx, &ferryv1.BlockUserRequest{UserId: id.String()}); err != nil {
+		return fmt.Errorf("ferry: block user %s: %w", id, err)
+	}
+	return nil
+}
+
+// UnblockUser lets the user id add this user to conversations again.
+func (d *Device) UnblockUser(ctx context.Context, id ulid.ULID) error {
+	acc, _, _, err := d.authedClients()
+	if err != nil {
+		return err
+	}
+	if _, err := acc.UnblockUser(ctx, &ferryv1.UnblockUserRequest{UserId: id.String()}); err != nil {
+		return fmt.Errorf("ferry: unblock user %s: %w", id, err)
+	}
+	return nil
+}
+
+// BlockedUsers lists the users this user blocks (on the server), in id
+// order.
+func (d *Device) BlockedUsers(ctx context.Context) ([]User, error) {
+	acc, _, _, err := d.authedClients()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := acc.ListBlockedUsers(ctx, &ferryv1.ListBlockedUsersRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("ferry: blocked users: %w", err)
+	}
+	out := make([]User, 0, len(resp.GetUsers()))
+	for _, u := range resp.GetUsers() {
+		id, err := ulid.ParseStrict(u.GetId())
+		if err != nil {
+			return nil, fmt.Errorf("ferry: server sent user id %q: %w", u.GetId(), err)
+		}
+		out = append(out, User{ID: id, Username: u.GetUsername(), DisplayName: u.GetDisplayName()})
+	}
+	return out, nil
+}
+
 func (d *Device) rememberUser(id ulid.ULID, username, display string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -912,3 +912,47 @@ func TestChangePassword(t *testing.T) {
 		t.Fatalf("the laptop signing in with the new password: %v", err)
 	}
 }
+
+// TestBlockUser: a user blocks another, whose add of them then fails on
+// the adder's device (Failed, with the reason), their other ops going
+// through; unblocked, the add goes.
+func TestBlockUser(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	bob := device(t, srv, "bob", false)
+	aliceID, bobID := lookup(t, bob, "alice"), lookup(t, alice, "bob")
+	if err := bob.BlockUser(ctx, aliceID); err != nil {
+		t.Fatal(err)
+	}
+	if us, err := bob.BlockedUsers(ctx); err != nil || len(us) != 1 || us[0].ID != aliceID || us[0].Username != "alice" {
+		t.Fatalf("blocked users: %+v, %v; want alice", us, err)
+	}
+	conv, err := alice.CreateConversation(ctx, "spam")
+	if err != nil {
+		t.Fatal(err)
+	}
+	add, err := alice.AddMember(ctx, conv, bobID, clientsdk.RoleMember)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	failed, err := alice.Failed()
+	if err != nil || len(failed) != 1 || failed[0].Op != add || failed[0].Reason != "PERMISSION_DENIED" ||
+		!strings.Contains(failed[0].Message, "does not accept being added to conversations by you") {
+		t.Fatalf("failed: %+v, %v; want the add, permission denied, saying why", failed, err)
+	}
+	if err := bob.UnblockUser(ctx, aliceID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.AddMember(ctx, conv, bobID, clientsdk.RoleMember); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if failed, _ := alice.Failed(); len(failed) != 1 {
+		t.Fatalf("failed after unblocking: %+v; want the first add alone", failed)
+	}
+}

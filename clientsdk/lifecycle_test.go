@@ -64,9 +64,12 @@ func TestCallsAfterClose(t *testing.T) {
 			_, err := d.ChangePassword(ctx, "correct horse", "battery staple", false)
 			return err
 		},
-		"Logout":   func() error { return d.Logout(ctx) },
-		"Login":    func() error { return d.Login(ctx, "alice", "correct horse", "again") },
-		"Register": func() error { return d.Register(ctx, "alice2", "correct horse", "again") },
+		"BlockUser":    func() error { return d.BlockUser(ctx, a.User) },
+		"UnblockUser":  func() error { return d.UnblockUser(ctx, a.User) },
+		"BlockedUsers": func() error { _, err := d.BlockedUsers(ctx); return err },
+		"Logout":       func() error { return d.Logout(ctx) },
+		"Login":        func() error { return d.Login(ctx, "alice", "correct horse", "again") },
+		"Register":     func() error { return d.Register(ctx, "alice2", "correct horse", "again") },
 	}
 	for name, call := range calls {
 		func() {
@@ -230,8 +233,11 @@ func TestCallsBeforeSignIn(t *testing.T) {
 			_, err := d.ChangePassword(ctx, "correct horse", "battery staple", false)
 			return err
 		},
-		"Members": func() error { _, err := d.Members(ctx, ulid.Make()); return err },
-		"Logout":  func() error { return d.Logout(ctx) },
+		"BlockUser":    func() error { return d.BlockUser(ctx, ulid.Make()) },
+		"UnblockUser":  func() error { return d.UnblockUser(ctx, ulid.Make()) },
+		"BlockedUsers": func() error { _, err := d.BlockedUsers(ctx); return err },
+		"Members":      func() error { _, err := d.Members(ctx, ulid.Make()); return err },
+		"Logout":       func() error { return d.Logout(ctx) },
 	}
 	for name, call := range calls {
 		if err := call(); !errors.Is(err, clientsdk.ErrNotSignedIn) {

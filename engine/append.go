@@ -209,6 +209,15 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 			case !ok:
 				return reject(fmt.Errorf("%w: user %s does not exist", ErrPrecondition, op.Member))
 			}
+			if op.Member != a.User {
+				switch blocked, err := tx.blocks(op.Member, a.User); {
+				case err != nil:
+					tx.fail(err)
+					return res
+				case blocked:
+					return reject(fmt.Errorf("%w: user %s does not accept being added to conversations by you", ErrForbidden, op.Member))
+				}
+			}
 			if int(c.rec.Members) >= tx.e.opts.MaxMembers {
 				return reject(fmt.Errorf("%w: conversation %s has %d members, the most this server allows", ErrPrecondition, op.Conv, c.rec.Members))
 			}

@@ -119,3 +119,37 @@ func (h accountService) ChangePassword(ctx context.Context, req *ferryv1.ChangeP
 	}
 	return &ferryv1.ChangePasswordResponse{DevicesSignedOut: uint32(n)}, nil
 }
+
+func (h accountService) BlockUser(ctx context.Context, req *ferryv1.BlockUserRequest) (*ferryv1.BlockUserResponse, error) {
+	id, err := parseID("user_id", req.GetUserId())
+	if err != nil {
+		return nil, err
+	}
+	if err := h.s.eng.Block(ctx, actorFrom(ctx), id); err != nil {
+		return nil, connectError(err)
+	}
+	return &ferryv1.BlockUserResponse{}, nil
+}
+
+func (h accountService) UnblockUser(ctx context.Context, req *ferryv1.UnblockUserRequest) (*ferryv1.UnblockUserResponse, error) {
+	id, err := parseID("user_id", req.GetUserId())
+	if err != nil {
+		return nil, err
+	}
+	if err := h.s.eng.Unblock(ctx, actorFrom(ctx), id); err != nil {
+		return nil, connectError(err)
+	}
+	return &ferryv1.UnblockUserResponse{}, nil
+}
+
+func (h accountService) ListBlockedUsers(ctx context.Context, _ *ferryv1.ListBlockedUsersRequest) (*ferryv1.ListBlockedUsersResponse, error) {
+	us, err := h.s.eng.Blocked(actorFrom(ctx))
+	if err != nil {
+		return nil, connectError(err)
+	}
+	resp := &ferryv1.ListBlockedUsersResponse{}
+	for _, u := range us {
+		resp.Users = append(resp.Users, userToProto(u))
+	}
+	return resp, nil
+}

@@ -22,6 +22,9 @@ func rpcs(c servertest.Clients, conv, device string) map[string]error {
 	_, out["RevokeDevice"] = c.Account.RevokeDevice(bg, &ferryv1.RevokeDeviceRequest{DeviceId: device})
 	_, out["LookupUsers"] = c.Account.LookupUsers(bg, &ferryv1.LookupUsersRequest{Usernames: []string{"alice"}})
 	_, out["ChangePassword"] = c.Account.ChangePassword(bg, &ferryv1.ChangePasswordRequest{CurrentPassword: "not the password", NewPassword: "battery staple"})
+	_, out["BlockUser"] = c.Account.BlockUser(bg, &ferryv1.BlockUserRequest{UserId: ulid.Make().String()})
+	_, out["UnblockUser"] = c.Account.UnblockUser(bg, &ferryv1.UnblockUserRequest{UserId: ulid.Make().String()})
+	_, out["ListBlockedUsers"] = c.Account.ListBlockedUsers(bg, &ferryv1.ListBlockedUsersRequest{})
 	_, out["ListConversations"] = c.Conversation.ListConversations(bg, &ferryv1.ListConversationsRequest{})
 	_, out["GetConversation"] = c.Conversation.GetConversation(bg, &ferryv1.GetConversationRequest{ConversationId: conv})
 	_, out["Push"] = c.Sync.Push(bg, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv,

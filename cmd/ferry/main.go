@@ -56,6 +56,7 @@ Commands:
   logout                                revoke this device and forget its credentials
   devices [--revoke ID]                 list (or revoke) the user's devices
   passwd [--sign-out-others]            change your password (the current one, then the new one)
+  block USER, unblock USER, blocked     stop (or let) a user adding you to conversations; list them
   usage                                 what the user stores on the server, and its quota
   conversation create TITLE [--with USER]...
   conversation list [--offline]         conversations with unread counts
@@ -152,6 +153,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return a.devices(ctx, rest)
 	case "passwd":
 		return a.passwd(ctx, rest)
+	case "block", "unblock", "blocked":
+		return a.block(ctx, cmd, rest)
 	case "usage":
 		return a.usage(ctx, rest)
 	case "conversation", "conv":
@@ -510,6 +513,62 @@ func (a *app) passwd(ctx context.Context, args []string) error {
 			line = fmt.Sprintf("password changed; %d other devices signed out", n)
 		}
 		a.print(map[string]any{"changed": true, "devices_signed_out": n}, line)
+		return nil
+	})
+}
+
+// block blocks or unblocks a user, or lists those blocked.
+func (a *app) block(ctx context.Context, cmd string, args []string) error {
+	pos, err := flags(cmd, args, a.errOut, func(*flag.FlagSet) {})
+	if err != nil {
+		return err
+	}
+	if cmd == "blocked" && len(pos) != 0 || cmd != "blocked" && len(pos) != 1 {
+		if cmd == "blocked" {
+			return errors.New("usage: ferry blocked")
+		}
+		return fmt.Errorf("usage: ferry %s USER", cmd)
+	}
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		if cmd == "blocked" {
+			us, err := d.BlockedUsers(ctx)
+			if err != nil {
+				return err
+			}
+			type out struct {
+				ID       string `json:"id"`
+				Username string `json:"username"`
+			}
+			os := []out{}
+			var lines []string
+			for _, u := range us {
+				os = append(os, out{ID: u.ID.String(), Username: u.Username})
+				lines = append(lines, fmt.Sprintf("%s  %s", u.ID, u.Username))
+			}
+			text := strings.Join(lines, "\n")
+			if len(us) == 0 {
+				text = "you block no one"
+			}
+			a.print(os, text)
+			return nil
+		}
+		u, err := d.LookupUser(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		if cmd == "block" {
+			err = d.BlockUser(ctx, u.ID)
+		} else {
+			err = d.UnblockUser(ctx, u.ID)
+		}
+		if err != nil {
+			return err
+		}
+		text := fmt.Sprintf("%s can no longer add you to conversations (those you share stay)", u.Username)
+		if cmd == "unblock" {
+			text = fmt.Sprintf("%s can add you to conversations again", u.Username)
+		}
+		a.print(map[string]any{cmd + "ed": u.ID.String()}, text)
 		return nil
 	})
 }

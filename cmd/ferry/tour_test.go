@@ -706,3 +706,38 @@ func TestPasswd(t *testing.T) {
 		t.Fatalf("passwd on a profile not signed in: %v %q", err, stderr)
 	}
 }
+
+// TestBlock: ferry block stops a user adding you to conversations (their
+// ferry conversation add then fails, saying why), blocked lists them,
+// unblock lets them again.
+func TestBlock(t *testing.T) {
+	_, ferry, env, alice := aliceWithNotes(t)
+	bob := filepath.Join(filepath.Dir(alice), "bob")
+	run := func(profile string, args ...string) string {
+		t.Helper()
+		return testbin.Run(t, env, ferry, append([]string{"--profile", profile}, args...)...)
+	}
+	run(bob, "register", "bob")
+	if out := run(bob, "block", "alice"); !strings.Contains(out, "alice can no longer add you to conversations") {
+		t.Fatalf("block: %q", out)
+	}
+	if out := run(bob, "blocked"); !strings.Contains(out, "alice") {
+		t.Fatalf("blocked: %q", out)
+	}
+	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", alice, "conversation", "add", "notes", "bob"); err == nil ||
+		!strings.Contains(stderr, "PERMISSION_DENIED") || !strings.Contains(stderr, "does not accept being added to conversations by you") {
+		t.Fatalf("adding bob, who blocks alice: %v %q", err, stderr)
+	}
+	run(alice, "failed", "--dismiss-all")
+	if out := run(bob, "unblock", "alice"); !strings.Contains(out, "alice can add you to conversations again") {
+		t.Fatalf("unblock: %q", out)
+	}
+	if out := run(bob, "blocked"); !strings.Contains(out, "you block no one") {
+		t.Fatalf("blocked after unblocking: %q", out)
+	}
+	run(alice, "conversation", "add", "notes", "bob")
+	run(alice, "sync")
+	if out := run(alice, "failed"); strings.Contains(out, "does not accept") {
+		t.Fatalf("failed after unblocking: %q", out)
+	}
+}

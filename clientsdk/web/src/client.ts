@@ -1089,6 +1089,29 @@ export class FerryClient {
     return res.devicesSignedOut;
   }
 
+  /**
+   * Stops a user, by username, from adding this user to conversations: the
+   * server rejects such an add (their device lists it in failed(), as
+   * PERMISSION_DENIED). Conversations they share stay. Asks the server.
+   */
+  async blockUser(username: string): Promise<void> {
+    const [user] = await this.lookup(username);
+    await this.accounts.blockUser({ userId: user!.id }, { timeoutMs: this.opts.callTimeoutMs });
+  }
+
+  /** Lets a user, by username, add this user to conversations again. Asks the server. */
+  async unblockUser(username: string): Promise<void> {
+    const [user] = await this.lookup(username);
+    await this.accounts.unblockUser({ userId: user!.id }, { timeoutMs: this.opts.callTimeoutMs });
+  }
+
+  /** The users this user blocks, in id order. Asks the server. */
+  async blockedUsers(): Promise<{ id: string; username: string; displayName: string }[]> {
+    if (!this.meta.session) throw new Error("ferry: not signed in");
+    const res = await this.accounts.listBlockedUsers({}, { timeoutMs: this.opts.callTimeoutMs });
+    return res.users.map((u) => ({ id: u.id, username: u.username, displayName: u.displayName }));
+  }
+
   // lookup finds users by username, in the order asked, and keeps their
   // names unless the device signed in or out meanwhile. It throws naming
   // the usernames no user has.

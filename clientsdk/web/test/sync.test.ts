@@ -2019,6 +2019,24 @@ test("changePassword() takes the current password, and signs the other devices o
   await again.login(a, "battery staple horse");
 });
 
+test("a user blocked cannot add the user who blocked them: the add fails, saying why; unblocked, it goes", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await open();
+  const a = await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  await bob.blockUser(a);
+  assert.deepEqual((await bob.blockedUsers()).map((u) => u.username), [a]);
+  const conv = await alice.createConversation("spam", [b]);
+  await alice.waitFor(() => alice.failed().length === 1);
+  const [f] = alice.failed();
+  assert.equal(f!.kind, "memberAdd");
+  assert.match(f!.error, /does not accept being added to conversations by you/);
+  await bob.unblockUser(a);
+  assert.deepEqual(await bob.blockedUsers(), []);
+  await alice.addMember(conv, b);
+  await bob.waitFor(() => bob.conversations().some((c) => c.id === conv));
+});
+
 test("usage() says what the user stores and the quota; a message past it fails, saying so", { timeout: 60_000 }, async () => {
   const srv = await startServer({ args: ["--user-quota-mib", "1"] });
   try {

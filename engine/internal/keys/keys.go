@@ -23,6 +23,7 @@ const (
 	TDeviceOf byte = 0x05 // device -> user id
 	TToken    byte = 0x06 // sha256(token) -> user id, device id
 	TUsage    byte = 0x07 // user -> what the user's ops count against the quota (format 6)
+	TBlock    byte = 0x08 // user, blocked user -> empty: those who may not add user to a conversation
 
 	TConv     byte = 0x10 // conv -> conversation record
 	TMember   byte = 0x11 // conv, user -> member record of a current member (format 8: role not none)
@@ -76,7 +77,7 @@ func ID1(t byte, a ulid.ULID) []byte { return id1(t, a, 0) }
 // id1 is ID1 with room for more bytes.
 func id1(t byte, a ulid.ULID, more int) []byte { return append(key(t, 16+more), a[:]...) }
 
-// ID2 is the key of a table keyed by two ids: TDevice, TMember, TFormer, TUserConv,
+// ID2 is the key of a table keyed by two ids: TDevice, TBlock, TMember, TFormer, TUserConv,
 // TOpID, TUFeedIdx, TShared, TDevMark, TUserMark.
 func ID2(t byte, a, b ulid.ULID) []byte { return id2(t, a, b, 0) }
 

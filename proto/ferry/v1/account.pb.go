@@ -419,6 +419,248 @@ func (x *ChangePasswordResponse) GetDevicesSignedOut() uint32 {
 	return 0
 }
 
+type BlockUserRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlockUserRequest) Reset() {
+	*x = BlockUserRequest{}
+	mi := &file_ferry_v1_account_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlockUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlockUserRequest) ProtoMessage() {}
+
+func (x *BlockUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlockUserRequest.ProtoReflect.Descriptor instead.
+func (*BlockUserRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *BlockUserRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+type BlockUserResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlockUserResponse) Reset() {
+	*x = BlockUserResponse{}
+	mi := &file_ferry_v1_account_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlockUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlockUserResponse) ProtoMessage() {}
+
+func (x *BlockUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlockUserResponse.ProtoReflect.Descriptor instead.
+func (*BlockUserResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{8}
+}
+
+type UnblockUserRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnblockUserRequest) Reset() {
+	*x = UnblockUserRequest{}
+	mi := &file_ferry_v1_account_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnblockUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnblockUserRequest) ProtoMessage() {}
+
+func (x *UnblockUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnblockUserRequest.ProtoReflect.Descriptor instead.
+func (*UnblockUserRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *UnblockUserRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+type UnblockUserResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnblockUserResponse) Reset() {
+	*x = UnblockUserResponse{}
+	mi := &file_ferry_v1_account_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnblockUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnblockUserResponse) ProtoMessage() {}
+
+func (x *UnblockUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnblockUserResponse.ProtoReflect.Descriptor instead.
+func (*UnblockUserResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{10}
+}
+
+type ListBlockedUsersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBlockedUsersRequest) Reset() {
+	*x = ListBlockedUsersRequest{}
+	mi := &file_ferry_v1_account_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBlockedUsersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBlockedUsersRequest) ProtoMessage() {}
+
+func (x *ListBlockedUsersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBlockedUsersRequest.ProtoReflect.Descriptor instead.
+func (*ListBlockedUsersRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{11}
+}
+
+type ListBlockedUsersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In user id order. A user whose record the server cannot read has
+	// their id alone.
+	Users         []*User `protobuf:"bytes,1,rep,name=users,proto3" json:"users,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBlockedUsersResponse) Reset() {
+	*x = ListBlockedUsersResponse{}
+	mi := &file_ferry_v1_account_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBlockedUsersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBlockedUsersResponse) ProtoMessage() {}
+
+func (x *ListBlockedUsersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBlockedUsersResponse.ProtoReflect.Descriptor instead.
+func (*ListBlockedUsersResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListBlockedUsersResponse) GetUsers() []*User {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
 type GetAccountRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -427,7 +669,7 @@ type GetAccountRequest struct {
 
 func (x *GetAccountRequest) Reset() {
 	*x = GetAccountRequest{}
-	mi := &file_ferry_v1_account_proto_msgTypes[7]
+	mi := &file_ferry_v1_account_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +681,7 @@ func (x *GetAccountRequest) String() string {
 func (*GetAccountRequest) ProtoMessage() {}
 
 func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[7]
+	mi := &file_ferry_v1_account_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +694,7 @@ func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountRequest.ProtoReflect.Descriptor instead.
 func (*GetAccountRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{13}
 }
 
 type GetAccountResponse struct {
@@ -474,7 +716,7 @@ type GetAccountResponse struct {
 
 func (x *GetAccountResponse) Reset() {
 	*x = GetAccountResponse{}
-	mi := &file_ferry_v1_account_proto_msgTypes[8]
+	mi := &file_ferry_v1_account_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +728,7 @@ func (x *GetAccountResponse) String() string {
 func (*GetAccountResponse) ProtoMessage() {}
 
 func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[8]
+	mi := &file_ferry_v1_account_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +741,7 @@ func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountResponse.ProtoReflect.Descriptor instead.
 func (*GetAccountResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetAccountResponse) GetUser() *User {
@@ -538,7 +780,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_ferry_v1_account_proto_msgTypes[9]
+	mi := &file_ferry_v1_account_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +792,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[9]
+	mi := &file_ferry_v1_account_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +805,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{15}
 }
 
 type ListDevicesResponse struct {
@@ -575,7 +817,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_ferry_v1_account_proto_msgTypes[10]
+	mi := &file_ferry_v1_account_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +829,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[10]
+	mi := &file_ferry_v1_account_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +842,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*Device {
@@ -619,7 +861,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_ferry_v1_account_proto_msgTypes[11]
+	mi := &file_ferry_v1_account_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +873,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[11]
+	mi := &file_ferry_v1_account_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +886,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -662,7 +904,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_ferry_v1_account_proto_msgTypes[12]
+	mi := &file_ferry_v1_account_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +916,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[12]
+	mi := &file_ferry_v1_account_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +929,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{18}
 }
 
 type LookupUsersRequest struct {
@@ -700,7 +942,7 @@ type LookupUsersRequest struct {
 
 func (x *LookupUsersRequest) Reset() {
 	*x = LookupUsersRequest{}
-	mi := &file_ferry_v1_account_proto_msgTypes[13]
+	mi := &file_ferry_v1_account_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +954,7 @@ func (x *LookupUsersRequest) String() string {
 func (*LookupUsersRequest) ProtoMessage() {}
 
 func (x *LookupUsersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[13]
+	mi := &file_ferry_v1_account_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +967,7 @@ func (x *LookupUsersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupUsersRequest.ProtoReflect.Descriptor instead.
 func (*LookupUsersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LookupUsersRequest) GetUsernames() []string {
@@ -744,7 +986,7 @@ type LookupUsersResponse struct {
 
 func (x *LookupUsersResponse) Reset() {
 	*x = LookupUsersResponse{}
-	mi := &file_ferry_v1_account_proto_msgTypes[14]
+	mi := &file_ferry_v1_account_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +998,7 @@ func (x *LookupUsersResponse) String() string {
 func (*LookupUsersResponse) ProtoMessage() {}
 
 func (x *LookupUsersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[14]
+	mi := &file_ferry_v1_account_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +1011,7 @@ func (x *LookupUsersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupUsersResponse.ProtoReflect.Descriptor instead.
 func (*LookupUsersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LookupUsersResponse) GetUsers() []*User {
@@ -791,7 +1033,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_ferry_v1_account_proto_msgTypes[15]
+	mi := &file_ferry_v1_account_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +1045,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[15]
+	mi := &file_ferry_v1_account_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +1058,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *User) GetId() string {
@@ -854,7 +1096,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_ferry_v1_account_proto_msgTypes[16]
+	mi := &file_ferry_v1_account_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +1108,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[16]
+	mi := &file_ferry_v1_account_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +1121,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Device) GetId() string {
@@ -940,7 +1182,16 @@ const file_ferry_v1_account_proto_rawDesc = "" +
 	"\fnew_password\x18\x02 \x01(\tR\vnewPassword\x123\n" +
 	"\x16sign_out_other_devices\x18\x03 \x01(\bR\x13signOutOtherDevices\"F\n" +
 	"\x16ChangePasswordResponse\x12,\n" +
-	"\x12devices_signed_out\x18\x01 \x01(\rR\x10devicesSignedOut\"\x13\n" +
+	"\x12devices_signed_out\x18\x01 \x01(\rR\x10devicesSignedOut\"+\n" +
+	"\x10BlockUserRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"\x13\n" +
+	"\x11BlockUserResponse\"-\n" +
+	"\x12UnblockUserRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"\x15\n" +
+	"\x13UnblockUserResponse\"\x19\n" +
+	"\x17ListBlockedUsersRequest\"@\n" +
+	"\x18ListBlockedUsersResponse\x12$\n" +
+	"\x05users\x18\x01 \x03(\v2\x0e.ferry.v1.UserR\x05users\"\x13\n" +
 	"\x11GetAccountRequest\"\xa4\x01\n" +
 	"\x12GetAccountResponse\x12\"\n" +
 	"\x04user\x18\x01 \x01(\v2\x0e.ferry.v1.UserR\x04user\x12(\n" +
@@ -968,7 +1219,7 @@ const file_ferry_v1_account_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x129\n" +
 	"\n" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x18\n" +
-	"\acurrent\x18\x04 \x01(\bR\acurrent2\x92\x04\n" +
+	"\acurrent\x18\x04 \x01(\bR\acurrent2\xff\x05\n" +
 	"\x0eAccountService\x12A\n" +
 	"\bRegister\x12\x19.ferry.v1.RegisterRequest\x1a\x1a.ferry.v1.RegisterResponse\x128\n" +
 	"\x05Login\x12\x16.ferry.v1.LoginRequest\x1a\x17.ferry.v1.LoginResponse\x12G\n" +
@@ -977,7 +1228,10 @@ const file_ferry_v1_account_proto_rawDesc = "" +
 	"\vListDevices\x12\x1c.ferry.v1.ListDevicesRequest\x1a\x1d.ferry.v1.ListDevicesResponse\x12M\n" +
 	"\fRevokeDevice\x12\x1d.ferry.v1.RevokeDeviceRequest\x1a\x1e.ferry.v1.RevokeDeviceResponse\x12J\n" +
 	"\vLookupUsers\x12\x1c.ferry.v1.LookupUsersRequest\x1a\x1d.ferry.v1.LookupUsersResponse\x12S\n" +
-	"\x0eChangePassword\x12\x1f.ferry.v1.ChangePasswordRequest\x1a .ferry.v1.ChangePasswordResponseB3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"\x0eChangePassword\x12\x1f.ferry.v1.ChangePasswordRequest\x1a .ferry.v1.ChangePasswordResponse\x12D\n" +
+	"\tBlockUser\x12\x1a.ferry.v1.BlockUserRequest\x1a\x1b.ferry.v1.BlockUserResponse\x12J\n" +
+	"\vUnblockUser\x12\x1c.ferry.v1.UnblockUserRequest\x1a\x1d.ferry.v1.UnblockUserResponse\x12Y\n" +
+	"\x10ListBlockedUsers\x12!.ferry.v1.ListBlockedUsersRequest\x1a\".ferry.v1.ListBlockedUsersResponseB3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_account_proto_rawDescOnce sync.Once
@@ -991,54 +1245,67 @@ func file_ferry_v1_account_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_account_proto_rawDescData
 }
 
-var file_ferry_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_ferry_v1_account_proto_goTypes = []any{
-	(*RegisterRequest)(nil),        // 0: ferry.v1.RegisterRequest
-	(*RegisterResponse)(nil),       // 1: ferry.v1.RegisterResponse
-	(*LoginRequest)(nil),           // 2: ferry.v1.LoginRequest
-	(*LoginResponse)(nil),          // 3: ferry.v1.LoginResponse
-	(*DeviceSession)(nil),          // 4: ferry.v1.DeviceSession
-	(*ChangePasswordRequest)(nil),  // 5: ferry.v1.ChangePasswordRequest
-	(*ChangePasswordResponse)(nil), // 6: ferry.v1.ChangePasswordResponse
-	(*GetAccountRequest)(nil),      // 7: ferry.v1.GetAccountRequest
-	(*GetAccountResponse)(nil),     // 8: ferry.v1.GetAccountResponse
-	(*ListDevicesRequest)(nil),     // 9: ferry.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),    // 10: ferry.v1.ListDevicesResponse
-	(*RevokeDeviceRequest)(nil),    // 11: ferry.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),   // 12: ferry.v1.RevokeDeviceResponse
-	(*LookupUsersRequest)(nil),     // 13: ferry.v1.LookupUsersRequest
-	(*LookupUsersResponse)(nil),    // 14: ferry.v1.LookupUsersResponse
-	(*User)(nil),                   // 15: ferry.v1.User
-	(*Device)(nil),                 // 16: ferry.v1.Device
-	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
+	(*RegisterRequest)(nil),          // 0: ferry.v1.RegisterRequest
+	(*RegisterResponse)(nil),         // 1: ferry.v1.RegisterResponse
+	(*LoginRequest)(nil),             // 2: ferry.v1.LoginRequest
+	(*LoginResponse)(nil),            // 3: ferry.v1.LoginResponse
+	(*DeviceSession)(nil),            // 4: ferry.v1.DeviceSession
+	(*ChangePasswordRequest)(nil),    // 5: ferry.v1.ChangePasswordRequest
+	(*ChangePasswordResponse)(nil),   // 6: ferry.v1.ChangePasswordResponse
+	(*BlockUserRequest)(nil),         // 7: ferry.v1.BlockUserRequest
+	(*BlockUserResponse)(nil),        // 8: ferry.v1.BlockUserResponse
+	(*UnblockUserRequest)(nil),       // 9: ferry.v1.UnblockUserRequest
+	(*UnblockUserResponse)(nil),      // 10: ferry.v1.UnblockUserResponse
+	(*ListBlockedUsersRequest)(nil),  // 11: ferry.v1.ListBlockedUsersRequest
+	(*ListBlockedUsersResponse)(nil), // 12: ferry.v1.ListBlockedUsersResponse
+	(*GetAccountRequest)(nil),        // 13: ferry.v1.GetAccountRequest
+	(*GetAccountResponse)(nil),       // 14: ferry.v1.GetAccountResponse
+	(*ListDevicesRequest)(nil),       // 15: ferry.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),      // 16: ferry.v1.ListDevicesResponse
+	(*RevokeDeviceRequest)(nil),      // 17: ferry.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),     // 18: ferry.v1.RevokeDeviceResponse
+	(*LookupUsersRequest)(nil),       // 19: ferry.v1.LookupUsersRequest
+	(*LookupUsersResponse)(nil),      // 20: ferry.v1.LookupUsersResponse
+	(*User)(nil),                     // 21: ferry.v1.User
+	(*Device)(nil),                   // 22: ferry.v1.Device
+	(*timestamppb.Timestamp)(nil),    // 23: google.protobuf.Timestamp
 }
 var file_ferry_v1_account_proto_depIdxs = []int32{
 	4,  // 0: ferry.v1.RegisterResponse.session:type_name -> ferry.v1.DeviceSession
 	4,  // 1: ferry.v1.LoginResponse.session:type_name -> ferry.v1.DeviceSession
-	15, // 2: ferry.v1.GetAccountResponse.user:type_name -> ferry.v1.User
-	16, // 3: ferry.v1.GetAccountResponse.device:type_name -> ferry.v1.Device
-	16, // 4: ferry.v1.ListDevicesResponse.devices:type_name -> ferry.v1.Device
-	15, // 5: ferry.v1.LookupUsersResponse.users:type_name -> ferry.v1.User
-	17, // 6: ferry.v1.Device.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 7: ferry.v1.AccountService.Register:input_type -> ferry.v1.RegisterRequest
-	2,  // 8: ferry.v1.AccountService.Login:input_type -> ferry.v1.LoginRequest
-	7,  // 9: ferry.v1.AccountService.GetAccount:input_type -> ferry.v1.GetAccountRequest
-	9,  // 10: ferry.v1.AccountService.ListDevices:input_type -> ferry.v1.ListDevicesRequest
-	11, // 11: ferry.v1.AccountService.RevokeDevice:input_type -> ferry.v1.RevokeDeviceRequest
-	13, // 12: ferry.v1.AccountService.LookupUsers:input_type -> ferry.v1.LookupUsersRequest
-	5,  // 13: ferry.v1.AccountService.ChangePassword:input_type -> ferry.v1.ChangePasswordRequest
-	1,  // 14: ferry.v1.AccountService.Register:output_type -> ferry.v1.RegisterResponse
-	3,  // 15: ferry.v1.AccountService.Login:output_type -> ferry.v1.LoginResponse
-	8,  // 16: ferry.v1.AccountService.GetAccount:output_type -> ferry.v1.GetAccountResponse
-	10, // 17: ferry.v1.AccountService.ListDevices:output_type -> ferry.v1.ListDevicesResponse
-	12, // 18: ferry.v1.AccountService.RevokeDevice:output_type -> ferry.v1.RevokeDeviceResponse
-	14, // 19: ferry.v1.AccountService.LookupUsers:output_type -> ferry.v1.LookupUsersResponse
-	6,  // 20: ferry.v1.AccountService.ChangePassword:output_type -> ferry.v1.ChangePasswordResponse
-	14, // [14:21] is the sub-list for method output_type
-	7,  // [7:14] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	21, // 2: ferry.v1.ListBlockedUsersResponse.users:type_name -> ferry.v1.User
+	21, // 3: ferry.v1.GetAccountResponse.user:type_name -> ferry.v1.User
+	22, // 4: ferry.v1.GetAccountResponse.device:type_name -> ferry.v1.Device
+	22, // 5: ferry.v1.ListDevicesResponse.devices:type_name -> ferry.v1.Device
+	21, // 6: ferry.v1.LookupUsersResponse.users:type_name -> ferry.v1.User
+	23, // 7: ferry.v1.Device.created_at:type_name -> google.protobuf.Timestamp
+	0,  // 8: ferry.v1.AccountService.Register:input_type -> ferry.v1.RegisterRequest
+	2,  // 9: ferry.v1.AccountService.Login:input_type -> ferry.v1.LoginRequest
+	13, // 10: ferry.v1.AccountService.GetAccount:input_type -> ferry.v1.GetAccountRequest
+	15, // 11: ferry.v1.AccountService.ListDevices:input_type -> ferry.v1.ListDevicesRequest
+	17, // 12: ferry.v1.AccountService.RevokeDevice:input_type -> ferry.v1.RevokeDeviceRequest
+	19, // 13: ferry.v1.AccountService.LookupUsers:input_type -> ferry.v1.LookupUsersRequest
+	5,  // 14: ferry.v1.AccountService.ChangePassword:input_type -> ferry.v1.ChangePasswordRequest
+	7,  // 15: ferry.v1.AccountService.BlockUser:input_type -> ferry.v1.BlockUserRequest
+	9,  // 16: ferry.v1.AccountService.UnblockUser:input_type -> ferry.v1.UnblockUserRequest
+	11, // 17: ferry.v1.AccountService.ListBlockedUsers:input_type -> ferry.v1.ListBlockedUsersRequest
+	1,  // 18: ferry.v1.AccountService.Register:output_type -> ferry.v1.RegisterResponse
+	3,  // 19: ferry.v1.AccountService.Login:output_type -> ferry.v1.LoginResponse
+	14, // 20: ferry.v1.AccountService.GetAccount:output_type -> ferry.v1.GetAccountResponse
+	16, // 21: ferry.v1.AccountService.ListDevices:output_type -> ferry.v1.ListDevicesResponse
+	18, // 22: ferry.v1.AccountService.RevokeDevice:output_type -> ferry.v1.RevokeDeviceResponse
+	20, // 23: ferry.v1.AccountService.LookupUsers:output_type -> ferry.v1.LookupUsersResponse
+	6,  // 24: ferry.v1.AccountService.ChangePassword:output_type -> ferry.v1.ChangePasswordResponse
+	8,  // 25: ferry.v1.AccountService.BlockUser:output_type -> ferry.v1.BlockUserResponse
+	10, // 26: ferry.v1.AccountService.UnblockUser:output_type -> ferry.v1.UnblockUserResponse
+	12, // 27: ferry.v1.AccountService.ListBlockedUsers:output_type -> ferry.v1.ListBlockedUsersResponse
+	18, // [18:28] is the sub-list for method output_type
+	8,  // [8:18] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_account_proto_init() }
@@ -1052,7 +1319,7 @@ func file_ferry_v1_account_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_account_proto_rawDesc), len(file_ferry_v1_account_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,6 +40,13 @@ const (
 	// AccountServiceChangePasswordProcedure is the procedure name of the AccountService's
 	// ChangePassword RPC.
 	AccountServiceChangePasswordProcedure = "/ferry.v1.AccountService/ChangePassword"
+	// AccountServiceBlockUserProcedure is the procedure name of the AccountService's BlockUser RPC.
+	AccountServiceBlockUserProcedure = "/ferry.v1.AccountService/BlockUser"
+	// AccountServiceUnblockUserProcedure is the procedure name of the AccountService's UnblockUser RPC.
+	AccountServiceUnblockUserProcedure = "/ferry.v1.AccountService/UnblockUser"
+	// AccountServiceListBlockedUsersProcedure is the procedure name of the AccountService's
+	// ListBlockedUsers RPC.
+	AccountServiceListBlockedUsersProcedure = "/ferry.v1.AccountService/ListBlockedUsers"
 )
 
 var (
@@ -92,6 +99,27 @@ var (
 			Procedure:  AccountServiceChangePasswordProcedure,
 		}
 	})
+	accountServiceBlockUserSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_ferry_v1_account_proto.Services().ByName("AccountService").Methods().ByName("BlockUser"),
+			Procedure:  AccountServiceBlockUserProcedure,
+		}
+	})
+	accountServiceUnblockUserSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_ferry_v1_account_proto.Services().ByName("AccountService").Methods().ByName("UnblockUser"),
+			Procedure:  AccountServiceUnblockUserProcedure,
+		}
+	})
+	accountServiceListBlockedUsersSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_ferry_v1_account_proto.Services().ByName("AccountService").Methods().ByName("ListBlockedUsers"),
+			Procedure:  AccountServiceListBlockedUsersProcedure,
+		}
+	})
 )
 
 // AccountServiceClient is a client for the ferry.v1.AccountService service.
@@ -120,6 +148,16 @@ type AccountServiceClient interface {
 	// out of bounds, FailedPrecondition when it changed meanwhile (try
 	// again). The devices signed in stay so, unless sign_out_other_devices.
 	ChangePassword(context.Context, *v1.ChangePasswordRequest) (*v1.ChangePasswordResponse, error)
+	// BlockUser stops a user from adding the caller's user to
+	// conversations: such a member add is rejected
+	// (REJECT_REASON_PERMISSION_DENIED). Conversations they share stay.
+	// Blocking a user blocked already changes nothing; NotFound for no such
+	// user, InvalidArgument for oneself, ResourceExhausted past 10,000.
+	BlockUser(context.Context, *v1.BlockUserRequest) (*v1.BlockUserResponse, error)
+	// UnblockUser lets a blocked user add the caller's user again.
+	UnblockUser(context.Context, *v1.UnblockUserRequest) (*v1.UnblockUserResponse, error)
+	// ListBlockedUsers lists the users the caller's user blocks.
+	ListBlockedUsers(context.Context, *v1.ListBlockedUsersRequest) (*v1.ListBlockedUsersResponse, error)
 }
 
 // NewAccountServiceClient constructs a client for the ferry.v1.AccountService service. Multiple
@@ -154,6 +192,16 @@ type AccountServiceHandler interface {
 	// out of bounds, FailedPrecondition when it changed meanwhile (try
 	// again). The devices signed in stay so, unless sign_out_other_devices.
 	ChangePassword(context.Context, *v1.ChangePasswordRequest) (*v1.ChangePasswordResponse, error)
+	// BlockUser stops a user from adding the caller's user to
+	// conversations: such a member add is rejected
+	// (REJECT_REASON_PERMISSION_DENIED). Conversations they share stay.
+	// Blocking a user blocked already changes nothing; NotFound for no such
+	// user, InvalidArgument for oneself, ResourceExhausted past 10,000.
+	BlockUser(context.Context, *v1.BlockUserRequest) (*v1.BlockUserResponse, error)
+	// UnblockUser lets a blocked user add the caller's user again.
+	UnblockUser(context.Context, *v1.UnblockUserRequest) (*v1.UnblockUserResponse, error)
+	// ListBlockedUsers lists the users the caller's user blocks.
+	ListBlockedUsers(context.Context, *v1.ListBlockedUsersRequest) (*v1.ListBlockedUsersResponse, error)
 }
 
 // RegisterAccountServiceHandler registers svc as the ferry.v1.AccountService implementation on
@@ -168,6 +216,9 @@ func RegisterAccountServiceHandler(server *connect.Server, svc AccountServiceHan
 		connect.Method{Spec: accountServiceRevokeDeviceSpec(), Handler: adapter.revokeDevice},
 		connect.Method{Spec: accountServiceLookupUsersSpec(), Handler: adapter.lookupUsers},
 		connect.Method{Spec: accountServiceChangePasswordSpec(), Handler: adapter.changePassword},
+		connect.Method{Spec: accountServiceBlockUserSpec(), Handler: adapter.blockUser},
+		connect.Method{Spec: accountServiceUnblockUserSpec(), Handler: adapter.unblockUser},
+		connect.Method{Spec: accountServiceListBlockedUsersSpec(), Handler: adapter.listBlockedUsers},
 	)
 }
 
@@ -200,6 +251,18 @@ func (UnimplementedAccountServiceHandler) LookupUsers(context.Context, *v1.Looku
 
 func (UnimplementedAccountServiceHandler) ChangePassword(context.Context, *v1.ChangePasswordRequest) (*v1.ChangePasswordResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, "ferry.v1.AccountService.ChangePassword is not implemented")
+}
+
+func (UnimplementedAccountServiceHandler) BlockUser(context.Context, *v1.BlockUserRequest) (*v1.BlockUserResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "ferry.v1.AccountService.BlockUser is not implemented")
+}
+
+func (UnimplementedAccountServiceHandler) UnblockUser(context.Context, *v1.UnblockUserRequest) (*v1.UnblockUserResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "ferry.v1.AccountService.UnblockUser is not implemented")
+}
+
+func (UnimplementedAccountServiceHandler) ListBlockedUsers(context.Context, *v1.ListBlockedUsersRequest) (*v1.ListBlockedUsersResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "ferry.v1.AccountService.ListBlockedUsers is not implemented")
 }
 
 type accountServiceClient struct {
@@ -257,6 +320,30 @@ func (c *accountServiceClient) LookupUsers(ctx context.Context, req *v1.LookupUs
 func (c *accountServiceClient) ChangePassword(ctx context.Context, req *v1.ChangePasswordRequest) (*v1.ChangePasswordResponse, error) {
 	var res v1.ChangePasswordResponse
 	if err := c.client.CallUnary(ctx, accountServiceChangePasswordSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *accountServiceClient) BlockUser(ctx context.Context, req *v1.BlockUserRequest) (*v1.BlockUserResponse, error) {
+	var res v1.BlockUserResponse
+	if err := c.client.CallUnary(ctx, accountServiceBlockUserSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *accountServiceClient) UnblockUser(ctx context.Context, req *v1.UnblockUserRequest) (*v1.UnblockUserResponse, error) {
+	var res v1.UnblockUserResponse
+	if err := c.client.CallUnary(ctx, accountServiceUnblockUserSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *accountServiceClient) ListBlockedUsers(ctx context.Context, req *v1.ListBlockedUsersRequest) (*v1.ListBlockedUsersResponse, error) {
+	var res v1.ListBlockedUsersResponse
+	if err := c.client.CallUnary(ctx, accountServiceListBlockedUsersSpec(), req, &res); err != nil {
 		return nil, err
 	}
 	return &res, nil
@@ -342,6 +429,42 @@ func (h accountServiceHandler) changePassword(ctx context.Context, _ connect.Spe
 		return err
 	}
 	res, err := h.svc.ChangePassword(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h accountServiceHandler) blockUser(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.BlockUserRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.BlockUser(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h accountServiceHandler) unblockUser(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.UnblockUserRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.UnblockUser(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h accountServiceHandler) listBlockedUsers(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.ListBlockedUsersRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.ListBlockedUsers(ctx, &req)
 	if err != nil {
 		return err
 	}

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ferry/v1/account.proto.
  */
 export const file_ferry_v1_account: GenFile = /*@__PURE__*/
-  fileDesc("ChZmZXJyeS92MS9hY2NvdW50LnByb3RvEghmZXJyeS52MSJgCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEhMKC2RldmljZV9uYW1lGAQgASgJIjwKEFJlZ2lzdGVyUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iRwoMTG9naW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhMKC2RldmljZV9uYW1lGAMgASgJIjkKDUxvZ2luUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iVAoNRGV2aWNlU2Vzc2lvbhIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRINCgV0b2tlbhgDIAEoCRIQCgh1c2VybmFtZRgEIAEoCSJnChVDaGFuZ2VQYXNzd29yZFJlcXVlc3QSGAoQY3VycmVudF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkSHgoWc2lnbl9vdXRfb3RoZXJfZGV2aWNlcxgDIAEoCCI0ChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlEhoKEmRldmljZXNfc2lnbmVkX291dBgBIAEoDSITChFHZXRBY2NvdW50UmVxdWVzdCJ+ChJHZXRBY2NvdW50UmVzcG9uc2USHAoEdXNlchgBIAEoCzIOLmZlcnJ5LnYxLlVzZXISIAoGZGV2aWNlGAIgASgLMhAuZmVycnkudjEuRGV2aWNlEhMKC3VzYWdlX2J5dGVzGAMgASgEEhMKC3F1b3RhX2J5dGVzGAQgASgEIhQKEkxpc3REZXZpY2VzUmVxdWVzdCI4ChNMaXN0RGV2aWNlc1Jlc3BvbnNlEiEKB2RldmljZXMYASADKAsyEC5mZXJyeS52MS5EZXZpY2UiKAoTUmV2b2tlRGV2aWNlUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkiFgoUUmV2b2tlRGV2aWNlUmVzcG9uc2UiJwoSTG9va3VwVXNlcnNSZXF1ZXN0EhEKCXVzZXJuYW1lcxgBIAMoCSI0ChNMb29rdXBVc2Vyc1Jlc3BvbnNlEh0KBXVzZXJzGAEgAygLMg4uZmVycnkudjEuVXNlciI6CgRVc2VyEgoKAmlkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCSJjCgZEZXZpY2USCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdjdXJyZW50GAQgASgIMpIECg5BY2NvdW50U2VydmljZRJBCghSZWdpc3RlchIZLmZlcnJ5LnYxLlJlZ2lzdGVyUmVxdWVzdBoaLmZlcnJ5LnYxLlJlZ2lzdGVyUmVzcG9uc2USOAoFTG9naW4SFi5mZXJyeS52MS5Mb2dpblJlcXVlc3QaFy5mZXJyeS52MS5Mb2dpblJlc3BvbnNlEkcKCkdldEFjY291bnQSGy5mZXJyeS52MS5HZXRBY2NvdW50UmVxdWVzdBocLmZlcnJ5LnYxLkdldEFjY291bnRSZXNwb25zZRJKCgtMaXN0RGV2aWNlcxIcLmZlcnJ5LnYxLkxpc3REZXZpY2VzUmVxdWVzdBodLmZlcnJ5LnYxLkxpc3REZXZpY2VzUmVzcG9uc2USTQoMUmV2b2tlRGV2aWNlEh0uZmVycnkudjEuUmV2b2tlRGV2aWNlUmVxdWVzdBoeLmZlcnJ5LnYxLlJldm9rZURldmljZVJlc3BvbnNlEkoKC0xvb2t1cFVzZXJzEhwuZmVycnkudjEuTG9va3VwVXNlcnNSZXF1ZXN0Gh0uZmVycnkudjEuTG9va3VwVXNlcnNSZXNwb25zZRJTCg5DaGFuZ2VQYXNzd29yZBIfLmZlcnJ5LnYxLkNoYW5nZVBhc3N3b3JkUmVxdWVzdBogLmZlcnJ5LnYxLkNoYW5nZVBhc3N3b3JkUmVzcG9uc2VCM1oxZ2l0aHViLmNvbS9mZXJyeXN5bmMvZmVycnkvcHJvdG8vZmVycnkvdjE7ZmVycnl2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChZmZXJyeS92MS9hY2NvdW50LnByb3RvEghmZXJyeS52MSJgCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEhMKC2RldmljZV9uYW1lGAQgASgJIjwKEFJlZ2lzdGVyUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iRwoMTG9naW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhMKC2RldmljZV9uYW1lGAMgASgJIjkKDUxvZ2luUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iVAoNRGV2aWNlU2Vzc2lvbhIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRINCgV0b2tlbhgDIAEoCRIQCgh1c2VybmFtZRgEIAEoCSJnChVDaGFuZ2VQYXNzd29yZFJlcXVlc3QSGAoQY3VycmVudF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkSHgoWc2lnbl9vdXRfb3RoZXJfZGV2aWNlcxgDIAEoCCI0ChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlEhoKEmRldmljZXNfc2lnbmVkX291dBgBIAEoDSIjChBCbG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiEwoRQmxvY2tVc2VyUmVzcG9uc2UiJQoSVW5ibG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiFQoTVW5ibG9ja1VzZXJSZXNwb25zZSIZChdMaXN0QmxvY2tlZFVzZXJzUmVxdWVzdCI5ChhMaXN0QmxvY2tlZFVzZXJzUmVzcG9uc2USHQoFdXNlcnMYASADKAsyDi5mZXJyeS52MS5Vc2VyIhMKEUdldEFjY291bnRSZXF1ZXN0In4KEkdldEFjY291bnRSZXNwb25zZRIcCgR1c2VyGAEgASgLMg4uZmVycnkudjEuVXNlchIgCgZkZXZpY2UYAiABKAsyEC5mZXJyeS52MS5EZXZpY2USEwoLdXNhZ2VfYnl0ZXMYAyABKAQSEwoLcXVvdGFfYnl0ZXMYBCABKAQiFAoSTGlzdERldmljZXNSZXF1ZXN0IjgKE0xpc3REZXZpY2VzUmVzcG9uc2USIQoHZGV2aWNlcxgBIAMoCzIQLmZlcnJ5LnYxLkRldmljZSIoChNSZXZva2VEZXZpY2VSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCSIWChRSZXZva2VEZXZpY2VSZXNwb25zZSInChJMb29rdXBVc2Vyc1JlcXVlc3QSEQoJdXNlcm5hbWVzGAEgAygJIjQKE0xvb2t1cFVzZXJzUmVzcG9uc2USHQoFdXNlcnMYASADKAsyDi5mZXJyeS52MS5Vc2VyIjoKBFVzZXISCgoCaWQYASABKAkSEAoIdXNlcm5hbWUYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJImMKBkRldmljZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2N1cnJlbnQYBCABKAgy/wUKDkFjY291bnRTZXJ2aWNlEkEKCFJlZ2lzdGVyEhkuZmVycnkudjEuUmVnaXN0ZXJSZXF1ZXN0GhouZmVycnkudjEuUmVnaXN0ZXJSZXNwb25zZRI4CgVMb2dpbhIWLmZlcnJ5LnYxLkxvZ2luUmVxdWVzdBoXLmZlcnJ5LnYxLkxvZ2luUmVzcG9uc2USRwoKR2V0QWNjb3VudBIbLmZlcnJ5LnYxLkdldEFjY291bnRSZXF1ZXN0GhwuZmVycnkudjEuR2V0QWNjb3VudFJlc3BvbnNlEkoKC0xpc3REZXZpY2VzEhwuZmVycnkudjEuTGlzdERldmljZXNSZXF1ZXN0Gh0uZmVycnkudjEuTGlzdERldmljZXNSZXNwb25zZRJNCgxSZXZva2VEZXZpY2USHS5mZXJyeS52MS5SZXZva2VEZXZpY2VSZXF1ZXN0Gh4uZmVycnkudjEuUmV2b2tlRGV2aWNlUmVzcG9uc2USSgoLTG9va3VwVXNlcnMSHC5mZXJyeS52MS5Mb29rdXBVc2Vyc1JlcXVlc3QaHS5mZXJyeS52MS5Mb29rdXBVc2Vyc1Jlc3BvbnNlElMKDkNoYW5nZVBhc3N3b3JkEh8uZmVycnkudjEuQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0GiAuZmVycnkudjEuQ2hhbmdlUGFzc3dvcmRSZXNwb25zZRJECglCbG9ja1VzZXISGi5mZXJyeS52MS5CbG9ja1VzZXJSZXF1ZXN0GhsuZmVycnkudjEuQmxvY2tVc2VyUmVzcG9uc2USSgoLVW5ibG9ja1VzZXISHC5mZXJyeS52MS5VbmJsb2NrVXNlclJlcXVlc3QaHS5mZXJyeS52MS5VbmJsb2NrVXNlclJlc3BvbnNlElkKEExpc3RCbG9ja2VkVXNlcnMSIS5mZXJyeS52MS5MaXN0QmxvY2tlZFVzZXJzUmVxdWVzdBoiLmZlcnJ5LnYxLkxpc3RCbG9ja2VkVXNlcnNSZXNwb25zZUIzWjFnaXRodWIuY29tL2ZlcnJ5c3luYy9mZXJyeS9wcm90by9mZXJyeS92MTtmZXJyeXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Usernames are 3 to 32 characters of a-z, 0-9, '_', '.' and '-', starting
@@ -198,6 +198,99 @@ export const ChangePasswordResponseSchema: GenMessage<ChangePasswordResponse> = 
   messageDesc(file_ferry_v1_account, 6);
 
 /**
+ * @generated from message ferry.v1.BlockUserRequest
+ */
+export type BlockUserRequest = Message<"ferry.v1.BlockUserRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message ferry.v1.BlockUserRequest.
+ * Use `create(BlockUserRequestSchema)` to create a new message.
+ */
+export const BlockUserRequestSchema: GenMessage<BlockUserRequest> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 7);
+
+/**
+ * @generated from message ferry.v1.BlockUserResponse
+ */
+export type BlockUserResponse = Message<"ferry.v1.BlockUserResponse"> & {
+};
+
+/**
+ * Describes the message ferry.v1.BlockUserResponse.
+ * Use `create(BlockUserResponseSchema)` to create a new message.
+ */
+export const BlockUserResponseSchema: GenMessage<BlockUserResponse> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 8);
+
+/**
+ * @generated from message ferry.v1.UnblockUserRequest
+ */
+export type UnblockUserRequest = Message<"ferry.v1.UnblockUserRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message ferry.v1.UnblockUserRequest.
+ * Use `create(UnblockUserRequestSchema)` to create a new message.
+ */
+export const UnblockUserRequestSchema: GenMessage<UnblockUserRequest> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 9);
+
+/**
+ * @generated from message ferry.v1.UnblockUserResponse
+ */
+export type UnblockUserResponse = Message<"ferry.v1.UnblockUserResponse"> & {
+};
+
+/**
+ * Describes the message ferry.v1.UnblockUserResponse.
+ * Use `create(UnblockUserResponseSchema)` to create a new message.
+ */
+export const UnblockUserResponseSchema: GenMessage<UnblockUserResponse> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 10);
+
+/**
+ * @generated from message ferry.v1.ListBlockedUsersRequest
+ */
+export type ListBlockedUsersRequest = Message<"ferry.v1.ListBlockedUsersRequest"> & {
+};
+
+/**
+ * Describes the message ferry.v1.ListBlockedUsersRequest.
+ * Use `create(ListBlockedUsersRequestSchema)` to create a new message.
+ */
+export const ListBlockedUsersRequestSchema: GenMessage<ListBlockedUsersRequest> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 11);
+
+/**
+ * @generated from message ferry.v1.ListBlockedUsersResponse
+ */
+export type ListBlockedUsersResponse = Message<"ferry.v1.ListBlockedUsersResponse"> & {
+  /**
+   * In user id order. A user whose record the server cannot read has
+   * their id alone.
+   *
+   * @generated from field: repeated ferry.v1.User users = 1;
+   */
+  users: User[];
+};
+
+/**
+ * Describes the message ferry.v1.ListBlockedUsersResponse.
+ * Use `create(ListBlockedUsersResponseSchema)` to create a new message.
+ */
+export const ListBlockedUsersResponseSchema: GenMessage<ListBlockedUsersResponse> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 12);
+
+/**
  * @generated from message ferry.v1.GetAccountRequest
  */
 export type GetAccountRequest = Message<"ferry.v1.GetAccountRequest"> & {
@@ -208,7 +301,7 @@ export type GetAccountRequest = Message<"ferry.v1.GetAccountRequest"> & {
  * Use `create(GetAccountRequestSchema)` to create a new message.
  */
 export const GetAccountRequestSchema: GenMessage<GetAccountRequest> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 7);
+  messageDesc(file_ferry_v1_account, 13);
 
 /**
  * @generated from message ferry.v1.GetAccountResponse
@@ -249,7 +342,7 @@ export type GetAccountResponse = Message<"ferry.v1.GetAccountResponse"> & {
  * Use `create(GetAccountResponseSchema)` to create a new message.
  */
 export const GetAccountResponseSchema: GenMessage<GetAccountResponse> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 8);
+  messageDesc(file_ferry_v1_account, 14);
 
 /**
  * @generated from message ferry.v1.ListDevicesRequest
@@ -262,7 +355,7 @@ export type ListDevicesRequest = Message<"ferry.v1.ListDevicesRequest"> & {
  * Use `create(ListDevicesRequestSchema)` to create a new message.
  */
 export const ListDevicesRequestSchema: GenMessage<ListDevicesRequest> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 9);
+  messageDesc(file_ferry_v1_account, 15);
 
 /**
  * @generated from message ferry.v1.ListDevicesResponse
@@ -279,7 +372,7 @@ export type ListDevicesResponse = Message<"ferry.v1.ListDevicesResponse"> & {
  * Use `create(ListDevicesResponseSchema)` to create a new message.
  */
 export const ListDevicesResponseSchema: GenMessage<ListDevicesResponse> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 10);
+  messageDesc(file_ferry_v1_account, 16);
 
 /**
  * @generated from message ferry.v1.RevokeDeviceRequest
@@ -296,7 +389,7 @@ export type RevokeDeviceRequest = Message<"ferry.v1.RevokeDeviceRequest"> & {
  * Use `create(RevokeDeviceRequestSchema)` to create a new message.
  */
 export const RevokeDeviceRequestSchema: GenMessage<RevokeDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 11);
+  messageDesc(file_ferry_v1_account, 17);
 
 /**
  * @generated from message ferry.v1.RevokeDeviceResponse
@@ -309,7 +402,7 @@ export type RevokeDeviceResponse = Message<"ferry.v1.RevokeDeviceResponse"> & {
  * Use `create(RevokeDeviceResponseSchema)` to create a new message.
  */
 export const RevokeDeviceResponseSchema: GenMessage<RevokeDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 12);
+  messageDesc(file_ferry_v1_account, 18);
 
 /**
  * @generated from message ferry.v1.LookupUsersRequest
@@ -328,7 +421,7 @@ export type LookupUsersRequest = Message<"ferry.v1.LookupUsersRequest"> & {
  * Use `create(LookupUsersRequestSchema)` to create a new message.
  */
 export const LookupUsersRequestSchema: GenMessage<LookupUsersRequest> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 13);
+  messageDesc(file_ferry_v1_account, 19);
 
 /**
  * @generated from message ferry.v1.LookupUsersResponse
@@ -345,7 +438,7 @@ export type LookupUsersResponse = Message<"ferry.v1.LookupUsersResponse"> & {
  * Use `create(LookupUsersResponseSchema)` to create a new message.
  */
 export const LookupUsersResponseSchema: GenMessage<LookupUsersResponse> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 14);
+  messageDesc(file_ferry_v1_account, 20);
 
 /**
  * User is a person's public profile.
@@ -374,7 +467,7 @@ export type User = Message<"ferry.v1.User"> & {
  * Use `create(UserSchema)` to create a new message.
  */
 export const UserSchema: GenMessage<User> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 15);
+  messageDesc(file_ferry_v1_account, 21);
 
 /**
  * Device is one installation of a user's client.
@@ -410,7 +503,7 @@ export type Device = Message<"ferry.v1.Device"> & {
  * Use `create(DeviceSchema)` to create a new message.
  */
 export const DeviceSchema: GenMessage<Device> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 16);
+  messageDesc(file_ferry_v1_account, 22);
 
 /**
  * AccountService manages users, their devices and device tokens.
@@ -501,6 +594,40 @@ export const AccountService: GenService<{
     methodKind: "unary";
     input: typeof ChangePasswordRequestSchema;
     output: typeof ChangePasswordResponseSchema;
+  },
+  /**
+   * BlockUser stops a user from adding the caller's user to
+   * conversations: such a member add is rejected
+   * (REJECT_REASON_PERMISSION_DENIED). Conversations they share stay.
+   * Blocking a user blocked already changes nothing; NotFound for no such
+   * user, InvalidArgument for oneself, ResourceExhausted past 10,000.
+   *
+   * @generated from rpc ferry.v1.AccountService.BlockUser
+   */
+  blockUser: {
+    methodKind: "unary";
+    input: typeof BlockUserRequestSchema;
+    output: typeof BlockUserResponseSchema;
+  },
+  /**
+   * UnblockUser lets a blocked user add the caller's user again.
+   *
+   * @generated from rpc ferry.v1.AccountService.UnblockUser
+   */
+  unblockUser: {
+    methodKind: "unary";
+    input: typeof UnblockUserRequestSchema;
+    output: typeof UnblockUserResponseSchema;
+  },
+  /**
+   * ListBlockedUsers lists the users the caller's user blocks.
+   *
+   * @generated from rpc ferry.v1.AccountService.ListBlockedUsers
+   */
+  listBlockedUsers: {
+    methodKind: "unary";
+    input: typeof ListBlockedUsersRequestSchema;
+    output: typeof ListBlockedUsersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ferry_v1_account, 0);

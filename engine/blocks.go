@@ -1,0 +1,120 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/ferrysync/ferry/engine/internal/keys"
+)
+
+// MaxBlocked is how many users one user may block.
+const MaxBlocked = 10_000
+
+// A user blocks another so that the other cannot add them to a
+// conversation: anyone who knows a username could otherwise put its user
+// in conversations of theirs, again after each time they leave. A member
+// add by a user the new member blocked is rejected (ErrForbidden), and
+// nothing else changes: conversations they share already stay, and the
+// user leaves those they no longer want.
+
+// Block makes a's user refuse being added to conversations by user.
+// Blocking one blocked already changes nothing.
+func (e *Engine) Block(ctx context.Context, a Actor, user ulid.ULID) error {
+	if user == a.User {
+		return fmt.Errorf("%w: you cannot block yourself", ErrInvalid)
+	}
+	var notFound, full, revoked bool
+	err := e.write(ctx, 1, func(tx *txn) {
+		if revoked = !tx.deviceActive(a); revoked {
+			return
+		}
+		switch ok, err := tx.v.Has(keys.ID1(keys.TUser, user)); {
+		case err != nil:
+			tx.fail(err)
+			return
+		case !ok:
+			notFound = true
+			return
+		}
+		k := keys.ID2(keys.TBlock, a.User, user)
+		switch has, err := tx.v.Has(k); {
+		case err != nil:
+			tx.fail(err)
+			return
+		case has || tx.claimed(string(k)):
+			return
+		}
+		n, err := count(tx.v, keys.ID1(keys.TBlock, a.User))
+		if err != nil {
+			tx.fail(err)
+			return
+		}
+		if full = n >= MaxBlocked; full {
+			return
+		}
+		tx.b.Set(k, nil)
+	})
+	switch {
+	case err != nil:
+		return err
+	case revoked:
+		return fmt.Errorf("%w: this device was signed out", ErrUnauthenticated)
+	case notFound:
+		return fmt.Errorf("%w: user %s", ErrNotFound, user)
+	case full:
+		return fmt.Errorf("%w: you block %d users, the most this server allows; unblock some first", ErrTooMany, MaxBlocked)
+	}
+	return nil
+}
+
+// Unblock lets user add a's user to conversations again. Unblocking one
+// not blocked changes nothing.
+func (e *Engine) Unblock(ctx context.Context, a Actor, user ulid.ULID) error {
+	var revoked bool
+	err := e.write(ctx, 1, func(tx *txn) {
+		if revoked = !tx.deviceActive(a); revoked {
+			return
+		}
+		tx.b.Delete(keys.ID2(keys.TBlock, a.User, user))
+	})
+	if err == nil && revoked {
+		err = fmt.Errorf("%w: this device was signed out", ErrUnauthenticated)
+	}
+	return err
+}
+
+// Blocked lists the users a's user blocks, in id order. One whose record
+// does not decode is listed by id alone.
+func (e *Engine) Blocked(a Actor) ([]User, error) {
+	v := e.st.View()
+	defer v.Release()
+	var out []User
+	err := scan(v, keys.ID1(keys.TBlock, a.User), func(k, _ []byte) error {
+		_, u, ok := keys.ParseID2(k)
+		if !ok {
+			return nil
+		}
+		user, _, err := userByID(v, u)
+		switch {
+		case corrupt(err):
+			e.accountDamaged("the blocked user is listed by id alone", err, "user", u)
+			user, err = User{ID: u}, nil
+		case errors.Is(err, ErrNotFound):
+			user, err = User{ID: u}, nil
+		}
+		if err != nil {
+			return err
+		}
+		out = append(out, user)
+		return nil
+	})
+	return out, err
+}
+
+// blocks reports whether user blocks by (so that by may not add them).
+func (tx *txn) blocks(user, by ulid.ULID) (bool, error) {
+	return tx.v.Has(keys.ID2(keys.TBlock, user, by))
+}
