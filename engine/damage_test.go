@@ -787,12 +787,7 @@ func TestUnreadableDeviceReadsNothing(t *testing.T) {
 	stolen := enginetest.Login(t, e, "alice")
 	conv := alice.Create("pair", bob)
 	bob.Send(conv, "secret")
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := engine.SetKey(o.FS, "db", engine.DeviceKey(alice.Actor.User, stolen.Actor.Device), garbled); err != nil {
-		t.Fatal(err)
-	}
+	closeDamaged(t, e, o, setKey(engine.DeviceKey(alice.Actor.User, stolen.Actor.Device), garbled))
 	e = enginetest.Open(t, o)
 	if _, err := e.Authenticate(stolen.Token); !errors.Is(err, engine.ErrUnauthenticated) {
 		t.Errorf("the token of a device whose record does not decode: %v; want ErrUnauthenticated", err)
@@ -812,12 +807,7 @@ func TestRepairSkipsADeviceOfUnreadableUser(t *testing.T) {
 	bob := enginetest.Register(t, e, "bob")
 	conv := alice.Create("pair", bob)
 	bob.Send(conv, "hi")
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := engine.SetKey(o.FS, "db", engine.DeviceOfKey(bob.Actor.Device), garbled); err != nil {
-		t.Fatal(err)
-	}
+	closeDamaged(t, e, o, setKey(engine.DeviceOfKey(bob.Actor.Device), garbled))
 	e = enginetest.Open(t, o)
 	// Alice's device says it holds more of bob's device's ops than the
 	// server does.
@@ -838,15 +828,36 @@ func TestConversationMemberWithoutUserRecord(t *testing.T) {
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	conv := alice.Create("pair", bob)
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := engine.DeleteKey(o.FS, "db", engine.UserKey(bob.Actor.User)); err != nil {
-		t.Fatal(err)
-	}
+	closeDamaged(t, e, o, loseKey(engine.UserKey(bob.Actor.User)))
 	e = enginetest.Open(t, o)
 	_, members, _, err := e.Conversation(alice.Actor, conv)
 	if err != nil || len(members) != 2 || !slices.ContainsFunc(members, func(m engine.Member) bool { return m.ID == bob.Actor.User && m.Username == "" }) {
 		t.Errorf("members with bob's user record lost: %+v, %v; want bob by id alone", members, err)
+	}
+}
+
+// keyDamage sets a key of a closed store to val, or deletes it (val nil).
+type keyDamage struct{ key, val []byte }
+
+func setKey(k, val []byte) keyDamage { return keyDamage{k, val} }
+func loseKey(k []byte) keyDamage     { return keyDamage{k, nil} }
+
+// closeDamaged closes e, whose store is o's "db", and damages the store
+// so.
+func closeDamaged(t *testing.T, e *engine.Engine, o engine.Options, ds ...keyDamage) {
+	t.Helper()
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		var err error
+		if d.val == nil {
+			err = engine.DeleteKey(o.FS, "db", d.key)
+		} else {
+			err = engine.SetKey(o.FS, "db", d.key, d.val)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -360,12 +360,7 @@ func TestRebuildStaleFormerRecord(t *testing.T) {
 	_, davePos := catchUpFrom(t, e, dave, 0)
 	alice.Push(alice.Op(conv, remove))
 	alice.Send(conv, "after dave")
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := engine.SetKey(o.FS, "db", []byte(former), []byte(stale)); err != nil {
-		t.Fatal(err)
-	}
+	closeDamaged(t, e, o, setKey([]byte(former), []byte(stale)))
 	rebuild(t, o)
 	e = enginetest.Open(t, o, alice, dave)
 	infos, _ := catchUpFrom(t, e, dave, davePos)
@@ -546,12 +541,7 @@ func TestRebuildIndexesUserFeedAgain(t *testing.T) {
 	if err := e.Mark(context.Background(), bob.Actor, []engine.Marker{{Conv: conv, Read: m.Seq, Private: true}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := engine.DeleteKey(o.FS, "db", engine.UFeedIdxKey(bob.Actor.User, conv)); err != nil {
-		t.Fatal(err)
-	}
+	closeDamaged(t, e, o, loseKey(engine.UFeedIdxKey(bob.Actor.User, conv)))
 	rebuild(t, o)
 	e = enginetest.Open(t, o, alice, bob, bob2)
 	if infos, _ := catchUpFrom(t, e, bob2, pos); infos[conv].Read != m.Seq {
@@ -827,15 +817,7 @@ func TestRebuildUserFeedPositionBehind(t *testing.T) {
 		}
 	}
 	_, bob2Pos := catchUpFrom(t, e, bob2, 0)
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := engine.DeleteKey(o.FS, "db", engine.UFeedIdxKey(bob.Actor.User, pair)); err != nil {
-		t.Fatal(err)
-	}
-	if err := engine.SetKey(o.FS, "db", engine.FeedPosKey(), engine.Uint(1)); err != nil {
-		t.Fatal(err)
-	}
+	closeDamaged(t, e, o, loseKey(engine.UFeedIdxKey(bob.Actor.User, pair)), setKey(engine.FeedPosKey(), engine.Uint(1)))
 	rebuild(t, o)
 	e = enginetest.Open(t, o, alice, bob, bob2, carol)
 	last := alice.Send(pair, "after the rebuild")
@@ -868,7 +850,7 @@ func TestRebuildAccountsWithoutTheirTruth(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range [][]byte{engine.DeviceKey(bob.Actor.User, bob.Actor.Device), engine.TokenKey(bob.Token), engine.DeviceOfKey(phone.Actor.Device)} {
-		if err := engine.SetKey(o.FS, "db", k, []byte{1, 2, 3}); err != nil {
+		if err := engine.SetKey(o.FS, "db", k, garbled); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -920,18 +902,8 @@ func TestRebuildGivesNoDeviceAnotherDevicesToken(t *testing.T) {
 	alice := enginetest.Register(t, e, "alice")
 	bob := enginetest.Register(t, e, "bob")
 	tablet := enginetest.Login(t, e, "bob")
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	for _, err := range []error{
-		engine.SetKey(o.FS, "db", engine.DeviceKey(bob.Actor.User, tablet.Actor.Device), []byte{1, 2, 3}),
-		engine.DeleteKey(o.FS, "db", engine.TokenKey(tablet.Token)),
-		engine.SetKey(o.FS, "db", engine.TokenKey(alice.Token), engine.IDsRecord(bob.Actor.User, tablet.Actor.Device)),
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	closeDamaged(t, e, o, setKey(engine.DeviceKey(bob.Actor.User, tablet.Actor.Device), garbled), loseKey(engine.TokenKey(tablet.Token)),
+		setKey(engine.TokenKey(alice.Token), engine.IDsRecord(bob.Actor.User, tablet.Actor.Device)))
 	rep, err := engine.Rebuild("db", o)
 	if err != nil || len(rep.Unfixed) > 0 || len(rep.Check.Problems) > 0 {
 		t.Fatalf("rebuild: %v; unfixed %q, check after it %q", err, rep.Unfixed, rep.Check.Problems)
@@ -959,17 +931,9 @@ func TestRebuildLeavesADeviceInDoubt(t *testing.T) {
 	conv := alice.Create("pair", bob)
 	tablet := enginetest.Login(t, e, "bob")
 	msg := tablet.Send(conv, "from bob's tablet")
-	if err := e.Close(); err != nil {
+	closeDamaged(t, e, o, setKey(engine.DeviceKey(bob.Actor.User, tablet.Actor.Device), garbled), setKey(engine.TokenKey(tablet.Token), garbled))
+	if err := engine.SetOpUser(o.FS, "db", conv, msg.Seq, alice.Actor.User); err != nil {
 		t.Fatal(err)
-	}
-	for _, err := range []error{
-		engine.SetKey(o.FS, "db", engine.DeviceKey(bob.Actor.User, tablet.Actor.Device), []byte{1, 2, 3}),
-		engine.SetKey(o.FS, "db", engine.TokenKey(tablet.Token), []byte{1, 2, 3}),
-		engine.SetOpUser(o.FS, "db", conv, msg.Seq, alice.Actor.User),
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
 	}
 	before, err := engine.Snapshot(o.FS, "db")
 	if err != nil {
@@ -1009,15 +973,7 @@ func TestRebuildKeepsANameAnUnreadableUserMayHold(t *testing.T) {
 	e := enginetest.Open(t, o)
 	alice := enginetest.Register(t, e, "alice")
 	carol := enginetest.Register(t, e, "carol")
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := engine.SetKey(o.FS, "db", engine.UserKey(carol.Actor.User), []byte{1, 2, 3}); err != nil {
-		t.Fatal(err)
-	}
-	if err := engine.SetKey(o.FS, "db", engine.UsernameKey("carol"), engine.IDRecord(alice.Actor.User)); err != nil {
-		t.Fatal(err)
-	}
+	closeDamaged(t, e, o, setKey(engine.UserKey(carol.Actor.User), garbled), setKey(engine.UsernameKey("carol"), engine.IDRecord(alice.Actor.User)))
 	rep, err := engine.Rebuild("db", o)
 	if err != nil {
 		t.Fatal(err)

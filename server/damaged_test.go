@@ -25,36 +25,22 @@ import (
 // UNAVAILABLE); reads of it fail DATA_LOSS; its members' sessions catch
 // up on the rest; /metrics counts it.
 func TestDamagedConversation(t *testing.T) {
-	fs := vfs.NewMem()
-	o := enginetest.Options(t, 1)
-	o.FS = fs
-	engA, err := engine.Open("db", o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvA := servertest.New(t, servertest.Config{Use: engA})
-	alice, bob := newDev(t, srvA.Register("alice")), newDev(t, srvA.Register("bob"))
-	good := alice.createConv("good", bob)
-	bad := alice.createConv("bad", bob)
-	alice.send(good, "g1")
-	alice.send(bad, "b1")
-	srvA.Stop()
-	if err := engA.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := enginetest.GarbleMember(fs, "db", ulid.MustParseStrict(bad), ulid.MustParseStrict(bob.user())); err != nil {
-		t.Fatal(err)
-	}
-	engB, err := engine.Open("db", o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = engB.Close() }) // after the server's cleanup: LIFO
-	srvB := servertest.New(t, servertest.Config{Use: engB})
+	var alice, bob *dev
+	var good, bad string
+	_, srvB := damagedServer(t, func(srv *servertest.Server) {
+		alice, bob = newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+		good = alice.createConv("good", bob)
+		bad = alice.createConv("bad", bob)
+		alice.send(good, "g1")
+		alice.send(bad, "b1")
+	}, func(fs vfs.FS) error {
+		_, err := enginetest.GarbleMember(fs, "db", ulid.MustParseStrict(bad), ulid.MustParseStrict(bob.user()))
+		return err
+	})
 	alice.Clients, bob.Clients = srvB.Clients(alice.Session.GetToken()), srvB.Clients(bob.Session.GetToken())
 
 	// Without retry_later, the push fails whole.
-	_, err = alice.Sync.Push(context.Background(), &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: bad, Ops: []*ferryv1.Op{alice.op(bad, msg("b2"))}}}})
+	_, err := alice.Sync.Push(context.Background(), &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: bad, Ops: []*ferryv1.Op{alice.op(bad, msg("b2"))}}}})
 	if ce := new(connect.Error); !errors.As(err, &ce) || ce.Code() != connect.CodeUnavailable || !strings.Contains(ce.Message(), "conversation "+bad) {
 		t.Fatalf("push to the damaged conversation: %v; want unavailable, naming it", err)
 	}
@@ -102,32 +88,18 @@ func TestDamagedConversation(t *testing.T) {
 // conversations they are in list them by id alone, and the others sign
 // in and read.
 func TestDamagedAccount(t *testing.T) {
-	fs := vfs.NewMem()
-	o := enginetest.Options(t, 1)
-	o.FS = fs
-	engA, err := engine.Open("db", o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvA := servertest.New(t, servertest.Config{Use: engA})
-	alice, carol := newDev(t, srvA.Register("alice")), newDev(t, srvA.Register("carol"))
-	conv := alice.createConv("pair", carol)
-	srvA.Stop()
-	if err := engA.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := enginetest.GarbleUser(fs, "db", ulid.MustParseStrict(carol.user())); err != nil {
-		t.Fatal(err)
-	}
-	engB, err := engine.Open("db", o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = engB.Close() })
-	srvB := servertest.New(t, servertest.Config{Use: engB})
+	var alice, carol *dev
+	var conv string
+	engB, srvB := damagedServer(t, func(srv *servertest.Server) {
+		alice, carol = newDev(t, srv.Register("alice")), newDev(t, srv.Register("carol"))
+		conv = alice.createConv("pair", carol)
+	}, func(fs vfs.FS) error {
+		_, err := enginetest.GarbleUser(fs, "db", ulid.MustParseStrict(carol.user()))
+		return err
+	})
 	alice.Clients = srvB.Clients(alice.Session.GetToken())
 
-	_, err = srvB.Clients("").Account.Login(context.Background(), &ferryv1.LoginRequest{Username: "carol", Password: "correct horse", DeviceName: "phone"})
+	_, err := srvB.Clients("").Account.Login(context.Background(), &ferryv1.LoginRequest{Username: "carol", Password: "correct horse", DeviceName: "phone"})
 	if ce := new(connect.Error); !errors.As(err, &ce) || ce.Code() != connect.CodeDataLoss || !strings.Contains(ce.Message(), `"carol"`) {
 		t.Fatalf("carol's login: %v; want data_loss, naming her", err)
 	}
@@ -146,4 +118,33 @@ func TestDamagedAccount(t *testing.T) {
 	if err := engB.Failed(); err != nil {
 		t.Fatalf("the store failed: %v", err)
 	}
+}
+
+// damagedServer serves a new store that setup fills, then, the server
+// stopped, damages it with damage, and serves it again: it returns the
+// engine and the server of the second start.
+func damagedServer(t *testing.T, setup func(*servertest.Server), damage func(vfs.FS) error) (*engine.Engine, *servertest.Server) {
+	t.Helper()
+	fs := vfs.NewMem()
+	o := enginetest.Options(t, 1)
+	o.FS = fs
+	engA, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvA := servertest.New(t, servertest.Config{Use: engA})
+	setup(srvA)
+	srvA.Stop()
+	if err := engA.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := damage(fs); err != nil {
+		t.Fatal(err)
+	}
+	engB, err := engine.Open("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = engB.Close() }) // after the server's cleanup: LIFO
+	return engB, servertest.New(t, servertest.Config{Use: engB})
 }
