@@ -8,6 +8,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine/internal/keys"
+	"github.com/ferrysync/ferry/engine/internal/record"
 )
 
 // MaxBlocked is how many users one user may block.
@@ -39,12 +40,11 @@ func (e *Engine) Block(ctx context.Context, a Actor, user ulid.ULID) error {
 			notFound = true
 			return
 		}
-		k := keys.ID2(keys.TBlock, a.User, user)
-		switch has, err := tx.v.Has(k); {
+		switch has, err := tx.blocks(a.User, user); {
 		case err != nil:
 			tx.fail(err)
 			return
-		case has || tx.claimed(string(k)):
+		case has:
 			return
 		}
 		n, err := count(tx.v, keys.ID1(keys.TBlock, a.User))
@@ -52,10 +52,10 @@ func (e *Engine) Block(ctx context.Context, a Actor, user ulid.ULID) error {
 			tx.fail(err)
 			return
 		}
-		if full = n >= MaxBlocked; full {
+		if full = int(n)+tx.blockAdds[a.User] >= MaxBlocked; full {
 			return
 		}
-		tx.b.Set(k, nil)
+		tx.setBlock(a.User, user, true)
 	})
 	switch {
 	case err != nil:
@@ -78,7 +78,13 @@ func (e *Engine) Unblock(ctx context.Context, a Actor, user ulid.ULID) error {
 		if revoked = !tx.deviceActive(a); revoked {
 			return
 		}
-		tx.b.Delete(keys.ID2(keys.TBlock, a.User, user))
+		// Only a block there is deleted: a call of no one writes nothing.
+		switch has, err := tx.blocks(a.User, user); {
+		case err != nil:
+			tx.fail(err)
+		case has:
+			tx.setBlock(a.User, user, false)
+		}
 	})
 	if err == nil && revoked {
 		err = fmt.Errorf("%w: this device was signed out", ErrUnauthenticated)
@@ -95,6 +101,7 @@ func (e *Engine) Blocked(a Actor) ([]User, error) {
 	err := scan(v, keys.ID1(keys.TBlock, a.User), func(k, _ []byte) error {
 		_, u, ok := keys.ParseID2(k)
 		if !ok {
+			e.accountDamaged("a block of the user is left out of their list", fmt.Errorf("%w: block key %x", record.ErrCorrupt, k), "user", a.User)
 			return nil
 		}
 		user, _, err := userByID(v, u)
@@ -114,7 +121,27 @@ func (e *Engine) Blocked(a Actor) ([]User, error) {
 	return out, err
 }
 
-// blocks reports whether user blocks by (so that by may not add them).
+// blocks reports whether user blocks by (so that by may not add them),
+// as of this group's writes.
 func (tx *txn) blocks(user, by ulid.ULID) (bool, error) {
+	if set, ok := tx.blockSet[idPair{user, by}]; ok {
+		return set, nil
+	}
 	return tx.v.Has(keys.ID2(keys.TBlock, user, by))
+}
+
+// setBlock sets or lifts user's block of by, as later requests of the
+// group see it (blocks).
+func (tx *txn) setBlock(user, by ulid.ULID, set bool) {
+	if tx.blockSet == nil {
+		tx.blockSet, tx.blockAdds = map[idPair]bool{}, map[ulid.ULID]int{}
+	}
+	k := keys.ID2(keys.TBlock, user, by)
+	if set {
+		tx.b.Set(k, nil)
+		tx.blockAdds[user]++
+	} else {
+		tx.b.Delete(k)
+	}
+	tx.blockSet[idPair{user, by}] = set
 }

@@ -47,11 +47,14 @@ import (
 //   - format 8 keeps the records of members who left apart from the
 //     current members' (keys.TFormer), so that reading a conversation's
 //     members reads its current ones: the records of an older store's
-//     former members move there when it is upgraded, once.
+//     former members move there when it is upgraded, once;
+//   - format 9 keeps the users each user blocks (keys.TBlock), which the
+//     writer reads at each member add: a build before it would let a
+//     blocked user add the user who blocked them.
 //
 // A build that reads only an older format refuses the store once it was
 // opened by a newer one.
-const formatVersion = 8
+const formatVersion = 9
 
 // backupMarker is the file Backup leaves in its copies, and
 // StartNewEpochAtNextOpen in a store: opening a store that has it starts a
@@ -214,6 +217,9 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		}
 		switch f {
 		case formatVersion:
+		case 8:
+			b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, formatVersion))
+			upgrade = f
 		case 1, 2, 3, 4, 5, 6, 7:
 			b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, formatVersion))
 			upgrade = f

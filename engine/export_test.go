@@ -807,3 +807,13 @@ func SetOpUser(fs vfs.FS, dir string, conv ulid.ULID, seq uint64, user ulid.ULID
 		return nil
 	})
 }
+
+// PutBlocks makes user block each of blocked, straight in the store (no
+// check that they exist): for tests of the limit.
+func PutBlocks(e *Engine, user ulid.ULID, blocked []ulid.ULID) error {
+	b := e.st.NewBatch()
+	for _, u := range blocked {
+		b.Set(keys.ID2(keys.TBlock, user, u), nil)
+	}
+	return e.st.Commit(b)
+}

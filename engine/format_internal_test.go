@@ -64,7 +64,7 @@ func TestStoreFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, f := range []uint64{1, 2, 3, 4, 5, 6, 7} {
+	for _, f := range []uint64{1, 2, 3, 4, 5, 6, 7, 8} {
 		setFormat(t, fs, f)
 		if e, err = Open("db", o); err != nil {
 			t.Fatalf("open a format %d store: %v", f, err)

@@ -105,6 +105,9 @@ func (h *syncHold) during(f func()) <-chan struct{} {
 // release lets the held sync go on.
 func (h *syncHold) release() { close(h.gate) }
 
+// again makes the hold ready for another during, after a release.
+func (h *syncHold) again() { h.gate = make(chan struct{}) }
+
 // awaitQueued waits, without sleeping, until n write requests wait for
 // the writer.
 func awaitQueued(e *engine.Engine, n int) {
@@ -225,5 +228,76 @@ func TestLoginAfterARefusedChangeInOneGroup(t *testing.T) {
 	<-done
 	if login1 != nil || !errors.Is(change, engine.ErrPrecondition) || login2 != nil {
 		t.Fatalf("login %v, change %v, login %v; want both logins in, the change asked to go again", login1, change, login2)
+	}
+}
+
+// TestBlocksInOneGroup: later requests of a group see its blocks: an add
+// after the added user's block of its author is rejected, one after an
+// unblock goes; and blocks of one user in one group count each other
+// against MaxBlocked.
+func TestBlocksInOneGroup(t *testing.T) {
+	hold := newSyncHold()
+	e := enginetest.New(t, func(o *engine.Options) { o.FS = hold.fs() })
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c")
+	other := alice.Create("held")
+	inGroup := func(first, second func()) {
+		t.Helper()
+		done := hold.during(func() { alice.Send(other, "held") })
+		var wg sync.WaitGroup
+		wg.Go(first)
+		awaitQueued(e, 1)
+		wg.Go(second)
+		awaitQueued(e, 2)
+		hold.release()
+		wg.Wait()
+		<-done
+		hold.again()
+	}
+	add := alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: bob.Actor.User, Role: model.RoleMember})
+	var blockErr, addErr error
+	var res []engine.AppendResult
+	inGroup(func() { blockErr = e.Block(ctx, bob.Actor, alice.Actor.User) },
+		func() { res, addErr = e.Append(ctx, alice.Actor, []model.Op{add}) })
+	if blockErr != nil || addErr != nil || !errors.Is(res[0].Err, engine.ErrForbidden) {
+		t.Fatalf("block %v; the add after it in the group: %+v, %v; want it rejected", blockErr, res, addErr)
+	}
+	inGroup(func() { blockErr = e.Unblock(ctx, bob.Actor, alice.Actor.User) },
+		func() { res, addErr = e.Append(ctx, alice.Actor, []model.Op{add}) })
+	if blockErr != nil || addErr != nil || res[0].Err != nil {
+		t.Fatalf("unblock %v; the add after it in the group: %+v, %v; want it stored", blockErr, res, addErr)
+	}
+
+	// The limit: one short of it, then two blocks in one group.
+	fill := make([]ulid.ULID, engine.MaxBlocked-1)
+	for i := range fill {
+		fill[i] = ulid.Make()
+	}
+	if err := engine.PutBlocks(e, alice.Actor.User, fill); err != nil {
+		t.Fatal(err)
+	}
+	carol, dave := enginetest.Register(t, e, "carol"), enginetest.Register(t, e, "dave")
+	var err1, err2 error
+	inGroup(func() { err1 = e.Block(ctx, alice.Actor, carol.Actor.User) },
+		func() { err2 = e.Block(ctx, alice.Actor, dave.Actor.User) })
+	if err1 != nil || !errors.Is(err2, engine.ErrTooMany) {
+		t.Fatalf("two blocks past the limit in one group: %v, %v; want the first, the second ErrTooMany", err1, err2)
+	}
+}
+
+// TestUnblockOfNoOneWritesNothing: an unblock of a user not blocked
+// commits nothing.
+func TestUnblockOfNoOneWritesNothing(t *testing.T) {
+	e := enginetest.New(t)
+	bob := enginetest.Register(t, e, "bob")
+	before := e.Metrics().Commits
+	for range 10 {
+		if err := e.Unblock(ctx, bob.Actor, ulid.Make()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.Metrics().Commits - before; n != 0 {
+		t.Fatalf("10 unblocks of no one: %d commits; want none", n)
 	}
 }

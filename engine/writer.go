@@ -474,6 +474,8 @@ type txn struct {
 	added     map[ulid.ULID]int       // devices this group added, by user: the view does not hold them
 	usage     map[ulid.ULID]*txUsage  // users' usage, as of this group's writes (usageOf)
 	revoked   map[ulid.ULID]ulid.ULID // devices revoked by this group, to their users
+	blockSet  map[idPair]bool         // (user, by) blocks set (true) or lifted (false) by this group
+	blockAdds map[ulid.ULID]int       // blocks this group added, by user: the view does not hold them
 	pos       uint64                  // the feed position this group's changes get; 0 if none
 	// Conversations whose receipts start waiting, and whose waiting
 	// receipts this group's feed moves deliver: applied to the writer's

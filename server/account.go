@@ -125,7 +125,13 @@ func (h accountService) BlockUser(ctx context.Context, req *ferryv1.BlockUserReq
 	if err != nil {
 		return nil, err
 	}
-	if err := h.s.eng.Block(ctx, actorFrom(ctx), id); err != nil {
+	a := actorFrom(ctx)
+	// A write of the user's, as an ack of one marker is: under the push
+	// limit, so that one user calling in a loop does not take the writer.
+	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
+		return nil, connectError(err)
+	}
+	if err := h.s.eng.Block(ctx, a, id); err != nil {
 		return nil, connectError(err)
 	}
 	return &ferryv1.BlockUserResponse{}, nil
@@ -136,7 +142,13 @@ func (h accountService) UnblockUser(ctx context.Context, req *ferryv1.UnblockUse
 	if err != nil {
 		return nil, err
 	}
-	if err := h.s.eng.Unblock(ctx, actorFrom(ctx), id); err != nil {
+	a := actorFrom(ctx)
+	// A write of the user's, as an ack of one marker is: under the push
+	// limit, so that one user calling in a loop does not take the writer.
+	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
+		return nil, connectError(err)
+	}
+	if err := h.s.eng.Unblock(ctx, a, id); err != nil {
 		return nil, connectError(err)
 	}
 	return &ferryv1.UnblockUserResponse{}, nil

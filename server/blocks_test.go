@@ -4,11 +4,13 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect/v2"
 	"github.com/oklog/ulid/v2"
 
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
+	"github.com/ferrysync/ferry/server"
 	"github.com/ferrysync/ferry/server/servertest"
 )
 
@@ -54,4 +56,37 @@ func TestBlockUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	alice.push(conv, alice.op(conv, addMember(bob.user())))
+}
+
+// TestBlockUserIsThrottled: blocks and unblocks are writes of the user's
+// under the push limit, as acks are: past the burst they wait.
+func TestBlockUserIsThrottled(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{Server: func(o *server.Options) { o.PushLimit, o.PushBurst = 100, 1000 }})
+	alice, bob := newDev(t, srv.Register("alice")), newDev(t, srv.Register("bob"))
+	conv := alice.createConv("room")                   // 1 op of alice's 1000
+	alice.push(conv, messages(alice, conv, 999, 0)...) // the rest of the burst
+	throttled := make(chan struct{}, 4)
+	server.OnThrottle(srv.Server, func() { throttled <- struct{}{} })
+	for _, call := range []func() error{
+		func() error {
+			_, err := alice.Account.BlockUser(context.Background(), &ferryv1.BlockUserRequest{UserId: bob.user()})
+			return err
+		},
+		func() error {
+			_, err := alice.Account.UnblockUser(context.Background(), &ferryv1.UnblockUserRequest{UserId: bob.user()})
+			return err
+		},
+	} {
+		done := make(chan error, 1)
+		go func() { done <- call() }()
+		select {
+		case <-throttled: // it waits for the limit, its timer armed
+		case err := <-done:
+			t.Fatalf("past the user's burst, a call answered without waiting for the push limit: %v", err)
+		}
+		srv.Clock.Advance(10 * time.Millisecond) // an op's worth at 100 a second: the bucket empty again
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
 }
