@@ -120,9 +120,12 @@ func accountFixes(v *store.View, logs *logOwners) ([]accountFix, error) {
 	if err != nil {
 		return nil, err
 	}
+	// owner is the one user whose record has name, if one alone has it.
 	owner := func(name string) (ulid.ULID, bool) {
-		us := named[name]
-		return firstOf(us), len(us) == 1
+		if us := named[name]; len(us) == 1 {
+			return us[0], true
+		}
+		return ulid.ULID{}, false
 	}
 	for _, name := range slices.Sorted(maps.Keys(named)) {
 		if us := named[name]; len(us) > 1 {
@@ -429,11 +432,4 @@ func accountFixes(v *store.View, logs *logOwners) ([]accountFix, error) {
 		}
 	}
 	return out, nil
-}
-
-func firstOf(us []ulid.ULID) ulid.ULID {
-	if len(us) == 0 {
-		return ulid.ULID{}
-	}
-	return us[0]
 }

@@ -448,6 +448,27 @@ func (e *Engine) Account(a Actor) (User, Device, error) {
 	return u, d, err
 }
 
+// errSignedOut refuses a write of a device revoked after its call was let
+// in (by a password change that signed the others out, say).
+var errSignedOut = fmt.Errorf("%w: this device was signed out", ErrUnauthenticated)
+
+// listedUser returns user id as a list shows them (a conversation's
+// members, a user's blocks): by id alone where their record is missing or
+// does not decode, logged, who ("the member") said in the log with
+// attrs. One user's account record fails no one else's list.
+func (e *Engine) listedUser(v *store.View, id ulid.ULID, who string, attrs ...any) (User, error) {
+	u, _, err := userByID(v, id)
+	switch {
+	case corrupt(err):
+		e.accountDamaged(who+" is listed by id alone", err, append([]any{"user", id}, attrs...)...)
+	case errors.Is(err, ErrNotFound):
+		e.log.Error("a user's record is missing from the store: "+who+" is listed by id alone (ferryd check reports it)", append([]any{"user", id}, attrs...)...)
+	default:
+		return u, err
+	}
+	return User{ID: id}, nil
+}
+
 // errDeviceUnreadable refuses a device whose record does not decode, as if
 // it were revoked: it signs in again, as a new device.
 var errDeviceUnreadable = fmt.Errorf("%w: the server cannot read this device's record; sign in again", ErrUnauthenticated)
@@ -562,7 +583,7 @@ func (e *Engine) RevokeDevice(ctx context.Context, a Actor, id ulid.ULID) error 
 		return err
 	}
 	if revoked {
-		return fmt.Errorf("%w: this device was signed out", ErrUnauthenticated)
+		return errSignedOut
 	}
 	if notFound {
 		return fmt.Errorf("%w: device %s", ErrNotFound, id)
@@ -732,7 +753,7 @@ func (e *Engine) setPassword(ctx context.Context, user ulid.ULID, was, hash stri
 	case changed:
 		return 0, fmt.Errorf("%w: the password changed meanwhile; try again", ErrPrecondition)
 	case revoked:
-		return 0, fmt.Errorf("%w: this device was signed out", ErrUnauthenticated)
+		return 0, errSignedOut
 	}
 	return n, nil
 }

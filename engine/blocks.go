@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/oklog/ulid/v2"
@@ -61,7 +60,7 @@ func (e *Engine) Block(ctx context.Context, a Actor, user ulid.ULID) error {
 	case err != nil:
 		return err
 	case revoked:
-		return fmt.Errorf("%w: this device was signed out", ErrUnauthenticated)
+		return errSignedOut
 	case notFound:
 		return fmt.Errorf("%w: user %s", ErrNotFound, user)
 	case full:
@@ -87,7 +86,7 @@ func (e *Engine) Unblock(ctx context.Context, a Actor, user ulid.ULID) error {
 		}
 	})
 	if err == nil && revoked {
-		err = fmt.Errorf("%w: this device was signed out", ErrUnauthenticated)
+		err = errSignedOut
 	}
 	return err
 }
@@ -104,14 +103,7 @@ func (e *Engine) Blocked(a Actor) ([]User, error) {
 			e.accountDamaged("a block of the user is left out of their list", fmt.Errorf("%w: block key %x", record.ErrCorrupt, k), "user", a.User)
 			return nil
 		}
-		user, _, err := userByID(v, u)
-		switch {
-		case corrupt(err):
-			e.accountDamaged("the blocked user is listed by id alone", err, "user", u)
-			user, err = User{ID: u}, nil
-		case errors.Is(err, ErrNotFound):
-			user, err = User{ID: u}, nil
-		}
+		user, err := e.listedUser(v, u, "the blocked user", "by", a.User)
 		if err != nil {
 			return err
 		}

@@ -1151,17 +1151,8 @@ func (e *Engine) Conversation(a Actor, conv ulid.ULID) (_ ConvInfo, _ []Member, 
 		if err != nil || m.Role == model.RoleNone {
 			return err
 		}
-		user, _, err := userByID(r.v, u)
-		switch {
-		case corrupt(err):
-			// One member's account record fences off nothing: the
-			// member is listed by id alone.
-			e.accountDamaged("the member is listed without their username", err, "user", u, "conv", conv)
-			user, err = User{ID: u}, nil
-		case errors.Is(err, ErrNotFound):
-			e.log.Error("a member's user record is missing from the store: the member is listed without their username (ferryd check reports it)", "user", u, "conv", conv)
-			user, err = User{ID: u}, nil
-		}
+		// One member's account record fences off nothing.
+		user, err := e.listedUser(r.v, u, "the member", "conv", conv)
 		if err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"connectrpc.com/connect/v2"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/engine"
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
@@ -121,37 +122,32 @@ func (h accountService) ChangePassword(ctx context.Context, req *ferryv1.ChangeP
 }
 
 func (h accountService) BlockUser(ctx context.Context, req *ferryv1.BlockUserRequest) (*ferryv1.BlockUserResponse, error) {
-	id, err := parseID("user_id", req.GetUserId())
-	if err != nil {
+	if err := h.block(ctx, req.GetUserId(), h.s.eng.Block); err != nil {
 		return nil, err
-	}
-	a := actorFrom(ctx)
-	// A write of the user's, as an ack of one marker is: under the push
-	// limit, so that one user calling in a loop does not take the writer.
-	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
-		return nil, connectError(err)
-	}
-	if err := h.s.eng.Block(ctx, a, id); err != nil {
-		return nil, connectError(err)
 	}
 	return &ferryv1.BlockUserResponse{}, nil
 }
 
 func (h accountService) UnblockUser(ctx context.Context, req *ferryv1.UnblockUserRequest) (*ferryv1.UnblockUserResponse, error) {
-	id, err := parseID("user_id", req.GetUserId())
-	if err != nil {
+	if err := h.block(ctx, req.GetUserId(), h.s.eng.Unblock); err != nil {
 		return nil, err
 	}
-	a := actorFrom(ctx)
-	// A write of the user's, as an ack of one marker is: under the push
-	// limit, so that one user calling in a loop does not take the writer.
-	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
-		return nil, connectError(err)
-	}
-	if err := h.s.eng.Unblock(ctx, a, id); err != nil {
-		return nil, connectError(err)
-	}
 	return &ferryv1.UnblockUserResponse{}, nil
+}
+
+// block runs a block or an unblock (change) of the user userID names: a
+// write of the caller's user, as an ack of one marker is, under the push
+// limit, so that one user calling in a loop does not take the writer.
+func (h accountService) block(ctx context.Context, userID string, change func(context.Context, engine.Actor, ulid.ULID) error) error {
+	id, err := parseID("user_id", userID)
+	if err != nil {
+		return err
+	}
+	a := actorFrom(ctx)
+	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
+		return connectError(err)
+	}
+	return connectError(change(ctx, a, id))
 }
 
 func (h accountService) ListBlockedUsers(ctx context.Context, _ *ferryv1.ListBlockedUsersRequest) (*ferryv1.ListBlockedUsersResponse, error) {
