@@ -1,10 +1,14 @@
 // Command ferryd is the Ferry sync server.
 //
 //	ferryd [serve] [flags]         serve
-//	ferryd check  --data DIR       verify a stopped server's store
-//	ferryd backup --data DIR --to DIR   copy a stopped server's store
+//	ferryd check  --data DIR       verify a server's store
+//	ferryd backup --data DIR --to DIR   copy a server's store
 //	ferryd compact --data DIR      rewrite a stopped server's store in full
 //	ferryd rebuild --data DIR      repair a stopped server's store from its logs
+//
+// check, backup, add-user, set-password and revoke-devices work on the
+// store of a running server too: they have the server do it, through the
+// control socket it listens on in the store's folder (control.go).
 //
 // Every flag but --username, --display-name and --to can also be set in the
 // environment as FERRY_<FLAG>, with dashes as underscores (FERRY_ADDR,
@@ -193,15 +197,15 @@ type config struct {
 // usage is what ferryd -h prints before serve's flags.
 const usage = `Usage:
   ferryd [serve] [flags]               serve
-  ferryd check   --data DIR            verify a stopped server's store
-  ferryd backup  --data DIR --to DIR   copy a stopped server's store
+  ferryd check   --data DIR            verify a server's store (running or stopped)
+  ferryd backup  --data DIR --to DIR   copy a server's store (running or stopped)
   ferryd compact --data DIR            rewrite a stopped server's store in full
   ferryd rebuild --data DIR            repair a stopped server's store from its
                                        conversations' logs, where check found it
                                        inconsistent (back it up first)
   ferryd new-epoch --data DIR          make a stopped server's next start serve a new epoch
   ferryd add-user --data DIR --username NAME
-                                       create a user on a stopped server's store, the
+                                       create a user (the server running or stopped), the
                                        password read from the first line of stdin
   ferryd set-password --data DIR --username NAME
                                        set a user's password (one who forgot theirs), read
@@ -211,6 +215,10 @@ const usage = `Usage:
                                        revoke every device of a user (one locked out at
                                        the limit of 100 devices, or whose devices were lost)
   ferryd version                       print the build: version, commit, Go
+
+check, backup, add-user, set-password and revoke-devices have a server
+running on the store do their work, through DIR/ferryd.sock; the other
+commands need it stopped.
 
 Every flag but --username, --display-name and --to can also be set in the
 environment as FERRY_<FLAG>, with dashes as underscores (FERRY_ADDR,
@@ -237,7 +245,11 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 		fs.PrintDefaults()
 	}
 	dataHelp := "directory of the Pebble store (created if missing)"
-	if name != "serve" {
+	switch name {
+	case "serve":
+	case "check", "backup", "add-user", "set-password", "revoke-devices":
+		dataHelp = "directory of the server's Pebble store: a server running on it does the work"
+	default:
 		dataHelp = "directory of the stopped server's Pebble store"
 	}
 	fs.StringVar(&c.data, "data", "./data", dataHelp)
@@ -441,9 +453,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch cmd {
 	case "check":
-		return check(c, log, stdout)
+		return check(ctx, c, log, stdout)
 	case "backup":
-		return backup(c, log, stdout)
+		return backup(ctx, c, log, stdout)
 	case "compact":
 		return compact(ctx, c, log, stdout)
 	case "rebuild":
@@ -674,6 +686,13 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	if err != nil {
 		return err
 	}
+	// The tools that work on a live store reach it through the control
+	// socket; without one they need the server stopped, as before.
+	ctl, err := listenControl(c.data, eng, log)
+	if err != nil {
+		log.Warn("no control socket: ferryd check, backup, add-user, set-password and revoke-devices cannot reach this server, and need it stopped", "err", err)
+	}
+	defer ctl.close() // before the store closes
 	var extra []func(*http.ServeMux)
 	if c.demo {
 		extra = append(extra, webui.Register)
@@ -696,6 +715,9 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	fmt.Fprintf(stdout, "  health:  curl %s/healthz\n", url)
 	if c.demo {
 		fmt.Fprintf(stdout, "  demo:    open %s/ in a browser\n", url)
+	}
+	if ctl != nil {
+		fmt.Fprintf(stdout, "  tools:   ferryd check, backup, add-user, set-password and revoke-devices --data %s work while it serves\n", c.data)
 	}
 	if a := side["--metrics-addr"]; a != "" {
 		fmt.Fprintf(stdout, "  metrics: curl http://%s/metrics\n", a)
@@ -768,6 +790,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	srv.Wait()  // every session has released the store
 	closeSide() // no scrape reads a closed store
+	ctl.close() // nor a backup or a check
 	if err := eng.Close(); err != nil && !errors.Is(err, engine.ErrFailed) {
 		return fmt.Errorf("close store: %w", err)
 	}
@@ -926,20 +949,45 @@ func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, std
 	if err != nil {
 		return err
 	}
-	eng, err := openStopped(c, log)
+	u, served, err := onStore(ctx, c, log, "add-user", newUser{Username: c.username, DisplayName: c.displayName, Password: password}, addUserTo)
 	if err != nil {
 		return err
-	}
-	defer eng.Close()
-	u, err := eng.CreateUser(ctx, engine.NewAccount{Username: c.username, Password: password, DisplayName: c.displayName})
-	if err != nil {
-		return fmt.Errorf("add-user: %w", err)
 	}
 	if u.Username != c.username {
 		fmt.Fprintf(stdout, "usernames are lowercase: %q is %s\n", c.username, u.Username)
 	}
-	fmt.Fprintf(stdout, "user %s created (id %s); they log in from their devices\n", u.Username, u.ID)
+	fmt.Fprintf(stdout, "user %s created (id %s)%s; they log in from their devices\n", u.Username, u.ID, byServer(served))
 	return nil
+}
+
+// newUser is add-user's request.
+type newUser struct {
+	Username    string `json:"username"`
+	DisplayName string `json:"display_name,omitempty"`
+	Password    string `json:"password"`
+}
+
+// toolUser is a user a tool acted on.
+type toolUser struct {
+	ID       string `json:"id"`
+	Username string `json:"username"`
+}
+
+func addUserTo(ctx context.Context, eng *engine.Engine, req newUser) (toolUser, error) {
+	u, err := eng.CreateUser(ctx, engine.NewAccount{Username: req.Username, Password: req.Password, DisplayName: req.DisplayName})
+	if err != nil {
+		return toolUser{}, fmt.Errorf("add-user: %w", err)
+	}
+	return toolUser{ID: u.ID.String(), Username: u.Username}, nil
+}
+
+// byServer says, after what a tool did, that the server running on the
+// store did it.
+func byServer(served bool) string {
+	if served {
+		return " by the server running on the store"
+	}
+	return ""
 }
 
 // readPassword reads the password a tool (add-user, set-password) sets
@@ -978,20 +1026,29 @@ func setPassword(ctx context.Context, c *config, log *slog.Logger, in io.Reader,
 	if err != nil {
 		return err
 	}
-	eng, err := openStopped(c, log)
+	u, served, err := onStore(ctx, c, log, "set-password", newPassword{Username: c.username, Password: password}, setPasswordIn)
 	if err != nil {
 		return err
 	}
-	defer eng.Close()
-	u, err := eng.SetPassword(ctx, c.username, password)
+	fmt.Fprintf(stdout, "password of %s set%s; they log in with it, and their devices stay signed in (ferryd revoke-devices signs them out)\n", u.Username, byServer(served))
+	return nil
+}
+
+// newPassword is set-password's request.
+type newPassword struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+func setPasswordIn(ctx context.Context, eng *engine.Engine, req newPassword) (toolUser, error) {
+	u, err := eng.SetPassword(ctx, req.Username, req.Password)
 	if errors.Is(err, engine.ErrNotFound) {
-		return fmt.Errorf("set-password: no user %q", c.username)
+		return toolUser{}, fmt.Errorf("set-password: no user %q", req.Username)
 	}
 	if err != nil {
-		return fmt.Errorf("set-password: %w", err)
+		return toolUser{}, fmt.Errorf("set-password: %w", err)
 	}
-	fmt.Fprintf(stdout, "password of %s set; they log in with it, and their devices stay signed in (ferryd revoke-devices signs them out)\n", u.Username)
-	return nil
+	return toolUser{ID: u.ID.String(), Username: u.Username}, nil
 }
 
 // revokeDevices revokes every device of a user on a stopped server's
@@ -1003,37 +1060,50 @@ func revokeDevices(ctx context.Context, c *config, log *slog.Logger, stdout io.W
 	if c.username == "" {
 		return usageErr(errors.New("revoke-devices needs --username NAME"))
 	}
-	eng, err := openStopped(c, log)
+	r, served, err := onStore(ctx, c, log, "revoke-devices", struct {
+		Username string `json:"username"`
+	}{c.username}, revokeDevicesIn)
 	if err != nil {
 		return err
 	}
-	defer eng.Close()
+	noun := "devices"
+	if r.Devices == 1 {
+		noun = "device"
+	}
+	fmt.Fprintf(stdout, "revoked %d %s of %s%s; they log in again\n", r.Devices, noun, r.Username, byServer(served))
+	return nil
+}
+
+// revoked is what revoke-devices did.
+type revoked struct {
+	Username string `json:"username"`
+	Devices  int    `json:"devices"`
+}
+
+func revokeDevicesIn(ctx context.Context, eng *engine.Engine, req struct {
+	Username string `json:"username"`
+}) (revoked, error) {
 	// The user's id from their username's record alone: their own record
 	// may not decode (their devices signed in still work).
-	id, err := eng.UserNamed(c.username)
+	id, err := eng.UserNamed(req.Username)
 	if errors.Is(err, engine.ErrNotFound) {
-		return fmt.Errorf("revoke-devices: no user %q", c.username)
+		return revoked{}, fmt.Errorf("revoke-devices: no user %q", req.Username)
 	}
 	if err != nil {
-		return fmt.Errorf("revoke-devices: %w", err)
+		return revoked{}, fmt.Errorf("revoke-devices: %w", err)
 	}
-	name, _ := engine.NormalizeUsername(c.username)
+	name, _ := engine.NormalizeUsername(req.Username)
 	a := engine.Actor{User: id} // the operator: no device of the user's
 	devs, err := eng.Devices(a)
 	if err != nil {
-		return err
+		return revoked{}, err
 	}
 	for _, d := range devs {
 		if err := eng.RevokeDevice(ctx, a, d.ID); err != nil {
-			return fmt.Errorf("revoke device %s: %w", d.ID, err)
+			return revoked{}, fmt.Errorf("revoke device %s: %w", d.ID, err)
 		}
 	}
-	noun := "devices"
-	if len(devs) == 1 {
-		noun = "device"
-	}
-	fmt.Fprintf(stdout, "revoked %d %s of %s; they log in again\n", len(devs), noun, name)
-	return nil
+	return revoked{Username: name, Devices: len(devs)}, nil
 }
 
 // newEpoch marks a stopped server's store so that its next start serves a
@@ -1053,17 +1123,12 @@ func newEpoch(c *config, log *slog.Logger, stdout io.Writer) error {
 	return nil
 }
 
-func check(c *config, log *slog.Logger, stdout io.Writer) error {
-	eng, err := openStopped(c, log)
+func check(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
+	rep, served, err := onStore(ctx, c, log, "check", struct{}{}, checkStore)
 	if err != nil {
 		return err
 	}
-	defer eng.Close()
-	rep, err := eng.Check()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "checked %d conversations, %d ops, %d feed entries\n", rep.Conversations, rep.Ops, rep.FeedEntries)
+	fmt.Fprintf(stdout, "checked %d conversations, %d ops, %d feed entries%s\n", rep.Conversations, rep.Ops, rep.FeedEntries, byServer(served))
 	if err := rep.Err(); err != nil {
 		return fmt.Errorf("store is inconsistent (ferryd rebuild repairs what its logs imply; back it up first with ferryd backup): %w", err)
 	}
@@ -1071,7 +1136,13 @@ func check(c *config, log *slog.Logger, stdout io.Writer) error {
 	return nil
 }
 
-func backup(c *config, log *slog.Logger, stdout io.Writer) error {
+// checkStore checks the store as it is at one moment: a running server's
+// writes go on meanwhile.
+func checkStore(_ context.Context, eng *engine.Engine, _ struct{}) (engine.CheckReport, error) {
+	return eng.Check()
+}
+
+func backup(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
 	if c.to == "" {
 		return usageErr(errors.New("backup needs --to DIR"))
 	}
@@ -1081,16 +1152,28 @@ func backup(c *config, log *slog.Logger, stdout io.Writer) error {
 	if rel, err := filepath.Rel(realPath(c.data), realPath(c.to)); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
 		return usageErr(fmt.Errorf("backup: --to %s is inside --data %s: a copy of the store's folder would carry its backup along; put it elsewhere", c.to, c.data))
 	}
-	eng, err := openStopped(c, log)
+	// Absolute: a server running on the store resolves it, from its own
+	// working directory.
+	_, served, err := onStore(ctx, c, log, "backup", backupTo{To: absPath(c.to)}, backupStore)
 	if err != nil {
 		return err
 	}
-	defer eng.Close()
-	if err := eng.Backup(c.to); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "backup written to %s; a server opened on it starts a new epoch, and devices repair\n", c.to)
+	fmt.Fprintf(stdout, "backup written to %s%s; a server opened on it starts a new epoch, and devices repair\n", c.to, byServer(served))
 	return nil
+}
+
+// backupTo is backup's request.
+type backupTo struct {
+	To string `json:"to"` // absolute
+}
+
+// backupStore writes a copy of the store as it is at one moment: every op
+// acknowledged before it began is in it.
+func backupStore(_ context.Context, eng *engine.Engine, req backupTo) (struct{}, error) {
+	if !filepath.IsAbs(req.To) {
+		return struct{}{}, badControlCall{fmt.Errorf("backup: %q is not an absolute path", req.To)}
+	}
+	return struct{}{}, eng.Backup(req.To)
 }
 
 // compact rewrites the whole store: the bodies that deletes for everyone

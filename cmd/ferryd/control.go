@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ferrysync/ferry/engine"
+)
+
+// The control socket. A serving ferryd listens on a Unix socket in its
+// store's folder, and the tools whose work a live store allows (check,
+// backup, add-user, set-password, revoke-devices) have the server running
+// on the store do it, so that an operator backs up, checks and manages
+// accounts without stopping it. Whoever may connect may open the store's
+// files anyway: the socket is its user's alone (mode 0600), in the folder
+// serve makes 0700. The tools that rewrite the store, or act on its next
+// opening (compact, rebuild, new-epoch), still need it stopped.
+//
+// The calls are HTTP: POST /TOOL with the tool's request in JSON, answered
+// 200 with its result in JSON, or another status with the error's text.
+
+// controlSocket is the socket's name in the store's folder.
+const controlSocket = "ferryd.sock"
+
+// maxSocketPath is the longest socket path every Unix takes (macOS and
+// the BSDs: 103 bytes and a NUL; Linux 107).
+const maxSocketPath = 104
+
+// storeTool is a tool's work on a store, the same whoever does it: the
+// server running on the store, or the tool on a stopped one.
+type storeTool[Req, Resp any] func(ctx context.Context, eng *engine.Engine, req Req) (Resp, error)
+
+// controlTools are the tools a serving ferryd does for its socket's
+// clients, by name.
+var controlTools = map[string]func(ctx context.Context, eng *engine.Engine, req []byte) (any, error){
+	"check":          controlTool(checkStore),
+	"backup":         controlTool(backupStore),
+	"add-user":       controlTool(addUserTo),
+	"set-password":   controlTool(setPasswordIn),
+	"revoke-devices": controlTool(revokeDevicesIn),
+}
+
+func controlTool[Req, Resp any](f storeTool[Req, Resp]) func(ctx context.Context, eng *engine.Engine, body []byte) (any, error) {
+	return func(ctx context.Context, eng *engine.Engine, body []byte) (any, error) {
+		var req Req
+		if err := json.Unmarshal(body, &req); err != nil {
+			return nil, badControlCall{fmt.Errorf("the request does not decode: %w", err)}
+		}
+		return f(ctx, eng, req)
+	}
+}
+
+// badControlCall is a call the server refuses as malformed (400).
+type badControlCall struct{ error }
+
+// testControlCall, when set, runs as a control call starts its work,
+// under the tools' lock: a test holds a call there.
+var testControlCall func(tool string)
+
+// control serves the control socket.
+type control struct {
+	eng    *engine.Engine
+	log    *slog.Logger
+	hs     *http.Server
+	mu     sync.Mutex   // one tool at a time: a backup and a check would each read the whole store
+	active atomic.Int32 // calls under way
+	once   sync.Once
+}
+
+// listenControl serves the control socket of the store in dir, which eng
+// has open. A socket file left by a server that stopped without removing
+// it is replaced: eng holds the store's lock, so no other server is
+// listening on it.
+func listenControl(dir string, eng *engine.Engine, log *slog.Logger) (*control, error) {
+	path := filepath.Join(dir, controlSocket)
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("remove the %s left by an earlier server: %w", path, err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil && len(path) >= maxSocketPath {
+		return nil, fmt.Errorf("%w: its path is %d bytes, more than a Unix socket's may be (%d on Linux, %d on macOS and the BSDs); serve from a shorter --data path", err, len(path), maxSocketPath+4, maxSocketPath)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("make %s its user's alone: %w", path, err)
+	}
+	c := &control{eng: eng, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /{tool}", c.serve)
+	c.hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = c.hs.Serve(ln) }()
+	return c, nil
+}
+
+func (c *control) serve(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("tool")
+	tool, ok := controlTools[name]
+	if !ok {
+		http.Error(w, fmt.Sprintf("ferryd has no tool %q that a running server does", name), http.StatusNotFound)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err != nil {
+		http.Error(w, "read the request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	c.active.Add(1)
+	defer c.active.Add(-1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if testControlCall != nil {
+		testControlCall(name)
+	}
+	start := time.Now()
+	// The work goes on if the tool is interrupted: a backup half written
+	// would be left to remove, and the rest are single writes.
+	resp, err := tool(context.WithoutCancel(r.Context()), c.eng, body)
+	if err != nil {
+		code := http.StatusUnprocessableEntity
+		if errors.As(err, new(badControlCall)) {
+			code = http.StatusBadRequest
+		}
+		c.log.Warn("control: "+name+" failed", "err", err, "took", time.Since(start))
+		http.Error(w, err.Error(), code)
+		return
+	}
+	c.log.Info("control: "+name+" done", "took", time.Since(start))
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// close stops taking calls and waits for those under way, however long:
+// the store must not close under a backup or a check. Closing twice does
+// nothing.
+func (c *control) close() {
+	if c == nil {
+		return
+	}
+	c.once.Do(func() {
+		if n := c.active.Load(); n > 0 {
+			c.log.Info("stopping: waiting for the control calls under way (ferryd check, backup, ...) to finish", "calls", n)
+		}
+		_ = c.hs.Shutdown(context.Background())
+	})
+}
+
+// errNoServer says no server is running on the store: its control socket
+// is missing, or nothing listens on it.
+var errNoServer = errors.New("no server is running on the store")
+
+// askServer has the server running on the store in dir do tool's work.
+// It returns errNoServer when none listens there.
+func askServer[Req, Resp any](ctx context.Context, dir, tool string, req Req) (Resp, error) {
+	var resp Resp
+	path := filepath.Join(dir, controlSocket)
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return resp, errNoServer
+	}
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+	defer client.CloseIdleConnections()
+	body, err := json.Marshal(req)
+	if err != nil {
+		return resp, err
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://ferryd/"+tool, bytes.NewReader(body))
+	if err != nil {
+		return resp, err
+	}
+	hresp, err := client.Do(hreq)
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, fs.ErrNotExist):
+		return resp, errNoServer // a socket a server that stopped left behind
+	case ctx.Err() != nil:
+		return resp, fmt.Errorf("%s: interrupted; the server goes on with it, and logs its end: %w", tool, ctx.Err())
+	case err != nil:
+		return resp, fmt.Errorf("%s: reach the server running on the store through %s: %w", tool, path, err)
+	}
+	defer hresp.Body.Close()
+	if hresp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(hresp.Body, 64<<10))
+		return resp, fmt.Errorf("the server running on the store: %s", bytes.TrimSpace(msg))
+	}
+	if err := json.NewDecoder(hresp.Body).Decode(&resp); err != nil {
+		return resp, fmt.Errorf("%s: the server's answer does not decode: %w", tool, err)
+	}
+	return resp, nil
+}
+
+// onStore does a tool's work: by the server running on the store when
+// there is one, else on the stopped server's store. served says which.
+func onStore[Req, Resp any](ctx context.Context, c *config, log *slog.Logger, tool string, req Req, f storeTool[Req, Resp]) (resp Resp, served bool, err error) {
+	resp, err = askServer[Req, Resp](ctx, c.data, tool, req)
+	if !errors.Is(err, errNoServer) {
+		return resp, true, err
+	}
+	eng, err := openStopped(c, log)
+	if err != nil {
+		return resp, false, err
+	}
+	defer func() { err = errors.Join(err, eng.Close()) }()
+	resp, err = f(ctx, eng, req)
+	return resp, false, err
+}

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/engine/enginetest"
+)
+
+// TestToolsReachTheRunningServer: with a server running on the store,
+// check, backup, add-user, set-password and revoke-devices have it do
+// their work, through the control socket in the store's folder (its
+// user's alone), and what they do is live at once: the user added logs
+// in, the password set signs in and the old one does not, the devices
+// revoked are refused. The backup is whole and starts a new epoch.
+func TestToolsReachTheRunningServer(t *testing.T) {
+	root := t.TempDir()
+	dir := root + "/data"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	url, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--password-memory-kib", "64", "--log-level", "warn"}, io.Discard)
+	fi, err := os.Stat(filepath.Join(dir, controlSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the control socket is %v; want a socket of mode 0600", fi.Mode())
+	}
+	tool := func(password string, args ...string) string {
+		t.Helper()
+		stdin = strings.NewReader(password + "\n")
+		defer func() { stdin = os.Stdin }()
+		var out bytes.Buffer
+		if err := run(context.Background(), append(args, "--data", dir, "--log-level", "warn"), &out, io.Discard); err != nil {
+			t.Fatalf("ferryd %s: %v\n%s", args[0], err, out.String())
+		}
+		if !strings.Contains(out.String(), "by the server running on the store") {
+			t.Errorf("ferryd %s did not say the server did it: %q", args[0], out.String())
+		}
+		return out.String()
+	}
+	login := func(password string) (int, string) {
+		t.Helper()
+		resp, err := http.Post(url+"/ferry.v1.AccountService/Login", "application/json",
+			strings.NewReader(`{"username":"alice","password":"`+password+`","deviceName":"phone"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Session struct{ Token string }
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body.Session.Token
+	}
+	account := func(token string) int {
+		t.Helper()
+		req, _ := http.NewRequest("POST", url+"/ferry.v1.AccountService/GetAccount", strings.NewReader("{}"))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+
+	tool("correct horse", "add-user", "--username", "alice")
+	code, token := login("correct horse")
+	if code != http.StatusOK || account(token) != http.StatusOK {
+		t.Fatalf("the user the running server added: login %d, account %d", code, account(token))
+	}
+	tool("battery staple", "set-password", "--username", "alice")
+	if code, _ := login("correct horse"); code != http.StatusUnauthorized {
+		t.Errorf("the old password signs in (%d) after set-password", code)
+	}
+	code, token2 := login("battery staple")
+	if code != http.StatusOK {
+		t.Fatalf("the new password: %d", code)
+	}
+	if out := tool("", "check"); !strings.Contains(out, "store is consistent") {
+		t.Errorf("check: %q", out)
+	}
+	tool("", "backup", "--to", root+"/backup")
+	if out := tool("", "revoke-devices", "--username", "alice"); !strings.Contains(out, "revoked 2 devices of alice") {
+		t.Errorf("revoke-devices: %q", out)
+	}
+	for _, tok := range []string{token, token2} {
+		if code := account(tok); code != http.StatusUnauthorized {
+			t.Errorf("a revoked device's call: %d", code)
+		}
+	}
+	stdin = strings.NewReader("another horse\n")
+	var out bytes.Buffer
+	err = run(context.Background(), []string{"add-user", "--data", dir, "--username", "alice", "--log-level", "warn"}, &out, io.Discard)
+	stdin = os.Stdin
+	if err == nil ||
+		!strings.Contains(err.Error(), "the server running on the store: add-user:") || !strings.Contains(err.Error(), "taken") {
+		t.Errorf("add-user of a taken name, by the server: %v", err)
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, controlSocket)); !os.IsNotExist(err) {
+		t.Errorf("the stopped server left its control socket: %v", err)
+	}
+	// The backup the running server wrote: whole, with alice's account,
+	// opening in a new epoch.
+	b := openForTest(t, root+"/backup", 1)
+	enginetest.MustCheck(t, b)
+	if _, err := b.UserNamed("alice"); err != nil {
+		t.Errorf("alice in the backup: %v", err)
+	}
+	b.Close()
+	if storeEpoch(t, root+"/backup", 2) == storeEpoch(t, dir, 3) {
+		t.Error("the backup opened in the store's epoch")
+	}
+}
+
+// TestStaleControlSocket: a control socket a server left when it stopped
+// without removing it (killed) stops nothing: the tools do their work on
+// the stopped server's store, and the next server listens in its place.
+func TestStaleControlSocket(t *testing.T) {
+	dir := t.TempDir()
+	storeEpoch(t, dir, 1)
+	ln, err := net.Listen("unix", filepath.Join(dir, controlSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	if _, err := os.Stat(filepath.Join(dir, controlSocket)); err != nil {
+		t.Fatalf("the stale socket: %v", err)
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"check", "--data", dir, "--log-level", "warn"}, &out, io.Discard); err != nil || strings.Contains(out.String(), "by the server") ||
+		!strings.Contains(out.String(), "store is consistent") {
+		t.Fatalf("check beside a stale socket: %v\n%s", err, out.String())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "warn"}, io.Discard)
+	out.Reset()
+	if err := run(context.Background(), []string{"check", "--data", dir, "--log-level", "warn"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "by the server running on the store") {
+		t.Fatalf("check with a server running in place of the stale socket's: %v\n%s", err, out.String())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStopWaitsForABackup: a server told to stop while it writes a backup
+// for ferryd backup finishes the backup before it closes the store.
+func TestStopWaitsForABackup(t *testing.T) {
+	root := t.TempDir()
+	dir := root + "/data"
+	started, release := make(chan struct{}), make(chan struct{})
+	testControlCall = func(tool string) {
+		if tool == "backup" {
+			close(started)
+			<-release
+		}
+	}
+	defer func() { testControlCall = nil }()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &syncBuffer{w: make(chan struct{}, 1)}
+	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "info"}, logs)
+	backedUp := make(chan error, 1)
+	var out bytes.Buffer
+	go func() {
+		backedUp <- run(context.Background(), []string{"backup", "--data", dir, "--to", root + "/backup", "--log-level", "warn"}, &out, io.Discard)
+	}()
+	<-started
+	cancel()
+	for !strings.Contains(logs.String(), "waiting for the control calls under way") {
+		select {
+		case <-logs.w:
+		case err := <-done:
+			t.Fatalf("ferryd stopped under a backup: %v\n%s", err, logs.String())
+		}
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("ferryd stopped under a backup: %v", err)
+	default:
+	}
+	close(release)
+	if err := <-backedUp; err != nil {
+		t.Fatalf("backup: %v\n%s", err, out.String())
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	b := openForTest(t, root+"/backup", 1)
+	enginetest.MustCheck(t, b)
+	b.Close()
+}
+
+// openForTest opens the store in dir as a server does.
+func openForTest(t *testing.T, dir string, seed uint64) *engine.Engine {
+	t.Helper()
+	o := enginetest.Options(t, seed)
+	o.FS = nil
+	e, err := engine.Open(dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// TestNoControlSocketOnALongPath: a store whose folder's path is too long
+// for a Unix socket is served all the same, without the socket, and the
+// log says why.
+func TestNoControlSocketOnALongPath(t *testing.T) {
+	dir := t.TempDir() + "/" + strings.Repeat("d", maxSocketPath)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &syncBuffer{w: make(chan struct{}, 1)}
+	out := &syncBuffer{w: make(chan struct{}, 1)}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "warn"}, out, logs)
+	}()
+	for !strings.Contains(out.String(), "listening on") {
+		select {
+		case <-out.w:
+		case err := <-done:
+			t.Fatalf("ferryd exited: %v\n%s", err, logs.String())
+		}
+	}
+	if l := logs.String(); !strings.Contains(l, "no control socket") || !strings.Contains(l, "more than a Unix socket's may be") {
+		t.Errorf("logs:\n%s", l)
+	}
+	if strings.Contains(out.String(), "work while it serves") {
+		t.Errorf("ferryd says the tools work while it serves, with no socket:\n%s", out.String())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
