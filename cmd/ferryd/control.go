@@ -42,11 +42,17 @@ const maxSocketPath = 104
 
 // storeTool is a tool's work on a store, the same whoever does it: the
 // server running on the store, or the tool on a stopped one.
-type storeTool[Req, Resp any] func(ctx context.Context, eng *engine.Engine, req Req) (Resp, error)
+type storeTool[Req, Resp any] func(ctx context.Context, st store, req Req) (Resp, error)
+
+// store is the store a tool works on, open.
+type store struct {
+	eng *engine.Engine
+	dir string // its folder, as --data gave it
+}
 
 // controlTools are the tools a serving ferryd does for its socket's
 // clients, by name.
-var controlTools = map[string]func(ctx context.Context, eng *engine.Engine, req []byte) (any, error){
+var controlTools = map[string]func(ctx context.Context, st store, req []byte) (any, error){
 	"check":          controlTool(checkStore),
 	"backup":         controlTool(backupStore),
 	"add-user":       controlTool(addUserTo),
@@ -54,13 +60,13 @@ var controlTools = map[string]func(ctx context.Context, eng *engine.Engine, req 
 	"revoke-devices": controlTool(revokeDevicesIn),
 }
 
-func controlTool[Req, Resp any](f storeTool[Req, Resp]) func(ctx context.Context, eng *engine.Engine, body []byte) (any, error) {
-	return func(ctx context.Context, eng *engine.Engine, body []byte) (any, error) {
+func controlTool[Req, Resp any](f storeTool[Req, Resp]) func(ctx context.Context, st store, body []byte) (any, error) {
+	return func(ctx context.Context, st store, body []byte) (any, error) {
 		var req Req
 		if err := json.Unmarshal(body, &req); err != nil {
 			return nil, badControlCall{fmt.Errorf("the request does not decode: %w", err)}
 		}
-		return f(ctx, eng, req)
+		return f(ctx, st, req)
 	}
 }
 
@@ -71,40 +77,73 @@ type badControlCall struct{ error }
 // under the tools' lock: a test holds a call there.
 var testControlCall func(tool string)
 
+// controlGrace is how long a stopping server gives the answer of the
+// control call it finished last, and any call still sending its request,
+// before it closes their connections.
+var controlGrace = 5 * time.Second
+
+// testControlBound, when set, is told where the socket was bound, before
+// it is moved to its name.
+var testControlBound func(path string)
+
 // control serves the control socket.
 type control struct {
-	eng    *engine.Engine
+	st     store
 	log    *slog.Logger
 	hs     *http.Server
-	mu     sync.Mutex   // one tool at a time: a backup and a check would each read the whole store
+	path   string       // the socket's
 	active atomic.Int32 // calls under way
 	once   sync.Once
+
+	mu     sync.Mutex // held by the call doing a tool's work: one at a time, as a backup and a check each read the whole store
+	closed bool       // the store is closing: no more work
 }
 
 // listenControl serves the control socket of the store in dir, which eng
 // has open. A socket file left by a server that stopped without removing
 // it is replaced: eng holds the store's lock, so no other server is
 // listening on it.
+//
+// The socket is bound in a folder of its own, its user's alone, made its
+// user's alone too, then moved to its name: bound where it is named, it
+// would take connections under the process's umask until its mode
+// changed, and a connection made meanwhile is served.
 func listenControl(dir string, eng *engine.Engine, log *slog.Logger) (*control, error) {
 	path := filepath.Join(dir, controlSocket)
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("remove the %s left by an earlier server: %w", path, err)
 	}
-	ln, err := net.Listen("unix", path)
-	if err != nil && len(path) >= maxSocketPath {
-		return nil, fmt.Errorf("%w: its path is %d bytes, more than a Unix socket's may be (%d on Linux, %d on macOS and the BSDs); serve from a shorter --data path", err, len(path), maxSocketPath+4, maxSocketPath)
+	private, err := os.MkdirTemp(dir, ".s")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(private)
+	bound := filepath.Join(private, "s")
+	ln, err := net.Listen("unix", bound)
+	if err != nil && len(bound) >= maxSocketPath {
+		return nil, fmt.Errorf("%w: its path is %d bytes, more than a Unix socket's may be (%d on Linux, %d on macOS and the BSDs); serve from a shorter --data path", err, len(bound), maxSocketPath+4, maxSocketPath)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	ln.(*net.UnixListener).SetUnlinkOnClose(false) // it is removed by its name (close)
+	if testControlBound != nil {
+		testControlBound(bound)
+	}
+	err = os.Chmod(bound, 0o600)
+	if err == nil {
+		err = os.Rename(bound, path)
+	}
+	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("make %s its user's alone: %w", path, err)
 	}
-	c := &control{eng: eng, log: log}
+	c := &control{st: store{eng: eng, dir: dir}, log: log, path: path}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /{tool}", c.serve)
-	c.hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// A request comes whole at once from the tools: one that stalls is
+	// not let hold a stop up.
+	c.hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second}
 	go func() { _ = c.hs.Serve(ln) }()
 	return c, nil
 }
@@ -125,13 +164,17 @@ func (c *control) serve(w http.ResponseWriter, r *http.Request) {
 	defer c.active.Add(-1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		http.Error(w, "the server is stopping: run the tool again once it has stopped, on its store, or on the next server's", http.StatusServiceUnavailable)
+		return
+	}
 	if testControlCall != nil {
 		testControlCall(name)
 	}
 	start := time.Now()
 	// The work goes on if the tool is interrupted: a backup half written
 	// would be left to remove, and the rest are single writes.
-	resp, err := tool(context.WithoutCancel(r.Context()), c.eng, body)
+	resp, err := tool(context.WithoutCancel(r.Context()), c.st, body)
 	if err != nil {
 		code := http.StatusUnprocessableEntity
 		if errors.As(err, new(badControlCall)) {
@@ -146,18 +189,28 @@ func (c *control) serve(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(resp)
 }
 
-// close stops taking calls and waits for those under way, however long:
-// the store must not close under a backup or a check. Closing twice does
-// nothing.
+// close stops taking calls, once the one doing its work, if any, is done,
+// however long that takes: the store must not close under a backup or a
+// check, which cannot be cut short. A call still sending its request, or
+// waiting its turn, gets no work done. Closing twice does nothing.
 func (c *control) close() {
 	if c == nil {
 		return
 	}
 	c.once.Do(func() {
 		if n := c.active.Load(); n > 0 {
-			c.log.Info("stopping: waiting for the control calls under way (ferryd check, backup, ...) to finish", "calls", n)
+			c.log.Info("stopping: waiting for the control call under way (ferryd check, backup, ...) to finish", "calls", n)
 		}
-		_ = c.hs.Shutdown(context.Background())
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		// The last call's answer, written, is let reach its tool.
+		ctx, cancel := context.WithTimeout(context.Background(), controlGrace)
+		defer cancel()
+		if err := c.hs.Shutdown(ctx); err != nil {
+			_ = c.hs.Close()
+		}
+		_ = os.Remove(c.path)
 	})
 }
 
@@ -173,10 +226,20 @@ func askServer[Req, Resp any](ctx context.Context, dir, tool string, req Req) (R
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return resp, errNoServer
 	}
+	dial := path
+	if len(dial) >= maxSocketPath {
+		// Too long for a socket's address: by a path relative to the
+		// working directory, when that is short enough.
+		if wd, err := os.Getwd(); err == nil {
+			if rel, err := filepath.Rel(wd, absPath(path)); err == nil && len(rel) < len(dial) {
+				dial = rel
+			}
+		}
+	}
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
+			return d.DialContext(ctx, "unix", dial)
 		},
 	}}
 	defer client.CloseIdleConnections()
@@ -194,6 +257,8 @@ func askServer[Req, Resp any](ctx context.Context, dir, tool string, req Req) (R
 		return resp, errNoServer // a socket a server that stopped left behind
 	case ctx.Err() != nil:
 		return resp, fmt.Errorf("%s: interrupted; the server goes on with it, and logs its end: %w", tool, ctx.Err())
+	case err != nil && len(dial) >= maxSocketPath:
+		return resp, fmt.Errorf("%s: reach the server running on the store through %s: %w: its path is %d bytes, more than a Unix socket's may be: run the tool nearer the store (cd %s; ferryd %s --data . ...)", tool, path, err, len(dial), dir, tool)
 	case err != nil:
 		return resp, fmt.Errorf("%s: reach the server running on the store through %s: %w", tool, path, err)
 	}
@@ -220,6 +285,6 @@ func onStore[Req, Resp any](ctx context.Context, c *config, log *slog.Logger, to
 		return resp, false, err
 	}
 	defer func() { err = errors.Join(err, eng.Close()) }()
-	resp, err = f(ctx, eng, req)
+	resp, err = f(ctx, store{eng: eng, dir: c.data}, req)
 	return resp, false, err
 }

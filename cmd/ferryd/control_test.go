@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
@@ -92,6 +93,12 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 		t.Errorf("check: %q", out)
 	}
 	tool("", "backup", "--to", root+"/backup")
+	// Paths and passwords are bytes: one that is not UTF-8 reaches the
+	// server as it is (JSON's strings would make it another).
+	tool("", "backup", "--to", root+"/caf\xe9")
+	if _, err := os.Stat(root + "/caf\xe9"); err != nil {
+		t.Errorf("the backup to a path that is not UTF-8: %v", err)
+	}
 	if out := tool("", "revoke-devices", "--username", "alice"); !strings.Contains(out, "revoked 2 devices of alice") {
 		t.Errorf("revoke-devices: %q", out)
 	}
@@ -100,6 +107,8 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 			t.Errorf("a revoked device's call: %d", code)
 		}
 	}
+	const bytesPassword = "\xffnot UTF-8\xfe"
+	tool(bytesPassword, "set-password", "--username", "alice")
 	stdin = strings.NewReader("another horse\n")
 	var out bytes.Buffer
 	err = run(context.Background(), []string{"add-user", "--data", dir, "--username", "alice", "--log-level", "warn"}, &out, io.Discard)
@@ -126,6 +135,11 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 	b.Close()
 	if storeEpoch(t, root+"/backup", 2) == storeEpoch(t, dir, 3) {
 		t.Error("the backup opened in the store's epoch")
+	}
+	e := openForTest(t, dir, 4)
+	defer e.Close()
+	if _, err := e.Login(context.Background(), "alice", bytesPassword, "laptop"); err != nil {
+		t.Errorf("the password set through the server, not UTF-8, does not sign in: %v", err)
 	}
 }
 
@@ -186,7 +200,7 @@ func TestStopWaitsForABackup(t *testing.T) {
 	}()
 	<-started
 	cancel()
-	for !strings.Contains(logs.String(), "waiting for the control calls under way") {
+	for !strings.Contains(logs.String(), "waiting for the control call under way") {
 		select {
 		case <-logs.w:
 		case err := <-done:
@@ -249,6 +263,100 @@ func TestNoControlSocketOnALongPath(t *testing.T) {
 		t.Errorf("ferryd says the tools work while it serves, with no socket:\n%s", out.String())
 	}
 	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestControlSocketIsBoundPrivately: the socket is bound in a folder its
+// user's alone, and only then, its mode its user's alone too, named:
+// bound at its name, it would take connections under the process's umask
+// until its mode changed, and serve one made meanwhile.
+func TestControlSocketIsBoundPrivately(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil { // a --data that existed, open to all
+		t.Fatal(err)
+	}
+	bound := make(chan string, 1)
+	testControlBound = func(path string) {
+		fi, err := os.Stat(filepath.Dir(path))
+		_, named := os.Stat(filepath.Join(dir, controlSocket))
+		switch {
+		case err != nil:
+			t.Errorf("the socket's folder: %v", err)
+		case fi.Mode().Perm() != 0o700:
+			t.Errorf("the socket was bound in a folder of mode %v; want 0700", fi.Mode().Perm())
+		case path == filepath.Join(dir, controlSocket) || named == nil:
+			t.Errorf("the socket was bound at its name")
+		}
+		bound <- path
+	}
+	defer func() { testControlBound = nil }()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "warn"}, io.Discard)
+	private := filepath.Dir(<-bound)
+	if _, err := os.Stat(private); !os.IsNotExist(err) {
+		t.Errorf("the private folder the socket was bound in is left: %v", err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, controlSocket))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the named socket: %v, %v", fi, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStopWithAStalledControlCall: a control call whose request never
+// comes whole (a stuck script, a wrong Content-Length) does not keep a
+// stopping server from stopping, and gets no work done.
+func TestStopWithAStalledControlCall(t *testing.T) {
+	controlGrace = time.Millisecond
+	defer func() { controlGrace = 5 * time.Second }()
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "warn"}, io.Discard)
+	conn, err := net.Dial("unix", filepath.Join(dir, controlSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "POST /add-user HTTP/1.1\r\nHost: ferryd\r\nContent-Length: 100\r\n\r\n{"); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute): // a guard, not a wait: the stop takes a millisecond's grace
+		t.Fatal("a control call whose request never came whole keeps the server from stopping")
+	}
+}
+
+// TestToolsReachASocketByARelativePath: a tool given a store by a path
+// too long for a socket's address reaches the server on it by the path
+// relative to its working directory, where that is short enough.
+func TestToolsReachASocketByARelativePath(t *testing.T) {
+	base := t.TempDir()
+	deep := filepath.Join(base, strings.Repeat("d", max(maxSocketPath+10-len(base), 1)))
+	if err := os.MkdirAll(deep, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(deep)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", "data", "--log-level", "warn"}, io.Discard)
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"check", "--data", filepath.Join(deep, "data"), "--log-level", "warn"}, &out, io.Discard)
+	cancel()
+	if err != nil || !strings.Contains(out.String(), "by the server running on the store") {
+		t.Errorf("check --data %s (%d bytes) with a server running on ./data: %v\n%s", filepath.Join(deep, "data"), len(filepath.Join(deep, "data")), err, out.String())
+	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

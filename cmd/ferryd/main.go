@@ -949,7 +949,7 @@ func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, std
 	if err != nil {
 		return err
 	}
-	u, served, err := onStore(ctx, c, log, "add-user", newUser{Username: c.username, DisplayName: c.displayName, Password: password}, addUserTo)
+	u, served, err := onStore(ctx, c, log, "add-user", newUser{Username: c.username, DisplayName: []byte(c.displayName), Password: []byte(password)}, addUserTo)
 	if err != nil {
 		return err
 	}
@@ -963,8 +963,8 @@ func addUser(ctx context.Context, c *config, log *slog.Logger, in io.Reader, std
 // newUser is add-user's request.
 type newUser struct {
 	Username    string `json:"username"`
-	DisplayName string `json:"display_name,omitempty"`
-	Password    string `json:"password"`
+	DisplayName []byte `json:"display_name,omitempty"`
+	Password    []byte `json:"password"` // bytes: JSON's strings are UTF-8 text
 }
 
 // toolUser is a user a tool acted on.
@@ -973,8 +973,8 @@ type toolUser struct {
 	Username string `json:"username"`
 }
 
-func addUserTo(ctx context.Context, eng *engine.Engine, req newUser) (toolUser, error) {
-	u, err := eng.CreateUser(ctx, engine.NewAccount{Username: req.Username, Password: req.Password, DisplayName: req.DisplayName})
+func addUserTo(ctx context.Context, st store, req newUser) (toolUser, error) {
+	u, err := st.eng.CreateUser(ctx, engine.NewAccount{Username: req.Username, Password: string(req.Password), DisplayName: string(req.DisplayName)})
 	if err != nil {
 		return toolUser{}, fmt.Errorf("add-user: %w", err)
 	}
@@ -1026,7 +1026,7 @@ func setPassword(ctx context.Context, c *config, log *slog.Logger, in io.Reader,
 	if err != nil {
 		return err
 	}
-	u, served, err := onStore(ctx, c, log, "set-password", newPassword{Username: c.username, Password: password}, setPasswordIn)
+	u, served, err := onStore(ctx, c, log, "set-password", newPassword{Username: c.username, Password: []byte(password)}, setPasswordIn)
 	if err != nil {
 		return err
 	}
@@ -1037,11 +1037,11 @@ func setPassword(ctx context.Context, c *config, log *slog.Logger, in io.Reader,
 // newPassword is set-password's request.
 type newPassword struct {
 	Username string `json:"username"`
-	Password string `json:"password"`
+	Password []byte `json:"password"` // bytes: JSON's strings are UTF-8 text
 }
 
-func setPasswordIn(ctx context.Context, eng *engine.Engine, req newPassword) (toolUser, error) {
-	u, err := eng.SetPassword(ctx, req.Username, req.Password)
+func setPasswordIn(ctx context.Context, st store, req newPassword) (toolUser, error) {
+	u, err := st.eng.SetPassword(ctx, req.Username, string(req.Password))
 	if errors.Is(err, engine.ErrNotFound) {
 		return toolUser{}, fmt.Errorf("set-password: no user %q", req.Username)
 	}
@@ -1080,12 +1080,12 @@ type revoked struct {
 	Devices  int    `json:"devices"`
 }
 
-func revokeDevicesIn(ctx context.Context, eng *engine.Engine, req struct {
+func revokeDevicesIn(ctx context.Context, st store, req struct {
 	Username string `json:"username"`
 }) (revoked, error) {
 	// The user's id from their username's record alone: their own record
 	// may not decode (their devices signed in still work).
-	id, err := eng.UserNamed(req.Username)
+	id, err := st.eng.UserNamed(req.Username)
 	if errors.Is(err, engine.ErrNotFound) {
 		return revoked{}, fmt.Errorf("revoke-devices: no user %q", req.Username)
 	}
@@ -1094,12 +1094,12 @@ func revokeDevicesIn(ctx context.Context, eng *engine.Engine, req struct {
 	}
 	name, _ := engine.NormalizeUsername(req.Username)
 	a := engine.Actor{User: id} // the operator: no device of the user's
-	devs, err := eng.Devices(a)
+	devs, err := st.eng.Devices(a)
 	if err != nil {
 		return revoked{}, err
 	}
 	for _, d := range devs {
-		if err := eng.RevokeDevice(ctx, a, d.ID); err != nil {
+		if err := st.eng.RevokeDevice(ctx, a, d.ID); err != nil {
 			return revoked{}, fmt.Errorf("revoke device %s: %w", d.ID, err)
 		}
 	}
@@ -1138,8 +1138,8 @@ func check(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 
 // checkStore checks the store as it is at one moment: a running server's
 // writes go on meanwhile.
-func checkStore(_ context.Context, eng *engine.Engine, _ struct{}) (engine.CheckReport, error) {
-	return eng.Check()
+func checkStore(_ context.Context, st store, _ struct{}) (engine.CheckReport, error) {
+	return st.eng.Check()
 }
 
 func backup(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
@@ -1149,12 +1149,12 @@ func backup(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) 
 	if _, err := os.Stat(c.to); err == nil {
 		return usageErr(fmt.Errorf("backup: %s already exists; --to names a folder the backup creates", c.to))
 	}
-	if rel, err := filepath.Rel(realPath(c.data), realPath(c.to)); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-		return usageErr(fmt.Errorf("backup: --to %s is inside --data %s: a copy of the store's folder would carry its backup along; put it elsewhere", c.to, c.data))
+	if err := backupInside(c.data, c.to); err != nil {
+		return usageErr(err)
 	}
 	// Absolute: a server running on the store resolves it, from its own
 	// working directory.
-	_, served, err := onStore(ctx, c, log, "backup", backupTo{To: absPath(c.to)}, backupStore)
+	_, served, err := onStore(ctx, c, log, "backup", backupTo{To: []byte(absPath(c.to))}, backupStore)
 	if err != nil {
 		return err
 	}
@@ -1164,16 +1164,28 @@ func backup(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) 
 
 // backupTo is backup's request.
 type backupTo struct {
-	To string `json:"to"` // absolute
+	To []byte `json:"to"` // absolute; bytes, which a path is, not UTF-8 text as JSON's strings are
 }
 
 // backupStore writes a copy of the store as it is at one moment: every op
 // acknowledged before it began is in it.
-func backupStore(_ context.Context, eng *engine.Engine, req backupTo) (struct{}, error) {
-	if !filepath.IsAbs(req.To) {
-		return struct{}{}, badControlCall{fmt.Errorf("backup: %q is not an absolute path", req.To)}
+func backupStore(_ context.Context, st store, req backupTo) (struct{}, error) {
+	to := string(req.To)
+	if !filepath.IsAbs(to) {
+		return struct{}{}, badControlCall{fmt.Errorf("backup: %q is not an absolute path", to)}
 	}
-	return struct{}{}, eng.Backup(req.To)
+	if err := backupInside(st.dir, to); err != nil {
+		return struct{}{}, badControlCall{err}
+	}
+	return struct{}{}, st.eng.Backup(to)
+}
+
+// backupInside refuses a backup to a folder inside the store's.
+func backupInside(data, to string) error {
+	if rel, err := filepath.Rel(realPath(data), realPath(to)); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return fmt.Errorf("backup: --to %s is inside --data %s: a copy of the store's folder would carry its backup along; put it elsewhere", to, data)
+	}
+	return nil
 }
 
 // compact rewrites the whole store: the bodies that deletes for everyone
