@@ -23,12 +23,12 @@ import (
 
 // The control socket. A serving ferryd listens on a Unix socket in its
 // store's folder, and the tools whose work a live store allows (check,
-// backup, add-user, set-password, revoke-devices) have the server running
-// on the store do it, so that an operator backs up, checks and manages
-// accounts without stopping it. Whoever may connect may open the store's
-// files anyway: the socket is its user's alone (mode 0600), in the folder
-// serve makes 0700. The tools that rewrite the store, or act on its next
-// opening (compact, rebuild, new-epoch), still need it stopped.
+// backup, compact, add-user, set-password, revoke-devices) have the server
+// running on the store do it, so that an operator backs up, checks,
+// compacts and manages accounts without stopping it. Whoever may connect
+// may open the store's files anyway: the socket is its user's alone (mode
+// 0600). The tools that rewrite the store from its logs, or act on its
+// next opening (rebuild, new-epoch), still need it stopped.
 //
 // The calls are HTTP: POST /TOOL with the tool's request in JSON, answered
 // 200 with its result in JSON, or another status with the error's text.
@@ -55,6 +55,7 @@ type store struct {
 var controlTools = map[string]func(ctx context.Context, st store, req []byte) (any, error){
 	"check":          controlTool(checkStore),
 	"backup":         controlTool(backupStore),
+	"compact":        controlTool(compactStore),
 	"add-user":       controlTool(addUserTo),
 	"set-password":   controlTool(setPasswordIn),
 	"revoke-devices": controlTool(revokeDevicesIn),
@@ -69,6 +70,11 @@ func controlTool[Req, Resp any](f storeTool[Req, Resp]) func(ctx context.Context
 		return f(ctx, st, req)
 	}
 }
+
+// stoppable are the tools whose work stops when the tool is interrupted
+// or the server stops: the others' runs whole once begun (a backup half
+// written would be left to remove, and the rest are single writes).
+var stoppable = map[string]bool{"compact": true}
 
 // badControlCall is a call the server refuses as malformed (400).
 type badControlCall struct{ error }
@@ -97,6 +103,9 @@ type control struct {
 
 	mu     sync.Mutex // held by the call doing a tool's work: one at a time, as a backup and a check each read the whole store
 	closed bool       // the store is closing: no more work
+
+	stopping context.Context // ends as the server stops: the stoppable tools' work ends
+	stop     context.CancelFunc
 }
 
 // listenControl serves the control socket of the store in dir, which eng
@@ -139,6 +148,7 @@ func listenControl(dir string, eng *engine.Engine, log *slog.Logger) (*control, 
 		return nil, fmt.Errorf("make %s its user's alone: %w", path, err)
 	}
 	c := &control{st: store{eng: eng, dir: dir}, log: log, path: path}
+	c.stopping, c.stop = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /{tool}", c.serve)
 	// A request comes whole at once from the tools: one that stalls is
@@ -172,9 +182,14 @@ func (c *control) serve(w http.ResponseWriter, r *http.Request) {
 		testControlCall(name)
 	}
 	start := time.Now()
-	// The work goes on if the tool is interrupted: a backup half written
-	// would be left to remove, and the rest are single writes.
-	resp, err := tool(context.WithoutCancel(r.Context()), c.st, body)
+	ctx := context.WithoutCancel(r.Context())
+	if stoppable[name] {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(r.Context()) // the tool's connection closes when it is interrupted
+		defer cancel()
+		defer context.AfterFunc(c.stopping, cancel)()
+	}
+	resp, err := tool(ctx, c.st, body)
 	if err != nil {
 		code := http.StatusUnprocessableEntity
 		if errors.As(err, new(badControlCall)) {
@@ -198,6 +213,7 @@ func (c *control) close() {
 		return
 	}
 	c.once.Do(func() {
+		c.stop() // a compaction ends
 		if n := c.active.Load(); n > 0 {
 			c.log.Info("stopping: waiting for the control call under way (ferryd check, backup, ...) to finish", "calls", n)
 		}
@@ -255,6 +271,8 @@ func askServer[Req, Resp any](ctx context.Context, dir, tool string, req Req) (R
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, fs.ErrNotExist):
 		return resp, errNoServer // a socket a server that stopped left behind
+	case ctx.Err() != nil && stoppable[tool]:
+		return resp, fmt.Errorf("%s: interrupted; the server stops it: %w", tool, ctx.Err())
 	case ctx.Err() != nil:
 		return resp, fmt.Errorf("%s: interrupted; the server goes on with it, and logs its end: %w", tool, ctx.Err())
 	case err != nil && len(dial) >= maxSocketPath:

@@ -18,7 +18,7 @@ import (
 )
 
 // TestToolsReachTheRunningServer: with a server running on the store,
-// check, backup, add-user, set-password and revoke-devices have it do
+// check, backup, compact, add-user, set-password and revoke-devices have it do
 // their work, through the control socket in the store's folder (its
 // user's alone), and what they do is live at once: the user added logs
 // in, the password set signs in and the old one does not, the devices
@@ -91,6 +91,9 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 	}
 	if out := tool("", "check"); !strings.Contains(out, "store is consistent") {
 		t.Errorf("check: %q", out)
+	}
+	if out := tool("", "compact"); !strings.Contains(out, "compacted "+dir+" by the server running on the store: tables ") {
+		t.Errorf("compact: %q", out)
 	}
 	tool("", "backup", "--to", root+"/backup")
 	// Paths and passwords are bytes: one that is not UTF-8 reaches the
@@ -356,6 +359,45 @@ func TestToolsReachASocketByARelativePath(t *testing.T) {
 	cancel()
 	if err != nil || !strings.Contains(out.String(), "by the server running on the store") {
 		t.Errorf("check --data %s (%d bytes) with a server running on ./data: %v\n%s", filepath.Join(deep, "data"), len(filepath.Join(deep, "data")), err, out.String())
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStopEndsACompaction: a server told to stop while it compacts for
+// ferryd compact stops the compaction, which could take long, rather
+// than wait for it, and the tool says so.
+func TestStopEndsACompaction(t *testing.T) {
+	dir := t.TempDir()
+	started, release := make(chan struct{}), make(chan struct{})
+	testControlCall = func(tool string) {
+		if tool == "compact" {
+			close(started)
+			<-release
+		}
+	}
+	defer func() { testControlCall = nil }()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &syncBuffer{w: make(chan struct{}, 1)}
+	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "info"}, logs)
+	compacted := make(chan error, 1)
+	go func() {
+		compacted <- run(context.Background(), []string{"compact", "--data", dir, "--log-level", "warn"}, io.Discard, io.Discard)
+	}()
+	<-started
+	cancel()
+	for !strings.Contains(logs.String(), "waiting for the control call under way") {
+		select {
+		case <-logs.w:
+		case err := <-done:
+			t.Fatalf("ferryd stopped under a compaction: %v\n%s", err, logs.String())
+		}
+	}
+	close(release) // the compaction starts after the stop began: it ends at once
+	if err := <-compacted; err == nil || !strings.Contains(err.Error(), "compact: context canceled") {
+		t.Errorf("compact, the server stopping: %v", err)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)

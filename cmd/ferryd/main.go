@@ -3,10 +3,10 @@
 //	ferryd [serve] [flags]         serve
 //	ferryd check  --data DIR       verify a server's store
 //	ferryd backup --data DIR --to DIR   copy a server's store
-//	ferryd compact --data DIR      rewrite a stopped server's store in full
+//	ferryd compact --data DIR      rewrite a server's store in full
 //	ferryd rebuild --data DIR      repair a stopped server's store from its logs
 //
-// check, backup, add-user, set-password and revoke-devices work on the
+// check, backup, compact, add-user, set-password and revoke-devices work on the
 // store of a running server too: they have the server do it, through the
 // control socket it listens on in the store's folder (control.go).
 //
@@ -199,7 +199,7 @@ const usage = `Usage:
   ferryd [serve] [flags]               serve
   ferryd check   --data DIR            verify a server's store (running or stopped)
   ferryd backup  --data DIR --to DIR   copy a server's store (running or stopped)
-  ferryd compact --data DIR            rewrite a stopped server's store in full
+  ferryd compact --data DIR            rewrite a server's store in full (running or stopped)
   ferryd rebuild --data DIR            repair a stopped server's store from its
                                        conversations' logs, where check found it
                                        inconsistent (back it up first)
@@ -216,7 +216,7 @@ const usage = `Usage:
                                        the limit of 100 devices, or whose devices were lost)
   ferryd version                       print the build: version, commit, Go
 
-check, backup, add-user, set-password and revoke-devices have a server
+check, backup, compact, add-user, set-password and revoke-devices have a server
 running on the store do their work, through DIR/ferryd.sock; the other
 commands need it stopped.
 
@@ -247,7 +247,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	dataHelp := "directory of the Pebble store (created if missing)"
 	switch name {
 	case "serve":
-	case "check", "backup", "add-user", "set-password", "revoke-devices":
+	case "check", "backup", "compact", "add-user", "set-password", "revoke-devices":
 		dataHelp = "directory of the server's Pebble store: a server running on it does the work"
 	default:
 		dataHelp = "directory of the stopped server's Pebble store"
@@ -690,7 +690,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	// socket; without one they need the server stopped, as before.
 	ctl, err := listenControl(c.data, eng, log)
 	if err != nil {
-		log.Warn("no control socket: ferryd check, backup, add-user, set-password and revoke-devices cannot reach this server, and need it stopped", "err", err)
+		log.Warn("no control socket: ferryd check, backup, compact, add-user, set-password and revoke-devices cannot reach this server, and need it stopped", "err", err)
 	}
 	defer ctl.close() // before the store closes
 	var extra []func(*http.ServeMux)
@@ -717,7 +717,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		fmt.Fprintf(stdout, "  demo:    open %s/ in a browser\n", url)
 	}
 	if ctl != nil {
-		fmt.Fprintf(stdout, "  tools:   ferryd check, backup, add-user, set-password and revoke-devices --data %s work while it serves\n", c.data)
+		fmt.Fprintf(stdout, "  tools:   ferryd check, backup, compact, add-user, set-password and revoke-devices --data %s work while it serves\n", c.data)
 	}
 	if a := side["--metrics-addr"]; a != "" {
 		fmt.Fprintf(stdout, "  metrics: curl http://%s/metrics\n", a)
@@ -1195,25 +1195,36 @@ func backupInside(data, to string) error {
 //
 // Interrupted (SIGINT, SIGTERM), it stops, leaving the store as
 // consistent as any compaction does.
-func compact(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) (err error) {
-	eng, err := openStopped(c, log)
+func compact(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
+	r, served, err := onStore(ctx, c, log, "compact", struct{}{}, compactStore)
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, eng.Close()) }()
-	before, err := eng.DiskUsage(false)
-	if err != nil {
-		return err
-	}
-	if err := eng.Compact(ctx); err != nil {
-		return err
-	}
-	after, err := eng.DiskUsage(false)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "compacted %s: tables %s -> %s\n", c.data, kib(before.Tables), kib(after.Tables))
+	fmt.Fprintf(stdout, "compacted %s%s: tables %s -> %s\n", c.data, byServer(served), kib(r.Before), kib(r.After))
 	return nil
+}
+
+// compacted is what compact did: the tables' bytes before and after.
+type compacted struct {
+	Before uint64 `json:"before"`
+	After  uint64 `json:"after"`
+}
+
+// compactStore rewrites the whole store, stopping when ctx ends: when the
+// tool is interrupted, or the server running it stops.
+func compactStore(ctx context.Context, st store, _ struct{}) (compacted, error) {
+	before, err := st.eng.DiskUsage(false)
+	if err != nil {
+		return compacted{}, err
+	}
+	if err := st.eng.Compact(ctx); err != nil {
+		return compacted{}, fmt.Errorf("compact: %w", err)
+	}
+	after, err := st.eng.DiskUsage(false)
+	if err != nil {
+		return compacted{}, err
+	}
+	return compacted{Before: before.Tables, After: after.Tables}, nil
 }
 
 // rebuild repairs the store from its logs (engine.Rebuild), prints what
