@@ -526,6 +526,8 @@ type StoreMetrics struct {
 	MemTables uint64
 	// Flushes and Compactions count those completed since Open.
 	Flushes, Compactions int64
+	// Compacting is the compactions under way: Close waits for them.
+	Compacting int64
 	// LoggedBytes counts the bytes of commits logged since Open, and
 	// FlushedBytes and CompactedBytes the bytes flushes and compactions
 	// wrote to tables: their sum over LoggedBytes is the store's write
@@ -546,7 +548,7 @@ func (e *Engine) StoreMetrics() StoreMetrics {
 	return StoreMetrics{
 		DiskUsage: DiskUsage{Tables: l.Tables, WAL: l.WAL, Obsolete: l.Obsolete, Other: l.Other},
 		ReadAmp:   l.ReadAmp, CompactionDebt: l.CompactionDebt, MemTables: l.MemTables,
-		Flushes: l.Flushes, Compactions: l.Compactions,
+		Flushes: l.Flushes, Compactions: l.Compactions, Compacting: l.Compacting,
 		LoggedBytes: l.LoggedBytes, FlushedBytes: l.FlushedBytes, CompactedBytes: l.CompactedBytes,
 		CacheHits: l.CacheHits, CacheMisses: l.CacheMisses, FilterSkips: l.FilterSkips,
 	}

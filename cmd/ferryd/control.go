@@ -36,8 +36,8 @@ import (
 // controlSocket is the socket's name in the store's folder.
 const controlSocket = "ferryd.sock"
 
-// maxSocketPath is the longest socket path every Unix takes (macOS and
-// the BSDs: 103 bytes and a NUL; Linux 107).
+// maxSocketPath is one more than the longest socket path every Unix
+// takes (macOS and the BSDs: 103 bytes and a NUL; Linux: 107).
 const maxSocketPath = 104
 
 // storeTool is a tool's work on a store, the same whoever does it: the
@@ -80,8 +80,9 @@ var stoppable = map[string]bool{"compact": true}
 type badControlCall struct{ error }
 
 // testControlCall, when set, runs as a control call starts its work,
-// under the tools' lock: a test holds a call there.
-var testControlCall func(tool string)
+// under the tools' lock: a test holds a call there. testControlQueued
+// runs as a call, counted under way, is about to wait its turn.
+var testControlCall, testControlQueued func(tool string)
 
 // controlGrace is how long a stopping server gives the answer of the
 // control call it finished last, and any call still sending its request,
@@ -122,15 +123,21 @@ func listenControl(dir string, eng *engine.Engine, log *slog.Logger) (*control, 
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("remove the %s left by an earlier server: %w", path, err)
 	}
-	private, err := os.MkdirTemp(dir, ".s")
-	if err != nil {
+	// A fixed name, shorter than the socket's, so that a store whose
+	// socket's name fits gets one. Made anew: eng's lock says no other
+	// server is binding in it.
+	private := filepath.Join(dir, ".c")
+	if err := os.RemoveAll(private); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(private, 0o700); err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(private)
 	bound := filepath.Join(private, "s")
 	ln, err := net.Listen("unix", bound)
 	if err != nil && len(bound) >= maxSocketPath {
-		return nil, fmt.Errorf("%w: its path is %d bytes, more than a Unix socket's may be (%d on Linux, %d on macOS and the BSDs); serve from a shorter --data path", err, len(bound), maxSocketPath+4, maxSocketPath)
+		return nil, fmt.Errorf("%w: its path is %d bytes, more than a Unix socket's may be (%d on Linux, %d on macOS and the BSDs); serve from a shorter --data path", err, len(bound), maxSocketPath+3, maxSocketPath-1)
 	}
 	if err != nil {
 		return nil, err
@@ -172,9 +179,12 @@ func (c *control) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	c.active.Add(1)
 	defer c.active.Add(-1)
+	if testControlQueued != nil {
+		testControlQueued(name)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
+	if c.closed || c.stopping.Err() != nil { // a call that waited its turn while the stop began
 		http.Error(w, "the server is stopping: run the tool again once it has stopped, on its store, or on the next server's", http.StatusServiceUnavailable)
 		return
 	}
@@ -271,6 +281,10 @@ func askServer[Req, Resp any](ctx context.Context, dir, tool string, req Req) (R
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, fs.ErrNotExist):
 		return resp, errNoServer // a socket a server that stopped left behind
+	case errors.Is(err, fs.ErrPermission):
+		// Another user's: a server of theirs, or one that stopped. The
+		// store, whose lock says which, is theirs too: opening it says so.
+		return resp, errNoServer
 	case ctx.Err() != nil && stoppable[tool]:
 		return resp, fmt.Errorf("%s: interrupted; the server stops it: %w", tool, ctx.Err())
 	case ctx.Err() != nil:

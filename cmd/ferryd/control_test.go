@@ -396,9 +396,120 @@ func TestStopEndsACompaction(t *testing.T) {
 		}
 	}
 	close(release) // the compaction starts after the stop began: it ends at once
-	if err := <-compacted; err == nil || !strings.Contains(err.Error(), "compact: context canceled") {
+	if err := <-compacted; err == nil || !strings.Contains(err.Error(), "compact: context canceled") && !strings.Contains(err.Error(), "compact: stopped") {
 		t.Errorf("compact, the server stopping: %v", err)
 	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStopRefusesTheCallsWaitingTheirTurn: a server told to stop while a
+// call does its work and another waits its turn finishes the first and
+// refuses the second, which does nothing.
+func TestStopRefusesTheCallsWaitingTheirTurn(t *testing.T) {
+	root := t.TempDir()
+	dir := root + "/data"
+	started, release, queued := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	testControlCall = func(tool string) {
+		if tool == "check" {
+			close(started)
+			<-release
+		}
+	}
+	testControlQueued = func(tool string) {
+		if tool == "backup" {
+			close(queued)
+		}
+	}
+	defer func() { testControlCall, testControlQueued = nil, nil }()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &syncBuffer{w: make(chan struct{}, 1)}
+	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "info"}, logs)
+	checked := make(chan error, 1)
+	go func() {
+		checked <- run(context.Background(), []string{"check", "--data", dir, "--log-level", "warn"}, io.Discard, io.Discard)
+	}()
+	<-started
+	backedUp := make(chan error, 1)
+	go func() {
+		backedUp <- run(context.Background(), []string{"backup", "--data", dir, "--to", root + "/backup", "--log-level", "warn"}, io.Discard, io.Discard)
+	}()
+	<-queued
+	cancel()
+	for !strings.Contains(logs.String(), "waiting for the control call under way") {
+		select {
+		case <-logs.w:
+		case err := <-done:
+			t.Fatalf("ferryd stopped under a check: %v\n%s", err, logs.String())
+		}
+	}
+	close(release)
+	if err := <-checked; err != nil {
+		t.Errorf("the check under way as the stop began: %v", err)
+	}
+	if err := <-backedUp; err == nil || !strings.Contains(err.Error(), "the server is stopping") {
+		t.Errorf("a backup waiting its turn as the stop began: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(root + "/backup"); !os.IsNotExist(err) {
+		t.Errorf("the refused backup was written: %v", err)
+	}
+}
+
+// TestControlSocketWhereItsNameFits: a store whose socket's name fits in a
+// Unix socket's address, to the byte, gets its socket: where it is first
+// bound is no longer.
+func TestControlSocketWhereItsNameFits(t *testing.T) {
+	base := t.TempDir()
+	dir := base + "/" + strings.Repeat("d", maxSocketPath-1-len("/"+controlSocket)-len(base)-1)
+	if n := len(filepath.Join(dir, controlSocket)); n != maxSocketPath-1 {
+		t.Fatalf("the socket's path is %d bytes; want %d (the temporary folder's is too long: %s)", n, maxSocketPath-1, base)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &syncBuffer{w: make(chan struct{}, 1)}
+	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "warn"}, logs)
+	_, err := os.Stat(filepath.Join(dir, controlSocket))
+	cancel()
+	if err != nil {
+		t.Errorf("no control socket at a %d-byte path, which every Unix takes: %v\n%s", maxSocketPath-1, err, logs.String())
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestInterruptedCompactStops: ferryd compact interrupted says that the
+// server stops the compaction, which ends with the tool's connection.
+func TestInterruptedCompactStops(t *testing.T) {
+	dir := t.TempDir()
+	started, release := make(chan struct{}), make(chan struct{})
+	testControlCall = func(tool string) {
+		if tool == "compact" {
+			close(started)
+			<-release
+		}
+	}
+	defer func() { testControlCall = nil }()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "warn"}, io.Discard)
+	cctx, interrupt := context.WithCancel(context.Background())
+	compacted := make(chan error, 1)
+	go func() {
+		compacted <- run(cctx, []string{"compact", "--data", dir, "--log-level", "warn"}, io.Discard, io.Discard)
+	}()
+	<-started
+	interrupt()
+	if err := <-compacted; err == nil || !strings.Contains(err.Error(), "compact: interrupted; the server stops it") {
+		t.Errorf("compact interrupted: %v", err)
+	}
+	close(release)
+	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

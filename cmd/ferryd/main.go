@@ -791,6 +791,9 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	srv.Wait()  // every session has released the store
 	closeSide() // no scrape reads a closed store
 	ctl.close() // nor a backup or a check
+	if n := eng.StoreMetrics().Compacting; n > 0 {
+		log.Info("closing the store: waiting for the compactions under way to finish", "compactions", n)
+	}
 	if err := eng.Close(); err != nil && !errors.Is(err, engine.ErrFailed) {
 		return fmt.Errorf("close store: %w", err)
 	}
@@ -1210,14 +1213,22 @@ type compacted struct {
 	After  uint64 `json:"after"`
 }
 
-// compactStore rewrites the whole store, stopping when ctx ends: when the
-// tool is interrupted, or the server running it stops.
+// compactStore rewrites the whole store, stopping when ctx ends (the tool
+// interrupted, or the server running it stopping) once the part under
+// way is done: Pebble lets a compaction it began finish, and one part
+// may be a whole level of the store's tables.
 func compactStore(ctx context.Context, st store, _ struct{}) (compacted, error) {
+	if err := ctx.Err(); err != nil { // interrupted while it waited its turn
+		return compacted{}, fmt.Errorf("compact: %w", err)
+	}
 	before, err := st.eng.DiskUsage(false)
 	if err != nil {
 		return compacted{}, err
 	}
 	if err := st.eng.Compact(ctx); err != nil {
+		if ctx.Err() != nil {
+			return compacted{}, fmt.Errorf("compact: stopped; the part under way finishes: %w", err)
+		}
 		return compacted{}, fmt.Errorf("compact: %w", err)
 	}
 	after, err := st.eng.DiskUsage(false)

@@ -468,6 +468,8 @@ type LSM struct {
 	MemTables uint64
 	// Flushes and Compactions count what completed since the store opened.
 	Flushes, Compactions int64
+	// Compacting is the compactions under way.
+	Compacting int64
 	// LoggedBytes counts the bytes of commits written to the WAL since
 	// the store opened, and FlushedBytes and CompactedBytes the bytes of
 	// tables flushes and compactions wrote: their sum over LoggedBytes is
@@ -487,7 +489,8 @@ func (s *Store) LSM() LSM {
 	l := LSM{
 		Space: spaceOf(m), ReadAmp: m.ReadAmp(), CompactionDebt: m.Compact.EstimatedDebt,
 		MemTables: m.MemTable.Size, Flushes: m.Flush.Count, Compactions: m.Compact.Count,
-		CacheHits: m.BlockCache.Hits, CacheMisses: m.BlockCache.Misses, FilterSkips: m.Filter.Hits,
+		Compacting: m.Compact.NumInProgress,
+		CacheHits:  m.BlockCache.Hits, CacheMisses: m.BlockCache.Misses, FilterSkips: m.Filter.Hits,
 		LoggedBytes: m.WAL.BytesIn,
 	}
 	for _, lv := range m.Levels {
