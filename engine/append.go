@@ -227,14 +227,18 @@ func (tx *txn) append(a Actor, op *model.Op) AppendResult {
 	// The quota, last: a retry of an op stored before passed above, and an
 	// op refused for another reason was told that reason.
 	size := opUsage(op, false)
-	if q := tx.e.opts.UserQuota; q > 0 && quotaApplies(op, a.User, target, c.role(op.Member)) {
+	if q, own := tx.quotaOf(a.User); q > 0 && quotaApplies(op, a.User, target, c.role(op.Member)) {
 		used := tx.usageOf(a.User).n
 		if tx.err != nil {
 			return res
 		}
 		if used+size > q {
-			return reject(fmt.Errorf("%w: your ops hold %s of the %s each user may store here, and this one needs %s more: delete some of your messages to make room (those in conversations you left count too)",
-				ErrQuota, units.Bytes(used), units.Bytes(q), units.Bytes(size)))
+			whose := "each user"
+			if own {
+				whose = "you"
+			}
+			return reject(fmt.Errorf("%w: your ops hold %s of the %s %s may store here, and this one needs %s more: delete some of your messages to make room (those in conversations you left count too)",
+				ErrQuota, units.Bytes(used), units.Bytes(q), whose, units.Bytes(size)))
 		}
 	}
 

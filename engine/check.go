@@ -171,6 +171,9 @@ func (e *Engine) Check() (CheckReport, error) {
 	if err != nil {
 		return c.rep, err
 	}
+	if err := checkQuotas(r.v, c.problem); err != nil {
+		return c.rep, err
+	}
 	for _, f := range fixes {
 		c.problem("%s", f.problem)
 	}

@@ -50,11 +50,14 @@ import (
 //     former members move there when it is upgraded, once;
 //   - format 9 keeps the users each user blocks (keys.TBlock), which the
 //     writer reads at each member add: a build before it would let a
-//     blocked user add the user who blocked them.
+//     blocked user add the user who blocked them;
+//   - format 10 keeps the quotas set for users (keys.TQuota), in place of
+//     the server's: a build before it would hold every user to the
+//     server's, past a quota lowered for one.
 //
 // A build that reads only an older format refuses the store once it was
 // opened by a newer one.
-const formatVersion = 9
+const formatVersion = 10
 
 // backupMarker is the file Backup leaves in its copies, and
 // StartNewEpochAtNextOpen in a store: opening a store that has it starts a
@@ -84,6 +87,9 @@ type Engine struct {
 	receiptCache receiptCache
 	// damage holds the conversations found damaged.
 	damage damageSet
+	// quotas are the users' quotas set in place of the server's
+	// (SetUserQuota): written by the writer alone, once durable.
+	quotas atomic.Pointer[map[ulid.ULID]int64]
 
 	randMu sync.Mutex
 
@@ -185,6 +191,13 @@ func open(dir string, opts Options, tool func(*Engine) error) (*Engine, error) {
 		_ = st.Close()
 		return nil, err
 	}
+	v := st.View()
+	err = e.loadQuotas(v)
+	v.Release()
+	if err != nil {
+		_ = st.Close()
+		return nil, err
+	}
 	if tool != nil {
 		return nil, errors.Join(tool(e), st.Close())
 	}
@@ -217,7 +230,7 @@ func (e *Engine) initMeta(newEpoch bool) error {
 		}
 		switch f {
 		case formatVersion:
-		case 8:
+		case 8, 9:
 			b.Set(keys.Meta(keys.MetaFormat), record.AppendUint(nil, formatVersion))
 			upgrade = f
 		case 1, 2, 3, 4, 5, 6, 7:

@@ -772,6 +772,9 @@ func TokenKey(token string) []byte { return keys.Token(sha256.Sum256([]byte(toke
 func IDRecord(id ulid.ULID) []byte { return record.AppendID(nil, id) }
 
 // UserKey is the key of user's record.
+// QuotaKey is the key of user's quota record.
+func QuotaKey(user ulid.ULID) []byte { return keys.ID1(keys.TQuota, user) }
+
 func UserKey(user ulid.ULID) []byte { return keys.ID1(keys.TUser, user) }
 
 // UsernameKey is the key of a (lower-case) username's record.

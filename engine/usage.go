@@ -64,7 +64,8 @@ func (e *Engine) Usage(user ulid.ULID) (int64, error) {
 	return readUsage(v, user)
 }
 
-// UserQuota is Options.UserQuota: 0 when there is no quota.
+// UserQuota is Options.UserQuota, the server's quota: 0 when there is
+// none. QuotaOf is a user's.
 func (e *Engine) UserQuota() int64 { return e.opts.UserQuota }
 
 // usageOfOps counts each user's usage from the ops in v.

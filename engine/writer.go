@@ -402,6 +402,7 @@ func (w *writer) commit(group []*request) error {
 	for _, id := range tx.receiptsDone {
 		delete(w.receipts, id)
 	}
+	w.e.setQuotas(tx.quotaSets)
 	for _, id := range tx.receiptsWait {
 		w.wait(id, now)
 	}
@@ -476,6 +477,7 @@ type txn struct {
 	revoked   map[ulid.ULID]ulid.ULID // devices revoked by this group, to their users
 	blockSet  map[idPair]bool         // (user, by) blocks set (true) or lifted (false) by this group
 	blockAdds map[ulid.ULID]int       // blocks this group added, by user: the view does not hold them
+	quotaSets map[ulid.ULID]int64     // quotas this group set (SetUserQuota), by user
 	pos       uint64                  // the feed position this group's changes get; 0 if none
 	// Conversations whose receipts start waiting, and whose waiting
 	// receipts this group's feed moves deliver: applied to the writer's

@@ -60,7 +60,7 @@ func (h accountService) GetAccount(ctx context.Context, _ *ferryv1.GetAccountReq
 		return nil, connectError(err)
 	}
 	return &ferryv1.GetAccountResponse{User: userToProto(u), Device: deviceToProto(d, a.Device),
-		UsageBytes: uint64(usage), QuotaBytes: uint64(h.s.eng.UserQuota())}, nil
+		UsageBytes: uint64(usage), QuotaBytes: uint64(h.s.eng.QuotaOf(a.User))}, nil
 }
 
 func (h accountService) ListDevices(ctx context.Context, _ *ferryv1.ListDevicesRequest) (*ferryv1.ListDevicesResponse, error) {

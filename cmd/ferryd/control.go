@@ -50,6 +50,10 @@ type store struct {
 	dir string // its folder, as --data gave it
 }
 
+// liveTools names the tools a server running on the store does: those of
+// controlTools.
+const liveTools = "check, backup, compact, add-user, set-password, revoke-devices and set-quota"
+
 // controlTools are the tools a serving ferryd does for its socket's
 // clients, by name.
 var controlTools = map[string]func(ctx context.Context, st store, req []byte) (any, error){
@@ -59,6 +63,7 @@ var controlTools = map[string]func(ctx context.Context, st store, req []byte) (a
 	"add-user":       controlTool(addUserTo),
 	"set-password":   controlTool(setPasswordIn),
 	"revoke-devices": controlTool(revokeDevicesIn),
+	"set-quota":      controlTool(setQuotaOf),
 }
 
 func controlTool[Req, Resp any](f storeTool[Req, Resp]) func(ctx context.Context, st store, body []byte) (any, error) {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +90,12 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("the new password: %d", code)
 	}
+	if out := tool("", "set-quota", "--username", "alice", "--mib", "2"); !strings.Contains(out, "alice now has 2.0 MiB (set for them) by the server running on the store") {
+		t.Errorf("set-quota: %q", out)
+	}
+	if q := quotaOf(t, url, token2); q != "2097152" {
+		t.Errorf("alice's quota after set-quota --mib 2: %q", q)
+	}
 	if out := tool("", "check"); !strings.Contains(out, "store is consistent") {
 		t.Errorf("check: %q", out)
 	}
@@ -143,6 +150,85 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 	defer e.Close()
 	if _, err := e.Login(context.Background(), "alice", bytesPassword, "laptop"); err != nil {
 		t.Errorf("the password set through the server, not UTF-8, does not sign in: %v", err)
+	}
+	id, _ := e.UserNamed("alice")
+	if q := e.QuotaOf(id); q != 2<<20 {
+		t.Errorf("alice's quota in the store: %d", q)
+	}
+}
+
+// quotaOf is the quota GetAccount gives the device of token, as its JSON
+// says it.
+func quotaOf(t *testing.T, url, token string) string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url+"/ferry.v1.AccountService/GetAccount", strings.NewReader("{}"))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct{ QuotaBytes string }
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	return body.QuotaBytes
+}
+
+// TestLiveToolsNamesTheControlTools: what ferryd -h and the server's start
+// say the tools that reach a running server are is what they are.
+func TestLiveToolsNamesTheControlTools(t *testing.T) {
+	var names []string
+	for name := range controlTools {
+		names = append(names, name)
+	}
+	for _, name := range names {
+		if !regexp.MustCompile(`(^|, | and )` + name + `($|,| and)`).MatchString(liveTools) {
+			t.Errorf("liveTools (%q) leaves out %s", liveTools, name)
+		}
+	}
+	if n := strings.Count(liveTools, ",") + strings.Count(liveTools, " and ") + 1; n != len(controlTools) {
+		t.Errorf("liveTools names %d tools; the server does %d: %v", n, len(controlTools), names)
+	}
+}
+
+// TestSetQuota: ferryd set-quota on a stopped server's store sets a
+// user's quota, or gives them the server's again, and refuses what it
+// cannot do.
+func TestSetQuota(t *testing.T) {
+	dir := t.TempDir()
+	e := openForTest(t, dir, 1)
+	if _, err := e.CreateUser(context.Background(), engine.NewAccount{Username: "alice", Password: "correct horse"}); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	tool := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := run(context.Background(), append([]string{"set-quota", "--data", dir, "--log-level", "warn"}, args...), &out, io.Discard)
+		return out.String(), err
+	}
+	if out, err := tool("--username", "alice", "--mib", "0"); err != nil || out != "alice now has no quota (set for them); their ops hold 0 bytes\n" {
+		t.Errorf("set-quota --mib 0: %q, %v", out, err)
+	}
+	if out, err := tool("--username", "Alice", "--server-quota"); err != nil || out != "alice now has no quota (the server's); their ops hold 0 bytes\n" {
+		t.Errorf("set-quota --server-quota: %q, %v", out, err)
+	}
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--mib", "1"}, "set-quota needs --username NAME"},
+		{[]string{"--username", "alice"}, "needs one of --mib N"},
+		{[]string{"--username", "alice", "--mib", "1", "--server-quota"}, "needs one of --mib N"},
+		{[]string{"--username", "alice", "--mib", "-5"}, "it must be between 0 and"},
+	} {
+		if _, err := tool(bad.args...); err == nil || !strings.Contains(err.Error(), bad.want) || exitCode(err) != 2 {
+			t.Errorf("set-quota %v: %v (exit %d); want a usage error saying %q", bad.args, err, exitCode(err), bad.want)
+		}
+	}
+	if _, err := tool("--username", "bob", "--mib", "1"); err == nil || !strings.Contains(err.Error(), `set-quota: no user "bob"`) || exitCode(err) != 1 {
+		t.Errorf("set-quota of no one: %v", err)
 	}
 }
 

@@ -10,7 +10,7 @@
 // store of a running server too: they have the server do it, through the
 // control socket it listens on in the store's folder (control.go).
 //
-// Every flag but --username, --display-name and --to can also be set in the
+// Every flag but --username, --display-name, --to, --mib and --server-quota can also be set in the
 // environment as FERRY_<FLAG>, with dashes as underscores (FERRY_ADDR,
 // FERRY_DATA, ...); a flag on the command line wins.
 package main
@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/internal/units"
 	"github.com/ferrysync/ferry/internal/webui"
 	"github.com/ferrysync/ferry/server"
 )
@@ -182,6 +183,8 @@ type config struct {
 	logFormat         string
 	to                string // backup destination
 	username          string // add-user's
+	quotaMiB          int64  // set-quota's
+	serverQuota       bool   // set-quota's
 	displayName       string // add-user's
 	signInLimit       int
 	pushLimit         int
@@ -214,13 +217,16 @@ const usage = `Usage:
   ferryd revoke-devices --data DIR --username NAME
                                        revoke every device of a user (one locked out at
                                        the limit of 100 devices, or whose devices were lost)
+  ferryd set-quota --data DIR --username NAME (--mib N | --server-quota)
+                                       set the storage quota of a user, in place of the
+                                       server's --user-quota-mib (0: none for them)
   ferryd version                       print the build: version, commit, Go
 
-check, backup, compact, add-user, set-password and revoke-devices have a server
+` + liveTools + ` have a server
 running on the store do their work, through DIR/ferryd.sock; the other
 commands need it stopped.
 
-Every flag but --username, --display-name and --to can also be set in the
+Every flag but --username, --display-name, --to, --mib and --server-quota can also be set in the
 environment as FERRY_<FLAG>, with dashes as underscores (FERRY_ADDR,
 FERRY_DATA, ...); a flag on the command line wins.
 "ferryd COMMAND -h" lists a command's flags.
@@ -247,7 +253,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	dataHelp := "directory of the Pebble store (created if missing)"
 	switch name {
 	case "serve":
-	case "check", "backup", "compact", "add-user", "set-password", "revoke-devices":
+	case "check", "backup", "compact", "add-user", "set-password", "revoke-devices", "set-quota":
 		dataHelp = "directory of the server's Pebble store: a server running on it does the work"
 	default:
 		dataHelp = "directory of the stopped server's Pebble store"
@@ -266,6 +272,10 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 		fs.StringVar(&c.username, "username", "", "the user whose password to set")
 	case "revoke-devices":
 		fs.StringVar(&c.username, "username", "", "the user whose devices to revoke")
+	case "set-quota":
+		fs.StringVar(&c.username, "username", "", "the user whose quota to set")
+		fs.Int64Var(&c.quotaMiB, "mib", -1, "the user's quota in MiB, in place of the server's --user-quota-mib (0: no quota for them)")
+		fs.BoolVar(&c.serverQuota, "server-quota", false, "give the user the server's quota (--user-quota-mib) again")
 	case "backup":
 		fs.StringVar(&c.to, "to", "", "directory to write the backup to (must not exist)")
 	case "rebuild":
@@ -300,7 +310,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 	fs.Var(&c.trustedProxies, "trusted-proxies", "comma-separated addresses or CIDR prefixes of your reverse proxies: --client-ip-header then counts only on requests from them, and the client is the last address in it that is not one of them")
 	fs.IntVar(&c.receiptMembers, "receipt-members", 32, "conversations of up to this many members share delivered and read receipts; in larger ones markers reach only the user's own devices")
 	fs.IntVar(&c.maxMembers, "max-members", 10_000, "members a conversation may have; adding one more is rejected until one leaves (GetConversation lists them all in one message, up to some 140 bytes each: past 25,000 raise --max-message-bytes too)")
-	fs.UintVar(&c.userQuotaMiB, "user-quota-mib", 0, "MiB one user's ops may hold (bodies, content types, titles and reaction keys, and 32 bytes an op): an op past it is rejected (quota exceeded) until they delete messages; deletes and member removals always go; the server counts every user's whether or not this is set (0: no quota)")
+	fs.UintVar(&c.userQuotaMiB, "user-quota-mib", 0, "MiB one user's ops may hold (bodies, content types, titles and reaction keys, and 32 bytes an op): an op past it is rejected (quota exceeded) until they delete messages; deletes and member removals always go; the server counts every user's whether or not this is set, and ferryd set-quota sets a user's own in its place (0: no quota)")
 	fs.IntVar(&c.sharedFeedMembers, "shared-feed-members", 32, "conversations past this many members keep one feed entry for all of them: a message then writes nothing per member, and a catch-up reads one record per such conversation of its user")
 	fs.UintVar(&c.passwordMemory, "password-memory-kib", 19456, "argon2id memory per password hash, in KiB (lower only for tests and benchmarks)")
 	fs.UintVar(&c.passwordPasses, "password-passes", 2, "argon2id passes per password hash")
@@ -314,7 +324,7 @@ func serveFlags(fs *flag.FlagSet, c *config) {
 // toolOnly are the flags that name what one run of a tool acts on: given
 // on its command line only, never by a FERRY_ variable left set, which
 // would have revoke-devices revoke a user's devices unasked.
-var toolOnly = map[string]bool{"username": true, "display-name": true, "to": true}
+var toolOnly = map[string]bool{"username": true, "display-name": true, "to": true, "mib": true, "server-quota": true}
 
 // parse parses args, then fills flags not given from FERRY_* variables.
 func parse(fs *flag.FlagSet, args []string, env func(string) string) error {
@@ -394,7 +404,7 @@ func flagNamed(line, name string) bool {
 }
 
 // commands are ferryd's commands; serve is the default.
-var commands = []string{"serve", "check", "backup", "compact", "rebuild", "new-epoch", "add-user", "set-password", "revoke-devices"}
+var commands = []string{"serve", "check", "backup", "compact", "rebuild", "new-epoch", "add-user", "set-password", "revoke-devices", "set-quota"}
 
 // command splits args into the command and its flags.
 func command(args []string) (string, []string) {
@@ -468,6 +478,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return setPassword(ctx, c, log, stdin, stdout, stderr)
 	case "revoke-devices":
 		return revokeDevices(ctx, c, log, stdout)
+	case "set-quota":
+		return setQuota(ctx, c, log, stdout)
 	}
 	return serve(ctx, c, log, stdout)
 }
@@ -690,7 +702,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	// socket; without one they need the server stopped, as before.
 	ctl, err := listenControl(c.data, eng, log)
 	if err != nil {
-		log.Warn("no control socket: ferryd check, backup, compact, add-user, set-password and revoke-devices cannot reach this server, and need it stopped", "err", err)
+		log.Warn("no control socket: ferryd "+liveTools+" cannot reach this server, and need it stopped", "err", err)
 	}
 	defer ctl.close() // before the store closes
 	var extra []func(*http.ServeMux)
@@ -717,7 +729,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 		fmt.Fprintf(stdout, "  demo:    open %s/ in a browser\n", url)
 	}
 	if ctl != nil {
-		fmt.Fprintf(stdout, "  tools:   ferryd check, backup, compact, add-user, set-password and revoke-devices --data %s work while it serves\n", c.data)
+		fmt.Fprintf(stdout, "  tools:   ferryd %s --data %s work while it serves\n", liveTools, c.data)
 	}
 	if a := side["--metrics-addr"]; a != "" {
 		fmt.Fprintf(stdout, "  metrics: curl http://%s/metrics\n", a)
@@ -1107,6 +1119,66 @@ func revokeDevicesIn(ctx context.Context, st store, req struct {
 		}
 	}
 	return revoked{Username: name, Devices: len(devs)}, nil
+}
+
+// setQuota sets a user's storage quota in place of the server's
+// (--user-quota-mib), or gives them the server's again: more room for a
+// user who pays for it, less for one who abuses it.
+func setQuota(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
+	switch {
+	case c.username == "":
+		return usageErr(errors.New("set-quota needs --username NAME, and --mib N or --server-quota"))
+	case c.serverQuota == (c.quotaMiB != -1):
+		return usageErr(errors.New("set-quota needs one of --mib N (0: no quota for the user) and --server-quota"))
+	case c.quotaMiB < -1 || c.quotaMiB > maxMiB:
+		return usageErr(fmt.Errorf("set-quota --mib %d: it must be between 0 and %d (1 PiB)", c.quotaMiB, maxMiB))
+	}
+	req := newQuota{Username: c.username, Bytes: engine.ServerQuota}
+	if !c.serverQuota {
+		req.Bytes = c.quotaMiB << 20
+	}
+	r, served, err := onStore(ctx, c, log, "set-quota", req, setQuotaOf)
+	if err != nil {
+		return err
+	}
+	quota := "no quota"
+	if r.Quota > 0 {
+		quota = units.Bytes(r.Quota)
+	}
+	whose := "set for them"
+	if c.serverQuota {
+		whose = "the server's"
+	}
+	fmt.Fprintf(stdout, "%s now has %s (%s)%s; their ops hold %s\n", r.Username, quota, whose, byServer(served), units.Bytes(r.Usage))
+	return nil
+}
+
+// newQuota is set-quota's request.
+type newQuota struct {
+	Username string `json:"username"`
+	Bytes    int64  `json:"bytes"` // engine.ServerQuota: the server's
+}
+
+// userQuota is a user's quota and what their ops hold.
+type userQuota struct {
+	Username string `json:"username"`
+	Quota    int64  `json:"quota"`
+	Usage    int64  `json:"usage"`
+}
+
+func setQuotaOf(ctx context.Context, st store, req newQuota) (userQuota, error) {
+	u, err := st.eng.SetUserQuota(ctx, req.Username, req.Bytes)
+	if errors.Is(err, engine.ErrNotFound) {
+		return userQuota{}, fmt.Errorf("set-quota: no user %q", req.Username)
+	}
+	if err != nil {
+		return userQuota{}, fmt.Errorf("set-quota: %w", err)
+	}
+	usage, err := st.eng.Usage(u.ID)
+	if err != nil {
+		return userQuota{}, err
+	}
+	return userQuota{Username: u.Username, Quota: st.eng.QuotaOf(u.ID), Usage: usage}, nil
 }
 
 // newEpoch marks a stopped server's store so that its next start serves a

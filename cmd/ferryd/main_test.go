@@ -338,7 +338,7 @@ func TestFlagsDocumented(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range []string{"serve", "check", "backup", "compact", "rebuild"} {
+	for _, cmd := range commands {
 		fs, _ := flags(cmd, io.Discard)
 		fs.VisitAll(func(f *flag.Flag) {
 			if !regexp.MustCompile("--" + f.Name + "[` ,=]").Match(readme) {

@@ -24,6 +24,7 @@ const (
 	TToken    byte = 0x06 // sha256(token) -> user id, device id
 	TUsage    byte = 0x07 // user -> what the user's ops count against the quota (format 6)
 	TBlock    byte = 0x08 // user, blocked user -> empty: those who may not add user to a conversation
+	TQuota    byte = 0x09 // user -> the user's quota in bytes, in place of the server's (format 10)
 
 	TConv     byte = 0x10 // conv -> conversation record
 	TMember   byte = 0x11 // conv, user -> member record of a current member (format 8: role not none)

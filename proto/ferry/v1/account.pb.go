@@ -706,8 +706,9 @@ type GetAccountResponse struct {
 	// bytes for the rest of it; a deleted message and its edits count
 	// nothing more.
 	UsageBytes uint64 `protobuf:"varint,3,opt,name=usage_bytes,json=usageBytes,proto3" json:"usage_bytes,omitempty"`
-	// The server's storage quota for each user, in bytes; 0 when there is
-	// none. An op that would take usage_bytes past it is rejected
+	// The user's storage quota, in bytes: the server's for each user, or
+	// the one its operator set for them; 0 when there is none. An op that
+	// would take usage_bytes past it is rejected
 	// (REJECT_REASON_QUOTA_EXCEEDED).
 	QuotaBytes    uint64 `protobuf:"varint,4,opt,name=quota_bytes,json=quotaBytes,proto3" json:"quota_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -328,8 +328,9 @@ export type GetAccountResponse = Message<"ferry.v1.GetAccountResponse"> & {
   usageBytes: bigint;
 
   /**
-   * The server's storage quota for each user, in bytes; 0 when there is
-   * none. An op that would take usage_bytes past it is rejected
+   * The user's storage quota, in bytes: the server's for each user, or
+   * the one its operator set for them; 0 when there is none. An op that
+   * would take usage_bytes past it is rejected
    * (REJECT_REASON_QUOTA_EXCEEDED).
    *
    * @generated from field: uint64 quota_bytes = 4;
