@@ -27,9 +27,8 @@ import (
 func TestToolsReachTheRunningServer(t *testing.T) {
 	root := t.TempDir()
 	dir := root + "/data"
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	url, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--password-memory-kib", "64", "--log-level", "warn"}, io.Discard)
+	srv := serveStore(t, dir, "--password-memory-kib", "64")
+	url := srv.url
 	fi, err := os.Stat(filepath.Join(dir, controlSocket))
 	if err != nil {
 		t.Fatal(err)
@@ -66,15 +65,8 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 	}
 	account := func(token string) int {
 		t.Helper()
-		req, _ := http.NewRequest("POST", url+"/ferry.v1.AccountService/GetAccount", strings.NewReader("{}"))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+		code, _ := getAccount(t, url, token)
+		return code
 	}
 
 	tool("correct horse", "add-user", "--username", "alice")
@@ -93,7 +85,7 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 	if out := tool("", "set-quota", "--username", "alice", "--mib", "2"); !strings.Contains(out, "alice now has 2.0 MiB (set for them) by the server running on the store") {
 		t.Errorf("set-quota: %q", out)
 	}
-	if q := quotaOf(t, url, token2); q != "2097152" {
+	if _, q := getAccount(t, url, token2); q != "2097152" {
 		t.Errorf("alice's quota after set-quota --mib 2: %q", q)
 	}
 	if out := tool("", "check"); !strings.Contains(out, "store is consistent") {
@@ -128,10 +120,7 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 		t.Errorf("add-user of a taken name, by the server: %v", err)
 	}
 
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	srv.stop()
 	if _, err := os.Stat(filepath.Join(dir, controlSocket)); !os.IsNotExist(err) {
 		t.Errorf("the stopped server left its control socket: %v", err)
 	}
@@ -157,9 +146,9 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 	}
 }
 
-// quotaOf is the quota GetAccount gives the device of token, as its JSON
-// says it.
-func quotaOf(t *testing.T, url, token string) string {
+// getAccount calls GetAccount as the device of token, and returns the
+// answer's HTTP status and the quota it gives, as its JSON says it.
+func getAccount(t *testing.T, url, token string) (code int, quota string) {
 	t.Helper()
 	req, _ := http.NewRequest("POST", url+"/ferry.v1.AccountService/GetAccount", strings.NewReader("{}"))
 	req.Header.Set("Content-Type", "application/json")
@@ -170,10 +159,8 @@ func quotaOf(t *testing.T, url, token string) string {
 	}
 	defer resp.Body.Close()
 	var body struct{ QuotaBytes string }
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		t.Fatal(err)
-	}
-	return body.QuotaBytes
+	_ = json.NewDecoder(resp.Body).Decode(&body) // an error's is another shape
+	return resp.StatusCode, body.QuotaBytes
 }
 
 // TestLiveToolsNamesTheControlTools: what ferryd -h and the server's start
@@ -252,17 +239,12 @@ func TestStaleControlSocket(t *testing.T) {
 		!strings.Contains(out.String(), "store is consistent") {
 		t.Fatalf("check beside a stale socket: %v\n%s", err, out.String())
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "warn"}, io.Discard)
+	srv := serveStore(t, dir)
 	out.Reset()
 	if err := run(context.Background(), []string{"check", "--data", dir, "--log-level", "warn"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "by the server running on the store") {
 		t.Fatalf("check with a server running in place of the stale socket's: %v\n%s", err, out.String())
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	srv.stop()
 }
 
 // TestStopWaitsForABackup: a server told to stop while it writes a backup
@@ -270,34 +252,18 @@ func TestStaleControlSocket(t *testing.T) {
 func TestStopWaitsForABackup(t *testing.T) {
 	root := t.TempDir()
 	dir := root + "/data"
-	started, release := make(chan struct{}), make(chan struct{})
-	testControlCall = func(tool string) {
-		if tool == "backup" {
-			close(started)
-			<-release
-		}
-	}
-	defer func() { testControlCall = nil }()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	logs := &syncBuffer{w: make(chan struct{}, 1)}
-	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "info"}, logs)
+	started, release := holdCall(t, "backup")
+	srv := serveStore(t, dir)
 	backedUp := make(chan error, 1)
 	var out bytes.Buffer
 	go func() {
 		backedUp <- run(context.Background(), []string{"backup", "--data", dir, "--to", root + "/backup", "--log-level", "warn"}, &out, io.Discard)
 	}()
 	<-started
-	cancel()
-	for !strings.Contains(logs.String(), "waiting for the control call under way") {
-		select {
-		case <-logs.w:
-		case err := <-done:
-			t.Fatalf("ferryd stopped under a backup: %v\n%s", err, logs.String())
-		}
-	}
+	srv.signal()
+	srv.awaitLog("waiting for the control call under way")
 	select {
-	case err := <-done:
+	case err := <-srv.done:
 		t.Fatalf("ferryd stopped under a backup: %v", err)
 	default:
 	}
@@ -305,9 +271,7 @@ func TestStopWaitsForABackup(t *testing.T) {
 	if err := <-backedUp; err != nil {
 		t.Fatalf("backup: %v\n%s", err, out.String())
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	srv.stopped()
 	b := openForTest(t, root+"/backup", 1)
 	enginetest.MustCheck(t, b)
 	b.Close()
@@ -381,9 +345,7 @@ func TestControlSocketIsBoundPrivately(t *testing.T) {
 		bound <- path
 	}
 	defer func() { testControlBound = nil }()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "warn"}, io.Discard)
+	srv := serveStore(t, dir)
 	private := filepath.Dir(<-bound)
 	if _, err := os.Stat(private); !os.IsNotExist(err) {
 		t.Errorf("the private folder the socket was bound in is left: %v", err)
@@ -392,10 +354,7 @@ func TestControlSocketIsBoundPrivately(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("the named socket: %v, %v", fi, err)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	srv.stop()
 }
 
 // TestStopWithAStalledControlCall: a control call whose request never
@@ -405,9 +364,7 @@ func TestStopWithAStalledControlCall(t *testing.T) {
 	controlGrace = time.Millisecond
 	defer func() { controlGrace = 5 * time.Second }()
 	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "warn"}, io.Discard)
+	srv := serveStore(t, dir)
 	conn, err := net.Dial("unix", filepath.Join(dir, controlSocket))
 	if err != nil {
 		t.Fatal(err)
@@ -416,9 +373,9 @@ func TestStopWithAStalledControlCall(t *testing.T) {
 	if _, err := io.WriteString(conn, "POST /add-user HTTP/1.1\r\nHost: ferryd\r\nContent-Length: 100\r\n\r\n{"); err != nil {
 		t.Fatal(err)
 	}
-	cancel()
+	srv.signal()
 	select {
-	case err := <-done:
+	case err := <-srv.done:
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -437,18 +394,14 @@ func TestToolsReachASocketByARelativePath(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Chdir(deep)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", "data", "--log-level", "warn"}, io.Discard)
+	srv := serveStore(t, "data")
 	var out bytes.Buffer
 	err := run(context.Background(), []string{"check", "--data", filepath.Join(deep, "data"), "--log-level", "warn"}, &out, io.Discard)
-	cancel()
+	srv.signal()
 	if err != nil || !strings.Contains(out.String(), "by the server running on the store") {
 		t.Errorf("check --data %s (%d bytes) with a server running on ./data: %v\n%s", filepath.Join(deep, "data"), len(filepath.Join(deep, "data")), err, out.String())
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	srv.stopped()
 }
 
 // TestStopEndsACompaction: a server told to stop while it compacts for
@@ -456,38 +409,21 @@ func TestToolsReachASocketByARelativePath(t *testing.T) {
 // than wait for it, and the tool says so.
 func TestStopEndsACompaction(t *testing.T) {
 	dir := t.TempDir()
-	started, release := make(chan struct{}), make(chan struct{})
-	testControlCall = func(tool string) {
-		if tool == "compact" {
-			close(started)
-			<-release
-		}
-	}
-	defer func() { testControlCall = nil }()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	logs := &syncBuffer{w: make(chan struct{}, 1)}
-	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "info"}, logs)
+	started, release := holdCall(t, "compact")
+	srv := serveStore(t, dir)
 	compacted := make(chan error, 1)
 	go func() {
 		compacted <- run(context.Background(), []string{"compact", "--data", dir, "--log-level", "warn"}, io.Discard, io.Discard)
 	}()
 	<-started
-	cancel()
-	for !strings.Contains(logs.String(), "waiting for the control call under way") {
-		select {
-		case <-logs.w:
-		case err := <-done:
-			t.Fatalf("ferryd stopped under a compaction: %v\n%s", err, logs.String())
-		}
-	}
-	close(release) // the compaction starts after the stop began: it ends at once
+	srv.signal()
+	srv.awaitLog("waiting for the control call under way")
+	// The compaction starts after the stop began: it ends at once.
+	close(release)
 	if err := <-compacted; err == nil || !strings.Contains(err.Error(), "compact: context canceled") && !strings.Contains(err.Error(), "compact: stopped") {
 		t.Errorf("compact, the server stopping: %v", err)
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	srv.stopped()
 }
 
 // TestStopRefusesTheCallsWaitingTheirTurn: a server told to stop while a
@@ -509,10 +445,7 @@ func TestStopRefusesTheCallsWaitingTheirTurn(t *testing.T) {
 		}
 	}
 	defer func() { testControlCall, testControlQueued = nil, nil }()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	logs := &syncBuffer{w: make(chan struct{}, 1)}
-	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "info"}, logs)
+	srv := serveStore(t, dir)
 	checked := make(chan error, 1)
 	go func() {
 		checked <- run(context.Background(), []string{"check", "--data", dir, "--log-level", "warn"}, io.Discard, io.Discard)
@@ -523,14 +456,8 @@ func TestStopRefusesTheCallsWaitingTheirTurn(t *testing.T) {
 		backedUp <- run(context.Background(), []string{"backup", "--data", dir, "--to", root + "/backup", "--log-level", "warn"}, io.Discard, io.Discard)
 	}()
 	<-queued
-	cancel()
-	for !strings.Contains(logs.String(), "waiting for the control call under way") {
-		select {
-		case <-logs.w:
-		case err := <-done:
-			t.Fatalf("ferryd stopped under a check: %v\n%s", err, logs.String())
-		}
-	}
+	srv.signal()
+	srv.awaitLog("waiting for the control call under way")
 	close(release)
 	if err := <-checked; err != nil {
 		t.Errorf("the check under way as the stop began: %v", err)
@@ -538,9 +465,7 @@ func TestStopRefusesTheCallsWaitingTheirTurn(t *testing.T) {
 	if err := <-backedUp; err == nil || !strings.Contains(err.Error(), "the server is stopping") {
 		t.Errorf("a backup waiting its turn as the stop began: %v", err)
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	srv.stopped()
 	if _, err := os.Stat(root + "/backup"); !os.IsNotExist(err) {
 		t.Errorf("the refused backup was written: %v", err)
 	}
@@ -555,35 +480,21 @@ func TestControlSocketWhereItsNameFits(t *testing.T) {
 	if n := len(filepath.Join(dir, controlSocket)); n != maxSocketPath-1 {
 		t.Fatalf("the socket's path is %d bytes; want %d (the temporary folder's is too long: %s)", n, maxSocketPath-1, base)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	logs := &syncBuffer{w: make(chan struct{}, 1)}
-	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "warn"}, logs)
+	srv := serveStore(t, dir)
 	_, err := os.Stat(filepath.Join(dir, controlSocket))
-	cancel()
+	srv.signal()
 	if err != nil {
-		t.Errorf("no control socket at a %d-byte path, which every Unix takes: %v\n%s", maxSocketPath-1, err, logs.String())
+		t.Errorf("no control socket at a %d-byte path, which every Unix takes: %v\n%s", maxSocketPath-1, err, srv.logs.String())
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	srv.stopped()
 }
 
 // TestInterruptedCompactStops: ferryd compact interrupted says that the
 // server stops the compaction, which ends with the tool's connection.
 func TestInterruptedCompactStops(t *testing.T) {
 	dir := t.TempDir()
-	started, release := make(chan struct{}), make(chan struct{})
-	testControlCall = func(tool string) {
-		if tool == "compact" {
-			close(started)
-			<-release
-		}
-	}
-	defer func() { testControlCall = nil }()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	_, done := serving(t, ctx, []string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "warn"}, io.Discard)
+	started, release := holdCall(t, "compact")
+	srv := serveStore(t, dir)
 	cctx, interrupt := context.WithCancel(context.Background())
 	compacted := make(chan error, 1)
 	go func() {
@@ -595,8 +506,69 @@ func TestInterruptedCompactStops(t *testing.T) {
 		t.Errorf("compact interrupted: %v", err)
 	}
 	close(release)
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	srv.stop()
+}
+
+// served is ferryd serving a store in a test, its logs (at info) kept.
+type served struct {
+	t      *testing.T
+	url    string
+	logs   *syncBuffer
+	signal context.CancelFunc // a stop signal
+	done   <-chan error       // serve's end
+}
+
+// serveStore serves the store in dir, with args after the test's own,
+// until stop (or the test's end).
+func serveStore(t *testing.T, dir string, args ...string) *served {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	logs := &syncBuffer{w: make(chan struct{}, 1)}
+	url, done := serving(t, ctx, append([]string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "info"}, args...), logs)
+	return &served{t: t, url: url, logs: logs, signal: cancel, done: done}
+}
+
+// stop signals the server to stop and waits until it has, failing the
+// test on its error.
+func (s *served) stop() {
+	s.t.Helper()
+	s.signal()
+	s.stopped()
+}
+
+// stopped waits until the server has stopped, failing the test on its
+// error.
+func (s *served) stopped() {
+	s.t.Helper()
+	if err := <-s.done; err != nil {
+		s.t.Fatalf("ferryd: %v\n%s", err, s.logs.String())
 	}
+}
+
+// awaitLog waits until the server's logs hold text, failing the test if
+// it stops first.
+func (s *served) awaitLog(text string) {
+	s.t.Helper()
+	for !strings.Contains(s.logs.String(), text) {
+		select {
+		case <-s.logs.w:
+		case err := <-s.done:
+			s.t.Fatalf("ferryd stopped (%v) before it logged %q:\n%s", err, text, s.logs.String())
+		}
+	}
+}
+
+// holdCall holds the first control call of tool as it starts its work:
+// started closes then, and the call goes on once release is closed.
+func holdCall(t *testing.T, tool string) (started, release chan struct{}) {
+	started, release = make(chan struct{}), make(chan struct{})
+	testControlCall = func(name string) {
+		if name == tool {
+			close(started)
+			<-release
+		}
+	}
+	t.Cleanup(func() { testControlCall = nil })
+	return started, release
 }

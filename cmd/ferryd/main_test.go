@@ -357,12 +357,7 @@ func TestFlagsDocumented(t *testing.T) {
 // its own: a new epoch is a new id.
 func storeEpoch(t *testing.T, dir string, seed uint64) string {
 	t.Helper()
-	o := enginetest.Options(t, seed)
-	o.FS = nil
-	e, err := engine.Open(dir, o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := openForTest(t, dir, seed)
 	defer e.Close()
 	return e.Epoch().String()
 }
