@@ -792,8 +792,9 @@ type Usage struct {
 	// title and reaction key, and 32 bytes for the rest of it. A deleted
 	// message and its edits count nothing more.
 	Bytes int64
-	// Quota is the most each user may store on this server; 0 when there
-	// is no quota. An op that would take Bytes past it fails, with the
+	// Quota is the most the user may store on this server: the server's
+	// quota for each user, or one its operator set for them; 0 when there
+	// is none. An op that would take Bytes past it fails, with the
 	// reason QUOTA_EXCEEDED (Failed).
 	Quota int64
 }

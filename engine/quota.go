@@ -48,7 +48,17 @@ func (e *Engine) SetUserQuota(ctx context.Context, username string, bytes int64)
 	if err != nil {
 		return User{}, err
 	}
+	var gone bool
 	err = e.write(ctx, 1, func(tx *txn) {
+		// A name kept for a user whose record is lost (ferryd rebuild
+		// keeps it): nothing to hold to a quota, and check would report
+		// one.
+		if has, err := tx.v.Has(keys.ID1(keys.TUser, id)); err != nil {
+			tx.fail(err)
+			return
+		} else if gone = !has && bytes != ServerQuota; gone {
+			return
+		}
 		if tx.quotaSets == nil {
 			tx.quotaSets = map[ulid.ULID]int64{}
 		}
@@ -62,6 +72,9 @@ func (e *Engine) SetUserQuota(ctx context.Context, username string, bytes int64)
 	})
 	if err != nil {
 		return User{}, err
+	}
+	if gone {
+		return User{}, fmt.Errorf("%w: the user %q has no record (ferryd check reports it; restore it from a backup)", ErrAccountDamaged, username)
 	}
 	e.log.Info("quota set by the operator", "user", id, "bytes", bytes)
 	name, _ := NormalizeUsername(username)
@@ -106,9 +119,9 @@ func (e *Engine) setQuotas(sets map[ulid.ULID]int64) {
 func (e *Engine) loadQuotas(v *store.View) error {
 	quotas := map[ulid.ULID]int64{}
 	err := scan(v, []byte{keys.TQuota}, func(k, val []byte) error {
-		user, ok := keys.ParseID(k, 1)
+		user, ok := keys.ParseID1(k)
 		q, err := record.DecodeUint(val)
-		if !ok || len(k) != 17 || err != nil || q > MaxQuota {
+		if !ok || err != nil || q > MaxQuota {
 			e.log.Error("a user's quota record does not decode: the server's quota applies to them (ferryd set-quota sets it anew)", "key", fmt.Sprintf("%x", k))
 			return nil
 		}
@@ -123,8 +136,8 @@ func (e *Engine) loadQuotas(v *store.View) error {
 // or are of no user.
 func checkQuotas(v *store.View, problem func(format string, args ...any)) error {
 	return scan(v, []byte{keys.TQuota}, func(k, val []byte) error {
-		user, ok := keys.ParseID(k, 1)
-		if !ok || len(k) != 17 {
+		user, ok := keys.ParseID1(k)
+		if !ok {
 			problem("malformed quota key %x", k)
 			return nil
 		}

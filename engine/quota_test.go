@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/oklog/ulid/v2"
+
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
 	"github.com/ferrysync/ferry/engine/model"
@@ -162,5 +164,66 @@ func TestDamagedQuotaRecord(t *testing.T) {
 	enginetest.MustCheck(t, e)
 	if got := e.QuotaOf(alice.Actor.User); got != 5000 {
 		t.Errorf("alice's quota set anew: %d", got)
+	}
+}
+
+// TestRebuildMendsQuotaRecords: rebuild deletes the quota records check
+// reports, which no tool could otherwise reach (a user with no record,
+// nor username, for one): a record that does not decode, a malformed
+// key, a quota of a user with no record. The server's quota applies to
+// their users already. Sound quotas stay as they were.
+func TestRebuildMendsQuotaRecords(t *testing.T) {
+	o := enginetest.Options(t, 21)
+	o.UserQuota = 1000
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	carol := enginetest.Register(t, e, "carol")
+	for name, q := range map[string]int64{"alice": 5000, "bob": 0, "carol": 7000} {
+		if _, err := e.SetUserQuota(context.Background(), name, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ghost := ulid.MustParse("01J00000000000000000000000")
+	closeDamaged(t, e, o,
+		setKey(engine.QuotaKey(ghost), []byte{1, 0x88, 0x27}),
+		setKey(engine.QuotaKey(carol.Actor.User), []byte{0xff, 0xff}),
+		setKey([]byte{0x09, 0x01, 0x02}, []byte{0x01}))
+	rep, err := engine.Rebuild("db", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.Check.Err(); err != nil {
+		t.Fatalf("check after rebuild: %v\nfixes %v, unfixed %q", err, rep.Fixes, rep.Unfixed)
+	}
+	e = enginetest.Open(t, o)
+	for _, c := range []struct {
+		who  *enginetest.Device
+		want int64
+	}{{alice, 5000}, {bob, 0}, {carol, 1000}} {
+		if got := e.QuotaOf(c.who.Actor.User); got != c.want {
+			t.Errorf("a quota after rebuild: %d, want %d", got, c.want)
+		}
+	}
+}
+
+// TestSetQuotaOfAUserWithoutRecord: a user whose record is lost, their
+// name kept, gets no quota (check would report one more problem); giving
+// them the server's again is no harm.
+func TestSetQuotaOfAUserWithoutRecord(t *testing.T) {
+	o := enginetest.Options(t, 24)
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	closeDamaged(t, e, o, loseKey(engine.UserKey(alice.Actor.User)))
+	e = enginetest.Open(t, o)
+	before, _ := e.Check()
+	if _, err := e.SetUserQuota(context.Background(), "alice", 5000); !errors.Is(err, engine.ErrAccountDamaged) {
+		t.Errorf("a quota for a user with no record: %v; want ErrAccountDamaged", err)
+	}
+	if _, err := e.SetUserQuota(context.Background(), "alice", engine.ServerQuota); err != nil {
+		t.Errorf("the server's quota again for a user with no record: %v", err)
+	}
+	if after, _ := e.Check(); len(after.Problems) != len(before.Problems) {
+		t.Errorf("check had %d problems, has %d: %q", len(before.Problems), len(after.Problems), after.Problems)
 	}
 }

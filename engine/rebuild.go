@@ -324,7 +324,7 @@ func (r *rebuilder) run() error {
 			return err
 		}
 	}
-	for _, step := range []func() error{r.feeds, r.userFeed, r.receipts, r.usages, r.strayMembers, r.upgradeDone, r.accounts} {
+	for _, step := range []func() error{r.feeds, r.userFeed, r.receipts, r.usages, r.strayMembers, r.upgradeDone, r.accounts, r.quotas} {
 		if err := step(); err != nil {
 			return err
 		}
@@ -1210,6 +1210,29 @@ func (r *rebuilder) receipts() error {
 		}
 		r.fixed("waiting receipts of missing conversations deleted")
 		return r.del(k)
+	})
+}
+
+// quotas deletes the quota records that do not decode, or are of users
+// with no record: the server's quota is what applies to those users
+// already (Engine.loadQuotas), and check would report them for good.
+func (r *rebuilder) quotas() error {
+	return scan(r.v, []byte{keys.TQuota}, func(k, val []byte) error {
+		user, ok := keys.ParseID1(k)
+		q, err := record.DecodeUint(val)
+		switch {
+		case !ok || err != nil || q > MaxQuota:
+			r.fixed("quota records that did not decode deleted (the server's quota applies to their users; ferryd set-quota sets theirs anew)")
+			return r.del(k)
+		}
+		switch has, err := r.v.Has(keys.ID1(keys.TUser, user)); {
+		case err != nil:
+			return err
+		case !has:
+			r.fixed("quotas of users with no record deleted")
+			return r.del(k)
+		}
+		return nil
 	})
 }
 

@@ -219,7 +219,7 @@ var (
 	dSignInsLimited  = desc("ferry_sign_ins_limited_total", "Sign-ins refused by the sign-in rate limit.")
 	dPushesThrottled = desc("ferry_pushes_throttled_total", "Pushes and acks that waited for their user's push limit.")
 	dPushesRefused   = desc("ferry_pushes_refused_total", "Pushes refused by the push limit: their user's devices pushed too much at once.")
-	dOverQuota       = desc("ferry_ops_over_quota_total", "Ops rejected because their body would take their user past --user-quota-mib (also in ferry_push_ops_total's rejected).")
+	dOverQuota       = desc("ferry_ops_over_quota_total", "Ops rejected because their body would take their user past their quota: --user-quota-mib, or one ferryd set-quota set (also in ferry_push_ops_total's rejected).")
 	dTLSHandshakes   = desc("ferry_tls_handshake_errors_total", "TLS handshakes that failed: scanners and plain-TCP health checks, or clients that refuse the certificate.")
 	dCommits         = desc("ferry_commits_total", "Synced group commits.")
 	dCommitRequests  = desc("ferry_commit_requests_total", "Write requests carried by the group commits.")

@@ -583,9 +583,9 @@ func (a *app) usage(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		line := fmt.Sprintf("your ops hold %s on the server, which has no quota", units.Bytes(u.Bytes))
+		line := fmt.Sprintf("your ops hold %s on the server, which holds you to no quota", units.Bytes(u.Bytes))
 		if u.Quota > 0 {
-			line = fmt.Sprintf("your ops hold %s of the %s each user may store on the server (%d%%); deleting messages makes room",
+			line = fmt.Sprintf("your ops hold %s of the %s you may store on the server (%d%%); deleting messages makes room",
 				units.Bytes(u.Bytes), units.Bytes(u.Quota), u.Bytes*100/u.Quota)
 		}
 		a.print(map[string]int64{"bytes": u.Bytes, "quota": u.Quota}, line)

@@ -384,7 +384,7 @@ func TestMessageCommands(t *testing.T) {
 		}
 		return ms[0]
 	}
-	if out := run(alice, "usage"); !strings.Contains(out, "on the server, which has no quota") {
+	if out := run(alice, "usage"); !strings.Contains(out, "on the server, which holds you to no quota") {
 		t.Fatalf("usage on a server without a quota: %q", out)
 	}
 	run(alice, "send", "notes", "helo")
@@ -601,7 +601,7 @@ func TestUsageAndQuota(t *testing.T) {
 	}
 	// Most of the MiB, from alice's profile.
 	sendThroughSDK(t, alice, 16, func(int) string { return strings.Repeat("x", 64_000) })
-	if out := run("usage"); !strings.Contains(out, "of the 1.0 MiB each user may store on the server (97%)") {
+	if out := run("usage"); !strings.Contains(out, "of the 1.0 MiB you may store on the server (97%)") {
 		t.Fatalf("usage: %q", out)
 	}
 	_, stderr, err := testbin.RunErr(env, ferry, "--profile", alice, "send", "notes", strings.Repeat("y", 64_000))

@@ -88,6 +88,10 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 	if _, q := getAccount(t, url, token2); q != "2097152" {
 		t.Errorf("alice's quota after set-quota --mib 2: %q", q)
 	}
+	if out := tool("", "set-quota", "--username", "alice", "--server-quota"); !strings.Contains(out, "alice now has the server's quota, none by the server running on the store") {
+		t.Errorf("set-quota --server-quota: %q", out)
+	}
+	tool("", "set-quota", "--username", "alice", "--mib", "2")
 	if out := tool("", "check"); !strings.Contains(out, "store is consistent") {
 		t.Errorf("check: %q", out)
 	}
@@ -198,7 +202,7 @@ func TestSetQuota(t *testing.T) {
 	if out, err := tool("--username", "alice", "--mib", "0"); err != nil || out != "alice now has no quota (set for them); their ops hold 0 bytes\n" {
 		t.Errorf("set-quota --mib 0: %q, %v", out, err)
 	}
-	if out, err := tool("--username", "Alice", "--server-quota"); err != nil || out != "alice now has no quota (the server's); their ops hold 0 bytes\n" {
+	if out, err := tool("--username", "Alice", "--server-quota"); err != nil || out != "alice now has the server's quota (its --user-quota-mib); their ops hold 0 bytes\n" {
 		t.Errorf("set-quota --server-quota: %q, %v", out, err)
 	}
 	for _, bad := range []struct {

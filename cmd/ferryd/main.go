@@ -1141,15 +1141,20 @@ func setQuota(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer
 	if err != nil {
 		return err
 	}
-	quota := "no quota"
-	if r.Quota > 0 {
-		quota = units.Bytes(r.Quota)
+	var quota string
+	switch {
+	case !c.serverQuota && r.Quota == 0:
+		quota = "no quota (set for them)"
+	case !c.serverQuota:
+		quota = units.Bytes(r.Quota) + " (set for them)"
+	case !served: // the tool knows not the server's --user-quota-mib
+		quota = "the server's quota (its --user-quota-mib)"
+	case r.Quota == 0:
+		quota = "the server's quota, none"
+	default:
+		quota = "the server's quota, " + units.Bytes(r.Quota)
 	}
-	whose := "set for them"
-	if c.serverQuota {
-		whose = "the server's"
-	}
-	fmt.Fprintf(stdout, "%s now has %s (%s)%s; their ops hold %s\n", r.Username, quota, whose, byServer(served), units.Bytes(r.Usage))
+	fmt.Fprintf(stdout, "%s now has %s%s; their ops hold %s\n", r.Username, quota, byServer(served), units.Bytes(r.Usage))
 	return nil
 }
 
