@@ -178,9 +178,10 @@ func (s *Server) Metrics() Metrics {
 }
 
 // MetricsHandler serves the server's, the engine's and the Go runtime's
-// metrics in Prometheus's text format, for an operator's scraper. Mount it
-// on a private address: it names the server's procedures and load.
-func (s *Server) MetricsHandler() http.Handler {
+// metrics in Prometheus's text format, with those of the extra
+// collectors, for an operator's scraper. Mount it on a private address:
+// it names the server's procedures and load.
+func (s *Server) MetricsHandler(extra ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collector{s},
@@ -188,6 +189,7 @@ func (s *Server) MetricsHandler() http.Handler {
 		collectors.NewBuildInfoCollector(), // go_build_info: the module's path and version
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	reg.MustRegister(extra...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogPrinter{s}})
 }
 

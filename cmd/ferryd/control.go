@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ferrysync/ferry/engine"
 )
 
@@ -109,6 +111,10 @@ type control struct {
 
 	mu     sync.Mutex // held by the call doing a tool's work: one at a time, as a backup and a check each read the whole store
 	closed bool       // the store is closing: no more work
+
+	statsMu    sync.Mutex
+	calls      map[[2]string]int // by tool and result ("ok", "error"): ferry_control_calls_total
+	lastBackup time.Time         // the last backup written: ferry_backup_last_success_timestamp_seconds
 
 	stopping context.Context // ends as the server stops: the stoppable tools' work ends
 	stop     context.CancelFunc
@@ -205,6 +211,7 @@ func (c *control) serve(w http.ResponseWriter, r *http.Request) {
 		defer context.AfterFunc(c.stopping, cancel)()
 	}
 	resp, err := tool(ctx, c.st, body)
+	c.count(name, err)
 	if err != nil {
 		code := http.StatusUnprocessableEntity
 		if errors.As(err, new(badControlCall)) {
@@ -217,6 +224,47 @@ func (c *control) serve(w http.ResponseWriter, r *http.Request) {
 	c.log.Info("control: "+name+" done", "took", time.Since(start))
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// count counts a call of tool that ended with err.
+func (c *control) count(tool string, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	c.statsMu.Lock()
+	defer c.statsMu.Unlock()
+	if c.calls == nil {
+		c.calls = map[[2]string]int{}
+	}
+	c.calls[[2]string{tool, result}]++
+	if tool == "backup" && err == nil {
+		c.lastBackup = time.Now()
+	}
+}
+
+var (
+	dControlCalls = prometheus.NewDesc("ferry_control_calls_total", "Calls of ferryd's tools (check, backup, ...) that the server did, through its control socket, by tool and result (ok, error).", []string{"tool", "result"}, nil)
+	dLastBackup   = prometheus.NewDesc("ferry_backup_last_success_timestamp_seconds", "When the server last wrote a backup for ferryd backup, in Unix seconds; 0 before the first since it started.", nil, nil)
+)
+
+// Describe and Collect make the control calls' counts metrics.
+func (c *control) Describe(ch chan<- *prometheus.Desc) {
+	ch <- dControlCalls
+	ch <- dLastBackup
+}
+
+func (c *control) Collect(ch chan<- prometheus.Metric) {
+	c.statsMu.Lock()
+	defer c.statsMu.Unlock()
+	for k, n := range c.calls {
+		ch <- prometheus.MustNewConstMetric(dControlCalls, prometheus.CounterValue, float64(n), k[0], k[1])
+	}
+	last := 0.0
+	if !c.lastBackup.IsZero() {
+		last = float64(c.lastBackup.UnixNano()) / 1e9
+	}
+	ch <- prometheus.MustNewConstMetric(dLastBackup, prometheus.GaugeValue, last)
 }
 
 // close stops taking calls, once the one doing its work, if any, is done,

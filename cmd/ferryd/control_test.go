@@ -27,7 +27,7 @@ import (
 func TestToolsReachTheRunningServer(t *testing.T) {
 	root := t.TempDir()
 	dir := root + "/data"
-	srv := serveStore(t, dir, "--password-memory-kib", "64")
+	srv := serveStore(t, dir, "--password-memory-kib", "64", "--metrics-addr", "127.0.0.1:0")
 	url := srv.url
 	fi, err := os.Stat(filepath.Join(dir, controlSocket))
 	if err != nil {
@@ -122,6 +122,18 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 	if err == nil ||
 		!strings.Contains(err.Error(), "the server running on the store: add-user:") || !strings.Contains(err.Error(), "taken") {
 		t.Errorf("add-user of a taken name, by the server: %v", err)
+	}
+	// The metrics count the calls, and say when the last backup was
+	// written.
+	m := srv.metrics()
+	for _, want := range []string{`ferry_control_calls_total{result="ok",tool="backup"} 2`, `ferry_control_calls_total{result="error",tool="add-user"} 1`,
+		`ferry_control_calls_total{result="ok",tool="set-quota"} 3`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("no %q in the metrics:\n%s", want, m)
+		}
+	}
+	if last := regexp.MustCompile(`(?m)^ferry_backup_last_success_timestamp_seconds (\S+)$`).FindStringSubmatch(m); last == nil || last[1] == "0" {
+		t.Errorf("the last backup's time in the metrics: %v", last)
 	}
 
 	srv.stop()
@@ -515,11 +527,12 @@ func TestInterruptedCompactStops(t *testing.T) {
 
 // served is ferryd serving a store in a test, its logs (at info) kept.
 type served struct {
-	t      *testing.T
-	url    string
-	logs   *syncBuffer
-	signal context.CancelFunc // a stop signal
-	done   <-chan error       // serve's end
+	t         *testing.T
+	url       string
+	metricsAt string // with --metrics-addr
+	logs      *syncBuffer
+	signal    context.CancelFunc // a stop signal
+	done      <-chan error       // serve's end
 }
 
 // serveStore serves the store in dir, with args after the test's own,
@@ -528,9 +541,43 @@ func serveStore(t *testing.T, dir string, args ...string) *served {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	logs := &syncBuffer{w: make(chan struct{}, 1)}
-	url, done := serving(t, ctx, append([]string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "info"}, args...), logs)
-	return &served{t: t, url: url, logs: logs, signal: cancel, done: done}
+	logs, out := &syncBuffer{w: make(chan struct{}, 1)}, &syncBuffer{w: make(chan struct{}, 1)}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, append([]string{"--addr", "127.0.0.1:0", "--data", dir, "--log-level", "info"}, args...), out, logs)
+	}()
+	s := &served{t: t, logs: logs, signal: cancel, done: done}
+	listening := regexp.MustCompile(`listening on (https?://\S+)`)
+	metrics := regexp.MustCompile(`metrics: curl (http://\S+)`)
+	for {
+		select {
+		case <-out.w:
+		case err := <-done:
+			t.Fatalf("ferryd exited: %v\n%s%s", err, out.String(), logs.String())
+		}
+		if m := listening.FindStringSubmatch(out.String()); m != nil {
+			s.url = m[1]
+			if m := metrics.FindStringSubmatch(out.String()); m != nil {
+				s.metricsAt = m[1]
+			}
+			return s
+		}
+	}
+}
+
+// metrics scrapes the server's metrics.
+func (s *served) metrics() string {
+	s.t.Helper()
+	resp, err := http.Get(s.metricsAt)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return string(b)
 }
 
 // stop signals the server to stop and waits until it has, failing the

@@ -39,6 +39,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/internal/units"
 	"github.com/ferrysync/ferry/internal/webui"
@@ -719,7 +721,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
-	side, closeSide := serveSide(c, sideLns, srv, log)
+	side, closeSide := serveSide(c, sideLns, srv, ctl, log)
 	defer closeSide()
 	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	fmt.Fprintf(stdout, "ferryd is listening on %s\n", url)
@@ -1441,8 +1443,12 @@ func listenSide(c *config) ([]sideListener, error) {
 
 // serveSide serves the side listeners. It returns the addresses bound, by
 // flag, and what closes them.
-func serveSide(c *config, lns []sideListener, srv *server.Server, log *slog.Logger) (map[string]string, func()) {
-	metrics := srv.MetricsHandler()
+func serveSide(c *config, lns []sideListener, srv *server.Server, ctl *control, log *slog.Logger) (map[string]string, func()) {
+	var extra []prometheus.Collector
+	if ctl != nil {
+		extra = append(extra, ctl)
+	}
+	metrics := srv.MetricsHandler(extra...)
 	bound := map[string]string{}
 	var servers []*http.Server
 	closeAll := func() {
