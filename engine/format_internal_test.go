@@ -46,9 +46,9 @@ func readFormat(t *testing.T, e *Engine) uint64 {
 	return f
 }
 
-// Stores of the formats before (from before shared feeds to before former
-// members were kept apart) open and become the current format, with their epoch
-// kept; a format from a newer build is refused.
+// Stores of the formats before (from before shared feeds to before users'
+// own quotas) open and become the current format, with their epoch kept;
+// a format from a newer build is refused.
 func TestStoreFormat(t *testing.T) {
 	fs := vfs.NewMem()
 	o := Options{FS: fs, Logger: slog.New(slog.DiscardHandler), Password: PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}}
@@ -64,7 +64,7 @@ func TestStoreFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, f := range []uint64{1, 2, 3, 4, 5, 6, 7, 8} {
+	for _, f := range []uint64{1, 2, 3, 4, 5, 6, 7, 8, 9} {
 		setFormat(t, fs, f)
 		if e, err = Open("db", o); err != nil {
 			t.Fatalf("open a format %d store: %v", f, err)

@@ -24,10 +24,10 @@ import (
 )
 
 // The control socket. A serving ferryd listens on a Unix socket in its
-// store's folder, and the tools whose work a live store allows (check,
-// backup, compact, add-user, set-password, revoke-devices) have the server
-// running on the store do it, so that an operator backs up, checks,
-// compacts and manages accounts without stopping it. Whoever may connect
+// store's folder, and the tools whose work a live store allows
+// (liveTools) have the server running on the store do it, so that an
+// operator backs up, checks, compacts and manages accounts without
+// stopping it. Whoever may connect
 // may open the store's files anyway: the socket is its user's alone (mode
 // 0600). The tools that rewrite the store from its logs, or act on its
 // next opening (rebuild, new-epoch), still need it stopped.
@@ -87,9 +87,13 @@ var stoppable = map[string]bool{"compact": true}
 type badControlCall struct{ error }
 
 // testControlCall, when set, runs as a control call starts its work,
-// under the tools' lock: a test holds a call there. testControlQueued
-// runs as a call, counted under way, is about to wait its turn.
-var testControlCall, testControlQueued func(tool string)
+// under the tools' lock, given the work's context: a test holds a call
+// there. testControlQueued runs as a call, counted under way, is about
+// to wait its turn.
+var (
+	testControlCall   func(tool string, work context.Context)
+	testControlQueued func(tool string)
+)
 
 // controlGrace is how long a stopping server gives the answer of the
 // control call it finished last, and any call still sending its request,
@@ -136,16 +140,21 @@ func listenControl(dir string, eng *engine.Engine, log *slog.Logger) (*control, 
 	}
 	// A fixed name, shorter than the socket's, so that a store whose
 	// socket's name fits gets one. Made anew: eng's lock says no other
-	// server is binding in it.
+	// server is binding in it. What a server killed while it bound left
+	// is removed, and nothing else: a .c of another's (a --data that is
+	// not only the store's) stays, and the server goes without a socket.
 	private := filepath.Join(dir, ".c")
-	if err := os.RemoveAll(private); err != nil {
-		return nil, err
+	bound := filepath.Join(private, "s")
+	if err := os.Remove(bound); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("remove the %s left by an earlier server: %w", bound, err)
+	}
+	if err := os.Remove(private); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s, where ferryd binds its socket first, holds something else: %w", private, err)
 	}
 	if err := os.Mkdir(private, 0o700); err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(private)
-	bound := filepath.Join(private, "s")
+	defer os.Remove(private) // empty once the socket moved, or failed to
 	ln, err := net.Listen("unix", bound)
 	if err != nil && len(bound) >= maxSocketPath {
 		return nil, fmt.Errorf("%w: its path is %d bytes, more than a Unix socket's may be (%d on Linux, %d on macOS and the BSDs); serve from a shorter --data path", err, len(bound), maxSocketPath+3, maxSocketPath-1)
@@ -163,6 +172,7 @@ func listenControl(dir string, eng *engine.Engine, log *slog.Logger) (*control, 
 	}
 	if err != nil {
 		ln.Close()
+		_ = os.Remove(bound)
 		return nil, fmt.Errorf("make %s its user's alone: %w", path, err)
 	}
 	c := &control{st: store{eng: eng, dir: dir}, log: log, path: path}
@@ -199,10 +209,6 @@ func (c *control) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the server is stopping: run the tool again once it has stopped, on its store, or on the next server's", http.StatusServiceUnavailable)
 		return
 	}
-	if testControlCall != nil {
-		testControlCall(name)
-	}
-	start := time.Now()
 	ctx := context.WithoutCancel(r.Context())
 	if stoppable[name] {
 		var cancel context.CancelFunc
@@ -210,8 +216,12 @@ func (c *control) serve(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		defer context.AfterFunc(c.stopping, cancel)()
 	}
+	if testControlCall != nil {
+		testControlCall(name, ctx)
+	}
+	start := time.Now()
 	resp, err := tool(ctx, c.st, body)
-	c.count(name, err)
+	c.count(name, resp, err)
 	if err != nil {
 		code := http.StatusUnprocessableEntity
 		if errors.As(err, new(badControlCall)) {
@@ -226,9 +236,12 @@ func (c *control) serve(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(resp)
 }
 
-// count counts a call of tool that ended with err.
-func (c *control) count(tool string, err error) {
+// count counts a call of tool that answered resp, or err.
+func (c *control) count(tool string, resp any, err error) {
 	result := "ok"
+	if rep, ok := resp.(engine.CheckReport); ok && len(rep.Problems) > 0 {
+		result = "problems" // a check that found the store inconsistent
+	}
 	if err != nil {
 		result = "error"
 	}
@@ -244,7 +257,7 @@ func (c *control) count(tool string, err error) {
 }
 
 var (
-	dControlCalls = prometheus.NewDesc("ferry_control_calls_total", "Calls of ferryd's tools (check, backup, ...) that the server did, through its control socket, by tool and result (ok, error).", []string{"tool", "result"}, nil)
+	dControlCalls = prometheus.NewDesc("ferry_control_calls_total", "Calls of ferryd's tools (check, backup, ...) that the server did, through its control socket, by tool and result: ok, error, or problems (a check that found the store inconsistent).", []string{"tool", "result"}, nil)
 	dLastBackup   = prometheus.NewDesc("ferry_backup_last_success_timestamp_seconds", "When the server last wrote a backup for ferryd backup, in Unix seconds; 0 before the first since it started.", nil, nil)
 )
 
@@ -350,7 +363,11 @@ func askServer[Req, Resp any](ctx context.Context, dir, tool string, req Req) (R
 	defer hresp.Body.Close()
 	if hresp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(hresp.Body, 64<<10))
-		return resp, fmt.Errorf("the server running on the store: %s", bytes.TrimSpace(msg))
+		err := fmt.Errorf("the server running on the store: %s", bytes.TrimSpace(msg))
+		if hresp.StatusCode == http.StatusBadRequest { // what the tool's own checks would refuse
+			err = usageErr(err)
+		}
+		return resp, err
 	}
 	if err := json.NewDecoder(hresp.Body).Decode(&resp); err != nil {
 		return resp, fmt.Errorf("%s: the server's answer does not decode: %w", tool, err)
@@ -363,6 +380,11 @@ func askServer[Req, Resp any](ctx context.Context, dir, tool string, req Req) (R
 func onStore[Req, Resp any](ctx context.Context, c *config, log *slog.Logger, tool string, req Req, f storeTool[Req, Resp]) (resp Resp, served bool, err error) {
 	resp, err = askServer[Req, Resp](ctx, c.data, tool, req)
 	if !errors.Is(err, errNoServer) {
+		for _, f := range []string{"store-compression", "cache-mib", "memtable-mib"} {
+			if c.given[f] {
+				log.Warn("--" + f + " applies to a stopped server's store only: the server running on the store keeps its own")
+			}
+		}
 		return resp, true, err
 	}
 	eng, err := openStopped(c, log)

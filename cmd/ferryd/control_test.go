@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/engine/enginetest"
 )
@@ -449,7 +451,7 @@ func TestStopRefusesTheCallsWaitingTheirTurn(t *testing.T) {
 	root := t.TempDir()
 	dir := root + "/data"
 	started, release, queued := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	testControlCall = func(tool string) {
+	testControlCall = func(tool string, _ context.Context) {
 		if tool == "check" {
 			close(started)
 			<-release
@@ -505,11 +507,24 @@ func TestControlSocketWhereItsNameFits(t *testing.T) {
 	srv.stopped()
 }
 
-// TestInterruptedCompactStops: ferryd compact interrupted says that the
-// server stops the compaction, which ends with the tool's connection.
+// TestInterruptedCompactStops: ferryd compact interrupted stops the
+// compaction on the server, which sees the tool's connection close, and
+// says so.
 func TestInterruptedCompactStops(t *testing.T) {
 	dir := t.TempDir()
-	started, release := holdCall(t, "compact")
+	started := make(chan struct{})
+	testControlCall = func(tool string, work context.Context) {
+		if tool != "compact" {
+			return
+		}
+		close(started)
+		select {
+		case <-work.Done():
+		case <-time.After(time.Minute): // a guard, not a wait: the interruption comes at once
+			t.Error("the compaction's context did not end when its tool was interrupted")
+		}
+	}
+	t.Cleanup(func() { testControlCall = nil })
 	srv := serveStore(t, dir)
 	cctx, interrupt := context.WithCancel(context.Background())
 	compacted := make(chan error, 1)
@@ -521,7 +536,10 @@ func TestInterruptedCompactStops(t *testing.T) {
 	if err := <-compacted; err == nil || !strings.Contains(err.Error(), "compact: interrupted; the server stops it") {
 		t.Errorf("compact interrupted: %v", err)
 	}
-	close(release)
+	srv.awaitLog("control: compact ")
+	if l := srv.logs.String(); !strings.Contains(l, "control: compact failed") {
+		t.Errorf("the server went on with the compaction of an interrupted tool:\n%s", l)
+	}
 	srv.stop()
 }
 
@@ -555,7 +573,8 @@ func serveStore(t *testing.T, dir string, args ...string) *served {
 		case err := <-done:
 			t.Fatalf("ferryd exited: %v\n%s%s", err, out.String(), logs.String())
 		}
-		if m := listening.FindStringSubmatch(out.String()); m != nil {
+		// The banner's last line: self-registration, on or off.
+		if m := listening.FindStringSubmatch(out.String()); m != nil && regexp.MustCompile(`sign up: |self-registration is off`).MatchString(out.String()) {
 			s.url = m[1]
 			if m := metrics.FindStringSubmatch(out.String()); m != nil {
 				s.metricsAt = m[1]
@@ -614,7 +633,7 @@ func (s *served) awaitLog(text string) {
 // started closes then, and the call goes on once release is closed.
 func holdCall(t *testing.T, tool string) (started, release chan struct{}) {
 	started, release = make(chan struct{}), make(chan struct{})
-	testControlCall = func(name string) {
+	testControlCall = func(name string, _ context.Context) {
 		if name == tool {
 			close(started)
 			<-release
@@ -622,4 +641,74 @@ func holdCall(t *testing.T, tool string) (started, release chan struct{}) {
 	}
 	t.Cleanup(func() { testControlCall = nil })
 	return started, release
+}
+
+// TestServeKeepsAnotherDotC: a --data folder that holds a .c of someone
+// else's (a --data of a home folder: ferryd warns that it holds files but
+// no store, and serves on) keeps it: the server binds its socket there
+// first, removing only what ferryd leaves, and goes without a socket.
+func TestServeKeepsAnotherDotC(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, ".c"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ".c", "notes.txt"), []byte("precious"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv := serveStore(t, dir)
+	srv.stop()
+	if _, err := os.Stat(filepath.Join(dir, ".c", "notes.txt")); err != nil {
+		t.Errorf("ferryd deleted the operator's %s/.c: %v", dir, err)
+	}
+	if l := srv.logs.String(); !strings.Contains(l, "no control socket") || !strings.Contains(l, "holds something else") {
+		t.Errorf("logs:\n%s", l)
+	}
+}
+
+// TestServerRefusalsAreUsageErrors: what the server refuses as a
+// mistake of the tool's (a backup into the store's folder, which the tool
+// misses when it sees the folder by another path, such as a bind mount)
+// exits 2, as the same mistake the tool catches does; and a store flag
+// given to a tool that the server does the work of is said to apply not.
+func TestServerRefusalsAreUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	srv := serveStore(t, dir)
+	_, err := askServer[backupTo, struct{}](context.Background(), dir, "backup", backupTo{To: []byte(filepath.Join(dir, "inside"))})
+	if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "is inside --data") {
+		t.Errorf("a backup inside the store, refused by the server: %v (exit %d); want exit 2", err, exitCode(err))
+	}
+	logs := &syncBuffer{w: make(chan struct{}, 1)}
+	if err := run(context.Background(), []string{"check", "--data", dir, "--store-compression", "fast"}, io.Discard, logs); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "--store-compression applies to a stopped server's store only") {
+		t.Errorf("check --store-compression by the server said nothing of the flag:\n%s", logs.String())
+	}
+	srv.stop()
+}
+
+// TestCheckByTheServerFindsProblems: a check the server does of a store
+// that is not consistent fails the tool, printing what it found, and the
+// metrics count it among the checks that found problems.
+func TestCheckByTheServerFindsProblems(t *testing.T) {
+	dir := t.TempDir()
+	e := openForTest(t, dir, 1)
+	u, err := e.CreateUser(context.Background(), engine.NewAccount{Username: "alice", Password: "correct horse"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	if _, err := enginetest.GarbleUser(vfs.Default, dir, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	srv := serveStore(t, dir, "--metrics-addr", "127.0.0.1:0")
+	var out bytes.Buffer
+	err = run(context.Background(), []string{"check", "--data", dir, "--log-level", "warn"}, &out, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "store is inconsistent") || !strings.Contains(out.String(), "by the server running on the store") {
+		t.Errorf("check of a damaged store by the server: %v\n%s", err, out.String())
+	}
+	if m := srv.metrics(); !strings.Contains(m, `ferry_control_calls_total{result="problems",tool="check"} 1`) {
+		t.Errorf("the metrics do not count the check's problems:\n%s", m)
+	}
+	srv.stop()
 }

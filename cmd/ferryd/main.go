@@ -6,9 +6,10 @@
 //	ferryd compact --data DIR      rewrite a server's store in full
 //	ferryd rebuild --data DIR      repair a stopped server's store from its logs
 //
-// check, backup, compact, add-user, set-password and revoke-devices work on the
-// store of a running server too: they have the server do it, through the
-// control socket it listens on in the store's folder (control.go).
+// check, backup, compact, add-user, set-password, revoke-devices and
+// set-quota work on the store of a running server too: they have the
+// server do it, through the control socket it listens on in the store's
+// folder (control.go).
 //
 // Every flag but --username, --display-name, --to, --mib and --server-quota can also be set in the
 // environment as FERRY_<FLAG>, with dashes as underscores (FERRY_ADDR,
@@ -197,6 +198,7 @@ type config struct {
 	reconnectAfter    time.Duration
 	trustedProxies    prefixList
 	h2c               server.H2C
+	given             map[string]bool // the flags given on the command line
 }
 
 // usage is what ferryd -h prints before serve's flags.
@@ -441,6 +443,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return usageErr(fmt.Errorf("%w (%s -h lists the flags)", err, name))
 	}
+	c.given = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { c.given[f.Name] = true })
 	// Every bad value at once, by its flag.
 	var errs []error
 	if c.cacheMiB < 1 || c.cacheMiB > maxMiB {
