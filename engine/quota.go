@@ -30,10 +30,16 @@ const ServerQuota = -1
 // QuotaOf returns user's quota in bytes: the one set for them, else the
 // server's; 0 when none applies.
 func (e *Engine) QuotaOf(user ulid.ULID) int64 {
+	q, _ := e.OwnQuota(user)
+	return q
+}
+
+// OwnQuota is QuotaOf, and whether the quota was set for user.
+func (e *Engine) OwnQuota(user ulid.ULID) (q int64, own bool) {
 	if q, ok := (*e.quotas.Load())[user]; ok {
-		return q
+		return q, true
 	}
-	return e.opts.UserQuota
+	return e.opts.UserQuota, false
 }
 
 // SetUserQuota sets the quota of the user named username to bytes (0: no
@@ -90,10 +96,7 @@ func (tx *txn) quotaOf(user ulid.ULID) (q int64, own bool) {
 		}
 		return q, true
 	}
-	if q, ok := (*tx.e.quotas.Load())[user]; ok {
-		return q, true
-	}
-	return tx.e.opts.UserQuota, false
+	return tx.e.OwnQuota(user)
 }
 
 // setQuotas applies the quotas a durable group set to those in memory.

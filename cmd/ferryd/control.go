@@ -54,7 +54,7 @@ type store struct {
 
 // liveTools names the tools a server running on the store does: those of
 // controlTools.
-const liveTools = "check, backup, compact, add-user, set-password, revoke-devices and set-quota"
+const liveTools = "check, backup, compact, add-user, set-password, revoke-devices, set-quota and show-user"
 
 // controlTools are the tools a serving ferryd does for its socket's
 // clients, by name.
@@ -66,6 +66,7 @@ var controlTools = map[string]func(ctx context.Context, st store, req []byte) (a
 	"set-password":   controlTool(setPasswordIn),
 	"revoke-devices": controlTool(revokeDevicesIn),
 	"set-quota":      controlTool(setQuotaOf),
+	"show-user":      controlTool(showUserIn),
 }
 
 func controlTool[Req, Resp any](f storeTool[Req, Resp]) func(ctx context.Context, st store, body []byte) (any, error) {

@@ -94,6 +94,10 @@ func TestToolsReachTheRunningServer(t *testing.T) {
 		t.Errorf("set-quota --server-quota: %q", out)
 	}
 	tool("", "set-quota", "--username", "alice", "--mib", "2")
+	if out := tool("", "show-user", "--username", "alice"); !strings.Contains(out, "  2 devices signed in\n") ||
+		!strings.Contains(out, `"phone", since `) || !strings.Contains(out, "a quota of 2.0 MiB (set for them)") {
+		t.Errorf("show-user: %q", out)
+	}
 	if out := tool("", "check"); !strings.Contains(out, "store is consistent") {
 		t.Errorf("check: %q", out)
 	}
@@ -711,4 +715,67 @@ func TestCheckByTheServerFindsProblems(t *testing.T) {
 		t.Errorf("the metrics do not count the check's problems:\n%s", m)
 	}
 	srv.stop()
+}
+
+// TestShowUser: ferryd show-user prints a user's account as the store
+// holds it: id and display name, devices signed in (not those revoked),
+// what their ops hold against which quota, how many users they block; a
+// user whose record cannot be read is shown by id, saying so.
+func TestShowUser(t *testing.T) {
+	dir := t.TempDir()
+	e := openForTest(t, dir, 1)
+	ctx := context.Background()
+	alice, err := e.Register(ctx, engine.NewAccount{Username: "alice", Password: "correct horse", DisplayName: "Alice A.", DeviceName: "phone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := e.Register(ctx, engine.NewAccount{Username: "bob", Password: "correct horse", DeviceName: "laptop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	laptop, err := e.Login(ctx, "alice", "correct horse", "laptop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	me := engine.Actor{User: alice.User, Device: alice.Device}
+	if err := e.RevokeDevice(ctx, me, laptop.Device); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Block(ctx, me, bob.User); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.SetUserQuota(ctx, "alice", 0); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	show := func(name string) (string, error) {
+		var out bytes.Buffer
+		err := run(context.Background(), []string{"show-user", "--data", dir, "--log-level", "warn", "--username", name}, &out, io.Discard)
+		return out.String(), err
+	}
+	out, err := show("Alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"user alice (id " + alice.User.String() + `), display name "Alice A."` + "\n",
+		"  1 device signed in\n    " + alice.Device.String() + `  "phone", since `, "  their ops hold 0 bytes; no quota (set for them)\n", "  they block 1 user\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("show-user alice: no %q in\n%s", want, out)
+		}
+	}
+	if out, err := show("bob"); err != nil || !strings.Contains(out, "their ops hold 0 bytes; the server's quota (its --user-quota-mib)") {
+		t.Errorf("show-user bob: %v\n%s", err, out)
+	}
+	if _, err := enginetest.GarbleUser(vfs.Default, dir, bob.User); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := show("bob"); err != nil || !strings.Contains(out, "user bob (id "+bob.User.String()+"): their record cannot be read") {
+		t.Errorf("show-user of a user whose record does not decode: %v\n%s", err, out)
+	}
+	if _, err := show("carol"); err == nil || !strings.Contains(err.Error(), `show-user: no user "carol"`) {
+		t.Errorf("show-user of no one: %v", err)
+	}
+	if err := run(context.Background(), []string{"show-user", "--data", dir}, io.Discard, io.Discard); exitCode(err) != 2 || !strings.Contains(err.Error(), "show-user needs --username NAME") {
+		t.Errorf("show-user without --username: %v (exit %d)", err, exitCode(err))
+	}
 }

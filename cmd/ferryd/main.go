@@ -224,6 +224,9 @@ const usage = `Usage:
   ferryd set-quota --data DIR --username NAME (--mib N | --server-quota)
                                        set the storage quota of a user, in place of the
                                        server's --user-quota-mib (0: none for them)
+  ferryd show-user --data DIR --username NAME
+                                       show a user's account: their devices signed in,
+                                       what their ops hold and their quota, their blocks
   ferryd version                       print the build: version, commit, Go
 
 ` + liveTools + ` have a server
@@ -257,7 +260,7 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 	dataHelp := "directory of the Pebble store (created if missing)"
 	switch name {
 	case "serve":
-	case "check", "backup", "compact", "add-user", "set-password", "revoke-devices", "set-quota":
+	case "check", "backup", "compact", "add-user", "set-password", "revoke-devices", "set-quota", "show-user":
 		dataHelp = "directory of the server's Pebble store: a server running on it does the work"
 	default:
 		dataHelp = "directory of the stopped server's Pebble store"
@@ -276,6 +279,8 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *config) {
 		fs.StringVar(&c.username, "username", "", "the user whose password to set")
 	case "revoke-devices":
 		fs.StringVar(&c.username, "username", "", "the user whose devices to revoke")
+	case "show-user":
+		fs.StringVar(&c.username, "username", "", "the user to show")
 	case "set-quota":
 		fs.StringVar(&c.username, "username", "", "the user whose quota to set")
 		fs.Int64Var(&c.quotaMiB, "mib", -1, "the user's quota in MiB, in place of the server's --user-quota-mib (0: no quota for them)")
@@ -408,7 +413,7 @@ func flagNamed(line, name string) bool {
 }
 
 // commands are ferryd's commands; serve is the default.
-var commands = []string{"serve", "check", "backup", "compact", "rebuild", "new-epoch", "add-user", "set-password", "revoke-devices", "set-quota"}
+var commands = []string{"serve", "check", "backup", "compact", "rebuild", "new-epoch", "add-user", "set-password", "revoke-devices", "set-quota", "show-user"}
 
 // command splits args into the command and its flags.
 func command(args []string) (string, []string) {
@@ -486,6 +491,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return revokeDevices(ctx, c, log, stdout)
 	case "set-quota":
 		return setQuota(ctx, c, log, stdout)
+	case "show-user":
+		return showUser(ctx, c, log, stdout)
 	}
 	return serve(ctx, c, log, stdout)
 }
@@ -1190,6 +1197,116 @@ func setQuotaOf(ctx context.Context, st store, req newQuota) (userQuota, error) 
 		return userQuota{}, err
 	}
 	return userQuota{Username: u.Username, Quota: st.eng.QuotaOf(u.ID), Usage: usage}, nil
+}
+
+// showUser prints a user's account as the store holds it, for an
+// operator answering them ("I cannot sign in", "my messages are
+// refused"): their devices signed in, what their ops hold against which
+// quota, how many users they block.
+func showUser(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
+	if c.username == "" {
+		return usageErr(errors.New("show-user needs --username NAME"))
+	}
+	u, served, err := onStore(ctx, c, log, "show-user", struct {
+		Username string `json:"username"`
+	}{c.username}, showUserIn)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !u.Readable:
+		fmt.Fprintf(stdout, "user %s (id %s): their record cannot be read (ferryd check reports it; restore it from a backup)\n", u.Username, u.ID)
+	default:
+		fmt.Fprintf(stdout, "user %s (id %s), display name %q\n", u.Username, u.ID, u.DisplayName)
+	}
+	noun := "devices"
+	if len(u.Devices) == 1 {
+		noun = "device"
+	}
+	fmt.Fprintf(stdout, "  %d %s signed in\n", len(u.Devices), noun)
+	for _, d := range u.Devices {
+		fmt.Fprintf(stdout, "    %s  %q, since %s\n", d.ID, d.Name, d.Created.UTC().Format("2006-01-02 15:04 UTC"))
+	}
+	var quota string
+	switch {
+	case u.OwnQuota && u.Quota == 0:
+		quota = "no quota (set for them)"
+	case u.OwnQuota:
+		quota = "a quota of " + units.Bytes(u.Quota) + " (set for them)"
+	case !served: // the tool knows not the server's --user-quota-mib
+		quota = "the server's quota (its --user-quota-mib)"
+	case u.Quota == 0:
+		quota = "the server's quota, none"
+	default:
+		quota = "the server's quota, " + units.Bytes(u.Quota)
+	}
+	fmt.Fprintf(stdout, "  their ops hold %s; %s\n", units.Bytes(u.Usage), quota)
+	users := "users"
+	if u.Blocks == 1 {
+		users = "user"
+	}
+	fmt.Fprintf(stdout, "  they block %d %s\n", u.Blocks, users)
+	if served {
+		fmt.Fprintf(stdout, "  (read%s)\n", byServer(served))
+	}
+	return nil
+}
+
+// userShown is show-user's answer.
+type userShown struct {
+	ID          string        `json:"id"`
+	Username    string        `json:"username"`
+	Readable    bool          `json:"readable"` // their record decodes
+	DisplayName string        `json:"display_name"`
+	Devices     []deviceShown `json:"devices"`
+	Usage       int64         `json:"usage"`
+	Quota       int64         `json:"quota"`
+	OwnQuota    bool          `json:"own_quota"`
+	Blocks      int           `json:"blocks"`
+}
+
+type deviceShown struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+}
+
+func showUserIn(_ context.Context, st store, req struct {
+	Username string `json:"username"`
+}) (userShown, error) {
+	// By their username's record alone: their own may not decode.
+	id, err := st.eng.UserNamed(req.Username)
+	if errors.Is(err, engine.ErrNotFound) {
+		return userShown{}, fmt.Errorf("show-user: no user %q", req.Username)
+	}
+	if err != nil {
+		return userShown{}, fmt.Errorf("show-user: %w", err)
+	}
+	name, _ := engine.NormalizeUsername(req.Username)
+	u := userShown{ID: id.String(), Username: name}
+	a := engine.Actor{User: id} // the operator: no device of the user's
+	if found, err := st.eng.LookupUsers(a, []string{name}); err != nil {
+		return userShown{}, err
+	} else if len(found) == 1 && found[0].ID == id {
+		u.Readable, u.DisplayName = true, found[0].DisplayName
+	}
+	devs, err := st.eng.Devices(a)
+	if err != nil {
+		return userShown{}, err
+	}
+	for _, d := range devs {
+		u.Devices = append(u.Devices, deviceShown{ID: d.ID.String(), Name: d.Name, Created: d.Created})
+	}
+	if u.Usage, err = st.eng.Usage(id); err != nil {
+		return userShown{}, err
+	}
+	u.Quota, u.OwnQuota = st.eng.OwnQuota(id)
+	blocked, err := st.eng.Blocked(a)
+	if err != nil {
+		return userShown{}, err
+	}
+	u.Blocks = len(blocked)
+	return u, nil
 }
 
 // newEpoch marks a stopped server's store so that its next start serves a
