@@ -178,10 +178,9 @@ func (s *Server) Metrics() Metrics {
 }
 
 // MetricsHandler serves the server's, the engine's and the Go runtime's
-// metrics in Prometheus's text format, with those of the extra
-// collectors, for an operator's scraper. Mount it on a private address:
-// it names the server's procedures and load.
-func (s *Server) MetricsHandler(extra ...prometheus.Collector) http.Handler {
+// metrics in Prometheus's text format, for an operator's scraper. Mount it
+// on a private address: it names the server's procedures and load.
+func (s *Server) MetricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collector{s},
@@ -189,7 +188,6 @@ func (s *Server) MetricsHandler(extra ...prometheus.Collector) http.Handler {
 		collectors.NewBuildInfoCollector(), // go_build_info: the module's path and version
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	reg.MustRegister(extra...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogPrinter{s}})
 }
 
@@ -315,6 +313,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(dDiskLow, low)
 	gauge(dDamaged, float64(len(c.s.eng.Damaged())))
+	c.s.collectControl(ch)
 	if free, keep, ok := c.s.eng.DiskFree(); ok {
 		gauge(dDiskFree, float64(free))
 		gauge(dDiskKeep, float64(keep))

@@ -47,6 +47,7 @@ type Server struct {
 	schedule timers.Schedule      // the sessions' deadlines
 	started  time.Time            // the clock's time at New: sessions count their times from it (nanos)
 	stats    *stats               // counters for operators (Metrics)
+	control  controlStats         // the operator's tools the server did (ControlCall)
 	clientIP clientIP             // where a caller's address comes from
 
 	warnSyncReads sync.Once

@@ -18,9 +18,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/ferrysync/ferry/engine"
+	"github.com/ferrysync/ferry/server"
 )
 
 // The control socket. A serving ferryd listens on a Unix socket in its
@@ -117,9 +116,7 @@ type control struct {
 	mu     sync.Mutex // held by the call doing a tool's work: one at a time, as a backup and a check each read the whole store
 	closed bool       // the store is closing: no more work
 
-	statsMu    sync.Mutex
-	calls      map[[2]string]int // by tool and result ("ok", "error"): ferry_control_calls_total
-	lastBackup time.Time         // the last backup written: ferry_backup_last_success_timestamp_seconds
+	srv *server.Server // counts the calls (ControlCall), for its metrics
 
 	stopping context.Context // ends as the server stops: the stoppable tools' work ends
 	stop     context.CancelFunc
@@ -134,7 +131,7 @@ type control struct {
 // user's alone too, then moved to its name: bound where it is named, it
 // would take connections under the process's umask until its mode
 // changed, and a connection made meanwhile is served.
-func listenControl(dir string, eng *engine.Engine, log *slog.Logger) (*control, error) {
+func listenControl(dir string, eng *engine.Engine, srv *server.Server, log *slog.Logger) (*control, error) {
 	path := filepath.Join(dir, controlSocket)
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("remove the %s left by an earlier server: %w", path, err)
@@ -176,7 +173,7 @@ func listenControl(dir string, eng *engine.Engine, log *slog.Logger) (*control, 
 		_ = os.Remove(bound)
 		return nil, fmt.Errorf("make %s its user's alone: %w", path, err)
 	}
-	c := &control{st: store{eng: eng, dir: dir}, log: log, path: path}
+	c := &control{st: store{eng: eng, dir: dir}, srv: srv, log: log, path: path}
 	c.stopping, c.stop = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /{tool}", c.serve)
@@ -237,7 +234,8 @@ func (c *control) serve(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(resp)
 }
 
-// count counts a call of tool that answered resp, or err.
+// count counts a call of tool that answered resp, or err, in the
+// server's metrics.
 func (c *control) count(tool string, resp any, err error) {
 	result := "ok"
 	if rep, ok := resp.(engine.CheckReport); ok && len(rep.Problems) > 0 {
@@ -246,39 +244,7 @@ func (c *control) count(tool string, resp any, err error) {
 	if err != nil {
 		result = "error"
 	}
-	c.statsMu.Lock()
-	defer c.statsMu.Unlock()
-	if c.calls == nil {
-		c.calls = map[[2]string]int{}
-	}
-	c.calls[[2]string{tool, result}]++
-	if tool == "backup" && err == nil {
-		c.lastBackup = time.Now()
-	}
-}
-
-var (
-	dControlCalls = prometheus.NewDesc("ferry_control_calls_total", "Calls of ferryd's tools (check, backup, ...) that the server did, through its control socket, by tool and result: ok, error, or problems (a check that found the store inconsistent).", []string{"tool", "result"}, nil)
-	dLastBackup   = prometheus.NewDesc("ferry_backup_last_success_timestamp_seconds", "When the server last wrote a backup for ferryd backup, in Unix seconds; 0 before the first since it started.", nil, nil)
-)
-
-// Describe and Collect make the control calls' counts metrics.
-func (c *control) Describe(ch chan<- *prometheus.Desc) {
-	ch <- dControlCalls
-	ch <- dLastBackup
-}
-
-func (c *control) Collect(ch chan<- prometheus.Metric) {
-	c.statsMu.Lock()
-	defer c.statsMu.Unlock()
-	for k, n := range c.calls {
-		ch <- prometheus.MustNewConstMetric(dControlCalls, prometheus.CounterValue, float64(n), k[0], k[1])
-	}
-	last := 0.0
-	if !c.lastBackup.IsZero() {
-		last = float64(c.lastBackup.UnixNano()) / 1e9
-	}
-	ch <- prometheus.MustNewConstMetric(dLastBackup, prometheus.GaugeValue, last)
+	c.srv.ControlCall(tool, result, time.Now())
 }
 
 // close stops taking calls, once the one doing its work, if any, is done,

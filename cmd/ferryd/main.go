@@ -40,8 +40,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/internal/units"
 	"github.com/ferrysync/ferry/internal/webui"
@@ -713,7 +711,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	// The tools that work on a live store reach it through the control
 	// socket; without one they need the server stopped, as before.
-	ctl, err := listenControl(c.data, eng, log)
+	ctl, err := listenControl(c.data, eng, srv, log)
 	if err != nil {
 		log.Warn("no control socket: ferryd "+liveTools+" cannot reach this server, and need it stopped", "err", err)
 	}
@@ -732,7 +730,7 @@ func serve(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) e
 	}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
-	side, closeSide := serveSide(c, sideLns, srv, ctl, log)
+	side, closeSide := serveSide(c, sideLns, srv, log)
 	defer closeSide()
 	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	fmt.Fprintf(stdout, "ferryd is listening on %s\n", url)
@@ -1564,12 +1562,8 @@ func listenSide(c *config) ([]sideListener, error) {
 
 // serveSide serves the side listeners. It returns the addresses bound, by
 // flag, and what closes them.
-func serveSide(c *config, lns []sideListener, srv *server.Server, ctl *control, log *slog.Logger) (map[string]string, func()) {
-	var extra []prometheus.Collector
-	if ctl != nil {
-		extra = append(extra, ctl)
-	}
-	metrics := srv.MetricsHandler(extra...)
+func serveSide(c *config, lns []sideListener, srv *server.Server, log *slog.Logger) (map[string]string, func()) {
+	metrics := srv.MetricsHandler()
 	bound := map[string]string{}
 	var servers []*http.Server
 	closeAll := func() {
