@@ -62,6 +62,9 @@ type Device struct {
 	ID      ulid.ULID
 	Name    string
 	Created time.Time
+	// Unreadable: the device's record does not decode, and it is refused
+	// as if revoked (Name says so, Created is its id's time).
+	Unreadable bool
 }
 
 // NormalizeUsername lower-cases a username and checks its form: 3 to 32
@@ -524,7 +527,7 @@ func (e *Engine) Devices(a Actor) ([]Device, error) {
 			// its user (or the operator's revoke-devices) can revoke it
 			// for good: ferryd rebuild would make it anew from its token.
 			e.accountDamaged("the device is refused as if revoked, and listed as unreadable", err, "user", a.User, "device", id)
-			out = append(out, Device{ID: id, Name: unreadableDeviceName, Created: msTime(int64(id.Time()))})
+			out = append(out, Device{ID: id, Name: unreadableDeviceName, Created: msTime(int64(id.Time())), Unreadable: true})
 			return nil
 		}
 		if err != nil {
@@ -800,6 +803,26 @@ func (e *Engine) UserNamed(username string) (ulid.ULID, error) {
 		return ulid.ULID{}, fmt.Errorf("%w: the record of the username %q does not decode (ferryd rebuild makes it anew from its user's)", ErrAccountDamaged, name)
 	}
 	return id, err
+}
+
+// UserForOperator reads user id's record for an operator's tool, logging
+// nothing: ErrNotFound, or ErrAccountDamaged when it does not decode.
+func (e *Engine) UserForOperator(id ulid.ULID) (User, error) {
+	v := e.st.View()
+	defer v.Release()
+	u, _, err := userByID(v, id)
+	if corrupt(err) {
+		return User{}, fmt.Errorf("%w: the record of user %s does not decode: %v", ErrAccountDamaged, id, err)
+	}
+	return u, err
+}
+
+// BlockCount counts the users user blocks.
+func (e *Engine) BlockCount(user ulid.ULID) (int, error) {
+	v := e.st.View()
+	defer v.Release()
+	n, err := count(v, keys.ID1(keys.TBlock, user))
+	return int(n), err
 }
 
 // LookupUsers resolves usernames; unknown ones are left out. At most

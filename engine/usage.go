@@ -61,7 +61,12 @@ func quotaApplies(op *model.Op, actor ulid.ULID, target *txOp, subject model.Rol
 func (e *Engine) Usage(user ulid.ULID) (int64, error) {
 	v := e.st.View()
 	defer v.Release()
-	return readUsage(v, user)
+	n, err := readUsage(v, user)
+	if corrupt(err) {
+		// ferryd check reports it, and rebuild counts it anew.
+		return 0, fmt.Errorf("%w: %v", ErrAccountDamaged, err)
+	}
+	return n, err
 }
 
 // UserQuota is Options.UserQuota, the server's quota: 0 when there is

@@ -779,3 +779,59 @@ func TestShowUser(t *testing.T) {
 		t.Errorf("show-user without --username: %v (exit %d)", err, exitCode(err))
 	}
 }
+
+// TestShowUserOfADamagedAccount: show-user tells a device whose record
+// does not decode (refused) from those signed in, shows the rest of an
+// account whose usage count does not decode, and logs nothing of what it
+// shows: a user whose record does not decode is said so on its output,
+// not as an ERROR of a client's lookup.
+func TestShowUserOfADamagedAccount(t *testing.T) {
+	dir := t.TempDir()
+	e := openForTest(t, dir, 1)
+	ctx := context.Background()
+	phone, err := e.Register(ctx, engine.NewAccount{Username: "alice", Password: "correct horse", DeviceName: "phone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Login(ctx, "alice", "correct horse", "laptop"); err != nil {
+		t.Fatal(err)
+	}
+	bob, err := e.Register(ctx, engine.NewAccount{Username: "bob", Password: "correct horse", DeviceName: "laptop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	if _, err := enginetest.GarbleDevice(vfs.Default, dir, phone.User, phone.Device); err != nil {
+		t.Fatal(err)
+	}
+	if err := enginetest.GarbleUsage(vfs.Default, dir, phone.User); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enginetest.GarbleUser(vfs.Default, dir, bob.User); err != nil {
+		t.Fatal(err)
+	}
+	show := func(name string) (string, string) {
+		t.Helper()
+		var out bytes.Buffer
+		logs := &syncBuffer{w: make(chan struct{}, 1)}
+		if err := run(context.Background(), []string{"show-user", "--data", dir, "--log-level", "warn", "--username", name}, &out, logs); err != nil {
+			t.Fatalf("show-user %s: %v\n%s", name, err, logs.String())
+		}
+		return out.String(), logs.String()
+	}
+	out, _ := show("alice")
+	for _, want := range []string{"  1 device signed in\n", `"laptop", since`,
+		"  1 device refused, their records unreadable (ferryd check reports them; ferryd revoke-devices revokes them):\n    " + phone.Device.String() + "\n",
+		"their ops hold what the store cannot read (their usage's record does not decode"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("show-user alice: no %q in\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "a device whose record the server cannot read") {
+		t.Errorf("show-user quotes the refused device's placeholder as its name:\n%s", out)
+	}
+	out, logs := show("bob")
+	if !strings.Contains(out, "their record cannot be read") || strings.Contains(logs, "left out of lookups") {
+		t.Errorf("show-user bob: %s\nlogs: %s", out, logs)
+	}
+}

@@ -1217,13 +1217,29 @@ func showUser(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer
 	default:
 		fmt.Fprintf(stdout, "user %s (id %s), display name %q\n", u.Username, u.ID, u.DisplayName)
 	}
-	noun := "devices"
-	if len(u.Devices) == 1 {
-		noun = "device"
-	}
-	fmt.Fprintf(stdout, "  %d %s signed in\n", len(u.Devices), noun)
+	var in, refused []deviceShown
 	for _, d := range u.Devices {
+		if d.Unreadable {
+			refused = append(refused, d)
+		} else {
+			in = append(in, d)
+		}
+	}
+	devices := func(n int) string {
+		if n == 1 {
+			return "1 device"
+		}
+		return fmt.Sprintf("%d devices", n)
+	}
+	fmt.Fprintf(stdout, "  %s signed in\n", devices(len(in)))
+	for _, d := range in {
 		fmt.Fprintf(stdout, "    %s  %q, since %s\n", d.ID, d.Name, d.Created.UTC().Format("2006-01-02 15:04 UTC"))
+	}
+	if len(refused) > 0 {
+		fmt.Fprintf(stdout, "  %s refused, their records unreadable (ferryd check reports them; ferryd revoke-devices revokes them):\n", devices(len(refused)))
+		for _, d := range refused {
+			fmt.Fprintf(stdout, "    %s\n", d.ID)
+		}
 	}
 	var quota string
 	switch {
@@ -1238,7 +1254,11 @@ func showUser(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer
 	default:
 		quota = "the server's quota, " + units.Bytes(u.Quota)
 	}
-	fmt.Fprintf(stdout, "  their ops hold %s; %s\n", units.Bytes(u.Usage), quota)
+	held := units.Bytes(u.Usage)
+	if u.UsageUnreadable {
+		held = "what the store cannot read (their usage's record does not decode: ferryd check reports it, ferryd rebuild counts it anew)"
+	}
+	fmt.Fprintf(stdout, "  their ops hold %s; %s\n", held, quota)
 	users := "users"
 	if u.Blocks == 1 {
 		users = "user"
@@ -1258,15 +1278,18 @@ type userShown struct {
 	DisplayName string        `json:"display_name"`
 	Devices     []deviceShown `json:"devices"`
 	Usage       int64         `json:"usage"`
-	Quota       int64         `json:"quota"`
-	OwnQuota    bool          `json:"own_quota"`
-	Blocks      int           `json:"blocks"`
+	// UsageUnreadable: their usage's record does not decode.
+	UsageUnreadable bool  `json:"usage_unreadable"`
+	Quota           int64 `json:"quota"`
+	OwnQuota        bool  `json:"own_quota"`
+	Blocks          int   `json:"blocks"`
 }
 
 type deviceShown struct {
-	ID      string    `json:"id"`
-	Name    string    `json:"name"`
-	Created time.Time `json:"created"`
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	Created    time.Time `json:"created"`
+	Unreadable bool      `json:"unreadable"` // its record does not decode: refused
 }
 
 func showUserIn(_ context.Context, st store, req struct {
@@ -1282,28 +1305,31 @@ func showUserIn(_ context.Context, st store, req struct {
 	}
 	name, _ := engine.NormalizeUsername(req.Username)
 	u := userShown{ID: id.String(), Username: name}
-	a := engine.Actor{User: id} // the operator: no device of the user's
-	if found, err := st.eng.LookupUsers(a, []string{name}); err != nil {
-		return userShown{}, err
-	} else if len(found) == 1 && found[0].ID == id {
-		u.Readable, u.DisplayName = true, found[0].DisplayName
+	// What a record that does not decode stops is said, not logged: the
+	// operator reads it here.
+	switch found, err := st.eng.UserForOperator(id); {
+	case err == nil:
+		u.Readable, u.DisplayName = true, found.DisplayName
+	case !errors.Is(err, engine.ErrAccountDamaged) && !errors.Is(err, engine.ErrNotFound):
+		return userShown{}, fmt.Errorf("show-user: %w", err)
 	}
-	devs, err := st.eng.Devices(a)
+	devs, err := st.eng.Devices(engine.Actor{User: id}) // the operator: no device of the user's
 	if err != nil {
-		return userShown{}, err
+		return userShown{}, fmt.Errorf("show-user: %w", err)
 	}
 	for _, d := range devs {
-		u.Devices = append(u.Devices, deviceShown{ID: d.ID.String(), Name: d.Name, Created: d.Created})
+		u.Devices = append(u.Devices, deviceShown{ID: d.ID.String(), Name: d.Name, Created: d.Created, Unreadable: d.Unreadable})
 	}
-	if u.Usage, err = st.eng.Usage(id); err != nil {
-		return userShown{}, err
+	switch u.Usage, err = st.eng.Usage(id); {
+	case errors.Is(err, engine.ErrAccountDamaged):
+		u.UsageUnreadable = true
+	case err != nil:
+		return userShown{}, fmt.Errorf("show-user: %w", err)
 	}
 	u.Quota, u.OwnQuota = st.eng.OwnQuota(id)
-	blocked, err := st.eng.Blocked(a)
-	if err != nil {
-		return userShown{}, err
+	if u.Blocks, err = st.eng.BlockCount(id); err != nil {
+		return userShown{}, fmt.Errorf("show-user: %w", err)
 	}
-	u.Blocks = len(blocked)
 	return u, nil
 }
 

@@ -31,6 +31,21 @@ func GarbleUser(fs vfs.FS, dir string, user ulid.ULID) (restore func() error, er
 	return garble(fs, dir, keys.ID1(keys.TUser, user))
 }
 
+// GarbleDevice is GarbleMember for user's device's record: the device is
+// refused as if revoked.
+func GarbleDevice(fs vfs.FS, dir string, user, device ulid.ULID) (restore func() error, err error) {
+	return garble(fs, dir, keys.ID2(keys.TDevice, user, device))
+}
+
+// GarbleUsage sets user's usage count, in the closed store at dir on fs,
+// to bytes that do not decode.
+func GarbleUsage(fs vfs.FS, dir string, user ulid.ULID) error {
+	return rewrite(fs, dir, func(_ *store.View, b *store.Batch) error {
+		b.Set(keys.ID1(keys.TUsage, user), []byte{0xff, 0xff, 0xff})
+		return nil
+	})
+}
+
 func garble(fs vfs.FS, dir string, key []byte) (restore func() error, err error) {
 	var was []byte
 	err = rewrite(fs, dir, func(v *store.View, b *store.Batch) error {
