@@ -772,6 +772,9 @@ func TokenKey(token string) []byte { return keys.Token(sha256.Sum256([]byte(toke
 func IDRecord(id ulid.ULID) []byte { return record.AppendID(nil, id) }
 
 // UserKey is the key of user's record.
+// UsageKey is the key of user's usage count.
+func UsageKey(user ulid.ULID) []byte { return keys.ID1(keys.TUsage, user) }
+
 // QuotaKey is the key of user's quota record.
 func QuotaKey(user ulid.ULID) []byte { return keys.ID1(keys.TQuota, user) }
 

@@ -227,3 +227,40 @@ func TestSetQuotaOfAUserWithoutRecord(t *testing.T) {
 		t.Errorf("check had %d problems, has %d: %q", len(before.Problems), len(after.Problems), after.Problems)
 	}
 }
+
+// TestDamagedUsageStopsNoOne: a user's usage count that does not decode
+// fails neither the store (it did: the writer stopped at their next op,
+// and again after each restart) nor their ops: the count starts again
+// from 0, written by their next op; check reports it, and rebuild counts
+// it from their ops.
+func TestDamagedUsageStopsNoOne(t *testing.T) {
+	o := enginetest.Options(t, 25)
+	o.UserQuota = 1 << 20
+	e := enginetest.Open(t, o)
+	alice := enginetest.Register(t, e, "alice")
+	bob := enginetest.Register(t, e, "bob")
+	conv := alice.Create("c", bob)
+	alice.Send(conv, "before")
+	closeDamaged(t, e, o, setKey(engine.UsageKey(alice.Actor.User), []byte{0xff, 0xff, 0xff}))
+	e = enginetest.Open(t, o, alice, bob)
+	if _, err := e.Usage(alice.Actor.User); !errors.Is(err, engine.ErrAccountDamaged) {
+		t.Errorf("the usage of a count that does not decode: %v; want ErrAccountDamaged", err)
+	}
+	alice.Send(conv, "after") // fails the test if refused
+	bob.Send(conv, "and bob")
+	if err := e.Failed(); err != nil {
+		t.Fatalf("the store failed on a user's usage count: %v", err)
+	}
+	if rep, err := e.Check(); err != nil || rep.Err() == nil {
+		t.Errorf("check of a usage counted from 0: %v, %v; want it reported", rep.Err(), err)
+	}
+	e.Close()
+	rep, err := engine.Rebuild("db", o)
+	if err != nil || rep.Check.Err() != nil {
+		t.Fatalf("rebuild: %v, %v", err, rep.Check.Err())
+	}
+	e = enginetest.Open(t, o, alice, bob)
+	if n, err := e.Usage(alice.Actor.User); err != nil || n < 2*engine.UsagePerOp {
+		t.Errorf("alice's usage after rebuild: %d, %v; want all her ops counted", n, err)
+	}
+}

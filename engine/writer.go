@@ -505,9 +505,18 @@ func (tx *txn) usageOf(user ulid.ULID) *txUsage {
 		u.n = n
 	} else {
 		n, err := readUsage(tx.v, user)
-		if err != nil {
+		switch {
+		case corrupt(err):
+			// One user's count stops no one: it starts again from 0,
+			// written by their next op, until ferryd rebuild counts it
+			// from their ops (check reports it meanwhile), their quota
+			// holding them to more room than it should.
+			tx.e.accountDamaged("the user's usage counts again from 0, their quota holding them to more than it should", err, "user", user)
+			n = 0
+			tx.w.usage.put(user, n)
+		case err != nil:
 			tx.fail(err)
-		} else {
+		default:
 			tx.w.usage.put(user, n)
 		}
 		u.n = n
