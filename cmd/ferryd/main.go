@@ -40,6 +40,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/oklog/ulid/v2"
+
 	"github.com/ferrysync/ferry/engine"
 	"github.com/ferrysync/ferry/internal/units"
 	"github.com/ferrysync/ferry/internal/webui"
@@ -1100,6 +1102,21 @@ func revokeDevices(ctx context.Context, c *config, log *slog.Logger, stdout io.W
 	return nil
 }
 
+// namedUser finds the user a tool names by their username's record
+// alone: their own may not decode. It returns their id and their username
+// in lower case.
+func namedUser(st store, tool, username string) (ulid.ULID, string, error) {
+	id, err := st.eng.UserNamed(username)
+	if errors.Is(err, engine.ErrNotFound) {
+		return ulid.ULID{}, "", fmt.Errorf("%s: no user %q", tool, username)
+	}
+	if err != nil {
+		return ulid.ULID{}, "", fmt.Errorf("%s: %w", tool, err)
+	}
+	name, _ := engine.NormalizeUsername(username)
+	return id, name, nil
+}
+
 // revoked is what revoke-devices did.
 type revoked struct {
 	Username string `json:"username"`
@@ -1109,16 +1126,12 @@ type revoked struct {
 func revokeDevicesIn(ctx context.Context, st store, req struct {
 	Username string `json:"username"`
 }) (revoked, error) {
-	// The user's id from their username's record alone: their own record
-	// may not decode (their devices signed in still work).
-	id, err := st.eng.UserNamed(req.Username)
-	if errors.Is(err, engine.ErrNotFound) {
-		return revoked{}, fmt.Errorf("revoke-devices: no user %q", req.Username)
-	}
+	// Their devices signed in still work when their own record does not
+	// decode.
+	id, name, err := namedUser(st, "revoke-devices", req.Username)
 	if err != nil {
-		return revoked{}, fmt.Errorf("revoke-devices: %w", err)
+		return revoked{}, err
 	}
-	name, _ := engine.NormalizeUsername(req.Username)
 	a := engine.Actor{User: id} // the operator: no device of the user's
 	devs, err := st.eng.Devices(a)
 	if err != nil {
@@ -1295,15 +1308,10 @@ type deviceShown struct {
 func showUserIn(_ context.Context, st store, req struct {
 	Username string `json:"username"`
 }) (userShown, error) {
-	// By their username's record alone: their own may not decode.
-	id, err := st.eng.UserNamed(req.Username)
-	if errors.Is(err, engine.ErrNotFound) {
-		return userShown{}, fmt.Errorf("show-user: no user %q", req.Username)
-	}
+	id, name, err := namedUser(st, "show-user", req.Username)
 	if err != nil {
-		return userShown{}, fmt.Errorf("show-user: %w", err)
+		return userShown{}, err
 	}
-	name, _ := engine.NormalizeUsername(req.Username)
 	u := userShown{ID: id.String(), Username: name}
 	// What a record that does not decode stops is said, not logged: the
 	// operator reads it here.
