@@ -108,6 +108,22 @@ func (h *syncHold) release() { close(h.gate) }
 // again makes the hold ready for another during, after a release.
 func (h *syncHold) again() { h.gate = make(chan struct{}) }
 
+// inOneGroup runs calls in the commit group after held's (a write whose
+// sync the hold keeps), each queued after the one before, and returns once
+// all have returned, the hold ready for another group.
+func (h *syncHold) inOneGroup(e *engine.Engine, held func(), calls ...func()) {
+	done := h.during(held)
+	var wg sync.WaitGroup
+	for i, call := range calls {
+		wg.Go(call)
+		awaitQueued(e, i+1)
+	}
+	h.release()
+	wg.Wait()
+	<-done
+	h.again()
+}
+
 // awaitQueued waits, without sleeping, until n write requests wait for
 // the writer.
 func awaitQueued(e *engine.Engine, n int) {
@@ -166,9 +182,7 @@ func TestPasswordChangeAndLoginInOneGroup(t *testing.T) {
 			e := enginetest.New(t, func(o *engine.Options) { o.FS = hold.fs() })
 			alice := enginetest.Register(t, e, "alice")
 			conv := alice.Create("c")
-			done := hold.during(func() { alice.Send(conv, "held") })
 			var (
-				wg        sync.WaitGroup
 				loginErr  error
 				creds     engine.Credentials
 				changeErr error
@@ -181,13 +195,7 @@ func TestPasswordChangeAndLoginInOneGroup(t *testing.T) {
 			if loginFirst {
 				first, second = login, change
 			}
-			wg.Go(first)
-			awaitQueued(e, 1)
-			wg.Go(second)
-			awaitQueued(e, 2)
-			hold.release()
-			wg.Wait()
-			<-done
+			hold.inOneGroup(e, func() { alice.Send(conv, "held") }, first, second)
 			if loginFirst {
 				if loginErr != nil || !errors.Is(changeErr, engine.ErrPrecondition) {
 					t.Fatalf("login %v, change %v; want the login in, the change asked to go again", loginErr, changeErr)
@@ -214,18 +222,11 @@ func TestLoginAfterARefusedChangeInOneGroup(t *testing.T) {
 	e := enginetest.New(t, func(o *engine.Options) { o.FS = hold.fs() })
 	alice := enginetest.Register(t, e, "alice")
 	conv := alice.Create("c")
-	done := hold.during(func() { alice.Send(conv, "held") })
-	var wg sync.WaitGroup
 	var login1, login2, change error
-	wg.Go(func() { _, login1 = e.Login(ctx, "alice", "correct horse", "one") })
-	awaitQueued(e, 1)
-	wg.Go(func() { _, change = e.ChangePassword(ctx, alice.Actor, "correct horse", "battery staple", true) })
-	awaitQueued(e, 2)
-	wg.Go(func() { _, login2 = e.Login(ctx, "alice", "correct horse", "two") })
-	awaitQueued(e, 3)
-	hold.release()
-	wg.Wait()
-	<-done
+	hold.inOneGroup(e, func() { alice.Send(conv, "held") },
+		func() { _, login1 = e.Login(ctx, "alice", "correct horse", "one") },
+		func() { _, change = e.ChangePassword(ctx, alice.Actor, "correct horse", "battery staple", true) },
+		func() { _, login2 = e.Login(ctx, "alice", "correct horse", "two") })
 	if login1 != nil || !errors.Is(change, engine.ErrPrecondition) || login2 != nil {
 		t.Fatalf("login %v, change %v, login %v; want both logins in, the change asked to go again", login1, change, login2)
 	}
@@ -243,17 +244,7 @@ func TestBlocksInOneGroup(t *testing.T) {
 	conv := alice.Create("c")
 	other := alice.Create("held")
 	inGroup := func(first, second func()) {
-		t.Helper()
-		done := hold.during(func() { alice.Send(other, "held") })
-		var wg sync.WaitGroup
-		wg.Go(first)
-		awaitQueued(e, 1)
-		wg.Go(second)
-		awaitQueued(e, 2)
-		hold.release()
-		wg.Wait()
-		<-done
-		hold.again()
+		hold.inOneGroup(e, func() { alice.Send(other, "held") }, first, second)
 	}
 	add := alice.Op(conv, model.Op{Kind: model.KindMemberAdd, Member: bob.Actor.User, Role: model.RoleMember})
 	var blockErr, addErr error

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/oklog/ulid/v2"
@@ -118,18 +117,12 @@ func TestQuotaSetInAGroup(t *testing.T) {
 	alice := enginetest.Register(t, e, "alice")
 	conv := alice.Create("c")
 	other := alice.Create("held")
-	done := hold.during(func() { alice.Send(other, "held") })
 	var setErr, pushErr error
 	var res []engine.AppendResult
 	op := alice.Op(conv, model.Op{Kind: model.KindMessage, Body: []byte(strings.Repeat("x", 2000)), ContentType: "text/plain"})
-	var wg sync.WaitGroup
-	wg.Go(func() { _, setErr = e.SetUserQuota(context.Background(), "alice", 5000) })
-	awaitQueued(e, 1)
-	wg.Go(func() { res, pushErr = e.Append(context.Background(), alice.Actor, []model.Op{op}) })
-	awaitQueued(e, 2)
-	hold.release()
-	wg.Wait()
-	<-done
+	hold.inOneGroup(e, func() { alice.Send(other, "held") },
+		func() { _, setErr = e.SetUserQuota(context.Background(), "alice", 5000) },
+		func() { res, pushErr = e.Append(context.Background(), alice.Actor, []model.Op{op}) })
 	if setErr != nil || pushErr != nil || res[0].Err != nil {
 		t.Fatalf("2 kB after a quota of 5 kB set in the same group: %v, %v, %+v", setErr, pushErr, res)
 	}
