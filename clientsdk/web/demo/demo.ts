@@ -153,21 +153,25 @@ class App {
     $("me").textContent = s ? s.username : "";
     this.drawStatus(this.c.status());
     if (!s) return;
-    const list = $("convs");
-    list.replaceChildren(
-      ...this.c.conversations().map((conv) => {
-        const row = el("div", { class: `conv${conv.id === this.open ? " open" : ""}`, "data-conv": conv.id });
-        const text = el("div");
-        text.append(el("div", { class: "title" }, conv.title || "(untitled)"), el("div", { class: "last" }, conv.lastMessage?.text ?? ""));
-        row.append(text);
-        if (conv.unread > 0) row.append(el("span", { class: "unread" }, String(conv.unread)));
-        row.addEventListener("click", () => {
-          if (this.open !== conv.id) this.shown = pageSize;
-          this.open = conv.id;
-          this.render();
-        });
-        return row;
-      }),
+    drawRows(
+      $("convs"),
+      this.c.conversations().map((conv) => ({
+        key: conv.id,
+        sig: JSON.stringify([conv.id === this.open, conv.title, conv.lastMessage?.text, conv.unread]),
+        build: () => {
+          const row = el("div", { class: `conv${conv.id === this.open ? " open" : ""}`, "data-conv": conv.id });
+          const text = el("div");
+          text.append(el("div", { class: "title" }, conv.title || "(untitled)"), el("div", { class: "last" }, conv.lastMessage?.text ?? ""));
+          row.append(text);
+          if (conv.unread > 0) row.append(el("span", { class: "unread" }, String(conv.unread)));
+          row.addEventListener("click", () => {
+            if (this.open !== conv.id) this.shown = pageSize;
+            this.open = conv.id;
+            this.render();
+          });
+          return row;
+        },
+      })),
     );
     if (this.open) {
       this.drawHead(this.open);
@@ -175,10 +179,14 @@ class App {
       const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
       // The newest messages: a long conversation draws what is shown.
       const page = this.c.page(this.open, { limit: this.shown });
-      const top = page.more
-        ? [button("show older messages", () => { this.shown += pageSize; this.render(); })]
-        : page.olderLoading ? [el("div", { class: "older" }, "older messages loading…")] : [];
-      box.replaceChildren(...top, ...page.messages.map((m) => this.message(m)));
+      const top: Row[] = page.more
+        ? [{ key: "older", sig: "", build: () => button("show older messages", () => { this.shown += pageSize; this.render(); }) }]
+        : page.olderLoading ? [{ key: "loading", sig: "", build: () => el("div", { class: "older" }, "older messages loading…") }] : [];
+      const me = this.c.session?.userId;
+      drawRows(box, [
+        ...top,
+        ...page.messages.map((m) => ({ key: `${m.convId} ${m.id}`, sig: JSON.stringify([me, m]), build: () => this.message(m) })),
+      ]);
       if (atBottom) box.scrollTop = box.scrollHeight;
       this.markRead();
     }
@@ -212,12 +220,17 @@ class App {
       : (members ?? []).map((m) => (m.role === "member" ? m.username : `${m.username} (${m.role})`)).join(", ");
     $("addmember").classList.toggle("hidden", !conv || conv.removed || role === "member");
     $("leave").classList.toggle("hidden", !conv || conv.removed || this.leaving.has(convId));
-    $("convfailed").replaceChildren(
-      ...failed.map((f) => {
-        const line = el("div", { class: "failed" }, `⚠ ${opNames[f.kind] ?? f.kind} refused: ${f.error} `);
-        line.append(button("dismiss", () => this.c.dismissFailed(f.opId)));
-        return line;
-      }),
+    drawRows(
+      $("convfailed"),
+      failed.map((f) => ({
+        key: f.opId,
+        sig: JSON.stringify([f.kind, f.error]),
+        build: () => {
+          const line = el("div", { class: "failed" }, `⚠ ${opNames[f.kind] ?? f.kind} refused: ${f.error} `);
+          line.append(button("dismiss", () => this.c.dismissFailed(f.opId)));
+          return line;
+        },
+      })),
     );
   }
 
@@ -272,6 +285,31 @@ class App {
     }
     return div;
   }
+}
+
+// A row of a list drawRows draws: its node is built again only when its
+// sig (what the node shows, and what its buttons act on) changed.
+type Row = { key: string; sig: string; build: () => HTMLElement };
+
+const drawn = new WeakMap<HTMLElement, Map<string, { sig: string; node: HTMLElement }>>();
+
+// drawRows draws a list, keeping the node of each row that did not change
+// and touching the list only when its nodes did. The page draws again for
+// every op that arrives: a list drawn anew each time would replace the
+// node under a click between its mouse-down and its mouse-up, and the
+// click would be lost.
+function drawRows(list: HTMLElement, rows: Row[]): void {
+  const before = drawn.get(list) ?? new Map<string, { sig: string; node: HTMLElement }>();
+  const now = new Map<string, { sig: string; node: HTMLElement }>();
+  const nodes = rows.map((r) => {
+    const had = before.get(r.key);
+    const row = had && had.sig === r.sig ? had : { sig: r.sig, node: r.build() };
+    now.set(r.key, row);
+    return row.node;
+  });
+  drawn.set(list, now);
+  const same = nodes.length === list.children.length && nodes.every((n, i) => list.children[i] === n);
+  if (!same) list.replaceChildren(...nodes);
 }
 
 function el(tag: string, attrs: Record<string, string> = {}, text?: string): HTMLElement {

@@ -186,7 +186,13 @@ test("two browsers and a Go device chat; an offline browser catches up once, in 
   await alice.waitForSelector("#convfailed .failed");
   assert.match(await alice.$eval("#convfailed .failed", (e) => e.textContent ?? ""), /leave or removal refused: .*last owner/);
   await shot(alice, "10-last-owner-refused");
-  await alice.click("#convfailed .failed button");
+  // The page draws again between the dismiss's mouse-down and mouse-up
+  // (for her own message, sent then): the click still lands.
+  await alice.hover("#convfailed .failed button");
+  await alice.mouse.down();
+  await alice.evaluate((c) => (globalThis as any).ferry.send(c, "sent while dismissing"), conv);
+  await alice.waitForFunction(() => [...document.querySelectorAll("#messages .msg .text")].some((e) => e.textContent === "sent while dismissing"));
+  await alice.mouse.up();
   await alice.waitForSelector("#convfailed .failed", { state: "detached" });
   assert.equal(await alice.isVisible("#leave"), true, "Leave stays hidden after its refusal");
 });
