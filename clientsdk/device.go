@@ -841,6 +841,65 @@ func (d *Device) ChangePassword(ctx context.Context, current, next string, signO
 	return int(resp.GetDevicesSignedOut()), nil
 }
 
+// SetDisplayName sets the user's display name, as the members of their
+// conversations see it: in the next member list or lookup their devices
+// ask the server for (Members, LookupUser), nothing pushed to them. Empty
+// sets it back to the username. The server refuses a name longer than
+// 64 bytes or with control characters (connect.CodeInvalidArgument).
+func (d *Device) SetDisplayName(ctx context.Context, name string) (User, error) {
+	acc, _, _, err := d.authedClients()
+	if err != nil {
+		return User{}, err
+	}
+	resp, err := acc.SetDisplayName(ctx, &ferryv1.SetDisplayNameRequest{DisplayName: name})
+	if err != nil {
+		return User{}, fmt.Errorf("ferry: set display name: %w", err)
+	}
+	u := resp.GetUser()
+	id, err := ulid.ParseStrict(u.GetId())
+	if err != nil {
+		return User{}, fmt.Errorf("ferry: server sent user id %q: %w", u.GetId(), err)
+	}
+	// This device shows the name at once: in the conversations it holds
+	// the members of.
+	d.mu.Lock()
+	if !d.closed {
+		var evs []Event
+		b := d.db.NewBatch()
+		if d.rememberUserLocked(b, id, u.GetUsername(), u.GetDisplayName()) {
+			for conv, list := range d.members {
+				if hasAny(list, map[string]bool{u.GetId(): true}) {
+					evs = append(evs, ConversationChanged{Conv: conv})
+				}
+			}
+		}
+		if err := d.db.Commit(b); err != nil {
+			d.log.Warn("remember user", "err", err)
+		}
+		d.emit(evs...)
+	}
+	d.mu.Unlock()
+	return User{ID: id, Username: u.GetUsername(), DisplayName: u.GetDisplayName()}, nil
+}
+
+// RenameDevice renames one of the user's devices, this one too, as
+// Devices lists them. Empty names it "unnamed device". The server refuses
+// a name longer than 64 bytes or with control characters
+// (connect.CodeInvalidArgument), and a device that is not the user's or
+// was revoked (connect.CodeNotFound).
+func (d *Device) RenameDevice(ctx context.Context, id ulid.ULID, name string) (DeviceInfo, error) {
+	acc, _, _, err := d.authedClients()
+	if err != nil {
+		return DeviceInfo{}, err
+	}
+	resp, err := acc.RenameDevice(ctx, &ferryv1.RenameDeviceRequest{DeviceId: id.String(), Name: name})
+	if err != nil {
+		return DeviceInfo{}, fmt.Errorf("ferry: rename device %s: %w", id, err)
+	}
+	dv := resp.GetDevice()
+	return DeviceInfo{ID: id, Name: dv.GetName(), Current: dv.GetCurrent()}, nil
+}
+
 // User is another user's public profile.
 type User struct {
 	ID          ulid.ULID

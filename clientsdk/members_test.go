@@ -3,11 +3,13 @@ package clientsdk_test
 import (
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect/v2"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/ferrysync/ferry/clientsdk"
@@ -262,5 +264,71 @@ func TestASwapOfMembersIsFetched(t *testing.T) {
 	sync(dave, bob)
 	if got := authors(t, bob, conv); len(got) != 2 || got[1] != "dave" {
 		t.Fatalf("bob's authors after carol left and dave came: %q; want dave named", got)
+	}
+}
+
+// TestDisplayNameAndDeviceNames: a user's new display name is what the
+// members' list gives on each member's devices (bob's when it next asks);
+// the device that set it says so at once (ConversationChanged) for the
+// conversations whose members it holds. A device renamed is listed so;
+// a name out of bounds is the server's invalid_argument.
+func TestDisplayNameAndDeviceNames(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	bob := device(t, srv, "bob", false)
+	bobAcc, err := bob.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv, err := alice.CreateConversation(ctx, "room", bobAcc.User)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Members(ctx, conv); err != nil {
+		t.Fatal(err)
+	}
+	sub := alice.Subscribe(16)
+	defer sub.Close()
+	u, err := alice.SetDisplayName(ctx, "Alice Liddell")
+	if err != nil || u.DisplayName != "Alice Liddell" || u.Username != "alice" {
+		t.Fatalf("set: %+v, %v", u, err)
+	}
+	select {
+	case ev := <-sub.C():
+		if c, ok := ev.(clientsdk.ConversationChanged); !ok || c.Conv != conv {
+			t.Errorf("event %#v; want ConversationChanged for the room", ev)
+		}
+	default:
+		t.Error("no event for the room, whose members show the name")
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := bob.Members(ctx, conv)
+	if err != nil || !slices.ContainsFunc(ms, func(m clientsdk.Member) bool {
+		return m.User.Username == "alice" && m.User.DisplayName == "Alice Liddell"
+	}) {
+		t.Errorf("the members bob is shown: %+v, %v; want alice's new name", ms, err)
+	}
+	if _, err := alice.SetDisplayName(ctx, "line\nbreak"); connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Errorf("a name with a newline: %v; want invalid_argument", err)
+	}
+
+	acc, err := alice.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := alice.RenameDevice(ctx, acc.Device, "work laptop"); err != nil || d.Name != "work laptop" || !d.Current {
+		t.Fatalf("rename: %+v, %v", d, err)
+	}
+	ds, err := alice.Devices(ctx)
+	if err != nil || len(ds) != 1 || ds[0].Name != "work laptop" {
+		t.Errorf("her devices: %+v, %v", ds, err)
+	}
+	if _, err := alice.RenameDevice(ctx, bobAcc.Device, "mine"); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("rename bob's device: %v; want not_found", err)
 	}
 }

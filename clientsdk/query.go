@@ -736,12 +736,17 @@ func (d *Device) fetchMembers(ctx context.Context, conv ulid.ULID) error {
 	// names.
 	var evs []Event
 	for id, list := range d.members {
-		if id == conv && (!had || !slices.Equal(old, ms)) || len(renamed) > 0 && slices.ContainsFunc(list, func(m memberRecord) bool { return renamed[m.User] }) {
+		if id == conv && (!had || !slices.Equal(old, ms)) || hasAny(list, renamed) {
 			evs = append(evs, ConversationChanged{Conv: id})
 		}
 	}
 	d.emit(evs...)
 	return nil
+}
+
+// hasAny reports whether members has one of users.
+func hasAny(members []memberRecord, users map[string]bool) bool {
+	return len(users) > 0 && slices.ContainsFunc(members, func(m memberRecord) bool { return users[m.User] })
 }
 
 // Pending is an op waiting in the outbox.

@@ -29,6 +29,9 @@ const (
 	MaxLookup      = 100
 )
 
+// unnamedDevice names a device signed in, or renamed, without a name.
+const unnamedDevice = "unnamed device"
+
 // tokenPrefix starts every device token, so that a leaked token is easy to
 // recognise (and to scan for) and a token of another kind is refused early.
 const tokenPrefix = "fy1_"
@@ -38,7 +41,7 @@ type NewAccount struct {
 	Username    string
 	Password    string
 	DisplayName string // default: the username
-	DeviceName  string // default: "unnamed device"
+	DeviceName  string // default: unnamedDevice
 }
 
 // Credentials are what a device keeps to act as itself. The token is shown
@@ -362,7 +365,7 @@ func userByID(v *store.View, id ulid.ULID) (User, record.User, error) {
 
 func (e *Engine) newDevice(user User, name string) (Credentials, record.Device) {
 	if name == "" {
-		name = "unnamed device"
+		name = unnamedDevice
 	}
 	secret := make([]byte, 32)
 	e.randomBytes(secret)
@@ -697,11 +700,7 @@ func (e *Engine) setPassword(ctx context.Context, user ulid.ULID, was, hash stri
 	var changed, revoked bool
 	err := e.write(ctx, 1, func(tx *txn) {
 		k := keys.ID1(keys.TUser, user)
-		raw, err := tx.v.Get(k)
-		var rec record.User
-		if err == nil {
-			rec, err = record.DecodeUser(raw)
-		}
+		rec, err := tx.userRecord(user)
 		if errors.Is(err, store.ErrNotFound) || corrupt(err) {
 			changed = true // read fine before the write: so not as it was
 			return
@@ -721,7 +720,7 @@ func (e *Engine) setPassword(ctx context.Context, user ulid.ULID, was, hash stri
 		}
 		tx.claimed(string(k)) // a login later in the group checked the old password
 		rec.PasswordHash = hash
-		tx.b.Set(k, record.AppendUser(nil, &rec))
+		tx.putUser(user, rec)
 		if !signOutOthers {
 			return
 		}

@@ -469,16 +469,17 @@ type txn struct {
 	userFeed  map[idPair]bool // (user, conv): move the user's own feed entry
 	userFeedO []idPair
 	ufeedIdx  map[idPair]uint64
-	wake      map[ulid.ULID]struct{}  // the users to wake (wakeUser)
-	moves     []idPair                // (user, conversation) feed entries moved to pos
-	claims    map[string]bool         // unique keys (usernames) claimed by this group
-	added     map[ulid.ULID]int       // devices this group added, by user: the view does not hold them
-	usage     map[ulid.ULID]*txUsage  // users' usage, as of this group's writes (usageOf)
-	revoked   map[ulid.ULID]ulid.ULID // devices revoked by this group, to their users
-	blockSet  map[idPair]bool         // (user, by) blocks set (true) or lifted (false) by this group
-	blockAdds map[ulid.ULID]int       // blocks this group added, by user: the view does not hold them
-	quotaSets map[ulid.ULID]int64     // quotas this group set (SetUserQuota), by user
-	pos       uint64                  // the feed position this group's changes get; 0 if none
+	wake      map[ulid.ULID]struct{}    // the users to wake (wakeUser)
+	moves     []idPair                  // (user, conversation) feed entries moved to pos
+	claims    map[string]bool           // unique keys (usernames) claimed by this group
+	users     map[ulid.ULID]record.User // user records this group wrote (userRecord)
+	added     map[ulid.ULID]int         // devices this group added, by user: the view does not hold them
+	usage     map[ulid.ULID]*txUsage    // users' usage, as of this group's writes (usageOf)
+	revoked   map[ulid.ULID]ulid.ULID   // devices revoked by this group, to their users
+	blockSet  map[idPair]bool           // (user, by) blocks set (true) or lifted (false) by this group
+	blockAdds map[ulid.ULID]int         // blocks this group added, by user: the view does not hold them
+	quotaSets map[ulid.ULID]int64       // quotas this group set (SetUserQuota), by user
+	pos       uint64                    // the feed position this group's changes get; 0 if none
 	// Conversations whose receipts start waiting, and whose waiting
 	// receipts this group's feed moves deliver: applied to the writer's
 	// receipts once the group is durable.

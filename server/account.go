@@ -87,6 +87,27 @@ func (h accountService) RevokeDevice(ctx context.Context, req *ferryv1.RevokeDev
 	return &ferryv1.RevokeDeviceResponse{}, nil
 }
 
+func (h accountService) SetDisplayName(ctx context.Context, req *ferryv1.SetDisplayNameRequest) (*ferryv1.SetDisplayNameResponse, error) {
+	u, err := h.s.eng.SetDisplayName(ctx, actorFrom(ctx), req.GetDisplayName())
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return &ferryv1.SetDisplayNameResponse{User: userToProto(u)}, nil
+}
+
+func (h accountService) RenameDevice(ctx context.Context, req *ferryv1.RenameDeviceRequest) (*ferryv1.RenameDeviceResponse, error) {
+	id, err := parseID("device_id", req.GetDeviceId())
+	if err != nil {
+		return nil, err
+	}
+	a := actorFrom(ctx)
+	d, err := h.s.eng.RenameDevice(ctx, a, id, req.GetName())
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return &ferryv1.RenameDeviceResponse{Device: deviceToProto(d, a.Device)}, nil
+}
+
 func (h accountService) LookupUsers(ctx context.Context, req *ferryv1.LookupUsersRequest) (*ferryv1.LookupUsersResponse, error) {
 	if len(req.GetUsernames()) > engine.MaxLookup {
 		return nil, connect.NewError(connect.CodeResourceExhausted, "at most 100 usernames per lookup")

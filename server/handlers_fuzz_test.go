@@ -51,6 +51,14 @@ func FuzzUnaryHandlers(f *testing.F) {
 			_, err := acc.RevokeDevice(ctx, r)
 			return err
 		}},
+		{func() proto.Message { return &ferryv1.SetDisplayNameRequest{} }, func(m proto.Message) error {
+			_, err := acc.SetDisplayName(ctx, m.(*ferryv1.SetDisplayNameRequest))
+			return err
+		}},
+		{func() proto.Message { return &ferryv1.RenameDeviceRequest{} }, func(m proto.Message) error {
+			_, err := acc.RenameDevice(ctx, m.(*ferryv1.RenameDeviceRequest))
+			return err
+		}},
 		{func() proto.Message { return &ferryv1.LookupUsersRequest{} }, func(m proto.Message) error {
 			_, err := acc.LookupUsers(ctx, m.(*ferryv1.LookupUsersRequest))
 			return err
@@ -85,6 +93,8 @@ func FuzzUnaryHandlers(f *testing.F) {
 		&ferryv1.RegisterRequest{Username: "bob", Password: "correct horse"},
 		&ferryv1.LoginRequest{Username: "alice", Password: "wrong"},
 		&ferryv1.RevokeDeviceRequest{DeviceId: ulid.Make().String()},
+		&ferryv1.SetDisplayNameRequest{DisplayName: "Alice"},
+		&ferryv1.RenameDeviceRequest{DeviceId: alice.Actor.Device.String(), Name: "phone"},
 		&ferryv1.LookupUsersRequest{Usernames: []string{"alice", "x"}},
 		&ferryv1.ListConversationsRequest{PageSize: 3, PageToken: id},
 		&ferryv1.GetConversationRequest{ConversationId: id},

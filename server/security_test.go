@@ -7,6 +7,7 @@ import (
 
 	"connectrpc.com/connect/v2"
 	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	ferryv1 "github.com/ferrysync/ferry/proto/ferry/v1"
 	"github.com/ferrysync/ferry/server/servertest"
@@ -25,6 +26,8 @@ func rpcs(c servertest.Clients, conv, device string) map[string]error {
 	_, out["BlockUser"] = c.Account.BlockUser(bg, &ferryv1.BlockUserRequest{UserId: ulid.Make().String()})
 	_, out["UnblockUser"] = c.Account.UnblockUser(bg, &ferryv1.UnblockUserRequest{UserId: ulid.Make().String()})
 	_, out["ListBlockedUsers"] = c.Account.ListBlockedUsers(bg, &ferryv1.ListBlockedUsersRequest{})
+	_, out["SetDisplayName"] = c.Account.SetDisplayName(bg, &ferryv1.SetDisplayNameRequest{DisplayName: "Mallory"})
+	_, out["RenameDevice"] = c.Account.RenameDevice(bg, &ferryv1.RenameDeviceRequest{DeviceId: device, Name: "Mallory's"})
 	_, out["ListConversations"] = c.Conversation.ListConversations(bg, &ferryv1.ListConversationsRequest{})
 	_, out["GetConversation"] = c.Conversation.GetConversation(bg, &ferryv1.GetConversationRequest{ConversationId: conv})
 	_, out["Push"] = c.Sync.Push(bg, &ferryv1.PushRequest{Batches: []*ferryv1.OpBatch{{ConversationId: conv,
@@ -65,7 +68,18 @@ func TestEveryRPCNeedsAValidToken(t *testing.T) {
 		"bad token":     srv.Clients("fy1_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
 		"garbage token": srv.Clients("hello"),
 	} {
-		for rpc, err := range rpcs(tc, conv, alice.device()) {
+		called := rpcs(tc, conv, alice.device())
+		for _, file := range []protoreflect.FileDescriptor{ferryv1.File_ferry_v1_account_proto, ferryv1.File_ferry_v1_conversation_proto, ferryv1.File_ferry_v1_sync_proto} {
+			for i := range file.Services().Len() {
+				ms := file.Services().Get(i).Methods()
+				for j := range ms.Len() {
+					if m := string(ms.Get(j).Name()); m != "Register" && m != "Login" && called[m] == nil {
+						t.Errorf("%s: %s is not called, or let in", name, m)
+					}
+				}
+			}
+		}
+		for rpc, err := range called {
 			if code(err) != connect.CodeUnauthenticated {
 				t.Errorf("%s, %s: got %v, want unauthenticated", name, rpc, err)
 			}

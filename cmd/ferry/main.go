@@ -55,6 +55,9 @@ Commands:
   login USERNAME [--device NAME]        add this profile as a device of an existing user
   logout                                revoke this device and forget its credentials
   devices [--revoke ID]                 list (or revoke) the user's devices
+  devices --rename ID --name NAME       rename one of them (this one too)
+  name [--] DISPLAY NAME..., name --reset
+                                        set the name others see you by (--reset: your username)
   passwd [--sign-out-others]            change your password (the current one, then the new one)
   block USER, unblock USER, blocked     stop (or let) a user adding you to conversations; list them
   usage                                 what the user stores on the server, and its quota
@@ -153,6 +156,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return a.devices(ctx, rest)
 	case "passwd":
 		return a.passwd(ctx, rest)
+	case "name":
+		return a.name(ctx, rest)
 	case "block", "unblock", "blocked":
 		return a.block(ctx, cmd, rest)
 	case "usage":
@@ -405,13 +410,31 @@ func (a *app) logout(ctx context.Context) error {
 }
 
 func (a *app) devices(ctx context.Context, args []string) error {
-	var revoke string
-	if _, err := flags("devices", args, a.errOut, func(fs *flag.FlagSet) {
+	var revoke, rename, name string
+	pos, err := flags("devices", args, a.errOut, func(fs *flag.FlagSet) {
 		fs.StringVar(&revoke, "revoke", "", "revoke the device with this id")
-	}); err != nil {
+		fs.StringVar(&rename, "rename", "", "rename the device with this id (to --name)")
+		fs.StringVar(&name, "name", "", "the device's new name, with --rename")
+	})
+	switch {
+	case err != nil:
 		return err
+	case len(pos) > 0 || revoke != "" && rename != "" || (rename != "") != (name != ""):
+		return errors.New("usage: ferry devices [--revoke ID | --rename ID --name NAME]")
 	}
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		if rename != "" {
+			id, err := ulid.ParseStrict(rename)
+			if err != nil {
+				return fmt.Errorf("--rename %q is not a device id", rename)
+			}
+			dv, err := d.RenameDevice(ctx, id, name)
+			if err != nil {
+				return err
+			}
+			a.print(map[string]any{"id": id.String(), "name": dv.Name}, fmt.Sprintf("device %s is named %q", id, dv.Name))
+			return nil
+		}
 		if revoke != "" {
 			id, err := ulid.ParseStrict(revoke)
 			if err != nil {
@@ -443,6 +466,30 @@ func (a *app) devices(ctx context.Context, args []string) error {
 			lines = append(lines, fmt.Sprintf("%s %s  %s", mark, dv.ID, dv.Name))
 		}
 		a.print(os, strings.Join(lines, "\n"))
+		return nil
+	})
+}
+
+// name sets the user's display name: name [--] WORDS..., or name --reset
+// for their username.
+func (a *app) name(ctx context.Context, args []string) error {
+	var reset bool
+	if len(args) > 0 && args[0] == "--" {
+		args = args[1:]
+	} else if len(args) == 1 && (args[0] == "--reset" || args[0] == "-reset") {
+		args, reset = nil, true
+	}
+	display := strings.Join(args, " ")
+	if strings.TrimSpace(display) == "" && !reset {
+		return errors.New("usage: ferry name [--] DISPLAY NAME..., or ferry name --reset for your username")
+	}
+	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
+		u, err := d.SetDisplayName(ctx, display)
+		if err != nil {
+			return err
+		}
+		a.print(map[string]any{"username": u.Username, "display_name": u.DisplayName},
+			fmt.Sprintf("%s is shown as %q", u.Username, u.DisplayName))
 		return nil
 	})
 }
@@ -717,15 +764,20 @@ func (a *app) conversation(ctx context.Context, args []string) error {
 				return err
 			}
 			type out struct {
-				ID       string `json:"user_id"`
-				Username string `json:"username"`
-				Role     string `json:"role"`
+				ID          string `json:"user_id"`
+				Username    string `json:"username"`
+				DisplayName string `json:"display_name"`
+				Role        string `json:"role"`
 			}
 			var os []out
 			var lines []string
 			for _, m := range ms {
-				os = append(os, out{ID: m.ID.String(), Username: m.Username, Role: m.Role.String()})
-				lines = append(lines, fmt.Sprintf("%-20s %s", m.Username, m.Role))
+				os = append(os, out{ID: m.ID.String(), Username: m.Username, DisplayName: m.DisplayName, Role: m.Role.String()})
+				line := fmt.Sprintf("%-20s %s", m.Username, m.Role)
+				if m.DisplayName != "" && m.DisplayName != m.Username {
+					line = fmt.Sprintf("%-20s %-6s %s", m.Username, m.Role, m.DisplayName)
+				}
+				lines = append(lines, line)
 			}
 			a.print(os, strings.Join(lines, "\n"))
 			return nil

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -739,5 +740,50 @@ func TestBlock(t *testing.T) {
 	run(alice, "sync")
 	if out := run(alice, "failed"); strings.Contains(out, "does not accept") {
 		t.Fatalf("failed after unblocking: %q", out)
+	}
+}
+
+// TestNameAndDeviceRename: ferry name sets the name the members of the
+// user's conversations see (their conversation members lists it), --reset
+// gives the username back; ferry devices --rename renames a device.
+func TestNameAndDeviceRename(t *testing.T) {
+	_, ferry, env, alice := aliceWithNotes(t)
+	bob := filepath.Join(filepath.Dir(alice), "bob")
+	run := func(profile string, args ...string) string {
+		t.Helper()
+		return testbin.Run(t, env, ferry, append([]string{"--profile", profile}, args...)...)
+	}
+	run(bob, "register", "bob")
+	run(alice, "conversation", "add", "notes", "bob")
+	run(alice, "sync")
+	if out := run(alice, "name", "Alice", "Liddell"); !strings.Contains(out, `alice is shown as "Alice Liddell"`) {
+		t.Fatalf("name: %q", out)
+	}
+	run(bob, "sync")
+	if out := run(bob, "conversation", "members", "notes"); !regexp.MustCompile(`(?m)^alice +owner +Alice Liddell$`).MatchString(out) {
+		t.Fatalf("the members bob is shown: %q; want alice's display name", out)
+	}
+	if out := run(alice, "--json", "name", "--reset"); !strings.Contains(out, `"display_name":"alice"`) {
+		t.Fatalf("name --reset: %q", out)
+	}
+	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", alice, "name"); err == nil || !strings.Contains(stderr, "usage: ferry name") {
+		t.Fatalf("name without one: %v %q", err, stderr)
+	}
+
+	var devs []struct {
+		ID      string `json:"id"`
+		Current bool   `json:"current"`
+	}
+	if err := json.Unmarshal([]byte(run(alice, "--json", "devices")), &devs); err != nil || len(devs) != 1 {
+		t.Fatalf("devices: %+v, %v", devs, err)
+	}
+	if out := run(alice, "devices", "--rename", devs[0].ID, "--name", "work laptop"); !strings.Contains(out, `is named "work laptop"`) {
+		t.Fatalf("devices --rename: %q", out)
+	}
+	if out := run(alice, "devices"); !strings.Contains(out, devs[0].ID+"  work laptop") {
+		t.Fatalf("devices after the rename: %q", out)
+	}
+	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", alice, "devices", "--rename", devs[0].ID); err == nil || !strings.Contains(stderr, "usage: ferry devices") {
+		t.Fatalf("devices --rename without --name: %v %q", err, stderr)
 	}
 }

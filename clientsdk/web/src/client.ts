@@ -7,7 +7,7 @@
 // any time, and listeners run after each change is durable.
 
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
-import { DurationSchema } from "@bufbuild/protobuf/wkt";
+import { DurationSchema, timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 
@@ -1087,6 +1087,61 @@ export class FerryClient {
       { timeoutMs: this.opts.callTimeoutMs },
     );
     return res.devicesSignedOut;
+  }
+
+  /**
+   * Sets the user's display name, as the members of their conversations
+   * see it: in the next members() their devices ask for, nothing pushed
+   * to them. Empty sets it back to the username. The server refuses a
+   * name longer than 64 bytes or with control characters
+   * (Code.InvalidArgument). This device's member lists show it at once.
+   */
+  async setDisplayName(displayName: string): Promise<{ id: string; username: string; displayName: string }> {
+    if (!this.meta.session) throw new Error("ferry: not signed in");
+    const account = this.account;
+    const { user } = await this.accounts.setDisplayName({ displayName }, { timeoutMs: this.opts.callTimeoutMs });
+    const u = { id: user!.id, username: user!.username, displayName: user!.displayName };
+    if (account === this.account) {
+      this.names.set(u.id, { username: u.username, displayName: u.displayName });
+      for (const [convId, list] of this.memberLists) {
+        const m = list.find((m) => m.userId === u.id);
+        if (m && m.displayName !== u.displayName) {
+          m.displayName = u.displayName;
+          this.emit({ kind: "conversations", convId });
+        }
+      }
+    }
+    return u;
+  }
+
+  /**
+   * The user's devices, this one said current. Asks the server.
+   */
+  async devices(): Promise<{ id: string; name: string; createdAt?: Date; current: boolean }[]> {
+    if (!this.meta.session) throw new Error("ferry: not signed in");
+    const res = await this.accounts.listDevices({}, { timeoutMs: this.opts.callTimeoutMs });
+    return res.devices.map((d) => ({ id: d.id, name: d.name, createdAt: d.createdAt && timestampDate(d.createdAt), current: d.current }));
+  }
+
+  /**
+   * Renames one of the user's devices, this one too, as devices() lists
+   * them. Empty names it "unnamed device". The server refuses a name
+   * longer than 64 bytes or with control characters
+   * (Code.InvalidArgument), and a device that is not the user's or was
+   * revoked (Code.NotFound).
+   */
+  async renameDevice(deviceId: string, name: string): Promise<void> {
+    if (!this.meta.session) throw new Error("ferry: not signed in");
+    await this.accounts.renameDevice({ deviceId, name }, { timeoutMs: this.opts.callTimeoutMs });
+  }
+
+  /**
+   * Revokes another of the user's devices: its token stops working at
+   * once, and it signs in again to sync (signOut() revokes this one).
+   */
+  async revokeDevice(deviceId: string): Promise<void> {
+    if (!this.meta.session) throw new Error("ferry: not signed in");
+    await this.accounts.revokeDevice({ deviceId }, { timeoutMs: this.opts.callTimeoutMs });
   }
 
   /**

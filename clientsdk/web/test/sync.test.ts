@@ -2266,3 +2266,34 @@ test("members() from a listener of the conversation's changes does not loop: an 
   assert.deepEqual((await bob.members(conv)).map((m) => m.username).sort(), [a, b].sort());
   assert.equal(asked - start, 3);
 });
+
+test("setDisplayName() is what the members' lists give; renameDevice() and revokeDevice() act on the user's devices", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await open();
+  const a = await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const conv = await alice.createConversation("room", [b]);
+  await bob.waitFor(() => bob.conversations().some((c) => c.id === conv));
+  await alice.waitFor(() => alice.conversations().find((c) => c.id === conv)?.head === 2);
+  await alice.members(conv);
+  let told = 0;
+  alice.on((ev) => void (ev.kind === "conversations" && ev.convId === conv && told++));
+  const me = await alice.setDisplayName("Alice Liddell");
+  assert.deepEqual({ username: me.username, displayName: me.displayName }, { username: a, displayName: "Alice Liddell" });
+  assert.equal(alice.knownMembers(conv)?.find((m) => m.username === a)?.displayName, "Alice Liddell", "her own list still shows the old name");
+  assert.equal(told, 1, "listeners were not told of the conversation whose list changed");
+  assert.equal((await bob.members(conv)).find((m) => m.username === a)?.displayName, "Alice Liddell");
+  await assert.rejects(alice.setDisplayName("x".repeat(65)),
+    (err: unknown) => ConnectError.from(err).code === Code.InvalidArgument && /longer than 64 bytes/.test(String(err)));
+
+  const phone = await otherDevice(a, "phone");
+  const phoneId = (await alice.devices()).find((d) => !d.current)!.id;
+  await alice.renameDevice(phoneId, "Alice's phone");
+  await alice.renameDevice(alice.session!.deviceId, "");
+  const names = (await alice.devices()).map((d) => `${d.name}${d.current ? " (this one)" : ""}`).sort();
+  assert.deepEqual(names, ["Alice's phone", "unnamed device (this one)"]);
+  await assert.rejects(alice.renameDevice(bob.session!.deviceId, "mine"), (err: unknown) => ConnectError.from(err).code === Code.NotFound);
+  await alice.revokeDevice(phoneId);
+  await assert.rejects(phone.accounts.getAccount({}), (err: unknown) => ConnectError.from(err).code === Code.Unauthenticated);
+  assert.deepEqual((await alice.devices()).map((d) => d.current), [true]);
+});

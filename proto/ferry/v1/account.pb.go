@@ -773,6 +773,195 @@ func (x *GetAccountResponse) GetQuotaBytes() uint64 {
 	return 0
 }
 
+// Display names are at most 64 bytes of UTF-8, with no control
+// characters.
+type SetDisplayNameRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DisplayName   string                 `protobuf:"bytes,1,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDisplayNameRequest) Reset() {
+	*x = SetDisplayNameRequest{}
+	mi := &file_ferry_v1_account_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDisplayNameRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDisplayNameRequest) ProtoMessage() {}
+
+func (x *SetDisplayNameRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDisplayNameRequest.ProtoReflect.Descriptor instead.
+func (*SetDisplayNameRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SetDisplayNameRequest) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+type SetDisplayNameResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user as others now see them.
+	User          *User `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDisplayNameResponse) Reset() {
+	*x = SetDisplayNameResponse{}
+	mi := &file_ferry_v1_account_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDisplayNameResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDisplayNameResponse) ProtoMessage() {}
+
+func (x *SetDisplayNameResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDisplayNameResponse.ProtoReflect.Descriptor instead.
+func (*SetDisplayNameResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SetDisplayNameResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type RenameDeviceRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// At most 64 bytes of UTF-8, with no control characters; empty names
+	// it "unnamed device", as a device signed in without a name.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenameDeviceRequest) Reset() {
+	*x = RenameDeviceRequest{}
+	mi := &file_ferry_v1_account_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenameDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenameDeviceRequest) ProtoMessage() {}
+
+func (x *RenameDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenameDeviceRequest.ProtoReflect.Descriptor instead.
+func (*RenameDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RenameDeviceRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *RenameDeviceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RenameDeviceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Device        *Device                `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenameDeviceResponse) Reset() {
+	*x = RenameDeviceResponse{}
+	mi := &file_ferry_v1_account_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenameDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenameDeviceResponse) ProtoMessage() {}
+
+func (x *RenameDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_account_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenameDeviceResponse.ProtoReflect.Descriptor instead.
+func (*RenameDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RenameDeviceResponse) GetDevice() *Device {
+	if x != nil {
+		return x.Device
+	}
+	return nil
+}
+
 type ListDevicesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -781,7 +970,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_ferry_v1_account_proto_msgTypes[15]
+	mi := &file_ferry_v1_account_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +982,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[15]
+	mi := &file_ferry_v1_account_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +995,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{19}
 }
 
 type ListDevicesResponse struct {
@@ -818,7 +1007,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_ferry_v1_account_proto_msgTypes[16]
+	mi := &file_ferry_v1_account_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +1019,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[16]
+	mi := &file_ferry_v1_account_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1032,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*Device {
@@ -862,7 +1051,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_ferry_v1_account_proto_msgTypes[17]
+	mi := &file_ferry_v1_account_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1063,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[17]
+	mi := &file_ferry_v1_account_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1076,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -905,7 +1094,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_ferry_v1_account_proto_msgTypes[18]
+	mi := &file_ferry_v1_account_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1106,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[18]
+	mi := &file_ferry_v1_account_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1119,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{22}
 }
 
 type LookupUsersRequest struct {
@@ -943,7 +1132,7 @@ type LookupUsersRequest struct {
 
 func (x *LookupUsersRequest) Reset() {
 	*x = LookupUsersRequest{}
-	mi := &file_ferry_v1_account_proto_msgTypes[19]
+	mi := &file_ferry_v1_account_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1144,7 @@ func (x *LookupUsersRequest) String() string {
 func (*LookupUsersRequest) ProtoMessage() {}
 
 func (x *LookupUsersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[19]
+	mi := &file_ferry_v1_account_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1157,7 @@ func (x *LookupUsersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupUsersRequest.ProtoReflect.Descriptor instead.
 func (*LookupUsersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LookupUsersRequest) GetUsernames() []string {
@@ -987,7 +1176,7 @@ type LookupUsersResponse struct {
 
 func (x *LookupUsersResponse) Reset() {
 	*x = LookupUsersResponse{}
-	mi := &file_ferry_v1_account_proto_msgTypes[20]
+	mi := &file_ferry_v1_account_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1188,7 @@ func (x *LookupUsersResponse) String() string {
 func (*LookupUsersResponse) ProtoMessage() {}
 
 func (x *LookupUsersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[20]
+	mi := &file_ferry_v1_account_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1201,7 @@ func (x *LookupUsersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupUsersResponse.ProtoReflect.Descriptor instead.
 func (*LookupUsersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LookupUsersResponse) GetUsers() []*User {
@@ -1034,7 +1223,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_ferry_v1_account_proto_msgTypes[21]
+	mi := &file_ferry_v1_account_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1046,7 +1235,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[21]
+	mi := &file_ferry_v1_account_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1059,7 +1248,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *User) GetId() string {
@@ -1097,7 +1286,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_ferry_v1_account_proto_msgTypes[22]
+	mi := &file_ferry_v1_account_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1298,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_account_proto_msgTypes[22]
+	mi := &file_ferry_v1_account_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1311,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_account_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_account_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Device) GetId() string {
@@ -1200,7 +1389,16 @@ const file_ferry_v1_account_proto_rawDesc = "" +
 	"\vusage_bytes\x18\x03 \x01(\x04R\n" +
 	"usageBytes\x12\x1f\n" +
 	"\vquota_bytes\x18\x04 \x01(\x04R\n" +
-	"quotaBytes\"\x14\n" +
+	"quotaBytes\":\n" +
+	"\x15SetDisplayNameRequest\x12!\n" +
+	"\fdisplay_name\x18\x01 \x01(\tR\vdisplayName\"<\n" +
+	"\x16SetDisplayNameResponse\x12\"\n" +
+	"\x04user\x18\x01 \x01(\v2\x0e.ferry.v1.UserR\x04user\"F\n" +
+	"\x13RenameDeviceRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"@\n" +
+	"\x14RenameDeviceResponse\x12(\n" +
+	"\x06device\x18\x01 \x01(\v2\x10.ferry.v1.DeviceR\x06device\"\x14\n" +
 	"\x12ListDevicesRequest\"A\n" +
 	"\x13ListDevicesResponse\x12*\n" +
 	"\adevices\x18\x01 \x03(\v2\x10.ferry.v1.DeviceR\adevices\"2\n" +
@@ -1220,7 +1418,7 @@ const file_ferry_v1_account_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x129\n" +
 	"\n" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x18\n" +
-	"\acurrent\x18\x04 \x01(\bR\acurrent2\xff\x05\n" +
+	"\acurrent\x18\x04 \x01(\bR\acurrent2\xa3\a\n" +
 	"\x0eAccountService\x12A\n" +
 	"\bRegister\x12\x19.ferry.v1.RegisterRequest\x1a\x1a.ferry.v1.RegisterResponse\x128\n" +
 	"\x05Login\x12\x16.ferry.v1.LoginRequest\x1a\x17.ferry.v1.LoginResponse\x12G\n" +
@@ -1232,7 +1430,9 @@ const file_ferry_v1_account_proto_rawDesc = "" +
 	"\x0eChangePassword\x12\x1f.ferry.v1.ChangePasswordRequest\x1a .ferry.v1.ChangePasswordResponse\x12D\n" +
 	"\tBlockUser\x12\x1a.ferry.v1.BlockUserRequest\x1a\x1b.ferry.v1.BlockUserResponse\x12J\n" +
 	"\vUnblockUser\x12\x1c.ferry.v1.UnblockUserRequest\x1a\x1d.ferry.v1.UnblockUserResponse\x12Y\n" +
-	"\x10ListBlockedUsers\x12!.ferry.v1.ListBlockedUsersRequest\x1a\".ferry.v1.ListBlockedUsersResponseB3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"\x10ListBlockedUsers\x12!.ferry.v1.ListBlockedUsersRequest\x1a\".ferry.v1.ListBlockedUsersResponse\x12S\n" +
+	"\x0eSetDisplayName\x12\x1f.ferry.v1.SetDisplayNameRequest\x1a .ferry.v1.SetDisplayNameResponse\x12M\n" +
+	"\fRenameDevice\x12\x1d.ferry.v1.RenameDeviceRequest\x1a\x1e.ferry.v1.RenameDeviceResponseB3Z1github.com/ferrysync/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_account_proto_rawDescOnce sync.Once
@@ -1246,7 +1446,7 @@ func file_ferry_v1_account_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_account_proto_rawDescData
 }
 
-var file_ferry_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_ferry_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_ferry_v1_account_proto_goTypes = []any{
 	(*RegisterRequest)(nil),          // 0: ferry.v1.RegisterRequest
 	(*RegisterResponse)(nil),         // 1: ferry.v1.RegisterResponse
@@ -1263,50 +1463,60 @@ var file_ferry_v1_account_proto_goTypes = []any{
 	(*ListBlockedUsersResponse)(nil), // 12: ferry.v1.ListBlockedUsersResponse
 	(*GetAccountRequest)(nil),        // 13: ferry.v1.GetAccountRequest
 	(*GetAccountResponse)(nil),       // 14: ferry.v1.GetAccountResponse
-	(*ListDevicesRequest)(nil),       // 15: ferry.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),      // 16: ferry.v1.ListDevicesResponse
-	(*RevokeDeviceRequest)(nil),      // 17: ferry.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),     // 18: ferry.v1.RevokeDeviceResponse
-	(*LookupUsersRequest)(nil),       // 19: ferry.v1.LookupUsersRequest
-	(*LookupUsersResponse)(nil),      // 20: ferry.v1.LookupUsersResponse
-	(*User)(nil),                     // 21: ferry.v1.User
-	(*Device)(nil),                   // 22: ferry.v1.Device
-	(*timestamppb.Timestamp)(nil),    // 23: google.protobuf.Timestamp
+	(*SetDisplayNameRequest)(nil),    // 15: ferry.v1.SetDisplayNameRequest
+	(*SetDisplayNameResponse)(nil),   // 16: ferry.v1.SetDisplayNameResponse
+	(*RenameDeviceRequest)(nil),      // 17: ferry.v1.RenameDeviceRequest
+	(*RenameDeviceResponse)(nil),     // 18: ferry.v1.RenameDeviceResponse
+	(*ListDevicesRequest)(nil),       // 19: ferry.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),      // 20: ferry.v1.ListDevicesResponse
+	(*RevokeDeviceRequest)(nil),      // 21: ferry.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),     // 22: ferry.v1.RevokeDeviceResponse
+	(*LookupUsersRequest)(nil),       // 23: ferry.v1.LookupUsersRequest
+	(*LookupUsersResponse)(nil),      // 24: ferry.v1.LookupUsersResponse
+	(*User)(nil),                     // 25: ferry.v1.User
+	(*Device)(nil),                   // 26: ferry.v1.Device
+	(*timestamppb.Timestamp)(nil),    // 27: google.protobuf.Timestamp
 }
 var file_ferry_v1_account_proto_depIdxs = []int32{
 	4,  // 0: ferry.v1.RegisterResponse.session:type_name -> ferry.v1.DeviceSession
 	4,  // 1: ferry.v1.LoginResponse.session:type_name -> ferry.v1.DeviceSession
-	21, // 2: ferry.v1.ListBlockedUsersResponse.users:type_name -> ferry.v1.User
-	21, // 3: ferry.v1.GetAccountResponse.user:type_name -> ferry.v1.User
-	22, // 4: ferry.v1.GetAccountResponse.device:type_name -> ferry.v1.Device
-	22, // 5: ferry.v1.ListDevicesResponse.devices:type_name -> ferry.v1.Device
-	21, // 6: ferry.v1.LookupUsersResponse.users:type_name -> ferry.v1.User
-	23, // 7: ferry.v1.Device.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 8: ferry.v1.AccountService.Register:input_type -> ferry.v1.RegisterRequest
-	2,  // 9: ferry.v1.AccountService.Login:input_type -> ferry.v1.LoginRequest
-	13, // 10: ferry.v1.AccountService.GetAccount:input_type -> ferry.v1.GetAccountRequest
-	15, // 11: ferry.v1.AccountService.ListDevices:input_type -> ferry.v1.ListDevicesRequest
-	17, // 12: ferry.v1.AccountService.RevokeDevice:input_type -> ferry.v1.RevokeDeviceRequest
-	19, // 13: ferry.v1.AccountService.LookupUsers:input_type -> ferry.v1.LookupUsersRequest
-	5,  // 14: ferry.v1.AccountService.ChangePassword:input_type -> ferry.v1.ChangePasswordRequest
-	7,  // 15: ferry.v1.AccountService.BlockUser:input_type -> ferry.v1.BlockUserRequest
-	9,  // 16: ferry.v1.AccountService.UnblockUser:input_type -> ferry.v1.UnblockUserRequest
-	11, // 17: ferry.v1.AccountService.ListBlockedUsers:input_type -> ferry.v1.ListBlockedUsersRequest
-	1,  // 18: ferry.v1.AccountService.Register:output_type -> ferry.v1.RegisterResponse
-	3,  // 19: ferry.v1.AccountService.Login:output_type -> ferry.v1.LoginResponse
-	14, // 20: ferry.v1.AccountService.GetAccount:output_type -> ferry.v1.GetAccountResponse
-	16, // 21: ferry.v1.AccountService.ListDevices:output_type -> ferry.v1.ListDevicesResponse
-	18, // 22: ferry.v1.AccountService.RevokeDevice:output_type -> ferry.v1.RevokeDeviceResponse
-	20, // 23: ferry.v1.AccountService.LookupUsers:output_type -> ferry.v1.LookupUsersResponse
-	6,  // 24: ferry.v1.AccountService.ChangePassword:output_type -> ferry.v1.ChangePasswordResponse
-	8,  // 25: ferry.v1.AccountService.BlockUser:output_type -> ferry.v1.BlockUserResponse
-	10, // 26: ferry.v1.AccountService.UnblockUser:output_type -> ferry.v1.UnblockUserResponse
-	12, // 27: ferry.v1.AccountService.ListBlockedUsers:output_type -> ferry.v1.ListBlockedUsersResponse
-	18, // [18:28] is the sub-list for method output_type
-	8,  // [8:18] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	25, // 2: ferry.v1.ListBlockedUsersResponse.users:type_name -> ferry.v1.User
+	25, // 3: ferry.v1.GetAccountResponse.user:type_name -> ferry.v1.User
+	26, // 4: ferry.v1.GetAccountResponse.device:type_name -> ferry.v1.Device
+	25, // 5: ferry.v1.SetDisplayNameResponse.user:type_name -> ferry.v1.User
+	26, // 6: ferry.v1.RenameDeviceResponse.device:type_name -> ferry.v1.Device
+	26, // 7: ferry.v1.ListDevicesResponse.devices:type_name -> ferry.v1.Device
+	25, // 8: ferry.v1.LookupUsersResponse.users:type_name -> ferry.v1.User
+	27, // 9: ferry.v1.Device.created_at:type_name -> google.protobuf.Timestamp
+	0,  // 10: ferry.v1.AccountService.Register:input_type -> ferry.v1.RegisterRequest
+	2,  // 11: ferry.v1.AccountService.Login:input_type -> ferry.v1.LoginRequest
+	13, // 12: ferry.v1.AccountService.GetAccount:input_type -> ferry.v1.GetAccountRequest
+	19, // 13: ferry.v1.AccountService.ListDevices:input_type -> ferry.v1.ListDevicesRequest
+	21, // 14: ferry.v1.AccountService.RevokeDevice:input_type -> ferry.v1.RevokeDeviceRequest
+	23, // 15: ferry.v1.AccountService.LookupUsers:input_type -> ferry.v1.LookupUsersRequest
+	5,  // 16: ferry.v1.AccountService.ChangePassword:input_type -> ferry.v1.ChangePasswordRequest
+	7,  // 17: ferry.v1.AccountService.BlockUser:input_type -> ferry.v1.BlockUserRequest
+	9,  // 18: ferry.v1.AccountService.UnblockUser:input_type -> ferry.v1.UnblockUserRequest
+	11, // 19: ferry.v1.AccountService.ListBlockedUsers:input_type -> ferry.v1.ListBlockedUsersRequest
+	15, // 20: ferry.v1.AccountService.SetDisplayName:input_type -> ferry.v1.SetDisplayNameRequest
+	17, // 21: ferry.v1.AccountService.RenameDevice:input_type -> ferry.v1.RenameDeviceRequest
+	1,  // 22: ferry.v1.AccountService.Register:output_type -> ferry.v1.RegisterResponse
+	3,  // 23: ferry.v1.AccountService.Login:output_type -> ferry.v1.LoginResponse
+	14, // 24: ferry.v1.AccountService.GetAccount:output_type -> ferry.v1.GetAccountResponse
+	20, // 25: ferry.v1.AccountService.ListDevices:output_type -> ferry.v1.ListDevicesResponse
+	22, // 26: ferry.v1.AccountService.RevokeDevice:output_type -> ferry.v1.RevokeDeviceResponse
+	24, // 27: ferry.v1.AccountService.LookupUsers:output_type -> ferry.v1.LookupUsersResponse
+	6,  // 28: ferry.v1.AccountService.ChangePassword:output_type -> ferry.v1.ChangePasswordResponse
+	8,  // 29: ferry.v1.AccountService.BlockUser:output_type -> ferry.v1.BlockUserResponse
+	10, // 30: ferry.v1.AccountService.UnblockUser:output_type -> ferry.v1.UnblockUserResponse
+	12, // 31: ferry.v1.AccountService.ListBlockedUsers:output_type -> ferry.v1.ListBlockedUsersResponse
+	16, // 32: ferry.v1.AccountService.SetDisplayName:output_type -> ferry.v1.SetDisplayNameResponse
+	18, // 33: ferry.v1.AccountService.RenameDevice:output_type -> ferry.v1.RenameDeviceResponse
+	22, // [22:34] is the sub-list for method output_type
+	10, // [10:22] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_account_proto_init() }
@@ -1320,7 +1530,7 @@ func file_ferry_v1_account_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_account_proto_rawDesc), len(file_ferry_v1_account_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -47,6 +47,12 @@ const (
 	// AccountServiceListBlockedUsersProcedure is the procedure name of the AccountService's
 	// ListBlockedUsers RPC.
 	AccountServiceListBlockedUsersProcedure = "/ferry.v1.AccountService/ListBlockedUsers"
+	// AccountServiceSetDisplayNameProcedure is the procedure name of the AccountService's
+	// SetDisplayName RPC.
+	AccountServiceSetDisplayNameProcedure = "/ferry.v1.AccountService/SetDisplayName"
+	// AccountServiceRenameDeviceProcedure is the procedure name of the AccountService's RenameDevice
+	// RPC.
+	AccountServiceRenameDeviceProcedure = "/ferry.v1.AccountService/RenameDevice"
 )
 
 var (
@@ -120,6 +126,20 @@ var (
 			Procedure:  AccountServiceListBlockedUsersProcedure,
 		}
 	})
+	accountServiceSetDisplayNameSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_ferry_v1_account_proto.Services().ByName("AccountService").Methods().ByName("SetDisplayName"),
+			Procedure:  AccountServiceSetDisplayNameProcedure,
+		}
+	})
+	accountServiceRenameDeviceSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_ferry_v1_account_proto.Services().ByName("AccountService").Methods().ByName("RenameDevice"),
+			Procedure:  AccountServiceRenameDeviceProcedure,
+		}
+	})
 )
 
 // AccountServiceClient is a client for the ferry.v1.AccountService service.
@@ -158,6 +178,16 @@ type AccountServiceClient interface {
 	UnblockUser(context.Context, *v1.UnblockUserRequest) (*v1.UnblockUserResponse, error)
 	// ListBlockedUsers lists the users the caller's user blocks.
 	ListBlockedUsers(context.Context, *v1.ListBlockedUsersRequest) (*v1.ListBlockedUsersResponse, error)
+	// SetDisplayName sets the caller's user's display name: the name the
+	// members of their conversations see, in the next member list or
+	// lookup their devices ask for (GetConversation, LookupUsers). Empty
+	// sets it back to the username. InvalidArgument for a name out of
+	// bounds, DataLoss when the server cannot read the user's record.
+	SetDisplayName(context.Context, *v1.SetDisplayNameRequest) (*v1.SetDisplayNameResponse, error)
+	// RenameDevice renames one of the caller's devices (the caller's own
+	// too), as ListDevices lists it. NotFound for a device that is not the
+	// user's or was revoked, InvalidArgument for a name out of bounds.
+	RenameDevice(context.Context, *v1.RenameDeviceRequest) (*v1.RenameDeviceResponse, error)
 }
 
 // NewAccountServiceClient constructs a client for the ferry.v1.AccountService service. Multiple
@@ -202,6 +232,16 @@ type AccountServiceHandler interface {
 	UnblockUser(context.Context, *v1.UnblockUserRequest) (*v1.UnblockUserResponse, error)
 	// ListBlockedUsers lists the users the caller's user blocks.
 	ListBlockedUsers(context.Context, *v1.ListBlockedUsersRequest) (*v1.ListBlockedUsersResponse, error)
+	// SetDisplayName sets the caller's user's display name: the name the
+	// members of their conversations see, in the next member list or
+	// lookup their devices ask for (GetConversation, LookupUsers). Empty
+	// sets it back to the username. InvalidArgument for a name out of
+	// bounds, DataLoss when the server cannot read the user's record.
+	SetDisplayName(context.Context, *v1.SetDisplayNameRequest) (*v1.SetDisplayNameResponse, error)
+	// RenameDevice renames one of the caller's devices (the caller's own
+	// too), as ListDevices lists it. NotFound for a device that is not the
+	// user's or was revoked, InvalidArgument for a name out of bounds.
+	RenameDevice(context.Context, *v1.RenameDeviceRequest) (*v1.RenameDeviceResponse, error)
 }
 
 // RegisterAccountServiceHandler registers svc as the ferry.v1.AccountService implementation on
@@ -219,6 +259,8 @@ func RegisterAccountServiceHandler(server *connect.Server, svc AccountServiceHan
 		connect.Method{Spec: accountServiceBlockUserSpec(), Handler: adapter.blockUser},
 		connect.Method{Spec: accountServiceUnblockUserSpec(), Handler: adapter.unblockUser},
 		connect.Method{Spec: accountServiceListBlockedUsersSpec(), Handler: adapter.listBlockedUsers},
+		connect.Method{Spec: accountServiceSetDisplayNameSpec(), Handler: adapter.setDisplayName},
+		connect.Method{Spec: accountServiceRenameDeviceSpec(), Handler: adapter.renameDevice},
 	)
 }
 
@@ -263,6 +305,14 @@ func (UnimplementedAccountServiceHandler) UnblockUser(context.Context, *v1.Unblo
 
 func (UnimplementedAccountServiceHandler) ListBlockedUsers(context.Context, *v1.ListBlockedUsersRequest) (*v1.ListBlockedUsersResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, "ferry.v1.AccountService.ListBlockedUsers is not implemented")
+}
+
+func (UnimplementedAccountServiceHandler) SetDisplayName(context.Context, *v1.SetDisplayNameRequest) (*v1.SetDisplayNameResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "ferry.v1.AccountService.SetDisplayName is not implemented")
+}
+
+func (UnimplementedAccountServiceHandler) RenameDevice(context.Context, *v1.RenameDeviceRequest) (*v1.RenameDeviceResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "ferry.v1.AccountService.RenameDevice is not implemented")
 }
 
 type accountServiceClient struct {
@@ -344,6 +394,22 @@ func (c *accountServiceClient) UnblockUser(ctx context.Context, req *v1.UnblockU
 func (c *accountServiceClient) ListBlockedUsers(ctx context.Context, req *v1.ListBlockedUsersRequest) (*v1.ListBlockedUsersResponse, error) {
 	var res v1.ListBlockedUsersResponse
 	if err := c.client.CallUnary(ctx, accountServiceListBlockedUsersSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *accountServiceClient) SetDisplayName(ctx context.Context, req *v1.SetDisplayNameRequest) (*v1.SetDisplayNameResponse, error) {
+	var res v1.SetDisplayNameResponse
+	if err := c.client.CallUnary(ctx, accountServiceSetDisplayNameSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *accountServiceClient) RenameDevice(ctx context.Context, req *v1.RenameDeviceRequest) (*v1.RenameDeviceResponse, error) {
+	var res v1.RenameDeviceResponse
+	if err := c.client.CallUnary(ctx, accountServiceRenameDeviceSpec(), req, &res); err != nil {
 		return nil, err
 	}
 	return &res, nil
@@ -465,6 +531,30 @@ func (h accountServiceHandler) listBlockedUsers(ctx context.Context, _ connect.S
 		return err
 	}
 	res, err := h.svc.ListBlockedUsers(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h accountServiceHandler) setDisplayName(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.SetDisplayNameRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.SetDisplayName(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h accountServiceHandler) renameDevice(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.RenameDeviceRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.RenameDevice(ctx, &req)
 	if err != nil {
 		return err
 	}

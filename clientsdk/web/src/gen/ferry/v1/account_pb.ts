@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ferry/v1/account.proto.
  */
 export const file_ferry_v1_account: GenFile = /*@__PURE__*/
-  fileDesc("ChZmZXJyeS92MS9hY2NvdW50LnByb3RvEghmZXJyeS52MSJgCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEhMKC2RldmljZV9uYW1lGAQgASgJIjwKEFJlZ2lzdGVyUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iRwoMTG9naW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhMKC2RldmljZV9uYW1lGAMgASgJIjkKDUxvZ2luUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iVAoNRGV2aWNlU2Vzc2lvbhIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRINCgV0b2tlbhgDIAEoCRIQCgh1c2VybmFtZRgEIAEoCSJnChVDaGFuZ2VQYXNzd29yZFJlcXVlc3QSGAoQY3VycmVudF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkSHgoWc2lnbl9vdXRfb3RoZXJfZGV2aWNlcxgDIAEoCCI0ChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlEhoKEmRldmljZXNfc2lnbmVkX291dBgBIAEoDSIjChBCbG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiEwoRQmxvY2tVc2VyUmVzcG9uc2UiJQoSVW5ibG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiFQoTVW5ibG9ja1VzZXJSZXNwb25zZSIZChdMaXN0QmxvY2tlZFVzZXJzUmVxdWVzdCI5ChhMaXN0QmxvY2tlZFVzZXJzUmVzcG9uc2USHQoFdXNlcnMYASADKAsyDi5mZXJyeS52MS5Vc2VyIhMKEUdldEFjY291bnRSZXF1ZXN0In4KEkdldEFjY291bnRSZXNwb25zZRIcCgR1c2VyGAEgASgLMg4uZmVycnkudjEuVXNlchIgCgZkZXZpY2UYAiABKAsyEC5mZXJyeS52MS5EZXZpY2USEwoLdXNhZ2VfYnl0ZXMYAyABKAQSEwoLcXVvdGFfYnl0ZXMYBCABKAQiFAoSTGlzdERldmljZXNSZXF1ZXN0IjgKE0xpc3REZXZpY2VzUmVzcG9uc2USIQoHZGV2aWNlcxgBIAMoCzIQLmZlcnJ5LnYxLkRldmljZSIoChNSZXZva2VEZXZpY2VSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCSIWChRSZXZva2VEZXZpY2VSZXNwb25zZSInChJMb29rdXBVc2Vyc1JlcXVlc3QSEQoJdXNlcm5hbWVzGAEgAygJIjQKE0xvb2t1cFVzZXJzUmVzcG9uc2USHQoFdXNlcnMYASADKAsyDi5mZXJyeS52MS5Vc2VyIjoKBFVzZXISCgoCaWQYASABKAkSEAoIdXNlcm5hbWUYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJImMKBkRldmljZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2N1cnJlbnQYBCABKAgy/wUKDkFjY291bnRTZXJ2aWNlEkEKCFJlZ2lzdGVyEhkuZmVycnkudjEuUmVnaXN0ZXJSZXF1ZXN0GhouZmVycnkudjEuUmVnaXN0ZXJSZXNwb25zZRI4CgVMb2dpbhIWLmZlcnJ5LnYxLkxvZ2luUmVxdWVzdBoXLmZlcnJ5LnYxLkxvZ2luUmVzcG9uc2USRwoKR2V0QWNjb3VudBIbLmZlcnJ5LnYxLkdldEFjY291bnRSZXF1ZXN0GhwuZmVycnkudjEuR2V0QWNjb3VudFJlc3BvbnNlEkoKC0xpc3REZXZpY2VzEhwuZmVycnkudjEuTGlzdERldmljZXNSZXF1ZXN0Gh0uZmVycnkudjEuTGlzdERldmljZXNSZXNwb25zZRJNCgxSZXZva2VEZXZpY2USHS5mZXJyeS52MS5SZXZva2VEZXZpY2VSZXF1ZXN0Gh4uZmVycnkudjEuUmV2b2tlRGV2aWNlUmVzcG9uc2USSgoLTG9va3VwVXNlcnMSHC5mZXJyeS52MS5Mb29rdXBVc2Vyc1JlcXVlc3QaHS5mZXJyeS52MS5Mb29rdXBVc2Vyc1Jlc3BvbnNlElMKDkNoYW5nZVBhc3N3b3JkEh8uZmVycnkudjEuQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0GiAuZmVycnkudjEuQ2hhbmdlUGFzc3dvcmRSZXNwb25zZRJECglCbG9ja1VzZXISGi5mZXJyeS52MS5CbG9ja1VzZXJSZXF1ZXN0GhsuZmVycnkudjEuQmxvY2tVc2VyUmVzcG9uc2USSgoLVW5ibG9ja1VzZXISHC5mZXJyeS52MS5VbmJsb2NrVXNlclJlcXVlc3QaHS5mZXJyeS52MS5VbmJsb2NrVXNlclJlc3BvbnNlElkKEExpc3RCbG9ja2VkVXNlcnMSIS5mZXJyeS52MS5MaXN0QmxvY2tlZFVzZXJzUmVxdWVzdBoiLmZlcnJ5LnYxLkxpc3RCbG9ja2VkVXNlcnNSZXNwb25zZUIzWjFnaXRodWIuY29tL2ZlcnJ5c3luYy9mZXJyeS9wcm90by9mZXJyeS92MTtmZXJyeXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChZmZXJyeS92MS9hY2NvdW50LnByb3RvEghmZXJyeS52MSJgCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEhMKC2RldmljZV9uYW1lGAQgASgJIjwKEFJlZ2lzdGVyUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iRwoMTG9naW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhMKC2RldmljZV9uYW1lGAMgASgJIjkKDUxvZ2luUmVzcG9uc2USKAoHc2Vzc2lvbhgBIAEoCzIXLmZlcnJ5LnYxLkRldmljZVNlc3Npb24iVAoNRGV2aWNlU2Vzc2lvbhIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRINCgV0b2tlbhgDIAEoCRIQCgh1c2VybmFtZRgEIAEoCSJnChVDaGFuZ2VQYXNzd29yZFJlcXVlc3QSGAoQY3VycmVudF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkSHgoWc2lnbl9vdXRfb3RoZXJfZGV2aWNlcxgDIAEoCCI0ChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlEhoKEmRldmljZXNfc2lnbmVkX291dBgBIAEoDSIjChBCbG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiEwoRQmxvY2tVc2VyUmVzcG9uc2UiJQoSVW5ibG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiFQoTVW5ibG9ja1VzZXJSZXNwb25zZSIZChdMaXN0QmxvY2tlZFVzZXJzUmVxdWVzdCI5ChhMaXN0QmxvY2tlZFVzZXJzUmVzcG9uc2USHQoFdXNlcnMYASADKAsyDi5mZXJyeS52MS5Vc2VyIhMKEUdldEFjY291bnRSZXF1ZXN0In4KEkdldEFjY291bnRSZXNwb25zZRIcCgR1c2VyGAEgASgLMg4uZmVycnkudjEuVXNlchIgCgZkZXZpY2UYAiABKAsyEC5mZXJyeS52MS5EZXZpY2USEwoLdXNhZ2VfYnl0ZXMYAyABKAQSEwoLcXVvdGFfYnl0ZXMYBCABKAQiLQoVU2V0RGlzcGxheU5hbWVSZXF1ZXN0EhQKDGRpc3BsYXlfbmFtZRgBIAEoCSI2ChZTZXREaXNwbGF5TmFtZVJlc3BvbnNlEhwKBHVzZXIYASABKAsyDi5mZXJyeS52MS5Vc2VyIjYKE1JlbmFtZURldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJEgwKBG5hbWUYAiABKAkiOAoUUmVuYW1lRGV2aWNlUmVzcG9uc2USIAoGZGV2aWNlGAEgASgLMhAuZmVycnkudjEuRGV2aWNlIhQKEkxpc3REZXZpY2VzUmVxdWVzdCI4ChNMaXN0RGV2aWNlc1Jlc3BvbnNlEiEKB2RldmljZXMYASADKAsyEC5mZXJyeS52MS5EZXZpY2UiKAoTUmV2b2tlRGV2aWNlUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkiFgoUUmV2b2tlRGV2aWNlUmVzcG9uc2UiJwoSTG9va3VwVXNlcnNSZXF1ZXN0EhEKCXVzZXJuYW1lcxgBIAMoCSI0ChNMb29rdXBVc2Vyc1Jlc3BvbnNlEh0KBXVzZXJzGAEgAygLMg4uZmVycnkudjEuVXNlciI6CgRVc2VyEgoKAmlkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCSJjCgZEZXZpY2USCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdjdXJyZW50GAQgASgIMqMHCg5BY2NvdW50U2VydmljZRJBCghSZWdpc3RlchIZLmZlcnJ5LnYxLlJlZ2lzdGVyUmVxdWVzdBoaLmZlcnJ5LnYxLlJlZ2lzdGVyUmVzcG9uc2USOAoFTG9naW4SFi5mZXJyeS52MS5Mb2dpblJlcXVlc3QaFy5mZXJyeS52MS5Mb2dpblJlc3BvbnNlEkcKCkdldEFjY291bnQSGy5mZXJyeS52MS5HZXRBY2NvdW50UmVxdWVzdBocLmZlcnJ5LnYxLkdldEFjY291bnRSZXNwb25zZRJKCgtMaXN0RGV2aWNlcxIcLmZlcnJ5LnYxLkxpc3REZXZpY2VzUmVxdWVzdBodLmZlcnJ5LnYxLkxpc3REZXZpY2VzUmVzcG9uc2USTQoMUmV2b2tlRGV2aWNlEh0uZmVycnkudjEuUmV2b2tlRGV2aWNlUmVxdWVzdBoeLmZlcnJ5LnYxLlJldm9rZURldmljZVJlc3BvbnNlEkoKC0xvb2t1cFVzZXJzEhwuZmVycnkudjEuTG9va3VwVXNlcnNSZXF1ZXN0Gh0uZmVycnkudjEuTG9va3VwVXNlcnNSZXNwb25zZRJTCg5DaGFuZ2VQYXNzd29yZBIfLmZlcnJ5LnYxLkNoYW5nZVBhc3N3b3JkUmVxdWVzdBogLmZlcnJ5LnYxLkNoYW5nZVBhc3N3b3JkUmVzcG9uc2USRAoJQmxvY2tVc2VyEhouZmVycnkudjEuQmxvY2tVc2VyUmVxdWVzdBobLmZlcnJ5LnYxLkJsb2NrVXNlclJlc3BvbnNlEkoKC1VuYmxvY2tVc2VyEhwuZmVycnkudjEuVW5ibG9ja1VzZXJSZXF1ZXN0Gh0uZmVycnkudjEuVW5ibG9ja1VzZXJSZXNwb25zZRJZChBMaXN0QmxvY2tlZFVzZXJzEiEuZmVycnkudjEuTGlzdEJsb2NrZWRVc2Vyc1JlcXVlc3QaIi5mZXJyeS52MS5MaXN0QmxvY2tlZFVzZXJzUmVzcG9uc2USUwoOU2V0RGlzcGxheU5hbWUSHy5mZXJyeS52MS5TZXREaXNwbGF5TmFtZVJlcXVlc3QaIC5mZXJyeS52MS5TZXREaXNwbGF5TmFtZVJlc3BvbnNlEk0KDFJlbmFtZURldmljZRIdLmZlcnJ5LnYxLlJlbmFtZURldmljZVJlcXVlc3QaHi5mZXJyeS52MS5SZW5hbWVEZXZpY2VSZXNwb25zZUIzWjFnaXRodWIuY29tL2ZlcnJ5c3luYy9mZXJyeS9wcm90by9mZXJyeS92MTtmZXJyeXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Usernames are 3 to 32 characters of a-z, 0-9, '_', '.' and '-', starting
@@ -346,6 +346,87 @@ export const GetAccountResponseSchema: GenMessage<GetAccountResponse> = /*@__PUR
   messageDesc(file_ferry_v1_account, 14);
 
 /**
+ * Display names are at most 64 bytes of UTF-8, with no control
+ * characters.
+ *
+ * @generated from message ferry.v1.SetDisplayNameRequest
+ */
+export type SetDisplayNameRequest = Message<"ferry.v1.SetDisplayNameRequest"> & {
+  /**
+   * @generated from field: string display_name = 1;
+   */
+  displayName: string;
+};
+
+/**
+ * Describes the message ferry.v1.SetDisplayNameRequest.
+ * Use `create(SetDisplayNameRequestSchema)` to create a new message.
+ */
+export const SetDisplayNameRequestSchema: GenMessage<SetDisplayNameRequest> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 15);
+
+/**
+ * @generated from message ferry.v1.SetDisplayNameResponse
+ */
+export type SetDisplayNameResponse = Message<"ferry.v1.SetDisplayNameResponse"> & {
+  /**
+   * The user as others now see them.
+   *
+   * @generated from field: ferry.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message ferry.v1.SetDisplayNameResponse.
+ * Use `create(SetDisplayNameResponseSchema)` to create a new message.
+ */
+export const SetDisplayNameResponseSchema: GenMessage<SetDisplayNameResponse> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 16);
+
+/**
+ * @generated from message ferry.v1.RenameDeviceRequest
+ */
+export type RenameDeviceRequest = Message<"ferry.v1.RenameDeviceRequest"> & {
+  /**
+   * @generated from field: string device_id = 1;
+   */
+  deviceId: string;
+
+  /**
+   * At most 64 bytes of UTF-8, with no control characters; empty names
+   * it "unnamed device", as a device signed in without a name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message ferry.v1.RenameDeviceRequest.
+ * Use `create(RenameDeviceRequestSchema)` to create a new message.
+ */
+export const RenameDeviceRequestSchema: GenMessage<RenameDeviceRequest> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 17);
+
+/**
+ * @generated from message ferry.v1.RenameDeviceResponse
+ */
+export type RenameDeviceResponse = Message<"ferry.v1.RenameDeviceResponse"> & {
+  /**
+   * @generated from field: ferry.v1.Device device = 1;
+   */
+  device?: Device | undefined;
+};
+
+/**
+ * Describes the message ferry.v1.RenameDeviceResponse.
+ * Use `create(RenameDeviceResponseSchema)` to create a new message.
+ */
+export const RenameDeviceResponseSchema: GenMessage<RenameDeviceResponse> = /*@__PURE__*/
+  messageDesc(file_ferry_v1_account, 18);
+
+/**
  * @generated from message ferry.v1.ListDevicesRequest
  */
 export type ListDevicesRequest = Message<"ferry.v1.ListDevicesRequest"> & {
@@ -356,7 +437,7 @@ export type ListDevicesRequest = Message<"ferry.v1.ListDevicesRequest"> & {
  * Use `create(ListDevicesRequestSchema)` to create a new message.
  */
 export const ListDevicesRequestSchema: GenMessage<ListDevicesRequest> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 15);
+  messageDesc(file_ferry_v1_account, 19);
 
 /**
  * @generated from message ferry.v1.ListDevicesResponse
@@ -373,7 +454,7 @@ export type ListDevicesResponse = Message<"ferry.v1.ListDevicesResponse"> & {
  * Use `create(ListDevicesResponseSchema)` to create a new message.
  */
 export const ListDevicesResponseSchema: GenMessage<ListDevicesResponse> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 16);
+  messageDesc(file_ferry_v1_account, 20);
 
 /**
  * @generated from message ferry.v1.RevokeDeviceRequest
@@ -390,7 +471,7 @@ export type RevokeDeviceRequest = Message<"ferry.v1.RevokeDeviceRequest"> & {
  * Use `create(RevokeDeviceRequestSchema)` to create a new message.
  */
 export const RevokeDeviceRequestSchema: GenMessage<RevokeDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 17);
+  messageDesc(file_ferry_v1_account, 21);
 
 /**
  * @generated from message ferry.v1.RevokeDeviceResponse
@@ -403,7 +484,7 @@ export type RevokeDeviceResponse = Message<"ferry.v1.RevokeDeviceResponse"> & {
  * Use `create(RevokeDeviceResponseSchema)` to create a new message.
  */
 export const RevokeDeviceResponseSchema: GenMessage<RevokeDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 18);
+  messageDesc(file_ferry_v1_account, 22);
 
 /**
  * @generated from message ferry.v1.LookupUsersRequest
@@ -422,7 +503,7 @@ export type LookupUsersRequest = Message<"ferry.v1.LookupUsersRequest"> & {
  * Use `create(LookupUsersRequestSchema)` to create a new message.
  */
 export const LookupUsersRequestSchema: GenMessage<LookupUsersRequest> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 19);
+  messageDesc(file_ferry_v1_account, 23);
 
 /**
  * @generated from message ferry.v1.LookupUsersResponse
@@ -439,7 +520,7 @@ export type LookupUsersResponse = Message<"ferry.v1.LookupUsersResponse"> & {
  * Use `create(LookupUsersResponseSchema)` to create a new message.
  */
 export const LookupUsersResponseSchema: GenMessage<LookupUsersResponse> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 20);
+  messageDesc(file_ferry_v1_account, 24);
 
 /**
  * User is a person's public profile.
@@ -468,7 +549,7 @@ export type User = Message<"ferry.v1.User"> & {
  * Use `create(UserSchema)` to create a new message.
  */
 export const UserSchema: GenMessage<User> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 21);
+  messageDesc(file_ferry_v1_account, 25);
 
 /**
  * Device is one installation of a user's client.
@@ -504,7 +585,7 @@ export type Device = Message<"ferry.v1.Device"> & {
  * Use `create(DeviceSchema)` to create a new message.
  */
 export const DeviceSchema: GenMessage<Device> = /*@__PURE__*/
-  messageDesc(file_ferry_v1_account, 22);
+  messageDesc(file_ferry_v1_account, 26);
 
 /**
  * AccountService manages users, their devices and device tokens.
@@ -629,6 +710,32 @@ export const AccountService: GenService<{
     methodKind: "unary";
     input: typeof ListBlockedUsersRequestSchema;
     output: typeof ListBlockedUsersResponseSchema;
+  },
+  /**
+   * SetDisplayName sets the caller's user's display name: the name the
+   * members of their conversations see, in the next member list or
+   * lookup their devices ask for (GetConversation, LookupUsers). Empty
+   * sets it back to the username. InvalidArgument for a name out of
+   * bounds, DataLoss when the server cannot read the user's record.
+   *
+   * @generated from rpc ferry.v1.AccountService.SetDisplayName
+   */
+  setDisplayName: {
+    methodKind: "unary";
+    input: typeof SetDisplayNameRequestSchema;
+    output: typeof SetDisplayNameResponseSchema;
+  },
+  /**
+   * RenameDevice renames one of the caller's devices (the caller's own
+   * too), as ListDevices lists it. NotFound for a device that is not the
+   * user's or was revoked, InvalidArgument for a name out of bounds.
+   *
+   * @generated from rpc ferry.v1.AccountService.RenameDevice
+   */
+  renameDevice: {
+    methodKind: "unary";
+    input: typeof RenameDeviceRequestSchema;
+    output: typeof RenameDeviceResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ferry_v1_account, 0);
