@@ -293,11 +293,10 @@ type Row = { key: string; sig: string; build: () => HTMLElement };
 
 const drawn = new WeakMap<HTMLElement, Map<string, { sig: string; node: HTMLElement }>>();
 
-// drawRows draws a list, keeping the node of each row that did not change
-// and touching the list only when its nodes did. The page draws again for
-// every op that arrives: a list drawn anew each time would replace the
-// node under a click between its mouse-down and its mouse-up, and the
-// click would be lost.
+// drawRows draws a list, keeping in place the node of each row that did
+// not change. The page draws again for every op that arrives: a list
+// drawn anew each time would replace the node under a click between its
+// mouse-down and its mouse-up, and the click would be lost.
 function drawRows(list: HTMLElement, rows: Row[]): void {
   const before = drawn.get(list) ?? new Map<string, { sig: string; node: HTMLElement }>();
   const now = new Map<string, { sig: string; node: HTMLElement }>();
@@ -308,8 +307,15 @@ function drawRows(list: HTMLElement, rows: Row[]): void {
     return row.node;
   });
   drawn.set(list, now);
-  const same = nodes.length === list.children.length && nodes.every((n, i) => list.children[i] === n);
-  if (!same) list.replaceChildren(...nodes);
+  // Only the nodes gone are taken out, and only those new or out of place
+  // put in: a kept node taken out and put back would lose the click too.
+  const keep = new Set<Node>(nodes);
+  for (const child of [...list.childNodes]) if (!keep.has(child)) child.remove();
+  let at = list.firstChild;
+  for (const n of nodes) {
+    if (at === n) at = n.nextSibling;
+    else list.insertBefore(n, at);
+  }
 }
 
 function el(tag: string, attrs: Record<string, string> = {}, text?: string): HTMLElement {

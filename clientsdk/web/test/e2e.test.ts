@@ -284,3 +284,42 @@ test("a revoked browser signs in again from the form, and what it queued goes ou
   assert.deepEqual(await texts(page), ["written while revoked"]);
   await ctx.close();
 });
+
+// A click lands on a row that did not change while the page draws again
+// between its mouse-down and mouse-up, for a row added or changed in the
+// same list: the row's node stays in the document (taken out and put
+// back, the click is lost).
+test("a click on a row lands while another row of its list changes", { timeout: 60_000 }, async () => {
+  const page = await signUp(await browser.newContext(), "erin");
+  const create = async (title: string) => {
+    await page.fill("#title", title);
+    await page.click("#newconv button");
+    return (await page.waitForSelector(`[data-conv] .title:text-is("${title}")`)).evaluate((e) => e.closest("[data-conv]")!.getAttribute("data-conv")!);
+  };
+  const send = (conv: string, text: string) => page.evaluate(([c, t]) => (globalThis as any).ferry.send(c, t), [conv, text]);
+  const a = await create("a");
+  const b = await create("b"); // the newest: listed first, and stays so below
+
+  // A 👍 on a message while another message is added.
+  await page.click(`[data-conv="${b}"]`);
+  await send(b, "first");
+  await page.waitForSelector("#messages .msg .actions button:text-is('👍')");
+  await page.waitForFunction(() => (globalThis as any).ferry.status().pending === 0);
+  await page.hover("#messages .msg .actions button:text-is('👍')");
+  await page.mouse.down();
+  await send(b, "second");
+  await page.waitForFunction(() => [...document.querySelectorAll("#messages .msg .text")].some((e) => e.textContent === "second"));
+  await page.mouse.up();
+  await page.waitForFunction((c) => ((globalThis as any).ferry.messages(c)[0].reactions["👍"] ?? []).length === 1, b);
+
+  // A click on conversation a while b's row (its last message) changes,
+  // staying where it is.
+  assert.deepEqual(await page.$$eval("[data-conv]", (rows) => rows.map((r) => r.getAttribute("data-conv"))), [b, a]);
+  await page.hover(`[data-conv="${a}"] .title`);
+  await page.mouse.down();
+  await send(b, "third");
+  await page.waitForFunction((c) => document.querySelector(`[data-conv="${c}"] .last`)?.textContent === "third", b);
+  assert.deepEqual(await page.$$eval("[data-conv]", (rows) => rows.map((r) => r.getAttribute("data-conv"))), [b, a]);
+  await page.mouse.up();
+  await page.waitForSelector(`[data-conv="${a}"].open`);
+});
