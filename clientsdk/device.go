@@ -43,19 +43,22 @@ type Device struct {
 	log  *slog.Logger
 	db   *kv.DB
 
-	mu        sync.Mutex // guards everything below, and replica writes
-	creds     *credentials
-	owner     string // the user whose replica this is ("" for none yet)
-	epoch     string
-	feedPos   uint64
-	convs     map[ulid.ULID]*convRecord
-	states    map[ulid.ULID]*model.State // folded ops, built on demand, at most maxStates
-	stateUse  map[ulid.ULID]uint64       // when each state was last used (stateTick)
-	stateTick uint64
-	nextLocal uint64                   // outbox sequence
-	pending   map[ulid.ULID]pendingRef // op id -> outbox entry
-	failed    map[ulid.ULID][]uint64   // conv -> its failed entries' local seqs, ascending
-	changed   uint64                   // local order of changes, for sorting
+	mu    sync.Mutex // guards everything below, and replica writes
+	creds *credentials
+	owner string // the user whose replica this is ("" for none yet)
+	// profileChanges counts SetDisplayName's answers: a member list asked
+	// for before one keeps the name it set (fetchMembers).
+	profileChanges uint64
+	epoch          string
+	feedPos        uint64
+	convs          map[ulid.ULID]*convRecord
+	states         map[ulid.ULID]*model.State // folded ops, built on demand, at most maxStates
+	stateUse       map[ulid.ULID]uint64       // when each state was last used (stateTick)
+	stateTick      uint64
+	nextLocal      uint64                   // outbox sequence
+	pending        map[ulid.ULID]pendingRef // op id -> outbox entry
+	failed         map[ulid.ULID][]uint64   // conv -> its failed entries' local seqs, ascending
+	changed        uint64                   // local order of changes, for sorting
 	// catchUpFrom is changed before the first catch-up since the last one
 	// that completed, while catchingUp: a conversation placed above it was
 	// placed by a catch-up cut off, which the next one places again
@@ -866,6 +869,7 @@ func (d *Device) SetDisplayName(ctx context.Context, name string) (User, error) 
 	if !d.closed {
 		var evs []Event
 		b := d.db.NewBatch()
+		d.profileChanges++
 		if d.rememberUserLocked(b, id, u.GetUsername(), u.GetDisplayName()) {
 			for conv, list := range d.members {
 				if hasAny(list, map[string]bool{u.GetId(): true}) {

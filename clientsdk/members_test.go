@@ -332,3 +332,44 @@ func TestDisplayNameAndDeviceNames(t *testing.T) {
 		t.Errorf("rename bob's device: %v; want not_found", err)
 	}
 }
+
+// TestMembersAnsweredBeforeANameChange: a member list the server gave
+// before the user's SetDisplayName, which reaches the device after it,
+// does not bring their old name back.
+func TestMembersAnsweredBeforeANameChange(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	var hold atomic.Bool
+	answered, release := make(chan struct{}), make(chan struct{})
+	alice := device(t, srv, "alice", false, clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		resp, err := srv.HTTP.Transport.RoundTrip(r)
+		if strings.HasSuffix(r.URL.Path, "/GetConversation") && hold.CompareAndSwap(true, false) {
+			close(answered)
+			<-release
+		}
+		return resp, err
+	})}))
+	conv, err := alice.CreateConversation(ctx, "notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hold.Store(true)
+	got := make(chan []clientsdk.Member, 1)
+	go func() {
+		ms, err := alice.Members(ctx, conv)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- ms
+	}()
+	<-answered // with her name as it was
+	if _, err := alice.SetDisplayName(ctx, "Alice Liddell"); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if ms := <-got; len(ms) != 1 || ms[0].User.DisplayName != "Alice Liddell" {
+		t.Errorf("members: %+v; want her new name", ms)
+	}
+}

@@ -696,7 +696,7 @@ func (d *Device) fetchMembers(ctx context.Context, conv ulid.ULID) error {
 	d.mu.Lock()
 	_, known := d.members[conv]
 	known = known || d.convs[conv] != nil
-	owner := d.owner
+	owner, profiles := d.owner, d.profileChanges
 	d.mu.Unlock()
 	if !known {
 		return fmt.Errorf("%w: %s", ErrUnknownConversation, conv)
@@ -720,7 +720,10 @@ func (d *Device) fetchMembers(ctx context.Context, conv ulid.ULID) error {
 	}
 	renamed := map[string]bool{} // users whose names the device learned
 	for _, m := range resp.GetMembers() {
-		if id, err := ulid.ParseStrict(m.GetUserId()); err == nil && d.rememberUserLocked(b, id, m.GetUsername(), m.GetDisplayName()) {
+		// The user's own name, changed here since the server answered,
+		// stays as it was set.
+		stale := m.GetUserId() == owner && d.profileChanges != profiles
+		if id, err := ulid.ParseStrict(m.GetUserId()); err == nil && !stale && d.rememberUserLocked(b, id, m.GetUsername(), m.GetDisplayName()) {
 			renamed[m.GetUserId()] = true
 		}
 		ms = append(ms, memberRecord{User: m.GetUserId(), Role: m.GetRole()})

@@ -81,14 +81,24 @@ func (h accountService) RevokeDevice(ctx context.Context, req *ferryv1.RevokeDev
 	if err != nil {
 		return nil, err
 	}
-	if err := h.s.eng.RevokeDevice(ctx, actorFrom(ctx), id); err != nil {
+	a := actorFrom(ctx)
+	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
+		return nil, connectError(err)
+	}
+	if err := h.s.eng.RevokeDevice(ctx, a, id); err != nil {
 		return nil, connectError(err)
 	}
 	return &ferryv1.RevokeDeviceResponse{}, nil
 }
 
+// SetDisplayName, RenameDevice and RevokeDevice are writes of the
+// caller's user, a commit each: under the push limit, as block is.
 func (h accountService) SetDisplayName(ctx context.Context, req *ferryv1.SetDisplayNameRequest) (*ferryv1.SetDisplayNameResponse, error) {
-	u, err := h.s.eng.SetDisplayName(ctx, actorFrom(ctx), req.GetDisplayName())
+	a := actorFrom(ctx)
+	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
+		return nil, connectError(err)
+	}
+	u, err := h.s.eng.SetDisplayName(ctx, a, req.GetDisplayName())
 	if err != nil {
 		return nil, connectError(err)
 	}
@@ -101,6 +111,9 @@ func (h accountService) RenameDevice(ctx context.Context, req *ferryv1.RenameDev
 		return nil, err
 	}
 	a := actorFrom(ctx)
+	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
+		return nil, connectError(err)
+	}
 	d, err := h.s.eng.RenameDevice(ctx, a, id, req.GetName())
 	if err != nil {
 		return nil, connectError(err)

@@ -411,15 +411,19 @@ func (a *app) logout(ctx context.Context) error {
 
 func (a *app) devices(ctx context.Context, args []string) error {
 	var revoke, rename, name string
+	named := false // --name "" names it "unnamed device"
 	pos, err := flags("devices", args, a.errOut, func(fs *flag.FlagSet) {
 		fs.StringVar(&revoke, "revoke", "", "revoke the device with this id")
 		fs.StringVar(&rename, "rename", "", "rename the device with this id (to --name)")
-		fs.StringVar(&name, "name", "", "the device's new name, with --rename")
+		fs.Func("name", "the device's new name, with --rename", func(s string) error {
+			name, named = s, true
+			return nil
+		})
 	})
 	switch {
 	case err != nil:
 		return err
-	case len(pos) > 0 || revoke != "" && rename != "" || (rename != "") != (name != ""):
+	case len(pos) > 0 || revoke != "" && rename != "" || (rename != "") != named:
 		return errors.New("usage: ferry devices [--revoke ID | --rename ID --name NAME]")
 	}
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {
@@ -473,14 +477,21 @@ func (a *app) devices(ctx context.Context, args []string) error {
 // name sets the user's display name: name [--] WORDS..., or name --reset
 // for their username.
 func (a *app) name(ctx context.Context, args []string) error {
-	var reset bool
-	if len(args) > 0 && args[0] == "--" {
-		args = args[1:]
-	} else if len(args) == 1 && (args[0] == "--reset" || args[0] == "-reset") {
-		args, reset = nil, true
+	// Before a "--", a word with a leading dash is a flag: a typo does not
+	// become the name every member sees.
+	var after []string
+	if i := slices.Index(args, "--"); i >= 0 {
+		args, after = args[:i], args[i+1:]
 	}
-	display := strings.Join(args, " ")
-	if strings.TrimSpace(display) == "" && !reset {
+	var reset bool
+	words, err := flags("name", args, a.errOut, func(fs *flag.FlagSet) {
+		fs.BoolVar(&reset, "reset", false, "set your display name back to your username")
+	})
+	if err != nil {
+		return err
+	}
+	display := strings.Join(append(words, after...), " ")
+	if reset == (strings.TrimSpace(display) != "") {
 		return errors.New("usage: ferry name [--] DISPLAY NAME..., or ferry name --reset for your username")
 	}
 	return a.with(ctx, func(ctx context.Context, d *clientsdk.Device) error {

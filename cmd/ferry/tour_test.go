@@ -766,8 +766,15 @@ func TestNameAndDeviceRename(t *testing.T) {
 	if out := run(alice, "--json", "name", "--reset"); !strings.Contains(out, `"display_name":"alice"`) {
 		t.Fatalf("name --reset: %q", out)
 	}
-	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", alice, "name"); err == nil || !strings.Contains(stderr, "usage: ferry name") {
-		t.Fatalf("name without one: %v %q", err, stderr)
+	// Before a "--", a word with a dash is a flag: a typo, or --reset
+	// with a name, is refused, not the name everyone sees.
+	for _, args := range [][]string{{}, {"--reset", "extra"}, {"Alice", "--reset"}, {"--rest"}} {
+		if _, stderr, err := testbin.RunErr(env, ferry, append([]string{"--profile", alice, "name"}, args...)...); err == nil || !strings.Contains(strings.ToLower(stderr), "usage") {
+			t.Errorf("name %q: %v %q; want a usage error", args, err, stderr)
+		}
+	}
+	if out := run(alice, "--json", "name", "--", "--reset", "extra"); !strings.Contains(out, `"display_name":"--reset extra"`) {
+		t.Fatalf("name -- --reset extra: %q", out)
 	}
 
 	var devs []struct {
@@ -782,6 +789,9 @@ func TestNameAndDeviceRename(t *testing.T) {
 	}
 	if out := run(alice, "devices"); !strings.Contains(out, devs[0].ID+"  work laptop") {
 		t.Fatalf("devices after the rename: %q", out)
+	}
+	if out := run(alice, "devices", "--rename", devs[0].ID, "--name", ""); !strings.Contains(out, `is named "unnamed device"`) {
+		t.Fatalf("devices --rename --name '': %q", out)
 	}
 	if _, stderr, err := testbin.RunErr(env, ferry, "--profile", alice, "devices", "--rename", devs[0].ID); err == nil || !strings.Contains(stderr, "usage: ferry devices") {
 		t.Fatalf("devices --rename without --name: %v %q", err, stderr)

@@ -348,6 +348,9 @@ export class FerryClient {
   // account counts sign-ins and sign-outs: a push or an ack answered after
   // one belongs to the account before it, and its answer is dropped.
   private account = 0;
+  // profileChanges counts setDisplayName() answers: a member list asked
+  // for before one keeps the name it set.
+  private profileChanges = 0;
   private attempt = 0; // reconnects since the last session that caught up
 
   private st: Status = { state: "signed-out", missingOps: 0, receivedOps: 0, pending: 0 };
@@ -1102,6 +1105,7 @@ export class FerryClient {
     const { user } = await this.accounts.setDisplayName({ displayName }, { timeoutMs: this.opts.callTimeoutMs });
     const u = { id: user!.id, username: user!.username, displayName: user!.displayName };
     if (account === this.account) {
+      this.profileChanges++;
       this.names.set(u.id, { username: u.username, displayName: u.displayName });
       for (const [convId, list] of this.memberLists) {
         const m = list.find((m) => m.userId === u.id);
@@ -1189,6 +1193,7 @@ export class FerryClient {
   private async fetchMembers(convId: string): Promise<MemberView[]> {
     const account = this.account;
     const changes = this.memberChanges.get(convId) ?? 0;
+    const profiles = this.profileChanges;
     let res;
     this.membersFetching.add(convId);
     try {
@@ -1201,6 +1206,12 @@ export class FerryClient {
     }
     if (account !== this.account) throw new Error("ferry: the device signed in or out meanwhile");
     const list: MemberView[] = res.members.map((m) => ({ userId: m.userId, username: m.username, displayName: m.displayName, role: roleNames[m.role] ?? "member" }));
+    if (profiles !== this.profileChanges) {
+      // The user's display name changed since the server answered.
+      const me = this.meta.session?.userId;
+      const mine = me === undefined ? undefined : this.names.get(me);
+      for (const m of list) if (m.userId === me && mine) m.displayName = mine.displayName;
+    }
     let learned = false;
     for (const m of list) {
       const had = this.names.get(m.userId);

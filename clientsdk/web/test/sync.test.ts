@@ -2297,3 +2297,37 @@ test("setDisplayName() is what the members' lists give; renameDevice() and revok
   await assert.rejects(phone.accounts.getAccount({}), (err: unknown) => ConnectError.from(err).code === Code.Unauthenticated);
   assert.deepEqual((await alice.devices()).map((d) => d.current), [true]);
 });
+
+test("a member list asked for before setDisplayName() and answered after it does not bring the old name back", { timeout: 60_000 }, async () => {
+  // Holds the answer of the next GetConversation until released: the
+  // server answered it before the name changed.
+  let hold: Promise<void> | undefined;
+  let answered = () => {};
+  const alice = await openWith(async (input, init) => {
+    const held = String(input).endsWith("/ferry.v1.ConversationService/GetConversation") ? hold : undefined;
+    if (held) hold = undefined;
+    const res = await globalThis.fetch(input, init);
+    if (held) {
+      answered();
+      await held;
+    }
+    return res;
+  });
+  const bob = await open();
+  const a = await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const conv = await alice.createConversation("room", [b]);
+  await alice.waitFor(() => alice.conversations().find((c) => c.id === conv)?.head === 2);
+  await alice.members(conv);
+
+  let release = () => {};
+  hold = new Promise<void>((r) => (release = r));
+  const serverAnswered = new Promise<void>((r) => (answered = r));
+  const asked = alice.members(conv); // as the device's own refresh would
+  await serverAnswered; // with the old name
+  await alice.setDisplayName("Alice Liddell");
+  release();
+  await asked;
+  assert.equal(alice.knownMembers(conv)?.find((m) => m.username === a)?.displayName, "Alice Liddell",
+    "the list answered after setDisplayName() brought the old name back");
+});
