@@ -284,6 +284,9 @@ func TestDisplayNameAndDeviceNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := alice.SendText(ctx, conv, "hello"); err != nil {
+		t.Fatal(err)
+	}
 	if err := alice.SyncOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -312,6 +315,12 @@ func TestDisplayNameAndDeviceNames(t *testing.T) {
 		return m.User.Username == "alice" && m.User.DisplayName == "Alice Liddell"
 	}) {
 		t.Errorf("the members bob is shown: %+v, %v; want alice's new name", ms, err)
+	}
+	// Her message shows it, on both devices.
+	for _, d := range []*clientsdk.Device{alice, bob} {
+		if m := messages(t, d, conv); len(m) != 1 || m[0].AuthorName != "alice" || m[0].AuthorDisplayName != "Alice Liddell" {
+			t.Errorf("her message: %+v; want her username and new display name", m)
+		}
 	}
 	if _, err := alice.SetDisplayName(ctx, "line\nbreak"); connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Errorf("a name with a newline: %v; want invalid_argument", err)

@@ -67,19 +67,22 @@ func (s MessageStatus) String() string {
 
 // Message is a message with everything later ops did to it.
 type Message struct {
-	ID          ulid.ULID
-	Conv        ulid.ULID
-	Seq         uint64 // 0 while pending
-	Author      ulid.ULID
-	AuthorName  string // the author's username, when known
-	Device      ulid.ULID
-	Sent        time.Time // the author's clock, from the op id
-	ContentType string
-	Body        []byte // the latest edit's body; nil once deleted
-	Edited      bool
-	Deleted     bool
-	Reactions   []model.ReactionView
-	Status      MessageStatus
+	ID         ulid.ULID
+	Conv       ulid.ULID
+	Seq        uint64 // 0 while pending
+	Author     ulid.ULID
+	AuthorName string // the author's username, when known
+	// AuthorDisplayName is the author's display name, when known, as the
+	// device last learned it (Members, LookupUser, SetDisplayName).
+	AuthorDisplayName string
+	Device            ulid.ULID
+	Sent              time.Time // the author's clock, from the op id
+	ContentType       string
+	Body              []byte // the latest edit's body; nil once deleted
+	Edited            bool
+	Deleted           bool
+	Reactions         []model.ReactionView
+	Status            MessageStatus
 	// ReadBy lists the other members who read it (small conversations).
 	ReadBy []ulid.ULID
 }
@@ -406,7 +409,7 @@ func (d *Device) pageLocked(s *model.State, conv ulid.ULID, before uint64, limit
 func (d *Device) sentMessage(conv ulid.ULID, rec *convRecord, v model.MessageView, me ulid.ULID) Message {
 	m := Message{ID: v.ID, Conv: conv, Seq: v.Seq, Author: v.User, Device: v.Device, Sent: ulid.Time(v.ID.Time()),
 		ContentType: v.ContentType, Body: v.Body, Edited: v.Edited, Deleted: v.Deleted, Reactions: v.Reactions}
-	m.AuthorName = d.users[v.User].Username
+	m.AuthorName, m.AuthorDisplayName = d.users[v.User].Username, d.users[v.User].DisplayName
 	if v.User == me {
 		m.Status = ownStatus(rec, v.Seq)
 	}
@@ -423,7 +426,7 @@ func (d *Device) sentMessage(conv ulid.ULID, rec *convRecord, v model.MessageVie
 // pendingMessage is the Message of op, a message of the user's own in the
 // outbox; s is its conversation's state. d.mu is held.
 func (d *Device) pendingMessage(s *model.State, op *model.Op, me ulid.ULID) Message {
-	m := Message{ID: op.ID, Conv: s.Conv(), Author: me, AuthorName: d.users[me].Username, Device: op.Dot.Device,
+	m := Message{ID: op.ID, Conv: s.Conv(), Author: me, AuthorName: d.users[me].Username, AuthorDisplayName: d.users[me].DisplayName, Device: op.Dot.Device,
 		Sent: ulid.Time(op.ID.Time()), ContentType: op.ContentType, Body: op.Body, Status: StatusPending}
 	if s.Deleted(op.ID) {
 		// Another member deleted it before its push's answer came (a lost
@@ -476,7 +479,7 @@ func (d *Device) failedMessagesLocked(conv, me ulid.ULID) ([]Message, error) {
 			return nil, err
 		}
 		if op, err := wire.Op("op", conv, p); err == nil && op.Kind == model.KindMessage {
-			out = append(out, Message{ID: op.ID, Conv: conv, Author: me, AuthorName: d.users[me].Username, Device: op.Dot.Device,
+			out = append(out, Message{ID: op.ID, Conv: conv, Author: me, AuthorName: d.users[me].Username, AuthorDisplayName: d.users[me].DisplayName, Device: op.Dot.Device,
 				Sent: ulid.Time(op.ID.Time()), ContentType: op.ContentType, Body: op.Body, Status: StatusFailed})
 		}
 	}

@@ -87,6 +87,10 @@ class App {
         });
       }
     });
+    $("setname").addEventListener("click", () => {
+      const name = prompt("The name others see you by (empty: your username)");
+      if (name !== null) void c.setDisplayName(name.trim()).catch((err) => alert(err instanceof Error ? err.message : String(err)));
+    });
     document.addEventListener("visibilitychange", () => this.markRead());
     if (c.session) c.start();
     this.render();
@@ -150,6 +154,7 @@ class App {
     if (this.open && !this.c.conversations().some((x) => x.id === this.open)) this.open = undefined;
     $("chat").classList.toggle("hidden", !s || !this.open);
     $("signout").classList.toggle("hidden", !s);
+    $("setname").classList.toggle("hidden", !s);
     $("me").textContent = s ? s.username : "";
     this.drawStatus(this.c.status());
     if (!s) return;
@@ -254,7 +259,8 @@ class App {
   private message(m: MessageView): HTMLElement {
     const mine = m.userId === this.c.session?.userId;
     const div = el("div", { class: `msg${mine ? " mine" : ""}`, "data-id": m.id });
-    if (!mine) div.append(el("div", { class: "author" }, m.authorName ?? "…")); // the name comes with the members' list
+    // The names come with the members' list.
+    if (!mine) div.append(el("div", { class: "author", title: m.authorName ?? "" }, m.authorDisplayName || m.authorName || "…"));
     div.append(m.deleted ? el("div", { class: "deleted" }, "message deleted") : el("div", { class: "text" }, m.text));
     const meta = el("div", { class: "meta" });
     const reactions = Object.entries(m.reactions).map(([k, users]) => `${k} ${users.length}`).join(" ");

@@ -1106,7 +1106,9 @@ export class FerryClient {
     const u = { id: user!.id, username: user!.username, displayName: user!.displayName };
     if (account === this.account) {
       this.profileChanges++;
+      const had = this.names.get(u.id);
       this.names.set(u.id, { username: u.username, displayName: u.displayName });
+      if (had?.displayName !== u.displayName) this.emit({ kind: "messages" }); // the user's messages show it
       for (const [convId, list] of this.memberLists) {
         const m = list.find((m) => m.userId === u.id);
         if (m && m.displayName !== u.displayName) {
@@ -1236,15 +1238,18 @@ export class FerryClient {
     return list;
   }
 
-  // named gives a message its author's username when the device knows
-  // it; when it does not, and has no list of the conversation's members
+  // named gives a message its author's username, and display name, when
+  // the device knows them; when it does not, and has no list of the conversation's members
   // yet, the list is fetched (refreshMembers), and listeners hear when
   // it came.
   private named(m: MessageView): MessageView {
     const me = this.meta.session;
     const name = m.userId === me?.userId ? me.username : this.names.get(m.userId)?.username;
-    if (name) m.authorName = name;
-    else if (m.userId && !this.memberLists.has(m.convId) && !this.membersDue.has(m.convId) && !this.membersGone.has(m.convId) && !this.membersFetching.has(m.convId)) {
+    if (name) {
+      m.authorName = name;
+      const display = this.names.get(m.userId)?.displayName;
+      if (display) m.authorDisplayName = display;
+    } else if (m.userId && !this.memberLists.has(m.convId) && !this.membersDue.has(m.convId) && !this.membersGone.has(m.convId) && !this.membersFetching.has(m.convId)) {
       this.membersDue.add(m.convId);
       queueMicrotask(() => void this.refreshMembers());
     }

@@ -21,6 +21,8 @@ export interface MessageView {
    * lists were fetched).
    */
   authorName?: string;
+  /** The author's display name, once the device knows it (as authorName). */
+  authorDisplayName?: string;
   deviceId: string;
   text: string;
   contentType: string;

@@ -125,6 +125,12 @@ test("two browsers and a Go device chat; an offline browser catches up once, in 
   await alice.waitForFunction((c) => (globalThis as any).ferry.messages(c).every((m: any) => m.status === "read"), conv);
   await shot(alice, "6-alice-read-marks");
 
+  // Alice sets the name others see her by; bob's page shows it once it
+  // asks for the members again, after its reload below.
+  alice.once("dialog", (d) => void d.accept("Alice Liddell"));
+  await alice.click("#setname");
+  await alice.waitForFunction((c) => (globalThis as any).ferry.knownMembers(c)?.some((m: any) => m.displayName === "Alice Liddell"), conv);
+
   // A reload keeps them: they come from IndexedDB, not the server.
   await bob.reload();
   await bob.waitForSelector('#status[data-state="live"]');
@@ -132,6 +138,10 @@ test("two browsers and a Go device chat; an offline browser catches up once, in 
   await bob.waitForFunction(() => document.querySelectorAll("#messages .msg").length === 50);
   assert.deepEqual(await texts(bob), want);
   assert.equal(await bob.evaluate(() => (globalThis as any).ferry.status().receivedOps), 0, "the reloaded page fetched nothing again");
+  await bob.waitForFunction(() => {
+    const authors = [...document.querySelectorAll("#messages .msg .author")];
+    return authors.length === 50 && authors.every((e) => e.textContent === "Alice Liddell" && e.getAttribute("title") === "alice");
+  });
 
   // A Go SDK device (the ferry command, as bob) and the browser, both ways.
   const ferry = goBuild("ferry");

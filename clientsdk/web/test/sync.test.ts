@@ -2283,6 +2283,13 @@ test("setDisplayName() is what the members' lists give; renameDevice() and revok
   assert.equal(alice.knownMembers(conv)?.find((m) => m.username === a)?.displayName, "Alice Liddell", "her own list still shows the old name");
   assert.equal(told, 1, "listeners were not told of the conversation whose list changed");
   assert.equal((await bob.members(conv)).find((m) => m.username === a)?.displayName, "Alice Liddell");
+  // Her messages show it, on both devices.
+  await alice.send(conv, "hi");
+  await bob.waitFor(() => bob.messages(conv).length === 1);
+  for (const c of [alice, bob]) {
+    const [m] = c.messages(conv);
+    assert.deepEqual([m?.authorName, m?.authorDisplayName], [a, "Alice Liddell"]);
+  }
   await assert.rejects(alice.setDisplayName("x".repeat(65)),
     (err: unknown) => ConnectError.from(err).code === Code.InvalidArgument && /longer than 64 bytes/.test(String(err)));
 
