@@ -863,24 +863,12 @@ func (d *Device) SetDisplayName(ctx context.Context, name string) (User, error) 
 	if err != nil {
 		return User{}, fmt.Errorf("ferry: server sent user id %q: %w", u.GetId(), err)
 	}
-	// This device shows the name at once: in the conversations it holds
-	// the members of.
+	// This device shows the name at once, unless its user signed out
+	// meanwhile: the answer is not the new user's.
 	d.mu.Lock()
-	if !d.closed {
-		var evs []Event
-		b := d.db.NewBatch()
+	if !d.closed && d.owner == u.GetId() {
 		d.profileChanges++
-		if d.rememberUserLocked(b, id, u.GetUsername(), u.GetDisplayName()) {
-			for conv, list := range d.members {
-				if hasAny(list, map[string]bool{u.GetId(): true}) {
-					evs = append(evs, ConversationChanged{Conv: conv})
-				}
-			}
-		}
-		if err := d.db.Commit(b); err != nil {
-			d.log.Warn("remember user", "err", err)
-		}
-		d.emit(evs...)
+		d.learnUserLocked(id, u.GetUsername(), u.GetDisplayName())
 	}
 	d.mu.Unlock()
 	return User{ID: id, Username: u.GetUsername(), DisplayName: u.GetDisplayName()}, nil
@@ -984,14 +972,30 @@ func (d *Device) BlockedUsers(ctx context.Context) ([]User, error) {
 func (d *Device) rememberUser(id ulid.ULID, username, display string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
+	if !d.closed {
+		d.learnUserLocked(id, username, display)
+	}
+}
+
+// learnUserLocked keeps user id's names and, when they changed, tells the
+// conversations whose members the device holds that have them
+// (ConversationChanged): their messages show the names. d.mu is held.
+func (d *Device) learnUserLocked(id ulid.ULID, username, display string) {
+	b := d.db.NewBatch()
+	if !d.rememberUserLocked(b, id, username, display) {
 		return
 	}
-	b := d.db.NewBatch()
-	d.rememberUserLocked(b, id, username, display)
 	if err := d.db.Commit(b); err != nil {
 		d.log.Warn("remember user", "err", err)
+		return
 	}
+	var evs []Event
+	for conv, list := range d.members {
+		if hasAny(list, map[string]bool{id.String(): true}) {
+			evs = append(evs, ConversationChanged{Conv: conv})
+		}
+	}
+	d.emit(evs...)
 }
 
 // rememberUserLocked is rememberUser, written to b. It reports whether

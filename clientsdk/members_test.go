@@ -382,3 +382,118 @@ func TestMembersAnsweredBeforeANameChange(t *testing.T) {
 		t.Errorf("members: %+v; want her new name", ms)
 	}
 }
+
+// TestLookupUserNewDisplayNameIsAnnounced: a LookupUser that teaches the
+// device a member's new display name, which their messages show
+// (AuthorDisplayName), says so, as Members and SetDisplayName do:
+// ConversationChanged for the conversations whose members it holds.
+func TestLookupUserNewDisplayNameIsAnnounced(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	bob := device(t, srv, "bob", false)
+	bobAcc, err := bob.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv, err := alice.CreateConversation(ctx, "room", bobAcc.User)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.SendText(ctx, conv, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Members(ctx, conv); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.SetDisplayName(ctx, "Alice Liddell"); err != nil {
+		t.Fatal(err)
+	}
+	sub := bob.Subscribe(64)
+	defer sub.Close()
+	if u, err := bob.LookupUser(ctx, "alice"); err != nil || u.DisplayName != "Alice Liddell" {
+		t.Fatalf("lookup: %+v, %v", u, err)
+	}
+	if m := messages(t, bob, conv); len(m) != 1 || m[0].AuthorDisplayName != "Alice Liddell" {
+		t.Fatalf("bob's messages: %+v", m)
+	}
+	told := false
+	for len(sub.C()) > 0 {
+		if c, ok := (<-sub.C()).(clientsdk.ConversationChanged); ok && c.Conv == conv {
+			told = true
+		}
+	}
+	if !told {
+		t.Error("her message now shows her new display name, but bob's device told its listeners nothing")
+	}
+}
+
+// TestSetDisplayNameAnsweredAfterAnotherUserSignedIn: alice's
+// SetDisplayName answered after she logged out and bob logged in on the
+// same profile is not bob's: it neither writes her record into his
+// replica nor counts as a name change of his, which would have his
+// member list, answered meanwhile, skip his own record (his messages
+// then without his name).
+func TestSetDisplayNameAnsweredAfterAnotherUserSignedIn(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	bob := device(t, srv, "bob", false)
+	conv, err := bob.CreateConversation(ctx, "notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.SendText(ctx, conv, "mine"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	var holdName, holdMembers atomic.Bool
+	nameAnswered, nameRelease := make(chan struct{}), make(chan struct{})
+	membersAnswered, membersRelease := make(chan struct{}), make(chan struct{})
+	d := device(t, srv, "alice", false, clientsdk.WithHTTPClient(&http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		resp, err := srv.HTTP.Transport.RoundTrip(r)
+		if strings.HasSuffix(r.URL.Path, "/SetDisplayName") && holdName.CompareAndSwap(true, false) {
+			close(nameAnswered)
+			<-nameRelease
+		}
+		if strings.HasSuffix(r.URL.Path, "/GetConversation") && holdMembers.CompareAndSwap(true, false) {
+			close(membersAnswered)
+			<-membersRelease
+		}
+		return resp, err
+	})}))
+	holdName.Store(true)
+	named := make(chan error, 1)
+	go func() {
+		_, err := d.SetDisplayName(ctx, "Alice Liddell")
+		named <- err
+	}()
+	<-nameAnswered // the server set alice's name; the answer is on its way
+	if err := d.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Login(ctx, "bob", "correct horse", "shared laptop"); err != nil {
+		t.Fatal(err)
+	}
+	holdMembers.Store(true)
+	synced := make(chan error, 1)
+	go func() { synced <- d.SyncOnce(ctx) }() // fetches bob's conversation's members
+	<-membersAnswered
+	close(nameRelease)
+	if err := <-named; err != nil {
+		t.Fatal(err)
+	}
+	close(membersRelease)
+	if err := <-synced; err != nil {
+		t.Fatal(err)
+	}
+	if m := messages(t, d, conv); len(m) != 1 || m[0].AuthorName != "bob" {
+		t.Errorf("bob's own message on the profile he signed in to: %+v; want AuthorName bob", m)
+	}
+}

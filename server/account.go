@@ -81,9 +81,9 @@ func (h accountService) RevokeDevice(ctx context.Context, req *ferryv1.RevokeDev
 	if err != nil {
 		return nil, err
 	}
-	a := actorFrom(ctx)
-	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
-		return nil, connectError(err)
+	a, err := h.userWrite(ctx)
+	if err != nil {
+		return nil, err
 	}
 	if err := h.s.eng.RevokeDevice(ctx, a, id); err != nil {
 		return nil, connectError(err)
@@ -91,12 +91,10 @@ func (h accountService) RevokeDevice(ctx context.Context, req *ferryv1.RevokeDev
 	return &ferryv1.RevokeDeviceResponse{}, nil
 }
 
-// SetDisplayName, RenameDevice and RevokeDevice are writes of the
-// caller's user, a commit each: under the push limit, as block is.
 func (h accountService) SetDisplayName(ctx context.Context, req *ferryv1.SetDisplayNameRequest) (*ferryv1.SetDisplayNameResponse, error) {
-	a := actorFrom(ctx)
-	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
-		return nil, connectError(err)
+	a, err := h.userWrite(ctx)
+	if err != nil {
+		return nil, err
 	}
 	u, err := h.s.eng.SetDisplayName(ctx, a, req.GetDisplayName())
 	if err != nil {
@@ -110,9 +108,9 @@ func (h accountService) RenameDevice(ctx context.Context, req *ferryv1.RenameDev
 	if err != nil {
 		return nil, err
 	}
-	a := actorFrom(ctx)
-	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
-		return nil, connectError(err)
+	a, err := h.userWrite(ctx)
+	if err != nil {
+		return nil, err
 	}
 	d, err := h.s.eng.RenameDevice(ctx, a, id, req.GetName())
 	if err != nil {
@@ -169,19 +167,30 @@ func (h accountService) UnblockUser(ctx context.Context, req *ferryv1.UnblockUse
 	return &ferryv1.UnblockUserResponse{}, nil
 }
 
-// block runs a block or an unblock (change) of the user userID names: a
-// write of the caller's user, as an ack of one marker is, under the push
-// limit, so that one user calling in a loop does not take the writer.
+// block runs a block or an unblock (change) of the user userID names, a
+// write of the caller's user (userWrite).
 func (h accountService) block(ctx context.Context, userID string, change func(context.Context, engine.Actor, ulid.ULID) error) error {
 	id, err := parseID("user_id", userID)
 	if err != nil {
 		return err
 	}
-	a := actorFrom(ctx)
-	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
-		return connectError(err)
+	a, err := h.userWrite(ctx)
+	if err != nil {
+		return err
 	}
 	return connectError(change(ctx, a, id))
+}
+
+// userWrite lets in a write of the caller's user that commits whatever
+// it finds (a block, a display name, a device renamed or revoked): under
+// the push limit, as an ack of one marker is, so that one user calling in
+// a loop does not take the writer. It returns the caller.
+func (h accountService) userWrite(ctx context.Context) (engine.Actor, error) {
+	a := actorFrom(ctx)
+	if err := h.s.throttleAck(ctx, a.User, 1, nil); err != nil {
+		return engine.Actor{}, connectError(err)
+	}
+	return a, nil
 }
 
 func (h accountService) ListBlockedUsers(ctx context.Context, _ *ferryv1.ListBlockedUsersRequest) (*ferryv1.ListBlockedUsersResponse, error) {

@@ -708,17 +708,24 @@ func TestPasswd(t *testing.T) {
 	}
 }
 
-// TestBlock: ferry block stops a user adding you to conversations (their
-// ferry conversation add then fails, saying why), blocked lists them,
-// unblock lets them again.
-func TestBlock(t *testing.T) {
-	_, ferry, env, alice := aliceWithNotes(t)
-	bob := filepath.Join(filepath.Dir(alice), "bob")
-	run := func(profile string, args ...string) string {
+// aliceAndBob is aliceWithNotes with bob registered in a profile beside
+// alice's, and run, which runs ferry with a profile.
+func aliceAndBob(t *testing.T) (ferry string, env []string, alice, bob string, run func(profile string, args ...string) string) {
+	_, ferry, env, alice = aliceWithNotes(t)
+	bob = filepath.Join(filepath.Dir(alice), "bob")
+	run = func(profile string, args ...string) string {
 		t.Helper()
 		return testbin.Run(t, env, ferry, append([]string{"--profile", profile}, args...)...)
 	}
 	run(bob, "register", "bob")
+	return ferry, env, alice, bob, run
+}
+
+// TestBlock: ferry block stops a user adding you to conversations (their
+// ferry conversation add then fails, saying why), blocked lists them,
+// unblock lets them again.
+func TestBlock(t *testing.T) {
+	ferry, env, alice, bob, run := aliceAndBob(t)
 	if out := run(bob, "block", "alice"); !strings.Contains(out, "alice can no longer add you to conversations") {
 		t.Fatalf("block: %q", out)
 	}
@@ -747,13 +754,7 @@ func TestBlock(t *testing.T) {
 // user's conversations see (their conversation members lists it), --reset
 // gives the username back; ferry devices --rename renames a device.
 func TestNameAndDeviceRename(t *testing.T) {
-	_, ferry, env, alice := aliceWithNotes(t)
-	bob := filepath.Join(filepath.Dir(alice), "bob")
-	run := func(profile string, args ...string) string {
-		t.Helper()
-		return testbin.Run(t, env, ferry, append([]string{"--profile", profile}, args...)...)
-	}
-	run(bob, "register", "bob")
+	ferry, env, alice, bob, run := aliceAndBob(t)
 	run(alice, "conversation", "add", "notes", "bob")
 	run(alice, "sync")
 	if out := run(alice, "name", "Alice", "Liddell"); !strings.Contains(out, `alice is shown as "Alice Liddell"`) {

@@ -1106,16 +1106,7 @@ export class FerryClient {
     const u = { id: user!.id, username: user!.username, displayName: user!.displayName };
     if (account === this.account) {
       this.profileChanges++;
-      const had = this.names.get(u.id);
-      this.names.set(u.id, { username: u.username, displayName: u.displayName });
-      if (had?.displayName !== u.displayName) this.emit({ kind: "messages" }); // the user's messages show it
-      for (const [convId, list] of this.memberLists) {
-        const m = list.find((m) => m.userId === u.id);
-        if (m && m.displayName !== u.displayName) {
-          m.displayName = u.displayName;
-          this.emit({ kind: "conversations", convId });
-        }
-      }
+      this.learnNames([u]);
     }
     return u;
   }
@@ -1183,8 +1174,31 @@ export class FerryClient {
     const byName = new Map(res.users.map((u) => [u.username.toLowerCase(), u]));
     const missing = usernames.filter((n) => !byName.has(n.toLowerCase()));
     if (missing.length) throw new Error(`ferry: no such user: ${missing.join(", ")}`);
-    if (account === this.account) for (const u of res.users) this.names.set(u.id, { username: u.username, displayName: u.displayName });
+    if (account === this.account) this.learnNames(res.users);
     return usernames.map((n) => byName.get(n.toLowerCase())!);
+  }
+
+  // learnNames keeps users' names, as a lookup or a name change gave
+  // them: in the member lists held too, and tells listeners of the
+  // conversations whose lists changed, and of messages, which show them.
+  private learnNames(users: { id: string; username: string; displayName: string }[]): void {
+    let learned = false;
+    for (const u of users) {
+      const had = this.names.get(u.id);
+      if (had?.username !== u.username || had.displayName !== u.displayName) {
+        this.names.set(u.id, { username: u.username, displayName: u.displayName });
+        learned = true;
+      }
+      for (const [convId, list] of this.memberLists) {
+        const m = list.find((m) => m.userId === u.id);
+        if (m && (m.username !== u.username || m.displayName !== u.displayName)) {
+          m.username = u.username;
+          m.displayName = u.displayName;
+          this.emit({ kind: "conversations", convId });
+        }
+      }
+    }
+    if (learned) this.emit({ kind: "messages" });
   }
 
   // fetchMembers asks the server for a conversation's members and keeps

@@ -300,7 +300,7 @@ test("a revoked browser signs in again from the form, and what it queued goes ou
 // same list: the row's node stays in the document (taken out and put
 // back, the click is lost).
 test("a click on a row lands while another row of its list changes", { timeout: 60_000 }, async () => {
-  const page = await signUp(await browser.newContext(), "erin");
+  const page = await signUp(await browser.newContext(), "gwen");
   const create = async (title: string) => {
     await page.fill("#title", title);
     await page.click("#newconv button");

@@ -2338,3 +2338,25 @@ test("a member list asked for before setDisplayName() and answered after it does
   assert.equal(alice.knownMembers(conv)?.find((m) => m.username === a)?.displayName, "Alice Liddell",
     "the list answered after setDisplayName() brought the old name back");
 });
+
+test("a lookup that learns a member's new display name tells listeners, and the member lists agree", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await open();
+  const a = await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const conv = await alice.createConversation("room", [b]);
+  await alice.send(conv, "hello");
+  await bob.waitFor(() => bob.messages(conv).length === 1);
+  await bob.members(conv);
+  assert.equal(bob.messages(conv)[0]?.authorDisplayName, a);
+
+  await alice.setDisplayName("Alice Liddell");
+  const events: { kind: string; convId?: string }[] = [];
+  const off = bob.on((e) => void events.push(e));
+  await bob.createConversation("other", [a]); // looks alice up
+  off();
+  assert.equal(bob.messages(conv)[0]?.authorDisplayName, "Alice Liddell");
+  assert.ok(events.some((e) => e.kind === "messages" && e.convId === undefined), `listeners were told ${JSON.stringify(events)}`);
+  assert.ok(events.some((e) => e.kind === "conversations" && e.convId === conv), `listeners were told ${JSON.stringify(events)}`);
+  assert.equal(bob.knownMembers(conv)?.find((m) => m.username === a)?.displayName, "Alice Liddell");
+});
