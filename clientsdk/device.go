@@ -844,11 +844,12 @@ func (d *Device) ChangePassword(ctx context.Context, current, next string, signO
 	return int(resp.GetDevicesSignedOut()), nil
 }
 
-// SetDisplayName sets the user's display name, as the members of their
-// conversations see it: in the next member list or lookup their devices
-// ask the server for (Members, LookupUser), nothing pushed to them. Empty
-// sets it back to the username. The server refuses a name longer than
-// 64 bytes or with control characters (connect.CodeInvalidArgument).
+// SetDisplayName sets the user's display name, as other users see it
+// with their username: in the next member list or lookup their devices
+// ask the server for (Members, LookupUser), nothing pushed to them. Empty,
+// or a name that shows nothing (spaces, invisible characters), sets it
+// back to the username. The server refuses a name longer than 64 bytes
+// or with control characters or line breaks (connect.CodeInvalidArgument).
 func (d *Device) SetDisplayName(ctx context.Context, name string) (User, error) {
 	acc, _, _, err := d.authedClients()
 	if err != nil {
@@ -977,11 +978,12 @@ func (d *Device) rememberUser(id ulid.ULID, username, display string) {
 	}
 }
 
-// learnUserLocked keeps user id's names and, when they changed, tells the
-// conversations whose members the device holds that have them
-// (ConversationChanged): their messages show the names. d.mu is held.
+// learnUserLocked keeps user id's names and, when they changed, tells
+// the conversations whose messages show them (namesEvents). d.mu is
+// held.
 func (d *Device) learnUserLocked(id ulid.ULID, username, display string) {
 	b := d.db.NewBatch()
+	_, knew := d.users[id]
 	if !d.rememberUserLocked(b, id, username, display) {
 		return
 	}
@@ -989,13 +991,7 @@ func (d *Device) learnUserLocked(id ulid.ULID, username, display string) {
 		d.log.Warn("remember user", "err", err)
 		return
 	}
-	var evs []Event
-	for conv, list := range d.members {
-		if hasAny(list, map[string]bool{id.String(): true}) {
-			evs = append(evs, ConversationChanged{Conv: conv})
-		}
-	}
-	d.emit(evs...)
+	d.emit(d.namesEvents(map[string]bool{id.String(): true}, knew)...)
 }
 
 // rememberUserLocked is rememberUser, written to b. It reports whether

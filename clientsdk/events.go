@@ -99,9 +99,11 @@ type StatusChanged struct{ Status Status }
 // or receipts changed, or it appeared, or its last message did (one
 // arrived, was sent, refused or dismissed): what a conversation list
 // shows of it. It also comes when the device learns a member list, or
-// names of its members (Members; the device fetches them as memberships
-// change), for each conversation it holds the members of that has them:
-// its messages show them as Message.AuthorName.
+// names of its members (Members, LookupUser, SetDisplayName; the device
+// fetches member lists as memberships change), for each conversation it
+// holds the members of that has them, and for every conversation when a
+// name it knew changed (a user who left shows it on their messages too):
+// messages show them as Message.AuthorName and AuthorDisplayName.
 type ConversationChanged struct{ Conv ulid.ULID }
 
 // MessagesChanged: messages of a conversation arrived or changed: edits,

@@ -497,3 +497,65 @@ func TestSetDisplayNameAnsweredAfterAnotherUserSignedIn(t *testing.T) {
 		t.Errorf("bob's own message on the profile he signed in to: %+v; want AuthorName bob", m)
 	}
 }
+
+// TestFormerMemberNewDisplayNameIsAnnounced: a new display name of a
+// user who left a conversation shows on their messages there: the device
+// that learns it (here by LookupUser) tells that conversation too.
+func TestFormerMemberNewDisplayNameIsAnnounced(t *testing.T) {
+	srv := servertest.New(t, servertest.Config{})
+	alice := device(t, srv, "alice", false)
+	bob := device(t, srv, "bob", false)
+	aliceAcc, err := alice.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv, err := bob.CreateConversation(ctx, "room", aliceAcc.User)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.SendText(ctx, conv, "hello, and goodbye"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Leave(ctx, conv); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Members(ctx, conv); err != nil {
+		t.Fatal(err)
+	}
+	if m := messages(t, bob, conv); len(m) != 1 || m[0].AuthorDisplayName != "alice" {
+		t.Fatalf("bob's messages: %+v; want hers, named", m)
+	}
+
+	if _, err := alice.SetDisplayName(ctx, "Alice Liddell"); err != nil {
+		t.Fatal(err)
+	}
+	sub := bob.Subscribe(64)
+	defer sub.Close()
+	if _, err := bob.LookupUser(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if m := messages(t, bob, conv); len(m) != 1 || m[0].AuthorDisplayName != "Alice Liddell" {
+		t.Fatalf("bob's messages: %+v; want her new name", m)
+	}
+	told := false
+	for len(sub.C()) > 0 {
+		if c, ok := (<-sub.C()).(clientsdk.ConversationChanged); ok && c.Conv == conv {
+			told = true
+		}
+	}
+	if !told {
+		t.Error("her message in the room she left now shows her new display name, but bob's device told its listeners nothing")
+	}
+}

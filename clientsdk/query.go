@@ -721,13 +721,18 @@ func (d *Device) fetchMembers(ctx context.Context, conv ulid.ULID) error {
 	case d.owner != owner:
 		return fmt.Errorf("%w: %s (another user signed in meanwhile)", ErrUnknownConversation, conv)
 	}
-	renamed := map[string]bool{} // users whose names the device learned
+	learned := map[string]bool{} // users whose names the device learned
+	renamed := false             // a name it knew changed
 	for _, m := range resp.GetMembers() {
 		// The user's own name, changed here since the server answered,
 		// stays as it was set.
 		stale := m.GetUserId() == owner && d.profileChanges != profiles
-		if id, err := ulid.ParseStrict(m.GetUserId()); err == nil && !stale && d.rememberUserLocked(b, id, m.GetUsername(), m.GetDisplayName()) {
-			renamed[m.GetUserId()] = true
+		if id, err := ulid.ParseStrict(m.GetUserId()); err == nil && !stale {
+			_, knew := d.users[id]
+			if d.rememberUserLocked(b, id, m.GetUsername(), m.GetDisplayName()) {
+				learned[m.GetUserId()] = true
+				renamed = renamed || knew
+			}
 		}
 		ms = append(ms, memberRecord{User: m.GetUserId(), Role: m.GetRole()})
 	}
@@ -737,22 +742,40 @@ func (d *Device) fetchMembers(ctx context.Context, conv ulid.ULID) error {
 	if err := d.db.Commit(b); err != nil {
 		return err
 	}
-	// This conversation changed, and every other whose members the device
-	// holds and that has one of those users: their messages show the
-	// names.
-	var evs []Event
-	for id, list := range d.members {
-		if id == conv && (!had || !slices.Equal(old, ms)) || hasAny(list, renamed) {
-			evs = append(evs, ConversationChanged{Conv: id})
-		}
+	// This conversation changed, and those whose messages show the names.
+	evs := d.namesEvents(learned, renamed)
+	if changed := (ConversationChanged{Conv: conv}); (!had || !slices.Equal(old, ms)) && !slices.Contains(evs, Event(changed)) {
+		evs = append(evs, changed)
 	}
 	d.emit(evs...)
 	return nil
 }
 
-// hasAny reports whether members has one of users.
-func hasAny(members []memberRecord, users map[string]bool) bool {
-	return len(users) > 0 && slices.ContainsFunc(members, func(m memberRecord) bool { return users[m.User] })
+// namesEvents are the events of users' names the device learned: a
+// ConversationChanged for each conversation whose members it holds that
+// has one of them, and, when a name it knew changed (renamed), for every
+// conversation it holds: their messages show the name in conversations
+// they left too. d.mu is held.
+func (d *Device) namesEvents(users map[string]bool, renamed bool) []Event {
+	if len(users) == 0 {
+		return nil
+	}
+	told := map[ulid.ULID]bool{}
+	for conv, list := range d.members {
+		if renamed || slices.ContainsFunc(list, func(m memberRecord) bool { return users[m.User] }) {
+			told[conv] = true
+		}
+	}
+	if renamed {
+		for conv := range d.convs {
+			told[conv] = true
+		}
+	}
+	evs := make([]Event, 0, len(told))
+	for conv := range told {
+		evs = append(evs, ConversationChanged{Conv: conv})
+	}
+	return evs
 }
 
 // Pending is an op waiting in the outbox.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/oklog/ulid/v2"
@@ -40,7 +41,7 @@ const tokenPrefix = "fy1_"
 type NewAccount struct {
 	Username    string
 	Password    string
-	DisplayName string // default: the username
+	DisplayName string // default (or one that shows nothing): the username
 	DeviceName  string // default: unnamedDevice
 }
 
@@ -94,11 +95,23 @@ func checkName(what, s string, max int) error {
 		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalid, what)
 	}
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return fmt.Errorf("%w: %s contains a control character", ErrInvalid, what)
+		// C0, DEL and C1 (a terminal acts on some of them: U+009B is a
+		// CSI), and the line and paragraph separators.
+		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
+			return fmt.Errorf("%w: %s contains a control character or a line break", ErrInvalid, what)
 		}
 	}
 	return nil
+}
+
+// displayName is the display name name gives a user named username: the
+// username for a name that shows nothing (empty, or only spaces and
+// invisible characters, such as a zero-width space).
+func displayName(name, username string) string {
+	if strings.TrimFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.Is(unicode.Cf, r) }) == "" {
+		return username
+	}
+	return name
 }
 
 func checkPassword(p string) error {
@@ -137,12 +150,10 @@ func (e *Engine) createUser(ctx context.Context, p NewAccount, withDevice bool) 
 	if err := checkPassword(p.Password); err != nil {
 		return User{}, Credentials{}, err
 	}
-	if p.DisplayName == "" {
-		p.DisplayName = p.Username
-	}
 	if err := checkName("display name", p.DisplayName, MaxDisplayName); err != nil {
 		return User{}, Credentials{}, err
 	}
+	p.DisplayName = displayName(p.DisplayName, p.Username)
 	if withDevice {
 		if err := checkName("device name", p.DeviceName, MaxDeviceName); err != nil {
 			return User{}, Credentials{}, err

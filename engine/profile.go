@@ -12,8 +12,9 @@ import (
 	"github.com/ferrysync/ferry/engine/internal/store"
 )
 
-// SetDisplayName sets the display name of a's user: empty sets it back to
-// their username. The members of their conversations see it in the next
+// SetDisplayName sets the display name of a's user: empty, or one that
+// shows nothing (spaces, invisible characters), sets it back to their
+// username. The members of their conversations see it in the next
 // member list or lookup they ask for; nothing is pushed to them.
 func (e *Engine) SetDisplayName(ctx context.Context, a Actor, name string) (User, error) {
 	if err := checkName("display name", name, MaxDisplayName); err != nil {
@@ -40,10 +41,7 @@ func (e *Engine) SetDisplayName(ctx context.Context, a Actor, name string) (User
 			tx.fail(err)
 			return
 		}
-		rec.DisplayName = name
-		if name == "" {
-			rec.DisplayName = rec.Username
-		}
+		rec.DisplayName = displayName(name, rec.Username)
 		tx.putUser(a.User, rec)
 		u = User{ID: a.User, Username: rec.Username, DisplayName: rec.DisplayName}
 	})

@@ -233,3 +233,42 @@ func TestProfileOfDamagedRecords(t *testing.T) {
 		t.Error("carol's lost record was written")
 	}
 }
+
+// TestNamesRefuseEveryControlCharacter: display and device names have no
+// control character, C1 too (a terminal acts on U+009B, a CSI; U+0085 is
+// a line break), nor a line or paragraph separator.
+func TestNamesRefuseEveryControlCharacter(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	for _, bad := range []string{"\u009b2J\u009bHalice", "Alice\u0085Bob", "x\u0080", "two\u2028lines"} {
+		if u, err := e.SetDisplayName(ctx, alice.Actor, bad); !errors.Is(err, engine.ErrInvalid) {
+			t.Errorf("display name %q: %+v, %v; want ErrInvalid", bad, u, err)
+		}
+		if d, err := e.RenameDevice(ctx, alice.Actor, alice.Actor.Device, bad); !errors.Is(err, engine.ErrInvalid) {
+			t.Errorf("device name %q: %+v, %v; want ErrInvalid", bad, d, err)
+		}
+		if _, err := e.Register(ctx, engine.NewAccount{Username: "mallory", Password: "correct horse", DisplayName: bad}); !errors.Is(err, engine.ErrInvalid) {
+			t.Errorf("register with display name %q: %v; want ErrInvalid", bad, err)
+		}
+	}
+}
+
+// TestBlankDisplayNameIsTheUsername: a display name that shows nothing
+// (spaces, invisible characters) is the username, as an empty one is, at
+// Register too: no user is shown blank.
+func TestBlankDisplayNameIsTheUsername(t *testing.T) {
+	e := enginetest.New(t)
+	alice := enginetest.Register(t, e, "alice")
+	for _, blank := range []string{" ", "   ", "\u200b", "\u3000", "\u200e\u200f"} {
+		if u, err := e.SetDisplayName(ctx, alice.Actor, blank); err != nil || u.DisplayName != "alice" {
+			t.Errorf("display name %q: %+v, %v; want her username", blank, u, err)
+		}
+	}
+	c, err := e.Register(ctx, engine.NewAccount{Username: "bob", Password: "correct horse", DisplayName: "\u200b "})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, _, err := e.Account(engine.Actor{User: c.User, Device: c.Device}); err != nil || u.DisplayName != "bob" {
+		t.Errorf("registered with a blank display name: %+v, %v; want his username", u, err)
+	}
+}

@@ -217,7 +217,7 @@ var (
 	dSentBytes       = desc("ferry_stream_sent_bytes_total", "Bytes handed to sync streams, compressed.")
 	dSendTimeouts    = desc("ferry_send_timeouts_total", "Streams reset because a write made no progress for the send timeout.")
 	dSignInsLimited  = desc("ferry_sign_ins_limited_total", "Sign-ins refused by the sign-in rate limit.")
-	dPushesThrottled = desc("ferry_pushes_throttled_total", "Pushes and acks that waited for their user's push limit.")
+	dPushesThrottled = desc("ferry_pushes_throttled_total", "Pushes, acks and account writes (blocks, names, device renames and revokes) that waited for their user's push limit.")
 	dPushesRefused   = desc("ferry_pushes_refused_total", "Pushes refused by the push limit: their user's devices pushed too much at once.")
 	dOverQuota       = desc("ferry_ops_over_quota_total", "Ops rejected because their body would take their user past their quota: --user-quota-mib, or one ferryd set-quota set (also in ferry_push_ops_total's rejected).")
 	dTLSHandshakes   = desc("ferry_tls_handshake_errors_total", "TLS handshakes that failed: scanners and plain-TCP health checks, or clients that refuse the certificate.")

@@ -259,8 +259,13 @@ class App {
   private message(m: MessageView): HTMLElement {
     const mine = m.userId === this.c.session?.userId;
     const div = el("div", { class: `msg${mine ? " mine" : ""}`, "data-id": m.id });
-    // The names come with the members' list.
-    if (!mine) div.append(el("div", { class: "author", title: m.authorName ?? "" }, m.authorDisplayName || m.authorName || "…"));
+    // The names come with the members' list. A display name goes with
+    // the username, which is the user's alone: anyone may take another's
+    // display name, or username, as theirs.
+    if (!mine) {
+      const d = m.authorDisplayName;
+      div.append(el("div", { class: "author" }, d && d !== m.authorName ? `${d} (${m.authorName})` : (m.authorName ?? "…")));
+    }
     div.append(m.deleted ? el("div", { class: "deleted" }, "message deleted") : el("div", { class: "text" }, m.text));
     const meta = el("div", { class: "meta" });
     const reactions = Object.entries(m.reactions).map(([k, users]) => `${k} ${users.length}`).join(" ");

@@ -1093,11 +1093,13 @@ export class FerryClient {
   }
 
   /**
-   * Sets the user's display name, as the members of their conversations
-   * see it: in the next members() their devices ask for, nothing pushed
-   * to them. Empty sets it back to the username. The server refuses a
-   * name longer than 64 bytes or with control characters
-   * (Code.InvalidArgument). This device's member lists show it at once.
+   * Sets the user's display name, as other users see it with their
+   * username: in the next members() or lookup their devices ask for,
+   * nothing pushed to them. Empty, or a name that shows nothing (spaces,
+   * invisible characters), sets it back to the username. The server
+   * refuses a name longer than 64 bytes or with control characters or
+   * line breaks (Code.InvalidArgument). This device's member lists and
+   * messages show it at once.
    */
   async setDisplayName(displayName: string): Promise<{ id: string; username: string; displayName: string }> {
     if (!this.meta.session) throw new Error("ferry: not signed in");

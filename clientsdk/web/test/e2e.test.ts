@@ -140,7 +140,7 @@ test("two browsers and a Go device chat; an offline browser catches up once, in 
   assert.equal(await bob.evaluate(() => (globalThis as any).ferry.status().receivedOps), 0, "the reloaded page fetched nothing again");
   await bob.waitForFunction(() => {
     const authors = [...document.querySelectorAll("#messages .msg .author")];
-    return authors.length === 50 && authors.every((e) => e.textContent === "Alice Liddell" && e.getAttribute("title") === "alice");
+    return authors.length === 50 && authors.every((e) => e.textContent === "Alice Liddell (alice)");
   });
 
   // A Go SDK device (the ferry command, as bob) and the browser, both ways.

@@ -774,7 +774,7 @@ func (x *GetAccountResponse) GetQuotaBytes() uint64 {
 }
 
 // Display names are at most 64 bytes of UTF-8, with no control
-// characters.
+// characters (C0, DEL, C1) or line and paragraph separators.
 type SetDisplayNameRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DisplayName   string                 `protobuf:"bytes,1,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
@@ -867,8 +867,9 @@ func (x *SetDisplayNameResponse) GetUser() *User {
 type RenameDeviceRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	// At most 64 bytes of UTF-8, with no control characters; empty names
-	// it "unnamed device", as a device signed in without a name.
+	// At most 64 bytes of UTF-8, with no control characters or line
+	// breaks, as a display name; empty names it "unnamed device", as a
+	// device signed in without a name.
 	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -178,15 +178,19 @@ type AccountServiceClient interface {
 	UnblockUser(context.Context, *v1.UnblockUserRequest) (*v1.UnblockUserResponse, error)
 	// ListBlockedUsers lists the users the caller's user blocks.
 	ListBlockedUsers(context.Context, *v1.ListBlockedUsersRequest) (*v1.ListBlockedUsersResponse, error)
-	// SetDisplayName sets the caller's user's display name: the name the
-	// members of their conversations see, in the next member list or
-	// lookup their devices ask for (GetConversation, LookupUsers). Empty
-	// sets it back to the username. InvalidArgument for a name out of
-	// bounds, DataLoss when the server cannot read the user's record.
+	// SetDisplayName sets the caller's user's display name: the name other
+	// users see with their username, in the member lists and lookups their
+	// devices ask for next (GetConversation, LookupUsers, ListBlockedUsers);
+	// any signed-in user may look a username up. Empty, or a name that
+	// shows nothing (spaces, invisible characters), sets it back to the
+	// username. InvalidArgument for a name out of bounds, DataLoss when the
+	// server cannot read the user's record.
 	SetDisplayName(context.Context, *v1.SetDisplayNameRequest) (*v1.SetDisplayNameResponse, error)
 	// RenameDevice renames one of the caller's devices (the caller's own
 	// too), as ListDevices lists it. NotFound for a device that is not the
-	// user's or was revoked, InvalidArgument for a name out of bounds.
+	// user's or was revoked, InvalidArgument for a malformed device_id or a
+	// name out of bounds, DataLoss when the server cannot read the device's
+	// record.
 	RenameDevice(context.Context, *v1.RenameDeviceRequest) (*v1.RenameDeviceResponse, error)
 }
 
@@ -232,15 +236,19 @@ type AccountServiceHandler interface {
 	UnblockUser(context.Context, *v1.UnblockUserRequest) (*v1.UnblockUserResponse, error)
 	// ListBlockedUsers lists the users the caller's user blocks.
 	ListBlockedUsers(context.Context, *v1.ListBlockedUsersRequest) (*v1.ListBlockedUsersResponse, error)
-	// SetDisplayName sets the caller's user's display name: the name the
-	// members of their conversations see, in the next member list or
-	// lookup their devices ask for (GetConversation, LookupUsers). Empty
-	// sets it back to the username. InvalidArgument for a name out of
-	// bounds, DataLoss when the server cannot read the user's record.
+	// SetDisplayName sets the caller's user's display name: the name other
+	// users see with their username, in the member lists and lookups their
+	// devices ask for next (GetConversation, LookupUsers, ListBlockedUsers);
+	// any signed-in user may look a username up. Empty, or a name that
+	// shows nothing (spaces, invisible characters), sets it back to the
+	// username. InvalidArgument for a name out of bounds, DataLoss when the
+	// server cannot read the user's record.
 	SetDisplayName(context.Context, *v1.SetDisplayNameRequest) (*v1.SetDisplayNameResponse, error)
 	// RenameDevice renames one of the caller's devices (the caller's own
 	// too), as ListDevices lists it. NotFound for a device that is not the
-	// user's or was revoked, InvalidArgument for a name out of bounds.
+	// user's or was revoked, InvalidArgument for a malformed device_id or a
+	// name out of bounds, DataLoss when the server cannot read the device's
+	// record.
 	RenameDevice(context.Context, *v1.RenameDeviceRequest) (*v1.RenameDeviceResponse, error)
 }
 

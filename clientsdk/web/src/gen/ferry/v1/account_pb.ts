@@ -347,7 +347,7 @@ export const GetAccountResponseSchema: GenMessage<GetAccountResponse> = /*@__PUR
 
 /**
  * Display names are at most 64 bytes of UTF-8, with no control
- * characters.
+ * characters (C0, DEL, C1) or line and paragraph separators.
  *
  * @generated from message ferry.v1.SetDisplayNameRequest
  */
@@ -394,8 +394,9 @@ export type RenameDeviceRequest = Message<"ferry.v1.RenameDeviceRequest"> & {
   deviceId: string;
 
   /**
-   * At most 64 bytes of UTF-8, with no control characters; empty names
-   * it "unnamed device", as a device signed in without a name.
+   * At most 64 bytes of UTF-8, with no control characters or line
+   * breaks, as a display name; empty names it "unnamed device", as a
+   * device signed in without a name.
    *
    * @generated from field: string name = 2;
    */
@@ -712,11 +713,13 @@ export const AccountService: GenService<{
     output: typeof ListBlockedUsersResponseSchema;
   },
   /**
-   * SetDisplayName sets the caller's user's display name: the name the
-   * members of their conversations see, in the next member list or
-   * lookup their devices ask for (GetConversation, LookupUsers). Empty
-   * sets it back to the username. InvalidArgument for a name out of
-   * bounds, DataLoss when the server cannot read the user's record.
+   * SetDisplayName sets the caller's user's display name: the name other
+   * users see with their username, in the member lists and lookups their
+   * devices ask for next (GetConversation, LookupUsers, ListBlockedUsers);
+   * any signed-in user may look a username up. Empty, or a name that
+   * shows nothing (spaces, invisible characters), sets it back to the
+   * username. InvalidArgument for a name out of bounds, DataLoss when the
+   * server cannot read the user's record.
    *
    * @generated from rpc ferry.v1.AccountService.SetDisplayName
    */
@@ -728,7 +731,9 @@ export const AccountService: GenService<{
   /**
    * RenameDevice renames one of the caller's devices (the caller's own
    * too), as ListDevices lists it. NotFound for a device that is not the
-   * user's or was revoked, InvalidArgument for a name out of bounds.
+   * user's or was revoked, InvalidArgument for a malformed device_id or a
+   * name out of bounds, DataLoss when the server cannot read the device's
+   * record.
    *
    * @generated from rpc ferry.v1.AccountService.RenameDevice
    */
