@@ -276,14 +276,7 @@ func TestDisplayNameAndDeviceNames(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	alice := device(t, srv, "alice", false)
 	bob := device(t, srv, "bob", false)
-	bobAcc, err := bob.Account()
-	if err != nil {
-		t.Fatal(err)
-	}
-	conv, err := alice.CreateConversation(ctx, "room", bobAcc.User)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conv := room(t, alice, bob)
 	if _, err := alice.SendText(ctx, conv, "hello"); err != nil {
 		t.Fatal(err)
 	}
@@ -336,6 +329,10 @@ func TestDisplayNameAndDeviceNames(t *testing.T) {
 	ds, err := alice.Devices(ctx)
 	if err != nil || len(ds) != 1 || ds[0].Name != "work laptop" {
 		t.Errorf("her devices: %+v, %v", ds, err)
+	}
+	bobAcc, err := bob.Account()
+	if err != nil {
+		t.Fatal(err)
 	}
 	if _, err := alice.RenameDevice(ctx, bobAcc.Device, "mine"); connect.CodeOf(err) != connect.CodeNotFound {
 		t.Errorf("rename bob's device: %v; want not_found", err)
@@ -391,14 +388,7 @@ func TestLookupUserNewDisplayNameIsAnnounced(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	alice := device(t, srv, "alice", false)
 	bob := device(t, srv, "bob", false)
-	bobAcc, err := bob.Account()
-	if err != nil {
-		t.Fatal(err)
-	}
-	conv, err := alice.CreateConversation(ctx, "room", bobAcc.User)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conv := room(t, alice, bob)
 	if _, err := alice.SendText(ctx, conv, "hello"); err != nil {
 		t.Fatal(err)
 	}
@@ -422,13 +412,7 @@ func TestLookupUserNewDisplayNameIsAnnounced(t *testing.T) {
 	if m := messages(t, bob, conv); len(m) != 1 || m[0].AuthorDisplayName != "Alice Liddell" {
 		t.Fatalf("bob's messages: %+v", m)
 	}
-	told := false
-	for len(sub.C()) > 0 {
-		if c, ok := (<-sub.C()).(clientsdk.ConversationChanged); ok && c.Conv == conv {
-			told = true
-		}
-	}
-	if !told {
+	if !toldOf(sub, conv) {
 		t.Error("her message now shows her new display name, but bob's device told its listeners nothing")
 	}
 }
@@ -505,14 +489,7 @@ func TestFormerMemberNewDisplayNameIsAnnounced(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	alice := device(t, srv, "alice", false)
 	bob := device(t, srv, "bob", false)
-	aliceAcc, err := alice.Account()
-	if err != nil {
-		t.Fatal(err)
-	}
-	conv, err := bob.CreateConversation(ctx, "room", aliceAcc.User)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conv := room(t, bob, alice)
 	if err := bob.SyncOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -549,13 +526,33 @@ func TestFormerMemberNewDisplayNameIsAnnounced(t *testing.T) {
 	if m := messages(t, bob, conv); len(m) != 1 || m[0].AuthorDisplayName != "Alice Liddell" {
 		t.Fatalf("bob's messages: %+v; want her new name", m)
 	}
+	if !toldOf(sub, conv) {
+		t.Error("her message in the room she left now shows her new display name, but bob's device told its listeners nothing")
+	}
+}
+
+// room has owner create a conversation with member and returns it.
+func room(t *testing.T, owner, member *clientsdk.Device) ulid.ULID {
+	t.Helper()
+	acc, err := member.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv, err := owner.CreateConversation(ctx, "room", acc.User)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conv
+}
+
+// toldOf takes the events sub holds, and reports whether one was a
+// ConversationChanged for conv.
+func toldOf(sub *clientsdk.Subscription, conv ulid.ULID) bool {
 	told := false
 	for len(sub.C()) > 0 {
 		if c, ok := (<-sub.C()).(clientsdk.ConversationChanged); ok && c.Conv == conv {
 			told = true
 		}
 	}
-	if !told {
-		t.Error("her message in the room she left now shows her new display name, but bob's device told its listeners nothing")
-	}
+	return told
 }
