@@ -268,28 +268,21 @@ func TestASwapOfMembersIsFetched(t *testing.T) {
 }
 
 // TestDisplayNameAndDeviceNames: a user's new display name is what the
-// members' list gives on each member's devices (bob's when it next asks);
-// the device that set it says so at once (ConversationChanged) for the
-// conversations whose members it holds. A device renamed is listed so;
-// a name out of bounds is the server's invalid_argument.
+// members' list gives on each member's devices (alice's when it next
+// asks); the device that set it says so at once (ConversationChanged) for
+// the conversations whose members it holds. A device renamed is listed
+// so; a name out of bounds is the server's invalid_argument.
 func TestDisplayNameAndDeviceNames(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	alice := device(t, srv, "alice", false)
-	bob := device(t, srv, "bob", false)
-	conv := room(t, alice, bob)
-	if _, err := alice.SendText(ctx, conv, "hello"); err != nil {
+	bob, conv := roomWithBob(t, srv, "hello")
+	if _, err := bob.Members(ctx, conv); err != nil {
 		t.Fatal(err)
 	}
-	if err := alice.SyncOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := alice.Members(ctx, conv); err != nil {
-		t.Fatal(err)
-	}
-	sub := alice.Subscribe(16)
+	sub := bob.Subscribe(16)
 	defer sub.Close()
-	u, err := alice.SetDisplayName(ctx, "Alice Liddell")
-	if err != nil || u.DisplayName != "Alice Liddell" || u.Username != "alice" {
+	u, err := bob.SetDisplayName(ctx, "Bob Dylan")
+	if err != nil || u.DisplayName != "Bob Dylan" || u.Username != "bob" {
 		t.Fatalf("set: %+v, %v", u, err)
 	}
 	select {
@@ -300,42 +293,42 @@ func TestDisplayNameAndDeviceNames(t *testing.T) {
 	default:
 		t.Error("no event for the room, whose members show the name")
 	}
-	if err := bob.SyncOnce(ctx); err != nil {
+	if err := alice.SyncOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	ms, err := bob.Members(ctx, conv)
+	ms, err := alice.Members(ctx, conv)
 	if err != nil || !slices.ContainsFunc(ms, func(m clientsdk.Member) bool {
-		return m.User.Username == "alice" && m.User.DisplayName == "Alice Liddell"
+		return m.User.Username == "bob" && m.User.DisplayName == "Bob Dylan"
 	}) {
-		t.Errorf("the members bob is shown: %+v, %v; want alice's new name", ms, err)
+		t.Errorf("the members alice is shown: %+v, %v; want bob's new name", ms, err)
 	}
-	// Her message shows it, on both devices.
-	for _, d := range []*clientsdk.Device{alice, bob} {
-		if m := messages(t, d, conv); len(m) != 1 || m[0].AuthorName != "alice" || m[0].AuthorDisplayName != "Alice Liddell" {
-			t.Errorf("her message: %+v; want her username and new display name", m)
+	// His message shows it, on both devices.
+	for _, d := range []*clientsdk.Device{bob, alice} {
+		if m := messages(t, d, conv); len(m) != 1 || m[0].AuthorName != "bob" || m[0].AuthorDisplayName != "Bob Dylan" {
+			t.Errorf("his message: %+v; want his username and new display name", m)
 		}
 	}
-	if _, err := alice.SetDisplayName(ctx, "line\nbreak"); connect.CodeOf(err) != connect.CodeInvalidArgument {
+	if _, err := bob.SetDisplayName(ctx, "line\nbreak"); connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Errorf("a name with a newline: %v; want invalid_argument", err)
 	}
 
-	acc, err := alice.Account()
+	acc, err := bob.Account()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d, err := alice.RenameDevice(ctx, acc.Device, "work laptop"); err != nil || d.Name != "work laptop" || !d.Current {
+	if d, err := bob.RenameDevice(ctx, acc.Device, "work laptop"); err != nil || d.Name != "work laptop" || !d.Current {
 		t.Fatalf("rename: %+v, %v", d, err)
 	}
-	ds, err := alice.Devices(ctx)
+	ds, err := bob.Devices(ctx)
 	if err != nil || len(ds) != 1 || ds[0].Name != "work laptop" {
-		t.Errorf("her devices: %+v, %v", ds, err)
+		t.Errorf("his devices: %+v, %v", ds, err)
 	}
-	bobAcc, err := bob.Account()
+	aliceAcc, err := alice.Account()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := alice.RenameDevice(ctx, bobAcc.Device, "mine"); connect.CodeOf(err) != connect.CodeNotFound {
-		t.Errorf("rename bob's device: %v; want not_found", err)
+	if _, err := bob.RenameDevice(ctx, aliceAcc.Device, "mine"); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("rename alice's device: %v; want not_found", err)
 	}
 }
 
@@ -387,33 +380,26 @@ func TestMembersAnsweredBeforeANameChange(t *testing.T) {
 func TestLookupUserNewDisplayNameIsAnnounced(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	alice := device(t, srv, "alice", false)
-	bob := device(t, srv, "bob", false)
-	conv := room(t, alice, bob)
-	if _, err := alice.SendText(ctx, conv, "hello"); err != nil {
-		t.Fatal(err)
-	}
+	bob, conv := roomWithBob(t, srv, "hello")
 	if err := alice.SyncOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := bob.SyncOnce(ctx); err != nil {
+	if _, err := alice.Members(ctx, conv); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := bob.Members(ctx, conv); err != nil {
+	if _, err := bob.SetDisplayName(ctx, "Bob Dylan"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := alice.SetDisplayName(ctx, "Alice Liddell"); err != nil {
-		t.Fatal(err)
-	}
-	sub := bob.Subscribe(64)
+	sub := alice.Subscribe(64)
 	defer sub.Close()
-	if u, err := bob.LookupUser(ctx, "alice"); err != nil || u.DisplayName != "Alice Liddell" {
+	if u, err := alice.LookupUser(ctx, "bob"); err != nil || u.DisplayName != "Bob Dylan" {
 		t.Fatalf("lookup: %+v, %v", u, err)
 	}
-	if m := messages(t, bob, conv); len(m) != 1 || m[0].AuthorDisplayName != "Alice Liddell" {
-		t.Fatalf("bob's messages: %+v", m)
+	if m := messages(t, alice, conv); len(m) != 1 || m[0].AuthorDisplayName != "Bob Dylan" {
+		t.Fatalf("alice's messages: %+v", m)
 	}
 	if !toldOf(sub, conv) {
-		t.Error("her message now shows her new display name, but bob's device told its listeners nothing")
+		t.Error("his message now shows his new display name, but alice's device told its listeners nothing")
 	}
 }
 
@@ -488,11 +474,7 @@ func TestSetDisplayNameAnsweredAfterAnotherUserSignedIn(t *testing.T) {
 func TestFormerMemberNewDisplayNameIsAnnounced(t *testing.T) {
 	srv := servertest.New(t, servertest.Config{})
 	alice := device(t, srv, "alice", false)
-	bob := device(t, srv, "bob", false)
-	conv := room(t, bob, alice)
-	if err := bob.SyncOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
+	bob, conv := roomWithBob(t, srv)
 	if err := alice.SyncOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -529,20 +511,6 @@ func TestFormerMemberNewDisplayNameIsAnnounced(t *testing.T) {
 	if !toldOf(sub, conv) {
 		t.Error("her message in the room she left now shows her new display name, but bob's device told its listeners nothing")
 	}
-}
-
-// room has owner create a conversation with member and returns it.
-func room(t *testing.T, owner, member *clientsdk.Device) ulid.ULID {
-	t.Helper()
-	acc, err := member.Account()
-	if err != nil {
-		t.Fatal(err)
-	}
-	conv, err := owner.CreateConversation(ctx, "room", acc.User)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return conv
 }
 
 // toldOf takes the events sub holds, and reports whether one was a

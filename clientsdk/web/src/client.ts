@@ -1180,10 +1180,11 @@ export class FerryClient {
     return usernames.map((n) => byName.get(n.toLowerCase())!);
   }
 
-  // learnNames keeps users' names, as a lookup or a name change gave
-  // them: in the member lists held too, and tells listeners of the
-  // conversations whose lists changed, and of messages, which show them.
-  private learnNames(users: { id: string; username: string; displayName: string }[]): void {
+  // learnNames keeps users' names, as a member list, a lookup or a name
+  // change gave them: in the member lists held too, and tells listeners
+  // of the conversations whose lists changed, and of messages, which show
+  // them. It reports whether it learned a name.
+  private learnNames(users: { id: string; username: string; displayName: string }[]): boolean {
     let learned = false;
     for (const u of users) {
       const had = this.names.get(u.id);
@@ -1200,7 +1201,8 @@ export class FerryClient {
         }
       }
     }
-    if (learned) this.emit({ kind: "messages" });
+    if (learned) this.emit({ kind: "messages" }); // a name shows in every conversation
+    return learned;
   }
 
   // fetchMembers asks the server for a conversation's members and keeps
@@ -1230,17 +1232,11 @@ export class FerryClient {
       const mine = me === undefined ? undefined : this.names.get(me);
       for (const m of list) if (m.userId === me && mine) m.displayName = mine.displayName;
     }
-    let learned = false;
-    for (const m of list) {
-      const had = this.names.get(m.userId);
-      if (had?.username !== m.username || had.displayName !== m.displayName) {
-        this.names.set(m.userId, { username: m.username, displayName: m.displayName });
-        learned = true;
-      }
-    }
     const before = this.memberLists.get(convId);
     const same = before?.length === list.length && before.every((m, i) => JSON.stringify(m) === JSON.stringify(list[i]));
     this.memberLists.set(convId, list);
+    // The names, in the other lists held too.
+    const learned = this.learnNames(list.map((m) => ({ id: m.userId, username: m.username, displayName: m.displayName })));
     this.membersGone.delete(convId);
     if ((this.memberChanges.get(convId) ?? 0) === changes) {
       this.membersDue.delete(convId);
@@ -1249,15 +1245,14 @@ export class FerryClient {
       queueMicrotask(() => void this.refreshMembers());
     }
     if (!same) this.emit({ kind: "conversations", convId });
-    if (learned) this.emit({ kind: "messages" }); // a name shows in every conversation
-    else if (!same) this.emit({ kind: "messages", convId });
+    if (!same && !learned) this.emit({ kind: "messages", convId }); // learnNames told all of them
     return list;
   }
 
   // named gives a message its author's username, and display name, when
-  // the device knows them; when it does not, and has no list of the conversation's members
-  // yet, the list is fetched (refreshMembers), and listeners hear when
-  // it came.
+  // the device knows them; when it does not, and has no list of the
+  // conversation's members yet, the list is fetched (refreshMembers), and
+  // listeners hear when it came.
   private named(m: MessageView): MessageView {
     const me = this.meta.session;
     const name = m.userId === me?.userId ? me.username : this.names.get(m.userId)?.username;

@@ -2360,3 +2360,24 @@ test("a lookup that learns a member's new display name tells listeners, and the 
   assert.ok(events.some((e) => e.kind === "conversations" && e.convId === conv), `listeners were told ${JSON.stringify(events)}`);
   assert.equal(bob.knownMembers(conv)?.find((m) => m.username === a)?.displayName, "Alice Liddell");
 });
+
+test("a member list that brings a new display name mends the other lists held", { timeout: 60_000 }, async () => {
+  const alice = await open();
+  const bob = await open();
+  const a = await signUp(alice, "alice");
+  const b = await signUp(bob, "bob");
+  const one = await alice.createConversation("one", [b]);
+  const two = await alice.createConversation("two", [b]);
+  for (const conv of [one, two]) {
+    await alice.waitFor(() => alice.conversations().find((c) => c.id === conv)?.head === 2);
+    await alice.members(conv);
+  }
+  await bob.setDisplayName("Bob Dylan");
+  const told: string[] = [];
+  const off = alice.on((e) => void (e.kind === "conversations" && e.convId && told.push(e.convId)));
+  await alice.members(one);
+  off();
+  assert.equal(alice.knownMembers(two)?.find((m) => m.username === b)?.displayName, "Bob Dylan", "the other list kept his old name");
+  assert.ok(told.includes(two), `listeners were told of ${JSON.stringify(told)}`);
+  assert.equal(alice.knownMembers(one)?.find((m) => m.username === a)?.displayName, a);
+});
